@@ -1,1 +1,8 @@
 #![doc = include_str!("../README.md")]
+
+pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod runtime;
+pub mod signals;
+pub mod status_page;

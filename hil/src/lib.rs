@@ -1,1 +1,7 @@
 #![doc = include_str!("../README.md")]
+
+pub mod demo;
+pub mod demo_pki;
+pub mod modbus_tcp_slave;
+pub mod register_model;
+pub mod scenario;

@@ -1,0 +1,236 @@
+//! The integrator's TOML config: device, policy, bridges, link and status page.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use warden_bridges::ModbusTcpBridgeConfig;
+use warden_link::LinkConfig;
+
+/// The whole appliance config (`warden.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceConfig {
+    /// This unit.
+    pub device: DeviceConfig,
+    /// The policy every bridge request passes.
+    pub policy: PolicyConfig,
+    /// Equipment bridges.
+    #[serde(default)]
+    pub bridges: BridgesConfig,
+    /// The cloud link.
+    pub link: LinkConfig,
+    /// The local status page.
+    pub status_page: StatusPageConfig,
+}
+
+/// The unit's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Device ID; must equal the common name of the device certificate.
+    pub id: String,
+}
+
+/// Where the policy comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Policy TOML file, relative to the config file's directory.
+    pub file: PathBuf,
+}
+
+/// All bridges, by kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgesConfig {
+    /// Modbus TCP devices.
+    #[serde(default)]
+    pub modbus_tcp: Vec<ModbusTcpBridgeConfig>,
+}
+
+/// The local status page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusPageConfig {
+    /// Address to listen on (`127.0.0.1:8081`).
+    pub listen: String,
+}
+
+/// A config that could not be used, naming the file and what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown or missing field.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What was wrong.
+        message: String,
+    },
+    /// The TOML is well-formed but a value is not acceptable.
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field, as a TOML path (`bridges.modbus_tcp[0].points[1].name`).
+        field: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl ApplianceConfig {
+    /// Reads, parses and validates a config file. Relative paths inside it are
+    /// resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text that came from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = toml::from_str(text).map_err(|error| {
+            let (line, column) = error
+                .span()
+                .map(|span| line_and_column(text, span.start))
+                .unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: error.message().to_owned(),
+            }
+        })?;
+        config.validate(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.policy.file = base.join(&config.policy.file);
+        config.link.fleet_ca = base.join(&config.link.fleet_ca);
+        config.link.device_cert = base.join(&config.link.device_cert);
+        config.link.device_key = base.join(&config.link.device_key);
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        if self.device.id.is_empty()
+            || !self.device.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "device.id".into(),
+                format!("{:?} must be non-empty letters, digits, '-' or '_'", self.device.id),
+            ));
+        }
+        let mut bridge_names = BTreeSet::new();
+        for (b, bridge) in self.bridges.modbus_tcp.iter().enumerate() {
+            let at = format!("bridges.modbus_tcp[{b}]");
+            if !bridge_names.insert(bridge.name.as_str()) {
+                return Err(invalid(format!("{at}.name"), format!("bridge name {:?} is used twice", bridge.name)));
+            }
+            if bridge.points.is_empty() {
+                return Err(invalid(format!("{at}.points"), "a bridge needs at least one point".into()));
+            }
+            let mut point_names = BTreeSet::new();
+            for (p, point) in bridge.points.iter().enumerate() {
+                let at = format!("{at}.points[{p}]");
+                if !point_names.insert(point.name.as_str()) {
+                    return Err(invalid(format!("{at}.name"), format!("point name {:?} is used twice in bridge {}", point.name, bridge.name)));
+                }
+                let last = u32::from(point.address) + u32::from(point.data_type.register_count()) - 1;
+                if last > u32::from(u16::MAX) {
+                    return Err(invalid(format!("{at}.address"), format!("{} runs past register 65535", point.address)));
+                }
+                if point.poll_interval_ms == 0 {
+                    return Err(invalid(format!("{at}.poll_interval_ms"), "must be at least 1".into()));
+                }
+                if !point.scale.is_finite() || !point.offset.is_finite() {
+                    return Err(invalid(format!("{at}.scale"), "scale and offset must be finite numbers".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[device]
+id = "wd-1"
+[policy]
+file = "policy.toml"
+[[bridges.modbus_tcp]]
+name = "line1"
+address = "127.0.0.1:5020"
+[[bridges.modbus_tcp.points]]
+name = "temperature"
+kind = "holding"
+address = 0
+type = "u16"
+scale = 0.1
+[link]
+broker_host = "127.0.0.1"
+broker_port = 8883
+fleet_ca = "pki/fleet-ca.pem"
+device_cert = "pki/device.pem"
+device_key = "pki/device.key"
+[status_page]
+listen = "127.0.0.1:0"
+"#;
+
+    #[test]
+    fn good_config_loads_with_paths_beside_it() {
+        let config = ApplianceConfig::parse(GOOD, Path::new("/etc/warden/warden.toml")).expect("valid");
+        assert_eq!(config.bridges.modbus_tcp[0].points[0].scale, 0.1);
+        assert_eq!(config.policy.file, Path::new("/etc/warden/policy.toml"));
+        assert_eq!(config.link.device_key, Path::new("/etc/warden/pki/device.key"));
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_column() {
+        let bad = GOOD.replace("scale = 0.1", "scale = 0.1\nscael = 2");
+        let error = ApplianceConfig::parse(&bad, Path::new("warden.toml")).expect_err("must fail");
+        let text = error.to_string();
+        assert!(text.starts_with("warden.toml:15:1: unknown field `scael`"), "{text}");
+    }
+
+    #[test]
+    fn duplicate_point_names_field_path() {
+        let bad = GOOD.replace(
+            "[link]",
+            "[[bridges.modbus_tcp.points]]\nname = \"temperature\"\nkind = \"input\"\naddress = 4\ntype = \"u16\"\n[link]",
+        );
+        let error = ApplianceConfig::parse(&bad, Path::new("warden.toml")).expect_err("must fail");
+        assert_eq!(
+            error.to_string(),
+            "warden.toml: bridges.modbus_tcp[0].points[1].name: point name \"temperature\" is used twice in bridge line1"
+        );
+    }
+}

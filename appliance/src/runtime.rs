@@ -1,0 +1,150 @@
+//! The appliance at run time: bridges → policy → link, and the status page beside them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use warden_bridges::request_policy::PolicyGate;
+use warden_bridges::{BridgeHealth, Poller, Sample};
+use warden_link::{LinkAgent, LinkStatus, Reading};
+
+use crate::config::ApplianceConfig;
+use crate::status_page;
+
+/// The last value of one point, for the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveValue {
+    /// Engineering value.
+    pub value: f64,
+    /// Engineering unit.
+    pub unit: String,
+    /// When it was read, ms since the epoch.
+    pub ts_ms: u64,
+}
+
+/// One bridge as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct BridgeView {
+    /// Bridge name.
+    pub name: String,
+    /// Device address.
+    pub address: String,
+    /// Point names in config order.
+    pub points: Vec<String>,
+    /// Counters, shared with the poller.
+    pub health: Arc<Mutex<BridgeHealth>>,
+}
+
+/// Everything the status page reads; written by the runtime.
+#[derive(Debug, Clone)]
+pub struct ApplianceState {
+    /// This unit's ID.
+    pub device_id: String,
+    /// Bridges in config order.
+    pub bridges: Vec<BridgeView>,
+    /// Last values by `(bridge, point)`.
+    pub values: Arc<Mutex<BTreeMap<(String, String), LiveValue>>>,
+    /// The link's state and counters.
+    pub link: Arc<Mutex<LinkStatus>>,
+}
+
+/// A started appliance.
+pub struct RunningAppliance {
+    /// Where the status page listens.
+    pub status_address: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl RunningAppliance {
+    /// Waits until every task has stopped (after the shutdown token fired).
+    pub async fn stopped(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts the bridges, the link and the status page from `config`.
+pub async fn start(config: ApplianceConfig, shutdown: CancellationToken) -> anyhow::Result<RunningAppliance> {
+    let policy_text = std::fs::read_to_string(&config.policy.file)
+        .with_context(|| format!("cannot read policy {}", config.policy.file.display()))?;
+    let origin = config.policy.file.display().to_string();
+    let compiled = warden_policy::compile(&policy_text, &origin).map_err(|errors| {
+        anyhow::anyhow!("policy {origin} does not compile:\n{errors}")
+    })?;
+    for warning in &compiled.warnings {
+        tracing::warn!(%warning, "policy warning");
+    }
+    let policy = Arc::new(compiled.policy);
+
+    let mut tasks = JoinSet::new();
+    let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
+    let mut bridges = Vec::new();
+    for bridge in config.bridges.modbus_tcp {
+        if policy.bridge_id(&bridge.name).is_none() {
+            tracing::warn!(bridge = %bridge.name, "the policy names no such bridge: every request will be denied");
+        }
+        let view = BridgeView {
+            name: bridge.name.clone(),
+            address: bridge.address.clone(),
+            points: bridge.points.iter().map(|p| p.name.clone()).collect(),
+            health: Arc::default(),
+        };
+        let poller = Poller::new(bridge, Box::new(PolicyGate::new(Arc::clone(&policy))));
+        let view = BridgeView { health: poller.health(), ..view };
+        bridges.push(view);
+        tasks.spawn(poller.run(sample_tx.clone(), shutdown.clone()));
+    }
+    drop(sample_tx);
+
+    let agent = LinkAgent::new(config.device.id.clone(), config.link);
+    let state = ApplianceState {
+        device_id: config.device.id,
+        bridges,
+        values: Arc::default(),
+        link: agent.status(),
+    };
+    let (reading_tx, reading_rx) = mpsc::channel::<(String, Reading)>(4096);
+    let link_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(error) = agent.run(reading_rx, link_shutdown).await {
+            tracing::error!(%error, "cloud link cannot start");
+        }
+    });
+
+    let values = Arc::clone(&state.values);
+    tasks.spawn(async move {
+        while let Some(sample) = sample_rx.recv().await {
+            values.lock().unwrap_or_else(PoisonError::into_inner).insert(
+                (sample.bridge.clone(), sample.point.clone()),
+                LiveValue { value: sample.value, unit: sample.unit.clone(), ts_ms: sample.timestamp_ms },
+            );
+            let reading = Reading {
+                point: format!("{}/{}", sample.bridge, sample.point),
+                value: sample.value,
+                unit: sample.unit,
+                ts_ms: sample.timestamp_ms,
+            };
+            if reading_tx.send((sample.bridge, reading)).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(&config.status_page.listen)
+        .await
+        .with_context(|| format!("cannot listen for the status page on {}", config.status_page.listen))?;
+    let status_address = listener.local_addr()?;
+    let page_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, status_page::router(state))
+            .with_graceful_shutdown(async move { page_shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "status page failed");
+        }
+    });
+    Ok(RunningAppliance { status_address, tasks })
+}

@@ -1,0 +1,77 @@
+//! The fleet's embedded MQTT 3.1.1 broker: TLS with client certificates, per-device ACLs.
+//!
+//! Deliberately small: the fleet needs QoS 0/1 publish, subscribe, keep-alive and
+//! per-device topic isolation, and nothing that would grow its memory (no retained
+//! messages, no persistent sessions, no QoS 2). The packet codec is rumqttc's, the
+//! same one the device uses. A device's identity is the common name of its client
+//! certificate; it may publish and subscribe only under `warden/v1/devices/{id}/`.
+
+mod acl;
+mod router;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub use acl::{DeviceAcl, device_id_from_certificate};
+pub use router::{LocalSubscription, Router};
+
+/// Largest MQTT packet the broker accepts.
+pub const MAX_PACKET_SIZE: usize = 256 * 1024;
+
+/// A running broker.
+pub struct Broker {
+    router: Arc<Router>,
+    address: SocketAddr,
+}
+
+impl Broker {
+    /// Binds `listen` and accepts TLS connections authenticated by `tls` until `shutdown`.
+    pub async fn start(
+        listen: &str,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        let address = listener.local_addr()?;
+        let router = Arc::new(Router::default());
+        let acceptor = TlsAcceptor::from(tls);
+        let accept_router = Arc::clone(&router);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            tracing::warn!(%error, "broker accept failed");
+                            continue;
+                        }
+                    },
+                };
+                let acceptor = acceptor.clone();
+                let router = Arc::clone(&accept_router);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    session::serve(stream, peer, acceptor, router, shutdown).await;
+                });
+            }
+        });
+        tracing::info!(%address, "mqtt broker listening (tls, client certificates required)");
+        Ok(Self { router, address })
+    }
+
+    /// The address the broker listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Subscribes the fleet itself to `filter`.
+    pub fn subscribe_local(&self, filter: &str, capacity: usize) -> LocalSubscription {
+        self.router.subscribe_local(filter, capacity)
+    }
+}

@@ -1,0 +1,97 @@
+//! Routes published messages to the sessions and local subscribers whose filters match.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
+
+use rumqttc::Publish;
+use rumqttc::mqttbytes::matches;
+use tokio::sync::mpsc;
+
+/// Where a subscription's messages go.
+#[derive(Debug, Clone)]
+enum Target {
+    /// A device session: best effort (a slow device must not stall the broker).
+    Session(u64, mpsc::Sender<Publish>),
+    /// The fleet itself: waits for room, so nothing is dropped before ingest.
+    Local(mpsc::Sender<Publish>),
+}
+
+#[derive(Debug)]
+struct Subscription {
+    filter: String,
+    target: Target,
+}
+
+/// Subscriptions of every session and of the fleet.
+#[derive(Debug, Default)]
+pub struct Router {
+    subscriptions: RwLock<Vec<Subscription>>,
+    next_session: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Messages for a local (in-process) subscriber.
+pub type LocalSubscription = mpsc::Receiver<Publish>;
+
+impl Router {
+    /// A fresh session number.
+    pub fn new_session(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Subscribes the fleet itself.
+    pub fn subscribe_local(&self, filter: &str, capacity: usize) -> LocalSubscription {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.add(filter, Target::Local(tx));
+        rx
+    }
+
+    /// Subscribes a session.
+    pub fn subscribe_session(&self, session: u64, filter: &str, tx: mpsc::Sender<Publish>) {
+        self.add(filter, Target::Session(session, tx));
+    }
+
+    /// Removes every subscription of a session.
+    pub fn remove_session(&self, session: u64) {
+        self.subscriptions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|s| !matches!(s.target, Target::Session(id, _) if id == session));
+    }
+
+    /// Messages to sessions dropped because the session was too slow.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Delivers `publish` to every matching subscriber.
+    pub async fn route(&self, publish: &Publish) {
+        let targets: Vec<Target> = self
+            .subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|s| matches(&publish.topic, &s.filter))
+            .map(|s| s.target.clone())
+            .collect();
+        for target in targets {
+            match target {
+                Target::Local(tx) => {
+                    let _ = tx.send(publish.clone()).await;
+                }
+                Target::Session(_, tx) => {
+                    if tx.try_send(publish.clone()).is_err() {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn add(&self, filter: &str, target: Target) {
+        self.subscriptions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Subscription { filter: filter.to_owned(), target });
+    }
+}

@@ -1,0 +1,185 @@
+//! One device connection: TLS handshake, CONNECT, then publish/subscribe under its ACL.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::Error as CodecError;
+use rumqttc::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::acl::{DeviceAcl, device_id_from_certificate};
+use super::router::Router;
+use super::MAX_PACKET_SIZE;
+
+/// How long a client has to finish TLS and send CONNECT.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one TCP connection until it closes, misbehaves or `shutdown` fires.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Arc<Router>,
+    shutdown: CancellationToken,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::warn!(%peer, %error, "tls handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "tls handshake timed out");
+            return;
+        }
+    };
+    let device = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| device_id_from_certificate(cert));
+    let Some(device) = device else {
+        tracing::warn!(%peer, "client certificate carries no usable device id; closing");
+        return;
+    };
+    let acl = DeviceAcl::new(&device);
+    let session = router.new_session();
+    match run(tls, &acl, session, &router, &shutdown).await {
+        Ok(()) => tracing::info!(device = %device, %peer, "device disconnected"),
+        Err(reason) => tracing::warn!(device = %device, %peer, %reason, "device session closed"),
+    }
+    router.remove_session(session);
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    acl: &DeviceAcl,
+    session: u64,
+    router: &Router,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let mut inbound = BytesMut::with_capacity(4096);
+    let mut outbound = BytesMut::with_capacity(4096);
+
+    let connect = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_packet(&mut stream, &mut inbound))
+        .await
+        .map_err(|_| "no CONNECT in time".to_owned())??;
+    let Packet::Connect(connect) = connect else {
+        return Err("first packet is not CONNECT".to_owned());
+    };
+    if connect.client_id != acl.device_id() {
+        write_packet(
+            &mut stream,
+            &mut outbound,
+            Packet::ConnAck(ConnAck::new(ConnectReturnCode::BadClientId, false)),
+        )
+        .await?;
+        return Err(format!(
+            "client id {:?} does not match certificate device id",
+            connect.client_id
+        ));
+    }
+    write_packet(
+        &mut stream,
+        &mut outbound,
+        Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
+    )
+    .await?;
+    tracing::info!(device = %acl.device_id(), "device connected");
+
+    // MQTT 3.1.1 §3.1.2.10: one and a half keep-alive periods without a packet ends it.
+    let keep_alive = match connect.keep_alive {
+        0 => Duration::from_secs(3600),
+        secs => Duration::from_millis(u64::from(secs) * 1500),
+    };
+    let (deliver_tx, mut deliver_rx) = mpsc::channel::<Publish>(256);
+    loop {
+        let packet = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            delivered = deliver_rx.recv() => {
+                if let Some(mut publish) = delivered {
+                    // Outbound delivery is at most once today.
+                    publish.qos = QoS::AtMostOnce;
+                    publish.pkid = 0;
+                    publish.dup = false;
+                    write_packet(&mut stream, &mut outbound, Packet::Publish(publish)).await?;
+                }
+                continue;
+            }
+            read = tokio::time::timeout(keep_alive, read_packet(&mut stream, &mut inbound)) => {
+                read.map_err(|_| "keep-alive expired".to_owned())??
+            }
+        };
+        match packet {
+            Packet::Publish(publish) => {
+                if !acl.may_publish(&publish.topic) {
+                    return Err(format!("publish to {:?} is outside the device's topics", publish.topic));
+                }
+                match publish.qos {
+                    QoS::AtMostOnce => router.route(&publish).await,
+                    QoS::AtLeastOnce => {
+                        let pkid = publish.pkid;
+                        router.route(&publish).await;
+                        write_packet(&mut stream, &mut outbound, Packet::PubAck(PubAck::new(pkid))).await?;
+                    }
+                    QoS::ExactlyOnce => return Err("QoS 2 is not supported".to_owned()),
+                }
+            }
+            Packet::Subscribe(subscribe) => {
+                let codes = subscribe
+                    .filters
+                    .iter()
+                    .map(|filter| {
+                        if acl.may_subscribe(&filter.path) {
+                            router.subscribe_session(session, &filter.path, deliver_tx.clone());
+                            SubscribeReasonCode::Success(QoS::AtMostOnce)
+                        } else {
+                            tracing::warn!(device = %acl.device_id(), filter = %filter.path, "subscription refused");
+                            SubscribeReasonCode::Failure
+                        }
+                    })
+                    .collect();
+                write_packet(&mut stream, &mut outbound, Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+                    .await?;
+            }
+            Packet::PingReq => write_packet(&mut stream, &mut outbound, Packet::PingResp).await?,
+            Packet::Disconnect => return Ok(()),
+            Packet::PubAck(_) | Packet::Unsubscribe(_) => {}
+            other => return Err(format!("unexpected packet {other:?}")),
+        }
+    }
+}
+
+async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<Packet, String> {
+    loop {
+        match Packet::read(buf, MAX_PACKET_SIZE) {
+            Ok(packet) => return Ok(packet),
+            Err(CodecError::InsufficientBytes(_)) => {}
+            Err(error) => return Err(format!("malformed packet: {error}")),
+        }
+        let read = stream.read_buf(buf).await.map_err(|e| format!("read failed: {e}"))?;
+        if read == 0 {
+            return Err("connection closed".to_owned());
+        }
+    }
+}
+
+async fn write_packet<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    packet: Packet,
+) -> Result<(), String> {
+    buf.clear();
+    packet.write(buf, MAX_PACKET_SIZE).map_err(|e| format!("cannot encode packet: {e}"))?;
+    stream.write_all(buf).await.map_err(|e| format!("write failed: {e}"))?;
+    stream.flush().await.map_err(|e| format!("write failed: {e}"))
+}

@@ -1,0 +1,316 @@
+//! The fleet store: devices and telemetry in SQLite (default) or PostgreSQL.
+//!
+//! One set of queries serves both databases through sqlx's `Any` driver; placeholders
+//! are `$N`, which both accept. Schema changes are numbered migrations applied once.
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+use warden_link::TelemetryBatch;
+
+/// Numbered schema migrations, applied in order, each exactly once.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        first_seen_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL
+    );
+    CREATE TABLE telemetry_batches (
+        device_id TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL,
+        PRIMARY KEY (device_id, stream, epoch, seq)
+    );
+    CREATE TABLE telemetry (
+        device_id TEXT NOT NULL,
+        point TEXT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        value DOUBLE PRECISION NOT NULL,
+        unit TEXT NOT NULL
+    );
+    CREATE INDEX telemetry_by_point ON telemetry (device_id, point, ts_ms);
+    CREATE TABLE latest_values (
+        device_id TEXT NOT NULL,
+        point TEXT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        value DOUBLE PRECISION NOT NULL,
+        unit TEXT NOT NULL,
+        PRIMARY KEY (device_id, point)
+    );",
+)];
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Device {
+    /// Device ID (certificate common name).
+    pub id: String,
+    /// First telemetry received, ms since the epoch.
+    pub first_seen_ms: i64,
+    /// Last telemetry received, ms since the epoch.
+    pub last_seen_ms: i64,
+    /// Latest value of each point.
+    pub latest: Vec<StoredReading>,
+}
+
+/// One stored reading.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredReading {
+    /// Point name, `bridge/point`.
+    pub point: String,
+    /// Engineering value.
+    pub value: f64,
+    /// Engineering unit.
+    pub unit: String,
+    /// When the device read it, ms since the epoch.
+    pub ts_ms: i64,
+}
+
+/// What ingesting a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// The batch was new and is stored.
+    Stored,
+    /// The batch had been stored before; nothing changed.
+    Duplicate,
+}
+
+/// The fleet's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Opens `url` (`sqlite://PATH` or `postgres://…`) and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let url = if url.starts_with("sqlite:") && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        let max_connections = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let pool = AnyPoolOptions::new().max_connections(max_connections).connect(&url).await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS warden_schema (version BIGINT PRIMARY KEY)")
+            .execute(&self.pool)
+            .await?;
+        let applied: Option<i64> = sqlx::query("SELECT MAX(version) FROM warden_schema")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| Some(*v) > applied) {
+            let mut tx = self.pool.begin().await?;
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO warden_schema (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version, "applied store migration");
+        }
+        Ok(())
+    }
+
+    /// Stores a telemetry batch from `device_id`, once: a batch seen before is ignored.
+    pub async fn ingest(
+        &self,
+        device_id: &str,
+        batch: &TelemetryBatch,
+        received_ms: i64,
+    ) -> Result<Ingested, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO telemetry_batches (device_id, stream, epoch, seq, received_ms)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(device_id)
+        .bind(&batch.stream)
+        .bind(to_i64(batch.epoch))
+        .bind(to_i64(batch.seq))
+        .bind(received_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(Ingested::Duplicate);
+        }
+        sqlx::query(
+            "INSERT INTO devices (id, first_seen_ms, last_seen_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+        )
+        .bind(device_id)
+        .bind(received_ms)
+        .bind(received_ms)
+        .execute(&mut *tx)
+        .await?;
+        for reading in &batch.readings {
+            let ts_ms = to_i64(reading.ts_ms);
+            sqlx::query(
+                "INSERT INTO telemetry (device_id, point, ts_ms, value, unit) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(device_id)
+            .bind(&reading.point)
+            .bind(ts_ms)
+            .bind(reading.value)
+            .bind(&reading.unit)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO latest_values (device_id, point, ts_ms, value, unit) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (device_id, point) DO UPDATE
+                 SET ts_ms = excluded.ts_ms, value = excluded.value, unit = excluded.unit
+                 WHERE excluded.ts_ms >= latest_values.ts_ms",
+            )
+            .bind(device_id)
+            .bind(&reading.point)
+            .bind(ts_ms)
+            .bind(reading.value)
+            .bind(&reading.unit)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Ingested::Stored)
+    }
+
+    /// Every device with its latest values, ordered by ID.
+    pub async fn devices(&self) -> Result<Vec<Device>, StoreError> {
+        let rows = sqlx::query("SELECT id, first_seen_ms, last_seen_ms FROM devices ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut devices = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let latest = self.latest_values(&id).await?;
+            devices.push(Device { id, first_seen_ms: row.try_get(1)?, last_seen_ms: row.try_get(2)?, latest });
+        }
+        Ok(devices)
+    }
+
+    /// Whether a device is known.
+    pub async fn device_exists(&self, device_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM devices WHERE id = $1")
+            .bind(device_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
+    }
+
+    /// The latest value of each point of a device, ordered by point.
+    pub async fn latest_values(&self, device_id: &str) -> Result<Vec<StoredReading>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT point, value, unit, ts_ms FROM latest_values WHERE device_id = $1 ORDER BY point",
+        )
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(reading_from_row).collect()
+    }
+
+    /// Readings of a device, newest first, optionally of one point, at most `limit`.
+    pub async fn telemetry(
+        &self,
+        device_id: &str,
+        point: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        let rows = match point {
+            Some(point) => {
+                sqlx::query(
+                    "SELECT point, value, unit, ts_ms FROM telemetry WHERE device_id = $1 AND point = $2
+                     ORDER BY ts_ms DESC LIMIT $3",
+                )
+                .bind(device_id)
+                .bind(point)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT point, value, unit, ts_ms FROM telemetry WHERE device_id = $1
+                     ORDER BY ts_ms DESC, point LIMIT $2",
+                )
+                .bind(device_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(reading_from_row).collect()
+    }
+
+    /// Closes the pool, waiting for in-flight queries: nothing is left half-written.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn reading_from_row(row: &sqlx::any::AnyRow) -> Result<StoredReading, StoreError> {
+    Ok(StoredReading {
+        point: row.try_get(0)?,
+        value: row.try_get(1)?,
+        unit: row.try_get(2)?,
+        ts_ms: row.try_get(3)?,
+    })
+}
+
+/// Saturating conversion for counters and timestamps stored as BIGINT.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+#[error("fleet store: {0}")]
+pub struct StoreError(#[from] sqlx::Error);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_link::Reading;
+
+    fn batch(seq: u64, value: f64, ts_ms: u64) -> TelemetryBatch {
+        TelemetryBatch {
+            v: 1,
+            stream: "line1".into(),
+            epoch: 1,
+            seq,
+            readings: vec![Reading { point: "line1/t".into(), value, unit: "°C".into(), ts_ms }],
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_are_stored_once_and_latest_values_follow_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        let store = Store::open(&url).await.expect("open");
+        assert_eq!(store.ingest("wd-1", &batch(0, 20.0, 100), 1).await.expect("ingest"), Ingested::Stored);
+        assert_eq!(store.ingest("wd-1", &batch(0, 20.0, 100), 2).await.expect("ingest"), Ingested::Duplicate);
+        assert_eq!(store.ingest("wd-1", &batch(2, 22.0, 300), 3).await.expect("ingest"), Ingested::Stored);
+        // A late batch with an older reading must not overwrite the latest value.
+        assert_eq!(store.ingest("wd-1", &batch(1, 21.0, 200), 4).await.expect("ingest"), Ingested::Stored);
+        let devices = store.devices().await.expect("devices");
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].last_seen_ms, 4);
+        assert_eq!(devices[0].latest[0].value, 22.0);
+        let series = store.telemetry("wd-1", Some("line1/t"), 10).await.expect("telemetry");
+        assert_eq!(series.iter().map(|r| r.value).collect::<Vec<_>>(), vec![22.0, 21.0, 20.0]);
+        store.close().await;
+        // Reopening applies no migration twice and keeps the data.
+        let store = Store::open(&url).await.expect("reopen");
+        assert!(store.device_exists("wd-1").await.expect("query"));
+        assert!(!store.device_exists("wd-2").await.expect("query"));
+    }
+}

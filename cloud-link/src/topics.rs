@@ -1,0 +1,121 @@
+//! MQTT topics and payloads between device and fleet, version 1: the one place for them.
+//!
+//! Every topic starts with `warden/v1/devices/{device_id}/`; a device may publish and
+//! subscribe only under its own ID (the broker enforces this from its certificate).
+//! Payloads are JSON objects with a `v` field carrying the payload version.
+//!
+//! | topic suffix | direction | payload |
+//! |---|---|---|
+//! | `telemetry` | device → fleet | [`TelemetryBatch`] |
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the topic tree and of every payload in it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Prefix of every Warden topic.
+pub const TOPIC_ROOT: &str = "warden/v1/devices";
+
+/// Topic a device publishes telemetry on.
+pub fn telemetry_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/telemetry")
+}
+
+/// Filter matching every device's telemetry (the fleet subscribes to it).
+pub const ALL_TELEMETRY: &str = "warden/v1/devices/+/telemetry";
+
+/// The device ID a topic belongs to, if it is a Warden device topic.
+pub fn device_of_topic(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix(TOPIC_ROOT)?.strip_prefix('/')?;
+    let (device, _suffix) = rest.split_once('/')?;
+    (!device.is_empty()).then_some(device)
+}
+
+/// One reading of one point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    /// Point name, `bridge/point`.
+    pub point: String,
+    /// Engineering value.
+    pub value: f64,
+    /// Engineering unit.
+    #[serde(default)]
+    pub unit: String,
+    /// When it was read, milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+}
+
+/// A batch of readings from one stream (one bridge).
+///
+/// `(epoch, seq)` orders the batches of a stream; the fleet stores each
+/// `(device, stream, epoch, seq)` once, so a resent batch is not counted twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryBatch {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Stream name (the bridge).
+    pub stream: String,
+    /// Identifies one run of the sequence counter (set when the counter starts).
+    pub epoch: u64,
+    /// Sequence number of this batch within `(stream, epoch)`, from 0.
+    pub seq: u64,
+    /// The readings, oldest first.
+    pub readings: Vec<Reading>,
+}
+
+/// Why a payload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    /// Not valid JSON for the payload type.
+    #[error("malformed payload: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// A version this build does not speak.
+    #[error("payload version {0} is not supported (expected {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u32),
+}
+
+impl TelemetryBatch {
+    /// Encodes the batch as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and numbers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and version-checks a batch.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let batch: Self = serde_json::from_slice(bytes)?;
+        if batch.v != PROTOCOL_VERSION {
+            return Err(PayloadError::UnsupportedVersion(batch.v));
+        }
+        Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_name_their_device() {
+        let topic = telemetry_topic("wd-0011");
+        assert_eq!(topic, "warden/v1/devices/wd-0011/telemetry");
+        assert_eq!(device_of_topic(&topic), Some("wd-0011"));
+        assert_eq!(device_of_topic("warden/v1/devices//telemetry"), None);
+        assert_eq!(device_of_topic("other/v1/devices/x/telemetry"), None);
+    }
+
+    #[test]
+    fn batches_round_trip_and_check_version() {
+        let batch = TelemetryBatch {
+            v: PROTOCOL_VERSION,
+            stream: "line1".into(),
+            epoch: 7,
+            seq: 3,
+            readings: vec![Reading { point: "line1/t".into(), value: 21.5, unit: "°C".into(), ts_ms: 1 }],
+        };
+        assert_eq!(TelemetryBatch::decode(&batch.encode()).expect("decodes"), batch);
+        let future = br#"{"v":2,"stream":"s","epoch":0,"seq":0,"readings":[]}"#;
+        assert!(matches!(TelemetryBatch::decode(future), Err(PayloadError::UnsupportedVersion(2))));
+        assert!(matches!(TelemetryBatch::decode(b"{"), Err(PayloadError::Malformed(_))));
+    }
+}

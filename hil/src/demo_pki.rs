@@ -1,0 +1,125 @@
+//! Throwaway PKI for the demo and tests: fleet CA, manufacturer CA, server and device certs.
+//!
+//! Until the provisioning station and pluton land, the demo creates these at start.
+//! Nothing here is fit for a real unit: the device key is an ordinary file.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+/// Paths of the PEM files a demo run uses.
+#[derive(Debug, Clone)]
+pub struct DemoPki {
+    /// The device identity (certificate common name).
+    pub device_id: String,
+    /// CA that signs the fleet's server certificate (pinned by the device).
+    pub fleet_ca: PathBuf,
+    /// The fleet's server certificate (localhost, 127.0.0.1).
+    pub server_cert: PathBuf,
+    /// The fleet's server key.
+    pub server_key: PathBuf,
+    /// The manufacturer CA that signs device certificates (trusted by the fleet).
+    pub manufacturer_ca: PathBuf,
+    /// The device certificate.
+    pub device_cert: PathBuf,
+    /// The device key (pluton will hold it once it lands).
+    pub device_key: PathBuf,
+}
+
+impl DemoPki {
+    /// Creates a fresh PKI under `dir` for a device named from its key.
+    pub fn generate(dir: &Path) -> Result<Self, PkiError> {
+        std::fs::create_dir_all(dir).map_err(|e| PkiError::Io(dir.to_path_buf(), e))?;
+
+        let fleet_ca_key = KeyPair::generate()?;
+        let fleet_ca_params = ca_params("Warden demo fleet CA")?;
+        let fleet_ca_cert = fleet_ca_params.self_signed(&fleet_ca_key)?;
+        let fleet_issuer = Issuer::new(fleet_ca_params, fleet_ca_key);
+
+        let server_key = KeyPair::generate()?;
+        let mut server_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        server_params.distinguished_name = name("Warden demo fleet");
+        server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = server_params.signed_by(&server_key, &fleet_issuer)?;
+
+        let maker_ca_key = KeyPair::generate()?;
+        let maker_ca_params = ca_params("Warden demo manufacturer CA")?;
+        let maker_ca_cert = maker_ca_params.self_signed(&maker_ca_key)?;
+        let maker_issuer = Issuer::new(maker_ca_params, maker_ca_key);
+
+        let device_key = KeyPair::generate()?;
+        let device_id = device_id_from_public_key(device_key.public_key_raw());
+        let mut device_params = CertificateParams::new(Vec::<String>::new())?;
+        device_params.distinguished_name = name(&device_id);
+        device_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let device_cert = device_params.signed_by(&device_key, &maker_issuer)?;
+
+        let pki = Self {
+            device_id,
+            fleet_ca: dir.join("fleet-ca.pem"),
+            server_cert: dir.join("fleet-server.pem"),
+            server_key: dir.join("fleet-server.key"),
+            manufacturer_ca: dir.join("manufacturer-ca.pem"),
+            device_cert: dir.join("device.pem"),
+            device_key: dir.join("device.key"),
+        };
+        write(&pki.fleet_ca, &fleet_ca_cert.pem(), false)?;
+        write(&pki.server_cert, &server_cert.pem(), false)?;
+        write(&pki.server_key, &server_key.serialize_pem(), true)?;
+        write(&pki.manufacturer_ca, &maker_ca_cert.pem(), false)?;
+        write(&pki.device_cert, &device_cert.pem(), false)?;
+        write(&pki.device_key, &device_key.serialize_pem(), true)?;
+        Ok(pki)
+    }
+}
+
+/// A device ID from its public key: `wd-` and the first 8 bytes as hex.
+fn device_id_from_public_key(raw: &[u8]) -> String {
+    let body = raw.get(1..9).unwrap_or(raw);
+    let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+    format!("wd-{hex}")
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "Warden demo");
+    dn
+}
+
+fn ca_params(common_name: &str) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = if secret { 0o600 } else { 0o644 };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| PkiError::Io(path.to_path_buf(), e))?;
+    file.write_all(contents.as_bytes()).map_err(|e| PkiError::Io(path.to_path_buf(), e))
+}
+
+/// Why the demo PKI could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// Writing a file failed.
+    #[error("cannot write {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
