@@ -96,8 +96,10 @@ impl ApplianceConfig {
     /// Reads, parses and validates a config file. Relative paths inside it are
     /// resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -131,37 +133,66 @@ impl ApplianceConfig {
             message,
         };
         if self.device.id.is_empty()
-            || !self.device.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !self
+                .device
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(invalid(
                 "device.id".into(),
-                format!("{:?} must be non-empty letters, digits, '-' or '_'", self.device.id),
+                format!(
+                    "{:?} must be non-empty letters, digits, '-' or '_'",
+                    self.device.id
+                ),
             ));
         }
         let mut bridge_names = BTreeSet::new();
         for (b, bridge) in self.bridges.modbus_tcp.iter().enumerate() {
             let at = format!("bridges.modbus_tcp[{b}]");
             if !bridge_names.insert(bridge.name.as_str()) {
-                return Err(invalid(format!("{at}.name"), format!("bridge name {:?} is used twice", bridge.name)));
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("bridge name {:?} is used twice", bridge.name),
+                ));
             }
             if bridge.points.is_empty() {
-                return Err(invalid(format!("{at}.points"), "a bridge needs at least one point".into()));
+                return Err(invalid(
+                    format!("{at}.points"),
+                    "a bridge needs at least one point".into(),
+                ));
             }
             let mut point_names = BTreeSet::new();
             for (p, point) in bridge.points.iter().enumerate() {
                 let at = format!("{at}.points[{p}]");
                 if !point_names.insert(point.name.as_str()) {
-                    return Err(invalid(format!("{at}.name"), format!("point name {:?} is used twice in bridge {}", point.name, bridge.name)));
+                    return Err(invalid(
+                        format!("{at}.name"),
+                        format!(
+                            "point name {:?} is used twice in bridge {}",
+                            point.name, bridge.name
+                        ),
+                    ));
                 }
-                let last = u32::from(point.address) + u32::from(point.data_type.register_count()) - 1;
+                let last =
+                    u32::from(point.address) + u32::from(point.data_type.register_count()) - 1;
                 if last > u32::from(u16::MAX) {
-                    return Err(invalid(format!("{at}.address"), format!("{} runs past register 65535", point.address)));
+                    return Err(invalid(
+                        format!("{at}.address"),
+                        format!("{} runs past register 65535", point.address),
+                    ));
                 }
                 if point.poll_interval_ms == 0 {
-                    return Err(invalid(format!("{at}.poll_interval_ms"), "must be at least 1".into()));
+                    return Err(invalid(
+                        format!("{at}.poll_interval_ms"),
+                        "must be at least 1".into(),
+                    ));
                 }
                 if !point.scale.is_finite() || !point.offset.is_finite() {
-                    return Err(invalid(format!("{at}.scale"), "scale and offset must be finite numbers".into()));
+                    return Err(invalid(
+                        format!("{at}.scale"),
+                        "scale and offset must be finite numbers".into(),
+                    ));
                 }
             }
         }
@@ -207,10 +238,14 @@ listen = "127.0.0.1:0"
 
     #[test]
     fn good_config_loads_with_paths_beside_it() {
-        let config = ApplianceConfig::parse(GOOD, Path::new("/etc/warden/warden.toml")).expect("valid");
+        let config =
+            ApplianceConfig::parse(GOOD, Path::new("/etc/warden/warden.toml")).expect("valid");
         assert_eq!(config.bridges.modbus_tcp[0].points[0].scale, 0.1);
         assert_eq!(config.policy.file, Path::new("/etc/warden/policy.toml"));
-        assert_eq!(config.link.device_key, Path::new("/etc/warden/pki/device.key"));
+        assert_eq!(
+            config.link.device_key,
+            Path::new("/etc/warden/pki/device.key")
+        );
     }
 
     #[test]
@@ -218,7 +253,10 @@ listen = "127.0.0.1:0"
         let bad = GOOD.replace("scale = 0.1", "scale = 0.1\nscael = 2");
         let error = ApplianceConfig::parse(&bad, Path::new("warden.toml")).expect_err("must fail");
         let text = error.to_string();
-        assert!(text.starts_with("warden.toml:15:1: unknown field `scael`"), "{text}");
+        assert!(
+            text.starts_with("warden.toml:15:1: unknown field `scael`"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -21,19 +21,28 @@ pub struct DemoArgs {
 
 impl Default for DemoArgs {
     fn default() -> Self {
-        Self { state_dir: PathBuf::from("warden-demo"), ephemeral_ports: false }
+        Self {
+            state_dir: PathBuf::from("warden-demo"),
+            ephemeral_ports: false,
+        }
     }
 }
 
 /// Runs the demo until Ctrl-C or SIGTERM.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let ports = if args.ephemeral_ports { DemoPorts::EPHEMERAL } else { DemoPorts::FIXED };
+    let ports = if args.ephemeral_ports {
+        DemoPorts::EPHEMERAL
+    } else {
+        DemoPorts::FIXED
+    };
     let shutdown = CancellationToken::new();
     let world = match DemoWorld::start(&args.state_dir, ports, shutdown.clone()).await {
         Ok(world) => world,
         Err(error) => {
             shutdown.cancel();
-            return Err(error.context("cannot start the demo (if a port is taken, try `warden demo --ephemeral-ports`)"));
+            return Err(error.context(
+                "cannot start the demo (if a port is taken, try `warden demo --ephemeral-ports`)",
+            ));
         }
     };
     let config = ApplianceConfig::load(&world.appliance_config)?;
@@ -46,15 +55,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let fleet = world.fleet.http_address;
-    println!("Warden demo is running (state in {}).", args.state_dir.display());
+    println!(
+        "Warden demo is running (state in {}).",
+        args.state_dir.display()
+    );
     println!("  fleet dashboard:  http://{fleet}/");
     println!("  fleet API:        http://{fleet}/api/v1/devices");
-    println!("  device telemetry: http://{fleet}/api/v1/devices/{}/telemetry", world.pki.device_id);
+    println!(
+        "  device telemetry: http://{fleet}/api/v1/devices/{}/telemetry",
+        world.pki.device_id
+    );
     println!("  status page:      http://{}/", appliance.status_address);
-    println!("  simulated device: modbus-tcp://{} (unit 1)", world.equipment.address());
+    println!(
+        "  simulated device: modbus-tcp://{} (unit 1)",
+        world.equipment.address()
+    );
     println!("  appliance config: {}", world.appliance_config.display());
-    println!("No credentials yet: every page listens on 127.0.0.1 only. Certificates are throwaway,");
-    println!("made at start under {}/pki until provisioning lands. Ctrl-C stops.", args.state_dir.display());
+    println!(
+        "No credentials yet: every page listens on 127.0.0.1 only. Certificates are throwaway,"
+    );
+    println!(
+        "made at start under {}/pki until provisioning lands. Ctrl-C stops.",
+        args.state_dir.display()
+    );
     crate::signals::wait_for_stop().await;
     shutdown.cancel();
     appliance.stopped().await;

@@ -63,13 +63,17 @@ fn main() -> ExitCode {
         #[cfg(feature = "demo")]
         None => run_async(warden::demo::run(warden::demo::DemoArgs::default())),
         #[cfg(not(feature = "demo"))]
-        None => Err(anyhow::anyhow!("no command given; try `warden run --config FILE` or `warden --help`")),
+        None => Err(anyhow::anyhow!(
+            "no command given; try `warden run --config FILE` or `warden --help`"
+        )),
         #[cfg(feature = "demo")]
         Some(Command::Demo(args)) => run_async(warden::demo::run(args)),
         Some(Command::Run { config }) => run_async(run(config)),
         Some(Command::CheckConfig { config }) => check_config(&config),
         Some(Command::Policy(PolicyCommand::Check { file })) => policy_check(&file),
-        Some(Command::Policy(PolicyCommand::Explain { file, request })) => policy_explain(&file, &request),
+        Some(Command::Policy(PolicyCommand::Explain { file, request })) => {
+            policy_explain(&file, &request)
+        }
     };
     match result {
         Ok(code) => code,
@@ -83,7 +87,9 @@ fn main() -> ExitCode {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,rumqttc=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -94,7 +100,10 @@ fn init_logging(json: bool) {
 fn run_async(
     future: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
 ) -> anyhow::Result<ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(future)
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
 }
 
 async fn run(config_path: PathBuf) -> anyhow::Result<ExitCode> {
@@ -123,7 +132,11 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 fn policy_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let report = warden_policy::cli::check_file(file)?;
     print!("{report}");
-    Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn policy_explain(file: &std::path::Path, request: &str) -> anyhow::Result<ExitCode> {

@@ -67,13 +67,15 @@ impl RunningAppliance {
 }
 
 /// Starts the bridges, the link and the status page from `config`.
-pub async fn start(config: ApplianceConfig, shutdown: CancellationToken) -> anyhow::Result<RunningAppliance> {
+pub async fn start(
+    config: ApplianceConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningAppliance> {
     let policy_text = std::fs::read_to_string(&config.policy.file)
         .with_context(|| format!("cannot read policy {}", config.policy.file.display()))?;
     let origin = config.policy.file.display().to_string();
-    let compiled = warden_policy::compile(&policy_text, &origin).map_err(|errors| {
-        anyhow::anyhow!("policy {origin} does not compile:\n{errors}")
-    })?;
+    let compiled = warden_policy::compile(&policy_text, &origin)
+        .map_err(|errors| anyhow::anyhow!("policy {origin} does not compile:\n{errors}"))?;
     for warning in &compiled.warnings {
         tracing::warn!(%warning, "policy warning");
     }
@@ -93,7 +95,10 @@ pub async fn start(config: ApplianceConfig, shutdown: CancellationToken) -> anyh
             health: Arc::default(),
         };
         let poller = Poller::new(bridge, Box::new(PolicyGate::new(Arc::clone(&policy))));
-        let view = BridgeView { health: poller.health(), ..view };
+        let view = BridgeView {
+            health: poller.health(),
+            ..view
+        };
         bridges.push(view);
         tasks.spawn(poller.run(sample_tx.clone(), shutdown.clone()));
     }
@@ -117,10 +122,17 @@ pub async fn start(config: ApplianceConfig, shutdown: CancellationToken) -> anyh
     let values = Arc::clone(&state.values);
     tasks.spawn(async move {
         while let Some(sample) = sample_rx.recv().await {
-            values.lock().unwrap_or_else(PoisonError::into_inner).insert(
-                (sample.bridge.clone(), sample.point.clone()),
-                LiveValue { value: sample.value, unit: sample.unit.clone(), ts_ms: sample.timestamp_ms },
-            );
+            values
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    (sample.bridge.clone(), sample.point.clone()),
+                    LiveValue {
+                        value: sample.value,
+                        unit: sample.unit.clone(),
+                        ts_ms: sample.timestamp_ms,
+                    },
+                );
             let reading = Reading {
                 point: format!("{}/{}", sample.bridge, sample.point),
                 value: sample.value,
@@ -135,7 +147,12 @@ pub async fn start(config: ApplianceConfig, shutdown: CancellationToken) -> anyh
 
     let listener = tokio::net::TcpListener::bind(&config.status_page.listen)
         .await
-        .with_context(|| format!("cannot listen for the status page on {}", config.status_page.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen for the status page on {}",
+                config.status_page.listen
+            )
+        })?;
     let status_address = listener.local_addr()?;
     let page_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -146,5 +163,8 @@ pub async fn start(config: ApplianceConfig, shutdown: CancellationToken) -> anyh
             tracing::error!(%error, "status page failed");
         }
     });
-    Ok(RunningAppliance { status_address, tasks })
+    Ok(RunningAppliance {
+        status_address,
+        tasks,
+    })
 }

@@ -26,7 +26,10 @@ pub fn router(state: ApplianceState) -> Router {
 async fn page() -> Response {
     (
         [
-            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'",
+            ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::X_FRAME_OPTIONS, "DENY"),
         ],
@@ -69,14 +72,22 @@ pub struct PointStatus {
 }
 
 async fn status(State(state): State<ApplianceState>) -> Json<Status> {
-    let values = state.values.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let values = state
+        .values
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let bridges = state
         .bridges
         .iter()
         .map(|bridge| BridgeStatus {
             name: bridge.name.clone(),
             address: bridge.address.clone(),
-            health: bridge.health.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            health: bridge
+                .health
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             points: bridge
                 .points
                 .iter()
@@ -87,6 +98,14 @@ async fn status(State(state): State<ApplianceState>) -> Json<Status> {
                 .collect(),
         })
         .collect();
-    let link = state.link.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    Json(Status { device_id: state.device_id.clone(), link, bridges })
+    let link = state
+        .link
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    Json(Status {
+        device_id: state.device_id.clone(),
+        link,
+        bridges,
+    })
 }

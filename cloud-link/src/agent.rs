@@ -75,7 +75,11 @@ pub struct LinkAgent {
 impl LinkAgent {
     /// An agent for `device_id`.
     pub fn new(device_id: String, config: LinkConfig) -> Self {
-        Self { device_id, config, status: Arc::default() }
+        Self {
+            device_id,
+            config,
+            status: Arc::default(),
+        }
     }
 
     /// The link's status, updated as it runs.
@@ -90,12 +94,18 @@ impl LinkAgent {
         mut readings: mpsc::Receiver<(String, Reading)>,
         shutdown: CancellationToken,
     ) -> Result<(), TlsError> {
-        let identity = ClientIdentity::from_pem_files(&self.config.device_cert, &self.config.device_key)?;
+        let identity =
+            ClientIdentity::from_pem_files(&self.config.device_cert, &self.config.device_key)?;
         let tls = client_config(&self.config.fleet_ca, identity)?;
-        let mut options =
-            MqttOptions::new(self.device_id.clone(), &self.config.broker_host, self.config.broker_port);
+        let mut options = MqttOptions::new(
+            self.device_id.clone(),
+            &self.config.broker_host,
+            self.config.broker_port,
+        );
         options.set_keep_alive(Duration::from_secs(15));
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )));
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
 
         let status = Arc::clone(&self.status);
@@ -141,7 +151,8 @@ impl LinkAgent {
         let epoch = unix_millis();
         let mut sequence: BTreeMap<String, u64> = BTreeMap::new();
         let mut pending: BTreeMap<String, Vec<Reading>> = BTreeMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(self.config.batch_interval_ms.max(10)));
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.config.batch_interval_ms.max(10)));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -175,11 +186,15 @@ fn update(status: &Mutex<LinkStatus>, change: impl FnOnce(&mut LinkStatus)) {
 
 /// `delay` plus up to 25 % jitter, so a fleet of devices does not reconnect in step.
 fn with_jitter(delay: Duration) -> Duration {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let quarter = delay.as_millis() as u64 / 4;
     delay + Duration::from_millis(u64::from(nanos) % (quarter + 1))
 }
 
 fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -21,7 +21,10 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem(path.display().to_string(), e.to_string()))?;
     if certs.is_empty() {
-        return Err(TlsError::Pem(path.display().to_string(), "no certificate in file".into()));
+        return Err(TlsError::Pem(
+            path.display().to_string(),
+            "no certificate in file".into(),
+        ));
     }
     Ok(certs)
 }

@@ -111,11 +111,25 @@ mod tests {
             stream: "line1".into(),
             epoch: 7,
             seq: 3,
-            readings: vec![Reading { point: "line1/t".into(), value: 21.5, unit: "°C".into(), ts_ms: 1 }],
+            readings: vec![Reading {
+                point: "line1/t".into(),
+                value: 21.5,
+                unit: "°C".into(),
+                ts_ms: 1,
+            }],
         };
-        assert_eq!(TelemetryBatch::decode(&batch.encode()).expect("decodes"), batch);
+        assert_eq!(
+            TelemetryBatch::decode(&batch.encode()).expect("decodes"),
+            batch
+        );
         let future = br#"{"v":2,"stream":"s","epoch":0,"seq":0,"readings":[]}"#;
-        assert!(matches!(TelemetryBatch::decode(future), Err(PayloadError::UnsupportedVersion(2))));
-        assert!(matches!(TelemetryBatch::decode(b"{"), Err(PayloadError::Malformed(_))));
+        assert!(matches!(
+            TelemetryBatch::decode(future),
+            Err(PayloadError::UnsupportedVersion(2))
+        ));
+        assert!(matches!(
+            TelemetryBatch::decode(b"{"),
+            Err(PayloadError::Malformed(_))
+        ));
     }
 }

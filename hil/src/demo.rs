@@ -34,9 +34,19 @@ pub struct DemoPorts {
 
 impl DemoPorts {
     /// Fixed ports, easy to type.
-    pub const FIXED: Self = Self { fleet_http: 8080, fleet_mqtt: 8883, status_page: 8081, equipment: 5020 };
+    pub const FIXED: Self = Self {
+        fleet_http: 8080,
+        fleet_mqtt: 8883,
+        status_page: 8081,
+        equipment: 5020,
+    };
     /// Free ports chosen by the kernel (tests, or when the fixed ones are taken).
-    pub const EPHEMERAL: Self = Self { fleet_http: 0, fleet_mqtt: 0, status_page: 0, equipment: 0 };
+    pub const EPHEMERAL: Self = Self {
+        fleet_http: 0,
+        fleet_mqtt: 0,
+        status_page: 0,
+        equipment: 0,
+    };
 }
 
 /// The running world: simulated equipment and the fleet service.
@@ -64,10 +74,18 @@ impl DemoWorld {
         let pki = DemoPki::generate(&state_dir.join("pki"))?;
         let model: DeviceModel =
             toml::from_str(EQUIPMENT_MODEL).context("the built-in equipment model is invalid")?;
-        let equipment =
-            SimulatedSlave::start(&format!("127.0.0.1:{}", ports.equipment), model, shutdown.clone())
-                .await
-                .with_context(|| format!("cannot start the simulated device on port {}", ports.equipment))?;
+        let equipment = SimulatedSlave::start(
+            &format!("127.0.0.1:{}", ports.equipment),
+            model,
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start the simulated device on port {}",
+                ports.equipment
+            )
+        })?;
         let fleet_config = warden_fleet::FleetConfig {
             http_listen: format!("127.0.0.1:{}", ports.fleet_http),
             mqtt_listen: format!("127.0.0.1:{}", ports.fleet_mqtt),
@@ -79,13 +97,32 @@ impl DemoWorld {
         let fleet = warden_fleet::start(&fleet_config, shutdown).await?;
         let status_listen = format!("127.0.0.1:{}", ports.status_page);
         let appliance_config = state_dir.join("warden.toml");
-        write_file(&appliance_config, &appliance_config_text(&pki, equipment.address(), fleet.mqtt_address, &status_listen))?;
+        write_file(
+            &appliance_config,
+            &appliance_config_text(
+                &pki,
+                equipment.address(),
+                fleet.mqtt_address,
+                &status_listen,
+            ),
+        )?;
         write_file(&state_dir.join("policy.toml"), DEMO_POLICY)?;
-        Ok(Self { pki, equipment, fleet, appliance_config, status_listen })
+        Ok(Self {
+            pki,
+            equipment,
+            fleet,
+            appliance_config,
+            status_listen,
+        })
     }
 }
 
-fn appliance_config_text(pki: &DemoPki, equipment: SocketAddr, broker: SocketAddr, status_listen: &str) -> String {
+fn appliance_config_text(
+    pki: &DemoPki,
+    equipment: SocketAddr,
+    broker: SocketAddr,
+    status_listen: &str,
+) -> String {
     APPLIANCE_CONFIG_TEMPLATE
         .replace("{{DEVICE_ID}}", &pki.device_id)
         .replace("{{EQUIPMENT}}", &equipment.to_string())
@@ -95,6 +132,7 @@ fn appliance_config_text(pki: &DemoPki, equipment: SocketAddr, broker: SocketAdd
 
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, text).with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::write(&temporary, text)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -110,7 +110,8 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
         .mode(mode)
         .open(path)
         .map_err(|e| PkiError::Io(path.to_path_buf(), e))?;
-    file.write_all(contents.as_bytes()).map_err(|e| PkiError::Io(path.to_path_buf(), e))
+    file.write_all(contents.as_bytes())
+        .map_err(|e| PkiError::Io(path.to_path_buf(), e))
 }
 
 /// Why the demo PKI could not be created.

@@ -10,9 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use warden_bridges::modbus::MAX_PDU_LEN;
 use warden_bridges::modbus::pdu::{self, ExceptionCode, FunctionCode, Request};
 use warden_bridges::modbus::tcp_frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
-use warden_bridges::modbus::MAX_PDU_LEN;
 
 use crate::register_model::RegisterModel;
 
@@ -122,7 +122,9 @@ impl SimulatedSlave {
                     Err(_) => return, // not Modbus: drop the connection, as a device would
                     Ok(Some((header, request_pdu, used))) => {
                         let mut response = [0u8; MAX_PDU_LEN];
-                        let len = self.answer(header.unit_id, request_pdu, &mut response).await;
+                        let len = self
+                            .answer(header.unit_id, request_pdu, &mut response)
+                            .await;
                         (header, len, used, response)
                     }
                 };
@@ -142,7 +144,8 @@ impl SimulatedSlave {
         let mut state = self.state.lock().await;
         state.requests += 1;
         let function = request_pdu.first().copied().unwrap_or(0);
-        let exception = |code, out: &mut [u8]| pdu::encode_exception(function, code, out).unwrap_or(0);
+        let exception =
+            |code, out: &mut [u8]| pdu::encode_exception(function, code, out).unwrap_or(0);
         if unit != state.model.unit {
             return exception(ExceptionCode(0x0B), out);
         }
@@ -155,7 +158,11 @@ impl SimulatedSlave {
         };
         let elapsed = state.started.elapsed().as_millis() as u64;
         match request {
-            Request::ReadRegisters { function, address, count } => {
+            Request::ReadRegisters {
+                function,
+                address,
+                count,
+            } => {
                 let values: Option<Vec<u16>> = (address..address.saturating_add(count))
                     .map(|a| match function {
                         FunctionCode::ReadInputRegisters => {
@@ -183,13 +190,14 @@ impl SimulatedSlave {
 
 impl DeviceState {
     fn holding_value(&self, address: u16, elapsed_ms: u64) -> Option<u16> {
-        self.written
-            .get(&address)
-            .copied()
-            .or_else(|| self.model.holding.get(&address).map(|m| m.value_at(elapsed_ms)))
+        self.written.get(&address).copied().or_else(|| {
+            self.model
+                .holding
+                .get(&address)
+                .map(|m| m.value_at(elapsed_ms))
+        })
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -201,23 +209,46 @@ mod tests {
         let mut holding = BTreeMap::new();
         holding.insert(0, RegisterModel::Constant { value: 215 });
         holding.insert(1, RegisterModel::Counter { period_ms: 60_000 });
-        DeviceModel { unit: 1, holding, input: BTreeMap::new() }
+        DeviceModel {
+            unit: 1,
+            holding,
+            input: BTreeMap::new(),
+        }
     }
 
     #[tokio::test]
     async fn answers_reads_writes_and_exceptions() {
         let shutdown = CancellationToken::new();
-        let slave = SimulatedSlave::start("127.0.0.1:0", model(), shutdown.clone()).await.expect("bind");
+        let slave = SimulatedSlave::start("127.0.0.1:0", model(), shutdown.clone())
+            .await
+            .expect("bind");
         let mut client = TcpClient::connect(&slave.address().to_string(), Duration::from_secs(2))
             .await
             .expect("connect");
-        let read = Request::ReadRegisters { function: FunctionCode::ReadHoldingRegisters, address: 0, count: 2 };
-        assert_eq!(client.call(1, &read).await, Ok(Answer::Registers(vec![215, 0])));
-        let write = Request::WriteSingleRegister { address: 0, value: 300 };
+        let read = Request::ReadRegisters {
+            function: FunctionCode::ReadHoldingRegisters,
+            address: 0,
+            count: 2,
+        };
+        assert_eq!(
+            client.call(1, &read).await,
+            Ok(Answer::Registers(vec![215, 0]))
+        );
+        let write = Request::WriteSingleRegister {
+            address: 0,
+            value: 300,
+        };
         assert_eq!(client.call(1, &write).await, Ok(Answer::Written));
         assert_eq!(slave.holding_register(0).await, Some(300));
-        let missing = Request::ReadRegisters { function: FunctionCode::ReadHoldingRegisters, address: 5, count: 1 };
-        assert_eq!(client.call(1, &missing).await, Ok(Answer::Exception(ExceptionCode::ILLEGAL_DATA_ADDRESS)));
+        let missing = Request::ReadRegisters {
+            function: FunctionCode::ReadHoldingRegisters,
+            address: 5,
+            count: 1,
+        };
+        assert_eq!(
+            client.call(1, &missing).await,
+            Ok(Answer::Exception(ExceptionCode::ILLEGAL_DATA_ADDRESS))
+        );
         assert_eq!(slave.request_count().await, 3);
         shutdown.cancel();
     }

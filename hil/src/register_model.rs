@@ -34,7 +34,12 @@ impl RegisterModel {
     pub fn value_at(&self, elapsed_ms: u64) -> u16 {
         match *self {
             Self::Constant { value } => value,
-            Self::Ramp { from, to, step, period_ms } => {
+            Self::Ramp {
+                from,
+                to,
+                step,
+                period_ms,
+            } => {
                 let span = u64::from(to.saturating_sub(from));
                 let steps_per_cycle = span / u64::from(step.max(1)) + 1;
                 let step_index = (elapsed_ms / period_ms.max(1)) % steps_per_cycle;
@@ -51,7 +56,12 @@ mod tests {
 
     #[test]
     fn ramp_climbs_and_wraps() {
-        let ramp = RegisterModel::Ramp { from: 200, to: 230, step: 10, period_ms: 1000 };
+        let ramp = RegisterModel::Ramp {
+            from: 200,
+            to: 230,
+            step: 10,
+            period_ms: 1000,
+        };
         let values: Vec<u16> = (0..6).map(|s| ramp.value_at(s * 1000 + 1)).collect();
         assert_eq!(values, vec![200, 210, 220, 230, 200, 210]);
     }

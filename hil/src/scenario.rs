@@ -1,1 +1,290 @@
-//! End-to-end scenarios (filled in below).
+//! End-to-end scenarios that run the `warden` binary as a process.
+//!
+//! `hil` never links the appliance: a scenario takes the path of a built `warden`
+//! binary (tests in `appliance/tests` pass `CARGO_BIN_EXE_warden`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use warden_bridges::modbus::pdu::{FunctionCode, Request};
+use warden_bridges::modbus::tcp_client::{Answer, TcpClient};
+
+/// The addresses `warden demo` printed.
+#[derive(Debug, Clone, Default)]
+pub struct DemoUrls {
+    /// `http://host:port` of the fleet.
+    pub fleet: String,
+    /// `http://host:port` of the status page.
+    pub status_page: String,
+    /// `host:port` of the simulated device.
+    pub equipment: String,
+    /// The device ID.
+    pub device_id: String,
+}
+
+/// A `warden demo` process; killed if dropped while running.
+pub struct DemoProcess {
+    child: Child,
+    /// What it printed.
+    pub urls: DemoUrls,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+}
+
+impl DemoProcess {
+    /// Starts `warden demo --ephemeral-ports` and waits (up to 60 s) for its URLs.
+    pub async fn start(warden_bin: &Path, state_dir: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(warden_bin)
+            .args(["demo", "--ephemeral-ports", "--state-dir"])
+            .arg(state_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", warden_bin.display()))?;
+        let stdout = child.stdout.take().context("demo stdout is not piped")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut urls = DemoUrls::default();
+        let read = async {
+            while let Some(line) = lines.next_line().await? {
+                let value = |label: &str| line.split_once(label).map(|(_, v)| v.trim().to_owned());
+                if let Some(v) = value("fleet dashboard:") {
+                    urls.fleet = v.trim_end_matches('/').to_owned();
+                } else if let Some(v) = value("status page:") {
+                    urls.status_page = v.trim_end_matches('/').to_owned();
+                } else if let Some(v) = value("simulated device:") {
+                    let address = v.trim_start_matches("modbus-tcp://");
+                    urls.equipment = address
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                } else if let Some(v) = value("device telemetry:") {
+                    let id = v
+                        .trim_end_matches("/telemetry")
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default();
+                    urls.device_id = id.to_owned();
+                }
+                if line.contains("Ctrl-C stops") {
+                    return anyhow::Ok(());
+                }
+            }
+            bail!("the demo exited before printing its URLs")
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .context("the demo printed no URLs within 60 s")??;
+        // Keep draining stdout so the demo never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        ensure!(
+            !urls.fleet.is_empty() && !urls.equipment.is_empty() && !urls.device_id.is_empty(),
+            "incomplete demo output: {urls:?}"
+        );
+        Ok(Self {
+            child,
+            urls,
+            state_dir: state_dir.to_path_buf(),
+        })
+    }
+
+    /// Sends SIGTERM and waits (up to 20 s) for a clean exit.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the demo already exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM {pid} failed");
+        let exit = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .context("the demo did not stop within 20 s of SIGTERM")??;
+        ensure!(exit.success(), "the demo exited with {exit}");
+        Ok(())
+    }
+}
+
+/// A point of the appliance config, as far as a scenario needs it.
+#[derive(Debug, Clone, Deserialize)]
+struct ConfiguredPoint {
+    name: String,
+    address: u16,
+    #[serde(default = "one")]
+    scale: f64,
+    #[serde(default)]
+    offset: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Finds a point of the first Modbus TCP bridge in the config the demo wrote.
+fn configured_point(state_dir: &Path, name: &str) -> anyhow::Result<ConfiguredPoint> {
+    let path = state_dir.join("warden.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let config: toml::Value = toml::from_str(&text)?;
+    let points = config
+        .get("bridges")
+        .and_then(|b| b.get("modbus_tcp"))
+        .and_then(|b| b.get(0))
+        .and_then(|b| b.get("points"))
+        .cloned()
+        .context("the demo config has no Modbus TCP points")?;
+    let points: Vec<ConfiguredPoint> = points.try_into()?;
+    points
+        .into_iter()
+        .find(|p| p.name == name)
+        .with_context(|| format!("no point {name} in the demo config"))
+}
+
+#[derive(Debug, Deserialize)]
+struct Telemetry {
+    readings: Vec<ApiReading>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiReading {
+    value: f64,
+    ts_ms: i64,
+}
+
+/// Latest readings of `point` from the fleet API, newest first (empty while unknown).
+async fn fleet_readings(
+    http: &reqwest::Client,
+    urls: &DemoUrls,
+    point: &str,
+) -> anyhow::Result<Vec<ApiReading>> {
+    let url = format!(
+        "{}/api/v1/devices/{}/telemetry?point={point}&limit=20",
+        urls.fleet, urls.device_id
+    );
+    let response = http.get(&url).send().await?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(Vec::new());
+    }
+    Ok(response
+        .error_for_status()?
+        .json::<Telemetry>()
+        .await?
+        .readings)
+}
+
+/// Reads one holding register straight from the simulated device.
+async fn read_register(equipment: &str, address: u16) -> anyhow::Result<u16> {
+    let mut client = TcpClient::connect(equipment, Duration::from_secs(2)).await?;
+    let request = Request::ReadRegisters {
+        function: FunctionCode::ReadHoldingRegisters,
+        address,
+        count: 1,
+    };
+    match client.call(1, &request).await? {
+        Answer::Registers(values) if values.len() == 1 => Ok(values[0]),
+        other => bail!("unexpected answer {other:?} for register {address}"),
+    }
+}
+
+/// What [`telemetry_reaches_fleet`] observed.
+#[derive(Debug)]
+pub struct TelemetryReport {
+    /// The value the fleet stored for the constant point.
+    pub setpoint: f64,
+    /// Distinct values of the ramping point seen at the fleet.
+    pub temperatures: Vec<f64>,
+}
+
+/// The walking skeleton, end to end: a register value of the simulated device
+/// arrives at the fleet API with the configured scaling, values keep changing, and
+/// the demo stops cleanly on SIGTERM with its store intact.
+pub async fn telemetry_reaches_fleet(
+    warden_bin: &Path,
+    state_dir: &Path,
+) -> anyhow::Result<TelemetryReport> {
+    let demo = DemoProcess::start(warden_bin, state_dir).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+
+    // A constant register: the fleet must hold exactly raw × scale + offset.
+    let setpoint = configured_point(state_dir, "spindle_setpoint")?;
+    let raw = read_register(&demo.urls.equipment, setpoint.address).await?;
+    let expected = f64::from(raw) * setpoint.scale + setpoint.offset;
+    let stored = poll_until(Duration::from_secs(30), || async {
+        Ok(fleet_readings(&http, &demo.urls, "line1/spindle_setpoint")
+            .await?
+            .first()
+            .map(|r| r.value))
+    })
+    .await
+    .context("no spindle_setpoint reading reached the fleet within 30 s")?;
+    ensure!(
+        stored == expected,
+        "fleet holds {stored}, device register {raw} scaled is {expected}"
+    );
+
+    // A ramping register: the fleet must see it change, each value scaled from a raw
+    // register value the device really produces.
+    let temperature = configured_point(state_dir, "oil_temperature")?;
+    let mut seen: Vec<f64> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 2 && tokio::time::Instant::now() < deadline {
+        for reading in fleet_readings(&http, &demo.urls, "line1/oil_temperature").await? {
+            let raw = (reading.value - temperature.offset) / temperature.scale;
+            ensure!(
+                (raw - raw.round()).abs() < 1e-6,
+                "value {} at {} is not a scaled register value",
+                reading.value,
+                reading.ts_ms
+            );
+            if !seen.contains(&reading.value) {
+                seen.push(reading.value);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    ensure!(
+        seen.len() >= 2,
+        "the fleet saw oil_temperature stay at {seen:?} for 30 s"
+    );
+
+    demo.stop().await?;
+    let store = warden_fleet::store::Store::open(&format!(
+        "sqlite://{}",
+        state_dir.join("fleet.db").display()
+    ))
+    .await?;
+    let devices = store.devices().await?;
+    store.close().await;
+    ensure!(
+        devices.len() == 1 && !devices[0].latest.is_empty(),
+        "store after shutdown: {devices:?}"
+    );
+    Ok(TelemetryReport {
+        setpoint: stored,
+        temperatures: seen,
+    })
+}
+
+async fn poll_until<T, F, Fut>(limit: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("gave up after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -6,4 +6,4 @@ pub mod poller;
 pub mod request_policy;
 
 pub use point::{DataType, PointConfig, PointValue, RegisterKind, WordOrder};
-pub use poller::{ModbusTcpBridgeConfig, Poller, Sample, BridgeHealth};
+pub use poller::{BridgeHealth, ModbusTcpBridgeConfig, Poller, Sample};

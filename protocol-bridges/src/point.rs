@@ -137,9 +137,18 @@ mod tests {
 
     #[test]
     fn scaling_and_signedness() {
-        assert_eq!(point(DataType::U16, WordOrder::BigEndian, 0.1, 0.0).decode(&[215]), Some(21.5));
-        assert_eq!(point(DataType::I16, WordOrder::BigEndian, 1.0, 0.0).decode(&[0xFFFE]), Some(-2.0));
-        assert_eq!(point(DataType::U16, WordOrder::BigEndian, 2.0, -10.0).decode(&[5]), Some(0.0));
+        assert_eq!(
+            point(DataType::U16, WordOrder::BigEndian, 0.1, 0.0).decode(&[215]),
+            Some(21.5)
+        );
+        assert_eq!(
+            point(DataType::I16, WordOrder::BigEndian, 1.0, 0.0).decode(&[0xFFFE]),
+            Some(-2.0)
+        );
+        assert_eq!(
+            point(DataType::U16, WordOrder::BigEndian, 2.0, -10.0).decode(&[5]),
+            Some(0.0)
+        );
     }
 
     #[test]

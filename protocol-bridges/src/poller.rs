@@ -80,7 +80,11 @@ pub struct Poller {
 impl Poller {
     /// A poller for `config` whose every request passes `policy`.
     pub fn new(config: ModbusTcpBridgeConfig, policy: Box<dyn RequestPolicy>) -> Self {
-        Self { config, policy, health: Arc::default() }
+        Self {
+            config,
+            policy,
+            health: Arc::default(),
+        }
     }
 
     /// The bridge's health, updated as it runs.
@@ -123,13 +127,15 @@ impl Poller {
                 }
             }
             let now = Instant::now();
-            for index in 0..self.config.points.len() {
-                if next_due[index] > now {
+            for (index, due) in next_due.iter_mut().enumerate() {
+                if *due > now {
                     continue;
                 }
-                let point = &self.config.points[index];
-                next_due[index] = now + Duration::from_millis(point.poll_interval_ms.max(1));
-                let Some(connection) = client.as_mut() else { break };
+                let interval = self.config.points[index].poll_interval_ms.max(1);
+                *due = now + Duration::from_millis(interval);
+                let Some(connection) = client.as_mut() else {
+                    break;
+                };
                 match self.poll_point(connection, index).await {
                     Ok(Some(sample)) => {
                         if samples.send(sample).await.is_err() {
@@ -214,12 +220,17 @@ impl Poller {
 
     fn update_health(&self, change: impl FnOnce(&mut BridgeHealth)) {
         // A poisoned lock only means another holder panicked mid-update; counters stay usable.
-        let mut health = self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut health = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         change(&mut health);
     }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

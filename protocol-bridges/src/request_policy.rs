@@ -58,7 +58,9 @@ impl PolicyGate {
 impl RequestPolicy for PolicyGate {
     fn check(&mut self, gated: &GatedRequest<'_>) -> Result<(), Denial> {
         let Some(bridge) = self.policy.bridge_id(gated.bridge) else {
-            return Err(Denial { reason: format!("the policy names no bridge {:?}", gated.bridge) });
+            return Err(Denial {
+                reason: format!("the policy names no bridge {:?}", gated.bridge),
+            });
         };
         let (address, count, value) = match *gated.request {
             Request::ReadRegisters { address, count, .. } => (address, count, None),
@@ -78,7 +80,8 @@ impl RequestPolicy for PolicyGate {
                 RequestSource::Facade => warden_policy::Source::Facade,
             },
         });
-        let decision = warden_policy::evaluate(&self.policy.tables(), &mut self.rate, &request, now_ms());
+        let decision =
+            warden_policy::evaluate(&self.policy.tables(), &mut self.rate, &request, now_ms());
         match decision.verdict {
             warden_policy::Verdict::Allow => Ok(()),
             _ => {
@@ -87,7 +90,9 @@ impl RequestPolicy for PolicyGate {
                     .and_then(|rule| self.policy.rule(rule))
                     .map(|info| format!(" ({})", info.label))
                     .unwrap_or_default();
-                Err(Denial { reason: format!("{}{rule}", decision.reason) })
+                Err(Denial {
+                    reason: format!("{}{rule}", decision.reason),
+                })
             }
         }
     }

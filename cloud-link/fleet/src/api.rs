@@ -27,7 +27,10 @@ pub fn router(store: Store) -> Router {
 async fn dashboard() -> Response {
     (
         [
-            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'",
+            ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         Html(DASHBOARD_HTML),
@@ -64,13 +67,18 @@ async fn device_telemetry(
 ) -> Result<Json<TelemetryResponse>, ApiError> {
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_TELEMETRY_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit {limit} is outside 1..={MAX_TELEMETRY_LIMIT}")));
+        return Err(ApiError::BadRequest(format!(
+            "limit {limit} is outside 1..={MAX_TELEMETRY_LIMIT}"
+        )));
     }
     if !store.device_exists(&id).await? {
         return Err(ApiError::NotFound(format!("device {id} is not known")));
     }
     let readings = store.telemetry(&id, query.point.as_deref(), limit).await?;
-    Ok(Json(TelemetryResponse { device: id, readings }))
+    Ok(Json(TelemetryResponse {
+        device: id,
+        readings,
+    }))
 }
 
 /// An API error, answered as `{"error": "..."}` with its status.

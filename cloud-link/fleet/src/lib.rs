@@ -49,13 +49,20 @@ impl RunningFleet {
 }
 
 /// Starts the store, the broker, telemetry ingest and the HTTP API.
-pub async fn start(config: &FleetConfig, shutdown: CancellationToken) -> anyhow::Result<RunningFleet> {
+pub async fn start(
+    config: &FleetConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningFleet> {
     use anyhow::Context as _;
 
     let store = store::Store::open(&config.database_url)
         .await
         .with_context(|| format!("cannot open fleet store {}", config.database_url))?;
-    let tls = tls::broker_tls_config(&config.server_cert, &config.server_key, &config.manufacturer_ca)?;
+    let tls = tls::broker_tls_config(
+        &config.server_cert,
+        &config.server_key,
+        &config.manufacturer_ca,
+    )?;
     let broker = broker::Broker::start(&config.mqtt_listen, tls, shutdown.clone())
         .await
         .with_context(|| format!("cannot listen for mqtt on {}", config.mqtt_listen))?;
@@ -84,5 +91,9 @@ pub async fn start(config: &FleetConfig, shutdown: CancellationToken) -> anyhow:
         tracing::info!("fleet stopped; store closed");
     });
     tracing::info!(%http_address, "fleet api listening");
-    Ok(RunningFleet { http_address, mqtt_address, task })
+    Ok(RunningFleet {
+        http_address,
+        mqtt_address,
+        task,
+    })
 }

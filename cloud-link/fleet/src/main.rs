@@ -25,8 +25,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
-    let config: warden_fleet::FleetConfig =
-        toml::from_str(&text).with_context(|| format!("invalid config {}", args.config.display()))?;
+    let config: warden_fleet::FleetConfig = toml::from_str(&text)
+        .with_context(|| format!("invalid config {}", args.config.display()))?;
     let shutdown = CancellationToken::new();
     let fleet = warden_fleet::start(&config, shutdown.clone()).await?;
     println!("fleet dashboard: http://{}/", fleet.http_address);

@@ -93,7 +93,10 @@ impl Store {
             url.to_owned()
         };
         let max_connections = if url.starts_with("sqlite:") { 1 } else { 8 };
-        let pool = AnyPoolOptions::new().max_connections(max_connections).connect(&url).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(&url)
+            .await?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
@@ -193,7 +196,12 @@ impl Store {
         for row in rows {
             let id: String = row.try_get(0)?;
             let latest = self.latest_values(&id).await?;
-            devices.push(Device { id, first_seen_ms: row.try_get(1)?, last_seen_ms: row.try_get(2)?, latest });
+            devices.push(Device {
+                id,
+                first_seen_ms: row.try_get(1)?,
+                last_seen_ms: row.try_get(2)?,
+                latest,
+            });
         }
         Ok(devices)
     }
@@ -287,7 +295,12 @@ mod tests {
             stream: "line1".into(),
             epoch: 1,
             seq,
-            readings: vec![Reading { point: "line1/t".into(), value, unit: "°C".into(), ts_ms }],
+            readings: vec![Reading {
+                point: "line1/t".into(),
+                value,
+                unit: "°C".into(),
+                ts_ms,
+            }],
         }
     }
 
@@ -296,17 +309,47 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
         let store = Store::open(&url).await.expect("open");
-        assert_eq!(store.ingest("wd-1", &batch(0, 20.0, 100), 1).await.expect("ingest"), Ingested::Stored);
-        assert_eq!(store.ingest("wd-1", &batch(0, 20.0, 100), 2).await.expect("ingest"), Ingested::Duplicate);
-        assert_eq!(store.ingest("wd-1", &batch(2, 22.0, 300), 3).await.expect("ingest"), Ingested::Stored);
+        assert_eq!(
+            store
+                .ingest("wd-1", &batch(0, 20.0, 100), 1)
+                .await
+                .expect("ingest"),
+            Ingested::Stored
+        );
+        assert_eq!(
+            store
+                .ingest("wd-1", &batch(0, 20.0, 100), 2)
+                .await
+                .expect("ingest"),
+            Ingested::Duplicate
+        );
+        assert_eq!(
+            store
+                .ingest("wd-1", &batch(2, 22.0, 300), 3)
+                .await
+                .expect("ingest"),
+            Ingested::Stored
+        );
         // A late batch with an older reading must not overwrite the latest value.
-        assert_eq!(store.ingest("wd-1", &batch(1, 21.0, 200), 4).await.expect("ingest"), Ingested::Stored);
+        assert_eq!(
+            store
+                .ingest("wd-1", &batch(1, 21.0, 200), 4)
+                .await
+                .expect("ingest"),
+            Ingested::Stored
+        );
         let devices = store.devices().await.expect("devices");
         assert_eq!(devices.len(), 1);
         assert_eq!(devices[0].last_seen_ms, 4);
         assert_eq!(devices[0].latest[0].value, 22.0);
-        let series = store.telemetry("wd-1", Some("line1/t"), 10).await.expect("telemetry");
-        assert_eq!(series.iter().map(|r| r.value).collect::<Vec<_>>(), vec![22.0, 21.0, 20.0]);
+        let series = store
+            .telemetry("wd-1", Some("line1/t"), 10)
+            .await
+            .expect("telemetry");
+        assert_eq!(
+            series.iter().map(|r| r.value).collect::<Vec<_>>(),
+            vec![22.0, 21.0, 20.0]
+        );
         store.close().await;
         // Reopening applies no migration twice and keeps the data.
         let store = Store::open(&url).await.expect("reopen");

@@ -102,7 +102,11 @@ impl Request {
     /// Encodes the PDU into `out`, returning the number of bytes written.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, PduError> {
         let (code, a, b) = match *self {
-            Self::ReadRegisters { function, address, count } => (function.code(), address, count),
+            Self::ReadRegisters {
+                function,
+                address,
+                count,
+            } => (function.code(), address, count),
             Self::WriteSingleRegister { address, value } => {
                 (FunctionCode::WriteSingleRegister.code(), address, value)
             }
@@ -130,11 +134,16 @@ impl Request {
                 if u32::from(a) + u32::from(b) > 0x1_0000 {
                     return Err(PduError::AddressOverflow);
                 }
-                Ok(Self::ReadRegisters { function, address: a, count: b })
+                Ok(Self::ReadRegisters {
+                    function,
+                    address: a,
+                    count: b,
+                })
             }
-            FunctionCode::WriteSingleRegister => {
-                Ok(Self::WriteSingleRegister { address: a, value: b })
-            }
+            FunctionCode::WriteSingleRegister => Ok(Self::WriteSingleRegister {
+                address: a,
+                value: b,
+            }),
         }
     }
 }
@@ -168,10 +177,16 @@ impl<'a> Response<'a> {
         let expected = request.function().code();
         if code == expected | 0x80 {
             let &exception = rest.first().ok_or(PduError::Truncated)?;
-            return Ok(Self::Exception { function: expected, code: ExceptionCode(exception) });
+            return Ok(Self::Exception {
+                function: expected,
+                code: ExceptionCode(exception),
+            });
         }
         if code != expected {
-            return Err(PduError::FunctionMismatch { expected, got: code });
+            return Err(PduError::FunctionMismatch {
+                expected,
+                got: code,
+            });
         }
         match *request {
             Request::ReadRegisters { count, .. } => {
@@ -211,7 +226,9 @@ impl<'a> RegisterBytes<'a> {
 
     /// The registers as numbers.
     pub fn iter(&self) -> impl Iterator<Item = u16> + 'a {
-        self.0.chunks_exact(2).map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+        self.0
+            .chunks_exact(2)
+            .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
     }
 }
 
@@ -224,7 +241,9 @@ pub fn encode_read_response(
     let count = registers.len();
     let len = 2 + count * 2;
     if count > usize::from(MAX_READ_REGISTERS) || len > MAX_PDU_LEN {
-        return Err(PduError::BadQuantity(u16::try_from(count).unwrap_or(u16::MAX)));
+        return Err(PduError::BadQuantity(
+            u16::try_from(count).unwrap_or(u16::MAX),
+        ));
     }
     let dst = out.get_mut(..len).ok_or(PduError::BufferTooSmall)?;
     dst[0] = function.code();
@@ -236,7 +255,11 @@ pub fn encode_read_response(
 }
 
 /// Encodes an exception response (server side); returns its length (2).
-pub fn encode_exception(function: u8, code: ExceptionCode, out: &mut [u8]) -> Result<usize, PduError> {
+pub fn encode_exception(
+    function: u8,
+    code: ExceptionCode,
+    out: &mut [u8],
+) -> Result<usize, PduError> {
     let dst = out.get_mut(..2).ok_or(PduError::BufferTooSmall)?;
     dst[0] = function | 0x80;
     dst[1] = code.0;
@@ -295,8 +318,14 @@ mod tests {
 
     #[test]
     fn read_request_with_too_many_registers_is_refused() {
-        assert_eq!(Request::decode(&[0x03, 0, 0, 0, 126]), Err(PduError::BadQuantity(126)));
-        assert_eq!(Request::decode(&[0x03, 0xFF, 0xFF, 0, 2]), Err(PduError::AddressOverflow));
+        assert_eq!(
+            Request::decode(&[0x03, 0, 0, 0, 126]),
+            Err(PduError::BadQuantity(126))
+        );
+        assert_eq!(
+            Request::decode(&[0x03, 0xFF, 0xFF, 0, 2]),
+            Err(PduError::AddressOverflow)
+        );
     }
 
     #[test]
@@ -311,14 +340,23 @@ mod tests {
             panic!("expected registers");
         };
         assert_eq!(regs.iter().collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!(Response::decode_for(&request, &[0x03, 2, 0, 1]), Err(PduError::BadLength));
+        assert_eq!(
+            Response::decode_for(&request, &[0x03, 2, 0, 1]),
+            Err(PduError::BadLength)
+        );
         assert_eq!(
             Response::decode_for(&request, &[0x04, 4, 0, 1, 0, 2]),
-            Err(PduError::FunctionMismatch { expected: 3, got: 4 })
+            Err(PduError::FunctionMismatch {
+                expected: 3,
+                got: 4
+            })
         );
         assert_eq!(
             Response::decode_for(&request, &[0x83, 0x02]),
-            Ok(Response::Exception { function: 3, code: ExceptionCode::ILLEGAL_DATA_ADDRESS })
+            Ok(Response::Exception {
+                function: 3,
+                code: ExceptionCode::ILLEGAL_DATA_ADDRESS
+            })
         );
     }
 
@@ -330,8 +368,12 @@ mod tests {
             count: 3,
         };
         let mut buf = [0u8; MAX_PDU_LEN];
-        let len = encode_read_response(FunctionCode::ReadInputRegisters, [9u16, 8, 7].into_iter(), &mut buf)
-            .expect("fits");
+        let len = encode_read_response(
+            FunctionCode::ReadInputRegisters,
+            [9u16, 8, 7].into_iter(),
+            &mut buf,
+        )
+        .expect("fits");
         let Ok(Response::Registers(regs)) = Response::decode_for(&request, &buf[..len]) else {
             panic!("expected registers");
         };

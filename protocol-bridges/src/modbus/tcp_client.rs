@@ -34,8 +34,15 @@ impl TcpClient {
             .await
             .map_err(|_| ClientError::Timeout)?
             .map_err(|e| ClientError::Io(e.kind()))?;
-        stream.set_nodelay(true).map_err(|e| ClientError::Io(e.kind()))?;
-        Ok(Self { stream, next_transaction: 1, timeout, buf: Vec::with_capacity(MAX_FRAME_LEN) })
+        stream
+            .set_nodelay(true)
+            .map_err(|e| ClientError::Io(e.kind()))?;
+        Ok(Self {
+            stream,
+            next_transaction: 1,
+            timeout,
+            buf: Vec::with_capacity(MAX_FRAME_LEN),
+        })
     }
 
     /// Sends `request` to `unit` and waits for its answer.
@@ -54,9 +61,15 @@ impl TcpClient {
         let mut pdu = [0u8; 8];
         let pdu_len = request.encode(&mut pdu)?;
         let mut frame = [0u8; MAX_FRAME_LEN];
-        let header = MbapHeader { transaction_id, unit_id: unit };
+        let header = MbapHeader {
+            transaction_id,
+            unit_id: unit,
+        };
         let frame_len = encode_frame(header, &pdu[..pdu_len], &mut frame)?;
-        self.stream.write_all(&frame[..frame_len]).await.map_err(|e| ClientError::Io(e.kind()))?;
+        self.stream
+            .write_all(&frame[..frame_len])
+            .await
+            .map_err(|e| ClientError::Io(e.kind()))?;
 
         self.buf.clear();
         loop {
@@ -74,7 +87,11 @@ impl TcpClient {
                 });
             }
             let mut chunk = [0u8; MAX_FRAME_LEN];
-            let read = self.stream.read(&mut chunk).await.map_err(|e| ClientError::Io(e.kind()))?;
+            let read = self
+                .stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| ClientError::Io(e.kind()))?;
             if read == 0 {
                 return Err(ClientError::Closed);
             }

@@ -32,13 +32,16 @@ pub fn encode_frame(header: MbapHeader, pdu: &[u8], out: &mut [u8]) -> Result<us
     Ok(total)
 }
 
+/// One decoded frame: its header, its PDU and how many bytes of the buffer it used.
+pub type DecodedFrame<'a> = (MbapHeader, &'a [u8], usize);
+
 /// Looks for one complete frame at the start of `buf`.
 ///
 /// Returns `Ok(None)` when more bytes are needed, or the header, the PDU and the
 /// number of bytes the frame used. A frame with a non-zero protocol identifier or an
 /// impossible length is an error: the stream cannot be resynchronised and the
 /// connection should be closed.
-pub fn decode_frame(buf: &[u8]) -> Result<Option<(MbapHeader, &[u8], usize)>, FrameError> {
+pub fn decode_frame(buf: &[u8]) -> Result<Option<DecodedFrame<'_>>, FrameError> {
     let Some(head) = buf.get(..MBAP_HEADER_LEN) else {
         return Ok(None);
     };
@@ -47,7 +50,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(MbapHeader, &[u8], usize)>, Fr
         return Err(FrameError::NotModbus(protocol));
     }
     let length = usize::from(u16::from_be_bytes([head[4], head[5]]));
-    if length < 2 || length > MAX_PDU_LEN + 1 {
+    if !(2..=MAX_PDU_LEN + 1).contains(&length) {
         return Err(FrameError::BadLength(length));
     }
     let total = MBAP_HEADER_LEN - 1 + length;
@@ -84,20 +87,35 @@ mod tests {
     #[test]
     fn frame_round_trips_and_waits_for_more_bytes() {
         let mut buf = [0u8; MAX_FRAME_LEN];
-        let header = MbapHeader { transaction_id: 0xBEEF, unit_id: 3 };
+        let header = MbapHeader {
+            transaction_id: 0xBEEF,
+            unit_id: 3,
+        };
         let len = encode_frame(header, &[0x03, 0, 0, 0, 1], &mut buf).expect("fits");
         assert_eq!(&buf[..len], &[0xBE, 0xEF, 0, 0, 0, 6, 3, 0x03, 0, 0, 0, 1]);
         for cut in 0..len {
             assert_eq!(decode_frame(&buf[..cut]), Ok(None), "cut at {cut}");
         }
-        assert_eq!(decode_frame(&buf[..len]), Ok(Some((header, &buf[7..len], len))));
+        assert_eq!(
+            decode_frame(&buf[..len]),
+            Ok(Some((header, &buf[7..len], len)))
+        );
     }
 
     #[test]
     fn foreign_protocol_and_bad_lengths_are_errors() {
-        assert_eq!(decode_frame(&[0, 1, 0, 7, 0, 6, 1]), Err(FrameError::NotModbus(7)));
-        assert_eq!(decode_frame(&[0, 1, 0, 0, 0, 1, 1]), Err(FrameError::BadLength(1)));
-        assert_eq!(decode_frame(&[0, 1, 0, 0, 1, 0, 1]), Err(FrameError::BadLength(256)));
+        assert_eq!(
+            decode_frame(&[0, 1, 0, 7, 0, 6, 1]),
+            Err(FrameError::NotModbus(7))
+        );
+        assert_eq!(
+            decode_frame(&[0, 1, 0, 0, 0, 1, 1]),
+            Err(FrameError::BadLength(1))
+        );
+        assert_eq!(
+            decode_frame(&[0, 1, 0, 0, 1, 0, 1]),
+            Err(FrameError::BadLength(256))
+        );
     }
 
     proptest! {

@@ -13,7 +13,10 @@ pub struct DeviceAcl {
 impl DeviceAcl {
     /// Rights for `device_id`.
     pub fn new(device_id: &str) -> Self {
-        Self { device_id: device_id.to_owned(), prefix: format!("{TOPIC_ROOT}/{device_id}/") }
+        Self {
+            device_id: device_id.to_owned(),
+            prefix: format!("{TOPIC_ROOT}/{device_id}/"),
+        }
     }
 
     /// The device these rights belong to.
@@ -31,7 +34,9 @@ impl DeviceAcl {
     /// May the device subscribe to `filter`? Only inside its own subtree; wildcards
     /// may appear only after the device's prefix.
     pub fn may_subscribe(&self, filter: &str) -> bool {
-        filter.starts_with(&self.prefix) && filter.len() > self.prefix.len() && !filter.contains('\0')
+        filter.starts_with(&self.prefix)
+            && filter.len() > self.prefix.len()
+            && !filter.contains('\0')
     }
 }
 
@@ -42,7 +47,9 @@ pub fn device_id_from_certificate(der: &[u8]) -> Option<String> {
     let common_name = cert.subject().iter_common_name().next()?.as_str().ok()?;
     let valid = !common_name.is_empty()
         && common_name.len() <= 64
-        && common_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && common_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     valid.then(|| common_name.to_owned())
 }
 

@@ -92,6 +92,9 @@ impl Router {
         self.subscriptions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Subscription { filter: filter.to_owned(), target });
+            .push(Subscription {
+                filter: filter.to_owned(),
+                target,
+            });
     }
 }

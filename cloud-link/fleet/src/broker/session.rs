@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::MAX_PACKET_SIZE;
 use super::acl::{DeviceAcl, device_id_from_certificate};
 use super::router::Router;
-use super::MAX_PACKET_SIZE;
 
 /// How long a client has to finish TLS and send CONNECT.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,14 +122,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         match packet {
             Packet::Publish(publish) => {
                 if !acl.may_publish(&publish.topic) {
-                    return Err(format!("publish to {:?} is outside the device's topics", publish.topic));
+                    return Err(format!(
+                        "publish to {:?} is outside the device's topics",
+                        publish.topic
+                    ));
                 }
                 match publish.qos {
                     QoS::AtMostOnce => router.route(&publish).await,
                     QoS::AtLeastOnce => {
                         let pkid = publish.pkid;
                         router.route(&publish).await;
-                        write_packet(&mut stream, &mut outbound, Packet::PubAck(PubAck::new(pkid))).await?;
+                        write_packet(
+                            &mut stream,
+                            &mut outbound,
+                            Packet::PubAck(PubAck::new(pkid)),
+                        )
+                        .await?;
                     }
                     QoS::ExactlyOnce => return Err("QoS 2 is not supported".to_owned()),
                 }
@@ -148,8 +156,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     })
                     .collect();
-                write_packet(&mut stream, &mut outbound, Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
-                    .await?;
+                write_packet(
+                    &mut stream,
+                    &mut outbound,
+                    Packet::SubAck(SubAck::new(subscribe.pkid, codes)),
+                )
+                .await?;
             }
             Packet::PingReq => write_packet(&mut stream, &mut outbound, Packet::PingResp).await?,
             Packet::Disconnect => return Ok(()),
@@ -159,14 +171,20 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<Packet, String> {
+async fn read_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Packet, String> {
     loop {
         match Packet::read(buf, MAX_PACKET_SIZE) {
             Ok(packet) => return Ok(packet),
             Err(CodecError::InsufficientBytes(_)) => {}
             Err(error) => return Err(format!("malformed packet: {error}")),
         }
-        let read = stream.read_buf(buf).await.map_err(|e| format!("read failed: {e}"))?;
+        let read = stream
+            .read_buf(buf)
+            .await
+            .map_err(|e| format!("read failed: {e}"))?;
         if read == 0 {
             return Err("connection closed".to_owned());
         }
@@ -179,7 +197,15 @@ async fn write_packet<S: AsyncWrite + Unpin>(
     packet: Packet,
 ) -> Result<(), String> {
     buf.clear();
-    packet.write(buf, MAX_PACKET_SIZE).map_err(|e| format!("cannot encode packet: {e}"))?;
-    stream.write_all(buf).await.map_err(|e| format!("write failed: {e}"))?;
-    stream.flush().await.map_err(|e| format!("write failed: {e}"))
+    packet
+        .write(buf, MAX_PACKET_SIZE)
+        .map_err(|e| format!("cannot encode packet: {e}"))?;
+    stream
+        .write_all(buf)
+        .await
+        .map_err(|e| format!("write failed: {e}"))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| format!("write failed: {e}"))
 }

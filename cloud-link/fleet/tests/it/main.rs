@@ -1,0 +1,240 @@
+//! The fleet against real clients: rumqttc over rustls with client certificates.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio_util::sync::CancellationToken;
+use warden_link::tls::{ClientIdentity, client_config};
+use warden_link::topics::telemetry_topic;
+use warden_link::{Reading, TelemetryBatch};
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &str) -> Self {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("self-signed");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+        Self {
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn issue(&self, dir: &Path, file: &str, common_name: &str, server: bool) {
+        let key = KeyPair::generate().expect("key");
+        let names = if server {
+            vec!["127.0.0.1".to_owned()]
+        } else {
+            Vec::new()
+        };
+        let mut params = CertificateParams::new(names).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).expect("write");
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    fleet: warden_fleet::RunningFleet,
+    shutdown: CancellationToken,
+}
+
+async fn fleet() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    let fleet_ca = Ca::new(p, "fleet-ca");
+    fleet_ca.issue(p, "server", "fleet", true);
+    let maker = Ca::new(p, "maker-ca");
+    maker.issue(p, "wd-good", "wd-good", false);
+    maker.issue(p, "wd-other", "wd-other", false);
+    let rogue = Ca::new(p, "rogue-ca");
+    rogue.issue(p, "wd-rogue", "wd-good", false);
+    let config = warden_fleet::FleetConfig {
+        http_listen: "127.0.0.1:0".into(),
+        mqtt_listen: "127.0.0.1:0".into(),
+        database_url: format!("sqlite://{}", p.join("fleet.db").display()),
+        server_cert: p.join("server.pem"),
+        server_key: p.join("server.key"),
+        manufacturer_ca: p.join("maker-ca.pem"),
+    };
+    let shutdown = CancellationToken::new();
+    let fleet = warden_fleet::start(&config, shutdown.clone())
+        .await
+        .expect("fleet starts");
+    Fixture {
+        dir,
+        fleet,
+        shutdown,
+    }
+}
+
+fn client(fx: &Fixture, client_id: &str, cert: &str) -> (AsyncClient, rumqttc::EventLoop) {
+    let p = fx.dir.path();
+    let identity = ClientIdentity::from_pem_files(
+        &p.join(format!("{cert}.pem")),
+        &p.join(format!("{cert}.key")),
+    )
+    .expect("identity");
+    let tls = client_config(&p.join("fleet-ca.pem"), identity).expect("tls");
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", fx.fleet.mqtt_address.port());
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(tls),
+    )));
+    AsyncClient::new(options, 16)
+}
+
+/// Polls the event loop until the broker acknowledges the connection, or returns the error.
+async fn connect(eventloop: &mut rumqttc::EventLoop) -> Result<(), String> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+            Err(_) => return Err("timeout".into()),
+            Ok(Err(error)) => return Err(error.to_string()),
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok(()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn batch(seq: u64, value: f64) -> Vec<u8> {
+    TelemetryBatch {
+        v: 1,
+        stream: "line1".into(),
+        epoch: 9,
+        seq,
+        readings: vec![Reading {
+            point: "line1/t".into(),
+            value,
+            unit: "°C".into(),
+            ts_ms: 1_000 + seq,
+        }],
+    }
+    .encode()
+}
+
+async fn devices(fx: &Fixture) -> serde_json::Value {
+    let url = format!("http://{}/api/v1/devices", fx.fleet.http_address);
+    reqwest::get(url)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test]
+async fn telemetry_from_an_enrolled_device_is_stored_once() {
+    let fx = fleet().await;
+    let (client, mut eventloop) = client(&fx, "wd-good", "wd-good");
+    connect(&mut eventloop)
+        .await
+        .expect("enrolled device connects");
+    let topic = telemetry_topic("wd-good");
+    for (seq, value) in [(0, 20.5), (0, 20.5), (1, 21.0)] {
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, batch(seq, value))
+            .await
+            .expect("queue");
+    }
+    let mut acks = 0;
+    while acks < 3 {
+        if let Ok(Event::Incoming(Packet::PubAck(_))) = eventloop.poll().await {
+            acks += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let listed = devices(&fx).await;
+    assert_eq!(listed[0]["id"], "wd-good");
+    assert_eq!(listed[0]["latest"][0]["value"], 21.0);
+    let url = format!(
+        "http://{}/api/v1/devices/wd-good/telemetry",
+        fx.fleet.http_address
+    );
+    let series: serde_json::Value = reqwest::get(url)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        series["readings"].as_array().map(Vec::len),
+        Some(2),
+        "duplicate batch stored twice: {series}"
+    );
+    let missing = format!(
+        "http://{}/api/v1/devices/wd-nobody/telemetry",
+        fx.fleet.http_address
+    );
+    assert_eq!(reqwest::get(missing).await.expect("get").status(), 404);
+    fx.shutdown.cancel();
+    fx.fleet.stopped().await;
+}
+
+#[tokio::test]
+async fn a_certificate_from_an_unknown_ca_is_refused() {
+    let fx = fleet().await;
+    let (_client, mut eventloop) = client(&fx, "wd-good", "wd-rogue");
+    let error = connect(&mut eventloop)
+        .await
+        .expect_err("rogue certificate must be refused");
+    assert!(!error.is_empty());
+    assert_eq!(devices(&fx).await, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_client_id_other_than_the_certificate_name_is_refused() {
+    let fx = fleet().await;
+    let (_client, mut eventloop) = client(&fx, "wd-other", "wd-good");
+    let error = connect(&mut eventloop)
+        .await
+        .expect_err("spoofed client id must be refused");
+    assert!(
+        error.contains("BadClientId") || error.contains("refused"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn publishing_under_another_device_closes_the_session_and_stores_nothing() {
+    let fx = fleet().await;
+    let (client, mut eventloop) = client(&fx, "wd-good", "wd-good");
+    connect(&mut eventloop).await.expect("connects");
+    client
+        .publish(
+            telemetry_topic("wd-other"),
+            QoS::AtLeastOnce,
+            false,
+            batch(0, 1.0),
+        )
+        .await
+        .expect("queue");
+    let outcome = loop {
+        match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+            Err(_) => break "timeout".to_owned(),
+            Ok(Err(error)) => break error.to_string(),
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break "acknowledged".to_owned(),
+            Ok(Ok(_)) => {}
+        }
+    };
+    assert_ne!(outcome, "acknowledged");
+    assert_ne!(outcome, "timeout");
+    assert_eq!(devices(&fx).await, serde_json::json!([]));
+}
