@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod browser;
 pub mod demo;
 pub mod demo_pki;
 pub mod modbus_tcp_slave;

@@ -288,3 +288,18 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits until the fleet holds a reading of `point` for the demo's device.
+pub async fn wait_for_reading(demo: &DemoProcess, point: &str) -> anyhow::Result<f64> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    poll_until(Duration::from_secs(30), || async {
+        Ok(fleet_readings(&http, &demo.urls, point)
+            .await?
+            .first()
+            .map(|r| r.value))
+    })
+    .await
+    .with_context(|| format!("no {point} reading reached the fleet within 30 s"))
+}

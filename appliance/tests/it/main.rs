@@ -41,3 +41,48 @@ fn check_config_names_the_file_line_and_field() {
         "{stderr}"
     );
 }
+
+/// Both web pages, rendered by a real Chromium, show the simulated device's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium (Debian package; .ci/run installs it)"]
+async fn dashboard_and_status_page_render_live_values_in_chromium() {
+    use warden_hil::{browser, scenario};
+    let state = tempfile::tempdir().expect("tempdir");
+    let demo = scenario::DemoProcess::start(Path::new(env!("CARGO_BIN_EXE_warden")), state.path())
+        .await
+        .expect("demo starts");
+    let setpoint = scenario::wait_for_reading(&demo, "line1/spindle_setpoint")
+        .await
+        .expect("reading");
+    let pages = [
+        (
+            format!("{}/", demo.urls.fleet),
+            format!(
+                "data-point=\"line1/spindle_setpoint\"><td>line1/spindle_setpoint</td><td class=\"value\">{setpoint}</td>"
+            ),
+        ),
+        (
+            format!("{}/", demo.urls.status_page),
+            format!("data-point=\"spindle_setpoint\"><td>spindle_setpoint</td><td>{setpoint}</td>"),
+        ),
+    ];
+    for (url, expected) in pages {
+        let dom = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || browser::dump_dom(&url)
+        })
+        .await
+        .expect("join")
+        .expect("chromium runs");
+        if !dom.contains(&expected) || !dom.contains(&demo.urls.device_id) {
+            let shot = std::env::temp_dir()
+                .join(format!("warden-page-failure-{}.png", std::process::id()));
+            let _ = browser::screenshot(&url, &shot);
+            panic!(
+                "{url} does not show {expected:?} (screenshot: {}):\n{dom}",
+                shot.display()
+            );
+        }
+    }
+    demo.stop().await.expect("clean stop");
+}

@@ -238,3 +238,59 @@ async fn publishing_under_another_device_closes_the_session_and_stores_nothing()
     assert_ne!(outcome, "timeout");
     assert_eq!(devices(&fx).await, serde_json::json!([]));
 }
+
+/// An independent MQTT client (Mosquitto's) talks to the embedded broker: it publishes
+/// under its own ID with its certificate, and is refused a subscription elsewhere.
+#[tokio::test]
+#[ignore = "needs mosquitto-clients (Debian package; .ci/run installs it)"]
+async fn mosquitto_clients_interoperate_with_the_embedded_broker() {
+    let fx = fleet().await;
+    let p = fx.dir.path();
+    let port = fx.fleet.mqtt_address.port().to_string();
+    let tls_args = |cert: &str| {
+        vec![
+            "-h".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            port.clone(),
+            "--cafile".to_owned(),
+            p.join("fleet-ca.pem").display().to_string(),
+            "--cert".to_owned(),
+            p.join(format!("{cert}.pem")).display().to_string(),
+            "--key".to_owned(),
+            p.join(format!("{cert}.key")).display().to_string(),
+            "--tls-version".to_owned(),
+            "tlsv1.3".to_owned(),
+            "-i".to_owned(),
+            cert.to_owned(),
+        ]
+    };
+    let payload = String::from_utf8(batch(0, 42.5)).expect("utf8");
+    let published = tokio::process::Command::new("mosquitto_pub")
+        .args(tls_args("wd-good"))
+        .args(["-q", "1", "-t", &telemetry_topic("wd-good"), "-m", &payload])
+        .output()
+        .await
+        .expect("run mosquitto_pub");
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(devices(&fx).await[0]["latest"][0]["value"], 42.5);
+
+    let refused = tokio::process::Command::new("mosquitto_sub")
+        .args(tls_args("wd-good"))
+        .args(["-t", "warden/v1/devices/+/telemetry", "-C", "1", "-W", "3"])
+        .output()
+        .await
+        .expect("run mosquitto_sub");
+    let said = String::from_utf8_lossy(&refused.stderr).to_string()
+        + &String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        said.contains("denied"),
+        "mosquitto_sub said ({}): {said}",
+        refused.status
+    );
+}
