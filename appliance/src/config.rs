@@ -1,10 +1,8 @@
 //! The integrator's TOML config: device, policy, bridges, link and status page.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use warden_bridges::ModbusTcpBridgeConfig;
 use warden_link::LinkConfig;
 
 /// The whole appliance config (`warden.toml`).
@@ -40,14 +38,8 @@ pub struct PolicyConfig {
     pub file: PathBuf,
 }
 
-/// All bridges, by kind.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BridgesConfig {
-    /// Modbus TCP devices.
-    #[serde(default)]
-    pub modbus_tcp: Vec<ModbusTcpBridgeConfig>,
-}
+/// All bridges, by kind, and the gateway facade (defined and validated by the bridges).
+pub use warden_bridges::BridgesConfig;
 
 /// The local status page.
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +115,7 @@ impl ApplianceConfig {
         config.link.fleet_ca = base.join(&config.link.fleet_ca);
         config.link.device_cert = base.join(&config.link.device_cert);
         config.link.device_key = base.join(&config.link.device_key);
+        config.link.outbox.dir = base.join(&config.link.outbox.dir);
         Ok(config)
     }
 
@@ -147,55 +140,9 @@ impl ApplianceConfig {
                 ),
             ));
         }
-        let mut bridge_names = BTreeSet::new();
-        for (b, bridge) in self.bridges.modbus_tcp.iter().enumerate() {
-            let at = format!("bridges.modbus_tcp[{b}]");
-            if !bridge_names.insert(bridge.name.as_str()) {
-                return Err(invalid(
-                    format!("{at}.name"),
-                    format!("bridge name {:?} is used twice", bridge.name),
-                ));
-            }
-            if bridge.points.is_empty() {
-                return Err(invalid(
-                    format!("{at}.points"),
-                    "a bridge needs at least one point".into(),
-                ));
-            }
-            let mut point_names = BTreeSet::new();
-            for (p, point) in bridge.points.iter().enumerate() {
-                let at = format!("{at}.points[{p}]");
-                if !point_names.insert(point.name.as_str()) {
-                    return Err(invalid(
-                        format!("{at}.name"),
-                        format!(
-                            "point name {:?} is used twice in bridge {}",
-                            point.name, bridge.name
-                        ),
-                    ));
-                }
-                let last =
-                    u32::from(point.address) + u32::from(point.data_type.register_count()) - 1;
-                if last > u32::from(u16::MAX) {
-                    return Err(invalid(
-                        format!("{at}.address"),
-                        format!("{} runs past register 65535", point.address),
-                    ));
-                }
-                if point.poll_interval_ms == 0 {
-                    return Err(invalid(
-                        format!("{at}.poll_interval_ms"),
-                        "must be at least 1".into(),
-                    ));
-                }
-                if !point.scale.is_finite() || !point.offset.is_finite() {
-                    return Err(invalid(
-                        format!("{at}.scale"),
-                        "scale and offset must be finite numbers".into(),
-                    ));
-                }
-            }
-        }
+        self.bridges
+            .validate()
+            .map_err(|problem| invalid(problem.field, problem.message))?;
         Ok(())
     }
 }
@@ -232,6 +179,7 @@ broker_port = 8883
 fleet_ca = "pki/fleet-ca.pem"
 device_cert = "pki/device.pem"
 device_key = "pki/device.key"
+outbox = { dir = "outbox" }
 [status_page]
 listen = "127.0.0.1:0"
 "#;

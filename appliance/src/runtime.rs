@@ -8,8 +8,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warden_bridges::request_policy::PolicyGate;
-use warden_bridges::{BridgeHealth, Poller, Sample};
+use warden_bridges::{BridgeHandle, BridgeHealth, Sample};
 use warden_link::{LinkAgent, LinkStatus, Reading};
 
 use crate::config::ApplianceConfig;
@@ -37,6 +36,9 @@ pub struct BridgeView {
     pub points: Vec<String>,
     /// Counters, shared with the poller.
     pub health: Arc<Mutex<BridgeHealth>>,
+    /// The bridge itself: writes from cloud commands go through
+    /// `handle.write(target, value, RequestSource::Cloud)`.
+    pub handle: BridgeHandle,
 }
 
 /// Everything the status page reads; written by the runtime.
@@ -83,24 +85,28 @@ pub async fn start(
 
     let mut tasks = JoinSet::new();
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
-    let mut bridges = Vec::new();
-    for bridge in config.bridges.modbus_tcp {
-        if policy.bridge_id(&bridge.name).is_none() {
-            tracing::warn!(bridge = %bridge.name, "the policy names no such bridge: every request will be denied");
-        }
-        let view = BridgeView {
-            name: bridge.name.clone(),
-            address: bridge.address.clone(),
-            points: bridge.points.iter().map(|p| p.name.clone()).collect(),
-            health: Arc::default(),
-        };
-        let poller = Poller::new(bridge, Box::new(PolicyGate::new(Arc::clone(&policy))));
-        let view = BridgeView {
-            health: poller.health(),
-            ..view
-        };
-        bridges.push(view);
-        tasks.spawn(poller.run(sample_tx.clone(), shutdown.clone()));
+    let started = warden_bridges::runtime::start(
+        config.bridges,
+        Arc::clone(&policy),
+        sample_tx.clone(),
+        shutdown.clone(),
+        &mut tasks,
+    )
+    .await
+    .context("cannot start the bridges")?;
+    let bridges: Vec<BridgeView> = started
+        .bridges
+        .into_iter()
+        .map(|bridge| BridgeView {
+            name: bridge.handle.name().to_owned(),
+            address: bridge.address,
+            points: bridge.points,
+            health: bridge.handle.health(),
+            handle: bridge.handle,
+        })
+        .collect();
+    if let Some((address, _)) = &started.facade {
+        tracing::info!(%address, "gateway facade listening");
     }
     drop(sample_tx);
 
@@ -111,7 +117,7 @@ pub async fn start(
         values: Arc::default(),
         link: agent.status(),
     };
-    let (reading_tx, reading_rx) = mpsc::channel::<(String, Reading)>(4096);
+    let (reading_tx, reading_rx) = mpsc::channel::<Reading>(4096);
     let link_shutdown = shutdown.clone();
     tasks.spawn(async move {
         if let Err(error) = agent.run(reading_rx, link_shutdown).await {
@@ -139,7 +145,7 @@ pub async fn start(
                 unit: sample.unit,
                 ts_ms: sample.timestamp_ms,
             };
-            if reading_tx.send((sample.bridge, reading)).await.is_err() {
+            if reading_tx.send(reading).await.is_err() {
                 break;
             }
         }

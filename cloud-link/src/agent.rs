@@ -1,9 +1,5 @@
-//! The link agent: batches readings and publishes them to the fleet over MQTT/TLS.
-//!
-//! Today the outbox is in memory (rumqttc's request queue, bounded); the durable
-//! store-and-forward queue replaces it without changing this interface.
+//! The link agent: readings → durable outbox → MQTT/TLS → fleet, until acknowledged.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,8 +9,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::dispatch::{DispatchLimits, Dispatcher};
+use crate::outbox::{Outbox, OutboxConfig, OutboxError, OutboxStats};
 use crate::tls::{ClientIdentity, TlsError, client_config};
-use crate::topics::{PROTOCOL_VERSION, Reading, TelemetryBatch, telemetry_topic};
+use crate::topics::{
+    Ack, PROTOCOL_VERSION, Reading, TELEMETRY_STREAM, TelemetryBatch, ack_topic, telemetry_topic,
+};
+
+/// Readings held in memory while the outbox refuses more (then the newest are dropped, counted).
+const MAX_PENDING_READINGS: usize = 100_000;
+/// How often the agent looks for messages to send.
+const PUMP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The link as the integrator configures it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -33,10 +38,19 @@ pub struct LinkConfig {
     /// How long readings are gathered into one batch, in milliseconds.
     #[serde(default = "default_batch_interval_ms")]
     pub batch_interval_ms: u64,
+    /// Most messages sent per second, including replay after an outage.
+    #[serde(default = "default_max_send_per_second")]
+    pub max_send_per_second: u32,
+    /// The durable store-and-forward queue.
+    pub outbox: OutboxConfig,
 }
 
 fn default_batch_interval_ms() -> u64 {
     500
+}
+
+fn default_max_send_per_second() -> u32 {
+    DispatchLimits::default().max_per_second
 }
 
 /// Whether the link is up.
@@ -57,29 +71,71 @@ pub enum LinkState {
 pub struct LinkStatus {
     /// Current state.
     pub state: LinkState,
-    /// Batches handed to the MQTT client.
+    /// Batches written to the outbox.
     pub batches_queued: u64,
-    /// Batches the broker acknowledged.
+    /// Batches the fleet acknowledged (stored).
     pub batches_acknowledged: u64,
+    /// Messages sent, including resends.
+    pub messages_sent: u64,
+    /// Readings dropped because the outbox refused them and memory was full too.
+    pub readings_dropped: u64,
+    /// The store-and-forward queue.
+    pub outbox: OutboxStats,
     /// Last connection error, for people.
     pub last_error: Option<String>,
+}
+
+/// Why the link could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The TLS configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+enum NetworkEvent {
+    Connected,
+    Disconnected(String),
+    Ack(Ack),
 }
 
 /// Publishes readings for one device.
 pub struct LinkAgent {
     device_id: String,
     config: LinkConfig,
+    identity: Option<ClientIdentity>,
+    outbox: Option<SharedOutbox>,
     status: Arc<Mutex<LinkStatus>>,
 }
 
+/// An outbox shared between the agent and other writers (load generators, reports).
+pub type SharedOutbox = Arc<Mutex<Outbox>>;
+
 impl LinkAgent {
-    /// An agent for `device_id`.
+    /// An agent for `device_id`, signing with the key file of its config.
     pub fn new(device_id: String, config: LinkConfig) -> Self {
         Self {
             device_id,
             config,
+            identity: None,
+            outbox: None,
             status: Arc::default(),
         }
+    }
+
+    /// Uses `identity` (for example one whose key pluton holds) instead of the key file.
+    pub fn with_identity(mut self, identity: ClientIdentity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Sends from `outbox` (already open) instead of opening the configured one.
+    pub fn with_outbox(mut self, outbox: SharedOutbox) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     /// The link's status, updated as it runs.
@@ -87,97 +143,209 @@ impl LinkAgent {
         Arc::clone(&self.status)
     }
 
-    /// Runs until `shutdown` fires or `readings` closes. Readings arrive as
-    /// `(stream, reading)` pairs.
+    /// Runs until `shutdown` fires or `readings` closes; then writes what it holds to
+    /// the outbox, so nothing read is lost across a restart.
     pub async fn run(
         self,
-        mut readings: mpsc::Receiver<(String, Reading)>,
+        mut readings: mpsc::Receiver<Reading>,
         shutdown: CancellationToken,
-    ) -> Result<(), TlsError> {
-        let identity =
-            ClientIdentity::from_pem_files(&self.config.device_cert, &self.config.device_key)?;
+    ) -> Result<(), LinkError> {
+        let identity = match self.identity {
+            Some(identity) => identity,
+            None => {
+                ClientIdentity::from_pem_files(&self.config.device_cert, &self.config.device_key)?
+            }
+        };
         let tls = client_config(&self.config.fleet_ca, identity)?;
+        let shared = match self.outbox {
+            Some(shared) => shared,
+            None => Arc::new(Mutex::new(Outbox::open(self.config.outbox.clone())?)),
+        };
+        let epoch = lock(&shared).epoch();
         let mut options = MqttOptions::new(
             self.device_id.clone(),
             &self.config.broker_host,
             self.config.broker_port,
         );
         options.set_keep_alive(Duration::from_secs(15));
+        options.set_max_packet_size(crate::outbox::MAX_RECORD_PAYLOAD + 1024, 256 * 1024);
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::new(tls),
         )));
-        let (client, mut eventloop) = AsyncClient::new(options, 1024);
-
-        let status = Arc::clone(&self.status);
-        let loop_shutdown = shutdown.clone();
-        let network = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                let event = tokio::select! {
-                    () = loop_shutdown.cancelled() => break,
-                    event = eventloop.poll() => event,
-                };
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        tracing::info!("link connected");
-                        backoff = Duration::from_millis(200);
-                        update(&status, |s| {
-                            s.state = LinkState::Connected;
-                            s.last_error = None;
-                        });
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        update(&status, |s| s.batches_acknowledged += 1);
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "link connection failed; reconnecting");
-                        update(&status, |s| {
-                            s.state = LinkState::Disconnected;
-                            s.last_error = Some(error.to_string());
-                        });
-                        let delay = with_jitter(backoff);
-                        tokio::select! {
-                            () = loop_shutdown.cancelled() => break,
-                            () = tokio::time::sleep(delay) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
-            }
-        });
+        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let (events_tx, mut events) = mpsc::channel(1024);
+        let network = tokio::spawn(network_loop(
+            eventloop,
+            client.clone(),
+            ack_topic(&self.device_id),
+            events_tx,
+            shutdown.clone(),
+        ));
 
         let topic = telemetry_topic(&self.device_id);
-        let epoch = unix_millis();
-        let mut sequence: BTreeMap<String, u64> = BTreeMap::new();
-        let mut pending: BTreeMap<String, Vec<Reading>> = BTreeMap::new();
-        let mut tick =
+        let mut dispatcher = Dispatcher::new(DispatchLimits {
+            max_per_second: self.config.max_send_per_second,
+            ..DispatchLimits::default()
+        });
+        let mut pending: Vec<Reading> = Vec::new();
+        let mut batch_tick =
             tokio::time::interval(Duration::from_millis(self.config.batch_interval_ms.max(10)));
+        let mut pump = tokio::time::interval(PUMP_INTERVAL);
+        pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let status = Arc::clone(&self.status);
+        let mut result = Ok(());
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 reading = readings.recv() => match reading {
-                    Some((stream, reading)) => pending.entry(stream).or_default().push(reading),
+                    Some(reading) if pending.len() < MAX_PENDING_READINGS => pending.push(reading),
+                    Some(_) => update(&status, |s| s.readings_dropped += 1),
                     None => break,
                 },
-                _ = tick.tick() => {
-                    for (stream, batch) in std::mem::take(&mut pending) {
-                        let seq = sequence.entry(stream.clone()).or_insert(0);
-                        let payload = TelemetryBatch { v: PROTOCOL_VERSION, stream, epoch, seq: *seq, readings: batch };
-                        *seq += 1;
-                        if client.try_publish(&topic, QoS::AtLeastOnce, false, payload.encode()).is_ok() {
-                            update(&self.status, |s| s.batches_queued += 1);
-                        } else {
-                            tracing::warn!(stream = %payload.stream, seq = payload.seq, "outbox full; batch dropped");
+                _ = batch_tick.tick() => {
+                    let mut outbox = lock(&shared);
+                    if let Err(error) = enqueue(&mut outbox, &mut pending, &status) {
+                        result = Err(error);
+                        break;
+                    }
+                    if let Err(error) = outbox.sync() {
+                        tracing::error!(%error, "outbox sync failed");
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(NetworkEvent::Connected) => {
+                        dispatcher.on_connected();
+                        update(&status, |s| { s.state = LinkState::Connected; s.last_error = None; });
+                    }
+                    Some(NetworkEvent::Disconnected(error)) => {
+                        dispatcher.on_disconnected();
+                        update(&status, |s| { s.state = LinkState::Disconnected; s.last_error = Some(error); });
+                    }
+                    Some(NetworkEvent::Ack(ack)) => {
+                        let mut outbox = lock(&shared);
+                        if ack.epoch == epoch && ack.stream == TELEMETRY_STREAM && outbox.is_pending(ack.seq) {
+                            outbox.ack(ack.seq)?;
+                            dispatcher.on_ack(ack.seq);
+                            update(&status, |s| s.batches_acknowledged += 1);
                         }
                     }
+                    None => break,
+                },
+                _ = pump.tick() => {
+                    let now = unix_millis();
+                    let outbox = lock(&shared);
+                    while let Some(seq) = dispatcher.next_to_send(&outbox, now) {
+                        let payload = outbox.read(seq)?;
+                        if client.try_publish(&topic, QoS::AtLeastOnce, false, payload).is_err() {
+                            break; // the client's queue is full; retransmission picks it up
+                        }
+                        update(&status, |s| s.messages_sent += 1);
+                    }
+                    let stats = outbox.stats();
+                    update(&status, |s| s.outbox = stats);
                 }
             }
         }
+        // Keep what was read: it goes out after the next start.
+        {
+            let mut outbox = lock(&shared);
+            if let Err(error) = enqueue(&mut outbox, &mut pending, &status) {
+                tracing::error!(%error, "cannot save the last readings to the outbox");
+            }
+            outbox.sync()?;
+        }
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), network).await;
-        Ok(())
+        result
     }
+}
+
+/// Writes the pending readings to the outbox as one telemetry batch.
+fn enqueue(
+    outbox: &mut Outbox,
+    pending: &mut Vec<Reading>,
+    status: &Mutex<LinkStatus>,
+) -> Result<(), LinkError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let appended = outbox.append(|seq, epoch| {
+        TelemetryBatch {
+            v: PROTOCOL_VERSION,
+            stream: TELEMETRY_STREAM.to_owned(),
+            epoch,
+            seq,
+            readings: pending.clone(),
+        }
+        .encode()
+    });
+    match appended {
+        Ok(_) => {
+            pending.clear();
+            update(status, |s| s.batches_queued += 1);
+            Ok(())
+        }
+        Err(OutboxError::Full { .. }) => Ok(()), // kept in memory; retried next batch
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn network_loop(
+    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    ack_topic: String,
+    events: mpsc::Sender<NetworkEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = eventloop.poll() => event,
+        };
+        let forward = match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!("link connected");
+                backoff = Duration::from_millis(200);
+                if let Err(error) = client.try_subscribe(&ack_topic, QoS::AtLeastOnce) {
+                    tracing::warn!(%error, "cannot subscribe to acknowledgements");
+                }
+                Some(NetworkEvent::Connected)
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == ack_topic => {
+                match Ack::decode(&publish.payload) {
+                    Ok(ack) => Some(NetworkEvent::Ack(ack)),
+                    Err(error) => {
+                        tracing::warn!(%error, "malformed acknowledgement ignored");
+                        None
+                    }
+                }
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(%error, "link connection failed; reconnecting");
+                let _ = events
+                    .send(NetworkEvent::Disconnected(error.to_string()))
+                    .await;
+                let delay = with_jitter(backoff);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                None
+            }
+        };
+        if let Some(event) = forward {
+            if events.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn lock(outbox: &SharedOutbox) -> std::sync::MutexGuard<'_, Outbox> {
+    outbox.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn update(status: &Mutex<LinkStatus>, change: impl FnOnce(&mut LinkStatus)) {

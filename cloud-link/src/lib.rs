@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 pub mod agent;
+pub mod dispatch;
+pub mod outbox;
 pub mod tls;
 pub mod topics;
 
-pub use agent::{LinkAgent, LinkConfig, LinkState, LinkStatus};
+pub use agent::{LinkAgent, LinkConfig, LinkState, LinkStatus, SharedOutbox};
 pub use topics::{Reading, TelemetryBatch};

@@ -6,7 +6,12 @@
 //!
 //! | topic suffix | direction | payload |
 //! |---|---|---|
-//! | `telemetry` | device → fleet | [`TelemetryBatch`] |
+//! | `telemetry` | device → fleet | [`TelemetryBatch`], QoS 1, from the durable outbox |
+//! | `ack` | fleet → device | [`Ack`]: the batch `(stream, epoch, seq)` is stored |
+//!
+//! A message leaves the device's outbox only when its [`Ack`] arrives; until then it
+//! is sent again after reconnects and timeouts, and the fleet stores each
+//! `(device, stream, epoch, seq)` once, so every reading arrives exactly once.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +25,14 @@ pub const TOPIC_ROOT: &str = "warden/v1/devices";
 pub fn telemetry_topic(device_id: &str) -> String {
     format!("{TOPIC_ROOT}/{device_id}/telemetry")
 }
+
+/// Topic the fleet acknowledges a device's messages on.
+pub fn ack_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/ack")
+}
+
+/// The stream name of telemetry batches.
+pub const TELEMETRY_STREAM: &str = "telemetry";
 
 /// Filter matching every device's telemetry (the fleet subscribes to it).
 pub const ALL_TELEMETRY: &str = "warden/v1/devices/+/telemetry";
@@ -45,7 +58,7 @@ pub struct Reading {
     pub ts_ms: u64,
 }
 
-/// A batch of readings from one stream (one bridge).
+/// A batch of readings, one message of the `telemetry` stream.
 ///
 /// `(epoch, seq)` orders the batches of a stream; the fleet stores each
 /// `(device, stream, epoch, seq)` once, so a resent batch is not counted twice.
@@ -53,7 +66,7 @@ pub struct Reading {
 pub struct TelemetryBatch {
     /// Payload version, [`PROTOCOL_VERSION`].
     pub v: u32,
-    /// Stream name (the bridge).
+    /// Stream name, [`TELEMETRY_STREAM`].
     pub stream: String,
     /// Identifies one run of the sequence counter (set when the counter starts).
     pub epoch: u64,
@@ -61,6 +74,54 @@ pub struct TelemetryBatch {
     pub seq: u64,
     /// The readings, oldest first.
     pub readings: Vec<Reading>,
+}
+
+/// The fleet's acknowledgement of one stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckRef<'a> {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The stream of the acknowledged message.
+    pub stream: &'a str,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its sequence number.
+    pub seq: u64,
+}
+
+/// An owned [`AckRef`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The stream of the acknowledged message.
+    pub stream: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its sequence number.
+    pub seq: u64,
+}
+
+impl Ack {
+    /// Encodes the acknowledgement as JSON.
+    pub fn encode(stream: &str, epoch: u64, seq: u64) -> Vec<u8> {
+        serde_json::to_vec(&AckRef {
+            v: PROTOCOL_VERSION,
+            stream,
+            epoch,
+            seq,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Decodes and version-checks an acknowledgement.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let ack: Self = serde_json::from_slice(bytes)?;
+        if ack.v != PROTOCOL_VERSION {
+            return Err(PayloadError::UnsupportedVersion(ack.v));
+        }
+        Ok(ack)
+    }
 }
 
 /// Why a payload was refused.
@@ -102,6 +163,7 @@ mod tests {
         assert_eq!(device_of_topic(&topic), Some("wd-0011"));
         assert_eq!(device_of_topic("warden/v1/devices//telemetry"), None);
         assert_eq!(device_of_topic("other/v1/devices/x/telemetry"), None);
+        assert_eq!(device_of_topic(&ack_topic("wd-0011")), Some("wd-0011"));
     }
 
     #[test]

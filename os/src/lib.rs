@@ -1,1 +1,20 @@
 #![doc = include_str!("../README.md")]
+
+pub mod boot;
+pub mod cli;
+pub mod file_system;
+pub mod image_io;
+pub mod launch;
+pub mod payload;
+pub mod release;
+pub mod root_of_trust;
+pub mod slots;
+pub mod trial;
+pub mod update;
+
+pub use boot::{BootConfig, BootDecision, BootError, BootMonitor};
+pub use root_of_trust::{BootRootOfTrust, MemoryRootOfTrust, PlutonRootOfTrust};
+pub use slots::{BootState, CrashVerdict, FailureReason, Slot, SlotStatus, TrialPolicy};
+pub use trial::{HealthCheckPolicy, HealthReport, TrialHealthCheck, TrialVerdict};
+/// The image format and verification core (re-exported).
+pub use warden_image as image;

@@ -68,7 +68,12 @@ pub async fn start(
         .with_context(|| format!("cannot listen for mqtt on {}", config.mqtt_listen))?;
     let mqtt_address = broker.address();
     let telemetry = broker.subscribe_local(warden_link::topics::ALL_TELEMETRY, 1024);
-    let ingest = tokio::spawn(ingest::run(store.clone(), telemetry));
+    let ingest = tokio::spawn(ingest::run(
+        store.clone(),
+        telemetry,
+        broker.publisher(),
+        shutdown.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
         .await
@@ -83,8 +88,8 @@ pub async fn start(
         if let Err(error) = served {
             tracing::error!(%error, "fleet http server failed");
         }
-        // The broker stops on the same token and drops its senders; ingest then drains
-        // what it already holds, and the store closes after the last write.
+        // The broker stops on the same token; ingest stores what it already holds, and
+        // the store closes after the last write.
         drop(broker);
         let _ = ingest.await;
         store.close().await;

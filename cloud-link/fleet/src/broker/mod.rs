@@ -70,8 +70,25 @@ impl Broker {
         self.address
     }
 
+    /// A handle the fleet publishes to devices with.
+    pub fn publisher(&self) -> LocalPublisher {
+        LocalPublisher(Arc::clone(&self.router))
+    }
+
     /// Subscribes the fleet itself to `filter`.
     pub fn subscribe_local(&self, filter: &str, capacity: usize) -> LocalSubscription {
         self.router.subscribe_local(filter, capacity)
+    }
+}
+
+/// Publishes from the fleet itself to the devices subscribed.
+#[derive(Clone)]
+pub struct LocalPublisher(Arc<Router>);
+
+impl LocalPublisher {
+    /// Routes `payload` on `topic` to every matching subscriber (QoS 0 to devices).
+    pub async fn publish(&self, topic: String, payload: Vec<u8>) {
+        let publish = rumqttc::Publish::new(topic, rumqttc::QoS::AtMostOnce, payload);
+        self.0.route(&publish).await;
     }
 }

@@ -1,0 +1,9 @@
+//! The update agent and the update-window policy.
+
+pub mod agent;
+pub mod window;
+
+pub use agent::{
+    UpdateAgent, UpdateError, UpdateEvent, UpdateOffer, UpdateOutcome, install_staged,
+};
+pub use window::{MaintenanceWindow, UpdateWindowPolicy, WindowDecision};

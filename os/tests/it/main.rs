@@ -1,0 +1,6 @@
+//! warden-os integration tests: crash points, a real SIGKILL, the update agent, the CLI.
+
+mod agent;
+mod crash;
+mod release;
+mod support;
