@@ -37,6 +37,9 @@ enum Command {
     /// Check or query a policy file.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Build, sign, inspect and verify firmware images.
+    #[command(subcommand)]
+    Image(warden_os::cli::ImageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Some(Command::Policy(PolicyCommand::Explain { file, request })) => {
             policy_explain(&file, &request)
         }
+        Some(Command::Image(command)) => command.run(),
     };
     match result {
         Ok(code) => code,
