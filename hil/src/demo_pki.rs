@@ -27,6 +27,14 @@ pub struct DemoPki {
     pub device_cert: PathBuf,
     /// The device key (pluton will hold it once it lands).
     pub device_key: PathBuf,
+    /// The fleet's own client certificate (CN `fleet`) for an external broker.
+    pub fleet_client_cert: PathBuf,
+    /// Its key.
+    pub fleet_client_key: PathBuf,
+    /// A certificate for the same device ID that expired in 2001 (for refusal tests).
+    pub expired_device_cert: PathBuf,
+    /// Its key.
+    pub expired_device_key: PathBuf,
 }
 
 impl DemoPki {
@@ -58,6 +66,20 @@ impl DemoPki {
         device_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let device_cert = device_params.signed_by(&device_key, &maker_issuer)?;
 
+        let fleet_client_key = KeyPair::generate()?;
+        let mut fleet_client_params = CertificateParams::new(Vec::<String>::new())?;
+        fleet_client_params.distinguished_name = name("fleet");
+        fleet_client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let fleet_client_cert = fleet_client_params.signed_by(&fleet_client_key, &maker_issuer)?;
+
+        let expired_key = KeyPair::generate()?;
+        let mut expired_params = CertificateParams::new(Vec::<String>::new())?;
+        expired_params.distinguished_name = name(&device_id);
+        expired_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        expired_params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        expired_params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let expired_cert = expired_params.signed_by(&expired_key, &maker_issuer)?;
+
         let pki = Self {
             device_id,
             fleet_ca: dir.join("fleet-ca.pem"),
@@ -66,6 +88,10 @@ impl DemoPki {
             manufacturer_ca: dir.join("manufacturer-ca.pem"),
             device_cert: dir.join("device.pem"),
             device_key: dir.join("device.key"),
+            fleet_client_cert: dir.join("fleet-client.pem"),
+            fleet_client_key: dir.join("fleet-client.key"),
+            expired_device_cert: dir.join("device-expired.pem"),
+            expired_device_key: dir.join("device-expired.key"),
         };
         write(&pki.fleet_ca, &fleet_ca_cert.pem(), false)?;
         write(&pki.server_cert, &server_cert.pem(), false)?;
@@ -73,6 +99,10 @@ impl DemoPki {
         write(&pki.manufacturer_ca, &maker_ca_cert.pem(), false)?;
         write(&pki.device_cert, &device_cert.pem(), false)?;
         write(&pki.device_key, &device_key.serialize_pem(), true)?;
+        write(&pki.fleet_client_cert, &fleet_client_cert.pem(), false)?;
+        write(&pki.fleet_client_key, &fleet_client_key.serialize_pem(), true)?;
+        write(&pki.expired_device_cert, &expired_cert.pem(), false)?;
+        write(&pki.expired_device_key, &expired_key.serialize_pem(), true)?;
         Ok(pki)
     }
 }
