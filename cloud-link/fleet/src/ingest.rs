@@ -1,15 +1,18 @@
-//! Telemetry ingest: decodes batches from the broker and stores them once.
+//! Telemetry ingest: decodes batches from the broker, stores them once, acknowledges.
 
+use tokio_util::sync::CancellationToken;
 use warden_link::TelemetryBatch;
 use warden_link::topics::{Ack, ack_topic, device_of_topic};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::broker::{LocalPublisher, LocalSubscription};
-use crate::store::{Ingested, Store};
+use crate::store::Store;
+
+/// Most batches committed in one transaction.
+const MAX_GROUP: usize = 256;
 
 /// Stores every telemetry batch received until the broker closes the subscription,
 /// and acknowledges each one to its device once it is committed (or was already).
+/// Batches waiting together are committed together (one fsync for the group).
 ///
 /// On `shutdown` it stops taking new messages, stores what is already buffered, and
 /// returns.
@@ -19,48 +22,57 @@ pub async fn run(
     acks: LocalPublisher,
     shutdown: CancellationToken,
 ) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
     loop {
-        let publish = tokio::select! {
+        let first = tokio::select! {
             () = shutdown.cancelled() => break,
             publish = telemetry.recv() => match publish {
                 Some(publish) => publish,
                 None => return,
             },
         };
-        ingest_one(&store, &acks, &publish).await;
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match telemetry.try_recv() {
+                Ok(publish) => group.push(publish),
+                Err(_) => break,
+            }
+        }
+        ingest_group(&store, &acks, &group).await;
+        group.clear();
     }
     telemetry.close();
     while let Some(publish) = telemetry.recv().await {
-        ingest_one(&store, &acks, &publish).await;
+        ingest_group(&store, &acks, std::slice::from_ref(&publish)).await;
     }
 }
 
-async fn ingest_one(store: &Store, acks: &LocalPublisher, publish: &rumqttc::Publish) {
-    {
+async fn ingest_group(store: &Store, acks: &LocalPublisher, group: &[rumqttc::Publish]) {
+    let mut decoded: Vec<(&str, TelemetryBatch)> = Vec::with_capacity(group.len());
+    for publish in group {
         let Some(device) = device_of_topic(&publish.topic) else {
             tracing::warn!(topic = %publish.topic, "telemetry on a topic without a device; dropped");
-            return;
+            continue;
         };
-        let batch = match TelemetryBatch::decode(&publish.payload) {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::warn!(device, %error, "refused telemetry batch");
-                return;
-            }
-        };
-        match store.ingest(device, &batch, now_ms()).await {
-            Ok(outcome) => {
-                if outcome == Ingested::Duplicate {
-                    tracing::debug!(device, stream = %batch.stream, seq = batch.seq, "duplicate batch acknowledged again");
-                }
+        match TelemetryBatch::decode(&publish.payload) {
+            Ok(batch) => decoded.push((device, batch)),
+            Err(error) => tracing::warn!(device, %error, "refused telemetry batch"),
+        }
+    }
+    let items: Vec<(&str, &TelemetryBatch)> = decoded.iter().map(|(d, b)| (*d, b)).collect();
+    match store.ingest_many(&items, now_ms()).await {
+        Ok(_) => {
+            for (device, batch) in &decoded {
                 acks.publish(
                     ack_topic(device),
                     Ack::encode(&batch.stream, batch.epoch, batch.seq),
                 )
                 .await;
             }
-            // Not acknowledged: the device keeps the batch and sends it again.
-            Err(error) => tracing::error!(device, %error, "cannot store telemetry batch"),
+        }
+        // Not acknowledged: the devices keep their batches and send them again.
+        Err(error) => {
+            tracing::error!(%error, batches = decoded.len(), "cannot store telemetry batches")
         }
     }
 }

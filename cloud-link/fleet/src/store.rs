@@ -92,9 +92,26 @@ impl Store {
         } else {
             url.to_owned()
         };
-        let max_connections = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let sqlite = url.starts_with("sqlite:");
+        let max_connections = if sqlite { 1 } else { 8 };
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
+            .after_connect(move |connection, _meta| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL: one fsync per commit (FULL keeps an acknowledged batch
+                        // durable across power loss), readers never block the writer.
+                        for pragma in [
+                            "PRAGMA journal_mode=WAL",
+                            "PRAGMA synchronous=FULL",
+                            "PRAGMA busy_timeout=5000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *connection).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await?;
         let store = Self { pool };
@@ -132,59 +149,24 @@ impl Store {
         batch: &TelemetryBatch,
         received_ms: i64,
     ) -> Result<Ingested, StoreError> {
+        let outcomes = self.ingest_many(&[(device_id, batch)], received_ms).await?;
+        Ok(outcomes[0])
+    }
+
+    /// Stores several batches in one transaction (one commit, one fsync), each once.
+    /// Either all are stored or none.
+    pub async fn ingest_many(
+        &self,
+        batches: &[(&str, &TelemetryBatch)],
+        received_ms: i64,
+    ) -> Result<Vec<Ingested>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO telemetry_batches (device_id, stream, epoch, seq, received_ms)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(device_id)
-        .bind(&batch.stream)
-        .bind(to_i64(batch.epoch))
-        .bind(to_i64(batch.seq))
-        .bind(received_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(Ingested::Duplicate);
-        }
-        sqlx::query(
-            "INSERT INTO devices (id, first_seen_ms, last_seen_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
-        )
-        .bind(device_id)
-        .bind(received_ms)
-        .bind(received_ms)
-        .execute(&mut *tx)
-        .await?;
-        for reading in &batch.readings {
-            let ts_ms = to_i64(reading.ts_ms);
-            sqlx::query(
-                "INSERT INTO telemetry (device_id, point, ts_ms, value, unit) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(device_id)
-            .bind(&reading.point)
-            .bind(ts_ms)
-            .bind(reading.value)
-            .bind(&reading.unit)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO latest_values (device_id, point, ts_ms, value, unit) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (device_id, point) DO UPDATE
-                 SET ts_ms = excluded.ts_ms, value = excluded.value, unit = excluded.unit
-                 WHERE excluded.ts_ms >= latest_values.ts_ms",
-            )
-            .bind(device_id)
-            .bind(&reading.point)
-            .bind(ts_ms)
-            .bind(reading.value)
-            .bind(&reading.unit)
-            .execute(&mut *tx)
-            .await?;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for (device_id, batch) in batches {
+            outcomes.push(ingest_in(&mut tx, device_id, batch, received_ms).await?);
         }
         tx.commit().await?;
-        Ok(Ingested::Stored)
+        Ok(outcomes)
     }
 
     /// Every device with its latest values, ordered by ID.
@@ -263,6 +245,65 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+async fn ingest_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    device_id: &str,
+    batch: &TelemetryBatch,
+    received_ms: i64,
+) -> Result<Ingested, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO telemetry_batches (device_id, stream, epoch, seq, received_ms)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(device_id)
+    .bind(&batch.stream)
+    .bind(to_i64(batch.epoch))
+    .bind(to_i64(batch.seq))
+    .bind(received_ms)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(Ingested::Duplicate);
+    }
+    sqlx::query(
+        "INSERT INTO devices (id, first_seen_ms, last_seen_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+    )
+    .bind(device_id)
+    .bind(received_ms)
+    .bind(received_ms)
+    .execute(&mut **tx)
+    .await?;
+    for reading in &batch.readings {
+        let ts_ms = to_i64(reading.ts_ms);
+        sqlx::query(
+                "INSERT INTO telemetry (device_id, point, ts_ms, value, unit) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(device_id)
+            .bind(&reading.point)
+            .bind(ts_ms)
+            .bind(reading.value)
+            .bind(&reading.unit)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+                "INSERT INTO latest_values (device_id, point, ts_ms, value, unit) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (device_id, point) DO UPDATE
+                 SET ts_ms = excluded.ts_ms, value = excluded.value, unit = excluded.unit
+                 WHERE excluded.ts_ms >= latest_values.ts_ms",
+            )
+            .bind(device_id)
+            .bind(&reading.point)
+            .bind(ts_ms)
+            .bind(reading.value)
+            .bind(&reading.unit)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(Ingested::Stored)
 }
 
 fn reading_from_row(row: &sqlx::any::AnyRow) -> Result<StoredReading, StoreError> {
