@@ -114,7 +114,12 @@ impl ApplianceConfig {
         config.policy.file = base.join(&config.policy.file);
         config.link.fleet_ca = base.join(&config.link.fleet_ca);
         config.link.device_cert = base.join(&config.link.device_cert);
-        config.link.device_key = base.join(&config.link.device_key);
+        config.link.device_key = config.link.device_key.as_ref().map(|key| base.join(key));
+        config.link.pluton_socket = config
+            .link
+            .pluton_socket
+            .as_ref()
+            .map(|socket| base.join(socket));
         config.link.outbox.dir = base.join(&config.link.outbox.dir);
         Ok(config)
     }
@@ -191,8 +196,34 @@ listen = "127.0.0.1:0"
         assert_eq!(config.bridges.modbus_tcp[0].points[0].scale, 0.1);
         assert_eq!(config.policy.file, Path::new("/etc/warden/policy.toml"));
         assert_eq!(
-            config.link.device_key,
-            Path::new("/etc/warden/pki/device.key")
+            config.link.device_key.as_deref(),
+            Some(Path::new("/etc/warden/pki/device.key"))
+        );
+        assert_eq!(config.link.outbox.dir, Path::new("/etc/warden/outbox"));
+    }
+
+    #[test]
+    fn the_link_needs_exactly_one_key_source() {
+        let both = GOOD.replace(
+            "device_key = ",
+            "pluton_socket = \"pluton.sock\"\ndevice_key = ",
+        );
+        let error = ApplianceConfig::parse(&both, Path::new("warden.toml")).expect_err("must fail");
+        assert!(
+            error
+                .to_string()
+                .starts_with("warden.toml: link.pluton_socket: set exactly one"),
+            "{error}"
+        );
+        let pluton = GOOD.replace(
+            "device_key = \"pki/device.key\"",
+            "pluton_socket = \"pluton.sock\"",
+        );
+        let config =
+            ApplianceConfig::parse(&pluton, Path::new("/etc/warden/warden.toml")).expect("valid");
+        assert_eq!(
+            config.link.pluton_socket.as_deref(),
+            Some(Path::new("/etc/warden/pluton.sock"))
         );
     }
 

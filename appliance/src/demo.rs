@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use warden_hil::demo::{DemoPorts, DemoWorld};
+use warden_hil::demo::{DemoPorts, DemoWorld, DeviceIdentity};
 
 use crate::config::ApplianceConfig;
 
@@ -36,15 +37,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         DemoPorts::FIXED
     };
     let shutdown = CancellationToken::new();
-    let world = match DemoWorld::start(&args.state_dir, ports, shutdown.clone()).await {
-        Ok(world) => world,
-        Err(error) => {
-            shutdown.cancel();
-            return Err(error.context(
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+    let mut pluton = start_pluton(&args.state_dir).await?;
+    let identity = pluton_identity(args.state_dir.join(PLUTON_SOCKET)).await?;
+    let world =
+        match DemoWorld::start(&args.state_dir, ports, Some(identity), shutdown.clone()).await {
+            Ok(world) => world,
+            Err(error) => {
+                shutdown.cancel();
+                return Err(error.context(
                 "cannot start the demo (if a port is taken, try `warden demo --ephemeral-ports`)",
             ));
-        }
-    };
+            }
+        };
     let config = ApplianceConfig::load(&world.appliance_config)?;
     let appliance = match crate::runtime::start(config, shutdown.clone()).await {
         Ok(appliance) => appliance,
@@ -72,16 +78,72 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  appliance config: {}", world.appliance_config.display());
     println!(
+        "  device identity:  {} (key held by the pluton process)",
+        world.pki.device_id
+    );
+    println!(
         "No credentials yet: every page listens on 127.0.0.1 only. Certificates are throwaway,"
     );
     println!(
-        "made at start under {}/pki until provisioning lands. Ctrl-C stops.",
+        "made at start under {}/pki until provisioning lands; the device key stays in pluton. Ctrl-C stops.",
         args.state_dir.display()
     );
     crate::signals::wait_for_stop().await;
     shutdown.cancel();
     appliance.stopped().await;
     world.fleet.stopped().await;
+    // Pluton's store is crash-safe by design (atomic renames), so a kill is a clean stop.
+    let _ = pluton.kill().await;
     println!("Warden demo stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pluton's socket, relative to the demo's state directory.
+const PLUTON_SOCKET: &str = "pluton.sock";
+
+/// Starts pluton as its own process: this binary with the `pluton` role.
+async fn start_pluton(state_dir: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("cannot find the warden binary")?;
+    let socket = state_dir.join(PLUTON_SOCKET);
+    let _ = std::fs::remove_file(&socket);
+    tokio::process::Command::new(exe)
+        .arg("pluton")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(state_dir.join("pluton"))
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the pluton process")
+}
+
+/// Connects to pluton (waiting for it to listen) and returns its identity, creating
+/// one on first start.
+async fn pluton_identity(socket: PathBuf) -> anyhow::Result<DeviceIdentity> {
+    tokio::task::spawn_blocking(move || {
+        let mut client = None;
+        for _ in 0..100 {
+            match warden_pluton_api::PlutonClient::connect(&socket) {
+                Ok(connected) => {
+                    client = Some(connected);
+                    break;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+        let mut client =
+            client.with_context(|| format!("pluton did not listen on {}", socket.display()))?;
+        let identity = match client.export_identity() {
+            Ok(identity) => identity,
+            Err(_) => client
+                .create_identity(None)
+                .context("pluton cannot create an identity")?,
+        };
+        Ok(DeviceIdentity {
+            device_id: identity.device_id.to_string(),
+            public_key: identity.public_key.0,
+            pluton_socket: PathBuf::from(PLUTON_SOCKET),
+        })
+    })
+    .await?
 }

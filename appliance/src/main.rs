@@ -37,6 +37,18 @@ enum Command {
     /// Check or query a policy file.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the pluton compartment: the root of trust, serving its socket.
+    Pluton {
+        /// The Unix socket to serve.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Pluton's state directory (identity, counters, sealed storage).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The firmware version the monitor verified (reported in quotes).
+        #[arg(long, default_value_t = 0)]
+        firmware_version: u32,
+    },
     /// Build, sign, inspect and verify firmware images.
     #[command(subcommand)]
     Image(warden_os::cli::ImageCommand),
@@ -78,6 +90,18 @@ fn main() -> ExitCode {
             policy_explain(&file, &request)
         }
         Some(Command::Image(command)) => command.run(),
+        Some(Command::Pluton {
+            socket,
+            state_dir,
+            firmware_version,
+        }) => run_async(async move {
+            let options = warden_pluton::server::ServeOptions {
+                firmware_version,
+                ..Default::default()
+            };
+            warden_pluton::server::serve(&socket, &state_dir, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
     };
     match result {
         Ok(code) => code,

@@ -33,8 +33,14 @@ pub struct LinkConfig {
     pub fleet_ca: PathBuf,
     /// PEM file with this device's certificate.
     pub device_cert: PathBuf,
-    /// PEM file with this device's key (until pluton holds it).
-    pub device_key: PathBuf,
+    /// PEM file with this device's key, for units without pluton (tests, bench).
+    /// Exactly one of `device_key` and `pluton_socket` is set.
+    #[serde(default)]
+    pub device_key: Option<PathBuf>,
+    /// Pluton's socket: the link signs its TLS handshakes through pluton, and the
+    /// private key never enters this process.
+    #[serde(default)]
+    pub pluton_socket: Option<PathBuf>,
     /// How long readings are gathered into one batch, in milliseconds.
     #[serde(default = "default_batch_interval_ms")]
     pub batch_interval_ms: u64,
@@ -94,6 +100,12 @@ pub enum LinkError {
     /// The outbox failed.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// Pluton could not be reached for the device key.
+    #[error("pluton: {0}")]
+    Pluton(String),
+    /// The config names no key, or both a key file and pluton.
+    #[error("the link needs exactly one of `device_key` and `pluton_socket`")]
+    Identity,
 }
 
 enum NetworkEvent {
@@ -152,9 +164,7 @@ impl LinkAgent {
     ) -> Result<(), LinkError> {
         let identity = match self.identity {
             Some(identity) => identity,
-            None => {
-                ClientIdentity::from_pem_files(&self.config.device_cert, &self.config.device_key)?
-            }
+            None => client_identity(&self.config)?,
         };
         let tls = client_config(&self.config.fleet_ca, identity)?;
         let shared = match self.outbox {
@@ -257,6 +267,20 @@ impl LinkAgent {
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), network).await;
         result
+    }
+}
+
+/// The identity the config names: pluton's key, or a key file.
+fn client_identity(config: &LinkConfig) -> Result<ClientIdentity, LinkError> {
+    match (&config.pluton_socket, &config.device_key) {
+        (Some(socket), None) => {
+            let key = warden_pluton_api::PlutonSigningKey::connect(socket)
+                .map_err(|e| LinkError::Pluton(format!("{}: {e}", socket.display())))?;
+            let chain = crate::tls::load_certificates(&config.device_cert)?;
+            Ok(ClientIdentity::from_signer(chain, Arc::new(key)))
+        }
+        (None, Some(key)) => Ok(ClientIdentity::from_pem_files(&config.device_cert, key)?),
+        _ => Err(LinkError::Identity),
     }
 }
 

@@ -66,12 +66,27 @@ pub struct DemoWorld {
 impl DemoWorld {
     /// Creates the PKI under `state_dir/pki`, starts the equipment and the fleet, and
     /// writes `state_dir/warden.toml` and `state_dir/policy.toml` for the appliance.
+    ///
+    /// With `device`, the appliance's certificate is issued for that identity (its key
+    /// stays in pluton, reached through `pluton.sock` in `state_dir`); without, a
+    /// device key file is used.
     pub async fn start(
         state_dir: &Path,
         ports: DemoPorts,
+        device: Option<DeviceIdentity>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let pki = DemoPki::generate(&state_dir.join("pki"))?;
+        let mut pki = DemoPki::generate(&state_dir.join("pki"))?;
+        let key_line = match &device {
+            Some(identity) => {
+                let cert =
+                    pki.issue_device_certificate(&identity.device_id, &identity.public_key)?;
+                pki.device_id = identity.device_id.clone();
+                pki.device_cert = cert;
+                format!("pluton_socket = \"{}\"", identity.pluton_socket.display())
+            }
+            None => "device_key = \"pki/device.key\"".to_owned(),
+        };
         let model: DeviceModel =
             toml::from_str(EQUIPMENT_MODEL).context("the built-in equipment model is invalid")?;
         let equipment = SimulatedSlave::start(
@@ -97,15 +112,14 @@ impl DemoWorld {
         let fleet = warden_fleet::start(&fleet_config, shutdown).await?;
         let status_listen = format!("127.0.0.1:{}", ports.status_page);
         let appliance_config = state_dir.join("warden.toml");
-        write_file(
-            &appliance_config,
-            &appliance_config_text(
-                &pki,
-                equipment.address(),
-                fleet.mqtt_address,
-                &status_listen,
-            ),
-        )?;
+        let config_text = appliance_config_text(
+            &pki,
+            equipment.address(),
+            fleet.mqtt_address,
+            &status_listen,
+        )
+        .replace("{{DEVICE_KEY}}", &key_line);
+        write_file(&appliance_config, &config_text)?;
         write_file(&state_dir.join("policy.toml"), DEMO_POLICY)?;
         Ok(Self {
             pki,
@@ -117,6 +131,17 @@ impl DemoWorld {
     }
 }
 
+/// An identity held by pluton.
+#[derive(Debug, Clone)]
+pub struct DeviceIdentity {
+    /// Pluton's device ID.
+    pub device_id: String,
+    /// Its public key, uncompressed SEC1.
+    pub public_key: [u8; 65],
+    /// Pluton's socket, absolute or relative to the state directory.
+    pub pluton_socket: PathBuf,
+}
+
 fn appliance_config_text(
     pki: &DemoPki,
     equipment: SocketAddr,
@@ -125,6 +150,13 @@ fn appliance_config_text(
 ) -> String {
     APPLIANCE_CONFIG_TEMPLATE
         .replace("{{DEVICE_ID}}", &pki.device_id)
+        .replace(
+            "{{DEVICE_CERT}}",
+            &pki.device_cert
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
         .replace("{{EQUIPMENT}}", &equipment.to_string())
         .replace("{{BROKER_PORT}}", &broker.port().to_string())
         .replace("{{STATUS_LISTEN}}", status_listen)

@@ -23,6 +23,8 @@ pub struct DemoPki {
     pub server_key: PathBuf,
     /// The manufacturer CA that signs device certificates (trusted by the fleet).
     pub manufacturer_ca: PathBuf,
+    /// Its key (a demo CA: an ordinary file; the provisioning station will guard it).
+    pub manufacturer_ca_key: PathBuf,
     /// The device certificate.
     pub device_cert: PathBuf,
     /// The device key (pluton will hold it once it lands).
@@ -55,7 +57,8 @@ impl DemoPki {
         let server_cert = server_params.signed_by(&server_key, &fleet_issuer)?;
 
         let maker_ca_key = KeyPair::generate()?;
-        let maker_ca_params = ca_params("Warden demo manufacturer CA")?;
+        let maker_ca_key_pem = maker_ca_key.serialize_pem();
+        let maker_ca_params = ca_params(MANUFACTURER_CA_NAME)?;
         let maker_ca_cert = maker_ca_params.self_signed(&maker_ca_key)?;
         let maker_issuer = Issuer::new(maker_ca_params, maker_ca_key);
 
@@ -86,6 +89,7 @@ impl DemoPki {
             server_cert: dir.join("fleet-server.pem"),
             server_key: dir.join("fleet-server.key"),
             manufacturer_ca: dir.join("manufacturer-ca.pem"),
+            manufacturer_ca_key: dir.join("manufacturer-ca.key"),
             device_cert: dir.join("device.pem"),
             device_key: dir.join("device.key"),
             fleet_client_cert: dir.join("fleet-client.pem"),
@@ -97,13 +101,60 @@ impl DemoPki {
         write(&pki.server_cert, &server_cert.pem(), false)?;
         write(&pki.server_key, &server_key.serialize_pem(), true)?;
         write(&pki.manufacturer_ca, &maker_ca_cert.pem(), false)?;
+        write(&pki.manufacturer_ca_key, &maker_ca_key_pem, true)?;
         write(&pki.device_cert, &device_cert.pem(), false)?;
         write(&pki.device_key, &device_key.serialize_pem(), true)?;
         write(&pki.fleet_client_cert, &fleet_client_cert.pem(), false)?;
-        write(&pki.fleet_client_key, &fleet_client_key.serialize_pem(), true)?;
+        write(
+            &pki.fleet_client_key,
+            &fleet_client_key.serialize_pem(),
+            true,
+        )?;
         write(&pki.expired_device_cert, &expired_cert.pem(), false)?;
         write(&pki.expired_device_key, &expired_key.serialize_pem(), true)?;
         Ok(pki)
+    }
+}
+
+/// Common name of the demo manufacturer CA.
+const MANUFACTURER_CA_NAME: &str = "Warden demo manufacturer CA";
+
+impl DemoPki {
+    /// Issues a client certificate for a key held elsewhere (pluton): `device_id` as
+    /// common name, `public_key` the uncompressed SEC1 P-256 point. Returns its path.
+    pub fn issue_device_certificate(
+        &self,
+        device_id: &str,
+        public_key: &[u8; 65],
+    ) -> Result<PathBuf, PkiError> {
+        let key_pem = std::fs::read_to_string(&self.manufacturer_ca_key)
+            .map_err(|e| PkiError::Io(self.manufacturer_ca_key.clone(), e))?;
+        let issuer = Issuer::new(
+            ca_params(MANUFACTURER_CA_NAME)?,
+            KeyPair::from_pem(&key_pem)?,
+        );
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(device_id);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&ForeignP256Key(public_key), &issuer)?;
+        let path = self
+            .device_cert
+            .with_file_name(format!("device-{device_id}.pem"));
+        write(&path, &cert.pem(), false)?;
+        Ok(path)
+    }
+}
+
+/// A P-256 public key whose private half lives elsewhere.
+struct ForeignP256Key<'a>(&'a [u8; 65]);
+
+impl rcgen::PublicKeyData for ForeignP256Key<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
     }
 }
 

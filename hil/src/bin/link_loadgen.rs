@@ -38,16 +38,25 @@ fn parse_args() -> anyhow::Result<Args> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
-    let args = parse_args().context("usage: warden-link-loadgen DEVICE_ID BROKER_PORT PKI_DIR OUTBOX_DIR COUNT RATE_PER_SECOND")?;
-    let outbox_config = OutboxConfig { fsync: FsyncPolicy::Always, ..OutboxConfig::in_dir(&args.outbox) };
+    tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_writer(std::io::stderr)
+        .init();
+    let args = parse_args().context(
+        "usage: warden-link-loadgen DEVICE_ID BROKER_PORT PKI_DIR OUTBOX_DIR COUNT RATE_PER_SECOND",
+    )?;
+    let outbox_config = OutboxConfig {
+        fsync: FsyncPolicy::Always,
+        ..OutboxConfig::in_dir(&args.outbox)
+    };
     let outbox = Arc::new(Mutex::new(Outbox::open(outbox_config.clone())?));
     let config = LinkConfig {
         broker_host: "127.0.0.1".into(),
         broker_port: args.broker_port,
         fleet_ca: args.pki.join("fleet-ca.pem"),
         device_cert: args.pki.join("device.pem"),
-        device_key: args.pki.join("device.key"),
+        device_key: Some(args.pki.join("device.key")),
+        pluton_socket: None,
         batch_interval_ms: 100,
         max_send_per_second: 2000,
         outbox: outbox_config,
@@ -70,13 +79,30 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         queue.append(|seq, epoch| {
-            let reading = Reading { point: "load/n".into(), value: seq as f64, unit: String::new(), ts_ms: seq };
-            TelemetryBatch { v: PROTOCOL_VERSION, stream: TELEMETRY_STREAM.into(), epoch, seq, readings: vec![reading] }
-                .encode()
+            let reading = Reading {
+                point: "load/n".into(),
+                value: seq as f64,
+                unit: String::new(),
+                ts_ms: seq,
+            };
+            TelemetryBatch {
+                v: PROTOCOL_VERSION,
+                stream: TELEMETRY_STREAM.into(),
+                epoch,
+                seq,
+                readings: vec![reading],
+            }
+            .encode()
         })?;
     }
-    let sent = status.lock().unwrap_or_else(PoisonError::into_inner).messages_sent;
-    println!("all {} batches acknowledged ({sent} messages sent by this run)", args.count);
+    let sent = status
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .messages_sent;
+    println!(
+        "all {} batches acknowledged ({sent} messages sent by this run)",
+        args.count
+    );
     shutdown.cancel();
     link.await??;
     Ok(())

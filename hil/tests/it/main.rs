@@ -23,7 +23,9 @@ async fn start_fleet(dir: &Path, pki: &DemoPki, mqtt_port: u16) -> Fleet {
         manufacturer_ca: pki.manufacturer_ca.clone(),
     };
     let shutdown = CancellationToken::new();
-    let running = warden_fleet::start(&config, shutdown.clone()).await.expect("fleet starts");
+    let running = warden_fleet::start(&config, shutdown.clone())
+        .await
+        .expect("fleet starts");
     Fleet { shutdown, running }
 }
 
@@ -70,7 +72,10 @@ async fn every_reading_arrives_once_across_broker_restarts_and_device_kills() {
     pause().await;
     fleet.stop().await;
     pause().await;
-    device.kill().await.expect("SIGKILL device while the broker is down");
+    device
+        .kill()
+        .await
+        .expect("SIGKILL device while the broker is down");
     device = loadgen(&pki, port, dir.path(), COUNT);
     pause().await;
     let fleet = start_fleet(dir.path(), &pki, port).await;
@@ -82,15 +87,25 @@ async fn every_reading_arrives_once_across_broker_restarts_and_device_kills() {
     assert!(finished.success(), "loadgen exited with {finished}");
     fleet.stop().await;
 
-    let store = warden_fleet::store::Store::open(&format!("sqlite://{}", dir.path().join("fleet.db").display()))
+    let store = warden_fleet::store::Store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("fleet.db").display()
+    ))
+    .await
+    .expect("store");
+    let readings = store
+        .telemetry(&pki.device_id, Some("load/n"), 100_000)
         .await
-        .expect("store");
-    let readings = store.telemetry(&pki.device_id, Some("load/n"), 100_000).await.expect("query");
+        .expect("query");
     store.close().await;
     let mut values: Vec<u64> = readings.iter().map(|r| r.value as u64).collect();
     values.sort_unstable();
     let expected: Vec<u64> = (0..COUNT).collect();
-    assert_eq!(values.len(), expected.len(), "count of readings at the fleet (duplicates or losses)");
+    assert_eq!(
+        values.len(),
+        expected.len(),
+        "count of readings at the fleet (duplicates or losses)"
+    );
     assert_eq!(values, expected, "readings at the fleet");
 }
 
@@ -109,11 +124,19 @@ mod real_broker {
     use warden_link::topics::{Ack, TelemetryBatch, ack_topic, telemetry_topic};
     use warden_link::{LinkAgent, LinkConfig, Reading};
 
-    fn client(pki: &DemoPki, id: &str, cert: &Path, key: &Path, port: u16) -> (AsyncClient, rumqttc::EventLoop) {
+    fn client(
+        pki: &DemoPki,
+        id: &str,
+        cert: &Path,
+        key: &Path,
+        port: u16,
+    ) -> (AsyncClient, rumqttc::EventLoop) {
         let identity = ClientIdentity::from_pem_files(cert, key).expect("identity");
         let tls = client_config(&pki.fleet_ca, identity).expect("tls");
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )));
         AsyncClient::new(options, 64)
     }
 
@@ -122,8 +145,14 @@ mod real_broker {
             match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
                 Err(_) => return Err("timeout".into()),
                 Ok(Err(error)) => return Err(error.to_string()),
-                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == rumqttc::ConnectReturnCode::Success => return Ok(()),
-                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => return Err(format!("{:?}", ack.code)),
+                Ok(Ok(Event::Incoming(Packet::ConnAck(ack))))
+                    if ack.code == rumqttc::ConnectReturnCode::Success =>
+                {
+                    return Ok(());
+                }
+                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                    return Err(format!("{:?}", ack.code));
+                }
                 Ok(Ok(_)) => {}
             }
         }
@@ -135,16 +164,35 @@ mod real_broker {
         let pki = DemoPki::generate(&dir.path().join("pki")).expect("pki");
         let fleet = super::start_fleet(dir.path(), &pki, 0).await;
         let port = fleet.running.mqtt_address.port();
-        let (_c, mut good) = client(&pki, &pki.device_id, &pki.device_cert, &pki.device_key, port);
-        connect(&mut good).await.expect("the valid certificate connects");
-        let (_c, mut expired) = client(&pki, &pki.device_id, &pki.expired_device_cert, &pki.expired_device_key, port);
-        let error = connect(&mut expired).await.expect_err("an expired certificate must be refused");
+        let (_c, mut good) = client(
+            &pki,
+            &pki.device_id,
+            &pki.device_cert,
+            &pki.device_key,
+            port,
+        );
+        connect(&mut good)
+            .await
+            .expect("the valid certificate connects");
+        let (_c, mut expired) = client(
+            &pki,
+            &pki.device_id,
+            &pki.expired_device_cert,
+            &pki.expired_device_key,
+            port,
+        );
+        let error = connect(&mut expired)
+            .await
+            .expect_err("an expired certificate must be refused");
         assert!(!error.is_empty());
         fleet.stop().await;
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port")
     }
 
     struct Mosquitto(std::process::Child);
@@ -158,10 +206,14 @@ mod real_broker {
 
     fn start_mosquitto(dir: &Path, pki: &DemoPki, port: u16) -> Mosquitto {
         let fleet_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloud-link/fleet/mosquitto");
-        let template = std::fs::read_to_string(fleet_dir.join("mosquitto.conf.in")).expect("template");
+        let template =
+            std::fs::read_to_string(fleet_dir.join("mosquitto.conf.in")).expect("template");
         let conf = template
             .replace("{{PORT}}", &port.to_string())
-            .replace("{{MANUFACTURER_CA}}", &pki.manufacturer_ca.display().to_string())
+            .replace(
+                "{{MANUFACTURER_CA}}",
+                &pki.manufacturer_ca.display().to_string(),
+            )
             .replace("{{SERVER_CERT}}", &pki.server_cert.display().to_string())
             .replace("{{SERVER_KEY}}", &pki.server_key.display().to_string())
             .replace("{{ACL_FILE}}", &fleet_dir.join("acl").display().to_string());
@@ -170,8 +222,15 @@ mod real_broker {
         let conf = conf + "user root\n";
         let path = dir.join("mosquitto.conf");
         std::fs::write(&path, conf).expect("write conf");
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mosquitto");
-        let child = std::process::Command::new(binary).arg("-c").arg(&path).spawn().expect("mosquitto starts");
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let child = std::process::Command::new(binary)
+            .arg("-c")
+            .arg(&path)
+            .spawn()
+            .expect("mosquitto starts");
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Mosquitto(child);
@@ -193,14 +252,25 @@ mod real_broker {
         let _broker = start_mosquitto(dir.path(), &pki, port);
 
         // The fleet side: stores nothing, acknowledges every batch, records readings.
-        let (fleet, mut fleet_loop) = client(&pki, "fleet", &pki.fleet_client_cert, &pki.fleet_client_key, port);
+        let (fleet, mut fleet_loop) = client(
+            &pki,
+            "fleet",
+            &pki.fleet_client_cert,
+            &pki.fleet_client_key,
+            port,
+        );
         connect(&mut fleet_loop).await.expect("fleet connects");
-        fleet.subscribe("warden/v1/devices/+/telemetry", QoS::AtLeastOnce).await.expect("subscribe");
+        fleet
+            .subscribe("warden/v1/devices/+/telemetry", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
         let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<(String, f64)>();
         let fleet_task = tokio::spawn(async move {
             while let Ok(event) = fleet_loop.poll().await {
                 if let Event::Incoming(Packet::Publish(publish)) = event {
-                    let device = warden_link::topics::device_of_topic(&publish.topic).unwrap_or_default().to_owned();
+                    let device = warden_link::topics::device_of_topic(&publish.topic)
+                        .unwrap_or_default()
+                        .to_owned();
                     if let Ok(batch) = TelemetryBatch::decode(&publish.payload) {
                         for reading in &batch.readings {
                             let _ = seen_tx.send((device.clone(), reading.value));
@@ -217,7 +287,8 @@ mod real_broker {
             broker_port: port,
             fleet_ca: pki.fleet_ca.clone(),
             device_cert: pki.device_cert.clone(),
-            device_key: pki.device_key.clone(),
+            device_key: Some(pki.device_key.clone()),
+            pluton_socket: None,
             batch_interval_ms: 50,
             max_send_per_second: 1000,
             outbox: OutboxConfig::in_dir(dir.path().join("outbox")),
@@ -228,12 +299,23 @@ mod real_broker {
         let (readings, readings_rx) = tokio::sync::mpsc::channel(64);
         let link = tokio::spawn(agent.run(readings_rx, shutdown.clone()));
         for value in 0..50 {
-            readings.send(Reading { point: "t/n".into(), value: f64::from(value), unit: String::new(), ts_ms: 1 }).await.expect("send");
+            readings
+                .send(Reading {
+                    point: "t/n".into(),
+                    value: f64::from(value),
+                    unit: String::new(),
+                    ts_ms: 1,
+                })
+                .await
+                .expect("send");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut values = Vec::new();
         while values.len() < 50 {
-            let (device, value) = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.expect("readings arrive").expect("open");
+            let (device, value) = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                .await
+                .expect("readings arrive")
+                .expect("open");
             assert_eq!(device, pki.device_id);
             if !values.contains(&value) {
                 values.push(value);
@@ -245,20 +327,50 @@ mod real_broker {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(status.lock().expect("status").outbox.depth, 0, "every batch was acknowledged through mosquitto");
+        assert_eq!(
+            status.lock().expect("status").outbox.depth,
+            0,
+            "every batch was acknowledged through mosquitto"
+        );
 
         // ACL: the device may not publish under another device's ID.
-        let (device, mut device_loop) = client(&pki, &pki.device_id, &pki.device_cert, &pki.device_key, port);
+        let (device, mut device_loop) = client(
+            &pki,
+            &pki.device_id,
+            &pki.device_cert,
+            &pki.device_key,
+            port,
+        );
         connect(&mut device_loop).await.expect("device connects");
-        device.publish(telemetry_topic("wd-someone-else"), QoS::AtLeastOnce, false, b"{}".to_vec()).await.expect("queue");
+        device
+            .publish(
+                telemetry_topic("wd-someone-else"),
+                QoS::AtLeastOnce,
+                false,
+                b"{}".to_vec(),
+            )
+            .await
+            .expect("queue");
         let poll = tokio::spawn(async move { while device_loop.poll().await.is_ok() {} });
         let leaked = tokio::time::timeout(Duration::from_secs(1), seen.recv()).await;
-        assert!(leaked.is_err(), "a publish outside the device's subtree reached the fleet: {leaked:?}");
+        assert!(
+            leaked.is_err(),
+            "a publish outside the device's subtree reached the fleet: {leaked:?}"
+        );
         poll.abort();
 
         // An expired certificate is refused by Mosquitto too.
-        let (_c, mut expired) = client(&pki, &pki.device_id, &pki.expired_device_cert, &pki.expired_device_key, port);
-        assert!(connect(&mut expired).await.is_err(), "mosquitto accepted an expired certificate");
+        let (_c, mut expired) = client(
+            &pki,
+            &pki.device_id,
+            &pki.expired_device_cert,
+            &pki.expired_device_key,
+            port,
+        );
+        assert!(
+            connect(&mut expired).await.is_err(),
+            "mosquitto accepted an expired certificate"
+        );
 
         shutdown.cancel();
         link.await.expect("join").expect("link ran");

@@ -1,0 +1,124 @@
+//! The blocking and async clients against a real server.
+
+use warden_pluton::verify_quote;
+use warden_pluton_api::{ClientError, PlutonClient, PlutonError, Request, Response};
+
+use crate::support::Server;
+
+#[test]
+fn provisioning_attestation_and_sealing_through_the_client() {
+    let server = Server::start(12);
+    let capability = server.capability();
+    let mut client = PlutonClient::connect(&server.socket).expect("connect");
+    let (protocol_version, status) = client.status().expect("status");
+    assert_eq!(protocol_version, warden_pluton::protocol::PROTOCOL_VERSION);
+    assert_eq!(status.device_id, None);
+    assert_eq!(status.firmware_version, 12);
+
+    assert!(matches!(
+        client.export_identity(),
+        Err(ClientError::Refused {
+            error: PlutonError::NoIdentity,
+            ..
+        })
+    ));
+    let identity = client.create_identity(None).expect("create");
+    assert!(matches!(
+        client.create_identity(None),
+        Err(ClientError::Refused {
+            error: PlutonError::IdentityExists,
+            ..
+        })
+    ));
+    assert_eq!(client.export_identity().expect("export"), identity);
+
+    let root = warden_keychain::tooling::SecretSigningKey::generate()
+        .expect("rng")
+        .public_key();
+    client
+        .install_root_key(&capability, &root, 3)
+        .expect("install");
+    assert_eq!(client.root_keys().expect("roots")[0].public_key.0, root);
+    client.lock_manufacturing(&capability).expect("lock");
+    assert!(client.status().expect("status").1.manufacturing_locked);
+
+    client.extend_register(2, &[9u8; 32]).expect("extend");
+    assert_ne!(client.registers().expect("registers")[2], [0u8; 32]);
+    assert_eq!(
+        client.advance_counter(&capability, 1, 5).expect("advance"),
+        5
+    );
+    assert!(matches!(
+        client.advance_counter(&capability, 1, 4),
+        Err(ClientError::Refused {
+            error: PlutonError::CounterWouldDecrease,
+            ..
+        })
+    ));
+    assert_eq!(client.counters().expect("counters")[1], 5);
+
+    let nonce = [3u8; 40];
+    let quote = client.quote(&nonce).expect("quote");
+    let contents = verify_quote(&quote, &identity.public_key.0, &nonce).expect("verify");
+    assert_eq!(contents.counters[1], 5);
+    assert!(matches!(
+        client.quote(&[0u8; 65]),
+        Err(ClientError::ArgumentTooLarge { .. })
+    ));
+
+    let sealed = client
+        .seal(b"session", 0b100, b"resumption secret")
+        .expect("seal");
+    assert_eq!(
+        client
+            .unseal(b"session", &sealed)
+            .expect("unseal")
+            .as_slice(),
+        b"resumption secret"
+    );
+    client.extend_register(2, &[1u8; 32]).expect("extend");
+    assert!(matches!(
+        client.unseal(b"session", &sealed),
+        Err(ClientError::Refused {
+            error: PlutonError::UnsealFailed,
+            ..
+        })
+    ));
+    // The raw call path, too.
+    assert!(matches!(
+        client.call(&Request::ReadCounters),
+        Ok(Response::Counters(_))
+    ));
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_client_quotes() {
+    use warden_pluton_api::AsyncPlutonClient;
+    let server = Server::start(1);
+    let identity = PlutonClient::connect(&server.socket)
+        .expect("c")
+        .create_identity(None)
+        .expect("id");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    runtime.block_on(async {
+        let mut client = AsyncPlutonClient::connect(&server.socket)
+            .await
+            .expect("connect");
+        assert_eq!(client.export_identity().await.expect("export"), identity);
+        let nonce = [1u8; 32];
+        let quote = client.quote(&nonce).await.expect("quote");
+        verify_quote(&quote, &identity.public_key.0, &nonce).expect("verify");
+    });
+}
+
+#[test]
+fn connect_error_names_the_socket() {
+    let message = PlutonClient::connect("/nonexistent/pluton.sock")
+        .expect_err("no server")
+        .to_string();
+    assert!(message.contains("/nonexistent/pluton.sock"), "{message}");
+}

@@ -1,0 +1,296 @@
+//! The pluton process: a Unix-socket server answering [`crate::protocol`] frames.
+//!
+//! Each connection is served by its own task: read a 4-byte length (idle timeout), read the
+//! body (frame timeout), answer, repeat. An oversized or zero length gets an error
+//! response and the connection is closed (the stream cannot be resynchronised); a
+//! malformed or unknown body gets an error response and the connection stays usable; a
+//! client that stalls mid-frame is dropped when the frame timeout expires. Requests are
+//! carried out one at a time on a blocking thread, so store fsyncs never stall the
+//! socket loop. The connection count is bounded; extra clients get `Busy`.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use zeroize::Zeroize;
+
+use crate::PlutonError;
+use crate::backend::{RootOfTrust, SoftwarePluton};
+use crate::capability::{CAPABILITY_LEN, ProvisioningCapability};
+use crate::file_store::{
+    FileStore, FileStoreError, create_private_directory, write_file_atomically,
+};
+use crate::protocol::{
+    Caller, FRAME_HEADER_LEN, MAX_FRAME_LEN, Response, encode_frame, frame_body_len,
+    handle_request_frame,
+};
+
+/// Name of the capability file written on first start, unless configured otherwise.
+pub const DEFAULT_CAPABILITY_FILE_NAME: &str = "provisioning.capability";
+
+/// The software backend as the server runs it.
+pub type FileBackedPluton = SoftwarePluton<FileStore, getrandom::SysRng>;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The firmware version the security monitor verified (reported in quotes).
+    pub firmware_version: u32,
+    /// Where to write the provisioning capability on first start (mode 0600; only the
+    /// monitor may read it). Default: `<state_dir>/provisioning.capability`.
+    pub capability_file: Option<PathBuf>,
+    /// Most concurrent connections; more are answered `Busy` and closed.
+    pub max_connections: usize,
+    /// Time allowed for a frame's body to arrive once its header has.
+    pub frame_timeout: Duration,
+    /// Time a connection may sit idle between requests.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            firmware_version: 0,
+            capability_file: None,
+            max_connections: 32,
+            frame_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A state or capability file operation failed.
+    #[error(transparent)]
+    File(#[from] FileStoreError),
+    /// The socket could not be bound.
+    #[error("bind pluton socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The backend refused to start (for example, corrupt state).
+    #[error("pluton state in {path}: {error}")]
+    Backend {
+        /// The state directory.
+        path: PathBuf,
+        /// The error kind.
+        error: PlutonError,
+    },
+}
+
+/// Open the file-backed software root of trust in `state_dir` ("boot": registers zero).
+/// On first start the provisioning capability is written to the capability file first.
+pub fn open_file_backed(
+    state_dir: &Path,
+    options: &ServeOptions,
+) -> Result<FileBackedPluton, ServerError> {
+    create_private_directory(state_dir)?;
+    let store = FileStore::open(state_dir)?;
+    let capability_path = options
+        .capability_file
+        .clone()
+        .unwrap_or_else(|| state_dir.join(DEFAULT_CAPABILITY_FILE_NAME));
+    let mut file_error = None;
+    let opened = SoftwarePluton::open(
+        store,
+        getrandom::SysRng,
+        options.firmware_version,
+        |capability| {
+            write_file_atomically(&capability_path, capability.as_bytes()).map_err(|error| {
+                file_error = Some(error);
+                PlutonError::StoreFailed
+            })
+        },
+    );
+    match (opened, file_error) {
+        (Ok(pluton), _) => Ok(pluton),
+        (Err(_), Some(error)) => Err(ServerError::File(error)),
+        (Err(error), None) => Err(ServerError::Backend {
+            path: state_dir.to_owned(),
+            error,
+        }),
+    }
+}
+
+/// Read a provisioning capability from the file pluton wrote (the monitor's side).
+pub fn read_capability_file(path: &Path) -> Result<ProvisioningCapability, FileStoreError> {
+    let mut bytes = std::fs::read(path).map_err(|source| FileStoreError {
+        operation: "read",
+        path: path.to_owned(),
+        source,
+    })?;
+    let token: Result<[u8; CAPABILITY_LEN], _> = bytes.as_slice().try_into();
+    bytes.zeroize();
+    let mut token = token.map_err(|_| FileStoreError {
+        operation: "parse",
+        path: path.to_owned(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            "capability file is not 32 bytes",
+        ),
+    })?;
+    let capability = ProvisioningCapability::from_bytes(token);
+    token.zeroize();
+    Ok(capability)
+}
+
+/// Bind `socket_path` (replacing a stale socket file, mode 0660).
+pub fn bind(socket_path: &Path) -> Result<UnixListener, ServerError> {
+    let bind_error = |source| ServerError::Bind {
+        path: socket_path.to_owned(),
+        source,
+    };
+    match std::fs::remove_file(socket_path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(bind_error(error)),
+    }
+    let listener = UnixListener::bind(socket_path).map_err(bind_error)?;
+    std::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(0o660))
+        .map_err(bind_error)?;
+    Ok(listener)
+}
+
+/// Run pluton: open the state in `state_dir`, bind `socket_path`, serve until the task is
+/// dropped or the process ends.
+pub async fn serve(
+    socket_path: &Path,
+    state_dir: &Path,
+    options: ServeOptions,
+) -> Result<(), ServerError> {
+    let backend = open_file_backed(state_dir, &options)?;
+    let listener = bind(socket_path)?;
+    tracing::info!(socket = %socket_path.display(), state = %state_dir.display(), "pluton serving");
+    serve_backend(listener, backend, options).await;
+    Ok(())
+}
+
+/// Serve any [`RootOfTrust`] backend on an already-bound listener.
+pub async fn serve_backend<B: RootOfTrust + Send + 'static>(
+    listener: UnixListener,
+    backend: B,
+    options: ServeOptions,
+) {
+    let backend = Arc::new(Mutex::new(backend));
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
+        let backend = Arc::clone(&backend);
+        let options = options.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, backend, &options).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn refuse_busy(mut stream: UnixStream) {
+    let mut frame = [0u8; 16];
+    if let Ok(length) = encode_frame(&Response::Error(PlutonError::Busy), &mut frame) {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), stream.write_all(&frame[..length])).await;
+    }
+}
+
+async fn serve_connection<B: RootOfTrust + Send + 'static>(
+    mut stream: UnixStream,
+    backend: Arc<Mutex<B>>,
+    options: &ServeOptions,
+) {
+    // The uid comes from the kernel (SO_PEERCRED), never from the request.
+    let uid = match stream.peer_cred() {
+        Ok(credentials) => credentials.uid(),
+        Err(error) => {
+            tracing::warn!(%error, "no peer credentials; closing");
+            return;
+        }
+    };
+    let caller = Caller { uid };
+    let mut body = vec![0u8; MAX_FRAME_LEN];
+    let mut out = vec![0u8; FRAME_HEADER_LEN + MAX_FRAME_LEN];
+    loop {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        match tokio::time::timeout(options.idle_timeout, stream.read_exact(&mut header)).await {
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+        let length = match frame_body_len(header) {
+            Ok(length) => length,
+            Err(error) => {
+                tracing::warn!(uid, %error, "refusing frame");
+                if let Ok(length) = encode_frame(&Response::Error(error), &mut out) {
+                    let _ = tokio::time::timeout(
+                        options.frame_timeout,
+                        stream.write_all(&out[..length]),
+                    )
+                    .await;
+                }
+                break;
+            }
+        };
+        match tokio::time::timeout(
+            options.frame_timeout,
+            stream.read_exact(&mut body[..length]),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            _ => {
+                tracing::warn!(uid, "incomplete frame; closing");
+                break;
+            }
+        }
+        let backend = Arc::clone(&backend);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut guard = backend.lock().unwrap_or_else(PoisonError::into_inner);
+            let result = handle_request_frame(&mut *guard, caller, &body[..length], &mut out);
+            body[..length].zeroize();
+            (result, body, out)
+        })
+        .await;
+        let Ok((result, returned_body, returned_out)) = result else {
+            tracing::error!(uid, "request handler failed");
+            break;
+        };
+        body = returned_body;
+        out = returned_out;
+        let frame_length = match result {
+            Ok(frame_length) => frame_length,
+            Err(error) => {
+                tracing::error!(uid, %error, "cannot encode response");
+                break;
+            }
+        };
+        let written = tokio::time::timeout(
+            options.frame_timeout,
+            stream.write_all(&out[..frame_length]),
+        )
+        .await;
+        out[..frame_length].zeroize();
+        if !matches!(written, Ok(Ok(()))) {
+            break;
+        }
+    }
+}

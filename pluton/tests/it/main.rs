@@ -1,0 +1,7 @@
+//! Integration tests for warden-pluton: backend, quotes, protocol, the process, crashes.
+
+mod backend;
+mod crash;
+mod process;
+mod protocol;
+mod support;
