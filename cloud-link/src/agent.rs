@@ -360,10 +360,10 @@ async fn network_loop(
                 None
             }
         };
-        if let Some(event) = forward {
-            if events.send(event).await.is_err() {
-                return;
-            }
+        if let Some(event) = forward
+            && events.send(event).await.is_err()
+        {
+            return;
         }
     }
 }

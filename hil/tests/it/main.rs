@@ -226,14 +226,17 @@ mod real_broker {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or("mosquitto");
-        let child = std::process::Command::new(binary)
-            .arg("-c")
-            .arg(&path)
-            .spawn()
-            .expect("mosquitto starts");
+        // Wrapped at once: the guard kills and reaps it on every path, panics included.
+        let broker = Mosquitto(
+            std::process::Command::new(binary)
+                .arg("-c")
+                .arg(&path)
+                .spawn()
+                .expect("mosquitto starts"),
+        );
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Mosquitto(child);
+                return broker;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
