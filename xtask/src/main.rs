@@ -7,7 +7,12 @@
 use std::process::{Command, ExitCode};
 
 /// The no_std crates and the features they build with on the microcontroller.
-const EMBEDDED_CRATES: &[&str] = &["warden-keychain", "warden-pluton", "warden-policy", "warden-image"];
+const EMBEDDED_CRATES: &[&str] = &[
+    "warden-keychain",
+    "warden-pluton",
+    "warden-policy",
+    "warden-image",
+];
 /// The real-time core's target.
 const EMBEDDED_TARGET: &str = "thumbv7em-none-eabihf";
 
