@@ -145,6 +145,12 @@ impl ApplianceConfig {
                 ),
             ));
         }
+        if self.link.device_key.is_some() == self.link.pluton_socket.is_some() {
+            return Err(invalid(
+                "link.pluton_socket".into(),
+                "set exactly one of `pluton_socket` (the key stays in pluton) and `device_key` (a key file)".into(),
+            ));
+        }
         self.bridges
             .validate()
             .map_err(|problem| invalid(problem.field, problem.message))?;

@@ -139,6 +139,12 @@ pub async fn start(
                         ts_ms: sample.timestamp_ms,
                     },
                 );
+            if !sample.value.is_finite() {
+                // String points carry text, not a number; telemetry v1 carries numbers
+                // only, and a NaN would make the whole batch unreadable at the fleet.
+                tracing::debug!(bridge = %sample.bridge, point = %sample.point, "non-numeric sample not sent as telemetry");
+                continue;
+            }
             let reading = Reading {
                 point: format!("{}/{}", sample.bridge, sample.point),
                 value: sample.value,

@@ -3,6 +3,9 @@
 pub mod browser;
 pub mod demo;
 pub mod demo_pki;
+pub mod modbus_rtu_slave;
 pub mod modbus_tcp_slave;
 pub mod register_model;
 pub mod scenario;
+pub mod scenario_file;
+pub mod simulated_device;

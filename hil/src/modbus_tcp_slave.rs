@@ -1,70 +1,75 @@
-//! A simulated Modbus TCP slave: holding and input registers driven by models.
+//! A simulated Modbus TCP slave (or gateway of several units) driven by models.
+//!
+//! Built to never be the bottleneck of a benchmark: each connection parses every
+//! complete frame in what it read, answers them all, and writes the responses back
+//! in one write; device state sits behind a short-held `std` mutex.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use warden_bridges::modbus::MAX_PDU_LEN;
-use warden_bridges::modbus::pdu::{self, ExceptionCode, FunctionCode, Request};
+use warden_bridges::modbus::pdu::{self, ExceptionCode};
 use warden_bridges::modbus::tcp_frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
 
-use crate::register_model::RegisterModel;
+pub use crate::simulated_device::DeviceModel;
+use crate::simulated_device::SimulatedDevice;
 
-/// The registers of one simulated device, by 0-based address.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceModel {
-    /// Modbus unit identifier the device answers to.
-    #[serde(default = "default_unit")]
-    pub unit: u8,
-    /// Holding registers (function 0x03, writable with 0x06).
-    #[serde(default)]
-    pub holding: BTreeMap<u16, RegisterModel>,
-    /// Input registers (function 0x04).
-    #[serde(default)]
-    pub input: BTreeMap<u16, RegisterModel>,
-}
-
-fn default_unit() -> u8 {
-    1
-}
-
-struct DeviceState {
-    model: DeviceModel,
+struct Devices {
     started: Instant,
-    /// Values written by clients; they override the model until the simulator restarts.
-    written: BTreeMap<u16, u16>,
-    requests: u64,
+    devices: Vec<(u8, Mutex<SimulatedDevice>)>,
+}
+
+impl Devices {
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn device(&self, unit: u8) -> Option<std::sync::MutexGuard<'_, SimulatedDevice>> {
+        self.devices
+            .iter()
+            .find(|(u, _)| *u == unit)
+            .map(|(_, d)| d.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 /// A running simulated slave.
 #[derive(Clone)]
 pub struct SimulatedSlave {
-    state: Arc<Mutex<DeviceState>>,
+    state: Arc<Devices>,
     address: SocketAddr,
 }
 
 impl SimulatedSlave {
-    /// Binds `listen` (use port 0 for any free port) and serves until `shutdown`.
+    /// Binds `listen` (use port 0 for any free port) and serves one device until
+    /// `shutdown`.
     pub async fn start(
         listen: &str,
         model: DeviceModel,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
+        Self::start_many(listen, vec![model], shutdown).await
+    }
+
+    /// Binds `listen` and serves several units, as a gateway would; a request for
+    /// another unit is answered with exception 0x0B.
+    pub async fn start_many(
+        listen: &str,
+        models: Vec<DeviceModel>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(DeviceState {
-            model,
+        let state = Arc::new(Devices {
             started: Instant::now(),
-            written: BTreeMap::new(),
-            requests: 0,
-        }));
+            devices: models
+                .iter()
+                .map(|m| (m.unit, Mutex::new(SimulatedDevice::new(m))))
+                .collect(),
+        });
         let slave = Self { state, address };
         let serving = slave.clone();
         tokio::spawn(async move {
@@ -91,128 +96,101 @@ impl SimulatedSlave {
         self.address
     }
 
-    /// The current value of a holding register, as a client would read it now.
+    /// The current value of a holding register of the first device.
     pub async fn holding_register(&self, address: u16) -> Option<u16> {
-        let state = self.state.lock().await;
-        let elapsed = state.started.elapsed().as_millis() as u64;
-        state.holding_value(address, elapsed)
+        let elapsed = self.state.elapsed_ms();
+        let mut device = self
+            .state
+            .devices
+            .first()?
+            .1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        device.holding_register(address, elapsed)
     }
 
-    /// How many requests the simulator has answered.
+    /// How many requests the simulator has answered (all units).
     pub async fn request_count(&self) -> u64 {
-        self.state.lock().await.requests
+        self.state
+            .devices
+            .iter()
+            .map(|(_, d)| d.lock().unwrap_or_else(PoisonError::into_inner).requests())
+            .sum()
     }
 
     async fn serve(self, mut stream: TcpStream, shutdown: CancellationToken) {
         let _ = stream.set_nodelay(true);
-        let mut buf: Vec<u8> = Vec::with_capacity(MAX_FRAME_LEN * 2);
-        let mut chunk = [0u8; 4096];
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut filled = 0;
+        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
             let read = tokio::select! {
                 () = shutdown.cancelled() => return,
-                read = stream.read(&mut chunk) => read,
+                read = stream.read(&mut buf[filled..]) => read,
             };
             match read {
                 Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => filled += n,
             }
+            let mut used_total = 0;
+            out.clear();
             loop {
-                let (header, pdu_len, used, response) = match decode_frame(&buf) {
+                let (header, request_pdu, used) = match decode_frame(&buf[used_total..filled]) {
                     Ok(None) => break,
                     Err(_) => return, // not Modbus: drop the connection, as a device would
-                    Ok(Some((header, request_pdu, used))) => {
-                        let mut response = [0u8; MAX_PDU_LEN];
-                        let len = self
-                            .answer(header.unit_id, request_pdu, &mut response)
-                            .await;
-                        (header, len, used, response)
-                    }
+                    Ok(Some(frame)) => frame,
                 };
-                buf.drain(..used);
+                let mut response = [0u8; MAX_PDU_LEN];
+                let len = self.answer(header.unit_id, request_pdu, &mut response);
                 let mut frame = [0u8; MAX_FRAME_LEN];
-                let Ok(frame_len) = encode_frame(header, &response[..pdu_len], &mut frame) else {
+                let Ok(frame_len) = encode_frame(header, &response[..len], &mut frame) else {
                     return;
                 };
-                if stream.write_all(&frame[..frame_len]).await.is_err() {
-                    return;
-                }
+                out.extend_from_slice(&frame[..frame_len]);
+                used_total += used;
+            }
+            buf.copy_within(used_total..filled, 0);
+            filled -= used_total;
+            if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                return;
             }
         }
     }
 
-    async fn answer(&self, unit: u8, request_pdu: &[u8], out: &mut [u8]) -> usize {
-        let mut state = self.state.lock().await;
-        state.requests += 1;
-        let function = request_pdu.first().copied().unwrap_or(0);
-        let exception =
-            |code, out: &mut [u8]| pdu::encode_exception(function, code, out).unwrap_or(0);
-        if unit != state.model.unit {
-            return exception(ExceptionCode(0x0B), out);
-        }
-        let request = match Request::decode(request_pdu) {
-            Ok(request) => request,
-            Err(pdu::PduError::UnsupportedFunction(_)) => {
-                return exception(ExceptionCode::ILLEGAL_FUNCTION, out);
-            }
-            Err(_) => return exception(ExceptionCode::ILLEGAL_DATA_VALUE, out),
-        };
-        let elapsed = state.started.elapsed().as_millis() as u64;
-        match request {
-            Request::ReadRegisters {
-                function,
-                address,
-                count,
-            } => {
-                let values: Option<Vec<u16>> = (address..address.saturating_add(count))
-                    .map(|a| match function {
-                        FunctionCode::ReadInputRegisters => {
-                            state.model.input.get(&a).map(|m| m.value_at(elapsed))
-                        }
-                        _ => state.holding_value(a, elapsed),
-                    })
-                    .collect();
-                match values {
-                    Some(values) => pdu::encode_read_response(function, values.into_iter(), out)
-                        .unwrap_or_else(|_| exception(ExceptionCode::SERVER_DEVICE_FAILURE, out)),
-                    None => exception(ExceptionCode::ILLEGAL_DATA_ADDRESS, out),
-                }
-            }
-            Request::WriteSingleRegister { address, value } => {
-                if !state.model.holding.contains_key(&address) {
-                    return exception(ExceptionCode::ILLEGAL_DATA_ADDRESS, out);
-                }
-                state.written.insert(address, value);
-                request.encode(out).unwrap_or(0)
+    fn answer(&self, unit: u8, request_pdu: &[u8], out: &mut [u8]) -> usize {
+        let elapsed = self.state.elapsed_ms();
+        match self.state.device(unit) {
+            Some(mut device) => device.answer(request_pdu, elapsed, out),
+            None => {
+                let function = request_pdu.first().copied().unwrap_or(0) & 0x7F;
+                pdu::encode_exception(function, ExceptionCode::GATEWAY_TARGET_FAILED, out)
+                    .unwrap_or(0)
             }
         }
-    }
-}
-
-impl DeviceState {
-    fn holding_value(&self, address: u16, elapsed_ms: u64) -> Option<u16> {
-        self.written.get(&address).copied().or_else(|| {
-            self.model
-                .holding
-                .get(&address)
-                .map(|m| m.value_at(elapsed_ms))
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use std::time::Duration;
+    use warden_bridges::modbus::pdu::{FunctionCode, Request};
     use warden_bridges::modbus::tcp_client::{Answer, TcpClient};
+
+    use crate::register_model::RegisterModel;
 
     fn model() -> DeviceModel {
         let mut holding = BTreeMap::new();
         holding.insert(0, RegisterModel::Constant { value: 215 });
         holding.insert(1, RegisterModel::Counter { period_ms: 60_000 });
+        let mut coils = BTreeMap::new();
+        coils.insert(4, RegisterModel::Constant { value: 1 });
         DeviceModel {
             unit: 1,
             holding,
-            input: BTreeMap::new(),
+            coils,
+            ..DeviceModel::default()
         }
     }
 
@@ -249,7 +227,17 @@ mod tests {
             client.call(1, &missing).await,
             Ok(Answer::Exception(ExceptionCode::ILLEGAL_DATA_ADDRESS))
         );
-        assert_eq!(slave.request_count().await, 3);
+        let coils = Request::ReadBits {
+            function: FunctionCode::ReadCoils,
+            address: 4,
+            count: 1,
+        };
+        assert_eq!(client.call(1, &coils).await, Ok(Answer::Bits(vec![true])));
+        assert_eq!(
+            client.call(9, &read).await,
+            Ok(Answer::Exception(ExceptionCode::GATEWAY_TARGET_FAILED))
+        );
+        assert_eq!(slave.request_count().await, 4);
         shutdown.cancel();
     }
 }

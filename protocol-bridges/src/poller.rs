@@ -1,42 +1,26 @@
-//! The poll scheduler of one Modbus TCP bridge: reads each point on its interval.
+//! The poll scheduler of one bridge: reads each point on its interval.
+//!
+//! Points are merged into read blocks ([`crate::read_plan`]); each unit of a bridge
+//! polls in its own task, so on an RTU line a slow unit delays only itself (the bus
+//! task serves units fairly). A merged read the policy refuses, or that the device
+//! answers with exception 02 (a gap it does not have), is split into one read per
+//! point from then on.
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::modbus::pdu::{FunctionCode, Request};
-use crate::modbus::tcp_client::{Answer, ClientError, TcpClient};
-use crate::point::{PointConfig, PointValue, RegisterKind};
-use crate::request_policy::{GatedRequest, RequestPolicy, RequestSource};
-
-/// A Modbus TCP bridge as the integrator configures it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModbusTcpBridgeConfig {
-    /// Bridge name, used by the policy and in telemetry (`line1`).
-    pub name: String,
-    /// Device address, `host:port`.
-    pub address: String,
-    /// Modbus unit identifier of the device.
-    #[serde(default = "default_unit")]
-    pub unit: u8,
-    /// Per-request and connect timeout, in milliseconds.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// The points read from the device.
-    pub points: Vec<PointConfig>,
-}
-
-fn default_unit() -> u8 {
-    1
-}
-
-fn default_timeout_ms() -> u64 {
-    1000
-}
+use crate::bridge::{BridgeHandle, Downstream, RequestError};
+use crate::config::ModbusTcpBridgeConfig;
+use crate::modbus::pdu::ExceptionCode;
+use crate::modbus::tcp_pool::TcpDevice;
+use crate::modbus::{Answer, ClientError};
+use crate::point::{PointValue, Value};
+use crate::read_plan::{ReadBlock, plan_reads};
+use crate::request_policy::{RequestPolicy, RequestSource};
 
 /// One reading of one point.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,59 +29,99 @@ pub struct Sample {
     pub bridge: String,
     /// Point name.
     pub point: String,
-    /// Engineering value.
+    /// Engineering value (bools as 0 and 1; NaN for text points, see `text`).
     pub value: PointValue,
+    /// The text of a `string` point.
+    pub text: Option<String>,
     /// Engineering unit.
     pub unit: String,
     /// When the value was read, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
 }
 
-/// Counters and state of one bridge, shared with the status page.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct BridgeHealth {
-    /// True while the bridge holds a working connection.
-    pub connected: bool,
-    /// Requests answered with values.
-    pub reads_ok: u64,
-    /// Requests that failed (timeout, I/O, bad frame).
-    pub errors: u64,
-    /// Requests answered with a Modbus exception.
-    pub exceptions: u64,
-    /// Requests the policy refused (never sent).
-    pub denied: u64,
-    /// The last error, for people.
-    pub last_error: Option<String>,
-}
-
-/// Polls the points of one Modbus TCP device and sends [`Sample`]s.
+/// Polls the points of one bridge and sends [`Sample`]s.
 pub struct Poller {
-    config: ModbusTcpBridgeConfig,
-    policy: Box<dyn RequestPolicy>,
-    health: Arc<Mutex<BridgeHealth>>,
+    bridge: BridgeHandle,
+    max_gap: u16,
 }
 
 impl Poller {
-    /// A poller for `config` whose every request passes `policy`.
+    /// A poller for one Modbus TCP device whose every request passes `policy`.
     pub fn new(config: ModbusTcpBridgeConfig, policy: Box<dyn RequestPolicy>) -> Self {
-        Self {
-            config,
+        let device = TcpDevice::new(
+            config.address.clone(),
+            config.max_connections,
+            Duration::from_millis(config.timeout_ms),
+        );
+        let bridge = BridgeHandle::new(
+            config.name,
+            config.address,
+            config.unit,
+            config.points,
+            Downstream::Tcp(Arc::new(device)),
             policy,
-            health: Arc::default(),
-        }
+            Arc::default(),
+        );
+        Self::for_bridge(bridge, config.max_gap)
+    }
+
+    /// A poller for `bridge`, merging reads across gaps of at most `max_gap` registers.
+    pub fn for_bridge(bridge: BridgeHandle, max_gap: u16) -> Self {
+        Self { bridge, max_gap }
+    }
+
+    /// The bridge polled (for writes and the facade).
+    pub fn bridge(&self) -> BridgeHandle {
+        self.bridge.clone()
     }
 
     /// The bridge's health, updated as it runs.
-    pub fn health(&self) -> Arc<Mutex<BridgeHealth>> {
-        Arc::clone(&self.health)
+    pub fn health(&self) -> Arc<std::sync::Mutex<crate::bridge::BridgeHealth>> {
+        self.bridge.health()
     }
 
     /// Runs until `shutdown` fires or the sample receiver is dropped.
-    pub async fn run(mut self, samples: mpsc::Sender<Sample>, shutdown: CancellationToken) {
-        let timeout = Duration::from_millis(self.config.timeout_ms);
-        let mut next_due: Vec<Instant> = vec![Instant::now(); self.config.points.len()];
-        let mut client: Option<TcpClient> = None;
-        let mut backoff = Duration::from_millis(100);
+    pub async fn run(self, samples: mpsc::Sender<Sample>, shutdown: CancellationToken) {
+        let blocks = plan_reads(
+            self.bridge.points(),
+            self.bridge.default_unit(),
+            self.max_gap,
+        );
+        let mut by_unit: BTreeMap<u8, Vec<ReadBlock>> = BTreeMap::new();
+        for block in blocks {
+            by_unit.entry(block.unit).or_default().push(block);
+        }
+        let mut units = tokio::task::JoinSet::new();
+        for (unit, blocks) in by_unit {
+            let poller = UnitPoller {
+                bridge: self.bridge.clone(),
+                unit,
+                blocks,
+                last_sent: BTreeMap::new(),
+            };
+            units.spawn(poller.run(samples.clone(), shutdown.clone()));
+        }
+        drop(samples);
+        while units.join_next().await.is_some() {}
+    }
+}
+
+struct UnitPoller {
+    bridge: BridgeHandle,
+    unit: u8,
+    blocks: Vec<ReadBlock>,
+    last_sent: BTreeMap<usize, Value>,
+}
+
+enum Polled {
+    Samples(Vec<Sample>),
+    Split,
+    Nothing,
+}
+
+impl UnitPoller {
+    async fn run(mut self, samples: mpsc::Sender<Sample>, shutdown: CancellationToken) {
+        let mut next_due: Vec<Instant> = vec![Instant::now(); self.blocks.len()];
         loop {
             let Some(earliest) = next_due.iter().min().copied() else {
                 shutdown.cancelled().await;
@@ -107,124 +131,161 @@ impl Poller {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep_until(earliest.into()) => {}
             }
-            if client.is_none() {
-                match TcpClient::connect(&self.config.address, timeout).await {
-                    Ok(connected) => {
-                        tracing::info!(bridge = %self.config.name, address = %self.config.address, "connected");
-                        client = Some(connected);
-                        backoff = Duration::from_millis(100);
-                        self.update_health(|h| h.connected = true);
-                    }
-                    Err(error) => {
-                        self.record_error(&error);
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        continue;
-                    }
-                }
-            }
             let now = Instant::now();
-            for (index, due) in next_due.iter_mut().enumerate() {
-                if *due > now {
+            let mut index = 0;
+            while index < self.blocks.len() {
+                if next_due[index] > now {
+                    index += 1;
                     continue;
                 }
-                let interval = self.config.points[index].poll_interval_ms.max(1);
-                *due = now + Duration::from_millis(interval);
-                let Some(connection) = client.as_mut() else {
-                    break;
+                let interval = Duration::from_millis(self.blocks[index].interval_ms.max(1));
+                next_due[index] = now + interval;
+                let polled = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    polled = self.poll_block(index) => polled,
                 };
-                match self.poll_point(connection, index).await {
-                    Ok(Some(sample)) => {
-                        if samples.send(sample).await.is_err() {
-                            return;
+                match polled {
+                    Polled::Samples(batch) => {
+                        for sample in batch {
+                            if samples.send(sample).await.is_err() {
+                                return;
+                            }
                         }
                     }
-                    Ok(None) => {}
-                    Err(error) => {
-                        self.record_error(&error);
-                        client = None;
-                        self.update_health(|h| h.connected = false);
+                    Polled::Split => {
+                        let parts = self.blocks[index].split(self.bridge.points());
+                        let count = parts.len();
+                        self.blocks.splice(index..=index, parts);
+                        next_due.splice(index..=index, std::iter::repeat_n(now, count));
+                        continue;
                     }
+                    Polled::Nothing => {}
                 }
+                index += 1;
             }
         }
     }
 
-    async fn poll_point(
-        &mut self,
-        client: &mut TcpClient,
-        index: usize,
-    ) -> Result<Option<Sample>, ClientError> {
-        let point = &self.config.points[index];
-        let function = match point.kind {
-            RegisterKind::Holding => FunctionCode::ReadHoldingRegisters,
-            RegisterKind::Input => FunctionCode::ReadInputRegisters,
-        };
-        let request = Request::ReadRegisters {
-            function,
-            address: point.address,
-            count: point.data_type.register_count(),
-        };
-        let gated = GatedRequest {
-            bridge: &self.config.name,
-            unit: self.config.unit,
-            request: &request,
-            source: RequestSource::Poll,
-        };
-        if let Err(denial) = self.policy.check(&gated) {
-            tracing::warn!(bridge = %self.config.name, point = %point.name, %denial, "request denied");
-            self.update_health(|h| {
-                h.denied += 1;
-                h.last_error = Some(format!("point {}: {denial}", point.name));
-            });
-            return Ok(None);
+    async fn poll_block(&mut self, index: usize) -> Polled {
+        let block = &self.blocks[index];
+        let request = block.request();
+        let merged = block.points.len() > 1;
+        if merged
+            && !self
+                .bridge
+                .allowed_quietly(self.unit, &request, RequestSource::Poll)
+        {
+            // The merged range covers registers the policy does not allow; the points
+            // themselves may be allowed one by one.
+            return Polled::Split;
         }
-        match client.call(self.config.unit, &request).await? {
+        let answer = match self
+            .bridge
+            .request(self.unit, request, RequestSource::Poll)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(RequestError::Denied(_)) => return Polled::Nothing,
+            Err(RequestError::Failed { error, .. }) => {
+                self.record_failure(&error);
+                return Polled::Nothing;
+            }
+        };
+        let block = self.blocks[index].clone();
+        let timestamp_ms = unix_millis();
+        let mut batch = Vec::new();
+        let bridge = self.bridge.clone();
+        let points = bridge.points();
+        match answer {
             Answer::Registers(registers) => {
-                let point = &self.config.points[index];
-                let Some(value) = point.decode(&registers) else {
-                    return Err(ClientError::Pdu(crate::modbus::pdu::PduError::BadLength));
-                };
-                self.update_health(|h| h.reads_ok += 1);
-                Ok(Some(Sample {
-                    bridge: self.config.name.clone(),
-                    point: point.name.clone(),
-                    value,
-                    unit: point.unit.clone(),
-                    timestamp_ms: unix_millis(),
-                }))
+                for &i in &block.points {
+                    let point = &points[i];
+                    let offset = usize::from(point.address - block.address);
+                    let end = offset + usize::from(point.register_count());
+                    let Some(value) = registers
+                        .get(offset..end)
+                        .and_then(|r| point.decode_registers(r))
+                    else {
+                        continue;
+                    };
+                    batch.extend(self.sample(i, value, timestamp_ms));
+                }
+            }
+            Answer::Bits(bits) => {
+                for &i in &block.points {
+                    let point = &points[i];
+                    let offset = usize::from(point.address - block.address);
+                    let Some(&bit) = bits.get(offset) else {
+                        continue;
+                    };
+                    batch.extend(self.sample(i, point.decode_bit(bit), timestamp_ms));
+                }
             }
             Answer::Exception(code) => {
-                let name = self.config.points[index].name.clone();
-                tracing::warn!(bridge = %self.config.name, point = %name, %code, "device exception");
-                self.update_health(|h| {
+                if merged && code == ExceptionCode::ILLEGAL_DATA_ADDRESS {
+                    return Polled::Split;
+                }
+                let name = points[block.points[0]].name.clone();
+                tracing::warn!(bridge = %self.bridge.name(), point = %name, %code, "device exception");
+                self.bridge.update_health(|h| {
                     h.exceptions += 1;
                     h.last_error = Some(format!("point {name}: {code}"));
                 });
-                Ok(None)
+                return Polled::Nothing;
             }
-            Answer::Written => Err(ClientError::Pdu(crate::modbus::pdu::PduError::BadLength)),
+            Answer::Written => {
+                self.record_failure(&ClientError::Pdu(crate::modbus::pdu::PduError::BadLength));
+                return Polled::Nothing;
+            }
         }
-    }
-
-    fn record_error(&self, error: &ClientError) {
-        tracing::warn!(bridge = %self.config.name, %error, "modbus error");
-        self.update_health(|h| {
-            h.errors += 1;
-            h.last_error = Some(error.to_string());
+        self.bridge.update_health(|h| {
+            h.reads_ok += 1;
+            h.connected = true;
         });
+        Polled::Samples(batch)
     }
 
-    fn update_health(&self, change: impl FnOnce(&mut BridgeHealth)) {
-        // A poisoned lock only means another holder panicked mid-update; counters stay usable.
-        let mut health = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        change(&mut health);
+    fn sample(&mut self, index: usize, value: Value, timestamp_ms: u64) -> Option<Sample> {
+        let point = &self.bridge.points()[index];
+        let changed = match (self.last_sent.get(&index), &value) {
+            (Some(Value::Number(last)), Value::Number(now)) => {
+                point.deadband <= 0.0 || (now - last).abs() >= point.deadband
+            }
+            (Some(last), now) => last != now,
+            (None, _) => true,
+        };
+        if !changed {
+            return None;
+        }
+        self.last_sent.insert(index, value.clone());
+        let (number, text) = match value {
+            Value::Number(number) => (number, None),
+            Value::Text(text) => (f64::NAN, Some(text)),
+        };
+        Some(Sample {
+            bridge: self.bridge.name().to_owned(),
+            point: point.name.clone(),
+            value: number,
+            text,
+            unit: point.unit.clone(),
+            timestamp_ms,
+        })
+    }
+
+    fn record_failure(&self, error: &ClientError) {
+        tracing::warn!(bridge = %self.bridge.name(), unit = self.unit, %error, "modbus error");
+        let disconnected = matches!(
+            error,
+            ClientError::Io(_) | ClientError::Closed | ClientError::Unavailable { .. }
+        );
+        let text = format!("unit {}: {error}", self.unit);
+        self.bridge.update_health(|h| {
+            h.errors += 1;
+            if disconnected {
+                h.connected = false;
+            }
+            h.last_error = Some(text);
+        });
     }
 }
 

@@ -1,6 +1,6 @@
 //! The policy gate every bridge request passes before it reaches equipment.
 
-use crate::modbus::pdu::Request;
+use crate::modbus::pdu::{ExceptionCode, Request};
 
 /// Who asked for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,9 @@ pub struct GatedRequest<'a> {
 pub struct Denial {
     /// Why the policy refused the request.
     pub reason: String,
+    /// The exception a Modbus server answers in its place: 02 (illegal data address)
+    /// when the addresses were refused, 01 (illegal function) for everything else.
+    pub exception: ExceptionCode,
 }
 
 /// Decides whether a request may reach the equipment. Deny by default.
@@ -60,20 +63,17 @@ impl RequestPolicy for PolicyGate {
         let Some(bridge) = self.policy.bridge_id(gated.bridge) else {
             return Err(Denial {
                 reason: format!("the policy names no bridge {:?}", gated.bridge),
+                exception: ExceptionCode::ILLEGAL_FUNCTION,
             });
         };
-        let (address, count, value) = match *gated.request {
-            Request::ReadRegisters { address, count, .. } => (address, count, None),
-            Request::WriteSingleRegister { address, value } => (address, 1, Some(value)),
-        };
-        let values = value.map(|v| [v]);
+        let values: Vec<u16> = gated.request.write_values().collect();
         let request = warden_policy::Request::Modbus(warden_policy::ModbusRequest {
             bridge,
             unit: gated.unit,
             function: gated.request.function().code(),
-            address,
-            count,
-            values: values.as_ref().map_or(&[], |v| v.as_slice()),
+            address: gated.request.address(),
+            count: gated.request.count(),
+            values: &values,
             source: match gated.source {
                 RequestSource::Poll => warden_policy::Source::Poll,
                 RequestSource::Cloud => warden_policy::Source::Cloud,
@@ -90,8 +90,14 @@ impl RequestPolicy for PolicyGate {
                     .and_then(|rule| self.policy.rule(rule))
                     .map(|info| format!(" ({})", info.label))
                     .unwrap_or_default();
+                let exception = if decision.reason == warden_policy::Reason::AddressNotAllowed {
+                    ExceptionCode::ILLEGAL_DATA_ADDRESS
+                } else {
+                    ExceptionCode::ILLEGAL_FUNCTION
+                };
                 Err(Denial {
                     reason: format!("{}{rule}", decision.reason),
+                    exception,
                 })
             }
         }
@@ -100,4 +106,14 @@ impl RequestPolicy for PolicyGate {
 
 fn now_ms() -> u64 {
     crate::poller::unix_millis()
+}
+
+/// A gate that allows everything: for tests and benchmarks only, never the appliance.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl RequestPolicy for AllowAll {
+    fn check(&mut self, _request: &GatedRequest<'_>) -> Result<(), Denial> {
+        Ok(())
+    }
 }

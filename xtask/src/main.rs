@@ -12,6 +12,7 @@ const EMBEDDED_CRATES: &[&str] = &[
     "warden-pluton",
     "warden-policy",
     "warden-image",
+    "warden-modbus",
 ];
 /// The real-time core's target.
 const EMBEDDED_TARGET: &str = "thumbv7em-none-eabihf";

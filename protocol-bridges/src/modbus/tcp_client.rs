@@ -5,19 +5,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::pdu::{PduError, Request, Response};
-use super::tcp_frame::{FrameError, MAX_FRAME_LEN, MbapHeader, decode_frame, encode_frame};
-
-/// The answer to one request, owned (copied out of the frame buffer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// Register values read.
-    Registers(Vec<u16>),
-    /// A single-register write was echoed.
-    Written,
-    /// The device answered with an exception.
-    Exception(super::pdu::ExceptionCode),
-}
+use super::pdu::{Request, Response};
+use super::tcp_frame::{MAX_FRAME_LEN, MbapHeader, decode_frame, encode_frame};
+pub use super::{Answer, ClientError};
 
 /// A Modbus TCP connection to one device.
 pub struct TcpClient {
@@ -58,7 +48,7 @@ impl TcpClient {
     async fn call_inner(&mut self, unit: u8, request: &Request) -> Result<Answer, ClientError> {
         let transaction_id = self.next_transaction;
         self.next_transaction = self.next_transaction.wrapping_add(1);
-        let mut pdu = [0u8; 8];
+        let mut pdu = [0u8; super::MAX_PDU_LEN];
         let pdu_len = request.encode(&mut pdu)?;
         let mut frame = [0u8; MAX_FRAME_LEN];
         let header = MbapHeader {
@@ -80,11 +70,7 @@ impl TcpClient {
                         got: got.transaction_id,
                     });
                 }
-                return Ok(match Response::decode_for(request, pdu)? {
-                    Response::Registers(registers) => Answer::Registers(registers.iter().collect()),
-                    Response::WroteSingleRegister { .. } => Answer::Written,
-                    Response::Exception { code, .. } => Answer::Exception(code),
-                });
+                return Ok(Response::decode_for(request, pdu)?.into());
             }
             let mut chunk = [0u8; MAX_FRAME_LEN];
             let read = self
@@ -98,33 +84,4 @@ impl TcpClient {
             self.buf.extend_from_slice(&chunk[..read]);
         }
     }
-}
-
-/// Why a Modbus TCP call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The device did not answer within the timeout.
-    #[error("no answer within the timeout")]
-    Timeout,
-    /// The connection failed.
-    #[error("connection error: {0}")]
-    Io(std::io::ErrorKind),
-    /// The device closed the connection.
-    #[error("device closed the connection")]
-    Closed,
-    /// The response's transaction identifier did not match.
-    #[error("response transaction {got} does not answer request {expected}")]
-    TransactionMismatch {
-        /// Sent.
-        expected: u16,
-        /// Received.
-        got: u16,
-    },
-    /// The response frame was malformed.
-    #[error("bad frame: {0}")]
-    Frame(#[from] FrameError),
-    /// The response PDU was malformed.
-    #[error("bad response: {0}")]
-    Pdu(#[from] PduError),
 }

@@ -1,6 +1,6 @@
 //! Modbus TCP framing: the 7-byte MBAP header in front of each PDU.
 
-use super::MAX_PDU_LEN;
+use crate::MAX_PDU_LEN;
 
 /// Length of the MBAP header.
 pub const MBAP_HEADER_LEN: usize = 7;
@@ -65,19 +65,31 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<DecodedFrame<'_>>, FrameError> 
 }
 
 /// What was wrong with a TCP frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum FrameError {
     /// The protocol identifier is not 0 (not Modbus).
-    #[error("protocol identifier {0} is not modbus (0)")]
     NotModbus(u16),
     /// The length field is outside what a PDU can be.
-    #[error("frame length {0} is outside 2..=254")]
     BadLength(usize),
     /// The output buffer is too small.
-    #[error("output buffer is too small")]
     BufferTooSmall,
 }
+
+impl core::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotModbus(protocol) => {
+                write!(f, "protocol identifier {protocol} is not modbus (0)")
+            }
+            Self::BadLength(length) => write!(f, "frame length {length} is outside 2..=254"),
+            Self::BufferTooSmall => f.write_str("output buffer is too small"),
+        }
+    }
+}
+
+impl core::error::Error for FrameError {}
 
 #[cfg(test)]
 mod tests {

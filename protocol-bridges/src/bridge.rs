@@ -1,0 +1,415 @@
+//! A bridge: one downstream (a TCP device or an RTU line), its points, its policy
+//! gate and its health, behind a cloneable [`BridgeHandle`].
+//!
+//! Every request a bridge sends, whether from its poll schedule, a cloud command or
+//! the gateway facade, goes through [`BridgeHandle::request`], which asks the policy
+//! first. There is no other path to the equipment.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::modbus::pdu::{CoilValues, ExceptionCode, RegisterValues, Request};
+use crate::modbus::rtu_bus::RtuBus;
+use crate::modbus::tcp_pool::TcpDevice;
+use crate::modbus::{Answer, ClientError};
+use crate::point::{PointConfig, RegisterKind, WriteValue};
+use crate::request_policy::{Denial, GatedRequest, RequestPolicy, RequestSource};
+
+/// Counters and state of one bridge, shared with the status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BridgeHealth {
+    /// True while the bridge holds a working connection or an open serial port.
+    pub connected: bool,
+    /// Read requests answered with values.
+    pub reads_ok: u64,
+    /// Requests that failed (timeout, I/O, bad frame), after retries.
+    pub errors: u64,
+    /// Requests answered with a Modbus exception.
+    pub exceptions: u64,
+    /// Requests the policy refused (never sent).
+    pub denied: u64,
+    /// Writes confirmed by the equipment.
+    pub writes_ok: u64,
+    /// Attempts that timed out (RTU; each retry counts).
+    pub timeouts: u64,
+    /// Retries sent after a timeout or a garbled answer.
+    pub retries: u64,
+    /// Frames with a bad CRC (RTU).
+    pub crc_errors: u64,
+    /// Bytes discarded as line noise (RTU).
+    pub noise_bytes: u64,
+    /// The last error, for people.
+    pub last_error: Option<String>,
+}
+
+/// Where a bridge's requests go.
+#[derive(Clone)]
+pub enum Downstream {
+    /// A Modbus TCP device or gateway.
+    Tcp(Arc<TcpDevice>),
+    /// The owner task of an RS-485 line.
+    Rtu(RtuBus),
+}
+
+impl Downstream {
+    /// Sends `request` to `unit` and waits for the answer.
+    pub async fn call(&self, unit: u8, request: Request) -> Result<Answer, ClientError> {
+        match self {
+            Self::Tcp(device) => device.call(unit, &request).await,
+            Self::Rtu(bus) => bus.call(unit, request).await,
+        }
+    }
+}
+
+/// Why a request through a bridge did not get an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The policy refused it; it was not sent.
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    /// It was sent but no usable answer came back.
+    #[error("bridge {bridge}, unit {unit}: {error}")]
+    Failed {
+        /// Bridge name.
+        bridge: String,
+        /// Unit addressed.
+        unit: u8,
+        /// What went wrong.
+        error: ClientError,
+    },
+}
+
+/// What to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteTarget {
+    /// A configured point, by name (values in engineering units).
+    Point(String),
+    /// A raw coil or holding register (values raw).
+    Address {
+        /// Unit; the bridge's default when `None`.
+        unit: Option<u8>,
+        /// Coil or holding register.
+        kind: RegisterKind,
+        /// 0-based address.
+        address: u16,
+    },
+}
+
+/// How a write ended, reported back to whoever asked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum WriteOutcome {
+    /// The equipment confirmed the write.
+    Written,
+    /// The policy refused it; nothing was sent.
+    Denied {
+        /// Why.
+        reason: String,
+    },
+    /// The equipment answered with an exception.
+    Exception {
+        /// The exception code.
+        code: u8,
+    },
+    /// The write could not be built or sent, or no answer came.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+struct Shared {
+    name: String,
+    address: String,
+    default_unit: u8,
+    points: Vec<PointConfig>,
+    downstream: Downstream,
+    policy: Mutex<Box<dyn RequestPolicy>>,
+    health: Arc<Mutex<BridgeHealth>>,
+}
+
+/// One bridge; clones share the downstream, the policy gate (and its rate state)
+/// and the health counters.
+#[derive(Clone)]
+pub struct BridgeHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BridgeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeHandle")
+            .field("name", &self.shared.name)
+            .field("address", &self.shared.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BridgeHandle {
+    /// A bridge named `name` (as the policy names it) whose requests go to
+    /// `downstream` after `policy` allowed them. `address` describes the downstream
+    /// for people; points without a unit use `default_unit`.
+    pub fn new(
+        name: String,
+        address: String,
+        default_unit: u8,
+        points: Vec<PointConfig>,
+        downstream: Downstream,
+        policy: Box<dyn RequestPolicy>,
+        health: Arc<Mutex<BridgeHealth>>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                name,
+                address,
+                default_unit,
+                points,
+                downstream,
+                policy: Mutex::new(policy),
+                health,
+            }),
+        }
+    }
+
+    /// Bridge name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The downstream, for people (`127.0.0.1:5020`, `/dev/ttyUSB0 9600 8E1`).
+    pub fn address(&self) -> &str {
+        &self.shared.address
+    }
+
+    /// Unit of points that name none.
+    pub fn default_unit(&self) -> u8 {
+        self.shared.default_unit
+    }
+
+    /// The configured points.
+    pub fn points(&self) -> &[PointConfig] {
+        &self.shared.points
+    }
+
+    /// The bridge's health, updated as it runs.
+    pub fn health(&self) -> Arc<Mutex<BridgeHealth>> {
+        Arc::clone(&self.shared.health)
+    }
+
+    pub(crate) fn update_health(&self, change: impl FnOnce(&mut BridgeHealth)) {
+        // A poisoned lock only means another holder panicked mid-update; counters stay usable.
+        let mut health = self
+            .shared
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        change(&mut health);
+    }
+
+    /// Asks the policy about `request` without counting or logging a denial (read
+    /// planning: a refused merged read is split, not reported).
+    pub fn allowed_quietly(&self, unit: u8, request: &Request, source: RequestSource) -> bool {
+        let gated = GatedRequest {
+            bridge: &self.shared.name,
+            unit,
+            request,
+            source,
+        };
+        self.shared
+            .policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(&gated)
+            .is_ok()
+    }
+
+    /// Asks the policy about `request` to `unit` from `source`; a denial is counted
+    /// and logged.
+    pub fn check(&self, unit: u8, request: &Request, source: RequestSource) -> Result<(), Denial> {
+        let gated = GatedRequest {
+            bridge: &self.shared.name,
+            unit,
+            request,
+            source,
+        };
+        let verdict = self
+            .shared
+            .policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(&gated);
+        if let Err(denial) = &verdict {
+            tracing::warn!(bridge = %self.shared.name, unit, function = request.function().code(), address = request.address(), count = request.count(), ?source, %denial, "request denied");
+            let text = format!(
+                "unit {unit} function {} address {} count {}: {denial}",
+                request.function().code(),
+                request.address(),
+                request.count()
+            );
+            self.update_health(|h| {
+                h.denied += 1;
+                h.last_error = Some(text);
+            });
+        }
+        verdict
+    }
+
+    /// Checks `request` with the policy and, if allowed, sends it to `unit`.
+    pub async fn request(
+        &self,
+        unit: u8,
+        request: Request,
+        source: RequestSource,
+    ) -> Result<Answer, RequestError> {
+        self.check(unit, &request, source)?;
+        self.shared
+            .downstream
+            .call(unit, request)
+            .await
+            .map_err(|error| RequestError::Failed {
+                bridge: self.shared.name.clone(),
+                unit,
+                error,
+            })
+    }
+
+    /// Writes `value` to `target` on behalf of `source` (a cloud command or the
+    /// facade), through the policy, and reports how it ended.
+    pub async fn write(
+        &self,
+        target: &WriteTarget,
+        value: &WriteValue,
+        source: RequestSource,
+    ) -> WriteOutcome {
+        let (unit, request) = match self.write_request(target, value) {
+            Ok(built) => built,
+            Err(error) => return WriteOutcome::Failed { error },
+        };
+        let outcome = match self.request(unit, request, source).await {
+            Ok(Answer::Written) => WriteOutcome::Written,
+            Ok(Answer::Exception(code)) => WriteOutcome::Exception { code: code.0 },
+            Ok(other) => WriteOutcome::Failed {
+                error: format!("unexpected answer to a write: {other:?}"),
+            },
+            Err(RequestError::Denied(denial)) => WriteOutcome::Denied {
+                reason: denial.reason,
+            },
+            Err(error) => WriteOutcome::Failed {
+                error: error.to_string(),
+            },
+        };
+        match &outcome {
+            WriteOutcome::Written => self.update_health(|h| h.writes_ok += 1),
+            WriteOutcome::Exception { code } => {
+                let text = format!("write to {target:?}: {}", ExceptionCode(*code));
+                self.update_health(|h| {
+                    h.exceptions += 1;
+                    h.last_error = Some(text);
+                });
+            }
+            WriteOutcome::Failed { error } => {
+                let text = error.clone();
+                self.update_health(|h| {
+                    h.errors += 1;
+                    h.last_error = Some(text);
+                });
+            }
+            WriteOutcome::Denied { .. } => {}
+        }
+        outcome
+    }
+
+    fn write_request(
+        &self,
+        target: &WriteTarget,
+        value: &WriteValue,
+    ) -> Result<(u8, Request), String> {
+        match target {
+            WriteTarget::Address {
+                unit,
+                kind,
+                address,
+            } => {
+                let unit = unit.unwrap_or(self.shared.default_unit);
+                let request = match (kind, value) {
+                    (RegisterKind::Coil, WriteValue::Bool(on)) => Request::WriteSingleCoil {
+                        address: *address,
+                        value: *on,
+                    },
+                    (RegisterKind::Holding, WriteValue::Number(raw))
+                        if raw.fract() == 0.0 && (0.0..=65_535.0).contains(raw) =>
+                    {
+                        Request::WriteSingleRegister {
+                            address: *address,
+                            value: *raw as u16,
+                        }
+                    }
+                    (kind, value) => {
+                        return Err(format!(
+                            "cannot write {value:?} to {} {address} (coils take true/false, holding registers 0..=65535)",
+                            kind.name()
+                        ));
+                    }
+                };
+                Ok((unit, request))
+            }
+            WriteTarget::Point(name) => {
+                let point = self
+                    .shared
+                    .points
+                    .iter()
+                    .find(|p| &p.name == name)
+                    .ok_or_else(|| format!("bridge {} has no point {name:?}", self.shared.name))?;
+                let unit = point.unit_id.unwrap_or(self.shared.default_unit);
+                let request = match point.kind {
+                    RegisterKind::Coil => {
+                        let on = match value {
+                            WriteValue::Bool(on) => *on,
+                            WriteValue::Number(v) if *v == 0.0 || *v == 1.0 => *v == 1.0,
+                            other => {
+                                return Err(format!(
+                                    "coil point {name} takes true/false, not {other:?}"
+                                ));
+                            }
+                        };
+                        Request::WriteSingleCoil {
+                            address: point.address,
+                            value: on,
+                        }
+                    }
+                    RegisterKind::Holding => {
+                        let words = point.encode_registers(value).map_err(|e| e.to_string())?;
+                        if let [word] = words.as_slice() {
+                            Request::WriteSingleRegister {
+                                address: point.address,
+                                value: *word,
+                            }
+                        } else {
+                            let values = RegisterValues::from_slice(&words).map_err(|_| {
+                                format!("point {name} spans more than 123 registers")
+                            })?;
+                            Request::WriteMultipleRegisters {
+                                address: point.address,
+                                values,
+                            }
+                        }
+                    }
+                    kind => {
+                        return Err(format!(
+                            "point {name} is a {} and cannot be written",
+                            kind.name()
+                        ));
+                    }
+                };
+                Ok((unit, request))
+            }
+        }
+    }
+}
+
+/// Builds a multi-coil write (for callers that need one; points write one coil).
+pub fn write_coils(address: u16, values: impl IntoIterator<Item = bool>) -> Option<Request> {
+    Some(Request::WriteMultipleCoils {
+        address,
+        values: CoilValues::from_bools(values)?,
+    })
+}

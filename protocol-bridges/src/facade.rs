@@ -1,0 +1,323 @@
+//! The gateway facade: a plant-side Modbus TCP server in front of the bridges.
+//!
+//! SCADA clients address unit IDs; each configured unit maps to a bridge and a unit
+//! behind it. Every request is decoded with the shared codec, checked by the bridge's
+//! policy gate with source `facade`, and only then forwarded. A denied request is
+//! answered with exception 02 (addresses refused) or 01 (anything else) and counted;
+//! an unknown unit gets 0x0A, a downstream that does not answer 0x0B.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{BridgeHandle, RequestError};
+use crate::config::ConfigProblem;
+use crate::modbus::pdu::{self, ExceptionCode, PduError, Request};
+use crate::modbus::tcp_frame::{MAX_FRAME_LEN, MbapHeader, decode_frame, encode_frame};
+use crate::modbus::{Answer, ClientError, MAX_PDU_LEN};
+use crate::request_policy::RequestSource;
+
+/// The facade as the integrator configures it (`[bridges.facade]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FacadeConfig {
+    /// Address to listen on, plant side (`0.0.0.0:502`).
+    pub listen: String,
+    /// Most SCADA clients served at once; further connections are closed at once.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Unit IDs clients may address, each mapped to a bridge and a unit behind it.
+    pub units: Vec<FacadeRoute>,
+}
+
+/// One unit ID of the facade.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FacadeRoute {
+    /// The unit ID SCADA uses.
+    pub unit: u8,
+    /// The bridge requests go to.
+    pub bridge: String,
+    /// The unit behind that bridge; the same as `unit` when absent.
+    #[serde(default)]
+    pub target_unit: Option<u8>,
+}
+
+fn default_max_clients() -> usize {
+    16
+}
+
+impl FacadeConfig {
+    /// Checks the listen address, the client cap and the routes against `bridges`.
+    pub fn validate(&self, bridges: &[&str]) -> Result<(), ConfigProblem> {
+        let at = "bridges.facade";
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigProblem {
+                field: format!("{at}.listen"),
+                message: format!("{:?} is not an ip:port address", self.listen),
+            });
+        }
+        if !(1..=1024).contains(&self.max_clients) {
+            return Err(ConfigProblem {
+                field: format!("{at}.max_clients"),
+                message: format!("{} is outside 1..=1024", self.max_clients),
+            });
+        }
+        let mut seen = BTreeMap::new();
+        for (r, route) in self.units.iter().enumerate() {
+            let at = format!("{at}.units[{r}]");
+            if let Some(first) = seen.insert(route.unit, r) {
+                return Err(ConfigProblem {
+                    field: format!("{at}.unit"),
+                    message: format!("unit {} is already mapped by units[{first}]", route.unit),
+                });
+            }
+            if !bridges.contains(&route.bridge.as_str()) {
+                return Err(ConfigProblem {
+                    field: format!("{at}.bridge"),
+                    message: format!("no bridge is named {:?}", route.bridge),
+                });
+            }
+            let target = route.target_unit.unwrap_or(route.unit);
+            if !(1..=247).contains(&target) {
+                return Err(ConfigProblem {
+                    field: format!("{at}.target_unit"),
+                    message: format!("unit {target} is outside 1..=247"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The facade's counters, for the status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FacadeHealth {
+    /// Clients connected now.
+    pub clients: u64,
+    /// Connections refused because `max_clients` were connected.
+    pub refused_connections: u64,
+    /// Requests received.
+    pub requests: u64,
+    /// Requests forwarded and answered downstream (normal or exception).
+    pub forwarded: u64,
+    /// Requests the policy refused.
+    pub denied: u64,
+    /// Requests that could not be forwarded (unknown unit, bad request, no answer).
+    pub failed: u64,
+    /// The last denial, for people.
+    pub last_denial: Option<String>,
+}
+
+/// A started facade.
+pub struct RunningFacade {
+    /// The address it listens on.
+    pub address: SocketAddr,
+    /// Its counters.
+    pub health: Arc<Mutex<FacadeHealth>>,
+}
+
+struct Route {
+    bridge: BridgeHandle,
+    target_unit: u8,
+}
+
+/// Binds `config.listen` and serves until `shutdown`; `bridges` are the bridges the
+/// routes may name. Returns the running facade and the server task to spawn.
+pub async fn start_facade(
+    config: &FacadeConfig,
+    bridges: &[BridgeHandle],
+    shutdown: CancellationToken,
+) -> std::io::Result<(RunningFacade, impl Future<Output = ()> + Send + 'static)> {
+    let mut routes = BTreeMap::new();
+    for route in &config.units {
+        let Some(bridge) = bridges.iter().find(|b| b.name() == route.bridge) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "facade unit {} names no bridge {:?}",
+                    route.unit, route.bridge
+                ),
+            ));
+        };
+        routes.insert(
+            route.unit,
+            Route {
+                bridge: bridge.clone(),
+                target_unit: route.target_unit.unwrap_or(route.unit),
+            },
+        );
+    }
+    let listener = TcpListener::bind(&config.listen).await?;
+    let address = listener.local_addr()?;
+    let health = Arc::new(Mutex::new(FacadeHealth::default()));
+    let routes = Arc::new(routes);
+    let slots = Arc::new(Semaphore::new(config.max_clients.max(1)));
+    let serving_health = Arc::clone(&health);
+    let task = async move {
+        tracing::info!(%address, "gateway facade listening");
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "facade accept failed");
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::warn!(%peer, "facade client refused: too many clients");
+                update(&serving_health, |h| h.refused_connections += 1);
+                drop(stream);
+                continue;
+            };
+            let connection = Connection {
+                routes: Arc::clone(&routes),
+                health: Arc::clone(&serving_health),
+                peer,
+            };
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                update(&connection.health, |h| h.clients += 1);
+                connection.serve(stream, stop).await;
+                update(&connection.health, |h| h.clients -= 1);
+                drop(slot);
+            });
+        }
+    };
+    Ok((RunningFacade { address, health }, task))
+}
+
+fn update(health: &Mutex<FacadeHealth>, change: impl FnOnce(&mut FacadeHealth)) {
+    change(&mut health.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
+struct Connection {
+    routes: Arc<BTreeMap<u8, Route>>,
+    health: Arc<Mutex<FacadeHealth>>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve(&self, mut stream: TcpStream, shutdown: CancellationToken) {
+        let _ = stream.set_nodelay(true);
+        let mut buf = vec![0u8; MAX_FRAME_LEN * 4];
+        let mut filled = 0;
+        let mut out = Vec::with_capacity(MAX_FRAME_LEN * 4);
+        loop {
+            let read = tokio::select! {
+                () = shutdown.cancelled() => return,
+                read = stream.read(&mut buf[filled..]) => read,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => filled += n,
+            }
+            let mut used_total = 0;
+            out.clear();
+            loop {
+                let (header, request_pdu, used) = match decode_frame(&buf[used_total..filled]) {
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(peer = %self.peer, %error, "facade client sent a non-modbus frame; closing");
+                        return;
+                    }
+                    Ok(Some(frame)) => frame,
+                };
+                let mut response = [0u8; MAX_PDU_LEN];
+                let len = self
+                    .answer(header.unit_id, request_pdu, &mut response)
+                    .await;
+                let mut frame = [0u8; MAX_FRAME_LEN];
+                let header = MbapHeader {
+                    transaction_id: header.transaction_id,
+                    unit_id: header.unit_id,
+                };
+                if let Ok(frame_len) = encode_frame(header, &response[..len], &mut frame) {
+                    out.extend_from_slice(&frame[..frame_len]);
+                }
+                used_total += used;
+            }
+            buf.copy_within(used_total..filled, 0);
+            filled -= used_total;
+            if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn answer(&self, unit: u8, request_pdu: &[u8], out: &mut [u8]) -> usize {
+        update(&self.health, |h| h.requests += 1);
+        let function = request_pdu.first().copied().unwrap_or(0);
+        let exception = |code: ExceptionCode, out: &mut [u8]| {
+            pdu::encode_exception(function & 0x7F, code, out).unwrap_or(0)
+        };
+        let Some(route) = self.routes.get(&unit) else {
+            update(&self.health, |h| h.failed += 1);
+            return exception(ExceptionCode::GATEWAY_PATH_UNAVAILABLE, out);
+        };
+        let request = match Request::decode(request_pdu) {
+            Ok(request) => request,
+            Err(PduError::UnsupportedFunction(_)) => {
+                update(&self.health, |h| h.failed += 1);
+                return exception(ExceptionCode::ILLEGAL_FUNCTION, out);
+            }
+            Err(_) => {
+                update(&self.health, |h| h.failed += 1);
+                return exception(ExceptionCode::ILLEGAL_DATA_VALUE, out);
+            }
+        };
+        let result = route
+            .bridge
+            .request(route.target_unit, request.clone(), RequestSource::Facade)
+            .await;
+        let encoded = match result {
+            Ok(answer) => {
+                update(&self.health, |h| h.forwarded += 1);
+                match answer {
+                    Answer::Registers(values) => {
+                        pdu::encode_read_response(request.function(), values.into_iter(), out)
+                    }
+                    Answer::Bits(bits) => {
+                        pdu::encode_bits_response(request.function(), bits.into_iter(), out)
+                    }
+                    Answer::Written => pdu::encode_write_response(&request, out),
+                    Answer::Exception(code) => Ok(exception(code, out)),
+                }
+            }
+            Err(RequestError::Denied(denial)) => {
+                let text = format!(
+                    "{} unit {unit} -> {} unit {}: {denial}",
+                    self.peer,
+                    route.bridge.name(),
+                    route.target_unit
+                );
+                update(&self.health, |h| {
+                    h.denied += 1;
+                    h.last_denial = Some(text);
+                });
+                Ok(exception(denial.exception, out))
+            }
+            Err(RequestError::Failed { error, .. }) => {
+                update(&self.health, |h| h.failed += 1);
+                let code = match error {
+                    ClientError::Timeout | ClientError::Corrupted => {
+                        ExceptionCode::GATEWAY_TARGET_FAILED
+                    }
+                    _ => ExceptionCode::GATEWAY_PATH_UNAVAILABLE,
+                };
+                Ok(exception(code, out))
+            }
+        };
+        encoded.unwrap_or_else(|_| exception(ExceptionCode::SERVER_DEVICE_FAILURE, out))
+    }
+}

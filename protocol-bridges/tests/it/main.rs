@@ -1,0 +1,502 @@
+//! Integration tests: the bridges against an independent Modbus implementation
+//! (tokio-modbus), over TCP and over a pseudo-terminal pair, and the facade with
+//! the real policy engine in the path.
+
+use std::collections::BTreeMap;
+use std::future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_modbus::prelude::{
+    ExceptionCode as TmException, Request as TmRequest, Response as TmResponse, SlaveRequest,
+};
+use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
+use tokio_util::sync::CancellationToken;
+use warden_bridges::bridge::{BridgeHandle, Downstream};
+use warden_bridges::facade::{FacadeConfig, FacadeRoute, start_facade};
+use warden_bridges::modbus::Answer;
+use warden_bridges::modbus::fair_queue::BackoffPolicy;
+use warden_bridges::modbus::pdu::{
+    CoilValues, ExceptionCode, FunctionCode, RegisterValues, Request,
+};
+use warden_bridges::modbus::rtu::CharTiming;
+use warden_bridges::modbus::rtu_bus::{BusOptions, RtuBus};
+use warden_bridges::modbus::tcp_pool::TcpDevice;
+use warden_bridges::request_policy::{PolicyGate, RequestSource};
+use warden_bridges::{PointConfig, WriteOutcome, WriteTarget, WriteValue};
+
+/// Registers and coils of a tokio-modbus test server; unknown addresses answer 02.
+#[derive(Clone, Default)]
+struct Store {
+    registers: Arc<Mutex<BTreeMap<u16, u16>>>,
+    coils: Arc<Mutex<BTreeMap<u16, bool>>>,
+}
+
+impl Store {
+    fn with_registers(range: std::ops::Range<u16>) -> Self {
+        let store = Self::default();
+        {
+            let mut registers = store.registers.lock().expect("lock");
+            let mut coils = store.coils.lock().expect("lock");
+            for a in range {
+                registers.insert(a, a * 10);
+                coils.insert(a, a % 2 == 0);
+            }
+        }
+        store
+    }
+
+    fn answer(&self, request: TmRequest<'static>) -> Result<TmResponse, TmException> {
+        let mut registers = self.registers.lock().expect("lock");
+        let mut coils = self.coils.lock().expect("lock");
+        let read = |map: &BTreeMap<u16, u16>, a: u16, n: u16| -> Result<Vec<u16>, TmException> {
+            (a..a + n)
+                .map(|i| map.get(&i).copied().ok_or(TmException::IllegalDataAddress))
+                .collect()
+        };
+        match request {
+            TmRequest::ReadHoldingRegisters(a, n) => {
+                Ok(TmResponse::ReadHoldingRegisters(read(&registers, a, n)?))
+            }
+            TmRequest::ReadInputRegisters(a, n) => {
+                Ok(TmResponse::ReadInputRegisters(read(&registers, a, n)?))
+            }
+            TmRequest::ReadCoils(a, n) => Ok(TmResponse::ReadCoils(
+                (a..a + n)
+                    .map(|i| {
+                        coils
+                            .get(&i)
+                            .copied()
+                            .ok_or(TmException::IllegalDataAddress)
+                    })
+                    .collect::<Result<_, _>>()?,
+            )),
+            TmRequest::WriteSingleRegister(a, v) => {
+                read(&registers, a, 1)?;
+                registers.insert(a, v);
+                Ok(TmResponse::WriteSingleRegister(a, v))
+            }
+            TmRequest::WriteMultipleRegisters(a, values) => {
+                read(&registers, a, values.len() as u16)?;
+                for (i, v) in values.iter().enumerate() {
+                    registers.insert(a + i as u16, *v);
+                }
+                Ok(TmResponse::WriteMultipleRegisters(a, values.len() as u16))
+            }
+            TmRequest::WriteSingleCoil(a, v) => {
+                coils.insert(a, v);
+                Ok(TmResponse::WriteSingleCoil(a, v))
+            }
+            TmRequest::WriteMultipleCoils(a, values) => {
+                for (i, v) in values.iter().enumerate() {
+                    coils.insert(a + i as u16, *v);
+                }
+                Ok(TmResponse::WriteMultipleCoils(a, values.len() as u16))
+            }
+            _ => Err(TmException::IllegalFunction),
+        }
+    }
+}
+
+impl tokio_modbus::server::Service for Store {
+    type Request = SlaveRequest<'static>;
+    type Response = TmResponse;
+    type Exception = TmException;
+    type Future = future::Ready<Result<TmResponse, TmException>>;
+
+    fn call(&self, request: Self::Request) -> Self::Future {
+        future::ready(self.answer(request.request))
+    }
+}
+
+/// Starts a tokio-modbus TCP server over `store`; counts connections accepted.
+async fn tokio_modbus_tcp_server(store: Store) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        let server = Server::new(listener);
+        let on_connected = move |stream, socket_addr| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let store = store.clone();
+            async move { accept_tcp_connection(stream, socket_addr, move |_| Ok(Some(store.clone()))) }
+        };
+        let _ = server.serve(&on_connected, |_error| {}).await;
+    });
+    (address, connections)
+}
+
+fn read(function: FunctionCode, address: u16, count: u16) -> Request {
+    Request::ReadRegisters {
+        function,
+        address,
+        count,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_pool_talks_to_tokio_modbus_and_caps_its_connections() {
+    let (address, connections) = tokio_modbus_tcp_server(Store::with_registers(0..20)).await;
+    let device = Arc::new(TcpDevice::new(
+        address.to_string(),
+        3,
+        Duration::from_secs(2),
+    ));
+    assert_eq!(
+        device
+            .call(1, &read(FunctionCode::ReadHoldingRegisters, 2, 3))
+            .await,
+        Ok(Answer::Registers(vec![20, 30, 40]))
+    );
+    let mut values = RegisterValues::new();
+    values.extend([5u16, 6]);
+    assert_eq!(
+        device
+            .call(
+                1,
+                &Request::WriteMultipleRegisters {
+                    address: 10,
+                    values
+                }
+            )
+            .await,
+        Ok(Answer::Written)
+    );
+    let coils = CoilValues::from_bools([true, true, false]).expect("coils");
+    assert_eq!(
+        device
+            .call(
+                1,
+                &Request::WriteMultipleCoils {
+                    address: 4,
+                    values: coils
+                }
+            )
+            .await,
+        Ok(Answer::Written)
+    );
+    assert_eq!(
+        device
+            .call(
+                1,
+                &Request::ReadBits {
+                    function: FunctionCode::ReadCoils,
+                    address: 3,
+                    count: 4
+                }
+            )
+            .await,
+        Ok(Answer::Bits(vec![false, true, true, false]))
+    );
+    assert_eq!(
+        device
+            .call(1, &read(FunctionCode::ReadHoldingRegisters, 10, 2))
+            .await,
+        Ok(Answer::Registers(vec![5, 6]))
+    );
+    assert_eq!(
+        device
+            .call(1, &read(FunctionCode::ReadHoldingRegisters, 30, 1))
+            .await,
+        Ok(Answer::Exception(ExceptionCode::ILLEGAL_DATA_ADDRESS))
+    );
+    // 40 concurrent callers share at most 3 connections.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40u16 {
+        let device = Arc::clone(&device);
+        tasks.spawn(async move {
+            device
+                .call(1, &read(FunctionCode::ReadInputRegisters, i % 20, 1))
+                .await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        assert!(matches!(result.expect("task"), Ok(Answer::Registers(_))));
+    }
+    assert!(
+        connections.load(Ordering::SeqCst) <= 3,
+        "{} connections",
+        connections.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtu_bus_talks_to_a_tokio_modbus_rtu_server() {
+    let (ours, theirs) = tokio_serial::SerialStream::pair().expect("pty pair");
+    let store = Store::with_registers(0..20);
+    let server = tokio_modbus::server::rtu::Server::new(theirs);
+    tokio::spawn(async move {
+        let _ = server.serve_forever(store).await;
+    });
+    let options = BusOptions {
+        timing: CharTiming::for_line(19_200, 11),
+        response_timeout: Duration::from_millis(300),
+        retries: 0,
+        backoff: BackoffPolicy {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        },
+    };
+    let shutdown = CancellationToken::new();
+    let (bus, task) = RtuBus::over_stream(ours, options, Arc::default(), shutdown.clone());
+    tokio::spawn(task);
+    assert_eq!(
+        bus.call(7, read(FunctionCode::ReadHoldingRegisters, 1, 4))
+            .await,
+        Ok(Answer::Registers(vec![10, 20, 30, 40]))
+    );
+    let mut values = RegisterValues::new();
+    values.extend([77u16, 78, 79]);
+    assert_eq!(
+        bus.call(7, Request::WriteMultipleRegisters { address: 2, values })
+            .await,
+        Ok(Answer::Written)
+    );
+    assert_eq!(
+        bus.call(
+            7,
+            Request::WriteSingleCoil {
+                address: 1,
+                value: true
+            }
+        )
+        .await,
+        Ok(Answer::Written)
+    );
+    assert_eq!(
+        bus.call(
+            7,
+            Request::ReadBits {
+                function: FunctionCode::ReadCoils,
+                address: 0,
+                count: 3
+            }
+        )
+        .await,
+        Ok(Answer::Bits(vec![true, true, true]))
+    );
+    assert_eq!(
+        bus.call(7, read(FunctionCode::ReadHoldingRegisters, 2, 3))
+            .await,
+        Ok(Answer::Registers(vec![77, 78, 79]))
+    );
+    assert_eq!(
+        bus.call(7, read(FunctionCode::ReadHoldingRegisters, 19, 2))
+            .await,
+        Ok(Answer::Exception(ExceptionCode::ILLEGAL_DATA_ADDRESS))
+    );
+    shutdown.cancel();
+}
+
+const POLICY: &str = r#"
+[[modbus]]
+name = "reads"
+bridge = "line1"
+units = 1
+functions = ["read_holding_registers", "read_coils"]
+addresses = "0..=9"
+sources = ["facade", "cloud", "poll"]
+
+[[modbus]]
+name = "setpoint"
+bridge = "line1"
+units = 1
+functions = [6, 16]
+addresses = "5..=6"
+sources = ["facade", "cloud"]
+values = "0..=500"
+"#;
+
+fn gated_bridge(address: SocketAddr) -> BridgeHandle {
+    let policy = warden_policy::compile(POLICY, "policy.toml")
+        .expect("policy compiles")
+        .policy;
+    let points: Vec<PointConfig> = toml::from_str::<BTreeMap<String, Vec<PointConfig>>>(
+        r#"
+points = [
+  { name = "setpoint", kind = "holding", address = 5, type = "u16", scale = 0.5 },
+  { name = "service", kind = "holding", address = 12, type = "u16" },
+]
+"#,
+    )
+    .expect("points")
+    .remove("points")
+    .expect("points");
+    BridgeHandle::new(
+        "line1".into(),
+        address.to_string(),
+        1,
+        points,
+        Downstream::Tcp(Arc::new(TcpDevice::new(
+            address.to_string(),
+            4,
+            Duration::from_secs(2),
+        ))),
+        Box::new(PolicyGate::new(Arc::new(policy))),
+        Arc::default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_through_the_policy_and_report_their_outcome() {
+    let store = Store::with_registers(0..20);
+    let (address, _) = tokio_modbus_tcp_server(store.clone()).await;
+    let bridge = gated_bridge(address);
+    let point = WriteTarget::Point("setpoint".into());
+    assert_eq!(
+        bridge
+            .write(&point, &WriteValue::Number(60.0), RequestSource::Cloud)
+            .await,
+        WriteOutcome::Written
+    );
+    assert_eq!(store.registers.lock().expect("lock").get(&5), Some(&120));
+    let too_big = bridge
+        .write(&point, &WriteValue::Number(400.0), RequestSource::Cloud)
+        .await;
+    assert!(
+        matches!(too_big, WriteOutcome::Denied { ref reason } if reason.contains("value")),
+        "{too_big:?}"
+    );
+    let from_poll = bridge
+        .write(&point, &WriteValue::Number(1.0), RequestSource::Poll)
+        .await;
+    assert!(
+        matches!(from_poll, WriteOutcome::Denied { .. }),
+        "{from_poll:?}"
+    );
+    let service = bridge
+        .write(
+            &WriteTarget::Point("service".into()),
+            &WriteValue::Number(1.0),
+            RequestSource::Cloud,
+        )
+        .await;
+    assert!(
+        matches!(service, WriteOutcome::Denied { .. }),
+        "{service:?}"
+    );
+    assert_eq!(store.registers.lock().expect("lock").get(&12), Some(&120));
+    let health = bridge.health().lock().expect("health").clone();
+    assert_eq!((health.writes_ok, health.denied), (1, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facade_serves_tokio_modbus_clients_and_denies_with_exceptions() {
+    use tokio_modbus::prelude::*;
+    let store = Store::with_registers(0..20);
+    let (downstream, _) = tokio_modbus_tcp_server(store.clone()).await;
+    let bridge = gated_bridge(downstream);
+    let config = FacadeConfig {
+        listen: "127.0.0.1:0".into(),
+        max_clients: 3,
+        units: vec![FacadeRoute {
+            unit: 11,
+            bridge: "line1".into(),
+            target_unit: Some(1),
+        }],
+    };
+    let shutdown = CancellationToken::new();
+    let (facade, task) = start_facade(&config, std::slice::from_ref(&bridge), shutdown.clone())
+        .await
+        .expect("listen");
+    tokio::spawn(task);
+
+    let mut scada = tcp::connect_slave(facade.address, Slave(11))
+        .await
+        .expect("connect");
+    assert_eq!(
+        scada.read_holding_registers(2, 3).await.expect("io"),
+        Ok(vec![20, 30, 40])
+    );
+    assert_eq!(
+        scada.read_coils(0, 3).await.expect("io"),
+        Ok(vec![true, false, true])
+    );
+    assert_eq!(
+        scada.write_single_register(5, 300).await.expect("io"),
+        Ok(())
+    );
+    assert_eq!(store.registers.lock().expect("lock").get(&5), Some(&300));
+    // Denied: an address outside the policy (02), a function it does not name (01),
+    // a value outside the rule (01). None of them reaches the device.
+    assert_eq!(
+        scada.read_holding_registers(8, 4).await.expect("io"),
+        Err(TmException::IllegalDataAddress)
+    );
+    assert_eq!(
+        scada.read_input_registers(0, 1).await.expect("io"),
+        Err(TmException::IllegalFunction)
+    );
+    assert_eq!(
+        scada.write_single_register(6, 9999).await.expect("io"),
+        Err(TmException::IllegalFunction)
+    );
+    assert_eq!(store.registers.lock().expect("lock").get(&6), Some(&60));
+    // A multi-register write inside the rule.
+    assert_eq!(
+        scada
+            .write_multiple_registers(5, &[1, 2])
+            .await
+            .expect("io"),
+        Ok(())
+    );
+    // A unit the facade does not map.
+    scada.set_slave(Slave(12));
+    assert_eq!(
+        scada.read_holding_registers(0, 1).await.expect("io"),
+        Err(TmException::GatewayPathUnavailable)
+    );
+
+    // Several clients at once, up to the cap.
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        clients.spawn(async move {
+            let mut c = tcp::connect_slave(facade.address, Slave(11))
+                .await
+                .expect("connect");
+            for _ in 0..50 {
+                assert_eq!(
+                    c.read_holding_registers(0, 2).await.expect("io"),
+                    Ok(vec![0, 10])
+                );
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.expect("client");
+    }
+    // With the cap reached, a further client is closed at once and counted.
+    for _ in 0..200 {
+        if facade.health.lock().expect("health").clients == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _second = tokio::net::TcpStream::connect(facade.address)
+        .await
+        .expect("connect");
+    let _third = tokio::net::TcpStream::connect(facade.address)
+        .await
+        .expect("connect");
+    let mut fourth = tokio::net::TcpStream::connect(facade.address)
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read(&mut fourth, &mut byte),
+    )
+    .await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    drop(scada);
+    let health = facade.health.lock().expect("health").clone();
+    assert_eq!(health.refused_connections, 1);
+    assert_eq!(health.denied, 3);
+    assert!(health.last_denial.is_some());
+    assert_eq!(health.forwarded, 4 + 100);
+    shutdown.cancel();
+}
