@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod commands;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -110,7 +110,19 @@ pub async fn start(
     }
     drop(sample_tx);
 
-    let agent = LinkAgent::new(config.device.id.clone(), config.link);
+    let command_log_path = config.link.outbox.dir.join("command-log.json");
+    std::fs::create_dir_all(&config.link.outbox.dir)
+        .with_context(|| format!("cannot create {}", config.link.outbox.dir.display()))?;
+    let command_log = crate::commands::CommandLog::open(&command_log_path)?;
+    let mut agent = LinkAgent::new(config.device.id.clone(), config.link);
+    let command_channel = agent.command_channel();
+    let handles = bridges.iter().map(|b| b.handle.clone()).collect();
+    tasks.spawn(crate::commands::run(
+        command_channel,
+        handles,
+        command_log,
+        shutdown.clone(),
+    ));
     let state = ApplianceState {
         device_id: config.device.id,
         bridges,

@@ -13,7 +13,8 @@ use crate::dispatch::{DispatchLimits, Dispatcher};
 use crate::outbox::{Outbox, OutboxConfig, OutboxError, OutboxStats};
 use crate::tls::{ClientIdentity, TlsError, client_config};
 use crate::topics::{
-    Ack, PROTOCOL_VERSION, Reading, TELEMETRY_STREAM, TelemetryBatch, ack_topic, telemetry_topic,
+    Ack, Command, CommandResult, CommandStatus, PROTOCOL_VERSION, Reading, TELEMETRY_STREAM,
+    TelemetryBatch, ack_topic, command_results_topic, commands_topic, telemetry_topic,
 };
 
 /// Readings held in memory while the outbox refuses more (then the newest are dropped, counted).
@@ -112,6 +113,17 @@ enum NetworkEvent {
     Connected,
     Disconnected(String),
     Ack(Ack),
+    Command(Command),
+}
+
+/// The appliance's end of the command path: commands arrive here, results go back.
+/// The link never talks to equipment; the appliance executes commands through the
+/// bridges and their policy.
+pub struct CommandChannel {
+    /// Commands from the fleet, in arrival order.
+    pub commands: mpsc::Receiver<Command>,
+    /// Results to publish.
+    pub results: mpsc::Sender<CommandResult>,
 }
 
 /// Publishes readings for one device.
@@ -120,6 +132,7 @@ pub struct LinkAgent {
     config: LinkConfig,
     identity: Option<ClientIdentity>,
     outbox: Option<SharedOutbox>,
+    commands: Option<(mpsc::Sender<Command>, mpsc::Receiver<CommandResult>)>,
     status: Arc<Mutex<LinkStatus>>,
 }
 
@@ -134,6 +147,7 @@ impl LinkAgent {
             config,
             identity: None,
             outbox: None,
+            commands: None,
             status: Arc::default(),
         }
     }
@@ -148,6 +162,15 @@ impl LinkAgent {
     pub fn with_outbox(mut self, outbox: SharedOutbox) -> Self {
         self.outbox = Some(outbox);
         self
+    }
+
+    /// Takes commands from the fleet: returns the channel the appliance executes them
+    /// from. Without it, every command is answered `failed`.
+    pub fn command_channel(&mut self) -> CommandChannel {
+        let (command_tx, commands) = mpsc::channel(64);
+        let (results, result_rx) = mpsc::channel(64);
+        self.commands = Some((command_tx, result_rx));
+        CommandChannel { commands, results }
     }
 
     /// The link's status, updated as it runs.
@@ -187,10 +210,18 @@ impl LinkAgent {
         let network = tokio::spawn(network_loop(
             eventloop,
             client.clone(),
-            ack_topic(&self.device_id),
+            Topics {
+                ack: ack_topic(&self.device_id),
+                commands: commands_topic(&self.device_id),
+            },
             events_tx,
             shutdown.clone(),
         ));
+        let results_topic = command_results_topic(&self.device_id);
+        let (command_tx, mut result_rx) = match self.commands {
+            Some((tx, rx)) => (Some(tx), rx),
+            None => (None, mpsc::channel(1).1),
+        };
 
         let topic = telemetry_topic(&self.device_id);
         let mut dispatcher = Dispatcher::new(DispatchLimits {
@@ -239,8 +270,23 @@ impl LinkAgent {
                             update(&status, |s| s.batches_acknowledged += 1);
                         }
                     }
+                    Some(NetworkEvent::Command(command)) => {
+                        let refused = match &command_tx {
+                            Some(tx) => tx.try_send(command).err().map(|e| (e.into_inner(), "the device is busy; retry later")),
+                            None => Some((command, "this device takes no commands")),
+                        };
+                        if let Some((command, why)) = refused {
+                            let result = CommandResult { v: PROTOCOL_VERSION, id: command.id, status: CommandStatus::Failed, detail: why.to_owned() };
+                            let _ = client.try_publish(&results_topic, QoS::AtLeastOnce, false, result.encode());
+                        }
+                    }
                     None => break,
                 },
+                Some(result) = result_rx.recv() => {
+                    if client.try_publish(&results_topic, QoS::AtLeastOnce, false, result.encode()).is_err() {
+                        tracing::warn!(id = %result.id, "command result not sent: the client queue is full");
+                    }
+                }
                 _ = pump.tick() => {
                     let now = unix_millis();
                     let outbox = lock(&shared);
@@ -314,10 +360,16 @@ fn enqueue(
     }
 }
 
+/// The topics the device subscribes to.
+struct Topics {
+    ack: String,
+    commands: String,
+}
+
 async fn network_loop(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
-    ack_topic: String,
+    topics: Topics,
     events: mpsc::Sender<NetworkEvent>,
     shutdown: CancellationToken,
 ) {
@@ -331,12 +383,23 @@ async fn network_loop(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("link connected");
                 backoff = Duration::from_millis(200);
-                if let Err(error) = client.try_subscribe(&ack_topic, QoS::AtLeastOnce) {
-                    tracing::warn!(%error, "cannot subscribe to acknowledgements");
+                for topic in [&topics.ack, &topics.commands] {
+                    if let Err(error) = client.try_subscribe(topic, QoS::AtLeastOnce) {
+                        tracing::warn!(%error, topic, "cannot subscribe");
+                    }
                 }
                 Some(NetworkEvent::Connected)
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == ack_topic => {
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.commands => {
+                match Command::decode(&publish.payload) {
+                    Ok(command) => Some(NetworkEvent::Command(command)),
+                    Err(error) => {
+                        tracing::warn!(%error, "malformed command ignored");
+                        None
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.ack => {
                 match Ack::decode(&publish.payload) {
                     Ok(ack) => Some(NetworkEvent::Ack(ack)),
                     Err(error) => {

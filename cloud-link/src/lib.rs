@@ -6,5 +6,5 @@ pub mod outbox;
 pub mod tls;
 pub mod topics;
 
-pub use agent::{LinkAgent, LinkConfig, LinkState, LinkStatus, SharedOutbox};
+pub use agent::{CommandChannel, LinkAgent, LinkConfig, LinkState, LinkStatus, SharedOutbox};
 pub use topics::{Reading, TelemetryBatch};

@@ -8,6 +8,8 @@
 //! |---|---|---|
 //! | `telemetry` | device → fleet | [`TelemetryBatch`], QoS 1, from the durable outbox |
 //! | `ack` | fleet → device | [`Ack`]: the batch `(stream, epoch, seq)` is stored |
+//! | `commands` | fleet → device | [`Command`]: a write request with an ID |
+//! | `command-results` | device → fleet | [`CommandResult`]: how it ended; a repeated ID gets the first result again |
 //!
 //! A message leaves the device's outbox only when its [`Ack`] arrives; until then it
 //! is sent again after reconnects and timeouts, and the fleet stores each
@@ -30,6 +32,19 @@ pub fn telemetry_topic(device_id: &str) -> String {
 pub fn ack_topic(device_id: &str) -> String {
     format!("{TOPIC_ROOT}/{device_id}/ack")
 }
+
+/// Topic the fleet sends commands to a device on.
+pub fn commands_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/commands")
+}
+
+/// Topic a device answers commands on.
+pub fn command_results_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/command-results")
+}
+
+/// Filter matching every device's command results (the fleet subscribes to it).
+pub const ALL_COMMAND_RESULTS: &str = "warden/v1/devices/+/command-results";
 
 /// The stream name of telemetry batches.
 pub const TELEMETRY_STREAM: &str = "telemetry";
@@ -124,6 +139,109 @@ impl Ack {
     }
 }
 
+/// A command from the fleet. Its `id` is unique per device: a device that sees an
+/// ID again answers with the result it gave the first time and does nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Command ID (1 to 64 letters, digits, `-` or `_`).
+    pub id: String,
+    /// What to do.
+    pub action: CommandAction,
+}
+
+/// What a command asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CommandAction {
+    /// Write a value to a configured point, through the device's policy.
+    Write {
+        /// Bridge name.
+        bridge: String,
+        /// Point name.
+        point: String,
+        /// Value in engineering units.
+        value: f64,
+    },
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// The equipment confirmed the write.
+    Written,
+    /// The device's policy refused it; nothing reached the equipment.
+    Denied,
+    /// The equipment answered with a Modbus exception.
+    Exception,
+    /// The command named something the device does not have, or the write failed.
+    Failed,
+}
+
+/// A device's answer to a [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The command's ID.
+    pub id: String,
+    /// How it ended.
+    pub status: CommandStatus,
+    /// Details for people (the denial reason, the exception, the error).
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Whether `id` is acceptable as a command ID.
+pub fn valid_command_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Command {
+    /// Encodes the command as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and checks a command (version and ID).
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let command: Self = serde_json::from_slice(bytes)?;
+        if command.v != PROTOCOL_VERSION {
+            return Err(PayloadError::UnsupportedVersion(command.v));
+        }
+        if !valid_command_id(&command.id) {
+            return Err(PayloadError::BadId(command.id));
+        }
+        Ok(command)
+    }
+}
+
+impl CommandResult {
+    /// Encodes the result as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and checks a result.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let result: Self = serde_json::from_slice(bytes)?;
+        if result.v != PROTOCOL_VERSION {
+            return Err(PayloadError::UnsupportedVersion(result.v));
+        }
+        if !valid_command_id(&result.id) {
+            return Err(PayloadError::BadId(result.id));
+        }
+        Ok(result)
+    }
+}
+
 /// Why a payload was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
@@ -133,6 +251,9 @@ pub enum PayloadError {
     /// A version this build does not speak.
     #[error("payload version {0} is not supported (expected {PROTOCOL_VERSION})")]
     UnsupportedVersion(u32),
+    /// A command ID that is empty, too long or has characters outside `[A-Za-z0-9_-]`.
+    #[error("command id {0:?} is not 1 to 64 letters, digits, '-' or '_'")]
+    BadId(String),
 }
 
 impl TelemetryBatch {

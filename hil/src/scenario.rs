@@ -303,3 +303,99 @@ pub async fn wait_for_reading(demo: &DemoProcess, point: &str) -> anyhow::Result
     .await
     .with_context(|| format!("no {point} reading reached the fleet within 30 s"))
 }
+
+#[derive(Debug, Deserialize)]
+struct CommandView {
+    id: String,
+    status: String,
+    detail: String,
+}
+
+/// Sends a write command through the fleet API and waits (up to 20 s) for its result.
+async fn command(
+    http: &reqwest::Client,
+    urls: &DemoUrls,
+    body: serde_json::Value,
+) -> anyhow::Result<CommandView> {
+    let url = format!("{}/api/v1/devices/{}/commands", urls.fleet, urls.device_id);
+    let sent: CommandView = http
+        .post(&url)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let status_url = format!("{url}/{}", sent.id);
+    poll_until(Duration::from_secs(20), || async {
+        let view: CommandView = http
+            .get(&status_url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok((view.status != "sent").then_some(view))
+    })
+    .await
+    .with_context(|| format!("command {} got no result", sent.id))
+}
+
+/// Commands, end to end: a write the policy allows reaches the equipment; one it
+/// denies never does; a repeated command ID is not executed twice.
+pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    let demo = DemoProcess::start(warden_bin, state_dir).await?;
+    wait_for_reading(&demo, "line1/spindle_setpoint").await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let setpoint = configured_point(state_dir, "spindle_setpoint")?;
+
+    let allowed = command(&http, &demo.urls, serde_json::json!({"bridge": "line1", "point": "spindle_setpoint", "value": 1200.0, "id": "set-1200"})).await?;
+    ensure!(
+        allowed.status == "written",
+        "allowed write ended {allowed:?}"
+    );
+    ensure!(
+        read_register(&demo.urls.equipment, setpoint.address).await? == 1200,
+        "the register did not change"
+    );
+
+    let denied = command(
+        &http,
+        &demo.urls,
+        serde_json::json!({"bridge": "line1", "point": "spindle_setpoint", "value": 5000.0}),
+    )
+    .await?;
+    ensure!(
+        denied.status == "denied",
+        "out-of-range write ended {denied:?}"
+    );
+    ensure!(!denied.detail.is_empty(), "a denial must say why");
+    ensure!(
+        read_register(&demo.urls.equipment, setpoint.address).await? == 1200,
+        "a denied write reached the equipment"
+    );
+
+    let repeated = command(&http, &demo.urls, serde_json::json!({"bridge": "line1", "point": "spindle_setpoint", "value": 900.0, "id": "set-1200"})).await?;
+    ensure!(
+        repeated.status == "written" && repeated.id == "set-1200",
+        "repeated id answered {repeated:?}"
+    );
+    ensure!(
+        read_register(&demo.urls.equipment, setpoint.address).await? == 1200,
+        "a repeated command id was executed again"
+    );
+
+    let unknown = command(
+        &http,
+        &demo.urls,
+        serde_json::json!({"bridge": "line9", "point": "x", "value": 1.0}),
+    )
+    .await?;
+    ensure!(
+        unknown.status == "failed",
+        "unknown bridge ended {unknown:?}"
+    );
+    demo.stop().await
+}

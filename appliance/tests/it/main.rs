@@ -24,6 +24,18 @@ async fn demo_telemetry_reaches_the_fleet_with_configured_scaling() {
     );
 }
 
+/// Commands from the fleet API reach the equipment only through the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_commands_pass_the_device_policy() {
+    let state = tempfile::tempdir().expect("tempdir");
+    warden_hil::scenario::commands_pass_the_policy(
+        Path::new(env!("CARGO_BIN_EXE_warden")),
+        state.path(),
+    )
+    .await
+    .expect("scenario");
+}
+
 #[test]
 fn check_config_names_the_file_line_and_field() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -3,11 +3,24 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Device, Store, StoredReading};
+use crate::broker::LocalPublisher;
+use crate::store::{Device, Store, StoredCommand, StoredReading};
+use warden_link::topics::{
+    Command, CommandAction, PROTOCOL_VERSION, commands_topic, valid_command_id,
+};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The store.
+    pub store: Store,
+    /// Publishes to devices through the broker.
+    pub devices: LocalPublisher,
+}
 
 /// The dashboard page; it reads the API from the browser.
 const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
@@ -15,13 +28,15 @@ const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
 /// Largest number of readings one telemetry query returns.
 pub const MAX_TELEMETRY_LIMIT: i64 = 10_000;
 
-/// The API's routes over `store`.
-pub fn router(store: Store) -> Router {
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}/telemetry", get(device_telemetry))
-        .with_state(store)
+        .route("/api/v1/devices/{id}/commands", post(send_command))
+        .route("/api/v1/devices/{id}/commands/{command}", get(get_command))
+        .with_state(state)
 }
 
 async fn dashboard() -> Response {
@@ -38,7 +53,9 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
-async fn list_devices(State(store): State<Store>) -> Result<Json<Vec<Device>>, ApiError> {
+async fn list_devices(
+    State(ApiState { store, .. }): State<ApiState>,
+) -> Result<Json<Vec<Device>>, ApiError> {
     Ok(Json(store.devices().await?))
 }
 
@@ -61,7 +78,7 @@ pub struct TelemetryResponse {
 }
 
 async fn device_telemetry(
-    State(store): State<Store>,
+    State(ApiState { store, .. }): State<ApiState>,
     Path(id): Path<String>,
     Query(query): Query<TelemetryQuery>,
 ) -> Result<Json<TelemetryResponse>, ApiError> {
@@ -79,6 +96,92 @@ async fn device_telemetry(
         device: id,
         readings,
     }))
+}
+
+/// A write request for a device's point.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteRequest {
+    /// Bridge name on the device.
+    pub bridge: String,
+    /// Point name.
+    pub point: String,
+    /// Value in engineering units.
+    pub value: f64,
+    /// Optional client-chosen command ID (idempotency key); generated when absent.
+    pub id: Option<String>,
+}
+
+async fn send_command(
+    State(ApiState { store, devices }): State<ApiState>,
+    Path(device): Path<String>,
+    axum::Json(request): axum::Json<WriteRequest>,
+) -> Result<(StatusCode, Json<StoredCommand>), ApiError> {
+    if !store.device_exists(&device).await? {
+        return Err(ApiError::NotFound(format!("device {device} is not known")));
+    }
+    if !request.value.is_finite() {
+        return Err(ApiError::BadRequest("value must be a finite number".into()));
+    }
+    let id = match request.id {
+        Some(id) if valid_command_id(&id) => id,
+        Some(id) => {
+            return Err(ApiError::BadRequest(format!(
+                "command id {id:?} is not 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        None => new_command_id(),
+    };
+    if let Some(existing) = store.command(&device, &id).await? {
+        return Ok((StatusCode::OK, Json(existing)));
+    }
+    let command = Command {
+        v: PROTOCOL_VERSION,
+        id: id.clone(),
+        action: CommandAction::Write {
+            bridge: request.bridge,
+            point: request.point,
+            value: request.value,
+        },
+    };
+    let payload = command.encode();
+    let now = now_ms();
+    store
+        .insert_command(&id, &device, &String::from_utf8_lossy(&payload), now)
+        .await?;
+    devices.publish(commands_topic(&device), payload).await;
+    let stored = store
+        .command(&device, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("command {id}")))?;
+    Ok((StatusCode::ACCEPTED, Json(stored)))
+}
+
+async fn get_command(
+    State(ApiState { store, .. }): State<ApiState>,
+    Path((device, id)): Path<(String, String)>,
+) -> Result<Json<StoredCommand>, ApiError> {
+    store
+        .command(&device, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("device {device} has no command {id}")))
+}
+
+fn new_command_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "c-{:x}-{:x}",
+        now_ms(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// An API error, answered as `{"error": "..."}` with its status.

@@ -2,7 +2,7 @@
 
 use tokio_util::sync::CancellationToken;
 use warden_link::TelemetryBatch;
-use warden_link::topics::{Ack, ack_topic, device_of_topic};
+use warden_link::topics::{Ack, CommandResult, ack_topic, device_of_topic};
 
 use crate::broker::{LocalPublisher, LocalSubscription};
 use crate::store::Store;
@@ -81,4 +81,45 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Records the devices' command results until shutdown.
+pub async fn command_results(
+    store: Store,
+    mut results: LocalSubscription,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let publish = tokio::select! {
+            () = shutdown.cancelled() => return,
+            publish = results.recv() => match publish {
+                Some(publish) => publish,
+                None => return,
+            },
+        };
+        let Some(device) = device_of_topic(&publish.topic) else {
+            continue;
+        };
+        let result = match CommandResult::decode(&publish.payload) {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::warn!(device, %error, "refused command result");
+                continue;
+            }
+        };
+        let status = serde_json::to_value(result.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        match store
+            .complete_command(device, &result.id, &status, &result.detail, now_ms())
+            .await
+        {
+            Ok(true) => tracing::info!(device, id = %result.id, %status, "command completed"),
+            Ok(false) => {
+                tracing::debug!(device, id = %result.id, "result for an unknown or finished command ignored")
+            }
+            Err(error) => tracing::error!(device, %error, "cannot record a command result"),
+        }
+    }
 }

@@ -79,7 +79,16 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for http on {}", config.http_listen))?;
     let http_address = listener.local_addr()?;
-    let app = api::router(store.clone());
+    let results = broker.subscribe_local(warden_link::topics::ALL_COMMAND_RESULTS, 256);
+    let command_results = tokio::spawn(ingest::command_results(
+        store.clone(),
+        results,
+        shutdown.clone(),
+    ));
+    let app = api::router(api::ApiState {
+        store: store.clone(),
+        devices: broker.publisher(),
+    });
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -92,6 +101,7 @@ pub async fn start(
         // the store closes after the last write.
         drop(broker);
         let _ = ingest.await;
+        let _ = command_results.await;
         store.close().await;
         tracing::info!("fleet stopped; store closed");
     });

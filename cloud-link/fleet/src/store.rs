@@ -9,9 +9,10 @@ use sqlx::{AnyPool, Row};
 use warden_link::TelemetryBatch;
 
 /// Numbered schema migrations, applied in order, each exactly once.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE devices (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE devices (
         id TEXT PRIMARY KEY,
         first_seen_ms BIGINT NOT NULL,
         last_seen_ms BIGINT NOT NULL
@@ -40,7 +41,21 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         unit TEXT NOT NULL,
         PRIMARY KEY (device_id, point)
     );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE commands (
+        id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        request TEXT NOT NULL,
+        status TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        completed_ms BIGINT
+    );
+    CREATE INDEX commands_by_device ON commands (device_id, created_ms)",
+    ),
+];
 
 /// A device as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -66,6 +81,23 @@ pub struct StoredReading {
     pub unit: String,
     /// When the device read it, ms since the epoch.
     pub ts_ms: i64,
+}
+
+/// A command as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredCommand {
+    /// Command ID.
+    pub id: String,
+    /// The command as sent (JSON).
+    pub request: String,
+    /// `sent`, or the device's answer: `written`, `denied`, `exception`, `failed`.
+    pub status: String,
+    /// The device's details.
+    pub detail: String,
+    /// When it was sent, ms since the epoch.
+    pub created_ms: i64,
+    /// When the device answered.
+    pub completed_ms: Option<i64>,
 }
 
 /// What ingesting a batch did.
@@ -239,6 +271,77 @@ impl Store {
             }
         };
         rows.iter().map(reading_from_row).collect()
+    }
+
+    /// Records a command sent to a device, as `sent`.
+    pub async fn insert_command(
+        &self,
+        id: &str,
+        device_id: &str,
+        request: &str,
+        created_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO commands (id, device_id, request, status, detail, created_ms) VALUES ($1, $2, $3, 'sent', '', $4)",
+        )
+        .bind(id)
+        .bind(device_id)
+        .bind(request)
+        .bind(created_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a device's result for one of its commands (the first result wins;
+    /// a result for another device's command changes nothing).
+    pub async fn complete_command(
+        &self,
+        device_id: &str,
+        id: &str,
+        status: &str,
+        detail: &str,
+        completed_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE commands SET status = $1, detail = $2, completed_ms = $3
+             WHERE id = $4 AND device_id = $5 AND status = 'sent'",
+        )
+        .bind(status)
+        .bind(detail)
+        .bind(completed_ms)
+        .bind(id)
+        .bind(device_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    /// One command of a device.
+    pub async fn command(
+        &self,
+        device_id: &str,
+        id: &str,
+    ) -> Result<Option<StoredCommand>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, request, status, detail, created_ms, completed_ms FROM commands WHERE id = $1 AND device_id = $2",
+        )
+        .bind(id)
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(StoredCommand {
+                id: row.try_get(0)?,
+                request: row.try_get(1)?,
+                status: row.try_get(2)?,
+                detail: row.try_get(3)?,
+                created_ms: row.try_get(4)?,
+                completed_ms: row.try_get(5)?,
+            })
+        })
+        .transpose()
     }
 
     /// Closes the pool, waiting for in-flight queries: nothing is left half-written.
