@@ -28,25 +28,55 @@ pub struct ApplianceConfig {
 pub struct DeviceConfig {
     /// Device ID; must equal the common name of the device certificate.
     pub id: String,
+    /// Product identifier (policy bundles and images must name it).
+    #[serde(default = "default_product")]
+    pub product: String,
+}
+
+fn default_product() -> String {
+    "warden".to_owned()
 }
 
 /// Where the policy comes from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// Policy TOML file, relative to the config file's directory.
+    /// Policy TOML file, relative to the config file's directory; used until a
+    /// signed bundle from the fleet has been applied.
     pub file: PathBuf,
+    /// Where verified policy bundles from the fleet are kept (the last good one is
+    /// used at start). Without it, the unit refuses remote policy.
+    #[serde(default)]
+    pub bundle_dir: Option<PathBuf>,
 }
 
 /// All bridges, by kind, and the gateway facade (defined and validated by the bridges).
 pub use warden_bridges::BridgesConfig;
 
-/// The local status page.
+/// The local status page (HTTPS, password login) and the metrics endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusPageConfig {
-    /// Address to listen on (`127.0.0.1:8081`).
+    /// Address to listen on for HTTPS (`127.0.0.1:8081`).
     pub listen: String,
+    /// The operator password's salted hash (an Argon2id PHC string), set at
+    /// provisioning; the password itself is printed on the unit's label. Required:
+    /// there is no default password, and the page does not start without it.
+    pub password_file: PathBuf,
+    /// Where the page's TLS key (`web-key.pem`, mode 0600) and self-signed
+    /// certificate (`web-cert.pem`) live; both are made on first start.
+    pub state_dir: PathBuf,
+    /// Plain-HTTP Prometheus `/metrics`, unauthenticated, so loopback only
+    /// (`127.0.0.1:9464`); absent means no metrics endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// A session ends after this many seconds without a request.
+    #[serde(default = "default_session_idle_secs")]
+    pub session_idle_secs: u64,
+}
+
+fn default_session_idle_secs() -> u64 {
+    900
 }
 
 /// A config that could not be used, naming the file and what was wrong.
@@ -112,6 +142,7 @@ impl ApplianceConfig {
         config.validate(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.policy.file = base.join(&config.policy.file);
+        config.policy.bundle_dir = config.policy.bundle_dir.as_ref().map(|dir| base.join(dir));
         config.link.fleet_ca = base.join(&config.link.fleet_ca);
         config.link.device_cert = base.join(&config.link.device_cert);
         config.link.device_key = config.link.device_key.as_ref().map(|key| base.join(key));
@@ -121,6 +152,8 @@ impl ApplianceConfig {
             .as_ref()
             .map(|socket| base.join(socket));
         config.link.outbox.dir = base.join(&config.link.outbox.dir);
+        config.status_page.password_file = base.join(&config.status_page.password_file);
+        config.status_page.state_dir = base.join(&config.status_page.state_dir);
         Ok(config)
     }
 
@@ -149,6 +182,25 @@ impl ApplianceConfig {
             return Err(invalid(
                 "link.pluton_socket".into(),
                 "set exactly one of `pluton_socket` (the key stays in pluton) and `device_key` (a key file)".into(),
+            ));
+        }
+        if let Some(metrics) = &self.status_page.metrics_listen {
+            let loopback = metrics
+                .parse::<std::net::SocketAddr>()
+                .map(|address| address.ip().is_loopback());
+            if loopback != Ok(true) {
+                return Err(invalid(
+                    "status_page.metrics_listen".into(),
+                    format!(
+                        "{metrics:?} must be a loopback address and port (`127.0.0.1:9464`): /metrics has no authentication"
+                    ),
+                ));
+            }
+        }
+        if self.status_page.session_idle_secs == 0 {
+            return Err(invalid(
+                "status_page.session_idle_secs".into(),
+                "must be at least 1".into(),
             ));
         }
         self.bridges
@@ -193,6 +245,9 @@ device_key = "pki/device.key"
 outbox = { dir = "outbox" }
 [status_page]
 listen = "127.0.0.1:0"
+password_file = "status-page/password.phc"
+state_dir = "status-page"
+metrics_listen = "127.0.0.1:0"
 "#;
 
     #[test]
@@ -206,6 +261,32 @@ listen = "127.0.0.1:0"
             Some(Path::new("/etc/warden/pki/device.key"))
         );
         assert_eq!(config.link.outbox.dir, Path::new("/etc/warden/outbox"));
+        assert_eq!(
+            config.status_page.password_file,
+            Path::new("/etc/warden/status-page/password.phc")
+        );
+    }
+
+    #[test]
+    fn metrics_must_listen_on_loopback() {
+        let bad = GOOD.replace(
+            "metrics_listen = \"127.0.0.1:0\"",
+            "metrics_listen = \"0.0.0.0:9464\"",
+        );
+        let error = ApplianceConfig::parse(&bad, Path::new("warden.toml")).expect_err("must fail");
+        assert!(
+            error
+                .to_string()
+                .starts_with("warden.toml: status_page.metrics_listen: \"0.0.0.0:9464\" must be a loopback"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_status_page_has_no_default_password() {
+        let bad = GOOD.replace("password_file = \"status-page/password.phc\"\n", "");
+        let error = ApplianceConfig::parse(&bad, Path::new("warden.toml")).expect_err("must fail");
+        assert!(error.to_string().contains("missing field `password_file`"), "{error}");
     }
 
     #[test]

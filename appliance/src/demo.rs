@@ -51,7 +51,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             ));
             }
         };
+    install_vendor_root(&args.state_dir, &world.pki).await?;
     let config = ApplianceConfig::load(&world.appliance_config)?;
+    // The demo's "label": a fresh operator password at every start; only its hash is
+    // written, the password itself is printed below.
+    let status_password = crate::status_page::auth::generate_password()?;
+    crate::status_page::auth::write_password_hash(
+        &config.status_page.password_file,
+        &crate::status_page::auth::hash_password(&status_password)?,
+    )?;
     let appliance = match crate::runtime::start(config, shutdown.clone()).await {
         Ok(appliance) => appliance,
         Err(error) => {
@@ -71,7 +79,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "  device telemetry: http://{fleet}/api/v1/devices/{}/telemetry",
         world.pki.device_id
     );
-    println!("  status page:      http://{}/", appliance.status_address);
+    println!("  status page:      https://{}/", appliance.status_address);
+    println!("  status password:  {status_password} (the unit's label; new at every start)");
+    println!(
+        "  status page cert: SHA-256 {} (self-signed; pin it)",
+        appliance.status_fingerprint
+    );
+    if let Some(metrics) = appliance.metrics_address {
+        println!("  metrics:          http://{metrics}/metrics");
+    }
     println!(
         "  simulated device: modbus-tcp://{} (unit 1)",
         world.equipment.address()
@@ -82,7 +98,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         world.pki.device_id
     );
     println!(
-        "No credentials yet: every page listens on 127.0.0.1 only. Certificates are throwaway,"
+        "Every page listens on 127.0.0.1 only; the fleet API has no credentials yet. Certificates are throwaway,"
     );
     println!(
         "made at start under {}/pki until provisioning lands; the device key stays in pluton. Ctrl-C stops.",
@@ -144,6 +160,28 @@ async fn pluton_identity(socket: PathBuf) -> anyhow::Result<DeviceIdentity> {
             public_key: identity.public_key.0,
             pluton_socket: PathBuf::from(PLUTON_SOCKET),
         })
+    })
+    .await?
+}
+
+/// Installs the demo's vendor root into pluton (once), as provisioning would: policy
+/// bundles signed by its release keys are then accepted.
+async fn install_vendor_root(state_dir: &std::path::Path, pki: &warden_hil::demo_pki::DemoPki) -> anyhow::Result<()> {
+    let root = pki.vendor_root_public_key()?;
+    let socket = state_dir.join(PLUTON_SOCKET);
+    let capability_file = state_dir.join("pluton").join("provisioning.capability");
+    tokio::task::spawn_blocking(move || {
+        let mut client = warden_pluton_api::PlutonClient::connect(&socket)
+            .map_err(|e| anyhow::anyhow!("pluton {}: {e}", socket.display()))?;
+        let installed = client.root_keys().map_err(|e| anyhow::anyhow!("pluton root keys: {e}"))?;
+        if installed.iter().any(|key| key.public_key.0 == root) {
+            return Ok(());
+        }
+        let capability = warden_pluton::server::read_capability_file(&capability_file)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        client
+            .install_root_key(&capability, &root, warden_keychain::Purpose::ALL.bits())
+            .map_err(|e| anyhow::anyhow!("pluton refused the vendor root: {e}"))
     })
     .await?
 }

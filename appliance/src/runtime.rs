@@ -1,6 +1,6 @@
 //! The appliance at run time: bridges → policy → link, and the status page beside them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -41,6 +41,57 @@ pub struct BridgeView {
     pub handle: BridgeHandle,
 }
 
+/// Recent values kept per point for the status page's trend charts.
+pub const HISTORY_LENGTH: usize = 60;
+
+/// An update the fleet offers, waiting for the operator (none arrive yet: the update
+/// channel over the link is not built; the update agent will fill this in).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UpdateOffer {
+    /// The offered image version.
+    pub version: String,
+    /// The operator may defer installing it until this time, ms since the epoch.
+    pub window_ends_ms: u64,
+}
+
+/// What the operator decided about updates; the update agent reads it before
+/// installing anything.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct UpdateDecision {
+    /// The pending offer, if any.
+    pub offer: Option<UpdateOffer>,
+    /// No update is installed before this time (ms since the epoch).
+    pub deferred_until_ms: Option<u64>,
+    /// The offered version the operator allowed to install now.
+    pub allowed_version: Option<String>,
+    /// When the operator last decided (ms since the epoch).
+    pub decided_at_ms: Option<u64>,
+}
+
+impl UpdateDecision {
+    /// How long one "defer" postpones updates when no offer bounds it.
+    pub const DEFER_FOR_MS: u64 = 4 * 60 * 60 * 1000;
+
+    /// Defers updates from `now_ms`: by [`Self::DEFER_FOR_MS`], but never past the
+    /// pending offer's window.
+    pub fn defer(&mut self, now_ms: u64) {
+        let mut until = now_ms.saturating_add(Self::DEFER_FOR_MS);
+        if let Some(offer) = &self.offer {
+            until = until.min(offer.window_ends_ms);
+        }
+        self.deferred_until_ms = Some(until);
+        self.allowed_version = None;
+        self.decided_at_ms = Some(now_ms);
+    }
+
+    /// Allows the pending offer (if any) now and lifts any deferral.
+    pub fn allow(&mut self, now_ms: u64) {
+        self.deferred_until_ms = None;
+        self.allowed_version = self.offer.as_ref().map(|offer| offer.version.clone());
+        self.decided_at_ms = Some(now_ms);
+    }
+}
+
 /// Everything the status page reads; written by the runtime.
 #[derive(Debug, Clone)]
 pub struct ApplianceState {
@@ -52,12 +103,20 @@ pub struct ApplianceState {
     pub values: Arc<Mutex<BTreeMap<(String, String), LiveValue>>>,
     /// The link's state and counters.
     pub link: Arc<Mutex<LinkStatus>>,
+    /// The last [`HISTORY_LENGTH`] numeric values by `(bridge, point)`, oldest first.
+    pub history: Arc<Mutex<BTreeMap<(String, String), VecDeque<f64>>>>,
+    /// The operator's decision about updates (read by the update agent).
+    pub updates: Arc<Mutex<UpdateDecision>>,
 }
 
 /// A started appliance.
 pub struct RunningAppliance {
-    /// Where the status page listens.
+    /// Where the status page listens (HTTPS).
     pub status_address: SocketAddr,
+    /// SHA-256 fingerprint of the status page's certificate (`AA:BB:…`).
+    pub status_fingerprint: String,
+    /// Where `/metrics` listens (plain HTTP, loopback), if configured.
+    pub metrics_address: Option<SocketAddr>,
     tasks: JoinSet<()>,
 }
 
@@ -73,15 +132,24 @@ pub async fn start(
     config: ApplianceConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningAppliance> {
-    let policy_text = std::fs::read_to_string(&config.policy.file)
-        .with_context(|| format!("cannot read policy {}", config.policy.file.display()))?;
-    let origin = config.policy.file.display().to_string();
-    let compiled = warden_policy::compile(&policy_text, &origin)
-        .map_err(|errors| anyhow::anyhow!("policy {origin} does not compile:\n{errors}"))?;
-    for warning in &compiled.warnings {
-        tracing::warn!(%warning, "policy warning");
-    }
-    let policy = Arc::new(compiled.policy);
+    // The last verified bundle from the fleet wins over the local file.
+    let bundle_store = match &config.policy.bundle_dir {
+        Some(dir) => {
+            let roots = crate::twin::policy_roots(config.link.pluton_socket.as_deref())?;
+            Some(crate::twin::open_store(dir, &roots, &config.device.product)?)
+        }
+        None => None,
+    };
+    let (policy, bundle_version) = match bundle_store.as_ref().and_then(|store| store.current()) {
+        Some(applied) => {
+            tracing::info!(version = applied.header.version, "policy from the last verified bundle");
+            (Arc::new(applied.policy.clone()), Some(applied.header.version))
+        }
+        None => (Arc::new(compile_policy_file(&config.policy.file)?), None),
+    };
+    let initial_report = crate::twin::reported_for(&policy, bundle_version, None);
+    // Before anything runs: no password hash (or no web key) means no appliance.
+    let page = status_page::prepare(&config.status_page, &config.device.id)?;
 
     let mut tasks = JoinSet::new();
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
@@ -115,19 +183,25 @@ pub async fn start(
         .with_context(|| format!("cannot create {}", config.link.outbox.dir.display()))?;
     let command_log = crate::commands::CommandLog::open(&command_log_path)?;
     let mut agent = LinkAgent::new(config.device.id.clone(), config.link);
-    let command_channel = agent.command_channel();
-    let handles = bridges.iter().map(|b| b.handle.clone()).collect();
-    tasks.spawn(crate::commands::run(
-        command_channel,
-        handles,
-        command_log,
+    let mut command_channel = agent.command_channel();
+    let handles: Vec<_> = bridges.iter().map(|b| b.handle.clone()).collect();
+    let desired = std::mem::replace(&mut command_channel.desired, mpsc::channel(1).1);
+    tasks.spawn(crate::twin::run(
+        desired,
+        command_channel.reported.clone(),
+        bundle_store,
+        handles.clone(),
+        initial_report,
         shutdown.clone(),
     ));
+    tasks.spawn(crate::commands::run(command_channel, handles, command_log, shutdown.clone()));
     let state = ApplianceState {
         device_id: config.device.id,
         bridges,
         values: Arc::default(),
         link: agent.status(),
+        history: Arc::default(),
+        updates: Arc::default(),
     };
     let (reading_tx, reading_rx) = mpsc::channel::<Reading>(4096);
     let link_shutdown = shutdown.clone();
@@ -138,8 +212,19 @@ pub async fn start(
     });
 
     let values = Arc::clone(&state.values);
+    let history = Arc::clone(&state.history);
     tasks.spawn(async move {
         while let Some(sample) = sample_rx.recv().await {
+            if sample.value.is_finite() {
+                let mut history = history.lock().unwrap_or_else(PoisonError::into_inner);
+                let recent = history
+                    .entry((sample.bridge.clone(), sample.point.clone()))
+                    .or_default();
+                if recent.len() == HISTORY_LENGTH {
+                    recent.pop_front();
+                }
+                recent.push_back(sample.value);
+            }
             values
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -169,26 +254,26 @@ pub async fn start(
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(&config.status_page.listen)
+    let page = page
+        .start(state, shutdown.clone(), &mut tasks)
         .await
-        .with_context(|| {
-            format!(
-                "cannot listen for the status page on {}",
-                config.status_page.listen
-            )
-        })?;
-    let status_address = listener.local_addr()?;
-    let page_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, status_page::router(state))
-            .with_graceful_shutdown(async move { page_shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "status page failed");
-        }
-    });
+        .context("cannot start the status page")?;
     Ok(RunningAppliance {
-        status_address,
+        status_address: page.address,
+        status_fingerprint: page.fingerprint,
+        metrics_address: page.metrics_address,
         tasks,
     })
+}
+
+/// Compiles the local policy file, logging its warnings.
+fn compile_policy_file(path: &std::path::Path) -> anyhow::Result<warden_policy::CompiledPolicy> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read policy {}", path.display()))?;
+    let origin = path.display().to_string();
+    let compiled = warden_policy::compile(&text, &origin)
+        .map_err(|errors| anyhow::anyhow!("policy {origin} does not compile:\n{errors}"))?;
+    for warning in &compiled.warnings {
+        tracing::warn!(%warning, "policy warning");
+    }
+    Ok(compiled.policy)
 }

@@ -14,7 +14,8 @@ use crate::outbox::{Outbox, OutboxConfig, OutboxError, OutboxStats};
 use crate::tls::{ClientIdentity, TlsError, client_config};
 use crate::topics::{
     Ack, Command, CommandResult, CommandStatus, PROTOCOL_VERSION, Reading, TELEMETRY_STREAM,
-    TelemetryBatch, ack_topic, command_results_topic, commands_topic, telemetry_topic,
+    TelemetryBatch, TwinDesired, TwinReported, ack_topic, command_results_topic, commands_topic,
+    telemetry_topic, twin_desired_topic, twin_reported_topic,
 };
 
 /// Readings held in memory while the outbox refuses more (then the newest are dropped, counted).
@@ -114,6 +115,7 @@ enum NetworkEvent {
     Disconnected(String),
     Ack(Ack),
     Command(Command),
+    Desired(TwinDesired),
 }
 
 /// The appliance's end of the command path: commands arrive here, results go back.
@@ -124,6 +126,17 @@ pub struct CommandChannel {
     pub commands: mpsc::Receiver<Command>,
     /// Results to publish.
     pub results: mpsc::Sender<CommandResult>,
+    /// Desired states from the fleet.
+    pub desired: mpsc::Receiver<TwinDesired>,
+    /// Reported states to publish (the latest is published again after reconnects).
+    pub reported: mpsc::Sender<TwinReported>,
+}
+
+struct ApplianceEnd {
+    commands: mpsc::Sender<Command>,
+    results: mpsc::Receiver<CommandResult>,
+    desired: mpsc::Sender<TwinDesired>,
+    reported: mpsc::Receiver<TwinReported>,
 }
 
 /// Publishes readings for one device.
@@ -132,7 +145,7 @@ pub struct LinkAgent {
     config: LinkConfig,
     identity: Option<ClientIdentity>,
     outbox: Option<SharedOutbox>,
-    commands: Option<(mpsc::Sender<Command>, mpsc::Receiver<CommandResult>)>,
+    commands: Option<ApplianceEnd>,
     status: Arc<Mutex<LinkStatus>>,
 }
 
@@ -169,8 +182,20 @@ impl LinkAgent {
     pub fn command_channel(&mut self) -> CommandChannel {
         let (command_tx, commands) = mpsc::channel(64);
         let (results, result_rx) = mpsc::channel(64);
-        self.commands = Some((command_tx, result_rx));
-        CommandChannel { commands, results }
+        let (desired_tx, desired) = mpsc::channel(8);
+        let (reported, reported_rx) = mpsc::channel(8);
+        self.commands = Some(ApplianceEnd {
+            commands: command_tx,
+            results: result_rx,
+            desired: desired_tx,
+            reported: reported_rx,
+        });
+        CommandChannel {
+            commands,
+            results,
+            desired,
+            reported,
+        }
     }
 
     /// The link's status, updated as it runs.
@@ -213,15 +238,23 @@ impl LinkAgent {
             Topics {
                 ack: ack_topic(&self.device_id),
                 commands: commands_topic(&self.device_id),
+                desired: twin_desired_topic(&self.device_id),
             },
             events_tx,
             shutdown.clone(),
         ));
         let results_topic = command_results_topic(&self.device_id);
-        let (command_tx, mut result_rx) = match self.commands {
-            Some((tx, rx)) => (Some(tx), rx),
-            None => (None, mpsc::channel(1).1),
+        let reported_topic = twin_reported_topic(&self.device_id);
+        let (command_tx, mut result_rx, desired_tx, mut reported_rx) = match self.commands {
+            Some(end) => (
+                Some(end.commands),
+                end.results,
+                Some(end.desired),
+                end.reported,
+            ),
+            None => (None, mpsc::channel(1).1, None, mpsc::channel(1).1),
         };
+        let mut last_reported: Option<TwinReported> = None;
 
         let topic = telemetry_topic(&self.device_id);
         let mut dispatcher = Dispatcher::new(DispatchLimits {
@@ -256,6 +289,9 @@ impl LinkAgent {
                 event = events.recv() => match event {
                     Some(NetworkEvent::Connected) => {
                         dispatcher.on_connected();
+                        if let Some(reported) = &last_reported {
+                            let _ = client.try_publish(&reported_topic, QoS::AtLeastOnce, false, reported.encode());
+                        }
                         update(&status, |s| { s.state = LinkState::Connected; s.last_error = None; });
                     }
                     Some(NetworkEvent::Disconnected(error)) => {
@@ -280,8 +316,20 @@ impl LinkAgent {
                             let _ = client.try_publish(&results_topic, QoS::AtLeastOnce, false, result.encode());
                         }
                     }
+                    Some(NetworkEvent::Desired(desired)) => match &desired_tx {
+                        Some(tx) => {
+                            if tx.try_send(desired).is_err() {
+                                tracing::warn!("desired state dropped: the appliance is busy applying the previous one");
+                            }
+                        }
+                        None => tracing::warn!("desired state ignored: this link has no appliance behind it"),
+                    },
                     None => break,
                 },
+                Some(reported) = reported_rx.recv() => {
+                    let _ = client.try_publish(&reported_topic, QoS::AtLeastOnce, false, reported.encode());
+                    last_reported = Some(reported);
+                }
                 Some(result) = result_rx.recv() => {
                     if client.try_publish(&results_topic, QoS::AtLeastOnce, false, result.encode()).is_err() {
                         tracing::warn!(id = %result.id, "command result not sent: the client queue is full");
@@ -364,6 +412,7 @@ fn enqueue(
 struct Topics {
     ack: String,
     commands: String,
+    desired: String,
 }
 
 async fn network_loop(
@@ -383,7 +432,7 @@ async fn network_loop(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("link connected");
                 backoff = Duration::from_millis(200);
-                for topic in [&topics.ack, &topics.commands] {
+                for topic in [&topics.ack, &topics.commands, &topics.desired] {
                     if let Err(error) = client.try_subscribe(topic, QoS::AtLeastOnce) {
                         tracing::warn!(%error, topic, "cannot subscribe");
                     }
@@ -395,6 +444,15 @@ async fn network_loop(
                     Ok(command) => Some(NetworkEvent::Command(command)),
                     Err(error) => {
                         tracing::warn!(%error, "malformed command ignored");
+                        None
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.desired => {
+                match TwinDesired::decode(&publish.payload) {
+                    Ok(desired) => Some(NetworkEvent::Desired(desired)),
+                    Err(error) => {
+                        tracing::warn!(%error, "malformed desired state ignored");
                         None
                     }
                 }

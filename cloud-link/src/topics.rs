@@ -10,6 +10,8 @@
 //! | `ack` | fleet → device | [`Ack`]: the batch `(stream, epoch, seq)` is stored |
 //! | `commands` | fleet → device | [`Command`]: a write request with an ID |
 //! | `command-results` | device → fleet | [`CommandResult`]: how it ended; a repeated ID gets the first result again |
+//! | `twin/desired` | fleet → device | [`TwinDesired`]: a signed policy bundle to apply after verification |
+//! | `twin/reported` | device → fleet | [`TwinReported`]: what actually runs, and why a desired state was refused |
 //!
 //! A message leaves the device's outbox only when its [`Ack`] arrives; until then it
 //! is sent again after reconnects and timeouts, and the fleet stores each
@@ -45,6 +47,19 @@ pub fn command_results_topic(device_id: &str) -> String {
 
 /// Filter matching every device's command results (the fleet subscribes to it).
 pub const ALL_COMMAND_RESULTS: &str = "warden/v1/devices/+/command-results";
+
+/// Topic of the state the fleet wants a device in.
+pub fn twin_desired_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/twin/desired")
+}
+
+/// Topic of the state a device reports.
+pub fn twin_reported_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/twin/reported")
+}
+
+/// Filter matching every device's reported state.
+pub const ALL_TWIN_REPORTED: &str = "warden/v1/devices/+/twin/reported";
 
 /// The stream name of telemetry batches.
 pub const TELEMETRY_STREAM: &str = "telemetry";
@@ -193,6 +208,80 @@ pub struct CommandResult {
     /// Details for people (the denial reason, the exception, the error).
     #[serde(default)]
     pub detail: String,
+}
+
+/// The state the fleet wants a device in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwinDesired {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// A signed policy bundle, hex-encoded. The device applies it only after verifying
+    /// it against the vendor roots in pluton, its product and its anti-rollback version.
+    pub policy_bundle: Option<String>,
+}
+
+/// What a device actually runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TwinReported {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Name of the running policy (from its `[policy] name`), if it has one.
+    pub policy_name: Option<String>,
+    /// Version of the running policy bundle; `None` for a policy from the local file.
+    pub policy_version: Option<u64>,
+    /// Why the last desired state was refused, if it was.
+    pub last_error: Option<String>,
+}
+
+impl TwinDesired {
+    /// Encodes as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and version-checks.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let desired: Self = serde_json::from_slice(bytes)?;
+        if desired.v != PROTOCOL_VERSION {
+            return Err(PayloadError::UnsupportedVersion(desired.v));
+        }
+        Ok(desired)
+    }
+}
+
+impl TwinReported {
+    /// Encodes as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and version-checks.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let reported: Self = serde_json::from_slice(bytes)?;
+        if reported.v != PROTOCOL_VERSION {
+            return Err(PayloadError::UnsupportedVersion(reported.v));
+        }
+        Ok(reported)
+    }
+}
+
+/// Lowercase hex of `bytes` (how binary payload fields travel in JSON).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes from hex; `None` if `text` is not an even number of hex digits.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect()
 }
 
 /// Whether `id` is acceptable as a command ID.

@@ -33,6 +33,13 @@ pub struct DemoPki {
     pub fleet_client_cert: PathBuf,
     /// Its key.
     pub fleet_client_key: PathBuf,
+    /// The vendor root key (signs release-key certificates). Kept across runs of the
+    /// same state directory, since pluton holds its public half.
+    pub vendor_root_key: PathBuf,
+    /// A release key for policy bundles, certified by the vendor root.
+    pub policy_release_key: PathBuf,
+    /// Its release-key certificate (raw, 147 bytes).
+    pub policy_release_cert: PathBuf,
     /// A certificate for the same device ID that expired in 2001 (for refusal tests).
     pub expired_device_cert: PathBuf,
     /// Its key.
@@ -92,6 +99,9 @@ impl DemoPki {
             manufacturer_ca_key: dir.join("manufacturer-ca.key"),
             device_cert: dir.join("device.pem"),
             device_key: dir.join("device.key"),
+            vendor_root_key: dir.join("vendor-root.key"),
+            policy_release_key: dir.join("policy-release.key"),
+            policy_release_cert: dir.join("policy-release.cert"),
             fleet_client_cert: dir.join("fleet-client.pem"),
             fleet_client_key: dir.join("fleet-client.key"),
             expired_device_cert: dir.join("device-expired.pem"),
@@ -112,7 +122,47 @@ impl DemoPki {
         )?;
         write(&pki.expired_device_cert, &expired_cert.pem(), false)?;
         write(&pki.expired_device_key, &expired_key.serialize_pem(), true)?;
+        pki.ensure_vendor_keys()?;
         Ok(pki)
+    }
+}
+
+impl DemoPki {
+    /// Creates the vendor root and a policy release key with its certificate, unless
+    /// they exist (the vendor root must stay the one pluton trusts).
+    fn ensure_vendor_keys(&self) -> Result<(), PkiError> {
+        use warden_keychain::tooling::{
+            SecretSigningKey, issue_release_cert, load_secret_key, save_secret_key,
+        };
+        let tool = |e: warden_keychain::tooling::ToolError| PkiError::Keys(e.to_string());
+        let root = if self.vendor_root_key.exists() {
+            load_secret_key(&self.vendor_root_key).map_err(tool)?
+        } else {
+            let root = SecretSigningKey::generate().map_err(tool)?;
+            save_secret_key(&self.vendor_root_key, &root).map_err(tool)?;
+            root
+        };
+        if !self.policy_release_key.exists() || !self.policy_release_cert.exists() {
+            let release = SecretSigningKey::generate().map_err(tool)?;
+            let cert = issue_release_cert(
+                &root,
+                &release.public_key(),
+                warden_keychain::Purpose::POLICY,
+                1,
+            )
+            .map_err(tool)?;
+            save_secret_key(&self.policy_release_key, &release).map_err(tool)?;
+            std::fs::write(&self.policy_release_cert, cert)
+                .map_err(|e| PkiError::Io(self.policy_release_cert.clone(), e))?;
+        }
+        Ok(())
+    }
+
+    /// The vendor root's public key (uncompressed SEC1), for installing into pluton.
+    pub fn vendor_root_public_key(&self) -> Result<[u8; 65], PkiError> {
+        let root = warden_keychain::tooling::load_secret_key(&self.vendor_root_key)
+            .map_err(|e| PkiError::Keys(e.to_string()))?;
+        Ok(root.public_key())
     }
 }
 
@@ -204,4 +254,7 @@ pub enum PkiError {
     /// Writing a file failed.
     #[error("cannot write {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// Vendor or release keys could not be made or read.
+    #[error("vendor keys: {0}")]
+    Keys(String),
 }

@@ -19,8 +19,14 @@ use warden_bridges::modbus::tcp_client::{Answer, TcpClient};
 pub struct DemoUrls {
     /// `http://host:port` of the fleet.
     pub fleet: String,
-    /// `http://host:port` of the status page.
+    /// `https://host:port` of the status page.
     pub status_page: String,
+    /// The status page's operator password (the demo prints it as its "label").
+    pub status_password: String,
+    /// SHA-256 fingerprint of the status page's certificate (`AA:BB:…`).
+    pub status_fingerprint: String,
+    /// `http://host:port/metrics`, if the demo printed it.
+    pub metrics: String,
     /// `host:port` of the simulated device.
     pub equipment: String,
     /// The device ID.
@@ -58,6 +64,14 @@ impl DemoProcess {
                     urls.fleet = v.trim_end_matches('/').to_owned();
                 } else if let Some(v) = value("status page:") {
                     urls.status_page = v.trim_end_matches('/').to_owned();
+                } else if let Some(v) = value("status password:") {
+                    urls.status_password =
+                        v.split_whitespace().next().unwrap_or_default().to_owned();
+                } else if let Some(v) = value("status page cert: SHA-256") {
+                    urls.status_fingerprint =
+                        v.split_whitespace().next().unwrap_or_default().to_owned();
+                } else if let Some(v) = value("metrics:") {
+                    urls.metrics = v;
                 } else if let Some(v) = value("simulated device:") {
                     let address = v.trim_start_matches("modbus-tcp://");
                     urls.equipment = address
@@ -396,6 +410,131 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
     ensure!(
         unknown.status == "failed",
         "unknown bridge ended {unknown:?}"
+    );
+    demo.stop().await
+}
+
+#[derive(Debug, Deserialize)]
+struct TwinView {
+    reported: Option<serde_json::Value>,
+}
+
+async fn reported(http: &reqwest::Client, urls: &DemoUrls) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}/api/v1/devices/{}/twin", urls.fleet, urls.device_id);
+    let twin: TwinView = http
+        .get(&url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(twin.reported.unwrap_or_default())
+}
+
+async fn push_bundle(http: &reqwest::Client, urls: &DemoUrls, bundle: &[u8]) -> anyhow::Result<()> {
+    let url = format!(
+        "{}/api/v1/devices/{}/twin/desired",
+        urls.fleet, urls.device_id
+    );
+    let hex = warden_link::topics::to_hex(bundle);
+    http.put(&url)
+        .json(&serde_json::json!({ "policy_bundle": hex }))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+/// Renewable policy, end to end: a signed bundle from the fleet replaces the running
+/// policy only after the device verified it; a tampered one changes nothing.
+pub async fn signed_policy_bundles_replace_the_policy(
+    warden_bin: &Path,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
+    use warden_policy::bundle::ProductId;
+    use warden_policy::bundle::build::build_bundle_from_files;
+
+    let demo = DemoProcess::start(warden_bin, state_dir).await?;
+    wait_for_reading(&demo, "line1/spindle_setpoint").await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let first = poll_until(Duration::from_secs(10), || async {
+        let now = reported(&http, &demo.urls).await?;
+        Ok((!now.is_null()).then_some(now))
+    })
+    .await?;
+    ensure!(
+        first["policy_version"].is_null(),
+        "the demo starts on its local policy file: {first}"
+    );
+
+    // A policy without the cloud setpoint rule, signed by the demo's release key.
+    let read_only = state_dir.join("read-only-policy.toml");
+    std::fs::write(
+        &read_only,
+        include_str!("../scenarios/demo/policy.toml")
+            .split("# The fleet may change")
+            .next()
+            .unwrap_or_default(),
+    )?;
+    let pki = state_dir.join("pki");
+    let product = ProductId::new("warden-demo").context("product id")?;
+    let (bundle, _warnings) = build_bundle_from_files(
+        &read_only,
+        product,
+        7,
+        &pki.join("policy-release.key"),
+        &pki.join("policy-release.cert"),
+    )?;
+
+    // Tampered first: refused, and the running policy still allows the setpoint.
+    let mut tampered = bundle.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    push_bundle(&http, &demo.urls, &tampered).await?;
+    let refused = poll_until(Duration::from_secs(10), || async {
+        let now = reported(&http, &demo.urls).await?;
+        Ok(now["last_error"].is_string().then_some(now))
+    })
+    .await
+    .context("the tampered bundle was not reported as refused")?;
+    ensure!(
+        refused["policy_version"].is_null(),
+        "a tampered bundle was applied: {refused}"
+    );
+    let allowed = command(
+        &http,
+        &demo.urls,
+        serde_json::json!({"bridge": "line1", "point": "spindle_setpoint", "value": 1300.0}),
+    )
+    .await?;
+    ensure!(
+        allowed.status == "written",
+        "after a refused bundle the old policy must still allow the write: {allowed:?}"
+    );
+
+    // The genuine bundle: applied, reported, and enforced.
+    push_bundle(&http, &demo.urls, &bundle).await?;
+    poll_until(Duration::from_secs(10), || async {
+        let now = reported(&http, &demo.urls).await?;
+        Ok((now["policy_version"] == 7).then_some(()))
+    })
+    .await
+    .context("the signed bundle was not reported as applied")?;
+    let denied = command(
+        &http,
+        &demo.urls,
+        serde_json::json!({"bridge": "line1", "point": "spindle_setpoint", "value": 1400.0}),
+    )
+    .await?;
+    ensure!(
+        denied.status == "denied",
+        "the new policy has no setpoint rule, yet: {denied:?}"
+    );
+    ensure!(
+        read_register(&demo.urls.equipment, 2).await? == 1300,
+        "a write the new policy denies reached the equipment"
     );
     demo.stop().await
 }

@@ -190,7 +190,17 @@ impl BridgeHandle {
         &self.shared.points
     }
 
-    /// The bridge's health, updated as it runs.
+    /// Replaces the policy gate (a newly verified policy bundle); requests already
+    /// checked keep their decision, every later one meets the new policy.
+    pub fn set_policy(&self, policy: Box<dyn RequestPolicy>) {
+        *self
+            .shared
+            .policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
+    }
+
+    /// The bridge's health counters.
     pub fn health(&self) -> Arc<Mutex<BridgeHealth>> {
         Arc::clone(&self.shared.health)
     }

@@ -36,6 +36,15 @@ async fn fleet_commands_pass_the_device_policy() {
     .expect("scenario");
 }
 
+/// A signed policy bundle from the fleet replaces the running policy; a tampered one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_policy_bundles_from_the_fleet_replace_the_policy() {
+    let state = tempfile::tempdir().expect("tempdir");
+    warden_hil::scenario::signed_policy_bundles_replace_the_policy(Path::new(env!("CARGO_BIN_EXE_warden")), state.path())
+        .await
+        .expect("scenario");
+}
+
 #[test]
 fn check_config_names_the_file_line_and_field() {
     let dir = tempfile::tempdir().expect("tempdir");

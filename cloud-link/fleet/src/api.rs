@@ -3,14 +3,15 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::LocalPublisher;
 use crate::store::{Device, Store, StoredCommand, StoredReading};
 use warden_link::topics::{
-    Command, CommandAction, PROTOCOL_VERSION, commands_topic, valid_command_id,
+    Command, CommandAction, PROTOCOL_VERSION, TwinDesired, commands_topic, from_hex,
+    twin_desired_topic, valid_command_id,
 };
 
 /// What every handler shares.
@@ -36,6 +37,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/devices/{id}/telemetry", get(device_telemetry))
         .route("/api/v1/devices/{id}/commands", post(send_command))
         .route("/api/v1/devices/{id}/commands/{command}", get(get_command))
+        .route("/api/v1/devices/{id}/twin", get(get_twin))
+        .route("/api/v1/devices/{id}/twin/desired", put(put_twin_desired))
         .with_state(state)
 }
 
@@ -166,6 +169,67 @@ async fn get_command(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("device {device} has no command {id}")))
+}
+
+/// The desired state an operator sets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredRequest {
+    /// A signed policy bundle, hex-encoded (the device verifies it; the fleet only
+    /// checks it is hex).
+    pub policy_bundle: Option<String>,
+}
+
+/// A device's twin.
+#[derive(Debug, Serialize)]
+pub struct TwinView {
+    /// The device.
+    pub device: String,
+    /// What the fleet wants (as sent).
+    pub desired: Option<serde_json::Value>,
+    /// What the device reports it runs.
+    pub reported: Option<serde_json::Value>,
+}
+
+async fn put_twin_desired(
+    State(ApiState { store, devices }): State<ApiState>,
+    Path(device): Path<String>,
+    axum::Json(request): axum::Json<DesiredRequest>,
+) -> Result<StatusCode, ApiError> {
+    if !store.device_exists(&device).await? {
+        return Err(ApiError::NotFound(format!("device {device} is not known")));
+    }
+    if let Some(bundle) = &request.policy_bundle
+        && from_hex(bundle).is_none()
+    {
+        return Err(ApiError::BadRequest("policy_bundle must be hex".into()));
+    }
+    let desired = TwinDesired {
+        v: PROTOCOL_VERSION,
+        policy_bundle: request.policy_bundle,
+    };
+    let payload = desired.encode();
+    store
+        .set_twin_desired(&device, &String::from_utf8_lossy(&payload), now_ms())
+        .await?;
+    devices.publish(twin_desired_topic(&device), payload).await;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn get_twin(
+    State(ApiState { store, .. }): State<ApiState>,
+    Path(device): Path<String>,
+) -> Result<Json<TwinView>, ApiError> {
+    if !store.device_exists(&device).await? {
+        return Err(ApiError::NotFound(format!("device {device} is not known")));
+    }
+    let (desired, reported) = store.twin(&device).await?.unwrap_or((None, None));
+    let parse = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok());
+    Ok(Json(TwinView {
+        device,
+        desired: parse(desired),
+        reported: parse(reported),
+    }))
 }
 
 fn new_command_id() -> String {

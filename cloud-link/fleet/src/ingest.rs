@@ -2,7 +2,7 @@
 
 use tokio_util::sync::CancellationToken;
 use warden_link::TelemetryBatch;
-use warden_link::topics::{Ack, CommandResult, ack_topic, device_of_topic};
+use warden_link::topics::{Ack, CommandResult, TwinReported, ack_topic, device_of_topic};
 
 use crate::broker::{LocalPublisher, LocalSubscription};
 use crate::store::Store;
@@ -120,6 +120,35 @@ pub async fn command_results(
                 tracing::debug!(device, id = %result.id, "result for an unknown or finished command ignored")
             }
             Err(error) => tracing::error!(device, %error, "cannot record a command result"),
+        }
+    }
+}
+
+/// Records what devices report they run, until shutdown.
+pub async fn twin_reports(
+    store: Store,
+    mut reports: LocalSubscription,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let publish = tokio::select! {
+            () = shutdown.cancelled() => return,
+            publish = reports.recv() => match publish {
+                Some(publish) => publish,
+                None => return,
+            },
+        };
+        let Some(device) = device_of_topic(&publish.topic) else {
+            continue;
+        };
+        match TwinReported::decode(&publish.payload) {
+            Ok(reported) => {
+                let text = String::from_utf8_lossy(&reported.encode()).into_owned();
+                if let Err(error) = store.set_twin_reported(device, &text, now_ms()).await {
+                    tracing::error!(device, %error, "cannot record a reported state");
+                }
+            }
+            Err(error) => tracing::warn!(device, %error, "refused reported state"),
         }
     }
 }

@@ -85,6 +85,12 @@ pub async fn start(
         results,
         shutdown.clone(),
     ));
+    let reports = broker.subscribe_local(warden_link::topics::ALL_TWIN_REPORTED, 64);
+    let twin_reports = tokio::spawn(ingest::twin_reports(
+        store.clone(),
+        reports,
+        shutdown.clone(),
+    ));
     let app = api::router(api::ApiState {
         store: store.clone(),
         devices: broker.publisher(),
@@ -102,6 +108,7 @@ pub async fn start(
         drop(broker);
         let _ = ingest.await;
         let _ = command_results.await;
+        let _ = twin_reports.await;
         store.close().await;
         tracing::info!("fleet stopped; store closed");
     });

@@ -55,6 +55,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX commands_by_device ON commands (device_id, created_ms)",
     ),
+    (
+        3,
+        "CREATE TABLE twins (
+        device_id TEXT PRIMARY KEY,
+        desired TEXT,
+        desired_ms BIGINT,
+        reported TEXT,
+        reported_ms BIGINT
+    )",
+    ),
 ];
 
 /// A device as the API shows it.
@@ -342,6 +352,57 @@ impl Store {
             })
         })
         .transpose()
+    }
+
+    /// Records the state the fleet wants `device_id` in (JSON).
+    pub async fn set_twin_desired(
+        &self,
+        device_id: &str,
+        desired: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO twins (device_id, desired, desired_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (device_id) DO UPDATE SET desired = excluded.desired, desired_ms = excluded.desired_ms",
+        )
+        .bind(device_id)
+        .bind(desired)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the state `device_id` reports (JSON).
+    pub async fn set_twin_reported(
+        &self,
+        device_id: &str,
+        reported: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO twins (device_id, reported, reported_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (device_id) DO UPDATE SET reported = excluded.reported, reported_ms = excluded.reported_ms",
+        )
+        .bind(device_id)
+        .bind(reported)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The desired and reported state of a device (JSON texts), if any was recorded.
+    pub async fn twin(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<(Option<String>, Option<String>)>, StoreError> {
+        let row = sqlx::query("SELECT desired, reported FROM twins WHERE device_id = $1")
+            .bind(device_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()
     }
 
     /// Closes the pool, waiting for in-flight queries: nothing is left half-written.

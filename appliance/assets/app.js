@@ -1,0 +1,136 @@
+// The status page's only script (served from /static, so the CSP needs no inline code).
+"use strict";
+
+let csrfToken = null;
+
+function row(table, cells, tag) {
+  const tr = table.insertRow();
+  for (const c of cells) {
+    const td = document.createElement(tag || "td");
+    if (c instanceof Node) td.appendChild(c); else td.textContent = c;
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+function text(id, value) { document.getElementById(id).textContent = value; }
+
+// A small SVG polyline of recent values, scaled to its own min and max.
+function sparkline(values) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "trend");
+  svg.setAttribute("viewBox", "0 0 120 24");
+  if (values.length >= 2) {
+    const min = Math.min(...values), max = Math.max(...values);
+    const span = max - min || 1;
+    const points = values.map((v, i) =>
+      (i * 120 / (values.length - 1)).toFixed(1) + "," + (22 - (v - min) * 20 / span).toFixed(1));
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", points.join(" "));
+    svg.appendChild(line);
+  }
+  return svg;
+}
+
+function when(ms) { return ms ? new Date(ms).toLocaleString() : ""; }
+
+function showUpdates(u) {
+  text("update-offer", u.offer
+    ? "Offered: version " + u.offer.version + ", may be deferred until " + when(u.offer.window_ends_ms)
+    : "No update offered.");
+  const parts = [];
+  if (u.deferred_until_ms) parts.push("updates deferred until " + when(u.deferred_until_ms));
+  if (u.allowed_version) parts.push("version " + u.allowed_version + " allowed");
+  if (!u.deferred_until_ms && !u.allowed_version && u.decided_at_ms) parts.push("updates allowed");
+  const decision = document.getElementById("update-decision");
+  decision.textContent = parts.join("; ") || "No decision yet.";
+  decision.dataset.deferredUntil = u.deferred_until_ms || "";
+}
+
+async function refresh() {
+  try {
+    const response = await fetch("/api/status", { credentials: "same-origin" });
+    if (response.status === 401) { window.location.assign("/login"); return; }
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    const s = await response.json();
+    text("device", s.device_id);
+    text("overview-device", s.device_id);
+    text("overview-version", s.software_version);
+    text("overview-slots", s.image_slots ? s.image_slots.join(", ") : "not available yet");
+    text("overview-attestation", s.attestation || "not available yet");
+    const link = document.getElementById("link");
+    link.textContent = s.link.state;
+    link.className = "state-" + s.link.state;
+    text("link-detail",
+      "batches queued " + s.link.batches_queued + ", acknowledged " + s.link.batches_acknowledged +
+      (s.link.last_error ? " — " + s.link.last_error : ""));
+    text("outbox-depth", s.link.outbox.depth + " batches (" + s.link.outbox.bytes + " bytes)" +
+      (s.link.outbox.dropped_oldest ? ", dropped " + s.link.outbox.dropped_oldest : ""));
+
+    const root = document.getElementById("bridges");
+    root.replaceChildren();
+    const denials = document.getElementById("denials-table");
+    denials.replaceChildren();
+    row(denials, ["bridge", "denied requests", "last error"], "th");
+    for (const b of s.bridges) {
+      const h = document.createElement("h3");
+      h.textContent = b.name + " — " + b.address + (b.health.connected ? " (connected)" : " (not connected)");
+      const counters = document.createElement("p");
+      counters.className = "muted";
+      counters.textContent = "reads " + b.health.reads_ok + ", writes " + b.health.writes_ok +
+        ", errors " + b.health.errors + ", timeouts " + b.health.timeouts +
+        ", exceptions " + b.health.exceptions + ", retries " + b.health.retries +
+        ", CRC errors " + b.health.crc_errors + ", denied by policy " + b.health.denied +
+        (b.health.last_error ? " — last: " + b.health.last_error : "");
+      const table = document.createElement("table");
+      table.dataset.bridge = b.name;
+      row(table, ["point", "value", "unit", "read at", "trend"], "th");
+      for (const p of b.points) {
+        const tr = p.last
+          ? row(table, [p.name, String(p.last.value), p.last.unit, new Date(p.last.ts_ms).toLocaleTimeString(), sparkline(p.recent)])
+          : row(table, [p.name, "—", "", "never", ""]);
+        tr.dataset.point = p.name;
+      }
+      root.append(h, counters, table);
+      const d = row(denials, [b.name, String(b.health.denied), b.health.last_error || ""]);
+      d.dataset.bridge = b.name;
+    }
+
+    const reports = document.getElementById("reports-list");
+    reports.replaceChildren();
+    const items = s.failure_reports.length ? s.failure_reports : ["none yet"];
+    for (const r of items) { const li = document.createElement("li"); li.textContent = r; reports.appendChild(li); }
+    showUpdates(s.updates);
+    text("error", "");
+  } catch (e) {
+    text("error", "status unavailable: " + e);
+  }
+}
+
+async function decide(action) {
+  try {
+    const response = await fetch("/api/updates/" + action, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrfToken || "" },
+    });
+    if (!response.ok) throw new Error(action + " refused: HTTP " + response.status);
+    showUpdates(await response.json());
+  } catch (e) {
+    text("error", String(e.message || e));
+  }
+}
+
+async function start() {
+  const response = await fetch("/api/session", { credentials: "same-origin" });
+  if (response.status === 401) { window.location.assign("/login"); return; }
+  csrfToken = (await response.json()).csrf_token;
+  document.getElementById("logout-csrf").value = csrfToken;
+  document.getElementById("update-defer").addEventListener("click", () => decide("defer"));
+  document.getElementById("update-allow").addEventListener("click", () => decide("allow"));
+  refresh();
+  setInterval(refresh, 1000);
+}
+
+start();

@@ -1,0 +1,94 @@
+//! The device twin: signed policy bundles from the fleet, applied only after
+//! verification, and the state the unit reports back.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use warden_bridges::BridgeHandle;
+use warden_bridges::request_policy::PolicyGate;
+use warden_keychain::{Purpose, RootKey};
+use warden_link::topics::{PROTOCOL_VERSION, TwinDesired, TwinReported, from_hex};
+use warden_policy::CompiledPolicy;
+use warden_policy::bundle::ProductId;
+use warden_policy::bundle::store::BundleStore;
+
+/// The vendor roots pluton holds for policy bundles (none without pluton).
+pub fn policy_roots(pluton_socket: Option<&Path>) -> anyhow::Result<Vec<RootKey>> {
+    let Some(socket) = pluton_socket else {
+        return Ok(Vec::new());
+    };
+    let mut client = warden_pluton_api::PlutonClient::connect(socket)
+        .map_err(|e| anyhow::anyhow!("pluton {}: {e}", socket.display()))?;
+    let installed = client.root_keys().map_err(|e| anyhow::anyhow!("pluton root keys: {e}"))?;
+    Ok(installed
+        .iter()
+        .filter_map(|root| root.to_root_key().ok())
+        .filter(|root| root.purposes().bits() & Purpose::POLICY.bits() != 0)
+        .collect())
+}
+
+/// Opens the unit's bundle store: the last good bundle, verified again.
+pub fn open_store(dir: &Path, roots: &[RootKey], product: &str) -> anyhow::Result<BundleStore> {
+    let product = ProductId::new(product).ok_or_else(|| anyhow::anyhow!("product {product:?} is not a valid product id"))?;
+    BundleStore::open(dir, roots, &[], product).map_err(|e| anyhow::anyhow!("policy bundle store {}: {e}", dir.display()))
+}
+
+/// What the unit reports about a policy.
+pub fn reported_for(policy: &CompiledPolicy, version: Option<u64>, last_error: Option<String>) -> TwinReported {
+    TwinReported {
+        v: PROTOCOL_VERSION,
+        policy_name: policy.policy_name().map(str::to_owned),
+        policy_version: version,
+        last_error,
+    }
+}
+
+/// Applies desired states until shutdown: a bundle that verifies replaces the policy
+/// of every bridge; one that does not changes nothing and is reported.
+pub async fn run(
+    mut desired: mpsc::Receiver<TwinDesired>,
+    reported: mpsc::Sender<TwinReported>,
+    mut store: Option<BundleStore>,
+    bridges: Vec<BridgeHandle>,
+    mut current: TwinReported,
+    shutdown: CancellationToken,
+) {
+    let _ = reported.send(current.clone()).await;
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = desired.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let Some(hex) = next.policy_bundle else { continue };
+        let outcome = match (&mut store, from_hex(&hex)) {
+            (None, _) => Err("this unit takes no policy bundles (no [policy] bundle_dir)".to_owned()),
+            (_, None) => Err("policy_bundle is not hex".to_owned()),
+            (Some(store), Some(bytes)) => store
+                .apply(&bytes)
+                .map(|applied| (applied.policy.clone(), applied.header.version))
+                .map_err(|e| e.to_string()),
+        };
+        current = match outcome {
+            Ok((policy, version)) => {
+                let policy = Arc::new(policy);
+                for bridge in &bridges {
+                    bridge.set_policy(Box::new(PolicyGate::new(Arc::clone(&policy))));
+                }
+                tracing::info!(version, "applied a verified policy bundle");
+                reported_for(&policy, Some(version), None)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "policy bundle refused; the running policy stays");
+                TwinReported { last_error: Some(error), ..current }
+            }
+        };
+        if reported.send(current.clone()).await.is_err() {
+            return;
+        }
+    }
+}

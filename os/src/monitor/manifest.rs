@@ -1,0 +1,352 @@
+//! The compartment manifest: what each compartment may touch, from TOML.
+//!
+//! Every grant is required, so an empty list is written out on purpose (as in
+//! Hubris's `app.toml`); an unknown key is an error, not a silent typo.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole manifest: the monitor's settings and one entry per compartment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// How the monitor supervises.
+    pub monitor: MonitorSettings,
+    /// Compartments by name, in name order.
+    pub compartment: BTreeMap<String, CompartmentManifest>,
+}
+
+/// The monitor's own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSettings {
+    /// How often each compartment must heartbeat, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// A compartment silent this long is killed and restarted, in milliseconds.
+    pub watchdog_timeout_ms: u64,
+    /// First restart delay, in milliseconds; doubled after each crash.
+    pub restart_backoff_initial_ms: u64,
+    /// Largest restart delay, in milliseconds.
+    pub restart_backoff_max_ms: u64,
+    /// Where failure reports are kept.
+    pub report_dir: PathBuf,
+    /// How many reports the on-disk ring keeps.
+    pub report_capacity: usize,
+}
+
+/// One compartment: the role it runs and what it is granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompartmentManifest {
+    /// The role: `warden compartment <role>` runs it.
+    pub role: String,
+    /// Extra arguments after the role.
+    pub args: Vec<String>,
+    /// Paths (files or directory trees) it may read.
+    pub read: Vec<PathBuf>,
+    /// Paths it may read, write, create and delete in.
+    pub read_write: Vec<PathBuf>,
+    /// Serial devices it may open.
+    pub serial: Vec<PathBuf>,
+    /// Outbound TCP connections, `host:port`.
+    pub connect: Vec<String>,
+    /// TCP ports it may listen on.
+    pub listen: Vec<u16>,
+    /// Compartments it may open an IPC channel to.
+    pub peers: Vec<String>,
+    /// Address-space limit, MiB.
+    pub memory_mib: u64,
+    /// Open file descriptor limit.
+    pub open_files: u64,
+}
+
+impl CompartmentManifest {
+    /// The grants the sandbox enforces (the manifest entry without role and args).
+    pub fn grants(&self) -> Grants {
+        Grants {
+            read: self.read.clone(),
+            read_write: self.read_write.clone(),
+            serial: self.serial.clone(),
+            connect: self.connect.clone(),
+            listen: self.listen.clone(),
+            peers: self.peers.clone(),
+            memory_mib: self.memory_mib,
+            open_files: self.open_files,
+        }
+    }
+}
+
+/// What one compartment is granted; everything else is denied by the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Paths (files or directory trees) it may read.
+    pub read: Vec<PathBuf>,
+    /// Paths (files or directory trees) it may read, write, create and delete in.
+    pub read_write: Vec<PathBuf>,
+    /// Serial devices it may open for reading and writing.
+    pub serial: Vec<PathBuf>,
+    /// Outbound TCP connections, `host:port` (the kernel enforces the port).
+    pub connect: Vec<String>,
+    /// TCP ports it may listen on.
+    pub listen: Vec<u16>,
+    /// Compartments it may open an IPC channel to.
+    pub peers: Vec<String>,
+    /// Address-space limit, MiB.
+    pub memory_mib: u64,
+    /// Open file descriptor limit.
+    pub open_files: u64,
+}
+
+impl Grants {
+    /// True when the compartment may use the network at all.
+    pub fn has_network(&self) -> bool {
+        !self.connect.is_empty() || !self.listen.is_empty()
+    }
+
+    /// The ports of the `connect` grants.
+    pub fn connect_ports(&self) -> Result<Vec<u16>, ManifestError> {
+        self.connect
+            .iter()
+            .map(|target| parse_host_port(target))
+            .collect()
+    }
+}
+
+/// A manifest that could not be read or does not make sense.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read manifest {file}: {source}")]
+    Read {
+        /// The manifest file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is missing or unknown (the message names line and key).
+    #[error("manifest {file}: {message}")]
+    Parse {
+        /// The manifest file.
+        file: String,
+        /// What the TOML parser said, with line and column.
+        message: String,
+    },
+    /// A value is well-formed TOML but not acceptable.
+    #[error("manifest {file}{line}: compartment `{compartment}`, field `{field}`: {problem}")]
+    Invalid {
+        /// The manifest file.
+        file: String,
+        /// `:LINE` of the compartment's table when known, else empty.
+        line: String,
+        /// The compartment.
+        compartment: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A `host:port` grant that does not parse.
+    #[error("`{0}` is not host:port with a port in 1..=65535")]
+    HostPort(String),
+}
+
+fn parse_host_port(target: &str) -> Result<u16, ManifestError> {
+    let (host, port) = target
+        .rsplit_once(':')
+        .ok_or_else(|| ManifestError::HostPort(target.to_owned()))?;
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 && !host.is_empty() => Ok(port),
+        _ => Err(ManifestError::HostPort(target.to_owned())),
+    }
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn load(file: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ManifestError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &file.display().to_string())
+    }
+
+    /// Parses and validates manifest text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|error| ManifestError::Parse {
+            file: origin.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        manifest.validate(text, origin)?;
+        Ok(manifest)
+    }
+
+    fn validate(&self, text: &str, origin: &str) -> Result<(), ManifestError> {
+        for (name, compartment) in &self.compartment {
+            let invalid = |field: &'static str, problem: String| ManifestError::Invalid {
+                file: origin.to_owned(),
+                line: table_line(text, name).map_or_else(String::new, |n| format!(":{n}")),
+                compartment: name.clone(),
+                field,
+                problem,
+            };
+            if compartment.role.is_empty() {
+                return Err(invalid("role", "is empty".into()));
+            }
+            let grants = &compartment.grants();
+            for (field, paths) in [
+                ("read", &grants.read),
+                ("read_write", &grants.read_write),
+                ("serial", &grants.serial),
+            ] {
+                if let Some(path) = paths.iter().find(|path| !path.is_absolute()) {
+                    return Err(invalid(
+                        field,
+                        format!("`{}` is not an absolute path", path.display()),
+                    ));
+                }
+            }
+            if let Err(error) = grants.connect_ports() {
+                return Err(invalid("connect", error.to_string()));
+            }
+            if let Some(port) = grants.listen.iter().find(|port| **port == 0) {
+                return Err(invalid("listen", format!("port {port} is not a port")));
+            }
+            for peer in &grants.peers {
+                if !self.compartment.contains_key(peer) {
+                    return Err(invalid(
+                        "peers",
+                        format!("`{peer}` is not a compartment in this manifest"),
+                    ));
+                }
+                if peer == name {
+                    return Err(invalid("peers", "a compartment cannot be its own peer".into()));
+                }
+            }
+            if grants.memory_mib == 0 {
+                return Err(invalid("memory_mib", "must be at least 1".into()));
+            }
+            if grants.open_files < 8 {
+                return Err(invalid(
+                    "open_files",
+                    "must be at least 8 (stdio, the control channel)".into(),
+                ));
+            }
+        }
+        let settings = &self.monitor;
+        let monitor_invalid = |field: &'static str, problem: &str| ManifestError::Invalid {
+            file: origin.to_owned(),
+            line: String::new(),
+            compartment: "(monitor)".into(),
+            field,
+            problem: problem.into(),
+        };
+        if settings.heartbeat_interval_ms == 0
+            || settings.watchdog_timeout_ms <= settings.heartbeat_interval_ms
+        {
+            return Err(monitor_invalid(
+                "watchdog_timeout_ms",
+                "must be longer than heartbeat_interval_ms, which must be > 0",
+            ));
+        }
+        if settings.restart_backoff_initial_ms == 0
+            || settings.restart_backoff_max_ms < settings.restart_backoff_initial_ms
+        {
+            return Err(monitor_invalid(
+                "restart_backoff_max_ms",
+                "must be ≥ restart_backoff_initial_ms, which must be > 0",
+            ));
+        }
+        if settings.report_capacity == 0 {
+            return Err(monitor_invalid("report_capacity", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line of `[compartment.NAME]` in `text`, if written that way.
+fn table_line(text: &str, name: &str) -> Option<usize> {
+    let header = format!("[compartment.{name}]");
+    text.lines()
+        .position(|line| line.trim() == header)
+        .map(|index| index + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[monitor]
+heartbeat_interval_ms = 100
+watchdog_timeout_ms = 1000
+restart_backoff_initial_ms = 50
+restart_backoff_max_ms = 1000
+report_dir = "/tmp/r"
+report_capacity = 8
+
+[compartment.a]
+role = "x"
+args = []
+read = ["/etc/a"]
+read_write = []
+serial = []
+connect = ["10.0.0.1:502"]
+listen = []
+peers = ["b"]
+memory_mib = 64
+open_files = 32
+
+[compartment.b]
+role = "y"
+args = []
+read = []
+read_write = []
+serial = []
+connect = []
+listen = [8081]
+peers = []
+memory_mib = 64
+open_files = 32
+"#;
+
+    #[test]
+    fn parses_a_good_manifest() {
+        let manifest = Manifest::parse(GOOD, "m.toml").expect("parses");
+        assert_eq!(manifest.compartment.len(), 2);
+        let a = &manifest.compartment["a"].grants();
+        assert!(a.has_network());
+        assert_eq!(a.connect_ports().expect("ports"), vec![502]);
+        assert!(manifest.compartment["b"].grants().has_network());
+    }
+
+    #[test]
+    fn a_missing_grant_is_an_error_naming_it() {
+        let text = GOOD.replacen("serial = []\n", "", 1);
+        let error = Manifest::parse(&text, "m.toml").expect_err("missing").to_string();
+        assert!(error.contains("m.toml") && error.contains("serial"), "{error}");
+        assert!(error.contains("line"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_peer_names_file_line_and_field() {
+        let text = GOOD.replacen("peers = [\"b\"]", "peers = [\"ghost\"]", 1);
+        let error = Manifest::parse(&text, "m.toml").expect_err("ghost").to_string();
+        assert!(
+            error.contains("m.toml:10") && error.contains("`peers`") && error.contains("ghost"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_host_port_and_relative_paths_are_refused() {
+        let text = GOOD.replacen("10.0.0.1:502", "10.0.0.1", 1);
+        assert!(Manifest::parse(&text, "m").is_err());
+        let text = GOOD.replacen("/etc/a", "etc/a", 1);
+        let error = Manifest::parse(&text, "m").expect_err("relative").to_string();
+        assert!(error.contains("`read`"), "{error}");
+    }
+}

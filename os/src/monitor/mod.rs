@@ -1,0 +1,448 @@
+//! The security monitor: starts compartments from the manifest and supervises them.
+//!
+//! Each compartment is `<binary> compartment <role> [args…]`: the same binary, with
+//! its control channel (a Unix socketpair) as stdin and its grants in the environment.
+//! The monitor reads heartbeats and reports from each channel on a thread of its own,
+//! restarts a compartment that exits with exponential backoff, kills one whose
+//! heartbeats stop, and writes a failure report for each of these.
+
+pub mod compartment;
+pub mod frame;
+pub mod manifest;
+pub mod selftest;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use frame::{FrameError, ToCompartment, ToMonitor, read_frame, write_frame};
+use manifest::Manifest;
+
+use crate::reports::{FailureKind, ReportError, ReportStore};
+use crate::sandbox::{KernelSupport, SandboxMode};
+
+/// How the monitor runs compartments.
+#[derive(Debug, Clone)]
+pub struct MonitorOptions {
+    /// The binary to run (normally this one: `std::env::current_exe()`).
+    pub program: PathBuf,
+    /// Arguments before the role (normally `["compartment"]`).
+    pub program_prefix: Vec<String>,
+    /// Production or `--insecure-dev`.
+    pub mode: SandboxMode,
+    /// The running image's version, stamped on reports.
+    pub image_version: String,
+    /// On a trial image: this many compartment crashes end the run with
+    /// [`MonitorOutcome::TrialCrashLimit`] so the caller rolls back.
+    pub trial_crash_limit: Option<u32>,
+}
+
+/// Why [`Monitor::run`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorOutcome {
+    /// The stop flag was raised; every compartment was stopped.
+    Stopped,
+    /// The trial image crashed too often; the caller reports it to the boot monitor.
+    TrialCrashLimit {
+        /// Crashes counted.
+        crashes: u32,
+    },
+}
+
+/// The monitor could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MonitorError {
+    /// The kernel lacks sandbox features and the mode is production.
+    #[error(
+        "this kernel lacks {0}; refusing to run compartments without it (--insecure-dev allows it, for development only)"
+    )]
+    KernelLacks(String),
+    /// The report store failed.
+    #[error(transparent)]
+    Reports(#[from] ReportError),
+    /// A compartment could not be spawned.
+    #[error("cannot start compartment `{name}`: {source}")]
+    Spawn {
+        /// The compartment.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The grants could not be serialised.
+    #[error("cannot encode the grants of `{name}`: {detail}")]
+    Grants {
+        /// The compartment.
+        name: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// One start of a compartment (for tests and the status page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRecord {
+    /// The compartment.
+    pub name: String,
+    /// When it was started.
+    pub at: Instant,
+}
+
+enum Event {
+    Frame(ToMonitor),
+    Malformed(String),
+    Closed,
+}
+
+struct Supervised {
+    child: Option<Child>,
+    control: Option<UnixStream>,
+    generation: u64,
+    last_heartbeat: Instant,
+    started: Instant,
+    next_start: Option<Instant>,
+    consecutive_crashes: u32,
+    panicked: bool,
+    killed_by_watchdog: bool,
+}
+
+/// The supervisor of every compartment in a manifest.
+pub struct Monitor {
+    manifest: Manifest,
+    options: MonitorOptions,
+    store: ReportStore,
+    supervised: BTreeMap<String, Supervised>,
+    events: (
+        mpsc::Sender<(String, u64, Event)>,
+        mpsc::Receiver<(String, u64, Event)>,
+    ),
+    starts: Vec<StartRecord>,
+    trial_crashes: u32,
+}
+
+impl Monitor {
+    /// Probes the kernel (refusing production mode if a feature is missing) and opens
+    /// the report store. Logs what the kernel lacks either way.
+    pub fn new(manifest: Manifest, options: MonitorOptions) -> Result<Self, MonitorError> {
+        let missing = KernelSupport::probe().missing();
+        if !missing.is_empty() {
+            let missing = missing.join(", ");
+            if options.mode == SandboxMode::Enforce {
+                return Err(MonitorError::KernelLacks(missing));
+            }
+            tracing::error!(%missing, "INSECURE: the kernel lacks sandbox features; running anyway because of --insecure-dev");
+        }
+        if options.mode == SandboxMode::InsecureDev {
+            tracing::warn!("INSECURE DEV MODE: sandbox layers the kernel lacks are skipped");
+        }
+        let store = ReportStore::open(
+            &manifest.monitor.report_dir,
+            manifest.monitor.report_capacity,
+            &options.image_version,
+        )?;
+        Ok(Self {
+            manifest,
+            options,
+            store,
+            supervised: BTreeMap::new(),
+            events: mpsc::channel(),
+            starts: Vec::new(),
+            trial_crashes: 0,
+        })
+    }
+
+    /// The report store the monitor writes to.
+    pub fn reports(&self) -> &ReportStore {
+        &self.store
+    }
+
+    /// Every start so far, in order.
+    pub fn starts(&self) -> &[StartRecord] {
+        &self.starts
+    }
+
+    /// Starts every compartment, then supervises until `stop` is raised.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<MonitorOutcome, MonitorError> {
+        let names: Vec<String> = self.manifest.compartment.keys().cloned().collect();
+        let now = Instant::now();
+        for name in names {
+            self.supervised.insert(
+                name,
+                Supervised {
+                    child: None,
+                    control: None,
+                    generation: 0,
+                    last_heartbeat: now,
+                    started: now,
+                    next_start: Some(now),
+                    consecutive_crashes: 0,
+                    panicked: false,
+                    killed_by_watchdog: false,
+                },
+            );
+        }
+        let tick = Duration::from_millis(10);
+        let outcome = loop {
+            if stop.load(Ordering::SeqCst) {
+                break MonitorOutcome::Stopped;
+            }
+            if let Some(limit) = self.options.trial_crash_limit
+                && self.trial_crashes >= limit
+            {
+                break MonitorOutcome::TrialCrashLimit {
+                    crashes: self.trial_crashes,
+                };
+            }
+            self.start_due()?;
+            match self.events.1.recv_timeout(tick) {
+                Ok((name, generation, event)) => self.handle(&name, generation, event),
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            self.reap();
+            self.watchdog();
+        };
+        self.stop_all();
+        Ok(outcome)
+    }
+
+    fn start_due(&mut self) -> Result<(), MonitorError> {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .supervised
+            .iter()
+            .filter(|(_, state)| state.next_start.is_some_and(|at| at <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            self.start(&name)?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, name: &str) -> Result<(), MonitorError> {
+        let Some(entry) = self.manifest.compartment.get(name) else {
+            return Ok(());
+        };
+        let grants = toml::to_string(&entry.grants()).map_err(|error| MonitorError::Grants {
+            name: name.to_owned(),
+            detail: error.to_string(),
+        })?;
+        let spawn_error = |source| MonitorError::Spawn {
+            name: name.to_owned(),
+            source,
+        };
+        let (ours, theirs) = UnixStream::pair().map_err(spawn_error)?;
+        let child = Command::new(&self.options.program)
+            .args(&self.options.program_prefix)
+            .arg(&entry.role)
+            .args(&entry.args)
+            .env(compartment::NAME_ENV, name)
+            .env(compartment::GRANTS_ENV, grants)
+            .env(
+                compartment::MODE_ENV,
+                match self.options.mode {
+                    SandboxMode::Enforce => "enforce",
+                    SandboxMode::InsecureDev => "insecure-dev",
+                },
+            )
+            .env(
+                compartment::HEARTBEAT_ENV,
+                self.manifest.monitor.heartbeat_interval_ms.to_string(),
+            )
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .spawn()
+            .map_err(spawn_error)?;
+        let reader = ours.try_clone().map_err(spawn_error)?;
+        let Some(state) = self.supervised.get_mut(name) else {
+            return Ok(());
+        };
+        state.generation += 1;
+        let generation = state.generation;
+        let now = Instant::now();
+        state.child = Some(child);
+        state.control = Some(ours);
+        state.last_heartbeat = now;
+        state.started = now;
+        state.next_start = None;
+        state.panicked = false;
+        state.killed_by_watchdog = false;
+        self.starts.push(StartRecord {
+            name: name.to_owned(),
+            at: now,
+        });
+        tracing::info!(compartment = name, generation, "compartment started");
+        let sender = self.events.0.clone();
+        let name = name.to_owned();
+        std::thread::spawn(move || read_channel(reader, &name, generation, &sender));
+        Ok(())
+    }
+
+    fn handle(&mut self, name: &str, generation: u64, event: Event) {
+        let Some(state) = self.supervised.get_mut(name) else {
+            return;
+        };
+        if state.generation != generation {
+            return;
+        }
+        let kind = match event {
+            Event::Frame(ToMonitor::Heartbeat) => {
+                state.last_heartbeat = Instant::now();
+                return;
+            }
+            Event::Frame(ToMonitor::Denied { action, errno }) => {
+                FailureKind::PolicyDenied { action, errno }
+            }
+            Event::Frame(ToMonitor::Panic { message, backtrace }) => {
+                state.panicked = true;
+                FailureKind::Panic { message, backtrace }
+            }
+            Event::Frame(ToMonitor::SandboxFailed { detail }) => {
+                FailureKind::SandboxFailed { detail }
+            }
+            Event::Frame(ToMonitor::OpenChannel { peer }) => {
+                let allowed = self
+                    .manifest
+                    .compartment
+                    .get(name)
+                    .is_some_and(|entry| entry.peers.contains(&peer));
+                let reply = if allowed {
+                    ToCompartment::ChannelGranted { peer: peer.clone() }
+                } else {
+                    ToCompartment::ChannelDenied { peer: peer.clone() }
+                };
+                if let Some(control) = state.control.as_mut() {
+                    let _ = write_frame(control, &reply).map(|()| control.flush());
+                }
+                if allowed {
+                    return;
+                }
+                FailureKind::PeerDenied { peer }
+            }
+            Event::Malformed(detail) => {
+                // The reader thread has stopped; closing our end ends the channel.
+                if let Some(control) = state.control.take() {
+                    let _ = control.shutdown(std::net::Shutdown::Both);
+                }
+                FailureKind::MalformedFrame { detail }
+            }
+            Event::Closed => return,
+        };
+        self.record(name, kind);
+    }
+
+    fn record(&self, name: &str, kind: FailureKind) {
+        tracing::warn!(compartment = name, failure = %kind.summary(), "failure report");
+        if let Err(error) = self.store.record(name, kind) {
+            tracing::error!(%error, "cannot persist a failure report");
+        }
+    }
+
+    fn reap(&mut self) {
+        let settings = &self.manifest.monitor;
+        let mut reports = Vec::new();
+        for (name, state) in &mut self.supervised {
+            let Some(child) = state.child.as_mut() else {
+                continue;
+            };
+            let status = match child.try_wait() {
+                Ok(Some(status)) => status,
+                Ok(None) | Err(_) => continue,
+            };
+            state.child = None;
+            state.control = None;
+            let ran = state.started.elapsed();
+            if ran > Duration::from_millis(settings.restart_backoff_max_ms) {
+                state.consecutive_crashes = 0;
+            }
+            state.consecutive_crashes += 1;
+            let exponent = state.consecutive_crashes.saturating_sub(1).min(20);
+            let delay = settings
+                .restart_backoff_initial_ms
+                .saturating_mul(1 << exponent)
+                .min(settings.restart_backoff_max_ms);
+            state.next_start = Some(Instant::now() + Duration::from_millis(delay));
+            tracing::warn!(compartment = %name, %status, restart_in_ms = delay, "compartment exited");
+            let failed = !status.success();
+            if failed {
+                self.trial_crashes += 1;
+            }
+            if state.panicked || state.killed_by_watchdog {
+                continue;
+            }
+            if let Some(signal) = status.signal() {
+                reports.push((name.clone(), FailureKind::Signaled { signal }));
+            } else if let Some(code) = status.code().filter(|code| *code != 0) {
+                reports.push((name.clone(), FailureKind::Exited { code }));
+            }
+        }
+        for (name, kind) in reports {
+            self.record(&name, kind);
+        }
+    }
+
+    fn watchdog(&mut self) {
+        let timeout = Duration::from_millis(self.manifest.monitor.watchdog_timeout_ms);
+        let mut reports = Vec::new();
+        for (name, state) in &mut self.supervised {
+            if state.killed_by_watchdog {
+                continue;
+            }
+            let Some(child) = state.child.as_mut() else {
+                continue;
+            };
+            let silent = state.last_heartbeat.elapsed();
+            if silent > timeout {
+                let _ = child.kill();
+                state.killed_by_watchdog = true;
+                let silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX);
+                reports.push((name.clone(), FailureKind::WatchdogExpired { silent_ms }));
+            }
+        }
+        for (name, kind) in reports {
+            self.record(&name, kind);
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for state in self.supervised.values_mut() {
+            if let Some(mut child) = state.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            state.control = None;
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn read_channel(
+    mut reader: UnixStream,
+    name: &str,
+    generation: u64,
+    sender: &mpsc::Sender<(String, u64, Event)>,
+) {
+    loop {
+        let event = match read_frame::<ToMonitor>(&mut reader) {
+            Ok(Some(message)) => Event::Frame(message),
+            Ok(None) => Event::Closed,
+            Err(FrameError::Io(_)) => Event::Closed,
+            Err(error) => Event::Malformed(error.to_string()),
+        };
+        let last = !matches!(event, Event::Frame(_));
+        if sender.send((name.to_owned(), generation, event)).is_err() || last {
+            return;
+        }
+    }
+}
