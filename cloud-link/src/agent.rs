@@ -17,6 +17,10 @@ use crate::topics::{
     TelemetryBatch, TwinDesired, TwinReported, ack_topic, command_results_topic, commands_topic,
     telemetry_topic, twin_desired_topic, twin_reported_topic,
 };
+use crate::topics::{
+    AttestationChallenge, AttestationQuote, MIN_NONCE_LEN, attestation_challenge_topic,
+    attestation_quote_topic, from_hex, to_hex,
+};
 
 /// Readings held in memory while the outbox refuses more (then the newest are dropped, counted).
 const MAX_PENDING_READINGS: usize = 100_000;
@@ -116,6 +120,7 @@ enum NetworkEvent {
     Ack(Ack),
     Command(Command),
     Desired(TwinDesired),
+    Challenge(AttestationChallenge),
 }
 
 /// The appliance's end of the command path: commands arrive here, results go back.
@@ -239,11 +244,14 @@ impl LinkAgent {
                 ack: ack_topic(&self.device_id),
                 commands: commands_topic(&self.device_id),
                 desired: twin_desired_topic(&self.device_id),
+                challenge: attestation_challenge_topic(&self.device_id),
             },
             events_tx,
             shutdown.clone(),
         ));
         let results_topic = command_results_topic(&self.device_id);
+        let quote_topic = attestation_quote_topic(&self.device_id);
+        let pluton_socket = self.config.pluton_socket.clone();
         let reported_topic = twin_reported_topic(&self.device_id);
         let (command_tx, mut result_rx, desired_tx, mut reported_rx) = match self.commands {
             Some(end) => (
@@ -316,6 +324,10 @@ impl LinkAgent {
                             let _ = client.try_publish(&results_topic, QoS::AtLeastOnce, false, result.encode());
                         }
                     }
+                    Some(NetworkEvent::Challenge(challenge)) => {
+                        let answer = answer_challenge(pluton_socket.clone(), challenge).await;
+                        let _ = client.try_publish(&quote_topic, QoS::AtLeastOnce, false, crate::topics::encode(&answer));
+                    }
                     Some(NetworkEvent::Desired(desired)) => match &desired_tx {
                         Some(tx) => {
                             if tx.try_send(desired).is_err() {
@@ -361,6 +373,43 @@ impl LinkAgent {
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), network).await;
         result
+    }
+}
+
+/// Answers an attestation challenge with pluton's quote (never blocks the runtime).
+async fn answer_challenge(
+    pluton_socket: Option<PathBuf>,
+    challenge: AttestationChallenge,
+) -> AttestationQuote {
+    let nonce_hex = challenge.nonce.clone();
+    let outcome = match (pluton_socket, from_hex(&challenge.nonce)) {
+        (None, _) => Err("this unit has no pluton to quote with".to_owned()),
+        (_, None) => Err("nonce is not hex".to_owned()),
+        (_, Some(nonce)) if nonce.len() < MIN_NONCE_LEN => Err(format!(
+            "nonce of {} bytes is shorter than {MIN_NONCE_LEN}",
+            nonce.len()
+        )),
+        (Some(socket), Some(nonce)) => tokio::task::spawn_blocking(move || {
+            warden_pluton_api::PlutonClient::connect(&socket)
+                .and_then(|mut client| client.quote(&nonce))
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string())),
+    };
+    match outcome {
+        Ok(quote) => AttestationQuote {
+            v: PROTOCOL_VERSION,
+            nonce: nonce_hex,
+            quote: to_hex(&quote),
+            error: None,
+        },
+        Err(error) => AttestationQuote {
+            v: PROTOCOL_VERSION,
+            nonce: nonce_hex,
+            quote: String::new(),
+            error: Some(error),
+        },
     }
 }
 
@@ -413,6 +462,7 @@ struct Topics {
     ack: String,
     commands: String,
     desired: String,
+    challenge: String,
 }
 
 async fn network_loop(
@@ -432,7 +482,12 @@ async fn network_loop(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("link connected");
                 backoff = Duration::from_millis(200);
-                for topic in [&topics.ack, &topics.commands, &topics.desired] {
+                for topic in [
+                    &topics.ack,
+                    &topics.commands,
+                    &topics.desired,
+                    &topics.challenge,
+                ] {
                     if let Err(error) = client.try_subscribe(topic, QoS::AtLeastOnce) {
                         tracing::warn!(%error, topic, "cannot subscribe");
                     }
@@ -444,6 +499,15 @@ async fn network_loop(
                     Ok(command) => Some(NetworkEvent::Command(command)),
                     Err(error) => {
                         tracing::warn!(%error, "malformed command ignored");
+                        None
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.challenge => {
+                match serde_json::from_slice::<AttestationChallenge>(&publish.payload) {
+                    Ok(challenge) => Some(NetworkEvent::Challenge(challenge)),
+                    Err(error) => {
+                        tracing::warn!(%error, "malformed attestation challenge ignored");
                         None
                     }
                 }

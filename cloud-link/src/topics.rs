@@ -12,6 +12,12 @@
 //! | `command-results` | device → fleet | [`CommandResult`]: how it ended; a repeated ID gets the first result again |
 //! | `twin/desired` | fleet → device | [`TwinDesired`]: a signed policy bundle to apply after verification |
 //! | `twin/reported` | device → fleet | [`TwinReported`]: what actually runs, and why a desired state was refused |
+//! | `attestation/challenge` | fleet → device | [`AttestationChallenge`]: a fresh nonce (≥ 32 bytes) |
+//! | `attestation/quote` | device → fleet | [`AttestationQuote`]: pluton's signed quote over that nonce |
+//! | `events` | device → fleet | [`DeviceEvent`]: something an operator should know |
+//! | `reports` | device → fleet | [`FailureReportMessage`]: a failure report from the monitor |
+//! | `updates/offer` | fleet → device | [`UpdateOffer`]: an image to install, with its window |
+//! | `updates/status` | device → fleet | [`UpdateStatus`]: progress and outcome of an offer |
 //!
 //! A message leaves the device's outbox only when its [`Ack`] arrives; until then it
 //! is sent again after reconnects and timeouts, and the fleet stores each
@@ -60,6 +66,39 @@ pub fn twin_reported_topic(device_id: &str) -> String {
 
 /// Filter matching every device's reported state.
 pub const ALL_TWIN_REPORTED: &str = "warden/v1/devices/+/twin/reported";
+
+/// Topic the fleet challenges a device's attestation on.
+pub fn attestation_challenge_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/attestation/challenge")
+}
+
+/// Topic a device answers attestation challenges on.
+pub fn attestation_quote_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/attestation/quote")
+}
+
+/// Topic of a device's events.
+pub fn events_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/events")
+}
+
+/// Topic of a device's failure reports.
+pub fn reports_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/reports")
+}
+
+/// Topic the fleet offers updates to a device on.
+pub fn update_offer_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/updates/offer")
+}
+
+/// Topic a device reports update progress on.
+pub fn update_status_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/updates/status")
+}
+
+/// Shortest attestation nonce a device answers (bytes).
+pub const MIN_NONCE_LEN: usize = 32;
 
 /// The stream name of telemetry batches.
 pub const TELEMETRY_STREAM: &str = "telemetry";
@@ -265,6 +304,105 @@ impl TwinReported {
     }
 }
 
+/// A fresh attestation challenge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationChallenge {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The nonce, hex; at least [`MIN_NONCE_LEN`] bytes.
+    pub nonce: String,
+}
+
+/// A device's answer: pluton's quote (format `WPQ1`, see `warden_pluton::quote`),
+/// verifiable with only the device's public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationQuote {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The nonce answered, hex.
+    pub nonce: String,
+    /// The quote bytes, hex; empty when the device could not quote (see `error`).
+    pub quote: String,
+    /// Why no quote could be made.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Something an operator should know (link up after an outage, a policy applied…).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEvent {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// When, ms since the epoch.
+    pub ts_ms: u64,
+    /// Kind, a short identifier (`policy-applied`, `outbox-overflow`).
+    pub kind: String,
+    /// Details for people.
+    pub detail: String,
+}
+
+/// A failure report as it travels (the monitor's record, flattened).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureReportMessage {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Report ID, unique per device.
+    pub id: String,
+    /// When, ms since the epoch.
+    pub ts_ms: u64,
+    /// The compartment that failed.
+    pub compartment: String,
+    /// Kind: `crash`, `panic`, `watchdog`, `sandbox-denial`, `policy-denials`, `attestation`.
+    pub kind: String,
+    /// Image version running.
+    pub image_version: String,
+    /// Grouping signature (compartment, kind, normalised message).
+    pub signature: String,
+    /// The message and details.
+    pub message: String,
+}
+
+/// An update offered by the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateOffer {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Offer ID (the deployment wave's).
+    pub id: String,
+    /// Where the image is (content-addressed; supports HTTP range requests).
+    pub url: String,
+    /// SHA-256 of the image file, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Semantic version of the image.
+    pub version: String,
+    /// Maintenance window: not before, ms since the epoch.
+    pub window_start_ms: u64,
+    /// Maintenance window: not after.
+    pub window_end_ms: u64,
+}
+
+/// Progress or outcome of an update offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The offer.
+    pub id: String,
+    /// `waiting` (window, deferral or veto), `downloading`, `verifying`, `installed`,
+    /// `trial`, `confirmed`, `rolled-back`, `failed`.
+    pub state: String,
+    /// Details (bytes done, the reason for a wait or failure).
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Encodes any payload of this module as JSON.
+pub fn encode<T: Serialize>(payload: &T) -> Vec<u8> {
+    serde_json::to_vec(payload).unwrap_or_default()
+}
+
 /// Lowercase hex of `bytes` (how binary payload fields travel in JSON).
 pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -272,7 +410,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// Bytes from hex; `None` if `text` is not an even number of hex digits.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -411,6 +411,33 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
         unknown.status == "failed",
         "unknown bridge ended {unknown:?}"
     );
+
+    // Attestation: the fleet's fresh nonce, pluton's quote, verified with the key the
+    // device authenticated with.
+    let url = format!(
+        "{}/api/v1/devices/{}/attestation",
+        demo.urls.fleet, demo.urls.device_id
+    );
+    let attested: serde_json::Value = http
+        .post(&url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    ensure!(
+        attested["verified"] == true,
+        "attestation failed: {attested}"
+    );
+    ensure!(
+        attested["registers"].as_array().map_or(0, Vec::len) >= 8,
+        "quote carries no registers: {attested}"
+    );
+    let unknown = format!("{}/api/v1/devices/nobody/attestation", demo.urls.fleet);
+    ensure!(
+        http.post(&unknown).send().await?.status() == reqwest::StatusCode::CONFLICT,
+        "an unknown device cannot be attested"
+    );
     demo.stop().await
 }
 

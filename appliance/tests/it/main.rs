@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+mod status_page;
+
 /// The walking skeleton end to end (scenario in `hil/src/scenario.rs`): the demo's
 /// simulated register reaches the fleet API with the configured scaling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,9 +65,10 @@ fn check_config_names_the_file_line_and_field() {
     );
 }
 
-/// Both web pages, rendered by a real Chromium, show the simulated device's values.
+/// Both web pages, rendered by a real Chromium, show the simulated device's values
+/// (the status page after logging in with the password the demo printed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs chromium (Debian package; .ci/run installs it)"]
+#[ignore = "needs chromium and chromium-driver (Debian packages; .ci/run installs them)"]
 async fn dashboard_and_status_page_render_live_values_in_chromium() {
     use warden_hil::{browser, scenario};
     let state = tempfile::tempdir().expect("tempdir");
@@ -75,35 +78,61 @@ async fn dashboard_and_status_page_render_live_values_in_chromium() {
     let setpoint = scenario::wait_for_reading(&demo, "line1/spindle_setpoint")
         .await
         .expect("reading");
-    let pages = [
-        (
-            format!("{}/", demo.urls.fleet),
-            format!(
-                "data-point=\"line1/spindle_setpoint\"><td>line1/spindle_setpoint</td><td class=\"value\">{setpoint}</td>"
-            ),
-        ),
-        (
-            format!("{}/", demo.urls.status_page),
-            format!("data-point=\"spindle_setpoint\"><td>spindle_setpoint</td><td>{setpoint}</td>"),
-        ),
-    ];
-    for (url, expected) in pages {
-        let dom = tokio::task::spawn_blocking({
-            let url = url.clone();
-            move || browser::dump_dom(&url)
-        })
-        .await
-        .expect("join")
-        .expect("chromium runs");
-        if !dom.contains(&expected) || !dom.contains(&demo.urls.device_id) {
-            let shot = std::env::temp_dir()
-                .join(format!("warden-page-failure-{}.png", std::process::id()));
-            let _ = browser::screenshot(&url, &shot);
-            panic!(
-                "{url} does not show {expected:?} (screenshot: {}):\n{dom}",
-                shot.display()
-            );
-        }
+    let screenshot_path = |name: &str| {
+        std::env::temp_dir().join(format!("warden-{name}-failure-{}.png", std::process::id()))
+    };
+
+    // The fleet dashboard has no login yet: a DOM dump is enough.
+    let url = format!("{}/", demo.urls.fleet);
+    let expected = format!(
+        "data-point=\"line1/spindle_setpoint\"><td>line1/spindle_setpoint</td><td class=\"value\">{setpoint}</td>"
+    );
+    let dom = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || browser::dump_dom(&url)
+    })
+    .await
+    .expect("join")
+    .expect("chromium runs");
+    if !dom.contains(&expected) || !dom.contains(&demo.urls.device_id) {
+        let shot = screenshot_path("dashboard");
+        let _ = browser::screenshot(&url, &shot);
+        panic!(
+            "{url} does not show {expected:?} (screenshot: {}):\n{dom}",
+            shot.display()
+        );
     }
+
+    // The status page: log in, then the values refresh in place.
+    let driver = browser::WebDriver::start().await.expect("chromedriver starts");
+    let expected = format!(
+        "data-point=\"spindle_setpoint\"><td>spindle_setpoint</td><td>{setpoint}</td>"
+    );
+    let checked = async {
+        driver.goto(&format!("{}/login", demo.urls.status_page)).await?;
+        driver.type_into("#password", &demo.urls.status_password).await?;
+        driver.click("#submit").await?;
+        driver
+            .wait_for_text(
+                "tr[data-point=\"spindle_setpoint\"] td:nth-child(2)",
+                std::time::Duration::from_secs(15),
+                |t| t == setpoint.to_string(),
+            )
+            .await?;
+        let dom = driver.dom().await?;
+        anyhow::ensure!(
+            dom.contains(&expected) && dom.contains(&demo.urls.device_id),
+            "the status page does not show {expected:?}:\n{dom}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = checked {
+        let shot = screenshot_path("status-page");
+        let _ = driver.screenshot(&shot).await;
+        driver.quit().await;
+        panic!("{error:#} (screenshot: {})", shot.display());
+    }
+    driver.quit().await;
     demo.stop().await.expect("clean stop");
 }

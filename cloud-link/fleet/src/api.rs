@@ -21,6 +21,8 @@ pub struct ApiState {
     pub store: Store,
     /// Publishes to devices through the broker.
     pub devices: LocalPublisher,
+    /// Attestation challenges waiting for quotes.
+    pub challenges: std::sync::Arc<crate::attestation::PendingChallenges>,
 }
 
 /// The dashboard page; it reads the API from the browser.
@@ -38,6 +40,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/devices/{id}/commands", post(send_command))
         .route("/api/v1/devices/{id}/commands/{command}", get(get_command))
         .route("/api/v1/devices/{id}/twin", get(get_twin))
+        .route("/api/v1/devices/{id}/attestation", post(attest_device))
         .route("/api/v1/devices/{id}/twin/desired", put(put_twin_desired))
         .with_state(state)
 }
@@ -116,7 +119,7 @@ pub struct WriteRequest {
 }
 
 async fn send_command(
-    State(ApiState { store, devices }): State<ApiState>,
+    State(ApiState { store, devices, .. }): State<ApiState>,
     Path(device): Path<String>,
     axum::Json(request): axum::Json<WriteRequest>,
 ) -> Result<(StatusCode, Json<StoredCommand>), ApiError> {
@@ -192,7 +195,7 @@ pub struct TwinView {
 }
 
 async fn put_twin_desired(
-    State(ApiState { store, devices }): State<ApiState>,
+    State(ApiState { store, devices, .. }): State<ApiState>,
     Path(device): Path<String>,
     axum::Json(request): axum::Json<DesiredRequest>,
 ) -> Result<StatusCode, ApiError> {
@@ -232,6 +235,24 @@ async fn get_twin(
     }))
 }
 
+async fn attest_device(
+    State(ApiState {
+        devices,
+        challenges,
+        ..
+    }): State<ApiState>,
+    Path(device): Path<String>,
+) -> Result<(StatusCode, Json<crate::attestation::Attestation>), ApiError> {
+    match crate::attestation::attest(&device, &devices, &challenges).await {
+        Ok(outcome) if outcome.verified => Ok((StatusCode::OK, Json(outcome))),
+        Ok(outcome) => {
+            tracing::warn!(device, reason = ?outcome.reason, "attestation failed");
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(outcome)))
+        }
+        Err(error) => Err(ApiError::Conflict(format!("device {device}: {error}"))),
+    }
+}
+
 fn new_command_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -257,6 +278,9 @@ pub enum ApiError {
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request cannot be served in the device's current state.
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -267,6 +291,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Store(error) => {
                 tracing::error!(%error, "api request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod api;
+pub mod attestation;
 pub mod broker;
 pub mod ingest;
 pub mod store;
@@ -91,9 +92,17 @@ pub async fn start(
         reports,
         shutdown.clone(),
     ));
+    let challenges = std::sync::Arc::new(attestation::PendingChallenges::default());
+    let quotes = broker.subscribe_local(attestation::ALL_QUOTES, 64);
+    tokio::spawn(attestation::collect_quotes(
+        std::sync::Arc::clone(&challenges),
+        quotes,
+        shutdown.clone(),
+    ));
     let app = api::router(api::ApiState {
         store: store.clone(),
         devices: broker.publisher(),
+        challenges,
     });
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {

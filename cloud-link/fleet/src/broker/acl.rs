@@ -70,3 +70,9 @@ mod tests {
         assert!(!acl.may_subscribe("#"));
     }
 }
+
+/// The subject public key of a certificate (for EC keys, the uncompressed point).
+pub fn public_key_from_certificate(der: &[u8]) -> Option<Vec<u8>> {
+    let (_rest, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.public_key().subject_public_key.data.to_vec())
+}

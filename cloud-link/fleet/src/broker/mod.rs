@@ -86,6 +86,11 @@ impl Broker {
 pub struct LocalPublisher(Arc<Router>);
 
 impl LocalPublisher {
+    /// The public key `device` authenticated with (since the broker started).
+    pub fn device_key(&self, device: &str) -> Option<Vec<u8>> {
+        self.0.device_key(device)
+    }
+
     /// Routes `payload` on `topic` to every matching subscriber (QoS 0 to devices).
     pub async fn publish(&self, topic: String, payload: Vec<u8>) {
         let publish = rumqttc::Publish::new(topic, rumqttc::QoS::AtMostOnce, payload);

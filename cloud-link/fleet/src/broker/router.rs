@@ -26,6 +26,8 @@ struct Subscription {
 #[derive(Debug, Default)]
 pub struct Router {
     subscriptions: RwLock<Vec<Subscription>>,
+    /// Public keys (uncompressed SEC1) of connected devices, from their certificates.
+    device_keys: RwLock<std::collections::BTreeMap<String, Vec<u8>>>,
     next_session: AtomicU64,
     dropped: AtomicU64,
 }
@@ -57,6 +59,23 @@ impl Router {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|s| !matches!(s.target, Target::Session(id, _) if id == session));
+    }
+
+    /// Records the public key a device authenticated with.
+    pub fn record_device_key(&self, device: &str, public_key: Vec<u8>) {
+        self.device_keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(device.to_owned(), public_key);
+    }
+
+    /// The public key a device last authenticated with.
+    pub fn device_key(&self, device: &str) -> Option<Vec<u8>> {
+        self.device_keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(device)
+            .cloned()
     }
 
     /// Messages to sessions dropped because the session was too slow.

@@ -51,6 +51,15 @@ pub(super) async fn serve(
         tracing::warn!(%peer, "client certificate carries no usable device id; closing");
         return;
     };
+    if let Some(key) = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| super::acl::public_key_from_certificate(cert))
+    {
+        router.record_device_key(&device, key);
+    }
     let acl = DeviceAcl::new(&device);
     let session = router.new_session();
     match run(tls, &acl, session, &router, &shutdown).await {

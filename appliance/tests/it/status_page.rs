@@ -1,0 +1,489 @@
+//! The operator's status page over real HTTPS: login, lockout, CSRF, headers, metrics.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use warden_hil::{browser, scenario};
+
+/// Accepts exactly the certificate whose SHA-256 the demo printed (what an operator
+/// does with the fingerprint on the label).
+#[derive(Debug)]
+struct PinnedCertificate {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if warden::status_page::tls::fingerprint(end_entity) == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("certificate fingerprint differs".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// One HTTP/1.1 response.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn set_cookies(&self) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn request_bytes(method: &str, path: &str, host: &str, headers: &[(&str, String)], body: &str) -> Vec<u8> {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    request.into_bytes()
+}
+
+/// A tiny HTTPS client with a cookie jar, one connection per request.
+struct Browserless {
+    host: String,
+    connector: tokio_rustls::TlsConnector,
+    cookies: BTreeMap<String, String>,
+}
+
+impl Browserless {
+    fn new(url: &str, fingerprint: &str) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                fingerprint: fingerprint.to_owned(),
+                provider,
+            }))
+            .with_no_client_auth();
+        Self {
+            host: url.trim_start_matches("https://").to_owned(),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    async fn send(&mut self, method: &str, path: &str, headers: &[(&str, String)], body: &str) -> Response {
+        let mut all: Vec<(&str, String)> = headers.to_vec();
+        if !self.cookies.is_empty() {
+            let jar = self
+                .cookies
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            all.push(("Cookie", jar));
+        }
+        let tcp = tokio::net::TcpStream::connect(&self.host).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = self.connector.connect(name, tcp).await.expect("TLS handshake");
+        tls.write_all(&request_bytes(method, path, &self.host, &all, body))
+            .await
+            .expect("send");
+        let mut raw = Vec::new();
+        match tls.read_to_end(&mut raw).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            Err(e) => panic!("reading {method} {path}: {e}"),
+        }
+        let response = parse_response(&raw);
+        for cookie in response.set_cookies() {
+            let pair = cookie.split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                if value.is_empty() || cookie.contains("Max-Age=0") {
+                    self.cookies.remove(name);
+                } else {
+                    self.cookies.insert(name.to_owned(), value.to_owned());
+                }
+            }
+        }
+        response
+    }
+
+    /// Fetches the login form, then posts `password` with its CSRF token.
+    async fn login(&mut self, password: &str) -> Response {
+        let form = self.send("GET", "/login", &[], "").await;
+        assert_eq!(form.status, 200);
+        let token = self
+            .cookies
+            .get(warden::status_page::LOGIN_COOKIE)
+            .cloned()
+            .expect("login cookie");
+        assert!(form.body.contains(&token), "the form carries the token");
+        let body = format!("csrf={token}&password={}", urlencode(password));
+        self.send(
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded".into())],
+            &body,
+        )
+        .await
+    }
+
+    async fn csrf_token(&mut self) -> String {
+        let session = self.send("GET", "/api/session", &[], "").await;
+        assert_eq!(session.status, 200, "{session:?}");
+        session.json()["csrf_token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn plain_get(url: &str) -> Response {
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut tcp = tokio::net::TcpStream::connect(host).await.expect("connect");
+    tcp.write_all(&request_bytes("GET", &format!("/{path}"), host, &[], ""))
+        .await
+        .expect("send");
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.expect("read");
+    parse_response(&raw)
+}
+
+/// Login, lockout, CSRF, security headers and `/metrics`, against the demo's page
+/// over real TLS (the certificate pinned by the printed fingerprint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_login_lockout_csrf_headers_and_metrics() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let demo = scenario::DemoProcess::start(Path::new(env!("CARGO_BIN_EXE_warden")), state.path())
+        .await
+        .expect("demo starts");
+    let urls = demo.urls.clone();
+    assert!(urls.status_page.starts_with("https://"), "{urls:?}");
+    assert!(!urls.status_password.is_empty() && !urls.status_fingerprint.is_empty(), "{urls:?}");
+    let setpoint = scenario::wait_for_reading(&demo, "line1/spindle_setpoint")
+        .await
+        .expect("reading");
+    let mut client = Browserless::new(&urls.status_page, &urls.status_fingerprint);
+
+    // Nothing without a session.
+    assert_eq!(client.send("GET", "/api/status", &[], "").await.status, 401);
+    let root = client.send("GET", "/", &[], "").await;
+    assert_eq!((root.status, root.header("location")), (303, Some("/login")));
+
+    // Security headers on every response; the login cookie's attributes.
+    let form = client.send("GET", "/login", &[], "").await;
+    let csp = form.header("content-security-policy").expect("CSP");
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(form.header("strict-transport-security").is_some_and(|v| v.contains("max-age=")));
+    assert_eq!(form.header("x-frame-options"), Some("DENY"));
+    assert_eq!(form.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(form.header("referrer-policy"), Some("no-referrer"));
+
+    // A login without the form's CSRF token is refused before the password is looked at.
+    let forged = client
+        .send(
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded".into())],
+            &format!("password={}", urlencode(&urls.status_password)),
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+
+    // Wrong password: 401. Right one: a session cookie with all three attributes.
+    assert_eq!(client.login("not-the-password").await.status, 401);
+    let logged_in = client.login(&urls.status_password).await;
+    assert_eq!((logged_in.status, logged_in.header("location")), (303, Some("/")));
+    let session_cookie = logged_in
+        .set_cookies()
+        .find(|c| c.starts_with(warden::status_page::SESSION_COOKIE))
+        .expect("session cookie")
+        .to_owned();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(session_cookie.contains(attribute), "{session_cookie}");
+    }
+
+    // The page's data shows the simulated device.
+    let status = client.send("GET", "/api/status", &[], "").await;
+    assert_eq!(status.status, 200);
+    let status = status.json();
+    assert_eq!(status["device_id"], urls.device_id.as_str());
+    let points = status["bridges"][0]["points"].as_array().expect("points");
+    let spindle = points
+        .iter()
+        .find(|p| p["name"] == "spindle_setpoint")
+        .expect("spindle_setpoint");
+    assert_eq!(spindle["last"]["value"].as_f64(), Some(setpoint));
+    assert!(!spindle["recent"].as_array().expect("recent").is_empty());
+    assert!(status["bridges"][0]["health"]["denied"].as_u64() >= Some(1), "{status}");
+
+    // Defer: refused without the CSRF token or with a wrong one, accepted with it.
+    let before = client.send("GET", "/api/updates", &[], "").await.json();
+    assert!(before["deferred_until_ms"].is_null(), "{before}");
+    assert_eq!(client.send("POST", "/api/updates/defer", &[], "").await.status, 403);
+    let wrong = [("X-CSRF-Token", "0".repeat(64))];
+    assert_eq!(client.send("POST", "/api/updates/defer", &wrong, "").await.status, 403);
+    assert!(client.send("GET", "/api/updates", &[], "").await.json()["deferred_until_ms"].is_null());
+    let token = client.csrf_token().await;
+    let deferred = client
+        .send("POST", "/api/updates/defer", &[("X-CSRF-Token", token.clone())], "")
+        .await;
+    assert_eq!(deferred.status, 200, "{deferred:?}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let until = client.send("GET", "/api/updates", &[], "").await.json()["deferred_until_ms"]
+        .as_u64()
+        .expect("deferred");
+    assert!(until > now_ms, "{until} <= {now_ms}");
+    // The token also works as a form field.
+    let allowed = client
+        .send(
+            "POST",
+            "/api/updates/allow",
+            &[("Content-Type", "application/x-www-form-urlencoded".into())],
+            &format!("csrf={token}"),
+        )
+        .await;
+    assert_eq!(allowed.status, 200);
+    assert!(allowed.json()["deferred_until_ms"].is_null());
+
+    // Metrics on their own plain-HTTP loopback port.
+    let metrics = plain_get(&urls.metrics).await;
+    assert_eq!(metrics.status, 200);
+    for needle in [
+        "warden_bridge_reads_ok_total{bridge=\"line1\"}",
+        "warden_bridge_policy_denials_total{bridge=\"line1\"}",
+        "warden_link_batches_acknowledged_total",
+        "warden_outbox_depth",
+        "warden_outbox_bytes",
+    ] {
+        assert!(metrics.body.contains(needle), "{needle} missing:\n{}", metrics.body);
+    }
+
+    // Lockout: after five wrong passwords even the right one is refused, with Retry-After.
+    let mut other = Browserless::new(&urls.status_page, &urls.status_fingerprint);
+    let mut statuses = Vec::new();
+    for _ in 0..warden::status_page::auth::MAX_FAILURES_PER_CLIENT {
+        statuses.push(other.login("guess").await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429]);
+    let locked = other.login(&urls.status_password).await;
+    assert_eq!(locked.status, 429);
+    assert!(locked.header("retry-after").is_some());
+    assert!(locked.body.contains("locked out"), "{}", locked.body);
+    // A session made before the lockout keeps working.
+    assert_eq!(client.send("GET", "/api/status", &[], "").await.status, 200);
+
+    demo.stop().await.expect("clean stop");
+}
+
+/// Saves screenshots of `drivers` and panics with `error` and where they are.
+async fn fail_with_screenshots(drivers: Vec<browser::WebDriver>, error: anyhow::Error) -> ! {
+    let mut shots = Vec::new();
+    for (index, driver) in drivers.into_iter().enumerate() {
+        let path = std::env::temp_dir().join(format!(
+            "warden-status-page-failure-{}-{index}.png",
+            std::process::id()
+        ));
+        if driver.screenshot(&path).await.is_ok() {
+            shots.push(path.display().to_string());
+        }
+        if let Ok(dom) = driver.dom().await {
+            eprintln!("DOM of browser {index}:\n{dom}");
+        }
+        driver.quit().await;
+    }
+    panic!("{error:#} (screenshots: {shots:?})");
+}
+
+/// In a real Chromium: a wrong password fails, repeated failures lock out, the page
+/// shows the simulated device's values, and Defer works with its CSRF token while a
+/// POST without it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver (Debian packages)"]
+async fn status_page_login_lockout_and_defer_in_chromium() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let demo = scenario::DemoProcess::start(Path::new(env!("CARGO_BIN_EXE_warden")), state.path())
+        .await
+        .expect("demo starts");
+    let setpoint = scenario::wait_for_reading(&demo, "line1/spindle_setpoint")
+        .await
+        .expect("reading");
+    let operator = browser::WebDriver::start().await.expect("chromedriver starts");
+    let intruder = browser::WebDriver::start().await.expect("chromedriver starts");
+    let urls = demo.urls.clone();
+    let wait = Duration::from_secs(15);
+    let steps = async {
+        let login = format!("{}/login", urls.status_page);
+        // A wrong password: the form says so and no session starts.
+        operator.goto(&login).await?;
+        operator.type_into("#password", "wrong-password").await?;
+        operator.click("#submit").await?;
+        operator.wait_for_text("#message", wait, |t| t.contains("Wrong password")).await?;
+        // The right one: the page, with the device's live values.
+        operator.type_into("#password", &urls.status_password).await?;
+        operator.click("#submit").await?;
+        operator
+            .wait_for_text("#overview-device", wait, |t| t == urls.device_id)
+            .await?;
+        let expected = setpoint.to_string();
+        operator
+            .wait_for_text("tr[data-point=\"spindle_setpoint\"] td:nth-child(2)", wait, |t| t == expected)
+            .await?;
+        operator.wait_for_text("#link", wait, |t| t == "connected").await?;
+        operator.wait_for_text("#outbox-depth", wait, |t| t.contains("batches")).await?;
+        operator.wait_for_text("#reports-list", wait, |t| t.contains("none yet")).await?;
+        operator
+            .wait_for_text("tr[data-bridge=\"line1\"] td:nth-child(2)", wait, |t| {
+                t.parse::<u64>().is_ok_and(|denied| denied >= 1)
+            })
+            .await?;
+        let polylines = operator
+            .execute("return document.querySelectorAll('tr[data-point=\"oil_temperature\"] svg polyline').length;", serde_json::json!([]))
+            .await?;
+        anyhow::ensure!(polylines == 1, "no trend chart for oil_temperature: {polylines}");
+
+        // Defer through the button (the page sends its CSRF token).
+        operator.click("#update-defer").await?;
+        operator
+            .wait_for_text("#update-decision", wait, |t| t.contains("deferred until"))
+            .await?;
+        // A POST from the same logged-in browser without the token is refused and
+        // changes nothing.
+        let refused = operator
+            .execute(
+                "return fetch('/api/updates/allow', {method: 'POST', credentials: 'same-origin'}).then(r => r.status);",
+                serde_json::json!([]),
+            )
+            .await?;
+        anyhow::ensure!(refused == 403, "allow without CSRF answered {refused}");
+        let decision = operator
+            .execute("return fetch('/api/updates').then(r => r.json());", serde_json::json!([]))
+            .await?;
+        anyhow::ensure!(
+            decision["deferred_until_ms"].as_u64().is_some(),
+            "the refused POST changed the decision: {decision}"
+        );
+
+        // Another browser guesses: after the fifth wrong password it is locked out,
+        // and then even the right password is refused.
+        intruder.goto(&login).await?;
+        for _ in 0..warden::status_page::auth::MAX_FAILURES_PER_CLIENT {
+            intruder.type_into("#password", "guess").await?;
+            intruder.click("#submit").await?;
+            intruder.wait_for_text("#message", wait, |t| !t.is_empty()).await?;
+        }
+        intruder.wait_for_text("#message", wait, |t| t.contains("locked out")).await?;
+        intruder.type_into("#password", &urls.status_password).await?;
+        intruder.click("#submit").await?;
+        intruder.wait_for_text("#message", wait, |t| t.contains("locked out")).await?;
+        anyhow::ensure!(
+            intruder.current_url().await?.ends_with("/login"),
+            "a locked-out browser got past the login"
+        );
+        anyhow::Ok(())
+    };
+    if let Err(error) = steps.await {
+        fail_with_screenshots(vec![operator, intruder], error).await;
+    }
+    operator.quit().await;
+    intruder.quit().await;
+    demo.stop().await.expect("clean stop");
+}
