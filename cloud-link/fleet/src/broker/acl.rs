@@ -53,6 +53,12 @@ pub fn device_id_from_certificate(der: &[u8]) -> Option<String> {
     valid.then(|| common_name.to_owned())
 }
 
+/// The subject public key of a certificate (for EC keys, the uncompressed point).
+pub fn public_key_from_certificate(der: &[u8]) -> Option<Vec<u8>> {
+    let (_rest, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.public_key().subject_public_key.data.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,10 +75,4 @@ mod tests {
         assert!(!acl.may_subscribe("warden/v1/devices/+/telemetry"));
         assert!(!acl.may_subscribe("#"));
     }
-}
-
-/// The subject public key of a certificate (for EC keys, the uncompressed point).
-pub fn public_key_from_certificate(der: &[u8]) -> Option<Vec<u8>> {
-    let (_rest, cert) = X509Certificate::from_der(der).ok()?;
-    Some(cert.public_key().subject_public_key.data.to_vec())
 }
