@@ -18,8 +18,8 @@ use crate::topics::{
     telemetry_topic, twin_desired_topic, twin_reported_topic,
 };
 use crate::topics::{
-    AttestationChallenge, AttestationQuote, MIN_NONCE_LEN, attestation_challenge_topic,
-    attestation_quote_topic, from_hex, to_hex,
+    AttestationChallenge, AttestationQuote, DeviceEvent, MIN_NONCE_LEN,
+    attestation_challenge_topic, attestation_quote_topic, from_hex, to_hex,
 };
 
 /// Readings held in memory while the outbox refuses more (then the newest are dropped, counted).
@@ -251,6 +251,11 @@ impl LinkAgent {
         ));
         let results_topic = command_results_topic(&self.device_id);
         let quote_topic = attestation_quote_topic(&self.device_id);
+        let events_topic = crate::topics::events_topic(&self.device_id);
+        let mut reported_loss = {
+            let stats = lock(&shared).stats();
+            (stats.dropped_oldest, stats.refused)
+        };
         let pluton_socket = self.config.pluton_socket.clone();
         let reported_topic = twin_reported_topic(&self.device_id);
         let (command_tx, mut result_rx, desired_tx, mut reported_rx) = match self.commands {
@@ -292,6 +297,22 @@ impl LinkAgent {
                     }
                     if let Err(error) = outbox.sync() {
                         tracing::error!(%error, "outbox sync failed");
+                    }
+                    // Overflow is never silent: each new drop or refusal is an event.
+                    let stats = outbox.stats();
+                    if stats.dropped_oldest > reported_loss.0 || stats.refused > reported_loss.1 {
+                        let event = DeviceEvent {
+                            v: PROTOCOL_VERSION,
+                            ts_ms: unix_millis(),
+                            kind: "outbox-overflow".into(),
+                            detail: format!(
+                                "store-and-forward queue full: {} batches dropped (oldest first), {} appends refused so far",
+                                stats.dropped_oldest, stats.refused
+                            ),
+                        };
+                        tracing::warn!(detail = %event.detail, "outbox overflow");
+                        let _ = client.try_publish(&events_topic, QoS::AtLeastOnce, false, crate::topics::encode(&event));
+                        reported_loss = (stats.dropped_oldest, stats.refused);
                     }
                 }
                 event = events.recv() => match event {
