@@ -275,9 +275,9 @@ metrics_listen = "127.0.0.1:0"
         );
         let error = ApplianceConfig::parse(&bad, Path::new("warden.toml")).expect_err("must fail");
         assert!(
-            error
-                .to_string()
-                .starts_with("warden.toml: status_page.metrics_listen: \"0.0.0.0:9464\" must be a loopback"),
+            error.to_string().starts_with(
+                "warden.toml: status_page.metrics_listen: \"0.0.0.0:9464\" must be a loopback"
+            ),
             "{error}"
         );
     }
@@ -286,7 +286,10 @@ metrics_listen = "127.0.0.1:0"
     fn the_status_page_has_no_default_password() {
         let bad = GOOD.replace("password_file = \"status-page/password.phc\"\n", "");
         let error = ApplianceConfig::parse(&bad, Path::new("warden.toml")).expect_err("must fail");
-        assert!(error.to_string().contains("missing field `password_file`"), "{error}");
+        assert!(
+            error.to_string().contains("missing field `password_file`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -166,14 +166,19 @@ async fn pluton_identity(socket: PathBuf) -> anyhow::Result<DeviceIdentity> {
 
 /// Installs the demo's vendor root into pluton (once), as provisioning would: policy
 /// bundles signed by its release keys are then accepted.
-async fn install_vendor_root(state_dir: &std::path::Path, pki: &warden_hil::demo_pki::DemoPki) -> anyhow::Result<()> {
+async fn install_vendor_root(
+    state_dir: &std::path::Path,
+    pki: &warden_hil::demo_pki::DemoPki,
+) -> anyhow::Result<()> {
     let root = pki.vendor_root_public_key()?;
     let socket = state_dir.join(PLUTON_SOCKET);
     let capability_file = state_dir.join("pluton").join("provisioning.capability");
     tokio::task::spawn_blocking(move || {
         let mut client = warden_pluton_api::PlutonClient::connect(&socket)
             .map_err(|e| anyhow::anyhow!("pluton {}: {e}", socket.display()))?;
-        let installed = client.root_keys().map_err(|e| anyhow::anyhow!("pluton root keys: {e}"))?;
+        let installed = client
+            .root_keys()
+            .map_err(|e| anyhow::anyhow!("pluton root keys: {e}"))?;
         if installed.iter().any(|key| key.public_key.0 == root) {
             return Ok(());
         }

@@ -2,9 +2,9 @@
 
 pub mod commands;
 pub mod config;
-pub mod metrics;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod metrics;
 pub mod runtime;
 pub mod signals;
 pub mod status_page;

@@ -28,7 +28,24 @@ enum Command {
         /// The appliance config.
         #[arg(long, default_value = "/etc/warden/warden.toml")]
         config: PathBuf,
+        /// Run the security monitor: start each compartment of this manifest sandboxed.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Development only: run even where the kernel lacks a sandbox feature.
+        #[arg(long, requires = "manifest")]
+        insecure_dev: bool,
     },
+    /// Run one sandboxed compartment (started by the monitor, not by hand).
+    Compartment {
+        /// The role, e.g. `pluton`, `appliance`, `selftest-hostile`.
+        role: String,
+        /// The role's arguments, from the manifest.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List and show failure reports.
+    #[command(subcommand)]
+    Report(warden_os::monitor::cli::ReportCommand),
     /// Check an appliance config and the policy it names; print what is wrong.
     CheckConfig {
         /// The appliance config.
@@ -83,7 +100,18 @@ fn main() -> ExitCode {
         )),
         #[cfg(feature = "demo")]
         Some(Command::Demo(args)) => run_async(warden::demo::run(args)),
-        Some(Command::Run { config }) => run_async(run(config)),
+        Some(Command::Run {
+            config,
+            manifest: None,
+            ..
+        }) => run_async(run(config)),
+        Some(Command::Run {
+            manifest: Some(manifest),
+            insecure_dev,
+            ..
+        }) => run_async(run_monitor(manifest, insecure_dev)),
+        Some(Command::Compartment { role, args }) => compartment(&role, &args),
+        Some(Command::Report(command)) => command.run(),
         Some(Command::CheckConfig { config }) => check_config(&config),
         Some(Command::Policy(PolicyCommand::Check { file })) => policy_check(&file),
         Some(Command::Policy(PolicyCommand::Explain { file, request })) => {
@@ -138,11 +166,89 @@ async fn run(config_path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = ApplianceConfig::load(&config_path)?;
     let shutdown = CancellationToken::new();
     let appliance = warden::runtime::start(config, shutdown.clone()).await?;
-    println!("status page: http://{}/", appliance.status_address);
+    println!("status page: https://{}/", appliance.status_address);
+    println!("status page cert: SHA-256 {}", appliance.status_fingerprint);
     warden::signals::wait_for_stop().await;
     shutdown.cancel();
     appliance.stopped().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `warden run --manifest`: the monitor, until SIGTERM or Ctrl-C.
+async fn run_monitor(manifest: PathBuf, insecure_dev: bool) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let mut monitor = tokio::task::spawn_blocking(move || {
+        warden_os::monitor::cli::run_monitor(
+            &manifest,
+            insecure_dev,
+            env!("CARGO_PKG_VERSION"),
+            &flag,
+        )
+    });
+    let outcome = tokio::select! {
+        result = &mut monitor => result??,
+        () = warden::signals::wait_for_stop() => {
+            stop.store(true, Ordering::SeqCst);
+            (&mut monitor).await??
+        }
+    };
+    match outcome {
+        warden_os::monitor::MonitorOutcome::Stopped => Ok(ExitCode::SUCCESS),
+        warden_os::monitor::MonitorOutcome::TrialCrashLimit { crashes } => {
+            tracing::error!(crashes, "trial image crashed too often");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Options of the `pluton` compartment role.
+#[derive(Debug, Parser)]
+struct PlutonRoleArgs {
+    /// The Unix socket to serve.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Pluton's state directory.
+    #[arg(long)]
+    state_dir: PathBuf,
+}
+
+/// `warden compartment <role>`: sandbox first, then the role's work.
+fn compartment(role: &str, args: &[String]) -> anyhow::Result<ExitCode> {
+    if let Some(code) = warden_os::monitor::selftest::run_role(role, args) {
+        return Ok(code);
+    }
+    let words = std::iter::once(role.to_owned()).chain(args.iter().cloned());
+    match role {
+        "pluton" => {
+            let options = PlutonRoleArgs::try_parse_from(words)?;
+            // Enter the sandbox before the runtime starts any thread.
+            let compartment = warden_os::monitor::compartment::enter_from_env()?;
+            compartment.start_heartbeat();
+            run_async(async move {
+                let serve = warden_pluton::server::ServeOptions::default();
+                warden_pluton::server::serve(&options.socket, &options.state_dir, serve).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        "appliance" => {
+            #[derive(Debug, Parser)]
+            struct ApplianceRoleArgs {
+                #[arg(long)]
+                config: PathBuf,
+            }
+            let options = ApplianceRoleArgs::try_parse_from(words)?;
+            let compartment = warden_os::monitor::compartment::enter_from_env()?;
+            compartment.start_heartbeat();
+            run_async(run(options.config))
+        }
+        other => Err(anyhow::anyhow!(
+            "unknown compartment role `{other}` (roles: pluton, appliance, {})",
+            warden_os::monitor::selftest::ROLES.join(", ")
+        )),
+    }
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {

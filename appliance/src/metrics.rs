@@ -20,13 +20,18 @@ pub fn router(state: ApplianceState) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|axum::extract::State(state): axum::extract::State<ApplianceState>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    render(&state),
-                )
-                    .into_response()
-            }),
+            get(
+                |axum::extract::State(state): axum::extract::State<ApplianceState>| async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        render(&state),
+                    )
+                        .into_response()
+                },
+            ),
         )
         .with_state(state)
 }
@@ -72,16 +77,66 @@ pub fn render(state: &ApplianceState) -> String {
         .collect();
     type Counter = fn(&warden_bridges::BridgeHealth) -> u64;
     let bridge_families: [(&str, &str, &str, Counter); 10] = [
-        ("warden_bridge_connected", "1 if the bridge's bus or device connection is up.", "gauge", |h| u64::from(h.connected)),
-        ("warden_bridge_reads_ok_total", "Successful reads.", "counter", |h| h.reads_ok),
-        ("warden_bridge_errors_total", "Failed requests (I/O, framing, timeouts).", "counter", |h| h.errors),
-        ("warden_bridge_exceptions_total", "Modbus exception responses.", "counter", |h| h.exceptions),
-        ("warden_bridge_policy_denials_total", "Requests the policy denied.", "counter", |h| h.denied),
-        ("warden_bridge_writes_ok_total", "Successful writes.", "counter", |h| h.writes_ok),
-        ("warden_bridge_timeouts_total", "Requests that timed out.", "counter", |h| h.timeouts),
-        ("warden_bridge_retries_total", "Requests retried.", "counter", |h| h.retries),
-        ("warden_bridge_crc_errors_total", "RTU frames with a bad CRC.", "counter", |h| h.crc_errors),
-        ("warden_bridge_noise_bytes_total", "Bytes discarded as line noise.", "counter", |h| h.noise_bytes),
+        (
+            "warden_bridge_connected",
+            "1 if the bridge's bus or device connection is up.",
+            "gauge",
+            |h| u64::from(h.connected),
+        ),
+        (
+            "warden_bridge_reads_ok_total",
+            "Successful reads.",
+            "counter",
+            |h| h.reads_ok,
+        ),
+        (
+            "warden_bridge_errors_total",
+            "Failed requests (I/O, framing, timeouts).",
+            "counter",
+            |h| h.errors,
+        ),
+        (
+            "warden_bridge_exceptions_total",
+            "Modbus exception responses.",
+            "counter",
+            |h| h.exceptions,
+        ),
+        (
+            "warden_bridge_policy_denials_total",
+            "Requests the policy denied.",
+            "counter",
+            |h| h.denied,
+        ),
+        (
+            "warden_bridge_writes_ok_total",
+            "Successful writes.",
+            "counter",
+            |h| h.writes_ok,
+        ),
+        (
+            "warden_bridge_timeouts_total",
+            "Requests that timed out.",
+            "counter",
+            |h| h.timeouts,
+        ),
+        (
+            "warden_bridge_retries_total",
+            "Requests retried.",
+            "counter",
+            |h| h.retries,
+        ),
+        (
+            "warden_bridge_crc_errors_total",
+            "RTU frames with a bad CRC.",
+            "counter",
+            |h| h.crc_errors,
+        ),
+        (
+            "warden_bridge_noise_bytes_total",
+            "Bytes discarded as line noise.",
+            "counter",
+            |h| h.noise_bytes,
+        ),
     ];
     for (name, help, kind, value) in bridge_families {
         Family { name, help, kind }.header(&mut out);
@@ -96,15 +151,60 @@ pub fn render(state: &ApplianceState) -> String {
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     let link_families: [(&str, &str, &str, u64); 9] = [
-        ("warden_link_connected", "1 if the cloud link is connected.", "gauge", u64::from(link.state == LinkState::Connected)),
-        ("warden_link_batches_queued_total", "Telemetry batches written to the outbox.", "counter", link.batches_queued),
-        ("warden_link_batches_acknowledged_total", "Batches the fleet acknowledged.", "counter", link.batches_acknowledged),
-        ("warden_link_messages_sent_total", "MQTT messages published.", "counter", link.messages_sent),
-        ("warden_link_readings_dropped_total", "Readings dropped before the outbox.", "counter", link.readings_dropped),
-        ("warden_outbox_depth", "Unacknowledged batches in store-and-forward.", "gauge", link.outbox.depth),
-        ("warden_outbox_bytes", "Bytes of unacknowledged batches.", "gauge", link.outbox.bytes),
-        ("warden_outbox_dropped_oldest_total", "Batches dropped by the drop_oldest overflow policy.", "counter", link.outbox.dropped_oldest),
-        ("warden_outbox_refused_total", "Batches refused by the refuse overflow policy.", "counter", link.outbox.refused),
+        (
+            "warden_link_connected",
+            "1 if the cloud link is connected.",
+            "gauge",
+            u64::from(link.state == LinkState::Connected),
+        ),
+        (
+            "warden_link_batches_queued_total",
+            "Telemetry batches written to the outbox.",
+            "counter",
+            link.batches_queued,
+        ),
+        (
+            "warden_link_batches_acknowledged_total",
+            "Batches the fleet acknowledged.",
+            "counter",
+            link.batches_acknowledged,
+        ),
+        (
+            "warden_link_messages_sent_total",
+            "MQTT messages published.",
+            "counter",
+            link.messages_sent,
+        ),
+        (
+            "warden_link_readings_dropped_total",
+            "Readings dropped before the outbox.",
+            "counter",
+            link.readings_dropped,
+        ),
+        (
+            "warden_outbox_depth",
+            "Unacknowledged batches in store-and-forward.",
+            "gauge",
+            link.outbox.depth,
+        ),
+        (
+            "warden_outbox_bytes",
+            "Bytes of unacknowledged batches.",
+            "gauge",
+            link.outbox.bytes,
+        ),
+        (
+            "warden_outbox_dropped_oldest_total",
+            "Batches dropped by the drop_oldest overflow policy.",
+            "counter",
+            link.outbox.dropped_oldest,
+        ),
+        (
+            "warden_outbox_refused_total",
+            "Batches refused by the refuse overflow policy.",
+            "counter",
+            link.outbox.refused,
+        ),
     ];
     for (name, help, kind, value) in link_families {
         Family { name, help, kind }.header(&mut out);

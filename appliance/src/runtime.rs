@@ -44,6 +44,9 @@ pub struct BridgeView {
 /// Recent values kept per point for the status page's trend charts.
 pub const HISTORY_LENGTH: usize = 60;
 
+/// The last [`HISTORY_LENGTH`] numeric values by `(bridge, point)`, oldest first.
+pub type PointHistory = BTreeMap<(String, String), VecDeque<f64>>;
+
 /// An update the fleet offers, waiting for the operator (none arrive yet: the update
 /// channel over the link is not built; the update agent will fill this in).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -104,7 +107,7 @@ pub struct ApplianceState {
     /// The link's state and counters.
     pub link: Arc<Mutex<LinkStatus>>,
     /// The last [`HISTORY_LENGTH`] numeric values by `(bridge, point)`, oldest first.
-    pub history: Arc<Mutex<BTreeMap<(String, String), VecDeque<f64>>>>,
+    pub history: Arc<Mutex<PointHistory>>,
     /// The operator's decision about updates (read by the update agent).
     pub updates: Arc<Mutex<UpdateDecision>>,
 }
@@ -136,14 +139,24 @@ pub async fn start(
     let bundle_store = match &config.policy.bundle_dir {
         Some(dir) => {
             let roots = crate::twin::policy_roots(config.link.pluton_socket.as_deref())?;
-            Some(crate::twin::open_store(dir, &roots, &config.device.product)?)
+            Some(crate::twin::open_store(
+                dir,
+                &roots,
+                &config.device.product,
+            )?)
         }
         None => None,
     };
     let (policy, bundle_version) = match bundle_store.as_ref().and_then(|store| store.current()) {
         Some(applied) => {
-            tracing::info!(version = applied.header.version, "policy from the last verified bundle");
-            (Arc::new(applied.policy.clone()), Some(applied.header.version))
+            tracing::info!(
+                version = applied.header.version,
+                "policy from the last verified bundle"
+            );
+            (
+                Arc::new(applied.policy.clone()),
+                Some(applied.header.version),
+            )
         }
         None => (Arc::new(compile_policy_file(&config.policy.file)?), None),
     };
@@ -194,7 +207,12 @@ pub async fn start(
         initial_report,
         shutdown.clone(),
     ));
-    tasks.spawn(crate::commands::run(command_channel, handles, command_log, shutdown.clone()));
+    tasks.spawn(crate::commands::run(
+        command_channel,
+        handles,
+        command_log,
+        shutdown.clone(),
+    ));
     let state = ApplianceState {
         device_id: config.device.id,
         bridges,
@@ -268,7 +286,8 @@ pub async fn start(
 
 /// Compiles the local policy file, logging its warnings.
 fn compile_policy_file(path: &std::path::Path) -> anyhow::Result<warden_policy::CompiledPolicy> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read policy {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy {}", path.display()))?;
     let origin = path.display().to_string();
     let compiled = warden_policy::compile(&text, &origin)
         .map_err(|errors| anyhow::anyhow!("policy {origin} does not compile:\n{errors}"))?;

@@ -21,7 +21,9 @@ pub fn policy_roots(pluton_socket: Option<&Path>) -> anyhow::Result<Vec<RootKey>
     };
     let mut client = warden_pluton_api::PlutonClient::connect(socket)
         .map_err(|e| anyhow::anyhow!("pluton {}: {e}", socket.display()))?;
-    let installed = client.root_keys().map_err(|e| anyhow::anyhow!("pluton root keys: {e}"))?;
+    let installed = client
+        .root_keys()
+        .map_err(|e| anyhow::anyhow!("pluton root keys: {e}"))?;
     Ok(installed
         .iter()
         .filter_map(|root| root.to_root_key().ok())
@@ -31,12 +33,18 @@ pub fn policy_roots(pluton_socket: Option<&Path>) -> anyhow::Result<Vec<RootKey>
 
 /// Opens the unit's bundle store: the last good bundle, verified again.
 pub fn open_store(dir: &Path, roots: &[RootKey], product: &str) -> anyhow::Result<BundleStore> {
-    let product = ProductId::new(product).ok_or_else(|| anyhow::anyhow!("product {product:?} is not a valid product id"))?;
-    BundleStore::open(dir, roots, &[], product).map_err(|e| anyhow::anyhow!("policy bundle store {}: {e}", dir.display()))
+    let product = ProductId::new(product)
+        .ok_or_else(|| anyhow::anyhow!("product {product:?} is not a valid product id"))?;
+    BundleStore::open(dir, roots, &[], product)
+        .map_err(|e| anyhow::anyhow!("policy bundle store {}: {e}", dir.display()))
 }
 
 /// What the unit reports about a policy.
-pub fn reported_for(policy: &CompiledPolicy, version: Option<u64>, last_error: Option<String>) -> TwinReported {
+pub fn reported_for(
+    policy: &CompiledPolicy,
+    version: Option<u64>,
+    last_error: Option<String>,
+) -> TwinReported {
     TwinReported {
         v: PROTOCOL_VERSION,
         policy_name: policy.policy_name().map(str::to_owned),
@@ -64,9 +72,13 @@ pub async fn run(
                 None => return,
             },
         };
-        let Some(hex) = next.policy_bundle else { continue };
+        let Some(hex) = next.policy_bundle else {
+            continue;
+        };
         let outcome = match (&mut store, from_hex(&hex)) {
-            (None, _) => Err("this unit takes no policy bundles (no [policy] bundle_dir)".to_owned()),
+            (None, _) => {
+                Err("this unit takes no policy bundles (no [policy] bundle_dir)".to_owned())
+            }
             (_, None) => Err("policy_bundle is not hex".to_owned()),
             (Some(store), Some(bytes)) => store
                 .apply(&bytes)
@@ -84,7 +96,10 @@ pub async fn run(
             }
             Err(error) => {
                 tracing::warn!(%error, "policy bundle refused; the running policy stays");
-                TwinReported { last_error: Some(error), ..current }
+                TwinReported {
+                    last_error: Some(error),
+                    ..current
+                }
             }
         };
         if reported.send(current.clone()).await.is_err() {

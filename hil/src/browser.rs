@@ -77,7 +77,7 @@ pub struct WebDriver {
 }
 
 /// The W3C WebDriver key of an element reference.
-const ELEMENT_KEY: &str = "element-6066-11e4-a021-4c4b8c8d8b2d";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl WebDriver {
     /// Starts `chromedriver` (or `$WARDEN_CHROMEDRIVER`) on a free port and opens a
@@ -173,7 +173,8 @@ impl WebDriver {
     ) -> anyhow::Result<serde_json::Value> {
         let url = format!("{}{path}", self.base);
         let request = self.http.request(method.clone(), &url);
-        let request = if method == reqwest::Method::GET {
+        // GET and DELETE carry no body (chromedriver refuses a `null` one).
+        let request = if body.is_null() {
             request
         } else {
             request.json(&body)
@@ -257,6 +258,35 @@ impl WebDriver {
         )
         .await
         .map(drop)
+    }
+
+    /// Clicks the element matching `css` (a submit button) and waits (up to 15 s)
+    /// until the next document has loaded, so later lookups never see the old page.
+    pub async fn click_and_wait_for_navigation(&self, css: &str) -> anyhow::Result<()> {
+        self.execute(
+            "window.__wardenOldPage = true; return null;",
+            serde_json::json!([]),
+        )
+        .await?;
+        self.click(css).await?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let loaded = self
+                .execute(
+                    "return window.__wardenOldPage !== true && document.readyState === 'complete';",
+                    serde_json::json!([]),
+                )
+                .await;
+            // During the navigation itself the script may fail; try again.
+            if matches!(loaded, Ok(serde_json::Value::Bool(true))) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "clicking {css} loaded no new page within 15 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// The rendered text of the element matching `css` (empty if there is none).
@@ -348,6 +378,21 @@ impl WebDriver {
 
 impl Drop for WebDriver {
     fn drop(&mut self) {
+        if !self.session.is_empty() {
+            // Not quit (a test panicked): close the browser so it does not outlive
+            // chromedriver, with a blocking request (no runtime in `drop`).
+            use std::io::{Read as _, Write as _};
+            let address = self.base.trim_start_matches("http://");
+            if let Ok(mut stream) = std::net::TcpStream::connect(address) {
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let _ = write!(
+                    stream,
+                    "DELETE /session/{} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    self.session
+                );
+                let _ = stream.read(&mut [0u8; 512]);
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);

@@ -98,7 +98,8 @@ impl PasswordVerifier {
 pub fn hash_password(password: &str) -> Result<String, PasswordError> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|error| PasswordError::Random(error.to_string()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|error| PasswordError::Random(error.to_string()))?;
+    let salt =
+        SaltString::encode_b64(&salt).map_err(|error| PasswordError::Random(error.to_string()))?;
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
@@ -407,8 +408,13 @@ mod tests {
         let now = Instant::now();
         let (id, csrf) = sessions.create(now).expect("random");
         assert_eq!(id.len(), 64);
-        assert_eq!(sessions.touch(&id, now + Duration::from_secs(59)), Some(csrf));
+        assert_eq!(
+            sessions.touch(&id, now + Duration::from_secs(59)),
+            Some(csrf)
+        );
         assert_eq!(sessions.touch(&id, now + Duration::from_secs(200)), None);
-        assert!(tokens_equal("abc", "abc") && !tokens_equal("abc", "abd") && !tokens_equal("a", "ab"));
+        assert!(
+            tokens_equal("abc", "abc") && !tokens_equal("abc", "abd") && !tokens_equal("a", "ab")
+        );
     }
 }

@@ -182,10 +182,7 @@ async fn security_headers(mut response: Response) -> Response {
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
-        (
-            header::STRICT_TRANSPORT_SECURITY,
-            "max-age=31536000",
-        ),
+        (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
@@ -215,7 +212,9 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 fn set_cookie(name: &str, value: &str, max_age_secs: u64) -> (header::HeaderName, String) {
     (
         header::SET_COOKIE,
-        format!("{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; Secure; SameSite=Strict"),
+        format!(
+            "{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; Secure; SameSite=Strict"
+        ),
     )
 }
 
@@ -233,20 +232,37 @@ impl PageState {
     }
 
     /// A session, or the 401 an API call gets without one.
-    fn require_session(&self, headers: &HeaderMap) -> Result<(String, String), Response> {
-        self.session(headers)
-            .ok_or_else(|| (StatusCode::UNAUTHORIZED, "log in first\n").into_response())
+    fn require_session(&self, headers: &HeaderMap) -> Result<(String, String), Refused> {
+        self.session(headers).ok_or(Refused::NoSession)
     }
 
     /// A session whose CSRF token the POST carries (header, or a `csrf` form field).
-    fn require_csrf(&self, headers: &HeaderMap, body: &[u8]) -> Result<String, Response> {
+    fn require_csrf(&self, headers: &HeaderMap, body: &[u8]) -> Result<String, Refused> {
         let (id, expected) = self.require_session(headers)?;
         let from_header = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
         let from_form = form_field(body, "csrf");
         let sent = from_header.map(str::to_owned).or(from_form);
         match sent {
             Some(sent) if auth::tokens_equal(&sent, &expected) => Ok(id),
-            _ => Err((StatusCode::FORBIDDEN, "missing or wrong CSRF token\n").into_response()),
+            _ => Err(Refused::Csrf),
+        }
+    }
+}
+
+/// Why a request was refused before its handler ran.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    /// No live session: 401.
+    NoSession,
+    /// A POST without the session's CSRF token: 403.
+    Csrf,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Self::NoSession => (StatusCode::UNAUTHORIZED, "log in first\n").into_response(),
+            Self::Csrf => (StatusCode::FORBIDDEN, "missing or wrong CSRF token\n").into_response(),
         }
     }
 }
@@ -282,7 +298,11 @@ async fn app_js() -> Response {
 }
 
 async fn style_css() -> Response {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE_CSS).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLE_CSS,
+    )
+        .into_response()
 }
 
 /// The login form with a fresh double-submit token (cookie and hidden field).
@@ -406,7 +426,7 @@ fn locked_out(wait: Duration) -> Response {
 async fn logout(State(state): State<PageState>, headers: HeaderMap, body: Bytes) -> Response {
     let id = match state.require_csrf(&headers, &body) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     state
         .auth
@@ -433,7 +453,7 @@ struct SessionInfo {
 async fn session_info(State(state): State<PageState>, headers: HeaderMap) -> Response {
     match state.require_session(&headers) {
         Ok((_, csrf_token)) => Json(SessionInfo { csrf_token }).into_response(),
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -545,7 +565,7 @@ pub fn snapshot(state: &ApplianceState) -> Status {
 
 async fn status(State(state): State<PageState>, headers: HeaderMap) -> Response {
     if let Err(refused) = state.require_session(&headers) {
-        return refused;
+        return refused.into_response();
     }
     Json(snapshot(&state.appliance)).into_response()
 }
@@ -561,7 +581,7 @@ fn current_updates(state: &PageState) -> UpdateDecision {
 
 async fn updates(State(state): State<PageState>, headers: HeaderMap) -> Response {
     if let Err(refused) = state.require_session(&headers) {
-        return refused;
+        return refused.into_response();
     }
     Json(current_updates(&state)).into_response()
 }
@@ -572,9 +592,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-async fn defer_updates(State(state): State<PageState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn defer_updates(
+    State(state): State<PageState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(refused) = state.require_csrf(&headers, &body) {
-        return refused;
+        return refused.into_response();
     }
     state
         .appliance
@@ -586,9 +610,13 @@ async fn defer_updates(State(state): State<PageState>, headers: HeaderMap, body:
     Json(current_updates(&state)).into_response()
 }
 
-async fn allow_updates(State(state): State<PageState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn allow_updates(
+    State(state): State<PageState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(refused) = state.require_csrf(&headers, &body) {
-        return refused;
+        return refused.into_response();
     }
     state
         .appliance

@@ -42,9 +42,12 @@ async fn fleet_commands_pass_the_device_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_policy_bundles_from_the_fleet_replace_the_policy() {
     let state = tempfile::tempdir().expect("tempdir");
-    warden_hil::scenario::signed_policy_bundles_replace_the_policy(Path::new(env!("CARGO_BIN_EXE_warden")), state.path())
-        .await
-        .expect("scenario");
+    warden_hil::scenario::signed_policy_bundles_replace_the_policy(
+        Path::new(env!("CARGO_BIN_EXE_warden")),
+        state.path(),
+    )
+    .await
+    .expect("scenario");
 }
 
 #[test]
@@ -104,14 +107,19 @@ async fn dashboard_and_status_page_render_live_values_in_chromium() {
     }
 
     // The status page: log in, then the values refresh in place.
-    let driver = browser::WebDriver::start().await.expect("chromedriver starts");
-    let expected = format!(
-        "data-point=\"spindle_setpoint\"><td>spindle_setpoint</td><td>{setpoint}</td>"
-    );
+    let driver = browser::WebDriver::start()
+        .await
+        .expect("chromedriver starts");
+    let expected =
+        format!("data-point=\"spindle_setpoint\"><td>spindle_setpoint</td><td>{setpoint}</td>");
     let checked = async {
-        driver.goto(&format!("{}/login", demo.urls.status_page)).await?;
-        driver.type_into("#password", &demo.urls.status_password).await?;
-        driver.click("#submit").await?;
+        driver
+            .goto(&format!("{}/login", demo.urls.status_page))
+            .await?;
+        driver
+            .type_into("#password", &demo.urls.status_password)
+            .await?;
+        driver.click_and_wait_for_navigation("#submit").await?;
         driver
             .wait_for_text(
                 "tr[data-point=\"spindle_setpoint\"] td:nth-child(2)",

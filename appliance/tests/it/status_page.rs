@@ -32,7 +32,9 @@ impl ServerCertVerifier for PinnedCertificate {
         if warden::status_page::tls::fingerprint(end_entity) == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("certificate fingerprint differs".into()))
+            Err(rustls::Error::General(
+                "certificate fingerprint differs".into(),
+            ))
         }
     }
 
@@ -95,8 +97,7 @@ impl Response {
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -120,7 +121,13 @@ fn parse_response(raw: &[u8]) -> Response {
     }
 }
 
-fn request_bytes(method: &str, path: &str, host: &str, headers: &[(&str, String)], body: &str) -> Vec<u8> {
+fn request_bytes(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> Vec<u8> {
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
@@ -155,7 +162,13 @@ impl Browserless {
         }
     }
 
-    async fn send(&mut self, method: &str, path: &str, headers: &[(&str, String)], body: &str) -> Response {
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> Response {
         let mut all: Vec<(&str, String)> = headers.to_vec();
         if !self.cookies.is_empty() {
             let jar = self
@@ -166,9 +179,15 @@ impl Browserless {
                 .join("; ");
             all.push(("Cookie", jar));
         }
-        let tcp = tokio::net::TcpStream::connect(&self.host).await.expect("connect");
+        let tcp = tokio::net::TcpStream::connect(&self.host)
+            .await
+            .expect("connect");
         let name = ServerName::try_from("localhost").expect("name");
-        let mut tls = self.connector.connect(name, tcp).await.expect("TLS handshake");
+        let mut tls = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
         tls.write_all(&request_bytes(method, path, &self.host, &all, body))
             .await
             .expect("send");
@@ -225,7 +244,9 @@ impl Browserless {
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => char::from(b).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                char::from(b).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -253,7 +274,10 @@ async fn status_page_login_lockout_csrf_headers_and_metrics() {
         .expect("demo starts");
     let urls = demo.urls.clone();
     assert!(urls.status_page.starts_with("https://"), "{urls:?}");
-    assert!(!urls.status_password.is_empty() && !urls.status_fingerprint.is_empty(), "{urls:?}");
+    assert!(
+        !urls.status_password.is_empty() && !urls.status_fingerprint.is_empty(),
+        "{urls:?}"
+    );
     let setpoint = scenario::wait_for_reading(&demo, "line1/spindle_setpoint")
         .await
         .expect("reading");
@@ -262,14 +286,23 @@ async fn status_page_login_lockout_csrf_headers_and_metrics() {
     // Nothing without a session.
     assert_eq!(client.send("GET", "/api/status", &[], "").await.status, 401);
     let root = client.send("GET", "/", &[], "").await;
-    assert_eq!((root.status, root.header("location")), (303, Some("/login")));
+    assert_eq!(
+        (root.status, root.header("location")),
+        (303, Some("/login"))
+    );
 
     // Security headers on every response; the login cookie's attributes.
     let form = client.send("GET", "/login", &[], "").await;
     let csp = form.header("content-security-policy").expect("CSP");
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
-    assert!(form.header("strict-transport-security").is_some_and(|v| v.contains("max-age=")));
+    assert!(
+        form.header("strict-transport-security")
+            .is_some_and(|v| v.contains("max-age="))
+    );
     assert_eq!(form.header("x-frame-options"), Some("DENY"));
     assert_eq!(form.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(form.header("referrer-policy"), Some("no-referrer"));
@@ -288,7 +321,10 @@ async fn status_page_login_lockout_csrf_headers_and_metrics() {
     // Wrong password: 401. Right one: a session cookie with all three attributes.
     assert_eq!(client.login("not-the-password").await.status, 401);
     let logged_in = client.login(&urls.status_password).await;
-    assert_eq!((logged_in.status, logged_in.header("location")), (303, Some("/")));
+    assert_eq!(
+        (logged_in.status, logged_in.header("location")),
+        (303, Some("/"))
+    );
     let session_cookie = logged_in
         .set_cookies()
         .find(|c| c.starts_with(warden::status_page::SESSION_COOKIE))
@@ -310,18 +346,40 @@ async fn status_page_login_lockout_csrf_headers_and_metrics() {
         .expect("spindle_setpoint");
     assert_eq!(spindle["last"]["value"].as_f64(), Some(setpoint));
     assert!(!spindle["recent"].as_array().expect("recent").is_empty());
-    assert!(status["bridges"][0]["health"]["denied"].as_u64() >= Some(1), "{status}");
+    assert!(
+        status["bridges"][0]["health"]["denied"].as_u64() >= Some(1),
+        "{status}"
+    );
 
     // Defer: refused without the CSRF token or with a wrong one, accepted with it.
     let before = client.send("GET", "/api/updates", &[], "").await.json();
     assert!(before["deferred_until_ms"].is_null(), "{before}");
-    assert_eq!(client.send("POST", "/api/updates/defer", &[], "").await.status, 403);
+    assert_eq!(
+        client
+            .send("POST", "/api/updates/defer", &[], "")
+            .await
+            .status,
+        403
+    );
     let wrong = [("X-CSRF-Token", "0".repeat(64))];
-    assert_eq!(client.send("POST", "/api/updates/defer", &wrong, "").await.status, 403);
-    assert!(client.send("GET", "/api/updates", &[], "").await.json()["deferred_until_ms"].is_null());
+    assert_eq!(
+        client
+            .send("POST", "/api/updates/defer", &wrong, "")
+            .await
+            .status,
+        403
+    );
+    assert!(
+        client.send("GET", "/api/updates", &[], "").await.json()["deferred_until_ms"].is_null()
+    );
     let token = client.csrf_token().await;
     let deferred = client
-        .send("POST", "/api/updates/defer", &[("X-CSRF-Token", token.clone())], "")
+        .send(
+            "POST",
+            "/api/updates/defer",
+            &[("X-CSRF-Token", token.clone())],
+            "",
+        )
         .await;
     assert_eq!(deferred.status, 200, "{deferred:?}");
     let now_ms = std::time::SystemTime::now()
@@ -354,7 +412,11 @@ async fn status_page_login_lockout_csrf_headers_and_metrics() {
         "warden_outbox_depth",
         "warden_outbox_bytes",
     ] {
-        assert!(metrics.body.contains(needle), "{needle} missing:\n{}", metrics.body);
+        assert!(
+            metrics.body.contains(needle),
+            "{needle} missing:\n{}",
+            metrics.body
+        );
     }
 
     // Lockout: after five wrong passwords even the right one is refused, with Retry-After.
@@ -406,8 +468,12 @@ async fn status_page_login_lockout_and_defer_in_chromium() {
     let setpoint = scenario::wait_for_reading(&demo, "line1/spindle_setpoint")
         .await
         .expect("reading");
-    let operator = browser::WebDriver::start().await.expect("chromedriver starts");
-    let intruder = browser::WebDriver::start().await.expect("chromedriver starts");
+    let operator = browser::WebDriver::start()
+        .await
+        .expect("chromedriver starts");
+    let intruder = browser::WebDriver::start()
+        .await
+        .expect("chromedriver starts");
     let urls = demo.urls.clone();
     let wait = Duration::from_secs(15);
     let steps = async {
@@ -415,21 +481,35 @@ async fn status_page_login_lockout_and_defer_in_chromium() {
         // A wrong password: the form says so and no session starts.
         operator.goto(&login).await?;
         operator.type_into("#password", "wrong-password").await?;
-        operator.click("#submit").await?;
-        operator.wait_for_text("#message", wait, |t| t.contains("Wrong password")).await?;
+        operator.click_and_wait_for_navigation("#submit").await?;
+        operator
+            .wait_for_text("#message", wait, |t| t.contains("Wrong password"))
+            .await?;
         // The right one: the page, with the device's live values.
-        operator.type_into("#password", &urls.status_password).await?;
-        operator.click("#submit").await?;
+        operator
+            .type_into("#password", &urls.status_password)
+            .await?;
+        operator.click_and_wait_for_navigation("#submit").await?;
         operator
             .wait_for_text("#overview-device", wait, |t| t == urls.device_id)
             .await?;
         let expected = setpoint.to_string();
         operator
-            .wait_for_text("tr[data-point=\"spindle_setpoint\"] td:nth-child(2)", wait, |t| t == expected)
+            .wait_for_text(
+                "tr[data-point=\"spindle_setpoint\"] td:nth-child(2)",
+                wait,
+                |t| t == expected,
+            )
             .await?;
-        operator.wait_for_text("#link", wait, |t| t == "connected").await?;
-        operator.wait_for_text("#outbox-depth", wait, |t| t.contains("batches")).await?;
-        operator.wait_for_text("#reports-list", wait, |t| t.contains("none yet")).await?;
+        operator
+            .wait_for_text("#link", wait, |t| t == "connected")
+            .await?;
+        operator
+            .wait_for_text("#outbox-depth", wait, |t| t.contains("batches"))
+            .await?;
+        operator
+            .wait_for_text("#reports-list", wait, |t| t.contains("none yet"))
+            .await?;
         operator
             .wait_for_text("tr[data-bridge=\"line1\"] td:nth-child(2)", wait, |t| {
                 t.parse::<u64>().is_ok_and(|denied| denied >= 1)
@@ -438,7 +518,10 @@ async fn status_page_login_lockout_and_defer_in_chromium() {
         let polylines = operator
             .execute("return document.querySelectorAll('tr[data-point=\"oil_temperature\"] svg polyline').length;", serde_json::json!([]))
             .await?;
-        anyhow::ensure!(polylines == 1, "no trend chart for oil_temperature: {polylines}");
+        anyhow::ensure!(
+            polylines == 1,
+            "no trend chart for oil_temperature: {polylines}"
+        );
 
         // Defer through the button (the page sends its CSRF token).
         operator.click("#update-defer").await?;
@@ -455,7 +538,10 @@ async fn status_page_login_lockout_and_defer_in_chromium() {
             .await?;
         anyhow::ensure!(refused == 403, "allow without CSRF answered {refused}");
         let decision = operator
-            .execute("return fetch('/api/updates').then(r => r.json());", serde_json::json!([]))
+            .execute(
+                "return fetch('/api/updates').then(r => r.json());",
+                serde_json::json!([]),
+            )
             .await?;
         anyhow::ensure!(
             decision["deferred_until_ms"].as_u64().is_some(),
@@ -467,13 +553,21 @@ async fn status_page_login_lockout_and_defer_in_chromium() {
         intruder.goto(&login).await?;
         for _ in 0..warden::status_page::auth::MAX_FAILURES_PER_CLIENT {
             intruder.type_into("#password", "guess").await?;
-            intruder.click("#submit").await?;
-            intruder.wait_for_text("#message", wait, |t| !t.is_empty()).await?;
+            intruder.click_and_wait_for_navigation("#submit").await?;
+            intruder
+                .wait_for_text("#message", wait, |t| !t.is_empty())
+                .await?;
         }
-        intruder.wait_for_text("#message", wait, |t| t.contains("locked out")).await?;
-        intruder.type_into("#password", &urls.status_password).await?;
-        intruder.click("#submit").await?;
-        intruder.wait_for_text("#message", wait, |t| t.contains("locked out")).await?;
+        intruder
+            .wait_for_text("#message", wait, |t| t.contains("locked out"))
+            .await?;
+        intruder
+            .type_into("#password", &urls.status_password)
+            .await?;
+        intruder.click_and_wait_for_navigation("#submit").await?;
+        intruder
+            .wait_for_text("#message", wait, |t| t.contains("locked out"))
+            .await?;
         anyhow::ensure!(
             intruder.current_url().await?.ends_with("/login"),
             "a locked-out browser got past the login"

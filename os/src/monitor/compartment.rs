@@ -9,7 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::frame::{FrameError, ToCompartment, ToMonitor, read_frame, write_frame};
+use super::channel::recv_frame_with_fd;
+use super::frame::{FrameError, ToCompartment, ToMonitor, write_frame};
 use super::manifest::Grants;
 use crate::sandbox::{self, SandboxMode};
 
@@ -56,6 +57,7 @@ pub struct Compartment {
     pub sandbox: sandbox::SandboxReport,
     heartbeat: Duration,
     control: Arc<Mutex<UnixStream>>,
+    offered: Arc<Mutex<Vec<(String, UnixStream)>>>,
 }
 
 /// Enters the compartment: takes the control channel, installs the panic hook and
@@ -68,11 +70,12 @@ pub fn enter_from_env() -> Result<Compartment, CompartmentError> {
         })
     };
     let name = environment(NAME_ENV)?;
-    let grants: Grants =
-        toml::from_str(&environment(GRANTS_ENV)?).map_err(|error| CompartmentError::Environment {
+    let grants: Grants = toml::from_str(&environment(GRANTS_ENV)?).map_err(|error| {
+        CompartmentError::Environment {
             name: GRANTS_ENV,
             problem: error.to_string(),
-        })?;
+        }
+    })?;
     let mode = match environment(MODE_ENV)?.as_str() {
         "insecure-dev" => SandboxMode::InsecureDev,
         _ => SandboxMode::Enforce,
@@ -109,6 +112,7 @@ pub fn enter_from_env() -> Result<Compartment, CompartmentError> {
         sandbox,
         heartbeat: Duration::from_millis(heartbeat_ms.max(1)),
         control,
+        offered: Arc::default(),
     })
 }
 
@@ -178,8 +182,9 @@ impl Compartment {
         )
     }
 
-    /// Asks the monitor for a channel to `peer`; `Ok(false)` when the manifest denies it.
-    pub fn open_channel(&self, peer: &str) -> Result<bool, FrameError> {
+    /// Asks the monitor for a channel to `peer`; `Ok(None)` when the manifest denies it
+    /// (or the peer is not running).
+    pub fn open_channel(&self, peer: &str) -> Result<Option<UnixStream>, FrameError> {
         let mut stream = self.control.lock().unwrap_or_else(PoisonError::into_inner);
         write_frame(
             &mut *stream,
@@ -187,11 +192,65 @@ impl Compartment {
                 peer: peer.to_owned(),
             },
         )?;
-        match read_frame::<ToCompartment>(&mut *stream)? {
-            Some(ToCompartment::ChannelGranted { .. }) => Ok(true),
-            Some(ToCompartment::ChannelDenied { .. }) => Ok(false),
-            None => Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        loop {
+            match recv_frame_with_fd::<ToCompartment>(&stream)? {
+                Some((ToCompartment::ChannelGranted { .. }, Some(fd))) => {
+                    return Ok(Some(UnixStream::from(fd)));
+                }
+                Some((
+                    ToCompartment::ChannelGranted { .. } | ToCompartment::ChannelDenied { .. },
+                    _,
+                )) => {
+                    return Ok(None);
+                }
+                Some((ToCompartment::ChannelOffered { peer }, Some(fd))) => {
+                    self.offered
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((peer, UnixStream::from(fd)));
+                }
+                Some((ToCompartment::ChannelOffered { .. }, None)) => {}
+                None => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            }
         }
+    }
+
+    /// Waits for a peer to open a channel to this compartment: `(peer, channel)`.
+    pub fn accept_channel(&self) -> Result<(String, UnixStream), FrameError> {
+        if let Some(offer) = self
+            .offered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+        {
+            return Ok(offer);
+        }
+        // Read without holding the lock for writes: a cloned handle on the same socket.
+        let reader = self
+            .control
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_clone()?;
+        loop {
+            match recv_frame_with_fd::<ToCompartment>(&reader)? {
+                Some((ToCompartment::ChannelOffered { peer }, Some(fd))) => {
+                    return Ok((peer, UnixStream::from(fd)));
+                }
+                Some(_) => {}
+                None => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            }
+        }
+    }
+
+    /// Reports that a peer sent a frame that does not decode (the caller closes it).
+    pub fn report_peer_frame(&self, peer: &str, error: &FrameError) -> Result<(), FrameError> {
+        send(
+            &self.control,
+            &ToMonitor::PeerFrameRejected {
+                peer: peer.to_owned(),
+                detail: error.to_string(),
+            },
+        )
     }
 
     /// Writes raw bytes on the control channel (the garbage test role uses it).

@@ -36,6 +36,13 @@ pub enum ToMonitor {
         /// The error.
         detail: String,
     },
+    /// A frame from a peer did not decode; that channel was closed.
+    PeerFrameRejected {
+        /// The peer.
+        peer: String,
+        /// Why.
+        detail: String,
+    },
     /// Asks for an IPC channel to a peer compartment.
     OpenChannel {
         /// The peer's compartment name.
@@ -51,9 +58,14 @@ pub enum ToCompartment {
         /// The peer asked for.
         peer: String,
     },
-    /// The peer is granted (the channel itself is future work, see the README).
+    /// The peer is granted; the channel's end comes attached (`SCM_RIGHTS`).
     ChannelGranted {
         /// The peer asked for.
+        peer: String,
+    },
+    /// A peer opened a channel to this compartment; its end comes attached.
+    ChannelOffered {
+        /// The compartment that asked.
         peer: String,
     },
 }
@@ -78,18 +90,27 @@ pub enum FrameError {
 
 /// Writes one frame.
 pub fn write_frame<T: Serialize>(writer: &mut impl Write, message: &T) -> Result<(), FrameError> {
+    writer.write_all(&encode_frame(message)?)?;
+    Ok(())
+}
+
+/// One frame's bytes: length prefix and body.
+pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     let body = postcard::to_stdvec(message).map_err(FrameError::Decode)?;
     if body.len() > MAX_FRAME_LEN {
         return Err(FrameError::TooLong { length: body.len() });
     }
-    let length = u32::try_from(body.len()).map_err(|_| FrameError::TooLong {
-        length: body.len(),
-    })?;
+    let length =
+        u32::try_from(body.len()).map_err(|_| FrameError::TooLong { length: body.len() })?;
     let mut bytes = Vec::with_capacity(4 + body.len());
     bytes.extend_from_slice(&length.to_le_bytes());
     bytes.extend_from_slice(&body);
-    writer.write_all(&bytes)?;
-    Ok(())
+    Ok(bytes)
+}
+
+/// Decodes a frame body that [`read_frame`]'s length rules already admitted.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    postcard::from_bytes(body).map_err(FrameError::Decode)
 }
 
 /// Reads one frame; `Ok(None)` when the peer closed the channel between frames.
@@ -109,7 +130,9 @@ pub fn read_frame<T: DeserializeOwned>(reader: &mut impl Read) -> Result<Option<
     }
     let mut body = vec![0_u8; length];
     reader.read_exact(&mut body)?;
-    postcard::from_bytes(&body).map(Some).map_err(FrameError::Decode)
+    postcard::from_bytes(&body)
+        .map(Some)
+        .map_err(FrameError::Decode)
 }
 
 #[cfg(test)]
@@ -134,5 +157,20 @@ mod tests {
             read_frame::<ToMonitor>(&mut garbage.as_slice()),
             Err(FrameError::Decode(_))
         ));
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all: a message, a clean end, or an error; never a panic, and
+        /// never an allocation above the frame limit.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let mut reader = bytes.as_slice();
+            for _ in 0..8 {
+                match read_frame::<ToMonitor>(&mut reader) {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
     }
 }

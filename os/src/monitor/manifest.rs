@@ -60,6 +60,8 @@ pub struct CompartmentManifest {
     pub memory_mib: u64,
     /// Open file descriptor limit.
     pub open_files: u64,
+    /// The dedicated uid (and gid) it runs as when the monitor is root.
+    pub uid: u32,
 }
 
 impl CompartmentManifest {
@@ -74,6 +76,7 @@ impl CompartmentManifest {
             peers: self.peers.clone(),
             memory_mib: self.memory_mib,
             open_files: self.open_files,
+            uid: self.uid,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct Grants {
     pub memory_mib: u64,
     /// Open file descriptor limit.
     pub open_files: u64,
+    /// The dedicated uid and gid (applied only when started as root).
+    pub uid: u32,
 }
 
 impl Grants {
@@ -223,8 +228,30 @@ impl Manifest {
                     ));
                 }
                 if peer == name {
-                    return Err(invalid("peers", "a compartment cannot be its own peer".into()));
+                    return Err(invalid(
+                        "peers",
+                        "a compartment cannot be its own peer".into(),
+                    ));
                 }
+            }
+            if grants.uid == 0 {
+                return Err(invalid(
+                    "uid",
+                    "0 is root; give each compartment its own uid".into(),
+                ));
+            }
+            if let Some((other, _)) = self
+                .compartment
+                .iter()
+                .find(|(other, entry)| *other != name && entry.uid == grants.uid)
+            {
+                return Err(invalid(
+                    "uid",
+                    format!(
+                        "uid {} is also `{other}`'s; each compartment gets its own",
+                        grants.uid
+                    ),
+                ));
             }
             if grants.memory_mib == 0 {
                 return Err(invalid("memory_mib", "must be at least 1".into()));
@@ -299,6 +326,7 @@ listen = []
 peers = ["b"]
 memory_mib = 64
 open_files = 32
+uid = 61001
 
 [compartment.b]
 role = "y"
@@ -311,6 +339,7 @@ listen = [8081]
 peers = []
 memory_mib = 64
 open_files = 32
+uid = 61002
 "#;
 
     #[test]
@@ -326,15 +355,22 @@ open_files = 32
     #[test]
     fn a_missing_grant_is_an_error_naming_it() {
         let text = GOOD.replacen("serial = []\n", "", 1);
-        let error = Manifest::parse(&text, "m.toml").expect_err("missing").to_string();
-        assert!(error.contains("m.toml") && error.contains("serial"), "{error}");
+        let error = Manifest::parse(&text, "m.toml")
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            error.contains("m.toml") && error.contains("serial"),
+            "{error}"
+        );
         assert!(error.contains("line"), "{error}");
     }
 
     #[test]
     fn an_unknown_peer_names_file_line_and_field() {
         let text = GOOD.replacen("peers = [\"b\"]", "peers = [\"ghost\"]", 1);
-        let error = Manifest::parse(&text, "m.toml").expect_err("ghost").to_string();
+        let error = Manifest::parse(&text, "m.toml")
+            .expect_err("ghost")
+            .to_string();
         assert!(
             error.contains("m.toml:10") && error.contains("`peers`") && error.contains("ghost"),
             "{error}"
@@ -346,7 +382,9 @@ open_files = 32
         let text = GOOD.replacen("10.0.0.1:502", "10.0.0.1", 1);
         assert!(Manifest::parse(&text, "m").is_err());
         let text = GOOD.replacen("/etc/a", "etc/a", 1);
-        let error = Manifest::parse(&text, "m").expect_err("relative").to_string();
+        let error = Manifest::parse(&text, "m")
+            .expect_err("relative")
+            .to_string();
         assert!(error.contains("`read`"), "{error}");
     }
 }

@@ -6,16 +6,17 @@
 //! restarts a compartment that exits with exponential backoff, kills one whose
 //! heartbeats stop, and writes a failure report for each of these.
 
+pub mod channel;
+pub mod cli;
 pub mod compartment;
 pub mod frame;
 pub mod manifest;
 pub mod selftest;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,7 +94,12 @@ pub struct StartRecord {
     pub name: String,
     /// When it was started.
     pub at: Instant,
+    /// The backoff it waited after its previous exit, ms (0 for the first start).
+    pub delay_ms: u64,
 }
+
+/// An event from a compartment's channel: its name, its start generation, the event.
+type ChannelEvent = (String, u64, Event);
 
 enum Event {
     Frame(ToMonitor),
@@ -108,6 +114,7 @@ struct Supervised {
     last_heartbeat: Instant,
     started: Instant,
     next_start: Option<Instant>,
+    delay_ms: u64,
     consecutive_crashes: u32,
     panicked: bool,
     killed_by_watchdog: bool,
@@ -119,10 +126,7 @@ pub struct Monitor {
     options: MonitorOptions,
     store: ReportStore,
     supervised: BTreeMap<String, Supervised>,
-    events: (
-        mpsc::Sender<(String, u64, Event)>,
-        mpsc::Receiver<(String, u64, Event)>,
-    ),
+    events: (mpsc::Sender<ChannelEvent>, mpsc::Receiver<ChannelEvent>),
     starts: Vec<StartRecord>,
     trial_crashes: u32,
 }
@@ -171,6 +175,13 @@ impl Monitor {
     /// Starts every compartment, then supervises until `stop` is raised.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<MonitorOutcome, MonitorError> {
         let names: Vec<String> = self.manifest.compartment.keys().cloned().collect();
+        if nix::unistd::geteuid().is_root() {
+            for entry in self.manifest.compartment.values() {
+                for path in entry.read_write.iter().chain(&entry.serial) {
+                    give_to_uid(path, entry.uid);
+                }
+            }
+        }
         let now = Instant::now();
         for name in names {
             self.supervised.insert(
@@ -182,6 +193,7 @@ impl Monitor {
                     last_heartbeat: now,
                     started: now,
                     next_start: Some(now),
+                    delay_ms: 0,
                     consecutive_crashes: 0,
                     panicked: false,
                     killed_by_watchdog: false,
@@ -257,6 +269,9 @@ impl Monitor {
                 self.manifest.monitor.heartbeat_interval_ms.to_string(),
             )
             .stdin(Stdio::from(OwnedFd::from(theirs)))
+            // Its own process group: a Ctrl-C at the terminal reaches only the monitor,
+            // which then stops every compartment itself.
+            .process_group(0)
             .spawn()
             .map_err(spawn_error)?;
         let reader = ours.try_clone().map_err(spawn_error)?;
@@ -276,6 +291,7 @@ impl Monitor {
         self.starts.push(StartRecord {
             name: name.to_owned(),
             at: now,
+            delay_ms: state.delay_ms,
         });
         tracing::info!(compartment = name, generation, "compartment started");
         let sender = self.events.0.clone();
@@ -285,12 +301,22 @@ impl Monitor {
     }
 
     fn handle(&mut self, name: &str, generation: u64, event: Event) {
+        if self
+            .supervised
+            .get(name)
+            .is_none_or(|state| state.generation != generation)
+        {
+            return;
+        }
+        if let Event::Frame(ToMonitor::OpenChannel { peer }) = event {
+            if let Some(kind) = self.open_channel(name, peer) {
+                self.record(name, kind);
+            }
+            return;
+        }
         let Some(state) = self.supervised.get_mut(name) else {
             return;
         };
-        if state.generation != generation {
-            return;
-        }
         let kind = match event {
             Event::Frame(ToMonitor::Heartbeat) => {
                 state.last_heartbeat = Instant::now();
@@ -306,24 +332,11 @@ impl Monitor {
             Event::Frame(ToMonitor::SandboxFailed { detail }) => {
                 FailureKind::SandboxFailed { detail }
             }
-            Event::Frame(ToMonitor::OpenChannel { peer }) => {
-                let allowed = self
-                    .manifest
-                    .compartment
-                    .get(name)
-                    .is_some_and(|entry| entry.peers.contains(&peer));
-                let reply = if allowed {
-                    ToCompartment::ChannelGranted { peer: peer.clone() }
-                } else {
-                    ToCompartment::ChannelDenied { peer: peer.clone() }
-                };
-                if let Some(control) = state.control.as_mut() {
-                    let _ = write_frame(control, &reply).map(|()| control.flush());
+            Event::Frame(ToMonitor::OpenChannel { .. }) => return,
+            Event::Frame(ToMonitor::PeerFrameRejected { peer, detail }) => {
+                FailureKind::MalformedFrame {
+                    detail: format!("from peer `{peer}`: {detail}"),
                 }
-                if allowed {
-                    return;
-                }
-                FailureKind::PeerDenied { peer }
             }
             Event::Malformed(detail) => {
                 // The reader thread has stopped; closing our end ends the channel.
@@ -332,9 +345,53 @@ impl Monitor {
                 }
                 FailureKind::MalformedFrame { detail }
             }
-            Event::Closed => return,
+            Event::Closed => {
+                tracing::debug!(
+                    compartment = name,
+                    "control channel closed by the compartment"
+                );
+                return;
+            }
         };
         self.record(name, kind);
+    }
+
+    /// Grants or denies `name`'s request for a channel to `peer`; a denial is returned
+    /// as the failure to report. A granted channel is a fresh socketpair, one end sent
+    /// to each side over its control channel.
+    fn open_channel(&mut self, name: &str, peer: String) -> Option<FailureKind> {
+        let allowed = self
+            .manifest
+            .compartment
+            .get(name)
+            .is_some_and(|entry| entry.peers.contains(&peer));
+        let requester = self.supervised.get(name)?.control.as_ref()?;
+        let deny = |requester: &UnixStream, peer: String| {
+            let mut writer = requester;
+            let _ = write_frame(&mut writer, &ToCompartment::ChannelDenied { peer });
+        };
+        if !allowed {
+            deny(requester, peer.clone());
+            return Some(FailureKind::PeerDenied { peer });
+        }
+        let target = self
+            .supervised
+            .get(&peer)
+            .and_then(|state| state.control.as_ref());
+        let handed_out = target.and_then(|target| {
+            let (ours, theirs) = UnixStream::pair().ok()?;
+            let offer = ToCompartment::ChannelOffered {
+                peer: name.to_owned(),
+            };
+            channel::send_frame_with_fd(target, &offer, theirs.as_fd()).ok()?;
+            let grant = ToCompartment::ChannelGranted { peer: peer.clone() };
+            channel::send_frame_with_fd(requester, &grant, ours.as_fd()).ok()
+        });
+        if handed_out.is_none() {
+            tracing::warn!(compartment = name, %peer, "peer is not running; channel refused");
+            deny(requester, peer);
+        }
+        None
     }
 
     fn record(&self, name: &str, kind: FailureKind) {
@@ -368,6 +425,7 @@ impl Monitor {
                 .saturating_mul(1 << exponent)
                 .min(settings.restart_backoff_max_ms);
             state.next_start = Some(Instant::now() + Duration::from_millis(delay));
+            state.delay_ms = delay;
             tracing::warn!(compartment = %name, %status, restart_in_ms = delay, "compartment exited");
             let failed = !status.success();
             if failed {
@@ -427,17 +485,39 @@ impl Drop for Monitor {
     }
 }
 
+/// Makes `path` (recursively, not following symlinks) owned by `uid`:`uid`, so the
+/// compartment can use what its manifest grants after dropping root. A path that does
+/// not exist is left alone: the compartment's sandbox then names it and fails.
+fn give_to_uid(path: &std::path::Path, uid: u32) {
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if let Err(error) = std::os::unix::fs::lchown(path, Some(uid), Some(uid)) {
+        tracing::warn!(path = %path.display(), uid, %error, "cannot hand a granted path to its compartment");
+    }
+    if metadata.is_dir()
+        && let Ok(entries) = std::fs::read_dir(path)
+    {
+        for entry in entries.flatten() {
+            give_to_uid(&entry.path(), uid);
+        }
+    }
+}
+
 fn read_channel(
     mut reader: UnixStream,
     name: &str,
     generation: u64,
-    sender: &mpsc::Sender<(String, u64, Event)>,
+    sender: &mpsc::Sender<ChannelEvent>,
 ) {
     loop {
         let event = match read_frame::<ToMonitor>(&mut reader) {
             Ok(Some(message)) => Event::Frame(message),
             Ok(None) => Event::Closed,
-            Err(FrameError::Io(_)) => Event::Closed,
+            Err(FrameError::Io(error)) => {
+                tracing::debug!(compartment = name, %error, "control channel closed");
+                Event::Closed
+            }
             Err(error) => Event::Malformed(error.to_string()),
         };
         let last = !matches!(event, Event::Frame(_));

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::compartment::{self, Compartment};
+use super::frame::{FrameError, read_frame, write_frame};
 
 /// The selftest roles.
 pub const ROLES: &[&str] = &[
@@ -16,6 +17,8 @@ pub const ROLES: &[&str] = &[
     "selftest-hang",
     "selftest-garbage",
     "selftest-idle",
+    "selftest-echo",
+    "selftest-caller",
 ];
 
 /// Runs a selftest role; `None` when `role` is not one of [`ROLES`].
@@ -42,6 +45,15 @@ pub fn run_role(role: &str, args: &[String]) -> Option<ExitCode> {
             panic!("selftest crash on purpose");
         }
         "selftest-hang" => park(),
+        "selftest-echo" => {
+            compartment.start_heartbeat();
+            echo(&compartment)
+        }
+        "selftest-caller" => {
+            compartment.start_heartbeat();
+            call(&compartment, args);
+            park()
+        }
         "selftest-garbage" => {
             compartment.start_heartbeat();
             std::thread::sleep(Duration::from_millis(50));
@@ -64,7 +76,9 @@ fn park() -> ! {
 /// Tries each forbidden thing; prints `DENIED <action> <errno>` or `ALLOWED <action>`.
 /// `args`: `[file outside the granted directory, undeclared TCP port, undeclared peer]`.
 fn hostile(compartment: &Compartment, args: &[String]) {
-    let outside = args.first().map_or("/tmp/warden-hostile-escape", String::as_str);
+    let outside = args
+        .first()
+        .map_or("/tmp/warden-hostile-escape", String::as_str);
     let port: u16 = args.get(1).and_then(|port| port.parse().ok()).unwrap_or(22);
     let peer = args.get(2).map_or("pluton", String::as_str);
     let attempts: Vec<(String, std::io::Result<()>)> = vec![
@@ -101,14 +115,65 @@ fn hostile(compartment: &Compartment, args: &[String]) {
                 let denied = matches!(error.kind(), ErrorKind::PermissionDenied)
                     || errno == libc::EPERM
                     || errno == libc::EACCES;
-                println!("{} {action} {errno}", if denied { "DENIED" } else { "FAILED" });
+                println!(
+                    "{} {action} {errno}",
+                    if denied { "DENIED" } else { "FAILED" }
+                );
                 let _ = compartment.report_denied(&action, errno);
             }
         }
     }
     match compartment.open_channel(peer) {
-        Ok(false) => println!("DENIED ipc {peer} {}", libc::EPERM),
-        Ok(true) => println!("ALLOWED ipc {peer}"),
+        Ok(None) => println!("DENIED ipc {peer} {}", libc::EPERM),
+        Ok(Some(_)) => println!("ALLOWED ipc {peer}"),
         Err(error) => println!("FAILED ipc {peer}: {error}"),
+    }
+}
+
+/// Echoes every frame of every channel offered to it; reports a malformed frame and
+/// closes that channel.
+fn echo(compartment: &Compartment) -> ! {
+    loop {
+        let Ok((peer, mut channel)) = compartment.accept_channel() else {
+            park()
+        };
+        loop {
+            match read_frame::<String>(&mut channel) {
+                Ok(Some(text)) => {
+                    if write_frame(&mut channel, &text).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) | Err(FrameError::Io(_)) => break,
+                Err(error) => {
+                    let _ = compartment.report_peer_frame(&peer, &error);
+                    let _ = channel.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Opens a channel to `args[1]`, checks an echo, writes `args[0]` (a file in its own
+/// directory) on success, then sends garbage on a second channel.
+fn call(compartment: &Compartment, args: &[String]) {
+    let (Some(proof), Some(peer)) = (args.first(), args.get(1)) else {
+        return;
+    };
+    let Ok(Some(mut channel)) = compartment.open_channel(peer) else {
+        return;
+    };
+    let echoed = write_frame(&mut channel, &"ping".to_owned())
+        .and_then(|()| read_frame::<String>(&mut channel));
+    if matches!(echoed, Ok(Some(ref text)) if text == "ping") {
+        let _ = std::fs::write(proof, b"echo ok");
+    }
+    drop(channel);
+    if let Ok(Some(mut channel)) = compartment.open_channel(peer) {
+        use std::io::Write as _;
+        let _ = channel.write_all(&[2, 0, 0, 0, 0xff, 0xff]);
+        let _ = channel.flush();
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

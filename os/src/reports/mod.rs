@@ -149,9 +149,7 @@ impl FailureReport {
             FailureKind::WatchdogExpired { .. } => String::new(),
             FailureKind::PolicyDenied { action, errno } => format!("{action}:{errno}"),
             FailureKind::PeerDenied { peer } => peer.clone(),
-            FailureKind::MalformedFrame { .. } | FailureKind::SandboxFailed { .. } => {
-                String::new()
-            }
+            FailureKind::MalformedFrame { .. } | FailureKind::SandboxFailed { .. } => String::new(),
             FailureKind::RebootReason { reason } => reason.clone(),
             FailureKind::AttestationFailure { detail } => detail.clone(),
         };
@@ -209,11 +207,7 @@ pub struct ReportStore {
 
 impl ReportStore {
     /// Opens (creating) the store in `dir`, keeping at most `capacity` reports.
-    pub fn open(
-        dir: &Path,
-        capacity: usize,
-        image_version: &str,
-    ) -> Result<Self, ReportError> {
+    pub fn open(dir: &Path, capacity: usize, image_version: &str) -> Result<Self, ReportError> {
         std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
             path: dir.to_owned(),
             source,
@@ -397,7 +391,9 @@ impl ReportStore {
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 #[cfg(test)]

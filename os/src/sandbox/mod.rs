@@ -1,8 +1,9 @@
 //! Kernel sandboxing a compartment applies to itself, first thing in its role's main.
 //!
-//! Order: rlimits, a private network namespace when nothing network is granted,
-//! `no_new_privs`, landlock (files, TCP ports, signal and abstract-socket scope),
-//! then the seccomp allowlist. Everything here uses safe APIs (nix, landlock,
+//! Order: rlimits; the landlock ruleset is built (granted paths opened while still
+//! privileged); a private network namespace when nothing network is granted; the
+//! dedicated uid/gid when started as root; `no_new_privs`; landlock applied (files,
+//! TCP ports, signal and abstract-socket scope); the seccomp allowlist last. Everything here uses safe APIs (nix, landlock,
 //! seccompiler); no `unsafe`.
 
 pub mod seccomp;
@@ -67,7 +68,9 @@ impl KernelSupport {
             landlock_fs: landlock_with(ABI::V1, false),
             landlock_net: landlock_with(ABI::V4, true),
             landlock_scope,
-            seccomp_filter: status.lines().any(|line| line.starts_with("Seccomp_filters:")),
+            seccomp_filter: status
+                .lines()
+                .any(|line| line.starts_with("Seccomp_filters:")),
             network_namespace: Path::new("/proc/self/ns/net").exists(),
         }
     }
@@ -95,6 +98,8 @@ pub struct SandboxReport {
     pub landlock: String,
     /// A private, empty network namespace was entered.
     pub network_isolated: bool,
+    /// The uid it switched to (only when started as root).
+    pub dropped_to_uid: Option<u32>,
     /// The seccomp allowlist is installed.
     pub seccomp: bool,
     /// Layers that were skipped (only with [`SandboxMode::InsecureDev`]).
@@ -118,6 +123,14 @@ pub enum SandboxError {
     /// `unshare(CLONE_NEWNET)` failed.
     #[error("cannot enter a private network namespace: {0}")]
     NetworkNamespace(nix::Error),
+    /// Switching to the dedicated uid/gid failed.
+    #[error("cannot switch to uid/gid {uid}: {errno}")]
+    DropUid {
+        /// The manifest's uid.
+        uid: u32,
+        /// The kernel's answer.
+        errno: nix::Error,
+    },
     /// `PR_SET_NO_NEW_PRIVS` failed.
     #[error("cannot set no_new_privs: {0}")]
     NoNewPrivs(nix::Error),
@@ -150,6 +163,7 @@ pub enum SandboxError {
 pub fn enter(grants: &Grants, mode: SandboxMode) -> Result<SandboxReport, SandboxError> {
     let mut skipped = Vec::new();
     set_limits(grants)?;
+    let ruleset = landlock_ruleset(grants)?;
     let mut network_isolated = false;
     if !grants.has_network() {
         match nix::sched::unshare(CloneFlags::CLONE_NEWNET) {
@@ -170,8 +184,12 @@ pub fn enter(grants: &Grants, mode: SandboxMode) -> Result<SandboxReport, Sandbo
             Err(error) => return Err(SandboxError::NetworkNamespace(error)),
         }
     }
+    let dropped_to_uid = drop_to_dedicated_uid(grants.uid)?;
     nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
-    let landlock = restrict_with_landlock(grants)?;
+    let landlock = ruleset
+        .restrict_self()
+        .map_err(|error| SandboxError::Landlock(error.to_string()))?
+        .ruleset;
     if landlock != RulesetStatus::FullyEnforced {
         let status = format!("{landlock:?}");
         if mode == SandboxMode::Enforce {
@@ -192,6 +210,7 @@ pub fn enter(grants: &Grants, mode: SandboxMode) -> Result<SandboxReport, Sandbo
     Ok(SandboxReport {
         landlock: format!("{landlock:?}"),
         network_isolated,
+        dropped_to_uid,
         seccomp,
         skipped,
     })
@@ -217,7 +236,22 @@ fn set_limits(grants: &Grants) -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn restrict_with_landlock(grants: &Grants) -> Result<RulesetStatus, SandboxError> {
+/// As root: no supplementary groups, then gid, then uid (all three of each set).
+fn drop_to_dedicated_uid(uid: u32) -> Result<Option<u32>, SandboxError> {
+    use nix::unistd::{Gid, Uid};
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let error = |errno| SandboxError::DropUid { uid, errno };
+    nix::unistd::setgroups(&[]).map_err(error)?;
+    let gid = Gid::from_raw(uid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(error)?;
+    let user = Uid::from_raw(uid);
+    nix::unistd::setresuid(user, user, user).map_err(error)?;
+    Ok(Some(uid))
+}
+
+fn landlock_ruleset(grants: &Grants) -> Result<landlock::RulesetCreated, SandboxError> {
     let landlock = |error: landlock::RulesetError| SandboxError::Landlock(error.to_string());
     let abi = WANTED_ABI;
     let execute: AccessFs = AccessFs::Execute;
@@ -270,6 +304,5 @@ fn restrict_with_landlock(grants: &Grants) -> Result<RulesetStatus, SandboxError
             .add_rule(NetPort::new(*port, AccessNet::BindTcp))
             .map_err(landlock)?;
     }
-    let status = ruleset.restrict_self().map_err(landlock)?;
-    Ok(status.ruleset)
+    Ok(ruleset)
 }

@@ -2,5 +2,6 @@
 
 mod agent;
 mod crash;
+mod monitor;
 mod release;
 mod support;

@@ -1,0 +1,85 @@
+//! Frames with a file descriptor attached: how the monitor hands out peer channels.
+//!
+//! The monitor makes a socketpair per granted channel and sends one end to each peer
+//! over their control channels as `SCM_RIGHTS`, through rustix's safe API.
+
+use std::io::{IoSlice, IoSliceMut, Read as _, Write as _};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::frame::{FrameError, MAX_FRAME_LEN, decode_body, encode_frame};
+
+/// Writes one frame with `fd` attached to its first byte.
+pub fn send_frame_with_fd<T: Serialize>(
+    socket: &UnixStream,
+    message: &T,
+    fd: BorrowedFd<'_>,
+) -> Result<(), FrameError> {
+    let bytes = encode_frame(message)?;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd];
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(FrameError::Io(std::io::Error::other(
+            "no room for the descriptor",
+        )));
+    }
+    let sent = rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(&bytes)],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .map_err(std::io::Error::from)?;
+    let mut writer = socket;
+    writer.write_all(&bytes[sent..])?;
+    Ok(())
+}
+
+/// Reads one frame and the descriptor attached to it, if any; `Ok(None)` at a clean end.
+pub fn recv_frame_with_fd<T: DeserializeOwned>(
+    socket: &UnixStream,
+) -> Result<Option<(T, Option<OwnedFd>)>, FrameError> {
+    let mut prefix = [0_u8; 4];
+    let mut filled = 0;
+    let mut attached = None;
+    while filled < prefix.len() {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = rustix::net::recvmsg(
+            socket,
+            &mut [IoSliceMut::new(&mut prefix[filled..])],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = message {
+                for fd in fds {
+                    attached.get_or_insert(fd);
+                }
+            }
+        }
+        match received.bytes {
+            0 if filled == 0 => return Ok(None),
+            0 => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            count => filled += count,
+        }
+    }
+    let length = u32::from_le_bytes(prefix) as usize;
+    if length > MAX_FRAME_LEN {
+        return Err(FrameError::TooLong { length });
+    }
+    let mut body = vec![0_u8; length];
+    let mut reader = socket;
+    reader.read_exact(&mut body)?;
+    Ok(Some((decode_body(&body)?, attached)))
+}

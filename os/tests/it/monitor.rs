@@ -1,0 +1,393 @@
+//! The monitor with real sandboxed processes: denials, restarts, watchdog, garbage.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use warden_os::monitor::manifest::Manifest;
+use warden_os::monitor::{Monitor, MonitorOptions, MonitorOutcome, StartRecord};
+use warden_os::reports::{FailureKind, FailureReport, ReportStore};
+use warden_os::sandbox::{KernelSupport, SandboxMode};
+
+const SELFTEST: &str = env!("CARGO_BIN_EXE_compartment-selftest");
+
+fn kernel_ready() -> bool {
+    let missing = KernelSupport::probe().missing();
+    if missing.is_empty() {
+        true
+    } else {
+        eprintln!("SKIPPED: this kernel lacks {}", missing.join(", "));
+        false
+    }
+}
+
+fn compartment(name: &str, role: &str, args: &[&str], extra: &str) -> String {
+    // A dedicated uid per compartment name (the monitor switches to it as root).
+    let uid = 61000 + name.bytes().map(u32::from).sum::<u32>();
+    let args: Vec<String> = args.iter().map(|arg| format!("{arg:?}")).collect();
+    let mut grants = String::from(
+        "read = []\nread_write = []\nserial = []\nconnect = []\nlisten = []\npeers = []\n",
+    );
+    for line in extra.lines() {
+        let key = line.split('=').next().unwrap_or_default().trim();
+        grants = grants
+            .lines()
+            .map(|existing| {
+                if existing.starts_with(&format!("{key} =")) {
+                    line.to_owned()
+                } else {
+                    existing.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+    }
+    format!(
+        "[compartment.{name}]\nrole = \"{role}\"\nargs = [{}]\n{grants}memory_mib = 256\nopen_files = 64\nuid = {uid}\n\n",
+        args.join(", ")
+    )
+}
+
+fn manifest(reports: &Path, watchdog_ms: u64, compartments: &[String]) -> Manifest {
+    let text = format!(
+        "[monitor]\nheartbeat_interval_ms = 50\nwatchdog_timeout_ms = {watchdog_ms}\n\
+         restart_backoff_initial_ms = 100\nrestart_backoff_max_ms = 2000\n\
+         report_dir = {:?}\nreport_capacity = 64\n\n{}",
+        reports.display().to_string(),
+        compartments.concat()
+    );
+    Manifest::parse(&text, "test-manifest.toml").expect("test manifest parses")
+}
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(MonitorOutcome, Vec<StartRecord>)>,
+    store: ReportStore,
+}
+
+fn start(manifest: Manifest, trial_crash_limit: Option<u32>) -> Running {
+    let store = ReportStore::open(&manifest.monitor.report_dir, 64, "test").expect("store");
+    let options = MonitorOptions {
+        program: SELFTEST.into(),
+        program_prefix: vec!["compartment".into()],
+        mode: SandboxMode::Enforce,
+        image_version: "9.9.9-test".into(),
+        trial_crash_limit,
+    };
+    let mut monitor = Monitor::new(manifest, options).expect("monitor starts");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        let outcome = monitor.run(&flag).expect("monitor runs");
+        (outcome, monitor.starts().to_vec())
+    });
+    Running {
+        stop,
+        thread,
+        store,
+    }
+}
+
+impl Running {
+    fn wait_for(&self, what: &str, done: impl Fn(&[FailureReport]) -> bool) -> Vec<FailureReport> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let reports = self.store.list().expect("list");
+            if done(&reports) {
+                return reports;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; reports: {reports:#?}"
+            );
+            assert!(!self.thread.is_finished(), "the monitor stopped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(self) -> (MonitorOutcome, Vec<StartRecord>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("monitor thread")
+    }
+}
+
+fn denied<'a>(reports: &'a [FailureReport], prefix: &str) -> Option<&'a FailureReport> {
+    reports.iter().find(|report| {
+        matches!(&report.kind, FailureKind::PolicyDenied { action, .. } if action.starts_with(prefix))
+    })
+}
+
+#[test]
+fn hostile_compartment_is_denied_everything_not_granted_and_each_denial_is_reported() {
+    if !kernel_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // World-writable, so only landlock stands between the compartment and `outside`.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let own = dir.path().join("own");
+    std::fs::create_dir(&own).expect("own dir");
+    let outside = dir.path().join("outside.txt");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    let own_grant = format!(
+        "read_write = [{:?}]\nconnect = [\"127.0.0.1:9\"]",
+        own.display().to_string()
+    );
+    let outside_arg = outside.display().to_string();
+    let compartments = [
+        compartment(
+            "hostile",
+            "selftest-hostile",
+            &[&outside_arg, &port, "idle"],
+            &own_grant,
+        ),
+        compartment("idle", "selftest-idle", &[], ""),
+    ];
+    let running = start(
+        manifest(&dir.path().join("reports"), 400, &compartments),
+        None,
+    );
+    running.wait_for("five denials", |reports| {
+        reports
+            .iter()
+            .filter(|r| r.compartment == "hostile")
+            .count()
+            >= 5
+    });
+    // The denials must not break the compartment: it keeps heartbeating (a sleep
+    // interrupted by SIGCHLD from the failed exec is restarted, not denied).
+    std::thread::sleep(Duration::from_millis(800));
+    let reports = running.store.list().expect("list");
+    let _ = running.stop();
+    assert!(
+        !reports
+            .iter()
+            .any(|r| matches!(r.kind, FailureKind::WatchdogExpired { .. })),
+        "the hostile compartment stopped heartbeating: {reports:#?}"
+    );
+
+    let shadow = denied(&reports, "read /etc/shadow").expect("shadow read reported");
+    assert!(
+        matches!(shadow.kind, FailureKind::PolicyDenied { errno, .. } if errno == libc::EACCES)
+    );
+    let write = denied(&reports, "write ").expect("outside write reported");
+    assert!(matches!(write.kind, FailureKind::PolicyDenied { errno, .. } if errno == libc::EACCES));
+    let connect = denied(&reports, "connect ").expect("undeclared connect reported");
+    assert!(
+        matches!(connect.kind, FailureKind::PolicyDenied { errno, .. } if errno == libc::EACCES)
+    );
+    let exec = denied(&reports, "exec /bin/sh").expect("exec reported");
+    assert!(matches!(exec.kind, FailureKind::PolicyDenied { errno, .. } if errno == libc::EPERM));
+    assert!(
+        reports.iter().any(|r| r.compartment == "hostile"
+            && matches!(&r.kind, FailureKind::PeerDenied { peer } if peer == "idle")),
+        "undeclared IPC peer reported: {reports:#?}"
+    );
+    assert!(
+        !outside.exists(),
+        "the write outside the granted directory happened"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the undeclared connection reached the listener"
+    );
+    assert!(reports.iter().all(|r| r.image_version == "9.9.9-test"));
+    if nix_is_root() {
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&own).expect("own"));
+        assert_ne!(
+            owner, 0,
+            "the granted directory was handed to the compartment's uid"
+        );
+    }
+}
+
+#[test]
+fn a_crashing_compartment_restarts_with_growing_delays_and_is_reported() {
+    if !kernel_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let compartments = [compartment("crasher", "selftest-crash", &[], "")];
+    let running = start(
+        manifest(&dir.path().join("reports"), 2000, &compartments),
+        None,
+    );
+    let reports = running.wait_for("four panics", |reports| {
+        reports
+            .iter()
+            .filter(|r| matches!(r.kind, FailureKind::Panic { .. }))
+            .count()
+            >= 4
+    });
+    let groups = running.store.groups().expect("groups");
+    let (_, starts) = running.stop();
+    let panic = reports
+        .iter()
+        .find_map(|r| match &r.kind {
+            FailureKind::Panic { message, backtrace } => Some((message, backtrace)),
+            _ => None,
+        })
+        .expect("a panic report");
+    assert!(panic.0.contains("selftest crash on purpose"), "{}", panic.0);
+    assert!(!panic.1.is_empty(), "backtrace captured");
+    assert!(groups[0].count >= 4 && groups[0].signature.starts_with("crasher/panic/"));
+    // The backoff doubles (100, 200, 400 ms, …) and each restart really waited it.
+    let delays: Vec<u64> = starts.iter().map(|start| start.delay_ms).collect();
+    assert!(delays.len() >= 4, "starts: {starts:?}");
+    assert_eq!(delays[..4], [0, 100, 200, 400], "delays grow");
+    for pair in starts.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(pair[1].delay_ms), "{starts:?}");
+    }
+}
+
+#[test]
+fn a_hung_compartment_is_killed_by_the_watchdog() {
+    if !kernel_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let compartments = [compartment("sleeper", "selftest-hang", &[], "")];
+    let running = start(
+        manifest(&dir.path().join("reports"), 300, &compartments),
+        None,
+    );
+    running.wait_for("a watchdog expiry", |reports| {
+        reports.iter().any(
+            |r| matches!(r.kind, FailureKind::WatchdogExpired { silent_ms } if silent_ms >= 300),
+        )
+    });
+    let (_, starts) = running.stop();
+    assert!(!starts.is_empty());
+}
+
+#[test]
+fn garbage_on_a_channel_closes_it_is_reported_and_the_monitor_keeps_supervising() {
+    if !kernel_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let compartments = [
+        compartment("noisy", "selftest-garbage", &[], ""),
+        compartment("calm", "selftest-idle", &[], ""),
+    ];
+    let running = start(
+        manifest(&dir.path().join("reports"), 400, &compartments),
+        None,
+    );
+    // The garbage closes noisy's channel; with no heartbeats the watchdog restarts it,
+    // and the restarted one sends garbage again: the monitor keeps going.
+    let reports = running.wait_for("two malformed frames and a watchdog expiry", |reports| {
+        let malformed = reports
+            .iter()
+            .filter(|r| matches!(r.kind, FailureKind::MalformedFrame { .. }))
+            .count();
+        malformed >= 2
+            && reports
+                .iter()
+                .any(|r| matches!(r.kind, FailureKind::WatchdogExpired { .. }))
+    });
+    let (outcome, _) = running.stop();
+    assert_eq!(outcome, MonitorOutcome::Stopped);
+    assert!(
+        reports.iter().all(|r| r.compartment == "noisy"),
+        "{reports:#?}"
+    );
+}
+
+#[test]
+fn repeated_crashes_of_a_trial_image_end_the_run_for_rollback() {
+    if !kernel_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let compartments = [compartment("crasher", "selftest-crash", &[], "")];
+    let running = start(
+        manifest(&dir.path().join("reports"), 2000, &compartments),
+        Some(2),
+    );
+    let (outcome, _) = running.thread.join().expect("monitor thread");
+    assert_eq!(outcome, MonitorOutcome::TrialCrashLimit { crashes: 2 });
+}
+
+#[test]
+fn the_appliance_manifest_parses_and_writes_every_grant_out() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/manifest.toml");
+    let manifest = Manifest::load(&path).expect("appliance/manifest.toml is valid");
+    assert!(manifest.compartment.contains_key("pluton"));
+    assert!(!manifest.compartment["pluton"].grants().has_network());
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(2) == Some("0"))
+}
+
+#[test]
+fn granted_peers_get_a_channel_and_garbage_on_it_is_reported_by_the_receiver() {
+    if !kernel_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let own = dir.path().join("own");
+    std::fs::create_dir(&own).expect("own dir");
+    let proof = own.join("echo-ok");
+    let proof_arg = proof.display().to_string();
+    let caller_grants = format!(
+        "read_write = [{:?}]\npeers = [\"echo\"]",
+        own.display().to_string()
+    );
+    let compartments = [
+        compartment(
+            "caller",
+            "selftest-caller",
+            &[&proof_arg, "echo"],
+            &caller_grants,
+        ),
+        compartment("echo", "selftest-echo", &[], ""),
+    ];
+    let running = start(
+        manifest(&dir.path().join("reports"), 2000, &compartments),
+        None,
+    );
+    let reports = running.wait_for("the echo's report of a malformed peer frame", |reports| {
+        reports
+            .iter()
+            .any(|r| matches!(r.kind, FailureKind::MalformedFrame { .. }))
+    });
+    let _ = running.stop();
+    assert_eq!(
+        std::fs::read(&proof).expect("the echo came back"),
+        b"echo ok"
+    );
+    let malformed = reports
+        .iter()
+        .find(|r| matches!(r.kind, FailureKind::MalformedFrame { .. }))
+        .expect("malformed");
+    assert_eq!(malformed.compartment, "echo");
+    assert!(
+        matches!(&malformed.kind, FailureKind::MalformedFrame { detail } if detail.contains("`caller`")),
+        "{malformed:?}"
+    );
+    assert!(
+        !reports
+            .iter()
+            .any(|r| matches!(r.kind, FailureKind::PeerDenied { .. })),
+        "{reports:#?}"
+    );
+}
