@@ -101,14 +101,7 @@ impl DemoWorld {
                 ports.equipment
             )
         })?;
-        let fleet_config = warden_fleet::FleetConfig {
-            http_listen: format!("127.0.0.1:{}", ports.fleet_http),
-            mqtt_listen: format!("127.0.0.1:{}", ports.fleet_mqtt),
-            database_url: format!("sqlite://{}", state_dir.join("fleet.db").display()),
-            server_cert: pki.server_cert.clone(),
-            server_key: pki.server_key.clone(),
-            manufacturer_ca: pki.manufacturer_ca.clone(),
-        };
+        let fleet_config = pki.fleet_config(state_dir, ports.fleet_http, ports.fleet_mqtt);
         let fleet = warden_fleet::start(&fleet_config, shutdown).await?;
         let status_listen = format!("127.0.0.1:{}", ports.status_page);
         let appliance_config = state_dir.join("warden.toml");

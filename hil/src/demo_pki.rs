@@ -158,6 +158,23 @@ impl DemoPki {
         Ok(())
     }
 
+    /// A loopback fleet config using this PKI, its SQLite store in `state_dir`.
+    pub fn fleet_config(
+        &self,
+        state_dir: &Path,
+        http_port: u16,
+        mqtt_port: u16,
+    ) -> warden_fleet::FleetConfig {
+        warden_fleet::FleetConfig {
+            http_listen: format!("127.0.0.1:{http_port}"),
+            mqtt_listen: format!("127.0.0.1:{mqtt_port}"),
+            database_url: format!("sqlite://{}", state_dir.join("fleet.db").display()),
+            server_cert: self.server_cert.clone(),
+            server_key: self.server_key.clone(),
+            manufacturer_ca: self.manufacturer_ca.clone(),
+        }
+    }
+
     /// The vendor root's public key (uncompressed SEC1), for installing into pluton.
     pub fn vendor_root_public_key(&self) -> Result<[u8; 65], PkiError> {
         let root = warden_keychain::tooling::load_secret_key(&self.vendor_root_key)

@@ -20,14 +20,7 @@ async fn fleet(
     pki: &DemoPki,
     port: u16,
 ) -> (CancellationToken, warden_fleet::RunningFleet) {
-    let config = warden_fleet::FleetConfig {
-        http_listen: "127.0.0.1:0".into(),
-        mqtt_listen: format!("127.0.0.1:{port}"),
-        database_url: format!("sqlite://{}", dir.join("fleet.db").display()),
-        server_cert: pki.server_cert.clone(),
-        server_key: pki.server_key.clone(),
-        manufacturer_ca: pki.manufacturer_ca.clone(),
-    };
+    let config = pki.fleet_config(dir, 0, port);
     let shutdown = CancellationToken::new();
     let running = warden_fleet::start(&config, shutdown.clone())
         .await

@@ -14,14 +14,7 @@ struct Fleet {
 }
 
 async fn start_fleet(dir: &Path, pki: &DemoPki, mqtt_port: u16) -> Fleet {
-    let config = warden_fleet::FleetConfig {
-        http_listen: "127.0.0.1:0".into(),
-        mqtt_listen: format!("127.0.0.1:{mqtt_port}"),
-        database_url: format!("sqlite://{}", dir.join("fleet.db").display()),
-        server_cert: pki.server_cert.clone(),
-        server_key: pki.server_key.clone(),
-        manufacturer_ca: pki.manufacturer_ca.clone(),
-    };
+    let config = pki.fleet_config(dir, 0, mqtt_port);
     let shutdown = CancellationToken::new();
     let running = warden_fleet::start(&config, shutdown.clone())
         .await
