@@ -2,7 +2,11 @@
 //!
 //! Every result is written to a bounded, crash-safe log before it is published, so a
 //! command the fleet sends again (a lost result, a broker redelivery, a restart)
-//! gets the first answer back and never reaches the equipment twice.
+//! gets the first answer back and never reaches the equipment twice. The result then
+//! goes to the link's durable control queue, and the log notes that it did; a result
+//! logged but not yet queued when the process died is queued at the next start. So
+//! every result reaches the fleet, across outages and kill -9, at least once — and
+//! the fleet keeps one per command ID.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -10,17 +14,28 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 use warden_bridges::request_policy::RequestSource;
 use warden_bridges::{BridgeHandle, WriteOutcome, WriteTarget, WriteValue};
-use warden_link::CommandChannel;
 use warden_link::topics::{Command, CommandAction, CommandResult, CommandStatus, PROTOCOL_VERSION};
+use warden_link::{CommandChannel, ControlMessage, ControlSender};
 
 /// How many results the log keeps (the oldest are forgotten first).
 pub const COMMAND_LOG_CAPACITY: usize = 1024;
+
+/// One logged result, and whether it is in the control queue yet.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct LogEntry {
+    #[serde(flatten)]
+    result: CommandResult,
+    /// In the durable control queue (a log from before this flag reads as `false`,
+    /// so its results are queued once more; the fleet keeps one per ID).
+    #[serde(default)]
+    queued: bool,
+}
 
 /// The results of recent commands, persisted.
 #[derive(Debug)]
 pub struct CommandLog {
     path: PathBuf,
-    results: VecDeque<CommandResult>,
+    results: VecDeque<LogEntry>,
 }
 
 impl CommandLog {
@@ -40,19 +55,64 @@ impl CommandLog {
 
     /// The result recorded for `id`, if the command ran before.
     pub fn get(&self, id: &str) -> Option<&CommandResult> {
-        self.results.iter().find(|r| r.id == id)
+        self.results
+            .iter()
+            .find(|entry| entry.result.id == id)
+            .map(|entry| &entry.result)
     }
 
-    /// Records a result durably (temp file, fsync, rename, fsync the directory).
+    /// Records a result durably (temp file, fsync, rename, fsync the directory), not
+    /// yet queued for the fleet.
     pub fn record(&mut self, result: CommandResult) -> Result<(), CommandLogError> {
-        self.results.push_back(result);
+        self.results.push_back(LogEntry {
+            result,
+            queued: false,
+        });
         while self.results.len() > COMMAND_LOG_CAPACITY {
             self.results.pop_front();
         }
+        self.save()
+    }
+
+    /// Results recorded but not yet in the control queue, oldest first.
+    pub fn unqueued(&self) -> Vec<CommandResult> {
+        self.results
+            .iter()
+            .filter(|entry| !entry.queued)
+            .map(|entry| entry.result.clone())
+            .collect()
+    }
+
+    /// Notes durably that the result of `id` is in the control queue.
+    pub fn mark_queued(&mut self, id: &str) -> Result<(), CommandLogError> {
+        let mut changed = false;
+        for entry in self.results.iter_mut().filter(|e| e.result.id == id) {
+            changed |= !entry.queued;
+            entry.queued = true;
+        }
+        if changed { self.save() } else { Ok(()) }
+    }
+
+    fn save(&self) -> Result<(), CommandLogError> {
         let bytes =
             serde_json::to_vec(&self.results).map_err(|e| CommandLogError(e.to_string()))?;
         write_atomically(&self.path, &bytes)
             .map_err(|e| CommandLogError(format!("{}: {e}", self.path.display())))
+    }
+}
+
+/// Queues `result` for the fleet and notes in the log that it is queued.
+fn queue_result(control: &ControlSender, log: &mut CommandLog, result: CommandResult) {
+    let id = result.id.clone();
+    match control.send(&ControlMessage::CommandResult(result)) {
+        Ok(_) => {
+            if let Err(error) = log.mark_queued(&id) {
+                // Queued twice at the next start at worst; the fleet keeps one per ID.
+                tracing::warn!(%error, %id, "cannot note a queued command result");
+            }
+        }
+        // Stays unqueued in the log: queued again at the next start.
+        Err(error) => tracing::error!(%error, %id, "cannot queue a command result"),
     }
 }
 
@@ -81,6 +141,12 @@ pub async fn run(
     mut log: CommandLog,
     shutdown: CancellationToken,
 ) {
+    // Results that were logged but never reached the control queue (a kill -9 between
+    // the two writes) go out now.
+    for result in log.unqueued() {
+        tracing::info!(id = %result.id, "queueing a command result left over from the last run");
+        queue_result(&channel.control, &mut log, result);
+    }
     loop {
         let command = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -89,10 +155,11 @@ pub async fn run(
                 None => return,
             },
         };
-        let result = match log.get(&command.id) {
+        match log.get(&command.id) {
             Some(previous) => {
                 tracing::info!(id = %command.id, "command seen before; answering with its first result");
-                previous.clone()
+                let answer = ControlMessage::CommandResult(previous.clone());
+                channel.control.send_or_log(&answer);
             }
             None => {
                 let result = execute(&bridges, &command).await;
@@ -101,11 +168,8 @@ pub async fn run(
                     // The write happened; say so, and say the log is failing.
                     tracing::error!(%error, "cannot record a command result");
                 }
-                result
+                queue_result(&channel.control, &mut log, result);
             }
-        };
-        if channel.results.send(result).await.is_err() {
-            return;
         }
     }
 }
@@ -194,6 +258,52 @@ mod tests {
             log.get(&format!("x-{}", COMMAND_LOG_CAPACITY - 1))
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_result_logged_but_not_queued_is_queued_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("command-log.json");
+        let mut log = CommandLog::open(&path).expect("open");
+        log.record(result("c-1", CommandStatus::Written))
+            .expect("record");
+        log.record(result("c-2", CommandStatus::Denied))
+            .expect("record");
+        log.mark_queued("c-1").expect("mark");
+        // The process dies here: c-2 was executed and logged, never queued.
+        let mut log = CommandLog::open(&path).expect("reopen");
+        let left_over: Vec<String> = log.unqueued().into_iter().map(|r| r.id).collect();
+        assert_eq!(left_over, vec!["c-2".to_owned()]);
+        let control = ControlSender::open(&dir.path().join("control")).expect("control");
+        queue_result(&control, &mut log, result("c-2", CommandStatus::Denied));
+        assert!(
+            CommandLog::open(&path)
+                .expect("reopen")
+                .unqueued()
+                .is_empty()
+        );
+        let queue = control.lock();
+        assert_eq!(
+            queue.message(0).expect("queued"),
+            ControlMessage::CommandResult(result("c-2", CommandStatus::Denied))
+        );
+    }
+
+    #[test]
+    fn a_log_from_before_the_queued_flag_still_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("command-log.json");
+        std::fs::write(
+            &path,
+            r#"[{"v":1,"id":"old-1","status":"written","detail":""}]"#,
+        )
+        .expect("write");
+        let log = CommandLog::open(&path).expect("open");
+        assert_eq!(
+            log.get("old-1").map(|r| r.status),
+            Some(CommandStatus::Written)
+        );
+        assert_eq!(log.unqueued().len(), 1);
     }
 
     #[tokio::test]

@@ -20,6 +20,40 @@ pub struct ApplianceConfig {
     pub link: LinkConfig,
     /// The local status page.
     pub status_page: StatusPageConfig,
+    /// The monitor's failure reports, uploaded to the fleet (absent: none uploaded).
+    #[serde(default)]
+    pub reports: Option<ReportsConfig>,
+    /// Updates offered by the fleet (absent: every offer is answered `failed`).
+    #[serde(default)]
+    pub updates: Option<UpdatesConfig>,
+}
+
+/// Where updates are downloaded and installed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatesConfig {
+    /// The boot monitor's state directory (A/B slots and the boot state).
+    pub state_dir: PathBuf,
+    /// Partial and staged downloads.
+    pub download_dir: PathBuf,
+    /// Pluton's provisioning capability (32 bytes) that the boot monitor's root of
+    /// trust needs; images are verified against pluton's vendor roots.
+    pub capability_file: PathBuf,
+}
+
+/// Where the monitor keeps its failure reports (its manifest's `report_dir`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// The report ring's directory, relative to the config file's directory.
+    pub dir: PathBuf,
+    /// How often the ring is looked at for new reports, in seconds.
+    #[serde(default = "default_report_scan_secs")]
+    pub scan_interval_secs: u64,
+}
+
+fn default_report_scan_secs() -> u64 {
+    5
 }
 
 /// The unit's identity.
@@ -154,6 +188,14 @@ impl ApplianceConfig {
         config.link.outbox.dir = base.join(&config.link.outbox.dir);
         config.status_page.password_file = base.join(&config.status_page.password_file);
         config.status_page.state_dir = base.join(&config.status_page.state_dir);
+        if let Some(reports) = &mut config.reports {
+            reports.dir = base.join(&reports.dir);
+        }
+        if let Some(updates) = &mut config.updates {
+            updates.state_dir = base.join(&updates.state_dir);
+            updates.download_dir = base.join(&updates.download_dir);
+            updates.capability_file = base.join(&updates.capability_file);
+        }
         Ok(config)
     }
 

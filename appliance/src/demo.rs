@@ -98,11 +98,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         world.pki.device_id
     );
     println!(
-        "Every page listens on 127.0.0.1 only; the fleet API has no credentials yet. Certificates are throwaway,"
+        "  fleet API token:  {} (admin; `Authorization: Bearer …`; reads need none on this loopback demo)",
+        world.pki.fleet_api_token.display()
     );
     println!(
-        "made at start under {}/pki until provisioning lands; the device key stays in pluton. Ctrl-C stops.",
+        "Every page listens on 127.0.0.1 only. Certificates are throwaway, made at start under {}/pki",
         args.state_dir.display()
+    );
+    println!(
+        "(a real unit gets its identity from `warden-provision`); the device key stays in pluton. Ctrl-C stops.",
     );
     crate::signals::wait_for_stop().await;
     shutdown.cancel();

@@ -37,11 +37,21 @@ enum Command {
     },
     /// Run one sandboxed compartment (started by the monitor, not by hand).
     Compartment {
-        /// The role, e.g. `pluton`, `appliance`, `selftest-hostile`.
+        /// The role, e.g. `pluton`, `bridges`, `link`, `status-page`, `selftest-hostile`.
         role: String,
         /// The role's arguments, from the manifest.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Ask the running appliance for its status (link, outbox, bridges, values).
+    Status {
+        /// The appliance config (names the status page's state directory, where the
+        /// control socket is).
+        #[arg(long, default_value = "/etc/warden/warden.toml")]
+        config: PathBuf,
+        /// Print the raw JSON status instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
     /// List and show failure reports.
     #[command(subcommand)]
@@ -111,6 +121,7 @@ fn main() -> ExitCode {
             ..
         }) => run_async(run_monitor(manifest, insecure_dev)),
         Some(Command::Compartment { role, args }) => compartment(&role, &args),
+        Some(Command::Status { config, json }) => status(&config, json),
         Some(Command::Report(command)) => command.run(),
         Some(Command::CheckConfig { config }) => check_config(&config),
         Some(Command::Policy(PolicyCommand::Check { file })) => policy_check(&file),
@@ -197,8 +208,8 @@ async fn run_monitor(manifest: PathBuf, insecure_dev: bool) -> anyhow::Result<Ex
     };
     match outcome {
         warden_os::monitor::MonitorOutcome::Stopped => Ok(ExitCode::SUCCESS),
-        warden_os::monitor::MonitorOutcome::TrialCrashLimit { crashes } => {
-            tracing::error!(crashes, "trial image crashed too often");
+        warden_os::monitor::MonitorOutcome::RolledBack { crashes, reason } => {
+            tracing::error!(crashes, %reason, "the trial image crashed too often and was rolled back; reboot into the previous image");
             Ok(ExitCode::FAILURE)
         }
     }
@@ -220,6 +231,9 @@ fn compartment(role: &str, args: &[String]) -> anyhow::Result<ExitCode> {
     if let Some(code) = warden_os::monitor::selftest::run_role(role, args) {
         return Ok(code);
     }
+    if let Some(result) = warden::compartments::run_role(role, args) {
+        return result;
+    }
     let words = std::iter::once(role.to_owned()).chain(args.iter().cloned());
     match role {
         "pluton" => {
@@ -227,28 +241,29 @@ fn compartment(role: &str, args: &[String]) -> anyhow::Result<ExitCode> {
             // Enter the sandbox before the runtime starts any thread.
             let compartment = warden_os::monitor::compartment::enter_from_env()?;
             compartment.start_heartbeat();
-            run_async(async move {
+            warden::compartments::runtime()?.block_on(async move {
                 let serve = warden_pluton::server::ServeOptions::default();
                 warden_pluton::server::serve(&options.socket, &options.state_dir, serve).await?;
                 Ok(ExitCode::SUCCESS)
             })
         }
-        "appliance" => {
-            #[derive(Debug, Parser)]
-            struct ApplianceRoleArgs {
-                #[arg(long)]
-                config: PathBuf,
-            }
-            let options = ApplianceRoleArgs::try_parse_from(words)?;
-            let compartment = warden_os::monitor::compartment::enter_from_env()?;
-            compartment.start_heartbeat();
-            run_async(run(options.config))
-        }
         other => Err(anyhow::anyhow!(
-            "unknown compartment role `{other}` (roles: pluton, appliance, {})",
+            "unknown compartment role `{other}` (roles: pluton, {}, {})",
+            warden::compartments::ROLES.join(", "),
             warden_os::monitor::selftest::ROLES.join(", ")
         )),
     }
+}
+
+fn status(config: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = ApplianceConfig::load(config)?;
+    let status = warden::control::query(&warden::control::socket_path(&config.status_page))?;
+    if json {
+        println!("{status:#}");
+    } else {
+        print!("{}", warden::control::render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {

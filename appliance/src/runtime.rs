@@ -34,11 +34,9 @@ pub struct BridgeView {
     pub address: String,
     /// Point names in config order.
     pub points: Vec<String>,
-    /// Counters, shared with the poller.
+    /// Counters, shared with the poller (or, in the status-page compartment, filled
+    /// from the bridges compartment's frames).
     pub health: Arc<Mutex<BridgeHealth>>,
-    /// The bridge itself: writes from cloud commands go through
-    /// `handle.write(target, value, RequestSource::Cloud)`.
-    pub handle: BridgeHandle,
 }
 
 /// Recent values kept per point for the status page's trend charts.
@@ -47,9 +45,9 @@ pub const HISTORY_LENGTH: usize = 60;
 /// The last [`HISTORY_LENGTH`] numeric values by `(bridge, point)`, oldest first.
 pub type PointHistory = BTreeMap<(String, String), VecDeque<f64>>;
 
-/// An update the fleet offers, waiting for the operator (none arrive yet: the update
-/// channel over the link is not built; the update agent will fill this in).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// An update the fleet offers, waiting for the operator (set by `crate::updates` when
+/// an offer arrives over the link).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UpdateOffer {
     /// The offered image version.
     pub version: String,
@@ -59,7 +57,7 @@ pub struct UpdateOffer {
 
 /// What the operator decided about updates; the update agent reads it before
 /// installing anything.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UpdateDecision {
     /// The pending offer, if any.
     pub offer: Option<UpdateOffer>,
@@ -135,32 +133,11 @@ pub async fn start(
     config: ApplianceConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningAppliance> {
-    // The last verified bundle from the fleet wins over the local file.
-    let bundle_store = match &config.policy.bundle_dir {
-        Some(dir) => {
-            let roots = crate::twin::policy_roots(config.link.pluton_socket.as_deref())?;
-            Some(crate::twin::open_store(
-                dir,
-                &roots,
-                &config.device.product,
-            )?)
-        }
-        None => None,
-    };
-    let (policy, bundle_version) = match bundle_store.as_ref().and_then(|store| store.current()) {
-        Some(applied) => {
-            tracing::info!(
-                version = applied.header.version,
-                "policy from the last verified bundle"
-            );
-            (
-                Arc::new(applied.policy.clone()),
-                Some(applied.header.version),
-            )
-        }
-        None => (Arc::new(compile_policy_file(&config.policy.file)?), None),
-    };
-    let initial_report = crate::twin::reported_for(&policy, bundle_version, None);
+    let StartingPolicy {
+        policy,
+        bundle_store,
+        initial_report,
+    } = StartingPolicy::load(&config)?;
     // Before anything runs: no password hash (or no web key) means no appliance.
     let page = status_page::prepare(&config.status_page, &config.device.id)?;
 
@@ -175,6 +152,7 @@ pub async fn start(
     )
     .await
     .context("cannot start the bridges")?;
+    let handles: Vec<BridgeHandle> = started.bridges.iter().map(|b| b.handle.clone()).collect();
     let bridges: Vec<BridgeView> = started
         .bridges
         .into_iter()
@@ -183,7 +161,6 @@ pub async fn start(
             address: bridge.address,
             points: bridge.points,
             health: bridge.handle.health(),
-            handle: bridge.handle,
         })
         .collect();
     if let Some((address, _)) = &started.facade {
@@ -195,13 +172,49 @@ pub async fn start(
     std::fs::create_dir_all(&config.link.outbox.dir)
         .with_context(|| format!("cannot create {}", config.link.outbox.dir.display()))?;
     let command_log = crate::commands::CommandLog::open(&command_log_path)?;
+    let pluton_socket = config.link.pluton_socket.clone();
     let mut agent = LinkAgent::new(config.device.id.clone(), config.link);
-    let mut command_channel = agent.command_channel();
-    let handles: Vec<_> = bridges.iter().map(|b| b.handle.clone()).collect();
+    let mut command_channel = agent.command_channel()?;
     let desired = std::mem::replace(&mut command_channel.desired, mpsc::channel(1).1);
+    let offers = std::mem::replace(&mut command_channel.offers, mpsc::channel(1).1);
+    let update_decision: Arc<Mutex<UpdateDecision>> = Arc::default();
+    match &config.updates {
+        Some(updates) => {
+            tasks.spawn(crate::updates::start(
+                updates,
+                pluton_socket.as_deref(),
+                &config.device.product,
+                command_channel.control.clone(),
+                Arc::clone(&update_decision),
+                offers,
+                shutdown.clone(),
+            )?);
+        }
+        None => {
+            tasks.spawn(crate::updates::refuse_all(
+                offers,
+                command_channel.control.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+    if let Some(reports) = &config.reports {
+        let ring = crate::failure_reports::open_ring(&reports.dir).with_context(|| {
+            format!(
+                "cannot open the failure reports in {}",
+                reports.dir.display()
+            )
+        })?;
+        tasks.spawn(crate::failure_reports::run(
+            ring,
+            command_channel.control.clone(),
+            std::time::Duration::from_secs(reports.scan_interval_secs.max(1)),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(crate::twin::run(
         desired,
-        command_channel.reported.clone(),
+        command_channel.control.clone(),
         bundle_store,
         handles.clone(),
         initial_report,
@@ -219,7 +232,7 @@ pub async fn start(
         values: Arc::default(),
         link: agent.status(),
         history: Arc::default(),
-        updates: Arc::default(),
+        updates: update_decision,
     };
     let (reading_tx, reading_rx) = mpsc::channel::<Reading>(4096);
     let link_shutdown = shutdown.clone();
@@ -229,42 +242,12 @@ pub async fn start(
         }
     });
 
-    let values = Arc::clone(&state.values);
-    let history = Arc::clone(&state.history);
+    let page_state = state.clone();
     tasks.spawn(async move {
         while let Some(sample) = sample_rx.recv().await {
-            if sample.value.is_finite() {
-                let mut history = history.lock().unwrap_or_else(PoisonError::into_inner);
-                let recent = history
-                    .entry((sample.bridge.clone(), sample.point.clone()))
-                    .or_default();
-                if recent.len() == HISTORY_LENGTH {
-                    recent.pop_front();
-                }
-                recent.push_back(sample.value);
-            }
-            values
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(
-                    (sample.bridge.clone(), sample.point.clone()),
-                    LiveValue {
-                        value: sample.value,
-                        unit: sample.unit.clone(),
-                        ts_ms: sample.timestamp_ms,
-                    },
-                );
-            if !sample.value.is_finite() {
-                // String points carry text, not a number; telemetry v1 carries numbers
-                // only, and a NaN would make the whole batch unreadable at the fleet.
-                tracing::debug!(bridge = %sample.bridge, point = %sample.point, "non-numeric sample not sent as telemetry");
+            page_state.record_sample(&sample);
+            let Some(reading) = telemetry_reading(sample) else {
                 continue;
-            }
-            let reading = Reading {
-                point: format!("{}/{}", sample.bridge, sample.point),
-                value: sample.value,
-                unit: sample.unit,
-                ts_ms: sample.timestamp_ms,
             };
             if reading_tx.send(reading).await.is_err() {
                 break;
@@ -272,6 +255,12 @@ pub async fn start(
         }
     });
 
+    crate::control::serve(
+        &crate::control::socket_path(&config.status_page),
+        state.clone(),
+        shutdown.clone(),
+        &mut tasks,
+    )?;
     let page = page
         .start(state, shutdown.clone(), &mut tasks)
         .await
@@ -281,6 +270,96 @@ pub async fn start(
         status_fingerprint: page.fingerprint,
         metrics_address: page.metrics_address,
         tasks,
+    })
+}
+
+/// The policy the bridges start with, and the store of signed bundles from the fleet.
+pub struct StartingPolicy {
+    /// The last verified bundle's policy, else the local policy file's.
+    pub policy: Arc<warden_policy::CompiledPolicy>,
+    /// The bundle store (with `[policy] bundle_dir`).
+    pub bundle_store: Option<warden_policy::bundle::store::BundleStore>,
+    /// What the twin reports first.
+    pub initial_report: warden_link::topics::TwinReported,
+}
+
+impl StartingPolicy {
+    /// The last verified bundle from the fleet wins over the local file.
+    pub fn load(config: &ApplianceConfig) -> anyhow::Result<Self> {
+        let bundle_store = match &config.policy.bundle_dir {
+            Some(dir) => {
+                let roots = crate::twin::policy_roots(config.link.pluton_socket.as_deref())?;
+                Some(crate::twin::open_store(
+                    dir,
+                    &roots,
+                    &config.device.product,
+                )?)
+            }
+            None => None,
+        };
+        let (policy, bundle_version) = match bundle_store.as_ref().and_then(|store| store.current())
+        {
+            Some(applied) => {
+                tracing::info!(
+                    version = applied.header.version,
+                    "policy from the last verified bundle"
+                );
+                (
+                    Arc::new(applied.policy.clone()),
+                    Some(applied.header.version),
+                )
+            }
+            None => (Arc::new(compile_policy_file(&config.policy.file)?), None),
+        };
+        let initial_report = crate::twin::reported_for(&policy, bundle_version, None);
+        Ok(Self {
+            policy,
+            bundle_store,
+            initial_report,
+        })
+    }
+}
+
+impl ApplianceState {
+    /// Keeps `sample` as its point's last value and, if numeric, in its trend history.
+    pub fn record_sample(&self, sample: &Sample) {
+        if sample.value.is_finite() {
+            let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+            let recent = history
+                .entry((sample.bridge.clone(), sample.point.clone()))
+                .or_default();
+            if recent.len() == HISTORY_LENGTH {
+                recent.pop_front();
+            }
+            recent.push_back(sample.value);
+        }
+        self.values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                (sample.bridge.clone(), sample.point.clone()),
+                LiveValue {
+                    value: sample.value,
+                    unit: sample.unit.clone(),
+                    ts_ms: sample.timestamp_ms,
+                },
+            );
+    }
+}
+
+/// The telemetry reading of `sample`; `None` for a non-numeric one (string points
+/// carry text, telemetry v1 carries numbers only, and a NaN would make the whole batch
+/// unreadable at the fleet).
+pub fn telemetry_reading(sample: Sample) -> Option<Reading> {
+    if !sample.value.is_finite() {
+        tracing::debug!(bridge = %sample.bridge, point = %sample.point, "non-numeric sample not sent as telemetry");
+        return None;
+    }
+    Some(Reading {
+        point: format!("{}/{}", sample.bridge, sample.point),
+        value: sample.value,
+        unit: sample.unit,
+        ts_ms: sample.timestamp_ms,
     })
 }
 

@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 use warden_bridges::BridgeHandle;
 use warden_bridges::request_policy::PolicyGate;
 use warden_keychain::{Purpose, RootKey};
-use warden_link::topics::{PROTOCOL_VERSION, TwinDesired, TwinReported, from_hex};
+use warden_link::topics::{
+    DeviceEvent, PROTOCOL_VERSION, TwinDesired, TwinReported, event_kind, from_hex,
+};
+use warden_link::{ControlMessage, ControlSender};
 use warden_policy::CompiledPolicy;
 use warden_policy::bundle::ProductId;
 use warden_policy::bundle::store::BundleStore;
@@ -50,20 +53,22 @@ pub fn reported_for(
         policy_name: policy.policy_name().map(str::to_owned),
         policy_version: version,
         last_error,
+        ..TwinReported::default()
     }
 }
 
 /// Applies desired states until shutdown: a bundle that verifies replaces the policy
-/// of every bridge; one that does not changes nothing and is reported.
+/// of every bridge; one that does not changes nothing and is reported. Reported states
+/// and `policy-applied` / `policy-refused` events go through the durable control queue.
 pub async fn run(
     mut desired: mpsc::Receiver<TwinDesired>,
-    reported: mpsc::Sender<TwinReported>,
+    control: ControlSender,
     mut store: Option<BundleStore>,
     bridges: Vec<BridgeHandle>,
     mut current: TwinReported,
     shutdown: CancellationToken,
 ) {
-    let _ = reported.send(current.clone()).await;
+    control.send_or_log(&ControlMessage::TwinReported(current.clone()));
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -85,6 +90,7 @@ pub async fn run(
                 .map(|applied| (applied.policy.clone(), applied.header.version))
                 .map_err(|e| e.to_string()),
         };
+        let event;
         current = match outcome {
             Ok((policy, version)) => {
                 let policy = Arc::new(policy);
@@ -92,18 +98,29 @@ pub async fn run(
                     bridge.set_policy(Box::new(PolicyGate::new(Arc::clone(&policy))));
                 }
                 tracing::info!(version, "applied a verified policy bundle");
+                event = DeviceEvent::now(
+                    event_kind::POLICY_APPLIED,
+                    format!(
+                        "policy bundle version {version} ({}) verified and applied to {} bridges",
+                        policy.policy_name().unwrap_or("unnamed"),
+                        bridges.len()
+                    ),
+                );
                 reported_for(&policy, Some(version), None)
             }
             Err(error) => {
                 tracing::warn!(%error, "policy bundle refused; the running policy stays");
+                event = DeviceEvent::now(
+                    event_kind::POLICY_REFUSED,
+                    format!("policy bundle refused, the running policy stays: {error}"),
+                );
                 TwinReported {
                     last_error: Some(error),
                     ..current
                 }
             }
         };
-        if reported.send(current.clone()).await.is_err() {
-            return;
-        }
+        control.send_or_log(&ControlMessage::Event(event));
+        control.send_or_log(&ControlMessage::TwinReported(current.clone()));
     }
 }

@@ -1,6 +1,6 @@
 //! The link agent: readings → durable outbox → MQTT/TLS → fleet, until acknowledged.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,13 +9,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::{ControlMessage, ControlSender};
 use crate::dispatch::{DispatchLimits, Dispatcher};
 use crate::outbox::{Outbox, OutboxConfig, OutboxError, OutboxStats};
 use crate::tls::{ClientIdentity, TlsError, client_config};
 use crate::topics::{
-    Ack, Command, CommandResult, CommandStatus, PROTOCOL_VERSION, Reading, TELEMETRY_STREAM,
-    TelemetryBatch, TwinDesired, TwinReported, ack_topic, command_results_topic, commands_topic,
-    telemetry_topic, twin_desired_topic, twin_reported_topic,
+    Ack, CONTROL_STREAM, Command, CommandResult, CommandStatus, LinkSettings, PROTOCOL_VERSION,
+    Reading, TELEMETRY_STREAM, TelemetryBatch, TwinDesired, UpdateOffer, ack_topic, commands_topic,
+    event_kind, telemetry_topic, twin_desired_topic, update_offer_topic,
 };
 use crate::topics::{
     AttestationChallenge, AttestationQuote, DeviceEvent, MIN_NONCE_LEN,
@@ -87,6 +88,11 @@ pub struct LinkStatus {
     pub batches_queued: u64,
     /// Batches the fleet acknowledged (stored).
     pub batches_acknowledged: u64,
+    /// Control messages (results, reported state, events, reports, update status)
+    /// the fleet acknowledged.
+    pub control_acknowledged: u64,
+    /// The durable control queue.
+    pub control: OutboxStats,
     /// Messages sent, including resends.
     pub messages_sent: u64,
     /// Readings dropped because the outbox refused them and memory was full too.
@@ -119,29 +125,31 @@ enum NetworkEvent {
     Disconnected(String),
     Ack(Ack),
     Command(Command),
-    Desired(TwinDesired),
+    Desired(TwinDesired, Result<Option<LinkSettings>, String>),
     Challenge(AttestationChallenge),
+    Offer(UpdateOffer),
 }
 
-/// The appliance's end of the command path: commands arrive here, results go back.
-/// The link never talks to equipment; the appliance executes commands through the
-/// bridges and their policy.
+/// The appliance's end of the link: commands, desired states and update offers arrive
+/// here; results, reported states, events, reports and update status go back through
+/// the durable control queue. The link never talks to equipment; the appliance
+/// executes commands through the bridges and their policy.
 pub struct CommandChannel {
     /// Commands from the fleet, in arrival order.
     pub commands: mpsc::Receiver<Command>,
-    /// Results to publish.
-    pub results: mpsc::Sender<CommandResult>,
     /// Desired states from the fleet.
     pub desired: mpsc::Receiver<TwinDesired>,
-    /// Reported states to publish (the latest is published again after reconnects).
-    pub reported: mpsc::Sender<TwinReported>,
+    /// Update offers from the fleet.
+    pub offers: mpsc::Receiver<UpdateOffer>,
+    /// The durable control queue: what is pushed here is published until acknowledged,
+    /// across outages and restarts.
+    pub control: ControlSender,
 }
 
 struct ApplianceEnd {
     commands: mpsc::Sender<Command>,
-    results: mpsc::Receiver<CommandResult>,
     desired: mpsc::Sender<TwinDesired>,
-    reported: mpsc::Receiver<TwinReported>,
+    offers: mpsc::Sender<UpdateOffer>,
 }
 
 /// Publishes readings for one device.
@@ -150,6 +158,7 @@ pub struct LinkAgent {
     config: LinkConfig,
     identity: Option<ClientIdentity>,
     outbox: Option<SharedOutbox>,
+    control: Option<ControlSender>,
     commands: Option<ApplianceEnd>,
     status: Arc<Mutex<LinkStatus>>,
 }
@@ -165,6 +174,7 @@ impl LinkAgent {
             config,
             identity: None,
             outbox: None,
+            control: None,
             commands: None,
             status: Arc::default(),
         }
@@ -182,25 +192,35 @@ impl LinkAgent {
         self
     }
 
-    /// Takes commands from the fleet: returns the channel the appliance executes them
-    /// from. Without it, every command is answered `failed`.
-    pub fn command_channel(&mut self) -> CommandChannel {
+    /// The durable control queue (`<outbox dir>/control`), opened on first use.
+    pub fn control(&mut self) -> Result<ControlSender, LinkError> {
+        if let Some(control) = &self.control {
+            return Ok(control.clone());
+        }
+        let control = ControlSender::open(&self.config.outbox.dir.join("control"))?;
+        self.control = Some(control.clone());
+        Ok(control)
+    }
+
+    /// Takes commands, desired states and update offers from the fleet: returns the
+    /// channel the appliance handles them from. Without it, every command is answered
+    /// `failed` and desired states and offers are ignored.
+    pub fn command_channel(&mut self) -> Result<CommandChannel, LinkError> {
+        let control = self.control()?;
         let (command_tx, commands) = mpsc::channel(64);
-        let (results, result_rx) = mpsc::channel(64);
         let (desired_tx, desired) = mpsc::channel(8);
-        let (reported, reported_rx) = mpsc::channel(8);
+        let (offers_tx, offers) = mpsc::channel(8);
         self.commands = Some(ApplianceEnd {
             commands: command_tx,
-            results: result_rx,
             desired: desired_tx,
-            reported: reported_rx,
+            offers: offers_tx,
         });
-        CommandChannel {
+        Ok(CommandChannel {
             commands,
-            results,
             desired,
-            reported,
-        }
+            offers,
+            control,
+        })
     }
 
     /// The link's status, updated as it runs.
@@ -211,19 +231,21 @@ impl LinkAgent {
     /// Runs until `shutdown` fires or `readings` closes; then writes what it holds to
     /// the outbox, so nothing read is lost across a restart.
     pub async fn run(
-        self,
+        mut self,
         mut readings: mpsc::Receiver<Reading>,
         shutdown: CancellationToken,
     ) -> Result<(), LinkError> {
-        let identity = match self.identity {
+        let identity = match self.identity.take() {
             Some(identity) => identity,
             None => client_identity(&self.config)?,
         };
         let tls = client_config(&self.config.fleet_ca, identity)?;
-        let shared = match self.outbox {
+        let shared = match self.outbox.take() {
             Some(shared) => shared,
             None => Arc::new(Mutex::new(Outbox::open(self.config.outbox.clone())?)),
         };
+        let control = self.control()?;
+        let control_epoch = control.lock().epoch();
         let epoch = lock(&shared).epoch();
         let mut options = MqttOptions::new(
             self.device_id.clone(),
@@ -245,38 +267,45 @@ impl LinkAgent {
                 commands: commands_topic(&self.device_id),
                 desired: twin_desired_topic(&self.device_id),
                 challenge: attestation_challenge_topic(&self.device_id),
+                offers: update_offer_topic(&self.device_id),
             },
             events_tx,
             shutdown.clone(),
         ));
-        let results_topic = command_results_topic(&self.device_id);
         let quote_topic = attestation_quote_topic(&self.device_id);
-        let events_topic = crate::topics::events_topic(&self.device_id);
         let mut reported_loss = {
             let stats = lock(&shared).stats();
             (stats.dropped_oldest, stats.refused)
         };
         let pluton_socket = self.config.pluton_socket.clone();
-        let reported_topic = twin_reported_topic(&self.device_id);
-        let (command_tx, mut result_rx, desired_tx, mut reported_rx) = match self.commands {
-            Some(end) => (
-                Some(end.commands),
-                end.results,
-                Some(end.desired),
-                end.reported,
-            ),
-            None => (None, mpsc::channel(1).1, None, mpsc::channel(1).1),
+        let (command_tx, desired_tx, offers_tx) = match self.commands.take() {
+            Some(end) => (Some(end.commands), Some(end.desired), Some(end.offers)),
+            None => (None, None, None),
         };
-        let mut last_reported: Option<TwinReported> = None;
-
-        let topic = telemetry_topic(&self.device_id);
-        let mut dispatcher = Dispatcher::new(DispatchLimits {
+        let limits = DispatchLimits {
             max_per_second: self.config.max_send_per_second,
             ..DispatchLimits::default()
-        });
+        };
+        let settings_path = self.config.outbox.dir.join(LINK_SETTINGS_FILE);
+        let mut running_settings = load_link_settings(&settings_path);
+        let (mut batch_interval_ms, mut limits) = (self.config.batch_interval_ms, limits);
+        if let Some(settings) = &running_settings {
+            tracing::info!(version = settings.version, "link settings from the fleet");
+            batch_interval_ms = settings.batch_interval_ms;
+            limits.max_per_second = settings.max_send_per_second;
+            control
+                .lock()
+                .set_link_settings(Some(settings.clone()), None)?;
+        }
+        let mut control_dispatcher = Dispatcher::new(limits);
+        // When the link went down (for the `link-restored` event), if it is down.
+        let mut down_since: Option<u64> = None;
+
+        let topic = telemetry_topic(&self.device_id);
+        let mut dispatcher = Dispatcher::new(limits);
         let mut pending: Vec<Reading> = Vec::new();
         let mut batch_tick =
-            tokio::time::interval(Duration::from_millis(self.config.batch_interval_ms.max(10)));
+            tokio::time::interval(Duration::from_millis(batch_interval_ms.max(10)));
         let mut pump = tokio::time::interval(PUMP_INTERVAL);
         pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let status = Arc::clone(&self.status);
@@ -301,31 +330,49 @@ impl LinkAgent {
                     // Overflow is never silent: each new drop or refusal is an event.
                     let stats = outbox.stats();
                     if stats.dropped_oldest > reported_loss.0 || stats.refused > reported_loss.1 {
-                        let event = DeviceEvent {
-                            v: PROTOCOL_VERSION,
-                            ts_ms: unix_millis(),
-                            kind: "outbox-overflow".into(),
-                            detail: format!(
+                        let event = DeviceEvent::now(
+                            event_kind::OUTBOX_OVERFLOW,
+                            format!(
                                 "store-and-forward queue full: {} batches dropped (oldest first), {} appends refused so far",
                                 stats.dropped_oldest, stats.refused
                             ),
-                        };
+                        );
                         tracing::warn!(detail = %event.detail, "outbox overflow");
-                        let _ = client.try_publish(&events_topic, QoS::AtLeastOnce, false, crate::topics::encode(&event));
+                        drop(outbox);
+                        control.send_or_log(&ControlMessage::Event(event));
                         reported_loss = (stats.dropped_oldest, stats.refused);
                     }
                 }
                 event = events.recv() => match event {
                     Some(NetworkEvent::Connected) => {
                         dispatcher.on_connected();
-                        if let Some(reported) = &last_reported {
-                            let _ = client.try_publish(&reported_topic, QoS::AtLeastOnce, false, reported.encode());
+                        control_dispatcher.on_connected();
+                        if let Some(since) = down_since.take() {
+                            let waiting = lock(&shared).stats().depth;
+                            let event = DeviceEvent::now(
+                                event_kind::LINK_RESTORED,
+                                format!(
+                                    "link up again after {} s down; {waiting} telemetry batches waiting to be sent",
+                                    unix_millis().saturating_sub(since) / 1000
+                                ),
+                            );
+                            control.send_or_log(&ControlMessage::Event(event));
                         }
                         update(&status, |s| { s.state = LinkState::Connected; s.last_error = None; });
                     }
                     Some(NetworkEvent::Disconnected(error)) => {
                         dispatcher.on_disconnected();
+                        control_dispatcher.on_disconnected();
+                        down_since.get_or_insert_with(unix_millis);
                         update(&status, |s| { s.state = LinkState::Disconnected; s.last_error = Some(error); });
+                    }
+                    Some(NetworkEvent::Ack(ack)) if ack.stream == CONTROL_STREAM => {
+                        let mut queue = control.lock();
+                        if ack.epoch == control_epoch && queue.is_pending(ack.seq) {
+                            queue.ack(ack.seq)?;
+                            control_dispatcher.on_ack(ack.seq);
+                            update(&status, |s| s.control_acknowledged += 1);
+                        }
                     }
                     Some(NetworkEvent::Ack(ack)) => {
                         let mut outbox = lock(&shared);
@@ -342,32 +389,37 @@ impl LinkAgent {
                         };
                         if let Some((command, why)) = refused {
                             let result = CommandResult { v: PROTOCOL_VERSION, id: command.id, status: CommandStatus::Failed, detail: why.to_owned() };
-                            let _ = client.try_publish(&results_topic, QoS::AtLeastOnce, false, result.encode());
+                            control.send_or_log(&ControlMessage::CommandResult(result));
                         }
                     }
                     Some(NetworkEvent::Challenge(challenge)) => {
                         let answer = answer_challenge(pluton_socket.clone(), challenge).await;
                         let _ = client.try_publish(&quote_topic, QoS::AtLeastOnce, false, crate::topics::encode(&answer));
                     }
-                    Some(NetworkEvent::Desired(desired)) => match &desired_tx {
+                    Some(NetworkEvent::Desired(desired, link)) => {
+                        if let Some(applied) = change_link_settings(link, &mut running_settings, &settings_path, &control) {
+                            batch_tick = tokio::time::interval(Duration::from_millis(applied.batch_interval_ms));
+                            dispatcher.set_max_per_second(applied.max_send_per_second);
+                            control_dispatcher.set_max_per_second(applied.max_send_per_second);
+                        }
+                        match &desired_tx {
                         Some(tx) => {
                             if tx.try_send(desired).is_err() {
                                 tracing::warn!("desired state dropped: the appliance is busy applying the previous one");
                             }
                         }
                         None => tracing::warn!("desired state ignored: this link has no appliance behind it"),
+                    }},
+                    Some(NetworkEvent::Offer(offer)) => match &offers_tx {
+                        Some(tx) => {
+                            if tx.try_send(offer).is_err() {
+                                tracing::warn!("update offer dropped: the appliance is busy with the previous one");
+                            }
+                        }
+                        None => tracing::warn!("update offer ignored: this link has no appliance behind it"),
                     },
                     None => break,
                 },
-                Some(reported) = reported_rx.recv() => {
-                    let _ = client.try_publish(&reported_topic, QoS::AtLeastOnce, false, reported.encode());
-                    last_reported = Some(reported);
-                }
-                Some(result) = result_rx.recv() => {
-                    if client.try_publish(&results_topic, QoS::AtLeastOnce, false, result.encode()).is_err() {
-                        tracing::warn!(id = %result.id, "command result not sent: the client queue is full");
-                    }
-                }
                 _ = pump.tick() => {
                     let now = unix_millis();
                     let outbox = lock(&shared);
@@ -379,7 +431,17 @@ impl LinkAgent {
                         update(&status, |s| s.messages_sent += 1);
                     }
                     let stats = outbox.stats();
-                    update(&status, |s| s.outbox = stats);
+                    drop(outbox);
+                    let queue = control.lock();
+                    while let Some(seq) = control_dispatcher.next_to_send(queue.outbox(), now) {
+                        let (topic, payload) = queue.publication(&self.device_id, seq)?;
+                        if client.try_publish(&topic, QoS::AtLeastOnce, false, payload).is_err() {
+                            break; // retransmission picks it up
+                        }
+                        update(&status, |s| s.messages_sent += 1);
+                    }
+                    let control_stats = queue.stats();
+                    update(&status, |s| { s.outbox = stats; s.control = control_stats; });
                 }
             }
         }
@@ -395,6 +457,108 @@ impl LinkAgent {
         let _ = tokio::time::timeout(Duration::from_secs(2), network).await;
         result
     }
+}
+
+/// Where the link settings from the fleet are kept (in the outbox directory).
+const LINK_SETTINGS_FILE: &str = "link-settings.json";
+
+/// The saved link settings, if any and valid (an invalid file is ignored, logged).
+fn load_link_settings(path: &Path) -> Option<LinkSettings> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice::<LinkSettings>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|settings| settings.validate().map(|()| settings))
+    {
+        Ok(settings) => Some(settings),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "saved link settings ignored");
+            None
+        }
+    }
+}
+
+/// Applies a link settings change from the twin, whole or not at all: validated,
+/// newer than the running one, saved (atomically) before it takes effect. Returns the
+/// settings to use from now on, if they changed; every outcome is reported.
+fn change_link_settings(
+    change: Result<Option<LinkSettings>, String>,
+    running: &mut Option<LinkSettings>,
+    path: &Path,
+    control: &ControlSender,
+) -> Option<LinkSettings> {
+    let proposed = match change {
+        Ok(None) => return None,
+        Ok(Some(settings)) if running.as_ref() == Some(&settings) => return None,
+        Ok(Some(settings)) => settings,
+        Err(why) => return refuse_link_settings(why, running, control),
+    };
+    if let Err(why) = proposed.validate() {
+        return refuse_link_settings(why, running, control);
+    }
+    if let Some(current) = running.as_ref()
+        && proposed.version <= current.version
+    {
+        let why = format!(
+            "link settings: version {} is not above the running version {}",
+            proposed.version, current.version
+        );
+        return refuse_link_settings(why, running, control);
+    }
+    if let Err(error) = save_link_settings(path, &proposed) {
+        let why = format!("link settings: cannot save {}: {error}", path.display());
+        return refuse_link_settings(why, running, control);
+    }
+    tracing::info!(
+        version = proposed.version,
+        "link settings from the fleet applied"
+    );
+    *running = Some(proposed.clone());
+    if let Err(error) = control
+        .lock()
+        .set_link_settings(Some(proposed.clone()), None)
+    {
+        tracing::error!(%error, "cannot report the new link settings");
+    }
+    control.send_or_log(&ControlMessage::Event(DeviceEvent::now(
+        event_kind::CONFIG_APPLIED,
+        format!(
+            "link settings version {}: batches every {} ms, at most {} messages/s",
+            proposed.version, proposed.batch_interval_ms, proposed.max_send_per_second
+        ),
+    )));
+    Some(proposed)
+}
+
+fn refuse_link_settings(
+    why: String,
+    running: &Option<LinkSettings>,
+    control: &ControlSender,
+) -> Option<LinkSettings> {
+    tracing::warn!(%why, "link settings refused; the running ones stay");
+    if let Err(error) = control
+        .lock()
+        .set_link_settings(running.clone(), Some(why.clone()))
+    {
+        tracing::error!(%error, "cannot report the refused link settings");
+    }
+    control.send_or_log(&ControlMessage::Event(DeviceEvent::now(
+        event_kind::CONFIG_REFUSED,
+        format!("{why}; nothing was changed"),
+    )));
+    None
+}
+
+fn save_link_settings(path: &Path, settings: &LinkSettings) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&crate::topics::encode(settings))?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Answers an attestation challenge with pluton's quote (never blocks the runtime).
@@ -484,6 +648,7 @@ struct Topics {
     commands: String,
     desired: String,
     challenge: String,
+    offers: String,
 }
 
 async fn network_loop(
@@ -508,6 +673,7 @@ async fn network_loop(
                     &topics.commands,
                     &topics.desired,
                     &topics.challenge,
+                    &topics.offers,
                 ] {
                     if let Err(error) = client.try_subscribe(topic, QoS::AtLeastOnce) {
                         tracing::warn!(%error, topic, "cannot subscribe");
@@ -535,9 +701,21 @@ async fn network_loop(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.desired => {
                 match TwinDesired::decode(&publish.payload) {
-                    Ok(desired) => Some(NetworkEvent::Desired(desired)),
+                    Ok(desired) => Some(NetworkEvent::Desired(
+                        desired,
+                        LinkSettings::of_desired(&publish.payload),
+                    )),
                     Err(error) => {
                         tracing::warn!(%error, "malformed desired state ignored");
+                        None
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.offers => {
+                match UpdateOffer::decode(&publish.payload) {
+                    Ok(offer) => Some(NetworkEvent::Offer(offer)),
+                    Err(error) => {
+                        tracing::warn!(%error, "malformed update offer ignored");
                         None
                     }
                 }
@@ -595,4 +773,129 @@ fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topics::TwinReported;
+
+    fn settings(version: u64, batch_interval_ms: u64) -> LinkSettings {
+        LinkSettings {
+            version,
+            batch_interval_ms,
+            max_send_per_second: 200,
+        }
+    }
+
+    /// The reported states queued so far, oldest first.
+    fn reported(control: &ControlSender) -> Vec<TwinReported> {
+        let queue = control.lock();
+        let mut found = Vec::new();
+        let mut next = queue.outbox().next_pending(0);
+        while let Some(seq) = next {
+            if let Ok(ControlMessage::TwinReported(state)) = queue.message(seq) {
+                found.push(state);
+            }
+            next = queue.outbox().next_pending(seq + 1);
+        }
+        found
+    }
+
+    #[test]
+    fn link_settings_apply_whole_or_not_at_all_and_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(LINK_SETTINGS_FILE);
+        let control = ControlSender::open(&dir.path().join("control")).expect("control");
+        control
+            .send(&ControlMessage::TwinReported(TwinReported {
+                v: PROTOCOL_VERSION,
+                policy_version: Some(4),
+                ..TwinReported::default()
+            }))
+            .expect("reported");
+        let mut running = None;
+
+        let applied =
+            change_link_settings(Ok(Some(settings(1, 250))), &mut running, &path, &control);
+        assert_eq!(applied, Some(settings(1, 250)));
+        assert_eq!(
+            load_link_settings(&path),
+            Some(settings(1, 250)),
+            "saved before use"
+        );
+        let now = reported(&control).pop().expect("reported again");
+        assert_eq!(now.policy_version, Some(4), "the policy part stays");
+        assert_eq!(now.link_settings_version, Some(1));
+        assert_eq!(now.link_settings_sha256, Some(settings(1, 250).digest()));
+        assert_eq!(now.last_error, None);
+
+        // Out of bounds: refused, named, nothing changes (not even the saved file).
+        let refused = change_link_settings(Ok(Some(settings(2, 5))), &mut running, &path, &control);
+        assert_eq!(refused, None);
+        assert_eq!(running, Some(settings(1, 250)));
+        assert_eq!(load_link_settings(&path), Some(settings(1, 250)));
+        let now = reported(&control).pop().expect("reported");
+        assert_eq!(
+            now.link_settings_version,
+            Some(1),
+            "what runs, not what was asked"
+        );
+        assert!(
+            now.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("batch_interval_ms 5 is outside 50..=60000")),
+            "{:?}",
+            now.last_error
+        );
+
+        // An old version (a replay) and a malformed member are refused too.
+        assert_eq!(
+            change_link_settings(Ok(Some(settings(1, 900))), &mut running, &path, &control),
+            None
+        );
+        let now = reported(&control).pop().expect("reported");
+        assert!(
+            now.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("not above the running version 1"))
+        );
+        let malformed = LinkSettings::of_desired(br#"{"v":1,"policy_bundle":null,"link":{"version":3,"batch_interval_ms":"fast","max_send_per_second":1}}"#);
+        assert_eq!(
+            change_link_settings(malformed, &mut running, &path, &control),
+            None
+        );
+        assert_eq!(running, Some(settings(1, 250)));
+
+        // The same settings again change nothing and report nothing new.
+        let before = reported(&control).len();
+        assert_eq!(
+            change_link_settings(Ok(Some(settings(1, 250))), &mut running, &path, &control),
+            None
+        );
+        assert_eq!(reported(&control).len(), before);
+    }
+
+    #[test]
+    fn a_desired_state_without_link_settings_reads_as_none() {
+        assert_eq!(
+            LinkSettings::of_desired(br#"{"v":1,"policy_bundle":"00"}"#),
+            Ok(None)
+        );
+        let with = br#"{"v":1,"policy_bundle":null,"link":{"version":2,"batch_interval_ms":100,"max_send_per_second":50}}"#;
+        assert_eq!(
+            LinkSettings::of_desired(with),
+            Ok(Some(LinkSettings {
+                version: 2,
+                batch_interval_ms: 100,
+                max_send_per_second: 50
+            }))
+        );
+        assert!(
+            TwinDesired::decode(with).is_ok(),
+            "an older device still reads the policy part"
+        );
+        let unknown = br#"{"v":1,"policy_bundle":null,"link":{"version":2,"batch_interval_ms":100,"max_send_per_second":50,"fsync":"never"}}"#;
+        assert!(LinkSettings::of_desired(unknown).is_err_and(|e| e.contains("unknown field")));
+    }
 }

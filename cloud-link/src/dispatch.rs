@@ -63,6 +63,11 @@ impl Dispatcher {
         self.connected = false;
     }
 
+    /// Changes the send rate from now on (the fleet's link settings).
+    pub fn set_max_per_second(&mut self, max_per_second: u32) {
+        self.limits.max_per_second = max_per_second;
+    }
+
     /// The fleet acknowledged `seq`.
     pub fn on_ack(&mut self, seq: u64) {
         self.in_flight.remove(&seq);

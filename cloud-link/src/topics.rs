@@ -22,6 +22,26 @@
 //! A message leaves the device's outbox only when its [`Ack`] arrives; until then it
 //! is sent again after reconnects and timeouts, and the fleet stores each
 //! `(device, stream, epoch, seq)` once, so every reading arrives exactly once.
+//!
+//! ## Control messages (durable, acknowledged)
+//!
+//! Command results, reported state, events, failure reports and update status are
+//! *control messages*: the device writes each one to its durable control queue (stream
+//! [`CONTROL_STREAM`]) before publishing it, and publishes it again after reconnects
+//! and restarts until the fleet acknowledges it. The published JSON object is the
+//! payload type below plus one member, `delivery` ([`Delivery`]:
+//! `{stream, epoch, seq}`). A peer that does not know `delivery` ignores it (no payload
+//! type denies unknown members), so this is an additive change of version 1.
+//!
+//! The fleet, for every control message it receives:
+//! 1. stores it once per `(device, delivery.stream, delivery.epoch, delivery.seq)`
+//!    (and per natural ID: a command result's `id`, a failure report's `id`);
+//! 2. then publishes [`Ack`] `{stream: "control", epoch, seq}` on the device's `ack`
+//!    topic. Until then the device resends it (every 10 s, and after reconnects).
+//!
+//! For `twin/reported`, the newest state wins: keep the one with the highest
+//! `(epoch, seq)` (a resend of an older state must not overwrite a newer one). The
+//! device already drops superseded reported states from its queue.
 
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +115,149 @@ pub fn update_offer_topic(device_id: &str) -> String {
 /// Topic a device reports update progress on.
 pub fn update_status_topic(device_id: &str) -> String {
     format!("{TOPIC_ROOT}/{device_id}/updates/status")
+}
+
+/// Filter matching every device's events.
+pub const ALL_EVENTS: &str = "warden/v1/devices/+/events";
+
+/// Filter matching every device's failure reports.
+pub const ALL_REPORTS: &str = "warden/v1/devices/+/reports";
+
+/// Filter matching every device's update status.
+pub const ALL_UPDATE_STATUS: &str = "warden/v1/devices/+/updates/status";
+
+/// The stream name of control messages (see the module docs).
+pub const CONTROL_STREAM: &str = "control";
+
+/// Where a control message sits in the device's durable control queue; the fleet
+/// acknowledges it with [`Ack`] `{stream, epoch, seq}` once stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Stream name, [`CONTROL_STREAM`].
+    pub stream: String,
+    /// Identifies one run of the control queue's counter.
+    pub epoch: u64,
+    /// Sequence number within `(stream, epoch)`.
+    pub seq: u64,
+}
+
+#[derive(Deserialize)]
+struct DeliveryMember {
+    #[serde(default)]
+    delivery: Option<Delivery>,
+}
+
+impl Delivery {
+    /// The `delivery` member of a control payload, if it has one.
+    pub fn of_payload(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice::<DeliveryMember>(bytes)
+            .ok()?
+            .delivery
+    }
+
+    /// `payload` (a JSON object) with this reference added as its `delivery` member.
+    pub fn attach<T: Serialize>(&self, payload: &T) -> Vec<u8> {
+        let mut value = serde_json::to_value(payload).unwrap_or_default();
+        if let serde_json::Value::Object(members) = &mut value {
+            members.insert(
+                "delivery".to_owned(),
+                serde_json::to_value(self).unwrap_or_default(),
+            );
+        }
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+
+    /// The acknowledgement the fleet sends once it stored the message.
+    pub fn ack(&self) -> Vec<u8> {
+        Ack::encode(&self.stream, self.epoch, self.seq)
+    }
+}
+
+/// Event kinds a device sends ([`DeviceEvent::kind`]).
+pub mod event_kind {
+    /// The link is up again after an outage (`detail` says how long and what waits).
+    pub const LINK_RESTORED: &str = "link-restored";
+    /// A verified policy bundle replaced the running policy.
+    pub const POLICY_APPLIED: &str = "policy-applied";
+    /// A policy bundle was refused; the running policy stays.
+    pub const POLICY_REFUSED: &str = "policy-refused";
+    /// A verified config change was applied.
+    pub const CONFIG_APPLIED: &str = "config-applied";
+    /// A config change was refused; nothing of it was applied.
+    pub const CONFIG_REFUSED: &str = "config-refused";
+    /// The telemetry outbox dropped or refused messages.
+    pub const OUTBOX_OVERFLOW: &str = "outbox-overflow";
+    /// The control queue dropped its oldest messages to make room.
+    pub const CONTROL_OVERFLOW: &str = "control-overflow";
+    /// An update offer changed state (`detail`: offer, version, state).
+    pub const UPDATE_STATE: &str = "update-state";
+}
+
+/// The states of [`UpdateStatus::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum UpdateState {
+    /// Outside the window, deferred by the operator, or vetoed (`detail` says which).
+    Waiting,
+    /// Downloading (`detail`: bytes so far).
+    Downloading,
+    /// Checking the digest and the image signature.
+    Verifying,
+    /// Written to the inactive slot; boots on trial next.
+    Installed,
+    /// Running on trial.
+    Trial,
+    /// Confirmed after the trial.
+    Confirmed,
+    /// The trial failed and the previous image runs again.
+    RolledBack,
+    /// Failed (`detail` says what failed); nothing was installed.
+    Failed,
+}
+
+impl UpdateState {
+    /// The wire name (`rolled-back`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Downloading => "downloading",
+            Self::Verifying => "verifying",
+            Self::Installed => "installed",
+            Self::Trial => "trial",
+            Self::Confirmed => "confirmed",
+            Self::RolledBack => "rolled-back",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl DeviceEvent {
+    /// An event of `kind` now.
+    pub fn now(kind: &str, detail: impl Into<String>) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            ts_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            kind: kind.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl UpdateOffer {
+    /// Decodes and version-checks an offer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let offer: Self = serde_json::from_slice(bytes)?;
+        if offer.v != PROTOCOL_VERSION {
+            return Err(PayloadError::UnsupportedVersion(offer.v));
+        }
+        if !valid_command_id(&offer.id) {
+            return Err(PayloadError::BadId(offer.id));
+        }
+        Ok(offer)
+    }
 }
 
 /// Shortest attestation nonce a device answers (bytes).
@@ -270,6 +433,86 @@ pub struct TwinReported {
     pub policy_version: Option<u64>,
     /// Why the last desired state was refused, if it was.
     pub last_error: Option<String>,
+    /// Version of the link settings that run (`None`: the unit's own config file).
+    #[serde(default)]
+    pub link_settings_version: Option<u64>,
+    /// SHA-256 (hex) of the link settings that run, as [`LinkSettings::digest`].
+    #[serde(default)]
+    pub link_settings_sha256: Option<String>,
+}
+
+/// Link settings the fleet may change through the twin: the `link` member of a
+/// `twin/desired` object (read with [`LinkSettings::of_desired`]; a peer that does not
+/// know it ignores it).
+///
+/// Not signed, but bounded: these settings only pace what the device sends (they can
+/// neither widen what reaches equipment, which policy bundles govern and which are
+/// signed, nor stop the link: every value outside the bounds is refused), they arrive
+/// only over the mutually authenticated link from the pinned fleet, and a change whose
+/// `version` is not above the running one is refused, so an old change is not replayed.
+/// A change is applied whole or not at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSettings {
+    /// Increases with every change the fleet makes.
+    pub version: u64,
+    /// How long readings are gathered into one batch, ms ([`BATCH_INTERVAL_MS`]).
+    pub batch_interval_ms: u64,
+    /// Most messages sent per second, replay included ([`MAX_SEND_PER_SECOND`]).
+    pub max_send_per_second: u32,
+}
+
+/// Accepted [`LinkSettings::batch_interval_ms`].
+pub const BATCH_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
+/// Accepted [`LinkSettings::max_send_per_second`].
+pub const MAX_SEND_PER_SECOND: std::ops::RangeInclusive<u32> = 10..=10_000;
+
+#[derive(Deserialize)]
+struct LinkMember {
+    #[serde(default)]
+    link: Option<serde_json::Value>,
+}
+
+impl LinkSettings {
+    /// The `link` member of a desired-state payload: `Ok(None)` without one, `Err` with
+    /// the reason for a malformed one.
+    pub fn of_desired(bytes: &[u8]) -> Result<Option<Self>, String> {
+        let member: LinkMember =
+            serde_json::from_slice(bytes).map_err(|e| format!("desired state: {e}"))?;
+        match member.link {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => serde_json::from_value(value)
+                .map(Some)
+                .map_err(|e| format!("link settings: {e}")),
+        }
+    }
+
+    /// Checks every field against its bounds; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !BATCH_INTERVAL_MS.contains(&self.batch_interval_ms) {
+            return Err(format!(
+                "link settings: batch_interval_ms {} is outside {}..={}",
+                self.batch_interval_ms,
+                BATCH_INTERVAL_MS.start(),
+                BATCH_INTERVAL_MS.end()
+            ));
+        }
+        if !MAX_SEND_PER_SECOND.contains(&self.max_send_per_second) {
+            return Err(format!(
+                "link settings: max_send_per_second {} is outside {}..={}",
+                self.max_send_per_second,
+                MAX_SEND_PER_SECOND.start(),
+                MAX_SEND_PER_SECOND.end()
+            ));
+        }
+        Ok(())
+    }
+
+    /// SHA-256 of the canonical JSON (fields in declaration order), hex.
+    pub fn digest(&self) -> String {
+        use sha2::Digest as _;
+        to_hex(&sha2::Sha256::digest(encode(self)))
+    }
 }
 
 impl TwinDesired {

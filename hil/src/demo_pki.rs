@@ -44,6 +44,9 @@ pub struct DemoPki {
     pub expired_device_cert: PathBuf,
     /// Its key.
     pub expired_device_key: PathBuf,
+    /// A fleet API token with the `admin` role (file mode 0600; the fleet config holds
+    /// only its SHA-256). Send it as `Authorization: Bearer <token>`.
+    pub fleet_api_token: PathBuf,
 }
 
 impl DemoPki {
@@ -106,6 +109,7 @@ impl DemoPki {
             fleet_client_key: dir.join("fleet-client.key"),
             expired_device_cert: dir.join("device-expired.pem"),
             expired_device_key: dir.join("device-expired.key"),
+            fleet_api_token: dir.join("fleet-api.token"),
         };
         write(&pki.fleet_ca, &fleet_ca_cert.pem(), false)?;
         write(&pki.server_cert, &server_cert.pem(), false)?;
@@ -122,6 +126,9 @@ impl DemoPki {
         )?;
         write(&pki.expired_device_cert, &expired_cert.pem(), false)?;
         write(&pki.expired_device_key, &expired_key.serialize_pem(), true)?;
+        let token =
+            warden_fleet::auth::generate_token().map_err(|e| PkiError::Keys(e.to_string()))?;
+        write(&pki.fleet_api_token, &token, true)?;
         pki.ensure_vendor_keys()?;
         Ok(pki)
     }
@@ -159,6 +166,10 @@ impl DemoPki {
     }
 
     /// A loopback fleet config using this PKI, its SQLite store in `state_dir`.
+    ///
+    /// API: the token in [`Self::fleet_api_token`] has the `admin` role, and requests
+    /// without a token may read (`anonymous_role = viewer`, so the dashboard works
+    /// without a login on loopback). Images must chain to this PKI's vendor root.
     pub fn fleet_config(
         &self,
         state_dir: &Path,
@@ -172,7 +183,35 @@ impl DemoPki {
             server_cert: self.server_cert.clone(),
             server_key: self.server_key.clone(),
             manufacturer_ca: self.manufacturer_ca.clone(),
+            api: warden_fleet::auth::ApiConfig {
+                tokens: std::fs::read_to_string(&self.fleet_api_token)
+                    .map(|token| {
+                        vec![warden_fleet::auth::TokenConfig {
+                            name: "demo-admin".into(),
+                            role: warden_fleet::auth::Role::Admin,
+                            sha256: warden_fleet::auth::hash_token(token.trim()),
+                        }]
+                    })
+                    .unwrap_or_default(),
+                anonymous_role: Some(warden_fleet::auth::Role::Viewer),
+            },
+            images: warden_fleet::ImagesConfig {
+                vendor_roots: self
+                    .vendor_root_public_key()
+                    .map(|key| vec![key.iter().map(|b| format!("{b:02x}")).collect()])
+                    .unwrap_or_default(),
+                dir: None,
+                public_url: None,
+            },
+            rollouts: warden_fleet::RolloutConfig::default(),
         }
+    }
+
+    /// The fleet API token (see [`Self::fleet_api_token`]).
+    pub fn fleet_token(&self) -> Result<String, PkiError> {
+        std::fs::read_to_string(&self.fleet_api_token)
+            .map(|token| token.trim().to_owned())
+            .map_err(|e| PkiError::Io(self.fleet_api_token.clone(), e))
     }
 
     /// The vendor root's public key (uncompressed SEC1), for installing into pluton.

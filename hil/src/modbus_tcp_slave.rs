@@ -1,19 +1,18 @@
 //! A simulated Modbus TCP slave (or gateway of several units) driven by models.
 //!
-//! Built to never be the bottleneck of a benchmark: each connection parses every
-//! complete frame in what it read, answers them all, and writes the responses back
-//! in one write; device state sits behind a short-held `std` mutex.
+//! Built to never be the bottleneck of a benchmark: each connection runs the bridge's
+//! own server loop ([`serve_connection`]: every complete frame of a read answered,
+//! the answers written back in one write); device state sits behind a short-held
+//! `std` mutex.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warden_bridges::modbus::MAX_PDU_LEN;
 use warden_bridges::modbus::pdu::{self, ExceptionCode};
-use warden_bridges::modbus::tcp_frame::{MAX_FRAME_LEN, decode_frame, encode_frame};
+use warden_bridges::modbus::tcp_server::{ModbusService, serve_connection};
 
 pub use crate::simulated_device::DeviceModel;
 use crate::simulated_device::SimulatedDevice;
@@ -41,6 +40,7 @@ impl Devices {
 pub struct SimulatedSlave {
     state: Arc<Devices>,
     address: SocketAddr,
+    service_time: Duration,
 }
 
 impl SimulatedSlave {
@@ -61,6 +61,18 @@ impl SimulatedSlave {
         models: Vec<DeviceModel>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
+        Self::start_with_service_time(listen, models, Duration::ZERO, shutdown).await
+    }
+
+    /// Like [`Self::start_many`], but each answer takes `service_time` (at timer
+    /// granularity, about a millisecond), as a real controller's scan does; the
+    /// requests of one connection are served one after the other.
+    pub async fn start_with_service_time(
+        listen: &str,
+        models: Vec<DeviceModel>,
+        service_time: Duration,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
         let state = Arc::new(Devices {
@@ -70,7 +82,11 @@ impl SimulatedSlave {
                 .map(|m| (m.unit, Mutex::new(SimulatedDevice::new(m))))
                 .collect(),
         });
-        let slave = Self { state, address };
+        let slave = Self {
+            state,
+            address,
+            service_time,
+        };
         let serving = slave.clone();
         tokio::spawn(async move {
             loop {
@@ -80,7 +96,10 @@ impl SimulatedSlave {
                         Ok((stream, _peer)) => {
                             let connection = serving.clone();
                             let stop = shutdown.clone();
-                            tokio::spawn(async move { connection.serve(stream, stop).await });
+                            tokio::spawn(async move {
+                                // A non-Modbus client is dropped, as a device would.
+                                let _ = serve_connection(stream, &connection, 64 * 1024, &stop).await;
+                            });
                         }
                         Err(error) => tracing::warn!(%error, "simulator accept failed"),
                     }
@@ -117,47 +136,13 @@ impl SimulatedSlave {
             .map(|(_, d)| d.lock().unwrap_or_else(PoisonError::into_inner).requests())
             .sum()
     }
+}
 
-    async fn serve(self, mut stream: TcpStream, shutdown: CancellationToken) {
-        let _ = stream.set_nodelay(true);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut filled = 0;
-        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-        loop {
-            let read = tokio::select! {
-                () = shutdown.cancelled() => return,
-                read = stream.read(&mut buf[filled..]) => read,
-            };
-            match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => filled += n,
-            }
-            let mut used_total = 0;
-            out.clear();
-            loop {
-                let (header, request_pdu, used) = match decode_frame(&buf[used_total..filled]) {
-                    Ok(None) => break,
-                    Err(_) => return, // not Modbus: drop the connection, as a device would
-                    Ok(Some(frame)) => frame,
-                };
-                let mut response = [0u8; MAX_PDU_LEN];
-                let len = self.answer(header.unit_id, request_pdu, &mut response);
-                let mut frame = [0u8; MAX_FRAME_LEN];
-                let Ok(frame_len) = encode_frame(header, &response[..len], &mut frame) else {
-                    return;
-                };
-                out.extend_from_slice(&frame[..frame_len]);
-                used_total += used;
-            }
-            buf.copy_within(used_total..filled, 0);
-            filled -= used_total;
-            if !out.is_empty() && stream.write_all(&out).await.is_err() {
-                return;
-            }
+impl ModbusService for SimulatedSlave {
+    async fn answer(&self, unit: u8, request_pdu: &[u8], out: &mut [u8]) -> usize {
+        if !self.service_time.is_zero() {
+            tokio::time::sleep(self.service_time).await;
         }
-    }
-
-    fn answer(&self, unit: u8, request_pdu: &[u8], out: &mut [u8]) -> usize {
         let elapsed = self.state.elapsed_ms();
         match self.state.device(unit) {
             Some(mut device) => device.answer(request_pdu, elapsed, out),
@@ -174,7 +159,6 @@ impl SimulatedSlave {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use std::time::Duration;
     use warden_bridges::modbus::pdu::{FunctionCode, Request};
     use warden_bridges::modbus::tcp_client::{Answer, TcpClient};
 

@@ -31,6 +31,8 @@ pub struct DemoUrls {
     pub equipment: String,
     /// The device ID.
     pub device_id: String,
+    /// The fleet API token (admin role) from `pki/fleet-api.token`.
+    pub fleet_token: String,
 }
 
 /// A `warden demo` process; killed if dropped while running.
@@ -102,6 +104,11 @@ impl DemoProcess {
             !urls.fleet.is_empty() && !urls.equipment.is_empty() && !urls.device_id.is_empty(),
             "incomplete demo output: {urls:?}"
         );
+        let token_file = state_dir.join("pki").join("fleet-api.token");
+        urls.fleet_token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("cannot read {}", token_file.display()))?
+            .trim()
+            .to_owned();
         Ok(Self {
             child,
             urls,
@@ -334,6 +341,7 @@ async fn command(
     let url = format!("{}/api/v1/devices/{}/commands", urls.fleet, urls.device_id);
     let sent: CommandView = http
         .post(&url)
+        .bearer_auth(&urls.fleet_token)
         .json(&body)
         .send()
         .await?
@@ -420,6 +428,7 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
     );
     let attested: serde_json::Value = http
         .post(&url)
+        .bearer_auth(&demo.urls.fleet_token)
         .send()
         .await?
         .error_for_status()?
@@ -435,7 +444,12 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
     );
     let unknown = format!("{}/api/v1/devices/nobody/attestation", demo.urls.fleet);
     ensure!(
-        http.post(&unknown).send().await?.status() == reqwest::StatusCode::CONFLICT,
+        http.post(&unknown)
+            .bearer_auth(&demo.urls.fleet_token)
+            .send()
+            .await?
+            .status()
+            == reqwest::StatusCode::CONFLICT,
         "an unknown device cannot be attested"
     );
     demo.stop().await
@@ -465,6 +479,7 @@ async fn push_bundle(http: &reqwest::Client, urls: &DemoUrls, bundle: &[u8]) -> 
     );
     let hex = warden_link::topics::to_hex(bundle);
     http.put(&url)
+        .bearer_auth(&urls.fleet_token)
         .json(&serde_json::json!({ "policy_bundle": hex }))
         .send()
         .await?

@@ -191,6 +191,33 @@ impl SimulatedDevice {
                 pdu::encode_write_response(&request, out)
                     .unwrap_or_else(|_| exception(ExceptionCode::SERVER_DEVICE_FAILURE, out))
             }
+            Request::ReadWriteMultipleRegisters {
+                read_address,
+                read_count,
+                write_address,
+                values,
+            } => {
+                // Function 23: the write happens first, then the read (spec 6.17);
+                // any address missing in either part refuses the whole request.
+                let read = usize::from(*read_address)
+                    ..usize::from(*read_address) + usize::from(*read_count);
+                let write = usize::from(*write_address)..usize::from(*write_address) + values.len();
+                if read
+                    .clone()
+                    .chain(write.clone())
+                    .any(|a| !self.exists(Table::Holding, a as u16))
+                {
+                    return exception(ExceptionCode::ILLEGAL_DATA_ADDRESS, out);
+                }
+                for (a, &value) in write.zip(values.iter()) {
+                    self.written.insert((Table::Holding, a as u16), value);
+                }
+                let registers: Vec<u16> = read
+                    .filter_map(|a| self.value(Table::Holding, a as u16, elapsed_ms))
+                    .collect();
+                pdu::encode_read_response(request.function(), registers.into_iter(), out)
+                    .unwrap_or_else(|_| exception(ExceptionCode::SERVER_DEVICE_FAILURE, out))
+            }
         }
     }
 }

@@ -15,8 +15,9 @@ use crate::request::{BridgeId, CompartmentId};
 /// Version of the table encoding; the first field of every encoding.
 pub const TABLES_FORMAT: u16 = 1;
 
-/// Most bridges a policy may name.
-pub const MAX_BRIDGES: usize = 32;
+/// Most bridges a policy may name: a gateway in front of a cell of 100 Modbus TCP
+/// devices (one bridge each), with room for RTU buses and BLE bridges.
+pub const MAX_BRIDGES: usize = 128;
 /// Most compartments a policy may name.
 pub const MAX_COMPARTMENTS: usize = 16;
 /// Most rules (of every kind, limits included) in one policy.

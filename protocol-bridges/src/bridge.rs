@@ -48,14 +48,25 @@ pub enum Downstream {
     Tcp(Arc<TcpDevice>),
     /// The owner task of an RS-485 line.
     Rtu(RtuBus),
+    /// An RS-485 line driven by the real-time core, which checks the policy again.
+    RtCore(crate::rtcore::RtCoreBus),
 }
 
 impl Downstream {
-    /// Sends `request` to `unit` and waits for the answer.
-    pub async fn call(&self, unit: u8, request: Request) -> Result<Answer, ClientError> {
+    /// Sends `request` from `source` to `unit` and waits for the answer.
+    pub async fn call(
+        &self,
+        unit: u8,
+        request: Request,
+        source: RequestSource,
+    ) -> Result<Answer, ClientError> {
         match self {
             Self::Tcp(device) => device.call(unit, &request).await,
             Self::Rtu(bus) => bus.call(unit, request).await,
+            Self::RtCore(core) => core
+                .call(unit, request, source)
+                .await
+                .map_err(crate::rtcore::RtCoreError::into_client_error),
         }
     }
 }
@@ -218,35 +229,36 @@ impl BridgeHandle {
     /// Asks the policy about `request` without counting or logging a denial (read
     /// planning: a refused merged read is split, not reported).
     pub fn allowed_quietly(&self, unit: u8, request: &Request, source: RequestSource) -> bool {
-        let gated = GatedRequest {
-            bridge: &self.shared.name,
-            unit,
-            request,
-            source,
-        };
-        self.shared
+        self.judge(unit, request, source).is_ok()
+    }
+
+    /// The policy's verdict on `request`. Function 23 (write, then read, multiple
+    /// registers) is judged as the read (function 3) and the write (function 16) it
+    /// is made of, read first: it passes only if both do.
+    fn judge(&self, unit: u8, request: &Request, source: RequestSource) -> Result<(), Denial> {
+        let mut policy = self
+            .shared
             .policy
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .check(&gated)
-            .is_ok()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut check = |request: &Request| {
+            policy.check(&GatedRequest {
+                bridge: &self.shared.name,
+                unit,
+                request,
+                source,
+            })
+        };
+        match request.read_write_parts() {
+            Some((read, write)) => check(&read).and_then(|()| check(&write)),
+            None => check(request),
+        }
     }
 
     /// Asks the policy about `request` to `unit` from `source`; a denial is counted
     /// and logged.
     pub fn check(&self, unit: u8, request: &Request, source: RequestSource) -> Result<(), Denial> {
-        let gated = GatedRequest {
-            bridge: &self.shared.name,
-            unit,
-            request,
-            source,
-        };
-        let verdict = self
-            .shared
-            .policy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .check(&gated);
+        let verdict = self.judge(unit, request, source);
         if let Err(denial) = &verdict {
             tracing::warn!(bridge = %self.shared.name, unit, function = request.function().code(), address = request.address(), count = request.count(), ?source, %denial, "request denied");
             let text = format!(
@@ -273,7 +285,7 @@ impl BridgeHandle {
         self.check(unit, &request, source)?;
         self.shared
             .downstream
-            .call(unit, request)
+            .call(unit, request, source)
             .await
             .map_err(|error| RequestError::Failed {
                 bridge: self.shared.name.clone(),

@@ -79,6 +79,16 @@ pub struct ModbusRtuBridgeConfig {
     /// Largest gap, in registers or bits, bridged when merging points into one read.
     #[serde(default = "default_max_gap")]
     pub max_gap: u16,
+    /// `native` (default: this process drives `port`) or `rtcore` (the real-time
+    /// core drives the line; see [`crate::rtcore`]).
+    #[serde(default)]
+    pub transport: crate::rtcore::RtuTransport,
+    /// `rtcore`: the mailbox device of the real-time core.
+    #[serde(default)]
+    pub mailbox: Option<String>,
+    /// `rtcore`: the signed policy bundle uploaded to (and verified by) the core.
+    #[serde(default)]
+    pub policy_bundle: Option<std::path::PathBuf>,
     /// The points read from the units on the line.
     pub points: Vec<PointConfig>,
 }
@@ -208,6 +218,7 @@ impl BridgesConfig {
                 ));
             }
             check_unit(bridge.unit, &format!("{at}.unit"))?;
+            crate::rtcore::check_transport(bridge, &at)?;
             check_points(&bridge.points, &bridge.name, &at)?;
         }
         if let Some(facade) = &self.facade {

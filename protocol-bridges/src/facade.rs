@@ -11,16 +11,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{BridgeHandle, RequestError};
 use crate::config::ConfigProblem;
 use crate::modbus::pdu::{self, ExceptionCode, PduError, Request};
-use crate::modbus::tcp_frame::{MAX_FRAME_LEN, MbapHeader, decode_frame, encode_frame};
-use crate::modbus::{Answer, ClientError, MAX_PDU_LEN};
+use crate::modbus::tcp_frame::MAX_FRAME_LEN;
+use crate::modbus::tcp_server::{ModbusService, ServeError, serve_connection};
+use crate::modbus::{Answer, ClientError};
 use crate::request_policy::RequestSource;
 
 /// The facade as the integrator configures it (`[bridges.facade]`).
@@ -188,7 +188,10 @@ pub async fn start_facade(
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 update(&connection.health, |h| h.clients += 1);
-                connection.serve(stream, stop).await;
+                let ended = serve_connection(stream, &connection, MAX_FRAME_LEN * 4, &stop).await;
+                if let Err(error @ ServeError::NotModbus(_)) = ended {
+                    tracing::warn!(peer = %connection.peer, %error, "facade client closed");
+                }
                 update(&connection.health, |h| h.clients -= 1);
                 drop(slot);
             });
@@ -207,54 +210,7 @@ struct Connection {
     peer: SocketAddr,
 }
 
-impl Connection {
-    async fn serve(&self, mut stream: TcpStream, shutdown: CancellationToken) {
-        let _ = stream.set_nodelay(true);
-        let mut buf = vec![0u8; MAX_FRAME_LEN * 4];
-        let mut filled = 0;
-        let mut out = Vec::with_capacity(MAX_FRAME_LEN * 4);
-        loop {
-            let read = tokio::select! {
-                () = shutdown.cancelled() => return,
-                read = stream.read(&mut buf[filled..]) => read,
-            };
-            match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => filled += n,
-            }
-            let mut used_total = 0;
-            out.clear();
-            loop {
-                let (header, request_pdu, used) = match decode_frame(&buf[used_total..filled]) {
-                    Ok(None) => break,
-                    Err(error) => {
-                        tracing::warn!(peer = %self.peer, %error, "facade client sent a non-modbus frame; closing");
-                        return;
-                    }
-                    Ok(Some(frame)) => frame,
-                };
-                let mut response = [0u8; MAX_PDU_LEN];
-                let len = self
-                    .answer(header.unit_id, request_pdu, &mut response)
-                    .await;
-                let mut frame = [0u8; MAX_FRAME_LEN];
-                let header = MbapHeader {
-                    transaction_id: header.transaction_id,
-                    unit_id: header.unit_id,
-                };
-                if let Ok(frame_len) = encode_frame(header, &response[..len], &mut frame) {
-                    out.extend_from_slice(&frame[..frame_len]);
-                }
-                used_total += used;
-            }
-            buf.copy_within(used_total..filled, 0);
-            filled -= used_total;
-            if !out.is_empty() && stream.write_all(&out).await.is_err() {
-                return;
-            }
-        }
-    }
-
+impl ModbusService for Connection {
     async fn answer(&self, unit: u8, request_pdu: &[u8], out: &mut [u8]) -> usize {
         update(&self.health, |h| h.requests += 1);
         let function = request_pdu.first().copied().unwrap_or(0);

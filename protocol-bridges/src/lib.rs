@@ -8,6 +8,7 @@ pub mod point;
 pub mod poller;
 pub mod read_plan;
 pub mod request_policy;
+pub mod rtcore;
 pub mod runtime;
 
 pub use bridge::{BridgeHandle, BridgeHealth, WriteOutcome, WriteTarget};

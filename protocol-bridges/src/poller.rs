@@ -39,6 +39,18 @@ pub struct Sample {
     pub timestamp_ms: u64,
 }
 
+impl Sample {
+    /// The reading as a typed value: the text of a `string` point, the number of
+    /// any other. (`value` stays an `f64`, NaN for text, because the appliance and
+    /// the link's telemetry carry numbers only; text is kept off telemetry there.)
+    pub fn reading(&self) -> Value {
+        match &self.text {
+            Some(text) => Value::Text(text.clone()),
+            None => Value::Number(self.value),
+        }
+    }
+}
+
 /// Polls the points of one bridge and sends [`Sample`]s.
 pub struct Poller {
     bridge: BridgeHandle,
@@ -294,4 +306,25 @@ pub fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_reads_back_as_text_or_number() {
+        let mut sample = Sample {
+            bridge: "line1".into(),
+            point: "serial".into(),
+            value: f64::NAN,
+            text: Some("AB-17".into()),
+            unit: String::new(),
+            timestamp_ms: 1,
+        };
+        assert_eq!(sample.reading(), Value::Text("AB-17".into()));
+        sample.text = None;
+        sample.value = 21.5;
+        assert_eq!(sample.reading(), Value::Number(21.5));
+    }
 }

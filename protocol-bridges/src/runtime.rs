@@ -48,6 +48,14 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// A line through the real-time core cannot start (its bundle is unreadable).
+    #[error("bridge {bridge}: {source}")]
+    RtCore {
+        /// The bridge.
+        bridge: String,
+        /// Why.
+        source: crate::rtcore::RtCoreError,
+    },
 }
 
 /// Starts every bridge in `config` (each with its own policy gate over `policy`), its
@@ -100,15 +108,40 @@ pub async fn start(
             },
         };
         let health = Arc::new(Mutex::new(crate::bridge::BridgeHealth::default()));
-        let (bus, task) =
-            RtuBus::for_serial_line(line.clone(), options, Arc::clone(&health), shutdown.clone());
-        tasks.spawn(task);
+        let (downstream, address) = match crate::rtcore::mailbox_path(&bridge) {
+            None => {
+                let (bus, task) = RtuBus::for_serial_line(
+                    line.clone(),
+                    options,
+                    Arc::clone(&health),
+                    shutdown.clone(),
+                );
+                tasks.spawn(task);
+                (Downstream::Rtu(bus), line.describe())
+            }
+            Some(mailbox) => {
+                let setup = crate::rtcore::CoreSetup::from_config(&bridge).map_err(|source| {
+                    StartError::RtCore {
+                        bridge: bridge.name.clone(),
+                        source,
+                    }
+                })?;
+                let (bus, task) = crate::rtcore::RtCoreBus::for_mailbox_device(
+                    mailbox.to_owned(),
+                    setup,
+                    Arc::clone(&health),
+                    shutdown.clone(),
+                );
+                tasks.spawn(task);
+                (Downstream::RtCore(bus), crate::rtcore::describe(&bridge))
+            }
+        };
         let handle = BridgeHandle::new(
             bridge.name.clone(),
-            line.describe(),
+            address,
             bridge.unit,
             bridge.points,
-            Downstream::Rtu(bus),
+            downstream,
             Box::new(PolicyGate::new(Arc::clone(&policy))),
             health,
         );

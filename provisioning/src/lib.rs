@@ -1,1 +1,21 @@
 #![doc = include_str!("../README.md")]
+
+pub mod batch;
+pub mod ca;
+pub mod files;
+pub mod fleet;
+pub mod key_envelope;
+pub mod label;
+pub mod layout;
+pub mod passphrase;
+pub mod pluton_process;
+pub mod selftest;
+pub mod station;
+pub mod station_context;
+pub mod unit;
+pub mod unit_config;
+pub mod verify;
+
+pub use station::StationConfig;
+pub use station_context::Station;
+pub use unit::{Step, UnitError, provision_unit};

@@ -2,9 +2,12 @@
 //!
 //! Jobs: `ci` (everything below, in order), `fmt`, `lint`, `test`, `test-real`
 //! (the ignored tests that need real components: Mosquitto clients, Chromium, …),
-//! `embedded` (the no_std crates for the Cortex-M4F target).
+//! `embedded` (the no_std crates for the Cortex-M4F target), `package` (the Debian
+//! package, built and checked).
 
 use std::process::{Command, ExitCode};
+
+mod package;
 
 /// The no_std crates and the features they build with on the microcontroller.
 const EMBEDDED_CRATES: &[&str] = &[
@@ -13,40 +16,91 @@ const EMBEDDED_CRATES: &[&str] = &[
     "warden-policy",
     "warden-image",
     "warden-modbus",
+    "warden-rtcore-mailbox",
 ];
+/// The real-time core's firmware: its own cargo project (its `.cargo/config.toml` sets
+/// the target and link scripts, so cargo runs inside that folder).
+const FIRMWARE_DIR: &str = "protocol-bridges/rtcore/firmware";
 /// The real-time core's target.
 const EMBEDDED_TARGET: &str = "thumbv7em-none-eabihf";
 
+/// One step of a job: a cargo invocation, or a check written here.
+enum Step {
+    Cargo(Vec<String>),
+    /// A cargo invocation run inside a folder of the repository.
+    CargoIn(&'static str, Vec<String>),
+    Check(&'static str, fn() -> Result<(), String>),
+}
+
 fn main() -> ExitCode {
     let job = std::env::args().nth(1).unwrap_or_else(|| "ci".to_owned());
-    let steps: Vec<Vec<String>> = match job.as_str() {
-        "fmt" => vec![fmt()],
-        "lint" => vec![lint()],
-        "test" => vec![test()],
-        "test-real" => vec![test_real()],
-        "embedded" => embedded(),
+    let cargo = |list: Vec<Vec<String>>| list.into_iter().map(Step::Cargo).collect::<Vec<_>>();
+    let steps: Vec<Step> = match job.as_str() {
+        "fmt" => cargo(vec![fmt()]),
+        "lint" => cargo(vec![lint()]),
+        "test" => cargo(vec![test()]),
+        "test-real" => cargo(vec![test_real()]),
+        "embedded" => {
+            let mut all = cargo(embedded());
+            all.extend(firmware());
+            all
+        }
+        "package" => package::steps(),
         "ci" => {
-            let mut all = vec![fmt(), lint(), test(), test_real()];
-            all.extend(embedded());
+            let mut all = cargo(vec![fmt(), lint(), test(), test_real()]);
+            all.extend(cargo(embedded()));
+            all.extend(firmware());
+            all.extend(package::steps());
             all
         }
         other => {
-            eprintln!("unknown job {other:?}; jobs: ci, fmt, lint, test, test-real, embedded");
+            eprintln!(
+                "unknown job {other:?}; jobs: ci, fmt, lint, test, test-real, embedded, package"
+            );
             return ExitCode::FAILURE;
         }
     };
     for step in steps {
-        eprintln!("==> cargo {}", step.join(" "));
-        let status = Command::new(env!("CARGO")).args(&step).status();
-        match status {
-            Ok(status) if status.success() => {}
-            Ok(status) => {
-                eprintln!("xtask: `cargo {}` failed with {status}", step.join(" "));
-                return ExitCode::FAILURE;
+        match step {
+            Step::Cargo(step) => {
+                eprintln!("==> cargo {}", step.join(" "));
+                let status = Command::new(env!("CARGO")).args(&step).status();
+                match status {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => {
+                        eprintln!("xtask: `cargo {}` failed with {status}", step.join(" "));
+                        return ExitCode::FAILURE;
+                    }
+                    Err(error) => {
+                        eprintln!("xtask: cannot run cargo: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
-            Err(error) => {
-                eprintln!("xtask: cannot run cargo: {error}");
-                return ExitCode::FAILURE;
+            Step::CargoIn(dir, step) => {
+                eprintln!("==> (cd {dir} && cargo {})", step.join(" "));
+                let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .parent()
+                    .map(|root| root.join(dir))
+                    .unwrap_or_else(|| dir.into());
+                let status = Command::new(env!("CARGO"))
+                    .args(&step)
+                    .current_dir(root)
+                    .status();
+                if !matches!(status, Ok(status) if status.success()) {
+                    eprintln!(
+                        "xtask: `cargo {}` in {dir} failed: {status:?}",
+                        step.join(" ")
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+            Step::Check(name, check) => {
+                eprintln!("==> {name}");
+                if let Err(problem) = check() {
+                    eprintln!("xtask: {name}: {problem}");
+                    return ExitCode::FAILURE;
+                }
             }
         }
     }
@@ -94,4 +148,15 @@ fn embedded() -> Vec<Vec<String>> {
             ])
         })
         .collect()
+}
+
+/// The firmware for the real-time core: linted and built for the Cortex-M4F.
+fn firmware() -> Vec<Step> {
+    vec![
+        Step::CargoIn(
+            FIRMWARE_DIR,
+            args(&["clippy", "--release", "--locked", "--", "-D", "warnings"]),
+        ),
+        Step::CargoIn(FIRMWARE_DIR, args(&["build", "--release", "--locked"])),
+    ]
 }

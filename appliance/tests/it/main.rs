@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
+mod compartments;
+mod operations;
 mod status_page;
+mod updates;
 
 /// The walking skeleton end to end (scenario in `hil/src/scenario.rs`): the demo's
 /// simulated register reaches the fleet API with the configured scaling.

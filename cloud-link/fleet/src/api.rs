@@ -1,14 +1,26 @@
 //! The fleet's HTTP API under `/api/v1` and its dashboard.
 
-use axum::extract::{Path, Query, State};
+mod deployments;
+mod registry;
+mod reports;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Authorizer, Caller, Denied, required};
 use crate::broker::LocalPublisher;
-use crate::store::{Device, Store, StoredCommand, StoredReading};
+use crate::deployments::Rollouts;
+use crate::enrollment::DeviceTrust;
+use crate::images::ImageStore;
+use crate::store::{Device, Store, StoredCommand, StoredReading, now_ms};
 use warden_link::topics::{
     Command, CommandAction, PROTOCOL_VERSION, TwinDesired, commands_topic, from_hex,
     twin_desired_topic, valid_command_id,
@@ -23,6 +35,14 @@ pub struct ApiState {
     pub devices: LocalPublisher,
     /// Attestation challenges waiting for quotes.
     pub challenges: std::sync::Arc<crate::attestation::PendingChallenges>,
+    /// Who may call what.
+    pub authorizer: Authorizer,
+    /// What the broker trusts (products' CAs, registrations, revocations).
+    pub trust: Arc<DeviceTrust>,
+    /// Uploaded images.
+    pub images: ImageStore,
+    /// The rollout engine (stepped right after a deployment is created).
+    pub rollouts: Rollouts,
 }
 
 /// The dashboard page; it reads the API from the browser.
@@ -31,18 +51,106 @@ const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
 /// Largest number of readings one telemetry query returns.
 pub const MAX_TELEMETRY_LIMIT: i64 = 10_000;
 
+/// The OpenAPI document of this API.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// Largest image upload accepted (bytes).
+pub const MAX_IMAGE_UPLOAD: usize = 256 * 1024 * 1024;
+
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/", get(dashboard))
-        .route("/api/v1/devices", get(list_devices))
+    let api = Router::new()
+        .route(
+            "/api/v1/devices",
+            get(list_devices).post(registry::register_device),
+        )
+        .route("/api/v1/devices/{id}", get(registry::get_device))
+        .route("/api/v1/devices/{id}/revoke", post(registry::revoke_device))
+        .route(
+            "/api/v1/products",
+            get(registry::list_products).post(registry::create_product),
+        )
+        .route(
+            "/api/v1/products/{name}/groups",
+            get(registry::list_groups).post(registry::create_group),
+        )
+        .route("/api/v1/reports", get(reports::list_reports))
+        .route("/api/v1/reports/crash-rate", get(reports::crash_rate))
+        .route("/api/v1/events", get(reports::list_events))
+        .route("/api/v1/audit", get(reports::audit_log))
+        .route(
+            "/api/v1/images",
+            get(deployments::list_images)
+                .post(deployments::upload_image)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_IMAGE_UPLOAD)),
+        )
+        .route(
+            "/api/v1/deployments",
+            get(deployments::list_deployments).post(deployments::create_deployment),
+        )
+        .route("/api/v1/deployments/{id}", get(deployments::get_deployment))
         .route("/api/v1/devices/{id}/telemetry", get(device_telemetry))
         .route("/api/v1/devices/{id}/commands", post(send_command))
         .route("/api/v1/devices/{id}/commands/{command}", get(get_command))
         .route("/api/v1/devices/{id}/twin", get(get_twin))
         .route("/api/v1/devices/{id}/attestation", post(attest_device))
         .route("/api/v1/devices/{id}/twin/desired", put(put_twin_desired))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ));
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/images/{sha256}", get(deployments::download_image))
+        .merge(api)
         .with_state(state)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+/// Authorises every API request (deny by default), then audits the writes.
+async fn authorize(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let caller: Caller = match state
+        .authorizer
+        .authorize(bearer, peer, required(&method, &path))
+    {
+        Ok(caller) => caller,
+        Err(denied) => {
+            tracing::warn!(%method, path, ?peer, ?denied, "api request refused");
+            return ApiError::Denied(denied).into_response();
+        }
+    };
+    request.extensions_mut().insert(caller.clone());
+    let response = next.run(request).await;
+    if !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD)
+        && let Err(error) = state
+            .store
+            .audit(
+                &caller.name,
+                method.as_str(),
+                &path,
+                response.status().as_u16(),
+                now_ms(),
+            )
+            .await
+    {
+        tracing::error!(%error, "cannot write the audit log");
+    }
+    response
 }
 
 async fn dashboard() -> Response {
@@ -129,6 +237,7 @@ async fn send_command(
     if !request.value.is_finite() {
         return Err(ApiError::BadRequest("value must be a finite number".into()));
     }
+    refuse_untrusted(&store, &device).await?;
     let id = match request.id {
         Some(id) if valid_command_id(&id) => id,
         Some(id) => {
@@ -235,8 +344,22 @@ async fn get_twin(
     }))
 }
 
+/// Commands are withheld from a registered device whose attestation failed.
+async fn refuse_untrusted(store: &Store, device: &str) -> Result<(), ApiError> {
+    if let Some(registered) = store.registered_device(device).await?
+        && (registered.attestation == "untrusted" || registered.revoked)
+    {
+        return Err(ApiError::Conflict(format!(
+            "device {device} is not trusted (attestation {}, revoked {}): commands are withheld",
+            registered.attestation, registered.revoked
+        )));
+    }
+    Ok(())
+}
+
 async fn attest_device(
     State(ApiState {
+        store,
         devices,
         challenges,
         ..
@@ -244,9 +367,16 @@ async fn attest_device(
     Path(device): Path<String>,
 ) -> Result<(StatusCode, Json<crate::attestation::Attestation>), ApiError> {
     match crate::attestation::attest(&device, &devices, &challenges).await {
-        Ok(outcome) if outcome.verified => Ok((StatusCode::OK, Json(outcome))),
+        Ok(outcome) if outcome.verified => {
+            store.set_attestation(&device, "trusted", now_ms()).await?;
+            Ok((StatusCode::OK, Json(outcome)))
+        }
         Ok(outcome) => {
             tracing::warn!(device, reason = ?outcome.reason, "attestation failed");
+            store
+                .set_attestation(&device, "untrusted", now_ms())
+                .await?;
+            record_attestation_failure(&store, &device, outcome.reason.as_deref()).await;
             Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(outcome)))
         }
         Err(error) => Err(ApiError::Conflict(format!("device {device}: {error}"))),
@@ -263,10 +393,29 @@ fn new_command_id() -> String {
     )
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// A failed attestation raises a failure report of kind `attestation` at the fleet.
+async fn record_attestation_failure(store: &Store, device: &str, reason: Option<&str>) {
+    let now = now_ms();
+    let image_version = store
+        .registered_device(device)
+        .await
+        .ok()
+        .flatten()
+        .map(|d| d.image_version)
+        .unwrap_or_default();
+    let report = warden_link::topics::FailureReportMessage {
+        v: warden_link::topics::PROTOCOL_VERSION,
+        id: format!("fleet-attestation-{now}"),
+        ts_ms: u64::try_from(now).unwrap_or(0),
+        compartment: "fleet".into(),
+        kind: "attestation".into(),
+        image_version,
+        signature: "fleet/attestation/quote-refused".into(),
+        message: reason.unwrap_or("attestation failed").to_owned(),
+    };
+    if let Err(error) = store.insert_report(device, &report, now).await {
+        tracing::error!(device, %error, "cannot record an attestation failure report");
+    }
 }
 
 /// An API error, answered as `{"error": "..."}` with its status.
@@ -278,6 +427,20 @@ pub enum ApiError {
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A field of the request is unacceptable (422); the field is named.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The caller is not authorised.
+    #[error("{0:?}")]
+    Denied(Denied),
+    /// Something failed inside the fleet (logged where it happened).
+    #[error("internal error")]
+    Internal,
     /// The request cannot be served in the device's current state.
     #[error("{0}")]
     Conflict(String),
@@ -292,10 +455,47 @@ impl IntoResponse for ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Invalid { field, message } => {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Json(serde_json::json!({
+                        "error": format!("{field}: {message}"),
+                        "field": field,
+                    })),
+                )
+                    .into_response();
+            }
+            Self::Denied(denied) => {
+                let (status, message) = match denied {
+                    Denied::Unauthenticated => (
+                        StatusCode::UNAUTHORIZED,
+                        "a valid bearer token is required".to_owned(),
+                    ),
+                    Denied::Forbidden(role, permission) => (
+                        StatusCode::FORBIDDEN,
+                        format!("role {role:?} does not grant {permission:?}"),
+                    ),
+                    Denied::RateLimited => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many failed token attempts from this address; retry in a minute"
+                            .to_owned(),
+                    ),
+                };
+                let mut response =
+                    (status, Json(serde_json::json!({ "error": message }))).into_response();
+                if status == StatusCode::UNAUTHORIZED {
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static("Bearer"),
+                    );
+                }
+                return response;
+            }
             Self::Store(error) => {
                 tracing::error!(%error, "api request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match &self {
             Self::Store(_) => "internal error".to_owned(),

@@ -2,10 +2,13 @@
 
 use tokio_util::sync::CancellationToken;
 use warden_link::TelemetryBatch;
-use warden_link::topics::{Ack, CommandResult, TwinReported, ack_topic, device_of_topic};
+use warden_link::topics::{
+    Ack, CommandResult, Delivery, DeviceEvent, FailureReportMessage, PROTOCOL_VERSION,
+    TwinReported, ack_topic, device_of_topic,
+};
 
 use crate::broker::{LocalPublisher, LocalSubscription};
-use crate::store::Store;
+use crate::store::{Store, now_ms};
 
 /// Most batches committed in one transaction.
 const MAX_GROUP: usize = 256;
@@ -77,16 +80,116 @@ async fn ingest_group(store: &Store, acks: &LocalPublisher, group: &[rumqttc::Pu
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// Acknowledges a control message (one with a `delivery` member) once it is stored:
+/// until then the device sends it again.
+pub async fn acknowledge(acks: &LocalPublisher, device: &str, payload: &[u8]) {
+    if let Some(delivery) = Delivery::of_payload(payload) {
+        acks.publish(ack_topic(device), delivery.ack()).await;
+    }
+}
+
+/// Stores failure reports (once per device and report ID) and device events, until
+/// shutdown. Malformed or future-version payloads are logged with the device and
+/// dropped: there is nothing to store.
+pub async fn reports_and_events(
+    store: Store,
+    mut reports: LocalSubscription,
+    mut events: LocalSubscription,
+    acks: LocalPublisher,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            publish = reports.recv() => {
+                let Some(publish) = publish else { return };
+                store_report(&store, &acks, &publish).await;
+            }
+            publish = events.recv() => {
+                let Some(publish) = publish else { return };
+                store_event(&store, &acks, &publish).await;
+            }
+        }
+    }
+}
+
+async fn store_report(store: &Store, acks: &LocalPublisher, publish: &rumqttc::Publish) {
+    let Some(device) = device_of_topic(&publish.topic) else {
+        return;
+    };
+    let report: FailureReportMessage = match serde_json::from_slice(&publish.payload) {
+        Ok(report) => report,
+        Err(error) => {
+            // Refused for good: acknowledged so the device stops resending it.
+            tracing::warn!(device, %error, "refused failure report");
+            acknowledge(acks, device, &publish.payload).await;
+            return;
+        }
+    };
+    if report.v != PROTOCOL_VERSION {
+        tracing::warn!(
+            device,
+            v = report.v,
+            "refused failure report of another version"
+        );
+        acknowledge(acks, device, &publish.payload).await;
+        return;
+    }
+    match store.insert_report(device, &report, now_ms()).await {
+        Ok(true) => {
+            tracing::info!(
+                device,
+                kind = %report.kind,
+                compartment = %report.compartment,
+                version = %report.image_version,
+                "failure report"
+            );
+            acknowledge(acks, device, &publish.payload).await;
+        }
+        Ok(false) => {
+            tracing::debug!(device, id = %report.id, "failure report seen before");
+            acknowledge(acks, device, &publish.payload).await;
+        }
+        Err(error) => tracing::error!(device, %error, "cannot store a failure report"),
+    }
+}
+
+async fn store_event(store: &Store, acks: &LocalPublisher, publish: &rumqttc::Publish) {
+    let Some(device) = device_of_topic(&publish.topic) else {
+        return;
+    };
+    let event: DeviceEvent = match serde_json::from_slice(&publish.payload) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::warn!(device, %error, "refused device event");
+            acknowledge(acks, device, &publish.payload).await;
+            return;
+        }
+    };
+    if event.v != PROTOCOL_VERSION {
+        tracing::warn!(
+            device,
+            v = event.v,
+            "refused device event of another version"
+        );
+        acknowledge(acks, device, &publish.payload).await;
+        return;
+    }
+    let delivery = Delivery::of_payload(&publish.payload);
+    match store
+        .insert_event(device, &event, delivery.as_ref(), now_ms())
+        .await
+    {
+        Ok(_) => acknowledge(acks, device, &publish.payload).await,
+        Err(error) => tracing::error!(device, %error, "cannot store a device event"),
+    }
 }
 
 /// Records the devices' command results until shutdown.
 pub async fn command_results(
     store: Store,
     mut results: LocalSubscription,
+    acks: LocalPublisher,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -115,9 +218,13 @@ pub async fn command_results(
             .complete_command(device, &result.id, &status, &result.detail, now_ms())
             .await
         {
-            Ok(true) => tracing::info!(device, id = %result.id, %status, "command completed"),
+            Ok(true) => {
+                tracing::info!(device, id = %result.id, %status, "command completed");
+                acknowledge(&acks, device, &publish.payload).await;
+            }
             Ok(false) => {
-                tracing::debug!(device, id = %result.id, "result for an unknown or finished command ignored")
+                tracing::debug!(device, id = %result.id, "result for an unknown or finished command ignored");
+                acknowledge(&acks, device, &publish.payload).await;
             }
             Err(error) => tracing::error!(device, %error, "cannot record a command result"),
         }
@@ -128,6 +235,7 @@ pub async fn command_results(
 pub async fn twin_reports(
     store: Store,
     mut reports: LocalSubscription,
+    acks: LocalPublisher,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -146,7 +254,16 @@ pub async fn twin_reports(
                 let text = String::from_utf8_lossy(&reported.encode()).into_owned();
                 if let Err(error) = store.set_twin_reported(device, &text, now_ms()).await {
                     tracing::error!(device, %error, "cannot record a reported state");
+                    continue;
                 }
+                let version = reported
+                    .policy_version
+                    .map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+                if let Err(error) = store.set_policy_version(device, version).await {
+                    tracing::error!(device, %error, "cannot record a policy version");
+                    continue;
+                }
+                acknowledge(&acks, device, &publish.payload).await;
             }
             Err(error) => tracing::warn!(device, %error, "refused reported state"),
         }

@@ -2,7 +2,11 @@
 
 pub mod api;
 pub mod attestation;
+pub mod auth;
 pub mod broker;
+pub mod deployments;
+pub mod enrollment;
+pub mod images;
 pub mod ingest;
 pub mod store;
 pub mod tls;
@@ -28,8 +32,76 @@ pub struct FleetConfig {
     pub server_cert: PathBuf,
     /// PEM: the broker's server key.
     pub server_key: PathBuf,
-    /// PEM: the manufacturer CA whose device certificates the fleet accepts.
+    /// PEM: a manufacturer CA whose device certificates the fleet accepts (besides
+    /// the CAs of the products created through the API).
     pub manufacturer_ca: PathBuf,
+    /// `[api]`: tokens and their roles. Default: none, every API call is refused.
+    #[serde(default)]
+    pub api: auth::ApiConfig,
+    /// `[images]`: vendor roots and where uploaded images are kept.
+    #[serde(default)]
+    pub images: ImagesConfig,
+    /// `[rollouts]`: how often deployments are stepped.
+    #[serde(default)]
+    pub rollouts: RolloutConfig,
+}
+
+/// The `[images]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Vendor root public keys (uncompressed SEC1 P-256, hex) images must chain to.
+    /// None: every upload is refused.
+    #[serde(default)]
+    pub vendor_roots: Vec<String>,
+    /// Where images are stored (default: `images/` beside a SQLite database, else
+    /// `fleet-images/` in the working directory).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Base URL devices download images from (default `http://{http_listen}` as bound).
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+/// The `[rollouts]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Milliseconds between two steps of every active deployment (default 1000).
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Seconds before an unanswered offer is sent again (default 30).
+    #[serde(default = "default_reoffer_s")]
+    pub reoffer_after_s: u64,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            tick_ms: default_tick_ms(),
+            reoffer_after_s: default_reoffer_s(),
+        }
+    }
+}
+
+fn default_tick_ms() -> u64 {
+    1000
+}
+fn default_reoffer_s() -> u64 {
+    30
+}
+
+impl FleetConfig {
+    fn image_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.images.dir {
+            return dir.clone();
+        }
+        self.database_url
+            .strip_prefix("sqlite://")
+            .map(|path| path.split('?').next().unwrap_or(path))
+            .and_then(|path| std::path::Path::new(path).parent())
+            .map_or_else(|| PathBuf::from("fleet-images"), |dir| dir.join("images"))
+    }
 }
 
 /// A started fleet service.
@@ -49,6 +121,32 @@ impl RunningFleet {
     }
 }
 
+/// The broker's trust: the configured CA, every product's CA, registrations and
+/// revocations from the store.
+async fn load_trust(
+    config: &FleetConfig,
+    store: &store::Store,
+) -> anyhow::Result<enrollment::DeviceTrust> {
+    let configured = warden_link::tls::load_certificates(&config.manufacturer_ca)?;
+    let trust = enrollment::DeviceTrust::new(configured).map_err(|e| {
+        anyhow::anyhow!("manufacturer_ca {}: {e}", config.manufacturer_ca.display())
+    })?;
+    for product in store.products().await? {
+        let bundle = enrollment::certificates_from_pem(&product.manufacturer_ca_pem)
+            .map_err(|e| anyhow::anyhow!("product {}: manufacturer CA {e}", product.name))?;
+        trust
+            .set_product_ca(&product.name, bundle)
+            .map_err(|e| anyhow::anyhow!("product {}: {e}", product.name))?;
+    }
+    for (device, fingerprint, revoked) in store.registered_fingerprints().await? {
+        trust.set_registered(&device, &fingerprint);
+        if revoked {
+            trust.revoke(&fingerprint);
+        }
+    }
+    Ok(trust)
+}
+
 /// Starts the store, the broker, telemetry ingest and the HTTP API.
 pub async fn start(
     config: &FleetConfig,
@@ -56,13 +154,17 @@ pub async fn start(
 ) -> anyhow::Result<RunningFleet> {
     use anyhow::Context as _;
 
+    let authorizer = auth::Authorizer::new(&config.api).map_err(anyhow::Error::msg)?;
+    let images = images::ImageStore::new(config.image_dir(), &config.images.vendor_roots)
+        .map_err(anyhow::Error::msg)?;
     let store = store::Store::open(&config.database_url)
         .await
         .with_context(|| format!("cannot open fleet store {}", config.database_url))?;
+    let trust = std::sync::Arc::new(load_trust(config, &store).await?);
     let tls = tls::broker_tls_config(
         &config.server_cert,
         &config.server_key,
-        &config.manufacturer_ca,
+        std::sync::Arc::clone(&trust),
     )?;
     let broker = broker::Broker::start(&config.mqtt_listen, tls, shutdown.clone())
         .await
@@ -84,12 +186,14 @@ pub async fn start(
     let command_results = tokio::spawn(ingest::command_results(
         store.clone(),
         results,
+        broker.publisher(),
         shutdown.clone(),
     ));
     let reports = broker.subscribe_local(warden_link::topics::ALL_TWIN_REPORTED, 64);
     let twin_reports = tokio::spawn(ingest::twin_reports(
         store.clone(),
         reports,
+        broker.publisher(),
         shutdown.clone(),
     ));
     let challenges = std::sync::Arc::new(attestation::PendingChallenges::default());
@@ -99,16 +203,52 @@ pub async fn start(
         quotes,
         shutdown.clone(),
     ));
+    let reports = broker.subscribe_local(warden_link::topics::ALL_REPORTS, 256);
+    let events = broker.subscribe_local(warden_link::topics::ALL_EVENTS, 256);
+    let failure_reports = tokio::spawn(ingest::reports_and_events(
+        store.clone(),
+        reports,
+        events,
+        broker.publisher(),
+        shutdown.clone(),
+    ));
+    let rollouts = deployments::Rollouts {
+        store: store.clone(),
+        devices: broker.publisher(),
+        trust: std::sync::Arc::clone(&trust),
+        image_base_url: config
+            .images
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_address}"))
+            .trim_end_matches('/')
+            .to_owned(),
+        reoffer_after: std::time::Duration::from_secs(config.rollouts.reoffer_after_s),
+        step_lock: std::sync::Arc::default(),
+    };
+    let statuses = broker.subscribe_local(warden_link::topics::ALL_UPDATE_STATUS, 256);
+    let rollout_task = tokio::spawn(rollouts.clone().run(
+        std::time::Duration::from_millis(config.rollouts.tick_ms.max(10)),
+        statuses,
+        shutdown.clone(),
+    ));
     let app = api::router(api::ApiState {
         store: store.clone(),
         devices: broker.publisher(),
         challenges,
+        authorizer,
+        trust,
+        images,
+        rollouts,
     });
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+        .await;
         if let Err(error) = served {
             tracing::error!(%error, "fleet http server failed");
         }
@@ -118,6 +258,8 @@ pub async fn start(
         let _ = ingest.await;
         let _ = command_results.await;
         let _ = twin_reports.await;
+        let _ = failure_reports.await;
+        let _ = rollout_task.await;
         store.close().await;
         tracing::info!("fleet stopped; store closed");
     });

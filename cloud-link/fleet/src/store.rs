@@ -3,6 +3,16 @@
 //! One set of queries serves both databases through sqlx's `Any` driver; placeholders
 //! are `$N`, which both accept. Schema changes are numbered migrations applied once.
 
+mod deployments;
+mod registry;
+mod reports;
+
+pub use deployments::{
+    DeploymentEvent, DeploymentMember, ImageRecord, NewDeployment, StoredDeployment,
+};
+pub use registry::{Group, NewDevice, Product, ProductOutcome, RegisteredDevice, Registration};
+pub use reports::{CrashRate, ReportBucket, ReportGroup, StoredEvent, StoredReport};
+
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -64,6 +74,114 @@ const MIGRATIONS: &[(i64, &str)] = &[
         reported TEXT,
         reported_ms BIGINT
     )",
+    ),
+    (
+        4,
+        "CREATE TABLE products (
+        name TEXT PRIMARY KEY,
+        manufacturer_ca_pem TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE TABLE device_groups (
+        product TEXT NOT NULL,
+        name TEXT NOT NULL,
+        receives_updates BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (product, name)
+    );
+    CREATE TABLE registry (
+        device_id TEXT PRIMARY KEY,
+        serial TEXT NOT NULL,
+        product TEXT NOT NULL,
+        device_group TEXT NOT NULL,
+        certificate_pem TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        image_version TEXT NOT NULL,
+        policy_version BIGINT,
+        attestation TEXT NOT NULL,
+        attested_ms BIGINT,
+        revoked_ms BIGINT,
+        registered_ms BIGINT NOT NULL
+    );
+    CREATE INDEX registry_by_group ON registry (product, device_group, device_id);
+    CREATE TABLE audit_log (
+        ts_ms BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        status BIGINT NOT NULL
+    )",
+    ),
+    (
+        5,
+        "CREATE TABLE failure_reports (
+        device_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL,
+        compartment TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        image_version TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        message TEXT NOT NULL,
+        PRIMARY KEY (device_id, id)
+    );
+    CREATE INDEX failure_reports_by_signature ON failure_reports (signature, ts_ms);
+    CREATE INDEX failure_reports_by_version ON failure_reports (image_version, kind);
+    CREATE TABLE device_events (
+        device_id TEXT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX device_events_by_device ON device_events (device_id, ts_ms)",
+    ),
+    (
+        6,
+        "CREATE TABLE images (
+        sha256 TEXT PRIMARY KEY,
+        product TEXT NOT NULL,
+        version TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        security_counter BIGINT NOT NULL,
+        measurement TEXT NOT NULL,
+        uploaded_ms BIGINT NOT NULL
+    );
+    CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        product TEXT NOT NULL,
+        device_group TEXT NOT NULL,
+        image_sha256 TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE TABLE deployment_members (
+        deployment_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        wave BIGINT NOT NULL,
+        PRIMARY KEY (deployment_id, device_id)
+    );
+    CREATE TABLE deployment_events (
+        deployment_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        wave BIGINT NOT NULL,
+        detail TEXT NOT NULL,
+        PRIMARY KEY (deployment_id, seq)
+    );
+    CREATE TABLE deployment_device_states (
+        deployment_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX deployment_device_states_by_device
+        ON deployment_device_states (deployment_id, device_id, seq)",
     ),
 ];
 
@@ -477,6 +595,13 @@ fn reading_from_row(row: &sqlx::any::AnyRow) -> Result<StoredReading, StoreError
         unit: row.try_get(2)?,
         ts_ms: row.try_get(3)?,
     })
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Saturating conversion for counters and timestamps stored as BIGINT.

@@ -8,6 +8,8 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 
+mod control_durability;
+
 struct Fleet {
     shutdown: CancellationToken,
     running: warden_fleet::RunningFleet,

@@ -109,13 +109,21 @@ pub fn run_monitor(
     };
     let program =
         std::env::current_exe().context("cannot find this binary to start compartments")?;
+    let trial = manifest
+        .monitor
+        .boot
+        .as_ref()
+        .and_then(super::trial::PlutonBootTrial::from_env);
     let options = MonitorOptions {
         program,
         program_prefix: vec!["compartment".into()],
         mode,
         image_version: image_version.to_owned(),
-        trial_crash_limit: None,
     };
     let mut monitor = Monitor::new(manifest, options)?;
+    if let Some(trial) = trial {
+        tracing::warn!("this image is on trial: compartment crashes count towards rollback");
+        monitor.on_trial(Box::new(trial));
+    }
     Ok(monitor.run(stop)?)
 }

@@ -6,7 +6,7 @@
 use std::io::Write as _;
 use std::os::fd::AsFd as _;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use super::channel::recv_frame_with_fd;
@@ -57,8 +57,57 @@ pub struct Compartment {
     pub sandbox: sandbox::SandboxReport,
     heartbeat: Duration,
     control: Arc<Mutex<UnixStream>>,
-    offered: Arc<Mutex<Vec<(String, UnixStream)>>>,
+    inbox: Arc<Inbox>,
 }
+
+/// What the monitor sent, sorted by the control channel's one reader thread: answers
+/// to this compartment's own requests, and channels other compartments opened to it.
+/// (Two readers on one socket would steal each other's frames.)
+#[derive(Debug)]
+struct Inbox {
+    /// Serialises `open_channel` calls, so each answer belongs to the one request.
+    requests: Mutex<()>,
+    answers: Mutex<mpsc::Receiver<Option<UnixStream>>>,
+    offers: Mutex<mpsc::Receiver<(String, UnixStream)>>,
+}
+
+impl Inbox {
+    /// Starts the reader thread on `control` (after the sandbox is in place).
+    fn start(control: UnixStream) -> Self {
+        let (answer_tx, answers) = mpsc::channel();
+        let (offer_tx, offers) = mpsc::channel();
+        std::thread::spawn(move || {
+            loop {
+                match recv_frame_with_fd::<ToCompartment>(&control) {
+                    Ok(Some((ToCompartment::ChannelGranted { .. }, fd))) => {
+                        let _ = answer_tx.send(fd.map(UnixStream::from));
+                    }
+                    Ok(Some((ToCompartment::ChannelDenied { .. }, _))) => {
+                        let _ = answer_tx.send(None);
+                    }
+                    Ok(Some((ToCompartment::ChannelOffered { peer }, Some(fd)))) => {
+                        let _ = offer_tx.send((peer, UnixStream::from(fd)));
+                    }
+                    Ok(Some((ToCompartment::ChannelOffered { .. }, None))) => {}
+                    // The monitor closed the channel (it refused a frame, or it is
+                    // gone): a compartment never outlives its supervision.
+                    Ok(None) | Err(_) => std::process::exit(i32::from(MONITOR_GONE_EXIT)),
+                }
+            }
+        });
+        Self {
+            requests: Mutex::new(()),
+            answers: Mutex::new(answers),
+            offers: Mutex::new(offers),
+        }
+    }
+}
+
+/// The exit code of a compartment whose control channel closed.
+pub const MONITOR_GONE_EXIT: u8 = 75;
+
+/// How long `open_channel` waits for the monitor's answer.
+const CHANNEL_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Enters the compartment: takes the control channel, installs the panic hook and
 /// applies the sandbox. Call first thing in a role's main, before any thread starts.
@@ -106,13 +155,18 @@ pub fn enter_from_env() -> Result<Compartment, CompartmentError> {
             return Err(error.into());
         }
     };
+    let reader = control
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .try_clone()
+        .map_err(CompartmentError::Control)?;
     Ok(Compartment {
         name,
         grants,
         sandbox,
         heartbeat: Duration::from_millis(heartbeat_ms.max(1)),
         control,
-        offered: Arc::default(),
+        inbox: Arc::new(Inbox::start(reader)),
     })
 }
 
@@ -185,61 +239,43 @@ impl Compartment {
     /// Asks the monitor for a channel to `peer`; `Ok(None)` when the manifest denies it
     /// (or the peer is not running).
     pub fn open_channel(&self, peer: &str) -> Result<Option<UnixStream>, FrameError> {
-        let mut stream = self.control.lock().unwrap_or_else(PoisonError::into_inner);
-        write_frame(
-            &mut *stream,
+        let _one_request = self
+            .inbox
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let answers = self
+            .inbox
+            .answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // An answer left over from a request that timed out belongs to nobody.
+        while answers.try_recv().is_ok() {}
+        send(
+            &self.control,
             &ToMonitor::OpenChannel {
                 peer: peer.to_owned(),
             },
         )?;
-        loop {
-            match recv_frame_with_fd::<ToCompartment>(&stream)? {
-                Some((ToCompartment::ChannelGranted { .. }, Some(fd))) => {
-                    return Ok(Some(UnixStream::from(fd)));
-                }
-                Some((
-                    ToCompartment::ChannelGranted { .. } | ToCompartment::ChannelDenied { .. },
-                    _,
-                )) => {
-                    return Ok(None);
-                }
-                Some((ToCompartment::ChannelOffered { peer }, Some(fd))) => {
-                    self.offered
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((peer, UnixStream::from(fd)));
-                }
-                Some((ToCompartment::ChannelOffered { .. }, None)) => {}
-                None => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        match answers.recv_timeout(CHANNEL_ANSWER_TIMEOUT) {
+            Ok(channel) => Ok(channel),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(FrameError::Io(std::io::ErrorKind::TimedOut.into()))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()))
             }
         }
     }
 
     /// Waits for a peer to open a channel to this compartment: `(peer, channel)`.
     pub fn accept_channel(&self) -> Result<(String, UnixStream), FrameError> {
-        if let Some(offer) = self
-            .offered
+        self.inbox
+            .offers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-        {
-            return Ok(offer);
-        }
-        // Read without holding the lock for writes: a cloned handle on the same socket.
-        let reader = self
-            .control
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .try_clone()?;
-        loop {
-            match recv_frame_with_fd::<ToCompartment>(&reader)? {
-                Some((ToCompartment::ChannelOffered { peer }, Some(fd))) => {
-                    return Ok((peer, UnixStream::from(fd)));
-                }
-                Some(_) => {}
-                None => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-            }
-        }
+            .recv()
+            .map_err(|_| FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()))
     }
 
     /// Reports that a peer sent a frame that does not decode (the caller closes it).
@@ -249,6 +285,18 @@ impl Compartment {
             &ToMonitor::PeerFrameRejected {
                 peer: peer.to_owned(),
                 detail: error.to_string(),
+            },
+        )
+    }
+
+    /// Reports that a peer sent a frame whose content this compartment refuses (a
+    /// payload inside the frame that does not decode); the caller closes the channel.
+    pub fn report_peer_rejected(&self, peer: &str, detail: &str) -> Result<(), FrameError> {
+        send(
+            &self.control,
+            &ToMonitor::PeerFrameRejected {
+                peer: peer.to_owned(),
+                detail: detail.to_owned(),
             },
         )
     }

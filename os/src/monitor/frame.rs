@@ -135,6 +135,41 @@ pub fn read_frame<T: DeserializeOwned>(reader: &mut impl Read) -> Result<Option<
         .map_err(FrameError::Decode)
 }
 
+/// [`read_frame`] for an async reader (a peer channel under tokio): the same limit,
+/// the same errors.
+pub async fn read_frame_async<T: DeserializeOwned>(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<Option<T>, FrameError> {
+    use tokio::io::AsyncReadExt as _;
+    let mut prefix = [0_u8; 4];
+    let mut filled = 0;
+    while filled < prefix.len() {
+        match reader.read(&mut prefix[filled..]).await? {
+            0 if filled == 0 => return Ok(None),
+            0 => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            count => filled += count,
+        }
+    }
+    let length = u32::from_le_bytes(prefix) as usize;
+    if length > MAX_FRAME_LEN {
+        return Err(FrameError::TooLong { length });
+    }
+    let mut body = vec![0_u8; length];
+    reader.read_exact(&mut body).await?;
+    decode_body(&body).map(Some)
+}
+
+/// [`write_frame`] for an async writer.
+pub async fn write_frame_async<T: Serialize>(
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    message: &T,
+) -> Result<(), FrameError> {
+    use tokio::io::AsyncWriteExt as _;
+    writer.write_all(&encode_frame(message)?).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

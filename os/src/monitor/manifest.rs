@@ -34,6 +34,25 @@ pub struct MonitorSettings {
     pub report_dir: PathBuf,
     /// How many reports the on-disk ring keeps.
     pub report_capacity: usize,
+    /// Where the A/B boot state lives, so that a trial image's repeated compartment
+    /// crashes roll it back. Absent: crashes are only reported and restarted.
+    #[serde(default)]
+    pub boot: Option<BootSettings>,
+}
+
+/// The boot state the monitor reports trial crashes to (`[monitor.boot]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSettings {
+    /// The boot monitor's state directory (`slots/`, `boot/state`).
+    pub state_dir: PathBuf,
+    /// This device's product, as images name it.
+    pub product: String,
+    /// Pluton's socket (the root of trust that verifies images if the state must be
+    /// rebuilt).
+    pub pluton_socket: PathBuf,
+    /// Pluton's provisioning capability file (only the monitor reads it).
+    pub capability_file: PathBuf,
 }
 
 /// One compartment: the role it runs and what it is granted.
@@ -54,6 +73,12 @@ pub struct CompartmentManifest {
     pub connect: Vec<String>,
     /// TCP ports it may listen on.
     pub listen: Vec<u16>,
+    /// Unix sockets it serves (the socket file lives in one of its `read_write` trees).
+    pub unix_listen: Vec<PathBuf>,
+    /// Unix sockets of other compartments it may connect to; each must be another
+    /// compartment's `unix_listen`. The monitor adds that compartment's gid to this
+    /// one's groups, so the socket (mode 0660) admits it and nobody else.
+    pub unix_connect: Vec<PathBuf>,
     /// Compartments it may open an IPC channel to.
     pub peers: Vec<String>,
     /// Address-space limit, MiB.
@@ -65,7 +90,8 @@ pub struct CompartmentManifest {
 }
 
 impl CompartmentManifest {
-    /// The grants the sandbox enforces (the manifest entry without role and args).
+    /// The grants the sandbox enforces (the manifest entry without role and args),
+    /// without supplementary groups: [`Manifest::grants_for`] adds those.
     pub fn grants(&self) -> Grants {
         Grants {
             read: self.read.clone(),
@@ -73,10 +99,13 @@ impl CompartmentManifest {
             serial: self.serial.clone(),
             connect: self.connect.clone(),
             listen: self.listen.clone(),
+            unix_listen: self.unix_listen.clone(),
+            unix_connect: self.unix_connect.clone(),
             peers: self.peers.clone(),
             memory_mib: self.memory_mib,
             open_files: self.open_files,
             uid: self.uid,
+            groups: Vec::new(),
         }
     }
 }
@@ -95,6 +124,10 @@ pub struct Grants {
     pub connect: Vec<String>,
     /// TCP ports it may listen on.
     pub listen: Vec<u16>,
+    /// Unix sockets it serves.
+    pub unix_listen: Vec<PathBuf>,
+    /// Unix sockets (of other compartments) it may connect to.
+    pub unix_connect: Vec<PathBuf>,
     /// Compartments it may open an IPC channel to.
     pub peers: Vec<String>,
     /// Address-space limit, MiB.
@@ -103,12 +136,20 @@ pub struct Grants {
     pub open_files: u64,
     /// The dedicated uid and gid (applied only when started as root).
     pub uid: u32,
+    /// Supplementary groups (applied only when started as root): the gids of the
+    /// compartments whose `unix_listen` sockets it may connect to.
+    pub groups: Vec<u32>,
 }
 
 impl Grants {
-    /// True when the compartment may use the network at all.
+    /// True when the compartment may use the (TCP/IP) network at all.
     pub fn has_network(&self) -> bool {
         !self.connect.is_empty() || !self.listen.is_empty()
+    }
+
+    /// True when the compartment may create Unix sockets (to serve or to connect).
+    pub fn has_unix_sockets(&self) -> bool {
+        !self.unix_listen.is_empty() || !self.unix_connect.is_empty()
     }
 
     /// The ports of the `connect` grants.
@@ -179,6 +220,31 @@ impl Manifest {
         Self::parse(&text, &file.display().to_string())
     }
 
+    /// The grants of compartment `name`, with the supplementary groups its
+    /// `unix_connect` entries need (each listening compartment's gid, sorted).
+    pub fn grants_for(&self, name: &str) -> Option<Grants> {
+        let entry = self.compartment.get(name)?;
+        let mut grants = entry.grants();
+        let mut groups: Vec<u32> = entry
+            .unix_connect
+            .iter()
+            .filter_map(|socket| self.unix_listener_of(socket))
+            .map(|(_, listener)| listener.uid)
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        grants.groups = groups;
+        Some(grants)
+    }
+
+    /// The compartment that serves the Unix socket `socket`.
+    pub fn unix_listener_of(&self, socket: &Path) -> Option<(&str, &CompartmentManifest)> {
+        self.compartment
+            .iter()
+            .find(|(_, entry)| entry.unix_listen.iter().any(|path| path == socket))
+            .map(|(name, entry)| (name.as_str(), entry))
+    }
+
     /// Parses and validates manifest text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
         let manifest: Manifest = toml::from_str(text).map_err(|error| ManifestError::Parse {
@@ -206,6 +272,8 @@ impl Manifest {
                 ("read", &grants.read),
                 ("read_write", &grants.read_write),
                 ("serial", &grants.serial),
+                ("unix_listen", &grants.unix_listen),
+                ("unix_connect", &grants.unix_connect),
             ] {
                 if let Some(path) = paths.iter().find(|path| !path.is_absolute()) {
                     return Err(invalid(
@@ -219,6 +287,40 @@ impl Manifest {
             }
             if let Some(port) = grants.listen.iter().find(|port| **port == 0) {
                 return Err(invalid("listen", format!("port {port} is not a port")));
+            }
+            if let Some(socket) = grants.unix_listen.iter().find(|socket| {
+                !grants
+                    .read_write
+                    .iter()
+                    .any(|tree| socket.parent().is_some_and(|dir| dir.starts_with(tree)))
+            }) {
+                return Err(invalid(
+                    "unix_listen",
+                    format!(
+                        "`{}` is not inside one of its `read_write` trees",
+                        socket.display()
+                    ),
+                ));
+            }
+            for socket in &grants.unix_connect {
+                match self.unix_listener_of(socket) {
+                    None => {
+                        return Err(invalid(
+                            "unix_connect",
+                            format!(
+                                "`{}` is no compartment's `unix_listen` socket",
+                                socket.display()
+                            ),
+                        ));
+                    }
+                    Some((listener, _)) if listener == name => {
+                        return Err(invalid(
+                            "unix_connect",
+                            format!("`{}` is its own socket", socket.display()),
+                        ));
+                    }
+                    Some(_) => {}
+                }
             }
             for peer in &grants.peers {
                 if !self.compartment.contains_key(peer) {
@@ -323,6 +425,8 @@ read_write = []
 serial = []
 connect = ["10.0.0.1:502"]
 listen = []
+unix_listen = []
+unix_connect = ["/run/b/b.sock"]
 peers = ["b"]
 memory_mib = 64
 open_files = 32
@@ -332,10 +436,12 @@ uid = 61001
 role = "y"
 args = []
 read = []
-read_write = []
+read_write = ["/run/b"]
 serial = []
 connect = []
 listen = [8081]
+unix_listen = ["/run/b/b.sock"]
+unix_connect = []
 peers = []
 memory_mib = 64
 open_files = 32
@@ -350,6 +456,32 @@ uid = 61002
         assert!(a.has_network());
         assert_eq!(a.connect_ports().expect("ports"), vec![502]);
         assert!(manifest.compartment["b"].grants().has_network());
+        assert_eq!(manifest.grants_for("a").expect("a").groups, vec![61002]);
+        assert!(manifest.grants_for("b").expect("b").groups.is_empty());
+    }
+
+    #[test]
+    fn unix_sockets_must_be_served_by_a_compartment_from_its_own_tree() {
+        let text = GOOD.replacen(
+            "unix_connect = [\"/run/b/b.sock\"]",
+            "unix_connect = [\"/run/x.sock\"]",
+            1,
+        );
+        let error = Manifest::parse(&text, "m.toml")
+            .expect_err("unserved")
+            .to_string();
+        assert!(
+            error.contains("`unix_connect`") && error.contains("/run/x.sock"),
+            "{error}"
+        );
+        let text = GOOD.replacen("read_write = [\"/run/b\"]", "read_write = []", 1);
+        let error = Manifest::parse(&text, "m.toml")
+            .expect_err("outside")
+            .to_string();
+        assert!(
+            error.contains("`unix_listen`") && error.contains("read_write"),
+            "{error}"
+        );
     }
 
     #[test]

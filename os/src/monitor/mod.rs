@@ -12,6 +12,7 @@ pub mod compartment;
 pub mod frame;
 pub mod manifest;
 pub mod selftest;
+pub mod trial;
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd as _, OwnedFd};
@@ -28,6 +29,7 @@ use manifest::Manifest;
 
 use crate::reports::{FailureKind, ReportError, ReportStore};
 use crate::sandbox::{KernelSupport, SandboxMode};
+use trial::{TrialCrashSink, TrialCrashVerdict};
 
 /// How the monitor runs compartments.
 #[derive(Debug, Clone)]
@@ -40,9 +42,6 @@ pub struct MonitorOptions {
     pub mode: SandboxMode,
     /// The running image's version, stamped on reports.
     pub image_version: String,
-    /// On a trial image: this many compartment crashes end the run with
-    /// [`MonitorOutcome::TrialCrashLimit`] so the caller rolls back.
-    pub trial_crash_limit: Option<u32>,
 }
 
 /// Why [`Monitor::run`] returned.
@@ -50,10 +49,13 @@ pub struct MonitorOptions {
 pub enum MonitorOutcome {
     /// The stop flag was raised; every compartment was stopped.
     Stopped,
-    /// The trial image crashed too often; the caller reports it to the boot monitor.
-    TrialCrashLimit {
-        /// Crashes counted.
+    /// The image is on trial and its compartments crashed too often: the boot monitor
+    /// gave its slot up; the caller reboots (into the other image).
+    RolledBack {
+        /// Compartment crashes reported to the boot monitor.
         crashes: u32,
+        /// The boot state's reason.
+        reason: String,
     },
 }
 
@@ -128,7 +130,9 @@ pub struct Monitor {
     supervised: BTreeMap<String, Supervised>,
     events: (mpsc::Sender<ChannelEvent>, mpsc::Receiver<ChannelEvent>),
     starts: Vec<StartRecord>,
+    trial: Option<Box<dyn TrialCrashSink>>,
     trial_crashes: u32,
+    rolled_back: Option<String>,
 }
 
 impl Monitor {
@@ -158,8 +162,16 @@ impl Monitor {
             supervised: BTreeMap::new(),
             events: mpsc::channel(),
             starts: Vec::new(),
+            trial: None,
             trial_crashes: 0,
+            rolled_back: None,
         })
+    }
+
+    /// The running image is on trial: every compartment crash (non-zero exit, signal,
+    /// watchdog kill) is reported to `sink`, and a rollback ends [`Monitor::run`].
+    pub fn on_trial(&mut self, sink: Box<dyn TrialCrashSink>) {
+        self.trial = Some(sink);
     }
 
     /// The report store the monitor writes to.
@@ -205,11 +217,10 @@ impl Monitor {
             if stop.load(Ordering::SeqCst) {
                 break MonitorOutcome::Stopped;
             }
-            if let Some(limit) = self.options.trial_crash_limit
-                && self.trial_crashes >= limit
-            {
-                break MonitorOutcome::TrialCrashLimit {
+            if let Some(reason) = self.rolled_back.take() {
+                break MonitorOutcome::RolledBack {
                     crashes: self.trial_crashes,
+                    reason,
                 };
             }
             self.start_due()?;
@@ -242,7 +253,11 @@ impl Monitor {
         let Some(entry) = self.manifest.compartment.get(name) else {
             return Ok(());
         };
-        let grants = toml::to_string(&entry.grants()).map_err(|error| MonitorError::Grants {
+        let grants = self
+            .manifest
+            .grants_for(name)
+            .unwrap_or_else(|| entry.grants());
+        let grants = toml::to_string(&grants).map_err(|error| MonitorError::Grants {
             name: name.to_owned(),
             detail: error.to_string(),
         })?;
@@ -404,6 +419,7 @@ impl Monitor {
     fn reap(&mut self) {
         let settings = &self.manifest.monitor;
         let mut reports = Vec::new();
+        let mut crashed = Vec::new();
         for (name, state) in &mut self.supervised {
             let Some(child) = state.child.as_mut() else {
                 continue;
@@ -427,9 +443,8 @@ impl Monitor {
             state.next_start = Some(Instant::now() + Duration::from_millis(delay));
             state.delay_ms = delay;
             tracing::warn!(compartment = %name, %status, restart_in_ms = delay, "compartment exited");
-            let failed = !status.success();
-            if failed {
-                self.trial_crashes += 1;
+            if !status.success() {
+                crashed.push(name.clone());
             }
             if state.panicked || state.killed_by_watchdog {
                 continue;
@@ -442,6 +457,31 @@ impl Monitor {
         }
         for (name, kind) in reports {
             self.record(&name, kind);
+        }
+        for name in crashed {
+            self.report_trial_crash(&name);
+        }
+    }
+
+    /// On a trial image, one more crash for the boot monitor; a rollback is recorded
+    /// and ends the run.
+    fn report_trial_crash(&mut self, name: &str) {
+        let Some(sink) = self.trial.as_mut() else {
+            return;
+        };
+        self.trial_crashes += 1;
+        match sink.compartment_crashed(name) {
+            Ok(TrialCrashVerdict::Restart) => {}
+            Ok(TrialCrashVerdict::RolledBack { reason }) => {
+                let kind = FailureKind::RebootReason {
+                    reason: format!("trial image rolled back after `{name}` crashed: {reason}"),
+                };
+                self.record("monitor", kind);
+                self.rolled_back = Some(reason);
+            }
+            Err(error) => {
+                tracing::error!(compartment = name, %error, "cannot report a trial crash to the boot monitor");
+            }
         }
     }
 

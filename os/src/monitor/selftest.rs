@@ -4,6 +4,7 @@
 //! `warden compartment selftest-…` and the `compartment-selftest` binary both run them.
 
 use std::io::ErrorKind;
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,6 +20,11 @@ pub const ROLES: &[&str] = &[
     "selftest-idle",
     "selftest-echo",
     "selftest-caller",
+    "selftest-syscalls",
+    "selftest-unix-server",
+    "selftest-unix-client",
+    "selftest-probe",
+    "selftest-garbage-peer",
 ];
 
 /// Runs a selftest role; `None` when `role` is not one of [`ROLES`].
@@ -52,6 +58,30 @@ pub fn run_role(role: &str, args: &[String]) -> Option<ExitCode> {
         "selftest-caller" => {
             compartment.start_heartbeat();
             call(&compartment, args);
+            park()
+        }
+        "selftest-syscalls" => {
+            compartment.start_heartbeat();
+            syscalls(&compartment, args);
+            park()
+        }
+        "selftest-unix-server" => {
+            compartment.start_heartbeat();
+            unix_server(&compartment, args)
+        }
+        "selftest-unix-client" => {
+            compartment.start_heartbeat();
+            unix_client(&compartment, args);
+            park()
+        }
+        "selftest-probe" => {
+            compartment.start_heartbeat();
+            probe(&compartment, args);
+            park()
+        }
+        "selftest-garbage-peer" => {
+            compartment.start_heartbeat();
+            garbage_to_peer(&compartment, args);
             park()
         }
         "selftest-garbage" => {
@@ -174,6 +204,143 @@ fn call(compartment: &Compartment, args: &[String]) {
         use std::io::Write as _;
         let _ = channel.write_all(&[2, 0, 0, 0, 0xff, 0xff]);
         let _ = channel.flush();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Prints and reports one attempt's outcome.
+fn outcome(compartment: &Compartment, action: &str, result: std::io::Result<()>) {
+    match result {
+        Ok(()) => println!("ALLOWED {action}"),
+        Err(error) => {
+            let errno = error.raw_os_error().unwrap_or(0);
+            println!("DENIED {action} {errno}");
+            let _ = compartment.report_denied(action, errno);
+        }
+    }
+}
+
+/// Tries each system call named in `args` and reports those that fail:
+/// `socket-inet`, `socket-unix`, `socketpair`, `connect-tcp:PORT`.
+fn syscalls(compartment: &Compartment, args: &[String]) {
+    for action in args {
+        let result = match action.as_str() {
+            "socket-inet" => std::net::UdpSocket::bind("127.0.0.1:0").map(drop),
+            "socket-unix" => std::os::unix::net::UnixDatagram::unbound().map(drop),
+            "socketpair" => UnixStream::pair().map(drop),
+            other => match other.strip_prefix("connect-tcp:").map(str::parse::<u16>) {
+                Some(Ok(port)) => std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    Duration::from_secs(1),
+                )
+                .map(drop),
+                _ => continue,
+            },
+        };
+        outcome(compartment, action, result);
+    }
+}
+
+/// Serves `args[0]` as pluton serves its socket (mode 0660, its own uid and gid) and
+/// answers every connection with `hello`.
+fn unix_server(compartment: &Compartment, args: &[String]) -> ! {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(path) = args.first() else { park() };
+    let _ = std::fs::remove_file(path);
+    let listener = match std::os::unix::net::UnixListener::bind(path) {
+        Ok(listener) => listener,
+        Err(error) => {
+            outcome(compartment, &format!("listen unix {path}"), Err(error));
+            park()
+        }
+    };
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    for mut stream in listener.incoming().flatten() {
+        let _ = stream.write_all(b"hello");
+    }
+    park()
+}
+
+/// Connects to the Unix socket `args[0]`; on a `hello`, writes `args[1]` (a file in its
+/// own directory); a refusal is reported.
+fn unix_client(compartment: &Compartment, args: &[String]) {
+    use std::io::Read as _;
+    let (Some(path), Some(proof)) = (args.first(), args.get(1)) else {
+        return;
+    };
+    // The server may still be starting.
+    let mut last = Err(std::io::Error::from(ErrorKind::NotFound));
+    for _ in 0..50 {
+        last = UnixStream::connect(path);
+        match &last {
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => break,
+        }
+    }
+    let result = last.and_then(|mut stream| {
+        let mut greeting = [0_u8; 5];
+        stream.read_exact(&mut greeting)?;
+        if &greeting == b"hello" {
+            std::fs::write(proof, b"connected")
+        } else {
+            Err(std::io::Error::other("unexpected greeting"))
+        }
+    });
+    outcome(compartment, &format!("connect unix {path}"), result);
+}
+
+/// Tries each access in `args` with the compartment's grants and reports each refusal
+/// (`DENIED <action> <errno>` on stdout too): `read:PATH`, `write:PATH` (create or
+/// append), `open-rw:PATH` (a device), `connect:HOST:PORT`, `unix:PATH`.
+fn probe(compartment: &Compartment, args: &[String]) {
+    use std::io::Read as _;
+    for action in args {
+        let Some((kind, target)) = action.split_once(':') else {
+            continue;
+        };
+        let result = match kind {
+            "read" => std::fs::File::open(target).and_then(|mut file| {
+                let mut byte = [0_u8; 1];
+                file.read(&mut byte).map(drop)
+            }),
+            "write" => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(target)
+                .map(drop),
+            "open-rw" => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(target)
+                .map(drop),
+            "connect" => target
+                .parse::<std::net::SocketAddr>()
+                .map_err(std::io::Error::other)
+                .and_then(|address| {
+                    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1))
+                })
+                .map(drop),
+            "unix" => UnixStream::connect(target).map(drop),
+            _ => continue,
+        };
+        outcome(compartment, action, result);
+    }
+}
+
+/// Opens a channel to `args[0]` and sends a frame that does not decode as any
+/// message (an enum variant far out of range), then keeps the channel open.
+fn garbage_to_peer(compartment: &Compartment, args: &[String]) {
+    use std::io::Write as _;
+    let Some(peer) = args.first() else { return };
+    for _ in 0..100 {
+        if let Ok(Some(mut channel)) = compartment.open_channel(peer) {
+            let _ = channel.write_all(&[3, 0, 0, 0, 0xfe, 0xfe, 0x7f]);
+            let _ = channel.flush();
+            std::thread::sleep(Duration::from_secs(3600));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -165,6 +165,8 @@ pub fn enter(grants: &Grants, mode: SandboxMode) -> Result<SandboxReport, Sandbo
     set_limits(grants)?;
     let ruleset = landlock_ruleset(grants)?;
     let mut network_isolated = false;
+    // Unix sockets are file-system objects: reaching pluton's needs no TCP/IP, so a
+    // compartment with only Unix-socket grants still gets the empty namespace.
     if !grants.has_network() {
         match nix::sched::unshare(CloneFlags::CLONE_NEWNET) {
             Ok(()) => network_isolated = true,
@@ -184,7 +186,7 @@ pub fn enter(grants: &Grants, mode: SandboxMode) -> Result<SandboxReport, Sandbo
             Err(error) => return Err(SandboxError::NetworkNamespace(error)),
         }
     }
-    let dropped_to_uid = drop_to_dedicated_uid(grants.uid)?;
+    let dropped_to_uid = drop_to_dedicated_uid(grants.uid, &grants.groups)?;
     nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
     let landlock = ruleset
         .restrict_self()
@@ -197,8 +199,8 @@ pub fn enter(grants: &Grants, mode: SandboxMode) -> Result<SandboxReport, Sandbo
         }
         skipped.push(format!("landlock: {status}"));
     }
-    let program =
-        seccomp::allowlist_program().map_err(|error| SandboxError::Seccomp(error.to_string()))?;
+    let program = seccomp::allowlist_program(&seccomp::Profile::for_grants(grants))
+        .map_err(|error| SandboxError::Seccomp(error.to_string()))?;
     let seccomp = match seccompiler::apply_filter_all_threads(&program) {
         Ok(()) => true,
         Err(error) if mode == SandboxMode::InsecureDev => {
@@ -236,14 +238,16 @@ fn set_limits(grants: &Grants) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// As root: no supplementary groups, then gid, then uid (all three of each set).
-fn drop_to_dedicated_uid(uid: u32) -> Result<Option<u32>, SandboxError> {
+/// As root: only the granted supplementary groups, then gid, then uid (all three of
+/// each set).
+fn drop_to_dedicated_uid(uid: u32, groups: &[u32]) -> Result<Option<u32>, SandboxError> {
     use nix::unistd::{Gid, Uid};
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
     let error = |errno| SandboxError::DropUid { uid, errno };
-    nix::unistd::setgroups(&[]).map_err(error)?;
+    let groups: Vec<Gid> = groups.iter().copied().map(Gid::from_raw).collect();
+    nix::unistd::setgroups(&groups).map_err(error)?;
     let gid = Gid::from_raw(uid);
     nix::unistd::setresgid(gid, gid, gid).map_err(error)?;
     let user = Uid::from_raw(uid);

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use warden_os::monitor::compartment::MONITOR_GONE_EXIT;
 use warden_os::monitor::manifest::Manifest;
+use warden_os::monitor::trial::{BootTrial, TrialCrashSink};
 use warden_os::monitor::{Monitor, MonitorOptions, MonitorOutcome, StartRecord};
 use warden_os::reports::{FailureKind, FailureReport, ReportStore};
 use warden_os::sandbox::{KernelSupport, SandboxMode};
@@ -27,7 +29,7 @@ fn compartment(name: &str, role: &str, args: &[&str], extra: &str) -> String {
     let uid = 61000 + name.bytes().map(u32::from).sum::<u32>();
     let args: Vec<String> = args.iter().map(|arg| format!("{arg:?}")).collect();
     let mut grants = String::from(
-        "read = []\nread_write = []\nserial = []\nconnect = []\nlisten = []\npeers = []\n",
+        "read = []\nread_write = []\nserial = []\nconnect = []\nlisten = []\nunix_listen = []\nunix_connect = []\npeers = []\n",
     );
     for line in extra.lines() {
         let key = line.split('=').next().unwrap_or_default().trim();
@@ -67,16 +69,18 @@ struct Running {
     store: ReportStore,
 }
 
-fn start(manifest: Manifest, trial_crash_limit: Option<u32>) -> Running {
+fn start(manifest: Manifest, trial: Option<Box<dyn TrialCrashSink>>) -> Running {
     let store = ReportStore::open(&manifest.monitor.report_dir, 64, "test").expect("store");
     let options = MonitorOptions {
         program: SELFTEST.into(),
         program_prefix: vec!["compartment".into()],
         mode: SandboxMode::Enforce,
         image_version: "9.9.9-test".into(),
-        trial_crash_limit,
     };
     let mut monitor = Monitor::new(manifest, options).expect("monitor starts");
+    if let Some(trial) = trial {
+        monitor.on_trial(trial);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let thread = std::thread::spawn(move || {
@@ -283,17 +287,17 @@ fn garbage_on_a_channel_closes_it_is_reported_and_the_monitor_keeps_supervising(
         manifest(&dir.path().join("reports"), 400, &compartments),
         None,
     );
-    // The garbage closes noisy's channel; with no heartbeats the watchdog restarts it,
-    // and the restarted one sends garbage again: the monitor keeps going.
-    let reports = running.wait_for("two malformed frames and a watchdog expiry", |reports| {
+    // The garbage closes noisy's channel; the compartment, cut off from its monitor,
+    // exits; it is restarted and sends garbage again: the monitor keeps going.
+    let reports = running.wait_for("two malformed frames and an exit", |reports| {
         let malformed = reports
             .iter()
             .filter(|r| matches!(r.kind, FailureKind::MalformedFrame { .. }))
             .count();
         malformed >= 2
-            && reports
-                .iter()
-                .any(|r| matches!(r.kind, FailureKind::WatchdogExpired { .. }))
+            && reports.iter().any(|r| {
+                matches!(r.kind, FailureKind::Exited { code } if code == i32::from(MONITOR_GONE_EXIT))
+            })
     });
     let (outcome, _) = running.stop();
     assert_eq!(outcome, MonitorOutcome::Stopped);
@@ -304,26 +308,98 @@ fn garbage_on_a_channel_closes_it_is_reported_and_the_monitor_keeps_supervising(
 }
 
 #[test]
-fn repeated_crashes_of_a_trial_image_end_the_run_for_rollback() {
+fn repeated_crashes_of_a_trial_image_roll_it_back_through_the_boot_monitor() {
+    use warden_os::file_system::StdFileSystem;
+    use warden_os::{BootConfig, BootMonitor, MemoryRootOfTrust, SlotStatus};
     if !kernel_ready() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    // A device running 1.0.1 (confirmed) that installed 1.0.2 and booted it on trial.
+    let keys = crate::support::Keys::new();
+    let roots = MemoryRootOfTrust::new(keys.roots());
+    let state = dir.path().join("boot-state");
+    let mut boot = BootMonitor::new(
+        StdFileSystem::new(&state),
+        roots.snapshot(),
+        BootConfig::new(crate::support::product()),
+    );
+    let old = keys.image(1, 1, "#!/bin/sh\n", 64);
+    boot.install(&mut std::io::Cursor::new(&old), old.len() as u64)
+        .expect("install 1.0.1");
+    let first = boot.select_boot().expect("boot 1.0.1");
+    boot.confirm(first.slot).expect("confirm 1.0.1");
+    let new = keys.image(2, 1, "#!/bin/sh\n", 64);
+    boot.install(&mut std::io::Cursor::new(&new), new.len() as u64)
+        .expect("install 1.0.2");
+    let trial = boot.select_boot().expect("boot 1.0.2");
+    assert!(trial.trial && trial.slot != first.slot);
+
     let compartments = [compartment("crasher", "selftest-crash", &[], "")];
+    let sink = BootTrial {
+        boot,
+        slot: trial.slot,
+    };
     let running = start(
         manifest(&dir.path().join("reports"), 2000, &compartments),
-        Some(2),
+        Some(Box::new(sink)),
     );
-    let (outcome, _) = running.thread.join().expect("monitor thread");
-    assert_eq!(outcome, MonitorOutcome::TrialCrashLimit { crashes: 2 });
+    let (outcome, starts) = running.thread.join().expect("monitor thread");
+    // The boot monitor's K (3 attempts) decides, not the monitor.
+    let MonitorOutcome::RolledBack { crashes, reason } = outcome else {
+        panic!("expected a rollback, got {outcome:?}");
+    };
+    assert_eq!(crashes, 3, "{reason}");
+    assert_eq!(starts.len(), 3);
+    let reports = running.store.list().expect("reports");
+    assert!(
+        reports.iter().any(|r| r.compartment == "monitor"
+            && matches!(&r.kind, FailureKind::RebootReason { reason } if reason.contains("crasher"))),
+        "{reports:#?}"
+    );
+    // The next boot runs the confirmed image; the trial slot is given up.
+    let mut boot = BootMonitor::new(
+        StdFileSystem::new(&state),
+        roots.snapshot(),
+        BootConfig::new(crate::support::product()),
+    );
+    let next = boot.select_boot().expect("boot after rollback");
+    assert_eq!(next.slot, first.slot);
+    assert!(!next.trial);
+    let status = boot.load_state().expect("state").slot(trial.slot).clone();
+    assert!(matches!(status, SlotStatus::Failed { .. }), "{status:?}");
 }
 
 #[test]
 fn the_appliance_manifest_parses_and_writes_every_grant_out() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/manifest.toml");
     let manifest = Manifest::load(&path).expect("appliance/manifest.toml is valid");
-    assert!(manifest.compartment.contains_key("pluton"));
-    assert!(!manifest.compartment["pluton"].grants().has_network());
+    let grants = |name: &str| manifest.grants_for(name).expect(name);
+    let (pluton, bridges, link, page) = (
+        grants("pluton"),
+        grants("bridges"),
+        grants("link"),
+        grants("status-page"),
+    );
+    assert!(!pluton.has_network() && pluton.peers.is_empty());
+    // Only the bridges reach equipment, only the link the fleet, only the page listens.
+    for other in [&pluton, &link, &page] {
+        assert!(other.serial.is_empty());
+    }
+    assert!(
+        bridges
+            .connect
+            .iter()
+            .all(|target| target.ends_with(":502"))
+    );
+    assert!(link.connect.iter().all(|target| target.ends_with(":8883")));
+    assert!(page.connect.is_empty() && !page.listen.is_empty());
+    assert!(bridges.listen.is_empty() && link.listen.is_empty() && pluton.listen.is_empty());
+    assert!(page.peers.is_empty(), "the exposed page opens no channel");
+    // The link reaches pluton's socket through pluton's group; the page does not.
+    assert_eq!(link.groups, vec![pluton.uid]);
+    assert!(page.groups.is_empty());
+    assert!(manifest.monitor.boot.is_some());
 }
 
 fn nix_is_root() -> bool {
@@ -390,4 +466,148 @@ fn granted_peers_get_a_channel_and_garbage_on_it_is_reported_by_the_receiver() {
             .any(|r| matches!(r.kind, FailureKind::PeerDenied { .. })),
         "{reports:#?}"
     );
+}
+
+#[test]
+fn each_role_gets_its_own_syscall_list_and_a_call_outside_it_is_eperm_and_reported() {
+    if !kernel_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let connect = format!("connect-tcp:{port}");
+    let compartments = [
+        // Nothing granted (a pluton-like role without its socket): no socket at all.
+        compartment(
+            "sealed",
+            "selftest-syscalls",
+            &["socket-inet", "socket-unix"],
+            "",
+        ),
+        // A listening role (the status page): may accept, may not connect out, even
+        // to a port it could bind.
+        compartment(
+            "listener",
+            "selftest-syscalls",
+            &[&connect, "socket-unix"],
+            &format!("listen = [{port}]"),
+        ),
+    ];
+    let running = start(
+        manifest(&dir.path().join("reports"), 2000, &compartments),
+        None,
+    );
+    let reports = running.wait_for("four denials", |reports| {
+        reports
+            .iter()
+            .filter(|r| matches!(r.kind, FailureKind::PolicyDenied { .. }))
+            .count()
+            >= 4
+    });
+    let _ = running.stop();
+    for (compartment, action) in [
+        ("sealed", "socket-inet"),
+        ("sealed", "socket-unix"),
+        ("listener", connect.as_str()),
+        ("listener", "socket-unix"),
+    ] {
+        let report = reports
+            .iter()
+            .find(|r| {
+                r.compartment == compartment
+                    && matches!(&r.kind, FailureKind::PolicyDenied { action: a, .. } if a == action)
+            })
+            .unwrap_or_else(|| panic!("{compartment}: {action} not reported: {reports:#?}"));
+        assert!(
+            matches!(report.kind, FailureKind::PolicyDenied { errno, .. } if errno == libc::EPERM),
+            "{compartment}: {action} must fail with EPERM (seccomp), not landlock's EACCES: {report:?}"
+        );
+    }
+    assert!(
+        listener.accept().is_err(),
+        "the listening compartment connected out"
+    );
+}
+
+#[test]
+fn a_unix_socket_admits_the_compartment_granted_unix_connect_and_nobody_else() {
+    if !kernel_ready() {
+        return;
+    }
+    if !nix_is_root() {
+        // Without root there are no dedicated uids and groups to check.
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mkdir = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).expect("mkdir");
+        path.display().to_string()
+    };
+    let (served, granted, other) = (mkdir("served"), mkdir("granted"), mkdir("other"));
+    let socket = format!("{served}/server.sock");
+    let granted_proof = format!("{granted}/connected");
+    let other_proof = format!("{other}/connected");
+    let compartments = [
+        compartment(
+            "server",
+            "selftest-unix-server",
+            &[&socket],
+            &format!("read_write = [{served:?}]\nunix_listen = [{socket:?}]"),
+        ),
+        compartment(
+            "granted",
+            "selftest-unix-client",
+            &[&socket, &granted_proof],
+            &format!("read_write = [{granted:?}]\nunix_connect = [{socket:?}]"),
+        ),
+        // Not in the server's group.
+        compartment(
+            "other",
+            "selftest-unix-client",
+            &[&socket, &other_proof],
+            // It may create Unix sockets (it serves its own) and connect (a TCP
+            // grant), so only the socket's group stands in its way.
+            &format!(
+                "read_write = [{other:?}]\nunix_listen = [\"{other}/own.sock\"]\nconnect = [\"127.0.0.1:9\"]"
+            ),
+        ),
+    ];
+    let running = start(
+        manifest(&dir.path().join("reports"), 2000, &compartments),
+        None,
+    );
+    let reports = running.wait_for("the other compartment's refusal", |reports| {
+        reports.iter().any(|r| r.compartment == "other")
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(&granted_proof).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = running.stop();
+    assert_eq!(
+        std::fs::read(&granted_proof).expect("the granted compartment connected"),
+        b"connected"
+    );
+    assert!(!Path::new(&other_proof).exists());
+    let refused = reports
+        .iter()
+        .find(|r| r.compartment == "other")
+        .expect("reported");
+    assert!(
+        matches!(refused.kind, FailureKind::PolicyDenied { errno, .. } if errno == libc::EACCES),
+        "{refused:?}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket).expect("socket").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o660);
 }

@@ -16,6 +16,7 @@ pub fn rtu_framer(data: &[u8]) {
     let mut framers = [
         RtuFramer::new(Direction::Request, timing, false),
         RtuFramer::new(Direction::Response, timing, true),
+        RtuFramer::new(Direction::Response, timing, false),
     ];
     let mut master = RtuMaster::new(timing, 200_000);
     let request = Request::ReadRegisters {

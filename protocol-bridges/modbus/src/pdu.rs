@@ -26,6 +26,9 @@ pub enum FunctionCode {
     WriteMultipleCoils,
     /// 0x10: write multiple holding registers.
     WriteMultipleRegisters,
+    /// 0x17: write multiple holding registers, then read holding registers, in one
+    /// transaction.
+    ReadWriteMultipleRegisters,
 }
 
 impl FunctionCode {
@@ -40,6 +43,7 @@ impl FunctionCode {
             Self::WriteSingleRegister => 0x06,
             Self::WriteMultipleCoils => 0x0F,
             Self::WriteMultipleRegisters => 0x10,
+            Self::ReadWriteMultipleRegisters => 0x17,
         }
     }
 
@@ -54,6 +58,7 @@ impl FunctionCode {
             0x06 => Some(Self::WriteSingleRegister),
             0x0F => Some(Self::WriteMultipleCoils),
             0x10 => Some(Self::WriteMultipleRegisters),
+            0x17 => Some(Self::ReadWriteMultipleRegisters),
             _ => None,
         }
     }
@@ -66,6 +71,7 @@ impl FunctionCode {
                 | Self::WriteSingleRegister
                 | Self::WriteMultipleCoils
                 | Self::WriteMultipleRegisters
+                | Self::ReadWriteMultipleRegisters
         )
     }
 }
@@ -109,6 +115,10 @@ impl core::fmt::Display for ExceptionCode {
 
 /// Register values of a multi-register write (at most 123).
 pub type RegisterValues = heapless::Vec<u16, { MAX_WRITE_REGISTERS as usize }>;
+
+/// Register values written by function 23 (at most 121; sized so the variant is no
+/// larger than a multi-register write).
+pub type ReadWriteValues = heapless::Vec<u16, { MAX_READ_WRITE_REGISTERS as usize }>;
 
 /// Coil values of a multi-coil write (at most 1968), packed as on the wire.
 #[derive(Clone, PartialEq, Eq)]
@@ -223,7 +233,22 @@ pub enum Request {
         /// Values, 1..=1968 of them.
         values: CoilValues,
     },
+    /// Function 23: write consecutive holding registers, then read consecutive
+    /// holding registers, in one transaction (the write happens first).
+    ReadWriteMultipleRegisters {
+        /// First register read, 0-based.
+        read_address: u16,
+        /// Number of registers read, 1..=125.
+        read_count: u16,
+        /// First register written, 0-based.
+        write_address: u16,
+        /// Values written, 1..=121 of them.
+        values: ReadWriteValues,
+    },
 }
+
+/// Most registers function 23 may write (the spec's 0x79).
+pub const MAX_READ_WRITE_REGISTERS: u16 = 121;
 
 impl Request {
     /// The function code of this request.
@@ -234,10 +259,12 @@ impl Request {
             Self::WriteSingleCoil { .. } => FunctionCode::WriteSingleCoil,
             Self::WriteMultipleRegisters { .. } => FunctionCode::WriteMultipleRegisters,
             Self::WriteMultipleCoils { .. } => FunctionCode::WriteMultipleCoils,
+            Self::ReadWriteMultipleRegisters { .. } => FunctionCode::ReadWriteMultipleRegisters,
         }
     }
 
-    /// First address the request touches.
+    /// First address the request touches (for function 23, the first address read;
+    /// see [`Self::read_write_parts`]).
     pub const fn address(&self) -> u16 {
         match self {
             Self::ReadRegisters { address, .. }
@@ -246,17 +273,45 @@ impl Request {
             | Self::WriteSingleCoil { address, .. }
             | Self::WriteMultipleRegisters { address, .. }
             | Self::WriteMultipleCoils { address, .. } => *address,
+            Self::ReadWriteMultipleRegisters { read_address, .. } => *read_address,
         }
     }
 
-    /// Number of registers or bits the request touches.
+    /// Number of registers or bits the request touches (for function 23, the number
+    /// read; see [`Self::read_write_parts`]).
     pub fn count(&self) -> u16 {
         match self {
             Self::ReadRegisters { count, .. } | Self::ReadBits { count, .. } => *count,
             Self::WriteSingleRegister { .. } | Self::WriteSingleCoil { .. } => 1,
             Self::WriteMultipleRegisters { values, .. } => values.len() as u16,
             Self::WriteMultipleCoils { values, .. } => values.count,
+            Self::ReadWriteMultipleRegisters { read_count, .. } => *read_count,
         }
+    }
+
+    /// Function 23 as the two requests it is made of, the read (function 3) and the
+    /// write (function 16), so a policy can judge each; `None` for other functions.
+    pub fn read_write_parts(&self) -> Option<(Self, Self)> {
+        let Self::ReadWriteMultipleRegisters {
+            read_address,
+            read_count,
+            write_address,
+            values,
+        } = self
+        else {
+            return None;
+        };
+        Some((
+            Self::ReadRegisters {
+                function: FunctionCode::ReadHoldingRegisters,
+                address: *read_address,
+                count: *read_count,
+            },
+            Self::WriteMultipleRegisters {
+                address: *write_address,
+                values: values.iter().copied().collect(),
+            },
+        ))
     }
 
     /// The values a write carries, as the policy sees them (coils as 0 or 1); empty
@@ -266,6 +321,7 @@ impl Request {
             Self::WriteSingleRegister { value, .. } => (Some(*value), &[], None),
             Self::WriteSingleCoil { value, .. } => (Some(u16::from(*value)), &[], None),
             Self::WriteMultipleRegisters { values, .. } => (None, values.as_slice(), None),
+            Self::ReadWriteMultipleRegisters { values, .. } => (None, values.as_slice(), None),
             Self::WriteMultipleCoils { values, .. } => (None, &[], Some(values)),
             Self::ReadRegisters { .. } | Self::ReadBits { .. } => (None, &[], None),
         };
@@ -277,6 +333,26 @@ impl Request {
 
     /// Encodes the PDU into `out`, returning the number of bytes written.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, PduError> {
+        if let Self::ReadWriteMultipleRegisters {
+            read_address,
+            read_count,
+            write_address,
+            values,
+        } = self
+        {
+            let total = 10 + values.len() * 2;
+            let dst = out.get_mut(..total).ok_or(PduError::BufferTooSmall)?;
+            dst[0] = FunctionCode::ReadWriteMultipleRegisters.code();
+            dst[1..3].copy_from_slice(&read_address.to_be_bytes());
+            dst[3..5].copy_from_slice(&read_count.to_be_bytes());
+            dst[5..7].copy_from_slice(&write_address.to_be_bytes());
+            dst[7..9].copy_from_slice(&(values.len() as u16).to_be_bytes());
+            dst[9] = (values.len() * 2) as u8;
+            for (slot, value) in dst[10..].chunks_exact_mut(2).zip(values) {
+                slot.copy_from_slice(&value.to_be_bytes());
+            }
+            return Ok(total);
+        }
         let code = self.function().code();
         let address = self.address().to_be_bytes();
         let (second, tail): (u16, Option<&[u8]>) = match self {
@@ -285,6 +361,7 @@ impl Request {
             Self::WriteSingleCoil { value, .. } => (if *value { 0xFF00 } else { 0 }, None),
             Self::WriteMultipleRegisters { values, .. } => (values.len() as u16, Some(&[])),
             Self::WriteMultipleCoils { values, .. } => (values.count, Some(values.packed())),
+            Self::ReadWriteMultipleRegisters { .. } => return Err(PduError::BadLength),
         };
         let head = [
             code,
@@ -393,6 +470,35 @@ impl Request {
                     Ok(Self::WriteMultipleCoils { address: a, values })
                 }
             }
+            FunctionCode::ReadWriteMultipleRegisters => {
+                range_ok(b, MAX_READ_REGISTERS)?;
+                let head = rest.get(4..9).ok_or(PduError::Truncated)?;
+                let write_address = u16::from_be_bytes([head[0], head[1]]);
+                let write_count = u16::from_be_bytes([head[2], head[3]]);
+                let data = &rest[9..];
+                if write_count == 0 || write_count > MAX_READ_WRITE_REGISTERS {
+                    return Err(PduError::BadQuantity(write_count));
+                }
+                if u32::from(write_address) + u32::from(write_count) > 0x1_0000 {
+                    return Err(PduError::AddressOverflow);
+                }
+                if usize::from(head[4]) != data.len() || data.len() != usize::from(write_count) * 2
+                {
+                    return Err(PduError::BadLength);
+                }
+                let mut values = ReadWriteValues::new();
+                for pair in data.chunks_exact(2) {
+                    values
+                        .push(u16::from_be_bytes([pair[0], pair[1]]))
+                        .map_err(|_| PduError::BadQuantity(write_count))?;
+                }
+                Ok(Self::ReadWriteMultipleRegisters {
+                    read_address: a,
+                    read_count: b,
+                    write_address,
+                    values,
+                })
+            }
         }
     }
 }
@@ -466,9 +572,13 @@ impl<'a> Response<'a> {
             ))
         };
         match request {
-            Request::ReadRegisters { count, .. } | Request::ReadBits { count, .. } => {
+            Request::ReadRegisters { count, .. }
+            | Request::ReadBits { count, .. }
+            | Request::ReadWriteMultipleRegisters {
+                read_count: count, ..
+            } => {
                 let (&byte_count, data) = rest.split_first().ok_or(PduError::Truncated)?;
-                let registers = matches!(request, Request::ReadRegisters { .. });
+                let registers = !matches!(request, Request::ReadBits { .. });
                 let wanted = if registers {
                     usize::from(*count) * 2
                 } else {
@@ -632,12 +742,12 @@ pub fn encode_write_response(request: &Request, out: &mut [u8]) -> Result<usize,
             dst[3..5].copy_from_slice(&request.count().to_be_bytes());
             Ok(5)
         }
-        Request::ReadRegisters { .. } | Request::ReadBits { .. } => {
-            Err(PduError::FunctionMismatch {
-                expected: 0x10,
-                got: request.function().code(),
-            })
-        }
+        Request::ReadRegisters { .. }
+        | Request::ReadBits { .. }
+        | Request::ReadWriteMultipleRegisters { .. } => Err(PduError::FunctionMismatch {
+            expected: 0x10,
+            got: request.function().code(),
+        }),
     }
 }
 
@@ -726,6 +836,65 @@ mod tests {
         let len = request.encode(&mut buf).expect("fits");
         assert_eq!(&buf[..len], &[0x03, 0x12, 0x34, 0x00, 0x0A]);
         assert_eq!(Request::decode(&buf[..len]), Ok(request));
+    }
+
+    #[test]
+    fn read_write_multiple_registers_round_trips_and_splits_for_the_policy() {
+        let mut values = ReadWriteValues::new();
+        values.extend([0x0102u16, 3]);
+        let request = Request::ReadWriteMultipleRegisters {
+            read_address: 4,
+            read_count: 3,
+            write_address: 0x20,
+            values: values.clone(),
+        };
+        let mut buf = [0u8; MAX_PDU_LEN];
+        let len = request.encode(&mut buf).expect("fits");
+        // The spec's layout: read address, read count, write address, write count,
+        // byte count, values.
+        assert_eq!(
+            &buf[..len],
+            &[0x17, 0, 4, 0, 3, 0, 0x20, 0, 2, 4, 1, 2, 0, 3]
+        );
+        assert_eq!(Request::decode(&buf[..len]), Ok(request.clone()));
+        assert!(request.function().is_write());
+        assert_eq!(request.write_values().collect::<Vec<_>>(), vec![0x0102, 3]);
+        let (read, write) = request.read_write_parts().expect("function 23");
+        assert_eq!(
+            read,
+            Request::ReadRegisters {
+                function: FunctionCode::ReadHoldingRegisters,
+                address: 4,
+                count: 3
+            }
+        );
+        assert_eq!(
+            write,
+            Request::WriteMultipleRegisters {
+                address: 0x20,
+                values: values.iter().copied().collect()
+            }
+        );
+        assert_eq!(read.read_write_parts(), None);
+        // The answer is the registers read.
+        let answer = [0x17, 6, 0, 1, 0, 2, 0, 3];
+        let Ok(Response::Registers(registers)) = Response::decode_for(&request, &answer) else {
+            panic!("expected registers");
+        };
+        assert_eq!(registers.iter().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            Response::decode_for(&request, &answer[..6]),
+            Err(PduError::BadLength)
+        );
+        // Byte count that disagrees, no values, too many values.
+        buf[9] = 3;
+        assert_eq!(Request::decode(&buf[..len]), Err(PduError::BadLength));
+        let empty = [0x17, 0, 4, 0, 3, 0, 0x20, 0, 0, 0];
+        assert_eq!(Request::decode(&empty), Err(PduError::BadQuantity(0)));
+        let too_many = [0x17, 0, 4, 0, 3, 0, 0x20, 0, 122, 244];
+        assert_eq!(Request::decode(&too_many), Err(PduError::BadQuantity(122)));
+        let no_read = [0x17, 0, 4, 0, 0, 0, 0x20, 0, 1, 2, 0, 1];
+        assert_eq!(Request::decode(&no_read), Err(PduError::BadQuantity(0)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod fair_queue;
 pub mod rtu_bus;
 pub mod tcp_client;
 pub mod tcp_pool;
+pub mod tcp_server;
 
 use pdu::{ExceptionCode, Response};
 

@@ -91,6 +91,16 @@ impl LocalPublisher {
         self.0.device_key(device)
     }
 
+    /// Ends `device`'s live session (after its certificate was revoked).
+    pub fn disconnect(&self, device: &str) {
+        self.0.disconnect_device(device);
+    }
+
+    /// Devices with a live session.
+    pub fn connected_devices(&self) -> usize {
+        self.0.connected_devices()
+    }
+
     /// Routes `payload` on `topic` to every matching subscriber (QoS 0 to devices).
     pub async fn publish(&self, topic: String, payload: Vec<u8>) {
         let publish = rumqttc::Publish::new(topic, rumqttc::QoS::AtMostOnce, payload);

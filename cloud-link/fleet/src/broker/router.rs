@@ -6,6 +6,7 @@ use std::sync::{PoisonError, RwLock};
 use rumqttc::Publish;
 use rumqttc::mqttbytes::matches;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Where a subscription's messages go.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct Router {
     subscriptions: RwLock<Vec<Subscription>>,
     /// Public keys (uncompressed SEC1) of connected devices, from their certificates.
     device_keys: RwLock<std::collections::BTreeMap<String, Vec<u8>>>,
+    /// The live session of each device, to end it when its certificate is revoked.
+    device_sessions: RwLock<std::collections::BTreeMap<String, (u64, CancellationToken)>>,
     next_session: AtomicU64,
     dropped: AtomicU64,
 }
@@ -53,8 +56,45 @@ impl Router {
         self.add(filter, Target::Session(session, tx));
     }
 
+    /// Records `device`'s live session; `stop` ends it.
+    pub fn register_device_session(&self, device: &str, session: u64, stop: CancellationToken) {
+        let previous = self
+            .device_sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(device.to_owned(), (session, stop));
+        // MQTT 3.1.1 §3.1.4: a second connection with the same client ID ends the first.
+        if let Some((_, previous)) = previous {
+            previous.cancel();
+        }
+    }
+
+    /// Ends `device`'s live session, if any.
+    pub fn disconnect_device(&self, device: &str) {
+        if let Some((_, stop)) = self
+            .device_sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(device)
+        {
+            stop.cancel();
+        }
+    }
+
+    /// Devices with a live session.
+    pub fn connected_devices(&self) -> usize {
+        self.device_sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Removes every subscription of a session.
     pub fn remove_session(&self, session: u64) {
+        self.device_sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, (id, _)| *id != session);
         self.subscriptions
             .write()
             .unwrap_or_else(PoisonError::into_inner)

@@ -62,7 +62,9 @@ pub(super) async fn serve(
     }
     let acl = DeviceAcl::new(&device);
     let session = router.new_session();
-    match run(tls, &acl, session, &router, &shutdown).await {
+    let stop = shutdown.child_token();
+    router.register_device_session(&device, session, stop.clone());
+    match run(tls, &acl, session, &router, &stop).await {
         Ok(()) => tracing::info!(device = %device, %peer, "device disconnected"),
         Err(reason) => tracing::warn!(device = %device, %peer, %reason, "device session closed"),
     }

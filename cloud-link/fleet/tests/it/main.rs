@@ -1,5 +1,10 @@
 //! The fleet against real clients: rumqttc over rustls with client certificates.
 
+mod postgres;
+mod registry;
+mod reports;
+mod rollout;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +20,7 @@ use warden_link::{Reading, TelemetryBatch};
 
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
+    pem: String,
 }
 
 impl Ca {
@@ -27,7 +33,23 @@ impl Ca {
         std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
         Self {
             issuer: Issuer::new(params, key),
+            pem: cert.pem(),
         }
+    }
+
+    /// Issues a device certificate that expired long ago.
+    fn issue_expired(&self, dir: &Path, file: &str, common_name: &str) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).expect("write");
     }
 
     fn issue(&self, dir: &Path, file: &str, common_name: &str, server: bool) {
@@ -56,9 +78,24 @@ struct Fixture {
     dir: tempfile::TempDir,
     fleet: warden_fleet::RunningFleet,
     shutdown: CancellationToken,
+    database_url: String,
+    maker: Ca,
+    rogue: Ca,
+    vendor_root: warden_keychain::tooling::SecretSigningKey,
 }
 
+/// API tokens of the test fleet, by role.
+const VIEWER: &str = "viewer-secret";
+const OPERATOR: &str = "operator-secret";
+const PROVISIONER: &str = "provisioner-secret";
+
 async fn fleet() -> Fixture {
+    fleet_on(None).await
+}
+
+/// A fleet on SQLite in a temporary directory, or on `database_url`.
+async fn fleet_on(database_url: Option<String>) -> Fixture {
+    use warden_fleet::auth::{ApiConfig, Role, TokenConfig, hash_token};
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path();
     let fleet_ca = Ca::new(p, "fleet-ca");
@@ -68,13 +105,38 @@ async fn fleet() -> Fixture {
     maker.issue(p, "wd-other", "wd-other", false);
     let rogue = Ca::new(p, "rogue-ca");
     rogue.issue(p, "wd-rogue", "wd-good", false);
+    let vendor_root = warden_keychain::tooling::SecretSigningKey::generate().expect("rng");
+    let token = |name: &str, role, secret: &str| TokenConfig {
+        name: name.into(),
+        role,
+        sha256: hash_token(secret),
+    };
+    let database_url =
+        database_url.unwrap_or_else(|| format!("sqlite://{}", p.join("fleet.db").display()));
     let config = warden_fleet::FleetConfig {
         http_listen: "127.0.0.1:0".into(),
         mqtt_listen: "127.0.0.1:0".into(),
-        database_url: format!("sqlite://{}", p.join("fleet.db").display()),
+        database_url: database_url.clone(),
         server_cert: p.join("server.pem"),
         server_key: p.join("server.key"),
         manufacturer_ca: p.join("maker-ca.pem"),
+        api: ApiConfig {
+            tokens: vec![
+                token("viewer", Role::Viewer, VIEWER),
+                token("ops", Role::Operator, OPERATOR),
+                token("station", Role::Provisioner, PROVISIONER),
+            ],
+            anonymous_role: None,
+        },
+        images: warden_fleet::ImagesConfig {
+            vendor_roots: vec![warden_link::topics::to_hex(&vendor_root.public_key())],
+            dir: Some(p.join("images")),
+            public_url: None,
+        },
+        rollouts: warden_fleet::RolloutConfig {
+            tick_ms: 50,
+            reoffer_after_s: 30,
+        },
     };
     let shutdown = CancellationToken::new();
     let fleet = warden_fleet::start(&config, shutdown.clone())
@@ -84,6 +146,55 @@ async fn fleet() -> Fixture {
         dir,
         fleet,
         shutdown,
+        database_url,
+        maker,
+        rogue,
+        vendor_root,
+    }
+}
+
+impl Fixture {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.fleet.http_address)
+    }
+
+    /// GET with a token; the status and the JSON body (`null` if none).
+    async fn get(&self, token: &str, path: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// POST JSON with a token; the status and the JSON body.
+    async fn post(
+        &self,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("post");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    fn pem(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{file}.pem"))).expect("pem")
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.fleet.stopped().await;
     }
 }
 
@@ -131,13 +242,9 @@ fn batch(seq: u64, value: f64) -> Vec<u8> {
 }
 
 async fn devices(fx: &Fixture) -> serde_json::Value {
-    let url = format!("http://{}/api/v1/devices", fx.fleet.http_address);
-    reqwest::get(url)
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json")
+    let (status, body) = fx.get(VIEWER, "/api/v1/devices").await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 #[tokio::test]
@@ -164,26 +271,18 @@ async fn telemetry_from_an_enrolled_device_is_stored_once() {
     let listed = devices(&fx).await;
     assert_eq!(listed[0]["id"], "wd-good");
     assert_eq!(listed[0]["latest"][0]["value"], 21.0);
-    let url = format!(
-        "http://{}/api/v1/devices/wd-good/telemetry",
-        fx.fleet.http_address
-    );
-    let series: serde_json::Value = reqwest::get(url)
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let (_, series) = fx.get(VIEWER, "/api/v1/devices/wd-good/telemetry").await;
     assert_eq!(
         series["readings"].as_array().map(Vec::len),
         Some(2),
         "duplicate batch stored twice: {series}"
     );
-    let missing = format!(
-        "http://{}/api/v1/devices/wd-nobody/telemetry",
-        fx.fleet.http_address
+    assert_eq!(
+        fx.get(VIEWER, "/api/v1/devices/wd-nobody/telemetry")
+            .await
+            .0,
+        404
     );
-    assert_eq!(reqwest::get(missing).await.expect("get").status(), 404);
     fx.shutdown.cancel();
     fx.fleet.stopped().await;
 }
@@ -293,4 +392,106 @@ async fn mosquitto_clients_interoperate_with_the_embedded_broker() {
         "mosquitto_sub said ({}): {said}",
         refused.status
     );
+}
+
+/// A simulated device: an MQTT client subscribed to its own topics.
+struct SimulatedDevice {
+    id: String,
+    client: AsyncClient,
+    incoming: tokio::sync::mpsc::Receiver<rumqttc::Publish>,
+    closed: tokio::sync::oneshot::Receiver<String>,
+}
+
+impl SimulatedDevice {
+    /// Connects as `id` with the certificate in `cert`.pem and subscribes to
+    /// `warden/v1/devices/{id}/#`.
+    async fn connect(fx: &Fixture, id: &str, cert: &str) -> Result<Self, String> {
+        let (client, mut eventloop) = client(fx, id, cert);
+        connect(&mut eventloop).await?;
+        client
+            .subscribe(format!("warden/v1/devices/{id}/#"), QoS::AtMostOnce)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(error.to_string()),
+                Err(_) => return Err("no SUBACK".into()),
+            }
+        }
+        let (tx, incoming) = tokio::sync::mpsc::channel(256);
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let _ = tx.send(publish).await;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        let _ = closed_tx.send(error.to_string());
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            id: id.to_owned(),
+            client,
+            incoming,
+            closed,
+        })
+    }
+
+    /// Publishes `payload` (JSON) under the device's `suffix` topic, QoS 1.
+    async fn publish(&self, suffix: &str, payload: &serde_json::Value) {
+        self.client
+            .publish(
+                format!("warden/v1/devices/{}/{suffix}", self.id),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(payload).expect("json"),
+            )
+            .await
+            .expect("queue");
+    }
+
+    /// The next message on the device's `suffix` topic (others are skipped), or
+    /// `None` after `wait`.
+    async fn next_on(&mut self, suffix: &str, wait: Duration) -> Option<serde_json::Value> {
+        let topic = format!("warden/v1/devices/{}/{suffix}", self.id);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let publish = tokio::time::timeout_at(deadline, self.incoming.recv())
+                .await
+                .ok()??;
+            if publish.topic == topic {
+                return serde_json::from_slice(&publish.payload).ok();
+            }
+        }
+    }
+
+    /// Waits until the broker closes the connection; the error text.
+    async fn closed_within(self, wait: Duration) -> Option<String> {
+        tokio::time::timeout(wait, self.closed).await.ok()?.ok()
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `wait`.
+async fn eventually<T, F, Fut>(wait: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -145,8 +145,11 @@ impl RtuMaster {
                 crc_errors_before,
                 ..
             } => {
+                // Only a garbled answer ends at silence (fail fast). A partial answer
+                // is waited for until the deadline: on a general-purpose OS a silence
+                // seen by the reader is often the scheduler's, not the line's.
                 let garbled = self.framer.counters().crc_errors > crc_errors_before;
-                let silence = if self.framer.pending() > 0 || garbled {
+                let silence = if garbled {
                     self.framer
                         .last_byte_us()
                         .map(|last| last + u64::from(self.timing.t3_5_us))
@@ -238,20 +241,20 @@ impl RtuMaster {
         else {
             return None;
         };
-        let silent = self.framer.pending() == 0
-            && self
-                .framer
-                .last_byte_us()
-                .is_some_and(|last| now_us >= last + u64::from(self.timing.t3_5_us));
+        let silent = self
+            .framer
+            .last_byte_us()
+            .is_some_and(|last| now_us >= last + u64::from(self.timing.t3_5_us));
         if saw_bytes && silent && self.framer.counters().crc_errors > crc_errors_before {
             // Garbled answer and the line has gone quiet: fail now, not at the timeout.
             self.state = State::Idle;
+            self.framer.clear();
             self.counters.corrupted = self.counters.corrupted.saturating_add(1);
             return Some(MasterEvent::Corrupted);
         }
         if now_us >= deadline_us {
             self.state = State::Idle;
-            self.framer.clear();
+            self.framer.abandon();
             if saw_bytes {
                 self.counters.corrupted = self.counters.corrupted.saturating_add(1);
                 return Some(MasterEvent::Corrupted);
@@ -371,6 +374,44 @@ mod tests {
         assert!(quiet < 20_000);
         assert_eq!(master.poll(quiet), Some(MasterEvent::Corrupted));
         assert_eq!(master.counters().framer.crc_errors, 1);
+    }
+
+    #[test]
+    fn an_answer_split_by_a_long_pause_is_still_the_answer() {
+        // Regression for the garbled answers on a loaded pty: half the answer, then
+        // neither side runs for 5 ms (more than 3.5 characters), then the rest. The
+        // master's silence timer fires in between; the answer must still be exact.
+        let mut master = RtuMaster::new(TIMING, 100_000);
+        let mut out = [0u8; MAX_ADU_LEN];
+        master.start(5, &read(), 0, &mut out).expect("idle");
+        let answer = reply(5, &[0x03, 4, 0, 7, 0, 8]);
+        assert_eq!(master.receive(&answer[..4], 10_000), None);
+        let wake = master.next_deadline().expect("awaiting");
+        assert_eq!(master.poll(10_000 + u64::from(TIMING.t3_5_us) + 1), None);
+        assert_eq!(master.poll(wake.min(15_000)), None);
+        let Some(MasterEvent::Response(frame)) = master.receive(&answer[4..], 15_000) else {
+            panic!("expected the whole answer");
+        };
+        assert_eq!(frame.as_bytes(), &answer[..]);
+        let counters = master.counters();
+        assert_eq!(
+            (counters.framer.crc_errors, counters.framer.noise_bytes),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn a_truncated_answer_fails_at_the_deadline_and_counts_a_crc_error() {
+        let mut master = RtuMaster::new(TIMING, 50_000);
+        let mut out = [0u8; MAX_ADU_LEN];
+        master.start(5, &read(), 0, &mut out).expect("idle");
+        let answer = reply(5, &[0x03, 4, 0, 7, 0, 8]);
+        assert_eq!(master.receive(&answer[..8], 10_000), None);
+        let deadline = master.next_deadline().expect("awaiting");
+        assert_eq!(master.poll(deadline - 1), None);
+        assert_eq!(master.poll(deadline), Some(MasterEvent::Corrupted));
+        assert_eq!(master.counters().framer.crc_errors, 1);
+        assert_eq!(master.counters().corrupted, 1);
     }
 
     #[test]

@@ -1,0 +1,449 @@
+//! Every message the appliance's compartments exchange, one enum per direction.
+//!
+//! Frames are the monitor's ([`warden_os::monitor::frame`]): a `u32` length and a
+//! postcard body, at most [`MAX_FRAME_LEN`](warden_os::monitor::frame::MAX_FRAME_LEN).
+//! Link payloads (commands, results, desired and reported twin states, events) travel
+//! as their MQTT JSON, [`LinkPayload`]: that is their one definition (in `warden-link`),
+//! and some of them are internally tagged, which postcard cannot carry. A payload that
+//! does not decode is treated like a malformed frame: the channel closes and the monitor
+//! gets a report.
+//!
+//! | channel (opened by → to) | direction | enum |
+//! |---|---|---|
+//! | bridges → link | bridges to link | [`BridgesToLink`]: readings, command results, reported state, events |
+//! | | link to bridges | [`LinkToBridges`]: commands, desired states (policy bundles), results queued |
+//! | bridges → status-page | bridges to page | [`BridgesToPage`]: inventory, counters, samples |
+//! | | page to bridges | [`PageToBridges`]: nothing (an empty enum: any frame is refused) |
+//! | link → status-page | link to page | [`LinkToPage`]: link status, update offer and decision |
+//! | | page to link | [`PageToLink`]: the operator's update decision |
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use warden_bridges::{BridgeHealth, Sample};
+use warden_link::outbox::OutboxStats;
+use warden_link::topics::{
+    Command, CommandResult, DeviceEvent, Reading, TwinDesired, TwinReported,
+};
+use warden_link::{LinkState, LinkStatus};
+
+use super::ipc::Incoming;
+use crate::runtime::UpdateDecision;
+
+/// The compartment running the bridges (and policy): the only one with equipment grants.
+pub const BRIDGES: &str = "bridges";
+/// The compartment running the cloud link: the only one that may reach the fleet.
+pub const LINK: &str = "link";
+/// The compartment serving the status page: the only one listening.
+pub const STATUS_PAGE: &str = "status-page";
+
+/// A link payload as its JSON text (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkPayload(pub String);
+
+impl LinkPayload {
+    /// The JSON of `payload`.
+    pub fn of<T: Serialize>(payload: &T) -> Self {
+        // Link payloads are plain structs of strings and numbers: they always encode.
+        Self(serde_json::to_string(payload).unwrap_or_default())
+    }
+
+    /// The payload, or why it is refused.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_str(&self.0).map_err(|error| format!("payload does not decode: {error}"))
+    }
+}
+
+/// Bridges → link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BridgesToLink {
+    /// A numeric reading for telemetry.
+    Reading(Reading),
+    /// How a command ended (`CommandResult`).
+    CommandResult(LinkPayload),
+    /// The policy the bridges run (`TwinReported`).
+    TwinReported(LinkPayload),
+    /// Something an operator should know (`DeviceEvent`).
+    Event(LinkPayload),
+}
+
+/// Link → bridges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkToBridges {
+    /// A command from the fleet (`Command`), executed through the policy.
+    Command(LinkPayload),
+    /// A desired state from the fleet (`TwinDesired`), e.g. a signed policy bundle.
+    TwinDesired(LinkPayload),
+    /// The result of command `id` is in the link's durable control queue: the bridges
+    /// note it in their command log and stop sending it again.
+    ResultQueued(String),
+}
+
+/// One bridge as the status page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeInfo {
+    /// Bridge name.
+    pub name: String,
+    /// Device address, for people.
+    pub address: String,
+    /// Point names in config order.
+    pub points: Vec<String>,
+}
+
+/// Bridges → status page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BridgesToPage {
+    /// The bridges, in config order (first frame of every channel).
+    Inventory(Vec<BridgeInfo>),
+    /// One bridge's counters.
+    Health {
+        /// The bridge.
+        bridge: String,
+        /// Its counters.
+        health: HealthFrame,
+    },
+    /// A point's new value.
+    Sample(SampleFrame),
+}
+
+/// Status page → bridges: nothing. The page may not ask the bridges for anything;
+/// any frame it sends fails to decode, closes the channel and is reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PageToBridges {}
+
+/// Link → status page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LinkToPage {
+    /// The link's state and counters.
+    Status(LinkStatusFrame),
+    /// The pending update offer and the operator's decision as the update path holds it.
+    Updates(UpdateDecision),
+}
+
+/// Status page → link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PageToLink {
+    /// The operator deferred or allowed updates.
+    Updates(UpdateDecision),
+}
+
+/// [`Sample`] on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleFrame {
+    /// Bridge.
+    pub bridge: String,
+    /// Point.
+    pub point: String,
+    /// Engineering value (NaN for text points).
+    pub value: f64,
+    /// A text point's text.
+    pub text: Option<String>,
+    /// Engineering unit.
+    pub unit: String,
+    /// When it was read, ms since the epoch.
+    pub timestamp_ms: u64,
+}
+
+impl From<&Sample> for SampleFrame {
+    fn from(sample: &Sample) -> Self {
+        let Sample {
+            bridge,
+            point,
+            value,
+            text,
+            unit,
+            timestamp_ms,
+        } = sample.clone();
+        Self {
+            bridge,
+            point,
+            value,
+            text,
+            unit,
+            timestamp_ms,
+        }
+    }
+}
+
+impl From<SampleFrame> for Sample {
+    fn from(frame: SampleFrame) -> Self {
+        Self {
+            bridge: frame.bridge,
+            point: frame.point,
+            value: frame.value,
+            text: frame.text,
+            unit: frame.unit,
+            timestamp_ms: frame.timestamp_ms,
+        }
+    }
+}
+
+/// [`BridgeHealth`] on the wire (it is `Serialize` only). Both conversions list every
+/// field, so a new counter fails to compile here instead of vanishing silently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // The fields are BridgeHealth's, documented there.
+pub struct HealthFrame {
+    pub connected: bool,
+    pub reads_ok: u64,
+    pub errors: u64,
+    pub exceptions: u64,
+    pub denied: u64,
+    pub writes_ok: u64,
+    pub timeouts: u64,
+    pub retries: u64,
+    pub crc_errors: u64,
+    pub noise_bytes: u64,
+    pub last_error: Option<String>,
+}
+
+impl From<&BridgeHealth> for HealthFrame {
+    fn from(health: &BridgeHealth) -> Self {
+        let BridgeHealth {
+            connected,
+            reads_ok,
+            errors,
+            exceptions,
+            denied,
+            writes_ok,
+            timeouts,
+            retries,
+            crc_errors,
+            noise_bytes,
+            last_error,
+        } = health.clone();
+        Self {
+            connected,
+            reads_ok,
+            errors,
+            exceptions,
+            denied,
+            writes_ok,
+            timeouts,
+            retries,
+            crc_errors,
+            noise_bytes,
+            last_error,
+        }
+    }
+}
+
+impl From<HealthFrame> for BridgeHealth {
+    fn from(frame: HealthFrame) -> Self {
+        Self {
+            connected: frame.connected,
+            reads_ok: frame.reads_ok,
+            errors: frame.errors,
+            exceptions: frame.exceptions,
+            denied: frame.denied,
+            writes_ok: frame.writes_ok,
+            timeouts: frame.timeouts,
+            retries: frame.retries,
+            crc_errors: frame.crc_errors,
+            noise_bytes: frame.noise_bytes,
+            last_error: frame.last_error,
+        }
+    }
+}
+
+/// [`LinkStatus`] on the wire (it is `Serialize` only). Both conversions list every
+/// field, so a new one fails to compile here instead of vanishing silently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // The fields are LinkStatus's, documented there.
+pub struct LinkStatusFrame {
+    /// 0 connecting, 1 connected, 2 disconnected.
+    pub state: u8,
+    pub batches_queued: u64,
+    pub batches_acknowledged: u64,
+    pub control_acknowledged: u64,
+    pub control: OutboxStatsFrame,
+    pub messages_sent: u64,
+    pub readings_dropped: u64,
+    pub outbox: OutboxStatsFrame,
+    pub last_error: Option<String>,
+}
+
+/// [`OutboxStats`] on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // The fields are OutboxStats's, documented there.
+pub struct OutboxStatsFrame {
+    pub depth: u64,
+    pub bytes: u64,
+    pub dropped_oldest: u64,
+    pub refused: u64,
+    pub damaged_records: u64,
+    pub next_seq: u64,
+}
+
+impl From<OutboxStats> for OutboxStatsFrame {
+    fn from(stats: OutboxStats) -> Self {
+        let OutboxStats {
+            depth,
+            bytes,
+            dropped_oldest,
+            refused,
+            damaged_records,
+            next_seq,
+        } = stats;
+        Self {
+            depth,
+            bytes,
+            dropped_oldest,
+            refused,
+            damaged_records,
+            next_seq,
+        }
+    }
+}
+
+impl From<OutboxStatsFrame> for OutboxStats {
+    fn from(frame: OutboxStatsFrame) -> Self {
+        Self {
+            depth: frame.depth,
+            bytes: frame.bytes,
+            dropped_oldest: frame.dropped_oldest,
+            refused: frame.refused,
+            damaged_records: frame.damaged_records,
+            next_seq: frame.next_seq,
+        }
+    }
+}
+
+impl From<&LinkStatus> for LinkStatusFrame {
+    fn from(status: &LinkStatus) -> Self {
+        let LinkStatus {
+            state,
+            batches_queued,
+            batches_acknowledged,
+            control_acknowledged,
+            control,
+            messages_sent,
+            readings_dropped,
+            outbox,
+            last_error,
+        } = status.clone();
+        Self {
+            state: match state {
+                LinkState::Connecting => 0,
+                LinkState::Connected => 1,
+                LinkState::Disconnected => 2,
+            },
+            batches_queued,
+            batches_acknowledged,
+            control_acknowledged,
+            control: control.into(),
+            messages_sent,
+            readings_dropped,
+            outbox: outbox.into(),
+            last_error,
+        }
+    }
+}
+
+impl From<LinkStatusFrame> for LinkStatus {
+    fn from(frame: LinkStatusFrame) -> Self {
+        Self {
+            state: match frame.state {
+                1 => LinkState::Connected,
+                2 => LinkState::Disconnected,
+                _ => LinkState::Connecting,
+            },
+            batches_queued: frame.batches_queued,
+            batches_acknowledged: frame.batches_acknowledged,
+            control_acknowledged: frame.control_acknowledged,
+            control: frame.control.into(),
+            messages_sent: frame.messages_sent,
+            readings_dropped: frame.readings_dropped,
+            outbox: frame.outbox.into(),
+            last_error: frame.last_error,
+        }
+    }
+}
+
+impl Incoming for BridgesToLink {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Reading(_) => Ok(()),
+            Self::CommandResult(payload) => payload.decode::<CommandResult>().map(drop),
+            Self::TwinReported(payload) => payload.decode::<TwinReported>().map(drop),
+            Self::Event(payload) => payload.decode::<DeviceEvent>().map(drop),
+        }
+    }
+}
+
+impl Incoming for LinkToBridges {
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Command(payload) => payload.decode::<Command>().map(drop),
+            Self::TwinDesired(payload) => payload.decode::<TwinDesired>().map(drop),
+            Self::ResultQueued(_) => Ok(()),
+        }
+    }
+}
+
+impl Incoming for BridgesToPage {}
+impl Incoming for PageToBridges {}
+impl Incoming for LinkToPage {}
+impl Incoming for PageToLink {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips_through_a_frame() {
+        use warden_os::monitor::frame::{read_frame, write_frame};
+        let health = BridgeHealth {
+            connected: true,
+            reads_ok: 7,
+            last_error: Some("timeout".into()),
+            ..BridgeHealth::default()
+        };
+        let to_page = BridgesToPage::Health {
+            bridge: "line1".into(),
+            health: HealthFrame::from(&health),
+        };
+        let mut bytes = Vec::new();
+        write_frame(&mut bytes, &to_page).expect("write");
+        let back: BridgesToPage = read_frame(&mut bytes.as_slice())
+            .expect("read")
+            .expect("frame");
+        let BridgesToPage::Health { health: frame, .. } = back else {
+            panic!("{back:?}");
+        };
+        assert_eq!(BridgeHealth::from(frame), health);
+        let to_link = BridgesToLink::Reading(Reading {
+            point: "line1/t".into(),
+            value: 21.5,
+            unit: "°C".into(),
+            ts_ms: 9,
+        });
+        let mut bytes = Vec::new();
+        write_frame(&mut bytes, &to_link).expect("write");
+        assert_eq!(
+            read_frame::<BridgesToLink>(&mut bytes.as_slice()).expect("read"),
+            Some(to_link)
+        );
+    }
+
+    #[test]
+    fn the_page_cannot_say_anything_to_the_bridges() {
+        for body in [[0_u8], [1], [0xff]] {
+            let mut bytes = vec![1, 0, 0, 0];
+            bytes.extend_from_slice(&body);
+            assert!(
+                warden_os::monitor::frame::read_frame::<PageToBridges>(&mut bytes.as_slice())
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn a_link_payload_that_is_not_its_json_is_refused() {
+        let payload = LinkPayload("{\"v\":1,\"id\":".into());
+        assert!(
+            payload
+                .decode::<warden_link::topics::Command>()
+                .expect_err("a cut-off payload")
+                .contains("does not decode")
+        );
+    }
+}

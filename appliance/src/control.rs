@@ -1,0 +1,201 @@
+//! The local control socket: `warden status` asks the running appliance through it.
+//!
+//! A unix socket, `control.sock` in the status page's state directory, mode 0600: only
+//! the appliance's own user (and root) can connect. The protocol is one line: a
+//! connection receives the status snapshot the status page shows (JSON, the same
+//! [`crate::status_page::Status`]) and is closed; nothing is read from the client, so
+//! the socket offers nothing to attack but a read of what the operator may see.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::StatusPageConfig;
+use crate::runtime::ApplianceState;
+
+/// File name of the socket inside the status page's state directory.
+pub const SOCKET_NAME: &str = "control.sock";
+/// Largest answer a client accepts.
+const MAX_ANSWER: u64 = 4 << 20;
+
+/// Where the appliance configured by `config` serves its control socket.
+pub fn socket_path(config: &StatusPageConfig) -> PathBuf {
+    config.state_dir.join(SOCKET_NAME)
+}
+
+/// Binds the socket (replacing a stale one), restricts it to the owner and serves
+/// snapshots until `shutdown`; the socket file is removed when it stops.
+pub fn serve(
+    path: &Path,
+    state: ApplianceState,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot remove stale {}", path.display()));
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
+    let path = path.to_path_buf();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((mut stream, _)) => {
+                        let mut answer = serde_json::to_vec(&crate::status_page::snapshot(&state))
+                            .unwrap_or_default();
+                        answer.push(b'\n');
+                        tokio::spawn(async move {
+                            let write = stream.write_all(&answer);
+                            if tokio::time::timeout(Duration::from_secs(5), write).await.is_err() {
+                                tracing::debug!("control socket client too slow; closed");
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "control socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+    Ok(())
+}
+
+/// Asks the appliance behind `path` for its status.
+pub fn query(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "cannot reach the running appliance at {} (is it running, and are you its user?)",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut answer = Vec::new();
+    (&mut stream)
+        .take(MAX_ANSWER)
+        .read_to_end(&mut answer)
+        .with_context(|| format!("no answer from {}", path.display()))?;
+    serde_json::from_slice(&answer)
+        .with_context(|| format!("{} answered something that is not a status", path.display()))
+}
+
+/// The status for people: identity, link, outbox, bridges and their counters.
+pub fn render(status: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    let link = &status["link"];
+    let outbox = &link["outbox"];
+    let _ = writeln!(out, "device        {}", text(&status["device_id"]));
+    let _ = writeln!(out, "software      {}", text(&status["software_version"]));
+    let _ = writeln!(out, "attestation   {}", text(&status["attestation"]));
+    let _ = writeln!(
+        out,
+        "link          {} (batches queued {}, acknowledged {}; last error {})",
+        text(&link["state"]),
+        text(&link["batches_queued"]),
+        text(&link["batches_acknowledged"]),
+        text(&link["last_error"]),
+    );
+    let _ = writeln!(
+        out,
+        "outbox        {} batches, {} bytes waiting",
+        text(&outbox["depth"]),
+        text(&outbox["bytes"]),
+    );
+    let bridges = status["bridges"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "bridges       {}", bridges.len());
+    for bridge in &bridges {
+        let health = &bridge["health"];
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<24} {} reads ok, {} errors, {} exceptions, {} denied",
+            text(&bridge["name"]),
+            text(&bridge["address"]),
+            text(&health["reads_ok"]),
+            text(&health["errors"]),
+            text(&health["exceptions"]),
+            text(&health["denied"]),
+        );
+        for point in bridge["points"].as_array().into_iter().flatten() {
+            let last = &point["last"];
+            let value = if last.is_null() {
+                "-".to_owned()
+            } else {
+                format!("{} {}", text(&last["value"]), text(&last["unit"]))
+            };
+            let _ = writeln!(out, "    {:<22} {}", text(&point["name"]), value.trim_end());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_names_the_device_link_and_each_bridge() {
+        let status = serde_json::json!({
+            "device_id": "wd-1",
+            "software_version": "0.1.0",
+            "attestation": null,
+            "link": {"state": "connected", "batches_queued": 4, "batches_acknowledged": 3,
+                     "last_error": null, "outbox": {"depth": 1, "bytes": 120}},
+            "bridges": [{"name": "line1", "address": "10.0.0.2:502",
+                         "health": {"reads_ok": 7, "errors": 1, "exceptions": 0, "denied": 2},
+                         "points": [{"name": "oil", "last": {"value": 21.5, "unit": "°C"}},
+                                    {"name": "code", "last": null}]}],
+        });
+        let text = render(&status);
+        assert!(text.contains("device        wd-1"), "{text}");
+        assert!(
+            text.contains("connected (batches queued 4, acknowledged 3"),
+            "{text}"
+        );
+        assert!(text.contains("1 batches, 120 bytes"), "{text}");
+        assert!(
+            text.contains("line1") && text.contains("7 reads ok, 1 errors, 0 exceptions, 2 denied"),
+            "{text}"
+        );
+        assert!(text.contains("oil") && text.contains("21.5 °C"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with("code") && l.trim_end().ends_with('-')),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_missing_socket_is_a_clear_error() {
+        let error = query(Path::new("/nonexistent/warden/control.sock"))
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            error.contains("cannot reach the running appliance"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! What an integrator does on a running unit: `warden status`, `warden check-config`
+//! on the shipped example config.
+
+use std::path::Path;
+use std::process::Command;
+
+fn warden() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+}
+
+/// `warden status` asks the running appliance over its control socket and shows the
+/// live values the bridges read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_asks_the_running_appliance() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let demo = warden_hil::scenario::DemoProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_warden")),
+        state.path(),
+    )
+    .await
+    .expect("demo starts");
+    warden_hil::scenario::wait_for_reading(&demo, "line1/oil_temperature")
+        .await
+        .expect("a reading");
+    let config = state.path().join("warden.toml");
+
+    let json = warden()
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("warden status runs");
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON status");
+    assert_eq!(status["device_id"], demo.urls.device_id.as_str());
+    let line1 = &status["bridges"][0];
+    assert_eq!(line1["name"], "line1");
+    assert!(
+        line1["health"]["reads_ok"].as_u64().unwrap_or(0) > 0,
+        "{status:#}"
+    );
+
+    let text = warden()
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .expect("warden status runs");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&demo.urls.device_id), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("oil_temperature") && l.contains("°C")),
+        "{text}"
+    );
+
+    demo.stop().await.expect("demo stops");
+    // Stopped: the socket is gone and the command says what is wrong.
+    let after = warden()
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .expect("warden status runs");
+    assert!(!after.status.success());
+    assert!(
+        String::from_utf8_lossy(&after.stderr).contains("cannot reach the running appliance"),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+}
+
+/// The fully commented example config shipped in the package validates as shipped.
+#[test]
+fn the_shipped_example_config_validates() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/warden.toml");
+    let output = warden()
+        .arg("check-config")
+        .arg(&example)
+        .output()
+        .expect("warden check-config runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("warden.toml: ok"), "{stdout}");
+}
+
+/// A mistake in the example is reported with file and field, not accepted.
+#[test]
+fn check_config_names_the_file_and_field_of_a_mistake() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let text = std::fs::read_to_string(source.join("warden.toml")).expect("example");
+    let broken = text.replacen("deadband = 0.05", "deadband = -1.0", 1);
+    assert_ne!(
+        text, broken,
+        "the example has an energy meter deadband to break"
+    );
+    std::fs::write(dir.path().join("warden.toml"), broken).expect("write");
+    std::fs::copy(source.join("policy.toml"), dir.path().join("policy.toml")).expect("copy");
+    let output = warden()
+        .arg("check-config")
+        .arg(dir.path().join("warden.toml"))
+        .output()
+        .expect("warden check-config runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("warden.toml"), "{stderr}");
+    assert!(stderr.contains("deadband"), "{stderr}");
+}

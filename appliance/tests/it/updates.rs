@@ -1,0 +1,342 @@
+//! Update offers end to end on the device side: a real image built and signed with
+//! `warden image build` / `warden image sign`, served by a real HTTP server that cuts
+//! the first transfer (so the download resumes with a range request), the operator's
+//! deferral and allowance, the install into the inactive slot, and the statuses
+//! published through the durable control queue.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use warden::runtime::UpdateDecision;
+use warden::updates::{Updater, report_boot_outcome};
+use warden_keychain::Purpose;
+use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, save_secret_key};
+use warden_link::topics::{PROTOCOL_VERSION, UpdateOffer, UpdateState, to_hex};
+use warden_link::{ControlMessage, ControlSender};
+use warden_os::file_system::StdFileSystem;
+use warden_os::image::{ProductId, RootKey};
+use warden_os::update::UpdateAgent;
+use warden_os::{BootConfig, BootMonitor, MemoryRootOfTrust};
+
+const PRODUCT: &str = "warden-gw";
+
+struct Vendor {
+    root: SecretSigningKey,
+}
+
+impl Vendor {
+    fn new() -> Self {
+        Self {
+            root: SecretSigningKey::generate().expect("rng"),
+        }
+    }
+
+    fn roots(&self) -> Vec<RootKey> {
+        vec![RootKey::from_public_key(&self.root.public_key()).expect("root")]
+    }
+
+    /// A signed image made by the release tooling of the `warden` binary.
+    fn image(&self, dir: &Path, version: &str) -> Vec<u8> {
+        let release = SecretSigningKey::generate().expect("rng");
+        let cert =
+            issue_release_cert(&self.root, &release.public_key(), Purpose::IMAGE, 1).expect("cert");
+        std::fs::create_dir_all(dir).expect("dir");
+        save_secret_key(&dir.join("release.pem"), &release).expect("key");
+        std::fs::write(dir.join("release.cert"), cert).expect("cert");
+        let binary = dir.join("warden-payload");
+        let body: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&binary, body).expect("payload");
+        let warden = env!("CARGO_BIN_EXE_warden");
+        let run = |args: &[&str]| {
+            let output = std::process::Command::new(warden)
+                .args(args)
+                .output()
+                .expect("warden runs");
+            assert!(
+                output.status.success(),
+                "warden {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let unsigned = dir.join("unsigned.wim");
+        let signed = dir.join("signed.wim");
+        let path = |p: &Path| p.display().to_string();
+        run(&[
+            "image",
+            "build",
+            "--binary",
+            &path(&binary),
+            "--product",
+            PRODUCT,
+            "--version",
+            version,
+            "--security-counter",
+            "1",
+            "--created-at",
+            "1790000000",
+            "--output",
+            &path(&unsigned),
+        ]);
+        run(&[
+            "image",
+            "sign",
+            &path(&unsigned),
+            "--key",
+            &path(&dir.join("release.pem")),
+            "--cert",
+            &path(&dir.join("release.cert")),
+            "--output",
+            &path(&signed),
+        ]);
+        std::fs::read(signed).expect("signed image")
+    }
+}
+
+/// A minimal HTTP/1.1 file server honouring `Range: bytes=N-`; the first response is
+/// cut after `cut_first_at` body bytes. Records each request's range start.
+async fn serve(body: Vec<u8>, cut_first_at: Option<usize>) -> (String, Arc<Mutex<Vec<u64>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/image.wim", listener.local_addr().expect("addr"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buffer[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+            let start: usize = text
+                .lines()
+                .find_map(|line| line.strip_prefix("range: bytes="))
+                .and_then(|range| range.split('-').next()?.trim().parse().ok())
+                .unwrap_or(0);
+            log.lock().expect("log").push(start as u64);
+            let head = if start > 0 {
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n",
+                    body.len() - start,
+                    body.len() - 1,
+                    body.len()
+                )
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+            };
+            let _ = socket.write_all(head.as_bytes()).await;
+            let end = match cut_first_at {
+                Some(cut) if first => cut,
+                _ => body.len(),
+            };
+            first = false;
+            let _ = socket.write_all(&body[start..end.max(start)]).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    (url, seen)
+}
+
+type Monitor = BootMonitor<StdFileSystem, MemoryRootOfTrust>;
+
+fn updater(
+    dir: &Path,
+    vendor: &Vendor,
+    decision: Arc<Mutex<UpdateDecision>>,
+) -> (
+    Updater<StdFileSystem, MemoryRootOfTrust>,
+    Arc<Mutex<Monitor>>,
+) {
+    let monitor = Arc::new(Mutex::new(BootMonitor::new(
+        StdFileSystem::new(dir.join("state")),
+        MemoryRootOfTrust::new(vendor.roots()),
+        BootConfig::new(ProductId::new(PRODUCT).expect("product")),
+    )));
+    let updater = Updater {
+        agent: UpdateAgent::new(dir.join("downloads")).expect("agent"),
+        download_dir: dir.join("downloads"),
+        monitor: Arc::clone(&monitor),
+        window: Arc::default(),
+        decision,
+        control: ControlSender::open(&dir.join("control")).expect("control queue"),
+        retry_pause: Duration::from_millis(50),
+    };
+    (updater, monitor)
+}
+
+fn offer(url: String, image: &[u8], version: &str) -> UpdateOffer {
+    UpdateOffer {
+        v: PROTOCOL_VERSION,
+        id: "wave-7".into(),
+        url,
+        sha256: to_hex(&Sha256::digest(image)),
+        size: image.len() as u64,
+        version: version.into(),
+        window_start_ms: 0,
+        window_end_ms: 0,
+    }
+}
+
+/// `(state, detail)` of every update status queued so far, in order.
+fn statuses(control: &ControlSender) -> Vec<(String, String)> {
+    let queue = control.lock();
+    let mut found = Vec::new();
+    let mut next = queue.outbox().next_pending(0);
+    while let Some(seq) = next {
+        if let Ok(ControlMessage::UpdateStatus(status)) = queue.message(seq) {
+            found.push((status.state, status.detail));
+        }
+        next = queue.outbox().next_pending(seq + 1);
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_resumes_its_download_waits_for_the_operator_and_installs_on_trial() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vendor = Vendor::new();
+    let image = vendor.image(&dir.path().join("release"), "1.2.0");
+    let cut = image.len() / 3;
+    let (url, requests) = serve(image.clone(), Some(cut)).await;
+    let decision = Arc::new(Mutex::new(UpdateDecision::default()));
+    let now = warden_os::reports::now_ms();
+    decision.lock().expect("decision").defer(now);
+    let (updater, monitor) = updater(dir.path(), &vendor, Arc::clone(&decision));
+    let control = updater.control.clone();
+    let updater = Arc::new(updater);
+
+    let offer = offer(url, &image, "1.2.0");
+    let handling = tokio::spawn({
+        let (updater, offer) = (Arc::clone(&updater), offer.clone());
+        async move { updater.handle(&offer).await }
+    });
+    // Downloaded, then held by the operator's deferral until they allow it.
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if statuses(&control)
+                .iter()
+                .any(|(state, detail)| state == "waiting" && detail.contains("deferred"))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "no waiting status: {:?}",
+        statuses(&control)
+    );
+    assert!(
+        !handling.is_finished(),
+        "installed while the operator deferred"
+    );
+    {
+        let mut decision = decision.lock().expect("decision");
+        assert_eq!(
+            decision.offer.as_ref().map(|o| o.version.as_str()),
+            Some("1.2.0"),
+            "the status page shows the offer"
+        );
+        decision.allow(now);
+    }
+    let slot = tokio::time::timeout(Duration::from_secs(30), handling)
+        .await
+        .expect("installed after the operator allowed it")
+        .expect("join")
+        .expect("installed");
+
+    assert_eq!(
+        *requests.lock().expect("requests"),
+        vec![0, cut as u64],
+        "the second request resumed at the cut"
+    );
+    let states: Vec<String> = statuses(&control).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        states,
+        vec![
+            "downloading",
+            "downloading",
+            "waiting",
+            "verifying",
+            "installed"
+        ],
+        "{:?}",
+        statuses(&control)
+    );
+    assert!(
+        statuses(&control)[1]
+            .1
+            .contains(&format!("resuming at byte {cut}"))
+    );
+
+    // The next boot runs it on trial; the monitor confirms it after the health check.
+    {
+        let mut monitor = monitor.lock().expect("monitor");
+        let boot = monitor.select_boot().expect("boot");
+        assert_eq!((boot.slot, boot.trial), (slot, true));
+        let downloads = dir.path().join("downloads");
+        assert_eq!(
+            report_boot_outcome(&mut monitor, &downloads, &control).expect("report"),
+            Some(UpdateState::Trial)
+        );
+        monitor.confirm(slot).expect("confirm");
+        assert_eq!(
+            report_boot_outcome(&mut monitor, &downloads, &control).expect("report"),
+            Some(UpdateState::Confirmed)
+        );
+        report_boot_outcome(&mut monitor, &downloads, &control).expect("report again");
+    }
+    let states: Vec<String> = statuses(&control).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        &states[5..],
+        ["trial", "confirmed"],
+        "each state is published once"
+    );
+
+    // The same offer again (a redelivery) is answered, not downloaded or installed again.
+    assert_eq!(updater.handle(&offer).await, Ok(slot));
+    assert_eq!(requests.lock().expect("requests").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_from_another_vendor_is_refused_and_nothing_becomes_bootable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vendor = Vendor::new();
+    let stranger = Vendor::new();
+    // The digest matches the offer: only the signature check can catch it.
+    let image = stranger.image(&dir.path().join("release"), "1.2.0");
+    let (url, _) = serve(image.clone(), None).await;
+    let (updater, monitor) = updater(dir.path(), &vendor, Arc::default());
+    let error = updater
+        .handle(&offer(url, &image, "1.2.0"))
+        .await
+        .expect_err("refused");
+    assert!(error.contains("not an installed root key"), "{error}");
+    let last = statuses(&updater.control).pop().expect("a status");
+    assert_eq!(last.0, "failed");
+    assert!(last.1.contains("not an installed root key"), "{}", last.1);
+    assert!(
+        monitor.lock().expect("monitor").select_boot().is_err(),
+        "nothing bootable was installed"
+    );
+
+    // A digest that does not match the offer is refused before any slot is touched.
+    let (url, _) = serve(image.clone(), None).await;
+    let mut tampered = offer(url, &image, "1.2.1");
+    tampered.id = "wave-8".into();
+    tampered.sha256 = to_hex(&[7; 32]);
+    let error = updater.handle(&tampered).await.expect_err("refused");
+    assert!(error.contains("does not match"), "{error}");
+}

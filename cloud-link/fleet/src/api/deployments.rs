@@ -1,0 +1,235 @@
+//! Image and deployment endpoints, and content-addressed image downloads.
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+
+use super::{ApiError, ApiState};
+use crate::auth::Caller;
+use crate::deployments::{DeploymentRequest, NO_UPDATES_GROUP, assign_waves};
+use crate::images::{ImageStoreError, RangeRequest, is_sha256_hex, parse_range};
+use crate::store::{ImageRecord, NewDeployment, StoredDeployment, now_ms};
+
+pub(super) async fn upload_image(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ImageRecord>), ApiError> {
+    let products: Vec<String> = state
+        .store
+        .products()
+        .await?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    // Hashing and verifying up to 256 MiB is CPU work: off the async workers.
+    let (images, bytes) = (state.images.clone(), body.clone());
+    let record = tokio::task::spawn_blocking(move || images.verify(&bytes, &products, now_ms()))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|error| ApiError::Invalid {
+            field: "image",
+            message: error.to_string(),
+        })?;
+    if let Some(existing) = state.store.image(&record.sha256).await? {
+        return Ok((StatusCode::OK, Json(existing)));
+    }
+    state
+        .images
+        .save(&record.sha256, &body)
+        .await
+        .map_err(|error| match error {
+            ImageStoreError::Io(..) => {
+                tracing::error!(%error, "cannot store an image");
+                ApiError::Internal
+            }
+            ImageStoreError::Refused(message) => ApiError::Invalid {
+                field: "image",
+                message,
+            },
+        })?;
+    state.store.insert_image(&record).await?;
+    tracing::info!(sha256 = %record.sha256, product = %record.product, version = %record.version, "image uploaded");
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+pub(super) async fn list_images(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<ImageRecord>>, ApiError> {
+    Ok(Json(state.store.images().await?))
+}
+
+/// `GET /images/{sha256}`: the image file, whole or one byte range. Images are
+/// signed and content-addressed, so any cache may serve them; no token is needed.
+pub(super) async fn download_image(
+    State(state): State<ApiState>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !is_sha256_hex(&sha256) {
+        return Err(ApiError::NotFound(format!("no image {sha256}")));
+    }
+    let path = state.images.path(&sha256);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(_) => return Err(ApiError::NotFound(format!("no image {sha256}"))),
+    };
+    let size = file.metadata().await.map_err(|_| ApiError::Internal)?.len();
+    let range = parse_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        size,
+    );
+    let etag = format!("\"{sha256}\"");
+    let common = [
+        (header::ACCEPT_RANGES, "bytes".to_owned()),
+        (header::ETAG, etag),
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (
+            header::CACHE_CONTROL,
+            "public, max-age=31536000, immutable".to_owned(),
+        ),
+    ];
+    let (status, start, length, content_range) = match range {
+        RangeRequest::Whole => (StatusCode::OK, 0, size, None),
+        RangeRequest::Part { start, end } => (
+            StatusCode::PARTIAL_CONTENT,
+            start,
+            end - start + 1,
+            Some(format!("bytes {start}-{end}/{size}")),
+        ),
+        RangeRequest::Unsatisfiable => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                common,
+            )
+                .into_response());
+        }
+    };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let mut body = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+    file.take(length)
+        .read_to_end(&mut body)
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    let mut response = (status, common, body).into_response();
+    if let Some(content_range) = content_range
+        && let Ok(value) = header::HeaderValue::from_str(&content_range)
+    {
+        response.headers_mut().insert(header::CONTENT_RANGE, value);
+    }
+    Ok(response)
+}
+
+pub(super) async fn create_deployment(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<DeploymentRequest>,
+) -> Result<(StatusCode, Json<StoredDeployment>), ApiError> {
+    request.validate().map_err(|message| {
+        let field = match message.split([':', ' ', '[', '.']).next() {
+            Some("waves") => "waves",
+            Some("success_threshold") => "success_threshold",
+            Some("failure_threshold") => "failure_threshold",
+            _ => "window_end_ms",
+        };
+        ApiError::Invalid { field, message }
+    })?;
+    let Some(image) = state.store.image(&request.image).await? else {
+        return Err(ApiError::Invalid {
+            field: "image",
+            message: format!("no uploaded image has SHA-256 {}", request.image),
+        });
+    };
+    let groups = state.store.groups(&image.product).await?;
+    let Some(group) = groups.iter().find(|g| g.name == request.group) else {
+        return Err(ApiError::Invalid {
+            field: "group",
+            message: format!("product {} has no group {:?}", image.product, request.group),
+        });
+    };
+    if !group.receives_updates || group.name == NO_UPDATES_GROUP {
+        return Err(ApiError::Invalid {
+            field: "group",
+            message: format!("group {:?} never receives updates", group.name),
+        });
+    }
+    let devices: Vec<String> = state
+        .store
+        .group_devices(&image.product, &group.name)
+        .await?
+        .into_iter()
+        .filter(|d| !d.revoked)
+        .map(|d| d.device_id)
+        .collect();
+    if devices.is_empty() {
+        return Err(ApiError::Invalid {
+            field: "group",
+            message: format!("group {:?} has no registered device", group.name),
+        });
+    }
+    let id = new_deployment_id();
+    let spec = serde_json::to_string(&request).map_err(|_| ApiError::Internal)?;
+    state
+        .store
+        .create_deployment(
+            &NewDeployment {
+                id: id.clone(),
+                product: image.product.clone(),
+                group: group.name.clone(),
+                image_sha256: image.sha256.clone(),
+                spec,
+                created_by: caller.name.clone(),
+                members: assign_waves(&devices, &request.waves),
+            },
+            now_ms(),
+        )
+        .await?;
+    tracing::info!(deployment = %id, group = %group.name, version = %image.version, by = %caller.name, "deployment created");
+    state.rollouts.step(&id).await?;
+    let stored = state
+        .store
+        .deployment(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("deployment {id}")))?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+pub(super) async fn list_deployments(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<StoredDeployment>>, ApiError> {
+    let mut out = Vec::new();
+    for id in state.store.deployment_ids().await? {
+        if let Some(deployment) = state.store.deployment(&id).await? {
+            out.push(deployment);
+        }
+    }
+    Ok(Json(out))
+}
+
+pub(super) async fn get_deployment(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<StoredDeployment>, ApiError> {
+    state
+        .store
+        .deployment(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("deployment {id} is not known")))
+}
+
+fn new_deployment_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "d-{:x}-{:x}",
+        now_ms(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,404 @@
+//! Registry endpoints: products, groups, device registration and revocation.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState};
+use crate::enrollment::{
+    certificates_from_pem, check_ca_bundle, fingerprint, verify_device_certificate,
+};
+use crate::store::{
+    Group, NewDevice, Product, ProductOutcome, RegisteredDevice, Registration, now_ms,
+};
+
+/// `POST /api/v1/products`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductRequest {
+    /// 1 to 16 letters, digits, `-`, `_` or `.` (it is also the image header's product).
+    pub name: String,
+    /// The manufacturer CA certificate(s), PEM.
+    pub manufacturer_ca_pem: String,
+}
+
+/// A product as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ProductView {
+    /// Name.
+    pub name: String,
+    /// The manufacturer CA(s), PEM.
+    pub manufacturer_ca_pem: String,
+    /// SHA-256 fingerprints of the CA certificates.
+    pub ca_fingerprints: Vec<String>,
+    /// When it was created.
+    pub created_ms: i64,
+}
+
+fn product_view(product: Product) -> ProductView {
+    let ca_fingerprints = certificates_from_pem(&product.manufacturer_ca_pem)
+        .map(|certs| certs.iter().map(|c| fingerprint(c)).collect())
+        .unwrap_or_default();
+    ProductView {
+        name: product.name,
+        manufacturer_ca_pem: product.manufacturer_ca_pem,
+        ca_fingerprints,
+        created_ms: product.created_ms,
+    }
+}
+
+/// Whether `name` can be a product (the image format's product ID: ≤ 16 ASCII).
+fn valid_product_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 16
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Whether `name` can be a group name.
+fn valid_group_name(name: &str) -> bool {
+    !name.trim().is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
+}
+
+pub(super) async fn create_product(
+    State(state): State<ApiState>,
+    Json(request): Json<ProductRequest>,
+) -> Result<(StatusCode, Json<ProductView>), ApiError> {
+    if !valid_product_name(&request.name) {
+        return Err(ApiError::Invalid {
+            field: "name",
+            message: format!(
+                "{:?} is not 1 to 16 letters, digits, '-', '_' or '.'",
+                request.name
+            ),
+        });
+    }
+    let bundle =
+        check_ca_bundle(&request.manufacturer_ca_pem).map_err(|message| ApiError::Invalid {
+            field: "manufacturer_ca_pem",
+            message,
+        })?;
+    let same_ca = |stored: &str| certificates_from_pem(stored).is_ok_and(|stored| stored == bundle);
+    let outcome = state
+        .store
+        .create_product(
+            &request.name,
+            &request.manufacturer_ca_pem,
+            same_ca,
+            now_ms(),
+        )
+        .await?;
+    let status = match outcome {
+        ProductOutcome::Created => StatusCode::CREATED,
+        ProductOutcome::Unchanged => StatusCode::OK,
+        ProductOutcome::Conflict => {
+            return Err(ApiError::Conflict(format!(
+                "product {} exists with another manufacturer CA",
+                request.name
+            )));
+        }
+    };
+    state
+        .trust
+        .set_product_ca(&request.name, bundle)
+        .map_err(|message| ApiError::Invalid {
+            field: "manufacturer_ca_pem",
+            message,
+        })?;
+    if outcome == ProductOutcome::Created {
+        tracing::info!(product = %request.name, "product created");
+    }
+    let product = state
+        .store
+        .product(&request.name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("product {}", request.name)))?;
+    Ok((status, Json(product_view(product))))
+}
+
+pub(super) async fn list_products(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<ProductView>>, ApiError> {
+    Ok(Json(
+        state
+            .store
+            .products()
+            .await?
+            .into_iter()
+            .map(product_view)
+            .collect(),
+    ))
+}
+
+async fn known_product(state: &ApiState, name: &str) -> Result<Product, ApiError> {
+    state
+        .store
+        .product(name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("product {name} is not known")))
+}
+
+pub(super) async fn list_groups(
+    State(state): State<ApiState>,
+    Path(product): Path<String>,
+) -> Result<Json<Vec<Group>>, ApiError> {
+    known_product(&state, &product).await?;
+    Ok(Json(state.store.groups(&product).await?))
+}
+
+/// `POST /api/v1/products/{name}/groups`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRequest {
+    /// 1 to 64 letters, digits, spaces, `-`, `_` or `.`.
+    pub name: String,
+}
+
+pub(super) async fn create_group(
+    State(state): State<ApiState>,
+    Path(product): Path<String>,
+    Json(request): Json<GroupRequest>,
+) -> Result<(StatusCode, Json<Group>), ApiError> {
+    known_product(&state, &product).await?;
+    if !valid_group_name(&request.name) {
+        return Err(ApiError::Invalid {
+            field: "name",
+            message: format!(
+                "{:?} is not 1 to 64 letters, digits, spaces, '-', '_' or '.'",
+                request.name
+            ),
+        });
+    }
+    let created = state
+        .store
+        .create_group(&product, &request.name, now_ms())
+        .await?;
+    let group = state
+        .store
+        .groups(&product)
+        .await?
+        .into_iter()
+        .find(|g| g.name == request.name)
+        .ok_or_else(|| ApiError::NotFound(format!("group {}", request.name)))?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(group)))
+}
+
+/// `POST /api/v1/devices`: what the provisioning station sends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Device ID; must be the certificate's common name.
+    pub device_id: String,
+    /// Serial number (1 to 128 printable characters).
+    pub serial: String,
+    /// Product.
+    pub product: String,
+    /// Group (default `Production`).
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// The device certificate, PEM (one certificate).
+    pub certificate_pem: String,
+    /// The image version provisioned, `MAJOR.MINOR.PATCH`.
+    pub image_version: String,
+}
+
+fn default_group() -> String {
+    "Production".to_owned()
+}
+
+/// The answer to a registration.
+#[derive(Debug, Serialize)]
+pub struct RegisterResponse {
+    /// Device ID.
+    pub device_id: String,
+    /// SHA-256 of the certificate DER, lowercase hex.
+    pub fingerprint: String,
+    /// Product.
+    pub product: String,
+    /// Group.
+    pub group: String,
+}
+
+pub(super) async fn register_device(
+    State(state): State<ApiState>,
+    Json(request): Json<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    let invalid = |field: &'static str, message: String| ApiError::Invalid { field, message };
+    if !warden_link::topics::valid_command_id(&request.device_id) {
+        return Err(invalid(
+            "device_id",
+            format!(
+                "{:?} is not 1 to 64 letters, digits, '-' or '_'",
+                request.device_id
+            ),
+        ));
+    }
+    if request.serial.trim().is_empty()
+        || request.serial.len() > 128
+        || request.serial.chars().any(char::is_control)
+    {
+        return Err(invalid(
+            "serial",
+            "must be 1 to 128 printable characters".to_owned(),
+        ));
+    }
+    if request
+        .image_version
+        .parse::<warden_image::SemanticVersion>()
+        .is_err()
+    {
+        return Err(invalid(
+            "image_version",
+            format!("{:?} is not MAJOR.MINOR.PATCH", request.image_version),
+        ));
+    }
+    let Some(product) = state.store.product(&request.product).await? else {
+        return Err(invalid(
+            "product",
+            format!("product {:?} is not known to the fleet", request.product),
+        ));
+    };
+    if !state
+        .store
+        .groups(&product.name)
+        .await?
+        .iter()
+        .any(|g| g.name == request.group)
+    {
+        return Err(invalid(
+            "group",
+            format!("product {} has no group {:?}", product.name, request.group),
+        ));
+    }
+    let certificate = match certificates_from_pem(&request.certificate_pem) {
+        Ok(certs) if certs.len() == 1 => certs.into_iter().next(),
+        Ok(certs) => {
+            return Err(invalid(
+                "certificate_pem",
+                format!("holds {} certificates; send only the device's", certs.len()),
+            ));
+        }
+        Err(message) => return Err(invalid("certificate_pem", message)),
+    };
+    let Some(certificate) = certificate else {
+        return Err(invalid("certificate_pem", "holds no certificate".into()));
+    };
+    let bundle = certificates_from_pem(&product.manufacturer_ca_pem)
+        .map_err(|message| invalid("product", format!("stored CA unusable: {message}")))?;
+    verify_device_certificate(&certificate, &bundle, &request.device_id).map_err(|message| {
+        invalid(
+            "certificate_pem",
+            format!("the certificate {message} (product {})", product.name),
+        )
+    })?;
+    let print = fingerprint(&certificate);
+    let outcome = state
+        .store
+        .register_device(
+            &NewDevice {
+                device_id: &request.device_id,
+                serial: &request.serial,
+                product: &product.name,
+                group: &request.group,
+                certificate_pem: &request.certificate_pem,
+                fingerprint: &print,
+                image_version: &request.image_version,
+            },
+            now_ms(),
+        )
+        .await?;
+    let (status, device) = match outcome {
+        Registration::Created(device) => {
+            tracing::info!(device = %device.device_id, product = %device.product, "device registered");
+            (StatusCode::CREATED, device)
+        }
+        Registration::Unchanged(device) => (StatusCode::OK, device),
+        Registration::Conflict(existing) => {
+            return Err(ApiError::Conflict(format!(
+                "device {} is registered with another certificate (fingerprint {existing})",
+                request.device_id
+            )));
+        }
+    };
+    state
+        .trust
+        .set_registered(&device.device_id, &device.fingerprint);
+    Ok((
+        status,
+        Json(RegisterResponse {
+            device_id: device.device_id,
+            fingerprint: device.fingerprint,
+            product: device.product,
+            group: device.group,
+        }),
+    ))
+}
+
+/// `GET /api/v1/devices/{id}`: the registry record, or what is known of a device
+/// that connected without being registered.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum DeviceView {
+    /// A registered device.
+    Registered(Box<RegisteredDevice>),
+    /// A device seen (its certificate chains to a trusted CA) but never registered.
+    Unregistered {
+        /// Device ID.
+        device_id: String,
+        /// Always `false`.
+        registered: bool,
+        /// Last telemetry.
+        last_seen_ms: i64,
+    },
+}
+
+pub(super) async fn get_device(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceView>, ApiError> {
+    if let Some(device) = state.store.registered_device(&id).await? {
+        return Ok(Json(DeviceView::Registered(Box::new(device))));
+    }
+    let seen = state
+        .store
+        .devices()
+        .await?
+        .into_iter()
+        .find(|d| d.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("device {id} is not known")))?;
+    Ok(Json(DeviceView::Unregistered {
+        device_id: seen.id,
+        registered: false,
+        last_seen_ms: seen.last_seen_ms,
+    }))
+}
+
+pub(super) async fn revoke_device(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<RegisteredDevice>, ApiError> {
+    let Some(device) = state.store.registered_device(&id).await? else {
+        return Err(ApiError::NotFound(format!("device {id} is not registered")));
+    };
+    state.store.revoke_device(&id, now_ms()).await?;
+    state.trust.revoke(&device.fingerprint);
+    state.devices.disconnect(&id);
+    tracing::warn!(device = %id, fingerprint = %device.fingerprint, "device certificate revoked");
+    state
+        .store
+        .registered_device(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("device {id}")))
+}

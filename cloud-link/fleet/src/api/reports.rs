@@ -1,0 +1,139 @@
+//! Failure report, event and audit endpoints.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState};
+use crate::store::{CrashRate, StoredEvent, now_ms};
+
+/// Largest number of rows a list endpoint returns.
+pub const MAX_LIST_LIMIT: i64 = 10_000;
+
+/// Query of `GET /api/v1/reports`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsQuery {
+    /// `signature`: groups instead of single reports.
+    pub group_by: Option<String>,
+    /// Only this device's reports (not with `group_by`).
+    pub device: Option<String>,
+    /// Groups: only reports at or after this time (ms since the epoch; default 7 days ago).
+    pub since_ms: Option<i64>,
+    /// Groups: width of a count bucket in ms (default one hour).
+    pub bucket_ms: Option<i64>,
+    /// Single reports: at most this many, newest first (default 100).
+    pub limit: Option<i64>,
+}
+
+fn check_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_LIST_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "limit {limit} is outside 1..={MAX_LIST_LIMIT}"
+        )))
+    }
+}
+
+pub(super) async fn list_reports(
+    State(state): State<ApiState>,
+    Query(query): Query<ReportsQuery>,
+) -> Result<Response, ApiError> {
+    match query.group_by.as_deref() {
+        None => {
+            let limit = check_limit(query.limit)?;
+            let reports = state.store.reports(query.device.as_deref(), limit).await?;
+            Ok(Json(reports).into_response())
+        }
+        Some("signature") => {
+            let since_ms = query
+                .since_ms
+                .unwrap_or_else(|| now_ms() - 7 * 24 * 3_600_000);
+            let bucket_ms = query.bucket_ms.unwrap_or(3_600_000);
+            if bucket_ms < 1_000 {
+                return Err(ApiError::BadRequest(format!(
+                    "bucket_ms {bucket_ms} is below 1000"
+                )));
+            }
+            let groups = state.store.report_groups(since_ms, bucket_ms).await?;
+            Ok(Json(groups).into_response())
+        }
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "group_by {other:?} is not supported (only \"signature\")"
+        ))),
+    }
+}
+
+pub(super) async fn crash_rate(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<CrashRate>>, ApiError> {
+    Ok(Json(state.store.crash_rates().await?))
+}
+
+/// Query of `GET /api/v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only this device's events.
+    pub device: Option<String>,
+    /// At most this many, newest first (default 100).
+    pub limit: Option<i64>,
+}
+
+pub(super) async fn list_events(
+    State(state): State<ApiState>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<Vec<StoredEvent>>, ApiError> {
+    let limit = check_limit(query.limit)?;
+    Ok(Json(
+        state.store.events(query.device.as_deref(), limit).await?,
+    ))
+}
+
+/// One audit line.
+#[derive(Debug, Serialize)]
+pub struct AuditLine {
+    /// When.
+    pub ts_ms: i64,
+    /// The token's name.
+    pub actor: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// The answer's status.
+    pub status: i64,
+}
+
+/// Query of `GET /api/v1/audit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// At most this many, newest first (default 100).
+    pub limit: Option<i64>,
+}
+
+pub(super) async fn audit_log(
+    State(state): State<ApiState>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditLine>>, ApiError> {
+    let limit = check_limit(query.limit)?;
+    Ok(Json(
+        state
+            .store
+            .audit_log(limit)
+            .await?
+            .into_iter()
+            .map(|(ts_ms, actor, method, path, status)| AuditLine {
+                ts_ms,
+                actor,
+                method,
+                path,
+                status,
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,358 @@
+//! API authorisation: bearer tokens with roles, deny by default, failures rate-limited.
+//!
+//! The config holds only SHA-256 hashes of tokens; a presented token is hashed and
+//! compared with every configured hash in constant time. Each request needs one
+//! [`Permission`], derived from its method and path in one place ([`required`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything (devices, telemetry, reports, deployments).
+    Viewer,
+    /// Reads, and changes the fleet: commands, twins, groups, revocation, images,
+    /// deployments, attestation.
+    Operator,
+    /// The factory station: reads, creates products and registers devices.
+    Provisioner,
+    /// Everything.
+    Admin,
+}
+
+/// One kind of access a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Anything that only reads.
+    Read,
+    /// Changes to devices and rollouts.
+    Operate,
+    /// Creating products and registering devices.
+    Register,
+}
+
+impl Role {
+    /// Whether this role grants `permission`.
+    pub fn grants(self, permission: Permission) -> bool {
+        matches!(
+            (self, permission),
+            (Self::Admin, _)
+                | (_, Permission::Read)
+                | (Self::Operator, Permission::Operate)
+                | (Self::Provisioner, Permission::Register)
+        )
+    }
+}
+
+/// One configured token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (written to the audit log; never the token itself).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// SHA-256 of the token, lowercase hex ([`hash_token`]).
+    pub sha256: String,
+}
+
+/// The `[api]` section of the fleet config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Tokens that may call the API. None configured: every API call is refused.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Role of requests without a token. Absent (the default): they are refused.
+    /// Only for a loopback demo (the dashboard without a login).
+    #[serde(default)]
+    pub anonymous_role: Option<Role>,
+}
+
+/// SHA-256 of a token, lowercase hex: what the config stores.
+pub fn hash_token(token: &str) -> String {
+    warden_link::topics::to_hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh random token (32 bytes, hex).
+pub fn generate_token() -> Result<String, TokenError> {
+    let mut bytes = [0u8; 32];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| TokenError)?;
+    Ok(warden_link::topics::to_hex(&bytes))
+}
+
+/// No random source was available for a token.
+#[derive(Debug, thiserror::Error)]
+#[error("no random source for an api token")]
+pub struct TokenError;
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name, or `anonymous`.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// Why a request was not authorised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// No token, or one that matches nothing (401).
+    Unauthenticated,
+    /// A valid token whose role lacks the permission (403).
+    Forbidden(Role, Permission),
+    /// Too many failed attempts from this address (429).
+    RateLimited,
+}
+
+/// Failed attempts allowed per address and window before requests are refused.
+pub const MAX_FAILURES: u32 = 10;
+/// The window failures are counted in.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Verifies tokens against the configured hashes.
+#[derive(Debug, Clone)]
+pub struct Authorizer {
+    tokens: Arc<Vec<(String, Role, [u8; 32])>>,
+    anonymous: Option<Role>,
+    failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
+}
+
+impl Authorizer {
+    /// From the config; a hash that is not 64 hex digits is an error naming the token.
+    pub fn new(config: &ApiConfig) -> Result<Self, String> {
+        let mut tokens = Vec::with_capacity(config.tokens.len());
+        for (index, token) in config.tokens.iter().enumerate() {
+            let hash = warden_link::topics::from_hex(&token.sha256)
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "api.tokens[{index}] ({}): sha256 is not 64 hex digits",
+                        token.name
+                    )
+                })?;
+            tokens.push((token.name.clone(), token.role, hash));
+        }
+        Ok(Self {
+            tokens: Arc::new(tokens),
+            anonymous: config.anonymous_role,
+            failures: Arc::default(),
+        })
+    }
+
+    /// Who presents `bearer` (the `Authorization` header's token, if any) from `peer`,
+    /// and whether they may do `permission`.
+    pub fn authorize(
+        &self,
+        bearer: Option<&str>,
+        peer: Option<IpAddr>,
+        permission: Permission,
+    ) -> Result<Caller, Denied> {
+        if let Some(peer) = peer
+            && self.is_limited(peer)
+        {
+            return Err(Denied::RateLimited);
+        }
+        let caller = match bearer {
+            Some(token) => self.lookup(token),
+            None => self.anonymous.map(|role| Caller {
+                name: "anonymous".to_owned(),
+                role,
+            }),
+        };
+        let Some(caller) = caller else {
+            if let Some(peer) = peer {
+                self.record_failure(peer);
+            }
+            return Err(Denied::Unauthenticated);
+        };
+        if caller.role.grants(permission) {
+            Ok(caller)
+        } else {
+            Err(Denied::Forbidden(caller.role, permission))
+        }
+    }
+
+    fn lookup(&self, token: &str) -> Option<Caller> {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Every configured hash is compared, matched or not: the time taken does not
+        // depend on which token (if any) matched.
+        let mut found = None;
+        for (name, role, hash) in self.tokens.iter() {
+            if bool::from(hash.ct_eq(&presented)) {
+                found = Some(Caller {
+                    name: name.clone(),
+                    role: *role,
+                });
+            }
+        }
+        found
+    }
+
+    fn is_limited(&self, peer: IpAddr) -> bool {
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        failures.get(&peer).is_some_and(|(count, since)| {
+            *count >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW
+        })
+    }
+
+    fn record_failure(&self, peer: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() > 100_000 {
+            failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = failures.entry(peer).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
+/// The permission a request needs: reads need [`Permission::Read`]; creating products
+/// and registering devices [`Permission::Register`]; every other write
+/// [`Permission::Operate`].
+pub fn required(method: &axum::http::Method, path: &str) -> Permission {
+    use axum::http::Method;
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return Permission::Read;
+    }
+    let path = path.trim_end_matches('/');
+    if *method == Method::POST && (path == "/api/v1/products" || path == "/api/v1/devices") {
+        Permission::Register
+    } else {
+        Permission::Operate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authorizer(anonymous: Option<Role>) -> Authorizer {
+        Authorizer::new(&ApiConfig {
+            tokens: vec![
+                TokenConfig {
+                    name: "ops".into(),
+                    role: Role::Operator,
+                    sha256: hash_token("ops-secret"),
+                },
+                TokenConfig {
+                    name: "station".into(),
+                    role: Role::Provisioner,
+                    sha256: hash_token("station-secret"),
+                },
+            ],
+            anonymous_role: anonymous,
+        })
+        .expect("valid config")
+    }
+
+    #[test]
+    fn tokens_grant_their_role_only() {
+        let auth = authorizer(None);
+        let ops = auth
+            .authorize(Some("ops-secret"), None, Permission::Operate)
+            .expect("operator operates");
+        assert_eq!(ops.name, "ops");
+        assert_eq!(
+            auth.authorize(Some("ops-secret"), None, Permission::Register),
+            Err(Denied::Forbidden(Role::Operator, Permission::Register))
+        );
+        assert!(
+            auth.authorize(Some("station-secret"), None, Permission::Register)
+                .is_ok()
+        );
+        assert_eq!(
+            auth.authorize(Some("station-secret"), None, Permission::Operate),
+            Err(Denied::Forbidden(Role::Provisioner, Permission::Operate))
+        );
+        assert_eq!(
+            auth.authorize(Some("ops-secret "), None, Permission::Read),
+            Err(Denied::Unauthenticated)
+        );
+        assert_eq!(
+            auth.authorize(None, None, Permission::Read),
+            Err(Denied::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn anonymous_access_only_when_configured() {
+        let auth = authorizer(Some(Role::Viewer));
+        assert!(auth.authorize(None, None, Permission::Read).is_ok());
+        assert_eq!(
+            auth.authorize(None, None, Permission::Operate),
+            Err(Denied::Forbidden(Role::Viewer, Permission::Operate))
+        );
+    }
+
+    #[test]
+    fn repeated_failures_from_one_address_are_rate_limited() {
+        let auth = authorizer(None);
+        let peer: IpAddr = [10, 0, 0, 1].into();
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(
+                auth.authorize(Some("guess"), Some(peer), Permission::Read),
+                Err(Denied::Unauthenticated)
+            );
+        }
+        assert_eq!(
+            auth.authorize(Some("ops-secret"), Some(peer), Permission::Read),
+            Err(Denied::RateLimited)
+        );
+        let other: IpAddr = [10, 0, 0, 2].into();
+        assert!(
+            auth.authorize(Some("ops-secret"), Some(other), Permission::Read)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_malformed_hash_is_refused_with_the_token_named() {
+        let error = Authorizer::new(&ApiConfig {
+            tokens: vec![TokenConfig {
+                name: "bad".into(),
+                role: Role::Viewer,
+                sha256: "abc".into(),
+            }],
+            anonymous_role: None,
+        })
+        .expect_err("refused");
+        assert!(error.contains("api.tokens[0] (bad)"), "{error}");
+    }
+
+    #[test]
+    fn permissions_follow_method_and_path() {
+        use axum::http::Method;
+        assert_eq!(required(&Method::GET, "/api/v1/devices"), Permission::Read);
+        assert_eq!(
+            required(&Method::POST, "/api/v1/devices"),
+            Permission::Register
+        );
+        assert_eq!(
+            required(&Method::POST, "/api/v1/products"),
+            Permission::Register
+        );
+        assert_eq!(
+            required(&Method::POST, "/api/v1/devices/x/revoke"),
+            Permission::Operate
+        );
+        assert_eq!(
+            required(&Method::POST, "/api/v1/products/p/groups"),
+            Permission::Operate
+        );
+    }
+}

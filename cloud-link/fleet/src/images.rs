@@ -1,0 +1,214 @@
+//! Firmware images: verified on upload against the vendor roots, stored by SHA-256,
+//! served with HTTP range support.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use warden_image::{ImageHeader, ImageTrust, RootKey, verify_image};
+use warden_link::topics::{from_hex, to_hex};
+
+use crate::store::ImageRecord;
+
+/// Where images live and whom they must be signed by.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    dir: PathBuf,
+    roots: Vec<RootKey>,
+}
+
+/// Why an image was refused or could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageStoreError {
+    /// The image did not verify (or names an unknown product).
+    #[error("{0}")]
+    Refused(String),
+    /// Reading or writing the image directory failed.
+    #[error("image directory {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+impl ImageStore {
+    /// Images under `dir`, trusted when signed under one of `vendor_roots` (hex of
+    /// uncompressed SEC1 P-256 keys, as in the config's `images.vendor_roots`).
+    pub fn new(dir: PathBuf, vendor_roots: &[String]) -> Result<Self, String> {
+        let roots = vendor_roots
+            .iter()
+            .enumerate()
+            .map(|(index, hex)| {
+                let bytes = from_hex(hex)
+                    .ok_or_else(|| format!("images.vendor_roots[{index}] is not hex"))?;
+                RootKey::from_public_key(&bytes).map_err(|e| {
+                    format!("images.vendor_roots[{index}] is not a P-256 public key: {e:?}")
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { dir, roots })
+    }
+
+    /// Verifies an uploaded image: framing, the release-key chain to a vendor root,
+    /// the header signature and the payload hash; its product must be one of
+    /// `products`.
+    pub fn verify(
+        &self,
+        bytes: &[u8],
+        products: &[String],
+        now_ms: i64,
+    ) -> Result<ImageRecord, ImageStoreError> {
+        let refused = |why: String| ImageStoreError::Refused(why);
+        if self.roots.is_empty() {
+            return Err(refused(
+                "the fleet has no vendor roots configured (images.vendor_roots); it accepts no image"
+                    .into(),
+            ));
+        }
+        let header = ImageHeader::decode(bytes).map_err(|e| refused(format!("image: {e}")))?;
+        let product = header.product.as_str().to_owned();
+        if !products.contains(&product) {
+            return Err(refused(format!(
+                "image is for product {product:?}, which the fleet does not know"
+            )));
+        }
+        let trust = ImageTrust {
+            roots: &self.roots,
+            revoked: &[],
+            product: header.product,
+            min_security_counter: 0,
+        };
+        let verified = verify_image(bytes, &trust).map_err(|e| refused(format!("image: {e}")))?;
+        Ok(ImageRecord {
+            sha256: to_hex(&Sha256::digest(bytes)),
+            product,
+            version: verified.header().version.to_string(),
+            size: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+            security_counter: i64::try_from(verified.header().security_counter).unwrap_or(i64::MAX),
+            measurement: to_hex(&verified.measurement()),
+            uploaded_ms: now_ms,
+        })
+    }
+
+    /// Stores `bytes` as `sha256` (atomically: a temporary file renamed into place).
+    pub async fn save(&self, sha256: &str, bytes: &[u8]) -> Result<(), ImageStoreError> {
+        let io = |e| ImageStoreError::Io(self.dir.clone(), e);
+        tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
+        let path = self.path(sha256);
+        let temporary = self.dir.join(format!(".{sha256}.tmp"));
+        tokio::fs::write(&temporary, bytes).await.map_err(io)?;
+        tokio::fs::rename(&temporary, &path).await.map_err(io)
+    }
+
+    /// The file of image `sha256` (the caller checked it is 64 hex digits).
+    pub fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(sha256)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A byte range asked for with `Range: bytes=…`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No (usable) range: the whole file.
+    Whole,
+    /// Bytes `start..=end` of the file.
+    Part {
+        /// First byte.
+        start: u64,
+        /// Last byte (inclusive).
+        end: u64,
+    },
+    /// A range outside the file (416).
+    Unsatisfiable,
+}
+
+/// Interprets a `Range` header for a file of `size` bytes (one range; several ranges
+/// are answered with the whole file, which RFC 9110 allows).
+pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeRequest::Whole;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Whole;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return RangeRequest::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parsed = match (first.is_empty(), last.is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => last
+            .parse::<u64>()
+            .ok()
+            .map(|n| (size.saturating_sub(n), size.saturating_sub(1), n == 0)),
+        (false, true) => first
+            .parse::<u64>()
+            .ok()
+            .map(|start| (start, size.saturating_sub(1), false)),
+        (false, false) => match (first.parse::<u64>(), last.parse::<u64>()) {
+            (Ok(start), Ok(end)) if start <= end => {
+                Some((start, end.min(size.saturating_sub(1)), false))
+            }
+            _ => return RangeRequest::Whole,
+        },
+        (true, true) => return RangeRequest::Whole,
+    };
+    match parsed {
+        Some((start, end, empty)) if !empty && size > 0 && start < size => {
+            RangeRequest::Part { start, end }
+        }
+        Some(_) => RangeRequest::Unsatisfiable,
+        None => RangeRequest::Whole,
+    }
+}
+
+/// Whether `text` is a SHA-256 in lowercase hex.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range(None, 100), RangeRequest::Whole);
+        assert_eq!(
+            parse_range(Some("bytes=0-9"), 100),
+            RangeRequest::Part { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=90-"), 100),
+            RangeRequest::Part { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-10"), 100),
+            RangeRequest::Part { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=50-500"), 100),
+            RangeRequest::Part { start: 50, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=100-"), 100),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-0"), 100),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(parse_range(Some("bytes=9-3"), 100), RangeRequest::Whole);
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), RangeRequest::Whole);
+        assert_eq!(parse_range(Some("items=0-1"), 100), RangeRequest::Whole);
+    }
+
+    #[test]
+    fn only_lowercase_sha256_hex_names_an_image() {
+        assert!(is_sha256_hex(&"a".repeat(64)));
+        assert!(!is_sha256_hex(&"A".repeat(64)));
+        assert!(!is_sha256_hex("../etc/passwd"));
+        assert!(!is_sha256_hex(&"a".repeat(63)));
+    }
+}

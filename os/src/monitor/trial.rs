@@ -1,0 +1,116 @@
+//! Compartment crashes while the running image is on trial go to the boot monitor.
+//!
+//! [`launch::spawn`](crate::launch::spawn) starts the image with `WARDEN_SLOT` and
+//! `WARDEN_TRIAL`; on a trial image every compartment crash is one
+//! [`BootMonitor::report_crash`], and the K-th ends the run for rollback.
+
+use std::path::Path;
+
+use super::manifest::BootSettings;
+use crate::boot::BootMonitor;
+use crate::file_system::{SlotFileSystem, StdFileSystem};
+use crate::root_of_trust::{BootRootOfTrust, PlutonRootOfTrust};
+use crate::slots::{CrashVerdict, Slot};
+use crate::{BootConfig, image::ProductId};
+
+/// Environment variable (set by `launch::spawn`): the slot this image runs from.
+pub const SLOT_ENV: &str = "WARDEN_SLOT";
+/// Environment variable (set by `launch::spawn`): `1` on a trial boot.
+pub const TRIAL_ENV: &str = "WARDEN_TRIAL";
+
+/// What the boot state says after one more crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrialCrashVerdict {
+    /// Keep going: restart the compartment.
+    Restart,
+    /// The trial failed: the slot is given up, the next boot runs the other image.
+    RolledBack {
+        /// The boot state's reason.
+        reason: String,
+    },
+}
+
+/// Where compartment crashes go while the running image is on trial.
+pub trait TrialCrashSink: Send {
+    /// Compartment `compartment` crashed (exit, signal, panic or watchdog kill).
+    fn compartment_crashed(&mut self, compartment: &str) -> Result<TrialCrashVerdict, String>;
+}
+
+/// A boot monitor and the trial slot it runs from.
+#[derive(Debug)]
+pub struct BootTrial<F, R> {
+    /// The boot monitor over the device's boot state.
+    pub boot: BootMonitor<F, R>,
+    /// The slot on trial.
+    pub slot: Slot,
+}
+
+impl<F, R> TrialCrashSink for BootTrial<F, R>
+where
+    F: SlotFileSystem + Send,
+    R: BootRootOfTrust + Send,
+{
+    fn compartment_crashed(&mut self, compartment: &str) -> Result<TrialCrashVerdict, String> {
+        tracing::warn!(compartment, slot = %self.slot.name(), "crash on a trial image reported to the boot monitor");
+        match self.boot.report_crash(self.slot) {
+            Ok(CrashVerdict::Restart) => Ok(TrialCrashVerdict::Restart),
+            Ok(CrashVerdict::RolledBack(reason)) => Ok(TrialCrashVerdict::RolledBack {
+                reason: reason.to_string(),
+            }),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+/// The sink `warden run --manifest` uses: pluton is one of the monitor's own
+/// compartments, so it is reached only when a crash is reported.
+#[derive(Debug)]
+pub struct PlutonBootTrial {
+    settings: BootSettings,
+    slot: Slot,
+}
+
+impl PlutonBootTrial {
+    /// A sink when this image is on trial (from the environment `launch::spawn` sets),
+    /// `None` otherwise.
+    pub fn from_env(settings: &BootSettings) -> Option<Self> {
+        let trial = std::env::var(TRIAL_ENV).ok()?;
+        if trial != "1" {
+            return None;
+        }
+        let slot = match std::env::var(SLOT_ENV).ok()?.as_str() {
+            "a" => Slot::A,
+            "b" => Slot::B,
+            _ => return None,
+        };
+        Some(Self {
+            settings: settings.clone(),
+            slot,
+        })
+    }
+
+    fn boot(&self) -> Result<BootTrial<StdFileSystem, PlutonRootOfTrust>, String> {
+        let product = ProductId::new(&self.settings.product)
+            .ok_or_else(|| format!("product {:?} is not a product id", self.settings.product))?;
+        let root_of_trust = PlutonRootOfTrust::connect(
+            &self.settings.pluton_socket,
+            &self.settings.capability_file,
+            Vec::new(),
+        )
+        .map_err(|error| error.to_string())?;
+        Ok(BootTrial {
+            boot: BootMonitor::new(
+                StdFileSystem::new(Path::new(&self.settings.state_dir)),
+                root_of_trust,
+                BootConfig::new(product),
+            ),
+            slot: self.slot,
+        })
+    }
+}
+
+impl TrialCrashSink for PlutonBootTrial {
+    fn compartment_crashed(&mut self, compartment: &str) -> Result<TrialCrashVerdict, String> {
+        self.boot()?.compartment_crashed(compartment)
+    }
+}

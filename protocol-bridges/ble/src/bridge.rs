@@ -1,0 +1,202 @@
+//! The running BLE bridge: its thread, its handle for writes, and its counters.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use warden_bridges::bridge::WriteOutcome;
+use warden_bridges::point::WriteValue;
+use warden_bridges::poller::Sample;
+use warden_bridges::request_policy::RequestSource;
+
+use crate::ble_policy::BleRequestPolicy;
+use crate::config::BleBridgeSpec;
+use crate::device_address::DeviceAddress;
+
+/// How long a write may wait for the bridge before it is reported as failed (and
+/// dropped unsent if it is still queued).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the bridge is doing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkState {
+    /// Opening the HCI transport to the controller.
+    #[default]
+    OpeningController,
+    /// Scanning for an advertiser with the configured name.
+    Scanning,
+    /// Waiting for the sensor to advertise and accept the connection.
+    Connecting,
+    /// Connected; discovering, reading, subscribed.
+    Connected,
+    /// Waiting before the next attempt after the sensor went away or an error.
+    Waiting,
+}
+
+/// Counters and state of one BLE bridge, for the status page and telemetry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BleHealth {
+    /// What the bridge is doing.
+    pub state: LinkState,
+    /// The sensor, once found (kept after a disconnection).
+    pub sensor: Option<DeviceAddress>,
+    /// Successful connections (the first one and every reconnection).
+    pub connections: u64,
+    /// Connections lost.
+    pub disconnections: u64,
+    /// Values read.
+    pub reads: u64,
+    /// Notifications and indications received.
+    pub notifications: u64,
+    /// Values that could not be decoded (too short for a point's field).
+    pub decode_errors: u64,
+    /// Operations the policy refused (reads, subscriptions, writes).
+    pub denied: u64,
+    /// Writes the sensor confirmed.
+    pub writes: u64,
+    /// Points missing on the sensor (service or characteristic not found).
+    pub missing_points: Vec<String>,
+    /// Last error, for people.
+    pub last_error: Option<String>,
+}
+
+/// A write on its way to the session.
+pub(crate) struct WriteCommand {
+    pub point: String,
+    pub value: WriteValue,
+    pub source: RequestSource,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<WriteOutcome>,
+}
+
+/// State shared by the handle and the session.
+pub(crate) struct Shared {
+    pub spec: BleBridgeSpec,
+    pub health: Mutex<BleHealth>,
+    pub policy: Mutex<Box<dyn BleRequestPolicy>>,
+}
+
+impl Shared {
+    pub fn update(&self, change: impl FnOnce(&mut BleHealth)) {
+        change(&mut self.health.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// The handle of a started BLE bridge: writes (cloud commands) and counters.
+#[derive(Clone)]
+pub struct BleBridgeHandle {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<WriteCommand>,
+}
+
+impl BleBridgeHandle {
+    /// Bridge name.
+    pub fn name(&self) -> &str {
+        &self.shared.spec.name
+    }
+
+    /// A copy of the counters.
+    pub fn health(&self) -> BleHealth {
+        self.shared
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Writes `value` to `point` (write with response). The policy decides first, with
+    /// the connected sensor's address: a denied write never reaches the sensor.
+    pub async fn write(
+        &self,
+        point: &str,
+        value: WriteValue,
+        source: RequestSource,
+    ) -> WriteOutcome {
+        if self.shared.spec.point(point).is_none() {
+            return WriteOutcome::Failed {
+                error: format!("bridge {} has no point {point:?}", self.shared.spec.name),
+            };
+        }
+        let (reply, answer) = oneshot::channel();
+        let command = WriteCommand {
+            point: point.to_owned(),
+            value,
+            source,
+            deadline: Instant::now() + WRITE_TIMEOUT,
+            reply,
+        };
+        if self.commands.send(command).await.is_err() {
+            return WriteOutcome::Failed {
+                error: format!("bridge {} has stopped", self.shared.spec.name),
+            };
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => WriteOutcome::Failed {
+                error: format!("bridge {} has stopped", self.shared.spec.name),
+            },
+            Err(_) => WriteOutcome::Failed {
+                error: format!(
+                    "bridge {} did not answer within {} s",
+                    self.shared.spec.name,
+                    WRITE_TIMEOUT.as_secs()
+                ),
+            },
+        }
+    }
+}
+
+/// Why a BLE bridge could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the thread of BLE bridge {bridge}: {source}")]
+pub struct StartError {
+    /// Bridge name.
+    pub bridge: String,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Starts a BLE bridge on its own thread (the host stack is single-threaded): it opens
+/// the HCI transport, finds and connects to the sensor, reads and subscribes, sends
+/// [`Sample`]s, reconnects after the sensor goes away, and stops on `shutdown`.
+pub fn start(
+    spec: BleBridgeSpec,
+    policy: Box<dyn BleRequestPolicy>,
+    samples: mpsc::Sender<Sample>,
+    shutdown: CancellationToken,
+) -> Result<BleBridgeHandle, StartError> {
+    let (commands, queue) = mpsc::channel(16);
+    let shared = Arc::new(Shared {
+        spec,
+        health: Mutex::new(BleHealth::default()),
+        policy: Mutex::new(policy),
+    });
+    let session_shared = Arc::clone(&shared);
+    let name = format!("ble-{}", shared.spec.name);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    session_shared.update(|h| h.last_error = Some(format!("no runtime: {error}")));
+                    return;
+                }
+            };
+            runtime.block_on(crate::central::run(
+                session_shared,
+                queue,
+                samples,
+                shutdown,
+            ));
+        })
+        .map_err(|source| StartError {
+            bridge: shared.spec.name.clone(),
+            source,
+        })?;
+    Ok(BleBridgeHandle { shared, commands })
+}

@@ -1,0 +1,225 @@
+//! The fleet's registration API, as the `provisioner` role uses it.
+//!
+//! `POST /api/v1/products`, `POST /api/v1/devices`, `GET /api/v1/devices/{id}`, each with
+//! `Authorization: Bearer <token>`. Both POSTs are idempotent on the fleet's side (200
+//! for the same record again), which is what makes a resumed batch safe.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// The fleet refused or could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// The token could not be read.
+    #[error("fleet token: {0}")]
+    Token(String),
+    /// The request did not complete.
+    #[error("fleet {operation}: {source}")]
+    Transport {
+        /// What was being done.
+        operation: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The fleet answered with an error status.
+    #[error("fleet {operation}: HTTP {status}: {body}")]
+    Status {
+        /// What was being done.
+        operation: String,
+        /// The status code.
+        status: u16,
+        /// The start of the answer's body.
+        body: String,
+    },
+    /// The answer did not match the request.
+    #[error("fleet {operation}: {reason}")]
+    Mismatch {
+        /// What was being done.
+        operation: String,
+        /// What did not match.
+        reason: String,
+    },
+}
+
+/// Where the provisioner token comes from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// An environment variable.
+    Env(String),
+    /// A file (first line).
+    File(PathBuf),
+}
+
+impl TokenSource {
+    fn read(&self) -> Result<Zeroizing<String>, FleetError> {
+        let token = match self {
+            Self::Env(name) => Zeroizing::new(std::env::var(name).map_err(|_| {
+                FleetError::Token(format!("environment variable {name} is not set"))
+            })?),
+            Self::File(path) => {
+                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
+                    FleetError::Token(format!("cannot read {}: {error}", path.display()))
+                })?);
+                Zeroizing::new(text.lines().next().unwrap_or("").trim().to_owned())
+            }
+        };
+        if token.trim().is_empty() {
+            return Err(FleetError::Token("the token is empty".into()));
+        }
+        Ok(token)
+    }
+}
+
+/// A device registration (`POST /api/v1/devices`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRegistration {
+    /// The device ID (certificate CN).
+    pub device_id: String,
+    /// The unit's serial number.
+    pub serial: String,
+    /// The product.
+    pub product: String,
+    /// The device group.
+    pub group: String,
+    /// The device certificate, PEM.
+    pub certificate_pem: String,
+    /// The factory image's version.
+    pub image_version: String,
+}
+
+/// The fleet's record of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RegisteredDevice {
+    /// The device ID.
+    pub device_id: String,
+    /// Lowercase hex SHA-256 of the certificate DER.
+    pub fingerprint: String,
+    /// The product.
+    pub product: String,
+    /// The device group.
+    pub group: String,
+}
+
+/// A client of the fleet's provisioning API.
+#[derive(Debug)]
+pub struct FleetClient {
+    base: String,
+    token: Zeroizing<String>,
+    http: reqwest::blocking::Client,
+}
+
+impl FleetClient {
+    /// A client for `base_url` with the token from `token`.
+    pub fn new(base_url: &str, token: &TokenSource, timeout: Duration) -> Result<Self, FleetError> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|source| FleetError::Transport {
+                operation: "client setup".into(),
+                source,
+            })?;
+        Ok(Self {
+            base: base_url.trim_end_matches('/').to_owned(),
+            token: token.read()?,
+            http,
+        })
+    }
+
+    fn send(
+        &self,
+        operation: &str,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> Result<(u16, String), FleetError> {
+        let response = request
+            .bearer_auth(self.token.as_str())
+            .send()
+            .map_err(|source| FleetError::Transport {
+                operation: operation.to_owned(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        let body = response.text().unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// Create the product with its manufacturer CA (idempotent: an identical product is
+    /// accepted, a different CA under the same name is an error).
+    pub fn ensure_product(&self, name: &str, manufacturer_ca_pem: &str) -> Result<(), FleetError> {
+        let operation = format!("create product {name:?}");
+        let body = serde_json::json!({ "name": name, "manufacturer_ca_pem": manufacturer_ca_pem });
+        let (status, text) = self.send(
+            &operation,
+            self.http
+                .post(format!("{}/api/v1/products", self.base))
+                .json(&body),
+        )?;
+        match status {
+            200 | 201 => Ok(()),
+            _ => Err(status_error(operation, status, &text)),
+        }
+    }
+
+    /// Register a device; an identical registration again is accepted (200).
+    pub fn register_device(
+        &self,
+        registration: &DeviceRegistration,
+    ) -> Result<RegisteredDevice, FleetError> {
+        let operation = format!("register device {}", registration.device_id);
+        let (status, text) = self.send(
+            &operation,
+            self.http
+                .post(format!("{}/api/v1/devices", self.base))
+                .json(registration),
+        )?;
+        if status != 200 && status != 201 {
+            return Err(status_error(operation, status, &text));
+        }
+        let record: RegisteredDevice =
+            serde_json::from_str(&text).map_err(|error| FleetError::Mismatch {
+                operation: operation.clone(),
+                reason: format!("unreadable answer: {error}"),
+            })?;
+        if record.device_id != registration.device_id
+            || record.product != registration.product
+            || record.group != registration.group
+        {
+            return Err(FleetError::Mismatch {
+                operation,
+                reason: format!("the fleet recorded {record:?}"),
+            });
+        }
+        Ok(record)
+    }
+
+    /// The fleet's record of `device_id` (`None` if unknown), as JSON.
+    pub fn device(&self, device_id: &str) -> Result<Option<serde_json::Value>, FleetError> {
+        let operation = format!("look up device {device_id}");
+        let (status, text) = self.send(
+            &operation,
+            self.http
+                .get(format!("{}/api/v1/devices/{device_id}", self.base)),
+        )?;
+        match status {
+            200 => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|error| FleetError::Mismatch {
+                    operation,
+                    reason: format!("unreadable answer: {error}"),
+                }),
+            404 => Ok(None),
+            _ => Err(status_error(operation, status, &text)),
+        }
+    }
+}
+
+fn status_error(operation: String, status: u16, body: &str) -> FleetError {
+    FleetError::Status {
+        operation,
+        status,
+        body: body.chars().take(300).collect(),
+    }
+}

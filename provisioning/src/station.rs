@@ -1,0 +1,276 @@
+//! The station's configuration (`station.toml`): product, images, roots, fleet.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use warden_keychain::Purpose;
+
+/// `station.toml`. Relative paths are resolved against the file's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationConfig {
+    /// Product name (images and policy bundles must name it; the fleet's product).
+    pub product: String,
+    /// Fleet device group new units join (`Production`, `Field Test`, …).
+    pub group: String,
+    /// Directory of the manufacturer CA (`warden-provision ca init`).
+    pub ca_dir: PathBuf,
+    /// Where unit directories and batch records are written.
+    pub units_dir: PathBuf,
+    /// The signed image every unit ships with, installed in slot A.
+    pub factory_image: PathBuf,
+    /// The signed image the self-test updates to (slot B). Default: the factory image.
+    /// Its security counter must equal the factory image's, or the unit could not
+    /// return to the factory image after the update.
+    #[serde(default)]
+    pub selftest_image: Option<PathBuf>,
+    /// The signed policy bundle the unit starts with.
+    pub policy_bundle: PathBuf,
+    /// The appliance config template (`warden.toml`); `device.id`, `device.product`,
+    /// `link.device_cert` and `link.fleet_ca` are filled in per unit.
+    pub config_template: PathBuf,
+    /// The policy source the template's `policy.file` names.
+    pub policy_file: PathBuf,
+    /// The CA that signs the fleet's server certificate (the unit pins it).
+    pub fleet_ca: PathBuf,
+    /// Vendor roots installed into each unit's pluton.
+    #[serde(rename = "vendor_root")]
+    pub vendor_roots: Vec<VendorRootConfig>,
+    /// The self-test.
+    #[serde(default)]
+    pub selftest: SelftestConfig,
+    /// The fleet's registration API.
+    pub fleet: FleetConfig,
+}
+
+/// One vendor root public key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorRootConfig {
+    /// SPKI PEM file (`warden-keychain` tooling writes these).
+    pub public_key: PathBuf,
+    /// `"image"`, `"policy"`.
+    pub purposes: Vec<String>,
+}
+
+/// How the self-test boots an image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelftestConfig {
+    /// Arguments the image's `bin/warden` is started with; exit status 0 within the
+    /// timeout is a healthy boot.
+    #[serde(default = "default_probe_args")]
+    pub probe_args: Vec<String>,
+    /// Seconds the probe may take.
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout_secs: u64,
+}
+
+impl Default for SelftestConfig {
+    fn default() -> Self {
+        Self {
+            probe_args: default_probe_args(),
+            probe_timeout_secs: default_probe_timeout(),
+        }
+    }
+}
+
+fn default_probe_args() -> Vec<String> {
+    vec!["--version".to_owned()]
+}
+
+fn default_probe_timeout() -> u64 {
+    20
+}
+
+/// The fleet's registration API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Base URL (`http://fleet.factory.lan:8080`).
+    pub url: String,
+    /// Environment variable holding the `provisioner` bearer token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Or a file holding it (first line).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Request timeout, seconds.
+    #[serde(default = "default_fleet_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_fleet_timeout() -> u64 {
+    15
+}
+
+/// The station config could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StationError {
+    /// The file could not be read.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    /// The TOML is malformed or has an unknown or missing field.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What was wrong.
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl StationConfig {
+    /// Read, parse, resolve and validate `path`.
+    pub fn load(path: &Path) -> Result<Self, StationError> {
+        let text = crate::files::read_text(path)?;
+        let mut config: Self = toml::from_str(&text).map_err(|error| {
+            let (line, column) = error
+                .span()
+                .map(|span| line_and_column(&text, span.start))
+                .unwrap_or((1, 1));
+            StationError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: error.message().to_owned(),
+            }
+        })?;
+        // Absolute paths: the self-test starts images with another working directory.
+        let absolute = std::path::absolute(path).map_err(|source| crate::files::FileError {
+            operation: "resolve",
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = absolute.parent().unwrap_or(Path::new("/"));
+        config.resolve(base);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        for path in [
+            &mut self.ca_dir,
+            &mut self.units_dir,
+            &mut self.factory_image,
+            &mut self.policy_bundle,
+            &mut self.config_template,
+            &mut self.policy_file,
+            &mut self.fleet_ca,
+        ] {
+            *path = base.join(&*path);
+        }
+        if let Some(image) = &mut self.selftest_image {
+            *image = base.join(&*image);
+        }
+        for root in &mut self.vendor_roots {
+            root.public_key = base.join(&root.public_key);
+        }
+        if let Some(file) = &mut self.fleet.token_file {
+            *file = base.join(&*file);
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), StationError> {
+        let invalid = |field: &str, message: String| StationError::Invalid {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            message,
+        };
+        if warden_os::image::ProductId::new(&self.product).is_none() {
+            return Err(invalid(
+                "product",
+                format!(
+                    "{:?} is not a valid product id (1 to 16 bytes)",
+                    self.product
+                ),
+            ));
+        }
+        if self.group.trim().is_empty() {
+            return Err(invalid("group", "must not be empty".into()));
+        }
+        if self.vendor_roots.is_empty() {
+            return Err(invalid(
+                "vendor_root",
+                "at least one vendor root is required".into(),
+            ));
+        }
+        for (index, root) in self.vendor_roots.iter().enumerate() {
+            root.purpose_bits()
+                .map_err(|message| invalid(&format!("vendor_root[{index}].purposes"), message))?;
+        }
+        if self.fleet.token_env.is_some() == self.fleet.token_file.is_some() {
+            return Err(invalid(
+                "fleet",
+                "set exactly one of `token_env` and `token_file`".into(),
+            ));
+        }
+        if !self.fleet.url.starts_with("http://") && !self.fleet.url.starts_with("https://") {
+            return Err(invalid(
+                "fleet.url",
+                format!("{:?} must start with http:// or https://", self.fleet.url),
+            ));
+        }
+        if self.selftest.probe_timeout_secs == 0 {
+            return Err(invalid(
+                "selftest.probe_timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The image the self-test updates to.
+    pub fn selftest_image(&self) -> &Path {
+        self.selftest_image
+            .as_deref()
+            .unwrap_or(&self.factory_image)
+    }
+
+    /// The product as the image format's id.
+    pub fn product_id(&self) -> warden_os::image::ProductId {
+        // Validated at load.
+        warden_os::image::ProductId::new(&self.product)
+            .unwrap_or(warden_os::image::ProductId([0; 16]))
+    }
+}
+
+impl VendorRootConfig {
+    /// The purposes as pluton's bitmask.
+    pub fn purpose_bits(&self) -> Result<u8, String> {
+        let mut bits = 0u8;
+        for purpose in &self.purposes {
+            bits |= match purpose.as_str() {
+                "image" => Purpose::IMAGE.bits(),
+                "policy" => Purpose::POLICY.bits(),
+                other => return Err(format!("unknown purpose {other:?} (image, policy)")),
+            };
+        }
+        if bits == 0 {
+            return Err("at least one purpose is required".into());
+        }
+        Ok(bits)
+    }
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}

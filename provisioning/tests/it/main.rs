@@ -1,0 +1,4 @@
+//! Integration tests: the real station binary, the real pluton role, the real fleet.
+
+mod fixture;
+mod station;
