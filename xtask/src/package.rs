@@ -11,7 +11,10 @@ use std::process::Command;
 
 use crate::{Step, args};
 
-/// The release binary may not exceed this (ARCHITECTURE.md: binary ≤ 12 MiB).
+/// The cargo profile of the shipped binary (the workspace's `[profile.dist]`: fat LTO,
+/// one codegen unit).
+const PROFILE: &str = "dist";
+/// The shipped binary may not exceed this (ARCHITECTURE.md: binary ≤ 12 MiB).
 const MAX_BINARY_BYTES: u64 = 12 << 20;
 
 /// Files the package must install.
@@ -27,7 +30,8 @@ pub fn steps() -> Vec<Step> {
     vec![
         Step::Cargo(args(&[
             "build",
-            "--release",
+            "--profile",
+            PROFILE,
             "--package",
             "warden",
             "--no-default-features",
@@ -36,6 +40,8 @@ pub fn steps() -> Vec<Step> {
             "deb",
             "--package",
             "warden",
+            "--profile",
+            PROFILE,
             "--no-build",
             // Debug line tables stay in target/ for symbolising crash reports;
             // the installed binary is stripped.

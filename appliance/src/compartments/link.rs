@@ -6,6 +6,7 @@
 //! them through the policy); the status page gets the link's state and the update
 //! offer, and sends back the operator's update decision.
 
+use anyhow::Context as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -33,12 +34,31 @@ pub async fn run(
     config: ApplianceConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let upload_marker = config.link.outbox.dir.join("reports-uploaded");
     let mut agent = LinkAgent::new(config.device.id.clone(), config.link);
     let channel = agent.command_channel()?;
     let control = channel.control.clone();
     let status = agent.status();
     let updates: Arc<Mutex<UpdateDecision>> = Arc::default();
     let mut tasks = JoinSet::new();
+    // The monitor's failure reports: read-only here (the manifest grants `read`), what
+    // was uploaded is remembered beside the outbox.
+    if let Some(reports) = &config.reports {
+        let ring = crate::failure_reports::open_ring(&reports.dir)
+            .with_context(|| {
+                format!(
+                    "cannot open the failure reports in {}",
+                    reports.dir.display()
+                )
+            })?
+            .with_upload_marker(upload_marker);
+        tasks.spawn(crate::failure_reports::run(
+            ring,
+            control.clone(),
+            Duration::from_secs(reports.scan_interval_secs.max(1)),
+            shutdown.clone(),
+        ));
+    }
     let (reading_tx, reading_rx) = mpsc::channel::<Reading>(4096);
     // If the agent fails, the compartment exits with its error and the monitor
     // restarts it (with backoff): a link compartment without a link is not healthy.

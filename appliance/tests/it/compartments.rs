@@ -324,6 +324,11 @@ async fn the_split_appliance_runs_each_piece_sandboxed_and_the_data_still_flows(
             &format!("\nlisten = \"127.0.0.1:{page_port}\""),
         );
     assert!(text.contains(&format!("127.0.0.1:{page_port}")), "{text}");
+    // The link uploads the monitor's failure reports (read-only for it).
+    let text = format!(
+        "{text}\n[reports]\ndir = {:?}\nscan_interval_secs = 1\n",
+        path("reports").display().to_string()
+    );
     std::fs::write(&config, text).expect("config");
     let hash = warden::status_page::auth::hash_password("correct horse battery").expect("hash");
     warden::status_page::auth::write_password_hash(&path("status-page/password.phc"), &hash)
@@ -348,7 +353,7 @@ async fn the_split_appliance_runs_each_piece_sandboxed_and_the_data_still_flows(
     let socket_list = quoted(&[&socket]);
     let link_grants = |rw: bool| {
         let mut grants = vec![
-            ("read", quoted(&[&config, &path("pki")])),
+            ("read", quoted(&[&config, &path("pki"), &path("reports")])),
             ("connect", format!("[{broker:?}]")),
             ("unix_connect", socket_list.clone()),
         ];
@@ -656,6 +661,26 @@ async fn the_split_appliance_runs_each_piece_sandboxed_and_the_data_still_flows(
             .find(|pid| *pid != old[0])
     })
     .await;
+    // The restarted link uploads the report of its own death to the fleet.
+    let uploaded = eventually_async(
+        "the link's crash report at the fleet",
+        Duration::from_secs(60),
+        || async {
+            let url = format!("/api/v1/reports?device={device}");
+            let (_, body) = http(&token, &fleet, "GET", &url, None).await?;
+            json_in(&body)?
+                .as_array()?
+                .iter()
+                .any(|r| r["compartment"] == "link")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        uploaded.is_some(),
+        "no link report reached the fleet\n{}",
+        monitor.log()
+    );
     let fresh = eventually_async(
         "telemetry after the restart",
         Duration::from_secs(60),

@@ -33,8 +33,8 @@ pub struct ApiState {
     pub store: Store,
     /// Publishes to devices through the broker.
     pub devices: LocalPublisher,
-    /// Attestation challenges waiting for quotes.
-    pub challenges: std::sync::Arc<crate::attestation::PendingChallenges>,
+    /// Challenges devices and records the verdicts.
+    pub attestor: crate::attestation::Attestor,
     /// Who may call what.
     pub authorizer: Authorizer,
     /// What the broker trusts (products' CAs, registrations, revocations).
@@ -358,27 +358,17 @@ async fn refuse_untrusted(store: &Store, device: &str) -> Result<(), ApiError> {
 }
 
 async fn attest_device(
-    State(ApiState {
-        store,
-        devices,
-        challenges,
-        ..
-    }): State<ApiState>,
+    State(ApiState { attestor, .. }): State<ApiState>,
     Path(device): Path<String>,
 ) -> Result<(StatusCode, Json<crate::attestation::Attestation>), ApiError> {
-    match crate::attestation::attest(&device, &devices, &challenges).await {
-        Ok(outcome) if outcome.verified => {
-            store.set_attestation(&device, "trusted", now_ms()).await?;
-            Ok((StatusCode::OK, Json(outcome)))
-        }
-        Ok(outcome) => {
-            tracing::warn!(device, reason = ?outcome.reason, "attestation failed");
-            store
-                .set_attestation(&device, "untrusted", now_ms())
-                .await?;
-            record_attestation_failure(&store, &device, outcome.reason.as_deref()).await;
-            Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(outcome)))
-        }
+    // The verdict (status, detail, failure report) is recorded by the attestor.
+    match attestor
+        .attest(&device, crate::attestation::QUOTE_TIMEOUT)
+        .await
+    {
+        Ok(outcome) if outcome.verified => Ok((StatusCode::OK, Json(outcome))),
+        Ok(outcome) => Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(outcome))),
+        Err(crate::attestation::AttestError::Store(error)) => Err(error.into()),
         Err(error) => Err(ApiError::Conflict(format!("device {device}: {error}"))),
     }
 }
@@ -391,31 +381,6 @@ fn new_command_id() -> String {
         now_ms(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// A failed attestation raises a failure report of kind `attestation` at the fleet.
-async fn record_attestation_failure(store: &Store, device: &str, reason: Option<&str>) {
-    let now = now_ms();
-    let image_version = store
-        .registered_device(device)
-        .await
-        .ok()
-        .flatten()
-        .map(|d| d.image_version)
-        .unwrap_or_default();
-    let report = warden_link::topics::FailureReportMessage {
-        v: warden_link::topics::PROTOCOL_VERSION,
-        id: format!("fleet-attestation-{now}"),
-        ts_ms: u64::try_from(now).unwrap_or(0),
-        compartment: "fleet".into(),
-        kind: "attestation".into(),
-        image_version,
-        signature: "fleet/attestation/quote-refused".into(),
-        message: reason.unwrap_or("attestation failed").to_owned(),
-    };
-    if let Err(error) = store.insert_report(device, &report, now).await {
-        tracing::error!(device, %error, "cannot record an attestation failure report");
-    }
 }
 
 /// An API error, answered as `{"error": "..."}` with its status.

@@ -1,38 +1,171 @@
 //! Attestation: a fresh nonce to the device, pluton's quote back, verified here with
-//! only the public key the device authenticated with.
+//! only the public key the device authenticated with, and the measured image checked
+//! against the releases uploaded for the device's product.
+//!
+//! Devices are challenged when their session can first receive a challenge (see
+//! [`crate::broker::Broker::challengeable_devices`]), again every
+//! `rollouts.attestation_interval_secs`, and when an operator asks through the API.
+//! A verified quote over a known release makes the device `trusted`; a refused one
+//! makes it `untrusted` and raises a failure report of kind `attestation`. No answer
+//! and late answers reach no verdict (the status stays, the detail says why).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::oneshot;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use warden_link::topics::{
-    AttestationChallenge, AttestationQuote, MIN_NONCE_LEN, PROTOCOL_VERSION,
+    AttestationChallenge, AttestationQuote, FailureReportMessage, MIN_NONCE_LEN, PROTOCOL_VERSION,
     attestation_challenge_topic, device_of_topic, encode, from_hex, to_hex,
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
+use crate::store::{ImageRecord, Store, StoreError, now_ms};
 
 /// Filter matching every device's quotes.
 pub const ALL_QUOTES: &str = "warden/v1/devices/+/attestation/quote";
-/// How long a device has to answer a challenge.
+/// How long an operator's API call waits for the device's quote.
 pub const QUOTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a challenge made on connect or by the schedule waits for its quote; no
+/// challenge is answerable after this.
+pub const NONCE_LIFETIME: Duration = Duration::from_secs(60);
+/// How long answered and expired nonces are remembered (to tell a replay or a late
+/// answer from a quote nobody asked for).
+pub const NONCE_MEMORY: Duration = Duration::from_secs(3600);
+/// The measurement register boot extends with the image it runs (the image header's
+/// SHA-256), as `warden_os::root_of_trust::IMAGE_MEASUREMENT_REGISTER`.
+pub const IMAGE_MEASUREMENT_REGISTER: usize = 0;
 
-/// Challenges waiting for their quote, by `(device, nonce hex)`.
+/// What became of one challenge.
+enum ChallengeState {
+    /// Sent; the attestation waits for the quote.
+    Waiting(oneshot::Sender<AttestationQuote>),
+    /// Answered by a quote with this SHA-256 (of its hex and error).
+    Answered([u8; 32]),
+    /// Not answered in time.
+    Expired,
+}
+
+struct Challenge {
+    issued: Instant,
+    state: ChallengeState,
+}
+
+/// Challenges issued, by `(device, nonce hex)`: waiting ones, and answered or expired
+/// ones for [`NONCE_MEMORY`].
 #[derive(Default)]
-pub struct PendingChallenges(Mutex<BTreeMap<(String, String), oneshot::Sender<AttestationQuote>>>);
+pub struct PendingChallenges(Mutex<BTreeMap<(String, String), Challenge>>);
+
+/// Why a quote answers no waiting challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsolicited {
+    /// The very quote that already answered this nonce, delivered again (MQTT QoS 1
+    /// redelivery): ignored.
+    Duplicate,
+    /// A different quote for a nonce already answered: refused.
+    Replayed,
+    /// The challenge was not answered within its lifetime: refused.
+    Expired(Duration),
+    /// No challenge with this nonce was sent to this device (within [`NONCE_MEMORY`]):
+    /// refused.
+    Unknown,
+}
+
+fn quote_digest(quote: &AttestationQuote) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(quote.quote.as_bytes())
+        .chain_update([0])
+        .chain_update(quote.error.as_deref().unwrap_or_default().as_bytes())
+        .finalize()
+        .into()
+}
+
+impl PendingChallenges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Challenge>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a challenge sent to `device`; the receiver gets its quote.
+    pub fn issue(&self, device: &str, nonce_hex: &str) -> oneshot::Receiver<AttestationQuote> {
+        let (tx, rx) = oneshot::channel();
+        let mut challenges = self.lock();
+        challenges.retain(|_, c| {
+            matches!(c.state, ChallengeState::Waiting(_)) || c.issued.elapsed() < NONCE_MEMORY
+        });
+        challenges.insert(
+            (device.to_owned(), nonce_hex.to_owned()),
+            Challenge {
+                issued: Instant::now(),
+                state: ChallengeState::Waiting(tx),
+            },
+        );
+        rx
+    }
+
+    /// The challenge was not answered in time: a later quote for it is refused.
+    pub fn expire(&self, device: &str, nonce_hex: &str) {
+        if let Some(challenge) = self
+            .lock()
+            .get_mut(&(device.to_owned(), nonce_hex.to_owned()))
+            && matches!(challenge.state, ChallengeState::Waiting(_))
+        {
+            challenge.state = ChallengeState::Expired;
+        }
+    }
+
+    /// Hands `quote` to the challenge it answers, or says why it answers none. Each
+    /// nonce is answerable once.
+    pub fn answer(&self, device: &str, quote: AttestationQuote) -> Result<(), Unsolicited> {
+        let digest = quote_digest(&quote);
+        let mut challenges = self.lock();
+        let Some(challenge) = challenges.get_mut(&(device.to_owned(), quote.nonce.clone())) else {
+            return Err(Unsolicited::Unknown);
+        };
+        let age = challenge.issued.elapsed();
+        match std::mem::replace(&mut challenge.state, ChallengeState::Answered(digest)) {
+            ChallengeState::Waiting(waiter) if age < NONCE_LIFETIME => {
+                waiter.send(quote).map_err(|_| {
+                    challenge.state = ChallengeState::Expired;
+                    Unsolicited::Expired(age)
+                })
+            }
+            ChallengeState::Waiting(_) | ChallengeState::Expired => {
+                challenge.state = ChallengeState::Expired;
+                Err(Unsolicited::Expired(age))
+            }
+            ChallengeState::Answered(previous) => {
+                challenge.state = ChallengeState::Answered(previous);
+                Err(if previous == digest {
+                    Unsolicited::Duplicate
+                } else {
+                    Unsolicited::Replayed
+                })
+            }
+        }
+    }
+}
 
 /// The outcome of one attestation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Attestation {
     /// The device.
     pub device: String,
-    /// Whether the quote verified against the device's key and the fresh nonce.
+    /// Whether the quote verified against the device's key and the fresh nonce and its
+    /// measured image is acceptable (see [`Attestation::detail`]).
     pub verified: bool,
     /// Why it did not.
     pub reason: Option<String>,
+    /// What was found: the release it runs, or why the image was not checked, or the
+    /// reason it was refused (stored as the device's `attestation_detail`).
+    pub detail: String,
+    /// The image measurement register ([`IMAGE_MEASUREMENT_REGISTER`]), hex.
+    pub measured_image: Option<String>,
+    /// The known release that register matches (its version).
+    pub release: Option<String>,
     /// The firmware version pluton reported.
     pub firmware_version: Option<u32>,
     /// The measurement registers, hex.
@@ -41,9 +174,308 @@ pub struct Attestation {
     pub counters: Vec<u64>,
 }
 
-/// Resolves waiting challenges with the quotes devices send, until shutdown.
+impl Attestation {
+    fn refused(device: &str, reason: String) -> Self {
+        Self {
+            device: device.to_owned(),
+            verified: false,
+            detail: reason.clone(),
+            reason: Some(reason),
+            measured_image: None,
+            release: None,
+            firmware_version: None,
+            registers: Vec::new(),
+            counters: Vec::new(),
+        }
+    }
+}
+
+/// The value boot leaves in the image register after measuring an image whose header
+/// digest is `measurement` (one extend from zero: `SHA-256(0³² ‖ measurement)`).
+pub fn image_register_after_boot(measurement: &[u8; 32]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update([0u8; 32])
+        .chain_update(measurement)
+        .finalize()
+        .into()
+}
+
+/// What the image register says about the releases of the device's product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseCheck {
+    /// It is the register a known release leaves.
+    Known(ImageRecord),
+    /// The product has no uploaded release yet: nothing to compare with (accepted).
+    NoReleases,
+    /// It matches none of the product's releases (refused).
+    NotARelease {
+        /// How many releases the product has.
+        releases: usize,
+    },
+}
+
+/// Compares an image register with the releases of one product.
+pub fn check_release(register: &[u8; 32], releases: &[ImageRecord]) -> ReleaseCheck {
+    if releases.is_empty() {
+        return ReleaseCheck::NoReleases;
+    }
+    releases
+        .iter()
+        .find(|release| {
+            from_hex(&release.measurement)
+                .and_then(|m| <[u8; 32]>::try_from(m.as_slice()).ok())
+                .is_some_and(|m| image_register_after_boot(&m) == *register)
+        })
+        .map_or(
+            ReleaseCheck::NotARelease {
+                releases: releases.len(),
+            },
+            |release| ReleaseCheck::Known(release.clone()),
+        )
+}
+
+/// Challenges devices, verifies their quotes and records the verdicts.
+#[derive(Clone)]
+pub struct Attestor {
+    /// Where verdicts, details and failure reports go.
+    pub store: Store,
+    /// Publishes challenges; knows each device's authenticated key.
+    pub devices: LocalPublisher,
+    /// Challenges issued.
+    pub pending: Arc<PendingChallenges>,
+}
+
+impl Attestor {
+    /// Challenges `device`, waits up to `wait` for its quote, verifies it, records the
+    /// verdict (and a failure report when refused) and returns it.
+    pub async fn attest(&self, device: &str, wait: Duration) -> Result<Attestation, AttestError> {
+        let public_key = self
+            .devices
+            .device_key(device)
+            .ok_or(AttestError::NotConnected)?;
+        let mut nonce = [0u8; MIN_NONCE_LEN];
+        rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut nonce)
+            .map_err(|_| AttestError::Random)?;
+        let nonce_hex = to_hex(&nonce);
+        let answer = self.pending.issue(device, &nonce_hex);
+        let challenge = AttestationChallenge {
+            v: PROTOCOL_VERSION,
+            nonce: nonce_hex.clone(),
+        };
+        self.devices
+            .publish(attestation_challenge_topic(device), encode(&challenge))
+            .await;
+        let quote = match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(quote)) => quote,
+            _ => {
+                self.pending.expire(device, &nonce_hex);
+                let detail = format!(
+                    "no answer to the challenge of {} ms within {wait:?}; status unchanged",
+                    now_ms()
+                );
+                self.note(device, &detail).await;
+                return Err(AttestError::NoAnswer(wait));
+            }
+        };
+        let outcome = match self.verify(device, &quote, &public_key, &nonce).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::error!(device, %error, "attestation: cannot read the releases");
+                return Err(AttestError::Store(error));
+            }
+        };
+        self.record(&outcome, "fleet/attestation/quote-refused")
+            .await;
+        Ok(outcome)
+    }
+
+    /// Verifies a quote answering `nonce`, then its image against the releases.
+    async fn verify(
+        &self,
+        device: &str,
+        quote: &AttestationQuote,
+        public_key: &[u8],
+        nonce: &[u8],
+    ) -> Result<Attestation, StoreError> {
+        if let Some(error) = &quote.error {
+            return Ok(Attestation::refused(
+                device,
+                format!("the device could not quote: {error}"),
+            ));
+        }
+        let Some(bytes) = from_hex(&quote.quote) else {
+            return Ok(Attestation::refused(device, "the quote is not hex".into()));
+        };
+        let report = match warden_pluton::verify_quote(&bytes, public_key, nonce) {
+            Ok(report) => report,
+            Err(error) => {
+                return Ok(Attestation::refused(
+                    device,
+                    format!("quote refused: {error:?}"),
+                ));
+            }
+        };
+        let register = report.registers[IMAGE_MEASUREMENT_REGISTER];
+        let register_hex = to_hex(&register);
+        let (verified, release, detail) = match self.store.registered_device(device).await? {
+            None => (
+                true,
+                None,
+                format!(
+                    "quote verified; the device is not registered, so no product to check \
+                     the measured image {register_hex} against"
+                ),
+            ),
+            Some(registered) => {
+                let releases = self.store.images_of_product(&registered.product).await?;
+                match check_release(&register, &releases) {
+                    ReleaseCheck::Known(image) => (
+                        true,
+                        Some(image.version.clone()),
+                        format!(
+                            "runs release {} {} (image {})",
+                            image.product, image.version, image.sha256
+                        ),
+                    ),
+                    ReleaseCheck::NoReleases => (
+                        true,
+                        None,
+                        format!(
+                            "no releases known for product {}: quote verified, measured \
+                             image {register_hex} not checked",
+                            registered.product
+                        ),
+                    ),
+                    ReleaseCheck::NotARelease { releases } => (
+                        false,
+                        None,
+                        if register == [0u8; 32] {
+                            format!(
+                                "no image was measured at boot, and product {} has {releases} \
+                                 known release(s)",
+                                registered.product
+                            )
+                        } else {
+                            format!(
+                                "measured image {register_hex} is not a known release of \
+                                 product {} ({releases} known)",
+                                registered.product
+                            )
+                        },
+                    ),
+                }
+            }
+        };
+        Ok(Attestation {
+            device: device.to_owned(),
+            verified,
+            reason: (!verified).then(|| detail.clone()),
+            detail,
+            measured_image: Some(register_hex),
+            release,
+            firmware_version: Some(report.firmware_version),
+            registers: report
+                .registers
+                .iter()
+                .map(|r| to_hex(r.as_ref()))
+                .collect(),
+            counters: report.counters.to_vec(),
+        })
+    }
+
+    /// Stores a verdict; a refusal marks the device `untrusted` and raises a failure
+    /// report with `signature`.
+    async fn record(&self, outcome: &Attestation, signature: &str) {
+        let device = outcome.device.as_str();
+        let status = if outcome.verified {
+            tracing::info!(device, detail = %outcome.detail, "attestation verified");
+            "trusted"
+        } else {
+            tracing::warn!(device, detail = %outcome.detail, "attestation refused");
+            "untrusted"
+        };
+        if let Err(error) = self
+            .store
+            .record_attestation(device, status, &outcome.detail, now_ms())
+            .await
+        {
+            tracing::error!(device, %error, "cannot record an attestation verdict");
+        }
+        if !outcome.verified {
+            raise_failure_report(&self.store, device, &outcome.detail, signature).await;
+        }
+    }
+
+    async fn note(&self, device: &str, detail: &str) {
+        tracing::warn!(device, detail, "attestation reached no verdict");
+        if let Err(error) = self.store.note_attestation(device, detail).await {
+            tracing::error!(device, %error, "cannot record an attestation detail");
+        }
+    }
+
+    /// A quote that answers no waiting challenge.
+    async fn unsolicited(&self, device: &str, nonce: &str, why: Unsolicited) {
+        match why {
+            Unsolicited::Duplicate => {
+                tracing::debug!(device, "quote delivered again; ignored");
+            }
+            Unsolicited::Expired(age) => {
+                let detail = format!(
+                    "a quote answered a challenge {} s old (lifetime {} s): refused; status unchanged",
+                    age.as_secs(),
+                    NONCE_LIFETIME.as_secs()
+                );
+                self.note(device, &detail).await;
+            }
+            Unsolicited::Replayed | Unsolicited::Unknown => {
+                let detail = if why == Unsolicited::Replayed {
+                    format!("a second, different quote for the already answered nonce {nonce}")
+                } else {
+                    format!("a quote for nonce {nonce}, which the fleet never sent this device")
+                };
+                let outcome = Attestation::refused(device, format!("replay refused: {detail}"));
+                self.record(&outcome, "fleet/attestation/nonce-refused")
+                    .await;
+            }
+        }
+    }
+}
+
+/// Raises a failure report of kind `attestation` at the fleet for `device`.
+pub async fn raise_failure_report(store: &Store, device: &str, message: &str, signature: &str) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let now = now_ms();
+    let image_version = store
+        .registered_device(device)
+        .await
+        .ok()
+        .flatten()
+        .map(|d| d.image_version)
+        .unwrap_or_default();
+    let report = FailureReportMessage {
+        v: PROTOCOL_VERSION,
+        id: format!(
+            "fleet-attestation-{now}-{}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ),
+        ts_ms: u64::try_from(now).unwrap_or(0),
+        compartment: "fleet".into(),
+        kind: "attestation".into(),
+        image_version,
+        signature: signature.to_owned(),
+        message: message.to_owned(),
+    };
+    if let Err(error) = store.insert_report(device, &report, now).await {
+        tracing::error!(device, %error, "cannot record an attestation failure report");
+    }
+}
+
+/// Resolves waiting challenges with the quotes devices send, refusing the others,
+/// until shutdown.
 pub async fn collect_quotes(
-    pending: Arc<PendingChallenges>,
+    attestor: Attestor,
     mut quotes: LocalSubscription,
     shutdown: CancellationToken,
 ) {
@@ -62,90 +494,87 @@ pub async fn collect_quotes(
             tracing::warn!(device, "malformed attestation quote ignored");
             continue;
         };
-        let waiter = pending
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(device.to_owned(), quote.nonce.clone()));
-        match waiter {
-            Some(waiter) => {
-                let _ = waiter.send(quote);
-            }
-            None => tracing::warn!(
-                device,
-                "quote for no pending challenge (stale or replayed) ignored"
-            ),
+        let nonce = quote.nonce.clone();
+        if let Err(why) = attestor.pending.answer(device, quote) {
+            attestor.unsolicited(device, &nonce, why).await;
         }
     }
 }
 
-/// Challenges `device` and verifies its answer.
-pub async fn attest(
-    device: &str,
-    devices: &LocalPublisher,
-    pending: &PendingChallenges,
-) -> Result<Attestation, AttestError> {
-    let public_key = devices
-        .device_key(device)
-        .ok_or(AttestError::NotConnected)?;
-    let mut nonce = [0u8; MIN_NONCE_LEN];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut nonce)
-        .map_err(|_| AttestError::Random)?;
-    let nonce_hex = to_hex(&nonce);
-    let (tx, rx) = oneshot::channel();
-    pending
-        .0
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert((device.to_owned(), nonce_hex.clone()), tx);
-    let challenge = AttestationChallenge {
-        v: PROTOCOL_VERSION,
-        nonce: nonce_hex.clone(),
+/// Challenges each device when it becomes challengeable (`challengeable`), and every
+/// `interval` after its last challenge while it stays connected (`None`: no schedule),
+/// until shutdown.
+pub async fn run(
+    attestor: Attestor,
+    mut challengeable: mpsc::Receiver<String>,
+    interval: Option<Duration>,
+    shutdown: CancellationToken,
+) {
+    let in_flight: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let mut last_started: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let period = interval.map_or(Duration::from_secs(3600), |i| {
+        i.clamp(Duration::from_millis(100), Duration::from_secs(1))
+    });
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = |device: String, tasks: &mut tokio::task::JoinSet<()>| {
+        in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(device.clone());
+        let (attestor, in_flight, shutdown) =
+            (attestor.clone(), Arc::clone(&in_flight), shutdown.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                attested = attestor.attest(&device, NONCE_LIFETIME) => {
+                    if let Err(error) = attested {
+                        tracing::warn!(device, %error, "attestation reached no verdict");
+                    }
+                }
+            }
+            in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&device);
+        });
     };
-    devices
-        .publish(attestation_challenge_topic(device), encode(&challenge))
-        .await;
-    let answer = tokio::time::timeout(QUOTE_TIMEOUT, rx).await;
-    pending
-        .0
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&(device.to_owned(), nonce_hex));
-    let quote = match answer {
-        Ok(Ok(quote)) => quote,
-        _ => return Err(AttestError::NoAnswer),
-    };
-    let failed = |reason: String| Attestation {
-        device: device.to_owned(),
-        verified: false,
-        reason: Some(reason),
-        firmware_version: None,
-        registers: Vec::new(),
-        counters: Vec::new(),
-    };
-    if let Some(error) = quote.error {
-        return Ok(failed(format!("the device could not quote: {error}")));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            device = challengeable.recv() => {
+                let Some(device) = device else { break };
+                // On (re)connect always: a challenge still waiting went to the old session.
+                last_started.insert(device.clone(), Instant::now());
+                start(device, &mut tasks);
+            }
+            _ = tick.tick(), if interval.is_some() => {
+                let connected = attestor.devices.connected_device_ids();
+                last_started.retain(|device, _| connected.binary_search(device).is_ok());
+                let every = interval.unwrap_or(Duration::MAX);
+                for device in connected {
+                    // First seen here: its interval starts now (its connect challenge
+                    // comes when it subscribes to challenges).
+                    let due = last_started
+                        .entry(device.clone())
+                        .or_insert_with(Instant::now)
+                        .elapsed()
+                        >= every;
+                    let busy = in_flight
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains(&device);
+                    if due && !busy {
+                        last_started.insert(device.clone(), Instant::now());
+                        start(device, &mut tasks);
+                    }
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
     }
-    let Some(bytes) = from_hex(&quote.quote) else {
-        return Ok(failed("the quote is not hex".into()));
-    };
-    match warden_pluton::verify_quote(&bytes, &public_key, &nonce) {
-        Ok(report) => Ok(Attestation {
-            device: device.to_owned(),
-            verified: true,
-            reason: None,
-            firmware_version: Some(report.firmware_version),
-            registers: report
-                .registers
-                .iter()
-                .map(|r| to_hex(r.as_ref()))
-                .collect(),
-            counters: report.counters.to_vec(),
-        }),
-        Err(error) => Ok(failed(format!("quote refused: {error:?}"))),
-    }
+    tasks.shutdown().await;
 }
 
 /// Why no attestation could be made.
@@ -158,6 +587,107 @@ pub enum AttestError {
     #[error("no random source")]
     Random,
     /// The device did not answer in time.
-    #[error("the device did not answer the challenge within {QUOTE_TIMEOUT:?}")]
-    NoAnswer,
+    #[error("the device did not answer the challenge within {0:?}")]
+    NoAnswer(Duration),
+    /// The releases could not be read.
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quote(nonce: &str, body: &str) -> AttestationQuote {
+        AttestationQuote {
+            v: PROTOCOL_VERSION,
+            nonce: nonce.into(),
+            quote: body.into(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_nonce_is_answerable_once_and_only_by_its_device() {
+        let pending = PendingChallenges::default();
+        let mut rx = pending.issue("wd-1", "aa");
+        assert_eq!(
+            pending.answer("wd-2", quote("aa", "01")),
+            Err(Unsolicited::Unknown)
+        );
+        assert_eq!(
+            pending.answer("wd-1", quote("bb", "01")),
+            Err(Unsolicited::Unknown)
+        );
+        assert_eq!(pending.answer("wd-1", quote("aa", "01")), Ok(()));
+        assert_eq!(rx.try_recv().map(|q| q.quote), Ok("01".to_owned()));
+        assert_eq!(
+            pending.answer("wd-1", quote("aa", "01")),
+            Err(Unsolicited::Duplicate)
+        );
+        assert_eq!(
+            pending.answer("wd-1", quote("aa", "02")),
+            Err(Unsolicited::Replayed)
+        );
+        // Still a replay after a duplicate was seen.
+        assert_eq!(
+            pending.answer("wd-1", quote("aa", "03")),
+            Err(Unsolicited::Replayed)
+        );
+    }
+
+    #[test]
+    fn an_expired_challenge_is_not_answerable() {
+        let pending = PendingChallenges::default();
+        let _rx = pending.issue("wd-1", "aa");
+        pending.expire("wd-1", "aa");
+        assert!(matches!(
+            pending.answer("wd-1", quote("aa", "01")),
+            Err(Unsolicited::Expired(_))
+        ));
+        // A challenge whose waiter gave up is expired too.
+        drop(pending.issue("wd-1", "bb"));
+        assert!(matches!(
+            pending.answer("wd-1", quote("bb", "01")),
+            Err(Unsolicited::Expired(_))
+        ));
+    }
+
+    fn release(version: &str, measurement: [u8; 32]) -> ImageRecord {
+        ImageRecord {
+            sha256: "ab".repeat(32),
+            product: "press".into(),
+            version: version.into(),
+            size: 1,
+            security_counter: 0,
+            measurement: to_hex(&measurement),
+            uploaded_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_image_register_must_be_one_boot_of_a_known_release() {
+        let releases = [release("1.0.0", [1; 32]), release("1.1.0", [2; 32])];
+        let booted = image_register_after_boot(&[2; 32]);
+        assert_eq!(
+            check_release(&booted, &releases),
+            ReleaseCheck::Known(releases[1].clone())
+        );
+        // The raw header digest is not what boot leaves in the register.
+        assert_eq!(
+            check_release(&[2; 32], &releases),
+            ReleaseCheck::NotARelease { releases: 2 }
+        );
+        // Two boots without a restart of pluton chain two measurements: not one release.
+        let twice = Sha256::new()
+            .chain_update(booted)
+            .chain_update([2u8; 32])
+            .finalize()
+            .into();
+        assert_eq!(
+            check_release(&twice, &releases),
+            ReleaseCheck::NotARelease { releases: 2 }
+        );
+        assert_eq!(check_release(&booted, &[]), ReleaseCheck::NoReleases);
+    }
 }

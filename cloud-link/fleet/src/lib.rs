@@ -73,6 +73,10 @@ pub struct RolloutConfig {
     /// Seconds before an unanswered offer is sent again (default 30).
     #[serde(default = "default_reoffer_s")]
     pub reoffer_after_s: u64,
+    /// Seconds between two attestations of a connected device (default 3600; 0: only
+    /// on connect and on request). Here because trust gates every offer.
+    #[serde(default = "default_attestation_interval_secs")]
+    pub attestation_interval_secs: u64,
 }
 
 impl Default for RolloutConfig {
@@ -80,6 +84,7 @@ impl Default for RolloutConfig {
         Self {
             tick_ms: default_tick_ms(),
             reoffer_after_s: default_reoffer_s(),
+            attestation_interval_secs: default_attestation_interval_secs(),
         }
     }
 }
@@ -89,6 +94,9 @@ fn default_tick_ms() -> u64 {
 }
 fn default_reoffer_s() -> u64 {
     30
+}
+fn default_attestation_interval_secs() -> u64 {
+    3600
 }
 
 impl FleetConfig {
@@ -196,11 +204,22 @@ pub async fn start(
         broker.publisher(),
         shutdown.clone(),
     ));
-    let challenges = std::sync::Arc::new(attestation::PendingChallenges::default());
-    let quotes = broker.subscribe_local(attestation::ALL_QUOTES, 64);
-    tokio::spawn(attestation::collect_quotes(
-        std::sync::Arc::clone(&challenges),
+    let attestor = attestation::Attestor {
+        store: store.clone(),
+        devices: broker.publisher(),
+        pending: std::sync::Arc::default(),
+    };
+    let quotes = broker.subscribe_local(attestation::ALL_QUOTES, 256);
+    let quote_task = tokio::spawn(attestation::collect_quotes(
+        attestor.clone(),
         quotes,
+        shutdown.clone(),
+    ));
+    let attestation_task = tokio::spawn(attestation::run(
+        attestor.clone(),
+        broker.challengeable_devices(1024),
+        (config.rollouts.attestation_interval_secs > 0)
+            .then(|| std::time::Duration::from_secs(config.rollouts.attestation_interval_secs)),
         shutdown.clone(),
     ));
     let reports = broker.subscribe_local(warden_link::topics::ALL_REPORTS, 256);
@@ -235,7 +254,7 @@ pub async fn start(
     let app = api::router(api::ApiState {
         store: store.clone(),
         devices: broker.publisher(),
-        challenges,
+        attestor,
         authorizer,
         trust,
         images,
@@ -260,6 +279,8 @@ pub async fn start(
         let _ = twin_reports.await;
         let _ = failure_reports.await;
         let _ = rollout_task.await;
+        let _ = quote_task.await;
+        let _ = attestation_task.await;
         store.close().await;
         tracing::info!("fleet stopped; store closed");
     });

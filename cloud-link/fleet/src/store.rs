@@ -183,6 +183,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX deployment_device_states_by_device
         ON deployment_device_states (deployment_id, device_id, seq)",
     ),
+    (7, "ALTER TABLE registry ADD COLUMN attestation_detail TEXT"),
 ];
 
 /// A device as the API shows it.

@@ -203,20 +203,41 @@ pub struct ReportStore {
     dir: PathBuf,
     capacity: usize,
     image_version: String,
+    /// Where the ID of the last uploaded report is kept (in `dir` unless the reader
+    /// keeps it in its own directory, see [`ReportStore::with_upload_marker`]).
+    upload_marker: PathBuf,
 }
 
 impl ReportStore {
     /// Opens (creating) the store in `dir`, keeping at most `capacity` reports.
     pub fn open(dir: &Path, capacity: usize, image_version: &str) -> Result<Self, ReportError> {
+        let created = !dir.exists();
         std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
             path: dir.to_owned(),
             source,
         })?;
+        if created {
+            // Searchable by the link's compartment (see `record`).
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|source| ReportError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        }
         Ok(Self {
             dir: dir.to_owned(),
             capacity: capacity.max(1),
             image_version: image_version.to_owned(),
+            upload_marker: dir.join(UPLOADED_MARKER),
         })
+    }
+
+    /// Keeps the upload bookkeeping at `path` instead of inside the ring: the cloud
+    /// link's compartment reads the monitor's reports without any right to change them
+    /// and remembers what it uploaded in its own directory.
+    pub fn with_upload_marker(mut self, path: impl Into<PathBuf>) -> Self {
+        self.upload_marker = path.into();
+        self
     }
 
     /// The store's directory.
@@ -250,6 +271,10 @@ impl ReportStore {
             move |source| ReportError::Io { path, source }
         };
         let mut file = File::create(&temp_path).map_err(io(&temp_path))?;
+        // Readable by the cloud link's compartment, which uploads it, whatever the
+        // monitor's umask; landlock keeps every other compartment off the directory.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(io(&temp_path))?;
         file.write_all(&bytes).map_err(io(&temp_path))?;
         file.sync_all().map_err(io(&temp_path))?;
         drop(file);
@@ -308,8 +333,8 @@ impl ReportStore {
 
     /// Marks every report up to `id` as uploaded (replaced atomically).
     pub fn mark_uploaded(&self, id: u64) -> Result<(), ReportError> {
-        let path = self.dir.join(UPLOADED_MARKER);
-        let temp = self.dir.join(".uploaded.tmp");
+        let path = self.upload_marker.clone();
+        let temp = path.with_extension("tmp");
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| ReportError::Io { path, source }
@@ -322,7 +347,7 @@ impl ReportStore {
     }
 
     fn uploaded_through(&self) -> u64 {
-        std::fs::read_to_string(self.dir.join(UPLOADED_MARKER))
+        std::fs::read_to_string(&self.upload_marker)
             .ok()
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or(0)
@@ -429,5 +454,38 @@ mod tests {
         assert_eq!(store.pending_upload().expect("pending").len(), 2);
         store.mark_uploaded(4).expect("mark");
         assert_eq!(store.pending_upload().expect("pending")[0].id, 5);
+    }
+
+    #[test]
+    fn a_reader_keeps_its_upload_marker_in_its_own_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ring = dir.path().join("ring");
+        let writer = ReportStore::open(&ring, 8, "1.0.0").expect("open");
+        writer
+            .record("link", FailureKind::Signaled { signal: 9 })
+            .expect("record");
+        writer
+            .record("bridges", FailureKind::Signaled { signal: 6 })
+            .expect("record");
+        let before: Vec<_> = std::fs::read_dir(&ring)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        let marker = dir.path().join("link-state").join("reports-uploaded");
+        std::fs::create_dir_all(marker.parent().expect("parent")).expect("mkdir");
+        let reader = ReportStore::open(&ring, 8, "")
+            .expect("open")
+            .with_upload_marker(&marker);
+        let pending = reader.pending_upload().expect("pending");
+        assert_eq!(pending.len(), 2);
+        reader.mark_uploaded(pending[0].id).expect("mark");
+        assert_eq!(reader.pending_upload().expect("pending").len(), 1);
+        let after: Vec<_> = std::fs::read_dir(&ring)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(before, after, "the reader wrote nothing into the ring");
+        // The ring's own view is unchanged: its writer still sees both as pending.
+        assert_eq!(writer.pending_upload().expect("pending").len(), 2);
     }
 }

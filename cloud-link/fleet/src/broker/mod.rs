@@ -75,6 +75,14 @@ impl Broker {
         LocalPublisher(Arc::clone(&self.router))
     }
 
+    /// IDs of devices whose session is established and subscribed to their attestation
+    /// challenges, as it happens (a full queue drops the notice; the schedule catches up).
+    pub fn challengeable_devices(&self, capacity: usize) -> tokio::sync::mpsc::Receiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        self.router.notify_challengeable(tx);
+        rx
+    }
+
     /// Subscribes the fleet itself to `filter`.
     pub fn subscribe_local(&self, filter: &str, capacity: usize) -> LocalSubscription {
         self.router.subscribe_local(filter, capacity)
@@ -99,6 +107,11 @@ impl LocalPublisher {
     /// Devices with a live session.
     pub fn connected_devices(&self) -> usize {
         self.0.connected_devices()
+    }
+
+    /// IDs of the devices with a live session.
+    pub fn connected_device_ids(&self) -> Vec<String> {
+        self.0.connected_device_ids()
     }
 
     /// Routes `payload` on `topic` to every matching subscriber (QoS 0 to devices).

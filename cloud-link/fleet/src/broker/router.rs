@@ -33,6 +33,9 @@ pub struct Router {
     device_sessions: RwLock<std::collections::BTreeMap<String, (u64, CancellationToken)>>,
     next_session: AtomicU64,
     dropped: AtomicU64,
+    /// Told the ID of each device that can now be challenged (see
+    /// [`Router::device_listens_for_challenges`]).
+    challengeable: std::sync::OnceLock<mpsc::Sender<String>>,
 }
 
 /// Messages for a local (in-process) subscriber.
@@ -87,6 +90,35 @@ impl Router {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+
+    /// The devices with a live session, by ID.
+    pub fn connected_device_ids(&self) -> Vec<String> {
+        self.device_sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Sends the IDs of devices that become challengeable to `tx` (set once; later
+    /// calls are ignored).
+    pub fn notify_challengeable(&self, tx: mpsc::Sender<String>) {
+        let _ = self.challengeable.set(tx);
+    }
+
+    /// `device`'s session is established and subscribed to its attestation challenges:
+    /// the earliest moment a challenge reaches it (delivery is QoS 0, nothing retained).
+    pub fn device_listens_for_challenges(&self, device: &str) {
+        if let Some(tx) = self.challengeable.get()
+            && tx.try_send(device.to_owned()).is_err()
+        {
+            tracing::warn!(
+                device,
+                "attestation queue full: the schedule will challenge it"
+            );
+        }
     }
 
     /// Removes every subscription of a session.

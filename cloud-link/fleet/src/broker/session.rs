@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::Error as CodecError;
+use rumqttc::mqttbytes::{Error as CodecError, matches};
 use rumqttc::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode,
 };
@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use warden_link::topics::attestation_challenge_topic;
 
 use super::MAX_PACKET_SIZE;
 use super::acl::{DeviceAcl, device_id_from_certificate};
@@ -154,12 +155,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             Packet::Subscribe(subscribe) => {
+                let challenges = attestation_challenge_topic(acl.device_id());
+                let mut listens_for_challenges = false;
                 let codes = subscribe
                     .filters
                     .iter()
                     .map(|filter| {
                         if acl.may_subscribe(&filter.path) {
                             router.subscribe_session(session, &filter.path, deliver_tx.clone());
+                            listens_for_challenges |= matches(&challenges, &filter.path);
                             SubscribeReasonCode::Success(QoS::AtMostOnce)
                         } else {
                             tracing::warn!(device = %acl.device_id(), filter = %filter.path, "subscription refused");
@@ -173,6 +177,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     Packet::SubAck(SubAck::new(subscribe.pkid, codes)),
                 )
                 .await?;
+                if listens_for_challenges {
+                    router.device_listens_for_challenges(acl.device_id());
+                }
             }
             Packet::PingReq => write_packet(&mut stream, &mut outbound, Packet::PingResp).await?,
             Packet::Disconnect => return Ok(()),

@@ -170,6 +170,16 @@ impl Store {
             .collect()
     }
 
+    /// The images uploaded for `product` (its known releases), newest first.
+    pub async fn images_of_product(&self, product: &str) -> Result<Vec<ImageRecord>, StoreError> {
+        Ok(self
+            .images()
+            .await?
+            .into_iter()
+            .filter(|i| i.product == product)
+            .collect())
+    }
+
     /// One image.
     pub async fn image(&self, sha256: &str) -> Result<Option<ImageRecord>, StoreError> {
         Ok(self

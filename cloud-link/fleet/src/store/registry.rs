@@ -101,6 +101,9 @@ pub struct RegisteredDevice {
     pub attestation: String,
     /// When it was last attested.
     pub attested_ms: Option<i64>,
+    /// What the last attestation found (the release it runs, or why it was refused,
+    /// or why no verdict was reached).
+    pub attestation_detail: Option<String>,
     /// Whether its certificate is revoked.
     pub revoked: bool,
     /// When it was revoked.
@@ -111,7 +114,7 @@ pub struct RegisteredDevice {
 
 const DEVICE_COLUMNS: &str = "r.device_id, r.serial, r.product, r.device_group, r.fingerprint,
     r.image_version, r.policy_version, d.last_seen_ms, r.attestation, r.attested_ms,
-    r.revoked_ms, r.registered_ms";
+    r.revoked_ms, r.registered_ms, r.attestation_detail";
 
 fn device_from_row(row: &sqlx::any::AnyRow) -> Result<RegisteredDevice, StoreError> {
     let revoked_ms: Option<i64> = row.try_get(10)?;
@@ -126,6 +129,7 @@ fn device_from_row(row: &sqlx::any::AnyRow) -> Result<RegisteredDevice, StoreErr
         last_seen_ms: row.try_get(7)?,
         attestation: row.try_get(8)?,
         attested_ms: row.try_get(9)?,
+        attestation_detail: row.try_get(12)?,
         revoked: revoked_ms.is_some(),
         revoked_ms,
         registered_ms: row.try_get(11)?,
@@ -333,6 +337,38 @@ impl Store {
         sqlx::query("UPDATE registry SET attestation = $1, attested_ms = $2 WHERE device_id = $3")
             .bind(status)
             .bind(now_ms)
+            .bind(device_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records an attestation verdict (`trusted` or `untrusted`) with what it found.
+    pub async fn record_attestation(
+        &self,
+        device_id: &str,
+        status: &str,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE registry SET attestation = $1, attested_ms = $2, attestation_detail = $3
+             WHERE device_id = $4",
+        )
+        .bind(status)
+        .bind(now_ms)
+        .bind(detail)
+        .bind(device_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records why an attestation reached no verdict (no answer, a late answer); the
+    /// status and its time are left as they were.
+    pub async fn note_attestation(&self, device_id: &str, detail: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE registry SET attestation_detail = $1 WHERE device_id = $2")
+            .bind(detail)
             .bind(device_id)
             .execute(&self.pool)
             .await?;

@@ -1,5 +1,6 @@
 //! The fleet against real clients: rumqttc over rustls with client certificates.
 
+mod attestation;
 mod postgres;
 mod registry;
 mod reports;
@@ -95,6 +96,14 @@ async fn fleet() -> Fixture {
 
 /// A fleet on SQLite in a temporary directory, or on `database_url`.
 async fn fleet_on(database_url: Option<String>) -> Fixture {
+    fleet_with(database_url, |_| {}).await
+}
+
+/// [`fleet_on`], its config changed by `adjust` before it starts.
+async fn fleet_with(
+    database_url: Option<String>,
+    adjust: impl FnOnce(&mut warden_fleet::FleetConfig),
+) -> Fixture {
     use warden_fleet::auth::{ApiConfig, Role, TokenConfig, hash_token};
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path();
@@ -136,8 +145,11 @@ async fn fleet_on(database_url: Option<String>) -> Fixture {
         rollouts: warden_fleet::RolloutConfig {
             tick_ms: 50,
             reoffer_after_s: 30,
+            attestation_interval_secs: 3600,
         },
     };
+    let mut config = config;
+    adjust(&mut config);
     let shutdown = CancellationToken::new();
     let fleet = warden_fleet::start(&config, shutdown.clone())
         .await

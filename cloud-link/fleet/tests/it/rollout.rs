@@ -11,7 +11,11 @@ use warden_keychain::tooling::{SecretSigningKey, issue_release_cert};
 use super::registry::{create_product, register};
 use super::{Fixture, OPERATOR, SimulatedDevice, VIEWER, eventually, fleet};
 
-fn signed_image(root: &SecretSigningKey, product: &str, version: (u32, u32, u32)) -> Vec<u8> {
+pub(crate) fn signed_image(
+    root: &SecretSigningKey,
+    product: &str,
+    version: (u32, u32, u32),
+) -> Vec<u8> {
     let release = SecretSigningKey::generate().expect("rng");
     let cert = issue_release_cert(root, &release.public_key(), Purpose::IMAGE, 1).expect("cert");
     let template = ImageHeader {
@@ -27,7 +31,7 @@ fn signed_image(root: &SecretSigningKey, product: &str, version: (u32, u32, u32)
     build_signed_image(template, &payload, &release, &cert).expect("image")
 }
 
-async fn upload(fx: &Fixture, token: &str, image: Vec<u8>) -> (u16, serde_json::Value) {
+pub(crate) async fn upload(fx: &Fixture, token: &str, image: Vec<u8>) -> (u16, serde_json::Value) {
     let response = reqwest::Client::new()
         .post(fx.url("/api/v1/images"))
         .bearer_auth(token)
