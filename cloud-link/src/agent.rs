@@ -67,7 +67,7 @@ fn default_max_send_per_second() -> u32 {
 }
 
 /// Whether the link is up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkState {
     /// Not yet connected.
@@ -80,7 +80,7 @@ pub enum LinkState {
 }
 
 /// The link's state and counters, shared with the status page.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkStatus {
     /// Current state.
     pub state: LinkState,

@@ -123,7 +123,7 @@ struct Location {
 }
 
 /// Counters of the queue, for the status page and reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct OutboxStats {
     /// Messages waiting for acknowledgement.
     pub depth: u64,

@@ -15,7 +15,7 @@ use crate::point::{PointConfig, RegisterKind, WriteValue};
 use crate::request_policy::{Denial, GatedRequest, RequestPolicy, RequestSource};
 
 /// Counters and state of one bridge, shared with the status page.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BridgeHealth {
     /// True while the bridge holds a working connection or an open serial port.
     pub connected: bool,

@@ -21,8 +21,8 @@ use warden_policy::bundle::store::BundleStore;
 
 use super::ipc;
 use super::messages::{
-    BRIDGES, BridgeInfo, BridgesToLink, BridgesToPage, HealthFrame, LINK, LinkPayload,
-    LinkToBridges, PageToBridges, STATUS_PAGE, SampleFrame,
+    BRIDGES, BridgeInfo, BridgesToLink, BridgesToPage, LINK, LinkPayload, LinkToBridges,
+    PageToBridges, STATUS_PAGE, SampleFrame,
 };
 use crate::commands::CommandLog;
 use crate::config::ApplianceConfig;
@@ -125,7 +125,7 @@ pub async fn run(
                     .clone();
                 let _ = to_page.try_send(BridgesToPage::Health {
                     bridge: handle.name().to_owned(),
-                    health: HealthFrame::from(&health),
+                    health,
                 });
             }
         }

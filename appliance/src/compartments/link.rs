@@ -19,8 +19,7 @@ use warden_os::monitor::compartment::Compartment;
 
 use super::ipc;
 use super::messages::{
-    BRIDGES, BridgesToLink, LinkPayload, LinkStatusFrame, LinkToBridges, LinkToPage, PageToLink,
-    STATUS_PAGE,
+    BRIDGES, BridgesToLink, LinkPayload, LinkToBridges, LinkToPage, PageToLink, STATUS_PAGE,
 };
 use crate::config::ApplianceConfig;
 use crate::runtime::{UpdateDecision, UpdateOffer};
@@ -195,7 +194,10 @@ async fn publish_status(
             () = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let frame = LinkStatusFrame::from(&*status.lock().unwrap_or_else(PoisonError::into_inner));
+        let frame = status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let decision = updates
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -20,11 +20,10 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use warden_bridges::{BridgeHealth, Sample};
-use warden_link::outbox::OutboxStats;
+use warden_link::LinkStatus;
 use warden_link::topics::{
     Command, CommandResult, DeviceEvent, Reading, TwinDesired, TwinReported,
 };
-use warden_link::{LinkState, LinkStatus};
 
 use super::ipc::Incoming;
 use crate::runtime::UpdateDecision;
@@ -99,7 +98,7 @@ pub enum BridgesToPage {
         /// The bridge.
         bridge: String,
         /// Its counters.
-        health: HealthFrame,
+        health: BridgeHealth,
     },
     /// A point's new value.
     Sample(SampleFrame),
@@ -114,7 +113,7 @@ pub enum PageToBridges {}
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LinkToPage {
     /// The link's state and counters.
-    Status(LinkStatusFrame),
+    Status(LinkStatus),
     /// The pending update offer and the operator's decision as the update path holds it.
     Updates(UpdateDecision),
 }
@@ -177,187 +176,6 @@ impl From<SampleFrame> for Sample {
     }
 }
 
-/// [`BridgeHealth`] on the wire (it is `Serialize` only). Both conversions list every
-/// field, so a new counter fails to compile here instead of vanishing silently.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)] // The fields are BridgeHealth's, documented there.
-pub struct HealthFrame {
-    pub connected: bool,
-    pub reads_ok: u64,
-    pub errors: u64,
-    pub exceptions: u64,
-    pub denied: u64,
-    pub writes_ok: u64,
-    pub timeouts: u64,
-    pub retries: u64,
-    pub crc_errors: u64,
-    pub noise_bytes: u64,
-    pub last_error: Option<String>,
-}
-
-impl From<&BridgeHealth> for HealthFrame {
-    fn from(health: &BridgeHealth) -> Self {
-        let BridgeHealth {
-            connected,
-            reads_ok,
-            errors,
-            exceptions,
-            denied,
-            writes_ok,
-            timeouts,
-            retries,
-            crc_errors,
-            noise_bytes,
-            last_error,
-        } = health.clone();
-        Self {
-            connected,
-            reads_ok,
-            errors,
-            exceptions,
-            denied,
-            writes_ok,
-            timeouts,
-            retries,
-            crc_errors,
-            noise_bytes,
-            last_error,
-        }
-    }
-}
-
-impl From<HealthFrame> for BridgeHealth {
-    fn from(frame: HealthFrame) -> Self {
-        Self {
-            connected: frame.connected,
-            reads_ok: frame.reads_ok,
-            errors: frame.errors,
-            exceptions: frame.exceptions,
-            denied: frame.denied,
-            writes_ok: frame.writes_ok,
-            timeouts: frame.timeouts,
-            retries: frame.retries,
-            crc_errors: frame.crc_errors,
-            noise_bytes: frame.noise_bytes,
-            last_error: frame.last_error,
-        }
-    }
-}
-
-/// [`LinkStatus`] on the wire (it is `Serialize` only). Both conversions list every
-/// field, so a new one fails to compile here instead of vanishing silently.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)] // The fields are LinkStatus's, documented there.
-pub struct LinkStatusFrame {
-    /// 0 connecting, 1 connected, 2 disconnected.
-    pub state: u8,
-    pub batches_queued: u64,
-    pub batches_acknowledged: u64,
-    pub control_acknowledged: u64,
-    pub control: OutboxStatsFrame,
-    pub messages_sent: u64,
-    pub readings_dropped: u64,
-    pub outbox: OutboxStatsFrame,
-    pub last_error: Option<String>,
-}
-
-/// [`OutboxStats`] on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)] // The fields are OutboxStats's, documented there.
-pub struct OutboxStatsFrame {
-    pub depth: u64,
-    pub bytes: u64,
-    pub dropped_oldest: u64,
-    pub refused: u64,
-    pub damaged_records: u64,
-    pub next_seq: u64,
-}
-
-impl From<OutboxStats> for OutboxStatsFrame {
-    fn from(stats: OutboxStats) -> Self {
-        let OutboxStats {
-            depth,
-            bytes,
-            dropped_oldest,
-            refused,
-            damaged_records,
-            next_seq,
-        } = stats;
-        Self {
-            depth,
-            bytes,
-            dropped_oldest,
-            refused,
-            damaged_records,
-            next_seq,
-        }
-    }
-}
-
-impl From<OutboxStatsFrame> for OutboxStats {
-    fn from(frame: OutboxStatsFrame) -> Self {
-        Self {
-            depth: frame.depth,
-            bytes: frame.bytes,
-            dropped_oldest: frame.dropped_oldest,
-            refused: frame.refused,
-            damaged_records: frame.damaged_records,
-            next_seq: frame.next_seq,
-        }
-    }
-}
-
-impl From<&LinkStatus> for LinkStatusFrame {
-    fn from(status: &LinkStatus) -> Self {
-        let LinkStatus {
-            state,
-            batches_queued,
-            batches_acknowledged,
-            control_acknowledged,
-            control,
-            messages_sent,
-            readings_dropped,
-            outbox,
-            last_error,
-        } = status.clone();
-        Self {
-            state: match state {
-                LinkState::Connecting => 0,
-                LinkState::Connected => 1,
-                LinkState::Disconnected => 2,
-            },
-            batches_queued,
-            batches_acknowledged,
-            control_acknowledged,
-            control: control.into(),
-            messages_sent,
-            readings_dropped,
-            outbox: outbox.into(),
-            last_error,
-        }
-    }
-}
-
-impl From<LinkStatusFrame> for LinkStatus {
-    fn from(frame: LinkStatusFrame) -> Self {
-        Self {
-            state: match frame.state {
-                1 => LinkState::Connected,
-                2 => LinkState::Disconnected,
-                _ => LinkState::Connecting,
-            },
-            batches_queued: frame.batches_queued,
-            batches_acknowledged: frame.batches_acknowledged,
-            control_acknowledged: frame.control_acknowledged,
-            control: frame.control.into(),
-            messages_sent: frame.messages_sent,
-            readings_dropped: frame.readings_dropped,
-            outbox: frame.outbox.into(),
-            last_error: frame.last_error,
-        }
-    }
-}
-
 impl Incoming for BridgesToLink {
     fn check(&self) -> Result<(), String> {
         match self {
@@ -399,7 +217,7 @@ mod tests {
         };
         let to_page = BridgesToPage::Health {
             bridge: "line1".into(),
-            health: HealthFrame::from(&health),
+            health: health.clone(),
         };
         let mut bytes = Vec::new();
         write_frame(&mut bytes, &to_page).expect("write");
@@ -409,7 +227,7 @@ mod tests {
         let BridgesToPage::Health { health: frame, .. } = back else {
             panic!("{back:?}");
         };
-        assert_eq!(BridgeHealth::from(frame), health);
+        assert_eq!(frame, health);
         let to_link = BridgesToLink::Reading(Reading {
             point: "line1/t".into(),
             value: 21.5,

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warden_bridges::{BridgeHealth, Sample};
+use warden_bridges::Sample;
 use warden_os::monitor::compartment::Compartment;
 
 use super::ipc;
@@ -128,8 +128,7 @@ pub fn apply_from_bridges(state: &ApplianceState, message: BridgesToPage) {
         BridgesToPage::Inventory(_) => {}
         BridgesToPage::Health { bridge, health } => {
             if let Some(view) = state.bridges.iter().find(|view| view.name == bridge) {
-                *view.health.lock().unwrap_or_else(PoisonError::into_inner) =
-                    BridgeHealth::from(health);
+                *view.health.lock().unwrap_or_else(PoisonError::into_inner) = health;
             }
         }
         BridgesToPage::Sample(frame) => state.record_sample(&Sample::from(frame)),
@@ -144,8 +143,8 @@ pub fn apply_from_link(
     message: LinkToPage,
 ) {
     match message {
-        LinkToPage::Status(frame) => {
-            *link.lock().unwrap_or_else(PoisonError::into_inner) = frame.into();
+        LinkToPage::Status(status) => {
+            *link.lock().unwrap_or_else(PoisonError::into_inner) = status;
         }
         LinkToPage::Updates(from_link) => {
             let mut ours = updates.lock().unwrap_or_else(PoisonError::into_inner);
