@@ -118,6 +118,15 @@ impl Poller {
     }
 }
 
+/// When a block due at `due` and polled at `now` is due next: on a fixed rate from its
+/// schedule (the timer wakes late by up to a tick; counting from the wake-up would
+/// stretch every period by that much), skipping the polls it fell behind on rather
+/// than bursting to catch up.
+fn next_poll_after(due: Instant, interval: Duration, now: Instant) -> Instant {
+    let next = due + interval;
+    if next > now { next } else { now + interval }
+}
+
 struct UnitPoller {
     bridge: BridgeHandle,
     unit: u8,
@@ -151,7 +160,7 @@ impl UnitPoller {
                     continue;
                 }
                 let interval = Duration::from_millis(self.blocks[index].interval_ms.max(1));
-                next_due[index] = now + interval;
+                next_due[index] = next_poll_after(next_due[index], interval, now);
                 let polled = tokio::select! {
                     () = shutdown.cancelled() => return,
                     polled = self.poll_block(index) => polled,
@@ -326,5 +335,17 @@ mod tests {
         sample.text = None;
         sample.value = 21.5;
         assert_eq!(sample.reading(), Value::Number(21.5));
+    }
+
+    #[test]
+    fn polls_keep_their_rate_when_the_timer_wakes_late() {
+        let start = Instant::now();
+        let interval = Duration::from_millis(10);
+        // Woken 1 ms late: the next poll is still 10 ms after the scheduled one.
+        let next = next_poll_after(start, interval, start + Duration::from_millis(1));
+        assert_eq!(next, start + interval);
+        // Fallen behind by more than a period: skip, do not burst.
+        let late = start + Duration::from_millis(35);
+        assert_eq!(next_poll_after(start, interval, late), late + interval);
     }
 }
