@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{BridgeHandle, Downstream, RequestError};
+use crate::bridge::{BridgeHandle, Downstream, HealthEvent, RequestError};
 use crate::config::ModbusTcpBridgeConfig;
 use crate::modbus::pdu::ExceptionCode;
 use crate::modbus::tcp_pool::TcpDevice;
@@ -248,10 +248,9 @@ impl UnitPoller {
                 }
                 let name = points[block.points[0]].name.clone();
                 tracing::warn!(bridge = %self.bridge.name(), point = %name, %code, "device exception");
-                self.bridge.update_health(|h| {
-                    h.exceptions += 1;
-                    h.last_error = Some(format!("point {name}: {code}"));
-                });
+                let text = format!("unit {} point {name}: {code}", self.unit);
+                self.bridge
+                    .update_health(|h| h.record(Some(self.unit), HealthEvent::Exception(text)));
                 return Polled::Nothing;
             }
             Answer::Written => {
@@ -260,7 +259,7 @@ impl UnitPoller {
             }
         }
         self.bridge.update_health(|h| {
-            h.reads_ok += 1;
+            h.record(Some(self.unit), HealthEvent::ReadOk);
             h.connected = true;
         });
         Polled::Samples(batch)
@@ -301,11 +300,10 @@ impl UnitPoller {
         );
         let text = format!("unit {}: {error}", self.unit);
         self.bridge.update_health(|h| {
-            h.errors += 1;
+            h.record(Some(self.unit), HealthEvent::Error(text));
             if disconnected {
                 h.connected = false;
             }
-            h.last_error = Some(text);
         });
     }
 }

@@ -22,7 +22,7 @@ use super::fair_queue::{BackoffPolicy, FairQueue};
 use super::pdu::{Request, Response};
 use super::rtu::{CharTiming, MAX_ADU_LEN, MasterCounters, MasterEvent, RtuMaster};
 use super::{Answer, ClientError};
-use crate::bridge::BridgeHealth;
+use crate::bridge::{BridgeHealth, HealthEvent};
 
 /// Parity of the serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -263,7 +263,7 @@ impl BusDriver {
                             return Err(std::io::ErrorKind::UnexpectedEof.into());
                         }
                         let _ = self.master.receive(&rx[..n], self.micros(Instant::now()));
-                        self.report_counters();
+                        self.report_counters(None);
                     }
                 }
                 continue;
@@ -318,7 +318,7 @@ impl BusDriver {
                     }
                 }
             };
-            self.report_counters();
+            self.report_counters(Some(unit));
             self.finish(unit, job, event);
         }
     }
@@ -344,21 +344,35 @@ impl BusDriver {
         if job.attempt < self.options.retries && !job.reply.is_closed() {
             job.attempt += 1;
             tracing::debug!(unit, attempt = job.attempt, ?backoff, %failure, "retrying");
-            self.update_health(|h| h.retries += 1);
+            self.update_health(|h| h.record(Some(unit), HealthEvent::Retry));
             self.queue.push_front(unit, job);
         } else {
             let _ = job.reply.send(Err(failure));
         }
     }
 
-    fn report_counters(&mut self) {
+    /// Moves the master's line counters into the bridge's health; what happened since the
+    /// last report belongs to `unit`'s transaction when there is one (noise never does).
+    fn report_counters(&mut self, unit: Option<u8>) {
         let now = self.master.counters();
         let before = self.reported;
         self.reported = now;
+        let timeouts = now.timeouts - before.timeouts;
+        let crc_errors = now.framer.crc_errors - before.framer.crc_errors;
+        let noise = now.framer.noise_bytes - before.framer.noise_bytes;
+        if timeouts == 0 && crc_errors == 0 && noise == 0 {
+            return;
+        }
         self.update_health(|h| {
-            h.timeouts += u64::from(now.timeouts - before.timeouts);
-            h.crc_errors += u64::from(now.framer.crc_errors - before.framer.crc_errors);
-            h.noise_bytes += u64::from(now.framer.noise_bytes - before.framer.noise_bytes);
+            for _ in 0..timeouts {
+                h.record(unit, HealthEvent::Timeout);
+            }
+            if crc_errors > 0 {
+                h.record(unit, HealthEvent::CrcErrors(u64::from(crc_errors)));
+            }
+            if noise > 0 {
+                h.record(None, HealthEvent::NoiseBytes(u64::from(noise)));
+            }
         });
     }
 
@@ -386,10 +400,7 @@ impl BusDriver {
 
     fn record_error(&self, error: &str) {
         tracing::warn!(%error, "rtu bus error");
-        self.update_health(|h| {
-            h.errors += 1;
-            h.last_error = Some(error.to_owned());
-        });
+        self.update_health(|h| h.record(None, HealthEvent::Error(error.to_owned())));
     }
 
     fn update_health(&self, change: impl FnOnce(&mut BridgeHealth)) {
