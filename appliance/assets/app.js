@@ -48,6 +48,70 @@ function showUpdates(u) {
   decision.dataset.deferredUntil = u.deferred_until_ms || "";
 }
 
+// "running a: 1.4.0 confirmed (primary); b: 1.5.0 trial — 1 boot(s) on trial, 0 crash(es)"
+function slotsText(slots) {
+  if (!slots) return "no [updates] state directory configured";
+  if (slots.error) return slots.error;
+  const parts = slots.slots.map(slot =>
+    slot.slot + ": " + (slot.version ? slot.version + " " : "") + slot.status +
+    (slot.slot === slots.primary ? " (primary)" : "") +
+    (slot.slot === slots.running ? " (running)" : "") +
+    (slot.detail ? " — " + slot.detail : ""));
+  return parts.join("; ");
+}
+
+// What the unit knows: the fleet keeps its verdict, the unit knows what it answered.
+function attestationText(a) {
+  if (!a || !a.last_answered_ms) return "no challenge from the fleet yet";
+  return "last challenge answered " + when(a.last_answered_ms) + ", " +
+    (a.last_error ? "without a quote: " + a.last_error : "with a quote") +
+    " (" + a.answered + " since start; the fleet keeps its verdict)";
+}
+
+let reportsById = new Map();
+
+function showReports(r) {
+  const table = document.getElementById("reports-table");
+  table.replaceChildren();
+  reportsById = new Map();
+  if (!r) { text("reports-summary", "no [reports] ring configured"); return; }
+  if (r.error) { text("reports-summary", "cannot read the reports: " + r.error); return; }
+  text("reports-summary", r.total
+    ? r.total + " in the ring" + (r.total > r.newest.length ? ", newest " + r.newest.length + " shown" : "")
+    : "none");
+  if (!r.newest.length) return;
+  row(table, ["#", "time", "compartment", "kind", "message", "uploaded"], "th");
+  for (const report of r.newest) {
+    reportsById.set(String(report.id), report);
+    const link = document.createElement("a");
+    link.href = "#report-" + report.id;
+    link.textContent = String(report.id);
+    link.addEventListener("click", (e) => { e.preventDefault(); showReport(report.id); });
+    const tr = row(table, [link, when(report.created_ms), report.compartment, report.kind,
+      report.message, report.uploaded ? "yes" : "not yet"]);
+    tr.dataset.report = String(report.id);
+  }
+  const open = document.getElementById("report-detail").dataset.report;
+  if (open && reportsById.has(open)) showReport(open);
+}
+
+function showReport(id) {
+  const report = reportsById.get(String(id));
+  const pane = document.getElementById("report-detail");
+  if (!report) { pane.hidden = true; return; }
+  pane.dataset.report = String(report.id);
+  text("report-detail-title", "Report " + report.id);
+  text("report-detail-compartment", report.compartment);
+  text("report-detail-kind", report.kind);
+  text("report-detail-time", when(report.created_ms));
+  text("report-detail-image", report.image_version);
+  text("report-detail-uploaded", report.uploaded ? "yes" : "not yet");
+  text("report-detail-signature", report.signature);
+  text("report-detail-message", report.message);
+  text("report-detail-backtrace", report.detail);
+  pane.hidden = false;
+}
+
 async function refresh() {
   try {
     const response = await fetch("/api/status", { credentials: "same-origin" });
@@ -57,8 +121,8 @@ async function refresh() {
     text("device", s.device_id);
     text("overview-device", s.device_id);
     text("overview-version", s.software_version);
-    text("overview-slots", s.image_slots ? s.image_slots.join(", ") : "not available yet");
-    text("overview-attestation", s.attestation || "not available yet");
+    text("overview-slots", slotsText(s.image_slots));
+    text("overview-attestation", attestationText(s.link.attestation));
     const link = document.getElementById("link");
     link.textContent = s.link.state;
     link.className = "state-" + s.link.state;
@@ -92,15 +156,27 @@ async function refresh() {
           : row(table, [p.name, "—", "", "never", ""]);
         tr.dataset.point = p.name;
       }
-      root.append(h, counters, table);
+      root.append(h, counters);
+      // Per-unit counters (units behind a gateway or on an RS-485 line), when counted.
+      if (b.health.units && b.health.units.length) {
+        const units = document.createElement("table");
+        units.dataset.units = b.name;
+        row(units, ["unit", "reads", "writes", "errors", "timeouts", "retries", "CRC errors",
+          "exceptions", "denied", "last error"], "th");
+        for (const u of b.health.units) {
+          const tr = row(units, [String(u.unit), String(u.reads_ok), String(u.writes_ok),
+            String(u.errors), String(u.timeouts), String(u.retries), String(u.crc_errors),
+            String(u.exceptions), String(u.denied), u.last_error || ""]);
+          tr.dataset.unit = String(u.unit);
+        }
+        root.append(units);
+      }
+      root.append(table);
       const d = row(denials, [b.name, String(b.health.denied), b.health.last_error || ""]);
       d.dataset.bridge = b.name;
     }
 
-    const reports = document.getElementById("reports-list");
-    reports.replaceChildren();
-    const items = s.failure_reports.length ? s.failure_reports : ["none yet"];
-    for (const r of items) { const li = document.createElement("li"); li.textContent = r; reports.appendChild(li); }
+    showReports(s.failure_reports);
     showUpdates(s.updates);
     text("error", "");
   } catch (e) {
@@ -129,6 +205,11 @@ async function start() {
   document.getElementById("logout-csrf").value = csrfToken;
   document.getElementById("update-defer").addEventListener("click", () => decide("defer"));
   document.getElementById("update-allow").addEventListener("click", () => decide("allow"));
+  document.getElementById("report-detail-close").addEventListener("click", () => {
+    const pane = document.getElementById("report-detail");
+    pane.hidden = true;
+    delete pane.dataset.report;
+  });
   refresh();
   setInterval(refresh, 1000);
 }

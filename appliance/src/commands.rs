@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
+use warden_bridges::WriteOutcome;
 use warden_bridges::request_policy::RequestSource;
-use warden_bridges::{BridgeHandle, WriteOutcome, WriteTarget, WriteValue};
 use warden_link::topics::{Command, CommandAction, CommandResult, CommandStatus, PROTOCOL_VERSION};
 use warden_link::{CommandChannel, ControlMessage, ControlSender};
 
@@ -137,7 +137,7 @@ pub struct CommandLogError(String);
 /// Executes commands until `shutdown` or until the link closes the channel.
 pub async fn run(
     mut channel: CommandChannel,
-    bridges: Vec<BridgeHandle>,
+    bridges: crate::bridge_set::BridgeSet,
     mut log: CommandLog,
     shutdown: CancellationToken,
 ) {
@@ -175,29 +175,26 @@ pub async fn run(
 }
 
 /// Runs one command through the bridge it names.
-pub async fn execute(bridges: &[BridgeHandle], command: &Command) -> CommandResult {
+pub async fn execute(bridges: &crate::bridge_set::BridgeSet, command: &Command) -> CommandResult {
     let (status, detail) = match &command.action {
         CommandAction::Write {
             bridge,
             point,
             value,
-        } => match bridges.iter().find(|b| b.name() == bridge) {
+        } => match bridges
+            .write_point(bridge, point, *value, RequestSource::Cloud)
+            .await
+        {
             None => (CommandStatus::Failed, format!("no bridge named {bridge:?}")),
-            Some(handle) => {
-                let target = WriteTarget::Point(point.clone());
-                match handle
-                    .write(&target, &WriteValue::Number(*value), RequestSource::Cloud)
-                    .await
-                {
-                    WriteOutcome::Written => (CommandStatus::Written, String::new()),
-                    WriteOutcome::Denied { reason } => (CommandStatus::Denied, reason),
-                    WriteOutcome::Exception { code } => (
-                        CommandStatus::Exception,
-                        format!("modbus exception {code:#04x}"),
-                    ),
-                    WriteOutcome::Failed { error } => (CommandStatus::Failed, error),
-                }
-            }
+            Some(outcome) => match outcome {
+                WriteOutcome::Written => (CommandStatus::Written, String::new()),
+                WriteOutcome::Denied { reason } => (CommandStatus::Denied, reason),
+                WriteOutcome::Exception { code } => (
+                    CommandStatus::Exception,
+                    format!("modbus exception {code:#04x}"),
+                ),
+                WriteOutcome::Failed { error } => (CommandStatus::Failed, error),
+            },
         },
         #[allow(unreachable_patterns)] // CommandAction is non_exhaustive; newer kinds are refused.
         _ => (
@@ -317,7 +314,7 @@ mod tests {
                 value: 1.0,
             },
         };
-        let result = execute(&[], &command).await;
+        let result = execute(&crate::bridge_set::BridgeSet::default(), &command).await;
         assert_eq!(result.status, CommandStatus::Failed);
         assert_eq!(result.detail, "no bridge named \"nope\"");
     }

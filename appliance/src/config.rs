@@ -1,4 +1,4 @@
-//! The integrator's TOML config: device, policy, bridges, link and status page.
+//! The integrator's TOML config: device, policy, bridges, network, link, status page.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +15,10 @@ pub struct ApplianceConfig {
     pub policy: PolicyConfig,
     /// Equipment bridges.
     #[serde(default)]
-    pub bridges: BridgesConfig,
+    pub bridges: ApplianceBridges,
+    /// The private equipment network on the downstream port (absent: none).
+    #[serde(default)]
+    pub privnet: Option<PrivnetConfig>,
     /// The cloud link.
     pub link: LinkConfig,
     /// The local status page.
@@ -84,8 +87,105 @@ pub struct PolicyConfig {
     pub bundle_dir: Option<PathBuf>,
 }
 
-/// All bridges, by kind, and the gateway facade (defined and validated by the bridges).
+/// One `[[bridges.ble]]` sensor (defined and validated by `warden-ble`).
+pub use warden_ble::BleBridgeConfig;
+/// The Modbus bridges and the gateway facade (defined and validated by the bridges).
 pub use warden_bridges::BridgesConfig;
+/// The `[privnet]` section (defined and validated by `warden-privnet`).
+pub use warden_privnet::config::PrivnetConfig;
+
+/// `[bridges]`: every bridge kind the appliance runs. The Modbus kinds and the facade
+/// are `warden-bridges`' [`BridgesConfig`]; BLE sensors are `warden-ble`'s (that crate
+/// builds on `warden-bridges`, so the one list of kinds lives here).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceBridges {
+    /// Modbus TCP devices.
+    #[serde(default)]
+    pub modbus_tcp: Vec<warden_bridges::ModbusTcpBridgeConfig>,
+    /// Modbus RTU lines.
+    #[serde(default)]
+    pub modbus_rtu: Vec<warden_bridges::ModbusRtuBridgeConfig>,
+    /// The plant-side Modbus TCP server.
+    #[serde(default)]
+    pub facade: Option<warden_bridges::facade::FacadeConfig>,
+    /// BLE sensors (GATT over an HCI controller).
+    #[serde(default)]
+    pub ble: Vec<BleBridgeConfig>,
+}
+
+impl ApplianceBridges {
+    /// The Modbus bridges and the facade, as `warden-bridges` takes them.
+    pub fn modbus(&self) -> BridgesConfig {
+        BridgesConfig {
+            modbus_tcp: self.modbus_tcp.clone(),
+            modbus_rtu: self.modbus_rtu.clone(),
+            facade: self.facade.clone(),
+        }
+    }
+
+    /// The same bridges, with every real-time core line (`transport = "rtcore"`)
+    /// given `bundle` (the stored signed policy bundle, newer than the configured
+    /// file) when there is one.
+    pub fn with_core_bundle(mut self, bundle: Option<&Path>) -> Self {
+        if let Some(bundle) = bundle {
+            for line in &mut self.modbus_rtu {
+                if line.transport == warden_bridges::rtcore::RtuTransport::Rtcore {
+                    line.policy_bundle = Some(bundle.to_path_buf());
+                }
+            }
+        }
+        self
+    }
+
+    /// Checks every bridge: the Modbus ones and the facade by `warden-bridges`, the BLE
+    /// ones by `warden-ble`, and that names are unique across kinds and no two BLE
+    /// bridges share a controller. Errors name the field (`bridges.ble[1].hci`).
+    pub fn validate(&self) -> Result<(), warden_bridges::config::ConfigProblem> {
+        use warden_bridges::config::ConfigProblem;
+        self.modbus().validate()?;
+        let mut names: std::collections::BTreeMap<&str, String> =
+            self.modbus_tcp
+                .iter()
+                .enumerate()
+                .map(|(b, bridge)| (bridge.name.as_str(), format!("bridges.modbus_tcp[{b}]")))
+                .chain(
+                    self.modbus_rtu.iter().enumerate().map(|(b, bridge)| {
+                        (bridge.name.as_str(), format!("bridges.modbus_rtu[{b}]"))
+                    }),
+                )
+                .collect();
+        let mut controllers: std::collections::BTreeMap<&str, String> = Default::default();
+        for (b, bridge) in self.ble.iter().enumerate() {
+            let at = format!("bridges.ble[{b}]");
+            bridge.validate(&at).map_err(|error| ConfigProblem {
+                field: error.field,
+                message: error.message,
+            })?;
+            if let Some(first) = names.get(bridge.name.as_str()) {
+                return Err(ConfigProblem {
+                    field: format!("{at}.name"),
+                    message: format!(
+                        "bridge name {:?} is used twice (first at {first})",
+                        bridge.name
+                    ),
+                });
+            }
+            names.insert(&bridge.name, at.clone());
+            if let Some(first) = controllers.get(bridge.hci.as_str()) {
+                return Err(ConfigProblem {
+                    field: format!("{at}.hci"),
+                    message: format!(
+                        "controller {:?} is already used by {first}; one BLE bridge per controller",
+                        bridge.hci
+                    ),
+                });
+            }
+            controllers.insert(&bridge.hci, at);
+        }
+        Ok(())
+    }
+}
 
 /// The local status page (HTTPS, password login) and the metrics endpoint.
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +348,22 @@ impl ApplianceConfig {
         self.bridges
             .validate()
             .map_err(|problem| invalid(problem.field, problem.message))?;
+        if let Some(privnet) = &self.privnet {
+            privnet
+                .validate("privnet")
+                .map_err(|error| invalid(error.field, error.message))?;
+            for (f, forward) in privnet.forward.iter().enumerate() {
+                if forward.listen.port() == 0 {
+                    return Err(invalid(
+                        format!("privnet.forward[{f}].listen"),
+                        format!(
+                            "{} needs a fixed port: the Modbus TCP bridge that uses it names it in its address",
+                            forward.listen
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -367,6 +483,155 @@ metrics_listen = "127.0.0.1:0"
         assert!(
             text.starts_with("warden.toml:15:1: unknown field `scael`"),
             "{text}"
+        );
+    }
+
+    const BLE: &str = r#"
+[[bridges.ble]]
+name = "greenhouse"
+hci = "tcp:127.0.0.1:9001"
+address = "F0:F1:F2:F3:F4:F5"
+[[bridges.ble.points]]
+name = "temperature"
+service = "181A"
+characteristic = "2A6E"
+access = "notify"
+type = "i16"
+scale = 0.01
+"#;
+
+    const PRIVNET: &str = r#"
+[privnet]
+interface = "warden-eq0"
+mac = "02:00:00:00:00:01"
+address = "10.77.0.1/24"
+[[privnet.dhcp.static_leases]]
+mac = "02:00:00:00:00:10"
+ip = "10.77.0.10"
+[[privnet.forward]]
+listen = "127.0.0.1:15020"
+to = "10.77.0.10:502"
+"#;
+
+    /// GOOD with `extra` inserted before `[link]`.
+    fn with(extra: &str) -> String {
+        GOOD.replace("[link]", &format!("{extra}[link]"))
+    }
+
+    fn error_of(text: &str) -> String {
+        ApplianceConfig::parse(text, Path::new("warden.toml"))
+            .expect_err("must fail")
+            .to_string()
+    }
+
+    #[test]
+    fn ble_bridges_and_the_private_network_load() {
+        let config = ApplianceConfig::parse(&with(&format!("{BLE}{PRIVNET}")), Path::new("w.toml"))
+            .expect("valid");
+        assert_eq!(config.bridges.ble[0].name, "greenhouse");
+        assert_eq!(config.bridges.modbus().modbus_tcp.len(), 1);
+        let privnet = config.privnet.expect("privnet");
+        assert_eq!(privnet.forward[0].to.to_string(), "10.77.0.10:502");
+    }
+
+    #[test]
+    fn ble_errors_name_the_field() {
+        let cases = [
+            (
+                BLE.replace("\"2A6E\"", "\"2A6X\""),
+                "warden.toml: bridges.ble[0].points[0].characteristic:",
+            ),
+            (
+                BLE.replace("hci = \"tcp:127.0.0.1:9001\"", "hci = \"usb:0\""),
+                "warden.toml: bridges.ble[0].hci:",
+            ),
+            (
+                BLE.replace("name = \"greenhouse\"", "name = \"line1\""),
+                "warden.toml: bridges.ble[0].name: bridge name \"line1\" is used twice (first at bridges.modbus_tcp[0])",
+            ),
+            (
+                format!("{BLE}{}", BLE.replace("greenhouse", "barn")),
+                "warden.toml: bridges.ble[1].hci: controller \"tcp:127.0.0.1:9001\" is already used by bridges.ble[0]",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let error = error_of(&with(&extra));
+            assert!(error.starts_with(expected), "{error}\nexpected {expected}");
+        }
+    }
+
+    #[test]
+    fn privnet_errors_name_the_field() {
+        let cases = [
+            (
+                PRIVNET.replace("listen = \"127.0.0.1:15020\"", "listen = \"0.0.0.0:15020\""),
+                "warden.toml: privnet.forward[0].listen:",
+            ),
+            (
+                PRIVNET.replace("listen = \"127.0.0.1:15020\"", "listen = \"127.0.0.1:0\""),
+                "warden.toml: privnet.forward[0].listen: 127.0.0.1:0 needs a fixed port",
+            ),
+            (
+                PRIVNET.replace("ip = \"10.77.0.10\"", "ip = \"10.78.0.10\""),
+                "warden.toml: privnet.dhcp.static_leases[0].ip:",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let error = error_of(&with(&extra));
+            assert!(error.starts_with(expected), "{error}\nexpected {expected}");
+        }
+    }
+
+    #[test]
+    fn unknown_ble_and_privnet_fields_name_the_line() {
+        let text = with(&BLE.replace("scale = 0.01", "scale = 0.01\nscael = 2"));
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("scael"))
+            .expect("line")
+            + 1;
+        let error = error_of(&text);
+        assert!(
+            error.starts_with(&format!("warden.toml:{line}:1: unknown field `scael`")),
+            "{error}"
+        );
+        let text = with(&PRIVNET.replace("[privnet]\n", "[privnet]\ntap = \"x\"\n"));
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("tap ="))
+            .expect("line")
+            + 1;
+        let error = error_of(&text);
+        assert!(
+            error.starts_with(&format!("warden.toml:{line}:1: unknown field `tap`")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn rtcore_lines_get_the_stored_bundle() {
+        let rtu = r#"
+[[bridges.modbus_rtu]]
+name = "bus9"
+port = "/dev/ttyRT0"
+baud = 19200
+transport = "rtcore"
+mailbox = "/dev/ttyRPMSG0"
+policy_bundle = "core.bundle"
+[[bridges.modbus_rtu.points]]
+name = "flow"
+kind = "input"
+address = 3
+type = "u16"
+"#;
+        let config = ApplianceConfig::parse(&with(rtu), Path::new("w.toml")).expect("valid");
+        let stored = Path::new("/var/lib/warden/policy-bundles/current.bundle");
+        let bridges = config.bridges.clone().with_core_bundle(Some(stored));
+        assert_eq!(bridges.modbus_rtu[0].policy_bundle.as_deref(), Some(stored));
+        let unchanged = config.bridges.with_core_bundle(None);
+        assert_eq!(
+            unchanged.modbus_rtu[0].policy_bundle.as_deref(),
+            Some(Path::new("core.bundle"))
         );
     }
 

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod boot;
+pub mod bridge_set;
 pub mod commands;
 pub mod compartments;
 pub mod config;

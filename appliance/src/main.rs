@@ -35,6 +35,9 @@ enum Command {
         #[arg(long, requires = "manifest")]
         insecure_dev: bool,
     },
+    /// Boot stage: select and verify a slot, run its image, reboot it after an update,
+    /// roll back a crashing trial (`warden boot … -- run --manifest …`).
+    Boot(warden::boot::BootArgs),
     /// Run one sandboxed compartment (started by the monitor, not by hand).
     Compartment {
         /// The role, e.g. `pluton`, `bridges`, `link`, `status-page`, `selftest-hostile`.
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
             insecure_dev,
             ..
         }) => run_async(run_monitor(manifest, insecure_dev)),
+        Some(Command::Boot(args)) => run_async(warden::boot::run(args)),
         Some(Command::Compartment { role, args }) => compartment(&role, &args),
         Some(Command::Status { config, json }) => status(&config, json),
         Some(Command::Report(command)) => command.run(),
@@ -179,10 +183,17 @@ async fn run(config_path: PathBuf) -> anyhow::Result<ExitCode> {
     let appliance = warden::runtime::start(config, shutdown.clone()).await?;
     println!("status page: https://{}/", appliance.status_address);
     println!("status page cert: SHA-256 {}", appliance.status_fingerprint);
-    warden::signals::wait_for_stop().await;
+    let restart = appliance.restart_requested.clone();
+    let code = tokio::select! {
+        () = warden::signals::wait_for_stop() => ExitCode::SUCCESS,
+        () = restart.cancelled() => {
+            tracing::info!("stopping for the boot stage to boot again");
+            ExitCode::from(warden_os::launch::RESTART_EXIT_CODE)
+        }
+    };
     shutdown.cancel();
     appliance.stopped().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// `warden run --manifest`: the monitor, until SIGTERM or Ctrl-C.
@@ -210,7 +221,7 @@ async fn run_monitor(manifest: PathBuf, insecure_dev: bool) -> anyhow::Result<Ex
         warden_os::monitor::MonitorOutcome::Stopped => Ok(ExitCode::SUCCESS),
         warden_os::monitor::MonitorOutcome::RolledBack { crashes, reason } => {
             tracing::error!(crashes, %reason, "the trial image crashed too often and was rolled back; reboot into the previous image");
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(warden_os::launch::RESTART_EXIT_CODE))
         }
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warden_bridges::{BridgeHandle, BridgeHealth, Sample};
+use warden_bridges::{BridgeHealth, Sample};
 use warden_link::{LinkAgent, LinkStatus, Reading};
 
 use crate::config::ApplianceConfig;
@@ -25,7 +25,7 @@ pub struct LiveValue {
     pub ts_ms: u64,
 }
 
-/// One bridge as the status page shows it.
+/// One bridge as the status page shows it (of any kind; see [`crate::bridge_set`]).
 #[derive(Debug, Clone)]
 pub struct BridgeView {
     /// Bridge name.
@@ -108,6 +108,8 @@ pub struct ApplianceState {
     pub history: Arc<Mutex<PointHistory>>,
     /// The operator's decision about updates (read by the update agent).
     pub updates: Arc<Mutex<UpdateDecision>>,
+    /// Image slots and failure reports, read from disk every few seconds.
+    pub unit: Arc<Mutex<crate::status_page::unit_facts::UnitFacts>>,
 }
 
 /// A started appliance.
@@ -118,6 +120,10 @@ pub struct RunningAppliance {
     pub status_fingerprint: String,
     /// Where `/metrics` listens (plain HTTP, loopback), if configured.
     pub metrics_address: Option<SocketAddr>,
+    /// Cancelled when the appliance wants the boot stage to boot again (an update was
+    /// installed, or its trial was given up): stop and exit with
+    /// `warden_os::launch::RESTART_EXIT_CODE`.
+    pub restart_requested: CancellationToken,
     tasks: JoinSet<()>,
 }
 
@@ -137,35 +143,30 @@ pub async fn start(
         policy,
         bundle_store,
         initial_report,
+        bundle_file,
     } = StartingPolicy::load(&config)?;
     // Before anything runs: no password hash (or no web key) means no appliance.
     let page = status_page::prepare(&config.status_page, &config.device.id)?;
+    // The report ring and the boot record, for the page (read before parts move).
+    let config_facts = config.clone();
 
     let mut tasks = JoinSet::new();
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
-    let started = warden_bridges::runtime::start(
-        config.bridges,
+    let started = crate::bridge_set::start(
+        config.bridges.with_core_bundle(bundle_file.as_deref()),
+        config.privnet.clone(),
         Arc::clone(&policy),
         sample_tx.clone(),
         shutdown.clone(),
         &mut tasks,
     )
-    .await
-    .context("cannot start the bridges")?;
-    let handles: Vec<BridgeHandle> = started.bridges.iter().map(|b| b.handle.clone()).collect();
-    let bridges: Vec<BridgeView> = started
-        .bridges
-        .into_iter()
-        .map(|bridge| BridgeView {
-            name: bridge.handle.name().to_owned(),
-            address: bridge.address,
-            points: bridge.points,
-            health: bridge.handle.health(),
-        })
-        .collect();
-    if let Some((address, _)) = &started.facade {
+    .await?;
+    let handles = started.set.clone();
+    let bridges = started.listings;
+    if let Some(address) = &started.facade {
         tracing::info!(%address, "gateway facade listening");
     }
+    let _privnet = started.privnet;
     drop(sample_tx);
 
     let command_log_path = config.link.outbox.dir.join("command-log.json");
@@ -178,16 +179,38 @@ pub async fn start(
     let desired = std::mem::replace(&mut command_channel.desired, mpsc::channel(1).1);
     let offers = std::mem::replace(&mut command_channel.offers, mpsc::channel(1).1);
     let update_decision: Arc<Mutex<UpdateDecision>> = Arc::default();
+    let restart = CancellationToken::new();
     match &config.updates {
         Some(updates) => {
+            let link_status = agent.status();
+            let bridge_health: Vec<_> = bridges.iter().map(|b| Arc::clone(&b.health)).collect();
+            let health: crate::updates::HealthProbe = Arc::new(move || warden_os::HealthReport {
+                link_up: link_status
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .state
+                    == warden_link::LinkState::Connected,
+                bridges_healthy: bridge_health.iter().all(|health| {
+                    health
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .connected
+                }),
+            });
+            let context = crate::updates::UpdateContext {
+                control: command_channel.control.clone(),
+                decision: Arc::clone(&update_decision),
+                offers,
+                health,
+                restart: Some(restart.clone()),
+                shutdown: shutdown.clone(),
+            };
             tasks.spawn(crate::updates::start(
                 updates,
                 pluton_socket.as_deref(),
                 &config.device.product,
-                command_channel.control.clone(),
-                Arc::clone(&update_decision),
-                offers,
-                shutdown.clone(),
+                crate::updates::PlutonAccess::Privileged,
+                context,
             )?);
         }
         None => {
@@ -233,7 +256,12 @@ pub async fn start(
         link: agent.status(),
         history: Arc::default(),
         updates: update_decision,
+        unit: Arc::default(),
     };
+    tasks.spawn(
+        crate::status_page::unit_facts::UnitFactsSource::new(&config_facts, None)
+            .keep_reading(Arc::clone(&state.unit), shutdown.clone()),
+    );
     let (reading_tx, reading_rx) = mpsc::channel::<Reading>(4096);
     let link_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -243,6 +271,7 @@ pub async fn start(
     });
 
     let page_state = state.clone();
+    let readings_stop = shutdown.clone();
     tasks.spawn(async move {
         while let Some(sample) = sample_rx.recv().await {
             page_state.record_sample(&sample);
@@ -253,6 +282,10 @@ pub async fn start(
                 break;
             }
         }
+        // A unit without bridges has no samples at all: the link (which stops when its
+        // readings close) must still run, for attestation, reports and updates.
+        readings_stop.cancelled().await;
+        drop(reading_tx);
     });
 
     crate::control::serve(
@@ -266,6 +299,7 @@ pub async fn start(
         .await
         .context("cannot start the status page")?;
     Ok(RunningAppliance {
+        restart_requested: restart,
         status_address: page.address,
         status_fingerprint: page.fingerprint,
         metrics_address: page.metrics_address,
@@ -281,6 +315,9 @@ pub struct StartingPolicy {
     pub bundle_store: Option<warden_policy::bundle::store::BundleStore>,
     /// What the twin reports first.
     pub initial_report: warden_link::topics::TwinReported,
+    /// The stored signed bundle the policy came from, if it came from one: real-time
+    /// cores get it instead of their configured `policy_bundle` (it is newer).
+    pub bundle_file: Option<std::path::PathBuf>,
 }
 
 impl StartingPolicy {
@@ -312,10 +349,15 @@ impl StartingPolicy {
             None => (Arc::new(compile_policy_file(&config.policy.file)?), None),
         };
         let initial_report = crate::twin::reported_for(&policy, bundle_version, None);
+        let bundle_file = match (&config.policy.bundle_dir, bundle_version) {
+            (Some(dir), Some(_)) => Some(dir.join(warden_policy::bundle::store::CURRENT_FILE)),
+            _ => None,
+        };
         Ok(Self {
             policy,
             bundle_store,
             initial_report,
+            bundle_file,
         })
     }
 }
@@ -347,20 +389,24 @@ impl ApplianceState {
     }
 }
 
-/// The telemetry reading of `sample`; `None` for a non-numeric one (string points
-/// carry text, telemetry v1 carries numbers only, and a NaN would make the whole batch
-/// unreadable at the fleet).
+/// The telemetry reading of `sample`: its number, or the text of a string point;
+/// `None` for a number that is not finite (a NaN or infinite float register: JSON
+/// cannot carry it, and the fleet would refuse the whole batch).
 pub fn telemetry_reading(sample: Sample) -> Option<Reading> {
+    let point = format!("{}/{}", sample.bridge, sample.point);
+    if let Some(text) = sample.text {
+        return Some(Reading::text(point, text, sample.unit, sample.timestamp_ms));
+    }
     if !sample.value.is_finite() {
-        tracing::debug!(bridge = %sample.bridge, point = %sample.point, "non-numeric sample not sent as telemetry");
+        tracing::debug!(%point, value = sample.value, "non-finite sample not sent as telemetry");
         return None;
     }
-    Some(Reading {
-        point: format!("{}/{}", sample.bridge, sample.point),
-        value: sample.value,
-        unit: sample.unit,
-        ts_ms: sample.timestamp_ms,
-    })
+    Some(Reading::number(
+        point,
+        sample.value,
+        sample.unit,
+        sample.timestamp_ms,
+    ))
 }
 
 /// Compiles the local policy file, logging its warnings.
@@ -374,4 +420,33 @@ fn compile_policy_file(path: &std::path::Path) -> anyhow::Result<warden_policy::
         tracing::warn!(%warning, "policy warning");
     }
     Ok(compiled.policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(value: f64, text: Option<&str>) -> Sample {
+        Sample {
+            bridge: "line1".into(),
+            point: "p".into(),
+            value,
+            text: text.map(str::to_owned),
+            unit: "bar".into(),
+            timestamp_ms: 7,
+        }
+    }
+
+    #[test]
+    fn string_points_travel_as_text_and_non_finite_numbers_stay_home() {
+        let text = telemetry_reading(sample(f64::NAN, Some("AB-17"))).expect("sent");
+        assert_eq!(
+            (text.point.as_str(), text.text.as_deref()),
+            ("line1/p", Some("AB-17"))
+        );
+        assert!(text.value.is_nan());
+        let number = telemetry_reading(sample(2.5, None)).expect("sent");
+        assert_eq!((number.value, number.text), (2.5, None));
+        assert!(telemetry_reading(sample(f64::INFINITY, None)).is_none());
+    }
 }

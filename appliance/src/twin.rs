@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use warden_bridges::BridgeHandle;
-use warden_bridges::request_policy::PolicyGate;
 use warden_keychain::{Purpose, RootKey};
 use warden_link::topics::{
     DeviceEvent, PROTOCOL_VERSION, TwinDesired, TwinReported, event_kind, from_hex,
@@ -64,7 +62,7 @@ pub async fn run(
     mut desired: mpsc::Receiver<TwinDesired>,
     control: ControlSender,
     mut store: Option<BundleStore>,
-    bridges: Vec<BridgeHandle>,
+    bridges: crate::bridge_set::BridgeSet,
     mut current: TwinReported,
     shutdown: CancellationToken,
 ) {
@@ -88,20 +86,19 @@ pub async fn run(
             (Some(store), Some(bytes)) => store
                 .apply(&bytes)
                 .map(|applied| (applied.policy.clone(), applied.header.version))
+                .map(|(policy, version)| (policy, version, Arc::new(bytes)))
                 .map_err(|e| e.to_string()),
         };
         let event;
         current = match outcome {
-            Ok((policy, version)) => {
+            Ok((policy, version, bundle)) => {
                 let policy = Arc::new(policy);
-                for bridge in &bridges {
-                    bridge.set_policy(Box::new(PolicyGate::new(Arc::clone(&policy))));
-                }
+                let cores = bridges.apply_policy(&policy, bundle).await;
                 tracing::info!(version, "applied a verified policy bundle");
                 event = DeviceEvent::now(
                     event_kind::POLICY_APPLIED,
                     format!(
-                        "policy bundle version {version} ({}) verified and applied to {} bridges",
+                        "policy bundle version {version} ({}) verified and applied to {} bridges{cores}",
                         policy.policy_name().unwrap_or("unnamed"),
                         bridges.len()
                     ),

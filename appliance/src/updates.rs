@@ -14,9 +14,17 @@
 //!    slot, which then boots on trial.
 //!
 //! Every step is published as an [`UpdateStatus`] (and a `update-state` event) through
-//! the durable control queue. After the restart into the new image,
+//! the durable control queue. When the boot stage (`warden boot`, `crate::boot`)
+//! started this image, the appliance then stops with
+//! [`RESTART_EXIT_CODE`](warden_os::launch::RESTART_EXIT_CODE) and the boot stage boots
+//! the new slot on trial; otherwise it boots at the next restart. After the restart,
 //! [`report_boot_outcome`] publishes `trial`, then `confirmed` or `rolled-back`, from
 //! the boot monitor's state and the record of the installed offer.
+//!
+//! A trial image confirms itself here, with the same [`TrialHealthCheck`] the factory
+//! self-test uses: healthy (link up, every bridge connected) before the deadline the
+//! boot stage set → [`BootMonitor::confirm`]; not by then → `trial_timed_out` and a
+//! restart into the previous image ([`watch_trial`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,7 +43,12 @@ use warden_os::update::{
     UpdateAgent, UpdateEvent, UpdateOffer as ImageOffer, UpdateWindowPolicy, WindowDecision,
     install_staged,
 };
-use warden_os::{BootMonitor, BootRootOfTrust, Slot, SlotStatus};
+use warden_os::{
+    BootMonitor, BootRootOfTrust, HealthCheckPolicy, HealthReport, Slot, SlotStatus,
+    TrialHealthCheck, TrialVerdict,
+};
+
+use warden_os::root_of_trust::{IMAGE_SECURITY_COUNTER, RootOfTrustError};
 
 use crate::runtime::UpdateDecision;
 
@@ -65,7 +78,13 @@ pub struct Updater<F, R> {
     pub control: ControlSender,
     /// Pause between download attempts.
     pub retry_pause: Duration,
+    /// Cancelled after an install to have the boot stage boot the new slot (`None`
+    /// when no boot stage started this image: the new slot boots at the next restart).
+    pub restart: Option<CancellationToken>,
 }
+
+/// Observes the running appliance's health for the trial check.
+pub type HealthProbe = Arc<dyn Fn() -> HealthReport + Send + Sync>;
 
 /// An offer whose fields were checked.
 struct CheckedOffer {
@@ -338,15 +357,23 @@ where
         if let Err(error) = record.save(&self.download_dir) {
             tracing::warn!(%error, "cannot record the installed offer; trial and confirmation will not be reported");
         }
+        let when = if self.restart.is_some() {
+            "restarting into it now"
+        } else {
+            "it boots on trial at the next restart"
+        };
         publish(
             &self.control,
             &offer.id,
             UpdateState::Installed,
             format!(
-                "version {} verified and installed in slot {installed}; it boots on trial at the next restart",
+                "version {} verified and installed in slot {installed}; {when}",
                 checked.wire.version
             ),
         );
+        if let Some(restart) = &self.restart {
+            restart.cancel();
+        }
         Ok(installed)
     }
 
@@ -418,34 +445,239 @@ pub fn report_boot_outcome<F: SlotFileSystem, R: BootRootOfTrust>(
 
 /// How often the boot monitor's state is looked at for trial, confirmation, rollback.
 pub const BOOT_OUTCOME_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a trial image looks at its own health.
+pub const TRIAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The trial check's policy: the deadline the boot stage set (its environment), else
+/// the default; link and bridges must be healthy.
+pub fn trial_policy_from_env() -> HealthCheckPolicy {
+    let mut policy = HealthCheckPolicy::default();
+    if let Some(ms) = std::env::var(warden_os::monitor::trial::TRIAL_DEADLINE_ENV)
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+    {
+        policy.deadline = Duration::from_millis(ms);
+    }
+    policy
+}
+
+/// Judges the trial of `slot` until it is decided: confirms it in the boot monitor
+/// once `health` passes, or gives it up at the deadline and cancels `restart` (the
+/// boot stage then boots the previous image). Returns the verdict.
+pub async fn watch_trial<F, R>(
+    monitor: SharedMonitor<F, R>,
+    slot: Slot,
+    policy: HealthCheckPolicy,
+    health: HealthProbe,
+    restart: Option<CancellationToken>,
+    shutdown: CancellationToken,
+) -> Option<TrialVerdict>
+where
+    F: SlotFileSystem + Send + 'static,
+    R: BootRootOfTrust + Send + 'static,
+{
+    let mut check = TrialHealthCheck::new(policy);
+    let mut last_report = None;
+    let started = tokio::time::Instant::now();
+    let mut every = tokio::time::interval(TRIAL_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            _ = every.tick() => {}
+        }
+        let report = health();
+        if last_report != Some(report) {
+            tracing::info!(%slot, link_up = report.link_up, bridges_healthy = report.bridges_healthy, "trial health");
+            last_report = Some(report);
+        }
+        let verdict = check.observe(started.elapsed(), report);
+        let monitor = Arc::clone(&monitor);
+        let outcome = match verdict {
+            TrialVerdict::Waiting { .. } => continue,
+            TrialVerdict::Confirm => {
+                tokio::task::spawn_blocking(move || {
+                    let mut monitor = monitor.lock().unwrap_or_else(PoisonError::into_inner);
+                    match monitor.confirm(slot) {
+                        Ok(counter) => Ok(format!("confirmed; anti-rollback counter at {counter}")),
+                        // Persisted, but the counter needs the capability this process does
+                        // not hold: the boot stage's next `select_boot` raises it.
+                        Err(warden_os::BootError::RootOfTrust(RootOfTrustError::Capability {
+                            ..
+                        })) if monitor.load_state().is_ok_and(|state| {
+                            matches!(state.slot(slot), SlotStatus::Confirmed(_))
+                        }) =>
+                        {
+                            Ok(
+                                "confirmed; the anti-rollback counter rises at the next boot"
+                                    .to_owned(),
+                            )
+                        }
+                        Err(error) => Err(error),
+                    }
+                })
+                .await
+            }
+            TrialVerdict::TimedOut => {
+                tokio::task::spawn_blocking(move || {
+                    let mut monitor = monitor.lock().unwrap_or_else(PoisonError::into_inner);
+                    monitor
+                        .trial_timed_out(slot)
+                        .map(|reason| format!("given up: {reason}"))
+                })
+                .await
+            }
+        };
+        match outcome {
+            Ok(Ok(detail)) => tracing::info!(%slot, %detail, "trial decided"),
+            Ok(Err(error)) => tracing::error!(%slot, %error, "cannot record the trial's outcome"),
+            Err(error) => tracing::error!(%slot, %error, "trial task failed"),
+        }
+        if verdict == TrialVerdict::TimedOut
+            && let Some(restart) = &restart
+        {
+            restart.cancel();
+        }
+        return Some(verdict);
+    }
+}
+
+/// What the updater and the trial check need from the running appliance.
+pub struct UpdateContext {
+    /// Where statuses go.
+    pub control: ControlSender,
+    /// The operator's decision (status page).
+    pub decision: Arc<Mutex<UpdateDecision>>,
+    /// Offers from the link.
+    pub offers: mpsc::Receiver<UpdateOffer>,
+    /// The appliance's health, for the trial check.
+    pub health: HealthProbe,
+    /// Cancelled to stop the appliance for the boot stage's next boot; `None` where
+    /// nothing would act on it (the link compartment: the new slot boots at the next
+    /// restart).
+    pub restart: Option<CancellationToken>,
+    /// Stops everything.
+    pub shutdown: CancellationToken,
+}
+
+/// How the updater reaches pluton.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlutonAccess {
+    /// With the provisioning capability (`[updates] capability_file`; the single-process
+    /// appliance): a confirmation raises the anti-rollback counter at once.
+    Privileged,
+    /// Without it (the link compartment, which faces the network and must never hold
+    /// the capability that installs root keys): installs need only the vendor roots and
+    /// the counter; a confirmation is persisted and the boot stage's next
+    /// `select_boot` raises the counter (the path that finishes an interrupted confirm).
+    Unprivileged,
+}
+
+/// Pluton without the provisioning capability: roots and counters, read only.
+#[derive(Debug)]
+pub struct UnprivilegedRootOfTrust {
+    client: warden_pluton_api::PlutonClient,
+}
+
+impl UnprivilegedRootOfTrust {
+    /// Connects to pluton's socket.
+    pub fn connect(socket: &Path) -> Result<Self, RootOfTrustError> {
+        Ok(Self {
+            client: warden_pluton_api::PlutonClient::connect(socket)?,
+        })
+    }
+
+    fn refused(what: &str) -> RootOfTrustError {
+        RootOfTrustError::Capability {
+            path: PathBuf::from("(none)"),
+            reason: format!(
+                "{what} needs the provisioning capability, which this compartment does not hold"
+            ),
+        }
+    }
+}
+
+impl BootRootOfTrust for UnprivilegedRootOfTrust {
+    fn vendor_roots(&mut self) -> Result<Vec<warden_os::image::RootKey>, RootOfTrustError> {
+        self.client
+            .root_keys()?
+            .iter()
+            .map(|root| {
+                root.to_root_key()
+                    .map_err(|error| RootOfTrustError::InvalidRoot(error.to_string()))
+            })
+            .collect()
+    }
+    fn revoked_keys(&mut self) -> Result<Vec<warden_os::image::KeyId>, RootOfTrustError> {
+        Ok(Vec::new())
+    }
+    fn extend_measurement(&mut self, _: &[u8; 32]) -> Result<(), RootOfTrustError> {
+        Err(Self::refused("measuring an image"))
+    }
+    fn read_counter(&mut self) -> Result<u64, RootOfTrustError> {
+        Ok(self.client.counters()?[usize::from(IMAGE_SECURITY_COUNTER)])
+    }
+    fn raise_counter(&mut self, _: u64) -> Result<u64, RootOfTrustError> {
+        Err(Self::refused("raising the anti-rollback counter"))
+    }
+}
 
 /// The updater of a unit with `[updates]` (images verified against pluton's vendor
-/// roots, installed into the slots of `config.state_dir`), and the watcher that reports
-/// trial, confirmation or rollback: run the returned future until shutdown.
+/// roots, installed into the slots of `config.state_dir`), the trial check when this
+/// image runs on trial, and the watcher that reports trial, confirmation or rollback:
+/// run the returned future until shutdown.
 pub fn start(
     config: &crate::config::UpdatesConfig,
     pluton_socket: Option<&Path>,
     product: &str,
-    control: ControlSender,
-    decision: Arc<Mutex<UpdateDecision>>,
-    offers: mpsc::Receiver<UpdateOffer>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    access: PlutonAccess,
+    context: UpdateContext,
+) -> anyhow::Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>> {
     let socket = pluton_socket.ok_or_else(|| {
         anyhow::anyhow!(
             "[updates] needs link.pluton_socket: images are verified against pluton's vendor roots"
         )
     })?;
-    let root_of_trust =
-        warden_os::PlutonRootOfTrust::connect(socket, &config.capability_file, Vec::new())
-            .map_err(|e| anyhow::anyhow!("update root of trust: {e}"))?;
     let product = warden_os::image::ProductId::new(product)
         .ok_or_else(|| anyhow::anyhow!("product {product:?} is not a valid product id"))?;
-    let monitor = Arc::new(Mutex::new(BootMonitor::new(
-        warden_os::file_system::StdFileSystem::new(&config.state_dir),
-        root_of_trust,
-        warden_os::BootConfig::new(product),
-    )));
+    let boot_config = warden_os::BootConfig::new(product);
+    let file_system = warden_os::file_system::StdFileSystem::new(&config.state_dir);
+    Ok(match access {
+        PlutonAccess::Privileged => {
+            let root_of_trust =
+                warden_os::PlutonRootOfTrust::connect(socket, &config.capability_file, Vec::new())
+                    .map_err(|e| anyhow::anyhow!("update root of trust: {e}"))?;
+            let monitor = BootMonitor::new(file_system, root_of_trust, boot_config);
+            Box::pin(run_updates(config, monitor, context)?)
+        }
+        PlutonAccess::Unprivileged => {
+            let root_of_trust = UnprivilegedRootOfTrust::connect(socket)
+                .map_err(|e| anyhow::anyhow!("update root of trust: {e}"))?;
+            let monitor = BootMonitor::new(file_system, root_of_trust, boot_config);
+            Box::pin(run_updates(config, monitor, context)?)
+        }
+    })
+}
+
+fn run_updates<F, R>(
+    config: &crate::config::UpdatesConfig,
+    monitor: BootMonitor<F, R>,
+    context: UpdateContext,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static>
+where
+    F: SlotFileSystem + Send + 'static,
+    R: BootRootOfTrust + Send + 'static,
+{
+    let UpdateContext {
+        control,
+        decision,
+        offers,
+        health,
+        restart,
+        shutdown,
+    } = context;
+    let booted_slot = warden_os::monitor::trial::slot_from_env();
+    let trial_slot = warden_os::monitor::trial::trial_slot_from_env();
+    let monitor = Arc::new(Mutex::new(monitor));
     let updater = Updater {
         agent: UpdateAgent::new(&config.download_dir)?,
         download_dir: config.download_dir.clone(),
@@ -454,7 +686,23 @@ pub fn start(
         decision,
         control: control.clone(),
         retry_pause: Duration::from_secs(2),
+        restart: booted_slot.and(restart.clone()),
     };
+    let trial = trial_slot.map(|slot| {
+        watch_trial(
+            Arc::clone(&monitor),
+            slot,
+            trial_policy_from_env(),
+            health,
+            restart,
+            shutdown.clone(),
+        )
+    });
+    let after_trial = (
+        Arc::clone(&monitor),
+        config.download_dir.clone(),
+        control.clone(),
+    );
     let download_dir = config.download_dir.clone();
     let watch_stop = shutdown.clone();
     let watcher = async move {
@@ -476,8 +724,20 @@ pub fn start(
             }
         }
     };
+    let trial = async move {
+        let Some(trial) = trial else { return };
+        if trial.await.is_some() {
+            // Publish the outcome now rather than at the next look.
+            let (monitor, download_dir, control) = after_trial;
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut monitor = monitor.lock().unwrap_or_else(PoisonError::into_inner);
+                report_boot_outcome(&mut monitor, &download_dir, &control)
+            })
+            .await;
+        }
+    };
     Ok(async move {
-        tokio::join!(watcher, updater.run(offers, shutdown));
+        tokio::join!(watcher, trial, updater.run(offers, shutdown));
     })
 }
 

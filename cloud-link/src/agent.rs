@@ -101,6 +101,22 @@ pub struct LinkStatus {
     pub outbox: OutboxStats,
     /// Last connection error, for people.
     pub last_error: Option<String>,
+    /// The fleet's attestation challenges as this unit answered them.
+    pub attestation: AttestationAnswers,
+}
+
+/// The fleet's attestation challenges and this unit's answers. The fleet keeps its
+/// verdict (trusted or not) to itself: no topic carries it to the device, so this is
+/// what the device knows — when it last answered and whether it could quote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationAnswers {
+    /// Challenges answered since the link started.
+    pub answered: u64,
+    /// When the last one was answered, ms since the epoch.
+    pub last_answered_ms: Option<u64>,
+    /// Why the last answer carried no quote (pluton unreachable, bad nonce) or could
+    /// not be published; `None` when a quote went out.
+    pub last_error: Option<String>,
 }
 
 /// Why the link could not run.
@@ -394,7 +410,14 @@ impl LinkAgent {
                     }
                     Some(NetworkEvent::Challenge(challenge)) => {
                         let answer = answer_challenge(pluton_socket.clone(), challenge).await;
-                        let _ = client.try_publish(&quote_topic, QoS::AtLeastOnce, false, crate::topics::encode(&answer));
+                        let published = client.try_publish(&quote_topic, QoS::AtLeastOnce, false, crate::topics::encode(&answer));
+                        update(&status, |s| {
+                            s.attestation.answered += 1;
+                            s.attestation.last_answered_ms = Some(unix_millis());
+                            s.attestation.last_error = answer.error.clone().or_else(|| {
+                                published.err().map(|e| format!("quote not published: {e}"))
+                            });
+                        });
                     }
                     Some(NetworkEvent::Desired(desired, link)) => {
                         if let Some(applied) = change_link_settings(link, &mut running_settings, &settings_path, &control) {

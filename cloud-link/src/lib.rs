@@ -7,6 +7,8 @@ pub mod outbox;
 pub mod tls;
 pub mod topics;
 
-pub use agent::{CommandChannel, LinkAgent, LinkConfig, LinkState, LinkStatus, SharedOutbox};
+pub use agent::{
+    AttestationAnswers, CommandChannel, LinkAgent, LinkConfig, LinkState, LinkStatus, SharedOutbox,
+};
 pub use control::{ControlMessage, ControlQueue, ControlSender};
 pub use topics::{Reading, TelemetryBatch};

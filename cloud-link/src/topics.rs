@@ -276,18 +276,52 @@ pub fn device_of_topic(topic: &str) -> Option<&str> {
     (!device.is_empty()).then_some(device)
 }
 
-/// One reading of one point.
+/// One reading of one point: a number, or the text of a string point (then `value`
+/// is NaN, `null` on the wire).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     /// Point name, `bridge/point`.
     pub point: String,
-    /// Engineering value.
+    /// Engineering value; NaN (`null` on the wire) for a text reading.
+    #[serde(deserialize_with = "number_or_nan")]
     pub value: f64,
+    /// The text of a string point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     /// Engineering unit.
     #[serde(default)]
     pub unit: String,
     /// When it was read, milliseconds since the Unix epoch.
     pub ts_ms: u64,
+}
+
+impl Reading {
+    /// A numeric reading.
+    pub fn number(point: String, value: f64, unit: String, ts_ms: u64) -> Self {
+        Self {
+            point,
+            value,
+            text: None,
+            unit,
+            ts_ms,
+        }
+    }
+
+    /// The reading of a string point.
+    pub fn text(point: String, text: String, unit: String, ts_ms: u64) -> Self {
+        Self {
+            point,
+            value: f64::NAN,
+            text: Some(text),
+            unit,
+            ts_ms,
+        }
+    }
+}
+
+/// JSON has no NaN: `serde_json` writes it as `null`, and reads `null` back as NaN here.
+fn number_or_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 /// A batch of readings, one message of the `telemetry` stream.
@@ -724,6 +758,14 @@ pub enum PayloadError {
     /// A command ID that is empty, too long or has characters outside `[A-Za-z0-9_-]`.
     #[error("command id {0:?} is not 1 to 64 letters, digits, '-' or '_'")]
     BadId(String),
+    /// A reading with neither a finite number nor text.
+    #[error("reading {index} ({point:?}) has neither a number nor text")]
+    NoValue {
+        /// Its position in the batch.
+        index: usize,
+        /// Its point name.
+        point: String,
+    },
 }
 
 impl TelemetryBatch {
@@ -738,6 +780,17 @@ impl TelemetryBatch {
         let batch: Self = serde_json::from_slice(bytes)?;
         if batch.v != PROTOCOL_VERSION {
             return Err(PayloadError::UnsupportedVersion(batch.v));
+        }
+        if let Some((index, reading)) = batch
+            .readings
+            .iter()
+            .enumerate()
+            .find(|(_, r)| !r.value.is_finite() && r.text.is_none())
+        {
+            return Err(PayloadError::NoValue {
+                index,
+                point: reading.point.clone(),
+            });
         }
         Ok(batch)
     }
@@ -764,12 +817,7 @@ mod tests {
             stream: "line1".into(),
             epoch: 7,
             seq: 3,
-            readings: vec![Reading {
-                point: "line1/t".into(),
-                value: 21.5,
-                unit: "°C".into(),
-                ts_ms: 1,
-            }],
+            readings: vec![Reading::number("line1/t".into(), 21.5, "°C".into(), 1)],
         };
         assert_eq!(
             TelemetryBatch::decode(&batch.encode()).expect("decodes"),
@@ -784,5 +832,36 @@ mod tests {
             TelemetryBatch::decode(b"{"),
             Err(PayloadError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn text_readings_travel_as_null_and_text() {
+        let batch = TelemetryBatch {
+            v: PROTOCOL_VERSION,
+            stream: TELEMETRY_STREAM.into(),
+            epoch: 1,
+            seq: 1,
+            readings: vec![
+                Reading::text("line1/serial".into(), "AB-17".into(), String::new(), 5),
+                Reading::number("line1/t".into(), 21.5, "°C".into(), 5),
+            ],
+        };
+        let wire = batch.encode();
+        let json: serde_json::Value = serde_json::from_slice(&wire).expect("json");
+        assert_eq!(json["readings"][0]["value"], serde_json::Value::Null);
+        assert_eq!(json["readings"][0]["text"], "AB-17");
+        assert!(json["readings"][1].get("text").is_none());
+        let back = TelemetryBatch::decode(&wire).expect("decodes");
+        assert!(back.readings[0].value.is_nan());
+        assert_eq!(back.readings[0].text.as_deref(), Some("AB-17"));
+        assert_eq!(back.readings[1], batch.readings[1]);
+        // A reading with no number and no text is refused whole, naming it.
+        let empty = br#"{"v":1,"stream":"telemetry","epoch":0,"seq":0,"readings":[
+            {"point":"a/ok","value":1,"ts_ms":0},{"point":"a/b","value":null,"ts_ms":0}]}"#;
+        let error = TelemetryBatch::decode(empty).expect_err("refused");
+        assert!(
+            matches!(&error, PayloadError::NoValue { index: 1, point } if point == "a/b"),
+            "{error}"
+        );
     }
 }

@@ -6,9 +6,6 @@
 //! starts 3.5 characters after the request ended, and each answer byte is written at
 //! the moment its last bit would leave a real UART. A dedicated thread does this with
 //! `std` sleeps and a short spin, which keeps each byte within tens of microseconds.
-//! After an answer the thread also polls the port without blocking for a moment
-//! around the earliest time the master may send again, as a UART interrupt would see
-//! the request's first byte, instead of waking up tens of microseconds late.
 //!
 //! Faults, per unit: CRC corruption, dropped bytes, late replies, silence, exceptions,
 //! and answers paused in the middle (what a descheduled writer produces on a loaded
@@ -215,14 +212,8 @@ fn serve_line(port: &mut TTYPort, line: &RtuLineModel, shared: &Shared) {
     let mut line_busy_until = 0u64;
     let mut buf = [0u8; 512];
     let mut noise_reported = 0u32;
-    let mut listen = ListenClosely::default();
     while !shared.stop.load(Ordering::Relaxed) {
-        let closely = listen.prepare(port, epoch);
         let read = match port.read(&mut buf) {
-            Err(e) if closely && e.kind() == std::io::ErrorKind::TimedOut => {
-                std::hint::spin_loop();
-                continue;
-            }
             Ok(0) => continue,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -269,7 +260,6 @@ fn serve_line(port: &mut TTYPort, line: &RtuLineModel, shared: &Shared) {
                     &mut dice,
                     epoch,
                 );
-                listen = ListenClosely::after_answer(line_busy_until, timing.t3_5_us);
             }
         }
         let noise = framer.counters().noise_bytes;
@@ -398,46 +388,6 @@ fn respond(
     }
     let _ = port.flush();
     due_at(adu_len.saturating_sub(1))
-}
-
-/// The window after an answer in which the next request is likely (the master may send
-/// 3.5 characters after the answer's last byte): the port is polled without blocking
-/// there, outside it the thread blocks in `read` with a 5 ms timeout.
-#[derive(Debug, Default, Clone, Copy)]
-struct ListenClosely {
-    from_us: u64,
-    until_us: u64,
-}
-
-impl ListenClosely {
-    /// Sleeping this long before the window opens is safe: the OS wakes up late, not early.
-    const LEAD_US: u64 = 200;
-    /// How long the window stays open after the earliest next request.
-    const WINDOW_US: u64 = 1_500;
-    const BLOCKING_READ: Duration = Duration::from_millis(5);
-
-    fn after_answer(answer_ended_us: u64, t3_5_us: u32) -> Self {
-        let earliest = answer_ended_us + u64::from(t3_5_us);
-        Self {
-            from_us: earliest.saturating_sub(Self::LEAD_US),
-            until_us: earliest + Self::WINDOW_US,
-        }
-    }
-
-    /// Sets the port's read timeout for the next read; true when inside the window
-    /// (the read returns at once).
-    fn prepare(&self, port: &mut TTYPort, epoch: Instant) -> bool {
-        let now = micros_since(epoch);
-        if now >= self.until_us {
-            let _ = port.set_timeout(Self::BLOCKING_READ);
-            return false;
-        }
-        if now < self.from_us {
-            std::thread::sleep(Duration::from_micros(self.from_us - now));
-        }
-        let _ = port.set_timeout(Duration::ZERO);
-        true
-    }
 }
 
 fn micros_since(epoch: Instant) -> u64 {

@@ -1,8 +1,14 @@
 //! Running a boot decision: unpack the verified payload, check it again, spawn it.
+//!
+//! The image talks back to whoever booted it through its exit status:
+//! [`RESTART_EXIT_CODE`] asks for the next boot at once (an update was installed, a
+//! trial was given up or rolled back); `0` is a requested stop; anything else is a
+//! crash.
 
 use std::io::{self, Read, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use warden_image::HEADER_LEN;
@@ -84,25 +90,70 @@ pub fn unpack(
     Ok(dest.join(ENTRY_POINT))
 }
 
-/// Unpack and spawn the chosen image's executable with `args`, its working directory
-/// the unpacked payload. The monitor watches the child: exit → `report_crash`.
+/// Exit status with which a running image asks to be booted again at once: an update
+/// was installed into the other slot, its trial was given up, or its monitor rolled it
+/// back. The boot stage (`warden boot`) then selects a slot anew; no crash is counted.
+/// (75 is `EX_TEMPFAIL`: "try again".)
+pub const RESTART_EXIT_CODE: u8 = 75;
+
+/// Unpack the chosen image and prepare its executable with `args`, its working
+/// directory the unpacked payload, and the slot and trial in its environment
+/// ([`SLOT_ENV`](crate::monitor::trial::SLOT_ENV),
+/// [`TRIAL_ENV`](crate::monitor::trial::TRIAL_ENV)). The caller may add to it and
+/// spawns it.
+pub fn command(
+    decision: &BootDecision,
+    state_dir: &Path,
+    run_dir: &Path,
+    args: &[&str],
+) -> Result<Command, LaunchError> {
+    use crate::monitor::trial::{SLOT_ENV, TRIAL_ENV};
+    let image_file = state_dir.join(&decision.image_path);
+    let executable = unpack(decision, &image_file, run_dir)?;
+    let workdir = run_dir.join(decision.slot.name());
+    let mut command = Command::new(&executable);
+    command
+        .args(args)
+        .current_dir(&workdir)
+        .env(SLOT_ENV, decision.slot.name())
+        .env(TRIAL_ENV, if decision.trial { "1" } else { "0" });
+    Ok(command)
+}
+
+/// Unpack and spawn the chosen image's executable with `args` (see [`command`]). The
+/// monitor watches the child: exit → `report_crash`.
 pub fn spawn(
     decision: &BootDecision,
     state_dir: &Path,
     run_dir: &Path,
     args: &[&str],
 ) -> Result<Child, LaunchError> {
-    let image_file = state_dir.join(&decision.image_path);
-    let executable = unpack(decision, &image_file, run_dir)?;
-    let workdir = run_dir.join(decision.slot.name());
-    Command::new(&executable)
-        .args(args)
-        .current_dir(&workdir)
-        .env("WARDEN_SLOT", decision.slot.name())
-        .env("WARDEN_TRIAL", if decision.trial { "1" } else { "0" })
-        .spawn()
-        .map_err(|source| LaunchError::Io {
-            path: executable,
-            source,
-        })
+    let mut command = command(decision, state_dir, run_dir, args)?;
+    command.spawn().map_err(|source| LaunchError::Io {
+        path: state_dir.join(&decision.image_path),
+        source,
+    })
+}
+
+/// Ask `child` to stop (SIGTERM) and wait up to `grace` for it; then kill it (SIGKILL).
+/// Returns its exit status.
+pub fn stop(child: &mut Child, grace: Duration) -> io::Result<std::process::ExitStatus> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(status);
+    }
+    let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
+    // The child is ours and not reaped yet, so the pid still names it.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait()
 }

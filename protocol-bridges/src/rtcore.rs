@@ -199,6 +199,7 @@ impl RtCoreError {
 }
 
 type CallReply = oneshot::Sender<Result<Answer, RtCoreError>>;
+type BundleReply = oneshot::Sender<Result<u64, RtCoreError>>;
 
 // A request is held inline (as the native bus's jobs hold it): one command per call,
 // moved once, so boxing would only add an allocation.
@@ -459,7 +460,8 @@ struct Link {
     decoder: FrameDecoder,
     next_id: u32,
     pending: HashMap<u32, Pending>,
-    bundle_waiters: VecDeque<oneshot::Sender<Result<u64, RtCoreError>>>,
+    /// Bundles uploaded at run time, each with whoever waits for the core's verdict.
+    bundle_waiters: VecDeque<(Arc<Vec<u8>>, BundleReply)>,
     counter_waiters: VecDeque<oneshot::Sender<CoreCounters>>,
     reported: CoreCounters,
 }
@@ -595,7 +597,7 @@ impl Link {
             }
             Command::LoadBundle { bundle, reply } => {
                 match self.begin_upload(stream, &bundle).await? {
-                    Ok(()) => self.bundle_waiters.push_back(reply),
+                    Ok(()) => self.bundle_waiters.push_back((bundle, reply)),
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }
@@ -755,14 +757,17 @@ impl Link {
             }
             Received::BundleAccepted(version) => {
                 tracing::info!(bridge = %self.setup.bridge, version, "real-time core applied a policy bundle");
-                if let Some(waiter) = self.bundle_waiters.pop_front() {
+                if let Some((bundle, waiter)) = self.bundle_waiters.pop_front() {
+                    // The core's policy is in RAM: after a reconnection (a core reset)
+                    // it gets the newest bundle it accepted, not the one from start-up.
+                    self.setup.bundle = bundle;
                     let _ = waiter.send(Ok(version));
                 }
             }
             Received::BundleRefused(reason) => {
                 let error = RtCoreError::BundleRefused(reason);
                 self.record_error(&error.to_string());
-                if let Some(waiter) = self.bundle_waiters.pop_front() {
+                if let Some((_refused, waiter)) = self.bundle_waiters.pop_front() {
                     let _ = waiter.send(Err(error));
                 }
             }
@@ -793,7 +798,7 @@ impl Link {
                 .reply
                 .send(Err(ClientError::Io(std::io::ErrorKind::NotConnected).into()));
         }
-        for waiter in self.bundle_waiters.drain(..) {
+        for (_, waiter) in self.bundle_waiters.drain(..) {
             let _ = waiter.send(Err(ClientError::Io(std::io::ErrorKind::NotConnected).into()));
         }
         self.counter_waiters.clear();
@@ -868,14 +873,21 @@ pub fn describe(bridge: &ModbusRtuBridgeConfig) -> String {
 mod tests {
     use super::*;
 
+    /// The first byte of a bundle the scripted core takes for "signed by the vendor".
+    const SIGNED: u8 = 9;
+
     /// A scripted core on the other end of a duplex pipe: answers like the firmware
     /// does (its policy stands in as "unit 1 only"), so the link's handshake,
-    /// bundle upload, id matching and health counting are tested without QEMU.
+    /// bundle upload, id matching and health counting are tested without QEMU. It
+    /// accepts every bundle with `accept_bundle`, else only those starting with
+    /// [`SIGNED`]; until it accepted one it denies everything.
     async fn scripted_core(stream: tokio::io::DuplexStream, accept_bundle: bool) {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut decoder = FrameDecoder::new();
         let mut buf = [0u8; 512];
         let mut bundle_len = 0usize;
+        let mut bundle_first = 0u8;
+        let mut verified = false;
         loop {
             let Ok(n) = reader.read(&mut buf).await else {
                 return;
@@ -905,17 +917,23 @@ mod tests {
                     }
                     ToCore::BundleChunk { offset, data } => {
                         assert!(offset as usize + data.len() <= bundle_len);
+                        if offset == 0 {
+                            bundle_first = data.first().copied().unwrap_or(0);
+                        }
                         continue;
                     }
-                    ToCore::BundleCommit if accept_bundle => {
-                        FromCore::BundleAccepted { version: 4 }
+                    ToCore::BundleCommit if accept_bundle || bundle_first == SIGNED => {
+                        verified = true;
+                        FromCore::BundleAccepted {
+                            version: 4 + u64::from(bundle_first == SIGNED),
+                        }
                     }
                     ToCore::BundleCommit => FromCore::BundleRefused {
                         reason: BundleRefusal::SignatureInvalid,
                     },
                     ToCore::Transact {
                         id, unit: 1, pdu, ..
-                    } if accept_bundle => {
+                    } if verified => {
                         let request = Request::decode(pdu).expect("valid pdu");
                         let mut response = [0u8; MAX_PDU_LEN];
                         let len = crate::modbus::pdu::encode_read_response(
@@ -937,7 +955,7 @@ mod tests {
                         writer.write_all(&out[..len]).await.expect("write");
                         continue;
                     }
-                    ToCore::Transact { id, .. } if accept_bundle => FromCore::Outcome {
+                    ToCore::Transact { id, .. } if verified => FromCore::Outcome {
                         id,
                         outcome: Outcome::Denied {
                             reason: warden_policy::Reason::UnitNotAllowed.code(),
@@ -1037,6 +1055,40 @@ mod tests {
         assert_eq!(
             health.errors, 1,
             "the refused bundle is an error: {health:?}"
+        );
+        shutdown.cancel();
+    }
+
+    /// A bundle pushed at run time (the appliance applied a new signed policy) is
+    /// verified by the core and takes effect there; one it refuses changes nothing.
+    #[tokio::test]
+    async fn a_bundle_loaded_at_run_time_replaces_the_cores_policy() {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        tokio::spawn(scripted_core(theirs, false));
+        let health = Arc::new(Mutex::new(BridgeHealth::default()));
+        let shutdown = CancellationToken::new();
+        let (bus, task) =
+            RtCoreBus::over_stream(ours, setup(), Arc::clone(&health), shutdown.clone());
+        tokio::spawn(task);
+        assert_eq!(
+            bus.call(1, read(1), RequestSource::Poll).await,
+            Err(RtCoreError::NoPolicy),
+            "the start-up bundle is not signed"
+        );
+        assert_eq!(
+            bus.load_bundle(Arc::new(vec![7u8; 300])).await,
+            Err(RtCoreError::BundleRefused(BundleRefusal::SignatureInvalid))
+        );
+        assert_eq!(
+            bus.call(1, read(1), RequestSource::Poll).await,
+            Err(RtCoreError::NoPolicy)
+        );
+        let mut signed = vec![SIGNED; 1000];
+        signed[999] = 1;
+        assert_eq!(bus.load_bundle(Arc::new(signed)).await, Ok(5));
+        assert_eq!(
+            bus.call(1, read(2), RequestSource::Poll).await,
+            Ok(Answer::Registers(vec![40, 41]))
         );
         shutdown.cancel();
     }

@@ -26,6 +26,9 @@ pub struct StartedBridge {
     pub address: String,
     /// Point names in config order.
     pub points: Vec<String>,
+    /// The real-time core driving the line (`transport = "rtcore"`), to push newly
+    /// applied signed policy bundles to it ([`crate::rtcore::RtCoreBus::load_bundle`]).
+    pub rtcore: Option<crate::rtcore::RtCoreBus>,
 }
 
 /// Everything [`start`] started.
@@ -108,6 +111,7 @@ pub async fn start(
             },
         };
         let health = Arc::new(Mutex::new(crate::bridge::BridgeHealth::default()));
+        let mut core = None;
         let (downstream, address) = match crate::rtcore::mailbox_path(&bridge) {
             None => {
                 let (bus, task) = RtuBus::for_serial_line(
@@ -133,6 +137,7 @@ pub async fn start(
                     shutdown.clone(),
                 );
                 tasks.spawn(task);
+                core = Some(bus.clone());
                 (Downstream::RtCore(bus), crate::rtcore::describe(&bridge))
             }
         };
@@ -146,7 +151,10 @@ pub async fn start(
             health,
         );
         pollers.push(Poller::for_bridge(handle.clone(), bridge.max_gap));
-        bridges.push(started(handle));
+        bridges.push(StartedBridge {
+            rtcore: core,
+            ..started(handle)
+        });
     }
     for poller in pollers {
         tasks.spawn(poller.run(samples.clone(), shutdown.clone()));
@@ -173,5 +181,6 @@ fn started(handle: BridgeHandle) -> StartedBridge {
         address: handle.address().to_owned(),
         points: handle.points().iter().map(|p| p.name.clone()).collect(),
         handle,
+        rtcore: None,
     }
 }

@@ -1,7 +1,7 @@
 //! The `bridges` role: equipment bridges and their policy, and nothing else.
 //!
-//! The only compartment with equipment grants (serial devices, the private network's
-//! Modbus ports). Samples go to the link (telemetry) and the status page; commands and
+//! The only compartment with equipment grants (serial devices, Modbus TCP ports, the
+//! private network's TAP and loopback forwards, the BLE controller). Samples go to the link (telemetry) and the status page; commands and
 //! policy bundles from the fleet arrive from the link and pass the policy here, at the
 //! bridge, as in the single-process appliance.
 
@@ -9,12 +9,10 @@ use std::path::Path;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warden_bridges::request_policy::PolicyGate;
-use warden_bridges::{BridgeHandle, Sample};
+use warden_bridges::Sample;
 use warden_link::topics::{Command, DeviceEvent, TwinDesired, TwinReported, event_kind, from_hex};
 use warden_os::monitor::compartment::Compartment;
 use warden_policy::bundle::store::BundleStore;
@@ -24,6 +22,7 @@ use super::messages::{
     BRIDGES, BridgeInfo, BridgesToLink, BridgesToPage, LINK, LinkPayload, LinkToBridges,
     PageToBridges, STATUS_PAGE, SampleFrame,
 };
+use crate::bridge_set::BridgeSet;
 use crate::commands::CommandLog;
 use crate::config::ApplianceConfig;
 use crate::runtime::{StartingPolicy, telemetry_reading};
@@ -44,31 +43,34 @@ pub async fn run(
         policy,
         bundle_store,
         initial_report,
+        bundle_file,
     } = StartingPolicy::load(&config)?;
     let log = Arc::new(std::sync::Mutex::new(CommandLog::open(
         &state_dir.join("command-log.json"),
     )?));
     let mut tasks = JoinSet::new();
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(QUEUE);
-    let started = warden_bridges::runtime::start(
-        config.bridges,
+    let started = crate::bridge_set::start(
+        config.bridges.with_core_bundle(bundle_file.as_deref()),
+        config.privnet.clone(),
         policy,
         sample_tx,
         shutdown.clone(),
         &mut tasks,
     )
-    .await
-    .context("cannot start the bridges")?;
-    let handles: Vec<BridgeHandle> = started.bridges.iter().map(|b| b.handle.clone()).collect();
+    .await?;
+    let handles = started.set.clone();
+    let _privnet = started.privnet;
     let inventory: Vec<BridgeInfo> = started
-        .bridges
+        .listings
         .iter()
         .map(|bridge| BridgeInfo {
-            name: bridge.handle.name().to_owned(),
+            name: bridge.name.clone(),
             address: bridge.address.clone(),
             points: bridge.points.clone(),
         })
         .collect();
+    let listings = started.listings;
 
     let (to_link, to_link_rx) = mpsc::channel::<BridgesToLink>(QUEUE);
     let (from_link_tx, mut from_link) = mpsc::channel::<LinkToBridges>(64);
@@ -108,7 +110,6 @@ pub async fn run(
             }
         }
     });
-    let health_handles = handles.clone();
     let health_stop = shutdown.clone();
     tasks.spawn(async move {
         let mut every = tokio::time::interval(HEALTH_INTERVAL);
@@ -117,14 +118,14 @@ pub async fn run(
                 () = health_stop.cancelled() => return,
                 _ = every.tick() => {}
             }
-            for handle in &health_handles {
-                let health = handle
-                    .health()
+            for bridge in &listings {
+                let health = bridge
+                    .health
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone();
                 let _ = to_page.try_send(BridgesToPage::Health {
-                    bridge: handle.name().to_owned(),
+                    bridge: bridge.name.clone(),
                     health,
                 });
             }
@@ -173,7 +174,7 @@ pub async fn run(
                 let Ok(desired) = payload.decode::<TwinDesired>() else {
                     continue;
                 };
-                if let Some((reported, event)) = twin.apply(&desired, &handles) {
+                if let Some((reported, event)) = twin.apply(&desired, &handles).await {
                     let _ = to_link
                         .send(BridgesToLink::Event(LinkPayload::of(&event)))
                         .await;
@@ -198,10 +199,10 @@ struct Twin {
 impl Twin {
     /// Applies a desired state's bundle, if it carries one: a bundle that verifies
     /// replaces every bridge's policy; one that does not changes nothing.
-    fn apply(
+    async fn apply(
         &mut self,
         desired: &TwinDesired,
-        handles: &[BridgeHandle],
+        bridges: &BridgeSet,
     ) -> Option<(TwinReported, DeviceEvent)> {
         let hex = desired.policy_bundle.as_ref()?;
         let outcome = match (&mut self.store, from_hex(hex)) {
@@ -212,35 +213,33 @@ impl Twin {
             (Some(store), Some(bytes)) => store
                 .apply(&bytes)
                 .map(|applied| (applied.policy.clone(), applied.header.version))
+                .map(|(policy, version)| (policy, version, Arc::new(bytes)))
                 .map_err(|error| error.to_string()),
         };
-        let mut reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
         let event = match outcome {
-            Ok((policy, version)) => {
+            Ok((policy, version, bundle)) => {
                 let policy = Arc::new(policy);
-                for handle in handles {
-                    handle.set_policy(Box::new(PolicyGate::new(Arc::clone(&policy))));
-                }
+                let cores = bridges.apply_policy(&policy, bundle).await;
                 tracing::info!(version, "applied a verified policy bundle");
-                *reported = crate::twin::reported_for(&policy, Some(version), None);
+                *lock(&self.reported) = crate::twin::reported_for(&policy, Some(version), None);
                 DeviceEvent::now(
                     event_kind::POLICY_APPLIED,
                     format!(
-                        "policy bundle version {version} verified and applied to {} bridges",
-                        handles.len()
+                        "policy bundle version {version} verified and applied to {} bridges{cores}",
+                        bridges.len()
                     ),
                 )
             }
             Err(error) => {
                 tracing::warn!(%error, "policy bundle refused; the running policy stays");
-                reported.last_error = Some(error.clone());
+                lock(&self.reported).last_error = Some(error.clone());
                 DeviceEvent::now(
                     event_kind::POLICY_REFUSED,
                     format!("policy bundle refused, the running policy stays: {error}"),
                 )
             }
         };
-        Some((reported.clone(), event))
+        Some((lock(&self.reported).clone(), event))
     }
 }
 

@@ -34,6 +34,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let upload_marker = config.link.outbox.dir.join("reports-uploaded");
+    // Image slots and failure reports for the page (it has no grant to read them).
+    let unit_facts =
+        crate::status_page::unit_facts::UnitFactsSource::new(&config, Some(upload_marker.clone()));
+    let pluton_socket = config.link.pluton_socket.clone();
     let mut agent = LinkAgent::new(config.device.id.clone(), config.link);
     let channel = agent.command_channel()?;
     let control = channel.control.clone();
@@ -87,8 +91,42 @@ pub async fn run(
             }
         }
     });
-    // Offers wait for the operator's decision on the status page.
+    // With `[updates]`, the updater takes the offers: download from the fleet, the
+    // gate (the operator's decision on the status page, windows), install into the
+    // inactive slot; and judges this image's trial. It reaches pluton without the
+    // provisioning capability (`PlutonAccess::Unprivileged`): this compartment faces the
+    // network. The monitor cannot yet be asked to stop for a reboot, so an installed
+    // image boots on trial at the next restart of the appliance.
     let mut offers = channel.offers;
+    if let Some(updates_config) = &config.updates {
+        let link_status = Arc::clone(&status);
+        let health: crate::updates::HealthProbe = Arc::new(move || warden_os::HealthReport {
+            link_up: link_status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .state
+                == warden_link::LinkState::Connected,
+            // The bridges' health is not this compartment's to see; their own crashes
+            // count against the trial through the monitor.
+            bridges_healthy: true,
+        });
+        let context = crate::updates::UpdateContext {
+            control: control.clone(),
+            decision: Arc::clone(&updates),
+            offers: std::mem::replace(&mut offers, mpsc::channel(1).1),
+            health,
+            restart: None,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(crate::updates::start(
+            updates_config,
+            pluton_socket.as_deref(),
+            &config.device.product,
+            crate::updates::PlutonAccess::Unprivileged,
+            context,
+        )?);
+    }
+    // Without `[updates]`, offers only wait on the status page.
     let offered = Arc::clone(&updates);
     tasks.spawn(async move {
         while let Some(offer) = offers.recv().await {
@@ -123,6 +161,7 @@ pub async fn run(
         from_page_tx,
         shutdown.clone(),
     ));
+    tasks.spawn(unit_facts.publish_to_page(to_page.clone(), shutdown.clone()));
     tasks.spawn(publish_status(
         status,
         Arc::clone(&updates),

@@ -14,7 +14,7 @@
 //! | | link to bridges | [`LinkToBridges`]: commands, desired states (policy bundles), results queued |
 //! | bridges → status-page | bridges to page | [`BridgesToPage`]: inventory, counters, samples |
 //! | | page to bridges | [`PageToBridges`]: nothing (an empty enum: any frame is refused) |
-//! | link → status-page | link to page | [`LinkToPage`]: link status, update offer and decision |
+//! | link → status-page | link to page | [`LinkToPage`]: link status (with attestation answers), update offer and decision, image slots and failure reports |
 //! | | page to link | [`PageToLink`]: the operator's update decision |
 
 use serde::de::DeserializeOwned;
@@ -116,6 +116,9 @@ pub enum LinkToPage {
     Status(LinkStatus),
     /// The pending update offer and the operator's decision as the update path holds it.
     Updates(UpdateDecision),
+    /// The image slots and the failure reports (the link reads the report ring and
+    /// knows which it uploaded), so the page needs no file grant for them.
+    Unit(crate::status_page::unit_facts::UnitFacts),
 }
 
 /// Status page → link.
@@ -231,6 +234,7 @@ mod tests {
         let to_link = BridgesToLink::Reading(Reading {
             point: "line1/t".into(),
             value: 21.5,
+            text: None,
             unit: "°C".into(),
             ts_ms: 9,
         });

@@ -21,6 +21,7 @@ use super::messages::{
 };
 use crate::config::ApplianceConfig;
 use crate::runtime::{ApplianceState, BridgeView, UpdateDecision};
+use crate::status_page::unit_facts::UnitFacts;
 
 /// How often the page looks for an operator decision to pass on to the link.
 const DECISION_POLL: Duration = Duration::from_millis(200);
@@ -64,10 +65,15 @@ pub async fn run(
         from_link_tx,
         shutdown.clone(),
     ));
-    let (from_link_status, from_link_updates) = (Arc::clone(&link), Arc::clone(&updates));
+    let unit: Arc<std::sync::Mutex<UnitFacts>> = Arc::default();
+    let from_link_state = FromLink {
+        link: Arc::clone(&link),
+        updates: Arc::clone(&updates),
+        unit: Arc::clone(&unit),
+    };
     tasks.spawn(async move {
         while let Some(message) = from_link.recv().await {
-            apply_from_link(&from_link_status, &from_link_updates, message);
+            from_link_state.apply(message);
         }
     });
     let inventory = loop {
@@ -87,6 +93,7 @@ pub async fn run(
         link,
         history: Arc::default(),
         updates,
+        unit,
     };
 
     let from_bridges_state = state.clone();
@@ -135,23 +142,35 @@ pub fn apply_from_bridges(state: &ApplianceState, message: BridgesToPage) {
     }
 }
 
-/// Updates the page's state from a link frame. The link's update decision wins unless
-/// the operator decided here more recently (not yet confirmed by the link).
-pub fn apply_from_link(
-    link: &std::sync::Mutex<warden_link::LinkStatus>,
-    updates: &std::sync::Mutex<UpdateDecision>,
-    message: LinkToPage,
-) {
-    match message {
-        LinkToPage::Status(status) => {
-            *link.lock().unwrap_or_else(PoisonError::into_inner) = status;
-        }
-        LinkToPage::Updates(from_link) => {
-            let mut ours = updates.lock().unwrap_or_else(PoisonError::into_inner);
-            if from_link.decided_at_ms >= ours.decided_at_ms {
-                *ours = from_link;
-            } else {
-                ours.offer = from_link.offer;
+/// The parts of the page's state the link's frames fill.
+#[derive(Clone, Default)]
+pub struct FromLink {
+    /// The link's state and counters (with the attestation answers).
+    pub link: Arc<std::sync::Mutex<warden_link::LinkStatus>>,
+    /// The update offer and decision.
+    pub updates: Arc<std::sync::Mutex<UpdateDecision>>,
+    /// Image slots and failure reports.
+    pub unit: Arc<std::sync::Mutex<UnitFacts>>,
+}
+
+impl FromLink {
+    /// Updates the page's state from a link frame. The link's update decision wins
+    /// unless the operator decided here more recently (not yet confirmed by the link).
+    pub fn apply(&self, message: LinkToPage) {
+        match message {
+            LinkToPage::Status(status) => {
+                *self.link.lock().unwrap_or_else(PoisonError::into_inner) = status;
+            }
+            LinkToPage::Updates(from_link) => {
+                let mut ours = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
+                if from_link.decided_at_ms >= ours.decided_at_ms {
+                    *ours = from_link;
+                } else {
+                    ours.offer = from_link.offer;
+                }
+            }
+            LinkToPage::Unit(facts) => {
+                *self.unit.lock().unwrap_or_else(PoisonError::into_inner) = facts;
             }
         }
     }

@@ -1,13 +1,14 @@
 //! The operator's local status page: HTTPS, password login, sessions and CSRF.
 //!
 //! One page (`/`) with sections that `static/app.js` refreshes from `/api/status`
-//! without reloading: overview, bridges with trend charts, policy denials, failure
-//! reports and updates (defer / allow, each a POST carrying the session's CSRF token).
+//! without reloading: overview (with attestation and the A/B image slots), bridges
+//! with trend charts, policy denials, failure reports (with a detail view) and updates (defer / allow, each a POST carrying the session's CSRF token).
 //! Every response carries the security headers; no script runs inline, so the CSP
 //! allows scripts from the page's own origin only.
 
 pub mod auth;
 pub mod tls;
+pub mod unit_facts;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -464,16 +465,17 @@ pub struct Status {
     pub device_id: String,
     /// The running software's version.
     pub software_version: &'static str,
-    /// Attestation status (`null`: not available yet; comes with the fleet's verifier).
-    pub attestation: Option<String>,
-    /// Image slots (`null`: not available yet; comes with the security monitor).
-    pub image_slots: Option<Vec<String>>,
+    /// Attestation, in words: the fleet's last challenge and this unit's answer (the
+    /// fleet keeps its verdict; the numbers are in `link.attestation`).
+    pub attestation: String,
+    /// The A/B image slots (`null`: the config has no `[updates]`).
+    pub image_slots: Option<unit_facts::ImageSlots>,
     /// The cloud link.
     pub link: LinkStatus,
     /// Bridges in config order.
     pub bridges: Vec<BridgeStatus>,
-    /// Failure reports (empty until the monitor's report reader is wired in).
-    pub failure_reports: Vec<String>,
+    /// Failure reports, newest first (`null`: the config has no `[reports]`).
+    pub failure_reports: Option<unit_facts::FailureReports>,
     /// The operator's update decision.
     pub updates: UpdateDecision,
 }
@@ -547,20 +549,42 @@ pub fn snapshot(state: &ApplianceState) -> Status {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
+    let unit = state
+        .unit
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     Status {
         device_id: state.device_id.clone(),
         software_version: env!("CARGO_PKG_VERSION"),
-        attestation: None,
-        image_slots: None,
+        attestation: attestation_in_words(&link.attestation, now_ms()),
+        image_slots: unit.image_slots,
         link,
         bridges,
-        failure_reports: Vec::new(),
+        failure_reports: unit.failure_reports,
         updates: state
             .updates
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone(),
     }
+}
+
+/// What the unit knows about its attestation: when it last answered the fleet's
+/// challenge and whether with a quote. The verdict stays at the fleet.
+pub fn attestation_in_words(answers: &warden_link::AttestationAnswers, now_ms: u64) -> String {
+    let Some(at) = answers.last_answered_ms else {
+        return "no challenge from the fleet yet".to_owned();
+    };
+    let ago = now_ms.saturating_sub(at) / 1000;
+    let outcome = match &answers.last_error {
+        None => "answered with a quote".to_owned(),
+        Some(error) => format!("not answered with a quote: {error}"),
+    };
+    format!(
+        "last challenge {ago} s ago, {outcome} ({} answered since start; the fleet keeps its verdict)",
+        answers.answered
+    )
 }
 
 async fn status(State(state): State<PageState>, headers: HeaderMap) -> Response {
@@ -640,6 +664,26 @@ mod tests {
             HeaderValue::from_static("x__Host-warden-session=bad; __Host-warden-session=good"),
         );
         assert_eq!(cookie(&headers, SESSION_COOKIE), Some("good"));
+    }
+
+    #[test]
+    fn attestation_reads_as_what_the_unit_knows() {
+        let mut answers = warden_link::AttestationAnswers::default();
+        assert_eq!(
+            attestation_in_words(&answers, 5_000),
+            "no challenge from the fleet yet"
+        );
+        answers.answered = 2;
+        answers.last_answered_ms = Some(1_000);
+        assert_eq!(
+            attestation_in_words(&answers, 43_000),
+            "last challenge 42 s ago, answered with a quote (2 answered since start; the fleet keeps its verdict)"
+        );
+        answers.last_error = Some("pluton: no such socket".into());
+        assert!(
+            attestation_in_words(&answers, 43_000)
+                .contains("not answered with a quote: pluton: no such socket")
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+mod ble_and_privnet;
 mod compartments;
 mod operations;
 mod status_page;

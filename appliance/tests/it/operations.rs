@@ -112,3 +112,75 @@ fn check_config_names_the_file_and_field_of_a_mistake() {
     assert!(stderr.contains("warden.toml"), "{stderr}");
     assert!(stderr.contains("deadband"), "{stderr}");
 }
+
+/// The example's optional blocks (BLE sensor, private network), commented out as
+/// shipped, also validate once enabled the way their comments say: one "# " removed
+/// from each line of the block (and of the policy's [[ble]] rules), line1 pointed at
+/// the private network's forward.
+#[test]
+fn the_examples_optional_ble_and_privnet_blocks_validate_when_enabled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let config = std::fs::read_to_string(source.join("warden.toml")).expect("example");
+    let policy = std::fs::read_to_string(source.join("policy.toml")).expect("policy");
+    let enabled = enable_blocks(&config, &["# [[bridges.ble]]", "# [privnet]"]).replacen(
+        "address = \"192.168.50.10:502\"",
+        "address = \"127.0.0.1:15020\"",
+        1,
+    );
+    assert!(enabled.contains("\n[[bridges.ble]]\n") && enabled.contains("\n[privnet]\n"));
+    assert!(enabled.contains("address = \"127.0.0.1:15020\""));
+    let policy = enable_blocks(&policy, &["# [[ble]]"]);
+    assert!(policy.contains("\n[[ble]]\n"), "{policy}");
+    std::fs::write(dir.path().join("warden.toml"), &enabled).expect("write");
+    std::fs::write(dir.path().join("policy.toml"), &policy).expect("write");
+    let output = warden()
+        .arg("check-config")
+        .arg(dir.path().join("warden.toml"))
+        .output()
+        .expect("warden check-config runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("warden.toml: ok"), "{stdout}");
+
+    // A mistake in an enabled block names the file and the field.
+    let broken = enabled.replacen("to = \"10.77.0.10:502\"", "to = \"10.78.0.10:502\"", 1);
+    std::fs::write(dir.path().join("warden.toml"), broken).expect("write");
+    let output = warden()
+        .arg("check-config")
+        .arg(dir.path().join("warden.toml"))
+        .output()
+        .expect("warden check-config runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warden.toml: privnet.forward[0].to"),
+        "{stderr}"
+    );
+}
+
+/// Removes one "# " from every line of each block that starts at a line equal to one
+/// of `starts` and runs to the next blank line that is followed by a line not
+/// starting with "#", or to the next `# ---` section header.
+fn enable_blocks(text: &str, starts: &[&str]) -> String {
+    let mut out = Vec::new();
+    let mut enabling = false;
+    for line in text.lines() {
+        if starts.contains(&line) {
+            enabling = true;
+        } else if enabling && (line.starts_with("# ---") || !line.starts_with('#')) {
+            enabling = false;
+        }
+        out.push(if enabling {
+            line.strip_prefix("# ")
+                .unwrap_or(line.trim_start_matches('#'))
+        } else {
+            line
+        });
+    }
+    out.join("\n") + "\n"
+}

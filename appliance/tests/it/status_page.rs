@@ -507,13 +507,36 @@ async fn status_page_login_lockout_and_defer_in_chromium() {
         operator
             .wait_for_text("#outbox-depth", wait, |t| t.contains("batches"))
             .await?;
+        // The demo has no report ring and no A/B state: the page says so. Its link
+        // answers the fleet's attestation challenge (sent on connect) with a quote
+        // from pluton.
         operator
-            .wait_for_text("#reports-list", wait, |t| t.contains("none yet"))
+            .wait_for_text("#reports-summary", wait, |t| {
+                t == "no [reports] ring configured"
+            })
+            .await?;
+        operator
+            .wait_for_text("#overview-slots", wait, |t| {
+                t == "no [updates] state directory configured"
+            })
+            .await?;
+        operator
+            .wait_for_text("#overview-attestation", wait, |t| {
+                t.starts_with("last challenge answered ") && t.contains(", with a quote (")
+            })
             .await?;
         operator
             .wait_for_text("tr[data-bridge=\"line1\"] td:nth-child(2)", wait, |t| {
                 t.parse::<u64>().is_ok_and(|denied| denied >= 1)
             })
+            .await?;
+        // Per-unit counters: the demo's PLC is unit 1 of line1.
+        operator
+            .wait_for_text(
+                "table[data-units=\"line1\"] tr[data-unit=\"1\"] td:nth-child(2)",
+                wait,
+                |t| t.parse::<u64>().is_ok_and(|reads| reads >= 1),
+            )
             .await?;
         let polylines = operator
             .execute("return document.querySelectorAll('tr[data-point=\"oil_temperature\"] svg polyline').length;", serde_json::json!([]))
@@ -580,4 +603,206 @@ async fn status_page_login_lockout_and_defer_in_chromium() {
     operator.quit().await;
     intruder.quit().await;
     demo.stop().await.expect("clean stop");
+}
+
+/// `warden pluton` serving its socket for the test (killed when dropped), with the
+/// unit's identity created in it.
+struct PlutonProcess(std::process::Child);
+
+impl Drop for PlutonProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_pluton(socket: &Path, state: &Path) -> (PlutonProcess, warden_hil::demo::DeviceIdentity) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("pluton")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("pluton starts");
+    let process = PlutonProcess(child);
+    let mut client = None;
+    for _ in 0..200 {
+        if let Ok(connected) = warden_pluton_api::PlutonClient::connect(socket) {
+            client = Some(connected);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let identity = client
+        .expect("pluton listens")
+        .create_identity(None)
+        .expect("identity");
+    (
+        process,
+        warden_hil::demo::DeviceIdentity {
+            device_id: identity.device_id.to_string(),
+            public_key: identity.public_key.0,
+            pluton_socket: socket.to_owned(),
+        },
+    )
+}
+
+/// A boot monitor record as `warden boot` leaves it after an update was installed:
+/// slot A confirmed (1.4.0, primary), slot B installed and pending (1.5.0).
+fn write_boot_record(state_dir: &Path) {
+    use warden_os::slots::{BootState, ImageSummary, Slot};
+    let image = |minor: u32| ImageSummary {
+        version: [1, minor, 0],
+        security_counter: 1,
+        measurement: [minor as u8; 32],
+    };
+    let mut state = BootState::rebuilt(&[(Slot::A, image(4))]);
+    state.begin_install(Slot::B).expect("install B");
+    state.finish_install(Slot::B, image(5)).expect("installed");
+    let dir = state_dir.join(warden_os::boot::BOOT_DIR);
+    std::fs::create_dir_all(&dir).expect("boot dir");
+    std::fs::write(dir.join("state"), state.encode()).expect("boot record");
+}
+
+/// In a real Chromium, against `warden run --config` with the fleet, pluton, a report
+/// ring and an A/B boot record: the overview shows the image slots and what the unit
+/// answered the fleet's attestation challenge; the failure reports are listed with
+/// compartment, kind and message, become "uploaded" once the link queued them for the
+/// fleet (which stores them), and open in a detail view with the backtrace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver (Debian packages)"]
+async fn status_page_shows_slots_attestation_and_failure_reports_in_chromium() {
+    use warden_os::reports::{FailureKind, ReportStore};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path();
+    let socket = state.join("pluton.sock");
+    let (_pluton, identity) = start_pluton(&socket, &state.join("pluton"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let world = warden_hil::demo::DemoWorld::start(
+        state,
+        warden_hil::demo::DemoPorts::EPHEMERAL,
+        Some(identity),
+        shutdown.clone(),
+    )
+    .await
+    .expect("fleet and equipment start");
+
+    let reports = state.join("reports");
+    let ring = ReportStore::open(&reports, 64, "1.4.0").expect("ring");
+    ring.record("bridges", FailureKind::WatchdogExpired { silent_ms: 5000 })
+        .expect("report");
+    ring.record(
+        "link",
+        FailureKind::Panic {
+            message: "index out of bounds at link.rs:42".into(),
+            backtrace: "0: warden::compartments::link::run".into(),
+        },
+    )
+    .expect("report");
+    let updates = state.join("updates");
+    write_boot_record(&updates);
+    let page_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let config = std::fs::read_to_string(&world.appliance_config).expect("config");
+    let config = config.replace(
+        &format!("\nlisten = {:?}", world.status_listen),
+        &format!("\nlisten = \"127.0.0.1:{page_port}\""),
+    );
+    let config = format!(
+        "{config}\n[reports]\ndir = \"reports\"\nscan_interval_secs = 1\n\n\
+         [updates]\nstate_dir = \"updates\"\ndownload_dir = \"downloads\"\n\
+         capability_file = \"pluton/provisioning.capability\"\n"
+    );
+    std::fs::write(&world.appliance_config, config).expect("config");
+    let password = "slot-and-report-check";
+    let hash = warden::status_page::auth::hash_password(password).expect("hash");
+    warden::status_page::auth::write_password_hash(&state.join("status-page/password.phc"), &hash)
+        .expect("password");
+    let mut appliance = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["run", "--config"])
+        .arg(&world.appliance_config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("warden run");
+    let page = format!("https://127.0.0.1:{page_port}");
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", page_port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let operator = browser::WebDriver::start()
+        .await
+        .expect("chromedriver starts");
+    let wait = Duration::from_secs(30);
+    let steps = async {
+        operator.goto(&format!("{page}/login")).await?;
+        operator.type_into("#password", password).await?;
+        operator.click_and_wait_for_navigation("#submit").await?;
+        operator
+            .wait_for_text("#overview-slots", wait, |t| {
+                t == "a: 1.4.0 confirmed (primary); b: 1.5.0 pending"
+            })
+            .await?;
+        operator
+            .wait_for_text("#overview-attestation", wait, |t| {
+                t.starts_with("last challenge answered ") && t.contains(", with a quote (")
+            })
+            .await?;
+        operator
+            .wait_for_text("#reports-summary", wait, |t| t == "2 in the ring")
+            .await?;
+        let cells =
+            |id: u32, column: u32| format!("tr[data-report=\"{id}\"] td:nth-child({column})");
+        operator
+            .wait_for_text(&cells(2, 3), wait, |t| t == "link")
+            .await?;
+        operator
+            .wait_for_text(&cells(2, 4), wait, |t| t == "panic")
+            .await?;
+        operator
+            .wait_for_text(&cells(2, 5), wait, |t| {
+                t == "panicked: index out of bounds at link.rs:42"
+            })
+            .await?;
+        operator
+            .wait_for_text(&cells(1, 4), wait, |t| t == "watchdog")
+            .await?;
+        // The link queues both for the fleet and marks them in the ring.
+        for id in [1, 2] {
+            operator
+                .wait_for_text(&cells(id, 6), wait, |t| t == "yes")
+                .await?;
+        }
+        operator.click(&format!("{} a", cells(2, 1))).await?;
+        operator
+            .wait_for_text("#report-detail-backtrace", wait, |t| {
+                t == "0: warden::compartments::link::run"
+            })
+            .await?;
+        operator
+            .wait_for_text("#report-detail-image", wait, |t| t == "1.4.0")
+            .await?;
+        anyhow::Ok(())
+    };
+    if let Err(error) = steps.await {
+        let _ = appliance.kill();
+        fail_with_screenshots(vec![operator], error).await;
+    }
+    operator.quit().await;
+    let _ = appliance.kill();
+    let _ = appliance.wait();
+    shutdown.cancel();
+    world.fleet.stopped().await;
 }

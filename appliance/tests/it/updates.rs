@@ -170,6 +170,7 @@ fn updater(
         decision,
         control: ControlSender::open(&dir.join("control")).expect("control queue"),
         retry_pause: Duration::from_millis(50),
+        restart: None,
     };
     (updater, monitor)
 }

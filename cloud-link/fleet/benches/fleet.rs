@@ -3,70 +3,24 @@
 //!
 //! Prints the fleet process's RSS before and after a device load, and the rate of
 //! registry lookups (`GET /api/v1/devices/{id}`: token check, SQLite query, JSON) per
-//! second of fleet CPU. `FLEET_BENCH_DEVICES` (default 1000) sets the device count.
+//! second of fleet CPU, then the same lookups with every query on SQLite's one writer
+//! connection and with the read pool, alternated, on the same database (their ratio).
+//! `FLEET_BENCH_DEVICES` (default 1000) sets the device count. The PKI, the child
+//! process and the registration are `warden_fleet::loadtest`, shared with hil's
+//! `fleet-loadgen`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use tokio::io::AsyncBufReadExt as _;
-use warden_link::tls::{ClientIdentity, client_config};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use warden_fleet::loadtest::{Api, FleetProcess, Pki, TOKEN, process_usage};
 use warden_link::{Reading, TelemetryBatch};
-
-const TOKEN: &str = "bench-token";
-
-fn ca(name: &str) -> (Issuer<'static, KeyPair>, String) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).expect("self-signed");
-    (Issuer::new(params, key), cert.pem())
-}
-
-fn issue(issuer: &Issuer<'static, KeyPair>, cn: &str, server: bool) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let names = if server {
-        vec!["127.0.0.1".to_owned()]
-    } else {
-        Vec::new()
-    };
-    let mut params = CertificateParams::new(names).expect("params");
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    let cert = params.signed_by(&key, issuer).expect("sign");
-    (cert.pem(), key.serialize_pem())
-}
 
 /// `(VmRSS kB, utime + stime seconds)` of process `pid`.
 fn usage(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // Fields after the command: state is [0]; utime [11], stime [12] (clock ticks).
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    #[allow(clippy::cast_precision_loss)]
-    let seconds = ticks as f64 / 100.0;
-    (rss, seconds)
+    let usage = process_usage(pid);
+    (usage.rss_kib, usage.cpu_seconds)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -76,87 +30,25 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir.path();
-    let write = |name: &str, text: &str| std::fs::write(p.join(name), text).expect("write");
-    let (fleet_ca, fleet_ca_pem) = ca("bench fleet CA");
-    let (server_cert, server_key) = issue(&fleet_ca, "fleet", true);
-    let (maker, maker_pem) = ca("bench maker CA");
-    write("fleet-ca.pem", &fleet_ca_pem);
-    write("server.pem", &server_cert);
-    write("server.key", &server_key);
-    write("maker-ca.pem", &maker_pem);
-    write(
-        "fleet.toml",
-        &format!(
-            "http_listen = \"127.0.0.1:0\"\nmqtt_listen = \"127.0.0.1:0\"\n\
-             database_url = \"sqlite://{db}\"\nserver_cert = \"{d}/server.pem\"\n\
-             server_key = \"{d}/server.key\"\nmanufacturer_ca = \"{d}/maker-ca.pem\"\n\
-             [api]\ntokens = [{{ name = \"bench\", role = \"admin\", sha256 = \"{hash}\" }}]\n",
-            db = p.join("fleet.db").display(),
-            d = p.display(),
-            hash = warden_fleet::auth::hash_token(TOKEN),
-        ),
-    );
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden-fleet"))
-        .arg("--config")
-        .arg(p.join("fleet.toml"))
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start warden-fleet");
-    let pid = child.id().expect("pid");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let (mut http, mut mqtt) = (String::new(), 0u16);
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(v) = line.strip_prefix("fleet dashboard: http://") {
-            http = v.trim_end_matches('/').to_owned();
-        }
-        if let Some(v) = line.strip_prefix("fleet broker:    mqtts://") {
-            mqtt = v
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            break;
-        }
-    }
+    let pki = Pki::create(dir.path()).expect("pki");
+    let fleet = FleetProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_warden-fleet")),
+        &pki,
+        "",
+    )
+    .await
+    .expect("start warden-fleet");
+    let (pid, http, mqtt) = (fleet.pid, fleet.http.clone(), fleet.mqtt_port);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (rss_idle, _) = usage(pid);
 
     // Registry: a product and `devices` registered devices.
-    let api = reqwest::Client::new();
-    let post = |path: &str, body: serde_json::Value| {
-        api.post(format!("http://{http}{path}"))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-    };
-    let status = post(
-        "/api/v1/products",
-        serde_json::json!({ "name": "bench", "manufacturer_ca_pem": maker_pem }),
-    )
-    .await
-    .expect("product")
-    .status();
-    assert_eq!(status, 201);
-    let mut identities = Vec::with_capacity(devices);
-    for i in 0..devices {
-        let id = format!("wd-{i:05}");
-        let (cert, key) = issue(&maker, &id, false);
-        let status = post(
-            "/api/v1/devices",
-            serde_json::json!({ "device_id": id, "serial": id, "product": "bench",
-                                "certificate_pem": cert, "image_version": "1.0.0" }),
-        )
+    let api = Api::new(&http);
+    api.create_product("bench", &pki).await.expect("product");
+    let identities: Vec<String> = (0..devices).map(|i| format!("wd-{i:05}")).collect();
+    api.register_devices(&pki, "bench", &identities)
         .await
-        .expect("register")
-        .status();
-        assert_eq!(status, 201);
-        write(&format!("{id}.pem"), &cert);
-        write(&format!("{id}.key"), &key);
-        identities.push(id);
-    }
+        .expect("register");
     let (rss_registered, _) = usage(pid);
 
     // Devices: connect all, each sends 10 telemetry batches (QoS 1) and stays connected.
@@ -165,17 +57,7 @@ async fn main() {
     let connected = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::with_capacity(devices);
     for id in &identities {
-        let identity = ClientIdentity::from_pem_files(
-            &p.join(format!("{id}.pem")),
-            &p.join(format!("{id}.key")),
-        )
-        .expect("identity");
-        let tls = client_config(&p.join("fleet-ca.pem"), identity).expect("tls");
-        let mut options = MqttOptions::new(id, "127.0.0.1", mqtt);
-        options.set_keep_alive(Duration::from_secs(60));
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls),
-        )));
+        let options = pki.mqtt_options(id, mqtt).expect("mqtt options");
         let (client, mut eventloop) = AsyncClient::new(options, 32);
         let topic = warden_link::topics::telemetry_topic(id);
         for seq in 0..10u64 {
@@ -188,6 +70,7 @@ async fn main() {
                     .map(|r| Reading {
                         point: format!("line1/p{r}"),
                         value: f64::from(r),
+                        text: None,
                         unit: "bar".into(),
                         ts_ms: 1_700_000_000_000 + seq,
                     })
@@ -222,42 +105,42 @@ async fn main() {
     let (rss_loaded, _) = usage(pid);
 
     // API: registry lookups from 32 concurrent keep-alive clients for 5 s.
-    let requests = Arc::new(AtomicU64::new(0));
-    let (_, cpu_before) = usage(pid);
-    let started = Instant::now();
-    let stop = started + Duration::from_secs(5);
-    let mut tasks = Vec::new();
-    for worker in 0..32 {
-        let api = api.clone();
-        let http = http.clone();
-        let ids = identities.clone();
-        let requests = Arc::clone(&requests);
-        tasks.push(tokio::spawn(async move {
-            let mut i = worker;
-            while Instant::now() < stop {
-                let id = &ids[i % ids.len()];
-                let ok = api
-                    .get(format!("http://{http}/api/v1/devices/{id}"))
-                    .bearer_auth(TOKEN)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                if ok {
-                    requests.fetch_add(1, Ordering::Relaxed);
-                }
-                i += 32;
-            }
-        }));
+    let (served, elapsed, fleet_cpu) = lookups(&api, &identities, pid).await;
+    let (rss_after_api, _) = usage(pid);
+    drop(clients);
+    fleet.stop().await;
+
+    // The same lookups on the same database, two layouts in turn: a baseline binary
+    // (`FLEET_BENCH_BASELINE`, e.g. the previous commit's `warden-fleet`) or, without
+    // one, this binary with every query on SQLite's one writer connection; then this
+    // binary as configured by default.
+    let current = std::path::PathBuf::from(env!("CARGO_BIN_EXE_warden-fleet"));
+    let baseline = std::env::var_os("FLEET_BENCH_BASELINE").map(std::path::PathBuf::from);
+    let before_label = if baseline.is_some() {
+        "baseline binary"
+    } else {
+        "reads on the writer connection"
+    };
+    let mut compared = [(0u64, 0f64); 2];
+    for round in 0..4 {
+        let layout = round % 2;
+        let (binary, extra) = match (layout, &baseline) {
+            (0, Some(baseline)) => (baseline.clone(), ""),
+            (0, None) => (current.clone(), "database_read_connections = 0\n"),
+            _ => (current.clone(), ""),
+        };
+        let fleet = FleetProcess::start(&binary, &pki, extra)
+            .await
+            .expect("restart warden-fleet");
+        let (served, _, cpu) = lookups(&Api::new(&fleet.http), &identities, fleet.pid).await;
+        compared[layout].0 += served;
+        compared[layout].1 += cpu;
+        fleet.stop().await;
     }
-    for task in tasks {
-        let _ = task.await;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let (rss_after_api, cpu_after) = usage(pid);
-    let served = requests.load(Ordering::Relaxed);
+    #[allow(clippy::cast_precision_loss)]
+    let per_core = |(served, cpu): (u64, f64)| served as f64 / cpu.max(0.01);
     #[allow(clippy::cast_precision_loss)]
     let served_f = served as f64;
-    let fleet_cpu = (cpu_after - cpu_before).max(0.01);
 
     println!("fleet bench ({devices} devices, warden-fleet as its own process, SQLite)");
     println!("| figure | value |");
@@ -285,6 +168,53 @@ async fn main() {
         served_f / elapsed,
         served_f / fleet_cpu
     );
-    drop(clients);
-    let _ = child.kill().await;
+    println!(
+        "| same lookups, {before_label} / this build (2 rounds of 5 s each, alternated) | {:.0} / {:.0} req/s per fleet core = x{:.2} |",
+        per_core(compared[0]),
+        per_core(compared[1]),
+        per_core(compared[1]) / per_core(compared[0])
+    );
+}
+
+/// 32 keep-alive clients call `GET /api/v1/devices/{id}` for 5 s; `(answered 200,
+/// seconds, fleet CPU seconds)`.
+async fn lookups(api: &Api, identities: &[String], pid: u32) -> (u64, f64, f64) {
+    let requests = Arc::new(AtomicU64::new(0));
+    let (_, cpu_before) = usage(pid);
+    let started = Instant::now();
+    let stop = started + Duration::from_secs(5);
+    let mut tasks = Vec::new();
+    let ids: Arc<[String]> = identities.into();
+    for worker in 0..32 {
+        let client = api.client().clone();
+        let api = api.clone();
+        let ids = Arc::clone(&ids);
+        let requests = Arc::clone(&requests);
+        tasks.push(tokio::spawn(async move {
+            let mut i = worker;
+            while Instant::now() < stop {
+                let id = &ids[i % ids.len()];
+                let ok = client
+                    .get(api.url(&format!("/api/v1/devices/{id}")))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if ok {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 32;
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (_, cpu_after) = usage(pid);
+    (
+        requests.load(Ordering::Relaxed),
+        elapsed,
+        (cpu_after - cpu_before).max(0.01),
+    )
 }

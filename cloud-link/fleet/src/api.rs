@@ -1,5 +1,6 @@
 //! The fleet's HTTP API under `/api/v1` and its dashboard.
 
+mod dashboard;
 mod deployments;
 mod registry;
 mod reports;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -44,9 +45,6 @@ pub struct ApiState {
     /// The rollout engine (stepped right after a deployment is created).
     pub rollouts: Rollouts,
 }
-
-/// The dashboard page; it reads the API from the browser.
-const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
 
 /// Largest number of readings one telemetry query returns.
 pub const MAX_TELEMETRY_LIMIT: i64 = 10_000;
@@ -95,12 +93,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/devices/{id}/twin", get(get_twin))
         .route("/api/v1/devices/{id}/attestation", post(attest_device))
         .route("/api/v1/devices/{id}/twin/desired", put(put_twin_desired))
+        .merge(dashboard::api_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
         ));
     Router::new()
-        .route("/", get(dashboard))
+        .merge(dashboard::pages())
         .route("/api/v1/openapi.json", get(openapi))
         .route("/images/{sha256}", get(deployments::download_image))
         .merge(api)
@@ -151,20 +150,6 @@ async fn authorize(State(state): State<ApiState>, mut request: Request, next: Ne
         tracing::error!(%error, "cannot write the audit log");
     }
     response
-}
-
-async fn dashboard() -> Response {
-    (
-        [
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'",
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        Html(DASHBOARD_HTML),
-    )
-        .into_response()
 }
 
 async fn list_devices(
@@ -344,10 +329,11 @@ async fn get_twin(
     }))
 }
 
-/// Commands are withheld from a registered device whose attestation failed.
+/// Commands are withheld from a registered device whose attestation failed or lapsed.
 async fn refuse_untrusted(store: &Store, device: &str) -> Result<(), ApiError> {
     if let Some(registered) = store.registered_device(device).await?
-        && (registered.attestation == "untrusted" || registered.revoked)
+        && (matches!(registered.attestation.as_str(), "untrusted" | "unverified")
+            || registered.revoked)
     {
         return Err(ApiError::Conflict(format!(
             "device {device} is not trusted (attestation {}, revoked {}): commands are withheld",

@@ -9,7 +9,7 @@
 //! makes it `untrusted` and raises a failure report of kind `attestation`. No answer
 //! and late answers reach no verdict (the status stays, the detail says why).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use warden_link::topics::{
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
-use crate::store::{ImageRecord, Store, StoreError, now_ms};
+use crate::store::{ChallengeUse, ImageRecord, Store, StoreError, now_ms};
 
 /// Filter matching every device's quotes.
 pub const ALL_QUOTES: &str = "warden/v1/devices/+/attestation/quote";
@@ -33,34 +33,20 @@ pub const QUOTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a challenge made on connect or by the schedule waits for its quote; no
 /// challenge is answerable after this.
 pub const NONCE_LIFETIME: Duration = Duration::from_secs(60);
-/// How long answered and expired nonces are remembered (to tell a replay or a late
-/// answer from a quote nobody asked for).
+/// How long answered and expired nonces are remembered in the store (to tell a replay
+/// or a late answer from a quote nobody asked for); older ones are purged.
 pub const NONCE_MEMORY: Duration = Duration::from_secs(3600);
 /// The measurement register boot extends with the image it runs (the image header's
 /// SHA-256), as `warden_os::root_of_trust::IMAGE_MEASUREMENT_REGISTER`.
 pub const IMAGE_MEASUREMENT_REGISTER: usize = 0;
 
-/// What became of one challenge.
-enum ChallengeState {
-    /// Sent; the attestation waits for the quote.
-    Waiting(oneshot::Sender<AttestationQuote>),
-    /// Answered by a quote with this SHA-256 (of its hex and error).
-    Answered([u8; 32]),
-    /// Not answered in time.
-    Expired,
-}
-
-struct Challenge {
-    issued: Instant,
-    state: ChallengeState,
-}
-
-/// Challenges issued, by `(device, nonce hex)`: waiting ones, and answered or expired
-/// ones for [`NONCE_MEMORY`].
+/// Challenges issued. The challenges themselves (device, nonce, issued, deadline) and
+/// the answers live in the store, so a nonce is usable once even across a fleet restart
+/// or by two fleet instances; here are only the attestations waiting in this process.
 #[derive(Default)]
-pub struct PendingChallenges(Mutex<BTreeMap<(String, String), Challenge>>);
+pub struct PendingChallenges(Mutex<HashMap<(String, String), oneshot::Sender<AttestationQuote>>>);
 
-/// Why a quote answers no waiting challenge.
+/// Why a quote answers no pending challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unsolicited {
     /// The very quote that already answered this nonce, delivered again (MQTT QoS 1
@@ -68,84 +54,126 @@ pub enum Unsolicited {
     Duplicate,
     /// A different quote for a nonce already answered: refused.
     Replayed,
-    /// The challenge was not answered within its lifetime: refused.
-    Expired(Duration),
+    /// The challenge was not answered by its deadline: refused.
+    Expired {
+        /// The challenge's age when the quote came.
+        age: Duration,
+        /// How long it was answerable.
+        lifetime: Duration,
+    },
     /// No challenge with this nonce was sent to this device (within [`NONCE_MEMORY`]):
     /// refused.
     Unknown,
 }
 
-fn quote_digest(quote: &AttestationQuote) -> [u8; 32] {
-    Sha256::new()
-        .chain_update(quote.quote.as_bytes())
-        .chain_update([0])
-        .chain_update(quote.error.as_deref().unwrap_or_default().as_bytes())
-        .finalize()
-        .into()
+/// What became of a quote that used its challenge.
+#[derive(Debug)]
+pub enum Answered {
+    /// Handed to the attestation waiting for it.
+    Delivered,
+    /// Nothing in this process waits for it (the fleet restarted since the challenge,
+    /// or the wait just ended): the caller verifies it.
+    Orphaned(AttestationQuote),
+}
+
+fn quote_digest(quote: &AttestationQuote) -> String {
+    to_hex(
+        &Sha256::new()
+            .chain_update(quote.quote.as_bytes())
+            .chain_update([0])
+            .chain_update(quote.error.as_deref().unwrap_or_default().as_bytes())
+            .finalize(),
+    )
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl PendingChallenges {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Challenge>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), oneshot::Sender<AttestationQuote>>>
+    {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a challenge sent to `device`; the receiver gets its quote.
-    pub fn issue(&self, device: &str, nonce_hex: &str) -> oneshot::Receiver<AttestationQuote> {
+    /// Records a challenge sent to `device`, answerable for `lifetime`; the receiver
+    /// gets its quote.
+    pub async fn issue(
+        &self,
+        store: &Store,
+        device: &str,
+        nonce_hex: &str,
+        lifetime: Duration,
+    ) -> Result<oneshot::Receiver<AttestationQuote>, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let mut challenges = self.lock();
-        challenges.retain(|_, c| {
-            matches!(c.state, ChallengeState::Waiting(_)) || c.issued.elapsed() < NONCE_MEMORY
-        });
-        challenges.insert(
-            (device.to_owned(), nonce_hex.to_owned()),
-            Challenge {
-                issued: Instant::now(),
-                state: ChallengeState::Waiting(tx),
-            },
-        );
-        rx
-    }
-
-    /// The challenge was not answered in time: a later quote for it is refused.
-    pub fn expire(&self, device: &str, nonce_hex: &str) {
-        if let Some(challenge) = self
-            .lock()
-            .get_mut(&(device.to_owned(), nonce_hex.to_owned()))
-            && matches!(challenge.state, ChallengeState::Waiting(_))
+        let key = (device.to_owned(), nonce_hex.to_owned());
+        self.lock().insert(key.clone(), tx);
+        let now = now_ms();
+        if let Err(error) = store
+            .issue_challenge(device, nonce_hex, now, now.saturating_add(millis(lifetime)))
+            .await
         {
-            challenge.state = ChallengeState::Expired;
+            self.lock().remove(&key);
+            return Err(error);
         }
+        Ok(rx)
     }
 
-    /// Hands `quote` to the challenge it answers, or says why it answers none. Each
-    /// nonce is answerable once.
-    pub fn answer(&self, device: &str, quote: AttestationQuote) -> Result<(), Unsolicited> {
+    /// The attestation stopped waiting for `nonce_hex` (its deadline passed). The
+    /// challenge stays in the store: a later quote for it is refused as expired.
+    pub fn forget(&self, device: &str, nonce_hex: &str) {
+        self.lock()
+            .remove(&(device.to_owned(), nonce_hex.to_owned()));
+    }
+
+    /// Uses the challenge `quote` answers (once: the store deletes it as it finds it)
+    /// and hands the quote to whoever waits for it, or says why it answers none.
+    pub async fn answer(
+        &self,
+        store: &Store,
+        device: &str,
+        quote: AttestationQuote,
+    ) -> Result<Result<Answered, Unsolicited>, StoreError> {
         let digest = quote_digest(&quote);
-        let mut challenges = self.lock();
-        let Some(challenge) = challenges.get_mut(&(device.to_owned(), quote.nonce.clone())) else {
-            return Err(Unsolicited::Unknown);
+        let now = now_ms();
+        let age = |issued_ms: i64| {
+            Duration::from_millis(u64::try_from(now.saturating_sub(issued_ms)).unwrap_or(0))
         };
-        let age = challenge.issued.elapsed();
-        match std::mem::replace(&mut challenge.state, ChallengeState::Answered(digest)) {
-            ChallengeState::Waiting(waiter) if age < NONCE_LIFETIME => {
-                waiter.send(quote).map_err(|_| {
-                    challenge.state = ChallengeState::Expired;
-                    Unsolicited::Expired(age)
-                })
-            }
-            ChallengeState::Waiting(_) | ChallengeState::Expired => {
-                challenge.state = ChallengeState::Expired;
-                Err(Unsolicited::Expired(age))
-            }
-            ChallengeState::Answered(previous) => {
-                challenge.state = ChallengeState::Answered(previous);
-                Err(if previous == digest {
-                    Unsolicited::Duplicate
-                } else {
-                    Unsolicited::Replayed
-                })
-            }
-        }
+        Ok(
+            match store
+                .use_challenge(device, &quote.nonce, &digest, now)
+                .await?
+            {
+                ChallengeUse::Accepted { .. } => {
+                    let waiter = self
+                        .lock()
+                        .remove(&(device.to_owned(), quote.nonce.clone()));
+                    Ok(match waiter {
+                        Some(waiter) => match waiter.send(quote) {
+                            Ok(()) => Answered::Delivered,
+                            Err(quote) => Answered::Orphaned(quote),
+                        },
+                        None => Answered::Orphaned(quote),
+                    })
+                }
+                ChallengeUse::Expired {
+                    issued_ms,
+                    deadline_ms,
+                } => Err(Unsolicited::Expired {
+                    age: age(issued_ms),
+                    lifetime: Duration::from_millis(
+                        u64::try_from(deadline_ms.saturating_sub(issued_ms)).unwrap_or(0),
+                    ),
+                }),
+                ChallengeUse::Answered { quote_sha256 } if quote_sha256 == digest => {
+                    Err(Unsolicited::Duplicate)
+                }
+                ChallengeUse::Answered { .. } => Err(Unsolicited::Replayed),
+                ChallengeUse::Unknown => Err(Unsolicited::Unknown),
+            },
+        )
     }
 }
 
@@ -259,7 +287,11 @@ impl Attestor {
             .fill(&mut nonce)
             .map_err(|_| AttestError::Random)?;
         let nonce_hex = to_hex(&nonce);
-        let answer = self.pending.issue(device, &nonce_hex);
+        let answer = self
+            .pending
+            .issue(&self.store, device, &nonce_hex, wait)
+            .await
+            .map_err(AttestError::Store)?;
         let challenge = AttestationChallenge {
             v: PROTOCOL_VERSION,
             nonce: nonce_hex.clone(),
@@ -270,12 +302,13 @@ impl Attestor {
         let quote = match tokio::time::timeout(wait, answer).await {
             Ok(Ok(quote)) => quote,
             _ => {
-                self.pending.expire(device, &nonce_hex);
+                self.pending.forget(device, &nonce_hex);
                 let detail = format!(
-                    "no answer to the challenge of {} ms within {wait:?}; status unchanged",
-                    now_ms()
+                    "no answer to the challenge of {} ms within {wait:?}: unverified until \
+                     a quote verifies (challenged again on reconnect and on the schedule)",
+                    now_ms().saturating_sub(millis(wait))
                 );
-                self.note(device, &detail).await;
+                self.unanswered(device, &nonce_hex, &detail).await;
                 return Err(AttestError::NoAnswer(wait));
             }
         };
@@ -415,17 +448,57 @@ impl Attestor {
         }
     }
 
-    /// A quote that answers no waiting challenge.
+    /// A challenge went unanswered: the device is `unverified` (unless `untrusted`),
+    /// unless a quote used the challenge meanwhile.
+    async fn unanswered(&self, device: &str, nonce_hex: &str, detail: &str) {
+        match self
+            .store
+            .challenge_unanswered(device, nonce_hex, detail)
+            .await
+        {
+            Ok(true) => tracing::warn!(device, detail, "attestation unanswered: unverified"),
+            Ok(false) => {}
+            Err(error) => tracing::error!(device, %error, "cannot record an unanswered challenge"),
+        }
+    }
+
+    /// Verifies a quote that used its challenge while no attestation in this process
+    /// waited for it (the fleet restarted since it sent the challenge), and records
+    /// the verdict.
+    async fn verify_orphan(&self, device: &str, quote: &AttestationQuote) {
+        let Some(public_key) = self.devices.device_key(device) else {
+            self.note(
+                device,
+                "a quote came for a pending challenge, but the device's key is unknown \
+                 (not connected): no verdict",
+            )
+            .await;
+            return;
+        };
+        let Some(nonce) = from_hex(&quote.nonce) else {
+            return;
+        };
+        match self.verify(device, quote, &public_key, &nonce).await {
+            Ok(outcome) => {
+                self.record(&outcome, "fleet/attestation/quote-refused")
+                    .await;
+            }
+            Err(error) => tracing::error!(device, %error, "attestation: cannot read the releases"),
+        }
+    }
+
+    /// A quote that answers no pending challenge.
     async fn unsolicited(&self, device: &str, nonce: &str, why: Unsolicited) {
         match why {
             Unsolicited::Duplicate => {
                 tracing::debug!(device, "quote delivered again; ignored");
             }
-            Unsolicited::Expired(age) => {
+            Unsolicited::Expired { age, lifetime } => {
                 let detail = format!(
-                    "a quote answered a challenge {} s old (lifetime {} s): refused; status unchanged",
+                    "a quote answered a challenge {} s old (answerable for {} s): refused; \
+                     status unchanged",
                     age.as_secs(),
-                    NONCE_LIFETIME.as_secs()
+                    lifetime.as_secs()
                 );
                 self.note(device, &detail).await;
             }
@@ -495,29 +568,68 @@ pub async fn collect_quotes(
             continue;
         };
         let nonce = quote.nonce.clone();
-        if let Err(why) = attestor.pending.answer(device, quote) {
-            attestor.unsolicited(device, &nonce, why).await;
+        match attestor
+            .pending
+            .answer(&attestor.store, device, quote)
+            .await
+        {
+            Ok(Ok(Answered::Delivered)) => {}
+            Ok(Ok(Answered::Orphaned(quote))) => attestor.verify_orphan(device, &quote).await,
+            Ok(Err(why)) => attestor.unsolicited(device, &nonce, why).await,
+            // The challenge stays pending: the device's QoS 1 redelivery or the next
+            // challenge gets another chance.
+            Err(error) => tracing::error!(device, %error, "cannot use an attestation challenge"),
         }
     }
 }
 
+/// How often the store forgets old challenges and answers.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Trust lapses: every `trusted` device whose last verified attestation is older than
+/// `valid_for` becomes `unverified`. The devices changed.
+pub async fn lapse_stale_trust(
+    store: &Store,
+    valid_for: Duration,
+) -> Result<Vec<String>, StoreError> {
+    let detail = format!(
+        "trust lapsed: no verified attestation within {} s (rollouts.attestation_valid_secs); \
+         the device is challenged again when it reconnects and on the schedule",
+        valid_for.as_secs()
+    );
+    let lapsed = store
+        .lapse_stale_trust(now_ms().saturating_sub(millis(valid_for)), &detail)
+        .await?;
+    for device in &lapsed {
+        tracing::warn!(device, "attestation trust lapsed: unverified");
+    }
+    Ok(lapsed)
+}
+
 /// Challenges each device when it becomes challengeable (`challengeable`), and every
-/// `interval` after its last challenge while it stays connected (`None`: no schedule),
-/// until shutdown.
+/// `interval` after its last challenge while it stays connected (`None`: no schedule);
+/// makes trust older than `valid_for` lapse (`None`: it never does); purges old
+/// challenges; until shutdown.
 pub async fn run(
     attestor: Attestor,
     mut challengeable: mpsc::Receiver<String>,
     interval: Option<Duration>,
+    valid_for: Option<Duration>,
     shutdown: CancellationToken,
 ) {
     let in_flight: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let mut last_started: BTreeMap<String, Instant> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let period = interval.map_or(Duration::from_secs(3600), |i| {
-        i.clamp(Duration::from_millis(100), Duration::from_secs(1))
-    });
+    let period = interval
+        .into_iter()
+        .chain(valid_for)
+        .min()
+        .map_or(Duration::from_secs(1), |i| {
+            i.clamp(Duration::from_millis(100), Duration::from_secs(1))
+        });
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_purge = Instant::now();
     let start = |device: String, tasks: &mut tokio::task::JoinSet<()>| {
         in_flight
             .lock()
@@ -549,10 +661,22 @@ pub async fn run(
                 last_started.insert(device.clone(), Instant::now());
                 start(device, &mut tasks);
             }
-            _ = tick.tick(), if interval.is_some() => {
+            _ = tick.tick() => {
+                if let Some(valid_for) = valid_for
+                    && let Err(error) = lapse_stale_trust(&attestor.store, valid_for).await
+                {
+                    tracing::error!(%error, "cannot sweep lapsed attestations");
+                }
+                if last_purge.elapsed() >= PURGE_EVERY {
+                    last_purge = Instant::now();
+                    let before = now_ms().saturating_sub(millis(NONCE_MEMORY));
+                    if let Err(error) = attestor.store.purge_challenges(before).await {
+                        tracing::error!(%error, "cannot purge old attestation challenges");
+                    }
+                }
+                let Some(every) = interval else { continue };
                 let connected = attestor.devices.connected_device_ids();
                 last_started.retain(|device, _| connected.binary_search(device).is_ok());
-                let every = interval.unwrap_or(Duration::MAX);
                 for device in connected {
                     // First seen here: its interval starts now (its connect challenge
                     // comes when it subscribes to challenges).
@@ -607,49 +731,91 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_nonce_is_answerable_once_and_only_by_its_device() {
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        let store = Store::open(&url).await.expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_nonce_is_answerable_once_and_only_by_its_device() {
+        let (_dir, store) = store().await;
         let pending = PendingChallenges::default();
-        let mut rx = pending.issue("wd-1", "aa");
+        let lifetime = Duration::from_secs(60);
+        let mut rx = pending
+            .issue(&store, "wd-1", "aa", lifetime)
+            .await
+            .expect("issue");
+        let answer = |device: &'static str, q: AttestationQuote| {
+            let (pending, store) = (&pending, &store);
+            async move {
+                pending
+                    .answer(store, device, q)
+                    .await
+                    .expect("store")
+                    .map(|a| matches!(a, Answered::Delivered))
+            }
+        };
         assert_eq!(
-            pending.answer("wd-2", quote("aa", "01")),
+            answer("wd-2", quote("aa", "01")).await,
             Err(Unsolicited::Unknown)
         );
         assert_eq!(
-            pending.answer("wd-1", quote("bb", "01")),
+            answer("wd-1", quote("bb", "01")).await,
             Err(Unsolicited::Unknown)
         );
-        assert_eq!(pending.answer("wd-1", quote("aa", "01")), Ok(()));
+        assert_eq!(answer("wd-1", quote("aa", "01")).await, Ok(true));
         assert_eq!(rx.try_recv().map(|q| q.quote), Ok("01".to_owned()));
         assert_eq!(
-            pending.answer("wd-1", quote("aa", "01")),
+            answer("wd-1", quote("aa", "01")).await,
             Err(Unsolicited::Duplicate)
         );
         assert_eq!(
-            pending.answer("wd-1", quote("aa", "02")),
+            answer("wd-1", quote("aa", "02")).await,
             Err(Unsolicited::Replayed)
         );
         // Still a replay after a duplicate was seen.
         assert_eq!(
-            pending.answer("wd-1", quote("aa", "03")),
+            answer("wd-1", quote("aa", "03")).await,
             Err(Unsolicited::Replayed)
         );
     }
 
-    #[test]
-    fn an_expired_challenge_is_not_answerable() {
+    #[tokio::test]
+    async fn an_expired_challenge_is_not_answerable_and_old_ones_are_purged() {
+        let (_dir, store) = store().await;
         let pending = PendingChallenges::default();
-        let _rx = pending.issue("wd-1", "aa");
-        pending.expire("wd-1", "aa");
+        let _rx = pending
+            .issue(&store, "wd-1", "aa", Duration::ZERO)
+            .await
+            .expect("issue");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        pending.forget("wd-1", "aa");
         assert!(matches!(
-            pending.answer("wd-1", quote("aa", "01")),
-            Err(Unsolicited::Expired(_))
+            pending.answer(&store, "wd-1", quote("aa", "01")).await,
+            Ok(Err(Unsolicited::Expired { .. }))
         ));
-        // A challenge whose waiter gave up is expired too.
-        drop(pending.issue("wd-1", "bb"));
+        // A challenge whose waiter is gone (a restart) is answered, for the caller to
+        // verify.
+        drop(
+            pending
+                .issue(&store, "wd-1", "bb", Duration::from_secs(60))
+                .await
+                .expect("issue"),
+        );
         assert!(matches!(
-            pending.answer("wd-1", quote("bb", "01")),
-            Err(Unsolicited::Expired(_))
+            pending.answer(&store, "wd-1", quote("bb", "01")).await,
+            Ok(Ok(Answered::Orphaned(_)))
+        ));
+        // Purged: both forgotten, a quote for them is now unknown.
+        assert_eq!(
+            store.purge_challenges(now_ms() + 1).await.expect("purge"),
+            2
+        );
+        assert!(matches!(
+            pending.answer(&store, "wd-1", quote("aa", "01")).await,
+            Ok(Err(Unsolicited::Unknown))
         ));
     }
 

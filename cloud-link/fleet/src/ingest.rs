@@ -231,7 +231,8 @@ pub async fn command_results(
     }
 }
 
-/// Records what devices report they run, until shutdown.
+/// Records what devices report they run (the newest by control-queue position), until
+/// shutdown.
 pub async fn twin_reports(
     store: Store,
     mut reports: LocalSubscription,
@@ -252,16 +253,25 @@ pub async fn twin_reports(
         match TwinReported::decode(&publish.payload) {
             Ok(reported) => {
                 let text = String::from_utf8_lossy(&reported.encode()).into_owned();
-                if let Err(error) = store.set_twin_reported(device, &text, now_ms()).await {
-                    tracing::error!(device, %error, "cannot record a reported state");
-                    continue;
-                }
                 let version = reported
                     .policy_version
                     .map(|v| i64::try_from(v).unwrap_or(i64::MAX));
-                if let Err(error) = store.set_policy_version(device, version).await {
-                    tracing::error!(device, %error, "cannot record a policy version");
-                    continue;
+                // The newest state by control-queue position wins, not the last arrival.
+                let position = Delivery::of_payload(&publish.payload).map(|d| (d.epoch, d.seq));
+                match store
+                    .record_twin_reported(device, &text, position, version, now_ms())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => tracing::debug!(
+                        device,
+                        ?position,
+                        "reported state older than the stored one; kept the newer"
+                    ),
+                    Err(error) => {
+                        tracing::error!(device, %error, "cannot record a reported state");
+                        continue;
+                    }
                 }
                 acknowledge(&acks, device, &publish.payload).await;
             }

@@ -8,6 +8,8 @@ pub mod deployments;
 pub mod enrollment;
 pub mod images;
 pub mod ingest;
+#[cfg(feature = "loadtest")]
+pub mod loadtest;
 pub mod store;
 pub mod tls;
 
@@ -28,6 +30,11 @@ pub struct FleetConfig {
     pub mqtt_listen: String,
     /// `sqlite://PATH` (default kind) or `postgres://…`.
     pub database_url: String,
+    /// SQLite connections for read-only API lookups besides the one writer (default
+    /// [`store::READ_CONNECTIONS`]; 0: every query on the writer). Unused with
+    /// PostgreSQL.
+    #[serde(default)]
+    pub database_read_connections: Option<u32>,
     /// PEM: the broker's server certificate.
     pub server_cert: PathBuf,
     /// PEM: the broker's server key.
@@ -77,6 +84,12 @@ pub struct RolloutConfig {
     /// on connect and on request). Here because trust gates every offer.
     #[serde(default = "default_attestation_interval_secs")]
     pub attestation_interval_secs: u64,
+    /// Seconds a verified attestation keeps a device `trusted`; older, it becomes
+    /// `unverified` (commands and offers withheld) until a quote verifies again.
+    /// Default: twice `attestation_interval_secs`; 0 (or no schedule and no value):
+    /// trust does not lapse by age. Must exceed the interval.
+    #[serde(default)]
+    pub attestation_valid_secs: Option<u64>,
 }
 
 impl Default for RolloutConfig {
@@ -85,6 +98,36 @@ impl Default for RolloutConfig {
             tick_ms: default_tick_ms(),
             reoffer_after_s: default_reoffer_s(),
             attestation_interval_secs: default_attestation_interval_secs(),
+            attestation_valid_secs: None,
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// How long a verified attestation keeps a device trusted (`None`: forever).
+    pub fn trust_valid_for(&self) -> Option<std::time::Duration> {
+        let secs = self
+            .attestation_valid_secs
+            .unwrap_or(self.attestation_interval_secs.saturating_mul(2));
+        (secs > 0).then(|| std::time::Duration::from_secs(secs))
+    }
+
+    /// Refuses a validity that would let trust lapse between two scheduled challenges.
+    fn check(&self) -> Result<(), String> {
+        match self.attestation_valid_secs {
+            Some(valid)
+                if valid > 0
+                    && self.attestation_interval_secs > 0
+                    && valid <= self.attestation_interval_secs =>
+            {
+                Err(format!(
+                    "rollouts.attestation_valid_secs ({valid}) must exceed \
+                     rollouts.attestation_interval_secs ({}), or trust lapses between two \
+                     scheduled challenges",
+                    self.attestation_interval_secs
+                ))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -162,12 +205,18 @@ pub async fn start(
 ) -> anyhow::Result<RunningFleet> {
     use anyhow::Context as _;
 
+    config.rollouts.check().map_err(anyhow::Error::msg)?;
     let authorizer = auth::Authorizer::new(&config.api).map_err(anyhow::Error::msg)?;
     let images = images::ImageStore::new(config.image_dir(), &config.images.vendor_roots)
         .map_err(anyhow::Error::msg)?;
-    let store = store::Store::open(&config.database_url)
-        .await
-        .with_context(|| format!("cannot open fleet store {}", config.database_url))?;
+    let store = store::Store::open_with(
+        &config.database_url,
+        config
+            .database_read_connections
+            .unwrap_or(store::READ_CONNECTIONS),
+    )
+    .await
+    .with_context(|| format!("cannot open fleet store {}", config.database_url))?;
     let trust = std::sync::Arc::new(load_trust(config, &store).await?);
     let tls = tls::broker_tls_config(
         &config.server_cert,
@@ -217,9 +266,11 @@ pub async fn start(
     ));
     let attestation_task = tokio::spawn(attestation::run(
         attestor.clone(),
-        broker.challengeable_devices(1024),
+        // Room for a reconnect storm: a dropped notice waits for the schedule.
+        broker.challengeable_devices(65_536),
         (config.rollouts.attestation_interval_secs > 0)
             .then(|| std::time::Duration::from_secs(config.rollouts.attestation_interval_secs)),
+        config.rollouts.trust_valid_for(),
         shutdown.clone(),
     ));
     let reports = broker.subscribe_local(warden_link::topics::ALL_REPORTS, 256);

@@ -3,20 +3,30 @@
 //! One set of queries serves both databases through sqlx's `Any` driver; placeholders
 //! are `$N`, which both accept. Schema changes are numbered migrations applied once.
 
+mod dashboard;
 mod deployments;
 mod registry;
 mod reports;
 
+pub use dashboard::{
+    DEVICE_STATUSES, DeviceRow, FleetCounts, SeenDevice, SignatureBucket, SignatureGroup,
+    VersionCount, VersionReports,
+};
 pub use deployments::{
     DeploymentEvent, DeploymentMember, ImageRecord, NewDeployment, StoredDeployment,
 };
-pub use registry::{Group, NewDevice, Product, ProductOutcome, RegisteredDevice, Registration};
+pub use registry::{
+    ChallengeUse, Group, NewDevice, Product, ProductOutcome, RegisteredDevice, Registration,
+};
 pub use reports::{CrashRate, ReportBucket, ReportGroup, StoredEvent, StoredReport};
 
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use warden_link::TelemetryBatch;
+
+/// SQLite connections for read-only lookups besides the one writer, by default.
+pub const READ_CONNECTIONS: u32 = 2;
 
 /// Numbered schema migrations, applied in order, each exactly once.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -184,6 +194,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
         ON deployment_device_states (deployment_id, device_id, seq)",
     ),
     (7, "ALTER TABLE registry ADD COLUMN attestation_detail TEXT"),
+    // Pending attestation challenges and answered nonces (single use across restarts),
+    // the reported twin's control-queue position, and the trust-lapse sweep's index.
+    (8, registry::MIGRATION_8),
+    (
+        9,
+        // String points: `text` is set and `value` holds 0 (the column stays NOT NULL
+        // on both backends); the store reads such a row back as NaN + text.
+        "ALTER TABLE telemetry ADD COLUMN text TEXT;
+    ALTER TABLE latest_values ADD COLUMN text TEXT",
+    ),
 ];
 
 /// A device as the API shows it.
@@ -204,8 +224,11 @@ pub struct Device {
 pub struct StoredReading {
     /// Point name, `bridge/point`.
     pub point: String,
-    /// Engineering value.
+    /// Engineering value; NaN (`null` in JSON) for a string point.
     pub value: f64,
+    /// The text of a string point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     /// Engineering unit.
     pub unit: String,
     /// When the device read it, ms since the epoch.
@@ -242,11 +265,21 @@ pub enum Ingested {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Read-only lookups on the hot API path: on SQLite a pool of its own (WAL lets
+    /// readers run beside the one writer connection); on PostgreSQL the same pool.
+    reads: AnyPool,
 }
 
 impl Store {
     /// Opens `url` (`sqlite://PATH` or `postgres://…`) and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, READ_CONNECTIONS).await
+    }
+
+    /// [`Store::open`] with `read_connections` SQLite connections for read-only
+    /// lookups besides the writer (0: every query on the writer connection). Ignored
+    /// for PostgreSQL, whose pool serves both.
+    pub async fn open_with(url: &str, read_connections: u32) -> Result<Self, StoreError> {
         install_default_drivers();
         let url = if url.starts_with("sqlite:") && !url.contains('?') {
             format!("{url}?mode=rwc")
@@ -255,8 +288,11 @@ impl Store {
         };
         let sqlite = url.starts_with("sqlite:");
         let max_connections = if sqlite { 1 } else { 8 };
+        // A SQLite connection is a local file that cannot drop: no ping (a round trip
+        // to its worker thread) before every use.
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
+            .test_before_acquire(!sqlite)
             .after_connect(move |connection, _meta| {
                 Box::pin(async move {
                     if sqlite {
@@ -275,8 +311,26 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let store = Self { pool };
+        let mut store = Self {
+            reads: pool.clone(),
+            pool,
+        };
         store.migrate().await?;
+        if sqlite && read_connections > 0 {
+            store.reads = AnyPoolOptions::new()
+                .max_connections(read_connections)
+                .test_before_acquire(false)
+                .after_connect(|connection, _meta| {
+                    Box::pin(async move {
+                        for pragma in ["PRAGMA busy_timeout=5000", "PRAGMA query_only=1"] {
+                            sqlx::query(pragma).execute(&mut *connection).await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await?;
+        }
         Ok(store)
     }
 
@@ -361,7 +415,7 @@ impl Store {
     /// The latest value of each point of a device, ordered by point.
     pub async fn latest_values(&self, device_id: &str) -> Result<Vec<StoredReading>, StoreError> {
         let rows = sqlx::query(
-            "SELECT point, value, unit, ts_ms FROM latest_values WHERE device_id = $1 ORDER BY point",
+            "SELECT point, value, unit, ts_ms, text FROM latest_values WHERE device_id = $1 ORDER BY point",
         )
         .bind(device_id)
         .fetch_all(&self.pool)
@@ -379,7 +433,7 @@ impl Store {
         let rows = match point {
             Some(point) => {
                 sqlx::query(
-                    "SELECT point, value, unit, ts_ms FROM telemetry WHERE device_id = $1 AND point = $2
+                    "SELECT point, value, unit, ts_ms, text FROM telemetry WHERE device_id = $1 AND point = $2
                      ORDER BY ts_ms DESC LIMIT $3",
                 )
                 .bind(device_id)
@@ -390,7 +444,7 @@ impl Store {
             }
             None => {
                 sqlx::query(
-                    "SELECT point, value, unit, ts_ms FROM telemetry WHERE device_id = $1
+                    "SELECT point, value, unit, ts_ms, text FROM telemetry WHERE device_id = $1
                      ORDER BY ts_ms DESC, point LIMIT $2",
                 )
                 .bind(device_id)
@@ -526,6 +580,7 @@ impl Store {
 
     /// Closes the pool, waiting for in-flight queries: nothing is left half-written.
     pub async fn close(&self) {
+        self.reads.close().await;
         self.pool.close().await;
     }
 }
@@ -562,27 +617,36 @@ async fn ingest_in(
     .await?;
     for reading in &batch.readings {
         let ts_ms = to_i64(reading.ts_ms);
+        // Text readings keep 0 in the NOT NULL value column (decode refused any reading
+        // that has neither a finite number nor text).
+        let value = if reading.text.is_some() {
+            0.0
+        } else {
+            reading.value
+        };
         sqlx::query(
-                "INSERT INTO telemetry (device_id, point, ts_ms, value, unit) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO telemetry (device_id, point, ts_ms, value, unit, text) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(device_id)
             .bind(&reading.point)
             .bind(ts_ms)
-            .bind(reading.value)
+            .bind(value)
             .bind(&reading.unit)
+            .bind(reading.text.as_deref())
             .execute(&mut **tx)
             .await?;
         sqlx::query(
-                "INSERT INTO latest_values (device_id, point, ts_ms, value, unit) VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO latest_values (device_id, point, ts_ms, value, unit, text) VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (device_id, point) DO UPDATE
-                 SET ts_ms = excluded.ts_ms, value = excluded.value, unit = excluded.unit
+                 SET ts_ms = excluded.ts_ms, value = excluded.value, unit = excluded.unit, text = excluded.text
                  WHERE excluded.ts_ms >= latest_values.ts_ms",
             )
             .bind(device_id)
             .bind(&reading.point)
             .bind(ts_ms)
-            .bind(reading.value)
+            .bind(value)
             .bind(&reading.unit)
+            .bind(reading.text.as_deref())
             .execute(&mut **tx)
             .await?;
     }
@@ -590,9 +654,15 @@ async fn ingest_in(
 }
 
 fn reading_from_row(row: &sqlx::any::AnyRow) -> Result<StoredReading, StoreError> {
+    let text: Option<String> = row.try_get(4)?;
     Ok(StoredReading {
         point: row.try_get(0)?,
-        value: row.try_get(1)?,
+        value: if text.is_some() {
+            f64::NAN
+        } else {
+            row.try_get(1)?
+        },
+        text,
         unit: row.try_get(2)?,
         ts_ms: row.try_get(3)?,
     })
@@ -629,6 +699,7 @@ mod tests {
             readings: vec![Reading {
                 point: "line1/t".into(),
                 value,
+                text: None,
                 unit: "°C".into(),
                 ts_ms,
             }],
@@ -686,5 +757,42 @@ mod tests {
         let store = Store::open(&url).await.expect("reopen");
         assert!(store.device_exists("wd-1").await.expect("query"));
         assert!(!store.device_exists("wd-2").await.expect("query"));
+    }
+
+    #[tokio::test]
+    async fn string_points_are_stored_as_text() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let mut text = batch(0, 0.0, 100);
+        text.readings = vec![Reading::text(
+            "line1/serial".into(),
+            "AB-17".into(),
+            String::new(),
+            100,
+        )];
+        store.ingest("wd-1", &text, 1).await.expect("ingest");
+        store
+            .ingest("wd-1", &batch(1, 20.5, 100), 2)
+            .await
+            .expect("ingest");
+        let latest = store.latest_values("wd-1").await.expect("latest");
+        let serial = latest
+            .iter()
+            .find(|r| r.point == "line1/serial")
+            .expect("serial");
+        assert!(serial.value.is_nan());
+        assert_eq!(serial.text.as_deref(), Some("AB-17"));
+        let t = latest.iter().find(|r| r.point == "line1/t").expect("t");
+        assert_eq!((t.value, t.text.as_deref()), (20.5, None));
+        // The API's JSON: `value` null and the text beside it.
+        let json = serde_json::to_value(serial).expect("json");
+        assert_eq!(json["value"], serde_json::Value::Null);
+        assert_eq!(json["text"], "AB-17");
+        let series = store
+            .telemetry("wd-1", Some("line1/serial"), 10)
+            .await
+            .expect("telemetry");
+        assert_eq!(series[0].text.as_deref(), Some("AB-17"));
     }
 }

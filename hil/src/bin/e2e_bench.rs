@@ -9,11 +9,20 @@
 //! stops the equipment, waits for the outbox to drain and checks that the fleet stored
 //! exactly as many readings as the appliance read: zero loss.
 //!
+//! With `--manifest` (as root: compartments drop to their own uids) the appliance runs
+//! as in production, `warden run --manifest`: the security monitor and its pluton,
+//! bridges, link and status-page compartments, each sandboxed with the grants the
+//! bench writes into its manifest. CPU and memory are then summed over the monitor and
+//! every process below it (found by walking `/proc` for descendants), and each
+//! process's VmRSS is listed.
+//!
 //! ```text
 //! cargo build --release -p warden -p warden-hil
 //! target/release/appliance-e2e-bench --warden target/release/warden
 //! target/release/appliance-e2e-bench --warden target/release/warden \
 //!     --devices 32 --points 100 --interval-ms 1000      # the memory footprint case
+//! sudo target/release/appliance-e2e-bench --warden target/release/warden \
+//!     --devices 32 --points 100 --interval-ms 1000 --manifest   # ... in compartments
 //! ```
 
 use std::collections::BTreeMap;
@@ -37,6 +46,8 @@ struct Options {
     interval_ms: u64,
     warmup: Duration,
     measure: Duration,
+    /// Run `warden run --manifest` (monitor and compartments) instead of `--config`.
+    manifest: bool,
 }
 
 impl Options {
@@ -48,6 +59,7 @@ impl Options {
             interval_ms: 10,
             warmup: Duration::from_secs(5),
             measure: Duration::from_secs(30),
+            manifest: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -66,10 +78,11 @@ impl Options {
                 "--seconds" => {
                     options.measure = Duration::from_secs(value()?.parse().context("--seconds")?);
                 }
+                "--manifest" => options.manifest = true,
                 "--help" | "-h" => {
                     println!(
                         "appliance-e2e-bench [--warden PATH] [--devices N] [--points N] \
-                         [--interval-ms MS] [--warmup-secs S] [--seconds S]"
+                         [--interval-ms MS] [--warmup-secs S] [--seconds S] [--manifest]"
                     );
                     std::process::exit(0);
                 }
@@ -116,16 +129,29 @@ async fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
         );
     }
     let metrics_port = free_port()?;
+    let page_port = free_port()?;
     let config = write_appliance_config(
         options,
         dir,
         &pki,
         &equipment,
         fleet.mqtt_address.port(),
-        metrics_port,
+        (page_port, metrics_port),
     )?;
 
-    let mut appliance = Appliance::start(&options.warden, &config)?;
+    let mut appliance = if options.manifest {
+        let manifest = write_manifest(
+            dir,
+            &config,
+            &pki,
+            &equipment,
+            fleet.mqtt_address.port(),
+            (page_port, metrics_port),
+        )?;
+        Appliance::start(&options.warden, &["run", "--manifest"], &manifest)?
+    } else {
+        Appliance::start(&options.warden, &["run", "--config"], &config)?
+    };
     let metrics = Metrics::new(metrics_port);
     metrics.wait_until_up(Duration::from_secs(20)).await?;
     tokio::time::sleep(options.warmup).await;
@@ -142,6 +168,7 @@ async fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
         Instant::now(),
     );
     let memory = appliance.memory()?;
+    let processes = appliance.processes()?;
 
     // Stop the equipment; every reading taken so far must reach the fleet.
     equipment_stop.cancel();
@@ -159,8 +186,15 @@ async fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
     let readings = final_metrics.reads_ok * f64::from(options.points);
 
     println!(
-        "appliance end to end ({} devices × {} points every {} ms, target {target:.0} polls/s)",
-        options.devices, options.points, options.interval_ms
+        "appliance end to end ({} devices × {} points every {} ms, target {target:.0} polls/s, {})",
+        options.devices,
+        options.points,
+        options.interval_ms,
+        if options.manifest {
+            "monitor and compartments: warden run --manifest"
+        } else {
+            "one process: warden run --config"
+        }
     );
     println!(
         "  polls/s achieved           {polls:>10.0}  ({:.1} % of target)",
@@ -179,12 +213,37 @@ async fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
         after.1.errors - before.1.errors
     );
     println!(
-        "  resident memory (VmRSS)    {:>10.1} MiB",
-        memory.rss_kib as f64 / 1024.0
+        "  resident memory (VmRSS)    {:>10.1} MiB{}",
+        memory.rss_kib as f64 / 1024.0,
+        if processes.len() > 1 {
+            format!(", summed over {} processes:", processes.len())
+        } else {
+            String::new()
+        }
+    );
+    if processes.len() > 1 {
+        for process in &processes {
+            println!(
+                "      {:>6} {:<28} {:>8.1} MiB (PSS {:.1} MiB)",
+                process.pid,
+                process.name,
+                process.memory.rss_kib as f64 / 1024.0,
+                process.memory.pss_kib as f64 / 1024.0
+            );
+        }
+    }
+    println!(
+        "  proportional (PSS)         {:>10.1} MiB (shared pages split between processes)",
+        memory.pss_kib as f64 / 1024.0
     );
     println!(
-        "  peak resident (VmHWM)      {:>10.1} MiB",
-        memory.hwm_kib as f64 / 1024.0
+        "  peak resident (VmHWM)      {:>10.1} MiB{}",
+        memory.hwm_kib as f64 / 1024.0,
+        if processes.len() > 1 {
+            " (sum of each process's peak)"
+        } else {
+            ""
+        }
     );
     println!("  readings read              {readings:>10.0}");
     println!("  readings stored by fleet   {stored:>10}");
@@ -220,7 +279,7 @@ fn write_appliance_config(
     pki: &DemoPki,
     equipment: &[SimulatedSlave],
     broker_port: u16,
-    metrics_port: u16,
+    (page_port, metrics_port): (u16, u16),
 ) -> anyhow::Result<PathBuf> {
     let mut policy = String::from("[policy]\nname = \"e2e-bench\"\n");
     let mut config = String::new();
@@ -256,17 +315,157 @@ fn write_appliance_config(
         "[link]\nbroker_host = \"127.0.0.1\"\nbroker_port = {broker_port}\n\
          fleet_ca = \"{}\"\ndevice_cert = \"{}\"\ndevice_key = \"{}\"\nbatch_interval_ms = 200\n\n\
          [link.outbox]\ndir = \"outbox\"\nmax_bytes = 268435456\nfsync = \"always\"\noverflow = \"refuse\"\n\n\
-         [status_page]\nlisten = \"127.0.0.1:0\"\npassword_file = \"password.phc\"\n\
+         [status_page]\nlisten = \"127.0.0.1:{page_port}\"\npassword_file = \"status-page/password.phc\"\n\
          state_dir = \"status-page\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nsession_idle_secs = 900",
         pki.fleet_ca.display(),
         pki.device_cert.display(),
         pki.device_key.display(),
     )?;
     std::fs::write(dir.join("policy.toml"), policy)?;
-    std::fs::write(dir.join("password.phc"), bench_password_hash()?)?;
+    std::fs::create_dir_all(dir.join("status-page"))?;
+    std::fs::write(dir.join("status-page/password.phc"), bench_password_hash()?)?;
     let path = dir.join("warden.toml");
     std::fs::write(&path, config)?;
     Ok(path)
+}
+
+/// The compartment manifest for `--manifest`: the production layout (pluton, bridges,
+/// link, status page, each with only what it needs) over the bench's directory.
+/// Compartments run under their own uids, so the directory is made searchable and the
+/// device key (a file here; pluton holds it in production) is handed to the link's uid.
+fn write_manifest(
+    dir: &Path,
+    config: &Path,
+    pki: &DemoPki,
+    equipment: &[SimulatedSlave],
+    broker_port: u16,
+    (page_port, metrics_port): (u16, u16),
+) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    const LINK_UID: u32 = 63003;
+    for sub in [
+        "reports",
+        "outbox",
+        "bridges",
+        "status-page",
+        "pluton",
+        "pluton-run",
+    ] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    for path in [dir.to_path_buf(), dir.join("pki")] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    for file in [
+        config.to_path_buf(),
+        dir.join("policy.toml"),
+        pki.fleet_ca.clone(),
+        pki.device_cert.clone(),
+    ] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
+    }
+    std::os::unix::fs::chown(&pki.device_key, Some(LINK_UID), Some(LINK_UID))
+        .context("chown the device key to the link's uid (run the bench as root)")?;
+    let list = |items: &[String]| {
+        let quoted: Vec<String> = items.iter().map(|item| format!("{item:?}")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let path = |name: &str| dir.join(name).display().to_string();
+    let config = config.display().to_string();
+    let socket = path("pluton-run/pluton.sock");
+    let devices: Vec<String> = equipment
+        .iter()
+        .map(|slave| slave.address().to_string())
+        .collect();
+    let compartment = |name: &str, args: &[String], grants: &[(&str, String)], uid: u32| {
+        let mut text = format!(
+            "[compartment.{name}]\nrole = {name:?}\nargs = {}\n",
+            list(args)
+        );
+        for key in [
+            "read",
+            "read_write",
+            "serial",
+            "connect",
+            "listen",
+            "unix_listen",
+            "unix_connect",
+            "peers",
+        ] {
+            let value = grants
+                .iter()
+                .find(|(granted, _)| *granted == key)
+                .map_or_else(|| "[]".to_owned(), |(_, value)| value.clone());
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+        text.push_str(&format!(
+            "memory_mib = 256\nopen_files = 1024\nuid = {uid}\n\n"
+        ));
+        text
+    };
+    let mut manifest = format!(
+        "[monitor]\nheartbeat_interval_ms = 1000\nwatchdog_timeout_ms = 10000\n\
+         restart_backoff_initial_ms = 500\nrestart_backoff_max_ms = 5000\n\
+         report_dir = {:?}\nreport_capacity = 256\n\n",
+        path("reports")
+    );
+    manifest += &compartment(
+        "pluton",
+        &[
+            "--socket".into(),
+            socket.clone(),
+            "--state-dir".into(),
+            path("pluton"),
+        ],
+        &[
+            ("read_write", list(&[path("pluton"), path("pluton-run")])),
+            ("unix_listen", list(std::slice::from_ref(&socket))),
+        ],
+        63001,
+    );
+    manifest += &compartment(
+        "bridges",
+        &[
+            "--config".into(),
+            config.clone(),
+            "--state-dir".into(),
+            path("bridges"),
+        ],
+        &[
+            ("read", list(&[config.clone(), path("policy.toml")])),
+            ("read_write", list(&[path("bridges")])),
+            ("connect", list(&devices)),
+            ("peers", list(&["link".into(), "status-page".into()])),
+        ],
+        63002,
+    );
+    manifest += &compartment(
+        "link",
+        &["--config".into(), config.clone()],
+        &[
+            (
+                "read",
+                list(&[config.clone(), path("pki"), path("reports")]),
+            ),
+            ("read_write", list(&[path("outbox")])),
+            ("connect", list(&[format!("127.0.0.1:{broker_port}")])),
+            ("peers", list(&["status-page".into()])),
+        ],
+        LINK_UID,
+    );
+    manifest += &compartment(
+        "status-page",
+        &["--config".into(), config.clone()],
+        &[
+            ("read", list(std::slice::from_ref(&config))),
+            ("read_write", list(&[path("status-page")])),
+            ("listen", format!("[{page_port}, {metrics_port}]")),
+        ],
+        63004,
+    );
+    let manifest_path = dir.join("manifest.toml");
+    std::fs::write(&manifest_path, manifest)?;
+    Ok(manifest_path)
 }
 
 /// A random password's Argon2id hash: nobody logs in during the bench.
@@ -306,16 +505,130 @@ struct Appliance {
 }
 
 /// Resident memory of the appliance, KiB.
+#[derive(Debug, Clone, Copy, Default)]
 struct Memory {
     rss_kib: u64,
     hwm_kib: u64,
+    /// Proportional set size (`/proc/PID/smaps_rollup`): shared pages (the one binary's
+    /// code, mapped by every process) divided among the processes that map them.
+    pss_kib: u64,
+}
+
+/// One process of the appliance (the monitor or a compartment).
+struct ApplianceProcess {
+    pid: u32,
+    /// `warden run`, or the compartment's role.
+    name: String,
+    memory: Memory,
+    /// utime + stime, clock ticks.
+    cpu_ticks: u64,
+}
+
+fn proc_file(pid: u32, name: &str) -> anyhow::Result<String> {
+    let path = format!("/proc/{pid}/{name}");
+    std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))
+}
+
+/// The fields of `/proc/PID/stat` after the command name (which may hold spaces), so
+/// index 0 is field 3 (state) of stat(5).
+fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
+    let stat = proc_file(pid, "stat")?;
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    Ok(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// `pid` and every process below it, parents first.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Field 4 of stat(5), the parent's pid.
+        if let Some(parent) = stat_fields(child)
+            .ok()
+            .and_then(|fields| fields.get(1).and_then(|p| p.parse::<u32>().ok()))
+        {
+            parents.push((child, parent));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut index = 0;
+    while index < tree.len() {
+        let parent = tree[index];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        index += 1;
+    }
+    tree
+}
+
+fn process_info(pid: u32) -> anyhow::Result<ApplianceProcess> {
+    let status = proc_file(pid, "status")?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let fields = stat_fields(pid)?;
+    // utime and stime are fields 14 and 15 of stat(5).
+    let utime: u64 = fields.get(11).context("stat utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stat stime")?.parse()?;
+    let args: Vec<String> = proc_file(pid, "cmdline")
+        .unwrap_or_default()
+        .split('\0')
+        .map(str::to_owned)
+        .collect();
+    let name = match args.iter().position(|a| a == "compartment") {
+        Some(at) => format!(
+            "compartment {}",
+            args.get(at + 1).cloned().unwrap_or_default()
+        ),
+        None => args
+            .iter()
+            .skip(1)
+            .take(2)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    Ok(ApplianceProcess {
+        pid,
+        name,
+        memory: Memory {
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+            pss_kib: proc_file(pid, "smaps_rollup")
+                .ok()
+                .and_then(|rollup| {
+                    rollup
+                        .lines()
+                        .find_map(|line| line.strip_prefix("Pss:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse().ok())
+                })
+                .unwrap_or(0),
+        },
+        cpu_ticks: utime + stime,
+    })
 }
 
 impl Appliance {
-    fn start(warden: &Path, config: &Path) -> anyhow::Result<Self> {
+    fn start(warden: &Path, args: &[&str], file: &Path) -> anyhow::Result<Self> {
         let child = Command::new(warden)
-            .args(["run", "--config"])
-            .arg(config)
+            .args(args)
+            .arg(file)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -324,40 +637,38 @@ impl Appliance {
         Ok(Self { child })
     }
 
-    fn proc_file(&self, name: &str) -> anyhow::Result<String> {
-        let path = format!("/proc/{}/{name}", self.child.id());
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))
-    }
-
-    /// utime + stime, in clock ticks.
-    fn cpu_ticks(&mut self) -> anyhow::Result<u64> {
+    /// The appliance's processes: the child and, in compartment mode, everything below
+    /// it (a process that exits while being read is left out).
+    fn processes(&mut self) -> anyhow::Result<Vec<ApplianceProcess>> {
         if let Some(status) = self.child.try_wait()? {
             bail!("the appliance exited early: {status}");
         }
-        let stat = self.proc_file("stat")?;
-        // Fields after the command name (which is in parentheses and may hold spaces).
-        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
-        let utime: u64 = fields.get(11).context("stat utime")?.parse()?;
-        let stime: u64 = fields.get(12).context("stat stime")?.parse()?;
-        Ok(utime + stime)
+        let mut processes = vec![process_info(self.child.id())?];
+        for pid in process_tree(self.child.id()).into_iter().skip(1) {
+            if let Ok(process) = process_info(pid) {
+                processes.push(process);
+            }
+        }
+        Ok(processes)
     }
 
-    fn memory(&self) -> anyhow::Result<Memory> {
-        let status = self.proc_file("status")?;
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(Memory {
-            rss_kib: field("VmRSS:"),
-            hwm_kib: field("VmHWM:"),
-        })
+    /// utime + stime of every process of the appliance, in clock ticks. (A
+    /// compartment restarted during the measurement would lose its ticks; the bench's
+    /// compartments are not restarted.)
+    fn cpu_ticks(&mut self) -> anyhow::Result<u64> {
+        Ok(self.processes()?.iter().map(|p| p.cpu_ticks).sum())
+    }
+
+    /// VmRSS and VmHWM summed over every process of the appliance.
+    fn memory(&mut self) -> anyhow::Result<Memory> {
+        Ok(self
+            .processes()?
+            .iter()
+            .fold(Memory::default(), |sum, p| Memory {
+                rss_kib: sum.rss_kib + p.memory.rss_kib,
+                hwm_kib: sum.hwm_kib + p.memory.hwm_kib,
+                pss_kib: sum.pss_kib + p.memory.pss_kib,
+            }))
     }
 
     fn stop(&mut self) -> anyhow::Result<()> {

@@ -33,6 +33,7 @@ fn batch(seq: u64, epoch: u64) -> Vec<u8> {
         .map(|i| Reading {
             point: format!("bench/p{i}"),
             value: seq as f64,
+            text: None,
             unit: String::new(),
             ts_ms: seq,
         })

@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
             let reading = Reading {
                 point: "load/n".into(),
                 value: seq as f64,
+                text: None,
                 unit: String::new(),
                 ts_ms: seq,
             };

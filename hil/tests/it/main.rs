@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 
 mod control_durability;
+mod fleet_dashboard;
+mod rollout;
 
 struct Fleet {
     shutdown: CancellationToken,
@@ -301,6 +303,7 @@ mod real_broker {
                 .send(Reading {
                     point: "t/n".into(),
                     value: f64::from(value),
+                    text: None,
                     unit: String::new(),
                     ts_ms: 1,
                 })

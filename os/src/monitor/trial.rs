@@ -17,6 +17,25 @@ use crate::{BootConfig, image::ProductId};
 pub const SLOT_ENV: &str = "WARDEN_SLOT";
 /// Environment variable (set by `launch::spawn`): `1` on a trial boot.
 pub const TRIAL_ENV: &str = "WARDEN_TRIAL";
+/// Environment variable (set by `warden boot`): the trial's health-check deadline in
+/// ms; the image confirms itself healthy before it, or gives the trial up.
+pub const TRIAL_DEADLINE_ENV: &str = "WARDEN_TRIAL_DEADLINE_MS";
+
+/// The slot this image was booted from (`WARDEN_SLOT`), if `launch` started it.
+pub fn slot_from_env() -> Option<Slot> {
+    match std::env::var(SLOT_ENV).ok()?.as_str() {
+        "a" => Some(Slot::A),
+        "b" => Some(Slot::B),
+        _ => None,
+    }
+}
+
+/// The slot this image runs from on trial (`WARDEN_TRIAL=1`), if it does.
+pub fn trial_slot_from_env() -> Option<Slot> {
+    (std::env::var(TRIAL_ENV).ok()? == "1")
+        .then(slot_from_env)
+        .flatten()
+}
 
 /// What the boot state says after one more crash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,15 +93,7 @@ impl PlutonBootTrial {
     /// A sink when this image is on trial (from the environment `launch::spawn` sets),
     /// `None` otherwise.
     pub fn from_env(settings: &BootSettings) -> Option<Self> {
-        let trial = std::env::var(TRIAL_ENV).ok()?;
-        if trial != "1" {
-            return None;
-        }
-        let slot = match std::env::var(SLOT_ENV).ok()?.as_str() {
-            "a" => Slot::A,
-            "b" => Slot::B,
-            _ => return None,
-        };
+        let slot = trial_slot_from_env()?;
         Some(Self {
             settings: settings.clone(),
             slot,

@@ -11,6 +11,7 @@
 //! | `unix_listen` | `socket(AF_UNIX)`, `bind`, `listen`, `accept`, `accept4` |
 //! | `unix_connect` | `socket(AF_UNIX)`, `connect` |
 //! | `serial` | the termios, modem-line, flush and RS-485 `ioctl`s |
+//! | `serial` naming `/dev/net/tun` | `TUNSETIFF` (attach to a TAP the OS image made, owned by the compartment's uid) and `SIOCGIFMTU` (its MTU): the private equipment network's port |
 //!
 //! So pluton (`unix_listen` only) cannot create an IP socket or connect anywhere; the
 //! status page (`listen`) can accept but not connect; the link (`connect`,
@@ -203,6 +204,15 @@ const SERIAL_IOCTLS: &[u64] = &[
     libc::TIOCSRS485,
 ];
 
+/// The TUN/TAP clone device; a `serial` grant naming it is a TAP port.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// `ioctl` requests a compartment whose `serial` grants name [`TUN_DEVICE`] may make:
+/// attach to an existing TAP interface and read its MTU. Not `TUNSETPERSIST`,
+/// `TUNSETOWNER` or any interface configuration: the TAP is made, owned and bridged by
+/// the OS image, and attaching needs no capability when the compartment's uid owns it.
+const TAP_IOCTLS: &[u64] = &[libc::TUNSETIFF, libc::SIOCGIFMTU];
+
 /// What a compartment's grants let it do with sockets and devices.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Profile {
@@ -216,6 +226,8 @@ pub struct Profile {
     pub unix_connect: bool,
     /// Drives serial lines (`serial`).
     pub serial: bool,
+    /// Runs a TAP port (`serial` names [`TUN_DEVICE`]).
+    pub tap: bool,
 }
 
 impl Profile {
@@ -227,6 +239,10 @@ impl Profile {
             unix_listen: !grants.unix_listen.is_empty(),
             unix_connect: !grants.unix_connect.is_empty(),
             serial: !grants.serial.is_empty(),
+            tap: grants
+                .serial
+                .iter()
+                .any(|path| path == std::path::Path::new(TUN_DEVICE)),
         }
     }
 
@@ -264,6 +280,9 @@ impl Profile {
         let mut requests = BASE_IOCTLS.to_vec();
         if self.serial {
             requests.extend_from_slice(SERIAL_IOCTLS);
+        }
+        if self.tap {
+            requests.extend_from_slice(TAP_IOCTLS);
         }
         requests
     }
@@ -349,11 +368,38 @@ mod tests {
         };
         assert!(bridge.ioctls().contains(&libc::TCSETS));
         assert!(!link.ioctls().contains(&libc::TCSETS));
+        assert!(!bridge.ioctls().contains(&libc::TUNSETIFF));
         let none = Profile::default();
         assert!(!none.allows(libc::SYS_socket));
         for profile in [pluton, page, link, bridge, none] {
             assert!(!profile.allows(libc::SYS_execve) && !profile.allows(libc::SYS_ptrace));
             allowlist_program(&profile).expect("the program builds");
         }
+    }
+
+    #[test]
+    fn only_a_serial_grant_of_the_tun_device_allows_attaching_to_a_tap() {
+        let grants = |serial: &[&str]| Grants {
+            read: Vec::new(),
+            read_write: Vec::new(),
+            serial: serial.iter().map(std::path::PathBuf::from).collect(),
+            connect: vec!["127.0.0.1:15020".into()],
+            listen: vec![15020],
+            unix_listen: Vec::new(),
+            unix_connect: Vec::new(),
+            peers: Vec::new(),
+            memory_mib: 128,
+            open_files: 256,
+            uid: 61002,
+            groups: Vec::new(),
+        };
+        let rs485 = Profile::for_grants(&grants(&["/dev/ttyRS485-1"]));
+        assert!(!rs485.tap && !rs485.ioctls().contains(&libc::TUNSETIFF));
+        let port = Profile::for_grants(&grants(&["/dev/ttyRS485-1", TUN_DEVICE]));
+        assert!(port.tap);
+        assert!(port.ioctls().contains(&libc::TUNSETIFF));
+        assert!(port.ioctls().contains(&libc::SIOCGIFMTU));
+        assert!(!port.ioctls().contains(&libc::TUNSETPERSIST));
+        allowlist_program(&port).expect("the program builds");
     }
 }

@@ -392,7 +392,12 @@ fn the_appliance_manifest_parses_and_writes_every_grant_out() {
             .iter()
             .all(|target| target.ends_with(":502"))
     );
-    assert!(link.connect.iter().all(|target| target.ends_with(":8883")));
+    // The fleet's broker (MQTT over TLS) and its image server (HTTPS, update downloads).
+    assert!(
+        link.connect
+            .iter()
+            .all(|target| target.ends_with(":8883") || target.ends_with(":443"))
+    );
     assert!(page.connect.is_empty() && !page.listen.is_empty());
     assert!(bridges.listen.is_empty() && link.listen.is_empty() && pluton.listen.is_empty());
     assert!(page.peers.is_empty(), "the exposed page opens no channel");

@@ -105,6 +105,17 @@ impl BleBridgeHandle {
             .clone()
     }
 
+    /// Replaces the policy gate (the appliance applied a newly verified policy
+    /// bundle). Writes meet it at once; reads and subscriptions are decided when the
+    /// session connects (discovery), so they follow it from the next connection on.
+    pub fn set_policy(&self, policy: Box<dyn BleRequestPolicy>) {
+        *self
+            .shared
+            .policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = policy;
+    }
+
     /// Writes `value` to `point` (write with response). The policy decides first, with
     /// the connected sensor's address: a denied write never reaches the sensor.
     pub async fn write(

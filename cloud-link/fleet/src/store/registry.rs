@@ -97,7 +97,9 @@ pub struct RegisteredDevice {
     pub policy_version: Option<i64>,
     /// Last message seen (telemetry), ms since the epoch.
     pub last_seen_ms: Option<i64>,
-    /// `unknown`, `trusted` or `untrusted`.
+    /// `unknown`, `trusted`, `untrusted` (a refused quote) or `unverified` (a challenge
+    /// went unanswered, or the last verified attestation is older than
+    /// `rollouts.attestation_valid_secs`).
     pub attestation: String,
     /// When it was last attested.
     pub attested_ms: Option<i64>,
@@ -276,7 +278,7 @@ impl Store {
              WHERE r.device_id = $1"
         ))
         .bind(device_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reads)
         .await?;
         row.as_ref().map(device_from_row).transpose()
     }
@@ -469,4 +471,259 @@ async fn insert_group(
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// Migration 8: pending attestation challenges and answered nonces (each nonce usable
+/// once, across restarts and fleet instances), the index of the trust-lapse sweep, and
+/// the control-queue position of the reported twin (the newest one is kept).
+pub(super) const MIGRATION_8: &str = "CREATE TABLE attestation_challenges (
+        device_id TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        issued_ms BIGINT NOT NULL,
+        deadline_ms BIGINT NOT NULL,
+        PRIMARY KEY (device_id, nonce)
+    );
+    CREATE INDEX attestation_challenges_by_deadline ON attestation_challenges (deadline_ms);
+    CREATE TABLE attestation_answers (
+        device_id TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        quote_sha256 TEXT NOT NULL,
+        answered_ms BIGINT NOT NULL,
+        PRIMARY KEY (device_id, nonce)
+    );
+    CREATE INDEX attestation_answers_by_time ON attestation_answers (answered_ms);
+    CREATE INDEX registry_by_attestation ON registry (attestation, attested_ms);
+    ALTER TABLE twins ADD COLUMN reported_epoch BIGINT;
+    ALTER TABLE twins ADD COLUMN reported_seq BIGINT";
+
+/// What a quote found when it tried to use its challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChallengeUse {
+    /// The challenge was pending and within its deadline: it is used up (deleted in
+    /// the same transaction that records the answer).
+    Accepted {
+        /// When it was issued, ms since the epoch.
+        issued_ms: i64,
+    },
+    /// The challenge's deadline has passed; it stays unanswerable until purged.
+    Expired {
+        /// When it was issued.
+        issued_ms: i64,
+        /// When it stopped being answerable.
+        deadline_ms: i64,
+    },
+    /// The nonce was answered before, by a quote with this SHA-256 (hex).
+    Answered {
+        /// The digest of the quote that used it.
+        quote_sha256: String,
+    },
+    /// No challenge with this nonce was issued to this device (or it was purged).
+    Unknown,
+}
+
+impl Store {
+    /// Records a challenge sent to `device_id`, answerable until `deadline_ms`.
+    pub async fn issue_challenge(
+        &self,
+        device_id: &str,
+        nonce_hex: &str,
+        issued_ms: i64,
+        deadline_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO attestation_challenges (device_id, nonce, issued_ms, deadline_ms)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(device_id)
+        .bind(nonce_hex)
+        .bind(issued_ms)
+        .bind(deadline_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Uses the challenge `nonce_hex` of `device_id` for a quote whose digest is
+    /// `quote_sha256`. The pending row is deleted by the statement that finds it
+    /// (`DELETE … RETURNING`, so two answers — or two fleet instances — cannot both use
+    /// it), and the answer is recorded in the same transaction.
+    pub async fn use_challenge(
+        &self,
+        device_id: &str,
+        nonce_hex: &str,
+        quote_sha256: &str,
+        now_ms: i64,
+    ) -> Result<ChallengeUse, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let used = sqlx::query(
+            "DELETE FROM attestation_challenges
+             WHERE device_id = $1 AND nonce = $2 AND deadline_ms >= $3 RETURNING issued_ms",
+        )
+        .bind(device_id)
+        .bind(nonce_hex)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = used {
+            sqlx::query(
+                "INSERT INTO attestation_answers (device_id, nonce, quote_sha256, answered_ms)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(device_id)
+            .bind(nonce_hex)
+            .bind(quote_sha256)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(ChallengeUse::Accepted {
+                issued_ms: row.try_get(0)?,
+            });
+        }
+        let expired = sqlx::query(
+            "SELECT issued_ms, deadline_ms FROM attestation_challenges
+             WHERE device_id = $1 AND nonce = $2",
+        )
+        .bind(device_id)
+        .bind(nonce_hex)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let found = if let Some(row) = expired {
+            ChallengeUse::Expired {
+                issued_ms: row.try_get(0)?,
+                deadline_ms: row.try_get(1)?,
+            }
+        } else {
+            let answered = sqlx::query(
+                "SELECT quote_sha256 FROM attestation_answers WHERE device_id = $1 AND nonce = $2",
+            )
+            .bind(device_id)
+            .bind(nonce_hex)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match answered {
+                Some(row) => ChallengeUse::Answered {
+                    quote_sha256: row.try_get(0)?,
+                },
+                None => ChallengeUse::Unknown,
+            }
+        };
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    /// Forgets challenges whose deadline and answers whose time are before
+    /// `before_ms`; how many rows went.
+    pub async fn purge_challenges(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let challenges = sqlx::query("DELETE FROM attestation_challenges WHERE deadline_ms < $1")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let answers = sqlx::query("DELETE FROM attestation_answers WHERE answered_ms < $1")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(challenges + answers)
+    }
+
+    /// A challenge went unanswered past its deadline: a `trusted` or `unknown` device
+    /// becomes `unverified` (an `untrusted` one stays so), with `detail`. Nothing
+    /// changes if the challenge was answered meanwhile (it is no longer pending).
+    /// Whether the record changed.
+    pub async fn challenge_unanswered(
+        &self,
+        device_id: &str,
+        nonce_hex: &str,
+        detail: &str,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE registry SET attestation_detail = $1,
+                 attestation = CASE WHEN attestation = 'untrusted' THEN 'untrusted'
+                                    ELSE 'unverified' END
+             WHERE device_id = $2 AND EXISTS (SELECT 1 FROM attestation_challenges c
+                 WHERE c.device_id = $2 AND c.nonce = $3)",
+        )
+        .bind(detail)
+        .bind(device_id)
+        .bind(nonce_hex)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    /// Trust lapses: every `trusted` device whose last verified attestation is before
+    /// `attested_before_ms` becomes `unverified` with `detail`. The devices changed.
+    pub async fn lapse_stale_trust(
+        &self,
+        attested_before_ms: i64,
+        detail: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE registry SET attestation = 'unverified', attestation_detail = $1
+             WHERE attestation = 'trusted' AND (attested_ms IS NULL OR attested_ms < $2)
+             RETURNING device_id",
+        )
+        .bind(detail)
+        .bind(attested_before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+    }
+
+    /// Records the state `device_id` reports (JSON) and the policy version in it,
+    /// unless a state from a later control-queue position (`(epoch, seq)` of its
+    /// `delivery`) is stored already: a redelivered older state never overwrites a
+    /// newer one. The comparison is made by the database in the upsert. A state
+    /// without a position counts as `(0, 0)`: it replaces only another such state.
+    /// Whether it was stored.
+    pub async fn record_twin_reported(
+        &self,
+        device_id: &str,
+        reported: &str,
+        position: Option<(u64, u64)>,
+        policy_version: Option<i64>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (epoch, seq) = position.map_or((0, 0), |(epoch, seq)| {
+            (
+                i64::try_from(epoch).unwrap_or(i64::MAX),
+                i64::try_from(seq).unwrap_or(i64::MAX),
+            )
+        });
+        let mut tx = self.pool.begin().await?;
+        let stored = sqlx::query(
+            "INSERT INTO twins (device_id, reported, reported_ms, reported_epoch, reported_seq)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (device_id) DO UPDATE SET reported = excluded.reported,
+                 reported_ms = excluded.reported_ms, reported_epoch = excluded.reported_epoch,
+                 reported_seq = excluded.reported_seq
+             WHERE twins.reported_epoch IS NULL
+                OR excluded.reported_epoch > twins.reported_epoch
+                OR (excluded.reported_epoch = twins.reported_epoch
+                    AND excluded.reported_seq >= twins.reported_seq)",
+        )
+        .bind(device_id)
+        .bind(reported)
+        .bind(now_ms)
+        .bind(epoch)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if stored {
+            sqlx::query("UPDATE registry SET policy_version = $1 WHERE device_id = $2")
+                .bind(policy_version)
+                .bind(device_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
 }

@@ -387,3 +387,198 @@ async fn without_releases_a_verified_quote_is_trusted_and_says_the_image_was_not
     assert_eq!(outcome["measured_image"], to_hex(&[0; 32]));
     fx.stop().await;
 }
+
+/// Sends one telemetry batch so the fleet knows the device (commands need it).
+async fn seen(fx: &Fixture, device: &SimulatedDevice) {
+    let reading: serde_json::Value = serde_json::from_slice(&super::batch(0, 1.0)).expect("json");
+    device.publish("telemetry", &reading).await;
+    let path = format!("/api/v1/devices/{}/telemetry", device.id);
+    eventually(WAIT, || async {
+        (fx.get(VIEWER, &path).await.0 == 200).then_some(())
+    })
+    .await
+    .expect("telemetry stored");
+}
+
+async fn command_status(fx: &Fixture, id: &str) -> (u16, serde_json::Value) {
+    fx.post(
+        OPERATOR,
+        &format!("/api/v1/devices/{id}/commands"),
+        &json!({"bridge": "line1", "point": "p", "value": 1.0}),
+    )
+    .await
+}
+
+/// Trust lapses when no quote verified within `attestation_valid_secs`: the device is
+/// `unverified` with the reason, commands are refused; its reconnect challenges it
+/// again and a good quote restores trust.
+#[tokio::test]
+async fn trust_lapses_without_a_fresh_attestation_and_a_reconnect_restores_it() {
+    let fx = fleet_with(None, lapse_after_two_seconds).await;
+    trust_lapse_contract(&fx).await;
+    fx.stop().await;
+}
+
+/// No schedule (only the connect challenge, so nothing renews trust by itself), trust
+/// valid for 2 s.
+pub(crate) fn lapse_after_two_seconds(config: &mut warden_fleet::FleetConfig) {
+    config.rollouts.attestation_interval_secs = 0;
+    config.rollouts.attestation_valid_secs = Some(2);
+}
+
+/// The lapse contract on a fleet configured by [`lapse_after_two_seconds`].
+pub(crate) async fn trust_lapse_contract(fx: &Fixture) {
+    let release = product_with_release(fx).await;
+    let signer = QuoteSigner::of(fx, "wd-good");
+    let mut device = SimulatedDevice::connect(fx, "wd-good", "wd-good")
+        .await
+        .expect("connects");
+    let nonce = challenge(&mut device).await;
+    answer(&device, &nonce, &signer.quote(&nonce, booted(&release))).await;
+    let trusted = device_until(fx, "wd-good", |d| d["attestation"] == "trusted").await;
+    seen(fx, &device).await;
+
+    let lapsed = device_until(fx, "wd-good", |d| d["attestation"] == "unverified").await;
+    assert!(
+        lapsed["attestation_detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("trust lapsed: no verified attestation within 2 s"),
+        "{lapsed}"
+    );
+    // The last verified attestation's time is kept; at least the validity has passed.
+    assert_eq!(lapsed["attested_ms"], trusted["attested_ms"]);
+    let (status, refused) = command_status(fx, "wd-good").await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unverified"),
+        "{refused}"
+    );
+    // No failure report: a lapse is not a refused quote.
+    assert!(attestation_reports(fx, "wd-good").await.is_empty());
+
+    // Reconnect: challenged again, trusted again, commands accepted.
+    drop(device);
+    let mut device = SimulatedDevice::connect(fx, "wd-good", "wd-good")
+        .await
+        .expect("reconnects");
+    let nonce = challenge(&mut device).await;
+    answer(&device, &nonce, &signer.quote(&nonce, booted(&release))).await;
+    device_until(fx, "wd-good", |d| d["attestation"] == "trusted").await;
+    let (status, accepted) = command_status(fx, "wd-good").await;
+    assert_eq!(status, 202, "{accepted}");
+}
+
+/// A challenge not answered by its deadline makes a trusted device `unverified`.
+#[tokio::test]
+async fn an_unanswered_challenge_makes_a_trusted_device_unverified() {
+    let fx = fleet().await;
+    let release = product_with_release(&fx).await;
+    let signer = QuoteSigner::of(&fx, "wd-good");
+    let mut device = SimulatedDevice::connect(&fx, "wd-good", "wd-good")
+        .await
+        .expect("connects");
+    let nonce = challenge(&mut device).await;
+    answer(&device, &nonce, &signer.quote(&nonce, booted(&release))).await;
+    device_until(&fx, "wd-good", |d| d["attestation"] == "trusted").await;
+    seen(&fx, &device).await;
+
+    // The operator's challenge goes unanswered (the device keeps quiet).
+    let (status, outcome) = fx
+        .post(OPERATOR, "/api/v1/devices/wd-good/attestation", &json!({}))
+        .await;
+    assert_eq!(status, 409, "{outcome}");
+    let record = device_until(&fx, "wd-good", |d| d["attestation"] == "unverified").await;
+    assert!(
+        record["attestation_detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no answer to the challenge"),
+        "{record}"
+    );
+    assert_eq!(command_status(&fx, "wd-good").await.0, 409);
+
+    // A late answer to that challenge is refused (expired) and changes no status.
+    let late = challenge(&mut device).await;
+    answer(&device, &late, &signer.quote(&late, booted(&release))).await;
+    let record = device_until(&fx, "wd-good", |d| {
+        d["attestation_detail"]
+            .as_str()
+            .is_some_and(|s| s.contains("answerable for 10 s"))
+    })
+    .await;
+    assert_eq!(record["attestation"], "unverified");
+    fx.stop().await;
+}
+
+/// Pending challenges live in the store: a challenge sent before a restart is answered
+/// after it, accepted once, and a different quote for it is refused as a replay.
+#[tokio::test]
+async fn a_challenge_survives_a_fleet_restart_and_is_usable_once() {
+    challenge_restart_contract(fleet().await).await.stop().await;
+}
+
+/// The restart contract on whatever store the fixture uses; the restarted fixture.
+pub(crate) async fn challenge_restart_contract(fx: Fixture) -> Fixture {
+    let release = product_with_release(&fx).await;
+    let signer = QuoteSigner::of(&fx, "wd-good");
+    let mut device = SimulatedDevice::connect(&fx, "wd-good", "wd-good")
+        .await
+        .expect("connects");
+    let before_restart = challenge(&mut device).await;
+    drop(device);
+    let fx = fx.restart().await;
+    assert_eq!(
+        fx.get(VIEWER, "/api/v1/devices/wd-good").await.1["attestation"],
+        "unknown"
+    );
+
+    let mut device = SimulatedDevice::connect(&fx, "wd-good", "wd-good")
+        .await
+        .expect("connects to the restarted fleet");
+    let after_restart = challenge(&mut device).await;
+    assert_ne!(after_restart, before_restart);
+    // The answer to the challenge the previous process sent.
+    let quote = signer.quote(&before_restart, booted(&release));
+    answer(&device, &before_restart, &quote).await;
+    let record = device_until(&fx, "wd-good", |d| d["attestation"] == "trusted").await;
+    assert!(
+        record["attestation_detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("runs release press-guardian 1.1.0"),
+        "{record}"
+    );
+    // The same quote again (a redelivery) is ignored…
+    answer(&device, &before_restart, &quote).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fx.get(VIEWER, "/api/v1/devices/wd-good").await.1["attestation"],
+        "trusted"
+    );
+    assert!(attestation_reports(&fx, "wd-good").await.is_empty());
+    // …a different one for the used nonce is a replay: refused, untrusted, reported.
+    let mut other = booted(&release);
+    other[1] ^= 1;
+    answer(
+        &device,
+        &before_restart,
+        &signer.quote(&before_restart, other),
+    )
+    .await;
+    let record = device_until(&fx, "wd-good", |d| d["attestation"] == "untrusted").await;
+    assert!(
+        record["attestation_detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already answered nonce"),
+        "{record}"
+    );
+    let reports = attestation_reports_until(&fx, "wd-good", 1).await;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0]["signature"], "fleet/attestation/nonce-refused");
+    fx
+}

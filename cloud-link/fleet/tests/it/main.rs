@@ -1,10 +1,12 @@
 //! The fleet against real clients: rumqttc over rustls with client certificates.
 
 mod attestation;
+mod dashboard;
 mod postgres;
 mod registry;
 mod reports;
 mod rollout;
+mod twin;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -83,6 +85,7 @@ struct Fixture {
     maker: Ca,
     rogue: Ca,
     vendor_root: warden_keychain::tooling::SecretSigningKey,
+    config: warden_fleet::FleetConfig,
 }
 
 /// API tokens of the test fleet, by role.
@@ -126,6 +129,7 @@ async fn fleet_with(
         http_listen: "127.0.0.1:0".into(),
         mqtt_listen: "127.0.0.1:0".into(),
         database_url: database_url.clone(),
+        database_read_connections: None,
         server_cert: p.join("server.pem"),
         server_key: p.join("server.key"),
         manufacturer_ca: p.join("maker-ca.pem"),
@@ -146,6 +150,7 @@ async fn fleet_with(
             tick_ms: 50,
             reoffer_after_s: 30,
             attestation_interval_secs: 3600,
+            attestation_valid_secs: None,
         },
     };
     let mut config = config;
@@ -162,6 +167,7 @@ async fn fleet_with(
         maker,
         rogue,
         vendor_root,
+        config,
     }
 }
 
@@ -208,6 +214,21 @@ impl Fixture {
         self.shutdown.cancel();
         self.fleet.stopped().await;
     }
+
+    /// Stops the fleet and starts it again on the same config and database (new ports).
+    async fn restart(self) -> Self {
+        self.shutdown.cancel();
+        self.fleet.stopped().await;
+        let shutdown = CancellationToken::new();
+        let fleet = warden_fleet::start(&self.config, shutdown.clone())
+            .await
+            .expect("fleet restarts");
+        Self {
+            fleet,
+            shutdown,
+            ..self
+        }
+    }
 }
 
 fn client(fx: &Fixture, client_id: &str, cert: &str) -> (AsyncClient, rumqttc::EventLoop) {
@@ -246,6 +267,7 @@ fn batch(seq: u64, value: f64) -> Vec<u8> {
         readings: vec![Reading {
             point: "line1/t".into(),
             value,
+            text: None,
             unit: "°C".into(),
             ts_ms: 1_000 + seq,
         }],

@@ -154,6 +154,24 @@ async fn every_contract_holds_on_postgresql() {
     let fx = super::fleet_on(Some(database("rollout"))).await;
     super::rollout::rollout_contract(&fx).await;
     fx.stop().await;
+    let fx = super::fleet_on(Some(database("challenges"))).await;
+    super::attestation::challenge_restart_contract(fx)
+        .await
+        .stop()
+        .await;
+    let fx = super::fleet_with(
+        Some(database("lapse")),
+        super::attestation::lapse_after_two_seconds,
+    )
+    .await;
+    super::attestation::trust_lapse_contract(&fx).await;
+    fx.stop().await;
+    let fx = super::fleet_on(Some(database("twins"))).await;
+    super::twin::twin_order_contract(&fx).await;
+    fx.stop().await;
+    let fx = super::fleet_on(Some(database("dashboard"))).await;
+    let _fed = super::dashboard::dashboard_contract(&fx).await;
+    fx.stop().await;
 }
 
 fn port_of(url: &str) -> String {

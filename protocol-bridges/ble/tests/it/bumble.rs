@@ -125,13 +125,21 @@ pub struct Sensor {
     pub events: Arc<Events>,
 }
 
-pub const SENSOR_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../hil/ble/sensor.py");
+/// `hil/ble/sensor.py`, found above the crate that runs the test (this module is also
+/// used by the appliance's tests, one directory level higher).
+pub fn sensor_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("hil/ble/sensor.py"))
+        .find(|script| script.exists())
+        .expect("hil/ble/sensor.py above the crate")
+}
 
 impl Sensor {
     /// Starts the sensor with extra arguments and waits until it advertises.
     pub fn start(controllers: &Controllers, args: &[&str]) -> Self {
         let mut child = Command::new(python())
-            .arg(SENSOR_SCRIPT)
+            .arg(sensor_script())
             .arg("--hci")
             .arg(format!("tcp-client:127.0.0.1:{}", controllers.sensor_port))
             .args(args)
