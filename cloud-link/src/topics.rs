@@ -283,10 +283,12 @@ pub struct Reading {
     /// Point name, `bridge/point`.
     pub point: String,
     /// Engineering value; NaN (`null` on the wire) for a text reading.
-    #[serde(deserialize_with = "number_or_nan")]
+    #[serde(serialize_with = "finite_or_null", deserialize_with = "number_or_nan")]
     pub value: f64,
-    /// The text of a string point.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The text of a string point. (Always written, `null` for a number: the same
+    /// struct also crosses the compartments' postcard channels, which have no
+    /// optional fields.)
+    #[serde(default)]
     pub text: Option<String>,
     /// Engineering unit.
     #[serde(default)]
@@ -319,7 +321,13 @@ impl Reading {
     }
 }
 
-/// JSON has no NaN: `serde_json` writes it as `null`, and reads `null` back as NaN here.
+/// JSON has no NaN: a value that is not finite is written as `null` (an option, so
+/// formats without nulls such as postcard read it back the same way)...
+fn finite_or_null<S: serde::Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    value.is_finite().then_some(*value).serialize(serializer)
+}
+
+/// ... and read back as NaN.
 fn number_or_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
@@ -850,7 +858,8 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&wire).expect("json");
         assert_eq!(json["readings"][0]["value"], serde_json::Value::Null);
         assert_eq!(json["readings"][0]["text"], "AB-17");
-        assert!(json["readings"][1].get("text").is_none());
+        assert_eq!(json["readings"][1]["text"], serde_json::Value::Null);
+        assert_eq!(json["readings"][1]["value"], 21.5);
         let back = TelemetryBatch::decode(&wire).expect("decodes");
         assert!(back.readings[0].value.is_nan());
         assert_eq!(back.readings[0].text.as_deref(), Some("AB-17"));

@@ -244,6 +244,17 @@ mod tests {
             read_frame::<BridgesToLink>(&mut bytes.as_slice()).expect("read"),
             Some(to_link)
         );
+        // A string point's reading (NaN + text) crosses postcard too.
+        let text = Reading::text("line1/serial".into(), "AB-17".into(), String::new(), 9);
+        let mut bytes = Vec::new();
+        write_frame(&mut bytes, &BridgesToLink::Reading(text)).expect("write");
+        let Some(BridgesToLink::Reading(back)) =
+            read_frame::<BridgesToLink>(&mut bytes.as_slice()).expect("read")
+        else {
+            panic!("not a reading");
+        };
+        assert!(back.value.is_nan());
+        assert_eq!(back.text.as_deref(), Some("AB-17"));
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! Routes published messages to the sessions and local subscribers whose filters match.
+//!
+//! Subscriptions whose filter names one device (`warden/v1/devices/<id>/…`, what every
+//! device session subscribes to: the ACL confines it to its own subtree) are indexed by
+//! that device, so routing a message costs the filters of its device plus the few
+//! wildcard ones (the fleet's own), not one match per connected session.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
@@ -7,6 +13,7 @@ use rumqttc::Publish;
 use rumqttc::mqttbytes::matches;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use warden_link::topics::TOPIC_ROOT;
 
 /// Where a subscription's messages go.
 #[derive(Debug, Clone)]
@@ -23,10 +30,30 @@ struct Subscription {
     target: Target,
 }
 
+/// Subscriptions, indexed by the device their filter names.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    /// Filters with a literal device segment, by that device.
+    by_device: HashMap<String, Vec<Subscription>>,
+    /// Every other filter (a wildcard device segment, another root).
+    other: Vec<Subscription>,
+}
+
+/// The device segment of a topic or filter under [`TOPIC_ROOT`]
+/// (`warden/v1/devices/<device>[/…]`); `None` elsewhere, and for a filter whose
+/// device segment is a wildcard.
+fn device_segment(topic_or_filter: &str) -> Option<&str> {
+    let rest = topic_or_filter
+        .strip_prefix(TOPIC_ROOT)?
+        .strip_prefix('/')?;
+    let device = rest.split('/').next()?;
+    (!device.is_empty() && !device.contains(['+', '#'])).then_some(device)
+}
+
 /// Subscriptions of every session and of the fleet.
 #[derive(Debug, Default)]
 pub struct Router {
-    subscriptions: RwLock<Vec<Subscription>>,
+    subscriptions: RwLock<Subscriptions>,
     /// Public keys (uncompressed SEC1) of connected devices, from their certificates.
     device_keys: RwLock<std::collections::BTreeMap<String, Vec<u8>>>,
     /// The live session of each device, to end it when its certificate is revoked.
@@ -127,10 +154,17 @@ impl Router {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, (id, _)| *id != session);
-        self.subscriptions
+        let not_this_session =
+            |s: &Subscription| !matches!(s.target, Target::Session(id, _) if id == session);
+        let mut subscriptions = self
+            .subscriptions
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|s| !matches!(s.target, Target::Session(id, _) if id == session));
+            .unwrap_or_else(PoisonError::into_inner);
+        subscriptions.other.retain(not_this_session);
+        subscriptions.by_device.retain(|_, list| {
+            list.retain(not_this_session);
+            !list.is_empty()
+        });
     }
 
     /// Records the public key a device authenticated with.
@@ -157,14 +191,21 @@ impl Router {
 
     /// Delivers `publish` to every matching subscriber.
     pub async fn route(&self, publish: &Publish) {
-        let targets: Vec<Target> = self
-            .subscriptions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|s| matches(&publish.topic, &s.filter))
-            .map(|s| s.target.clone())
-            .collect();
+        let targets: Vec<Target> = {
+            let subscriptions = self
+                .subscriptions
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let of_device = device_segment(&publish.topic)
+                .and_then(|device| subscriptions.by_device.get(device))
+                .map_or(&[][..], Vec::as_slice);
+            of_device
+                .iter()
+                .chain(&subscriptions.other)
+                .filter(|s| matches(&publish.topic, &s.filter))
+                .map(|s| s.target.clone())
+                .collect()
+        };
         for target in targets {
             match target {
                 Target::Local(tx) => {
@@ -180,12 +221,87 @@ impl Router {
     }
 
     fn add(&self, filter: &str, target: Target) {
-        self.subscriptions
+        let subscription = Subscription {
+            filter: filter.to_owned(),
+            target,
+        };
+        let mut subscriptions = self
+            .subscriptions
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Subscription {
-                filter: filter.to_owned(),
-                target,
-            });
+            .unwrap_or_else(PoisonError::into_inner);
+        match device_segment(filter) {
+            Some(device) => subscriptions
+                .by_device
+                .entry(device.to_owned())
+                .or_default()
+                .push(subscription),
+            None => subscriptions.other.push(subscription),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::QoS;
+
+    fn publish(topic: &str) -> Publish {
+        Publish::new(topic, QoS::AtMostOnce, b"x".to_vec())
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Publish>) -> Vec<String> {
+        let mut topics = Vec::new();
+        while let Ok(p) = rx.try_recv() {
+            topics.push(p.topic);
+        }
+        topics
+    }
+
+    #[test]
+    fn device_segments_of_topics_and_filters() {
+        assert_eq!(device_segment("warden/v1/devices/wd-1/ack"), Some("wd-1"));
+        assert_eq!(device_segment("warden/v1/devices/wd-1"), Some("wd-1"));
+        assert_eq!(device_segment("warden/v1/devices/+/telemetry"), None);
+        assert_eq!(device_segment("warden/v1/devices/#"), None);
+        assert_eq!(device_segment("warden/v1/devices//ack"), None);
+        assert_eq!(device_segment("other/wd-1/ack"), None);
+    }
+
+    #[tokio::test]
+    async fn messages_reach_their_device_and_the_wildcard_subscribers_only() {
+        let router = Router::default();
+        let (one_tx, mut one) = mpsc::channel(8);
+        let (two_tx, mut two) = mpsc::channel(8);
+        let a = router.new_session();
+        let b = router.new_session();
+        router.subscribe_session(a, "warden/v1/devices/wd-1/#", one_tx);
+        router.subscribe_session(b, "warden/v1/devices/wd-2/ack", two_tx);
+        let mut fleet = router.subscribe_local("warden/v1/devices/+/telemetry", 8);
+        let mut everything = router.subscribe_local("#", 8);
+
+        for topic in [
+            "warden/v1/devices/wd-1/ack",
+            "warden/v1/devices/wd-1",
+            "warden/v1/devices/wd-2/ack",
+            "warden/v1/devices/wd-2/telemetry",
+            "warden/v1/devices/wd-3/ack",
+            "elsewhere",
+        ] {
+            router.route(&publish(topic)).await;
+        }
+        assert_eq!(
+            received(&mut one),
+            ["warden/v1/devices/wd-1/ack", "warden/v1/devices/wd-1"]
+        );
+        assert_eq!(received(&mut two), ["warden/v1/devices/wd-2/ack"]);
+        assert_eq!(received(&mut fleet), ["warden/v1/devices/wd-2/telemetry"]);
+        assert_eq!(received(&mut everything).len(), 6);
+
+        // A session's subscriptions go with it; the others stay.
+        router.remove_session(a);
+        router.route(&publish("warden/v1/devices/wd-1/ack")).await;
+        router.route(&publish("warden/v1/devices/wd-2/ack")).await;
+        assert!(received(&mut one).is_empty());
+        assert_eq!(received(&mut two), ["warden/v1/devices/wd-2/ack"]);
     }
 }
