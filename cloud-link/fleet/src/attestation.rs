@@ -606,6 +606,12 @@ pub async fn lapse_stale_trust(
     Ok(lapsed)
 }
 
+/// Attestations in flight at once. A connect storm (thousands of devices reconnecting
+/// after a broker restart) queues here, not on the store's single writer, where an
+/// attestation waiting past the pool's acquire timeout would fail and leave its device
+/// unchallenged until the schedule.
+pub const MAX_ATTESTATIONS_IN_FLIGHT: usize = 64;
+
 /// Challenges each device when it becomes challengeable (`challengeable`), and every
 /// `interval` after its last challenge while it stays connected (`None`: no schedule);
 /// makes trust older than `valid_for` lapse (`None`: it never does); purges old
@@ -618,6 +624,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let in_flight: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_ATTESTATIONS_IN_FLIGHT));
     let mut last_started: BTreeMap<String, Instant> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let period = interval
@@ -635,12 +642,20 @@ pub async fn run(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(device.clone());
-        let (attestor, in_flight, shutdown) =
-            (attestor.clone(), Arc::clone(&in_flight), shutdown.clone());
+        let (attestor, in_flight, shutdown, permits) = (
+            attestor.clone(),
+            Arc::clone(&in_flight),
+            shutdown.clone(),
+            Arc::clone(&permits),
+        );
         tasks.spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                attested = attestor.attest(&device, NONCE_LIFETIME) => {
+                attested = async {
+                    // The nonce is made after the permit: its lifetime is not spent queueing.
+                    let _permit = permits.acquire_owned().await;
+                    attestor.attest(&device, NONCE_LIFETIME).await
+                } => {
                     if let Err(error) = attested {
                         tracing::warn!(device, %error, "attestation reached no verdict");
                     }
