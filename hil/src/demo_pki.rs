@@ -205,7 +205,6 @@ impl DemoPki {
                 public_url: None,
             },
             rollouts: warden_fleet::RolloutConfig::default(),
-            telemetry: warden_fleet::TelemetryConfig::default(),
         }
     }
 

@@ -578,24 +578,6 @@ impl Store {
             .transpose()
     }
 
-    /// Deletes readings read before `before_ms` from the time series, and the dedupe
-    /// records of batches received before it (a redelivery that old is not expected);
-    /// latest values stay. How many readings went.
-    pub async fn prune_telemetry(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let readings = sqlx::query("DELETE FROM telemetry WHERE ts_ms < $1")
-            .bind(before_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM telemetry_batches WHERE received_ms < $1")
-            .bind(before_ms)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(readings)
-    }
-
     /// Closes the pool, waiting for in-flight queries: nothing is left half-written.
     pub async fn close(&self) {
         self.reads.close().await;
@@ -812,38 +794,5 @@ mod tests {
             .await
             .expect("telemetry");
         assert_eq!(series[0].text.as_deref(), Some("AB-17"));
-    }
-
-    #[tokio::test]
-    async fn old_readings_are_pruned_and_latest_values_stay() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
-        let store = Store::open(&url).await.expect("open");
-        for (seq, ts_ms) in [(0, 100), (1, 200), (2, 300)] {
-            store
-                .ingest(
-                    "wd-1",
-                    &batch(seq, ts_ms as f64, ts_ms),
-                    1_000 + ts_ms as i64,
-                )
-                .await
-                .expect("ingest");
-        }
-        assert_eq!(store.prune_telemetry(250).await.expect("prune"), 2);
-        let series = store
-            .telemetry("wd-1", Some("line1/t"), 10)
-            .await
-            .expect("telemetry");
-        assert_eq!(series.iter().map(|r| r.ts_ms).collect::<Vec<_>>(), [300]);
-        let latest = store.latest_values("wd-1").await.expect("latest");
-        assert_eq!(latest[0].value, 300.0);
-        // Dedupe records of batches received after the cut stay: a resend is refused.
-        assert_eq!(
-            store
-                .ingest("wd-1", &batch(2, 300.0, 300), 5)
-                .await
-                .expect("ingest"),
-            Ingested::Duplicate
-        );
     }
 }

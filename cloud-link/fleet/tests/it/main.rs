@@ -152,7 +152,6 @@ async fn fleet_with(
             attestation_interval_secs: 3600,
             attestation_valid_secs: None,
         },
-        telemetry: warden_fleet::TelemetryConfig::default(),
     };
     let mut config = config;
     adjust(&mut config);
