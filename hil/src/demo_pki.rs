@@ -205,6 +205,7 @@ impl DemoPki {
                 public_url: None,
             },
             rollouts: warden_fleet::RolloutConfig::default(),
+            telemetry: warden_fleet::TelemetryConfig::default(),
         }
     }
 

@@ -165,6 +165,10 @@ pub struct TelemetryQuery {
     pub point: Option<String>,
     /// At most this many readings, newest first (default 100).
     pub limit: Option<i64>,
+    /// Only readings read at or after this time (ms since the epoch, device time).
+    pub from_ms: Option<i64>,
+    /// Only readings read before this time (ms since the epoch, device time).
+    pub to_ms: Option<i64>,
 }
 
 /// The telemetry endpoint's answer.
@@ -187,10 +191,19 @@ async fn device_telemetry(
             "limit {limit} is outside 1..={MAX_TELEMETRY_LIMIT}"
         )));
     }
+    let read = query.from_ms.unwrap_or(i64::MIN)..query.to_ms.unwrap_or(i64::MAX);
+    if read.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "from_ms {} is not before to_ms {}",
+            read.start, read.end
+        )));
+    }
     if !store.device_exists(&id).await? {
         return Err(ApiError::NotFound(format!("device {id} is not known")));
     }
-    let readings = store.telemetry(&id, query.point.as_deref(), limit).await?;
+    let readings = store
+        .telemetry_between(&id, query.point.as_deref(), read, limit)
+        .await?;
     Ok(Json(TelemetryResponse {
         device: id,
         readings,

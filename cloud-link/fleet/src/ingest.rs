@@ -1,5 +1,7 @@
 //! Telemetry ingest: decodes batches from the broker, stores them once, acknowledges.
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 use warden_link::TelemetryBatch;
 use warden_link::topics::{
@@ -276,6 +278,33 @@ pub async fn twin_reports(
                 acknowledge(&acks, device, &publish.payload).await;
             }
             Err(error) => tracing::warn!(device, %error, "refused reported state"),
+        }
+    }
+}
+
+/// How often readings older than the retention are deleted.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes readings received more than `keep_days` ago now and every
+/// [`PRUNE_EVERY`], until shutdown; `keep_days` 0 keeps everything.
+pub async fn prune_telemetry(store: Store, keep_days: u32, shutdown: CancellationToken) {
+    if keep_days == 0 {
+        return;
+    }
+    let keep_ms = i64::from(keep_days) * 24 * 3600 * 1000;
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match store
+            .prune_telemetry(now_ms().saturating_sub(keep_ms))
+            .await
+        {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, keep_days, "old telemetry pruned"),
+            Err(error) => tracing::error!(%error, "cannot prune old telemetry"),
         }
     }
 }

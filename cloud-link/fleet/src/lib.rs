@@ -51,6 +51,32 @@ pub struct FleetConfig {
     /// `[rollouts]`: how often deployments are stepped.
     #[serde(default)]
     pub rollouts: RolloutConfig,
+    /// `[telemetry]`: how long the time series is kept.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// The `[telemetry]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Days of readings kept in the time series, by the time the fleet received them
+    /// (a device's clock may be unset or wrong; default 30; 0 keeps everything).
+    /// Latest values are kept whatever their age.
+    #[serde(default = "default_keep_days")]
+    pub keep_days: u32,
+}
+
+fn default_keep_days() -> u32 {
+    30
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            keep_days: default_keep_days(),
+        }
+    }
 }
 
 /// The `[images]` section.
@@ -296,6 +322,11 @@ pub async fn start(
         reoffer_after: std::time::Duration::from_secs(config.rollouts.reoffer_after_s),
         step_lock: std::sync::Arc::default(),
     };
+    let retention_task = tokio::spawn(ingest::prune_telemetry(
+        store.clone(),
+        config.telemetry.keep_days,
+        shutdown.clone(),
+    ));
     let statuses = broker.subscribe_local(warden_link::topics::ALL_UPDATE_STATUS, 256);
     let rollout_task = tokio::spawn(rollouts.clone().run(
         std::time::Duration::from_millis(config.rollouts.tick_ms.max(10)),
@@ -332,6 +363,7 @@ pub async fn start(
         let _ = rollout_task.await;
         let _ = quote_task.await;
         let _ = attestation_task.await;
+        let _ = retention_task.await;
         store.close().await;
         tracing::info!("fleet stopped; store closed");
     });

@@ -7,6 +7,7 @@ mod dashboard;
 mod deployments;
 mod registry;
 mod reports;
+mod telemetry;
 
 pub use dashboard::{
     DEVICE_STATUSES, DeviceRow, FleetCounts, SeenDevice, SignatureBucket, SignatureGroup,
@@ -27,6 +28,9 @@ use warden_link::TelemetryBatch;
 
 /// SQLite connections for read-only lookups besides the one writer, by default.
 pub const READ_CONNECTIONS: u32 = 2;
+
+/// How much received time one delete of [`Store::prune_telemetry`] covers.
+pub const PRUNE_WINDOW_MS: i64 = 60_000;
 
 /// Numbered schema migrations, applied in order, each exactly once.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -204,6 +208,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE telemetry ADD COLUMN text TEXT;
     ALTER TABLE latest_values ADD COLUMN text TEXT",
     ),
+    (
+        10,
+        // Retention goes by when the fleet received a reading, not by the device's
+        // clock (a device whose clock is not set yet stamps 1970). Rows stored before
+        // this migration have none and are pruned by their read time instead.
+        "ALTER TABLE telemetry ADD COLUMN received_ms BIGINT;
+    CREATE INDEX telemetry_by_received ON telemetry (received_ms)",
+    ),
 ];
 
 /// A device as the API shows it.
@@ -376,10 +388,7 @@ impl Store {
         received_ms: i64,
     ) -> Result<Vec<Ingested>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut outcomes = Vec::with_capacity(batches.len());
-        for (device_id, batch) in batches {
-            outcomes.push(ingest_in(&mut tx, device_id, batch, received_ms).await?);
-        }
+        let outcomes = telemetry::ingest_group(&mut tx, batches, received_ms).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -430,24 +439,43 @@ impl Store {
         point: Option<&str>,
         limit: i64,
     ) -> Result<Vec<StoredReading>, StoreError> {
+        self.telemetry_between(device_id, point, i64::MIN..i64::MAX, limit)
+            .await
+    }
+
+    /// A device's readings read (device time) within `read`, newest first, at most
+    /// `limit`; only `point`'s if given.
+    pub async fn telemetry_between(
+        &self,
+        device_id: &str,
+        point: Option<&str>,
+        read: std::ops::Range<i64>,
+        limit: i64,
+    ) -> Result<Vec<StoredReading>, StoreError> {
         let rows = match point {
             Some(point) => {
                 sqlx::query(
-                    "SELECT point, value, unit, ts_ms, text FROM telemetry WHERE device_id = $1 AND point = $2
-                     ORDER BY ts_ms DESC LIMIT $3",
+                    "SELECT point, value, unit, ts_ms, text FROM telemetry
+                     WHERE device_id = $1 AND point = $2 AND ts_ms >= $3 AND ts_ms < $4
+                     ORDER BY ts_ms DESC LIMIT $5",
                 )
                 .bind(device_id)
                 .bind(point)
+                .bind(read.start)
+                .bind(read.end)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?
             }
             None => {
                 sqlx::query(
-                    "SELECT point, value, unit, ts_ms, text FROM telemetry WHERE device_id = $1
-                     ORDER BY ts_ms DESC, point LIMIT $2",
+                    "SELECT point, value, unit, ts_ms, text FROM telemetry
+                     WHERE device_id = $1 AND ts_ms >= $2 AND ts_ms < $3
+                     ORDER BY ts_ms DESC, point LIMIT $4",
                 )
                 .bind(device_id)
+                .bind(read.start)
+                .bind(read.end)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?
@@ -578,79 +606,43 @@ impl Store {
             .transpose()
     }
 
+    /// Deletes readings the fleet received before `before_ms` from the time series
+    /// (rows stored before migration 10 go by their read time), and the dedupe records
+    /// of batches received before it (a redelivery that old is not expected); latest
+    /// values stay. Works through the old rows in [`PRUNE_WINDOW_MS`] slices, one
+    /// transaction each, so ingest waits for the writer one slice at a time, not for
+    /// the whole prune. How many readings went.
+    pub async fn prune_telemetry(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut readings = 0;
+        let legacy = sqlx::query("DELETE FROM telemetry WHERE received_ms IS NULL AND ts_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        readings += legacy.rows_affected();
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(received_ms) FROM telemetry")
+            .fetch_one(&self.pool)
+            .await?;
+        let mut cut = oldest.unwrap_or(before_ms);
+        while cut < before_ms {
+            cut = cut.saturating_add(PRUNE_WINDOW_MS).min(before_ms);
+            readings += sqlx::query("DELETE FROM telemetry WHERE received_ms < $1")
+                .bind(cut)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        sqlx::query("DELETE FROM telemetry_batches WHERE received_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(readings)
+    }
+
     /// Closes the pool, waiting for in-flight queries: nothing is left half-written.
     pub async fn close(&self) {
         self.reads.close().await;
         self.pool.close().await;
     }
-}
-
-async fn ingest_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    device_id: &str,
-    batch: &TelemetryBatch,
-    received_ms: i64,
-) -> Result<Ingested, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO telemetry_batches (device_id, stream, epoch, seq, received_ms)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-    )
-    .bind(device_id)
-    .bind(&batch.stream)
-    .bind(to_i64(batch.epoch))
-    .bind(to_i64(batch.seq))
-    .bind(received_ms)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(Ingested::Duplicate);
-    }
-    sqlx::query(
-        "INSERT INTO devices (id, first_seen_ms, last_seen_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
-    )
-    .bind(device_id)
-    .bind(received_ms)
-    .bind(received_ms)
-    .execute(&mut **tx)
-    .await?;
-    for reading in &batch.readings {
-        let ts_ms = to_i64(reading.ts_ms);
-        // Text readings keep 0 in the NOT NULL value column (decode refused any reading
-        // that has neither a finite number nor text).
-        let value = if reading.text.is_some() {
-            0.0
-        } else {
-            reading.value
-        };
-        sqlx::query(
-                "INSERT INTO telemetry (device_id, point, ts_ms, value, unit, text) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(device_id)
-            .bind(&reading.point)
-            .bind(ts_ms)
-            .bind(value)
-            .bind(&reading.unit)
-            .bind(reading.text.as_deref())
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
-                "INSERT INTO latest_values (device_id, point, ts_ms, value, unit, text) VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (device_id, point) DO UPDATE
-                 SET ts_ms = excluded.ts_ms, value = excluded.value, unit = excluded.unit, text = excluded.text
-                 WHERE excluded.ts_ms >= latest_values.ts_ms",
-            )
-            .bind(device_id)
-            .bind(&reading.point)
-            .bind(ts_ms)
-            .bind(value)
-            .bind(&reading.unit)
-            .bind(reading.text.as_deref())
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(Ingested::Stored)
 }
 
 fn reading_from_row(row: &sqlx::any::AnyRow) -> Result<StoredReading, StoreError> {
@@ -794,5 +786,62 @@ mod tests {
             .await
             .expect("telemetry");
         assert_eq!(series[0].text.as_deref(), Some("AB-17"));
+    }
+
+    #[tokio::test]
+    async fn readings_are_pruned_by_received_time_and_latest_values_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let day: i64 = 24 * 3600 * 1000;
+        // (seq, device's read time, fleet's receive time): the device's clock is not
+        // set (1970) on the recent batches, and runs ahead on the old ones; several
+        // prune windows apart.
+        for (seq, ts_ms, received_ms) in [
+            (0, 50 * day as u64, 10 * day),
+            (1, 50 * day as u64 + 1, 10 * day + 5 * PRUNE_WINDOW_MS / 2),
+            (2, 100, 40 * day),
+            (3, 200, 41 * day),
+        ] {
+            store
+                .ingest("wd-1", &batch(seq, seq as f64, ts_ms), received_ms)
+                .await
+                .expect("ingest");
+        }
+        // A row from before migration 10 (no receive time) goes by its read time.
+        sqlx::query(
+            "INSERT INTO telemetry (device_id, point, ts_ms, value, unit) VALUES ('wd-1', 'line1/t', 7, 7.0, 'C')",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("legacy row");
+
+        assert_eq!(store.prune_telemetry(30 * day).await.expect("prune"), 3);
+        let series = store
+            .telemetry("wd-1", Some("line1/t"), 10)
+            .await
+            .expect("telemetry");
+        let mut kept: Vec<f64> = series.iter().map(|r| r.value).collect();
+        kept.sort_by(f64::total_cmp);
+        assert_eq!(kept, [2.0, 3.0], "the recently received readings stay");
+        // Latest values stay whatever their age (here the one read last by the device).
+        let latest = store.latest_values("wd-1").await.expect("latest");
+        assert_eq!(latest[0].value, 1.0);
+        // Dedupe records of batches received after the cut stay: a resend is refused;
+        // those of pruned batches are gone.
+        assert_eq!(
+            store
+                .ingest("wd-1", &batch(3, 3.0, 200), 42 * day)
+                .await
+                .expect("ingest"),
+            Ingested::Duplicate
+        );
+        let batches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_batches")
+            .fetch_one(&store.pool)
+            .await
+            .expect("count");
+        assert_eq!(batches, 2);
+        // Nothing older left: a second prune deletes nothing.
+        assert_eq!(store.prune_telemetry(30 * day).await.expect("prune"), 0);
     }
 }

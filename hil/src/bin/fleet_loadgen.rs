@@ -132,7 +132,13 @@ async fn device(
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
-            _ = tick.tick(), if sending.is_cancelled() && !stop_sending.is_cancelled() => {
+            // The tick always runs and the phase is checked inside: a branch condition
+            // is only evaluated when the select is entered, so a device parked in
+            // `eventloop.poll()` would not notice `sending` until its next MQTT event.
+            _ = tick.tick() => {
+                if !sending.is_cancelled() || stop_sending.is_cancelled() {
+                    continue;
+                }
                 let batch = TelemetryBatch {
                     v: 1,
                     stream: "telemetry".into(),

@@ -6,6 +6,7 @@ mod postgres;
 mod registry;
 mod reports;
 mod rollout;
+mod telemetry;
 mod twin;
 
 use std::path::Path;
@@ -152,6 +153,7 @@ async fn fleet_with(
             attestation_interval_secs: 3600,
             attestation_valid_secs: None,
         },
+        telemetry: warden_fleet::TelemetryConfig::default(),
     };
     let mut config = config;
     adjust(&mut config);
@@ -311,6 +313,35 @@ async fn telemetry_from_an_enrolled_device_is_stored_once() {
         Some(2),
         "duplicate batch stored twice: {series}"
     );
+    // A read-time range: from inclusive, to exclusive; an empty range is refused.
+    let (_, later) = fx
+        .get(
+            VIEWER,
+            "/api/v1/devices/wd-good/telemetry?from_ms=1001&to_ms=5000",
+        )
+        .await;
+    assert_eq!(later["readings"][0]["value"], 21.0, "{later}");
+    assert_eq!(
+        later["readings"].as_array().map(Vec::len),
+        Some(1),
+        "{later}"
+    );
+    let (_, earlier) = fx
+        .get(VIEWER, "/api/v1/devices/wd-good/telemetry?to_ms=1001")
+        .await;
+    assert_eq!(earlier["readings"][0]["value"], 20.5, "{earlier}");
+    assert_eq!(
+        earlier["readings"].as_array().map(Vec::len),
+        Some(1),
+        "{earlier}"
+    );
+    let (status, refused) = fx
+        .get(
+            VIEWER,
+            "/api/v1/devices/wd-good/telemetry?from_ms=9&to_ms=9",
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
     assert_eq!(
         fx.get(VIEWER, "/api/v1/devices/wd-nobody/telemetry")
             .await

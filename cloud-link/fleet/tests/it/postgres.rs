@@ -169,6 +169,7 @@ async fn every_contract_holds_on_postgresql() {
     let fx = super::fleet_on(Some(database("twins"))).await;
     super::twin::twin_order_contract(&fx).await;
     fx.stop().await;
+    super::telemetry::telemetry_store_contract(&database("telemetry")).await;
     let fx = super::fleet_on(Some(database("dashboard"))).await;
     let _fed = super::dashboard::dashboard_contract(&fx).await;
     fx.stop().await;
