@@ -484,7 +484,6 @@ mod tests {
                 base: Duration::from_millis(10),
                 max: Duration::from_millis(200),
             },
-            answer_spin: warden_bridges::modbus::rtu_bus::default_answer_spin(baud),
         };
         let health = Arc::new(std::sync::Mutex::new(BridgeHealth::default()));
         let shutdown = CancellationToken::new();

@@ -79,12 +79,6 @@ pub struct ModbusRtuBridgeConfig {
     /// Largest gap, in registers or bits, bridged when merging points into one read.
     #[serde(default = "default_max_gap")]
     pub max_gap: u16,
-    /// Microseconds the line's owner polls for the last bytes of an answer instead of
-    /// sleeping until they are read (one OS wake-up less per transaction, about that
-    /// much CPU per transaction). Default 300 above 19,200 baud, 0 at or below;
-    /// at most 2000.
-    #[serde(default)]
-    pub answer_spin_us: Option<u64>,
     /// `native` (default: this process drives `port`) or `rtcore` (the real-time
     /// core drives the line; see [`crate::rtcore`]).
     #[serde(default)]
@@ -99,19 +93,7 @@ pub struct ModbusRtuBridgeConfig {
     pub points: Vec<PointConfig>,
 }
 
-/// Largest `answer_spin_us` accepted: polling longer than this per transaction costs
-/// more CPU than the wake-up it saves.
-pub const MAX_ANSWER_SPIN_US: u64 = 2_000;
-
 impl ModbusRtuBridgeConfig {
-    /// How long the bus polls for an answer's last bytes (see `answer_spin_us`).
-    pub fn answer_spin(&self) -> std::time::Duration {
-        self.answer_spin_us.map_or_else(
-            || crate::modbus::rtu_bus::default_answer_spin(self.baud),
-            std::time::Duration::from_micros,
-        )
-    }
-
     /// The serial line settings.
     pub fn line(&self) -> SerialLine {
         SerialLine {
@@ -233,12 +215,6 @@ impl BridgesConfig {
                 return Err(problem(
                     format!("{at}.retries"),
                     format!("{} is more than 10", bridge.retries),
-                ));
-            }
-            if let Some(spin) = bridge.answer_spin_us.filter(|&us| us > MAX_ANSWER_SPIN_US) {
-                return Err(problem(
-                    format!("{at}.answer_spin_us"),
-                    format!("{spin} is more than {MAX_ANSWER_SPIN_US}"),
                 ));
             }
             check_unit(bridge.unit, &format!("{at}.unit"))?;

@@ -109,7 +109,6 @@ pub async fn start(
                 base: Duration::from_millis(bridge.backoff_ms),
                 max: Duration::from_secs(5),
             },
-            answer_spin: bridge.answer_spin(),
         };
         let health = Arc::new(Mutex::new(crate::bridge::BridgeHealth::default()));
         let mut core = None;

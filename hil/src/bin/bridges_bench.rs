@@ -2,8 +2,7 @@
 //!
 //! 1. RTU line efficiency: the bridge's RTU bus against the paced RTU simulator at
 //!    9600 and 115200 baud, reading 10 registers, against the line-time model
-//!    (11-bit characters, request 8 + response 25 characters, two 3.5-character gaps);
-//!    115200 twice each with and without `answer_spin` (polling for the last bytes).
+//!    (11-bit characters, request 8 + response 25 characters, two 3.5-character gaps).
 //! 2. Gateway facade: SCADA-like clients reading 10 registers directly from the TCP
 //!    simulator, then through the facade (real policy engine in the path): once
 //!    with a simulator that answers at once (the facade's raw cost on loopback),
@@ -65,7 +64,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn rtu(baud: u32, answer_spin: Duration, seconds: f64) -> anyhow::Result<()> {
+async fn rtu(baud: u32, seconds: f64) -> anyhow::Result<()> {
     let simulator = RtuSlaveSimulator::start(RtuLineModel {
         baud,
         parity: Parity::Even,
@@ -87,7 +86,6 @@ async fn rtu(baud: u32, answer_spin: Duration, seconds: f64) -> anyhow::Result<(
             base: Duration::from_millis(10),
             max: Duration::from_millis(100),
         },
-        answer_spin,
     };
     let shutdown = CancellationToken::new();
     let (bus, task) = RtuBus::for_serial_line(line, options, Arc::default(), shutdown.clone());
@@ -114,8 +112,7 @@ async fn rtu(baud: u32, answer_spin: Duration, seconds: f64) -> anyhow::Result<(
     let model = 1.0 / ((8.0 + 25.0) * char_s + 2.0 * gap_s);
     let achieved = done as f64 / elapsed;
     println!(
-        "| RTU {baud} baud, read 10 regs, answer spin {} µs | {achieved:.1} tx/s | model {model:.1} tx/s | {:.1} % | {done} tx, {errors} errors in {elapsed:.1} s |",
-        answer_spin.as_micros(),
+        "| RTU {baud} baud, read 10 regs | {achieved:.1} tx/s | model {model:.1} tx/s | {:.1} % | {done} tx, {errors} errors in {elapsed:.1} s |",
         100.0 * achieved / model
     );
     Ok(())
@@ -329,14 +326,8 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(3.0);
     println!("| what | figure | reference | ratio | notes |");
     println!("|---|---|---|---|---|");
-    use warden_bridges::modbus::rtu_bus::default_answer_spin;
-    rtu(9600, default_answer_spin(9600), seconds).await?;
-    // 115200 with and without polling for the answer's last bytes, alternated, so the
-    // two are compared within one run.
-    for _ in 0..2 {
-        rtu(115_200, Duration::ZERO, seconds).await?;
-        rtu(115_200, default_answer_spin(115_200), seconds).await?;
-    }
+    rtu(9600, seconds).await?;
+    rtu(115_200, seconds).await?;
     facade(seconds, 4, Duration::ZERO).await?;
     facade(seconds, 4, Duration::from_millis(1)).await?;
     simulator_throughput(seconds).await?;

@@ -10,6 +10,7 @@ pub use warden_modbus::{
 };
 
 pub mod fair_queue;
+pub mod precise_timer;
 pub mod rtu_bus;
 pub mod tcp_client;
 pub mod tcp_pool;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fair_queue::{BackoffPolicy, FairQueue};
 use super::pdu::{Request, Response};
+use super::precise_timer::PreciseTimer;
 use super::rtu::{CharTiming, MAX_ADU_LEN, MasterCounters, MasterEvent, RtuMaster};
 use super::{Answer, ClientError};
 use crate::bridge::{BridgeHealth, HealthEvent};
@@ -103,22 +104,6 @@ pub struct BusOptions {
     pub retries: u32,
     /// Per-unit backoff after failures.
     pub backoff: BackoffPolicy,
-    /// How long the bus task watches closely (polls instead of sleeping) for the last
-    /// bytes of an answer whose length it knows: one OS wake-up less per transaction,
-    /// for about this much CPU per transaction. Zero never does;
-    /// [`default_answer_spin`] gives the default for a line.
-    pub answer_spin: Duration,
-}
-
-/// The default [`BusOptions::answer_spin`]: 300 µs on lines faster than 19,200 baud
-/// (where the OS wake-up after the answer's last byte costs several % of the line),
-/// none on slower ones (one character there lasts over 570 µs; the wake-up is noise).
-pub fn default_answer_spin(baud: u32) -> Duration {
-    if baud > 19_200 {
-        Duration::from_micros(300)
-    } else {
-        Duration::ZERO
-    }
 }
 
 struct Job {
@@ -256,6 +241,7 @@ impl BusDriver {
     {
         let mut rx = [0u8; 512];
         let mut tx = [0u8; MAX_ADU_LEN];
+        let gap_timer = PreciseTimer::new();
         loop {
             while let Ok(job) = self.jobs.try_recv() {
                 self.queue.push(job.unit, job);
@@ -287,7 +273,9 @@ impl BusDriver {
             if job.reply.is_closed() {
                 continue;
             }
-            wait_precisely_until(self.instant(self.master.ready_at())).await;
+            gap_timer
+                .sleep_until(self.instant(self.master.ready_at()))
+                .await;
             let now = self.micros(Instant::now());
             let len = match self.master.start(unit, &job.request, now, &mut tx) {
                 Ok(len) => len,
@@ -309,17 +297,6 @@ impl BusDriver {
                 continue;
             }
             let event = loop {
-                if let Some(read) = self.read_last_bytes_closely(port, &mut rx).await {
-                    let n = read?;
-                    if n == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
-                    if let Some(event) = self.master.receive(&rx[..n], self.micros(Instant::now()))
-                    {
-                        break event;
-                    }
-                    continue;
-                }
                 let deadline = self
                     .master
                     .next_deadline()
@@ -347,36 +324,6 @@ impl BusDriver {
             };
             self.report_counters(Some(unit));
             self.finish(unit, job, event);
-        }
-    }
-
-    /// When the answer's remaining bytes are due within [`BusOptions::answer_spin`],
-    /// polls the port (yielding to the runtime, which polls its I/O driver, between
-    /// tries) until some arrive or the spin is over. `None`: nothing to watch for, or
-    /// nothing came; the caller goes back to waiting for readiness.
-    async fn read_last_bytes_closely<S>(
-        &self,
-        port: &mut S,
-        rx: &mut [u8],
-    ) -> Option<std::io::Result<usize>>
-    where
-        S: AsyncRead + Unpin,
-    {
-        let to_go = self.master.answer_bytes_to_go()?;
-        let char_time = Duration::from_micros(u64::from(self.master.timing().char_us));
-        let due_in = char_time * u32::try_from(to_go).unwrap_or(u32::MAX);
-        if self.options.answer_spin.is_zero() || due_in > self.options.answer_spin {
-            return None;
-        }
-        let until = Instant::now() + self.options.answer_spin;
-        loop {
-            if let Some(read) = read_now(port, rx) {
-                return Some(read);
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            tokio::task::yield_now().await;
         }
     }
 
@@ -466,33 +413,5 @@ impl BusDriver {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         change(&mut health);
-    }
-}
-
-/// Reads what `port` holds now, if anything, without waiting or registering interest.
-fn read_now<S: AsyncRead + Unpin>(port: &mut S, rx: &mut [u8]) -> Option<std::io::Result<usize>> {
-    let mut buf = tokio::io::ReadBuf::new(rx);
-    // A waker that does nothing: the caller polls again itself, and the select it falls
-    // back to registers its own.
-    let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::Pin::new(port).poll_read(&mut noop, &mut buf) {
-        std::task::Poll::Ready(read) => Some(read.map(|()| buf.filled().len())),
-        std::task::Poll::Pending => None,
-    }
-}
-
-/// Waits until `deadline` with sub-millisecond precision: the timer for all but the
-/// last ~1.2 ms, then yielding to the runtime in a loop.
-pub async fn wait_precisely_until(deadline: Instant) {
-    const TIMER_SLACK: Duration = Duration::from_micros(1200);
-    let now = Instant::now();
-    if deadline <= now {
-        return;
-    }
-    if deadline - now > TIMER_SLACK {
-        tokio::time::sleep_until((deadline - TIMER_SLACK).into()).await;
-    }
-    while Instant::now() < deadline {
-        tokio::task::yield_now().await;
     }
 }

@@ -250,8 +250,6 @@ async fn rtu_bus_talks_to_a_tokio_modbus_rtu_server() {
             base: Duration::from_millis(10),
             max: Duration::from_millis(100),
         },
-        // Polls closely for the last 3 characters: the interop test covers that path.
-        answer_spin: Duration::from_micros(2_000),
     };
     let shutdown = CancellationToken::new();
     let (bus, task) = RtuBus::over_stream(ours, options, Arc::default(), shutdown.clone());
@@ -377,7 +375,6 @@ async fn rtu_bus_takes_answers_read_in_pieces_with_long_pauses() {
             base: Duration::from_millis(10),
             max: Duration::from_millis(100),
         },
-        answer_spin: Duration::ZERO,
     };
     let shutdown = CancellationToken::new();
     let health = Arc::new(Mutex::new(warden_bridges::BridgeHealth::default()));

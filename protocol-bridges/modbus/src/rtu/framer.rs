@@ -138,15 +138,6 @@ impl RtuFramer {
         }
     }
 
-    /// Bytes still to come before the pending frame is complete, once its header
-    /// tells its length (`None` before that, or with nothing pending).
-    pub fn bytes_to_complete(&self) -> Option<usize> {
-        match self.expected_length() {
-            Length::Exactly(n) if self.len > 0 && n > self.len => Some(n - self.len),
-            _ => None,
-        }
-    }
-
     /// When the last byte arrived.
     pub fn last_byte_us(&self) -> Option<u64> {
         self.last_byte_us

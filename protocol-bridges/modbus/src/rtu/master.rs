@@ -161,15 +161,6 @@ impl RtuMaster {
         }
     }
 
-    /// Bytes of the awaited answer still to come, once its header has told its length:
-    /// lets a caller on a general-purpose OS watch closely for the last ones.
-    pub fn answer_bytes_to_go(&self) -> Option<usize> {
-        match self.state {
-            State::Awaiting { .. } => self.framer.bytes_to_complete(),
-            State::Idle => None,
-        }
-    }
-
     /// Starts `request` to `unit` at `now_us`: writes the frame into `out` and returns
     /// its length. The caller writes those bytes to the line at once.
     pub fn start(
@@ -350,27 +341,6 @@ mod tests {
                 .start(5, &read(), master.ready_at(), &mut out)
                 .is_ok()
         );
-    }
-
-    #[test]
-    fn the_bytes_still_to_come_are_known_once_the_header_is_in() {
-        let mut master = RtuMaster::new(TIMING, 100_000);
-        let mut out = [0u8; MAX_ADU_LEN];
-        assert_eq!(master.answer_bytes_to_go(), None, "idle");
-        master.start(5, &read(), 0, &mut out).expect("idle");
-        let answer = reply(5, &[0x03, 4, 0, 7, 0, 8]);
-        assert_eq!(answer.len(), 9);
-        assert_eq!(master.receive(&answer[..2], 10_000), None);
-        assert_eq!(master.answer_bytes_to_go(), None, "byte count not seen yet");
-        assert_eq!(master.receive(&answer[2..7], 10_100), None);
-        assert_eq!(master.answer_bytes_to_go(), Some(2));
-        assert!(master.receive(&answer[7..], 10_200).is_some());
-        assert_eq!(master.answer_bytes_to_go(), None, "transaction over");
-        // An exception answer's length is known from its function code alone.
-        master.start(5, &read(), 20_000, &mut out).expect("idle");
-        let exception = reply(5, &[0x83, 2]);
-        assert_eq!(master.receive(&exception[..2], 30_000), None);
-        assert_eq!(master.answer_bytes_to_go(), Some(3));
     }
 
     #[test]
