@@ -21,6 +21,8 @@ pub use registry::{
 };
 pub use reports::{CrashRate, ReportBucket, ReportGroup, StoredEvent, StoredReport};
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -277,9 +279,56 @@ pub enum Ingested {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// Read-only lookups on the hot API path: on SQLite a pool of its own (WAL lets
-    /// readers run beside the one writer connection); on PostgreSQL the same pool.
-    reads: AnyPool,
+    /// Read-only lookups on the hot API path: on SQLite connections of their own (WAL
+    /// lets readers run beside the one writer connection); on PostgreSQL, `None`: the
+    /// pool.
+    reads: Option<Arc<ReadConnections>>,
+}
+
+/// Read-only SQLite connections held open and used in turn, outside sqlx's pool: the
+/// pool pings every connection it gets back (`return_to_pool`), a second round trip to
+/// the connection's worker thread for every query, which cost as much as the query.
+#[derive(Debug)]
+struct ReadConnections {
+    connections: Vec<tokio::sync::Mutex<sqlx::AnyConnection>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl ReadConnections {
+    async fn open(url: &str, count: u32) -> Result<Self, StoreError> {
+        use sqlx::Connection as _;
+        let mut connections = Vec::new();
+        for _ in 0..count {
+            let mut connection = sqlx::AnyConnection::connect(url).await?;
+            for pragma in ["PRAGMA busy_timeout=5000", "PRAGMA query_only=1"] {
+                sqlx::query(pragma).execute(&mut connection).await?;
+            }
+            connections.push(tokio::sync::Mutex::new(connection));
+        }
+        Ok(Self {
+            connections,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// A free connection if there is one, else the next one in turn once it is free.
+    async fn acquire(&self) -> tokio::sync::MutexGuard<'_, sqlx::AnyConnection> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let count = self.connections.len();
+        for offset in 0..count {
+            if let Ok(connection) = self.connections[(start + offset) % count].try_lock() {
+                return connection;
+            }
+        }
+        self.connections[start % count].lock().await
+    }
+
+    /// Waits for the reads in flight.
+    async fn quiesce(&self) {
+        for connection in &self.connections {
+            drop(connection.lock().await);
+        }
+    }
 }
 
 impl Store {
@@ -323,25 +372,12 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let mut store = Self {
-            reads: pool.clone(),
-            pool,
-        };
+        let mut store = Self { reads: None, pool };
         store.migrate().await?;
         if sqlite && read_connections > 0 {
-            store.reads = AnyPoolOptions::new()
-                .max_connections(read_connections)
-                .test_before_acquire(false)
-                .after_connect(|connection, _meta| {
-                    Box::pin(async move {
-                        for pragma in ["PRAGMA busy_timeout=5000", "PRAGMA query_only=1"] {
-                            sqlx::query(pragma).execute(&mut *connection).await?;
-                        }
-                        Ok(())
-                    })
-                })
-                .connect(&url)
-                .await?;
+            store.reads = Some(Arc::new(
+                ReadConnections::open(&url, read_connections).await?,
+            ));
         }
         Ok(store)
     }
@@ -640,7 +676,9 @@ impl Store {
 
     /// Closes the pool, waiting for in-flight queries: nothing is left half-written.
     pub async fn close(&self) {
-        self.reads.close().await;
+        if let Some(reads) = &self.reads {
+            reads.quiesce().await;
+        }
         self.pool.close().await;
     }
 }

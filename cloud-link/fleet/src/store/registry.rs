@@ -273,13 +273,15 @@ impl Store {
         &self,
         device_id: &str,
     ) -> Result<Option<RegisteredDevice>, StoreError> {
-        let row = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {DEVICE_COLUMNS} FROM registry r LEFT JOIN devices d ON d.id = r.device_id
              WHERE r.device_id = $1"
-        ))
-        .bind(device_id)
-        .fetch_optional(&self.reads)
-        .await?;
+        );
+        let query = sqlx::query(&sql).bind(device_id);
+        let row = match &self.reads {
+            Some(reads) => query.fetch_optional(&mut *reads.acquire().await).await?,
+            None => query.fetch_optional(&self.pool).await?,
+        };
         row.as_ref().map(device_from_row).transpose()
     }
 
