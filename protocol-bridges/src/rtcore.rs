@@ -26,7 +26,7 @@ use warden_rtcore_mailbox::{
     RequestSource as MailboxSource, ToCore, encode_frame,
 };
 
-use crate::bridge::BridgeHealth;
+use crate::bridge::{BridgeHealth, HealthEvent};
 use crate::config::{ConfigProblem, ModbusRtuBridgeConfig};
 use crate::modbus::pdu::{ExceptionCode, Request, Response};
 use crate::modbus::rtu_bus::Parity;
@@ -449,6 +449,7 @@ fn denial(reason: u8, rule: Option<u16>) -> RtCoreError {
 }
 
 struct Pending {
+    unit: u8,
     request: Request,
     reply: CallReply,
 }
@@ -593,7 +594,14 @@ impl Link {
                     pdu: &pdu[..len],
                 };
                 send(stream, &message).await?;
-                self.pending.insert(id, Pending { request, reply });
+                self.pending.insert(
+                    id,
+                    Pending {
+                        unit,
+                        request,
+                        reply,
+                    },
+                );
             }
             Command::LoadBundle { bundle, reply } => {
                 match self.begin_upload(stream, &bundle).await? {
@@ -741,11 +749,11 @@ impl Link {
                     OwnedOutcome::NotTaken(why) => Err(RtCoreError::NotTaken(why)),
                 };
                 if let Err(error @ (RtCoreError::Denied { .. } | RtCoreError::NoPolicy)) = &result {
-                    let text = format!("unit request refused by the real-time core: {error}");
-                    self.update_health(|h| {
-                        h.denied += 1;
-                        h.last_error = Some(text);
-                    });
+                    let text = format!(
+                        "unit {} request refused by the real-time core: {error}",
+                        pending.unit
+                    );
+                    self.update_health(|h| h.record(Some(pending.unit), HealthEvent::Denied(text)));
                 }
                 let _ = pending.reply.send(result);
             }
@@ -1027,6 +1035,12 @@ mod tests {
         let health = health.lock().expect("health").clone();
         assert!(health.connected);
         assert_eq!(health.denied, 1);
+        assert_eq!(
+            health.unit(2).map(|u| u.denied),
+            Some(1),
+            "the refusal is the denied unit's: {health:?}"
+        );
+        assert_eq!(health.unit(1).map(|u| u.denied), None);
         assert_eq!(health.crc_errors, 3);
         assert_eq!(health.timeouts, 2);
         shutdown.cancel();
@@ -1049,7 +1063,7 @@ mod tests {
         assert_eq!(
             health.last_error.as_deref(),
             Some(
-                "unit request refused by the real-time core: the real-time core has no verified policy bundle; every request is denied"
+                "unit 1 request refused by the real-time core: the real-time core has no verified policy bundle; every request is denied"
             )
         );
         assert_eq!(
