@@ -221,6 +221,8 @@ impl PlutonProcess {
             .arg(&args.pluton_socket)
             .arg("--state-dir")
             .arg(&args.pluton_state_dir)
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string())
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start pluton ({})", exe.display()))?;

@@ -78,6 +78,10 @@ enum Command {
         /// The firmware version the monitor verified (reported in quotes).
         #[arg(long, default_value_t = 0)]
         firmware_version: u32,
+        /// Stop when this process is no longer pluton's parent (the boot stage passes
+        /// its own PID, so a boot stage killed outright does not leave pluton behind).
+        #[arg(long)]
+        parent_pid: Option<u32>,
     },
     /// Build, sign, inspect and verify firmware images.
     #[command(subcommand)]
@@ -137,12 +141,18 @@ fn main() -> ExitCode {
             socket,
             state_dir,
             firmware_version,
+            parent_pid,
         }) => run_async(async move {
             let options = warden_pluton::server::ServeOptions {
                 firmware_version,
                 ..Default::default()
             };
-            warden_pluton::server::serve(&socket, &state_dir, options).await?;
+            tokio::select! {
+                served = warden_pluton::server::serve(&socket, &state_dir, options) => served?,
+                () = parent_gone(parent_pid) => {
+                    tracing::warn!(?parent_pid, "pluton's parent is gone; pluton stops");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }),
     };
@@ -152,6 +162,18 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves once this process's parent is no longer `parent` (it died and the process
+/// was re-parented); never without one.
+async fn parent_gone(parent: Option<u32>) {
+    let Some(parent) = parent else {
+        return std::future::pending().await;
+    };
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
+    while std::os::unix::process::parent_id() == parent {
+        every.tick().await;
     }
 }
 

@@ -184,3 +184,52 @@ fn enable_blocks(text: &str, starts: &[&str]) -> String {
     }
     out.join("\n") + "\n"
 }
+
+/// Pluton started by the boot stage stops when the boot stage is killed outright
+/// (SIGKILL leaves it no chance to stop its children): `--parent-pid`.
+#[test]
+fn pluton_stops_when_its_parent_is_killed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("pluton.sock");
+    // A shell plays the boot stage: it starts pluton naming itself as the parent.
+    let script = format!(
+        "{} pluton --socket {} --state-dir {} --parent-pid $$ >/dev/null 2>&1 & echo $!; wait",
+        env!("CARGO_BIN_EXE_warden"),
+        socket.display(),
+        dir.path().join("state").display()
+    );
+    let mut parent = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("pluton's pid");
+    let pluton: u32 = line.trim().parse().expect("a pid");
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit(')').next().map(|rest| rest.trim().to_owned()))
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < until, "pluton never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(alive(pluton), "pluton runs while its parent does");
+    parent.kill().expect("SIGKILL the parent");
+    parent.wait().expect("reap the parent");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while alive(pluton) {
+        assert!(
+            std::time::Instant::now() < until,
+            "pluton {pluton} outlived its killed parent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
