@@ -56,8 +56,9 @@ const REPORT_CAPACITY: usize = 256;
 /// Options of `warden boot`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BootArgs {
-    /// The boot monitor's state directory: `slots/a.wim`, `slots/b.wim`, `boot/state`.
-    #[arg(long, default_value = "/var/lib/warden/boot")]
+    /// The boot monitor's state directory: `slots/a.wim`, `slots/b.wim`, `boot/state`
+    /// (the provisioning station's layout of `/var/lib/warden`).
+    #[arg(long, default_value = "/var/lib/warden")]
     pub state_dir: PathBuf,
     /// Where the chosen image's payload is unpacked (`<run-dir>/<slot>/bin/warden`).
     #[arg(long, default_value = "/run/warden/image")]

@@ -404,7 +404,18 @@ fn the_appliance_manifest_parses_and_writes_every_grant_out() {
     // The link reaches pluton's socket through pluton's group; the page does not.
     assert_eq!(link.groups, vec![pluton.uid]);
     assert!(page.groups.is_empty());
-    assert!(manifest.monitor.boot.is_some());
+    // The update agent (the link) writes exactly the boot monitor's slots and state,
+    // where the provisioning station lays them out (`/var/lib/warden/{slots,boot}`).
+    let boot = manifest.monitor.boot.as_ref().expect("[monitor.boot]");
+    assert_eq!(boot.state_dir, Path::new("/var/lib/warden"));
+    for dir in [warden_os::boot::SLOTS_DIR, warden_os::boot::BOOT_DIR] {
+        assert!(
+            link.read_write.contains(&boot.state_dir.join(dir)),
+            "the link cannot write {dir}/ under {}: {:?}",
+            boot.state_dir.display(),
+            link.read_write
+        );
+    }
 }
 
 fn nix_is_root() -> bool {
