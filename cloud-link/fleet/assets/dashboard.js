@@ -210,13 +210,43 @@ function deploymentRows(deployments) {
   });
 }
 
+/** Devices per page of the overview's device table. */
+const DEVICE_PAGE = 100;
+
+/** The overview's device list position, from the URL (`/?prefix=wd-1&page=2`). */
+function devicePosition() {
+  const query = new URLSearchParams(location.search);
+  const page = Math.max(1, Number.parseInt(query.get("page") || "1", 10) || 1);
+  return { prefix: query.get("prefix") || "", page };
+}
+
+function pageLink(prefix, page, label) {
+  const query = new URLSearchParams();
+  if (prefix) query.set("prefix", prefix);
+  query.set("page", String(page));
+  return el("a", { href: "/?" + query.toString(), class: "pager" }, label);
+}
+
 async function overview() {
-  const [summary, devices, seen] = await Promise.all([
+  const { prefix, page } = devicePosition();
+  const [summary, devices] = await Promise.all([
     api("/api/v1/dashboard/summary"),
-    api("/api/v1/dashboard/devices"),
-    api("/api/v1/devices"),
+    // One more than a page: whether there is a next one.
+    api(`/api/v1/dashboard/devices?prefix=${encodeURIComponent(prefix)}` +
+      `&offset=${(page - 1) * DEVICE_PAGE}&limit=${DEVICE_PAGE + 1}`),
   ]);
-  const view = [
+  const shown = devices.slice(0, DEVICE_PAGE);
+  const first = (page - 1) * DEVICE_PAGE + 1;
+  // A GET form: the prefix goes into this page's URL (never the token).
+  const search = el("form", { id: "device-search", method: "get", action: "/" },
+    el("label", { for: "device-prefix" }, "Device ID starts with "),
+    el("input", { id: "device-prefix", name: "prefix", value: prefix, autocomplete: "off" }),
+    el("button", { type: "submit" }, "Find"));
+  const pager = el("p", { id: "device-pager", class: "muted" },
+    shown.length ? `devices ${first}–${first + shown.length - 1}` : "no device matches", " ",
+    page > 1 ? pageLink(prefix, page - 1, "◀ previous") : null, " ",
+    devices.length > DEVICE_PAGE ? pageLink(prefix, page + 1, "next ▶") : null);
+  return [
     el("h2", {}, `Devices (${summary.registered} registered)`),
     statusCards("status-counts", summary.by_status, "status", "status-"),
     statusCards("connectivity", summary.connectivity, "connectivity", ""),
@@ -227,30 +257,17 @@ async function overview() {
     summary.deployments_in_progress.length
       ? table("deployments-in-progress", ["deployment", "image", "group", "state", "progress"], deploymentRows(summary.deployments_in_progress))
       : el("p", { class: "muted", id: "deployments-in-progress" }, "None."),
-    el("h2", {}, "All devices"),
+    el("h2", {}, "Devices"),
+    search,
+    pager,
     table("devices", ["device", "product", "group", "version", "status", "connection", "last seen"],
-      devices.map((d) => row({ device: d.device_id },
+      shown.map((d) => row({ device: d.device_id },
         el("td", {}, deviceLink(d.device_id)), d.product, d.group, d.image_version,
         el("td", { class: "status-" + d.status, data: { field: "status" } }, d.registered ? d.status : "not registered"),
         el("td", { class: d.online ? "online" : "muted", data: { field: "connection" } }, d.online ? "online" : "offline"),
         time(d.last_seen_ms)))),
-    el("h2", {}, "Latest values"),
+    el("p", { class: "muted" }, "Latest values and telemetry charts: on each device's page."),
   ];
-  if (seen.length === 0) view.push(el("p", { class: "muted" }, "No device has reported yet."));
-  for (const device of seen) {
-    const values = el("table", { data: { device: device.id } });
-    const head = values.insertRow();
-    for (const h of ["point", "value", "unit", "read at"]) head.appendChild(el("th", {}, h));
-    for (const r of device.latest) {
-      const tr = values.insertRow();
-      tr.dataset.point = r.point;
-      tr.append(el("td", {}, r.point), el("td", { class: "value" }, shownValue(r)),
-        el("td", {}, r.unit), el("td", { class: "muted" }, new Date(r.ts_ms).toLocaleTimeString()));
-    }
-    view.push(el("h3", {}, deviceLink(device.id)),
-      el("p", { class: "muted" }, "last seen " + new Date(device.last_seen_ms).toLocaleTimeString()), values);
-  }
-  return view;
 }
 
 async function devicePage(id) {
@@ -356,6 +373,8 @@ let drawing = false;
 async function refresh() {
   const login = document.getElementById("login");
   if (drawing || !login.hidden) return;
+  // Not while someone types a device ID: the redraw would replace the field.
+  if (document.activeElement && document.activeElement.id === "device-prefix") return;
   drawing = true;
   const status = document.getElementById("updated");
   try {

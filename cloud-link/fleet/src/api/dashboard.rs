@@ -369,12 +369,40 @@ async fn summary(State(state): State<ApiState>) -> Result<Json<FleetSummary>, Ap
     }))
 }
 
-async fn devices(State(state): State<ApiState>) -> Result<Json<Vec<DashboardDevice>>, ApiError> {
+/// Largest page of `GET /api/v1/dashboard/devices`.
+pub const MAX_DEVICE_PAGE: i64 = 10_000;
+
+/// Query parameters of `GET /api/v1/dashboard/devices`.
+#[derive(Debug, Deserialize)]
+pub struct DevicePageQuery {
+    /// Only devices whose ID starts with this.
+    #[serde(default)]
+    pub prefix: String,
+    /// Devices skipped (default 0).
+    pub offset: Option<i64>,
+    /// At most this many (1..=10000, default 10000).
+    pub limit: Option<i64>,
+}
+
+async fn devices(
+    State(state): State<ApiState>,
+    Query(page): Query<DevicePageQuery>,
+) -> Result<Json<Vec<DashboardDevice>>, ApiError> {
+    let limit = page.limit.unwrap_or(MAX_DEVICE_PAGE);
+    if !(1..=MAX_DEVICE_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit {limit} is outside 1..={MAX_DEVICE_PAGE}"
+        )));
+    }
+    let offset = page.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::BadRequest(format!("offset {offset} is negative")));
+    }
     let online = online_ids(&state);
     Ok(Json(
         state
             .store
-            .device_rows()
+            .device_page(&page.prefix, offset, limit)
             .await?
             .into_iter()
             .map(|row| DashboardDevice {

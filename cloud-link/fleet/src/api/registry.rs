@@ -372,13 +372,11 @@ pub(super) async fn get_device(
     }
     let seen = state
         .store
-        .devices()
+        .seen_device(&id)
         .await?
-        .into_iter()
-        .find(|d| d.id == id)
         .ok_or_else(|| ApiError::NotFound(format!("device {id} is not known")))?;
     Ok(Json(DeviceView::Unregistered {
-        device_id: seen.id,
+        device_id: id,
         registered: false,
         last_seen_ms: seen.last_seen_ms,
     }))

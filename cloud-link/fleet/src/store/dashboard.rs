@@ -172,44 +172,53 @@ impl Store {
     /// Every registered device, then every unregistered one that sent telemetry,
     /// each by ID.
     pub async fn device_rows(&self) -> Result<Vec<DeviceRow>, StoreError> {
-        let mut rows = Vec::new();
-        for row in sqlx::query(
-            "SELECT r.device_id, r.product, r.device_group, r.image_version,
-                    CASE WHEN r.revoked_ms IS NOT NULL THEN 'revoked' ELSE r.attestation END,
-                    d.last_seen_ms
-             FROM registry r LEFT JOIN devices d ON d.id = r.device_id ORDER BY r.device_id",
+        self.device_page("", 0, i64::MAX).await
+    }
+
+    /// One page of [`Self::device_rows`]: those whose ID starts with `prefix`, skipping
+    /// `offset`, at most `limit`.
+    pub async fn device_page(
+        &self,
+        prefix: &str,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<DeviceRow>, StoreError> {
+        let pattern = format!("{}%", escape_like(prefix));
+        let rows = sqlx::query(
+            "SELECT id, registered, product, device_group, image_version, status, last_seen_ms
+             FROM (
+                 SELECT r.device_id AS id, CAST(1 AS BIGINT) AS registered, r.product,
+                        r.device_group, r.image_version,
+                        CASE WHEN r.revoked_ms IS NOT NULL THEN 'revoked' ELSE r.attestation END
+                            AS status,
+                        d.last_seen_ms
+                 FROM registry r LEFT JOIN devices d ON d.id = r.device_id
+                 UNION ALL
+                 SELECT d.id, CAST(0 AS BIGINT), '', '', '', 'unknown', d.last_seen_ms
+                 FROM devices d
+                 WHERE NOT EXISTS (SELECT 1 FROM registry r WHERE r.device_id = d.id)
+             ) AS listed
+             WHERE id LIKE $1 ESCAPE '\\'
+             ORDER BY registered DESC, id LIMIT $2 OFFSET $3",
         )
+        .bind(pattern)
+        .bind(limit)
+        .bind(offset)
         .fetch_all(&self.pool)
-        .await?
-        {
-            rows.push(DeviceRow {
-                device_id: row.try_get(0)?,
-                registered: true,
-                product: row.try_get(1)?,
-                group: row.try_get(2)?,
-                image_version: row.try_get(3)?,
-                status: row.try_get(4)?,
-                last_seen_ms: row.try_get(5)?,
-            });
-        }
-        for row in sqlx::query(
-            "SELECT d.id, d.last_seen_ms FROM devices d WHERE NOT EXISTS
-                 (SELECT 1 FROM registry r WHERE r.device_id = d.id) ORDER BY d.id",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        {
-            rows.push(DeviceRow {
-                device_id: row.try_get(0)?,
-                registered: false,
-                product: String::new(),
-                group: String::new(),
-                image_version: String::new(),
-                status: "unknown".to_owned(),
-                last_seen_ms: Some(row.try_get(1)?),
-            });
-        }
-        Ok(rows)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeviceRow {
+                    device_id: row.try_get(0)?,
+                    registered: row.try_get::<i64, _>(1)? == 1,
+                    product: row.try_get(2)?,
+                    group: row.try_get(3)?,
+                    image_version: row.try_get(4)?,
+                    status: row.try_get(5)?,
+                    last_seen_ms: row.try_get(6)?,
+                })
+            })
+            .collect()
     }
 
     /// When `device_id` first and last sent telemetry, if it ever did.
@@ -455,6 +464,32 @@ mod tests {
             ]
         );
         assert_eq!(rows[3].last_seen_ms, Some(42));
+        // Pages and ID prefixes (`_` and `%` are literal).
+        let ids = |rows: Vec<DeviceRow>| -> Vec<String> {
+            rows.into_iter().map(|r| r.device_id).collect()
+        };
+        assert_eq!(
+            ids(store.device_page("", 1, 2).await.expect("page")),
+            ["wd-b", "wd-c"]
+        );
+        assert_eq!(
+            ids(store.device_page("wd-d", 0, 10).await.expect("prefix")),
+            ["wd-demo"]
+        );
+        assert!(
+            store
+                .device_page("wd_", 0, 10)
+                .await
+                .expect("literal")
+                .is_empty()
+        );
+        assert!(
+            store
+                .device_page("%", 0, 10)
+                .await
+                .expect("literal")
+                .is_empty()
+        );
         assert_eq!(
             store.seen_device("wd-demo").await.expect("seen"),
             Some(SeenDevice {
@@ -464,4 +499,16 @@ mod tests {
         );
         assert_eq!(store.seen_device("wd-a").await.expect("seen"), None);
     }
+}
+
+/// `text` with LIKE's wildcards (and the escape character) escaped by a backslash.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }

@@ -462,6 +462,27 @@ async fn check_dashboard_api(fx: &Fixture, first_id: &str, second_id: &str) {
             row("wd-g", "unknown", false),
         ]
     );
+    // Pages and ID prefixes.
+    let ids = |devices: &serde_json::Value| -> Vec<String> {
+        devices
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|d| d["device_id"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (_, page) = fx
+        .get(VIEWER, "/api/v1/dashboard/devices?offset=2&limit=2")
+        .await;
+    assert_eq!(ids(&page), ["wd-c", "wd-d"], "{page}");
+    let (_, found) = fx
+        .get(VIEWER, "/api/v1/dashboard/devices?prefix=wd-f")
+        .await;
+    assert_eq!(ids(&found), ["wd-f"], "{found}");
+    let (status, refused) = fx.get(VIEWER, "/api/v1/dashboard/devices?limit=0").await;
+    assert_eq!(status, 400, "{refused}");
 
     let (status, detail) = fx.get(VIEWER, "/api/v1/dashboard/devices/wd-a").await;
     assert_eq!(status, 200, "{detail}");
@@ -638,15 +659,26 @@ async fn the_dashboard_shows_counts_charts_waves_and_report_groups_in_chromium()
             fragment(dom, "data-device=\"wd-d\">", "</tr>")?,
             "data-field=\"status\">untrusted<",
         )?;
-        shows(
-            dom,
-            "data-point=\"line1/temperature\"><td>line1/temperature</td><td class=\"value\">21</td>",
-        )
+        shows(dom, "devices 1–7")
+    })
+    .await;
+    // The device list follows an ID prefix from the page's URL (a GET form).
+    page(fx.url("/?prefix=wd-f"), "overview-prefix", |dom| {
+        shows(dom, "data-device=\"wd-f\"")?;
+        shows(dom, "devices 1–1")?;
+        if dom.contains("data-device=\"wd-a\"") {
+            return Err("wd-a is listed under the prefix wd-f".to_owned());
+        }
+        Ok(())
     })
     .await;
 
     // wd-a's page: identity, versions, status, and a chart with its twelve points.
     page(fx.url("/devices/wd-a"), "device", |dom| {
+        shows(
+            dom,
+            "data-point=\"line1/temperature\"><td>line1/temperature</td><td class=\"value\">21</td>",
+        )?;
         shows(
             dom,
             "data-field=\"group\"><th>group</th><td>Production</td>",
