@@ -431,18 +431,32 @@ impl Store {
 
     /// Every device with its latest values, ordered by ID.
     pub async fn devices(&self) -> Result<Vec<Device>, StoreError> {
+        // Two queries whatever the fleet's size (not one per device).
         let rows = sqlx::query("SELECT id, first_seen_ms, last_seen_ms FROM devices ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
+        let mut latest: std::collections::HashMap<String, Vec<StoredReading>> =
+            std::collections::HashMap::new();
+        for value in sqlx::query(
+            "SELECT point, value, unit, ts_ms, text, device_id FROM latest_values
+             ORDER BY device_id, point",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            latest
+                .entry(value.try_get(5)?)
+                .or_default()
+                .push(reading_from_row(&value)?);
+        }
         let mut devices = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.try_get(0)?;
-            let latest = self.latest_values(&id).await?;
             devices.push(Device {
+                latest: latest.remove(&id).unwrap_or_default(),
                 id,
                 first_seen_ms: row.try_get(1)?,
                 last_seen_ms: row.try_get(2)?,
-                latest,
             });
         }
         Ok(devices)

@@ -89,6 +89,25 @@ pub async fn telemetry_store_contract(url: &str) {
     assert_eq!(by_point("line1/p").value, 3.0);
     assert_eq!(by_point("line1/serial").text.as_deref(), Some("AB-17"));
     assert!(by_point("line1/serial").value.is_nan());
+    // Every device with its own latest values (one query for all of them).
+    let devices = store.devices().await.expect("devices");
+    let summary: Vec<(&str, Vec<&str>)> = devices
+        .iter()
+        .map(|d| {
+            (
+                d.id.as_str(),
+                d.latest.iter().map(|r| r.point.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("wd-a", vec!["line1/p", "line1/serial"]),
+            ("wd-b", vec!["line1/p"])
+        ]
+    );
+    assert_eq!(devices[1].latest[0].value, 9.0);
     let between = store
         .telemetry_between("wd-a", None, 1_000..3_000, 100)
         .await
