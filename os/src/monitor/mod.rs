@@ -189,8 +189,11 @@ impl Monitor {
         let names: Vec<String> = self.manifest.compartment.keys().cloned().collect();
         if nix::unistd::geteuid().is_root() {
             for entry in self.manifest.compartment.values() {
-                for path in entry.read_write.iter().chain(&entry.serial) {
+                for path in &entry.read_write {
                     give_to_uid(path, entry.uid);
+                }
+                for device in &entry.serial {
+                    give_device_to_uid(device, entry.uid);
                 }
             }
         }
@@ -544,6 +547,18 @@ fn give_to_uid(path: &std::path::Path, uid: u32) {
     }
 }
 
+/// Makes a granted device node `uid`'s unless everyone may already read and write it
+/// (`/dev/net/tun`, mode 0666): the host's ownership of such a shared node is not the
+/// appliance's to change, and the compartment's sandbox limits its use anyway.
+fn give_device_to_uid(path: &std::path::Path, uid: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let world_read_write = std::fs::metadata(path)
+        .is_ok_and(|metadata| metadata.permissions().mode() & 0o006 == 0o006);
+    if !world_read_write {
+        give_to_uid(path, uid);
+    }
+}
+
 fn read_channel(
     mut reader: UnixStream,
     name: &str,
@@ -564,5 +579,35 @@ fn read_channel(
         if sender.send((name.to_owned(), generation, event)).is_err() || last {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    #[test]
+    fn a_world_usable_device_keeps_its_owner_and_a_private_one_is_handed_over() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: changing owners needs root (CI runs it as root)");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = dir.path().join("tun");
+        let private = dir.path().join("ttyS9");
+        for (path, mode) in [(&shared, 0o666), (&private, 0o660)] {
+            std::fs::write(path, b"").expect("node");
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        give_device_to_uid(&shared, 61_002);
+        give_device_to_uid(&private, 61_002);
+        let owner = |path: &std::path::Path| std::fs::metadata(path).expect("stat").uid();
+        assert_eq!(owner(&shared), 0, "a 0666 node stays the host's");
+        assert_eq!(
+            owner(&private),
+            61_002,
+            "a private node goes to its compartment"
+        );
     }
 }
