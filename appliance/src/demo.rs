@@ -74,6 +74,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.state_dir.display()
     );
     println!("  fleet dashboard:  http://{fleet}/");
+    println!(
+        "  device page:      http://{fleet}/devices/{} (latest values, charts)",
+        world.pki.device_id
+    );
     println!("  fleet API:        http://{fleet}/api/v1/devices");
     println!(
         "  device telemetry: http://{fleet}/api/v1/devices/{}/telemetry",

@@ -89,8 +89,9 @@ async fn dashboard_and_status_page_render_live_values_in_chromium() {
         std::env::temp_dir().join(format!("warden-{name}-failure-{}.png", std::process::id()))
     };
 
-    // The fleet dashboard has no login yet: a DOM dump is enough.
-    let url = format!("{}/", demo.urls.fleet);
+    // The demo's fleet allows anonymous reads on loopback: a DOM dump is enough. The
+    // latest values are on the device's page.
+    let url = format!("{}/devices/{}", demo.urls.fleet, demo.urls.device_id);
     let expected = format!(
         "data-point=\"line1/spindle_setpoint\"><td>line1/spindle_setpoint</td><td class=\"value\">{setpoint}</td>"
     );
