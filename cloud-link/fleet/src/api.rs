@@ -152,10 +152,27 @@ async fn authorize(State(state): State<ApiState>, mut request: Request, next: Ne
     response
 }
 
+/// Query parameters of `GET /api/v1/devices`.
+#[derive(Debug, Deserialize)]
+pub struct DevicesQuery {
+    /// Devices skipped, by ID (default 0).
+    pub offset: Option<i64>,
+    /// At most this many (default: all).
+    pub limit: Option<i64>,
+}
+
 async fn list_devices(
     State(ApiState { store, .. }): State<ApiState>,
+    Query(page): Query<DevicesQuery>,
 ) -> Result<Json<Vec<Device>>, ApiError> {
-    Ok(Json(store.devices().await?))
+    let offset = page.offset.unwrap_or(0);
+    let limit = page.limit.unwrap_or(i64::MAX);
+    if offset < 0 || limit < 1 {
+        return Err(ApiError::BadRequest(format!(
+            "offset {offset} must be at least 0 and limit {limit} at least 1"
+        )));
+    }
+    Ok(Json(store.devices_page(offset, limit).await?))
 }
 
 /// Query parameters of the telemetry endpoint.

@@ -431,16 +431,28 @@ impl Store {
 
     /// Every device with its latest values, ordered by ID.
     pub async fn devices(&self) -> Result<Vec<Device>, StoreError> {
-        // Two queries whatever the fleet's size (not one per device).
-        let rows = sqlx::query("SELECT id, first_seen_ms, last_seen_ms FROM devices ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        self.devices_page(0, i64::MAX).await
+    }
+
+    /// One page of [`Self::devices`]: skipping `offset` devices, at most `limit`.
+    pub async fn devices_page(&self, offset: i64, limit: i64) -> Result<Vec<Device>, StoreError> {
+        // Two queries whatever the page's size (not one per device).
+        let rows = sqlx::query(
+            "SELECT id, first_seen_ms, last_seen_ms FROM devices ORDER BY id LIMIT $1 OFFSET $2",
+        )
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
         let mut latest: std::collections::HashMap<String, Vec<StoredReading>> =
             std::collections::HashMap::new();
         for value in sqlx::query(
             "SELECT point, value, unit, ts_ms, text, device_id FROM latest_values
+             WHERE device_id IN (SELECT id FROM devices ORDER BY id LIMIT $1 OFFSET $2)
              ORDER BY device_id, point",
         )
+        .bind(limit)
+        .bind(offset)
         .fetch_all(&self.pool)
         .await?
         {

@@ -313,6 +313,11 @@ async fn telemetry_from_an_enrolled_device_is_stored_once() {
         Some(2),
         "duplicate batch stored twice: {series}"
     );
+    // Pages of the device list.
+    let (_, rest) = fx.get(VIEWER, "/api/v1/devices?offset=1").await;
+    assert_eq!(rest.as_array().map(Vec::len), Some(0), "{rest}");
+    let (status, refused) = fx.get(VIEWER, "/api/v1/devices?limit=0").await;
+    assert_eq!(status, 400, "{refused}");
     // A read-time range: from inclusive, to exclusive; an empty range is refused.
     let (_, later) = fx
         .get(

@@ -108,6 +108,10 @@ pub async fn telemetry_store_contract(url: &str) {
         ]
     );
     assert_eq!(devices[1].latest[0].value, 9.0);
+    let second = store.devices_page(1, 5).await.expect("page");
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id, "wd-b");
+    assert_eq!(second[0].latest.len(), 1, "only its own latest values");
     let between = store
         .telemetry_between("wd-a", None, 1_000..3_000, 100)
         .await
