@@ -79,8 +79,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     router: &Router,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
-    let mut inbound = BytesMut::with_capacity(4096);
-    let mut outbound = BytesMut::with_capacity(4096);
+    let mut inbound = BytesMut::with_capacity(1024);
+    let mut outbound = BytesMut::with_capacity(1024);
 
     let connect = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_packet(&mut stream, &mut inbound))
         .await
