@@ -60,12 +60,18 @@ function slotsText(slots) {
   return parts.join("; ");
 }
 
-// What the unit knows: the fleet keeps its verdict, the unit knows what it answered.
+// The fleet's last verdict (it enforces it; the unit only shows it), then what the
+// unit answered.
 function attestationText(a) {
   if (!a || !a.last_answered_ms) return "no challenge from the fleet yet";
-  return "last challenge answered " + when(a.last_answered_ms) + ", " +
+  const v = a.verdict;
+  const verdict = !v ? "no verdict from the fleet yet"
+    : (v.trusted
+      ? "trusted by the fleet" + (v.release ? " (release " + v.release + ")" : "")
+      : "NOT trusted by the fleet: " + v.detail) + ", " + when(v.received_ms);
+  return verdict + "; last challenge answered " + when(a.last_answered_ms) + ", " +
     (a.last_error ? "without a quote: " + a.last_error : "with a quote") +
-    " (" + a.answered + " since start; the fleet keeps its verdict)";
+    " (" + a.answered + " since start)";
 }
 
 let reportsById = new Map();

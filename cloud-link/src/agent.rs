@@ -19,8 +19,9 @@ use crate::topics::{
     event_kind, telemetry_topic, twin_desired_topic, update_offer_topic,
 };
 use crate::topics::{
-    AttestationChallenge, AttestationQuote, DeviceEvent, MIN_NONCE_LEN,
-    attestation_challenge_topic, attestation_quote_topic, from_hex, to_hex,
+    AttestationChallenge, AttestationQuote, AttestationVerdict, DeviceEvent, MIN_NONCE_LEN,
+    attestation_challenge_topic, attestation_quote_topic, attestation_verdict_topic, from_hex,
+    to_hex,
 };
 
 /// Readings held in memory while the outbox refuses more (then the newest are dropped, counted).
@@ -105,9 +106,9 @@ pub struct LinkStatus {
     pub attestation: AttestationAnswers,
 }
 
-/// The fleet's attestation challenges and this unit's answers. The fleet keeps its
-/// verdict (trusted or not) to itself: no topic carries it to the device, so this is
-/// what the device knows — when it last answered and whether it could quote.
+/// The fleet's attestation challenges, this unit's answers, and the fleet's last
+/// verdict on them (`attestation/verdict`; the unit only shows it, the fleet enforces
+/// it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttestationAnswers {
     /// Challenges answered since the link started.
@@ -117,6 +118,21 @@ pub struct AttestationAnswers {
     /// Why the last answer carried no quote (pluton unreachable, bad nonce) or could
     /// not be published; `None` when a quote went out.
     pub last_error: Option<String>,
+    /// The fleet's last verdict, if one came since the link started.
+    pub verdict: Option<FleetVerdict>,
+}
+
+/// The fleet's verdict as the unit received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetVerdict {
+    /// The fleet trusts this unit.
+    pub trusted: bool,
+    /// The known release the fleet found the unit running, if any.
+    pub release: Option<String>,
+    /// What the fleet found, for people.
+    pub detail: String,
+    /// When it arrived, ms since the epoch.
+    pub received_ms: u64,
 }
 
 /// Why the link could not run.
@@ -143,6 +159,7 @@ enum NetworkEvent {
     Command(Command),
     Desired(TwinDesired, Result<Option<LinkSettings>, String>),
     Challenge(AttestationChallenge),
+    Verdict(AttestationVerdict),
     Offer(UpdateOffer),
 }
 
@@ -283,6 +300,7 @@ impl LinkAgent {
                 commands: commands_topic(&self.device_id),
                 desired: twin_desired_topic(&self.device_id),
                 challenge: attestation_challenge_topic(&self.device_id),
+                verdict: attestation_verdict_topic(&self.device_id),
                 offers: update_offer_topic(&self.device_id),
             },
             events_tx,
@@ -416,6 +434,21 @@ impl LinkAgent {
                             s.attestation.last_answered_ms = Some(unix_millis());
                             s.attestation.last_error = answer.error.clone().or_else(|| {
                                 published.err().map(|e| format!("quote not published: {e}"))
+                            });
+                        });
+                    }
+                    Some(NetworkEvent::Verdict(verdict)) => {
+                        if verdict.trusted {
+                            tracing::info!(release = ?verdict.release, "the fleet trusts this unit");
+                        } else {
+                            tracing::warn!(detail = %verdict.detail, "the fleet does not trust this unit");
+                        }
+                        update(&status, |s| {
+                            s.attestation.verdict = Some(FleetVerdict {
+                                trusted: verdict.trusted,
+                                release: verdict.release,
+                                detail: verdict.detail,
+                                received_ms: unix_millis(),
                             });
                         });
                     }
@@ -671,6 +704,7 @@ struct Topics {
     commands: String,
     desired: String,
     challenge: String,
+    verdict: String,
     offers: String,
 }
 
@@ -696,6 +730,7 @@ async fn network_loop(
                     &topics.commands,
                     &topics.desired,
                     &topics.challenge,
+                    &topics.verdict,
                     &topics.offers,
                 ] {
                     if let Err(error) = client.try_subscribe(topic, QoS::AtLeastOnce) {
@@ -718,6 +753,24 @@ async fn network_loop(
                     Ok(challenge) => Some(NetworkEvent::Challenge(challenge)),
                     Err(error) => {
                         tracing::warn!(%error, "malformed attestation challenge ignored");
+                        None
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.verdict => {
+                match serde_json::from_slice::<AttestationVerdict>(&publish.payload) {
+                    Ok(verdict) if verdict.v == PROTOCOL_VERSION => {
+                        Some(NetworkEvent::Verdict(verdict))
+                    }
+                    Ok(verdict) => {
+                        tracing::warn!(
+                            v = verdict.v,
+                            "attestation verdict of another version ignored"
+                        );
+                        None
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "malformed attestation verdict ignored");
                         None
                     }
                 }

@@ -8,7 +8,8 @@ pub mod tls;
 pub mod topics;
 
 pub use agent::{
-    AttestationAnswers, CommandChannel, LinkAgent, LinkConfig, LinkState, LinkStatus, SharedOutbox,
+    AttestationAnswers, CommandChannel, FleetVerdict, LinkAgent, LinkConfig, LinkState, LinkStatus,
+    SharedOutbox,
 };
 pub use control::{ControlMessage, ControlQueue, ControlSender};
 pub use topics::{Reading, TelemetryBatch};

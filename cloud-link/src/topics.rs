@@ -14,6 +14,7 @@
 //! | `twin/reported` | device → fleet | [`TwinReported`]: what actually runs, and why a desired state was refused |
 //! | `attestation/challenge` | fleet → device | [`AttestationChallenge`]: a fresh nonce (≥ 32 bytes) |
 //! | `attestation/quote` | device → fleet | [`AttestationQuote`]: pluton's signed quote over that nonce |
+//! | `attestation/verdict` | fleet → device | [`AttestationVerdict`]: trusted or not, and why (shown on the status page) |
 //! | `events` | device → fleet | [`DeviceEvent`]: something an operator should know |
 //! | `reports` | device → fleet | [`FailureReportMessage`]: a failure report from the monitor |
 //! | `updates/offer` | fleet → device | [`UpdateOffer`]: an image to install, with its window |
@@ -95,6 +96,11 @@ pub fn attestation_challenge_topic(device_id: &str) -> String {
 /// Topic a device answers attestation challenges on.
 pub fn attestation_quote_topic(device_id: &str) -> String {
     format!("{TOPIC_ROOT}/{device_id}/attestation/quote")
+}
+
+/// Topic the fleet tells a device what it concluded from its last quote on.
+pub fn attestation_verdict_topic(device_id: &str) -> String {
+    format!("{TOPIC_ROOT}/{device_id}/attestation/verdict")
 }
 
 /// Topic of a device's events.
@@ -596,6 +602,20 @@ pub struct AttestationChallenge {
     pub v: u32,
     /// The nonce, hex; at least [`MIN_NONCE_LEN`] bytes.
     pub nonce: String,
+}
+
+/// The fleet's verdict on a device's latest quote. For the unit's own status page: the
+/// device acts on nothing in it (the fleet enforces its verdict itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationVerdict {
+    /// Payload version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The quote verified and the measured image is acceptable: the fleet trusts it.
+    pub trusted: bool,
+    /// The known release the measured image is (its version), if it is one.
+    pub release: Option<String>,
+    /// What the fleet found, for people.
+    pub detail: String,
 }
 
 /// A device's answer: pluton's quote (format `WPQ1`, see `warden_pluton::quote`),

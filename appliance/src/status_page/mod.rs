@@ -466,7 +466,7 @@ pub struct Status {
     /// The running software's version.
     pub software_version: &'static str,
     /// Attestation, in words: the fleet's last challenge and this unit's answer (the
-    /// fleet keeps its verdict; the numbers are in `link.attestation`).
+    /// fleet's verdict comes first; the numbers are in `link.attestation`).
     pub attestation: String,
     /// The A/B image slots (`null`: the config has no `[updates]`).
     pub image_slots: Option<unit_facts::ImageSlots>,
@@ -570,11 +570,25 @@ pub fn snapshot(state: &ApplianceState) -> Status {
     }
 }
 
-/// What the unit knows about its attestation: when it last answered the fleet's
-/// challenge and whether with a quote. The verdict stays at the fleet.
+/// The unit's attestation in words: the fleet's last verdict (the fleet enforces it;
+/// the unit only shows it), then when it last answered a challenge and whether with a
+/// quote.
 pub fn attestation_in_words(answers: &warden_link::AttestationAnswers, now_ms: u64) -> String {
     let Some(at) = answers.last_answered_ms else {
         return "no challenge from the fleet yet".to_owned();
+    };
+    let verdict = match &answers.verdict {
+        None => "no verdict from the fleet yet".to_owned(),
+        Some(verdict) => {
+            let ago = now_ms.saturating_sub(verdict.received_ms) / 1000;
+            match (verdict.trusted, &verdict.release) {
+                (true, Some(release)) => {
+                    format!("trusted by the fleet (release {release}) {ago} s ago")
+                }
+                (true, None) => format!("trusted by the fleet {ago} s ago"),
+                (false, _) => format!("NOT trusted by the fleet {ago} s ago: {}", verdict.detail),
+            }
+        }
     };
     let ago = now_ms.saturating_sub(at) / 1000;
     let outcome = match &answers.last_error {
@@ -582,7 +596,7 @@ pub fn attestation_in_words(answers: &warden_link::AttestationAnswers, now_ms: u
         Some(error) => format!("not answered with a quote: {error}"),
     };
     format!(
-        "last challenge {ago} s ago, {outcome} ({} answered since start; the fleet keeps its verdict)",
+        "{verdict}; last challenge {ago} s ago, {outcome} ({} answered since start)",
         answers.answered
     )
 }
@@ -677,13 +691,33 @@ mod tests {
         answers.last_answered_ms = Some(1_000);
         assert_eq!(
             attestation_in_words(&answers, 43_000),
-            "last challenge 42 s ago, answered with a quote (2 answered since start; the fleet keeps its verdict)"
+            "no verdict from the fleet yet; last challenge 42 s ago, answered with a quote (2 answered since start)"
         );
-        answers.last_error = Some("pluton: no such socket".into());
+        answers.verdict = Some(warden_link::FleetVerdict {
+            trusted: true,
+            release: Some("1.4.0".into()),
+            detail: "runs release press-guardian 1.4.0".into(),
+            received_ms: 2_000,
+        });
         assert!(
             attestation_in_words(&answers, 43_000)
-                .contains("not answered with a quote: pluton: no such socket")
+                .starts_with("trusted by the fleet (release 1.4.0) 41 s ago; last challenge")
         );
+        answers.verdict = Some(warden_link::FleetVerdict {
+            trusted: false,
+            release: None,
+            detail: "measured image 00ff is not a known release".into(),
+            received_ms: 43_000,
+        });
+        answers.last_error = Some("pluton: no such socket".into());
+        let words = attestation_in_words(&answers, 43_000);
+        assert!(
+            words.starts_with(
+                "NOT trusted by the fleet 0 s ago: measured image 00ff is not a known release;"
+            ),
+            "{words}"
+        );
+        assert!(words.contains("not answered with a quote: pluton: no such socket"));
     }
 
     #[test]

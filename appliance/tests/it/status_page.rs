@@ -509,7 +509,8 @@ async fn status_page_login_lockout_and_defer_in_chromium() {
             .await?;
         // The demo has no report ring and no A/B state: the page says so. Its link
         // answers the fleet's attestation challenge (sent on connect) with a quote
-        // from pluton.
+        // from pluton, and the fleet's verdict comes back (the demo fleet has no
+        // releases: trusted, the image not checked).
         operator
             .wait_for_text("#reports-summary", wait, |t| {
                 t == "no [reports] ring configured"
@@ -522,7 +523,9 @@ async fn status_page_login_lockout_and_defer_in_chromium() {
             .await?;
         operator
             .wait_for_text("#overview-attestation", wait, |t| {
-                t.starts_with("last challenge answered ") && t.contains(", with a quote (")
+                t.starts_with("trusted by the fleet")
+                    && t.contains("; last challenge answered ")
+                    && t.contains(", with a quote (")
             })
             .await?;
         operator
@@ -757,7 +760,7 @@ async fn status_page_shows_slots_attestation_and_failure_reports_in_chromium() {
             .await?;
         operator
             .wait_for_text("#overview-attestation", wait, |t| {
-                t.starts_with("last challenge answered ") && t.contains(", with a quote (")
+                t.contains("; last challenge answered ") && t.contains(", with a quote (")
             })
             .await?;
         operator

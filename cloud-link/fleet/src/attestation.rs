@@ -19,8 +19,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use warden_link::topics::{
-    AttestationChallenge, AttestationQuote, FailureReportMessage, MIN_NONCE_LEN, PROTOCOL_VERSION,
-    attestation_challenge_topic, device_of_topic, encode, from_hex, to_hex,
+    AttestationChallenge, AttestationQuote, AttestationVerdict, FailureReportMessage,
+    MIN_NONCE_LEN, PROTOCOL_VERSION, attestation_challenge_topic, attestation_verdict_topic,
+    device_of_topic, encode, from_hex, to_hex,
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
@@ -439,6 +440,16 @@ impl Attestor {
         if !outcome.verified {
             raise_failure_report(&self.store, device, &outcome.detail, signature).await;
         }
+        // The unit shows it on its status page (best effort, like every delivery).
+        let verdict = AttestationVerdict {
+            v: PROTOCOL_VERSION,
+            trusted: outcome.verified,
+            release: outcome.release.clone(),
+            detail: outcome.detail.clone(),
+        };
+        self.devices
+            .publish(attestation_verdict_topic(device), encode(&verdict))
+            .await;
     }
 
     async fn note(&self, device: &str, detail: &str) {

@@ -188,6 +188,14 @@ async fn a_device_is_challenged_on_connect_and_trusted_when_it_runs_a_known_rele
         "{record}"
     );
     assert!(attestation_reports(&fx, "wd-good").await.is_empty());
+    // The device is told (its status page shows it).
+    let verdict = device
+        .next_on("attestation/verdict", WAIT)
+        .await
+        .expect("a verdict");
+    assert_eq!(verdict["trusted"], true, "{verdict}");
+    assert_eq!(verdict["release"], "1.1.0", "{verdict}");
+    assert_eq!(verdict["detail"], detail, "{verdict}");
     fx.stop().await;
 }
 
@@ -214,6 +222,12 @@ async fn a_quote_over_an_image_that_is_no_release_makes_the_device_untrusted() {
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0]["signature"], "fleet/attestation/quote-refused");
     assert_eq!(reports[0]["message"], detail);
+    let verdict = device
+        .next_on("attestation/verdict", WAIT)
+        .await
+        .expect("a verdict");
+    assert_eq!(verdict["trusted"], false, "{verdict}");
+    assert_eq!(verdict["detail"], detail, "{verdict}");
     // Commands are withheld from an untrusted device (once the fleet knows it).
     let reading: serde_json::Value = serde_json::from_slice(&super::batch(0, 1.0)).expect("json");
     device.publish("telemetry", &reading).await;
