@@ -165,14 +165,33 @@ async fn list_devices(
     State(ApiState { store, .. }): State<ApiState>,
     Query(page): Query<DevicesQuery>,
 ) -> Result<Json<Vec<Device>>, ApiError> {
-    let offset = page.offset.unwrap_or(0);
-    let limit = page.limit.unwrap_or(i64::MAX);
-    if offset < 0 || limit < 1 {
-        return Err(ApiError::BadRequest(format!(
-            "offset {offset} must be at least 0 and limit {limit} at least 1"
-        )));
-    }
+    let offset = offset_of(page.offset)?;
+    let limit = limit_within(page.limit, i64::MAX, i64::MAX)?;
     Ok(Json(store.devices_page(offset, limit).await?))
+}
+
+/// A query's `limit`: `default` when absent, else within `1..=max`.
+pub(crate) fn limit_within(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else if max == i64::MAX {
+        Err(ApiError::BadRequest(format!(
+            "limit {limit} must be at least 1"
+        )))
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "limit {limit} is outside 1..={max}"
+        )))
+    }
+}
+
+/// A query's `offset`: 0 when absent, never negative.
+pub(crate) fn offset_of(offset: Option<i64>) -> Result<i64, ApiError> {
+    match offset.unwrap_or(0) {
+        offset if offset < 0 => Err(ApiError::BadRequest(format!("offset {offset} is negative"))),
+        offset => Ok(offset),
+    }
 }
 
 /// Query parameters of the telemetry endpoint.
@@ -202,12 +221,7 @@ async fn device_telemetry(
     Path(id): Path<String>,
     Query(query): Query<TelemetryQuery>,
 ) -> Result<Json<TelemetryResponse>, ApiError> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_TELEMETRY_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit {limit} is outside 1..={MAX_TELEMETRY_LIMIT}"
-        )));
-    }
+    let limit = limit_within(query.limit, 100, MAX_TELEMETRY_LIMIT)?;
     let read = query.from_ms.unwrap_or(i64::MIN)..query.to_ms.unwrap_or(i64::MAX);
     if read.is_empty() {
         return Err(ApiError::BadRequest(format!(

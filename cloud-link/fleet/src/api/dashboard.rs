@@ -388,16 +388,8 @@ async fn devices(
     State(state): State<ApiState>,
     Query(page): Query<DevicePageQuery>,
 ) -> Result<Json<Vec<DashboardDevice>>, ApiError> {
-    let limit = page.limit.unwrap_or(MAX_DEVICE_PAGE);
-    if !(1..=MAX_DEVICE_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit {limit} is outside 1..={MAX_DEVICE_PAGE}"
-        )));
-    }
-    let offset = page.offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::BadRequest(format!("offset {offset} is negative")));
-    }
+    let limit = super::limit_within(page.limit, MAX_DEVICE_PAGE, MAX_DEVICE_PAGE)?;
+    let offset = super::offset_of(page.offset)?;
     let online = online_ids(&state);
     Ok(Json(
         state

@@ -28,14 +28,7 @@ pub struct ReportsQuery {
 }
 
 fn check_limit(limit: Option<i64>) -> Result<i64, ApiError> {
-    let limit = limit.unwrap_or(100);
-    if (1..=MAX_LIST_LIMIT).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "limit {limit} is outside 1..={MAX_LIST_LIMIT}"
-        )))
-    }
+    super::limit_within(limit, 100, MAX_LIST_LIMIT)
 }
 
 pub(super) async fn list_reports(
