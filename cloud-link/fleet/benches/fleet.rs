@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Packet, QoS};
-use warden_fleet::loadtest::{Api, FleetProcess, Pki, TOKEN, process_usage};
-use warden_link::{Reading, TelemetryBatch};
+use warden_fleet::loadtest::{Api, FleetProcess, Pki, TOKEN, process_usage, telemetry_batch};
 
 /// `(VmRSS kB, utime + stime seconds)` of process `pid`.
 fn usage(pid: u32) -> (u64, f64) {
@@ -61,21 +60,7 @@ async fn main() {
         let (client, mut eventloop) = AsyncClient::new(options, 32);
         let topic = warden_link::topics::telemetry_topic(id);
         for seq in 0..10u64 {
-            let batch = TelemetryBatch {
-                v: 1,
-                stream: "telemetry".into(),
-                epoch: 1,
-                seq,
-                readings: (0..10)
-                    .map(|r| Reading {
-                        point: format!("line1/p{r}"),
-                        value: f64::from(r),
-                        text: None,
-                        unit: "bar".into(),
-                        ts_ms: 1_700_000_000_000 + seq,
-                    })
-                    .collect(),
-            };
+            let batch = telemetry_batch(seq);
             let _ = client.try_publish(&topic, QoS::AtLeastOnce, false, batch.encode());
         }
         let (acked, connected) = (Arc::clone(&acked), Arc::clone(&connected));

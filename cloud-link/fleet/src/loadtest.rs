@@ -117,6 +117,26 @@ impl Pki {
     }
 }
 
+/// The load's telemetry batch number `seq`: ten pressure readings (`line1/p0..p9`),
+/// stamped with `seq` after a fixed time.
+pub fn telemetry_batch(seq: u64) -> warden_link::TelemetryBatch {
+    warden_link::TelemetryBatch {
+        v: 1,
+        stream: "telemetry".into(),
+        epoch: 1,
+        seq,
+        readings: (0..10)
+            .map(|r| warden_link::Reading {
+                point: format!("line1/p{r}"),
+                value: f64::from(r),
+                text: None,
+                unit: "bar".into(),
+                ts_ms: 1_700_000_000_000 + seq,
+            })
+            .collect(),
+    }
+}
+
 /// RSS and CPU time of a process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {

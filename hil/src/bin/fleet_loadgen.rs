@@ -31,13 +31,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio_util::sync::CancellationToken;
-use warden_fleet::loadtest::{Api, FleetProcess, Pki, QuoteSigner, Usage};
+use warden_fleet::loadtest::{Api, FleetProcess, Pki, QuoteSigner, Usage, telemetry_batch};
 use warden_image::build::build_signed_image;
 use warden_image::{BuildId, ImageHeader, ProductId, SemanticVersion};
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert};
 use warden_link::topics::{Ack, from_hex, to_hex};
-use warden_link::{Reading, TelemetryBatch};
 
 const PRODUCT: &str = "loadgen";
 
@@ -139,21 +138,7 @@ async fn device(
                 if !sending.is_cancelled() || stop_sending.is_cancelled() {
                     continue;
                 }
-                let batch = TelemetryBatch {
-                    v: 1,
-                    stream: "telemetry".into(),
-                    epoch: 1,
-                    seq,
-                    readings: (0..10)
-                        .map(|r| Reading {
-                            point: format!("line1/p{r}"),
-                            value: f64::from(r),
-                            text: None,
-                            unit: "bar".into(),
-                            ts_ms: 1_700_000_000_000 + seq,
-                        })
-                        .collect(),
-                };
+                let batch = telemetry_batch(seq);
                 if client
                     .try_publish(&telemetry_topic, QoS::AtLeastOnce, false, batch.encode())
                     .is_ok()
