@@ -78,6 +78,10 @@ pub enum LinkState {
     Connected,
     /// Lost; reconnecting with backoff.
     Disconnected,
+    /// The link cannot run at all right now (no identity: pluton unreachable or a
+    /// certificate missing; TLS configuration unusable; outbox unusable): the cause is
+    /// in [`LinkStatus::last_error`] and the agent tries again with backoff.
+    Unavailable,
 }
 
 /// The link's state and counters, shared with the status page.
@@ -102,6 +106,13 @@ pub struct LinkStatus {
     pub outbox: OutboxStats,
     /// Last connection error, for people.
     pub last_error: Option<String>,
+    /// When the fleet last acknowledged a telemetry batch, ms since the epoch.
+    pub last_ack_ms: Option<u64>,
+    /// When the link was last connected to the broker (ConnAck or any packet since),
+    /// ms since the epoch.
+    pub last_connected_ms: Option<u64>,
+    /// Times the agent had to start over after an error (identity, TLS, outbox).
+    pub restarts: u64,
     /// The fleet's attestation challenges as this unit answered them.
     pub attestation: AttestationAnswers,
 }

@@ -577,6 +577,14 @@ pub enum OutboxError {
         /// The configured bound.
         max_bytes: u64,
     },
+    /// The file system is full (ENOSPC, EDQUOT): the message was refused and nothing
+    /// of it was kept; the queue stays consistent and takes messages again once there
+    /// is room. Treated like [`OutboxError::Full`], never as fatal.
+    #[error("outbox {path}: no space left on the device; message refused")]
+    NoSpace {
+        /// The file that could not grow.
+        path: PathBuf,
+    },
     /// A message is larger than a record may be (or than the whole queue).
     #[error("message of {0} bytes is too large for the outbox")]
     TooLarge(usize),
@@ -589,6 +597,13 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
+    /// Whether the message was refused for want of room ([`OutboxError::Full`] or
+    /// [`OutboxError::NoSpace`]): the caller keeps it and tries again later; the queue
+    /// itself is fine.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Full { .. } | Self::NoSpace { .. })
+    }
+
     fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
