@@ -761,6 +761,8 @@ impl Link {
         }
         let written = self.pending.write_burst();
         self.journal_result(written);
+        let pending = self.pending.len() as u64;
+        update(&self.status, |s| s.readings_pending = pending);
         if dropped > 0 {
             update(&self.status, |s| s.readings_dropped += dropped);
             match &mut self.dropping {
