@@ -1793,6 +1793,42 @@ mod tests {
     }
 
     #[test]
+    fn reconnects_probe_at_least_every_two_and_a_half_seconds() {
+        let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
+        let delays: Vec<u64> = (0..8)
+            .map(|_| backoff.next_delay().as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 2000, 2000, 2000, 2000]);
+        assert!(with_jitter(RECONNECT_MAX) <= Duration::from_millis(2500));
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), RECONNECT_FIRST);
+        let mut setup = Backoff::new(SETUP_RETRY_FIRST, SETUP_RETRY_MAX);
+        let delays: Vec<u64> = (0..7).map(|_| setup.next_delay().as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+    }
+
+    #[test]
+    fn a_broker_silent_for_two_keep_alives_is_dead() {
+        let start = Instant::now();
+        let mut liveness = Liveness::new(Duration::from_secs(5), start);
+        assert_eq!(liveness.deadline(), start + Duration::from_secs(10));
+        assert_eq!(
+            liveness.dead_for(start + Duration::from_millis(9_999)),
+            None
+        );
+        // A PUBACK at 8 s keeps it alive until 18 s.
+        liveness.heard(start + Duration::from_secs(8));
+        assert_eq!(liveness.dead_for(start + Duration::from_secs(12)), None);
+        assert_eq!(
+            liveness.dead_for(start + Duration::from_secs(18)),
+            Some(Duration::from_secs(10))
+        );
+        // Time never goes back.
+        liveness.heard(start);
+        assert_eq!(liveness.deadline(), start + Duration::from_secs(18));
+    }
+
+    #[test]
     fn a_desired_state_without_link_settings_reads_as_none() {
         assert_eq!(
             LinkSettings::of_desired(br#"{"v":1,"policy_bundle":"00"}"#),

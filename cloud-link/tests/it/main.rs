@@ -549,3 +549,41 @@ async fn the_link_is_back_within_seconds_of_the_fleets_return() {
     shutdown.cancel();
     run.await.expect("join").expect("run ends cleanly");
 }
+
+#[tokio::test]
+async fn an_unusable_outbox_is_retried_while_readings_wait_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::generate(dir.path());
+    let config = config(dir.path(), &pki, free_port());
+    std::fs::write(&config.fleet_ca, &pki.fleet_ca_pem).expect("write CA");
+    // A file where the outbox directory should be: the outbox cannot open.
+    let outbox_dir = config.outbox.dir.clone();
+    std::fs::write(&outbox_dir, b"in the way").expect("block the outbox");
+    let agent = LinkAgent::new("device-under-test".into(), config.clone());
+    let status = agent.status();
+    let (tx, rx) = mpsc::channel(1);
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(agent.run(rx, shutdown.clone()));
+
+    wait_for(&status, Duration::from_secs(5), "unavailable", |s| {
+        s.state == LinkState::Unavailable
+            && s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(&outbox_dir.display().to_string()))
+    })
+    .await;
+    send_all(&tx, (0..300).map(reading)).await;
+    std::fs::remove_file(&outbox_dir).expect("unblock");
+    wait_for(&status, Duration::from_secs(15), "outbox back", |s| {
+        s.state != LinkState::Unavailable && s.readings_pending == 0 && s.batches_queued >= 1
+    })
+    .await;
+    assert!(snapshot(&status).restarts >= 1);
+    shutdown.cancel();
+    run.await.expect("join").expect("run ends cleanly");
+    let stored: Vec<Reading> = outbox_readings(&outbox_dir)
+        .into_iter()
+        .flat_map(|(_, _, readings)| readings)
+        .collect();
+    assert_eq!(stored, (0..300).map(reading).collect::<Vec<_>>());
+}
