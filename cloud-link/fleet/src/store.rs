@@ -1133,18 +1133,32 @@ mod tests {
         assert!(!store.device_exists("wd-2").await.expect("query"));
     }
 
-    /// A batch big enough to need new pages of the database file.
+    /// A batch big enough to need new pages of the database file. Batch 1 is one
+    /// 64 KiB text reading: a single-row insert, which SQLite runs without a statement
+    /// journal, so SQLITE_FULL rolls back the whole transaction (sqlx's `ROLLBACK` then
+    /// fails and its depth counter stays at 1). The others have 200 readings: a
+    /// multi-row insert, whose SQLITE_FULL rolls back only the statement. The two in
+    /// that order left today's writer inside a transaction that never committed.
     fn big_batch(seq: u64) -> TelemetryBatch {
         let mut big = batch(seq, 0.0, 100);
-        big.readings = (0..200)
-            .map(|i| Reading {
-                point: format!("line1/point-{i:03}-{}", "x".repeat(40)),
-                value: f64::from(i),
-                text: None,
-                unit: "°C".into(),
-                ts_ms: 1_000 * seq,
-            })
-            .collect();
+        big.readings = if seq == 1 {
+            vec![Reading::text(
+                "line1/serial".into(),
+                "x".repeat(64 * 1024),
+                String::new(),
+                1_000 * seq,
+            )]
+        } else {
+            (0..200)
+                .map(|i| Reading {
+                    point: format!("line1/point-{i:03}-{}", "x".repeat(40)),
+                    value: f64::from(i),
+                    text: None,
+                    unit: "°C".into(),
+                    ts_ms: 1_000 * seq,
+                })
+                .collect()
+        };
         big
     }
 
@@ -1227,7 +1241,7 @@ mod tests {
                 .fetch_one(&store.pool)
                 .await
                 .expect("readings");
-        assert_eq!(readings, 4 * 200);
+        assert_eq!(readings, 3 * 200 + 1);
     }
 
     /// Each write path resets the writer: a failure in one (here an event) leaves no

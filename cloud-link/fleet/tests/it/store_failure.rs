@@ -16,13 +16,21 @@ use warden_link::{Reading, TelemetryBatch};
 /// Readings per batch: enough to need new pages of a SQLite file.
 const READINGS: usize = 200;
 
+/// Batch 1 is one 64 KiB text reading: a single-row insert, whose SQLITE_FULL makes
+/// SQLite roll back the whole transaction (sqlx's `ROLLBACK` then fails and its depth
+/// counter stays at 1). The others have [`READINGS`] readings: a multi-row insert,
+/// whose SQLITE_FULL rolls back only the statement. Those two failures in that order
+/// left the writer inside a transaction that never committed.
 fn big_batch(seq: u64) -> TelemetryBatch {
-    TelemetryBatch {
-        v: 1,
-        stream: "telemetry".into(),
-        epoch: 7,
-        seq,
-        readings: (0..READINGS)
+    let readings = if seq == 1 {
+        vec![Reading::text(
+            "line1/serial".into(),
+            "x".repeat(64 * 1024),
+            String::new(),
+            1_000 * seq,
+        )]
+    } else {
+        (0..READINGS)
             .map(|i| Reading {
                 point: format!("line1/point-{i:03}-{}", "x".repeat(40)),
                 value: 1.0,
@@ -30,7 +38,14 @@ fn big_batch(seq: u64) -> TelemetryBatch {
                 unit: "bar".into(),
                 ts_ms: 1_000 * seq,
             })
-            .collect(),
+            .collect()
+    };
+    TelemetryBatch {
+        v: 1,
+        stream: "telemetry".into(),
+        epoch: 7,
+        seq,
+        readings,
     }
 }
 
@@ -189,7 +204,7 @@ pub async fn unstored_batches_are_not_acknowledged(
         [0, 1_000, 3_000],
         "exactly the acknowledged batches survive"
     );
-    assert_eq!(readings.len(), 3 * READINGS);
+    assert_eq!(readings.len(), 2 * READINGS + 1);
     store.close().await;
 }
 
