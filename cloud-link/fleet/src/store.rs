@@ -803,12 +803,14 @@ pub struct StoreHealthSnapshot {
 /// [`WriteTransaction::commit`] with the result of the statements.
 ///
 /// Why the connection is closed after any failure, never returned to the pool: a
-/// failed write can leave it inside a transaction that sqlx no longer tracks. SQLite
-/// keeps the transaction open when `COMMIT` fails with `SQLITE_FULL`, and may or may
-/// not roll it back itself after a failed statement; sqlx's transaction depth counter
-/// then disagrees with SQLite, its next `BEGIN` becomes a `SAVEPOINT` and its next
-/// "commit" a `RELEASE` inside a transaction that never commits — every later batch
-/// was acknowledged and lost. Closing the connection ends whatever transaction it
+/// failed write can leave it inside a transaction that sqlx no longer tracks. On
+/// `SQLITE_FULL` in `COMMIT` or in a statement without a statement journal (a
+/// single-row insert) SQLite rolls back the whole transaction; sqlx's `ROLLBACK` then
+/// fails and its depth counter stays at 1, so its next `BEGIN` is a `SAVEPOINT`. After a
+/// second failure that rolls back only a statement (a multi-row insert), SQLite stays
+/// inside the transaction that `SAVEPOINT` opened, and every later "commit" is a
+/// `RELEASE` of an inner savepoint: acknowledged, never committed (reproduced by
+/// `a_full_disk_withholds_batches_and_every_batch_reported_stored_is_durable`). Closing the connection ends whatever transaction it
 /// held (SQLite rolls back on close; PostgreSQL aborts on disconnect), and the pool
 /// opens a fresh one in autocommit. Besides, the transaction is begun with our own
 /// `BEGIN` statement rather than sqlx's counter: SQLite refuses `BEGIN` inside an open
