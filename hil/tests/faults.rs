@@ -663,7 +663,7 @@ async fn case08_fleet_down_60s() {
 async fn case09_fleet_frozen() {
     let bound = KEEP_ALIVE * 2 + Duration::from_secs(2);
     let case = "09 fleet frozen (SIGSTOP)";
-    let (_serial, mut world) = start(case, WorldOptions::default()).await;
+    let (_serial, world) = start(case, WorldOptions::default()).await;
     let mut verdict = Verdict::default();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let fleet_pid = world.fleet.as_ref().map(Process::pid);

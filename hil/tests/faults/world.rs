@@ -71,11 +71,7 @@ pub fn log_tail(path: &Path, bytes: usize) -> String {
 
 /// A real process, SIGKILLed and reaped when dropped.
 pub struct Process {
-    /// For messages.
-    pub name: &'static str,
     child: Option<Child>,
-    /// Where its stdout and stderr go (appended across restarts).
-    pub log: PathBuf,
 }
 
 impl Process {
@@ -93,11 +89,7 @@ impl Process {
             .stderr(out)
             .spawn()
             .unwrap_or_else(|error| panic!("{name} does not start: {error}"));
-        Self {
-            name,
-            child: Some(child),
-            log: log.to_path_buf(),
-        }
+        Self { child: Some(child) }
     }
 
     /// Its process ID.
@@ -278,8 +270,6 @@ pub struct World {
     device_stop: CancellationToken,
     /// Options it was made with.
     pub options: WorldOptions,
-    /// Throwaway certificates.
-    pub pki: DemoPki,
     /// The unit's device ID.
     pub device_id: String,
     /// Fleet HTTP port.
@@ -456,7 +446,6 @@ metrics_listen = "127.0.0.1:{metrics_port}"
             device,
             device_stop,
             device_id: pki.device_id.clone(),
-            pki,
             options,
             http_port,
             mqtt_port,
