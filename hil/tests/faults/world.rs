@@ -293,7 +293,10 @@ impl World {
     /// Makes the PKI, mounts, configs and the simulated device; starts nothing else.
     pub async fn new(case: &str, options: WorldOptions) -> Self {
         let temp = tempfile::Builder::new()
-            .prefix(&format!("warden-fault-{case}-"))
+            .prefix(&format!(
+                "warden-fault-{}-",
+                case.split_whitespace().next().unwrap_or("case")
+            ))
             .tempdir()
             .expect("tempdir");
         let dir = temp.path().to_path_buf();
