@@ -1,4 +1,12 @@
-//! The link agent: readings → durable outbox → MQTT/TLS → fleet, until acknowledged.
+//! The link agent: readings → journal → durable outbox → MQTT/TLS → fleet, until acknowledged.
+//!
+//! The agent never gives up on a fault it can outlive. Setup (the device identity,
+//! the TLS configuration, the outbox) and the outbox at runtime are retried with
+//! capped exponential backoff ([`SETUP_RETRY_FIRST`] doubling to [`SETUP_RETRY_MAX`])
+//! while the link shows [`LinkState::Unavailable`] with the cause, and readings keep
+//! being taken into the bounded pending store ([`crate::journal`]) the whole time, so
+//! the bridges never block on the link. Only a configuration that can never work
+//! ([`LinkError::Identity`]) ends [`LinkAgent::run`] with an error.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,10 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlMessage, ControlSender};
 use crate::dispatch::{DispatchLimits, Dispatcher};
+use crate::journal::{PendingLimits, PendingReadings, Pushed};
 use crate::outbox::{Outbox, OutboxConfig, OutboxError, OutboxStats};
 use crate::tls::{ClientIdentity, TlsError, client_config};
 use crate::topics::{
@@ -24,10 +35,28 @@ use crate::topics::{
     to_hex,
 };
 
-/// Readings held in memory while the outbox refuses more (then the newest are dropped, counted).
-const MAX_PENDING_READINGS: usize = 100_000;
 /// How often the agent looks for messages to send.
 const PUMP_INTERVAL: Duration = Duration::from_millis(10);
+/// Most readings taken from the channel at once (one journal write each burst).
+const MAX_BURST: usize = 1024;
+/// First retry of a failed setup step or of a failed outbox.
+pub const SETUP_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between retries of a failed setup step or outbox.
+pub const SETUP_RETRY_MAX: Duration = Duration::from_secs(30);
+/// First reconnect delay after the connection is lost (plus up to 25 % jitter).
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+/// Longest reconnect delay (plus up to 25 % jitter): the broker is probed at least
+/// every 2.5 s, so the link is back within a few seconds of the fleet.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// MQTT keep-alive. A broker that sends nothing at all for two of them (no PUBACK,
+/// no PINGRESP) is declared dead and the connection is dropped.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A connection attempt (TCP, TLS, CONNECT/CONNACK) gives up after this many seconds.
+const CONNECT_TIMEOUT_SECS: u64 = 5;
+/// How long a journal that failed to write waits before it is rewritten.
+const JOURNAL_RETRY: Duration = Duration::from_secs(5);
+/// How long the control queue rests after an error before it is used again.
+const CONTROL_RETRY: Duration = Duration::from_secs(1);
 
 /// The link as the integrator configures it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -100,7 +129,9 @@ pub struct LinkStatus {
     pub control: OutboxStats,
     /// Messages sent, including resends.
     pub messages_sent: u64,
-    /// Readings dropped because the outbox refused them and memory was full too.
+    /// Readings dropped because the pending store was at its bound (the outbox refused
+    /// them or was unavailable for long), or because one reading alone was larger than
+    /// an outbox record may be.
     pub readings_dropped: u64,
     /// The store-and-forward queue.
     pub outbox: OutboxStats,
@@ -113,6 +144,11 @@ pub struct LinkStatus {
     pub last_connected_ms: Option<u64>,
     /// Times the agent had to start over after an error (identity, TLS, outbox).
     pub restarts: u64,
+    /// Readings waiting for the outbox (in memory and in the readings journal).
+    pub readings_pending: u64,
+    /// Records of the readings journal found damaged at start (their readings are
+    /// lost; the rest of the journal was recovered).
+    pub journal_damaged: u64,
     /// The fleet's attestation challenges as this unit answered them.
     pub attestation: AttestationAnswers,
 }
@@ -205,6 +241,8 @@ pub struct LinkAgent {
     control: Option<ControlSender>,
     commands: Option<ApplianceEnd>,
     status: Arc<Mutex<LinkStatus>>,
+    keep_alive: Duration,
+    pending_limits: PendingLimits,
 }
 
 /// An outbox shared between the agent and other writers (load generators, reports).
@@ -221,6 +259,8 @@ impl LinkAgent {
             control: None,
             commands: None,
             status: Arc::default(),
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            pending_limits: PendingLimits::default(),
         }
     }
 
@@ -230,9 +270,25 @@ impl LinkAgent {
         self
     }
 
-    /// Sends from `outbox` (already open) instead of opening the configured one.
+    /// Sends from `outbox` (already open) instead of opening the configured one. The
+    /// agent never reopens a shared outbox after an error; it retries it as it is.
     pub fn with_outbox(mut self, outbox: SharedOutbox) -> Self {
         self.outbox = Some(outbox);
+        self
+    }
+
+    /// Uses another MQTT keep-alive than [`DEFAULT_KEEP_ALIVE`] (whole seconds, at
+    /// least one). A broker silent for two keep-alives is declared dead.
+    pub fn with_keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.keep_alive = Duration::from_secs(keep_alive.as_secs().max(1));
+        self
+    }
+
+    /// Bounds the readings pending in memory to `max_bytes` (estimated as JSON)
+    /// instead of [`crate::journal::MAX_PENDING_BYTES`]; beyond it the newest readings
+    /// are dropped and counted.
+    pub fn with_pending_bound(mut self, max_bytes: usize) -> Self {
+        self.pending_limits.max_bytes = max_bytes;
         self
     }
 
@@ -273,36 +329,373 @@ impl LinkAgent {
     }
 
     /// Runs until `shutdown` fires or `readings` closes; then writes what it holds to
-    /// the outbox, so nothing read is lost across a restart.
+    /// the outbox (or leaves it in the readings journal), so nothing read is lost
+    /// across a restart.
+    ///
+    /// Faults are outlived, not returned: see the module docs. The only error is
+    /// [`LinkError::Identity`], a configuration that can never work.
     pub async fn run(
-        mut self,
+        self,
         mut readings: mpsc::Receiver<Reading>,
         shutdown: CancellationToken,
     ) -> Result<(), LinkError> {
-        let identity = match self.identity.take() {
-            Some(identity) => identity,
-            None => client_identity(&self.config)?,
+        let identity_configured = matches!(
+            (&self.config.pluton_socket, &self.config.device_key),
+            (Some(_), None) | (None, Some(_))
+        );
+        if self.identity.is_none() && !identity_configured {
+            return Err(LinkError::Identity);
+        }
+        let mut link = Link::new(self, shutdown.clone());
+        link.open_storage();
+        link.start_session_setup();
+        let mut batch_tick =
+            tokio::time::interval(Duration::from_millis(link.batch_interval_ms.max(10)));
+        let mut pump = tokio::time::interval(PUMP_INTERVAL);
+        pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let retry_at = link.next_retry();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                reading = readings.recv() => match reading {
+                    Some(reading) => link.take_burst(reading, &mut readings),
+                    None => break,
+                },
+                _ = batch_tick.tick() => {
+                    link.append_pending();
+                    link.after_batch();
+                }
+                () = sleep_until(retry_at) => link.retry_due(),
+                setup = setup_finished(&mut link.setup) => {
+                    link.setup = None;
+                    link.on_session_setup(setup);
+                }
+                event = next_network_event(&mut link.session) => match event {
+                    Some(event) => {
+                        if let Some(interval) = link.on_network_event(event).await {
+                            batch_tick = tokio::time::interval(interval);
+                        }
+                    }
+                    None => link.on_session_ended(),
+                },
+                _ = pump.tick() => link.pump(),
+            }
+        }
+        link.finish(&mut readings).await;
+        Ok(())
+    }
+}
+
+/// Why appending pending records to the outbox stopped.
+enum AppendStop {
+    /// Everything pending is in the outbox (or nothing could be tried).
+    Done,
+    /// The outbox refused for want of room (why).
+    Refused(String),
+}
+
+/// The running agent: every part that can fail is optional and retried.
+struct Link {
+    device_id: String,
+    config: LinkConfig,
+    status: Arc<Mutex<LinkStatus>>,
+    keep_alive: Duration,
+    shutdown: CancellationToken,
+    /// The identity given to the agent (kept for retries).
+    identity: Option<ClientIdentity>,
+    /// The outbox given to the agent, if any (never reopened).
+    shared_outbox: Option<SharedOutbox>,
+    control: Option<ControlSender>,
+    control_epoch: u64,
+    control_resting_until: Option<Instant>,
+
+    /// The outbox, while usable.
+    outbox: Option<SharedOutbox>,
+    /// The epoch of the outbox the dispatcher numbers are for.
+    epoch: u64,
+    /// Why storage (control queue, outbox) is unusable, while it is.
+    storage_error: Option<String>,
+    storage_backoff: Backoff,
+    storage_retry_at: Option<Instant>,
+    pending: PendingReadings,
+    journal_retry_at: Option<Instant>,
+
+    /// The MQTT session, once identity and TLS are set up.
+    session: Option<Session>,
+    /// Identity and TLS being set up (blocking work, off the runtime's threads).
+    setup: Option<JoinHandle<Result<rustls::ClientConfig, String>>>,
+    session_error: Option<String>,
+    session_backoff: Backoff,
+    session_retry_at: Option<Instant>,
+    /// What the network says (meaningful when nothing is unavailable).
+    link_state: LinkState,
+    link_error: Option<String>,
+    /// When the link went down (for the `link-restored` event), if it is down.
+    down_since: Option<u64>,
+
+    dispatcher: Dispatcher,
+    control_dispatcher: Dispatcher,
+    limits: DispatchLimits,
+    batch_interval_ms: u64,
+    settings_path: PathBuf,
+    running_settings: Option<LinkSettings>,
+    appliance: Option<ApplianceEnd>,
+    telemetry_topic: String,
+    quote_topic: String,
+
+    /// Refused appends in the current refusal episode, if one is going on.
+    refusing: Option<u64>,
+    /// Readings dropped at the pending bound in the current episode, if one is going on.
+    dropping: Option<u64>,
+    /// Outbox drops (drop-oldest) already reported, and whether an episode is going on.
+    reported_dropped_oldest: u64,
+    dropping_oldest: bool,
+    /// Whether a journal failure was reported and not yet resolved.
+    journal_failing: bool,
+}
+
+/// An MQTT session: the client, its network loop, and what it reports.
+struct Session {
+    client: AsyncClient,
+    network: JoinHandle<()>,
+    events: mpsc::Receiver<NetworkEvent>,
+}
+
+impl Link {
+    fn new(agent: LinkAgent, shutdown: CancellationToken) -> Self {
+        let LinkAgent {
+            device_id,
+            config,
+            identity,
+            outbox,
+            control,
+            commands,
+            status,
+            keep_alive,
+            pending_limits,
+        } = agent;
+        let limits = DispatchLimits {
+            max_per_second: config.max_send_per_second,
+            ..DispatchLimits::default()
         };
-        let tls = client_config(&self.config.fleet_ca, identity)?;
-        let shared = match self.outbox.take() {
-            Some(shared) => shared,
-            None => Arc::new(Mutex::new(Outbox::open(self.config.outbox.clone())?)),
+        let settings_path = config.outbox.dir.join(LINK_SETTINGS_FILE);
+        let running_settings = load_link_settings(&settings_path);
+        let (mut batch_interval_ms, mut limits) = (config.batch_interval_ms, limits);
+        if let Some(settings) = &running_settings {
+            tracing::info!(version = settings.version, "link settings from the fleet");
+            batch_interval_ms = settings.batch_interval_ms;
+            limits.max_per_second = settings.max_send_per_second;
+        }
+        Self {
+            telemetry_topic: telemetry_topic(&device_id),
+            quote_topic: attestation_quote_topic(&device_id),
+            device_id,
+            config,
+            status,
+            keep_alive,
+            shutdown,
+            identity,
+            shared_outbox: outbox,
+            control,
+            control_epoch: 0,
+            control_resting_until: None,
+            outbox: None,
+            epoch: 0,
+            storage_error: None,
+            storage_backoff: Backoff::new(SETUP_RETRY_FIRST, SETUP_RETRY_MAX),
+            storage_retry_at: None,
+            pending: PendingReadings::new(pending_limits),
+            journal_retry_at: None,
+            session: None,
+            setup: None,
+            session_error: None,
+            session_backoff: Backoff::new(SETUP_RETRY_FIRST, SETUP_RETRY_MAX),
+            session_retry_at: None,
+            link_state: LinkState::Connecting,
+            link_error: None,
+            down_since: None,
+            dispatcher: Dispatcher::new(limits),
+            control_dispatcher: Dispatcher::new(limits),
+            limits,
+            batch_interval_ms,
+            settings_path,
+            running_settings,
+            appliance: commands,
+            refusing: None,
+            dropping: None,
+            reported_dropped_oldest: 0,
+            dropping_oldest: false,
+            journal_failing: false,
+        }
+    }
+
+    /// Shows the state: unavailable while a part is, else what the network says.
+    fn show_state(&self) {
+        let unavailable = match (&self.storage_error, &self.session_error) {
+            (Some(storage), Some(session)) => Some(format!("{storage}; {session}")),
+            (Some(error), None) | (None, Some(error)) => Some(error.clone()),
+            (None, None) => None,
         };
-        let control = self.control()?;
-        let control_epoch = control.lock().epoch();
-        let epoch = lock(&shared).epoch();
+        let (state, error) = match unavailable {
+            Some(error) => (LinkState::Unavailable, Some(error)),
+            None => (self.link_state, self.link_error.clone()),
+        };
+        update(&self.status, |s| {
+            s.state = state;
+            s.last_error = error;
+        });
+    }
+
+    /// The earliest retry that is due, if any.
+    fn next_retry(&self) -> Option<Instant> {
+        let storage = self.storage_retry_at.filter(|_| self.outbox.is_none());
+        let session = self
+            .session_retry_at
+            .filter(|_| self.session.is_none() && self.setup.is_none());
+        match (storage, session) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        if self.outbox.is_none() && self.storage_retry_at.is_some_and(|at| at <= now) {
+            self.open_storage();
+        }
+        if self.session.is_none()
+            && self.setup.is_none()
+            && self.session_retry_at.is_some_and(|at| at <= now)
+        {
+            self.start_session_setup();
+        }
+    }
+
+    /// Opens the control queue and the outbox, and recovers the readings journal.
+    fn open_storage(&mut self) {
+        self.storage_retry_at = None;
+        if self.control.is_none() {
+            match ControlSender::open(&self.config.outbox.dir.join("control")) {
+                Ok(control) => self.control = Some(control),
+                Err(error) => return self.storage_failed(format!("control queue: {error}")),
+            }
+        }
+        if let Some(control) = &self.control {
+            let mut queue = control.lock();
+            self.control_epoch = queue.epoch();
+            if let Some(settings) = &self.running_settings
+                && let Err(error) = queue.set_link_settings(Some(settings.clone()), None)
+            {
+                tracing::error!(%error, "cannot report the link settings");
+            }
+        }
+        let shared = match &self.shared_outbox {
+            Some(shared) => Arc::clone(shared),
+            None => match Outbox::open(self.config.outbox.clone()) {
+                Ok(outbox) => Arc::new(Mutex::new(outbox)),
+                Err(error) => return self.storage_failed(error.to_string()),
+            },
+        };
+        let (epoch, stats) = {
+            let outbox = lock(&shared);
+            (outbox.epoch(), outbox.stats())
+        };
+        let (recovery, journal) = self.pending.attach(
+            &self.config.outbox.dir,
+            epoch,
+            stats.next_seq,
+            self.config.outbox.fsync,
+        );
+        if recovery != crate::journal::Recovery::default() {
+            tracing::info!(
+                recovered = recovery.recovered,
+                already_in_outbox = recovery.discarded,
+                damaged = recovery.damaged,
+                torn_bytes = recovery.torn_bytes,
+                "readings journal read back"
+            );
+        }
+        if recovery.damaged > 0 {
+            tracing::warn!(
+                damaged = recovery.damaged,
+                "readings journal had damaged records; their readings are lost"
+            );
+        }
+        self.journal_result(journal);
+        if self.epoch != epoch {
+            self.reported_dropped_oldest = stats.dropped_oldest;
+        }
+        self.epoch = epoch;
+        self.dispatcher = Dispatcher::new(self.limits);
+        if self.link_state == LinkState::Connected {
+            self.dispatcher.on_connected();
+        }
+        self.outbox = Some(shared);
+        if self.storage_error.take().is_some() {
+            tracing::info!("outbox usable again");
+        }
+        update(&self.status, |s| {
+            s.journal_damaged += recovery.damaged;
+            s.outbox = stats;
+        });
+        self.show_state();
+    }
+
+    /// Storage failed (at setup or at runtime): drop the outbox, try again later.
+    fn storage_failed(&mut self, error: String) {
+        tracing::error!(%error, "outbox unusable; the link retries it");
+        self.outbox = None;
+        self.dispatcher.on_disconnected();
+        let delay = self.storage_backoff.next_delay();
+        self.storage_retry_at = Some(Instant::now() + delay);
+        self.storage_error = Some(error);
+        update(&self.status, |s| s.restarts += 1);
+        self.show_state();
+    }
+
+    fn outbox_failed(&mut self, error: &OutboxError) {
+        self.storage_failed(error.to_string());
+    }
+
+    /// Builds the identity and TLS configuration off the runtime's threads.
+    fn start_session_setup(&mut self) {
+        self.session_retry_at = None;
+        let config = self.config.clone();
+        let identity = self.identity.clone();
+        self.setup = Some(tokio::task::spawn_blocking(move || {
+            let identity = match identity {
+                Some(identity) => identity,
+                None => client_identity(&config).map_err(|e| format!("device identity: {e}"))?,
+            };
+            client_config(&config.fleet_ca, identity)
+                .map_err(|e| format!("TLS configuration (fleet CA): {e}"))
+        }));
+    }
+
+    fn on_session_setup(
+        &mut self,
+        setup: Result<Result<rustls::ClientConfig, String>, tokio::task::JoinError>,
+    ) {
+        let tls = match setup {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => return self.session_failed(error),
+            Err(error) => return self.session_failed(format!("link setup: {error}")),
+        };
         let mut options = MqttOptions::new(
             self.device_id.clone(),
             &self.config.broker_host,
             self.config.broker_port,
         );
-        options.set_keep_alive(Duration::from_secs(15));
+        options.set_keep_alive(self.keep_alive);
         options.set_max_packet_size(crate::outbox::MAX_RECORD_PAYLOAD + 1024, 256 * 1024);
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::new(tls),
         )));
-        let (client, eventloop) = AsyncClient::new(options, 1024);
-        let (events_tx, mut events) = mpsc::channel(1024);
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let mut network_options = rumqttc::NetworkOptions::new();
+        network_options.set_connection_timeout(CONNECT_TIMEOUT_SECS);
+        eventloop.set_network_options(network_options);
+        let (events_tx, events) = mpsc::channel(1024);
         let network = tokio::spawn(network_loop(
             eventloop,
             client.clone(),
@@ -315,214 +708,633 @@ impl LinkAgent {
                 offers: update_offer_topic(&self.device_id),
             },
             events_tx,
-            shutdown.clone(),
+            Arc::clone(&self.status),
+            self.keep_alive,
+            self.shutdown.clone(),
         ));
-        let quote_topic = attestation_quote_topic(&self.device_id);
-        let mut reported_loss = {
-            let stats = lock(&shared).stats();
-            (stats.dropped_oldest, stats.refused)
-        };
-        let pluton_socket = self.config.pluton_socket.clone();
-        let (command_tx, desired_tx, offers_tx) = match self.commands.take() {
-            Some(end) => (Some(end.commands), Some(end.desired), Some(end.offers)),
-            None => (None, None, None),
-        };
-        let limits = DispatchLimits {
-            max_per_second: self.config.max_send_per_second,
-            ..DispatchLimits::default()
-        };
-        let settings_path = self.config.outbox.dir.join(LINK_SETTINGS_FILE);
-        let mut running_settings = load_link_settings(&settings_path);
-        let (mut batch_interval_ms, mut limits) = (self.config.batch_interval_ms, limits);
-        if let Some(settings) = &running_settings {
-            tracing::info!(version = settings.version, "link settings from the fleet");
-            batch_interval_ms = settings.batch_interval_ms;
-            limits.max_per_second = settings.max_send_per_second;
-            control
-                .lock()
-                .set_link_settings(Some(settings.clone()), None)?;
+        self.session = Some(Session {
+            client,
+            network,
+            events,
+        });
+        if self.session_error.take().is_some() {
+            tracing::info!("link identity and TLS ready again");
         }
-        let mut control_dispatcher = Dispatcher::new(limits);
-        // When the link went down (for the `link-restored` event), if it is down.
-        let mut down_since: Option<u64> = None;
+        self.session_backoff.reset();
+        self.link_state = LinkState::Connecting;
+        self.show_state();
+    }
 
-        let topic = telemetry_topic(&self.device_id);
-        let mut dispatcher = Dispatcher::new(limits);
-        let mut pending: Vec<Reading> = Vec::new();
-        let mut batch_tick =
-            tokio::time::interval(Duration::from_millis(batch_interval_ms.max(10)));
-        let mut pump = tokio::time::interval(PUMP_INTERVAL);
-        pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let status = Arc::clone(&self.status);
-        let mut result = Ok(());
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                reading = readings.recv() => match reading {
-                    Some(reading) if pending.len() < MAX_PENDING_READINGS => pending.push(reading),
-                    Some(_) => update(&status, |s| s.readings_dropped += 1),
-                    None => break,
-                },
-                _ = batch_tick.tick() => {
-                    let mut outbox = lock(&shared);
-                    if let Err(error) = enqueue(&mut outbox, &mut pending, &status) {
-                        result = Err(error);
-                        break;
-                    }
-                    if let Err(error) = outbox.sync() {
-                        tracing::error!(%error, "outbox sync failed");
-                    }
-                    // Overflow is never silent: each new drop or refusal is an event.
-                    let stats = outbox.stats();
-                    if stats.dropped_oldest > reported_loss.0 || stats.refused > reported_loss.1 {
-                        let event = DeviceEvent::now(
+    fn session_failed(&mut self, error: String) {
+        tracing::error!(%error, "the link cannot start; retrying");
+        let delay = self.session_backoff.next_delay();
+        self.session_retry_at = Some(Instant::now() + delay);
+        self.session_error = Some(error);
+        update(&self.status, |s| s.restarts += 1);
+        self.show_state();
+    }
+
+    fn on_session_ended(&mut self) {
+        self.session = None;
+        self.dispatcher.on_disconnected();
+        self.control_dispatcher.on_disconnected();
+        self.session_failed("the link's network task ended".to_owned());
+    }
+
+    /// Takes `first` and whatever else is waiting in the channel (up to a burst) into
+    /// the pending store, and journals them with one write.
+    fn take_burst(&mut self, first: Reading, readings: &mut mpsc::Receiver<Reading>) {
+        let (mut kept, mut dropped) = (0u64, 0u64);
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(reading) = next {
+            match self.pending.push(reading) {
+                Pushed::Kept => kept += 1,
+                Pushed::Refused => dropped += 1,
+            }
+            taken += 1;
+            next = if taken < MAX_BURST {
+                readings.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let written = self.pending.write_burst();
+        self.journal_result(written);
+        let pending = self.pending.len() as u64;
+        update(&self.status, |s| s.readings_pending = pending);
+        if dropped > 0 {
+            update(&self.status, |s| s.readings_dropped += dropped);
+            match &mut self.dropping {
+                Some(count) => *count += dropped,
+                None => {
+                    self.dropping = Some(dropped);
+                    let bound = self.pending.estimated_bytes();
+                    self.event(DeviceEvent::now(
+                        event_kind::OUTBOX_OVERFLOW,
+                        format!(
+                            "readings waiting for the outbox reached their bound (about {} KiB): the newest readings are dropped, and counted, until the outbox takes them",
+                            bound / 1024
+                        ),
+                    ));
+                }
+            }
+        } else if kept > 0
+            && let Some(count) = self.dropping.take()
+        {
+            tracing::warn!(
+                dropped = count,
+                "readings are kept again; {count} were dropped at the pending bound"
+            );
+        }
+    }
+
+    fn journal_result(&mut self, result: Result<(), crate::journal::JournalError>) {
+        match result {
+            Ok(()) => {
+                if self.journal_failing && !self.pending.needs_repair() {
+                    self.journal_failing = false;
+                    tracing::info!("readings journal written again");
+                }
+            }
+            Err(error) => {
+                if !self.journal_failing {
+                    tracing::error!(%error, "readings journal failed: readings are kept in memory only until it is rewritten");
+                }
+                self.journal_failing = true;
+                self.journal_retry_at = Some(Instant::now() + JOURNAL_RETRY);
+            }
+        }
+    }
+
+    /// Appends every pending record to the outbox, in order, until done or refused.
+    fn append_pending(&mut self) {
+        if self.pending.needs_repair()
+            && self.journal_retry_at.is_none_or(|at| at <= Instant::now())
+        {
+            let repaired = self.pending.repair();
+            self.journal_result(repaired);
+        }
+        let Some(shared) = self.outbox.clone() else {
+            return;
+        };
+        let mut outbox = lock(&shared);
+        let mut appended = 0u64;
+        let mut dropped = 0u64;
+        let mut renumbered = false;
+        let stop = loop {
+            let stats = outbox.stats();
+            let pending_epoch = self.pending.epoch();
+            let Some(front) = self.pending.front_mut() else {
+                break Ok(AppendStop::Done);
+            };
+            if (front.seq != stats.next_seq || pending_epoch != outbox.epoch()) && !renumbered {
+                renumbered = true;
+                // Someone else appended (a shared outbox), or the outbox changed under
+                // the journal: number the records again from where the outbox is.
+                let (_, journal) = self.pending.attach(
+                    &self.config.outbox.dir,
+                    outbox.epoch(),
+                    stats.next_seq,
+                    self.config.outbox.fsync,
+                );
+                self.journal_result(journal);
+                continue;
+            }
+            let expected = front.seq;
+            let result = outbox.append(|seq, epoch| {
+                let batch = TelemetryBatch {
+                    v: PROTOCOL_VERSION,
+                    stream: TELEMETRY_STREAM.to_owned(),
+                    epoch,
+                    seq,
+                    readings: std::mem::take(&mut front.readings),
+                };
+                let bytes = batch.encode();
+                front.readings = batch.readings;
+                bytes
+            });
+            match result {
+                Ok(_) => {
+                    appended += 1;
+                    let journal = self.pending.appended();
+                    self.journal_result(journal);
+                }
+                Err(error) if outbox.stats().next_seq > expected => {
+                    // Written, then something after it failed (an fsync): it is in.
+                    appended += 1;
+                    let journal = self.pending.appended();
+                    self.journal_result(journal);
+                    break Err(error);
+                }
+                Err(error) if error.is_refusal() => {
+                    break Ok(AppendStop::Refused(error.to_string()));
+                }
+                Err(OutboxError::TooLarge(size)) => {
+                    // The record bound makes this impossible; never let it stop the link.
+                    let lost = self.pending.discard_front() as u64;
+                    dropped += lost;
+                    tracing::error!(
+                        size,
+                        lost,
+                        "telemetry record too large for the outbox; its readings are dropped"
+                    );
+                }
+                Err(error) => break Err(error),
+            }
+        };
+        drop(outbox);
+        if appended > 0 || dropped > 0 {
+            update(&self.status, |s| {
+                s.batches_queued += appended;
+                s.readings_dropped += dropped;
+            });
+        }
+        if appended > 0 {
+            self.storage_backoff.reset();
+        }
+        match stop {
+            Ok(AppendStop::Refused(why)) => match &mut self.refusing {
+                Some(count) => *count += 1,
+                None => {
+                    self.refusing = Some(1);
+                    let pending_kib = self.pending.estimated_bytes() / 1024;
+                    self.event(DeviceEvent::now(
                             event_kind::OUTBOX_OVERFLOW,
                             format!(
-                                "store-and-forward queue full: {} batches dropped (oldest first), {} appends refused so far",
-                                stats.dropped_oldest, stats.refused
+                                "{why}: telemetry is kept in memory and in the readings journal ({pending_kib} KiB so far) and appended once there is room"
                             ),
-                        );
-                        tracing::warn!(detail = %event.detail, "outbox overflow");
-                        drop(outbox);
-                        control.send_or_log(&ControlMessage::Event(event));
-                        reported_loss = (stats.dropped_oldest, stats.refused);
-                    }
+                        ));
                 }
-                event = events.recv() => match event {
-                    Some(NetworkEvent::Connected) => {
-                        dispatcher.on_connected();
-                        control_dispatcher.on_connected();
-                        if let Some(since) = down_since.take() {
-                            let waiting = lock(&shared).stats().depth;
-                            let event = DeviceEvent::now(
-                                event_kind::LINK_RESTORED,
-                                format!(
-                                    "link up again after {} s down; {waiting} telemetry batches waiting to be sent",
-                                    unix_millis().saturating_sub(since) / 1000
-                                ),
-                            );
-                            control.send_or_log(&ControlMessage::Event(event));
-                        }
-                        update(&status, |s| { s.state = LinkState::Connected; s.last_error = None; });
-                    }
-                    Some(NetworkEvent::Disconnected(error)) => {
-                        dispatcher.on_disconnected();
-                        control_dispatcher.on_disconnected();
-                        down_since.get_or_insert_with(unix_millis);
-                        update(&status, |s| { s.state = LinkState::Disconnected; s.last_error = Some(error); });
-                    }
-                    Some(NetworkEvent::Ack(ack)) if ack.stream == CONTROL_STREAM => {
-                        let mut queue = control.lock();
-                        if ack.epoch == control_epoch && queue.is_pending(ack.seq) {
-                            queue.ack(ack.seq)?;
-                            control_dispatcher.on_ack(ack.seq);
-                            update(&status, |s| s.control_acknowledged += 1);
-                        }
-                    }
-                    Some(NetworkEvent::Ack(ack)) => {
-                        let mut outbox = lock(&shared);
-                        if ack.epoch == epoch && ack.stream == TELEMETRY_STREAM && outbox.is_pending(ack.seq) {
-                            outbox.ack(ack.seq)?;
-                            dispatcher.on_ack(ack.seq);
-                            update(&status, |s| s.batches_acknowledged += 1);
-                        }
-                    }
-                    Some(NetworkEvent::Command(command)) => {
-                        let refused = match &command_tx {
-                            Some(tx) => tx.try_send(command).err().map(|e| (e.into_inner(), "the device is busy; retry later")),
-                            None => Some((command, "this device takes no commands")),
-                        };
-                        if let Some((command, why)) = refused {
-                            let result = CommandResult { v: PROTOCOL_VERSION, id: command.id, status: CommandStatus::Failed, detail: why.to_owned() };
-                            control.send_or_log(&ControlMessage::CommandResult(result));
-                        }
-                    }
-                    Some(NetworkEvent::Challenge(challenge)) => {
-                        let answer = answer_challenge(pluton_socket.clone(), challenge).await;
-                        let published = client.try_publish(&quote_topic, QoS::AtLeastOnce, false, crate::topics::encode(&answer));
-                        update(&status, |s| {
-                            s.attestation.answered += 1;
-                            s.attestation.last_answered_ms = Some(unix_millis());
-                            s.attestation.last_error = answer.error.clone().or_else(|| {
-                                published.err().map(|e| format!("quote not published: {e}"))
-                            });
-                        });
-                    }
-                    Some(NetworkEvent::Verdict(verdict)) => {
-                        if verdict.trusted {
-                            tracing::info!(release = ?verdict.release, "the fleet trusts this unit");
-                        } else {
-                            tracing::warn!(detail = %verdict.detail, "the fleet does not trust this unit");
-                        }
-                        update(&status, |s| {
-                            s.attestation.verdict = Some(FleetVerdict {
-                                trusted: verdict.trusted,
-                                release: verdict.release,
-                                detail: verdict.detail,
-                                received_ms: unix_millis(),
-                            });
-                        });
-                    }
-                    Some(NetworkEvent::Desired(desired, link)) => {
-                        if let Some(applied) = change_link_settings(link, &mut running_settings, &settings_path, &control) {
-                            batch_tick = tokio::time::interval(Duration::from_millis(applied.batch_interval_ms));
-                            dispatcher.set_max_per_second(applied.max_send_per_second);
-                            control_dispatcher.set_max_per_second(applied.max_send_per_second);
-                        }
-                        match &desired_tx {
-                        Some(tx) => {
-                            if tx.try_send(desired).is_err() {
-                                tracing::warn!("desired state dropped: the appliance is busy applying the previous one");
-                            }
-                        }
-                        None => tracing::warn!("desired state ignored: this link has no appliance behind it"),
-                    }},
-                    Some(NetworkEvent::Offer(offer)) => match &offers_tx {
-                        Some(tx) => {
-                            if tx.try_send(offer).is_err() {
-                                tracing::warn!("update offer dropped: the appliance is busy with the previous one");
-                            }
-                        }
-                        None => tracing::warn!("update offer ignored: this link has no appliance behind it"),
-                    },
-                    None => break,
-                },
-                _ = pump.tick() => {
-                    let now = unix_millis();
-                    let outbox = lock(&shared);
-                    while let Some(seq) = dispatcher.next_to_send(&outbox, now) {
-                        let payload = outbox.read(seq)?;
-                        if client.try_publish(&topic, QoS::AtLeastOnce, false, payload).is_err() {
-                            break; // the client's queue is full; retransmission picks it up
-                        }
-                        update(&status, |s| s.messages_sent += 1);
-                    }
-                    let stats = outbox.stats();
-                    drop(outbox);
-                    let queue = control.lock();
-                    while let Some(seq) = control_dispatcher.next_to_send(queue.outbox(), now) {
-                        let (topic, payload) = queue.publication(&self.device_id, seq)?;
-                        if client.try_publish(&topic, QoS::AtLeastOnce, false, payload).is_err() {
-                            break; // retransmission picks it up
-                        }
-                        update(&status, |s| s.messages_sent += 1);
-                    }
-                    let control_stats = queue.stats();
-                    update(&status, |s| { s.outbox = stats; s.control = control_stats; });
+            },
+            Ok(AppendStop::Done) => {
+                if let Some(count) = self.refusing.take() {
+                    let detail = format!(
+                        "the store-and-forward queue takes telemetry again ({count} appends were refused meanwhile; nothing was lost)"
+                    );
+                    tracing::info!("{detail}");
+                    self.event(DeviceEvent::now(event_kind::OUTBOX_OVERFLOW, detail));
                 }
             }
+            Err(error) => self.outbox_failed(&error),
         }
-        // Keep what was read: it goes out after the next start.
+    }
+
+    /// After a batch: sync on the outbox's schedule, report drops, show counters.
+    fn after_batch(&mut self) {
+        let journal = self.pending.sync_due();
+        self.journal_result(journal);
+        let pending = self.pending.len() as u64;
+        update(&self.status, |s| s.readings_pending = pending);
+        let Some(shared) = self.outbox.clone() else {
+            return;
+        };
+        let mut outbox = lock(&shared);
+        if let Err(error) = outbox.sync() {
+            drop(outbox);
+            return self.outbox_failed(&error);
+        }
+        let stats = outbox.stats();
+        drop(outbox);
+        update(&self.status, |s| s.outbox = stats);
+        // Drop-oldest overflow: one event when drops start, a log line when they end.
+        if stats.dropped_oldest > self.reported_dropped_oldest {
+            if !self.dropping_oldest {
+                self.dropping_oldest = true;
+                self.event(DeviceEvent::now(
+                    event_kind::OUTBOX_OVERFLOW,
+                    format!(
+                        "store-and-forward queue full: the oldest telemetry batches are dropped to make room ({} dropped so far)",
+                        stats.dropped_oldest
+                    ),
+                ));
+            }
+        } else if self.dropping_oldest {
+            self.dropping_oldest = false;
+            tracing::warn!(
+                dropped = stats.dropped_oldest,
+                "the store-and-forward queue stopped dropping its oldest batches"
+            );
+        }
+        self.reported_dropped_oldest = stats.dropped_oldest;
+    }
+
+    /// Queues `event` on the control queue (or logs it while there is none).
+    fn event(&self, event: DeviceEvent) {
+        tracing::warn!(kind = %event.kind, detail = %event.detail, "link event");
+        match &self.control {
+            Some(control) => control.send_or_log(&ControlMessage::Event(event)),
+            None => tracing::warn!("no control queue: the event is only logged"),
+        }
+    }
+
+    /// Publishes what the dispatchers say is due.
+    fn pump(&mut self) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let client = session.client.clone();
+        let now = unix_millis();
+        let mut sent = 0u64;
+        let mut failure = None;
+        if let Some(shared) = self.outbox.clone() {
+            let outbox = lock(&shared);
+            while let Some(seq) = self.dispatcher.next_to_send(&outbox, now) {
+                let payload = match outbox.read(seq) {
+                    Ok(payload) => payload,
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                };
+                if client
+                    .try_publish(&self.telemetry_topic, QoS::AtLeastOnce, false, payload)
+                    .is_err()
+                {
+                    break; // the client's queue is full; retransmission picks it up
+                }
+                sent += 1;
+            }
+            let stats = outbox.stats();
+            drop(outbox);
+            update(&self.status, |s| s.outbox = stats);
+        }
+        if let Some(error) = failure {
+            self.outbox_failed(&error);
+        }
+        if let Some(control) = self.control.clone()
+            && self
+                .control_resting_until
+                .is_none_or(|until| until <= Instant::now())
         {
-            let mut outbox = lock(&shared);
-            if let Err(error) = enqueue(&mut outbox, &mut pending, &status) {
-                tracing::error!(%error, "cannot save the last readings to the outbox");
+            let queue = control.lock();
+            while let Some(seq) = self.control_dispatcher.next_to_send(queue.outbox(), now) {
+                let (topic, payload) = match queue.publication(&self.device_id, seq) {
+                    Ok(publication) => publication,
+                    Err(error) => {
+                        tracing::error!(%error, seq, "cannot read a control message; retrying soon");
+                        self.control_resting_until = Some(Instant::now() + CONTROL_RETRY);
+                        break;
+                    }
+                };
+                if client
+                    .try_publish(&topic, QoS::AtLeastOnce, false, payload)
+                    .is_err()
+                {
+                    break; // retransmission picks it up
+                }
+                sent += 1;
             }
-            outbox.sync()?;
+            let control_stats = queue.stats();
+            drop(queue);
+            update(&self.status, |s| s.control = control_stats);
         }
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_secs(2), network).await;
-        result
+        if sent > 0 {
+            update(&self.status, |s| s.messages_sent += sent);
+        }
+    }
+
+    /// Handles what the network loop reports; returns a new batch interval if the
+    /// fleet's link settings changed it.
+    async fn on_network_event(&mut self, event: NetworkEvent) -> Option<Duration> {
+        match event {
+            NetworkEvent::Connected => {
+                self.dispatcher.on_connected();
+                self.control_dispatcher.on_connected();
+                if let Some(since) = self.down_since.take() {
+                    let waiting = self
+                        .outbox
+                        .as_ref()
+                        .map_or(0, |shared| lock(shared).stats().depth);
+                    self.event(DeviceEvent::now(
+                        event_kind::LINK_RESTORED,
+                        format!(
+                            "link up again after {} s down; {waiting} telemetry batches waiting to be sent",
+                            unix_millis().saturating_sub(since) / 1000
+                        ),
+                    ));
+                }
+                self.link_state = LinkState::Connected;
+                self.link_error = None;
+                update(&self.status, |s| s.last_connected_ms = Some(unix_millis()));
+                self.show_state();
+            }
+            NetworkEvent::Disconnected(error) => {
+                self.dispatcher.on_disconnected();
+                self.control_dispatcher.on_disconnected();
+                self.down_since.get_or_insert_with(unix_millis);
+                self.link_state = LinkState::Disconnected;
+                self.link_error = Some(error);
+                self.show_state();
+            }
+            NetworkEvent::Ack(ack) if ack.stream == CONTROL_STREAM => {
+                if let Some(control) = self.control.clone() {
+                    let mut queue = control.lock();
+                    if ack.epoch == self.control_epoch && queue.is_pending(ack.seq) {
+                        match queue.ack(ack.seq) {
+                            Ok(()) => {
+                                self.control_dispatcher.on_ack(ack.seq);
+                                update(&self.status, |s| s.control_acknowledged += 1);
+                            }
+                            // Not fatal: the message is sent again and acknowledged again.
+                            Err(error) => {
+                                tracing::error!(%error, "cannot acknowledge a control message")
+                            }
+                        }
+                    }
+                }
+            }
+            NetworkEvent::Ack(ack) => {
+                let Some(shared) = self.outbox.clone() else {
+                    return None; // sent again after the outbox is back, acknowledged again
+                };
+                let mut outbox = lock(&shared);
+                if ack.epoch == self.epoch
+                    && ack.stream == TELEMETRY_STREAM
+                    && outbox.is_pending(ack.seq)
+                {
+                    let acked = outbox.ack(ack.seq);
+                    drop(outbox);
+                    match acked {
+                        Ok(()) => {
+                            self.dispatcher.on_ack(ack.seq);
+                            update(&self.status, |s| {
+                                s.batches_acknowledged += 1;
+                                s.last_ack_ms = Some(unix_millis());
+                            });
+                        }
+                        Err(error) => self.outbox_failed(&error),
+                    }
+                }
+            }
+            NetworkEvent::Command(command) => {
+                let refused = match &self.appliance {
+                    Some(end) => end
+                        .commands
+                        .try_send(command)
+                        .err()
+                        .map(|e| (e.into_inner(), "the device is busy; retry later")),
+                    None => Some((command, "this device takes no commands")),
+                };
+                if let Some((command, why)) = refused {
+                    let result = CommandResult {
+                        v: PROTOCOL_VERSION,
+                        id: command.id,
+                        status: CommandStatus::Failed,
+                        detail: why.to_owned(),
+                    };
+                    match &self.control {
+                        Some(control) => {
+                            control.send_or_log(&ControlMessage::CommandResult(result))
+                        }
+                        None => {
+                            tracing::warn!(id = %result.id, "command refused; no control queue to answer on")
+                        }
+                    }
+                }
+            }
+            NetworkEvent::Challenge(challenge) => {
+                let answer = answer_challenge(self.config.pluton_socket.clone(), challenge).await;
+                let published = match &self.session {
+                    Some(session) => session
+                        .client
+                        .try_publish(
+                            &self.quote_topic,
+                            QoS::AtLeastOnce,
+                            false,
+                            crate::topics::encode(&answer),
+                        )
+                        .map_err(|e| e.to_string()),
+                    None => Err("no session".to_owned()),
+                };
+                update(&self.status, |s| {
+                    s.attestation.answered += 1;
+                    s.attestation.last_answered_ms = Some(unix_millis());
+                    s.attestation.last_error = answer
+                        .error
+                        .clone()
+                        .or_else(|| published.err().map(|e| format!("quote not published: {e}")));
+                });
+            }
+            NetworkEvent::Verdict(verdict) => {
+                if verdict.trusted {
+                    tracing::info!(release = ?verdict.release, "the fleet trusts this unit");
+                } else {
+                    tracing::warn!(detail = %verdict.detail, "the fleet does not trust this unit");
+                }
+                update(&self.status, |s| {
+                    s.attestation.verdict = Some(FleetVerdict {
+                        trusted: verdict.trusted,
+                        release: verdict.release,
+                        detail: verdict.detail,
+                        received_ms: unix_millis(),
+                    });
+                });
+            }
+            NetworkEvent::Desired(desired, link) => {
+                let mut interval = None;
+                if let Some(control) = self.control.clone()
+                    && let Some(applied) = change_link_settings(
+                        link,
+                        &mut self.running_settings,
+                        &self.settings_path,
+                        &control,
+                    )
+                {
+                    self.batch_interval_ms = applied.batch_interval_ms;
+                    self.limits.max_per_second = applied.max_send_per_second;
+                    self.dispatcher
+                        .set_max_per_second(applied.max_send_per_second);
+                    self.control_dispatcher
+                        .set_max_per_second(applied.max_send_per_second);
+                    interval = Some(Duration::from_millis(applied.batch_interval_ms));
+                }
+                match &self.appliance {
+                    Some(end) => {
+                        if end.desired.try_send(desired).is_err() {
+                            tracing::warn!(
+                                "desired state dropped: the appliance is busy applying the previous one"
+                            );
+                        }
+                    }
+                    None => tracing::warn!(
+                        "desired state ignored: this link has no appliance behind it"
+                    ),
+                }
+                return interval;
+            }
+            NetworkEvent::Offer(offer) => match &self.appliance {
+                Some(end) => {
+                    if end.offers.try_send(offer).is_err() {
+                        tracing::warn!(
+                            "update offer dropped: the appliance is busy with the previous one"
+                        );
+                    }
+                }
+                None => {
+                    tracing::warn!("update offer ignored: this link has no appliance behind it")
+                }
+            },
+        }
+        None
+    }
+
+    /// At shutdown: takes what is still in the channel, appends everything pending
+    /// (what the outbox does not take stays in the journal for the next start), syncs,
+    /// and says goodbye to the broker.
+    async fn finish(mut self, readings: &mut mpsc::Receiver<Reading>) {
+        while let Ok(reading) = readings.try_recv() {
+            self.take_burst(reading, readings);
+        }
+        if self.outbox.is_none() {
+            self.open_storage();
+        }
+        self.append_pending();
+        self.after_batch();
+        if let Err(error) = self.pending.sync_now() {
+            tracing::warn!(%error, "readings journal: final sync failed");
+        }
+        if !self.pending.is_empty() {
+            tracing::warn!(
+                readings = self.pending.len(),
+                "readings not yet in the outbox stay in the readings journal for the next start"
+            );
+        }
+        if let Some(session) = self.session.take() {
+            let _ = session.client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(2), session.network).await;
+        }
+        if let Some(setup) = self.setup.take() {
+            setup.abort();
+        }
+    }
+}
+
+/// Capped exponential backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    const fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            next: first,
+        }
+    }
+
+    /// The delay before the next attempt; the one after doubles, up to the cap.
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    /// Back to the first delay (after a success).
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// Whether the broker still answers: something must come in within two keep-alives.
+///
+/// rumqttc pings only on its own timer and a live link carries PUBACKs for every
+/// telemetry batch, so any incoming packet counts.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    limit: Duration,
+    last_heard: Instant,
+}
+
+impl Liveness {
+    fn new(keep_alive: Duration, now: Instant) -> Self {
+        Self {
+            limit: keep_alive * 2,
+            last_heard: now,
+        }
+    }
+
+    /// Something came in from the broker at `now`.
+    fn heard(&mut self, now: Instant) {
+        self.last_heard = self.last_heard.max(now);
+    }
+
+    /// When the broker is declared dead if nothing comes in before.
+    fn deadline(&self) -> Instant {
+        self.last_heard + self.limit
+    }
+
+    /// How long the broker has been silent, if that is too long.
+    fn dead_for(&self, now: Instant) -> Option<Duration> {
+        let silent = now.saturating_duration_since(self.last_heard);
+        (silent >= self.limit).then_some(silent)
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn setup_finished(
+    setup: &mut Option<JoinHandle<Result<rustls::ClientConfig, String>>>,
+) -> Result<Result<rustls::ClientConfig, String>, tokio::task::JoinError> {
+    match setup {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_network_event(session: &mut Option<Session>) -> Option<NetworkEvent> {
+    match session {
+        Some(session) => session.events.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -679,36 +1491,6 @@ fn client_identity(config: &LinkConfig) -> Result<ClientIdentity, LinkError> {
     }
 }
 
-/// Writes the pending readings to the outbox as one telemetry batch.
-fn enqueue(
-    outbox: &mut Outbox,
-    pending: &mut Vec<Reading>,
-    status: &Mutex<LinkStatus>,
-) -> Result<(), LinkError> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let appended = outbox.append(|seq, epoch| {
-        TelemetryBatch {
-            v: PROTOCOL_VERSION,
-            stream: TELEMETRY_STREAM.to_owned(),
-            epoch,
-            seq,
-            readings: pending.clone(),
-        }
-        .encode()
-    });
-    match appended {
-        Ok(_) => {
-            pending.clear();
-            update(status, |s| s.batches_queued += 1);
-            Ok(())
-        }
-        Err(OutboxError::Full { .. }) => Ok(()), // kept in memory; retried next batch
-        Err(error) => Err(error.into()),
-    }
-}
-
 /// The topics the device subscribes to.
 struct Topics {
     ack: String,
@@ -719,23 +1501,59 @@ struct Topics {
     offers: String,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn network_loop(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
     topics: Topics,
     events: mpsc::Sender<NetworkEvent>,
+    status: Arc<Mutex<LinkStatus>>,
+    keep_alive: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
+    // While connected: when the broker last sent anything.
+    let mut liveness: Option<Liveness> = None;
     loop {
-        let event = tokio::select! {
+        let deadline = liveness.as_ref().map(Liveness::deadline);
+        let polled = tokio::select! {
             () = shutdown.cancelled() => return,
-            event = eventloop.poll() => event,
+            event = eventloop.poll() => Some(event),
+            () = sleep_until(deadline) => None,
         };
+        let event = match polled {
+            Some(event) => event,
+            None => {
+                let now = Instant::now();
+                let Some(silent) = liveness.as_ref().and_then(|l| l.dead_for(now)) else {
+                    continue;
+                };
+                // Frozen or gone without a word: drop the connection (what was in
+                // flight is resent after the reconnect) and start over.
+                liveness = None;
+                eventloop.clean();
+                let why = format!("no answer from the broker for {} s", silent.as_secs());
+                tracing::warn!(%why, "link connection dead; reconnecting");
+                if events.send(NetworkEvent::Disconnected(why)).await.is_err() {
+                    return;
+                }
+                if !pause(backoff.next_delay(), &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Ok(Event::Incoming(_)) = &event {
+            if let Some(liveness) = &mut liveness {
+                liveness.heard(Instant::now());
+            }
+            update(&status, |s| s.last_connected_ms = Some(unix_millis()));
+        }
         let forward = match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("link connected");
-                backoff = Duration::from_millis(200);
+                backoff.reset();
+                liveness = Some(Liveness::new(keep_alive, Instant::now()));
                 for topic in [
                     &topics.ack,
                     &topics.commands,
@@ -750,84 +1568,21 @@ async fn network_loop(
                 }
                 Some(NetworkEvent::Connected)
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.commands => {
-                match Command::decode(&publish.payload) {
-                    Ok(command) => Some(NetworkEvent::Command(command)),
-                    Err(error) => {
-                        tracing::warn!(%error, "malformed command ignored");
-                        None
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.challenge => {
-                match serde_json::from_slice::<AttestationChallenge>(&publish.payload) {
-                    Ok(challenge) => Some(NetworkEvent::Challenge(challenge)),
-                    Err(error) => {
-                        tracing::warn!(%error, "malformed attestation challenge ignored");
-                        None
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.verdict => {
-                match serde_json::from_slice::<AttestationVerdict>(&publish.payload) {
-                    Ok(verdict) if verdict.v == PROTOCOL_VERSION => {
-                        Some(NetworkEvent::Verdict(verdict))
-                    }
-                    Ok(verdict) => {
-                        tracing::warn!(
-                            v = verdict.v,
-                            "attestation verdict of another version ignored"
-                        );
-                        None
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "malformed attestation verdict ignored");
-                        None
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.desired => {
-                match TwinDesired::decode(&publish.payload) {
-                    Ok(desired) => Some(NetworkEvent::Desired(
-                        desired,
-                        LinkSettings::of_desired(&publish.payload),
-                    )),
-                    Err(error) => {
-                        tracing::warn!(%error, "malformed desired state ignored");
-                        None
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.offers => {
-                match UpdateOffer::decode(&publish.payload) {
-                    Ok(offer) => Some(NetworkEvent::Offer(offer)),
-                    Err(error) => {
-                        tracing::warn!(%error, "malformed update offer ignored");
-                        None
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == topics.ack => {
-                match Ack::decode(&publish.payload) {
-                    Ok(ack) => Some(NetworkEvent::Ack(ack)),
-                    Err(error) => {
-                        tracing::warn!(%error, "malformed acknowledgement ignored");
-                        None
-                    }
-                }
-            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => decode_publish(&topics, &publish),
             Ok(_) => None,
             Err(error) => {
+                liveness = None;
                 tracing::warn!(%error, "link connection failed; reconnecting");
-                let _ = events
+                if events
                     .send(NetworkEvent::Disconnected(error.to_string()))
-                    .await;
-                let delay = with_jitter(backoff);
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                if !pause(backoff.next_delay(), &shutdown).await {
+                    return;
+                }
                 None
             }
         };
@@ -836,6 +1591,80 @@ async fn network_loop(
         {
             return;
         }
+    }
+}
+
+/// Waits `delay` plus jitter; false if shut down meanwhile.
+async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(with_jitter(delay)) => true,
+    }
+}
+
+/// What a message from the fleet means for the agent, if anything.
+fn decode_publish(topics: &Topics, publish: &rumqttc::Publish) -> Option<NetworkEvent> {
+    let topic = publish.topic.as_str();
+    if topic == topics.commands {
+        match Command::decode(&publish.payload) {
+            Ok(command) => Some(NetworkEvent::Command(command)),
+            Err(error) => {
+                tracing::warn!(%error, "malformed command ignored");
+                None
+            }
+        }
+    } else if topic == topics.challenge {
+        match serde_json::from_slice::<AttestationChallenge>(&publish.payload) {
+            Ok(challenge) => Some(NetworkEvent::Challenge(challenge)),
+            Err(error) => {
+                tracing::warn!(%error, "malformed attestation challenge ignored");
+                None
+            }
+        }
+    } else if topic == topics.verdict {
+        match serde_json::from_slice::<AttestationVerdict>(&publish.payload) {
+            Ok(verdict) if verdict.v == PROTOCOL_VERSION => Some(NetworkEvent::Verdict(verdict)),
+            Ok(verdict) => {
+                tracing::warn!(
+                    v = verdict.v,
+                    "attestation verdict of another version ignored"
+                );
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "malformed attestation verdict ignored");
+                None
+            }
+        }
+    } else if topic == topics.desired {
+        match TwinDesired::decode(&publish.payload) {
+            Ok(desired) => Some(NetworkEvent::Desired(
+                desired,
+                LinkSettings::of_desired(&publish.payload),
+            )),
+            Err(error) => {
+                tracing::warn!(%error, "malformed desired state ignored");
+                None
+            }
+        }
+    } else if topic == topics.offers {
+        match UpdateOffer::decode(&publish.payload) {
+            Ok(offer) => Some(NetworkEvent::Offer(offer)),
+            Err(error) => {
+                tracing::warn!(%error, "malformed update offer ignored");
+                None
+            }
+        }
+    } else if topic == topics.ack {
+        match Ack::decode(&publish.payload) {
+            Ok(ack) => Some(NetworkEvent::Ack(ack)),
+            Err(error) => {
+                tracing::warn!(%error, "malformed acknowledgement ignored");
+                None
+            }
+        }
+    } else {
+        None
     }
 }
 
@@ -961,6 +1790,42 @@ mod tests {
             None
         );
         assert_eq!(reported(&control).len(), before);
+    }
+
+    #[test]
+    fn reconnects_probe_at_least_every_two_and_a_half_seconds() {
+        let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
+        let delays: Vec<u64> = (0..8)
+            .map(|_| backoff.next_delay().as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 2000, 2000, 2000, 2000]);
+        assert!(with_jitter(RECONNECT_MAX) <= Duration::from_millis(2500));
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), RECONNECT_FIRST);
+        let mut setup = Backoff::new(SETUP_RETRY_FIRST, SETUP_RETRY_MAX);
+        let delays: Vec<u64> = (0..7).map(|_| setup.next_delay().as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+    }
+
+    #[test]
+    fn a_broker_silent_for_two_keep_alives_is_dead() {
+        let start = Instant::now();
+        let mut liveness = Liveness::new(Duration::from_secs(5), start);
+        assert_eq!(liveness.deadline(), start + Duration::from_secs(10));
+        assert_eq!(
+            liveness.dead_for(start + Duration::from_millis(9_999)),
+            None
+        );
+        // A PUBACK at 8 s keeps it alive until 18 s.
+        liveness.heard(start + Duration::from_secs(8));
+        assert_eq!(liveness.dead_for(start + Duration::from_secs(12)), None);
+        assert_eq!(
+            liveness.dead_for(start + Duration::from_secs(18)),
+            Some(Duration::from_secs(10))
+        );
+        // Time never goes back.
+        liveness.heard(start);
+        assert_eq!(liveness.deadline(), start + Duration::from_secs(18));
     }
 
     #[test]

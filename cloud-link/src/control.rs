@@ -142,13 +142,25 @@ impl ControlQueue {
         let record =
             serde_json::to_vec(message).map_err(|e| OutboxError::Corrupt(e.to_string()))?;
         let seq = self.outbox.append(|_, _| record)?;
+        // The message is queued from here on: what follows is logged, not returned (an
+        // error would make the caller push the same message again).
         if matches!(message, ControlMessage::TwinReported(_)) {
             self.reported.push(seq);
-            self.drop_superseded_reports()?;
+            if let Err(error) = self.drop_superseded_reports() {
+                tracing::warn!(%error, "cannot drop superseded reported states; retried at the next one");
+            }
         }
+        if let Err(error) = self.announce_drops() {
+            // Not announced yet: the next push tries again.
+            tracing::warn!(%error, "cannot queue the control-overflow event");
+        }
+        Ok(seq)
+    }
+
+    /// Queues a `control-overflow` event if messages were dropped since the last one.
+    fn announce_drops(&mut self) -> Result<(), OutboxError> {
         let dropped = self.outbox.stats().dropped_oldest;
         if dropped > self.announced_drops {
-            self.announced_drops = dropped;
             let event = DeviceEvent::now(
                 event_kind::CONTROL_OVERFLOW,
                 format!(
@@ -160,8 +172,9 @@ impl ControlQueue {
             let record = serde_json::to_vec(&ControlMessage::Event(event))
                 .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
             self.outbox.append(|_, _| record)?;
+            self.announced_drops = dropped;
         }
-        Ok(seq)
+        Ok(())
     }
 
     /// Records the link settings that now run, or why a change was refused, and

@@ -194,4 +194,39 @@ mod tests {
             "message 0 was not retransmitted: {sent:?}"
         );
     }
+
+    #[test]
+    fn a_record_lost_to_damage_is_skipped_not_waited_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(outbox(dir.path(), 5));
+        // Flip a payload byte of message 2 (20-byte segment header, 24-byte records).
+        let segment = dir.path().join(format!("{:020}.seg", 0));
+        let mut bytes = std::fs::read(&segment).expect("read");
+        bytes[20 + 2 * 24 + 16] ^= 0xff;
+        std::fs::write(&segment, &bytes).expect("write");
+        let mut outbox = outbox(dir.path(), 0);
+        assert_eq!(outbox.stats().damaged_records, 1);
+        let mut dispatch = Dispatcher::new(DispatchLimits {
+            window: 10,
+            retransmit_after_ms: 1000,
+            max_per_second: 1000,
+        });
+        dispatch.on_connected();
+        let mut sent = Vec::new();
+        while let Some(seq) = dispatch.next_to_send(&outbox, 10) {
+            assert_eq!(outbox.read(seq).expect("read"), seq.to_le_bytes());
+            sent.push(seq);
+        }
+        assert_eq!(sent, vec![0, 1, 3, 4]);
+        for seq in sent {
+            outbox.ack(seq).expect("ack");
+            dispatch.on_ack(seq);
+        }
+        assert_eq!((dispatch.in_flight(), outbox.stats().depth), (0, 0));
+        assert_eq!(
+            dispatch.next_to_send(&outbox, 2000),
+            None,
+            "nothing waits for 2"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod control;
 pub mod dispatch;
+pub mod journal;
 pub mod outbox;
 pub mod tls;
 pub mod topics;

@@ -11,13 +11,41 @@
 //!
 //! | file | content |
 //! |---|---|
-//! | `NNNNNNNNNNNNNNNNNNNN.seg` | records from sequence `N` on: `len u32 LE`, `crc32 u32 LE` (of the next two fields), `seq u64 LE`, `payload` |
+//! | `NNNNNNNNNNNNNNNNNNNN.seg` | a segment: records from sequence `N` on. Header (20 bytes): magic `WDOQ`, format `u32 LE` (1), `epoch u64 LE`, `crc32 u32 LE` of those 16 bytes. Then records: `len u32 LE`, `crc32 u32 LE` (of the next two fields), `seq u64 LE`, `payload` |
 //! | `outbox.state` | JSON `{epoch, next_unacked, dropped_oldest}`; replaced atomically (temp, fsync, rename, fsync dir) |
+//! | `outbox.state.corrupt` | an unparsable state file, moved aside when the state was rebuilt |
 //!
 //! `epoch` is chosen when the queue is created, so a wiped queue never reuses the
-//! sequence numbers the fleet has already seen. The acknowledgement state is saved
-//! lazily: after a crash a few acknowledged messages may be sent again, and the
-//! fleet's deduplication on `(device, stream, epoch, seq)` absorbs them.
+//! sequence numbers the fleet has already seen. It is written into every segment's
+//! header as well, so a lost or corrupt `outbox.state` is rebuilt from the segments:
+//! the epoch of the newest segment, `next_unacked` = the lowest sequence number still
+//! on disk (acknowledged records not yet deleted are sent once more; the fleet
+//! deduplicates on `(epoch, seq)`), `dropped_oldest` restarting at 0 (with a warning).
+//! Segments written before the header existed (format 0: records from offset 0) are
+//! still read; their epoch comes from `outbox.state` (or another segment's header).
+//! When no file knows their epoch, their records could never be acknowledged: they are
+//! discarded with a warning (counted in [`OutboxStats::damaged_records`]) and a new
+//! epoch starts. A header's magic cannot be mistaken for a format-0 record: read as a
+//! length it is far above [`MAX_RECORD_PAYLOAD`].
+//!
+//! The acknowledgement state is saved lazily: after a crash a few acknowledged
+//! messages may be sent again, and the fleet's deduplication on
+//! `(device, stream, epoch, seq)` absorbs them.
+//!
+//! Damage: a record whose checksum fails is skipped, never a reason to drop what
+//! follows it. When its length is plausible and a valid record follows, reading goes
+//! on from there; otherwise it resynchronises on the next offset that holds a valid
+//! record (header, checksum, sequence number above the previous one). Only a torn tail
+//! of the last segment (a crash mid-write) is cut off. Records are found by sequence
+//! number, so the gaps damage leaves never block the queue.
+//!
+//! Space: segments whose every record is acknowledged or dropped are deleted — the
+//! active one too, once it holds no pending record and at least
+//! [`RECLAIM_ACTIVE_BYTES`] of records (or half a segment, when smaller): a fresh segment starts at the
+//! next sequence number and the old one goes. Disk use stays near `max_bytes` (plus
+//! 16 bytes of record header each) and two segments, whatever the overflow policy. A
+//! full file system (`ENOSPC`, `EDQUOT`) refuses the message ([`OutboxError::NoSpace`])
+//! and leaves no partial record; the queue takes messages again once there is room.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -30,10 +58,24 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes in front of each record's payload.
 const RECORD_HEADER: u64 = 16;
+/// The first bytes of a segment with a header (format 1 on).
+const SEGMENT_MAGIC: [u8; 4] = *b"WDOQ";
+/// The segment format this code writes.
+const SEGMENT_FORMAT: u32 = 1;
+/// Bytes of a segment's header: magic, format, epoch, checksum.
+const SEGMENT_HEADER: u64 = 20;
 /// Largest payload one record may hold.
 pub const MAX_RECORD_PAYLOAD: usize = 4 * 1024 * 1024;
+/// The active segment is replaced by a fresh one once it holds no pending record and
+/// at least this many bytes of records (or half of `segment_bytes`, when smaller); fewer are left until
+/// the next roll, so a queue that empties often does not create a file each time.
+pub const RECLAIM_ACTIVE_BYTES: u64 = 64 * 1024;
 /// How often acknowledgement progress is saved at most.
 const STATE_SAVE_INTERVAL: Duration = Duration::from_millis(500);
+/// The acknowledgement state's file.
+const STATE_FILE: &str = "outbox.state";
+/// Where an unparsable state file is moved before the state is rebuilt.
+const CORRUPT_STATE_FILE: &str = "outbox.state.corrupt";
 
 /// When appended records are forced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -114,7 +156,7 @@ struct SavedState {
     dropped_oldest: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Location {
     seq: u64,
     segment: u64,
@@ -133,7 +175,8 @@ pub struct OutboxStats {
     pub dropped_oldest: u64,
     /// Appends refused by [`OverflowPolicy::Refuse`] since open.
     pub refused: u64,
-    /// Records found damaged and cut off at open.
+    /// Records lost at open: damaged (checksum, torn tail), or in a segment whose
+    /// epoch no file knows any more. Counted in records, not segments.
     pub damaged_records: u64,
     /// The next sequence number.
     pub next_seq: u64,
@@ -145,9 +188,12 @@ pub struct Outbox {
     state: SavedState,
     state_dirty: bool,
     state_saved_at: Instant,
-    /// Unacknowledged (and not dropped) records, in order.
+    /// Whether the last state save failed for want of space (logged once).
+    state_save_refused: bool,
+    /// Records on disk not yet acknowledged (nor dropped) as a prefix, by sequence
+    /// number: ordered, possibly with gaps where records were damaged.
     queued: VecDeque<Location>,
-    /// Acknowledged sequence numbers above `state.next_unacked`.
+    /// Sequence numbers in `queued` acknowledged out of order.
     acked_ahead: BTreeSet<u64>,
     queued_bytes: u64,
     next_seq: u64,
@@ -155,6 +201,10 @@ pub struct Outbox {
     segments: Vec<u64>,
     active: File,
     active_len: u64,
+    /// Where the active segment's records start (after its header, if it has one).
+    active_data_start: u64,
+    /// The active segment's tail could not be cut back after a failed write.
+    active_tail_dirty: bool,
     unsynced: bool,
     synced_at: Instant,
     refused: u64,
@@ -162,82 +212,161 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Opens (or creates) the queue in `config.dir`, cutting off any torn tail.
+    /// Opens (or creates) the queue in `config.dir`, cutting off any torn tail,
+    /// skipping damaged records and rebuilding a lost or corrupt state file.
     pub fn open(config: OutboxConfig) -> Result<Self, OutboxError> {
-        std::fs::create_dir_all(&config.dir).map_err(|e| OutboxError::io(&config.dir, e))?;
-        let state_path = config.dir.join("outbox.state");
-        let state = match std::fs::read(&state_path) {
-            Ok(bytes) => serde_json::from_slice::<SavedState>(&bytes)
-                .map_err(|e| OutboxError::Corrupt(format!("{}: {e}", state_path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let state = SavedState {
-                    epoch: new_epoch(),
-                    next_unacked: 0,
-                    dropped_oldest: 0,
-                };
-                write_atomically(&config.dir, "outbox.state", &state)?;
-                state
-            }
-            Err(e) => return Err(OutboxError::io(&state_path, e)),
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| OutboxError::io(&dir, e))?;
+        let saved = read_saved_state(&dir)?;
+        let firsts = list_segments(&dir)?;
+        let mut scans = Vec::with_capacity(firsts.len());
+        for &first in &firsts {
+            scans.push(scan_segment(&segment_path(&dir, first), first)?);
+        }
+        let header_epoch = scans.iter().rev().find_map(|scan| scan.epoch);
+        let known_epoch = saved.map(|state| state.epoch).or(header_epoch);
+        let epoch = known_epoch.unwrap_or_else(new_epoch);
+        let usable = |scan: &SegmentScan| match scan.epoch {
+            Some(segment_epoch) => segment_epoch == epoch,
+            // Format 0, or a damaged header: the queue's epoch, if any file knows it.
+            None => known_epoch.is_some(),
         };
-        let mut segments = list_segments(&config.dir)?;
+        if known_epoch.is_none() && scans.iter().any(|scan| !scan.records.is_empty()) {
+            tracing::warn!(
+                dir = %dir.display(),
+                "outbox: no state file and no segment header says which epoch the queued \
+                 records belong to; they could never be acknowledged and are discarded"
+            );
+        }
+
+        let next_unacked = match saved {
+            Some(state) => state.next_unacked,
+            None => scans
+                .iter()
+                .filter(|scan| usable(scan))
+                .filter_map(|scan| scan.records.first().map(|record| record.seq))
+                .min()
+                .unwrap_or(0),
+        };
+        let last_record = scans
+            .iter()
+            .filter_map(|scan| scan.records.last().map(|record| record.seq + 1))
+            .max()
+            .unwrap_or(0);
+        let next_seq = next_unacked
+            .max(last_record)
+            .max(firsts.last().copied().unwrap_or(0));
+
+        // Damage is counted from what was still unacknowledged (all, when rebuilt).
+        let count_from = saved.map_or(0, |state| state.next_unacked);
+        let mut damaged = 0;
         let mut queued = VecDeque::new();
         let mut queued_bytes = 0;
-        let mut next_seq = state.next_unacked;
-        let mut damaged = 0;
-        let mut active_len = 0;
-        for (index, &first) in segments.iter().enumerate() {
-            let path = segment_path(&config.dir, first);
-            let is_last = index + 1 == segments.len();
-            let (records, good_len, bad) = scan_segment(&path)?;
-            if bad {
-                damaged += 1;
-                tracing::warn!(segment = %path.display(), good_len, "damaged record in outbox; cutting it off");
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| OutboxError::io(&path, e))?;
-                file.set_len(good_len)
-                    .map_err(|e| OutboxError::io(&path, e))?;
-                file.sync_all().map_err(|e| OutboxError::io(&path, e))?;
+        for (index, scan) in scans.iter().enumerate() {
+            let path = segment_path(&dir, scan.first);
+            let next_first = firsts.get(index + 1).copied();
+            let mut lost = 0;
+            for damage in &scan.damage {
+                // A damaged stretch at the end of the last segment is one torn record.
+                let end = damage
+                    .before
+                    .or(next_first)
+                    .unwrap_or(damage.after + 1)
+                    .max(damage.after);
+                lost += end.saturating_sub(damage.after.max(count_from));
             }
-            for record in records {
-                if record.seq < next_seq {
+            if let Some(first_damage) = scan.damage.first() {
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset = first_damage.offset,
+                    damaged_stretches = scan.damage.len(),
+                    records_lost = lost,
+                    "damaged records in the outbox skipped"
+                );
+            }
+            damaged += lost;
+            if !usable(scan) {
+                let discarded = scan
+                    .records
+                    .iter()
+                    .filter(|record| record.seq >= count_from)
+                    .count() as u64;
+                if discarded > 0 {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        segment_epoch = ?scan.epoch,
+                        epoch,
+                        records_lost = discarded,
+                        "outbox segment of another epoch: its records are discarded"
+                    );
+                }
+                damaged += discarded;
+                continue;
+            }
+            for record in &scan.records {
+                let after_last = queued
+                    .back()
+                    .is_none_or(|last: &Location| record.seq > last.seq);
+                if record.seq < next_unacked || !after_last {
                     continue; // acknowledged before the crash, or a duplicate
                 }
-                if record.seq != next_seq && !queued.is_empty() {
-                    // Only after a damaged segment: the records in between are gone
-                    // and already counted as damaged.
-                    tracing::warn!(segment = %path.display(), from = next_seq, to = record.seq, "outbox sequence gap");
-                }
-                next_seq = record.seq + 1;
                 queued_bytes += u64::from(record.len);
-                queued.push_back(Location {
-                    segment: first,
-                    ..record
-                });
-            }
-            if is_last {
-                active_len = good_len;
+                queued.push_back(*record);
             }
         }
-        if segments.is_empty() {
-            segments.push(next_seq);
-            active_len = 0;
+
+        // The active segment: the last one, its torn tail cut off, if it is ours.
+        let mut segments = firsts;
+        let last = scans.last();
+        let keep_last = last.is_some_and(|scan| {
+            scan.epoch == Some(epoch)
+                || (scan.format_zero && known_epoch.is_some() && !scan.records.is_empty())
+        });
+        let (active, active_len, active_data_start) = match last {
+            Some(scan) if keep_last => {
+                let path = segment_path(&dir, scan.first);
+                let file = open_append(&path).map_err(|e| OutboxError::io(&path, e))?;
+                let mut len = scan.len;
+                if let Some(tail) = scan.torn_tail {
+                    tracing::warn!(segment = %path.display(), offset = tail, "torn tail of the outbox cut off");
+                    file.set_len(tail)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|e| OutboxError::io(&path, e))?;
+                    len = tail;
+                }
+                (file, len, scan.data_start)
+            }
+            _ => {
+                let path = segment_path(&dir, next_seq);
+                let file = create_segment(&path, epoch).map_err(|e| OutboxError::io(&path, e))?;
+                sync_dir(&dir)?;
+                if segments.last() != Some(&next_seq) {
+                    segments.push(next_seq);
+                }
+                (file, SEGMENT_HEADER, SEGMENT_HEADER)
+            }
+        };
+
+        let state = SavedState {
+            epoch,
+            next_unacked: queued.front().map_or(next_seq, |record| record.seq),
+            dropped_oldest: saved.map_or(0, |state| state.dropped_oldest),
+        };
+        if saved.is_none() && !scans.is_empty() {
+            tracing::warn!(
+                dir = %dir.display(),
+                epoch,
+                next_unacked = state.next_unacked,
+                "outbox state rebuilt from the segments; the count of dropped messages \
+                 is unknown and restarts at 0"
+            );
         }
-        let active_first = segments[segments.len() - 1];
-        let active_path = segment_path(&config.dir, active_first);
-        let active = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&active_path)
-            .map_err(|e| OutboxError::io(&active_path, e))?;
         let mut outbox = Self {
             config,
             state,
-            state_dirty: false,
+            state_dirty: saved != Some(state),
             state_saved_at: Instant::now(),
+            state_save_refused: false,
             queued,
             acked_ahead: BTreeSet::new(),
             queued_bytes,
@@ -245,12 +374,17 @@ impl Outbox {
             segments,
             active,
             active_len,
+            active_data_start,
+            active_tail_dirty: false,
             unsynced: false,
             synced_at: Instant::now(),
             refused: 0,
             damaged,
         };
-        outbox.remove_finished_segments()?;
+        if outbox.state_dirty {
+            outbox.save_state()?;
+        }
+        outbox.reclaim()?;
         Ok(outbox)
     }
 
@@ -260,13 +394,20 @@ impl Outbox {
     }
 
     /// Appends the message `build(seq, epoch)` and returns its sequence number.
+    ///
+    /// A refusal ([`OutboxError::Full`], [`OutboxError::NoSpace`]) keeps nothing of
+    /// the message and uses no sequence number: the caller tries again later.
     pub fn append(&mut self, build: impl FnOnce(u64, u64) -> Vec<u8>) -> Result<u64, OutboxError> {
         let seq = self.next_seq;
         let payload = build(seq, self.state.epoch);
-        if payload.len() > MAX_RECORD_PAYLOAD {
+        let size = payload.len() as u64;
+        let larger_than_queue =
+            self.config.overflow == OverflowPolicy::DropOldest && size > self.config.max_bytes;
+        if payload.len() > MAX_RECORD_PAYLOAD || larger_than_queue {
+            // (Checked before anything is dropped for it.)
             return Err(OutboxError::TooLarge(payload.len()));
         }
-        let size = payload.len() as u64;
+        let mut dropped = false;
         while self.queued_bytes + size > self.config.max_bytes {
             match self.config.overflow {
                 OverflowPolicy::Refuse => {
@@ -280,17 +421,38 @@ impl Outbox {
                         return Err(OutboxError::TooLarge(payload.len()));
                     };
                     self.queued_bytes -= u64::from(oldest.len);
-                    self.state.dropped_oldest += 1;
-                    self.advance_prefix(oldest.seq + 1);
-                    tracing::warn!(
-                        seq = oldest.seq,
-                        "outbox full: dropped the oldest queued message"
-                    );
+                    if !self.acked_ahead.remove(&oldest.seq) {
+                        self.state.dropped_oldest += 1;
+                        tracing::warn!(
+                            seq = oldest.seq,
+                            "outbox full: dropped the oldest queued message"
+                        );
+                    }
+                    self.pop_done_front();
+                    dropped = true;
                 }
             }
         }
+        if dropped {
+            self.update_prefix();
+            self.reclaim()?;
+        }
+        let path = self.active_path();
+        if self.active_tail_dirty {
+            self.active
+                .set_len(self.active_len)
+                .map_err(|e| OutboxError::io(&path, e))?;
+            self.active_tail_dirty = false;
+        }
         if self.active_len >= self.config.segment_bytes {
-            self.roll_segment(seq)?;
+            match self.roll_segment(seq) {
+                Ok(()) => {}
+                // No room for a new segment: stay on this one (the append decides).
+                Err(OutboxError::NoSpace { path }) => {
+                    tracing::debug!(segment = %path.display(), "no room for a new outbox segment");
+                }
+                Err(error) => return Err(error),
+            }
         }
         let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -300,13 +462,22 @@ impl Outbox {
         record.extend_from_slice(&crc.finalize().to_le_bytes());
         record.extend_from_slice(&seq.to_le_bytes());
         record.extend_from_slice(&payload);
-        let segment = self.segments[self.segments.len() - 1];
-        self.active
-            .write_all(&record)
-            .map_err(|e| OutboxError::io(&segment_path(&self.config.dir, segment), e))?;
+        let path = self.active_path();
+        let mut written = write_file(&mut self.active, &record);
+        if written.is_ok() && self.config.fsync == FsyncPolicy::Always {
+            written = sync_file_data(&self.active);
+        }
+        if let Err(error) = written {
+            // Nothing of a refused record may remain: cut back to the last good length.
+            if let Err(cut) = self.active.set_len(self.active_len) {
+                tracing::error!(segment = %path.display(), error = %cut, "cannot cut a failed outbox append back");
+                self.active_tail_dirty = true;
+            }
+            return Err(OutboxError::io(&path, error));
+        }
         let location = Location {
             seq,
-            segment,
+            segment: self.active_first(),
             offset: self.active_len,
             len: payload.len() as u32,
         };
@@ -314,25 +485,26 @@ impl Outbox {
         self.queued.push_back(location);
         self.queued_bytes += size;
         self.next_seq += 1;
-        self.unsynced = true;
-        match self.config.fsync {
-            FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::EveryMillis(ms)
-                if self.synced_at.elapsed() >= Duration::from_millis(ms) =>
-            {
-                self.sync()?
-            }
-            _ => {}
+        // The record is queued from here on: later trouble is logged, not returned
+        // (an error would make the caller append the same message again).
+        self.unsynced = self.config.fsync != FsyncPolicy::Always;
+        let sync_due = match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::EveryMillis(ms) => self.synced_at.elapsed() >= Duration::from_millis(ms),
+            FsyncPolicy::Never => false,
+        };
+        if sync_due && let Err(error) = self.sync() {
+            tracing::warn!(%error, "outbox sync after an append failed; retried later");
         }
         Ok(seq)
     }
 
-    /// Forces appended records to disk (call on a timer under [`FsyncPolicy::EveryMillis`]).
+    /// Forces appended records to disk (call on a timer under [`FsyncPolicy::EveryMillis`])
+    /// and saves the acknowledgement state if it changed. A state file that cannot be
+    /// written for want of space is retried at the next call, not an error.
     pub fn sync(&mut self) -> Result<(), OutboxError> {
         if self.unsynced {
-            self.active
-                .sync_data()
-                .map_err(|e| OutboxError::io(&self.config.dir, e))?;
+            sync_file_data(&self.active).map_err(|e| OutboxError::io(&self.active_path(), e))?;
             self.unsynced = false;
         }
         self.synced_at = Instant::now();
@@ -342,65 +514,56 @@ impl Outbox {
         Ok(())
     }
 
-    /// Marks `seq` acknowledged. Unknown or repeated acknowledgements are ignored.
+    /// Marks `seq` acknowledged. Unknown, missing or repeated acknowledgements are
+    /// ignored.
     pub fn ack(&mut self, seq: u64) -> Result<(), OutboxError> {
-        if seq < self.state.next_unacked || seq >= self.next_seq {
+        let Some(index) = self.position(seq) else {
+            return Ok(());
+        };
+        if index > 0 {
+            self.acked_ahead.insert(seq);
             return Ok(());
         }
-        self.acked_ahead.insert(seq);
-        let mut prefix = self.state.next_unacked;
-        while self.acked_ahead.remove(&prefix) {
-            prefix += 1;
+        if let Some(front) = self.queued.pop_front() {
+            self.queued_bytes -= u64::from(front.len);
         }
-        if prefix > self.state.next_unacked {
-            while let Some(front) = self.queued.front() {
-                if front.seq >= prefix {
-                    break;
-                }
-                self.queued_bytes -= u64::from(front.len);
-                self.queued.pop_front();
-            }
-            self.advance_prefix(prefix);
-            self.remove_finished_segments()?;
-            if self.state_saved_at.elapsed() >= STATE_SAVE_INTERVAL {
-                self.save_state()?;
-            }
+        self.pop_done_front();
+        self.update_prefix();
+        self.reclaim()?;
+        if self.state_dirty && self.state_saved_at.elapsed() >= STATE_SAVE_INTERVAL {
+            self.save_state()?;
         }
         Ok(())
     }
 
     /// Whether `seq` is still waiting for acknowledgement.
     pub fn is_pending(&self, seq: u64) -> bool {
-        seq >= self.state.next_unacked && seq < self.next_seq && !self.acked_ahead.contains(&seq)
+        self.position(seq).is_some() && !self.acked_ahead.contains(&seq)
     }
 
-    /// The first pending sequence number at or after `from`, if any.
+    /// The first pending sequence number at or after `from`, if any (sequence numbers
+    /// of damaged or lost records are skipped).
     pub fn next_pending(&self, from: u64) -> Option<u64> {
-        let start = from.max(self.state.next_unacked);
-        (start..self.next_seq).find(|seq| !self.acked_ahead.contains(seq))
+        let start = self.queued.partition_point(|location| location.seq < from);
+        self.queued
+            .range(start..)
+            .map(|location| location.seq)
+            .find(|seq| !self.acked_ahead.contains(seq))
     }
 
-    /// Reads the payload of a pending message.
+    /// Reads the payload of a queued message.
     pub fn read(&self, seq: u64) -> Result<Vec<u8>, OutboxError> {
-        let front = self.queued.front().ok_or(OutboxError::NotQueued(seq))?;
-        let index = seq
-            .checked_sub(front.seq)
-            .ok_or(OutboxError::NotQueued(seq))?;
-        let location = *self
-            .queued
-            .get(index as usize)
-            .ok_or(OutboxError::NotQueued(seq))?;
+        let index = self.position(seq).ok_or(OutboxError::NotQueued(seq))?;
+        let location = self.queued[index];
         let path = segment_path(&self.config.dir, location.segment);
         let mut payload = vec![0; location.len as usize];
-        let file = if location.segment == self.segments[self.segments.len() - 1] {
-            self.active
-                .try_clone()
-                .map_err(|e| OutboxError::io(&path, e))?
+        let offset = location.offset + RECORD_HEADER;
+        if location.segment == self.active_first() {
+            self.active.read_exact_at(&mut payload, offset)
         } else {
-            File::open(&path).map_err(|e| OutboxError::io(&path, e))?
-        };
-        file.read_exact_at(&mut payload, location.offset + RECORD_HEADER)
-            .map_err(|e| OutboxError::io(&path, e))?;
+            File::open(&path).and_then(|file| file.read_exact_at(&mut payload, offset))
+        }
+        .map_err(|e| OutboxError::io(&path, e))?;
         Ok(payload)
     }
 
@@ -416,37 +579,103 @@ impl Outbox {
         }
     }
 
-    fn advance_prefix(&mut self, prefix: u64) {
-        self.state.next_unacked = prefix;
-        self.acked_ahead = self.acked_ahead.split_off(&prefix);
-        self.state_dirty = true;
+    /// Where `seq` is in `queued`, if it is there.
+    fn position(&self, seq: u64) -> Option<usize> {
+        self.queued
+            .binary_search_by_key(&seq, |location| location.seq)
+            .ok()
     }
 
+    fn active_first(&self) -> u64 {
+        self.segments[self.segments.len() - 1]
+    }
+
+    fn active_path(&self) -> PathBuf {
+        segment_path(&self.config.dir, self.active_first())
+    }
+
+    /// Removes acknowledged records from the front of `queued`.
+    fn pop_done_front(&mut self) {
+        while let Some(front) = self.queued.front().copied() {
+            if !self.acked_ahead.remove(&front.seq) {
+                break;
+            }
+            self.queued_bytes -= u64::from(front.len);
+            self.queued.pop_front();
+        }
+    }
+
+    /// Brings `state.next_unacked` up to the first queued record.
+    fn update_prefix(&mut self) {
+        let prefix = self.queued.front().map_or(self.next_seq, |front| front.seq);
+        if prefix != self.state.next_unacked {
+            self.state.next_unacked = prefix;
+            self.state_dirty = true;
+        }
+    }
+
+    /// Starts a fresh active segment at `first_seq`. [`OutboxError::NoSpace`] leaves
+    /// the current one active and nothing of the new one on disk.
     fn roll_segment(&mut self, first_seq: u64) -> Result<(), OutboxError> {
         self.sync()?;
         let path = segment_path(&self.config.dir, first_seq);
-        self.active = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&path)
-            .map_err(|e| OutboxError::io(&path, e))?;
+        let file = match create_segment(&path, self.state.epoch) {
+            Ok(file) => file,
+            Err(error) => {
+                if let Err(remove) = std::fs::remove_file(&path) {
+                    tracing::warn!(segment = %path.display(), error = %remove, "cannot remove an unfinished outbox segment");
+                }
+                return Err(OutboxError::io(&path, error));
+            }
+        };
         sync_dir(&self.config.dir)?;
         self.segments.push(first_seq);
-        self.active_len = 0;
+        self.active = file;
+        self.active_len = SEGMENT_HEADER;
+        self.active_data_start = SEGMENT_HEADER;
+        self.active_tail_dirty = false;
+        self.unsynced = false;
         Ok(())
     }
 
-    /// Deletes segments whose every record is acknowledged or dropped.
-    fn remove_finished_segments(&mut self) -> Result<(), OutboxError> {
+    /// Deletes segments whose every record is acknowledged or dropped, the active one
+    /// included (replaced by a fresh one) once it holds enough bytes.
+    fn reclaim(&mut self) -> Result<(), OutboxError> {
+        let active_first = self.active_first();
+        let active_has_queued = self
+            .queued
+            .back()
+            .is_some_and(|last| last.segment == active_first);
+        let threshold = RECLAIM_ACTIVE_BYTES
+            .min(self.config.segment_bytes / 2)
+            .max(1);
+        if !active_has_queued
+            && self.next_seq > active_first
+            && self.active_len - self.active_data_start.min(self.active_len) >= threshold
+        {
+            match self.roll_segment(self.next_seq) {
+                Ok(()) => {}
+                Err(OutboxError::NoSpace { path }) => {
+                    tracing::debug!(segment = %path.display(), "no room to replace the finished outbox segment yet");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let horizon = self.queued.front().map_or(self.next_seq, |front| front.seq);
         let mut removed = false;
-        while self.segments.len() > 1 && self.segments[1] <= self.state.next_unacked {
+        while self.segments.len() > 1 && self.segments[1] <= horizon {
             if self.state_dirty {
-                // The state must say these records are done before they disappear.
+                // Say these records are done before they disappear (not required for
+                // correctness: missing records are skipped; a full disk is no reason
+                // to keep the files that would free it).
                 self.save_state()?;
             }
             let path = segment_path(&self.config.dir, self.segments[0]);
-            std::fs::remove_file(&path).map_err(|e| OutboxError::io(&path, e))?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(OutboxError::io(&path, e)),
+            }
             self.segments.remove(0);
             removed = true;
         }
@@ -456,11 +685,26 @@ impl Outbox {
         Ok(())
     }
 
+    /// Saves the acknowledgement state. For want of space it stays dirty (retried
+    /// later); the previous state file stays whole.
     fn save_state(&mut self) -> Result<(), OutboxError> {
-        write_atomically(&self.config.dir, "outbox.state", &self.state)?;
-        self.state_dirty = false;
-        self.state_saved_at = Instant::now();
-        Ok(())
+        match write_atomically(&self.config.dir, STATE_FILE, &self.state) {
+            Ok(()) => {
+                self.state_dirty = false;
+                self.state_save_refused = false;
+                self.state_saved_at = Instant::now();
+                Ok(())
+            }
+            Err(OutboxError::NoSpace { path }) => {
+                if !self.state_save_refused {
+                    tracing::warn!(file = %path.display(), "no space to save the outbox state; retried later");
+                }
+                self.state_save_refused = true;
+                self.state_saved_at = Instant::now();
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 
@@ -498,57 +742,224 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, OutboxError> {
     Ok(firsts)
 }
 
-/// Reads every intact record of a segment: the records, the length of the intact
-/// prefix, and whether anything after it was damaged or torn.
-fn scan_segment(path: &Path) -> Result<(Vec<Location>, u64, bool), OutboxError> {
+/// Reads `outbox.state`: `None` when it is missing, or unparsable (then moved aside
+/// to `outbox.state.corrupt`, never overwritten).
+fn read_saved_state(dir: &Path) -> Result<Option<SavedState>, OutboxError> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<SavedState>(&bytes) {
+            Ok(state) => Ok(Some(state)),
+            Err(error) => {
+                let aside = dir.join(CORRUPT_STATE_FILE);
+                std::fs::rename(&path, &aside).map_err(|e| OutboxError::io(&path, e))?;
+                sync_dir(dir)?;
+                tracing::warn!(
+                    file = %path.display(),
+                    moved_to = %aside.display(),
+                    %error,
+                    "outbox state file is corrupt: moved aside, rebuilding it from the segments"
+                );
+                Ok(None)
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(OutboxError::io(&path, e)),
+    }
+}
+
+/// A stretch of damaged bytes in a segment.
+#[derive(Debug, Clone, Copy)]
+struct Damage {
+    /// Where it starts.
+    offset: u64,
+    /// The lowest sequence number it may have held (one above the last good record).
+    after: u64,
+    /// The sequence number of the good record after it; `None` when it runs to the end.
+    before: Option<u64>,
+}
+
+/// What one segment holds.
+#[derive(Debug)]
+struct SegmentScan {
+    first: u64,
+    /// The epoch in the header; `None` for format 0 or a damaged header.
+    epoch: Option<u64>,
+    /// The segment has no header (written before format 1).
+    format_zero: bool,
+    /// Where the records start.
+    data_start: u64,
+    /// The file's length.
+    len: u64,
+    /// Every intact record, in order of sequence numbers.
+    records: Vec<Location>,
+    damage: Vec<Damage>,
+    /// Where damaged bytes start that run to the end of the file.
+    torn_tail: Option<u64>,
+}
+
+/// Reads every intact record of the segment starting at `first`, skipping damage.
+fn scan_segment(path: &Path, first: u64) -> Result<SegmentScan, OutboxError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| OutboxError::io(path, e))?;
-    let mut records = Vec::new();
-    let mut offset = 0usize;
-    while offset < bytes.len() {
-        let Some(header) = bytes.get(offset..offset + RECORD_HEADER as usize) else {
-            return Ok((records, offset as u64, true));
-        };
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let mut seq_bytes = [0u8; 8];
-        seq_bytes.copy_from_slice(&header[8..16]);
-        let seq = u64::from_le_bytes(seq_bytes);
-        let start = offset + RECORD_HEADER as usize;
-        let Some(payload) = (len as usize <= MAX_RECORD_PAYLOAD)
-            .then(|| bytes.get(start..start + len as usize))
-            .flatten()
-        else {
-            return Ok((records, offset as u64, true));
-        };
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&seq_bytes);
-        hasher.update(payload);
-        if hasher.finalize() != crc {
-            return Ok((records, offset as u64, true));
+    let mut scan = SegmentScan {
+        first,
+        epoch: None,
+        format_zero: false,
+        data_start: 0,
+        len: bytes.len() as u64,
+        records: Vec::new(),
+        damage: Vec::new(),
+        torn_tail: None,
+    };
+    let magic_len = bytes.len().min(SEGMENT_MAGIC.len());
+    if magic_len == 0 || bytes[..magic_len] != SEGMENT_MAGIC[..magic_len] {
+        scan.format_zero = true;
+    } else if bytes.len() < SEGMENT_HEADER as usize {
+        // A header torn while the segment was created: nothing after it.
+        scan.torn_tail = Some(0);
+        return Ok(scan);
+    } else {
+        scan.data_start = SEGMENT_HEADER;
+        match parse_segment_header(&bytes[..SEGMENT_HEADER as usize]) {
+            Some((SEGMENT_FORMAT, epoch)) => scan.epoch = Some(epoch),
+            Some((format, _)) => {
+                return Err(OutboxError::Corrupt(format!(
+                    "{}: segment format {format} is newer than this software reads ({SEGMENT_FORMAT})",
+                    path.display()
+                )));
+            }
+            None => {
+                tracing::warn!(segment = %path.display(), "damaged outbox segment header; its records are read without it");
+            }
         }
-        records.push(Location {
-            seq,
-            segment: 0,
-            offset: offset as u64,
-            len,
-        });
-        offset = start + len as usize;
     }
-    Ok((records, offset as u64, false))
+    let mut offset = scan.data_start as usize;
+    // The lowest sequence number the next record may have.
+    let mut floor = first;
+    while offset < bytes.len() {
+        if let Some(record) = parse_record(&bytes, offset, floor) {
+            floor = record.seq + 1;
+            offset = (record.offset + RECORD_HEADER) as usize + record.len as usize;
+            scan.records.push(Location {
+                segment: first,
+                ..record
+            });
+            continue;
+        }
+        let resume = plausible_end(&bytes, offset)
+            .filter(|&end| parse_record(&bytes, end, floor).is_some())
+            .or_else(|| {
+                (offset + 1..bytes.len()).find(|&at| parse_record(&bytes, at, floor).is_some())
+            });
+        match resume {
+            Some(at) => {
+                let before = parse_record(&bytes, at, floor).map(|record| record.seq);
+                scan.damage.push(Damage {
+                    offset: offset as u64,
+                    after: floor,
+                    before,
+                });
+                offset = at;
+            }
+            None => {
+                scan.damage.push(Damage {
+                    offset: offset as u64,
+                    after: floor,
+                    before: None,
+                });
+                scan.torn_tail = Some(offset as u64);
+                break;
+            }
+        }
+    }
+    Ok(scan)
+}
+
+/// The format and epoch of an intact segment header.
+fn parse_segment_header(header: &[u8]) -> Option<(u32, u64)> {
+    let crc = u32::from_le_bytes(header.get(16..20)?.try_into().ok()?);
+    if crc32fast::hash(header.get(..16)?) != crc {
+        return None;
+    }
+    let format = u32::from_le_bytes(header.get(4..8)?.try_into().ok()?);
+    let epoch = u64::from_le_bytes(header.get(8..16)?.try_into().ok()?);
+    Some((format, epoch))
+}
+
+/// A segment header for `epoch`.
+fn segment_header(epoch: u64) -> [u8; SEGMENT_HEADER as usize] {
+    let mut header = [0; SEGMENT_HEADER as usize];
+    header[..4].copy_from_slice(&SEGMENT_MAGIC);
+    header[4..8].copy_from_slice(&SEGMENT_FORMAT.to_le_bytes());
+    header[8..16].copy_from_slice(&epoch.to_le_bytes());
+    let crc = crc32fast::hash(&header[..16]);
+    header[16..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// The intact record at `offset` with a sequence number of at least `floor`.
+fn parse_record(bytes: &[u8], offset: usize, floor: u64) -> Option<Location> {
+    let header = bytes.get(offset..offset.checked_add(RECORD_HEADER as usize)?)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?);
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let seq_bytes: [u8; 8] = header[8..16].try_into().ok()?;
+    let seq = u64::from_le_bytes(seq_bytes);
+    if len as usize > MAX_RECORD_PAYLOAD || seq < floor {
+        return None;
+    }
+    let start = offset + RECORD_HEADER as usize;
+    let payload = bytes.get(start..start + len as usize)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&seq_bytes);
+    hasher.update(payload);
+    (hasher.finalize() == crc).then_some(Location {
+        seq,
+        segment: 0,
+        offset: offset as u64,
+        len,
+    })
+}
+
+/// Where the (damaged) record at `offset` would end, if its length field is plausible.
+fn plausible_end(bytes: &[u8], offset: usize) -> Option<usize> {
+    let len = u32::from_le_bytes(bytes.get(offset..offset + 4)?.try_into().ok()?) as usize;
+    let end = offset + RECORD_HEADER as usize + len;
+    (len <= MAX_RECORD_PAYLOAD && end < bytes.len()).then_some(end)
+}
+
+/// Opens a segment for appending (and reading).
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+}
+
+/// Creates (or empties) a segment holding only its header, on disk when this returns.
+fn create_segment(path: &Path, epoch: u64) -> std::io::Result<File> {
+    let mut file = open_append(path)?;
+    file.set_len(0)?;
+    write_file(&mut file, &segment_header(epoch))?;
+    sync_file_data(&file)?;
+    Ok(file)
 }
 
 fn write_atomically(dir: &Path, name: &str, state: &SavedState) -> Result<(), OutboxError> {
     let temporary = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
     let bytes = serde_json::to_vec(state).map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-    let mut file = File::create(&temporary).map_err(|e| OutboxError::io(&temporary, e))?;
-    file.write_all(&bytes)
-        .map_err(|e| OutboxError::io(&temporary, e))?;
-    file.sync_all()
-        .map_err(|e| OutboxError::io(&temporary, e))?;
+    let written = File::create(&temporary).and_then(|mut file| {
+        write_file(&mut file, &bytes)?;
+        file.sync_all()
+    });
+    if let Err(error) = written {
+        // The target is untouched; leave no half-written temporary file behind either.
+        let _ = std::fs::remove_file(&temporary);
+        return Err(OutboxError::io(&temporary, error));
+    }
     std::fs::rename(&temporary, &target).map_err(|e| OutboxError::io(&target, e))?;
     sync_dir(dir)
 }
@@ -557,6 +968,47 @@ fn sync_dir(dir: &Path) -> Result<(), OutboxError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| OutboxError::io(dir, e))
+}
+
+/// Whether an I/O error means the file system (or the user's quota) is full.
+fn is_no_space(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Every write of a segment or state file goes through here (tests inject faults).
+fn write_file(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+    #[cfg(test)]
+    if fault::NO_SPACE.get() {
+        // What a full file system does: part of the write lands, then ENOSPC.
+        file.write_all(&bytes[..bytes.len() / 2])?;
+        return Err(std::io::ErrorKind::StorageFull.into());
+    }
+    file.write_all(bytes)
+}
+
+/// Every fsync of a segment's data goes through here (tests inject faults).
+fn sync_file_data(file: &File) -> std::io::Result<()> {
+    #[cfg(test)]
+    if fault::FSYNC_NO_SPACE.get() {
+        return Err(std::io::ErrorKind::StorageFull.into());
+    }
+    file.sync_data()
+}
+
+/// Faults the tests inject on this thread's write path.
+#[cfg(test)]
+mod fault {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Writes land halfway, then fail with `ENOSPC`.
+        pub static NO_SPACE: Cell<bool> = const { Cell::new(false) };
+        /// Segment fsyncs fail with `ENOSPC` (delayed allocation running out).
+        pub static FSYNC_NO_SPACE: Cell<bool> = const { Cell::new(false) };
+    }
 }
 
 /// Why the queue failed.
@@ -604,10 +1056,18 @@ impl OutboxError {
         matches!(self, Self::Full { .. } | Self::NoSpace { .. })
     }
 
+    /// The error of a file operation on `path`: [`OutboxError::NoSpace`] when the file
+    /// system or quota is full.
     fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_path_buf(),
-            source,
+        if is_no_space(&source) {
+            Self::NoSpace {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Self::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     }
 }
@@ -668,11 +1128,13 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_and_appending_continues() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut outbox = Outbox::open(OutboxConfig {
+        // One segment throughout (the 20-byte segment header would make `config`'s
+        // 64-byte segments roll after these cuts).
+        let config = |dir: &Path| OutboxConfig {
             segment_bytes: 1 << 20,
-            ..config(dir.path())
-        })
-        .expect("open");
+            ..config(dir)
+        };
+        let mut outbox = Outbox::open(config(dir.path())).expect("open");
         for _ in 0..3 {
             outbox.append(|seq, _| message(seq)).expect("append");
         }
@@ -739,5 +1201,457 @@ mod tests {
             2,
             "the drop count is persisted"
         );
+    }
+
+    /// Fixed-size payloads, so segments hold a known number of records.
+    fn fixed(seq: u64) -> Vec<u8> {
+        format!("message {seq:04}").into_bytes()
+    }
+
+    /// Bytes of one record of [`fixed`].
+    const FIXED_RECORD: usize = RECORD_HEADER as usize + 12;
+
+    /// Five records per segment.
+    fn five_per_segment(dir: &Path) -> OutboxConfig {
+        OutboxConfig {
+            segment_bytes: SEGMENT_HEADER + 5 * FIXED_RECORD as u64,
+            ..config(dir)
+        }
+    }
+
+    fn pending(outbox: &Outbox) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        let mut next = outbox.next_pending(0);
+        while let Some(seq) = next {
+            seqs.push(seq);
+            next = outbox.next_pending(seq + 1);
+        }
+        seqs
+    }
+
+    /// Total size of the files in `dir`.
+    fn dir_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|entry| entry.expect("entry").metadata().expect("metadata").len())
+            .sum()
+    }
+
+    /// A queue of 15 records in segments 0, 5 and 10, closed; returns its epoch.
+    fn fifteen_records(dir: &Path) -> u64 {
+        let mut outbox = Outbox::open(five_per_segment(dir)).expect("open");
+        for expected in 0..15 {
+            assert_eq!(
+                outbox.append(|seq, _| fixed(seq)).expect("append"),
+                expected
+            );
+        }
+        assert_eq!(list_segments(dir).expect("list"), vec![0, 5, 10]);
+        outbox.epoch()
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_middle_record_loses_only_that_record() {
+        // Record 7 is the middle record of the middle segment (5..=9).
+        let start = SEGMENT_HEADER as usize + 2 * FIXED_RECORD;
+        for offset in start..start + FIXED_RECORD {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let epoch = fifteen_records(dir.path());
+            let middle = segment_path(dir.path(), 5);
+            let mut bytes = std::fs::read(&middle).expect("read");
+            bytes[offset] ^= 0xff;
+            std::fs::write(&middle, &bytes).expect("write");
+
+            let mut outbox = Outbox::open(five_per_segment(dir.path())).expect("open");
+            assert_eq!(outbox.epoch(), epoch);
+            assert_eq!(outbox.stats().damaged_records, 1, "flip at {offset}");
+            assert_eq!(outbox.stats().depth, 14, "flip at {offset}");
+            for seq in (0..15).filter(|&seq| seq != 7) {
+                assert!(outbox.is_pending(seq), "{seq} after a flip at {offset}");
+                assert_eq!(
+                    outbox.read(seq).expect("read"),
+                    fixed(seq),
+                    "flip at {offset}"
+                );
+            }
+            assert!(!outbox.is_pending(7));
+            assert!(matches!(outbox.read(7), Err(OutboxError::NotQueued(7))));
+            assert_eq!(outbox.next_pending(7), Some(8), "the gap is walked past");
+            let expected: Vec<u64> = (0..15).filter(|&seq| seq != 7).collect();
+            assert_eq!(pending(&outbox), expected);
+            for seq in 0..15 {
+                outbox.ack(seq).expect("ack"); // 7 included: ignored
+            }
+            assert_eq!(outbox.stats().depth, 0);
+            assert_eq!(outbox.next_pending(0), None);
+            let left = list_segments(dir.path()).expect("list");
+            assert!(
+                left.iter().all(|first| *first >= 15),
+                "flip at {offset}: segments {left:?} remain"
+            );
+            assert_eq!(outbox.append(|seq, _| fixed(seq)).expect("append"), 15);
+        }
+    }
+
+    #[test]
+    fn a_corrupted_length_or_inserted_garbage_is_resynchronised_past() {
+        // A length that points into the next record: record 7 is lost, 8 on are found.
+        let dir = tempfile::tempdir().expect("tempdir");
+        fifteen_records(dir.path());
+        let middle = segment_path(dir.path(), 5);
+        let mut bytes = std::fs::read(&middle).expect("read");
+        let start = SEGMENT_HEADER as usize + 2 * FIXED_RECORD;
+        bytes[start..start + 4].copy_from_slice(&20u32.to_le_bytes());
+        std::fs::write(&middle, &bytes).expect("write");
+        let outbox = Outbox::open(five_per_segment(dir.path())).expect("open");
+        assert_eq!(outbox.stats().damaged_records, 1);
+        let expected: Vec<u64> = (0..15).filter(|&seq| seq != 7).collect();
+        assert_eq!(pending(&outbox), expected);
+        assert_eq!(outbox.read(8).expect("read"), fixed(8));
+        drop(outbox);
+
+        // Garbage (starting with a plausible length) between records 6 and 7: nothing lost.
+        let dir = tempfile::tempdir().expect("tempdir");
+        fifteen_records(dir.path());
+        let middle = segment_path(dir.path(), 5);
+        let mut bytes = std::fs::read(&middle).expect("read");
+        let mut garbage = 9u32.to_le_bytes().to_vec();
+        garbage.extend((0u8..33).map(|n| n.wrapping_mul(37)));
+        bytes.splice(start..start, garbage);
+        std::fs::write(&middle, &bytes).expect("write");
+        let mut outbox = Outbox::open(five_per_segment(dir.path())).expect("open");
+        assert_eq!(outbox.stats().damaged_records, 0);
+        assert_eq!(pending(&outbox), (0..15).collect::<Vec<_>>());
+        for seq in 0..15 {
+            assert_eq!(outbox.read(seq).expect("read"), fixed(seq));
+        }
+        for seq in 0..15 {
+            outbox.ack(seq).expect("ack");
+        }
+        assert!(
+            list_segments(dir.path())
+                .expect("list")
+                .iter()
+                .all(|f| *f >= 15)
+        );
+    }
+
+    #[test]
+    fn drop_oldest_keeps_disk_use_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = OutboxConfig {
+            max_bytes: 10_000,
+            segment_bytes: 4096,
+            overflow: OverflowPolicy::DropOldest,
+            ..config(dir.path())
+        };
+        let bound = config.max_bytes + 2 * config.segment_bytes;
+        let mut outbox = Outbox::open(config).expect("open");
+        // 20 times max_bytes.
+        for _ in 0..200 {
+            outbox.append(|_, _| vec![7; 1000]).expect("append");
+            let used = dir_bytes(dir.path());
+            assert!(used <= bound, "{used} bytes on disk, bound {bound}");
+        }
+        let stats = outbox.stats();
+        assert_eq!(stats.depth + stats.dropped_oldest, 200);
+        assert_eq!(stats.depth, 10);
+    }
+
+    #[test]
+    fn a_single_active_segment_is_freed_once_everything_in_it_is_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = |dir: &Path| OutboxConfig {
+            segment_bytes: 4 * 1024 * 1024,
+            ..config(dir)
+        };
+        let mut outbox = Outbox::open(config(dir.path())).expect("open");
+        for _ in 0..100 {
+            outbox.append(|_, _| vec![1; 1000]).expect("append");
+        }
+        assert_eq!(list_segments(dir.path()).expect("list"), vec![0]);
+        let full = dir_bytes(dir.path());
+        assert!(full > 100_000);
+        for seq in 0..100 {
+            outbox.ack(seq).expect("ack");
+        }
+        let used = dir_bytes(dir.path());
+        assert!(used < 1000, "{used} bytes left of {full}");
+        assert_eq!(list_segments(dir.path()).expect("list"), vec![100]);
+        drop(outbox);
+        // The fresh segment's name keeps the sequence numbers going, state file or not.
+        std::fs::remove_file(dir.path().join(STATE_FILE)).expect("remove state");
+        let mut outbox = Outbox::open(config(dir.path())).expect("reopen");
+        assert_eq!(outbox.append(|_, _| vec![1]).expect("append"), 100);
+    }
+
+    fn state_lost_or_corrupt(corrupt: bool) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let epoch = fifteen_records(dir.path());
+        let mut outbox = Outbox::open(five_per_segment(dir.path())).expect("open");
+        for seq in 0..7 {
+            outbox.ack(seq).expect("ack");
+        }
+        outbox.sync().expect("sync");
+        drop(outbox);
+        let state = dir.path().join(STATE_FILE);
+        if corrupt {
+            std::fs::write(&state, b"{\"epoch\": 12, \"next_un").expect("corrupt");
+        } else {
+            std::fs::remove_file(&state).expect("remove");
+        }
+
+        let mut outbox = Outbox::open(five_per_segment(dir.path())).expect("reopen");
+        assert_eq!(outbox.epoch(), epoch, "the epoch comes from the segments");
+        assert_eq!(outbox.stats().dropped_oldest, 0);
+        let pending = pending(&outbox);
+        // 5 and 6 were acknowledged but their segment is still there: sent once more.
+        assert_eq!(pending, (5..15).collect::<Vec<_>>());
+        if corrupt {
+            let aside = std::fs::read(dir.path().join(CORRUPT_STATE_FILE)).expect("moved aside");
+            assert_eq!(aside, b"{\"epoch\": 12, \"next_un");
+        }
+        let rebuilt: SavedState =
+            serde_json::from_slice(&std::fs::read(&state).expect("state")).expect("parses");
+        assert_eq!(rebuilt.epoch, epoch);
+        // The fleet acknowledges with the epoch in the payloads: the agent's check holds.
+        for seq in pending {
+            assert!(outbox.is_pending(seq));
+            outbox.ack(seq).expect("ack");
+        }
+        assert_eq!(outbox.stats().depth, 0);
+        assert!(
+            list_segments(dir.path())
+                .expect("list")
+                .iter()
+                .all(|f| *f >= 15)
+        );
+        drop(outbox);
+        let outbox = Outbox::open(five_per_segment(dir.path())).expect("reopen");
+        assert_eq!((outbox.epoch(), outbox.stats().depth), (epoch, 0));
+    }
+
+    #[test]
+    fn a_deleted_state_file_is_rebuilt_from_the_segments() {
+        state_lost_or_corrupt(false);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_moved_aside_and_rebuilt_from_the_segments() {
+        state_lost_or_corrupt(true);
+    }
+
+    /// A format-0 segment (no header) of records `seqs`.
+    fn format_zero_segment(dir: &Path, seqs: std::ops::Range<u64>) {
+        let mut bytes = Vec::new();
+        for seq in seqs.clone() {
+            let payload = fixed(seq);
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&seq.to_le_bytes());
+            crc.update(&payload);
+            bytes.extend_from_slice(&crc.finalize().to_le_bytes());
+            bytes.extend_from_slice(&seq.to_le_bytes());
+            bytes.extend_from_slice(&payload);
+        }
+        std::fs::write(segment_path(dir, seqs.start), bytes).expect("write");
+    }
+
+    #[test]
+    fn header_less_segments_take_their_epoch_from_the_state_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        format_zero_segment(dir.path(), 0..3);
+        let state = SavedState {
+            epoch: 42,
+            next_unacked: 1,
+            dropped_oldest: 2,
+        };
+        write_atomically(dir.path(), STATE_FILE, &state).expect("state");
+        let mut outbox = Outbox::open(five_per_segment(dir.path())).expect("open");
+        assert_eq!(outbox.epoch(), 42);
+        assert_eq!(pending(&outbox), vec![1, 2]);
+        assert_eq!(outbox.read(2).expect("read"), fixed(2));
+        assert_eq!(outbox.append(|seq, _| fixed(seq)).expect("append"), 3);
+        drop(outbox);
+        let mut outbox = Outbox::open(five_per_segment(dir.path())).expect("reopen");
+        assert_eq!(pending(&outbox), vec![1, 2, 3]);
+        assert_eq!(outbox.stats().dropped_oldest, 2);
+        for seq in 1..4 {
+            outbox.ack(seq).expect("ack");
+        }
+        assert_eq!(outbox.stats().depth, 0);
+
+        // Without the state file nothing knows their epoch: they could never be
+        // acknowledged, so they are discarded (counted) and a new epoch starts.
+        let dir = tempfile::tempdir().expect("tempdir");
+        format_zero_segment(dir.path(), 0..3);
+        let outbox = Outbox::open(five_per_segment(dir.path())).expect("open");
+        assert_eq!(outbox.stats().depth, 0);
+        assert_eq!(outbox.stats().damaged_records, 3);
+        assert_eq!(outbox.stats().next_seq, 3);
+    }
+
+    /// Clears the injected faults when the test ends, passed or not.
+    struct FaultsOff;
+
+    impl Drop for FaultsOff {
+        fn drop(&mut self) {
+            fault::NO_SPACE.set(false);
+            fault::FSYNC_NO_SPACE.set(false);
+        }
+    }
+
+    #[test]
+    fn no_space_refuses_the_append_leaves_nothing_partial_and_recovers() {
+        let _faults = FaultsOff;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut outbox = Outbox::open(five_per_segment(dir.path())).expect("open");
+        for _ in 0..5 {
+            outbox.append(|seq, _| fixed(seq)).expect("append");
+        }
+        let segment = segment_path(dir.path(), 0);
+        let length = std::fs::metadata(&segment).expect("metadata").len();
+        let state_before = std::fs::read(dir.path().join(STATE_FILE)).expect("state");
+
+        fault::NO_SPACE.set(true);
+        // The segment is full: rolling fails too, and the append stays on it.
+        let refused = outbox.append(|seq, _| fixed(seq)).expect_err("no space");
+        assert!(matches!(refused, OutboxError::NoSpace { .. }), "{refused}");
+        assert!(refused.is_refusal());
+        assert_eq!(list_segments(dir.path()).expect("list"), vec![0]);
+        assert_eq!(std::fs::metadata(&segment).expect("metadata").len(), length);
+        // Acknowledgements work; the state file cannot be saved but stays whole.
+        outbox.ack(0).expect("ack");
+        outbox.ack(1).expect("ack");
+        outbox.sync().expect("sync");
+        assert_eq!(
+            std::fs::read(dir.path().join(STATE_FILE)).expect("state"),
+            state_before
+        );
+        assert!(!dir.path().join(format!("{STATE_FILE}.tmp")).exists());
+        assert_eq!(outbox.stats().depth, 3);
+
+        fault::NO_SPACE.set(false);
+        assert_eq!(outbox.append(|seq, _| fixed(seq)).expect("append"), 5);
+        outbox.sync().expect("sync");
+        drop(outbox);
+        let outbox = Outbox::open(five_per_segment(dir.path())).expect("reopen");
+        assert_eq!(outbox.stats().damaged_records, 0);
+        assert_eq!(pending(&outbox), vec![2, 3, 4, 5]);
+        assert_eq!(outbox.read(5).expect("read"), fixed(5));
+    }
+
+    #[test]
+    fn a_failed_fsync_under_always_removes_the_record_and_refuses_it() {
+        let _faults = FaultsOff;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = |dir: &Path| OutboxConfig {
+            fsync: FsyncPolicy::Always,
+            ..config(dir)
+        };
+        let mut outbox = Outbox::open(config(dir.path())).expect("open");
+        outbox.append(|seq, _| message(seq)).expect("append");
+        let segment = segment_path(dir.path(), 0);
+        let length = std::fs::metadata(&segment).expect("metadata").len();
+        fault::FSYNC_NO_SPACE.set(true);
+        let refused = outbox.append(|seq, _| message(seq)).expect_err("refused");
+        assert!(refused.is_refusal(), "{refused}");
+        assert_eq!(std::fs::metadata(&segment).expect("metadata").len(), length);
+        assert_eq!(outbox.stats().depth, 1);
+        fault::FSYNC_NO_SPACE.set(false);
+        assert_eq!(outbox.append(|seq, _| message(seq)).expect("append"), 1);
+        drop(outbox);
+        let outbox = Outbox::open(config(dir.path())).expect("reopen");
+        assert_eq!(pending(&outbox), vec![0, 1]);
+        assert_eq!(outbox.stats().damaged_records, 0);
+    }
+
+    /// A tmpfs mounted on a directory, unmounted when dropped (the test failing or not).
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(path: &Path, size: &str) -> Self {
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(path)
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "mount -t tmpfs failed: {status}");
+            Self(path.to_path_buf())
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let unmounted = std::process::Command::new("umount")
+                .arg(&self.0)
+                .status()
+                .is_ok_and(|status| status.success());
+            if !unmounted {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "needs root: mounts a tmpfs"]
+    fn a_full_file_system_refuses_appends_and_takes_them_again_after_acks() {
+        let mount_point = tempfile::tempdir().expect("tempdir");
+        let _tmpfs = Tmpfs::mount(mount_point.path(), "256k");
+        let config = OutboxConfig {
+            dir: mount_point.path().join("outbox"),
+            max_bytes: 64 * 1024 * 1024,
+            segment_bytes: 16 * 1024,
+            fsync: FsyncPolicy::Always,
+            overflow: OverflowPolicy::Refuse,
+        };
+        let payload = |seq: u64| {
+            let mut bytes = vec![(seq % 251) as u8; 1000];
+            bytes[..8].copy_from_slice(&seq.to_le_bytes());
+            bytes
+        };
+        let mut outbox = Outbox::open(config.clone()).expect("open");
+        let mut accepted = 0;
+        let refusal = loop {
+            match outbox.append(|seq, _| payload(seq)) {
+                Ok(seq) => {
+                    assert_eq!(seq, accepted);
+                    accepted += 1;
+                }
+                Err(error) => break error,
+            }
+            assert!(accepted < 1000, "a 256 KiB tmpfs took 1000 KiB");
+        };
+        assert!(matches!(refusal, OutboxError::NoSpace { .. }), "{refusal}");
+        assert!(accepted > 100, "only {accepted} appends fitted");
+        let again = outbox
+            .append(|seq, _| payload(seq))
+            .expect_err("still full");
+        assert!(again.is_refusal(), "{again}");
+        drop(outbox);
+
+        let mut outbox = Outbox::open(config.clone()).expect("reopen on a full file system");
+        assert_eq!(outbox.stats().damaged_records, 0, "nothing partial remains");
+        assert_eq!(outbox.stats().depth, accepted);
+        assert_eq!(pending(&outbox), (0..accepted).collect::<Vec<_>>());
+        for seq in 0..accepted {
+            assert_eq!(outbox.read(seq).expect("read"), payload(seq));
+        }
+        for seq in 0..accepted / 2 {
+            outbox.ack(seq).expect("ack on a full file system");
+        }
+        for expected in accepted..accepted + 20 {
+            assert_eq!(
+                outbox.append(|seq, _| payload(seq)).expect("room again"),
+                expected
+            );
+        }
+        drop(outbox);
+        let outbox = Outbox::open(config).expect("reopen");
+        assert_eq!(outbox.stats().damaged_records, 0);
+        assert_eq!(outbox.stats().next_seq, accepted + 20);
     }
 }

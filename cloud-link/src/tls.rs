@@ -39,7 +39,7 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
 ///
 /// Today the key may come from a file (demo); the pluton signer plugs in here as
 /// another `Arc<dyn SigningKey>`, so the key never enters the link's process.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ClientIdentity(Arc<CertifiedKey>);
 
 impl ClientIdentity {

@@ -55,7 +55,7 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// Largest image upload accepted (bytes).
 pub const MAX_IMAGE_UPLOAD: usize = 256 * 1024 * 1024;
 
-/// The API's routes.
+/// The API's routes, the dashboard, and `/metrics` (unauthenticated, read-only).
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route(
@@ -103,7 +103,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/images/{sha256}", get(deployments::download_image))
         .merge(api)
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::metrics::router(state.store))
 }
 
 async fn openapi() -> Response {

@@ -10,6 +10,7 @@ pub mod images;
 pub mod ingest;
 #[cfg(feature = "loadtest")]
 pub mod loadtest;
+pub mod metrics;
 pub mod store;
 pub mod tls;
 

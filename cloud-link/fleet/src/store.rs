@@ -21,11 +21,13 @@ pub use registry::{
 };
 pub use reports::{CrashRate, ReportBucket, ReportGroup, StoredEvent, StoredReport};
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
 
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Row};
 use warden_link::TelemetryBatch;
 
 /// SQLite connections for read-only lookups besides the one writer, by default.
@@ -278,7 +280,14 @@ pub enum Ingested {
 /// The fleet's database.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// The writer (the one SQLite connection, or PostgreSQL's pool). Every write goes
+    /// through [`Store::begin_write`].
     pool: AnyPool,
+    /// Whether writes succeed, and the counters `/metrics` shows.
+    health: Arc<std::sync::Mutex<StoreHealth>>,
+    /// Test hook: a statement run on every new writer connection (see
+    /// [`Store::set_writer_pragma`]).
+    writer_pragma: Arc<std::sync::Mutex<Option<String>>>,
     /// Read-only lookups on the hot API path: on SQLite connections of their own (WAL
     /// lets readers run beside the one writer connection); on PostgreSQL, `None`: the
     /// pool.
@@ -349,12 +358,18 @@ impl Store {
         };
         let sqlite = url.starts_with("sqlite:");
         let max_connections = if sqlite { 1 } else { 8 };
+        let writer_pragma: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let connect_pragma = Arc::clone(&writer_pragma);
         // A SQLite connection is a local file that cannot drop: no ping (a round trip
         // to its worker thread) before every use.
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .test_before_acquire(!sqlite)
             .after_connect(move |connection, _meta| {
+                let extra = connect_pragma
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 Box::pin(async move {
                     if sqlite {
                         // WAL: one fsync per commit (FULL keeps an acknowledged batch
@@ -367,12 +382,20 @@ impl Store {
                             sqlx::query(pragma).execute(&mut *connection).await?;
                         }
                     }
+                    if let Some(extra) = extra {
+                        sqlx::query(&extra).execute(&mut *connection).await?;
+                    }
                     Ok(())
                 })
             })
             .connect(&url)
             .await?;
-        let mut store = Self { reads: None, pool };
+        let mut store = Self {
+            reads: None,
+            pool,
+            health: Arc::default(),
+            writer_pragma,
+        };
         store.migrate().await?;
         if sqlite && read_connections > 0 {
             store.reads = Some(Arc::new(
@@ -383,23 +406,31 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS warden_schema (version BIGINT PRIMARY KEY)")
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.begin_write().await?;
+        let created =
+            sqlx::query("CREATE TABLE IF NOT EXISTS warden_schema (version BIGINT PRIMARY KEY)")
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from);
+        tx.commit(created).await?;
         let applied: Option<i64> = sqlx::query("SELECT MAX(version) FROM warden_schema")
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
         for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| Some(*v) > applied) {
-            let mut tx = self.pool.begin().await?;
-            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                sqlx::query(statement).execute(&mut *tx).await?;
+            let mut tx = self.begin_write().await?;
+            let applied = async {
+                for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                sqlx::query("INSERT INTO warden_schema (version) VALUES ($1)")
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(())
             }
-            sqlx::query("INSERT INTO warden_schema (version) VALUES ($1)")
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            .await;
+            tx.commit(applied).await?;
             tracing::info!(version, "applied store migration");
         }
         Ok(())
@@ -423,10 +454,21 @@ impl Store {
         batches: &[(&str, &TelemetryBatch)],
         received_ms: i64,
     ) -> Result<Vec<Ingested>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let outcomes = telemetry::ingest_group(&mut tx, batches, received_ms).await?;
-        tx.commit().await?;
-        Ok(outcomes)
+        let mut tx = self.begin_write().await.inspect_err(|_| {
+            self.count_withheld(batches.len());
+        })?;
+        let outcomes = telemetry::ingest_group(&mut tx, batches, received_ms).await;
+        match tx.commit(outcomes).await {
+            Ok(outcomes) => {
+                let stored = outcomes.iter().filter(|o| **o == Ingested::Stored).count();
+                self.lock_health().batches_stored += to_u64(stored);
+                Ok(outcomes)
+            }
+            Err(error) => {
+                self.count_withheld(batches.len());
+                Err(error)
+            }
+        }
     }
 
     /// Every device with its latest values, ordered by ID.
@@ -554,15 +596,18 @@ impl Store {
         request: &str,
         created_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
             "INSERT INTO commands (id, device_id, request, status, detail, created_ms) VALUES ($1, $2, $3, 'sent', '', $4)",
         )
         .bind(id)
         .bind(device_id)
         .bind(request)
         .bind(created_ms)
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from);
+        tx.commit(inserted).await?;
         Ok(())
     }
 
@@ -576,6 +621,7 @@ impl Store {
         detail: &str,
         completed_ms: i64,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE commands SET status = $1, detail = $2, completed_ms = $3
              WHERE id = $4 AND device_id = $5 AND status = 'sent'",
@@ -585,10 +631,10 @@ impl Store {
         .bind(completed_ms)
         .bind(id)
         .bind(device_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated == 1)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from);
+        Ok(tx.commit(updated).await?.rows_affected() == 1)
     }
 
     /// One command of a device.
@@ -624,15 +670,18 @@ impl Store {
         desired: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let mut tx = self.begin_write().await?;
+        let stored = sqlx::query(
             "INSERT INTO twins (device_id, desired, desired_ms) VALUES ($1, $2, $3)
              ON CONFLICT (device_id) DO UPDATE SET desired = excluded.desired, desired_ms = excluded.desired_ms",
         )
         .bind(device_id)
         .bind(desired)
         .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from);
+        tx.commit(stored).await?;
         Ok(())
     }
 
@@ -643,15 +692,18 @@ impl Store {
         reported: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let mut tx = self.begin_write().await?;
+        let stored = sqlx::query(
             "INSERT INTO twins (device_id, reported, reported_ms) VALUES ($1, $2, $3)
              ON CONFLICT (device_id) DO UPDATE SET reported = excluded.reported, reported_ms = excluded.reported_ms",
         )
         .bind(device_id)
         .bind(reported)
         .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from);
+        tx.commit(stored).await?;
         Ok(())
     }
 
@@ -676,27 +728,34 @@ impl Store {
     /// the whole prune. How many readings went.
     pub async fn prune_telemetry(&self, before_ms: i64) -> Result<u64, StoreError> {
         let mut readings = 0;
+        let mut tx = self.begin_write().await?;
         let legacy = sqlx::query("DELETE FROM telemetry WHERE received_ms IS NULL AND ts_ms < $1")
             .bind(before_ms)
-            .execute(&self.pool)
-            .await?;
-        readings += legacy.rows_affected();
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from);
+        readings += tx.commit(legacy).await?.rows_affected();
         let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(received_ms) FROM telemetry")
             .fetch_one(&self.pool)
             .await?;
         let mut cut = oldest.unwrap_or(before_ms);
         while cut < before_ms {
             cut = cut.saturating_add(PRUNE_WINDOW_MS).min(before_ms);
-            readings += sqlx::query("DELETE FROM telemetry WHERE received_ms < $1")
+            let mut tx = self.begin_write().await?;
+            let slice = sqlx::query("DELETE FROM telemetry WHERE received_ms < $1")
                 .bind(cut)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from);
+            readings += tx.commit(slice).await?.rows_affected();
         }
-        sqlx::query("DELETE FROM telemetry_batches WHERE received_ms < $1")
+        let mut tx = self.begin_write().await?;
+        let forgotten = sqlx::query("DELETE FROM telemetry_batches WHERE received_ms < $1")
             .bind(before_ms)
-            .execute(&self.pool)
-            .await?;
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from);
+        tx.commit(forgotten).await?;
         Ok(readings)
     }
 
@@ -706,6 +765,260 @@ impl Store {
             reads.quiesce().await;
         }
         self.pool.close().await;
+    }
+}
+
+/// How writes have gone: whether the store takes them, and the counters `/metrics`
+/// shows. One failure episode runs from the first failed write after a success to the
+/// next successful commit; it is logged once at each end, not once per write.
+#[derive(Debug, Default)]
+struct StoreHealth {
+    /// When the current failure episode began; `None` while writes succeed.
+    failing_since: Option<Instant>,
+    /// Telemetry batches withheld during the current episode.
+    withheld_in_episode: u64,
+    write_failures: u64,
+    failure_episodes: u64,
+    batches_stored: u64,
+    batches_withheld: u64,
+}
+
+/// The store's write health at one moment (what `/metrics` shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreHealthSnapshot {
+    /// Whether the last write transaction committed (true before any write).
+    pub writable: bool,
+    /// Write transactions that failed (a refused constraint does not count).
+    pub write_failures: u64,
+    /// Times writes started failing after succeeding.
+    pub failure_episodes: u64,
+    /// Telemetry batches committed as new (duplicates are acknowledged, not counted).
+    pub batches_stored: u64,
+    /// Telemetry batches not acknowledged because they were not committed.
+    pub batches_withheld: u64,
+}
+
+/// A transaction on a writer connection taken from the pool, started by a real
+/// `BEGIN`. The only way to write: [`Store::begin_write`], then
+/// [`WriteTransaction::commit`] with the result of the statements.
+///
+/// Why the connection is closed after any failure, never returned to the pool: a
+/// failed write can leave it inside a transaction that sqlx no longer tracks. SQLite
+/// keeps the transaction open when `COMMIT` fails with `SQLITE_FULL`, and may or may
+/// not roll it back itself after a failed statement; sqlx's transaction depth counter
+/// then disagrees with SQLite, its next `BEGIN` becomes a `SAVEPOINT` and its next
+/// "commit" a `RELEASE` inside a transaction that never commits — every later batch
+/// was acknowledged and lost. Closing the connection ends whatever transaction it
+/// held (SQLite rolls back on close; PostgreSQL aborts on disconnect), and the pool
+/// opens a fresh one in autocommit. Besides, the transaction is begun with our own
+/// `BEGIN` statement rather than sqlx's counter: SQLite refuses `BEGIN` inside an open
+/// transaction, so a writer left in one can never pass for a fresh transaction, and a
+/// `COMMIT` that returns success is a real top-level commit.
+pub(crate) struct WriteTransaction<'s> {
+    store: &'s Store,
+    /// `Some` until [`WriteTransaction::commit`] or drop takes it.
+    connection: Option<PoolConnection<Any>>,
+}
+
+impl std::ops::Deref for WriteTransaction<'_> {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        self.connection
+            .as_deref()
+            .expect("the connection is taken only by commit, which consumes the transaction")
+    }
+}
+
+impl std::ops::DerefMut for WriteTransaction<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        self.connection
+            .as_deref_mut()
+            .expect("the connection is taken only by commit, which consumes the transaction")
+    }
+}
+
+impl WriteTransaction<'_> {
+    /// Commits if `result` is `Ok` and returns it once `COMMIT` succeeded; on any
+    /// failure (of the statements or of `COMMIT`) closes the connection and returns
+    /// the error. Only an `Ok` from here may be acknowledged to anyone.
+    pub(crate) async fn commit<T>(
+        mut self,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Some(mut connection) = self.connection.take() else {
+            unreachable!("commit consumes the transaction, so the connection is still here")
+        };
+        let committed = match result {
+            Ok(value) => sqlx::query("COMMIT")
+                .execute(&mut *connection)
+                .await
+                .map(|_| value)
+                .map_err(StoreError::from),
+            Err(error) => Err(error),
+        };
+        match committed {
+            Ok(value) => {
+                self.store.write_succeeded();
+                // Back to the pool: in autocommit, the transaction committed.
+                drop(connection);
+                Ok(value)
+            }
+            Err(error) => {
+                self.store.write_failed(&error);
+                reset_writer(connection).await;
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Drop for WriteTransaction<'_> {
+    /// Dropped without [`WriteTransaction::commit`] (the future was cancelled, or an
+    /// early return): the transaction never committed and nothing was acknowledged;
+    /// the connection is closed, not returned to the pool, for the reason above.
+    fn drop(&mut self) {
+        if let Some(mut connection) = self.connection.take() {
+            connection.close_on_drop();
+        }
+    }
+}
+
+/// One write statement in a write transaction of its own (see [`WriteTransaction`]):
+/// how every single-statement write of the store runs, so none bypasses the reset.
+pub(crate) trait WriteStatement {
+    /// Executes the statement and commits; what it changed.
+    async fn execute_write(self, store: &Store) -> Result<sqlx::any::AnyQueryResult, StoreError>;
+    /// Runs a statement that returns rows (`… RETURNING`) and commits; the rows.
+    async fn fetch_all_write(self, store: &Store) -> Result<Vec<sqlx::any::AnyRow>, StoreError>;
+}
+
+impl<'q> WriteStatement for sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    async fn execute_write(self, store: &Store) -> Result<sqlx::any::AnyQueryResult, StoreError> {
+        let mut tx = store.begin_write().await?;
+        let result = self.execute(&mut *tx).await.map_err(StoreError::from);
+        tx.commit(result).await
+    }
+
+    async fn fetch_all_write(self, store: &Store) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        let mut tx = store.begin_write().await?;
+        let result = self.fetch_all(&mut *tx).await.map_err(StoreError::from);
+        tx.commit(result).await
+    }
+}
+
+/// Closes a writer connection whose transaction failed: see [`WriteTransaction`].
+async fn reset_writer(connection: PoolConnection<Any>) {
+    if let Err(error) = connection.close().await {
+        // The pool forgets it either way; the next write opens a fresh connection.
+        tracing::debug!(%error, "closing a failed writer connection");
+    }
+}
+
+/// Whether `error` is the database refusing this one write (a constraint), which says
+/// nothing about whether the store can write.
+fn is_refusal(error: &StoreError) -> bool {
+    match &error.0 {
+        sqlx::Error::Database(database) => matches!(
+            database.kind(),
+            sqlx::error::ErrorKind::UniqueViolation
+                | sqlx::error::ErrorKind::ForeignKeyViolation
+                | sqlx::error::ErrorKind::NotNullViolation
+                | sqlx::error::ErrorKind::CheckViolation
+        ),
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Begins a write transaction on a writer connection (see [`WriteTransaction`]).
+    pub(crate) async fn begin_write(&self) -> Result<WriteTransaction<'_>, StoreError> {
+        let mut connection = match self.pool.acquire().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                let error = StoreError::from(error);
+                self.write_failed(&error);
+                return Err(error);
+            }
+        };
+        if let Err(error) = sqlx::query("BEGIN").execute(&mut *connection).await {
+            let error = StoreError::from(error);
+            self.write_failed(&error);
+            reset_writer(connection).await;
+            return Err(error);
+        }
+        Ok(WriteTransaction {
+            store: self,
+            connection: Some(connection),
+        })
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, StoreHealth> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_succeeded(&self) {
+        let mut health = self.lock_health();
+        if let Some(since) = health.failing_since.take() {
+            let withheld = std::mem::take(&mut health.withheld_in_episode);
+            tracing::info!(
+                failed_for_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                withheld_batches = withheld,
+                "fleet store writes succeed again"
+            );
+        }
+    }
+
+    fn write_failed(&self, error: &StoreError) {
+        if is_refusal(error) {
+            tracing::debug!(%error, "fleet store refused a write");
+            return;
+        }
+        let mut health = self.lock_health();
+        health.write_failures += 1;
+        if health.failing_since.is_none() {
+            health.failing_since = Some(Instant::now());
+            health.failure_episodes += 1;
+            tracing::error!(
+                %error,
+                "fleet store writes fail; nothing is acknowledged until they succeed again"
+            );
+        }
+    }
+
+    /// `count` telemetry batches were not acknowledged because they were not stored.
+    fn count_withheld(&self, count: usize) {
+        let mut health = self.lock_health();
+        health.batches_withheld += to_u64(count);
+        if health.failing_since.is_some() {
+            health.withheld_in_episode += to_u64(count);
+        }
+    }
+
+    /// Whether writes succeed, and the write counters.
+    pub fn health(&self) -> StoreHealthSnapshot {
+        let health = self.lock_health();
+        StoreHealthSnapshot {
+            writable: health.failing_since.is_none(),
+            write_failures: health.write_failures,
+            failure_episodes: health.failure_episodes,
+            batches_stored: health.batches_stored,
+            batches_withheld: health.batches_withheld,
+        }
+    }
+
+    /// Test hook: runs `statement` (`PRAGMA max_page_count=…` to fill the disk) on the
+    /// writer connection now and on every writer connection opened from now on (a
+    /// pragma is per connection, and a failed writer is replaced). Not for production.
+    #[doc(hidden)]
+    pub async fn set_writer_pragma(&self, statement: &str) -> Result<(), StoreError> {
+        *self
+            .writer_pragma
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(statement.to_owned());
+        let mut connection = self.pool.acquire().await?;
+        sqlx::query(statement).execute(&mut *connection).await?;
+        Ok(())
     }
 }
 
@@ -729,6 +1042,11 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A count as a counter.
+fn to_u64(count: usize) -> u64 {
+    u64::try_from(count).unwrap_or(u64::MAX)
 }
 
 /// Saturating conversion for counters and timestamps stored as BIGINT.
@@ -813,6 +1131,148 @@ mod tests {
         let store = Store::open(&url).await.expect("reopen");
         assert!(store.device_exists("wd-1").await.expect("query"));
         assert!(!store.device_exists("wd-2").await.expect("query"));
+    }
+
+    /// A batch big enough to need new pages of the database file.
+    fn big_batch(seq: u64) -> TelemetryBatch {
+        let mut big = batch(seq, 0.0, 100);
+        big.readings = (0..200)
+            .map(|i| Reading {
+                point: format!("line1/point-{i:03}-{}", "x".repeat(40)),
+                value: f64::from(i),
+                text: None,
+                unit: "°C".into(),
+                ts_ms: 1_000 * seq,
+            })
+            .collect();
+        big
+    }
+
+    /// The bug this guards against: after SQLite refused a write with SQLITE_FULL, the
+    /// writer stayed inside a transaction, and every later batch was reported stored
+    /// (and acknowledged) but never committed.
+    #[tokio::test]
+    async fn a_full_disk_withholds_batches_and_every_batch_reported_stored_is_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let mut reported_stored = Vec::new();
+        assert_eq!(
+            store
+                .ingest("wd-1", &big_batch(0), 1)
+                .await
+                .expect("ingest"),
+            Ingested::Stored
+        );
+        reported_stored.push(0);
+        // The disk is full: the file may not grow (a limit below its size means its
+        // size). The writer is replaced after each failure; the hook limits it too.
+        store
+            .set_writer_pragma("PRAGMA max_page_count=1")
+            .await
+            .expect("limit the file");
+        for seq in [1, 2] {
+            let error = store
+                .ingest("wd-1", &big_batch(seq), 2)
+                .await
+                .expect_err("a full disk refuses the batch");
+            assert!(error.to_string().contains("full"), "{error}");
+        }
+        let health = store.health();
+        assert!(!health.writable);
+        assert_eq!(
+            (
+                health.write_failures,
+                health.failure_episodes,
+                health.batches_withheld
+            ),
+            (2, 1, 2)
+        );
+        // Space again: the next batches (the withheld ones resent, and a new one) are
+        // stored, and durable.
+        store
+            .set_writer_pragma("PRAGMA max_page_count=4294967294")
+            .await
+            .expect("lift the limit");
+        for seq in [1, 2, 3] {
+            if store
+                .ingest("wd-1", &big_batch(seq), 3)
+                .await
+                .expect("ingest")
+                == Ingested::Stored
+            {
+                reported_stored.push(seq);
+            }
+        }
+        assert_eq!(reported_stored, [0, 1, 2, 3]);
+        let health = store.health();
+        assert!(health.writable);
+        assert_eq!((health.failure_episodes, health.batches_stored), (1, 4));
+        store.close().await;
+
+        let store = Store::open(&url).await.expect("reopen");
+        let seqs: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM telemetry_batches WHERE device_id = 'wd-1' ORDER BY seq",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .expect("batches");
+        assert_eq!(
+            seqs,
+            [0, 1, 2, 3],
+            "every batch reported stored survives a reopen"
+        );
+        let readings: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM telemetry WHERE device_id = 'wd-1'")
+                .fetch_one(&store.pool)
+                .await
+                .expect("readings");
+        assert_eq!(readings, 4 * 200);
+    }
+
+    /// Each write path resets the writer: a failure in one (here an event) leaves no
+    /// transaction behind for the next (here a command), and a refused constraint
+    /// does not count as the store failing.
+    #[tokio::test]
+    async fn a_failed_write_leaves_no_transaction_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        let store = Store::open(&url).await.expect("open");
+        store
+            .insert_command("c-1", "wd-1", "{}", 1)
+            .await
+            .expect("command");
+        store
+            .insert_command("c-1", "wd-1", "{}", 2)
+            .await
+            .expect_err("the same command ID twice is refused");
+        assert!(
+            store.health().writable,
+            "a refused constraint is not a failing store"
+        );
+        store
+            .set_writer_pragma("PRAGMA max_page_count=1")
+            .await
+            .expect("limit the file");
+        let long = "x".repeat(64 * 1024);
+        store
+            .set_twin_desired("wd-1", &long, 3)
+            .await
+            .expect_err("a full disk refuses the twin");
+        assert!(!store.health().writable);
+        store
+            .set_writer_pragma("PRAGMA max_page_count=4294967294")
+            .await
+            .expect("lift the limit");
+        store
+            .insert_command("c-2", "wd-1", &long, 4)
+            .await
+            .expect("command");
+        assert!(store.health().writable);
+        store.close().await;
+        let store = Store::open(&url).await.expect("reopen");
+        let command = store.command("wd-1", "c-2").await.expect("query");
+        assert_eq!(command.map(|c| c.request.len()), Some(long.len()));
     }
 
     #[tokio::test]

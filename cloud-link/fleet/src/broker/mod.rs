@@ -94,6 +94,11 @@ impl Broker {
 pub struct LocalPublisher(Arc<Router>);
 
 impl LocalPublisher {
+    /// Publishes through `router`: a broker's ([`Broker::publisher`]), or a test's own.
+    pub fn new(router: Arc<Router>) -> Self {
+        Self(router)
+    }
+
     /// The public key `device` authenticated with (since the broker started).
     pub fn device_key(&self, device: &str) -> Option<Vec<u8>> {
         self.0.device_key(device)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, WriteStatement as _};
 
 /// An uploaded, verified image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -141,7 +141,7 @@ impl Store {
         .bind(image.security_counter)
         .bind(&image.measurement)
         .bind(image.uploaded_ms)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?
         .rows_affected();
         Ok(inserted == 1)
@@ -195,50 +195,53 @@ impl Store {
         deployment: &NewDeployment,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO deployments (id, product, device_group, image_sha256, spec, created_by, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&deployment.id)
-        .bind(&deployment.product)
-        .bind(&deployment.group)
-        .bind(&deployment.image_sha256)
-        .bind(&deployment.spec)
-        .bind(&deployment.created_by)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        for (device, wave) in &deployment.members {
+        let mut tx = self.begin_write().await?;
+        let created = async {
             sqlx::query(
-                "INSERT INTO deployment_members (deployment_id, device_id, wave) VALUES ($1, $2, $3)",
+                "INSERT INTO deployments (id, product, device_group, image_sha256, spec, created_by, created_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(&deployment.id)
-            .bind(device)
-            .bind(*wave)
+            .bind(&deployment.product)
+            .bind(&deployment.group)
+            .bind(&deployment.image_sha256)
+            .bind(&deployment.spec)
+            .bind(&deployment.created_by)
+            .bind(now_ms)
             .execute(&mut *tx)
             .await?;
+            for (device, wave) in &deployment.members {
+                sqlx::query(
+                    "INSERT INTO deployment_members (deployment_id, device_id, wave) VALUES ($1, $2, $3)",
+                )
+                .bind(&deployment.id)
+                .bind(device)
+                .bind(*wave)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let waves = deployment
+                .members
+                .iter()
+                .map(|m| m.1)
+                .max()
+                .map_or(0, |w| w + 1);
+            sqlx::query(
+                "INSERT INTO deployment_events (deployment_id, seq, ts_ms, kind, wave, detail)
+                 VALUES ($1, 0, $2, 'created', 0, $3)",
+            )
+            .bind(&deployment.id)
+            .bind(now_ms)
+            .bind(format!(
+                "{} devices in {waves} waves",
+                deployment.members.len()
+            ))
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
         }
-        let waves = deployment
-            .members
-            .iter()
-            .map(|m| m.1)
-            .max()
-            .map_or(0, |w| w + 1);
-        sqlx::query(
-            "INSERT INTO deployment_events (deployment_id, seq, ts_ms, kind, wave, detail)
-             VALUES ($1, 0, $2, 'created', 0, $3)",
-        )
-        .bind(&deployment.id)
-        .bind(now_ms)
-        .bind(format!(
-            "{} devices in {waves} waves",
-            deployment.members.len()
-        ))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await;
+        tx.commit(created).await
     }
 
     /// Appends a state change right after event `after_seq`; `false` (nothing
@@ -262,7 +265,7 @@ impl Store {
         .bind(kind)
         .bind(wave)
         .bind(detail)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?
         .rows_affected();
         Ok(inserted == 1)
@@ -287,7 +290,7 @@ impl Store {
         .bind(now_ms)
         .bind(state)
         .bind(detail)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, WriteStatement as _, WriteTransaction};
 
 /// The groups every product starts with, and whether each receives updates.
 pub const DEFAULT_GROUPS: &[(&str, bool)] = &[
@@ -147,32 +147,35 @@ impl Store {
         same_ca: impl Fn(&str) -> bool,
         now_ms: i64,
     ) -> Result<ProductOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let existing = sqlx::query("SELECT manufacturer_ca_pem FROM products WHERE name = $1")
+        let mut tx = self.begin_write().await?;
+        let outcome = async {
+            let existing = sqlx::query("SELECT manufacturer_ca_pem FROM products WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = existing {
+                let stored: String = row.try_get(0)?;
+                return Ok(if same_ca(&stored) {
+                    ProductOutcome::Unchanged
+                } else {
+                    ProductOutcome::Conflict
+                });
+            }
+            sqlx::query(
+                "INSERT INTO products (name, manufacturer_ca_pem, created_ms) VALUES ($1, $2, $3)",
+            )
             .bind(name)
-            .fetch_optional(&mut *tx)
+            .bind(manufacturer_ca_pem)
+            .bind(now_ms)
+            .execute(&mut *tx)
             .await?;
-        if let Some(row) = existing {
-            let stored: String = row.try_get(0)?;
-            return Ok(if same_ca(&stored) {
-                ProductOutcome::Unchanged
-            } else {
-                ProductOutcome::Conflict
-            });
+            for (group, receives_updates) in DEFAULT_GROUPS {
+                insert_group(&mut tx, name, group, *receives_updates, now_ms).await?;
+            }
+            Ok(ProductOutcome::Created)
         }
-        sqlx::query(
-            "INSERT INTO products (name, manufacturer_ca_pem, created_ms) VALUES ($1, $2, $3)",
-        )
-        .bind(name)
-        .bind(manufacturer_ca_pem)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        for (group, receives_updates) in DEFAULT_GROUPS {
-            insert_group(&mut tx, name, group, *receives_updates, now_ms).await?;
-        }
-        tx.commit().await?;
-        Ok(ProductOutcome::Created)
+        .await;
+        tx.commit(outcome).await
     }
 
     /// Every product, by name.
@@ -226,10 +229,9 @@ impl Store {
         name: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let created = insert_group(&mut tx, product, name, true, now_ms).await?;
-        tx.commit().await?;
-        Ok(created)
+        let mut tx = self.begin_write().await?;
+        let created = insert_group(&mut tx, product, name, true, now_ms).await;
+        tx.commit(created).await
     }
 
     /// Registers a device, once: the same device with the same certificate changes
@@ -252,7 +254,7 @@ impl Store {
         .bind(device.fingerprint)
         .bind(device.image_version)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?
         .rows_affected();
         let stored = self
@@ -326,7 +328,7 @@ impl Store {
         )
         .bind(now_ms)
         .bind(device_id)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -342,7 +344,7 @@ impl Store {
             .bind(status)
             .bind(now_ms)
             .bind(device_id)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(())
     }
@@ -363,7 +365,7 @@ impl Store {
         .bind(now_ms)
         .bind(detail)
         .bind(device_id)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -374,7 +376,7 @@ impl Store {
         sqlx::query("UPDATE registry SET attestation_detail = $1 WHERE device_id = $2")
             .bind(detail)
             .bind(device_id)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(())
     }
@@ -388,7 +390,7 @@ impl Store {
         sqlx::query("UPDATE registry SET image_version = $1 WHERE device_id = $2")
             .bind(version)
             .bind(device_id)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(())
     }
@@ -402,7 +404,7 @@ impl Store {
         sqlx::query("UPDATE registry SET policy_version = $1 WHERE device_id = $2")
             .bind(version)
             .bind(device_id)
-            .execute(&self.pool)
+            .execute_write(self)
             .await?;
         Ok(())
     }
@@ -424,7 +426,7 @@ impl Store {
         .bind(method)
         .bind(path)
         .bind(i64::from(status))
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -455,7 +457,7 @@ impl Store {
 }
 
 async fn insert_group(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut WriteTransaction<'_>,
     product: &str,
     name: &str,
     receives_updates: bool,
@@ -540,7 +542,7 @@ impl Store {
         .bind(nonce_hex)
         .bind(issued_ms)
         .bind(deadline_ms)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?;
         Ok(())
     }
@@ -556,80 +558,86 @@ impl Store {
         quote_sha256: &str,
         now_ms: i64,
     ) -> Result<ChallengeUse, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let used = sqlx::query(
-            "DELETE FROM attestation_challenges
-             WHERE device_id = $1 AND nonce = $2 AND deadline_ms >= $3 RETURNING issued_ms",
-        )
-        .bind(device_id)
-        .bind(nonce_hex)
-        .bind(now_ms)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = used {
-            sqlx::query(
-                "INSERT INTO attestation_answers (device_id, nonce, quote_sha256, answered_ms)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        let mut tx = self.begin_write().await?;
+        let found = async {
+            let used = sqlx::query(
+                "DELETE FROM attestation_challenges
+                 WHERE device_id = $1 AND nonce = $2 AND deadline_ms >= $3 RETURNING issued_ms",
             )
             .bind(device_id)
             .bind(nonce_hex)
-            .bind(quote_sha256)
             .bind(now_ms)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            tx.commit().await?;
-            return Ok(ChallengeUse::Accepted {
-                issued_ms: row.try_get(0)?,
-            });
-        }
-        let expired = sqlx::query(
-            "SELECT issued_ms, deadline_ms FROM attestation_challenges
-             WHERE device_id = $1 AND nonce = $2",
-        )
-        .bind(device_id)
-        .bind(nonce_hex)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let found = if let Some(row) = expired {
-            ChallengeUse::Expired {
-                issued_ms: row.try_get(0)?,
-                deadline_ms: row.try_get(1)?,
+            if let Some(row) = used {
+                sqlx::query(
+                    "INSERT INTO attestation_answers (device_id, nonce, quote_sha256, answered_ms)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(device_id)
+                .bind(nonce_hex)
+                .bind(quote_sha256)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                return Ok(ChallengeUse::Accepted {
+                    issued_ms: row.try_get(0)?,
+                });
             }
-        } else {
-            let answered = sqlx::query(
-                "SELECT quote_sha256 FROM attestation_answers WHERE device_id = $1 AND nonce = $2",
+            let expired = sqlx::query(
+                "SELECT issued_ms, deadline_ms FROM attestation_challenges
+                 WHERE device_id = $1 AND nonce = $2",
             )
             .bind(device_id)
             .bind(nonce_hex)
             .fetch_optional(&mut *tx)
             .await?;
-            match answered {
-                Some(row) => ChallengeUse::Answered {
-                    quote_sha256: row.try_get(0)?,
-                },
-                None => ChallengeUse::Unknown,
-            }
-        };
-        tx.commit().await?;
-        Ok(found)
+            let found = if let Some(row) = expired {
+                ChallengeUse::Expired {
+                    issued_ms: row.try_get(0)?,
+                    deadline_ms: row.try_get(1)?,
+                }
+            } else {
+                let answered = sqlx::query(
+                    "SELECT quote_sha256 FROM attestation_answers WHERE device_id = $1 AND nonce = $2",
+                )
+                .bind(device_id)
+                .bind(nonce_hex)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match answered {
+                    Some(row) => ChallengeUse::Answered {
+                        quote_sha256: row.try_get(0)?,
+                    },
+                    None => ChallengeUse::Unknown,
+                }
+            };
+            Ok(found)
+        }
+        .await;
+        tx.commit(found).await
     }
 
     /// Forgets challenges whose deadline and answers whose time are before
     /// `before_ms`; how many rows went.
     pub async fn purge_challenges(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let challenges = sqlx::query("DELETE FROM attestation_challenges WHERE deadline_ms < $1")
-            .bind(before_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let answers = sqlx::query("DELETE FROM attestation_answers WHERE answered_ms < $1")
-            .bind(before_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(challenges + answers)
+        let mut tx = self.begin_write().await?;
+        let purged = async {
+            let challenges =
+                sqlx::query("DELETE FROM attestation_challenges WHERE deadline_ms < $1")
+                    .bind(before_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            let answers = sqlx::query("DELETE FROM attestation_answers WHERE answered_ms < $1")
+                .bind(before_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            Ok(challenges + answers)
+        }
+        .await;
+        tx.commit(purged).await
     }
 
     /// A challenge went unanswered past its deadline: a `trusted` or `unknown` device
@@ -652,7 +660,7 @@ impl Store {
         .bind(detail)
         .bind(device_id)
         .bind(nonce_hex)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?
         .rows_affected();
         Ok(updated > 0)
@@ -672,7 +680,7 @@ impl Store {
         )
         .bind(detail)
         .bind(attested_before_ms)
-        .fetch_all(&self.pool)
+        .fetch_all_write(self)
         .await?;
         rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
     }
@@ -697,35 +705,38 @@ impl Store {
                 i64::try_from(seq).unwrap_or(i64::MAX),
             )
         });
-        let mut tx = self.pool.begin().await?;
-        let stored = sqlx::query(
-            "INSERT INTO twins (device_id, reported, reported_ms, reported_epoch, reported_seq)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (device_id) DO UPDATE SET reported = excluded.reported,
-                 reported_ms = excluded.reported_ms, reported_epoch = excluded.reported_epoch,
-                 reported_seq = excluded.reported_seq
-             WHERE twins.reported_epoch IS NULL
-                OR excluded.reported_epoch > twins.reported_epoch
-                OR (excluded.reported_epoch = twins.reported_epoch
-                    AND excluded.reported_seq >= twins.reported_seq)",
-        )
-        .bind(device_id)
-        .bind(reported)
-        .bind(now_ms)
-        .bind(epoch)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        if stored {
-            sqlx::query("UPDATE registry SET policy_version = $1 WHERE device_id = $2")
-                .bind(policy_version)
-                .bind(device_id)
-                .execute(&mut *tx)
-                .await?;
+        let mut tx = self.begin_write().await?;
+        let stored = async {
+            let stored = sqlx::query(
+                "INSERT INTO twins (device_id, reported, reported_ms, reported_epoch, reported_seq)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (device_id) DO UPDATE SET reported = excluded.reported,
+                     reported_ms = excluded.reported_ms, reported_epoch = excluded.reported_epoch,
+                     reported_seq = excluded.reported_seq
+                 WHERE twins.reported_epoch IS NULL
+                    OR excluded.reported_epoch > twins.reported_epoch
+                    OR (excluded.reported_epoch = twins.reported_epoch
+                        AND excluded.reported_seq >= twins.reported_seq)",
+            )
+            .bind(device_id)
+            .bind(reported)
+            .bind(now_ms)
+            .bind(epoch)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if stored {
+                sqlx::query("UPDATE registry SET policy_version = $1 WHERE device_id = $2")
+                    .bind(policy_version)
+                    .bind(device_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(stored)
         }
-        tx.commit().await?;
-        Ok(stored)
+        .await;
+        tx.commit(stored).await
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::Row;
 use warden_link::topics::{Delivery, DeviceEvent, FailureReportMessage};
 
-use super::{Store, StoreError, to_i64};
+use super::{Store, StoreError, WriteStatement as _, WriteTransaction, to_i64};
 
 /// Report kinds that count as a crash of the image (crash rate, rollout halts).
 pub const CRASH_KINDS: &[&str] = &["crash", "panic", "watchdog"];
@@ -116,7 +116,7 @@ impl Store {
         .bind(&report.image_version)
         .bind(&report.signature)
         .bind(&report.message)
-        .execute(&self.pool)
+        .execute_write(self)
         .await?
         .rows_affected();
         Ok(inserted == 1)
@@ -312,25 +312,28 @@ impl Store {
         delivery: Option<&Delivery>,
         received_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(delivery) = delivery
-            && !record_delivery(&mut tx, device_id, delivery, received_ms).await?
-        {
-            return Ok(false);
+        let mut tx = self.begin_write().await?;
+        let stored = async {
+            if let Some(delivery) = delivery
+                && !record_delivery(&mut tx, device_id, delivery, received_ms).await?
+            {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO device_events (device_id, ts_ms, received_ms, kind, detail)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(device_id)
+            .bind(to_i64(event.ts_ms))
+            .bind(received_ms)
+            .bind(&event.kind)
+            .bind(&event.detail)
+            .execute(&mut *tx)
+            .await?;
+            Ok(true)
         }
-        sqlx::query(
-            "INSERT INTO device_events (device_id, ts_ms, received_ms, kind, detail)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(device_id)
-        .bind(to_i64(event.ts_ms))
-        .bind(received_ms)
-        .bind(&event.kind)
-        .bind(&event.detail)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        .await;
+        tx.commit(stored).await
     }
 
     /// Events, newest first, at most `limit`, optionally of one device.
@@ -375,7 +378,7 @@ impl Store {
 /// Records a control-queue delivery in the same table as telemetry batches (keyed
 /// by device, stream, epoch, seq); `false` if it was recorded before.
 async fn record_delivery(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut WriteTransaction<'_>,
     device_id: &str,
     delivery: &Delivery,
     received_ms: i64,

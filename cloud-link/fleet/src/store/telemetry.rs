@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use sqlx::Row;
 use warden_link::{Reading, TelemetryBatch};
 
-use super::{Ingested, StoreError, to_i64};
+use super::{Ingested, StoreError, WriteTransaction, to_i64};
 
 /// Rows per multi-row statement (at most 7 columns: 224 parameters). Not more: sqlx
 /// binds each parameter of a SQLite statement by looking its name up among all of
@@ -38,7 +38,7 @@ fn values_clause(rows: usize, columns: usize) -> String {
 /// Stores `batches` (in order; a batch stored before, or twice in this group, is a
 /// duplicate) inside `tx`; what happened to each.
 pub(super) async fn ingest_group(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut WriteTransaction<'_>,
     batches: &[(&str, &TelemetryBatch)],
     received_ms: i64,
 ) -> Result<Vec<Ingested>, StoreError> {

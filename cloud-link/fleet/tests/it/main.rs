@@ -6,6 +6,7 @@ mod postgres;
 mod registry;
 mod reports;
 mod rollout;
+mod store_failure;
 mod telemetry;
 mod twin;
 
