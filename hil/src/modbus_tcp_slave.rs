@@ -176,10 +176,8 @@ impl ModbusService for SimulatedSlave {
                     .unwrap_or(0)
             }
             Some(mut device) => device.answer(request_pdu, elapsed, out),
-            None => {
-                pdu::encode_exception(function, ExceptionCode::GATEWAY_TARGET_FAILED, out)
-                    .unwrap_or(0)
-            }
+            None => pdu::encode_exception(function, ExceptionCode::GATEWAY_TARGET_FAILED, out)
+                .unwrap_or(0),
         }
     }
 }

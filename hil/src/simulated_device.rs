@@ -112,7 +112,12 @@ impl SimulatedDevice {
     fn read(&mut self, table: Table, address: u16, elapsed_ms: u64) -> Option<u16> {
         let source = self.sources.get_mut(&(table, address))?;
         let value = source.read_at(elapsed_ms);
-        Some(self.written.get(&(table, address)).copied().unwrap_or(value))
+        Some(
+            self.written
+                .get(&(table, address))
+                .copied()
+                .unwrap_or(value),
+        )
     }
 
     /// How many times clients have read a holding register (for a

@@ -91,7 +91,10 @@ pub async fn settle(world: &World, limit: Duration, expect_loss: bool) -> (Tally
             Ok(tally) => tally,
             Err(error) => {
                 if started.elapsed() > limit {
-                    panic!("cannot count the fleet's readings: {error}\n{}", world.logs());
+                    panic!(
+                        "cannot count the fleet's readings: {error}\n{}",
+                        world.logs()
+                    );
                 }
                 continue;
             }
@@ -131,7 +134,9 @@ static ROWS: Mutex<Vec<Row>> = Mutex::new(Vec::new());
 
 /// Records a case's row and prints the table of every case run so far in this process.
 pub fn record(row: Row) {
-    let mut rows = ROWS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut rows = ROWS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     rows.retain(|r| r.case != row.case);
     rows.push(row);
     rows.sort_by(|a, b| a.case.cmp(&b.case));

@@ -109,7 +109,9 @@ impl Process {
 
     /// `None` while it runs, else how it ended.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM, then waits up to `grace`; SIGKILL after that. Returns how long it took
@@ -164,7 +166,11 @@ impl Tmpfs {
             .arg(dir)
             .status()
             .expect("mount(8) runs");
-        assert!(status.success(), "cannot mount a tmpfs on {}", dir.display());
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs on {}",
+            dir.display()
+        );
         Self {
             dir: dir.to_path_buf(),
             mounted: true,
@@ -179,7 +185,9 @@ impl Tmpfs {
             .output()
             .expect("stat(1) runs");
         let text = String::from_utf8_lossy(&out.stdout);
-        let mut words = text.split_whitespace().map(|w| w.parse::<u64>().unwrap_or(0));
+        let mut words = text
+            .split_whitespace()
+            .map(|w| w.parse::<u64>().unwrap_or(0));
         words.next().unwrap_or(0) * words.next().unwrap_or(0)
     }
 
@@ -562,11 +570,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
             .arg("--config")
             .arg(&self.appliance_config)
             .env("RUST_LOG", "info,sqlx=warn,rumqttc=warn");
-        self.appliance = Some(Process::spawn(
-            "appliance",
-            command,
-            &self.appliance_log(),
-        ));
+        self.appliance = Some(Process::spawn("appliance", command, &self.appliance_log()));
     }
 
     /// SIGTERM to the appliance (SIGKILL after `grace`); whether it stopped by itself.
