@@ -6,6 +6,7 @@
 //! `std` mutex.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ use crate::simulated_device::SimulatedDevice;
 struct Devices {
     started: Instant,
     devices: Vec<(u8, Mutex<SimulatedDevice>)>,
+    /// While set, every request is answered "device failure" and nothing is read.
+    paused: AtomicBool,
 }
 
 impl Devices {
@@ -81,6 +84,7 @@ impl SimulatedSlave {
                 .iter()
                 .map(|m| (m.unit, Mutex::new(SimulatedDevice::new(m))))
                 .collect(),
+            paused: AtomicBool::new(false),
         });
         let slave = Self {
             state,
@@ -128,6 +132,25 @@ impl SimulatedSlave {
         device.holding_register(address, elapsed)
     }
 
+    /// How many times clients have read a holding register of the first device (for a
+    /// `read_count` register: the last value it served).
+    pub fn holding_reads(&self, address: u16) -> Option<u64> {
+        self.state
+            .devices
+            .first()?
+            .1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .holding_reads(address)
+    }
+
+    /// Stops (`true`) or resumes serving reads: while paused every request is answered
+    /// with exception 0x04 and no register is read, so read counts stand still while
+    /// connections stay open.
+    pub fn set_paused(&self, paused: bool) {
+        self.state.paused.store(paused, Ordering::SeqCst);
+    }
+
     /// How many requests the simulator has answered (all units).
     pub async fn request_count(&self) -> u64 {
         self.state
@@ -144,13 +167,17 @@ impl ModbusService for SimulatedSlave {
             tokio::time::sleep(self.service_time).await;
         }
         let elapsed = self.state.elapsed_ms();
+        let function = request_pdu.first().copied().unwrap_or(0) & 0x7F;
         match self.state.device(unit) {
-            Some(mut device) => device.answer(request_pdu, elapsed, out),
-            None => {
-                let function = request_pdu.first().copied().unwrap_or(0) & 0x7F;
-                pdu::encode_exception(function, ExceptionCode::GATEWAY_TARGET_FAILED, out)
+            // Checked under the device's lock: a read either counts and is answered,
+            // or does not count.
+            Some(_) if self.state.paused.load(Ordering::SeqCst) => {
+                pdu::encode_exception(function, ExceptionCode::SERVER_DEVICE_FAILURE, out)
                     .unwrap_or(0)
             }
+            Some(mut device) => device.answer(request_pdu, elapsed, out),
+            None => pdu::encode_exception(function, ExceptionCode::GATEWAY_TARGET_FAILED, out)
+                .unwrap_or(0),
         }
     }
 }

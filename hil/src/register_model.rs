@@ -27,6 +27,10 @@ pub enum RegisterModel {
         /// Milliseconds per increment.
         period_ms: u64,
     },
+    /// The number of times a client has read it: 1 at the first read, 2 at the second
+    /// (wrapping at 65535). Every reading is unique, so an end-to-end test can tell
+    /// each one lost or duplicated on its way (the fault suite's "produced" count).
+    ReadCount,
     /// `center + amplitude × sin(2π t / period_ms)`, rounded and clamped to 0..=65535.
     Sine {
         /// Middle value.
@@ -60,6 +64,7 @@ pub enum RegisterModel {
 pub struct RegisterSource {
     model: RegisterModel,
     walk: Option<Walk>,
+    reads: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +85,23 @@ impl RegisterSource {
             }),
             _ => None,
         };
-        Self { model, walk }
+        Self {
+            model,
+            walk,
+            reads: 0,
+        }
+    }
+
+    /// The value a client reading the register now receives: like
+    /// [`Self::value_at`], but a [`RegisterModel::ReadCount`] register counts the read.
+    pub fn read_at(&mut self, elapsed_ms: u64) -> u16 {
+        self.reads += 1;
+        self.value_at(elapsed_ms)
+    }
+
+    /// Reads served so far through [`Self::read_at`] (counted for every model).
+    pub fn reads(&self) -> u64 {
+        self.reads
     }
 
     /// The value `elapsed_ms` after the simulator started. Times must not go backwards
@@ -109,6 +130,7 @@ impl RegisterSource {
                 }
                 walk.value
             }
+            (RegisterModel::ReadCount, _) => self.reads as u16,
             (model, _) => model.value_at(elapsed_ms),
         }
     }
@@ -153,6 +175,7 @@ impl RegisterModel {
                 value.round().clamp(0.0, 65_535.0) as u16
             }
             Self::RandomWalk { start, .. } => start,
+            Self::ReadCount => 0,
         }
     }
 }
@@ -178,6 +201,16 @@ mod tests {
         let counter = RegisterModel::Counter { period_ms: 1 };
         assert_eq!(counter.value_at(65_535), 65_535);
         assert_eq!(counter.value_at(65_536), 0);
+    }
+
+    #[test]
+    fn read_count_counts_reads_not_peeks() {
+        let mut source = RegisterSource::new(RegisterModel::ReadCount);
+        assert_eq!(source.value_at(5), 0);
+        let reads: Vec<u16> = (0..3).map(|t| source.read_at(t)).collect();
+        assert_eq!(reads, vec![1, 2, 3]);
+        assert_eq!(source.value_at(10), 3, "peeking is not a read");
+        assert_eq!(source.reads(), 3);
     }
 
     #[test]

@@ -107,6 +107,27 @@ impl SimulatedDevice {
             .map(|source| source.value_at(elapsed_ms))
     }
 
+    /// Like [`Self::value`], but as a client's read: [`RegisterModel::ReadCount`]
+    /// registers count it.
+    fn read(&mut self, table: Table, address: u16, elapsed_ms: u64) -> Option<u16> {
+        let source = self.sources.get_mut(&(table, address))?;
+        let value = source.read_at(elapsed_ms);
+        Some(
+            self.written
+                .get(&(table, address))
+                .copied()
+                .unwrap_or(value),
+        )
+    }
+
+    /// How many times clients have read a holding register (for a
+    /// [`RegisterModel::ReadCount`] register: the last value served).
+    pub fn holding_reads(&self, address: u16) -> Option<u64> {
+        self.sources
+            .get(&(Table::Holding, address))
+            .map(RegisterSource::reads)
+    }
+
     fn exists(&self, table: Table, address: u16) -> bool {
         self.sources.contains_key(&(table, address))
     }
@@ -138,9 +159,17 @@ impl SimulatedDevice {
                 count,
             } => {
                 let table = table_of(*function);
+                // Checked first, so a refused read counts no register as read.
+                if (0..*count).any(|i| {
+                    address
+                        .checked_add(i)
+                        .is_none_or(|a| !self.exists(table, a))
+                }) {
+                    return exception(ExceptionCode::ILLEGAL_DATA_ADDRESS, out);
+                }
                 let mut values = [0u16; 125];
                 for (i, slot) in values.iter_mut().take(usize::from(*count)).enumerate() {
-                    match self.value(table, address + i as u16, elapsed_ms) {
+                    match self.read(table, address + i as u16, elapsed_ms) {
                         Some(value) => *slot = value,
                         None => return exception(ExceptionCode::ILLEGAL_DATA_ADDRESS, out),
                     }
@@ -158,9 +187,16 @@ impl SimulatedDevice {
                 count,
             } => {
                 let table = table_of(*function);
+                if (0..*count).any(|i| {
+                    address
+                        .checked_add(i)
+                        .is_none_or(|a| !self.exists(table, a))
+                }) {
+                    return exception(ExceptionCode::ILLEGAL_DATA_ADDRESS, out);
+                }
                 let mut bits = Vec::with_capacity(usize::from(*count));
                 for i in 0..*count {
-                    match self.value(table, address + i, elapsed_ms) {
+                    match self.read(table, address + i, elapsed_ms) {
                         Some(value) => bits.push(value != 0),
                         None => return exception(ExceptionCode::ILLEGAL_DATA_ADDRESS, out),
                     }
@@ -213,7 +249,7 @@ impl SimulatedDevice {
                     self.written.insert((Table::Holding, a as u16), value);
                 }
                 let registers: Vec<u16> = read
-                    .filter_map(|a| self.value(Table::Holding, a as u16, elapsed_ms))
+                    .filter_map(|a| self.read(Table::Holding, a as u16, elapsed_ms))
                     .collect();
                 pdu::encode_read_response(request.function(), registers.into_iter(), out)
                     .unwrap_or_else(|_| exception(ExceptionCode::SERVER_DEVICE_FAILURE, out))
