@@ -44,8 +44,12 @@
 //! [`RECLAIM_ACTIVE_BYTES`] of records (or half a segment, when smaller): a fresh segment starts at the
 //! next sequence number and the old one goes. Disk use stays near `max_bytes` (plus
 //! 16 bytes of record header each) and two segments, whatever the overflow policy. A
-//! full file system (`ENOSPC`, `EDQUOT`) refuses the message ([`OutboxError::NoSpace`])
-//! and leaves no partial record; the queue takes messages again once there is room.
+//! full file system (`ENOSPC`, `EDQUOT`) leaves no partial record. Under
+//! [`OverflowPolicy::Refuse`] it refuses the message ([`OutboxError::NoSpace`]); under
+//! [`OverflowPolicy::DropOldest`] it is one more reason to make room the same way: the
+//! oldest segment's queued records are dropped (counted) and the segment deleted, then
+//! the append is tried again; only when the active segment is the last one left is
+//! the message refused. Either way the queue takes messages again once there is room.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -462,18 +466,20 @@ impl Outbox {
         record.extend_from_slice(&crc.finalize().to_le_bytes());
         record.extend_from_slice(&seq.to_le_bytes());
         record.extend_from_slice(&payload);
-        let path = self.active_path();
-        let mut written = write_file(&mut self.active, &record);
-        if written.is_ok() && self.config.fsync == FsyncPolicy::Always {
-            written = sync_file_data(&self.active);
-        }
-        if let Err(error) = written {
-            // Nothing of a refused record may remain: cut back to the last good length.
-            if let Err(cut) = self.active.set_len(self.active_len) {
-                tracing::error!(segment = %path.display(), error = %cut, "cannot cut a failed outbox append back");
-                self.active_tail_dirty = true;
+        loop {
+            match self.write_record(&record) {
+                Ok(()) => break,
+                // Under drop_oldest a full file system is one more reason to make room
+                // the same way: the oldest segment's records go (counted), then retry.
+                Err(OutboxError::NoSpace { path })
+                    if self.config.overflow == OverflowPolicy::DropOldest =>
+                {
+                    if !self.drop_oldest_segment()? {
+                        return Err(OutboxError::NoSpace { path });
+                    }
+                }
+                Err(error) => return Err(error),
             }
-            return Err(OutboxError::io(&path, error));
         }
         let location = Location {
             seq,
@@ -603,6 +609,64 @@ impl Outbox {
             self.queued_bytes -= u64::from(front.len);
             self.queued.pop_front();
         }
+    }
+
+    /// Writes one whole record at the end of the active segment (and forces it to disk
+    /// under [`FsyncPolicy::Always`]); on failure nothing of it remains.
+    fn write_record(&mut self, record: &[u8]) -> Result<(), OutboxError> {
+        let path = self.active_path();
+        if self.active_tail_dirty {
+            self.active
+                .set_len(self.active_len)
+                .map_err(|e| OutboxError::io(&path, e))?;
+            self.active_tail_dirty = false;
+        }
+        let mut written = write_file(&mut self.active, record);
+        if written.is_ok() && self.config.fsync == FsyncPolicy::Always {
+            written = sync_file_data(&self.active);
+        }
+        if let Err(error) = written {
+            // Nothing of a refused record may remain: cut back to the last good length.
+            if let Err(cut) = self.active.set_len(self.active_len) {
+                tracing::error!(segment = %path.display(), error = %cut, "cannot cut a failed outbox append back");
+                self.active_tail_dirty = true;
+            }
+            return Err(OutboxError::io(&path, error));
+        }
+        Ok(())
+    }
+
+    /// The file system is full under [`OverflowPolicy::DropOldest`]: drops every
+    /// queued record of the oldest segment that is not the active one (each counted in
+    /// `dropped_oldest`) and deletes the segment. `false` if there is no such segment
+    /// (only the active one is left: nothing can be freed without losing it whole).
+    fn drop_oldest_segment(&mut self) -> Result<bool, OutboxError> {
+        if self.segments.len() < 2 {
+            return Ok(false);
+        }
+        let end = self.segments[1];
+        let mut dropped = 0u64;
+        while let Some(front) = self.queued.front().copied() {
+            if front.seq >= end {
+                break;
+            }
+            self.queued.pop_front();
+            self.queued_bytes -= u64::from(front.len);
+            if !self.acked_ahead.remove(&front.seq) {
+                dropped += 1;
+            }
+        }
+        self.state.dropped_oldest += dropped;
+        tracing::warn!(
+            segment = %segment_path(&self.config.dir, self.segments[0]).display(),
+            dropped,
+            "outbox file system full: dropped the oldest segment's queued messages"
+        );
+        self.pop_done_front();
+        self.update_prefix();
+        let before = self.segments.len();
+        self.reclaim()?;
+        Ok(self.segments.len() < before)
     }
 
     /// Brings `state.next_unacked` up to the first queued record.
@@ -981,7 +1045,11 @@ fn is_no_space(error: &std::io::Error) -> bool {
 /// Every write of a segment or state file goes through here (tests inject faults).
 fn write_file(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
     #[cfg(test)]
-    if fault::NO_SPACE.get() {
+    let once = fault::NO_SPACE_WRITES.get();
+    if once > 0 {
+        fault::NO_SPACE_WRITES.set(once - 1);
+    }
+    if fault::NO_SPACE.get() || once > 0 {
         // What a full file system does: part of the write lands, then ENOSPC.
         file.write_all(&bytes[..bytes.len() / 2])?;
         return Err(std::io::ErrorKind::StorageFull.into());
@@ -1006,6 +1074,8 @@ mod fault {
     thread_local! {
         /// Writes land halfway, then fail with `ENOSPC`.
         pub static NO_SPACE: Cell<bool> = const { Cell::new(false) };
+        /// The next this many writes land halfway, then fail with `ENOSPC`.
+        pub static NO_SPACE_WRITES: Cell<u32> = const { Cell::new(0) };
         /// Segment fsyncs fail with `ENOSPC` (delayed allocation running out).
         pub static FSYNC_NO_SPACE: Cell<bool> = const { Cell::new(false) };
     }
@@ -1653,5 +1723,54 @@ mod tests {
         let outbox = Outbox::open(config).expect("reopen");
         assert_eq!(outbox.stats().damaged_records, 0);
         assert_eq!(outbox.stats().next_seq, accepted + 20);
+    }
+
+    #[test]
+    fn a_full_file_system_under_drop_oldest_drops_the_oldest_segment_and_appends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut outbox = Outbox::open(OutboxConfig {
+            overflow: OverflowPolicy::DropOldest,
+            ..config(dir.path())
+        })
+        .expect("open");
+        for _ in 0..11 {
+            outbox.append(|seq, _| message(seq)).expect("append");
+        }
+        let segments = list_segments(dir.path()).expect("list");
+        assert!(segments.len() > 2, "several segments: {segments:?}");
+        let in_first = segments[1] - segments[0];
+        // (11 records of 26 bytes, two to a 64-byte segment: the active one has room
+        // for the next record, so the one injected failure hits that record's write.)
+        fault::NO_SPACE_WRITES.set(1);
+        let seq = outbox
+            .append(|seq, _| message(seq))
+            .expect("room made by dropping the oldest segment");
+        fault::NO_SPACE_WRITES.set(0);
+        assert_eq!(seq, 11);
+        assert_eq!(outbox.stats().dropped_oldest, in_first);
+        assert_eq!(outbox.stats().depth, 12 - in_first);
+        assert_eq!(outbox.next_pending(0), Some(segments[1]));
+        assert_eq!(outbox.read(11).expect("read"), message(11));
+        assert!(
+            !list_segments(dir.path())
+                .expect("list")
+                .contains(&segments[0]),
+            "the oldest segment's file is gone"
+        );
+
+        // Under refuse, the same full disk refuses and drops nothing.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut refuse = Outbox::open(config(dir.path())).expect("open");
+        for _ in 0..11 {
+            refuse.append(|seq, _| message(seq)).expect("append");
+        }
+        fault::NO_SPACE_WRITES.set(1);
+        assert!(matches!(
+            refuse.append(|seq, _| message(seq)),
+            Err(OutboxError::NoSpace { .. })
+        ));
+        fault::NO_SPACE_WRITES.set(0);
+        assert_eq!(refuse.stats().dropped_oldest, 0);
+        assert_eq!(refuse.stats().depth, 11);
     }
 }
