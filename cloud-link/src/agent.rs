@@ -968,8 +968,11 @@ impl Link {
         }
     }
 
-    /// Publishes what the dispatchers say is due.
+    /// Publishes what the dispatchers say is due (and group-fsyncs the readings
+    /// journal: under `fsync = "always"` at most every [`crate::journal::GROUP_FSYNC`]).
     fn pump(&mut self) {
+        let journal = self.pending.sync_due();
+        self.journal_result(journal);
         let Some(session) = &self.session else {
             return;
         };

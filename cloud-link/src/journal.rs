@@ -40,6 +40,13 @@ use std::time::{Duration, Instant};
 use crate::outbox::FsyncPolicy;
 use crate::topics::Reading;
 
+/// Under [`FsyncPolicy::Always`] the journal is forced to disk at most this often (group
+/// fsync): readings arrive one by one at up to tens of thousands a second, and an fsync
+/// for each would cost more than everything else on the path. The outbox itself still
+/// syncs every append; a power cut can lose at most this window of readings not yet
+/// batched.
+pub const GROUP_FSYNC: Duration = Duration::from_millis(10);
+
 /// The journal's file name, in the outbox directory.
 pub const JOURNAL_FILE: &str = "pending.journal";
 /// Most readings bytes (estimated as JSON) in one outbox record: far below
@@ -387,8 +394,8 @@ impl PendingReadings {
         self.path.is_some() && self.journal.is_none()
     }
 
-    /// Forces the journal to disk if the fsync policy says it is time (call on the
-    /// outbox's schedule; [`FsyncPolicy::Always`] syncs after every write anyway).
+    /// Forces the journal to disk if the fsync policy says it is time (call at least
+    /// every [`GROUP_FSYNC`]; [`FsyncPolicy::Always`] means every [`GROUP_FSYNC`]).
     pub fn sync_due(&mut self) -> Result<(), JournalError> {
         let fsync = self.fsync;
         match &mut self.journal {
@@ -402,7 +409,7 @@ impl PendingReadings {
     pub fn sync_now(&mut self) -> Result<(), JournalError> {
         match (&mut self.journal, self.fsync) {
             (Some(_), FsyncPolicy::Never) | (None, _) => Ok(()),
-            (Some(journal), _) => journal.sync_if_due(FsyncPolicy::Always),
+            (Some(journal), _) => journal.sync_if_due(FsyncPolicy::EveryMillis(0)),
         }
     }
 
@@ -510,7 +517,7 @@ impl JournalFile {
 
     fn sync_if_due(&mut self, fsync: FsyncPolicy) -> Result<(), JournalError> {
         let due = match fsync {
-            FsyncPolicy::Always => true,
+            FsyncPolicy::Always => self.synced_at.elapsed() >= GROUP_FSYNC,
             FsyncPolicy::EveryMillis(ms) => self.synced_at.elapsed() >= Duration::from_millis(ms),
             FsyncPolicy::Never => false,
         };

@@ -1045,14 +1045,16 @@ fn is_no_space(error: &std::io::Error) -> bool {
 /// Every write of a segment or state file goes through here (tests inject faults).
 fn write_file(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
     #[cfg(test)]
-    let once = fault::NO_SPACE_WRITES.get();
-    if once > 0 {
-        fault::NO_SPACE_WRITES.set(once - 1);
-    }
-    if fault::NO_SPACE.get() || once > 0 {
-        // What a full file system does: part of the write lands, then ENOSPC.
-        file.write_all(&bytes[..bytes.len() / 2])?;
-        return Err(std::io::ErrorKind::StorageFull.into());
+    {
+        let once = fault::NO_SPACE_WRITES.get();
+        if once > 0 {
+            fault::NO_SPACE_WRITES.set(once - 1);
+        }
+        if fault::NO_SPACE.get() || once > 0 {
+            // What a full file system does: part of the write lands, then ENOSPC.
+            file.write_all(&bytes[..bytes.len() / 2])?;
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
     }
     file.write_all(bytes)
 }
