@@ -130,11 +130,12 @@ async function refresh() {
     text("overview-slots", slotsText(s.image_slots));
     text("overview-attestation", attestationText(s.link.attestation));
     const link = document.getElementById("link");
-    link.textContent = s.link.state;
+    // The summary names the cause whenever the link is not connected.
+    link.textContent = s.link_summary;
     link.className = "state-" + s.link.state;
     text("link-detail",
-      "batches queued " + s.link.batches_queued + ", acknowledged " + s.link.batches_acknowledged +
-      (s.link.last_error ? " — " + s.link.last_error : ""));
+      (s.last_ack_age_secs === null ? "no ack since start" : "last ack " + s.last_ack_age_secs + " s ago") +
+      "; batches queued " + s.link.batches_queued + ", acknowledged " + s.link.batches_acknowledged);
     text("outbox-depth", s.link.outbox.depth + " batches (" + s.link.outbox.bytes + " bytes)" +
       (s.link.outbox.dropped_oldest ? ", dropped " + s.link.outbox.dropped_oldest : ""));
 

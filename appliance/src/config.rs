@@ -261,6 +261,20 @@ impl ApplianceConfig {
 
     /// Parses and validates config text that came from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::parse_unchecked(text, path)?;
+        match config.problems().into_iter().next() {
+            Some((field, message)) => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                message,
+            }),
+            None => Ok(config),
+        }
+    }
+
+    /// Parses config text that came from `path` (syntax, types, unknown fields) and
+    /// resolves its relative paths, without checking values ([`Self::problems`]).
+    pub fn parse_unchecked(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut config: Self = toml::from_str(text).map_err(|error| {
             let (line, column) = error
                 .span()
@@ -273,7 +287,6 @@ impl ApplianceConfig {
                 message: error.message().to_owned(),
             }
         })?;
-        config.validate(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.policy.file = base.join(&config.policy.file);
         config.policy.bundle_dir = config.policy.bundle_dir.as_ref().map(|dir| base.join(dir));
@@ -299,12 +312,12 @@ impl ApplianceConfig {
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            message,
-        };
+    /// Every value that cannot work, as `(field, what is wrong)` in file order of
+    /// sections; empty when the values are fine. Files are not looked at here
+    /// (`warden check-config` does, in [`crate::config_check`]).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = Vec::new();
+        let mut invalid = |field: &str, message: String| found.push((field.to_owned(), message));
         if self.device.id.is_empty()
             || !self
                 .device
@@ -312,59 +325,125 @@ impl ApplianceConfig {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(invalid(
-                "device.id".into(),
+            invalid(
+                "device.id",
                 format!(
                     "{:?} must be non-empty letters, digits, '-' or '_'",
                     self.device.id
                 ),
-            ));
+            );
         }
-        if self.link.device_key.is_some() == self.link.pluton_socket.is_some() {
-            return Err(invalid(
-                "link.pluton_socket".into(),
+        if let Err(problem) = self.bridges.validate() {
+            invalid(&problem.field, problem.message);
+        }
+        for (b, bridge) in self.bridges.modbus_tcp.iter().enumerate() {
+            if let Some(why) = address_problem(&bridge.address, false) {
+                invalid(&format!("bridges.modbus_tcp[{b}].address"), why);
+            }
+        }
+        if let Some(facade) = &self.bridges.facade
+            && let Some(why) = address_problem(&facade.listen, true)
+        {
+            invalid("bridges.facade.listen", why);
+        }
+        if let Some(privnet) = &self.privnet {
+            if let Err(error) = privnet.validate("privnet") {
+                invalid(&error.field, error.message);
+            }
+            for (f, forward) in privnet.forward.iter().enumerate() {
+                if forward.listen.port() == 0 {
+                    invalid(
+                        &format!("privnet.forward[{f}].listen"),
+                        format!(
+                            "{} needs a fixed port: the Modbus TCP bridge that uses it names it in its address",
+                            forward.listen
+                        ),
+                    );
+                }
+            }
+        }
+        let link = &self.link;
+        if link.broker_host.trim().is_empty() {
+            invalid("link.broker_host", "must name the fleet's broker".into());
+        }
+        if link.broker_port == 0 {
+            invalid(
+                "link.broker_port",
+                "0 is no port: the broker's MQTT-over-TLS port (usually 8883)".into(),
+            );
+        }
+        if link.device_key.is_some() == link.pluton_socket.is_some() {
+            invalid(
+                "link.pluton_socket",
                 "set exactly one of `pluton_socket` (the key stays in pluton) and `device_key` (a key file)".into(),
-            ));
+            );
+        }
+        if link.batch_interval_ms == 0 {
+            invalid("link.batch_interval_ms", "must be at least 1".into());
+        }
+        if link.max_send_per_second == 0 {
+            invalid(
+                "link.max_send_per_second",
+                "must be at least 1: at 0 nothing is ever sent".into(),
+            );
+        }
+        if link.outbox.max_bytes == 0 {
+            invalid(
+                "link.outbox.max_bytes",
+                "must be at least 1: an outbox of 0 bytes refuses every batch".into(),
+            );
+        }
+        if link.outbox.segment_bytes == 0 {
+            invalid("link.outbox.segment_bytes", "must be at least 1".into());
+        }
+        if let Some(why) = address_problem(&self.status_page.listen, true) {
+            invalid("status_page.listen", why);
         }
         if let Some(metrics) = &self.status_page.metrics_listen {
             let loopback = metrics
                 .parse::<std::net::SocketAddr>()
                 .map(|address| address.ip().is_loopback());
             if loopback != Ok(true) {
-                return Err(invalid(
-                    "status_page.metrics_listen".into(),
+                invalid(
+                    "status_page.metrics_listen",
                     format!(
                         "{metrics:?} must be a loopback address and port (`127.0.0.1:9464`): /metrics has no authentication"
                     ),
-                ));
+                );
             }
         }
         if self.status_page.session_idle_secs == 0 {
-            return Err(invalid(
-                "status_page.session_idle_secs".into(),
-                "must be at least 1".into(),
-            ));
+            invalid("status_page.session_idle_secs", "must be at least 1".into());
         }
-        self.bridges
-            .validate()
-            .map_err(|problem| invalid(problem.field, problem.message))?;
-        if let Some(privnet) = &self.privnet {
-            privnet
-                .validate("privnet")
-                .map_err(|error| invalid(error.field, error.message))?;
-            for (f, forward) in privnet.forward.iter().enumerate() {
-                if forward.listen.port() == 0 {
-                    return Err(invalid(
-                        format!("privnet.forward[{f}].listen"),
-                        format!(
-                            "{} needs a fixed port: the Modbus TCP bridge that uses it names it in its address",
-                            forward.listen
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        found
+    }
+}
+
+/// Why `address` is not `host:port` (a listen address may use port 0: any free
+/// port), or `None` when it is.
+fn address_problem(address: &str, listen: bool) -> Option<String> {
+    if let Ok(parsed) = address.parse::<std::net::SocketAddr>() {
+        return (parsed.port() == 0 && !listen)
+            .then(|| format!("{address:?} has port 0; the device's port is needed"));
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Some(format!("{address:?} is not host:port"));
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !host_ok {
+        return Some(format!("{address:?} is not host:port (host {host:?})"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) if !listen => Some(format!(
+            "{address:?} has port 0; the device's port is needed"
+        )),
+        Ok(_) => None,
+        Err(_) => Some(format!(
+            "{address:?} is not host:port (port {port:?} is not 0..=65535)"
+        )),
     }
 }
 

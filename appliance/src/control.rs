@@ -110,13 +110,22 @@ pub fn render(status: &serde_json::Value) -> String {
     let _ = writeln!(out, "device        {}", text(&status["device_id"]));
     let _ = writeln!(out, "software      {}", text(&status["software_version"]));
     let _ = writeln!(out, "attestation   {}", text(&status["attestation"]));
+    // The summary says the state and, when not connected, the cause; an older
+    // appliance without it still shows its raw state.
+    let summary = match &status["link_summary"] {
+        serde_json::Value::Null => text(&link["state"]),
+        summary => text(summary),
+    };
+    let last_ack = match status["last_ack_age_secs"].as_u64() {
+        Some(age) => format!("last ack {age} s ago"),
+        None => "no ack since start".to_owned(),
+    };
     let _ = writeln!(
         out,
-        "link          {} (batches queued {}, acknowledged {}; last error {})",
-        text(&link["state"]),
+        "link          {summary} ({last_ack}; batches queued {}, acknowledged {}; restarts {})",
         text(&link["batches_queued"]),
         text(&link["batches_acknowledged"]),
-        text(&link["last_error"]),
+        text(&link["restarts"]),
     );
     let _ = writeln!(
         out,
@@ -124,6 +133,16 @@ pub fn render(status: &serde_json::Value) -> String {
         text(&outbox["depth"]),
         text(&outbox["bytes"]),
     );
+    for (task, health) in status["tasks"].as_object().into_iter().flatten() {
+        if health["restarts"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(
+                out,
+                "task          {task}: restarted {} times, last failure {}",
+                text(&health["restarts"]),
+                text(&health["last_failure"]),
+            );
+        }
+    }
     let bridges = status["bridges"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(out, "bridges       {}", bridges.len());
     for bridge in &bridges {
@@ -171,7 +190,7 @@ mod tests {
         let text = render(&status);
         assert!(text.contains("device        wd-1"), "{text}");
         assert!(
-            text.contains("connected (batches queued 4, acknowledged 3"),
+            text.contains("connected (no ack since start; batches queued 4, acknowledged 3"),
             "{text}"
         );
         assert!(text.contains("1 batches, 120 bytes"), "{text}");
@@ -185,6 +204,32 @@ mod tests {
                 .any(|l| l.trim_start().starts_with("code") && l.trim_end().ends_with('-')),
             "{text}"
         );
+    }
+
+    #[test]
+    fn render_says_why_the_link_is_down_and_which_task_restarted() {
+        let status = serde_json::json!({
+            "device_id": "wd-1",
+            "link_summary": "link down: connection refused",
+            "last_ack_age_secs": 42,
+            "link": {"state": "disconnected", "batches_queued": 4, "batches_acknowledged": 3,
+                     "restarts": 1, "last_error": "connection refused",
+                     "outbox": {"depth": 1, "bytes": 120}},
+            "tasks": {"unit facts reader": {"restarts": 2, "last_failure": "panicked: x"},
+                      "failure-report uploader": {"restarts": 0, "last_failure": null}},
+            "bridges": [],
+        });
+        let text = render(&status);
+        assert!(
+            text.contains("link          link down: connection refused (last ack 42 s ago;"),
+            "{text}"
+        );
+        assert!(!text.contains("link          connected"), "{text}");
+        assert!(
+            text.contains("unit facts reader: restarted 2 times, last failure panicked: x"),
+            "{text}"
+        );
+        assert!(!text.contains("failure-report uploader"), "{text}");
     }
 
     #[test]

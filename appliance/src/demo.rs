@@ -112,14 +112,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!(
         "(a real unit gets its identity from `warden-provision`); the device key stays in pluton. Ctrl-C stops.",
     );
-    crate::signals::wait_for_stop().await;
+    let ending = appliance.run_until(crate::signals::wait_for_stop()).await;
     shutdown.cancel();
-    appliance.stopped().await;
     world.fleet.stopped().await;
     // Pluton's store is crash-safe by design (atomic renames), so a kill is a clean stop.
     let _ = pluton.kill().await;
-    println!("Warden demo stopped.");
-    Ok(ExitCode::SUCCESS)
+    match ending {
+        crate::runtime::Ending::Failed(failure) => {
+            Err(anyhow::anyhow!(failure).context("the demo's appliance cannot go on"))
+        }
+        crate::runtime::Ending::Stopped | crate::runtime::Ending::RestartRequested => {
+            println!("Warden demo stopped.");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Pluton's socket, relative to the demo's state directory.

@@ -5,6 +5,7 @@ pub mod bridge_set;
 pub mod commands;
 pub mod compartments;
 pub mod config;
+pub mod config_check;
 pub mod control;
 #[cfg(feature = "demo")]
 pub mod demo;
@@ -13,5 +14,6 @@ pub mod metrics;
 pub mod runtime;
 pub mod signals;
 pub mod status_page;
+pub mod supervision;
 pub mod twin;
 pub mod updates;

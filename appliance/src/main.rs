@@ -201,21 +201,31 @@ fn run_async(
 
 async fn run(config_path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = ApplianceConfig::load(&config_path)?;
-    let shutdown = CancellationToken::new();
-    let appliance = warden::runtime::start(config, shutdown.clone()).await?;
+    let appliance = warden::runtime::start(config, CancellationToken::new()).await?;
     println!("status page: https://{}/", appliance.status_address);
     println!("status page cert: SHA-256 {}", appliance.status_fingerprint);
-    let restart = appliance.restart_requested.clone();
-    let code = tokio::select! {
-        () = warden::signals::wait_for_stop() => ExitCode::SUCCESS,
-        () = restart.cancelled() => {
+    if let Some(metrics) = appliance.metrics_address {
+        println!("metrics: http://{metrics}/metrics");
+    }
+    Ok(exit_code(
+        appliance.run_until(warden::signals::wait_for_stop()).await,
+    ))
+}
+
+/// The exit code for how the appliance ended: a failed task (already logged, with
+/// its cause) exits non-zero so that systemd or the boot stage starts it again.
+fn exit_code(ending: warden::runtime::Ending) -> ExitCode {
+    match ending {
+        warden::runtime::Ending::Stopped => ExitCode::SUCCESS,
+        warden::runtime::Ending::RestartRequested => {
             tracing::info!("stopping for the boot stage to boot again");
             ExitCode::from(warden_os::launch::RESTART_EXIT_CODE)
         }
-    };
-    shutdown.cancel();
-    appliance.stopped().await;
-    Ok(code)
+        warden::runtime::Ending::Failed(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `warden run --manifest`: the monitor, until SIGTERM or Ctrl-C.
@@ -300,13 +310,27 @@ fn status(config: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let config = ApplianceConfig::load(path)?;
-    let report = warden_policy::cli::check_file(&config.policy.file)?;
-    print!("{report}");
+    let report = warden::config_check::check(path)?;
+    // Problems go to stderr, one per line, all of them; the policy's own report
+    // (errors and warnings located in the policy file) to stdout.
+    eprint!("{report}");
+    if let Some(policy) = &report.policy {
+        print!("{policy}");
+    }
     if report.is_ok() {
         println!("{}: ok", path.display());
         Ok(ExitCode::SUCCESS)
     } else {
+        eprintln!(
+            "{}: {} problem(s){}",
+            path.display(),
+            report.problems.len(),
+            if report.policy.as_ref().is_some_and(|p| !p.is_ok()) {
+                " and the policy does not compile"
+            } else {
+                ""
+            }
+        );
         Ok(ExitCode::FAILURE)
     }
 }

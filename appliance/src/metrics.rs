@@ -60,6 +60,20 @@ fn label(value: &str) -> String {
 
 /// The current metrics as Prometheus text.
 pub fn render(state: &ApplianceState) -> String {
+    render_at(state, crate::status_page::now_ms())
+}
+
+/// Every state the link can be in, as `warden_link_state` labels them (the
+/// serialised names the status shows).
+const LINK_STATES: [LinkState; 4] = [
+    LinkState::Connecting,
+    LinkState::Connected,
+    LinkState::Disconnected,
+    LinkState::Unavailable,
+];
+
+/// The metrics as Prometheus text, with ages counted to `now_ms`.
+pub fn render_at(state: &ApplianceState, now_ms: u64) -> String {
     let mut out = String::new();
     let bridges: Vec<(String, warden_bridges::BridgeHealth)> = state
         .bridges
@@ -150,12 +164,18 @@ pub fn render(state: &ApplianceState) -> String {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let link_families: [(&str, &str, &str, u64); 9] = [
+    let link_families: [(&str, &str, &str, u64); 10] = [
         (
-            "warden_link_connected",
-            "1 if the cloud link is connected.",
+            "warden_link_up",
+            "1 only while the cloud link is connected to the broker.",
             "gauge",
             u64::from(link.state == LinkState::Connected),
+        ),
+        (
+            "warden_link_restarts_total",
+            "Times the link agent started over after an error (identity, TLS, outbox).",
+            "counter",
+            link.restarts,
         ),
         (
             "warden_link_batches_queued_total",
@@ -211,6 +231,48 @@ pub fn render(state: &ApplianceState) -> String {
         let _ = writeln!(out, "{name} {value}");
     }
     Family {
+        name: "warden_link_state",
+        help: "1 for the state the cloud link is in (its cause is in `warden status`).",
+        kind: "gauge",
+    }
+    .header(&mut out);
+    for candidate in LINK_STATES {
+        let _ = writeln!(
+            out,
+            "warden_link_state{{state=\"{}\"}} {}",
+            crate::status_page::link_state_name(candidate),
+            u64::from(link.state == candidate)
+        );
+    }
+    Family {
+        name: "warden_link_last_ack_age_seconds",
+        help: "Seconds since the fleet last acknowledged a telemetry batch (absent: never since start).",
+        kind: "gauge",
+    }
+    .header(&mut out);
+    if let Some(age) = crate::status_page::age_secs(link.last_ack_ms, now_ms) {
+        let _ = writeln!(out, "warden_link_last_ack_age_seconds {age}");
+    }
+    Family {
+        name: "warden_task_restarts_total",
+        help: "Times a restartable task of the appliance was started again after it failed.",
+        kind: "counter",
+    }
+    .header(&mut out);
+    let tasks = state
+        .tasks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    for (task, health) in &tasks {
+        let _ = writeln!(
+            out,
+            "warden_task_restarts_total{{task=\"{}\"}} {}",
+            label(task),
+            health.restarts
+        );
+    }
+    Family {
         name: "warden_build_info",
         help: "The running software version.",
         kind: "gauge",
@@ -232,5 +294,77 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    fn state_with(link: warden_link::LinkStatus) -> ApplianceState {
+        ApplianceState {
+            device_id: "wd-1".into(),
+            bridges: Vec::new(),
+            values: Default::default(),
+            link: std::sync::Arc::new(std::sync::Mutex::new(link)),
+            history: Default::default(),
+            updates: Default::default(),
+            unit: Default::default(),
+            tasks: Default::default(),
+        }
+    }
+
+    fn sample<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        text.lines()
+            .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+            .map(|line| &line[name.len() + 1..])
+    }
+
+    #[test]
+    fn a_link_that_is_not_connected_is_not_up() {
+        let state = state_with(warden_link::LinkStatus {
+            state: LinkState::Unavailable,
+            last_error: Some("fleet CA /etc/warden/fleet-ca.pem: not found".into()),
+            restarts: 3,
+            ..Default::default()
+        });
+        state.tasks.lock().expect("tasks").insert(
+            "unit facts reader".into(),
+            crate::supervision::TaskHealth {
+                restarts: 2,
+                last_failure: Some("panicked".into()),
+            },
+        );
+        let text = render_at(&state, 10_000);
+        assert_eq!(sample(&text, "warden_link_up"), Some("0"), "{text}");
+        assert_eq!(
+            sample(&text, "warden_link_state{state=\"unavailable\"}"),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, "warden_link_state{state=\"connected\"}"),
+            Some("0")
+        );
+        assert_eq!(sample(&text, "warden_link_restarts_total"), Some("3"));
+        // Never acknowledged: no sample at all, so `absent()` alerts work.
+        assert_eq!(sample(&text, "warden_link_last_ack_age_seconds"), None);
+        assert_eq!(
+            sample(
+                &text,
+                "warden_task_restarts_total{task=\"unit facts reader\"}"
+            ),
+            Some("2")
+        );
+    }
+
+    #[test]
+    fn a_connected_link_is_up_with_the_age_of_its_last_ack() {
+        let state = state_with(warden_link::LinkStatus {
+            state: LinkState::Connected,
+            last_ack_ms: Some(4_000),
+            ..Default::default()
+        });
+        let text = render_at(&state, 10_500);
+        assert_eq!(sample(&text, "warden_link_up"), Some("1"), "{text}");
+        assert_eq!(
+            sample(&text, "warden_link_state{state=\"connected\"}"),
+            Some("1")
+        );
+        assert_eq!(sample(&text, "warden_link_last_ack_age_seconds"), Some("6"));
     }
 }

@@ -13,6 +13,7 @@ use warden_link::{LinkAgent, LinkStatus, Reading};
 
 use crate::config::ApplianceConfig;
 use crate::status_page;
+use crate::supervision::{Supervisor, TaskFailure, TaskHealthTable};
 
 /// The last value of one point, for the status page.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -110,6 +111,8 @@ pub struct ApplianceState {
     pub updates: Arc<Mutex<UpdateDecision>>,
     /// Image slots and failure reports, read from disk every few seconds.
     pub unit: Arc<Mutex<crate::status_page::unit_facts::UnitFacts>>,
+    /// Restarts and last failure of each restartable task of this process.
+    pub tasks: TaskHealthTable,
 }
 
 /// A started appliance.
@@ -124,13 +127,59 @@ pub struct RunningAppliance {
     /// installed, or its trial was given up): stop and exit with
     /// `warden_os::launch::RESTART_EXIT_CODE`.
     pub restart_requested: CancellationToken,
-    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+    tasks: Supervisor,
+}
+
+/// Why a running appliance stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Asked to stop (signal, Ctrl-C): a clean stop.
+    Stopped,
+    /// An update wants the boot stage to boot again
+    /// (`warden_os::launch::RESTART_EXIT_CODE`).
+    RestartRequested,
+    /// A task that cannot be restarted ended: the process must exit non-zero so that
+    /// systemd (or the boot stage) starts it again.
+    Failed(TaskFailure),
 }
 
 impl RunningAppliance {
-    /// Waits until every task has stopped (after the shutdown token fired).
-    pub async fn stopped(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+    /// Runs until `stop` resolves, an update asks for a restart, or a task fails;
+    /// then stops every task and says which of the three it was (a task failing while
+    /// the others stop still counts as a failure).
+    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> Ending {
+        let restart = self.restart_requested.clone();
+        let ending = tokio::select! {
+            biased;
+            () = restart.cancelled() => Ending::RestartRequested,
+            () = stop => Ending::Stopped,
+            failed = self.tasks.failed() => match failed {
+                Some(failure) => Ending::Failed(failure),
+                None => Ending::Failed(TaskFailure {
+                    task: "appliance".into(),
+                    cause: "has no task left running".into(),
+                }),
+            },
+        };
+        if let Ending::Failed(failure) = &ending {
+            tracing::error!(task = %failure.task, cause = %failure.cause, "the appliance cannot go on; stopping so that it is started again");
+        }
+        self.shutdown.cancel();
+        let late = self.tasks.stopped().await;
+        match (ending, late) {
+            (Ending::Stopped, Some(failure)) => {
+                tracing::error!(task = %failure.task, cause = %failure.cause, "a task failed while the appliance stopped");
+                Ending::Failed(failure)
+            }
+            (ending, _) => ending,
+        }
+    }
+
+    /// Waits until every task has stopped (after the shutdown token fired); the first
+    /// task that failed, if one did.
+    pub async fn stopped(self) -> Option<TaskFailure> {
+        self.tasks.stopped().await
     }
 }
 
@@ -150,17 +199,27 @@ pub async fn start(
     // The report ring and the boot record, for the page (read before parts move).
     let config_facts = config.clone();
 
-    let mut tasks = JoinSet::new();
+    // Which tasks may be restarted, and why (see `crate::supervision`):
+    // - restartable, they re-read everything from disk: the unit-facts reader, the
+    //   failure-report uploader (its upload marks are in the ring);
+    // - not restartable, each holds what a restart would lose, so its end stops the
+    //   process: the bridges (pollers feeding the sample channel), the sample pump,
+    //   the link agent (its reading channel and session), the update agent (the
+    //   offers channel), the twin and the command runner (the fleet's channels), the
+    //   control socket and the status page (their bound listeners).
+    let mut tasks = Supervisor::new(shutdown.clone());
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
+    let mut bridge_tasks = JoinSet::new();
     let started = crate::bridge_set::start(
         config.bridges.with_core_bundle(bundle_file.as_deref()),
         config.privnet.clone(),
         Arc::clone(&policy),
         sample_tx.clone(),
         shutdown.clone(),
-        &mut tasks,
+        &mut bridge_tasks,
     )
     .await?;
+    tasks.adopt("bridges", bridge_tasks);
     let handles = started.set.clone();
     let bridges = started.listings;
     if let Some(address) = &started.facade {
@@ -205,50 +264,74 @@ pub async fn start(
                 restart: Some(restart.clone()),
                 shutdown: shutdown.clone(),
             };
-            tasks.spawn(crate::updates::start(
+            let agent = crate::updates::start(
                 updates,
                 pluton_socket.as_deref(),
                 &config.device.product,
                 crate::updates::PlutonAccess::Privileged,
                 context,
-            )?);
+            )?;
+            let (restarting, stopping) = (restart.clone(), shutdown.clone());
+            tasks.spawn("update agent", async move {
+                agent.await;
+                // Done because it asked the boot stage for a restart: not a failure,
+                // the process is about to stop anyway.
+                if restarting.is_cancelled() {
+                    stopping.cancelled().await;
+                }
+                Ok(())
+            });
         }
         None => {
-            tasks.spawn(crate::updates::refuse_all(
-                offers,
-                command_channel.control.clone(),
-                shutdown.clone(),
-            ));
+            tasks.spawn_unit(
+                "update refusal",
+                crate::updates::refuse_all(
+                    offers,
+                    command_channel.control.clone(),
+                    shutdown.clone(),
+                ),
+            );
         }
     }
     if let Some(reports) = &config.reports {
-        let ring = crate::failure_reports::open_ring(&reports.dir).with_context(|| {
+        // Opened once here so that a ring that cannot be opened stops the start.
+        crate::failure_reports::open_ring(&reports.dir).with_context(|| {
             format!(
                 "cannot open the failure reports in {}",
                 reports.dir.display()
             )
         })?;
-        tasks.spawn(crate::failure_reports::run(
-            ring,
+        let (dir, control, stop) = (
+            reports.dir.clone(),
             command_channel.control.clone(),
-            std::time::Duration::from_secs(reports.scan_interval_secs.max(1)),
             shutdown.clone(),
-        ));
+        );
+        let interval = std::time::Duration::from_secs(reports.scan_interval_secs.max(1));
+        tasks.spawn_restartable("failure-report uploader", move || {
+            let ring = crate::failure_reports::open_ring(&dir)
+                .with_context(|| format!("cannot open the failure reports in {}", dir.display()));
+            let (control, stop) = (control.clone(), stop.clone());
+            async move {
+                crate::failure_reports::run(ring?, control, interval, stop).await;
+                Ok(())
+            }
+        });
     }
-    tasks.spawn(crate::twin::run(
-        desired,
-        command_channel.control.clone(),
-        bundle_store,
-        handles.clone(),
-        initial_report,
-        shutdown.clone(),
-    ));
-    tasks.spawn(crate::commands::run(
-        command_channel,
-        handles,
-        command_log,
-        shutdown.clone(),
-    ));
+    tasks.spawn_unit(
+        "twin",
+        crate::twin::run(
+            desired,
+            command_channel.control.clone(),
+            bundle_store,
+            handles.clone(),
+            initial_report,
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn_unit(
+        "fleet commands",
+        crate::commands::run(command_channel, handles, command_log, shutdown.clone()),
+    );
     let state = ApplianceState {
         device_id: config.device.id,
         bridges,
@@ -257,52 +340,71 @@ pub async fn start(
         history: Arc::default(),
         updates: update_decision,
         unit: Arc::default(),
+        tasks: tasks.health(),
     };
-    tasks.spawn(
-        crate::status_page::unit_facts::UnitFactsSource::new(&config_facts, None)
-            .keep_reading(Arc::clone(&state.unit), shutdown.clone()),
-    );
+    let facts = crate::status_page::unit_facts::UnitFactsSource::new(&config_facts, None);
+    let (unit, stop) = (Arc::clone(&state.unit), shutdown.clone());
+    tasks.spawn_restartable("unit facts reader", move || {
+        let reading = facts.clone().keep_reading(Arc::clone(&unit), stop.clone());
+        async move {
+            reading.await;
+            Ok(())
+        }
+    });
     let (reading_tx, reading_rx) = mpsc::channel::<Reading>(4096);
     let link_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(error) = agent.run(reading_rx, link_shutdown).await {
-            tracing::error!(%error, "cloud link cannot start");
-        }
+    // The agent retries what can get better by itself (broker away, pluton
+    // restarting) and returns an error only for what never will: then the process
+    // exits, and the reading pump below cannot block on a link that is gone.
+    tasks.spawn("link agent", async move {
+        agent
+            .run(reading_rx, link_shutdown)
+            .await
+            .map_err(|error| anyhow::anyhow!("the cloud link cannot run: {error}"))
     });
 
     let page_state = state.clone();
     let readings_stop = shutdown.clone();
-    tasks.spawn(async move {
+    tasks.spawn("sample pump", async move {
         while let Some(sample) = sample_rx.recv().await {
             page_state.record_sample(&sample);
             let Some(reading) = telemetry_reading(sample) else {
                 continue;
             };
-            if reading_tx.send(reading).await.is_err() {
-                break;
+            tokio::select! {
+                () = readings_stop.cancelled() => return Ok(()),
+                sent = reading_tx.send(reading) => if sent.is_err() {
+                    anyhow::bail!("the link agent no longer takes readings");
+                },
             }
         }
         // A unit without bridges has no samples at all: the link (which stops when its
         // readings close) must still run, for attestation, reports and updates.
         readings_stop.cancelled().await;
         drop(reading_tx);
+        Ok(())
     });
 
+    let mut control_tasks = JoinSet::new();
     crate::control::serve(
         &crate::control::socket_path(&config.status_page),
         state.clone(),
         shutdown.clone(),
-        &mut tasks,
+        &mut control_tasks,
     )?;
+    tasks.adopt("control socket", control_tasks);
+    let mut page_tasks = JoinSet::new();
     let page = page
-        .start(state, shutdown.clone(), &mut tasks)
+        .start(state, shutdown.clone(), &mut page_tasks)
         .await
         .context("cannot start the status page")?;
+    tasks.adopt("status page", page_tasks);
     Ok(RunningAppliance {
         restart_requested: restart,
         status_address: page.address,
         status_fingerprint: page.fingerprint,
         metrics_address: page.metrics_address,
+        shutdown,
         tasks,
     })
 }

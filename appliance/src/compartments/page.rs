@@ -94,6 +94,7 @@ pub async fn run(
         history: Arc::default(),
         updates,
         unit,
+        tasks: Arc::default(),
     };
 
     let from_bridges_state = state.clone();

@@ -470,8 +470,17 @@ pub struct Status {
     pub attestation: String,
     /// The A/B image slots (`null`: the config has no `[updates]`).
     pub image_slots: Option<unit_facts::ImageSlots>,
+    /// The cloud link in words, true now: `connected`, `connecting`, `link down:
+    /// <cause>` or `unavailable: <cause>` (see [`link_in_words`]).
+    pub link_summary: String,
+    /// Seconds since the fleet last acknowledged a telemetry batch (`null`: never
+    /// since start).
+    pub last_ack_age_secs: Option<u64>,
     /// The cloud link.
     pub link: LinkStatus,
+    /// Restarts and last failure of each restartable task of the process serving
+    /// this status.
+    pub tasks: std::collections::BTreeMap<String, crate::supervision::TaskHealth>,
     /// Bridges in config order.
     pub bridges: Vec<BridgeStatus>,
     /// Failure reports, newest first (`null`: the config has no `[reports]`).
@@ -554,12 +563,20 @@ pub fn snapshot(state: &ApplianceState) -> Status {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
+    let now = now_ms();
     Status {
         device_id: state.device_id.clone(),
         software_version: env!("CARGO_PKG_VERSION"),
-        attestation: attestation_in_words(&link.attestation, now_ms()),
+        attestation: attestation_in_words(&link.attestation, now),
         image_slots: unit.image_slots,
+        link_summary: link_in_words(&link),
+        last_ack_age_secs: age_secs(link.last_ack_ms, now),
         link,
+        tasks: state
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone(),
         bridges,
         failure_reports: unit.failure_reports,
         updates: state
@@ -568,6 +585,42 @@ pub fn snapshot(state: &ApplianceState) -> Status {
             .unwrap_or_else(PoisonError::into_inner)
             .clone(),
     }
+}
+
+/// The name of a link state as the status and `/metrics` show it (its serialised
+/// name: one spelling everywhere).
+pub fn link_state_name(state: warden_link::LinkState) -> &'static str {
+    use warden_link::LinkState;
+    match state {
+        LinkState::Connecting => "connecting",
+        LinkState::Connected => "connected",
+        LinkState::Disconnected => "disconnected",
+        LinkState::Unavailable => "unavailable",
+    }
+}
+
+/// The link as the operator must read it: never "connected" unless it is, and the
+/// cause whenever it is not.
+pub fn link_in_words(link: &LinkStatus) -> String {
+    use warden_link::LinkState;
+    let cause = link
+        .last_error
+        .as_deref()
+        .unwrap_or("no cause reported yet");
+    match link.state {
+        LinkState::Connected => "connected".to_owned(),
+        LinkState::Connecting => match &link.last_error {
+            None => "connecting".to_owned(),
+            Some(error) => format!("connecting (last error: {error})"),
+        },
+        LinkState::Disconnected => format!("link down: {cause}"),
+        LinkState::Unavailable => format!("unavailable: {cause}"),
+    }
+}
+
+/// Whole seconds from `since_ms` to `now_ms`; `None` when it never happened.
+pub fn age_secs(since_ms: Option<u64>, now_ms: u64) -> Option<u64> {
+    since_ms.map(|since| now_ms.saturating_sub(since) / 1000)
 }
 
 /// The unit's attestation in words: the fleet's last verdict (the fleet enforces it;
@@ -624,7 +677,8 @@ async fn updates(State(state): State<PageState>, headers: HeaderMap) -> Response
     Json(current_updates(&state)).into_response()
 }
 
-fn now_ms() -> u64 {
+/// Now, in ms since the epoch.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -718,6 +772,32 @@ mod tests {
             "{words}"
         );
         assert!(words.contains("not answered with a quote: pluton: no such socket"));
+    }
+
+    #[test]
+    fn the_link_is_connected_in_words_only_when_it_is() {
+        use warden_link::LinkState;
+        let mut link = LinkStatus {
+            state: LinkState::Disconnected,
+            last_error: Some("connection refused (127.0.0.1:1)".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            link_in_words(&link),
+            "link down: connection refused (127.0.0.1:1)"
+        );
+        link.state = LinkState::Unavailable;
+        link.last_error = Some("fleet CA pki/fleet-ca.pem: not found".into());
+        assert_eq!(
+            link_in_words(&link),
+            "unavailable: fleet CA pki/fleet-ca.pem: not found"
+        );
+        link.last_error = None;
+        assert_eq!(link_in_words(&link), "unavailable: no cause reported yet");
+        link.state = LinkState::Connected;
+        assert_eq!(link_in_words(&link), "connected");
+        assert_eq!(age_secs(None, 5_000), None);
+        assert_eq!(age_secs(Some(1_000), 5_999), Some(4));
     }
 
     #[test]

@@ -555,7 +555,7 @@ async fn the_split_appliance_runs_each_piece_sandboxed_and_the_data_still_flows(
         (reads > 0
             && body
                 .lines()
-                .any(|line| line.starts_with("warden_link_connected") && line.ends_with(" 1")))
+                .any(|line| line.starts_with("warden_link_up") && line.ends_with(" 1")))
         .then_some(body)
     })
     .await

@@ -1,0 +1,554 @@
+//! `warden check-config`: every problem that would stop the unit, with file and line.
+//!
+//! [`ApplianceConfig::problems`] checks the values (what `warden run` refuses too);
+//! this adds what only exists on the unit: the link's CA, certificate and key files
+//! (readable, PEM, the certificate made out to `device.id`), the status page's
+//! password hash and TLS files, the update capability, and the policy file. Each
+//! problem is located by the line of its key, found with toml's spanned document
+//! ([`toml::de::DeTable`]); a key left at its default is located at its table.
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use toml::de::{DeTable, DeValue};
+
+use crate::config::{ApplianceConfig, ConfigError};
+
+/// One problem, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the field (or of its table when the field is not written).
+    pub line: usize,
+    /// The field, as a TOML path (`link.fleet_ca`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What `warden check-config` found in one config file.
+#[derive(Debug)]
+pub struct ConfigReport {
+    /// The config file.
+    pub path: PathBuf,
+    /// Every problem in the config and the files it names, in file order.
+    pub problems: Vec<Problem>,
+    /// The policy file's own report (errors and warnings located in the policy), if
+    /// it could be read.
+    pub policy: Option<warden_policy::cli::CheckReport>,
+}
+
+impl ConfigReport {
+    /// Whether the unit can start with this config.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty() && self.policy.as_ref().is_none_or(|policy| policy.is_ok())
+    }
+}
+
+impl std::fmt::Display for ConfigReport {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.path.display();
+        for problem in &self.problems {
+            writeln!(
+                out,
+                "{name}:{}: {}: {}",
+                problem.line, problem.field, problem.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the config at `path` and everything it names. Only a file that cannot be
+/// read or parsed at all is an `Err` (its syntax error is already located); every
+/// other problem is in the report.
+pub fn check(path: &Path) -> Result<ConfigReport, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check_text(&text, path)
+}
+
+/// [`check`] of config text that came from `path`.
+pub fn check_text(text: &str, path: &Path) -> Result<ConfigReport, ConfigError> {
+    let config = ApplianceConfig::parse_unchecked(text, path)?;
+    let mut found = config.problems();
+    found.extend(file_problems(&config));
+    let mut policy = None;
+    match std::fs::metadata(&config.policy.file) {
+        Err(error) => found.push(("policy.file".into(), missing(&config.policy.file, &error))),
+        Ok(_) => match warden_policy::cli::check_file(&config.policy.file) {
+            Ok(report) => policy = Some(report),
+            Err(error) => found.push(("policy.file".into(), format!("{error:#}"))),
+        },
+    }
+    // The document parsed as a config, so it parses as a spanned table too.
+    let document = DeTable::parse(text)
+        .map(|table| DeValue::Table(table.into_inner()))
+        .ok();
+    let mut problems: Vec<Problem> = found
+        .into_iter()
+        .map(|(field, message)| Problem {
+            line: document
+                .as_ref()
+                .map_or(1, |document| line_of(document, text, &field)),
+            field,
+            message,
+        })
+        .collect();
+    problems.sort_by_key(|problem| problem.line);
+    Ok(ConfigReport {
+        path: path.to_path_buf(),
+        problems,
+        policy,
+    })
+}
+
+/// What is wrong with the files the config names (paths already resolved).
+fn file_problems(config: &ApplianceConfig) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let link = &config.link;
+    if let Err(why) = certificates(&link.fleet_ca) {
+        found.push(("link.fleet_ca".to_owned(), why));
+    }
+    match certificates(&link.device_cert) {
+        Err(why) => found.push(("link.device_cert".to_owned(), why)),
+        Ok(chain) => {
+            if let Some(why) = name_problem(&chain[0], &config.device.id, &link.device_cert) {
+                found.push(("device.id".to_owned(), why));
+            }
+        }
+    }
+    if let Some(key) = &link.device_key
+        && let Err(why) = private_key(key)
+    {
+        found.push(("link.device_key".to_owned(), why));
+    }
+    let page = &config.status_page;
+    if let Err(error) = crate::status_page::auth::PasswordVerifier::load(&page.password_file) {
+        found.push(("status_page.password_file".to_owned(), error.to_string()));
+    }
+    // The page's TLS files are made on first start; if they exist they must load.
+    let cert = page.state_dir.join(crate::status_page::tls::CERT_FILE);
+    if cert.exists()
+        && let Err(why) = certificates(&cert)
+    {
+        found.push(("status_page.state_dir".to_owned(), why));
+    }
+    let key = page.state_dir.join(crate::status_page::tls::KEY_FILE);
+    if key.exists()
+        && let Err(why) = private_key(&key)
+    {
+        found.push(("status_page.state_dir".to_owned(), why));
+    }
+    if let Some(updates) = &config.updates
+        && let Err(error) = std::fs::metadata(&updates.capability_file)
+    {
+        found.push((
+            "updates.capability_file".to_owned(),
+            missing(&updates.capability_file, &error),
+        ));
+    }
+    found
+}
+
+/// "does not exist" or why it cannot be looked at.
+fn missing(path: &Path, error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        format!("{} does not exist", path.display())
+    } else {
+        format!("{} cannot be read: {error}", path.display())
+    }
+}
+
+/// The PEM certificates in `path` (at least one), or why not.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|error| missing(path, &error))?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("{} is not PEM: {error}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+            path.display()
+        ));
+    }
+    Ok(chain)
+}
+
+/// Whether `path` holds a PEM private key.
+fn private_key(path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|error| missing(path, &error))?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map(drop)
+        .map_err(|error| format!("{} holds no PEM private key: {error}", path.display()))
+}
+
+/// Why `certificate` is not made out to `device_id` (its CN or a DNS SAN must be it:
+/// the fleet takes the device's identity from the certificate).
+fn name_problem(certificate: &CertificateDer<'_>, device_id: &str, path: &Path) -> Option<String> {
+    let parsed = match x509_parser::parse_x509_certificate(certificate) {
+        Ok((_, parsed)) => parsed,
+        Err(error) => {
+            return Some(format!(
+                "the certificate in {} does not parse: {error}",
+                path.display()
+            ));
+        }
+    };
+    let mut names: Vec<String> = parsed
+        .subject()
+        .iter_common_name()
+        .filter_map(|name| name.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    (!names.iter().any(|name| name == device_id)).then(|| {
+        format!(
+            "{device_id:?} is not the name in {} (it is made out to {})",
+            path.display(),
+            if names.is_empty() {
+                "no name".to_owned()
+            } else {
+                names.join(", ")
+            }
+        )
+    })
+}
+
+/// The 1-based line of `field` (`bridges.modbus_tcp[0].points[1].name`) in
+/// `document`: of its value if written, else of the nearest table that is.
+fn line_of(document: &DeValue<'_>, text: &str, field: &str) -> usize {
+    let mut current = document;
+    let mut offset = None;
+    for segment in field.split('.') {
+        let (key, indices) = match segment.split_once('[') {
+            Some((key, rest)) => (key, Some(rest)),
+            None => (segment, None),
+        };
+        let Some(value) = current.get(key) else { break };
+        offset = Some(value.span().start);
+        current = value.get_ref();
+        for index in indices
+            .into_iter()
+            .flat_map(|rest| rest.split('['))
+            .filter_map(|index| index.trim_end_matches(']').parse::<usize>().ok())
+        {
+            let Some(element) = current.get(index) else {
+                return line(text, offset);
+            };
+            offset = Some(element.span().start);
+            current = element.get_ref();
+        }
+    }
+    line(text, offset)
+}
+
+fn line(text: &str, offset: Option<usize>) -> usize {
+    let offset = offset.unwrap_or(0).min(text.len());
+    text[..offset].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A unit's directory with every file the config names, good.
+    struct Unit {
+        dir: tempfile::TempDir,
+    }
+
+    const CONFIG: &str = r#"[device]
+id = "wd-1"
+[policy]
+file = "policy.toml"
+[[bridges.modbus_tcp]]
+name = "line1"
+address = "127.0.0.1:5020"
+[[bridges.modbus_tcp.points]]
+name = "temperature"
+kind = "holding"
+address = 0
+type = "u16"
+[link]
+broker_host = "127.0.0.1"
+broker_port = 8883
+fleet_ca = "pki/fleet-ca.pem"
+device_cert = "pki/device.pem"
+device_key = "pki/device.key"
+batch_interval_ms = 500
+[link.outbox]
+dir = "outbox"
+max_bytes = 1048576
+segment_bytes = 65536
+[status_page]
+listen = "127.0.0.1:0"
+password_file = "status-page/password.phc"
+state_dir = "status-page"
+metrics_listen = "127.0.0.1:0"
+"#;
+
+    impl Unit {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pki = dir.path().join("pki");
+            std::fs::create_dir_all(&pki).expect("pki");
+            let ca = rcgen::generate_simple_self_signed(vec!["fleet-ca".into()]).expect("ca");
+            std::fs::write(pki.join("fleet-ca.pem"), ca.cert.pem()).expect("ca");
+            let device = rcgen::generate_simple_self_signed(vec!["wd-1".into()]).expect("cert");
+            std::fs::write(pki.join("device.pem"), device.cert.pem()).expect("cert");
+            std::fs::write(pki.join("device.key"), device.signing_key.serialize_pem())
+                .expect("key");
+            std::fs::create_dir_all(dir.path().join("status-page")).expect("page");
+            let hash = crate::status_page::auth::hash_password("label-password").expect("hash");
+            crate::status_page::auth::write_password_hash(
+                &dir.path().join("status-page/password.phc"),
+                &hash,
+            )
+            .expect("hash");
+            std::fs::write(
+                dir.path().join("policy.toml"),
+                include_str!("../config/policy.toml"),
+            )
+            .expect("policy");
+            Self { dir }
+        }
+
+        fn path(&self, relative: &str) -> PathBuf {
+            self.dir.path().join(relative)
+        }
+
+        /// The report of `CONFIG` with `from` replaced by `to`.
+        fn check(&self, edits: &[(&str, &str)]) -> (String, ConfigReport) {
+            let mut text = CONFIG.to_owned();
+            for (from, to) in edits {
+                assert!(text.contains(from), "{from} is not in the config");
+                text = text.replacen(from, to, 1);
+            }
+            let path = self.path("warden.toml");
+            std::fs::write(&path, &text).expect("config");
+            (text, check(&path).expect("parses"))
+        }
+    }
+
+    /// The 1-based line of the first line of `text` starting with `start`.
+    fn line_starting(text: &str, start: &str) -> usize {
+        text.lines()
+            .position(|line| line.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starts with {start}"))
+            + 1
+    }
+
+    /// Asserts that `report` has, among its lines, `warden.toml:<line of start>:
+    /// <field>: <message start>`.
+    fn assert_reports(text: &str, report: &ConfigReport, start: &str, field: &str, message: &str) {
+        let expected = format!(
+            "{}:{}: {field}: {message}",
+            report.path.display(),
+            line_starting(text, start)
+        );
+        assert!(report.path.ends_with("warden.toml"));
+        let printed = report.to_string();
+        assert!(
+            printed.lines().any(|line| line.starts_with(&expected)),
+            "expected {expected:?} in:\n{printed}"
+        );
+        assert!(!report.is_ok());
+    }
+
+    #[test]
+    fn a_good_unit_passes() {
+        let unit = Unit::new();
+        let (_, report) = unit.check(&[]);
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.to_string(), "");
+    }
+
+    #[test]
+    fn missing_files_are_each_named_with_their_line() {
+        let unit = Unit::new();
+        std::fs::remove_file(unit.path("pki/fleet-ca.pem")).expect("rm");
+        std::fs::remove_file(unit.path("pki/device.key")).expect("rm");
+        std::fs::remove_file(unit.path("status-page/password.phc")).expect("rm");
+        std::fs::remove_file(unit.path("policy.toml")).expect("rm");
+        let (text, report) = unit.check(&[]);
+        let ca = unit.path("pki/fleet-ca.pem");
+        assert_reports(
+            &text,
+            &report,
+            "fleet_ca",
+            "link.fleet_ca",
+            &format!("{} does not exist", ca.display()),
+        );
+        assert_reports(&text, &report, "device_key", "link.device_key", "");
+        assert_reports(
+            &text,
+            &report,
+            "password_file",
+            "status_page.password_file",
+            "",
+        );
+        assert_reports(&text, &report, "file = ", "policy.file", "");
+        // All of them, not just the first.
+        assert_eq!(report.problems.len(), 4, "{report}");
+    }
+
+    #[test]
+    fn certificates_must_be_pem_and_made_out_to_the_device() {
+        let unit = Unit::new();
+        std::fs::write(unit.path("pki/fleet-ca.pem"), "not a certificate\n").expect("ca");
+        let other = rcgen::generate_simple_self_signed(vec!["wd-2".into()]).expect("cert");
+        std::fs::write(unit.path("pki/device.pem"), other.cert.pem()).expect("cert");
+        let (text, report) = unit.check(&[]);
+        assert_reports(&text, &report, "fleet_ca", "link.fleet_ca", "");
+        assert!(
+            report.to_string().contains("holds no PEM certificate"),
+            "{report}"
+        );
+        assert_reports(
+            &text,
+            &report,
+            "id = ",
+            "device.id",
+            "\"wd-1\" is not the name in",
+        );
+        assert!(report.to_string().contains("made out to"), "{report}");
+        assert!(report.to_string().contains("wd-2"), "{report}");
+    }
+
+    #[test]
+    fn link_values_that_cannot_work_are_each_reported() {
+        let unit = Unit::new();
+        let (text, report) = unit.check(&[
+            ("broker_port = 8883", "broker_port = 0"),
+            ("broker_host = \"127.0.0.1\"", "broker_host = \"\""),
+            ("batch_interval_ms = 500", "batch_interval_ms = 0"),
+            ("max_bytes = 1048576", "max_bytes = 0"),
+            ("segment_bytes = 65536", "segment_bytes = 0"),
+        ]);
+        assert_reports(
+            &text,
+            &report,
+            "broker_port",
+            "link.broker_port",
+            "0 is no port",
+        );
+        assert_reports(
+            &text,
+            &report,
+            "broker_host",
+            "link.broker_host",
+            "must name",
+        );
+        assert_reports(
+            &text,
+            &report,
+            "batch_interval_ms",
+            "link.batch_interval_ms",
+            "must be at least 1",
+        );
+        assert_reports(
+            &text,
+            &report,
+            "max_bytes",
+            "link.outbox.max_bytes",
+            "must be at least 1",
+        );
+        assert_reports(
+            &text,
+            &report,
+            "segment_bytes",
+            "link.outbox.segment_bytes",
+            "must be at least 1",
+        );
+        assert_eq!(report.problems.len(), 5, "{report}");
+    }
+
+    #[test]
+    fn the_key_source_must_be_exactly_one() {
+        let unit = Unit::new();
+        let (text, report) = unit.check(&[(
+            "device_key = ",
+            "pluton_socket = \"pluton.sock\"\ndevice_key = ",
+        )]);
+        assert_reports(
+            &text,
+            &report,
+            "pluton_socket",
+            "link.pluton_socket",
+            "set exactly one",
+        );
+        let (text, report) = unit.check(&[("device_key = \"pki/device.key\"\n", "")]);
+        // Neither written: located at the [link] table.
+        assert_reports(
+            &text,
+            &report,
+            "[link]",
+            "link.pluton_socket",
+            "set exactly one",
+        );
+    }
+
+    #[test]
+    fn addresses_that_do_not_parse_are_each_reported() {
+        let unit = Unit::new();
+        let (text, report) = unit.check(&[
+            ("address = \"127.0.0.1:5020\"", "address = \"127.0.0.1\""),
+            ("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:99999\""),
+            (
+                "metrics_listen = \"127.0.0.1:0\"",
+                "metrics_listen = \"localhost\"",
+            ),
+        ]);
+        assert_reports(
+            &text,
+            &report,
+            "address = \"127",
+            "bridges.modbus_tcp[0].address",
+            "\"127.0.0.1\" is not host:port",
+        );
+        assert_reports(
+            &text,
+            &report,
+            "listen = ",
+            "status_page.listen",
+            "\"127.0.0.1:99999\" is not host:port",
+        );
+        assert_reports(
+            &text,
+            &report,
+            "metrics_listen",
+            "status_page.metrics_listen",
+            "\"localhost\" must be a loopback",
+        );
+        let (text, report) = unit.check(&[(
+            "[link]",
+            "[bridges.facade]\nlisten = \"0.0.0.0:502:1\"\nunits = []\n[link]",
+        )]);
+        assert_reports(
+            &text,
+            &report,
+            "listen = \"0.0.0.0",
+            "bridges.facade.listen",
+            "",
+        );
+    }
+
+    #[test]
+    fn fields_are_found_by_their_line() {
+        let text = "[device]\nid = \"wd-1\"\n\n[[bridges.modbus_tcp]]\nname = \"a\"\n\
+                    [[bridges.modbus_tcp]]\nname = \"b\"\naddress = \"x\"\n[link]\nbroker_port = 0\n";
+        let document = DeValue::Table(DeTable::parse(text).expect("toml").into_inner());
+        assert_eq!(line_of(&document, text, "device.id"), 2);
+        assert_eq!(line_of(&document, text, "bridges.modbus_tcp[1].address"), 8);
+        assert_eq!(line_of(&document, text, "link.broker_port"), 10);
+        // Not written: the table it would be in.
+        assert_eq!(line_of(&document, text, "link.batch_interval_ms"), 9);
+    }
+}
