@@ -126,8 +126,18 @@ fn file_problems(config: &ApplianceConfig) -> Vec<(String, String)> {
         found.push(("link.device_key".to_owned(), why));
     }
     let page = &config.status_page;
-    if let Err(error) = crate::status_page::auth::PasswordVerifier::load(&page.password_file) {
-        found.push(("status_page.password_file".to_owned(), error.to_string()));
+    match std::fs::metadata(&page.password_file) {
+        Err(error) => found.push((
+            "status_page.password_file".to_owned(),
+            missing(&page.password_file, &error),
+        )),
+        Ok(_) => {
+            if let Err(error) =
+                crate::status_page::auth::PasswordVerifier::load(&page.password_file)
+            {
+                found.push(("status_page.password_file".to_owned(), error.to_string()));
+            }
+        }
     }
     // The page's TLS files are made on first start; if they exist they must load.
     let cert = page.state_dir.join(crate::status_page::tls::CERT_FILE);

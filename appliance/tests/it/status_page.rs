@@ -809,3 +809,180 @@ async fn status_page_shows_slots_attestation_and_failure_reports_in_chromium() {
     shutdown.cancel();
     world.fleet.stopped().await;
 }
+
+/// `warden run --config` started with `config`: its stdout's status page and metrics
+/// addresses; killed when dropped.
+struct RunningUnit {
+    child: tokio::process::Child,
+    page: String,
+    fingerprint: String,
+    metrics: String,
+}
+
+impl RunningUnit {
+    async fn start(config: &Path) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("warden run");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (mut page, mut fingerprint, mut metrics) =
+            (String::new(), String::new(), String::new());
+        let read = async {
+            while let Some(line) = lines.next_line().await.expect("stdout") {
+                if let Some(url) = line.strip_prefix("status page: ") {
+                    page = url.trim_end_matches('/').to_owned();
+                } else if let Some(sha) = line.strip_prefix("status page cert: SHA-256 ") {
+                    fingerprint = sha.trim().to_owned();
+                } else if let Some(url) = line.strip_prefix("metrics: ") {
+                    metrics = url.to_owned();
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("warden run prints its addresses");
+        assert!(!page.is_empty() && !fingerprint.is_empty() && !metrics.is_empty());
+        Self {
+            child,
+            page,
+            fingerprint,
+            metrics,
+        }
+    }
+}
+
+/// Polls `/metrics` until `line` is in it (up to 30 s); the body.
+async fn metrics_with(url: &str, line: &str) -> String {
+    let mut body = String::new();
+    for _ in 0..300 {
+        body = plain_get(url).await.body;
+        if body.lines().any(|l| l == line) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{line:?} never appeared in /metrics:\n{body}");
+}
+
+/// A unit whose link is NOT connected says so everywhere, with the cause: first with
+/// the broker's port closed (link down), then without its fleet CA (the link cannot
+/// run: unavailable, and the process keeps serving the page). Neither `/metrics`,
+/// `/api/status` nor `warden status` claims "connected".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_is_not_connected_is_shown_with_its_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let world = warden_hil::demo::DemoWorld::start(
+        state,
+        warden_hil::demo::DemoPorts::EPHEMERAL,
+        None,
+        shutdown.clone(),
+    )
+    .await
+    .expect("fleet and equipment start");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let config = std::fs::read_to_string(&world.appliance_config).expect("config");
+    let config: String = config
+        .lines()
+        .map(|line| {
+            if line.starts_with("broker_port") {
+                format!("broker_port = {closed}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&world.appliance_config, &config).expect("config");
+    let password = "link-down-check";
+    let hash = warden::status_page::auth::hash_password(password).expect("hash");
+    warden::status_page::auth::write_password_hash(&state.join("status-page/password.phc"), &hash)
+        .expect("password");
+
+    for (case, expected_state, summary_starts) in [
+        ("broker port closed", "disconnected", "link down: "),
+        ("no fleet CA", "unavailable", "unavailable: "),
+    ] {
+        if case == "no fleet CA" {
+            std::fs::remove_file(state.join("pki/fleet-ca.pem")).expect("remove the CA");
+        }
+        let unit = RunningUnit::start(&world.appliance_config).await;
+        let metrics = metrics_with(
+            &unit.metrics,
+            &format!("warden_link_state{{state=\"{expected_state}\"}} 1"),
+        )
+        .await;
+        assert!(
+            metrics.lines().any(|l| l == "warden_link_up 0"),
+            "{case}:\n{metrics}"
+        );
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "warden_link_state{state=\"connected\"} 0"),
+            "{case}:\n{metrics}"
+        );
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("warden_link_last_ack_age_seconds ")),
+            "{case}: never acknowledged, so no age:\n{metrics}"
+        );
+
+        let mut client = Browserless::new(&unit.page, &unit.fingerprint);
+        assert_eq!(client.login(password).await.status, 303, "{case}");
+        let status = client.send("GET", "/api/status", &[], "").await.json();
+        let summary = status["link_summary"].as_str().expect("summary");
+        assert!(
+            summary.starts_with(summary_starts) && summary.len() > summary_starts.len(),
+            "{case}: {status:#}"
+        );
+        assert_eq!(status["link"]["state"], expected_state, "{case}");
+        assert!(status["last_ack_age_secs"].is_null(), "{case}: {status:#}");
+
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["status", "--config"])
+            .arg(&world.appliance_config)
+            .output()
+            .expect("warden status");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let link = text
+            .lines()
+            .find(|l| l.starts_with("link "))
+            .unwrap_or_else(|| panic!("{case}: no link line:\n{text}"));
+        assert!(
+            link.contains(summary_starts) && link.contains("no ack since start"),
+            "{case}: {link}"
+        );
+        let json = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["status", "--json", "--config"])
+            .arg(&world.appliance_config)
+            .output()
+            .expect("warden status --json");
+        let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+        assert_eq!(json["link"]["state"], expected_state, "{case}");
+        assert!(
+            json["link_summary"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(summary_starts)),
+            "{case}: {json:#}"
+        );
+        // Still running: a link that cannot connect is no reason to exit.
+        let mut unit = unit;
+        assert!(unit.child.try_wait().expect("wait").is_none(), "{case}");
+        unit.child.kill().await.expect("kill");
+    }
+    shutdown.cancel();
+    world.fleet.stopped().await;
+}
