@@ -208,12 +208,24 @@ pub async fn run(
                     current.decided_at_ms = decision.decided_at_ms;
                 }
             }
+            // A task of this role that ends (a channel, the uploader, the updater)
+            // ends the role: it exits non-zero and the monitor restarts it.
+            Some(ended) = tasks.join_next() => {
+                let why = match ended {
+                    Ok(()) => "ended before shutdown".to_owned(),
+                    Err(error) => format!("failed: {error}"),
+                };
+                tracing::error!(%why, "a link compartment task stopped; the compartment exits");
+                break;
+            }
             else => break,
         }
     }
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     match agent_task.await {
+        // The agent only returns when told to stop or its readings close: both mean
+        // this compartment lost a part; the caller exits non-zero.
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(anyhow::anyhow!("cloud link: {error}")),
         Err(error) => Err(anyhow::anyhow!("cloud link task: {error}")),

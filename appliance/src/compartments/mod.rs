@@ -98,7 +98,10 @@ fn run(role: &str, args: &[String]) -> anyhow::Result<ExitCode> {
     // The monitor stops a compartment with SIGKILL; nothing here waits for a signal.
     let shutdown = CancellationToken::new();
     runtime.block_on(async move {
-        match role {
+        // The monitor stops a compartment only by killing it: a role whose work
+        // returned has lost a part, and exits non-zero for the monitor to restart it
+        // (with backoff, counted against a trial image).
+        let ended = match role {
             messages::BRIDGES => {
                 let state_dir = options.state_dir.ok_or_else(|| {
                     anyhow::anyhow!("the bridges role needs --state-dir (its command log)")
@@ -115,7 +118,12 @@ fn run(role: &str, args: &[String]) -> anyhow::Result<ExitCode> {
                 )
                 .await
             }
-        }
+        };
+        ended.and_then(|()| {
+            Err(anyhow::anyhow!(
+                "the {role} compartment's work ended; exiting for the monitor to restart it"
+            ))
+        })
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -114,9 +114,20 @@ pub async fn run(
         .context("cannot start the status page")?;
     println!("status page: https://{}/", started.address);
     println!("status page cert: SHA-256 {}", started.fingerprint);
-    shutdown.cancelled().await;
+    // Nothing cancels `shutdown` from outside (the monitor kills compartments): a
+    // task that ends (the page's or the metrics' server, a channel) ends the role,
+    // which exits non-zero for the monitor to restart it.
+    let ended = tokio::select! {
+        () = shutdown.cancelled() => None,
+        ended = tasks.join_next() => ended,
+    };
+    shutdown.cancel();
     while tasks.join_next().await.is_some() {}
-    Ok(())
+    match ended {
+        Some(Err(error)) => Err(anyhow::anyhow!("a status-page task failed: {error}")),
+        Some(Ok(())) => Err(anyhow::anyhow!("a status-page task ended before shutdown")),
+        None => Ok(()),
+    }
 }
 
 fn view(bridge: BridgeInfo) -> BridgeView {
