@@ -539,6 +539,76 @@ mod tests {
         }
     }
 
+    fn running(tasks: Supervisor, shutdown: CancellationToken) -> RunningAppliance {
+        RunningAppliance {
+            status_address: SocketAddr::from(([127, 0, 0, 1], 1)),
+            status_fingerprint: String::new(),
+            metrics_address: None,
+            restart_requested: CancellationToken::new(),
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// The bug this replaces: the link agent died, the pump blocked on its channel and
+    /// the process ran on. Now the agent's end stops everything with its cause.
+    #[tokio::test]
+    async fn a_dead_link_stops_the_appliance_with_its_cause() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::new(shutdown.clone());
+        let stop = shutdown.clone();
+        tasks.spawn_unit("status page", async move { stop.cancelled().await });
+        let (reading_tx, reading_rx) = mpsc::channel::<Reading>(1);
+        tasks.spawn("link agent", async move {
+            drop(reading_rx);
+            anyhow::bail!("the cloud link cannot run: no identity")
+        });
+        tasks.spawn("sample pump", async move {
+            loop {
+                let reading = Reading::number("line1/p".into(), 1.0, "bar".into(), 7);
+                if reading_tx.send(reading).await.is_err() {
+                    anyhow::bail!("the link agent no longer takes readings");
+                }
+            }
+        });
+        let ending = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            running(tasks, shutdown.clone()).run_until(std::future::pending()),
+        )
+        .await
+        .expect("the appliance stops instead of hanging");
+        let Ending::Failed(failure) = ending else {
+            panic!("not a failure: {ending:?}");
+        };
+        assert!(
+            failure.task == "link agent" || failure.task == "sample pump",
+            "{failure}"
+        );
+        assert!(shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_requested_restart_and_a_stop_are_not_failures() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::new(shutdown.clone());
+        let stop = shutdown.clone();
+        tasks.spawn_unit("status page", async move { stop.cancelled().await });
+        let appliance = running(tasks, shutdown.clone());
+        appliance.restart_requested.cancel();
+        assert_eq!(
+            appliance.run_until(std::future::pending()).await,
+            Ending::RestartRequested
+        );
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::new(shutdown.clone());
+        let stop = shutdown.clone();
+        tasks.spawn_unit("status page", async move { stop.cancelled().await });
+        assert_eq!(
+            running(tasks, shutdown).run_until(async {}).await,
+            Ending::Stopped
+        );
+    }
+
     #[test]
     fn string_points_travel_as_text_and_non_finite_numbers_stay_home() {
         let text = telemetry_reading(sample(f64::NAN, Some("AB-17"))).expect("sent");
