@@ -164,7 +164,7 @@ pub fn render_at(state: &ApplianceState, now_ms: u64) -> String {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let link_families: [(&str, &str, &str, u64); 10] = [
+    let link_families: [(&str, &str, &str, u64); 13] = [
         (
             "warden_link_up",
             "1 only while the cloud link is connected to the broker.",
@@ -224,6 +224,24 @@ pub fn render_at(state: &ApplianceState, now_ms: u64) -> String {
             "Batches refused by the refuse overflow policy.",
             "counter",
             link.outbox.refused,
+        ),
+        (
+            "warden_outbox_damaged_records_total",
+            "Outbox records found damaged (checksum) when the outbox was opened; their batches are lost.",
+            "counter",
+            link.outbox.damaged_records,
+        ),
+        (
+            "warden_link_readings_pending",
+            "Readings taken by the link and waiting for the outbox (in memory and in the readings journal).",
+            "gauge",
+            link.readings_pending,
+        ),
+        (
+            "warden_link_journal_damaged_total",
+            "Readings journal records found damaged at start; their readings are lost.",
+            "counter",
+            link.journal_damaged,
         ),
     ];
     for (name, help, kind, value) in link_families {
