@@ -168,7 +168,14 @@ async fn equipment_without_a_lease_gets_no_address() {
             .await
             .expect("joins");
     assert!(lease.is_err(), "a stranger got {lease:?}");
-    let counters = port.counters();
+    // On a loaded machine the stranger's first DISCOVER may not have been handled yet
+    // when its 3 s wait ends: wait (bounded) until the port has seen it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut counters = port.counters();
+    while counters.dhcp.unknown_clients == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        counters = port.counters();
+    }
     assert!(counters.dhcp.unknown_clients >= 1, "{counters:?}");
     assert_eq!(counters.dhcp.offers, 0);
     // And nothing answers for it: connecting to an unleased address fails.
