@@ -26,8 +26,8 @@ use world::{Process, World, WorldOptions, require_root};
 /// One case at a time: they share two cores and time real intervals.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The link's MQTT keep-alive (cloud-link/src/agent.rs sets 15 s).
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// The link's MQTT keep-alive: a silent broker must be noticed within two of them.
+const KEEP_ALIVE: Duration = warden_link::agent::DEFAULT_KEEP_ALIVE;
 /// How long the unit may take to deliver its backlog once the fault is gone.
 const RECOVERY: Duration = Duration::from_secs(30);
 

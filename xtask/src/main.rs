@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         "fmt" => cargo(vec![fmt()]),
         "lint" => cargo(vec![lint()]),
         "test" => cargo(vec![test()]),
-        "test-real" => cargo(vec![test_real()]),
+        "test-real" => real_component_tests(),
         "embedded" => {
             let mut all = cargo(embedded());
             all.extend(firmware());
@@ -47,7 +47,8 @@ fn main() -> ExitCode {
         }
         "package" => package::steps(),
         "ci" => {
-            let mut all = cargo(vec![fmt(), lint(), test(), test_real()]);
+            let mut all = cargo(vec![fmt(), lint(), test()]);
+            all.extend(real_component_tests());
             all.extend(cargo(embedded()));
             all.extend(firmware());
             all.extend(package::steps());
@@ -132,6 +133,49 @@ fn test() -> Vec<String> {
 
 fn test_real() -> Vec<String> {
     args(&["test", "--workspace", "--", "--ignored"])
+}
+
+/// The ignored tests, framed by the fault suite's table (`hil/tests/faults.rs` writes it
+/// to the target's `tmp/`; its test output is captured, so the table is printed here).
+fn real_component_tests() -> Vec<Step> {
+    vec![
+        Step::Check("clear the fault suite's table", clear_fault_table),
+        Step::Cargo(test_real()),
+        Step::Check("the fault suite's table", print_fault_table),
+    ]
+}
+
+/// Where the fault suite writes its table (`$CARGO_TARGET_TMPDIR/faults-table.md`).
+fn fault_table_path() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .map_or_else(|| "target".into(), |root| root.join("target"))
+        },
+        std::path::PathBuf::from,
+    );
+    target.join("tmp").join("faults-table.md")
+}
+
+fn clear_fault_table() -> Result<(), String> {
+    match std::fs::remove_file(fault_table_path()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(format!("{}: {error}", fault_table_path().display())),
+    }
+}
+
+fn print_fault_table() -> Result<(), String> {
+    let path = fault_table_path();
+    let table = std::fs::read_to_string(&path).map_err(|error| {
+        format!(
+            "the fault suite wrote no table ({}: {error})",
+            path.display()
+        )
+    })?;
+    eprintln!("{table}");
+    Ok(())
 }
 
 fn embedded() -> Vec<Vec<String>> {
