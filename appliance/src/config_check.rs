@@ -63,17 +63,41 @@ impl std::fmt::Display for ConfigReport {
 /// read or parsed at all is an `Err` (its syntax error is already located); every
 /// other problem is in the report.
 pub fn check(path: &Path) -> Result<ConfigReport, ConfigError> {
+    check_with(path, Stage::Provisioned)
+}
+
+/// Which files a check may expect to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A unit as it runs: every file the config names must be there.
+    Provisioned,
+    /// A config as it is shipped (the package's): the files the provisioning station
+    /// gives each unit (fleet CA, device certificate and key, status page password
+    /// hash) are not there yet and not checked; everything else is.
+    BeforeProvisioning,
+}
+
+/// [`check`] at `stage`.
+pub fn check_with(path: &Path, stage: Stage) -> Result<ConfigReport, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    check_text(&text, path)
+    check_text_with(&text, path, stage)
 }
 
 /// [`check`] of config text that came from `path`.
 pub fn check_text(text: &str, path: &Path) -> Result<ConfigReport, ConfigError> {
+    check_text_with(text, path, Stage::Provisioned)
+}
+
+/// [`check_with`] of config text that came from `path`.
+pub fn check_text_with(text: &str, path: &Path, stage: Stage) -> Result<ConfigReport, ConfigError> {
     let config = ApplianceConfig::parse_unchecked(text, path)?;
     let mut found = config.problems();
+    if stage == Stage::Provisioned {
+        found.extend(provisioned_file_problems(&config));
+    }
     found.extend(file_problems(&config));
     let mut policy = None;
     match std::fs::metadata(&config.policy.file) {
@@ -105,8 +129,8 @@ pub fn check_text(text: &str, path: &Path) -> Result<ConfigReport, ConfigError> 
     })
 }
 
-/// What is wrong with the files the config names (paths already resolved).
-fn file_problems(config: &ApplianceConfig) -> Vec<(String, String)> {
+/// What is wrong with the files the provisioning station gives each unit.
+fn provisioned_file_problems(config: &ApplianceConfig) -> Vec<(String, String)> {
     let mut found = Vec::new();
     let link = &config.link;
     if let Err(why) = certificates(&link.fleet_ca) {
@@ -139,6 +163,13 @@ fn file_problems(config: &ApplianceConfig) -> Vec<(String, String)> {
             }
         }
     }
+    found
+}
+
+/// What is wrong with the other files the config names (paths already resolved).
+fn file_problems(config: &ApplianceConfig) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let page = &config.status_page;
     // The page's TLS files are made on first start; if they exist they must load.
     let cert = page.state_dir.join(crate::status_page::tls::CERT_FILE);
     if cert.exists()
@@ -195,41 +226,96 @@ fn private_key(path: &Path) -> Result<(), String> {
         .map_err(|error| format!("{} holds no PEM private key: {error}", path.display()))
 }
 
-/// Why `certificate` is not made out to `device_id` (its CN or a DNS SAN must be it:
-/// the fleet takes the device's identity from the certificate).
+/// Why `certificate` is not made out to `device_id`: the fleet takes a device's
+/// identity from its certificate's common name (`cloud-link/fleet/src/broker/acl.rs`),
+/// so the CN must be the configured `device.id`.
 fn name_problem(certificate: &CertificateDer<'_>, device_id: &str, path: &Path) -> Option<String> {
-    let parsed = match x509_parser::parse_x509_certificate(certificate) {
-        Ok((_, parsed)) => parsed,
-        Err(error) => {
+    let names = match subject_common_names(certificate) {
+        Some(names) => names,
+        None => {
             return Some(format!(
-                "the certificate in {} does not parse: {error}",
+                "the certificate in {} does not parse as X.509 (DER)",
                 path.display()
             ));
         }
     };
-    let mut names: Vec<String> = parsed
-        .subject()
-        .iter_common_name()
-        .filter_map(|name| name.as_str().ok().map(str::to_owned))
-        .collect();
-    if let Ok(Some(san)) = parsed.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                names.push((*dns).to_owned());
-            }
-        }
-    }
     (!names.iter().any(|name| name == device_id)).then(|| {
         format!(
-            "{device_id:?} is not the name in {} (it is made out to {})",
+            "{device_id:?} is not the common name in {} (it is made out to {})",
             path.display(),
             if names.is_empty() {
-                "no name".to_owned()
+                "no common name".to_owned()
             } else {
                 names.join(", ")
             }
         )
     })
+}
+
+/// The subject's common names (OID 2.5.4.3) of a DER X.509 certificate, or `None` if
+/// it is not one. A few lines of DER walking instead of an X.509 crate: this is the
+/// only certificate field the appliance reads, and a parser crate cost the shipped
+/// binary its size budget.
+fn subject_common_names(certificate: &[u8]) -> Option<Vec<String>> {
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID: u8 = 0x06;
+    const VERSION: u8 = 0xa0;
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    let (tag, certificate, _) = der_element(certificate)?;
+    (tag == SEQUENCE).then_some(())?;
+    let (tag, tbs, _) = der_element(certificate)?;
+    (tag == SEQUENCE).then_some(())?;
+    // version [0] (optional), serialNumber, signature, issuer, validity, subject.
+    let mut rest = tbs;
+    let (tag, _, after) = der_element(rest)?;
+    if tag == VERSION {
+        rest = after;
+    }
+    for _ in 0..4 {
+        rest = der_element(rest)?.2;
+    }
+    let (tag, mut subject, _) = der_element(rest)?;
+    (tag == SEQUENCE).then_some(())?;
+    let mut names = Vec::new();
+    while !subject.is_empty() {
+        let (tag, mut set, after) = der_element(subject)?;
+        (tag == SET).then_some(())?;
+        subject = after;
+        while !set.is_empty() {
+            let (tag, attribute, after) = der_element(set)?;
+            (tag == SEQUENCE).then_some(())?;
+            set = after;
+            let (tag, oid, value) = der_element(attribute)?;
+            (tag == OID).then_some(())?;
+            if oid == COMMON_NAME {
+                // UTF8String, PrintableString, IA5String, … : the bytes are the text.
+                let (_, text, _) = der_element(value)?;
+                names.push(String::from_utf8_lossy(text).into_owned());
+            }
+        }
+    }
+    Some(names)
+}
+
+/// One DER element at the start of `bytes`: its tag, its contents and what follows.
+/// Single-byte tags and definite lengths only (all X.509 needs); `None` if truncated.
+fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let len = rest[..count]
+            .iter()
+            .fold(0usize, |len, &byte| (len << 8) | usize::from(byte));
+        (len, &rest[count..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 /// The 1-based line of `field` (`bridges.modbus_tcp[0].points[1].name`) in
@@ -304,6 +390,40 @@ state_dir = "status-page"
 metrics_listen = "127.0.0.1:0"
 "#;
 
+    /// A self-signed certificate whose common name is `name` (as the provisioning
+    /// station makes them), and its key, in PEM.
+    fn device_certificate(name: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn common_names_are_read_from_the_der_subject() {
+        let (pem, _) = device_certificate("wd-0000000000000001");
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem");
+        assert_eq!(
+            subject_common_names(&der),
+            Some(vec!["wd-0000000000000001".to_owned()])
+        );
+        // rcgen's simple certificate has its own CN, and the name only as a SAN.
+        let simple = rcgen::generate_simple_self_signed(vec!["wd-2".into()]).expect("cert");
+        let names = subject_common_names(simple.cert.der()).expect("parses");
+        assert!(!names.contains(&"wd-2".to_owned()), "{names:?}");
+        // Every truncation is refused, never a panic or a wrong name.
+        for cut in 0..der.len() {
+            assert_ne!(
+                subject_common_names(&der[..cut]),
+                Some(vec!["wd-0000000000000001".to_owned()]),
+                "cut at {cut}"
+            );
+        }
+    }
+
     impl Unit {
         fn new() -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -311,10 +431,9 @@ metrics_listen = "127.0.0.1:0"
             std::fs::create_dir_all(&pki).expect("pki");
             let ca = rcgen::generate_simple_self_signed(vec!["fleet-ca".into()]).expect("ca");
             std::fs::write(pki.join("fleet-ca.pem"), ca.cert.pem()).expect("ca");
-            let device = rcgen::generate_simple_self_signed(vec!["wd-1".into()]).expect("cert");
-            std::fs::write(pki.join("device.pem"), device.cert.pem()).expect("cert");
-            std::fs::write(pki.join("device.key"), device.signing_key.serialize_pem())
-                .expect("key");
+            let (device_pem, device_key) = device_certificate("wd-1");
+            std::fs::write(pki.join("device.pem"), device_pem).expect("cert");
+            std::fs::write(pki.join("device.key"), device_key).expect("key");
             std::fs::create_dir_all(dir.path().join("status-page")).expect("page");
             let hash = crate::status_page::auth::hash_password("label-password").expect("hash");
             crate::status_page::auth::write_password_hash(
@@ -413,8 +532,8 @@ metrics_listen = "127.0.0.1:0"
     fn certificates_must_be_pem_and_made_out_to_the_device() {
         let unit = Unit::new();
         std::fs::write(unit.path("pki/fleet-ca.pem"), "not a certificate\n").expect("ca");
-        let other = rcgen::generate_simple_self_signed(vec!["wd-2".into()]).expect("cert");
-        std::fs::write(unit.path("pki/device.pem"), other.cert.pem()).expect("cert");
+        let (other, _) = device_certificate("wd-2");
+        std::fs::write(unit.path("pki/device.pem"), other).expect("cert");
         let (text, report) = unit.check(&[]);
         assert_reports(&text, &report, "fleet_ca", "link.fleet_ca", "");
         assert!(
@@ -426,7 +545,7 @@ metrics_listen = "127.0.0.1:0"
             &report,
             "id = ",
             "device.id",
-            "\"wd-1\" is not the name in",
+            "\"wd-1\" is not the common name in",
         );
         assert!(report.to_string().contains("made out to"), "{report}");
         assert!(report.to_string().contains("wd-2"), "{report}");

@@ -63,6 +63,11 @@ enum Command {
     CheckConfig {
         /// The appliance config.
         config: PathBuf,
+        /// A config as shipped, before a unit is provisioned: the fleet CA, device
+        /// certificate and key, and the status page's password hash are not checked
+        /// (the provisioning station writes them); everything else is.
+        #[arg(long)]
+        before_provisioning: bool,
     },
     /// Check or query a policy file.
     #[command(subcommand)]
@@ -131,7 +136,10 @@ fn main() -> ExitCode {
         Some(Command::Compartment { role, args }) => compartment(&role, &args),
         Some(Command::Status { config, json }) => status(&config, json),
         Some(Command::Report(command)) => command.run(),
-        Some(Command::CheckConfig { config }) => check_config(&config),
+        Some(Command::CheckConfig {
+            config,
+            before_provisioning,
+        }) => check_config(&config, before_provisioning),
         Some(Command::Policy(PolicyCommand::Check { file })) => policy_check(&file),
         Some(Command::Policy(PolicyCommand::Explain { file, request })) => {
             policy_explain(&file, &request)
@@ -309,8 +317,13 @@ fn status(config: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let report = warden::config_check::check(path)?;
+fn check_config(path: &std::path::Path, before_provisioning: bool) -> anyhow::Result<ExitCode> {
+    let stage = if before_provisioning {
+        warden::config_check::Stage::BeforeProvisioning
+    } else {
+        warden::config_check::Stage::Provisioned
+    };
+    let report = warden::config_check::check_with(path, stage)?;
     // Problems go to stderr, one per line, all of them; the policy's own report
     // (errors and warnings located in the policy file) to stdout.
     eprint!("{report}");

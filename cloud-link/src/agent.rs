@@ -376,6 +376,8 @@ impl LinkAgent {
                             batch_tick = tokio::time::interval(interval);
                         }
                     }
+                    // The network task also ends at shutdown: not a failure then.
+                    None if shutdown.is_cancelled() => break,
                     None => link.on_session_ended(),
                 },
                 _ = pump.tick() => link.pump(),

@@ -86,9 +86,15 @@ const PROVISIONED: [(&str, &str); 3] = [
 fn provisioned(text: &str, dir: &Path) -> String {
     let ca = rcgen::generate_simple_self_signed(vec!["fleet-ca".into()]).expect("ca");
     std::fs::write(dir.join("fleet-ca.pem"), ca.cert.pem()).expect("ca");
-    let device =
-        rcgen::generate_simple_self_signed(vec!["wd-0000000000000001".into()]).expect("cert");
-    std::fs::write(dir.join("device-cert.pem"), device.cert.pem()).expect("cert");
+    // The fleet takes the device ID from the certificate's common name.
+    let name = "wd-0000000000000001";
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let device = params.self_signed(&key).expect("cert");
+    std::fs::write(dir.join("device-cert.pem"), device.pem()).expect("cert");
     let hash = warden::status_page::auth::hash_password("label").expect("hash");
     warden::status_page::auth::write_password_hash(&dir.join("password.phc"), &hash).expect("hash");
     let mut text = text.to_owned();
@@ -128,6 +134,19 @@ fn the_shipped_example_config_validates() {
     assert!(
         stderr.contains(&format!("{}: 3 problem(s)", example.display())),
         "only the provisioning files are missing:\n{stderr}"
+    );
+    // As the package checks it: everything but the provisioning files, ok.
+    let output = warden()
+        .arg("check-config")
+        .arg("--before-provisioning")
+        .arg(&example)
+        .output()
+        .expect("warden check-config runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("warden.toml: ok"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
