@@ -458,14 +458,7 @@ impl Outbox {
                 Err(error) => return Err(error),
             }
         }
-        let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&seq.to_le_bytes());
-        crc.update(&payload);
-        record.extend_from_slice(&crc.finalize().to_le_bytes());
-        record.extend_from_slice(&seq.to_le_bytes());
-        record.extend_from_slice(&payload);
+        let record = encode_record(seq, &payload);
         loop {
             match self.write_record(&record) {
                 Ok(()) => break,
@@ -975,15 +968,30 @@ fn parse_record(bytes: &[u8], offset: usize, floor: u64) -> Option<Location> {
     }
     let start = offset + RECORD_HEADER as usize;
     let payload = bytes.get(start..start + len as usize)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&seq_bytes);
-    hasher.update(payload);
-    (hasher.finalize() == crc).then_some(Location {
+    (record_checksum(seq, payload) == crc).then_some(Location {
         seq,
         segment: 0,
         offset: offset as u64,
         len,
     })
+}
+
+/// One record as it is on disk: `len u32 LE`, `crc32 u32 LE`, `seq u64 LE`, `payload`.
+fn encode_record(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    record.extend_from_slice(&record_checksum(seq, payload).to_le_bytes());
+    record.extend_from_slice(&seq.to_le_bytes());
+    record.extend_from_slice(payload);
+    record
+}
+
+/// A record's checksum: CRC-32 of its sequence number (LE) and payload.
+fn record_checksum(seq: u64, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&seq.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
 }
 
 /// Where the (damaged) record at `offset` would end, if its length field is plausible.
@@ -1517,14 +1525,7 @@ mod tests {
     fn format_zero_segment(dir: &Path, seqs: std::ops::Range<u64>) {
         let mut bytes = Vec::new();
         for seq in seqs.clone() {
-            let payload = fixed(seq);
-            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&seq.to_le_bytes());
-            crc.update(&payload);
-            bytes.extend_from_slice(&crc.finalize().to_le_bytes());
-            bytes.extend_from_slice(&seq.to_le_bytes());
-            bytes.extend_from_slice(&payload);
+            bytes.extend_from_slice(&encode_record(seq, &fixed(seq)));
         }
         std::fs::write(segment_path(dir, seqs.start), bytes).expect("write");
     }
