@@ -5,9 +5,8 @@
 //! or the new complete file (rename is atomic), and the record's own checksum catches
 //! anything else. A leftover temporary file is ignored and removed at open.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::PlutonError;
@@ -15,69 +14,11 @@ use crate::store::StateStore;
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE_NAME: &str = "pluton.state";
-const TEMPORARY_SUFFIX: &str = ".tmp";
 
-/// A file operation failed; names the file.
-#[derive(Debug, thiserror::Error)]
-#[error("{operation} {path}: {source}")]
-pub struct FileStoreError {
-    /// What was being done.
-    pub operation: &'static str,
-    /// The file or directory.
-    pub path: PathBuf,
-    /// The underlying error.
-    pub source: io::Error,
-}
-
-fn context(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileStoreError {
-    let path = path.to_owned();
-    move |source| FileStoreError {
-        operation,
-        path,
-        source,
-    }
-}
-
-/// Create `directory` (mode 0700) if missing.
-pub fn create_private_directory(directory: &Path) -> Result<(), FileStoreError> {
-    if !directory.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(directory)
-            .map_err(context("create directory", directory))?;
-    }
-    Ok(())
-}
-
-/// Replace `path` with `bytes` atomically and durably: write a 0600 temporary file beside
-/// it, fsync, rename over `path`, fsync the directory.
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileStoreError> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(TEMPORARY_SUFFIX);
-    let temporary = PathBuf::from(temporary);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(context("create", &temporary))?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(context("set permissions of", &temporary))?;
-    file.write_all(bytes)
-        .map_err(context("write", &temporary))?;
-    file.sync_all().map_err(context("fsync", &temporary))?;
-    drop(file);
-    fs::rename(&temporary, path).map_err(context("rename over", path))?;
-    let directory = path
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(directory)
-        .and_then(|directory_handle| directory_handle.sync_all())
-        .map_err(context("fsync directory", directory))
-}
+/// A file operation failed; names the file (the tree's one file error).
+pub use warden_files::FileError as FileStoreError;
+pub use warden_files::{create_private_directory, write_file_atomically};
+use warden_files::remove_leftover_temporary;
 
 /// The state store in a directory (`<dir>/pluton.state`).
 #[derive(Debug)]
@@ -91,12 +32,7 @@ impl FileStore {
     pub fn open(directory: &Path) -> Result<Self, FileStoreError> {
         create_private_directory(directory)?;
         let path = directory.join(STATE_FILE_NAME);
-        let temporary = directory.join(format!("{STATE_FILE_NAME}{TEMPORARY_SUFFIX}"));
-        match fs::remove_file(&temporary) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(context("remove", &temporary)(error)),
-        }
+        remove_leftover_temporary(&path)?;
         Ok(Self { path })
     }
 
@@ -149,6 +85,8 @@ impl StateStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn save_load_and_permissions() {
