@@ -4,4 +4,5 @@
 //! A small crate with no I/O, so the fleet, the station, the load generator and the
 //! simulators can share the device's types without linking the device agent.
 
+pub mod topics;
 pub mod value;
