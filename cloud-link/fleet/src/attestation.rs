@@ -18,7 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use warden_link::topics::{
+use warden_wire::topics::{
     AttestationChallenge, AttestationQuote, AttestationVerdict, FailureReportMessage,
     MIN_NONCE_LEN, PROTOCOL_VERSION, attestation_challenge_topic, attestation_verdict_topic,
     device_of_topic, encode, from_hex, to_hex,

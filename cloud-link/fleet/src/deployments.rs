@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use warden_link::topics::{
+use warden_wire::topics::{
     PROTOCOL_VERSION, UpdateOffer, UpdateState, UpdateStatus, device_of_topic, encode,
     update_offer_topic,
 };

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use warden_link::TelemetryBatch;
-use warden_link::topics::{
+use warden_wire::topics::TelemetryBatch;
+use warden_wire::topics::{
     Ack, CommandResult, Delivery, DeviceEvent, FailureReportMessage, PROTOCOL_VERSION,
     TwinReported, ack_topic, device_of_topic,
 };

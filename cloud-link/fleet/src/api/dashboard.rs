@@ -15,11 +15,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use warden_link::topics::UpdateState;
+use warden_wire::fleet_api::RegisteredDevice;
+use warden_wire::topics::UpdateState;
 
 use super::{ApiError, ApiState};
 use crate::store::{
-    DeviceRow, FleetCounts, RegisteredDevice, SeenDevice, SignatureGroup, StoredDeployment,
+    DeviceRow, FleetCounts, SeenDevice, SignatureGroup, StoredDeployment,
     StoredReading, StoredReport, now_ms,
 };
 

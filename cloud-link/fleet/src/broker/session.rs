@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use warden_link::topics::attestation_challenge_topic;
+use warden_wire::topics::attestation_challenge_topic;
 
 use super::MAX_PACKET_SIZE;
 use super::acl::{DeviceAcl, device_id_from_certificate};

@@ -19,8 +19,8 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject as _;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use warden_link::topics::{from_hex, telemetry_topic, to_hex};
-use warden_link::{Reading, TelemetryBatch};
+use warden_wire::topics::{from_hex, telemetry_topic, to_hex};
+use warden_wire::topics::{Reading, TelemetryBatch};
 
 use super::registry::{create_product, register};
 use super::rollout::{signed_image, upload};
