@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod agent;
+mod clock;
 pub mod control;
 pub mod dispatch;
 pub mod journal;

@@ -18,10 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authorizer, Caller, Denied, required};
 use crate::broker::LocalPublisher;
+use crate::clock::now_ms;
 use crate::deployments::Rollouts;
 use crate::enrollment::DeviceTrust;
 use crate::images::ImageStore;
-use crate::store::{Device, Store, StoredReading, now_ms};
+use crate::store::{Device, Store, StoredReading};
 use warden_wire::fleet_api::{CommandView, DesiredRequest, ErrorBody, WriteRequest};
 use warden_wire::topics::{
     Command, CommandAction, PROTOCOL_VERSION, TwinDesired, commands_topic, from_hex,
@@ -455,12 +456,14 @@ impl IntoResponse for ApiError {
                             .to_owned(),
                     ),
                 };
-                let mut response =
-                    (status, Json(ErrorBody {
-                    error: message,
-                    field: None,
-                }))
-                .into_response();
+                let mut response = (
+                    status,
+                    Json(ErrorBody {
+                        error: message,
+                        field: None,
+                    }),
+                )
+                    .into_response();
                 if status == StatusCode::UNAUTHORIZED {
                     response.headers_mut().insert(
                         header::WWW_AUTHENTICATE,

@@ -25,7 +25,8 @@ use warden_wire::topics::{
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
-use crate::store::{ChallengeUse, ImageRecord, Store, StoreError, now_ms};
+use crate::clock::now_ms;
+use crate::store::{ChallengeUse, ImageRecord, Store, StoreError};
 
 /// Filter matching every device's quotes.
 pub const ALL_QUOTES: &str = "warden/v1/devices/+/attestation/quote";

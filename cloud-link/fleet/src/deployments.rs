@@ -17,8 +17,9 @@ use warden_wire::topics::{
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
+use crate::clock::now_ms;
 use crate::enrollment::DeviceTrust;
-use crate::store::{Store, StoreError, StoredDeployment, now_ms};
+use crate::store::{Store, StoreError, StoredDeployment};
 
 /// The group that never receives updates.
 pub const NO_UPDATES_GROUP: &str = "No Updates";

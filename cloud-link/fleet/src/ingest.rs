@@ -10,7 +10,8 @@ use warden_wire::topics::{
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
-use crate::store::{Store, now_ms};
+use crate::clock::now_ms;
+use crate::store::Store;
 
 /// Most batches committed in one transaction.
 const MAX_GROUP: usize = 256;

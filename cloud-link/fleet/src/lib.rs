@@ -4,6 +4,7 @@ pub mod api;
 pub mod attestation;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod deployments;
 pub mod enrollment;
 pub mod images;
@@ -448,7 +449,10 @@ mod tests {
         };
         assert_eq!((*line, *column), (8, 13), "{error}");
         let shown = error.to_string();
-        assert!(shown.starts_with("/etc/warden/fleet.toml:8:13: "), "{shown}");
+        assert!(
+            shown.starts_with("/etc/warden/fleet.toml:8:13: "),
+            "{shown}"
+        );
 
         let error = FleetConfig::from_toml("http_listen = 1\nbogus = 2\n", Path::new("f.toml"))
             .expect_err("unknown field");

@@ -16,9 +16,7 @@ pub use dashboard::{
 pub use deployments::{
     DeploymentEvent, DeploymentMember, ImageRecord, NewDeployment, StoredDeployment,
 };
-pub use registry::{
-    ChallengeUse, NewDevice, Product, ProductOutcome, Registration,
-};
+pub use registry::{ChallengeUse, NewDevice, Product, ProductOutcome, Registration};
 pub use reports::{CrashRate, ReportBucket, ReportGroup, StoredEvent, StoredReport};
 
 use std::sync::{Arc, PoisonError};
@@ -110,7 +108,8 @@ const MIGRATION_11_POSTGRES: &str = "ALTER TABLE telemetry ALTER COLUMN value DR
 const MIGRATIONS: &[(i64, Migration)] = &[
     (
         1,
-        Migration::Both("CREATE TABLE devices (
+        Migration::Both(
+            "CREATE TABLE devices (
         id TEXT PRIMARY KEY,
         first_seen_ms BIGINT NOT NULL,
         last_seen_ms BIGINT NOT NULL
@@ -138,11 +137,13 @@ const MIGRATIONS: &[(i64, Migration)] = &[
         value DOUBLE PRECISION NOT NULL,
         unit TEXT NOT NULL,
         PRIMARY KEY (device_id, point)
-    );"),
+    );",
+        ),
     ),
     (
         2,
-        Migration::Both("CREATE TABLE commands (
+        Migration::Both(
+            "CREATE TABLE commands (
         id TEXT PRIMARY KEY,
         device_id TEXT NOT NULL,
         request TEXT NOT NULL,
@@ -151,21 +152,25 @@ const MIGRATIONS: &[(i64, Migration)] = &[
         created_ms BIGINT NOT NULL,
         completed_ms BIGINT
     );
-    CREATE INDEX commands_by_device ON commands (device_id, created_ms)"),
+    CREATE INDEX commands_by_device ON commands (device_id, created_ms)",
+        ),
     ),
     (
         3,
-        Migration::Both("CREATE TABLE twins (
+        Migration::Both(
+            "CREATE TABLE twins (
         device_id TEXT PRIMARY KEY,
         desired TEXT,
         desired_ms BIGINT,
         reported TEXT,
         reported_ms BIGINT
-    )"),
+    )",
+        ),
     ),
     (
         4,
-        Migration::Both("CREATE TABLE products (
+        Migration::Both(
+            "CREATE TABLE products (
         name TEXT PRIMARY KEY,
         manufacturer_ca_pem TEXT NOT NULL,
         created_ms BIGINT NOT NULL
@@ -198,11 +203,13 @@ const MIGRATIONS: &[(i64, Migration)] = &[
         method TEXT NOT NULL,
         path TEXT NOT NULL,
         status BIGINT NOT NULL
-    )"),
+    )",
+        ),
     ),
     (
         5,
-        Migration::Both("CREATE TABLE failure_reports (
+        Migration::Both(
+            "CREATE TABLE failure_reports (
         device_id TEXT NOT NULL,
         id TEXT NOT NULL,
         ts_ms BIGINT NOT NULL,
@@ -223,11 +230,13 @@ const MIGRATIONS: &[(i64, Migration)] = &[
         kind TEXT NOT NULL,
         detail TEXT NOT NULL
     );
-    CREATE INDEX device_events_by_device ON device_events (device_id, ts_ms)"),
+    CREATE INDEX device_events_by_device ON device_events (device_id, ts_ms)",
+        ),
     ),
     (
         6,
-        Migration::Both("CREATE TABLE images (
+        Migration::Both(
+            "CREATE TABLE images (
         sha256 TEXT PRIMARY KEY,
         product TEXT NOT NULL,
         version TEXT NOT NULL,
@@ -269,7 +278,8 @@ const MIGRATIONS: &[(i64, Migration)] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX deployment_device_states_by_device
-        ON deployment_device_states (deployment_id, device_id, seq)"),
+        ON deployment_device_states (deployment_id, device_id, seq)",
+        ),
     ),
     (
         7,
@@ -1144,13 +1154,6 @@ fn reading_from_row(row: &sqlx::any::AnyRow) -> Result<StoredReading, StoreError
     })
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// A count as a counter.
 fn to_u64(count: usize) -> u64 {
     u64::try_from(count).unwrap_or(u64::MAX)
@@ -1230,7 +1233,10 @@ mod tests {
             .await
             .expect("telemetry");
         assert_eq!(
-            series.iter().map(|r| r.number().expect("a number")).collect::<Vec<_>>(),
+            series
+                .iter()
+                .map(|r| r.number().expect("a number"))
+                .collect::<Vec<_>>(),
             vec![22.0, 21.0, 20.0]
         );
         store.close().await;
@@ -1466,7 +1472,10 @@ mod tests {
             .telemetry("wd-1", Some("line1/t"), 10)
             .await
             .expect("telemetry");
-        let mut kept: Vec<f64> = series.iter().map(|r| r.number().expect("a number")).collect();
+        let mut kept: Vec<f64> = series
+            .iter()
+            .map(|r| r.number().expect("a number"))
+            .collect();
         kept.sort_by(f64::total_cmp);
         assert_eq!(kept, [2.0, 3.0], "the recently received readings stay");
         // Latest values stay whatever their age (here the one read last by the device).

@@ -226,6 +226,12 @@ mod tests {
         let view: DeviceView =
             serde_json::from_str(r#"{"device_id":"wd-1","registered":false,"last_seen_ms":5}"#)
                 .expect("decodes");
-        assert!(matches!(view, DeviceView::Unregistered { last_seen_ms: 5, .. }));
+        assert!(matches!(
+            view,
+            DeviceView::Unregistered {
+                last_seen_ms: 5,
+                ..
+            }
+        ));
     }
 }

@@ -21,12 +21,12 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 use warden_link::outbox::OutboxConfig;
+use warden_link::{ControlMessage, ControlQueue, LinkAgent, LinkConfig};
 use warden_wire::tls::{ClientIdentity, client_config};
 use warden_wire::topics::{
     CommandResult, CommandStatus, Delivery, DeviceEvent, FailureReportMessage, PROTOCOL_VERSION,
     TOPIC_ROOT, TwinReported, ack_topic,
 };
-use warden_link::{ControlMessage, ControlQueue, LinkAgent, LinkConfig};
 
 const CHILD_ENV: &str = "WARDEN_CONTROL_CHILD";
 

@@ -117,10 +117,10 @@ mod real_broker {
     use tokio_util::sync::CancellationToken;
     use warden_hil::demo_pki::DemoPki;
     use warden_link::outbox::OutboxConfig;
-    use warden_wire::tls::{ClientIdentity, client_config};
-    use warden_wire::topics::{Ack, TelemetryBatch, ack_topic, telemetry_topic};
     use warden_link::{LinkAgent, LinkConfig};
+    use warden_wire::tls::{ClientIdentity, client_config};
     use warden_wire::topics::Reading;
+    use warden_wire::topics::{Ack, TelemetryBatch, ack_topic, telemetry_topic};
 
     fn client(
         pki: &DemoPki,

@@ -19,9 +19,10 @@ use warden_wire::fleet_api::RegisteredDevice;
 use warden_wire::topics::UpdateState;
 
 use super::{ApiError, ApiState};
+use crate::clock::now_ms;
 use crate::store::{
-    DeviceRow, FleetCounts, SeenDevice, SignatureGroup, StoredDeployment,
-    StoredReading, StoredReport, now_ms,
+    DeviceRow, FleetCounts, SeenDevice, SignatureGroup, StoredDeployment, StoredReading,
+    StoredReport,
 };
 
 const PAGE_HTML: &str = include_str!("../../assets/dashboard.html");

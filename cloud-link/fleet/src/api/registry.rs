@@ -5,10 +5,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use super::{ApiError, ApiState};
+use crate::clock::now_ms;
 use crate::enrollment::{
     certificates_from_pem, check_ca_bundle, fingerprint, verify_device_certificate,
 };
-use crate::store::{NewDevice, Product, ProductOutcome, Registration, now_ms};
+use crate::store::{NewDevice, Product, ProductOutcome, Registration};
 use warden_wire::fleet_api::{
     DeviceView, Group, GroupRequest, ProductRequest, ProductView, RegisterRequest,
     RegisterResponse, RegisteredDevice,

@@ -328,7 +328,8 @@ fn escape_like(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewDevice, now_ms};
+    use crate::clock::now_ms;
+    use crate::store::NewDevice;
     use warden_wire::topics::FailureReportMessage;
 
     async fn store() -> (tempfile::TempDir, Store) {

@@ -197,7 +197,11 @@ fn columns(value: Value) -> (Option<f64>, Option<String>, Option<i64>) {
 
 /// A stored row's value from its columns `(value, text, flag)`. Rows written before
 /// migration 11 hold a text reading as `0` in `value` plus its text: text wins.
-pub(super) fn value_of_columns(number: Option<f64>, text: Option<String>, flag: Option<i64>) -> Value {
+pub(super) fn value_of_columns(
+    number: Option<f64>,
+    text: Option<String>,
+    flag: Option<i64>,
+) -> Value {
     match (text, flag, number) {
         (Some(text), _, _) => Value::Text(text),
         (None, Some(flag), _) => Value::Bool(flag != 0),

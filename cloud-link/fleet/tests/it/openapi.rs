@@ -41,7 +41,9 @@ fn check(document: &Value, schema: &Value, value: &Value, at: &str, problems: &m
     let schema = resolve(document, schema);
     if value.is_null() {
         if schema.get("nullable") != Some(&Value::Bool(true)) {
-            problems.push(format!("{at}: null, but the document does not say nullable"));
+            problems.push(format!(
+                "{at}: null, but the document does not say nullable"
+            ));
         }
         return;
     }
@@ -80,13 +82,23 @@ fn check(document: &Value, schema: &Value, value: &Value, at: &str, problems: &m
     ) {
         for (name, member) in members {
             match properties.get(name) {
-                Some(property) => check(document, property, member, &format!("{at}.{name}"), problems),
-                None => problems.push(format!("{at}: the type writes {name}, the document lacks it")),
+                Some(property) => check(
+                    document,
+                    property,
+                    member,
+                    &format!("{at}.{name}"),
+                    problems,
+                ),
+                None => problems.push(format!(
+                    "{at}: the type writes {name}, the document lacks it"
+                )),
             }
         }
         for name in properties.keys() {
             if !members.contains_key(name) {
-                problems.push(format!("{at}: the document has {name}, the type does not write it"));
+                problems.push(format!(
+                    "{at}: the document has {name}, the type does not write it"
+                ));
             }
         }
         for name in required(schema) {
@@ -158,16 +170,12 @@ fn operation_schema(method: &str, path: &str, status: Option<&str>) -> Option<St
         None => operation.get("requestBody")?,
         Some(status) => operation.get("responses")?.get(status)?,
     };
-    let schema = body.get("content")?.get("application/json")?.get("schema")?;
+    let schema = body
+        .get("content")?
+        .get("application/json")?
+        .get("schema")?;
     let schema = schema.get("items").unwrap_or(schema);
-    Some(
-        schema
-            .get("$ref")?
-            .as_str()?
-            .rsplit('/')
-            .next()?
-            .to_owned(),
-    )
+    Some(schema.get("$ref")?.as_str()?.rsplit('/').next()?.to_owned())
 }
 
 fn registered_device() -> RegisteredDevice {
@@ -209,7 +217,12 @@ fn the_document_describes_every_wire_type_of_the_api() {
             created_ms: 1,
         },
     ));
-    problems.extend(request("GroupRequest", &GroupRequest { name: "Line 2".into() }));
+    problems.extend(request(
+        "GroupRequest",
+        &GroupRequest {
+            name: "Line 2".into(),
+        },
+    ));
     problems.extend(response(
         "Group",
         &Group {
@@ -276,18 +289,58 @@ fn the_operations_name_the_wire_types() {
         ("post", "/api/v1/products", None, "ProductRequest"),
         ("post", "/api/v1/products", Some("201"), "Product"),
         ("get", "/api/v1/products", Some("200"), "Product"),
-        ("post", "/api/v1/products/{name}/groups", None, "GroupRequest"),
-        ("post", "/api/v1/products/{name}/groups", Some("201"), "Group"),
-        ("get", "/api/v1/products/{name}/groups", Some("200"), "Group"),
+        (
+            "post",
+            "/api/v1/products/{name}/groups",
+            None,
+            "GroupRequest",
+        ),
+        (
+            "post",
+            "/api/v1/products/{name}/groups",
+            Some("201"),
+            "Group",
+        ),
+        (
+            "get",
+            "/api/v1/products/{name}/groups",
+            Some("200"),
+            "Group",
+        ),
         ("post", "/api/v1/devices", None, "RegisterRequest"),
         ("post", "/api/v1/devices", Some("201"), "RegisterResponse"),
         ("post", "/api/v1/devices", Some("200"), "RegisterResponse"),
         ("post", "/api/v1/devices", Some("422"), "Error"),
-        ("get", "/api/v1/devices/{id}", Some("200"), "RegisteredDevice"),
-        ("post", "/api/v1/devices/{id}/revoke", Some("200"), "RegisteredDevice"),
-        ("post", "/api/v1/devices/{id}/commands", None, "WriteRequest"),
-        ("post", "/api/v1/devices/{id}/commands", Some("202"), "Command"),
-        ("get", "/api/v1/devices/{id}/commands/{command}", Some("200"), "Command"),
+        (
+            "get",
+            "/api/v1/devices/{id}",
+            Some("200"),
+            "RegisteredDevice",
+        ),
+        (
+            "post",
+            "/api/v1/devices/{id}/revoke",
+            Some("200"),
+            "RegisteredDevice",
+        ),
+        (
+            "post",
+            "/api/v1/devices/{id}/commands",
+            None,
+            "WriteRequest",
+        ),
+        (
+            "post",
+            "/api/v1/devices/{id}/commands",
+            Some("202"),
+            "Command",
+        ),
+        (
+            "get",
+            "/api/v1/devices/{id}/commands/{command}",
+            Some("200"),
+            "Command",
+        ),
     ];
     let mut problems = Vec::new();
     for (method, path, status, schema) in expected {

@@ -77,7 +77,10 @@ pub async fn telemetry_store_contract(url: &str) {
         .telemetry("wd-a", Some("line1/p"), 100)
         .await
         .expect("series");
-    let values: Vec<f64> = series.iter().map(|r| r.number().expect("a number")).collect();
+    let values: Vec<f64> = series
+        .iter()
+        .map(|r| r.number().expect("a number"))
+        .collect();
     assert_eq!(values, [3.0, 2.0, 1.0], "newest first, each once");
     let latest = store.latest_values("wd-a").await.expect("latest");
     let by_point = |point: &str| {
@@ -132,7 +135,9 @@ pub async fn telemetry_store_contract(url: &str) {
     assert_eq!(pruned, 5, "every reading received on day 10");
     let left = store.telemetry("wd-a", None, 100).await.expect("series");
     assert_eq!(
-        left.iter().map(|r| r.number().expect("a number")).collect::<Vec<_>>(),
+        left.iter()
+            .map(|r| r.number().expect("a number"))
+            .collect::<Vec<_>>(),
         [4.0],
         "read in 1970, received recently: kept"
     );
