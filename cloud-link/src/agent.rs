@@ -24,13 +24,13 @@ use crate::control::{ControlMessage, ControlSender};
 use crate::dispatch::{DispatchLimits, Dispatcher};
 use crate::journal::{PendingLimits, PendingReadings, Pushed};
 use crate::outbox::{Outbox, OutboxConfig, OutboxError};
-use crate::tls::{ClientIdentity, TlsError, client_config};
-use crate::topics::{
+use warden_wire::tls::{ClientIdentity, TlsError, client_config};
+use warden_wire::topics::{
     AttestationChallenge, AttestationQuote, DeviceEvent, MIN_NONCE_LEN,
     attestation_challenge_topic, attestation_quote_topic, attestation_verdict_topic, from_hex,
     to_hex,
 };
-use crate::topics::{
+use warden_wire::topics::{
     CONTROL_STREAM, Command, CommandResult, CommandStatus, LinkSettings, PROTOCOL_VERSION, Reading,
     TELEMETRY_STREAM, TelemetryBatch, TwinDesired, UpdateOffer, ack_topic, commands_topic,
     event_kind, telemetry_topic, twin_desired_topic, update_offer_topic,
@@ -1056,7 +1056,7 @@ impl Link {
                             &self.quote_topic,
                             QoS::AtLeastOnce,
                             false,
-                            crate::topics::encode(&answer),
+                            warden_wire::topics::encode(&answer),
                         )
                         .map_err(|e| e.to_string()),
                     None => Err("no session".to_owned()),
@@ -1223,7 +1223,7 @@ fn client_identity(config: &LinkConfig) -> Result<ClientIdentity, LinkError> {
         (Some(socket), None) => {
             let key = warden_pluton_api::PlutonSigningKey::connect(socket)
                 .map_err(|e| LinkError::Pluton(format!("{}: {e}", socket.display())))?;
-            let chain = crate::tls::load_certificates(&config.device_cert)?;
+            let chain = warden_wire::tls::load_certificates(&config.device_cert)?;
             Ok(ClientIdentity::from_signer(chain, Arc::new(key)))
         }
         (None, Some(key)) => Ok(ClientIdentity::from_pem_files(&config.device_cert, key)?),
@@ -1240,7 +1240,7 @@ mod tests {
     use super::link_settings::*;
     use super::network::*;
     use super::*;
-    use crate::topics::TwinReported;
+    use warden_wire::topics::TwinReported;
 
     fn settings(version: u64, batch_interval_ms: u64) -> LinkSettings {
         LinkSettings {

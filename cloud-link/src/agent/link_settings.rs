@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::control::{ControlMessage, ControlSender};
-use crate::topics::{DeviceEvent, LinkSettings, event_kind};
+use warden_wire::topics::{DeviceEvent, LinkSettings, event_kind};
 
 /// Where the link settings from the fleet are kept (in the outbox directory).
 pub(super) const LINK_SETTINGS_FILE: &str = "link-settings.json";
@@ -100,5 +100,5 @@ pub(super) fn save_link_settings(
     path: &Path,
     settings: &LinkSettings,
 ) -> Result<(), warden_files::FileError> {
-    warden_files::write_file_atomically(path, &crate::topics::encode(settings))
+    warden_files::write_file_atomically(path, &warden_wire::topics::encode(settings))
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::status::{LinkStatus, update};
 use crate::clock::unix_millis;
-use crate::topics::{
+use warden_wire::topics::{
     Ack, AttestationChallenge, AttestationVerdict, Command, LinkSettings, PROTOCOL_VERSION,
     TwinDesired, UpdateOffer,
 };
