@@ -205,9 +205,7 @@ impl Caller {
 /// requests with their own rule (`Authenticate`: anyone; named counters: per counter).
 fn operation_of(request: &Request) -> Option<Operation> {
     Some(match request {
-        Request::Status | Request::ExportIdentity | Request::ReadRegisters => {
-            Operation::ReadPublic
-        }
+        Request::Status | Request::ExportIdentity | Request::ReadRegisters => Operation::ReadPublic,
         Request::CreateIdentity { .. }
         | Request::InstallRootKey { .. }
         | Request::LockManufacturing { .. }
@@ -338,7 +336,10 @@ pub fn handle_request<B: RootOfTrust + ?Sized, T: RoleTokens + ?Sized>(
         }
         Request::AdvanceNamedCounter { counter, value } => {
             let rights = counter.rights();
-            if !caller.role.is_some_and(|role| rights.advance.contains(&role)) {
+            if !caller
+                .role
+                .is_some_and(|role| rights.advance.contains(&role))
+            {
                 return Response::Error(PlutonError::NotPermitted);
             }
             into_response(

@@ -117,7 +117,9 @@ mod tests {
                 Err(PlutonError::CapabilityRequired)
             );
         }
-        registers.extend(BOOT_REGISTERS, &[1u8; 32]).expect("runtime register");
+        registers
+            .extend(BOOT_REGISTERS, &[1u8; 32])
+            .expect("runtime register");
         assert!(registers.boot_latched());
     }
 

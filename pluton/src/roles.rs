@@ -128,7 +128,9 @@ pub const fn permitted_roles(operation: Operation) -> &'static [Role] {
         Operation::ReadPublic => &[Boot, Link, Bridges, StatusPage, Updates, Unseparated],
         Operation::Provision => &[Boot, Unseparated],
         Operation::ReadRoots => &[Boot, Link, Bridges, Updates, Unseparated],
-        Operation::ExtendRuntimeRegister => &[Boot, Link, Bridges, StatusPage, Updates, Unseparated],
+        Operation::ExtendRuntimeRegister => {
+            &[Boot, Link, Bridges, StatusPage, Updates, Unseparated]
+        }
         Operation::ExtendBootRegister | Operation::EndBoot => &[Boot],
         Operation::ReadAllCounters => &[Boot, Link, Updates, Unseparated],
         Operation::Quote | Operation::SignTls => &[Link, Unseparated],
@@ -350,9 +352,6 @@ mod tests {
             Some(Role::Bridges)
         );
         assert_eq!(issued.role_of(&RoleToken::from_bytes([3; 32])), None);
-        assert_eq!(
-            format!("{:?}", issued[0].1),
-            "RoleToken(<redacted>)"
-        );
+        assert_eq!(format!("{:?}", issued[0].1), "RoleToken(<redacted>)");
     }
 }

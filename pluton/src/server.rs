@@ -28,7 +28,6 @@ use zeroize::Zeroize;
 use crate::PlutonError;
 use crate::backend::{RootOfTrust, SoftwarePluton};
 use crate::capability::{CAPABILITY_LEN, ProvisioningCapability};
-use crate::roles::{ROLE_TOKEN_LEN, ROLES, Role, RoleToken, RoleTokens, connection_budget};
 use crate::file_store::{
     FileStore, FileStoreError, create_private_directory, write_file_atomically,
 };
@@ -36,6 +35,7 @@ use crate::protocol::{
     Caller, FRAME_HEADER_LEN, MAX_FRAME_LEN, Response, encode_frame, frame_body_len,
     handle_request_frame,
 };
+use crate::roles::{ROLE_TOKEN_LEN, ROLES, Role, RoleToken, RoleTokens, connection_budget};
 
 /// Name of the capability file written on first start, unless configured otherwise.
 pub const DEFAULT_CAPABILITY_FILE_NAME: &str = "provisioning.capability";
@@ -204,7 +204,10 @@ pub fn read_role_token_file(path: &Path) -> Result<RoleToken, FileStoreError> {
     let mut token = token.map_err(|_| FileStoreError {
         operation: "parse",
         path: path.to_owned(),
-        source: io::Error::new(io::ErrorKind::InvalidData, "role token file is not 32 bytes"),
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            "role token file is not 32 bytes",
+        ),
     })?;
     let role_token = RoleToken::from_bytes(token);
     token.zeroize();
@@ -323,8 +326,7 @@ async fn serve_connection<B: RootOfTrust + Send + 'static>(
     let mut body = vec![0u8; MAX_FRAME_LEN];
     let mut out = vec![0u8; FRAME_HEADER_LEN + MAX_FRAME_LEN];
     loop {
-        let idle_timeout =
-            Duration::from_millis(connection_budget(caller.role).idle_timeout_ms);
+        let idle_timeout = Duration::from_millis(connection_budget(caller.role).idle_timeout_ms);
         let mut header = [0u8; FRAME_HEADER_LEN];
         match tokio::time::timeout(idle_timeout, stream.read_exact(&mut header)).await {
             Ok(Ok(_)) => {}

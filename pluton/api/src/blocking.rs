@@ -55,7 +55,10 @@ impl PlutonClient {
     }
 
     /// Connect and take on the role `token` was issued for (see [`Self::authenticate`]).
-    pub fn connect_as(socket_path: impl AsRef<Path>, token: &RoleToken) -> Result<Self, ClientError> {
+    pub fn connect_as(
+        socket_path: impl AsRef<Path>,
+        token: &RoleToken,
+    ) -> Result<Self, ClientError> {
         let mut client = Self::connect(socket_path)?;
         client.authenticate(token)?;
         Ok(client)

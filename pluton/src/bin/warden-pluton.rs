@@ -33,7 +33,8 @@ fn main() -> ExitCode {
         let value = args.next();
         match (flag.as_str(), value) {
             ("--role-uid", Some(value)) => {
-                match role_and_value(&value).and_then(|(role, uid)| Some((role, uid.parse().ok()?))) {
+                match role_and_value(&value).and_then(|(role, uid)| Some((role, uid.parse().ok()?)))
+                {
                     Some((role, uid)) => {
                         options.roles.by_uid.insert(uid, role);
                     }

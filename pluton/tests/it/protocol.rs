@@ -79,11 +79,22 @@ fn request() -> impl Strategy<Value = Request> {
         ),
         (bytes::<32>(32), bytes::<1070>(1070))
             .prop_map(|(label, sealed)| Request::Unseal { label, sealed }),
-        any::<[u8; 32]>().prop_map(|token| Request::Authenticate { token: RoleToken::from_bytes(token) }),
+        any::<[u8; 32]>().prop_map(|token| Request::Authenticate {
+            token: RoleToken::from_bytes(token)
+        }),
         Just(Request::EndBoot),
-        prop_oneof![Just(CounterName::ImageFloor), Just(CounterName::PolicyBundleFloor)]
-            .prop_map(|counter| Request::ReadNamedCounter { counter }),
-        (prop_oneof![Just(CounterName::ImageFloor), Just(CounterName::PolicyBundleFloor)], any::<u64>())
+        prop_oneof![
+            Just(CounterName::ImageFloor),
+            Just(CounterName::PolicyBundleFloor)
+        ]
+        .prop_map(|counter| Request::ReadNamedCounter { counter }),
+        (
+            prop_oneof![
+                Just(CounterName::ImageFloor),
+                Just(CounterName::PolicyBundleFloor)
+            ],
+            any::<u64>()
+        )
             .prop_map(|(counter, value)| Request::AdvanceNamedCounter { counter, value }),
     ]
 }
