@@ -170,48 +170,47 @@ pub fn open_file_backed(
     }
 }
 
-/// Read a provisioning capability from the file pluton wrote (the monitor's side).
-pub fn read_capability_file(path: &Path) -> Result<ProvisioningCapability, FileStoreError> {
-    let mut bytes = std::fs::read(path).map_err(|source| FileStoreError {
+/// Read a file of exactly 32 secret bytes, leaving no copy behind but the one returned.
+fn read_secret_file(
+    path: &Path,
+    what: &str,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, FileStoreError> {
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| FileStoreError {
         operation: "read",
         path: path.to_owned(),
         source,
-    })?;
-    let token: Result<[u8; CAPABILITY_LEN], _> = bytes.as_slice().try_into();
-    bytes.zeroize();
-    let mut token = token.map_err(|_| FileStoreError {
-        operation: "parse",
-        path: path.to_owned(),
-        source: io::Error::new(
-            io::ErrorKind::InvalidData,
-            "capability file is not 32 bytes",
-        ),
-    })?;
-    let capability = ProvisioningCapability::from_bytes(token);
-    token.zeroize();
-    Ok(capability)
+    })?);
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    if bytes.len() != secret.len() {
+        return Err(FileStoreError {
+            operation: "parse",
+            path: path.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{what} file is not 32 bytes"),
+            ),
+        });
+    }
+    secret.copy_from_slice(&bytes);
+    Ok(secret)
+}
+
+/// Read a provisioning capability from the file pluton wrote (the monitor's side).
+pub fn read_capability_file(path: &Path) -> Result<ProvisioningCapability, FileStoreError> {
+    const _: () = assert!(CAPABILITY_LEN == 32);
+    Ok(ProvisioningCapability::from_bytes(*read_secret_file(
+        path,
+        "capability",
+    )?))
 }
 
 /// Read a role token from a file of 32 raw bytes (a host handing tokens out by file).
 pub fn read_role_token_file(path: &Path) -> Result<RoleToken, FileStoreError> {
-    let mut bytes = std::fs::read(path).map_err(|source| FileStoreError {
-        operation: "read",
-        path: path.to_owned(),
-        source,
-    })?;
-    let token: Result<[u8; ROLE_TOKEN_LEN], _> = bytes.as_slice().try_into();
-    bytes.zeroize();
-    let mut token = token.map_err(|_| FileStoreError {
-        operation: "parse",
-        path: path.to_owned(),
-        source: io::Error::new(
-            io::ErrorKind::InvalidData,
-            "role token file is not 32 bytes",
-        ),
-    })?;
-    let role_token = RoleToken::from_bytes(token);
-    token.zeroize();
-    Ok(role_token)
+    const _: () = assert!(ROLE_TOKEN_LEN == 32);
+    Ok(RoleToken::from_bytes(*read_secret_file(
+        path,
+        "role token",
+    )?))
 }
 
 /// Bind `socket_path` (replacing a stale socket file, mode 0660).
