@@ -107,20 +107,60 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// No crate has files that import each other in a circle (see `module_cycles`).
+/// The circles not yet broken, one line each as `module-cycles` prints them: a ratchet.
+/// A circle missing from this file fails CI, and so does a line of it that no longer
+/// matches a circle (delete the line when the circle is gone).
+const KNOWN_CIRCLES_FILE: &str = "xtask/known-module-circles.txt";
+
+/// No crate has files that import each other in a circle (see `module_cycles`), beyond
+/// the known ones listed in [`KNOWN_CIRCLES_FILE`].
 fn no_module_cycles() -> Result<(), String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("xtask has no parent folder")?;
     let circles = module_cycles::find(root)?;
-    if circles.is_empty() {
-        return Ok(());
+    let known_text = std::fs::read_to_string(root.join(KNOWN_CIRCLES_FILE)).unwrap_or_default();
+    let known: Vec<&str> = known_text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    let new: Vec<&String> = circles
+        .iter()
+        .filter(|circle| !known.contains(&circle.as_str()))
+        .collect();
+    let gone: Vec<&&str> = known
+        .iter()
+        .filter(|line| !circles.iter().any(|circle| circle == **line))
+        .collect();
+    for circle in &circles {
+        if known.contains(&circle.as_str()) {
+            eprintln!("known circle (to break): {circle}");
+        }
     }
-    Err(format!(
-        "{} circle(s); move the shared type down into a module of its own:\n{}",
-        circles.len(),
-        circles.join("\n")
-    ))
+    let mut problems = Vec::new();
+    if !new.is_empty() {
+        problems.push(format!(
+            "{} new circle(s); move the shared type down into a module of its own:\n{}",
+            new.len(),
+            new.iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ));
+    }
+    if !gone.is_empty() {
+        problems.push(format!(
+            "{} line(s) of {KNOWN_CIRCLES_FILE} match no circle any more; delete them:\n{}",
+            gone.len(),
+            gone.iter().map(|c| **c).collect::<Vec<_>>().join("\n")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
 }
 
 fn fmt() -> Vec<String> {

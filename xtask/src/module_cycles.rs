@@ -487,13 +487,17 @@ fn reexports_of(
                         .then(|| alias.trim().trim_end_matches('}').trim().to_owned())
                 })
                 .unwrap_or(name);
-            if let Some(target) = resolve_module(module, &path, modules) {
-                found.insert(renamed, target);
-            }
+            // An item re-exported from another crate is no dependency on this module.
+            let target =
+                resolve_module(module, &path, modules).unwrap_or_else(|| vec![EXTERN.to_owned()]);
+            found.insert(renamed, target);
         }
     }
     found
 }
+
+/// Stands for "another crate" where a re-export leads out of this one.
+const EXTERN: &str = "<extern>";
 
 /// The module a path names: its longest prefix that is a module of the crate, followed
 /// through re-exports to the module that defines the item.
@@ -513,7 +517,7 @@ fn resolve(
             target = definer.clone();
         }
     }
-    Some(target)
+    (target.first().map(String::as_str) != Some(EXTERN)).then_some(target)
 }
 
 fn resolve_module(
@@ -640,6 +644,18 @@ mod tests {
             ),
             ("a.rs", "pub struct Alpha;"),
             ("b.rs", "use crate::Alpha; pub struct Beta;"),
+        ]);
+        assert!(circles.is_empty(), "{circles:?}");
+    }
+
+    #[test]
+    fn items_reexported_from_other_crates_are_no_dependency_on_the_root() {
+        let circles = crate_with(&[
+            (
+                "lib.rs",
+                "mod a; pub use a::Alpha; pub use other_crate::Shared;",
+            ),
+            ("a.rs", "use crate::Shared; pub struct Alpha;"),
         ]);
         assert!(circles.is_empty(), "{circles:?}");
     }

@@ -9,8 +9,10 @@ use warden_pluton::protocol::{FRAME_HEADER_LEN, Request, Response};
 use zeroize::Zeroizing;
 
 use crate::blocking::{expect_identity, expect_role};
+use crate::error::{ClientError, bounded, operation_name};
+use crate::frame_io::DEFAULT_TIMEOUT;
 use crate::frame_io::{decode, encode_request, response_body_len};
-use crate::{ClientError, DEFAULT_TIMEOUT, IdentityInfo, Role, RoleToken, bounded, operation_name};
+use warden_pluton::{IdentityInfo, Role, RoleToken};
 
 /// An async connection to pluton; the same protocol as [`crate::PlutonClient`].
 #[derive(Debug)]

@@ -12,10 +12,11 @@ use warden_pluton::registers::{REGISTER_COUNT, Sha256Digest};
 use warden_pluton::store::MAX_ROOT_KEYS;
 use zeroize::Zeroizing;
 
-use crate::frame_io::{decode, encode_request, response_body_len};
-use crate::{
-    ClientError, CounterName, DEFAULT_TIMEOUT, IdentityInfo, InstalledRootKey,
-    ProvisioningCapability, Role, RoleToken, StatusInfo, bounded, operation_name,
+use crate::error::{ClientError, bounded, operation_name};
+use crate::frame_io::{DEFAULT_TIMEOUT, decode, encode_request, response_body_len};
+use warden_pluton::{
+    CounterName, IdentityInfo, InstalledRootKey, ProvisioningCapability, Role, RoleToken,
+    StatusInfo,
 };
 
 /// A connection to pluton. One request at a time; reconnect after an I/O error.

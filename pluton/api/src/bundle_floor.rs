@@ -10,7 +10,9 @@
 //!   version. Written first, floor second: a crash in between leaves the floor below the
 //!   stored bundle (still accepted), never above it.
 
-use crate::{ClientError, CounterName, PlutonClient};
+use crate::blocking::PlutonClient;
+use crate::error::ClientError;
+use warden_pluton::CounterName;
 
 /// Why a stored bundle is refused or the floor could not be used.
 #[derive(Debug, thiserror::Error)]

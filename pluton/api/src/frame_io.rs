@@ -5,7 +5,10 @@ use warden_pluton::protocol::{
     frame_body_len,
 };
 
-use crate::{ClientError, operation_name};
+use crate::error::{ClientError, operation_name};
+
+/// Default time a client waits for pluton to answer.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Encode a request frame.
 pub(crate) fn encode_request(request: &Request) -> Result<Vec<u8>, ClientError> {

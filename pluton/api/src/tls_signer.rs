@@ -8,7 +8,9 @@ use rustls::pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
 use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{SignatureAlgorithm, SignatureScheme};
 
-use crate::{ClientError, DeviceId, PlutonClient, RoleToken};
+use crate::blocking::PlutonClient;
+use crate::error::ClientError;
+use warden_pluton::{DeviceId, RoleToken};
 
 /// DER prefix of a P-256 SubjectPublicKeyInfo (id-ecPublicKey, prime256v1, 65-byte point).
 const P256_SPKI_PREFIX: [u8; 26] = [

@@ -3,9 +3,10 @@
 use p256::ecdsa::signature::MultipartVerifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 
-use crate::{
-    ChainError, KeyId, PUBLIC_KEY_LEN, PublicKeyBytes, Purpose, RootKey, SIGNATURE_LEN,
-    VerifiedReleaseKey, parse_public_key,
+use crate::error::ChainError;
+use crate::keys::{
+    KeyId, PUBLIC_KEY_LEN, PublicKeyBytes, Purpose, RootKey, SIGNATURE_LEN, VerifiedReleaseKey,
+    parse_public_key,
 };
 
 /// First four bytes of every release-key certificate.

@@ -15,9 +15,10 @@ use p256::pkcs8::{
 };
 
 use crate::certificate::{CERT_SIGNING_PREFIX, ReleaseKeyCert};
-use crate::{
-    ChainError, KeyId, PUBLIC_KEY_LEN, PublicKeyBytes, Purpose, RELEASE_SIGNING_PREFIX,
-    SIGNATURE_LEN, domain_len_byte, parse_public_key,
+use crate::error::ChainError;
+use crate::keys::{
+    KeyId, PUBLIC_KEY_LEN, PublicKeyBytes, Purpose, RELEASE_SIGNING_PREFIX, SIGNATURE_LEN,
+    domain_len_byte, parse_public_key,
 };
 
 /// What went wrong in release tooling; file errors name the file.

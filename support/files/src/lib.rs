@@ -140,7 +140,10 @@ mod tests {
         assert_eq!(fs::read(&path).expect("read"), b"second, longer");
         let mode = fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(!temporary_path(&path).exists(), "temporary file left behind");
+        assert!(
+            !temporary_path(&path).exists(),
+            "temporary file left behind"
+        );
     }
 
     #[test]
