@@ -1,6 +1,5 @@
 //! The appliance at run time: bridges → policy → link, and the status page beside them.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -8,112 +7,16 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warden_bridges::{BridgeHealth, Sample};
-use warden_link::{LinkAgent, LinkStatus, Reading};
+use warden_bridges::Sample;
+use warden_link::{LinkAgent, Reading};
 
+use crate::compartments::bridges::telemetry_reading;
 use crate::config::ApplianceConfig;
+use crate::starting_policy::StartingPolicy;
+use crate::state::ApplianceState;
+use crate::state::updates::UpdateDecision;
 use crate::status_page;
-use crate::supervision::{Supervisor, TaskFailure, TaskHealthTable};
-
-/// The last value of one point, for the status page.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LiveValue {
-    /// Engineering value.
-    pub value: f64,
-    /// Engineering unit.
-    pub unit: String,
-    /// When it was read, ms since the epoch.
-    pub ts_ms: u64,
-}
-
-/// One bridge as the status page shows it (of any kind; see [`crate::bridge_set`]).
-#[derive(Debug, Clone)]
-pub struct BridgeView {
-    /// Bridge name.
-    pub name: String,
-    /// Device address.
-    pub address: String,
-    /// Point names in config order.
-    pub points: Vec<String>,
-    /// Counters, shared with the poller (or, in the status-page compartment, filled
-    /// from the bridges compartment's frames).
-    pub health: Arc<Mutex<BridgeHealth>>,
-}
-
-/// Recent values kept per point for the status page's trend charts.
-pub const HISTORY_LENGTH: usize = 60;
-
-/// The last [`HISTORY_LENGTH`] numeric values by `(bridge, point)`, oldest first.
-pub type PointHistory = BTreeMap<(String, String), VecDeque<f64>>;
-
-/// An update the fleet offers, waiting for the operator (set by `crate::updates` when
-/// an offer arrives over the link).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct UpdateOffer {
-    /// The offered image version.
-    pub version: String,
-    /// The operator may defer installing it until this time, ms since the epoch.
-    pub window_ends_ms: u64,
-}
-
-/// What the operator decided about updates; the update agent reads it before
-/// installing anything.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct UpdateDecision {
-    /// The pending offer, if any.
-    pub offer: Option<UpdateOffer>,
-    /// No update is installed before this time (ms since the epoch).
-    pub deferred_until_ms: Option<u64>,
-    /// The offered version the operator allowed to install now.
-    pub allowed_version: Option<String>,
-    /// When the operator last decided (ms since the epoch).
-    pub decided_at_ms: Option<u64>,
-}
-
-impl UpdateDecision {
-    /// How long one "defer" postpones updates when no offer bounds it.
-    pub const DEFER_FOR_MS: u64 = 4 * 60 * 60 * 1000;
-
-    /// Defers updates from `now_ms`: by [`Self::DEFER_FOR_MS`], but never past the
-    /// pending offer's window.
-    pub fn defer(&mut self, now_ms: u64) {
-        let mut until = now_ms.saturating_add(Self::DEFER_FOR_MS);
-        if let Some(offer) = &self.offer {
-            until = until.min(offer.window_ends_ms);
-        }
-        self.deferred_until_ms = Some(until);
-        self.allowed_version = None;
-        self.decided_at_ms = Some(now_ms);
-    }
-
-    /// Allows the pending offer (if any) now and lifts any deferral.
-    pub fn allow(&mut self, now_ms: u64) {
-        self.deferred_until_ms = None;
-        self.allowed_version = self.offer.as_ref().map(|offer| offer.version.clone());
-        self.decided_at_ms = Some(now_ms);
-    }
-}
-
-/// Everything the status page reads; written by the runtime.
-#[derive(Debug, Clone)]
-pub struct ApplianceState {
-    /// This unit's ID.
-    pub device_id: String,
-    /// Bridges in config order.
-    pub bridges: Vec<BridgeView>,
-    /// Last values by `(bridge, point)`.
-    pub values: Arc<Mutex<BTreeMap<(String, String), LiveValue>>>,
-    /// The link's state and counters.
-    pub link: Arc<Mutex<LinkStatus>>,
-    /// The last [`HISTORY_LENGTH`] numeric values by `(bridge, point)`, oldest first.
-    pub history: Arc<Mutex<PointHistory>>,
-    /// The operator's decision about updates (read by the update agent).
-    pub updates: Arc<Mutex<UpdateDecision>>,
-    /// Image slots and failure reports, read from disk every few seconds.
-    pub unit: Arc<Mutex<crate::status_page::unit_facts::UnitFacts>>,
-    /// Restarts and last failure of each restartable task of this process.
-    pub tasks: TaskHealthTable,
-}
+use crate::supervision::{Supervisor, TaskFailure};
 
 /// A started appliance.
 pub struct RunningAppliance {
@@ -409,135 +312,9 @@ pub async fn start(
     })
 }
 
-/// The policy the bridges start with, and the store of signed bundles from the fleet.
-pub struct StartingPolicy {
-    /// The last verified bundle's policy, else the local policy file's.
-    pub policy: Arc<warden_policy::CompiledPolicy>,
-    /// The bundle store (with `[policy] bundle_dir`).
-    pub bundle_store: Option<warden_policy::bundle::store::BundleStore>,
-    /// What the twin reports first.
-    pub initial_report: warden_link::topics::TwinReported,
-    /// The stored signed bundle the policy came from, if it came from one: real-time
-    /// cores get it instead of their configured `policy_bundle` (it is newer).
-    pub bundle_file: Option<std::path::PathBuf>,
-}
-
-impl StartingPolicy {
-    /// The last verified bundle from the fleet wins over the local file.
-    pub fn load(config: &ApplianceConfig) -> anyhow::Result<Self> {
-        let bundle_store = match &config.policy.bundle_dir {
-            Some(dir) => {
-                let roots = crate::twin::policy_roots(config.link.pluton_socket.as_deref())?;
-                Some(crate::twin::open_store(
-                    dir,
-                    &roots,
-                    &config.device.product,
-                )?)
-            }
-            None => None,
-        };
-        let (policy, bundle_version) = match bundle_store.as_ref().and_then(|store| store.current())
-        {
-            Some(applied) => {
-                tracing::info!(
-                    version = applied.header.version,
-                    "policy from the last verified bundle"
-                );
-                (
-                    Arc::new(applied.policy.clone()),
-                    Some(applied.header.version),
-                )
-            }
-            None => (Arc::new(compile_policy_file(&config.policy.file)?), None),
-        };
-        let initial_report = crate::twin::reported_for(&policy, bundle_version, None);
-        let bundle_file = match (&config.policy.bundle_dir, bundle_version) {
-            (Some(dir), Some(_)) => Some(dir.join(warden_policy::bundle::store::CURRENT_FILE)),
-            _ => None,
-        };
-        Ok(Self {
-            policy,
-            bundle_store,
-            initial_report,
-            bundle_file,
-        })
-    }
-}
-
-impl ApplianceState {
-    /// Keeps `sample` as its point's last value and, if numeric, in its trend history.
-    pub fn record_sample(&self, sample: &Sample) {
-        if sample.value.is_finite() {
-            let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-            let recent = history
-                .entry((sample.bridge.clone(), sample.point.clone()))
-                .or_default();
-            if recent.len() == HISTORY_LENGTH {
-                recent.pop_front();
-            }
-            recent.push_back(sample.value);
-        }
-        self.values
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                (sample.bridge.clone(), sample.point.clone()),
-                LiveValue {
-                    value: sample.value,
-                    unit: sample.unit.clone(),
-                    ts_ms: sample.timestamp_ms,
-                },
-            );
-    }
-}
-
-/// The telemetry reading of `sample`: its number, or the text of a string point;
-/// `None` for a number that is not finite (a NaN or infinite float register: JSON
-/// cannot carry it, and the fleet would refuse the whole batch).
-pub fn telemetry_reading(sample: Sample) -> Option<Reading> {
-    let point = format!("{}/{}", sample.bridge, sample.point);
-    if let Some(text) = sample.text {
-        return Some(Reading::text(point, text, sample.unit, sample.timestamp_ms));
-    }
-    if !sample.value.is_finite() {
-        tracing::debug!(%point, value = sample.value, "non-finite sample not sent as telemetry");
-        return None;
-    }
-    Some(Reading::number(
-        point,
-        sample.value,
-        sample.unit,
-        sample.timestamp_ms,
-    ))
-}
-
-/// Compiles the local policy file, logging its warnings.
-fn compile_policy_file(path: &std::path::Path) -> anyhow::Result<warden_policy::CompiledPolicy> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read policy {}", path.display()))?;
-    let origin = path.display().to_string();
-    let compiled = warden_policy::compile(&text, &origin)
-        .map_err(|errors| anyhow::anyhow!("policy {origin} does not compile:\n{errors}"))?;
-    for warning in &compiled.warnings {
-        tracing::warn!(%warning, "policy warning");
-    }
-    Ok(compiled.policy)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(value: f64, text: Option<&str>) -> Sample {
-        Sample {
-            bridge: "line1".into(),
-            point: "p".into(),
-            value,
-            text: text.map(str::to_owned),
-            unit: "bar".into(),
-            timestamp_ms: 7,
-        }
-    }
 
     fn running(tasks: Supervisor, shutdown: CancellationToken) -> RunningAppliance {
         RunningAppliance {
@@ -607,18 +384,5 @@ mod tests {
             running(tasks, shutdown).run_until(async {}).await,
             Ending::Stopped
         );
-    }
-
-    #[test]
-    fn string_points_travel_as_text_and_non_finite_numbers_stay_home() {
-        let text = telemetry_reading(sample(f64::NAN, Some("AB-17"))).expect("sent");
-        assert_eq!(
-            (text.point.as_str(), text.text.as_deref()),
-            ("line1/p", Some("AB-17"))
-        );
-        assert!(text.value.is_nan());
-        let number = telemetry_reading(sample(2.5, None)).expect("sent");
-        assert_eq!((number.value, number.text), (2.5, None));
-        assert!(telemetry_reading(sample(f64::INFINITY, None)).is_none());
     }
 }

@@ -50,7 +50,7 @@ use warden_os::{
 
 use warden_os::root_of_trust::{IMAGE_SECURITY_COUNTER, RootOfTrustError};
 
-use crate::runtime::UpdateDecision;
+use crate::state::updates::UpdateDecision;
 
 /// How often a waiting offer looks at its gate again.
 pub const GATE_RECHECK: Duration = Duration::from_secs(5);
@@ -293,7 +293,7 @@ where
         self.decision
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .offer = Some(crate::runtime::UpdateOffer {
+            .offer = Some(crate::state::updates::UpdateOffer {
             version: offer.version.clone(),
             window_ends_ms: offer.window_end_ms,
         });

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use warden_bridges::Sample;
-use warden_link::topics::{Command, DeviceEvent, TwinDesired, TwinReported, event_kind, from_hex};
+use warden_link::topics::{Command, Reading, DeviceEvent, TwinDesired, TwinReported, event_kind, from_hex};
 use warden_os::monitor::compartment::Compartment;
 use warden_policy::bundle::store::BundleStore;
 
@@ -25,7 +25,7 @@ use super::messages::{
 use crate::bridge_set::BridgeSet;
 use crate::commands::CommandLog;
 use crate::config::ApplianceConfig;
-use crate::runtime::{StartingPolicy, telemetry_reading};
+use crate::starting_policy::StartingPolicy;
 
 /// How often bridge counters go to the status page.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -190,6 +190,26 @@ pub async fn run(
     Ok(())
 }
 
+/// The telemetry reading of `sample`: its number, or the text of a string point;
+/// `None` for a number that is not finite (a NaN or infinite float register: JSON
+/// cannot carry it, and the fleet would refuse the whole batch).
+pub fn telemetry_reading(sample: Sample) -> Option<Reading> {
+    let point = format!("{}/{}", sample.bridge, sample.point);
+    if let Some(text) = sample.text {
+        return Some(Reading::text(point, text, sample.unit, sample.timestamp_ms));
+    }
+    if !sample.value.is_finite() {
+        tracing::debug!(%point, value = sample.value, "non-finite sample not sent as telemetry");
+        return None;
+    }
+    Some(Reading::number(
+        point,
+        sample.value,
+        sample.unit,
+        sample.timestamp_ms,
+    ))
+}
+
 /// The policy bundle store and what the bridges report about their policy.
 struct Twin {
     store: Option<BundleStore>,
@@ -306,5 +326,34 @@ async fn page_sessions(
             from = BRIDGES,
             "channel closed; reopening"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(value: f64, text: Option<&str>) -> Sample {
+        Sample {
+            bridge: "line1".into(),
+            point: "p".into(),
+            value,
+            text: text.map(str::to_owned),
+            unit: "bar".into(),
+            timestamp_ms: 7,
+        }
+    }
+
+    #[test]
+    fn string_points_travel_as_text_and_non_finite_numbers_stay_home() {
+        let text = telemetry_reading(sample(f64::NAN, Some("AB-17"))).expect("sent");
+        assert_eq!(
+            (text.point.as_str(), text.text.as_deref()),
+            ("line1/p", Some("AB-17"))
+        );
+        assert!(text.value.is_nan());
+        let number = telemetry_reading(sample(2.5, None)).expect("sent");
+        assert_eq!((number.value, number.text), (2.5, None));
+        assert!(telemetry_reading(sample(f64::INFINITY, None)).is_none());
     }
 }

@@ -22,7 +22,7 @@ use super::messages::{
     BRIDGES, BridgesToLink, LinkPayload, LinkToBridges, LinkToPage, PageToLink, STATUS_PAGE,
 };
 use crate::config::ApplianceConfig;
-use crate::runtime::{UpdateDecision, UpdateOffer};
+use crate::state::updates::{UpdateDecision, UpdateOffer};
 
 /// How often the link's state goes to the status page.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,7 +36,7 @@ pub async fn run(
     let upload_marker = config.link.outbox.dir.join("reports-uploaded");
     // Image slots and failure reports for the page (it has no grant to read them).
     let unit_facts =
-        crate::status_page::unit_facts::UnitFactsSource::new(&config, Some(upload_marker.clone()));
+        crate::state::unit_facts::UnitFactsSource::new(&config, Some(upload_marker.clone()));
     let pluton_socket = config.link.pluton_socket.clone();
     let mut agent = LinkAgent::new(config.device.id.clone(), config.link);
     let channel = agent.command_channel()?;
@@ -161,7 +161,7 @@ pub async fn run(
         from_page_tx,
         shutdown.clone(),
     ));
-    tasks.spawn(unit_facts.publish_to_page(to_page.clone(), shutdown.clone()));
+    tasks.spawn(publish_unit_facts(unit_facts, to_page.clone(), shutdown.clone()));
     tasks.spawn(publish_status(
         status,
         Arc::clone(&updates),
@@ -256,6 +256,29 @@ async fn publish_status(
         // Best effort: the page shows the next one if this one finds it restarting.
         let _ = to_page.try_send(LinkToPage::Status(frame));
         let _ = to_page.try_send(LinkToPage::Updates(decision));
+    }
+}
+
+/// Sends the unit's facts to the status page every
+/// [`REFRESH`](crate::status_page::unit_facts::REFRESH), cut to fit one frame.
+async fn publish_unit_facts(
+    source: crate::status_page::unit_facts::UnitFactsSource,
+    to_page: mpsc::Sender<LinkToPage>,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(crate::status_page::unit_facts::REFRESH);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let reading = source.clone();
+        let Ok(facts) = tokio::task::spawn_blocking(move || reading.read()).await else {
+            return;
+        };
+        let facts = crate::status_page::unit_facts::fit_into_frame(facts);
+        // Best effort, like the link status: the next one follows.
+        let _ = to_page.try_send(LinkToPage::Unit(facts));
     }
 }
 

@@ -26,7 +26,7 @@ use warden_link::topics::{
 };
 
 use super::ipc::Incoming;
-use crate::runtime::UpdateDecision;
+use crate::state::updates::UpdateDecision;
 
 /// The compartment running the bridges (and policy): the only one with equipment grants.
 pub const BRIDGES: &str = "bridges";
@@ -118,7 +118,7 @@ pub enum LinkToPage {
     Updates(UpdateDecision),
     /// The image slots and the failure reports (the link reads the report ring and
     /// knows which it uploaded), so the page needs no file grant for them.
-    Unit(crate::status_page::unit_facts::UnitFacts),
+    Unit(crate::state::unit_facts::UnitFacts),
 }
 
 /// Status page → link.

@@ -20,8 +20,9 @@ use super::messages::{
     BRIDGES, BridgeInfo, BridgesToPage, LINK, LinkToPage, PageToBridges, PageToLink,
 };
 use crate::config::ApplianceConfig;
-use crate::runtime::{ApplianceState, BridgeView, UpdateDecision};
-use crate::status_page::unit_facts::UnitFacts;
+use crate::state::unit_facts::UnitFacts;
+use crate::state::updates::UpdateDecision;
+use crate::state::{ApplianceState, BridgeView};
 
 /// How often the page looks for an operator decision to pass on to the link.
 const DECISION_POLL: Duration = Duration::from_millis(200);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use warden::runtime::UpdateDecision;
+use warden::state::updates::UpdateDecision;
 use warden::updates::{Updater, report_boot_outcome};
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, save_secret_key};
