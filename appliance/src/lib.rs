@@ -12,6 +12,8 @@ pub mod control;
 pub mod demo;
 pub mod failure_reports;
 pub mod metrics;
+pub mod ports;
+pub mod roles;
 pub mod runtime;
 pub mod signals;
 pub mod starting_policy;

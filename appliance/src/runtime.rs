@@ -1,20 +1,11 @@
-//! The appliance at run time: bridges → policy → link, and the status page beside them.
+//! The appliance in one process: the three roles over in-process ports, supervised.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warden_bridges::Sample;
-use warden_link::{LinkAgent, Reading};
 
-use crate::compartments::bridges::telemetry_reading;
 use crate::config::ApplianceConfig;
-use crate::starting_policy::StartingPolicy;
-use crate::state::ApplianceState;
-use crate::state::updates::UpdateDecision;
 use crate::status_page;
 use crate::supervision::{Supervisor, TaskFailure};
 
@@ -86,222 +77,37 @@ impl RunningAppliance {
     }
 }
 
-/// Starts the bridges, the link and the status page from `config`.
+/// Starts the bridges, the link and the status page from `config`, in this process:
+/// the three roles of [`crate::roles`] over [`crate::ports::in_process`] ports.
 pub async fn start(
     config: ApplianceConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningAppliance> {
-    let StartingPolicy {
-        policy,
-        bundle_store,
-        initial_report,
-        bundle_file,
-    } = StartingPolicy::load(&config)?;
     // Before anything runs: no password hash (or no web key) means no appliance.
     let page = status_page::prepare(&config.status_page, &config.device.id)?;
-    // The report ring and the boot record, for the page (read before parts move).
-    let config_facts = config.clone();
-
-    // Which tasks may be restarted, and why (see `crate::supervision`):
-    // - restartable, they re-read everything from disk: the unit-facts reader, the
-    //   failure-report uploader (its upload marks are in the ring);
-    // - not restartable, each holds what a restart would lose, so its end stops the
-    //   process: the bridges (pollers feeding the sample channel), the sample pump,
-    //   the link agent (its reading channel and session), the update agent (the
-    //   offers channel), the twin and the command runner (the fleet's channels), the
-    //   control socket and the status page (their bound listeners).
+    // Which tasks may be restarted, and why: see each role and `crate::supervision`.
+    // A task that holds what a restart would lose (a channel's end, a bound listener,
+    // the link agent's session) ends the process when it ends.
     let mut tasks = Supervisor::new(shutdown.clone());
-    let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
-    let mut bridge_tasks = JoinSet::new();
-    let started = crate::bridge_set::start(
-        config.bridges.with_core_bundle(bundle_file.as_deref()),
-        config.privnet.clone(),
-        Arc::clone(&policy),
-        sample_tx.clone(),
-        shutdown.clone(),
-        &mut bridge_tasks,
-    )
-    .await?;
-    tasks.adopt("bridges", bridge_tasks);
-    let handles = started.set.clone();
-    let bridges = started.listings;
-    if let Some(address) = &started.facade {
-        tracing::info!(%address, "gateway facade listening");
-    }
-    let _privnet = started.privnet;
-    drop(sample_tx);
-
-    let command_log_path = config.link.outbox.dir.join("command-log.json");
+    let restart = CancellationToken::new();
+    let (bridges, link, page_ports) = crate::ports::in_process(restart.clone());
+    // One process holds the command log beside the outbox (its own state directory).
     std::fs::create_dir_all(&config.link.outbox.dir)
         .with_context(|| format!("cannot create {}", config.link.outbox.dir.display()))?;
-    let command_log = crate::commands::CommandLog::open(&command_log_path)?;
-    let pluton_socket = config.link.pluton_socket.clone();
-    let mut agent = LinkAgent::new(config.device.id.clone(), config.link);
-    let mut command_channel = agent.command_channel()?;
-    let desired = std::mem::replace(&mut command_channel.desired, mpsc::channel(1).1);
-    let offers = std::mem::replace(&mut command_channel.offers, mpsc::channel(1).1);
-    let update_decision: Arc<Mutex<UpdateDecision>> = Arc::default();
-    let restart = CancellationToken::new();
-    match &config.updates {
-        Some(updates) => {
-            let link_status = agent.status();
-            let bridge_health: Vec<_> = bridges.iter().map(|b| Arc::clone(&b.health)).collect();
-            let health: crate::updates::HealthProbe = Arc::new(move || warden_os::HealthReport {
-                link_up: link_status
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .state
-                    == warden_link::LinkState::Connected,
-                bridges_healthy: bridge_health.iter().all(|health| {
-                    health
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .connected
-                }),
-            });
-            let context = crate::updates::UpdateContext {
-                control: command_channel.control.clone(),
-                decision: Arc::clone(&update_decision),
-                offers,
-                health,
-                restart: Some(restart.clone()),
-                shutdown: shutdown.clone(),
-            };
-            let agent = crate::updates::start(
-                updates,
-                pluton_socket.as_deref(),
-                &config.device.product,
-                crate::updates::PlutonAccess::Privileged,
-                context,
-            )?;
-            let (restarting, stopping) = (restart.clone(), shutdown.clone());
-            tasks.spawn("update agent", async move {
-                agent.await;
-                // Done because it asked the boot stage for a restart: not a failure,
-                // the process is about to stop anyway.
-                if restarting.is_cancelled() {
-                    stopping.cancelled().await;
-                }
-                Ok(())
-            });
-        }
-        None => {
-            tasks.spawn_unit(
-                "update refusal",
-                crate::updates::refuse_all(
-                    offers,
-                    command_channel.control.clone(),
-                    shutdown.clone(),
-                ),
-            );
-        }
-    }
-    if let Some(reports) = &config.reports {
-        // Opened once here so that a ring that cannot be opened stops the start.
-        crate::failure_reports::open_ring(&reports.dir).with_context(|| {
-            format!(
-                "cannot open the failure reports in {}",
-                reports.dir.display()
-            )
-        })?;
-        let (dir, control, stop) = (
-            reports.dir.clone(),
-            command_channel.control.clone(),
-            shutdown.clone(),
-        );
-        let interval = std::time::Duration::from_secs(reports.scan_interval_secs.max(1));
-        tasks.spawn_restartable("failure-report uploader", move || {
-            let ring = crate::failure_reports::open_ring(&dir)
-                .with_context(|| format!("cannot open the failure reports in {}", dir.display()));
-            let (control, stop) = (control.clone(), stop.clone());
-            async move {
-                crate::failure_reports::run(ring?, control, interval, stop).await;
-                Ok(())
-            }
-        });
-    }
-    tasks.spawn_unit(
-        "twin",
-        crate::twin::run(
-            desired,
-            command_channel.control.clone(),
-            bundle_store,
-            handles.clone(),
-            initial_report,
-            shutdown.clone(),
-        ),
-    );
-    tasks.spawn_unit(
-        "fleet commands",
-        crate::commands::run(command_channel, handles, command_log, shutdown.clone()),
-    );
-    let state = ApplianceState {
-        device_id: config.device.id,
-        bridges,
-        values: Arc::default(),
-        link: agent.status(),
-        history: Arc::default(),
-        updates: update_decision,
-        unit: Arc::default(),
-        tasks: tasks.health(),
-    };
-    let facts = crate::status_page::unit_facts::UnitFactsSource::new(&config_facts, None);
-    let (unit, stop) = (Arc::clone(&state.unit), shutdown.clone());
-    tasks.spawn_restartable("unit facts reader", move || {
-        let reading = facts.clone().keep_reading(Arc::clone(&unit), stop.clone());
-        async move {
-            reading.await;
-            Ok(())
-        }
-    });
-    let (reading_tx, reading_rx) = mpsc::channel::<Reading>(4096);
-    let link_shutdown = shutdown.clone();
-    // The agent retries what can get better by itself (broker away, pluton
-    // restarting) and returns an error only for what never will: then the process
-    // exits, and the reading pump below cannot block on a link that is gone.
-    tasks.spawn("link agent", async move {
-        agent
-            .run(reading_rx, link_shutdown)
-            .await
-            .map_err(|error| anyhow::anyhow!("the cloud link cannot run: {error}"))
-    });
-
-    let page_state = state.clone();
-    let readings_stop = shutdown.clone();
-    tasks.spawn("sample pump", async move {
-        while let Some(sample) = sample_rx.recv().await {
-            page_state.record_sample(&sample);
-            let Some(reading) = telemetry_reading(sample) else {
-                continue;
-            };
-            tokio::select! {
-                () = readings_stop.cancelled() => return Ok(()),
-                sent = reading_tx.send(reading) => if sent.is_err() {
-                    anyhow::bail!("the link agent no longer takes readings");
-                },
-            }
-        }
-        // A unit without bridges has no samples at all: the link (which stops when its
-        // readings close) must still run, for attestation, reports and updates.
-        readings_stop.cancelled().await;
-        drop(reading_tx);
-        Ok(())
-    });
-
-    let mut control_tasks = JoinSet::new();
-    crate::control::serve(
-        &crate::control::socket_path(&config.status_page),
-        state.clone(),
+    let command_log = config.link.outbox.dir.join("command-log.json");
+    crate::roles::bridges::start(&config, &command_log, bridges, &mut tasks, shutdown.clone())
+        .await?;
+    crate::roles::link::start(&config, link, &mut tasks, shutdown.clone())?;
+    let control_socket = crate::control::socket_path(&config.status_page);
+    let page = crate::roles::page::start(
+        &config,
+        page,
+        Some(&control_socket),
+        page_ports,
+        &mut tasks,
         shutdown.clone(),
-        &mut control_tasks,
-    )?;
-    tasks.adopt("control socket", control_tasks);
-    let mut page_tasks = JoinSet::new();
-    let page = page
-        .start(state, shutdown.clone(), &mut page_tasks)
-        .await
-        .context("cannot start the status page")?;
-    tasks.adopt("status page", page_tasks);
+    )
+    .await?;
     Ok(RunningAppliance {
         restart_requested: restart,
         status_address: page.address,
@@ -314,6 +120,9 @@ pub async fn start(
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::mpsc;
+    use warden_link::Reading;
+
     use super::*;
 
     fn running(tasks: Supervisor, shutdown: CancellationToken) -> RunningAppliance {

@@ -2,15 +2,12 @@
 //! verification, and the state the unit reports back.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use warden_keychain::{Purpose, RootKey};
 use warden_link::topics::{
     DeviceEvent, PROTOCOL_VERSION, TwinDesired, TwinReported, event_kind, from_hex,
 };
-use warden_link::{ControlMessage, ControlSender};
 use warden_policy::CompiledPolicy;
 use warden_policy::bundle::ProductId;
 use warden_policy::bundle::store::BundleStore;
@@ -55,30 +52,37 @@ pub fn reported_for(
     }
 }
 
-/// Applies desired states until shutdown: a bundle that verifies replaces the policy
-/// of every bridge; one that does not changes nothing and is reported. Reported states
-/// and `policy-applied` / `policy-refused` events go through the durable control queue.
-pub async fn run(
-    mut desired: mpsc::Receiver<TwinDesired>,
-    control: ControlSender,
-    mut store: Option<BundleStore>,
-    bridges: crate::bridge_set::BridgeSet,
-    mut current: TwinReported,
-    shutdown: CancellationToken,
-) {
-    control.send_or_log(&ControlMessage::TwinReported(current.clone()));
-    loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return,
-            next = desired.recv() => match next {
-                Some(next) => next,
-                None => return,
-            },
-        };
-        let Some(hex) = next.policy_bundle else {
-            continue;
-        };
-        let outcome = match (&mut store, from_hex(&hex)) {
+/// The unit's bundle store and what it reports about its policy (the bridges role
+/// holds it: bundles are applied where the policy is enforced).
+pub struct PolicyTwin {
+    store: Option<BundleStore>,
+    reported: Arc<Mutex<TwinReported>>,
+}
+
+impl PolicyTwin {
+    /// Starts from `store` (if the unit takes bundles) and the policy it runs.
+    pub fn new(store: Option<BundleStore>, current: TwinReported) -> Self {
+        Self {
+            store,
+            reported: Arc::new(Mutex::new(current)),
+        }
+    }
+
+    /// What the unit reports now (shared: a new link hears it first).
+    pub fn reported(&self) -> Arc<Mutex<TwinReported>> {
+        Arc::clone(&self.reported)
+    }
+
+    /// Applies a desired state's bundle, if it carries one: a bundle that verifies
+    /// replaces the policy of every bridge; one that does not changes nothing. Returns
+    /// the new reported state and the `policy-applied` / `policy-refused` event.
+    pub async fn apply(
+        &mut self,
+        desired: &TwinDesired,
+        bridges: &crate::bridge_set::BridgeSet,
+    ) -> Option<(TwinReported, DeviceEvent)> {
+        let hex = desired.policy_bundle.as_ref()?;
+        let outcome = match (&mut self.store, from_hex(hex)) {
             (None, _) => {
                 Err("this unit takes no policy bundles (no [policy] bundle_dir)".to_owned())
             }
@@ -89,13 +93,12 @@ pub async fn run(
                 .map(|(policy, version)| (policy, version, Arc::new(bytes)))
                 .map_err(|e| e.to_string()),
         };
-        let event;
-        current = match outcome {
+        let (reported, event) = match outcome {
             Ok((policy, version, bundle)) => {
                 let policy = Arc::new(policy);
                 let cores = bridges.apply_policy(&policy, bundle).await;
                 tracing::info!(version, "applied a verified policy bundle");
-                event = DeviceEvent::now(
+                let event = DeviceEvent::now(
                     event_kind::POLICY_APPLIED,
                     format!(
                         "policy bundle version {version} ({}) verified and applied to {} bridges{cores}",
@@ -103,21 +106,23 @@ pub async fn run(
                         bridges.len()
                     ),
                 );
-                reported_for(&policy, Some(version), None)
+                (reported_for(&policy, Some(version), None), event)
             }
             Err(error) => {
                 tracing::warn!(%error, "policy bundle refused; the running policy stays");
-                event = DeviceEvent::now(
+                let event = DeviceEvent::now(
                     event_kind::POLICY_REFUSED,
                     format!("policy bundle refused, the running policy stays: {error}"),
                 );
-                TwinReported {
+                let current = self.reported.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let reported = TwinReported {
                     last_error: Some(error),
                     ..current
-                }
+                };
+                (reported, event)
             }
         };
-        control.send_or_log(&ControlMessage::Event(event));
-        control.send_or_log(&ControlMessage::TwinReported(current.clone()));
+        *self.reported.lock().unwrap_or_else(PoisonError::into_inner) = reported.clone();
+        Some((reported, event))
     }
 }

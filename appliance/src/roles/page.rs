@@ -1,10 +1,11 @@
-//! The `status-page` role: the operator's page, fed over IPC, and nothing else.
+//! The status-page role: the operator's page, fed by the other roles, and nothing else.
 //!
-//! The only compartment that listens (its `listen` grant); it cannot connect out and
-//! opens no channel itself (`peers = []`): the bridges and the link open theirs to it.
-//! It takes the link's channel at once, and waits for the bridges' inventory before it
-//! listens, so the page always lists every bridge. The operator's update decision goes back to the link.
+//! The only role that listens (a compartment's `listen` grant); it opens no channel
+//! itself: the bridges and the link send to it. It waits for the bridges' inventory
+//! before it listens, so the page always lists every bridge. The operator's update
+//! decision goes back to the link.
 
+use std::path::Path;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -13,73 +14,53 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use warden_bridges::Sample;
-use warden_os::monitor::compartment::Compartment;
 
-use super::ipc;
-use super::messages::{
-    BRIDGES, BridgeInfo, BridgesToPage, LINK, LinkToPage, PageToBridges, PageToLink,
-};
 use crate::config::ApplianceConfig;
+use crate::ports::PagePorts;
+use crate::ports::messages::{BridgeInfo, BridgesToPage, LinkToPage, PageToLink};
 use crate::state::unit_facts::UnitFacts;
 use crate::state::updates::UpdateDecision;
 use crate::state::{ApplianceState, BridgeView};
+use crate::status_page::{PreparedPage, StartedPage};
+use crate::supervision::Supervisor;
 
 /// How often the page looks for an operator decision to pass on to the link.
 const DECISION_POLL: Duration = Duration::from_millis(200);
 
-/// Runs the status page until `shutdown`; prints where it listens once it does.
-pub async fn run(
-    compartment: Arc<Compartment>,
-    config: ApplianceConfig,
-    control_socket: Option<&std::path::Path>,
+/// Starts the page (prepared by [`crate::status_page::prepare`] before anything
+/// else ran) once the bridges' inventory is in, with `warden status` on
+/// `control_socket` if given; says where it listens.
+pub async fn start(
+    config: &ApplianceConfig,
+    page: PreparedPage,
+    control_socket: Option<&Path>,
+    ports: PagePorts,
+    tasks: &mut Supervisor,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    // Before anything runs: no password hash (or no web key) means no page.
-    let page = crate::status_page::prepare(&config.status_page, &config.device.id)?;
-    let mut tasks = JoinSet::new();
-    let (bridge_streams_tx, bridge_streams) = mpsc::channel(4);
-    let (link_streams_tx, link_streams) = mpsc::channel(4);
-    ipc::route_offers(
-        Arc::clone(&compartment),
-        vec![(BRIDGES, bridge_streams_tx), (LINK, link_streams_tx)],
-    );
-    let (from_bridges_tx, mut from_bridges) = mpsc::channel::<BridgesToPage>(4096);
-    let (_nothing_to_bridges, to_bridges) = mpsc::channel::<PageToBridges>(1);
-    tasks.spawn(ipc::callee_sessions(
-        Arc::clone(&compartment),
-        BRIDGES,
-        bridge_streams,
-        to_bridges,
-        from_bridges_tx,
-        shutdown.clone(),
-    ));
+) -> anyhow::Result<StartedPage> {
+    let PagePorts {
+        mut from_bridges,
+        mut from_link,
+        to_link,
+    } = ports;
     // The link's side first: its state is kept even while the bridges are not up.
-    let link: Arc<std::sync::Mutex<warden_link::LinkStatus>> = Arc::default();
-    let updates: Arc<std::sync::Mutex<UpdateDecision>> = Arc::default();
-    let (to_link, to_link_rx) = mpsc::channel::<PageToLink>(16);
-    let (from_link_tx, mut from_link) = mpsc::channel::<LinkToPage>(16);
-    tasks.spawn(ipc::callee_sessions(
-        Arc::clone(&compartment),
-        LINK,
-        link_streams,
-        to_link_rx,
-        from_link_tx,
-        shutdown.clone(),
-    ));
-    let unit: Arc<std::sync::Mutex<UnitFacts>> = Arc::default();
-    let from_link_state = FromLink {
-        link: Arc::clone(&link),
-        updates: Arc::clone(&updates),
-        unit: Arc::clone(&unit),
-    };
-    tasks.spawn(async move {
-        while let Some(message) = from_link.recv().await {
-            from_link_state.apply(message);
+    let from_link_state = FromLink::default();
+    let applying = from_link_state.clone();
+    let link_stop = shutdown.clone();
+    tasks.spawn("link frames", async move {
+        loop {
+            tokio::select! {
+                () = link_stop.cancelled() => return Ok(()),
+                message = from_link.recv() => match message {
+                    Some(message) => applying.apply(message),
+                    None => anyhow::bail!("the link's channel to the page closed"),
+                },
+            }
         }
     });
     let inventory = loop {
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => anyhow::bail!("stopped before the bridges' inventory arrived"),
             message = from_bridges.recv() => match message {
                 Some(BridgesToPage::Inventory(inventory)) => break inventory,
                 Some(_) => {}
@@ -91,44 +72,42 @@ pub async fn run(
         device_id: config.device.id.clone(),
         bridges: inventory.into_iter().map(view).collect(),
         values: Arc::default(),
-        link,
+        link: from_link_state.link,
         history: Arc::default(),
-        updates,
-        unit,
-        tasks: Arc::default(),
+        updates: from_link_state.updates,
+        unit: from_link_state.unit,
+        tasks: tasks.health(),
     };
 
     let from_bridges_state = state.clone();
-    tasks.spawn(async move {
-        while let Some(message) = from_bridges.recv().await {
-            apply_from_bridges(&from_bridges_state, message);
+    let bridges_stop = shutdown.clone();
+    tasks.spawn("bridge frames", async move {
+        loop {
+            tokio::select! {
+                () = bridges_stop.cancelled() => return Ok(()),
+                message = from_bridges.recv() => match message {
+                    Some(message) => apply_from_bridges(&from_bridges_state, message),
+                    None => anyhow::bail!("the bridges' channel to the page closed"),
+                },
+            }
         }
     });
-    tasks.spawn(pass_decisions_on(state.clone(), to_link, shutdown.clone()));
+    tasks.spawn_unit(
+        "decisions to link",
+        pass_decisions_on(state.clone(), to_link, shutdown.clone()),
+    );
     if let Some(path) = control_socket {
-        crate::control::serve(path, state.clone(), shutdown.clone(), &mut tasks)?;
+        let mut control_tasks = JoinSet::new();
+        crate::control::serve(path, state.clone(), shutdown.clone(), &mut control_tasks)?;
+        tasks.adopt("control socket", control_tasks);
     }
-
+    let mut page_tasks = JoinSet::new();
     let started = page
-        .start(state, shutdown.clone(), &mut tasks)
+        .start(state, shutdown, &mut page_tasks)
         .await
         .context("cannot start the status page")?;
-    println!("status page: https://{}/", started.address);
-    println!("status page cert: SHA-256 {}", started.fingerprint);
-    // Nothing cancels `shutdown` from outside (the monitor kills compartments): a
-    // task that ends (the page's or the metrics' server, a channel) ends the role,
-    // which exits non-zero for the monitor to restart it.
-    let ended = tokio::select! {
-        () = shutdown.cancelled() => None,
-        ended = tasks.join_next() => ended,
-    };
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
-    match ended {
-        Some(Err(error)) => Err(anyhow::anyhow!("a status-page task failed: {error}")),
-        Some(Ok(())) => Err(anyhow::anyhow!("a status-page task ended before shutdown")),
-        None => Ok(()),
-    }
+    tasks.adopt("status page", page_tasks);
+    Ok(started)
 }
 
 fn view(bridge: BridgeInfo) -> BridgeView {
@@ -143,8 +122,8 @@ fn view(bridge: BridgeInfo) -> BridgeView {
 /// Updates the page's state from a bridges frame.
 pub fn apply_from_bridges(state: &ApplianceState, message: BridgesToPage) {
     match message {
-        // The same config gives the same bridges; a restarted bridges compartment
-        // sends it again.
+        // The same config gives the same bridges; a restarted bridges role sends it
+        // again.
         BridgesToPage::Inventory(_) => {}
         BridgesToPage::Health { bridge, health } => {
             if let Some(view) = state.bridges.iter().find(|view| view.name == bridge) {
