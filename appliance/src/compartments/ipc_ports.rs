@@ -250,7 +250,7 @@ mod tests {
         let (to_link, _greeting) = Outgoing::every_session(to_link_tx);
         let (page_tx, _page_rx) = mpsc::channel(1);
         let pump = tokio::spawn(crate::roles::bridges::forward_samples(
-            crate::ports::tests::samples(COUNT),
+            crate::roles::bridges::tests::samples(COUNT),
             to_link,
             Outgoing::once(page_tx),
             shutdown.clone(),

@@ -273,8 +273,58 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// `count` samples of one point, numbered in their value.
+    pub(crate) fn samples(count: u32) -> mpsc::Receiver<Sample> {
+        let (sender, receiver) = mpsc::channel(usize::try_from(count).unwrap_or(1).max(1));
+        for n in 0..count {
+            sender
+                .try_send(Sample {
+                    bridge: "line1".into(),
+                    point: "p".into(),
+                    value: f64::from(n),
+                    text: None,
+                    unit: String::new(),
+                    timestamp_ms: u64::from(n),
+                })
+                .expect("room");
+        }
+        receiver
+    }
+
+    /// The decided drift, in one process: a link that takes its readings slowly
+    /// (through a two-frame queue) gets every one of them, in order; only the page's
+    /// display frames are dropped, and counted.
+    #[tokio::test]
+    async fn a_slow_link_in_process_loses_no_reading() {
+        const COUNT: u32 = 200;
+        let (link_tx, mut link_rx) = mpsc::channel(2);
+        let (page_tx, _page_rx) = mpsc::channel(1);
+        let to_page = Outgoing::once(page_tx);
+        let shutdown = CancellationToken::new();
+        let pump = tokio::spawn(forward_samples(
+            samples(COUNT),
+            Outgoing::once(link_tx),
+            to_page.clone(),
+            shutdown.clone(),
+        ));
+        for n in 0..COUNT {
+            if n % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let Some(BridgesToLink::Reading(reading)) = link_rx.recv().await else {
+                panic!("reading {n} is missing");
+            };
+            assert_eq!(reading.ts_ms, u64::from(n));
+        }
+        assert_eq!(to_page.dropped(), u64::from(COUNT) - 1);
+        shutdown.cancel();
+        pump.await.expect("pump").expect("no failure");
+    }
 
     fn sample(value: f64, text: Option<&str>) -> Sample {
         Sample {
