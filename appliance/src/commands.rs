@@ -40,10 +40,19 @@ impl CommandLog {
     /// Opens the log at `path` (a missing file is an empty log).
     pub fn open(path: &Path) -> Result<Self, CommandLogError> {
         let results = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| CommandLogError(format!("{}: {e}", path.display())))?,
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| CommandLogError::Decode {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => VecDeque::new(),
-            Err(e) => return Err(CommandLogError(format!("{}: {e}", path.display()))),
+            Err(source) => {
+                return Err(CommandLogError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
         Ok(Self {
             path: path.to_path_buf(),
@@ -92,17 +101,38 @@ impl CommandLog {
     }
 
     fn save(&self) -> Result<(), CommandLogError> {
-        let bytes =
-            serde_json::to_vec(&self.results).map_err(|e| CommandLogError(e.to_string()))?;
-        warden_files::write_file_atomically(&self.path, &bytes)
-            .map_err(|e| CommandLogError(e.to_string()))
+        let bytes = serde_json::to_vec(&self.results).map_err(CommandLogError::Encode)?;
+        Ok(warden_files::write_file_atomically(&self.path, &bytes)?)
     }
 }
 
 /// The command log could not be read or written.
 #[derive(Debug, thiserror::Error)]
-#[error("command log {0}")]
-pub struct CommandLogError(String);
+#[non_exhaustive]
+pub enum CommandLogError {
+    /// The log exists but cannot be read.
+    #[error("command log {}: {source}", path.display())]
+    Read {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The log is not the JSON this version writes.
+    #[error("command log {}: {source}", path.display())]
+    Decode {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The results could not be encoded (never for plain results).
+    #[error("command log: cannot encode the results: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The log could not be replaced on disk.
+    #[error("command log {0}")]
+    Write(#[from] warden_files::FileError),
+}
 
 /// Runs one command through the bridge it names.
 pub async fn execute(bridges: &crate::bridge_set::BridgeSet, command: &Command) -> CommandResult {

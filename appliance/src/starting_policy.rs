@@ -1,10 +1,35 @@
 //! The policy the bridges start with: the last verified bundle, else the local file.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-
 use crate::config::ApplianceConfig;
+use crate::twin::TwinError;
+
+/// Why the bridges have no policy to start with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartingPolicyError {
+    /// The bundle store could not be opened.
+    #[error(transparent)]
+    Store(#[from] TwinError),
+    /// The local policy file could not be read.
+    #[error("cannot read policy {}: {source}", path.display())]
+    Read {
+        /// The policy file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The local policy file does not compile.
+    #[error("policy {origin} does not compile:\n{errors}")]
+    Compile {
+        /// The policy file, as the compiler names it.
+        origin: String,
+        /// The compiler's errors, one per line.
+        errors: String,
+    },
+}
 
 /// The policy the bridges start with, and the store of signed bundles from the fleet.
 pub struct StartingPolicy {
@@ -21,7 +46,7 @@ pub struct StartingPolicy {
 
 impl StartingPolicy {
     /// The last verified bundle from the fleet wins over the local file.
-    pub fn load(config: &ApplianceConfig) -> anyhow::Result<Self> {
+    pub fn load(config: &ApplianceConfig) -> Result<Self, StartingPolicyError> {
         let bundle_store = match &config.policy.bundle_dir {
             Some(dir) => {
                 let roots = crate::twin::policy_roots(config.link.pluton_socket.as_deref())?;
@@ -62,12 +87,19 @@ impl StartingPolicy {
 }
 
 /// Compiles the local policy file, logging its warnings.
-fn compile_policy_file(path: &std::path::Path) -> anyhow::Result<warden_policy::CompiledPolicy> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read policy {}", path.display()))?;
+fn compile_policy_file(
+    path: &std::path::Path,
+) -> Result<warden_policy::CompiledPolicy, StartingPolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StartingPolicyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let origin = path.display().to_string();
-    let compiled = warden_policy::compile(&text, &origin)
-        .map_err(|errors| anyhow::anyhow!("policy {origin} does not compile:\n{errors}"))?;
+    let compiled =
+        warden_policy::compile(&text, &origin).map_err(|errors| StartingPolicyError::Compile {
+            origin: origin.clone(),
+            errors: errors.to_string(),
+        })?;
     for warning in &compiled.warnings {
         tracing::warn!(%warning, "policy warning");
     }

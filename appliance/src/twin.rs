@@ -1,7 +1,7 @@
 //! The device twin: signed policy bundles from the fleet, applied only after
 //! verification, and the state the unit reports back.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use warden_keychain::{Purpose, RootKey};
@@ -12,16 +12,47 @@ use warden_policy::CompiledPolicy;
 use warden_policy::bundle::ProductId;
 use warden_policy::bundle::store::BundleStore;
 
+/// Why the bundle store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TwinError {
+    /// Pluton's socket did not answer.
+    #[error("pluton {}: {detail}", socket.display())]
+    Pluton {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// Pluton did not list its root keys.
+    #[error("pluton root keys: {0}")]
+    RootKeys(String),
+    /// The config's product is not a product ID.
+    #[error("product {0:?} is not a valid product id")]
+    Product(String),
+    /// The store (or its last bundle) could not be opened.
+    #[error("policy bundle store {}: {detail}", dir.display())]
+    Store {
+        /// The store's directory.
+        dir: PathBuf,
+        /// Why.
+        detail: String,
+    },
+}
+
 /// The vendor roots pluton holds for policy bundles (none without pluton).
-pub fn policy_roots(pluton_socket: Option<&Path>) -> anyhow::Result<Vec<RootKey>> {
+pub fn policy_roots(pluton_socket: Option<&Path>) -> Result<Vec<RootKey>, TwinError> {
     let Some(socket) = pluton_socket else {
         return Ok(Vec::new());
     };
-    let mut client = warden_pluton_api::PlutonClient::connect(socket)
-        .map_err(|e| anyhow::anyhow!("pluton {}: {e}", socket.display()))?;
+    let mut client =
+        warden_pluton_api::PlutonClient::connect(socket).map_err(|e| TwinError::Pluton {
+            socket: socket.to_path_buf(),
+            detail: e.to_string(),
+        })?;
     let installed = client
         .root_keys()
-        .map_err(|e| anyhow::anyhow!("pluton root keys: {e}"))?;
+        .map_err(|e| TwinError::RootKeys(e.to_string()))?;
     Ok(installed
         .iter()
         .filter_map(|root| root.to_root_key().ok())
@@ -30,11 +61,13 @@ pub fn policy_roots(pluton_socket: Option<&Path>) -> anyhow::Result<Vec<RootKey>
 }
 
 /// Opens the unit's bundle store: the last good bundle, verified again.
-pub fn open_store(dir: &Path, roots: &[RootKey], product: &str) -> anyhow::Result<BundleStore> {
-    let product = ProductId::new(product)
-        .ok_or_else(|| anyhow::anyhow!("product {product:?} is not a valid product id"))?;
-    BundleStore::open(dir, roots, &[], product)
-        .map_err(|e| anyhow::anyhow!("policy bundle store {}: {e}", dir.display()))
+pub fn open_store(dir: &Path, roots: &[RootKey], product: &str) -> Result<BundleStore, TwinError> {
+    let product =
+        ProductId::new(product).ok_or_else(|| TwinError::Product(product.to_owned()))?;
+    BundleStore::open(dir, roots, &[], product).map_err(|e| TwinError::Store {
+        dir: dir.to_path_buf(),
+        detail: e.to_string(),
+    })
 }
 
 /// What the unit reports about a policy.
@@ -114,7 +147,11 @@ impl PolicyTwin {
                     event_kind::POLICY_REFUSED,
                     format!("policy bundle refused, the running policy stays: {error}"),
                 );
-                let current = self.reported.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let current = self
+                    .reported
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 let reported = TwinReported {
                     last_error: Some(error),
                     ..current

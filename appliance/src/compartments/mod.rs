@@ -184,7 +184,10 @@ mod tests {
         .expect("the role stops instead of hanging");
         let failure = error.downcast_ref::<TaskFailure>().expect("a task failure");
         assert_eq!(failure.task, "sample pump");
-        assert!(failure.cause.contains("no longer takes readings"), "{failure}");
+        assert!(
+            failure.cause.contains("no longer takes readings"),
+            "{failure}"
+        );
         assert!(shutdown.is_cancelled());
         assert!(format!("{error:#}").starts_with("the bridges compartment's work ended"));
     }

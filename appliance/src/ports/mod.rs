@@ -161,7 +161,12 @@ impl BridgesHealth {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .all(|health| health.lock().unwrap_or_else(PoisonError::into_inner).connected)
+            .all(|health| {
+                health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .connected
+            })
     }
 }
 
@@ -219,7 +224,9 @@ pub struct PagePorts {
 }
 
 /// Every role's ports, connected to each other in this process.
-pub fn in_process(restart: tokio_util::sync::CancellationToken) -> (BridgesPorts, LinkPorts, PagePorts) {
+pub fn in_process(
+    restart: tokio_util::sync::CancellationToken,
+) -> (BridgesPorts, LinkPorts, PagePorts) {
     let (bridges_to_link, link_from_bridges) = mpsc::channel(READINGS_QUEUE);
     let (link_to_bridges, bridges_from_link) = mpsc::channel(COMMANDS_QUEUE);
     let (bridges_to_page, page_from_bridges) = mpsc::channel(PAGE_QUEUE);

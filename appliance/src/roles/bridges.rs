@@ -51,7 +51,10 @@ pub async fn start(
     let (sample_tx, sample_rx) = mpsc::channel::<Sample>(SAMPLES_QUEUE);
     let mut bridge_tasks = JoinSet::new();
     let started = crate::bridge_set::start(
-        config.bridges.clone().with_core_bundle(bundle_file.as_deref()),
+        config
+            .bridges
+            .clone()
+            .with_core_bundle(bundle_file.as_deref()),
         config.privnet.clone(),
         policy,
         sample_tx,
@@ -112,12 +115,19 @@ pub async fn start(
         .await?;
     // What a (new) page hears first: every bridge, in config order.
     to_page
-        .greet(Arc::new(move || vec![BridgesToPage::Inventory(inventory.clone())]))
+        .greet(Arc::new(move || {
+            vec![BridgesToPage::Inventory(inventory.clone())]
+        }))
         .await?;
 
     tasks.spawn(
         "sample pump",
-        forward_samples(sample_rx, to_link.clone(), to_page.clone(), shutdown.clone()),
+        forward_samples(
+            sample_rx,
+            to_link.clone(),
+            to_page.clone(),
+            shutdown.clone(),
+        ),
     );
     let health_stop = shutdown.clone();
     tasks.spawn_unit("bridge counters", async move {

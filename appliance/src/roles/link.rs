@@ -60,7 +60,9 @@ pub fn start(
             let (dir, marker) = (reports.dir.clone(), upload_marker.clone());
             move || {
                 crate::failure_reports::open_ring(&dir)
-                    .with_context(|| format!("cannot open the failure reports in {}", dir.display()))
+                    .with_context(|| {
+                        format!("cannot open the failure reports in {}", dir.display())
+                    })
                     .map(|ring| match &marker {
                         Some(marker) => ring.with_upload_marker(marker.clone()),
                         None => ring,
@@ -185,7 +187,14 @@ pub fn start(
                 BridgesToLink::CommandResult(payload) => {
                     let Ok(result) = payload.decode::<CommandResult>() else { continue };
                     if let Some(id) = queue_command_result(&bridges_control, result) {
-                        let _ = to_bridges.send(LinkToBridges::ResultQueued(id)).await;
+                        // Not awaited: this task must never wait for the bridges while
+                        // they may be waiting for it (a full readings queue). A note
+                        // that finds their queue full is lost; the result then stays
+                        // unqueued in their log and goes again at the next start
+                        // (the fleet keeps one per ID).
+                        if to_bridges.try_send(LinkToBridges::ResultQueued(id.clone())).is_err() {
+                            tracing::warn!(%id, "the bridges are behind; a queued result will be sent again at their next start");
+                        }
                     }
                 }
                 BridgesToLink::TwinReported(payload) => {

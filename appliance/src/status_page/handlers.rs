@@ -12,7 +12,7 @@ use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use serde::Serialize;
 
 use super::auth::{self, LoginGate};
-use super::session::{LOGIN_COOKIE, PageState, SESSION_COOKIE, form_field, set_cookie, cookie};
+use super::session::{LOGIN_COOKIE, PageState, SESSION_COOKIE, cookie, form_field, set_cookie};
 use super::status;
 use super::tls::ClientAddress;
 use crate::state::updates::UpdateDecision;
@@ -24,7 +24,6 @@ const STATUS_HTML: &str = include_str!("../../assets/status.html");
 const LOGIN_HTML: &str = include_str!("../../assets/login.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
 const STYLE_CSS: &str = include_str!("../../assets/style.css");
-
 
 pub(super) async fn page(State(state): State<PageState>, headers: HeaderMap) -> Response {
     if state.session(&headers).is_none() {
@@ -167,7 +166,11 @@ fn locked_out(wait: Duration) -> Response {
     response
 }
 
-pub(super) async fn logout(State(state): State<PageState>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn logout(
+    State(state): State<PageState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let id = match state.require_csrf(&headers, &body) {
         Ok(id) => id,
         Err(refused) => return refused.into_response(),

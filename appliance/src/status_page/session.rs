@@ -46,7 +46,11 @@ pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         .map(|(_, value)| value)
 }
 
-pub(super) fn set_cookie(name: &str, value: &str, max_age_secs: u64) -> (header::HeaderName, String) {
+pub(super) fn set_cookie(
+    name: &str,
+    value: &str,
+    max_age_secs: u64,
+) -> (header::HeaderName, String) {
     (
         header::SET_COOKIE,
         format!(

@@ -15,9 +15,7 @@ use warden_os::reports::{FailureKind, FailureReport, ReportStore};
 use warden_os::slots::{BootState, Slot, SlotStatus};
 
 use crate::config::ApplianceConfig;
-use crate::state::unit_facts::{
-    FailureReports, ImageSlots, ReportView, SlotView, UnitFacts,
-};
+use crate::state::unit_facts::{FailureReports, ImageSlots, ReportView, SlotView, UnitFacts};
 
 /// How often the facts are read again.
 pub const REFRESH: Duration = Duration::from_secs(2);

@@ -176,13 +176,25 @@ mod tests {
     fn malformed_offers_are_refused_before_any_download() {
         let mut bad = offer(0, 0);
         bad.sha256 = "xyz".into();
-        assert!(check(&bad).err().is_some_and(|e| e.to_string().contains("sha256")));
+        assert!(
+            check(&bad)
+                .err()
+                .is_some_and(|e| e.to_string().contains("sha256"))
+        );
         let mut bad = offer(0, 0);
         bad.version = "one".into();
-        assert!(check(&bad).err().is_some_and(|e| e.to_string().contains("version")));
+        assert!(
+            check(&bad)
+                .err()
+                .is_some_and(|e| e.to_string().contains("version"))
+        );
         let mut bad = offer(0, 0);
         bad.url = "file:///etc/passwd".into();
-        assert!(check(&bad).err().is_some_and(|e| e.to_string().contains("url")));
+        assert!(
+            check(&bad)
+                .err()
+                .is_some_and(|e| e.to_string().contains("url"))
+        );
         assert!(check(&offer(0, 0)).is_ok());
     }
 }

@@ -16,7 +16,7 @@ use warden_os::file_system::SlotFileSystem;
 use warden_os::update::{UpdateAgent, UpdateEvent, UpdateWindowPolicy, install_staged};
 use warden_os::{BootMonitor, BootRootOfTrust, Slot};
 
-use super::gate::{CheckedOffer, Gate, check, gate};
+use super::gate::{CheckedOffer, Gate, OfferError, check, gate};
 use crate::state::updates::UpdateDecision;
 
 /// How often a waiting offer looks at its gate again.
@@ -48,6 +48,24 @@ pub struct Updater<F, R> {
     /// Cancelled after an install to have the boot stage boot the new slot (`None`
     /// when no boot stage started this image: the new slot boots at the next restart).
     pub restart: Option<CancellationToken>,
+}
+
+/// Why an offer was not installed (published as its `failed` detail).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// The offer's fields do not check.
+    #[error("offer refused: {0}")]
+    Refused(#[from] OfferError),
+    /// The offer's window ended before the gate opened.
+    #[error("{0}")]
+    Expired(String),
+    /// The download failed, or the image does not match the offer.
+    #[error("{0}")]
+    Download(String),
+    /// The boot monitor refused the image, or the install failed.
+    #[error("{0}")]
+    Install(String),
 }
 
 /// Which offer was installed into which slot, and the last state published for it.
@@ -135,10 +153,15 @@ where
 
     /// Takes one offer through download, gate and install. Returns the slot it was
     /// installed into, or why not (already published as `failed`).
-    pub async fn handle(&self, offer: &UpdateOffer) -> Result<Slot, String> {
+    pub async fn handle(&self, offer: &UpdateOffer) -> Result<Slot, UpdateError> {
         let result = self.handle_inner(offer).await;
         if let Err(error) = &result {
-            publish(&self.control, &offer.id, UpdateState::Failed, error.clone());
+            publish(
+                &self.control,
+                &offer.id,
+                UpdateState::Failed,
+                error.to_string(),
+            );
         }
         let mut decision = self.decision.lock().unwrap_or_else(PoisonError::into_inner);
         if decision.offer.as_ref().map(|o| o.version.as_str()) == Some(offer.version.as_str()) {
@@ -147,8 +170,8 @@ where
         result
     }
 
-    async fn handle_inner(&self, offer: &UpdateOffer) -> Result<Slot, String> {
-        let checked = check(offer).map_err(|why| format!("offer refused: {why}"))?;
+    async fn handle_inner(&self, offer: &UpdateOffer) -> Result<Slot, UpdateError> {
+        let checked = check(offer)?;
         if let Some(record) = InstalledRecord::load(&self.download_dir)
             && record.offer_id == offer.id
         {
@@ -197,7 +220,7 @@ where
             };
             match outcome {
                 Gate::Install => break,
-                Gate::Expired(why) => return Err(why),
+                Gate::Expired(why) => return Err(UpdateError::Expired(why)),
                 Gate::Wait(why) => {
                     if why != last_wait {
                         publish(&self.control, &offer.id, UpdateState::Waiting, why.clone());
@@ -220,8 +243,8 @@ where
             install_staged(&mut monitor, &staged, &mut |_| {})
         })
         .await
-        .map_err(|error| format!("install task: {error}"))?
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| UpdateError::Install(format!("install task: {error}")))?
+        .map_err(|error| UpdateError::Install(error.to_string()))?;
         let record = InstalledRecord {
             offer_id: offer.id.clone(),
             version: offer.version.clone(),
@@ -251,7 +274,7 @@ where
         Ok(installed)
     }
 
-    async fn download(&self, offer: &CheckedOffer) -> Result<PathBuf, String> {
+    async fn download(&self, offer: &CheckedOffer) -> Result<PathBuf, UpdateError> {
         let id = offer.wire.id.clone();
         let control = self.control.clone();
         let mut report = move |event: UpdateEvent| {
@@ -274,6 +297,6 @@ where
                 &mut report,
             )
             .await
-            .map_err(|error| error.to_string())
+            .map_err(|error| UpdateError::Download(error.to_string()))
     }
 }

@@ -45,11 +45,11 @@ use warden_os::{BootMonitor, BootRootOfTrust};
 
 // The updater's public face, kept where integrators and the tests find it.
 pub use gate::{Gate, OfferError, gate};
-pub use installer::{GATE_RECHECK, InstalledRecord, SharedMonitor, Updater};
+pub use installer::{GATE_RECHECK, InstalledRecord, SharedMonitor, UpdateError, Updater};
 pub use root_of_trust::UnprivilegedRootOfTrust;
 pub use trial::{
-    BOOT_OUTCOME_INTERVAL, HealthProbe, TRIAL_CHECK_INTERVAL, report_boot_outcome,
-    trial_policy_from_env, watch_trial,
+    BOOT_OUTCOME_INTERVAL, BootOutcomeError, HealthProbe, TRIAL_CHECK_INTERVAL,
+    report_boot_outcome, trial_policy_from_env, watch_trial,
 };
 
 use crate::state::updates::UpdateDecision;

@@ -20,17 +20,36 @@ use super::installer::{InstalledRecord, SharedMonitor, publish};
 /// Observes the running appliance's health for the trial check.
 pub type HealthProbe = Arc<dyn Fn() -> HealthReport + Send + Sync>;
 
+/// Why what became of the installed offer could not be looked at.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootOutcomeError {
+    /// The boot monitor's state could not be read.
+    #[error("{0}")]
+    BootState(String),
+    /// The installed-offer record in the download directory could not be written.
+    #[error("{}: {source}", dir.display())]
+    Record {
+        /// The download directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// Publishes what became of the last installed offer since the restart: `trial` while
 /// its slot runs on trial, then `confirmed` or `rolled-back` (each once).
 pub fn report_boot_outcome<F: SlotFileSystem, R: BootRootOfTrust>(
     monitor: &mut BootMonitor<F, R>,
     download_dir: &Path,
     control: &ControlSender,
-) -> Result<Option<UpdateState>, String> {
+) -> Result<Option<UpdateState>, BootOutcomeError> {
     let Some(mut record) = InstalledRecord::load(download_dir) else {
         return Ok(None);
     };
-    let state = monitor.load_state().map_err(|error| error.to_string())?;
+    let state = monitor
+        .load_state()
+        .map_err(|error| BootOutcomeError::BootState(error.to_string()))?;
     let (now, detail) = match state.slot(record.slot) {
         SlotStatus::Trial { boots, .. } => (
             UpdateState::Trial,
@@ -54,7 +73,10 @@ pub fn report_boot_outcome<F: SlotFileSystem, R: BootRootOfTrust>(
         record.published = now;
         record
             .save(download_dir)
-            .map_err(|error| format!("{}: {error}", download_dir.display()))?;
+            .map_err(|source| BootOutcomeError::Record {
+                dir: download_dir.to_path_buf(),
+                source,
+            })?;
     }
     Ok(Some(now))
 }
