@@ -62,8 +62,7 @@ pub fn policy_roots(pluton_socket: Option<&Path>) -> Result<Vec<RootKey>, TwinEr
 
 /// Opens the unit's bundle store: the last good bundle, verified again.
 pub fn open_store(dir: &Path, roots: &[RootKey], product: &str) -> Result<BundleStore, TwinError> {
-    let product =
-        ProductId::new(product).ok_or_else(|| TwinError::Product(product.to_owned()))?;
+    let product = ProductId::new(product).ok_or_else(|| TwinError::Product(product.to_owned()))?;
     BundleStore::open(dir, roots, &[], product).map_err(|e| TwinError::Store {
         dir: dir.to_path_buf(),
         detail: e.to_string(),

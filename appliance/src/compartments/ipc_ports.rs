@@ -62,8 +62,8 @@ pub fn bridges(
         to_link,
         from_link,
         to_page,
-        // The link is another process: it cannot see the bridges' counters.
-        health: None,
+        // The link and the page are other processes: they get the counters in frames.
+        live: None,
     }
 }
 
@@ -108,7 +108,7 @@ pub fn link(
         from_page,
         // Not this compartment's to see; the bridges' crashes count against a trial
         // image through the monitor.
-        bridges_health: None,
+        live: None,
         grants: LinkGrants {
             // This compartment faces the network: it must never hold the capability
             // that installs root keys. A confirmation is persisted and the boot
@@ -165,6 +165,7 @@ pub fn page(
         from_bridges,
         from_link,
         to_link,
+        live: None,
     }
 }
 

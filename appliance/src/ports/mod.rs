@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, watch};
 use warden_bridges::BridgeHealth;
+use warden_link::LinkStatus;
 
 use messages::{BridgesToLink, BridgesToPage, LinkToBridges, LinkToPage, PageToLink};
 
@@ -144,24 +145,54 @@ impl<T> Clone for Outgoing<T> {
     }
 }
 
-/// The bridges' counters, where a link in the same process can see them (for the
-/// trial check of a new image: are the bridges connected?).
-#[derive(Clone, Default)]
-pub struct BridgesHealth(Arc<Mutex<Vec<Arc<Mutex<BridgeHealth>>>>>);
+/// One bridge's name and its live counters.
+type NamedHealth = (String, Arc<Mutex<BridgeHealth>>);
 
-impl BridgesHealth {
-    /// Publishes the started bridges' counters.
-    pub fn publish(&self, bridges: Vec<Arc<Mutex<BridgeHealth>>>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = bridges;
+/// The live counters of the bridges and the link, where roles in the same process
+/// can see them (in-process ports only): the page and the trial check read them as
+/// they change, instead of the once-a-second copies a compartment gets in frames.
+#[derive(Clone, Default)]
+pub struct LiveCounters {
+    bridges: Arc<Mutex<Vec<NamedHealth>>>,
+    link: Arc<Mutex<Option<Arc<Mutex<LinkStatus>>>>>,
+}
+
+impl LiveCounters {
+    /// Publishes the started bridges' counters, by bridge name.
+    pub fn publish_bridges(&self, bridges: Vec<NamedHealth>) {
+        *self.bridges.lock().unwrap_or_else(PoisonError::into_inner) = bridges;
     }
 
-    /// Whether every bridge is connected (true before any is published).
-    pub fn all_connected(&self) -> bool {
-        self.0
+    /// Publishes the link agent's status.
+    pub fn publish_link(&self, status: Arc<Mutex<LinkStatus>>) {
+        *self.link.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+    }
+
+    /// Bridge `name`'s live counters, if published.
+    pub fn bridge(&self, name: &str) -> Option<Arc<Mutex<BridgeHealth>>> {
+        self.bridges
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .all(|health| {
+            .find(|(bridge, _)| bridge == name)
+            .map(|(_, health)| Arc::clone(health))
+    }
+
+    /// The link's live status, if published.
+    pub fn link(&self) -> Option<Arc<Mutex<LinkStatus>>> {
+        self.link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether every bridge is connected (true before any is published).
+    pub fn bridges_connected(&self) -> bool {
+        self.bridges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .all(|(_, health)| {
                 health
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -192,8 +223,8 @@ pub struct BridgesPorts {
     pub from_link: mpsc::Receiver<LinkToBridges>,
     /// Inventory, counters and samples for the page.
     pub to_page: Outgoing<BridgesToPage>,
-    /// Where the counters are published for a link in the same process.
-    pub health: Option<BridgesHealth>,
+    /// Where the counters are published for roles in the same process.
+    pub live: Option<LiveCounters>,
 }
 
 /// The link's ports.
@@ -206,9 +237,10 @@ pub struct LinkPorts {
     pub to_page: Outgoing<LinkToPage>,
     /// The operator's decisions from the page.
     pub from_page: mpsc::Receiver<PageToLink>,
-    /// The bridges' counters, if this process can see them (else the bridges count
-    /// as healthy for the trial: their crashes count through the monitor).
-    pub bridges_health: Option<BridgesHealth>,
+    /// Where the link's status is published, and the bridges' counters read, for
+    /// roles in the same process (without, the bridges count as healthy for the
+    /// trial: their crashes count through the monitor).
+    pub live: Option<LiveCounters>,
     /// What this process may ask of pluton and the boot stage.
     pub grants: LinkGrants,
 }
@@ -221,6 +253,9 @@ pub struct PagePorts {
     pub from_link: mpsc::Receiver<LinkToPage>,
     /// The operator's decisions for the link.
     pub to_link: mpsc::Sender<PageToLink>,
+    /// The other roles' live counters, if in this process (frames then only fill
+    /// what is not live).
+    pub live: Option<LiveCounters>,
 }
 
 /// Every role's ports, connected to each other in this process.
@@ -232,20 +267,20 @@ pub fn in_process(
     let (bridges_to_page, page_from_bridges) = mpsc::channel(PAGE_QUEUE);
     let (link_to_page, page_from_link) = mpsc::channel(LINK_PAGE_QUEUE);
     let (page_to_link, link_from_page) = mpsc::channel(LINK_PAGE_QUEUE);
-    let health = BridgesHealth::default();
+    let live = LiveCounters::default();
     (
         BridgesPorts {
             to_link: Outgoing::once(bridges_to_link),
             from_link: bridges_from_link,
             to_page: Outgoing::once(bridges_to_page),
-            health: Some(health.clone()),
+            live: Some(live.clone()),
         },
         LinkPorts {
             from_bridges: link_from_bridges,
             to_bridges: link_to_bridges,
             to_page: Outgoing::once(link_to_page),
             from_page: link_from_page,
-            bridges_health: Some(health),
+            live: Some(live.clone()),
             grants: LinkGrants {
                 pluton: crate::updates::PlutonAccess::Privileged,
                 restart: Some(restart),
@@ -256,6 +291,7 @@ pub fn in_process(
             from_bridges: page_from_bridges,
             from_link: page_from_link,
             to_link: page_to_link,
+            live: Some(live),
         },
     )
 }

@@ -78,8 +78,13 @@ pub async fn start(
     }
     let handles = started.set;
     let listings = started.listings;
-    if let Some(health) = &ports.health {
-        health.publish(listings.iter().map(|b| Arc::clone(&b.health)).collect());
+    if let Some(live) = &ports.live {
+        live.publish_bridges(
+            listings
+                .iter()
+                .map(|bridge| (bridge.name.clone(), Arc::clone(&bridge.health)))
+                .collect(),
+        );
     }
     let inventory: Vec<BridgeInfo> = listings
         .iter()
@@ -94,7 +99,7 @@ pub async fn start(
         to_link,
         mut from_link,
         to_page,
-        health: _,
+        live: _,
     } = ports;
     // What a (new) link hears first: the policy the bridges run, and the command
     // results it has not confirmed queueing (a restart of either side in between).

@@ -40,7 +40,7 @@ pub fn start(
         to_bridges,
         to_page,
         mut from_page,
-        bridges_health,
+        live,
         grants,
     } = ports;
     // A ring this process may not write keeps its upload marks beside the outbox.
@@ -51,6 +51,9 @@ pub fn start(
     let control = channel.control.clone();
     let status = agent.status();
     let updates: Arc<Mutex<UpdateDecision>> = Arc::default();
+    if let Some(live) = &live {
+        live.publish_link(Arc::clone(&status));
+    }
 
     // The monitor's failure reports; the uploader re-reads the ring (and its marks)
     // from disk, so it may start over after a failure.
@@ -125,9 +128,9 @@ pub fn start(
                     .unwrap_or_else(PoisonError::into_inner)
                     .state
                     == warden_link::LinkState::Connected,
-                bridges_healthy: bridges_health
+                bridges_healthy: live
                     .as_ref()
-                    .is_none_or(crate::ports::BridgesHealth::all_connected),
+                    .is_none_or(crate::ports::LiveCounters::bridges_connected),
             });
             let context = crate::updates::UpdateContext {
                 control: control.clone(),

@@ -42,6 +42,7 @@ pub async fn start(
         mut from_bridges,
         mut from_link,
         to_link,
+        live,
     } = ports;
     // The link's side first: its state is kept even while the bridges are not up.
     let from_link_state = FromLink::default();
@@ -68,11 +69,20 @@ pub async fn start(
             },
         }
     };
+    // Live counters where this process has them (the frames' copies are then not
+    // written over them: they are the pollers' and the agent's own).
+    let live_health = live.is_some();
     let state = ApplianceState {
         device_id: config.device.id.clone(),
-        bridges: inventory.into_iter().map(view).collect(),
+        bridges: inventory
+            .into_iter()
+            .map(|bridge| view(bridge, live.as_ref()))
+            .collect(),
         values: Arc::default(),
-        link: from_link_state.link,
+        link: live
+            .as_ref()
+            .and_then(crate::ports::LiveCounters::link)
+            .unwrap_or(from_link_state.link),
         history: Arc::default(),
         updates: from_link_state.updates,
         unit: from_link_state.unit,
@@ -86,6 +96,7 @@ pub async fn start(
             tokio::select! {
                 () = bridges_stop.cancelled() => return Ok(()),
                 message = from_bridges.recv() => match message {
+                    Some(BridgesToPage::Health { .. }) if live_health => {}
                     Some(message) => apply_from_bridges(&from_bridges_state, message),
                     None => anyhow::bail!("the bridges' channel to the page closed"),
                 },
@@ -110,12 +121,15 @@ pub async fn start(
     Ok(started)
 }
 
-fn view(bridge: BridgeInfo) -> BridgeView {
+fn view(bridge: BridgeInfo, live: Option<&crate::ports::LiveCounters>) -> BridgeView {
+    let health = live
+        .and_then(|live| live.bridge(&bridge.name))
+        .unwrap_or_default();
     BridgeView {
         name: bridge.name,
         address: bridge.address,
         points: bridge.points,
-        health: Arc::default(),
+        health,
     }
 }
 
