@@ -136,18 +136,21 @@ pub fn page(
         vec![(BRIDGES, bridge_streams_tx), (LINK, link_streams_tx)],
     );
     let (from_bridges_tx, from_bridges) = mpsc::channel::<BridgesToPage>(PAGE_QUEUE);
-    let (_nothing_to_bridges, to_bridges) = mpsc::channel::<PageToBridges>(1);
-    tasks.spawn_unit(
-        "bridges channel",
-        ipc::callee_sessions(
-            reports(compartment),
-            BRIDGES,
-            bridge_streams,
-            to_bridges,
-            from_bridges_tx,
-            shutdown.clone(),
-        ),
+    // The page says nothing to the bridges; the sending end is held open (a closed
+    // one would end every session at once).
+    let (nothing_to_bridges, to_bridges) = mpsc::channel::<PageToBridges>(1);
+    let sessions = ipc::callee_sessions(
+        reports(compartment),
+        BRIDGES,
+        bridge_streams,
+        to_bridges,
+        from_bridges_tx,
+        shutdown.clone(),
     );
+    tasks.spawn_unit("bridges channel", async move {
+        sessions.await;
+        drop(nothing_to_bridges);
+    });
     let (to_link, to_link_rx) = mpsc::channel::<PageToLink>(LINK_PAGE_QUEUE);
     let (from_link_tx, from_link) = mpsc::channel::<LinkToPage>(LINK_PAGE_QUEUE);
     tasks.spawn_unit(
