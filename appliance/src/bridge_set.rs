@@ -21,7 +21,7 @@ use warden_policy::CompiledPolicy;
 use warden_privnet::PrivnetHandle;
 
 use crate::config::{ApplianceBridges, PrivnetConfig};
-use crate::runtime::BridgeView;
+use crate::state::BridgeView;
 
 /// How often a BLE bridge's counters are copied into its [`BridgeHealth`].
 const BLE_HEALTH_INTERVAL: Duration = Duration::from_millis(500);

@@ -11,11 +11,9 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use tokio_util::sync::CancellationToken;
 use warden_bridges::WriteOutcome;
 use warden_bridges::request_policy::RequestSource;
 use warden_link::topics::{Command, CommandAction, CommandResult, CommandStatus, PROTOCOL_VERSION};
-use warden_link::{CommandChannel, ControlMessage, ControlSender};
 
 /// How many results the log keeps (the oldest are forgotten first).
 pub const COMMAND_LOG_CAPACITY: usize = 1024;
@@ -42,10 +40,19 @@ impl CommandLog {
     /// Opens the log at `path` (a missing file is an empty log).
     pub fn open(path: &Path) -> Result<Self, CommandLogError> {
         let results = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| CommandLogError(format!("{}: {e}", path.display())))?,
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| CommandLogError::Decode {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => VecDeque::new(),
-            Err(e) => return Err(CommandLogError(format!("{}: {e}", path.display()))),
+            Err(source) => {
+                return Err(CommandLogError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
         Ok(Self {
             path: path.to_path_buf(),
@@ -94,84 +101,37 @@ impl CommandLog {
     }
 
     fn save(&self) -> Result<(), CommandLogError> {
-        let bytes =
-            serde_json::to_vec(&self.results).map_err(|e| CommandLogError(e.to_string()))?;
-        write_atomically(&self.path, &bytes)
-            .map_err(|e| CommandLogError(format!("{}: {e}", self.path.display())))
+        let bytes = serde_json::to_vec(&self.results).map_err(CommandLogError::Encode)?;
+        Ok(warden_files::write_file_atomically(&self.path, &bytes)?)
     }
-}
-
-/// Queues `result` for the fleet and notes in the log that it is queued.
-fn queue_result(control: &ControlSender, log: &mut CommandLog, result: CommandResult) {
-    let id = result.id.clone();
-    match control.send(&ControlMessage::CommandResult(result)) {
-        Ok(_) => {
-            if let Err(error) = log.mark_queued(&id) {
-                // Queued twice at the next start at worst; the fleet keeps one per ID.
-                tracing::warn!(%error, %id, "cannot note a queued command result");
-            }
-        }
-        // Stays unqueued in the log: queued again at the next start.
-        Err(error) => tracing::error!(%error, %id, "cannot queue a command result"),
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// The command log could not be read or written.
 #[derive(Debug, thiserror::Error)]
-#[error("command log {0}")]
-pub struct CommandLogError(String);
-
-/// Executes commands until `shutdown` or until the link closes the channel.
-pub async fn run(
-    mut channel: CommandChannel,
-    bridges: crate::bridge_set::BridgeSet,
-    mut log: CommandLog,
-    shutdown: CancellationToken,
-) {
-    // Results that were logged but never reached the control queue (a kill -9 between
-    // the two writes) go out now.
-    for result in log.unqueued() {
-        tracing::info!(id = %result.id, "queueing a command result left over from the last run");
-        queue_result(&channel.control, &mut log, result);
-    }
-    loop {
-        let command = tokio::select! {
-            () = shutdown.cancelled() => return,
-            command = channel.commands.recv() => match command {
-                Some(command) => command,
-                None => return,
-            },
-        };
-        match log.get(&command.id) {
-            Some(previous) => {
-                tracing::info!(id = %command.id, "command seen before; answering with its first result");
-                let answer = ControlMessage::CommandResult(previous.clone());
-                channel.control.send_or_log(&answer);
-            }
-            None => {
-                let result = execute(&bridges, &command).await;
-                tracing::info!(id = %result.id, status = ?result.status, detail = %result.detail, "command executed");
-                if let Err(error) = log.record(result.clone()) {
-                    // The write happened; say so, and say the log is failing.
-                    tracing::error!(%error, "cannot record a command result");
-                }
-                queue_result(&channel.control, &mut log, result);
-            }
-        }
-    }
+#[non_exhaustive]
+pub enum CommandLogError {
+    /// The log exists but cannot be read.
+    #[error("command log {}: {source}", path.display())]
+    Read {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The log is not the JSON this version writes.
+    #[error("command log {}: {source}", path.display())]
+    Decode {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The results could not be encoded (never for plain results).
+    #[error("command log: cannot encode the results: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The log could not be replaced on disk.
+    #[error("command log {0}")]
+    Write(#[from] warden_files::FileError),
 }
 
 /// Runs one command through the bridge it names.
@@ -212,6 +172,8 @@ pub async fn execute(bridges: &crate::bridge_set::BridgeSet, command: &Command) 
 
 #[cfg(test)]
 mod tests {
+    use warden_link::{ControlMessage, ControlSender};
+
     use super::*;
 
     fn result(id: &str, status: CommandStatus) -> CommandResult {
@@ -272,7 +234,13 @@ mod tests {
         let left_over: Vec<String> = log.unqueued().into_iter().map(|r| r.id).collect();
         assert_eq!(left_over, vec!["c-2".to_owned()]);
         let control = ControlSender::open(&dir.path().join("control")).expect("control");
-        queue_result(&control, &mut log, result("c-2", CommandStatus::Denied));
+        // The link queues it, then confirms (`ResultQueued`) and the bridges note it.
+        let queued = crate::roles::link::queue_command_result(
+            &control,
+            result("c-2", CommandStatus::Denied),
+        )
+        .expect("queued");
+        log.mark_queued(&queued).expect("mark");
         assert!(
             CommandLog::open(&path)
                 .expect("reopen")

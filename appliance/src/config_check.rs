@@ -134,10 +134,10 @@ fn provisioned_file_problems(config: &ApplianceConfig) -> Vec<(String, String)> 
     let mut found = Vec::new();
     let link = &config.link;
     if let Err(why) = certificates(&link.fleet_ca) {
-        found.push(("link.fleet_ca".to_owned(), why));
+        found.push(("link.fleet_ca".to_owned(), why.to_string()));
     }
     match certificates(&link.device_cert) {
-        Err(why) => found.push(("link.device_cert".to_owned(), why)),
+        Err(why) => found.push(("link.device_cert".to_owned(), why.to_string())),
         Ok(chain) => {
             if let Some(why) = name_problem(&chain[0], &config.device.id, &link.device_cert) {
                 found.push(("device.id".to_owned(), why));
@@ -147,7 +147,7 @@ fn provisioned_file_problems(config: &ApplianceConfig) -> Vec<(String, String)> 
     if let Some(key) = &link.device_key
         && let Err(why) = private_key(key)
     {
-        found.push(("link.device_key".to_owned(), why));
+        found.push(("link.device_key".to_owned(), why.to_string()));
     }
     let page = &config.status_page;
     match std::fs::metadata(&page.password_file) {
@@ -175,13 +175,13 @@ fn file_problems(config: &ApplianceConfig) -> Vec<(String, String)> {
     if cert.exists()
         && let Err(why) = certificates(&cert)
     {
-        found.push(("status_page.state_dir".to_owned(), why));
+        found.push(("status_page.state_dir".to_owned(), why.to_string()));
     }
     let key = page.state_dir.join(crate::status_page::tls::KEY_FILE);
     if key.exists()
         && let Err(why) = private_key(&key)
     {
-        found.push(("status_page.state_dir".to_owned(), why));
+        found.push(("status_page.state_dir".to_owned(), why.to_string()));
     }
     if let Some(updates) = &config.updates
         && let Err(error) = std::fs::metadata(&updates.capability_file)
@@ -203,27 +203,64 @@ fn missing(path: &Path, error: &std::io::Error) -> String {
     }
 }
 
+/// Why a PEM file the config names does not hold what it should.
+#[derive(Debug, thiserror::Error)]
+enum PemFileError {
+    /// Missing or unreadable (the text of [`missing`]).
+    #[error("{0}")]
+    Unreadable(String),
+    /// Not PEM at all.
+    #[error("{} is not PEM: {detail}", path.display())]
+    NotPem {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words.
+        detail: String,
+    },
+    /// PEM, but without a certificate.
+    #[error("{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// No private key in it.
+    #[error("{} holds no PEM private key: {detail}", path.display())]
+    NoPrivateKey {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words.
+        detail: String,
+    },
+}
+
 /// The PEM certificates in `path` (at least one), or why not.
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|error| missing(path, &error))?;
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
+    let bytes =
+        std::fs::read(path).map_err(|error| PemFileError::Unreadable(missing(path, &error)))?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("{} is not PEM: {error}", path.display()))?;
+        .map_err(|error| PemFileError::NotPem {
+            path: path.to_path_buf(),
+            detail: error.to_string(),
+        })?;
     if chain.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
-            path.display()
-        ));
+        return Err(PemFileError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(chain)
 }
 
 /// Whether `path` holds a PEM private key.
-fn private_key(path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|error| missing(path, &error))?;
+fn private_key(path: &Path) -> Result<(), PemFileError> {
+    let bytes =
+        std::fs::read(path).map_err(|error| PemFileError::Unreadable(missing(path, &error)))?;
     PrivateKeyDer::from_pem_slice(&bytes)
         .map(drop)
-        .map_err(|error| format!("{} holds no PEM private key: {error}", path.display()))
+        .map_err(|error| PemFileError::NoPrivateKey {
+            path: path.to_path_buf(),
+            detail: error.to_string(),
+        })
 }
 
 /// Why `certificate` is not made out to `device_id`: the fleet takes a device's

@@ -3,7 +3,7 @@
 //! A unix socket, `control.sock` in the status page's state directory, mode 0600: only
 //! the appliance's own user (and root) can connect. The protocol is one line: a
 //! connection receives the status snapshot the status page shows (JSON, the same
-//! [`crate::status_page::Status`]) and is closed; nothing is read from the client, so
+//! [`crate::status_page::status::Status`]) and is closed; nothing is read from the client, so
 //! the socket offers nothing to attack but a read of what the operator may see.
 
 use std::io::Read as _;
@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StatusPageConfig;
-use crate::runtime::ApplianceState;
+use crate::state::ApplianceState;
 
 /// File name of the socket inside the status page's state directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -56,7 +56,7 @@ pub fn serve(
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((mut stream, _)) => {
-                        let mut answer = serde_json::to_vec(&crate::status_page::snapshot(&state))
+                        let mut answer = serde_json::to_vec(&crate::status_page::status::snapshot(&state))
                             .unwrap_or_default();
                         answer.push(b'\n');
                         tokio::spawn(async move {

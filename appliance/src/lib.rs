@@ -2,6 +2,7 @@
 
 pub mod boot;
 pub mod bridge_set;
+pub mod clock;
 pub mod commands;
 pub mod compartments;
 pub mod config;
@@ -11,8 +12,12 @@ pub mod control;
 pub mod demo;
 pub mod failure_reports;
 pub mod metrics;
+pub mod ports;
+pub mod roles;
 pub mod runtime;
 pub mod signals;
+pub mod starting_policy;
+pub mod state;
 pub mod status_page;
 pub mod supervision;
 pub mod twin;

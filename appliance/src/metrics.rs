@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use warden_link::LinkState;
 
-use crate::runtime::ApplianceState;
+use crate::state::ApplianceState;
 
 /// The routes of the metrics port.
 pub fn router(state: ApplianceState) -> Router {
@@ -60,7 +60,7 @@ fn label(value: &str) -> String {
 
 /// The current metrics as Prometheus text.
 pub fn render(state: &ApplianceState) -> String {
-    render_at(state, crate::status_page::now_ms())
+    render_at(state, crate::clock::now_ms())
 }
 
 /// Every state the link can be in, as `warden_link_state` labels them (the
@@ -258,7 +258,7 @@ pub fn render_at(state: &ApplianceState, now_ms: u64) -> String {
         let _ = writeln!(
             out,
             "warden_link_state{{state=\"{}\"}} {}",
-            crate::status_page::link_state_name(candidate),
+            crate::status_page::status::link_state_name(candidate),
             u64::from(link.state == candidate)
         );
     }
@@ -268,7 +268,7 @@ pub fn render_at(state: &ApplianceState, now_ms: u64) -> String {
         kind: "gauge",
     }
     .header(&mut out);
-    if let Some(age) = crate::status_page::age_secs(link.last_ack_ms, now_ms) {
+    if let Some(age) = crate::status_page::status::age_secs(link.last_ack_ms, now_ms) {
         let _ = writeln!(out, "warden_link_last_ack_age_seconds {age}");
     }
     Family {

@@ -1,30 +1,58 @@
 //! The device twin: signed policy bundles from the fleet, applied only after
 //! verification, and the state the unit reports back.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use warden_keychain::{Purpose, RootKey};
 use warden_link::topics::{
     DeviceEvent, PROTOCOL_VERSION, TwinDesired, TwinReported, event_kind, from_hex,
 };
-use warden_link::{ControlMessage, ControlSender};
 use warden_policy::CompiledPolicy;
 use warden_policy::bundle::ProductId;
 use warden_policy::bundle::store::BundleStore;
 
+/// Why the bundle store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TwinError {
+    /// Pluton's socket did not answer.
+    #[error("pluton {}: {detail}", socket.display())]
+    Pluton {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// Pluton did not list its root keys.
+    #[error("pluton root keys: {0}")]
+    RootKeys(String),
+    /// The config's product is not a product ID.
+    #[error("product {0:?} is not a valid product id")]
+    Product(String),
+    /// The store (or its last bundle) could not be opened.
+    #[error("policy bundle store {}: {detail}", dir.display())]
+    Store {
+        /// The store's directory.
+        dir: PathBuf,
+        /// Why.
+        detail: String,
+    },
+}
+
 /// The vendor roots pluton holds for policy bundles (none without pluton).
-pub fn policy_roots(pluton_socket: Option<&Path>) -> anyhow::Result<Vec<RootKey>> {
+pub fn policy_roots(pluton_socket: Option<&Path>) -> Result<Vec<RootKey>, TwinError> {
     let Some(socket) = pluton_socket else {
         return Ok(Vec::new());
     };
-    let mut client = warden_pluton_api::PlutonClient::connect(socket)
-        .map_err(|e| anyhow::anyhow!("pluton {}: {e}", socket.display()))?;
+    let mut client =
+        warden_pluton_api::PlutonClient::connect(socket).map_err(|e| TwinError::Pluton {
+            socket: socket.to_path_buf(),
+            detail: e.to_string(),
+        })?;
     let installed = client
         .root_keys()
-        .map_err(|e| anyhow::anyhow!("pluton root keys: {e}"))?;
+        .map_err(|e| TwinError::RootKeys(e.to_string()))?;
     Ok(installed
         .iter()
         .filter_map(|root| root.to_root_key().ok())
@@ -33,11 +61,12 @@ pub fn policy_roots(pluton_socket: Option<&Path>) -> anyhow::Result<Vec<RootKey>
 }
 
 /// Opens the unit's bundle store: the last good bundle, verified again.
-pub fn open_store(dir: &Path, roots: &[RootKey], product: &str) -> anyhow::Result<BundleStore> {
-    let product = ProductId::new(product)
-        .ok_or_else(|| anyhow::anyhow!("product {product:?} is not a valid product id"))?;
-    BundleStore::open(dir, roots, &[], product)
-        .map_err(|e| anyhow::anyhow!("policy bundle store {}: {e}", dir.display()))
+pub fn open_store(dir: &Path, roots: &[RootKey], product: &str) -> Result<BundleStore, TwinError> {
+    let product = ProductId::new(product).ok_or_else(|| TwinError::Product(product.to_owned()))?;
+    BundleStore::open(dir, roots, &[], product).map_err(|e| TwinError::Store {
+        dir: dir.to_path_buf(),
+        detail: e.to_string(),
+    })
 }
 
 /// What the unit reports about a policy.
@@ -55,30 +84,37 @@ pub fn reported_for(
     }
 }
 
-/// Applies desired states until shutdown: a bundle that verifies replaces the policy
-/// of every bridge; one that does not changes nothing and is reported. Reported states
-/// and `policy-applied` / `policy-refused` events go through the durable control queue.
-pub async fn run(
-    mut desired: mpsc::Receiver<TwinDesired>,
-    control: ControlSender,
-    mut store: Option<BundleStore>,
-    bridges: crate::bridge_set::BridgeSet,
-    mut current: TwinReported,
-    shutdown: CancellationToken,
-) {
-    control.send_or_log(&ControlMessage::TwinReported(current.clone()));
-    loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return,
-            next = desired.recv() => match next {
-                Some(next) => next,
-                None => return,
-            },
-        };
-        let Some(hex) = next.policy_bundle else {
-            continue;
-        };
-        let outcome = match (&mut store, from_hex(&hex)) {
+/// The unit's bundle store and what it reports about its policy (the bridges role
+/// holds it: bundles are applied where the policy is enforced).
+pub struct PolicyTwin {
+    store: Option<BundleStore>,
+    reported: Arc<Mutex<TwinReported>>,
+}
+
+impl PolicyTwin {
+    /// Starts from `store` (if the unit takes bundles) and the policy it runs.
+    pub fn new(store: Option<BundleStore>, current: TwinReported) -> Self {
+        Self {
+            store,
+            reported: Arc::new(Mutex::new(current)),
+        }
+    }
+
+    /// What the unit reports now (shared: a new link hears it first).
+    pub fn reported(&self) -> Arc<Mutex<TwinReported>> {
+        Arc::clone(&self.reported)
+    }
+
+    /// Applies a desired state's bundle, if it carries one: a bundle that verifies
+    /// replaces the policy of every bridge; one that does not changes nothing. Returns
+    /// the new reported state and the `policy-applied` / `policy-refused` event.
+    pub async fn apply(
+        &mut self,
+        desired: &TwinDesired,
+        bridges: &crate::bridge_set::BridgeSet,
+    ) -> Option<(TwinReported, DeviceEvent)> {
+        let hex = desired.policy_bundle.as_ref()?;
+        let outcome = match (&mut self.store, from_hex(hex)) {
             (None, _) => {
                 Err("this unit takes no policy bundles (no [policy] bundle_dir)".to_owned())
             }
@@ -89,13 +125,12 @@ pub async fn run(
                 .map(|(policy, version)| (policy, version, Arc::new(bytes)))
                 .map_err(|e| e.to_string()),
         };
-        let event;
-        current = match outcome {
+        let (reported, event) = match outcome {
             Ok((policy, version, bundle)) => {
                 let policy = Arc::new(policy);
                 let cores = bridges.apply_policy(&policy, bundle).await;
                 tracing::info!(version, "applied a verified policy bundle");
-                event = DeviceEvent::now(
+                let event = DeviceEvent::now(
                     event_kind::POLICY_APPLIED,
                     format!(
                         "policy bundle version {version} ({}) verified and applied to {} bridges{cores}",
@@ -103,21 +138,27 @@ pub async fn run(
                         bridges.len()
                     ),
                 );
-                reported_for(&policy, Some(version), None)
+                (reported_for(&policy, Some(version), None), event)
             }
             Err(error) => {
                 tracing::warn!(%error, "policy bundle refused; the running policy stays");
-                event = DeviceEvent::now(
+                let event = DeviceEvent::now(
                     event_kind::POLICY_REFUSED,
                     format!("policy bundle refused, the running policy stays: {error}"),
                 );
-                TwinReported {
+                let current = self
+                    .reported
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let reported = TwinReported {
                     last_error: Some(error),
                     ..current
-                }
+                };
+                (reported, event)
             }
         };
-        control.send_or_log(&ControlMessage::Event(event));
-        control.send_or_log(&ControlMessage::TwinReported(current.clone()));
+        *self.reported.lock().unwrap_or_else(PoisonError::into_inner) = reported.clone();
+        Some((reported, event))
     }
 }

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use warden_os::monitor::compartment::Compartment;
 use warden_os::monitor::frame::{FrameError, read_frame_async, write_frame_async};
 
+use crate::ports::messages::Incoming;
+
 /// First and largest wait between attempts to open a channel to a peer.
 const OPEN_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
@@ -90,19 +92,29 @@ pub fn route_offers(
     });
 }
 
-/// A message a compartment accepts from a peer.
-pub trait Incoming: DeserializeOwned + Send + 'static {
-    /// Checks what the frame carries beyond its postcard shape (a link payload's
-    /// JSON); an error closes the channel and is reported.
-    fn check(&self) -> Result<(), String> {
-        Ok(())
+/// Where a session reports a peer's malformed frame or refused payload (the
+/// monitor, for a compartment).
+pub trait PeerReports: Send + Sync + 'static {
+    /// A frame from `peer` was too long or did not decode.
+    fn malformed_frame(&self, peer: &str, error: &FrameError);
+    /// A frame from `peer` carried a payload that did not decode.
+    fn refused_payload(&self, peer: &str, detail: &str);
+}
+
+impl PeerReports for Compartment {
+    fn malformed_frame(&self, peer: &str, error: &FrameError) {
+        let _ = self.report_peer_frame(peer, error);
+    }
+
+    fn refused_payload(&self, peer: &str, detail: &str) {
+        let _ = self.report_peer_rejected(peer, detail);
     }
 }
 
 /// The next frame from `peer`; `None` when the channel is closed or broken. A frame
 /// that is too long or does not decode is reported, and ends the channel.
 pub async fn receive<T: DeserializeOwned>(
-    compartment: &Compartment,
+    reports: &dyn PeerReports,
     peer: &str,
     reader: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> Option<T> {
@@ -111,7 +123,7 @@ pub async fn receive<T: DeserializeOwned>(
         Ok(None) | Err(FrameError::Io(_)) => None,
         Err(error) => {
             tracing::warn!(peer, %error, "malformed frame from a peer; channel closed");
-            let _ = compartment.report_peer_frame(peer, &error);
+            reports.malformed_frame(peer, &error);
             None
         }
     }
@@ -121,7 +133,7 @@ pub async fn receive<T: DeserializeOwned>(
 /// written; frames read go to `incoming`. Returns when the channel closes, `outgoing`
 /// ends or `shutdown` fires.
 pub async fn session<Out, In>(
-    compartment: &Arc<Compartment>,
+    reports: &Arc<dyn PeerReports>,
     peer: &'static str,
     stream: UnixStream,
     greeting: Vec<Out>,
@@ -133,12 +145,12 @@ pub async fn session<Out, In>(
     In: Incoming,
 {
     let (mut reader, mut writer) = stream.into_split();
-    let reading_compartment = Arc::clone(compartment);
+    let reading_reports = Arc::clone(reports);
     let sink = incoming.clone();
     let mut reading = tokio::spawn(async move {
-        while let Some(message) = receive::<In>(&reading_compartment, peer, &mut reader).await {
+        while let Some(message) = receive::<In>(&*reading_reports, peer, &mut reader).await {
             if let Err(detail) = message.check() {
-                refuse_payload(&reading_compartment, peer, &detail);
+                refuse_payload(&*reading_reports, peer, &detail.to_string());
                 return;
             }
             if sink.send(message).await.is_err() {
@@ -172,18 +184,18 @@ pub async fn session<Out, In>(
 
 /// Refuses a link payload inside a frame: reports it like a malformed frame. The
 /// caller then closes the channel.
-pub fn refuse_payload(compartment: &Compartment, peer: &str, detail: &str) {
+pub fn refuse_payload(reports: &dyn PeerReports, peer: &str, detail: &str) {
     tracing::warn!(
         peer,
         detail,
         "refused a payload from a peer; channel closed"
     );
-    let _ = compartment.report_peer_rejected(peer, detail);
+    reports.refused_payload(peer, detail);
 }
 
 /// Serves each channel `peer` opens, one at a time.
 pub async fn callee_sessions<Out, In>(
-    compartment: Arc<Compartment>,
+    reports: Arc<dyn PeerReports>,
     peer: &'static str,
     mut streams: mpsc::Receiver<tokio::net::UnixStream>,
     mut outgoing: mpsc::Receiver<Out>,
@@ -202,7 +214,7 @@ pub async fn callee_sessions<Out, In>(
             },
         };
         session(
-            &compartment,
+            &reports,
             peer,
             stream,
             Vec::new(),

@@ -11,16 +11,14 @@
 //!      └──inventory, counters, samples──► status-page ◄┘ ──update decision──► link
 //! ```
 //!
-//! The messages are in [`messages`]; the channels are the monitor's (only between
-//! peers the manifest allows, postcard frames with a length limit, a malformed frame
-//! closes the channel and is reported). `warden demo` and `warden run --config` still
-//! run everything in one process ([`crate::runtime`]).
+//! Each runs its role from [`crate::roles`] over IPC ports ([`ipc_ports`]): the same
+//! code `warden demo` and `warden run --config` run in one process
+//! ([`crate::runtime`]). The messages are in [`crate::ports::messages`]; the channels
+//! are the monitor's (only between peers the manifest allows, postcard frames with a
+//! length limit, a malformed frame closes the channel and is reported).
 
-pub mod bridges;
 pub mod ipc;
-pub mod link;
-pub mod messages;
-pub mod page;
+pub mod ipc_ports;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +28,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ApplianceConfig;
+use crate::ports::messages;
+use crate::supervision::{Supervisor, TaskFailure};
 
 /// The roles of the split appliance.
 pub const ROLES: &[&str] = &[messages::BRIDGES, messages::LINK, messages::STATUS_PAGE];
@@ -98,32 +98,97 @@ fn run(role: &str, args: &[String]) -> anyhow::Result<ExitCode> {
     // The monitor stops a compartment with SIGKILL; nothing here waits for a signal.
     let shutdown = CancellationToken::new();
     runtime.block_on(async move {
-        // The monitor stops a compartment only by killing it: a role whose work
-        // returned has lost a part, and exits non-zero for the monitor to restart it
-        // (with backoff, counted against a trial image).
-        let ended = match role {
+        let mut tasks = Supervisor::new(shutdown.clone());
+        match role {
             messages::BRIDGES => {
                 let state_dir = options.state_dir.ok_or_else(|| {
                     anyhow::anyhow!("the bridges role needs --state-dir (its command log)")
                 })?;
-                bridges::run(compartment, config, &state_dir, shutdown).await
-            }
-            messages::LINK => link::run(compartment, config, shutdown).await,
-            _ => {
-                page::run(
-                    compartment,
-                    config,
-                    options.control_socket.as_deref(),
-                    shutdown,
+                let ports = ipc_ports::bridges(&compartment, &mut tasks, &shutdown);
+                crate::roles::bridges::start(
+                    &config,
+                    &state_dir.join("command-log.json"),
+                    ports,
+                    &mut tasks,
+                    shutdown.clone(),
                 )
-                .await
+                .await?;
             }
-        };
-        ended.and_then(|()| {
-            Err(anyhow::anyhow!(
-                "the {role} compartment's work ended; exiting for the monitor to restart it"
-            ))
-        })
+            messages::LINK => {
+                let ports = ipc_ports::link(&compartment, &mut tasks, &shutdown);
+                crate::roles::link::start(&config, ports, &mut tasks, shutdown.clone())?;
+            }
+            _ => {
+                // Before anything runs: no password hash (or no web key) means no page.
+                let page = crate::status_page::prepare(&config.status_page, &config.device.id)?;
+                let ports = ipc_ports::page(&compartment, &mut tasks, &shutdown);
+                let started = crate::roles::page::start(
+                    &config,
+                    page,
+                    options.control_socket.as_deref(),
+                    ports,
+                    &mut tasks,
+                    shutdown.clone(),
+                )
+                .await?;
+                println!("status page: https://{}/", started.address);
+                println!("status page cert: SHA-256 {}", started.fingerprint);
+            }
+        }
+        Err::<(), _>(until_failure(role, tasks, shutdown).await)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a role's tasks until one of them ends, then stops the rest and names it. The
+/// monitor stops a compartment only by killing it, so a task that ends has lost a
+/// part of the role: the compartment exits non-zero for the monitor to restart it
+/// (with backoff, counted against a trial image).
+pub async fn until_failure(
+    role: &str,
+    mut tasks: Supervisor,
+    shutdown: CancellationToken,
+) -> anyhow::Error {
+    let failure = tasks.failed().await.unwrap_or_else(|| TaskFailure {
+        task: role.to_owned(),
+        cause: "has no task left running".into(),
+    });
+    tracing::error!(task = %failure.task, cause = %failure.cause, "the {role} compartment cannot go on; exiting for the monitor to restart it");
+    shutdown.cancel();
+    let _ = tasks.stopped().await;
+    anyhow::Error::new(failure).context(format!(
+        "the {role} compartment's work ended; exiting for the monitor to restart it"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every role, the bridges included, exits when one of its own tasks ends: the
+    /// failure names the task, and the role's other tasks are stopped.
+    #[tokio::test]
+    async fn a_role_whose_task_ends_exits_naming_it() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::new(shutdown.clone());
+        let stop = shutdown.clone();
+        tasks.spawn_unit("link channel", async move { stop.cancelled().await });
+        tasks.spawn("sample pump", async {
+            anyhow::bail!("the link no longer takes readings")
+        });
+        let error = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            until_failure(messages::BRIDGES, tasks, shutdown.clone()),
+        )
+        .await
+        .expect("the role stops instead of hanging");
+        let failure = error.downcast_ref::<TaskFailure>().expect("a task failure");
+        assert_eq!(failure.task, "sample pump");
+        assert!(
+            failure.cause.contains("no longer takes readings"),
+            "{failure}"
+        );
+        assert!(shutdown.is_cancelled());
+        assert!(format!("{error:#}").starts_with("the bridges compartment's work ended"));
+    }
 }

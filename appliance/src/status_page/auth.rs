@@ -118,22 +118,9 @@ pub fn write_password_hash(path: &Path, phc: &str) -> Result<(), PasswordError> 
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(file_error)?;
     }
-    write_private(path, format!("{phc}\n").as_bytes()).map_err(file_error)
-}
-
-/// Writes a file readable by its owner only (created 0600, truncated if present).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    // Readable by its owner only (0600), and never half written.
+    warden_files::write_file_atomically(path, format!("{phc}\n").as_bytes())
+        .map_err(|error| file_error(std::io::Error::other(error)))
 }
 
 /// A random password for a label: 16 characters from an alphabet without look-alikes
@@ -164,16 +151,7 @@ pub fn generate_password() -> Result<String, PasswordError> {
 pub fn random_token() -> Result<String, PasswordError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|error| PasswordError::Random(error.to_string()))?;
-    Ok(hex(&bytes))
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    Ok(warden_link::topics::to_hex(&bytes))
 }
 
 /// Constant-time equality of two tokens (length is not secret).

@@ -69,8 +69,8 @@ impl WebIdentity {
         if !key_path.exists() || !cert_path.exists() {
             std::fs::create_dir_all(dir).map_err(file_error(dir))?;
             let (cert_pem, key_pem) = self_signed(device_id)?;
-            super::auth::write_private(&key_path, key_pem.as_bytes())
-                .map_err(file_error(&key_path))?;
+            warden_files::write_file_atomically(&key_path, key_pem.as_bytes())
+                .map_err(|error| file_error(&key_path)(std::io::Error::other(error)))?;
             std::fs::write(&cert_path, cert_pem).map_err(file_error(&cert_path))?;
             tracing::info!(path = %cert_path.display(), "made the status page's web certificate");
         }
@@ -102,9 +102,10 @@ impl WebIdentity {
 
 /// SHA-256 of a certificate's DER as colon-separated uppercase hex.
 pub fn fingerprint(certificate: &[u8]) -> String {
-    Sha256::digest(certificate)
-        .iter()
-        .map(|b| format!("{b:02X}"))
+    let hex = warden_link::topics::to_hex(&Sha256::digest(certificate)).to_uppercase();
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair))
         .collect::<Vec<_>>()
         .join(":")
 }

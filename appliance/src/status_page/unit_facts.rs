@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use warden_os::reports::{FailureKind, FailureReport, ReportStore};
 use warden_os::slots::{BootState, Slot, SlotStatus};
 
 use crate::config::ApplianceConfig;
+use crate::state::unit_facts::{FailureReports, ImageSlots, ReportView, SlotView, UnitFacts};
 
 /// How often the facts are read again.
 pub const REFRESH: Duration = Duration::from_secs(2);
@@ -25,77 +25,6 @@ pub const MAX_REPORTS: usize = 32;
 const MAX_TEXT: usize = 400;
 /// A frame carrying the facts stays this far under the IPC frame limit.
 const FRAME_MARGIN: usize = 512;
-
-/// The image slots and failure reports, as the page shows them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitFacts {
-    /// The A/B slots (`None`: this unit has no `[updates]` state directory).
-    pub image_slots: Option<ImageSlots>,
-    /// Failure reports, newest first (at most [`MAX_REPORTS`]); `None` without a
-    /// `[reports]` ring.
-    pub failure_reports: Option<FailureReports>,
-}
-
-/// The boot monitor's A/B state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageSlots {
-    /// The slot this image was booted from (`WARDEN_SLOT`), if the boot stage
-    /// started it.
-    pub running: Option<String>,
-    /// The most recently confirmed slot.
-    pub primary: Option<String>,
-    /// Slot A, then slot B.
-    pub slots: Vec<SlotView>,
-    /// Why the state could not be read (the slots are then empty).
-    pub error: Option<String>,
-}
-
-/// One slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotView {
-    /// `a` or `b`.
-    pub slot: String,
-    /// `empty`, `pending`, `trial`, `confirmed` or `failed`.
-    pub status: String,
-    /// The image's version (`1.4.0`), if the slot holds one.
-    pub version: Option<String>,
-    /// Trial boots and crashes, or why the slot was given up.
-    pub detail: Option<String>,
-}
-
-/// The report ring as the page lists it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailureReports {
-    /// Reports in the ring.
-    pub total: usize,
-    /// The newest ones.
-    pub newest: Vec<ReportView>,
-    /// Why the ring could not be read.
-    pub error: Option<String>,
-}
-
-/// One failure report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReportView {
-    /// Its ID in the ring.
-    pub id: u64,
-    /// When, ms since the epoch.
-    pub created_ms: u64,
-    /// The compartment that failed.
-    pub compartment: String,
-    /// `panic`, `watchdog`, `policy-denied`, …
-    pub kind: String,
-    /// One line.
-    pub message: String,
-    /// The image version that ran.
-    pub image_version: String,
-    /// Its grouping signature.
-    pub signature: String,
-    /// A panic's backtrace (cut), else empty.
-    pub detail: String,
-    /// Queued for the fleet by the link.
-    pub uploaded: bool,
-}
 
 /// Where the facts are read from.
 #[derive(Debug, Clone, Default)]
@@ -151,28 +80,6 @@ impl UnitFactsSource {
                 return;
             };
             *into.lock().unwrap_or_else(PoisonError::into_inner) = facts;
-        }
-    }
-
-    /// Sends the facts to the status page every [`REFRESH`] (the link compartment).
-    pub async fn publish_to_page(
-        self,
-        to_page: tokio::sync::mpsc::Sender<crate::compartments::messages::LinkToPage>,
-        shutdown: CancellationToken,
-    ) {
-        let mut every = tokio::time::interval(REFRESH);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = every.tick() => {}
-            }
-            let source = self.clone();
-            let Ok(facts) = tokio::task::spawn_blocking(move || source.read()).await else {
-                return;
-            };
-            let facts = fit_into_frame(facts);
-            // Best effort, like the link status: the next one follows.
-            let _ = to_page.try_send(crate::compartments::messages::LinkToPage::Unit(facts));
         }
     }
 }

@@ -145,7 +145,7 @@ async fn ble_readings_flow_and_cloud_writes_pass_the_policy() {
             .await
             .expect("samples within 30 s")
             .expect("a sample");
-        let reading = warden::runtime::telemetry_reading(sample).expect("numeric");
+        let reading = warden::roles::bridges::telemetry_reading(sample).expect("numeric");
         if reading.point == "greenhouse/humidity" {
             assert!((reading.value - 45.5).abs() < 1e-9, "{reading:?}");
         }

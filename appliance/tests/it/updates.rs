@@ -11,7 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use warden::runtime::UpdateDecision;
+use warden::state::updates::UpdateDecision;
 use warden::updates::{Updater, report_boot_outcome};
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, save_secret_key};
@@ -324,7 +324,10 @@ async fn an_image_from_another_vendor_is_refused_and_nothing_becomes_bootable() 
         .handle(&offer(url, &image, "1.2.0"))
         .await
         .expect_err("refused");
-    assert!(error.contains("not an installed root key"), "{error}");
+    assert!(
+        error.to_string().contains("not an installed root key"),
+        "{error}"
+    );
     let last = statuses(&updater.control).pop().expect("a status");
     assert_eq!(last.0, "failed");
     assert!(last.1.contains("not an installed root key"), "{}", last.1);
@@ -339,5 +342,5 @@ async fn an_image_from_another_vendor_is_refused_and_nothing_becomes_bootable() 
     tampered.id = "wave-8".into();
     tampered.sha256 = to_hex(&[7; 32]);
     let error = updater.handle(&tampered).await.expect_err("refused");
-    assert!(error.contains("does not match"), "{error}");
+    assert!(error.to_string().contains("does not match"), "{error}");
 }

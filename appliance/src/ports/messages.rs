@@ -1,4 +1,4 @@
-//! Every message the appliance's compartments exchange, one enum per direction.
+//! Every message the appliance's roles exchange, one enum per direction.
 //!
 //! Frames are the monitor's ([`warden_os::monitor::frame`]): a `u32` length and a
 //! postcard body, at most [`MAX_FRAME_LEN`](warden_os::monitor::frame::MAX_FRAME_LEN).
@@ -25,8 +25,8 @@ use warden_link::topics::{
     Command, CommandResult, DeviceEvent, Reading, TwinDesired, TwinReported,
 };
 
-use super::ipc::Incoming;
-use crate::runtime::UpdateDecision;
+use crate::state::unit_facts::UnitFacts;
+use crate::state::updates::UpdateDecision;
 
 /// The compartment running the bridges (and policy): the only one with equipment grants.
 pub const BRIDGES: &str = "bridges";
@@ -47,8 +47,22 @@ impl LinkPayload {
     }
 
     /// The payload, or why it is refused.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
-        serde_json::from_str(&self.0).map_err(|error| format!("payload does not decode: {error}"))
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        serde_json::from_str(&self.0).map_err(PayloadError)
+    }
+}
+
+/// A link payload inside a frame is not the JSON of what it claims to be.
+#[derive(Debug, thiserror::Error)]
+#[error("payload does not decode: {0}")]
+pub struct PayloadError(#[source] serde_json::Error);
+
+/// A message a role accepts from a peer.
+pub trait Incoming: DeserializeOwned + Send + 'static {
+    /// Checks what the frame carries beyond its postcard shape (a link payload's
+    /// JSON); an error closes the channel and is reported.
+    fn check(&self) -> Result<(), PayloadError> {
+        Ok(())
     }
 }
 
@@ -118,7 +132,7 @@ pub enum LinkToPage {
     Updates(UpdateDecision),
     /// The image slots and the failure reports (the link reads the report ring and
     /// knows which it uploaded), so the page needs no file grant for them.
-    Unit(crate::status_page::unit_facts::UnitFacts),
+    Unit(UnitFacts),
 }
 
 /// Status page → link.
@@ -180,7 +194,7 @@ impl From<SampleFrame> for Sample {
 }
 
 impl Incoming for BridgesToLink {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), PayloadError> {
         match self {
             Self::Reading(_) => Ok(()),
             Self::CommandResult(payload) => payload.decode::<CommandResult>().map(drop),
@@ -191,7 +205,7 @@ impl Incoming for BridgesToLink {
 }
 
 impl Incoming for LinkToBridges {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), PayloadError> {
         match self {
             Self::Command(payload) => payload.decode::<Command>().map(drop),
             Self::TwinDesired(payload) => payload.decode::<TwinDesired>().map(drop),
@@ -276,6 +290,7 @@ mod tests {
             payload
                 .decode::<warden_link::topics::Command>()
                 .expect_err("a cut-off payload")
+                .to_string()
                 .contains("does not decode")
         );
     }

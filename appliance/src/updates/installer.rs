@@ -1,0 +1,302 @@
+//! The updater: takes an offer through download (with resume), the gate, and the
+//! verified install into the inactive slot, publishing every step.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use warden_link::topics::{
+    DeviceEvent, PROTOCOL_VERSION, UpdateOffer, UpdateState, UpdateStatus, event_kind,
+};
+use warden_link::{ControlMessage, ControlSender};
+use warden_os::file_system::SlotFileSystem;
+use warden_os::update::{UpdateAgent, UpdateEvent, UpdateWindowPolicy, install_staged};
+use warden_os::{BootMonitor, BootRootOfTrust, Slot};
+
+use super::gate::{CheckedOffer, Gate, OfferError, check, gate};
+use crate::state::updates::UpdateDecision;
+
+/// How often a waiting offer looks at its gate again.
+pub const GATE_RECHECK: Duration = Duration::from_secs(5);
+/// Download attempts per gate check (each resumes where the last stopped).
+const DOWNLOAD_ATTEMPTS: u32 = 5;
+/// Record of the last installed offer, in the download directory.
+const INSTALLED_RECORD: &str = "installed-offer.json";
+
+/// The boot monitor the updater installs through, shared with whoever else uses it.
+pub type SharedMonitor<F, R> = Arc<Mutex<BootMonitor<F, R>>>;
+
+/// What the updater works with.
+pub struct Updater<F, R> {
+    /// Downloads and checks images.
+    pub agent: UpdateAgent,
+    /// Where partial and staged downloads and the installed-offer record live.
+    pub download_dir: PathBuf,
+    /// Installs into the inactive slot (verifying the image first).
+    pub monitor: SharedMonitor<F, R>,
+    /// The unit's maintenance windows and application vetoes.
+    pub window: Arc<Mutex<UpdateWindowPolicy>>,
+    /// The operator's decision (status page).
+    pub decision: Arc<Mutex<UpdateDecision>>,
+    /// Where statuses go.
+    pub control: ControlSender,
+    /// Pause between download attempts.
+    pub retry_pause: Duration,
+    /// Cancelled after an install to have the boot stage boot the new slot (`None`
+    /// when no boot stage started this image: the new slot boots at the next restart).
+    pub restart: Option<CancellationToken>,
+}
+
+/// Why an offer was not installed (published as its `failed` detail).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// The offer's fields do not check.
+    #[error("offer refused: {0}")]
+    Refused(#[from] OfferError),
+    /// The offer's window ended before the gate opened.
+    #[error("{0}")]
+    Expired(String),
+    /// The download failed, or the image does not match the offer.
+    #[error("{0}")]
+    Download(String),
+    /// The boot monitor refused the image, or the install failed.
+    #[error("{0}")]
+    Install(String),
+}
+
+/// Which offer was installed into which slot, and the last state published for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledRecord {
+    /// The offer's ID.
+    pub offer_id: String,
+    /// The offered version.
+    pub version: String,
+    /// The slot it went into.
+    pub slot: Slot,
+    /// The last state published (`installed`, `trial`, …).
+    pub published: UpdateState,
+}
+
+impl InstalledRecord {
+    /// Reads the record in `download_dir`, if there is one.
+    pub fn load(download_dir: &Path) -> Option<Self> {
+        let bytes = std::fs::read(download_dir.join(INSTALLED_RECORD)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub(super) fn save(&self, download_dir: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        warden_files::write_file_atomically(&download_dir.join(INSTALLED_RECORD), &bytes)
+            .map_err(std::io::Error::other)
+    }
+}
+
+/// Publishes an offer's new state as an update status and an `update-state` event.
+pub(super) fn publish(control: &ControlSender, offer_id: &str, state: UpdateState, detail: String) {
+    tracing::info!(offer = offer_id, state = state.as_str(), %detail, "update");
+    let status = UpdateStatus {
+        v: PROTOCOL_VERSION,
+        id: offer_id.to_owned(),
+        state: state.as_str().to_owned(),
+        detail: detail.clone(),
+    };
+    control.send_or_log(&ControlMessage::UpdateStatus(status));
+    control.send_or_log(&ControlMessage::Event(DeviceEvent::now(
+        event_kind::UPDATE_STATE,
+        format!("update {offer_id}: {}: {detail}", state.as_str()),
+    )));
+}
+
+impl<F, R> Updater<F, R>
+where
+    F: SlotFileSystem + Send + 'static,
+    R: BootRootOfTrust + Send + 'static,
+{
+    /// Handles offers until shutdown; a newer offer replaces one still waiting.
+    pub async fn run(self, mut offers: mpsc::Receiver<UpdateOffer>, shutdown: CancellationToken) {
+        let mut next = None;
+        loop {
+            let offer = match next.take() {
+                Some(offer) => offer,
+                None => tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    offer = offers.recv() => match offer {
+                        Some(offer) => offer,
+                        None => return,
+                    },
+                },
+            };
+            let handling = self.handle(&offer);
+            tokio::pin!(handling);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = &mut handling => break,
+                    newer = offers.recv() => match newer {
+                        // The same offer again (a redelivery): keep going.
+                        Some(newer) if newer.id == offer.id => {}
+                        Some(newer) => {
+                            publish(&self.control, &offer.id, UpdateState::Failed, format!("replaced by offer {}", newer.id));
+                            next = Some(newer);
+                            break;
+                        }
+                        None => return,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Takes one offer through download, gate and install. Returns the slot it was
+    /// installed into, or why not (already published as `failed`).
+    pub async fn handle(&self, offer: &UpdateOffer) -> Result<Slot, UpdateError> {
+        let result = self.handle_inner(offer).await;
+        if let Err(error) = &result {
+            publish(
+                &self.control,
+                &offer.id,
+                UpdateState::Failed,
+                error.to_string(),
+            );
+        }
+        let mut decision = self.decision.lock().unwrap_or_else(PoisonError::into_inner);
+        if decision.offer.as_ref().map(|o| o.version.as_str()) == Some(offer.version.as_str()) {
+            decision.offer = None;
+        }
+        result
+    }
+
+    async fn handle_inner(&self, offer: &UpdateOffer) -> Result<Slot, UpdateError> {
+        let checked = check(offer)?;
+        if let Some(record) = InstalledRecord::load(&self.download_dir)
+            && record.offer_id == offer.id
+        {
+            // Offered again (a redelivery, a restart): answer, do not install twice.
+            publish(
+                &self.control,
+                &offer.id,
+                record.published,
+                format!(
+                    "version {} already installed in slot {}",
+                    record.version, record.slot
+                ),
+            );
+            return Ok(record.slot);
+        }
+        self.decision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .offer = Some(crate::state::updates::UpdateOffer {
+            version: offer.version.clone(),
+            window_ends_ms: offer.window_end_ms,
+        });
+
+        publish(
+            &self.control,
+            &offer.id,
+            UpdateState::Downloading,
+            format!("{} bytes from {}", offer.size, offer.url),
+        );
+        let staged = self.download(&checked).await?;
+
+        let mut last_wait = String::new();
+        loop {
+            let outcome = {
+                let decision = self
+                    .decision
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let window = self
+                    .window
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                gate(offer, &decision, &window, crate::clock::now_ms())
+            };
+            match outcome {
+                Gate::Install => break,
+                Gate::Expired(why) => return Err(UpdateError::Expired(why)),
+                Gate::Wait(why) => {
+                    if why != last_wait {
+                        publish(&self.control, &offer.id, UpdateState::Waiting, why.clone());
+                        last_wait = why;
+                    }
+                    tokio::time::sleep(GATE_RECHECK).await;
+                }
+            }
+        }
+
+        publish(
+            &self.control,
+            &offer.id,
+            UpdateState::Verifying,
+            "sha256 matches the offer; verifying the image signature and installing".to_owned(),
+        );
+        let monitor = Arc::clone(&self.monitor);
+        let installed = tokio::task::spawn_blocking(move || {
+            let mut monitor = monitor.lock().unwrap_or_else(PoisonError::into_inner);
+            install_staged(&mut monitor, &staged, &mut |_| {})
+        })
+        .await
+        .map_err(|error| UpdateError::Install(format!("install task: {error}")))?
+        .map_err(|error| UpdateError::Install(error.to_string()))?;
+        let record = InstalledRecord {
+            offer_id: offer.id.clone(),
+            version: offer.version.clone(),
+            slot: installed,
+            published: UpdateState::Installed,
+        };
+        if let Err(error) = record.save(&self.download_dir) {
+            tracing::warn!(%error, "cannot record the installed offer; trial and confirmation will not be reported");
+        }
+        let when = if self.restart.is_some() {
+            "restarting into it now"
+        } else {
+            "it boots on trial at the next restart"
+        };
+        publish(
+            &self.control,
+            &offer.id,
+            UpdateState::Installed,
+            format!(
+                "version {} verified and installed in slot {installed}; {when}",
+                checked.wire.version
+            ),
+        );
+        if let Some(restart) = &self.restart {
+            restart.cancel();
+        }
+        Ok(installed)
+    }
+
+    async fn download(&self, offer: &CheckedOffer) -> Result<PathBuf, UpdateError> {
+        let id = offer.wire.id.clone();
+        let control = self.control.clone();
+        let mut report = move |event: UpdateEvent| {
+            if let UpdateEvent::DownloadStarted { from } = event
+                && from > 0
+            {
+                publish(
+                    &control,
+                    &id,
+                    UpdateState::Downloading,
+                    format!("resuming at byte {from}"),
+                );
+            }
+        };
+        self.agent
+            .download_with_retries(
+                &offer.image,
+                DOWNLOAD_ATTEMPTS,
+                self.retry_pause,
+                &mut report,
+            )
+            .await
+            .map_err(|error| UpdateError::Download(error.to_string()))
+    }
+}
