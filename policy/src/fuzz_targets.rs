@@ -5,7 +5,7 @@ use crate::compiler::compile;
 use crate::request::{
     BleOperation, BleRequest, BridgeId, CompartmentId, ModbusRequest, Request, Source,
 };
-use crate::tables::DecodedTables;
+use crate::tables::{CoreTables, DecodedTables, TableError};
 use crate::{RateState, evaluate};
 
 /// Evaluates a spread of requests (must not panic on any tables).
@@ -92,4 +92,31 @@ pub fn decode_bundle(data: &[u8]) {
         verify_bundle(data, &trust).is_err(),
         "a bundle verified without any root"
     );
+}
+
+/// Real-time core target: the one decoder at the core's capacities
+/// ([`CoreTables`], names copied), as the firmware runs it, checked against the same
+/// decoder at full capacities. Whatever the core accepts decodes to the same tables
+/// at full capacities; whatever it refuses that decodes at full capacities is
+/// refused only for size.
+pub fn decode_core_tables(data: &[u8]) {
+    let mut core = CoreTables::new();
+    let mut full = DecodedTables::new();
+    let core_result = core.decode_from(data);
+    let full_result = full.decode_from(data);
+    match (core_result, full_result) {
+        (Ok(()), Ok(())) => {
+            assert_eq!(core.tables(), full.tables(), "core and full tables differ");
+            exercise(&core.tables(), data);
+        }
+        (Ok(()), Err(error)) => {
+            panic!("the core accepted tables the full decoder refused: {error}")
+        }
+        (Err(TableError::TooLarge), Ok(())) | (Err(_), Err(_)) => {}
+        (Err(error), Ok(())) => panic!("the core refused tables that fit elsewhere: {error}"),
+    }
+    let mut bundled = CoreTables::new();
+    if decode_unverified(data, &mut bundled).is_ok() {
+        exercise(&bundled.tables(), data);
+    }
 }
