@@ -6,10 +6,11 @@ use crate::request::{
     BleOperation, BleRequest, BridgeId, CompartmentId, ModbusRequest, Request, Source,
 };
 use crate::tables::{CoreTables, DecodedTables, TableError};
-use crate::{RateState, evaluate};
+use crate::evaluate::evaluate;
+use crate::rate::RateState;
 
 /// Evaluates a spread of requests (must not panic on any tables).
-fn exercise(tables: &crate::PolicyTables<'_>, seed: &[u8]) {
+fn exercise(tables: &crate::tables::PolicyTables<'_>, seed: &[u8]) {
     let mut storage = [0u64; 64];
     let mut rate = RateState::from_storage(&mut storage[..]);
     let byte = |i: usize| seed.get(i % seed.len().max(1)).copied().unwrap_or(0);
@@ -29,8 +30,8 @@ fn exercise(tables: &crate::PolicyTables<'_>, seed: &[u8]) {
             2 => Request::Ble(BleRequest {
                 bridge: BridgeId(u16::from(b % 4)),
                 device: [b; 6],
-                service: crate::ble_uuid16(0x1800 + u16::from(b % 4)),
-                characteristic: crate::ble_uuid16(0x2A00 + u16::from(b % 4)),
+                service: crate::request::ble_uuid16(0x1800 + u16::from(b % 4)),
+                characteristic: crate::request::ble_uuid16(0x2A00 + u16::from(b % 4)),
                 operation: BleOperation::ALL[usize::from(b % 5)],
                 source: Source::ALL[usize::from(b % 3)],
             }),

@@ -37,7 +37,7 @@ pub const MAX_BLE_RULES: usize = 128;
 pub const MAX_CONNECT_RULES: usize = 64;
 /// Most listening-port rules.
 pub const MAX_LISTEN_RULES: usize = 32;
-/// Most rate-limit buckets (8 bytes each in [`crate::RateState`]).
+/// Most rate-limit buckets (8 bytes each in `RateState` (the `rate` module)).
 pub const MAX_RATE_SLOTS: u32 = 65_536;
 
 /// A string in the tables' name pool.
@@ -208,9 +208,9 @@ pub struct BleRule {
     pub service: u128,
     /// Characteristic UUID.
     pub characteristic: u128,
-    /// Mask of [`crate::BleOperation::bit`].
+    /// Mask of [`crate::request::BleOperation::bit`].
     pub operations: u8,
-    /// Mask of [`crate::Source::bit`].
+    /// Mask of [`crate::request::Source::bit`].
     pub sources: u8,
     /// The rule.
     pub rule: u16,
@@ -258,7 +258,7 @@ pub struct PolicyTables<'a> {
     pub bridges: &'a [BridgeEntry],
     /// Compartments by [`CompartmentId`].
     pub compartments: &'a [NameRef],
-    /// Rules by [`crate::RuleId`].
+    /// Rules by [`crate::request::RuleId`].
     pub rules: &'a [RuleEntry],
     /// Pool of allowed write values ([`ValueCheck::Set`]).
     pub values: &'a [u16],
@@ -276,7 +276,7 @@ pub struct PolicyTables<'a> {
     pub listen_rules: &'a [ListenRule],
     /// Rate buckets the policy needs.
     pub rate_slots: u32,
-    /// FNV-1a of the encoding; binds [`crate::RateState`] to this policy.
+    /// FNV-1a of the encoding; binds `RateState` (the `rate` module) to this policy.
     #[serde(skip)]
     pub fingerprint: u64,
 }
@@ -348,7 +348,7 @@ impl<'a> PolicyTables<'a> {
     }
 
     /// Name of a rule ("" if the id is not in the tables).
-    pub fn rule_name(&self, rule: crate::RuleId) -> &'a str {
+    pub fn rule_name(&self, rule: crate::request::RuleId) -> &'a str {
         self.rules
             .get(usize::from(rule.0))
             .map(|r| self.name(r.name))

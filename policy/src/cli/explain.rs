@@ -12,7 +12,8 @@ use crate::request::{
     FunctionKind, MODBUS_FUNCTIONS, Request, Source, function_kind, function_name,
 };
 use crate::tables::{BridgeKind, ValueCheck, group_key};
-use crate::{RateState, evaluate};
+use crate::evaluate::evaluate;
+use crate::rate::RateState;
 
 /// What `warden policy explain` prints: the request, the verdict, the rule that
 /// decided and why.
