@@ -2,12 +2,12 @@
 
 use crate::bundle::{BundleTrust, ProductId, decode_unverified, verify_bundle};
 use crate::compiler::compile;
+use crate::evaluate::evaluate;
+use crate::rate::RateState;
 use crate::request::{
     BleOperation, BleRequest, BridgeId, CompartmentId, ModbusRequest, Request, Source,
 };
 use crate::tables::{CoreTables, DecodedTables, TableError};
-use crate::evaluate::evaluate;
-use crate::rate::RateState;
 
 /// Evaluates a spread of requests (must not panic on any tables).
 fn exercise(tables: &crate::tables::PolicyTables<'_>, seed: &[u8]) {

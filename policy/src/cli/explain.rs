@@ -8,12 +8,12 @@ use crate::cli::request_text::{ParsedRequest, RequestTextError, parse_request};
 use crate::compiler::syntax::{format_device, format_ranges, format_uuid};
 use crate::compiler::{CompileErrors, CompiledPolicy, RuleInfo, compile};
 use crate::decision::{Decision, Reason};
+use crate::evaluate::evaluate;
+use crate::rate::RateState;
 use crate::request::{
     FunctionKind, MODBUS_FUNCTIONS, Request, Source, function_kind, function_name,
 };
 use crate::tables::{BridgeKind, ValueCheck, group_key};
-use crate::evaluate::evaluate;
-use crate::rate::RateState;
 
 /// What `warden policy explain` prints: the request, the verdict, the rule that
 /// decided and why.
