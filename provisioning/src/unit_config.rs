@@ -251,7 +251,7 @@ mod tests {
         )
         .expect("toml");
         let error = path_field(&table, &["policy", "file"]).expect_err("absolute");
-        assert!(error.contains("policy.file"), "{error}");
+        assert!(error.to_string().contains("policy.file"), "{error}");
         assert!(path_field(&table, &["link", "outbox", "dir"]).is_ok());
     }
 }
