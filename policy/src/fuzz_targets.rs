@@ -2,14 +2,15 @@
 
 use crate::bundle::{BundleTrust, ProductId, decode_unverified, verify_bundle};
 use crate::compiler::compile;
+use crate::evaluate::evaluate;
+use crate::rate::RateState;
 use crate::request::{
     BleOperation, BleRequest, BridgeId, CompartmentId, ModbusRequest, Request, Source,
 };
-use crate::tables::DecodedTables;
-use crate::{RateState, evaluate};
+use crate::tables::{CoreTables, DecodedTables, TableError};
 
 /// Evaluates a spread of requests (must not panic on any tables).
-fn exercise(tables: &crate::PolicyTables<'_>, seed: &[u8]) {
+fn exercise(tables: &crate::tables::PolicyTables<'_>, seed: &[u8]) {
     let mut storage = [0u64; 64];
     let mut rate = RateState::from_storage(&mut storage[..]);
     let byte = |i: usize| seed.get(i % seed.len().max(1)).copied().unwrap_or(0);
@@ -29,8 +30,8 @@ fn exercise(tables: &crate::PolicyTables<'_>, seed: &[u8]) {
             2 => Request::Ble(BleRequest {
                 bridge: BridgeId(u16::from(b % 4)),
                 device: [b; 6],
-                service: crate::ble_uuid16(0x1800 + u16::from(b % 4)),
-                characteristic: crate::ble_uuid16(0x2A00 + u16::from(b % 4)),
+                service: crate::request::ble_uuid16(0x1800 + u16::from(b % 4)),
+                characteristic: crate::request::ble_uuid16(0x2A00 + u16::from(b % 4)),
                 operation: BleOperation::ALL[usize::from(b % 5)],
                 source: Source::ALL[usize::from(b % 3)],
             }),
@@ -92,4 +93,31 @@ pub fn decode_bundle(data: &[u8]) {
         verify_bundle(data, &trust).is_err(),
         "a bundle verified without any root"
     );
+}
+
+/// Real-time core target: the one decoder at the core's capacities
+/// ([`CoreTables`], names copied), as the firmware runs it, checked against the same
+/// decoder at full capacities. Whatever the core accepts decodes to the same tables
+/// at full capacities; whatever it refuses that decodes at full capacities is
+/// refused only for size.
+pub fn decode_core_tables(data: &[u8]) {
+    let mut core = CoreTables::new();
+    let mut full = DecodedTables::new();
+    let core_result = core.decode_from(data);
+    let full_result = full.decode_from(data);
+    match (core_result, full_result) {
+        (Ok(()), Ok(())) => {
+            assert_eq!(core.tables(), full.tables(), "core and full tables differ");
+            exercise(&core.tables(), data);
+        }
+        (Ok(()), Err(error)) => {
+            panic!("the core accepted tables the full decoder refused: {error}")
+        }
+        (Err(TableError::TooLarge), Ok(())) | (Err(_), Err(_)) => {}
+        (Err(error), Ok(())) => panic!("the core refused tables that fit elsewhere: {error}"),
+    }
+    let mut bundled = CoreTables::new();
+    if decode_unverified(data, &mut bundled).is_ok() {
+        exercise(&bundled.tables(), data);
+    }
 }

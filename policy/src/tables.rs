@@ -1,9 +1,10 @@
 //! Compiled rule tables: the signed, deterministic form the evaluator reads.
 //!
 //! The wire form is postcard of [`PolicyTables`] in field order (sequences as a varint
-//! length and elements). The compiler produces it (std); [`DecodedTables`] decodes it
-//! on the device into fixed-capacity vectors, borrowing the string pool from the
-//! input, with no allocation.
+//! length and elements). The compiler produces it (std); [`BoundedTables`], the one
+//! decoder, decodes it on a device into fixed-capacity vectors with no allocation, at
+//! the application processor's capacities ([`DecodedTables`], names borrowed from the
+//! input) or at the real-time core's ([`CoreTables`], names copied).
 
 use core::fmt;
 
@@ -36,7 +37,7 @@ pub const MAX_BLE_RULES: usize = 128;
 pub const MAX_CONNECT_RULES: usize = 64;
 /// Most listening-port rules.
 pub const MAX_LISTEN_RULES: usize = 32;
-/// Most rate-limit buckets (8 bytes each in [`crate::RateState`]).
+/// Most rate-limit buckets (8 bytes each in `RateState` (the `rate` module)).
 pub const MAX_RATE_SLOTS: u32 = 65_536;
 
 /// A string in the tables' name pool.
@@ -207,9 +208,9 @@ pub struct BleRule {
     pub service: u128,
     /// Characteristic UUID.
     pub characteristic: u128,
-    /// Mask of [`crate::BleOperation::bit`].
+    /// Mask of [`crate::request::BleOperation::bit`].
     pub operations: u8,
-    /// Mask of [`crate::Source::bit`].
+    /// Mask of [`crate::request::Source::bit`].
     pub sources: u8,
     /// The rule.
     pub rule: u16,
@@ -257,7 +258,7 @@ pub struct PolicyTables<'a> {
     pub bridges: &'a [BridgeEntry],
     /// Compartments by [`CompartmentId`].
     pub compartments: &'a [NameRef],
-    /// Rules by [`crate::RuleId`].
+    /// Rules by [`crate::request::RuleId`].
     pub rules: &'a [RuleEntry],
     /// Pool of allowed write values ([`ValueCheck::Set`]).
     pub values: &'a [u16],
@@ -275,7 +276,7 @@ pub struct PolicyTables<'a> {
     pub listen_rules: &'a [ListenRule],
     /// Rate buckets the policy needs.
     pub rate_slots: u32,
-    /// FNV-1a of the encoding; binds [`crate::RateState`] to this policy.
+    /// FNV-1a of the encoding; binds `RateState` (the `rate` module) to this policy.
     #[serde(skip)]
     pub fingerprint: u64,
 }
@@ -347,7 +348,7 @@ impl<'a> PolicyTables<'a> {
     }
 
     /// Name of a rule ("" if the id is not in the tables).
-    pub fn rule_name(&self, rule: crate::RuleId) -> &'a str {
+    pub fn rule_name(&self, rule: crate::request::RuleId) -> &'a str {
         self.rules
             .get(usize::from(rule.0))
             .map(|r| self.name(r.name))
@@ -491,23 +492,175 @@ impl<'a> PolicyTables<'a> {
     }
 }
 
-/// Tables decoded on the device: fixed capacities, names borrowed from the input.
-/// About 70 KiB; keep it in a `static` or a long-lived task, not on a small stack.
-#[derive(Clone, Debug, Default)]
-pub struct DecodedTables<'a> {
-    names: &'a str,
-    bridges: heapless::Vec<BridgeEntry, MAX_BRIDGES>,
-    compartments: heapless::Vec<NameRef, MAX_COMPARTMENTS>,
-    rules: heapless::Vec<RuleEntry, MAX_RULES>,
-    values: heapless::Vec<u16, MAX_VALUES>,
-    modbus_groups: heapless::Vec<ModbusGroup, MAX_GROUPS>,
-    modbus_segments: heapless::Vec<ModbusSegment, MAX_SEGMENTS>,
-    unit_limits: heapless::Vec<UnitLimit, MAX_UNIT_LIMITS>,
-    ble_rules: heapless::Vec<BleRule, MAX_BLE_RULES>,
-    connect_rules: heapless::Vec<ConnectRule, MAX_CONNECT_RULES>,
-    listen_rules: heapless::Vec<ListenRule, MAX_LISTEN_RULES>,
+/// Where decoded tables keep their name pool: borrowed from the decoded bytes
+/// (`&str`, no copy) or copied into a bounded string (`heapless::String<N>`), so the
+/// tables outlive the buffer they were decoded from.
+pub trait NamePool<'a> {
+    /// The empty pool (tables that deny everything).
+    const EMPTY: Self;
+
+    /// Takes `names` as the pool; [`TableError::TooLarge`] if it does not fit.
+    fn fill(&mut self, names: &'a str) -> Result<(), TableError>;
+
+    /// The pool's text.
+    fn as_str(&self) -> &str;
+}
+
+impl<'a> NamePool<'a> for &'a str {
+    const EMPTY: Self = "";
+
+    fn fill(&mut self, names: &'a str) -> Result<(), TableError> {
+        *self = names;
+        Ok(())
+    }
+
+    fn as_str(&self) -> &str {
+        self
+    }
+}
+
+impl<'a, const N: usize> NamePool<'a> for heapless::String<N> {
+    const EMPTY: Self = heapless::String::new();
+
+    fn fill(&mut self, names: &'a str) -> Result<(), TableError> {
+        self.clear();
+        self.push_str(names).map_err(|_| TableError::TooLarge)
+    }
+
+    fn as_str(&self) -> &str {
+        self
+    }
+}
+
+/// Tables decoded on a device: the one decoder of compiled tables, generic over the
+/// device's capacities. `Names` is the name pool ([`NamePool`]); each const parameter
+/// is the capacity of the table of the same name. Tables larger than a capacity are
+/// refused as [`TableError::TooLarge`]; every decoded set is checked by
+/// [`PolicyTables::validate`].
+///
+/// Two capacity sets are named: [`DecodedTables`] (the application processor: the
+/// policy's full `MAX_*` limits, names borrowed) and [`CoreTables`] (the real-time
+/// core's 64 KiB of RAM, names copied).
+#[derive(Clone, Debug)]
+pub struct BoundedTables<
+    Names,
+    const BRIDGES: usize,
+    const COMPARTMENTS: usize,
+    const RULES: usize,
+    const VALUES: usize,
+    const GROUPS: usize,
+    const SEGMENTS: usize,
+    const UNIT_LIMITS: usize,
+    const BLE_RULES: usize,
+    const CONNECT_RULES: usize,
+    const LISTEN_RULES: usize,
+> {
+    names: Names,
+    bridges: heapless::Vec<BridgeEntry, BRIDGES>,
+    compartments: heapless::Vec<NameRef, COMPARTMENTS>,
+    rules: heapless::Vec<RuleEntry, RULES>,
+    values: heapless::Vec<u16, VALUES>,
+    modbus_groups: heapless::Vec<ModbusGroup, GROUPS>,
+    modbus_segments: heapless::Vec<ModbusSegment, SEGMENTS>,
+    unit_limits: heapless::Vec<UnitLimit, UNIT_LIMITS>,
+    ble_rules: heapless::Vec<BleRule, BLE_RULES>,
+    connect_rules: heapless::Vec<ConnectRule, CONNECT_RULES>,
+    listen_rules: heapless::Vec<ListenRule, LISTEN_RULES>,
     rate_slots: u32,
     fingerprint: u64,
+}
+
+/// Tables decoded on the application processor: the policy's full capacities, names
+/// borrowed from the input. About 70 KiB; keep it in a `static` or a long-lived task,
+/// not on a small stack.
+pub type DecodedTables<'a> = BoundedTables<
+    &'a str,
+    MAX_BRIDGES,
+    MAX_COMPARTMENTS,
+    MAX_RULES,
+    MAX_VALUES,
+    MAX_GROUPS,
+    MAX_SEGMENTS,
+    MAX_UNIT_LIMITS,
+    MAX_BLE_RULES,
+    MAX_CONNECT_RULES,
+    MAX_LISTEN_RULES,
+>;
+
+/// Capacities of the real-time core (`protocol-bridges/rtcore/firmware`), whose RAM
+/// is 64 KiB: a line or two of RTU devices, not a cell of 100.
+pub mod core_capacity {
+    /// Bytes of names (bridges, rules, compartments, hosts).
+    pub const NAMES: usize = 1024;
+    /// Bridges.
+    pub const BRIDGES: usize = 8;
+    /// Compartments.
+    pub const COMPARTMENTS: usize = 8;
+    /// Rules of every kind.
+    pub const RULES: usize = 64;
+    /// Allowed write values (value sets).
+    pub const VALUES: usize = 128;
+    /// (bridge, unit, function, source) groups.
+    pub const GROUPS: usize = 128;
+    /// Address segments.
+    pub const SEGMENTS: usize = 256;
+    /// Per-unit write limits.
+    pub const UNIT_LIMITS: usize = 16;
+    /// BLE rules (the core only evaluates Modbus, but the tables carry them).
+    pub const BLE_RULES: usize = 8;
+    /// Connection rules.
+    pub const CONNECT_RULES: usize = 16;
+    /// Listening rules.
+    pub const LISTEN_RULES: usize = 16;
+}
+
+/// Tables decoded on the real-time core: [`core_capacity`], names copied so the
+/// tables do not borrow the upload buffer (the next upload reuses it).
+pub type CoreTables = BoundedTables<
+    heapless::String<{ core_capacity::NAMES }>,
+    { core_capacity::BRIDGES },
+    { core_capacity::COMPARTMENTS },
+    { core_capacity::RULES },
+    { core_capacity::VALUES },
+    { core_capacity::GROUPS },
+    { core_capacity::SEGMENTS },
+    { core_capacity::UNIT_LIMITS },
+    { core_capacity::BLE_RULES },
+    { core_capacity::CONNECT_RULES },
+    { core_capacity::LISTEN_RULES },
+>;
+
+impl<
+    'a,
+    Names: NamePool<'a>,
+    const BRIDGES: usize,
+    const COMPARTMENTS: usize,
+    const RULES: usize,
+    const VALUES: usize,
+    const GROUPS: usize,
+    const SEGMENTS: usize,
+    const UNIT_LIMITS: usize,
+    const BLE_RULES: usize,
+    const CONNECT_RULES: usize,
+    const LISTEN_RULES: usize,
+> Default
+    for BoundedTables<
+        Names,
+        BRIDGES,
+        COMPARTMENTS,
+        RULES,
+        VALUES,
+        GROUPS,
+        SEGMENTS,
+        UNIT_LIMITS,
+        BLE_RULES,
+        CONNECT_RULES,
+        LISTEN_RULES,
+    >
+{
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Deserialises a postcard sequence by pushing into an existing bounded vector.
@@ -547,11 +700,40 @@ impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for PushInto<'_, T, 
     }
 }
 
-impl<'a> DecodedTables<'a> {
-    /// Empty tables (deny everything); fill with [`DecodedTables::decode_from`].
-    pub const fn new() -> Self {
-        DecodedTables {
-            names: "",
+impl<
+    Names,
+    const BRIDGES: usize,
+    const COMPARTMENTS: usize,
+    const RULES: usize,
+    const VALUES: usize,
+    const GROUPS: usize,
+    const SEGMENTS: usize,
+    const UNIT_LIMITS: usize,
+    const BLE_RULES: usize,
+    const CONNECT_RULES: usize,
+    const LISTEN_RULES: usize,
+>
+    BoundedTables<
+        Names,
+        BRIDGES,
+        COMPARTMENTS,
+        RULES,
+        VALUES,
+        GROUPS,
+        SEGMENTS,
+        UNIT_LIMITS,
+        BLE_RULES,
+        CONNECT_RULES,
+        LISTEN_RULES,
+    >
+{
+    /// Empty tables (deny everything); fill with [`BoundedTables::decode_from`].
+    pub const fn new<'a>() -> Self
+    where
+        Names: NamePool<'a>,
+    {
+        BoundedTables {
+            names: Names::EMPTY,
             bridges: heapless::Vec::new(),
             compartments: heapless::Vec::new(),
             rules: heapless::Vec::new(),
@@ -569,17 +751,23 @@ impl<'a> DecodedTables<'a> {
 
     /// Decodes and validates `bytes` in place. On error the tables are left empty,
     /// which denies everything.
-    pub fn decode_from(&mut self, bytes: &'a [u8]) -> Result<(), TableError> {
+    pub fn decode_from<'a>(&mut self, bytes: &'a [u8]) -> Result<(), TableError>
+    where
+        Names: NamePool<'a>,
+    {
         let result = self
             .decode_unchecked(bytes)
             .and_then(|()| self.tables().validate());
         if result.is_err() {
-            *self = DecodedTables::new();
+            *self = Self::new();
         }
         result
     }
 
-    fn decode_unchecked(&mut self, bytes: &'a [u8]) -> Result<(), TableError> {
+    fn decode_unchecked<'a>(&mut self, bytes: &'a [u8]) -> Result<(), TableError>
+    where
+        Names: NamePool<'a>,
+    {
         let mut overflow = false;
         let mut de = postcard::Deserializer::from_bytes(bytes);
         let malformed = |overflow: bool| {
@@ -593,7 +781,8 @@ impl<'a> DecodedTables<'a> {
         if format != TABLES_FORMAT {
             return Err(TableError::UnsupportedFormat);
         }
-        self.names = <&'a str>::deserialize(&mut de).map_err(|_| TableError::Malformed)?;
+        let names = <&'a str>::deserialize(&mut de).map_err(|_| TableError::Malformed)?;
+        self.names.fill(names)?;
         macro_rules! list {
             ($field:ident) => {
                 PushInto {
@@ -624,10 +813,13 @@ impl<'a> DecodedTables<'a> {
     }
 
     /// The view the evaluator reads.
-    pub fn tables(&self) -> PolicyTables<'_> {
+    pub fn tables<'a>(&self) -> PolicyTables<'_>
+    where
+        Names: NamePool<'a>,
+    {
         PolicyTables {
             format: TABLES_FORMAT,
-            names: self.names,
+            names: self.names.as_str(),
             bridges: &self.bridges,
             compartments: &self.compartments,
             rules: &self.rules,

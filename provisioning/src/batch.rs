@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::files::write_atomically;
 use crate::layout::UnitLayout;
+use crate::record::read_record;
 use crate::station_context::Station;
-use crate::unit::{UnitError, provision_unit, read_record};
+use crate::unit::{UnitError, provision_unit};
 
 /// One manifest row / journal line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,5 @@
 //! File operations the station uses: atomic replace with a mode, errors naming the path.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 /// A file operation failed.
@@ -40,29 +38,14 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>, FileError> {
     std::fs::read(path).map_err(at("read", path))
 }
 
-/// Write `bytes` to `path` with `mode`: temp file, fsync, rename, fsync the directory.
-/// A crash leaves the old file or the new one, never a partial one.
+/// Write `bytes` to `path` with `mode`, creating its directory: a crash leaves the old
+/// file or the new one, never a partial one (`warden_files::write_file_atomically_with_mode`).
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
     let parent = path.parent().unwrap_or(Path::new("."));
     create_dir(parent)?;
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = parent.join(format!(".{name}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&temp)
-        .map_err(at("create", &temp))?;
-    file.write_all(bytes).map_err(at("write", &temp))?;
-    file.sync_all().map_err(at("sync", &temp))?;
-    drop(file);
-    std::fs::rename(&temp, path).map_err(at("rename into place", path))?;
-    if let Ok(dir) = std::fs::File::open(parent) {
-        dir.sync_all().map_err(at("sync directory", parent))?;
-    }
-    Ok(())
+    warden_files::write_file_atomically_with_mode(path, bytes, mode).map_err(|error| FileError {
+        operation: error.operation,
+        path: error.path,
+        source: error.source,
+    })
 }

@@ -9,6 +9,7 @@ pub mod label;
 pub mod layout;
 pub mod passphrase;
 pub mod pluton_process;
+pub mod record;
 pub mod selftest;
 pub mod station;
 pub mod station_context;
@@ -16,6 +17,7 @@ pub mod unit;
 pub mod unit_config;
 pub mod verify;
 
+pub use record::Step;
 pub use station::StationConfig;
 pub use station_context::Station;
-pub use unit::{Step, UnitError, provision_unit};
+pub use unit::{UnitError, provision_unit};

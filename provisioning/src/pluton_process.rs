@@ -133,20 +133,40 @@ impl Drop for PlutonProcess {
     }
 }
 
+/// The hidden `pluton` role could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoleError {
+    /// Asking to die with the station failed.
+    #[error("cannot ask to die with the station: {0}")]
+    DeathSignal(#[source] nix::Error),
+    /// The station died before pluton started.
+    #[error("the provisioning station exited before pluton started")]
+    StationGone,
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Pluton's server failed.
+    #[error(transparent)]
+    Serve(#[from] warden_pluton::server::ServerError),
+}
+
 /// The hidden `pluton` role: die with the station, then serve.
-pub fn run_role(socket: &Path, state_dir: &Path) -> anyhow::Result<()> {
+pub fn run_role(socket: &Path, state_dir: &Path) -> Result<(), RoleError> {
     // Ask the kernel to kill this process when the station dies, then check that the
     // station did not die before the request took effect.
-    nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL))?;
+    nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL))
+        .map_err(RoleError::DeathSignal)?;
     if let Ok(expected) = std::env::var(PARENT_PID_ENV)
         && nix::unistd::getppid().as_raw().to_string() != expected
     {
-        anyhow::bail!("the provisioning station exited before pluton started");
+        return Err(RoleError::StationGone);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(RoleError::Runtime)?;
     runtime.block_on(warden_pluton::server::serve(
         socket,
         state_dir,

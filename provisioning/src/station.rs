@@ -211,8 +211,9 @@ impl StationConfig {
             ));
         }
         for (index, root) in self.vendor_roots.iter().enumerate() {
-            root.purpose_bits()
-                .map_err(|message| invalid(&format!("vendor_root[{index}].purposes"), message))?;
+            root.purpose_bits().map_err(|error| {
+                invalid(&format!("vendor_root[{index}].purposes"), error.to_string())
+            })?;
         }
         if self.fleet.token_env.is_some() == self.fleet.token_file.is_some() {
             return Err(invalid(
@@ -250,19 +251,31 @@ impl StationConfig {
     }
 }
 
+/// Why a vendor root's `purposes` list is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PurposeError {
+    /// A purpose other than `image` and `policy`.
+    #[error("unknown purpose {0:?} (image, policy)")]
+    Unknown(String),
+    /// The list is empty.
+    #[error("at least one purpose is required")]
+    Empty,
+}
+
 impl VendorRootConfig {
     /// The purposes as pluton's bitmask.
-    pub fn purpose_bits(&self) -> Result<u8, String> {
+    pub fn purpose_bits(&self) -> Result<u8, PurposeError> {
         let mut bits = 0u8;
         for purpose in &self.purposes {
             bits |= match purpose.as_str() {
                 "image" => Purpose::IMAGE.bits(),
                 "policy" => Purpose::POLICY.bits(),
-                other => return Err(format!("unknown purpose {other:?} (image, policy)")),
+                other => return Err(PurposeError::Unknown(other.to_string())),
             };
         }
         if bits == 0 {
-            return Err("at least one purpose is required".into());
+            return Err(PurposeError::Empty);
         }
         Ok(bits)
     }

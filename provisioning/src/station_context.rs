@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use warden_keychain::RootKey;
 use warden_os::image::{ImageTrust, VerifiedImage};
-use warden_pluton::InstalledRootKey;
+use warden_os::image_io::ImageReadError;
 use warden_pluton::byte_array::ByteArray;
+use warden_pluton::{InstalledRootKey, PlutonError};
 
 use crate::ca::ManufacturerCa;
 use crate::fleet::{FleetClient, TokenSource};
@@ -141,11 +142,20 @@ impl Station {
 }
 
 /// Installed roots as the verifier's root keys.
-pub fn root_keys(roots: &[InstalledRootKey]) -> Result<Vec<RootKey>, String> {
-    roots
-        .iter()
-        .map(|root| root.to_root_key().map_err(|e| e.to_string()))
-        .collect()
+pub fn root_keys(roots: &[InstalledRootKey]) -> Result<Vec<RootKey>, PlutonError> {
+    roots.iter().map(InstalledRootKey::to_root_key).collect()
+}
+
+/// An image file could not be opened or does not verify.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageFileError {
+    /// Opening or measuring the file failed.
+    #[error(transparent)]
+    Open(std::io::Error),
+    /// The image does not verify.
+    #[error(transparent)]
+    Verify(#[from] ImageReadError),
 }
 
 /// Verify an image file fully against `roots`, the product and counter floor `min`.
@@ -154,17 +164,21 @@ pub fn verify_image_file(
     roots: &[RootKey],
     product: warden_os::image::ProductId,
     min_security_counter: u64,
-) -> Result<VerifiedImage, String> {
-    let mut file = File::open(path).map_err(|e| e.to_string())?;
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
+) -> Result<VerifiedImage, ImageFileError> {
+    let mut file = File::open(path).map_err(ImageFileError::Open)?;
+    let len = file.metadata().map_err(ImageFileError::Open)?.len();
     let trust = ImageTrust {
         roots,
         revoked: &[],
         product,
         min_security_counter,
     };
-    warden_os::image_io::verify_reader(&mut file, len, &trust, &mut |_| {})
-        .map_err(|e| e.to_string())
+    Ok(warden_os::image_io::verify_reader(
+        &mut file,
+        len,
+        &trust,
+        &mut |_| {},
+    )?)
 }
 
 fn image_facts(

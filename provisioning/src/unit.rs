@@ -2,78 +2,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use warden_pluton_api::PlutonClient;
 use zeroize::Zeroizing;
 
 use crate::files::{read_text, write_atomically};
 use crate::layout::UnitLayout;
 use crate::pluton_process::PlutonProcess;
+use crate::record::{Step, UnitRecord, UnitResult, read_record};
 use crate::station_context::Station;
-
-/// One step of provisioning a unit (named in every failure).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum Step {
-    /// Create the unit's storage.
-    Storage,
-    /// Start the unit's pluton.
-    StartPluton,
-    /// Pluton creates the identity; the station reads the public key.
-    Identity,
-    /// A quote over the station's nonce proves pluton holds the key.
-    ProofOfPossession,
-    /// The device certificate, signed by the manufacturer CA.
-    Certificate,
-    /// Vendor root keys into pluton.
-    RootKeys,
-    /// Anti-rollback counter to the factory image's security counter.
-    Counters,
-    /// The appliance config, policy source, fleet CA, status-page password.
-    Config,
-    /// The signed policy bundle.
-    PolicyBundle,
-    /// Boot, A/B update, rollback.
-    #[serde(rename = "self-test")]
-    Selftest,
-    /// The label.
-    Label,
-    /// Lock manufacturing state in pluton.
-    Lock,
-    /// Register the device in the fleet.
-    Register,
-    /// Write the record and the PROVISIONED marker.
-    Finish,
-}
-
-impl Step {
-    /// Its name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Storage => "storage",
-            Self::StartPluton => "start-pluton",
-            Self::Identity => "identity",
-            Self::ProofOfPossession => "proof-of-possession",
-            Self::Certificate => "certificate",
-            Self::RootKeys => "root-keys",
-            Self::Counters => "counters",
-            Self::Config => "config",
-            Self::PolicyBundle => "policy-bundle",
-            Self::Selftest => "self-test",
-            Self::Label => "label",
-            Self::Lock => "lock",
-            Self::Register => "register",
-            Self::Finish => "finish",
-        }
-    }
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// A unit could not be provisioned.
 #[derive(Debug, thiserror::Error)]
@@ -115,49 +51,6 @@ fn device_suffix(device_id: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// The outcome written to `factory/unit.json` and the batch manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UnitResult {
-    /// Provisioned, self-tested, locked and registered.
-    Provisioned,
-    /// Locked; registration not yet confirmed.
-    Locked,
-    /// A step failed.
-    Failed,
-}
-
-/// The provisioning record (`factory/unit.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UnitRecord {
-    /// Serial number.
-    pub serial: String,
-    /// Device ID (certificate CN), once known.
-    pub device_id: Option<String>,
-    /// Certificate fingerprint, once issued.
-    pub fingerprint: Option<String>,
-    /// Product.
-    pub product: String,
-    /// Fleet group.
-    pub group: String,
-    /// Factory image version.
-    pub image_version: String,
-    /// Factory image measurement (hex).
-    pub image_measurement: String,
-    /// Factory image security counter (pluton counter 0).
-    pub security_counter: u64,
-    /// The self-test's stages.
-    pub selftest: Vec<String>,
-    /// The outcome.
-    pub result: UnitResult,
-    /// The failed step, if any.
-    pub failed_step: Option<Step>,
-    /// The error, if any.
-    pub error: Option<String>,
-    /// Seconds since the epoch when the record was written.
-    pub written_at: u64,
-}
-
 /// What provisioning a unit produced.
 #[derive(Debug, Clone)]
 pub struct ProvisionedUnit {
@@ -181,12 +74,6 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
-}
-
-/// Read a unit's record, if it has one.
-pub fn read_record(layout: &UnitLayout) -> Option<UnitRecord> {
-    let text = read_text(&layout.record_file()).ok()?;
-    serde_json::from_str(&text).ok()
 }
 
 struct Attempt<'s> {

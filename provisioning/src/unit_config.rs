@@ -28,24 +28,58 @@ fn lookup<'t>(table: &'t toml::Table, path: &[&str]) -> Option<&'t toml::Value> 
     current.get(*last)
 }
 
-fn path_field(table: &toml::Table, path: &[&str]) -> Result<PathBuf, String> {
+/// The config template is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// A path field is missing or not a string.
+    #[error("`{field}` must be set to a relative path")]
+    PathNotSet {
+        /// The TOML path of the field (`policy.file`).
+        field: String,
+    },
+    /// A path field is absolute.
+    #[error("`{field}` = {value:?} must be relative to the config's directory")]
+    PathAbsolute {
+        /// The TOML path of the field.
+        field: String,
+        /// Its value.
+        value: String,
+    },
+    /// A section the station fills in is not a table.
+    #[error("`{0}` is not a table")]
+    NotATable(&'static str),
+    /// Reading the template failed.
+    #[error(transparent)]
+    Read(std::io::Error),
+    /// The template is not TOML.
+    #[error(transparent)]
+    Syntax(#[from] toml::de::Error),
+    /// The filled-in config does not serialise.
+    #[error(transparent)]
+    Serialize(#[from] toml::ser::Error),
+}
+
+fn path_field(table: &toml::Table, path: &[&str]) -> Result<PathBuf, TemplateError> {
     let value = lookup(table, path)
         .and_then(toml::Value::as_str)
-        .ok_or_else(|| format!("`{}` must be set to a relative path", path.join(".")))?;
+        .ok_or_else(|| TemplateError::PathNotSet {
+            field: path.join("."),
+        })?;
     let path_buf = PathBuf::from(value);
     if path_buf.is_absolute() {
-        return Err(format!(
-            "`{}` = {value:?} must be relative to the config's directory",
-            path.join(".")
-        ));
+        return Err(TemplateError::PathAbsolute {
+            field: path.join("."),
+            value: value.to_string(),
+        });
     }
     Ok(path_buf)
 }
 
 /// Read and check the template: TOML, and every unit path relative.
-pub fn load_template(path: &Path) -> Result<toml::Table, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| e.to_string())?;
+pub fn load_template(path: &Path) -> Result<toml::Table, TemplateError> {
+    let text = std::fs::read_to_string(path).map_err(TemplateError::Read)?;
+    let table: toml::Table = toml::from_str(&text)?;
     for field in PATH_FIELDS {
         path_field(&table, field)?;
     }
@@ -57,7 +91,7 @@ pub fn unit_path(
     layout: &UnitLayout,
     table: &toml::Table,
     field: &[&str],
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, TemplateError> {
     Ok(layout.config_dir().join(path_field(table, field)?))
 }
 
@@ -79,7 +113,7 @@ pub enum UnitConfigError {
     File(#[from] FileError),
     /// The template is unusable.
     #[error("config template: {0}")]
-    Template(String),
+    Template(#[from] TemplateError),
     /// The password could not be made or hashed.
     #[error("status page password: {0}")]
     Password(String),
@@ -102,24 +136,24 @@ pub fn write_unit_config(
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
     let device = device
         .as_table_mut()
-        .ok_or_else(|| UnitConfigError::Template("`device` is not a table".into()))?;
+        .ok_or(TemplateError::NotATable("device"))?;
     device.insert("id".into(), device_id.into());
     device.insert("product".into(), product.into());
     let link = table
         .get_mut("link")
         .and_then(toml::Value::as_table_mut)
-        .ok_or_else(|| UnitConfigError::Template("`link` is not a table".into()))?;
+        .ok_or(TemplateError::NotATable("link"))?;
     link.insert("device_cert".into(), DEVICE_CERT_NAME.into());
     link.insert("fleet_ca".into(), FLEET_CA_NAME.into());
 
-    let path = |field: &[&str]| unit_path(layout, &table, field).map_err(UnitConfigError::Template);
+    let path = |field: &[&str]| unit_path(layout, &table, field);
     let policy_target = path(&["policy", "file"])?;
     let bundle_dir = path(&["policy", "bundle_dir"])?;
     let outbox = path(&["link", "outbox", "dir"])?;
     let password_file = path(&["status_page", "password_file"])?;
     let page_state = path(&["status_page", "state_dir"])?;
 
-    let text = toml::to_string(&table).map_err(|e| UnitConfigError::Template(e.to_string()))?;
+    let text = toml::to_string(&table).map_err(TemplateError::from)?;
     let header =
         "# Appliance config written by warden-provision. Paths are relative to this file.\n\n";
     write_atomically(
@@ -217,7 +251,7 @@ mod tests {
         )
         .expect("toml");
         let error = path_field(&table, &["policy", "file"]).expect_err("absolute");
-        assert!(error.contains("policy.file"), "{error}");
+        assert!(error.to_string().contains("policy.file"), "{error}");
         assert!(path_field(&table, &["link", "outbox", "dir"]).is_ok());
     }
 }

@@ -187,7 +187,7 @@ pub fn verify_unit_local(
     let counter = counter.unwrap_or(0);
     let roots = installed
         .map_err(|e| e.to_string())
-        .and_then(|roots| root_keys(&roots));
+        .and_then(|roots| root_keys(&roots).map_err(|e| e.to_string()));
     report.push(
         "image in slot A",
         roots
@@ -224,7 +224,8 @@ fn check_slot_a(
     let image_path = layout
         .boot_root()
         .join(warden_os::boot::slot_image_path(Slot::A));
-    let image = verify_image_file(&image_path, roots, station.config.product_id(), counter)?;
+    let image = verify_image_file(&image_path, roots, station.config.product_id(), counter)
+        .map_err(|e| e.to_string())?;
     if image.measurement() != summary.measurement
         || image.measurement() != station.factory_image.measurement
     {
@@ -254,11 +255,13 @@ fn check_config(station: &Station, layout: &UnitLayout, device_id: &str) -> Resu
     for (what, path) in [
         (
             "policy.file",
-            crate::unit_config::unit_path(layout, &table, &["policy", "file"])?,
+            crate::unit_config::unit_path(layout, &table, &["policy", "file"])
+                .map_err(|e| e.to_string())?,
         ),
         (
             "status_page.password_file",
-            crate::unit_config::unit_path(layout, &table, &["status_page", "password_file"])?,
+            crate::unit_config::unit_path(layout, &table, &["status_page", "password_file"])
+                .map_err(|e| e.to_string())?,
         ),
         ("link.fleet_ca", layout.fleet_ca()),
         ("link.device_cert", layout.device_cert()),
@@ -277,7 +280,8 @@ fn check_policy_bundle(
 ) -> Result<String, String> {
     let text = crate::files::read_text(&layout.config_file()).map_err(|e| e.to_string())?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| e.to_string())?;
-    let dir = crate::unit_config::unit_path(layout, &table, &["policy", "bundle_dir"])?;
+    let dir = crate::unit_config::unit_path(layout, &table, &["policy", "bundle_dir"])
+        .map_err(|e| e.to_string())?;
     let product =
         warden_policy::bundle::ProductId::new(&station.config.product).ok_or("invalid product")?;
     let policy_roots: Vec<_> = roots
@@ -393,7 +397,7 @@ pub fn verify_unit(station: &Station, root: &Path) -> VerifyReport {
                 station,
                 &id,
                 &fingerprint,
-                crate::unit::read_record(&layout)
+                crate::record::read_record(&layout)
                     .as_ref()
                     .map(|record| record.serial.as_str()),
             ),

@@ -28,7 +28,7 @@ use core::fmt;
 use sha2::{Digest, Sha256};
 use warden_keychain::{ChainError, KeyId, Purpose, RootKey, SIGNATURE_LEN, domain};
 
-use crate::tables::{DecodedTables, TABLES_FORMAT, TableError};
+use crate::tables::{BoundedTables, NamePool, TABLES_FORMAT, TableError};
 
 /// First four bytes of every bundle.
 pub const BUNDLE_MAGIC: [u8; 4] = *b"WPB1";
@@ -308,17 +308,43 @@ pub fn verify_bundle<'a>(
     })
 }
 
-/// Verifies `bytes` and decodes its tables into `tables` (device path).
+/// Verifies `bytes` and decodes its tables into `tables` (device path), at the
+/// capacities of `tables`.
 ///
 /// Nothing is decoded unless every check passed, so a forged or rolled-back bundle
 /// leaves `tables` as they were. A correctly signed body that fails to decode (it
 /// was validated by the signing tool, so this means a tooling bug) leaves `tables`
 /// empty, which denies everything; the caller then reloads its last good bundle.
 /// Decoding in place keeps one table set in memory, not two.
-pub fn load_bundle<'a>(
+pub fn load_bundle<
+    'a,
+    Names: NamePool<'a>,
+    const BRIDGES: usize,
+    const COMPARTMENTS: usize,
+    const RULES: usize,
+    const VALUES: usize,
+    const GROUPS: usize,
+    const SEGMENTS: usize,
+    const UNIT_LIMITS: usize,
+    const BLE_RULES: usize,
+    const CONNECT_RULES: usize,
+    const LISTEN_RULES: usize,
+>(
     bytes: &'a [u8],
     trust: &BundleTrust<'_>,
-    tables: &mut DecodedTables<'a>,
+    tables: &mut BoundedTables<
+        Names,
+        BRIDGES,
+        COMPARTMENTS,
+        RULES,
+        VALUES,
+        GROUPS,
+        SEGMENTS,
+        UNIT_LIMITS,
+        BLE_RULES,
+        CONNECT_RULES,
+        LISTEN_RULES,
+    >,
 ) -> Result<BundleHeader, BundleError> {
     let verified = verify_bundle(bytes, trust)?;
     tables
@@ -329,9 +355,34 @@ pub fn load_bundle<'a>(
 
 /// Decodes a bundle without verifying it (for tooling that prints bundles, and for
 /// fuzzing): framing and tables only.
-pub fn decode_unverified<'a>(
+pub fn decode_unverified<
+    'a,
+    Names: NamePool<'a>,
+    const BRIDGES: usize,
+    const COMPARTMENTS: usize,
+    const RULES: usize,
+    const VALUES: usize,
+    const GROUPS: usize,
+    const SEGMENTS: usize,
+    const UNIT_LIMITS: usize,
+    const BLE_RULES: usize,
+    const CONNECT_RULES: usize,
+    const LISTEN_RULES: usize,
+>(
     bytes: &'a [u8],
-    tables: &mut DecodedTables<'a>,
+    tables: &mut BoundedTables<
+        Names,
+        BRIDGES,
+        COMPARTMENTS,
+        RULES,
+        VALUES,
+        GROUPS,
+        SEGMENTS,
+        UNIT_LIMITS,
+        BLE_RULES,
+        CONNECT_RULES,
+        LISTEN_RULES,
+    >,
 ) -> Result<BundleHeader, BundleError> {
     let parts = parse_bundle(bytes)?;
     tables

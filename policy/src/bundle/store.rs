@@ -1,7 +1,6 @@
 //! On-disk store of the applied bundle (std): verify, refuse rollback, keep last good.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use warden_keychain::{KeyId, RootKey};
@@ -12,7 +11,6 @@ use crate::tables::TableError;
 
 /// File name of the applied bundle inside the store directory.
 pub const CURRENT_FILE: &str = "current.bundle";
-const TEMP_FILE: &str = "current.bundle.tmp";
 
 /// The store could not apply or load a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +69,8 @@ pub struct AppliedBundle {
 /// Keeps the last good bundle in a directory and applies new ones only after
 /// verification and the anti-rollback check.
 ///
-/// Writes are atomic: temp file, fsync, rename over `current.bundle`, fsync of the
+/// Writes are atomic (`warden_files::write_file_atomically_with_mode`): temp file,
+/// fsync, rename over `current.bundle`, fsync of the
 /// directory. A refused bundle never touches the disk.
 #[derive(Debug)]
 pub struct BundleStore {
@@ -200,17 +199,11 @@ impl BundleStore {
     }
 
     fn write_atomically(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let temp = self.dir.join(TEMP_FILE);
-        let target = self.dir.join(CURRENT_FILE);
-        {
-            let mut file = File::create(&temp).map_err(io(&temp))?;
-            file.write_all(bytes).map_err(io(&temp))?;
-            file.sync_all().map_err(io(&temp))?;
-        }
-        fs::rename(&temp, &target).map_err(io(&target))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(())
+        // Not secret (it is signed, not sealed): readable by the compartments as before.
+        warden_files::write_file_atomically_with_mode(&self.dir.join(CURRENT_FILE), bytes, 0o644)
+            .map_err(|error| StoreError::Io {
+                path: error.path,
+                source: error.source,
+            })
     }
 }

@@ -1,7 +1,7 @@
 //! The fuzz harnesses, run as proptests so `cargo test` covers them.
 
 use proptest::prelude::*;
-use warden_policy::fuzz_targets::{compile_text, decode_bundle};
+use warden_policy::fuzz_targets::{compile_text, decode_bundle, decode_core_tables};
 
 const SEED: &str = include_str!("../../examples/plant.toml");
 
@@ -34,5 +34,21 @@ proptest! {
         tables[at] = byte;
         tables.truncate(cut.max(1));
         decode_bundle(&tables);
+    }
+
+    #[test]
+    fn core_decoder_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        decode_core_tables(&bytes);
+    }
+
+    #[test]
+    fn core_decoder_on_mutated_tables(flip in 0..2000usize, byte in any::<u8>(), cut in 0..2000usize) {
+        let policy = warden_policy::compile(SEED, "plant.toml").expect("example compiles").policy;
+        let mut tables = policy.encode();
+        decode_core_tables(&tables);
+        let at = flip % tables.len();
+        tables[at] = byte;
+        tables.truncate(cut.max(1));
+        decode_core_tables(&tables);
     }
 }

@@ -5,10 +5,9 @@
 use warden_keychain::RootKey;
 use warden_modbus::pdu::Request;
 use warden_policy::bundle::{BundleError, BundleTrust, ProductId, verify_bundle};
+use warden_policy::tables::CoreTables;
 use warden_policy::{BridgeId, ModbusRequest, RateState, Source, Verdict, evaluate};
 use warden_rtcore_mailbox::{BundleRefusal, MAX_BUNDLE_LEN, Outcome, RequestSource};
-
-use crate::compact_tables::CompactTables;
 
 include!(concat!(env!("OUT_DIR"), "/trust.rs"));
 
@@ -26,7 +25,7 @@ struct Upload {
 pub struct CorePolicy {
     roots: heapless::Vec<RootKey, 1>,
     product: Option<ProductId>,
-    tables: CompactTables,
+    tables: CoreTables,
     rate: RateState<[u64; RATE_SLOTS]>,
     version: Option<u64>,
     upload: Option<Upload>,
@@ -39,7 +38,7 @@ impl CorePolicy {
         Self {
             roots: heapless::Vec::new(),
             product: None,
-            tables: CompactTables::new(),
+            tables: CoreTables::new(),
             rate: RateState::new(),
             version: None,
             upload: None,

@@ -12,7 +12,6 @@
 
 mod bus;
 mod cmsdk_uart;
-mod compact_tables;
 mod core_policy;
 mod counters;
 mod mailbox;
