@@ -463,7 +463,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "fleet-loadgen-{}-{}",
         std::process::id(),
-        warden_fleet::store::now_ms()
+        warden_fleet::clock::now_ms()
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -95,7 +95,10 @@ async fn every_reading_arrives_once_across_broker_restarts_and_device_kills() {
         .await
         .expect("query");
     store.close().await;
-    let mut values: Vec<u64> = readings.iter().map(|r| r.value as u64).collect();
+    let mut values: Vec<u64> = readings
+        .iter()
+        .map(|r| r.number().expect("a numeric reading") as u64)
+        .collect();
     values.sort_unstable();
     let expected: Vec<u64> = (0..COUNT).collect();
     assert_eq!(
