@@ -3,6 +3,7 @@
 pub mod boot;
 pub mod cli;
 pub mod file_system;
+pub mod fuzz_harness;
 pub mod image_io;
 pub mod launch;
 pub mod monitor;

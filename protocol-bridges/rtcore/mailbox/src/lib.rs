@@ -2,6 +2,7 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 pub mod framing;
+pub mod fuzz_harness;
 pub mod message;
 
 pub use framing::{FrameDecoder, FrameError, FramingCounters, encode_frame};
