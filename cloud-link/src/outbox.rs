@@ -1152,7 +1152,7 @@ impl OutboxFiles for DiskFiles {
     }
 
     fn read_exact_at(&self, path: &Path, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        File::open(path)?.read_exact_at(buf, offset)
+        FileExt::read_exact_at(&File::open(path)?, buf, offset)
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
@@ -1742,7 +1742,7 @@ mod tests {
             next_unacked: 1,
             dropped_oldest: 2,
         };
-        write_atomically(dir.path(), STATE_FILE, &state).expect("state");
+        write_state(&DiskFiles, dir.path(), &state).expect("state");
         let mut outbox = Outbox::open(five_per_segment(dir.path())).expect("open");
         assert_eq!(outbox.epoch(), 42);
         assert_eq!(pending(&outbox), vec![1, 2]);
@@ -2091,7 +2091,8 @@ mod tests {
         fuzz_harness::outbox_segment(&data);
         let mut newer = segment_header(7);
         newer[4] = 2;
-        newer[16..].copy_from_slice(&crc32fast::hash(&newer[..16]).to_le_bytes());
+        let crc = crc32fast::hash(&newer[..16]);
+        newer[16..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             scan_segment(&newer, 0),
             Err(SegmentError::NewerFormat { format: 2 })

@@ -2,6 +2,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod clock;
 pub mod file_system;
 pub mod fuzz_harness;
 pub mod image_io;
