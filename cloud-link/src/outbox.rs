@@ -257,9 +257,8 @@ impl Outbox {
         for &first in &firsts {
             let path = segment_path(&dir, first);
             let bytes = files.read(&path).map_err(|e| OutboxError::io(&path, e))?;
-            let scan = scan_segment(&bytes, first).map_err(|error| {
-                OutboxError::Corrupt(format!("{}: {error}", path.display()))
-            })?;
+            let scan = scan_segment(&bytes, first)
+                .map_err(|error| OutboxError::Corrupt(format!("{}: {error}", path.display())))?;
             if scan.header_damaged {
                 tracing::warn!(segment = %path.display(), "damaged outbox segment header; its records are read without it");
             }
@@ -843,7 +842,10 @@ fn list_segments(files: &dyn OutboxFiles, dir: &Path) -> Result<Vec<u64>, Outbox
 
 /// Reads `outbox.state`: `None` when it is missing, or unparsable (then moved aside
 /// to `outbox.state.corrupt`, never overwritten).
-fn read_saved_state(files: &dyn OutboxFiles, dir: &Path) -> Result<Option<SavedState>, OutboxError> {
+fn read_saved_state(
+    files: &dyn OutboxFiles,
+    dir: &Path,
+) -> Result<Option<SavedState>, OutboxError> {
     let path = dir.join(STATE_FILE);
     match files.read(&path) {
         Ok(bytes) => match serde_json::from_slice::<SavedState>(&bytes) {
@@ -1272,7 +1274,7 @@ impl OutboxError {
 /// `cloud-link/fuzz` calls them from cargo-fuzz targets; property tests call them too,
 /// so `cargo test` runs the same checks. Each panics only if an invariant breaks.
 pub mod fuzz_harness {
-    use super::{
+    use crate::outbox::{
         Location, RECORD_HEADER, SEGMENT_HEADER, encode_record, record_payload, scan_segment,
         segment_header,
     };
@@ -1300,7 +1302,11 @@ pub mod fuzz_harness {
             if let Some(previous) = previous {
                 assert!(record.seq > previous.seq && record.offset >= previous.end());
             }
-            assert!(scan.damage.iter().all(|damage| damage.offset != record.offset));
+            assert!(
+                scan.damage
+                    .iter()
+                    .all(|damage| damage.offset != record.offset)
+            );
             previous = Some(record);
         }
         if let Some(tail) = scan.torn_tail {
@@ -1308,30 +1314,45 @@ pub mod fuzz_harness {
             assert!(scan.records.iter().all(|record| record.end() <= tail));
             let cut = &bytes[..usize::try_from(tail).unwrap_or(bytes.len())];
             let again = scan_segment(cut, first).expect("a cut segment still scans");
-            assert_eq!(again.records, scan.records, "cutting the torn tail kept every record");
+            assert_eq!(
+                again.records, scan.records,
+                "cutting the torn tail kept every record"
+            );
             assert_eq!(again.torn_tail, None, "nothing torn is left after the cut");
         }
 
         // Written again by the encoder: exactly these records, no damage.
-        let mut rewritten = scan.epoch.map(|epoch| segment_header(epoch).to_vec()).unwrap_or_default();
+        let mut rewritten = scan
+            .epoch
+            .map(|epoch| segment_header(epoch).to_vec())
+            .unwrap_or_default();
         let mut payloads = Vec::with_capacity(scan.records.len());
         for record in &scan.records {
-            let payload = record_payload(bytes, record).expect("a record's payload is inside the bytes");
+            let payload =
+                record_payload(bytes, record).expect("a record's payload is inside the bytes");
             rewritten.extend_from_slice(&encode_record(record.seq, payload));
             payloads.push(payload);
             telemetry_batch(payload);
         }
         let again = scan_segment(&rewritten, first).expect("an encoded segment scans");
-        assert!(again.damage.is_empty() && again.torn_tail.is_none(), "encoded records are intact");
+        assert!(
+            again.damage.is_empty() && again.torn_tail.is_none(),
+            "encoded records are intact"
+        );
         assert_eq!(again.epoch, scan.epoch);
-        let data_start = if scan.epoch.is_some() { SEGMENT_HEADER } else { 0 };
+        let data_start = if scan.epoch.is_some() {
+            SEGMENT_HEADER
+        } else {
+            0
+        };
         let mut offset = data_start;
         for (record, payload) in again.records.iter().zip(&payloads) {
             assert_eq!(record.offset, offset);
             assert_eq!(record_payload(&rewritten, record), Some(*payload));
             offset += RECORD_HEADER + u64::from(record.len);
         }
-        let seqs = |records: &[Location]| records.iter().map(|record| record.seq).collect::<Vec<_>>();
+        let seqs =
+            |records: &[Location]| records.iter().map(|record| record.seq).collect::<Vec<_>>();
         assert_eq!(seqs(&again.records), seqs(&scan.records));
     }
 
@@ -1529,7 +1550,10 @@ mod tests {
                 expected
             );
         }
-        assert_eq!(list_segments(&DiskFiles, dir).expect("list"), vec![0, 5, 10]);
+        assert_eq!(
+            list_segments(&DiskFiles, dir).expect("list"),
+            vec![0, 5, 10]
+        );
         outbox.epoch()
     }
 
@@ -1652,7 +1676,10 @@ mod tests {
         for _ in 0..100 {
             outbox.append(|_, _| vec![1; 1000]).expect("append");
         }
-        assert_eq!(list_segments(&DiskFiles, dir.path()).expect("list"), vec![0]);
+        assert_eq!(
+            list_segments(&DiskFiles, dir.path()).expect("list"),
+            vec![0]
+        );
         let full = dir_bytes(dir.path());
         assert!(full > 100_000);
         for seq in 0..100 {
@@ -1660,7 +1687,10 @@ mod tests {
         }
         let used = dir_bytes(dir.path());
         assert!(used < 1000, "{used} bytes left of {full}");
-        assert_eq!(list_segments(&DiskFiles, dir.path()).expect("list"), vec![100]);
+        assert_eq!(
+            list_segments(&DiskFiles, dir.path()).expect("list"),
+            vec![100]
+        );
         drop(outbox);
         // The fresh segment's name keeps the sequence numbers going, state file or not.
         std::fs::remove_file(dir.path().join(STATE_FILE)).expect("remove state");
@@ -1783,7 +1813,9 @@ mod tests {
         fn write_fails(&self) -> bool {
             let counted = self
                 .no_space_writes
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
                 .is_ok();
             self.no_space.load(Ordering::SeqCst) || counted
         }
@@ -1864,8 +1896,8 @@ mod tests {
     /// An outbox on the real file system with faults the test can switch on.
     fn open_faulty(config: OutboxConfig) -> (Outbox, Arc<Faults>) {
         let faults = Arc::new(Faults::default());
-        let outbox = Outbox::open_with(config, Box::new(FaultyFiles(Arc::clone(&faults))))
-            .expect("open");
+        let outbox =
+            Outbox::open_with(config, Box::new(FaultyFiles(Arc::clone(&faults)))).expect("open");
         (outbox, faults)
     }
 
@@ -1885,7 +1917,10 @@ mod tests {
         let refused = outbox.append(|seq, _| fixed(seq)).expect_err("no space");
         assert!(matches!(refused, OutboxError::NoSpace { .. }), "{refused}");
         assert!(refused.is_refusal());
-        assert_eq!(list_segments(&DiskFiles, dir.path()).expect("list"), vec![0]);
+        assert_eq!(
+            list_segments(&DiskFiles, dir.path()).expect("list"),
+            vec![0]
+        );
         assert_eq!(std::fs::metadata(&segment).expect("metadata").len(), length);
         // Acknowledgements work; the state file cannot be saved but stays whole.
         outbox.ack(0).expect("ack");
@@ -2078,10 +2113,16 @@ mod tests {
         let scan = scan_segment(&bytes, 3).expect("scan");
         assert_eq!(scan.epoch, Some(7));
         assert_eq!(
-            scan.records.iter().map(|record| record.seq).collect::<Vec<_>>(),
+            scan.records
+                .iter()
+                .map(|record| record.seq)
+                .collect::<Vec<_>>(),
             vec![3, 4, 5]
         );
-        assert_eq!(record_payload(&bytes, &scan.records[1]), Some(&fixed(4)[..]));
+        assert_eq!(
+            record_payload(&bytes, &scan.records[1]),
+            Some(&fixed(4)[..])
+        );
         let mut data = vec![3];
         data.extend_from_slice(&bytes);
         fuzz_harness::outbox_segment(&data);

@@ -108,7 +108,10 @@ pub fn fuzz_every_target() -> Result<(), String> {
             .display()
             .to_string();
         let started = Instant::now();
-        run(cargo_fuzz(fuzz_dir, &["build"]), &format!("cargo fuzz build ({shown})"))?;
+        run(
+            cargo_fuzz(fuzz_dir, &["build"]),
+            &format!("cargo fuzz build ({shown})"),
+        )?;
         timings.push((format!("build {shown}"), started.elapsed()));
         let listed = cargo_fuzz_list(fuzz_dir)?;
         for target in listed {

@@ -15,9 +15,20 @@ use crate::{
 pub fn image_header(data: &[u8]) {
     let decoded = ImageHeader::decode(data);
     if let Ok(header) = decoded {
-        assert!(data.len() >= HEADER_LEN, "a header decodes only from a whole one");
-        assert_eq!(header.encode()[..], data[..HEADER_LEN], "encode(decode(b)) == b");
-        assert_eq!(ImageHeader::decode(&header.encode()), Ok(header), "round trip");
+        assert!(
+            data.len() >= HEADER_LEN,
+            "a header decodes only from a whole one"
+        );
+        assert_eq!(
+            header.encode()[..],
+            data[..HEADER_LEN],
+            "encode(decode(b)) == b"
+        );
+        assert_eq!(
+            ImageHeader::decode(&header.encode()),
+            Ok(header),
+            "round trip"
+        );
         assert!(header.payload_len <= MAX_PAYLOAD_LEN);
         assert!(header.image_len() >= (HEADER_LEN + TRAILER_LEN) as u64);
     }
@@ -35,7 +46,7 @@ pub fn image_header(data: &[u8]) {
     let trailer = &data[data.len().saturating_sub(TRAILER_LEN)..];
     let product = match decoded {
         Ok(header) => header.product,
-        Err(_) => crate::ProductId([0; 16]),
+        Err(_) => warden_policy::bundle::ProductId([0; 16]),
     };
     let trust = ImageTrust {
         roots: &[],

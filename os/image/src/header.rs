@@ -6,7 +6,9 @@ use core::str::FromStr;
 use sha2::{Digest, Sha256};
 use warden_keychain::{CERT_LEN, SIGNATURE_LEN, domain};
 
-use crate::{ImageError, ProductId};
+use warden_policy::bundle::ProductId;
+
+use crate::ImageError;
 
 /// First four bytes of every image.
 pub const IMAGE_MAGIC: [u8; 4] = *b"WIM1";

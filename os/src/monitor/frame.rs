@@ -295,7 +295,10 @@ mod tests {
         assert_eq!(decoder.wanted(), PREFIX_LEN);
         let mut frames = Vec::new();
         for byte in &stream {
-            assert!(decoder.wanted() > 0, "asks for bytes until a frame is complete");
+            assert!(
+                decoder.wanted() > 0,
+                "asks for bytes until a frame is complete"
+            );
             decoder.push(std::slice::from_ref(byte));
             if let Some(frame) = decoder.next_frame::<ToMonitor>().expect("valid") {
                 frames.push(frame);
@@ -307,16 +310,30 @@ mod tests {
 
         let mut whole = FrameDecoder::new();
         whole.push(&stream);
-        assert_eq!(whole.next_frame::<ToMonitor>().expect("first"), Some(ToMonitor::Heartbeat));
-        assert_eq!(whole.next_frame::<ToMonitor>().expect("second"), Some(denied));
+        assert_eq!(
+            whole.next_frame::<ToMonitor>().expect("first"),
+            Some(ToMonitor::Heartbeat)
+        );
+        assert_eq!(
+            whole.next_frame::<ToMonitor>().expect("second"),
+            Some(denied)
+        );
         assert_eq!(whole.next_frame::<ToMonitor>().expect("none"), None);
     }
 
     #[test]
     fn an_oversized_length_is_refused_before_its_body_and_a_cut_frame_is_named() {
         let mut decoder = FrameDecoder::new();
-        decoder.push(&u32::try_from(MAX_FRAME_LEN + 1).expect("fits").to_le_bytes());
-        assert_eq!(decoder.wanted(), 0, "nothing more is read for a refused frame");
+        decoder.push(
+            &u32::try_from(MAX_FRAME_LEN + 1)
+                .expect("fits")
+                .to_le_bytes(),
+        );
+        assert_eq!(
+            decoder.wanted(),
+            0,
+            "nothing more is read for a refused frame"
+        );
         let error = decoder.next_frame::<ToMonitor>().expect_err("too long");
         assert!(matches!(error, FrameError::TooLong { length } if length == MAX_FRAME_LEN + 1));
         assert!(error.to_string().contains("16384-byte limit"), "{error}");
@@ -330,13 +347,21 @@ mod tests {
             matches!(&error, FrameError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof),
             "a cut frame reads as a closed channel: {error}"
         );
-        assert!(error.to_string().contains("after 6 bytes of a frame, expected 9 bytes"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("after 6 bytes of a frame, expected 9 bytes"),
+            "{error}"
+        );
 
         let mut prefix_only = FrameDecoder::new();
         prefix_only.push(&[1, 0]);
         assert_eq!(prefix_only.wanted(), 2);
         let error = prefix_only.finish().expect_err("cut in the prefix");
-        assert!(error.to_string().contains("expected its length prefix"), "{error}");
+        assert!(
+            error.to_string().contains("expected its length prefix"),
+            "{error}"
+        );
     }
 
     #[test]

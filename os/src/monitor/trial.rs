@@ -67,7 +67,10 @@ pub enum TrialCrashError {
 /// Where compartment crashes go while the running image is on trial.
 pub trait TrialCrashSink: Send {
     /// Compartment `compartment` crashed (exit, signal, panic or watchdog kill).
-    fn compartment_crashed(&mut self, compartment: &str) -> Result<TrialCrashVerdict, TrialCrashError>;
+    fn compartment_crashed(
+        &mut self,
+        compartment: &str,
+    ) -> Result<TrialCrashVerdict, TrialCrashError>;
 }
 
 /// A boot monitor and the trial slot it runs from.
@@ -84,7 +87,10 @@ where
     F: SlotFileSystem + Send,
     R: BootRootOfTrust + Send,
 {
-    fn compartment_crashed(&mut self, compartment: &str) -> Result<TrialCrashVerdict, TrialCrashError> {
+    fn compartment_crashed(
+        &mut self,
+        compartment: &str,
+    ) -> Result<TrialCrashVerdict, TrialCrashError> {
         tracing::warn!(compartment, slot = %self.slot.name(), "crash on a trial image reported to the boot monitor");
         match self.boot.report_crash(self.slot) {
             Ok(CrashVerdict::Restart) => Ok(TrialCrashVerdict::Restart),
@@ -136,7 +142,10 @@ impl PlutonBootTrial {
 }
 
 impl TrialCrashSink for PlutonBootTrial {
-    fn compartment_crashed(&mut self, compartment: &str) -> Result<TrialCrashVerdict, TrialCrashError> {
+    fn compartment_crashed(
+        &mut self,
+        compartment: &str,
+    ) -> Result<TrialCrashVerdict, TrialCrashError> {
         self.boot()?.compartment_crashed(compartment)
     }
 }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use warden_modbus::rtu::crc16;
 
-use crate::{MAX_FRAME_LEN, MAX_MESSAGE_LEN};
+use crate::limits::{MAX_FRAME_LEN, MAX_MESSAGE_LEN};
 
 /// Why a frame could not be built or used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,8 @@
 use serde::Serialize;
 
 use crate::framing::{FrameDecoder, FrameError, decode_message, encode_frame};
+use crate::limits::{MAX_FRAME_LEN, MAX_MESSAGE_LEN};
 use crate::message::{FromCore, ToCore};
-use crate::{MAX_FRAME_LEN, MAX_MESSAGE_LEN};
 
 /// Feeds `data` to a frame decoder byte by byte; every payload that gets through is
 /// decoded as both directions' messages. A decoded message must encode again (unless
@@ -52,7 +52,10 @@ fn round_trip<M: Serialize>(message: &M, payload_len: usize, same: impl Fn(&[u8]
         // The decoder takes payloads a few bytes over what the encoder writes; postcard
         // re-encodes minimally, so only such a payload may fail to encode again.
         Err(FrameError::MessageTooLong) => {
-            assert!(payload_len > MAX_MESSAGE_LEN, "a decoded message encodes again");
+            assert!(
+                payload_len > MAX_MESSAGE_LEN,
+                "a decoded message encodes again"
+            );
             return;
         }
         Err(error) => panic!("encoding a decoded message failed: {error}"),
