@@ -267,8 +267,3 @@ pub fn verify_file(
         },
     })
 }
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
