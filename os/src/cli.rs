@@ -89,7 +89,8 @@ fn parse_product(text: &str) -> anyhow::Result<ProductId> {
 }
 
 fn parse_hex<const N: usize>(text: &str, what: &str) -> anyhow::Result<[u8; N]> {
-    crate::hex::decode::<N>(text).with_context(|| format!("{what} {text:?} is not {} hex digits", 2 * N))
+    crate::hex::decode::<N>(text)
+        .with_context(|| format!("{what} {text:?} is not {} hex digits", 2 * N))
 }
 
 fn progress_bar(total: u64, message: &'static str) -> ProgressBar {

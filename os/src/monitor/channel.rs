@@ -15,7 +15,7 @@ use rustix::net::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::frame::{FrameDecoder, FrameError, READ_CHUNK, encode_frame};
+use super::frame::{FrameError, encode_frame, read_frame_with};
 
 /// Writes one frame with `fd` attached to its first byte.
 pub fn send_frame_with_fd<T: Serialize>(
@@ -48,23 +48,16 @@ pub fn send_frame_with_fd<T: Serialize>(
 pub fn recv_frame_with_fd<T: DeserializeOwned>(
     socket: &UnixStream,
 ) -> Result<Option<(T, Option<OwnedFd>)>, FrameError> {
-    let mut decoder = FrameDecoder::new();
-    let mut chunk = [0_u8; READ_CHUNK];
     let mut attached = None;
-    loop {
-        if let Some(frame) = decoder.next_frame()? {
-            return Ok(Some((frame, attached)));
-        }
-        let want = decoder.wanted().min(chunk.len());
+    let frame = read_frame_with(|buffer| {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = rustix::net::recvmsg(
             socket,
-            &mut [IoSliceMut::new(&mut chunk[..want])],
+            &mut [IoSliceMut::new(buffer)],
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
+        )?;
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = message {
                 for fd in fds {
@@ -72,9 +65,7 @@ pub fn recv_frame_with_fd<T: DeserializeOwned>(
                 }
             }
         }
-        match received.bytes {
-            0 => return decoder.finish().map(|()| None),
-            count => decoder.push(&chunk[..count]),
-        }
-    }
+        Ok(received.bytes)
+    })?;
+    Ok(frame.map(|frame| (frame, attached)))
 }

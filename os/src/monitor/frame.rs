@@ -211,6 +211,14 @@ impl FrameDecoder {
 
 /// Reads one frame; `Ok(None)` when the peer closed the channel between frames.
 pub fn read_frame<T: DeserializeOwned>(reader: &mut impl Read) -> Result<Option<T>, FrameError> {
+    read_frame_with(|buffer| reader.read(buffer))
+}
+
+/// The blocking readers' one loop: `read` fills part of the buffer it is given (never
+/// more than the frame still needs) and returns how much, 0 at the end of the channel.
+pub(crate) fn read_frame_with<T: DeserializeOwned>(
+    mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+) -> Result<Option<T>, FrameError> {
     let mut decoder = FrameDecoder::new();
     let mut chunk = [0_u8; READ_CHUNK];
     loop {
@@ -218,7 +226,7 @@ pub fn read_frame<T: DeserializeOwned>(reader: &mut impl Read) -> Result<Option<
             return Ok(Some(frame));
         }
         let want = decoder.wanted().min(chunk.len());
-        match reader.read(&mut chunk[..want])? {
+        match read(&mut chunk[..want])? {
             0 => return decoder.finish().map(|()| None),
             count => decoder.push(&chunk[..count]),
         }
@@ -226,7 +234,7 @@ pub fn read_frame<T: DeserializeOwned>(reader: &mut impl Read) -> Result<Option<
 }
 
 /// Bytes read from a channel at most at once.
-pub(crate) const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 4096;
 
 /// [`read_frame`] for an async reader (a peer channel under tokio): the same decoder,
 /// the same limit, the same errors.
