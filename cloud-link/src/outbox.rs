@@ -312,7 +312,7 @@ impl Outbox {
                 let end = damage
                     .before
                     .or(next_first)
-                    .unwrap_or(damage.after + 1)
+                    .unwrap_or(damage.after.saturating_add(1))
                     .max(damage.after);
                 lost += end.saturating_sub(damage.after.max(count_from));
             }
@@ -1023,7 +1023,10 @@ fn parse_record(bytes: &[u8], offset: usize, floor: u64) -> Option<Location> {
     let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
     let seq_bytes: [u8; 8] = header[8..16].try_into().ok()?;
     let seq = u64::from_le_bytes(seq_bytes);
-    if len as usize > MAX_RECORD_PAYLOAD || seq < floor {
+    // The outbox never writes `u64::MAX` (the next sequence number would overflow): a
+    // record claiming it is damage, and the scan's `seq + 1` cannot overflow. (Found by
+    // the `outbox_segment` fuzz target.)
+    if len as usize > MAX_RECORD_PAYLOAD || seq < floor || seq == u64::MAX {
         return None;
     }
     let start = offset + RECORD_HEADER as usize;
@@ -2102,6 +2105,37 @@ mod tests {
         faults.no_space_writes.store(0, Ordering::SeqCst);
         assert_eq!(refuse.stats().dropped_oldest, 0);
         assert_eq!(refuse.stats().depth, 11);
+    }
+
+    /// Regression (fuzz target `outbox_segment`): a record whose checksum holds but
+    /// whose sequence number is `u64::MAX` made the scan's `seq + 1` overflow (a panic
+    /// in debug builds, a floor wrapped to 0 in release). It is damage now.
+    #[test]
+    fn a_record_claiming_the_last_sequence_number_is_damage_not_an_overflow() {
+        let mut bytes = segment_header(1).to_vec();
+        bytes.extend_from_slice(&encode_record(u64::MAX, b"last"));
+        bytes.extend_from_slice(&encode_record(5, b"after"));
+        let scan = scan_segment(&bytes, 0).expect("scan");
+        assert_eq!(
+            scan.records
+                .iter()
+                .map(|record| record.seq)
+                .collect::<Vec<_>>(),
+            vec![5]
+        );
+        assert_eq!(scan.damage.len(), 1);
+        let mut data = vec![0];
+        data.extend_from_slice(&bytes);
+        fuzz_harness::outbox_segment(&data);
+        // The same record at the end of a segment on disk: opening skips it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut on_disk = segment_header(1).to_vec();
+        on_disk.extend_from_slice(&encode_record(0, b"first"));
+        on_disk.extend_from_slice(&encode_record(u64::MAX, b"last"));
+        std::fs::write(segment_path(dir.path(), 0), &on_disk).expect("segment");
+        let outbox = Outbox::open(config(dir.path())).expect("open");
+        assert_eq!(pending(&outbox), vec![0]);
+        assert_eq!(outbox.stats().next_seq, 1);
     }
 
     #[test]
