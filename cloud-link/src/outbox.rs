@@ -12,7 +12,7 @@
 //! | file | content |
 //! |---|---|
 //! | `NNNNNNNNNNNNNNNNNNNN.seg` | a segment: records from sequence `N` on. Header (20 bytes): magic `WDOQ`, format `u32 LE` (1), `epoch u64 LE`, `crc32 u32 LE` of those 16 bytes. Then records: `len u32 LE`, `crc32 u32 LE` (of the next two fields), `seq u64 LE`, `payload` |
-//! | `outbox.state` | JSON `{epoch, next_unacked, dropped_oldest}`; replaced atomically (temp, fsync, rename, fsync dir) |
+//! | `outbox.state` | JSON `{epoch, next_unacked, dropped_oldest}`; replaced atomically (`warden_files::write_file_atomically`) |
 //! | `outbox.state.corrupt` | an unparsable state file, moved aside when the state was rebuilt |
 //!
 //! `epoch` is chosen when the queue is created, so a wiped queue never reuses the
@@ -50,10 +50,16 @@
 //! oldest segment's queued records are dropped (counted) and the segment deleted, then
 //! the append is tried again; only when the active segment is the last one left is
 //! the message refused. Either way the queue takes messages again once there is room.
+//!
+//! Every file operation goes through [`OutboxFiles`] ([`DiskFiles`] unless
+//! [`Outbox::open_with`] is given another), so tests inject faults at that seam. The
+//! bytes of one segment are read by [`scan_segment`], which does no I/O (and is fuzzed:
+//! `cloud-link/fuzz`, target `outbox_segment`).
 
 use std::collections::{BTreeSet, VecDeque};
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -61,13 +67,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 /// Bytes in front of each record's payload.
-const RECORD_HEADER: u64 = 16;
+pub const RECORD_HEADER: u64 = 16;
 /// The first bytes of a segment with a header (format 1 on).
-const SEGMENT_MAGIC: [u8; 4] = *b"WDOQ";
+pub const SEGMENT_MAGIC: [u8; 4] = *b"WDOQ";
 /// The segment format this code writes.
-const SEGMENT_FORMAT: u32 = 1;
+pub const SEGMENT_FORMAT: u32 = 1;
 /// Bytes of a segment's header: magic, format, epoch, checksum.
-const SEGMENT_HEADER: u64 = 20;
+pub const SEGMENT_HEADER: u64 = 20;
 /// Largest payload one record may hold.
 pub const MAX_RECORD_PAYLOAD: usize = 4 * 1024 * 1024;
 /// The active segment is replaced by a fresh one once it holds no pending record and
@@ -160,12 +166,24 @@ struct SavedState {
     dropped_oldest: u64,
 }
 
+/// Where an intact record is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Location {
-    seq: u64,
-    segment: u64,
-    offset: u64,
-    len: u32,
+pub struct Location {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The first sequence number of its segment (the segment's name).
+    pub segment: u64,
+    /// The offset of its record header in the segment.
+    pub offset: u64,
+    /// Its payload's length.
+    pub len: u32,
+}
+
+impl Location {
+    /// The offset just past the record.
+    pub fn end(&self) -> u64 {
+        self.offset + RECORD_HEADER + u64::from(self.len)
+    }
 }
 
 /// Counters of the queue, for the status page and reports.
@@ -203,7 +221,9 @@ pub struct Outbox {
     next_seq: u64,
     /// First sequence number of each segment file, in order; the last is active.
     segments: Vec<u64>,
-    active: File,
+    /// The file system (the real one unless a test injects faults).
+    files: Box<dyn OutboxFiles>,
+    active: Box<dyn SegmentFile>,
     active_len: u64,
     /// Where the active segment's records start (after its header, if it has one).
     active_data_start: u64,
@@ -219,13 +239,30 @@ impl Outbox {
     /// Opens (or creates) the queue in `config.dir`, cutting off any torn tail,
     /// skipping damaged records and rebuilding a lost or corrupt state file.
     pub fn open(config: OutboxConfig) -> Result<Self, OutboxError> {
+        Self::open_with(config, Box::new(DiskFiles))
+    }
+
+    /// [`Outbox::open`] on the file system `files` (tests pass one that injects faults).
+    pub fn open_with(
+        config: OutboxConfig,
+        files: Box<dyn OutboxFiles>,
+    ) -> Result<Self, OutboxError> {
         let dir = config.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| OutboxError::io(&dir, e))?;
-        let saved = read_saved_state(&dir)?;
-        let firsts = list_segments(&dir)?;
+        files
+            .create_dir_all(&dir)
+            .map_err(|e| OutboxError::io(&dir, e))?;
+        let saved = read_saved_state(files.as_ref(), &dir)?;
+        let firsts = list_segments(files.as_ref(), &dir)?;
         let mut scans = Vec::with_capacity(firsts.len());
         for &first in &firsts {
-            scans.push(scan_segment(&segment_path(&dir, first), first)?);
+            let path = segment_path(&dir, first);
+            let bytes = files.read(&path).map_err(|e| OutboxError::io(&path, e))?;
+            let scan = scan_segment(&bytes, first)
+                .map_err(|error| OutboxError::Corrupt(format!("{}: {error}", path.display())))?;
+            if scan.header_damaged {
+                tracing::warn!(segment = %path.display(), "damaged outbox segment header; its records are read without it");
+            }
+            scans.push(scan);
         }
         let header_epoch = scans.iter().rev().find_map(|scan| scan.epoch);
         let known_epoch = saved.map(|state| state.epoch).or(header_epoch);
@@ -275,7 +312,7 @@ impl Outbox {
                 let end = damage
                     .before
                     .or(next_first)
-                    .unwrap_or(damage.after + 1)
+                    .unwrap_or(damage.after.saturating_add(1))
                     .max(damage.after);
                 lost += end.saturating_sub(damage.after.max(count_from));
             }
@@ -329,7 +366,9 @@ impl Outbox {
         let (active, active_len, active_data_start) = match last {
             Some(scan) if keep_last => {
                 let path = segment_path(&dir, scan.first);
-                let file = open_append(&path).map_err(|e| OutboxError::io(&path, e))?;
+                let file = files
+                    .open_append(&path)
+                    .map_err(|e| OutboxError::io(&path, e))?;
                 let mut len = scan.len;
                 if let Some(tail) = scan.torn_tail {
                     tracing::warn!(segment = %path.display(), offset = tail, "torn tail of the outbox cut off");
@@ -342,8 +381,9 @@ impl Outbox {
             }
             _ => {
                 let path = segment_path(&dir, next_seq);
-                let file = create_segment(&path, epoch).map_err(|e| OutboxError::io(&path, e))?;
-                sync_dir(&dir)?;
+                let file = create_segment(files.as_ref(), &path, epoch)
+                    .map_err(|e| OutboxError::io(&path, e))?;
+                sync_dir(files.as_ref(), &dir)?;
                 if segments.last() != Some(&next_seq) {
                     segments.push(next_seq);
                 }
@@ -376,6 +416,7 @@ impl Outbox {
             queued_bytes,
             next_seq,
             segments,
+            files,
             active,
             active_len,
             active_data_start,
@@ -503,7 +544,9 @@ impl Outbox {
     /// written for want of space is retried at the next call, not an error.
     pub fn sync(&mut self) -> Result<(), OutboxError> {
         if self.unsynced {
-            sync_file_data(&self.active).map_err(|e| OutboxError::io(&self.active_path(), e))?;
+            self.active
+                .sync_data()
+                .map_err(|e| OutboxError::io(&self.active_path(), e))?;
             self.unsynced = false;
         }
         self.synced_at = Instant::now();
@@ -560,7 +603,7 @@ impl Outbox {
         if location.segment == self.active_first() {
             self.active.read_exact_at(&mut payload, offset)
         } else {
-            File::open(&path).and_then(|file| file.read_exact_at(&mut payload, offset))
+            self.files.read_exact_at(&path, &mut payload, offset)
         }
         .map_err(|e| OutboxError::io(&path, e))?;
         Ok(payload)
@@ -614,9 +657,9 @@ impl Outbox {
                 .map_err(|e| OutboxError::io(&path, e))?;
             self.active_tail_dirty = false;
         }
-        let mut written = write_file(&mut self.active, record);
+        let mut written = self.active.append(record);
         if written.is_ok() && self.config.fsync == FsyncPolicy::Always {
-            written = sync_file_data(&self.active);
+            written = self.active.sync_data();
         }
         if let Err(error) = written {
             // Nothing of a refused record may remain: cut back to the last good length.
@@ -676,16 +719,16 @@ impl Outbox {
     fn roll_segment(&mut self, first_seq: u64) -> Result<(), OutboxError> {
         self.sync()?;
         let path = segment_path(&self.config.dir, first_seq);
-        let file = match create_segment(&path, self.state.epoch) {
+        let file = match create_segment(self.files.as_ref(), &path, self.state.epoch) {
             Ok(file) => file,
             Err(error) => {
-                if let Err(remove) = std::fs::remove_file(&path) {
+                if let Err(remove) = self.files.remove(&path) {
                     tracing::warn!(segment = %path.display(), error = %remove, "cannot remove an unfinished outbox segment");
                 }
                 return Err(OutboxError::io(&path, error));
             }
         };
-        sync_dir(&self.config.dir)?;
+        sync_dir(self.files.as_ref(), &self.config.dir)?;
         self.segments.push(first_seq);
         self.active = file;
         self.active_len = SEGMENT_HEADER;
@@ -728,16 +771,16 @@ impl Outbox {
                 self.save_state()?;
             }
             let path = segment_path(&self.config.dir, self.segments[0]);
-            match std::fs::remove_file(&path) {
+            match self.files.remove(&path) {
                 Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(OutboxError::io(&path, e)),
             }
             self.segments.remove(0);
             removed = true;
         }
         if removed {
-            sync_dir(&self.config.dir)?;
+            sync_dir(self.files.as_ref(), &self.config.dir)?;
         }
         Ok(())
     }
@@ -745,7 +788,7 @@ impl Outbox {
     /// Saves the acknowledgement state. For want of space it stays dirty (retried
     /// later); the previous state file stays whole.
     fn save_state(&mut self) -> Result<(), OutboxError> {
-        match write_atomically(&self.config.dir, STATE_FILE, &self.state) {
+        match write_state(self.files.as_ref(), &self.config.dir, &self.state) {
             Ok(()) => {
                 self.state_dirty = false;
                 self.state_save_refused = false;
@@ -783,11 +826,9 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}.seg"))
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>, OutboxError> {
+fn list_segments(files: &dyn OutboxFiles, dir: &Path) -> Result<Vec<u64>, OutboxError> {
     let mut firsts = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| OutboxError::io(dir, e))? {
-        let entry = entry.map_err(|e| OutboxError::io(dir, e))?;
-        let name = entry.file_name();
+    for name in files.list(dir).map_err(|e| OutboxError::io(dir, e))? {
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
             continue;
         };
@@ -801,15 +842,20 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, OutboxError> {
 
 /// Reads `outbox.state`: `None` when it is missing, or unparsable (then moved aside
 /// to `outbox.state.corrupt`, never overwritten).
-fn read_saved_state(dir: &Path) -> Result<Option<SavedState>, OutboxError> {
+fn read_saved_state(
+    files: &dyn OutboxFiles,
+    dir: &Path,
+) -> Result<Option<SavedState>, OutboxError> {
     let path = dir.join(STATE_FILE);
-    match std::fs::read(&path) {
+    match files.read(&path) {
         Ok(bytes) => match serde_json::from_slice::<SavedState>(&bytes) {
             Ok(state) => Ok(Some(state)),
             Err(error) => {
                 let aside = dir.join(CORRUPT_STATE_FILE);
-                std::fs::rename(&path, &aside).map_err(|e| OutboxError::io(&path, e))?;
-                sync_dir(dir)?;
+                files
+                    .rename(&path, &aside)
+                    .map_err(|e| OutboxError::io(&path, e))?;
+                sync_dir(files, dir)?;
                 tracing::warn!(
                     file = %path.display(),
                     moved_to = %aside.display(),
@@ -819,51 +865,66 @@ fn read_saved_state(dir: &Path) -> Result<Option<SavedState>, OutboxError> {
                 Ok(None)
             }
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(OutboxError::io(&path, e)),
     }
 }
 
 /// A stretch of damaged bytes in a segment.
-#[derive(Debug, Clone, Copy)]
-struct Damage {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
     /// Where it starts.
-    offset: u64,
+    pub offset: u64,
     /// The lowest sequence number it may have held (one above the last good record).
-    after: u64,
+    pub after: u64,
     /// The sequence number of the good record after it; `None` when it runs to the end.
-    before: Option<u64>,
+    pub before: Option<u64>,
 }
 
-/// What one segment holds.
-#[derive(Debug)]
-struct SegmentScan {
-    first: u64,
+/// What one segment holds, as [`scan_segment`] read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// The segment's first sequence number (its name).
+    pub first: u64,
     /// The epoch in the header; `None` for format 0 or a damaged header.
-    epoch: Option<u64>,
+    pub epoch: Option<u64>,
     /// The segment has no header (written before format 1).
-    format_zero: bool,
+    pub format_zero: bool,
+    /// The segment starts with the magic but its header's checksum fails: its records
+    /// are read without it.
+    pub header_damaged: bool,
     /// Where the records start.
-    data_start: u64,
+    pub data_start: u64,
     /// The file's length.
-    len: u64,
+    pub len: u64,
     /// Every intact record, in order of sequence numbers.
-    records: Vec<Location>,
-    damage: Vec<Damage>,
+    pub records: Vec<Location>,
+    /// The damaged stretches, in order.
+    pub damage: Vec<Damage>,
     /// Where damaged bytes start that run to the end of the file.
-    torn_tail: Option<u64>,
+    pub torn_tail: Option<u64>,
 }
 
-/// Reads every intact record of the segment starting at `first`, skipping damage.
-fn scan_segment(path: &Path, first: u64) -> Result<SegmentScan, OutboxError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| OutboxError::io(path, e))?;
+/// A segment this software cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentError {
+    /// The header names a format newer than this code reads.
+    #[error("segment format {format} is newer than this software reads ({SEGMENT_FORMAT})")]
+    NewerFormat {
+        /// The format in the header.
+        format: u32,
+    },
+}
+
+/// Reads every intact record of the segment whose bytes are `bytes` and whose first
+/// sequence number is `first`, skipping damage (see the module docs). No I/O.
+pub fn scan_segment(bytes: &[u8], first: u64) -> Result<SegmentScan, SegmentError> {
     let mut scan = SegmentScan {
         first,
         epoch: None,
         format_zero: false,
+        header_damaged: false,
         data_start: 0,
         len: bytes.len() as u64,
         records: Vec::new(),
@@ -881,22 +942,15 @@ fn scan_segment(path: &Path, first: u64) -> Result<SegmentScan, OutboxError> {
         scan.data_start = SEGMENT_HEADER;
         match parse_segment_header(&bytes[..SEGMENT_HEADER as usize]) {
             Some((SEGMENT_FORMAT, epoch)) => scan.epoch = Some(epoch),
-            Some((format, _)) => {
-                return Err(OutboxError::Corrupt(format!(
-                    "{}: segment format {format} is newer than this software reads ({SEGMENT_FORMAT})",
-                    path.display()
-                )));
-            }
-            None => {
-                tracing::warn!(segment = %path.display(), "damaged outbox segment header; its records are read without it");
-            }
+            Some((format, _)) => return Err(SegmentError::NewerFormat { format }),
+            None => scan.header_damaged = true,
         }
     }
     let mut offset = scan.data_start as usize;
     // The lowest sequence number the next record may have.
     let mut floor = first;
     while offset < bytes.len() {
-        if let Some(record) = parse_record(&bytes, offset, floor) {
+        if let Some(record) = parse_record(bytes, offset, floor) {
             floor = record.seq + 1;
             offset = (record.offset + RECORD_HEADER) as usize + record.len as usize;
             scan.records.push(Location {
@@ -905,14 +959,14 @@ fn scan_segment(path: &Path, first: u64) -> Result<SegmentScan, OutboxError> {
             });
             continue;
         }
-        let resume = plausible_end(&bytes, offset)
-            .filter(|&end| parse_record(&bytes, end, floor).is_some())
+        let resume = plausible_end(bytes, offset)
+            .filter(|&end| parse_record(bytes, end, floor).is_some())
             .or_else(|| {
-                (offset + 1..bytes.len()).find(|&at| parse_record(&bytes, at, floor).is_some())
+                (offset + 1..bytes.len()).find(|&at| parse_record(bytes, at, floor).is_some())
             });
         match resume {
             Some(at) => {
-                let before = parse_record(&bytes, at, floor).map(|record| record.seq);
+                let before = parse_record(bytes, at, floor).map(|record| record.seq);
                 scan.damage.push(Damage {
                     offset: offset as u64,
                     after: floor,
@@ -934,6 +988,12 @@ fn scan_segment(path: &Path, first: u64) -> Result<SegmentScan, OutboxError> {
     Ok(scan)
 }
 
+/// The payload of an intact record `scan_segment` found in `bytes`.
+pub fn record_payload<'a>(bytes: &'a [u8], record: &Location) -> Option<&'a [u8]> {
+    let start = usize::try_from(record.offset + RECORD_HEADER).ok()?;
+    bytes.get(start..start.checked_add(record.len as usize)?)
+}
+
 /// The format and epoch of an intact segment header.
 fn parse_segment_header(header: &[u8]) -> Option<(u32, u64)> {
     let crc = u32::from_le_bytes(header.get(16..20)?.try_into().ok()?);
@@ -946,7 +1006,7 @@ fn parse_segment_header(header: &[u8]) -> Option<(u32, u64)> {
 }
 
 /// A segment header for `epoch`.
-fn segment_header(epoch: u64) -> [u8; SEGMENT_HEADER as usize] {
+pub fn segment_header(epoch: u64) -> [u8; SEGMENT_HEADER as usize] {
     let mut header = [0; SEGMENT_HEADER as usize];
     header[..4].copy_from_slice(&SEGMENT_MAGIC);
     header[4..8].copy_from_slice(&SEGMENT_FORMAT.to_le_bytes());
@@ -963,7 +1023,10 @@ fn parse_record(bytes: &[u8], offset: usize, floor: u64) -> Option<Location> {
     let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
     let seq_bytes: [u8; 8] = header[8..16].try_into().ok()?;
     let seq = u64::from_le_bytes(seq_bytes);
-    if len as usize > MAX_RECORD_PAYLOAD || seq < floor {
+    // The outbox never writes `u64::MAX` (the next sequence number would overflow): a
+    // record claiming it is damage, and the scan's `seq + 1` cannot overflow. (Found by
+    // the `outbox_segment` fuzz target.)
+    if len as usize > MAX_RECORD_PAYLOAD || seq < floor || seq == u64::MAX {
         return None;
     }
     let start = offset + RECORD_HEADER as usize;
@@ -977,7 +1040,7 @@ fn parse_record(bytes: &[u8], offset: usize, floor: u64) -> Option<Location> {
 }
 
 /// One record as it is on disk: `len u32 LE`, `crc32 u32 LE`, `seq u64 LE`, `payload`.
-fn encode_record(seq: u64, payload: &[u8]) -> Vec<u8> {
+pub fn encode_record(seq: u64, payload: &[u8]) -> Vec<u8> {
     let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
     record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     record.extend_from_slice(&record_checksum(seq, payload).to_le_bytes());
@@ -1001,93 +1064,150 @@ fn plausible_end(bytes: &[u8], offset: usize) -> Option<usize> {
     (len <= MAX_RECORD_PAYLOAD && end < bytes.len()).then_some(end)
 }
 
-/// Opens a segment for appending (and reading).
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .open(path)
-}
-
 /// Creates (or empties) a segment holding only its header, on disk when this returns.
-fn create_segment(path: &Path, epoch: u64) -> std::io::Result<File> {
-    let mut file = open_append(path)?;
+fn create_segment(
+    files: &dyn OutboxFiles,
+    path: &Path,
+    epoch: u64,
+) -> io::Result<Box<dyn SegmentFile>> {
+    let mut file = files.open_append(path)?;
     file.set_len(0)?;
-    write_file(&mut file, &segment_header(epoch))?;
-    sync_file_data(&file)?;
+    file.append(&segment_header(epoch))?;
+    file.sync_data()?;
     Ok(file)
 }
 
-fn write_atomically(dir: &Path, name: &str, state: &SavedState) -> Result<(), OutboxError> {
-    let temporary = dir.join(format!("{name}.tmp"));
-    let target = dir.join(name);
+/// Replaces `outbox.state` atomically; a refused write leaves the previous one whole.
+fn write_state(files: &dyn OutboxFiles, dir: &Path, state: &SavedState) -> Result<(), OutboxError> {
+    let target = dir.join(STATE_FILE);
     let bytes = serde_json::to_vec(state).map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-    let written = File::create(&temporary).and_then(|mut file| {
-        write_file(&mut file, &bytes)?;
-        file.sync_all()
-    });
-    if let Err(error) = written {
-        // The target is untouched; leave no half-written temporary file behind either.
-        let _ = std::fs::remove_file(&temporary);
-        return Err(OutboxError::io(&temporary, error));
-    }
-    std::fs::rename(&temporary, &target).map_err(|e| OutboxError::io(&target, e))?;
-    sync_dir(dir)
+    files
+        .replace(&target, &bytes)
+        .map_err(|e| OutboxError::io(&target, e))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), OutboxError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| OutboxError::io(dir, e))
+fn sync_dir(files: &dyn OutboxFiles, dir: &Path) -> Result<(), OutboxError> {
+    files.sync_dir(dir).map_err(|e| OutboxError::io(dir, e))
 }
 
 /// Whether an I/O error means the file system (or the user's quota) is full.
-fn is_no_space(error: &std::io::Error) -> bool {
+fn is_no_space(error: &io::Error) -> bool {
     matches!(
         error.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
     )
 }
 
-/// Every write of a segment or state file goes through here (tests inject faults).
-fn write_file(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
-    #[cfg(test)]
-    {
-        let once = fault::NO_SPACE_WRITES.get();
-        if once > 0 {
-            fault::NO_SPACE_WRITES.set(once - 1);
-        }
-        if fault::NO_SPACE.get() || once > 0 {
-            // What a full file system does: part of the write lands, then ENOSPC.
-            file.write_all(&bytes[..bytes.len() / 2])?;
-            return Err(std::io::ErrorKind::StorageFull.into());
-        }
-    }
-    file.write_all(bytes)
+/// The file operations the outbox uses, and nothing else: the seam where tests
+/// inject faults (a full disk, a failing fsync). [`DiskFiles`] is the real one.
+pub trait OutboxFiles: Send {
+    /// Creates `dir` and its parents if missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names of the entries of `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<OsString>>;
+    /// A whole file's bytes.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Fills `buf` from `path` at `offset` (a record of a segment that is not active).
+    fn read_exact_at(&self, path: &Path, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Opens (creating it if missing) a segment for appending and reading.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
+    /// Replaces `path` with `bytes` atomically and durably (temporary file, fsync,
+    /// rename, fsync of the directory); on failure the old file is whole and no
+    /// temporary file remains.
+    fn replace(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Renames `from` to `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes `dir`'s entries durable (fsync of the directory).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
-/// Every fsync of a segment's data goes through here (tests inject faults).
-fn sync_file_data(file: &File) -> std::io::Result<()> {
-    #[cfg(test)]
-    if fault::FSYNC_NO_SPACE.get() {
-        return Err(std::io::ErrorKind::StorageFull.into());
-    }
-    file.sync_data()
+/// An open segment file.
+pub trait SegmentFile: Send {
+    /// Appends `bytes` at the end (all of them, or an error).
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes the appended data durable (fdatasync).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Makes the data and the length durable (fsync).
+    fn sync_all(&self) -> io::Result<()>;
+    /// Cuts (or extends) the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Fills `buf` from `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
-/// Faults the tests inject on this thread's write path.
-#[cfg(test)]
-mod fault {
-    use std::cell::Cell;
+/// The real file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskFiles;
 
-    thread_local! {
-        /// Writes land halfway, then fail with `ENOSPC`.
-        pub static NO_SPACE: Cell<bool> = const { Cell::new(false) };
-        /// The next this many writes land halfway, then fail with `ENOSPC`.
-        pub static NO_SPACE_WRITES: Cell<u32> = const { Cell::new(0) };
-        /// Segment fsyncs fail with `ENOSPC` (delayed allocation running out).
-        pub static FSYNC_NO_SPACE: Cell<bool> = const { Cell::new(false) };
+impl OutboxFiles for DiskFiles {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        std::fs::read_dir(dir)?
+            .map(|entry| entry.map(|entry| entry.file_name()))
+            .collect()
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn read_exact_at(&self, path: &Path, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&File::open(path)?, buf, offset)
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)?;
+        Ok(Box::new(file))
+    }
+
+    fn replace(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        // Keeps the error's kind (a full disk stays a refusal) and its wording (which
+        // step failed, on which file).
+        warden_files::write_file_atomically(path, bytes)
+            .map_err(|error| io::Error::new(error.source.kind(), error))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+impl SegmentFile for File {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+
+    fn sync_all(&self) -> io::Result<()> {
+        File::sync_all(self)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
     }
 }
 
@@ -1101,7 +1221,7 @@ pub enum OutboxError {
         /// The file or directory.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        source: io::Error,
     },
     /// The queue is full and its policy refuses new messages.
     #[error("outbox is full ({max_bytes} bytes); message refused")]
@@ -1138,7 +1258,7 @@ impl OutboxError {
 
     /// The error of a file operation on `path`: [`OutboxError::NoSpace`] when the file
     /// system or quota is full.
-    fn io(path: &Path, source: std::io::Error) -> Self {
+    fn io(path: &Path, source: io::Error) -> Self {
         if is_no_space(&source) {
             Self::NoSpace {
                 path: path.to_path_buf(),
@@ -1152,9 +1272,116 @@ impl OutboxError {
     }
 }
 
+/// Fuzz harnesses for what the link reads back from disk, as plain functions.
+///
+/// `cloud-link/fuzz` calls them from cargo-fuzz targets; property tests call them too,
+/// so `cargo test` runs the same checks. Each panics only if an invariant breaks.
+pub mod fuzz_harness {
+    use crate::outbox::{
+        Location, RECORD_HEADER, SEGMENT_HEADER, encode_record, record_payload, scan_segment,
+        segment_header,
+    };
+    use crate::topics::TelemetryBatch;
+
+    /// One segment's bytes, the first byte choosing the segment's first sequence
+    /// number. The scan never panics; its records are intact, in order, inside the
+    /// bytes and apart from each other and the damage; cutting the torn tail off (as
+    /// opening does) finds the same records; writing the records again gives a segment
+    /// that scans to exactly them, undamaged. Each payload is also decoded as what the
+    /// telemetry stream queues ([`telemetry_batch`]).
+    pub fn outbox_segment(data: &[u8]) {
+        let Some((&first, bytes)) = data.split_first() else {
+            return;
+        };
+        let first = u64::from(first);
+        let Ok(scan) = scan_segment(bytes, first) else {
+            return;
+        };
+        assert_eq!(scan.len, bytes.len() as u64);
+        let mut previous: Option<&Location> = None;
+        for record in &scan.records {
+            assert!(record.seq >= first && record.segment == first);
+            assert!(record.offset >= scan.data_start && record.end() <= scan.len);
+            if let Some(previous) = previous {
+                assert!(record.seq > previous.seq && record.offset >= previous.end());
+            }
+            assert!(
+                scan.damage
+                    .iter()
+                    .all(|damage| damage.offset != record.offset)
+            );
+            previous = Some(record);
+        }
+        if let Some(tail) = scan.torn_tail {
+            assert!(tail <= scan.len);
+            assert!(scan.records.iter().all(|record| record.end() <= tail));
+            let cut = &bytes[..usize::try_from(tail).unwrap_or(bytes.len())];
+            let again = scan_segment(cut, first).expect("a cut segment still scans");
+            assert_eq!(
+                again.records, scan.records,
+                "cutting the torn tail kept every record"
+            );
+            assert_eq!(again.torn_tail, None, "nothing torn is left after the cut");
+        }
+
+        // Written again by the encoder: exactly these records, no damage.
+        let mut rewritten = scan
+            .epoch
+            .map(|epoch| segment_header(epoch).to_vec())
+            .unwrap_or_default();
+        let mut payloads = Vec::with_capacity(scan.records.len());
+        for record in &scan.records {
+            let payload =
+                record_payload(bytes, record).expect("a record's payload is inside the bytes");
+            rewritten.extend_from_slice(&encode_record(record.seq, payload));
+            payloads.push(payload);
+            telemetry_batch(payload);
+        }
+        let again = scan_segment(&rewritten, first).expect("an encoded segment scans");
+        assert!(
+            again.damage.is_empty() && again.torn_tail.is_none(),
+            "encoded records are intact"
+        );
+        assert_eq!(again.epoch, scan.epoch);
+        let data_start = if scan.epoch.is_some() {
+            SEGMENT_HEADER
+        } else {
+            0
+        };
+        let mut offset = data_start;
+        for (record, payload) in again.records.iter().zip(&payloads) {
+            assert_eq!(record.offset, offset);
+            assert_eq!(record_payload(&rewritten, record), Some(*payload));
+            offset += RECORD_HEADER + u64::from(record.len);
+        }
+        let seqs =
+            |records: &[Location]| records.iter().map(|record| record.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&again.records), seqs(&scan.records));
+    }
+
+    /// A telemetry batch as the fleet receives it ([`TelemetryBatch::decode`]). A
+    /// decoded batch encodes again, and that encoding decodes to a batch that encodes
+    /// to the same bytes.
+    ///
+    /// (Here because this slice owns the outbox, whose telemetry records hold these
+    /// batches; it belongs beside `TelemetryBatch` once the wire crate holds it.)
+    pub fn telemetry_batch(data: &[u8]) {
+        let Ok(batch) = TelemetryBatch::decode(data) else {
+            return;
+        };
+        let encoded = batch.encode();
+        assert!(!encoded.is_empty(), "a decoded batch encodes");
+        let again = TelemetryBatch::decode(&encoded).expect("an encoded batch decodes");
+        assert_eq!(again.encode(), encoded, "round trip");
+        assert_eq!(again.readings.len(), batch.readings.len());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
     fn config(dir: &Path) -> OutboxConfig {
         OutboxConfig {
@@ -1179,7 +1406,7 @@ mod tests {
                 expected
             );
         }
-        assert!(list_segments(dir.path()).expect("list").len() > 3);
+        assert!(list_segments(&DiskFiles, dir.path()).expect("list").len() > 3);
         for seq in [0, 1, 2, 5, 3] {
             outbox.ack(seq).expect("ack");
         }
@@ -1199,7 +1426,7 @@ mod tests {
         assert_eq!(outbox.stats().depth, 0);
         assert_eq!(outbox.append(|seq, _| message(seq)).expect("append"), 20);
         assert_eq!(
-            list_segments(dir.path()).expect("list").len(),
+            list_segments(&DiskFiles, dir.path()).expect("list").len(),
             1,
             "acknowledged segments are deleted"
         );
@@ -1326,7 +1553,10 @@ mod tests {
                 expected
             );
         }
-        assert_eq!(list_segments(dir).expect("list"), vec![0, 5, 10]);
+        assert_eq!(
+            list_segments(&DiskFiles, dir).expect("list"),
+            vec![0, 5, 10]
+        );
         outbox.epoch()
     }
 
@@ -1364,7 +1594,7 @@ mod tests {
             }
             assert_eq!(outbox.stats().depth, 0);
             assert_eq!(outbox.next_pending(0), None);
-            let left = list_segments(dir.path()).expect("list");
+            let left = list_segments(&DiskFiles, dir.path()).expect("list");
             assert!(
                 left.iter().all(|first| *first >= 15),
                 "flip at {offset}: segments {left:?} remain"
@@ -1409,7 +1639,7 @@ mod tests {
             outbox.ack(seq).expect("ack");
         }
         assert!(
-            list_segments(dir.path())
+            list_segments(&DiskFiles, dir.path())
                 .expect("list")
                 .iter()
                 .all(|f| *f >= 15)
@@ -1449,7 +1679,10 @@ mod tests {
         for _ in 0..100 {
             outbox.append(|_, _| vec![1; 1000]).expect("append");
         }
-        assert_eq!(list_segments(dir.path()).expect("list"), vec![0]);
+        assert_eq!(
+            list_segments(&DiskFiles, dir.path()).expect("list"),
+            vec![0]
+        );
         let full = dir_bytes(dir.path());
         assert!(full > 100_000);
         for seq in 0..100 {
@@ -1457,7 +1690,10 @@ mod tests {
         }
         let used = dir_bytes(dir.path());
         assert!(used < 1000, "{used} bytes left of {full}");
-        assert_eq!(list_segments(dir.path()).expect("list"), vec![100]);
+        assert_eq!(
+            list_segments(&DiskFiles, dir.path()).expect("list"),
+            vec![100]
+        );
         drop(outbox);
         // The fresh segment's name keeps the sequence numbers going, state file or not.
         std::fs::remove_file(dir.path().join(STATE_FILE)).expect("remove state");
@@ -1501,7 +1737,7 @@ mod tests {
         }
         assert_eq!(outbox.stats().depth, 0);
         assert!(
-            list_segments(dir.path())
+            list_segments(&DiskFiles, dir.path())
                 .expect("list")
                 .iter()
                 .all(|f| *f >= 15)
@@ -1539,7 +1775,7 @@ mod tests {
             next_unacked: 1,
             dropped_oldest: 2,
         };
-        write_atomically(dir.path(), STATE_FILE, &state).expect("state");
+        write_state(&DiskFiles, dir.path(), &state).expect("state");
         let mut outbox = Outbox::open(five_per_segment(dir.path())).expect("open");
         assert_eq!(outbox.epoch(), 42);
         assert_eq!(pending(&outbox), vec![1, 2]);
@@ -1564,21 +1800,114 @@ mod tests {
         assert_eq!(outbox.stats().next_seq, 3);
     }
 
-    /// Clears the injected faults when the test ends, passed or not.
-    struct FaultsOff;
+    /// Faults a test injects into one outbox's file operations.
+    #[derive(Debug, Default)]
+    struct Faults {
+        /// Writes land halfway, then fail with `ENOSPC`.
+        no_space: AtomicBool,
+        /// The next this many writes land halfway, then fail with `ENOSPC`.
+        no_space_writes: AtomicU32,
+        /// Segment fsyncs fail with `ENOSPC` (delayed allocation running out).
+        fsync_no_space: AtomicBool,
+    }
 
-    impl Drop for FaultsOff {
-        fn drop(&mut self) {
-            fault::NO_SPACE.set(false);
-            fault::FSYNC_NO_SPACE.set(false);
+    impl Faults {
+        /// Whether the write about to happen fails (one of `no_space_writes` used up).
+        fn write_fails(&self) -> bool {
+            let counted = self
+                .no_space_writes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok();
+            self.no_space.load(Ordering::SeqCst) || counted
         }
+    }
+
+    /// The real file system with [`Faults`] injected into writes and fsyncs.
+    struct FaultyFiles(Arc<Faults>);
+
+    struct FaultySegment {
+        file: Box<dyn SegmentFile>,
+        faults: Arc<Faults>,
+    }
+
+    impl SegmentFile for FaultySegment {
+        fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+            if self.faults.write_fails() {
+                // What a full file system does: part of the write lands, then ENOSPC.
+                self.file.append(&bytes[..bytes.len() / 2])?;
+                return Err(io::ErrorKind::StorageFull.into());
+            }
+            self.file.append(bytes)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            if self.faults.fsync_no_space.load(Ordering::SeqCst) {
+                return Err(io::ErrorKind::StorageFull.into());
+            }
+            self.file.sync_data()
+        }
+        fn sync_all(&self) -> io::Result<()> {
+            self.file.sync_all()
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.file.set_len(len)
+        }
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.file.read_exact_at(buf, offset)
+        }
+    }
+
+    impl OutboxFiles for FaultyFiles {
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            DiskFiles.create_dir_all(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+            DiskFiles.list(dir)
+        }
+        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+            DiskFiles.read(path)
+        }
+        fn read_exact_at(&self, path: &Path, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            DiskFiles.read_exact_at(path, buf, offset)
+        }
+        fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+            Ok(Box::new(FaultySegment {
+                file: DiskFiles.open_append(path)?,
+                faults: Arc::clone(&self.0),
+            }))
+        }
+        fn replace(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+            if self.0.write_fails() {
+                // A full disk refuses the temporary file, which is removed; the old
+                // file is untouched.
+                return Err(io::ErrorKind::StorageFull.into());
+            }
+            DiskFiles.replace(path, bytes)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            DiskFiles.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            DiskFiles.remove(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            DiskFiles.sync_dir(dir)
+        }
+    }
+
+    /// An outbox on the real file system with faults the test can switch on.
+    fn open_faulty(config: OutboxConfig) -> (Outbox, Arc<Faults>) {
+        let faults = Arc::new(Faults::default());
+        let outbox =
+            Outbox::open_with(config, Box::new(FaultyFiles(Arc::clone(&faults)))).expect("open");
+        (outbox, faults)
     }
 
     #[test]
     fn no_space_refuses_the_append_leaves_nothing_partial_and_recovers() {
-        let _faults = FaultsOff;
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut outbox = Outbox::open(five_per_segment(dir.path())).expect("open");
+        let (mut outbox, faults) = open_faulty(five_per_segment(dir.path()));
         for _ in 0..5 {
             outbox.append(|seq, _| fixed(seq)).expect("append");
         }
@@ -1586,12 +1915,15 @@ mod tests {
         let length = std::fs::metadata(&segment).expect("metadata").len();
         let state_before = std::fs::read(dir.path().join(STATE_FILE)).expect("state");
 
-        fault::NO_SPACE.set(true);
+        faults.no_space.store(true, Ordering::SeqCst);
         // The segment is full: rolling fails too, and the append stays on it.
         let refused = outbox.append(|seq, _| fixed(seq)).expect_err("no space");
         assert!(matches!(refused, OutboxError::NoSpace { .. }), "{refused}");
         assert!(refused.is_refusal());
-        assert_eq!(list_segments(dir.path()).expect("list"), vec![0]);
+        assert_eq!(
+            list_segments(&DiskFiles, dir.path()).expect("list"),
+            vec![0]
+        );
         assert_eq!(std::fs::metadata(&segment).expect("metadata").len(), length);
         // Acknowledgements work; the state file cannot be saved but stays whole.
         outbox.ack(0).expect("ack");
@@ -1604,7 +1936,7 @@ mod tests {
         assert!(!dir.path().join(format!("{STATE_FILE}.tmp")).exists());
         assert_eq!(outbox.stats().depth, 3);
 
-        fault::NO_SPACE.set(false);
+        faults.no_space.store(false, Ordering::SeqCst);
         assert_eq!(outbox.append(|seq, _| fixed(seq)).expect("append"), 5);
         outbox.sync().expect("sync");
         drop(outbox);
@@ -1616,22 +1948,21 @@ mod tests {
 
     #[test]
     fn a_failed_fsync_under_always_removes_the_record_and_refuses_it() {
-        let _faults = FaultsOff;
         let dir = tempfile::tempdir().expect("tempdir");
         let config = |dir: &Path| OutboxConfig {
             fsync: FsyncPolicy::Always,
             ..config(dir)
         };
-        let mut outbox = Outbox::open(config(dir.path())).expect("open");
+        let (mut outbox, faults) = open_faulty(config(dir.path()));
         outbox.append(|seq, _| message(seq)).expect("append");
         let segment = segment_path(dir.path(), 0);
         let length = std::fs::metadata(&segment).expect("metadata").len();
-        fault::FSYNC_NO_SPACE.set(true);
+        faults.fsync_no_space.store(true, Ordering::SeqCst);
         let refused = outbox.append(|seq, _| message(seq)).expect_err("refused");
         assert!(refused.is_refusal(), "{refused}");
         assert_eq!(std::fs::metadata(&segment).expect("metadata").len(), length);
         assert_eq!(outbox.stats().depth, 1);
-        fault::FSYNC_NO_SPACE.set(false);
+        faults.fsync_no_space.store(false, Ordering::SeqCst);
         assert_eq!(outbox.append(|seq, _| message(seq)).expect("append"), 1);
         drop(outbox);
         let outbox = Outbox::open(config(dir.path())).expect("reopen");
@@ -1731,31 +2062,30 @@ mod tests {
     #[test]
     fn a_full_file_system_under_drop_oldest_drops_the_oldest_segment_and_appends() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut outbox = Outbox::open(OutboxConfig {
+        let (mut outbox, faults) = open_faulty(OutboxConfig {
             overflow: OverflowPolicy::DropOldest,
             ..config(dir.path())
-        })
-        .expect("open");
+        });
         for _ in 0..11 {
             outbox.append(|seq, _| message(seq)).expect("append");
         }
-        let segments = list_segments(dir.path()).expect("list");
+        let segments = list_segments(&DiskFiles, dir.path()).expect("list");
         assert!(segments.len() > 2, "several segments: {segments:?}");
         let in_first = segments[1] - segments[0];
         // (11 records of 26 bytes, two to a 64-byte segment: the active one has room
         // for the next record, so the one injected failure hits that record's write.)
-        fault::NO_SPACE_WRITES.set(1);
+        faults.no_space_writes.store(1, Ordering::SeqCst);
         let seq = outbox
             .append(|seq, _| message(seq))
             .expect("room made by dropping the oldest segment");
-        fault::NO_SPACE_WRITES.set(0);
+        faults.no_space_writes.store(0, Ordering::SeqCst);
         assert_eq!(seq, 11);
         assert_eq!(outbox.stats().dropped_oldest, in_first);
         assert_eq!(outbox.stats().depth, 12 - in_first);
         assert_eq!(outbox.next_pending(0), Some(segments[1]));
         assert_eq!(outbox.read(11).expect("read"), message(11));
         assert!(
-            !list_segments(dir.path())
+            !list_segments(&DiskFiles, dir.path())
                 .expect("list")
                 .contains(&segments[0]),
             "the oldest segment's file is gone"
@@ -1763,17 +2093,112 @@ mod tests {
 
         // Under refuse, the same full disk refuses and drops nothing.
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut refuse = Outbox::open(config(dir.path())).expect("open");
+        let (mut refuse, faults) = open_faulty(config(dir.path()));
         for _ in 0..11 {
             refuse.append(|seq, _| message(seq)).expect("append");
         }
-        fault::NO_SPACE_WRITES.set(1);
+        faults.no_space_writes.store(1, Ordering::SeqCst);
         assert!(matches!(
             refuse.append(|seq, _| message(seq)),
             Err(OutboxError::NoSpace { .. })
         ));
-        fault::NO_SPACE_WRITES.set(0);
+        faults.no_space_writes.store(0, Ordering::SeqCst);
         assert_eq!(refuse.stats().dropped_oldest, 0);
         assert_eq!(refuse.stats().depth, 11);
+    }
+
+    /// Regression (fuzz target `outbox_segment`): a record whose checksum holds but
+    /// whose sequence number is `u64::MAX` made the scan's `seq + 1` overflow (a panic
+    /// in debug builds, a floor wrapped to 0 in release). It is damage now.
+    #[test]
+    fn a_record_claiming_the_last_sequence_number_is_damage_not_an_overflow() {
+        let mut bytes = segment_header(1).to_vec();
+        bytes.extend_from_slice(&encode_record(u64::MAX, b"last"));
+        bytes.extend_from_slice(&encode_record(5, b"after"));
+        let scan = scan_segment(&bytes, 0).expect("scan");
+        assert_eq!(
+            scan.records
+                .iter()
+                .map(|record| record.seq)
+                .collect::<Vec<_>>(),
+            vec![5]
+        );
+        assert_eq!(scan.damage.len(), 1);
+        let mut data = vec![0];
+        data.extend_from_slice(&bytes);
+        fuzz_harness::outbox_segment(&data);
+        // The same record at the end of a segment on disk: opening skips it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut on_disk = segment_header(1).to_vec();
+        on_disk.extend_from_slice(&encode_record(0, b"first"));
+        on_disk.extend_from_slice(&encode_record(u64::MAX, b"last"));
+        std::fs::write(segment_path(dir.path(), 0), &on_disk).expect("segment");
+        let outbox = Outbox::open(config(dir.path())).expect("open");
+        assert_eq!(pending(&outbox), vec![0]);
+        assert_eq!(outbox.stats().next_seq, 1);
+    }
+
+    #[test]
+    fn the_scan_of_a_written_segment_finds_its_records_and_the_harness_holds() {
+        let mut bytes = segment_header(7).to_vec();
+        for seq in 3..6 {
+            bytes.extend_from_slice(&encode_record(seq, &fixed(seq)));
+        }
+        let scan = scan_segment(&bytes, 3).expect("scan");
+        assert_eq!(scan.epoch, Some(7));
+        assert_eq!(
+            scan.records
+                .iter()
+                .map(|record| record.seq)
+                .collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            record_payload(&bytes, &scan.records[1]),
+            Some(&fixed(4)[..])
+        );
+        let mut data = vec![3];
+        data.extend_from_slice(&bytes);
+        fuzz_harness::outbox_segment(&data);
+        // A torn tail, a flipped byte in the middle, a newer format.
+        data.truncate(data.len() - 3);
+        data[30] ^= 0x55;
+        fuzz_harness::outbox_segment(&data);
+        let mut newer = segment_header(7);
+        newer[4] = 2;
+        let crc = crc32fast::hash(&newer[..16]);
+        newer[16..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            scan_segment(&newer, 0),
+            Err(SegmentError::NewerFormat { format: 2 })
+        );
+        let batch = br#"{"v":1,"stream":"telemetry","epoch":1,"seq":0,"readings":[{"point":"a/b","value":1.5,"text":null,"unit":"C","ts_ms":9}]}"#;
+        fuzz_harness::telemetry_batch(batch);
+        fuzz_harness::telemetry_batch(b"{");
+    }
+
+    proptest::proptest! {
+        /// The fuzz targets' harnesses (`cloud-link/fuzz`) on random bytes and on a
+        /// valid segment with bytes changed.
+        #[test]
+        fn the_fuzz_harnesses_hold(
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            flips in proptest::collection::vec((0..200_usize, proptest::num::u8::ANY), 0..4),
+            cut in 0..200_usize,
+        ) {
+            fuzz_harness::outbox_segment(&noise);
+            fuzz_harness::telemetry_batch(&noise);
+            let mut data = vec![0];
+            data.extend_from_slice(&segment_header(1));
+            for seq in 0..6 {
+                data.extend_from_slice(&encode_record(seq, &message(seq)));
+            }
+            for (at, value) in flips {
+                let at = at % data.len();
+                data[at] = value;
+            }
+            data.truncate(data.len().min(cut.max(1) + 21));
+            fuzz_harness::outbox_segment(&data);
+        }
     }
 }

@@ -117,6 +117,17 @@ pub enum BootError {
     },
 }
 
+/// Why a slot was not booted.
+#[derive(Debug, thiserror::Error)]
+enum CandidateRefused {
+    /// The slot's file does not verify.
+    #[error(transparent)]
+    Image(#[from] ImageReadError),
+    /// It verifies, but it is not the image whose measurement was recorded at install.
+    #[error("slot file is not the image recorded at install")]
+    NotTheInstalledImage,
+}
+
 fn describe(failures: &[(Slot, String)]) -> String {
     if failures.is_empty() {
         return "no image installed".to_owned();
@@ -291,7 +302,9 @@ impl<F: SlotFileSystem, R: BootRootOfTrust> BootMonitor<F, R> {
                         given_up,
                     });
                 }
-                Err(reason) => {
+                Err(refused) => {
+                    // The boot state keeps the reason as text (it is persisted and shown).
+                    let reason = refused.to_string();
                     tracing::warn!(slot = %candidate.slot, %reason, "slot refused at boot");
                     state.candidate_failed(candidate.slot, &reason);
                     given_up.push((candidate.slot, reason));
@@ -308,12 +321,10 @@ impl<F: SlotFileSystem, R: BootRootOfTrust> BootMonitor<F, R> {
         &self,
         candidate: &BootCandidate,
         trust: &ImageTrust<'_>,
-    ) -> Result<VerifiedImage, String> {
-        let image = self
-            .verify_file(&slot_image_path(candidate.slot), trust)
-            .map_err(|error| error.to_string())?;
+    ) -> Result<VerifiedImage, CandidateRefused> {
+        let image = self.verify_file(&slot_image_path(candidate.slot), trust)?;
         if image.measurement() != candidate.image.measurement {
-            return Err("slot file is not the image recorded at install".to_owned());
+            return Err(CandidateRefused::NotTheInstalledImage);
         }
         Ok(image)
     }

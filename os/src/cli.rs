@@ -8,7 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use warden_image::{BuildId, ImageTrust, KeyId, ProductId, RootKey, SemanticVersion};
 use warden_keychain::tooling::load_public_key;
 
-use crate::release::{self, BuildRequest, ReleaseError, hex};
+use crate::hex::encode as hex;
+use crate::release::{self, BuildRequest, ReleaseError};
 
 /// Payloads at least this large get a progress bar.
 const PROGRESS_THRESHOLD: u64 = 16 << 20;
@@ -88,15 +89,7 @@ fn parse_product(text: &str) -> anyhow::Result<ProductId> {
 }
 
 fn parse_hex<const N: usize>(text: &str, what: &str) -> anyhow::Result<[u8; N]> {
-    let bytes: Option<Vec<u8>> = (text.len() == 2 * N)
-        .then(|| {
-            (0..N)
-                .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
-                .collect()
-        })
-        .flatten();
-    bytes
-        .and_then(|bytes| bytes.try_into().ok())
+    crate::hex::decode::<N>(text)
         .with_context(|| format!("{what} {text:?} is not {} hex digits", 2 * N))
 }
 

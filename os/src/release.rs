@@ -1,7 +1,7 @@
 //! Release tooling on files: build, sign, inspect and verify images.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -53,6 +53,9 @@ pub enum ReleaseError {
     /// The image to sign already carries a signature.
     #[error("{0}: already signed (sign the unsigned image from `warden image build`)")]
     AlreadySigned(PathBuf),
+    /// A file could not be replaced (names the step and the file).
+    #[error(transparent)]
+    File(#[from] warden_files::FileError),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ReleaseError + '_ {
@@ -81,24 +84,13 @@ pub struct BuildRequest {
     pub created_at: Option<u64>,
 }
 
-/// Write `bytes` to `path` atomically: temp file, fsync, rename, fsync the directory.
+/// Write the concatenation of `parts` to `path` atomically and durably
+/// (`warden_files::write_file_atomically`), readable by everyone (mode 0644: images and
+/// records are not secret).
 pub fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<(), ReleaseError> {
-    let temp = path.with_extension("tmp-write");
-    {
-        let mut file = File::create(&temp).map_err(io_at(&temp))?;
-        for part in parts {
-            file.write_all(part).map_err(io_at(&temp))?;
-        }
-        file.sync_all().map_err(io_at(&temp))?;
-    }
-    std::fs::rename(&temp, path).map_err(io_at(path))?;
-    let dir = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at(dir))
+    let bytes = parts.concat();
+    warden_files::write_file_atomically_with_mode(path, &bytes, 0o644)?;
+    Ok(())
 }
 
 fn now_or_source_date_epoch() -> u64 {
@@ -108,9 +100,7 @@ fn now_or_source_date_epoch() -> u64 {
     {
         return epoch;
     }
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
+    crate::clock::now_secs()
 }
 
 /// Build an unsigned image (header and payload) at `output`.
@@ -276,9 +266,4 @@ pub fn verify_file(
             source,
         },
     })
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -4,10 +4,11 @@
 //! (the ignored tests that need real components: Mosquitto clients, Chromium, …),
 //! `embedded` (the no_std crates for the Cortex-M4F target), `package` (the Debian
 //! package, built and checked), `module-cycles` (files of a crate that import each
-//! other in a circle).
+//! other in a circle), `fuzz` (every cargo-fuzz target, built and run briefly).
 
 use std::process::{Command, ExitCode};
 
+mod fuzz;
 mod module_cycles;
 mod package;
 mod step;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         }
         "package" => package::steps(),
         "module-cycles" => vec![Step::Check("module circles", no_module_cycles)],
+        "fuzz" => vec![fuzz_step()],
         "ci" => {
             let mut all = vec![Step::Check("module circles", no_module_cycles)];
             all.extend(cargo(vec![fmt(), lint(), test()]));
@@ -51,11 +53,12 @@ fn main() -> ExitCode {
             all.extend(cargo(embedded()));
             all.extend(firmware());
             all.extend(package::steps());
+            all.push(fuzz_step());
             all
         }
         other => {
             eprintln!(
-                "unknown job {other:?}; jobs: ci, fmt, lint, test, test-real, embedded, package, module-cycles"
+                "unknown job {other:?}; jobs: ci, fmt, lint, test, test-real, embedded, package, module-cycles, fuzz"
             );
             return ExitCode::FAILURE;
         }
@@ -161,6 +164,11 @@ fn no_module_cycles() -> Result<(), String> {
     } else {
         Err(problems.join("\n"))
     }
+}
+
+/// Every fuzz target in the tree, built and run briefly ([`fuzz`]).
+fn fuzz_step() -> Step {
+    Step::Check("fuzz every target briefly", fuzz::fuzz_every_target)
 }
 
 fn fmt() -> Vec<String> {

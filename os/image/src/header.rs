@@ -6,7 +6,9 @@ use core::str::FromStr;
 use sha2::{Digest, Sha256};
 use warden_keychain::{CERT_LEN, SIGNATURE_LEN, domain};
 
-use crate::{ImageError, ProductId};
+use warden_policy::bundle::ProductId;
+
+use crate::ImageError;
 
 /// First four bytes of every image.
 pub const IMAGE_MAGIC: [u8; 4] = *b"WIM1";
@@ -285,5 +287,32 @@ mod tests {
             );
         }
         assert!(SemanticVersion::new(1, 10, 0) > SemanticVersion::new(1, 9, 9));
+    }
+
+    #[test]
+    fn the_fuzz_harness_runs_on_a_header_and_a_whole_image() {
+        let bytes = header().encode();
+        crate::fuzz_harness::image_header(&bytes);
+        let mut image = bytes.to_vec();
+        image.extend([0; 5]);
+        image.extend([0; TRAILER_LEN]);
+        crate::fuzz_harness::image_header(&image);
+        crate::fuzz_harness::image_header(b"");
+    }
+
+    proptest::proptest! {
+        /// The fuzz target's harness (`os/fuzz`, target `image_header`) on random input,
+        /// and on a valid header with one byte changed.
+        #[test]
+        fn the_fuzz_harness_holds(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+            at in 0..HEADER_LEN,
+            value in proptest::num::u8::ANY,
+        ) {
+            crate::fuzz_harness::image_header(&bytes);
+            let mut mutated = header().encode();
+            mutated[at] = value;
+            crate::fuzz_harness::image_header(&mutated);
+        }
     }
 }

@@ -4,6 +4,7 @@
 #[cfg(feature = "std")]
 pub mod build;
 mod error;
+pub mod fuzz_harness;
 mod header;
 mod verify;
 

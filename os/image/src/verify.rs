@@ -3,7 +3,9 @@
 use sha2::{Digest, Sha256};
 use warden_keychain::{CERT_LEN, KeyId, Purpose, RootKey, SIGNATURE_LEN};
 
-use crate::{HEADER_LEN, IMAGE_DOMAIN, ImageError, ImageHeader, ProductId, TRAILER_LEN};
+use warden_policy::bundle::ProductId;
+
+use crate::{HEADER_LEN, IMAGE_DOMAIN, ImageError, ImageHeader, TRAILER_LEN};
 
 /// What a device trusts when it verifies an image.
 #[derive(Clone, Copy, Debug)]

@@ -3,7 +3,7 @@
 //! The monitor makes a socketpair per granted channel and sends one end to each peer
 //! over their control channels as `SCM_RIGHTS`, through rustix's safe API.
 
-use std::io::{IoSlice, IoSliceMut, Read as _, Write as _};
+use std::io::{IoSlice, IoSliceMut, Write as _};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -15,7 +15,7 @@ use rustix::net::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::frame::{FrameError, MAX_FRAME_LEN, decode_body, encode_frame};
+use super::frame::{FrameError, encode_frame, read_frame_with};
 
 /// Writes one frame with `fd` attached to its first byte.
 pub fn send_frame_with_fd<T: Serialize>(
@@ -48,19 +48,16 @@ pub fn send_frame_with_fd<T: Serialize>(
 pub fn recv_frame_with_fd<T: DeserializeOwned>(
     socket: &UnixStream,
 ) -> Result<Option<(T, Option<OwnedFd>)>, FrameError> {
-    let mut prefix = [0_u8; 4];
-    let mut filled = 0;
     let mut attached = None;
-    while filled < prefix.len() {
+    let frame = read_frame_with(|buffer| {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = rustix::net::recvmsg(
             socket,
-            &mut [IoSliceMut::new(&mut prefix[filled..])],
+            &mut [IoSliceMut::new(buffer)],
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
+        )?;
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = message {
                 for fd in fds {
@@ -68,18 +65,7 @@ pub fn recv_frame_with_fd<T: DeserializeOwned>(
                 }
             }
         }
-        match received.bytes {
-            0 if filled == 0 => return Ok(None),
-            0 => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-            count => filled += count,
-        }
-    }
-    let length = u32::from_le_bytes(prefix) as usize;
-    if length > MAX_FRAME_LEN {
-        return Err(FrameError::TooLong { length });
-    }
-    let mut body = vec![0_u8; length];
-    let mut reader = socket;
-    reader.read_exact(&mut body)?;
-    Ok(Some((decode_body(&body)?, attached)))
+        Ok(received.bytes)
+    })?;
+    Ok(frame.map(|frame| (frame, attached)))
 }

@@ -7,9 +7,9 @@
 use std::path::Path;
 
 use super::manifest::BootSettings;
-use crate::boot::BootMonitor;
+use crate::boot::{BootError, BootMonitor};
 use crate::file_system::{SlotFileSystem, StdFileSystem};
-use crate::root_of_trust::{BootRootOfTrust, PlutonRootOfTrust};
+use crate::root_of_trust::{BootRootOfTrust, PlutonRootOfTrust, RootOfTrustError};
 use crate::slots::{CrashVerdict, Slot};
 use crate::{BootConfig, image::ProductId};
 
@@ -49,10 +49,28 @@ pub enum TrialCrashVerdict {
     },
 }
 
+/// A trial crash that could not be reported to the boot monitor.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrialCrashError {
+    /// The boot settings name a product that is not a product ID.
+    #[error("product {0:?} in the manifest's boot settings is not a product id")]
+    Product(String),
+    /// Pluton (the root of trust) could not be reached.
+    #[error("cannot reach pluton to report a trial crash: {0}")]
+    RootOfTrust(#[source] RootOfTrustError),
+    /// The boot monitor could not record the crash.
+    #[error("the boot monitor could not record the crash: {0}")]
+    Boot(#[from] BootError),
+}
+
 /// Where compartment crashes go while the running image is on trial.
 pub trait TrialCrashSink: Send {
     /// Compartment `compartment` crashed (exit, signal, panic or watchdog kill).
-    fn compartment_crashed(&mut self, compartment: &str) -> Result<TrialCrashVerdict, String>;
+    fn compartment_crashed(
+        &mut self,
+        compartment: &str,
+    ) -> Result<TrialCrashVerdict, TrialCrashError>;
 }
 
 /// A boot monitor and the trial slot it runs from.
@@ -69,14 +87,17 @@ where
     F: SlotFileSystem + Send,
     R: BootRootOfTrust + Send,
 {
-    fn compartment_crashed(&mut self, compartment: &str) -> Result<TrialCrashVerdict, String> {
+    fn compartment_crashed(
+        &mut self,
+        compartment: &str,
+    ) -> Result<TrialCrashVerdict, TrialCrashError> {
         tracing::warn!(compartment, slot = %self.slot.name(), "crash on a trial image reported to the boot monitor");
         match self.boot.report_crash(self.slot) {
             Ok(CrashVerdict::Restart) => Ok(TrialCrashVerdict::Restart),
             Ok(CrashVerdict::RolledBack(reason)) => Ok(TrialCrashVerdict::RolledBack {
                 reason: reason.to_string(),
             }),
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error.into()),
         }
     }
 }
@@ -100,15 +121,15 @@ impl PlutonBootTrial {
         })
     }
 
-    fn boot(&self) -> Result<BootTrial<StdFileSystem, PlutonRootOfTrust>, String> {
+    fn boot(&self) -> Result<BootTrial<StdFileSystem, PlutonRootOfTrust>, TrialCrashError> {
         let product = ProductId::new(&self.settings.product)
-            .ok_or_else(|| format!("product {:?} is not a product id", self.settings.product))?;
+            .ok_or_else(|| TrialCrashError::Product(self.settings.product.clone()))?;
         let root_of_trust = PlutonRootOfTrust::connect(
             &self.settings.pluton_socket,
             &self.settings.capability_file,
             Vec::new(),
         )
-        .map_err(|error| error.to_string())?;
+        .map_err(TrialCrashError::RootOfTrust)?;
         Ok(BootTrial {
             boot: BootMonitor::new(
                 StdFileSystem::new(Path::new(&self.settings.state_dir)),
@@ -121,7 +142,10 @@ impl PlutonBootTrial {
 }
 
 impl TrialCrashSink for PlutonBootTrial {
-    fn compartment_crashed(&mut self, compartment: &str) -> Result<TrialCrashVerdict, String> {
+    fn compartment_crashed(
+        &mut self,
+        compartment: &str,
+    ) -> Result<TrialCrashVerdict, TrialCrashError> {
         self.boot()?.compartment_crashed(compartment)
     }
 }

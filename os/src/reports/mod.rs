@@ -1,16 +1,14 @@
 //! Failure reports: a crash-safe, bounded ring of records on disk, grouped by signature.
 //!
 //! Each report is its own file `NNNNNNNNNNNNNNNN.wfr`: magic `WFR1`, a postcard body and
-//! the SHA-256 of the body. It is written to a temporary file, fsynced, renamed and the
-//! directory fsynced, so a power cut leaves either the whole report or none. A file
+//! the SHA-256 of the body. It is written with `warden_files::write_file_atomically`
+//! (temporary file, fsync, rename, fsync of the directory), so a power cut leaves either
+//! the whole report or none. A file
 //! whose digest does not match is skipped when reading. After each write the oldest
 //! reports beyond the capacity are deleted.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -184,6 +182,9 @@ pub enum ReportError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A report or the upload marker could not be written (names the step and file).
+    #[error("report store: {0}")]
+    File(#[from] warden_files::FileError),
     /// A report could not be encoded.
     #[error("cannot encode report: {0}")]
     Encode(postcard::Error),
@@ -264,24 +265,10 @@ impl ReportStore {
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&body);
         bytes.extend_from_slice(&Sha256::digest(&body));
-        let final_path = self.path_of(id);
-        let temp_path = self.dir.join(format!(".{id:016}.tmp"));
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| ReportError::Io { path, source }
-        };
-        let mut file = File::create(&temp_path).map_err(io(&temp_path))?;
         // Readable by the cloud link's compartment, which uploads it, whatever the
         // monitor's umask; landlock keeps every other compartment off the directory.
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .map_err(io(&temp_path))?;
-        file.write_all(&bytes).map_err(io(&temp_path))?;
-        file.sync_all().map_err(io(&temp_path))?;
-        drop(file);
-        std::fs::rename(&temp_path, &final_path).map_err(io(&final_path))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io(&self.dir))?;
+        // (The temporary `<id>.wfr.tmp` is not a report's name, so readers skip it.)
+        warden_files::write_file_atomically_with_mode(&self.path_of(id), &bytes, 0o644)?;
         self.prune()?;
         Ok(report)
     }
@@ -333,17 +320,12 @@ impl ReportStore {
 
     /// Marks every report up to `id` as uploaded (replaced atomically).
     pub fn mark_uploaded(&self, id: u64) -> Result<(), ReportError> {
-        let path = self.upload_marker.clone();
-        let temp = path.with_extension("tmp");
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| ReportError::Io { path, source }
-        };
-        let mut file = File::create(&temp).map_err(io(&temp))?;
-        file.write_all(id.to_string().as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io(&temp))?;
-        std::fs::rename(&temp, &path).map_err(io(&path))
+        warden_files::write_file_atomically_with_mode(
+            &self.upload_marker,
+            id.to_string().as_bytes(),
+            0o644,
+        )?;
+        Ok(())
     }
 
     fn uploaded_through(&self) -> u64 {
@@ -412,14 +394,8 @@ impl ReportStore {
     }
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
-}
+/// The crate's clock, re-exported where the appliance has always found it.
+pub use crate::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

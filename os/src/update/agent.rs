@@ -9,7 +9,7 @@ use warden_image::SemanticVersion;
 
 use crate::boot::{BootError, BootMonitor};
 use crate::file_system::SlotFileSystem;
-use crate::release::hex;
+use crate::hex::encode as hex;
 use crate::root_of_trust::BootRootOfTrust;
 use crate::slots::Slot;
 use crate::update::window::{UpdateWindowPolicy, WindowDecision};

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use warden_modbus::rtu::crc16;
 
-use crate::{MAX_FRAME_LEN, MAX_MESSAGE_LEN};
+use crate::limits::{MAX_FRAME_LEN, MAX_MESSAGE_LEN};
 
 /// Why a frame could not be built or used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,7 +357,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_fuzz_harness_runs_on_every_message() {
+        let mut stream = vec![0x42, 0x00];
+        for message in every_message() {
+            stream.extend(frame(&message));
+        }
+        crate::fuzz_harness::mailbox_frames(&stream);
+    }
+
     proptest! {
+        /// The fuzz target's harness (`mailbox/fuzz`, target `mailbox_frames`).
+        #[test]
+        fn the_fuzz_harness_holds_on_noise_and_mutated_frames(
+            noise in proptest::collection::vec(any::<u8>(), 0..600),
+            at in any::<prop::sample::Index>(),
+            value in any::<u8>(),
+        ) {
+            crate::fuzz_harness::mailbox_frames(&noise);
+            let mut stream = Vec::new();
+            for message in every_message() {
+                stream.extend(frame(&message));
+            }
+            let at = at.index(stream.len());
+            stream[at] = value;
+            crate::fuzz_harness::mailbox_frames(&stream);
+        }
+
         #[test]
         fn random_bytes_never_panic_and_never_pass_a_wrong_crc(
             noise in proptest::collection::vec(any::<u8>(), 0..2000)
