@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-pub mod browser;
 pub mod demo;
 pub mod demo_pki;
 pub mod modbus_rtu_slave;

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo::{DemoPorts, DemoWorld, DeviceIdentity};
 use warden_os::reports::{FailureKind, FailureReport, ReportStore};
+use warden_test_support::ports::free_port;
 
 const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
 const NEEDS: &str = "needs root (dedicated uids and groups) and landlock ABI 6, seccomp filters and network namespaces";
@@ -25,13 +26,6 @@ fn ready() -> bool {
         return false;
     }
     true
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
 }
 
 fn quoted(paths: &[&Path]) -> String {

@@ -77,7 +77,8 @@ fn check_config_names_the_file_line_and_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromium-driver (Debian packages; .ci/run installs them)"]
 async fn dashboard_and_status_page_render_live_values_in_chromium() {
-    use warden_hil::{browser, scenario};
+    use warden_hil::scenario;
+    use warden_test_support::browser;
     let state = tempfile::tempdir().expect("tempdir");
     let demo = scenario::DemoProcess::start(Path::new(env!("CARGO_BIN_EXE_warden")), state.path())
         .await

@@ -10,7 +10,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use warden_hil::{browser, scenario};
+use warden_hil::scenario;
+use warden_test_support::browser;
 
 /// Accepts exactly the certificate whose SHA-256 the demo printed (what an operator
 /// does with the fingerprint on the label).

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use warden_fleet::auth::{Role, TokenConfig, hash_token};
-use warden_hil::browser::WebDriver;
 use warden_hil::demo_pki::DemoPki;
+use warden_test_support::browser::WebDriver;
 
 const VIEWER_TOKEN: &str = "dashboard-viewer-token-0123456789";
 const WAIT: Duration = Duration::from_secs(20);

@@ -16,71 +16,7 @@ use warden_os::update::{
 };
 
 use crate::support::{Keys, product};
-
-/// A minimal HTTP/1.1 file server: honours `Range: bytes=N-`; the first response is
-/// cut after `cut_first_at` body bytes if set. Records each request's range start.
-async fn serve(body: Vec<u8>, cut_first_at: Option<usize>) -> (String, Arc<Mutex<Vec<u64>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/image.wim", listener.local_addr().expect("addr"));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let mut request = Vec::new();
-            let mut buffer = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match socket.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buffer[..n]),
-                }
-            }
-            let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
-            let start: u64 = text
-                .lines()
-                .find_map(|line| line.strip_prefix("range: bytes="))
-                .and_then(|range| {
-                    range
-                        .trim_end_matches('-')
-                        .trim_end_matches("-\r")
-                        .split('-')
-                        .next()?
-                        .trim()
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or(0);
-            log.lock().expect("log").push(start);
-            let start = start as usize;
-            let head = if start > 0 {
-                format!(
-                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nConnection: close\r\n\r\n",
-                    body.len() - start,
-                    start,
-                    body.len() - 1,
-                    body.len()
-                )
-            } else {
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                )
-            };
-            let _ = socket.write_all(head.as_bytes()).await;
-            let end = match cut_first_at {
-                Some(cut) if first => cut,
-                _ => body.len(),
-            };
-            first = false;
-            let _ = socket.write_all(&body[start..end.max(start)]).await;
-            let _ = socket.shutdown().await;
-        }
-    });
-    (url, seen)
-}
+use warden_test_support::range_server::serve;
 
 fn offer(url: String, image: &[u8]) -> UpdateOffer {
     UpdateOffer {

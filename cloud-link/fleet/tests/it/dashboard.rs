@@ -3,14 +3,12 @@
 //! image upload, deployments, update statuses, failure reports), each page opened
 //! and what it shows asserted. A failed assertion saves a screenshot of the page.
 //!
-//! The browser is run the way `warden-hil`'s `browser` module runs it (`--dump-dom`,
-//! `--screenshot`, the same flags and `WARDEN_CHROMIUM`); that module cannot be used
-//! from here without a dependency cycle (hil depends on this crate). The pages are
+//! The browser is `warden-test-support`'s (`--dump-dom`, `--screenshot`, a closed
+//! network's flags and `WARDEN_CHROMIUM`), in a tall window. The pages are
 //! read anonymously (`anonymous_role = "viewer"`, as in the demo): a DOM dump cannot
 //! type a token. The login form is covered by hil's WebDriver test.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rumqttc::QoS;
@@ -19,6 +17,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject as _;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use warden_test_support::browser;
 use warden_wire::topics::{Reading, TelemetryBatch};
 use warden_wire::topics::{from_hex, telemetry_topic, to_hex};
 
@@ -31,40 +30,13 @@ const WAIT: Duration = Duration::from_secs(30);
 
 // ---- the browser ----
 
-fn chromium(profile: &Path) -> Command {
-    let mut command =
-        Command::new(std::env::var_os("WARDEN_CHROMIUM").unwrap_or_else(|| "chromium".into()));
-    command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=4000",
-            "--window-size=1400,2400",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()));
-    command
-}
+/// A tall window: the dashboard's sections stack.
+const WINDOW: (u32, u32) = (1400, 2400);
 
 /// The DOM of `url` after its scripts ran.
 fn dump_dom(url: &str) -> String {
-    let profile = tempfile::tempdir().expect("profile dir");
-    let output = chromium(profile.path())
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .expect("chromium runs (Debian package chromium, or WARDEN_CHROMIUM)");
-    assert!(
-        output.status.success(),
-        "chromium failed on {url}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    browser::dump_dom_in_window(url, WINDOW)
+        .unwrap_or_else(|error| panic!("chromium on {url}: {error}"))
 }
 
 /// Where failure screenshots go (named in the failure message).
@@ -87,13 +59,7 @@ async fn page(url: String, name: &'static str, check: impl Fn(&str) -> Result<()
         let shot = dir.join(format!("{name}.png"));
         let taken = tokio::task::spawn_blocking({
             let (url, shot) = (url.clone(), shot.clone());
-            move || {
-                let profile = tempfile::tempdir().expect("profile dir");
-                chromium(profile.path())
-                    .arg(format!("--screenshot={}", shot.display()))
-                    .arg(&url)
-                    .status()
-            }
+            move || browser::screenshot_in_window(&url, &shot, WINDOW)
         })
         .await
         .expect("join");
