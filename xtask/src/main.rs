@@ -3,11 +3,16 @@
 //! Jobs: `ci` (everything below, in order), `fmt`, `lint`, `test`, `test-real`
 //! (the ignored tests that need real components: Mosquitto clients, Chromium, …),
 //! `embedded` (the no_std crates for the Cortex-M4F target), `package` (the Debian
-//! package, built and checked).
+//! package, built and checked), `module-cycles` (files of a crate that import each
+//! other in a circle).
 
 use std::process::{Command, ExitCode};
 
+mod module_cycles;
 mod package;
+mod step;
+
+use step::{Step, args};
 
 /// The no_std crates and the features they build with on the microcontroller.
 const EMBEDDED_CRATES: &[&str] = &[
@@ -24,14 +29,6 @@ const FIRMWARE_DIR: &str = "protocol-bridges/rtcore/firmware";
 /// The real-time core's target.
 const EMBEDDED_TARGET: &str = "thumbv7em-none-eabihf";
 
-/// One step of a job: a cargo invocation, or a check written here.
-enum Step {
-    Cargo(Vec<String>),
-    /// A cargo invocation run inside a folder of the repository.
-    CargoIn(&'static str, Vec<String>),
-    Check(&'static str, fn() -> Result<(), String>),
-}
-
 fn main() -> ExitCode {
     let job = std::env::args().nth(1).unwrap_or_else(|| "ci".to_owned());
     let cargo = |list: Vec<Vec<String>>| list.into_iter().map(Step::Cargo).collect::<Vec<_>>();
@@ -46,8 +43,10 @@ fn main() -> ExitCode {
             all
         }
         "package" => package::steps(),
+        "module-cycles" => vec![Step::Check("module circles", no_module_cycles)],
         "ci" => {
-            let mut all = cargo(vec![fmt(), lint(), test()]);
+            let mut all = vec![Step::Check("module circles", no_module_cycles)];
+            all.extend(cargo(vec![fmt(), lint(), test()]));
             all.extend(real_component_tests());
             all.extend(cargo(embedded()));
             all.extend(firmware());
@@ -56,7 +55,7 @@ fn main() -> ExitCode {
         }
         other => {
             eprintln!(
-                "unknown job {other:?}; jobs: ci, fmt, lint, test, test-real, embedded, package"
+                "unknown job {other:?}; jobs: ci, fmt, lint, test, test-real, embedded, package, module-cycles"
             );
             return ExitCode::FAILURE;
         }
@@ -108,8 +107,20 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
+/// No crate has files that import each other in a circle (see `module_cycles`).
+fn no_module_cycles() -> Result<(), String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("xtask has no parent folder")?;
+    let circles = module_cycles::find(root)?;
+    if circles.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} circle(s); move the shared type down into a module of its own:\n{}",
+        circles.len(),
+        circles.join("\n")
+    ))
 }
 
 fn fmt() -> Vec<String> {

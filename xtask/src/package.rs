@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{Step, args};
+use crate::step::{Step, args};
 
 /// The cargo profile of the shipped binary (the workspace's `[profile.dist]`: fat LTO,
 /// one codegen unit).
