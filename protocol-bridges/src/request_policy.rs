@@ -1,5 +1,6 @@
 //! The policy gate every bridge request passes before it reaches equipment.
 
+use crate::clock::unix_millis;
 use crate::modbus::pdu::{ExceptionCode, Request};
 
 /// Who asked for a request.
@@ -81,7 +82,7 @@ impl RequestPolicy for PolicyGate {
             },
         });
         let decision =
-            warden_policy::evaluate(&self.policy.tables(), &mut self.rate, &request, now_ms());
+            warden_policy::evaluate(&self.policy.tables(), &mut self.rate, &request, unix_millis());
         match decision.verdict {
             warden_policy::Verdict::Allow => Ok(()),
             _ => {
@@ -104,9 +105,6 @@ impl RequestPolicy for PolicyGate {
     }
 }
 
-fn now_ms() -> u64 {
-    crate::poller::unix_millis()
-}
 
 /// A gate that allows everything: for tests and benchmarks only, never the appliance.
 #[derive(Debug, Clone, Copy, Default)]
