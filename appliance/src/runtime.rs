@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warden_bridges::{BridgeHealth, Sample};
+use warden_bridges::{BridgeHealth, Sample, Value};
 use warden_link::{LinkAgent, LinkStatus, Reading};
 
 use crate::config::ApplianceConfig;
@@ -467,7 +467,9 @@ impl StartingPolicy {
 impl ApplianceState {
     /// Keeps `sample` as its point's last value and, if numeric, in its trend history.
     pub fn record_sample(&self, sample: &Sample) {
-        if sample.value.is_finite() {
+        // The page shows numbers (a bool as 0 or 1); a text point's number is NaN.
+        let number = sample.value.as_number().unwrap_or(f64::NAN);
+        if number.is_finite() {
             let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
             let recent = history
                 .entry((sample.bridge.clone(), sample.point.clone()))
@@ -475,7 +477,7 @@ impl ApplianceState {
             if recent.len() == HISTORY_LENGTH {
                 recent.pop_front();
             }
-            recent.push_back(sample.value);
+            recent.push_back(number);
         }
         self.values
             .lock()
@@ -483,7 +485,7 @@ impl ApplianceState {
             .insert(
                 (sample.bridge.clone(), sample.point.clone()),
                 LiveValue {
-                    value: sample.value,
+                    value: number,
                     unit: sample.unit.clone(),
                     ts_ms: sample.timestamp_ms,
                 },
@@ -491,19 +493,16 @@ impl ApplianceState {
     }
 }
 
-/// The telemetry reading of `sample`: its number, or the text of a string point;
+/// The telemetry reading of `sample`, named `bridge/point`, with the same value;
 /// `None` for a number that is not finite (a NaN or infinite float register: JSON
 /// cannot carry it, and the fleet would refuse the whole batch).
 pub fn telemetry_reading(sample: Sample) -> Option<Reading> {
     let point = format!("{}/{}", sample.bridge, sample.point);
-    if let Some(text) = sample.text {
-        return Some(Reading::text(point, text, sample.unit, sample.timestamp_ms));
-    }
-    if !sample.value.is_finite() {
-        tracing::debug!(%point, value = sample.value, "non-finite sample not sent as telemetry");
+    if sample.value.is_non_finite_number() {
+        tracing::debug!(%point, value = %sample.value, "non-finite sample not sent as telemetry");
         return None;
     }
-    Some(Reading::number(
+    Some(Reading::new(
         point,
         sample.value,
         sample.unit,
@@ -528,12 +527,11 @@ fn compile_policy_file(path: &std::path::Path) -> anyhow::Result<warden_policy::
 mod tests {
     use super::*;
 
-    fn sample(value: f64, text: Option<&str>) -> Sample {
+    fn sample(value: Value) -> Sample {
         Sample {
             bridge: "line1".into(),
             point: "p".into(),
             value,
-            text: text.map(str::to_owned),
             unit: "bar".into(),
             timestamp_ms: 7,
         }
@@ -611,14 +609,16 @@ mod tests {
 
     #[test]
     fn string_points_travel_as_text_and_non_finite_numbers_stay_home() {
-        let text = telemetry_reading(sample(f64::NAN, Some("AB-17"))).expect("sent");
+        let text = telemetry_reading(sample(Value::Text("AB-17".into()))).expect("sent");
         assert_eq!(
-            (text.point.as_str(), text.text.as_deref()),
+            (text.point.as_str(), text.value.as_text()),
             ("line1/p", Some("AB-17"))
         );
-        assert!(text.value.is_nan());
-        let number = telemetry_reading(sample(2.5, None)).expect("sent");
-        assert_eq!((number.value, number.text), (2.5, None));
-        assert!(telemetry_reading(sample(f64::INFINITY, None)).is_none());
+        assert_eq!(text.value.as_number(), None);
+        let number = telemetry_reading(sample(Value::Number(2.5))).expect("sent");
+        assert_eq!((number.value.as_number(), number.value.as_text()), (Some(2.5), None));
+        let flag = telemetry_reading(sample(Value::Bool(true))).expect("sent");
+        assert_eq!(flag.value, Value::Bool(true));
+        assert!(telemetry_reading(sample(Value::Number(f64::INFINITY))).is_none());
     }
 }

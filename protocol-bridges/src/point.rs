@@ -157,8 +157,9 @@ pub struct PointConfig {
     /// Engineering unit shown to people (`°C`, `rpm`).
     #[serde(default)]
     pub unit: String,
-    /// A new value is reported only when it differs from the last reported one by at
-    /// least this much (engineering units; 0 reports every reading).
+    /// A new number is reported only when it differs from the last reported one by at
+    /// least this much (engineering units), a bool or a text only when it changed; 0
+    /// reports every number and bool ([`crate::deadband`]).
     #[serde(default)]
     pub deadband: f64,
     /// How often to read the point, in milliseconds.

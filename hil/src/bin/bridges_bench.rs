@@ -28,7 +28,8 @@ use warden_bridges::modbus::tcp_client::TcpClient;
 use warden_bridges::modbus::tcp_frame::{MbapHeader, decode_frame, encode_frame};
 use warden_bridges::modbus::tcp_pool::TcpDevice;
 use warden_bridges::request_policy::PolicyGate;
-use warden_hil::modbus_rtu_slave::{Faults, RtuLineModel, RtuSlaveSimulator};
+use warden_hil::modbus_rtu_slave::{RtuLineModel, RtuSlaveSimulator};
+use warden_hil::simulated_device::Faults;
 use warden_hil::modbus_tcp_slave::{DeviceModel, SimulatedSlave};
 use warden_hil::register_model::RegisterModel;
 
