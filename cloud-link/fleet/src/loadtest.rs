@@ -126,12 +126,13 @@ pub fn telemetry_batch(seq: u64) -> warden_link::TelemetryBatch {
         epoch: 1,
         seq,
         readings: (0..10)
-            .map(|r| warden_link::Reading {
-                point: format!("line1/p{r}"),
-                value: f64::from(r),
-                text: None,
-                unit: "bar".into(),
-                ts_ms: 1_700_000_000_000 + seq,
+            .map(|r| {
+                warden_link::Reading::number(
+                    format!("line1/p{r}"),
+                    f64::from(r),
+                    "bar".into(),
+                    1_700_000_000_000 + seq,
+                )
             })
             .collect(),
     }

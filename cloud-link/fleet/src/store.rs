@@ -1072,13 +1072,12 @@ mod tests {
             stream: "line1".into(),
             epoch: 1,
             seq,
-            readings: vec![Reading {
-                point: "line1/t".into(),
+            readings: vec![Reading::number(
+                "line1/t".into(),
                 value,
-                text: None,
-                unit: "°C".into(),
+                "°C".into(),
                 ts_ms,
-            }],
+            )],
         }
     }
 

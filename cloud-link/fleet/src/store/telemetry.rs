@@ -127,7 +127,7 @@ pub(super) async fn ingest_group(
                 .bind(to_i64(reading.ts_ms))
                 .bind(stored_value(reading))
                 .bind(reading.unit.as_str())
-                .bind(reading.text.as_deref())
+                .bind(reading.value.as_text())
                 .bind(received_ms);
         }
         query.execute(&mut **tx).await?;
@@ -163,21 +163,17 @@ pub(super) async fn ingest_group(
                 .bind(to_i64(reading.ts_ms))
                 .bind(stored_value(reading))
                 .bind(reading.unit.as_str())
-                .bind(reading.text.as_deref());
+                .bind(reading.value.as_text());
         }
         query.execute(&mut **tx).await?;
     }
     Ok(outcomes)
 }
 
-/// The value column's content: text readings keep 0 in the NOT NULL column (decode
-/// refused any reading that has neither a finite number nor text).
+/// The value column's content: text readings keep 0 in the NOT NULL column, bools
+/// 0 or 1 (decode refused any reading that has neither a number nor text).
 fn stored_value(reading: &Reading) -> f64 {
-    if reading.text.is_some() {
-        0.0
-    } else {
-        reading.value
-    }
+    reading.value.as_number().unwrap_or(0.0)
 }
 
 #[cfg(test)]
