@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use warden_bridges::{BridgeHealth, Sample, Value};
+use warden_bridges::{BridgeHealth, Sample};
 use warden_link::{LinkAgent, LinkStatus, Reading};
 
 use crate::config::ApplianceConfig;
@@ -526,6 +526,7 @@ fn compile_policy_file(path: &std::path::Path) -> anyhow::Result<warden_policy::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warden_bridges::Value;
 
     fn sample(value: Value) -> Sample {
         Sample {
@@ -616,7 +617,10 @@ mod tests {
         );
         assert_eq!(text.value.as_number(), None);
         let number = telemetry_reading(sample(Value::Number(2.5))).expect("sent");
-        assert_eq!((number.value.as_number(), number.value.as_text()), (Some(2.5), None));
+        assert_eq!(
+            (number.value.as_number(), number.value.as_text()),
+            (Some(2.5), None)
+        );
         let flag = telemetry_reading(sample(Value::Bool(true))).expect("sent");
         assert_eq!(flag.value, Value::Bool(true));
         assert!(telemetry_reading(sample(Value::Number(f64::INFINITY))).is_none());

@@ -976,7 +976,12 @@ fn explain(bytes: &[u8], error: serde_json::Error) -> PayloadError {
     if loose.v != PROTOCOL_VERSION {
         return PayloadError::UnsupportedVersion(loose.v);
     }
-    match loose.readings.into_iter().enumerate().find(|(_, r)| !r.has_value()) {
+    match loose
+        .readings
+        .into_iter()
+        .enumerate()
+        .find(|(_, r)| !r.has_value())
+    {
         Some((index, reading)) => PayloadError::NoValue {
             index,
             point: reading.point,
@@ -1061,15 +1066,28 @@ mod tests {
     fn readings_keep_the_version_1_json_both_ways() {
         let number = r#"{"point":"line1/t","value":21.5,"text":null,"unit":"°C","ts_ms":5}"#;
         let text = r#"{"point":"line1/serial","value":null,"text":"AB-17","unit":"","ts_ms":5}"#;
-        let flag = r#"{"point":"line1/run","value":1.0,"text":null,"bool":true,"unit":"","ts_ms":5}"#;
+        let flag =
+            r#"{"point":"line1/run","value":1.0,"text":null,"bool":true,"unit":"","ts_ms":5}"#;
         let cases = [
-            (number, Reading::number("line1/t".into(), 21.5, "°C".into(), 5)),
-            (text, Reading::text("line1/serial".into(), "AB-17".into(), String::new(), 5)),
-            (flag, Reading::new("line1/run".into(), Value::Bool(true), String::new(), 5)),
+            (
+                number,
+                Reading::number("line1/t".into(), 21.5, "°C".into(), 5),
+            ),
+            (
+                text,
+                Reading::text("line1/serial".into(), "AB-17".into(), String::new(), 5),
+            ),
+            (
+                flag,
+                Reading::new("line1/run".into(), Value::Bool(true), String::new(), 5),
+            ),
         ];
         for (json, reading) in &cases {
             assert_eq!(serde_json::to_string(reading).expect("json"), *json);
-            assert_eq!(&serde_json::from_str::<Reading>(json).expect("reads"), reading);
+            assert_eq!(
+                &serde_json::from_str::<Reading>(json).expect("reads"),
+                reading
+            );
         }
         let batch = format!(
             r#"{{"v":1,"stream":"telemetry","epoch":2,"seq":3,"readings":[{number},{text},{flag}]}}"#
@@ -1085,7 +1103,10 @@ mod tests {
         // A v1 reader that does not know `bool` sees the flag as 0 or 1.
         let off = Reading::new("a/run".into(), Value::Bool(false), String::new(), 1);
         let json: serde_json::Value = serde_json::to_value(&off).expect("json");
-        assert_eq!((json["value"].as_f64(), json["bool"].as_bool()), (Some(0.0), Some(false)));
+        assert_eq!(
+            (json["value"].as_f64(), json["bool"].as_bool()),
+            (Some(0.0), Some(false))
+        );
     }
 
     /// The compact shape between compartments and in the outbox journal: journals
@@ -1111,16 +1132,25 @@ mod tests {
         let now = |value| Reading::new("line1/x".into(), value, "bar".into(), 7);
         for (old, new) in [
             (before(Some(2.5), None), now(Value::Number(2.5))),
-            (before(None, Some("AB-17")), now(Value::Text("AB-17".into()))),
+            (
+                before(None, Some("AB-17")),
+                now(Value::Text("AB-17".into())),
+            ),
         ] {
             let old_bytes = postcard::to_allocvec(&old).expect("postcard");
             assert_eq!(postcard::to_allocvec(&new).expect("postcard"), old_bytes);
-            assert_eq!(postcard::from_bytes::<Reading>(&old_bytes).expect("reads"), new);
+            assert_eq!(
+                postcard::from_bytes::<Reading>(&old_bytes).expect("reads"),
+                new
+            );
         }
         for value in [Value::Bool(true), Value::Number(f64::INFINITY)] {
             let reading = now(value);
             let bytes = postcard::to_allocvec(&reading).expect("postcard");
-            assert_eq!(postcard::from_bytes::<Reading>(&bytes).expect("reads"), reading);
+            assert_eq!(
+                postcard::from_bytes::<Reading>(&bytes).expect("reads"),
+                reading
+            );
         }
         // Neither a number nor a text: refused, naming the point.
         let empty = postcard::to_allocvec(&before(None, None)).expect("postcard");

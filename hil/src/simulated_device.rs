@@ -290,4 +290,3 @@ pub struct Faults {
     #[serde(default)]
     pub seed: u64,
 }
-

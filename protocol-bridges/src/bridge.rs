@@ -7,11 +7,11 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::health::{BridgeHealth, HealthEvent};
 use crate::modbus::pdu::{CoilValues, ExceptionCode, RegisterValues, Request};
 use crate::modbus::rtu_bus::RtuBus;
 use crate::modbus::tcp_pool::TcpDevice;
 use crate::modbus::{Answer, ClientError};
-use crate::health::{BridgeHealth, HealthEvent};
 use crate::point::{PointConfig, RegisterKind, WriteValue};
 use crate::request_policy::{Denial, GatedRequest, RequestPolicy, RequestSource};
 

@@ -72,7 +72,11 @@ mod tests {
         assert!(should_report(Some(&nan), &number(20.0), 0.5));
         assert!(!should_report(Some(&nan), &nan, 0.5));
         assert!(should_report(Some(&nan), &number(f64::INFINITY), 0.5));
-        assert!(!should_report(Some(&number(f64::INFINITY)), &number(f64::INFINITY), 0.5));
+        assert!(!should_report(
+            Some(&number(f64::INFINITY)),
+            &number(f64::INFINITY),
+            0.5
+        ));
         assert!(should_report(Some(&nan), &nan, 0.0));
     }
 

@@ -81,8 +81,12 @@ impl RequestPolicy for PolicyGate {
                 RequestSource::Facade => warden_policy::Source::Facade,
             },
         });
-        let decision =
-            warden_policy::evaluate(&self.policy.tables(), &mut self.rate, &request, unix_millis());
+        let decision = warden_policy::evaluate(
+            &self.policy.tables(),
+            &mut self.rate,
+            &request,
+            unix_millis(),
+        );
         match decision.verdict {
             warden_policy::Verdict::Allow => Ok(()),
             _ => {
@@ -104,7 +108,6 @@ impl RequestPolicy for PolicyGate {
         }
     }
 }
-
 
 /// A gate that allows everything: for tests and benchmarks only, never the appliance.
 #[derive(Debug, Clone, Copy, Default)]

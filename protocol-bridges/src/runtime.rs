@@ -15,8 +15,8 @@ use crate::modbus::fair_queue::BackoffPolicy;
 use crate::modbus::rtu_bus::{BusOptions, RtuBus};
 use crate::modbus::tcp_pool::TcpDevice;
 use crate::poller::Poller;
-use crate::sample::Sample;
 use crate::request_policy::PolicyGate;
+use crate::sample::Sample;
 
 /// One started bridge.
 #[derive(Debug, Clone)]

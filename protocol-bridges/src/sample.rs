@@ -41,7 +41,10 @@ mod tests {
                 timestamp_ms: 1,
             };
             let bytes = postcard::to_allocvec(&sample).expect("postcard");
-            assert_eq!(postcard::from_bytes::<Sample>(&bytes).expect("back"), sample);
+            assert_eq!(
+                postcard::from_bytes::<Sample>(&bytes).expect("back"),
+                sample
+            );
         }
     }
 }

@@ -119,7 +119,9 @@ impl Serialize for Value {
             };
         }
         match self {
-            Self::Number(number) => serializer.serialize_newtype_variant("Value", 0, "Number", number),
+            Self::Number(number) => {
+                serializer.serialize_newtype_variant("Value", 0, "Number", number)
+            }
             Self::Text(text) => serializer.serialize_newtype_variant("Value", 1, "Text", text),
             Self::Bool(flag) => serializer.serialize_newtype_variant("Value", 2, "Bool", flag),
         }
@@ -232,8 +234,14 @@ mod tests {
             assert_eq!(serde_json::to_string(&value).expect("json"), json);
             assert_eq!(serde_json::from_str::<Value>(json).expect("value"), value);
         }
-        assert_eq!(serde_json::from_str::<Value>("7").expect("int"), Value::Number(7.0));
-        assert_eq!(serde_json::to_string(&Value::Number(f64::NAN)).expect("json"), "null");
+        assert_eq!(
+            serde_json::from_str::<Value>("7").expect("int"),
+            Value::Number(7.0)
+        );
+        assert_eq!(
+            serde_json::to_string(&Value::Number(f64::NAN)).expect("json"),
+            "null"
+        );
         let back: Value = serde_json::from_str("null").expect("null");
         assert!(back.is_non_finite_number());
     }
@@ -249,7 +257,10 @@ mod tests {
             let bytes = postcard::to_allocvec(&value).expect("postcard");
             assert_eq!(postcard::from_bytes::<Value>(&bytes).expect("back"), value);
         }
-        assert_eq!(postcard::to_allocvec(&Value::Bool(true)).expect("postcard"), [2, 1]);
+        assert_eq!(
+            postcard::to_allocvec(&Value::Bool(true)).expect("postcard"),
+            [2, 1]
+        );
         assert!(postcard::from_bytes::<Value>(&[3, 1]).is_err());
     }
 }

@@ -29,9 +29,9 @@ use warden_bridges::modbus::tcp_frame::{MbapHeader, decode_frame, encode_frame};
 use warden_bridges::modbus::tcp_pool::TcpDevice;
 use warden_bridges::request_policy::PolicyGate;
 use warden_hil::modbus_rtu_slave::{RtuLineModel, RtuSlaveSimulator};
-use warden_hil::simulated_device::Faults;
 use warden_hil::modbus_tcp_slave::{DeviceModel, SimulatedSlave};
 use warden_hil::register_model::RegisterModel;
+use warden_hil::simulated_device::Faults;
 
 fn device() -> DeviceModel {
     let mut holding = BTreeMap::new();

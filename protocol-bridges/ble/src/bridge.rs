@@ -7,8 +7,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use warden_bridges::bridge::WriteOutcome;
 use warden_bridges::point::WriteValue;
-use warden_bridges::sample::Sample;
 use warden_bridges::request_policy::RequestSource;
+use warden_bridges::sample::Sample;
 
 use crate::ble_policy::BleRequestPolicy;
 use crate::config::BleBridgeSpec;

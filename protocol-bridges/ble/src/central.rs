@@ -18,16 +18,16 @@ use trouble_host::prelude::*;
 use warden_bridges::bridge::WriteOutcome;
 use warden_bridges::clock::unix_millis;
 use warden_bridges::deadband::should_report;
-use warden_bridges::sample::{Sample, Value};
 use warden_bridges::request_policy::RequestSource;
+use warden_bridges::sample::{Sample, Value};
 use warden_policy::BleOperation;
 
 use crate::ble_policy::BleGatedRequest;
-use crate::shared::{LinkState, Shared, WriteCommand};
 use crate::config::{BlePointSpec, SensorSelector};
-use crate::point_config::BleAccess;
 use crate::device_address::DeviceAddress;
 use crate::hci_transport::HciTransport;
+use crate::point_config::BleAccess;
+use crate::shared::{LinkState, Shared, WriteCommand};
 
 /// The controller as the host stack drives it.
 type Hci = ExternalController<HciTransport, 10>;

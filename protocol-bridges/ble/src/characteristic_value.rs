@@ -355,7 +355,7 @@ mod tests {
 
         let flag = ValueCodec::new(&config(DataType::Bool, None, 1.0)).expect("codec");
         assert_eq!(number(&flag, &[1]), 1.0);
-        assert_eq!(flag.decode(&[0, 2]).expect("flag"), Value::Bool(true));
+        assert_eq!(flag.decode(&[2]).expect("flag"), Value::Bool(true));
         assert_eq!(flag.decode(&[0]).expect("flag"), Value::Bool(false));
         assert_eq!(flag.encode(&WriteValue::Bool(true)).expect("bool"), [1]);
 

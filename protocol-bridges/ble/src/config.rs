@@ -135,7 +135,8 @@ impl BleBridgeConfig {
         if self.name.trim().is_empty() {
             return Err(error("name", "must not be empty".into()));
         }
-        let transport = HciTransportSpec::parse(&self.hci).map_err(|e| error("hci", e.to_string()))?;
+        let transport =
+            HciTransportSpec::parse(&self.hci).map_err(|e| error("hci", e.to_string()))?;
         let sensor = match (&self.address, &self.device_name) {
             (Some(address), None) => SensorSelector::Address(
                 DeviceAddress::parse(address, self.address_type)
@@ -187,8 +188,8 @@ impl BleBridgeConfig {
                     ),
                 ));
             }
-            let service =
-                BleUuid::parse(&point.service).map_err(|e| error(&field("service"), e.to_string()))?;
+            let service = BleUuid::parse(&point.service)
+                .map_err(|e| error(&field("service"), e.to_string()))?;
             let characteristic = BleUuid::parse(&point.characteristic)
                 .map_err(|e| error(&field("characteristic"), e.to_string()))?;
             if !point.scale.is_finite() || point.scale == 0.0 {

@@ -15,6 +15,6 @@ pub use ble_policy::{BleDenial, BleGatedRequest, BlePolicyGate, BleRequestPolicy
 pub use ble_uuid::{BleUuid, NotAUuid};
 pub use bridge::{BleBridgeHandle, StartError, start};
 pub use config::{BleBridgeConfig, BleBridgeSpec, ConfigError, SensorSelector};
+pub use device_address::{AddressKind, BadAddress, DeviceAddress};
 pub use point_config::{BleAccess, BlePointConfig};
 pub use shared::{BleHealth, LinkState};
-pub use device_address::{AddressKind, BadAddress, DeviceAddress};

@@ -150,8 +150,7 @@ async fn calls_answers_denials_and_counters_go_through_the_mailbox() {
     tokio::spawn(scripted_core(theirs, true));
     let health = Arc::new(Mutex::new(BridgeHealth::default()));
     let shutdown = CancellationToken::new();
-    let (bus, task) =
-        RtCoreBus::over_stream(ours, setup(), Arc::clone(&health), shutdown.clone());
+    let (bus, task) = RtCoreBus::over_stream(ours, setup(), Arc::clone(&health), shutdown.clone());
     tokio::spawn(task);
     assert_eq!(
         bus.call(1, read(3), RequestSource::Poll).await,
@@ -187,8 +186,7 @@ async fn a_refused_bundle_is_reported_and_requests_are_denied() {
     tokio::spawn(scripted_core(theirs, false));
     let health = Arc::new(Mutex::new(BridgeHealth::default()));
     let shutdown = CancellationToken::new();
-    let (bus, task) =
-        RtCoreBus::over_stream(ours, setup(), Arc::clone(&health), shutdown.clone());
+    let (bus, task) = RtCoreBus::over_stream(ours, setup(), Arc::clone(&health), shutdown.clone());
     tokio::spawn(task);
     assert_eq!(
         bus.call(1, read(1), RequestSource::Poll).await,
@@ -216,8 +214,7 @@ async fn a_bundle_loaded_at_run_time_replaces_the_cores_policy() {
     tokio::spawn(scripted_core(theirs, false));
     let health = Arc::new(Mutex::new(BridgeHealth::default()));
     let shutdown = CancellationToken::new();
-    let (bus, task) =
-        RtCoreBus::over_stream(ours, setup(), Arc::clone(&health), shutdown.clone());
+    let (bus, task) = RtCoreBus::over_stream(ours, setup(), Arc::clone(&health), shutdown.clone());
     tokio::spawn(task);
     assert_eq!(
         bus.call(1, read(1), RequestSource::Poll).await,

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use warden_ble::{BleBridgeConfig, BleBridgeHandle, BlePolicyGate, LinkState};
 use warden_bridges::bridge::WriteOutcome;
 use warden_bridges::point::WriteValue;
-use warden_bridges::sample::Sample;
 use warden_bridges::request_policy::RequestSource;
+use warden_bridges::sample::Sample;
 
 use crate::bumble::{Controllers, Sensor};
 
