@@ -151,8 +151,11 @@ fn main() -> ExitCode {
             firmware_version,
             parent_pid,
         }) => run_async(async move {
+            // Transitional until the appliance hands out roles (issue #19): every caller
+            // unseparated; the boot registers only with the provisioning capability.
             let options = warden_pluton::server::ServeOptions {
                 firmware_version,
+                roles: warden_pluton::server::CallerRoles::unseparated(),
                 ..Default::default()
             };
             tokio::select! {
@@ -293,7 +296,11 @@ fn compartment(role: &str, args: &[String]) -> anyhow::Result<ExitCode> {
             let compartment = warden_os::monitor::compartment::enter_from_env()?;
             compartment.start_heartbeat();
             warden::compartments::runtime()?.block_on(async move {
-                let serve = warden_pluton::server::ServeOptions::default();
+                // Transitional until the manifest's uids become roles (issue #19).
+                let serve = warden_pluton::server::ServeOptions {
+                    roles: warden_pluton::server::CallerRoles::unseparated(),
+                    ..Default::default()
+                };
                 warden_pluton::server::serve(&options.socket, &options.state_dir, serve).await?;
                 Ok(ExitCode::SUCCESS)
             })

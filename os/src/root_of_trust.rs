@@ -215,6 +215,8 @@ impl BootRootOfTrust for PlutonRootOfTrust {
         Ok(self.revoked.clone())
     }
     fn extend_measurement(&mut self, measurement: &[u8; 32]) -> Result<(), RootOfTrustError> {
+        // The boot registers are the boot role's: the capability makes this connection it.
+        self.client.authenticate_boot(&self.capability)?;
         Ok(self
             .client
             .extend_register(IMAGE_MEASUREMENT_REGISTER, measurement)?)

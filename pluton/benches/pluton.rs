@@ -144,7 +144,8 @@ fn main() {
     let framed_signs = rate(|| {
         handle_request_frame(
             &mut pluton,
-            Caller { uid: 0 },
+            &mut Caller::with_role(0, warden_pluton::Role::Link),
+            &warden_pluton::roles::NoRoleTokens,
             &request_frame[FRAME_HEADER_LEN..request_len],
             &mut response,
         )

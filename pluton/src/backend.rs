@@ -14,7 +14,7 @@ use crate::identity::{
 };
 use crate::quote::{MAX_QUOTE_LEN, sign_quote};
 use crate::registers::{MeasurementRegisters, REGISTER_COUNT, Sha256Digest};
-use crate::sealing::{self, SealContext};
+use crate::sealing::{self, SealContext, SealOwner};
 use crate::store::{
     InstalledRootKey, MAX_ROOT_KEYS, MAX_STATE_RECORD_LEN, PersistentState, StateStore,
 };
@@ -69,9 +69,20 @@ pub trait RootOfTrust {
         &mut self,
         capability: &ProvisioningCapability,
     ) -> Result<(), PlutonError>;
-    /// Extend measurement register `index` with `measurement`.
+    /// Check a presented provisioning capability (constant time): `CapabilityInvalid`
+    /// if it is not the one this device minted.
+    fn check_provisioning_capability(
+        &self,
+        capability: &ProvisioningCapability,
+    ) -> Result<(), PlutonError>;
+    /// Extend measurement register `index` with `measurement`. Registers
+    /// `0..roles::BOOT_REGISTERS` refuse with `CapabilityRequired` after [`Self::end_boot`].
     fn extend_register(&mut self, index: u8, measurement: &Sha256Digest)
     -> Result<(), PlutonError>;
+    /// Latch the boot registers until pluton restarts (the image is running).
+    fn end_boot(&mut self);
+    /// Whether the boot registers are latched.
+    fn boot_latched(&self) -> bool;
     /// The measurement registers.
     fn registers(&self) -> [Sha256Digest; REGISTER_COUNT];
     /// The monotonic counters.
@@ -83,6 +94,10 @@ pub trait RootOfTrust {
         index: u8,
         value: u64,
     ) -> Result<u64, PlutonError>;
+    /// Advance counter `index` to `value` (never down) for a caller whose right to do so
+    /// the caller of this method checked (the protocol core's named-counter table);
+    /// durable before it returns.
+    fn advance_owned_counter(&mut self, index: u8, value: u64) -> Result<u64, PlutonError>;
     /// A signed attestation quote over `nonce` into `out`; returns its length.
     fn quote(&mut self, nonce: &[u8], out: &mut [u8; MAX_QUOTE_LEN]) -> Result<usize, PlutonError>;
     /// Sign a TLS 1.3 client CertificateVerify content (and nothing else).
@@ -94,7 +109,7 @@ pub trait RootOfTrust {
     /// `register_mask`; returns the blob length written to `out`.
     fn seal(
         &mut self,
-        owner: u32,
+        owner: SealOwner,
         label: &[u8],
         register_mask: u8,
         plaintext: &[u8],
@@ -103,7 +118,7 @@ pub trait RootOfTrust {
     /// Open a sealed blob; returns the plaintext length written to `out`.
     fn unseal(
         &mut self,
-        owner: u32,
+        owner: SealOwner,
         label: &[u8],
         sealed: &[u8],
         out: &mut [u8],
@@ -312,12 +327,27 @@ impl<S: StateStore, R: TryCryptoRng> RootOfTrust for SoftwarePluton<S, R> {
         self.commit(next)
     }
 
+    fn check_provisioning_capability(
+        &self,
+        capability: &ProvisioningCapability,
+    ) -> Result<(), PlutonError> {
+        capability.check(&self.state.capability_digest.0)
+    }
+
     fn extend_register(
         &mut self,
         index: u8,
         measurement: &Sha256Digest,
     ) -> Result<(), PlutonError> {
         self.registers.extend(index, measurement)
+    }
+
+    fn end_boot(&mut self) {
+        self.registers.latch_boot();
+    }
+
+    fn boot_latched(&self) -> bool {
+        self.registers.boot_latched()
     }
 
     fn registers(&self) -> [Sha256Digest; REGISTER_COUNT] {
@@ -335,6 +365,10 @@ impl<S: StateStore, R: TryCryptoRng> RootOfTrust for SoftwarePluton<S, R> {
         value: u64,
     ) -> Result<u64, PlutonError> {
         capability.check(&self.state.capability_digest.0)?;
+        self.advance_owned_counter(index, value)
+    }
+
+    fn advance_owned_counter(&mut self, index: u8, value: u64) -> Result<u64, PlutonError> {
         let counters = self.state.counters.advanced(index, value)?;
         if counters != self.state.counters {
             let mut next = self.state.clone();
@@ -369,7 +403,7 @@ impl<S: StateStore, R: TryCryptoRng> RootOfTrust for SoftwarePluton<S, R> {
 
     fn seal(
         &mut self,
-        owner: u32,
+        owner: SealOwner,
         label: &[u8],
         register_mask: u8,
         plaintext: &[u8],
@@ -388,7 +422,7 @@ impl<S: StateStore, R: TryCryptoRng> RootOfTrust for SoftwarePluton<S, R> {
 
     fn unseal(
         &mut self,
-        owner: u32,
+        owner: SealOwner,
         label: &[u8],
         sealed: &[u8],
         out: &mut [u8],

@@ -19,7 +19,8 @@ pub enum PlutonError {
     IdentityExists,
     /// Manufacturing state is locked; provisioning operations are refused.
     ManufacturingLocked,
-    /// The operation needs the provisioning capability and none was presented.
+    /// The operation needs a capability the caller does not hold: the provisioning
+    /// capability, or (for boot registers 0 to 3) the boot role before the boot latch.
     CapabilityRequired,
     /// The presented capability is not the one this device minted.
     CapabilityInvalid,
@@ -61,8 +62,10 @@ pub enum PlutonError {
     MalformedRequest,
     /// A request names an operation this server does not know.
     UnknownRequest,
-    /// The server is busy (too many connections).
+    /// The server is busy (the caller's role holds all its connection slots).
     Busy,
+    /// The caller's role (or lack of one) does not allow this operation.
+    NotPermitted,
 }
 
 impl fmt::Display for PlutonError {
@@ -73,7 +76,9 @@ impl fmt::Display for PlutonError {
                 "an identity key already exists (factory reset needs the capability)"
             }
             Self::ManufacturingLocked => "manufacturing state is locked",
-            Self::CapabilityRequired => "operation needs the provisioning capability",
+            Self::CapabilityRequired => {
+                "operation needs a capability the caller does not hold (provisioning, or boot before the boot latch)"
+            }
             Self::CapabilityInvalid => "provisioning capability is not valid for this device",
             Self::InvalidRegister => "measurement register index is out of range",
             Self::InvalidCounter => "counter index is out of range",
@@ -97,6 +102,7 @@ impl fmt::Display for PlutonError {
             Self::MalformedRequest => "request frame is malformed",
             Self::UnknownRequest => "request names an unknown operation",
             Self::Busy => "pluton is busy",
+            Self::NotPermitted => "the caller's role may not perform this operation",
         };
         f.write_str(message)
     }

@@ -17,8 +17,8 @@ pub const STATE_FILE_NAME: &str = "pluton.state";
 
 /// A file operation failed; names the file (the tree's one file error).
 pub use warden_files::FileError as FileStoreError;
-pub use warden_files::{create_private_directory, write_file_atomically};
 use warden_files::remove_leftover_temporary;
+pub use warden_files::{create_private_directory, write_file_atomically};
 
 /// The state store in a directory (`<dir>/pluton.state`).
 #[derive(Debug)]

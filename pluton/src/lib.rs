@@ -10,6 +10,7 @@ pub mod identity;
 pub mod protocol;
 pub mod quote;
 pub mod registers;
+pub mod roles;
 pub mod sealing;
 pub mod store;
 
@@ -23,4 +24,5 @@ pub use capability::ProvisioningCapability;
 pub use error::{PlutonError, QuoteError};
 pub use identity::{DeviceId, PublicKeyBytes, verify_signature};
 pub use quote::{AttestationQuote, verify_quote};
+pub use roles::{CounterName, Role, RoleToken};
 pub use store::{InstalledRootKey, MemoryStore, StateStore};

@@ -15,11 +15,13 @@ use crate::counters::COUNTER_COUNT;
 use crate::identity::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use crate::quote::{MAX_NONCE_LEN, MAX_QUOTE_LEN};
 use crate::registers::{REGISTER_COUNT, Sha256Digest};
-use crate::sealing::{MAX_SEAL_LABEL, MAX_SEAL_PLAINTEXT, MAX_SEALED_LEN};
+use crate::roles::{BOOT_REGISTERS, CounterName, Operation, Role, RoleToken, RoleTokens, permits};
+use crate::sealing::{MAX_SEAL_LABEL, MAX_SEAL_PLAINTEXT, MAX_SEALED_LEN, SealOwner};
 use crate::store::{InstalledRootKey, MAX_ROOT_KEYS};
 
-/// Protocol version reported in [`Response::Status`].
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Protocol version reported in [`Response::Status`]. Version 2: per-caller rights
+/// (`Authenticate`, `EndBoot`, named counters; role checks on every request).
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest frame body, in bytes (requests and responses).
 pub const MAX_FRAME_LEN: usize = 2048;
@@ -104,6 +106,29 @@ pub enum Request {
         /// The sealed blob.
         sealed: heapless::Vec<u8, MAX_SEALED_LEN>,
     },
+    /// Take on the role a token was issued for (a role token from the host, or the
+    /// provisioning capability for [`Role::Boot`]); the first request of a connection
+    /// whose uid does not decide its role. Answer: [`Response::Authenticated`].
+    Authenticate {
+        /// The token.
+        token: RoleToken,
+    },
+    /// Latch the boot registers until pluton restarts (boot role; the image is about to
+    /// run). Answer: [`Response::Done`].
+    EndBoot,
+    /// Read a named counter the caller's role may read. Answer: [`Response::Counter`].
+    ReadNamedCounter {
+        /// The counter.
+        counter: CounterName,
+    },
+    /// Advance a named counter the caller's role owns (never down; durable on answer).
+    /// Answer: [`Response::Counter`].
+    AdvanceNamedCounter {
+        /// The counter.
+        counter: CounterName,
+        /// The new value, at least the current one.
+        value: u64,
+    },
 }
 
 /// Pluton's answer to one [`Request`].
@@ -139,17 +164,81 @@ pub enum Response {
     Sealed(heapless::Vec<u8, MAX_SEALED_LEN>),
     /// Unsealed data.
     Unsealed(heapless::Vec<u8, MAX_SEAL_PLAINTEXT>),
+    /// The role the connection now has.
+    Authenticated(Role),
 }
 
 /// Number of [`Request`] variants this build knows; a higher discriminant is an
 /// [`PlutonError::UnknownRequest`] rather than a malformed frame.
-const KNOWN_REQUESTS: u32 = 14;
+const KNOWN_REQUESTS: u32 = 18;
 
-/// Who sent a request, as the transport established it (never from the request body).
+/// Who sent a request, as the transport established it (never from the request body,
+/// except through `Authenticate`, which this core checks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
-    /// The peer's uid (`SO_PEERCRED`); owner of the blobs it seals.
+    /// The peer's uid (`SO_PEERCRED`).
     pub uid: u32,
+    /// The caller's role: from the host's uid map, or `None` until it authenticates.
+    pub role: Option<Role>,
+}
+
+impl Caller {
+    /// A caller of `role`.
+    pub fn with_role(uid: u32, role: Role) -> Self {
+        Self {
+            uid,
+            role: Some(role),
+        }
+    }
+
+    /// Whose namespace this caller seals in.
+    fn seal_owner(&self) -> Result<SealOwner, PlutonError> {
+        match self.role {
+            Some(Role::Unseparated) => Ok(SealOwner::Uid(self.uid)),
+            Some(role) => Ok(SealOwner::Role(role)),
+            None => Err(PlutonError::NotPermitted),
+        }
+    }
+}
+
+/// The right `request` needs, from the one table in [`crate::roles`]; `None` for the
+/// requests with their own rule (`Authenticate`: anyone; named counters: per counter).
+fn operation_of(request: &Request) -> Option<Operation> {
+    Some(match request {
+        Request::Status | Request::ExportIdentity | Request::ReadRegisters => Operation::ReadPublic,
+        Request::CreateIdentity { .. }
+        | Request::InstallRootKey { .. }
+        | Request::LockManufacturing { .. }
+        | Request::AdvanceCounter { .. } => Operation::Provision,
+        Request::ListRootKeys => Operation::ReadRoots,
+        Request::ExtendRegister { index, .. } if *index < BOOT_REGISTERS => {
+            Operation::ExtendBootRegister
+        }
+        Request::ExtendRegister { .. } => Operation::ExtendRuntimeRegister,
+        Request::EndBoot => Operation::EndBoot,
+        Request::ReadCounters => Operation::ReadAllCounters,
+        Request::Quote { .. } => Operation::Quote,
+        Request::SignTls13ClientCertificateVerify { .. } => Operation::SignTls,
+        Request::Seal { .. } | Request::Unseal { .. } => Operation::Seal,
+        Request::Authenticate { .. }
+        | Request::ReadNamedCounter { .. }
+        | Request::AdvanceNamedCounter { .. } => return None,
+    })
+}
+
+/// The role `token` grants: [`Role::Boot`] for the provisioning capability, else the
+/// role the host issued it for.
+fn authenticate<B: RootOfTrust + ?Sized, T: RoleTokens + ?Sized>(
+    backend: &B,
+    tokens: &T,
+    token: &RoleToken,
+) -> Result<Role, PlutonError> {
+    let issued = tokens.role_of(token);
+    let capability = ProvisioningCapability::from_bytes(*token.as_bytes());
+    if backend.check_provisioning_capability(&capability).is_ok() {
+        return Ok(Role::Boot);
+    }
+    issued.ok_or(PlutonError::CapabilityInvalid)
 }
 
 /// Read a frame header: the body length, or `FrameTooLarge` / `MalformedRequest`.
@@ -210,13 +299,54 @@ fn into_response<T>(result: Result<T, PlutonError>, ok: impl FnOnce(T) -> Respon
     }
 }
 
-/// Carry out one decoded request against a root of trust (the sans-IO server core).
-pub fn handle_request<B: RootOfTrust + ?Sized>(
+/// Carry out one decoded request against a root of trust (the sans-IO server core):
+/// check the caller's rights, then do it. `Authenticate` changes `caller.role`.
+pub fn handle_request<B: RootOfTrust + ?Sized, T: RoleTokens + ?Sized>(
     backend: &mut B,
-    caller: Caller,
+    caller: &mut Caller,
+    tokens: &T,
     request: &Request,
 ) -> Response {
+    if let Some(operation) = operation_of(request)
+        && !permits(caller.role, operation)
+    {
+        return Response::Error(if operation == Operation::ExtendBootRegister {
+            PlutonError::CapabilityRequired
+        } else {
+            PlutonError::NotPermitted
+        });
+    }
     match request {
+        Request::Authenticate { token } => {
+            into_response(authenticate(backend, tokens, token), |role| {
+                caller.role = Some(role);
+                Response::Authenticated(role)
+            })
+        }
+        Request::EndBoot => {
+            backend.end_boot();
+            Response::Done
+        }
+        Request::ReadNamedCounter { counter } => {
+            let rights = counter.rights();
+            if !caller.role.is_some_and(|role| rights.read.contains(&role)) {
+                return Response::Error(PlutonError::NotPermitted);
+            }
+            Response::Counter(backend.counters()[usize::from(rights.index)])
+        }
+        Request::AdvanceNamedCounter { counter, value } => {
+            let rights = counter.rights();
+            if !caller
+                .role
+                .is_some_and(|role| rights.advance.contains(&role))
+            {
+                return Response::Error(PlutonError::NotPermitted);
+            }
+            into_response(
+                backend.advance_owned_counter(rights.index, *value),
+                Response::Counter,
+            )
+        }
         Request::Status => Response::Status {
             protocol_version: PROTOCOL_VERSION,
             status: backend.status(),
@@ -267,7 +397,9 @@ pub fn handle_request<B: RootOfTrust + ?Sized>(
         } => {
             let mut out = [0u8; MAX_SEALED_LEN];
             into_response(
-                backend.seal(caller.uid, label, *register_mask, plaintext, &mut out),
+                caller.seal_owner().and_then(|owner| {
+                    backend.seal(owner, label, *register_mask, plaintext, &mut out)
+                }),
                 |length| {
                     Response::Sealed(heapless::Vec::from_slice(&out[..length]).unwrap_or_default())
                 },
@@ -276,7 +408,9 @@ pub fn handle_request<B: RootOfTrust + ?Sized>(
         Request::Unseal { label, sealed } => {
             let mut out = zeroize::Zeroizing::new([0u8; MAX_SEAL_PLAINTEXT]);
             into_response(
-                backend.unseal(caller.uid, label, sealed, out.as_mut()),
+                caller
+                    .seal_owner()
+                    .and_then(|owner| backend.unseal(owner, label, sealed, out.as_mut())),
                 |length| {
                     Response::Unsealed(
                         heapless::Vec::from_slice(&out[..length]).unwrap_or_default(),
@@ -293,14 +427,15 @@ pub fn handle_request<B: RootOfTrust + ?Sized>(
 /// Every input gets a response: a malformed, oversized or unknown request is answered
 /// with [`Response::Error`]. This is what the server runs per frame and what the fuzz
 /// target and property tests drive.
-pub fn handle_request_frame<B: RootOfTrust + ?Sized>(
+pub fn handle_request_frame<B: RootOfTrust + ?Sized, T: RoleTokens + ?Sized>(
     backend: &mut B,
-    caller: Caller,
+    caller: &mut Caller,
+    tokens: &T,
     body: &[u8],
     out: &mut [u8],
 ) -> Result<usize, PlutonError> {
     let response = match decode_request(body) {
-        Ok(request) => handle_request(backend, caller, &request),
+        Ok(request) => handle_request(backend, caller, tokens, &request),
         Err(error) => Response::Error(error),
     };
     encode_frame(&response, out)

@@ -1,8 +1,9 @@
-//! Measurement registers: SHA-256, extend-only, reset only at boot.
+//! Measurement registers: SHA-256, extend-only, reset only at boot; boot ones latchable.
 
 use sha2::{Digest, Sha256};
 
 use crate::PlutonError;
+use crate::roles::BOOT_REGISTERS;
 
 /// Number of measurement registers.
 pub const REGISTER_COUNT: usize = 8;
@@ -14,10 +15,13 @@ pub type Sha256Digest = [u8; 32];
 ///
 /// Every register starts at all zeroes when pluton starts (the only reset) and changes
 /// only by [`MeasurementRegisters::extend`]: `new = SHA-256(old || measurement)`, so a
-/// value commits to the whole ordered sequence of measurements.
+/// value commits to the whole ordered sequence of measurements. Once the boot stage
+/// has latched them ([`MeasurementRegisters::latch_boot`], like leaving a TPM locality),
+/// registers `0..BOOT_REGISTERS` refuse every extend until the next start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeasurementRegisters {
     values: [Sha256Digest; REGISTER_COUNT],
+    boot_latched: bool,
 }
 
 impl MeasurementRegisters {
@@ -25,11 +29,26 @@ impl MeasurementRegisters {
     pub const fn at_boot() -> Self {
         Self {
             values: [[0u8; 32]; REGISTER_COUNT],
+            boot_latched: false,
         }
     }
 
-    /// Extend register `index` with `measurement`.
+    /// Close the boot registers until the next start (idempotent).
+    pub fn latch_boot(&mut self) {
+        self.boot_latched = true;
+    }
+
+    /// Whether the boot registers are latched.
+    pub fn boot_latched(&self) -> bool {
+        self.boot_latched
+    }
+
+    /// Extend register `index` with `measurement`. A boot register after the latch is
+    /// `CapabilityRequired`.
     pub fn extend(&mut self, index: u8, measurement: &Sha256Digest) -> Result<(), PlutonError> {
+        if self.boot_latched && index < BOOT_REGISTERS {
+            return Err(PlutonError::CapabilityRequired);
+        }
         let register = self
             .values
             .get_mut(usize::from(index))
@@ -85,6 +104,23 @@ mod tests {
         let a = MeasurementRegisters::replay(&[(0, [1u8; 32]), (0, [2u8; 32])]).expect("replay");
         let b = MeasurementRegisters::replay(&[(0, [2u8; 32]), (0, [1u8; 32])]).expect("replay");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_boot_latch_closes_registers_0_to_3_only() {
+        let mut registers = MeasurementRegisters::at_boot();
+        registers.extend(0, &[1u8; 32]).expect("before the latch");
+        registers.latch_boot();
+        for index in 0..BOOT_REGISTERS {
+            assert_eq!(
+                registers.extend(index, &[1u8; 32]),
+                Err(PlutonError::CapabilityRequired)
+            );
+        }
+        registers
+            .extend(BOOT_REGISTERS, &[1u8; 32])
+            .expect("runtime register");
+        assert!(registers.boot_latched());
     }
 
     #[test]

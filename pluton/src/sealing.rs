@@ -13,8 +13,10 @@
 //!
 //! Key: HKDF-SHA256(salt `"warden-pluton-seal-v1"`, IKM = the device seed,
 //! info `"sealing key"`). Associated data: `"warden-seal-v1\0"`, the 6-byte header, the
-//! owner (caller uid, u32 LE), the label length (u8) and label, then the current value of
-//! every register in the mask. A blob therefore opens only on the same device (seed),
+//! owner, the label length (u8) and label, then the current value of every register in
+//! the mask. The owner is the caller's role: `ff ff ff ff` then the role's wire index
+//! (u8); for a caller of the transitional `unseparated` role it is its uid (u32 LE, as
+//! before roles existed; uid `0xffffffff` is not a valid uid and is refused). A blob therefore opens only on the same device (seed),
 //! for the same owner and label, and with the same measured boot state for the bound
 //! registers.
 
@@ -27,6 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::PlutonError;
 use crate::registers::{REGISTER_COUNT, Sha256Digest};
+use crate::roles::Role;
 
 /// Largest plaintext pluton seals.
 pub const MAX_SEAL_PLAINTEXT: usize = 1024;
@@ -43,11 +46,33 @@ const NONCE_LEN: usize = 24;
 const HEADER_LEN: usize = 6 + NONCE_LEN;
 const TAG_LEN: usize = 16;
 
-/// Who is sealing and under which name: the owner is the caller's uid as the server saw
-/// it on the socket, so one compartment cannot open another's blobs.
+/// Whose namespace a blob is sealed in: the caller's role as the server established it
+/// (never from the request), so one compartment cannot open another's blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealOwner {
+    /// A role's namespace.
+    Role(Role),
+    /// An `unseparated` caller's uid (`SO_PEERCRED`); never `u32::MAX`.
+    Uid(u32),
+}
+
+impl SealOwner {
+    /// The owner's bytes in the associated data (see the module table).
+    fn encoded(self) -> ([u8; 5], usize) {
+        match self {
+            Self::Role(role) => ([0xff, 0xff, 0xff, 0xff, role.index() as u8], 5),
+            Self::Uid(uid) => {
+                let bytes = uid.to_le_bytes();
+                ([bytes[0], bytes[1], bytes[2], bytes[3], 0], 4)
+            }
+        }
+    }
+}
+
+/// Who is sealing and under which name.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SealContext<'a> {
-    pub(crate) owner: u32,
+    pub(crate) owner: SealOwner,
     pub(crate) label: &'a [u8],
 }
 
@@ -70,11 +95,15 @@ fn associated_data(
     if context.label.is_empty() || context.label.len() > MAX_SEAL_LABEL {
         return Err(PlutonError::InvalidLabel);
     }
+    let (owner, owner_len) = context.owner.encoded();
+    if context.owner == SealOwner::Uid(u32::MAX) {
+        return Err(PlutonError::NotPermitted);
+    }
     let mask = header[5];
     let mut hasher = Sha256::new()
         .chain_update(b"warden-seal-v1\0")
         .chain_update(&header[..6])
-        .chain_update(context.owner.to_le_bytes())
+        .chain_update(&owner[..owner_len])
         .chain_update([context.label.len() as u8])
         .chain_update(context.label);
     for (index, value) in registers.iter().enumerate() {
@@ -179,7 +208,7 @@ mod tests {
 
     const SEED: [u8; 32] = [9u8; 32];
     const CONTEXT: SealContext<'static> = SealContext {
-        owner: 1000,
+        owner: SealOwner::Uid(1000),
         label: b"link-session",
     };
 
@@ -208,7 +237,7 @@ mod tests {
         assert_eq!(&out[..n], b"secret");
 
         let other_owner = SealContext {
-            owner: 1001,
+            owner: SealOwner::Uid(1001),
             ..CONTEXT
         };
         assert_eq!(

@@ -6,8 +6,14 @@
 //! malformed or unknown body gets an error response and the connection stays usable; a
 //! client that stalls mid-frame is dropped when the frame timeout expires. Requests are
 //! carried out one at a time on a blocking thread, so store fsyncs never stall the
-//! socket loop. The connection count is bounded; extra clients get `Busy`.
+//! socket loop.
+//!
+//! Each connection has a role ([`CallerRoles`]: the peer's uid from `SO_PEERCRED`, or a
+//! token presented in `Authenticate`), and holds one of that role's connection slots
+//! ([`crate::roles::connection_budget`]); a role whose slots are all taken gets `Busy`
+//! without touching any other role's, and each role has its own idle timeout.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +22,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroize;
 
 use crate::PlutonError;
@@ -29,12 +35,55 @@ use crate::protocol::{
     Caller, FRAME_HEADER_LEN, MAX_FRAME_LEN, Response, encode_frame, frame_body_len,
     handle_request_frame,
 };
+use crate::roles::{ROLE_TOKEN_LEN, ROLES, Role, RoleToken, RoleTokens, connection_budget};
 
 /// Name of the capability file written on first start, unless configured otherwise.
 pub const DEFAULT_CAPABILITY_FILE_NAME: &str = "provisioning.capability";
 
 /// The software backend as the server runs it.
 pub type FileBackedPluton = SoftwarePluton<FileStore, getrandom::SysRng>;
+
+/// Which role each caller has: the host's configuration (from its compartment manifest).
+///
+/// A caller whose uid is in `by_uid` has that role from its first byte. Otherwise it has
+/// no role (no rights) until it presents, in `Authenticate`, a token from
+/// `by_capability` (tokens the host minted with [`RoleToken::generate`] and handed each
+/// compartment at launch, for hosts where uids cannot separate roles) or the
+/// provisioning capability ([`Role::Boot`]). The default maps nobody: deny by default.
+#[derive(Debug, Clone, Default)]
+pub struct CallerRoles {
+    /// Roles by the peer's uid (`SO_PEERCRED`).
+    pub by_uid: BTreeMap<u32, Role>,
+    /// Roles by the token a caller presents.
+    pub by_capability: Vec<(Role, RoleToken)>,
+    /// Give callers the uid map does not name [`Role::Unseparated`] instead of no role
+    /// (transitional, for hosts not yet wired to hand out roles; see the README).
+    pub unseparated: bool,
+}
+
+impl CallerRoles {
+    /// Every caller the maps do not name is [`Role::Unseparated`] (transitional).
+    pub fn unseparated() -> Self {
+        Self {
+            unseparated: true,
+            ..Self::default()
+        }
+    }
+
+    /// The role a caller has before it authenticates.
+    pub fn role_of_uid(&self, uid: u32) -> Option<Role> {
+        self.by_uid
+            .get(&uid)
+            .copied()
+            .or(self.unseparated.then_some(Role::Unseparated))
+    }
+}
+
+impl RoleTokens for CallerRoles {
+    fn role_of(&self, token: &RoleToken) -> Option<Role> {
+        self.by_capability.as_slice().role_of(token)
+    }
+}
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -44,12 +93,11 @@ pub struct ServeOptions {
     /// Where to write the provisioning capability on first start (mode 0600; only the
     /// monitor may read it). Default: `<state_dir>/provisioning.capability`.
     pub capability_file: Option<PathBuf>,
-    /// Most concurrent connections; more are answered `Busy` and closed.
-    pub max_connections: usize,
     /// Time allowed for a frame's body to arrive once its header has.
     pub frame_timeout: Duration,
-    /// Time a connection may sit idle between requests.
-    pub idle_timeout: Duration,
+    /// Who the callers are. Connection slots and idle timeouts follow from each role
+    /// ([`crate::roles::connection_budget`]).
+    pub roles: CallerRoles,
 }
 
 impl Default for ServeOptions {
@@ -57,9 +105,8 @@ impl Default for ServeOptions {
         Self {
             firmware_version: 0,
             capability_file: None,
-            max_connections: 32,
             frame_timeout: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(300),
+            roles: CallerRoles::default(),
         }
     }
 }
@@ -123,26 +170,47 @@ pub fn open_file_backed(
     }
 }
 
-/// Read a provisioning capability from the file pluton wrote (the monitor's side).
-pub fn read_capability_file(path: &Path) -> Result<ProvisioningCapability, FileStoreError> {
-    let mut bytes = std::fs::read(path).map_err(|source| FileStoreError {
+/// Read a file of exactly 32 secret bytes, leaving no copy behind but the one returned.
+fn read_secret_file(
+    path: &Path,
+    what: &str,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, FileStoreError> {
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| FileStoreError {
         operation: "read",
         path: path.to_owned(),
         source,
-    })?;
-    let token: Result<[u8; CAPABILITY_LEN], _> = bytes.as_slice().try_into();
-    bytes.zeroize();
-    let mut token = token.map_err(|_| FileStoreError {
-        operation: "parse",
-        path: path.to_owned(),
-        source: io::Error::new(
-            io::ErrorKind::InvalidData,
-            "capability file is not 32 bytes",
-        ),
-    })?;
-    let capability = ProvisioningCapability::from_bytes(token);
-    token.zeroize();
-    Ok(capability)
+    })?);
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    if bytes.len() != secret.len() {
+        return Err(FileStoreError {
+            operation: "parse",
+            path: path.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{what} file is not 32 bytes"),
+            ),
+        });
+    }
+    secret.copy_from_slice(&bytes);
+    Ok(secret)
+}
+
+/// Read a provisioning capability from the file pluton wrote (the monitor's side).
+pub fn read_capability_file(path: &Path) -> Result<ProvisioningCapability, FileStoreError> {
+    const _: () = assert!(CAPABILITY_LEN == 32);
+    Ok(ProvisioningCapability::from_bytes(*read_secret_file(
+        path,
+        "capability",
+    )?))
+}
+
+/// Read a role token from a file of 32 raw bytes (a host handing tokens out by file).
+pub fn read_role_token_file(path: &Path) -> Result<RoleToken, FileStoreError> {
+    const _: () = assert!(ROLE_TOKEN_LEN == 32);
+    Ok(RoleToken::from_bytes(*read_secret_file(
+        path,
+        "role token",
+    )?))
 }
 
 /// Bind `socket_path` (replacing a stale socket file, mode 0660).
@@ -176,6 +244,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// The connection slots of each role (index 0: callers without a role yet).
+struct Slots([Arc<Semaphore>; ROLES.len() + 1]);
+
+impl Slots {
+    fn new() -> Self {
+        Self(std::array::from_fn(|index| {
+            let role = index.checked_sub(1).map(|index| ROLES[index]);
+            Arc::new(Semaphore::new(connection_budget(role).slots))
+        }))
+    }
+
+    fn take(&self, role: Option<Role>) -> Option<OwnedSemaphorePermit> {
+        let index = role.map_or(0, |role| role.index() + 1);
+        Arc::clone(&self.0[index]).try_acquire_owned().ok()
+    }
+}
+
 /// Serve any [`RootOfTrust`] backend on an already-bound listener.
 pub async fn serve_backend<B: RootOfTrust + Send + 'static>(
     listener: UnixListener,
@@ -183,7 +268,8 @@ pub async fn serve_backend<B: RootOfTrust + Send + 'static>(
     options: ServeOptions,
 ) {
     let backend = Arc::new(Mutex::new(backend));
-    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let options = Arc::new(options);
+    let slots = Arc::new(Slots::new());
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -193,15 +279,28 @@ pub async fn serve_backend<B: RootOfTrust + Send + 'static>(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+        // The uid comes from the kernel (SO_PEERCRED), never from the request.
+        let uid = match stream.peer_cred() {
+            Ok(credentials) => credentials.uid(),
+            Err(error) => {
+                tracing::warn!(%error, "no peer credentials; closing");
+                continue;
+            }
+        };
+        let caller = Caller {
+            uid,
+            role: options.roles.role_of_uid(uid),
+        };
+        let Some(permit) = slots.take(caller.role) else {
+            tracing::warn!(uid, role = ?caller.role, "role's connection slots are full");
             tokio::spawn(refuse_busy(stream));
             continue;
         };
         let backend = Arc::clone(&backend);
-        let options = options.clone();
+        let options = Arc::clone(&options);
+        let slots = Arc::clone(&slots);
         tokio::spawn(async move {
-            serve_connection(stream, backend, &options).await;
-            drop(permit);
+            serve_connection(stream, caller, permit, backend, &options, &slots).await;
         });
     }
 }
@@ -216,23 +315,19 @@ async fn refuse_busy(mut stream: UnixStream) {
 
 async fn serve_connection<B: RootOfTrust + Send + 'static>(
     mut stream: UnixStream,
+    mut caller: Caller,
+    mut permit: OwnedSemaphorePermit,
     backend: Arc<Mutex<B>>,
-    options: &ServeOptions,
+    options: &Arc<ServeOptions>,
+    slots: &Slots,
 ) {
-    // The uid comes from the kernel (SO_PEERCRED), never from the request.
-    let uid = match stream.peer_cred() {
-        Ok(credentials) => credentials.uid(),
-        Err(error) => {
-            tracing::warn!(%error, "no peer credentials; closing");
-            return;
-        }
-    };
-    let caller = Caller { uid };
+    let uid = caller.uid;
     let mut body = vec![0u8; MAX_FRAME_LEN];
     let mut out = vec![0u8; FRAME_HEADER_LEN + MAX_FRAME_LEN];
     loop {
+        let idle_timeout = Duration::from_millis(connection_budget(caller.role).idle_timeout_ms);
         let mut header = [0u8; FRAME_HEADER_LEN];
-        match tokio::time::timeout(options.idle_timeout, stream.read_exact(&mut header)).await {
+        match tokio::time::timeout(idle_timeout, stream.read_exact(&mut header)).await {
             Ok(Ok(_)) => {}
             _ => break,
         }
@@ -263,34 +358,60 @@ async fn serve_connection<B: RootOfTrust + Send + 'static>(
             }
         }
         let backend = Arc::clone(&backend);
+        let shared = Arc::clone(options);
+        let before = caller;
         let result = tokio::task::spawn_blocking(move || {
             let mut guard = backend.lock().unwrap_or_else(PoisonError::into_inner);
-            let result = handle_request_frame(&mut *guard, caller, &body[..length], &mut out);
+            let result = handle_request_frame(
+                &mut *guard,
+                &mut caller,
+                &shared.roles,
+                &body[..length],
+                &mut out,
+            );
             body[..length].zeroize();
-            (result, body, out)
+            (result, caller, body, out)
         })
         .await;
-        let Ok((result, returned_body, returned_out)) = result else {
+        let Ok((result, after, returned_body, returned_out)) = result else {
             tracing::error!(uid, "request handler failed");
             break;
         };
+        caller = after;
         body = returned_body;
         out = returned_out;
-        let frame_length = match result {
+        let mut frame_length = match result {
             Ok(frame_length) => frame_length,
             Err(error) => {
                 tracing::error!(uid, %error, "cannot encode response");
                 break;
             }
         };
+        // A new role moves the connection to that role's slots, or it is closed.
+        let mut close = false;
+        if caller.role != before.role {
+            match slots.take(caller.role) {
+                Some(new_permit) => permit = new_permit,
+                None => {
+                    tracing::warn!(uid, role = ?caller.role, "role's connection slots are full");
+                    out[..frame_length].zeroize();
+                    match encode_frame(&Response::Error(PlutonError::Busy), &mut out) {
+                        Ok(length) => frame_length = length,
+                        Err(_) => break,
+                    }
+                    close = true;
+                }
+            }
+        }
         let written = tokio::time::timeout(
             options.frame_timeout,
             stream.write_all(&out[..frame_length]),
         )
         .await;
         out[..frame_length].zeroize();
-        if !matches!(written, Ok(Ok(()))) {
+        if close || !matches!(written, Ok(Ok(()))) {
             break;
         }
     }
+    drop(permit);
 }

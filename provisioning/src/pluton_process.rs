@@ -150,7 +150,11 @@ pub fn run_role(socket: &Path, state_dir: &Path) -> anyhow::Result<()> {
     runtime.block_on(warden_pluton::server::serve(
         socket,
         state_dir,
-        warden_pluton::server::ServeOptions::default(),
+        // At the station there are no compartments to tell apart (issue #19).
+        warden_pluton::server::ServeOptions {
+            roles: warden_pluton::server::CallerRoles::unseparated(),
+            ..Default::default()
+        },
     ))?;
     Ok(())
 }

@@ -8,9 +8,9 @@ use tokio::net::UnixStream;
 use warden_pluton::protocol::{FRAME_HEADER_LEN, Request, Response};
 use zeroize::Zeroizing;
 
-use crate::blocking::expect_identity;
+use crate::blocking::{expect_identity, expect_role};
 use crate::frame_io::{decode, encode_request, response_body_len};
-use crate::{ClientError, DEFAULT_TIMEOUT, IdentityInfo, bounded, operation_name};
+use crate::{ClientError, DEFAULT_TIMEOUT, IdentityInfo, Role, RoleToken, bounded, operation_name};
 
 /// An async connection to pluton; the same protocol as [`crate::PlutonClient`].
 #[derive(Debug)]
@@ -36,6 +36,14 @@ impl AsyncPlutonClient {
             socket_path,
             timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Present a role token (see [`crate::PlutonClient::authenticate`]).
+    pub async fn authenticate(&mut self, token: &RoleToken) -> Result<Role, ClientError> {
+        let request = Request::Authenticate {
+            token: token.clone(),
+        };
+        expect_role(self.call(&request).await?)
     }
 
     /// Send one request and wait (at most the timeout) for its response.

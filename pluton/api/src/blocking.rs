@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 
 use crate::frame_io::{decode, encode_request, response_body_len};
 use crate::{
-    ClientError, DEFAULT_TIMEOUT, IdentityInfo, InstalledRootKey, ProvisioningCapability,
-    StatusInfo, bounded, operation_name,
+    ClientError, CounterName, DEFAULT_TIMEOUT, IdentityInfo, InstalledRootKey,
+    ProvisioningCapability, Role, RoleToken, StatusInfo, bounded, operation_name,
 };
 
 /// A connection to pluton. One request at a time; reconnect after an I/O error.
@@ -52,6 +52,61 @@ impl PlutonClient {
             stream,
             socket_path,
         })
+    }
+
+    /// Connect and take on the role `token` was issued for (see [`Self::authenticate`]).
+    pub fn connect_as(
+        socket_path: impl AsRef<Path>,
+        token: &RoleToken,
+    ) -> Result<Self, ClientError> {
+        let mut client = Self::connect(socket_path)?;
+        client.authenticate(token)?;
+        Ok(client)
+    }
+
+    /// Present a role token the host handed this compartment at launch; the connection
+    /// then has that role's rights. Needed where pluton cannot tell roles apart by uid.
+    pub fn authenticate(&mut self, token: &RoleToken) -> Result<Role, ClientError> {
+        let request = Request::Authenticate {
+            token: token.clone(),
+        };
+        expect_role(self.call(&request)?)
+    }
+
+    /// Present the provisioning capability: the connection becomes [`Role::Boot`] (the
+    /// boot stage, the monitor, the provisioning station).
+    pub fn authenticate_boot(
+        &mut self,
+        capability: &ProvisioningCapability,
+    ) -> Result<Role, ClientError> {
+        self.authenticate(&RoleToken::from_bytes(*capability.as_bytes()))
+    }
+
+    /// Latch the boot registers (0 to 3) until pluton restarts: what `warden boot` does
+    /// once it has measured the image and before the image runs. Boot role only.
+    pub fn end_boot(&mut self) -> Result<(), ClientError> {
+        expect_done(self.call(&Request::EndBoot)?, "end boot")
+    }
+
+    /// A named counter this connection's role may read.
+    pub fn named_counter(&mut self, counter: CounterName) -> Result<u64, ClientError> {
+        expect_counter(
+            self.call(&Request::ReadNamedCounter { counter })?,
+            "read named counter",
+        )
+    }
+
+    /// Advance a named counter this connection's role owns to `value` (never down;
+    /// durable when this returns). Returns the value.
+    pub fn advance_named_counter(
+        &mut self,
+        counter: CounterName,
+        value: u64,
+    ) -> Result<u64, ClientError> {
+        expect_counter(
+            self.call(&Request::AdvanceNamedCounter { counter, value })?,
+            "advance named counter",
+        )
     }
 
     /// Send one request and wait for its response. An error answer is
@@ -188,12 +243,7 @@ impl PlutonClient {
             index,
             value,
         };
-        match self.call(&request)? {
-            Response::Counter(value) => Ok(value),
-            _ => Err(ClientError::UnexpectedResponse {
-                operation: "advance counter",
-            }),
-        }
+        expect_counter(self.call(&request)?, "advance counter")
     }
 
     /// An attestation quote over `nonce` (32 to 64 bytes); verify it with
@@ -268,6 +318,22 @@ pub(crate) fn expect_identity(
 ) -> Result<IdentityInfo, ClientError> {
     match response {
         Response::Identity(identity) => Ok(identity),
+        _ => Err(ClientError::UnexpectedResponse { operation }),
+    }
+}
+
+pub(crate) fn expect_role(response: Response) -> Result<Role, ClientError> {
+    match response {
+        Response::Authenticated(role) => Ok(role),
+        _ => Err(ClientError::UnexpectedResponse {
+            operation: "authenticate",
+        }),
+    }
+}
+
+fn expect_counter(response: Response, operation: &'static str) -> Result<u64, ClientError> {
+    match response {
+        Response::Counter(value) => Ok(value),
         _ => Err(ClientError::UnexpectedResponse { operation }),
     }
 }

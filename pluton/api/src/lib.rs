@@ -3,6 +3,7 @@
 #[cfg(feature = "tokio")]
 mod asynchronous;
 mod blocking;
+pub mod bundle_floor;
 mod frame_io;
 mod tls_signer;
 
@@ -13,7 +14,8 @@ pub use tls_signer::{PlutonSigningKey, p256_spki_der};
 
 pub use warden_pluton::protocol::{Request, Response};
 pub use warden_pluton::{
-    DeviceId, IdentityInfo, InstalledRootKey, PlutonError, ProvisioningCapability, StatusInfo,
+    CounterName, DeviceId, IdentityInfo, InstalledRootKey, PlutonError, ProvisioningCapability,
+    Role, RoleToken, StatusInfo,
 };
 
 use std::path::PathBuf;
@@ -80,6 +82,10 @@ pub(crate) fn operation_name(request: &Request) -> &'static str {
         Request::SignTls13ClientCertificateVerify { .. } => "tls sign",
         Request::Seal { .. } => "seal",
         Request::Unseal { .. } => "unseal",
+        Request::Authenticate { .. } => "authenticate",
+        Request::EndBoot => "end boot",
+        Request::ReadNamedCounter { .. } => "read named counter",
+        Request::AdvanceNamedCounter { .. } => "advance named counter",
         _ => "request",
     }
 }

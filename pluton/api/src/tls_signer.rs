@@ -8,7 +8,7 @@ use rustls::pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
 use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{SignatureAlgorithm, SignatureScheme};
 
-use crate::{ClientError, DeviceId, PlutonClient};
+use crate::{ClientError, DeviceId, PlutonClient, RoleToken};
 
 /// DER prefix of a P-256 SubjectPublicKeyInfo (id-ecPublicKey, prime256v1, 65-byte point).
 const P256_SPKI_PREFIX: [u8; 26] = [
@@ -38,20 +38,34 @@ pub struct PlutonSigningKey {
 #[derive(Debug)]
 struct Shared {
     socket_path: PathBuf,
+    /// The link's role token, presented on every (re)connection, where uids do not
+    /// tell pluton the caller is the link.
+    token: Option<RoleToken>,
     client: Mutex<Option<PlutonClient>>,
     public_key: [u8; 65],
     device_id: DeviceId,
 }
 
 impl PlutonSigningKey {
-    /// Connect to pluton and fetch the identity's public key.
+    /// Connect to pluton and fetch the identity's public key (the caller's uid gives it
+    /// the link role).
     pub fn connect(socket_path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        Self::connect_with_token(socket_path, None)
+    }
+
+    /// Connect, presenting the link's role token when given (on every reconnection too),
+    /// and fetch the identity's public key.
+    pub fn connect_with_token(
+        socket_path: impl AsRef<Path>,
+        token: Option<RoleToken>,
+    ) -> Result<Self, ClientError> {
         let socket_path = socket_path.as_ref().to_owned();
-        let mut client = PlutonClient::connect(&socket_path)?;
+        let mut client = connect(&socket_path, token.as_ref())?;
         let identity = client.export_identity()?;
         Ok(Self {
             shared: Arc::new(Shared {
                 socket_path,
+                token,
                 client: Mutex::new(Some(client)),
                 public_key: identity.public_key.0,
                 device_id: identity.device_id,
@@ -110,7 +124,7 @@ impl Shared {
         for attempt in 0..2 {
             let client = match slot.as_mut() {
                 Some(client) => client,
-                None => slot.insert(PlutonClient::connect(&self.socket_path)?),
+                None => slot.insert(connect(&self.socket_path, self.token.as_ref())?),
             };
             match client.sign_tls13_client_certificate_verify(message) {
                 Err(ClientError::Io { .. }) if attempt == 0 => *slot = None,
@@ -120,6 +134,13 @@ impl Shared {
         Err(ClientError::UnexpectedResponse {
             operation: "tls sign",
         })
+    }
+}
+
+fn connect(socket_path: &Path, token: Option<&RoleToken>) -> Result<PlutonClient, ClientError> {
+    match token {
+        Some(token) => PlutonClient::connect_as(socket_path, token),
+        None => PlutonClient::connect(socket_path),
     }
 }
 

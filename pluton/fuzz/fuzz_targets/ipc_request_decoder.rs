@@ -8,6 +8,7 @@ use warden_pluton::protocol::{
     Caller, FRAME_HEADER_LEN, MAX_FRAME_LEN, decode_request, decode_response, frame_body_len,
     handle_request_frame,
 };
+use warden_pluton::roles::{ROLES, Role, RoleToken};
 use warden_pluton::{MemoryStore, SoftwarePluton};
 
 /// Deterministic RNG so crashes reproduce.
@@ -44,8 +45,22 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut pluton) = SoftwarePluton::open(MemoryStore::new(), FuzzRng(1), 1, |_| Ok(())) else {
         return;
     };
+    // The caller's role comes from the first byte (none, or one of the roles), so the
+    // rights checks of every role are exercised; one token is issued, to the bridges.
+    let role = data
+        .first()
+        .and_then(|byte| usize::from(*byte).checked_sub(1))
+        .and_then(|index| ROLES.get(index).copied());
+    let issued = [(Role::Bridges, RoleToken::from_bytes([0x42; 32]))];
+    let mut caller = Caller { uid: 1, role };
     let mut out = [0u8; FRAME_HEADER_LEN + MAX_FRAME_LEN];
-    let length = handle_request_frame(&mut pluton, Caller { uid: 1 }, data, &mut out)
+    let length = handle_request_frame(&mut pluton, &mut caller, &issued[..], data, &mut out)
         .expect("every request gets an answer that fits a frame");
     decode_response(&out[FRAME_HEADER_LEN..length]).expect("answers decode");
+    // A second request on the same connection, with whatever role the first gave it.
+    if let Some(rest) = data.get(1..) {
+        let length = handle_request_frame(&mut pluton, &mut caller, &issued[..], rest, &mut out)
+            .expect("every request gets an answer that fits a frame");
+        decode_response(&out[FRAME_HEADER_LEN..length]).expect("answers decode");
+    }
 });

@@ -1,12 +1,24 @@
 //! The pluton process: `warden-pluton --socket PATH --state-dir DIR [options]`.
+//!
+//! Callers have no rights unless a role is given to their uid (`--role-uid link=61003`),
+//! to a token they present (`--role-token-file bridges=/run/warden/bridges.token`, 32
+//! raw bytes), or `--unseparated` gives every other caller the transitional role.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use warden_pluton::server::{ServeOptions, serve};
+use warden_pluton::Role;
+use warden_pluton::server::{ServeOptions, read_role_token_file, serve};
 
 const USAGE: &str = "usage: warden-pluton --socket PATH --state-dir DIR \
-[--firmware-version N] [--capability-file PATH]";
+[--firmware-version N] [--capability-file PATH] [--role-uid ROLE=UID]... \
+[--role-token-file ROLE=PATH]... [--unseparated]";
+
+/// `ROLE=VALUE` of a role flag.
+fn role_and_value(text: &str) -> Option<(Role, &str)> {
+    let (role, value) = text.split_once('=')?;
+    Some((Role::from_name(role)?, value))
+}
 
 fn main() -> ExitCode {
     let mut socket = None;
@@ -14,8 +26,28 @@ fn main() -> ExitCode {
     let mut options = ServeOptions::default();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--unseparated" {
+            options.roles.unseparated = true;
+            continue;
+        }
         let value = args.next();
         match (flag.as_str(), value) {
+            ("--role-uid", Some(value)) => {
+                match role_and_value(&value).and_then(|(role, uid)| Some((role, uid.parse().ok()?)))
+                {
+                    Some((role, uid)) => {
+                        options.roles.by_uid.insert(uid, role);
+                    }
+                    None => return usage_error("--role-uid takes ROLE=UID"),
+                }
+            }
+            ("--role-token-file", Some(value)) => match role_and_value(&value) {
+                Some((role, path)) => match read_role_token_file(path.as_ref()) {
+                    Ok(token) => options.roles.by_capability.push((role, token)),
+                    Err(error) => return usage_error(&error.to_string()),
+                },
+                None => return usage_error("--role-token-file takes ROLE=PATH"),
+            },
             ("--socket", Some(value)) => socket = Some(PathBuf::from(value)),
             ("--state-dir", Some(value)) => state_dir = Some(PathBuf::from(value)),
             ("--capability-file", Some(value)) => options.capability_file = Some(value.into()),

@@ -2,6 +2,7 @@
 
 use warden_pluton::byte_array::ByteArray;
 use warden_pluton::quote::MAX_QUOTE_LEN;
+use warden_pluton::sealing::SealOwner;
 use warden_pluton::{
     InstalledRootKey, MemoryStore, PlutonError, ProvisioningCapability, QuoteError, RootOfTrust,
     SoftwarePluton, verify_quote,
@@ -321,36 +322,36 @@ fn sealing_is_bound_to_owner_label_registers_and_device() {
     let (mut pluton, capability) = memory_pluton(12);
     let mut blob = [0u8; 2048];
     let length = pluton
-        .seal(1000, b"wifi", 0b1, b"hunter2", &mut blob)
+        .seal(SealOwner::Uid(1000), b"wifi", 0b1, b"hunter2", &mut blob)
         .expect("seal");
     let mut out = [0u8; 64];
     let opened = pluton
-        .unseal(1000, b"wifi", &blob[..length], &mut out)
+        .unseal(SealOwner::Uid(1000), b"wifi", &blob[..length], &mut out)
         .expect("unseal");
     assert_eq!(&out[..opened], b"hunter2");
     assert_eq!(
-        pluton.unseal(1001, b"wifi", &blob[..length], &mut out),
+        pluton.unseal(SealOwner::Uid(1001), b"wifi", &blob[..length], &mut out),
         Err(PlutonError::UnsealFailed)
     );
     pluton.extend_register(0, &[1u8; 32]).expect("extend");
     assert_eq!(
-        pluton.unseal(1000, b"wifi", &blob[..length], &mut out),
+        pluton.unseal(SealOwner::Uid(1000), b"wifi", &blob[..length], &mut out),
         Err(PlutonError::UnsealFailed)
     );
     // Another device (or this one after a factory reset) cannot open it.
     let (mut other, _) = memory_pluton(13);
     assert_eq!(
-        other.unseal(1000, b"wifi", &blob[..length], &mut out),
+        other.unseal(SealOwner::Uid(1000), b"wifi", &blob[..length], &mut out),
         Err(PlutonError::UnsealFailed)
     );
     let unbound = pluton
-        .seal(1000, b"wifi", 0, b"x", &mut blob)
+        .seal(SealOwner::Uid(1000), b"wifi", 0, b"x", &mut blob)
         .expect("seal");
     pluton
         .create_identity(Some(&capability))
         .expect("factory reset");
     assert_eq!(
-        pluton.unseal(1000, b"wifi", &blob[..unbound], &mut out),
+        pluton.unseal(SealOwner::Uid(1000), b"wifi", &blob[..unbound], &mut out),
         Err(PlutonError::UnsealFailed)
     );
 }

@@ -4,4 +4,5 @@ mod backend;
 mod crash;
 mod process;
 mod protocol;
+mod rights;
 mod support;

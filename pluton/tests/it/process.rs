@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use warden_pluton::PlutonError;
 use warden_pluton::protocol::{MAX_FRAME_LEN, Request, Response};
-use warden_pluton::verify_quote;
+use warden_pluton::{Role, RoleToken, verify_quote};
 
 use crate::support::{PlutonProcess, call, exchange_raw, frame_of, read_response};
 
@@ -111,12 +111,26 @@ fn provisioning_quote_and_files_over_the_socket() {
         ),
         Response::Error(PlutonError::IdentityExists)
     );
-    call(
-        &mut stream,
-        &Request::ExtendRegister {
-            index: 0,
-            measurement: [3u8; 32],
-        },
+    // Register 0 is the boot stage's: a second connection presents the capability.
+    let mut boot = pluton.connect();
+    assert_eq!(
+        call(
+            &mut boot,
+            &Request::Authenticate {
+                token: RoleToken::from_bytes(*capability.as_bytes()),
+            }
+        ),
+        Response::Authenticated(Role::Boot)
+    );
+    assert_eq!(
+        call(
+            &mut boot,
+            &Request::ExtendRegister {
+                index: 0,
+                measurement: [3u8; 32],
+            },
+        ),
+        Response::Done
     );
     assert_eq!(
         call(
@@ -166,7 +180,7 @@ fn counters_never_decrease_and_registers_reset_across_sigkill_restarts() {
         call(
             &mut stream,
             &Request::ExtendRegister {
-                index: 1,
+                index: 5,
                 measurement: [round as u8; 32],
             },
         );

@@ -7,7 +7,8 @@ use warden_pluton::protocol::{
     Caller, FRAME_HEADER_LEN, MAX_FRAME_LEN, Request, Response, decode_request, decode_response,
     encode_frame, frame_body_len, handle_request_frame,
 };
-use warden_pluton::{InstalledRootKey, ProvisioningCapability};
+use warden_pluton::roles::{NoRoleTokens, ROLES};
+use warden_pluton::{CounterName, InstalledRootKey, ProvisioningCapability, Role, RoleToken};
 
 use crate::support::memory_pluton;
 
@@ -78,6 +79,23 @@ fn request() -> impl Strategy<Value = Request> {
         ),
         (bytes::<32>(32), bytes::<1070>(1070))
             .prop_map(|(label, sealed)| Request::Unseal { label, sealed }),
+        any::<[u8; 32]>().prop_map(|token| Request::Authenticate {
+            token: RoleToken::from_bytes(token)
+        }),
+        Just(Request::EndBoot),
+        prop_oneof![
+            Just(CounterName::ImageFloor),
+            Just(CounterName::PolicyBundleFloor)
+        ]
+        .prop_map(|counter| Request::ReadNamedCounter { counter }),
+        (
+            prop_oneof![
+                Just(CounterName::ImageFloor),
+                Just(CounterName::PolicyBundleFloor)
+            ],
+            any::<u64>()
+        )
+            .prop_map(|(counter, value)| Request::AdvanceNamedCounter { counter, value }),
     ]
 }
 
@@ -100,10 +118,11 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_frames_always_get_a_decodable_answer(body in proptest::collection::vec(any::<u8>(), 0..3000)) {
+    fn arbitrary_frames_always_get_a_decodable_answer(body in proptest::collection::vec(any::<u8>(), 0..3000), role in proptest::option::of(proptest::sample::select(ROLES.to_vec()))) {
         let (mut pluton, _) = memory_pluton(1);
         let mut out = vec![0u8; FRAME_HEADER_LEN + MAX_FRAME_LEN];
-        let length = handle_request_frame(&mut pluton, Caller { uid: 1 }, &body, &mut out).expect("answer fits");
+        let mut caller = Caller { uid: 1, role };
+        let length = handle_request_frame(&mut pluton, &mut caller, &NoRoleTokens, &body, &mut out).expect("answer fits");
         let response = decode_response(&out[FRAME_HEADER_LEN..length]).expect("decodable");
         if decode_request(&body).is_err() {
             prop_assert!(matches!(response, Response::Error(_)));
@@ -174,7 +193,8 @@ fn sealing_owner_comes_from_the_transport() {
     };
     let length = handle_request_frame(
         &mut pluton,
-        Caller { uid: 5 },
+        &mut Caller::with_role(5, Role::Unseparated),
+        &NoRoleTokens,
         &encode_body(&seal),
         &mut out,
     )
@@ -187,12 +207,26 @@ fn sealing_owner_comes_from_the_transport() {
         sealed: heapless::Vec::from_slice(&blob).expect("fits"),
     };
     let body = encode_body(&unseal);
-    let length = handle_request_frame(&mut pluton, Caller { uid: 6 }, &body, &mut out).expect("x");
+    let length = handle_request_frame(
+        &mut pluton,
+        &mut Caller::with_role(6, Role::Unseparated),
+        &NoRoleTokens,
+        &body,
+        &mut out,
+    )
+    .expect("x");
     assert_eq!(
         decode_response(&out[FRAME_HEADER_LEN..length]),
         Ok(Response::Error(PlutonError::UnsealFailed))
     );
-    let length = handle_request_frame(&mut pluton, Caller { uid: 5 }, &body, &mut out).expect("x");
+    let length = handle_request_frame(
+        &mut pluton,
+        &mut Caller::with_role(5, Role::Unseparated),
+        &NoRoleTokens,
+        &body,
+        &mut out,
+    )
+    .expect("x");
     assert_eq!(
         decode_response(&out[FRAME_HEADER_LEN..length]),
         Ok(Response::Unsealed(

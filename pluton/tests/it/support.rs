@@ -95,10 +95,18 @@ pub struct PlutonProcess {
 }
 
 impl PlutonProcess {
+    /// Started with `--unseparated`: every caller has every compartment right (the
+    /// tests of the process itself: framing, restarts, crashes).
     pub fn start(directory: &Path, firmware_version: u32) -> Self {
+        Self::start_with(directory, firmware_version, &["--unseparated"])
+    }
+
+    /// Started with the given role arguments.
+    pub fn start_with(directory: &Path, firmware_version: u32, role_arguments: &[&str]) -> Self {
         let socket = directory.join("pluton.sock");
         let state_dir = directory.join("state");
         let child = Command::new(env!("CARGO_BIN_EXE_warden-pluton"))
+            .args(role_arguments)
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")

@@ -42,8 +42,9 @@ fn provisioning_attestation_and_sealing_through_the_client() {
     client.lock_manufacturing(&capability).expect("lock");
     assert!(client.status().expect("status").1.manufacturing_locked);
 
-    client.extend_register(2, &[9u8; 32]).expect("extend");
-    assert_ne!(client.registers().expect("registers")[2], [0u8; 32]);
+    // Register 5: registers 0 to 3 are the boot stage's (see `rights.rs`).
+    client.extend_register(5, &[9u8; 32]).expect("extend");
+    assert_ne!(client.registers().expect("registers")[5], [0u8; 32]);
     assert_eq!(
         client.advance_counter(&capability, 1, 5).expect("advance"),
         5
@@ -67,7 +68,7 @@ fn provisioning_attestation_and_sealing_through_the_client() {
     ));
 
     let sealed = client
-        .seal(b"session", 0b100, b"resumption secret")
+        .seal(b"session", 0b10_0000, b"resumption secret")
         .expect("seal");
     assert_eq!(
         client
@@ -76,7 +77,7 @@ fn provisioning_attestation_and_sealing_through_the_client() {
             .as_slice(),
         b"resumption secret"
     );
-    client.extend_register(2, &[1u8; 32]).expect("extend");
+    client.extend_register(5, &[1u8; 32]).expect("extend");
     assert!(matches!(
         client.unseal(b"session", &sealed),
         Err(ClientError::Refused {
@@ -121,4 +122,66 @@ fn connect_error_names_the_socket() {
         .expect_err("no server")
         .to_string();
     assert!(message.contains("/nonexistent/pluton.sock"), "{message}");
+}
+
+#[test]
+fn the_bundle_floor_refuses_a_rolled_back_bundle_and_belongs_to_the_bridges() {
+    use warden_pluton::server::CallerRoles;
+    use warden_pluton_api::bundle_floor::{
+        BundleFloorError, check_stored_bundle, record_applied_bundle,
+    };
+    use warden_pluton_api::{Role, RoleToken};
+
+    let bridges_token = RoleToken::generate().expect("rng");
+    let link_token = RoleToken::generate().expect("rng");
+    let roles = CallerRoles {
+        by_capability: vec![
+            (Role::Bridges, bridges_token.clone()),
+            (Role::Link, link_token.clone()),
+        ],
+        ..CallerRoles::default()
+    };
+    let server = Server::start_with(1, roles);
+    let mut bridges = PlutonClient::connect_as(&server.socket, &bridges_token).expect("bridges");
+    assert_eq!(
+        check_stored_bundle(&mut bridges, Some(3)).expect("no floor yet"),
+        0
+    );
+    assert_eq!(record_applied_bundle(&mut bridges, 5).expect("advance"), 5);
+    // An older bundle applied later (or a lower version) never lowers the floor.
+    assert_eq!(record_applied_bundle(&mut bridges, 4).expect("no-op"), 5);
+    assert!(matches!(
+        check_stored_bundle(&mut bridges, Some(4)),
+        Err(BundleFloorError::RolledBack {
+            stored: 4,
+            floor: 5
+        })
+    ));
+    assert_eq!(
+        check_stored_bundle(&mut bridges, Some(5)).expect("current"),
+        5
+    );
+    assert_eq!(
+        check_stored_bundle(&mut bridges, None).expect("none stored"),
+        5
+    );
+
+    // The link may not move (or read) the bridges' floor; a caller without a role
+    // may do nothing at all.
+    let mut link = PlutonClient::connect_as(&server.socket, &link_token).expect("link");
+    assert!(matches!(
+        record_applied_bundle(&mut link, 9),
+        Err(BundleFloorError::Pluton(ClientError::Refused {
+            error: PlutonError::NotPermitted,
+            ..
+        }))
+    ));
+    let mut anonymous = PlutonClient::connect(&server.socket).expect("connect");
+    assert!(matches!(
+        anonymous.status(),
+        Err(ClientError::Refused {
+            error: PlutonError::NotPermitted,
+            ..
+        })
+    ));
 }

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use warden_pluton::server::{DEFAULT_CAPABILITY_FILE_NAME, ServeOptions, read_capability_file};
+use warden_pluton::server::{
+    CallerRoles, DEFAULT_CAPABILITY_FILE_NAME, ServeOptions, read_capability_file,
+};
 use warden_pluton_api::ProvisioningCapability;
 
 pub struct Server {
@@ -13,7 +15,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// Every caller unseparated (the client API's own tests).
     pub fn start(firmware_version: u32) -> Self {
+        Self::start_with(firmware_version, CallerRoles::unseparated())
+    }
+
+    /// Callers get roles from `roles`.
+    pub fn start_with(firmware_version: u32, roles: CallerRoles) -> Self {
         let directory = tempfile::tempdir().expect("tempdir");
         let socket = directory.path().join("pluton.sock");
         let state_dir = directory.path().join("state");
@@ -26,6 +34,7 @@ impl Server {
                 .expect("runtime");
             let options = ServeOptions {
                 firmware_version,
+                roles,
                 ..ServeOptions::default()
             };
             runtime
