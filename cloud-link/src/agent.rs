@@ -8,32 +8,43 @@
 //! the bridges never block on the link. Only a configuration that can never work
 //! ([`LinkError::Identity`]) ends [`LinkAgent::run`] with an error.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use serde::{Deserialize, Serialize};
+use rumqttc::{AsyncClient, MqttOptions, QoS, TlsConfiguration, Transport};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::unix_millis;
 use crate::control::{ControlMessage, ControlSender};
 use crate::dispatch::{DispatchLimits, Dispatcher};
 use crate::journal::{PendingLimits, PendingReadings, Pushed};
-use crate::outbox::{Outbox, OutboxConfig, OutboxError, OutboxStats};
-use crate::tls::{ClientIdentity, TlsError, client_config};
-use crate::topics::{
-    Ack, CONTROL_STREAM, Command, CommandResult, CommandStatus, LinkSettings, PROTOCOL_VERSION,
-    Reading, TELEMETRY_STREAM, TelemetryBatch, TwinDesired, UpdateOffer, ack_topic, commands_topic,
-    event_kind, telemetry_topic, twin_desired_topic, update_offer_topic,
-};
-use crate::topics::{
-    AttestationChallenge, AttestationQuote, AttestationVerdict, DeviceEvent, MIN_NONCE_LEN,
+use crate::outbox::{Outbox, OutboxConfig, OutboxError};
+use warden_wire::tls::{ClientIdentity, TlsError, client_config};
+use warden_wire::topics::{
+    AttestationChallenge, AttestationQuote, DeviceEvent, MIN_NONCE_LEN,
     attestation_challenge_topic, attestation_quote_topic, attestation_verdict_topic, from_hex,
     to_hex,
 };
+use warden_wire::topics::{
+    CONTROL_STREAM, Command, CommandResult, CommandStatus, LinkSettings, PROTOCOL_VERSION, Reading,
+    TELEMETRY_STREAM, TelemetryBatch, TwinDesired, UpdateOffer, ack_topic, commands_topic,
+    event_kind, telemetry_topic, twin_desired_topic, update_offer_topic,
+};
+
+mod link_settings;
+mod network;
+mod status;
+
+use link_settings::{LINK_SETTINGS_FILE, change_link_settings, load_link_settings};
+use network::{Backoff, NetworkEvent, Topics, network_loop, sleep_until};
+pub use network::{RECONNECT_FIRST, RECONNECT_MAX};
+use status::update;
+pub use status::{AttestationAnswers, FleetVerdict, LinkState, LinkStatus};
 
 /// How often the agent looks for messages to send.
 const PUMP_INTERVAL: Duration = Duration::from_millis(10);
@@ -43,11 +54,6 @@ const MAX_BURST: usize = 1024;
 pub const SETUP_RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between retries of a failed setup step or outbox.
 pub const SETUP_RETRY_MAX: Duration = Duration::from_secs(30);
-/// First reconnect delay after the connection is lost (plus up to 25 % jitter).
-pub const RECONNECT_FIRST: Duration = Duration::from_millis(200);
-/// Longest reconnect delay (plus up to 25 % jitter): the broker is probed at least
-/// every 2.5 s, so the link is back within a few seconds of the fleet.
-pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// MQTT keep-alive. A broker that sends nothing at all for two of them (no PUBACK,
 /// no PINGRESP) is declared dead and the connection is dropped.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -96,92 +102,6 @@ fn default_max_send_per_second() -> u32 {
     DispatchLimits::default().max_per_second
 }
 
-/// Whether the link is up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinkState {
-    /// Not yet connected.
-    #[default]
-    Connecting,
-    /// Connected and acknowledged by the broker.
-    Connected,
-    /// Lost; reconnecting with backoff.
-    Disconnected,
-    /// The link cannot run at all right now (no identity: pluton unreachable or a
-    /// certificate missing; TLS configuration unusable; outbox unusable): the cause is
-    /// in [`LinkStatus::last_error`] and the agent tries again with backoff.
-    Unavailable,
-}
-
-/// The link's state and counters, shared with the status page.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkStatus {
-    /// Current state.
-    pub state: LinkState,
-    /// Batches written to the outbox.
-    pub batches_queued: u64,
-    /// Batches the fleet acknowledged (stored).
-    pub batches_acknowledged: u64,
-    /// Control messages (results, reported state, events, reports, update status)
-    /// the fleet acknowledged.
-    pub control_acknowledged: u64,
-    /// The durable control queue.
-    pub control: OutboxStats,
-    /// Messages sent, including resends.
-    pub messages_sent: u64,
-    /// Readings dropped because the pending store was at its bound (the outbox refused
-    /// them or was unavailable for long), or because one reading alone was larger than
-    /// an outbox record may be.
-    pub readings_dropped: u64,
-    /// The store-and-forward queue.
-    pub outbox: OutboxStats,
-    /// Last connection error, for people.
-    pub last_error: Option<String>,
-    /// When the fleet last acknowledged a telemetry batch, ms since the epoch.
-    pub last_ack_ms: Option<u64>,
-    /// When the link was last connected to the broker (ConnAck or any packet since),
-    /// ms since the epoch.
-    pub last_connected_ms: Option<u64>,
-    /// Times the agent had to start over after an error (identity, TLS, outbox).
-    pub restarts: u64,
-    /// Readings waiting for the outbox (in memory and in the readings journal).
-    pub readings_pending: u64,
-    /// Records of the readings journal found damaged at start (their readings are
-    /// lost; the rest of the journal was recovered).
-    pub journal_damaged: u64,
-    /// The fleet's attestation challenges as this unit answered them.
-    pub attestation: AttestationAnswers,
-}
-
-/// The fleet's attestation challenges, this unit's answers, and the fleet's last
-/// verdict on them (`attestation/verdict`; the unit only shows it, the fleet enforces
-/// it).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttestationAnswers {
-    /// Challenges answered since the link started.
-    pub answered: u64,
-    /// When the last one was answered, ms since the epoch.
-    pub last_answered_ms: Option<u64>,
-    /// Why the last answer carried no quote (pluton unreachable, bad nonce) or could
-    /// not be published; `None` when a quote went out.
-    pub last_error: Option<String>,
-    /// The fleet's last verdict, if one came since the link started.
-    pub verdict: Option<FleetVerdict>,
-}
-
-/// The fleet's verdict as the unit received it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FleetVerdict {
-    /// The fleet trusts this unit.
-    pub trusted: bool,
-    /// The known release the fleet found the unit running, if any.
-    pub release: Option<String>,
-    /// What the fleet found, for people.
-    pub detail: String,
-    /// When it arrived, ms since the epoch.
-    pub received_ms: u64,
-}
-
 /// Why the link could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -197,17 +117,6 @@ pub enum LinkError {
     /// The config names no key, or both a key file and pluton.
     #[error("the link needs exactly one of `device_key` and `pluton_socket`")]
     Identity,
-}
-
-enum NetworkEvent {
-    Connected,
-    Disconnected(String),
-    Ack(Ack),
-    Command(Command),
-    Desired(TwinDesired, Result<Option<LinkSettings>, String>),
-    Challenge(AttestationChallenge),
-    Verdict(AttestationVerdict),
-    Offer(UpdateOffer),
 }
 
 /// The appliance's end of the link: commands, desired states and update offers arrive
@@ -1147,7 +1056,7 @@ impl Link {
                             &self.quote_topic,
                             QoS::AtLeastOnce,
                             false,
-                            crate::topics::encode(&answer),
+                            warden_wire::topics::encode(&answer),
                         )
                         .map_err(|e| e.to_string()),
                     None => Err("no session".to_owned()),
@@ -1255,78 +1164,6 @@ impl Link {
     }
 }
 
-/// Capped exponential backoff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Backoff {
-    first: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    const fn new(first: Duration, max: Duration) -> Self {
-        Self {
-            first,
-            max,
-            next: first,
-        }
-    }
-
-    /// The delay before the next attempt; the one after doubles, up to the cap.
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    /// Back to the first delay (after a success).
-    fn reset(&mut self) {
-        self.next = self.first;
-    }
-}
-
-/// Whether the broker still answers: something must come in within two keep-alives.
-///
-/// rumqttc pings only on its own timer and a live link carries PUBACKs for every
-/// telemetry batch, so any incoming packet counts.
-#[derive(Debug, Clone, Copy)]
-struct Liveness {
-    limit: Duration,
-    last_heard: Instant,
-}
-
-impl Liveness {
-    fn new(keep_alive: Duration, now: Instant) -> Self {
-        Self {
-            limit: keep_alive * 2,
-            last_heard: now,
-        }
-    }
-
-    /// Something came in from the broker at `now`.
-    fn heard(&mut self, now: Instant) {
-        self.last_heard = self.last_heard.max(now);
-    }
-
-    /// When the broker is declared dead if nothing comes in before.
-    fn deadline(&self) -> Instant {
-        self.last_heard + self.limit
-    }
-
-    /// How long the broker has been silent, if that is too long.
-    fn dead_for(&self, now: Instant) -> Option<Duration> {
-        let silent = now.saturating_duration_since(self.last_heard);
-        (silent >= self.limit).then_some(silent)
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn setup_finished(
     setup: &mut Option<JoinHandle<Result<rustls::ClientConfig, String>>>,
 ) -> Result<Result<rustls::ClientConfig, String>, tokio::task::JoinError> {
@@ -1341,108 +1178,6 @@ async fn next_network_event(session: &mut Option<Session>) -> Option<NetworkEven
         Some(session) => session.events.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Where the link settings from the fleet are kept (in the outbox directory).
-const LINK_SETTINGS_FILE: &str = "link-settings.json";
-
-/// The saved link settings, if any and valid (an invalid file is ignored, logged).
-fn load_link_settings(path: &Path) -> Option<LinkSettings> {
-    let bytes = std::fs::read(path).ok()?;
-    match serde_json::from_slice::<LinkSettings>(&bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|settings| settings.validate().map(|()| settings))
-    {
-        Ok(settings) => Some(settings),
-        Err(error) => {
-            tracing::warn!(path = %path.display(), %error, "saved link settings ignored");
-            None
-        }
-    }
-}
-
-/// Applies a link settings change from the twin, whole or not at all: validated,
-/// newer than the running one, saved (atomically) before it takes effect. Returns the
-/// settings to use from now on, if they changed; every outcome is reported.
-fn change_link_settings(
-    change: Result<Option<LinkSettings>, String>,
-    running: &mut Option<LinkSettings>,
-    path: &Path,
-    control: &ControlSender,
-) -> Option<LinkSettings> {
-    let proposed = match change {
-        Ok(None) => return None,
-        Ok(Some(settings)) if running.as_ref() == Some(&settings) => return None,
-        Ok(Some(settings)) => settings,
-        Err(why) => return refuse_link_settings(why, running, control),
-    };
-    if let Err(why) = proposed.validate() {
-        return refuse_link_settings(why, running, control);
-    }
-    if let Some(current) = running.as_ref()
-        && proposed.version <= current.version
-    {
-        let why = format!(
-            "link settings: version {} is not above the running version {}",
-            proposed.version, current.version
-        );
-        return refuse_link_settings(why, running, control);
-    }
-    if let Err(error) = save_link_settings(path, &proposed) {
-        let why = format!("link settings: cannot save {}: {error}", path.display());
-        return refuse_link_settings(why, running, control);
-    }
-    tracing::info!(
-        version = proposed.version,
-        "link settings from the fleet applied"
-    );
-    *running = Some(proposed.clone());
-    if let Err(error) = control
-        .lock()
-        .set_link_settings(Some(proposed.clone()), None)
-    {
-        tracing::error!(%error, "cannot report the new link settings");
-    }
-    control.send_or_log(&ControlMessage::Event(DeviceEvent::now(
-        event_kind::CONFIG_APPLIED,
-        format!(
-            "link settings version {}: batches every {} ms, at most {} messages/s",
-            proposed.version, proposed.batch_interval_ms, proposed.max_send_per_second
-        ),
-    )));
-    Some(proposed)
-}
-
-fn refuse_link_settings(
-    why: String,
-    running: &Option<LinkSettings>,
-    control: &ControlSender,
-) -> Option<LinkSettings> {
-    tracing::warn!(%why, "link settings refused; the running ones stay");
-    if let Err(error) = control
-        .lock()
-        .set_link_settings(running.clone(), Some(why.clone()))
-    {
-        tracing::error!(%error, "cannot report the refused link settings");
-    }
-    control.send_or_log(&ControlMessage::Event(DeviceEvent::now(
-        event_kind::CONFIG_REFUSED,
-        format!("{why}; nothing was changed"),
-    )));
-    None
-}
-
-fn save_link_settings(path: &Path, settings: &LinkSettings) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&crate::topics::encode(settings))?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Answers an attestation challenge with pluton's quote (never blocks the runtime).
@@ -1488,7 +1223,7 @@ fn client_identity(config: &LinkConfig) -> Result<ClientIdentity, LinkError> {
         (Some(socket), None) => {
             let key = warden_pluton_api::PlutonSigningKey::connect(socket)
                 .map_err(|e| LinkError::Pluton(format!("{}: {e}", socket.display())))?;
-            let chain = crate::tls::load_certificates(&config.device_cert)?;
+            let chain = warden_wire::tls::load_certificates(&config.device_cert)?;
             Ok(ClientIdentity::from_signer(chain, Arc::new(key)))
         }
         (None, Some(key)) => Ok(ClientIdentity::from_pem_files(&config.device_cert, key)?),
@@ -1496,210 +1231,16 @@ fn client_identity(config: &LinkConfig) -> Result<ClientIdentity, LinkError> {
     }
 }
 
-/// The topics the device subscribes to.
-struct Topics {
-    ack: String,
-    commands: String,
-    desired: String,
-    challenge: String,
-    verdict: String,
-    offers: String,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn network_loop(
-    mut eventloop: rumqttc::EventLoop,
-    client: AsyncClient,
-    topics: Topics,
-    events: mpsc::Sender<NetworkEvent>,
-    status: Arc<Mutex<LinkStatus>>,
-    keep_alive: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
-    // While connected: when the broker last sent anything.
-    let mut liveness: Option<Liveness> = None;
-    loop {
-        let deadline = liveness.as_ref().map(Liveness::deadline);
-        let polled = tokio::select! {
-            () = shutdown.cancelled() => return,
-            event = eventloop.poll() => Some(event),
-            () = sleep_until(deadline) => None,
-        };
-        let event = match polled {
-            Some(event) => event,
-            None => {
-                let now = Instant::now();
-                let Some(silent) = liveness.as_ref().and_then(|l| l.dead_for(now)) else {
-                    continue;
-                };
-                // Frozen or gone without a word: drop the connection (what was in
-                // flight is resent after the reconnect) and start over.
-                liveness = None;
-                eventloop.clean();
-                let why = format!("no answer from the broker for {} s", silent.as_secs());
-                tracing::warn!(%why, "link connection dead; reconnecting");
-                if events.send(NetworkEvent::Disconnected(why)).await.is_err() {
-                    return;
-                }
-                if !pause(backoff.next_delay(), &shutdown).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if let Ok(Event::Incoming(_)) = &event {
-            if let Some(liveness) = &mut liveness {
-                liveness.heard(Instant::now());
-            }
-            update(&status, |s| s.last_connected_ms = Some(unix_millis()));
-        }
-        let forward = match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                tracing::info!("link connected");
-                backoff.reset();
-                liveness = Some(Liveness::new(keep_alive, Instant::now()));
-                for topic in [
-                    &topics.ack,
-                    &topics.commands,
-                    &topics.desired,
-                    &topics.challenge,
-                    &topics.verdict,
-                    &topics.offers,
-                ] {
-                    if let Err(error) = client.try_subscribe(topic, QoS::AtLeastOnce) {
-                        tracing::warn!(%error, topic, "cannot subscribe");
-                    }
-                }
-                Some(NetworkEvent::Connected)
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => decode_publish(&topics, &publish),
-            Ok(_) => None,
-            Err(error) => {
-                liveness = None;
-                tracing::warn!(%error, "link connection failed; reconnecting");
-                if events
-                    .send(NetworkEvent::Disconnected(error.to_string()))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                if !pause(backoff.next_delay(), &shutdown).await {
-                    return;
-                }
-                None
-            }
-        };
-        if let Some(event) = forward
-            && events.send(event).await.is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// Waits `delay` plus jitter; false if shut down meanwhile.
-async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(with_jitter(delay)) => true,
-    }
-}
-
-/// What a message from the fleet means for the agent, if anything.
-fn decode_publish(topics: &Topics, publish: &rumqttc::Publish) -> Option<NetworkEvent> {
-    let topic = publish.topic.as_str();
-    if topic == topics.commands {
-        match Command::decode(&publish.payload) {
-            Ok(command) => Some(NetworkEvent::Command(command)),
-            Err(error) => {
-                tracing::warn!(%error, "malformed command ignored");
-                None
-            }
-        }
-    } else if topic == topics.challenge {
-        match serde_json::from_slice::<AttestationChallenge>(&publish.payload) {
-            Ok(challenge) => Some(NetworkEvent::Challenge(challenge)),
-            Err(error) => {
-                tracing::warn!(%error, "malformed attestation challenge ignored");
-                None
-            }
-        }
-    } else if topic == topics.verdict {
-        match serde_json::from_slice::<AttestationVerdict>(&publish.payload) {
-            Ok(verdict) if verdict.v == PROTOCOL_VERSION => Some(NetworkEvent::Verdict(verdict)),
-            Ok(verdict) => {
-                tracing::warn!(
-                    v = verdict.v,
-                    "attestation verdict of another version ignored"
-                );
-                None
-            }
-            Err(error) => {
-                tracing::warn!(%error, "malformed attestation verdict ignored");
-                None
-            }
-        }
-    } else if topic == topics.desired {
-        match TwinDesired::decode(&publish.payload) {
-            Ok(desired) => Some(NetworkEvent::Desired(
-                desired,
-                LinkSettings::of_desired(&publish.payload),
-            )),
-            Err(error) => {
-                tracing::warn!(%error, "malformed desired state ignored");
-                None
-            }
-        }
-    } else if topic == topics.offers {
-        match UpdateOffer::decode(&publish.payload) {
-            Ok(offer) => Some(NetworkEvent::Offer(offer)),
-            Err(error) => {
-                tracing::warn!(%error, "malformed update offer ignored");
-                None
-            }
-        }
-    } else if topic == topics.ack {
-        match Ack::decode(&publish.payload) {
-            Ok(ack) => Some(NetworkEvent::Ack(ack)),
-            Err(error) => {
-                tracing::warn!(%error, "malformed acknowledgement ignored");
-                None
-            }
-        }
-    } else {
-        None
-    }
-}
-
 fn lock(outbox: &SharedOutbox) -> std::sync::MutexGuard<'_, Outbox> {
     outbox.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn update(status: &Mutex<LinkStatus>, change: impl FnOnce(&mut LinkStatus)) {
-    change(&mut status.lock().unwrap_or_else(PoisonError::into_inner));
-}
-
-/// `delay` plus up to 25 % jitter, so a fleet of devices does not reconnect in step.
-fn with_jitter(delay: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let quarter = delay.as_millis() as u64 / 4;
-    delay + Duration::from_millis(u64::from(nanos) % (quarter + 1))
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::link_settings::*;
+    use super::network::*;
     use super::*;
-    use crate::topics::TwinReported;
+    use warden_wire::topics::TwinReported;
 
     fn settings(version: u64, batch_interval_ms: u64) -> LinkSettings {
         LinkSettings {

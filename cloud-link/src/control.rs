@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use crate::outbox::{FsyncPolicy, Outbox, OutboxConfig, OutboxError, OutboxStats, OverflowPolicy};
-use crate::topics::{
+use warden_wire::topics::{
     CONTROL_STREAM, CommandResult, Delivery, DeviceEvent, FailureReportMessage, LinkSettings,
     TwinReported, UpdateStatus, command_results_topic, event_kind, events_topic, reports_topic,
     twin_reported_topic, update_status_topic,
@@ -300,7 +300,7 @@ impl ControlSender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topics::{CommandStatus, PROTOCOL_VERSION};
+    use warden_wire::topics::{CommandStatus, PROTOCOL_VERSION};
 
     fn result(id: &str) -> ControlMessage {
         ControlMessage::CommandResult(CommandResult {

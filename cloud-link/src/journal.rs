@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::outbox::FsyncPolicy;
-use crate::topics::Reading;
+use warden_wire::topics::Reading;
 
 /// Under [`FsyncPolicy::Always`] the journal is forced to disk at most this often (group
 /// fsync): readings arrive one by one at up to tens of thousands a second, and an fsync

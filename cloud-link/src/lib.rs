@@ -1,16 +1,19 @@
 #![doc = include_str!("../README.md")]
 
 pub mod agent;
+mod clock;
 pub mod control;
 pub mod dispatch;
 pub mod journal;
 pub mod outbox;
-pub mod tls;
-pub mod topics;
 
 pub use agent::{
     AttestationAnswers, CommandChannel, FleetVerdict, LinkAgent, LinkConfig, LinkState, LinkStatus,
     SharedOutbox,
 };
+/// The MQTT topics and payloads and the TLS profile live in the wire crate; the link's
+/// API speaks them.
+pub use warden_wire::{tls, topics};
+
 pub use control::{ControlMessage, ControlQueue, ControlSender};
 pub use topics::{Reading, TelemetryBatch};

@@ -477,7 +477,7 @@ async fn push_bundle(http: &reqwest::Client, urls: &DemoUrls, bundle: &[u8]) -> 
         "{}/api/v1/devices/{}/twin/desired",
         urls.fleet, urls.device_id
     );
-    let hex = warden_link::topics::to_hex(bundle);
+    let hex = warden_wire::topics::to_hex(bundle);
     http.put(&url)
         .bearer_auth(&urls.fleet_token)
         .json(&serde_json::json!({ "policy_bundle": hex }))

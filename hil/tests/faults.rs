@@ -605,7 +605,7 @@ fn flip_byte_in_middle_segment(world: &World) -> BTreeMap<String, Vec<u64>> {
     assert!(!records.is_empty(), "no record in {}", path.display());
     let (offset, len) = records[records.len() / 2];
     let payload = &bytes[offset + 16..offset + 16 + len];
-    let batch = warden_link::topics::TelemetryBatch::decode(payload).expect("a telemetry batch");
+    let batch = warden_wire::topics::TelemetryBatch::decode(payload).expect("a telemetry batch");
     let mut held: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for reading in &batch.readings {
         held.entry(reading.point.clone())

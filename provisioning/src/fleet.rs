@@ -7,8 +7,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use warden_wire::fleet_api::{
+    DEVICES_PATH, PRODUCTS_PATH, ProductRequest, RegisterRequest, RegisterResponse, device_path,
+};
 use zeroize::Zeroizing;
+
+/// A device registration (`POST /api/v1/devices`): the fleet's request type.
+pub type DeviceRegistration = RegisterRequest;
 
 /// The fleet refused or could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -74,36 +79,6 @@ impl TokenSource {
     }
 }
 
-/// A device registration (`POST /api/v1/devices`).
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceRegistration {
-    /// The device ID (certificate CN).
-    pub device_id: String,
-    /// The unit's serial number.
-    pub serial: String,
-    /// The product.
-    pub product: String,
-    /// The device group.
-    pub group: String,
-    /// The device certificate, PEM.
-    pub certificate_pem: String,
-    /// The factory image's version.
-    pub image_version: String,
-}
-
-/// The fleet's record of a device.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct RegisteredDevice {
-    /// The device ID.
-    pub device_id: String,
-    /// Lowercase hex SHA-256 of the certificate DER.
-    pub fingerprint: String,
-    /// The product.
-    pub product: String,
-    /// The device group.
-    pub group: String,
-}
-
 /// A client of the fleet's provisioning API.
 #[derive(Debug)]
 pub struct FleetClient {
@@ -150,11 +125,14 @@ impl FleetClient {
     /// accepted, a different CA under the same name is an error).
     pub fn ensure_product(&self, name: &str, manufacturer_ca_pem: &str) -> Result<(), FleetError> {
         let operation = format!("create product {name:?}");
-        let body = serde_json::json!({ "name": name, "manufacturer_ca_pem": manufacturer_ca_pem });
+        let body = ProductRequest {
+            name: name.to_owned(),
+            manufacturer_ca_pem: manufacturer_ca_pem.to_owned(),
+        };
         let (status, text) = self.send(
             &operation,
             self.http
-                .post(format!("{}/api/v1/products", self.base))
+                .post(format!("{}{PRODUCTS_PATH}", self.base))
                 .json(&body),
         )?;
         match status {
@@ -167,18 +145,18 @@ impl FleetClient {
     pub fn register_device(
         &self,
         registration: &DeviceRegistration,
-    ) -> Result<RegisteredDevice, FleetError> {
+    ) -> Result<RegisterResponse, FleetError> {
         let operation = format!("register device {}", registration.device_id);
         let (status, text) = self.send(
             &operation,
             self.http
-                .post(format!("{}/api/v1/devices", self.base))
+                .post(format!("{}{DEVICES_PATH}", self.base))
                 .json(registration),
         )?;
         if status != 200 && status != 201 {
             return Err(status_error(operation, status, &text));
         }
-        let record: RegisteredDevice =
+        let record: RegisterResponse =
             serde_json::from_str(&text).map_err(|error| FleetError::Mismatch {
                 operation: operation.clone(),
                 reason: format!("unreadable answer: {error}"),
@@ -201,7 +179,7 @@ impl FleetClient {
         let (status, text) = self.send(
             &operation,
             self.http
-                .get(format!("{}/api/v1/devices/{device_id}", self.base)),
+                .get(format!("{}{}", self.base, device_path(device_id))),
         )?;
         match status {
             200 => serde_json::from_str(&text)

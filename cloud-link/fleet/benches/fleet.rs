@@ -58,7 +58,7 @@ async fn main() {
     for id in &identities {
         let options = pki.mqtt_options(id, mqtt).expect("mqtt options");
         let (client, mut eventloop) = AsyncClient::new(options, 32);
-        let topic = warden_link::topics::telemetry_topic(id);
+        let topic = warden_wire::topics::telemetry_topic(id);
         for seq in 0..10u64 {
             let batch = telemetry_batch(seq);
             let _ = client.try_publish(&topic, QoS::AtLeastOnce, false, batch.encode());

@@ -18,11 +18,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authorizer, Caller, Denied, required};
 use crate::broker::LocalPublisher;
+use crate::clock::now_ms;
 use crate::deployments::Rollouts;
 use crate::enrollment::DeviceTrust;
 use crate::images::ImageStore;
-use crate::store::{Device, Store, StoredCommand, StoredReading, now_ms};
-use warden_link::topics::{
+use crate::store::{Device, Store, StoredReading};
+use warden_wire::fleet_api::{CommandView, DesiredRequest, ErrorBody, WriteRequest};
+use warden_wire::topics::{
     Command, CommandAction, PROTOCOL_VERSION, TwinDesired, commands_topic, from_hex,
     twin_desired_topic, valid_command_id,
 };
@@ -242,25 +244,11 @@ async fn device_telemetry(
     }))
 }
 
-/// A write request for a device's point.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WriteRequest {
-    /// Bridge name on the device.
-    pub bridge: String,
-    /// Point name.
-    pub point: String,
-    /// Value in engineering units.
-    pub value: f64,
-    /// Optional client-chosen command ID (idempotency key); generated when absent.
-    pub id: Option<String>,
-}
-
 async fn send_command(
     State(ApiState { store, devices, .. }): State<ApiState>,
     Path(device): Path<String>,
     axum::Json(request): axum::Json<WriteRequest>,
-) -> Result<(StatusCode, Json<StoredCommand>), ApiError> {
+) -> Result<(StatusCode, Json<CommandView>), ApiError> {
     if !store.device_exists(&device).await? {
         return Err(ApiError::NotFound(format!("device {device} is not known")));
     }
@@ -305,21 +293,12 @@ async fn send_command(
 async fn get_command(
     State(ApiState { store, .. }): State<ApiState>,
     Path((device, id)): Path<(String, String)>,
-) -> Result<Json<StoredCommand>, ApiError> {
+) -> Result<Json<CommandView>, ApiError> {
     store
         .command(&device, &id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("device {device} has no command {id}")))
-}
-
-/// The desired state an operator sets.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DesiredRequest {
-    /// A signed policy bundle, hex-encoded (the device verifies it; the fleet only
-    /// checks it is hex).
-    pub policy_bundle: Option<String>,
 }
 
 /// A device's twin.
@@ -454,10 +433,10 @@ impl IntoResponse for ApiError {
             Self::Invalid { field, message } => {
                 return (
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    Json(serde_json::json!({
-                        "error": format!("{field}: {message}"),
-                        "field": field,
-                    })),
+                    Json(ErrorBody {
+                        error: format!("{field}: {message}"),
+                        field: Some((*field).to_owned()),
+                    }),
                 )
                     .into_response();
             }
@@ -477,8 +456,14 @@ impl IntoResponse for ApiError {
                             .to_owned(),
                     ),
                 };
-                let mut response =
-                    (status, Json(serde_json::json!({ "error": message }))).into_response();
+                let mut response = (
+                    status,
+                    Json(ErrorBody {
+                        error: message,
+                        field: None,
+                    }),
+                )
+                    .into_response();
                 if status == StatusCode::UNAUTHORIZED {
                     response.headers_mut().insert(
                         header::WWW_AUTHENTICATE,
@@ -497,6 +482,13 @@ impl IntoResponse for ApiError {
             Self::Store(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: message,
+                field: None,
+            }),
+        )
+            .into_response()
     }
 }

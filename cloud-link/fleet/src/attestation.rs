@@ -18,14 +18,15 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use warden_link::topics::{
+use warden_wire::topics::{
     AttestationChallenge, AttestationQuote, AttestationVerdict, FailureReportMessage,
     MIN_NONCE_LEN, PROTOCOL_VERSION, attestation_challenge_topic, attestation_verdict_topic,
     device_of_topic, encode, from_hex, to_hex,
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
-use crate::store::{ChallengeUse, ImageRecord, Store, StoreError, now_ms};
+use crate::clock::now_ms;
+use crate::store::{ChallengeUse, ImageRecord, Store, StoreError};
 
 /// Filter matching every device's quotes.
 pub const ALL_QUOTES: &str = "warden/v1/devices/+/attestation/quote";

@@ -79,7 +79,7 @@ pub struct ApiConfig {
 
 /// SHA-256 of a token, lowercase hex: what the config stores.
 pub fn hash_token(token: &str) -> String {
-    warden_link::topics::to_hex(&Sha256::digest(token.as_bytes()))
+    warden_wire::topics::to_hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// A fresh random token (32 bytes, hex).
@@ -89,7 +89,7 @@ pub fn generate_token() -> Result<String, TokenError> {
         .secure_random
         .fill(&mut bytes)
         .map_err(|_| TokenError)?;
-    Ok(warden_link::topics::to_hex(&bytes))
+    Ok(warden_wire::topics::to_hex(&bytes))
 }
 
 /// No random source was available for a token.
@@ -135,7 +135,7 @@ impl Authorizer {
     pub fn new(config: &ApiConfig) -> Result<Self, String> {
         let mut tokens = Vec::with_capacity(config.tokens.len());
         for (index, token) in config.tokens.iter().enumerate() {
-            let hash = warden_link::topics::from_hex(&token.sha256)
+            let hash = warden_wire::topics::from_hex(&token.sha256)
                 .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
                 .ok_or_else(|| {
                     format!(

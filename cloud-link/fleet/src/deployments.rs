@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use warden_link::topics::{
+use warden_wire::topics::{
     PROTOCOL_VERSION, UpdateOffer, UpdateState, UpdateStatus, device_of_topic, encode,
     update_offer_topic,
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
+use crate::clock::now_ms;
 use crate::enrollment::DeviceTrust;
-use crate::store::{Store, StoreError, StoredDeployment, now_ms};
+use crate::store::{Store, StoreError, StoredDeployment};
 
 /// The group that never receives updates.
 pub const NO_UPDATES_GROUP: &str = "No Updates";

@@ -21,7 +21,7 @@ use crate::broker::device_id_from_certificate;
 
 /// SHA-256 of a certificate's DER, lowercase hex: the device's fingerprint.
 pub fn fingerprint(der: &[u8]) -> String {
-    warden_link::topics::to_hex(&Sha256::digest(der))
+    warden_wire::topics::to_hex(&Sha256::digest(der))
 }
 
 /// Every certificate in a PEM text, in order.
@@ -89,7 +89,7 @@ pub fn verify_device_certificate(
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    warden_link::tls::crypto_provider()
+    warden_wire::tls::crypto_provider()
 }
 
 fn verifier(

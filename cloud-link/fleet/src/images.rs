@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use warden_image::{ImageHeader, ImageTrust, RootKey, verify_image};
-use warden_link::topics::{from_hex, to_hex};
+use warden_wire::topics::{from_hex, to_hex};
 
 use crate::store::ImageRecord;
 

@@ -3,14 +3,15 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use warden_link::TelemetryBatch;
-use warden_link::topics::{
+use warden_wire::topics::TelemetryBatch;
+use warden_wire::topics::{
     Ack, CommandResult, Delivery, DeviceEvent, FailureReportMessage, PROTOCOL_VERSION,
     TwinReported, ack_topic, device_of_topic,
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
-use crate::store::{Store, now_ms};
+use crate::clock::now_ms;
+use crate::store::Store;
 
 /// Most batches committed in one transaction.
 const MAX_GROUP: usize = 256;

@@ -4,6 +4,7 @@ pub mod api;
 pub mod attestation;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod deployments;
 pub mod enrollment;
 pub mod images;
@@ -15,7 +16,7 @@ pub mod store;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tokio::task::JoinHandle;
@@ -55,6 +56,62 @@ pub struct FleetConfig {
     /// `[telemetry]`: how long the time series is kept.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+}
+
+impl FleetConfig {
+    /// Reads and parses the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses `text`, the content of `path` (named in errors).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|error: toml::de::Error| {
+            // toml's span points at the offending key or value; 1-based line and column.
+            let (line, column) = error.span().map_or((0, 0), |span| {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                (line, column)
+            });
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message: error.message().trim_end().to_owned(),
+            }
+        })
+    }
+}
+
+/// Why the fleet's config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid fleet config (toml's message names the field).
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Line of the offending key or value, from 1 (0: unknown).
+        line: usize,
+        /// Column, from 1 (0: unknown).
+        column: usize,
+        /// What is wrong, naming the field.
+        message: String,
+    },
 }
 
 /// The `[telemetry]` section.
@@ -205,7 +262,7 @@ async fn load_trust(
     config: &FleetConfig,
     store: &store::Store,
 ) -> anyhow::Result<enrollment::DeviceTrust> {
-    let configured = warden_link::tls::load_certificates(&config.manufacturer_ca)?;
+    let configured = warden_wire::tls::load_certificates(&config.manufacturer_ca)?;
     let trust = enrollment::DeviceTrust::new(configured).map_err(|e| {
         anyhow::anyhow!("manufacturer_ca {}: {e}", config.manufacturer_ca.display())
     })?;
@@ -254,7 +311,7 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for mqtt on {}", config.mqtt_listen))?;
     let mqtt_address = broker.address();
-    let telemetry = broker.subscribe_local(warden_link::topics::ALL_TELEMETRY, 1024);
+    let telemetry = broker.subscribe_local(warden_wire::topics::ALL_TELEMETRY, 1024);
     let ingest = tokio::spawn(ingest::run(
         store.clone(),
         telemetry,
@@ -266,14 +323,14 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for http on {}", config.http_listen))?;
     let http_address = listener.local_addr()?;
-    let results = broker.subscribe_local(warden_link::topics::ALL_COMMAND_RESULTS, 256);
+    let results = broker.subscribe_local(warden_wire::topics::ALL_COMMAND_RESULTS, 256);
     let command_results = tokio::spawn(ingest::command_results(
         store.clone(),
         results,
         broker.publisher(),
         shutdown.clone(),
     ));
-    let reports = broker.subscribe_local(warden_link::topics::ALL_TWIN_REPORTED, 64);
+    let reports = broker.subscribe_local(warden_wire::topics::ALL_TWIN_REPORTED, 64);
     let twin_reports = tokio::spawn(ingest::twin_reports(
         store.clone(),
         reports,
@@ -300,8 +357,8 @@ pub async fn start(
         config.rollouts.trust_valid_for(),
         shutdown.clone(),
     ));
-    let reports = broker.subscribe_local(warden_link::topics::ALL_REPORTS, 256);
-    let events = broker.subscribe_local(warden_link::topics::ALL_EVENTS, 256);
+    let reports = broker.subscribe_local(warden_wire::topics::ALL_REPORTS, 256);
+    let events = broker.subscribe_local(warden_wire::topics::ALL_EVENTS, 256);
     let failure_reports = tokio::spawn(ingest::reports_and_events(
         store.clone(),
         reports,
@@ -328,7 +385,7 @@ pub async fn start(
         config.telemetry.keep_days,
         shutdown.clone(),
     ));
-    let statuses = broker.subscribe_local(warden_link::topics::ALL_UPDATE_STATUS, 256);
+    let statuses = broker.subscribe_local(warden_wire::topics::ALL_UPDATE_STATUS, 256);
     let rollout_task = tokio::spawn(rollouts.clone().run(
         std::time::Duration::from_millis(config.rollouts.tick_ms.max(10)),
         statuses,
@@ -374,4 +431,31 @@ pub async fn start(
         mqtt_address,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_file_line_column_and_field() {
+        let text = "http_listen = \"127.0.0.1:0\"\nmqtt_listen = \"127.0.0.1:0\"\n\
+                    database_url = \"sqlite://x\"\nserver_cert = \"a\"\nserver_key = \"b\"\n\
+                    manufacturer_ca = \"c\"\n[telemetry]\nkeep_days = \"forever\"\n";
+        let error = FleetConfig::from_toml(text, Path::new("/etc/warden/fleet.toml"))
+            .expect_err("a text where a number belongs");
+        let ConfigError::Invalid { line, column, .. } = &error else {
+            panic!("{error}");
+        };
+        assert_eq!((*line, *column), (8, 13), "{error}");
+        let shown = error.to_string();
+        assert!(
+            shown.starts_with("/etc/warden/fleet.toml:8:13: "),
+            "{shown}"
+        );
+
+        let error = FleetConfig::from_toml("http_listen = 1\nbogus = 2\n", Path::new("f.toml"))
+            .expect_err("unknown field");
+        assert!(error.to_string().contains("bogus"), "{error}");
+    }
 }

@@ -15,7 +15,9 @@ use rcgen::{
 };
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use tokio::io::AsyncBufReadExt as _;
-use warden_link::tls::{ClientIdentity, client_config};
+use warden_wire::fleet_api::{DEVICES_PATH, PRODUCTS_PATH, ProductRequest, RegisterRequest};
+use warden_wire::tls::{ClientIdentity, client_config};
+use warden_wire::topics::{PROTOCOL_VERSION, Reading, TELEMETRY_STREAM, TelemetryBatch};
 
 /// The API token the tools' fleet config grants the `admin` role.
 pub const TOKEN: &str = "loadtest-token";
@@ -119,15 +121,15 @@ impl Pki {
 
 /// The load's telemetry batch number `seq`: ten pressure readings (`line1/p0..p9`),
 /// stamped with `seq` after a fixed time.
-pub fn telemetry_batch(seq: u64) -> warden_link::TelemetryBatch {
-    warden_link::TelemetryBatch {
-        v: 1,
-        stream: "telemetry".into(),
+pub fn telemetry_batch(seq: u64) -> TelemetryBatch {
+    TelemetryBatch {
+        v: PROTOCOL_VERSION,
+        stream: TELEMETRY_STREAM.into(),
         epoch: 1,
         seq,
         readings: (0..10)
             .map(|r| {
-                warden_link::Reading::number(
+                Reading::number(
                     format!("line1/p{r}"),
                     f64::from(r),
                     "bar".into(),
@@ -309,8 +311,11 @@ impl Api {
     pub async fn create_product(&self, product: &str, pki: &Pki) -> anyhow::Result<()> {
         let (status, body) = self
             .post(
-                "/api/v1/products",
-                Ok(serde_json::json!({ "name": product, "manufacturer_ca_pem": pki.maker_pem })),
+                PRODUCTS_PATH,
+                Ok(serde_json::to_value(ProductRequest {
+                    name: product.to_owned(),
+                    manufacturer_ca_pem: pki.maker_pem.clone(),
+                })?),
             )
             .await?;
         if !matches!(status, 200 | 201) {
@@ -331,11 +336,17 @@ impl Api {
         let mut tasks = tokio::task::JoinSet::new();
         for device in devices {
             let certificate_pem = pki.issue_device(device)?;
-            let body = serde_json::json!({ "device_id": device, "serial": device,
-                "product": product, "certificate_pem": certificate_pem, "image_version": "1.0.0" });
+            let body = serde_json::to_value(RegisterRequest {
+                device_id: device.clone(),
+                serial: device.clone(),
+                product: product.to_owned(),
+                group: warden_wire::fleet_api::DEFAULT_GROUP.to_owned(),
+                certificate_pem,
+                image_version: "1.0.0".to_owned(),
+            })?;
             let (api, device) = (self.clone(), device.clone());
             tasks.spawn(async move {
-                let (status, answer) = api.post("/api/v1/devices", Ok(body)).await?;
+                let (status, answer) = api.post(DEVICES_PATH, Ok(body)).await?;
                 if !matches!(status, 200 | 201) {
                     bail!("registering {device}: {status} {answer}");
                 }

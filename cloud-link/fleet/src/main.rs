@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -23,10 +22,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("cannot read {}", args.config.display()))?;
-    let config: warden_fleet::FleetConfig = toml::from_str(&text)
-        .with_context(|| format!("invalid config {}", args.config.display()))?;
+    let config = warden_fleet::FleetConfig::load(&args.config)?;
     let shutdown = CancellationToken::new();
     let fleet = warden_fleet::start(&config, shutdown.clone()).await?;
     println!("fleet dashboard: http://{}/", fleet.http_address);

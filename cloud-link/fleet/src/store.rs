@@ -16,9 +16,7 @@ pub use dashboard::{
 pub use deployments::{
     DeploymentEvent, DeploymentMember, ImageRecord, NewDeployment, StoredDeployment,
 };
-pub use registry::{
-    ChallengeUse, Group, NewDevice, Product, ProductOutcome, RegisteredDevice, Registration,
-};
+pub use registry::{ChallengeUse, NewDevice, Product, ProductOutcome, Registration};
 pub use reports::{CrashRate, ReportBucket, ReportGroup, StoredEvent, StoredReport};
 
 use std::sync::{Arc, PoisonError};
@@ -28,7 +26,9 @@ use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Row};
-use warden_link::TelemetryBatch;
+use warden_wire::fleet_api::CommandView;
+use warden_wire::topics::TelemetryBatch;
+use warden_wire::value::Value;
 
 /// SQLite connections for read-only lookups besides the one writer, by default.
 pub const READ_CONNECTIONS: u32 = 2;
@@ -36,11 +36,80 @@ pub const READ_CONNECTIONS: u32 = 2;
 /// How much received time one delete of [`Store::prune_telemetry`] covers.
 pub const PRUNE_WINDOW_MS: i64 = 60_000;
 
+/// A schema change: the same SQL on both databases, or one text for each.
+enum Migration {
+    /// Statements both SQLite and PostgreSQL run.
+    Both(&'static str),
+    /// Statements per database (SQLite cannot drop a column's NOT NULL in place).
+    PerBackend {
+        /// For SQLite.
+        sqlite: &'static str,
+        /// For PostgreSQL.
+        postgres: &'static str,
+    },
+}
+
+impl Migration {
+    fn sql(&self, sqlite: bool) -> &'static str {
+        match *self {
+            Self::Both(sql) => sql,
+            Self::PerBackend { sqlite: lite, .. } if sqlite => lite,
+            Self::PerBackend { postgres, .. } => postgres,
+        }
+    }
+}
+
+/// Migration 11 on SQLite: the tables of readings rebuilt with a nullable `value`
+/// and a `flag` column (SQLite has no `ALTER COLUMN … DROP NOT NULL`); the 0 that
+/// stood in `value` beside a text becomes NULL.
+const MIGRATION_11_SQLITE: &str = "CREATE TABLE telemetry_v11 (
+        device_id TEXT NOT NULL,
+        point TEXT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        value DOUBLE PRECISION,
+        unit TEXT NOT NULL,
+        text TEXT,
+        received_ms BIGINT,
+        flag BIGINT
+    );
+    INSERT INTO telemetry_v11 (device_id, point, ts_ms, value, unit, text, received_ms)
+        SELECT device_id, point, ts_ms, CASE WHEN text IS NULL THEN value END, unit, text,
+            received_ms
+        FROM telemetry;
+    DROP TABLE telemetry;
+    ALTER TABLE telemetry_v11 RENAME TO telemetry;
+    CREATE INDEX telemetry_by_point ON telemetry (device_id, point, ts_ms);
+    CREATE INDEX telemetry_by_received ON telemetry (received_ms);
+    CREATE TABLE latest_values_v11 (
+        device_id TEXT NOT NULL,
+        point TEXT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        value DOUBLE PRECISION,
+        unit TEXT NOT NULL,
+        text TEXT,
+        flag BIGINT,
+        PRIMARY KEY (device_id, point)
+    );
+    INSERT INTO latest_values_v11 (device_id, point, ts_ms, value, unit, text)
+        SELECT device_id, point, ts_ms, CASE WHEN text IS NULL THEN value END, unit, text
+        FROM latest_values;
+    DROP TABLE latest_values;
+    ALTER TABLE latest_values_v11 RENAME TO latest_values";
+
+/// Migration 11 on PostgreSQL: the same change in place.
+const MIGRATION_11_POSTGRES: &str = "ALTER TABLE telemetry ALTER COLUMN value DROP NOT NULL;
+    ALTER TABLE telemetry ADD COLUMN flag BIGINT;
+    UPDATE telemetry SET value = NULL WHERE text IS NOT NULL;
+    ALTER TABLE latest_values ALTER COLUMN value DROP NOT NULL;
+    ALTER TABLE latest_values ADD COLUMN flag BIGINT;
+    UPDATE latest_values SET value = NULL WHERE text IS NOT NULL";
+
 /// Numbered schema migrations, applied in order, each exactly once.
-const MIGRATIONS: &[(i64, &str)] = &[
+const MIGRATIONS: &[(i64, Migration)] = &[
     (
         1,
-        "CREATE TABLE devices (
+        Migration::Both(
+            "CREATE TABLE devices (
         id TEXT PRIMARY KEY,
         first_seen_ms BIGINT NOT NULL,
         last_seen_ms BIGINT NOT NULL
@@ -69,10 +138,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         unit TEXT NOT NULL,
         PRIMARY KEY (device_id, point)
     );",
+        ),
     ),
     (
         2,
-        "CREATE TABLE commands (
+        Migration::Both(
+            "CREATE TABLE commands (
         id TEXT PRIMARY KEY,
         device_id TEXT NOT NULL,
         request TEXT NOT NULL,
@@ -82,20 +153,24 @@ const MIGRATIONS: &[(i64, &str)] = &[
         completed_ms BIGINT
     );
     CREATE INDEX commands_by_device ON commands (device_id, created_ms)",
+        ),
     ),
     (
         3,
-        "CREATE TABLE twins (
+        Migration::Both(
+            "CREATE TABLE twins (
         device_id TEXT PRIMARY KEY,
         desired TEXT,
         desired_ms BIGINT,
         reported TEXT,
         reported_ms BIGINT
     )",
+        ),
     ),
     (
         4,
-        "CREATE TABLE products (
+        Migration::Both(
+            "CREATE TABLE products (
         name TEXT PRIMARY KEY,
         manufacturer_ca_pem TEXT NOT NULL,
         created_ms BIGINT NOT NULL
@@ -129,10 +204,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         path TEXT NOT NULL,
         status BIGINT NOT NULL
     )",
+        ),
     ),
     (
         5,
-        "CREATE TABLE failure_reports (
+        Migration::Both(
+            "CREATE TABLE failure_reports (
         device_id TEXT NOT NULL,
         id TEXT NOT NULL,
         ts_ms BIGINT NOT NULL,
@@ -154,10 +231,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX device_events_by_device ON device_events (device_id, ts_ms)",
+        ),
     ),
     (
         6,
-        "CREATE TABLE images (
+        Migration::Both(
+            "CREATE TABLE images (
         sha256 TEXT PRIMARY KEY,
         product TEXT NOT NULL,
         version TEXT NOT NULL,
@@ -200,25 +279,42 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX deployment_device_states_by_device
         ON deployment_device_states (deployment_id, device_id, seq)",
+        ),
     ),
-    (7, "ALTER TABLE registry ADD COLUMN attestation_detail TEXT"),
+    (
+        7,
+        Migration::Both("ALTER TABLE registry ADD COLUMN attestation_detail TEXT"),
+    ),
     // Pending attestation challenges and answered nonces (single use across restarts),
     // the reported twin's control-queue position, and the trust-lapse sweep's index.
-    (8, registry::MIGRATION_8),
+    (8, Migration::Both(registry::MIGRATION_8)),
     (
         9,
-        // String points: `text` is set and `value` holds 0 (the column stays NOT NULL
-        // on both backends); the store reads such a row back as NaN + text.
-        "ALTER TABLE telemetry ADD COLUMN text TEXT;
+        // String points: `text` is set and `value` held 0 (the column was NOT NULL on
+        // both backends); migration 11 replaces that 0 with NULL.
+        Migration::Both(
+            "ALTER TABLE telemetry ADD COLUMN text TEXT;
     ALTER TABLE latest_values ADD COLUMN text TEXT",
+        ),
     ),
     (
         10,
         // Retention goes by when the fleet received a reading, not by the device's
         // clock (a device whose clock is not set yet stamps 1970). Rows stored before
         // this migration have none and are pruned by their read time instead.
-        "ALTER TABLE telemetry ADD COLUMN received_ms BIGINT;
+        Migration::Both(
+            "ALTER TABLE telemetry ADD COLUMN received_ms BIGINT;
     CREATE INDEX telemetry_by_received ON telemetry (received_ms)",
+        ),
+    ),
+    (
+        11,
+        // One value per reading, as `warden_wire::value::Value`: a number in `value`,
+        // a text in `text`, a flag (0/1) in `flag`; the other two NULL.
+        Migration::PerBackend {
+            sqlite: MIGRATION_11_SQLITE,
+            postgres: MIGRATION_11_POSTGRES,
+        },
     ),
 ];
 
@@ -236,36 +332,55 @@ pub struct Device {
 }
 
 /// One stored reading.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// In JSON (the API's `Reading`): `value` is the number, `null` for a text or a flag;
+/// `text` is there only for a text, `flag` only for a flag.
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredReading {
     /// Point name, `bridge/point`.
     pub point: String,
-    /// Engineering value; NaN (`null` in JSON) for a string point.
-    pub value: f64,
-    /// The text of a string point.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
+    /// The value as read.
+    pub value: Value,
     /// Engineering unit.
     pub unit: String,
     /// When the device read it, ms since the epoch.
     pub ts_ms: i64,
 }
 
-/// A command as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StoredCommand {
-    /// Command ID.
-    pub id: String,
-    /// The command as sent (JSON).
-    pub request: String,
-    /// `sent`, or the device's answer: `written`, `denied`, `exception`, `failed`.
-    pub status: String,
-    /// The device's details.
-    pub detail: String,
-    /// When it was sent, ms since the epoch.
-    pub created_ms: i64,
-    /// When the device answered.
-    pub completed_ms: Option<i64>,
+impl StoredReading {
+    /// The number, if it is one.
+    pub fn number(&self) -> Option<f64> {
+        match self.value {
+            Value::Number(number) => Some(number),
+            _ => None,
+        }
+    }
+
+    /// The text, if it is one.
+    pub fn text(&self) -> Option<&str> {
+        match &self.value {
+            Value::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for StoredReading {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("point", &self.point)?;
+        // JSON has no NaN: a number that is not finite is `null`.
+        map.serialize_entry("value", &self.number().filter(|n| n.is_finite()))?;
+        match &self.value {
+            Value::Number(_) => {}
+            Value::Text(text) => map.serialize_entry("text", text)?,
+            Value::Bool(flag) => map.serialize_entry("flag", flag)?,
+        }
+        map.serialize_entry("unit", &self.unit)?;
+        map.serialize_entry("ts_ms", &self.ts_ms)?;
+        map.end()
+    }
 }
 
 /// What ingesting a batch did.
@@ -292,6 +407,9 @@ pub struct Store {
     /// lets readers run beside the one writer connection); on PostgreSQL, `None`: the
     /// pool.
     reads: Option<Arc<ReadConnections>>,
+    /// Whether the database is SQLite (else PostgreSQL): which text a
+    /// [`Migration::PerBackend`] runs.
+    sqlite: bool,
 }
 
 /// Read-only SQLite connections held open and used in turn, outside sqlx's pool: the
@@ -392,6 +510,7 @@ impl Store {
             .await?;
         let mut store = Self {
             reads: None,
+            sqlite,
             pool,
             health: Arc::default(),
             writer_pragma,
@@ -417,7 +536,8 @@ impl Store {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
-        for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| Some(*v) > applied) {
+        for (version, migration) in MIGRATIONS.iter().filter(|(v, _)| Some(*v) > applied) {
+            let (version, sql) = (*version, migration.sql(self.sqlite));
             let mut tx = self.begin_write().await?;
             let applied = async {
                 for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
@@ -489,7 +609,7 @@ impl Store {
         let mut latest: std::collections::HashMap<String, Vec<StoredReading>> =
             std::collections::HashMap::new();
         for value in sqlx::query(
-            "SELECT point, value, unit, ts_ms, text, device_id FROM latest_values
+            "SELECT point, value, unit, ts_ms, text, flag, device_id FROM latest_values
              WHERE device_id IN (SELECT id FROM devices ORDER BY id LIMIT $1 OFFSET $2)
              ORDER BY device_id, point",
         )
@@ -499,7 +619,7 @@ impl Store {
         .await?
         {
             latest
-                .entry(value.try_get(5)?)
+                .entry(value.try_get(6)?)
                 .or_default()
                 .push(reading_from_row(&value)?);
         }
@@ -528,7 +648,7 @@ impl Store {
     /// The latest value of each point of a device, ordered by point.
     pub async fn latest_values(&self, device_id: &str) -> Result<Vec<StoredReading>, StoreError> {
         let rows = sqlx::query(
-            "SELECT point, value, unit, ts_ms, text FROM latest_values WHERE device_id = $1 ORDER BY point",
+            "SELECT point, value, unit, ts_ms, text, flag FROM latest_values WHERE device_id = $1 ORDER BY point",
         )
         .bind(device_id)
         .fetch_all(&self.pool)
@@ -559,7 +679,7 @@ impl Store {
         let rows = match point {
             Some(point) => {
                 sqlx::query(
-                    "SELECT point, value, unit, ts_ms, text FROM telemetry
+                    "SELECT point, value, unit, ts_ms, text, flag FROM telemetry
                      WHERE device_id = $1 AND point = $2 AND ts_ms >= $3 AND ts_ms < $4
                      ORDER BY ts_ms DESC LIMIT $5",
                 )
@@ -573,7 +693,7 @@ impl Store {
             }
             None => {
                 sqlx::query(
-                    "SELECT point, value, unit, ts_ms, text FROM telemetry
+                    "SELECT point, value, unit, ts_ms, text, flag FROM telemetry
                      WHERE device_id = $1 AND ts_ms >= $2 AND ts_ms < $3
                      ORDER BY ts_ms DESC, point LIMIT $4",
                 )
@@ -642,7 +762,7 @@ impl Store {
         &self,
         device_id: &str,
         id: &str,
-    ) -> Result<Option<StoredCommand>, StoreError> {
+    ) -> Result<Option<CommandView>, StoreError> {
         let row = sqlx::query(
             "SELECT id, request, status, detail, created_ms, completed_ms FROM commands WHERE id = $1 AND device_id = $2",
         )
@@ -651,7 +771,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| {
-            Ok(StoredCommand {
+            Ok(CommandView {
                 id: row.try_get(0)?,
                 request: row.try_get(1)?,
                 status: row.try_get(2)?,
@@ -1024,26 +1144,14 @@ impl Store {
     }
 }
 
+/// A reading from a row of `point, value, unit, ts_ms, text, flag`.
 fn reading_from_row(row: &sqlx::any::AnyRow) -> Result<StoredReading, StoreError> {
-    let text: Option<String> = row.try_get(4)?;
     Ok(StoredReading {
         point: row.try_get(0)?,
-        value: if text.is_some() {
-            f64::NAN
-        } else {
-            row.try_get(1)?
-        },
-        text,
+        value: telemetry::value_of_columns(row.try_get(1)?, row.try_get(4)?, row.try_get(5)?),
         unit: row.try_get(2)?,
         ts_ms: row.try_get(3)?,
     })
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A count as a counter.
@@ -1064,7 +1172,7 @@ pub struct StoreError(#[from] sqlx::Error);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warden_link::Reading;
+    use warden_wire::topics::Reading;
 
     fn batch(seq: u64, value: f64, ts_ms: u64) -> TelemetryBatch {
         TelemetryBatch {
@@ -1113,13 +1221,16 @@ mod tests {
         let devices = store.devices().await.expect("devices");
         assert_eq!(devices.len(), 1);
         assert_eq!(devices[0].last_seen_ms, 4);
-        assert_eq!(devices[0].latest[0].value, 22.0);
+        assert_eq!(devices[0].latest[0].number(), Some(22.0));
         let series = store
             .telemetry("wd-1", Some("line1/t"), 10)
             .await
             .expect("telemetry");
         assert_eq!(
-            series.iter().map(|r| r.value).collect::<Vec<_>>(),
+            series
+                .iter()
+                .map(|r| r.number().expect("a number"))
+                .collect::<Vec<_>>(),
             vec![22.0, 21.0, 20.0]
         );
         store.close().await;
@@ -1308,10 +1419,10 @@ mod tests {
             .iter()
             .find(|r| r.point == "line1/serial")
             .expect("serial");
-        assert!(serial.value.is_nan());
-        assert_eq!(serial.text.as_deref(), Some("AB-17"));
+        assert_eq!(serial.number(), None);
+        assert_eq!(serial.text(), Some("AB-17"));
         let t = latest.iter().find(|r| r.point == "line1/t").expect("t");
-        assert_eq!((t.value, t.text.as_deref()), (20.5, None));
+        assert_eq!((t.number(), t.text()), (Some(20.5), None));
         // The API's JSON: `value` null and the text beside it.
         let json = serde_json::to_value(serial).expect("json");
         assert_eq!(json["value"], serde_json::Value::Null);
@@ -1320,7 +1431,7 @@ mod tests {
             .telemetry("wd-1", Some("line1/serial"), 10)
             .await
             .expect("telemetry");
-        assert_eq!(series[0].text.as_deref(), Some("AB-17"));
+        assert_eq!(series[0].text(), Some("AB-17"));
     }
 
     #[tokio::test]
@@ -1356,12 +1467,15 @@ mod tests {
             .telemetry("wd-1", Some("line1/t"), 10)
             .await
             .expect("telemetry");
-        let mut kept: Vec<f64> = series.iter().map(|r| r.value).collect();
+        let mut kept: Vec<f64> = series
+            .iter()
+            .map(|r| r.number().expect("a number"))
+            .collect();
         kept.sort_by(f64::total_cmp);
         assert_eq!(kept, [2.0, 3.0], "the recently received readings stay");
         // Latest values stay whatever their age (here the one read last by the device).
         let latest = store.latest_values("wd-1").await.expect("latest");
-        assert_eq!(latest[0].value, 1.0);
+        assert_eq!(latest[0].number(), Some(1.0));
         // Dedupe records of batches received after the cut stay: a resend is refused;
         // those of pruned batches are gone.
         assert_eq!(

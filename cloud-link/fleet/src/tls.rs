@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use warden_link::tls::{TlsError, crypto_provider, load_certificates, load_private_key};
+use warden_wire::tls::{TlsError, crypto_provider, load_certificates, load_private_key};
 
 use crate::enrollment::DeviceTrust;
 

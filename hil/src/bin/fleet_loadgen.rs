@@ -36,7 +36,7 @@ use warden_image::build::build_signed_image;
 use warden_image::{BuildId, ImageHeader, ProductId, SemanticVersion};
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert};
-use warden_link::topics::{Ack, from_hex, to_hex};
+use warden_wire::topics::{Ack, from_hex, to_hex};
 
 const PRODUCT: &str = "loadgen";
 
@@ -112,10 +112,10 @@ async fn device(
     stop: CancellationToken,
 ) -> Latencies {
     let mut latencies = Latencies::default();
-    let ack_topic = warden_link::topics::ack_topic(&id);
-    let challenge_topic = warden_link::topics::attestation_challenge_topic(&id);
-    let offer_topic = warden_link::topics::update_offer_topic(&id);
-    let telemetry_topic = warden_link::topics::telemetry_topic(&id);
+    let ack_topic = warden_wire::topics::ack_topic(&id);
+    let challenge_topic = warden_wire::topics::attestation_challenge_topic(&id);
+    let offer_topic = warden_wire::topics::update_offer_topic(&id);
+    let telemetry_topic = warden_wire::topics::telemetry_topic(&id);
     let quote_topic = format!("warden/v1/devices/{id}/attestation/quote");
     // Batches in flight: seq → sent; PUBACKs come in publish order.
     let mut in_flight: std::collections::HashMap<u64, Instant> = Default::default();
@@ -463,7 +463,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "fleet-loadgen-{}-{}",
         std::process::id(),
-        warden_fleet::store::now_ms()
+        warden_fleet::clock::now_ms()
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 use warden_link::outbox::{FsyncPolicy, Outbox, OutboxConfig};
-use warden_link::topics::{PROTOCOL_VERSION, TELEMETRY_STREAM};
-use warden_link::{LinkAgent, LinkConfig, Reading, TelemetryBatch};
+use warden_link::{LinkAgent, LinkConfig};
+use warden_wire::topics::{PROTOCOL_VERSION, TELEMETRY_STREAM};
+use warden_wire::topics::{Reading, TelemetryBatch};
 
 const READINGS_PER_BATCH: usize = 100;
 

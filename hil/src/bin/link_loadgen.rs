@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use warden_link::outbox::{FsyncPolicy, Outbox, OutboxConfig};
-use warden_link::topics::{PROTOCOL_VERSION, TELEMETRY_STREAM};
-use warden_link::{LinkAgent, LinkConfig, Reading, TelemetryBatch};
+use warden_link::{LinkAgent, LinkConfig};
+use warden_wire::topics::{PROTOCOL_VERSION, TELEMETRY_STREAM};
+use warden_wire::topics::{Reading, TelemetryBatch};
 
 struct Args {
     device_id: String,

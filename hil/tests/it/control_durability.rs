@@ -21,12 +21,12 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 use warden_link::outbox::OutboxConfig;
-use warden_link::tls::{ClientIdentity, client_config};
-use warden_link::topics::{
+use warden_link::{ControlMessage, ControlQueue, LinkAgent, LinkConfig};
+use warden_wire::tls::{ClientIdentity, client_config};
+use warden_wire::topics::{
     CommandResult, CommandStatus, Delivery, DeviceEvent, FailureReportMessage, PROTOCOL_VERSION,
     TOPIC_ROOT, TwinReported, ack_topic,
 };
-use warden_link::{ControlMessage, ControlQueue, LinkAgent, LinkConfig};
 
 const CHILD_ENV: &str = "WARDEN_CONTROL_CHILD";
 
@@ -331,7 +331,7 @@ async fn control_messages_survive_an_outage_and_sigkill_and_arrive_once() {
     // Link settings through the twin: an out-of-bounds change is refused whole and
     // reported; a valid one runs and is reported with its version and digest.
     let mut device = spawn_device("settings", dir.path(), port, &pki).await;
-    let desired_topic = warden_link::topics::twin_desired_topic(&pki.device_id);
+    let desired_topic = warden_wire::topics::twin_desired_topic(&pki.device_id);
     let mut next_reported = async |wanted: &dyn Fn(&TwinReported) -> bool| {
         tokio::time::timeout(Duration::from_secs(20), async {
             loop {
@@ -370,7 +370,7 @@ async fn control_messages_survive_an_outage_and_sigkill_and_arrive_once() {
     let applied = next_reported(&|state| state.link_settings_version == Some(1)).await;
     assert_eq!(applied.last_error, None);
     assert_eq!(applied.policy_version, Some(2), "the policy part is kept");
-    let expected = warden_link::topics::LinkSettings {
+    let expected = warden_wire::topics::LinkSettings {
         version: 1,
         batch_interval_ms: 100,
         max_send_per_second: 100,

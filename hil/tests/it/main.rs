@@ -95,7 +95,10 @@ async fn every_reading_arrives_once_across_broker_restarts_and_device_kills() {
         .await
         .expect("query");
     store.close().await;
-    let mut values: Vec<u64> = readings.iter().map(|r| r.value as u64).collect();
+    let mut values: Vec<u64> = readings
+        .iter()
+        .map(|r| r.value.as_number().unwrap_or(f64::NAN) as u64)
+        .collect();
     values.sort_unstable();
     let expected: Vec<u64> = (0..COUNT).collect();
     assert_eq!(
@@ -117,9 +120,10 @@ mod real_broker {
     use tokio_util::sync::CancellationToken;
     use warden_hil::demo_pki::DemoPki;
     use warden_link::outbox::OutboxConfig;
-    use warden_link::tls::{ClientIdentity, client_config};
-    use warden_link::topics::{Ack, TelemetryBatch, ack_topic, telemetry_topic};
-    use warden_link::{LinkAgent, LinkConfig, Reading};
+    use warden_link::{LinkAgent, LinkConfig};
+    use warden_wire::tls::{ClientIdentity, client_config};
+    use warden_wire::topics::Reading;
+    use warden_wire::topics::{Ack, TelemetryBatch, ack_topic, telemetry_topic};
 
     fn client(
         pki: &DemoPki,
@@ -268,7 +272,7 @@ mod real_broker {
         let fleet_task = tokio::spawn(async move {
             while let Ok(event) = fleet_loop.poll().await {
                 if let Event::Incoming(Packet::Publish(publish)) = event {
-                    let device = warden_link::topics::device_of_topic(&publish.topic)
+                    let device = warden_wire::topics::device_of_topic(&publish.topic)
                         .unwrap_or_default()
                         .to_owned();
                     if let Ok(batch) = TelemetryBatch::decode(&publish.payload) {

@@ -15,12 +15,14 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use warden_link::topics::UpdateState;
+use warden_wire::fleet_api::RegisteredDevice;
+use warden_wire::topics::UpdateState;
 
 use super::{ApiError, ApiState};
+use crate::clock::now_ms;
 use crate::store::{
-    DeviceRow, FleetCounts, RegisteredDevice, SeenDevice, SignatureGroup, StoredDeployment,
-    StoredReading, StoredReport, now_ms,
+    DeviceRow, FleetCounts, SeenDevice, SignatureGroup, StoredDeployment, StoredReading,
+    StoredReport,
 };
 
 const PAGE_HTML: &str = include_str!("../../assets/dashboard.html");

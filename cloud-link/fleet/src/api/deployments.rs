@@ -10,9 +10,10 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::{ApiError, ApiState};
 use crate::auth::Caller;
+use crate::clock::now_ms;
 use crate::deployments::{DeploymentRequest, NO_UPDATES_GROUP, assign_waves};
 use crate::images::{ImageStoreError, RangeRequest, is_sha256_hex, parse_range};
-use crate::store::{ImageRecord, NewDeployment, StoredDeployment, now_ms};
+use crate::store::{ImageRecord, NewDeployment, StoredDeployment};
 
 pub(super) async fn upload_image(
     State(state): State<ApiState>,

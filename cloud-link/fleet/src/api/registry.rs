@@ -3,38 +3,17 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState};
+use crate::clock::now_ms;
 use crate::enrollment::{
     certificates_from_pem, check_ca_bundle, fingerprint, verify_device_certificate,
 };
-use crate::store::{
-    Group, NewDevice, Product, ProductOutcome, RegisteredDevice, Registration, now_ms,
+use crate::store::{NewDevice, Product, ProductOutcome, Registration};
+use warden_wire::fleet_api::{
+    DeviceView, Group, GroupRequest, ProductRequest, ProductView, RegisterRequest,
+    RegisterResponse, RegisteredDevice,
 };
-
-/// `POST /api/v1/products`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProductRequest {
-    /// 1 to 16 letters, digits, `-`, `_` or `.` (it is also the image header's product).
-    pub name: String,
-    /// The manufacturer CA certificate(s), PEM.
-    pub manufacturer_ca_pem: String,
-}
-
-/// A product as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct ProductView {
-    /// Name.
-    pub name: String,
-    /// The manufacturer CA(s), PEM.
-    pub manufacturer_ca_pem: String,
-    /// SHA-256 fingerprints of the CA certificates.
-    pub ca_fingerprints: Vec<String>,
-    /// When it was created.
-    pub created_ms: i64,
-}
 
 fn product_view(product: Product) -> ProductView {
     let ca_fingerprints = certificates_from_pem(&product.manufacturer_ca_pem)
@@ -152,14 +131,6 @@ pub(super) async fn list_groups(
     Ok(Json(state.store.groups(&product).await?))
 }
 
-/// `POST /api/v1/products/{name}/groups`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupRequest {
-    /// 1 to 64 letters, digits, spaces, `-`, `_` or `.`.
-    pub name: String,
-}
-
 pub(super) async fn create_group(
     State(state): State<ApiState>,
     Path(product): Path<String>,
@@ -194,48 +165,12 @@ pub(super) async fn create_group(
     Ok((status, Json(group)))
 }
 
-/// `POST /api/v1/devices`: what the provisioning station sends.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
-    /// Device ID; must be the certificate's common name.
-    pub device_id: String,
-    /// Serial number (1 to 128 printable characters).
-    pub serial: String,
-    /// Product.
-    pub product: String,
-    /// Group (default `Production`).
-    #[serde(default = "default_group")]
-    pub group: String,
-    /// The device certificate, PEM (one certificate).
-    pub certificate_pem: String,
-    /// The image version provisioned, `MAJOR.MINOR.PATCH`.
-    pub image_version: String,
-}
-
-fn default_group() -> String {
-    "Production".to_owned()
-}
-
-/// The answer to a registration.
-#[derive(Debug, Serialize)]
-pub struct RegisterResponse {
-    /// Device ID.
-    pub device_id: String,
-    /// SHA-256 of the certificate DER, lowercase hex.
-    pub fingerprint: String,
-    /// Product.
-    pub product: String,
-    /// Group.
-    pub group: String,
-}
-
 pub(super) async fn register_device(
     State(state): State<ApiState>,
     Json(request): Json<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     let invalid = |field: &'static str, message: String| ApiError::Invalid { field, message };
-    if !warden_link::topics::valid_command_id(&request.device_id) {
+    if !warden_wire::topics::valid_command_id(&request.device_id) {
         return Err(invalid(
             "device_id",
             format!(
@@ -343,24 +278,6 @@ pub(super) async fn register_device(
             group: device.group,
         }),
     ))
-}
-
-/// `GET /api/v1/devices/{id}`: the registry record, or what is known of a device
-/// that connected without being registered.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub enum DeviceView {
-    /// A registered device.
-    Registered(Box<RegisteredDevice>),
-    /// A device seen (its certificate chains to a trusted CA) but never registered.
-    Unregistered {
-        /// Device ID.
-        device_id: String,
-        /// Always `false`.
-        registered: bool,
-        /// Last telemetry.
-        last_seen_ms: i64,
-    },
 }
 
 pub(super) async fn get_device(

@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState};
-use crate::store::{CrashRate, StoredEvent, now_ms};
+use crate::clock::now_ms;
+use crate::store::{CrashRate, StoredEvent};
 
 /// Largest number of rows a list endpoint returns.
 pub const MAX_LIST_LIMIT: i64 = 10_000;

@@ -1,6 +1,6 @@
 //! Who may use which topic: a device only its own subtree.
 
-use warden_link::topics::TOPIC_ROOT;
+use warden_wire::topics::TOPIC_ROOT;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The topic rights of one authenticated device.

@@ -19,9 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use acl::{DeviceAcl, device_id_from_certificate};
 pub use router::{LocalSubscription, Router};
-
-/// Largest MQTT packet the broker accepts.
-pub const MAX_PACKET_SIZE: usize = 256 * 1024;
+pub use session::MAX_PACKET_SIZE;
 
 /// A running broker.
 pub struct Broker {

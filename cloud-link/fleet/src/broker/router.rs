@@ -13,7 +13,7 @@ use rumqttc::Publish;
 use rumqttc::mqttbytes::matches;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use warden_link::topics::TOPIC_ROOT;
+use warden_wire::topics::TOPIC_ROOT;
 
 /// Where a subscription's messages go.
 #[derive(Debug, Clone)]

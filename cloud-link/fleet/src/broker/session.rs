@@ -14,11 +14,13 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use warden_link::topics::attestation_challenge_topic;
+use warden_wire::topics::attestation_challenge_topic;
 
-use super::MAX_PACKET_SIZE;
 use super::acl::{DeviceAcl, device_id_from_certificate};
 use super::router::Router;
+
+/// Largest MQTT packet the broker accepts.
+pub const MAX_PACKET_SIZE: usize = 256 * 1024;
 
 /// How long a client has to finish TLS and send CONNECT.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

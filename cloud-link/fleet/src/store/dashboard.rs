@@ -328,8 +328,9 @@ fn escape_like(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewDevice, now_ms};
-    use warden_link::topics::FailureReportMessage;
+    use crate::clock::now_ms;
+    use crate::store::NewDevice;
+    use warden_wire::topics::FailureReportMessage;
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -430,7 +431,7 @@ mod tests {
             .await
             .expect("attest");
         store.revoke_device("wd-b", now_ms()).await.expect("revoke");
-        let batch = warden_link::TelemetryBatch {
+        let batch = warden_wire::topics::TelemetryBatch {
             v: 1,
             stream: "s".into(),
             epoch: 1,

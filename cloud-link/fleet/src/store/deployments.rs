@@ -111,9 +111,7 @@ pub struct StoredDeployment {
 fn next_state_seq() -> i64 {
     use std::sync::atomic::{AtomicI64, Ordering};
     static LAST: AtomicI64 = AtomicI64::new(0);
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    let now_us = crate::clock::now_us();
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
         let next = now_us.max(last + 1);

@@ -3,6 +3,8 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use warden_wire::fleet_api::{Group, RegisteredDevice};
+
 use super::{Store, StoreError, WriteStatement as _, WriteTransaction};
 
 /// The groups every product starts with, and whether each receives updates.
@@ -35,19 +37,6 @@ pub enum ProductOutcome {
     Conflict,
 }
 
-/// A device group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Group {
-    /// Its product.
-    pub product: String,
-    /// Its name.
-    pub name: String,
-    /// Whether deployments may target it (`No Updates` never does).
-    pub receives_updates: bool,
-    /// Registered devices in it.
-    pub devices: i64,
-}
-
 /// A registration request, validated.
 #[derive(Debug, Clone)]
 pub struct NewDevice<'a> {
@@ -76,42 +65,6 @@ pub enum Registration {
     Unchanged(RegisteredDevice),
     /// The device is registered with another certificate (its fingerprint).
     Conflict(String),
-}
-
-/// A registered device as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RegisteredDevice {
-    /// Device ID.
-    pub device_id: String,
-    /// Serial number.
-    pub serial: String,
-    /// Product.
-    pub product: String,
-    /// Group.
-    pub group: String,
-    /// SHA-256 of the certificate DER, hex.
-    pub fingerprint: String,
-    /// The image version it runs (as last known).
-    pub image_version: String,
-    /// The policy bundle version it runs (from its twin), if any.
-    pub policy_version: Option<i64>,
-    /// Last message seen (telemetry), ms since the epoch.
-    pub last_seen_ms: Option<i64>,
-    /// `unknown`, `trusted`, `untrusted` (a refused quote) or `unverified` (a challenge
-    /// went unanswered, or the last verified attestation is older than
-    /// `rollouts.attestation_valid_secs`).
-    pub attestation: String,
-    /// When it was last attested.
-    pub attested_ms: Option<i64>,
-    /// What the last attestation found (the release it runs, or why it was refused,
-    /// or why no verdict was reached).
-    pub attestation_detail: Option<String>,
-    /// Whether its certificate is revoked.
-    pub revoked: bool,
-    /// When it was revoked.
-    pub revoked_ms: Option<i64>,
-    /// When it was registered.
-    pub registered_ms: i64,
 }
 
 const DEVICE_COLUMNS: &str = "r.device_id, r.serial, r.product, r.device_group, r.fingerprint,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use sqlx::Row;
-use warden_link::topics::{Delivery, DeviceEvent, FailureReportMessage};
+use warden_wire::topics::{Delivery, DeviceEvent, FailureReportMessage};
 
 use super::{Store, StoreError, WriteStatement as _, WriteTransaction, to_i64};
 

@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use sqlx::Row;
-use warden_link::{Reading, TelemetryBatch};
+use warden_wire::topics::{Reading, TelemetryBatch};
+use warden_wire::value::Value;
 
 use super::{Ingested, StoreError, WriteTransaction, to_i64};
 
-/// Rows per multi-row statement (at most 7 columns: 224 parameters). Not more: sqlx
+/// Rows per multi-row statement (at most 8 columns: 256 parameters). Not more: sqlx
 /// binds each parameter of a SQLite statement by looking its name up among all of
 /// them (`sqlite3_bind_parameter_name`), so binding costs grow with the square of the
 /// statement's parameters — with 500 rows that lookup was 72 % of the fleet's CPU.
@@ -116,18 +117,20 @@ pub(super) async fn ingest_group(
         .collect();
     for chunk in readings.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO telemetry (device_id, point, ts_ms, value, unit, text, received_ms) VALUES {}",
-            values_clause(chunk.len(), 7)
+            "INSERT INTO telemetry (device_id, point, ts_ms, value, unit, text, flag, received_ms) VALUES {}",
+            values_clause(chunk.len(), 8)
         );
         let mut query = sqlx::query(&sql);
         for (device_id, reading) in chunk {
+            let (number, text, flag) = columns(reading_value(reading));
             query = query
                 .bind(*device_id)
                 .bind(reading.point.as_str())
                 .bind(to_i64(reading.ts_ms))
-                .bind(stored_value(reading))
+                .bind(number)
                 .bind(reading.unit.as_str())
-                .bind(reading.value.as_text())
+                .bind(text)
+                .bind(flag)
                 .bind(received_ms);
         }
         query.execute(&mut **tx).await?;
@@ -149,36 +152,81 @@ pub(super) async fn ingest_group(
     let latest: Vec<((&str, &str), &Reading)> = latest.into_iter().collect();
     for chunk in latest.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO latest_values (device_id, point, ts_ms, value, unit, text) VALUES {}
+            "INSERT INTO latest_values (device_id, point, ts_ms, value, unit, text, flag) VALUES {}
              ON CONFLICT (device_id, point) DO UPDATE
-             SET ts_ms = excluded.ts_ms, value = excluded.value, unit = excluded.unit, text = excluded.text
+             SET ts_ms = excluded.ts_ms, value = excluded.value, unit = excluded.unit,
+                 text = excluded.text, flag = excluded.flag
              WHERE excluded.ts_ms >= latest_values.ts_ms",
-            values_clause(chunk.len(), 6)
+            values_clause(chunk.len(), 7)
         );
         let mut query = sqlx::query(&sql);
         for ((device_id, point), reading) in chunk {
+            let (number, text, flag) = columns(reading_value(reading));
             query = query
                 .bind(*device_id)
                 .bind(*point)
                 .bind(to_i64(reading.ts_ms))
-                .bind(stored_value(reading))
+                .bind(number)
                 .bind(reading.unit.as_str())
-                .bind(reading.value.as_text());
+                .bind(text)
+                .bind(flag);
         }
         query.execute(&mut **tx).await?;
     }
     Ok(outcomes)
 }
 
-/// The value column's content: text readings keep 0 in the NOT NULL column, bools
-/// 0 or 1 (decode refused any reading that has neither a number nor text).
-fn stored_value(reading: &Reading) -> f64 {
-    reading.value.as_number().unwrap_or(0.0)
+/// The one place a wire reading becomes the store's value: the reading's own [`Value`]
+/// (decode refused any reading that has neither a number nor text).
+fn reading_value(reading: &Reading) -> Value {
+    reading.value.clone()
+}
+
+/// A value as its columns `(value, text, flag)`: exactly one is set (migration 11).
+fn columns(value: Value) -> (Option<f64>, Option<String>, Option<i64>) {
+    match value {
+        Value::Number(number) => (Some(number), None, None),
+        Value::Text(text) => (None, Some(text), None),
+        Value::Bool(flag) => (None, None, Some(i64::from(flag))),
+    }
+}
+
+/// A stored row's value from its columns `(value, text, flag)`. Rows written before
+/// migration 11 hold a text reading as `0` in `value` plus its text: text wins.
+pub(super) fn value_of_columns(
+    number: Option<f64>,
+    text: Option<String>,
+    flag: Option<i64>,
+) -> Value {
+    match (text, flag, number) {
+        (Some(text), _, _) => Value::Text(text),
+        (None, Some(flag), _) => Value::Bool(flag != 0),
+        // NaN (`null` in JSON) only for a row no writer of this store produces.
+        (None, None, number) => Value::Number(number.unwrap_or(f64::NAN)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_value_survives_its_columns_and_old_text_rows_read_as_text() {
+        for value in [
+            Value::Number(21.5),
+            Value::Text("AB-17".into()),
+            Value::Bool(true),
+            Value::Bool(false),
+        ] {
+            let (number, text, flag) = columns(value.clone());
+            assert_eq!(value_of_columns(number, text, flag), value);
+        }
+        // Before migration 11 a text reading was stored as 0 plus its text.
+        assert_eq!(
+            value_of_columns(Some(0.0), Some("AB-17".into()), None),
+            Value::Text("AB-17".into())
+        );
+    }
 
     #[test]
     fn placeholders_are_numbered_across_rows() {

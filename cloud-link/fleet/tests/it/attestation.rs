@@ -9,7 +9,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject as _;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use warden_link::topics::{from_hex, to_hex};
+use warden_wire::topics::{from_hex, to_hex};
 
 use super::registry::{create_product, register};
 use super::rollout::{signed_image, upload};
@@ -95,7 +95,7 @@ async fn challenge(device: &mut SimulatedDevice) -> Vec<u8> {
         .expect("a challenge without any API call");
     let nonce = from_hex(challenge["nonce"].as_str().expect("nonce")).expect("hex nonce");
     assert!(
-        nonce.len() >= warden_link::topics::MIN_NONCE_LEN,
+        nonce.len() >= warden_wire::topics::MIN_NONCE_LEN,
         "{challenge}"
     );
     nonce

@@ -19,8 +19,8 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject as _;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use warden_link::topics::{from_hex, telemetry_topic, to_hex};
-use warden_link::{Reading, TelemetryBatch};
+use warden_wire::topics::{Reading, TelemetryBatch};
+use warden_wire::topics::{from_hex, telemetry_topic, to_hex};
 
 use super::registry::{create_product, register};
 use super::rollout::{signed_image, upload};
@@ -190,7 +190,7 @@ fn booted(measurement_hex: &str) -> [u8; 32] {
 }
 
 fn now_ms() -> u64 {
-    u64::try_from(warden_fleet::store::now_ms()).expect("after 1970")
+    u64::try_from(warden_fleet::clock::now_ms()).expect("after 1970")
 }
 
 fn crash(id: &str, version: &str, seq: u64) -> serde_json::Value {

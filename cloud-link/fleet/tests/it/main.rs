@@ -2,6 +2,7 @@
 
 mod attestation;
 mod dashboard;
+mod openapi;
 mod postgres;
 mod registry;
 mod reports;
@@ -19,9 +20,9 @@ use rcgen::{
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio_util::sync::CancellationToken;
-use warden_link::tls::{ClientIdentity, client_config};
-use warden_link::topics::telemetry_topic;
-use warden_link::{Reading, TelemetryBatch};
+use warden_wire::tls::{ClientIdentity, client_config};
+use warden_wire::topics::telemetry_topic;
+use warden_wire::topics::{Reading, TelemetryBatch};
 
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
@@ -144,7 +145,7 @@ async fn fleet_with(
             anonymous_role: None,
         },
         images: warden_fleet::ImagesConfig {
-            vendor_roots: vec![warden_link::topics::to_hex(&vendor_root.public_key())],
+            vendor_roots: vec![warden_wire::topics::to_hex(&vendor_root.public_key())],
             dir: Some(p.join("images")),
             public_url: None,
         },

@@ -13,7 +13,7 @@ const PRODUCT: &str = "press-guardian";
 fn der_fingerprint(pem: &str) -> String {
     use rustls_pki_types::pem::PemObject as _;
     let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem");
-    warden_link::topics::to_hex(&Sha256::digest(der.as_ref()))
+    warden_wire::topics::to_hex(&Sha256::digest(der.as_ref()))
 }
 
 fn registration(fx: &Fixture, device_id: &str, cert_file: &str) -> serde_json::Value {

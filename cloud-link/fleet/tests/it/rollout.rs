@@ -63,7 +63,7 @@ pub(crate) async fn rollout_contract(fx: &Fixture) {
         .expect("store");
     for id in ids.iter().chain(&["wd-frozen"]) {
         store
-            .set_attestation(id, "trusted", warden_fleet::store::now_ms())
+            .set_attestation(id, "trusted", warden_fleet::clock::now_ms())
             .await
             .expect("attest");
     }
@@ -338,7 +338,7 @@ async fn a_rollout_waits_for_its_maintenance_window() {
         .await
         .expect("store");
     store
-        .set_attestation("wd-a", "trusted", warden_fleet::store::now_ms())
+        .set_attestation("wd-a", "trusted", warden_fleet::clock::now_ms())
         .await
         .expect("attest");
     store.close().await;
@@ -351,7 +351,7 @@ async fn a_rollout_waits_for_its_maintenance_window() {
     let mut device = SimulatedDevice::connect(&fx, "wd-a", "wd-a")
         .await
         .expect("connects");
-    let start = warden_fleet::store::now_ms() + 1_500;
+    let start = warden_fleet::clock::now_ms() + 1_500;
     let (status, deployment) = fx
         .post(
             OPERATOR,

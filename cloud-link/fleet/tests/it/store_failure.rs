@@ -10,8 +10,8 @@ use rumqttc::{Publish, QoS};
 use tokio_util::sync::CancellationToken;
 use warden_fleet::broker::{LocalPublisher, Router};
 use warden_fleet::store::Store;
-use warden_link::topics::{ALL_TELEMETRY, Ack, ack_topic, telemetry_topic};
-use warden_link::{Reading, TelemetryBatch};
+use warden_wire::topics::{ALL_TELEMETRY, Ack, ack_topic, telemetry_topic};
+use warden_wire::topics::{Reading, TelemetryBatch};
 
 /// Readings per batch: enough to need new pages of a SQLite file.
 const READINGS: usize = 200;

@@ -44,8 +44,8 @@
 //! `(epoch, seq)` (a resend of an older state must not overwrite a newer one). The
 //! device already drops superseded reported states from its queue.
 
+pub use crate::value::Value;
 use serde::{Deserialize, Serialize};
-pub use warden_wire::value::Value;
 
 /// Version of the topic tree and of every payload in it.
 pub const PROTOCOL_VERSION: u32 = 1;
