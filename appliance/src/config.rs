@@ -108,7 +108,7 @@ pub struct ApplianceBridges {
     pub modbus_rtu: Vec<warden_bridges::ModbusRtuBridgeConfig>,
     /// The plant-side Modbus TCP server.
     #[serde(default)]
-    pub facade: Option<warden_bridges::facade::FacadeConfig>,
+    pub facade: Option<warden_bridges::config::FacadeConfig>,
     /// BLE sensors (GATT over an HCI controller).
     #[serde(default)]
     pub ble: Vec<BleBridgeConfig>,
@@ -130,7 +130,7 @@ impl ApplianceBridges {
     pub fn with_core_bundle(mut self, bundle: Option<&Path>) -> Self {
         if let Some(bundle) = bundle {
             for line in &mut self.modbus_rtu {
-                if line.transport == warden_bridges::rtcore::RtuTransport::Rtcore {
+                if line.transport == warden_bridges::config::RtuTransport::Rtcore {
                     line.policy_bundle = Some(bundle.to_path_buf());
                 }
             }

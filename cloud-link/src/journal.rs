@@ -67,7 +67,7 @@ const MAX_BODY_LEN: usize = 4 * RECORD_READINGS_BYTES;
 /// An upper estimate of the bytes `reading` takes in a JSON telemetry batch
 /// (escapes aside): field names, the longest number and timestamp, the strings.
 pub fn estimated_json_len(reading: &Reading) -> usize {
-    100 + reading.point.len() + reading.unit.len() + reading.text.as_ref().map_or(0, String::len)
+    100 + reading.point.len() + reading.unit.len() + reading.value.as_text().map_or(0, str::len)
 }
 
 /// The bounds of the pending store.

@@ -32,7 +32,7 @@ pub struct DeviceModel {
     pub discrete: BTreeMap<u16, RegisterModel>,
     /// Faults the RTU simulator injects for this unit.
     #[serde(default)]
-    pub faults: crate::modbus_rtu_slave::Faults,
+    pub faults: Faults,
 }
 
 fn default_unit() -> u8 {
@@ -256,4 +256,37 @@ impl SimulatedDevice {
             }
         }
     }
+}
+
+/// Faults injected into one unit's answers; each rate is a probability per request.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Answers whose CRC is corrupted.
+    #[serde(default)]
+    pub crc_corruption: f64,
+    /// Answers with one byte missing.
+    #[serde(default)]
+    pub dropped_byte: f64,
+    /// Answers sent `late_reply_ms` late.
+    #[serde(default)]
+    pub late_reply: f64,
+    /// Extra delay of a late answer, in milliseconds.
+    #[serde(default)]
+    pub late_reply_ms: u64,
+    /// Requests not answered at all.
+    #[serde(default)]
+    pub silence: f64,
+    /// Requests answered with exception 04 (server device failure).
+    #[serde(default)]
+    pub exception: f64,
+    /// Answers written in two halves with `pause_us` of silence between them.
+    #[serde(default)]
+    pub paused_answer: f64,
+    /// Silence inside a paused answer, in microseconds.
+    #[serde(default)]
+    pub pause_us: u64,
+    /// Seed of the fault dice (0 picks a fixed default).
+    #[serde(default)]
+    pub seed: u64,
 }

@@ -610,7 +610,7 @@ fn flip_byte_in_middle_segment(world: &World) -> BTreeMap<String, Vec<u64>> {
     for reading in &batch.readings {
         held.entry(reading.point.clone())
             .or_default()
-            .push(reading.value as u64);
+            .push(reading.value.as_number().unwrap_or(f64::NAN) as u64);
     }
     for values in held.values_mut() {
         values.sort_unstable();

@@ -30,9 +30,10 @@ use warden_bridges::request_policy::{PolicyGate, RequestSource};
 use warden_bridges::rtcore::{CoreSetup, RtCoreBus, RtCoreError};
 use warden_bridges::{BridgeHealth, Poller};
 use warden_hil::demo_pki::DemoPki;
-use warden_hil::modbus_rtu_slave::{Faults, RtuLineModel, RtuSlaveSimulator};
+use warden_hil::modbus_rtu_slave::{RtuLineModel, RtuSlaveSimulator};
 use warden_hil::register_model::RegisterModel;
 use warden_hil::simulated_device::DeviceModel;
+use warden_hil::simulated_device::Faults;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, load_secret_key};
 use warden_policy::bundle::ProductId;
 use warden_policy::bundle::build::build_bundle;
@@ -406,7 +407,10 @@ poll_interval_ms = 100
         .await
         .expect("a sample within 10 s")
         .expect("sample");
-    assert_eq!((sample.point.as_str(), sample.value), ("level", 1002.0));
+    assert_eq!(
+        (sample.point.as_str(), sample.value.as_number()),
+        ("level", Some(1002.0))
+    );
 
     // An allowed write goes through and is read back.
     let setpoint = WriteTarget::Address {

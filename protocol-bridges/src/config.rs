@@ -2,10 +2,10 @@
 //! validation with errors that name the field.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::facade::FacadeConfig;
 use crate::modbus::rtu_bus::{Parity, SerialLine};
 use crate::point::{DataType, PointConfig};
 
@@ -80,9 +80,9 @@ pub struct ModbusRtuBridgeConfig {
     #[serde(default = "default_max_gap")]
     pub max_gap: u16,
     /// `native` (default: this process drives `port`) or `rtcore` (the real-time
-    /// core drives the line; see [`crate::rtcore`]).
+    /// core drives the line; see `crate::rtcore`).
     #[serde(default)]
-    pub transport: crate::rtcore::RtuTransport,
+    pub transport: RtuTransport,
     /// `rtcore`: the mailbox device of the real-time core.
     #[serde(default)]
     pub mailbox: Option<String>,
@@ -94,6 +94,14 @@ pub struct ModbusRtuBridgeConfig {
 }
 
 impl ModbusRtuBridgeConfig {
+    /// The mailbox device of a line the real-time core drives; `None` for a native one.
+    pub fn mailbox_path(&self) -> Option<&str> {
+        match self.transport {
+            RtuTransport::Rtcore => self.mailbox.as_deref(),
+            RtuTransport::Native => None,
+        }
+    }
+
     /// The serial line settings.
     pub fn line(&self) -> SerialLine {
         SerialLine {
@@ -218,7 +226,7 @@ impl BridgesConfig {
                 ));
             }
             check_unit(bridge.unit, &format!("{at}.unit"))?;
-            crate::rtcore::check_transport(bridge, &at)?;
+            check_transport(bridge, &at)?;
             check_points(&bridge.points, &bridge.name, &at)?;
         }
         if let Some(facade) = &self.facade {
@@ -330,6 +338,140 @@ fn check_points(points: &[PointConfig], bridge: &str, at: &str) -> Result<(), Co
     Ok(())
 }
 
+/// Who drives an RTU line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RtuTransport {
+    /// This process opens the serial port (tokio-serial) and runs the master.
+    #[default]
+    Native,
+    /// The real-time core owns the port; this process talks to it over `mailbox`.
+    Rtcore,
+}
+/// Checks the transport fields of an RTU bridge at `at` (`bridges.modbus_rtu[0]`).
+fn check_transport(bridge: &ModbusRtuBridgeConfig, at: &str) -> Result<(), ConfigProblem> {
+    let problem = |field: &str, message: &str| ConfigProblem {
+        field: format!("{at}.{field}"),
+        message: message.to_owned(),
+    };
+    match bridge.transport {
+        RtuTransport::Native => {
+            if bridge.mailbox.is_some() {
+                return Err(problem(
+                    "mailbox",
+                    "only a transport = \"rtcore\" line has a mailbox",
+                ));
+            }
+            if bridge.policy_bundle.is_some() {
+                return Err(problem(
+                    "policy_bundle",
+                    "only a transport = \"rtcore\" line takes a policy bundle",
+                ));
+            }
+        }
+        RtuTransport::Rtcore => {
+            if bridge.mailbox.as_deref().is_none_or(str::is_empty) {
+                return Err(problem(
+                    "mailbox",
+                    "transport = \"rtcore\" needs the mailbox device of the real-time core",
+                ));
+            }
+            if bridge.policy_bundle.is_none() {
+                return Err(problem(
+                    "policy_bundle",
+                    "transport = \"rtcore\" needs the signed policy bundle the core verifies",
+                ));
+            }
+            if !(1200..=921_600).contains(&bridge.baud) {
+                return Err(problem(
+                    "baud",
+                    &format!(
+                        "{} is outside what the real-time core drives (1200..=921600)",
+                        bridge.baud
+                    ),
+                ));
+            }
+            if bridge.timeout_ms > u64::from(u32::MAX) {
+                return Err(problem("timeout_ms", "is too large"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The facade as the integrator configures it (`[bridges.facade]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FacadeConfig {
+    /// Address to listen on, plant side (`0.0.0.0:502`).
+    pub listen: String,
+    /// Most SCADA clients served at once; further connections are closed at once.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Unit IDs clients may address, each mapped to a bridge and a unit behind it.
+    pub units: Vec<FacadeRoute>,
+}
+
+/// One unit ID of the facade.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FacadeRoute {
+    /// The unit ID SCADA uses.
+    pub unit: u8,
+    /// The bridge requests go to.
+    pub bridge: String,
+    /// The unit behind that bridge; the same as `unit` when absent.
+    #[serde(default)]
+    pub target_unit: Option<u8>,
+}
+
+fn default_max_clients() -> usize {
+    16
+}
+
+impl FacadeConfig {
+    /// Checks the listen address, the client cap and the routes against `bridges`.
+    pub fn validate(&self, bridges: &[&str]) -> Result<(), ConfigProblem> {
+        let at = "bridges.facade";
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigProblem {
+                field: format!("{at}.listen"),
+                message: format!("{:?} is not an ip:port address", self.listen),
+            });
+        }
+        if !(1..=1024).contains(&self.max_clients) {
+            return Err(ConfigProblem {
+                field: format!("{at}.max_clients"),
+                message: format!("{} is outside 1..=1024", self.max_clients),
+            });
+        }
+        let mut seen = BTreeMap::new();
+        for (r, route) in self.units.iter().enumerate() {
+            let at = format!("{at}.units[{r}]");
+            if let Some(first) = seen.insert(route.unit, r) {
+                return Err(ConfigProblem {
+                    field: format!("{at}.unit"),
+                    message: format!("unit {} is already mapped by units[{first}]", route.unit),
+                });
+            }
+            if !bridges.contains(&route.bridge.as_str()) {
+                return Err(ConfigProblem {
+                    field: format!("{at}.bridge"),
+                    message: format!("no bridge is named {:?}", route.bridge),
+                });
+            }
+            let target = route.target_unit.unwrap_or(route.unit);
+            if !(1..=247).contains(&target) {
+                return Err(ConfigProblem {
+                    field: format!("{at}.target_unit"),
+                    message: format!("unit {target} is outside 1..=247"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,5 +537,49 @@ type = "f32"
             let error = parse(&text).validate().expect_err(expected);
             assert_eq!(error.to_string(), expected);
         }
+    }
+
+    #[test]
+    fn transport_fields_are_checked() {
+        let base = r#"
+name = "line2"
+port = "core:uart0"
+baud = 19200
+[[points]]
+name = "flow"
+kind = "input"
+address = 3
+type = "u16"
+"#;
+        let parse = |extra: &str| -> ModbusRtuBridgeConfig {
+            toml::from_str(&format!("{extra}\n{base}")).expect("parses")
+        };
+        let rtcore = parse("transport = \"rtcore\"");
+        assert_eq!(
+            check_transport(&rtcore, "bridges.modbus_rtu[0]")
+                .expect_err("no mailbox")
+                .to_string(),
+            "bridges.modbus_rtu[0].mailbox: transport = \"rtcore\" needs the mailbox device of the real-time core"
+        );
+        let rtcore = parse("transport = \"rtcore\"\nmailbox = \"/dev/ttyS1\"");
+        assert_eq!(
+            check_transport(&rtcore, "bridges.modbus_rtu[0]")
+                .expect_err("no bundle")
+                .field,
+            "bridges.modbus_rtu[0].policy_bundle"
+        );
+        let rtcore = parse(
+            "transport = \"rtcore\"\nmailbox = \"/dev/ttyS1\"\npolicy_bundle = \"/var/lib/warden/policy.wpb\"",
+        );
+        check_transport(&rtcore, "bridges.modbus_rtu[0]").expect("complete");
+        assert_eq!(rtcore.mailbox_path(), Some("/dev/ttyS1"));
+        let native = parse("mailbox = \"/dev/ttyS1\"");
+        assert_eq!(
+            check_transport(&native, "x")
+                .expect_err("stray mailbox")
+                .field,
+            "x.mailbox"
+        );
+        assert_eq!(native.mailbox_path(), None);
     }
 }

@@ -10,91 +10,17 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{BridgeHandle, RequestError};
-use crate::config::ConfigProblem;
+use crate::config::FacadeConfig;
 use crate::modbus::pdu::{self, ExceptionCode, PduError, Request};
 use crate::modbus::tcp_frame::MAX_FRAME_LEN;
 use crate::modbus::tcp_server::{ModbusService, ServeError, serve_connection};
 use crate::modbus::{Answer, ClientError};
 use crate::request_policy::RequestSource;
-
-/// The facade as the integrator configures it (`[bridges.facade]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FacadeConfig {
-    /// Address to listen on, plant side (`0.0.0.0:502`).
-    pub listen: String,
-    /// Most SCADA clients served at once; further connections are closed at once.
-    #[serde(default = "default_max_clients")]
-    pub max_clients: usize,
-    /// Unit IDs clients may address, each mapped to a bridge and a unit behind it.
-    pub units: Vec<FacadeRoute>,
-}
-
-/// One unit ID of the facade.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FacadeRoute {
-    /// The unit ID SCADA uses.
-    pub unit: u8,
-    /// The bridge requests go to.
-    pub bridge: String,
-    /// The unit behind that bridge; the same as `unit` when absent.
-    #[serde(default)]
-    pub target_unit: Option<u8>,
-}
-
-fn default_max_clients() -> usize {
-    16
-}
-
-impl FacadeConfig {
-    /// Checks the listen address, the client cap and the routes against `bridges`.
-    pub fn validate(&self, bridges: &[&str]) -> Result<(), ConfigProblem> {
-        let at = "bridges.facade";
-        if self.listen.parse::<SocketAddr>().is_err() {
-            return Err(ConfigProblem {
-                field: format!("{at}.listen"),
-                message: format!("{:?} is not an ip:port address", self.listen),
-            });
-        }
-        if !(1..=1024).contains(&self.max_clients) {
-            return Err(ConfigProblem {
-                field: format!("{at}.max_clients"),
-                message: format!("{} is outside 1..=1024", self.max_clients),
-            });
-        }
-        let mut seen = BTreeMap::new();
-        for (r, route) in self.units.iter().enumerate() {
-            let at = format!("{at}.units[{r}]");
-            if let Some(first) = seen.insert(route.unit, r) {
-                return Err(ConfigProblem {
-                    field: format!("{at}.unit"),
-                    message: format!("unit {} is already mapped by units[{first}]", route.unit),
-                });
-            }
-            if !bridges.contains(&route.bridge.as_str()) {
-                return Err(ConfigProblem {
-                    field: format!("{at}.bridge"),
-                    message: format!("no bridge is named {:?}", route.bridge),
-                });
-            }
-            let target = route.target_unit.unwrap_or(route.unit);
-            if !(1..=247).contains(&target) {
-                return Err(ConfigProblem {
-                    field: format!("{at}.target_unit"),
-                    message: format!("unit {target} is outside 1..=247"),
-                });
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The facade's counters, for the status page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

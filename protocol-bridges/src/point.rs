@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use crate::sample::Value;
+
 /// Which table a point lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -155,8 +157,9 @@ pub struct PointConfig {
     /// Engineering unit shown to people (`°C`, `rpm`).
     #[serde(default)]
     pub unit: String,
-    /// A new value is reported only when it differs from the last reported one by at
-    /// least this much (engineering units; 0 reports every reading).
+    /// A new number is reported only when it differs from the last reported one by at
+    /// least this much (engineering units), a bool or a text only when it changed; 0
+    /// reports every number and bool ([`crate::deadband`]).
     #[serde(default)]
     pub deadband: f64,
     /// How often to read the point, in milliseconds.
@@ -174,15 +177,6 @@ fn default_poll_interval_ms() -> u64 {
 
 /// A decoded point value in engineering units.
 pub type PointValue = f64;
-
-/// A decoded value: a number (bools as 0 and 1) or text.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    /// Engineering value.
-    Number(f64),
-    /// Text of a `string` point.
-    Text(String),
-}
 
 /// A value to write to a point.
 #[derive(Debug, Clone, PartialEq)]
@@ -242,17 +236,15 @@ impl PointConfig {
     }
 
     /// Decodes `registers` (exactly [`Self::register_count`] of them) into the
-    /// point's engineering value; `None` when the count is wrong or it is a string.
+    /// point's engineering value (a `bool` as 0 or 1); `None` when the count is wrong
+    /// or it is a string.
     pub fn decode(&self, registers: &[u16]) -> Option<PointValue> {
-        match self.decode_registers(registers)? {
-            Value::Number(value) => Some(value),
-            Value::Text(_) => None,
-        }
+        self.decode_registers(registers)?.as_number()
     }
 
     /// Decodes a bit read from a coil or discrete input.
     pub fn decode_bit(&self, bit: bool) -> Value {
-        Value::Number(if bit { 1.0 } else { 0.0 })
+        Value::Bool(bit)
     }
 
     /// Decodes `registers` (exactly [`Self::register_count`] of them).
@@ -286,7 +278,7 @@ impl PointConfig {
             bits = (bits << 16) | u64::from(word(index));
         }
         let raw = match self.data_type {
-            DataType::Bool => f64::from(u8::from(bits != 0)),
+            DataType::Bool => return Some(Value::Bool(bits != 0)),
             DataType::U16 => bits as u16 as f64,
             DataType::I16 => f64::from(bits as u16 as i16),
             DataType::U32 => f64::from(bits as u32),
@@ -297,9 +289,6 @@ impl PointConfig {
             DataType::F64 => f64::from_bits(bits),
             DataType::String => return None,
         };
-        if self.data_type == DataType::Bool {
-            return Some(Value::Number(raw));
-        }
         Some(Value::Number(raw * self.scale + self.offset))
     }
 

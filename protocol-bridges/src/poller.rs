@@ -8,48 +8,22 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{BridgeHandle, Downstream, HealthEvent, RequestError};
+use crate::bridge::{BridgeHandle, Downstream, RequestError};
+use crate::clock::unix_millis;
 use crate::config::ModbusTcpBridgeConfig;
+use crate::deadband::should_report;
+use crate::health::{BridgeHealth, HealthEvent};
 use crate::modbus::pdu::ExceptionCode;
 use crate::modbus::tcp_pool::TcpDevice;
 use crate::modbus::{Answer, ClientError};
-use crate::point::{PointValue, Value};
 use crate::read_plan::{ReadBlock, plan_reads};
 use crate::request_policy::{RequestPolicy, RequestSource};
-
-/// One reading of one point.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// Bridge the point belongs to.
-    pub bridge: String,
-    /// Point name.
-    pub point: String,
-    /// Engineering value (bools as 0 and 1; NaN for text points, see `text`).
-    pub value: PointValue,
-    /// The text of a `string` point.
-    pub text: Option<String>,
-    /// Engineering unit.
-    pub unit: String,
-    /// When the value was read, milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-}
-
-impl Sample {
-    /// The reading as a typed value: the text of a `string` point, the number of
-    /// any other. (`value` stays an `f64`, NaN for text, because the appliance and
-    /// the link's telemetry carry numbers only; text is kept off telemetry there.)
-    pub fn reading(&self) -> Value {
-        match &self.text {
-            Some(text) => Value::Text(text.clone()),
-            None => Value::Number(self.value),
-        }
-    }
-}
+use crate::sample::{Sample, Value};
 
 /// Polls the points of one bridge and sends [`Sample`]s.
 pub struct Poller {
@@ -88,7 +62,7 @@ impl Poller {
     }
 
     /// The bridge's health, updated as it runs.
-    pub fn health(&self) -> Arc<std::sync::Mutex<crate::bridge::BridgeHealth>> {
+    pub fn health(&self) -> Arc<std::sync::Mutex<BridgeHealth>> {
         self.bridge.health()
     }
 
@@ -267,26 +241,15 @@ impl UnitPoller {
 
     fn sample(&mut self, index: usize, value: Value, timestamp_ms: u64) -> Option<Sample> {
         let point = &self.bridge.points()[index];
-        let changed = match (self.last_sent.get(&index), &value) {
-            (Some(Value::Number(last)), Value::Number(now)) => {
-                point.deadband <= 0.0 || (now - last).abs() >= point.deadband
-            }
-            (Some(last), now) => last != now,
-            (None, _) => true,
-        };
-        if !changed {
+        if !should_report(self.last_sent.get(&index), &value, point.deadband) {
             return None;
         }
+        // Only a reported value is kept (a text is cloned when it changed, not per poll).
         self.last_sent.insert(index, value.clone());
-        let (number, text) = match value {
-            Value::Number(number) => (number, None),
-            Value::Text(text) => (f64::NAN, Some(text)),
-        };
         Some(Sample {
             bridge: self.bridge.name().to_owned(),
             point: point.name.clone(),
-            value: number,
-            text,
+            value,
             unit: point.unit.clone(),
             timestamp_ms,
         })
@@ -308,32 +271,9 @@ impl UnitPoller {
     }
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_sample_reads_back_as_text_or_number() {
-        let mut sample = Sample {
-            bridge: "line1".into(),
-            point: "serial".into(),
-            value: f64::NAN,
-            text: Some("AB-17".into()),
-            unit: String::new(),
-            timestamp_ms: 1,
-        };
-        assert_eq!(sample.reading(), Value::Text("AB-17".into()));
-        sample.text = None;
-        sample.value = 21.5;
-        assert_eq!(sample.reading(), Value::Number(21.5));
-    }
 
     #[test]
     fn polls_keep_their_rate_when_the_timer_wakes_late() {

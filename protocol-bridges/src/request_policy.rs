@@ -1,5 +1,6 @@
 //! The policy gate every bridge request passes before it reaches equipment.
 
+use crate::clock::unix_millis;
 use crate::modbus::pdu::{ExceptionCode, Request};
 
 /// Who asked for a request.
@@ -80,8 +81,12 @@ impl RequestPolicy for PolicyGate {
                 RequestSource::Facade => warden_policy::Source::Facade,
             },
         });
-        let decision =
-            warden_policy::evaluate(&self.policy.tables(), &mut self.rate, &request, now_ms());
+        let decision = warden_policy::evaluate(
+            &self.policy.tables(),
+            &mut self.rate,
+            &request,
+            unix_millis(),
+        );
         match decision.verdict {
             warden_policy::Verdict::Allow => Ok(()),
             _ => {
@@ -102,10 +107,6 @@ impl RequestPolicy for PolicyGate {
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    crate::poller::unix_millis()
 }
 
 /// A gate that allows everything: for tests and benchmarks only, never the appliance.

@@ -14,8 +14,9 @@ use crate::facade::{FacadeHealth, start_facade};
 use crate::modbus::fair_queue::BackoffPolicy;
 use crate::modbus::rtu_bus::{BusOptions, RtuBus};
 use crate::modbus::tcp_pool::TcpDevice;
-use crate::poller::{Poller, Sample};
+use crate::poller::Poller;
 use crate::request_policy::PolicyGate;
+use crate::sample::Sample;
 
 /// One started bridge.
 #[derive(Debug, Clone)]
@@ -110,9 +111,9 @@ pub async fn start(
                 max: Duration::from_secs(5),
             },
         };
-        let health = Arc::new(Mutex::new(crate::bridge::BridgeHealth::default()));
+        let health = Arc::new(Mutex::new(crate::health::BridgeHealth::default()));
         let mut core = None;
-        let (downstream, address) = match crate::rtcore::mailbox_path(&bridge) {
+        let (downstream, address) = match bridge.mailbox_path() {
             None => {
                 let (bus, task) = RtuBus::for_serial_line(
                     line.clone(),

@@ -19,7 +19,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use warden_bridges::{BridgeHealth, Sample};
+use warden_bridges::{BridgeHealth, Sample, Value};
 use warden_link::LinkStatus;
 use warden_link::topics::{
     Command, CommandResult, DeviceEvent, Reading, TwinDesired, TwinReported,
@@ -149,10 +149,8 @@ pub struct SampleFrame {
     pub bridge: String,
     /// Point.
     pub point: String,
-    /// Engineering value (NaN for text points).
-    pub value: f64,
-    /// A text point's text.
-    pub text: Option<String>,
+    /// What was read.
+    pub value: Value,
     /// Engineering unit.
     pub unit: String,
     /// When it was read, ms since the epoch.
@@ -165,7 +163,6 @@ impl From<&Sample> for SampleFrame {
             bridge,
             point,
             value,
-            text,
             unit,
             timestamp_ms,
         } = sample.clone();
@@ -173,7 +170,6 @@ impl From<&Sample> for SampleFrame {
             bridge,
             point,
             value,
-            text,
             unit,
             timestamp_ms,
         }
@@ -186,7 +182,6 @@ impl From<SampleFrame> for Sample {
             bridge: frame.bridge,
             point: frame.point,
             value: frame.value,
-            text: frame.text,
             unit: frame.unit,
             timestamp_ms: frame.timestamp_ms,
         }
@@ -245,20 +240,15 @@ mod tests {
             panic!("{back:?}");
         };
         assert_eq!(frame, health);
-        let to_link = BridgesToLink::Reading(Reading {
-            point: "line1/t".into(),
-            value: 21.5,
-            text: None,
-            unit: "°C".into(),
-            ts_ms: 9,
-        });
+        let to_link =
+            BridgesToLink::Reading(Reading::number("line1/t".into(), 21.5, "°C".into(), 9));
         let mut bytes = Vec::new();
         write_frame(&mut bytes, &to_link).expect("write");
         assert_eq!(
             read_frame::<BridgesToLink>(&mut bytes.as_slice()).expect("read"),
             Some(to_link)
         );
-        // A string point's reading (NaN + text) crosses postcard too.
+        // A string point's reading (a text value) crosses postcard too.
         let text = Reading::text("line1/serial".into(), "AB-17".into(), String::new(), 9);
         let mut bytes = Vec::new();
         write_frame(&mut bytes, &BridgesToLink::Reading(text)).expect("write");
@@ -267,8 +257,8 @@ mod tests {
         else {
             panic!("not a reading");
         };
-        assert!(back.value.is_nan());
-        assert_eq!(back.text.as_deref(), Some("AB-17"));
+        assert_eq!(back.value.as_number(), None);
+        assert_eq!(back.value.as_text(), Some("AB-17"));
     }
 
     #[test]

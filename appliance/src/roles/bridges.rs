@@ -264,19 +264,16 @@ pub async fn forward_samples(
     Ok(())
 }
 
-/// The telemetry reading of `sample`: its number, or the text of a string point;
+/// The telemetry reading of `sample`, named `bridge/point`, with the same value;
 /// `None` for a number that is not finite (a NaN or infinite float register: JSON
 /// cannot carry it, and the fleet would refuse the whole batch).
 pub fn telemetry_reading(sample: Sample) -> Option<Reading> {
     let point = format!("{}/{}", sample.bridge, sample.point);
-    if let Some(text) = sample.text {
-        return Some(Reading::text(point, text, sample.unit, sample.timestamp_ms));
-    }
-    if !sample.value.is_finite() {
-        tracing::debug!(%point, value = sample.value, "non-finite sample not sent as telemetry");
+    if sample.value.is_non_finite_number() {
+        tracing::debug!(%point, value = %sample.value, "non-finite sample not sent as telemetry");
         return None;
     }
-    Some(Reading::number(
+    Some(Reading::new(
         point,
         sample.value,
         sample.unit,
@@ -292,6 +289,7 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
+    use warden_bridges::Value;
 
     /// `count` samples of one point, numbered in their value.
     pub(crate) fn samples(count: u32) -> mpsc::Receiver<Sample> {
@@ -301,8 +299,7 @@ pub(crate) mod tests {
                 .try_send(Sample {
                     bridge: "line1".into(),
                     point: "p".into(),
-                    value: f64::from(n),
-                    text: None,
+                    value: Value::Number(f64::from(n)),
                     unit: String::new(),
                     timestamp_ms: u64::from(n),
                 })
@@ -341,12 +338,11 @@ pub(crate) mod tests {
         pump.await.expect("pump").expect("no failure");
     }
 
-    fn sample(value: f64, text: Option<&str>) -> Sample {
+    fn sample(value: Value) -> Sample {
         Sample {
             bridge: "line1".into(),
             point: "p".into(),
             value,
-            text: text.map(str::to_owned),
             unit: "bar".into(),
             timestamp_ms: 7,
         }
@@ -354,14 +350,19 @@ pub(crate) mod tests {
 
     #[test]
     fn string_points_travel_as_text_and_non_finite_numbers_stay_home() {
-        let text = telemetry_reading(sample(f64::NAN, Some("AB-17"))).expect("sent");
+        let text = telemetry_reading(sample(Value::Text("AB-17".into()))).expect("sent");
         assert_eq!(
-            (text.point.as_str(), text.text.as_deref()),
+            (text.point.as_str(), text.value.as_text()),
             ("line1/p", Some("AB-17"))
         );
-        assert!(text.value.is_nan());
-        let number = telemetry_reading(sample(2.5, None)).expect("sent");
-        assert_eq!((number.value, number.text), (2.5, None));
-        assert!(telemetry_reading(sample(f64::INFINITY, None)).is_none());
+        assert_eq!(text.value.as_number(), None);
+        let number = telemetry_reading(sample(Value::Number(2.5))).expect("sent");
+        assert_eq!(
+            (number.value.as_number(), number.value.as_text()),
+            (Some(2.5), None)
+        );
+        let flag = telemetry_reading(sample(Value::Bool(true))).expect("sent");
+        assert_eq!(flag.value, Value::Bool(true));
+        assert!(telemetry_reading(sample(Value::Number(f64::INFINITY))).is_none());
     }
 }

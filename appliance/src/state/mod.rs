@@ -71,7 +71,9 @@ pub struct ApplianceState {
 impl ApplianceState {
     /// Keeps `sample` as its point's last value and, if numeric, in its trend history.
     pub fn record_sample(&self, sample: &Sample) {
-        if sample.value.is_finite() {
+        // The page shows numbers (a bool as 0 or 1); a text point's number is NaN.
+        let number = sample.value.as_number().unwrap_or(f64::NAN);
+        if number.is_finite() {
             let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
             let recent = history
                 .entry((sample.bridge.clone(), sample.point.clone()))
@@ -79,7 +81,7 @@ impl ApplianceState {
             if recent.len() == HISTORY_LENGTH {
                 recent.pop_front();
             }
-            recent.push_back(sample.value);
+            recent.push_back(number);
         }
         self.values
             .lock()
@@ -87,7 +89,7 @@ impl ApplianceState {
             .insert(
                 (sample.bridge.clone(), sample.point.clone()),
                 LiveValue {
-                    value: sample.value,
+                    value: number,
                     unit: sample.unit.clone(),
                     ts_ms: sample.timestamp_ms,
                 },

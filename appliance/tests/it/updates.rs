@@ -9,8 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use warden::state::updates::UpdateDecision;
 use warden::updates::{Updater, report_boot_outcome};
 use warden_keychain::Purpose;

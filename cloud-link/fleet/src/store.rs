@@ -1180,13 +1180,7 @@ mod tests {
             stream: "line1".into(),
             epoch: 1,
             seq,
-            readings: vec![Reading {
-                point: "line1/t".into(),
-                value,
-                text: None,
-                unit: "°C".into(),
-                ts_ms,
-            }],
+            readings: vec![Reading::number("line1/t".into(), value, "°C".into(), ts_ms)],
         }
     }
 
@@ -1263,12 +1257,13 @@ mod tests {
             )]
         } else {
             (0..200)
-                .map(|i| Reading {
-                    point: format!("line1/point-{i:03}-{}", "x".repeat(40)),
-                    value: f64::from(i),
-                    text: None,
-                    unit: "°C".into(),
-                    ts_ms: 1_000 * seq,
+                .map(|i| {
+                    Reading::number(
+                        format!("line1/point-{i:03}-{}", "x".repeat(40)),
+                        f64::from(i),
+                        "°C".into(),
+                        1_000 * seq,
+                    )
                 })
                 .collect()
         };

@@ -44,6 +44,7 @@
 //! `(epoch, seq)` (a resend of an older state must not overwrite a newer one). The
 //! device already drops superseded reported states from its queue.
 
+pub use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
 /// Version of the topic tree and of every payload in it.
@@ -282,60 +283,207 @@ pub fn device_of_topic(topic: &str) -> Option<&str> {
     (!device.is_empty()).then_some(device)
 }
 
-/// One reading of one point: a number, or the text of a string point (then `value`
-/// is NaN, `null` on the wire).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One reading of one point.
+///
+/// Telemetry version 1 carries it as the JSON object
+/// `{"point", "value", "text", "unit", "ts_ms"}`:
+///
+/// | value | `value` | `text` | `bool` |
+/// |---|---|---|---|
+/// | number | the number | `null` | absent |
+/// | text | `null` | the text | absent |
+/// | bool | `0` or `1` | `null` | `true` or `false` |
+///
+/// `bool` is an addition older readers ignore (no v1 payload denies unknown members):
+/// they see the flag as the number 0 or 1, as before it had a type of its own. A
+/// reader that knows `bool` takes it over `value`; a `text` wins over `value`; a
+/// reading with none of the three is refused ([`PayloadError::NoValue`] in a batch).
+///
+/// Compact formats (postcard between compartments and in the outbox journal) get the
+/// fields `point`, a number slot, `text: Option<String>`, `unit`, `ts_ms`. The number
+/// slot is an enum whose variants `0` (none) and `1` (a number, `f64`) are byte for
+/// byte the `Option<f64>` the journal held before readings had a type, and whose
+/// variant `2` carries a bool: journals written before still read back; a build from
+/// before reads a bool reading as damaged and skips it (after a rollback with bool
+/// readings still pending).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     /// Point name, `bridge/point`.
     pub point: String,
-    /// Engineering value; NaN (`null` on the wire) for a text reading.
-    #[serde(serialize_with = "finite_or_null", deserialize_with = "number_or_nan")]
-    pub value: f64,
-    /// The text of a string point. (Always written, `null` for a number: the same
-    /// struct also crosses the compartments' postcard channels, which have no
-    /// optional fields.)
-    #[serde(default)]
-    pub text: Option<String>,
+    /// What was read. A number that is not finite cannot travel in JSON (it would be
+    /// written as `null` and refused): the appliance does not make readings of them.
+    pub value: Value,
     /// Engineering unit.
-    #[serde(default)]
     pub unit: String,
     /// When it was read, milliseconds since the Unix epoch.
     pub ts_ms: u64,
 }
 
 impl Reading {
-    /// A numeric reading.
-    pub fn number(point: String, value: f64, unit: String, ts_ms: u64) -> Self {
+    /// A reading of `value`.
+    pub fn new(point: String, value: Value, unit: String, ts_ms: u64) -> Self {
         Self {
             point,
             value,
-            text: None,
             unit,
             ts_ms,
         }
+    }
+
+    /// A numeric reading.
+    pub fn number(point: String, value: f64, unit: String, ts_ms: u64) -> Self {
+        Self::new(point, Value::Number(value), unit, ts_ms)
     }
 
     /// The reading of a string point.
     pub fn text(point: String, text: String, unit: String, ts_ms: u64) -> Self {
-        Self {
-            point,
-            value: f64::NAN,
-            text: Some(text),
-            unit,
-            ts_ms,
+        Self::new(point, Value::Text(text), unit, ts_ms)
+    }
+}
+
+/// The version-1 JSON object, as read. Also used to explain a refused batch.
+#[derive(Deserialize)]
+struct ReadingV1 {
+    point: String,
+    #[serde(default)]
+    value: Option<f64>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    bool: Option<bool>,
+    #[serde(default)]
+    unit: String,
+    ts_ms: u64,
+}
+
+impl ReadingV1 {
+    /// The reading's value: its `bool`, else its `text`, else its `value`.
+    fn value(bool: Option<bool>, text: Option<String>, value: Option<f64>) -> Option<Value> {
+        bool.map(Value::Bool)
+            .or(text.map(Value::Text))
+            .or(value.map(Value::Number))
+    }
+
+    fn has_value(&self) -> bool {
+        self.bool.is_some() || self.text.is_some() || self.value.is_some()
+    }
+}
+
+/// The number slot of the compact shape (see [`Reading`]).
+const SLOT_VARIANTS: &[&str] = &["None", "Number", "Bool"];
+
+impl Serialize for Reading {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        if serializer.is_human_readable() {
+            let flag = self.value.as_bool();
+            let fields = if flag.is_some() { 6 } else { 5 };
+            let mut out = serializer.serialize_struct("Reading", fields)?;
+            out.serialize_field("point", &self.point)?;
+            // JSON has no NaN: a number that is not finite is written as `null`.
+            let number = self.value.as_number().filter(|n| n.is_finite());
+            out.serialize_field("value", &number)?;
+            out.serialize_field("text", &self.value.as_text())?;
+            if let Some(flag) = flag {
+                out.serialize_field("bool", &flag)?;
+            }
+            out.serialize_field("unit", &self.unit)?;
+            out.serialize_field("ts_ms", &self.ts_ms)?;
+            return out.end();
+        }
+        let mut out = serializer.serialize_struct("Reading", 5)?;
+        out.serialize_field("point", &self.point)?;
+        out.serialize_field("value", &NumberSlot(&self.value))?;
+        out.serialize_field("text", &self.value.as_text())?;
+        out.serialize_field("unit", &self.unit)?;
+        out.serialize_field("ts_ms", &self.ts_ms)?;
+        out.end()
+    }
+}
+
+/// Writes the number slot of a compact reading.
+struct NumberSlot<'a>(&'a Value);
+
+impl Serialize for NumberSlot<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Number(number) => {
+                serializer.serialize_newtype_variant("Slot", 1, "Number", number)
+            }
+            Value::Bool(flag) => serializer.serialize_newtype_variant("Slot", 2, "Bool", flag),
+            Value::Text(_) => serializer.serialize_unit_variant("Slot", 0, "None"),
         }
     }
 }
 
-/// JSON has no NaN: a value that is not finite is written as `null` (an option, so
-/// formats without nulls such as postcard read it back the same way)...
-fn finite_or_null<S: serde::Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
-    value.is_finite().then_some(*value).serialize(serializer)
+/// Reads the number slot of a compact reading.
+enum Slot {
+    None,
+    Number(f64),
+    Bool(bool),
 }
 
-/// ... and read back as NaN.
-fn number_or_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+impl<'de> Deserialize<'de> for Slot {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SlotVisitor;
+        impl<'de> serde::de::Visitor<'de> for SlotVisitor {
+            type Value = Slot;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a reading's number slot")
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Slot, A::Error> {
+                use serde::de::VariantAccess as _;
+                let (index, variant) = data.variant::<u32>()?;
+                match index {
+                    0 => variant.unit_variant().map(|()| Slot::None),
+                    1 => variant.newtype_variant().map(Slot::Number),
+                    2 => variant.newtype_variant().map(Slot::Bool),
+                    other => Err(serde::de::Error::invalid_value(
+                        serde::de::Unexpected::Unsigned(u64::from(other)),
+                        &"slot 0 (none), 1 (number) or 2 (bool)",
+                    )),
+                }
+            }
+        }
+        deserializer.deserialize_enum("Slot", SLOT_VARIANTS, SlotVisitor)
+    }
+}
+
+/// The compact shape, as read.
+#[derive(Deserialize)]
+struct CompactReading {
+    point: String,
+    value: Slot,
+    text: Option<String>,
+    unit: String,
+    ts_ms: u64,
+}
+
+impl<'de> Deserialize<'de> for Reading {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let neither = |point: &str| {
+            serde::de::Error::custom(format_args!(
+                "reading {point:?} has neither a number nor text"
+            ))
+        };
+        if deserializer.is_human_readable() {
+            let wire = ReadingV1::deserialize(deserializer)?;
+            let Some(value) = ReadingV1::value(wire.bool, wire.text, wire.value) else {
+                return Err(neither(&wire.point));
+            };
+            return Ok(Self::new(wire.point, value, wire.unit, wire.ts_ms));
+        }
+        let compact = CompactReading::deserialize(deserializer)?;
+        let value = match compact.value {
+            Slot::Bool(flag) => Value::Bool(flag),
+            Slot::Number(number) if compact.text.is_none() => Value::Number(number),
+            Slot::Number(_) | Slot::None => match compact.text {
+                Some(text) => Value::Text(text),
+                None => return Err(neither(&compact.point)),
+            },
+        };
+        Ok(Self::new(compact.point, value, compact.unit, compact.ts_ms))
+    }
 }
 
 /// A batch of readings, one message of the `telemetry` stream.
@@ -786,7 +934,7 @@ pub enum PayloadError {
     /// A command ID that is empty, too long or has characters outside `[A-Za-z0-9_-]`.
     #[error("command id {0:?} is not 1 to 64 letters, digits, '-' or '_'")]
     BadId(String),
-    /// A reading with neither a finite number nor text.
+    /// A reading with no number, text or bool.
     #[error("reading {index} ({point:?}) has neither a number nor text")]
     NoValue {
         /// Its position in the batch.
@@ -805,22 +953,40 @@ impl TelemetryBatch {
 
     /// Decodes and version-checks a batch.
     pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
-        let batch: Self = serde_json::from_slice(bytes)?;
+        let batch: Self = serde_json::from_slice(bytes).map_err(|error| explain(bytes, error))?;
         if batch.v != PROTOCOL_VERSION {
             return Err(PayloadError::UnsupportedVersion(batch.v));
         }
-        if let Some((index, reading)) = batch
-            .readings
-            .iter()
-            .enumerate()
-            .find(|(_, r)| !r.value.is_finite() && r.text.is_none())
-        {
-            return Err(PayloadError::NoValue {
-                index,
-                point: reading.point.clone(),
-            });
-        }
         Ok(batch)
+    }
+}
+
+/// Why a batch that did not decode was refused: its version, or the first reading with
+/// no value (read again loosely to name it; the well-formed path never comes here),
+/// or `error` itself.
+fn explain(bytes: &[u8], error: serde_json::Error) -> PayloadError {
+    #[derive(Deserialize)]
+    struct LooseBatch {
+        v: u32,
+        readings: Vec<ReadingV1>,
+    }
+    let Ok(loose) = serde_json::from_slice::<LooseBatch>(bytes) else {
+        return PayloadError::Malformed(error);
+    };
+    if loose.v != PROTOCOL_VERSION {
+        return PayloadError::UnsupportedVersion(loose.v);
+    }
+    match loose
+        .readings
+        .into_iter()
+        .enumerate()
+        .find(|(_, r)| !r.has_value())
+    {
+        Some((index, reading)) => PayloadError::NoValue {
+            index,
+            point: reading.point,
+        },
+        None => PayloadError::Malformed(error),
     }
 }
 
@@ -881,8 +1047,8 @@ mod tests {
         assert_eq!(json["readings"][1]["text"], serde_json::Value::Null);
         assert_eq!(json["readings"][1]["value"], 21.5);
         let back = TelemetryBatch::decode(&wire).expect("decodes");
-        assert!(back.readings[0].value.is_nan());
-        assert_eq!(back.readings[0].text.as_deref(), Some("AB-17"));
+        assert_eq!(back.readings[0].value.as_number(), None);
+        assert_eq!(back.readings[0].value.as_text(), Some("AB-17"));
         assert_eq!(back.readings[1], batch.readings[1]);
         // A reading with no number and no text is refused whole, naming it.
         let empty = br#"{"v":1,"stream":"telemetry","epoch":0,"seq":0,"readings":[
@@ -892,5 +1058,103 @@ mod tests {
             matches!(&error, PayloadError::NoValue { index: 1, point } if point == "a/b"),
             "{error}"
         );
+    }
+
+    /// Telemetry version 1, literally: what the device writes is what v1 readers
+    /// parse, and what v1 writers wrote still reads.
+    #[test]
+    fn readings_keep_the_version_1_json_both_ways() {
+        let number = r#"{"point":"line1/t","value":21.5,"text":null,"unit":"°C","ts_ms":5}"#;
+        let text = r#"{"point":"line1/serial","value":null,"text":"AB-17","unit":"","ts_ms":5}"#;
+        let flag =
+            r#"{"point":"line1/run","value":1.0,"text":null,"bool":true,"unit":"","ts_ms":5}"#;
+        let cases = [
+            (
+                number,
+                Reading::number("line1/t".into(), 21.5, "°C".into(), 5),
+            ),
+            (
+                text,
+                Reading::text("line1/serial".into(), "AB-17".into(), String::new(), 5),
+            ),
+            (
+                flag,
+                Reading::new("line1/run".into(), Value::Bool(true), String::new(), 5),
+            ),
+        ];
+        for (json, reading) in &cases {
+            assert_eq!(serde_json::to_string(reading).expect("json"), *json);
+            assert_eq!(
+                &serde_json::from_str::<Reading>(json).expect("reads"),
+                reading
+            );
+        }
+        let batch = format!(
+            r#"{{"v":1,"stream":"telemetry","epoch":2,"seq":3,"readings":[{number},{text},{flag}]}}"#
+        );
+        let decoded = TelemetryBatch::decode(batch.as_bytes()).expect("decodes");
+        assert_eq!(String::from_utf8(decoded.encode()).expect("utf-8"), batch);
+        // What v1 writers wrote: integers, absent `text` and `unit`.
+        let old = r#"{"point":"a/n","value":3,"ts_ms":1}"#;
+        assert_eq!(
+            serde_json::from_str::<Reading>(old).expect("reads"),
+            Reading::number("a/n".into(), 3.0, String::new(), 1)
+        );
+        // A v1 reader that does not know `bool` sees the flag as 0 or 1.
+        let off = Reading::new("a/run".into(), Value::Bool(false), String::new(), 1);
+        let json: serde_json::Value = serde_json::to_value(&off).expect("json");
+        assert_eq!(
+            (json["value"].as_f64(), json["bool"].as_bool()),
+            (Some(0.0), Some(false))
+        );
+    }
+
+    /// The compact shape between compartments and in the outbox journal: journals
+    /// written before readings had a type read back the same.
+    #[test]
+    fn compact_readings_read_what_the_journal_held_before() {
+        /// The shape the journal held before (NaN + optional text).
+        #[derive(Serialize)]
+        struct Before {
+            point: String,
+            value: Option<f64>,
+            text: Option<String>,
+            unit: String,
+            ts_ms: u64,
+        }
+        let before = |value, text: Option<&str>| Before {
+            point: "line1/x".into(),
+            value,
+            text: text.map(str::to_owned),
+            unit: "bar".into(),
+            ts_ms: 7,
+        };
+        let now = |value| Reading::new("line1/x".into(), value, "bar".into(), 7);
+        for (old, new) in [
+            (before(Some(2.5), None), now(Value::Number(2.5))),
+            (
+                before(None, Some("AB-17")),
+                now(Value::Text("AB-17".into())),
+            ),
+        ] {
+            let old_bytes = postcard::to_allocvec(&old).expect("postcard");
+            assert_eq!(postcard::to_allocvec(&new).expect("postcard"), old_bytes);
+            assert_eq!(
+                postcard::from_bytes::<Reading>(&old_bytes).expect("reads"),
+                new
+            );
+        }
+        for value in [Value::Bool(true), Value::Number(f64::INFINITY)] {
+            let reading = now(value);
+            let bytes = postcard::to_allocvec(&reading).expect("postcard");
+            assert_eq!(
+                postcard::from_bytes::<Reading>(&bytes).expect("reads"),
+                reading
+            );
+        }
+        // Neither a number nor a text: refused, naming the point.
+        let empty = postcard::to_allocvec(&before(None, None)).expect("postcard");
+        let error = postcard::from_bytes::<Reading>(&empty).expect_err("refused");
+        assert!(matches!(error, postcard::Error::SerdeDeCustom), "{error}");
     }
 }

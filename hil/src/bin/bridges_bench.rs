@@ -19,7 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use warden_bridges::BridgeHealth;
 use warden_bridges::bridge::{BridgeHandle, Downstream};
-use warden_bridges::facade::{FacadeConfig, FacadeRoute, start_facade};
+use warden_bridges::config::{FacadeConfig, FacadeRoute};
+use warden_bridges::facade::start_facade;
 use warden_bridges::modbus::fair_queue::BackoffPolicy;
 use warden_bridges::modbus::pdu::{FunctionCode, Request};
 use warden_bridges::modbus::rtu_bus::{BusOptions, Parity, RtuBus, SerialLine};
@@ -27,9 +28,10 @@ use warden_bridges::modbus::tcp_client::TcpClient;
 use warden_bridges::modbus::tcp_frame::{MbapHeader, decode_frame, encode_frame};
 use warden_bridges::modbus::tcp_pool::TcpDevice;
 use warden_bridges::request_policy::PolicyGate;
-use warden_hil::modbus_rtu_slave::{Faults, RtuLineModel, RtuSlaveSimulator};
+use warden_hil::modbus_rtu_slave::{RtuLineModel, RtuSlaveSimulator};
 use warden_hil::modbus_tcp_slave::{DeviceModel, SimulatedSlave};
 use warden_hil::register_model::RegisterModel;
+use warden_hil::simulated_device::Faults;
 
 fn device() -> DeviceModel {
     let mut holding = BTreeMap::new();

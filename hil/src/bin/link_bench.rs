@@ -31,13 +31,7 @@ async fn fleet(
 
 fn batch(seq: u64, epoch: u64) -> Vec<u8> {
     let readings = (0..READINGS_PER_BATCH)
-        .map(|i| Reading {
-            point: format!("bench/p{i}"),
-            value: seq as f64,
-            text: None,
-            unit: String::new(),
-            ts_ms: seq,
-        })
+        .map(|i| Reading::number(format!("bench/p{i}"), seq as f64, String::new(), seq))
         .collect();
     TelemetryBatch {
         v: PROTOCOL_VERSION,

@@ -80,13 +80,7 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         queue.append(|seq, epoch| {
-            let reading = Reading {
-                point: "load/n".into(),
-                value: seq as f64,
-                text: None,
-                unit: String::new(),
-                ts_ms: seq,
-            };
+            let reading = Reading::number("load/n".into(), seq as f64, String::new(), seq);
             TelemetryBatch {
                 v: PROTOCOL_VERSION,
                 stream: TELEMETRY_STREAM.into(),

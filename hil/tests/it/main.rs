@@ -277,7 +277,10 @@ mod real_broker {
                         .to_owned();
                     if let Ok(batch) = TelemetryBatch::decode(&publish.payload) {
                         for reading in &batch.readings {
-                            let _ = seen_tx.send((device.clone(), reading.value));
+                            let _ = seen_tx.send((
+                                device.clone(),
+                                reading.value.as_number().unwrap_or(f64::NAN),
+                            ));
                         }
                         let ack = Ack::encode(&batch.stream, batch.epoch, batch.seq);
                         let _ = fleet.try_publish(ack_topic(&device), QoS::AtLeastOnce, false, ack);
@@ -304,13 +307,12 @@ mod real_broker {
         let link = tokio::spawn(agent.run(readings_rx, shutdown.clone()));
         for value in 0..50 {
             readings
-                .send(Reading {
-                    point: "t/n".into(),
-                    value: f64::from(value),
-                    text: None,
-                    unit: String::new(),
-                    ts_ms: 1,
-                })
+                .send(Reading::number(
+                    "t/n".into(),
+                    f64::from(value),
+                    String::new(),
+                    1,
+                ))
                 .await
                 .expect("send");
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1,10 +1,6 @@
 //! The update agent against a real HTTP server on loopback (Range support, cut-offs).
 
-use std::sync::{Arc, Mutex};
-
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use warden_image::SemanticVersion;
 use warden_os::boot::{BootConfig, BootMonitor};
 use warden_os::file_system::StdFileSystem;

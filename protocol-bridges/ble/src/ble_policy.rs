@@ -76,7 +76,7 @@ impl BleRequestPolicy for BlePolicyGate {
             &self.policy.tables(),
             &mut self.rate,
             &request,
-            warden_bridges::poller::unix_millis(),
+            warden_bridges::clock::unix_millis(),
         );
         match decision.verdict {
             warden_policy::Verdict::Allow => Ok(()),

@@ -9,6 +9,14 @@ const BASE: u128 = 0x0000_0000_0000_1000_8000_0080_5F9B_34FB;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BleUuid(pub u128);
 
+/// A text that is not a BLE UUID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a UUID (4 or 8 hex digits, or xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")]
+pub struct NotAUuid {
+    /// The text as given.
+    pub text: String,
+}
+
 impl BleUuid {
     /// A 16-bit UUID expanded with the base UUID.
     pub const fn from_u16(short: u16) -> Self {
@@ -16,18 +24,15 @@ impl BleUuid {
     }
 
     /// Parses `181A`, `0x181A`, `0000181a` (32-bit) or
-    /// `5741524e-0000-4000-8000-00805f9b34fb`; the message says what is wrong.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// `5741524e-0000-4000-8000-00805f9b34fb`.
+    pub fn parse(text: &str) -> Result<Self, NotAUuid> {
         let trimmed = text.trim();
         let hex = trimmed
             .strip_prefix("0x")
             .or_else(|| trimmed.strip_prefix("0X"))
             .unwrap_or(trimmed);
-        let bad = || {
-            format!(
-                "{text:?} is not a UUID (4 or 8 hex digits, or \
-                 xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
-            )
+        let bad = || NotAUuid {
+            text: text.to_owned(),
         };
         let digits: String = hex.chars().filter(|c| *c != '-').collect();
         if !digits.chars().all(|c| c.is_ascii_hexdigit()) {

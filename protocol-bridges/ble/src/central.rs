@@ -16,16 +16,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trouble_host::prelude::*;
 use warden_bridges::bridge::WriteOutcome;
-use warden_bridges::point::Value;
-use warden_bridges::poller::{Sample, unix_millis};
+use warden_bridges::clock::unix_millis;
+use warden_bridges::deadband::should_report;
 use warden_bridges::request_policy::RequestSource;
+use warden_bridges::sample::{Sample, Value};
 use warden_policy::BleOperation;
 
 use crate::ble_policy::BleGatedRequest;
-use crate::bridge::{LinkState, Shared, WriteCommand};
-use crate::config::{BleAccess, BlePointSpec, SensorSelector};
+use crate::config::{BlePointSpec, SensorSelector};
 use crate::device_address::DeviceAddress;
 use crate::hci_transport::HciTransport;
+use crate::point_config::BleAccess;
+use crate::shared::{LinkState, Shared, WriteCommand};
 
 /// The controller as the host stack drives it.
 type Hci = ExternalController<HciTransport, 10>;
@@ -646,24 +648,14 @@ impl<'a> Readings<'a> {
                 return;
             }
         };
-        let within_deadband = match (self.last.get(&spec.name), &value) {
-            (Some(Value::Number(old)), Value::Number(new)) => (new - old).abs() < spec.deadband,
-            (Some(old), new) => spec.deadband > 0.0 && old == new,
-            (None, _) => false,
-        };
-        if within_deadband {
+        if !should_report(self.last.get(&spec.name), &value, spec.deadband) {
             return;
         }
         self.last.insert(spec.name.clone(), value.clone());
-        let (number, text) = match value {
-            Value::Number(number) => (number, None),
-            Value::Text(text) => (f64::NAN, Some(text)),
-        };
         let sample = Sample {
             bridge: self.shared.spec.name.clone(),
             point: spec.name.clone(),
-            value: number,
-            text,
+            value,
             unit: spec.unit.clone(),
             timestamp_ms: unix_millis(),
         };

@@ -8,10 +8,11 @@
 //! sign-extended first.
 
 use warden_bridges::point::{
-    ByteOrder, DataType, PointConfig, PointError, RegisterKind, Value, WordOrder, WriteValue,
+    ByteOrder, DataType, PointConfig, PointError, RegisterKind, WordOrder, WriteValue,
 };
+use warden_bridges::sample::Value;
 
-use crate::config::BlePointConfig;
+use crate::point_config::BlePointConfig;
 
 /// How one point's field is cut out of a characteristic value and typed.
 #[derive(Debug, Clone, PartialEq)]
@@ -270,7 +271,7 @@ fn uniform_order(words: WordOrder, bytes: ByteOrder) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BleAccess;
+    use crate::point_config::BleAccess;
 
     fn config(data_type: DataType, bytes: Option<u16>, scale: f64) -> BlePointConfig {
         BlePointConfig {
@@ -292,10 +293,10 @@ mod tests {
     }
 
     fn number(codec: &ValueCodec, bytes: &[u8]) -> f64 {
-        match codec.decode(bytes).expect("decodes") {
-            Value::Number(n) => n,
-            Value::Text(t) => panic!("text {t:?}"),
-        }
+        let value = codec.decode(bytes).expect("decodes");
+        value
+            .as_number()
+            .unwrap_or_else(|| panic!("not a number: {value:?}"))
     }
 
     #[test]
@@ -354,6 +355,8 @@ mod tests {
 
         let flag = ValueCodec::new(&config(DataType::Bool, None, 1.0)).expect("codec");
         assert_eq!(number(&flag, &[1]), 1.0);
+        assert_eq!(flag.decode(&[2]).expect("flag"), Value::Bool(true));
+        assert_eq!(flag.decode(&[0]).expect("flag"), Value::Bool(false));
         assert_eq!(flag.encode(&WriteValue::Bool(true)).expect("bool"), [1]);
 
         let text = ValueCodec::new(&config(DataType::String, None, 1.0)).expect("codec");

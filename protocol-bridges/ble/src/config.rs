@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use warden_bridges::point::{ByteOrder, DataType, WordOrder};
 
 use crate::ble_uuid::BleUuid;
 use crate::characteristic_value::ValueCodec;
 use crate::device_address::{AddressKind, DeviceAddress};
 use crate::hci_transport::HciTransportSpec;
+use crate::point_config::{BleAccess, BlePointConfig};
 
 /// One BLE bridge as the integrator configures it (`[[ble]]` in `warden.toml`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -47,84 +47,6 @@ fn default_reconnect_delay_ms() -> u64 {
 
 fn default_max_reconnect_delay_ms() -> u64 {
     30_000
-}
-
-/// How the bridge gets a point's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BleAccess {
-    /// Read every `poll_interval_ms`.
-    #[default]
-    Read,
-    /// Subscribe to notifications (and read once after connecting).
-    Notify,
-    /// Subscribe to indications (and read once after connecting).
-    Indicate,
-    /// Never read: a write-only point.
-    None,
-}
-
-/// One characteristic (or a field inside it) as a typed, scaled point.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlePointConfig {
-    /// Name, unique within its bridge.
-    pub name: String,
-    /// Service UUID: 16-bit (`181A`), 32-bit or 128-bit (`5741524e-0000-...`).
-    pub service: String,
-    /// Characteristic UUID.
-    pub characteristic: String,
-    /// How the value is obtained.
-    #[serde(default)]
-    pub access: BleAccess,
-    /// Interpretation of the bytes, with the same names as Modbus points.
-    #[serde(rename = "type")]
-    pub data_type: DataType,
-    /// Bytes the field spans when narrower than the type (`u16` with `bytes = 1` is a
-    /// uint8, `i32` with `bytes = 3` a sint24): zero- or sign-extended. Text: the
-    /// length of the field (default: the rest of the value).
-    #[serde(default)]
-    pub bytes: Option<u16>,
-    /// Where the field starts in the characteristic value.
-    #[serde(default)]
-    pub byte_offset: u16,
-    /// Word order (BLE values are little endian: the default here).
-    #[serde(default = "little_words")]
-    pub word_order: WordOrder,
-    /// Byte order inside each 16-bit word (little endian by default).
-    #[serde(default = "little_bytes")]
-    pub byte_order: ByteOrder,
-    /// Engineering value = raw × scale + offset.
-    #[serde(default = "one")]
-    pub scale: f64,
-    /// Engineering value = raw × scale + offset.
-    #[serde(default)]
-    pub offset: f64,
-    /// Engineering unit shown to people.
-    #[serde(default)]
-    pub unit: String,
-    /// Report a new value only when it moved by at least this much (0 reports all).
-    #[serde(default)]
-    pub deadband: f64,
-    /// Read period of `read` points, in milliseconds.
-    #[serde(default = "default_poll_interval_ms")]
-    pub poll_interval_ms: u64,
-}
-
-fn little_words() -> WordOrder {
-    WordOrder::LittleEndian
-}
-
-fn little_bytes() -> ByteOrder {
-    ByteOrder::LittleEndian
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-fn default_poll_interval_ms() -> u64 {
-    1000
 }
 
 /// A config value that is wrong, naming the field (`ble[0].points[2].service`).
@@ -213,11 +135,12 @@ impl BleBridgeConfig {
         if self.name.trim().is_empty() {
             return Err(error("name", "must not be empty".into()));
         }
-        let transport = HciTransportSpec::parse(&self.hci).map_err(|m| error("hci", m))?;
+        let transport =
+            HciTransportSpec::parse(&self.hci).map_err(|e| error("hci", e.to_string()))?;
         let sensor = match (&self.address, &self.device_name) {
             (Some(address), None) => SensorSelector::Address(
                 DeviceAddress::parse(address, self.address_type)
-                    .map_err(|m| error("address", m))?,
+                    .map_err(|e| error("address", e.to_string()))?,
             ),
             (None, Some(name)) if !name.is_empty() && name.len() <= 29 => {
                 SensorSelector::Name(name.clone())
@@ -265,10 +188,10 @@ impl BleBridgeConfig {
                     ),
                 ));
             }
-            let service =
-                BleUuid::parse(&point.service).map_err(|m| error(&field("service"), m))?;
+            let service = BleUuid::parse(&point.service)
+                .map_err(|e| error(&field("service"), e.to_string()))?;
             let characteristic = BleUuid::parse(&point.characteristic)
-                .map_err(|m| error(&field("characteristic"), m))?;
+                .map_err(|e| error(&field("characteristic"), e.to_string()))?;
             if !point.scale.is_finite() || point.scale == 0.0 {
                 return Err(error(
                     &field("scale"),

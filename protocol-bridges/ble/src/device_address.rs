@@ -25,22 +25,45 @@ pub struct DeviceAddress {
     pub kind: AddressKind,
 }
 
+/// Why a text is not a device address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadAddress {
+    /// Not six parts separated by `:`.
+    #[error("{text:?} is not a device address (six hex bytes separated by ':')")]
+    NotSixBytes {
+        /// The text as given.
+        text: String,
+    },
+    /// One part is not two hex digits.
+    #[error("{text:?}: byte {byte:?} is not two hex digits")]
+    BadByte {
+        /// The text as given.
+        text: String,
+        /// The part that is wrong.
+        byte: String,
+    },
+}
+
 impl DeviceAddress {
-    /// Parses `C0:FF:EE:00:00:01`; the message says what is wrong.
-    pub fn parse(text: &str, kind: AddressKind) -> Result<Self, String> {
+    /// Parses `C0:FF:EE:00:00:01`.
+    pub fn parse(text: &str, kind: AddressKind) -> Result<Self, BadAddress> {
         let mut bytes = [0u8; 6];
         let parts: Vec<&str> = text.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!(
-                "{text:?} is not a device address (six hex bytes separated by ':')"
-            ));
+            return Err(BadAddress::NotSixBytes {
+                text: text.to_owned(),
+            });
         }
         for (slot, part) in bytes.iter_mut().zip(&parts) {
+            let bad_byte = || BadAddress::BadByte {
+                text: text.to_owned(),
+                byte: (*part).to_owned(),
+            };
             if part.len() != 2 {
-                return Err(format!("{text:?}: byte {part:?} is not two hex digits"));
+                return Err(bad_byte());
             }
-            *slot = u8::from_str_radix(part, 16)
-                .map_err(|_| format!("{text:?}: byte {part:?} is not two hex digits"))?;
+            *slot = u8::from_str_radix(part, 16).map_err(|_| bad_byte())?;
         }
         Ok(Self { bytes, kind })
     }

@@ -25,38 +25,47 @@ pub enum HciTransportSpec {
     },
 }
 
+/// A text that is not an HCI transport.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not an HCI transport: expected {expected}")]
+pub struct BadTransport {
+    /// The text as given.
+    pub text: String,
+    /// The form expected.
+    pub expected: &'static str,
+}
+
 impl HciTransportSpec {
     /// Parses `tcp:127.0.0.1:9001` or `serial:/dev/ttyACM0:1000000`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, BadTransport> {
+        let bad = |expected| BadTransport {
+            text: text.to_owned(),
+            expected,
+        };
         if let Some(address) = text.strip_prefix("tcp:") {
             let valid = address
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !valid {
-                return Err(format!("{text:?}: expected tcp:HOST:PORT"));
+                return Err(bad("tcp:HOST:PORT"));
             }
             return Ok(Self::Tcp(address.to_owned()));
         }
         if let Some(rest) = text.strip_prefix("serial:") {
+            let in_range = "serial:PATH:BAUD with baud in 9600..=4000000";
             let Some((path, baud)) = rest.rsplit_once(':') else {
-                return Err(format!("{text:?}: expected serial:PATH:BAUD"));
+                return Err(bad("serial:PATH:BAUD"));
             };
-            let baud: u32 = baud
-                .parse()
-                .map_err(|_| format!("{text:?}: baud {baud:?} is not a number"))?;
+            let baud: u32 = baud.parse().map_err(|_| bad(in_range))?;
             if path.is_empty() || !(9600..=4_000_000).contains(&baud) {
-                return Err(format!(
-                    "{text:?}: expected serial:PATH:BAUD with baud in 9600..=4000000"
-                ));
+                return Err(bad(in_range));
             }
             return Ok(Self::Serial {
                 path: path.to_owned(),
                 baud,
             });
         }
-        Err(format!(
-            "{text:?} is not an HCI transport (tcp:HOST:PORT or serial:PATH:BAUD)"
-        ))
+        Err(bad("tcp:HOST:PORT or serial:PATH:BAUD"))
     }
 
     /// Opens the transport.

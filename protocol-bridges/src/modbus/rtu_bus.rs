@@ -23,7 +23,7 @@ use super::pdu::{Request, Response};
 use super::precise_timer::PreciseTimer;
 use super::rtu::{CharTiming, MAX_ADU_LEN, MasterCounters, MasterEvent, RtuMaster};
 use super::{Answer, ClientError};
-use crate::bridge::{BridgeHealth, HealthEvent};
+use crate::health::{BridgeHealth, HealthEvent};
 
 /// Parity of the serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

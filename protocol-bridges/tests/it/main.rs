@@ -16,7 +16,8 @@ use tokio_modbus::prelude::{
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 use tokio_util::sync::CancellationToken;
 use warden_bridges::bridge::{BridgeHandle, Downstream};
-use warden_bridges::facade::{FacadeConfig, FacadeRoute, start_facade};
+use warden_bridges::config::{FacadeConfig, FacadeRoute};
+use warden_bridges::facade::start_facade;
 use warden_bridges::modbus::Answer;
 use warden_bridges::modbus::fair_queue::BackoffPolicy;
 use warden_bridges::modbus::pdu::{

@@ -107,6 +107,29 @@ impl TemporaryPostgres {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// Creates database `name` on this server and returns its URL.
+    pub fn create_database(&self, name: &str) -> String {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|tail| tail.split('/').next());
+        run(
+            self.as_postgres,
+            &pg_bin("createdb"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port.unwrap_or("5432"),
+                "-U",
+                "warden",
+                name,
+            ],
+        );
+        self.url.replace("/postgres", &format!("/{name}"))
+    }
 }
 
 impl Drop for TemporaryPostgres {

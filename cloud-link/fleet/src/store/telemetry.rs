@@ -176,14 +176,10 @@ pub(super) async fn ingest_group(
     Ok(outcomes)
 }
 
-/// The one place a wire reading becomes the store's value (decode refused any reading
-/// that has neither a finite number nor text). When `Reading` carries a
-/// [`Value`] itself, this is that field.
+/// The one place a wire reading becomes the store's value: the reading's own [`Value`]
+/// (decode refused any reading that has neither a number nor text).
 fn reading_value(reading: &Reading) -> Value {
-    match &reading.text {
-        Some(text) => Value::Text(text.clone()),
-        None => Value::Number(reading.value),
-    }
+    reading.value.clone()
 }
 
 /// A value as its columns `(value, text, flag)`: exactly one is set (migration 11).

@@ -269,13 +269,12 @@ pub(crate) async fn dashboard_contract(fx: &Fixture) -> Fed {
             stream: "line1".into(),
             epoch: 1,
             seq,
-            readings: vec![Reading {
-                point: "line1/temperature".into(),
-                value: 20.0 + (seq % 5) as f64,
-                text: None,
-                unit: "°C".into(),
-                ts_ms: start + seq * 1000,
-            }],
+            readings: vec![Reading::number(
+                "line1/temperature".into(),
+                20.0 + (seq % 5) as f64,
+                "°C".into(),
+                start + seq * 1000,
+            )],
         };
         a.client
             .publish(

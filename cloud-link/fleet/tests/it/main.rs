@@ -268,13 +268,12 @@ fn batch(seq: u64, value: f64) -> Vec<u8> {
         stream: "line1".into(),
         epoch: 9,
         seq,
-        readings: vec![Reading {
-            point: "line1/t".into(),
+        readings: vec![Reading::number(
+            "line1/t".into(),
             value,
-            text: None,
-            unit: "°C".into(),
-            ts_ms: 1_000 + seq,
-        }],
+            "°C".into(),
+            1_000 + seq,
+        )],
     }
     .encode()
 }

@@ -14,22 +14,7 @@ async fn every_contract_holds_on_postgresql() {
     super::registry::registration_contract(&fx).await;
     fx.stop().await;
 
-    let database = |name: &str| {
-        run(
-            postgres.as_postgres,
-            &pg_bin("createdb"),
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port_of(postgres.url()),
-                "-U",
-                "warden",
-                name,
-            ],
-        );
-        postgres.url().replace("/postgres", &format!("/{name}"))
-    };
+    let database = |name: &str| postgres.create_database(name);
     let fx = super::fleet_on(Some(database("reports"))).await;
     super::reports::reports_contract(&fx).await;
     fx.stop().await;
@@ -99,12 +84,4 @@ async fn a_failed_commit_on_postgresql_is_not_acknowledged() {
         "UPDATE warden_test_fault SET fail = false",
     )
     .await;
-}
-
-fn port_of(url: &str) -> String {
-    url.rsplit(':')
-        .next()
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_default()
-        .to_owned()
 }

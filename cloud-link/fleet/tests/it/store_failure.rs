@@ -31,12 +31,13 @@ fn big_batch(seq: u64) -> TelemetryBatch {
         )]
     } else {
         (0..READINGS)
-            .map(|i| Reading {
-                point: format!("line1/point-{i:03}-{}", "x".repeat(40)),
-                value: 1.0,
-                text: None,
-                unit: "bar".into(),
-                ts_ms: 1_000 * seq,
+            .map(|i| {
+                Reading::number(
+                    format!("line1/point-{i:03}-{}", "x".repeat(40)),
+                    1.0,
+                    "bar".into(),
+                    1_000 * seq,
+                )
             })
             .collect()
     };

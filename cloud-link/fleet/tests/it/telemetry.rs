@@ -6,13 +6,7 @@ use warden_fleet::store::{Ingested, Store};
 use warden_wire::topics::{Reading, TelemetryBatch};
 
 fn reading(point: &str, value: f64, ts_ms: u64) -> Reading {
-    Reading {
-        point: point.into(),
-        value,
-        text: None,
-        unit: "bar".into(),
-        ts_ms,
-    }
+    Reading::number(point.into(), value, "bar".into(), ts_ms)
 }
 
 fn batch(seq: u64, readings: Vec<Reading>) -> TelemetryBatch {
@@ -35,10 +29,7 @@ pub async fn telemetry_store_contract(url: &str) {
             // The same point twice in one batch, read later first: the later read wins.
             reading("line1/p", 2.0, 2_000),
             reading("line1/p", 1.0, 1_000),
-            Reading {
-                text: Some("AB-17".into()),
-                ..reading("line1/serial", f64::NAN, 1_000)
-            },
+            Reading::text("line1/serial".into(), "AB-17".into(), "bar".into(), 1_000),
         ],
     );
     let second = batch(1, vec![reading("line1/p", 3.0, 3_000)]);

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use warden_ble::{BleBridgeConfig, BleBridgeHandle, BlePolicyGate, LinkState};
 use warden_bridges::bridge::WriteOutcome;
 use warden_bridges::point::WriteValue;
-use warden_bridges::poller::Sample;
 use warden_bridges::request_policy::RequestSource;
+use warden_bridges::sample::Sample;
 
 use crate::bumble::{Controllers, Sensor};
 
@@ -126,7 +126,7 @@ async fn samples_of(
         match tokio::time::timeout(left, running.samples.recv()).await {
             Ok(Some(sample)) if sample.point == point => {
                 assert_eq!(sample.bridge, "greenhouse");
-                values.push(sample.value);
+                values.push(sample.value.as_number().unwrap_or(f64::NAN));
             }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,

@@ -14,7 +14,7 @@
 //! continues across the silence, or the one that starts after it). Nothing here can
 //! panic on any input; the fuzz target and a property test check it.
 
-use super::{CharTiming, MAX_ADU_LEN, crc_ok};
+use super::adu::{CharTiming, MAX_ADU_LEN, crc_ok};
 
 /// Which side of the line the framer listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,7 +367,7 @@ impl RtuFramer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rtu::encode_adu;
+    use crate::rtu::adu::encode_adu;
 
     const TIMING: CharTiming = CharTiming::for_line(9600, 11);
 

@@ -6,7 +6,8 @@
 //! [`RtuMaster::poll`] until an event ends the transaction. Time is microseconds on
 //! the caller's monotonic clock; the master never reads a clock itself.
 
-use super::{CharTiming, Direction, FramerCounters, RtuFrame, RtuFramer, encode_adu};
+use super::adu::{CharTiming, encode_adu};
+use super::framer::{Direction, FramerCounters, RtuFrame, RtuFramer};
 use crate::pdu::Request;
 
 /// How a transaction ended.
@@ -291,7 +292,7 @@ impl RtuMaster {
 mod tests {
     use super::*;
     use crate::pdu::{FunctionCode, Response};
-    use crate::rtu::MAX_ADU_LEN;
+    use crate::rtu::adu::MAX_ADU_LEN;
 
     const TIMING: CharTiming = CharTiming::for_line(19_200, 11);
 

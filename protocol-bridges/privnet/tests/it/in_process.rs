@@ -112,7 +112,10 @@ poll_interval_ms = 50
             .await
             .expect("samples in time")
             .expect("poller running");
-        seen.insert(sample.point.clone(), sample.value);
+        seen.insert(
+            sample.point.clone(),
+            sample.value.as_number().unwrap_or(f64::NAN),
+        );
     }
     assert!((seen["oil_temperature"] - 21.5).abs() < 1e-9, "{seen:?}");
     assert_eq!(seen["offset"], -2.0);
