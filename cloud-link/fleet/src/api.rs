@@ -2,11 +2,17 @@
 
 mod dashboard;
 mod deployments;
+mod error;
+mod paging;
 mod registry;
 mod reports;
+mod state;
+
+pub use error::ApiError;
+use paging::{limit_within, offset_of};
+pub use state::ApiState;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -16,37 +22,14 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Authorizer, Caller, Denied, required};
-use crate::broker::LocalPublisher;
+use crate::auth::{Caller, required};
 use crate::clock::now_ms;
-use crate::deployments::Rollouts;
-use crate::enrollment::DeviceTrust;
-use crate::images::ImageStore;
 use crate::store::{Device, Store, StoredReading};
-use warden_wire::fleet_api::{CommandView, DesiredRequest, ErrorBody, WriteRequest};
+use warden_wire::fleet_api::{CommandView, DesiredRequest, WriteRequest};
 use warden_wire::topics::{
     Command, CommandAction, PROTOCOL_VERSION, TwinDesired, commands_topic, from_hex,
     twin_desired_topic, valid_command_id,
 };
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct ApiState {
-    /// The store.
-    pub store: Store,
-    /// Publishes to devices through the broker.
-    pub devices: LocalPublisher,
-    /// Challenges devices and records the verdicts.
-    pub attestor: crate::attestation::Attestor,
-    /// Who may call what.
-    pub authorizer: Authorizer,
-    /// What the broker trusts (products' CAs, registrations, revocations).
-    pub trust: Arc<DeviceTrust>,
-    /// Uploaded images.
-    pub images: ImageStore,
-    /// The rollout engine (stepped right after a deployment is created).
-    pub rollouts: Rollouts,
-}
 
 /// Largest number of readings one telemetry query returns.
 pub const MAX_TELEMETRY_LIMIT: i64 = 10_000;
@@ -171,30 +154,6 @@ async fn list_devices(
     let offset = offset_of(page.offset)?;
     let limit = limit_within(page.limit, i64::MAX, i64::MAX)?;
     Ok(Json(store.devices_page(offset, limit).await?))
-}
-
-/// A query's `limit`: `default` when absent, else within `1..=max`.
-pub(crate) fn limit_within(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
-    let limit = limit.unwrap_or(default);
-    if (1..=max).contains(&limit) {
-        Ok(limit)
-    } else if max == i64::MAX {
-        Err(ApiError::BadRequest(format!(
-            "limit {limit} must be at least 1"
-        )))
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "limit {limit} is outside 1..={max}"
-        )))
-    }
-}
-
-/// A query's `offset`: 0 when absent, never negative.
-pub(crate) fn offset_of(offset: Option<i64>) -> Result<i64, ApiError> {
-    match offset.unwrap_or(0) {
-        offset if offset < 0 => Err(ApiError::BadRequest(format!("offset {offset} is negative"))),
-        offset => Ok(offset),
-    }
 }
 
 /// Query parameters of the telemetry endpoint.
@@ -391,104 +350,4 @@ fn new_command_id() -> String {
         now_ms(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// An API error, answered as `{"error": "..."}` with its status.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// The request was malformed.
-    #[error("{0}")]
-    BadRequest(String),
-    /// The thing asked for does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// A field of the request is unacceptable (422); the field is named.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// The request field.
-        field: &'static str,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// The caller is not authorised.
-    #[error("{0:?}")]
-    Denied(Denied),
-    /// Something failed inside the fleet (logged where it happened).
-    #[error("internal error")]
-    Internal,
-    /// The request cannot be served in the device's current state.
-    #[error("{0}")]
-    Conflict(String),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Invalid { field, message } => {
-                return (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    Json(ErrorBody {
-                        error: format!("{field}: {message}"),
-                        field: Some((*field).to_owned()),
-                    }),
-                )
-                    .into_response();
-            }
-            Self::Denied(denied) => {
-                let (status, message) = match denied {
-                    Denied::Unauthenticated => (
-                        StatusCode::UNAUTHORIZED,
-                        "a valid bearer token is required".to_owned(),
-                    ),
-                    Denied::Forbidden(role, permission) => (
-                        StatusCode::FORBIDDEN,
-                        format!("role {role:?} does not grant {permission:?}"),
-                    ),
-                    Denied::RateLimited => (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too many failed token attempts from this address; retry in a minute"
-                            .to_owned(),
-                    ),
-                };
-                let mut response = (
-                    status,
-                    Json(ErrorBody {
-                        error: message,
-                        field: None,
-                    }),
-                )
-                    .into_response();
-                if status == StatusCode::UNAUTHORIZED {
-                    response.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        header::HeaderValue::from_static("Bearer"),
-                    );
-                }
-                return response;
-            }
-            Self::Store(error) => {
-                tracing::error!(%error, "api request failed");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let message = match &self {
-            Self::Store(_) => "internal error".to_owned(),
-            other => other.to_string(),
-        };
-        (
-            status,
-            Json(ErrorBody {
-                error: message,
-                field: None,
-            }),
-        )
-            .into_response()
-    }
 }

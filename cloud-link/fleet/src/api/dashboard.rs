@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use warden_wire::fleet_api::RegisteredDevice;
 use warden_wire::topics::UpdateState;
 
-use super::{ApiError, ApiState};
+use super::error::ApiError;
+use super::state::ApiState;
 use crate::clock::now_ms;
 use crate::store::{
     DeviceRow, FleetCounts, SeenDevice, SignatureGroup, StoredDeployment, StoredReading,
@@ -390,8 +391,8 @@ async fn devices(
     State(state): State<ApiState>,
     Query(page): Query<DevicePageQuery>,
 ) -> Result<Json<Vec<DashboardDevice>>, ApiError> {
-    let limit = super::limit_within(page.limit, MAX_DEVICE_PAGE, MAX_DEVICE_PAGE)?;
-    let offset = super::offset_of(page.offset)?;
+    let limit = super::paging::limit_within(page.limit, MAX_DEVICE_PAGE, MAX_DEVICE_PAGE)?;
+    let offset = super::paging::offset_of(page.offset)?;
     let online = online_ids(&state);
     Ok(Json(
         state

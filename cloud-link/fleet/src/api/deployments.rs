@@ -8,7 +8,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
-use super::{ApiError, ApiState};
+use super::error::ApiError;
+use super::state::ApiState;
 use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::deployments::{DeploymentRequest, NO_UPDATES_GROUP, assign_waves};

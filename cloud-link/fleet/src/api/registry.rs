@@ -4,7 +4,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
-use super::{ApiError, ApiState};
+use super::error::ApiError;
+use super::state::ApiState;
 use crate::clock::now_ms;
 use crate::enrollment::{
     certificates_from_pem, check_ca_bundle, fingerprint, verify_device_certificate,

@@ -5,7 +5,8 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState};
+use super::error::ApiError;
+use super::state::ApiState;
 use crate::clock::now_ms;
 use crate::store::{CrashRate, StoredEvent};
 
@@ -29,7 +30,7 @@ pub struct ReportsQuery {
 }
 
 fn check_limit(limit: Option<i64>) -> Result<i64, ApiError> {
-    super::limit_within(limit, 100, MAX_LIST_LIMIT)
+    super::paging::limit_within(limit, 100, MAX_LIST_LIMIT)
 }
 
 pub(super) async fn list_reports(
