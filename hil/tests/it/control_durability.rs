@@ -22,11 +22,23 @@ use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 use warden_link::outbox::OutboxConfig;
 use warden_link::{ControlMessage, ControlQueue, LinkAgent, LinkConfig};
+use warden_test_support::mosquitto;
+use warden_test_support::ports::free_port;
 use warden_wire::tls::{ClientIdentity, client_config};
 use warden_wire::topics::{
     CommandResult, CommandStatus, Delivery, DeviceEvent, FailureReportMessage, PROTOCOL_VERSION,
     TOPIC_ROOT, TwinReported, ack_topic,
 };
+
+/// Mosquitto from the fleet's config template on `port` (warden-test-support's).
+fn start_mosquitto(dir: &Path, pki: &DemoPki, port: u16) -> mosquitto::Mosquitto {
+    let files = mosquitto::BrokerPki {
+        client_ca: pki.manufacturer_ca.clone(),
+        server_cert: pki.server_cert.clone(),
+        server_key: pki.server_key.clone(),
+    };
+    mosquitto::start(dir, &files, port)
+}
 
 const CHILD_ENV: &str = "WARDEN_CONTROL_CHILD";
 
@@ -156,59 +168,6 @@ async fn spawn_device(mode: &str, dir: &Path, port: u16, pki: &DemoPki) -> Child
     );
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     child
-}
-
-struct Mosquitto(std::process::Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Mosquitto from the fleet's config template on `port` (as `real_broker` starts it).
-fn start_mosquitto(dir: &Path, pki: &DemoPki, port: u16) -> Mosquitto {
-    let fleet_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloud-link/fleet/mosquitto");
-    let template = std::fs::read_to_string(fleet_dir.join("mosquitto.conf.in")).expect("template");
-    let conf = template
-        .replace("{{PORT}}", &port.to_string())
-        .replace(
-            "{{MANUFACTURER_CA}}",
-            &pki.manufacturer_ca.display().to_string(),
-        )
-        .replace("{{SERVER_CERT}}", &pki.server_cert.display().to_string())
-        .replace("{{SERVER_KEY}}", &pki.server_key.display().to_string())
-        .replace("{{ACL_FILE}}", &fleet_dir.join("acl").display().to_string())
-        + "user root\n";
-    let path = dir.join("mosquitto.conf");
-    std::fs::write(&path, conf).expect("write conf");
-    let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("mosquitto");
-    let broker = Mosquitto(
-        std::process::Command::new(binary)
-            .arg("-c")
-            .arg(&path)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts"),
-    );
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return broker;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("mosquitto did not listen on {port}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 /// The fleet side: a plain MQTT client with the fleet's certificate that records every

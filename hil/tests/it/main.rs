@@ -121,6 +121,8 @@ mod real_broker {
     use warden_hil::demo_pki::DemoPki;
     use warden_link::outbox::OutboxConfig;
     use warden_link::{LinkAgent, LinkConfig};
+    use warden_test_support::mosquitto;
+    use warden_test_support::ports::free_port;
     use warden_wire::tls::{ClientIdentity, client_config};
     use warden_wire::topics::Reading;
     use warden_wire::topics::{Ack, TelemetryBatch, ack_topic, telemetry_topic};
@@ -189,59 +191,14 @@ mod real_broker {
         fleet.stop().await;
     }
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("port")
-    }
-
-    struct Mosquitto(std::process::Child);
-
-    impl Drop for Mosquitto {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    fn start_mosquitto(dir: &Path, pki: &DemoPki, port: u16) -> Mosquitto {
-        let fleet_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloud-link/fleet/mosquitto");
-        let template =
-            std::fs::read_to_string(fleet_dir.join("mosquitto.conf.in")).expect("template");
-        let conf = template
-            .replace("{{PORT}}", &port.to_string())
-            .replace(
-                "{{MANUFACTURER_CA}}",
-                &pki.manufacturer_ca.display().to_string(),
-            )
-            .replace("{{SERVER_CERT}}", &pki.server_cert.display().to_string())
-            .replace("{{SERVER_KEY}}", &pki.server_key.display().to_string())
-            .replace("{{ACL_FILE}}", &fleet_dir.join("acl").display().to_string());
-        // Started as root, Mosquitto drops to the `mosquitto` user, which cannot read the
-        // test's 0600 key files; keep the test's own user instead.
-        let conf = conf + "user root\n";
-        let path = dir.join("mosquitto.conf");
-        std::fs::write(&path, conf).expect("write conf");
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .unwrap_or("mosquitto");
-        // Wrapped at once: the guard kills and reaps it on every path, panics included.
-        let broker = Mosquitto(
-            std::process::Command::new(binary)
-                .arg("-c")
-                .arg(&path)
-                .spawn()
-                .expect("mosquitto starts"),
-        );
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return broker;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mosquitto did not listen on {port}");
+    /// Mosquitto from the fleet's config template on `port` (warden-test-support's).
+    fn start_mosquitto(dir: &Path, pki: &DemoPki, port: u16) -> mosquitto::Mosquitto {
+        let files = mosquitto::BrokerPki {
+            client_ca: pki.manufacturer_ca.clone(),
+            server_cert: pki.server_cert.clone(),
+            server_key: pki.server_key.clone(),
+        };
+        mosquitto::start(dir, &files, port)
     }
 
     /// The device link through Mosquitto with `require_certificate` and per-device ACLs:
