@@ -49,15 +49,11 @@ impl Compiler<'_> {
                 break;
             }
         }
-        let port_list: Vec<(i64, i64)> = ports
-            .iter()
-            .map(|(a, b)| (i64::from(*a), i64::from(*b)))
-            .collect();
         self.rule_info[usize::from(rule)].summary = format!(
             "compartment {} connects to {} ports {}",
             raw.compartment.get_ref(),
             raw.host.get_ref(),
-            format_ranges(&port_list)
+            format_ranges(&ports)
         );
         self.connect.push(ConnectSpec {
             rule,

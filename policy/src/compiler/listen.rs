@@ -24,14 +24,10 @@ impl Compiler<'_> {
                 break;
             }
         }
-        let port_list: Vec<(i64, i64)> = ports
-            .iter()
-            .map(|(a, b)| (i64::from(*a), i64::from(*b)))
-            .collect();
         self.rule_info[usize::from(rule)].summary = format!(
             "compartment {} listens on ports {}",
             raw.compartment.get_ref(),
-            format_ranges(&port_list)
+            format_ranges(&ports)
         );
         self.listen.push(ListenSpec {
             rule,

@@ -307,8 +307,8 @@ pub(crate) fn type_name(value: &Value) -> &'static str {
     }
 }
 
-/// Formats merged ranges as `0..=9, 20`.
-pub(crate) fn format_ranges(ranges: &[(i64, i64)]) -> String {
+/// Formats merged ranges as `0..=9, 20` (addresses as `i64`, ports as `u16`).
+pub(crate) fn format_ranges<T: core::fmt::Display + PartialEq>(ranges: &[(T, T)]) -> String {
     ranges
         .iter()
         .map(|(a, b)| {
