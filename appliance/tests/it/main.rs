@@ -5,6 +5,7 @@ use std::path::Path;
 mod ble_and_privnet;
 mod compartments;
 mod operations;
+mod pluton_attacks;
 mod status_page;
 mod updates;
 
