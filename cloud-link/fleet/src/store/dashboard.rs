@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::core::{Store, StoreError};
 
 /// The statuses a registered device can have on the dashboard, in display order:
 /// its attestation (`trusted`, `unverified` when it lapsed, `untrusted`, `unknown`),

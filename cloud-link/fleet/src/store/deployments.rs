@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, StoreError, WriteStatement as _};
+use super::core::{Store, StoreError, WriteStatement as _};
 
 /// An uploaded, verified image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::Row;
 use warden_wire::topics::{Delivery, DeviceEvent, FailureReportMessage};
 
-use super::{Store, StoreError, WriteStatement as _, WriteTransaction, to_i64};
+use super::core::{Store, StoreError, WriteStatement as _, WriteTransaction, to_i64};
 
 /// Report kinds that count as a crash of the image (crash rate, rollout halts).
 pub const CRASH_KINDS: &[&str] = &["crash", "panic", "watchdog"];
