@@ -14,13 +14,7 @@ mod reports;
 mod telemetry;
 
 pub use self::core::{READ_CONNECTIONS, Store, StoreError, StoreHealthSnapshot};
-pub use dashboard::{
-    DEVICE_STATUSES, DeviceRow, FleetCounts, SeenDevice, SignatureBucket, SignatureGroup,
-    VersionCount, VersionReports,
-};
-pub use deployments::{
-    DeploymentEvent, DeploymentMember, ImageRecord, NewDeployment, StoredDeployment,
-};
+pub use dashboard::DEVICE_STATUSES;
+pub use deployments::NewDeployment;
 pub use registry::{ChallengeUse, NewDevice, Product, ProductOutcome, Registration};
-pub use reports::{CrashRate, ReportBucket, ReportGroup, StoredEvent, StoredReport};
-pub use telemetry::{Device, Ingested, PRUNE_WINDOW_MS, StoredReading};
+pub use telemetry::{Ingested, PRUNE_WINDOW_MS};

@@ -9,10 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use sqlx::Row;
+use warden_wire::fleet_api::{Device, StoredReading};
 use warden_wire::topics::{Reading, TelemetryBatch};
 use warden_wire::value::Value;
-
-use serde::Serialize;
 
 use super::core::{Store, StoreError, WriteTransaction, to_i64, to_u64};
 
@@ -207,71 +206,6 @@ fn value_of_columns(number: Option<f64>, text: Option<String>, flag: Option<i64>
 
 /// How much received time one delete of [`Store::prune_telemetry`] covers.
 pub const PRUNE_WINDOW_MS: i64 = 60_000;
-
-/// A device as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Device {
-    /// Device ID (certificate common name).
-    pub id: String,
-    /// First telemetry received, ms since the epoch.
-    pub first_seen_ms: i64,
-    /// Last telemetry received, ms since the epoch.
-    pub last_seen_ms: i64,
-    /// Latest value of each point.
-    pub latest: Vec<StoredReading>,
-}
-
-/// One stored reading.
-///
-/// In JSON (the API's `Reading`): `value` is the number, `null` for a text or a flag;
-/// `text` is there only for a text, `flag` only for a flag.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredReading {
-    /// Point name, `bridge/point`.
-    pub point: String,
-    /// The value as read.
-    pub value: Value,
-    /// Engineering unit.
-    pub unit: String,
-    /// When the device read it, ms since the epoch.
-    pub ts_ms: i64,
-}
-
-impl StoredReading {
-    /// The number, if it is one.
-    pub fn number(&self) -> Option<f64> {
-        match self.value {
-            Value::Number(number) => Some(number),
-            _ => None,
-        }
-    }
-
-    /// The text, if it is one.
-    pub fn text(&self) -> Option<&str> {
-        match &self.value {
-            Value::Text(text) => Some(text),
-            _ => None,
-        }
-    }
-}
-
-impl Serialize for StoredReading {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("point", &self.point)?;
-        // JSON has no NaN: a number that is not finite is `null`.
-        map.serialize_entry("value", &self.number().filter(|n| n.is_finite()))?;
-        match &self.value {
-            Value::Number(_) => {}
-            Value::Text(text) => map.serialize_entry("text", text)?,
-            Value::Bool(flag) => map.serialize_entry("flag", flag)?,
-        }
-        map.serialize_entry("unit", &self.unit)?;
-        map.serialize_entry("ts_ms", &self.ts_ms)?;
-        map.end()
-    }
-}
 
 /// What ingesting a batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
