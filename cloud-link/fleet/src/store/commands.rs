@@ -4,7 +4,7 @@
 use sqlx::Row;
 use warden_wire::fleet_api::CommandView;
 
-use super::core::{Store, StoreError};
+use super::core::{Store, StoreError, WriteStatement as _};
 
 impl Store {
     /// Records a command sent to a device, as `sent`.
@@ -15,18 +15,15 @@ impl Store {
         request: &str,
         created_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(
+        sqlx::query(
             "INSERT INTO commands (id, device_id, request, status, detail, created_ms) VALUES ($1, $2, $3, 'sent', '', $4)",
         )
         .bind(id)
         .bind(device_id)
         .bind(request)
         .bind(created_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from);
-        tx.commit(inserted).await?;
+        .execute_write(self)
+        .await?;
         Ok(())
     }
 
@@ -40,7 +37,6 @@ impl Store {
         detail: &str,
         completed_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE commands SET status = $1, detail = $2, completed_ms = $3
              WHERE id = $4 AND device_id = $5 AND status = 'sent'",
@@ -50,10 +46,9 @@ impl Store {
         .bind(completed_ms)
         .bind(id)
         .bind(device_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from);
-        Ok(tx.commit(updated).await?.rows_affected() == 1)
+        .execute_write(self)
+        .await?;
+        Ok(updated.rows_affected() == 1)
     }
 
     /// One command of a device.
@@ -89,18 +84,15 @@ impl Store {
         desired: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let stored = sqlx::query(
+        sqlx::query(
             "INSERT INTO twins (device_id, desired, desired_ms) VALUES ($1, $2, $3)
              ON CONFLICT (device_id) DO UPDATE SET desired = excluded.desired, desired_ms = excluded.desired_ms",
         )
         .bind(device_id)
         .bind(desired)
         .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from);
-        tx.commit(stored).await?;
+        .execute_write(self)
+        .await?;
         Ok(())
     }
 
@@ -111,18 +103,15 @@ impl Store {
         reported: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let stored = sqlx::query(
+        sqlx::query(
             "INSERT INTO twins (device_id, reported, reported_ms) VALUES ($1, $2, $3)
              ON CONFLICT (device_id) DO UPDATE SET reported = excluded.reported, reported_ms = excluded.reported_ms",
         )
         .bind(device_id)
         .bind(reported)
         .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from);
-        tx.commit(stored).await?;
+        .execute_write(self)
+        .await?;
         Ok(())
     }
 
