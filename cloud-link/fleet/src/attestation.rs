@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,8 @@ use warden_wire::topics::{
 
 use crate::broker::{LocalPublisher, LocalSubscription};
 use crate::clock::now_ms;
-use crate::store::{ChallengeUse, ImageRecord, Store, StoreError};
+use crate::store::{ChallengeUse, Store, StoreError};
+use warden_wire::fleet_api::{Attestation, ImageRecord};
 
 /// Filter matching every device's quotes.
 pub const ALL_QUOTES: &str = "warden/v1/devices/+/attestation/quote";
@@ -176,47 +176,6 @@ impl PendingChallenges {
                 ChallengeUse::Unknown => Err(Unsolicited::Unknown),
             },
         )
-    }
-}
-
-/// The outcome of one attestation.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attestation {
-    /// The device.
-    pub device: String,
-    /// Whether the quote verified against the device's key and the fresh nonce and its
-    /// measured image is acceptable (see [`Attestation::detail`]).
-    pub verified: bool,
-    /// Why it did not.
-    pub reason: Option<String>,
-    /// What was found: the release it runs, or why the image was not checked, or the
-    /// reason it was refused (stored as the device's `attestation_detail`).
-    pub detail: String,
-    /// The image measurement register ([`IMAGE_MEASUREMENT_REGISTER`]), hex.
-    pub measured_image: Option<String>,
-    /// The known release that register matches (its version).
-    pub release: Option<String>,
-    /// The firmware version pluton reported.
-    pub firmware_version: Option<u32>,
-    /// The measurement registers, hex.
-    pub registers: Vec<String>,
-    /// The anti-rollback counters.
-    pub counters: Vec<u64>,
-}
-
-impl Attestation {
-    fn refused(device: &str, reason: String) -> Self {
-        Self {
-            device: device.to_owned(),
-            verified: false,
-            detail: reason.clone(),
-            reason: Some(reason),
-            measured_image: None,
-            release: None,
-            firmware_version: None,
-            registers: Vec::new(),
-            counters: Vec::new(),
-        }
     }
 }
 

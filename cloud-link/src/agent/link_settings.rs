@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::control::{ControlMessage, ControlSender};
-use warden_wire::topics::{DeviceEvent, LinkSettings, event_kind};
+use warden_wire::topics::{DeviceEvent, LinkSettings, LinkSettingsError, event_kind};
 
 /// Where the link settings from the fleet are kept (in the outbox directory).
 pub(super) const LINK_SETTINGS_FILE: &str = "link-settings.json";
@@ -14,8 +14,12 @@ pub(super) fn load_link_settings(path: &Path) -> Option<LinkSettings> {
     let bytes = std::fs::read(path).ok()?;
     match serde_json::from_slice::<LinkSettings>(&bytes)
         .map_err(|e| e.to_string())
-        .and_then(|settings| settings.validate().map(|()| settings))
-    {
+        .and_then(|settings| {
+            settings
+                .validate()
+                .map(|()| settings)
+                .map_err(|e| e.to_string())
+        }) {
         Ok(settings) => Some(settings),
         Err(error) => {
             tracing::warn!(path = %path.display(), %error, "saved link settings ignored");
@@ -28,7 +32,7 @@ pub(super) fn load_link_settings(path: &Path) -> Option<LinkSettings> {
 /// newer than the running one, saved (atomically) before it takes effect. Returns the
 /// settings to use from now on, if they changed; every outcome is reported.
 pub(super) fn change_link_settings(
-    change: Result<Option<LinkSettings>, String>,
+    change: Result<Option<LinkSettings>, LinkSettingsError>,
     running: &mut Option<LinkSettings>,
     path: &Path,
     control: &ControlSender,
@@ -37,10 +41,10 @@ pub(super) fn change_link_settings(
         Ok(None) => return None,
         Ok(Some(settings)) if running.as_ref() == Some(&settings) => return None,
         Ok(Some(settings)) => settings,
-        Err(why) => return refuse_link_settings(why, running, control),
+        Err(why) => return refuse_link_settings(why.to_string(), running, control),
     };
     if let Err(why) = proposed.validate() {
-        return refuse_link_settings(why, running, control);
+        return refuse_link_settings(why.to_string(), running, control);
     }
     if let Some(current) = running.as_ref()
         && proposed.version <= current.version
