@@ -3,6 +3,7 @@
 use std::path::Path;
 
 mod ble_and_privnet;
+mod bundle_floor;
 mod compartments;
 mod operations;
 mod pluton_attacks;
