@@ -12,7 +12,8 @@ use crate::identity::{
     DeviceId, IdentityKey, PUBLIC_KEY_LEN, PublicKeyBytes, SIGNATURE_LEN,
     is_tls13_client_certificate_verify,
 };
-use crate::quote::{MAX_QUOTE_LEN, sign_quote};
+use crate::quote::MAX_QUOTE_LEN;
+use crate::quote::software::sign_quote;
 use crate::registers::{MeasurementRegisters, REGISTER_COUNT, Sha256Digest};
 use crate::sealing::{self, SealContext, SealOwner};
 use crate::store::{
