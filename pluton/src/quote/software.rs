@@ -25,8 +25,7 @@ use crate::counters::COUNTER_COUNT;
 use crate::identity::{
     IdentityKey, SIGNATURE_LEN, verify_parts};
 use crate::quote::contents::{
-    AttestationQuote, MAX_NONCE_LEN, MIN_NONCE_LEN, REPORT_HEADER_LEN, REPORT_VERSION, identity_key_of,
-    report_len,
+    AttestationQuote, MAX_NONCE_LEN, MIN_NONCE_LEN, REPORT_VERSION, identity_key_of, report_len,
 };
 use crate::registers::{REGISTER_COUNT, Sha256Digest};
 use crate::{PlutonError, QuoteError};
@@ -117,6 +116,7 @@ pub(crate) fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quote::contents::REPORT_HEADER_LEN;
 
     #[test]
     fn layout_matches_the_documented_table() {

@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 use warden_pluton::PlutonError;
 use warden_pluton::byte_array::ByteArray;
+use warden_pluton::quote::MAX_QUOTE_LEN;
 use warden_pluton::protocol::{
     Caller, FRAME_HEADER_LEN, MAX_FRAME_LEN, Request, Response, decode_request, decode_response,
     encode_frame, frame_body_len, handle_request_frame,
@@ -130,7 +131,7 @@ proptest! {
     }
 
     #[test]
-    fn response_encode_decode_round_trip(counters: [u64; 8], value: u64, error_index in 0usize..4, quote in bytes::<476>(476)) {
+    fn response_encode_decode_round_trip(counters: [u64; 8], value: u64, error_index in 0usize..4, quote in bytes::<MAX_QUOTE_LEN>(MAX_QUOTE_LEN)) {
         let errors = [PlutonError::NoIdentity, PlutonError::Busy, PlutonError::UnknownRequest, PlutonError::StoreCorrupt];
         for response in [
             Response::Counters(counters),
