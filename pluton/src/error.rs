@@ -66,6 +66,9 @@ pub enum PlutonError {
     Busy,
     /// The caller's role (or lack of one) does not allow this operation.
     NotPermitted,
+    /// The TPM refused or failed a command (TPM 2.0 backend; the server's log names the
+    /// command and the TPM's response code).
+    TpmFailed,
 }
 
 impl fmt::Display for PlutonError {
@@ -103,6 +106,7 @@ impl fmt::Display for PlutonError {
             Self::UnknownRequest => "request names an unknown operation",
             Self::Busy => "pluton is busy",
             Self::NotPermitted => "the caller's role may not perform this operation",
+            Self::TpmFailed => "the tpm refused or failed a command",
         };
         f.write_str(message)
     }

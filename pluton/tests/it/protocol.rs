@@ -4,6 +4,7 @@ use proptest::prelude::*;
 use warden_pluton::PlutonError;
 use warden_pluton::byte_array::ByteArray;
 use warden_pluton::quote::MAX_QUOTE_LEN;
+use warden_pluton::sealing::MAX_SEALED_LEN;
 use warden_pluton::protocol::{
     Caller, FRAME_HEADER_LEN, MAX_FRAME_LEN, Request, Response, decode_request, decode_response,
     encode_frame, frame_body_len, handle_request_frame,
@@ -78,7 +79,7 @@ fn request() -> impl Strategy<Value = Request> {
                 plaintext
             }
         ),
-        (bytes::<32>(32), bytes::<1070>(1070))
+        (bytes::<32>(32), bytes::<MAX_SEALED_LEN>(MAX_SEALED_LEN))
             .prop_map(|(label, sealed)| Request::Unseal { label, sealed }),
         any::<[u8; 32]>().prop_map(|token| Request::Authenticate {
             token: RoleToken::from_bytes(token)
