@@ -8,8 +8,8 @@
 //! `TPM2_NV_Write` of all 8 bytes. The TPM makes each command's NV update atomic, so a
 //! kill -9 (or power loss) during an advance leaves the old or the new value, never a
 //! mix or anything lower; the advance is acknowledged only after the write returned.
-//! An index never written reads as 0 (defined but `TPM_RC_NV_UNINITIALIZED`), so a crash
-//! between defining and first writing loses nothing.
+//! A new index is defined and written 0; one never written (a crash in between) reads as
+//! 0 too (`TPM_RC_NV_UNINITIALIZED`).
 //!
 //! Indices `0x01805700..0x01805708` (the owner's range), owner-authorized, `NO_DA`.
 //! The upward-only rule is pluton's: anyone holding owner authorization could write the
@@ -18,10 +18,11 @@
 use tss_esapi::Context;
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
-use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, TpmHandle};
+use tss_esapi::constants::CapabilityType;
+use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, ObjectHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
-use tss_esapi::structures::{MaxNvBuffer, NvPublicBuilder};
+use tss_esapi::structures::{CapabilityData, MaxNvBuffer, NvPublicBuilder};
 
 use crate::PlutonError;
 use crate::counters::COUNTER_COUNT;
@@ -39,9 +40,15 @@ pub(crate) struct NvCounters {
 impl NvCounters {
     /// Open every counter's index, defining the ones that do not exist yet.
     pub(crate) fn open(context: &mut Context) -> Result<Self, PlutonError> {
-        let mut handles = [NvIndexHandle::from(tss_esapi::handles::ObjectHandle::None); COUNTER_COUNT];
+        let defined = defined_indices(context)?;
+        let mut handles = [NvIndexHandle::from(ObjectHandle::None); COUNTER_COUNT];
         for (index, handle) in handles.iter_mut().enumerate() {
-            *handle = open_or_define(context, FIRST_COUNTER_INDEX + index as u32)?;
+            let nv_index = FIRST_COUNTER_INDEX + index as u32;
+            *handle = if defined.contains(&nv_index) {
+                open_index(context, nv_index)?
+            } else {
+                define(context, nv_index)?
+            };
         }
         Ok(Self { handles })
     }
@@ -75,24 +82,43 @@ impl NvCounters {
             return Err(PlutonError::CounterWouldDecrease);
         }
         if value > current {
-            let data = MaxNvBuffer::try_from(value.to_be_bytes().to_vec())
-                .map_err(failed("NV buffer"))?;
-            with_password(context, |context| {
-                context.nv_write(NvAuth::Owner, handle, data, 0)
-            })
-            .map_err(failed("TPM2_NV_Write"))?;
+            write(context, handle, value)?;
         }
         Ok(value)
     }
 }
 
-fn open_or_define(context: &mut Context, index: u32) -> Result<NvIndexHandle, PlutonError> {
+/// The counters' NV indices that are defined (asked first, so no command fails just
+/// because an index is new).
+fn defined_indices(context: &mut Context) -> Result<heapless::Vec<u32, COUNTER_COUNT>, PlutonError> {
+    let (data, _) = context
+        .get_capability(CapabilityType::Handles, FIRST_COUNTER_INDEX, COUNTER_COUNT as u32)
+        .map_err(failed("TPM2_GetCapability (NV indices)"))?;
+    let CapabilityData::Handles(handles) = data else {
+        return Err(PlutonError::TpmFailed);
+    };
+    Ok(handles
+        .iter()
+        .filter_map(|handle| match handle {
+            TpmHandle::NvIndex(index) => Some(u32::from(*index)),
+            _ => None,
+        })
+        .filter(|index| (FIRST_COUNTER_INDEX..FIRST_COUNTER_INDEX + COUNTER_COUNT as u32).contains(index))
+        .collect())
+}
+
+fn open_index(context: &mut Context, index: u32) -> Result<NvIndexHandle, PlutonError> {
     let tpm_handle = NvIndexTpmHandle::new(index).map_err(failed("NV index handle"))?;
-    match context.tr_from_tpm_public(TpmHandle::NvIndex(tpm_handle)) {
-        Ok(handle) => return Ok(handle.into()),
-        Err(error) if is_kind(&error, Tss2ResponseCodeKind::Handle) => {}
-        Err(error) => return Err(failed("ESYS_TR_FromTPMPublic (NV)")(error)),
-    }
+    context
+        .tr_from_tpm_public(TpmHandle::NvIndex(tpm_handle))
+        .map(NvIndexHandle::from)
+        .map_err(failed("ESYS_TR_FromTPMPublic (NV)"))
+}
+
+/// Define a counter's index and write 0 (a crash in between leaves it unwritten, which
+/// reads as 0 as well).
+fn define(context: &mut Context, index: u32) -> Result<NvIndexHandle, PlutonError> {
+    let tpm_handle = NvIndexTpmHandle::new(index).map_err(failed("NV index handle"))?;
     let attributes = NvIndexAttributesBuilder::new()
         .with_owner_write(true)
         .with_owner_read(true)
@@ -106,10 +132,19 @@ fn open_or_define(context: &mut Context, index: u32) -> Result<NvIndexHandle, Pl
         .with_data_area_size(8)
         .build()
         .map_err(failed("NV public"))?;
-    with_password(context, |context| {
+    let handle = with_password(context, |context| {
         context.nv_define_space(Provision::Owner, None, public)
     })
-    .map_err(failed("TPM2_NV_DefineSpace"))
+    .map_err(failed("TPM2_NV_DefineSpace"))?;
+    write(context, handle, 0)?;
+    Ok(handle)
+}
+
+fn write(context: &mut Context, handle: NvIndexHandle, value: u64) -> Result<(), PlutonError> {
+    let data =
+        MaxNvBuffer::try_from(value.to_be_bytes().to_vec()).map_err(failed("NV buffer"))?;
+    with_password(context, |context| context.nv_write(NvAuth::Owner, handle, data, 0))
+        .map_err(failed("TPM2_NV_Write"))
 }
 
 fn read(context: &mut Context, handle: NvIndexHandle) -> Result<u64, PlutonError> {
