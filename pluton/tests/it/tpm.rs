@@ -3,6 +3,9 @@
 //! `cargo test -p warden-pluton --features tpm --test it -- --ignored tpm`
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use warden_pluton::quote::MAX_QUOTE_LEN;
 use warden_pluton::file_store::FileStore;
@@ -10,6 +13,10 @@ use warden_pluton::sealing::SealOwner;
 use warden_pluton::tpm::TpmPluton;
 use warden_pluton::{PlutonError, ProvisioningCapability, Role, RootOfTrust, verify_quote, verify_signature};
 
+use warden_pluton::protocol::{FRAME_HEADER_LEN, MAX_FRAME_LEN, Request, Response, encode_frame};
+use warden_pluton_api::PlutonClient;
+
+use crate::support::{PlutonProcess, call, exchange_raw};
 use crate::swtpm::Swtpm;
 
 /// Open the TPM backend with its state in `state_dir`; the capability on first start.
@@ -236,4 +243,124 @@ fn tpm_boot_registers_latch() {
     pluton.extend_register(7, &[1u8; 32]).expect("runtime register");
     assert_ne!(pluton.registers()[7], before[7]);
     assert_eq!(pluton.registers()[..7], before[..7]);
+}
+
+/// The `warden-pluton` process on the TPM backend (every caller unseparated, as at the
+/// provisioning station).
+fn start_process(directory: &Path, swtpm: &Swtpm) -> PlutonProcess {
+    let tcti = swtpm.tcti();
+    PlutonProcess::start_with(
+        directory,
+        7,
+        &["--unseparated", "--backend", "tpm", "--tcti", &tcti],
+    )
+}
+
+#[test]
+#[ignore = "needs swtpm"]
+fn tpm_provisioning_through_the_socket_as_warden_provision_unit_does() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let swtpm = Swtpm::start(&directory.path().join("tpm"));
+    let process = start_process(directory.path(), &swtpm);
+    let capability = process.capability();
+    let mut client = PlutonClient::connect(&process.socket).expect("connect");
+    // The station's steps: status, identity, proof of possession, roots, lock, status.
+    let (_, status) = client.status().expect("status");
+    assert_eq!(status.device_id, None);
+    assert!(client.export_identity().is_err());
+    let identity = client.create_identity(None).expect("create identity");
+    assert_eq!(client.export_identity().expect("export"), identity);
+    let nonce = [0x77u8; 32];
+    let quote = client.quote(&nonce).expect("quote");
+    assert_eq!(&quote[..4], b"WPT1");
+    verify_quote(&quote, &identity.public_key.0, &nonce).expect("proof of possession");
+    // Any valid P-256 point will do as a vendor root here.
+    let root = identity.public_key.0;
+    client
+        .install_root_key(&capability, &root, 3)
+        .expect("install root");
+    assert_eq!(client.root_keys().expect("roots").len(), 1);
+    client.lock_manufacturing(&capability).expect("lock");
+    let (_, status) = client.status().expect("status");
+    assert!(status.manufacturing_locked);
+    assert_eq!(status.device_id, Some(identity.device_id));
+    assert!(
+        client
+            .install_root_key(&capability, &root, 1)
+            .is_err()
+    );
+    // A restart keeps all of it.
+    drop(client);
+    process.kill();
+    let process = start_process(directory.path(), &swtpm);
+    let mut client = PlutonClient::connect(&process.socket).expect("connect");
+    let (_, status) = client.status().expect("status");
+    assert!(status.manufacturing_locked);
+    assert_eq!(client.export_identity().expect("export"), identity);
+    assert_eq!(client.root_keys().expect("roots").len(), 1);
+}
+
+#[test]
+#[ignore = "needs swtpm"]
+fn tpm_counter_never_goes_below_the_last_acknowledged_value_across_kill_9() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let swtpm = Swtpm::start(&directory.path().join("tpm"));
+    let rounds = 25u64;
+    let mut last_acknowledged = 0u64;
+    let mut total = 0u64;
+    for round in 0..rounds {
+        let process = start_process(directory.path(), &swtpm);
+        let capability = process.capability();
+        let mut stream = process.connect();
+        let recovered = match call(&mut stream, &Request::ReadCounters) {
+            Response::Counters(counters) => counters[0],
+            other => panic!("counters: {other:?}"),
+        };
+        assert!(
+            recovered == last_acknowledged || recovered == last_acknowledged + 1,
+            "round {round}: recovered {recovered}, last acknowledged {last_acknowledged}"
+        );
+        let acknowledged = Arc::new(AtomicU64::new(recovered));
+        let writer = {
+            let acknowledged = Arc::clone(&acknowledged);
+            std::thread::spawn(move || {
+                let mut frame = vec![0u8; FRAME_HEADER_LEN + MAX_FRAME_LEN];
+                loop {
+                    let next = acknowledged.load(Ordering::SeqCst) + 1;
+                    let request = Request::AdvanceCounter {
+                        capability: capability.clone(),
+                        index: 0,
+                        value: next,
+                    };
+                    let length = encode_frame(&request, &mut frame).expect("encode");
+                    match exchange_raw(&mut stream, &frame[..length]) {
+                        Ok(Response::Counter(value)) => {
+                            acknowledged.store(value, Ordering::SeqCst);
+                        }
+                        Ok(other) => panic!("advance: {other:?}"),
+                        Err(_) => return,
+                    }
+                }
+            })
+        };
+        // Kill at a different instant each round: 2 to 40 ms into the advances.
+        std::thread::sleep(Duration::from_micros(2_000 + (round * 7919) % 38_000));
+        process.kill();
+        writer.join().expect("writer");
+        let acked = acknowledged.load(Ordering::SeqCst);
+        total += acked - recovered;
+        last_acknowledged = acked;
+    }
+    let process = start_process(directory.path(), &swtpm);
+    let mut stream = process.connect();
+    match call(&mut stream, &Request::ReadCounters) {
+        Response::Counters(counters) => assert!(
+            counters[0] == last_acknowledged || counters[0] == last_acknowledged + 1,
+            "recovered {}, last acknowledged {last_acknowledged}",
+            counters[0]
+        ),
+        other => panic!("counters: {other:?}"),
+    }
+    println!("tpm counters: {rounds} SIGKILLs during {total} acknowledged advances; never below");
+    assert!(total > 0, "no advance was acknowledged");
 }
