@@ -260,7 +260,10 @@ fn main() {
         }
         (Some((tpm_signs, tpm_quotes)), None) => {
             println!("| TPM backend: signs/s (TLS CertificateVerify) | {tpm_signs:.0} | | |");
-            println!("| TPM backend: quote: make | {:.1} µs ({tpm_quotes:.0}/s) | | |", 1e6 / tpm_quotes);
+            println!(
+                "| TPM backend: quote: make | {:.1} µs ({tpm_quotes:.0}/s) | | |",
+                1e6 / tpm_quotes
+            );
         }
         (None, _) => println!(
             "| TPM backend | (not measured: build with --features tpm and set WARDEN_TPM_TCTI) | | |"

@@ -15,10 +15,8 @@ use crate::quote::MAX_QUOTE_LEN;
 use crate::quote::software::sign_quote;
 use crate::registers::{MeasurementRegisters, REGISTER_COUNT, Sha256Digest};
 use crate::sealing::{self, SealContext, SealOwner};
+use crate::store::{InstalledRootKey, MAX_ROOT_KEYS, PersistentState, StateStore};
 use crate::store::{load_or_create_state, persist};
-use crate::store::{
-    InstalledRootKey, MAX_ROOT_KEYS, PersistentState, StateStore,
-};
 
 /// The identity's public half: what provisioning needs to issue the device certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

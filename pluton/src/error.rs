@@ -174,9 +174,7 @@ impl fmt::Display for QuoteError {
             Self::PcrSelectionMismatch => {
                 "tpm quote does not select exactly pcrs 8 to 15 of the sha-256 bank"
             }
-            Self::PcrDigestMismatch => {
-                "tpm quote pcr digest does not match the reported registers"
-            }
+            Self::PcrDigestMismatch => "tpm quote pcr digest does not match the reported registers",
         };
         f.write_str(message)
     }

@@ -175,37 +175,17 @@ pub fn open_file_backed(
     state_dir: &Path,
     options: &ServeOptions,
 ) -> Result<FileBackedPluton, ServerError> {
-    create_private_directory(state_dir)?;
-    let store = FileStore::open(state_dir)?;
-    let capability_path = capability_path(state_dir, options);
-    let mut file_error = None;
-    let opened = SoftwarePluton::open(
-        store,
-        getrandom::SysRng,
-        options.firmware_version,
-        |capability| {
-            write_file_atomically(&capability_path, capability.as_bytes()).map_err(|error| {
-                file_error = Some(error);
-                PlutonError::StoreFailed
-            })
+    open_on_state_dir(
+        state_dir,
+        options,
+        |store, deliver| {
+            SoftwarePluton::open(store, getrandom::SysRng, options.firmware_version, deliver)
         },
-    );
-    match (opened, file_error) {
-        (Ok(pluton), _) => Ok(pluton),
-        (Err(_), Some(error)) => Err(ServerError::File(error)),
-        (Err(error), None) => Err(ServerError::Backend {
+        |error| ServerError::Backend {
             path: state_dir.to_owned(),
             error,
-        }),
-    }
-}
-
-/// Where the provisioning capability is written on first start.
-fn capability_path(state_dir: &Path, options: &ServeOptions) -> PathBuf {
-    options
-        .capability_file
-        .clone()
-        .unwrap_or_else(|| state_dir.join(DEFAULT_CAPABILITY_FILE_NAME))
+        },
+    )
 }
 
 /// Open the TPM 2.0 root of trust behind `tcti`, its provisioning state in `state_dir`
@@ -216,23 +196,49 @@ pub fn open_tpm_backed(
     tcti: &str,
     options: &ServeOptions,
 ) -> Result<crate::tpm::TpmPluton<FileStore>, ServerError> {
+    open_on_state_dir(
+        state_dir,
+        options,
+        |store, deliver| {
+            crate::tpm::TpmPluton::open(tcti, store, options.firmware_version, deliver)
+        },
+        |error| ServerError::Tpm {
+            path: state_dir.to_owned(),
+            error,
+        },
+    )
+}
+
+/// Open a backend on the store in `state_dir`: `open` gets the store and the function
+/// that writes a newly minted capability to the capability file (which a backend calls
+/// before it persists its first state). A failed capability write is reported as such.
+fn open_on_state_dir<B, E>(
+    state_dir: &Path,
+    options: &ServeOptions,
+    open: impl FnOnce(
+        FileStore,
+        &mut dyn FnMut(&ProvisioningCapability) -> Result<(), PlutonError>,
+    ) -> Result<B, E>,
+    backend_error: impl FnOnce(E) -> ServerError,
+) -> Result<B, ServerError> {
     create_private_directory(state_dir)?;
     let store = FileStore::open(state_dir)?;
-    let capability_path = capability_path(state_dir, options);
+    let capability_path = options
+        .capability_file
+        .clone()
+        .unwrap_or_else(|| state_dir.join(DEFAULT_CAPABILITY_FILE_NAME));
     let mut file_error = None;
-    let opened = crate::tpm::TpmPluton::open(tcti, store, options.firmware_version, |capability| {
+    let mut deliver = |capability: &ProvisioningCapability| {
         write_file_atomically(&capability_path, capability.as_bytes()).map_err(|error| {
             file_error = Some(error);
             PlutonError::StoreFailed
         })
-    });
+    };
+    let opened = open(store, &mut deliver);
     match (opened, file_error) {
-        (Ok(pluton), _) => Ok(pluton),
+        (Ok(backend), _) => Ok(backend),
         (Err(_), Some(error)) => Err(ServerError::File(error)),
-        (Err(error), None) => Err(ServerError::Tpm {
-            path: state_dir.to_owned(),
-            error,
-        }),
+        (Err(error), None) => Err(backend_error(error)),
     }
 }
 

@@ -258,7 +258,10 @@ pub(crate) fn random_seed<R: TryCryptoRng + ?Sized>(rng: &mut R) -> Result<[u8; 
 }
 
 /// Encode and durably save `state`.
-pub(crate) fn persist<S: StateStore>(store: &mut S, state: &PersistentState) -> Result<(), PlutonError> {
+pub(crate) fn persist<S: StateStore>(
+    store: &mut S,
+    state: &PersistentState,
+) -> Result<(), PlutonError> {
     let mut buffer = [0u8; MAX_STATE_RECORD_LEN];
     let result = state
         .encode(&mut buffer)

@@ -22,8 +22,7 @@
 //! operation, nor another signature passed off as a quote.
 
 use crate::counters::COUNTER_COUNT;
-use crate::identity::{
-    IdentityKey, SIGNATURE_LEN, verify_parts};
+use crate::identity::{IdentityKey, SIGNATURE_LEN, verify_parts};
 use crate::quote::contents::{
     AttestationQuote, MAX_NONCE_LEN, MIN_NONCE_LEN, REPORT_VERSION, identity_key_of, report_len,
 };

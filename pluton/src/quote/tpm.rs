@@ -197,11 +197,7 @@ pub(crate) fn verify(
     let ak = VerifyingKey::from_sec1_bytes(ak_bytes)
         .map_err(|_| QuoteError::AttestationKeyBindingInvalid)?;
     let attest = &quote[attest_at..attest_at + attest_len];
-    if !verify_parts(
-        &ak,
-        &[attest],
-        &signature_at(quote, attest_at + attest_len),
-    ) {
+    if !verify_parts(&ak, &[attest], &signature_at(quote, attest_at + attest_len)) {
         return Err(QuoteError::AttestSignatureInvalid);
     }
     let parsed = QuoteAttest::parse(attest)?;

@@ -11,7 +11,9 @@ use tss_esapi::Context;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::handles::KeyHandle;
-use tss_esapi::interface_types::algorithm::{EccSchemeAlgorithm, HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::algorithm::{
+    EccSchemeAlgorithm, HashingAlgorithm, PublicAlgorithm,
+};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::structures::{
@@ -66,7 +68,11 @@ fn template(role: KeyRole, seed: &[u8; 32]) -> tss_esapi::Result<Public> {
         .chain_update(seed)
         .finalize()
         .into();
-    let ecdsa = EccScheme::create(EccSchemeAlgorithm::EcDsa, Some(HashingAlgorithm::Sha256), None)?;
+    let ecdsa = EccScheme::create(
+        EccSchemeAlgorithm::EcDsa,
+        Some(HashingAlgorithm::Sha256),
+        None,
+    )?;
     let (attributes, parameters) = match role {
         KeyRole::Identity | KeyRole::Attestation => {
             let restricted = role == KeyRole::Attestation;

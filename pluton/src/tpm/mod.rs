@@ -86,7 +86,10 @@ pub struct TpmPluton<S> {
 impl<S> core::fmt::Debug for TpmPluton<S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("TpmPluton")
-            .field("device_id", &self.identity.as_ref().map(LoadedKey::device_id))
+            .field(
+                "device_id",
+                &self.identity.as_ref().map(LoadedKey::device_id),
+            )
             .field("firmware_version", &self.firmware_version)
             .finish_non_exhaustive()
     }
@@ -96,8 +99,7 @@ impl<S> core::fmt::Debug for TpmPluton<S> {
 /// TPM without a resource manager (swtpm's socket, `/dev/tpm0`) keeps them, and it
 /// holds only a few (three in swtpm).
 fn flush_leftover_objects(context: &mut Context) {
-    let handles = match context.get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 16)
-    {
+    let handles = match context.get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 16) {
         Ok((CapabilityData::Handles(handles), _)) => handles.into_inner(),
         Ok(_) => return,
         Err(error) => {
@@ -205,7 +207,11 @@ impl<S: StateStore> TpmPluton<S> {
     /// Run `operation` with the storage key loaded (and the attestation key unloaded).
     fn with_storage_key<T>(
         &mut self,
-        operation: impl FnOnce(&mut Context, &LoadedKey, &[Sha256Digest; REGISTER_COUNT]) -> Result<T, PlutonError>,
+        operation: impl FnOnce(
+            &mut Context,
+            &LoadedKey,
+            &[Sha256Digest; REGISTER_COUNT],
+        ) -> Result<T, PlutonError>,
     ) -> Result<T, PlutonError> {
         self.unload_attestation_key();
         let seed = self.state.device_seed.0;

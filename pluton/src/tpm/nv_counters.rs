@@ -17,8 +17,8 @@
 
 use tss_esapi::Context;
 use tss_esapi::attributes::NvIndexAttributesBuilder;
-use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::constants::CapabilityType;
+use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, ObjectHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
@@ -90,9 +90,15 @@ impl NvCounters {
 
 /// The counters' NV indices that are defined (asked first, so no command fails just
 /// because an index is new).
-fn defined_indices(context: &mut Context) -> Result<heapless::Vec<u32, COUNTER_COUNT>, PlutonError> {
+fn defined_indices(
+    context: &mut Context,
+) -> Result<heapless::Vec<u32, COUNTER_COUNT>, PlutonError> {
     let (data, _) = context
-        .get_capability(CapabilityType::Handles, FIRST_COUNTER_INDEX, COUNTER_COUNT as u32)
+        .get_capability(
+            CapabilityType::Handles,
+            FIRST_COUNTER_INDEX,
+            COUNTER_COUNT as u32,
+        )
         .map_err(failed("TPM2_GetCapability (NV indices)"))?;
     let CapabilityData::Handles(handles) = data else {
         return Err(PlutonError::TpmFailed);
@@ -103,7 +109,9 @@ fn defined_indices(context: &mut Context) -> Result<heapless::Vec<u32, COUNTER_C
             TpmHandle::NvIndex(index) => Some(u32::from(*index)),
             _ => None,
         })
-        .filter(|index| (FIRST_COUNTER_INDEX..FIRST_COUNTER_INDEX + COUNTER_COUNT as u32).contains(index))
+        .filter(|index| {
+            (FIRST_COUNTER_INDEX..FIRST_COUNTER_INDEX + COUNTER_COUNT as u32).contains(index)
+        })
         .collect())
 }
 
@@ -141,16 +149,22 @@ fn define(context: &mut Context, index: u32) -> Result<NvIndexHandle, PlutonErro
 }
 
 fn write(context: &mut Context, handle: NvIndexHandle, value: u64) -> Result<(), PlutonError> {
-    let data =
-        MaxNvBuffer::try_from(value.to_be_bytes().to_vec()).map_err(failed("NV buffer"))?;
-    with_password(context, |context| context.nv_write(NvAuth::Owner, handle, data, 0))
-        .map_err(failed("TPM2_NV_Write"))
+    let data = MaxNvBuffer::try_from(value.to_be_bytes().to_vec()).map_err(failed("NV buffer"))?;
+    with_password(context, |context| {
+        context.nv_write(NvAuth::Owner, handle, data, 0)
+    })
+    .map_err(failed("TPM2_NV_Write"))
 }
 
 fn read(context: &mut Context, handle: NvIndexHandle) -> Result<u64, PlutonError> {
-    match with_password(context, |context| context.nv_read(NvAuth::Owner, handle, 8, 0)) {
+    match with_password(context, |context| {
+        context.nv_read(NvAuth::Owner, handle, 8, 0)
+    }) {
         Ok(data) => {
-            let bytes: [u8; 8] = data.value().try_into().map_err(|_| PlutonError::TpmFailed)?;
+            let bytes: [u8; 8] = data
+                .value()
+                .try_into()
+                .map_err(|_| PlutonError::TpmFailed)?;
             Ok(u64::from_be_bytes(bytes))
         }
         Err(error) if is_kind(&error, Tss2ResponseCodeKind::NvUninitialized) => Ok(0),

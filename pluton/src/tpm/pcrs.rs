@@ -8,7 +8,9 @@
 use tss_esapi::Context;
 use tss_esapi::handles::PcrHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::structures::{Digest, DigestValues, PcrSelectionList, PcrSelectionListBuilder, PcrSlot};
+use tss_esapi::structures::{
+    Digest, DigestValues, PcrSelectionList, PcrSelectionListBuilder, PcrSlot,
+};
 
 use crate::PlutonError;
 use crate::quote::tpm::FIRST_REGISTER_PCR;

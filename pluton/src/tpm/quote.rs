@@ -9,9 +9,7 @@ use crate::PlutonError;
 use crate::counters::COUNTER_COUNT;
 use crate::identity::SIGNATURE_LEN;
 use crate::quote::attest::MAX_ATTEST_LEN;
-use crate::quote::tpm::{
-    TpmQuoteParts, attestation_key_binding_digest, envelope_digest,
-};
+use crate::quote::tpm::{TpmQuoteParts, attestation_key_binding_digest, envelope_digest};
 use crate::quote::{AttestationQuote, MAX_NONCE_LEN, MIN_NONCE_LEN};
 use crate::tpm::context::{failed, with_password};
 use crate::tpm::keys::{LoadedKey, sign_digest, signature_bytes};
@@ -32,7 +30,11 @@ impl BoundAttestationKey {
         identity: &LoadedKey,
         key: LoadedKey,
     ) -> Result<Self, PlutonError> {
-        let binding = sign_digest(context, identity, &attestation_key_binding_digest(&key.public_key))?;
+        let binding = sign_digest(
+            context,
+            identity,
+            &attestation_key_binding_digest(&key.public_key),
+        )?;
         Ok(Self { key, binding })
     }
 }
@@ -70,7 +72,10 @@ pub(crate) fn quote(
     .map_err(failed("TPM2_Quote"))?;
     let attest = attest.marshall().map_err(failed("marshal TPMS_ATTEST"))?;
     if attest.len() > MAX_ATTEST_LEN {
-        tracing::error!(length = attest.len(), "TPMS_ATTEST longer than a quote carries");
+        tracing::error!(
+            length = attest.len(),
+            "TPMS_ATTEST longer than a quote carries"
+        );
         return Err(PlutonError::TpmFailed);
     }
     let attest_signature = signature_bytes(&signature)?;

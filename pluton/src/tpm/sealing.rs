@@ -134,7 +134,8 @@ pub(crate) fn seal(
     let mut rng = getrandom::SysRng;
     let key = Zeroizing::new(crate::store::random_seed(&mut rng)?);
     let trial = policy_session(context, register_mask, true)?;
-    let policy = context.policy_get_digest(PolicySession::try_from(trial).map_err(failed("policy session"))?);
+    let policy = context
+        .policy_get_digest(PolicySession::try_from(trial).map_err(failed("policy session"))?);
     flush_session(context, trial);
     let policy = policy.map_err(failed("TPM2_PolicyGetDigest"))?;
     let template = sealed_object_template(policy).map_err(failed("sealed object template"))?;

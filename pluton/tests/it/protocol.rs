@@ -3,13 +3,13 @@
 use proptest::prelude::*;
 use warden_pluton::PlutonError;
 use warden_pluton::byte_array::ByteArray;
-use warden_pluton::quote::MAX_QUOTE_LEN;
-use warden_pluton::sealing::MAX_SEALED_LEN;
 use warden_pluton::protocol::{
     Caller, FRAME_HEADER_LEN, MAX_FRAME_LEN, Request, Response, decode_request, decode_response,
     encode_frame, frame_body_len, handle_request_frame,
 };
+use warden_pluton::quote::MAX_QUOTE_LEN;
 use warden_pluton::roles::{NoRoleTokens, ROLES};
+use warden_pluton::sealing::MAX_SEALED_LEN;
 use warden_pluton::{CounterName, InstalledRootKey, ProvisioningCapability, Role, RoleToken};
 
 use crate::support::memory_pluton;

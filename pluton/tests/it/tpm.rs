@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use warden_pluton::quote::MAX_QUOTE_LEN;
 use warden_pluton::file_store::FileStore;
+use warden_pluton::quote::MAX_QUOTE_LEN;
 use warden_pluton::sealing::SealOwner;
 use warden_pluton::tpm::TpmPluton;
-use warden_pluton::{PlutonError, ProvisioningCapability, Role, RootOfTrust, verify_quote, verify_signature};
+use warden_pluton::{
+    PlutonError, ProvisioningCapability, Role, RootOfTrust, verify_quote, verify_signature,
+};
 
 use warden_pluton::protocol::{FRAME_HEADER_LEN, MAX_FRAME_LEN, Request, Response, encode_frame};
 use warden_pluton_api::PlutonClient;
@@ -48,7 +50,10 @@ fn tpm_identity_is_created_in_the_tpm_and_stable_across_restarts() {
     let capability = capability.expect("minted on first start");
     assert_eq!(pluton.identity(), Err(PlutonError::NoIdentity));
     let created = pluton.create_identity(None).expect("create");
-    assert_eq!(pluton.create_identity(None), Err(PlutonError::IdentityExists));
+    assert_eq!(
+        pluton.create_identity(None),
+        Err(PlutonError::IdentityExists)
+    );
     drop(pluton);
     let (mut pluton, minted_again) = open(&swtpm, &state);
     assert!(minted_again.is_none());
@@ -107,9 +112,10 @@ fn tpm_quote_verifies_with_the_right_nonce_only() {
     let quote = &out[..length];
     let report = verify_quote(quote, &identity.public_key.0, &nonce).expect("verifies");
     assert_eq!(report.registers, pluton.registers());
-    let expected_register_0 = warden_pluton::registers::MeasurementRegisters::replay(&[(0, [1u8; 32])])
-        .expect("replay")
-        .values()[0];
+    let expected_register_0 =
+        warden_pluton::registers::MeasurementRegisters::replay(&[(0, [1u8; 32])])
+            .expect("replay")
+            .values()[0];
     assert_eq!(report.registers[0], expected_register_0);
     assert_eq!(report.counters[3], 42);
     assert_eq!(report.firmware_version, 7);
@@ -123,7 +129,12 @@ fn tpm_quote_verifies_with_the_right_nonce_only() {
     verify_quote(&out[..length], &identity.public_key.0, &[9u8; 64]).expect("verifies");
     if let Some(path) = std::env::var_os("WARDEN_RECORD_TPM_QUOTE") {
         let length = pluton.quote(&nonce, &mut out).expect("quote");
-        let hex = |bytes: &[u8]| bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>();
+        let hex = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect::<String>()
+        };
         std::fs::write(
             path,
             format!(
@@ -150,7 +161,9 @@ fn tpm_counters_are_monotonic_across_swtpm_restarts() {
     let capability = capability.expect("capability");
     assert_eq!(pluton.counters(), [0; 8]);
     pluton.advance_counter(&capability, 0, 5).expect("advance");
-    pluton.advance_owned_counter(1, 2_026_120_601).expect("advance");
+    pluton
+        .advance_owned_counter(1, 2_026_120_601)
+        .expect("advance");
     assert_eq!(
         pluton.advance_owned_counter(0, 4),
         Err(PlutonError::CounterWouldDecrease)
@@ -163,7 +176,10 @@ fn tpm_counters_are_monotonic_across_swtpm_restarts() {
         pluton.advance_owned_counter(1, 2_026_120_600),
         Err(PlutonError::CounterWouldDecrease)
     );
-    assert_eq!(pluton.advance_owned_counter(1, 2_026_120_601), Ok(2_026_120_601));
+    assert_eq!(
+        pluton.advance_owned_counter(1, 2_026_120_601),
+        Ok(2_026_120_601)
+    );
     pluton.advance_owned_counter(0, 6).expect("advance");
     drop(pluton);
     swtpm.restart();
@@ -195,7 +211,12 @@ fn tpm_unseal_is_refused_after_a_bound_register_changes() {
     assert_eq!(out[..opened], plaintext[..]);
     // Owner and label are bound.
     assert_eq!(
-        pluton.unseal(SealOwner::Role(Role::Bridges), b"session", &sealed[..length], &mut out),
+        pluton.unseal(
+            SealOwner::Role(Role::Bridges),
+            b"session",
+            &sealed[..length],
+            &mut out
+        ),
         Err(PlutonError::UnsealFailed)
     );
     assert_eq!(
@@ -220,7 +241,11 @@ fn tpm_unseal_is_refused_after_a_bound_register_changes() {
     // A tampered blob is refused, not an error of another kind.
     let mut tampered = sealed;
     tampered[20] ^= 1;
-    assert!(pluton.unseal(owner, b"session", &tampered[..length], &mut out).is_err());
+    assert!(
+        pluton
+            .unseal(owner, b"session", &tampered[..length], &mut out)
+            .is_err()
+    );
 }
 
 #[test]
@@ -229,7 +254,9 @@ fn tpm_boot_registers_latch() {
     let directory = tempfile::tempdir().expect("tempdir");
     let swtpm = Swtpm::start(&directory.path().join("tpm"));
     let (mut pluton, _) = open(&swtpm, &directory.path().join("state"));
-    pluton.extend_register(0, &[1u8; 32]).expect("before the latch");
+    pluton
+        .extend_register(0, &[1u8; 32])
+        .expect("before the latch");
     pluton.end_boot();
     assert_eq!(
         pluton.extend_register(3, &[1u8; 32]),
@@ -240,7 +267,9 @@ fn tpm_boot_registers_latch() {
         Err(PlutonError::InvalidRegister)
     );
     let before = pluton.registers();
-    pluton.extend_register(7, &[1u8; 32]).expect("runtime register");
+    pluton
+        .extend_register(7, &[1u8; 32])
+        .expect("runtime register");
     assert_ne!(pluton.registers()[7], before[7]);
     assert_eq!(pluton.registers()[..7], before[..7]);
 }
@@ -284,11 +313,7 @@ fn tpm_provisioning_through_the_socket_as_warden_provision_unit_does() {
     let (_, status) = client.status().expect("status");
     assert!(status.manufacturing_locked);
     assert_eq!(status.device_id, Some(identity.device_id));
-    assert!(
-        client
-            .install_root_key(&capability, &root, 1)
-            .is_err()
-    );
+    assert!(client.install_root_key(&capability, &root, 1).is_err());
     // A restart keeps all of it.
     drop(client);
     process.kill();
