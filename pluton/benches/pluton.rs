@@ -67,7 +67,11 @@ fn socket_rate(message: &[u8]) -> f64 {
             .enable_all()
             .build()
             .expect("runtime");
-        let options = warden_pluton::server::ServeOptions::default();
+        // Every caller unseparated: this one creates the identity and signs.
+        let options = warden_pluton::server::ServeOptions {
+            roles: warden_pluton::server::CallerRoles::unseparated(),
+            ..Default::default()
+        };
         let _ = runtime.block_on(warden_pluton::server::serve(
             &thread_socket,
             &thread_state,
