@@ -191,7 +191,7 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
         product: config.product.clone(),
         group: config.group.clone(),
         image_version: station.factory_image.version.clone(),
-        image_measurement: crate::ca::hex(&station.factory_image.measurement),
+        image_measurement: hex::encode(station.factory_image.measurement),
         security_counter: station.factory_image.security_counter,
         selftest: Vec::new(),
         result: UnitResult::Failed,
