@@ -4,9 +4,13 @@
 //! the machine's boot ROM and power cycle:
 //!
 //! 1. it starts pluton (this binary's `pluton` command) on the unit's pluton state, so
-//!    every boot starts with fresh measurement registers, as a real reboot would;
+//!    every boot starts with fresh measurement registers, as a real reboot would, and
+//!    mints the role tokens pluton and the image get at launch
+//!    (`warden_pluton_api::launch_tokens`);
 //! 2. the boot monitor ([`BootMonitor::select_boot`]) picks the slot, verifies its
-//!    image and measures it into pluton;
+//!    image and measures it into pluton's boot registers (as the boot role, with the
+//!    provisioning capability), then latches them (`EndBoot`): from then on no process
+//!    on the unit can extend them until the next boot;
 //! 3. [`launch::command`] unpacks the verified payload (hashing it again) and the image
 //!    runs with `WARDEN_SLOT`, `WARDEN_TRIAL` and the trial deadline in its
 //!    environment;
@@ -41,6 +45,7 @@ use warden_os::monitor::trial::TRIAL_DEADLINE_ENV;
 use warden_os::reports::{FailureKind, ReportStore};
 use warden_os::root_of_trust::RootOfTrustError;
 use warden_os::slots::{CrashVerdict, Slot, SlotStatus};
+use warden_pluton_api::launch_tokens::LaunchTokens;
 
 /// The compartment name the boot stage files an image's own crash under.
 pub const IMAGE_COMPARTMENT: &str = "image";
@@ -209,14 +214,19 @@ struct PlutonProcess {
 }
 
 impl PlutonProcess {
-    fn start(args: &BootArgs) -> anyhow::Result<Self> {
+    /// Starts pluton with every role's launch token (`tokens`): it accepts each in
+    /// `Authenticate`, the image holds them, and a monitor in the image hands each
+    /// compartment its own.
+    fn start(args: &BootArgs, tokens: &LaunchTokens) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find this binary to start pluton")?;
         if let Some(parent) = args.pluton_socket.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         let _ = std::fs::remove_file(&args.pluton_socket);
-        let child = std::process::Command::new(&exe)
+        let mut command = std::process::Command::new(&exe);
+        tokens.hand_to(&mut command);
+        let child = command
             .arg("pluton")
             .arg("--socket")
             .arg(&args.pluton_socket)
@@ -305,7 +315,9 @@ pub fn run_blocking(args: &BootArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
     let image_args: Vec<&str> = args.image_args.iter().map(String::as_str).collect();
     let mut backoff = args.backoff();
     while !stop.load(Ordering::SeqCst) {
-        let pluton = PlutonProcess::start(args)?;
+        // Fresh role tokens at every boot, as a power cycle would give.
+        let tokens = LaunchTokens::mint().context("minting pluton's role tokens")?;
+        let pluton = PlutonProcess::start(args, &tokens)?;
         let mut monitor = connect_monitor(args, product).context("boot root of trust")?;
         let decision = match monitor.select_boot() {
             Ok(decision) => decision,
@@ -321,6 +333,12 @@ pub fn run_blocking(args: &BootArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
             }
             Err(error) => return Err(error).context("boot selection"),
         };
+        // Measured: latch the boot registers before anything of the image runs, so no
+        // process on the unit can extend them with a measurement of its choosing.
+        monitor
+            .root_of_trust()
+            .end_boot()
+            .context("latching pluton's boot registers")?;
         let version = decision.version.to_string();
         for (slot, reason) in &decision.given_up {
             record(
@@ -333,7 +351,7 @@ pub fn run_blocking(args: &BootArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
         }
         tracing::info!(slot = %decision.slot, %version, trial = decision.trial, "booting");
         let started = Instant::now();
-        let end = run_image(args, &decision, &image_args, &mut monitor, stop);
+        let end = run_image(args, &decision, &image_args, &tokens, &mut monitor, stop);
         let ran_for = started.elapsed();
         let exit = match end {
             BootEnd::StopRequested => break,
@@ -412,6 +430,7 @@ fn run_image(
     args: &BootArgs,
     decision: &BootDecision,
     image_args: &[&str],
+    tokens: &LaunchTokens,
     monitor: &mut Monitor,
     stop: &AtomicBool,
 ) -> BootEnd {
@@ -419,6 +438,7 @@ fn run_image(
     let spawned = launch::command(decision, &args.state_dir, &args.run_dir, image_args)
         .map_err(|error| error.to_string())
         .and_then(|mut command| {
+            tokens.hand_to(&mut command);
             command
                 .env(TRIAL_DEADLINE_ENV, deadline.as_millis().to_string())
                 .stdin(Stdio::null())

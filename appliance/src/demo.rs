@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo::{DemoPorts, DemoWorld, DeviceIdentity};
+use warden_pluton_api::launch_tokens::LaunchTokens;
 
 use crate::config::ApplianceConfig;
 
@@ -39,8 +40,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
-    let mut pluton = start_pluton(&args.state_dir).await?;
-    let identity = pluton_identity(args.state_dir.join(PLUTON_SOCKET)).await?;
+    // The demo is the host: it mints pluton's role tokens, hands them all to pluton and
+    // holds them itself (one process plays every compartment).
+    let tokens = LaunchTokens::mint().context("minting pluton's role tokens")?;
+    let mut pluton = start_pluton(&args.state_dir, &tokens).await?;
+    if !warden_pluton_api::launch_tokens::install(tokens) {
+        anyhow::bail!("this process already holds pluton role tokens from its environment");
+    }
+    let identity = pluton_identity(&args.state_dir).await?;
     let world =
         match DemoWorld::start(&args.state_dir, ports, Some(identity), shutdown.clone()).await {
             Ok(world) => world,
@@ -132,11 +139,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 const PLUTON_SOCKET: &str = "pluton.sock";
 
 /// Starts pluton as its own process: this binary with the `pluton` role.
-async fn start_pluton(state_dir: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
+async fn start_pluton(
+    state_dir: &std::path::Path,
+    tokens: &LaunchTokens,
+) -> anyhow::Result<tokio::process::Child> {
     let exe = std::env::current_exe().context("cannot find the warden binary")?;
     let socket = state_dir.join(PLUTON_SOCKET);
     let _ = std::fs::remove_file(&socket);
-    tokio::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    tokens.hand_to(&mut command);
+    tokio::process::Command::from(command)
         .arg("pluton")
         .arg("--socket")
         .arg(&socket)
@@ -147,9 +159,28 @@ async fn start_pluton(state_dir: &std::path::Path) -> anyhow::Result<tokio::proc
         .context("cannot start the pluton process")
 }
 
+/// Connects to pluton as the factory would (the boot role, with the provisioning
+/// capability pluton wrote on its first start).
+fn provisioning_client(
+    state_dir: &std::path::Path,
+) -> anyhow::Result<warden_pluton_api::PlutonClient> {
+    let socket = state_dir.join(PLUTON_SOCKET);
+    let capability_file = state_dir.join("pluton").join("provisioning.capability");
+    let mut client = warden_pluton_api::PlutonClient::connect(&socket)
+        .map_err(|e| anyhow::anyhow!("pluton {}: {e}", socket.display()))?;
+    let capability = warden_pluton::server::read_capability_file(&capability_file)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    client
+        .authenticate_boot(&capability)
+        .map_err(|e| anyhow::anyhow!("pluton refused the provisioning capability: {e}"))?;
+    Ok(client)
+}
+
 /// Connects to pluton (waiting for it to listen) and returns its identity, creating
 /// one on first start.
-async fn pluton_identity(socket: PathBuf) -> anyhow::Result<DeviceIdentity> {
+async fn pluton_identity(state_dir: &std::path::Path) -> anyhow::Result<DeviceIdentity> {
+    let socket = state_dir.join(PLUTON_SOCKET);
+    let state_dir = state_dir.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut client = None;
         for _ in 0..100 {
@@ -161,8 +192,8 @@ async fn pluton_identity(socket: PathBuf) -> anyhow::Result<DeviceIdentity> {
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
             }
         }
-        let mut client =
-            client.with_context(|| format!("pluton did not listen on {}", socket.display()))?;
+        drop(client.with_context(|| format!("pluton did not listen on {}", socket.display()))?);
+        let mut client = provisioning_client(&state_dir)?;
         let identity = match client.export_identity() {
             Ok(identity) => identity,
             Err(_) => client
@@ -185,11 +216,10 @@ async fn install_vendor_root(
     pki: &warden_hil::demo_pki::DemoPki,
 ) -> anyhow::Result<()> {
     let root = pki.vendor_root_public_key()?;
-    let socket = state_dir.join(PLUTON_SOCKET);
+    let state_dir = state_dir.to_owned();
     let capability_file = state_dir.join("pluton").join("provisioning.capability");
     tokio::task::spawn_blocking(move || {
-        let mut client = warden_pluton_api::PlutonClient::connect(&socket)
-            .map_err(|e| anyhow::anyhow!("pluton {}: {e}", socket.display()))?;
+        let mut client = provisioning_client(&state_dir)?;
         let installed = client
             .root_keys()
             .map_err(|e| anyhow::anyhow!("pluton root keys: {e}"))?;

@@ -12,6 +12,7 @@ pub mod control;
 pub mod demo;
 pub mod failure_reports;
 pub mod metrics;
+pub mod pluton_host;
 pub mod ports;
 pub mod roles;
 pub mod runtime;

@@ -87,6 +87,11 @@ enum Command {
         /// its own PID, so a boot stage killed outright does not leave pluton behind).
         #[arg(long)]
         parent_pid: Option<u32>,
+        /// Give every caller not named by a launch token or a role uid the transitional
+        /// `unseparated` role (any local process may then sign as the device; for hosts
+        /// that do not hand out roles).
+        #[arg(long)]
+        unseparated: bool,
     },
     /// Build, sign, inspect and verify firmware images.
     #[command(subcommand)]
@@ -150,12 +155,11 @@ fn main() -> ExitCode {
             state_dir,
             firmware_version,
             parent_pid,
+            unseparated,
         }) => run_async(async move {
-            // Transitional until the appliance hands out roles (issue #19): every caller
-            // unseparated; the boot registers only with the provisioning capability.
             let options = warden_pluton::server::ServeOptions {
                 firmware_version,
-                roles: warden_pluton::server::CallerRoles::unseparated(),
+                roles: warden::pluton_host::caller_roles_from_env(unseparated)?,
                 ..Default::default()
             };
             tokio::select! {
@@ -296,9 +300,10 @@ fn compartment(role: &str, args: &[String]) -> anyhow::Result<ExitCode> {
             let compartment = warden_os::monitor::compartment::enter_from_env()?;
             compartment.start_heartbeat();
             warden::compartments::runtime()?.block_on(async move {
-                // Transitional until the manifest's uids become roles (issue #19).
+                // The monitor handed pluton every role's token, and each role's uid when
+                // it runs as root.
                 let serve = warden_pluton::server::ServeOptions {
-                    roles: warden_pluton::server::CallerRoles::unseparated(),
+                    roles: warden::pluton_host::caller_roles_from_env(false)?,
                     ..Default::default()
                 };
                 warden_pluton::server::serve(&options.socket, &options.state_dir, serve).await?;

@@ -49,12 +49,11 @@ impl StartingPolicy {
     pub fn load(config: &ApplianceConfig) -> Result<Self, StartingPolicyError> {
         let bundle_store = match &config.policy.bundle_dir {
             Some(dir) => {
-                let roots = crate::twin::policy_roots(config.link.pluton_socket.as_deref())?;
-                Some(crate::twin::open_store(
-                    dir,
-                    &roots,
-                    &config.device.product,
-                )?)
+                let pluton = config.link.pluton_socket.as_deref();
+                let roots = crate::twin::policy_roots(pluton)?;
+                let mut store = crate::twin::open_store(dir, &roots, &config.device.product)?;
+                crate::twin::enforce_bundle_floor(&mut store, dir, pluton)?;
+                Some(store)
             }
             None => None,
         };

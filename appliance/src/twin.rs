@@ -27,6 +27,15 @@ pub enum TwinError {
     /// Pluton did not list its root keys.
     #[error("pluton root keys: {0}")]
     RootKeys(String),
+    /// The stored bundle is older than one this unit already applied (pluton's
+    /// `PolicyBundleFloor`): `current.bundle` was rolled back on disk.
+    #[error("policy bundle {}: {source}; the unit refuses to start on it (restore a bundle at or above the floor, or let the fleet send the current one)", file.display())]
+    RolledBack {
+        /// The stored bundle file.
+        file: PathBuf,
+        /// The versions.
+        source: warden_pluton_api::bundle_floor::BundleFloorError,
+    },
     /// The config's product is not a product ID.
     #[error("product {0:?} is not a valid product id")]
     Product(String),
@@ -45,11 +54,7 @@ pub fn policy_roots(pluton_socket: Option<&Path>) -> Result<Vec<RootKey>, TwinEr
     let Some(socket) = pluton_socket else {
         return Ok(Vec::new());
     };
-    let mut client =
-        warden_pluton_api::PlutonClient::connect(socket).map_err(|e| TwinError::Pluton {
-            socket: socket.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+    let mut client = bridges_client(socket)?;
     let installed = client
         .root_keys()
         .map_err(|e| TwinError::RootKeys(e.to_string()))?;
@@ -58,6 +63,60 @@ pub fn policy_roots(pluton_socket: Option<&Path>) -> Result<Vec<RootKey>, TwinEr
         .filter_map(|root| root.to_root_key().ok())
         .filter(|root| root.purposes().bits() & Purpose::POLICY.bits() != 0)
         .collect())
+}
+
+/// A connection to pluton as the bridges (the role that reads the policy roots and owns
+/// the bundle floor).
+fn bridges_client(socket: &Path) -> Result<warden_pluton_api::PlutonClient, TwinError> {
+    warden_pluton_api::launch_tokens::connect_for(socket, warden_pluton_api::Role::Bridges).map_err(
+        |e| TwinError::Pluton {
+            socket: socket.to_path_buf(),
+            detail: e.to_string(),
+        },
+    )
+}
+
+/// Holds the stored bundle to pluton's bundle floor: refuses one below it (rolled back
+/// on disk), then makes the floor the store's own rollback floor. Without pluton the
+/// store keeps only the floor it finds on disk.
+pub fn enforce_bundle_floor(
+    store: &mut BundleStore,
+    dir: &Path,
+    pluton_socket: Option<&Path>,
+) -> Result<(), TwinError> {
+    let Some(socket) = pluton_socket else {
+        return Ok(());
+    };
+    let mut client = bridges_client(socket)?;
+    let stored = store.current().map(|applied| applied.header.version);
+    let floor = warden_pluton_api::bundle_floor::check_stored_bundle(&mut client, stored).map_err(
+        |source| match source {
+            source @ warden_pluton_api::bundle_floor::BundleFloorError::RolledBack { .. } => {
+                TwinError::RolledBack {
+                    file: dir.join(warden_policy::bundle::store::CURRENT_FILE),
+                    source,
+                }
+            }
+            other => TwinError::Pluton {
+                socket: socket.to_path_buf(),
+                detail: other.to_string(),
+            },
+        },
+    )?;
+    store.set_rollback_floor(floor);
+    Ok(())
+}
+
+/// Raises pluton's bundle floor to an applied bundle's version (blocking: one round
+/// trip on pluton's socket).
+fn record_applied_bundle(socket: &Path, version: u64) -> Result<u64, TwinError> {
+    let mut client = bridges_client(socket)?;
+    warden_pluton_api::bundle_floor::record_applied_bundle(&mut client, version).map_err(|e| {
+        TwinError::Pluton {
+            socket: socket.to_path_buf(),
+            detail: e.to_string(),
+        }
+    })
 }
 
 /// Opens the unit's bundle store: the last good bundle, verified again.
@@ -89,20 +148,50 @@ pub fn reported_for(
 pub struct PolicyTwin {
     store: Option<BundleStore>,
     reported: Arc<Mutex<TwinReported>>,
+    /// Pluton, whose bundle floor follows every applied bundle.
+    pluton_socket: Option<PathBuf>,
 }
 
 impl PolicyTwin {
-    /// Starts from `store` (if the unit takes bundles) and the policy it runs.
-    pub fn new(store: Option<BundleStore>, current: TwinReported) -> Self {
+    /// Starts from `store` (if the unit takes bundles) and the policy it runs; each
+    /// applied bundle raises the floor in the pluton at `pluton_socket`.
+    pub fn new(
+        store: Option<BundleStore>,
+        current: TwinReported,
+        pluton_socket: Option<PathBuf>,
+    ) -> Self {
         Self {
             store,
             reported: Arc::new(Mutex::new(current)),
+            pluton_socket,
         }
     }
 
     /// What the unit reports now (shared: a new link hears it first).
     pub fn reported(&self) -> Arc<Mutex<TwinReported>> {
         Arc::clone(&self.reported)
+    }
+
+    /// Raises pluton's bundle floor to `version` (the bundle is on disk already: a
+    /// crash before this leaves the floor below it, still accepted). Returns what the
+    /// applied event adds: nothing, or why the floor stayed where it was.
+    async fn raise_floor(&self, version: u64) -> String {
+        let Some(socket) = self.pluton_socket.clone() else {
+            return String::new();
+        };
+        let raised =
+            tokio::task::spawn_blocking(move || record_applied_bundle(&socket, version)).await;
+        match raised {
+            Ok(Ok(_)) => String::new(),
+            Ok(Err(error)) => {
+                tracing::error!(%error, version, "the policy bundle floor was not raised");
+                format!("; the anti-rollback floor was not raised: {error}")
+            }
+            Err(error) => {
+                tracing::error!(%error, version, "the policy bundle floor task failed");
+                format!("; the anti-rollback floor was not raised: {error}")
+            }
+        }
     }
 
     /// Applies a desired state's bundle, if it carries one: a bundle that verifies
@@ -130,10 +219,11 @@ impl PolicyTwin {
                 let policy = Arc::new(policy);
                 let cores = bridges.apply_policy(&policy, bundle).await;
                 tracing::info!(version, "applied a verified policy bundle");
+                let floor = self.raise_floor(version).await;
                 let event = DeviceEvent::now(
                     event_kind::POLICY_APPLIED,
                     format!(
-                        "policy bundle version {version} ({}) verified and applied to {} bridges{cores}",
+                        "policy bundle version {version} ({}) verified and applied to {} bridges{cores}{floor}",
                         policy.policy_name().unwrap_or("unnamed"),
                         bridges.len()
                     ),

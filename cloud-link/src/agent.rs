@@ -1205,7 +1205,7 @@ async fn answer_challenge(
             nonce.len()
         )),
         (Some(socket), Some(nonce)) => tokio::task::spawn_blocking(move || {
-            warden_pluton_api::PlutonClient::connect(&socket)
+            warden_pluton_api::launch_tokens::connect_for(&socket, warden_pluton_api::Role::Link)
                 .and_then(|mut client| client.quote(&nonce))
                 .map_err(|e| e.to_string())
         })

@@ -14,7 +14,8 @@ use warden_pluton_api::{ClientError, PlutonClient};
 /// The measurement register boot extends with each image it runs (the image's header
 /// digest).
 pub const IMAGE_MEASUREMENT_REGISTER: u8 = 0;
-/// The monotonic counter that holds the images' anti-rollback floor.
+/// The monotonic counter that holds the images' anti-rollback floor: pluton's
+/// `CounterName::ImageFloor` (its rights table gives its index; a test holds them equal).
 pub const IMAGE_SECURITY_COUNTER: u8 = 0;
 
 /// The root of trust refused or could not be reached.
@@ -172,6 +173,12 @@ impl PlutonRootOfTrust {
         }
     }
 
+    /// Latch pluton's boot registers until it restarts: what the boot stage does once the
+    /// image is measured and before it runs, so nothing the image runs can extend them.
+    pub fn end_boot(&mut self) -> Result<(), RootOfTrustError> {
+        Ok(self.client.end_boot()?)
+    }
+
     /// Connect to pluton's socket and read the capability file (32 raw bytes).
     pub fn connect(
         socket: &Path,
@@ -191,12 +198,12 @@ impl PlutonRootOfTrust {
                 bytes.len()
             ))
         })?;
-        let client = PlutonClient::connect(socket)?;
-        Ok(Self::new(
-            client,
-            ProvisioningCapability::from_bytes(token),
-            revoked,
-        ))
+        let capability = ProvisioningCapability::from_bytes(token);
+        let mut client = PlutonClient::connect(socket)?;
+        // The capability makes this connection the boot role (pluton's rights table):
+        // reading the counters and the roots needs a role, measuring needs this one.
+        client.authenticate_boot(&capability)?;
+        Ok(Self::new(client, capability, revoked))
     }
 }
 
@@ -228,5 +235,19 @@ impl BootRootOfTrust for PlutonRootOfTrust {
         Ok(self
             .client
             .advance_counter(&self.capability, IMAGE_SECURITY_COUNTER, value)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IMAGE_SECURITY_COUNTER;
+    use warden_pluton::CounterName;
+
+    #[test]
+    fn the_image_floor_is_the_counter_pluton_names_image_floor() {
+        assert_eq!(
+            IMAGE_SECURITY_COUNTER,
+            CounterName::ImageFloor.rights().index
+        );
     }
 }

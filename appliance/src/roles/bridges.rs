@@ -103,7 +103,11 @@ pub async fn start(
     } = ports;
     // What a (new) link hears first: the policy the bridges run, and the command
     // results it has not confirmed queueing (a restart of either side in between).
-    let twin = PolicyTwin::new(bundle_store, initial_report);
+    let twin = PolicyTwin::new(
+        bundle_store,
+        initial_report,
+        config.link.pluton_socket.clone(),
+    );
     let (reported, greeting_log) = (twin.reported(), Arc::clone(&log));
     to_link
         .greet(Arc::new(move || {

@@ -12,10 +12,13 @@ pub struct UnprivilegedRootOfTrust {
 }
 
 impl UnprivilegedRootOfTrust {
-    /// Connects to pluton's socket.
+    /// Connects to pluton's socket as the link (today the update agent).
     pub fn connect(socket: &Path) -> Result<Self, RootOfTrustError> {
         Ok(Self {
-            client: warden_pluton_api::PlutonClient::connect(socket)?,
+            client: warden_pluton_api::launch_tokens::connect_for(
+                socket,
+                warden_pluton_api::Role::Link,
+            )?,
         })
     }
 

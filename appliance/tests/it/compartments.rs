@@ -228,7 +228,14 @@ fn provision_pluton(socket: &Path, state: &Path) -> DeviceIdentity {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut client = client.expect("pluton listens");
+    drop(client.expect("pluton listens"));
+    // The factory is the boot role: it presents the provisioning capability.
+    let capability = warden_pluton::server::read_capability_file(
+        &state.join(warden_pluton::server::DEFAULT_CAPABILITY_FILE_NAME),
+    )
+    .expect("capability");
+    let mut client =
+        warden_pluton_api::PlutonClient::connect_as_boot(socket, &capability).expect("boot role");
     let identity = client.create_identity(None).expect("identity");
     drop(client);
     let _ = pluton.kill();

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use warden_pluton_api::launch_tokens::LaunchTokens;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -620,8 +621,14 @@ impl Drop for PlutonProcess {
     }
 }
 
-fn start_pluton(socket: &Path, state: &Path) -> (PlutonProcess, warden_hil::demo::DeviceIdentity) {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+fn start_pluton(
+    socket: &Path,
+    state: &Path,
+    tokens: &LaunchTokens,
+) -> (PlutonProcess, warden_hil::demo::DeviceIdentity) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_warden"));
+    tokens.hand_to(&mut command);
+    let child = command
         .arg("pluton")
         .arg("--socket")
         .arg(socket)
@@ -640,8 +647,14 @@ fn start_pluton(socket: &Path, state: &Path) -> (PlutonProcess, warden_hil::demo
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let identity = client
-        .expect("pluton listens")
+    drop(client.expect("pluton listens"));
+    // The factory is the boot role: it presents the provisioning capability.
+    let capability = warden_pluton::server::read_capability_file(
+        &state.join(warden_pluton::server::DEFAULT_CAPABILITY_FILE_NAME),
+    )
+    .expect("capability");
+    let identity = warden_pluton_api::PlutonClient::connect_as_boot(socket, &capability)
+        .expect("boot role")
         .create_identity(None)
         .expect("identity");
     (
@@ -683,7 +696,9 @@ async fn status_page_shows_slots_attestation_and_failure_reports_in_chromium() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path();
     let socket = state.join("pluton.sock");
-    let (_pluton, identity) = start_pluton(&socket, &state.join("pluton"));
+    // As `warden boot` would: one token per role, pluton and the appliance get them.
+    let tokens = LaunchTokens::mint().expect("role tokens");
+    let (_pluton, identity) = start_pluton(&socket, &state.join("pluton"), &tokens);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let world = warden_hil::demo::DemoWorld::start(
         state,
@@ -727,7 +742,9 @@ async fn status_page_shows_slots_attestation_and_failure_reports_in_chromium() {
     let hash = warden::status_page::auth::hash_password(password).expect("hash");
     warden::status_page::auth::write_password_hash(&state.join("status-page/password.phc"), &hash)
         .expect("password");
-    let mut appliance = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+    let mut appliance = std::process::Command::new(env!("CARGO_BIN_EXE_warden"));
+    tokens.hand_to(&mut appliance);
+    let mut appliance = appliance
         .args(["run", "--config"])
         .arg(&world.appliance_config)
         .env("RUST_LOG", "warn")

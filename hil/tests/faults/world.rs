@@ -9,6 +9,7 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use warden_pluton_api::launch_tokens::LaunchTokens;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -293,6 +294,9 @@ pub struct World {
     fleet_config: PathBuf,
     appliance_config: PathBuf,
     pluton_socket: PathBuf,
+    /// The role tokens this world's pluton and appliance are launched with (as
+    /// `warden boot` would mint them).
+    pluton_tokens: LaunchTokens,
     http: reqwest::Client,
     _temp: tempfile::TempDir,
 }
@@ -322,11 +326,18 @@ impl World {
             .map(|size| Tmpfs::mount(&outbox_dir, size));
 
         let pluton_socket = dir.join("pluton.sock");
+        let pluton_tokens = LaunchTokens::mint().expect("role tokens");
         if options.pluton {
             // The factory: pluton makes the identity; the certificate names its key.
-            let mut pluton = start_pluton(&dir, &pluton_socket);
+            let mut pluton = start_pluton(&dir, &pluton_socket, &pluton_tokens);
+            let capability = warden_pluton::server::read_capability_file(
+                &dir.join("pluton")
+                    .join(warden_pluton::server::DEFAULT_CAPABILITY_FILE_NAME),
+            )
+            .expect("capability");
             let mut client =
-                warden_pluton_api::PlutonClient::connect(&pluton_socket).expect("pluton");
+                warden_pluton_api::PlutonClient::connect_as_boot(&pluton_socket, &capability)
+                    .expect("pluton");
             let identity = client.create_identity(None).expect("identity");
             let device_id = identity.device_id.to_string();
             let cert = pki
@@ -466,6 +477,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
             fleet_config,
             appliance_config,
             pluton_socket,
+            pluton_tokens,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -534,6 +546,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
     pub async fn start_appliance(&mut self) {
         assert!(self.appliance.is_none(), "the appliance is already running");
         let mut command = Command::new(workspace_binary("warden"));
+        self.pluton_tokens.hand_to(&mut command);
         command
             .arg("run")
             .arg("--config")
@@ -565,6 +578,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
     pub fn spawn_appliance(&mut self) {
         assert!(self.appliance.is_none(), "the appliance is already running");
         let mut command = Command::new(workspace_binary("warden"));
+        self.pluton_tokens.hand_to(&mut command);
         command
             .arg("run")
             .arg("--config")
@@ -602,7 +616,11 @@ metrics_listen = "127.0.0.1:{metrics_port}"
 
     /// Starts `warden pluton` on the socket the appliance config names.
     pub fn start_pluton(&mut self) {
-        self.pluton = Some(start_pluton(&self.dir, &self.pluton_socket));
+        self.pluton = Some(start_pluton(
+            &self.dir,
+            &self.pluton_socket,
+            &self.pluton_tokens,
+        ));
     }
 
     /// The appliance's status (what `warden status --json` prints), if it answers.
@@ -807,8 +825,9 @@ impl Drop for World {
 }
 
 /// Starts `warden pluton` with its state in `dir/pluton` and waits until it answers.
-fn start_pluton(dir: &Path, socket: &Path) -> Process {
+fn start_pluton(dir: &Path, socket: &Path, tokens: &LaunchTokens) -> Process {
     let mut command = Command::new(workspace_binary("warden"));
+    tokens.hand_to(&mut command);
     command
         .arg("pluton")
         .arg("--socket")

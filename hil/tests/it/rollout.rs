@@ -148,10 +148,12 @@ fn start_pluton(warden: &Path, dir: &Path) -> (Child, warden_pluton_api::PlutonC
 fn manufacture(warden: &Path, dir: &Path, vendor_root: &[u8; 65], v1: &[u8]) -> (String, [u8; 65]) {
     std::fs::create_dir_all(dir).expect("device dir");
     let (mut pluton, mut client) = start_pluton(warden, dir);
-    let identity = client.create_identity(None).expect("identity");
     let capability_file = dir.join("pluton/provisioning.capability");
     let capability =
         warden_pluton::server::read_capability_file(&capability_file).expect("capability");
+    // The factory is the boot role: it holds the provisioning capability.
+    client.authenticate_boot(&capability).expect("boot role");
+    let identity = client.create_identity(None).expect("identity");
     client
         .install_root_key(
             &capability,

@@ -30,6 +30,11 @@ use manifest::Manifest;
 use crate::reports::{FailureKind, ReportError, ReportStore};
 use crate::sandbox::{KernelSupport, SandboxMode};
 use trial::{TrialCrashSink, TrialCrashVerdict};
+use warden_pluton::Role;
+use warden_pluton_api::LaunchTokenError;
+use warden_pluton_api::launch_tokens::{
+    COMPARTMENT_ROLES, LaunchTokens, ROLE_UIDS_ENV, format_role_uids,
+};
 
 /// How the monitor runs compartments.
 #[derive(Debug, Clone)]
@@ -79,6 +84,9 @@ pub enum MonitorError {
         /// Why.
         source: std::io::Error,
     },
+    /// Pluton's role tokens are malformed in the environment or cannot be minted.
+    #[error(transparent)]
+    PlutonTokens(#[from] LaunchTokenError),
     /// The grants could not be serialised.
     #[error("cannot encode the grants of `{name}`: {detail}")]
     Grants {
@@ -133,6 +141,9 @@ pub struct Monitor {
     trial: Option<Box<dyn TrialCrashSink>>,
     trial_crashes: u32,
     rolled_back: Option<String>,
+    /// Pluton's role tokens: inherited from the boot stage, else minted here. Pluton
+    /// gets all of them, each compartment named after a role only its own.
+    pluton_tokens: LaunchTokens,
 }
 
 impl Monitor {
@@ -155,7 +166,14 @@ impl Monitor {
             manifest.monitor.report_capacity,
             &options.image_version,
         )?;
+        let inherited = LaunchTokens::from_env()?;
+        let pluton_tokens = if inherited.is_empty() {
+            LaunchTokens::mint()?
+        } else {
+            inherited
+        };
         Ok(Self {
+            pluton_tokens,
             manifest,
             options,
             store,
@@ -269,7 +287,9 @@ impl Monitor {
             source,
         };
         let (ours, theirs) = UnixStream::pair().map_err(spawn_error)?;
-        let child = Command::new(&self.options.program)
+        let mut command = Command::new(&self.options.program);
+        self.hand_pluton_roles(name, &entry.role, &mut command);
+        let child = command
             .args(&self.options.program_prefix)
             .arg(&entry.role)
             .args(&entry.args)
@@ -316,6 +336,33 @@ impl Monitor {
         let name = name.to_owned();
         std::thread::spawn(move || read_channel(reader, &name, generation, &sender));
         Ok(())
+    }
+
+    /// What a compartment learns at launch about pluton's roles: pluton every role's
+    /// token (and, as root, every role's uid from the manifest); a compartment named
+    /// after a role (`link`, `bridges`, `status-page`, `updates`) that role's token; any
+    /// other compartment none.
+    fn hand_pluton_roles(&self, name: &str, role: &str, command: &mut Command) {
+        command.env_remove(ROLE_UIDS_ENV);
+        if role == "pluton" {
+            self.pluton_tokens.hand_to(command);
+            if nix::unistd::geteuid().is_root() {
+                let uids = self
+                    .manifest
+                    .compartment
+                    .iter()
+                    .filter_map(|(name, entry)| {
+                        let role = pluton_role(name)?;
+                        Some((role, entry.uid))
+                    });
+                command.env(ROLE_UIDS_ENV, format_role_uids(uids));
+            }
+            return;
+        }
+        match pluton_role(name) {
+            Some(role) => self.pluton_tokens.only(role).hand_to(command),
+            None => LaunchTokens::default().hand_to(command),
+        }
     }
 
     fn handle(&mut self, name: &str, generation: u64, event: Event) {
@@ -526,6 +573,11 @@ impl Drop for Monitor {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// The pluton role of the compartment named `name`, if it is named after one.
+fn pluton_role(name: &str) -> Option<Role> {
+    Role::from_name(name).filter(|role| COMPARTMENT_ROLES.contains(role))
 }
 
 /// Makes `path` (recursively, not following symlinks) owned by `uid`:`uid`, so the

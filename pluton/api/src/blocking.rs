@@ -65,6 +65,17 @@ impl PlutonClient {
         Ok(client)
     }
 
+    /// Connect as the boot role: present the provisioning capability (the boot stage,
+    /// the monitor, the provisioning station).
+    pub fn connect_as_boot(
+        socket_path: impl AsRef<Path>,
+        capability: &ProvisioningCapability,
+    ) -> Result<Self, ClientError> {
+        let mut client = Self::connect(socket_path)?;
+        client.authenticate_boot(capability)?;
+        Ok(client)
+    }
+
     /// Present a role token the host handed this compartment at launch; the connection
     /// then has that role's rights. Needed where pluton cannot tell roles apart by uid.
     pub fn authenticate(&mut self, token: &RoleToken) -> Result<Role, ClientError> {

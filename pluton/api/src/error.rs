@@ -39,12 +39,47 @@ pub enum ClientError {
         /// The request.
         operation: &'static str,
     },
+    /// The role tokens this process was launched with are unusable.
+    #[error(transparent)]
+    LaunchToken(#[from] LaunchTokenError),
     /// An argument is larger than the protocol allows.
     #[error("{argument} is too large for the pluton protocol")]
     ArgumentTooLarge {
         /// Which argument.
         argument: &'static str,
     },
+}
+
+/// Why the launch tokens in the environment cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchTokenError {
+    /// A `WARDEN_PLUTON_TOKEN_*` variable is not 64 hex digits.
+    #[error("environment variable {variable}: expected 64 hex digits")]
+    Malformed {
+        /// The variable's name.
+        variable: String,
+    },
+    /// A `WARDEN_PLUTON_TOKEN_*` variable names no role a token can be issued for.
+    #[error(
+        "environment variable {variable}: no such role (roles: link, bridges, status-page, updates)"
+    )]
+    UnknownRole {
+        /// The variable's name.
+        variable: String,
+    },
+    /// An entry of `WARDEN_PLUTON_ROLE_UIDS` is not `role=uid` with a compartment role
+    /// and a non-root uid given to one role only.
+    #[error(
+        "environment variable WARDEN_PLUTON_ROLE_UIDS: entry {entry:?} is not role=uid (roles: link, bridges, status-page, updates; uid not 0, one role per uid)"
+    )]
+    RoleUid {
+        /// The entry.
+        entry: String,
+    },
+    /// No randomness to mint a token.
+    #[error("cannot mint a role token: {0}")]
+    Mint(warden_pluton::PlutonError),
 }
 
 /// The name of a request, for error messages.

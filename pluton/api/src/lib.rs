@@ -6,6 +6,7 @@ mod blocking;
 pub mod bundle_floor;
 mod error;
 mod frame_io;
+pub mod launch_tokens;
 mod tls_signer;
 
 #[cfg(feature = "tokio")]
@@ -19,5 +20,5 @@ pub use warden_pluton::{
     Role, RoleToken, StatusInfo,
 };
 
-pub use error::ClientError;
+pub use error::{ClientError, LaunchTokenError};
 pub use frame_io::DEFAULT_TIMEOUT;

@@ -10,7 +10,7 @@ use rustls::{SignatureAlgorithm, SignatureScheme};
 
 use crate::blocking::PlutonClient;
 use crate::error::ClientError;
-use warden_pluton::{DeviceId, RoleToken};
+use warden_pluton::{DeviceId, Role, RoleToken};
 
 /// DER prefix of a P-256 SubjectPublicKeyInfo (id-ecPublicKey, prime256v1, 65-byte point).
 const P256_SPKI_PREFIX: [u8; 26] = [
@@ -49,10 +49,12 @@ struct Shared {
 }
 
 impl PlutonSigningKey {
-    /// Connect to pluton and fetch the identity's public key (the caller's uid gives it
-    /// the link role).
+    /// Connect to pluton as the link and fetch the identity's public key: with the link's
+    /// launch token when this process holds one ([`crate::launch_tokens`]), otherwise
+    /// the caller's uid gives it the link role.
     pub fn connect(socket_path: impl AsRef<Path>) -> Result<Self, ClientError> {
-        Self::connect_with_token(socket_path, None)
+        let token = crate::launch_tokens::held()?.token(Role::Link).cloned();
+        Self::connect_with_token(socket_path, token)
     }
 
     /// Connect, presenting the link's role token when given (on every reconnection too),
