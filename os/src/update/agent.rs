@@ -165,8 +165,7 @@ impl UpdateAgent {
 
     /// The complete, digest-checked download of `offer`.
     pub fn staged_path(&self, offer: &UpdateOffer) -> PathBuf {
-        self.download_dir
-            .join(format!("{}.wim", hex(offer.sha256)))
+        self.download_dir.join(format!("{}.wim", hex(offer.sha256)))
     }
 
     /// One download attempt: resumes a partial file with an HTTP range request, checks
