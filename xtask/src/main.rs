@@ -53,11 +53,7 @@ fn main() -> ExitCode {
             all.extend(cargo(embedded()));
             all.extend(firmware());
             all.extend(package::steps());
-            // Not `fuzz_step()` yet: measured cold, the six fuzz crates' builds take far
-            // over the ~12 min a CI run can give them (cloud-link's alone 13.4 min, os's
-            // over 9.5 min, on a loaded 2-core machine; BENCHMARKS.md, Fuzzing). They fit
-            // once the ten targets build in one cargo invocation with one lockfile.
-            // Until then `cargo xtask fuzz` runs them.
+            all.push(fuzz_step());
             all
         }
         other => {
