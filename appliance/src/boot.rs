@@ -78,6 +78,12 @@ pub struct BootArgs {
     /// The socket pluton serves (the image's config names the same one).
     #[arg(long, default_value = "/run/warden/pluton/pluton.sock")]
     pub pluton_socket: PathBuf,
+    /// Where pluton keeps its keys: `software` or `tpm` (`warden pluton --backend`).
+    #[arg(long, value_parser = ["software", "tpm"], default_value = "software")]
+    pub pluton_backend: String,
+    /// The TPM's TCTI with `--pluton-backend tpm`.
+    #[arg(long, default_value = "device:/dev/tpmrm0")]
+    pub pluton_tcti: String,
     /// Pluton's provisioning capability (default: `provisioning.capability` in its
     /// state directory).
     #[arg(long)]
@@ -234,6 +240,10 @@ impl PlutonProcess {
             .arg(&args.pluton_state_dir)
             .arg("--parent-pid")
             .arg(std::process::id().to_string())
+            .arg("--backend")
+            .arg(&args.pluton_backend)
+            .arg("--tcti")
+            .arg(&args.pluton_tcti)
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start pluton ({})", exe.display()))?;

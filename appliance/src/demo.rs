@@ -45,7 +45,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let tokens = LaunchTokens::mint().context("minting pluton's role tokens")?;
     let mut pluton = start_pluton(&args.state_dir, &tokens).await?;
     if !warden_pluton_api::launch_tokens::install(tokens) {
-        anyhow::bail!("this process already holds pluton role tokens from its environment");
+        anyhow::bail!("pluton role tokens were already set in this process");
     }
     let identity = pluton_identity(&args.state_dir).await?;
     let world =
@@ -154,6 +154,9 @@ async fn start_pluton(
         .arg(&socket)
         .arg("--state-dir")
         .arg(state_dir.join("pluton"))
+        // A demo killed outright (SIGKILL) does not leave pluton behind.
+        .arg("--parent-pid")
+        .arg(std::process::id().to_string())
         .kill_on_drop(true)
         .spawn()
         .context("cannot start the pluton process")

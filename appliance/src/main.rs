@@ -92,6 +92,14 @@ enum Command {
         /// that do not hand out roles).
         #[arg(long)]
         unseparated: bool,
+        /// Where pluton keeps its keys: `software` (its state directory) or `tpm` (a TPM
+        /// 2.0; needs a build with the `tpm` feature).
+        #[arg(long, value_parser = ["software", "tpm"], default_value = "software")]
+        backend: String,
+        /// The TPM's TCTI with `--backend tpm`: `device:/dev/tpmrm0` on hardware,
+        /// `swtpm:host=127.0.0.1,port=2321` for swtpm.
+        #[arg(long, default_value = "device:/dev/tpmrm0")]
+        tcti: String,
     },
     /// Build, sign, inspect and verify firmware images.
     #[command(subcommand)]
@@ -156,8 +164,14 @@ fn main() -> ExitCode {
             firmware_version,
             parent_pid,
             unseparated,
+            backend,
+            tcti,
         }) => run_async(async move {
             let options = warden_pluton::server::ServeOptions {
+                backend: match backend.as_str() {
+                    "tpm" => warden_pluton::server::Backend::Tpm { tcti },
+                    _ => warden_pluton::server::Backend::Software,
+                },
                 firmware_version,
                 roles: warden::pluton_host::caller_roles_from_env(unseparated)?,
                 ..Default::default()

@@ -109,7 +109,7 @@ pub fn enforce_bundle_floor(
 
 /// Raises pluton's bundle floor to an applied bundle's version (blocking: one round
 /// trip on pluton's socket).
-fn record_applied_bundle(socket: &Path, version: u64) -> Result<u64, TwinError> {
+pub fn record_applied_bundle(socket: &Path, version: u64) -> Result<u64, TwinError> {
     let mut client = bridges_client(socket)?;
     warden_pluton_api::bundle_floor::record_applied_bundle(&mut client, version).map_err(|e| {
         TwinError::Pluton {

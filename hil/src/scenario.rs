@@ -13,6 +13,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use warden_bridges::modbus::pdu::{FunctionCode, Request};
 use warden_bridges::modbus::tcp_client::{Answer, TcpClient};
+use warden_wire::fleet_api::{
+    Attestation, CommandView, DesiredRequest, StoredReading, TelemetryQuery, TelemetryResponse,
+    TwinView, WriteRequest, device_path, telemetry_path,
+};
 
 /// The addresses `warden demo` printed.
 #[derive(Debug, Clone, Default)]
@@ -166,34 +170,25 @@ fn configured_point(state_dir: &Path, name: &str) -> anyhow::Result<ConfiguredPo
         .with_context(|| format!("no point {name} in the demo config"))
 }
 
-#[derive(Debug, Deserialize)]
-struct Telemetry {
-    readings: Vec<ApiReading>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ApiReading {
-    value: f64,
-    ts_ms: i64,
-}
-
 /// Latest readings of `point` from the fleet API, newest first (empty while unknown).
 async fn fleet_readings(
     http: &reqwest::Client,
     urls: &DemoUrls,
     point: &str,
-) -> anyhow::Result<Vec<ApiReading>> {
-    let url = format!(
-        "{}/api/v1/devices/{}/telemetry?point={point}&limit=20",
-        urls.fleet, urls.device_id
-    );
-    let response = http.get(&url).send().await?;
+) -> anyhow::Result<Vec<StoredReading>> {
+    let url = format!("{}{}", urls.fleet, telemetry_path(&urls.device_id));
+    let query = TelemetryQuery {
+        point: Some(point.to_owned()),
+        limit: Some(20),
+        ..TelemetryQuery::default()
+    };
+    let response = http.get(&url).query(&query).send().await?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
         return Ok(Vec::new());
     }
     Ok(response
         .error_for_status()?
-        .json::<Telemetry>()
+        .json::<TelemetryResponse>()
         .await?
         .readings)
 }
@@ -241,7 +236,7 @@ pub async fn telemetry_reaches_fleet(
         Ok(fleet_readings(&http, &demo.urls, "line1/spindle_setpoint")
             .await?
             .first()
-            .map(|r| r.value))
+            .and_then(StoredReading::number))
     })
     .await
     .context("no spindle_setpoint reading reached the fleet within 30 s")?;
@@ -257,15 +252,17 @@ pub async fn telemetry_reaches_fleet(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while seen.len() < 2 && tokio::time::Instant::now() < deadline {
         for reading in fleet_readings(&http, &demo.urls, "line1/oil_temperature").await? {
-            let raw = (reading.value - temperature.offset) / temperature.scale;
+            let value = reading
+                .number()
+                .with_context(|| format!("oil_temperature holds no number: {reading:?}"))?;
+            let raw = (value - temperature.offset) / temperature.scale;
             ensure!(
                 (raw - raw.round()).abs() < 1e-6,
-                "value {} at {} is not a scaled register value",
-                reading.value,
+                "value {value} at {} is not a scaled register value",
                 reading.ts_ms
             );
-            if !seen.contains(&reading.value) {
-                seen.push(reading.value);
+            if !seen.contains(&value) {
+                seen.push(value);
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -319,26 +316,29 @@ pub async fn wait_for_reading(demo: &DemoProcess, point: &str) -> anyhow::Result
         Ok(fleet_readings(&http, &demo.urls, point)
             .await?
             .first()
-            .map(|r| r.value))
+            .and_then(StoredReading::number))
     })
     .await
     .with_context(|| format!("no {point} reading reached the fleet within 30 s"))
 }
 
-#[derive(Debug, Deserialize)]
-struct CommandView {
-    id: String,
-    status: String,
-    detail: String,
+/// A write request for `point` of `bridge`, with a command ID if given.
+fn write(bridge: &str, point: &str, value: f64, id: Option<String>) -> WriteRequest {
+    WriteRequest {
+        bridge: bridge.to_owned(),
+        point: point.to_owned(),
+        value,
+        id,
+    }
 }
 
 /// Sends a write command through the fleet API and waits (up to 20 s) for its result.
 async fn command(
     http: &reqwest::Client,
     urls: &DemoUrls,
-    body: serde_json::Value,
+    body: WriteRequest,
 ) -> anyhow::Result<CommandView> {
-    let url = format!("{}/api/v1/devices/{}/commands", urls.fleet, urls.device_id);
+    let url = format!("{}{}/commands", urls.fleet, device_path(&urls.device_id));
     let sent: CommandView = http
         .post(&url)
         .bearer_auth(&urls.fleet_token)
@@ -373,7 +373,12 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
         .build()?;
     let setpoint = configured_point(state_dir, "spindle_setpoint")?;
 
-    let allowed = command(&http, &demo.urls, serde_json::json!({"bridge": "line1", "point": "spindle_setpoint", "value": 1200.0, "id": "set-1200"})).await?;
+    let allowed = command(
+        &http,
+        &demo.urls,
+        write("line1", "spindle_setpoint", 1200.0, Some("set-1200".into())),
+    )
+    .await?;
     ensure!(
         allowed.status == "written",
         "allowed write ended {allowed:?}"
@@ -386,7 +391,7 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
     let denied = command(
         &http,
         &demo.urls,
-        serde_json::json!({"bridge": "line1", "point": "spindle_setpoint", "value": 5000.0}),
+        write("line1", "spindle_setpoint", 5000.0, None),
     )
     .await?;
     ensure!(
@@ -399,7 +404,12 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
         "a denied write reached the equipment"
     );
 
-    let repeated = command(&http, &demo.urls, serde_json::json!({"bridge": "line1", "point": "spindle_setpoint", "value": 900.0, "id": "set-1200"})).await?;
+    let repeated = command(
+        &http,
+        &demo.urls,
+        write("line1", "spindle_setpoint", 900.0, Some("set-1200".into())),
+    )
+    .await?;
     ensure!(
         repeated.status == "written" && repeated.id == "set-1200",
         "repeated id answered {repeated:?}"
@@ -409,12 +419,7 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
         "a repeated command id was executed again"
     );
 
-    let unknown = command(
-        &http,
-        &demo.urls,
-        serde_json::json!({"bridge": "line9", "point": "x", "value": 1.0}),
-    )
-    .await?;
+    let unknown = command(&http, &demo.urls, write("line9", "x", 1.0, None)).await?;
     ensure!(
         unknown.status == "failed",
         "unknown bridge ended {unknown:?}"
@@ -426,7 +431,7 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
         "{}/api/v1/devices/{}/attestation",
         demo.urls.fleet, demo.urls.device_id
     );
-    let attested: serde_json::Value = http
+    let attested: Attestation = http
         .post(&url)
         .bearer_auth(&demo.urls.fleet_token)
         .send()
@@ -434,13 +439,10 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
         .error_for_status()?
         .json()
         .await?;
+    ensure!(attested.verified, "attestation failed: {attested:?}");
     ensure!(
-        attested["verified"] == true,
-        "attestation failed: {attested}"
-    );
-    ensure!(
-        attested["registers"].as_array().map_or(0, Vec::len) >= 8,
-        "quote carries no registers: {attested}"
+        attested.registers.len() >= 8,
+        "quote carries no registers: {attested:?}"
     );
     let unknown = format!("{}/api/v1/devices/nobody/attestation", demo.urls.fleet);
     ensure!(
@@ -453,11 +455,6 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
         "an unknown device cannot be attested"
     );
     demo.stop().await
-}
-
-#[derive(Debug, Deserialize)]
-struct TwinView {
-    reported: Option<serde_json::Value>,
 }
 
 async fn reported(http: &reqwest::Client, urls: &DemoUrls) -> anyhow::Result<serde_json::Value> {
@@ -480,7 +477,9 @@ async fn push_bundle(http: &reqwest::Client, urls: &DemoUrls, bundle: &[u8]) -> 
     let hex = warden_wire::topics::to_hex(bundle);
     http.put(&url)
         .bearer_auth(&urls.fleet_token)
-        .json(&serde_json::json!({ "policy_bundle": hex }))
+        .json(&DesiredRequest {
+            policy_bundle: Some(hex),
+        })
         .send()
         .await?
         .error_for_status()?;
@@ -548,7 +547,7 @@ pub async fn signed_policy_bundles_replace_the_policy(
     let allowed = command(
         &http,
         &demo.urls,
-        serde_json::json!({"bridge": "line1", "point": "spindle_setpoint", "value": 1300.0}),
+        write("line1", "spindle_setpoint", 1300.0, None),
     )
     .await?;
     ensure!(
@@ -567,7 +566,7 @@ pub async fn signed_policy_bundles_replace_the_policy(
     let denied = command(
         &http,
         &demo.urls,
-        serde_json::json!({"bridge": "line1", "point": "spindle_setpoint", "value": 1400.0}),
+        write("line1", "spindle_setpoint", 1400.0, None),
     )
     .await?;
     ensure!(

@@ -1,7 +1,10 @@
 //! Pluton benchmark: ECDSA P-256 signs/s and verifies/s, quote time, IPC round trip,
-//! beside `openssl speed -seconds 2 ecdsap256` run in the same go.
+//! quote verification of both formats, beside `openssl speed -seconds 3 ecdsap256` run
+//! in the same go; with the TPM backend built in and `WARDEN_TPM_TCTI` set, the TPM's
+//! signs/s and quotes/s too.
 //!
 //! `cargo bench -p warden-pluton`
+//! `WARDEN_TPM_TCTI=swtpm:host=127.0.0.1,port=2321 cargo bench -p warden-pluton --features tpm`
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,7 +36,7 @@ fn rate(mut operation: impl FnMut()) -> f64 {
 /// OpenSSL's (sign/s, verify/s) for ecdsap256, single process.
 fn openssl_speed() -> Option<(f64, f64)> {
     let output = Command::new("openssl")
-        .args(["speed", "-seconds", "2", "ecdsap256"])
+        .args(["speed", "-seconds", "3", "ecdsap256"])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -64,7 +67,11 @@ fn socket_rate(message: &[u8]) -> f64 {
             .enable_all()
             .build()
             .expect("runtime");
-        let options = warden_pluton::server::ServeOptions::default();
+        // Every caller unseparated: this one creates the identity and signs.
+        let options = warden_pluton::server::ServeOptions {
+            roles: warden_pluton::server::CallerRoles::unseparated(),
+            ..Default::default()
+        };
         let _ = runtime.block_on(warden_pluton::server::serve(
             &thread_socket,
             &thread_state,
@@ -100,6 +107,51 @@ fn socket_rate(message: &[u8]) -> f64 {
             warden_pluton::protocol::Response::Signature(_)
         ));
     })
+}
+
+/// The recorded swtpm quote (`tests/fixtures/swtpm-quote.txt`): key, nonce, quote.
+fn recorded_tpm_quote() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let text = include_str!("../tests/fixtures/swtpm-quote.txt");
+    let field = |name: &str| -> Vec<u8> {
+        let hex = text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .expect("fixture field");
+        (0..hex.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).expect("hex"))
+            .collect()
+    };
+    (field("public_key"), field("nonce"), field("quote"))
+}
+
+/// The TPM backend's (signs/s, quotes/s) on `WARDEN_TPM_TCTI`, if set.
+#[cfg(feature = "tpm")]
+fn tpm_rates(message: &[u8]) -> Option<(f64, f64)> {
+    let tcti = std::env::var("WARDEN_TPM_TCTI").ok()?;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let store = warden_pluton::file_store::FileStore::open(directory.path()).expect("store");
+    let mut pluton =
+        warden_pluton::tpm::TpmPluton::open(&tcti, store, 1, |_| Ok(())).expect("open the tpm");
+    let identity = pluton.create_identity(None).expect("identity");
+    let nonce = [7u8; 32];
+    let mut quote = [0u8; MAX_QUOTE_LEN];
+    let length = pluton.quote(&nonce, &mut quote).expect("quote");
+    verify_quote(&quote[..length], &identity.public_key.0, &nonce).expect("tpm quote verifies");
+    let signs = rate(|| {
+        pluton
+            .sign_tls13_client_certificate_verify(message)
+            .expect("sign");
+    });
+    let quotes = rate(|| {
+        pluton.quote(&nonce, &mut quote).expect("quote");
+    });
+    Some((signs, quotes))
+}
+
+#[cfg(not(feature = "tpm"))]
+fn tpm_rates(_message: &[u8]) -> Option<(f64, f64)> {
+    None
 }
 
 fn main() {
@@ -152,7 +204,12 @@ fn main() {
         .expect("frame");
     });
 
+    let (tpm_public_key, tpm_nonce, tpm_quote) = recorded_tpm_quote();
+    let tpm_quote_verifies = rate(|| {
+        verify_quote(&tpm_quote, &tpm_public_key, &tpm_nonce).expect("verify");
+    });
     let socket_signs = socket_rate(&message);
+    let tpm = tpm_rates(&message);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     let openssl = openssl_speed();
@@ -190,5 +247,31 @@ fn main() {
         "| sign via request frame (decode + sign + encode, no socket) | {framed_signs:.0}/s | | |"
     );
     println!("| sign over the pluton Unix socket (round trip) | {socket_signs:.0}/s | | |");
+    println!(
+        "| TPM quote (WPT1, recorded on swtpm): verify | {:.1} µs ({tpm_quote_verifies:.0}/s) | | |",
+        1e6 / tpm_quote_verifies
+    );
+    match (tpm, openssl) {
+        (Some((tpm_signs, tpm_quotes)), Some((openssl_signs, _))) => {
+            println!(
+                "| TPM backend: signs/s (TLS CertificateVerify) | {tpm_signs:.0} | {openssl_signs:.0} | {:.3} |",
+                tpm_signs / openssl_signs
+            );
+            println!(
+                "| TPM backend: quote: make | {:.1} µs ({tpm_quotes:.0}/s) | | |",
+                1e6 / tpm_quotes
+            );
+        }
+        (Some((tpm_signs, tpm_quotes)), None) => {
+            println!("| TPM backend: signs/s (TLS CertificateVerify) | {tpm_signs:.0} | | |");
+            println!(
+                "| TPM backend: quote: make | {:.1} µs ({tpm_quotes:.0}/s) | | |",
+                1e6 / tpm_quotes
+            );
+        }
+        (None, _) => println!(
+            "| TPM backend | (not measured: build with --features tpm and set WARDEN_TPM_TCTI) | | |"
+        ),
+    }
     println!("\nload average at the end: {}", load.trim());
 }

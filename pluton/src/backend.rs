@@ -2,22 +2,21 @@
 
 use rand_core::TryCryptoRng;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroize;
 
 use crate::PlutonError;
 use crate::byte_array::ByteArray;
-use crate::capability::{self, ProvisioningCapability};
-use crate::counters::{COUNTER_COUNT, MonotonicCounters};
+use crate::capability::ProvisioningCapability;
+use crate::counters::COUNTER_COUNT;
 use crate::identity::{
     DeviceId, IdentityKey, PUBLIC_KEY_LEN, PublicKeyBytes, SIGNATURE_LEN,
     is_tls13_client_certificate_verify,
 };
-use crate::quote::{MAX_QUOTE_LEN, sign_quote};
+use crate::quote::MAX_QUOTE_LEN;
+use crate::quote::software::sign_quote;
 use crate::registers::{MeasurementRegisters, REGISTER_COUNT, Sha256Digest};
 use crate::sealing::{self, SealContext, SealOwner};
-use crate::store::{
-    InstalledRootKey, MAX_ROOT_KEYS, MAX_STATE_RECORD_LEN, PersistentState, StateStore,
-};
+use crate::store::{InstalledRootKey, MAX_ROOT_KEYS, PersistentState, StateStore};
+use crate::store::{load_or_create_state, persist};
 
 /// The identity's public half: what provisioning needs to issue the device certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,34 +159,7 @@ impl<S: StateStore, R: TryCryptoRng> SoftwarePluton<S, R> {
         firmware_version: u32,
         on_new_capability: impl FnOnce(&ProvisioningCapability) -> Result<(), PlutonError>,
     ) -> Result<Self, PlutonError> {
-        let mut buffer = [0u8; MAX_STATE_RECORD_LEN];
-        let loaded = store.load(&mut buffer)?;
-        let state = match loaded {
-            Some(length) => {
-                let state =
-                    PersistentState::decode(buffer.get(..length).ok_or(PlutonError::StoreCorrupt)?);
-                buffer.zeroize();
-                state?
-            }
-            None => {
-                let mut token = [0u8; 32];
-                rng.try_fill_bytes(&mut token)
-                    .map_err(|_| PlutonError::RandomFailed)?;
-                let capability = ProvisioningCapability::from_bytes(token);
-                token.zeroize();
-                on_new_capability(&capability)?;
-                let state = PersistentState {
-                    identity_secret: None,
-                    device_seed: ByteArray(random_seed(&mut rng)?),
-                    capability_digest: ByteArray(capability.digest()),
-                    counters: MonotonicCounters::default(),
-                    roots: heapless::Vec::new(),
-                    manufacturing_locked: false,
-                };
-                persist(&mut store, &state)?;
-                state
-            }
-        };
+        let state = load_or_create_state(&mut store, &mut rng, on_new_capability)?;
         let identity = match &state.identity_secret {
             Some(secret) => Some(IdentityKey::from_secret_bytes(&secret.0)?),
             None => None,
@@ -224,22 +196,6 @@ impl<S: StateStore, R: TryCryptoRng> SoftwarePluton<S, R> {
     }
 }
 
-fn random_seed<R: TryCryptoRng + ?Sized>(rng: &mut R) -> Result<[u8; 32], PlutonError> {
-    let mut seed = [0u8; 32];
-    rng.try_fill_bytes(&mut seed)
-        .map_err(|_| PlutonError::RandomFailed)?;
-    Ok(seed)
-}
-
-fn persist<S: StateStore>(store: &mut S, state: &PersistentState) -> Result<(), PlutonError> {
-    let mut buffer = [0u8; MAX_STATE_RECORD_LEN];
-    let result = state
-        .encode(&mut buffer)
-        .and_then(|length| store.save(&buffer[..length]));
-    buffer.zeroize();
-    result
-}
-
 impl<S: StateStore, R: TryCryptoRng> RootOfTrust for SoftwarePluton<S, R> {
     fn status(&self) -> StatusInfo {
         StatusInfo {
@@ -262,22 +218,9 @@ impl<S: StateStore, R: TryCryptoRng> RootOfTrust for SoftwarePluton<S, R> {
         &mut self,
         factory_reset: Option<&ProvisioningCapability>,
     ) -> Result<IdentityInfo, PlutonError> {
-        let mut next = self.state.clone();
-        match factory_reset {
-            Some(capability) => {
-                capability.check(&self.state.capability_digest.0)?;
-                // Factory reset: new identity and seed (old sealed blobs become unreadable),
-                // roots and lock cleared; counters kept, so rollback protection survives.
-                next.device_seed = ByteArray(random_seed(&mut self.rng)?);
-                next.roots.clear();
-                next.manufacturing_locked = false;
-            }
-            None if self.state.manufacturing_locked => {
-                return Err(PlutonError::ManufacturingLocked);
-            }
-            None if self.identity.is_some() => return Err(PlutonError::IdentityExists),
-            None => {}
-        }
+        let mut next =
+            self.state
+                .for_new_identity(factory_reset, self.identity.is_some(), &mut self.rng)?;
         let identity = IdentityKey::generate(&mut self.rng)?;
         next.identity_secret = Some(ByteArray(*identity.secret_bytes()));
         self.commit(next)?;
@@ -290,23 +233,7 @@ impl<S: StateStore, R: TryCryptoRng> RootOfTrust for SoftwarePluton<S, R> {
         capability: &ProvisioningCapability,
         root: InstalledRootKey,
     ) -> Result<(), PlutonError> {
-        capability.check(&self.state.capability_digest.0)?;
-        if self.state.manufacturing_locked {
-            return Err(PlutonError::ManufacturingLocked);
-        }
-        root.validate()?;
-        let mut next = self.state.clone();
-        match next
-            .roots
-            .iter_mut()
-            .find(|installed| installed.public_key == root.public_key)
-        {
-            Some(installed) => installed.purposes = root.purposes,
-            None => next
-                .roots
-                .push(root)
-                .map_err(|_| PlutonError::RootKeySlotsFull)?,
-        }
+        let next = self.state.with_root_key(capability, root)?;
         self.commit(next)
     }
 
@@ -318,13 +245,10 @@ impl<S: StateStore, R: TryCryptoRng> RootOfTrust for SoftwarePluton<S, R> {
         &mut self,
         capability: &ProvisioningCapability,
     ) -> Result<(), PlutonError> {
-        capability::require(Some(capability), &self.state.capability_digest.0)?;
-        if self.state.manufacturing_locked {
-            return Ok(());
+        match self.state.locked(capability)? {
+            Some(next) => self.commit(next),
+            None => Ok(()),
         }
-        let mut next = self.state.clone();
-        next.manufacturing_locked = true;
-        self.commit(next)
     }
 
     fn check_provisioning_capability(

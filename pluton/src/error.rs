@@ -66,6 +66,9 @@ pub enum PlutonError {
     Busy,
     /// The caller's role (or lack of one) does not allow this operation.
     NotPermitted,
+    /// The TPM refused or failed a command (TPM 2.0 backend; the server's log names the
+    /// command and the TPM's response code).
+    TpmFailed,
 }
 
 impl fmt::Display for PlutonError {
@@ -103,6 +106,7 @@ impl fmt::Display for PlutonError {
             Self::UnknownRequest => "request names an unknown operation",
             Self::Busy => "pluton is busy",
             Self::NotPermitted => "the caller's role may not perform this operation",
+            Self::TpmFailed => "the tpm refused or failed a command",
         };
         f.write_str(message)
     }
@@ -115,7 +119,7 @@ impl core::error::Error for PlutonError {}
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum QuoteError {
-    /// The quote does not start with the `WPQ1` magic.
+    /// The quote does not start with the `WPQ1` (or `WPT1`) magic.
     BadMagic,
     /// The quote's format version is not supported.
     UnsupportedVersion,
@@ -133,12 +137,24 @@ pub enum QuoteError {
     SignatureInvalid,
     /// The quote's nonce is not the expected (fresh) nonce.
     NonceMismatch,
+    /// A TPM quote's attestation key is not vouched for by the identity key.
+    AttestationKeyBindingInvalid,
+    /// A TPM quote's attestation-key signature over the TPM's attestation is invalid.
+    AttestSignatureInvalid,
+    /// A TPM quote's `TPMS_ATTEST` is malformed (out of bounds, bad field, left over).
+    AttestMalformed,
+    /// A TPM quote's `TPMS_ATTEST` is not a TPM-generated quote (magic or type).
+    AttestNotTpmQuote,
+    /// A TPM quote does not select exactly the registers' PCRs (SHA-256 bank, 8 to 15).
+    PcrSelectionMismatch,
+    /// A TPM quote's PCR digest is not the digest of the reported registers.
+    PcrDigestMismatch,
 }
 
 impl fmt::Display for QuoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let message = match self {
-            Self::BadMagic => "quote does not start with the WPQ1 magic",
+            Self::BadMagic => "quote does not start with the WPQ1 or WPT1 magic",
             Self::UnsupportedVersion => "quote format version is not supported",
             Self::Truncated => "quote is truncated",
             Self::TrailingBytes => "quote has trailing bytes",
@@ -147,6 +163,18 @@ impl fmt::Display for QuoteError {
             Self::DeviceIdMismatch => "quote device id does not match the public key",
             Self::SignatureInvalid => "quote signature is invalid",
             Self::NonceMismatch => "quote nonce is not the expected nonce",
+            Self::AttestationKeyBindingInvalid => {
+                "tpm quote attestation key is not bound to the identity key"
+            }
+            Self::AttestSignatureInvalid => {
+                "tpm quote attestation-key signature over the tpm attestation is invalid"
+            }
+            Self::AttestMalformed => "tpm quote attestation structure is malformed",
+            Self::AttestNotTpmQuote => "tpm quote attestation is not a tpm-generated quote",
+            Self::PcrSelectionMismatch => {
+                "tpm quote does not select exactly pcrs 8 to 15 of the sha-256 bank"
+            }
+            Self::PcrDigestMismatch => "tpm quote pcr digest does not match the reported registers",
         };
         f.write_str(message)
     }

@@ -18,6 +18,8 @@ pub mod store;
 pub mod file_store;
 #[cfg(feature = "std")]
 pub mod server;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 
 pub use backend::{IdentityInfo, RootOfTrust, SoftwarePluton, StatusInfo};
 pub use capability::ProvisioningCapability;

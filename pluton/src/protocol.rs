@@ -35,6 +35,11 @@ pub const MAX_TLS_MESSAGE_LEN: usize = 64 + 33 + 1 + 48;
 /// A request to pluton.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per frame on the stack of a no_std core without an allocator; the \
+              TPM backend's sealed blobs make Seal/Unseal and Sealed the largest by ~330 bytes"
+)]
 pub enum Request {
     /// State summary. Answer: [`Response::Status`].
     Status,
@@ -134,6 +139,11 @@ pub enum Request {
 /// Pluton's answer to one [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per frame on the stack of a no_std core without an allocator; the \
+              TPM backend's sealed blobs make Seal/Unseal and Sealed the largest by ~330 bytes"
+)]
 pub enum Response {
     /// The request was refused or failed.
     Error(PlutonError),
@@ -443,4 +453,5 @@ pub fn handle_request_frame<B: RootOfTrust + ?Sized, T: RoleTokens + ?Sized>(
 
 /// Compile-time check: the largest response fits a frame.
 const _: () = assert!(MAX_SEALED_LEN + 16 <= MAX_FRAME_LEN);
+const _: () = assert!(MAX_QUOTE_LEN + 16 <= MAX_FRAME_LEN);
 const _: () = assert!(PUBLIC_KEY_LEN * MAX_ROOT_KEYS + 16 <= MAX_FRAME_LEN);

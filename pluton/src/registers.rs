@@ -46,9 +46,7 @@ impl MeasurementRegisters {
     /// Extend register `index` with `measurement`. A boot register after the latch is
     /// `CapabilityRequired`.
     pub fn extend(&mut self, index: u8, measurement: &Sha256Digest) -> Result<(), PlutonError> {
-        if self.boot_latched && index < BOOT_REGISTERS {
-            return Err(PlutonError::CapabilityRequired);
-        }
+        check_extend(self.boot_latched, index)?;
         let register = self
             .values
             .get_mut(usize::from(index))
@@ -77,6 +75,19 @@ impl MeasurementRegisters {
         }
         Ok(registers)
     }
+}
+
+/// Whether register `index` may be extended: a boot register after the latch is
+/// `CapabilityRequired`, an index out of range `InvalidRegister`. Every backend asks this
+/// before it extends.
+pub(crate) fn check_extend(boot_latched: bool, index: u8) -> Result<(), PlutonError> {
+    if boot_latched && index < BOOT_REGISTERS {
+        return Err(PlutonError::CapabilityRequired);
+    }
+    if usize::from(index) >= REGISTER_COUNT {
+        return Err(PlutonError::InvalidRegister);
+    }
+    Ok(())
 }
 
 impl Default for MeasurementRegisters {

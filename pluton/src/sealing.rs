@@ -37,8 +37,13 @@ pub const MAX_SEAL_PLAINTEXT: usize = 1024;
 pub const MAX_SEAL_LABEL: usize = 32;
 /// Bytes a sealed blob adds to its plaintext.
 pub const SEAL_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
-/// Largest sealed blob.
-pub const MAX_SEALED_LEN: usize = MAX_SEAL_PLAINTEXT + SEAL_OVERHEAD;
+/// Largest sealed blob of this format.
+const MAX_BLOB_LEN: usize = MAX_SEAL_PLAINTEXT + SEAL_OVERHEAD;
+/// Room a backend may add around a blob of this format: the TPM 2.0 backend wraps it
+/// with the TPM's sealed object holding its key (see the README's "TPM 2.0 backend").
+pub const SEALED_ENVELOPE_ROOM: usize = 320;
+/// Largest sealed blob any backend returns.
+pub const MAX_SEALED_LEN: usize = MAX_BLOB_LEN + SEALED_ENVELOPE_ROOM;
 
 const MAGIC: &[u8; 4] = b"WSB1";
 const VERSION: u8 = 1;
@@ -155,7 +160,7 @@ pub(crate) fn unseal(
     sealed: &[u8],
     out: &mut [u8],
 ) -> Result<usize, PlutonError> {
-    if sealed.len() < SEAL_OVERHEAD || sealed.len() > MAX_SEALED_LEN {
+    if sealed.len() < SEAL_OVERHEAD || sealed.len() > MAX_BLOB_LEN {
         return Err(PlutonError::SealedBlobMalformed);
     }
     if &sealed[..4] != MAGIC || sealed[4] != VERSION {

@@ -85,9 +85,29 @@ impl RoleTokens for CallerRoles {
     }
 }
 
+/// Which root of trust the server runs on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// Keys and state in pluton's state directory ([`SoftwarePluton`]).
+    #[default]
+    Software,
+    /// A TPM 2.0 ([`crate::tpm::TpmPluton`], cargo feature `tpm`), reached through a
+    /// TCTI: `device:/dev/tpmrm0` on hardware, `swtpm:host=127.0.0.1,port=2321` for swtpm.
+    Tpm {
+        /// The TCTI string.
+        tcti: String,
+    },
+}
+
+/// The TCTI of the kernel's TPM resource manager, the default on hardware.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+
 /// How the server runs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The root of trust behind the socket (the state directory holds either's state).
+    pub backend: Backend,
     /// The firmware version the security monitor verified (reported in quotes).
     pub firmware_version: u32,
     /// Where to write the provisioning capability on first start (mode 0600; only the
@@ -103,6 +123,7 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
+            backend: Backend::Software,
             firmware_version: 0,
             capability_file: None,
             frame_timeout: Duration::from_secs(2),
@@ -126,6 +147,18 @@ pub enum ServerError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The configuration asks for the TPM backend, and this build does not have it.
+    #[error("the tpm backend is not built in: build warden-pluton with the cargo feature `tpm`")]
+    TpmNotBuilt,
+    /// The TPM backend could not start.
+    #[cfg(feature = "tpm")]
+    #[error("pluton state in {path}: {error}")]
+    Tpm {
+        /// The state directory.
+        path: PathBuf,
+        /// What failed.
+        error: crate::tpm::TpmError,
+    },
     /// The backend refused to start (for example, corrupt state).
     #[error("pluton state in {path}: {error}")]
     Backend {
@@ -142,6 +175,52 @@ pub fn open_file_backed(
     state_dir: &Path,
     options: &ServeOptions,
 ) -> Result<FileBackedPluton, ServerError> {
+    open_on_state_dir(
+        state_dir,
+        options,
+        |store, deliver| {
+            SoftwarePluton::open(store, getrandom::SysRng, options.firmware_version, deliver)
+        },
+        |error| ServerError::Backend {
+            path: state_dir.to_owned(),
+            error,
+        },
+    )
+}
+
+/// Open the TPM 2.0 root of trust behind `tcti`, its provisioning state in `state_dir`
+/// (first start: the capability file is written first, as for the software backend).
+#[cfg(feature = "tpm")]
+pub fn open_tpm_backed(
+    state_dir: &Path,
+    tcti: &str,
+    options: &ServeOptions,
+) -> Result<crate::tpm::TpmPluton<FileStore>, ServerError> {
+    open_on_state_dir(
+        state_dir,
+        options,
+        |store, deliver| {
+            crate::tpm::TpmPluton::open(tcti, store, options.firmware_version, deliver)
+        },
+        |error| ServerError::Tpm {
+            path: state_dir.to_owned(),
+            error,
+        },
+    )
+}
+
+/// Open a backend on the store in `state_dir`: `open` gets the store and the function
+/// that writes a newly minted capability to the capability file (which a backend calls
+/// before it persists its first state). A failed capability write is reported as such.
+fn open_on_state_dir<B, E>(
+    state_dir: &Path,
+    options: &ServeOptions,
+    open: impl FnOnce(
+        FileStore,
+        &mut dyn FnMut(&ProvisioningCapability) -> Result<(), PlutonError>,
+    ) -> Result<B, E>,
+    backend_error: impl FnOnce(E) -> ServerError,
+) -> Result<B, ServerError> {
     create_private_directory(state_dir)?;
     let store = FileStore::open(state_dir)?;
     let capability_path = options
@@ -149,24 +228,17 @@ pub fn open_file_backed(
         .clone()
         .unwrap_or_else(|| state_dir.join(DEFAULT_CAPABILITY_FILE_NAME));
     let mut file_error = None;
-    let opened = SoftwarePluton::open(
-        store,
-        getrandom::SysRng,
-        options.firmware_version,
-        |capability| {
-            write_file_atomically(&capability_path, capability.as_bytes()).map_err(|error| {
-                file_error = Some(error);
-                PlutonError::StoreFailed
-            })
-        },
-    );
+    let mut deliver = |capability: &ProvisioningCapability| {
+        write_file_atomically(&capability_path, capability.as_bytes()).map_err(|error| {
+            file_error = Some(error);
+            PlutonError::StoreFailed
+        })
+    };
+    let opened = open(store, &mut deliver);
     match (opened, file_error) {
-        (Ok(pluton), _) => Ok(pluton),
+        (Ok(backend), _) => Ok(backend),
         (Err(_), Some(error)) => Err(ServerError::File(error)),
-        (Err(error), None) => Err(ServerError::Backend {
-            path: state_dir.to_owned(),
-            error,
-        }),
+        (Err(error), None) => Err(backend_error(error)),
     }
 }
 
@@ -230,18 +302,32 @@ pub fn bind(socket_path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Run pluton: open the state in `state_dir`, bind `socket_path`, serve until the task is
-/// dropped or the process ends.
+/// Run pluton: open the chosen backend ([`ServeOptions::backend`]) with its state in
+/// `state_dir`, bind `socket_path`, serve until the task is dropped or the process ends.
 pub async fn serve(
     socket_path: &Path,
     state_dir: &Path,
     options: ServeOptions,
 ) -> Result<(), ServerError> {
-    let backend = open_file_backed(state_dir, &options)?;
-    let listener = bind(socket_path)?;
-    tracing::info!(socket = %socket_path.display(), state = %state_dir.display(), "pluton serving");
-    serve_backend(listener, backend, options).await;
-    Ok(())
+    match &options.backend {
+        Backend::Software => {
+            let backend = open_file_backed(state_dir, &options)?;
+            let listener = bind(socket_path)?;
+            tracing::info!(socket = %socket_path.display(), state = %state_dir.display(), "pluton serving (software backend)");
+            serve_backend(listener, backend, options).await;
+            Ok(())
+        }
+        #[cfg(feature = "tpm")]
+        Backend::Tpm { tcti } => {
+            let backend = open_tpm_backed(state_dir, tcti, &options)?;
+            let listener = bind(socket_path)?;
+            tracing::info!(socket = %socket_path.display(), state = %state_dir.display(), tcti, "pluton serving (tpm backend)");
+            serve_backend(listener, backend, options).await;
+            Ok(())
+        }
+        #[cfg(not(feature = "tpm"))]
+        Backend::Tpm { .. } => Err(ServerError::TpmNotBuilt),
+    }
 }
 
 /// The connection slots of each role (index 0: callers without a role yet).

@@ -16,12 +16,14 @@
 //! them here and relies on file permissions (0600, its own uid) and the compartment
 //! sandbox.
 
+use rand_core::TryCryptoRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
 use crate::PlutonError;
 use crate::byte_array::ByteArray;
+use crate::capability::{self, ProvisioningCapability};
 use crate::counters::MonotonicCounters;
 use crate::identity::{PUBLIC_KEY_LEN, parse_public_key};
 
@@ -101,6 +103,73 @@ fn checksum(prefix_and_body: &[u8]) -> [u8; 32] {
 }
 
 impl PersistentState {
+    /// The next state for creating an identity (the caller sets `identity_secret`).
+    /// Refused if one exists or manufacturing is locked, unless the provisioning
+    /// capability is presented: a factory reset, with a new device seed (old sealed
+    /// blobs become unreadable), roots and lock cleared, and counters kept, so rollback
+    /// protection survives.
+    pub(crate) fn for_new_identity<R: TryCryptoRng + ?Sized>(
+        &self,
+        factory_reset: Option<&ProvisioningCapability>,
+        identity_exists: bool,
+        rng: &mut R,
+    ) -> Result<Self, PlutonError> {
+        let mut next = self.clone();
+        match factory_reset {
+            Some(capability) => {
+                capability.check(&self.capability_digest.0)?;
+                next.device_seed = ByteArray(random_seed(rng)?);
+                next.roots.clear();
+                next.manufacturing_locked = false;
+            }
+            None if self.manufacturing_locked => return Err(PlutonError::ManufacturingLocked),
+            None if identity_exists => return Err(PlutonError::IdentityExists),
+            None => {}
+        }
+        Ok(next)
+    }
+
+    /// The state with `root` installed (or its purposes replaced), after checking the
+    /// capability and the manufacturing lock.
+    pub(crate) fn with_root_key(
+        &self,
+        capability: &ProvisioningCapability,
+        root: InstalledRootKey,
+    ) -> Result<Self, PlutonError> {
+        capability.check(&self.capability_digest.0)?;
+        if self.manufacturing_locked {
+            return Err(PlutonError::ManufacturingLocked);
+        }
+        root.validate()?;
+        let mut next = self.clone();
+        match next
+            .roots
+            .iter_mut()
+            .find(|installed| installed.public_key == root.public_key)
+        {
+            Some(installed) => installed.purposes = root.purposes,
+            None => next
+                .roots
+                .push(root)
+                .map_err(|_| PlutonError::RootKeySlotsFull)?,
+        }
+        Ok(next)
+    }
+
+    /// The state locked, after checking the capability; `None` if it already is.
+    pub(crate) fn locked(
+        &self,
+        capability: &ProvisioningCapability,
+    ) -> Result<Option<Self>, PlutonError> {
+        capability::require(Some(capability), &self.capability_digest.0)?;
+        if self.manufacturing_locked {
+            return Ok(None);
+        }
+        let mut next = self.clone();
+        next.manufacturing_locked = true;
+        Ok(Some(next))
+    }
+
     /// Encode the state as a record into `out`, returning the record length.
     pub(crate) fn encode(
         &self,
@@ -144,6 +213,61 @@ impl PersistentState {
         }
         Ok(state)
     }
+}
+
+/// Load pluton's state from `store`, or create it on first start: a device seed and the
+/// provisioning capability are generated; `on_new_capability` receives the capability
+/// *before* the state is persisted (so it is never lost by a crash in between) and must
+/// deliver it to the monitor. Every backend starts this way.
+pub(crate) fn load_or_create_state<S: StateStore, R: TryCryptoRng>(
+    store: &mut S,
+    rng: &mut R,
+    on_new_capability: impl FnOnce(&ProvisioningCapability) -> Result<(), PlutonError>,
+) -> Result<PersistentState, PlutonError> {
+    let mut buffer = [0u8; MAX_STATE_RECORD_LEN];
+    let loaded = store.load(&mut buffer)?;
+    if let Some(length) = loaded {
+        let state = PersistentState::decode(buffer.get(..length).ok_or(PlutonError::StoreCorrupt)?);
+        buffer.zeroize();
+        return state;
+    }
+    let mut token = [0u8; 32];
+    rng.try_fill_bytes(&mut token)
+        .map_err(|_| PlutonError::RandomFailed)?;
+    let capability = ProvisioningCapability::from_bytes(token);
+    token.zeroize();
+    on_new_capability(&capability)?;
+    let state = PersistentState {
+        identity_secret: None,
+        device_seed: ByteArray(random_seed(rng)?),
+        capability_digest: ByteArray(capability.digest()),
+        counters: MonotonicCounters::default(),
+        roots: heapless::Vec::new(),
+        manufacturing_locked: false,
+    };
+    persist(store, &state)?;
+    Ok(state)
+}
+
+/// 32 bytes from `rng`.
+pub(crate) fn random_seed<R: TryCryptoRng + ?Sized>(rng: &mut R) -> Result<[u8; 32], PlutonError> {
+    let mut seed = [0u8; 32];
+    rng.try_fill_bytes(&mut seed)
+        .map_err(|_| PlutonError::RandomFailed)?;
+    Ok(seed)
+}
+
+/// Encode and durably save `state`.
+pub(crate) fn persist<S: StateStore>(
+    store: &mut S,
+    state: &PersistentState,
+) -> Result<(), PlutonError> {
+    let mut buffer = [0u8; MAX_STATE_RECORD_LEN];
+    let result = state
+        .encode(&mut buffer)
+        .and_then(|length| store.save(&buffer[..length]));
+    buffer.zeroize();
+    result
 }
 
 /// A store in memory: for tests, the fuzz target and simulations. It can be told to fail

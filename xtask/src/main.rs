@@ -1,7 +1,8 @@
 //! `cargo xtask <job>`: the project's checks, the same on a laptop and in CI.
 //!
 //! Jobs: `ci` (everything below, in order), `fmt`, `lint`, `test`, `test-real`
-//! (the ignored tests that need real components: Mosquitto clients, Chromium, …),
+//! (the ignored tests that need real components: Mosquitto clients, Chromium, swtpm
+//! for pluton's TPM backend, …),
 //! `embedded` (the no_std crates for the Cortex-M4F target), `package` (the Debian
 //! package, built and checked), `module-cycles` (files of a crate that import each
 //! other in a circle), `fuzz` (every cargo-fuzz target, built and run briefly).
@@ -194,13 +195,45 @@ fn test_real() -> Vec<String> {
     args(&["test", "--workspace", "--", "--ignored"])
 }
 
+/// Pluton's TPM 2.0 backend (cargo feature `tpm`, not in the workspace build): its
+/// ignored tests start swtpm (Debian: swtpm, swtpm-tools; libtss2-dev to build).
+fn test_tpm() -> Vec<String> {
+    args(&[
+        "test",
+        "-p",
+        "warden-pluton",
+        "--features",
+        "tpm",
+        "--",
+        "--ignored",
+    ])
+}
+
+/// Clippy on the TPM backend, which the workspace lint does not build.
+fn lint_tpm() -> Vec<String> {
+    args(&[
+        "clippy",
+        "-p",
+        "warden-pluton",
+        "--features",
+        "tpm",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
 /// The ignored tests, framed by the fault suite's table (`hil/tests/faults.rs` writes it
-/// to the target's `tmp/`; its test output is captured, so the table is printed here).
+/// to the target's `tmp/`; its test output is captured, so the table is printed here),
+/// then pluton's TPM backend on swtpm.
 fn real_component_tests() -> Vec<Step> {
     vec![
         Step::Check("clear the fault suite's table", clear_fault_table),
         Step::Cargo(test_real()),
         Step::Check("the fault suite's table", print_fault_table),
+        Step::Cargo(test_tpm()),
+        Step::Cargo(lint_tpm()),
     ]
 }
 

@@ -3,8 +3,10 @@
 use std::path::Path;
 
 mod ble_and_privnet;
+mod bundle_floor;
 mod compartments;
 mod operations;
+mod pluton_attacks;
 mod status_page;
 mod updates;
 

@@ -20,12 +20,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, required};
 use crate::clock::now_ms;
-use crate::store::{Device, Store, StoredReading};
-use warden_wire::fleet_api::{CommandView, DesiredRequest, WriteRequest};
+use crate::store::Store;
+use warden_wire::fleet_api::{
+    Attestation, CommandView, DesiredRequest, Device, DevicesQuery, TelemetryQuery,
+    TelemetryResponse, TwinView, WriteRequest,
+};
 use warden_wire::topics::{
     Command, CommandAction, PROTOCOL_VERSION, TwinDesired, commands_topic, from_hex,
     twin_desired_topic, valid_command_id,
@@ -138,15 +140,6 @@ async fn authorize(State(state): State<ApiState>, mut request: Request, next: Ne
     response
 }
 
-/// Query parameters of `GET /api/v1/devices`.
-#[derive(Debug, Deserialize)]
-pub struct DevicesQuery {
-    /// Devices skipped, by ID (default 0).
-    pub offset: Option<i64>,
-    /// At most this many (default: all).
-    pub limit: Option<i64>,
-}
-
 async fn list_devices(
     State(ApiState { store, .. }): State<ApiState>,
     Query(page): Query<DevicesQuery>,
@@ -154,28 +147,6 @@ async fn list_devices(
     let offset = offset_of(page.offset)?;
     let limit = limit_within(page.limit, i64::MAX, i64::MAX)?;
     Ok(Json(store.devices_page(offset, limit).await?))
-}
-
-/// Query parameters of the telemetry endpoint.
-#[derive(Debug, Deserialize)]
-pub struct TelemetryQuery {
-    /// Only this point (`bridge/point`).
-    pub point: Option<String>,
-    /// At most this many readings, newest first (default 100).
-    pub limit: Option<i64>,
-    /// Only readings read at or after this time (ms since the epoch, device time).
-    pub from_ms: Option<i64>,
-    /// Only readings read before this time (ms since the epoch, device time).
-    pub to_ms: Option<i64>,
-}
-
-/// The telemetry endpoint's answer.
-#[derive(Debug, Serialize)]
-pub struct TelemetryResponse {
-    /// The device asked about.
-    pub device: String,
-    /// Readings, newest first.
-    pub readings: Vec<StoredReading>,
 }
 
 async fn device_telemetry(
@@ -260,17 +231,6 @@ async fn get_command(
         .ok_or_else(|| ApiError::NotFound(format!("device {device} has no command {id}")))
 }
 
-/// A device's twin.
-#[derive(Debug, Serialize)]
-pub struct TwinView {
-    /// The device.
-    pub device: String,
-    /// What the fleet wants (as sent).
-    pub desired: Option<serde_json::Value>,
-    /// What the device reports it runs.
-    pub reported: Option<serde_json::Value>,
-}
-
 async fn put_twin_desired(
     State(ApiState { store, devices, .. }): State<ApiState>,
     Path(device): Path<String>,
@@ -329,7 +289,7 @@ async fn refuse_untrusted(store: &Store, device: &str) -> Result<(), ApiError> {
 async fn attest_device(
     State(ApiState { attestor, .. }): State<ApiState>,
     Path(device): Path<String>,
-) -> Result<(StatusCode, Json<crate::attestation::Attestation>), ApiError> {
+) -> Result<(StatusCode, Json<Attestation>), ApiError> {
     // The verdict (status, detail, failure report) is recorded by the attestor.
     match attestor
         .attest(&device, crate::attestation::QUOTE_TIMEOUT)

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,8 @@ use warden_wire::topics::{
 
 use crate::broker::{LocalPublisher, LocalSubscription};
 use crate::clock::now_ms;
-use crate::store::{ChallengeUse, ImageRecord, Store, StoreError};
+use crate::store::{ChallengeUse, Store, StoreError};
+use warden_wire::fleet_api::{Attestation, ImageRecord};
 
 /// Filter matching every device's quotes.
 pub const ALL_QUOTES: &str = "warden/v1/devices/+/attestation/quote";
@@ -176,47 +176,6 @@ impl PendingChallenges {
                 ChallengeUse::Unknown => Err(Unsolicited::Unknown),
             },
         )
-    }
-}
-
-/// The outcome of one attestation.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attestation {
-    /// The device.
-    pub device: String,
-    /// Whether the quote verified against the device's key and the fresh nonce and its
-    /// measured image is acceptable (see [`Attestation::detail`]).
-    pub verified: bool,
-    /// Why it did not.
-    pub reason: Option<String>,
-    /// What was found: the release it runs, or why the image was not checked, or the
-    /// reason it was refused (stored as the device's `attestation_detail`).
-    pub detail: String,
-    /// The image measurement register ([`IMAGE_MEASUREMENT_REGISTER`]), hex.
-    pub measured_image: Option<String>,
-    /// The known release that register matches (its version).
-    pub release: Option<String>,
-    /// The firmware version pluton reported.
-    pub firmware_version: Option<u32>,
-    /// The measurement registers, hex.
-    pub registers: Vec<String>,
-    /// The anti-rollback counters.
-    pub counters: Vec<u64>,
-}
-
-impl Attestation {
-    fn refused(device: &str, reason: String) -> Self {
-        Self {
-            device: device.to_owned(),
-            verified: false,
-            detail: reason.clone(),
-            reason: Some(reason),
-            measured_image: None,
-            release: None,
-            firmware_version: None,
-            registers: Vec::new(),
-            counters: Vec::new(),
-        }
     }
 }
 
@@ -882,5 +841,97 @@ mod tests {
             ReleaseCheck::NotARelease { releases: 2 }
         );
         assert_eq!(check_release(&booted, &[]), ReleaseCheck::NoReleases);
+    }
+
+    /// A `WPT1` quote pluton's TPM backend made on swtpm (recorded once by
+    /// `pluton/tests/it/tpm.rs`), so this runs without a TPM.
+    const SWTPM_QUOTE: &str = include_str!("../../../pluton/tests/fixtures/swtpm-quote.txt");
+
+    fn swtpm_fixture() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let field = |name: &str| {
+            SWTPM_QUOTE
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(from_hex)
+                .expect("fixture field")
+        };
+        (field("public_key"), field("nonce"), field("quote"))
+    }
+
+    #[test]
+    fn a_tpm_quote_from_swtpm_verifies_and_its_image_register_is_checked() {
+        let (public_key, nonce, quote) = swtpm_fixture();
+        assert_eq!(&quote[..4], b"WPT1");
+        let report = warden_pluton::verify_quote(&quote, &public_key, &nonce).expect("verifies");
+        // The recording measured [1; 32] into register 0, as boot measures an image.
+        let releases = [release("1.0.0", [1; 32])];
+        assert_eq!(
+            check_release(&report.registers[IMAGE_MEASUREMENT_REGISTER], &releases),
+            ReleaseCheck::Known(releases[0].clone())
+        );
+        assert_eq!(report.counters[3], 42);
+    }
+
+    #[test]
+    fn a_tampered_tpm_quote_is_refused_by_each_check() {
+        use warden_pluton::QuoteError;
+        let (public_key, nonce, quote) = swtpm_fixture();
+        // Layout (pluton/src/quote/tpm.rs): report, AK at 348 + L, binding at 413 + L,
+        // attest length at 477 + L, attest at 479 + L, then the AK's and the identity's
+        // signatures.
+        let nonce_len = usize::from(quote[7]);
+        let ak = 348 + nonce_len;
+        let binding = ak + 65;
+        let attest = binding + 64 + 2;
+        let attest_len = usize::from(u16::from_le_bytes([quote[attest - 2], quote[attest - 1]]));
+        let attest_signature = attest + attest_len;
+        let envelope = quote.len() - 64;
+        let flipped = |at: usize| {
+            let mut copy = quote.clone();
+            copy[at] ^= 0x01;
+            warden_pluton::verify_quote(&copy, &public_key, &nonce)
+        };
+        // Everything before the envelope signature is covered by it.
+        for (what, at) in [
+            ("device id", 8),
+            ("firmware version", 24),
+            ("nonce", 28),
+            ("register 0", 28 + nonce_len),
+            ("counter 3", 28 + nonce_len + 256 + 24),
+            ("attestation key", ak + 10),
+            ("attestation key binding", binding + 3),
+            ("attest magic", attest),
+            ("attest extra data", attest + 8),
+            ("attest pcr digest", attest_signature - 1),
+            ("attest signature", attest_signature + 5),
+            ("envelope signature", envelope + 5),
+        ] {
+            let refused = flipped(at);
+            assert!(refused.is_err(), "{what}: a flipped byte was accepted");
+            if what != "device id" {
+                assert_eq!(refused, Err(QuoteError::SignatureInvalid), "{what}");
+            }
+        }
+        assert_eq!(flipped(8), Err(QuoteError::DeviceIdMismatch));
+        assert_eq!(
+            warden_pluton::verify_quote(&quote, &public_key, &[0x34; 32]),
+            Err(QuoteError::NonceMismatch)
+        );
+        let mut other_key = public_key.clone();
+        other_key[64] ^= 1;
+        assert!(warden_pluton::verify_quote(&quote, &other_key, &nonce).is_err());
+        assert_eq!(
+            warden_pluton::verify_quote(&quote[..quote.len() - 1], &public_key, &nonce),
+            Err(QuoteError::Truncated)
+        );
+        let mut longer = quote.clone();
+        longer.push(0);
+        assert_eq!(
+            warden_pluton::verify_quote(&longer, &public_key, &nonce),
+            Err(QuoteError::TrailingBytes)
+        );
+        // The checks behind the envelope (AK binding, AK signature, attest magic and
+        // type, extra data, PCR selection, PCR digest) each refuse their own fault in
+        // pluton's unit tests, where the envelope can be re-signed with a test key.
     }
 }

@@ -122,6 +122,23 @@ pub const MAX_FAILURES: u32 = 10;
 /// The window failures are counted in.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
+/// A configured token whose `sha256` is not a SHA-256 in hex.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("api.tokens[{index}] ({name}): sha256 is not 64 hex digits")]
+pub struct TokenHashError {
+    /// Its position in `api.tokens`, from 0.
+    pub index: usize,
+    /// Its name.
+    pub name: String,
+}
+
+impl TokenHashError {
+    /// The config key at fault, as a TOML path.
+    pub fn field(&self) -> String {
+        format!("api.tokens[{}].sha256", self.index)
+    }
+}
+
 /// Verifies tokens against the configured hashes.
 #[derive(Debug, Clone)]
 pub struct Authorizer {
@@ -132,16 +149,14 @@ pub struct Authorizer {
 
 impl Authorizer {
     /// From the config; a hash that is not 64 hex digits is an error naming the token.
-    pub fn new(config: &ApiConfig) -> Result<Self, String> {
+    pub fn new(config: &ApiConfig) -> Result<Self, TokenHashError> {
         let mut tokens = Vec::with_capacity(config.tokens.len());
         for (index, token) in config.tokens.iter().enumerate() {
             let hash = warden_wire::topics::from_hex(&token.sha256)
                 .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "api.tokens[{index}] ({}): sha256 is not 64 hex digits",
-                        token.name
-                    )
+                .ok_or_else(|| TokenHashError {
+                    index,
+                    name: token.name.clone(),
                 })?;
             tokens.push((token.name.clone(), token.role, hash));
         }
@@ -331,7 +346,8 @@ mod tests {
             anonymous_role: None,
         })
         .expect_err("refused");
-        assert!(error.contains("api.tokens[0] (bad)"), "{error}");
+        assert!(error.to_string().contains("api.tokens[0] (bad)"), "{error}");
+        assert_eq!(error.field(), "api.tokens[0].sha256");
     }
 
     #[test]

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use warden_wire::topics::{
     PROTOCOL_VERSION, UpdateOffer, UpdateState, UpdateStatus, device_of_topic, encode,
@@ -19,7 +18,8 @@ use warden_wire::topics::{
 use crate::broker::{LocalPublisher, LocalSubscription};
 use crate::clock::now_ms;
 use crate::enrollment::DeviceTrust;
-use crate::store::{Store, StoreError, StoredDeployment};
+use crate::store::{Store, StoreError};
+use warden_wire::fleet_api::{DeploymentRequest, StoredDeployment, WaveSize};
 
 /// The group that never receives updates.
 pub const NO_UPDATES_GROUP: &str = "No Updates";
@@ -32,88 +32,6 @@ fn is_failure(state: &str) -> bool {
 /// Whether an update state counts as a success.
 fn is_success(state: &str) -> bool {
     state == UpdateState::Confirmed.as_str()
-}
-
-/// How big one wave is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum WaveSize {
-    /// A percentage (1..=100) of the group's devices, rounded up.
-    Percent(u32),
-    /// A number of devices (at least 1).
-    Count(u32),
-}
-
-/// A deployment request (`POST /api/v1/deployments`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeploymentRequest {
-    /// SHA-256 of an uploaded image.
-    pub image: String,
-    /// The target group of the image's product.
-    pub group: String,
-    /// Wave sizes in order; devices left after the last wave join it. Default: one
-    /// wave of everything.
-    #[serde(default = "default_waves")]
-    pub waves: Vec<WaveSize>,
-    /// Fraction (0..=1] of a wave's offered devices that must confirm the update
-    /// before the next wave starts. Default 0.9.
-    #[serde(default = "default_success")]
-    pub success_threshold: f64,
-    /// Fraction (0..=1] of a wave's offered devices failing, rolling back or crashing
-    /// on the new version that halts the deployment. Default 0.2.
-    #[serde(default = "default_failure")]
-    pub failure_threshold: f64,
-    /// Maintenance window start, ms since the epoch (waves start only inside it).
-    #[serde(default)]
-    pub window_start_ms: Option<i64>,
-    /// Maintenance window end.
-    #[serde(default)]
-    pub window_end_ms: Option<i64>,
-}
-
-fn default_waves() -> Vec<WaveSize> {
-    vec![WaveSize::Percent(100)]
-}
-fn default_success() -> f64 {
-    0.9
-}
-fn default_failure() -> f64 {
-    0.2
-}
-
-impl DeploymentRequest {
-    /// Checks the numbers; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.waves.is_empty() {
-            return Err("waves: at least one wave is needed".into());
-        }
-        for (index, wave) in self.waves.iter().enumerate() {
-            match wave {
-                WaveSize::Percent(p) if !(1..=100).contains(p) => {
-                    return Err(format!("waves[{index}].percent {p} is outside 1..=100"));
-                }
-                WaveSize::Count(0) => {
-                    return Err(format!("waves[{index}].count must be at least 1"));
-                }
-                _ => {}
-            }
-        }
-        for (name, value) in [
-            ("success_threshold", self.success_threshold),
-            ("failure_threshold", self.failure_threshold),
-        ] {
-            if !(value > 0.0 && value <= 1.0) {
-                return Err(format!("{name} {value} is outside (0, 1]"));
-            }
-        }
-        if let (Some(start), Some(end)) = (self.window_start_ms, self.window_end_ms)
-            && end <= start
-        {
-            return Err("window_end_ms must be after window_start_ms".into());
-        }
-        Ok(())
-    }
 }
 
 /// Splits `devices` (already in a stable order) into waves: each wave takes its size
@@ -143,6 +61,23 @@ pub fn assign_waves(devices: &[String], waves: &[WaveSize]) -> Vec<(String, i64)
         next += take;
     }
     out
+}
+
+/// Why a member of a wave is not offered the image (its `withheld` state's detail).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Withheld {
+    /// It is no longer registered.
+    #[error("not registered")]
+    NotRegistered,
+    /// Its certificate is revoked.
+    #[error("certificate revoked")]
+    Revoked,
+    /// It moved out of the deployment's group (or into `No Updates`).
+    #[error("now in group {0:?}")]
+    Group(String),
+    /// It is not trusted now.
+    #[error("attestation is {0}")]
+    Attestation(String),
 }
 
 /// What the rollout task needs.
@@ -361,7 +296,7 @@ impl Rollouts {
                             &deployment.id,
                             &member.device_id,
                             "withheld",
-                            &reason,
+                            &reason.to_string(),
                             now,
                         )
                         .await?;
@@ -384,17 +319,17 @@ impl Rollouts {
         &self,
         device_id: &str,
         group: &str,
-    ) -> Result<Result<(), String>, StoreError> {
+    ) -> Result<Result<(), Withheld>, StoreError> {
         let Some(device) = self.store.registered_device(device_id).await? else {
-            return Ok(Err("not registered".into()));
+            return Ok(Err(Withheld::NotRegistered));
         };
         Ok(
             if device.revoked || self.trust.is_revoked(&device.fingerprint) {
-                Err("certificate revoked".into())
+                Err(Withheld::Revoked)
             } else if device.group == NO_UPDATES_GROUP || device.group != group {
-                Err(format!("now in group {:?}", device.group))
+                Err(Withheld::Group(device.group))
             } else if device.attestation != "trusted" {
-                Err(format!("attestation is {}", device.attestation))
+                Err(Withheld::Attestation(device.attestation))
             } else {
                 Ok(())
             },
@@ -590,27 +525,5 @@ mod tests {
             vec![1, 9]
         );
         assert!(assign_waves(&[], &[WaveSize::Percent(100)]).is_empty());
-    }
-
-    #[test]
-    fn requests_are_checked_field_by_field() {
-        let good: DeploymentRequest =
-            serde_json::from_str(r#"{"image":"x","group":"Production"}"#).expect("defaults");
-        assert!(good.validate().is_ok());
-        let bad: DeploymentRequest =
-            serde_json::from_str(r#"{"image":"x","group":"g","waves":[{"percent":0}]}"#)
-                .expect("parses");
-        assert_eq!(
-            bad.validate(),
-            Err("waves[0].percent 0 is outside 1..=100".into())
-        );
-        let bad: DeploymentRequest =
-            serde_json::from_str(r#"{"image":"x","group":"g","failure_threshold":1.5}"#)
-                .expect("parses");
-        assert!(
-            bad.validate()
-                .expect_err("refused")
-                .starts_with("failure_threshold")
-        );
     }
 }

@@ -14,7 +14,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
+use rustls::{
+    CertificateError as TlsCertificateError, DigitallySignedStruct, DistinguishedName,
+    RootCertStore,
+};
 use sha2::{Digest, Sha256};
 
 use crate::broker::device_id_from_certificate;
@@ -24,30 +27,94 @@ pub fn fingerprint(der: &[u8]) -> String {
     warden_wire::topics::to_hex(&Sha256::digest(der))
 }
 
+/// Why a certificate or a CA bundle is not acceptable. The messages complete a
+/// sentence about the certificate ("the certificate has expired"); callers say which
+/// request field or product it came from.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertificateError {
+    /// The text is not PEM.
+    #[error("not PEM: {0}")]
+    NotPem(#[source] rustls::pki_types::pem::Error),
+    /// The text holds no certificate.
+    #[error("holds no PEM certificate")]
+    NoCertificate,
+    /// A certificate of a CA bundle does not parse.
+    #[error("certificate {index} is not valid X.509: {reason}")]
+    NotX509 {
+        /// Its position in the bundle, from 0.
+        index: usize,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// A certificate of a CA bundle is not a CA.
+    #[error("certificate {index} ({subject}) is not a CA certificate")]
+    NotCa {
+        /// Its position in the bundle, from 0.
+        index: usize,
+        /// Its subject.
+        subject: String,
+    },
+    /// rustls refuses a CA certificate as a trust anchor.
+    #[error("unusable CA certificate: {0}")]
+    UnusableCa(#[source] rustls::Error),
+    /// rustls cannot build a verifier from the CA certificates.
+    #[error("unusable CA certificates: {0}")]
+    UnusableCas(#[source] rustls::server::VerifierBuilderError),
+    /// The device certificate's validity has ended.
+    #[error("has expired")]
+    Expired,
+    /// The device certificate's validity has not begun.
+    #[error("is not valid yet")]
+    NotValidYet,
+    /// The device certificate does not chain to the manufacturer CA.
+    #[error("is not signed by the product's manufacturer CA")]
+    UnknownIssuer,
+    /// The device certificate's signature does not verify.
+    #[error("has a signature that does not verify against the manufacturer CA")]
+    BadSignature,
+    /// rustls refuses the device certificate for another reason.
+    #[error("is not acceptable: {0}")]
+    Refused(#[source] rustls::Error),
+    /// The device certificate names another device.
+    #[error("common name {common_name:?} does not match device_id {device_id:?}")]
+    OtherDevice {
+        /// The certificate's common name.
+        common_name: String,
+        /// The device ID it was presented for.
+        device_id: String,
+    },
+    /// The device certificate's common name is no device ID.
+    #[error("has no usable common name (1 to 64 letters, digits, '-' or '_')")]
+    NoDeviceId,
+}
+
 /// Every certificate in a PEM text, in order.
-pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertificateError> {
     use rustls::pki_types::pem::PemObject as _;
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not PEM: {e}"))?;
+        .map_err(CertificateError::NotPem)?;
     if certs.is_empty() {
-        return Err("holds no PEM certificate".to_owned());
+        return Err(CertificateError::NoCertificate);
     }
     Ok(certs)
 }
 
 /// Checks a manufacturer CA bundle: at least one certificate, each a CA.
-pub fn check_ca_bundle(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn check_ca_bundle(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertificateError> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let certs = certificates_from_pem(pem)?;
     for (index, der) in certs.iter().enumerate() {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| format!("certificate {index} is not valid X.509: {e}"))?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertificateError::NotX509 {
+            index,
+            reason: e.to_string(),
+        })?;
         if !cert.is_ca() {
-            return Err(format!(
-                "certificate {index} ({}) is not a CA certificate",
-                cert.subject()
-            ));
+            return Err(CertificateError::NotCa {
+                index,
+                subject: cert.subject().to_string(),
+            });
         }
     }
     verifier(&certs, provider())?;
@@ -60,31 +127,32 @@ pub fn verify_device_certificate(
     certificate: &CertificateDer<'_>,
     ca_bundle: &[CertificateDer<'static>],
     device_id: &str,
-) -> Result<(), String> {
+) -> Result<(), CertificateError> {
     let verifier = verifier(ca_bundle, provider())?;
     verifier
         .verify_client_cert(certificate, &[], UnixTime::now())
         .map_err(|error| match error {
-            rustls::Error::InvalidCertificate(CertificateError::Expired) => {
-                "has expired".to_owned()
+            rustls::Error::InvalidCertificate(TlsCertificateError::Expired) => {
+                CertificateError::Expired
             }
-            rustls::Error::InvalidCertificate(CertificateError::NotValidYet) => {
-                "is not valid yet".to_owned()
+            rustls::Error::InvalidCertificate(TlsCertificateError::NotValidYet) => {
+                CertificateError::NotValidYet
             }
-            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                "is not signed by the product's manufacturer CA".to_owned()
+            rustls::Error::InvalidCertificate(TlsCertificateError::UnknownIssuer) => {
+                CertificateError::UnknownIssuer
             }
-            rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
-                "has a signature that does not verify against the manufacturer CA".to_owned()
+            rustls::Error::InvalidCertificate(TlsCertificateError::BadSignature) => {
+                CertificateError::BadSignature
             }
-            other => format!("is not acceptable: {other}"),
+            other => CertificateError::Refused(other),
         })?;
     match device_id_from_certificate(certificate) {
         Some(common_name) if common_name == device_id => Ok(()),
-        Some(common_name) => Err(format!(
-            "common name {common_name:?} does not match device_id {device_id:?}"
-        )),
-        None => Err("has no usable common name (1 to 64 letters, digits, '-' or '_')".to_owned()),
+        Some(common_name) => Err(CertificateError::OtherDevice {
+            common_name,
+            device_id: device_id.to_owned(),
+        }),
+        None => Err(CertificateError::NoDeviceId),
     }
 }
 
@@ -95,16 +163,16 @@ fn provider() -> Arc<CryptoProvider> {
 fn verifier(
     roots: &[CertificateDer<'static>],
     provider: Arc<CryptoProvider>,
-) -> Result<Arc<dyn ClientCertVerifier>, String> {
+) -> Result<Arc<dyn ClientCertVerifier>, CertificateError> {
     let mut store = RootCertStore::empty();
     for root in roots {
         store
             .add(root.clone())
-            .map_err(|e| format!("unusable CA certificate: {e}"))?;
+            .map_err(CertificateError::UnusableCa)?;
     }
     WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
         .build()
-        .map_err(|e| format!("unusable CA certificates: {e}"))
+        .map_err(CertificateError::UnusableCas)
 }
 
 /// What the broker trusts; changed at run time by registration and revocation.
@@ -129,7 +197,7 @@ impl std::fmt::Debug for DeviceTrust {
 
 impl DeviceTrust {
     /// Trusts `configured` (the config's manufacturer CA) until products are added.
-    pub fn new(configured: Vec<CertificateDer<'static>>) -> Result<Self, String> {
+    pub fn new(configured: Vec<CertificateDer<'static>>) -> Result<Self, CertificateError> {
         let provider = provider();
         let verifier = verifier(&configured, Arc::clone(&provider))?;
         Ok(Self {
@@ -149,7 +217,7 @@ impl DeviceTrust {
         &self,
         product: &str,
         bundle: Vec<CertificateDer<'static>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CertificateError> {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         state.products.insert(product.to_owned(), bundle);
         let roots: Vec<_> = self
@@ -206,7 +274,9 @@ impl ClientCertVerifier for DeviceTrust {
         let (verifier, registered) = {
             let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
             if state.revoked.contains(&print) {
-                return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+                return Err(rustls::Error::InvalidCertificate(
+                    TlsCertificateError::Revoked,
+                ));
             }
             let registered = device_id_from_certificate(end_entity)
                 .and_then(|id| state.registered.get(&id).cloned());
@@ -219,7 +289,7 @@ impl ClientCertVerifier for DeviceTrust {
             && expected != print
         {
             return Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
+                TlsCertificateError::ApplicationVerificationFailure,
             ));
         }
         Ok(ClientCertVerified::assertion())

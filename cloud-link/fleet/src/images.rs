@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use warden_image::{ImageHeader, ImageTrust, RootKey, verify_image};
+use warden_image::{ChainError, ImageHeader, ImageTrust, RootKey, verify_image};
 use warden_wire::topics::{from_hex, to_hex};
 
-use crate::store::ImageRecord;
+use warden_wire::fleet_api::ImageRecord;
 
 /// Where images live and whom they must be signed by.
 #[derive(Debug, Clone)]
@@ -27,22 +27,56 @@ pub enum ImageStoreError {
     Io(PathBuf, std::io::Error),
 }
 
+/// A configured vendor root that is not a usable key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VendorRootError {
+    /// Not hex.
+    #[error("images.vendor_roots[{index}] is not hex")]
+    NotHex {
+        /// Its position in `images.vendor_roots`, from 0.
+        index: usize,
+    },
+    /// Hex, but not an uncompressed SEC1 P-256 public key.
+    #[error("images.vendor_roots[{index}] is not a P-256 public key: {reason:?}")]
+    NotAKey {
+        /// Its position in `images.vendor_roots`, from 0.
+        index: usize,
+        /// Why the key was refused.
+        reason: ChainError,
+    },
+}
+
+impl VendorRootError {
+    /// The config key at fault, as a TOML path.
+    pub fn field(&self) -> String {
+        let (Self::NotHex { index } | Self::NotAKey { index, .. }) = self;
+        format!("images.vendor_roots[{index}]")
+    }
+}
+
+/// The keys of `vendor_roots` (hex of uncompressed SEC1 P-256 keys, as in the config's
+/// `images.vendor_roots`).
+pub fn vendor_root_keys(vendor_roots: &[String]) -> Result<Vec<RootKey>, VendorRootError> {
+    vendor_roots
+        .iter()
+        .enumerate()
+        .map(|(index, hex)| {
+            let bytes = from_hex(hex).ok_or(VendorRootError::NotHex { index })?;
+            RootKey::from_public_key(&bytes)
+                .map_err(|reason| VendorRootError::NotAKey { index, reason })
+        })
+        .collect()
+}
+
 impl ImageStore {
     /// Images under `dir`, trusted when signed under one of `vendor_roots` (hex of
     /// uncompressed SEC1 P-256 keys, as in the config's `images.vendor_roots`).
-    pub fn new(dir: PathBuf, vendor_roots: &[String]) -> Result<Self, String> {
-        let roots = vendor_roots
-            .iter()
-            .enumerate()
-            .map(|(index, hex)| {
-                let bytes = from_hex(hex)
-                    .ok_or_else(|| format!("images.vendor_roots[{index}] is not hex"))?;
-                RootKey::from_public_key(&bytes).map_err(|e| {
-                    format!("images.vendor_roots[{index}] is not a P-256 public key: {e:?}")
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { dir, roots })
+    pub fn new(dir: PathBuf, vendor_roots: &[String]) -> Result<Self, VendorRootError> {
+        Ok(Self {
+            dir,
+            roots: vendor_root_keys(vendor_roots)?,
+        })
     }
 
     /// Verifies an uploaded image: framing, the release-key chain to a vendor root,

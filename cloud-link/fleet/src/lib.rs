@@ -59,33 +59,133 @@ pub struct FleetConfig {
 }
 
 impl FleetConfig {
-    /// Reads and parses the config file at `path`.
+    /// Reads and parses the config file at `path`, checks its values (see
+    /// [`FleetConfig::check`]) and that the files it names can be opened.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text, path)
+        let config = Self::from_toml(&text, path)?;
+        config
+            .check_files()
+            .map_err(|error| ConfigError::value(&text, path, &error))?;
+        Ok(config)
     }
 
-    /// Parses `text`, the content of `path` (named in errors).
+    /// Parses `text`, the content of `path` (named in errors), and checks its values.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|error: toml::de::Error| {
-            // toml's span points at the offending key or value; 1-based line and column.
-            let (line, column) = error.span().map_or((0, 0), |span| {
-                let before = text.get(..span.start).unwrap_or(text);
-                let line = before.matches('\n').count() + 1;
-                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-                (line, column)
-            });
+        let config: Self = toml::from_str(text).map_err(|error: toml::de::Error| {
+            // toml's span points at the offending key or value.
+            let (line, column) = error
+                .span()
+                .map_or((0, 0), |span| line_and_column(text, span.start));
             ConfigError::Invalid {
                 path: path.to_owned(),
                 line,
                 column,
                 message: error.message().trim_end().to_owned(),
             }
-        })
+        })?;
+        config
+            .check()
+            .map_err(|error| ConfigError::value(text, path, &error))?;
+        Ok(config)
     }
+
+    /// Checks what the types do not: token hashes, vendor roots, listener addresses,
+    /// the database URL's kind, and the rollout timings against each other. The
+    /// error names the field ([`ConfigValueError::field`]).
+    pub fn check(&self) -> Result<(), ConfigValueError> {
+        for (field, value) in [
+            ("http_listen", &self.http_listen),
+            ("mqtt_listen", &self.mqtt_listen),
+        ] {
+            let host_port = value
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !host_port {
+                return Err(ConfigValueError::Listen {
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+        // Port 0 picks a free port for each; any other port can be bound once.
+        if self.http_listen == self.mqtt_listen && !self.http_listen.ends_with(":0") {
+            return Err(ConfigValueError::SameListen(self.http_listen.clone()));
+        }
+        if !["sqlite:", "postgres:", "postgresql:"]
+            .iter()
+            .any(|scheme| self.database_url.starts_with(scheme))
+        {
+            return Err(ConfigValueError::DatabaseUrl(self.database_url.clone()));
+        }
+        auth::Authorizer::new(&self.api)?;
+        images::vendor_root_keys(&self.images.vendor_roots)?;
+        self.rollouts.check()
+    }
+
+    /// Checks that the certificate and key files the config names can be opened.
+    fn check_files(&self) -> Result<(), ConfigValueError> {
+        for (field, path) in [
+            ("server_cert", &self.server_cert),
+            ("server_key", &self.server_key),
+            ("manufacturer_ca", &self.manufacturer_ca),
+        ] {
+            std::fs::File::open(path).map_err(|source| ConfigValueError::File {
+                field,
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Where `text` sets `field` (a TOML path, `api.tokens[1].sha256`): the line and
+/// column of its value, or of the nearest enclosing table or array the file has;
+/// `(0, 0)` when the file does not mention it (a default).
+fn locate(text: &str, field: &str) -> (usize, usize) {
+    use toml::de::{DeTable, DeValue};
+    let Ok(root) = DeTable::parse(text) else {
+        return (0, 0);
+    };
+    let mut found: Option<std::ops::Range<usize>> = None;
+    let mut table = Some(root.get_ref());
+    'path: for part in field.split('.') {
+        let (key, indexes) = part
+            .split_once('[')
+            .map_or((part, ""), |(key, rest)| (key, rest));
+        let Some(current) = table else { break };
+        let Some((_, mut value)) = current.iter().find(|(name, _)| name.get_ref() == key) else {
+            break;
+        };
+        found = Some(value.span());
+        for index in indexes
+            .split('[')
+            .filter_map(|index| index.trim_end_matches(']').parse::<usize>().ok())
+        {
+            let Some(item) = (match value.get_ref() {
+                DeValue::Array(items) => items.get(index),
+                _ => None,
+            }) else {
+                break 'path;
+            };
+            value = item;
+            found = Some(value.span());
+        }
+        table = value.get_ref().as_table();
+    }
+    found.map_or((0, 0), |span| line_and_column(text, span.start))
 }
 
 /// Why the fleet's config could not be loaded.
@@ -100,7 +200,8 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not a valid fleet config (toml's message names the field).
+    /// The file is not a valid fleet config: toml's message, or a
+    /// [`ConfigValueError`]'s, naming the field.
     #[error("{}:{line}:{column}: {message}", path.display())]
     Invalid {
         /// The config file.
@@ -112,6 +213,82 @@ pub enum ConfigError {
         /// What is wrong, naming the field.
         message: String,
     },
+}
+
+impl ConfigError {
+    /// `error`, found in `text` (the content of `path`), at the line of its field.
+    fn value(text: &str, path: &Path, error: &ConfigValueError) -> Self {
+        let (line, column) = locate(text, &error.field());
+        Self::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// A config value of the right type that cannot be used. Each message names the
+/// field; [`ConfigValueError::field`] gives its TOML path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigValueError {
+    /// A token hash is not a SHA-256 in hex.
+    #[error(transparent)]
+    TokenHash(#[from] auth::TokenHashError),
+    /// A vendor root is not a key.
+    #[error(transparent)]
+    VendorRoot(#[from] images::VendorRootError),
+    /// Trust would lapse between two scheduled challenges.
+    #[error(
+        "rollouts.attestation_valid_secs ({valid}) must exceed \
+         rollouts.attestation_interval_secs ({interval}), or trust lapses between two \
+         scheduled challenges"
+    )]
+    TrustLapses {
+        /// `rollouts.attestation_valid_secs`.
+        valid: u64,
+        /// `rollouts.attestation_interval_secs`.
+        interval: u64,
+    },
+    /// A listener address without a host and a port number.
+    #[error("{field} {value:?} is not HOST:PORT")]
+    Listen {
+        /// `http_listen` or `mqtt_listen`.
+        field: &'static str,
+        /// What the config says.
+        value: String,
+    },
+    /// The API and the broker on one address.
+    #[error("http_listen and mqtt_listen are both {0:?}: each needs its own port")]
+    SameListen(String),
+    /// A database the store cannot open.
+    #[error("database_url {0:?} is neither sqlite://… nor postgres://…")]
+    DatabaseUrl(String),
+    /// A certificate or key file that cannot be opened.
+    #[error("{field} {}: {source}", path.display())]
+    File {
+        /// `server_cert`, `server_key` or `manufacturer_ca`.
+        field: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be opened.
+        source: std::io::Error,
+    },
+}
+
+impl ConfigValueError {
+    /// The config key at fault, as a TOML path (`api.tokens[1].sha256`).
+    pub fn field(&self) -> String {
+        match self {
+            Self::TokenHash(error) => error.field(),
+            Self::VendorRoot(error) => error.field(),
+            Self::TrustLapses { .. } => "rollouts.attestation_valid_secs".to_owned(),
+            Self::Listen { field, .. } | Self::File { field, .. } => (*field).to_owned(),
+            Self::SameListen(_) => "mqtt_listen".to_owned(),
+            Self::DatabaseUrl(_) => "database_url".to_owned(),
+        }
+    }
 }
 
 /// The `[telemetry]` section.
@@ -197,19 +374,17 @@ impl RolloutConfig {
     }
 
     /// Refuses a validity that would let trust lapse between two scheduled challenges.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), ConfigValueError> {
         match self.attestation_valid_secs {
             Some(valid)
                 if valid > 0
                     && self.attestation_interval_secs > 0
                     && valid <= self.attestation_interval_secs =>
             {
-                Err(format!(
-                    "rollouts.attestation_valid_secs ({valid}) must exceed \
-                     rollouts.attestation_interval_secs ({}), or trust lapses between two \
-                     scheduled challenges",
-                    self.attestation_interval_secs
-                ))
+                Err(ConfigValueError::TrustLapses {
+                    valid,
+                    interval: self.attestation_interval_secs,
+                })
             }
             _ => Ok(()),
         }
@@ -262,7 +437,9 @@ async fn load_trust(
     config: &FleetConfig,
     store: &store::Store,
 ) -> anyhow::Result<enrollment::DeviceTrust> {
-    let configured = warden_wire::tls::load_certificates(&config.manufacturer_ca)?;
+    let configured =
+        warden_wire::tls::load_certificates(&config.manufacturer_ca).context("manufacturer_ca")?;
+    use anyhow::Context as _;
     let trust = enrollment::DeviceTrust::new(configured).map_err(|e| {
         anyhow::anyhow!("manufacturer_ca {}: {e}", config.manufacturer_ca.display())
     })?;
@@ -289,10 +466,10 @@ pub async fn start(
 ) -> anyhow::Result<RunningFleet> {
     use anyhow::Context as _;
 
-    config.rollouts.check().map_err(anyhow::Error::msg)?;
-    let authorizer = auth::Authorizer::new(&config.api).map_err(anyhow::Error::msg)?;
-    let images = images::ImageStore::new(config.image_dir(), &config.images.vendor_roots)
-        .map_err(anyhow::Error::msg)?;
+    // A config built in code (tests, the simulators) has not been through `load`.
+    config.check()?;
+    let authorizer = auth::Authorizer::new(&config.api)?;
+    let images = images::ImageStore::new(config.image_dir(), &config.images.vendor_roots)?;
     let store = store::Store::open_with(
         &config.database_url,
         config
@@ -306,7 +483,8 @@ pub async fn start(
         &config.server_cert,
         &config.server_key,
         std::sync::Arc::clone(&trust),
-    )?;
+    )
+    .context("server_cert and server_key")?;
     let broker = broker::Broker::start(&config.mqtt_listen, tls, shutdown.clone())
         .await
         .with_context(|| format!("cannot listen for mqtt on {}", config.mqtt_listen))?;
@@ -457,5 +635,125 @@ mod tests {
         let error = FleetConfig::from_toml("http_listen = 1\nbogus = 2\n", Path::new("f.toml"))
             .expect_err("unknown field");
         assert!(error.to_string().contains("bogus"), "{error}");
+    }
+
+    /// The keys every config needs, on lines 1 to 6.
+    const BASE: &str = "http_listen = \"127.0.0.1:8080\"\nmqtt_listen = \"127.0.0.1:8883\"\n\
+                        database_url = \"sqlite://x\"\nserver_cert = \"a\"\nserver_key = \"b\"\n\
+                        manufacturer_ca = \"c\"\n";
+
+    /// The error `text` gives, as shown, with its line and column.
+    fn refused(text: &str) -> (String, usize, usize) {
+        let error = FleetConfig::from_toml(text, Path::new("fleet.toml")).expect_err("refused");
+        let ConfigError::Invalid { line, column, .. } = &error else {
+            panic!("{error}");
+        };
+        (error.to_string(), *line, *column)
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let error = FleetConfig::load(Path::new("/nonexistent/fleet.toml")).expect_err("no file");
+        assert!(matches!(error, ConfigError::Read { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot read /nonexistent/fleet.toml: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line_and_column() {
+        let (shown, line, column) = refused(&format!("{BASE}[rollouts\ntick_ms = 5\n"));
+        assert_eq!(line, 7, "{shown}");
+        assert!(column > 0, "{shown}");
+        assert!(shown.starts_with("fleet.toml:7:"), "{shown}");
+    }
+
+    #[test]
+    fn value_errors_name_the_file_line_and_field() {
+        let good_hash = "ab".repeat(32);
+        // A token hash that is not hex: the line of that token's sha256.
+        let (shown, line, column) = refused(&format!(
+            "{BASE}[[api.tokens]]\nname = \"ok\"\nrole = \"viewer\"\nsha256 = \"{good_hash}\"\n\
+             [[api.tokens]]\nname = \"ops\"\nrole = \"operator\"\nsha256 = \"xyz\"\n"
+        ));
+        assert_eq!(
+            shown,
+            "fleet.toml:14:10: api.tokens[1] (ops): sha256 is not 64 hex digits"
+        );
+        assert_eq!((line, column), (14, 10));
+
+        let (shown, line, _) = refused(&format!(
+            "{BASE}[images]\nvendor_roots = [\"00\", \"zz\"]\n"
+        ));
+        assert_eq!(line, 8, "{shown}");
+        assert!(
+            shown.contains(": images.vendor_roots[0] is not a P-256 public key: "),
+            "{shown}"
+        );
+
+        let (shown, line, column) =
+            refused(&BASE.replace("\"127.0.0.1:8883\"", "\"broker.example\""));
+        assert_eq!(
+            shown,
+            "fleet.toml:2:15: mqtt_listen \"broker.example\" is not HOST:PORT"
+        );
+        assert_eq!((line, column), (2, 15));
+
+        let (shown, line, _) = refused(&BASE.replace("sqlite://x", "mysql://db/fleet"));
+        assert_eq!(line, 3, "{shown}");
+        assert!(
+            shown.contains("database_url \"mysql://db/fleet\""),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn cross_field_errors_name_the_line_of_the_field_to_change() {
+        // The API and the broker on one port.
+        let (shown, line, _) = refused(&BASE.replace("127.0.0.1:8883", "127.0.0.1:8080"));
+        assert_eq!(line, 2, "{shown}");
+        assert!(
+            shown.contains("http_listen and mqtt_listen are both \"127.0.0.1:8080\""),
+            "{shown}"
+        );
+        // Port 0 on both is two free ports.
+        let any = BASE
+            .replace("127.0.0.1:8883", "127.0.0.1:0")
+            .replace("127.0.0.1:8080", "127.0.0.1:0");
+        FleetConfig::from_toml(&any, Path::new("fleet.toml")).expect("two free ports");
+
+        // Trust that would lapse between two scheduled challenges.
+        let (shown, line, column) = refused(&format!(
+            "{BASE}[rollouts]\nattestation_interval_secs = 600\nattestation_valid_secs = 600\n"
+        ));
+        assert_eq!((line, column), (9, 26), "{shown}");
+        assert!(
+            shown.contains("rollouts.attestation_valid_secs (600) must exceed"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_file_that_cannot_be_opened_is_named_with_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fleet.toml");
+        for name in ["a", "b"] {
+            std::fs::write(dir.path().join(name), "-").expect("write");
+        }
+        let text = BASE
+            .replace("\"a\"", &format!("{:?}", dir.path().join("a")))
+            .replace("\"b\"", &format!("{:?}", dir.path().join("b")))
+            .replace("\"c\"", &format!("{:?}", dir.path().join("missing-ca.pem")));
+        std::fs::write(&path, text).expect("write");
+        let error = FleetConfig::load(&path).expect_err("no CA file");
+        let shown = error.to_string();
+        assert!(
+            shown.starts_with(&format!("{}:6:19: manufacturer_ca ", path.display())),
+            "{shown}"
+        );
+        assert!(shown.contains("missing-ca.pem"), "{shown}");
     }
 }

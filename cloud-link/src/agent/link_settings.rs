@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::control::{ControlMessage, ControlSender};
-use warden_wire::topics::{DeviceEvent, LinkSettings, event_kind};
+use warden_wire::topics::{DeviceEvent, LinkSettings, LinkSettingsError, event_kind};
 
 /// Where the link settings from the fleet are kept (in the outbox directory).
 pub(super) const LINK_SETTINGS_FILE: &str = "link-settings.json";
@@ -14,8 +14,12 @@ pub(super) fn load_link_settings(path: &Path) -> Option<LinkSettings> {
     let bytes = std::fs::read(path).ok()?;
     match serde_json::from_slice::<LinkSettings>(&bytes)
         .map_err(|e| e.to_string())
-        .and_then(|settings| settings.validate().map(|()| settings))
-    {
+        .and_then(|settings| {
+            settings
+                .validate()
+                .map(|()| settings)
+                .map_err(|e| e.to_string())
+        }) {
         Ok(settings) => Some(settings),
         Err(error) => {
             tracing::warn!(path = %path.display(), %error, "saved link settings ignored");
@@ -28,10 +32,9 @@ pub(super) fn load_link_settings(path: &Path) -> Option<LinkSettings> {
 /// and the text goes to the fleet in the reported state and an event.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum LinkSettingsRefused {
-    /// Malformed or out of bounds; the wire type's check names the member and bound
-    /// (`warden_wire` reports it as text).
-    #[error("{0}")]
-    Invalid(String),
+    /// Malformed or out of bounds; the wire type's check names the member and bound.
+    #[error(transparent)]
+    Invalid(#[from] LinkSettingsError),
     /// A replay or an old change: the version must grow.
     #[error("link settings: version {proposed} is not above the running version {running}")]
     NotNewer {
@@ -49,7 +52,7 @@ pub(super) enum LinkSettingsRefused {
 /// newer than the running one, saved (atomically) before it takes effect. Returns the
 /// settings to use from now on, if they changed; every outcome is reported.
 pub(super) fn change_link_settings(
-    change: Result<Option<LinkSettings>, String>,
+    change: Result<Option<LinkSettings>, LinkSettingsError>,
     running: &mut Option<LinkSettings>,
     path: &Path,
     control: &ControlSender,

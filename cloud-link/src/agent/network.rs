@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::status::{LinkStatus, update};
 use crate::clock::unix_millis;
 use warden_wire::topics::{
-    Ack, AttestationChallenge, AttestationVerdict, Command, LinkSettings, PROTOCOL_VERSION,
-    TwinDesired, UpdateOffer,
+    Ack, AttestationChallenge, AttestationVerdict, Command, LinkSettings, LinkSettingsError,
+    PROTOCOL_VERSION, TwinDesired, UpdateOffer,
 };
 
 /// First reconnect delay after the connection is lost (plus up to 25 % jitter).
@@ -28,7 +28,7 @@ pub(super) enum NetworkEvent {
     Disconnected(String),
     Ack(Ack),
     Command(Command),
-    Desired(TwinDesired, Result<Option<LinkSettings>, String>),
+    Desired(TwinDesired, Result<Option<LinkSettings>, LinkSettingsError>),
     Challenge(AttestationChallenge),
     Verdict(AttestationVerdict),
     Offer(UpdateOffer),

@@ -663,6 +663,32 @@ pub const BATCH_INTERVAL_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
 /// Accepted [`LinkSettings::max_send_per_second`].
 pub const MAX_SEND_PER_SECOND: std::ops::RangeInclusive<u32> = 10..=10_000;
 
+/// Why link settings from the fleet were refused; each message names the field.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkSettingsError {
+    /// The desired-state payload is not JSON of its shape.
+    #[error("desired state: {0}")]
+    Desired(#[source] serde_json::Error),
+    /// Its `link` member is not link settings.
+    #[error("link settings: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// `batch_interval_ms` outside [`BATCH_INTERVAL_MS`].
+    #[error(
+        "link settings: batch_interval_ms {0} is outside {start}..={end}",
+        start = BATCH_INTERVAL_MS.start(),
+        end = BATCH_INTERVAL_MS.end()
+    )]
+    BatchInterval(u64),
+    /// `max_send_per_second` outside [`MAX_SEND_PER_SECOND`].
+    #[error(
+        "link settings: max_send_per_second {0} is outside {start}..={end}",
+        start = MAX_SEND_PER_SECOND.start(),
+        end = MAX_SEND_PER_SECOND.end()
+    )]
+    MaxSendPerSecond(u32),
+}
+
 #[derive(Deserialize)]
 struct LinkMember {
     #[serde(default)]
@@ -672,33 +698,25 @@ struct LinkMember {
 impl LinkSettings {
     /// The `link` member of a desired-state payload: `Ok(None)` without one, `Err` with
     /// the reason for a malformed one.
-    pub fn of_desired(bytes: &[u8]) -> Result<Option<Self>, String> {
+    pub fn of_desired(bytes: &[u8]) -> Result<Option<Self>, LinkSettingsError> {
         let member: LinkMember =
-            serde_json::from_slice(bytes).map_err(|e| format!("desired state: {e}"))?;
+            serde_json::from_slice(bytes).map_err(LinkSettingsError::Desired)?;
         match member.link {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(value) => serde_json::from_value(value)
                 .map(Some)
-                .map_err(|e| format!("link settings: {e}")),
+                .map_err(LinkSettingsError::Malformed),
         }
     }
 
     /// Checks every field against its bounds; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LinkSettingsError> {
         if !BATCH_INTERVAL_MS.contains(&self.batch_interval_ms) {
-            return Err(format!(
-                "link settings: batch_interval_ms {} is outside {}..={}",
-                self.batch_interval_ms,
-                BATCH_INTERVAL_MS.start(),
-                BATCH_INTERVAL_MS.end()
-            ));
+            return Err(LinkSettingsError::BatchInterval(self.batch_interval_ms));
         }
         if !MAX_SEND_PER_SECOND.contains(&self.max_send_per_second) {
-            return Err(format!(
-                "link settings: max_send_per_second {} is outside {}..={}",
+            return Err(LinkSettingsError::MaxSendPerSecond(
                 self.max_send_per_second,
-                MAX_SEND_PER_SECOND.start(),
-                MAX_SEND_PER_SECOND.end()
             ));
         }
         Ok(())

@@ -36,7 +36,12 @@ use warden_image::build::build_signed_image;
 use warden_image::{BuildId, ImageHeader, ProductId, SemanticVersion};
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert};
-use warden_wire::topics::{Ack, from_hex, to_hex};
+use warden_wire::fleet_api::{
+    DEFAULT_GROUP, DEPLOYMENTS_PATH, DeploymentRequest, IMAGES_PATH, ImageRecord,
+};
+use warden_wire::topics::{
+    Ack, AttestationChallenge, AttestationQuote, PROTOCOL_VERSION, encode, from_hex, to_hex,
+};
 
 const PRODUCT: &str = "loadgen";
 
@@ -169,20 +174,24 @@ async fn device(
                             counters.acked.fetch_add(1, Ordering::Relaxed);
                         }
                     } else if publish.topic == challenge_topic {
-                        let nonce = serde_json::from_slice::<serde_json::Value>(&publish.payload)
-                            .ok()
-                            .and_then(|c| from_hex(c["nonce"].as_str()?));
+                        let nonce =
+                            serde_json::from_slice::<AttestationChallenge>(&publish.payload)
+                                .ok()
+                                .and_then(|c| from_hex(&c.nonce));
                         if let Some(nonce) = nonce
                             && let Ok(quote) = signer.quote(&nonce, [0; 32])
                         {
-                            let answer = serde_json::json!({
-                                "v": 1, "nonce": to_hex(&nonce), "quote": to_hex(&quote)
-                            });
+                            let answer = AttestationQuote {
+                                v: PROTOCOL_VERSION,
+                                nonce: to_hex(&nonce),
+                                quote: to_hex(&quote),
+                                error: None,
+                            };
                             let _ = client.try_publish(
                                 &quote_topic,
                                 QoS::AtLeastOnce,
                                 false,
-                                serde_json::to_vec(&answer).unwrap_or_default(),
+                                encode(&answer),
                             );
                             pubacks.push_back(Instant::now());
                             counters.trusted_quotes.fetch_add(1, Ordering::Relaxed);
@@ -356,20 +365,23 @@ async fn main() -> anyhow::Result<()> {
 
     // Update offers: a release and one wave over every device.
     let (status, image) = api
-        .post("/api/v1/images", Err(signed_release(&vendor_root)?))
+        .post(IMAGES_PATH, Err(signed_release(&vendor_root)?))
         .await?;
     if status != 201 {
         bail!("image upload: {status} {image}");
     }
-    let sha256 = image["sha256"].as_str().context("image sha256")?.to_owned();
+    let sha256 = serde_json::from_value::<ImageRecord>(image)
+        .context("image record")?
+        .sha256;
     let offers_before = fleet.usage();
     let offers_started = Instant::now();
     let (status, deployment) = api
         .post(
-            "/api/v1/deployments",
-            Ok(serde_json::json!({
-                "image": sha256, "group": "Production",
-            })),
+            DEPLOYMENTS_PATH,
+            Ok(serde_json::to_value(DeploymentRequest::new(
+                sha256,
+                DEFAULT_GROUP,
+            ))?),
         )
         .await?;
     if status != 201 {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 use warden_hil::modbus_tcp_slave::{DeviceModel, SimulatedSlave};
 use warden_hil::register_model::RegisterModel;
+use warden_wire::fleet_api::{TelemetryQuery, TelemetryResponse, telemetry_path};
 
 /// The bridge name the appliance config gives the simulated device.
 pub const BRIDGE: &str = "line1";
@@ -725,21 +726,21 @@ metrics_listen = "127.0.0.1:{metrics_port}"
         from_ms: Option<i64>,
         to_ms: Option<i64>,
     ) -> Result<Vec<(i64, u64)>, String> {
-        let mut url = format!(
-            "http://127.0.0.1:{}/api/v1/devices/{}/telemetry?point={point}&limit={}",
+        let url = format!(
+            "http://127.0.0.1:{}{}",
             self.http_port,
-            self.device_id,
-            warden_fleet::api::MAX_TELEMETRY_LIMIT
+            telemetry_path(&self.device_id)
         );
-        if let Some(from) = from_ms {
-            url += &format!("&from_ms={from}");
-        }
-        if let Some(to) = to_ms {
-            url += &format!("&to_ms={to}");
-        }
+        let query = TelemetryQuery {
+            point: Some(point.to_owned()),
+            limit: Some(warden_fleet::api::MAX_TELEMETRY_LIMIT),
+            from_ms,
+            to_ms,
+        };
         let response = self
             .http
             .get(&url)
+            .query(&query)
             .send()
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
@@ -747,27 +748,19 @@ metrics_listen = "127.0.0.1:{metrics_port}"
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(Vec::new()); // the device has not been seen yet
         }
-        let body: Value = response
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(format!("GET {url}: {status} {body}"));
+        }
+        let body: TelemetryResponse = response
             .json()
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("GET {url}: {status} {body}"));
-        }
-        Ok(body["readings"]
-            .as_array()
-            .map(|readings| {
-                readings
-                    .iter()
-                    .map(|r| {
-                        (
-                            r["ts_ms"].as_i64().unwrap_or(0),
-                            r["value"].as_f64().unwrap_or(-1.0) as u64,
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(body
+            .readings
+            .iter()
+            .map(|r| (r.ts_ms, r.number().unwrap_or(-1.0) as u64))
+            .collect())
     }
 
     /// Stops the device's reads (answers become exceptions): "produced" stands still.

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use warden_fleet::auth::{Role, TokenConfig, hash_token};
 use warden_hil::demo_pki::DemoPki;
 use warden_test_support::browser::WebDriver;
+use warden_wire::fleet_api::{DEVICES_PATH, PRODUCTS_PATH, ProductRequest, RegisterRequest};
 
 const VIEWER_TOKEN: &str = "dashboard-viewer-token-0123456789";
 const WAIT: Duration = Duration::from_secs(20);
@@ -73,24 +74,27 @@ async fn the_fleet_dashboard_signs_in_with_a_token_kept_out_of_urls() {
     let http = reqwest::Client::new();
     let ca = std::fs::read_to_string(&pki.manufacturer_ca).expect("ca");
     let created = http
-        .post(format!("{base}/api/v1/products"))
+        .post(format!("{base}{PRODUCTS_PATH}"))
         .bearer_auth(&admin)
-        .json(&serde_json::json!({ "name": "press-guardian", "manufacturer_ca_pem": ca }))
+        .json(&ProductRequest {
+            name: "press-guardian".into(),
+            manufacturer_ca_pem: ca,
+        })
         .send()
         .await
         .expect("post");
     assert!(created.status().is_success(), "{:?}", created.text().await);
     let registered = http
-        .post(format!("{base}/api/v1/devices"))
+        .post(format!("{base}{DEVICES_PATH}"))
         .bearer_auth(&admin)
-        .json(&serde_json::json!({
-            "device_id": pki.device_id,
-            "serial": "SN-1",
-            "product": "press-guardian",
-            "group": "Field Test",
-            "certificate_pem": std::fs::read_to_string(&pki.device_cert).expect("cert"),
-            "image_version": "1.0.0",
-        }))
+        .json(&RegisterRequest {
+            device_id: pki.device_id.clone(),
+            serial: "SN-1".into(),
+            product: "press-guardian".into(),
+            group: "Field Test".into(),
+            certificate_pem: std::fs::read_to_string(&pki.device_cert).expect("cert"),
+            image_version: "1.0.0".into(),
+        })
         .send()
         .await
         .expect("post");

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 use warden_keychain::Purpose;
@@ -22,6 +24,11 @@ use warden_os::image::build::build_signed_image;
 use warden_os::image::{BuildId, ImageHeader, ProductId, SemanticVersion};
 use warden_os::payload::{ENTRY_POINT, PayloadEntry, encode_archive};
 use warden_os::slots::{BootState, FailureReason, Slot, SlotStatus};
+use warden_wire::fleet_api::{
+    DEFAULT_GROUP, DEPLOYMENTS_PATH, DEVICES_PATH, DeploymentRequest, DeviceView, IMAGES_PATH,
+    ImageRecord, PRODUCTS_PATH, ProductRequest, RegisterRequest, RegisteredDevice, ReportsQuery,
+    StoredDeployment, StoredReport, WaveSize, deployment_path, device_path,
+};
 
 const PRODUCT: &str = "warden-demo";
 const DEVICES: usize = 4;
@@ -283,19 +290,34 @@ struct Api {
 }
 
 impl Api {
-    async fn get(&self, path: &str) -> Value {
+    /// The answer to `GET path` as `T`, if the fleet gave one.
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Option<T> {
+        self.get_with(path, &Vec::<(String, String)>::new()).await
+    }
+
+    /// The answer to `GET path?query` as `T`, if the fleet gave one.
+    async fn get_with<T: DeserializeOwned>(&self, path: &str, query: &impl Serialize) -> Option<T> {
         self.http
             .get(format!("{}{path}", self.base))
+            .query(query)
             .bearer_auth(&self.token)
             .send()
             .await
             .expect("get")
             .json()
             .await
-            .unwrap_or(Value::Null)
+            .ok()
     }
 
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    /// A device's registry record, if it is registered.
+    async fn registered(&self, device_id: &str) -> Option<RegisteredDevice> {
+        match self.get::<DeviceView>(&device_path(device_id)).await? {
+            DeviceView::Registered(record) => Some(*record),
+            DeviceView::Unregistered { .. } => None,
+        }
+    }
+
+    async fn post(&self, path: &str, body: &impl Serialize) -> (u16, Value) {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
@@ -311,7 +333,7 @@ impl Api {
     async fn upload(&self, image: Vec<u8>) -> String {
         let response = self
             .http
-            .post(format!("{}/api/v1/images", self.base))
+            .post(format!("{}{IMAGES_PATH}", self.base))
             .bearer_auth(&self.token)
             .body(image)
             .send()
@@ -320,7 +342,9 @@ impl Api {
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert!(status == 201 || status == 200, "upload: {status} {body}");
-        body["sha256"].as_str().expect("sha256").to_owned()
+        serde_json::from_value::<ImageRecord>(body)
+            .expect("an image record")
+            .sha256
     }
 }
 
@@ -377,8 +401,11 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
     let manufacturer_ca = std::fs::read_to_string(&pki.manufacturer_ca).expect("ca");
     let (status, body) = api
         .post(
-            "/api/v1/products",
-            &json!({ "name": PRODUCT, "manufacturer_ca_pem": manufacturer_ca }),
+            PRODUCTS_PATH,
+            &ProductRequest {
+                name: PRODUCT.to_owned(),
+                manufacturer_ca_pem: manufacturer_ca,
+            },
         )
         .await;
     assert!(status == 201 || status == 200, "product: {status} {body}");
@@ -406,15 +433,15 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
             .expect("device certificate");
         let (status, body) = api
             .post(
-                "/api/v1/devices",
-                &json!({
-                    "device_id": id,
-                    "serial": format!("SN-{index}"),
-                    "product": PRODUCT,
-                    "group": "Production",
-                    "certificate_pem": std::fs::read_to_string(&cert).expect("cert"),
-                    "image_version": "1.0.0",
-                }),
+                DEVICES_PATH,
+                &RegisterRequest {
+                    device_id: id.clone(),
+                    serial: format!("SN-{index}"),
+                    product: PRODUCT.to_owned(),
+                    group: DEFAULT_GROUP.to_owned(),
+                    certificate_pem: std::fs::read_to_string(&cert).expect("cert"),
+                    image_version: "1.0.0".to_owned(),
+                },
             )
             .await;
         assert_eq!(status, 201, "register {id}: {body}");
@@ -438,8 +465,8 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
                 if confirmed_version(&device.boot_state(), Slot::A) != Some([1, 0, 0]) {
                     return None;
                 }
-                let record = api.get(&format!("/api/v1/devices/{}", device.id)).await;
-                if record["attestation"] != "trusted" {
+                let record = api.registered(&device.id).await?;
+                if record.attestation != "trusted" {
                     return None;
                 }
             }
@@ -452,35 +479,35 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
     let v2_sha = api.upload(v2).await;
     let (status, deployment) = api
         .post(
-            "/api/v1/deployments",
-            &json!({
-                "image": v2_sha,
-                "group": "Production",
-                "waves": [{ "count": FIRST_WAVE }, { "percent": 100 }],
-                "success_threshold": 1.0,
-                "failure_threshold": 0.5,
-            }),
+            DEPLOYMENTS_PATH,
+            &DeploymentRequest {
+                waves: vec![
+                    WaveSize::Count(u32::try_from(FIRST_WAVE).expect("a small wave")),
+                    WaveSize::Percent(100),
+                ],
+                success_threshold: 1.0,
+                failure_threshold: 0.5,
+                ..DeploymentRequest::new(v2_sha, DEFAULT_GROUP)
+            },
         )
         .await;
     assert_eq!(status, 201, "deployment: {deployment}");
-    let deployment_id = deployment["id"].as_str().expect("id").to_owned();
+    let deployment: StoredDeployment = serde_json::from_value(deployment).expect("a deployment");
+    let deployment_id = deployment.id.clone();
     let wave_of = |device: &Device| {
-        deployment["members"]
-            .as_array()
-            .and_then(|members| {
-                members
-                    .iter()
-                    .find(|m| m["device_id"] == device.id.as_str())
-            })
-            .and_then(|member| member["wave"].as_i64())
+        deployment
+            .members
+            .iter()
+            .find(|m| m.device_id == device.id)
+            .map(|member| member.wave)
     };
     let (first, second): (Vec<&Device>, Vec<&Device>) = devices
         .iter()
         .partition(|device| wave_of(device) == Some(0));
-    assert_eq!(first.len(), FIRST_WAVE, "{deployment}");
+    assert_eq!(first.len(), FIRST_WAVE, "{deployment:?}");
     assert!(
         second.iter().all(|device| wave_of(device) == Some(1)),
-        "{deployment}"
+        "{deployment:?}"
     );
 
     // Nobody touches anything from here: the rollout halts by itself.
@@ -489,30 +516,25 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
         ROLLOUT_LIMIT,
         &devices,
         async || {
-            let current = api
-                .get(&format!("/api/v1/deployments/{deployment_id}"))
-                .await;
-            (current["state"] == "halted").then_some(current)
+            let current: StoredDeployment = api.get(&deployment_path(&deployment_id)).await?;
+            (current.state == "halted").then_some(current)
         },
     )
     .await;
-    assert_eq!(halted["wave"], 0, "it halted in the first wave: {halted}");
+    assert_eq!(halted.wave, 0, "it halted in the first wave: {halted:?}");
 
     let member_state = |device: &Device| {
-        halted["members"]
-            .as_array()
-            .and_then(|members| {
-                members
-                    .iter()
-                    .find(|m| m["device_id"] == device.id.as_str())
-            })
-            .map(|member| member["state"].as_str().unwrap_or_default().to_owned())
+        halted
+            .members
+            .iter()
+            .find(|m| m.device_id == device.id)
+            .map(|member| member.state.clone())
     };
     for device in &second {
         assert_eq!(
             member_state(device).as_deref(),
             Some("pending"),
-            "{} of the second wave was never offered 2.0.0: {halted}",
+            "{} of the second wave was never offered 2.0.0: {halted:?}",
             device.id
         );
         let state = device.boot_state();
@@ -532,28 +554,24 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
         &devices,
         async || {
             for device in &first {
-                let current = api
-                    .get(&format!("/api/v1/deployments/{deployment_id}"))
-                    .await;
-                let state = current["members"]
-                    .as_array()
-                    .and_then(|m| m.iter().find(|m| m["device_id"] == device.id.as_str()))
-                    .map(|m| m["state"].clone());
-                if state != Some(json!("rolled-back")) {
+                let current: StoredDeployment = api.get(&deployment_path(&deployment_id)).await?;
+                let state = current
+                    .members
+                    .iter()
+                    .find(|m| m.device_id == device.id)
+                    .map(|m| m.state.as_str());
+                if state != Some("rolled-back") {
                     return None;
                 }
-                let reports = api
-                    .get(&format!("/api/v1/reports?device={}", device.id))
-                    .await;
+                let query = ReportsQuery {
+                    device: Some(device.id.clone()),
+                    ..ReportsQuery::default()
+                };
+                let reports: Vec<StoredReport> = api.get_with("/api/v1/reports", &query).await?;
                 let crashes = reports
-                    .as_array()
-                    .map(|reports| {
-                        reports
-                            .iter()
-                            .filter(|r| r["image_version"] == "2.0.0" && r["kind"] == "exited")
-                            .count()
-                    })
-                    .unwrap_or(0);
+                    .iter()
+                    .filter(|r| r.image_version == "2.0.0" && r.kind == "exited")
+                    .count();
                 if crashes < 3 {
                     return None;
                 }
@@ -581,7 +599,7 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
 
     // Every unit is back on 1.0.0 from slot A, connected and attested again (after a
     // reboot the measurement register holds 1.0.0 alone, as a known release).
-    let created_ms = deployment["created_ms"].as_i64().expect("created_ms");
+    let created_ms = deployment.created_ms;
     wait_for(
         "every unit to run 1.0.0 again and attest as trusted",
         Duration::from_secs(30),
@@ -594,12 +612,12 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
                 {
                     return None;
                 }
-                let record = api.get(&format!("/api/v1/devices/{}", device.id)).await;
-                if record["attestation"] != "trusted" || record["image_version"] != "1.0.0" {
+                let record = api.registered(&device.id).await?;
+                if record.attestation != "trusted" || record.image_version != "1.0.0" {
                     return None;
                 }
                 let rebooted = first.iter().any(|d| d.id == device.id);
-                if rebooted && record["attested_ms"].as_i64().unwrap_or(0) < created_ms {
+                if rebooted && record.attested_ms.unwrap_or(0) < created_ms {
                     return None; // not attested since its reboot into 1.0.0 yet
                 }
             }
@@ -607,10 +625,12 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
         },
     )
     .await;
-    let after = api
-        .get(&format!("/api/v1/deployments/{deployment_id}"))
-        .await;
-    assert_eq!(after["state"], "halted", "it stays halted: {after}");
+    let after: Option<StoredDeployment> = api.get(&deployment_path(&deployment_id)).await;
+    assert_eq!(
+        after.as_ref().map(|d| d.state.as_str()),
+        Some("halted"),
+        "it stays halted: {after:?}"
+    );
 
     if std::env::var_os("WARDEN_ROLLOUT_LOGS").is_some() {
         for device in &first {

@@ -6,3 +6,7 @@ mod process;
 mod protocol;
 mod rights;
 mod support;
+#[cfg(feature = "tpm")]
+mod swtpm;
+#[cfg(feature = "tpm")]
+mod tpm;

@@ -7,7 +7,9 @@ use warden_pluton::protocol::{
     Caller, FRAME_HEADER_LEN, MAX_FRAME_LEN, Request, Response, decode_request, decode_response,
     encode_frame, frame_body_len, handle_request_frame,
 };
+use warden_pluton::quote::MAX_QUOTE_LEN;
 use warden_pluton::roles::{NoRoleTokens, ROLES};
+use warden_pluton::sealing::MAX_SEALED_LEN;
 use warden_pluton::{CounterName, InstalledRootKey, ProvisioningCapability, Role, RoleToken};
 
 use crate::support::memory_pluton;
@@ -77,7 +79,7 @@ fn request() -> impl Strategy<Value = Request> {
                 plaintext
             }
         ),
-        (bytes::<32>(32), bytes::<1070>(1070))
+        (bytes::<32>(32), bytes::<MAX_SEALED_LEN>(MAX_SEALED_LEN))
             .prop_map(|(label, sealed)| Request::Unseal { label, sealed }),
         any::<[u8; 32]>().prop_map(|token| Request::Authenticate {
             token: RoleToken::from_bytes(token)
@@ -130,7 +132,7 @@ proptest! {
     }
 
     #[test]
-    fn response_encode_decode_round_trip(counters: [u64; 8], value: u64, error_index in 0usize..4, quote in bytes::<476>(476)) {
+    fn response_encode_decode_round_trip(counters: [u64; 8], value: u64, error_index in 0usize..4, quote in bytes::<MAX_QUOTE_LEN>(MAX_QUOTE_LEN)) {
         let errors = [PlutonError::NoIdentity, PlutonError::Busy, PlutonError::UnknownRequest, PlutonError::StoreCorrupt];
         for response in [
             Response::Counters(counters),

@@ -14,17 +14,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::{Deserialize, Serialize};
-use warden_wire::fleet_api::RegisteredDevice;
+use warden_wire::fleet_api::{
+    Connectivity, DashboardDevice, DeploymentProgress, DeviceDetail, DevicePageQuery, FleetSummary,
+    ReportGroupsQuery, SignatureGroup, StoredDeployment, WaveProgress,
+};
 use warden_wire::topics::UpdateState;
 
 use super::error::ApiError;
 use super::state::ApiState;
 use crate::clock::now_ms;
-use crate::store::{
-    DeviceRow, FleetCounts, SeenDevice, SignatureGroup, StoredDeployment, StoredReading,
-    StoredReport,
-};
 
 const PAGE_HTML: &str = include_str!("../../assets/dashboard.html");
 const SCRIPT_JS: &str = include_str!("../../assets/dashboard.js");
@@ -85,111 +83,6 @@ async fn script() -> Response {
 
 async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE_CSS)
-}
-
-/// Registered, not revoked devices with and without a live session on this fleet's
-/// broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Connectivity {
-    /// With a live MQTT session now.
-    pub online: i64,
-    /// Without one.
-    pub offline: i64,
-}
-
-/// `GET /api/v1/dashboard/summary`.
-#[derive(Debug, Serialize)]
-pub struct FleetSummary {
-    /// Devices by status and version.
-    #[serde(flatten)]
-    pub counts: FleetCounts,
-    /// Online and offline devices.
-    pub connectivity: Connectivity,
-    /// Deployments by state (`advancing`, `halted`, `complete`; all present).
-    pub deployments_by_state: BTreeMap<String, i64>,
-    /// Deployments still advancing, with their waves, newest first.
-    pub deployments_in_progress: Vec<DeploymentProgress>,
-}
-
-/// One device in `GET /api/v1/dashboard/devices`.
-#[derive(Debug, Serialize)]
-pub struct DashboardDevice {
-    /// The stored row.
-    #[serde(flatten)]
-    pub row: DeviceRow,
-    /// Whether it has a live session on this fleet's broker.
-    pub online: bool,
-}
-
-/// `GET /api/v1/dashboard/devices/{id}`.
-#[derive(Debug, Serialize)]
-pub struct DeviceDetail {
-    /// The device.
-    pub device_id: String,
-    /// Whether it has a live session on this fleet's broker.
-    pub online: bool,
-    /// Its registry record, if registered.
-    pub registered: Option<RegisteredDevice>,
-    /// When it first and last sent telemetry, if it did.
-    pub seen: Option<SeenDevice>,
-    /// The latest value of each point, by point.
-    pub latest: Vec<StoredReading>,
-    /// Its latest failure reports, newest first.
-    pub reports: Vec<StoredReport>,
-}
-
-/// Progress of one wave of a deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct WaveProgress {
-    /// Wave number, from 0.
-    pub wave: i64,
-    /// `pending` (not started), `running`, `succeeded` or `halted`.
-    pub status: String,
-    /// Member devices.
-    pub targeted: i64,
-    /// Members offered the image.
-    pub offered: i64,
-    /// Members not offered (untrusted, revoked, moved out of the group).
-    pub withheld: i64,
-    /// Offered members that have not finished.
-    pub in_progress: i64,
-    /// Offered members that confirmed the image (and did not crash on it).
-    pub succeeded: i64,
-    /// Offered members that failed or rolled back.
-    pub failed: i64,
-    /// Offered members that reported a crash on the new version since the wave began.
-    pub crashed: i64,
-}
-
-/// A deployment as the dashboard shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeploymentProgress {
-    /// ID.
-    pub id: String,
-    /// Product.
-    pub product: String,
-    /// Target group.
-    pub group: String,
-    /// Image version.
-    pub version: String,
-    /// Who created it.
-    pub created_by: String,
-    /// When.
-    pub created_ms: i64,
-    /// `advancing`, `halted` or `complete`.
-    pub state: String,
-    /// The last event's kind and details.
-    pub last_event: String,
-    /// Details of the last event (why it halted, …).
-    pub detail: String,
-    /// The wave the last event concerns.
-    pub current_wave: i64,
-    /// Success threshold of the request.
-    pub success_threshold: Option<f64>,
-    /// Failure threshold of the request.
-    pub failure_threshold: Option<f64>,
-    /// Every wave, in order.
-    pub waves: Vec<WaveProgress>,
 }
 
 /// The dashboard's name for a deployment whose last event is `kind`.
@@ -375,18 +268,6 @@ async fn summary(State(state): State<ApiState>) -> Result<Json<FleetSummary>, Ap
 /// Largest page of `GET /api/v1/dashboard/devices`.
 pub const MAX_DEVICE_PAGE: i64 = 10_000;
 
-/// Query parameters of `GET /api/v1/dashboard/devices`.
-#[derive(Debug, Deserialize)]
-pub struct DevicePageQuery {
-    /// Only devices whose ID starts with this.
-    #[serde(default)]
-    pub prefix: String,
-    /// Devices skipped (default 0).
-    pub offset: Option<i64>,
-    /// At most this many (1..=10000, default 10000).
-    pub limit: Option<i64>,
-}
-
 async fn devices(
     State(state): State<ApiState>,
     Query(page): Query<DevicePageQuery>,
@@ -436,16 +317,6 @@ async fn deployments(
     Ok(Json(all_progress(&state).await?))
 }
 
-/// Query of `GET /api/v1/dashboard/report-groups`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportGroupsQuery {
-    /// Only reports at or after this time (ms since the epoch; default 7 days ago).
-    pub since_ms: Option<i64>,
-    /// Width of a count bucket in ms (default one hour, at least 1000).
-    pub bucket_ms: Option<i64>,
-}
-
 async fn report_groups(
     State(state): State<ApiState>,
     Query(query): Query<ReportGroupsQuery>,
@@ -467,7 +338,7 @@ async fn report_groups(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DeploymentEvent, DeploymentMember};
+    use warden_wire::fleet_api::{DeploymentEvent, DeploymentMember};
 
     fn member(device: &str, wave: i64, state: &str) -> DeploymentMember {
         DeploymentMember {
@@ -571,52 +442,6 @@ mod tests {
         assert_eq!(deployment_state("wave-succeeded"), "advancing");
         assert_eq!(deployment_state("halted"), "halted");
         assert_eq!(deployment_state("completed"), "complete");
-    }
-
-    /// Every `/api/v1` and `/images` route registered in the API's source files has a
-    /// path in the OpenAPI document, and every documented path is routed.
-    #[test]
-    fn the_openapi_document_lists_exactly_the_routes() {
-        let sources = [
-            include_str!("../api.rs"),
-            include_str!("dashboard.rs"),
-            include_str!("deployments.rs"),
-            include_str!("registry.rs"),
-            include_str!("reports.rs"),
-        ];
-        let mut routed = BTreeSet::new();
-        for source in sources {
-            for (at, _) in source.match_indices(".route(") {
-                let rest = &source[at..];
-                let Some(open) = rest.find('"') else { continue };
-                let Some(len) = rest[open + 1..].find('"') else {
-                    continue;
-                };
-                let path = &rest[open + 1..open + 1 + len];
-                if path.starts_with("/api/") || path.starts_with("/images/") {
-                    routed.insert(path.to_owned());
-                }
-            }
-        }
-        let document: serde_json::Value =
-            serde_json::from_str(super::super::OPENAPI_JSON).expect("openapi.json is JSON");
-        let documented: BTreeSet<String> = document["paths"]
-            .as_object()
-            .expect("paths")
-            .keys()
-            .cloned()
-            .collect();
-        assert!(routed.contains("/api/v1/dashboard/summary"), "{routed:?}");
-        assert_eq!(
-            routed.difference(&documented).collect::<Vec<_>>(),
-            Vec::<&String>::new(),
-            "routed but not in openapi.json"
-        );
-        assert_eq!(
-            documented.difference(&routed).collect::<Vec<_>>(),
-            Vec::<&String>::new(),
-            "in openapi.json but not routed"
-        );
     }
 
     #[test]

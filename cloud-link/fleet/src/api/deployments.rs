@@ -12,9 +12,10 @@ use super::error::ApiError;
 use super::state::ApiState;
 use crate::auth::Caller;
 use crate::clock::now_ms;
-use crate::deployments::{DeploymentRequest, NO_UPDATES_GROUP, assign_waves};
+use crate::deployments::{NO_UPDATES_GROUP, assign_waves};
 use crate::images::{ImageStoreError, RangeRequest, is_sha256_hex, parse_range};
-use crate::store::{ImageRecord, NewDeployment, StoredDeployment};
+use crate::store::NewDeployment;
+use warden_wire::fleet_api::{DeploymentRequest, ImageRecord, StoredDeployment};
 
 pub(super) async fn upload_image(
     State(state): State<ApiState>,
@@ -133,14 +134,9 @@ pub(super) async fn create_deployment(
     Extension(caller): Extension<Caller>,
     Json(request): Json<DeploymentRequest>,
 ) -> Result<(StatusCode, Json<StoredDeployment>), ApiError> {
-    request.validate().map_err(|message| {
-        let field = match message.split([':', ' ', '[', '.']).next() {
-            Some("waves") => "waves",
-            Some("success_threshold") => "success_threshold",
-            Some("failure_threshold") => "failure_threshold",
-            _ => "window_end_ms",
-        };
-        ApiError::Invalid { field, message }
+    request.validate().map_err(|invalid| ApiError::Invalid {
+        field: invalid.field(),
+        message: invalid.to_string(),
     })?;
     let Some(image) = state.store.image(&request.image).await? else {
         return Err(ApiError::Invalid {

@@ -60,9 +60,9 @@ pub(super) async fn create_product(
         });
     }
     let bundle =
-        check_ca_bundle(&request.manufacturer_ca_pem).map_err(|message| ApiError::Invalid {
+        check_ca_bundle(&request.manufacturer_ca_pem).map_err(|error| ApiError::Invalid {
             field: "manufacturer_ca_pem",
-            message,
+            message: error.to_string(),
         })?;
     let same_ca = |stored: &str| certificates_from_pem(stored).is_ok_and(|stored| stored == bundle);
     let outcome = state
@@ -87,9 +87,9 @@ pub(super) async fn create_product(
     state
         .trust
         .set_product_ca(&request.name, bundle)
-        .map_err(|message| ApiError::Invalid {
+        .map_err(|error| ApiError::Invalid {
             field: "manufacturer_ca_pem",
-            message,
+            message: error.to_string(),
         })?;
     if outcome == ProductOutcome::Created {
         tracing::info!(product = %request.name, "product created");
@@ -225,17 +225,17 @@ pub(super) async fn register_device(
                 format!("holds {} certificates; send only the device's", certs.len()),
             ));
         }
-        Err(message) => return Err(invalid("certificate_pem", message)),
+        Err(error) => return Err(invalid("certificate_pem", error.to_string())),
     };
     let Some(certificate) = certificate else {
         return Err(invalid("certificate_pem", "holds no certificate".into()));
     };
     let bundle = certificates_from_pem(&product.manufacturer_ca_pem)
-        .map_err(|message| invalid("product", format!("stored CA unusable: {message}")))?;
-    verify_device_certificate(&certificate, &bundle, &request.device_id).map_err(|message| {
+        .map_err(|error| invalid("product", format!("stored CA unusable: {error}")))?;
+    verify_device_certificate(&certificate, &bundle, &request.device_id).map_err(|error| {
         invalid(
             "certificate_pem",
-            format!("the certificate {message} (product {})", product.name),
+            format!("the certificate {error} (product {})", product.name),
         )
     })?;
     let print = fingerprint(&certificate);

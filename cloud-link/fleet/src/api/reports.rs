@@ -3,31 +3,16 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::state::ApiState;
 use crate::clock::now_ms;
-use crate::store::{CrashRate, StoredEvent};
+use warden_wire::fleet_api::{
+    AuditLine, AuditQuery, CrashRate, EventsQuery, ReportsQuery, StoredEvent,
+};
 
 /// Largest number of rows a list endpoint returns.
 pub const MAX_LIST_LIMIT: i64 = 10_000;
-
-/// Query of `GET /api/v1/reports`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportsQuery {
-    /// `signature`: groups instead of single reports.
-    pub group_by: Option<String>,
-    /// Only this device's reports (not with `group_by`).
-    pub device: Option<String>,
-    /// Groups: only reports at or after this time (ms since the epoch; default 7 days ago).
-    pub since_ms: Option<i64>,
-    /// Groups: width of a count bucket in ms (default one hour).
-    pub bucket_ms: Option<i64>,
-    /// Single reports: at most this many, newest first (default 100).
-    pub limit: Option<i64>,
-}
 
 fn check_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     super::paging::limit_within(limit, 100, MAX_LIST_LIMIT)
@@ -68,16 +53,6 @@ pub(super) async fn crash_rate(
     Ok(Json(state.store.crash_rates().await?))
 }
 
-/// Query of `GET /api/v1/events`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsQuery {
-    /// Only this device's events.
-    pub device: Option<String>,
-    /// At most this many, newest first (default 100).
-    pub limit: Option<i64>,
-}
-
 pub(super) async fn list_events(
     State(state): State<ApiState>,
     Query(query): Query<EventsQuery>,
@@ -86,29 +61,6 @@ pub(super) async fn list_events(
     Ok(Json(
         state.store.events(query.device.as_deref(), limit).await?,
     ))
-}
-
-/// One audit line.
-#[derive(Debug, Serialize)]
-pub struct AuditLine {
-    /// When.
-    pub ts_ms: i64,
-    /// The token's name.
-    pub actor: String,
-    /// HTTP method.
-    pub method: String,
-    /// Path.
-    pub path: String,
-    /// The answer's status.
-    pub status: i64,
-}
-
-/// Query of `GET /api/v1/audit`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditQuery {
-    /// At most this many, newest first (default 100).
-    pub limit: Option<i64>,
 }
 
 pub(super) async fn audit_log(

@@ -25,6 +25,49 @@ pub const MAX_PACKET_SIZE: usize = 256 * 1024;
 /// How long a client has to finish TLS and send CONNECT.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a device session ended other than by DISCONNECT or shutdown (logged with the
+/// device and its address).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+enum SessionError {
+    /// No CONNECT within [`HANDSHAKE_TIMEOUT`].
+    #[error("no CONNECT in time")]
+    NoConnect,
+    /// The first packet was another one.
+    #[error("first packet is not CONNECT")]
+    NotConnect,
+    /// CONNECT named another client than the certificate's device.
+    #[error("client id {0:?} does not match certificate device id")]
+    ClientId(String),
+    /// Nothing arrived within one and a half keep-alive periods.
+    #[error("keep-alive expired")]
+    KeepAlive,
+    /// A publish outside the device's ACL.
+    #[error("publish to {0:?} is outside the device's topics")]
+    Topic(String),
+    /// A QoS 2 publish.
+    #[error("QoS 2 is not supported")]
+    ExactlyOnce,
+    /// A packet a client does not send to a broker.
+    #[error("unexpected packet {0}")]
+    Unexpected(String),
+    /// Bytes that are no MQTT packet.
+    #[error("malformed packet: {0}")]
+    Malformed(#[source] CodecError),
+    /// The client closed the connection.
+    #[error("connection closed")]
+    Closed,
+    /// Reading from the connection failed.
+    #[error("read failed: {0}")]
+    Read(#[source] std::io::Error),
+    /// A packet could not be encoded.
+    #[error("cannot encode packet: {0}")]
+    Encode(#[source] CodecError),
+    /// Writing to the connection failed.
+    #[error("write failed: {0}")]
+    Write(#[source] std::io::Error),
+}
+
 /// Serves one TCP connection until it closes, misbehaves or `shutdown` fires.
 pub(super) async fn serve(
     stream: TcpStream,
@@ -80,15 +123,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     session: u64,
     router: &Router,
     shutdown: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let mut inbound = BytesMut::with_capacity(1024);
     let mut outbound = BytesMut::with_capacity(1024);
 
     let connect = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_packet(&mut stream, &mut inbound))
         .await
-        .map_err(|_| "no CONNECT in time".to_owned())??;
+        .map_err(|_| SessionError::NoConnect)??;
     let Packet::Connect(connect) = connect else {
-        return Err("first packet is not CONNECT".to_owned());
+        return Err(SessionError::NotConnect);
     };
     if connect.client_id != acl.device_id() {
         write_packet(
@@ -97,10 +140,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             Packet::ConnAck(ConnAck::new(ConnectReturnCode::BadClientId, false)),
         )
         .await?;
-        return Err(format!(
-            "client id {:?} does not match certificate device id",
-            connect.client_id
-        ));
+        return Err(SessionError::ClientId(connect.client_id));
     }
     write_packet(
         &mut stream,
@@ -130,16 +170,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             read = tokio::time::timeout(keep_alive, read_packet(&mut stream, &mut inbound)) => {
-                read.map_err(|_| "keep-alive expired".to_owned())??
+                read.map_err(|_| SessionError::KeepAlive)??
             }
         };
         match packet {
             Packet::Publish(publish) => {
                 if !acl.may_publish(&publish.topic) {
-                    return Err(format!(
-                        "publish to {:?} is outside the device's topics",
-                        publish.topic
-                    ));
+                    return Err(SessionError::Topic(publish.topic.clone()));
                 }
                 match publish.qos {
                     QoS::AtMostOnce => router.route(&publish).await,
@@ -153,7 +190,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         )
                         .await?;
                     }
-                    QoS::ExactlyOnce => return Err("QoS 2 is not supported".to_owned()),
+                    QoS::ExactlyOnce => return Err(SessionError::ExactlyOnce),
                 }
             }
             Packet::Subscribe(subscribe) => {
@@ -186,7 +223,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             Packet::PingReq => write_packet(&mut stream, &mut outbound, Packet::PingResp).await?,
             Packet::Disconnect => return Ok(()),
             Packet::PubAck(_) | Packet::Unsubscribe(_) => {}
-            other => return Err(format!("unexpected packet {other:?}")),
+            other => return Err(SessionError::Unexpected(format!("{other:?}"))),
         }
     }
 }
@@ -194,19 +231,16 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 async fn read_packet<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-) -> Result<Packet, String> {
+) -> Result<Packet, SessionError> {
     loop {
         match Packet::read(buf, MAX_PACKET_SIZE) {
             Ok(packet) => return Ok(packet),
             Err(CodecError::InsufficientBytes(_)) => {}
-            Err(error) => return Err(format!("malformed packet: {error}")),
+            Err(error) => return Err(SessionError::Malformed(error)),
         }
-        let read = stream
-            .read_buf(buf)
-            .await
-            .map_err(|e| format!("read failed: {e}"))?;
+        let read = stream.read_buf(buf).await.map_err(SessionError::Read)?;
         if read == 0 {
-            return Err("connection closed".to_owned());
+            return Err(SessionError::Closed);
         }
     }
 }
@@ -215,17 +249,11 @@ async fn write_packet<S: AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     packet: Packet,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     buf.clear();
     packet
         .write(buf, MAX_PACKET_SIZE)
-        .map_err(|e| format!("cannot encode packet: {e}"))?;
-    stream
-        .write_all(buf)
-        .await
-        .map_err(|e| format!("write failed: {e}"))?;
-    stream
-        .flush()
-        .await
-        .map_err(|e| format!("write failed: {e}"))
+        .map_err(SessionError::Encode)?;
+    stream.write_all(buf).await.map_err(SessionError::Write)?;
+    stream.flush().await.map_err(SessionError::Write)
 }

@@ -6,111 +6,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
 use sqlx::Row;
+use warden_wire::fleet_api::{
+    DeviceRow, FleetCounts, ReportBucket, SeenDevice, SignatureGroup, VersionCount, VersionReports,
+};
 
-use super::{Store, StoreError};
+use super::core::{Store, StoreError};
 
 /// The statuses a registered device can have on the dashboard, in display order:
 /// its attestation (`trusted`, `unverified` when it lapsed, `untrusted`, `unknown`),
 /// or `revoked`, which wins. A status the store holds that is not listed here is
 /// counted under its own name.
 pub const DEVICE_STATUSES: &[&str] = &["trusted", "unverified", "untrusted", "unknown", "revoked"];
-
-/// Registered devices running one image version of one product.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VersionCount {
-    /// Product.
-    pub product: String,
-    /// Image version (as last known).
-    pub image_version: String,
-    /// Registered, not revoked devices on it.
-    pub devices: i64,
-}
-
-/// Registered devices counted by status and version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FleetCounts {
-    /// Every registered device, revoked ones included.
-    pub registered: i64,
-    /// Per status of [`DEVICE_STATUSES`] (every status present, 0 if none).
-    pub by_status: BTreeMap<String, i64>,
-    /// Per product and image version (revoked devices left out), sorted.
-    pub by_version: Vec<VersionCount>,
-    /// Devices that sent telemetry but are not registered (e.g. the demo's).
-    pub unregistered_seen: i64,
-}
-
-/// One device as the dashboard lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeviceRow {
-    /// Device ID.
-    pub device_id: String,
-    /// Whether it is registered (a device may send telemetry before it is).
-    pub registered: bool,
-    /// Product (empty when unregistered).
-    pub product: String,
-    /// Group (empty when unregistered).
-    pub group: String,
-    /// Image version as last known (empty when unregistered).
-    pub image_version: String,
-    /// One of [`DEVICE_STATUSES`]; `unknown` when unregistered.
-    pub status: String,
-    /// Last telemetry received, ms since the epoch.
-    pub last_seen_ms: Option<i64>,
-}
-
-/// When a device was first and last heard from (telemetry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct SeenDevice {
-    /// First telemetry, ms since the epoch.
-    pub first_seen_ms: i64,
-    /// Last telemetry, ms since the epoch.
-    pub last_seen_ms: i64,
-}
-
-/// Reports of one image version within a [`SignatureGroup`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VersionReports {
-    /// Image version.
-    pub image_version: String,
-    /// Reports on it.
-    pub count: i64,
-}
-
-/// Reports in one time bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SignatureBucket {
-    /// Start of the bucket, ms since the epoch.
-    pub start_ms: i64,
-    /// Reports in it.
-    pub count: i64,
-}
-
-/// Reports sharing a signature, compartment and kind, across image versions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SignatureGroup {
-    /// The devices' grouping signature.
-    pub signature: String,
-    /// Compartment.
-    pub compartment: String,
-    /// Kind.
-    pub kind: String,
-    /// The latest report's message.
-    pub message: String,
-    /// Reports in the group.
-    pub count: i64,
-    /// Distinct devices reporting.
-    pub devices: i64,
-    /// Counts per image version, versions sorted.
-    pub versions: Vec<VersionReports>,
-    /// First report, ms since the epoch.
-    pub first_ms: i64,
-    /// Latest report.
-    pub last_ms: i64,
-    /// Counts per bucket, oldest first, only non-empty buckets.
-    pub series: Vec<SignatureBucket>,
-}
 
 /// A group being accumulated: the group, counts per version and per bucket, devices.
 struct GroupAccumulator {
@@ -303,7 +210,7 @@ impl Store {
                 group.series = accumulated
                     .buckets
                     .into_iter()
-                    .map(|(start_ms, count)| SignatureBucket { start_ms, count })
+                    .map(|(start_ms, count)| ReportBucket { start_ms, count })
                     .collect();
                 group
             })
@@ -384,11 +291,11 @@ mod tests {
         assert_eq!(
             a.series,
             vec![
-                SignatureBucket {
+                ReportBucket {
                     start_ms: 1_000,
                     count: 1
                 },
-                SignatureBucket {
+                ReportBucket {
                     start_ms: 2_000,
                     count: 2
                 },

@@ -3,29 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use sqlx::Row;
+use warden_wire::fleet_api::{DeploymentEvent, DeploymentMember, ImageRecord, StoredDeployment};
 
-use super::{Store, StoreError, WriteStatement as _};
-
-/// An uploaded, verified image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImageRecord {
-    /// SHA-256 of the whole image file, hex (its download name).
-    pub sha256: String,
-    /// Product (from the signed header).
-    pub product: String,
-    /// Semantic version (from the signed header).
-    pub version: String,
-    /// Size in bytes.
-    pub size: i64,
-    /// Anti-rollback counter.
-    pub security_counter: i64,
-    /// The measurement a device's boot records for it, hex.
-    pub measurement: String,
-    /// When it was uploaded.
-    pub uploaded_ms: i64,
-}
+use super::core::{Store, StoreError, WriteStatement as _};
 
 /// A deployment to create.
 #[derive(Debug, Clone)]
@@ -44,65 +25,6 @@ pub struct NewDeployment {
     pub created_by: String,
     /// `(device, wave)` of every member, fixed at creation.
     pub members: Vec<(String, i64)>,
-}
-
-/// One state change of a deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeploymentEvent {
-    /// Order within the deployment, from 0.
-    pub seq: i64,
-    /// When.
-    pub ts_ms: i64,
-    /// `created`, `wave-started`, `wave-waiting`, `wave-succeeded`, `halted`, `completed`.
-    pub kind: String,
-    /// The wave it concerns.
-    pub wave: i64,
-    /// Details.
-    pub detail: String,
-}
-
-/// A member device and its latest state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeploymentMember {
-    /// Device.
-    pub device_id: String,
-    /// Its wave.
-    pub wave: i64,
-    /// `pending`, `offered`, `withheld`, or the device's last update status.
-    pub state: String,
-    /// Details of that state.
-    pub detail: String,
-    /// When it changed.
-    pub updated_ms: Option<i64>,
-}
-
-/// A deployment with its history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StoredDeployment {
-    /// ID.
-    pub id: String,
-    /// Product.
-    pub product: String,
-    /// Target group.
-    pub group: String,
-    /// Image.
-    pub image_sha256: String,
-    /// The image's version.
-    pub version: String,
-    /// The request as accepted.
-    pub spec: serde_json::Value,
-    /// Who created it.
-    pub created_by: String,
-    /// When.
-    pub created_ms: i64,
-    /// The last event's kind.
-    pub state: String,
-    /// The last event's wave.
-    pub wave: i64,
-    /// Every state change, in order.
-    pub events: Vec<DeploymentEvent>,
-    /// Members and their states, by wave then device.
-    pub members: Vec<DeploymentMember>,
 }
 
 /// A number larger than every one handed out before, in this process and (being

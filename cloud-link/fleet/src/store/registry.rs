@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use warden_wire::fleet_api::{Group, RegisteredDevice};
 
-use super::{Store, StoreError, WriteStatement as _, WriteTransaction};
+use super::core::{Store, StoreError, WriteStatement as _, WriteTransaction};
 
 /// The groups every product starts with, and whether each receives updates.
 pub const DEFAULT_GROUPS: &[(&str, bool)] = &[
@@ -213,7 +213,7 @@ impl Store {
         let stored = self
             .registered_device(device.device_id)
             .await?
-            .ok_or(StoreError(sqlx::Error::RowNotFound))?;
+            .ok_or(StoreError::from(sqlx::Error::RowNotFound))?;
         Ok(if inserted == 1 {
             Registration::Created(stored)
         } else if stored.fingerprint == device.fingerprint {
@@ -429,29 +429,6 @@ async fn insert_group(
     .rows_affected();
     Ok(inserted == 1)
 }
-
-/// Migration 8: pending attestation challenges and answered nonces (each nonce usable
-/// once, across restarts and fleet instances), the index of the trust-lapse sweep, and
-/// the control-queue position of the reported twin (the newest one is kept).
-pub(super) const MIGRATION_8: &str = "CREATE TABLE attestation_challenges (
-        device_id TEXT NOT NULL,
-        nonce TEXT NOT NULL,
-        issued_ms BIGINT NOT NULL,
-        deadline_ms BIGINT NOT NULL,
-        PRIMARY KEY (device_id, nonce)
-    );
-    CREATE INDEX attestation_challenges_by_deadline ON attestation_challenges (deadline_ms);
-    CREATE TABLE attestation_answers (
-        device_id TEXT NOT NULL,
-        nonce TEXT NOT NULL,
-        quote_sha256 TEXT NOT NULL,
-        answered_ms BIGINT NOT NULL,
-        PRIMARY KEY (device_id, nonce)
-    );
-    CREATE INDEX attestation_answers_by_time ON attestation_answers (answered_ms);
-    CREATE INDEX registry_by_attestation ON registry (attestation, attested_ms);
-    ALTER TABLE twins ADD COLUMN reported_epoch BIGINT;
-    ALTER TABLE twins ADD COLUMN reported_seq BIGINT";
 
 /// What a quote found when it tried to use its challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,97 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use sqlx::Row;
+use warden_wire::fleet_api::{CrashRate, ReportBucket, ReportGroup, StoredEvent, StoredReport};
 use warden_wire::topics::{Delivery, DeviceEvent, FailureReportMessage};
 
-use super::{Store, StoreError, WriteStatement as _, WriteTransaction, to_i64};
+use super::core::{Store, StoreError, WriteStatement as _, WriteTransaction, to_i64};
 
 /// Report kinds that count as a crash of the image (crash rate, rollout halts).
 pub const CRASH_KINDS: &[&str] = &["crash", "panic", "watchdog"];
-
-/// One stored failure report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StoredReport {
-    /// The device.
-    pub device_id: String,
-    /// Its report ID.
-    pub id: String,
-    /// When it happened.
-    pub ts_ms: i64,
-    /// The failed compartment.
-    pub compartment: String,
-    /// Kind (`crash`, `panic`, …).
-    pub kind: String,
-    /// Image version running.
-    pub image_version: String,
-    /// Grouping signature.
-    pub signature: String,
-    /// Message.
-    pub message: String,
-}
-
-/// Reports in one time bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReportBucket {
-    /// Start of the bucket, ms since the epoch.
-    pub start_ms: i64,
-    /// Reports in it.
-    pub count: i64,
-}
-
-/// Reports sharing a signature, compartment, kind and image version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReportGroup {
-    /// The device's grouping signature.
-    pub signature: String,
-    /// Compartment.
-    pub compartment: String,
-    /// Kind.
-    pub kind: String,
-    /// Image version.
-    pub image_version: String,
-    /// A message of the group (the latest).
-    pub message: String,
-    /// Reports in the group.
-    pub count: i64,
-    /// Distinct devices reporting.
-    pub devices: i64,
-    /// First report.
-    pub first_ms: i64,
-    /// Latest report.
-    pub last_ms: i64,
-    /// Counts over time, oldest bucket first (only non-empty buckets).
-    pub series: Vec<ReportBucket>,
-}
-
-/// Crashes of one image version.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CrashRate {
-    /// Image version.
-    pub image_version: String,
-    /// Crash-kind reports (`crash`, `panic`, `watchdog`).
-    pub crashes: i64,
-    /// Distinct devices that crashed on it.
-    pub crashed_devices: i64,
-    /// Registered devices known to run it.
-    pub devices: i64,
-    /// `crashed_devices / devices` (or 1.0 when crashes come from unknown devices).
-    pub rate: f64,
-}
-
-/// One stored device event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StoredEvent {
-    /// The device.
-    pub device_id: String,
-    /// When.
-    pub ts_ms: i64,
-    /// Kind.
-    pub kind: String,
-    /// Details.
-    pub detail: String,
-}
 
 impl Store {
     /// Stores a failure report once (by device and report ID); `true` if it was new.

@@ -1,0 +1,29 @@
+//! Fuzz quote verification (both formats) and the TPMS_ATTEST parser: untrusted bytes
+//! from the network at the fleet.
+//!
+//! `cd pluton/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run quote_verifier`
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use warden_pluton::quote::attest::QuoteAttest;
+use warden_pluton::verify_quote;
+
+/// A valid P-256 public key (RFC 6979 A.2.5), so verification gets past key parsing.
+const PUBLIC_KEY: [u8; 65] = [
+    0x04, 0x60, 0xfe, 0xd4, 0xba, 0x25, 0x5a, 0x9d, 0x31, 0xc9, 0x61, 0xeb, 0x74, 0xc6, 0x35, 0x6d,
+    0x68, 0xc0, 0x49, 0xb8, 0x92, 0x3b, 0x61, 0xfa, 0x6c, 0xe6, 0x69, 0x62, 0x2e, 0x60, 0xf2, 0x9f,
+    0xb6, 0x79, 0x03, 0xfe, 0x10, 0x08, 0xb8, 0xbc, 0x99, 0xa4, 0x1a, 0xe9, 0xe9, 0x56, 0x28, 0xbc,
+    0x64, 0xf2, 0xf1, 0xb2, 0x0c, 0x2d, 0x7e, 0x9f, 0x51, 0x77, 0xa3, 0xc2, 0x94, 0xd4, 0x46, 0x22,
+    0x99,
+];
+
+fuzz_target!(|data: &[u8]| {
+    // The attest parser on its own, then the whole verifier with each magic in front.
+    let _ = QuoteAttest::parse(data);
+    let _ = verify_quote(data, &PUBLIC_KEY, &[0u8; 32]);
+    for magic in [b"WPT1", b"WPQ1"] {
+        let mut quote = magic.to_vec();
+        quote.extend_from_slice(data);
+        let _ = verify_quote(&quote, &PUBLIC_KEY, &[0u8; 32]);
+    }
+});
