@@ -119,6 +119,18 @@ pub enum LinkError {
     Identity,
 }
 
+/// Why the identity or the TLS configuration of a session could not be built; the
+/// link shows it as its cause and tries again later.
+#[derive(Debug, thiserror::Error)]
+enum SessionSetupError {
+    /// The device key or certificate (file or pluton) is unusable.
+    #[error("device identity: {0}")]
+    Identity(#[source] LinkError),
+    /// The fleet CA or the client configuration is unusable.
+    #[error("TLS configuration (fleet CA): {0}")]
+    Tls(#[source] TlsError),
+}
+
 /// The appliance's end of the link: commands, desired states and update offers arrive
 /// here; results, reported states, events, reports and update status go back through
 /// the durable control queue. The link never talks to equipment; the appliance
@@ -334,7 +346,7 @@ struct Link {
     /// The MQTT session, once identity and TLS are set up.
     session: Option<Session>,
     /// Identity and TLS being set up (blocking work, off the runtime's threads).
-    setup: Option<JoinHandle<Result<rustls::ClientConfig, String>>>,
+    setup: Option<JoinHandle<Result<rustls::ClientConfig, SessionSetupError>>>,
     session_error: Option<String>,
     session_backoff: Backoff,
     session_retry_at: Option<Instant>,
@@ -576,20 +588,19 @@ impl Link {
         self.setup = Some(tokio::task::spawn_blocking(move || {
             let identity = match identity {
                 Some(identity) => identity,
-                None => client_identity(&config).map_err(|e| format!("device identity: {e}"))?,
+                None => client_identity(&config).map_err(SessionSetupError::Identity)?,
             };
-            client_config(&config.fleet_ca, identity)
-                .map_err(|e| format!("TLS configuration (fleet CA): {e}"))
+            client_config(&config.fleet_ca, identity).map_err(SessionSetupError::Tls)
         }));
     }
 
     fn on_session_setup(
         &mut self,
-        setup: Result<Result<rustls::ClientConfig, String>, tokio::task::JoinError>,
+        setup: Result<Result<rustls::ClientConfig, SessionSetupError>, tokio::task::JoinError>,
     ) {
         let tls = match setup {
             Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => return self.session_failed(error),
+            Ok(Err(error)) => return self.session_failed(error.to_string()),
             Err(error) => return self.session_failed(format!("link setup: {error}")),
         };
         let mut options = MqttOptions::new(
@@ -1165,8 +1176,8 @@ impl Link {
 }
 
 async fn setup_finished(
-    setup: &mut Option<JoinHandle<Result<rustls::ClientConfig, String>>>,
-) -> Result<Result<rustls::ClientConfig, String>, tokio::task::JoinError> {
+    setup: &mut Option<JoinHandle<Result<rustls::ClientConfig, SessionSetupError>>>,
+) -> Result<Result<rustls::ClientConfig, SessionSetupError>, tokio::task::JoinError> {
     match setup {
         Some(handle) => handle.await,
         None => std::future::pending().await,

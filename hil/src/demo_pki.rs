@@ -199,7 +199,7 @@ impl DemoPki {
             images: warden_fleet::ImagesConfig {
                 vendor_roots: self
                     .vendor_root_public_key()
-                    .map(|key| vec![key.iter().map(|b| format!("{b:02x}")).collect()])
+                    .map(|key| vec![hex::encode(key)])
                     .unwrap_or_default(),
                 dir: None,
                 public_url: None,
@@ -269,8 +269,7 @@ impl rcgen::PublicKeyData for ForeignP256Key<'_> {
 /// A device ID from its public key: `wd-` and the first 8 bytes as hex.
 fn device_id_from_public_key(raw: &[u8]) -> String {
     let body = raw.get(1..9).unwrap_or(raw);
-    let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
-    format!("wd-{hex}")
+    format!("wd-{}", hex::encode(body))
 }
 
 fn name(common_name: &str) -> DistinguishedName {

@@ -8,8 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use warden_image::{BuildId, ImageTrust, KeyId, ProductId, RootKey, SemanticVersion};
 use warden_keychain::tooling::load_public_key;
 
-use crate::hex::encode as hex;
 use crate::release::{self, BuildRequest, ReleaseError};
+use hex::encode as hex;
 
 /// Payloads at least this large get a progress bar.
 const PROGRESS_THRESHOLD: u64 = 16 << 20;
@@ -88,9 +88,12 @@ fn parse_product(text: &str) -> anyhow::Result<ProductId> {
         .with_context(|| format!("product {text:?} is not 1 to 16 printable ASCII characters"))
 }
 
+/// Exactly `N` bytes from `2 * N` hex digits (either case).
 fn parse_hex<const N: usize>(text: &str, what: &str) -> anyhow::Result<[u8; N]> {
-    crate::hex::decode::<N>(text)
-        .with_context(|| format!("{what} {text:?} is not {} hex digits", 2 * N))
+    let mut bytes = [0_u8; N];
+    hex::decode_to_slice(text, &mut bytes)
+        .with_context(|| format!("{what} {text:?} is not {} hex digits", 2 * N))?;
+    Ok(bytes)
 }
 
 fn progress_bar(total: u64, message: &'static str) -> ProgressBar {
@@ -144,7 +147,7 @@ impl ImageCommand {
                     header.version,
                     header.security_counter,
                     header.payload_len,
-                    hex(&header.payload_sha256)
+                    hex(header.payload_sha256)
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -166,7 +169,7 @@ impl ImageCommand {
                     header.product,
                     header.version,
                     header.security_counter,
-                    hex(&header.digest())
+                    hex(header.digest())
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -182,9 +185,9 @@ impl ImageCommand {
                 println!(
                     "payload:          {} bytes, sha256 {}",
                     header.payload_len,
-                    hex(&header.payload_sha256)
+                    hex(header.payload_sha256)
                 );
-                println!("measurement:      {}", hex(&inspection.measurement));
+                println!("measurement:      {}", hex(inspection.measurement));
                 match inspection.cert {
                     Some(cert) => println!(
                         "signed by:        release key {} (certificate serial {}, purposes {:?}) issued by root {}",
@@ -252,7 +255,7 @@ impl ImageCommand {
                             verified.header().security_counter,
                             verified.signer(),
                             verified.issuer(),
-                            hex(&verified.measurement())
+                            hex(verified.measurement())
                         );
                         Ok(ExitCode::SUCCESS)
                     }
@@ -264,5 +267,25 @@ impl ImageCommand {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_lowercase_out_and_exact_length_in() {
+        assert_eq!(hex([0x00, 0xab, 0x7f]), "00ab7f");
+        assert_eq!(
+            parse_hex::<3>("00AB7f", "ID").ok(),
+            Some([0x00, 0xab, 0x7f])
+        );
+        assert!(parse_hex::<3>("00ab7", "ID").is_err());
+        assert!(parse_hex::<2>("+1ab", "ID").is_err());
+        assert!(parse_hex::<2>("zzab", "ID").is_err());
+        assert!(parse_hex::<1>("é", "ID").is_err());
+        let error = parse_hex::<2>("zzab", "build ID").expect_err("not hex");
+        assert_eq!(error.to_string(), "build ID \"zzab\" is not 4 hex digits");
     }
 }

@@ -5,7 +5,6 @@ pub mod cli;
 pub mod clock;
 pub mod file_system;
 pub mod fuzz_harness;
-pub mod hex;
 pub mod image_io;
 pub mod launch;
 pub mod monitor;

@@ -12,7 +12,7 @@ use crate::modbus::pdu::{CoilValues, ExceptionCode, RegisterValues, Request};
 use crate::modbus::rtu_bus::RtuBus;
 use crate::modbus::tcp_pool::TcpDevice;
 use crate::modbus::{Answer, ClientError};
-use crate::point::{PointConfig, RegisterKind, WriteValue};
+use crate::point::{PointConfig, PointError, RegisterKind, WriteValue};
 use crate::request_policy::{Denial, GatedRequest, RequestPolicy, RequestSource};
 
 /// Where a bridge's requests go.
@@ -61,6 +61,57 @@ pub enum RequestError {
         unit: u8,
         /// What went wrong.
         error: ClientError,
+    },
+}
+
+/// Why a write could not be turned into a Modbus request (nothing was sent).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteRequestError {
+    /// A raw write whose value does not fit the register kind.
+    #[error(
+        "cannot write {value:?} to {kind} {address} (coils take true/false, holding registers 0..=65535)"
+    )]
+    ValueDoesNotFitRegister {
+        /// The register kind's name (`coil`, `holding`, …).
+        kind: &'static str,
+        /// 0-based address.
+        address: u16,
+        /// The value asked for.
+        value: WriteValue,
+    },
+    /// The named point is not configured on this bridge.
+    #[error("bridge {bridge} has no point {point:?}")]
+    NoSuchPoint {
+        /// Bridge name.
+        bridge: String,
+        /// Point asked for.
+        point: String,
+    },
+    /// A coil point was given something other than true/false (or 0/1).
+    #[error("coil point {point} takes true/false, not {value:?}")]
+    CoilTakesBool {
+        /// Point name.
+        point: String,
+        /// The value asked for.
+        value: WriteValue,
+    },
+    /// The value does not encode into the point's registers.
+    #[error(transparent)]
+    Encode(#[from] PointError),
+    /// The point's registers do not fit one write request.
+    #[error("point {point} spans more than 123 registers")]
+    TooManyRegisters {
+        /// Point name.
+        point: String,
+    },
+    /// The point is of a read-only kind.
+    #[error("point {point} is a {kind} and cannot be written")]
+    NotWritable {
+        /// Point name.
+        point: String,
+        /// The register kind's name.
+        kind: &'static str,
     },
 }
 
@@ -275,7 +326,11 @@ impl BridgeHandle {
     ) -> WriteOutcome {
         let (unit, request) = match self.write_request(target, value) {
             Ok(built) => built,
-            Err(error) => return WriteOutcome::Failed { error },
+            Err(error) => {
+                return WriteOutcome::Failed {
+                    error: error.to_string(),
+                };
+            }
         };
         let outcome = match self.request(unit, request, source).await {
             Ok(Answer::Written) => WriteOutcome::Written,
@@ -309,7 +364,7 @@ impl BridgeHandle {
         &self,
         target: &WriteTarget,
         value: &WriteValue,
-    ) -> Result<(u8, Request), String> {
+    ) -> Result<(u8, Request), WriteRequestError> {
         match target {
             WriteTarget::Address {
                 unit,
@@ -331,10 +386,11 @@ impl BridgeHandle {
                         }
                     }
                     (kind, value) => {
-                        return Err(format!(
-                            "cannot write {value:?} to {} {address} (coils take true/false, holding registers 0..=65535)",
-                            kind.name()
-                        ));
+                        return Err(WriteRequestError::ValueDoesNotFitRegister {
+                            kind: kind.name(),
+                            address: *address,
+                            value: value.clone(),
+                        });
                     }
                 };
                 Ok((unit, request))
@@ -345,7 +401,10 @@ impl BridgeHandle {
                     .points
                     .iter()
                     .find(|p| &p.name == name)
-                    .ok_or_else(|| format!("bridge {} has no point {name:?}", self.shared.name))?;
+                    .ok_or_else(|| WriteRequestError::NoSuchPoint {
+                        bridge: self.shared.name.clone(),
+                        point: name.clone(),
+                    })?;
                 let unit = point.unit_id.unwrap_or(self.shared.default_unit);
                 let request = match point.kind {
                     RegisterKind::Coil => {
@@ -353,9 +412,10 @@ impl BridgeHandle {
                             WriteValue::Bool(on) => *on,
                             WriteValue::Number(v) if *v == 0.0 || *v == 1.0 => *v == 1.0,
                             other => {
-                                return Err(format!(
-                                    "coil point {name} takes true/false, not {other:?}"
-                                ));
+                                return Err(WriteRequestError::CoilTakesBool {
+                                    point: name.clone(),
+                                    value: other.clone(),
+                                });
                             }
                         };
                         Request::WriteSingleCoil {
@@ -364,7 +424,7 @@ impl BridgeHandle {
                         }
                     }
                     RegisterKind::Holding => {
-                        let words = point.encode_registers(value).map_err(|e| e.to_string())?;
+                        let words = point.encode_registers(value)?;
                         if let [word] = words.as_slice() {
                             Request::WriteSingleRegister {
                                 address: point.address,
@@ -372,7 +432,9 @@ impl BridgeHandle {
                             }
                         } else {
                             let values = RegisterValues::from_slice(&words).map_err(|_| {
-                                format!("point {name} spans more than 123 registers")
+                                WriteRequestError::TooManyRegisters {
+                                    point: name.clone(),
+                                }
                             })?;
                             Request::WriteMultipleRegisters {
                                 address: point.address,
@@ -381,10 +443,10 @@ impl BridgeHandle {
                         }
                     }
                     kind => {
-                        return Err(format!(
-                            "point {name} is a {} and cannot be written",
-                            kind.name()
-                        ));
+                        return Err(WriteRequestError::NotWritable {
+                            point: name.clone(),
+                            kind: kind.name(),
+                        });
                     }
                 };
                 Ok((unit, request))

@@ -64,12 +64,7 @@ pub struct IssuedCertificate {
 
 /// Lowercase hex SHA-256 of certificate DER bytes.
 pub fn fingerprint(der: &[u8]) -> String {
-    hex(&Sha256::digest(der))
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    hex::encode(Sha256::digest(der))
 }
 
 /// The unlocked manufacturer CA (its key in memory only while the station runs).

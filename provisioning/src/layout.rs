@@ -88,7 +88,7 @@ impl UnitLayout {
             std::env::temp_dir().join(format!(
                 "warden-provision-{}-{}.sock",
                 std::process::id(),
-                crate::ca::hex(&short_hash(self.root.as_os_str().as_encoded_bytes()))
+                hex::encode(short_hash(self.root.as_os_str().as_encoded_bytes()))
             ))
         }
     }

@@ -83,8 +83,13 @@ struct Attempt<'s> {
 }
 
 impl Attempt<'_> {
-    fn step<T>(&mut self, step: Step, result: Result<T, String>) -> Result<T, UnitError> {
-        result.map_err(|message| self.fail(step, message))
+    /// `result`, or the unit marked FAILED at `step` with the error's text.
+    fn step<T, E: std::fmt::Display>(
+        &mut self,
+        step: Step,
+        result: Result<T, E>,
+    ) -> Result<T, UnitError> {
+        result.map_err(|error| self.fail(step, error.to_string()))
     }
 
     /// Mark the unit FAILED (marker and record) and build the error.
@@ -109,16 +114,62 @@ impl Attempt<'_> {
         }
     }
 
-    fn write_record(&self) -> Result<(), String> {
+    fn write_record(&self) -> Result<(), RecordWriteError> {
         let mut record = self.record.clone();
         record.written_at = now();
-        let json = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
-        write_atomically(&self.layout.record_file(), &json, 0o644).map_err(|e| e.to_string())
+        let json = serde_json::to_vec_pretty(&record)?;
+        Ok(write_atomically(&self.layout.record_file(), &json, 0o644)?)
     }
 }
 
-fn text<E: std::fmt::Display>(error: E) -> String {
-    error.to_string()
+/// Why the unit's provisioning record could not be written.
+#[derive(Debug, thiserror::Error)]
+enum RecordWriteError {
+    /// The record does not serialise (it always should).
+    #[error("provisioning record: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The file could not be written (the error names it).
+    #[error(transparent)]
+    Write(#[from] crate::files::FileError),
+}
+
+/// Why pluton did not prove it holds the exported identity key.
+#[derive(Debug, thiserror::Error)]
+enum ProofError {
+    /// No nonce could be drawn.
+    #[error("random nonce: {0}")]
+    Random(getrandom::Error),
+    /// Pluton did not quote.
+    #[error(transparent)]
+    Quote(#[from] warden_pluton_api::ClientError),
+    /// The quote does not verify with the exported key.
+    #[error("the quote does not verify with the exported key: {0:?}")]
+    DoesNotVerify(warden_pluton::QuoteError),
+}
+
+/// Why the factory policy bundle could not be installed on the unit.
+#[derive(Debug, thiserror::Error)]
+enum BundleInstallError {
+    /// Pluton's root keys could not be listed.
+    #[error(transparent)]
+    RootKeys(#[from] warden_pluton_api::ClientError),
+    /// The previous attempt's bundle store could not be removed.
+    #[error("cannot remove {}: {source}", path.display())]
+    ClearStore {
+        /// The store's directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store's directory could not be created (the error names it).
+    #[error(transparent)]
+    CreateStore(#[from] crate::files::FileError),
+    /// The station's product name is not a bundle product id.
+    #[error("product {0:?} is not a bundle product id")]
+    Product(String),
+    /// The bundle store refused to open or to take the bundle.
+    #[error(transparent)]
+    Store(#[from] warden_policy::bundle::store::StoreError),
 }
 
 /// Provision the unit with serial `serial` (see the crate README for the steps).
@@ -140,7 +191,7 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
         product: config.product.clone(),
         group: config.group.clone(),
         image_version: station.factory_image.version.clone(),
-        image_measurement: crate::ca::hex(&station.factory_image.measurement),
+        image_measurement: hex::encode(station.factory_image.measurement),
         security_counter: station.factory_image.security_counter,
         selftest: Vec::new(),
         result: UnitResult::Failed,
@@ -161,7 +212,7 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
         layout.pluton_state_dir(),
         layout.factory_dir(),
     ] {
-        attempt.step(Step::Storage, crate::files::create_dir(&dir).map_err(text))?;
+        attempt.step(Step::Storage, crate::files::create_dir(&dir))?;
     }
 
     // Pluton, in its own process on the unit's state.
@@ -172,11 +223,10 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
             &layout.station_socket(),
             &layout.pluton_state_dir(),
             &layout.capability_file(),
-        )
-        .map_err(text),
+        ),
     )?;
-    let mut client = attempt.step(Step::StartPluton, pluton.client().map_err(text))?;
-    let (_, status) = attempt.step(Step::StartPluton, client.status().map_err(text))?;
+    let mut client = attempt.step(Step::StartPluton, pluton.client())?;
+    let (_, status) = attempt.step(Step::StartPluton, client.status())?;
     if status.manufacturing_locked {
         let device_id = status
             .device_id
@@ -194,12 +244,12 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
     }
     let _ = std::fs::remove_file(layout.failed_marker());
     let _ = std::fs::remove_file(layout.provisioned_marker());
-    let capability = attempt.step(Step::StartPluton, pluton.capability().map_err(text))?;
+    let capability = attempt.step(Step::StartPluton, pluton.capability())?;
 
     // Identity, created inside pluton (reused if a previous attempt created it).
     let identity = match client.export_identity() {
         Ok(identity) => identity,
-        Err(_) => attempt.step(Step::Identity, client.create_identity(None).map_err(text))?,
+        Err(_) => attempt.step(Step::Identity, client.create_identity(None))?,
     };
     let device_id = identity.device_id.to_string();
     attempt.record.device_id = Some(device_id.clone());
@@ -215,12 +265,11 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
         Step::Certificate,
         station
             .ca
-            .issue_device_certificate(&device_id, serial, &identity.public_key.0)
-            .map_err(text),
+            .issue_device_certificate(&device_id, serial, &identity.public_key.0),
     )?;
     attempt.step(
         Step::Certificate,
-        write_atomically(&layout.device_cert(), certificate.pem.as_bytes(), 0o644).map_err(text),
+        write_atomically(&layout.device_cert(), certificate.pem.as_bytes(), 0o644),
     )?;
     attempt.record.fingerprint = Some(certificate.fingerprint.clone());
 
@@ -228,12 +277,10 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
     for root in &station.roots {
         attempt.step(
             Step::RootKeys,
-            client
-                .install_root_key(&capability, &root.public_key.0, root.purposes)
-                .map_err(text),
+            client.install_root_key(&capability, &root.public_key.0, root.purposes),
         )?;
     }
-    let installed = attempt.step(Step::RootKeys, client.root_keys().map_err(text))?;
+    let installed = attempt.step(Step::RootKeys, client.root_keys())?;
     if installed.len() != station.roots.len()
         || !station.roots.iter().all(|root| installed.contains(root))
     {
@@ -256,8 +303,7 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
                 warden_os::root_of_trust::IMAGE_SECURITY_COUNTER,
                 station.factory_image.security_counter,
             )
-            .map(|_| ())
-            .map_err(text),
+            .map(|_| ()),
     )?;
 
     // Config, policy source, fleet CA, status-page password.
@@ -270,8 +316,7 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
             &config.product,
             &config.policy_file,
             &config.fleet_ca,
-        )
-        .map_err(text),
+        ),
     )?;
 
     // Policy bundle, verified against the roots pluton now holds.
@@ -292,7 +337,7 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
     };
     let report = attempt.step(
         Step::Selftest,
-        crate::selftest::run(&plan, pluton.socket(), capability.clone()).map_err(text),
+        crate::selftest::run(&plan, pluton.socket(), capability.clone()),
     )?;
     let _ = std::fs::remove_dir_all(layout.selftest_run_dir());
     if report.factory_measurement != station.factory_image.measurement {
@@ -318,18 +363,14 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
             &layout.label_png(),
             &layout.label_svg(),
             &layout.label_text(),
-        )
-        .map_err(text),
+        ),
     )?;
 
     // Lock, then register: a device is registered only once nothing on it can change.
     attempt.record.result = UnitResult::Locked;
     attempt.step(Step::Lock, attempt.write_record())?;
-    attempt.step(
-        Step::Lock,
-        client.lock_manufacturing(&capability).map_err(text),
-    )?;
-    let (_, status) = attempt.step(Step::Lock, client.status().map_err(text))?;
+    attempt.step(Step::Lock, client.lock_manufacturing(&capability))?;
+    let (_, status) = attempt.step(Step::Lock, client.status())?;
     if !status.manufacturing_locked {
         return Err(attempt.fail(Step::Lock, "pluton does not report the lock".into()));
     }
@@ -337,43 +378,39 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
     register_and_finish(&mut attempt, &certificate.pem, &certificate.fingerprint)
 }
 
-fn proof_of_possession(client: &mut PlutonClient, public_key: &[u8; 65]) -> Result<(), String> {
+fn proof_of_possession(client: &mut PlutonClient, public_key: &[u8; 65]) -> Result<(), ProofError> {
     let mut nonce = [0u8; 32];
-    getrandom::fill(&mut nonce).map_err(text)?;
-    let quote = client.quote(&nonce).map_err(text)?;
+    getrandom::fill(&mut nonce).map_err(ProofError::Random)?;
+    let quote = client.quote(&nonce)?;
     warden_pluton::verify_quote(&quote, public_key, &nonce)
         .map(|_| ())
-        .map_err(|e| format!("the quote does not verify with the exported key: {e:?}"))
+        .map_err(ProofError::DoesNotVerify)
 }
 
 fn install_policy_bundle(
     station: &Station,
     client: &mut PlutonClient,
     bundle_dir: &std::path::Path,
-) -> Result<(), String> {
+) -> Result<(), BundleInstallError> {
     let roots: Vec<_> = client
-        .root_keys()
-        .map_err(text)?
+        .root_keys()?
         .iter()
         .filter_map(|root| root.to_root_key().ok())
         .filter(|root| root.purposes().contains(warden_keychain::Purpose::POLICY))
         .collect();
     // A fresh store each attempt: the factory bundle is the only one a new unit has.
     if bundle_dir.exists() {
-        std::fs::remove_dir_all(bundle_dir).map_err(text)?;
-    }
-    crate::files::create_dir(bundle_dir).map_err(text)?;
-    let product =
-        warden_policy::bundle::ProductId::new(&station.config.product).ok_or_else(|| {
-            format!(
-                "product {:?} is not a bundle product id",
-                station.config.product
-            )
+        std::fs::remove_dir_all(bundle_dir).map_err(|source| BundleInstallError::ClearStore {
+            path: bundle_dir.to_path_buf(),
+            source,
         })?;
+    }
+    crate::files::create_dir(bundle_dir)?;
+    let product = warden_policy::bundle::ProductId::new(&station.config.product)
+        .ok_or_else(|| BundleInstallError::Product(station.config.product.clone()))?;
     let mut store =
-        warden_policy::bundle::store::BundleStore::open(bundle_dir, &roots, &[], product)
-            .map_err(text)?;
-    store.apply(&station.policy_bundle).map_err(text)?;
+        warden_policy::bundle::store::BundleStore::open(bundle_dir, &roots, &[], product)?;
+    store.apply(&station.policy_bundle)?;
     Ok(())
 }
 
@@ -399,10 +436,7 @@ fn finish_locked_unit(
             format!("the locked unit does not verify, not registering it: {failed}"),
         ));
     }
-    let cert_pem = attempt.step(
-        Step::Register,
-        read_text(&attempt.layout.device_cert()).map_err(text),
-    )?;
+    let cert_pem = attempt.step(Step::Register, read_text(&attempt.layout.device_cert()))?;
     let fingerprint = attempt.step(Step::Register, crate::verify::pem_fingerprint(&cert_pem))?;
     attempt.record.fingerprint = Some(fingerprint.clone());
     register_and_finish(attempt, &cert_pem, &fingerprint)
@@ -423,10 +457,7 @@ fn register_and_finish(
         certificate_pem: cert_pem.to_owned(),
         image_version: station.factory_image.version.clone(),
     };
-    let registered = attempt.step(
-        Step::Register,
-        station.fleet.register_device(&registration).map_err(text),
-    )?;
+    let registered = attempt.step(Step::Register, station.fleet.register_device(&registration))?;
     if registered.fingerprint != fingerprint {
         return Err(attempt.fail(
             Step::Register,
@@ -450,8 +481,7 @@ fn register_and_finish(
             &attempt.layout.provisioned_marker(),
             marker.as_bytes(),
             0o644,
-        )
-        .map_err(text),
+        ),
     )?;
     let _ = std::fs::remove_file(attempt.layout.failed_marker());
     Ok(ProvisionedUnit {

@@ -63,8 +63,9 @@ fn fuzz_crates(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo fuzz <args>` for the fuzz crate `fuzz_dir`, with the flags every call shares.
-fn cargo_fuzz(fuzz_dir: &Path, args: &[&str]) -> Command {
+/// `cargo fuzz <args> -- <fuzzer_args>` for the fuzz crate `fuzz_dir`, with the flags
+/// every call shares. They go before `--`: what follows it is libFuzzer's.
+fn cargo_fuzz(fuzz_dir: &Path, args: &[&str], fuzzer_args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO"));
     command
         .arg("fuzz")
@@ -78,6 +79,9 @@ fn cargo_fuzz(fuzz_dir: &Path, args: &[&str]) -> Command {
         .env("RUSTC_BOOTSTRAP", "1")
         .env_remove("CARGO_TARGET_DIR")
         .current_dir(root());
+    if !fuzzer_args.is_empty() {
+        command.arg("--").args(fuzzer_args);
+    }
     command
 }
 
@@ -109,7 +113,7 @@ pub fn fuzz_every_target() -> Result<(), String> {
             .to_string();
         let started = Instant::now();
         run(
-            cargo_fuzz(fuzz_dir, &["build"]),
+            cargo_fuzz(fuzz_dir, &["build"], &[]),
             &format!("cargo fuzz build ({shown})"),
         )?;
         timings.push((format!("build {shown}"), started.elapsed()));
@@ -119,7 +123,7 @@ pub fn fuzz_every_target() -> Result<(), String> {
             let runs = format!("-runs={RUNS}");
             let seconds = format!("-max_total_time={SECONDS}");
             run(
-                cargo_fuzz(fuzz_dir, &["run", &target, "--", &runs, &seconds]),
+                cargo_fuzz(fuzz_dir, &["run", &target], &[&runs, &seconds]),
                 &format!("cargo fuzz run {target} ({shown}) {runs} {seconds}"),
             )?;
             timings.push((format!("run {shown} {target}"), started.elapsed()));

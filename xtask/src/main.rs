@@ -54,8 +54,7 @@ fn main() -> ExitCode {
             all.extend(cargo(embedded()));
             all.extend(firmware());
             all.extend(package::steps());
-            // Not `fuzz_step()` yet: cold builds of the six fuzz crates were not measured
-            // on a fresh machine (one took 22 min under load); `cargo xtask fuzz` runs them.
+            all.push(fuzz_step());
             all
         }
         other => {

@@ -13,6 +13,7 @@ use warden::bridge_set::{self, StartedBridgeSet};
 use warden::config::ApplianceConfig;
 use warden_bridges::Sample;
 use warden_link::topics::{Command, CommandAction, CommandStatus, PROTOCOL_VERSION};
+use warden_test_support::network_namespaces::{self, Namespaces, ip};
 
 // Bumble's controllers and the scripted sensor, shared with warden-ble's own tests
 // (not every helper is used here).
@@ -240,32 +241,6 @@ async fn a_ble_bridge_without_its_controller_is_listed_and_refuses_writes() {
     while tasks.join_next().await.is_some() {}
 }
 
-fn ip(args: &[&str]) {
-    let output = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (apt-get install iproute2)");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Network namespaces (and so their links) deleted on drop.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .status();
-        }
-    }
-}
-
 /// `warden run --config` as root in a network namespace whose only way to the
 /// equipment is the config's `[privnet]` port: a persistent TAP (no address) bridged to
 /// an equipment namespace holding a Modbus TCP device at 10.77.0.10. The appliance
@@ -277,11 +252,7 @@ impl Drop for Namespaces {
 async fn the_appliance_reaches_equipment_only_through_its_private_network_port() {
     let tag = std::process::id() % 100_000;
     let (appliance_ns, equipment_ns) = (format!("wda{tag}"), format!("wde{tag}"));
-    let _namespaces = Namespaces(vec![appliance_ns.clone(), equipment_ns.clone()]);
-    for namespace in [&appliance_ns, &equipment_ns] {
-        ip(&["netns", "add", namespace]);
-        ip(&["-n", namespace, "link", "set", "lo", "up"]);
-    }
+    let _namespaces = Namespaces::create(&[appliance_ns.clone(), equipment_ns.clone()]);
     let tap = format!("wdtap{tag}");
     ip(&["-n", &appliance_ns, "link", "add", "br0", "type", "bridge"]);
     ip(&[
@@ -343,11 +314,10 @@ async fn the_appliance_reaches_equipment_only_through_its_private_network_port()
     // The equipment: the simulated Modbus device, its socket made inside its namespace.
     let stop = CancellationToken::new();
     let equipment_stop = stop.clone();
-    let namespace_file = format!("/run/netns/{equipment_ns}");
+    let equipment_namespace = equipment_ns.clone();
     let (ready_tx, ready) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&namespace_file).expect("namespace");
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        network_namespaces::enter(&equipment_namespace);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

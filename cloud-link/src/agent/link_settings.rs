@@ -28,6 +28,26 @@ pub(super) fn load_link_settings(path: &Path) -> Option<LinkSettings> {
     }
 }
 
+/// Why a link settings change from the fleet was refused; the running settings stay
+/// and the text goes to the fleet in the reported state and an event.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LinkSettingsRefused {
+    /// Malformed or out of bounds; the wire type's check names the member and bound.
+    #[error(transparent)]
+    Invalid(#[from] LinkSettingsError),
+    /// A replay or an old change: the version must grow.
+    #[error("link settings: version {proposed} is not above the running version {running}")]
+    NotNewer {
+        /// The version offered.
+        proposed: u64,
+        /// The version running.
+        running: u64,
+    },
+    /// They could not be saved, so they are not used (they would not survive a restart).
+    #[error("link settings: {0}")]
+    NotSaved(#[source] warden_files::FileError),
+}
+
 /// Applies a link settings change from the twin, whole or not at all: validated,
 /// newer than the running one, saved (atomically) before it takes effect. Returns the
 /// settings to use from now on, if they changed; every outcome is reported.
@@ -41,24 +61,25 @@ pub(super) fn change_link_settings(
         Ok(None) => return None,
         Ok(Some(settings)) if running.as_ref() == Some(&settings) => return None,
         Ok(Some(settings)) => settings,
-        Err(why) => return refuse_link_settings(why.to_string(), running, control),
+        Err(why) => {
+            return refuse_link_settings(&LinkSettingsRefused::Invalid(why), running, control);
+        }
     };
     if let Err(why) = proposed.validate() {
-        return refuse_link_settings(why.to_string(), running, control);
+        return refuse_link_settings(&LinkSettingsRefused::Invalid(why), running, control);
     }
     if let Some(current) = running.as_ref()
         && proposed.version <= current.version
     {
-        let why = format!(
-            "link settings: version {} is not above the running version {}",
-            proposed.version, current.version
-        );
-        return refuse_link_settings(why, running, control);
+        let why = LinkSettingsRefused::NotNewer {
+            proposed: proposed.version,
+            running: current.version,
+        };
+        return refuse_link_settings(&why, running, control);
     }
     if let Err(error) = save_link_settings(path, &proposed) {
         // The error names the operation and the file.
-        let why = format!("link settings: {error}");
-        return refuse_link_settings(why, running, control);
+        return refuse_link_settings(&LinkSettingsRefused::NotSaved(error), running, control);
     }
     tracing::info!(
         version = proposed.version,
@@ -82,10 +103,11 @@ pub(super) fn change_link_settings(
 }
 
 pub(super) fn refuse_link_settings(
-    why: String,
+    why: &LinkSettingsRefused,
     running: &Option<LinkSettings>,
     control: &ControlSender,
 ) -> Option<LinkSettings> {
+    let why = why.to_string();
     tracing::warn!(%why, "link settings refused; the running ones stay");
     if let Err(error) = control
         .lock()

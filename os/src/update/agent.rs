@@ -9,10 +9,10 @@ use warden_image::SemanticVersion;
 
 use crate::boot::{BootError, BootMonitor};
 use crate::file_system::SlotFileSystem;
-use crate::hex::encode as hex;
 use crate::root_of_trust::BootRootOfTrust;
 use crate::slots::Slot;
 use crate::update::window::{UpdateWindowPolicy, WindowDecision};
+use hex::encode as hex;
 
 /// An update offered by the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,13 +160,12 @@ impl UpdateAgent {
     /// The partial download of `offer`.
     pub fn part_path(&self, offer: &UpdateOffer) -> PathBuf {
         self.download_dir
-            .join(format!("{}.part", hex(&offer.sha256)))
+            .join(format!("{}.part", hex(offer.sha256)))
     }
 
     /// The complete, digest-checked download of `offer`.
     pub fn staged_path(&self, offer: &UpdateOffer) -> PathBuf {
-        self.download_dir
-            .join(format!("{}.wim", hex(&offer.sha256)))
+        self.download_dir.join(format!("{}.wim", hex(offer.sha256)))
     }
 
     /// One download attempt: resumes a partial file with an HTTP range request, checks
@@ -206,8 +205,8 @@ impl UpdateAgent {
         if digest != offer.sha256 {
             tokio::fs::remove_file(&part).await.map_err(io_at(&part))?;
             let error = UpdateError::DigestMismatch {
-                expected: hex(&offer.sha256),
-                actual: hex(&digest),
+                expected: hex(offer.sha256),
+                actual: hex(digest),
             };
             report(UpdateEvent::Failed(error.to_string()));
             return Err(error);

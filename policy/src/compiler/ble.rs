@@ -2,7 +2,9 @@
 
 use crate::compiler::checker::{Compiler, Field};
 use crate::compiler::document::RawBle;
-use crate::compiler::syntax::{format_device, format_uuid, parse_device, parse_uuid, string_list};
+use crate::compiler::syntax::{
+    SyntaxError, format_device, format_uuid, parse_device, parse_uuid, string_list,
+};
 use crate::request::{BleOperation, Source};
 use crate::tables::{BleRule, BridgeKind};
 
@@ -29,7 +31,7 @@ impl Compiler<'_> {
             .and_then(|list| {
                 list.into_iter()
                     .map(parse_uuid)
-                    .collect::<Result<Vec<u128>, String>>()
+                    .collect::<Result<Vec<u128>, SyntaxError>>()
             });
         let characteristics = self.field(
             rule,
@@ -39,9 +41,11 @@ impl Compiler<'_> {
         );
         let operations = string_list(raw.operations.get_ref(), "operation").and_then(|list| {
             list.into_iter().try_fold(0u8, |mask, name| {
-                BleOperation::from_name(name).map(|op| mask | op.bit()).ok_or_else(|| {
-                    format!("unknown operation \"{name}\" (read, write, write_without_response, notify, indicate)")
-                })
+                BleOperation::from_name(name)
+                    .map(|op| mask | op.bit())
+                    .ok_or_else(|| SyntaxError::UnknownBleOperation {
+                        name: name.to_owned(),
+                    })
             })
         });
         let operations = self.field(rule, raw.operations.span(), "operations", operations);

@@ -12,7 +12,9 @@ use crate::compiler::document::{
     RawBle, RawConnect, RawDocument, RawListen, RawModbus, RawModbusLimit,
 };
 use crate::compiler::spec::{ConnectSpec, LimitSpec, ListenSpec, ModbusSpec};
-use crate::compiler::syntax::{merge_ranges, parse_int, parse_ranges, string_list, type_name};
+use crate::compiler::syntax::{
+    SyntaxError, merge_ranges, parse_int, parse_ranges, string_list, type_name,
+};
 use crate::request::{MODBUS_FUNCTIONS, Source, function_kind};
 use crate::tables::{
     self, BleRule, BridgeKind, NameRef, RateLimit, RuleEntry, RuleKind, ValueCheck,
@@ -141,7 +143,7 @@ impl<'s> Compiler<'s> {
         rule: u16,
         span: Range<usize>,
         key: &str,
-        result: Result<T, String>,
+        result: Result<T, SyntaxError>,
     ) -> Field<T> {
         result.map_err(|message| self.error(rule, span, format!("{key}: {message}")))
     }

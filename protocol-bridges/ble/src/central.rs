@@ -22,7 +22,7 @@ use warden_bridges::request_policy::RequestSource;
 use warden_bridges::sample::{Sample, Value};
 use warden_policy::BleOperation;
 
-use crate::ble_policy::BleGatedRequest;
+use crate::ble_policy::{BleDenial, BleGatedRequest};
 use crate::config::{BlePointSpec, SensorSelector};
 use crate::device_address::DeviceAddress;
 use crate::hci_transport::HciTransport;
@@ -235,8 +235,9 @@ impl Session<'_, '_> {
                 SensorSelector::Address(address) => *address,
                 SensorSelector::Name(_) => match self.find_by_name(&mut central, commands).await {
                     Some(Ok(address)) => address,
-                    Some(Err(message)) => {
-                        self.shared.update(|h| h.last_error = Some(message));
+                    Some(Err(error)) => {
+                        self.shared
+                            .update(|h| h.last_error = Some(error.to_string()));
                         if !self.pause(backoff, commands).await {
                             return;
                         }
@@ -313,7 +314,7 @@ impl Session<'_, '_> {
         &self,
         central: &mut Central<'_, Hci, DefaultPacketPool>,
         commands: &mut mpsc::Receiver<WriteCommand>,
-    ) -> Option<Result<DeviceAddress, String>> {
+    ) -> Option<Result<DeviceAddress, ScanFailed>> {
         self.shared.update(|h| h.state = LinkState::Scanning);
         self.scan.found.borrow_mut().take();
         let mut scanner = Scanner::new(central);
@@ -325,7 +326,11 @@ impl Session<'_, '_> {
         };
         let session = match scanner.scan(&config).await {
             Ok(session) => session,
-            Err(error) => return Some(Err(format!("scanning failed: {error:?}"))),
+            Err(error) => {
+                return Some(Err(ScanFailed {
+                    detail: format!("{error:?}"),
+                }));
+            }
         };
         let found = async {
             loop {
@@ -530,7 +535,7 @@ impl Session<'_, '_> {
         sensor: DeviceAddress,
         operation: BleOperation,
         source: RequestSource,
-    ) -> Result<(), String> {
+    ) -> Result<(), BleDenial> {
         let request = BleGatedRequest {
             bridge: &self.shared.spec.name,
             device: sensor,
@@ -548,7 +553,7 @@ impl Session<'_, '_> {
         verdict.map_err(|denial| {
             tracing::warn!(bridge = %self.shared.spec.name, point = %spec.name, "{denial}");
             self.shared.update(|h| h.denied += 1);
-            denial.reason
+            denial
         })
     }
 
@@ -569,9 +574,11 @@ impl Session<'_, '_> {
                 error: format!("point {} is not available on the sensor", command.point),
             };
         };
-        if let Err(reason) = self.allowed(&point.spec, sensor, BleOperation::Write, command.source)
+        if let Err(denial) = self.allowed(&point.spec, sensor, BleOperation::Write, command.source)
         {
-            return WriteOutcome::Denied { reason };
+            return WriteOutcome::Denied {
+                reason: denial.reason,
+            };
         }
         let bytes = match point.spec.codec.encode(&command.value) {
             Ok(bytes) => bytes,
@@ -607,6 +614,16 @@ struct FoundPoint {
     readable: bool,
     /// Notifications or indications enabled.
     subscribed: bool,
+}
+
+/// Why looking for the sensor by its advertised name failed (the controller
+/// refused to scan); kept as the bridge's last error until the next attempt.
+#[derive(Debug, thiserror::Error)]
+#[error("scanning failed: {detail}")]
+struct ScanFailed {
+    /// The host stack's error, as it renders it (its type is generic over the
+    /// controller and has no `Display`).
+    detail: String,
 }
 
 /// Why serving a connection ended.

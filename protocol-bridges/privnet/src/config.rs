@@ -155,17 +155,19 @@ impl PrivnetConfig {
                 ),
             ));
         }
-        let mac = parse_mac(&self.mac).map_err(|m| error("mac", m))?;
+        let mac = parse_mac(&self.mac).map_err(|e| error("mac", e.to_string()))?;
         if mac[0] & 1 == 1 {
             return Err(error("mac", format!("{} is a multicast address", self.mac)));
         }
-        let (address, prefix_len) = parse_cidr(&self.address).map_err(|m| error("address", m))?;
+        let (address, prefix_len) =
+            parse_cidr(&self.address).map_err(|e| error("address", e.to_string()))?;
         let network =
             |ip: Ipv4Addr| u32::from(ip) & u32::from(crate::dhcp_server::prefix_mask(prefix_len));
         let mut leases: Vec<StaticLease> = Vec::new();
         for (index, lease) in self.dhcp.static_leases.iter().enumerate() {
             let field = |name: &str| format!("dhcp.static_leases[{index}].{name}");
-            let lease_mac = parse_mac(&lease.mac).map_err(|m| error(&field("mac"), m))?;
+            let lease_mac =
+                parse_mac(&lease.mac).map_err(|e| error(&field("mac"), e.to_string()))?;
             if network(lease.ip) != network(address)
                 || lease.ip == address
                 || host_part_is_edge(lease.ip, prefix_len)
@@ -253,10 +255,20 @@ fn host_part_is_edge(ip: Ipv4Addr, prefix_len: u8) -> bool {
     prefix_len < 31 && (host == 0 || host == host_mask)
 }
 
+/// A text that is not six hex bytes separated by ':'.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not an Ethernet address (six hex bytes separated by ':')")]
+pub struct MacAddressError {
+    /// The text as configured.
+    pub text: String,
+}
+
 /// Parses `02:00:00:00:00:10`.
-pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(text: &str) -> Result<[u8; 6], MacAddressError> {
     let parts: Vec<&str> = text.split(':').collect();
-    let bad = || format!("{text:?} is not an Ethernet address (six hex bytes separated by ':')");
+    let bad = || MacAddressError {
+        text: text.to_owned(),
+    };
     if parts.len() != 6 {
         return Err(bad());
     }
@@ -270,16 +282,46 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
-    let bad = || format!("{text:?} is not an IPv4 address with a prefix (10.77.0.1/24)");
+/// Why the port's address (`10.77.0.1/24`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CidrError {
+    /// Not an address, a '/' and a prefix length.
+    #[error("{text:?} is not an IPv4 address with a prefix (10.77.0.1/24)")]
+    Malformed {
+        /// The text as configured.
+        text: String,
+    },
+    /// A prefix too short for a private segment or too long for hosts.
+    #[error("{text:?}: the prefix must be 8..=30")]
+    PrefixOutOfRange {
+        /// The text as configured.
+        text: String,
+    },
+    /// The address is the network's or its broadcast address, not a host's.
+    #[error("{text:?} is the network or broadcast address")]
+    NotAHost {
+        /// The text as configured.
+        text: String,
+    },
+}
+
+fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), CidrError> {
+    let bad = || CidrError::Malformed {
+        text: text.to_owned(),
+    };
     let (ip, prefix) = text.split_once('/').ok_or_else(bad)?;
     let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
     let prefix: u8 = prefix.parse().map_err(|_| bad())?;
     if !(8..=30).contains(&prefix) {
-        return Err(format!("{text:?}: the prefix must be 8..=30"));
+        return Err(CidrError::PrefixOutOfRange {
+            text: text.to_owned(),
+        });
     }
     if host_part_is_edge(ip, prefix) {
-        return Err(format!("{text:?} is the network or broadcast address"));
+        return Err(CidrError::NotAHost {
+            text: text.to_owned(),
+        });
     }
     Ok((ip, prefix))
 }

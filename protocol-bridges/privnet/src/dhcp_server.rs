@@ -213,8 +213,7 @@ pub fn prefix_mask(prefix_len: u8) -> Ipv4Addr {
 
 /// Formats a MAC as `02:00:00:00:00:10`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    parts.join(":")
+    mac.map(|byte| hex::encode([byte])).join(":")
 }
 
 /// The client MAC of a DHCP message, for tests and logs.

@@ -1,5 +1,8 @@
 //! Why a call through the real-time core, or the core itself, failed.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use warden_rtcore_mailbox::BundleRefusal;
 use warden_rtcore_mailbox::message::ConfigureRefusal;
 
@@ -26,7 +29,7 @@ pub enum RtCoreError {
     BundleRefused(BundleRefusal),
     /// The bundle could not be read or is too large to upload.
     #[error("policy bundle for the real-time core: {0}")]
-    Bundle(String),
+    Bundle(#[from] BundleError),
     /// The core refused the line settings.
     #[error("the real-time core refused the line settings: {0}")]
     ConfigureRefused(ConfigureRefusal),
@@ -45,6 +48,62 @@ pub enum RtCoreError {
     #[error(transparent)]
     Client(#[from] ClientError),
 }
+
+/// Why the bundle for the core could not be read or uploaded (the core never saw it).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// The RTU bridge runs on the core but names no `policy_bundle`.
+    #[error("no policy_bundle configured")]
+    NotConfigured,
+    /// The configured bundle file could not be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Unreadable {
+        /// The configured `policy_bundle`.
+        path: PathBuf,
+        /// Why (shared: the error is cloned with the outcome it is part of).
+        error: Arc<std::io::Error>,
+    },
+    /// The bundle is larger than the core's upload buffer.
+    #[error("{len} bytes is more than the core accepts ({max})")]
+    TooLarge {
+        /// The bundle's length.
+        len: usize,
+        /// The core's limit.
+        max: usize,
+    },
+    /// The core answered the upload with something other than a verdict.
+    #[error("unexpected answer to the upload")]
+    UnexpectedAnswer,
+}
+
+/// Equal when the same thing went wrong; read errors compare by their kind
+/// (`std::io::Error` itself has no equality).
+impl PartialEq for BundleError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::NotConfigured, Self::NotConfigured)
+            | (Self::UnexpectedAnswer, Self::UnexpectedAnswer) => true,
+            (
+                Self::Unreadable { path, error },
+                Self::Unreadable {
+                    path: other_path,
+                    error: other_error,
+                },
+            ) => path == other_path && error.kind() == other_error.kind(),
+            (
+                Self::TooLarge { len, max },
+                Self::TooLarge {
+                    len: other_len,
+                    max: other_max,
+                },
+            ) => len == other_len && max == other_max,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for BundleError {}
 
 impl RtCoreError {
     /// As a [`ClientError`] for the bridge's downstream: a policy refusal by the core

@@ -18,7 +18,7 @@ use crate::health::{BridgeHealth, HealthEvent};
 use crate::modbus::pdu::{Request, Response};
 use crate::modbus::{Answer, ClientError, MAX_PDU_LEN};
 use crate::request_policy::RequestSource;
-use crate::rtcore::error::{RtCoreError, denial};
+use crate::rtcore::error::{BundleError, RtCoreError, denial};
 use crate::rtcore::messages::{BundleReply, CallReply, Command, OwnedOutcome, Received};
 use crate::rtcore::setup::CoreSetup;
 
@@ -219,7 +219,7 @@ impl Link {
             {
                 Received::BundleAccepted(version) => Ok(version),
                 Received::BundleRefused(reason) => Err(RtCoreError::BundleRefused(reason)),
-                _ => Err(RtCoreError::Bundle("unexpected answer".into())),
+                _ => Err(BundleError::UnexpectedAnswer.into()),
             },
         )
     }
@@ -234,10 +234,11 @@ impl Link {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         if bundle.len() > MAX_BUNDLE_LEN {
-            return Ok(Err(RtCoreError::Bundle(format!(
-                "{} bytes is more than the core accepts ({MAX_BUNDLE_LEN})",
-                bundle.len()
-            ))));
+            return Ok(Err(BundleError::TooLarge {
+                len: bundle.len(),
+                max: MAX_BUNDLE_LEN,
+            }
+            .into()));
         }
         send(
             stream,

@@ -24,5 +24,5 @@ pub mod setup;
 mod tests;
 
 pub use bus::RtCoreBus;
-pub use error::RtCoreError;
+pub use error::{BundleError, RtCoreError};
 pub use setup::{CoreSetup, describe, line_settings};

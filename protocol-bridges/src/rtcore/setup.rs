@@ -7,7 +7,7 @@ use warden_rtcore_mailbox::{LineSettings, Parity as MailboxParity};
 
 use crate::config::ModbusRtuBridgeConfig;
 use crate::modbus::rtu_bus::Parity;
-use crate::rtcore::error::RtCoreError;
+use crate::rtcore::error::{BundleError, RtCoreError};
 
 /// Everything the mailbox task needs to bring the core up.
 #[derive(Debug, Clone)]
@@ -26,9 +26,11 @@ impl CoreSetup {
         let path = bridge
             .policy_bundle
             .clone()
-            .ok_or_else(|| RtCoreError::Bundle("no policy_bundle configured".into()))?;
-        let bundle = std::fs::read(&path)
-            .map_err(|e| RtCoreError::Bundle(format!("cannot read {}: {e}", path.display())))?;
+            .ok_or(BundleError::NotConfigured)?;
+        let bundle = std::fs::read(&path).map_err(|error| BundleError::Unreadable {
+            path: path.clone(),
+            error: Arc::new(error),
+        })?;
         Ok(Self {
             bridge: bridge.name.clone(),
             line: line_settings(bridge),

@@ -358,7 +358,7 @@ timeout_secs = 10
 
     fn start_fleet(&self) -> FleetProcess {
         let root = self.path();
-        let token_hash = warden_provision::ca::hex(&sha2::Sha256::digest(TOKEN.as_bytes()));
+        let token_hash = hex::encode(sha2::Sha256::digest(TOKEN.as_bytes()));
         let config = format!(
             r#"
 http_listen = "127.0.0.1:0"

@@ -10,58 +10,17 @@
 //! even with forwarding on it cannot route plant traffic there: only the userspace
 //! stack (and the loopback forward the bridge uses) reaches the equipment.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use nix::sched::{CloneFlags, setns};
 use tokio_util::sync::CancellationToken;
 use warden_bridges::modbus::Answer;
 use warden_bridges::modbus::pdu::{FunctionCode, Request};
 use warden_bridges::modbus::tcp_pool::TcpDevice;
 use warden_privnet::{PortDevice, PrivnetConfig};
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (apt-get install iproute2)");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Network namespaces deleted on drop.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn enter(namespace: &str) {
-    let file = File::open(format!("/run/netns/{namespace}")).expect("namespace file");
-    setns(file, CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-/// Runs `f` on a thread inside `namespace`.
-fn in_namespace<T: Send + 'static>(namespace: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let namespace = namespace.to_owned();
-    std::thread::spawn(move || {
-        enter(&namespace);
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
+use warden_test_support::network_namespaces::{Namespaces, in_namespace, ip};
 
 /// A blocking Modbus TCP server answering holding-register reads with fixed values.
 fn serve_modbus(listener: TcpListener, registers: Vec<u16>) {
@@ -117,11 +76,7 @@ fn the_plant_reaches_equipment_only_through_the_bridge() {
     let (appliance, plant, equipment) =
         (format!("wpa{id}"), format!("wpp{id}"), format!("wpe{id}"));
     let tap = format!("wtap{}", id % 100_000);
-    let _cleanup = Namespaces(vec![appliance.clone(), plant.clone(), equipment.clone()]);
-    for namespace in [&appliance, &plant, &equipment] {
-        ip(&["netns", "add", namespace]);
-        ip(&["-n", namespace, "link", "set", "lo", "up"]);
-    }
+    let _cleanup = Namespaces::create(&[appliance.clone(), plant.clone(), equipment.clone()]);
     // Equipment side: a bridge with no address, a veth into the equipment namespace.
     ip(&["-n", &appliance, "link", "add", "br0", "type", "bridge"]);
     ip(&["-n", &appliance, "link", "set", "br0", "up"]);
