@@ -876,21 +876,13 @@ pub fn encode<T: Serialize>(payload: &T) -> Vec<u8> {
 
 /// Lowercase hex of `bytes` (how binary payload fields travel in JSON).
 pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
-/// Bytes from hex; `None` if `text` is not an even number of hex digits.
+/// Bytes from hex; `None` if `text` is not an even number of hex digits (no sign, no
+/// space: `u8::from_str_radix` would take "+f").
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-        })
-        .collect()
+    hex::decode(text).ok()
 }
 
 /// Whether `id` is acceptable as a command ID.

@@ -35,9 +35,6 @@ use warden_pluton::{Role, RoleToken};
 /// Prefix of the environment variables that carry role tokens.
 pub const TOKEN_ENV_PREFIX: &str = "WARDEN_PLUTON_TOKEN_";
 
-/// Hex digits of a token in its environment variable.
-const TOKEN_HEX_LEN: usize = 2 * warden_pluton::roles::ROLE_TOKEN_LEN;
-
 /// The roles a host hands tokens out for: every role a compartment can have. `Boot` is
 /// the provisioning capability's (never a launch token), `Unseparated` no one's.
 pub const COMPARTMENT_ROLES: [Role; 4] =
@@ -135,30 +132,12 @@ impl LaunchTokens {
 }
 
 fn to_hex(token: &RoleToken) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    token
-        .as_bytes()
-        .iter()
-        .flat_map(|byte| {
-            [
-                DIGITS[usize::from(byte >> 4)],
-                DIGITS[usize::from(byte & 0xf)],
-            ]
-        })
-        .map(char::from)
-        .collect()
+    hex::encode(token.as_bytes())
 }
 
 fn parse_token(text: &str) -> Option<RoleToken> {
-    let text = text.trim();
-    if text.len() != TOKEN_HEX_LEN || !text.is_ascii() {
-        return None;
-    }
     let mut bytes = Zeroizing::new([0u8; warden_pluton::roles::ROLE_TOKEN_LEN]);
-    for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
-        let digits = std::str::from_utf8(pair).ok()?;
-        *byte = u8::from_str_radix(digits, 16).ok()?;
-    }
+    hex::decode_to_slice(text.trim(), bytes.as_mut_slice()).ok()?;
     Some(RoleToken::from_bytes(*bytes))
 }
 
