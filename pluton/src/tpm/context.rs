@@ -7,7 +7,7 @@ use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::{Context, TctiNameConf};
 
 use crate::PlutonError;
-use crate::tpm::TpmError;
+use crate::tpm::error::TpmError;
 
 /// Open an ESAPI context on `tcti` (`device:/dev/tpmrm0`, `swtpm:host=…,port=…`, …).
 pub(crate) fn open_context(tcti: &str) -> Result<Context, TpmError> {

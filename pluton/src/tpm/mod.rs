@@ -15,6 +15,7 @@
 //!   but swtpm's socket TCTI and `/dev/tpmrm0` both give locality 0 only).
 
 mod context;
+mod error;
 mod keys;
 pub mod nv_counters;
 mod pcrs;
@@ -42,26 +43,10 @@ use crate::store::{
     InstalledRootKey, MAX_ROOT_KEYS, PersistentState, StateStore, load_or_create_state, persist,
     random_seed,
 };
+pub use error::TpmError;
 use keys::{KeyRole, LoadedKey};
 use nv_counters::NvCounters;
 use quote::{BoundAttestationKey, QuoteInputs};
-
-/// Why the TPM backend could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TpmError {
-    /// The TCTI string is malformed or the TPM behind it cannot be reached.
-    #[error("cannot open the tpm through tcti {tcti:?}: {source}")]
-    Tcti {
-        /// The TCTI string.
-        tcti: String,
-        /// The TSS's error.
-        source: tss_esapi::Error,
-    },
-    /// The state store or a TPM command at start failed (the log names the command).
-    #[error("tpm backend start: {0}")]
-    Start(PlutonError),
-}
 
 /// The TPM session: the ESAPI context and the registers as last read.
 struct Tpm {
