@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo::{DemoPorts, DemoWorld, DeviceIdentity};
+use warden_pluton::ProvisioningCapability;
 use warden_pluton_api::launch_tokens::LaunchTokens;
 
 use crate::config::ApplianceConfig;
@@ -162,21 +163,23 @@ async fn start_pluton(
         .context("cannot start the pluton process")
 }
 
-/// Connects to pluton as the factory would (the boot role, with the provisioning
-/// capability pluton wrote on its first start).
+/// Connects to pluton as the factory would: the boot role, with the provisioning
+/// capability pluton wrote on its first start (returned too, for the requests that
+/// take it).
 fn provisioning_client(
     state_dir: &std::path::Path,
-) -> anyhow::Result<warden_pluton_api::PlutonClient> {
-    let socket = state_dir.join(PLUTON_SOCKET);
-    let capability_file = state_dir.join("pluton").join("provisioning.capability");
-    let mut client = warden_pluton_api::PlutonClient::connect(&socket)
-        .map_err(|e| anyhow::anyhow!("pluton {}: {e}", socket.display()))?;
+) -> anyhow::Result<(warden_pluton_api::PlutonClient, ProvisioningCapability)> {
+    let capability_file = state_dir
+        .join("pluton")
+        .join(warden_pluton::server::DEFAULT_CAPABILITY_FILE_NAME);
     let capability = warden_pluton::server::read_capability_file(&capability_file)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    client
-        .authenticate_boot(&capability)
-        .map_err(|e| anyhow::anyhow!("pluton refused the provisioning capability: {e}"))?;
-    Ok(client)
+    let client = warden_pluton_api::PlutonClient::connect_as_boot(
+        state_dir.join(PLUTON_SOCKET),
+        &capability,
+    )
+    .map_err(|e| anyhow::anyhow!("pluton as the boot role: {e}"))?;
+    Ok((client, capability))
 }
 
 /// Connects to pluton (waiting for it to listen) and returns its identity, creating
@@ -196,7 +199,7 @@ async fn pluton_identity(state_dir: &std::path::Path) -> anyhow::Result<DeviceId
             }
         }
         drop(client.with_context(|| format!("pluton did not listen on {}", socket.display()))?);
-        let mut client = provisioning_client(&state_dir)?;
+        let (mut client, _) = provisioning_client(&state_dir)?;
         let identity = match client.export_identity() {
             Ok(identity) => identity,
             Err(_) => client
@@ -220,17 +223,14 @@ async fn install_vendor_root(
 ) -> anyhow::Result<()> {
     let root = pki.vendor_root_public_key()?;
     let state_dir = state_dir.to_owned();
-    let capability_file = state_dir.join("pluton").join("provisioning.capability");
     tokio::task::spawn_blocking(move || {
-        let mut client = provisioning_client(&state_dir)?;
+        let (mut client, capability) = provisioning_client(&state_dir)?;
         let installed = client
             .root_keys()
             .map_err(|e| anyhow::anyhow!("pluton root keys: {e}"))?;
         if installed.iter().any(|key| key.public_key.0 == root) {
             return Ok(());
         }
-        let capability = warden_pluton::server::read_capability_file(&capability_file)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
         client
             .install_root_key(&capability, &root, warden_keychain::Purpose::ALL.bits())
             .map_err(|e| anyhow::anyhow!("pluton refused the vendor root: {e}"))

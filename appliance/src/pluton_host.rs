@@ -22,7 +22,13 @@ use warden_pluton_api::launch_tokens::{LaunchTokens, ROLE_UIDS_ENV, parse_role_u
 pub fn caller_roles_from_env(unseparated: bool) -> Result<CallerRoles, LaunchTokenError> {
     let by_uid = match std::env::var(ROLE_UIDS_ENV) {
         Ok(text) => parse_role_uids(&text)?,
-        Err(_) => Default::default(),
+        Err(std::env::VarError::NotPresent) => Default::default(),
+        // Not ignored: a map that cannot be read must not silently become "no roles".
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(LaunchTokenError::RoleUid {
+                entry: "<not UTF-8>".to_owned(),
+            });
+        }
     };
     let tokens = LaunchTokens::from_env()?;
     let roles = CallerRoles {
