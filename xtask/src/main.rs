@@ -230,8 +230,10 @@ fn lint_tpm() -> Vec<String> {
 fn real_component_tests() -> Vec<Step> {
     vec![
         Step::Check("clear the fault suite's table", clear_fault_table),
+        Step::Check("clear the attack suite's table", clear_hostile_table),
         Step::Cargo(test_real()),
         Step::Check("the fault suite's table", print_fault_table),
+        Step::Check("the attack suite's table", print_hostile_table),
         Step::Cargo(test_tpm()),
         Step::Cargo(lint_tpm()),
     ]
@@ -239,6 +241,16 @@ fn real_component_tests() -> Vec<Step> {
 
 /// Where the fault suite writes its table (`$CARGO_TARGET_TMPDIR/faults-table.md`).
 fn fault_table_path() -> std::path::PathBuf {
+    target_tmp().join("faults-table.md")
+}
+
+/// Where the attack suite writes its table (`hil/tests/hostile/tally.rs`).
+fn hostile_table_path() -> std::path::PathBuf {
+    target_tmp().join("hostile-table.md")
+}
+
+/// `$CARGO_TARGET_TMPDIR` as the tests see it.
+fn target_tmp() -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -247,25 +259,37 @@ fn fault_table_path() -> std::path::PathBuf {
         },
         std::path::PathBuf::from,
     );
-    target.join("tmp").join("faults-table.md")
+    target.join("tmp")
 }
 
 fn clear_fault_table() -> Result<(), String> {
-    match std::fs::remove_file(fault_table_path()) {
+    clear_table(&fault_table_path())
+}
+
+fn clear_hostile_table() -> Result<(), String> {
+    clear_table(&hostile_table_path())
+}
+
+fn clear_table(path: &std::path::Path) -> Result<(), String> {
+    match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(format!("{}: {error}", fault_table_path().display())),
+        Err(error) => Err(format!("{}: {error}", path.display())),
     }
 }
 
 fn print_fault_table() -> Result<(), String> {
-    let path = fault_table_path();
-    let table = std::fs::read_to_string(&path).map_err(|error| {
-        format!(
-            "the fault suite wrote no table ({}: {error})",
-            path.display()
-        )
-    })?;
+    print_table("the fault suite", &fault_table_path())
+}
+
+fn print_hostile_table() -> Result<(), String> {
+    print_table("the attack suite", &hostile_table_path())
+}
+
+/// A suite that ran writes its table; none means it ran no case, which CI refuses.
+fn print_table(suite: &str, path: &std::path::Path) -> Result<(), String> {
+    let table = std::fs::read_to_string(path)
+        .map_err(|error| format!("{suite} wrote no table ({}: {error})", path.display()))?;
     eprintln!("{table}");
     Ok(())
 }
