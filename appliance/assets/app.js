@@ -159,7 +159,7 @@ async function refresh() {
       row(table, ["point", "value", "unit", "read at", "trend"], "th");
       for (const p of b.points) {
         const tr = p.last
-          ? row(table, [p.name, String(p.last.value), p.last.unit, new Date(p.last.ts_ms).toLocaleTimeString(), sparkline(p.recent)])
+          ? row(table, [p.name, p.last.value === null ? "not a number" : String(p.last.value), p.last.unit, new Date(p.last.ts_ms).toLocaleTimeString(), sparkline(p.recent)])
           : row(table, [p.name, "—", "", "never", ""]);
         tr.dataset.point = p.name;
       }

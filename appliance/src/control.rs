@@ -185,6 +185,7 @@ mod tests {
             "bridges": [{"name": "line1", "address": "10.0.0.2:502",
                          "health": {"reads_ok": 7, "errors": 1, "exceptions": 0, "denied": 2},
                          "points": [{"name": "oil", "last": {"value": 21.5, "unit": "°C"}},
+                                    {"name": "batch", "last": {"value": "AB-17", "unit": ""}},
                                     {"name": "code", "last": null}]}],
         });
         let text = render(&status);
@@ -199,6 +200,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("oil") && text.contains("21.5 °C"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with("batch") && l.trim_end().ends_with("AB-17")),
+            "a string point shows its text: {text}"
+        );
         assert!(
             text.lines()
                 .any(|l| l.trim_start().starts_with("code") && l.trim_end().ends_with('-')),

@@ -9,7 +9,7 @@ pub mod updates;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use warden_bridges::{BridgeHealth, Sample};
+use warden_bridges::{BridgeHealth, Sample, Value};
 use warden_link::LinkStatus;
 
 use crate::supervision::TaskHealthTable;
@@ -19,8 +19,9 @@ use updates::UpdateDecision;
 /// The last value of one point, for the status page.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LiveValue {
-    /// Engineering value.
-    pub value: f64,
+    /// The value as read: in JSON a number, a text (a `string` point) or a flag; a
+    /// number that is not finite is `null`.
+    pub value: Value,
     /// Engineering unit.
     pub unit: String,
     /// When it was read, ms since the epoch.
@@ -71,9 +72,8 @@ pub struct ApplianceState {
 impl ApplianceState {
     /// Keeps `sample` as its point's last value and, if numeric, in its trend history.
     pub fn record_sample(&self, sample: &Sample) {
-        // The page shows numbers (a bool as 0 or 1); a text point's number is NaN.
-        let number = sample.value.as_number().unwrap_or(f64::NAN);
-        if number.is_finite() {
+        // The trend charts numbers (a flag as 0 or 1); a text has no trend.
+        if let Some(number) = sample.value.as_number().filter(|number| number.is_finite()) {
             let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
             let recent = history
                 .entry((sample.bridge.clone(), sample.point.clone()))
@@ -89,10 +89,69 @@ impl ApplianceState {
             .insert(
                 (sample.bridge.clone(), sample.point.clone()),
                 LiveValue {
-                    value: number,
+                    value: sample.value.clone(),
                     unit: sample.unit.clone(),
                     ts_ms: sample.timestamp_ms,
                 },
             );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ApplianceState {
+        ApplianceState {
+            device_id: "wd-1".into(),
+            bridges: Vec::new(),
+            values: Default::default(),
+            link: Default::default(),
+            history: Default::default(),
+            updates: Default::default(),
+            unit: Default::default(),
+            tasks: Default::default(),
+        }
+    }
+
+    fn record(state: &ApplianceState, point: &str, value: Value) {
+        state.record_sample(&Sample {
+            bridge: "line1".into(),
+            point: point.into(),
+            value,
+            unit: String::new(),
+            timestamp_ms: 1_000,
+        });
+    }
+
+    fn shown(state: &ApplianceState, point: &str) -> serde_json::Value {
+        let values = state.values.lock().expect("values");
+        let last = values
+            .get(&("line1".to_owned(), point.to_owned()))
+            .expect("recorded");
+        serde_json::to_value(last).expect("json")["value"].clone()
+    }
+
+    #[test]
+    fn each_kind_of_value_is_shown_as_read_and_only_numbers_have_a_trend() {
+        let state = state();
+        record(&state, "batch", Value::Text("AB-17".into()));
+        record(&state, "oil", Value::Number(21.5));
+        record(&state, "running", Value::Bool(true));
+        record(&state, "broken", Value::Number(f64::NAN));
+        assert_eq!(shown(&state, "batch"), serde_json::json!("AB-17"));
+        assert_eq!(shown(&state, "oil"), serde_json::json!(21.5));
+        assert_eq!(shown(&state, "running"), serde_json::json!(true));
+        assert_eq!(shown(&state, "broken"), serde_json::Value::Null);
+        let history = state.history.lock().expect("history");
+        let trend = |point: &str| {
+            history
+                .get(&("line1".to_owned(), point.to_owned()))
+                .map(|recent| recent.iter().copied().collect::<Vec<_>>())
+        };
+        assert_eq!(trend("oil"), Some(vec![21.5]));
+        assert_eq!(trend("running"), Some(vec![1.0]));
+        assert_eq!(trend("batch"), None);
+        assert_eq!(trend("broken"), None);
     }
 }
