@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::{Error as CodecError, matches};
+use rumqttc::mqttbytes::{Error as CodecError, matches, valid_filter};
 use rumqttc::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode,
+    UnsubAck,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,20 +18,30 @@ use tokio_util::sync::CancellationToken;
 use warden_wire::topics::attestation_challenge_topic;
 
 use super::acl::{DeviceAcl, device_id_from_certificate};
+use super::limits::{BrokerLimits, ConnectionSlot};
 use super::router::Router;
 
 /// Largest MQTT packet the broker accepts.
 pub const MAX_PACKET_SIZE: usize = 256 * 1024;
 
-/// How long a client has to finish TLS and send CONNECT.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Filters one session may hold (a device uses about five: commands, twin, updates,
+/// attestation, acks); a SUBSCRIBE beyond it gets the failure code for the extra ones.
+pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 32;
+
+/// Longest topic filter accepted, in bytes (device topics are under 128).
+pub const MAX_FILTER_LENGTH: usize = 256;
+
+/// Messages waiting to be written to one session (its in-flight window: delivery is
+/// QoS 0); a session that falls further behind loses the newest ones, counted in
+/// [`Router::dropped`].
+pub const DELIVERY_QUEUE: usize = 256;
 
 /// Why a device session ended other than by DISCONNECT or shutdown (logged with the
 /// device and its address).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 enum SessionError {
-    /// No CONNECT within [`HANDSHAKE_TIMEOUT`].
+    /// No CONNECT within [`BrokerLimits::connect_timeout`].
     #[error("no CONNECT in time")]
     NoConnect,
     /// The first packet was another one.
@@ -68,15 +79,22 @@ enum SessionError {
     Write(#[source] std::io::Error),
 }
 
-/// Serves one TCP connection until it closes, misbehaves or `shutdown` fires.
+/// Serves one TCP connection until it closes, misbehaves or `shutdown` fires. `slot`
+/// is its place among the broker's connections, pending until CONNECT completes.
 pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    mut slot: ConnectionSlot,
+    limits: &BrokerLimits,
     acceptor: TlsAcceptor,
     router: Arc<Router>,
     shutdown: CancellationToken,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let handshake = tokio::select! {
+        () = shutdown.cancelled() => return,
+        handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)) => handshake,
+    };
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             tracing::warn!(%peer, %error, "tls handshake refused");
@@ -87,34 +105,48 @@ pub(super) async fn serve(
             return;
         }
     };
-    let device = tls
+    let certificate = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
+        .cloned();
+    let device = certificate
+        .as_ref()
         .and_then(|cert| device_id_from_certificate(cert));
-    let Some(device) = device else {
+    let (Some(device), Some(certificate)) = (device, certificate) else {
         tracing::warn!(%peer, "client certificate carries no usable device id; closing");
         return;
     };
-    if let Some(key) = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|cert| super::acl::public_key_from_certificate(cert))
-    {
-        router.record_device_key(&device, key);
-    }
     let acl = DeviceAcl::new(&device);
     let session = router.new_session();
     let stop = shutdown.child_token();
-    router.register_device_session(&device, session, stop.clone());
-    match run(tls, &acl, session, &router, &stop).await {
+    let connected = Connected {
+        certificate: &certificate,
+        stop: &stop,
+        slot: &mut slot,
+    };
+    match run(tls, &acl, session, &router, limits, connected).await {
         Ok(()) => tracing::info!(device = %device, %peer, "device disconnected"),
         Err(reason) => tracing::warn!(device = %device, %peer, %reason, "device session closed"),
     }
     router.remove_session(session);
+}
+
+/// What a session needs once its CONNECT is complete.
+struct Connected<'a> {
+    /// The device's certificate (DER), for its public key.
+    certificate: &'a [u8],
+    /// Ends this session (a newer session of the device, revocation, shutdown).
+    stop: &'a CancellationToken,
+    /// Its connection slot, no longer pending once connected.
+    slot: &'a mut ConnectionSlot,
+}
+
+/// Whether `filter` may be subscribed to: MQTT's rules for `+` and `#`, not empty,
+/// no NUL, at most [`MAX_FILTER_LENGTH`] bytes, and inside the device's subtree.
+fn acceptable_filter(acl: &DeviceAcl, filter: &str) -> bool {
+    filter.len() <= MAX_FILTER_LENGTH && valid_filter(filter) && acl.may_subscribe(filter)
 }
 
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
@@ -122,14 +154,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     acl: &DeviceAcl,
     session: u64,
     router: &Router,
-    shutdown: &CancellationToken,
+    limits: &BrokerLimits,
+    connected: Connected<'_>,
 ) -> Result<(), SessionError> {
     let mut inbound = BytesMut::with_capacity(1024);
     let mut outbound = BytesMut::with_capacity(1024);
+    let shutdown = connected.stop;
 
-    let connect = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_packet(&mut stream, &mut inbound))
-        .await
-        .map_err(|_| SessionError::NoConnect)??;
+    let connect = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        connect = tokio::time::timeout(limits.connect_timeout, read_packet(&mut stream, &mut inbound)) => {
+            connect.map_err(|_| SessionError::NoConnect)??
+        }
+    };
     let Packet::Connect(connect) = connect else {
         return Err(SessionError::NotConnect);
     };
@@ -142,6 +179,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         .await?;
         return Err(SessionError::ClientId(connect.client_id));
     }
+    // Only now, with a complete CONNECT from the certificate's device, does this
+    // session replace the device's live one (a bare TLS handshake must not end it).
+    connected.slot.authenticated();
+    if let Some(key) = super::acl::public_key_from_certificate(connected.certificate) {
+        router.record_device_key(acl.device_id(), key);
+    }
+    router.register_device_session(acl.device_id(), session, shutdown.clone());
     write_packet(
         &mut stream,
         &mut outbound,
@@ -155,7 +199,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         0 => Duration::from_secs(3600),
         secs => Duration::from_millis(u64::from(secs) * 1500),
     };
-    let (deliver_tx, mut deliver_rx) = mpsc::channel::<Publish>(256);
+    let (deliver_tx, mut deliver_rx) = mpsc::channel::<Publish>(DELIVERY_QUEUE);
+    let mut filters = std::collections::BTreeSet::<String>::new();
     loop {
         let packet = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -200,14 +245,20 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     .filters
                     .iter()
                     .map(|filter| {
-                        if acl.may_subscribe(&filter.path) {
-                            router.subscribe_session(session, &filter.path, deliver_tx.clone());
-                            listens_for_challenges |= matches(&challenges, &filter.path);
-                            SubscribeReasonCode::Success(QoS::AtMostOnce)
-                        } else {
-                            tracing::warn!(device = %acl.device_id(), filter = %filter.path, "subscription refused");
-                            SubscribeReasonCode::Failure
+                        let path = &filter.path;
+                        if !acceptable_filter(acl, path) {
+                            tracing::warn!(device = %acl.device_id(), filter = %path.escape_debug(), "subscription refused");
+                            return SubscribeReasonCode::Failure;
                         }
+                        if !filters.contains(path) && filters.len() >= MAX_SUBSCRIPTIONS_PER_SESSION {
+                            tracing::warn!(device = %acl.device_id(), filter = %path, limit = MAX_SUBSCRIPTIONS_PER_SESSION, "subscription refused: too many on this session");
+                            return SubscribeReasonCode::Failure;
+                        }
+                        // Subscribing again to a filter replaces it (MQTT 3.1.1 §3.8.4).
+                        filters.insert(path.clone());
+                        router.subscribe_session(session, path, deliver_tx.clone());
+                        listens_for_challenges |= matches(&challenges, path);
+                        SubscribeReasonCode::Success(QoS::AtMostOnce)
                     })
                     .collect();
                 write_packet(
@@ -220,9 +271,23 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     router.device_listens_for_challenges(acl.device_id());
                 }
             }
+            Packet::Unsubscribe(unsubscribe) => {
+                for filter in &unsubscribe.topics {
+                    if filters.remove(filter) {
+                        router.unsubscribe_session(session, filter);
+                    }
+                }
+                // MQTT 3.1.1 §3.10.4: UNSUBACK even when nothing matched.
+                write_packet(
+                    &mut stream,
+                    &mut outbound,
+                    Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)),
+                )
+                .await?;
+            }
             Packet::PingReq => write_packet(&mut stream, &mut outbound, Packet::PingResp).await?,
             Packet::Disconnect => return Ok(()),
-            Packet::PubAck(_) | Packet::Unsubscribe(_) => {}
+            Packet::PubAck(_) => {}
             other => return Err(SessionError::Unexpected(format!("{other:?}"))),
         }
     }
