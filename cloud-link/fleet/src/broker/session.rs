@@ -322,3 +322,161 @@ async fn write_packet<S: AsyncWrite + Unpin>(
     stream.write_all(buf).await.map_err(SessionError::Write)?;
     stream.flush().await.map_err(SessionError::Write)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::limits::ConnectionSlots;
+    use rumqttc::{Connect, Subscribe, SubscribeFilter, Unsubscribe};
+    use tokio::io::DuplexStream;
+
+    const DEVICE: &str = "wd-1";
+
+    async fn send(client: &mut DuplexStream, packet: Packet) {
+        let mut buf = BytesMut::new();
+        write_packet(client, &mut buf, packet).await.expect("send");
+    }
+
+    async fn receive(client: &mut DuplexStream, buf: &mut BytesMut) -> Packet {
+        tokio::time::timeout(Duration::from_secs(5), read_packet(client, buf))
+            .await
+            .expect("in time")
+            .expect("packet")
+    }
+
+    /// A session of `DEVICE` on an in-memory stream; returns the client end, the
+    /// session's stop token and its task.
+    fn start(router: &Arc<Router>) -> (DuplexStream, CancellationToken, tokio::task::JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let stop = CancellationToken::new();
+        let router = Arc::clone(router);
+        let session_stop = stop.clone();
+        let task = tokio::spawn(async move {
+            let slots = ConnectionSlots::new(BrokerLimits::default());
+            let mut slot = slots.admit([127, 0, 0, 1].into()).expect("slot");
+            let acl = DeviceAcl::new(DEVICE);
+            let session = router.new_session();
+            let connected = Connected {
+                certificate: &[],
+                stop: &session_stop,
+                slot: &mut slot,
+            };
+            let _ = run(server, &acl, session, &router, &BrokerLimits::default(), connected).await;
+            router.remove_session(session);
+        });
+        (client, stop, task)
+    }
+
+    #[tokio::test]
+    async fn only_a_complete_connect_replaces_the_live_session() {
+        let router = Arc::new(Router::default());
+        let live = CancellationToken::new();
+        router.register_device_session(DEVICE, router.new_session(), live.clone());
+
+        // A connection of the same device that has not sent CONNECT (yet).
+        let (mut client, _stop, _task) = start(&router);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!live.is_cancelled(), "a bare connection ended the live session");
+        // A CONNECT with another client id does not either.
+        let (mut other, _other_stop, other_task) = start(&router);
+        send(&mut other, Packet::Connect(Connect::new("wd-2"))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), other_task).await;
+        assert!(!live.is_cancelled());
+
+        send(&mut client, Packet::Connect(Connect::new(DEVICE))).await;
+        let mut buf = BytesMut::new();
+        assert!(matches!(receive(&mut client, &mut buf).await, Packet::ConnAck(_)));
+        assert!(live.is_cancelled(), "the completed CONNECT replaces the live session");
+    }
+
+    #[tokio::test]
+    async fn invalid_filters_fail_unsubscribe_is_acknowledged_and_stops_delivery() {
+        let router = Arc::new(Router::default());
+        let (mut client, stop, _task) = start(&router);
+        let mut buf = BytesMut::new();
+        send(&mut client, Packet::Connect(Connect::new(DEVICE))).await;
+        assert!(matches!(receive(&mut client, &mut buf).await, Packet::ConnAck(_)));
+
+        let good = "warden/v1/devices/wd-1/commands/#";
+        let long = format!("warden/v1/devices/wd-1/{}", "a".repeat(MAX_FILTER_LENGTH));
+        let filters = [
+            good,
+            "warden/v1/devices/wd-1/#/x",
+            "warden/v1/devices/wd-1/a+",
+            "warden/v1/devices/wd-1/x#",
+            "warden/v1/devices/wd-1/\0",
+            "",
+            long.as_str(),
+            "warden/v1/devices/wd-2/#",
+        ];
+        let mut subscribe = Subscribe::new_many(
+            filters
+                .iter()
+                .map(|f| SubscribeFilter::new((*f).to_owned(), QoS::AtMostOnce)),
+        );
+        subscribe.pkid = 7;
+        send(&mut client, Packet::Subscribe(subscribe)).await;
+        let Packet::SubAck(suback) = receive(&mut client, &mut buf).await else {
+            panic!("no SUBACK");
+        };
+        assert_eq!(suback.pkid, 7);
+        assert_eq!(suback.return_codes[0], SubscribeReasonCode::Success(QoS::AtMostOnce));
+        assert!(
+            suback.return_codes[1..]
+                .iter()
+                .all(|c| *c == SubscribeReasonCode::Failure),
+            "{:?}",
+            suback.return_codes
+        );
+
+        let publish = |topic: &str| Publish::new(topic, QoS::AtMostOnce, b"x".to_vec());
+        router.route(&publish("warden/v1/devices/wd-1/commands/a")).await;
+        assert!(matches!(receive(&mut client, &mut buf).await, Packet::Publish(_)));
+
+        let mut unsubscribe = Unsubscribe::new(good);
+        unsubscribe.pkid = 9;
+        send(&mut client, Packet::Unsubscribe(unsubscribe)).await;
+        let Packet::UnsubAck(unsuback) = receive(&mut client, &mut buf).await else {
+            panic!("no UNSUBACK");
+        };
+        assert_eq!(unsuback.pkid, 9);
+        router.route(&publish("warden/v1/devices/wd-1/commands/a")).await;
+        send(&mut client, Packet::PingReq).await;
+        // The next packet is the ping's answer: nothing was delivered after UNSUBSCRIBE.
+        assert!(matches!(receive(&mut client, &mut buf).await, Packet::PingResp));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_session_holds_at_most_its_limit_of_filters() {
+        let router = Arc::new(Router::default());
+        let (mut client, stop, _task) = start(&router);
+        let mut buf = BytesMut::new();
+        send(&mut client, Packet::Connect(Connect::new(DEVICE))).await;
+        assert!(matches!(receive(&mut client, &mut buf).await, Packet::ConnAck(_)));
+        let extra = 8;
+        let mut subscribe = Subscribe::new_many((0..MAX_SUBSCRIPTIONS_PER_SESSION + extra).map(|i| {
+            SubscribeFilter::new(format!("warden/v1/devices/wd-1/t{i}"), QoS::AtMostOnce)
+        }));
+        subscribe.pkid = 1;
+        send(&mut client, Packet::Subscribe(subscribe)).await;
+        let Packet::SubAck(suback) = receive(&mut client, &mut buf).await else {
+            panic!("no SUBACK");
+        };
+        let refused = suback
+            .return_codes
+            .iter()
+            .filter(|c| **c == SubscribeReasonCode::Failure)
+            .count();
+        assert_eq!(refused, extra);
+        // Subscribing again to a held filter is still accepted (it replaces it).
+        let mut again = Subscribe::new("warden/v1/devices/wd-1/t0", QoS::AtMostOnce);
+        again.pkid = 2;
+        send(&mut client, Packet::Subscribe(again)).await;
+        let Packet::SubAck(suback) = receive(&mut client, &mut buf).await else {
+            panic!("no SUBACK");
+        };
+        assert_eq!(suback.return_codes, [SubscribeReasonCode::Success(QoS::AtMostOnce)]);
+        stop.cancel();
+    }
+}
