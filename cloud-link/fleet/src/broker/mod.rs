@@ -7,6 +7,7 @@
 //! certificate; it may publish and subscribe only under `warden/v1/devices/{id}/`.
 
 mod acl;
+mod admission;
 mod limits;
 mod router;
 mod session;
@@ -19,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use acl::{DeviceAcl, device_id_from_certificate};
+pub use admission::{Admission, AdmissionFuture, AdmissionRefused, AdmitAuthenticated};
 pub use limits::{BrokerLimits, SlotRefused};
 pub use router::{LocalSubscription, Router};
 pub use session::{
@@ -41,14 +43,22 @@ impl Broker {
         tls: Arc<rustls::ServerConfig>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
-        Self::start_with(listen, tls, BrokerLimits::default(), shutdown).await
+        Self::start_with(
+            listen,
+            tls,
+            BrokerLimits::default(),
+            Arc::new(AdmitAuthenticated),
+            shutdown,
+        )
+        .await
     }
 
-    /// [`Broker::start`] within `limits`.
+    /// [`Broker::start`] within `limits`, asking `admission` after each CONNECT.
     pub async fn start_with(
         listen: &str,
         tls: Arc<rustls::ServerConfig>,
         limits: BrokerLimits,
+        admission: Arc<dyn Admission>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
@@ -61,6 +71,7 @@ impl Broker {
             acceptor,
             accept_router,
             limits,
+            admission,
             shutdown,
         ));
         tracing::info!(%address, "mqtt broker listening (tls, client certificates required)");
@@ -98,6 +109,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     router: Arc<Router>,
     limits: BrokerLimits,
+    admission: Arc<dyn Admission>,
     shutdown: CancellationToken,
 ) {
     let slots = ConnectionSlots::new(limits.clone());
@@ -144,8 +156,14 @@ async fn accept_loop(
         let router = Arc::clone(&router);
         let shutdown = shutdown.clone();
         let limits = limits.clone();
+        let admission = Arc::clone(&admission);
         tokio::spawn(async move {
-            session::serve(stream, peer, slot, &limits, acceptor, router, shutdown).await;
+            let broker = session::SessionContext {
+                limits: &limits,
+                router,
+                admission: admission.as_ref(),
+            };
+            session::serve(stream, peer, slot, acceptor, broker, shutdown).await;
         });
     }
 }

@@ -17,15 +17,19 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use warden_wire::topics::attestation_challenge_topic;
 
+use rustls::pki_types::CertificateDer;
+
 use super::acl::{DeviceAcl, device_id_from_certificate};
+use super::admission::{Admission, AdmissionRefused};
 use super::limits::{BrokerLimits, ConnectionSlot};
 use super::router::Router;
 
 /// Largest MQTT packet the broker accepts.
 pub const MAX_PACKET_SIZE: usize = 256 * 1024;
 
-/// Filters one session may hold (a device uses about five: commands, twin, updates,
-/// attestation, acks); a SUBSCRIBE beyond it gets the failure code for the extra ones.
+/// Filters one session may hold (the agent uses six: acks, commands, desired twin,
+/// attestation challenge and verdict, update offers); a SUBSCRIBE beyond it gets the
+/// failure code for the extra ones.
 pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 32;
 
 /// Longest topic filter accepted, in bytes (device topics are under 128).
@@ -50,6 +54,9 @@ enum SessionError {
     /// CONNECT named another client than the certificate's device.
     #[error("client id {0:?} does not match certificate device id")]
     ClientId(String),
+    /// The fleet did not admit the device.
+    #[error("not admitted: {0}")]
+    Refused(#[source] AdmissionRefused),
     /// Nothing arrived within one and a half keep-alive periods.
     #[error("keep-alive expired")]
     KeepAlive,
@@ -79,17 +86,31 @@ enum SessionError {
     Write(#[source] std::io::Error),
 }
 
+/// What every session of a broker shares.
+pub(super) struct SessionContext<'a> {
+    /// The listener's limits.
+    pub limits: &'a BrokerLimits,
+    /// Where messages go.
+    pub router: Arc<Router>,
+    /// Asked after CONNECT whether the device may in.
+    pub admission: &'a dyn Admission,
+}
+
 /// Serves one TCP connection until it closes, misbehaves or `shutdown` fires. `slot`
 /// is its place among the broker's connections, pending until CONNECT completes.
 pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     mut slot: ConnectionSlot,
-    limits: &BrokerLimits,
     acceptor: TlsAcceptor,
-    router: Arc<Router>,
+    broker: SessionContext<'_>,
     shutdown: CancellationToken,
 ) {
+    let SessionContext {
+        limits,
+        router,
+        admission,
+    } = broker;
     let handshake = tokio::select! {
         () = shutdown.cancelled() => return,
         handshake = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)) => handshake,
@@ -105,16 +126,16 @@ pub(super) async fn serve(
             return;
         }
     };
-    let certificate = tls
+    let chain = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|chain| chain.first())
-        .cloned();
-    let device = certificate
-        .as_ref()
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
+    let device = chain
+        .first()
         .and_then(|cert| device_id_from_certificate(cert));
-    let (Some(device), Some(certificate)) = (device, certificate) else {
+    let Some(device) = device else {
         tracing::warn!(%peer, "client certificate carries no usable device id; closing");
         return;
     };
@@ -122,7 +143,8 @@ pub(super) async fn serve(
     let session = router.new_session();
     let stop = shutdown.child_token();
     let connected = Connected {
-        certificate: &certificate,
+        chain: &chain,
+        admission,
         stop: &stop,
         slot: &mut slot,
     };
@@ -135,8 +157,10 @@ pub(super) async fn serve(
 
 /// What a session needs once its CONNECT is complete.
 struct Connected<'a> {
-    /// The device's certificate (DER), for its public key.
-    certificate: &'a [u8],
+    /// The device's certificate chain (its own first), for admission and its key.
+    chain: &'a [CertificateDer<'static>],
+    /// Asked whether the device may in.
+    admission: &'a dyn Admission,
     /// Ends this session (a newer session of the device, revocation, shutdown).
     stop: &'a CancellationToken,
     /// Its connection slot, no longer pending once connected.
@@ -179,10 +203,23 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         .await?;
         return Err(SessionError::ClientId(connect.client_id));
     }
+    if let Err(refused) = connected.admission.admit(acl.device_id(), connected.chain).await {
+        write_packet(
+            &mut stream,
+            &mut outbound,
+            Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, false)),
+        )
+        .await?;
+        return Err(SessionError::Refused(refused));
+    }
     // Only now, with a complete CONNECT from the certificate's device, does this
     // session replace the device's live one (a bare TLS handshake must not end it).
     connected.slot.authenticated();
-    if let Some(key) = super::acl::public_key_from_certificate(connected.certificate) {
+    if let Some(key) = connected
+        .chain
+        .first()
+        .and_then(|cert| super::acl::public_key_from_certificate(cert))
+    {
         router.record_device_key(acl.device_id(), key);
     }
     router.register_device_session(acl.device_id(), session, shutdown.clone());
@@ -357,7 +394,8 @@ mod tests {
             let acl = DeviceAcl::new(DEVICE);
             let session = router.new_session();
             let connected = Connected {
-                certificate: &[],
+                chain: &[],
+                admission: &crate::broker::AdmitAuthenticated,
                 stop: &session_stop,
                 slot: &mut slot,
             };

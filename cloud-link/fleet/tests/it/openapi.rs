@@ -20,7 +20,7 @@ use warden_wire::fleet_api::{
     Attestation, AuditLine, AuditQuery, CommandView, Connectivity, CrashRate, DashboardDevice,
     DeploymentEvent, DeploymentMember, DeploymentProgress, DeploymentRequest, DesiredRequest,
     Device, DeviceDetail, DevicePageQuery, DeviceRow, DeviceView, DevicesQuery, ErrorBody,
-    EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest, ImageRecord, ProductRequest,
+    EnrollmentRequest, EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest, ImageRecord, ProductRequest,
     ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, ReportBucket, ReportGroup,
     ReportGroupsQuery, ReportsQuery, SeenDevice, SignatureGroup, StoredDeployment, StoredEvent,
     StoredReading, StoredReport, TelemetryQuery, TelemetryResponse, TwinView, VersionCount,
@@ -457,8 +457,10 @@ fn the_document_describes_every_wire_type_of_the_api() {
             manufacturer_ca_pem: PEM.into(),
             ca_fingerprints: vec!["ab".repeat(32)],
             created_ms: 1,
+            open_enrollment: false,
         }],
     ));
+    problems.extend(request("EnrollmentRequest", &EnrollmentRequest { open: true }));
     problems.extend(request(
         "GroupRequest",
         &GroupRequest {
@@ -769,6 +771,7 @@ fn the_document_names_no_schema_without_a_wire_type() {
         "Error",
         "ProductRequest",
         "Product",
+        "EnrollmentRequest",
         "Group",
         "GroupRequest",
         "RegisterRequest",
@@ -859,6 +862,12 @@ fn operations() -> Vec<Operation> {
                 ("409", "Error"),
                 ("422", "Error"),
             ],
+        ),
+        operation(
+            "put",
+            "/api/v1/products/{name}/enrollment",
+            Some("EnrollmentRequest"),
+            &[("200", "Product"), ("404", "Error")],
         ),
         operation(
             "get",
