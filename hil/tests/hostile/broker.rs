@@ -306,7 +306,8 @@ async fn silent_connections_from_one_address_neither_lock_out_devices_nor_stay()
     let started = Instant::now();
     let connected = Client::connect(&fleet, &fleet.pki.dir, "wd-1").await;
     let device_in = started.elapsed();
-    let device_ok = matches!(connected, Ok((_, ConnectReturnCode::Success)));
+    let connected = connected.map(|(_, code)| code);
+    let device_ok = matches!(connected, Ok(ConnectReturnCode::Success));
     // Every silent connection is closed by the broker: the ones beyond the address's
     // pending limit at once, the others at the TLS handshake timeout (10 s).
     let deadline = Instant::now() + Duration::from_secs(14);
