@@ -357,9 +357,7 @@ impl DeviceTrust {
                 .verifier
                 .verify_client_cert(end_entity, intermediates, now)?;
             if binding.fingerprint != print {
-                return Err(refused(
-                    TlsCertificateError::ApplicationVerificationFailure,
-                ));
+                return Err(refused(TlsCertificateError::ApplicationVerificationFailure));
             }
             return Ok(Admitted::Registered {
                 product: binding.product.clone(),
@@ -413,9 +411,9 @@ impl Enroller {
         let Admitted::Enrollable { product } = admitted else {
             return Ok(());
         };
-        let certificate = chain.first().ok_or(AdmissionRefused::Certificate(
-            "no certificate".to_owned(),
-        ))?;
+        let certificate = chain
+            .first()
+            .ok_or(AdmissionRefused::Certificate("no certificate".to_owned()))?;
         // A device the fleet already knows (its telemetry arrived under another trust)
         // is not taken over by enrolling its ID into this product.
         if self
@@ -537,8 +535,7 @@ impl ClientCertVerifier for DeviceTrust {
 mod tests {
     use super::*;
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
 
     fn ca(name: &str) -> (Issuer<'static, KeyPair>, CertificateDer<'static>) {
@@ -564,8 +561,12 @@ mod tests {
         let (maker, maker_der) = ca("maker");
         let (attacker, attacker_der) = ca("a provisioner's own CA");
         let trust = DeviceTrust::new(vec![configured_der]).expect("trust");
-        trust.set_product_ca("press", vec![maker_der]).expect("press");
-        trust.set_product_ca("evil", vec![attacker_der]).expect("evil");
+        trust
+            .set_product_ca("press", vec![maker_der])
+            .expect("press");
+        trust
+            .set_product_ca("evil", vec![attacker_der])
+            .expect("evil");
 
         let registered = device(&maker, "wd-reg");
         trust.set_registered("wd-reg", &fingerprint(&registered[0]), "press");

@@ -498,7 +498,7 @@ pub async fn start(
         shutdown.clone(),
     )
     .await
-        .with_context(|| format!("cannot listen for mqtt on {}", config.mqtt_listen))?;
+    .with_context(|| format!("cannot listen for mqtt on {}", config.mqtt_listen))?;
     let mqtt_address = broker.address();
     let telemetry = broker.subscribe_local(warden_wire::topics::ALL_TELEMETRY, 1024);
     let ingest = tokio::spawn(ingest::run(

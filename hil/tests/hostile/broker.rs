@@ -150,8 +150,7 @@ impl Client {
                 Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
                 Err(e) => return Err(std::io::Error::other(format!("{e:?}"))),
             }
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.inbound)).await
-            {
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.inbound)).await {
                 Err(_) => return Ok(None),
                 Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 Ok(Ok(_)) => {}
@@ -282,7 +281,10 @@ async fn descriptor_exhaustion_does_not_spin_the_broker_accept_loop() {
             "{opened} connections opened; fleet CPU {:.0} % of a core while held; device \
              connected again {}",
             cpu_share * 100.0,
-            recovered.map_or("never".into(), |d| format!("after {:.1} s", d.as_secs_f64()))
+            recovered.map_or("never".into(), |d| format!(
+                "after {:.1} s",
+                d.as_secs_f64()
+            ))
         ),
         bound: "CPU < 25 % of a core (no accept spin); device back within 10 s".into(),
         result: verdict(ok, "accept loop spun or never recovered"),
@@ -331,7 +333,11 @@ async fn silent_connections_from_one_address_neither_lock_out_devices_nor_stay()
         bound: "device connects < 5 s; all silent closed ≤ TLS timeout (10 s) + 4 s".into(),
         result: verdict(ok, "device locked out or silent connections kept"),
     });
-    assert!(ok, "device {connected:?} in {device_in:?}, closed {closed}/{}", silent.len());
+    assert!(
+        ok,
+        "device {connected:?} in {device_in:?}, closed {closed}/{}",
+        silent.len()
+    );
     fleet.process.stop().await;
 }
 
@@ -426,7 +432,10 @@ async fn unsubscribe_is_real_and_subscriptions_are_validated_bounded_and_dedupli
         ),
         result: verdict(ok, "subscriptions unbounded"),
     });
-    assert!(ok, "accepted {accepted}, copies {copies}, routed in {routed:?}");
+    assert!(
+        ok,
+        "accepted {accepted}, copies {copies}, routed in {routed:?}"
+    );
     fleet.process.stop().await;
 }
 
@@ -440,7 +449,11 @@ async fn the_same_filter_many_times_delivers_one_copy() {
     let filter = echo_topic("wd-1", "#");
     let mut accepted = 0;
     for batch in 0..10u16 {
-        accepted += successes(&device.subscribe(batch + 1, &vec![filter.clone(); 100]).await);
+        accepted += successes(
+            &device
+                .subscribe(batch + 1, &vec![filter.clone(); 100])
+                .await,
+        );
     }
     // An overlapping filter too.
     device.subscribe(20, &[echo_topic("wd-1", "a")]).await;
@@ -519,8 +532,16 @@ async fn a_provisioners_own_product_ca_cannot_pass_as_another_products_device() 
             .into(),
         outcome: format!(
             "as registered wd-victim: {}; as unregistered wd-fresh: {}; real device's session {}",
-            if admitted(&as_victim) { "ADMITTED" } else { "refused" },
-            if admitted(&as_fresh) { "ADMITTED" } else { "refused" },
+            if admitted(&as_victim) {
+                "ADMITTED"
+            } else {
+                "refused"
+            },
+            if admitted(&as_fresh) {
+                "ADMITTED"
+            } else {
+                "refused"
+            },
             if victim_alive { "kept" } else { "LOST" },
         ),
         bound: "refused in the TLS handshake; the real device keeps its session".into(),
@@ -569,8 +590,16 @@ async fn a_provisioners_own_product_ca_cannot_pass_as_another_products_device() 
             "enrolled: {enrolled_ok} (product {}); revoke → {revoke_status}; after revoke {}; \
              registered ID of another product still {}",
             view["product"],
-            if admitted(&after_revoke) { "ADMITTED" } else { "refused" },
-            if admitted(&still_victim) { "ADMITTED" } else { "refused" },
+            if admitted(&after_revoke) {
+                "ADMITTED"
+            } else {
+                "refused"
+            },
+            if admitted(&still_victim) {
+                "ADMITTED"
+            } else {
+                "refused"
+            },
         ),
         bound: "enrolled devices are registry rows: revoke works, refused after".into(),
         result: verdict(ok, "enrollment outside revocation"),

@@ -12,8 +12,8 @@ use crate::enrollment::{
 };
 use crate::store::{NewDevice, Product, ProductOutcome, Registration};
 use warden_wire::fleet_api::{
-    DeviceView, EnrollmentRequest, Group, GroupRequest, ProductRequest, ProductView, RegisterRequest,
-    RegisterResponse, RegisteredDevice,
+    DeviceView, EnrollmentRequest, Group, GroupRequest, ProductRequest, ProductView,
+    RegisterRequest, RegisterResponse, RegisteredDevice,
 };
 
 fn product_view(product: Product) -> ProductView {
@@ -113,7 +113,9 @@ pub(super) async fn set_enrollment(
         .set_open_enrollment(&product, request.open)
         .await?
     {
-        return Err(ApiError::NotFound(format!("product {product} is not known")));
+        return Err(ApiError::NotFound(format!(
+            "product {product} is not known"
+        )));
     }
     state.trust.set_open_enrollment(&product, request.open);
     tracing::warn!(product = %product, open = request.open, "product enrollment changed");

@@ -10,13 +10,18 @@ use std::pin::Pin;
 use rustls::pki_types::CertificateDer;
 
 /// What [`Admission::admit`] returns.
-pub type AdmissionFuture<'a> = Pin<Box<dyn Future<Output = Result<(), AdmissionRefused>> + Send + 'a>>;
+pub type AdmissionFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(), AdmissionRefused>> + Send + 'a>>;
 
 /// Decides, after CONNECT, whether an authenticated device's session starts.
 pub trait Admission: Send + Sync {
     /// Admits `device`, whose TLS client certificate chain is `chain` (its own first),
     /// or says why not.
-    fn admit<'a>(&'a self, device: &'a str, chain: &'a [CertificateDer<'static>]) -> AdmissionFuture<'a>;
+    fn admit<'a>(
+        &'a self,
+        device: &'a str,
+        chain: &'a [CertificateDer<'static>],
+    ) -> AdmissionFuture<'a>;
 }
 
 /// Admits every device the TLS handshake accepted (a broker without a registry).
@@ -24,7 +29,11 @@ pub trait Admission: Send + Sync {
 pub struct AdmitAuthenticated;
 
 impl Admission for AdmitAuthenticated {
-    fn admit<'a>(&'a self, _device: &'a str, _chain: &'a [CertificateDer<'static>]) -> AdmissionFuture<'a> {
+    fn admit<'a>(
+        &'a self,
+        _device: &'a str,
+        _chain: &'a [CertificateDer<'static>],
+    ) -> AdmissionFuture<'a> {
         Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -93,7 +93,11 @@ impl ConnectionSlots {
         if counts.pending >= self.limits.max_pending {
             return Err(SlotRefused::Pending(counts.pending));
         }
-        let of_address = counts.pending_by_address.get(&address).copied().unwrap_or(0);
+        let of_address = counts
+            .pending_by_address
+            .get(&address)
+            .copied()
+            .unwrap_or(0);
         if of_address >= self.limits.max_pending_per_address {
             return Err(SlotRefused::PendingOfAddress(of_address));
         }

@@ -110,7 +110,10 @@ impl Router {
         list.retain(|s| !this(s));
         let removed = list.len() != before;
         if let Some(device) = device_segment(filter)
-            && subscriptions.by_device.get(device).is_some_and(Vec::is_empty)
+            && subscriptions
+                .by_device
+                .get(device)
+                .is_some_and(Vec::is_empty)
         {
             subscriptions.by_device.remove(device);
         }

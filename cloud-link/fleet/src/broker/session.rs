@@ -7,8 +7,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rumqttc::mqttbytes::{Error as CodecError, matches, valid_filter};
 use rumqttc::{
-    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode,
-    UnsubAck,
+    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -203,7 +202,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         .await?;
         return Err(SessionError::ClientId(connect.client_id));
     }
-    if let Err(refused) = connected.admission.admit(acl.device_id(), connected.chain).await {
+    if let Err(refused) = connected
+        .admission
+        .admit(acl.device_id(), connected.chain)
+        .await
+    {
         write_packet(
             &mut stream,
             &mut outbound,
@@ -383,7 +386,9 @@ mod tests {
 
     /// A session of `DEVICE` on an in-memory stream; returns the client end, the
     /// session's stop token and its task.
-    fn start(router: &Arc<Router>) -> (DuplexStream, CancellationToken, tokio::task::JoinHandle<()>) {
+    fn start(
+        router: &Arc<Router>,
+    ) -> (DuplexStream, CancellationToken, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let stop = CancellationToken::new();
         let router = Arc::clone(router);
@@ -399,7 +404,15 @@ mod tests {
                 stop: &session_stop,
                 slot: &mut slot,
             };
-            let _ = run(server, &acl, session, &router, &BrokerLimits::default(), connected).await;
+            let _ = run(
+                server,
+                &acl,
+                session,
+                &router,
+                &BrokerLimits::default(),
+                connected,
+            )
+            .await;
             router.remove_session(session);
         });
         (client, stop, task)
@@ -414,7 +427,10 @@ mod tests {
         // A connection of the same device that has not sent CONNECT (yet).
         let (mut client, _stop, _task) = start(&router);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!live.is_cancelled(), "a bare connection ended the live session");
+        assert!(
+            !live.is_cancelled(),
+            "a bare connection ended the live session"
+        );
         // A CONNECT with another client id does not either.
         let (mut other, _other_stop, other_task) = start(&router);
         send(&mut other, Packet::Connect(Connect::new("wd-2"))).await;
@@ -423,8 +439,14 @@ mod tests {
 
         send(&mut client, Packet::Connect(Connect::new(DEVICE))).await;
         let mut buf = BytesMut::new();
-        assert!(matches!(receive(&mut client, &mut buf).await, Packet::ConnAck(_)));
-        assert!(live.is_cancelled(), "the completed CONNECT replaces the live session");
+        assert!(matches!(
+            receive(&mut client, &mut buf).await,
+            Packet::ConnAck(_)
+        ));
+        assert!(
+            live.is_cancelled(),
+            "the completed CONNECT replaces the live session"
+        );
     }
 
     #[tokio::test]
@@ -433,7 +455,10 @@ mod tests {
         let (mut client, stop, _task) = start(&router);
         let mut buf = BytesMut::new();
         send(&mut client, Packet::Connect(Connect::new(DEVICE))).await;
-        assert!(matches!(receive(&mut client, &mut buf).await, Packet::ConnAck(_)));
+        assert!(matches!(
+            receive(&mut client, &mut buf).await,
+            Packet::ConnAck(_)
+        ));
 
         let good = "warden/v1/devices/wd-1/commands/#";
         let long = format!("warden/v1/devices/wd-1/{}", "a".repeat(MAX_FILTER_LENGTH));
@@ -458,7 +483,10 @@ mod tests {
             panic!("no SUBACK");
         };
         assert_eq!(suback.pkid, 7);
-        assert_eq!(suback.return_codes[0], SubscribeReasonCode::Success(QoS::AtMostOnce));
+        assert_eq!(
+            suback.return_codes[0],
+            SubscribeReasonCode::Success(QoS::AtMostOnce)
+        );
         assert!(
             suback.return_codes[1..]
                 .iter()
@@ -468,8 +496,13 @@ mod tests {
         );
 
         let publish = |topic: &str| Publish::new(topic, QoS::AtMostOnce, b"x".to_vec());
-        router.route(&publish("warden/v1/devices/wd-1/commands/a")).await;
-        assert!(matches!(receive(&mut client, &mut buf).await, Packet::Publish(_)));
+        router
+            .route(&publish("warden/v1/devices/wd-1/commands/a"))
+            .await;
+        assert!(matches!(
+            receive(&mut client, &mut buf).await,
+            Packet::Publish(_)
+        ));
 
         let mut unsubscribe = Unsubscribe::new(good);
         unsubscribe.pkid = 9;
@@ -478,10 +511,15 @@ mod tests {
             panic!("no UNSUBACK");
         };
         assert_eq!(unsuback.pkid, 9);
-        router.route(&publish("warden/v1/devices/wd-1/commands/a")).await;
+        router
+            .route(&publish("warden/v1/devices/wd-1/commands/a"))
+            .await;
         send(&mut client, Packet::PingReq).await;
         // The next packet is the ping's answer: nothing was delivered after UNSUBSCRIBE.
-        assert!(matches!(receive(&mut client, &mut buf).await, Packet::PingResp));
+        assert!(matches!(
+            receive(&mut client, &mut buf).await,
+            Packet::PingResp
+        ));
         stop.cancel();
     }
 
@@ -491,11 +529,15 @@ mod tests {
         let (mut client, stop, _task) = start(&router);
         let mut buf = BytesMut::new();
         send(&mut client, Packet::Connect(Connect::new(DEVICE))).await;
-        assert!(matches!(receive(&mut client, &mut buf).await, Packet::ConnAck(_)));
+        assert!(matches!(
+            receive(&mut client, &mut buf).await,
+            Packet::ConnAck(_)
+        ));
         let extra = 8;
-        let mut subscribe = Subscribe::new_many((0..MAX_SUBSCRIPTIONS_PER_SESSION + extra).map(|i| {
-            SubscribeFilter::new(format!("warden/v1/devices/wd-1/t{i}"), QoS::AtMostOnce)
-        }));
+        let mut subscribe =
+            Subscribe::new_many((0..MAX_SUBSCRIPTIONS_PER_SESSION + extra).map(|i| {
+                SubscribeFilter::new(format!("warden/v1/devices/wd-1/t{i}"), QoS::AtMostOnce)
+            }));
         subscribe.pkid = 1;
         send(&mut client, Packet::Subscribe(subscribe)).await;
         let Packet::SubAck(suback) = receive(&mut client, &mut buf).await else {
@@ -514,7 +556,10 @@ mod tests {
         let Packet::SubAck(suback) = receive(&mut client, &mut buf).await else {
             panic!("no SUBACK");
         };
-        assert_eq!(suback.return_codes, [SubscribeReasonCode::Success(QoS::AtMostOnce)]);
+        assert_eq!(
+            suback.return_codes,
+            [SubscribeReasonCode::Success(QoS::AtMostOnce)]
+        );
         stop.cancel();
     }
 }

@@ -309,6 +309,8 @@ pub(super) const MIGRATIONS: &[(i64, Migration)] = &[
         12,
         // Whether a product's CA may enroll devices that were not registered (off: only
         // registered devices of the product connect).
-        Migration::Both("ALTER TABLE products ADD COLUMN open_enrollment BIGINT NOT NULL DEFAULT 0"),
+        Migration::Both(
+            "ALTER TABLE products ADD COLUMN open_enrollment BIGINT NOT NULL DEFAULT 0",
+        ),
     ),
 ];

@@ -298,10 +298,9 @@ impl Store {
     /// Every registered device's identity (the broker's trust is loaded from it at
     /// start).
     pub async fn registered_identities(&self) -> Result<Vec<RegisteredIdentity>, StoreError> {
-        let rows =
-            sqlx::query("SELECT device_id, fingerprint, revoked_ms, product FROM registry")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT device_id, fingerprint, revoked_ms, product FROM registry")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(RegisteredIdentity {

@@ -19,12 +19,12 @@ use serde_json::{Map, Value};
 use warden_wire::fleet_api::{
     Attestation, AuditLine, AuditQuery, CommandView, Connectivity, CrashRate, DashboardDevice,
     DeploymentEvent, DeploymentMember, DeploymentProgress, DeploymentRequest, DesiredRequest,
-    Device, DeviceDetail, DevicePageQuery, DeviceRow, DeviceView, DevicesQuery, ErrorBody,
-    EnrollmentRequest, EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest, ImageRecord, ProductRequest,
-    ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, ReportBucket, ReportGroup,
-    ReportGroupsQuery, ReportsQuery, SeenDevice, SignatureGroup, StoredDeployment, StoredEvent,
-    StoredReading, StoredReport, TelemetryQuery, TelemetryResponse, TwinView, VersionCount,
-    VersionReports, WaveProgress, WaveSize, WriteRequest,
+    Device, DeviceDetail, DevicePageQuery, DeviceRow, DeviceView, DevicesQuery, EnrollmentRequest,
+    ErrorBody, EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest, ImageRecord,
+    ProductRequest, ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, ReportBucket,
+    ReportGroup, ReportGroupsQuery, ReportsQuery, SeenDevice, SignatureGroup, StoredDeployment,
+    StoredEvent, StoredReading, StoredReport, TelemetryQuery, TelemetryResponse, TwinView,
+    VersionCount, VersionReports, WaveProgress, WaveSize, WriteRequest,
 };
 use warden_wire::value::Value as PointValue;
 
@@ -460,7 +460,10 @@ fn the_document_describes_every_wire_type_of_the_api() {
             open_enrollment: false,
         }],
     ));
-    problems.extend(request("EnrollmentRequest", &EnrollmentRequest { open: true }));
+    problems.extend(request(
+        "EnrollmentRequest",
+        &EnrollmentRequest { open: true },
+    ));
     problems.extend(request(
         "GroupRequest",
         &GroupRequest {

@@ -313,11 +313,20 @@ async fn a_product_ca_admits_unregistered_devices_only_once_an_operator_opens_it
     // Opening enrollment is an operator's decision, not a provisioner's.
     let open = json!({ "open": true });
     assert_eq!(
-        put(&fx, PROVISIONER, "/api/v1/products/second/enrollment", &open).await.0,
+        put(
+            &fx,
+            PROVISIONER,
+            "/api/v1/products/second/enrollment",
+            &open
+        )
+        .await
+        .0,
         403
     );
     assert_eq!(
-        put(&fx, OPERATOR, "/api/v1/products/nothing/enrollment", &open).await.0,
+        put(&fx, OPERATOR, "/api/v1/products/nothing/enrollment", &open)
+            .await
+            .0,
         404
     );
     let (status, body) = put(&fx, OPERATOR, "/api/v1/products/second/enrollment", &open).await;
