@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use warden_pluton::ProvisioningCapability;
+use warden_pluton::server::Backend;
 use warden_pluton_api::PlutonClient;
 
 /// Environment variable telling the pluton role its parent's pid.
@@ -50,9 +51,11 @@ pub struct PlutonProcess {
 }
 
 impl PlutonProcess {
-    /// Start `exe pluton --socket … --state-dir …` and wait until it answers.
+    /// Start `exe pluton --socket … --state-dir … [--backend tpm --tcti …]` and wait
+    /// until it answers.
     pub fn start(
         exe: &Path,
+        backend: &Backend,
         socket: &Path,
         state_dir: &Path,
         capability_file: &Path,
@@ -61,12 +64,17 @@ impl PlutonProcess {
             let _ = std::fs::create_dir_all(parent);
         }
         let _ = std::fs::remove_file(socket);
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg("pluton")
             .arg("--socket")
             .arg(socket)
             .arg("--state-dir")
-            .arg(state_dir)
+            .arg(state_dir);
+        if let Backend::Tpm { tcti } = backend {
+            command.args(["--backend", "tpm", "--tcti", tcti]);
+        }
+        let child = command
             .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -151,8 +159,8 @@ pub enum RoleError {
     Serve(#[from] warden_pluton::server::ServerError),
 }
 
-/// The hidden `pluton` role: die with the station, then serve.
-pub fn run_role(socket: &Path, state_dir: &Path) -> Result<(), RoleError> {
+/// The hidden `pluton` role: die with the station, then serve on `backend`.
+pub fn run_role(socket: &Path, state_dir: &Path, backend: Backend) -> Result<(), RoleError> {
     // Ask the kernel to kill this process when the station dies, then check that the
     // station did not die before the request took effect.
     nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL))
@@ -172,6 +180,7 @@ pub fn run_role(socket: &Path, state_dir: &Path) -> Result<(), RoleError> {
         state_dir,
         // At the station there are no compartments to tell apart (issue #19).
         warden_pluton::server::ServeOptions {
+            backend,
             roles: warden_pluton::server::CallerRoles::unseparated(),
             ..Default::default()
         },
