@@ -418,6 +418,12 @@ mod tests {
         (client, stop, task)
     }
 
+    /// CONNECT as [`DEVICE`]; panics without a CONNACK.
+    async fn connect(client: &mut DuplexStream, buf: &mut BytesMut) {
+        send(client, Packet::Connect(Connect::new(DEVICE))).await;
+        assert!(matches!(receive(client, buf).await, Packet::ConnAck(_)));
+    }
+
     #[tokio::test]
     async fn only_a_complete_connect_replaces_the_live_session() {
         let router = Arc::new(Router::default());
@@ -437,12 +443,8 @@ mod tests {
         let _ = tokio::time::timeout(Duration::from_secs(5), other_task).await;
         assert!(!live.is_cancelled());
 
-        send(&mut client, Packet::Connect(Connect::new(DEVICE))).await;
         let mut buf = BytesMut::new();
-        assert!(matches!(
-            receive(&mut client, &mut buf).await,
-            Packet::ConnAck(_)
-        ));
+        connect(&mut client, &mut buf).await;
         assert!(
             live.is_cancelled(),
             "the completed CONNECT replaces the live session"
@@ -454,11 +456,7 @@ mod tests {
         let router = Arc::new(Router::default());
         let (mut client, stop, _task) = start(&router);
         let mut buf = BytesMut::new();
-        send(&mut client, Packet::Connect(Connect::new(DEVICE))).await;
-        assert!(matches!(
-            receive(&mut client, &mut buf).await,
-            Packet::ConnAck(_)
-        ));
+        connect(&mut client, &mut buf).await;
 
         let good = "warden/v1/devices/wd-1/commands/#";
         let long = format!("warden/v1/devices/wd-1/{}", "a".repeat(MAX_FILTER_LENGTH));
@@ -528,11 +526,7 @@ mod tests {
         let router = Arc::new(Router::default());
         let (mut client, stop, _task) = start(&router);
         let mut buf = BytesMut::new();
-        send(&mut client, Packet::Connect(Connect::new(DEVICE))).await;
-        assert!(matches!(
-            receive(&mut client, &mut buf).await,
-            Packet::ConnAck(_)
-        ));
+        connect(&mut client, &mut buf).await;
         let extra = 8;
         let mut subscribe =
             Subscribe::new_many((0..MAX_SUBSCRIPTIONS_PER_SESSION + extra).map(|i| {

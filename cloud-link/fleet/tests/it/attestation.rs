@@ -11,7 +11,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use warden_wire::topics::{from_hex, to_hex};
 
-use super::registry::{create_product, put, register};
+use super::registry::{create_product, register};
 use super::rollout::{signed_image, upload};
 use super::{
     Ca, Fixture, OPERATOR, PROVISIONER, SimulatedDevice, VIEWER, eventually, fleet, fleet_with,
@@ -432,13 +432,13 @@ async fn an_enrolled_device_gets_no_commands_after_a_failed_attestation() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = put(
-        &fx,
-        OPERATOR,
-        "/api/v1/products/open/enrollment",
-        &json!({ "open": true }),
-    )
-    .await;
+    let (status, body) = fx
+        .put(
+            OPERATOR,
+            "/api/v1/products/open/enrollment",
+            &json!({ "open": true }),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let signer = QuoteSigner::of(&fx, "wd-open");
     let mut device = SimulatedDevice::connect(&fx, "wd-open", "wd-open")

@@ -313,23 +313,20 @@ async fn a_product_ca_admits_unregistered_devices_only_once_an_operator_opens_it
     // Opening enrollment is an operator's decision, not a provisioner's.
     let open = json!({ "open": true });
     assert_eq!(
-        put(
-            &fx,
-            PROVISIONER,
-            "/api/v1/products/second/enrollment",
-            &open
-        )
-        .await
-        .0,
+        fx.put(PROVISIONER, "/api/v1/products/second/enrollment", &open)
+            .await
+            .0,
         403
     );
     assert_eq!(
-        put(&fx, OPERATOR, "/api/v1/products/nothing/enrollment", &open)
+        fx.put(OPERATOR, "/api/v1/products/nothing/enrollment", &open)
             .await
             .0,
         404
     );
-    let (status, body) = put(&fx, OPERATOR, "/api/v1/products/second/enrollment", &open).await;
+    let (status, body) = fx
+        .put(OPERATOR, "/api/v1/products/second/enrollment", &open)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["open_enrollment"], true, "{body}");
     let (_c, mut eventloop) = client(&fx, "wd-second", "wd-second");
@@ -360,24 +357,6 @@ async fn a_product_ca_admits_unregistered_devices_only_once_an_operator_opens_it
         "another product's CA is refused for a registered device"
     );
     fx.stop().await;
-}
-
-/// PUT JSON with a token; the status and the JSON body.
-pub(crate) async fn put(
-    fx: &Fixture,
-    token: &str,
-    path: &str,
-    body: &serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .put(fx.url(path))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .expect("put");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
 }
 
 #[tokio::test]
