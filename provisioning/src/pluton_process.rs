@@ -74,15 +74,17 @@ impl PlutonProcess {
         if let Backend::Tpm { tcti } = backend {
             command.args(["--backend", "tpm", "--tcti", tcti]);
         }
-        let child = command
+        let mut child = command
             .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| PlutonProcessError::Spawn {
                 exe: exe.to_owned(),
                 source,
             })?;
+        let last_words = forward_stderr(&mut child);
         let mut process = Self {
             child,
             socket: socket.to_owned(),
@@ -95,7 +97,12 @@ impl PlutonProcess {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = process.child.try_wait() {
-                return Err(not_listening(format!("exited with {status}")));
+                let said = last_words.wait();
+                return Err(not_listening(if said.is_empty() {
+                    format!("exited with {status}")
+                } else {
+                    format!("exited with {status}: {said}")
+                }));
             }
             if let Ok(mut client) = PlutonClient::connect(socket)
                 && client.status().is_ok()
@@ -130,6 +137,37 @@ impl PlutonProcess {
     pub fn capability_file(&self) -> &Path {
         &self.capability_file
     }
+}
+
+/// The last line pluton wrote to stderr, once its stderr has closed.
+struct LastWords(Option<std::thread::JoinHandle<String>>);
+
+impl LastWords {
+    /// Wait for pluton's stderr to close (it has exited) and return its last line.
+    fn wait(self) -> String {
+        self.0
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Copy pluton's stderr to the station's, line by line, keeping the last line: when
+/// pluton refuses to start, its reason goes into the unit's report, not only the log.
+fn forward_stderr(child: &mut Child) -> LastWords {
+    use std::io::BufRead as _;
+    LastWords(child.stderr.take().map(|stderr| {
+        std::thread::spawn(move || {
+            let mut last = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if !line.trim().is_empty() {
+                    last = line;
+                }
+            }
+            last
+        })
+    }))
 }
 
 impl Drop for PlutonProcess {

@@ -37,6 +37,24 @@ fn a_unit_provisioned_on_its_tpm_verifies_only_on_that_tpm() {
         stdout(&verify)
     );
 
+    // The unit's pluton state records its backend: a station (or a boot) that asks for
+    // the software backend on it is refused instead of reading the TPM's template seed
+    // as a private key.
+    let station = std::fs::read_to_string(factory.path().join("station.toml")).expect("station");
+    std::fs::write(
+        factory.path().join("station.toml"),
+        station.replace("backend = \"tpm\"", "backend = \"software\""),
+    )
+    .expect("station");
+    let verify = factory.run(&["verify", "--serial", "WG000101"]);
+    assert!(!verify.status.success());
+    assert!(
+        stdout(&verify).contains("belongs to the tpm backend, not software"),
+        "{}\n{}",
+        stdout(&verify),
+        stderr(&verify)
+    );
+
     // The same unit files against another TPM: the identity key cannot be re-created
     // there (the state holds only a template seed), so the key pluton derives is not the
     // certified one and the unit does not verify.
