@@ -59,6 +59,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/products/{name}/groups",
             get(registry::list_groups).post(registry::create_group),
         )
+        .route(
+            "/api/v1/products/{name}/enrollment",
+            put(registry::set_enrollment),
+        )
         .route("/api/v1/reports", get(reports::list_reports))
         .route("/api/v1/reports/crash-rate", get(reports::crash_rate))
         .route("/api/v1/events", get(reports::list_events))

@@ -20,7 +20,7 @@ use rustls::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::broker::device_id_from_certificate;
+use crate::broker::{AdmissionRefused, device_id_from_certificate};
 
 /// SHA-256 of a certificate's DER, lowercase hex: the device's fingerprint.
 pub fn fingerprint(der: &[u8]) -> String {
@@ -175,18 +175,58 @@ fn verifier(
         .map_err(CertificateError::UnusableCas)
 }
 
-/// What the broker trusts; changed at run time by registration and revocation.
+/// What the broker trusts; changed at run time by registration, enrollment, products
+/// and revocation.
+///
+/// A device ID is bound to its product when it is registered (or enrolled): its
+/// certificate is then checked against that product's CA only, and must be the one
+/// registered. A device ID not registered is admitted when its certificate chains to
+/// the configured manufacturer CA (the fleet's own config: the operator's decision),
+/// or to the CA of a product whose open enrollment is on; it is then enrolled at its
+/// first complete CONNECT ([`Enroller`]). Any other certificate is refused in the TLS
+/// handshake: a product's CA cannot speak for another product's devices, nor for IDs
+/// that nobody registered.
 pub struct DeviceTrust {
     provider: Arc<CryptoProvider>,
-    configured: Vec<CertificateDer<'static>>,
+    configured: Arc<dyn ClientCertVerifier>,
     state: RwLock<TrustState>,
 }
 
-struct TrustState {
-    products: BTreeMap<String, Vec<CertificateDer<'static>>>,
+/// One product's CA, as the broker checks it.
+struct ProductTrust {
     verifier: Arc<dyn ClientCertVerifier>,
+    open_enrollment: bool,
+}
+
+/// A registered (or enrolled) device's binding.
+struct Binding {
+    fingerprint: String,
+    product: String,
+}
+
+struct TrustState {
+    products: BTreeMap<String, ProductTrust>,
     revoked: BTreeSet<String>,
-    registered: BTreeMap<String, String>,
+    registered: BTreeMap<String, Binding>,
+}
+
+/// Why a certificate is admitted (see [`DeviceTrust`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admitted {
+    /// A registered (or enrolled) device of `product`, with its registered certificate.
+    Registered {
+        /// Its product.
+        product: String,
+    },
+    /// A device ID nobody registered, whose certificate chains to the configured CA.
+    Configured,
+    /// A device ID nobody registered, whose certificate chains to the CA of `product`,
+    /// whose open enrollment is on: enrolled at its first CONNECT.
+    Enrollable {
+        /// The product it will be enrolled in.
+        product: String,
+    },
 }
 
 impl std::fmt::Debug for DeviceTrust {
@@ -195,48 +235,75 @@ impl std::fmt::Debug for DeviceTrust {
     }
 }
 
+fn refused(reason: TlsCertificateError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(reason)
+}
+
 impl DeviceTrust {
     /// Trusts `configured` (the config's manufacturer CA) until products are added.
     pub fn new(configured: Vec<CertificateDer<'static>>) -> Result<Self, CertificateError> {
         let provider = provider();
-        let verifier = verifier(&configured, Arc::clone(&provider))?;
+        let configured = verifier(&configured, Arc::clone(&provider))?;
         Ok(Self {
             provider,
             configured,
             state: RwLock::new(TrustState {
                 products: BTreeMap::new(),
-                verifier,
                 revoked: BTreeSet::new(),
                 registered: BTreeMap::new(),
             }),
         })
     }
 
-    /// Trusts `product`'s manufacturer CA from now on.
+    /// Trusts `product`'s manufacturer CA (for its own devices) from now on.
     pub fn set_product_ca(
         &self,
         product: &str,
         bundle: Vec<CertificateDer<'static>>,
     ) -> Result<(), CertificateError> {
+        let verifier = verifier(&bundle, Arc::clone(&self.provider))?;
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        state.products.insert(product.to_owned(), bundle);
-        let roots: Vec<_> = self
-            .configured
-            .iter()
-            .chain(state.products.values().flatten())
-            .cloned()
-            .collect();
-        state.verifier = verifier(&roots, Arc::clone(&self.provider))?;
+        let open_enrollment = state
+            .products
+            .get(product)
+            .is_some_and(|p| p.open_enrollment);
+        state.products.insert(
+            product.to_owned(),
+            ProductTrust {
+                verifier,
+                open_enrollment,
+            },
+        );
         Ok(())
     }
 
-    /// Records that `device_id` must present the certificate with `fingerprint`.
-    pub fn set_registered(&self, device_id: &str, fingerprint: &str) {
+    /// Lets `product`'s CA admit devices nobody registered (or stops it).
+    pub fn set_open_enrollment(&self, product: &str, open: bool) {
+        if let Some(trust) = self
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .products
+            .get_mut(product)
+        {
+            trust.open_enrollment = open;
+        }
+    }
+
+    /// Records that `device_id` belongs to `product` and must present the certificate
+    /// with `fingerprint`.
+    pub fn set_registered(&self, device_id: &str, fingerprint: &str, product: &str) {
         self.state
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .registered
-            .insert(device_id.to_owned(), fingerprint.to_owned());
+            .insert(
+                device_id.to_owned(),
+                Binding {
+                    fingerprint: fingerprint.to_owned(),
+                    product: product.to_owned(),
+                },
+            );
     }
 
     /// Refuses the certificate with `fingerprint` from now on.
@@ -256,6 +323,161 @@ impl DeviceTrust {
             .revoked
             .contains(fingerprint)
     }
+
+    /// Whether (and why) a client certificate `chain` (device certificate first) is
+    /// admitted now.
+    pub fn admission(&self, chain: &[CertificateDer<'_>]) -> Result<Admitted, rustls::Error> {
+        let (end_entity, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.admit(end_entity, intermediates, UnixTime::now())
+    }
+
+    fn admit(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Admitted, rustls::Error> {
+        let print = fingerprint(end_entity);
+        let device = device_id_from_certificate(end_entity)
+            .ok_or(refused(TlsCertificateError::ApplicationVerificationFailure))?;
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        if state.revoked.contains(&print) {
+            return Err(refused(TlsCertificateError::Revoked));
+        }
+        if let Some(binding) = state.registered.get(&device) {
+            // Bound at registration: its product's CA only, and the registered
+            // certificate only (not a clone, nor one re-issued without registering).
+            let product = state
+                .products
+                .get(&binding.product)
+                .ok_or(refused(TlsCertificateError::UnknownIssuer))?;
+            product
+                .verifier
+                .verify_client_cert(end_entity, intermediates, now)?;
+            if binding.fingerprint != print {
+                return Err(refused(TlsCertificateError::ApplicationVerificationFailure));
+            }
+            return Ok(Admitted::Registered {
+                product: binding.product.clone(),
+            });
+        }
+        let configured = self
+            .configured
+            .verify_client_cert(end_entity, intermediates, now);
+        if configured.is_ok() {
+            return Ok(Admitted::Configured);
+        }
+        for (name, product) in &state.products {
+            if product.open_enrollment
+                && product
+                    .verifier
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .is_ok()
+            {
+                return Ok(Admitted::Enrollable {
+                    product: name.clone(),
+                });
+            }
+        }
+        // Not registered, and no CA that may admit it: report the configured CA's
+        // reason (expired, unknown issuer, …).
+        configured.and(Err(refused(TlsCertificateError::UnknownIssuer)))
+    }
+}
+
+/// Enrolls devices that open enrollment admits, at their first complete CONNECT: they
+/// are registered in their product's [`ENROLLED_GROUP`](crate::store::ENROLLED_GROUP)
+/// with the certificate they presented, so revocation and attestation apply to them
+/// like to any registered device.
+pub struct Enroller {
+    /// The store enrolled devices are registered in.
+    pub store: crate::store::Store,
+    /// The broker's trust, told of each enrollment.
+    pub trust: Arc<DeviceTrust>,
+}
+
+impl Enroller {
+    async fn enroll(
+        &self,
+        device: &str,
+        chain: &[CertificateDer<'static>],
+    ) -> Result<(), AdmissionRefused> {
+        let admitted = self
+            .trust
+            .admission(chain)
+            .map_err(|error| AdmissionRefused::Certificate(error.to_string()))?;
+        let Admitted::Enrollable { product } = admitted else {
+            return Ok(());
+        };
+        let certificate = chain
+            .first()
+            .ok_or(AdmissionRefused::Certificate("no certificate".to_owned()))?;
+        // A device the fleet already knows (its telemetry arrived under another trust)
+        // is not taken over by enrolling its ID into this product.
+        if self
+            .store
+            .seen_device(device)
+            .await
+            .map_err(AdmissionRefused::Store)?
+            .is_some()
+        {
+            return Err(AdmissionRefused::Known(device.to_owned()));
+        }
+        let print = fingerprint(certificate);
+        let pem = certificate_pem(certificate);
+        let outcome = self
+            .store
+            .register_device(
+                &crate::store::NewDevice {
+                    device_id: device,
+                    serial: device,
+                    product: &product,
+                    group: crate::store::ENROLLED_GROUP,
+                    certificate_pem: &pem,
+                    fingerprint: &print,
+                    image_version: crate::store::ENROLLED_IMAGE_VERSION,
+                },
+                crate::clock::now_ms(),
+            )
+            .await
+            .map_err(AdmissionRefused::Store)?;
+        match outcome {
+            crate::store::Registration::Created(_) => {
+                tracing::info!(device, product = %product, "device enrolled at its first connection");
+            }
+            crate::store::Registration::Unchanged(_) => {}
+            crate::store::Registration::Conflict(existing) => {
+                return Err(AdmissionRefused::Conflict(existing));
+            }
+        }
+        self.trust.set_registered(device, &print, &product);
+        Ok(())
+    }
+}
+
+impl crate::broker::Admission for Enroller {
+    fn admit<'a>(
+        &'a self,
+        device: &'a str,
+        chain: &'a [CertificateDer<'static>],
+    ) -> crate::broker::AdmissionFuture<'a> {
+        Box::pin(self.enroll(device, chain))
+    }
+}
+
+/// A DER certificate as PEM (what the registry stores).
+fn certificate_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
 }
 
 impl ClientCertVerifier for DeviceTrust {
@@ -270,29 +492,8 @@ impl ClientCertVerifier for DeviceTrust {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let print = fingerprint(end_entity);
-        let (verifier, registered) = {
-            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-            if state.revoked.contains(&print) {
-                return Err(rustls::Error::InvalidCertificate(
-                    TlsCertificateError::Revoked,
-                ));
-            }
-            let registered = device_id_from_certificate(end_entity)
-                .and_then(|id| state.registered.get(&id).cloned());
-            (Arc::clone(&state.verifier), registered)
-        };
-        verifier.verify_client_cert(end_entity, intermediates, now)?;
-        // A registered device ID with another certificate (a clone, or an identity
-        // re-issued without registering) is refused.
-        if let Some(expected) = registered
-            && expected != print
-        {
-            return Err(rustls::Error::InvalidCertificate(
-                TlsCertificateError::ApplicationVerificationFailure,
-            ));
-        }
-        Ok(ClientCertVerified::assertion())
+        self.admit(end_entity, intermediates, now)
+            .map(|_| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -327,5 +528,93 @@ impl ClientCertVerifier for DeviceTrust {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+
+    fn ca(name: &str) -> (Issuer<'static, KeyPair>, CertificateDer<'static>) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("ca");
+        (Issuer::new(params, key), cert.der().clone())
+    }
+
+    fn device(issuer: &Issuer<'static, KeyPair>, id: &str) -> Vec<CertificateDer<'static>> {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, id);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        vec![params.signed_by(&key, issuer).expect("cert").der().clone()]
+    }
+
+    #[test]
+    fn a_product_ca_speaks_only_for_its_own_devices() {
+        let (configured, configured_der) = ca("fleet config CA");
+        let (maker, maker_der) = ca("maker");
+        let (attacker, attacker_der) = ca("a provisioner's own CA");
+        let trust = DeviceTrust::new(vec![configured_der]).expect("trust");
+        trust
+            .set_product_ca("press", vec![maker_der])
+            .expect("press");
+        trust
+            .set_product_ca("evil", vec![attacker_der])
+            .expect("evil");
+
+        let registered = device(&maker, "wd-reg");
+        trust.set_registered("wd-reg", &fingerprint(&registered[0]), "press");
+        assert_eq!(
+            trust.admission(&registered).ok(),
+            Some(Admitted::Registered {
+                product: "press".into()
+            })
+        );
+        // Another product's CA cannot speak for a registered device, open or not.
+        let forged = device(&attacker, "wd-reg");
+        assert!(trust.admission(&forged).is_err());
+        trust.set_open_enrollment("evil", true);
+        assert!(trust.admission(&forged).is_err());
+        // Nor its own CA with another certificate (a clone).
+        assert!(trust.admission(&device(&maker, "wd-reg")).is_err());
+        trust.set_open_enrollment("evil", false);
+
+        // An ID nobody registered: refused under a product CA whose enrollment is off,
+        // enrollable once it is on; the configured CA admits it.
+        let fresh = device(&attacker, "wd-new");
+        assert!(trust.admission(&fresh).is_err());
+        assert!(trust.admission(&device(&maker, "wd-new")).is_err());
+        trust.set_open_enrollment("evil", true);
+        assert_eq!(
+            trust.admission(&fresh).ok(),
+            Some(Admitted::Enrollable {
+                product: "evil".into()
+            })
+        );
+        assert_eq!(
+            trust.admission(&device(&configured, "wd-conf")).ok(),
+            Some(Admitted::Configured)
+        );
+
+        // Revoked is refused whatever admitted it.
+        trust.revoke(&fingerprint(&registered[0]));
+        assert!(trust.admission(&registered).is_err());
+        trust.revoke(&fingerprint(&fresh[0]));
+        assert!(trust.admission(&fresh).is_err());
+    }
+
+    #[test]
+    fn an_enrolled_certificate_is_stored_as_pem_the_registry_reads_back() {
+        let (maker, _) = ca("maker");
+        let chain = device(&maker, "wd-1");
+        let pem = certificate_pem(&chain[0]);
+        let back = certificates_from_pem(&pem).expect("pem");
+        assert_eq!(back, chain);
     }
 }

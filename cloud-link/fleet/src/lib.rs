@@ -449,11 +449,12 @@ async fn load_trust(
         trust
             .set_product_ca(&product.name, bundle)
             .map_err(|e| anyhow::anyhow!("product {}: {e}", product.name))?;
+        trust.set_open_enrollment(&product.name, product.open_enrollment);
     }
-    for (device, fingerprint, revoked) in store.registered_fingerprints().await? {
-        trust.set_registered(&device, &fingerprint);
-        if revoked {
-            trust.revoke(&fingerprint);
+    for device in store.registered_identities().await? {
+        trust.set_registered(&device.device_id, &device.fingerprint, &device.product);
+        if device.revoked {
+            trust.revoke(&device.fingerprint);
         }
     }
     Ok(trust)
@@ -485,9 +486,19 @@ pub async fn start(
         std::sync::Arc::clone(&trust),
     )
     .context("server_cert and server_key")?;
-    let broker = broker::Broker::start(&config.mqtt_listen, tls, shutdown.clone())
-        .await
-        .with_context(|| format!("cannot listen for mqtt on {}", config.mqtt_listen))?;
+    let enroller = enrollment::Enroller {
+        store: store.clone(),
+        trust: std::sync::Arc::clone(&trust),
+    };
+    let broker = broker::Broker::start_with(
+        &config.mqtt_listen,
+        tls,
+        broker::BrokerLimits::default(),
+        std::sync::Arc::new(enroller),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot listen for mqtt on {}", config.mqtt_listen))?;
     let mqtt_address = broker.address();
     let telemetry = broker.subscribe_local(warden_wire::topics::ALL_TELEMETRY, 1024);
     let ingest = tokio::spawn(ingest::run(

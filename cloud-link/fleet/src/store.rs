@@ -16,5 +16,8 @@ mod telemetry;
 pub use self::core::{READ_CONNECTIONS, Store, StoreError, StoreHealthSnapshot};
 pub use dashboard::DEVICE_STATUSES;
 pub use deployments::NewDeployment;
-pub use registry::{ChallengeUse, NewDevice, Product, ProductOutcome, Registration};
+pub use registry::{
+    ChallengeUse, ENROLLED_GROUP, ENROLLED_IMAGE_VERSION, NewDevice, Product, ProductOutcome,
+    RegisteredIdentity, Registration,
+};
 pub use telemetry::{Ingested, PRUNE_WINDOW_MS};

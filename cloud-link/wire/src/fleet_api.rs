@@ -28,8 +28,9 @@ pub use deployments::{
 };
 pub use error::ErrorBody;
 pub use registry::{
-    DEFAULT_GROUP, DEVICES_PATH, DeviceView, Group, GroupRequest, PRODUCTS_PATH, ProductRequest,
-    ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, device_path,
+    DEFAULT_GROUP, DEVICES_PATH, DeviceView, EnrollmentRequest, Group, GroupRequest, PRODUCTS_PATH,
+    ProductRequest, ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, device_path,
+    product_enrollment_path,
 };
 pub use reports::{
     AuditLine, AuditQuery, CrashRate, EventsQuery, ReportBucket, ReportGroup, ReportsQuery,

@@ -12,8 +12,8 @@ use crate::enrollment::{
 };
 use crate::store::{NewDevice, Product, ProductOutcome, Registration};
 use warden_wire::fleet_api::{
-    DeviceView, Group, GroupRequest, ProductRequest, ProductView, RegisterRequest,
-    RegisterResponse, RegisteredDevice,
+    DeviceView, EnrollmentRequest, Group, GroupRequest, ProductRequest, ProductView,
+    RegisterRequest, RegisterResponse, RegisteredDevice,
 };
 
 fn product_view(product: Product) -> ProductView {
@@ -25,6 +25,7 @@ fn product_view(product: Product) -> ProductView {
         manufacturer_ca_pem: product.manufacturer_ca_pem,
         ca_fingerprints,
         created_ms: product.created_ms,
+        open_enrollment: product.open_enrollment,
     }
 }
 
@@ -100,6 +101,26 @@ pub(super) async fn create_product(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("product {}", request.name)))?;
     Ok((status, Json(product_view(product))))
+}
+
+pub(super) async fn set_enrollment(
+    State(state): State<ApiState>,
+    Path(product): Path<String>,
+    Json(request): Json<EnrollmentRequest>,
+) -> Result<Json<ProductView>, ApiError> {
+    if !state
+        .store
+        .set_open_enrollment(&product, request.open)
+        .await?
+    {
+        return Err(ApiError::NotFound(format!(
+            "product {product} is not known"
+        )));
+    }
+    state.trust.set_open_enrollment(&product, request.open);
+    tracing::warn!(product = %product, open = request.open, "product enrollment changed");
+    let stored = known_product(&state, &product).await?;
+    Ok(Json(product_view(stored)))
 }
 
 pub(super) async fn list_products(
@@ -269,7 +290,7 @@ pub(super) async fn register_device(
     };
     state
         .trust
-        .set_registered(&device.device_id, &device.fingerprint);
+        .set_registered(&device.device_id, &device.fingerprint, &device.product);
     Ok((
         status,
         Json(RegisterResponse {

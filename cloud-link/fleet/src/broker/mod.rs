@@ -7,6 +7,8 @@
 //! certificate; it may publish and subscribe only under `warden/v1/devices/{id}/`.
 
 mod acl;
+mod admission;
+mod limits;
 mod router;
 mod session;
 
@@ -18,8 +20,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use acl::{DeviceAcl, device_id_from_certificate};
+pub use admission::{Admission, AdmissionFuture, AdmissionRefused, AdmitAuthenticated};
+pub use limits::{BrokerLimits, SlotRefused};
 pub use router::{LocalSubscription, Router};
-pub use session::MAX_PACKET_SIZE;
+pub use session::{
+    DELIVERY_QUEUE, MAX_FILTER_LENGTH, MAX_PACKET_SIZE, MAX_SUBSCRIPTIONS_PER_SESSION,
+};
+
+use limits::{AcceptBackoff, ConnectionSlots};
 
 /// A running broker.
 pub struct Broker {
@@ -28,10 +36,29 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Binds `listen` and accepts TLS connections authenticated by `tls` until `shutdown`.
+    /// Binds `listen` and accepts TLS connections authenticated by `tls` until
+    /// `shutdown`, within the default [`BrokerLimits`].
     pub async fn start(
         listen: &str,
         tls: Arc<rustls::ServerConfig>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        Self::start_with(
+            listen,
+            tls,
+            BrokerLimits::default(),
+            Arc::new(AdmitAuthenticated),
+            shutdown,
+        )
+        .await
+    }
+
+    /// [`Broker::start`] within `limits`, asking `admission` after each CONNECT.
+    pub async fn start_with(
+        listen: &str,
+        tls: Arc<rustls::ServerConfig>,
+        limits: BrokerLimits,
+        admission: Arc<dyn Admission>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
@@ -39,26 +66,14 @@ impl Broker {
         let router = Arc::new(Router::default());
         let acceptor = TlsAcceptor::from(tls);
         let accept_router = Arc::clone(&router);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            tracing::warn!(%error, "broker accept failed");
-                            continue;
-                        }
-                    },
-                };
-                let acceptor = acceptor.clone();
-                let router = Arc::clone(&accept_router);
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    session::serve(stream, peer, acceptor, router, shutdown).await;
-                });
-            }
-        });
+        tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            accept_router,
+            limits,
+            admission,
+            shutdown,
+        ));
         tracing::info!(%address, "mqtt broker listening (tls, client certificates required)");
         Ok(Self { router, address })
     }
@@ -84,6 +99,72 @@ impl Broker {
     /// Subscribes the fleet itself to `filter`.
     pub fn subscribe_local(&self, filter: &str, capacity: usize) -> LocalSubscription {
         self.router.subscribe_local(filter, capacity)
+    }
+}
+
+/// Accepts connections until `shutdown`: each gets a slot (or is closed at once), and
+/// failed accepts back off and are logged once per episode.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Arc<Router>,
+    limits: BrokerLimits,
+    admission: Arc<dyn Admission>,
+    shutdown: CancellationToken,
+) {
+    let slots = ConnectionSlots::new(limits.clone());
+    let mut backoff = AcceptBackoff::new(limits.accept_backoff_min, limits.accept_backoff_max);
+    // Refusals are logged once per episode too: a flood of them is one event.
+    let mut refusing = false;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                if let Some(failures) = backoff.succeeded() {
+                    tracing::warn!(failures, "broker accepts again after failed accepts");
+                }
+                accepted
+            }
+            Err(error) => {
+                let (wait, log) = backoff.failed();
+                if log {
+                    tracing::warn!(%error, "broker accept failed; backing off (logged once until an accept succeeds)");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        let slot = match slots.admit(peer.ip()) {
+            Ok(slot) => {
+                refusing = false;
+                slot
+            }
+            Err(refused) => {
+                if !std::mem::replace(&mut refusing, true) {
+                    tracing::warn!(%peer, %refused, "broker refuses connections (logged once until one is admitted)");
+                }
+                drop(stream);
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let router = Arc::clone(&router);
+        let shutdown = shutdown.clone();
+        let limits = limits.clone();
+        let admission = Arc::clone(&admission);
+        tokio::spawn(async move {
+            let broker = session::SessionContext {
+                limits: &limits,
+                router,
+                admission: admission.as_ref(),
+            };
+            session::serve(stream, peer, slot, acceptor, broker, shutdown).await;
+        });
     }
 }
 

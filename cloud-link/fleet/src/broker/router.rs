@@ -3,7 +3,10 @@
 //! Subscriptions whose filter names one device (`warden/v1/devices/<id>/…`, what every
 //! device session subscribes to: the ACL confines it to its own subtree) are indexed by
 //! that device, so routing a message costs the filters of its device plus the few
-//! wildcard ones (the fleet's own), not one match per connected session.
+//! wildcard ones (the fleet's own), not one match per connected session. A session
+//! holds each filter once (subscribing again replaces it) and receives each message
+//! once, however many of its filters match; the session bounds its filter count
+//! (`session::MAX_SUBSCRIPTIONS_PER_SESSION`), so the scan under the read lock is short.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,9 +84,40 @@ impl Router {
         rx
     }
 
-    /// Subscribes a session.
+    /// Subscribes a session to `filter` (once: subscribing to it again replaces it).
     pub fn subscribe_session(&self, session: u64, filter: &str, tx: mpsc::Sender<Publish>) {
+        self.unsubscribe_session(session, filter);
         self.add(filter, Target::Session(session, tx));
+    }
+
+    /// Removes `session`'s subscription to exactly `filter`; whether it had one.
+    pub fn unsubscribe_session(&self, session: u64, filter: &str) -> bool {
+        let this = |s: &Subscription| {
+            s.filter == filter && matches!(s.target, Target::Session(id, _) if id == session)
+        };
+        let mut subscriptions = self
+            .subscriptions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let list = match device_segment(filter) {
+            Some(device) => match subscriptions.by_device.get_mut(device) {
+                Some(list) => list,
+                None => return false,
+            },
+            None => &mut subscriptions.other,
+        };
+        let before = list.len();
+        list.retain(|s| !this(s));
+        let removed = list.len() != before;
+        if let Some(device) = device_segment(filter)
+            && subscriptions
+                .by_device
+                .get(device)
+                .is_some_and(Vec::is_empty)
+        {
+            subscriptions.by_device.remove(device);
+        }
+        removed
     }
 
     /// Records `device`'s live session; `stop` ends it.
@@ -199,10 +233,21 @@ impl Router {
             let of_device = device_segment(&publish.topic)
                 .and_then(|device| subscriptions.by_device.get(device))
                 .map_or(&[][..], Vec::as_slice);
+            // One delivery per session, however many of its filters match
+            // (overlapping filters such as `…/#` and `…/ack`).
+            let mut sessions = Vec::new();
             of_device
                 .iter()
                 .chain(&subscriptions.other)
                 .filter(|s| matches(&publish.topic, &s.filter))
+                .filter(|s| match s.target {
+                    Target::Session(id, _) if sessions.contains(&id) => false,
+                    Target::Session(id, _) => {
+                        sessions.push(id);
+                        true
+                    }
+                    Target::Local(_) => true,
+                })
                 .map(|s| s.target.clone())
                 .collect()
         };
@@ -303,5 +348,44 @@ mod tests {
         router.route(&publish("warden/v1/devices/wd-2/ack")).await;
         assert!(received(&mut one).is_empty());
         assert_eq!(received(&mut two), ["warden/v1/devices/wd-2/ack"]);
+    }
+
+    #[tokio::test]
+    async fn a_session_gets_one_copy_and_unsubscribing_stops_delivery() {
+        let router = Router::default();
+        let (tx, mut rx) = mpsc::channel(64);
+        let session = router.new_session();
+        // The same filter many times, and overlapping ones: one copy per message.
+        for _ in 0..1000 {
+            router.subscribe_session(session, "warden/v1/devices/wd-1/commands/#", tx.clone());
+        }
+        router.subscribe_session(session, "warden/v1/devices/wd-1/#", tx.clone());
+        router.subscribe_session(session, "warden/v1/devices/wd-1/commands/run", tx.clone());
+        router
+            .route(&publish("warden/v1/devices/wd-1/commands/run"))
+            .await;
+        assert_eq!(received(&mut rx).len(), 1);
+
+        assert!(router.unsubscribe_session(session, "warden/v1/devices/wd-1/commands/#"));
+        assert!(!router.unsubscribe_session(session, "warden/v1/devices/wd-1/commands/#"));
+        assert!(router.unsubscribe_session(session, "warden/v1/devices/wd-1/#"));
+        router
+            .route(&publish("warden/v1/devices/wd-1/commands/other"))
+            .await;
+        assert!(received(&mut rx).is_empty());
+        assert!(router.unsubscribe_session(session, "warden/v1/devices/wd-1/commands/run"));
+        router
+            .route(&publish("warden/v1/devices/wd-1/commands/run"))
+            .await;
+        assert!(received(&mut rx).is_empty());
+        // Nothing is left indexed for the device.
+        assert!(
+            router
+                .subscriptions
+                .read()
+                .expect("lock")
+                .by_device
+                .is_empty()
+        );
     }
 }

@@ -305,4 +305,12 @@ pub(super) const MIGRATIONS: &[(i64, Migration)] = &[
             postgres: MIGRATION_11_POSTGRES,
         },
     ),
+    (
+        12,
+        // Whether a product's CA may enroll devices that were not registered (off: only
+        // registered devices of the product connect).
+        Migration::Both(
+            "ALTER TABLE products ADD COLUMN open_enrollment BIGINT NOT NULL DEFAULT 0",
+        ),
+    ),
 ];

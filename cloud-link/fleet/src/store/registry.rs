@@ -24,7 +24,17 @@ pub struct Product {
     pub manufacturer_ca_pem: String,
     /// When it was created.
     pub created_ms: i64,
+    /// Whether devices of its CA that were not registered may connect (and are then
+    /// enrolled: registered in [`ENROLLED_GROUP`] at their first CONNECT).
+    pub open_enrollment: bool,
 }
+
+/// The group a device enrolled at its first connection joins: it receives no updates
+/// until an operator moves it.
+pub const ENROLLED_GROUP: &str = "No Updates";
+
+/// The image version recorded for an enrolled device until it reports its own.
+pub const ENROLLED_IMAGE_VERSION: &str = "0.0.0";
 
 /// What creating a product did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +64,19 @@ pub struct NewDevice<'a> {
     pub fingerprint: &'a str,
     /// The image it was provisioned with.
     pub image_version: &'a str,
+}
+
+/// What the broker needs to know of a registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredIdentity {
+    /// Device ID.
+    pub device_id: String,
+    /// Its certificate's fingerprint.
+    pub fingerprint: String,
+    /// Whether that certificate is revoked.
+    pub revoked: bool,
+    /// The product it is bound to (its certificate must chain to that product's CA).
+    pub product: String,
 }
 
 /// What registering did.
@@ -133,19 +156,34 @@ impl Store {
 
     /// Every product, by name.
     pub async fn products(&self) -> Result<Vec<Product>, StoreError> {
-        let rows =
-            sqlx::query("SELECT name, manufacturer_ca_pem, created_ms FROM products ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT name, manufacturer_ca_pem, created_ms, open_enrollment FROM products
+             ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(Product {
                     name: row.try_get(0)?,
                     manufacturer_ca_pem: row.try_get(1)?,
                     created_ms: row.try_get(2)?,
+                    open_enrollment: row.try_get::<i64, _>(3)? != 0,
                 })
             })
             .collect()
+    }
+
+    /// Lets `product`'s CA enroll unregistered devices (or stops it); whether the
+    /// product exists.
+    pub async fn set_open_enrollment(&self, product: &str, open: bool) -> Result<bool, StoreError> {
+        let changed = sqlx::query("UPDATE products SET open_enrollment = $1 WHERE name = $2")
+            .bind(i64::from(open))
+            .bind(product)
+            .execute_write(self)
+            .await?
+            .rows_affected();
+        Ok(changed == 1)
     }
 
     /// One product.
@@ -257,19 +295,20 @@ impl Store {
         rows.iter().map(device_from_row).collect()
     }
 
-    /// `(device_id, fingerprint, revoked)` of every registered device (the broker's
-    /// trust is loaded from it at start).
-    pub async fn registered_fingerprints(&self) -> Result<Vec<(String, String, bool)>, StoreError> {
-        let rows = sqlx::query("SELECT device_id, fingerprint, revoked_ms FROM registry")
+    /// Every registered device's identity (the broker's trust is loaded from it at
+    /// start).
+    pub async fn registered_identities(&self) -> Result<Vec<RegisteredIdentity>, StoreError> {
+        let rows = sqlx::query("SELECT device_id, fingerprint, revoked_ms, product FROM registry")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
             .map(|row| {
-                Ok((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get::<Option<i64>, _>(2)?.is_some(),
-                ))
+                Ok(RegisteredIdentity {
+                    device_id: row.try_get(0)?,
+                    fingerprint: row.try_get(1)?,
+                    revoked: row.try_get::<Option<i64>, _>(2)?.is_some(),
+                    product: row.try_get(3)?,
+                })
             })
             .collect()
     }

@@ -13,7 +13,9 @@ use warden_wire::topics::{from_hex, to_hex};
 
 use super::registry::{create_product, register};
 use super::rollout::{signed_image, upload};
-use super::{Fixture, OPERATOR, SimulatedDevice, VIEWER, eventually, fleet, fleet_with};
+use super::{
+    Ca, Fixture, OPERATOR, PROVISIONER, SimulatedDevice, VIEWER, eventually, fleet, fleet_with,
+};
 
 /// Generous: the machine is shared; nothing here asserts a duration.
 const WAIT: Duration = Duration::from_secs(30);
@@ -412,6 +414,47 @@ async fn seen(fx: &Fixture, device: &SimulatedDevice) {
     })
     .await
     .expect("telemetry stored");
+}
+
+/// A device enrolled through a product's open enrollment is under attestation like a
+/// registered one: a failed attestation withholds its commands (issue #22 item 7).
+#[tokio::test]
+async fn an_enrolled_device_gets_no_commands_after_a_failed_attestation() {
+    let fx = fleet().await;
+    let p = fx.dir.path();
+    let open = Ca::new(p, "open-maker-ca");
+    open.issue(p, "wd-open", "wd-open", false);
+    let (status, body) = fx
+        .post(
+            PROVISIONER,
+            "/api/v1/products",
+            &json!({ "name": "open", "manufacturer_ca_pem": open.pem }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = fx
+        .put(
+            OPERATOR,
+            "/api/v1/products/open/enrollment",
+            &json!({ "open": true }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let signer = QuoteSigner::of(&fx, "wd-open");
+    let mut device = SimulatedDevice::connect(&fx, "wd-open", "wd-open")
+        .await
+        .expect("enrolled at connect");
+    let nonce = challenge(&mut device).await;
+    let mut quote = signer.quote(&nonce, [0; 32]);
+    let last = quote.len() - 1;
+    quote[last] ^= 1;
+    answer(&device, &nonce, &quote).await;
+    let record = device_until(&fx, "wd-open", |d| d["attestation"] == "untrusted").await;
+    assert_eq!(record["product"], "open", "{record}");
+    seen(&fx, &device).await;
+    let (status, refused) = command_status(&fx, "wd-open").await;
+    assert_eq!(status, 409, "{refused}");
+    fx.stop().await;
 }
 
 async fn command_status(fx: &Fixture, id: &str) -> (u16, serde_json::Value) {

@@ -199,13 +199,35 @@ impl Fixture {
         path: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
+        self.send_json(reqwest::Method::POST, token, path, body)
+            .await
+    }
+
+    /// PUT JSON with a token; the status and the JSON body.
+    async fn put(
+        &self,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.send_json(reqwest::Method::PUT, token, path, body)
+            .await
+    }
+
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let response = reqwest::Client::new()
-            .post(self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(token)
             .json(body)
             .send()
             .await
-            .expect("post");
+            .expect("request");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or_default())
     }

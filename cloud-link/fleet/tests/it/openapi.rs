@@ -19,12 +19,12 @@ use serde_json::{Map, Value};
 use warden_wire::fleet_api::{
     Attestation, AuditLine, AuditQuery, CommandView, Connectivity, CrashRate, DashboardDevice,
     DeploymentEvent, DeploymentMember, DeploymentProgress, DeploymentRequest, DesiredRequest,
-    Device, DeviceDetail, DevicePageQuery, DeviceRow, DeviceView, DevicesQuery, ErrorBody,
-    EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest, ImageRecord, ProductRequest,
-    ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, ReportBucket, ReportGroup,
-    ReportGroupsQuery, ReportsQuery, SeenDevice, SignatureGroup, StoredDeployment, StoredEvent,
-    StoredReading, StoredReport, TelemetryQuery, TelemetryResponse, TwinView, VersionCount,
-    VersionReports, WaveProgress, WaveSize, WriteRequest,
+    Device, DeviceDetail, DevicePageQuery, DeviceRow, DeviceView, DevicesQuery, EnrollmentRequest,
+    ErrorBody, EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest, ImageRecord,
+    ProductRequest, ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, ReportBucket,
+    ReportGroup, ReportGroupsQuery, ReportsQuery, SeenDevice, SignatureGroup, StoredDeployment,
+    StoredEvent, StoredReading, StoredReport, TelemetryQuery, TelemetryResponse, TwinView,
+    VersionCount, VersionReports, WaveProgress, WaveSize, WriteRequest,
 };
 use warden_wire::value::Value as PointValue;
 
@@ -457,7 +457,12 @@ fn the_document_describes_every_wire_type_of_the_api() {
             manufacturer_ca_pem: PEM.into(),
             ca_fingerprints: vec!["ab".repeat(32)],
             created_ms: 1,
+            open_enrollment: false,
         }],
+    ));
+    problems.extend(request(
+        "EnrollmentRequest",
+        &EnrollmentRequest { open: true },
     ));
     problems.extend(request(
         "GroupRequest",
@@ -769,6 +774,7 @@ fn the_document_names_no_schema_without_a_wire_type() {
         "Error",
         "ProductRequest",
         "Product",
+        "EnrollmentRequest",
         "Group",
         "GroupRequest",
         "RegisterRequest",
@@ -859,6 +865,12 @@ fn operations() -> Vec<Operation> {
                 ("409", "Error"),
                 ("422", "Error"),
             ],
+        ),
+        operation(
+            "put",
+            "/api/v1/products/{name}/enrollment",
+            Some("EnrollmentRequest"),
+            &[("200", "Product"), ("404", "Error")],
         ),
         operation(
             "get",

@@ -284,7 +284,7 @@ async fn the_registration_contract_holds_on_sqlite() {
 }
 
 #[tokio::test]
-async fn a_product_ca_is_trusted_at_connect_once_the_product_exists() {
+async fn a_product_ca_admits_unregistered_devices_only_once_an_operator_opens_its_enrollment() {
     let fx = fleet().await;
     let p = fx.dir.path();
     let second = Ca::new(p, "second-maker-ca");
@@ -302,10 +302,60 @@ async fn a_product_ca_is_trusted_at_connect_once_the_product_exists() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+    assert_eq!(body["open_enrollment"], false, "{body}");
+    // The product's CA alone does not speak for an ID nobody registered (issue #22:
+    // whoever may add a product would otherwise pass as any unregistered device).
+    let (_c, mut eventloop) = client(&fx, "wd-second", "wd-second");
+    assert!(
+        connect(&mut eventloop).await.is_err(),
+        "an unregistered device of a closed product is refused"
+    );
+    // Opening enrollment is an operator's decision, not a provisioner's.
+    let open = json!({ "open": true });
+    assert_eq!(
+        fx.put(PROVISIONER, "/api/v1/products/second/enrollment", &open)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        fx.put(OPERATOR, "/api/v1/products/nothing/enrollment", &open)
+            .await
+            .0,
+        404
+    );
+    let (status, body) = fx
+        .put(OPERATOR, "/api/v1/products/second/enrollment", &open)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["open_enrollment"], true, "{body}");
     let (_c, mut eventloop) = client(&fx, "wd-second", "wd-second");
     connect(&mut eventloop)
         .await
         .expect("a device of the new product connects");
+    // Enrolled: a registered device of the product, under revocation like any.
+    let (status, device) = fx.get(VIEWER, "/api/v1/devices/wd-second").await;
+    assert_eq!(status, 200, "{device}");
+    assert_eq!(device["product"], "second", "{device}");
+    assert_eq!(device["group"], "No Updates", "{device}");
+    let (status, revoked) = fx
+        .post(OPERATOR, "/api/v1/devices/wd-second/revoke", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    let (_c, mut eventloop) = client(&fx, "wd-second", "wd-second");
+    assert!(
+        connect(&mut eventloop).await.is_err(),
+        "an enrolled device's revoked certificate is refused"
+    );
+    // The open product's CA still cannot speak for another product's registered device.
+    create_product(&fx).await;
+    register(&fx, "wd-good", "wd-good", "Production").await;
+    second.issue(p, "wd-good-forged", "wd-good", false);
+    let (_c, mut eventloop) = client(&fx, "wd-good", "wd-good-forged");
+    assert!(
+        connect(&mut eventloop).await.is_err(),
+        "another product's CA is refused for a registered device"
+    );
     fx.stop().await;
 }
 

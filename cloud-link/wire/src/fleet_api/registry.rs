@@ -35,6 +35,26 @@ pub struct ProductView {
     pub ca_fingerprints: Vec<String>,
     /// When it was created.
     pub created_ms: i64,
+    /// Whether devices of its CA that were not registered may connect (and are then
+    /// enrolled in its `No Updates` group at their first connection). Off unless an
+    /// operator turns it on ([`EnrollmentRequest`]). Absent from an older fleet's
+    /// answer: off.
+    #[serde(default)]
+    pub open_enrollment: bool,
+}
+
+/// Path of a product's enrollment setting (`PUT` with [`EnrollmentRequest`]).
+pub fn product_enrollment_path(product: &str) -> String {
+    format!("{PRODUCTS_PATH}/{product}/enrollment")
+}
+
+/// `PUT /api/v1/products/{name}/enrollment` (permission `operate`: a provisioner, who
+/// may create products, cannot open one's enrollment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentRequest {
+    /// Whether devices of the product's CA that were not registered may connect.
+    pub open: bool,
 }
 
 /// `POST /api/v1/products/{name}/groups`.
