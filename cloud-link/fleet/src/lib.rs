@@ -7,6 +7,7 @@ pub mod broker;
 pub mod clock;
 pub mod deployments;
 pub mod enrollment;
+pub mod http_listener;
 pub mod images;
 pub mod ingest;
 #[cfg(feature = "loadtest")]
@@ -44,6 +45,9 @@ pub struct FleetConfig {
     /// PEM: a manufacturer CA whose device certificates the fleet accepts (besides
     /// the CAs of the products created through the API).
     pub manufacturer_ca: PathBuf,
+    /// `[http]`: the HTTP listener's connection caps, timeouts, download cap and TLS.
+    #[serde(default)]
+    pub http: http_listener::HttpConfig,
     /// `[api]`: tokens and their roles. Default: none, every API call is refused.
     #[serde(default)]
     pub api: auth::ApiConfig,
@@ -121,6 +125,7 @@ impl FleetConfig {
         {
             return Err(ConfigValueError::DatabaseUrl(self.database_url.clone()));
         }
+        self.http.check()?;
         auth::Authorizer::new(&self.api)?;
         images::vendor_root_keys(&self.images.vendor_roots)?;
         self.rollouts.check()
@@ -138,6 +143,15 @@ impl FleetConfig {
                 path: path.clone(),
                 source,
             })?;
+        }
+        if let Some(tls) = &self.http.tls {
+            for (field, path) in [("http.tls.cert", &tls.cert), ("http.tls.key", &tls.key)] {
+                std::fs::File::open(path).map_err(|source| ConfigValueError::File {
+                    field,
+                    path: path.clone(),
+                    source,
+                })?;
+            }
         }
         Ok(())
     }
@@ -233,6 +247,9 @@ impl ConfigError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigValueError {
+    /// An `[http]` limit of zero.
+    #[error(transparent)]
+    HttpLimit(#[from] http_listener::HttpLimitError),
     /// A token hash is not a SHA-256 in hex.
     #[error(transparent)]
     TokenHash(#[from] auth::TokenHashError),
@@ -268,7 +285,8 @@ pub enum ConfigValueError {
     /// A certificate or key file that cannot be opened.
     #[error("{field} {}: {source}", path.display())]
     File {
-        /// `server_cert`, `server_key` or `manufacturer_ca`.
+        /// `server_cert`, `server_key`, `manufacturer_ca`, `http.tls.cert` or
+        /// `http.tls.key`.
         field: &'static str,
         /// The file.
         path: PathBuf,
@@ -281,6 +299,7 @@ impl ConfigValueError {
     /// The config key at fault, as a TOML path (`api.tokens[1].sha256`).
     pub fn field(&self) -> String {
         match self {
+            Self::HttpLimit(error) => format!("http.{}", error.field),
             Self::TokenHash(error) => error.field(),
             Self::VendorRoot(error) => error.field(),
             Self::TrustLapses { .. } => "rollouts.attestation_valid_secs".to_owned(),
@@ -418,6 +437,8 @@ impl FleetConfig {
 pub struct RunningFleet {
     /// Where the HTTP API and dashboard listen.
     pub http_address: SocketAddr,
+    /// `https` when `[http.tls]` is configured, else `http`.
+    pub http_scheme: &'static str,
     /// Where the MQTT broker listens.
     pub mqtt_address: SocketAddr,
     task: JoinHandle<()>,
@@ -497,6 +518,21 @@ pub async fn start(
         shutdown.clone(),
     ));
 
+    let open_files = http_listener::raise_descriptor_limit();
+    let limits = http_listener::Limits::new(&config.http, open_files);
+    tracing::info!(
+        open_files,
+        max_connections = limits.max_connections,
+        per_address = limits.per_address,
+        "http connection budget"
+    );
+    let http_tls = match &config.http.tls {
+        Some(tls) => Some(tokio_rustls::TlsAcceptor::from(
+            tls::http_tls_config(&tls.cert, &tls.key).context("http.tls")?,
+        )),
+        None => None,
+    };
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
         .await
         .with_context(|| format!("cannot listen for http on {}", config.http_listen))?;
@@ -552,7 +588,7 @@ pub async fn start(
             .images
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{http_address}"))
+            .unwrap_or_else(|| format!("{scheme}://{http_address}"))
             .trim_end_matches('/')
             .to_owned(),
         reoffer_after: std::time::Duration::from_secs(config.rollouts.reoffer_after_s),
@@ -580,15 +616,7 @@ pub async fn start(
     });
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-        .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "fleet http server failed");
-        }
+        http_listener::serve(listener, app, limits, http_tls, http_shutdown).await;
         // The broker stops on the same token; ingest stores what it already holds, and
         // the store closes after the last write.
         drop(broker);
@@ -603,9 +631,10 @@ pub async fn start(
         store.close().await;
         tracing::info!("fleet stopped; store closed");
     });
-    tracing::info!(%http_address, "fleet api listening");
+    tracing::info!(%http_address, scheme, "fleet api listening");
     Ok(RunningFleet {
         http_address,
+        http_scheme: scheme,
         mqtt_address,
         task,
     })

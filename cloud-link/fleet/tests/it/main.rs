@@ -136,6 +136,7 @@ async fn fleet_with(
         server_cert: p.join("server.pem"),
         server_key: p.join("server.key"),
         manufacturer_ca: p.join("maker-ca.pem"),
+        http: warden_fleet::http_listener::HttpConfig::default(),
         api: ApiConfig {
             tokens: vec![
                 token("viewer", Role::Viewer, VIEWER),
