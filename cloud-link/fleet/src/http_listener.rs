@@ -203,7 +203,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
-    let addresses = AddressCounts::default();
+    let registry = Registry::default();
     let mut backoff = Backoff::default();
     let mut refused_full = Episode::new("http connection refused: the connection cap is reached");
     let mut refused_address =
@@ -226,24 +226,46 @@ pub async fn serve(
                 }
             }
         };
-        // Closing at once frees the descriptor and tells the client.
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            refused_full.note(peer.ip(), limits.max_connections);
-            continue;
-        };
-        let Some(held) = addresses.admit(peer.ip(), limits.per_address) else {
+        let activity = Arc::new(Activity::new());
+        let close = shutdown.child_token();
+        let Some(held) = registry.admit(
+            peer.ip(),
+            limits.per_address,
+            close.clone(),
+            Arc::clone(&activity),
+        ) else {
+            // Closing at once frees the descriptor and tells the client.
             refused_address.note(peer.ip(), limits.per_address);
             continue;
         };
-        tokio::spawn(connection(
-            stream,
+        let open = Open {
             peer,
-            app.clone(),
+            app: app.clone(),
             limits,
-            tls.clone(),
-            shutdown.clone(),
-            (slot, held),
-        ));
+            tls: tls.clone(),
+            close,
+            activity,
+        };
+        match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(open.serve(stream, (slot, held)));
+            }
+            Err(_) if registry.displace_for(peer.ip()) => {
+                // The displaced connection frees its slot as it ends: wait for it off
+                // the accept loop.
+                let slots = Arc::clone(&slots);
+                tokio::spawn(async move {
+                    let slot =
+                        tokio::time::timeout(Duration::from_secs(1), slots.acquire_owned()).await;
+                    if let Ok(Ok(slot)) = slot {
+                        open.serve(stream, (slot, held)).await;
+                    }
+                });
+            }
+            Err(_) => {
+                refused_full.note(peer.ip(), limits.max_connections);
+            }
+        }
     }
     drop(listener);
     // Every slot back: every connection has closed (draining is bounded by the idle
@@ -258,78 +280,93 @@ pub async fn serve(
     }
 }
 
-/// One connection: the TLS handshake if any, then HTTP/1 until it ends, goes idle or
-/// the fleet stops.
-async fn connection(
-    stream: TcpStream,
+/// An accepted connection, before it has its slot.
+struct Open {
     peer: SocketAddr,
     app: Router,
     limits: Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: CancellationToken,
-    _held: (OwnedSemaphorePermit, AddressSlot),
-) {
-    match tls {
-        None => serve_io(stream, peer, app, limits, shutdown).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve_io(stream, peer, app, limits, shutdown).await,
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "tls handshake failed"),
-                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-            }
-        }
-    }
+    /// Fired when the fleet stops or the connection is displaced.
+    close: CancellationToken,
+    activity: Arc<Activity>,
 }
 
-async fn serve_io<T>(
-    io: T,
-    peer: SocketAddr,
-    app: Router,
-    limits: Limits,
-    shutdown: CancellationToken,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched {
-        inner: io,
-        activity: Arc::clone(&activity),
-    });
-    let busy = Arc::clone(&activity);
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        let in_progress = Busy::start(Arc::clone(&busy));
-        let app = app.clone();
-        async move {
-            let response = app.oneshot(request.map(axum::body::Body::new)).await;
-            drop(in_progress);
-            Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
-        }
-    });
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    let connection = http.serve_connection(io, service);
-    tokio::pin!(connection);
-    let tick = (limits.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let mut ticker = tokio::time::interval(tick);
-    let mut draining = false;
-    loop {
+impl Open {
+    /// The TLS handshake if any, then HTTP/1 until the connection ends, goes idle, is
+    /// displaced or the fleet stops; `_held` is released after.
+    async fn serve(self, stream: TcpStream, _held: (OwnedSemaphorePermit, AddressSlot)) {
+        let Some(acceptor) = self.tls.clone() else {
+            return self.serve_io(stream).await;
+        };
+        let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream));
         tokio::select! {
-            served = connection.as_mut() => {
-                if let Err(error) = served {
-                    tracing::debug!(%peer, %error, "http connection ended");
-                }
-                break;
+            () = self.close.cancelled() => {}
+            done = handshake => match done {
+                Ok(Ok(stream)) => self.serve_io(stream).await,
+                Ok(Err(error)) => tracing::debug!(peer = %self.peer, %error, "tls handshake failed"),
+                Err(_) => tracing::debug!(peer = %self.peer, "tls handshake timed out"),
+            },
+        }
+    }
+
+    async fn serve_io<T>(self, io: T)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            app,
+            limits,
+            close,
+            activity,
+            ..
+        } = self;
+        let io = TokioIo::new(Watched {
+            inner: io,
+            activity: Arc::clone(&activity),
+        });
+        let busy = Arc::clone(&activity);
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let in_progress = Busy::start(Arc::clone(&busy));
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request.map(axum::body::Body::new)).await;
+                drop(in_progress);
+                Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
             }
-            () = shutdown.cancelled(), if !draining => {
-                connection.as_mut().graceful_shutdown();
-                draining = true;
-            }
-            _ = ticker.tick() => {
-                if activity.idle_for() >= limits.idle_timeout {
-                    tracing::debug!(%peer, "closing an idle http connection");
+        });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        let connection = http.serve_connection(io, service);
+        tokio::pin!(connection);
+        let tick =
+            (limits.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut ticker = tokio::time::interval(tick);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(error) = served {
+                        tracing::debug!(%peer, %error, "http connection ended");
+                    }
                     break;
+                }
+                () = close.cancelled(), if !draining => {
+                    // The fleet stops, or the connection is displaced: a request in
+                    // progress finishes first; without one, it closes now.
+                    if !activity.is_busy() {
+                        break;
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                _ = ticker.tick() => {
+                    if activity.idle_for() >= limits.idle_timeout {
+                        tracing::debug!(%peer, "closing an idle http connection");
+                        break;
+                    }
                 }
             }
         }
@@ -357,9 +394,13 @@ impl Activity {
         self.last_ms.store(now, Ordering::Relaxed);
     }
 
+    fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) > 0
+    }
+
     /// Zero while a request is in progress (a handler may wait on a device).
     fn idle_for(&self) -> Duration {
-        if self.busy.load(Ordering::Relaxed) > 0 {
+        if self.is_busy() {
             return Duration::ZERO;
         }
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
@@ -444,40 +485,114 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
-/// Open connections per client address.
+/// Open connections by client address: the per-address cap, and the fairness at the
+/// global cap (a newcomer displaces the idlest connection of the address that holds
+/// the most).
 #[derive(Clone, Default)]
-struct AddressCounts(Arc<Mutex<HashMap<IpAddr, u32>>>);
+struct Registry(Arc<Mutex<RegistryInner>>);
 
-impl AddressCounts {
+#[derive(Default)]
+struct RegistryInner {
+    next_id: u64,
+    by_address: HashMap<IpAddr, Vec<Tracked>>,
+}
+
+/// One open connection, as the registry sees it.
+struct Tracked {
+    id: u64,
+    close: CancellationToken,
+    activity: Arc<Activity>,
+}
+
+impl Registry {
     /// A slot for one more connection from `address`, unless it holds `limit`.
-    fn admit(&self, address: IpAddr, limit: u32) -> Option<AddressSlot> {
+    /// `close` ends the connection when it is displaced.
+    fn admit(
+        &self,
+        address: IpAddr,
+        limit: u32,
+        close: CancellationToken,
+        activity: Arc<Activity>,
+    ) -> Option<AddressSlot> {
         let address = address.to_canonical();
-        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(address).or_insert(0);
-        if *count >= limit {
+        let mut inner = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = inner.next_id;
+        let open = inner.by_address.entry(address).or_default();
+        if open.len() >= limit as usize {
             return None;
         }
-        *count += 1;
+        open.push(Tracked {
+            id,
+            close,
+            activity,
+        });
+        inner.next_id += 1;
         Some(AddressSlot {
-            counts: self.clone(),
+            registry: self.clone(),
             address,
+            id,
         })
+    }
+
+    /// At the global cap: closes the idlest connection (no request in progress) of the
+    /// address holding the most, if it holds at least two more than `address`. True
+    /// when one was closed (its slot frees as it ends).
+    fn displace_for(&self, address: IpAddr) -> bool {
+        let address = address.to_canonical();
+        let inner = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = inner.by_address.get(&address).map_or(0, Vec::len);
+        let Some((_, open)) = inner
+            .by_address
+            .iter()
+            .filter(|(holder, _)| **holder != address)
+            .max_by_key(|(_, open)| open.len())
+        else {
+            return false;
+        };
+        if open.len() < mine + 2 {
+            return false;
+        }
+        let idlest = open
+            .iter()
+            .filter(|tracked| !tracked.close.is_cancelled() && !tracked.activity.is_busy())
+            .max_by_key(|tracked| tracked.activity.idle_for());
+        match idlest {
+            Some(tracked) => {
+                tracked.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[cfg(test)]
+    fn count(&self, address: IpAddr) -> usize {
+        let inner = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        inner
+            .by_address
+            .get(&address.to_canonical())
+            .map_or(0, Vec::len)
     }
 }
 
 /// One connection counted against its address, until dropped.
 struct AddressSlot {
-    counts: AddressCounts,
+    registry: Registry,
     address: IpAddr,
+    id: u64,
 }
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.address) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.address);
+        let mut inner = self
+            .registry
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = inner.by_address.get_mut(&self.address) {
+            open.retain(|tracked| tracked.id != self.id);
+            if open.is_empty() {
+                inner.by_address.remove(&self.address);
             }
         }
     }
@@ -569,25 +684,51 @@ mod tests {
         assert_eq!(descriptor_budget(None, 1024), 1024);
     }
 
+    fn admit(registry: &Registry, address: IpAddr) -> Option<(AddressSlot, CancellationToken)> {
+        let close = CancellationToken::new();
+        registry
+            .admit(address, 2, close.clone(), Arc::new(Activity::new()))
+            .map(|slot| (slot, close))
+    }
+
     #[test]
     fn an_address_holds_at_most_its_share() {
-        let counts = AddressCounts::default();
+        let registry = Registry::default();
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
-        let first = counts.admit(a, 2).expect("first");
-        let _second = counts.admit(a, 2).expect("second");
-        assert!(counts.admit(a, 2).is_none());
+        let first = admit(&registry, a).expect("first");
+        let _second = admit(&registry, a).expect("second");
+        assert!(admit(&registry, a).is_none());
         assert!(
-            counts.admit(b, 2).is_some(),
+            admit(&registry, b).is_some(),
             "another address is not held up"
         );
         drop(first);
-        let _again = counts
-            .admit(a, 2)
-            .expect("a closed connection frees its slot");
+        let _again = admit(&registry, a).expect("a closed connection frees its slot");
         // An IPv4-mapped IPv6 address is the same client.
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("address");
-        assert!(counts.admit(mapped, 2).is_none());
+        assert!(admit(&registry, mapped).is_none());
+        assert_eq!(registry.count(a), 2);
+    }
+
+    #[test]
+    fn at_the_cap_a_newcomer_displaces_the_biggest_holders_idlest_connection() {
+        let registry = Registry::default();
+        let hog: IpAddr = [10, 0, 0, 1].into();
+        let newcomer: IpAddr = [10, 0, 0, 9].into();
+        let (_a, close_a) = admit(&registry, hog).expect("a");
+        let (_b, close_b) = admit(&registry, hog).expect("b");
+        assert!(registry.displace_for(newcomer));
+        assert!(
+            close_a.is_cancelled() != close_b.is_cancelled(),
+            "exactly one closed"
+        );
+        // The holder itself, or an address holding about as many, displaces nothing.
+        let (_c, _) = admit(&registry, newcomer).expect("c");
+        assert!(!registry.displace_for(hog));
+        // An address holding as many as the biggest holder displaces nothing either.
+        let (_d, _) = admit(&registry, newcomer).expect("d");
+        assert!(!registry.displace_for(newcomer));
     }
 
     #[test]
