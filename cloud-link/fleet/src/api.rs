@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use crate::auth::{Caller, required};
+use crate::auth::{Caller, Denied, required};
 use crate::clock::now_ms;
 use crate::store::Store;
 use warden_wire::fleet_api::{
@@ -117,7 +117,13 @@ async fn authorize(State(state): State<ApiState>, mut request: Request, next: Ne
     {
         Ok(caller) => caller,
         Err(denied) => {
-            tracing::warn!(%method, path, ?peer, ?denied, "api request refused");
+            if let Denied::RateLimited { backoff } = denied {
+                // Slows this address's guessing only: the wait holds one of its own
+                // connections (capped per address), and is not logged each time.
+                tokio::time::sleep(backoff).await;
+            } else {
+                tracing::warn!(%method, path, ?peer, ?denied, "api request refused");
+            }
             return ApiError::Denied(denied).into_response();
         }
     };

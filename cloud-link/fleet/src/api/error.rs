@@ -64,9 +64,10 @@ impl IntoResponse for ApiError {
                         StatusCode::FORBIDDEN,
                         format!("role {role:?} does not grant {permission:?}"),
                     ),
-                    Denied::RateLimited => (
+                    Denied::RateLimited { .. } => (
                         StatusCode::TOO_MANY_REQUESTS,
-                        "too many failed token attempts from this address; retry in a minute"
+                        "too many failed token attempts from this address: each further \
+                         failure is answered later (a valid token is always accepted)"
                             .to_owned(),
                     ),
                 };
@@ -78,6 +79,12 @@ impl IntoResponse for ApiError {
                     }),
                 )
                     .into_response();
+                if let Denied::RateLimited { backoff } = denied {
+                    let seconds = backoff.as_secs().max(1).to_string();
+                    if let Ok(value) = header::HeaderValue::from_str(&seconds) {
+                        response.headers_mut().insert(header::RETRY_AFTER, value);
+                    }
+                }
                 if status == StatusCode::UNAUTHORIZED {
                     response.headers_mut().insert(
                         header::WWW_AUTHENTICATE,
