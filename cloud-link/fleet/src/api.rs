@@ -92,6 +92,24 @@ pub fn router(state: ApiState) -> Router {
         .merge(api)
         .with_state(state.clone())
         .merge(crate::metrics::router(state.store))
+        .layer(axum::middleware::map_response(hardening_headers))
+}
+
+/// Every answer: `X-Content-Type-Options: nosniff`; and `Cache-Control: no-store`
+/// unless the handler chose its caching (images are immutable and public).
+async fn hardening_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+    }
+    response
 }
 
 async fn openapi() -> Response {

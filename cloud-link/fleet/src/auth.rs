@@ -37,6 +37,8 @@ pub enum Permission {
     Operate,
     /// Creating products and registering devices.
     Register,
+    /// Reading the audit log (who did what): admins only, not viewers.
+    Audit,
 }
 
 impl Role {
@@ -245,15 +247,20 @@ fn backoff_after(failures: u32) -> Duration {
     (Duration::from_millis(100) * 2u32.pow(beyond)).min(MAX_BACKOFF)
 }
 
-/// The permission a request needs: reads need [`Permission::Read`]; creating products
+/// The permission a request needs: reads need [`Permission::Read`] (the audit log
+/// [`Permission::Audit`]); creating products
 /// and registering devices [`Permission::Register`]; every other write
 /// [`Permission::Operate`].
 pub fn required(method: &axum::http::Method, path: &str) -> Permission {
     use axum::http::Method;
-    if matches!(*method, Method::GET | Method::HEAD) {
-        return Permission::Read;
-    }
     let path = path.trim_end_matches('/');
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return if path == "/api/v1/audit" {
+            Permission::Audit
+        } else {
+            Permission::Read
+        };
+    }
     if *method == Method::POST && (path == "/api/v1/products" || path == "/api/v1/devices") {
         Permission::Register
     } else {
@@ -389,6 +396,11 @@ mod tests {
             required(&Method::POST, "/api/v1/products"),
             Permission::Register
         );
+        assert_eq!(required(&Method::GET, "/api/v1/audit"), Permission::Audit);
+        assert_eq!(required(&Method::GET, "/api/v1/audit/"), Permission::Audit);
+        assert!(!Role::Viewer.grants(Permission::Audit));
+        assert!(!Role::Operator.grants(Permission::Audit));
+        assert!(Role::Admin.grants(Permission::Audit));
         assert_eq!(
             required(&Method::POST, "/api/v1/devices/x/revoke"),
             Permission::Operate

@@ -126,6 +126,11 @@ impl FleetConfig {
             return Err(ConfigValueError::DatabaseUrl(self.database_url.clone()));
         }
         self.http.check()?;
+        if self.api.anonymous_role.is_some() && !is_loopback_listen(&self.http_listen) {
+            return Err(ConfigValueError::AnonymousNotLoopback(
+                self.http_listen.clone(),
+            ));
+        }
         auth::Authorizer::new(&self.api)?;
         images::vendor_root_keys(&self.images.vendor_roots)?;
         self.rollouts.check()
@@ -155,6 +160,17 @@ impl FleetConfig {
         }
         Ok(())
     }
+}
+
+/// Whether a `HOST:PORT` listener address is on loopback only (`127.0.0.0/8`, `::1`,
+/// `localhost`): `0.0.0.0` and every other address may be reached from the network.
+fn is_loopback_listen(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -276,6 +292,13 @@ pub enum ConfigValueError {
         /// What the config says.
         value: String,
     },
+    /// Requests without a token allowed on a listener the network can reach.
+    #[error(
+        "api.anonymous_role is only allowed when http_listen is a loopback address \
+         (127.0.0.1, [::1], localhost), and http_listen is {0:?}: anyone who reaches it \
+         would read the fleet without a token"
+    )]
+    AnonymousNotLoopback(String),
     /// The API and the broker on one address.
     #[error("http_listen and mqtt_listen are both {0:?}: each needs its own port")]
     SameListen(String),
@@ -305,6 +328,7 @@ impl ConfigValueError {
             Self::TrustLapses { .. } => "rollouts.attestation_valid_secs".to_owned(),
             Self::Listen { field, .. } | Self::File { field, .. } => (*field).to_owned(),
             Self::SameListen(_) => "mqtt_listen".to_owned(),
+            Self::AnonymousNotLoopback(_) => "api.anonymous_role".to_owned(),
             Self::DatabaseUrl(_) => "database_url".to_owned(),
         }
     }
@@ -319,6 +343,15 @@ pub struct TelemetryConfig {
     /// Latest values are kept whatever their age.
     #[serde(default = "default_keep_days")]
     pub keep_days: u32,
+    /// Seconds a reading may be dated after the fleet received it and still become the
+    /// latest value of its point (default 300). Later-dated readings are stored in the
+    /// time series but never pin the latest value (a clock set to 2100).
+    #[serde(default = "default_max_future_skew_secs")]
+    pub max_future_skew_secs: u64,
+}
+
+fn default_max_future_skew_secs() -> u64 {
+    store::DEFAULT_FUTURE_SKEW.as_secs()
 }
 
 fn default_keep_days() -> u32 {
@@ -329,6 +362,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             keep_days: default_keep_days(),
+            max_future_skew_secs: default_max_future_skew_secs(),
         }
     }
 }
@@ -499,6 +533,9 @@ pub async fn start(
     )
     .await
     .with_context(|| format!("cannot open fleet store {}", config.database_url))?;
+    store.set_future_skew(std::time::Duration::from_secs(
+        config.telemetry.max_future_skew_secs,
+    ));
     let trust = std::sync::Arc::new(load_trust(config, &store).await?);
     let tls = tls::broker_tls_config(
         &config.server_cert,
@@ -613,6 +650,9 @@ pub async fn start(
         trust,
         images,
         rollouts,
+        downloads: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config.http.max_downloads as usize,
+        )),
     });
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -763,6 +803,32 @@ mod tests {
             shown.contains("rollouts.attestation_valid_secs (600) must exceed"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn anonymous_access_is_refused_off_loopback_naming_file_and_field() {
+        let anonymous = "[api]\nanonymous_role = \"viewer\"\n";
+        FleetConfig::from_toml(&format!("{BASE}{anonymous}"), Path::new("fleet.toml"))
+            .expect("loopback");
+        for listen in ["[::1]:8080", "localhost:8080", "127.0.0.2:8080"] {
+            let text = BASE.replace("127.0.0.1:8080", listen);
+            FleetConfig::from_toml(&format!("{text}{anonymous}"), Path::new("fleet.toml"))
+                .unwrap_or_else(|error| panic!("{listen}: {error}"));
+        }
+        for listen in [
+            "0.0.0.0:8080",
+            "192.0.2.7:8080",
+            "[::]:8080",
+            "fleet.example:8080",
+        ] {
+            let text = BASE.replace("127.0.0.1:8080", listen);
+            let (shown, line, column) = refused(&format!("{text}{anonymous}"));
+            assert_eq!((line, column), (8, 18), "{shown}");
+            assert!(
+                shown.starts_with("fleet.toml:8:18: api.anonymous_role is only allowed"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,14 @@ pub enum ApiError {
     /// The request cannot be served in the device's current state.
     #[error("{0}")]
     Conflict(String),
+    /// A resource is at its cap (503 with `Retry-After`).
+    #[error("too many {what} in progress; retry in {retry_after_secs} s")]
+    Busy {
+        /// What is at its cap.
+        what: String,
+        /// Seconds to wait, sent as `Retry-After`.
+        retry_after_secs: u64,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -91,6 +99,23 @@ impl IntoResponse for ApiError {
                         header::HeaderValue::from_static("Bearer"),
                     );
                 }
+                return response;
+            }
+            Self::Busy {
+                retry_after_secs, ..
+            } => {
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(ErrorBody {
+                        error: self.to_string(),
+                        field: None,
+                    }),
+                )
+                    .into_response();
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(*retry_after_secs),
+                );
                 return response;
             }
             Self::Store(error) => {

@@ -95,6 +95,7 @@ struct Fixture {
 const VIEWER: &str = "viewer-secret";
 const OPERATOR: &str = "operator-secret";
 const PROVISIONER: &str = "provisioner-secret";
+const ADMIN: &str = "admin-secret";
 
 async fn fleet() -> Fixture {
     fleet_on(None).await
@@ -142,6 +143,7 @@ async fn fleet_with(
                 token("viewer", Role::Viewer, VIEWER),
                 token("ops", Role::Operator, OPERATOR),
                 token("station", Role::Provisioner, PROVISIONER),
+                token("admin", Role::Admin, ADMIN),
             ],
             anonymous_role: None,
         },

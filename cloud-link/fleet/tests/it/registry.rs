@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{Ca, Fixture, OPERATOR, PROVISIONER, SimulatedDevice, VIEWER, client, connect, fleet};
+use super::{
+    ADMIN, Ca, Fixture, OPERATOR, PROVISIONER, SimulatedDevice, VIEWER, client, connect, fleet,
+};
 
 const PRODUCT: &str = "press-guardian";
 
@@ -267,8 +269,11 @@ pub(crate) async fn registration_contract(fx: &Fixture) {
 async fn the_registration_contract_holds_on_sqlite() {
     let fx = fleet().await;
     registration_contract(&fx).await;
-    // Every write is audited with the token's name, refused ones included.
-    let (_, audit) = fx.get(VIEWER, "/api/v1/audit?limit=1000").await;
+    // Every write is audited with the token's name, refused ones included; only an
+    // admin reads the log (issue #22 item 8).
+    assert_eq!(fx.get(VIEWER, "/api/v1/audit?limit=1000").await.0, 403);
+    assert_eq!(fx.get(OPERATOR, "/api/v1/audit?limit=1000").await.0, 403);
+    let (_, audit) = fx.get(ADMIN, "/api/v1/audit?limit=1000").await;
     let lines = audit.as_array().expect("audit");
     assert!(
         lines.iter().any(|l| l["actor"] == "station"
