@@ -40,6 +40,21 @@ pub(super) async fn upload_image(
     if let Some(existing) = state.store.image(&record.sha256).await? {
         return Ok((StatusCode::OK, Json(existing)));
     }
+    // Issue #22 item 10: devices refuse an image below their anti-rollback counter;
+    // refused here, at upload, rather than by every device of a rollout.
+    if let Some((floor, version)) = state.store.security_floor(&record.product).await?
+        && record.security_counter < floor
+    {
+        return Err(ApiError::Invalid {
+            field: "image",
+            message: format!(
+                "image {} {} has security counter {}, below product {}'s floor {floor} \
+                 (release {version} is confirmed on devices, whose anti-rollback counters \
+                 now refuse anything lower)",
+                record.product, record.version, record.security_counter, record.product
+            ),
+        });
+    }
     state
         .images
         .save(&record.sha256, &body)
