@@ -4,7 +4,7 @@
 //! `Authorization: Bearer <token>`. Both POSTs are idempotent on the fleet's side (200
 //! for the same record again), which is what makes a resumed batch safe.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use warden_wire::fleet_api::{
@@ -40,6 +40,14 @@ pub enum FleetError {
         /// The start of the answer's body.
         body: String,
     },
+    /// The CA file trusted for an `https://` fleet could not be used.
+    #[error("fleet https trust {}: {reason}", path.display())]
+    Trust {
+        /// The CA file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The answer did not match the request.
     #[error("fleet {operation}: {reason}")]
     Mismatch {
@@ -48,6 +56,25 @@ pub enum FleetError {
         /// What did not match.
         reason: String,
     },
+}
+
+/// A TLS client config trusting only the CAs in `ca` (PEM).
+fn https_config(ca: &Path) -> Result<rustls::ClientConfig, FleetError> {
+    let trust = |reason: String| FleetError::Trust {
+        path: ca.to_owned(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in warden_wire::tls::load_certificates(ca).map_err(|e| trust(e.to_string()))? {
+        roots.add(cert).map_err(|e| trust(e.to_string()))?;
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(warden_wire::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| trust(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// Where the provisioner token comes from.
@@ -88,15 +115,23 @@ pub struct FleetClient {
 }
 
 impl FleetClient {
-    /// A client for `base_url` with the token from `token`.
-    pub fn new(base_url: &str, token: &TokenSource, timeout: Duration) -> Result<Self, FleetError> {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|source| FleetError::Transport {
-                operation: "client setup".into(),
-                source,
-            })?;
+    /// A client for `base_url` with the token from `token`. An `https://` fleet must
+    /// present a certificate chaining to a CA of `https_ca` (PEM; no other root is
+    /// trusted), over the tree's one TLS stack (rustls, ring).
+    pub fn new(
+        base_url: &str,
+        token: &TokenSource,
+        timeout: Duration,
+        https_ca: &Path,
+    ) -> Result<Self, FleetError> {
+        let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
+        if base_url.starts_with("https://") {
+            builder = builder.use_preconfigured_tls(https_config(https_ca)?);
+        }
+        let http = builder.build().map_err(|source| FleetError::Transport {
+            operation: "client setup".into(),
+            source,
+        })?;
         Ok(Self {
             base: base_url.trim_end_matches('/').to_owned(),
             token: token.read()?,

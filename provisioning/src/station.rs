@@ -135,8 +135,12 @@ fn default_probe_timeout() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
-    /// Base URL (`http://fleet.factory.lan:8080`).
+    /// Base URL (`https://fleet.factory.lan:8443`; `http://` sends the token in clear).
     pub url: String,
+    /// PEM: the CA the fleet's HTTPS certificate chains to, the only one trusted
+    /// (default: `fleet_ca`, the CA devices pin for the broker).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     /// Environment variable holding the `provisioner` bearer token.
     #[serde(default)]
     pub token_env: Option<String>,
@@ -225,6 +229,9 @@ impl StationConfig {
         }
         if let Some(image) = &mut self.selftest_image {
             *image = base.join(&*image);
+        }
+        if let Some(ca) = &mut self.fleet.ca {
+            *ca = base.join(&*ca);
         }
         for root in &mut self.vendor_roots {
             root.public_key = base.join(&root.public_key);

@@ -117,6 +117,7 @@ impl Station {
             &config.fleet.url,
             &token,
             Duration::from_secs(config.fleet.timeout_secs),
+            config.fleet.ca.as_deref().unwrap_or(&config.fleet_ca),
         )
         .map_err(|e| input_error("fleet", e))?;
         fleet

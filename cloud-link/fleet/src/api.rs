@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use crate::auth::{Caller, required};
+use crate::auth::{Caller, Denied, required};
 use crate::clock::now_ms;
 use crate::store::Store;
 use warden_wire::fleet_api::{
@@ -96,6 +96,24 @@ pub fn router(state: ApiState) -> Router {
         .merge(api)
         .with_state(state.clone())
         .merge(crate::metrics::router(state.store))
+        .layer(axum::middleware::map_response(hardening_headers))
+}
+
+/// Every answer: `X-Content-Type-Options: nosniff`; and `Cache-Control: no-store`
+/// unless the handler chose its caching (images are immutable and public).
+async fn hardening_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+    }
+    response
 }
 
 async fn openapi() -> Response {
@@ -121,7 +139,13 @@ async fn authorize(State(state): State<ApiState>, mut request: Request, next: Ne
     {
         Ok(caller) => caller,
         Err(denied) => {
-            tracing::warn!(%method, path, ?peer, ?denied, "api request refused");
+            if let Denied::RateLimited { backoff } = denied {
+                // Slows this address's guessing only: the wait holds one of its own
+                // connections (capped per address), and is not logged each time.
+                tokio::time::sleep(backoff).await;
+            } else {
+                tracing::warn!(%method, path, ?peer, ?denied, "api request refused");
+            }
             return ApiError::Denied(denied).into_response();
         }
     };

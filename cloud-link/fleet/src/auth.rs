@@ -1,4 +1,4 @@
-//! API authorisation: bearer tokens with roles, deny by default, failures rate-limited.
+//! API authorisation: bearer tokens with roles, deny by default, failures slowed.
 //!
 //! The config holds only SHA-256 hashes of tokens; a presented token is hashed and
 //! compared with every configured hash in constant time. Each request needs one
@@ -37,6 +37,8 @@ pub enum Permission {
     Operate,
     /// Creating products and registering devices.
     Register,
+    /// Reading the audit log (who did what): admins only, not viewers.
+    Audit,
 }
 
 impl Role {
@@ -113,14 +115,21 @@ pub enum Denied {
     Unauthenticated,
     /// A valid token whose role lacks the permission (403).
     Forbidden(Role, Permission),
-    /// Too many failed attempts from this address (429).
-    RateLimited,
+    /// Too many failed attempts from this address (429 after `backoff`; only failed
+    /// attempts are refused so: a valid token is always let through).
+    RateLimited {
+        /// How long the answer is held back (grows with the failures).
+        backoff: Duration,
+    },
 }
 
-/// Failed attempts allowed per address and window before requests are refused.
+/// Failed attempts allowed per address and window before further failures from it are
+/// answered 429 after a backoff.
 pub const MAX_FAILURES: u32 = 10;
 /// The window failures are counted in.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// The longest a failed attempt's answer is held back.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// A configured token whose `sha256` is not a SHA-256 in hex.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,18 +177,15 @@ impl Authorizer {
     }
 
     /// Who presents `bearer` (the `Authorization` header's token, if any) from `peer`,
-    /// and whether they may do `permission`.
+    /// and whether they may do `permission`. A valid token is never refused for the
+    /// failures of its address; a failure from an address past [`MAX_FAILURES`] is
+    /// [`Denied::RateLimited`] with a backoff that slows that address only.
     pub fn authorize(
         &self,
         bearer: Option<&str>,
         peer: Option<IpAddr>,
         permission: Permission,
     ) -> Result<Caller, Denied> {
-        if let Some(peer) = peer
-            && self.is_limited(peer)
-        {
-            return Err(Denied::RateLimited);
-        }
         let caller = match bearer {
             Some(token) => self.lookup(token),
             None => self.anonymous.map(|role| Caller {
@@ -188,10 +194,12 @@ impl Authorizer {
             }),
         };
         let Some(caller) = caller else {
-            if let Some(peer) = peer {
-                self.record_failure(peer);
-            }
-            return Err(Denied::Unauthenticated);
+            return Err(match peer.map(|peer| self.record_failure(peer)) {
+                Some(failures) if failures > MAX_FAILURES => Denied::RateLimited {
+                    backoff: backoff_after(failures),
+                },
+                _ => Denied::Unauthenticated,
+            });
         };
         if caller.role.grants(permission) {
             Ok(caller)
@@ -216,14 +224,9 @@ impl Authorizer {
         found
     }
 
-    fn is_limited(&self, peer: IpAddr) -> bool {
-        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        failures.get(&peer).is_some_and(|(count, since)| {
-            *count >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW
-        })
-    }
-
-    fn record_failure(&self, peer: IpAddr) {
+    /// Counts a failure from `peer`; its failures in the current window.
+    fn record_failure(&self, peer: IpAddr) -> u32 {
+        let peer = peer.to_canonical();
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         if failures.len() > 100_000 {
             failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
@@ -232,19 +235,32 @@ impl Authorizer {
         if entry.1.elapsed() >= FAILURE_WINDOW {
             *entry = (0, Instant::now());
         }
-        entry.0 += 1;
+        entry.0 = entry.0.saturating_add(1);
+        entry.0
     }
 }
 
-/// The permission a request needs: reads need [`Permission::Read`]; creating products
+/// The backoff of the `failures`-th failure in a window (past [`MAX_FAILURES`]): 100 ms,
+/// doubling, at most [`MAX_BACKOFF`].
+fn backoff_after(failures: u32) -> Duration {
+    let beyond = failures.saturating_sub(MAX_FAILURES + 1).min(16);
+    (Duration::from_millis(100) * 2u32.pow(beyond)).min(MAX_BACKOFF)
+}
+
+/// The permission a request needs: reads need [`Permission::Read`] (the audit log
+/// [`Permission::Audit`]); creating products
 /// and registering devices [`Permission::Register`]; every other write
 /// [`Permission::Operate`].
 pub fn required(method: &axum::http::Method, path: &str) -> Permission {
     use axum::http::Method;
-    if matches!(*method, Method::GET | Method::HEAD) {
-        return Permission::Read;
-    }
     let path = path.trim_end_matches('/');
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return if path == "/api/v1/audit" {
+            Permission::Audit
+        } else {
+            Permission::Read
+        };
+    }
     if *method == Method::POST && (path == "/api/v1/products" || path == "/api/v1/devices") {
         Permission::Register
     } else {
@@ -315,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn repeated_failures_from_one_address_are_rate_limited() {
+    fn repeated_failures_slow_their_address_but_never_refuse_a_valid_token() {
         let auth = authorizer(None);
         let peer: IpAddr = [10, 0, 0, 1].into();
         for _ in 0..MAX_FAILURES {
@@ -324,10 +340,28 @@ mod tests {
                 Err(Denied::Unauthenticated)
             );
         }
-        assert_eq!(
-            auth.authorize(Some("ops-secret"), Some(peer), Permission::Read),
-            Err(Denied::RateLimited)
+        let backoffs: Vec<Duration> = (0..8)
+            .map(
+                |_| match auth.authorize(Some("guess"), Some(peer), Permission::Read) {
+                    Err(Denied::RateLimited { backoff }) => backoff,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(backoffs[0], Duration::from_millis(100));
+        assert!(backoffs.windows(2).all(|w| w[1] >= w[0]), "{backoffs:?}");
+        assert_eq!(backoffs[7], MAX_BACKOFF);
+        // The right token from the same address, in the middle of the flood.
+        assert!(
+            auth.authorize(Some("ops-secret"), Some(peer), Permission::Read)
+                .is_ok(),
+            "a valid token is never refused"
         );
+        // No token at all counts as a failure too, and is slowed likewise.
+        assert!(matches!(
+            auth.authorize(None, Some(peer), Permission::Read),
+            Err(Denied::RateLimited { .. })
+        ));
         let other: IpAddr = [10, 0, 0, 2].into();
         assert!(
             auth.authorize(Some("ops-secret"), Some(other), Permission::Read)
@@ -362,6 +396,11 @@ mod tests {
             required(&Method::POST, "/api/v1/products"),
             Permission::Register
         );
+        assert_eq!(required(&Method::GET, "/api/v1/audit"), Permission::Audit);
+        assert_eq!(required(&Method::GET, "/api/v1/audit/"), Permission::Audit);
+        assert!(!Role::Viewer.grants(Permission::Audit));
+        assert!(!Role::Operator.grants(Permission::Audit));
+        assert!(Role::Admin.grants(Permission::Audit));
         assert_eq!(
             required(&Method::POST, "/api/v1/devices/x/revoke"),
             Permission::Operate

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod clock;
 pub mod deployments;
 pub mod enrollment;
+pub mod http_listener;
 pub mod images;
 pub mod ingest;
 #[cfg(feature = "loadtest")]
@@ -44,6 +45,9 @@ pub struct FleetConfig {
     /// PEM: a manufacturer CA whose device certificates the fleet accepts (besides
     /// the CAs of the products created through the API).
     pub manufacturer_ca: PathBuf,
+    /// `[http]`: the HTTP listener's connection caps, timeouts, download cap and TLS.
+    #[serde(default)]
+    pub http: http_listener::HttpConfig,
     /// `[api]`: tokens and their roles. Default: none, every API call is refused.
     #[serde(default)]
     pub api: auth::ApiConfig,
@@ -121,6 +125,12 @@ impl FleetConfig {
         {
             return Err(ConfigValueError::DatabaseUrl(self.database_url.clone()));
         }
+        self.http.check()?;
+        if self.api.anonymous_role.is_some() && !is_loopback_listen(&self.http_listen) {
+            return Err(ConfigValueError::AnonymousNotLoopback(
+                self.http_listen.clone(),
+            ));
+        }
         auth::Authorizer::new(&self.api)?;
         images::vendor_root_keys(&self.images.vendor_roots)?;
         self.rollouts.check()
@@ -139,8 +149,28 @@ impl FleetConfig {
                 source,
             })?;
         }
+        if let Some(tls) = &self.http.tls {
+            for (field, path) in [("http.tls.cert", &tls.cert), ("http.tls.key", &tls.key)] {
+                std::fs::File::open(path).map_err(|source| ConfigValueError::File {
+                    field,
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
         Ok(())
     }
+}
+
+/// Whether a `HOST:PORT` listener address is on loopback only (`127.0.0.0/8`, `::1`,
+/// `localhost`): `0.0.0.0` and every other address may be reached from the network.
+fn is_loopback_listen(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -233,6 +263,9 @@ impl ConfigError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigValueError {
+    /// An `[http]` limit of zero.
+    #[error(transparent)]
+    HttpLimit(#[from] http_listener::HttpLimitError),
     /// A token hash is not a SHA-256 in hex.
     #[error(transparent)]
     TokenHash(#[from] auth::TokenHashError),
@@ -259,6 +292,13 @@ pub enum ConfigValueError {
         /// What the config says.
         value: String,
     },
+    /// Requests without a token allowed on a listener the network can reach.
+    #[error(
+        "api.anonymous_role is only allowed when http_listen is a loopback address \
+         (127.0.0.1, [::1], localhost), and http_listen is {0:?}: anyone who reaches it \
+         would read the fleet without a token"
+    )]
+    AnonymousNotLoopback(String),
     /// The API and the broker on one address.
     #[error("http_listen and mqtt_listen are both {0:?}: each needs its own port")]
     SameListen(String),
@@ -268,7 +308,8 @@ pub enum ConfigValueError {
     /// A certificate or key file that cannot be opened.
     #[error("{field} {}: {source}", path.display())]
     File {
-        /// `server_cert`, `server_key` or `manufacturer_ca`.
+        /// `server_cert`, `server_key`, `manufacturer_ca`, `http.tls.cert` or
+        /// `http.tls.key`.
         field: &'static str,
         /// The file.
         path: PathBuf,
@@ -281,11 +322,13 @@ impl ConfigValueError {
     /// The config key at fault, as a TOML path (`api.tokens[1].sha256`).
     pub fn field(&self) -> String {
         match self {
+            Self::HttpLimit(error) => format!("http.{}", error.field),
             Self::TokenHash(error) => error.field(),
             Self::VendorRoot(error) => error.field(),
             Self::TrustLapses { .. } => "rollouts.attestation_valid_secs".to_owned(),
             Self::Listen { field, .. } | Self::File { field, .. } => (*field).to_owned(),
             Self::SameListen(_) => "mqtt_listen".to_owned(),
+            Self::AnonymousNotLoopback(_) => "api.anonymous_role".to_owned(),
             Self::DatabaseUrl(_) => "database_url".to_owned(),
         }
     }
@@ -300,6 +343,15 @@ pub struct TelemetryConfig {
     /// Latest values are kept whatever their age.
     #[serde(default = "default_keep_days")]
     pub keep_days: u32,
+    /// Seconds a reading may be dated after the fleet received it and still become the
+    /// latest value of its point (default 300). Later-dated readings are stored in the
+    /// time series but never pin the latest value (a clock set to 2100).
+    #[serde(default = "default_max_future_skew_secs")]
+    pub max_future_skew_secs: u64,
+}
+
+fn default_max_future_skew_secs() -> u64 {
+    store::DEFAULT_FUTURE_SKEW.as_secs()
 }
 
 fn default_keep_days() -> u32 {
@@ -310,6 +362,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             keep_days: default_keep_days(),
+            max_future_skew_secs: default_max_future_skew_secs(),
         }
     }
 }
@@ -418,6 +471,8 @@ impl FleetConfig {
 pub struct RunningFleet {
     /// Where the HTTP API and dashboard listen.
     pub http_address: SocketAddr,
+    /// `https` when `[http.tls]` is configured, else `http`.
+    pub http_scheme: &'static str,
     /// Where the MQTT broker listens.
     pub mqtt_address: SocketAddr,
     task: JoinHandle<()>,
@@ -479,6 +534,9 @@ pub async fn start(
     )
     .await
     .with_context(|| format!("cannot open fleet store {}", config.database_url))?;
+    store.set_future_skew(std::time::Duration::from_secs(
+        config.telemetry.max_future_skew_secs,
+    ));
     let trust = std::sync::Arc::new(load_trust(config, &store).await?);
     let tls = tls::broker_tls_config(
         &config.server_cert,
@@ -508,6 +566,21 @@ pub async fn start(
         shutdown.clone(),
     ));
 
+    let open_files = http_listener::raise_descriptor_limit();
+    let limits = http_listener::Limits::new(&config.http, open_files);
+    tracing::info!(
+        open_files,
+        max_connections = limits.max_connections,
+        per_address = limits.per_address,
+        "http connection budget"
+    );
+    let http_tls = match &config.http.tls {
+        Some(tls) => Some(tokio_rustls::TlsAcceptor::from(
+            tls::http_tls_config(&tls.cert, &tls.key).context("http.tls")?,
+        )),
+        None => None,
+    };
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
         .await
         .with_context(|| format!("cannot listen for http on {}", config.http_listen))?;
@@ -563,7 +636,7 @@ pub async fn start(
             .images
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{http_address}"))
+            .unwrap_or_else(|| format!("{scheme}://{http_address}"))
             .trim_end_matches('/')
             .to_owned(),
         reoffer_after: std::time::Duration::from_secs(config.rollouts.reoffer_after_s),
@@ -588,18 +661,13 @@ pub async fn start(
         trust,
         images,
         rollouts,
+        downloads: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config.http.max_downloads as usize,
+        )),
     });
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-        .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "fleet http server failed");
-        }
+        http_listener::serve(listener, app, limits, http_tls, http_shutdown).await;
         // The broker stops on the same token; ingest stores what it already holds, and
         // the store closes after the last write.
         drop(broker);
@@ -614,9 +682,10 @@ pub async fn start(
         store.close().await;
         tracing::info!("fleet stopped; store closed");
     });
-    tracing::info!(%http_address, "fleet api listening");
+    tracing::info!(%http_address, scheme, "fleet api listening");
     Ok(RunningFleet {
         http_address,
+        http_scheme: scheme,
         mqtt_address,
         task,
     })
@@ -745,6 +814,32 @@ mod tests {
             shown.contains("rollouts.attestation_valid_secs (600) must exceed"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn anonymous_access_is_refused_off_loopback_naming_file_and_field() {
+        let anonymous = "[api]\nanonymous_role = \"viewer\"\n";
+        FleetConfig::from_toml(&format!("{BASE}{anonymous}"), Path::new("fleet.toml"))
+            .expect("loopback");
+        for listen in ["[::1]:8080", "localhost:8080", "127.0.0.2:8080"] {
+            let text = BASE.replace("127.0.0.1:8080", listen);
+            FleetConfig::from_toml(&format!("{text}{anonymous}"), Path::new("fleet.toml"))
+                .unwrap_or_else(|error| panic!("{listen}: {error}"));
+        }
+        for listen in [
+            "0.0.0.0:8080",
+            "192.0.2.7:8080",
+            "[::]:8080",
+            "fleet.example:8080",
+        ] {
+            let text = BASE.replace("127.0.0.1:8080", listen);
+            let (shown, line, column) = refused(&format!("{text}{anonymous}"));
+            assert_eq!((line, column), (8, 18), "{shown}");
+            assert!(
+                shown.starts_with("fleet.toml:8:18: api.anonymous_role is only allowed"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,10 @@ async fn main() -> anyhow::Result<()> {
     let config = warden_fleet::FleetConfig::load(&args.config)?;
     let shutdown = CancellationToken::new();
     let fleet = warden_fleet::start(&config, shutdown.clone()).await?;
-    println!("fleet dashboard: http://{}/", fleet.http_address);
+    println!(
+        "fleet dashboard: {}://{}/",
+        fleet.http_scheme, fleet.http_address
+    );
     println!("fleet broker:    mqtts://{}", fleet.mqtt_address);
     wait_for_signal().await;
     shutdown.cancel();

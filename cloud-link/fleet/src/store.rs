@@ -13,7 +13,9 @@ mod registry;
 mod reports;
 mod telemetry;
 
-pub use self::core::{READ_CONNECTIONS, Store, StoreError, StoreHealthSnapshot};
+pub use self::core::{
+    DEFAULT_FUTURE_SKEW, READ_CONNECTIONS, Store, StoreError, StoreHealthSnapshot,
+};
 pub use dashboard::DEVICE_STATUSES;
 pub use deployments::NewDeployment;
 pub use registry::{

@@ -69,6 +69,8 @@ fn workspace_bin(package: &str, bin: &str) -> PathBuf {
 pub struct FleetProcess {
     child: Child,
     pub url: String,
+    /// PEM of the CA the fleet's HTTPS certificate chains to.
+    fleet_ca: PathBuf,
 }
 
 impl Drop for FleetProcess {
@@ -80,7 +82,12 @@ impl Drop for FleetProcess {
 
 impl FleetProcess {
     pub fn get_device(&self, device_id: &str) -> (u16, serde_json::Value) {
-        let response = reqwest::blocking::Client::new()
+        let ca = std::fs::read(&self.fleet_ca).expect("fleet CA");
+        let response = reqwest::blocking::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("fleet CA PEM"))
+            .build()
+            .expect("https client")
             .get(format!("{}/api/v1/devices/{device_id}", self.url))
             .bearer_auth(TOKEN)
             .send()
@@ -296,6 +303,7 @@ impl Factory {
         let url = if fleet {
             let fleet = factory.start_fleet();
             let url = fleet.url.clone();
+            assert!(url.starts_with("https://"), "the fleet serves {url}");
             factory.fleet = Some(fleet);
             url
         } else {
@@ -385,6 +393,11 @@ server_cert = "{root}/fleet-server.pem"
 server_key = "{root}/fleet-server.key"
 manufacturer_ca = "{root}/fleet-ca.pem"
 
+# The station talks to the fleet over HTTPS (issue #22 item 10): the token never
+# crosses in clear; the station trusts `fleet_ca`, which signed this certificate.
+[http]
+tls = {{ cert = "{root}/fleet-server.pem", key = "{root}/fleet-server.key" }}
+
 [api]
 tokens = [{{ name = "station", role = "provisioner", sha256 = "{token_hash}" }}]
 "#,
@@ -414,7 +427,11 @@ tokens = [{{ name = "station", role = "provisioner", sha256 = "{token_hash}" }}]
         };
         // Keep draining stdout so the fleet never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        FleetProcess { child, url }
+        FleetProcess {
+            child,
+            url,
+            fleet_ca: root.join("fleet-ca.pem"),
+        }
     }
 }
 

@@ -40,6 +40,21 @@ pub(super) async fn upload_image(
     if let Some(existing) = state.store.image(&record.sha256).await? {
         return Ok((StatusCode::OK, Json(existing)));
     }
+    // Issue #22 item 10: devices refuse an image below their anti-rollback counter;
+    // refused here, at upload, rather than by every device of a rollout.
+    if let Some((floor, version)) = state.store.security_floor(&record.product).await?
+        && record.security_counter < floor
+    {
+        return Err(ApiError::Invalid {
+            field: "image",
+            message: format!(
+                "image {} {} has security counter {}, below product {}'s floor {floor} \
+                 (release {version} is confirmed on devices, whose anti-rollback counters \
+                 now refuse anything lower)",
+                record.product, record.version, record.security_counter, record.product
+            ),
+        });
+    }
     state
         .images
         .save(&record.sha256, &body)
@@ -65,8 +80,17 @@ pub(super) async fn list_images(
     Ok(Json(state.store.images().await?))
 }
 
-/// `GET /images/{sha256}`: the image file, whole or one byte range. Images are
-/// signed and content-addressed, so any cache may serve them; no token is needed.
+/// Bytes read from an image file per chunk of a download's body: what one download
+/// holds in memory besides the socket's buffers.
+pub const DOWNLOAD_CHUNK: usize = 64 * 1024;
+
+/// Seconds a client is told to wait when every download slot is taken.
+pub const DOWNLOAD_RETRY_AFTER_SECS: u64 = 5;
+
+/// `GET /images/{sha256}`: the image file, whole or one byte range, streamed from disk
+/// in [`DOWNLOAD_CHUNK`]s. Images are signed and content-addressed, so any cache may
+/// serve them; no token is needed. At most `http.max_downloads` at once: beyond, 503
+/// with `Retry-After`.
 pub(super) async fn download_image(
     State(state): State<ApiState>,
     Path(sha256): Path<String>,
@@ -75,6 +99,13 @@ pub(super) async fn download_image(
     if !is_sha256_hex(&sha256) {
         return Err(ApiError::NotFound(format!("no image {sha256}")));
     }
+    let Ok(permit) = std::sync::Arc::clone(&state.downloads).try_acquire_owned() else {
+        return Ok(ApiError::Busy {
+            what: "image downloads".into(),
+            retry_after_secs: DOWNLOAD_RETRY_AFTER_SECS,
+        }
+        .into_response());
+    };
     let path = state.images.path(&sha256);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
@@ -115,18 +146,42 @@ pub(super) async fn download_image(
     file.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(|_| ApiError::Internal)?;
-    let mut body = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
-    file.take(length)
-        .read_to_end(&mut body)
-        .await
-        .map_err(|_| ApiError::Internal)?;
+    // The permit goes with the body: released when it is sent, or dropped with the
+    // connection.
+    let reader = Holding {
+        reader: file.take(length),
+        _permit: permit,
+    };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        reader,
+        DOWNLOAD_CHUNK,
+    ));
     let mut response = (status, common, body).into_response();
+    if let Ok(value) = header::HeaderValue::from_str(&length.to_string()) {
+        response.headers_mut().insert(header::CONTENT_LENGTH, value);
+    }
     if let Some(content_range) = content_range
         && let Ok(value) = header::HeaderValue::from_str(&content_range)
     {
         response.headers_mut().insert(header::CONTENT_RANGE, value);
     }
     Ok(response)
+}
+
+/// A reader that holds a download slot until it is dropped.
+struct Holding<R> {
+    reader: R,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Holding<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
 }
 
 pub(super) async fn create_deployment(

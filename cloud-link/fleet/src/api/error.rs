@@ -33,6 +33,14 @@ pub enum ApiError {
     /// The request cannot be served in the device's current state.
     #[error("{0}")]
     Conflict(String),
+    /// A resource is at its cap (503 with `Retry-After`).
+    #[error("too many {what} in progress; retry in {retry_after_secs} s")]
+    Busy {
+        /// What is at its cap.
+        what: String,
+        /// Seconds to wait, sent as `Retry-After`.
+        retry_after_secs: u64,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -64,9 +72,10 @@ impl IntoResponse for ApiError {
                         StatusCode::FORBIDDEN,
                         format!("role {role:?} does not grant {permission:?}"),
                     ),
-                    Denied::RateLimited => (
+                    Denied::RateLimited { .. } => (
                         StatusCode::TOO_MANY_REQUESTS,
-                        "too many failed token attempts from this address; retry in a minute"
+                        "too many failed token attempts from this address: each further \
+                         failure is answered later (a valid token is always accepted)"
                             .to_owned(),
                     ),
                 };
@@ -78,12 +87,35 @@ impl IntoResponse for ApiError {
                     }),
                 )
                     .into_response();
+                if let Denied::RateLimited { backoff } = denied {
+                    let seconds = backoff.as_secs().max(1).to_string();
+                    if let Ok(value) = header::HeaderValue::from_str(&seconds) {
+                        response.headers_mut().insert(header::RETRY_AFTER, value);
+                    }
+                }
                 if status == StatusCode::UNAUTHORIZED {
                     response.headers_mut().insert(
                         header::WWW_AUTHENTICATE,
                         header::HeaderValue::from_static("Bearer"),
                     );
                 }
+                return response;
+            }
+            Self::Busy {
+                retry_after_secs, ..
+            } => {
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(ErrorBody {
+                        error: self.to_string(),
+                        field: None,
+                    }),
+                )
+                    .into_response();
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(*retry_after_secs),
+                );
                 return response;
             }
             Self::Store(error) => {

@@ -26,4 +26,7 @@ pub struct ApiState {
     pub images: ImageStore,
     /// The rollout engine (stepped right after a deployment is created).
     pub rollouts: Rollouts,
+    /// Image downloads in progress, at most `http.max_downloads` (a permit is held
+    /// until the response body is sent or dropped).
+    pub downloads: Arc<tokio::sync::Semaphore>,
 }

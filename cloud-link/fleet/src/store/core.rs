@@ -16,8 +16,14 @@ use super::migrations::MIGRATIONS;
 /// SQLite connections for read-only lookups besides the one writer, by default.
 pub const READ_CONNECTIONS: u32 = 2;
 
+/// How far past its receive time a reading may be dated before it is kept out of the
+/// latest values (a clock set to 2100 would pin them forever); `[telemetry]
+/// max_future_skew_secs` changes it.
+pub const DEFAULT_FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The fleet's database.
 #[derive(Debug, Clone)]
+
 pub struct Store {
     /// The writer (the one SQLite connection, or PostgreSQL's pool). Every write goes
     /// through [`Store::begin_write`].
@@ -34,6 +40,9 @@ pub struct Store {
     /// Whether the database is SQLite (else PostgreSQL): which text a
     /// [`Migration::PerBackend`] runs.
     pub(super) sqlite: bool,
+    /// How far past its receive time a reading may be dated and still become a latest
+    /// value (milliseconds; see [`Store::set_future_skew`]).
+    pub(super) future_skew_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Read-only SQLite connections held open and used in turn, outside sqlx's pool: the
@@ -83,6 +92,15 @@ impl ReadConnections {
 }
 
 impl Store {
+    /// Readings dated more than `skew` after the fleet received them are stored in the
+    /// time series but never become a latest value.
+    pub fn set_future_skew(&self, skew: std::time::Duration) {
+        self.future_skew_ms.store(
+            i64::try_from(skew.as_millis()).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Opens `url` (`sqlite://PATH` or `postgres://…`) and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         Self::open_with(url, READ_CONNECTIONS).await
@@ -138,6 +156,9 @@ impl Store {
             pool,
             health: Arc::default(),
             writer_pragma,
+            future_skew_ms: Arc::new(std::sync::atomic::AtomicI64::new(
+                i64::try_from(DEFAULT_FUTURE_SKEW.as_millis()).unwrap_or(i64::MAX),
+            )),
         };
         store.migrate().await?;
         if sqlite && read_connections > 0 {

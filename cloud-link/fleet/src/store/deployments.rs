@@ -90,6 +90,24 @@ impl Store {
             .collect()
     }
 
+    /// The product's known security floor: the highest security counter of an image of
+    /// `product` that some device has confirmed (a confirmed image raises the device's
+    /// anti-rollback counter, so it refuses anything below). `None`: none confirmed.
+    pub async fn security_floor(&self, product: &str) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT i.security_counter, i.version FROM images i
+             JOIN deployments d ON d.image_sha256 = i.sha256
+             JOIN deployment_device_states s ON s.deployment_id = d.id
+             WHERE i.product = $1 AND s.state = 'confirmed'
+             ORDER BY i.security_counter DESC LIMIT 1",
+        )
+        .bind(product)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()
+    }
+
     /// The images uploaded for `product` (its known releases), newest first.
     pub async fn images_of_product(&self, product: &str) -> Result<Vec<ImageRecord>, StoreError> {
         Ok(self

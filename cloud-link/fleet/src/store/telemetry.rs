@@ -44,6 +44,7 @@ async fn ingest_group(
     tx: &mut WriteTransaction<'_>,
     batches: &[(&str, &TelemetryBatch)],
     received_ms: i64,
+    future_skew_ms: i64,
 ) -> Result<Vec<Ingested>, StoreError> {
     // 1. Dedupe records: the rows this group inserted are the new batches.
     let mut new_keys: HashSet<(String, String, i64, i64)> = HashSet::new();
@@ -140,8 +141,14 @@ async fn ingest_group(
 
     // 4. Latest values: per (device, point) the reading read last (on a tie, the one
     // that came last), so no statement updates a row twice (PostgreSQL refuses that).
+    // A reading dated beyond the skew past its receive time is in the time series but
+    // never a latest value: a clock set to 2100 would pin the value forever.
+    let newest_latest = received_ms.saturating_add(future_skew_ms);
     let mut latest: BTreeMap<(&str, &str), &Reading> = BTreeMap::new();
-    for &(device_id, reading) in &readings {
+    for &(device_id, reading) in readings
+        .iter()
+        .filter(|(_, reading)| to_i64(reading.ts_ms) <= newest_latest)
+    {
         latest
             .entry((device_id, reading.point.as_str()))
             .and_modify(|kept| {
@@ -238,7 +245,10 @@ impl Store {
         let mut tx = self.begin_write().await.inspect_err(|_| {
             self.count_withheld(batches.len());
         })?;
-        let outcomes = ingest_group(&mut tx, batches, received_ms).await;
+        let skew = self
+            .future_skew_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let outcomes = ingest_group(&mut tx, batches, received_ms, skew).await;
         match tx.commit(outcomes).await {
             Ok(outcomes) => {
                 let stored = outcomes.iter().filter(|o| **o == Ingested::Stored).count();
@@ -489,6 +499,43 @@ mod tests {
         assert!(!store.device_exists("wd-2").await.expect("query"));
     }
 
+    /// Issue #22 item 8: a reading dated year 2100 is kept in the time series but never
+    /// becomes the latest value, which keeps following readings dated near receive time.
+    #[tokio::test]
+    async fn future_dated_readings_never_become_latest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let now = 1_800_000_000_000_i64;
+        let year_2100 = 4_102_444_800_000_u64;
+        let ingest = |seq, value, ts_ms| {
+            let store = store.clone();
+            async move {
+                store
+                    .ingest("wd-1", &batch(seq, value, ts_ms), now)
+                    .await
+                    .expect("ingest")
+            }
+        };
+        assert_eq!(ingest(0, 1.0, year_2100).await, Ingested::Stored);
+        assert_eq!(ingest(1, 2.0, now as u64).await, Ingested::Stored);
+        // Within the skew (4 minutes ahead) is still a latest value.
+        assert_eq!(ingest(2, 3.0, now as u64 + 240_000).await, Ingested::Stored);
+        let latest = store.latest_values("wd-1").await.expect("latest");
+        assert_eq!(latest[0].number(), Some(3.0));
+        let series = store
+            .telemetry("wd-1", Some("line1/t"), 10)
+            .await
+            .expect("telemetry");
+        assert_eq!(series.len(), 3, "the future reading is stored");
+        // A tighter skew keeps the 4-minutes-ahead reading out too.
+        store.set_future_skew(std::time::Duration::from_secs(60));
+        assert_eq!(ingest(3, 4.0, now as u64 + 240_000).await, Ingested::Stored);
+        let latest = store.latest_values("wd-1").await.expect("latest");
+        assert_eq!(latest[0].number(), Some(3.0));
+        store.close().await;
+    }
+
     /// A batch big enough to need new pages of the database file. Batch 1 is one
     /// 64 KiB text reading: a single-row insert, which SQLite runs without a statement
     /// journal, so SQLITE_FULL rolls back the whole transaction (sqlx's `ROLLBACK` then
@@ -644,6 +691,9 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("fleet.db").display());
         let store = Store::open(&url).await.expect("open");
         let day: i64 = 24 * 3600 * 1000;
+        // This case is about pruning: the clock running 40 days ahead below is let
+        // become latest (the skew rule has its own case).
+        store.set_future_skew(std::time::Duration::from_millis(100 * day as u64));
         // (seq, device's read time, fleet's receive time): the device's clock is not
         // set (1970) on the recent batches, and runs ahead on the old ones; several
         // prune windows apart.

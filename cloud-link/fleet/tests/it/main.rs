@@ -95,6 +95,7 @@ struct Fixture {
 const VIEWER: &str = "viewer-secret";
 const OPERATOR: &str = "operator-secret";
 const PROVISIONER: &str = "provisioner-secret";
+const ADMIN: &str = "admin-secret";
 
 async fn fleet() -> Fixture {
     fleet_on(None).await
@@ -136,11 +137,13 @@ async fn fleet_with(
         server_cert: p.join("server.pem"),
         server_key: p.join("server.key"),
         manufacturer_ca: p.join("maker-ca.pem"),
+        http: warden_fleet::http_listener::HttpConfig::default(),
         api: ApiConfig {
             tokens: vec![
                 token("viewer", Role::Viewer, VIEWER),
                 token("ops", Role::Operator, OPERATOR),
                 token("station", Role::Provisioner, PROVISIONER),
+                token("admin", Role::Admin, ADMIN),
             ],
             anonymous_role: None,
         },
@@ -587,4 +590,57 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `[http.tls]`: the API answers over HTTPS (rustls, the broker's stack) to a client
+/// that trusts the fleet's CA, and a plain-HTTP request on that port gets no answer.
+#[tokio::test]
+async fn the_api_serves_https_when_configured() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fx = fleet_with(None, |config| {
+        config.http.tls = Some(warden_fleet::http_listener::HttpTlsConfig {
+            cert: config.server_cert.clone(),
+            key: config.server_key.clone(),
+        });
+    })
+    .await;
+    assert_eq!(fx.fleet.http_scheme, "https");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        warden_wire::tls::load_certificates(&fx.dir.path().join("fleet-ca.pem")).expect("fleet CA")
+    {
+        roots.add(cert).expect("root");
+    }
+    let client = rustls::ClientConfig::builder_with_provider(warden_wire::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(fx.fleet.http_address)
+        .await
+        .expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("tls handshake");
+    tls.write_all(b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: fleet\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("x-content-type-options: nosniff"),
+        "{answer}"
+    );
+
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/v1/openapi.json",
+            fx.fleet.http_address
+        ))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP on the HTTPS port: {plain:?}");
+    fx.stop().await;
 }

@@ -16,12 +16,22 @@ pub(crate) fn signed_image(
     product: &str,
     version: (u32, u32, u32),
 ) -> Vec<u8> {
+    signed_image_with_counter(root, product, version, 2)
+}
+
+/// An image with its security (anti-rollback) counter chosen.
+pub(crate) fn signed_image_with_counter(
+    root: &SecretSigningKey,
+    product: &str,
+    version: (u32, u32, u32),
+    security_counter: u64,
+) -> Vec<u8> {
     let release = SecretSigningKey::generate().expect("rng");
     let cert = issue_release_cert(root, &release.public_key(), Purpose::IMAGE, 1).expect("cert");
     let template = ImageHeader {
         product: ProductId::new(product).expect("product"),
         version: SemanticVersion::new(version.0, version.1, version.2),
-        security_counter: 2,
+        security_counter,
         build_id: BuildId(*b"0123456789abcdef"),
         created_at: 1_790_000_000,
         payload_len: 0,
@@ -318,6 +328,28 @@ pub(crate) async fn rollout_contract(fx: &Fixture) {
     let (_, after) = fx.get(VIEWER, &format!("/api/v1/deployments/{id}")).await;
     assert_eq!(after["state"], "halted");
     assert_eq!(after["events"].as_array().map(Vec::len), Some(5));
+
+    // Issue #22 item 10: 1.1.0 (security counter 2) is confirmed on a device, so an
+    // image below counter 2 is refused at upload, naming the floor.
+    let (status, refused) = upload(
+        fx,
+        OPERATOR,
+        signed_image_with_counter(&fx.vendor_root, "press-guardian", (1, 2, 0), 1),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    let message = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("security counter 1, below product press-guardian's floor 2"),
+        "{message}"
+    );
+    let (status, accepted) = upload(
+        fx,
+        OPERATOR,
+        signed_image_with_counter(&fx.vendor_root, "press-guardian", (1, 2, 1), 2),
+    )
+    .await;
+    assert_eq!(status, 201, "{accepted}");
 }
 
 #[tokio::test]
