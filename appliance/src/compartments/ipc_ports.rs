@@ -18,8 +18,8 @@ use crate::ports::messages::{
     PageToLink, STATUS_PAGE,
 };
 use crate::ports::{
-    BULK_FRAMES, BridgesPorts, COMMANDS_QUEUE, Greeting, LINK_PAGE_QUEUE, LinkGrants, LinkPorts, Outgoing,
-    PAGE_QUEUE, PagePorts, READINGS_QUEUE,
+    BULK_FRAMES, BridgesPorts, COMMANDS_QUEUE, Greeting, LINK_PAGE_QUEUE, LinkGrants, LinkPorts,
+    Outgoing, PAGE_QUEUE, PagePorts, READINGS_QUEUE,
 };
 use crate::supervision::Supervisor;
 

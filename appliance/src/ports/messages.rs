@@ -312,8 +312,12 @@ mod tests {
             panic!("{back:?}");
         };
         assert_eq!(frame, health);
-        let to_link =
-            BridgesToLink::Readings(vec![Reading::number("line1/t".into(), 21.5, "°C".into(), 9)]);
+        let to_link = BridgesToLink::Readings(vec![Reading::number(
+            "line1/t".into(),
+            21.5,
+            "°C".into(),
+            9,
+        )]);
         let mut bytes = Vec::new();
         write_frame(&mut bytes, &to_link).expect("write");
         assert_eq!(

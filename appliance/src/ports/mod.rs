@@ -137,11 +137,7 @@ impl<T> Outgoing<T> {
             .max_capacity()
             .saturating_sub(BULK_FRAMES - 1)
             .max(1);
-        let mut permits = self
-            .sender
-            .reserve_many(room)
-            .await
-            .map_err(|_| PeerGone)?;
+        let mut permits = self.sender.reserve_many(room).await.map_err(|_| PeerGone)?;
         permits.next().ok_or(PeerGone)?.send(message);
         Ok(())
     }
