@@ -421,21 +421,47 @@ pub(crate) mod tests {
         pump.await.expect("pump").expect("no failure");
     }
 
+    /// A pump between `samples` and fresh link and page queues of the given sizes.
+    fn spawn_pump(
+        samples: mpsc::Receiver<Sample>,
+        (link_queue, page_queue): (usize, usize),
+    ) -> (
+        PumpStop,
+        mpsc::Receiver<BridgesToLink>,
+        mpsc::Receiver<BridgesToPage>,
+    ) {
+        let (link_tx, link_rx) = mpsc::channel(link_queue);
+        let (page_tx, page_rx) = mpsc::channel(page_queue);
+        let shutdown = CancellationToken::new();
+        let pump = tokio::spawn(forward_samples(
+            samples,
+            Outgoing::once(link_tx),
+            Outgoing::once(page_tx),
+            shutdown.clone(),
+        ));
+        (PumpStop(pump, shutdown), link_rx, page_rx)
+    }
+
+    /// Stops a pump of [`spawn_pump`], which must not have failed.
+    struct PumpStop(
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+        CancellationToken,
+    );
+
+    impl PumpStop {
+        async fn stop(self) {
+            self.1.cancel();
+            self.0.await.expect("pump").expect("no failure");
+        }
+    }
+
     /// Backpressure: a link that does not read stops the pump once its queue is full,
     /// and then the pollers, whose sends wait; when the link reads again it gets every
     /// reading the pollers handed over, in order.
     #[tokio::test]
     async fn a_full_link_holds_the_pollers_back_and_loses_nothing() {
         let (sample_tx, sample_rx) = mpsc::channel(16);
-        let (link_tx, mut link_rx) = mpsc::channel(1);
-        let (page_tx, mut page_rx) = mpsc::channel(64);
-        let shutdown = CancellationToken::new();
-        let pump = tokio::spawn(forward_samples(
-            sample_rx,
-            Outgoing::once(link_tx),
-            Outgoing::once(page_tx),
-            shutdown.clone(),
-        ));
+        let (pump, mut link_rx, mut page_rx) = spawn_pump(sample_rx, (1, 64));
         let mut sent = 0_u32;
         loop {
             let send = sample_tx.send(numbered(sent));
@@ -459,8 +485,7 @@ pub(crate) mod tests {
             shown.extend(frames.into_iter().map(|frame| frame.timestamp_ms));
         }
         assert_eq!(shown, (0..u64::from(sent)).collect::<Vec<_>>());
-        shutdown.cancel();
-        pump.await.expect("pump").expect("no failure");
+        pump.stop().await;
     }
 
     /// Samples read within [`GATHER`] of each other travel as one batch; a sample
@@ -468,15 +493,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_burst_travels_as_one_batch() {
         let (sample_tx, sample_rx) = mpsc::channel(64);
-        let (link_tx, mut link_rx) = mpsc::channel(8);
-        let (page_tx, _page_rx) = mpsc::channel(8);
-        let shutdown = CancellationToken::new();
-        let pump = tokio::spawn(forward_samples(
-            sample_rx,
-            Outgoing::once(link_tx),
-            Outgoing::once(page_tx),
-            shutdown.clone(),
-        ));
+        let (pump, mut link_rx, _page_rx) = spawn_pump(sample_rx, (8, 8));
         for n in 0..10 {
             sample_tx.send(numbered(n)).await.expect("sent");
         }
@@ -489,8 +506,7 @@ pub(crate) mod tests {
             panic!("no batch");
         };
         assert_eq!(second.iter().map(|r| r.ts_ms).collect::<Vec<_>>(), [10]);
-        shutdown.cancel();
-        pump.await.expect("pump").expect("no failure");
+        pump.stop().await;
     }
 
     fn sample(value: Value) -> Sample {
