@@ -48,7 +48,8 @@ pub use status::{AttestationAnswers, FleetVerdict, LinkState, LinkStatus};
 
 /// How often the agent looks for messages to send.
 const PUMP_INTERVAL: Duration = Duration::from_millis(10);
-/// Most readings taken from the channel at once (one journal write each burst).
+/// Most readings taken from the channel at once (one journal write each burst; the
+/// last batch taken may carry it past this).
 const MAX_BURST: usize = 1024;
 /// First retry of a failed setup step or of a failed outbox.
 pub const SETUP_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -251,13 +252,15 @@ impl LinkAgent {
 
     /// Runs until `shutdown` fires or `readings` closes; then writes what it holds to
     /// the outbox (or leaves it in the readings journal), so nothing read is lost
-    /// across a restart.
+    /// across a restart. Readings come in batches, in the order they were read (the
+    /// appliance passes on what its bridges read in one burst at once: one message and
+    /// one wake-up of the agent per burst, not per reading).
     ///
     /// Faults are outlived, not returned: see the module docs. The only error is
     /// [`LinkError::Identity`], a configuration that can never work.
     pub async fn run(
         self,
-        mut readings: mpsc::Receiver<Reading>,
+        mut readings: mpsc::Receiver<Vec<Reading>>,
         shutdown: CancellationToken,
     ) -> Result<(), LinkError> {
         let identity_configured = matches!(
@@ -278,8 +281,8 @@ impl LinkAgent {
             let retry_at = link.next_retry();
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                reading = readings.recv() => match reading {
-                    Some(reading) => link.take_burst(reading, &mut readings),
+                batch = readings.recv() => match batch {
+                    Some(batch) => link.take_burst(batch, &mut readings),
                     None => break,
                 },
                 _ = batch_tick.tick() => {
@@ -665,16 +668,18 @@ impl Link {
 
     /// Takes `first` and whatever else is waiting in the channel (up to a burst) into
     /// the pending store, and journals them with one write.
-    fn take_burst(&mut self, first: Reading, readings: &mut mpsc::Receiver<Reading>) {
+    fn take_burst(&mut self, first: Vec<Reading>, readings: &mut mpsc::Receiver<Vec<Reading>>) {
         let (mut kept, mut dropped) = (0u64, 0u64);
         let mut next = Some(first);
         let mut taken = 0;
-        while let Some(reading) = next {
-            match self.pending.push(reading) {
-                Pushed::Kept => kept += 1,
-                Pushed::Refused => dropped += 1,
+        while let Some(batch) = next {
+            for reading in batch {
+                match self.pending.push(reading) {
+                    Pushed::Kept => kept += 1,
+                    Pushed::Refused => dropped += 1,
+                }
+                taken += 1;
             }
-            taken += 1;
             next = if taken < MAX_BURST {
                 readings.try_recv().ok()
             } else {
@@ -1147,9 +1152,9 @@ impl Link {
     /// At shutdown: takes what is still in the channel, appends everything pending
     /// (what the outbox does not take stays in the journal for the next start), syncs,
     /// and says goodbye to the broker.
-    async fn finish(mut self, readings: &mut mpsc::Receiver<Reading>) {
-        while let Ok(reading) = readings.try_recv() {
-            self.take_burst(reading, readings);
+    async fn finish(mut self, readings: &mut mpsc::Receiver<Vec<Reading>>) {
+        while let Ok(batch) = readings.try_recv() {
+            self.take_burst(batch, readings);
         }
         if self.outbox.is_none() {
             self.open_storage();

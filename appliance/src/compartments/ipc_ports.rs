@@ -18,8 +18,8 @@ use crate::ports::messages::{
     PageToLink, STATUS_PAGE,
 };
 use crate::ports::{
-    BridgesPorts, COMMANDS_QUEUE, Greeting, LINK_PAGE_QUEUE, LinkGrants, LinkPorts, Outgoing,
-    PAGE_QUEUE, PagePorts, READINGS_QUEUE,
+    BULK_FRAMES, BridgesPorts, COMMANDS_QUEUE, Greeting, LINK_PAGE_QUEUE, LinkGrants, LinkPorts,
+    Outgoing, PAGE_QUEUE, PagePorts, READINGS_QUEUE,
 };
 use crate::supervision::Supervisor;
 
@@ -74,7 +74,9 @@ pub fn link(
     shutdown: &CancellationToken,
 ) -> LinkPorts {
     let (to_bridges, to_bridges_rx) = mpsc::channel::<LinkToBridges>(COMMANDS_QUEUE);
-    let (from_bridges_tx, from_bridges) = mpsc::channel::<BridgesToLink>(READINGS_QUEUE);
+    // Small: the session fills it as it reads, and the link takes frames as they come
+    // (no greeting waits here), so it holds no more batches than the bridges' end.
+    let (from_bridges_tx, from_bridges) = mpsc::channel::<BridgesToLink>(BULK_FRAMES);
     let (bridge_streams_tx, bridge_streams) = mpsc::channel(4);
     ipc::route_offers(Arc::clone(compartment), vec![(BRIDGES, bridge_streams_tx)]);
     tasks.spawn_unit(
@@ -290,15 +292,8 @@ mod tests {
             )
             .await;
         });
-        for n in 0..COUNT {
-            if n % 500 == 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let Some(BridgesToLink::Reading(reading)) = from_bridges.recv().await else {
-                panic!("reading {n} is missing");
-            };
-            assert_eq!(reading.ts_ms, u64::from(n));
-        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        crate::roles::bridges::tests::readings_in_order(&mut from_bridges, COUNT).await;
         shutdown.cancel();
         pump.await.expect("pump").expect("no failure");
     }

@@ -69,8 +69,9 @@ pub trait Incoming: DeserializeOwned + Send + 'static {
 /// Bridges → link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum BridgesToLink {
-    /// A numeric reading for telemetry.
-    Reading(Reading),
+    /// Readings for telemetry, in the order they were read: what the bridges gathered
+    /// in one burst (see [`Batches`]).
+    Readings(Vec<Reading>),
     /// How a command ended (`CommandResult`).
     CommandResult(LinkPayload),
     /// The policy the bridges run (`TwinReported`).
@@ -114,8 +115,8 @@ pub enum BridgesToPage {
         /// Its counters.
         health: BridgeHealth,
     },
-    /// A point's new value.
-    Sample(SampleFrame),
+    /// Points' new values, in the order they were read (one burst, see [`Batches`]).
+    Samples(Vec<SampleFrame>),
 }
 
 /// Status page → bridges: nothing. The page may not ask the bridges for anything;
@@ -157,15 +158,15 @@ pub struct SampleFrame {
     pub timestamp_ms: u64,
 }
 
-impl From<&Sample> for SampleFrame {
-    fn from(sample: &Sample) -> Self {
+impl From<Sample> for SampleFrame {
+    fn from(sample: Sample) -> Self {
         let Sample {
             bridge,
             point,
             value,
             unit,
             timestamp_ms,
-        } = sample.clone();
+        } = sample;
         Self {
             bridge,
             point,
@@ -188,10 +189,81 @@ impl From<SampleFrame> for Sample {
     }
 }
 
+/// Most readings (or samples) in one frame.
+pub const BATCH_LEN: usize = 128;
+/// Most estimated bytes of one batch: half a monitor frame, so that what the estimate
+/// leaves out (postcard's length prefixes and tags) never makes a frame too long.
+const BATCH_BYTES: usize = warden_os::monitor::frame::MAX_FRAME_LEN / 2;
+
+/// About how many bytes an item takes in a frame (its texts, and room for the rest).
+pub trait FrameWeight {
+    /// The estimate.
+    fn frame_weight(&self) -> usize;
+}
+
+impl FrameWeight for Reading {
+    fn frame_weight(&self) -> usize {
+        self.point.len() + self.unit.len() + self.value.as_text().map_or(0, str::len) + 32
+    }
+}
+
+impl FrameWeight for SampleFrame {
+    fn frame_weight(&self) -> usize {
+        self.bridge.len()
+            + self.point.len()
+            + self.unit.len()
+            + self.value.as_text().map_or(0, str::len)
+            + 32
+    }
+}
+
+/// Readings or samples gathered for one frame each: a burst of them travels as one
+/// message (one channel send, one wake-up of the peer, one frame between compartments)
+/// instead of one per reading. A batch holds at most [`BATCH_LEN`] items and about
+/// half a frame of bytes.
+#[derive(Debug)]
+pub struct Batches<T> {
+    current: Vec<T>,
+    bytes: usize,
+}
+
+impl<T: FrameWeight> Batches<T> {
+    /// Nothing gathered yet.
+    pub fn new() -> Self {
+        Self {
+            current: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds `item`; returns the batch to send first when `item` does not fit into it.
+    pub fn push(&mut self, item: T) -> Option<Vec<T>> {
+        let weight = item.frame_weight();
+        let full = !self.current.is_empty()
+            && (self.current.len() == BATCH_LEN || self.bytes + weight > BATCH_BYTES);
+        let done = full.then(|| self.take()).flatten();
+        self.bytes += weight;
+        self.current.push(item);
+        done
+    }
+
+    /// The batch gathered so far, if it holds anything.
+    pub fn take(&mut self) -> Option<Vec<T>> {
+        self.bytes = 0;
+        (!self.current.is_empty()).then(|| std::mem::take(&mut self.current))
+    }
+}
+
+impl<T: FrameWeight> Default for Batches<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Incoming for BridgesToLink {
     fn check(&self) -> Result<(), PayloadError> {
         match self {
-            Self::Reading(_) => Ok(()),
+            Self::Readings(_) => Ok(()),
             Self::CommandResult(payload) => payload.decode::<CommandResult>().map(drop),
             Self::TwinReported(payload) => payload.decode::<TwinReported>().map(drop),
             Self::Event(payload) => payload.decode::<DeviceEvent>().map(drop),
@@ -240,8 +312,12 @@ mod tests {
             panic!("{back:?}");
         };
         assert_eq!(frame, health);
-        let to_link =
-            BridgesToLink::Reading(Reading::number("line1/t".into(), 21.5, "°C".into(), 9));
+        let to_link = BridgesToLink::Readings(vec![Reading::number(
+            "line1/t".into(),
+            21.5,
+            "°C".into(),
+            9,
+        )]);
         let mut bytes = Vec::new();
         write_frame(&mut bytes, &to_link).expect("write");
         assert_eq!(
@@ -251,14 +327,48 @@ mod tests {
         // A string point's reading (a text value) crosses postcard too.
         let text = Reading::text("line1/serial".into(), "AB-17".into(), String::new(), 9);
         let mut bytes = Vec::new();
-        write_frame(&mut bytes, &BridgesToLink::Reading(text)).expect("write");
-        let Some(BridgesToLink::Reading(back)) =
+        write_frame(&mut bytes, &BridgesToLink::Readings(vec![text])).expect("write");
+        let Some(BridgesToLink::Readings(mut back)) =
             read_frame::<BridgesToLink>(&mut bytes.as_slice()).expect("read")
         else {
             panic!("not a reading");
         };
+        let back = back.pop().expect("one reading");
         assert_eq!(back.value.as_number(), None);
         assert_eq!(back.value.as_text(), Some("AB-17"));
+    }
+
+    /// A burst is cut into batches of at most [`BATCH_LEN`] readings and half a frame
+    /// of bytes, in order; each fits a frame even with long names and texts.
+    #[test]
+    fn batches_keep_order_and_fit_a_frame() {
+        use warden_os::monitor::frame::write_frame;
+        let reading = |n: u64, text: usize| {
+            if text == 0 {
+                Reading::number(format!("line1/p{n}"), 1.0, "bar".into(), n)
+            } else {
+                Reading::text("x".repeat(120), "y".repeat(text), "z".repeat(40), n)
+            }
+        };
+        for text in [0, 250, 6000] {
+            let mut batches = Batches::new();
+            let mut sent = Vec::new();
+            for n in 0..1000 {
+                sent.extend(batches.push(reading(n, text)));
+            }
+            sent.extend(batches.take());
+            assert!(batches.take().is_none(), "taken once");
+            let order: Vec<u64> = sent.iter().flatten().map(|r| r.ts_ms).collect();
+            assert_eq!(order, (0..1000).collect::<Vec<_>>());
+            for batch in sent {
+                assert!(!batch.is_empty() && batch.len() <= BATCH_LEN);
+                if text == 0 {
+                    assert!(batch.len() == BATCH_LEN || batch.len() == 1000 % BATCH_LEN);
+                }
+                let mut bytes = Vec::new();
+                write_frame(&mut bytes, &BridgesToLink::Readings(batch)).expect("fits a frame");
+            }
+        }
     }
 
     #[test]

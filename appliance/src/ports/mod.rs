@@ -14,7 +14,17 @@
 //! reading is lost on the way. So readings are *sent and awaited* on bounded channels
 //! in both compositions: a slow or restarting link makes the bridges wait (and the
 //! pollers behind them, which then poll later), it never makes them drop. The wait is
-//! bounded by the channels ([`READINGS_QUEUE`] frames), not by time.
+//! bounded by the channels, not by time.
+//!
+//! Readings and samples travel in batches, one per burst the bridges read
+//! ([`messages::Batches`]): one send, one wake-up of the peer and one frame for many
+//! readings. Batches are *bulk* frames: they take at most [`BULK_FRAMES`] slots of a
+//! queue ([`Outgoing::send_bulk`]), so that at most `BULK_FRAMES` ×
+//! [`BATCH_LEN`](messages::BATCH_LEN) readings wait in one (4096, what the queue of
+//! single readings held before), while the rest of the queue keeps room for what
+//! must never wait behind them: the bridges' greeting (the policy and up to
+//! [`COMMAND_LOG_CAPACITY`](crate::commands::COMMAND_LOG_CAPACITY) unqueued command
+//! results, sent before the link reads in one process).
 //!
 //! Only what the status page shows is best effort (`try_send`): a sample, the bridges'
 //! counters, the link's state. The next frame replaces each of them, so a page that is
@@ -33,8 +43,11 @@ use warden_link::LinkStatus;
 
 use messages::{BridgesToLink, BridgesToPage, LinkToBridges, LinkToPage, PageToLink};
 
-/// Frames between the bridges and the link (readings, results, reported states).
+/// Frames between the bridges and the link (batches of readings, results, reported
+/// states): room for the bridges' greeting (see the module docs).
 pub const READINGS_QUEUE: usize = 4096;
+/// Most bulk frames (batches of readings or samples) waiting in one queue.
+pub const BULK_FRAMES: usize = 32;
 /// Frames the link sends the bridges (commands, desired states, queued results).
 pub const COMMANDS_QUEUE: usize = 64;
 /// Frames the bridges send the page (samples and counters).
@@ -114,14 +127,45 @@ impl<T> Outgoing<T> {
         self.sender.send(message).await.map_err(|_| PeerGone)
     }
 
+    /// Sends bulk `message` (a batch of readings) once at most [`BULK_FRAMES`] frames
+    /// wait in the peer's queue, waiting until then (backpressure; see the module docs).
+    pub async fn send_bulk(&self, message: T) -> Result<(), PeerGone> {
+        // Holding all the slots but `BULK_FRAMES - 1` means fewer than `BULK_FRAMES`
+        // are taken; one is used, the others go back when `permits` is dropped.
+        let room = self
+            .sender
+            .max_capacity()
+            .saturating_sub(BULK_FRAMES - 1)
+            .max(1);
+        let mut permits = self.sender.reserve_many(room).await.map_err(|_| PeerGone)?;
+        permits.next().ok_or(PeerGone)?.send(message);
+        Ok(())
+    }
+
+    /// Sends bulk `message` (a batch of samples for display) if fewer than
+    /// [`BULK_FRAMES`] frames wait in the peer's queue and it has room; counts it
+    /// dropped otherwise.
+    pub fn send_or_drop_bulk(&self, message: T) {
+        let waiting = self.sender.max_capacity() - self.sender.capacity();
+        if waiting >= BULK_FRAMES {
+            self.count_dropped();
+        } else {
+            self.send_or_drop(message);
+        }
+    }
+
     /// Sends `message` if the peer's queue has room; counts it dropped otherwise.
     /// Only for what the next frame replaces (see the module docs).
     pub fn send_or_drop(&self, message: T) {
         if self.sender.try_send(message).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::debug!(dropped, "a peer is behind; display frames dropped");
-            }
+            self.count_dropped();
+        }
+    }
+
+    fn count_dropped(&self) {
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if dropped.is_power_of_two() {
+            tracing::debug!(dropped, "a peer is behind; display frames dropped");
         }
     }
 
@@ -294,4 +338,68 @@ pub fn in_process(
             live: Some(live),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Batches wait for room among the first [`BULK_FRAMES`] slots of a queue; other
+    /// frames still get in beside them, and nothing is reordered or lost.
+    #[tokio::test]
+    async fn bulk_frames_take_a_bounded_share_of_the_queue() {
+        let (sender, mut receiver) = mpsc::channel(BULK_FRAMES + 8);
+        let outgoing = Outgoing::once(sender);
+        for n in 0..BULK_FRAMES {
+            outgoing.send_bulk(n).await.expect("room");
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), outgoing.send_bulk(1000));
+        assert!(waiting.await.is_err(), "a bulk frame past the bound waits");
+        tokio::time::timeout(Duration::from_millis(50), outgoing.send(2000))
+            .await
+            .expect("other frames are not held up")
+            .expect("sent");
+        // Two taken: fewer than `BULK_FRAMES` wait again, and the next batch goes in.
+        assert_eq!(receiver.recv().await, Some(0));
+        assert_eq!(receiver.recv().await, Some(1));
+        tokio::time::timeout(Duration::from_secs(5), outgoing.send_bulk(BULK_FRAMES))
+            .await
+            .expect("room again")
+            .expect("sent");
+        let rest: Vec<usize> = std::iter::from_fn(|| receiver.try_recv().ok()).collect();
+        let mut expected: Vec<usize> = (2..BULK_FRAMES).collect();
+        expected.extend([2000, BULK_FRAMES]);
+        assert_eq!(rest, expected);
+    }
+
+    /// Display batches are dropped, and counted, once [`BULK_FRAMES`] frames wait.
+    #[test]
+    fn display_batches_beyond_the_bound_are_dropped_and_counted() {
+        let (sender, _receiver) = mpsc::channel(BULK_FRAMES * 2);
+        let outgoing = Outgoing::once(sender);
+        for n in 0..BULK_FRAMES + 5 {
+            outgoing.send_or_drop_bulk(n);
+        }
+        assert_eq!(outgoing.dropped(), 5);
+        // A frame the next one replaces still finds room beside them.
+        outgoing.send_or_drop(0);
+        assert_eq!(outgoing.dropped(), 5);
+    }
+
+    /// A queue smaller than the bound still takes one batch at a time.
+    #[tokio::test]
+    async fn a_small_queue_takes_bulk_frames_one_by_one() {
+        let (sender, mut receiver) = mpsc::channel(2);
+        let outgoing = Outgoing::once(sender);
+        outgoing.send_bulk(1).await.expect("room");
+        outgoing.send_bulk(2).await.expect("room");
+        let waiting = tokio::time::timeout(Duration::from_millis(50), outgoing.send_bulk(3));
+        assert!(waiting.await.is_err(), "a full queue holds the sender back");
+        assert_eq!(receiver.recv().await, Some(1));
+        outgoing.send_bulk(3).await.expect("room");
+        drop(receiver);
+        assert_eq!(outgoing.send_bulk(4).await, Err(PeerGone));
+    }
 }

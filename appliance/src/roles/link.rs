@@ -25,8 +25,9 @@ use crate::supervision::Supervisor;
 
 /// How often the link's state goes to the status page.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
-/// Readings between this role and the agent.
-const AGENT_QUEUE: usize = 4096;
+/// Batches of readings between this role and the agent (each at most
+/// [`BATCH_LEN`](crate::ports::messages::BATCH_LEN) readings).
+const AGENT_QUEUE: usize = 32;
 
 /// Starts the link agent and everything around it under `tasks`.
 pub fn start(
@@ -88,7 +89,7 @@ pub fn start(
     // The agent retries what can get better by itself (broker away, pluton
     // restarting) and returns an error only for what never will: then the process
     // exits, and the bridges cannot block on a link that is gone.
-    let (reading_tx, reading_rx) = mpsc::channel::<Reading>(AGENT_QUEUE);
+    let (reading_tx, reading_rx) = mpsc::channel::<Vec<Reading>>(AGENT_QUEUE);
     let link_stop = shutdown.clone();
     tasks.spawn("link agent", async move {
         agent
@@ -177,12 +178,12 @@ pub fn start(
                 },
             };
             match message {
-                BridgesToLink::Reading(reading) => {
+                BridgesToLink::Readings(batch) => {
                     // Awaited: the outbox is where a reading becomes safe (see
                     // `crate::ports`); a busy agent slows the bridges down instead.
                     tokio::select! {
                         () = bridges_stop.cancelled() => return Ok(()),
-                        sent = reading_tx.send(reading) => if sent.is_err() {
+                        sent = reading_tx.send(batch) => if sent.is_err() {
                             anyhow::bail!("the link agent no longer takes readings");
                         },
                     }

@@ -144,7 +144,9 @@ pub fn apply_from_bridges(state: &ApplianceState, message: BridgesToPage) {
                 *view.health.lock().unwrap_or_else(PoisonError::into_inner) = health;
             }
         }
-        BridgesToPage::Sample(frame) => state.record_sample(&Sample::from(frame)),
+        BridgesToPage::Samples(frames) => {
+            state.record_samples(frames.into_iter().map(Sample::from));
+        }
     }
 }
 

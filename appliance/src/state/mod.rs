@@ -70,30 +70,34 @@ pub struct ApplianceState {
 }
 
 impl ApplianceState {
-    /// Keeps `sample` as its point's last value and, if numeric, in its trend history.
-    pub fn record_sample(&self, sample: &Sample) {
-        // The trend charts numbers (a flag as 0 or 1); a text has no trend.
-        if let Some(number) = sample.value.as_number().filter(|number| number.is_finite()) {
-            let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-            let recent = history
-                .entry((sample.bridge.clone(), sample.point.clone()))
-                .or_default();
-            if recent.len() == HISTORY_LENGTH {
-                recent.pop_front();
+    /// Keeps each sample as its point's last value and, if numeric, in its trend
+    /// history, in order (a burst: both locks are taken once for all of them).
+    pub fn record_samples(&self, samples: impl IntoIterator<Item = Sample>) {
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut values = self.values.lock().unwrap_or_else(PoisonError::into_inner);
+        for sample in samples {
+            // The trend charts numbers (a flag as 0 or 1); a text has no trend.
+            let key = (sample.bridge, sample.point);
+            if let Some(number) = sample.value.as_number().filter(|number| number.is_finite()) {
+                // A point seen before (all but its first sample) costs no key copy.
+                let recent = match history.get_mut(&key) {
+                    Some(recent) => recent,
+                    None => history.entry(key.clone()).or_default(),
+                };
+                if recent.len() == HISTORY_LENGTH {
+                    recent.pop_front();
+                }
+                recent.push_back(number);
             }
-            recent.push_back(number);
-        }
-        self.values
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                (sample.bridge.clone(), sample.point.clone()),
+            values.insert(
+                key,
                 LiveValue {
-                    value: sample.value.clone(),
-                    unit: sample.unit.clone(),
+                    value: sample.value,
+                    unit: sample.unit,
                     ts_ms: sample.timestamp_ms,
                 },
             );
+        }
     }
 }
 
@@ -115,13 +119,13 @@ mod tests {
     }
 
     fn record(state: &ApplianceState, point: &str, value: Value) {
-        state.record_sample(&Sample {
+        state.record_samples([Sample {
             bridge: "line1".into(),
             point: point.into(),
             value,
             unit: String::new(),
             timestamp_ms: 1_000,
-        });
+        }]);
     }
 
     fn shown(state: &ApplianceState, point: &str) -> serde_json::Value {

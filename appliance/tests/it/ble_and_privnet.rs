@@ -146,7 +146,7 @@ async fn ble_readings_flow_and_cloud_writes_pass_the_policy() {
             .await
             .expect("samples within 30 s")
             .expect("a sample");
-        let reading = warden::roles::bridges::telemetry_reading(sample).expect("numeric");
+        let reading = warden::roles::bridges::telemetry_reading(&sample).expect("numeric");
         if reading.point == "greenhouse/humidity" {
             let humidity = reading.value.as_number().expect("a number");
             assert!((humidity - 45.5).abs() < 1e-9, "{reading:?}");

@@ -133,10 +133,11 @@ async fn wait_for(
     }
 }
 
-/// Sends `readings`, each within a second (the agent must never block the bridges).
-async fn send_all(tx: &mpsc::Sender<Reading>, readings: impl IntoIterator<Item = Reading>) {
+/// Sends `readings`, one batch each, each within a second (the agent must never block
+/// the bridges).
+async fn send_all(tx: &mpsc::Sender<Vec<Reading>>, readings: impl IntoIterator<Item = Reading>) {
     for reading in readings {
-        tokio::time::timeout(Duration::from_secs(1), tx.send(reading))
+        tokio::time::timeout(Duration::from_secs(1), tx.send(vec![reading]))
             .await
             .expect("the agent takes readings without blocking the sender")
             .expect("the agent is running");
@@ -492,7 +493,7 @@ async fn a_frozen_broker_is_declared_dead_within_two_keep_alives() {
     // Telemetry flows all along, as on a working unit.
     let producer = tokio::spawn(async move {
         for n in 0.. {
-            if tx.send(reading(n)).await.is_err() {
+            if tx.send(vec![reading(n)]).await.is_err() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
