@@ -166,14 +166,13 @@ impl PasswordVerifier {
         let Some(computed) = computed.get_mut(..expected.len()) else {
             return false;
         };
-        argon2::Argon2::new(argon2::Algorithm::Argon2id, self.version, self.params.clone())
-            .hash_password_into_with_memory(
-                password.as_bytes(),
-                salt,
-                computed,
-                memory.as_mut_slice(),
-            )
-            .is_ok()
+        argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            self.version,
+            self.params.clone(),
+        )
+        .hash_password_into_with_memory(password.as_bytes(), salt, computed, memory.as_mut_slice())
+        .is_ok()
             && bool::from(computed.ct_eq(expected.as_bytes()))
     }
 }
@@ -378,9 +377,7 @@ impl LoginLimiter {
             }
         }
         let per_second = f64::from(GLOBAL_CHECKS_PER_MINUTE) / 60.0;
-        let (tokens, since) = self
-            .bucket
-            .get_or_insert((f64::from(GLOBAL_BURST), now));
+        let (tokens, since) = self.bucket.get_or_insert((f64::from(GLOBAL_BURST), now));
         *tokens = (*tokens + now.saturating_duration_since(*since).as_secs_f64() * per_second)
             .min(f64::from(GLOBAL_BURST));
         *since = now;
@@ -491,7 +488,10 @@ mod tests {
         std::fs::write(&costly_path, costly).expect("write");
         let error = PasswordVerifier::load(&costly_path).expect_err("over budget");
         let message = error.to_string();
-        assert!(message.contains("costly.phc") && message.contains("65536 KiB"), "{message}");
+        assert!(
+            message.contains("costly.phc") && message.contains("65536 KiB"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -562,13 +562,22 @@ mod tests {
         limiter.succeeded(operator, start);
         let mut refused = 0;
         for i in 0..200u32 {
-            let client: IpAddr = [10, 1, u8::try_from(i / 200).expect("small"), u8::try_from(i % 200).expect("small")].into();
+            let client: IpAddr = [
+                10,
+                1,
+                u8::try_from(i / 200).expect("small"),
+                u8::try_from(i % 200).expect("small"),
+            ]
+            .into();
             match limiter.check(client, start) {
                 LoginGate::Open => {
                     limiter.failed(client, start);
                 }
                 LoginGate::Locked(wait) => {
-                    assert!(wait <= Duration::from_secs(2), "a short wait, not a lockout: {wait:?}");
+                    assert!(
+                        wait <= Duration::from_secs(2),
+                        "a short wait, not a lockout: {wait:?}"
+                    );
                     refused += 1;
                 }
             }
@@ -576,8 +585,15 @@ mod tests {
         assert_eq!(refused, 200 - (GLOBAL_BURST - 1));
         let fresh: IpAddr = [10, 0, 3, 1].into();
         assert!(matches!(limiter.check(fresh, start), LoginGate::Locked(_)));
-        assert_eq!(limiter.check(operator, start), LoginGate::Open, "known good");
-        assert_eq!(limiter.check(fresh, start + Duration::from_secs(2)), LoginGate::Open);
+        assert_eq!(
+            limiter.check(operator, start),
+            LoginGate::Open,
+            "known good"
+        );
+        assert_eq!(
+            limiter.check(fresh, start + Duration::from_secs(2)),
+            LoginGate::Open
+        );
     }
 
     #[test]

@@ -90,12 +90,8 @@ impl PreparedPage {
                     .await
                     .with_context(|| format!("cannot listen for /metrics on {listen}"))?;
                 let metrics_address = metrics.local_addr()?;
-                let metrics = GuardedTcpListener::new(
-                    metrics,
-                    plan.metrics,
-                    METRICS_DEADLINES,
-                    "metrics",
-                );
+                let metrics =
+                    GuardedTcpListener::new(metrics, plan.metrics, METRICS_DEADLINES, "metrics");
                 let router = crate::metrics::router(state.clone());
                 let stop = shutdown.clone();
                 tasks.spawn(async move {

@@ -434,7 +434,10 @@ async fn status_page_login_lockout_csrf_headers_and_metrics() {
         tokio::time::sleep(Duration::from_secs(expected_wait / 2)).await;
         let guessed = other.login("guess").await;
         assert_eq!(guessed.status, 429);
-        assert_eq!(guessed.header("retry-after"), Some(expected_wait.to_string().as_str()));
+        assert_eq!(
+            guessed.header("retry-after"),
+            Some(expected_wait.to_string().as_str())
+        );
     }
     let locked = other.login(&urls.status_password).await;
     assert_eq!(locked.status, 429);

@@ -256,8 +256,13 @@ fn send_to_address(port: u16) -> std::io::Result<()> {
     };
     use std::os::fd::AsRawFd as _;
     let io = |errno: nix::errno::Errno| std::io::Error::from_raw_os_error(errno as i32);
-    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(io)?;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io)?;
     let target = SockaddrIn::new(127, 0, 0, 1, port);
     sendto(
         fd.as_raw_fd(),

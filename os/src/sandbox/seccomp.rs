@@ -351,7 +351,10 @@ impl Profile {
             || call == libc::SYS_socketpair
             || call == libc::SYS_clone
             || (call == libc::SYS_socket && !self.socket_families().is_empty())
-            || matches!(call, libc::SYS_sendto | libc::SYS_sendmsg | libc::SYS_sendmmsg)
+            || matches!(
+                call,
+                libc::SYS_sendto | libc::SYS_sendmsg | libc::SYS_sendmmsg
+            )
     }
 }
 
@@ -380,7 +383,12 @@ pub fn allowlist_program(profile: &Profile) -> Result<BpfProgram, seccompiler::B
         .into_iter()
         .map(|(family, kind)| {
             rule(vec![
-                condition(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, u64::from(family.unsigned_abs())),
+                condition(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    u64::from(family.unsigned_abs()),
+                ),
                 condition(
                     1,
                     SeccompCmpArgLen::Dword,
@@ -395,7 +403,12 @@ pub fn allowlist_program(profile: &Profile) -> Result<BpfProgram, seccompiler::B
     }
     let fastopen = u64::from(libc::MSG_FASTOPEN.unsigned_abs());
     let no_fastopen = |index: u8| {
-        condition(index, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(fastopen), 0)
+        condition(
+            index,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(fastopen),
+            0,
+        )
     };
     if !profile.sends_datagrams {
         // sendto(fd, buf, len, flags, dest_addr, addrlen): no address, no Fast Open.

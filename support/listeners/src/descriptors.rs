@@ -32,7 +32,9 @@ impl DescriptorBudget {
     /// is smaller (at least 1).
     pub fn cap(&self, wanted: usize, percent: u64) -> usize {
         let share = self.for_listeners().saturating_mul(percent.min(100)) / 100;
-        usize::try_from(share).map_or(wanted, |share| wanted.min(share)).max(1)
+        usize::try_from(share)
+            .map_or(wanted, |share| wanted.min(share))
+            .max(1)
     }
 }
 

@@ -82,9 +82,10 @@ impl<S> GuardedStream<S> {
             // real deadline now.
             let deadline = self.deadline();
             if Instant::now() >= deadline {
-                let what = if self.request_started.is_some_and(|started| {
-                    deadline >= started + self.deadlines.request
-                }) {
+                let what = if self
+                    .request_started
+                    .is_some_and(|started| deadline >= started + self.deadlines.request)
+                {
                     "request not completed and answered in time"
                 } else {
                     "connection idle too long"
@@ -206,7 +207,12 @@ mod tests {
         idle: Duration::from_secs(30),
     };
 
-    fn guarded(gate: &AdmissionGate) -> (GuardedStream<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+    fn guarded(
+        gate: &AdmissionGate,
+    ) -> (
+        GuardedStream<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+    ) {
         let (server, client) = tokio::io::duplex(1024);
         let admission = gate.admit([127, 0, 0, 1].into()).expect("room");
         (GuardedStream::new(server, admission, DEADLINES), client)
@@ -272,7 +278,9 @@ mod tests {
             server.read(&mut buf).await
         });
         tokio::task::yield_now().await;
-        let _newcomer = gate.admit([127, 0, 0, 2].into()).expect("the silent one yields");
+        let _newcomer = gate
+            .admit([127, 0, 0, 2].into())
+            .expect("the silent one yields");
         let error = reading.await.expect("join").expect_err("evicted");
         assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
     }

@@ -53,7 +53,9 @@ mod tests {
         let listener = bind_unix_socket(&path, 0o600).expect("bind");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let _client = tokio::net::UnixStream::connect(&path).await.expect("connect");
+        let _client = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
         let _ = listener.accept().await.expect("accept");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("list")
