@@ -79,8 +79,9 @@ pub struct BootArgs {
     #[arg(long, default_value = "/run/warden/pluton/pluton.sock")]
     pub pluton_socket: PathBuf,
     /// Where pluton keeps its keys: `software` or `tpm` (`warden pluton --backend`).
-    #[arg(long, value_parser = ["software", "tpm"], default_value = "software")]
-    pub pluton_backend: String,
+    /// Default: the backend pluton's state directory belongs to (the station's choice).
+    #[arg(long, value_parser = ["software", "tpm"])]
+    pub pluton_backend: Option<String>,
     /// The TPM's TCTI with `--pluton-backend tpm`.
     #[arg(long, default_value = "device:/dev/tpmrm0")]
     pub pluton_tcti: String,
@@ -232,7 +233,7 @@ impl PlutonProcess {
         let _ = std::fs::remove_file(&args.pluton_socket);
         let mut command = std::process::Command::new(&exe);
         tokens.hand_to(&mut command);
-        let child = command
+        command
             .arg("pluton")
             .arg("--socket")
             .arg(&args.pluton_socket)
@@ -240,10 +241,12 @@ impl PlutonProcess {
             .arg(&args.pluton_state_dir)
             .arg("--parent-pid")
             .arg(std::process::id().to_string())
-            .arg("--backend")
-            .arg(&args.pluton_backend)
             .arg("--tcti")
-            .arg(&args.pluton_tcti)
+            .arg(&args.pluton_tcti);
+        if let Some(backend) = &args.pluton_backend {
+            command.arg("--backend").arg(backend);
+        }
+        let child = command
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start pluton ({})", exe.display()))?;

@@ -93,9 +93,12 @@ enum Command {
         #[arg(long)]
         unseparated: bool,
         /// Where pluton keeps its keys: `software` (its state directory) or `tpm` (a TPM
-        /// 2.0; needs a build with the `tpm` feature).
-        #[arg(long, value_parser = ["software", "tpm"], default_value = "software")]
-        backend: String,
+        /// 2.0; needs a build with the `tpm` feature). Default: the backend the state
+        /// directory belongs to (recorded at its first start; the provisioning station's
+        /// `[pluton] backend`), `software` for a new one. Asking for the other backend
+        /// than the state's is refused.
+        #[arg(long, value_parser = ["software", "tpm"])]
+        backend: Option<String>,
         /// The TPM's TCTI with `--backend tpm`: `device:/dev/tpmrm0` on hardware,
         /// `swtpm:host=127.0.0.1,port=2321` for swtpm.
         #[arg(long, default_value = "device:/dev/tpmrm0")]
@@ -167,9 +170,15 @@ fn main() -> ExitCode {
             backend,
             tcti,
         }) => run_async(async move {
+            let backend = match backend {
+                Some(name) => warden_pluton::backend_record::BackendKind::from_name(&name),
+                None => warden_pluton::backend_record::recorded(&state_dir)?,
+            };
             let options = warden_pluton::server::ServeOptions {
-                backend: match backend.as_str() {
-                    "tpm" => warden_pluton::server::Backend::Tpm { tcti },
+                backend: match backend {
+                    Some(warden_pluton::backend_record::BackendKind::Tpm) => {
+                        warden_pluton::server::Backend::Tpm { tcti }
+                    }
                     _ => warden_pluton::server::Backend::Software,
                 },
                 firmware_version,

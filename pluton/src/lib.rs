@@ -15,6 +15,8 @@ pub mod sealing;
 pub mod store;
 
 #[cfg(feature = "std")]
+pub mod backend_record;
+#[cfg(feature = "std")]
 pub mod file_store;
 #[cfg(feature = "std")]
 pub mod server;

@@ -26,6 +26,7 @@ use zeroize::Zeroize;
 
 use crate::PlutonError;
 use crate::backend::{RootOfTrust, SoftwarePluton};
+use crate::backend_record::{self, BackendKind, BackendRecordError};
 use crate::capability::{CAPABILITY_LEN, ProvisioningCapability};
 use crate::file_store::{
     FileStore, FileStoreError, create_private_directory, write_file_atomically,
@@ -99,6 +100,16 @@ pub enum Backend {
     },
 }
 
+impl Backend {
+    /// Which backend this is, as the state directory records it.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Self::Software => BackendKind::Software,
+            Self::Tpm { .. } => BackendKind::Tpm,
+        }
+    }
+}
+
 /// The TCTI of the kernel's TPM resource manager, the default on hardware.
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 
@@ -146,6 +157,9 @@ pub enum ServerError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The state directory belongs to another backend, or its record is unreadable.
+    #[error(transparent)]
+    BackendRecord(#[from] BackendRecordError),
     /// The configuration asks for the TPM backend, and this build does not have it.
     #[error("the tpm backend is not built in: build warden-pluton with the cargo feature `tpm`")]
     TpmNotBuilt,
@@ -176,6 +190,7 @@ pub fn open_file_backed(
 ) -> Result<FileBackedPluton, ServerError> {
     open_on_state_dir(
         state_dir,
+        BackendKind::Software,
         options,
         |store, deliver| {
             SoftwarePluton::open(store, getrandom::SysRng, options.firmware_version, deliver)
@@ -197,6 +212,7 @@ pub fn open_tpm_backed(
 ) -> Result<crate::tpm::TpmPluton<FileStore>, ServerError> {
     open_on_state_dir(
         state_dir,
+        BackendKind::Tpm,
         options,
         |store, deliver| {
             crate::tpm::TpmPluton::open(tcti, store, options.firmware_version, deliver)
@@ -213,6 +229,7 @@ pub fn open_tpm_backed(
 /// before it persists its first state). A failed capability write is reported as such.
 fn open_on_state_dir<B, E>(
     state_dir: &Path,
+    kind: BackendKind,
     options: &ServeOptions,
     open: impl FnOnce(
         FileStore,
@@ -221,6 +238,7 @@ fn open_on_state_dir<B, E>(
     backend_error: impl FnOnce(E) -> ServerError,
 ) -> Result<B, ServerError> {
     create_private_directory(state_dir)?;
+    backend_record::claim(state_dir, kind)?;
     let store = FileStore::open(state_dir)?;
     let capability_path = options
         .capability_file

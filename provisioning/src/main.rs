@@ -73,6 +73,12 @@ enum Command {
         /// State directory.
         #[arg(long)]
         state_dir: PathBuf,
+        /// `software` or `tpm` (station.toml's `[pluton] backend`).
+        #[arg(long, value_parser = ["software", "tpm"], default_value = "software")]
+        backend: String,
+        /// The TPM's TCTI with `--backend tpm`.
+        #[arg(long, default_value = warden_pluton::server::DEFAULT_TCTI)]
+        tcti: String,
     },
 }
 
@@ -239,8 +245,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Pluton { socket, state_dir } => {
-            warden_provision::pluton_process::run_role(&socket, &state_dir)?;
+        Command::Pluton {
+            socket,
+            state_dir,
+            backend,
+            tcti,
+        } => {
+            let backend = match backend.as_str() {
+                "tpm" => warden_pluton::server::Backend::Tpm { tcti },
+                _ => warden_pluton::server::Backend::Software,
+            };
+            warden_provision::pluton_process::run_role(&socket, &state_dir, backend)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use warden_pluton::ProvisioningCapability;
+use warden_pluton::server::Backend;
 use warden_pluton_api::PlutonClient;
 
 /// Environment variable telling the pluton role its parent's pid.
@@ -50,9 +51,11 @@ pub struct PlutonProcess {
 }
 
 impl PlutonProcess {
-    /// Start `exe pluton --socket … --state-dir …` and wait until it answers.
+    /// Start `exe pluton --socket … --state-dir … [--backend tpm --tcti …]` and wait
+    /// until it answers.
     pub fn start(
         exe: &Path,
+        backend: &Backend,
         socket: &Path,
         state_dir: &Path,
         capability_file: &Path,
@@ -61,20 +64,27 @@ impl PlutonProcess {
             let _ = std::fs::create_dir_all(parent);
         }
         let _ = std::fs::remove_file(socket);
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg("pluton")
             .arg("--socket")
             .arg(socket)
             .arg("--state-dir")
-            .arg(state_dir)
+            .arg(state_dir);
+        if let Backend::Tpm { tcti } = backend {
+            command.args(["--backend", "tpm", "--tcti", tcti]);
+        }
+        let mut child = command
             .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| PlutonProcessError::Spawn {
                 exe: exe.to_owned(),
                 source,
             })?;
+        let last_words = forward_stderr(&mut child);
         let mut process = Self {
             child,
             socket: socket.to_owned(),
@@ -87,7 +97,12 @@ impl PlutonProcess {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = process.child.try_wait() {
-                return Err(not_listening(format!("exited with {status}")));
+                let said = last_words.wait();
+                return Err(not_listening(if said.is_empty() {
+                    format!("exited with {status}")
+                } else {
+                    format!("exited with {status}: {said}")
+                }));
             }
             if let Ok(mut client) = PlutonClient::connect(socket)
                 && client.status().is_ok()
@@ -124,6 +139,37 @@ impl PlutonProcess {
     }
 }
 
+/// The last line pluton wrote to stderr, once its stderr has closed.
+struct LastWords(Option<std::thread::JoinHandle<String>>);
+
+impl LastWords {
+    /// Wait for pluton's stderr to close (it has exited) and return its last line.
+    fn wait(self) -> String {
+        self.0
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Copy pluton's stderr to the station's, line by line, keeping the last line: when
+/// pluton refuses to start, its reason goes into the unit's report, not only the log.
+fn forward_stderr(child: &mut Child) -> LastWords {
+    use std::io::BufRead as _;
+    LastWords(child.stderr.take().map(|stderr| {
+        std::thread::spawn(move || {
+            let mut last = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if !line.trim().is_empty() {
+                    last = line;
+                }
+            }
+            last
+        })
+    }))
+}
+
 impl Drop for PlutonProcess {
     fn drop(&mut self) {
         // Pluton's store is crash-safe (atomic renames), so a kill is a clean stop.
@@ -151,8 +197,8 @@ pub enum RoleError {
     Serve(#[from] warden_pluton::server::ServerError),
 }
 
-/// The hidden `pluton` role: die with the station, then serve.
-pub fn run_role(socket: &Path, state_dir: &Path) -> Result<(), RoleError> {
+/// The hidden `pluton` role: die with the station, then serve on `backend`.
+pub fn run_role(socket: &Path, state_dir: &Path, backend: Backend) -> Result<(), RoleError> {
     // Ask the kernel to kill this process when the station dies, then check that the
     // station did not die before the request took effect.
     nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL))
@@ -172,6 +218,7 @@ pub fn run_role(socket: &Path, state_dir: &Path) -> Result<(), RoleError> {
         state_dir,
         // At the station there are no compartments to tell apart (issue #19).
         warden_pluton::server::ServeOptions {
+            backend,
             roles: warden_pluton::server::CallerRoles::unseparated(),
             ..Default::default()
         },

@@ -41,6 +41,54 @@ pub struct StationConfig {
     pub selftest: SelftestConfig,
     /// The fleet's registration API.
     pub fleet: FleetConfig,
+    /// Where each unit's pluton keeps its keys.
+    #[serde(default)]
+    pub pluton: PlutonConfig,
+}
+
+/// `[pluton]`: the root of trust the station provisions each unit on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlutonConfig {
+    /// `"software"` (keys in the unit's pluton state directory; the default) or `"tpm"`
+    /// (the unit's TPM 2.0: the station must run where that TPM is reachable, on the
+    /// unit itself in a factory boot or through `tcti`; needs a `warden-provision` built
+    /// with the `tpm` feature).
+    #[serde(default = "default_pluton_backend")]
+    pub backend: String,
+    /// The TPM's TCTI with `backend = "tpm"`: `device:/dev/tpmrm0` (the default) on the
+    /// unit, `swtpm:host=…,port=…` for a software TPM.
+    #[serde(default = "default_tcti")]
+    pub tcti: String,
+}
+
+impl Default for PlutonConfig {
+    fn default() -> Self {
+        Self {
+            backend: default_pluton_backend(),
+            tcti: default_tcti(),
+        }
+    }
+}
+
+fn default_pluton_backend() -> String {
+    "software".to_owned()
+}
+
+fn default_tcti() -> String {
+    warden_pluton::server::DEFAULT_TCTI.to_owned()
+}
+
+impl PlutonConfig {
+    /// The backend as pluton's server takes it (validated at load).
+    pub fn backend(&self) -> warden_pluton::server::Backend {
+        match self.backend.as_str() {
+            "tpm" => warden_pluton::server::Backend::Tpm {
+                tcti: self.tcti.clone(),
+            },
+            _ => warden_pluton::server::Backend::Software,
+        }
+    }
 }
 
 /// One vendor root public key.
@@ -227,6 +275,26 @@ impl StationConfig {
                 format!("{:?} must start with http:// or https://", self.fleet.url),
             ));
         }
+        match self.pluton.backend.as_str() {
+            "software" => {}
+            "tpm" if cfg!(feature = "tpm") => {
+                if self.pluton.tcti.trim().is_empty() {
+                    return Err(invalid("pluton.tcti", "must not be empty".into()));
+                }
+            }
+            "tpm" => {
+                return Err(invalid(
+                    "pluton.backend",
+                    "\"tpm\" needs a warden-provision built with the `tpm` feature (cargo build -p warden-provision --features tpm; Debian: libtss2-dev)".into(),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "pluton.backend",
+                    format!("{other:?} is not a backend (software, tpm)"),
+                ));
+            }
+        }
         if self.selftest.probe_timeout_secs == 0 {
             return Err(invalid(
                 "selftest.probe_timeout_secs",
@@ -286,4 +354,83 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATION: &str = r#"
+product = "warden-gw"
+group = "Production"
+ca_dir = "ca"
+units_dir = "units"
+factory_image = "factory.wim"
+policy_bundle = "policy.bundle"
+config_template = "warden.toml"
+policy_file = "policy.toml"
+fleet_ca = "fleet-ca.pem"
+
+[[vendor_root]]
+public_key = "vendor-root.pub.pem"
+purposes = ["image"]
+
+[fleet]
+url = "http://127.0.0.1:9"
+token_env = "T"
+"#;
+
+    fn load(extra: &str) -> Result<StationConfig, StationError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("station.toml");
+        std::fs::write(&path, format!("{STATION}{extra}")).expect("write");
+        StationConfig::load(&path)
+    }
+
+    fn invalid_field(result: Result<StationConfig, StationError>) -> (String, String) {
+        match result {
+            Err(StationError::Invalid { field, message, .. }) => (field, message),
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pluton_defaults_to_the_software_backend() {
+        let config = load("").expect("loads");
+        assert_eq!(
+            config.pluton.backend(),
+            warden_pluton::server::Backend::Software
+        );
+    }
+
+    #[test]
+    fn an_unknown_pluton_backend_is_refused_naming_the_field() {
+        let (field, message) = invalid_field(load("\n[pluton]\nbackend = \"hsm\"\n"));
+        assert_eq!(field, "pluton.backend");
+        assert!(message.contains("\"hsm\""), "{message}");
+    }
+
+    #[cfg(not(feature = "tpm"))]
+    #[test]
+    fn the_tpm_backend_without_the_feature_is_refused_at_load() {
+        let (field, message) = invalid_field(load("\n[pluton]\nbackend = \"tpm\"\n"));
+        assert_eq!(field, "pluton.backend");
+        assert!(message.contains("`tpm` feature"), "{message}");
+    }
+
+    #[cfg(feature = "tpm")]
+    #[test]
+    fn the_tpm_backend_carries_its_tcti() {
+        let config =
+            load("\n[pluton]\nbackend = \"tpm\"\ntcti = \"swtpm:host=127.0.0.1,port=2321\"\n")
+                .expect("loads");
+        assert_eq!(
+            config.pluton.backend(),
+            warden_pluton::server::Backend::Tpm {
+                tcti: "swtpm:host=127.0.0.1,port=2321".into()
+            }
+        );
+        let (field, _) = invalid_field(load("\n[pluton]\nbackend = \"tpm\"\ntcti = \" \"\n"));
+        assert_eq!(field, "pluton.tcti");
+    }
 }

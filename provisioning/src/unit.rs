@@ -220,6 +220,7 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
         Step::StartPluton,
         PlutonProcess::start(
             &station.pluton_exe,
+            &station.config.pluton.backend(),
             &layout.station_socket(),
             &layout.pluton_state_dir(),
             &layout.capability_file(),

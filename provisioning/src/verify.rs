@@ -162,7 +162,7 @@ pub fn verify_unit_local(
             .and_then(|()| client.quote(&nonce).map_err(failed))
             .and_then(|quote| {
                 warden_pluton::verify_quote(&quote, &identity.public_key.0, &nonce)
-                    .map(|_| "quote verifies with the certified key".to_owned())
+                    .map(|_| "quote verifies with the identity key pluton holds".to_owned())
                     .map_err(|e| CheckFailed::from(format!("{e:?}")))
             })
     });
@@ -393,6 +393,7 @@ pub fn verify_unit(station: &Station, root: &Path) -> VerifyReport {
     }
     let pluton = match PlutonProcess::start(
         &station.pluton_exe,
+        &station.config.pluton.backend(),
         &layout.station_socket(),
         &layout.pluton_state_dir(),
         &layout.capability_file(),

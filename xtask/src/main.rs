@@ -209,14 +209,33 @@ fn test_tpm() -> Vec<String> {
     ])
 }
 
-/// Clippy on the TPM backend, which the workspace lint does not build.
+/// The station provisioning a unit on its TPM (swtpm): `warden-provision` with `tpm`.
+fn test_station_tpm() -> Vec<String> {
+    args(&[
+        "test",
+        "-p",
+        "warden-provision",
+        "--features",
+        "tpm",
+        "--test",
+        "it",
+        "--",
+        "--ignored",
+        "tpm::",
+    ])
+}
+
+/// Clippy on the TPM backend and the station built with it, which the workspace lint
+/// does not build.
 fn lint_tpm() -> Vec<String> {
     args(&[
         "clippy",
         "-p",
         "warden-pluton",
+        "-p",
+        "warden-provision",
         "--features",
-        "tpm",
+        "warden-pluton/tpm,warden-provision/tpm",
         "--all-targets",
         "--",
         "-D",
@@ -226,7 +245,7 @@ fn lint_tpm() -> Vec<String> {
 
 /// The ignored tests, framed by the fault suite's table (`hil/tests/faults.rs` writes it
 /// to the target's `tmp/`; its test output is captured, so the table is printed here),
-/// then pluton's TPM backend on swtpm.
+/// then pluton's TPM backend and the station on it, on swtpm.
 fn real_component_tests() -> Vec<Step> {
     vec![
         Step::Check("clear the fault suite's table", clear_fault_table),
@@ -235,6 +254,7 @@ fn real_component_tests() -> Vec<Step> {
         Step::Check("the fault suite's table", print_fault_table),
         Step::Check("the attack suite's table", print_hostile_table),
         Step::Cargo(test_tpm()),
+        Step::Cargo(test_station_tpm()),
         Step::Cargo(lint_tpm()),
     ]
 }

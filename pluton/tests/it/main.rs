@@ -7,6 +7,4 @@ mod protocol;
 mod rights;
 mod support;
 #[cfg(feature = "tpm")]
-mod swtpm;
-#[cfg(feature = "tpm")]
 mod tpm;

@@ -19,7 +19,7 @@ use warden_pluton::protocol::{FRAME_HEADER_LEN, MAX_FRAME_LEN, Request, Response
 use warden_pluton_api::PlutonClient;
 
 use crate::support::{PlutonProcess, call, exchange_raw};
-use crate::swtpm::Swtpm;
+use warden_test_support::swtpm::Swtpm;
 
 /// Open the TPM backend with its state in `state_dir`; the capability on first start.
 fn open(swtpm: &Swtpm, state_dir: &Path) -> (TpmPluton<FileStore>, Option<ProvisioningCapability>) {

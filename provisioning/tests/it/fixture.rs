@@ -336,6 +336,23 @@ timeout_secs = 10
         self.dir.path()
     }
 
+    /// Provision on a TPM from now on: `[pluton] backend = "tpm"` with `tcti`.
+    #[cfg_attr(
+        not(feature = "tpm"),
+        allow(dead_code, reason = "the TPM tests need the feature")
+    )]
+    pub fn set_pluton_tpm(&self, tcti: &str) {
+        let path = self.path().join("station.toml");
+        let text = std::fs::read_to_string(&path).expect("station.toml");
+        let base = text
+            .split("\n[pluton]\n")
+            .next()
+            .unwrap_or(&text)
+            .to_owned();
+        let text = format!("{base}\n[pluton]\nbackend = \"tpm\"\ntcti = \"{tcti}\"\n");
+        std::fs::write(&path, text).expect("station.toml");
+    }
+
     pub fn unit_dir(&self, serial: &str) -> PathBuf {
         self.path().join("units").join(serial)
     }

@@ -2,3 +2,5 @@
 
 mod fixture;
 mod station;
+#[cfg(feature = "tpm")]
+mod tpm;

@@ -11,3 +11,4 @@ pub mod network_namespaces;
 pub mod ports;
 pub mod postgres;
 pub mod range_server;
+pub mod swtpm;

@@ -1,4 +1,5 @@
-//! A software TPM for the TPM backend's tests: `swtpm socket --tpm2` in a temp dir.
+//! A software TPM for the tests of pluton's TPM backend and of the station on it:
+//! `swtpm socket --tpm2` on a state directory (Debian: swtpm, swtpm-tools).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
