@@ -58,6 +58,10 @@ fn warden_binary() -> PathBuf {
 
 impl Demo {
     /// Starts the demo, under `RLIMIT_DATA = data_limit` when given.
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the child moves into Demo, whose Drop kills and reaps it"
+    )]
     async fn start(data_limit: Option<u64>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("demo.log");
@@ -78,7 +82,7 @@ impl Demo {
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .stdin(Stdio::null());
-        let child = command.spawn().expect("start warden demo");
+        let mut child = command.spawn().expect("start warden demo");
         let started = Instant::now();
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -112,10 +116,11 @@ impl Demo {
                     _dir: dir,
                 };
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the demo did not start:\n{text}"
-            );
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the demo did not start:\n{text}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -250,7 +255,7 @@ async fn https(
 /// Fetches the login form and posts `password` from `source`: the POST's status
 /// (303 logged in, 401 wrong, 429 wait).
 async fn login(page: SocketAddr, source: IpAddr, password: &str) -> anyhow::Result<u16> {
-    let form = format!("GET /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let form = "GET /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_owned();
     let (status, cookies, _) = https(page, source, form).await?;
     anyhow::ensure!(status == 200, "login form: {status}");
     let cookie = cookies
