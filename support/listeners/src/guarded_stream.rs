@@ -104,9 +104,24 @@ impl<S> GuardedStream<S> {
         }
     }
 
-    fn write_progress(&mut self) {
-        self.admission.activity().progressed(Instant::now(), true);
-        self.request_started = None;
+    /// A write's outcome: bytes written are an answer; a pending write still runs
+    /// under the deadlines.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    self.admission.activity().progressed(Instant::now(), true);
+                    self.request_started = None;
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => self.poll_ended(cx).map(Err),
+        }
     }
 }
 
@@ -144,16 +159,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.write_progress();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => this.poll_ended(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.after_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -162,16 +169,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
         data: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, data) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.write_progress();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => this.poll_ended(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, data);
+        this.after_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
