@@ -15,7 +15,10 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use warden_listeners::{AcceptBackoff, AdmissionGate, GuardedStream, Limits};
+
 use crate::config::StatusPageConfig;
+use crate::listening::CONTROL_DEADLINES;
 use crate::state::ApplianceState;
 
 /// File name of the socket inside the status page's state directory.
@@ -28,47 +31,51 @@ pub fn socket_path(config: &StatusPageConfig) -> PathBuf {
     config.state_dir.join(SOCKET_NAME)
 }
 
-/// Binds the socket (replacing a stale one), restricts it to the owner and serves
-/// snapshots until `shutdown`; the socket file is removed when it stops.
+/// Binds the socket (replacing a stale one; never reachable before it is the owner's
+/// alone: [`warden_listeners::bind_unix_socket`]) and serves snapshots until
+/// `shutdown`, to at most `limits` clients at once; the socket file is removed when it
+/// stops.
 pub fn serve(
     path: &Path,
     state: ApplianceState,
+    limits: Limits,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => {
-            return Err(error).with_context(|| format!("cannot remove stale {}", path.display()));
-        }
-    }
-    let listener = tokio::net::UnixListener::bind(path)
+    let listener = warden_listeners::bind_unix_socket(path, 0o600)
         .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
     let path = path.to_path_buf();
+    // One local user: every client shares the one "address".
+    let gate = AdmissionGate::new(limits);
+    let local = std::net::IpAddr::from([127, 0, 0, 1]);
     tasks.spawn(async move {
+        let mut backoff = AcceptBackoff::new("control socket");
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((mut stream, _)) => {
+                    Ok((stream, _)) => {
+                        backoff.succeeded();
+                        let admission = match gate.admit(local) {
+                            Ok(admission) => admission,
+                            Err(refused) => {
+                                tracing::debug!(%refused, "control socket client refused");
+                                continue;
+                            }
+                        };
                         let mut answer = serde_json::to_vec(&crate::status_page::status::snapshot(&state))
                             .unwrap_or_default();
                         answer.push(b'\n');
+                        let mut stream = GuardedStream::new(stream, admission, CONTROL_DEADLINES);
                         tokio::spawn(async move {
-                            let write = stream.write_all(&answer);
-                            if tokio::time::timeout(Duration::from_secs(5), write).await.is_err() {
-                                tracing::debug!("control socket client too slow; closed");
+                            if let Err(error) = stream.write_all(&answer).await {
+                                tracing::debug!(%error, "control socket client gone or too slow; closed");
                             }
                         });
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "control socket accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let wait = backoff.failed(&error);
+                        tokio::time::sleep(wait).await;
                     }
                 }
             }

@@ -11,6 +11,7 @@ pub mod control;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod failure_reports;
+pub mod listening;
 pub mod metrics;
 pub mod pluton_host;
 pub mod ports;

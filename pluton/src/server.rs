@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -303,21 +302,15 @@ pub fn read_role_token_file(path: &Path) -> Result<RoleToken, FileStoreError> {
     )?))
 }
 
-/// Bind `socket_path` (replacing a stale socket file, mode 0660).
+/// Bind `socket_path` (replacing a stale socket file, mode 0660 from the start).
 pub fn bind(socket_path: &Path) -> Result<UnixListener, ServerError> {
     let bind_error = |source| ServerError::Bind {
         path: socket_path.to_owned(),
         source,
     };
-    match std::fs::remove_file(socket_path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(bind_error(error)),
-    }
-    let listener = UnixListener::bind(socket_path).map_err(bind_error)?;
-    std::fs::set_permissions(socket_path, std::fs::Permissions::from_mode(0o660))
-        .map_err(bind_error)?;
-    Ok(listener)
+    // Bound in a private directory and renamed into place: never reachable with
+    // looser permissions than 0660.
+    warden_listeners::bind_unix_socket(socket_path, 0o660).map_err(bind_error)
 }
 
 /// Run pluton: open the chosen backend ([`ServeOptions::backend`]) with its state in
@@ -374,15 +367,17 @@ pub async fn serve_backend<B: RootOfTrust + Send + 'static>(
     let backend = Arc::new(Mutex::new(backend));
     let options = Arc::new(options);
     let slots = Arc::new(Slots::new());
+    let mut backoff = warden_listeners::AcceptBackoff::new("pluton");
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let wait = backoff.failed(&error);
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
+        backoff.succeeded();
         // The uid comes from the kernel (SO_PEERCRED), never from the request.
         let uid = match stream.peer_cred() {
             Ok(credentials) => credentials.uid(),

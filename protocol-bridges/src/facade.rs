@@ -11,14 +11,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use warden_listeners::{AcceptBackoff, AdmissionGate, Deadlines, GuardedStream, Limits};
 
 use crate::bridge::{BridgeHandle, RequestError};
 use crate::config::FacadeConfig;
 use crate::modbus::pdu::{self, ExceptionCode, PduError, Request};
 use crate::modbus::tcp_frame::MAX_FRAME_LEN;
-use crate::modbus::tcp_server::{ModbusService, ServeError, serve_connection};
+use crate::modbus::tcp_server::{ModbusService, ServeError, serve_stream};
 use crate::modbus::{Answer, ClientError};
 use crate::request_policy::RequestSource;
 
@@ -27,7 +27,8 @@ use crate::request_policy::RequestSource;
 pub struct FacadeHealth {
     /// Clients connected now.
     pub clients: u64,
-    /// Connections refused because `max_clients` were connected.
+    /// Connections refused because `max_clients` were connected (or the client's
+    /// address held its share), all busy: idle or unanswered ones yield instead.
     pub refused_connections: u64,
     /// Requests received.
     pub requests: u64,
@@ -39,6 +40,24 @@ pub struct FacadeHealth {
     pub failed: u64,
     /// The last denial, for people.
     pub last_denial: Option<String>,
+}
+
+/// A SCADA client's request must be complete and answered within 15 s (a downstream
+/// timeout is seconds); a client silent for 120 s (longer than any sane poll period)
+/// is closed.
+const FACADE_DEADLINES: Deadlines = Deadlines {
+    request: std::time::Duration::from_secs(15),
+    idle: std::time::Duration::from_secs(120),
+};
+
+/// `max_clients` in total, half of them (at least one) per client address, so one
+/// host cannot take every slot.
+fn facade_limits(max_clients: usize) -> Limits {
+    let total = max_clients.max(1);
+    Limits {
+        total,
+        per_address: total.div_ceil(2),
+    }
 }
 
 /// A started facade.
@@ -84,10 +103,11 @@ pub async fn start_facade(
     let address = listener.local_addr()?;
     let health = Arc::new(Mutex::new(FacadeHealth::default()));
     let routes = Arc::new(routes);
-    let slots = Arc::new(Semaphore::new(config.max_clients.max(1)));
+    let gate = AdmissionGate::new(facade_limits(config.max_clients));
     let serving_health = Arc::clone(&health);
     let task = async move {
         tracing::info!(%address, "gateway facade listening");
+        let mut backoff = AcceptBackoff::new("gateway facade");
         loop {
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -96,16 +116,23 @@ pub async fn start_facade(
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "facade accept failed");
+                    let wait = backoff.failed(&error);
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::warn!(%peer, "facade client refused: too many clients");
-                update(&serving_health, |h| h.refused_connections += 1);
-                drop(stream);
-                continue;
+            backoff.succeeded();
+            let slot = match gate.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    tracing::warn!(%peer, %refused, "facade client refused");
+                    update(&serving_health, |h| h.refused_connections += 1);
+                    drop(stream);
+                    continue;
+                }
             };
+            let _ = stream.set_nodelay(true);
+            let stream = GuardedStream::new(stream, slot, FACADE_DEADLINES);
             let connection = Connection {
                 routes: Arc::clone(&routes),
                 health: Arc::clone(&serving_health),
@@ -114,12 +141,11 @@ pub async fn start_facade(
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 update(&connection.health, |h| h.clients += 1);
-                let ended = serve_connection(stream, &connection, MAX_FRAME_LEN * 4, &stop).await;
+                let ended = serve_stream(stream, &connection, MAX_FRAME_LEN * 4, &stop).await;
                 if let Err(error @ ServeError::NotModbus(_)) = ended {
                     tracing::warn!(peer = %connection.peer, %error, "facade client closed");
                 }
                 update(&connection.health, |h| h.clients -= 1);
-                drop(slot);
             });
         }
     };

@@ -107,14 +107,21 @@ pub async fn start(
         "decisions to link",
         pass_decisions_on(state.clone(), to_link, shutdown.clone()),
     );
+    let plan = crate::listening::ListenerPlan::for_this_process();
     if let Some(path) = control_socket {
         let mut control_tasks = JoinSet::new();
-        crate::control::serve(path, state.clone(), shutdown.clone(), &mut control_tasks)?;
+        crate::control::serve(
+            path,
+            state.clone(),
+            plan.control,
+            shutdown.clone(),
+            &mut control_tasks,
+        )?;
         tasks.adopt("control socket", control_tasks);
     }
     let mut page_tasks = JoinSet::new();
     let started = page
-        .start(state, shutdown, &mut page_tasks)
+        .start(state, &plan, shutdown, &mut page_tasks)
         .await
         .context("cannot start the status page")?;
     tasks.adopt("status page", page_tasks);

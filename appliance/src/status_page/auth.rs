@@ -3,28 +3,35 @@
 //! The password is set at provisioning and printed on the unit's label; the
 //! appliance keeps only its salted Argon2id hash (a PHC string). Sessions are random
 //! 256-bit IDs held in memory under their SHA-256 (so a lookup leaks nothing useful
-//! through timing), each with its own CSRF token. Failed logins are counted per
-//! client address (lockout) and across all clients (a global throttle), so a
-//! password cannot be guessed faster than a few tries per minute.
+//! through timing), each with its own CSRF token. Failed logins slow their client
+//! address down (a doubling backoff) and every check counts against a global rate, so
+//! guessing from many addresses stays slow, while the right password still gets in
+//! ([`LoginLimiter`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, SaltString};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-/// Failed logins from one address before it is locked out.
-pub const MAX_FAILURES_PER_CLIENT: u32 = 5;
-/// How long a locked-out address waits.
-pub const LOCKOUT: Duration = Duration::from_secs(300);
-/// Failed logins from all addresses together per [`GLOBAL_WINDOW`] before every login
-/// is refused until the window ends (guessing from many addresses).
-pub const MAX_FAILURES_GLOBAL: u32 = 20;
-/// The window of the global throttle.
-pub const GLOBAL_WINDOW: Duration = Duration::from_secs(60);
+/// Failed logins from one address that cost no wait (typos).
+pub const FREE_FAILURES_PER_CLIENT: u32 = 3;
+/// The longest wait the per-address backoff imposes.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// An address's failures are forgotten after this long without one.
+pub const FORGET_FAILURES_AFTER: Duration = Duration::from_secs(3600);
+/// Password checks per minute from all addresses together (the global rate).
+pub const GLOBAL_CHECKS_PER_MINUTE: u32 = 30;
+/// Checks the global rate allows at once.
+pub const GLOBAL_BURST: u32 = 30;
+/// Addresses that logged in remembered as known good (checked even when the global
+/// rate is spent).
+pub const MAX_KNOWN_GOOD: usize = 16;
+/// How long an address stays known good after its last login.
+pub const KNOWN_GOOD_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Sessions kept at once; the least recently used one is dropped beyond this.
 pub const MAX_SESSIONS: usize = 16;
 /// Addresses whose failures are remembered at once (bounds memory under a flood).
@@ -50,47 +57,123 @@ pub enum PasswordError {
         /// What was wrong.
         message: String,
     },
+    /// The hash's Argon2 memory cost exceeds what a check may take.
+    #[error(
+        "{path}: the hash's Argon2 memory cost ({memory_kib} KiB) exceeds the status page's budget of {} KiB (hash the password again with Argon2id's default parameters, as provisioning does)",
+        ARGON2_MEMORY_BUDGET_KIB
+    )]
+    OverBudget {
+        /// The file.
+        path: String,
+        /// The hash's memory cost.
+        memory_kib: u32,
+    },
     /// The system random generator failed.
     #[error("no randomness for the password salt: {0}")]
     Random(String),
 }
 
-/// The operator password, as a verifier: only the salted hash is held.
-#[derive(Debug, Clone)]
+/// The most memory one password check may take, KiB: a quarter of the status-page
+/// compartment's `memory_mib = 128` (RLIMIT_DATA, `appliance/manifest.toml`).
+///
+/// The numbers: the hashes provisioning writes ([`hash_password`]) use Argon2id's
+/// defaults, m = 19 MiB (19,456 KiB), t = 2, p = 1, about 30 ms a check here. The page
+/// makes one check at a time (a lock), in one buffer of m KiB made at the first login
+/// and reused by every later one, so the page's memory grows by m once and never by
+/// more, however many logins fail (issue #22 item 3: a fresh 19 MiB per check on
+/// tokio's blocking threads kept ~19.5 MiB each and the 8th wrong password aborted the
+/// page at 128 MiB). The page itself needs about 30 MiB besides.
+pub const ARGON2_MEMORY_BUDGET_KIB: u32 = 32 * 1024;
+
+/// The operator password, as a verifier: only the salted hash is held, plus the one
+/// buffer Argon2 works in.
+#[derive(Debug)]
 pub struct PasswordVerifier {
     phc: String,
+    params: argon2::Params,
+    version: argon2::Version,
+    /// Argon2's memory, made at the first check; the lock makes checks one at a time.
+    memory: std::sync::Mutex<Vec<argon2::Block>>,
 }
 
 impl PasswordVerifier {
     /// Loads the PHC string from `path` (refusing a missing or malformed file: there is
-    /// no default password).
+    /// no default password, and a hash whose memory cost exceeds
+    /// [`ARGON2_MEMORY_BUDGET_KIB`]).
     pub fn load(path: &Path) -> Result<Self, PasswordError> {
         let text = std::fs::read_to_string(path).map_err(|source| PasswordError::File {
             path: path.display().to_string(),
             source,
         })?;
         let phc = text.trim().to_owned();
-        let parsed = PasswordHash::new(&phc).map_err(|error| PasswordError::Malformed {
+        let malformed = |message: String| PasswordError::Malformed {
             path: path.display().to_string(),
-            message: error.to_string(),
-        })?;
+            message,
+        };
+        let parsed = PasswordHash::new(&phc).map_err(|error| malformed(error.to_string()))?;
         if parsed.algorithm.as_str() != "argon2id" || parsed.hash.is_none() {
-            return Err(PasswordError::Malformed {
+            return Err(malformed(format!("algorithm is {}", parsed.algorithm)));
+        }
+        let params = argon2::Params::try_from(&parsed)
+            .map_err(|error| malformed(format!("argon2 parameters: {error}")))?;
+        let version = parsed
+            .version
+            .map_or(Ok(argon2::Version::default()), argon2::Version::try_from)
+            .map_err(|error| malformed(format!("argon2 version: {error}")))?;
+        if params.m_cost() > ARGON2_MEMORY_BUDGET_KIB {
+            return Err(PasswordError::OverBudget {
                 path: path.display().to_string(),
-                message: format!("algorithm is {}", parsed.algorithm),
+                memory_kib: params.m_cost(),
             });
         }
-        Ok(Self { phc })
+        Ok(Self {
+            phc,
+            params,
+            version,
+            memory: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     /// Whether `password` is the unit's password (Argon2id; the final compare is
-    /// constant time). Slow on purpose: call it off the async threads.
+    /// constant time). Slow on purpose: call it off the async threads. Checks run one
+    /// at a time in the verifier's one buffer.
     pub fn verify(&self, password: &str) -> bool {
-        PasswordHash::new(&self.phc).is_ok_and(|hash| {
-            argon2::Argon2::default()
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok()
-        })
+        let Ok(hash) = PasswordHash::new(&self.phc) else {
+            return false;
+        };
+        let (Some(expected), Some(salt)) = (hash.hash, hash.salt) else {
+            return false;
+        };
+        let mut salt_bytes = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+            return false;
+        };
+        let mut memory = self
+            .memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let blocks = self.params.block_count();
+        if memory.len() != blocks {
+            memory.clear();
+            // No abort on a tight limit: a refused login instead.
+            if memory.try_reserve_exact(blocks).is_err() {
+                tracing::error!(blocks, "no memory for a password check");
+                return false;
+            }
+            memory.resize(blocks, argon2::Block::new());
+        }
+        let mut computed = [0u8; 64];
+        let Some(computed) = computed.get_mut(..expected.len()) else {
+            return false;
+        };
+        argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            self.version,
+            self.params.clone(),
+        )
+        .hash_password_into_with_memory(password.as_bytes(), salt, computed, memory.as_mut_slice())
+        .is_ok()
+            && bool::from(computed.ct_eq(expected.as_bytes()))
     }
 }
 
@@ -248,54 +331,80 @@ pub enum LoginGate {
 #[derive(Debug, Clone, Copy)]
 struct ClientFailures {
     count: u32,
-    locked_until: Option<Instant>,
+    /// No password from this address is checked before this.
+    next_try: Instant,
     last: Instant,
 }
 
-/// Failed-login bookkeeping: lockout per client address and a global throttle.
+/// The per-address backoff: the first [`FREE_FAILURES_PER_CLIENT`] failures cost
+/// nothing, then each one doubles the wait before the next try from 1 s up to
+/// [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    match failures.checked_sub(FREE_FAILURES_PER_CLIENT) {
+        None => Duration::ZERO,
+        Some(over) => Duration::from_secs(1u64 << over.min(16)).min(MAX_BACKOFF),
+    }
+}
+
+/// Failed-login bookkeeping: a backoff per client address and a global rate of
+/// password checks that slows guessing from many addresses without locking the right
+/// password out.
+///
+/// The global rate is a bucket of [`GLOBAL_BURST`] checks refilled at
+/// [`GLOBAL_CHECKS_PER_MINUTE`]: 20 failures a minute from any number of addresses
+/// leave room for the operator. A flood beyond it makes fresh addresses wait seconds
+/// (the time to the next check, never a lockout), and an address that logged in
+/// before (the last [`MAX_KNOWN_GOOD`] within [`KNOWN_GOOD_FOR`]) is checked even then,
+/// under its own backoff. Time is passed in, so the limiter is tested without clocks.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
     clients: HashMap<IpAddr, ClientFailures>,
-    global_window_start: Option<Instant>,
-    global_failures: u32,
+    known_good: HashMap<IpAddr, Instant>,
+    /// Checks available (fractional: refilled continuously), and when last refilled.
+    bucket: Option<(f64, Instant)>,
 }
 
 impl LoginLimiter {
-    /// Whether `client` may try a password at `now`.
+    /// Whether `client` may try a password at `now`; an open gate uses up a check of
+    /// the global rate.
     pub fn check(&mut self, client: IpAddr, now: Instant) -> LoginGate {
-        if let Some(start) = self.global_window_start {
-            let end = start + GLOBAL_WINDOW;
-            if now >= end {
-                self.global_window_start = None;
-                self.global_failures = 0;
-            } else if self.global_failures >= MAX_FAILURES_GLOBAL {
-                return LoginGate::Locked(end - now);
+        if let Some(failures) = self.clients.get(&client) {
+            if now < failures.next_try {
+                return LoginGate::Locked(failures.next_try - now);
             }
-        }
-        match self.clients.get(&client).and_then(|c| c.locked_until) {
-            Some(until) if now < until => LoginGate::Locked(until - now),
-            Some(_) => {
+            if now.saturating_duration_since(failures.last) >= FORGET_FAILURES_AFTER {
                 self.clients.remove(&client);
-                LoginGate::Open
             }
-            None => LoginGate::Open,
         }
+        let per_second = f64::from(GLOBAL_CHECKS_PER_MINUTE) / 60.0;
+        let (tokens, since) = self.bucket.get_or_insert((f64::from(GLOBAL_BURST), now));
+        *tokens = (*tokens + now.saturating_duration_since(*since).as_secs_f64() * per_second)
+            .min(f64::from(GLOBAL_BURST));
+        *since = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return LoginGate::Open;
+        }
+        let known_good = self
+            .known_good
+            .get(&client)
+            .is_some_and(|at| now.saturating_duration_since(*at) < KNOWN_GOOD_FOR);
+        if known_good {
+            return LoginGate::Open;
+        }
+        LoginGate::Locked(Duration::from_secs_f64((1.0 - *tokens) / per_second))
     }
 
-    /// Counts a wrong password from `client`.
-    pub fn failed(&mut self, client: IpAddr, now: Instant) {
-        let start = *self.global_window_start.get_or_insert(now);
-        if now >= start + GLOBAL_WINDOW {
-            self.global_window_start = Some(now);
-            self.global_failures = 0;
-        }
-        self.global_failures = self.global_failures.saturating_add(1);
+    /// Counts a wrong password from `client`; returns how long it must wait before its
+    /// next try (zero while its failures are free).
+    pub fn failed(&mut self, client: IpAddr, now: Instant) -> Duration {
         if self.clients.len() >= MAX_TRACKED_CLIENTS && !self.clients.contains_key(&client) {
-            // Forget the address that failed longest ago; the global throttle still holds.
+            // Forget the address that failed longest ago and may try already; the
+            // global rate still holds.
             let oldest = self
                 .clients
                 .iter()
-                .filter(|(_, c)| c.locked_until.is_none_or(|until| until <= now))
+                .filter(|(_, c)| c.next_try <= now)
                 .min_by_key(|(_, c)| c.last)
                 .map(|(address, _)| *address);
             if let Some(address) = oldest {
@@ -304,19 +413,30 @@ impl LoginLimiter {
         }
         let entry = self.clients.entry(client).or_insert(ClientFailures {
             count: 0,
-            locked_until: None,
+            next_try: now,
             last: now,
         });
         entry.count = entry.count.saturating_add(1);
         entry.last = now;
-        if entry.count >= MAX_FAILURES_PER_CLIENT {
-            entry.locked_until = Some(now + LOCKOUT);
-        }
+        let wait = backoff(entry.count);
+        entry.next_try = now + wait;
+        wait
     }
 
-    /// A right password from `client`: its failures are forgotten.
-    pub fn succeeded(&mut self, client: IpAddr) {
+    /// A right password from `client`: its failures are forgotten and it is known good.
+    pub fn succeeded(&mut self, client: IpAddr, now: Instant) {
         self.clients.remove(&client);
+        if self.known_good.len() >= MAX_KNOWN_GOOD && !self.known_good.contains_key(&client) {
+            let oldest = self
+                .known_good
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(address, _)| *address);
+            if let Some(address) = oldest {
+                self.known_good.remove(&address);
+            }
+        }
+        self.known_good.insert(client, now);
     }
 }
 
@@ -341,6 +461,40 @@ mod tests {
     }
 
     #[test]
+    fn wrong_passwords_reuse_one_buffer_and_a_costly_hash_is_refused_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw.phc");
+        write_password_hash(&path, &hash_password("right").expect("hash")).expect("write");
+        let verifier = PasswordVerifier::load(&path).expect("load");
+        for _ in 0..20 {
+            assert!(!verifier.verify("wrong"));
+        }
+        let memory = verifier.memory.lock().expect("lock");
+        assert_eq!(memory.len(), verifier.params.block_count());
+        assert_eq!(memory.capacity(), memory.len(), "one buffer, never grown");
+        drop(memory);
+        assert!(verifier.verify("right"));
+
+        // 64 MiB of Argon2 memory: over the page's budget, refused naming the file.
+        let costly = argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::new(64 * 1024, 1, 1, None).expect("params"),
+        )
+        .hash_password(b"right", &SaltString::encode_b64(&[7u8; 16]).expect("salt"))
+        .expect("hash")
+        .to_string();
+        let costly_path = dir.path().join("costly.phc");
+        std::fs::write(&costly_path, costly).expect("write");
+        let error = PasswordVerifier::load(&costly_path).expect_err("over budget");
+        let message = error.to_string();
+        assert!(
+            message.contains("costly.phc") && message.contains("65536 KiB"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn no_hash_file_means_no_page() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("none.phc");
@@ -352,32 +506,105 @@ mod tests {
     }
 
     #[test]
-    fn five_failures_lock_one_client_out_for_five_minutes() {
+    fn failures_from_one_address_back_off_doubling_and_a_success_resets() {
         let mut limiter = LoginLimiter::default();
         let start = Instant::now();
         let client: IpAddr = [10, 0, 0, 7].into();
         let other: IpAddr = [10, 0, 0, 8].into();
-        for _ in 0..MAX_FAILURES_PER_CLIENT {
-            assert_eq!(limiter.check(client, start), LoginGate::Open);
-            limiter.failed(client, start);
+        let mut now = start;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            assert_eq!(limiter.check(client, now), LoginGate::Open);
+            let wait = limiter.failed(client, now);
+            waits.push(wait.as_secs());
+            assert_eq!(
+                limiter.check(client, now) == LoginGate::Open,
+                wait.is_zero(),
+                "refused exactly while waiting"
+            );
+            now += wait;
         }
-        assert!(matches!(limiter.check(client, start), LoginGate::Locked(_)));
-        assert_eq!(limiter.check(other, start), LoginGate::Open);
-        let later = start + LOCKOUT;
-        assert_eq!(limiter.check(client, later), LoginGate::Open);
+        assert_eq!(waits, [0, 0, 1, 2, 4, 8]);
+        assert_eq!(limiter.check(other, now), LoginGate::Open);
+        for _ in 0..20 {
+            limiter.failed(client, now);
+        }
+        assert_eq!(limiter.check(client, now), LoginGate::Locked(MAX_BACKOFF));
+        now += MAX_BACKOFF;
+        assert_eq!(limiter.check(client, now), LoginGate::Open);
+        limiter.succeeded(client, now);
+        assert_eq!(limiter.failed(client, now), Duration::ZERO);
     }
 
     #[test]
-    fn many_clients_failing_trip_the_global_throttle() {
+    fn twenty_failures_a_minute_from_many_addresses_leave_the_right_password_in() {
         let mut limiter = LoginLimiter::default();
         let start = Instant::now();
-        for i in 0..MAX_FAILURES_GLOBAL {
+        // Two minutes of 20 failures a minute, each from its own address.
+        for i in 0..40u32 {
+            let now = start + Duration::from_secs(u64::from(i) * 3);
             let client: IpAddr = [10, 0, 1, u8::try_from(i).expect("small")].into();
-            limiter.failed(client, start);
+            assert_eq!(limiter.check(client, now), LoginGate::Open, "attempt {i}");
+            limiter.failed(client, now);
         }
-        let fresh: IpAddr = [10, 0, 2, 1].into();
+        let operator: IpAddr = [10, 0, 2, 1].into();
+        let now = start + Duration::from_secs(120);
+        assert_eq!(limiter.check(operator, now), LoginGate::Open);
+        limiter.succeeded(operator, now);
+    }
+
+    #[test]
+    fn a_flood_beyond_the_global_rate_delays_newcomers_but_not_a_known_operator() {
+        let mut limiter = LoginLimiter::default();
+        let start = Instant::now();
+        let operator: IpAddr = [10, 0, 2, 1].into();
+        assert_eq!(limiter.check(operator, start), LoginGate::Open);
+        limiter.succeeded(operator, start);
+        let mut refused = 0;
+        for i in 0..200u32 {
+            let client: IpAddr = [
+                10,
+                1,
+                u8::try_from(i / 200).expect("small"),
+                u8::try_from(i % 200).expect("small"),
+            ]
+            .into();
+            match limiter.check(client, start) {
+                LoginGate::Open => {
+                    limiter.failed(client, start);
+                }
+                LoginGate::Locked(wait) => {
+                    assert!(
+                        wait <= Duration::from_secs(2),
+                        "a short wait, not a lockout: {wait:?}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, 200 - (GLOBAL_BURST - 1));
+        let fresh: IpAddr = [10, 0, 3, 1].into();
         assert!(matches!(limiter.check(fresh, start), LoginGate::Locked(_)));
-        assert_eq!(limiter.check(fresh, start + GLOBAL_WINDOW), LoginGate::Open);
+        assert_eq!(
+            limiter.check(operator, start),
+            LoginGate::Open,
+            "known good"
+        );
+        assert_eq!(
+            limiter.check(fresh, start + Duration::from_secs(2)),
+            LoginGate::Open
+        );
+    }
+
+    #[test]
+    fn the_failures_remembered_are_bounded() {
+        let mut limiter = LoginLimiter::default();
+        let now = Instant::now();
+        for i in 0..(MAX_TRACKED_CLIENTS as u32 + 100) {
+            let client: IpAddr = std::net::Ipv4Addr::from(0x0a00_0000 + i).into();
+            limiter.failed(client, now);
+        }
+        assert!(limiter.clients.len() <= MAX_TRACKED_CLIENTS);
     }
 
     #[test]

@@ -115,16 +115,16 @@ pub(super) async fn login(
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     if !right {
-        limiter.failed(client.ip(), now);
-        let gate = limiter.check(client.ip(), now);
+        let wait = limiter.failed(client.ip(), now);
         drop(limiter);
         tracing::warn!(%client, "status page: wrong password");
-        return match gate {
-            LoginGate::Locked(wait) => locked_out(wait),
-            LoginGate::Open => login_form(StatusCode::UNAUTHORIZED, "Wrong password."),
+        return if wait.is_zero() {
+            login_form(StatusCode::UNAUTHORIZED, "Wrong password.")
+        } else {
+            locked_out(wait)
         };
     }
-    limiter.succeeded(client.ip());
+    limiter.succeeded(client.ip(), now);
     drop(limiter);
     let created = state
         .auth

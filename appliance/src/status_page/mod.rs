@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StatusPageConfig;
+use crate::listening::{GuardedTcpListener, ListenerPlan, METRICS_DEADLINES};
 use crate::state::ApplianceState;
 use auth::{LoginLimiter, PasswordVerifier, Sessions};
 use session::{Auth, PageState};
@@ -70,10 +71,12 @@ pub fn prepare(config: &StatusPageConfig, device_id: &str) -> anyhow::Result<Pre
 }
 
 impl PreparedPage {
-    /// Binds the page (and the metrics port) and serves them until `shutdown`.
+    /// Binds the page (and the metrics port) and serves them until `shutdown`, each within
+    /// its caps of `plan`.
     pub async fn start(
         self,
         state: ApplianceState,
+        plan: &ListenerPlan,
         shutdown: CancellationToken,
         tasks: &mut JoinSet<()>,
     ) -> anyhow::Result<StartedPage> {
@@ -87,6 +90,8 @@ impl PreparedPage {
                     .await
                     .with_context(|| format!("cannot listen for /metrics on {listen}"))?;
                 let metrics_address = metrics.local_addr()?;
+                let metrics =
+                    GuardedTcpListener::new(metrics, plan.metrics, METRICS_DEADLINES, "metrics");
                 let router = crate::metrics::router(state.clone());
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
@@ -102,7 +107,7 @@ impl PreparedPage {
             None => None,
         };
         let acceptor = self.identity.acceptor()?;
-        let tls = TlsListener::new(listener, acceptor, shutdown.clone());
+        let tls = TlsListener::new(listener, acceptor, plan.page, shutdown.clone());
         let page = PageState {
             appliance: state,
             auth: Arc::new(Auth {

@@ -10,25 +10,23 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest as _, Sha256};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+use warden_listeners::{AcceptBackoff, AdmissionGate, GuardedStream, Limits};
+
+use crate::listening::{HANDSHAKE_TIMEOUT, PAGE_DEADLINES};
 
 /// The web key's file in the state directory.
 pub const KEY_FILE: &str = "web-key.pem";
 /// The web certificate's file in the state directory.
 pub const CERT_FILE: &str = "web-cert.pem";
-/// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once.
-const MAX_HANDSHAKES: usize = 32;
 
 /// The page's TLS key and certificate could not be made or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -132,22 +130,34 @@ fn self_signed(device_id: &str) -> Result<(String, String), WebTlsError> {
 }
 
 /// A listener that hands axum finished TLS connections; handshakes run in their own
-/// tasks (bounded, with a timeout) so a slow client cannot stall the others.
+/// tasks so a slow client cannot stall the others. Every connection, from accept to
+/// close, holds a slot of the page's gate (a cap in total and per address, where
+/// unanswered and idle connections yield to newcomers) and runs under the page's
+/// deadlines (handshake, request, idle: [`crate::listening`]).
 #[derive(Debug)]
 pub struct TlsListener {
-    incoming: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    incoming: mpsc::Receiver<(PageStream, SocketAddr)>,
     local: SocketAddr,
 }
 
+/// One operator connection: TLS over TCP, guarded.
+pub type PageStream = GuardedStream<TlsStream<TcpStream>>;
+
 impl TlsListener {
-    /// Accepts on `listener` until `shutdown`.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, shutdown: CancellationToken) -> Self {
+    /// Accepts on `listener` until `shutdown`, holding at most `limits` connections.
+    pub fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Self {
         let local = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (sender, incoming) = mpsc::channel(MAX_HANDSHAKES);
-        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let (sender, incoming) = mpsc::channel(limits.total.max(1));
+        let gate = AdmissionGate::new(limits);
         tokio::spawn(async move {
+            let mut backoff = AcceptBackoff::new("status page");
             loop {
                 let accepted = tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -156,24 +166,33 @@ impl TlsListener {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
-                        tracing::debug!(%error, "status page accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let wait = backoff.failed(&error);
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                 };
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                    tracing::debug!(%peer, "too many TLS handshakes in progress; connection dropped");
-                    continue;
+                backoff.succeeded();
+                let admission = match gate.admit(peer.ip()) {
+                    Ok(admission) => admission,
+                    Err(refused) => {
+                        tracing::debug!(%peer, %refused, "status page connection refused");
+                        continue;
+                    }
                 };
                 let acceptor = acceptor.clone();
                 let sender = sender.clone();
                 tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                    drop(permit);
+                    let handshake = tokio::select! {
+                        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
+                        () = admission.evicted() => {
+                            tracing::debug!(%peer, "TLS handshake gave its slot to a newcomer");
+                            return;
+                        }
+                    };
                     match handshake {
                         Ok(Ok(tls)) => {
-                            let _ = sender.send((tls, peer)).await;
+                            let guarded = GuardedStream::new(tls, admission, PAGE_DEADLINES);
+                            let _ = sender.send((guarded, peer)).await;
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -186,7 +205,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = PageStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

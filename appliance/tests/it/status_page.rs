@@ -421,13 +421,24 @@ async fn status_page_login_lockout_csrf_headers_and_metrics() {
         );
     }
 
-    // Lockout: after five wrong passwords even the right one is refused, with Retry-After.
+    // Backoff: the third wrong password from an address makes it wait 1 s, each later
+    // one twice as long; while it waits, even the right password is refused, with
+    // Retry-After. Waited out twice, the wait is 4 s (room for a slow machine).
     let mut other = Browserless::new(&urls.status_page, &urls.status_fingerprint);
     let mut statuses = Vec::new();
-    for _ in 0..warden::status_page::auth::MAX_FAILURES_PER_CLIENT {
+    for _ in 0..warden::status_page::auth::FREE_FAILURES_PER_CLIENT {
         statuses.push(other.login("guess").await.status);
     }
-    assert_eq!(statuses, [401, 401, 401, 401, 429]);
+    assert_eq!(statuses, [401, 401, 429]);
+    for expected_wait in [2, 4] {
+        tokio::time::sleep(Duration::from_secs(expected_wait / 2)).await;
+        let guessed = other.login("guess").await;
+        assert_eq!(guessed.status, 429);
+        assert_eq!(
+            guessed.header("retry-after"),
+            Some(expected_wait.to_string().as_str())
+        );
+    }
     let locked = other.login(&urls.status_password).await;
     assert_eq!(locked.status, 429);
     assert!(locked.header("retry-after").is_some());
@@ -576,10 +587,17 @@ async fn status_page_login_lockout_and_defer_in_chromium() {
             "the refused POST changed the decision: {decision}"
         );
 
-        // Another browser guesses: after the fifth wrong password it is locked out,
-        // and then even the right password is refused.
+        // Another browser guesses: after the third wrong password it must wait (1 s,
+        // doubling with each later one), and while it waits even the right password is
+        // refused. Waited out twice, the wait is 4 s (room for a slow browser).
         intruder.goto(&login).await?;
-        for _ in 0..warden::status_page::auth::MAX_FAILURES_PER_CLIENT {
+        for round in 0..warden::status_page::auth::FREE_FAILURES_PER_CLIENT + 2 {
+            if round >= warden::status_page::auth::FREE_FAILURES_PER_CLIENT {
+                tokio::time::sleep(Duration::from_secs(
+                    1 << (round - warden::status_page::auth::FREE_FAILURES_PER_CLIENT),
+                ))
+                .await;
+            }
             intruder.type_into("#password", "guess").await?;
             intruder.click_and_wait_for_navigation("#submit").await?;
             intruder

@@ -221,13 +221,20 @@ fn outcome(compartment: &Compartment, action: &str, result: std::io::Result<()>)
 }
 
 /// Tries each system call named in `args` and reports those that fail:
-/// `socket-inet`, `socket-unix`, `socketpair`, `connect-tcp:PORT`.
+/// `socket-inet` (UDP), `socket-unix`, `socketpair`, `connect-tcp:PORT`,
+/// `sendto-address:PORT` (a TCP Fast Open send to an address without `connect`).
 fn syscalls(compartment: &Compartment, args: &[String]) {
     for action in args {
         let result = match action.as_str() {
             "socket-inet" => std::net::UdpSocket::bind("127.0.0.1:0").map(drop),
             "socket-unix" => std::os::unix::net::UnixDatagram::unbound().map(drop),
             "socketpair" => UnixStream::pair().map(drop),
+            other if other.starts_with("sendto-address:") => {
+                match other.trim_start_matches("sendto-address:").parse::<u16>() {
+                    Ok(port) => send_to_address(port),
+                    Err(_) => continue,
+                }
+            }
             other => match other.strip_prefix("connect-tcp:").map(str::parse::<u16>) {
                 Some(Ok(port)) => std::net::TcpStream::connect_timeout(
                     &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
@@ -239,6 +246,32 @@ fn syscalls(compartment: &Compartment, args: &[String]) {
         };
         outcome(compartment, action, result);
     }
+}
+
+/// `sendto` with an address and `MSG_FASTOPEN` on a TCP socket never connected:
+/// connects (and sends) without `connect`, unless seccomp refuses it.
+fn send_to_address(port: u16) -> std::io::Result<()> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockType, SockaddrIn, sendto, socket,
+    };
+    use std::os::fd::AsRawFd as _;
+    let io = |errno: nix::errno::Errno| std::io::Error::from_raw_os_error(errno as i32);
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io)?;
+    let target = SockaddrIn::new(127, 0, 0, 1, port);
+    sendto(
+        fd.as_raw_fd(),
+        b"x",
+        &target,
+        MsgFlags::from_bits_retain(libc::MSG_FASTOPEN),
+    )
+    .map(drop)
+    .map_err(io)
 }
 
 /// Serves `args[0]` as pluton serves its socket (mode 0660, its own uid and gid) and

@@ -201,7 +201,13 @@ pub fn enter(grants: &Grants, mode: SandboxMode) -> Result<SandboxReport, Sandbo
     }
     let program = seccomp::allowlist_program(&seccomp::Profile::for_grants(grants))
         .map_err(|error| SandboxError::Seccomp(error.to_string()))?;
-    let seccomp = match seccompiler::apply_filter_all_threads(&program) {
+    let clone3 =
+        seccomp::clone3_program().map_err(|error| SandboxError::Seccomp(error.to_string()))?;
+    // `clone3`'s filter first: once the allowlist is in, installing another filter
+    // (the `seccomp` call) is not allowed.
+    let seccomp = match seccompiler::apply_filter_all_threads(&clone3)
+        .and_then(|()| seccompiler::apply_filter_all_threads(&program))
+    {
         Ok(()) => true,
         Err(error) if mode == SandboxMode::InsecureDev => {
             skipped.push(format!("seccomp: {error}"));

@@ -6,10 +6,11 @@
 //! | grant | adds |
 //! |---|---|
 //! | (always) | memory, threads, files (landlock decides which), time, polling, I/O on descriptors it holds, `ioctl` for `FIONBIO`/`FIOCLEX`/`FIONCLEX`/`FIONREAD`/`TCGETS`/`TIOCGWINSZ` only |
-//! | `connect` | `socket(AF_INET/AF_INET6)`, `connect` |
-//! | `listen` | `socket(AF_INET/AF_INET6)`, `bind`, `listen`, `accept`, `accept4` |
-//! | `unix_listen` | `socket(AF_UNIX)`, `bind`, `listen`, `accept`, `accept4` |
-//! | `unix_connect` | `socket(AF_UNIX)`, `connect` |
+//! | `connect` | `socket(AF_INET/AF_INET6, SOCK_STREAM)`, `connect` |
+//! | `connect` naming a host (not an IP address) | `socket(AF_INET/AF_INET6, SOCK_DGRAM)` and `sendto` to an address: name resolution (DNS over UDP) |
+//! | `listen` | `socket(AF_INET/AF_INET6, SOCK_STREAM)`, `bind`, `listen`, `accept`, `accept4` |
+//! | `unix_listen` | `socket(AF_UNIX, SOCK_STREAM)`, `bind`, `listen`, `accept`, `accept4` |
+//! | `unix_connect` | `socket(AF_UNIX, SOCK_STREAM)`, `connect` |
 //! | `serial` | the termios, modem-line, flush and RS-485 `ioctl`s |
 //! | `serial` naming `/dev/net/tun` | `TUNSETIFF` (attach to a TAP the OS image made, owned by the compartment's uid) and `SIOCGIFMTU` (its MTU): the private equipment network's port |
 //!
@@ -19,6 +20,14 @@
 //! serial `ioctl`s nobody else gets. Every compartment may create a local
 //! `socketpair(AF_UNIX)` (tokio's I/O driver makes one for its signal wake-ups; a pair
 //! reaches nothing outside the process).
+//!
+//! Sending is filtered by arguments (issue #22 item 9): a role that sends no datagrams
+//! may call `sendto` only without an address and without `MSG_FASTOPEN`, and
+//! `sendmsg`/`sendmmsg` only without `MSG_FASTOPEN` (a listen-only compartment can
+//! neither send UDP anywhere nor connect through TCP Fast Open; it cannot make a UDP
+//! socket either). `clone` is allowed only without namespace flags (`CLONE_NEW*`), and
+//! `clone3` fails with `ENOSYS` (its flags are in memory seccomp cannot read), so
+//! glibc falls back to `clone` for threads.
 //!
 //! Anything not listed fails with `EPERM` (not a kill), so a denial is visible to the
 //! compartment and ends up in a failure report. Absent for every role: `execve`/`execveat`,
@@ -117,8 +126,9 @@ const BASE: &[i64] = &[
     libc::SYS_get_robust_list,
     libc::SYS_rseq,
     libc::SYS_set_tid_address,
-    libc::SYS_clone,
-    libc::SYS_clone3,
+    // `clone` is allowed without namespace flags only, `clone3` answers ENOSYS (its
+    // flags sit in a struct seccomp cannot read; glibc then falls back to `clone`):
+    // see `allowlist_program` and `clone3_program`.
     libc::SYS_wait4,
     libc::SYS_exit,
     libc::SYS_exit_group,
@@ -148,11 +158,10 @@ const BASE: &[i64] = &[
     libc::SYS_membarrier,
     // On descriptors the compartment already holds (its control and IPC channels,
     // and sockets a grant let it create): creating and connecting are granted apart.
-    libc::SYS_sendto,
+    // `sendto`, `sendmsg` and `sendmmsg` are filtered by their arguments
+    // (`Profile::sends_datagrams`).
     libc::SYS_recvfrom,
-    libc::SYS_sendmsg,
     libc::SYS_recvmsg,
-    libc::SYS_sendmmsg,
     libc::SYS_recvmmsg,
     libc::SYS_shutdown,
     libc::SYS_getsockname,
@@ -228,7 +237,23 @@ pub struct Profile {
     pub serial: bool,
     /// Runs a TAP port (`serial` names [`TUN_DEVICE`]).
     pub tap: bool,
+    /// Sends datagrams to addresses: resolves host names (a `connect` grant names a
+    /// host, not an IP address), which is DNS over UDP.
+    pub sends_datagrams: bool,
 }
+
+/// The namespace flags `clone` may not carry (a new namespace is the monitor's call,
+/// and `unshare`/`setns` are absent for the same reason).
+const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64;
+
+/// `SOCK_TYPE_MASK`: the `socket()` type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC`.
+const SOCKET_TYPE_MASK: u64 = 0xf;
 
 impl Profile {
     /// The profile that `grants` call for.
@@ -243,7 +268,29 @@ impl Profile {
                 .serial
                 .iter()
                 .any(|path| path == std::path::Path::new(TUN_DEVICE)),
+            sends_datagrams: grants.connect.iter().any(|target| names_a_host(target)),
         }
+    }
+
+    /// The `(family, type)` pairs `socket()` may create.
+    pub fn socket_kinds(&self) -> Vec<(i32, i32)> {
+        let mut kinds = Vec::new();
+        if self.unix_listen || self.unix_connect {
+            kinds.push((libc::AF_UNIX, libc::SOCK_STREAM));
+        }
+        if self.tcp_connect || self.tcp_listen {
+            kinds.extend([
+                (libc::AF_INET, libc::SOCK_STREAM),
+                (libc::AF_INET6, libc::SOCK_STREAM),
+            ]);
+        }
+        if self.sends_datagrams {
+            kinds.extend([
+                (libc::AF_INET, libc::SOCK_DGRAM),
+                (libc::AF_INET6, libc::SOCK_DGRAM),
+            ]);
+        }
+        kinds
     }
 
     /// The socket families `socket()` may create.
@@ -258,9 +305,19 @@ impl Profile {
         families
     }
 
+    /// Whether `socket(family, kind)` is allowed (`kind` may carry `SOCK_NONBLOCK`
+    /// and `SOCK_CLOEXEC`).
+    pub fn allows_socket(&self, family: i32, kind: i32) -> bool {
+        let kind = kind & (SOCKET_TYPE_MASK as i32);
+        self.socket_kinds().contains(&(family, kind))
+    }
+
     /// The calls allowed whatever their arguments.
     pub fn unconditional_calls(&self) -> Vec<i64> {
         let mut calls = BASE.to_vec();
+        if self.sends_datagrams {
+            calls.extend([libc::SYS_sendto, libc::SYS_sendmsg, libc::SYS_sendmmsg]);
+        }
         if self.tcp_connect || self.unix_connect {
             calls.push(libc::SYS_connect);
         }
@@ -292,7 +349,12 @@ impl Profile {
         self.unconditional_calls().contains(&call)
             || call == libc::SYS_ioctl
             || call == libc::SYS_socketpair
+            || call == libc::SYS_clone
             || (call == libc::SYS_socket && !self.socket_families().is_empty())
+            || matches!(
+                call,
+                libc::SYS_sendto | libc::SYS_sendmsg | libc::SYS_sendmmsg
+            )
     }
 }
 
@@ -307,14 +369,75 @@ pub fn allowlist_program(profile: &Profile) -> Result<BpfProgram, seccompiler::B
         SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
             .and_then(|condition| SeccompRule::new(vec![condition]))
     };
+    let rule = |conditions: Vec<Result<SeccompCondition, seccompiler::BackendError>>| {
+        conditions
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(SeccompRule::new)
+    };
+    let condition = |index: u8, length: SeccompCmpArgLen, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(index, length, op, value)
+    };
     let sockets = profile
-        .socket_families()
+        .socket_kinds()
         .into_iter()
-        .map(|family| equal(0, u64::from(family.unsigned_abs())))
+        .map(|(family, kind)| {
+            rule(vec![
+                condition(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    u64::from(family.unsigned_abs()),
+                ),
+                condition(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(SOCKET_TYPE_MASK),
+                    u64::from(kind.unsigned_abs()),
+                ),
+            ])
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if !sockets.is_empty() {
         rules.insert(libc::SYS_socket, sockets);
     }
+    let fastopen = u64::from(libc::MSG_FASTOPEN.unsigned_abs());
+    let no_fastopen = |index: u8| {
+        condition(
+            index,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(fastopen),
+            0,
+        )
+    };
+    if !profile.sends_datagrams {
+        // sendto(fd, buf, len, flags, dest_addr, addrlen): no address, no Fast Open.
+        rules.insert(
+            libc::SYS_sendto,
+            vec![rule(vec![
+                no_fastopen(3),
+                condition(4, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0),
+            ])?],
+        );
+        // sendmsg(fd, msg, flags), sendmmsg(fd, msgvec, vlen, flags): the address is
+        // in memory seccomp cannot read, but without a datagram socket only Fast Open
+        // could use it.
+        rules.insert(libc::SYS_sendmsg, vec![rule(vec![no_fastopen(2)])?]);
+        rules.insert(libc::SYS_sendmmsg, vec![rule(vec![no_fastopen(3)])?]);
+    }
+    // Allowed here so that `clone3_program`'s ENOSYS decides: of two filters answering
+    // with an errno, the kernel takes the most recently installed one's, and this one
+    // would answer EPERM (glibc falls back to `clone` only on ENOSYS).
+    rules.insert(libc::SYS_clone3, Vec::new());
+    rules.insert(
+        libc::SYS_clone,
+        vec![rule(vec![condition(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(NAMESPACE_FLAGS),
+            0,
+        )])?],
+    );
     let ioctls = profile
         .ioctls()
         .into_iter()
@@ -332,6 +455,29 @@ pub fn allowlist_program(profile: &Profile) -> Result<BpfProgram, seccompiler::B
         TargetArch::x86_64,
     )?;
     filter.try_into()
+}
+
+/// A filter that answers `clone3` with `ENOSYS` and lets everything else through to
+/// the allowlist: installed beside it (the kernel takes the strictest answer), so
+/// glibc's thread creation falls back to `clone`, whose flags the allowlist checks.
+pub fn clone3_program() -> Result<BpfProgram, seccompiler::BackendError> {
+    let filter = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )?;
+    filter.try_into()
+}
+
+/// Whether a `connect` grant (`host:port`) names a host rather than an IP address.
+fn names_a_host(target: &str) -> bool {
+    let host = target
+        .rsplit_once(':')
+        .map_or(target, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.parse::<std::net::IpAddr>().is_err()
 }
 
 #[cfg(test)]
@@ -371,10 +517,45 @@ mod tests {
         assert!(!bridge.ioctls().contains(&libc::TUNSETIFF));
         let none = Profile::default();
         assert!(!none.allows(libc::SYS_socket));
+        // Stream sockets only, unless a role resolves names.
+        assert!(page.allows_socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC));
+        assert!(!page.allows_socket(libc::AF_INET, libc::SOCK_DGRAM));
+        assert!(!page.unconditional_calls().contains(&libc::SYS_sendto));
+        assert!(!pluton.allows_socket(libc::AF_UNIX, libc::SOCK_DGRAM));
+        assert!(!link.unconditional_calls().contains(&libc::SYS_clone));
+        assert!(!link.allows(libc::SYS_clone3) || clone3_program().is_ok());
         for profile in [pluton, page, link, bridge, none] {
             assert!(!profile.allows(libc::SYS_execve) && !profile.allows(libc::SYS_ptrace));
             allowlist_program(&profile).expect("the program builds");
         }
+    }
+
+    #[test]
+    fn only_a_role_that_resolves_names_sends_datagrams() {
+        let grants = |connect: &[&str]| Grants {
+            read: Vec::new(),
+            read_write: Vec::new(),
+            serial: Vec::new(),
+            connect: connect.iter().map(|target| (*target).to_owned()).collect(),
+            listen: Vec::new(),
+            unix_listen: Vec::new(),
+            unix_connect: Vec::new(),
+            peers: Vec::new(),
+            memory_mib: 128,
+            open_files: 256,
+            uid: 61003,
+            groups: Vec::new(),
+        };
+        let link = Profile::for_grants(&grants(&["fleet.example.com:8883"]));
+        assert!(link.sends_datagrams);
+        assert!(link.allows_socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK));
+        assert!(link.unconditional_calls().contains(&libc::SYS_sendto));
+        let bridge = Profile::for_grants(&grants(&["192.168.50.10:502", "[::1]:502"]));
+        assert!(!bridge.sends_datagrams);
+        assert!(!bridge.allows_socket(libc::AF_INET, libc::SOCK_DGRAM));
+        allowlist_program(&link).expect("the program builds");
+        allowlist_program(&bridge).expect("the program builds");
+        clone3_program().expect("the program builds");
     }
 
     #[test]

@@ -494,6 +494,7 @@ fn each_role_gets_its_own_syscall_list_and_a_call_outside_it_is_eperm_and_report
     listener.set_nonblocking(true).expect("nonblocking");
     let port = listener.local_addr().expect("addr").port();
     let connect = format!("connect-tcp:{port}");
+    let fast_open = format!("sendto-address:{port}");
     let compartments = [
         // Nothing granted (a pluton-like role without its socket): no socket at all.
         compartment(
@@ -503,11 +504,11 @@ fn each_role_gets_its_own_syscall_list_and_a_call_outside_it_is_eperm_and_report
             "",
         ),
         // A listening role (the status page): may accept, may not connect out, even
-        // to a port it could bind.
+        // to a port it could bind, nor through TCP Fast Open, nor make a UDP socket.
         compartment(
             "listener",
             "selftest-syscalls",
-            &[&connect, "socket-unix"],
+            &[&connect, "socket-unix", "socket-inet", &fast_open],
             &format!("listen = [{port}]"),
         ),
     ];
@@ -515,12 +516,12 @@ fn each_role_gets_its_own_syscall_list_and_a_call_outside_it_is_eperm_and_report
         manifest(&dir.path().join("reports"), 2000, &compartments),
         None,
     );
-    let reports = running.wait_for("four denials", |reports| {
+    let reports = running.wait_for("six denials", |reports| {
         reports
             .iter()
             .filter(|r| matches!(r.kind, FailureKind::PolicyDenied { .. }))
             .count()
-            >= 4
+            >= 6
     });
     let _ = running.stop();
     for (compartment, action) in [
@@ -528,6 +529,8 @@ fn each_role_gets_its_own_syscall_list_and_a_call_outside_it_is_eperm_and_report
         ("sealed", "socket-unix"),
         ("listener", connect.as_str()),
         ("listener", "socket-unix"),
+        ("listener", "socket-inet"),
+        ("listener", fast_open.as_str()),
     ] {
         let report = reports
             .iter()

@@ -4,7 +4,7 @@
 //! may carry several frames (a pipelining client): every complete frame is answered
 //! in order, and the answers to one read leave in one write.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -40,12 +40,23 @@ pub enum ServeError {
 /// (`Ok`), a non-Modbus frame or an I/O error (`Err`). `buffer` is the receive
 /// buffer's size (at least two frames).
 pub async fn serve_connection<S: ModbusService>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     service: &S,
     buffer: usize,
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {
     let _ = stream.set_nodelay(true);
+    serve_stream(stream, service, buffer, shutdown).await
+}
+
+/// [`serve_connection`] on any byte stream (the facade's is guarded by its deadlines;
+/// set `TCP_NODELAY` on a TCP stream first).
+pub async fn serve_stream<S: ModbusService>(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    service: &S,
+    buffer: usize,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
     let mut buf = vec![0u8; buffer.max(2 * MAX_FRAME_LEN)];
     let mut filled = 0;
     let mut out = Vec::with_capacity(buf.len());

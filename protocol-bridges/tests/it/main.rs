@@ -580,22 +580,38 @@ async fn facade_serves_tokio_modbus_clients_and_denies_with_exceptions() {
     while let Some(done) = clients.join_next().await {
         done.expect("client");
     }
-    // With the cap reached, a further client is closed at once and counted.
+    // With the cap reached by clients being answered, a further client is closed at
+    // once and counted. Each client comes from its own loopback address (the facade
+    // gives one address half the slots).
     for _ in 0..200 {
         if facade.health.lock().expect("health").clients == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _second = tokio::net::TcpStream::connect(facade.address)
-        .await
-        .expect("connect");
-    let _third = tokio::net::TcpStream::connect(facade.address)
-        .await
-        .expect("connect");
-    let mut fourth = tokio::net::TcpStream::connect(facade.address)
-        .await
-        .expect("connect");
+    let connect_from = |last: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+            .expect("bind");
+        socket.connect(facade.address).await.expect("connect")
+    };
+    // Unit 9 is not routed: answered with 0x0A, nothing forwarded or denied.
+    let answered_from = |last: u8| async move {
+        let mut stream = connect_from(last).await;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &[0, 1, 0, 0, 0, 6, 9, 3, 0, 0, 0, 1])
+            .await
+            .expect("request");
+        let mut answer = [0u8; 9];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut answer)
+            .await
+            .expect("answer");
+        assert_eq!(answer[7], 0x83, "an exception answer");
+        stream
+    };
+    let _second = answered_from(2).await;
+    let _third = answered_from(3).await;
+    let mut fourth = connect_from(4).await;
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(
         Duration::from_secs(2),
