@@ -264,12 +264,12 @@ mod real_broker {
         let link = tokio::spawn(agent.run(readings_rx, shutdown.clone()));
         for value in 0..50 {
             readings
-                .send(Reading::number(
+                .send(vec![Reading::number(
                     "t/n".into(),
                     f64::from(value),
                     String::new(),
                     1,
-                ))
+                )])
                 .await
                 .expect("send");
             tokio::time::sleep(Duration::from_millis(5)).await;
