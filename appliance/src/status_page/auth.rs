@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, SaltString};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+use zeroize::Zeroize as _;
 
 /// Failed logins from one address that cost no wait (typos).
 pub const FREE_FAILURES_PER_CLIENT: u32 = 3;
@@ -162,18 +163,23 @@ impl PasswordVerifier {
             }
             memory.resize(blocks, argon2::Block::new());
         }
-        let mut computed = [0u8; 64];
-        let Some(computed) = computed.get_mut(..expected.len()) else {
+        let mut output = [0u8; 64];
+        let Some(computed) = output.get_mut(..expected.len()) else {
             return false;
         };
-        argon2::Argon2::new(
+        let matches = argon2::Argon2::new(
             argon2::Algorithm::Argon2id,
             self.version,
             self.params.clone(),
         )
         .hash_password_into_with_memory(password.as_bytes(), salt, computed, memory.as_mut_slice())
         .is_ok()
-            && bool::from(computed.ct_eq(expected.as_bytes()))
+            && bool::from(computed.ct_eq(expected.as_bytes()));
+        // The buffer is kept for the next check; what a check leaves in it (and the
+        // hash it computed) is derived from the password tried, so it is wiped now.
+        memory.fill(argon2::Block::new());
+        output.zeroize();
+        matches
     }
 }
 
@@ -474,6 +480,13 @@ mod tests {
         assert_eq!(memory.capacity(), memory.len(), "one buffer, never grown");
         drop(memory);
         assert!(verifier.verify("right"));
+        // Nothing derived from the right password stays in the kept buffer.
+        let memory = verifier.memory.lock().expect("lock");
+        let zero = argon2::Block::new();
+        assert!(
+            memory.iter().all(|block| block.as_ref() == zero.as_ref()),
+            "the buffer is wiped after a check"
+        );
 
         // 64 MiB of Argon2 memory: over the page's budget, refused naming the file.
         let costly = argon2::Argon2::new(
