@@ -562,13 +562,18 @@ async fn facade_serves_tokio_modbus_clients_and_denies_with_exceptions() {
         Err(TmException::GatewayPathUnavailable)
     );
 
-    // Several clients at once, up to the cap.
+    // Several clients at once, up to the cap, each from its own loopback address: the
+    // facade gives one address at most half the slots, and a newcomer from an address
+    // at its share takes the slot of that address's unanswered connection.
     let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..2 {
+    for last in [2u8, 3] {
         clients.spawn(async move {
-            let mut c = tcp::connect_slave(facade.address, Slave(11))
-                .await
-                .expect("connect");
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+                .expect("bind");
+            let stream = socket.connect(facade.address).await.expect("connect");
+            let mut c = tcp::attach_slave(stream, Slave(11));
             for _ in 0..50 {
                 assert_eq!(
                     c.read_holding_registers(0, 2).await.expect("io"),
