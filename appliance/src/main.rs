@@ -175,12 +175,10 @@ fn main() -> ExitCode {
                 None => warden_pluton::backend_record::recorded(&state_dir)?,
             };
             let options = warden_pluton::server::ServeOptions {
-                backend: match backend {
-                    Some(warden_pluton::backend_record::BackendKind::Tpm) => {
-                        warden_pluton::server::Backend::Tpm { tcti }
-                    }
-                    _ => warden_pluton::server::Backend::Software,
-                },
+                backend: warden_pluton::server::Backend::of_kind(
+                    backend.unwrap_or(warden_pluton::backend_record::BackendKind::Software),
+                    tcti,
+                ),
                 firmware_version,
                 roles: warden::pluton_host::caller_roles_from_env(unseparated)?,
                 ..Default::default()

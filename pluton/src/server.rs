@@ -101,6 +101,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The backend of `kind`, reaching a TPM through `tcti`.
+    pub fn of_kind(kind: BackendKind, tcti: String) -> Self {
+        match kind {
+            BackendKind::Software => Self::Software,
+            BackendKind::Tpm => Self::Tpm { tcti },
+        }
+    }
+
     /// Which backend this is, as the state directory records it.
     pub fn kind(&self) -> BackendKind {
         match self {

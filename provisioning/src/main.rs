@@ -251,10 +251,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backend,
             tcti,
         } => {
-            let backend = match backend.as_str() {
-                "tpm" => warden_pluton::server::Backend::Tpm { tcti },
-                _ => warden_pluton::server::Backend::Software,
-            };
+            let kind = warden_pluton::backend_record::BackendKind::from_name(&backend)
+                .unwrap_or(warden_pluton::backend_record::BackendKind::Software);
+            let backend = warden_pluton::server::Backend::of_kind(kind, tcti);
             warden_provision::pluton_process::run_role(&socket, &state_dir, backend)?;
             Ok(ExitCode::SUCCESS)
         }

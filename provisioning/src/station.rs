@@ -82,12 +82,11 @@ fn default_tcti() -> String {
 impl PlutonConfig {
     /// The backend as pluton's server takes it (validated at load).
     pub fn backend(&self) -> warden_pluton::server::Backend {
-        match self.backend.as_str() {
-            "tpm" => warden_pluton::server::Backend::Tpm {
-                tcti: self.tcti.clone(),
-            },
-            _ => warden_pluton::server::Backend::Software,
-        }
+        warden_pluton::server::Backend::of_kind(
+            warden_pluton::backend_record::BackendKind::from_name(&self.backend)
+                .unwrap_or(warden_pluton::backend_record::BackendKind::Software),
+            self.tcti.clone(),
+        )
     }
 }
 
