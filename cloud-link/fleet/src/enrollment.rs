@@ -188,7 +188,8 @@ fn verifier(
 /// that nobody registered.
 pub struct DeviceTrust {
     provider: Arc<CryptoProvider>,
-    configured: Arc<dyn ClientCertVerifier>,
+    /// `None`: no manufacturer CA in the config; only the products' CAs admit.
+    configured: Option<Arc<dyn ClientCertVerifier>>,
     state: RwLock<TrustState>,
 }
 
@@ -240,10 +241,15 @@ fn refused(reason: TlsCertificateError) -> rustls::Error {
 }
 
 impl DeviceTrust {
-    /// Trusts `configured` (the config's manufacturer CA) until products are added.
+    /// Trusts `configured` (the config's manufacturer CA) until products are added;
+    /// none (a fleet made by `warden-fleet init`): only the products' CAs admit.
     pub fn new(configured: Vec<CertificateDer<'static>>) -> Result<Self, CertificateError> {
         let provider = provider();
-        let configured = verifier(&configured, Arc::clone(&provider))?;
+        let configured = if configured.is_empty() {
+            None
+        } else {
+            Some(verifier(&configured, Arc::clone(&provider))?)
+        };
         Ok(Self {
             provider,
             configured,
@@ -363,9 +369,14 @@ impl DeviceTrust {
                 product: binding.product.clone(),
             });
         }
-        let configured = self
-            .configured
-            .verify_client_cert(end_entity, intermediates, now);
+        let configured = self.configured.as_ref().map_or(
+            Err(refused(TlsCertificateError::UnknownIssuer)),
+            |configured| {
+                configured
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .map(|_| ())
+            },
+        );
         if configured.is_ok() {
             return Ok(Admitted::Configured);
         }

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod attestation;
 pub mod auth;
+pub mod backup;
 pub mod broker;
 pub mod clock;
 pub mod deployments;
@@ -10,6 +11,7 @@ pub mod enrollment;
 pub mod http_listener;
 pub mod images;
 pub mod ingest;
+pub mod init;
 #[cfg(feature = "loadtest")]
 pub mod loadtest;
 pub mod metrics;
@@ -43,8 +45,10 @@ pub struct FleetConfig {
     /// PEM: the broker's server key.
     pub server_key: PathBuf,
     /// PEM: a manufacturer CA whose device certificates the fleet accepts (besides
-    /// the CAs of the products created through the API).
-    pub manufacturer_ca: PathBuf,
+    /// the CAs of the products created through the API). None (what `warden-fleet
+    /// init` writes): only the products' CAs are trusted.
+    #[serde(default)]
+    pub manufacturer_ca: Option<PathBuf>,
     /// `[http]`: the HTTP listener's connection caps, timeouts, download cap and TLS.
     #[serde(default)]
     pub http: http_listener::HttpConfig,
@@ -60,6 +64,20 @@ pub struct FleetConfig {
     /// `[telemetry]`: how long the time series is kept.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// `[metrics]`: the Prometheus listener. Default: none.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `HOST:PORT` of the Prometheus `/metrics` listener, apart from the API's (so
+    /// it can stay on loopback or a private network while the API faces units and
+    /// stations). Unauthenticated. None: `/metrics` is not served.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 impl FleetConfig {
@@ -102,9 +120,13 @@ impl FleetConfig {
     /// error names the field ([`ConfigValueError::field`]).
     pub fn check(&self) -> Result<(), ConfigValueError> {
         for (field, value) in [
-            ("http_listen", &self.http_listen),
-            ("mqtt_listen", &self.mqtt_listen),
-        ] {
+            ("http_listen", Some(&self.http_listen)),
+            ("mqtt_listen", Some(&self.mqtt_listen)),
+            ("metrics.listen", self.metrics.listen.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, value)| Some((field, value?)))
+        {
             let host_port = value
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
@@ -118,6 +140,12 @@ impl FleetConfig {
         // Port 0 picks a free port for each; any other port can be bound once.
         if self.http_listen == self.mqtt_listen && !self.http_listen.ends_with(":0") {
             return Err(ConfigValueError::SameListen(self.http_listen.clone()));
+        }
+        if let Some(metrics) = &self.metrics.listen
+            && !metrics.ends_with(":0")
+            && (*metrics == self.http_listen || *metrics == self.mqtt_listen)
+        {
+            return Err(ConfigValueError::MetricsListen(metrics.clone()));
         }
         if !["sqlite:", "postgres:", "postgresql:"]
             .iter()
@@ -139,10 +167,13 @@ impl FleetConfig {
     /// Checks that the certificate and key files the config names can be opened.
     fn check_files(&self) -> Result<(), ConfigValueError> {
         for (field, path) in [
-            ("server_cert", &self.server_cert),
-            ("server_key", &self.server_key),
-            ("manufacturer_ca", &self.manufacturer_ca),
-        ] {
+            ("server_cert", Some(&self.server_cert)),
+            ("server_key", Some(&self.server_key)),
+            ("manufacturer_ca", self.manufacturer_ca.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, path)| Some((field, path?)))
+        {
             std::fs::File::open(path).map_err(|source| ConfigValueError::File {
                 field,
                 path: path.clone(),
@@ -287,7 +318,7 @@ pub enum ConfigValueError {
     /// A listener address without a host and a port number.
     #[error("{field} {value:?} is not HOST:PORT")]
     Listen {
-        /// `http_listen` or `mqtt_listen`.
+        /// `http_listen`, `mqtt_listen` or `metrics.listen`.
         field: &'static str,
         /// What the config says.
         value: String,
@@ -302,6 +333,9 @@ pub enum ConfigValueError {
     /// The API and the broker on one address.
     #[error("http_listen and mqtt_listen are both {0:?}: each needs its own port")]
     SameListen(String),
+    /// The metrics listener on the API's or the broker's address.
+    #[error("metrics.listen {0:?} is the address of http_listen or mqtt_listen: it needs its own port")]
+    MetricsListen(String),
     /// A database the store cannot open.
     #[error("database_url {0:?} is neither sqlite://… nor postgres://…")]
     DatabaseUrl(String),
@@ -328,6 +362,7 @@ impl ConfigValueError {
             Self::TrustLapses { .. } => "rollouts.attestation_valid_secs".to_owned(),
             Self::Listen { field, .. } | Self::File { field, .. } => (*field).to_owned(),
             Self::SameListen(_) => "mqtt_listen".to_owned(),
+            Self::MetricsListen(_) => "metrics.listen".to_owned(),
             Self::AnonymousNotLoopback(_) => "api.anonymous_role".to_owned(),
             Self::DatabaseUrl(_) => "database_url".to_owned(),
         }
@@ -475,6 +510,8 @@ pub struct RunningFleet {
     pub http_scheme: &'static str,
     /// Where the MQTT broker listens.
     pub mqtt_address: SocketAddr,
+    /// Where `/metrics` is served (`[metrics] listen`), if anywhere.
+    pub metrics_address: Option<SocketAddr>,
     task: JoinHandle<()>,
 }
 
@@ -492,11 +529,20 @@ async fn load_trust(
     config: &FleetConfig,
     store: &store::Store,
 ) -> anyhow::Result<enrollment::DeviceTrust> {
-    let configured =
-        warden_wire::tls::load_certificates(&config.manufacturer_ca).context("manufacturer_ca")?;
     use anyhow::Context as _;
+    let configured = match &config.manufacturer_ca {
+        Some(path) => warden_wire::tls::load_certificates(path).context("manufacturer_ca")?,
+        None => Vec::new(),
+    };
     let trust = enrollment::DeviceTrust::new(configured).map_err(|e| {
-        anyhow::anyhow!("manufacturer_ca {}: {e}", config.manufacturer_ca.display())
+        anyhow::anyhow!(
+            "manufacturer_ca {}: {e}",
+            config
+                .manufacturer_ca
+                .as_deref()
+                .unwrap_or(Path::new("(none)"))
+                .display()
+        )
     })?;
     for product in store.products().await? {
         let bundle = enrollment::certificates_from_pem(&product.manufacturer_ca_pem)
@@ -665,9 +711,39 @@ pub async fn start(
             config.http.max_downloads as usize,
         )),
     });
+    // `/metrics` on its own listener, with the API listener's caps and timeouts.
+    let metrics = match &config.metrics.listen {
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {listen}"))?;
+            let address = listener.local_addr()?;
+            let router = metrics::router(store.clone(), Some(broker.publisher()));
+            // A scraper or two, not a crowd: a small share of the API's caps.
+            let scrapers = http_listener::Limits {
+                max_connections: limits.max_connections.min(64),
+                per_address: limits.per_address.min(8),
+                ..limits
+            };
+            let task = tokio::spawn(http_listener::serve(
+                listener,
+                router,
+                scrapers,
+                None,
+                shutdown.clone(),
+            ));
+            tracing::info!(%address, "fleet metrics listening");
+            Some((address, task))
+        }
+        None => None,
+    };
+    let metrics_address = metrics.as_ref().map(|(address, _)| *address);
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
         http_listener::serve(listener, app, limits, http_tls, http_shutdown).await;
+        if let Some((_, task)) = metrics {
+            let _ = task.await;
+        }
         // The broker stops on the same token; ingest stores what it already holds, and
         // the store closes after the last write.
         drop(broker);
@@ -687,6 +763,7 @@ pub async fn start(
         http_address,
         http_scheme: scheme,
         mqtt_address,
+        metrics_address,
         task,
     })
 }
