@@ -243,13 +243,10 @@ async fn check_fleet_database(path: &Path) -> Result<(), BackupError> {
     if !path.is_file() {
         return Err(not_fleet("no such file".into()));
     }
-    let mut connection = SqliteConnection::connect_with(
-        &SqliteConnectOptions::new()
-            .filename(path)
-            .read_only(true),
-    )
-    .await
-    .map_err(|error| not_fleet(error.to_string()))?;
+    let mut connection =
+        SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(path).read_only(true))
+            .await
+            .map_err(|error| not_fleet(error.to_string()))?;
     let result: Result<(), BackupError> = async {
         let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
             .fetch_one(&mut connection)

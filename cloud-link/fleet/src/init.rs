@@ -178,8 +178,7 @@ pub fn init(request: &InitRequest) -> Result<Initialised, InitError> {
             let ca = std::fs::read_to_string(cert).map_err(io(cert))?;
             let ca_key = std::fs::read_to_string(key).map_err(io(key))?;
             let signing = KeyPair::from_pem(&ca_key).map_err(cert_error("--ca-key"))?;
-            let issuer =
-                Issuer::from_ca_cert_pem(&ca, signing).map_err(cert_error("--ca-cert"))?;
+            let issuer = Issuer::from_ca_cert_pem(&ca, signing).map_err(cert_error("--ca-cert"))?;
             let (server, server_key) = server_certificate(&issuer, request)?;
             PkiFiles {
                 ca,
@@ -203,11 +202,7 @@ pub fn init(request: &InitRequest) -> Result<Initialised, InitError> {
     if let Some(key) = &files.ca_key {
         write_file_atomically(&dir.join(CA_KEY_FILE), key.as_bytes())?;
     }
-    write_file_atomically_with_mode(
-        &dir.join(SERVER_CERT_FILE),
-        files.server.as_bytes(),
-        0o644,
-    )?;
+    write_file_atomically_with_mode(&dir.join(SERVER_CERT_FILE), files.server.as_bytes(), 0o644)?;
     write_file_atomically(&dir.join(SERVER_KEY_FILE), files.server_key.as_bytes())?;
     // Last: a config exists only once everything it names does.
     write_file_atomically(&dir.join(CONFIG_FILE), config.as_bytes())?;
@@ -253,16 +248,12 @@ fn server_certificate(
     request: &InitRequest,
 ) -> Result<(String, String), InitError> {
     let key = KeyPair::generate().map_err(cert_error("server key"))?;
-    let mut params = CertificateParams::new(Vec::<String>::new())
-        .map_err(cert_error("server certificate"))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(cert_error("server certificate"))?;
     for host in &request.hostnames {
         let san = match host.parse::<std::net::IpAddr>() {
             Ok(address) => SanType::IpAddress(address),
-            Err(_) => SanType::DnsName(
-                host.clone()
-                    .try_into()
-                    .map_err(cert_error("--hostname"))?,
-            ),
+            Err(_) => SanType::DnsName(host.clone().try_into().map_err(cert_error("--hostname"))?),
         };
         params.subject_alt_names.push(san);
     }
@@ -427,7 +418,10 @@ mod tests {
         assert!(config.images.vendor_roots.is_empty());
         assert!(config.manufacturer_ca.is_none());
         let text = std::fs::read_to_string(&made.config).expect("config");
-        assert!(!text.contains(&made.admin_token), "the token itself is not kept");
+        assert!(
+            !text.contains(&made.admin_token),
+            "the token itself is not kept"
+        );
         for (file, mode) in [
             (CONFIG_FILE, 0o600),
             (CA_KEY_FILE, 0o600),

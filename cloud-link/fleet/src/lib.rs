@@ -334,7 +334,9 @@ pub enum ConfigValueError {
     #[error("http_listen and mqtt_listen are both {0:?}: each needs its own port")]
     SameListen(String),
     /// The metrics listener on the API's or the broker's address.
-    #[error("metrics.listen {0:?} is the address of http_listen or mqtt_listen: it needs its own port")]
+    #[error(
+        "metrics.listen {0:?} is the address of http_listen or mqtt_listen: it needs its own port"
+    )]
     MetricsListen(String),
     /// A database the store cannot open.
     #[error("database_url {0:?} is neither sqlite://… nor postgres://…")]

@@ -106,7 +106,9 @@ async fn main() -> anyhow::Result<()> {
             server_key,
         }) => {
             let pki = match (ca_cert, ca_key, server_cert, server_key) {
-                (Some(cert), Some(key), None, None) => warden_fleet::init::Pki::FromCa { cert, key },
+                (Some(cert), Some(key), None, None) => {
+                    warden_fleet::init::Pki::FromCa { cert, key }
+                }
                 (Some(ca), None, Some(cert), Some(key)) => {
                     warden_fleet::init::Pki::Existing { ca, cert, key }
                 }
@@ -131,7 +133,10 @@ async fn main() -> anyhow::Result<()> {
                 pki,
             })?;
             println!("fleet config:   {}", made.config.display());
-            println!("fleet CA:       {} (units and stations pin it)", made.fleet_ca.display());
+            println!(
+                "fleet CA:       {} (units and stations pin it)",
+                made.fleet_ca.display()
+            );
             println!(
                 "admin token:    {} (shown once; only its SHA-256 is kept)",
                 made.admin_token

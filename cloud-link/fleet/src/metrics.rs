@@ -40,7 +40,10 @@ async fn metrics(State(sources): State<Sources>) -> Response {
         )],
         render(
             &sources.store.health(),
-            sources.devices.as_ref().map(LocalPublisher::connected_devices),
+            sources
+                .devices
+                .as_ref()
+                .map(LocalPublisher::connected_devices),
         ),
     )
         .into_response()

@@ -232,8 +232,9 @@ pub(super) struct StoreHealth {
 }
 
 /// Upper bounds (seconds) of the ingest latency histogram's buckets (`+Inf` besides).
-pub const INGEST_SECONDS_BUCKETS: [f64; 11] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+pub const INGEST_SECONDS_BUCKETS: [f64; 11] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 /// A Prometheus histogram over [`INGEST_SECONDS_BUCKETS`].
 #[derive(Debug, Default, Clone, Copy, PartialEq)]

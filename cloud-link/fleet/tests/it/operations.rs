@@ -97,7 +97,10 @@ async fn init_makes_a_fleet_that_serves_its_openapi_and_refuses_unauthenticated_
     let mut url = None;
     let mut metrics = None;
     while url.is_none() || metrics.is_none() {
-        let line = lines.next().expect("the fleet prints its addresses").expect("line");
+        let line = lines
+            .next()
+            .expect("the fleet prints its addresses")
+            .expect("line");
         if let Some(rest) = line.strip_prefix("fleet dashboard: ") {
             url = Some(rest.trim().trim_end_matches('/').to_owned());
         }
