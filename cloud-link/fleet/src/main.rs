@@ -28,41 +28,7 @@ enum Command {
     Run,
     /// Make a new fleet: a commented fleet.toml, a fleet CA, a server certificate and
     /// an admin token (printed once). Refuses to overwrite anything.
-    Init {
-        /// Where the config and certificates go (created if missing).
-        #[arg(long)]
-        dir: PathBuf,
-        /// Where the SQLite database and images go (default: --dir).
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// A DNS name or IP address units and stations reach the fleet by; repeat for
-        /// several (default: localhost and 127.0.0.1).
-        #[arg(long = "hostname")]
-        hostnames: Vec<String>,
-        /// The API and dashboard address.
-        #[arg(long, default_value = "0.0.0.0:8443")]
-        http_listen: String,
-        /// The MQTT broker's address.
-        #[arg(long, default_value = "0.0.0.0:8883")]
-        mqtt_listen: String,
-        /// The Prometheus /metrics address.
-        #[arg(long, default_value = "127.0.0.1:9464")]
-        metrics_listen: String,
-        /// An existing fleet CA certificate (PEM) to issue the server certificate
-        /// from (with --ca-key), or that --server-cert chains to.
-        #[arg(long)]
-        ca_cert: Option<PathBuf>,
-        /// The existing fleet CA's key (PKCS#8 PEM).
-        #[arg(long, requires = "ca_cert", conflicts_with = "server_cert")]
-        ca_key: Option<PathBuf>,
-        /// An existing server certificate (PEM) to use as it is (with --server-key and
-        /// --ca-cert).
-        #[arg(long, requires_all = ["server_key", "ca_cert"])]
-        server_cert: Option<PathBuf>,
-        /// The existing server certificate's key (PEM).
-        #[arg(long, requires = "server_cert")]
-        server_key: Option<PathBuf>,
-    },
+    Init(InitArgs),
     /// Copy the SQLite store to FILE while the fleet runs (PostgreSQL: pg_dump).
     Backup {
         /// The backup file to write.
@@ -83,6 +49,44 @@ enum Command {
     },
 }
 
+/// `warden-fleet init`'s arguments.
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Where the config and certificates go (created if missing).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where the SQLite database and images go (default: --dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// A DNS name or IP address units and stations reach the fleet by; repeat for
+    /// several (default: localhost and 127.0.0.1).
+    #[arg(long = "hostname")]
+    hostnames: Vec<String>,
+    /// The API and dashboard address.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    http_listen: String,
+    /// The MQTT broker's address.
+    #[arg(long, default_value = "0.0.0.0:8883")]
+    mqtt_listen: String,
+    /// The Prometheus /metrics address.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
+    /// An existing fleet CA certificate (PEM) to issue the server certificate
+    /// from (with --ca-key), or that --server-cert chains to.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// The existing fleet CA's key (PKCS#8 PEM).
+    #[arg(long, requires = "ca_cert", conflicts_with = "server_cert")]
+    ca_key: Option<PathBuf>,
+    /// An existing server certificate (PEM) to use as it is (with --server-key and
+    /// --ca-cert).
+    #[arg(long, requires_all = ["server_key", "ca_cert"])]
+    server_cert: Option<PathBuf>,
+    /// The existing server certificate's key (PEM).
+    #[arg(long, requires = "server_cert")]
+    server_key: Option<PathBuf>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -93,19 +97,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         None | Some(Command::Run) => run(args.config.as_deref()).await,
-        Some(Command::Init {
-            dir,
-            state_dir,
-            hostnames,
-            http_listen,
-            mqtt_listen,
-            metrics_listen,
-            ca_cert,
-            ca_key,
-            server_cert,
-            server_key,
-        }) => {
-            let pki = match (ca_cert, ca_key, server_cert, server_key) {
+        Some(Command::Init(args)) => {
+            let pki = match (args.ca_cert, args.ca_key, args.server_cert, args.server_key) {
                 (Some(cert), Some(key), None, None) => {
                     warden_fleet::init::Pki::FromCa { cert, key }
                 }
@@ -118,18 +111,17 @@ async fn main() -> anyhow::Result<()> {
                      or --ca-cert with --server-cert and --server-key (use them as they are)"
                 ),
             };
-            let hostnames = if hostnames.is_empty() {
-                vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
-            } else {
-                hostnames
-            };
             let made = warden_fleet::init::init(&warden_fleet::init::InitRequest {
-                dir,
-                state_dir,
-                hostnames,
-                http_listen,
-                mqtt_listen,
-                metrics_listen,
+                dir: args.dir,
+                state_dir: args.state_dir,
+                hostnames: if args.hostnames.is_empty() {
+                    vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+                } else {
+                    args.hostnames
+                },
+                http_listen: args.http_listen,
+                mqtt_listen: args.mqtt_listen,
+                metrics_listen: args.metrics_listen,
                 pki,
             })?;
             println!("fleet config:   {}", made.config.display());
