@@ -384,7 +384,10 @@ mod tests {
             Some(FailureLine::Summary { failures: 60 })
         );
         assert_eq!(log.failed(start + Duration::from_secs(61)), None);
-        assert_eq!(log.succeeded(), Some(FailureLine::Recovered { failures: 62 }));
+        assert_eq!(
+            log.succeeded(),
+            Some(FailureLine::Recovered { failures: 62 })
+        );
         // Answering on: nothing more; the next outage starts with its own first line.
         assert_eq!(log.succeeded(), None);
         assert_eq!(

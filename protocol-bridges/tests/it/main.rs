@@ -754,7 +754,11 @@ async fn facade_answers_a_dead_rtu_unit_with_0x0b_within_its_timeout() {
         let poller = bridge.clone();
         tokio::spawn(async move {
             let _ = poller
-                .request(1, read(FunctionCode::ReadHoldingRegisters, 0, 2), RequestSource::Poll)
+                .request(
+                    1,
+                    read(FunctionCode::ReadHoldingRegisters, 0, 2),
+                    RequestSource::Poll,
+                )
                 .await;
         });
     }
@@ -779,7 +783,11 @@ async fn facade_answers_a_dead_rtu_unit_with_0x0b_within_its_timeout() {
         let asked = std::time::Instant::now();
         let answer = scada.read_holding_registers(0, 1).await.expect("io");
         let took = asked.elapsed();
-        assert_eq!(answer, Err(TmException::GatewayTargetDevice), "attempt {attempt}");
+        assert_eq!(
+            answer,
+            Err(TmException::GatewayTargetDevice),
+            "attempt {attempt}"
+        );
         assert!(
             took <= timeout + Duration::from_millis(150),
             "attempt {attempt}: answered after {took:?}, the unit's timeout is {timeout:?}"
@@ -837,13 +845,20 @@ async fn a_modbus_tcp_answer_from_another_unit_is_refused_and_counted() {
         Duration::from_secs(2),
     );
     let answer = bridge
-        .request(1, read(FunctionCode::ReadHoldingRegisters, 0, 1), RequestSource::Poll)
+        .request(
+            1,
+            read(FunctionCode::ReadHoldingRegisters, 0, 1),
+            RequestSource::Poll,
+        )
         .await;
     assert!(
         matches!(
             answer,
             Err(warden_bridges::bridge::RequestError::Failed {
-                error: warden_bridges::modbus::ClientError::WrongUnit { expected: 1, got: 9 },
+                error: warden_bridges::modbus::ClientError::WrongUnit {
+                    expected: 1,
+                    got: 9
+                },
                 ..
             })
         ),
@@ -859,7 +874,11 @@ async fn a_modbus_tcp_answer_from_another_unit_is_refused_and_counted() {
     );
     assert_eq!(
         bridge
-            .request(1, read(FunctionCode::ReadHoldingRegisters, 0, 1), RequestSource::Poll)
+            .request(
+                1,
+                read(FunctionCode::ReadHoldingRegisters, 0, 1),
+                RequestSource::Poll
+            )
             .await,
         Ok(Answer::Registers(vec![7]))
     );
@@ -867,13 +886,14 @@ async fn a_modbus_tcp_answer_from_another_unit_is_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modbus_tcp_timeouts_are_counted() {
-    let bridge = tcp_bridge(
-        scripted_tcp_peer(1, None).await,
-        Duration::from_millis(200),
-    );
+    let bridge = tcp_bridge(scripted_tcp_peer(1, None).await, Duration::from_millis(200));
     for _ in 0..2 {
         let answer = bridge
-            .request(1, read(FunctionCode::ReadHoldingRegisters, 0, 1), RequestSource::Poll)
+            .request(
+                1,
+                read(FunctionCode::ReadHoldingRegisters, 0, 1),
+                RequestSource::Poll,
+            )
             .await;
         assert!(
             matches!(
@@ -888,4 +908,149 @@ async fn modbus_tcp_timeouts_are_counted() {
     }
     let health = bridge.health().lock().expect("health").clone();
     assert_eq!(health.timeouts, 2, "{health:?}");
+}
+
+/// pymodbus (from PyPI, `tests/pymodbus/requirements.txt`) as the SCADA client: the
+/// facade answers a dead RTU unit with 0x0B within that line's timeout (pymodbus
+/// would otherwise time out and mismatch transaction IDs later), and the live unit's
+/// registers of a `string` point read as the text the poller decodes from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs pymodbus"]
+async fn facade_interop_with_pymodbus() {
+    const TWO_LINES: &str = r#"
+[[modbus]]
+name = "live-reads"
+bridge = "live"
+units = 1
+functions = ["read_holding_registers"]
+addresses = "0..=19"
+sources = ["facade", "poll"]
+
+[[modbus]]
+name = "dead-reads"
+bridge = "dead"
+units = 1
+functions = ["read_holding_registers"]
+addresses = "0..=19"
+sources = ["facade", "poll"]
+"#;
+    let policy = Arc::new(
+        warden_policy::compile(TWO_LINES, "policy.toml")
+            .expect("policy compiles")
+            .policy,
+    );
+    let timeout = Duration::from_millis(500);
+    let options = BusOptions {
+        timing: CharTiming::for_line(19_200, 11),
+        response_timeout: timeout,
+        retries: 3,
+        backoff: BackoffPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+        },
+    };
+    let shutdown = CancellationToken::new();
+    // The live line: a tokio-modbus RTU server holding "AB-17" at 10..=12.
+    let (ours, theirs) = tokio_serial::SerialStream::pair().expect("pty pair");
+    let store = Store::with_registers(0..20);
+    store.registers.lock().expect("lock").extend([
+        (10, u16::from_be_bytes(*b"AB")),
+        (11, u16::from_be_bytes(*b"-1")),
+        (12, u16::from_be_bytes(*b"7\0")),
+    ]);
+    let server = tokio_modbus::server::rtu::Server::new(theirs);
+    tokio::spawn(async move {
+        let _ = server.serve_forever(store).await;
+    });
+    let points: Vec<PointConfig> = toml::from_str::<BTreeMap<String, Vec<PointConfig>>>(
+        r#"points = [{ name = "batch", kind = "holding", address = 10, type = "string", length = 3, poll_interval_ms = 200 }]"#,
+    )
+    .expect("points")
+    .remove("points")
+    .expect("points");
+    let bridge_over = |name: &str, downstream: Downstream, points: Vec<PointConfig>| {
+        BridgeHandle::new(
+            name.into(),
+            name.into(),
+            1,
+            points,
+            downstream,
+            Box::new(PolicyGate::new(Arc::clone(&policy))),
+            Arc::default(),
+        )
+    };
+    let (live_bus, task) = RtuBus::over_stream(ours, options, Arc::default(), shutdown.clone());
+    tokio::spawn(task);
+    let live = bridge_over("live", Downstream::Rtu(live_bus), points.clone());
+    // The dead line: held open, never answering, polled by a patient poller.
+    let (dead_end, _held) = tokio::io::duplex(1024);
+    let (dead_bus, task) = RtuBus::over_stream(dead_end, options, Arc::default(), shutdown.clone());
+    tokio::spawn(task);
+    let dead = bridge_over("dead", Downstream::Rtu(dead_bus), points);
+    let (samples, mut received) = tokio::sync::mpsc::channel(16);
+    for bridge in [&live, &dead] {
+        let poller = warden_bridges::Poller::for_bridge(bridge.clone(), 0);
+        tokio::spawn(poller.run(samples.clone(), shutdown.clone()));
+    }
+    let config = FacadeConfig {
+        listen: "127.0.0.1:0".into(),
+        max_clients: 2,
+        units: vec![
+            FacadeRoute {
+                unit: 1,
+                bridge: "live".into(),
+                target_unit: Some(1),
+            },
+            FacadeRoute {
+                unit: 2,
+                bridge: "dead".into(),
+                target_unit: Some(1),
+            },
+        ],
+    };
+    let (facade, task) = start_facade(&config, &[live.clone(), dead.clone()], shutdown.clone())
+        .await
+        .expect("listen");
+    tokio::spawn(task);
+    // Let the dead line's poller start its retries first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/pymodbus/facade_client.py"
+    );
+    let output = tokio::process::Command::new("python3")
+        .args([
+            script,
+            &facade.address.port().to_string(),
+            "2",
+            "1",
+            "10",
+            "3",
+        ])
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "pymodbus client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    assert_eq!(seen["dead_is_error"], true, "{seen}");
+    assert_eq!(seen["dead_exception"], 0x0B, "{seen}");
+    let took = seen["dead_ms"].as_f64().expect("ms");
+    assert!(
+        took <= (timeout + Duration::from_millis(200)).as_millis() as f64,
+        "pymodbus waited {took} ms for the dead unit; its timeout is {timeout:?}"
+    );
+    assert_eq!(seen["string"], "AB-17", "{seen}");
+    let sample = tokio::time::timeout(Duration::from_secs(5), received.recv())
+        .await
+        .expect("a sample in time")
+        .expect("a sample");
+    assert_eq!(
+        (sample.bridge.as_str(), sample.value),
+        ("live", warden_bridges::Value::Text("AB-17".into()))
+    );
+    shutdown.cancel();
 }
