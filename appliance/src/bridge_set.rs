@@ -43,7 +43,10 @@ pub struct StartedBridgeSet {
     /// The private network's port, if configured.
     pub privnet: Option<PrivnetHandle>,
     /// The facade's address and counters, if configured.
-    pub facade: Option<(std::net::SocketAddr, Arc<Mutex<warden_bridges::FacadeHealth>>)>,
+    pub facade: Option<(
+        std::net::SocketAddr,
+        Arc<Mutex<warden_bridges::FacadeHealth>>,
+    )>,
 }
 
 /// Starts the private network (if configured), then every bridge with its own policy

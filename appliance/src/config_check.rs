@@ -152,7 +152,9 @@ pub fn check_text_with(text: &str, path: &Path, stage: Stage) -> Result<ConfigRe
 /// The Modbus points the policy never lets the poller read (each would be polled and
 /// denied forever, and never show a value), as `(field, message)`.
 fn unreadable_points(config: &ApplianceConfig) -> Vec<(String, String)> {
-    use warden_bridges::request_policy::{GatedRequest, PolicyGate, RequestPolicy as _, RequestSource};
+    use warden_bridges::request_policy::{
+        GatedRequest, PolicyGate, RequestPolicy as _, RequestSource,
+    };
     let Ok(source) = std::fs::read_to_string(&config.policy.file) else {
         return Vec::new();
     };
@@ -166,10 +168,29 @@ fn unreadable_points(config: &ApplianceConfig) -> Vec<(String, String)> {
         .modbus_tcp
         .iter()
         .enumerate()
-        .map(|(b, bridge)| (format!("bridges.modbus_tcp[{b}]"), &bridge.name, bridge.unit, &bridge.points))
-        .chain(config.bridges.modbus_rtu.iter().enumerate().map(|(b, bridge)| {
-            (format!("bridges.modbus_rtu[{b}]"), &bridge.name, bridge.unit, &bridge.points)
-        }));
+        .map(|(b, bridge)| {
+            (
+                format!("bridges.modbus_tcp[{b}]"),
+                &bridge.name,
+                bridge.unit,
+                &bridge.points,
+            )
+        })
+        .chain(
+            config
+                .bridges
+                .modbus_rtu
+                .iter()
+                .enumerate()
+                .map(|(b, bridge)| {
+                    (
+                        format!("bridges.modbus_rtu[{b}]"),
+                        &bridge.name,
+                        bridge.unit,
+                        &bridge.points,
+                    )
+                }),
+        );
     let mut warnings = Vec::new();
     for (field, bridge, unit, points) in bridges {
         for (p, point) in points.iter().enumerate() {
@@ -178,12 +199,13 @@ fn unreadable_points(config: &ApplianceConfig) -> Vec<(String, String)> {
             let plan = warden_bridges::read_plan::plan_reads(std::slice::from_ref(point), unit, 0);
             for block in plan {
                 let request = block.request();
-                let verdict = PolicyGate::new(std::sync::Arc::clone(&policy)).check(&GatedRequest {
-                    bridge,
-                    unit: block.unit,
-                    request: &request,
-                    source: RequestSource::Poll,
-                });
+                let verdict =
+                    PolicyGate::new(std::sync::Arc::clone(&policy)).check(&GatedRequest {
+                        bridge,
+                        unit: block.unit,
+                        request: &request,
+                        source: RequestSource::Poll,
+                    });
                 if let Err(denial) = verdict {
                     warnings.push((
                         format!("{field}.points[{p}]"),

@@ -157,7 +157,9 @@ pub fn config_in_command_line(args: &[String]) -> Option<PathBuf> {
         "run" => !args
             .iter()
             .any(|arg| arg == "--manifest" || arg.starts_with("--manifest=")),
-        "compartment" => args.get(command + 1).is_some_and(|role| role == "status-page"),
+        "compartment" => args
+            .get(command + 1)
+            .is_some_and(|role| role == "status-page"),
         _ => false,
     };
     if !serves_control {

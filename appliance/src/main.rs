@@ -61,7 +61,11 @@ enum Command {
     /// twice without echo on a terminal, else reads one line from standard input.
     Passwd {
         /// The appliance config naming the password file.
-        #[arg(long, default_value = "/etc/warden/warden.toml", conflicts_with = "file")]
+        #[arg(
+            long,
+            default_value = "/etc/warden/warden.toml",
+            conflicts_with = "file"
+        )]
         config: PathBuf,
         /// Write this file instead of the config's `password_file`.
         #[arg(long)]
@@ -369,7 +373,11 @@ fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn passwd(config: &std::path::Path, file: Option<PathBuf>, force: bool) -> anyhow::Result<ExitCode> {
+fn passwd(
+    config: &std::path::Path,
+    file: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
     let path = match file {
         Some(file) => file,
         // Only the path is needed: a unit being set up may not have the rest yet
@@ -405,7 +413,11 @@ fn check_config(path: &std::path::Path, before_provisioning: bool) -> anyhow::Re
         if report.warnings.is_empty() {
             println!("{}: ok", path.display());
         } else {
-            println!("{}: ok, {} warning(s)", path.display(), report.warnings.len());
+            println!(
+                "{}: ok, {} warning(s)",
+                path.display(),
+                report.warnings.len()
+            );
         }
         Ok(ExitCode::SUCCESS)
     } else {

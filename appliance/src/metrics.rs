@@ -430,7 +430,11 @@ mod tests {
     fn facade_and_bridge_transport_counters_are_exported() {
         let state = state_with(warden_link::LinkStatus::default());
         let text = render_at(&state, 0);
-        assert_eq!(sample(&text, "warden_facade_requests_total"), None, "no facade, no samples");
+        assert_eq!(
+            sample(&text, "warden_facade_requests_total"),
+            None,
+            "no facade, no samples"
+        );
         *state.facade.lock().expect("facade") = Some(warden_bridges::FacadeHealth {
             clients: 2,
             requests: 40,

@@ -126,12 +126,23 @@ mod tests {
         assert!(!verifier.verify("wrong"));
         let refused = set_password(&path, "another", false).expect_err("exists");
         assert!(matches!(refused, PasswdError::Exists(_)), "{refused}");
-        assert!(PasswordVerifier::load(&path).expect("kept").verify("correct horse"));
+        assert!(
+            PasswordVerifier::load(&path)
+                .expect("kept")
+                .verify("correct horse")
+        );
         set_password(&path, "another", true).expect("forced");
-        assert!(PasswordVerifier::load(&path).expect("new").verify("another"));
+        assert!(
+            PasswordVerifier::load(&path)
+                .expect("new")
+                .verify("another")
+        );
         let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
         assert_eq!(left.len(), 1, "nothing staged is left behind");
-        assert!(matches!(set_password(&path, "", true), Err(PasswdError::Empty)));
+        assert!(matches!(
+            set_password(&path, "", true),
+            Err(PasswdError::Empty)
+        ));
     }
 
     #[test]

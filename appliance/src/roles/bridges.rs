@@ -160,7 +160,10 @@ pub async fn start(
                 });
             }
             if let Some(facade) = &facade {
-                let health = facade.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let health = facade
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 to_page.send_or_drop(BridgesToPage::Facade(health));
             }
         }

@@ -351,10 +351,18 @@ fn passwd_writes_the_hash_the_status_page_accepts() {
         child.wait_with_output().expect("exits")
     };
     let first = set("plant floor 7", false);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    let mode = std::fs::metadata(&file).expect("written").permissions().mode();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let mode = std::fs::metadata(&file)
+        .expect("written")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let verifier = warden::status_page::auth::PasswordVerifier::load(&file).expect("the page loads it");
+    let verifier =
+        warden::status_page::auth::PasswordVerifier::load(&file).expect("the page loads it");
     assert!(verifier.verify("plant floor 7"));
     let refused = set("other", false);
     assert!(!refused.status.success());
@@ -364,7 +372,11 @@ fn passwd_writes_the_hash_the_status_page_accepts() {
         String::from_utf8_lossy(&refused.stderr)
     );
     let forced = set("other", true);
-    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
     assert!(
         warden::status_page::auth::PasswordVerifier::load(&file)
             .expect("loads")

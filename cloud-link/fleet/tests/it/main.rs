@@ -408,9 +408,7 @@ async fn a_command_id_names_one_command() {
     })
     .await
     .expect("telemetry stored");
-    let write = |value: f64| {
-        serde_json::json!({"bridge": "line1", "point": "setpoint", "value": value, "id": "set-1"})
-    };
+    let write = |value: f64| serde_json::json!({"bridge": "line1", "point": "setpoint", "value": value, "id": "set-1"});
     let path = "/api/v1/devices/wd-good/commands";
     let (status, sent) = fx.post(OPERATOR, path, &write(21.5)).await;
     assert_eq!(status, 202, "{sent}");

@@ -87,8 +87,7 @@ fn every_topic_has_a_schema_and_a_row_in_the_reference() {
     let known: Vec<&str> = TOPIC_SCHEMAS.iter().map(|(topic, _)| *topic).collect();
     let listed: Vec<&str> = defined.iter().map(|(topic, _)| topic.as_str()).collect();
     assert_eq!(listed, known, "topics.rs's table and this test disagree");
-    let reference =
-        std::fs::read_to_string(cloud_link().join("PAYLOADS.md")).expect("PAYLOADS.md");
+    let reference = std::fs::read_to_string(cloud_link().join("PAYLOADS.md")).expect("PAYLOADS.md");
     let documented = topic_rows(&reference);
     assert_eq!(
         documented, defined,
@@ -162,7 +161,10 @@ fn payloads_the_code_makes_validate() {
     assert_valid("twin-desired", &desired.encode());
     let mut with_link = serde_json::to_value(&desired).expect("json");
     with_link["link"] = json!({"version": 2, "batch_interval_ms": 500, "max_send_per_second": 100});
-    assert_valid("twin-desired", &serde_json::to_vec(&with_link).expect("json"));
+    assert_valid(
+        "twin-desired",
+        &serde_json::to_vec(&with_link).expect("json"),
+    );
     let reported = TwinReported {
         v: PROTOCOL_VERSION,
         policy_name: Some("press-line".into()),
@@ -252,7 +254,10 @@ fn payloads_the_code_refuses_do_not_validate() {
     let unversioned = json!({"stream": "telemetry", "epoch": 1, "seq": 2});
     assert!(Ack::decode(&serde_json::to_vec(&unversioned).expect("json")).is_err());
     assert_invalid("ack", &unversioned);
-    assert_invalid("ack", &json!({"v": 2, "stream": "telemetry", "epoch": 1, "seq": 2}));
+    assert_invalid(
+        "ack",
+        &json!({"v": 2, "stream": "telemetry", "epoch": 1, "seq": 2}),
+    );
     // A reading with neither a number, a text nor a flag.
     assert_invalid(
         "telemetry-batch",
