@@ -93,17 +93,17 @@ pub fn first_line(mut input: impl BufRead) -> Result<String, PasswdError> {
 /// Prompts on stderr and reads a line from the terminal with echo off (restored
 /// afterwards, also when reading fails).
 fn prompt_without_echo(prompt: &str) -> Result<String, PasswdError> {
-    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
     let stdin = std::io::stdin();
     eprint!("{prompt}");
     std::io::stderr().flush()?;
     let saved = tcgetattr(&stdin).map_err(std::io::Error::from)?;
     let mut quiet = saved.clone();
-    quiet.local_flags.remove(LocalFlags::ECHO);
-    quiet.local_flags.insert(LocalFlags::ECHONL);
-    tcsetattr(&stdin, SetArg::TCSANOW, &quiet).map_err(std::io::Error::from)?;
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(&stdin, OptionalActions::Now, &quiet).map_err(std::io::Error::from)?;
     let read = first_line(stdin.lock());
-    let restored = tcsetattr(&stdin, SetArg::TCSANOW, &saved).map_err(std::io::Error::from);
+    let restored = tcsetattr(&stdin, OptionalActions::Now, &saved).map_err(std::io::Error::from);
     let password = read?;
     restored?;
     Ok(password)
