@@ -42,8 +42,11 @@ pub struct StartedBridgeSet {
     pub listings: Vec<BridgeView>,
     /// The private network's port, if configured.
     pub privnet: Option<PrivnetHandle>,
-    /// The facade's address, if configured.
-    pub facade: Option<std::net::SocketAddr>,
+    /// The facade's address and counters, if configured.
+    pub facade: Option<(
+        std::net::SocketAddr,
+        Arc<Mutex<warden_bridges::FacadeHealth>>,
+    )>,
 }
 
 /// Starts the private network (if configured), then every bridge with its own policy
@@ -133,7 +136,7 @@ pub async fn start(
         set,
         listings,
         privnet,
-        facade: started.facade.map(|(address, _)| address),
+        facade: started.facade,
     })
 }
 

@@ -36,6 +36,9 @@ pub struct ConfigReport {
     /// The policy file's own report (errors and warnings located in the policy), if
     /// it could be read.
     pub policy: Option<warden_policy::cli::CheckReport>,
+    /// What starts but cannot work as meant (a configured point the policy never lets
+    /// the poller read), in file order; the unit runs with them.
+    pub warnings: Vec<Problem>,
 }
 
 impl ConfigReport {
@@ -53,6 +56,13 @@ impl std::fmt::Display for ConfigReport {
                 out,
                 "{name}:{}: {}: {}",
                 problem.line, problem.field, problem.message
+            )?;
+        }
+        for warning in &self.warnings {
+            writeln!(
+                out,
+                "{name}:{}: warning: {}: {}",
+                warning.line, warning.field, warning.message
             )?;
         }
         Ok(())
@@ -100,27 +110,114 @@ pub fn check_text_with(text: &str, path: &Path, stage: Stage) -> Result<ConfigRe
     }
     found.extend(file_problems(&config));
     let mut policy = None;
+    let mut warned = Vec::new();
     match std::fs::metadata(&config.policy.file) {
         Err(error) => found.push(("policy.file".into(), missing(&config.policy.file, &error))),
         Ok(_) => match warden_policy::cli::check_file(&config.policy.file) {
-            Ok(report) => policy = Some(report),
+            Ok(report) => {
+                if report.is_ok() {
+                    warned = unreadable_points(&config);
+                }
+                policy = Some(report);
+            }
             Err(error) => found.push(("policy.file".into(), format!("{error:#}"))),
         },
     }
-    let mut problems: Vec<Problem> = found
-        .into_iter()
-        .map(|(field, message)| Problem {
-            line: locate(text, &field).map_or(1, |(line, _)| line),
-            field,
-            message,
-        })
-        .collect();
-    problems.sort_by_key(|problem| problem.line);
+    let located = |found: Vec<(String, String)>| {
+        let mut problems: Vec<Problem> = found
+            .into_iter()
+            .map(|(field, message)| Problem {
+                line: locate(text, &field).map_or(1, |(line, _)| line),
+                field,
+                message,
+            })
+            .collect();
+        problems.sort_by_key(|problem| problem.line);
+        problems
+    };
     Ok(ConfigReport {
         path: path.to_path_buf(),
-        problems,
+        problems: located(found),
         policy,
+        warnings: located(warned),
     })
+}
+
+/// The Modbus points the policy never lets the poller read (each would be polled and
+/// denied forever, and never show a value), as `(field, message)`.
+fn unreadable_points(config: &ApplianceConfig) -> Vec<(String, String)> {
+    use warden_bridges::request_policy::{
+        GatedRequest, PolicyGate, RequestPolicy as _, RequestSource,
+    };
+    let Ok(source) = std::fs::read_to_string(&config.policy.file) else {
+        return Vec::new();
+    };
+    let Ok(compiled) = warden_policy::compile(&source, &config.policy.file.display().to_string())
+    else {
+        return Vec::new();
+    };
+    let policy = std::sync::Arc::new(compiled.policy);
+    let bridges = config
+        .bridges
+        .modbus_tcp
+        .iter()
+        .enumerate()
+        .map(|(b, bridge)| {
+            (
+                format!("bridges.modbus_tcp[{b}]"),
+                &bridge.name,
+                bridge.unit,
+                &bridge.points,
+            )
+        })
+        .chain(
+            config
+                .bridges
+                .modbus_rtu
+                .iter()
+                .enumerate()
+                .map(|(b, bridge)| {
+                    (
+                        format!("bridges.modbus_rtu[{b}]"),
+                        &bridge.name,
+                        bridge.unit,
+                        &bridge.points,
+                    )
+                }),
+        );
+    let mut warnings = Vec::new();
+    for (field, bridge, unit, points) in bridges {
+        for (p, point) in points.iter().enumerate() {
+            // The read the poller sends for this point alone (merged reads are split
+            // back into these when refused).
+            let plan = warden_bridges::read_plan::plan_reads(std::slice::from_ref(point), unit, 0);
+            for block in plan {
+                let request = block.request();
+                let verdict =
+                    PolicyGate::new(std::sync::Arc::clone(&policy)).check(&GatedRequest {
+                        bridge,
+                        unit: block.unit,
+                        request: &request,
+                        source: RequestSource::Poll,
+                    });
+                if let Err(denial) = verdict {
+                    warnings.push((
+                        format!("{field}.points[{p}]"),
+                        format!(
+                            "point {:?} is never read: the policy denies its poll (unit {}, function {}, address {}, count {}): {}",
+                            point.name,
+                            block.unit,
+                            request.function().code(),
+                            request.address(),
+                            request.count(),
+                            denial.reason
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    warnings
 }
 
 /// What is wrong with the files the provisioning station gives each unit.
@@ -495,6 +592,29 @@ metrics_listen = "127.0.0.1:0"
         let (_, report) = unit.check(&[]);
         assert!(report.is_ok(), "{report}");
         assert_eq!(report.to_string(), "");
+    }
+
+    #[test]
+    fn a_point_the_policy_never_lets_the_poller_read_is_a_warning() {
+        let unit = Unit::new();
+        // Holding register 50 of line1: no rule of the shipped policy allows reading it.
+        let (text, report) = unit.check(&[(
+            "name = \"temperature\"\nkind = \"holding\"\naddress = 0",
+            "name = \"temperature\"\nkind = \"holding\"\naddress = 50",
+        )]);
+        assert!(report.is_ok(), "a warning does not stop the unit: {report}");
+        assert_eq!(report.warnings.len(), 1, "{report}");
+        let expected = format!(
+            "{}:{}: warning: bridges.modbus_tcp[0].points[0]: point \"temperature\" is never read",
+            report.path.display(),
+            line_starting(&text, "[[bridges.modbus_tcp.points]]")
+        );
+        let printed = report.to_string();
+        assert!(
+            printed.lines().any(|line| line.starts_with(&expected)),
+            "expected {expected:?} in:\n{printed}"
+        );
+        assert!(printed.contains("address 50"), "{printed}");
     }
 
     #[test]

@@ -85,6 +85,99 @@ pub fn serve(
     Ok(())
 }
 
+/// Where `warden status` looks when no config is named and no appliance is found
+/// running.
+pub const DEFAULT_CONFIG: &str = "/etc/warden/warden.toml";
+
+/// The config `warden status` reads to find the control socket: the one named, else
+/// the one the running appliance was started with (found in the command lines of
+/// this host's processes: `warden run --config FILE` or its status page compartment
+/// `warden compartment status-page --config FILE`), else [`DEFAULT_CONFIG`]. Two
+/// appliances running with different configs is an error naming both.
+pub fn config_for_status(named: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(named) = named {
+        return Ok(named);
+    }
+    let mut running = running_configs();
+    running.sort();
+    running.dedup();
+    match running.as_slice() {
+        [] => Ok(PathBuf::from(DEFAULT_CONFIG)),
+        [one] => Ok(one.clone()),
+        several => anyhow::bail!(
+            "several appliances are running ({}); name one with --config",
+            several
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The configs of the appliances running on this host, from `/proc/*/cmdline`
+/// (relative paths resolved against the process's working directory, when this user
+/// may read it).
+fn running_configs() -> Vec<PathBuf> {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for process in processes.flatten() {
+        let dir = process.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|&byte| byte == 0)
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect();
+        let Some(config) = config_in_command_line(&args) else {
+            continue;
+        };
+        if config.is_absolute() {
+            found.push(config);
+        } else if let Ok(cwd) = std::fs::read_link(dir.join("cwd")) {
+            found.push(cwd.join(config));
+        }
+    }
+    found
+}
+
+/// The config of a `warden run --config FILE` or `warden compartment status-page
+/// --config FILE` command line (the processes that serve the control socket).
+pub fn config_in_command_line(args: &[String]) -> Option<PathBuf> {
+    let program = Path::new(args.first()?).file_name()?.to_str()?;
+    if program != "warden" {
+        return None;
+    }
+    // Global flags (`--log-json`) may come before the command.
+    let command = args.iter().skip(1).position(|arg| !arg.starts_with('-'))? + 1;
+    let serves_control = match args[command].as_str() {
+        "run" => !args
+            .iter()
+            .any(|arg| arg == "--manifest" || arg.starts_with("--manifest=")),
+        "compartment" => args
+            .get(command + 1)
+            .is_some_and(|role| role == "status-page"),
+        _ => false,
+    };
+    if !serves_control {
+        return None;
+    }
+    let mut rest = args.iter().skip(command + 1);
+    while let Some(arg) = rest.next() {
+        if arg == "--config" {
+            return rest.next().map(PathBuf::from);
+        }
+        if let Some(value) = arg.strip_prefix("--config=") {
+            return Some(PathBuf::from(value));
+        }
+    }
+    // `warden run` without --config runs the default.
+    (args[command] == "run").then(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
 /// Asks the appliance behind `path` for its status.
 pub fn query(path: &Path) -> anyhow::Result<serde_json::Value> {
     let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
@@ -164,6 +257,17 @@ pub fn render(status: &serde_json::Value) -> String {
             text(&health["exceptions"]),
             text(&health["denied"]),
         );
+        // Transport trouble, only when there is some (an older appliance has no
+        // `wrong_unit`: shown as 0).
+        let timeouts = health["timeouts"].as_u64().unwrap_or(0);
+        let wrong_unit = health["wrong_unit"].as_u64().unwrap_or(0);
+        if timeouts > 0 || wrong_unit > 0 {
+            let _ = writeln!(
+                out,
+                "  {:<12} {timeouts} timeouts, {wrong_unit} answers from the wrong unit",
+                ""
+            );
+        }
         for point in bridge["points"].as_array().into_iter().flatten() {
             let last = &point["last"];
             let value = if last.is_null() {
@@ -172,6 +276,22 @@ pub fn render(status: &serde_json::Value) -> String {
                 format!("{} {}", text(&last["value"]), text(&last["unit"]))
             };
             let _ = writeln!(out, "    {:<22} {}", text(&point["name"]), value.trim_end());
+        }
+    }
+    let facade = &status["facade"];
+    if facade.is_object() {
+        let _ = writeln!(
+            out,
+            "facade        {} clients; {} requests: {} forwarded, {} denied, {} failed; {} connections refused",
+            text(&facade["clients"]),
+            text(&facade["requests"]),
+            text(&facade["forwarded"]),
+            text(&facade["denied"]),
+            text(&facade["failed"]),
+            text(&facade["refused_connections"]),
+        );
+        if let Some(denial) = facade["last_denial"].as_str() {
+            let _ = writeln!(out, "  last denial {denial}");
         }
     }
     out
@@ -189,8 +309,11 @@ mod tests {
             "attestation": null,
             "link": {"state": "connected", "batches_queued": 4, "batches_acknowledged": 3,
                      "last_error": null, "outbox": {"depth": 1, "bytes": 120}},
+            "facade": {"clients": 1, "requests": 9, "forwarded": 5, "denied": 2, "failed": 2,
+                       "refused_connections": 0, "last_denial": "unit 1 read 8: not allowed"},
             "bridges": [{"name": "line1", "address": "10.0.0.2:502",
-                         "health": {"reads_ok": 7, "errors": 1, "exceptions": 0, "denied": 2},
+                         "health": {"reads_ok": 7, "errors": 1, "exceptions": 0, "denied": 2,
+                                    "timeouts": 3, "wrong_unit": 1},
                          "points": [{"name": "oil", "last": {"value": 21.5, "unit": "°C"}},
                                     {"name": "batch", "last": {"value": "AB-17", "unit": ""}},
                                     {"name": "code", "last": null}]}],
@@ -207,6 +330,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("oil") && text.contains("21.5 °C"), "{text}");
+        assert!(
+            text.contains("3 timeouts, 1 answers from the wrong unit"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "facade        1 clients; 9 requests: 5 forwarded, 2 denied, 2 failed; 0 connections refused"
+            ) && text.contains("last denial unit 1 read 8: not allowed"),
+            "{text}"
+        );
         assert!(
             text.lines()
                 .any(|l| l.trim_start().starts_with("batch") && l.trim_end().ends_with("AB-17")),
@@ -243,6 +376,48 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("failure-report uploader"), "{text}");
+    }
+
+    #[test]
+    fn the_running_appliances_config_is_read_from_its_command_line() {
+        let args = |line: &str| line.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            config_in_command_line(&args("/usr/bin/warden run --config /srv/unit/warden.toml")),
+            Some(PathBuf::from("/srv/unit/warden.toml"))
+        );
+        assert_eq!(
+            config_in_command_line(&args("warden --log-json run --config=site.toml")),
+            Some(PathBuf::from("site.toml")),
+            "a global flag before the command"
+        );
+        assert_eq!(
+            config_in_command_line(&args("warden run --config=site.toml")),
+            Some(PathBuf::from("site.toml"))
+        );
+        assert_eq!(
+            config_in_command_line(&args("warden run")),
+            Some(PathBuf::from(DEFAULT_CONFIG))
+        );
+        assert_eq!(
+            config_in_command_line(&args(
+                "/usr/lib/warden/warden compartment status-page --config /etc/w/warden.toml"
+            )),
+            Some(PathBuf::from("/etc/w/warden.toml"))
+        );
+        // Not the processes that serve the socket.
+        for line in [
+            "warden compartment link --config /etc/w/warden.toml",
+            "warden run --manifest /etc/warden/manifest.toml",
+            "warden status --config /etc/w/warden.toml",
+            "wardenish run --config /x.toml",
+            "vim /etc/warden/warden.toml",
+        ] {
+            assert_eq!(config_in_command_line(&args(line)), None, "{line}");
+        }
+        assert_eq!(
+            config_for_status(Some(PathBuf::from("/named.toml"))).expect("named"),
+            PathBuf::from("/named.toml")
+        );
     }
 
     #[test]

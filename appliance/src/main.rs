@@ -49,12 +49,30 @@ enum Command {
     /// Ask the running appliance for its status (link, outbox, bridges, values).
     Status {
         /// The appliance config (names the status page's state directory, where the
-        /// control socket is).
-        #[arg(long, default_value = "/etc/warden/warden.toml")]
-        config: PathBuf,
+        /// control socket is). Default: the config the running appliance was started
+        /// with, else /etc/warden/warden.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print the raw JSON status instead of the summary.
         #[arg(long)]
         json: bool,
+    },
+    /// Write the status page's password hash (`[status_page] password_file`): prompts
+    /// twice without echo on a terminal, else reads one line from standard input.
+    Passwd {
+        /// The appliance config naming the password file.
+        #[arg(
+            long,
+            default_value = "/etc/warden/warden.toml",
+            conflicts_with = "file"
+        )]
+        config: PathBuf,
+        /// Write this file instead of the config's `password_file`.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Replace an existing password file.
+        #[arg(long)]
+        force: bool,
     },
     /// List and show failure reports.
     #[command(subcommand)]
@@ -150,7 +168,12 @@ fn main() -> ExitCode {
         }) => run_async(run_monitor(manifest, insecure_dev)),
         Some(Command::Boot(args)) => run_async(warden::boot::run(args)),
         Some(Command::Compartment { role, args }) => compartment(&role, &args),
-        Some(Command::Status { config, json }) => status(&config, json),
+        Some(Command::Status { config, json }) => status(config, json),
+        Some(Command::Passwd {
+            config,
+            file,
+            force,
+        }) => passwd(&config, file, force),
         Some(Command::Report(command)) => command.run(),
         Some(Command::CheckConfig {
             config,
@@ -339,14 +362,37 @@ fn compartment(role: &str, args: &[String]) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn status(config: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    let config = ApplianceConfig::load(config)?;
+fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let config = ApplianceConfig::load(&warden::control::config_for_status(config)?)?;
     let status = warden::control::query(&warden::control::socket_path(&config.status_page))?;
     if json {
         println!("{status:#}");
     } else {
         print!("{}", warden::control::render(&status));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn passwd(
+    config: &std::path::Path,
+    file: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let path = match file {
+        Some(file) => file,
+        // Only the path is needed: a unit being set up may not have the rest yet
+        // (certificates, keys), so the values are not checked here.
+        None => {
+            let text = std::fs::read_to_string(config)
+                .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", config.display()))?;
+            ApplianceConfig::parse_unchecked(&text, config)?
+                .status_page
+                .password_file
+        }
+    };
+    let password = warden::passwd::read_password()?;
+    warden::passwd::set_password(&path, &password, force)?;
+    eprintln!("wrote the status page password hash to {}", path.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -364,7 +410,15 @@ fn check_config(path: &std::path::Path, before_provisioning: bool) -> anyhow::Re
         print!("{policy}");
     }
     if report.is_ok() {
-        println!("{}: ok", path.display());
+        if report.warnings.is_empty() {
+            println!("{}: ok", path.display());
+        } else {
+            println!(
+                "{}: ok, {} warning(s)",
+                path.display(),
+                report.warnings.len()
+            );
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(

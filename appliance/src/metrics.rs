@@ -90,7 +90,7 @@ pub fn render_at(state: &ApplianceState, now_ms: u64) -> String {
         })
         .collect();
     type Counter = fn(&warden_bridges::BridgeHealth) -> u64;
-    let bridge_families: [(&str, &str, &str, Counter); 10] = [
+    let bridge_families: [(&str, &str, &str, Counter); 11] = [
         (
             "warden_bridge_connected",
             "1 if the bridge's bus or device connection is up.",
@@ -129,7 +129,7 @@ pub fn render_at(state: &ApplianceState, now_ms: u64) -> String {
         ),
         (
             "warden_bridge_timeouts_total",
-            "Requests that timed out.",
+            "Requests that timed out (Modbus TCP: each request; RTU: each attempt on the line).",
             "counter",
             |h| h.timeouts,
         ),
@@ -144,6 +144,12 @@ pub fn render_at(state: &ApplianceState, now_ms: u64) -> String {
             "RTU frames with a bad CRC.",
             "counter",
             |h| h.crc_errors,
+        ),
+        (
+            "warden_bridge_wrong_unit_total",
+            "Modbus TCP answers from another unit than the one asked (refused).",
+            "counter",
+            |h| h.wrong_unit,
         ),
         (
             "warden_bridge_noise_bytes_total",
@@ -248,6 +254,55 @@ pub fn render_at(state: &ApplianceState, now_ms: u64) -> String {
         Family { name, help, kind }.header(&mut out);
         let _ = writeln!(out, "{name} {value}");
     }
+    let facade = state
+        .facade
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    if let Some(facade) = facade {
+        let facade_families: [(&str, &str, &str, u64); 6] = [
+            (
+                "warden_facade_clients",
+                "SCADA clients connected to the gateway facade now.",
+                "gauge",
+                facade.clients,
+            ),
+            (
+                "warden_facade_refused_connections_total",
+                "Facade connections refused (all client slots busy).",
+                "counter",
+                facade.refused_connections,
+            ),
+            (
+                "warden_facade_requests_total",
+                "Requests the facade received.",
+                "counter",
+                facade.requests,
+            ),
+            (
+                "warden_facade_forwarded_total",
+                "Facade requests forwarded and answered downstream.",
+                "counter",
+                facade.forwarded,
+            ),
+            (
+                "warden_facade_denied_total",
+                "Facade requests the policy denied.",
+                "counter",
+                facade.denied,
+            ),
+            (
+                "warden_facade_failed_total",
+                "Facade requests not forwarded or not answered (unknown unit, bad request, no answer in time).",
+                "counter",
+                facade.failed,
+            ),
+        ];
+        for (name, help, kind, value) in facade_families {
+            Family { name, help, kind }.header(&mut out);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
     Family {
         name: "warden_link_state",
         help: "1 for the state the cloud link is in (its cause is in `warden status`).",
@@ -324,6 +379,7 @@ mod tests {
             updates: Default::default(),
             unit: Default::default(),
             tasks: Default::default(),
+            facade: Default::default(),
         }
     }
 
@@ -368,6 +424,51 @@ mod tests {
             ),
             Some("2")
         );
+    }
+
+    #[test]
+    fn facade_and_bridge_transport_counters_are_exported() {
+        let state = state_with(warden_link::LinkStatus::default());
+        let text = render_at(&state, 0);
+        assert_eq!(
+            sample(&text, "warden_facade_requests_total"),
+            None,
+            "no facade, no samples"
+        );
+        *state.facade.lock().expect("facade") = Some(warden_bridges::FacadeHealth {
+            clients: 2,
+            requests: 40,
+            forwarded: 30,
+            denied: 4,
+            failed: 6,
+            refused_connections: 1,
+            last_denial: None,
+        });
+        let mut health = warden_bridges::BridgeHealth::default();
+        health.record(Some(1), warden_bridges::health::HealthEvent::Timeout);
+        health.record(Some(1), warden_bridges::health::HealthEvent::WrongUnit);
+        let state = ApplianceState {
+            bridges: vec![crate::state::BridgeView {
+                name: "plc".into(),
+                address: "10.0.0.2:502".into(),
+                points: Vec::new(),
+                health: std::sync::Arc::new(std::sync::Mutex::new(health)),
+            }],
+            ..state
+        };
+        let text = render_at(&state, 0);
+        for (name, value) in [
+            ("warden_facade_clients", "2"),
+            ("warden_facade_requests_total", "40"),
+            ("warden_facade_forwarded_total", "30"),
+            ("warden_facade_denied_total", "4"),
+            ("warden_facade_failed_total", "6"),
+            ("warden_facade_refused_connections_total", "1"),
+            ("warden_bridge_timeouts_total{bridge=\"plc\"}", "1"),
+            ("warden_bridge_wrong_unit_total{bridge=\"plc\"}", "1"),
+        ] {
+            assert_eq!(sample(&text, name), Some(value), "{name} in {text}");
+        }
     }
 
     #[test]

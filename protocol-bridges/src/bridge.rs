@@ -28,6 +28,10 @@ pub enum Downstream {
 
 impl Downstream {
     /// Sends `request` from `source` to `unit` and waits for the answer.
+    ///
+    /// A facade request has a client waiting on it (mbpoll gives up after 3 s): it is
+    /// answered within the downstream's configured timeout, never queued behind the
+    /// poller's retries or a unit's backoff.
     pub async fn call(
         &self,
         unit: u8,
@@ -35,7 +39,11 @@ impl Downstream {
         source: RequestSource,
     ) -> Result<Answer, ClientError> {
         match self {
+            Self::Tcp(device) if source == RequestSource::Facade => {
+                device.call_within_timeout(unit, &request).await
+            }
             Self::Tcp(device) => device.call(unit, &request).await,
+            Self::Rtu(bus) if source == RequestSource::Facade => bus.call_now(unit, request).await,
             Self::Rtu(bus) => bus.call(unit, request).await,
             Self::RtCore(core) => core
                 .call(unit, request, source)
@@ -309,11 +317,25 @@ impl BridgeHandle {
             .downstream
             .call(unit, request, source)
             .await
-            .map_err(|error| RequestError::Failed {
-                bridge: self.shared.name.clone(),
-                unit,
-                error,
+            .map_err(|error| {
+                self.count_transport_failure(unit, &error);
+                RequestError::Failed {
+                    bridge: self.shared.name.clone(),
+                    unit,
+                    error,
+                }
             })
+    }
+
+    /// Counts what the transport does not count itself: a Modbus TCP timeout (the RTU
+    /// bus counts each attempt's on the line) and an answer from the wrong unit.
+    fn count_transport_failure(&self, unit: u8, error: &ClientError) {
+        let event = match (&self.shared.downstream, error) {
+            (Downstream::Tcp(_), ClientError::Timeout) => HealthEvent::Timeout,
+            (_, ClientError::WrongUnit { .. }) => HealthEvent::WrongUnit,
+            _ => return,
+        };
+        self.update_health(|h| h.record(Some(unit), event));
     }
 
     /// Writes `value` to `target` on behalf of `source` (a cloud command or the

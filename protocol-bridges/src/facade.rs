@@ -23,7 +23,7 @@ use crate::modbus::{Answer, ClientError};
 use crate::request_policy::RequestSource;
 
 /// The facade's counters, for the status page.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FacadeHealth {
     /// Clients connected now.
     pub clients: u64,

@@ -26,6 +26,9 @@ pub struct BridgeHealth {
     pub crc_errors: u64,
     /// Bytes discarded as line noise (RTU).
     pub noise_bytes: u64,
+    /// Modbus TCP answers from another unit than the one asked (refused).
+    #[serde(default)]
+    pub wrong_unit: u64,
     /// The last error, for people.
     pub last_error: Option<String>,
     /// The same counters per unit (slave ID) on this line or gateway, by unit.
@@ -55,6 +58,9 @@ pub struct UnitHealth {
     pub retries: u64,
     /// Answers with a bad CRC.
     pub crc_errors: u64,
+    /// Answers from another unit (Modbus TCP; refused).
+    #[serde(default)]
+    pub wrong_unit: u64,
     /// The unit's last error, for people.
     pub last_error: Option<String>,
 }
@@ -80,6 +86,8 @@ pub enum HealthEvent {
     CrcErrors(u64),
     /// Bytes discarded as line noise (a line counter: no unit).
     NoiseBytes(u64),
+    /// A Modbus TCP answer from another unit than the one asked, refused.
+    WrongUnit,
 }
 
 impl BridgeHealth {
@@ -143,6 +151,7 @@ fn apply(totals: &mut Totals<'_>, event: &HealthEvent) {
                 HealthEvent::Timeout => t.timeouts += 1,
                 HealthEvent::Retry => t.retries += 1,
                 HealthEvent::CrcErrors(n) => t.crc_errors += n,
+                HealthEvent::WrongUnit => t.wrong_unit += 1,
                 HealthEvent::NoiseBytes(_) => {}
             }
         }};

@@ -17,6 +17,7 @@ pub mod sample;
 
 pub use bridge::{BridgeHandle, WriteOutcome, WriteTarget};
 pub use config::{BridgesConfig, ModbusRtuBridgeConfig, ModbusTcpBridgeConfig};
+pub use facade::FacadeHealth;
 pub use health::BridgeHealth;
 pub use point::{DataType, PointConfig, PointValue, RegisterKind, WordOrder, WriteValue};
 pub use poller::Poller;

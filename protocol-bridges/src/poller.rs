@@ -84,6 +84,7 @@ impl Poller {
                 unit,
                 blocks,
                 last_sent: BTreeMap::new(),
+                failures: FailureLog::new(FAILURE_SUMMARY_INTERVAL),
             };
             units.spawn(poller.run(samples.clone(), shutdown.clone()));
         }
@@ -106,6 +107,82 @@ struct UnitPoller {
     unit: u8,
     blocks: Vec<ReadBlock>,
     last_sent: BTreeMap<usize, Value>,
+    failures: FailureLog,
+}
+
+/// How often a unit that keeps failing is summed up in the log.
+const FAILURE_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the log says about a unit's failed polls (sans-IO: time is passed in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FailureLine {
+    /// The first failure after a success (or since start): logged in full.
+    First,
+    /// A summary of the failures counted since the last line.
+    Summary {
+        /// Failures since the last line.
+        failures: u64,
+    },
+    /// The unit answered again after failing.
+    Recovered {
+        /// Failures in the outage.
+        failures: u64,
+    },
+}
+
+/// Rate-limits a unit's poll-failure warnings: the first failure, then at most one
+/// summary per interval while it keeps failing, and one line when it recovers. A
+/// dead unit polled every 100 ms would otherwise fill the journal.
+#[derive(Debug)]
+struct FailureLog {
+    interval: Duration,
+    /// When the last line was logged; `None` while the unit answers.
+    last_line: Option<Instant>,
+    /// Failures not yet in a line.
+    unlogged: u64,
+    /// Failures since the unit last answered.
+    outage: u64,
+}
+
+impl FailureLog {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last_line: None,
+            unlogged: 0,
+            outage: 0,
+        }
+    }
+
+    /// A poll failed at `now`: the line to log, if any.
+    fn failed(&mut self, now: Instant) -> Option<FailureLine> {
+        self.outage += 1;
+        match self.last_line {
+            None => {
+                self.last_line = Some(now);
+                Some(FailureLine::First)
+            }
+            Some(at) => {
+                self.unlogged += 1;
+                if now.saturating_duration_since(at) < self.interval {
+                    return None;
+                }
+                self.last_line = Some(now);
+                Some(FailureLine::Summary {
+                    failures: std::mem::take(&mut self.unlogged),
+                })
+            }
+        }
+    }
+
+    /// A poll succeeded: the recovery line if the unit was failing.
+    fn succeeded(&mut self) -> Option<FailureLine> {
+        self.last_line.take()?;
+        self.unlogged = 0;
+        Some(FailureLine::Recovered {
+            failures: std::mem::take(&mut self.outage),
+        })
+    }
 }
 
 enum Polled {
@@ -221,7 +298,8 @@ impl UnitPoller {
                     return Polled::Split;
                 }
                 let name = points[block.points[0]].name.clone();
-                tracing::warn!(bridge = %self.bridge.name(), point = %name, %code, "device exception");
+                let text_for_log = format!("point {name}: device exception {code}");
+                self.log_failure(&text_for_log);
                 let text = format!("unit {} point {name}: {code}", self.unit);
                 self.bridge
                     .update_health(|h| h.record(Some(self.unit), HealthEvent::Exception(text)));
@@ -236,6 +314,9 @@ impl UnitPoller {
             h.record(Some(self.unit), HealthEvent::ReadOk);
             h.connected = true;
         });
+        if let Some(FailureLine::Recovered { failures }) = self.failures.succeeded() {
+            tracing::info!(bridge = %self.bridge.name(), unit = self.unit, failures, "unit answers again");
+        }
         Polled::Samples(batch)
     }
 
@@ -255,8 +336,22 @@ impl UnitPoller {
         })
     }
 
-    fn record_failure(&self, error: &ClientError) {
-        tracing::warn!(bridge = %self.bridge.name(), unit = self.unit, %error, "modbus error");
+    /// Logs a failed poll through the unit's [`FailureLog`].
+    fn log_failure(&mut self, error: &str) {
+        match self.failures.failed(Instant::now()) {
+            Some(FailureLine::First) => {
+                tracing::warn!(bridge = %self.bridge.name(), unit = self.unit, %error, "modbus error");
+            }
+            Some(FailureLine::Summary { failures }) => {
+                let interval_s = self.failures.interval.as_secs();
+                tracing::warn!(bridge = %self.bridge.name(), unit = self.unit, failures, interval_s, last_error = %error, "modbus polls still failing");
+            }
+            Some(FailureLine::Recovered { .. }) | None => {}
+        }
+    }
+
+    fn record_failure(&mut self, error: &ClientError) {
+        self.log_failure(&error.to_string());
         let disconnected = matches!(
             error,
             ClientError::Io(_) | ClientError::Closed | ClientError::Unavailable { .. }
@@ -274,6 +369,32 @@ impl UnitPoller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn poll_failures_log_once_then_a_summary_per_interval_then_recovery() {
+        let mut log = FailureLog::new(Duration::from_secs(60));
+        let start = Instant::now();
+        assert_eq!(log.failed(start), Some(FailureLine::First));
+        // A poll every second for a minute: silent.
+        for s in 1..60 {
+            assert_eq!(log.failed(start + Duration::from_secs(s)), None, "at {s} s");
+        }
+        assert_eq!(
+            log.failed(start + Duration::from_secs(60)),
+            Some(FailureLine::Summary { failures: 60 })
+        );
+        assert_eq!(log.failed(start + Duration::from_secs(61)), None);
+        assert_eq!(
+            log.succeeded(),
+            Some(FailureLine::Recovered { failures: 62 })
+        );
+        // Answering on: nothing more; the next outage starts with its own first line.
+        assert_eq!(log.succeeded(), None);
+        assert_eq!(
+            log.failed(start + Duration::from_secs(62)),
+            Some(FailureLine::First)
+        );
+    }
 
     #[test]
     fn polls_keep_their_rate_when_the_timer_wakes_late() {

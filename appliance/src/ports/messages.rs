@@ -117,6 +117,8 @@ pub enum BridgesToPage {
     },
     /// Points' new values, in the order they were read (one burst, see [`Batches`]).
     Samples(Vec<SampleFrame>),
+    /// The gateway facade's counters (only when the config has a facade).
+    Facade(warden_bridges::FacadeHealth),
 }
 
 /// Status page → bridges: nothing. The page may not ask the bridges for anything;

@@ -74,9 +74,10 @@ pub async fn start(
             drop(privnet);
         }
     });
-    if let Some(address) = &started.facade {
+    let facade = started.facade.map(|(address, health)| {
         tracing::info!(%address, "gateway facade listening");
-    }
+        health
+    });
     let handles = started.set;
     let listings = started.listings;
     if let Some(live) = &ports.live {
@@ -157,6 +158,13 @@ pub async fn start(
                     bridge: bridge.name.clone(),
                     health,
                 });
+            }
+            if let Some(facade) = &facade {
+                let health = facade
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                to_page.send_or_drop(BridgesToPage::Facade(health));
             }
         }
     });

@@ -87,6 +87,7 @@ pub async fn start(
         updates: from_link_state.updates,
         unit: from_link_state.unit,
         tasks: tasks.health(),
+        facade: Arc::default(),
     };
 
     let from_bridges_state = state.clone();
@@ -153,6 +154,9 @@ pub fn apply_from_bridges(state: &ApplianceState, message: BridgesToPage) {
         }
         BridgesToPage::Samples(frames) => {
             state.record_samples(frames.into_iter().map(Sample::from));
+        }
+        BridgesToPage::Facade(health) => {
+            *state.facade.lock().unwrap_or_else(PoisonError::into_inner) = Some(health);
         }
     }
 }

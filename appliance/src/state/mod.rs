@@ -67,6 +67,9 @@ pub struct ApplianceState {
     pub unit: Arc<Mutex<UnitFacts>>,
     /// Restarts and last failure of each restartable task of this process.
     pub tasks: TaskHealthTable,
+    /// The gateway facade's counters (`None`: no facade configured, or not heard of
+    /// yet; the bridges send them every second).
+    pub facade: Arc<Mutex<Option<warden_bridges::FacadeHealth>>>,
 }
 
 impl ApplianceState {
@@ -115,6 +118,7 @@ mod tests {
             updates: Default::default(),
             unit: Default::default(),
             tasks: Default::default(),
+            facade: Default::default(),
         }
     }
 

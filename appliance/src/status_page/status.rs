@@ -35,6 +35,8 @@ pub struct Status {
     pub tasks: std::collections::BTreeMap<String, crate::supervision::TaskHealth>,
     /// Bridges in config order.
     pub bridges: Vec<BridgeStatus>,
+    /// The gateway facade's counters (`null`: no facade configured).
+    pub facade: Option<warden_bridges::FacadeHealth>,
     /// Failure reports, newest first (`null`: the config has no `[reports]`).
     pub failure_reports: Option<FailureReports>,
     /// The operator's update decision.
@@ -130,6 +132,11 @@ pub fn snapshot(state: &ApplianceState) -> Status {
             .unwrap_or_else(PoisonError::into_inner)
             .clone(),
         bridges,
+        facade: state
+            .facade
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone(),
         failure_reports: unit.failure_reports,
         updates: state
             .updates

@@ -321,3 +321,65 @@ fn pluton_stops_when_its_parent_is_killed() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// `warden passwd` writes the hash file the status page loads, from a line on
+/// standard input, mode 0600, and replaces one only with `--force`.
+#[test]
+fn passwd_writes_the_hash_the_status_page_accepts() {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("status-page/password.phc");
+    let set = |password: &str, force: bool| {
+        let mut command = warden();
+        command.args(["passwd", "--file"]).arg(&file);
+        if force {
+            command.arg("--force");
+        }
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("warden passwd runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("password");
+        child.wait_with_output().expect("exits")
+    };
+    let first = set("plant floor 7", false);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let mode = std::fs::metadata(&file)
+        .expect("written")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let verifier =
+        warden::status_page::auth::PasswordVerifier::load(&file).expect("the page loads it");
+    assert!(verifier.verify("plant floor 7"));
+    let refused = set("other", false);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--force"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let forced = set("other", true);
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    assert!(
+        warden::status_page::auth::PasswordVerifier::load(&file)
+            .expect("loads")
+            .verify("other")
+    );
+}

@@ -222,9 +222,6 @@ async fn send_command(
         }
         None => new_command_id(),
     };
-    if let Some(existing) = store.command(&device, &id).await? {
-        return Ok((StatusCode::OK, Json(existing)));
-    }
     let command = Command {
         v: PROTOCOL_VERSION,
         id: id.clone(),
@@ -234,6 +231,20 @@ async fn send_command(
             value: request.value,
         },
     };
+    // An ID names one command: sent again with the same body it is the same command
+    // (idempotent, 200 with its state); with another body it is a mistake the caller
+    // must hear about, not a silent answer about the old command.
+    if let Some(existing) = store.command(&device, &id).await? {
+        let same = serde_json::from_value::<Command>(existing.request.clone())
+            .is_ok_and(|sent| sent.action == command.action);
+        if same {
+            return Ok((StatusCode::OK, Json(existing)));
+        }
+        return Err(ApiError::Conflict(format!(
+            "command id {id} was used for another command on device {device}: {}",
+            existing.request
+        )));
+    }
     let payload = command.encode();
     let now = now_ms();
     store

@@ -77,6 +77,15 @@ pub enum ClientError {
         /// Received.
         got: u16,
     },
+    /// A Modbus TCP answer came from another unit than the one asked (a gateway that
+    /// mixed up its lines); it is refused and the connection dropped.
+    #[error("the answer came from unit {got}, not from unit {expected} that was asked")]
+    WrongUnit {
+        /// Asked.
+        expected: u8,
+        /// Answered.
+        got: u8,
+    },
     /// The response frame was malformed.
     #[error("bad frame: {0}")]
     Frame(#[from] tcp_frame::FrameError),

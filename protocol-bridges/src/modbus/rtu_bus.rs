@@ -110,6 +110,9 @@ struct Job {
     unit: u8,
     request: Request,
     attempt: u32,
+    /// A gateway facade request: its client waits on the line, so it goes ahead of
+    /// the queued poll requests, ignores the unit's backoff and is sent once.
+    urgent: bool,
     reply: oneshot::Sender<Result<Answer, ClientError>>,
 }
 
@@ -117,6 +120,7 @@ struct Job {
 #[derive(Clone)]
 pub struct RtuBus {
     jobs: mpsc::Sender<Job>,
+    response_timeout: Duration,
 }
 
 impl RtuBus {
@@ -158,7 +162,13 @@ impl RtuBus {
                 }
             }
         };
-        (Self { jobs }, task)
+        (
+            Self {
+                jobs,
+                response_timeout: options.response_timeout,
+            },
+            task,
+        )
     }
 
     /// A bus over any byte stream (a pseudo-terminal in tests and benchmarks).
@@ -179,16 +189,38 @@ impl RtuBus {
                 driver.record_error(&error.to_string());
             }
         };
-        (Self { jobs }, task)
+        (
+            Self {
+                jobs,
+                response_timeout: options.response_timeout,
+            },
+            task,
+        )
     }
 
     /// Sends `request` to `unit` and waits for its answer (after retries).
     pub async fn call(&self, unit: u8, request: Request) -> Result<Answer, ClientError> {
+        self.send(unit, request, false).await
+    }
+
+    /// Sends `request` to `unit` for a client that is waiting (the gateway facade):
+    /// ahead of queued requests, regardless of the unit's backoff, without retries,
+    /// and answered within the configured response timeout whatever the line is
+    /// busy with ([`ClientError::Timeout`] when it is not). A request still queued
+    /// at the deadline is dropped by the bus task unsent.
+    pub async fn call_now(&self, unit: u8, request: Request) -> Result<Answer, ClientError> {
+        tokio::time::timeout(self.response_timeout, self.send(unit, request, true))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    async fn send(&self, unit: u8, request: Request, urgent: bool) -> Result<Answer, ClientError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             unit,
             request,
             attempt: 0,
+            urgent,
             reply,
         };
         self.jobs
@@ -202,6 +234,8 @@ impl RtuBus {
 struct BusDriver {
     jobs: mpsc::Receiver<Job>,
     queue: FairQueue<Job>,
+    /// Facade requests, served before the fair queue in arrival order.
+    urgent: std::collections::VecDeque<Job>,
     master: RtuMaster,
     options: BusOptions,
     epoch: Instant,
@@ -218,6 +252,7 @@ impl BusDriver {
         Self {
             jobs,
             queue: FairQueue::new(options.backoff),
+            urgent: std::collections::VecDeque::new(),
             master: RtuMaster::new(options.timing, options.response_timeout.as_micros() as u64),
             options,
             epoch: Instant::now(),
@@ -244,9 +279,13 @@ impl BusDriver {
         let gap_timer = PreciseTimer::new();
         loop {
             while let Ok(job) = self.jobs.try_recv() {
-                self.queue.push(job.unit, job);
+                self.enqueue(job);
             }
-            let Some((unit, job)) = self.queue.pop(Instant::now()) else {
+            let next = match self.urgent.pop_front() {
+                Some(job) => Some((job.unit, job)),
+                None => self.queue.pop(Instant::now()),
+            };
+            let Some((unit, job)) = next else {
                 let wake = self
                     .queue
                     .next_ready()
@@ -254,7 +293,7 @@ impl BusDriver {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
                     job = self.jobs.recv() => match job {
-                        Some(job) => self.queue.push(job.unit, job),
+                        Some(job) => self.enqueue(job),
                         None => return Ok(()),
                     },
                     () = tokio::time::sleep_until(wake.into()) => {}
@@ -289,7 +328,11 @@ impl BusDriver {
             };
             if let Err(error) = port.write_all(&tx[..len]).await {
                 self.master.abort();
-                self.queue.push_front(unit, job);
+                if job.urgent {
+                    self.urgent.push_front(job);
+                } else {
+                    self.queue.push_front(unit, job);
+                }
                 return Err(error);
             }
             if unit == 0 {
@@ -327,6 +370,14 @@ impl BusDriver {
         }
     }
 
+    fn enqueue(&mut self, job: Job) {
+        if job.urgent {
+            self.urgent.push_back(job);
+        } else {
+            self.queue.push(job.unit, job);
+        }
+    }
+
     fn finish(&mut self, unit: u8, mut job: Job, event: MasterEvent) {
         let failure = match event {
             MasterEvent::Response(frame) => {
@@ -345,7 +396,7 @@ impl BusDriver {
             MasterEvent::Corrupted => ClientError::Corrupted,
         };
         let backoff = self.queue.record_failure(unit, Instant::now());
-        if job.attempt < self.options.retries && !job.reply.is_closed() {
+        if !job.urgent && job.attempt < self.options.retries && !job.reply.is_closed() {
             job.attempt += 1;
             tracing::debug!(unit, attempt = job.attempt, ?backoff, %failure, "retrying");
             self.update_health(|h| h.record(Some(unit), HealthEvent::Retry));
@@ -383,7 +434,8 @@ impl BusDriver {
     /// While the port is closed: answers every request with an error until `until`.
     /// Returns false on shutdown.
     async fn refuse_until(&mut self, until: Instant, shutdown: &CancellationToken) -> bool {
-        for job in self.queue.drain() {
+        let waiting: Vec<Job> = self.urgent.drain(..).chain(self.queue.drain()).collect();
+        for job in waiting {
             let _ = job
                 .reply
                 .send(Err(ClientError::Io(std::io::ErrorKind::NotConnected)));

@@ -64,10 +64,16 @@ impl TcpClient {
         self.buf.clear();
         loop {
             if let Some((got, pdu, _used)) = decode_frame(&self.buf)? {
-                if got.transaction_id != transaction_id || got.unit_id != unit {
+                if got.transaction_id != transaction_id {
                     return Err(ClientError::TransactionMismatch {
                         expected: transaction_id,
                         got: got.transaction_id,
+                    });
+                }
+                if got.unit_id != unit {
+                    return Err(ClientError::WrongUnit {
+                        expected: unit,
+                        got: got.unit_id,
                     });
                 }
                 return Ok(Response::decode_for(request, pdu)?.into());

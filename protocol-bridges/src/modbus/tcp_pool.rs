@@ -85,6 +85,18 @@ impl TcpDevice {
         Ok(answer)
     }
 
+    /// As [`Self::call`], but the whole of it (waiting for a connection, connecting,
+    /// the request) within the configured timeout: for a client that is waiting.
+    pub async fn call_within_timeout(
+        &self,
+        unit: u8,
+        request: &Request,
+    ) -> Result<Answer, ClientError> {
+        tokio::time::timeout(self.timeout, self.call(unit, request))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
     async fn connect(&self) -> Result<TcpClient, ClientError> {
         {
             let state = self

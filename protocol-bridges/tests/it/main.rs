@@ -706,3 +706,351 @@ async fn facade_judges_both_parts_of_read_write_multiple_registers() {
     assert_eq!((health.forwarded, health.denied), (1, 3), "{health:?}");
     shutdown.cancel();
 }
+
+/// A bridge named `line1` under [`POLICY`] over an RTU bus on `stream`.
+fn rtu_bridge<S>(stream: S, options: BusOptions, shutdown: &CancellationToken) -> BridgeHandle
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let policy = warden_policy::compile(POLICY, "policy.toml")
+        .expect("policy compiles")
+        .policy;
+    let health = Arc::new(Mutex::new(warden_bridges::BridgeHealth::default()));
+    let (bus, task) = RtuBus::over_stream(stream, options, Arc::clone(&health), shutdown.clone());
+    tokio::spawn(task);
+    BridgeHandle::new(
+        "line1".into(),
+        "rtu".into(),
+        1,
+        Vec::new(),
+        Downstream::Rtu(bus),
+        Box::new(PolicyGate::new(Arc::new(policy))),
+        health,
+    )
+}
+
+/// A dead unit on an RTU line with a patient poller (3 retries, long backoff): a
+/// SCADA client asking the facade for it gets exception 0x0B within the unit's
+/// configured timeout, not after the poller's retry chain and backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facade_answers_a_dead_rtu_unit_with_0x0b_within_its_timeout() {
+    use tokio_modbus::prelude::*;
+    let timeout = Duration::from_millis(300);
+    let options = BusOptions {
+        timing: CharTiming::for_line(19_200, 11),
+        response_timeout: timeout,
+        retries: 3,
+        backoff: BackoffPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+        },
+    };
+    // The far end of the line is held open and never answers: the unit is dead.
+    let (ours, _dead_line) = tokio::io::duplex(1024);
+    let shutdown = CancellationToken::new();
+    let bridge = rtu_bridge(ours, options, &shutdown);
+    // The poller keeps the line busy with its retries and puts the unit in backoff.
+    for _ in 0..3 {
+        let poller = bridge.clone();
+        tokio::spawn(async move {
+            let _ = poller
+                .request(
+                    1,
+                    read(FunctionCode::ReadHoldingRegisters, 0, 2),
+                    RequestSource::Poll,
+                )
+                .await;
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let config = FacadeConfig {
+        listen: "127.0.0.1:0".into(),
+        max_clients: 2,
+        units: vec![FacadeRoute {
+            unit: 1,
+            bridge: "line1".into(),
+            target_unit: None,
+        }],
+    };
+    let (facade, task) = start_facade(&config, std::slice::from_ref(&bridge), shutdown.clone())
+        .await
+        .expect("listen");
+    tokio::spawn(task);
+    let mut scada = tcp::connect_slave(facade.address, Slave(1))
+        .await
+        .expect("connect");
+    for attempt in 0..3 {
+        let asked = std::time::Instant::now();
+        let answer = scada.read_holding_registers(0, 1).await.expect("io");
+        let took = asked.elapsed();
+        assert_eq!(
+            answer,
+            Err(TmException::GatewayTargetDevice),
+            "attempt {attempt}"
+        );
+        assert!(
+            took <= timeout + Duration::from_millis(150),
+            "attempt {attempt}: answered after {took:?}, the unit's timeout is {timeout:?}"
+        );
+    }
+    let health = facade.health.lock().expect("health").clone();
+    assert_eq!((health.requests, health.failed), (3, 3), "{health:?}");
+    shutdown.cancel();
+}
+
+/// A Modbus TCP peer that answers every request after `delay` with `unit` as the
+/// answer's unit ID (one holding register, value 7); `None` never answers.
+async fn scripted_tcp_peer(unit: u8, delay: Option<Duration>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 12];
+                while stream.read_exact(&mut request).await.is_ok() {
+                    let Some(delay) = delay else { continue };
+                    tokio::time::sleep(delay).await;
+                    let answer = [request[0], request[1], 0, 0, 0, 5, unit, 3, 2, 0, 7];
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+fn tcp_bridge(address: SocketAddr, timeout: Duration) -> BridgeHandle {
+    BridgeHandle::new(
+        "line1".into(),
+        address.to_string(),
+        1,
+        Vec::new(),
+        Downstream::Tcp(Arc::new(TcpDevice::new(address.to_string(), 2, timeout))),
+        Box::new(PolicyGate::new(Arc::new(
+            warden_policy::compile(POLICY, "policy.toml")
+                .expect("policy compiles")
+                .policy,
+        ))),
+        Arc::default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modbus_tcp_answer_from_another_unit_is_refused_and_counted() {
+    let bridge = tcp_bridge(
+        scripted_tcp_peer(9, Some(Duration::ZERO)).await,
+        Duration::from_secs(2),
+    );
+    let answer = bridge
+        .request(
+            1,
+            read(FunctionCode::ReadHoldingRegisters, 0, 1),
+            RequestSource::Poll,
+        )
+        .await;
+    assert!(
+        matches!(
+            answer,
+            Err(warden_bridges::bridge::RequestError::Failed {
+                error: warden_bridges::modbus::ClientError::WrongUnit {
+                    expected: 1,
+                    got: 9
+                },
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    let health = bridge.health().lock().expect("health").clone();
+    assert_eq!(health.wrong_unit, 1, "{health:?}");
+    assert_eq!(health.unit(1).map(|u| u.wrong_unit), Some(1));
+    // The right unit is accepted.
+    let bridge = tcp_bridge(
+        scripted_tcp_peer(1, Some(Duration::ZERO)).await,
+        Duration::from_secs(2),
+    );
+    assert_eq!(
+        bridge
+            .request(
+                1,
+                read(FunctionCode::ReadHoldingRegisters, 0, 1),
+                RequestSource::Poll
+            )
+            .await,
+        Ok(Answer::Registers(vec![7]))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_tcp_timeouts_are_counted() {
+    let bridge = tcp_bridge(scripted_tcp_peer(1, None).await, Duration::from_millis(200));
+    for _ in 0..2 {
+        let answer = bridge
+            .request(
+                1,
+                read(FunctionCode::ReadHoldingRegisters, 0, 1),
+                RequestSource::Poll,
+            )
+            .await;
+        assert!(
+            matches!(
+                answer,
+                Err(warden_bridges::bridge::RequestError::Failed {
+                    error: warden_bridges::modbus::ClientError::Timeout,
+                    ..
+                })
+            ),
+            "{answer:?}"
+        );
+    }
+    let health = bridge.health().lock().expect("health").clone();
+    assert_eq!(health.timeouts, 2, "{health:?}");
+}
+
+/// pymodbus (from PyPI, `tests/pymodbus/requirements.txt`) as the SCADA client: the
+/// facade answers a dead RTU unit with 0x0B within that line's timeout (pymodbus
+/// would otherwise time out and mismatch transaction IDs later), and the live unit's
+/// registers of a `string` point read as the text the poller decodes from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs pymodbus"]
+async fn facade_interop_with_pymodbus() {
+    const TWO_LINES: &str = r#"
+[[modbus]]
+name = "live-reads"
+bridge = "live"
+units = 1
+functions = ["read_holding_registers"]
+addresses = "0..=19"
+sources = ["facade", "poll"]
+
+[[modbus]]
+name = "dead-reads"
+bridge = "dead"
+units = 1
+functions = ["read_holding_registers"]
+addresses = "0..=19"
+sources = ["facade", "poll"]
+"#;
+    let policy = Arc::new(
+        warden_policy::compile(TWO_LINES, "policy.toml")
+            .expect("policy compiles")
+            .policy,
+    );
+    let timeout = Duration::from_millis(500);
+    let options = BusOptions {
+        timing: CharTiming::for_line(19_200, 11),
+        response_timeout: timeout,
+        retries: 3,
+        backoff: BackoffPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+        },
+    };
+    let shutdown = CancellationToken::new();
+    // The live line: a tokio-modbus RTU server holding "AB-17" at 10..=12.
+    let (ours, theirs) = tokio_serial::SerialStream::pair().expect("pty pair");
+    let store = Store::with_registers(0..20);
+    store.registers.lock().expect("lock").extend([
+        (10, u16::from_be_bytes(*b"AB")),
+        (11, u16::from_be_bytes(*b"-1")),
+        (12, u16::from_be_bytes(*b"7\0")),
+    ]);
+    let server = tokio_modbus::server::rtu::Server::new(theirs);
+    tokio::spawn(async move {
+        let _ = server.serve_forever(store).await;
+    });
+    let points: Vec<PointConfig> = toml::from_str::<BTreeMap<String, Vec<PointConfig>>>(
+        r#"points = [{ name = "batch", kind = "holding", address = 10, type = "string", length = 3, poll_interval_ms = 200 }]"#,
+    )
+    .expect("points")
+    .remove("points")
+    .expect("points");
+    let bridge_over = |name: &str, downstream: Downstream, points: Vec<PointConfig>| {
+        BridgeHandle::new(
+            name.into(),
+            name.into(),
+            1,
+            points,
+            downstream,
+            Box::new(PolicyGate::new(Arc::clone(&policy))),
+            Arc::default(),
+        )
+    };
+    let (live_bus, task) = RtuBus::over_stream(ours, options, Arc::default(), shutdown.clone());
+    tokio::spawn(task);
+    let live = bridge_over("live", Downstream::Rtu(live_bus), points.clone());
+    // The dead line: held open, never answering, polled by a patient poller.
+    let (dead_end, _held) = tokio::io::duplex(1024);
+    let (dead_bus, task) = RtuBus::over_stream(dead_end, options, Arc::default(), shutdown.clone());
+    tokio::spawn(task);
+    let dead = bridge_over("dead", Downstream::Rtu(dead_bus), points);
+    let (samples, mut received) = tokio::sync::mpsc::channel(16);
+    for bridge in [&live, &dead] {
+        let poller = warden_bridges::Poller::for_bridge(bridge.clone(), 0);
+        tokio::spawn(poller.run(samples.clone(), shutdown.clone()));
+    }
+    let config = FacadeConfig {
+        listen: "127.0.0.1:0".into(),
+        max_clients: 2,
+        units: vec![
+            FacadeRoute {
+                unit: 1,
+                bridge: "live".into(),
+                target_unit: Some(1),
+            },
+            FacadeRoute {
+                unit: 2,
+                bridge: "dead".into(),
+                target_unit: Some(1),
+            },
+        ],
+    };
+    let (facade, task) = start_facade(&config, &[live.clone(), dead.clone()], shutdown.clone())
+        .await
+        .expect("listen");
+    tokio::spawn(task);
+    // Let the dead line's poller start its retries first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/pymodbus/facade_client.py"
+    );
+    let output = tokio::process::Command::new("python3")
+        .args([
+            script,
+            &facade.address.port().to_string(),
+            "2",
+            "1",
+            "10",
+            "3",
+        ])
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "pymodbus client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    assert_eq!(seen["dead_is_error"], true, "{seen}");
+    assert_eq!(seen["dead_exception"], 0x0B, "{seen}");
+    let took = seen["dead_ms"].as_f64().expect("ms");
+    assert!(
+        took <= (timeout + Duration::from_millis(200)).as_millis() as f64,
+        "pymodbus waited {took} ms for the dead unit; its timeout is {timeout:?}"
+    );
+    assert_eq!(seen["string"], "AB-17", "{seen}");
+    let sample = tokio::time::timeout(Duration::from_secs(5), received.recv())
+        .await
+        .expect("a sample in time")
+        .expect("a sample");
+    assert_eq!(
+        (sample.bridge.as_str(), sample.value),
+        ("live", warden_bridges::Value::Text("AB-17".into()))
+    );
+    shutdown.cancel();
+}

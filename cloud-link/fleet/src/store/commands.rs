@@ -6,6 +6,13 @@ use warden_wire::fleet_api::CommandView;
 
 use super::core::{Store, StoreError, WriteStatement as _};
 
+/// A stored command's request as JSON. The column holds the payload sent (JSON
+/// text); a row whose text is not JSON (written by hand, or damaged) is shown as the
+/// text itself rather than failing the read.
+fn request_as_json(stored: String) -> serde_json::Value {
+    serde_json::from_str(&stored).unwrap_or(serde_json::Value::String(stored))
+}
+
 impl Store {
     /// Records a command sent to a device, as `sent`.
     pub async fn insert_command(
@@ -65,9 +72,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| {
+            let request: String = row.try_get(1)?;
             Ok(CommandView {
                 id: row.try_get(0)?,
-                request: row.try_get(1)?,
+                request: request_as_json(request),
                 status: row.try_get(2)?,
                 detail: row.try_get(3)?,
                 created_ms: row.try_get(4)?,
@@ -126,5 +134,22 @@ impl Store {
             .await?;
         row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_request_reads_as_json_and_other_text_as_itself() {
+        assert_eq!(
+            request_as_json(r#"{"v":1,"id":"c-1"}"#.into()),
+            serde_json::json!({"v": 1, "id": "c-1"})
+        );
+        assert_eq!(
+            request_as_json("not json".into()),
+            serde_json::Value::String("not json".into())
+        );
     }
 }

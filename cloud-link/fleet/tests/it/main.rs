@@ -385,6 +385,49 @@ async fn telemetry_from_an_enrolled_device_is_stored_once() {
     fx.fleet.stopped().await;
 }
 
+/// A command ID names one command: posted again with the same body it is answered
+/// with the command's state (200), with another body it is refused (409); the
+/// command's `request` is the JSON sent to the device, not a string of it.
+#[tokio::test]
+async fn a_command_id_names_one_command() {
+    let fx = fleet().await;
+    let (client, mut eventloop) = client(&fx, "wd-good", "wd-good");
+    connect(&mut eventloop)
+        .await
+        .expect("enrolled device connects");
+    client
+        .publish(
+            telemetry_topic("wd-good"),
+            QoS::AtLeastOnce,
+            false,
+            batch(0, 1.0),
+        )
+        .await
+        .expect("queue");
+    let driver = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    eventually(Duration::from_secs(10), || async {
+        (fx.get(VIEWER, "/api/v1/devices/wd-good/telemetry").await.0 == 200).then_some(())
+    })
+    .await
+    .expect("telemetry stored");
+    let write = |value: f64| serde_json::json!({"bridge": "line1", "point": "setpoint", "value": value, "id": "set-1"});
+    let path = "/api/v1/devices/wd-good/commands";
+    let (status, sent) = fx.post(OPERATOR, path, &write(21.5)).await;
+    assert_eq!(status, 202, "{sent}");
+    assert_eq!(sent["request"]["action"]["value"], 21.5, "{sent}");
+    assert_eq!(sent["request"]["id"], "set-1", "{sent}");
+    let (status, again) = fx.post(OPERATOR, path, &write(21.5)).await;
+    assert_eq!(status, 200, "the same command again is idempotent: {again}");
+    assert_eq!(again["request"], sent["request"]);
+    let (status, refused) = fx.post(OPERATOR, path, &write(99.0)).await;
+    assert_eq!(status, 409, "another body under a used ID: {refused}");
+    let (_, stored) = fx.get(VIEWER, &format!("{path}/set-1")).await;
+    assert_eq!(stored["request"]["action"]["value"], 21.5, "{stored}");
+    driver.abort();
+    fx.shutdown.cancel();
+    fx.fleet.stopped().await;
+}
+
 #[tokio::test]
 async fn a_certificate_from_an_unknown_ca_is_refused() {
     let fx = fleet().await;

@@ -542,7 +542,7 @@ fn the_document_describes_every_wire_type_of_the_api() {
         &[
             CommandView {
                 id: "c-1".into(),
-                request: "{}".into(),
+                request: serde_json::json!({"v": 1, "id": "c-1", "action": {"kind": "write", "bridge": "line1", "point": "setpoint", "value": 21.5}}),
                 status: "written".into(),
                 detail: String::new(),
                 created_ms: 1,
@@ -550,7 +550,7 @@ fn the_document_describes_every_wire_type_of_the_api() {
             },
             CommandView {
                 id: "c-2".into(),
-                request: "{}".into(),
+                request: serde_json::json!({"v": 1, "id": "c-1", "action": {"kind": "write", "bridge": "line1", "point": "setpoint", "value": 21.5}}),
                 status: "sent".into(),
                 detail: String::new(),
                 created_ms: 1,

@@ -22,8 +22,8 @@ pub struct WriteRequest {
 pub struct CommandView {
     /// Command ID.
     pub id: String,
-    /// The command as sent (JSON).
-    pub request: String,
+    /// The command as sent to the device (the `commands` topic's payload, as JSON).
+    pub request: serde_json::Value,
     /// `sent`, or the device's answer: `written`, `denied`, `exception`, `failed`.
     pub status: String,
     /// The device's details.
