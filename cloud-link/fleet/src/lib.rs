@@ -44,7 +44,9 @@ pub struct FleetConfig {
     /// PEM: the broker's server key.
     pub server_key: PathBuf,
     /// PEM: a manufacturer CA whose device certificates the fleet accepts (besides
-    /// the CAs of the products created through the API).
+    /// the CAs of the products created through the API); a device of it that nobody
+    /// registered is enrolled at its first connection in the product
+    /// [`enrollment::CONFIGURED_PRODUCT`] (group "No Updates").
     pub manufacturer_ca: PathBuf,
     /// `[http]`: the HTTP listener's connection caps, timeouts, download cap and TLS.
     #[serde(default)]
@@ -504,6 +506,26 @@ async fn load_trust(
     let configured =
         warden_wire::tls::load_certificates(&config.manufacturer_ca).context("manufacturer_ca")?;
     use anyhow::Context as _;
+    // The configured CA's devices are enrolled in a product of their own, so that
+    // they are registered (revocable, attested) like every other device.
+    let configured_pem =
+        std::fs::read_to_string(&config.manufacturer_ca).context("manufacturer_ca")?;
+    let outcome = store
+        .create_product(
+            enrollment::CONFIGURED_PRODUCT,
+            &configured_pem,
+            |stored| enrollment::certificates_from_pem(stored).is_ok_and(|s| s == configured),
+            clock::now_ms(),
+        )
+        .await?;
+    if outcome == store::ProductOutcome::Conflict {
+        tracing::warn!(
+            product = enrollment::CONFIGURED_PRODUCT,
+            manufacturer_ca = %config.manufacturer_ca.display(),
+            "the store holds another CA for the configured product (an earlier \
+             manufacturer_ca); the config's is the one trusted"
+        );
+    }
     let trust = enrollment::DeviceTrust::new(configured).map_err(|e| {
         anyhow::anyhow!("manufacturer_ca {}: {e}", config.manufacturer_ca.display())
     })?;
