@@ -418,11 +418,15 @@ mod tests {
             auth.authorize(Some("guess"), Some(neighbour), Permission::Read),
             Err(Denied::Unauthenticated)
         );
-        assert_eq!(failure_key([10, 0, 0, 1].into()), IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(
+            failure_key([10, 0, 0, 1].into()),
+            IpAddr::from([10, 0, 0, 1])
+        );
         // Failures from more addresses than tracked: the map stays bounded.
         let many = MAX_TRACKED_ADDRESSES + 1_000;
         for n in 0..many {
-            let address = std::net::Ipv4Addr::from(0x0a00_0000_u32 + u32::try_from(n).expect("small"));
+            let address =
+                std::net::Ipv4Addr::from(0x0a00_0000_u32 + u32::try_from(n).expect("small"));
             let _ = auth.authorize(Some("guess"), Some(address.into()), Permission::Read);
         }
         let tracked = auth

@@ -56,7 +56,10 @@ mod tests {
         assert_eq!(connection_cap(Some(1024), 1024, HTTP_PERCENT), 192);
         assert_eq!(connection_cap(Some(1024), 16_384, BROKER_PERCENT), 576);
         assert_eq!(connection_cap(Some(20_000), 1024, HTTP_PERCENT), 1024);
-        assert_eq!(connection_cap(Some(1_048_576), 16_384, BROKER_PERCENT), 16_384);
+        assert_eq!(
+            connection_cap(Some(1_048_576), 16_384, BROKER_PERCENT),
+            16_384
+        );
         assert_eq!(connection_cap(Some(100), 1024, HTTP_PERCENT), 1);
         assert_eq!(connection_cap(None, 1024, BROKER_PERCENT), 1024);
         assert!(HTTP_PERCENT + BROKER_PERCENT <= 100);

@@ -444,10 +444,10 @@ impl Enroller {
         if open_enrollment
             && self
                 .store
-            .seen_device(device)
-            .await
-            .map_err(AdmissionRefused::Store)?
-            .is_some()
+                .seen_device(device)
+                .await
+                .map_err(AdmissionRefused::Store)?
+                .is_some()
         {
             return Err(AdmissionRefused::Known(device.to_owned()));
         }

@@ -611,7 +611,6 @@ impl Episode {
 mod tests {
     use super::*;
 
-
     fn admit(registry: &Registry, address: IpAddr) -> Option<(AddressSlot, CancellationToken)> {
         let close = CancellationToken::new();
         registry

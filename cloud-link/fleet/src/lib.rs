@@ -839,7 +839,10 @@ mod tests {
         .expect("valid");
         assert_eq!(config.broker.max_connections, 20_000);
         assert_eq!(config.broker.connect_timeout_secs, 5);
-        assert_eq!(config.broker.max_pending, 1_024, "the others keep their default");
+        assert_eq!(
+            config.broker.max_pending, 1_024,
+            "the others keep their default"
+        );
 
         let (shown, line, column) = refused(&format!(
             "{BASE}[broker]\nmax_pending = 64\nmax_pending_per_address = 65\n"
@@ -850,7 +853,8 @@ mod tests {
              broker.max_pending (64)"
         );
         assert_eq!((line, column), (9, 27));
-        let (shown, line, _) = refused(&format!("{BASE}[broker]\ntls_handshake_timeout_secs = 0\n"));
+        let (shown, line, _) =
+            refused(&format!("{BASE}[broker]\ntls_handshake_timeout_secs = 0\n"));
         assert_eq!(line, 8, "{shown}");
         assert!(
             shown.ends_with("broker.tls_handshake_timeout_secs must be at least 1"),

@@ -158,12 +158,10 @@ impl UpdateAgent {
             // reqwest's rustls with an empty root store: every certificate is refused.
             None => builder.tls_built_in_root_certs(false),
         };
-        let client = builder
-            .build()
-            .map_err(|error| UpdateError::Http {
-                url: String::new(),
-                reason: error.to_string(),
-            })?;
+        let client = builder.build().map_err(|error| UpdateError::Http {
+            url: String::new(),
+            reason: error.to_string(),
+        })?;
         Ok(Self {
             client,
             download_dir: download_dir.into(),

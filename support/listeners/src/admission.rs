@@ -340,7 +340,9 @@ mod tests {
         assert_eq!(gate.admit(address(2)).err(), Some(Refused::Full));
         assert!(!waiting.is_evicted());
         tokio::time::advance(Duration::from_millis(100)).await;
-        let _newcomer = gate.admit(address(2)).expect("quiet past the grace: it yields");
+        let _newcomer = gate
+            .admit(address(2))
+            .expect("quiet past the grace: it yields");
         assert!(waiting.is_evicted());
     }
 }

@@ -103,7 +103,10 @@ impl BrokerConfig {
                 "max_pending_per_address",
                 u64::from(self.max_pending_per_address),
             ),
-            ("tls_handshake_timeout_secs", self.tls_handshake_timeout_secs),
+            (
+                "tls_handshake_timeout_secs",
+                self.tls_handshake_timeout_secs,
+            ),
             ("connect_timeout_secs", self.connect_timeout_secs),
         ] {
             if value == 0 {
@@ -350,10 +353,17 @@ mod tests {
         assert_eq!(roomy.max_pending, 1_024);
         let tight = BrokerLimits::new(&config, Some(1024));
         assert_eq!(tight.max_connections, 576);
-        assert_eq!((tight.max_pending, tight.max_pending_per_address), (576, 256));
+        assert_eq!(
+            (tight.max_pending, tight.max_pending_per_address),
+            (576, 256)
+        );
         let starved = BrokerLimits::new(&config, Some(300));
         assert_eq!(
-            (starved.max_connections, starved.max_pending, starved.max_pending_per_address),
+            (
+                starved.max_connections,
+                starved.max_pending,
+                starved.max_pending_per_address
+            ),
             (33, 33, 33)
         );
     }
@@ -366,7 +376,10 @@ mod tests {
         };
         let error = zero.check().expect_err("zero");
         assert_eq!(error.field(), "broker.connect_timeout_secs");
-        assert_eq!(error.to_string(), "broker.connect_timeout_secs must be at least 1");
+        assert_eq!(
+            error.to_string(),
+            "broker.connect_timeout_secs must be at least 1"
+        );
         let inverted = BrokerConfig {
             max_pending_per_address: 2_000,
             ..BrokerConfig::default()

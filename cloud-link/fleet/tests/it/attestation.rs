@@ -378,12 +378,7 @@ async fn without_releases_a_verified_quote_is_trusted_and_says_the_image_was_not
         .await
         .expect("connects");
     let on_connect = challenge(&mut enrolled).await;
-    answer(
-        &enrolled,
-        &on_connect,
-        &other.quote(&on_connect, [0; 32]),
-    )
-    .await;
+    answer(&enrolled, &on_connect, &other.quote(&on_connect, [0; 32])).await;
     let empty = json!({});
     let (requested, ()) = tokio::join!(
         fx.post(OPERATOR, "/api/v1/devices/wd-other/attestation", &empty),
