@@ -183,7 +183,7 @@ impl DemoPki {
             database_read_connections: None,
             server_cert: self.server_cert.clone(),
             server_key: self.server_key.clone(),
-            manufacturer_ca: self.manufacturer_ca.clone(),
+            manufacturer_ca: Some(self.manufacturer_ca.clone()),
             http: warden_fleet::http_listener::HttpConfig::default(),
             broker: warden_fleet::broker::BrokerConfig::default(),
             api: warden_fleet::auth::ApiConfig {
@@ -208,6 +208,7 @@ impl DemoPki {
             },
             rollouts: warden_fleet::RolloutConfig::default(),
             telemetry: warden_fleet::TelemetryConfig::default(),
+            metrics: warden_fleet::MetricsConfig::default(),
         }
     }
 

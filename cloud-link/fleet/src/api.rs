@@ -42,7 +42,7 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// Largest image upload accepted (bytes).
 pub const MAX_IMAGE_UPLOAD: usize = 256 * 1024 * 1024;
 
-/// The API's routes, the dashboard, and `/metrics` (unauthenticated, read-only).
+/// The API's routes and the dashboard (`/metrics` has its own listener: `metrics`).
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route(
@@ -94,8 +94,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/images/{sha256}", get(deployments::download_image))
         .merge(api)
-        .with_state(state.clone())
-        .merge(crate::metrics::router(state.store))
+        .with_state(state)
         .layer(axum::middleware::map_response(hardening_headers))
 }
 

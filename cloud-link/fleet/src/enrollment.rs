@@ -193,7 +193,8 @@ pub const CONFIGURED_PRODUCT: &str = "configured";
 /// that nobody registered.
 pub struct DeviceTrust {
     provider: Arc<CryptoProvider>,
-    configured: Arc<dyn ClientCertVerifier>,
+    /// `None`: no manufacturer CA in the config; only the products' CAs admit.
+    configured: Option<Arc<dyn ClientCertVerifier>>,
     state: RwLock<TrustState>,
 }
 
@@ -247,18 +248,28 @@ fn refused(reason: TlsCertificateError) -> rustls::Error {
 
 impl DeviceTrust {
     /// Trusts `configured` (the config's manufacturer CA; [`CONFIGURED_PRODUCT`]'s)
-    /// until products are added.
+    /// until products are added; none (a fleet made by `warden-fleet init`): only the
+    /// products' CAs admit.
     pub fn new(configured: Vec<CertificateDer<'static>>) -> Result<Self, CertificateError> {
         let provider = provider();
-        let configured = verifier(&configured, Arc::clone(&provider))?;
+        let configured = if configured.is_empty() {
+            None
+        } else {
+            Some(verifier(&configured, Arc::clone(&provider))?)
+        };
         // The devices it enrolled are bound to it like any product's.
-        let products = BTreeMap::from([(
-            CONFIGURED_PRODUCT.to_owned(),
-            ProductTrust {
-                verifier: Arc::clone(&configured),
-                open_enrollment: false,
-            },
-        )]);
+        let products = configured
+            .iter()
+            .map(|verifier| {
+                (
+                    CONFIGURED_PRODUCT.to_owned(),
+                    ProductTrust {
+                        verifier: Arc::clone(verifier),
+                        open_enrollment: false,
+                    },
+                )
+            })
+            .collect();
         Ok(Self {
             provider,
             configured,
@@ -383,9 +394,14 @@ impl DeviceTrust {
                 product: binding.product.clone(),
             });
         }
-        let configured = self
-            .configured
-            .verify_client_cert(end_entity, intermediates, now);
+        let configured = self.configured.as_ref().map_or(
+            Err(refused(TlsCertificateError::UnknownIssuer)),
+            |configured| {
+                configured
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .map(|_| ())
+            },
+        );
         if configured.is_ok() {
             return Ok(Admitted::Configured);
         }

@@ -44,6 +44,7 @@ pub async fn run(
                 Err(_) => break,
             }
         }
+        store.note_ingest_queue_depth(telemetry.len());
         ingest_group(&store, &acks, &group).await;
         group.clear();
     }

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod attestation;
 pub mod auth;
+pub mod backup;
 pub mod broker;
 pub mod clock;
 pub mod deployments;
@@ -11,6 +12,7 @@ pub mod enrollment;
 pub mod http_listener;
 pub mod images;
 pub mod ingest;
+pub mod init;
 #[cfg(feature = "loadtest")]
 pub mod loadtest;
 pub mod metrics;
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use warden_toml_position::{line_and_column, locate};
 
 /// The fleet service's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,8 +49,10 @@ pub struct FleetConfig {
     /// PEM: a manufacturer CA whose device certificates the fleet accepts (besides
     /// the CAs of the products created through the API); a device of it that nobody
     /// registered is enrolled at its first connection in the product
-    /// [`enrollment::CONFIGURED_PRODUCT`] (group "No Updates").
-    pub manufacturer_ca: PathBuf,
+    /// [`enrollment::CONFIGURED_PRODUCT`] (group "No Updates"). None (what
+    /// `warden-fleet init` writes): only the products' CAs are trusted.
+    #[serde(default)]
+    pub manufacturer_ca: Option<PathBuf>,
     /// `[http]`: the HTTP listener's connection caps, timeouts, download cap and TLS.
     #[serde(default)]
     pub http: http_listener::HttpConfig,
@@ -66,6 +71,20 @@ pub struct FleetConfig {
     /// `[telemetry]`: how long the time series is kept.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// `[metrics]`: the Prometheus listener. Default: none.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `HOST:PORT` of the Prometheus `/metrics` listener, apart from the API's (so
+    /// it can stay on loopback or a private network while the API faces units and
+    /// stations). Unauthenticated. None: `/metrics` is not served.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 impl FleetConfig {
@@ -108,9 +127,13 @@ impl FleetConfig {
     /// error names the field ([`ConfigValueError::field`]).
     pub fn check(&self) -> Result<(), ConfigValueError> {
         for (field, value) in [
-            ("http_listen", &self.http_listen),
-            ("mqtt_listen", &self.mqtt_listen),
-        ] {
+            ("http_listen", Some(&self.http_listen)),
+            ("mqtt_listen", Some(&self.mqtt_listen)),
+            ("metrics.listen", self.metrics.listen.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, value)| Some((field, value?)))
+        {
             let host_port = value
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
@@ -124,6 +147,12 @@ impl FleetConfig {
         // Port 0 picks a free port for each; any other port can be bound once.
         if self.http_listen == self.mqtt_listen && !self.http_listen.ends_with(":0") {
             return Err(ConfigValueError::SameListen(self.http_listen.clone()));
+        }
+        if let Some(metrics) = &self.metrics.listen
+            && !metrics.ends_with(":0")
+            && (*metrics == self.http_listen || *metrics == self.mqtt_listen)
+        {
+            return Err(ConfigValueError::MetricsListen(metrics.clone()));
         }
         if !["sqlite:", "postgres:", "postgresql:"]
             .iter()
@@ -146,10 +175,13 @@ impl FleetConfig {
     /// Checks that the certificate and key files the config names can be opened.
     fn check_files(&self) -> Result<(), ConfigValueError> {
         for (field, path) in [
-            ("server_cert", &self.server_cert),
-            ("server_key", &self.server_key),
-            ("manufacturer_ca", &self.manufacturer_ca),
-        ] {
+            ("server_cert", Some(&self.server_cert)),
+            ("server_key", Some(&self.server_key)),
+            ("manufacturer_ca", self.manufacturer_ca.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, path)| Some((field, path?)))
+        {
             std::fs::File::open(path).map_err(|source| ConfigValueError::File {
                 field,
                 path: path.clone(),
@@ -178,51 +210,6 @@ fn is_loopback_listen(listen: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|address| address.is_loopback())
-}
-
-/// 1-based line and column of byte `offset` in `text`.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
-
-/// Where `text` sets `field` (a TOML path, `api.tokens[1].sha256`): the line and
-/// column of its value, or of the nearest enclosing table or array the file has;
-/// `(0, 0)` when the file does not mention it (a default).
-fn locate(text: &str, field: &str) -> (usize, usize) {
-    use toml::de::{DeTable, DeValue};
-    let Ok(root) = DeTable::parse(text) else {
-        return (0, 0);
-    };
-    let mut found: Option<std::ops::Range<usize>> = None;
-    let mut table = Some(root.get_ref());
-    'path: for part in field.split('.') {
-        let (key, indexes) = part
-            .split_once('[')
-            .map_or((part, ""), |(key, rest)| (key, rest));
-        let Some(current) = table else { break };
-        let Some((_, mut value)) = current.iter().find(|(name, _)| name.get_ref() == key) else {
-            break;
-        };
-        found = Some(value.span());
-        for index in indexes
-            .split('[')
-            .filter_map(|index| index.trim_end_matches(']').parse::<usize>().ok())
-        {
-            let Some(item) = (match value.get_ref() {
-                DeValue::Array(items) => items.get(index),
-                _ => None,
-            }) else {
-                break 'path;
-            };
-            value = item;
-            found = Some(value.span());
-        }
-        table = value.get_ref().as_table();
-    }
-    found.map_or((0, 0), |span| line_and_column(text, span.start))
 }
 
 /// Why the fleet's config could not be loaded.
@@ -255,7 +242,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// `error`, found in `text` (the content of `path`), at the line of its field.
     fn value(text: &str, path: &Path, error: &ConfigValueError) -> Self {
-        let (line, column) = locate(text, &error.field());
+        let (line, column) = locate(text, &error.field()).unwrap_or((0, 0));
         Self::Invalid {
             path: path.to_owned(),
             line,
@@ -297,7 +284,7 @@ pub enum ConfigValueError {
     /// A listener address without a host and a port number.
     #[error("{field} {value:?} is not HOST:PORT")]
     Listen {
-        /// `http_listen` or `mqtt_listen`.
+        /// `http_listen`, `mqtt_listen` or `metrics.listen`.
         field: &'static str,
         /// What the config says.
         value: String,
@@ -312,6 +299,11 @@ pub enum ConfigValueError {
     /// The API and the broker on one address.
     #[error("http_listen and mqtt_listen are both {0:?}: each needs its own port")]
     SameListen(String),
+    /// The metrics listener on the API's or the broker's address.
+    #[error(
+        "metrics.listen {0:?} is the address of http_listen or mqtt_listen: it needs its own port"
+    )]
+    MetricsListen(String),
     /// A database the store cannot open.
     #[error("database_url {0:?} is neither sqlite://… nor postgres://…")]
     DatabaseUrl(String),
@@ -339,6 +331,7 @@ impl ConfigValueError {
             Self::TrustLapses { .. } => "rollouts.attestation_valid_secs".to_owned(),
             Self::Listen { field, .. } | Self::File { field, .. } => (*field).to_owned(),
             Self::SameListen(_) => "mqtt_listen".to_owned(),
+            Self::MetricsListen(_) => "metrics.listen".to_owned(),
             Self::AnonymousNotLoopback(_) => "api.anonymous_role".to_owned(),
             Self::DatabaseUrl(_) => "database_url".to_owned(),
         }
@@ -486,6 +479,8 @@ pub struct RunningFleet {
     pub http_scheme: &'static str,
     /// Where the MQTT broker listens.
     pub mqtt_address: SocketAddr,
+    /// Where `/metrics` is served (`[metrics] listen`), if anywhere.
+    pub metrics_address: Option<SocketAddr>,
     task: JoinHandle<()>,
 }
 
@@ -503,31 +498,45 @@ async fn load_trust(
     config: &FleetConfig,
     store: &store::Store,
 ) -> anyhow::Result<enrollment::DeviceTrust> {
-    let configured =
-        warden_wire::tls::load_certificates(&config.manufacturer_ca).context("manufacturer_ca")?;
     use anyhow::Context as _;
-    // The configured CA's devices are enrolled in a product of their own, so that
-    // they are registered (revocable, attested) like every other device.
-    let configured_pem =
-        std::fs::read_to_string(&config.manufacturer_ca).context("manufacturer_ca")?;
-    let outcome = store
-        .create_product(
-            enrollment::CONFIGURED_PRODUCT,
-            &configured_pem,
-            |stored| enrollment::certificates_from_pem(stored).is_ok_and(|s| s == configured),
-            clock::now_ms(),
-        )
-        .await?;
-    if outcome == store::ProductOutcome::Conflict {
-        tracing::warn!(
-            product = enrollment::CONFIGURED_PRODUCT,
-            manufacturer_ca = %config.manufacturer_ca.display(),
-            "the store holds another CA for the configured product (an earlier \
-             manufacturer_ca); the config's is the one trusted"
-        );
-    }
+    let configured = match &config.manufacturer_ca {
+        Some(path) => {
+            let configured =
+                warden_wire::tls::load_certificates(path).context("manufacturer_ca")?;
+            // The configured CA's devices are enrolled in a product of their own, so
+            // that they are registered (revocable, attested) like every other device.
+            let configured_pem = std::fs::read_to_string(path).context("manufacturer_ca")?;
+            let outcome = store
+                .create_product(
+                    enrollment::CONFIGURED_PRODUCT,
+                    &configured_pem,
+                    |stored| {
+                        enrollment::certificates_from_pem(stored).is_ok_and(|s| s == configured)
+                    },
+                    clock::now_ms(),
+                )
+                .await?;
+            if outcome == store::ProductOutcome::Conflict {
+                tracing::warn!(
+                    product = enrollment::CONFIGURED_PRODUCT,
+                    manufacturer_ca = %path.display(),
+                    "the store holds another CA for the configured product (an earlier \
+                     manufacturer_ca); the config's is the one trusted"
+                );
+            }
+            configured
+        }
+        None => Vec::new(),
+    };
     let trust = enrollment::DeviceTrust::new(configured).map_err(|e| {
-        anyhow::anyhow!("manufacturer_ca {}: {e}", config.manufacturer_ca.display())
+        anyhow::anyhow!(
+            "manufacturer_ca {}: {e}",
+            config
+                .manufacturer_ca
+                .as_deref()
+                .unwrap_or(Path::new("(none)"))
+                .display()
+        )
     })?;
     for product in store.products().await? {
         let bundle = enrollment::certificates_from_pem(&product.manufacturer_ca_pem)
@@ -705,9 +714,39 @@ pub async fn start(
             config.http.max_downloads as usize,
         )),
     });
+    // `/metrics` on its own listener, with the API listener's caps and timeouts.
+    let metrics = match &config.metrics.listen {
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {listen}"))?;
+            let address = listener.local_addr()?;
+            let router = metrics::router(store.clone(), Some(broker.publisher()));
+            // A scraper or two, not a crowd: a small share of the API's caps.
+            let scrapers = http_listener::Limits {
+                max_connections: limits.max_connections.min(64),
+                per_address: limits.per_address.min(8),
+                ..limits
+            };
+            let task = tokio::spawn(http_listener::serve(
+                listener,
+                router,
+                scrapers,
+                None,
+                shutdown.clone(),
+            ));
+            tracing::info!(%address, "fleet metrics listening");
+            Some((address, task))
+        }
+        None => None,
+    };
+    let metrics_address = metrics.as_ref().map(|(address, _)| *address);
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
         http_listener::serve(listener, app, limits, http_tls, http_shutdown).await;
+        if let Some((_, task)) = metrics {
+            let _ = task.await;
+        }
         // The broker stops on the same token; ingest stores what it already holds, and
         // the store closes after the last write.
         drop(broker);
@@ -727,6 +766,7 @@ pub async fn start(
         http_address,
         http_scheme: scheme,
         mqtt_address,
+        metrics_address,
         task,
     })
 }

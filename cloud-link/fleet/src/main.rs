@@ -1,17 +1,90 @@
-//! `warden-fleet`: runs the fleet service from a TOML config.
+//! `warden-fleet`: runs the fleet service from a TOML config, makes a new fleet's
+//! config and PKI (`init`), and backs up and restores its SQLite store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 /// The Warden fleet service: broker, store, API and dashboard.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Path of the fleet's TOML config.
-    #[arg(long, default_value = "fleet.toml")]
-    config: PathBuf,
+    /// Path of the fleet's TOML config (`warden-fleet init` makes one).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The config used when `--config` is not given.
+const DEFAULT_CONFIG: &str = "fleet.toml";
+
+#[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once, at start")]
+enum Command {
+    /// Run the fleet service (the default).
+    Run,
+    /// Make a new fleet: a commented fleet.toml, a fleet CA, a server certificate and
+    /// an admin token (printed once). Refuses to overwrite anything.
+    Init(InitArgs),
+    /// Copy the SQLite store to FILE while the fleet runs (PostgreSQL: pg_dump).
+    Backup {
+        /// The backup file to write.
+        #[arg(long)]
+        to: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace the SQLite store with a backup. Refused while a fleet runs on it.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace an existing database.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `warden-fleet init`'s arguments.
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Where the config and certificates go (created if missing).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where the SQLite database and images go (default: --dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// A DNS name or IP address units and stations reach the fleet by; repeat for
+    /// several (default: localhost and 127.0.0.1).
+    #[arg(long = "hostname")]
+    hostnames: Vec<String>,
+    /// The API and dashboard address.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    http_listen: String,
+    /// The MQTT broker's address.
+    #[arg(long, default_value = "0.0.0.0:8883")]
+    mqtt_listen: String,
+    /// The Prometheus /metrics address.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
+    /// An existing fleet CA certificate (PEM) to issue the server certificate
+    /// from (with --ca-key), or that --server-cert chains to.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// The existing fleet CA's key (PKCS#8 PEM).
+    #[arg(long, requires = "ca_cert", conflicts_with = "server_cert")]
+    ca_key: Option<PathBuf>,
+    /// An existing server certificate (PEM) to use as it is (with --server-key and
+    /// --ca-cert).
+    #[arg(long, requires_all = ["server_key", "ca_cert"])]
+    server_cert: Option<PathBuf>,
+    /// The existing server certificate's key (PEM).
+    #[arg(long, requires = "server_cert")]
+    server_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -22,7 +95,93 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let config = warden_fleet::FleetConfig::load(&args.config)?;
+    match args.command {
+        None | Some(Command::Run) => run(args.config.as_deref()).await,
+        Some(Command::Init(args)) => {
+            let pki = match (args.ca_cert, args.ca_key, args.server_cert, args.server_key) {
+                (Some(cert), Some(key), None, None) => {
+                    warden_fleet::init::Pki::FromCa { cert, key }
+                }
+                (Some(ca), None, Some(cert), Some(key)) => {
+                    warden_fleet::init::Pki::Existing { ca, cert, key }
+                }
+                (None, None, None, None) => warden_fleet::init::Pki::Generate,
+                _ => anyhow::bail!(
+                    "give --ca-cert with --ca-key (issue the server certificate from that CA), \
+                     or --ca-cert with --server-cert and --server-key (use them as they are)"
+                ),
+            };
+            let made = warden_fleet::init::init(&warden_fleet::init::InitRequest {
+                dir: args.dir,
+                state_dir: args.state_dir,
+                hostnames: if args.hostnames.is_empty() {
+                    vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+                } else {
+                    args.hostnames
+                },
+                http_listen: args.http_listen,
+                mqtt_listen: args.mqtt_listen,
+                metrics_listen: args.metrics_listen,
+                pki,
+            })?;
+            println!("fleet config:   {}", made.config.display());
+            println!(
+                "fleet CA:       {} (units and stations pin it)",
+                made.fleet_ca.display()
+            );
+            println!(
+                "admin token:    {} (shown once; only its SHA-256 is kept)",
+                made.admin_token
+            );
+            println!(
+                "start it:       warden-fleet --config {}",
+                made.config.display()
+            );
+            Ok(())
+        }
+        Some(Command::Backup { to, force }) => {
+            let config = load(args.config.as_deref())?;
+            let copied = warden_fleet::backup::backup(&config.database_url, &to, force).await?;
+            println!("backed up {} bytes to {}", copied.bytes, to.display());
+            Ok(())
+        }
+        Some(Command::Restore { from, force }) => {
+            let config = load(args.config.as_deref())?;
+            let copied = warden_fleet::backup::restore(&config.database_url, &from, force).await?;
+            println!(
+                "restored {} bytes from {} to {}",
+                copied.bytes,
+                from.display(),
+                config.database_url
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Loads the config; a missing default config says what to run instead.
+fn load(config: Option<&Path>) -> anyhow::Result<warden_fleet::FleetConfig> {
+    let path = config.unwrap_or(Path::new(DEFAULT_CONFIG));
+    if !path.exists() {
+        anyhow::bail!(
+            "no fleet config at {}: make one with `warden-fleet init --dir DIR [--hostname NAME …]`, \
+             then run `warden-fleet --config DIR/fleet.toml`",
+            path.display()
+        );
+    }
+    Ok(warden_fleet::FleetConfig::load(path)?)
+}
+
+async fn run(config: Option<&Path>) -> anyhow::Result<()> {
+    let config = load(config)?;
+    // A restore must not replace the database under a running fleet.
+    let _lock = match warden_fleet::backup::sqlite_path(&config.database_url) {
+        Ok(database) => Some(
+            warden_fleet::backup::DatabaseLock::take(&database)
+                .context("another warden-fleet runs on this database")?,
+        ),
+        Err(_) => None,
+    };
     let shutdown = CancellationToken::new();
     let fleet = warden_fleet::start(&config, shutdown.clone()).await?;
     println!(
@@ -30,6 +189,9 @@ async fn main() -> anyhow::Result<()> {
         fleet.http_scheme, fleet.http_address
     );
     println!("fleet broker:    mqtts://{}", fleet.mqtt_address);
+    if let Some(metrics) = fleet.metrics_address {
+        println!("fleet metrics:   http://{metrics}/metrics");
+    }
     wait_for_signal().await;
     shutdown.cancel();
     fleet.stopped().await;

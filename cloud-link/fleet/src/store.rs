@@ -14,7 +14,8 @@ mod reports;
 mod telemetry;
 
 pub use self::core::{
-    DEFAULT_FUTURE_SKEW, READ_CONNECTIONS, Store, StoreError, StoreHealthSnapshot,
+    AttestationCounts, DEFAULT_FUTURE_SKEW, Histogram, INGEST_SECONDS_BUCKETS, READ_CONNECTIONS,
+    Store, StoreError, StoreHealthSnapshot,
 };
 pub use dashboard::DEVICE_STATUSES;
 pub use deployments::NewDeployment;

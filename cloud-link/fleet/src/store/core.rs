@@ -223,10 +223,58 @@ pub(super) struct StoreHealth {
     failure_episodes: u64,
     pub(super) batches_stored: u64,
     batches_withheld: u64,
+    /// Seconds from taking the writer to the commit of each telemetry group.
+    pub(super) ingest_seconds: Histogram,
+    /// Telemetry messages waiting for ingest when it last took a group.
+    ingest_queue_depth: u64,
+    /// Attestation verdicts recorded: trusted, untrusted, unanswered.
+    pub(super) attestations: AttestationCounts,
+}
+
+/// Upper bounds (seconds) of the ingest latency histogram's buckets (`+Inf` besides).
+pub const INGEST_SECONDS_BUCKETS: [f64; 11] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A Prometheus histogram over [`INGEST_SECONDS_BUCKETS`].
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Histogram {
+    /// Observations at or below each bound (not cumulative; the renderer sums).
+    pub buckets: [u64; INGEST_SECONDS_BUCKETS.len()],
+    /// Observations in all.
+    pub count: u64,
+    /// Their sum, in seconds.
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// Counts one observation of `seconds`.
+    pub fn observe(&mut self, seconds: f64) {
+        if let Some(bucket) = INGEST_SECONDS_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .and_then(|index| self.buckets.get_mut(index))
+        {
+            *bucket += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+/// Attestation verdicts recorded since the fleet started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AttestationCounts {
+    /// Quotes verified: the device became `trusted`.
+    pub trusted: u64,
+    /// Quotes refused: the device became `untrusted`.
+    pub untrusted: u64,
+    /// Challenges unanswered in time: the device became `unverified`.
+    pub unanswered: u64,
 }
 
 /// The store's write health at one moment (what `/metrics` shows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StoreHealthSnapshot {
     /// Whether the last write transaction committed (true before any write).
     pub writable: bool,
@@ -238,6 +286,12 @@ pub struct StoreHealthSnapshot {
     pub batches_stored: u64,
     /// Telemetry batches not acknowledged because they were not committed.
     pub batches_withheld: u64,
+    /// Seconds each telemetry group took to commit (waiting for the writer included).
+    pub ingest_seconds: Histogram,
+    /// Telemetry messages waiting for ingest when it last took a group.
+    pub ingest_queue_depth: u64,
+    /// Attestation verdicts recorded.
+    pub attestations: AttestationCounts,
 }
 
 /// A transaction on a writer connection taken from the pool, started by a real
@@ -448,7 +502,15 @@ impl Store {
             failure_episodes: health.failure_episodes,
             batches_stored: health.batches_stored,
             batches_withheld: health.batches_withheld,
+            ingest_seconds: health.ingest_seconds,
+            ingest_queue_depth: health.ingest_queue_depth,
+            attestations: health.attestations,
         }
+    }
+
+    /// Ingest found `depth` telemetry messages waiting when it took its last group.
+    pub fn note_ingest_queue_depth(&self, depth: usize) {
+        self.lock_health().ingest_queue_depth = to_u64(depth);
     }
 
     /// Test hook: runs `statement` (`PRAGMA max_page_count=…` to fill the disk) on the

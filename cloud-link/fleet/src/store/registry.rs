@@ -359,6 +359,12 @@ impl Store {
         .bind(device_id)
         .execute_write(self)
         .await?;
+        let mut health = self.lock_health();
+        match status {
+            "trusted" => health.attestations.trusted += 1,
+            "untrusted" => health.attestations.untrusted += 1,
+            _ => {}
+        }
         Ok(())
     }
 
@@ -632,6 +638,9 @@ impl Store {
         .execute_write(self)
         .await?
         .rows_affected();
+        if updated > 0 {
+            self.lock_health().attestations.unanswered += 1;
+        }
         Ok(updated > 0)
     }
 

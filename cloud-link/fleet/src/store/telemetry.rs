@@ -242,6 +242,7 @@ impl Store {
         batches: &[(&str, &TelemetryBatch)],
         received_ms: i64,
     ) -> Result<Vec<Ingested>, StoreError> {
+        let started = std::time::Instant::now();
         let mut tx = self.begin_write().await.inspect_err(|_| {
             self.count_withheld(batches.len());
         })?;
@@ -252,7 +253,11 @@ impl Store {
         match tx.commit(outcomes).await {
             Ok(outcomes) => {
                 let stored = outcomes.iter().filter(|o| **o == Ingested::Stored).count();
-                self.lock_health().batches_stored += to_u64(stored);
+                let mut health = self.lock_health();
+                health.batches_stored += to_u64(stored);
+                health
+                    .ingest_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 Ok(outcomes)
             }
             Err(error) => {

@@ -3,6 +3,7 @@
 mod attestation;
 mod dashboard;
 mod openapi;
+mod operations;
 mod postgres;
 mod registry;
 mod reports;
@@ -136,7 +137,7 @@ async fn fleet_with(
         database_read_connections: None,
         server_cert: p.join("server.pem"),
         server_key: p.join("server.key"),
-        manufacturer_ca: p.join("maker-ca.pem"),
+        manufacturer_ca: Some(p.join("maker-ca.pem")),
         http: warden_fleet::http_listener::HttpConfig::default(),
         broker: warden_fleet::broker::BrokerConfig::default(),
         api: ApiConfig {
@@ -160,6 +161,7 @@ async fn fleet_with(
             attestation_valid_secs: None,
         },
         telemetry: warden_fleet::TelemetryConfig::default(),
+        metrics: warden_fleet::MetricsConfig::default(),
     };
     let mut config = config;
     adjust(&mut config);

@@ -118,7 +118,7 @@ pub async fn unstored_batches_are_not_acknowledged(
         .expect("bind");
     let address = listener.local_addr().expect("address");
     let served = tokio::spawn(
-        axum::serve(listener, warden_fleet::metrics::router(store.clone())).into_future(),
+        axum::serve(listener, warden_fleet::metrics::router(store.clone(), None)).into_future(),
     );
     let send = |seq: u64| {
         let router = Arc::clone(&router);
@@ -225,11 +225,24 @@ async fn a_full_disk_withholds_acks_and_shows_on_metrics() {
 }
 
 #[tokio::test]
-async fn the_fleet_serves_metrics_without_a_token() {
-    let fx = super::fleet().await;
-    let response = reqwest::get(fx.url("/metrics")).await.expect("get");
+async fn the_fleet_serves_metrics_without_a_token_on_its_own_listener() {
+    let fx = super::fleet_with(None, |config| {
+        config.metrics.listen = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let address = fx.fleet.metrics_address.expect("metrics listener");
+    let response = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .expect("get");
     assert_eq!(response.status(), 200);
     let text = response.text().await.expect("body");
     assert!(text.contains("\nwarden_fleet_store_writable 1\n"), "{text}");
+    assert!(
+        text.contains("\nwarden_fleet_connected_devices 0\n"),
+        "{text}"
+    );
+    // Not on the API's listener any more.
+    let response = reqwest::get(fx.url("/metrics")).await.expect("get");
+    assert_eq!(response.status(), 404);
     fx.stop().await;
 }
