@@ -8,7 +8,7 @@
 //! | what | descriptors | why |
 //! |---|---|---|
 //! | reserve | 64 | not a listener: the link's MQTT and image connections, its outbox files, pluton's socket, IPC channels, epoll/eventfd, logs |
-//! | status page | min(64, 50 % of the rest), 16 per address | an operator's browser opens ≤ 6; unanswered or idle ones yield to newcomers |
+//! | status page | min(64, 50 % of the rest), 16 per address | an operator's browser opens ≤ 6; unanswered ones quiet for 1 s or idle ones quiet for 2 s yield to newcomers |
 //! | metrics | min(8, 10 %), 4 per address | one scraper on loopback |
 //! | control socket | min(8, 5 %) | `warden status`, one at a time |
 //!

@@ -185,6 +185,7 @@ impl DemoPki {
             server_key: self.server_key.clone(),
             manufacturer_ca: Some(self.manufacturer_ca.clone()),
             http: warden_fleet::http_listener::HttpConfig::default(),
+            broker: warden_fleet::broker::BrokerConfig::default(),
             api: warden_fleet::auth::ApiConfig {
                 tokens: std::fs::read_to_string(&self.fleet_api_token)
                     .map(|token| {

@@ -26,3 +26,6 @@ mod broker;
 
 #[path = "hostile/unit_listeners.rs"]
 mod unit_listeners;
+
+#[path = "hostile/unit_sockets.rs"]
+mod unit_sockets;

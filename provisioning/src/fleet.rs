@@ -60,21 +60,10 @@ pub enum FleetError {
 
 /// A TLS client config trusting only the CAs in `ca` (PEM).
 fn https_config(ca: &Path) -> Result<rustls::ClientConfig, FleetError> {
-    let trust = |reason: String| FleetError::Trust {
+    warden_wire::tls::server_auth_config(ca).map_err(|error| FleetError::Trust {
         path: ca.to_owned(),
-        reason,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in warden_wire::tls::load_certificates(ca).map_err(|e| trust(e.to_string()))? {
-        roots.add(cert).map_err(|e| trust(e.to_string()))?;
-    }
-    Ok(
-        rustls::ClientConfig::builder_with_provider(warden_wire::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| trust(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+        reason: error.to_string(),
+    })
 }
 
 /// Where the provisioner token comes from.

@@ -143,6 +143,7 @@ pub fn start(
             };
             let agent = crate::updates::start(
                 updates_config,
+                &config.link.fleet_ca,
                 config.link.pluton_socket.as_deref(),
                 &config.device.product,
                 grants.pluton,

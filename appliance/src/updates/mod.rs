@@ -92,6 +92,7 @@ pub enum PlutonAccess {
 /// run the returned future until shutdown.
 pub fn start(
     config: &crate::config::UpdatesConfig,
+    fleet_ca: &Path,
     pluton_socket: Option<&Path>,
     product: &str,
     access: PlutonAccess,
@@ -104,6 +105,10 @@ pub fn start(
     })?;
     let product = warden_os::image::ProductId::new(product)
         .ok_or_else(|| anyhow::anyhow!("product {product:?} is not a valid product id"))?;
+    // Offers from an HTTPS fleet name https:// URLs: the downloads trust the fleet CA
+    // (the link's `fleet_ca`) and nothing else.
+    let https = warden_link::tls::server_auth_config(fleet_ca)
+        .map_err(|e| anyhow::anyhow!("update downloads over https: {e}"))?;
     let boot_config = warden_os::BootConfig::new(product);
     let file_system = warden_os::file_system::StdFileSystem::new(&config.state_dir);
     Ok(match access {
@@ -112,13 +117,13 @@ pub fn start(
                 warden_os::PlutonRootOfTrust::connect(socket, &config.capability_file, Vec::new())
                     .map_err(|e| anyhow::anyhow!("update root of trust: {e}"))?;
             let monitor = BootMonitor::new(file_system, root_of_trust, boot_config);
-            Box::pin(run_updates(config, monitor, context)?)
+            Box::pin(run_updates(config, monitor, https.clone(), context)?)
         }
         PlutonAccess::Unprivileged => {
             let root_of_trust = UnprivilegedRootOfTrust::connect(socket)
                 .map_err(|e| anyhow::anyhow!("update root of trust: {e}"))?;
             let monitor = BootMonitor::new(file_system, root_of_trust, boot_config);
-            Box::pin(run_updates(config, monitor, context)?)
+            Box::pin(run_updates(config, monitor, https.clone(), context)?)
         }
     })
 }
@@ -126,6 +131,7 @@ pub fn start(
 fn run_updates<F, R>(
     config: &crate::config::UpdatesConfig,
     monitor: BootMonitor<F, R>,
+    https: rustls::ClientConfig,
     context: UpdateContext,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static>
 where
@@ -144,7 +150,7 @@ where
     let trial_slot = warden_os::monitor::trial::trial_slot_from_env();
     let monitor = Arc::new(Mutex::new(monitor));
     let updater = Updater {
-        agent: UpdateAgent::new(&config.download_dir)?,
+        agent: UpdateAgent::new(&config.download_dir, Some(https))?,
         download_dir: config.download_dir.clone(),
         monitor: Arc::clone(&monitor),
         window: Arc::default(),

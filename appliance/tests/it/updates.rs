@@ -111,7 +111,7 @@ fn updater(
         BootConfig::new(ProductId::new(PRODUCT).expect("product")),
     )));
     let updater = Updater {
-        agent: UpdateAgent::new(dir.join("downloads")).expect("agent"),
+        agent: UpdateAgent::new(dir.join("downloads"), None).expect("agent"),
         download_dir: dir.join("downloads"),
         monitor: Arc::clone(&monitor),
         window: Arc::default(),

@@ -130,6 +130,10 @@ pub const MAX_FAILURES: u32 = 10;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// The longest a failed attempt's answer is held back.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Addresses (IPv4) and IPv6 /64 networks whose failures are counted one by one; past
+/// it (after expired ones are forgotten), further ones share one count, so the map
+/// stays bounded whatever the number of addresses an attacker uses.
+pub const MAX_TRACKED_ADDRESSES: usize = 65_536;
 
 /// A configured token whose `sha256` is not a SHA-256 in hex.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -226,17 +230,34 @@ impl Authorizer {
 
     /// Counts a failure from `peer`; its failures in the current window.
     fn record_failure(&self, peer: IpAddr) -> u32 {
-        let peer = peer.to_canonical();
+        let mut key = failure_key(peer);
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        if failures.len() > 100_000 {
+        if !failures.contains_key(&key) && failures.len() >= MAX_TRACKED_ADDRESSES {
             failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+            if failures.len() >= MAX_TRACKED_ADDRESSES {
+                key = OVERFLOW_KEY;
+            }
         }
-        let entry = failures.entry(peer).or_insert((0, Instant::now()));
+        let entry = failures.entry(key).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= FAILURE_WINDOW {
             *entry = (0, Instant::now());
         }
         entry.0 = entry.0.saturating_add(1);
         entry.0
+    }
+}
+
+/// The count addresses share once [`MAX_TRACKED_ADDRESSES`] are tracked (`::`, never a
+/// peer's address: nothing connects from it).
+const OVERFLOW_KEY: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+/// Whose failures `peer`'s count with: an IPv4 address alone (IPv4-mapped IPv6 too), an
+/// IPv6 address with its /64, since one host usually holds a whole /64 and could
+/// otherwise start a fresh count from each of its addresses.
+fn failure_key(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
     }
 }
 
@@ -367,6 +388,53 @@ mod tests {
             auth.authorize(Some("ops-secret"), Some(other), Permission::Read)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn ipv6_failures_count_per_64_and_the_map_stays_bounded() {
+        let auth = authorizer(None);
+        let v6 = |low: u64| -> IpAddr {
+            std::net::Ipv6Addr::from((0x2001_0db8_0000_0001_u128 << 64) | u128::from(low)).into()
+        };
+        // Each failure from another address of one /64 adds to the same count.
+        for low in 0..u64::from(MAX_FAILURES) {
+            assert_eq!(
+                auth.authorize(Some("guess"), Some(v6(low)), Permission::Read),
+                Err(Denied::Unauthenticated)
+            );
+        }
+        assert!(matches!(
+            auth.authorize(Some("guess"), Some(v6(999)), Permission::Read),
+            Err(Denied::RateLimited { .. })
+        ));
+        assert!(
+            auth.authorize(Some("ops-secret"), Some(v6(1000)), Permission::Read)
+                .is_ok(),
+            "a valid token is never refused"
+        );
+        // Another /64 has its own count.
+        let neighbour: IpAddr = std::net::Ipv6Addr::from(0x2001_0db8_0000_0002_u128 << 64).into();
+        assert_eq!(
+            auth.authorize(Some("guess"), Some(neighbour), Permission::Read),
+            Err(Denied::Unauthenticated)
+        );
+        assert_eq!(
+            failure_key([10, 0, 0, 1].into()),
+            IpAddr::from([10, 0, 0, 1])
+        );
+        // Failures from more addresses than tracked: the map stays bounded.
+        let many = MAX_TRACKED_ADDRESSES + 1_000;
+        for n in 0..many {
+            let address =
+                std::net::Ipv4Addr::from(0x0a00_0000_u32 + u32::try_from(n).expect("small"));
+            let _ = auth.authorize(Some("guess"), Some(address.into()), Permission::Read);
+        }
+        let tracked = auth
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        assert!(tracked <= MAX_TRACKED_ADDRESSES + 1, "{tracked} tracked");
     }
 
     #[test]

@@ -175,15 +175,20 @@ fn verifier(
         .map_err(CertificateError::UnusableCas)
 }
 
+/// The product the devices of the config's `manufacturer_ca` are enrolled in at their
+/// first CONNECT (the fleet creates it at start; its CA is always the config's).
+pub const CONFIGURED_PRODUCT: &str = "configured";
+
 /// What the broker trusts; changed at run time by registration, enrollment, products
 /// and revocation.
 ///
 /// A device ID is bound to its product when it is registered (or enrolled): its
 /// certificate is then checked against that product's CA only, and must be the one
 /// registered. A device ID not registered is admitted when its certificate chains to
-/// the configured manufacturer CA (the fleet's own config: the operator's decision),
-/// or to the CA of a product whose open enrollment is on; it is then enrolled at its
-/// first complete CONNECT ([`Enroller`]). Any other certificate is refused in the TLS
+/// the configured manufacturer CA (the fleet's own config: the operator's decision;
+/// enrolled in [`CONFIGURED_PRODUCT`]), or to the CA of a product whose open
+/// enrollment is on; either way it is enrolled at its first complete CONNECT
+/// ([`Enroller`]) and from then on is under revocation and attestation. Any other certificate is refused in the TLS
 /// handshake: a product's CA cannot speak for another product's devices, nor for IDs
 /// that nobody registered.
 pub struct DeviceTrust {
@@ -220,7 +225,8 @@ pub enum Admitted {
         /// Its product.
         product: String,
     },
-    /// A device ID nobody registered, whose certificate chains to the configured CA.
+    /// A device ID nobody registered, whose certificate chains to the configured CA:
+    /// enrolled in [`CONFIGURED_PRODUCT`] at its first CONNECT.
     Configured,
     /// A device ID nobody registered, whose certificate chains to the CA of `product`,
     /// whose open enrollment is on: enrolled at its first CONNECT.
@@ -241,8 +247,9 @@ fn refused(reason: TlsCertificateError) -> rustls::Error {
 }
 
 impl DeviceTrust {
-    /// Trusts `configured` (the config's manufacturer CA) until products are added;
-    /// none (a fleet made by `warden-fleet init`): only the products' CAs admit.
+    /// Trusts `configured` (the config's manufacturer CA; [`CONFIGURED_PRODUCT`]'s)
+    /// until products are added; none (a fleet made by `warden-fleet init`): only the
+    /// products' CAs admit.
     pub fn new(configured: Vec<CertificateDer<'static>>) -> Result<Self, CertificateError> {
         let provider = provider();
         let configured = if configured.is_empty() {
@@ -250,11 +257,24 @@ impl DeviceTrust {
         } else {
             Some(verifier(&configured, Arc::clone(&provider))?)
         };
+        // The devices it enrolled are bound to it like any product's.
+        let products = configured
+            .iter()
+            .map(|verifier| {
+                (
+                    CONFIGURED_PRODUCT.to_owned(),
+                    ProductTrust {
+                        verifier: Arc::clone(verifier),
+                        open_enrollment: false,
+                    },
+                )
+            })
+            .collect();
         Ok(Self {
             provider,
             configured,
             state: RwLock::new(TrustState {
-                products: BTreeMap::new(),
+                products,
                 revoked: BTreeSet::new(),
                 registered: BTreeMap::new(),
             }),
@@ -262,11 +282,16 @@ impl DeviceTrust {
     }
 
     /// Trusts `product`'s manufacturer CA (for its own devices) from now on.
+    /// [`CONFIGURED_PRODUCT`]'s CA is the config's and is not replaced (a stored copy
+    /// from an earlier config, or a product of that name made before it existed).
     pub fn set_product_ca(
         &self,
         product: &str,
         bundle: Vec<CertificateDer<'static>>,
     ) -> Result<(), CertificateError> {
+        if product == CONFIGURED_PRODUCT {
+            return Ok(());
+        }
         let verifier = verifier(&bundle, Arc::clone(&self.provider))?;
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         let open_enrollment = state
@@ -398,10 +423,11 @@ impl DeviceTrust {
     }
 }
 
-/// Enrolls devices that open enrollment admits, at their first complete CONNECT: they
-/// are registered in their product's [`ENROLLED_GROUP`](crate::store::ENROLLED_GROUP)
-/// with the certificate they presented, so revocation and attestation apply to them
-/// like to any registered device.
+/// Enrolls devices that open enrollment or the configured CA admits, at their first
+/// complete CONNECT: they are registered in their product's (for the configured CA,
+/// [`CONFIGURED_PRODUCT`]'s) [`ENROLLED_GROUP`](crate::store::ENROLLED_GROUP) with
+/// the certificate they presented, so revocation and attestation apply to them like to
+/// any registered device.
 pub struct Enroller {
     /// The store enrolled devices are registered in.
     pub store: crate::store::Store,
@@ -419,20 +445,25 @@ impl Enroller {
             .trust
             .admission(chain)
             .map_err(|error| AdmissionRefused::Certificate(error.to_string()))?;
-        let Admitted::Enrollable { product } = admitted else {
-            return Ok(());
+        let (product, open_enrollment) = match admitted {
+            Admitted::Registered { .. } => return Ok(()),
+            Admitted::Enrollable { product } => (product, true),
+            Admitted::Configured => (CONFIGURED_PRODUCT.to_owned(), false),
         };
         let certificate = chain
             .first()
             .ok_or(AdmissionRefused::Certificate("no certificate".to_owned()))?;
         // A device the fleet already knows (its telemetry arrived under another trust)
-        // is not taken over by enrolling its ID into this product.
-        if self
-            .store
-            .seen_device(device)
-            .await
-            .map_err(AdmissionRefused::Store)?
-            .is_some()
+        // is not taken over by enrolling its ID into an open product. The configured CA
+        // is that other trust: before it enrolled, it admitted devices unregistered, so
+        // a device it admitted then is enrolled now, not shut out.
+        if open_enrollment
+            && self
+                .store
+                .seen_device(device)
+                .await
+                .map_err(AdmissionRefused::Store)?
+                .is_some()
         {
             return Err(AdmissionRefused::Known(device.to_owned()));
         }
@@ -608,10 +639,23 @@ mod tests {
                 product: "evil".into()
             })
         );
+        let conf = device(&configured, "wd-conf");
+        assert_eq!(trust.admission(&conf).ok(), Some(Admitted::Configured));
+        // Enrolled, it is bound to the configured product like any registered device;
+        // that product's CA stays the config's.
+        trust.set_registered("wd-conf", &fingerprint(&conf[0]), CONFIGURED_PRODUCT);
+        trust
+            .set_product_ca(CONFIGURED_PRODUCT, vec![ca("another").1])
+            .expect("ignored");
         assert_eq!(
-            trust.admission(&device(&configured, "wd-conf")).ok(),
-            Some(Admitted::Configured)
+            trust.admission(&conf).ok(),
+            Some(Admitted::Registered {
+                product: CONFIGURED_PRODUCT.into()
+            })
         );
+        assert!(trust.admission(&device(&configured, "wd-conf")).is_err());
+        trust.revoke(&fingerprint(&conf[0]));
+        assert!(trust.admission(&conf).is_err());
 
         // Revoked is refused whatever admitted it.
         trust.revoke(&fingerprint(&registered[0]));

@@ -12,8 +12,8 @@
 //!   clients alike);
 //! - a failing `accept` (EMFILE…) pauses with a growing backoff and is logged once per
 //!   episode, as are refusals;
-//! - the connection cap is held within a descriptor budget ([`descriptor_budget`]) so
-//!   the broker and the store keep theirs.
+//! - the connection cap is held within a descriptor budget
+//!   ([`crate::descriptors::connection_cap`]) so the broker and the store keep theirs.
 //!
 //! With `[http.tls]` the same loop serves HTTPS (rustls, the broker's TLS stack); the
 //! handshake must complete within the header timeout.
@@ -134,40 +134,6 @@ impl HttpConfig {
     }
 }
 
-/// Descriptors kept out of the HTTP budget: the store's connections, image files,
-/// logs, the broker's listener and its first devices.
-pub const RESERVED_DESCRIPTORS: u64 = 256;
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard one (the default soft 1024 is what ~1,100
-/// idle connections exhausted) and returns the soft limit now in force (`None`: unknown).
-pub fn raise_descriptor_limit() -> Option<u64> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    if soft < hard {
-        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => return Some(hard),
-            Err(errno) => {
-                tracing::warn!(%errno, soft, hard, "cannot raise the open-file limit");
-            }
-        }
-    }
-    Some(soft)
-}
-
-/// The connection cap within `open_files` descriptors: HTTP takes at most a quarter of
-/// what is left above [`RESERVED_DESCRIPTORS`] (the rest is the broker's devices and the
-/// store's), and never more than `configured`; at least 1.
-pub fn descriptor_budget(open_files: Option<u64>, configured: u32) -> u32 {
-    let Some(open_files) = open_files else {
-        return configured.max(1);
-    };
-    let share = open_files.saturating_sub(RESERVED_DESCRIPTORS) / 4;
-    u32::try_from(share)
-        .unwrap_or(u32::MAX)
-        .min(configured)
-        .max(1)
-}
-
 /// The listener's limits, in force.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -185,7 +151,11 @@ impl Limits {
     /// From the config, the cap held within `open_files` descriptors.
     pub fn new(config: &HttpConfig, open_files: Option<u64>) -> Self {
         Self {
-            max_connections: descriptor_budget(open_files, config.max_connections),
+            max_connections: crate::descriptors::connection_cap(
+                open_files,
+                config.max_connections,
+                crate::descriptors::HTTP_PERCENT,
+            ),
             per_address: config.max_connections_per_address.max(1),
             header_timeout: Duration::from_secs(config.header_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
@@ -204,7 +174,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let registry = Registry::default();
-    let mut backoff = Backoff::default();
+    let mut backoff = warden_listeners::AcceptBackoff::new("fleet http");
     let mut refused_full = Episode::new("http connection refused: the connection cap is reached");
     let mut refused_address =
         Episode::new("http connection refused: its address holds its share of connections");
@@ -637,52 +607,9 @@ impl Episode {
     }
 }
 
-/// The pause after a failing `accept`: from 5 ms, doubling to 1 s; logged once per
-/// episode of failures.
-#[derive(Default)]
-struct Backoff {
-    failures: u64,
-    pause: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(5);
-    const MOST: Duration = Duration::from_secs(1);
-
-    fn failed(&mut self, error: &io::Error) -> Duration {
-        if self.failures == 0 {
-            tracing::error!(
-                %error,
-                "http accept failing (descriptors exhausted?); backing off up to {} ms, \
-                 logged again when it recovers",
-                Self::MOST.as_millis()
-            );
-        }
-        self.failures += 1;
-        self.pause = (self.pause * 2).clamp(Self::FIRST, Self::MOST);
-        self.pause
-    }
-
-    fn succeeded(&mut self) {
-        if self.failures > 0 {
-            tracing::warn!(failures = self.failures, "http accept recovered");
-            self.failures = 0;
-            self.pause = Duration::ZERO;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_budget_keeps_a_reserve_and_a_share_for_the_broker() {
-        assert_eq!(descriptor_budget(Some(1024), 1024), 192);
-        assert_eq!(descriptor_budget(Some(20_000), 1024), 1024);
-        assert_eq!(descriptor_budget(Some(100), 1024), 1);
-        assert_eq!(descriptor_budget(None, 1024), 1024);
-    }
 
     fn admit(registry: &Registry, address: IpAddr) -> Option<(AddressSlot, CancellationToken)> {
         let close = CancellationToken::new();
@@ -732,16 +659,7 @@ mod tests {
     }
 
     #[test]
-    fn accept_failures_back_off_and_refusals_log_once_per_episode() {
-        let mut backoff = Backoff::default();
-        let error = io::Error::from_raw_os_error(24);
-        let pauses: Vec<Duration> = (0..12).map(|_| backoff.failed(&error)).collect();
-        assert_eq!(pauses[0], Backoff::FIRST);
-        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
-        assert_eq!(pauses[11], Backoff::MOST);
-        backoff.succeeded();
-        assert_eq!(backoff.failed(&error), Backoff::FIRST);
-
+    fn refusals_log_once_per_episode() {
         let mut episode = Episode::new("refused");
         let address: IpAddr = [10, 0, 0, 1].into();
         assert!(episode.note(address, 1));

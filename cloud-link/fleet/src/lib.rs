@@ -7,6 +7,7 @@ pub mod backup;
 pub mod broker;
 pub mod clock;
 pub mod deployments;
+pub mod descriptors;
 pub mod enrollment;
 pub mod http_listener;
 pub mod images;
@@ -46,13 +47,18 @@ pub struct FleetConfig {
     /// PEM: the broker's server key.
     pub server_key: PathBuf,
     /// PEM: a manufacturer CA whose device certificates the fleet accepts (besides
-    /// the CAs of the products created through the API). None (what `warden-fleet
-    /// init` writes): only the products' CAs are trusted.
+    /// the CAs of the products created through the API); a device of it that nobody
+    /// registered is enrolled at its first connection in the product
+    /// [`enrollment::CONFIGURED_PRODUCT`] (group "No Updates"). None (what
+    /// `warden-fleet init` writes): only the products' CAs are trusted.
     #[serde(default)]
     pub manufacturer_ca: Option<PathBuf>,
     /// `[http]`: the HTTP listener's connection caps, timeouts, download cap and TLS.
     #[serde(default)]
     pub http: http_listener::HttpConfig,
+    /// `[broker]`: the broker listener's connection caps and timeouts.
+    #[serde(default)]
+    pub broker: broker::BrokerConfig,
     /// `[api]`: tokens and their roles. Default: none, every API call is refused.
     #[serde(default)]
     pub api: auth::ApiConfig,
@@ -155,6 +161,7 @@ impl FleetConfig {
             return Err(ConfigValueError::DatabaseUrl(self.database_url.clone()));
         }
         self.http.check()?;
+        self.broker.check()?;
         if self.api.anonymous_role.is_some() && !is_loopback_listen(&self.http_listen) {
             return Err(ConfigValueError::AnonymousNotLoopback(
                 self.http_listen.clone(),
@@ -253,6 +260,9 @@ pub enum ConfigValueError {
     /// An `[http]` limit of zero.
     #[error(transparent)]
     HttpLimit(#[from] http_listener::HttpLimitError),
+    /// A `[broker]` limit of zero, or above the one it is part of.
+    #[error(transparent)]
+    BrokerLimit(#[from] broker::BrokerLimitError),
     /// A token hash is not a SHA-256 in hex.
     #[error(transparent)]
     TokenHash(#[from] auth::TokenHashError),
@@ -315,6 +325,7 @@ impl ConfigValueError {
     pub fn field(&self) -> String {
         match self {
             Self::HttpLimit(error) => format!("http.{}", error.field),
+            Self::BrokerLimit(error) => error.field(),
             Self::TokenHash(error) => error.field(),
             Self::VendorRoot(error) => error.field(),
             Self::TrustLapses { .. } => "rollouts.attestation_valid_secs".to_owned(),
@@ -489,7 +500,32 @@ async fn load_trust(
 ) -> anyhow::Result<enrollment::DeviceTrust> {
     use anyhow::Context as _;
     let configured = match &config.manufacturer_ca {
-        Some(path) => warden_wire::tls::load_certificates(path).context("manufacturer_ca")?,
+        Some(path) => {
+            let configured =
+                warden_wire::tls::load_certificates(path).context("manufacturer_ca")?;
+            // The configured CA's devices are enrolled in a product of their own, so
+            // that they are registered (revocable, attested) like every other device.
+            let configured_pem = std::fs::read_to_string(path).context("manufacturer_ca")?;
+            let outcome = store
+                .create_product(
+                    enrollment::CONFIGURED_PRODUCT,
+                    &configured_pem,
+                    |stored| {
+                        enrollment::certificates_from_pem(stored).is_ok_and(|s| s == configured)
+                    },
+                    clock::now_ms(),
+                )
+                .await?;
+            if outcome == store::ProductOutcome::Conflict {
+                tracing::warn!(
+                    product = enrollment::CONFIGURED_PRODUCT,
+                    manufacturer_ca = %path.display(),
+                    "the store holds another CA for the configured product (an earlier \
+                     manufacturer_ca); the config's is the one trusted"
+                );
+            }
+            configured
+        }
         None => Vec::new(),
     };
     let trust = enrollment::DeviceTrust::new(configured).map_err(|e| {
@@ -552,10 +588,20 @@ pub async fn start(
         store: store.clone(),
         trust: std::sync::Arc::clone(&trust),
     };
+    // Descriptors first: the broker's and the HTTP listener's caps are shares of them.
+    let open_files = descriptors::raise_descriptor_limit();
+    let broker_limits = broker::BrokerLimits::new(&config.broker, open_files);
+    tracing::info!(
+        open_files,
+        max_connections = broker_limits.max_connections,
+        max_pending = broker_limits.max_pending,
+        per_address = broker_limits.max_pending_per_address,
+        "mqtt connection budget"
+    );
     let broker = broker::Broker::start_with(
         &config.mqtt_listen,
         tls,
-        broker::BrokerLimits::default(),
+        broker_limits,
         std::sync::Arc::new(enroller),
         shutdown.clone(),
     )
@@ -570,7 +616,6 @@ pub async fn start(
         shutdown.clone(),
     ));
 
-    let open_files = http_listener::raise_descriptor_limit();
     let limits = http_listener::Limits::new(&config.http, open_files);
     tracing::info!(
         open_files,
@@ -823,6 +868,41 @@ mod tests {
             shown.contains("database_url \"mysql://db/fleet\""),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn broker_limits_are_read_and_checked_naming_file_line_and_field() {
+        let config = FleetConfig::from_toml(
+            &format!("{BASE}[broker]\nmax_connections = 20000\nconnect_timeout_secs = 5\n"),
+            Path::new("fleet.toml"),
+        )
+        .expect("valid");
+        assert_eq!(config.broker.max_connections, 20_000);
+        assert_eq!(config.broker.connect_timeout_secs, 5);
+        assert_eq!(
+            config.broker.max_pending, 1_024,
+            "the others keep their default"
+        );
+
+        let (shown, line, column) = refused(&format!(
+            "{BASE}[broker]\nmax_pending = 64\nmax_pending_per_address = 65\n"
+        ));
+        assert_eq!(
+            shown,
+            "fleet.toml:9:27: broker.max_pending_per_address (65) must not exceed \
+             broker.max_pending (64)"
+        );
+        assert_eq!((line, column), (9, 27));
+        let (shown, line, _) =
+            refused(&format!("{BASE}[broker]\ntls_handshake_timeout_secs = 0\n"));
+        assert_eq!(line, 8, "{shown}");
+        assert!(
+            shown.ends_with("broker.tls_handshake_timeout_secs must be at least 1"),
+            "{shown}"
+        );
+        let (shown, line, _) = refused(&format!("{BASE}[broker]\nmax_clients = 5\n"));
+        assert_eq!(line, 8, "{shown}");
+        assert!(shown.contains("max_clients"), "{shown}");
     }
 
     #[test]

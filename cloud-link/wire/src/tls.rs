@@ -92,6 +92,22 @@ pub fn client_config(fleet_ca: &Path, identity: ClientIdentity) -> Result<Client
     Ok(config)
 }
 
+/// A client config that trusts only the CAs in `ca` (PEM) and presents no certificate:
+/// HTTPS to the fleet's API and image downloads. TLS 1.3 or 1.2.
+pub fn server_auth_config(ca: &Path) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certificates(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Pem(ca.display().to_string(), e.to_string()))?;
+    }
+    Ok(ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -17,7 +17,8 @@ use hex::encode as hex;
 /// An update offered by the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdateOffer {
-    /// Where to download the signed image (`http://` today; see the README).
+    /// Where to download the signed image: `https://` (the agent's TLS trusts the
+    /// fleet CA only) or `http://` (a mirror; the image is signed either way).
     pub url: String,
     /// SHA-256 of the whole image file.
     pub sha256: [u8; 32],
@@ -141,16 +142,26 @@ pub struct UpdateAgent {
 }
 
 impl UpdateAgent {
-    /// An agent that keeps partial and staged downloads in `download_dir`.
-    pub fn new(download_dir: impl Into<PathBuf>) -> Result<Self, UpdateError> {
-        let client = reqwest::Client::builder()
+    /// An agent that keeps partial and staged downloads in `download_dir` and speaks
+    /// HTTPS with `https` (a rustls client config: the unit passes one trusting the
+    /// fleet CA only, over the tree's one TLS stack); `None`: no CA is trusted, so
+    /// only `http://` URLs can be fetched.
+    pub fn new(
+        download_dir: impl Into<PathBuf>,
+        https: Option<rustls::ClientConfig>,
+    ) -> Result<Self, UpdateError> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|error| UpdateError::Http {
-                url: String::new(),
-                reason: error.to_string(),
-            })?;
+            .read_timeout(Duration::from_secs(30));
+        let builder = match https {
+            Some(tls) => builder.use_preconfigured_tls(tls),
+            // reqwest's rustls with an empty root store: every certificate is refused.
+            None => builder.tls_built_in_root_certs(false),
+        };
+        let client = builder.build().map_err(|error| UpdateError::Http {
+            url: String::new(),
+            reason: error.to_string(),
+        })?;
         Ok(Self {
             client,
             download_dir: download_dir.into(),

@@ -1,4 +1,4 @@
-//! The update agent against a real HTTP server on loopback (Range support, cut-offs).
+//! The update agent against a real HTTP(S) server on loopback (Range support, cut-offs).
 
 use sha2::{Digest, Sha256};
 use warden_image::SemanticVersion;
@@ -12,7 +12,23 @@ use warden_os::update::{
 };
 
 use crate::support::{Keys, product};
-use warden_test_support::range_server::serve;
+use warden_test_support::range_server::{serve, serve_https};
+
+/// A TLS client config trusting only `ca_pem`, as the unit builds from its fleet CA.
+fn trusting(ca_pem: &str) -> rustls::ClientConfig {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(certificate.expect("pem")).expect("root");
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
 
 fn offer(url: String, image: &[u8]) -> UpdateOffer {
     UpdateOffer {
@@ -38,7 +54,7 @@ async fn interrupted_download_resumes_with_a_range_request_and_installs() {
     let cut = image.len() * 2 / 5;
     let (url, seen) = serve(image.clone(), Some(cut)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = UpdateAgent::new(dir.path().join("downloads")).expect("agent");
+    let agent = UpdateAgent::new(dir.path().join("downloads"), None).expect("agent");
     let mut monitor = monitor(dir.path(), &keys);
     let mut events = Vec::new();
     let outcome = agent
@@ -68,12 +84,52 @@ async fn interrupted_download_resumes_with_a_range_request_and_installs() {
 }
 
 #[tokio::test]
+async fn over_https_an_interrupted_download_resumes_with_a_range_request() {
+    let keys = Keys::new();
+    let image = keys.image(2, 1, "#!/bin/sh\n", 1 << 20);
+    let cut = image.len() / 3;
+    let (url, seen, ca_pem) = serve_https(image.clone(), Some(cut)).await;
+    assert!(url.starts_with("https://"), "{url}");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Without the server's CA, nothing is fetched: no other root is trusted.
+    let untrusting = UpdateAgent::new(dir.path().join("refused"), None).expect("agent");
+    let refused = untrusting
+        .download(&offer(url.clone(), &image), &mut |_| {})
+        .await
+        .expect_err("an unknown CA");
+    assert!(matches!(refused, UpdateError::Http { .. }), "{refused}");
+
+    let agent =
+        UpdateAgent::new(dir.path().join("downloads"), Some(trusting(&ca_pem))).expect("agent");
+    let mut monitor = monitor(dir.path(), &keys);
+    let mut events = Vec::new();
+    let outcome = agent
+        .apply(
+            &offer(url, &image),
+            &mut monitor,
+            &UpdateWindowPolicy::default(),
+            0,
+            &mut |event| events.push(event),
+        )
+        .await
+        .expect("update");
+    assert!(matches!(outcome, UpdateOutcome::Installed { .. }));
+    assert_eq!(
+        *seen.lock().expect("log"),
+        vec![0, cut as u64],
+        "the second request resumes at the cut"
+    );
+    assert!(events.contains(&UpdateEvent::DownloadStarted { from: cut as u64 }));
+}
+
+#[tokio::test]
 async fn wrong_digest_is_refused_before_any_slot_is_touched() {
     let keys = Keys::new();
     let image = keys.image(2, 1, "#!/bin/sh\n", 100_000);
     let (url, _) = serve(image.clone(), None).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = UpdateAgent::new(dir.path().join("downloads")).expect("agent");
+    let agent = UpdateAgent::new(dir.path().join("downloads"), None).expect("agent");
     let mut monitor = monitor(dir.path(), &keys);
     let mut bad = offer(url, &image);
     bad.sha256[0] ^= 1;
@@ -108,7 +164,7 @@ async fn image_from_an_unknown_root_is_refused_and_the_slot_stays_unbootable() {
     let image = stranger.image(2, 1, "#!/bin/sh\n", 1000);
     let (url, _) = serve(image.clone(), None).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = UpdateAgent::new(dir.path().join("downloads")).expect("agent");
+    let agent = UpdateAgent::new(dir.path().join("downloads"), None).expect("agent");
     let mut monitor = monitor(dir.path(), &keys);
     let error = agent
         .apply(
@@ -136,7 +192,7 @@ async fn a_veto_leaves_the_verified_download_staged() {
     let image = keys.image(2, 1, "#!/bin/sh\n", 1000);
     let (url, seen) = serve(image.clone(), None).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = UpdateAgent::new(dir.path().join("downloads")).expect("agent");
+    let agent = UpdateAgent::new(dir.path().join("downloads"), None).expect("agent");
     let mut monitor = monitor(dir.path(), &keys);
     let mut window = UpdateWindowPolicy::default();
     window.veto("press-1", "cycle running");

@@ -14,6 +14,12 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 /// without the operator noticing.
 pub const IDLE_YIELDS_AFTER: Duration = Duration::from_secs(2);
 
+/// A connection awaiting an answer (new, or its request unanswered) moves no byte for
+/// this long before it may give its slot to a newcomer: one opened a moment ago, or a
+/// facade request waiting on a slow RTU unit, keeps its slot; a silent or slowloris
+/// client gives it up after this grace.
+pub const UNANSWERED_YIELDS_AFTER: Duration = Duration::from_secs(1);
+
 /// How many connections a listener holds at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -66,8 +72,13 @@ impl Activity {
     }
 
     fn yields(&self, now: Instant) -> bool {
-        self.awaiting_answer.load(Ordering::Relaxed)
-            || now.saturating_duration_since(self.last_progress()) >= IDLE_YIELDS_AFTER
+        let quiet = now.saturating_duration_since(self.last_progress());
+        let grace = if self.awaiting_answer.load(Ordering::Relaxed) {
+            UNANSWERED_YIELDS_AFTER
+        } else {
+            IDLE_YIELDS_AFTER
+        };
+        quiet >= grace
     }
 }
 
@@ -150,9 +161,10 @@ impl AdmissionGate {
         self.limits
     }
 
-    /// A slot for a connection from `address`, evicting an unanswered or idle
-    /// connection (its address's oldest first, else one of the address holding the
-    /// most slots) when the gate is full.
+    /// A slot for a connection from `address`, evicting an unanswered connection
+    /// quiet for [`UNANSWERED_YIELDS_AFTER`] or an idle one quiet for
+    /// [`IDLE_YIELDS_AFTER`] (its address's oldest first, else one of the address
+    /// holding the most slots) when the gate is full.
     pub fn admit(&self, address: IpAddr) -> Result<Admission, Refused> {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -262,6 +274,9 @@ mod tests {
         let silent: Vec<_> = (0..32)
             .map(|_| gate.admit(address(2)).expect("room"))
             .collect();
+        // Just opened, they keep their slots: a client gets time to speak.
+        assert_eq!(gate.admit(address(1)).err(), Some(Refused::Full));
+        tokio::time::advance(UNANSWERED_YIELDS_AFTER).await;
         let operator = gate.admit(address(1)).expect("a silent connection yields");
         assert!(silent[0].is_evicted(), "the oldest silent one went");
         assert!(!silent[1].is_evicted());
@@ -305,8 +320,29 @@ mod tests {
         let flood: Vec<_> = (0..3)
             .map(|_| gate.admit(address(9)).expect("room"))
             .collect();
+        tokio::time::advance(UNANSWERED_YIELDS_AFTER).await;
         let _next = gate.admit(address(5)).expect("a flood connection yields");
         assert!(!operator.is_evicted());
         assert!(flood[0].is_evicted());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_request_keeps_its_slot_while_bytes_move_within_the_grace() {
+        let gate = AdmissionGate::new(Limits {
+            total: 1,
+            per_address: 1,
+        });
+        let waiting = gate.admit(address(1)).expect("room");
+        // A request read: unanswered (a slow RTU unit behind the facade).
+        tokio::time::advance(Duration::from_millis(900)).await;
+        waiting.activity().progressed(Instant::now(), false);
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert_eq!(gate.admit(address(2)).err(), Some(Refused::Full));
+        assert!(!waiting.is_evicted());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let _newcomer = gate
+            .admit(address(2))
+            .expect("quiet past the grace: it yields");
+        assert!(waiting.is_evicted());
     }
 }

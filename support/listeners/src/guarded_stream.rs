@@ -277,6 +277,7 @@ mod tests {
             server.read(&mut buf).await
         });
         tokio::task::yield_now().await;
+        tokio::time::advance(crate::admission::UNANSWERED_YIELDS_AFTER).await;
         let _newcomer = gate
             .admit([127, 0, 0, 2].into())
             .expect("the silent one yields");

@@ -1,15 +1,146 @@
-//! The broker listener's limits: connection slots, per-address fairness, accept backoff.
+//! The broker listener's limits: `[broker]` in fleet.toml, connection slots, fairness.
 //!
 //! Sans-IO: the accept loop in `mod.rs` asks [`ConnectionSlots`] whether a new
-//! connection may start and [`AcceptBackoff`] how long to wait after a failed accept;
-//! neither reads a clock or a socket, so both are unit-tested here.
+//! connection may start; it reads no clock or socket, so it is unit-tested here. The
+//! accept backoff is every listener's (`warden_listeners::AcceptBackoff`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// The broker's limits. The defaults are documented in `cloud-link/README.md`.
+use serde::Deserialize;
+
+/// The `[broker]` section of fleet.toml: the broker listener's limits. The defaults
+/// are documented in `cloud-link/fleet/README.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Connections open at once (default 16384, the scale target of 10,000 devices per
+    /// instance with room); held to the broker's share of the descriptor budget.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Connections in their TLS handshake or before CONNECT, from all addresses
+    /// (default 1024; at most `max_connections`).
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u32,
+    /// Connections in their TLS handshake or before CONNECT from one address (default
+    /// 256; at most `max_pending`): a NAT in front of many devices needs room.
+    #[serde(default = "default_max_pending_per_address")]
+    pub max_pending_per_address: u32,
+    /// Seconds to finish the TLS handshake (default 10).
+    #[serde(default = "default_timeout_secs")]
+    pub tls_handshake_timeout_secs: u64,
+    /// Seconds from the end of the TLS handshake to a complete CONNECT (default 10).
+    #[serde(default = "default_timeout_secs")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_max_connections() -> u32 {
+    16_384
+}
+fn default_max_pending() -> u32 {
+    1_024
+}
+fn default_max_pending_per_address() -> u32 {
+    256
+}
+fn default_timeout_secs() -> u64 {
+    10
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            max_pending: default_max_pending(),
+            max_pending_per_address: default_max_pending_per_address(),
+            tls_handshake_timeout_secs: default_timeout_secs(),
+            connect_timeout_secs: default_timeout_secs(),
+        }
+    }
+}
+
+/// A `[broker]` value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerLimitError {
+    /// A limit or timeout of zero: a broker that admits nothing.
+    #[error("broker.{field} must be at least 1")]
+    Zero {
+        /// The key, without `broker.`.
+        field: &'static str,
+    },
+    /// A limit larger than the one it is part of.
+    #[error("broker.{field} ({value}) must not exceed broker.{bound} ({bound_value})")]
+    Exceeds {
+        /// The key, without `broker.`.
+        field: &'static str,
+        /// Its value.
+        value: u32,
+        /// The key it must not exceed.
+        bound: &'static str,
+        /// That key's value.
+        bound_value: u32,
+    },
+}
+
+impl BrokerLimitError {
+    /// The config key at fault, as a TOML path.
+    pub fn field(&self) -> String {
+        let (Self::Zero { field } | Self::Exceeds { field, .. }) = self;
+        format!("broker.{field}")
+    }
+}
+
+impl BrokerConfig {
+    /// Refuses limits of zero and pending limits above the ones they are part of.
+    pub fn check(&self) -> Result<(), BrokerLimitError> {
+        for (field, value) in [
+            ("max_connections", u64::from(self.max_connections)),
+            ("max_pending", u64::from(self.max_pending)),
+            (
+                "max_pending_per_address",
+                u64::from(self.max_pending_per_address),
+            ),
+            (
+                "tls_handshake_timeout_secs",
+                self.tls_handshake_timeout_secs,
+            ),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(BrokerLimitError::Zero { field });
+            }
+        }
+        for (field, value, bound, bound_value) in [
+            (
+                "max_pending",
+                self.max_pending,
+                "max_connections",
+                self.max_connections,
+            ),
+            (
+                "max_pending_per_address",
+                self.max_pending_per_address,
+                "max_pending",
+                self.max_pending,
+            ),
+        ] {
+            if value > bound_value {
+                return Err(BrokerLimitError::Exceeds {
+                    field,
+                    value,
+                    bound,
+                    bound_value,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The broker's limits, in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerLimits {
     /// Connections open at once, authenticated or not (each holds a descriptor).
@@ -23,24 +154,33 @@ pub struct BrokerLimits {
     pub tls_handshake_timeout: Duration,
     /// Time from the end of the TLS handshake to a complete CONNECT packet.
     pub connect_timeout: Duration,
-    /// First wait after a failed accept (doubled per further failure).
-    pub accept_backoff_min: Duration,
-    /// Longest wait after failed accepts.
-    pub accept_backoff_max: Duration,
+}
+
+impl BrokerLimits {
+    /// From `config`, the connection cap held to the broker's share of `open_files`
+    /// descriptors (`None`: unknown, as configured); the pending caps never above it.
+    pub fn new(config: &BrokerConfig, open_files: Option<u64>) -> Self {
+        let max_connections = crate::descriptors::connection_cap(
+            open_files,
+            config.max_connections,
+            crate::descriptors::BROKER_PERCENT,
+        );
+        let as_count = |value: u32| usize::try_from(value.max(1)).unwrap_or(usize::MAX);
+        let max_pending = config.max_pending.min(max_connections);
+        Self {
+            max_connections: as_count(max_connections),
+            max_pending: as_count(max_pending),
+            max_pending_per_address: as_count(config.max_pending_per_address.min(max_pending)),
+            tls_handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs.max(1)),
+            connect_timeout: Duration::from_secs(config.connect_timeout_secs.max(1)),
+        }
+    }
 }
 
 impl Default for BrokerLimits {
+    /// [`BrokerConfig::default`], with no descriptor limit applied.
     fn default() -> Self {
-        Self {
-            // The fleet's scale target is 10,000 devices per instance.
-            max_connections: 16_384,
-            max_pending: 1_024,
-            max_pending_per_address: 256,
-            tls_handshake_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
-            accept_backoff_min: Duration::from_millis(10),
-            accept_backoff_max: Duration::from_secs(1),
-        }
+        Self::new(&BrokerConfig::default(), None)
     }
 }
 
@@ -168,45 +308,6 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// What to do after a failed accept: wait (doubling), and log the first failure of an
-/// episode only. Descriptor exhaustion (`EMFILE`) makes every accept fail at once;
-/// retrying without a wait spins a core and logs millions of lines.
-#[derive(Debug)]
-pub struct AcceptBackoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-    failures: u64,
-}
-
-impl AcceptBackoff {
-    /// Waits between `min` and `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            next: min,
-            failures: 0,
-        }
-    }
-
-    /// An accept failed: how long to wait, and whether to log it (the first of an
-    /// episode).
-    pub fn failed(&mut self) -> (Duration, bool) {
-        self.failures += 1;
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
-        (wait, self.failures == 1)
-    }
-
-    /// An accept succeeded: the number of failures of the episode that ended, if any.
-    pub fn succeeded(&mut self) -> Option<u64> {
-        self.next = self.min;
-        let failures = std::mem::take(&mut self.failures);
-        (failures > 0).then_some(failures)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,15 +346,48 @@ mod tests {
     }
 
     #[test]
-    fn accept_failures_back_off_and_log_once_per_episode() {
-        let mut backoff = AcceptBackoff::new(Duration::from_millis(10), Duration::from_secs(1));
-        let waits: Vec<_> = (0..10).map(|_| backoff.failed()).collect();
-        assert_eq!(waits[0], (Duration::from_millis(10), true));
-        assert_eq!(waits[1], (Duration::from_millis(20), false));
-        assert!(waits[2..].iter().all(|(_, log)| !log));
-        assert_eq!(waits[9].0, Duration::from_secs(1));
-        assert_eq!(backoff.succeeded(), Some(10));
-        assert_eq!(backoff.succeeded(), None);
-        assert_eq!(backoff.failed(), (Duration::from_millis(10), true));
+    fn the_connection_cap_follows_the_descriptor_limit() {
+        let config = BrokerConfig::default();
+        let roomy = BrokerLimits::new(&config, Some(1_048_576));
+        assert_eq!(roomy.max_connections, 16_384);
+        assert_eq!(roomy.max_pending, 1_024);
+        let tight = BrokerLimits::new(&config, Some(1024));
+        assert_eq!(tight.max_connections, 576);
+        assert_eq!(
+            (tight.max_pending, tight.max_pending_per_address),
+            (576, 256)
+        );
+        let starved = BrokerLimits::new(&config, Some(300));
+        assert_eq!(
+            (
+                starved.max_connections,
+                starved.max_pending,
+                starved.max_pending_per_address
+            ),
+            (33, 33, 33)
+        );
+    }
+
+    #[test]
+    fn unusable_limits_are_refused_by_name() {
+        let zero = BrokerConfig {
+            connect_timeout_secs: 0,
+            ..BrokerConfig::default()
+        };
+        let error = zero.check().expect_err("zero");
+        assert_eq!(error.field(), "broker.connect_timeout_secs");
+        assert_eq!(
+            error.to_string(),
+            "broker.connect_timeout_secs must be at least 1"
+        );
+        let inverted = BrokerConfig {
+            max_pending_per_address: 2_000,
+            ..BrokerConfig::default()
+        };
+        assert_eq!(
+            inverted.check().expect_err("above").to_string(),
+            "broker.max_pending_per_address (2000) must not exceed broker.max_pending (1024)"
+        );
+        assert_eq!(BrokerConfig::default().check(), Ok(()));
     }
 }

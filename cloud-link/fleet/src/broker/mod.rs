@@ -21,13 +21,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use acl::{DeviceAcl, device_id_from_certificate};
 pub use admission::{Admission, AdmissionFuture, AdmissionRefused, AdmitAuthenticated};
-pub use limits::{BrokerLimits, SlotRefused};
+pub use limits::{BrokerConfig, BrokerLimitError, BrokerLimits, SlotRefused};
 pub use router::{LocalSubscription, Router};
 pub use session::{
     DELIVERY_QUEUE, MAX_FILTER_LENGTH, MAX_PACKET_SIZE, MAX_SUBSCRIPTIONS_PER_SESSION,
 };
 
-use limits::{AcceptBackoff, ConnectionSlots};
+use limits::ConnectionSlots;
+use warden_listeners::AcceptBackoff;
 
 /// A running broker.
 pub struct Broker {
@@ -113,7 +114,7 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let slots = ConnectionSlots::new(limits.clone());
-    let mut backoff = AcceptBackoff::new(limits.accept_backoff_min, limits.accept_backoff_max);
+    let mut backoff = AcceptBackoff::new("fleet mqtt broker");
     // Refusals are logged once per episode too: a flood of them is one event.
     let mut refusing = false;
     loop {
@@ -123,16 +124,11 @@ async fn accept_loop(
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => {
-                if let Some(failures) = backoff.succeeded() {
-                    tracing::warn!(failures, "broker accepts again after failed accepts");
-                }
+                backoff.succeeded();
                 accepted
             }
             Err(error) => {
-                let (wait, log) = backoff.failed();
-                if log {
-                    tracing::warn!(%error, "broker accept failed; backing off (logged once until an accept succeeds)");
-                }
+                let wait = backoff.failed(&error);
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(wait) => continue,

@@ -349,7 +349,8 @@ async fn the_schedule_challenges_again_and_replays_are_refused() {
 }
 
 /// Before a product has any release, a verified quote is accepted and the detail says
-/// the image was not checked; an unregistered device is verified but nothing recorded.
+/// the image was not checked; a device of the configured CA is enrolled in its own
+/// product at connect and attested like any registered device.
 #[tokio::test]
 async fn without_releases_a_verified_quote_is_trusted_and_says_the_image_was_not_checked() {
     let fx = fleet().await;
@@ -370,24 +371,20 @@ async fn without_releases_a_verified_quote_is_trusted_and_says_the_image_was_not
         "{record}"
     );
 
-    // An operator's request on an unregistered (but enrolled) device.
+    // An operator's request on a device of the configured CA nobody registered: it was
+    // enrolled at connect, in the configured product.
     let other = QuoteSigner::of(&fx, "wd-other");
-    let mut unregistered = SimulatedDevice::connect(&fx, "wd-other", "wd-other")
+    let mut enrolled = SimulatedDevice::connect(&fx, "wd-other", "wd-other")
         .await
         .expect("connects");
-    let on_connect = challenge(&mut unregistered).await;
-    answer(
-        &unregistered,
-        &on_connect,
-        &other.quote(&on_connect, [0; 32]),
-    )
-    .await;
+    let on_connect = challenge(&mut enrolled).await;
+    answer(&enrolled, &on_connect, &other.quote(&on_connect, [0; 32])).await;
     let empty = json!({});
     let (requested, ()) = tokio::join!(
         fx.post(OPERATOR, "/api/v1/devices/wd-other/attestation", &empty),
         async {
-            let nonce = challenge(&mut unregistered).await;
-            answer(&unregistered, &nonce, &other.quote(&nonce, [0; 32])).await;
+            let nonce = challenge(&mut enrolled).await;
+            answer(&enrolled, &nonce, &other.quote(&nonce, [0; 32])).await;
         }
     );
     let (status, outcome) = requested;
@@ -397,10 +394,11 @@ async fn without_releases_a_verified_quote_is_trusted_and_says_the_image_was_not
         outcome["detail"]
             .as_str()
             .unwrap_or_default()
-            .contains("not registered"),
+            .starts_with("no releases known for product configured"),
         "{outcome}"
     );
     assert_eq!(outcome["measured_image"], to_hex(&[0; 32]));
+    device_until(&fx, "wd-other", |d| d["attestation"] == "trusted").await;
     fx.stop().await;
 }
 

@@ -139,6 +139,7 @@ async fn fleet_with(
         server_key: p.join("server.key"),
         manufacturer_ca: Some(p.join("maker-ca.pem")),
         http: warden_fleet::http_listener::HttpConfig::default(),
+        broker: warden_fleet::broker::BrokerConfig::default(),
         api: ApiConfig {
             tokens: vec![
                 token("viewer", Role::Viewer, VIEWER),

@@ -109,7 +109,15 @@ pub(crate) async fn registration_contract(fx: &Fixture) {
         .await;
     assert_eq!((status, refused["field"].as_str()), (422, Some("name")));
     let (_, products) = fx.get(VIEWER, "/api/v1/products").await;
-    assert_eq!(products.as_array().map(Vec::len), Some(1), "{products}");
+    // The refused ones were not created: the product made above, and the one the
+    // fleet makes for its configured CA's devices.
+    let names: Vec<&str> = products
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["configured", PRODUCT], "{products}");
 
     // Default groups, one of which never receives updates; operators add groups.
     let (status, groups) = fx
@@ -360,6 +368,38 @@ async fn a_product_ca_admits_unregistered_devices_only_once_an_operator_opens_it
     assert!(
         connect(&mut eventloop).await.is_err(),
         "another product's CA is refused for a registered device"
+    );
+    fx.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_of_the_configured_ca_is_enrolled_and_then_revocable() {
+    let fx = fleet().await;
+    let p = fx.dir.path();
+    // `manufacturer_ca` in the fleet's config is the maker's CA: an ID nobody
+    // registered connects, and is registered in the configured product at once.
+    fx.maker.issue(p, "wd-conf", "wd-conf", false);
+    let (_c, mut eventloop) = client(&fx, "wd-conf", "wd-conf");
+    connect(&mut eventloop)
+        .await
+        .expect("a device of the configured CA connects");
+    let (status, device) = fx.get(VIEWER, "/api/v1/devices/wd-conf").await;
+    assert_eq!(status, 200, "{device}");
+    assert_eq!(device["product"], "configured", "{device}");
+    assert_eq!(device["group"], "No Updates", "{device}");
+    // Bound now: another certificate for that ID from the same CA is a clone.
+    fx.maker.issue(p, "wd-conf-clone", "wd-conf", false);
+    let (_c, mut eventloop) = client(&fx, "wd-conf", "wd-conf-clone");
+    assert!(connect(&mut eventloop).await.is_err(), "clone refused");
+    // Under revocation (issue #22: it answered 404 while unregistered).
+    let (status, revoked) = fx
+        .post(OPERATOR, "/api/v1/devices/wd-conf/revoke", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    let (_c, mut eventloop) = client(&fx, "wd-conf", "wd-conf");
+    assert!(
+        connect(&mut eventloop).await.is_err(),
+        "a revoked certificate is refused"
     );
     fx.stop().await;
 }
