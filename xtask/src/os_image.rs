@@ -18,7 +18,7 @@
 //! these modules, mounting the slot and state partitions), so the image is laid out but
 //! does not boot to `warden-os: up`.
 //!
-//! Needs Debian's `gdisk` (sgdisk), `erofs-utils`, `dosfstools`, `mtools`, `e2fsprogs`,
+//! Needs `strip` (binutils), Debian's `gdisk` (sgdisk), `erofs-utils`, `dosfstools`, `mtools`, `e2fsprogs`,
 //! and apt (for the kernel package).
 
 use std::io::{Seek as _, SeekFrom, Write as _};
@@ -58,8 +58,15 @@ pub fn build() -> Result<(), String> {
             binary.display()
         ));
     }
+    // The debug build's symbols are most of its size; the guest needs none of them.
+    let stripped = work.join("warden");
+    run(Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&binary))?;
     let initrd = work.join("initrd.img");
-    write_initramfs(&initrd, &binary, &modules_dir)?;
+    write_initramfs(&initrd, &stripped, &modules_dir)?;
 
     let boot = work.join("boot.vfat");
     run(Command::new("mkfs.vfat")
@@ -202,31 +209,68 @@ fn debian_kernel(cache: &Path) -> Result<(PathBuf, PathBuf), String> {
 }
 
 /// The modules of [`MODULES`] and their dependencies, dependencies first, as paths
-/// relative to `modules_dir` (from `modules.dep`).
+/// relative to `modules_dir`. The package ships no `modules.dep` (its postinst runs
+/// depmod), so each module's own `depends=` (its `.modinfo` section) is read.
 fn modules_in_load_order(modules_dir: &Path) -> Result<Vec<String>, String> {
-    let dep_file = modules_dir.join("modules.dep");
-    let deps =
-        std::fs::read_to_string(&dep_file).map_err(|e| format!("{}: {e}", dep_file.display()))?;
-    let module_name = |path: &str| {
-        let file = path.rsplit('/').next().unwrap_or(path);
-        file.split(".ko").next().unwrap_or(file).replace('-', "_")
-    };
+    let mut by_name = std::collections::BTreeMap::new();
+    index_modules(modules_dir, modules_dir, &mut by_name)?;
     let mut order = Vec::new();
     for wanted in MODULES {
-        let wanted = wanted.replace('-', "_");
-        let (path, needs) = deps
-            .lines()
-            .filter_map(|line| line.split_once(':'))
-            .find(|(path, _)| module_name(path) == wanted)
-            .ok_or_else(|| format!("{wanted} is not in {}", dep_file.display()))?;
-        // modules.dep lists what a module needs nearest first: load from the far end.
-        for needed in needs.split_whitespace().rev().chain([path]) {
-            if !order.iter().any(|known: &String| known == needed) {
-                order.push(needed.to_owned());
-            }
-        }
+        add_with_dependencies(&wanted.replace('-', "_"), &by_name, modules_dir, &mut order)?;
     }
     Ok(order)
+}
+
+/// Module name (`-` as `_`) → path relative to `root`, for every `.ko` under `dir`.
+fn index_modules(
+    root: &Path,
+    dir: &Path,
+    by_name: &mut std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+        if path.is_dir() {
+            index_modules(root, &path, by_name)?;
+        } else if let Some(name) = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".ko"))
+        {
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            by_name.insert(name.replace('-', "_"), relative.display().to_string());
+        }
+    }
+    Ok(())
+}
+
+fn add_with_dependencies(
+    name: &str,
+    by_name: &std::collections::BTreeMap<String, String>,
+    modules_dir: &Path,
+    order: &mut Vec<String>,
+) -> Result<(), String> {
+    let path = by_name
+        .get(name)
+        .ok_or_else(|| format!("module {name} is not under {}", modules_dir.display()))?;
+    if order.contains(path) {
+        return Ok(());
+    }
+    let bytes = read(&modules_dir.join(path))?;
+    let marker = b"\0depends=";
+    let depends = bytes
+        .windows(marker.len())
+        .position(|window| window == marker)
+        .map(|at| {
+            let rest = &bytes[at + marker.len()..];
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end]).into_owned()
+        })
+        .unwrap_or_default();
+    for needed in depends.split(',').filter(|d| !d.is_empty()) {
+        add_with_dependencies(&needed.replace('-', "_"), by_name, modules_dir, order)?;
+    }
+    order.push(path.clone());
+    Ok(())
 }
 
 /// A newc cpio archive: `/init` (the warden binary), the manifest, the modules and
