@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use warden_link::LinkConfig;
+use warden_toml_position::line_and_column;
 
 /// The whole appliance config (`warden.toml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -445,14 +446,6 @@ fn address_problem(address: &str, listen: bool) -> Option<String> {
             "{address:?} is not host:port (port {port:?} is not 0..=65535)"
         )),
     }
-}
-
-/// 1-based line and column of byte `offset` in `text`.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

@@ -4,14 +4,14 @@
 //! this adds what only exists on the unit: the link's CA, certificate and key files
 //! (readable, PEM, the certificate made out to `device.id`), the status page's
 //! password hash and TLS files, the update capability, and the policy file. Each
-//! problem is located by the line of its key, found with toml's spanned document
-//! ([`toml::de::DeTable`]); a key left at its default is located at its table.
+//! problem is located by the line of its key ([`warden_toml_position::locate`]); a key
+//! left at its default is located at its table.
 
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use toml::de::{DeTable, DeValue};
+use warden_toml_position::locate;
 
 use crate::config::{ApplianceConfig, ConfigError};
 
@@ -107,16 +107,10 @@ pub fn check_text_with(text: &str, path: &Path, stage: Stage) -> Result<ConfigRe
             Err(error) => found.push(("policy.file".into(), format!("{error:#}"))),
         },
     }
-    // The document parsed as a config, so it parses as a spanned table too.
-    let document = DeTable::parse(text)
-        .map(|table| DeValue::Table(table.into_inner()))
-        .ok();
     let mut problems: Vec<Problem> = found
         .into_iter()
         .map(|(field, message)| Problem {
-            line: document
-                .as_ref()
-                .map_or(1, |document| line_of(document, text, &field)),
+            line: locate(text, &field).map_or(1, |(line, _)| line),
             field,
             message,
         })
@@ -353,39 +347,6 @@ fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         (len, &rest[count..])
     };
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// The 1-based line of `field` (`bridges.modbus_tcp[0].points[1].name`) in
-/// `document`: of its value if written, else of the nearest table that is.
-fn line_of(document: &DeValue<'_>, text: &str, field: &str) -> usize {
-    let mut current = document;
-    let mut offset = None;
-    for segment in field.split('.') {
-        let (key, indices) = match segment.split_once('[') {
-            Some((key, rest)) => (key, Some(rest)),
-            None => (segment, None),
-        };
-        let Some(value) = current.get(key) else { break };
-        offset = Some(value.span().start);
-        current = value.get_ref();
-        for index in indices
-            .into_iter()
-            .flat_map(|rest| rest.split('['))
-            .filter_map(|index| index.trim_end_matches(']').parse::<usize>().ok())
-        {
-            let Some(element) = current.get(index) else {
-                return line(text, offset);
-            };
-            offset = Some(element.span().start);
-            current = element.get_ref();
-        }
-    }
-    line(text, offset)
-}
-
-fn line(text: &str, offset: Option<usize>) -> usize {
-    let offset = offset.unwrap_or(0).min(text.len());
-    text[..offset].matches('\n').count() + 1
 }
 
 #[cfg(test)]
@@ -710,11 +671,11 @@ metrics_listen = "127.0.0.1:0"
     fn fields_are_found_by_their_line() {
         let text = "[device]\nid = \"wd-1\"\n\n[[bridges.modbus_tcp]]\nname = \"a\"\n\
                     [[bridges.modbus_tcp]]\nname = \"b\"\naddress = \"x\"\n[link]\nbroker_port = 0\n";
-        let document = DeValue::Table(DeTable::parse(text).expect("toml").into_inner());
-        assert_eq!(line_of(&document, text, "device.id"), 2);
-        assert_eq!(line_of(&document, text, "bridges.modbus_tcp[1].address"), 8);
-        assert_eq!(line_of(&document, text, "link.broker_port"), 10);
+        let line = |field| locate(text, field).map(|(line, _)| line);
+        assert_eq!(line("device.id"), Some(2));
+        assert_eq!(line("bridges.modbus_tcp[1].address"), Some(8));
+        assert_eq!(line("link.broker_port"), Some(10));
         // Not written: the table it would be in.
-        assert_eq!(line_of(&document, text, "link.batch_interval_ms"), 9);
+        assert_eq!(line("link.batch_interval_ms"), Some(9));
     }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use warden_keychain::Purpose;
+use warden_toml_position::line_and_column;
 
 /// `station.toml`. Relative paths are resolved against the file's directory.
 #[derive(Debug, Clone, Deserialize)]
@@ -353,13 +354,6 @@ impl VendorRootConfig {
         }
         Ok(bits)
     }
-}
-
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

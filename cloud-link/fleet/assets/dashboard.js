@@ -14,6 +14,8 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 
 /** Thrown when the API wants a (different) token. */
 class SignInNeeded extends Error {}
+/** The fleet answered 404: what the page asked for does not exist. */
+class NotFound extends Error {}
 
 // ---- DOM helpers (text is always set as text, never parsed as HTML) ----
 
@@ -50,6 +52,10 @@ function table(id, headings, rows) {
   for (const heading of headings) head.appendChild(el("th", {}, heading));
   const body = t.createTBody();
   for (const row of rows) body.appendChild(row);
+  // An empty table says so, rather than looking like a table that failed to load.
+  if (rows.length === 0) {
+    body.appendChild(el("tr", { class: "empty" }, el("td", { class: "muted", colspan: headings.length }, "none")));
+  }
   return t;
 }
 
@@ -64,6 +70,15 @@ function row(data, ...cells) {
 
 function number(field, value) {
   return el("td", { class: "number", data: { field } }, value);
+}
+
+/**
+ * A number as a person reads it: float noise from the unit's scaling removed
+ * (73.10000000000001 is shown as 73.1), at most 10 significant digits.
+ */
+function formatNumber(value) {
+  if (typeof value !== "number" || !Number.isFinite(value)) return String(value);
+  return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(10)));
 }
 
 function time(ms) {
@@ -87,6 +102,7 @@ async function api(path) {
   if (response.status === 401) {
     throw new SignInNeeded(token ? "The fleet refused this token." : "");
   }
+  if (response.status === 404) throw new NotFound(path);
   if (response.status === 429) {
     throw new SignInNeeded("Too many failed token attempts from this address: wait a minute.");
   }
@@ -100,21 +116,48 @@ async function api(path) {
 
 /** A reading as shown: the text of a string point, else its number. */
 function shownValue(reading) {
-  return reading.text !== undefined && reading.text !== null ? reading.text : String(reading.value);
+  return reading.text !== undefined && reading.text !== null ? reading.text : formatNumber(reading.value);
 }
 
 // ---- Charts ----
 
-/** A line chart of readings (any order) as an SVG element. */
-function lineChart(readings, unit) {
+/**
+ * Where consecutive readings are further apart than this many times their median
+ * spacing, the unit was not reporting: the chart leaves a gap rather than drawing a
+ * ramp across the outage.
+ */
+const GAP_FACTOR = 5;
+
+/** `points` (sorted by time) split where the spacing shows an outage. */
+function segments(points) {
+  const steps = points.slice(1).map((p, i) => p.ts_ms - points[i].ts_ms).sort((a, b) => a - b);
+  const median = steps.length ? steps[Math.floor(steps.length / 2)] : 0;
+  const parts = [];
+  let current = [];
+  points.forEach((p, i) => {
+    if (i > 0 && median > 0 && p.ts_ms - points[i - 1].ts_ms > GAP_FACTOR * median) {
+      parts.push(current);
+      current = [];
+    }
+    current.push(p);
+  });
+  if (current.length) parts.push(current);
+  return parts;
+}
+
+/**
+ * A line chart of readings (any order) as an SVG element, over `span` ({from, to} in
+ * ms: the same for every chart of a page, so they line up) or the readings' own span.
+ */
+function lineChart(readings, unit, span) {
   const points = readings.slice().sort((a, b) => a.ts_ms - b.ts_ms);
   const width = 380, height = 140, left = 48, right = 8, top = 8, bottom = 22;
   const chart = svg("svg", {
     class: "line-chart", width, height, viewBox: `0 0 ${width} ${height}`,
-    role: "img", data: { count: points.length },
+    role: "img", data: { count: points.length, from: span ? span.from : "", to: span ? span.to : "" },
   });
   if (points.length === 0) return chart;
-  let t0 = points[0].ts_ms, t1 = points[points.length - 1].ts_ms;
+  let t0 = span ? span.from : points[0].ts_ms, t1 = span ? span.to : points[points.length - 1].ts_ms;
   let v0 = Math.min(...points.map((p) => p.value)), v1 = Math.max(...points.map((p) => p.value));
   if (t1 === t0) { t0 -= 1; t1 += 1; }
   if (v1 === v0) { v0 -= 1; v1 += 1; }
@@ -129,14 +172,16 @@ function lineChart(readings, unit) {
     node.textContent = text;
     chart.appendChild(node);
   };
-  label(`${v1} ${unit}`, { x: 2, y: top + 8 });
-  label(`${v0} ${unit}`, { x: 2, y: height - bottom });
+  label(`${formatNumber(v1)} ${unit}`, { x: 2, y: top + 8 });
+  label(`${formatNumber(v0)} ${unit}`, { x: 2, y: height - bottom });
   label(new Date(t0).toLocaleTimeString(), { x: left, y: height - 6 });
   label(new Date(t1).toLocaleTimeString(), { x: width - right, y: height - 6, "text-anchor": "end" });
-  chart.appendChild(svg("polyline", {
-    class: "line",
-    points: points.map((p) => `${x(p.ts_ms).toFixed(1)},${y(p.value).toFixed(1)}`).join(" "),
-  }));
+  for (const part of segments(points)) {
+    chart.appendChild(svg("polyline", {
+      class: "line",
+      points: part.map((p) => `${x(p.ts_ms).toFixed(1)},${y(p.value).toFixed(1)}`).join(" "),
+    }));
+  }
   if (points.length <= 100) {
     for (const p of points) {
       chart.appendChild(svg("circle", { class: "dot", cx: x(p.ts_ms).toFixed(1), cy: y(p.value).toFixed(1), r: 2 }));
@@ -271,7 +316,15 @@ async function overview() {
 }
 
 async function devicePage(id) {
-  const detail = await api("/api/v1/dashboard/devices/" + encodeURIComponent(id));
+  let detail;
+  try {
+    detail = await api("/api/v1/dashboard/devices/" + encodeURIComponent(id));
+  } catch (error) {
+    if (!(error instanceof NotFound)) throw error;
+    return [el("h2", { id: "not-found" }, "No device " + id),
+      el("p", {}, "The fleet knows no device with this ID: it is not registered and never sent telemetry. ",
+        el("a", { href: "/" }, "All devices"))];
+  }
   const r = detail.registered;
   const field = (name, label, value, cls) =>
     row({ field: name }, el("th", {}, label), el("td", { class: cls }, value));
@@ -292,7 +345,8 @@ async function devicePage(id) {
       field("fingerprint", "certificate SHA-256", r.fingerprint),
       field("registered", "registered", time(r.registered_ms)));
   } else {
-    identity.push(field("registered", "registered", "no (sends telemetry, not in the registry)"));
+    identity.push(field("registered", "registered", "no (sends telemetry, not in the registry)"),
+      field("attestation", "attestation", "not attested: only registered devices are", "status-unknown"));
   }
   const identityTable = el("table", { id: "identity" });
   const body = identityTable.createTBody();
@@ -306,10 +360,13 @@ async function devicePage(id) {
   const numeric = detail.latest.filter((v) => v.text === undefined || v.text === null);
   const series = await Promise.all(numeric.map((v) =>
     api(`/api/v1/devices/${encodeURIComponent(id)}/telemetry?point=${encodeURIComponent(v.point)}&limit=500`)));
+  // One time span for the page: every chart from the earliest to the latest reading shown.
+  const times = series.flatMap((s) => s.readings.map((r) => r.ts_ms));
+  const span = times.length ? { from: Math.min(...times), to: Math.max(...times) } : null;
   numeric.forEach((v, index) => {
     charts.appendChild(el("figure", { class: "chart", data: { point: v.point } },
       el("figcaption", {}, `${v.point} (${series[index].readings.length} readings)`),
-      lineChart(series[index].readings, v.unit)));
+      lineChart(series[index].readings, v.unit, span)));
   });
   if (detail.latest.length === 0) charts.appendChild(el("p", { class: "muted" }, "No telemetry yet."));
   view.push(charts, el("h2", {}, "Recent failure reports"),

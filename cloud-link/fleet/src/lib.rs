@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use warden_toml_position::{line_and_column, locate};
 
 /// The fleet service's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -173,51 +174,6 @@ fn is_loopback_listen(listen: &str) -> bool {
             .is_ok_and(|address| address.is_loopback())
 }
 
-/// 1-based line and column of byte `offset` in `text`.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
-
-/// Where `text` sets `field` (a TOML path, `api.tokens[1].sha256`): the line and
-/// column of its value, or of the nearest enclosing table or array the file has;
-/// `(0, 0)` when the file does not mention it (a default).
-fn locate(text: &str, field: &str) -> (usize, usize) {
-    use toml::de::{DeTable, DeValue};
-    let Ok(root) = DeTable::parse(text) else {
-        return (0, 0);
-    };
-    let mut found: Option<std::ops::Range<usize>> = None;
-    let mut table = Some(root.get_ref());
-    'path: for part in field.split('.') {
-        let (key, indexes) = part
-            .split_once('[')
-            .map_or((part, ""), |(key, rest)| (key, rest));
-        let Some(current) = table else { break };
-        let Some((_, mut value)) = current.iter().find(|(name, _)| name.get_ref() == key) else {
-            break;
-        };
-        found = Some(value.span());
-        for index in indexes
-            .split('[')
-            .filter_map(|index| index.trim_end_matches(']').parse::<usize>().ok())
-        {
-            let Some(item) = (match value.get_ref() {
-                DeValue::Array(items) => items.get(index),
-                _ => None,
-            }) else {
-                break 'path;
-            };
-            value = item;
-            found = Some(value.span());
-        }
-        table = value.get_ref().as_table();
-    }
-    found.map_or((0, 0), |span| line_and_column(text, span.start))
-}
-
 /// Why the fleet's config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -248,7 +204,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// `error`, found in `text` (the content of `path`), at the line of its field.
     fn value(text: &str, path: &Path, error: &ConfigValueError) -> Self {
-        let (line, column) = locate(text, &error.field());
+        let (line, column) = locate(text, &error.field()).unwrap_or((0, 0));
         Self::Invalid {
             path: path.to_owned(),
             line,

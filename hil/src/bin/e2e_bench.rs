@@ -233,6 +233,10 @@ async fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
         }
     }
     println!(
+        "  of which allocated (RssAnon) {:>8.1} MiB (heap, arenas, stacks; the rest is code pages)",
+        memory.anon_kib as f64 / 1024.0
+    );
+    println!(
         "  proportional (PSS)         {:>10.1} MiB (shared pages split between processes)",
         memory.pss_kib as f64 / 1024.0
     );
@@ -512,6 +516,10 @@ struct Memory {
     /// Proportional set size (`/proc/PID/smaps_rollup`): shared pages (the one binary's
     /// code, mapped by every process) divided among the processes that map them.
     pss_kib: u64,
+    /// RssAnon: the resident memory the appliance allocated itself (heap, malloc
+    /// arenas, stacks). The rest of VmRSS is file pages, almost all the binary's code:
+    /// clean, shared by every process of the binary and given back under pressure.
+    anon_kib: u64,
 }
 
 /// One process of the appliance (the monitor or a compartment).
@@ -609,6 +617,7 @@ fn process_info(pid: u32) -> anyhow::Result<ApplianceProcess> {
         memory: Memory {
             rss_kib: field("VmRSS:"),
             hwm_kib: field("VmHWM:"),
+            anon_kib: field("RssAnon:"),
             pss_kib: proc_file(pid, "smaps_rollup")
                 .ok()
                 .and_then(|rollup| {
@@ -668,6 +677,7 @@ impl Appliance {
                 rss_kib: sum.rss_kib + p.memory.rss_kib,
                 hwm_kib: sum.hwm_kib + p.memory.hwm_kib,
                 pss_kib: sum.pss_kib + p.memory.pss_kib,
+                anon_kib: sum.anon_kib + p.memory.anon_kib,
             }))
     }
 

@@ -9,6 +9,7 @@ use crate::characteristic_value::ValueCodec;
 use crate::device_address::{AddressKind, DeviceAddress};
 use crate::hci_transport::HciTransportSpec;
 use crate::point_config::{BleAccess, BlePointConfig};
+use warden_toml_position::line_and_column;
 
 /// One BLE bridge as the integrator configures it (`[[ble]]` in `warden.toml`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -118,7 +119,10 @@ impl BleBridgeConfig {
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|error| ConfigError {
             field: match error.span() {
-                Some(span) => format!("{origin}:{}", line_of(text, span.start)),
+                Some(span) => {
+                    let (line, column) = line_and_column(text, span.start);
+                    format!("{origin}:{line}:{column}")
+                }
                 None => origin.to_owned(),
             },
             message: error.message().trim_end().to_owned(),
@@ -236,12 +240,6 @@ impl BleBridgeConfig {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map_or(0, |before| before.matches('\n').count())
-        + 1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,10 +325,10 @@ bytes = 1
     }
 
     #[test]
-    fn unknown_fields_are_reported_with_their_line() {
+    fn unknown_fields_are_reported_with_their_line_and_column() {
         let text = GOOD.replace("unit = \"°C\"", "unit = \"°C\"\ncolour = \"red\"");
         let error = BleBridgeConfig::from_toml(&text, "ble.toml").expect_err("unknown");
-        assert_eq!(error.field, "ble.toml:14");
+        assert_eq!(error.field, "ble.toml:14:1");
         assert!(error.message.contains("colour"), "{error}");
     }
 }

@@ -197,8 +197,8 @@ pub(crate) struct Fed {
     first_id: String,
     /// The deployment advancing, its one device downloading.
     second_id: String,
-    /// The connected devices (online while they are kept).
-    _devices: Vec<SimulatedDevice>,
+    /// The connected devices (online while they are kept): wd-a, b, c, d and f.
+    devices: Vec<SimulatedDevice>,
 }
 
 /// Feeds `fx` through its real paths (registration and revocation API, quotes,
@@ -370,7 +370,7 @@ pub(crate) async fn dashboard_contract(fx: &Fixture) -> Fed {
     Fed {
         first_id,
         second_id,
-        _devices: devices,
+        devices,
     }
 }
 
@@ -576,7 +576,7 @@ async fn the_dashboard_shows_counts_charts_waves_and_report_groups_in_chromium()
     })
     .await;
     // `fed` keeps the devices connected until the pages are checked.
-    let fed = dashboard_contract(&fx).await;
+    let mut fed = dashboard_contract(&fx).await;
     let (first_id, second_id) = (fed.first_id.clone(), fed.second_id.clone());
 
     // Overview: counts by status, connection and version; deployments in progress;
@@ -676,6 +676,102 @@ async fn the_dashboard_shows_counts_charts_waves_and_report_groups_in_chromium()
                 "the chart draws {dots} dots and {pairs} line points, not 12"
             ))
         }
+    })
+    .await;
+
+    // wd-f reports two points: pressure with an outage in the middle and a value with
+    // float noise from scaling, flow only after the outage. Its page shows the value as
+    // a person reads it, leaves a gap in the chart, draws both charts over one span,
+    // and says its empty report table is empty.
+    let start = now_ms() - 60_000;
+    // 73.10000000000001 is the highest value: the chart's axis shows it too.
+    let pressure = [0u64, 1, 2, 3, 40, 41, 42, 43].map(|s| {
+        let value = match s {
+            43 => 73.100_000_000_000_01,
+            40.. => 71.0,
+            _ => 70.0 + s as f64 / 10.0,
+        };
+        (s, "line2/pressure", value)
+    });
+    let flow = [40u64, 41, 42, 43].map(|s| (s, "line2/flow", 5.0));
+    let f = fed.devices.get_mut(4).expect("wd-f");
+    for (seq, (second, point, value)) in pressure.into_iter().chain(flow).enumerate() {
+        let batch = TelemetryBatch {
+            v: 1,
+            stream: "line2".into(),
+            epoch: 1,
+            seq: seq as u64,
+            readings: vec![Reading::number(
+                point.into(),
+                value,
+                "bar".into(),
+                start + second * 1000,
+            )],
+        };
+        f.client
+            .publish(
+                telemetry_topic("wd-f"),
+                QoS::AtLeastOnce,
+                false,
+                batch.encode(),
+            )
+            .await
+            .expect("queue");
+    }
+    api_until(
+        &fx,
+        "/api/v1/devices/wd-f/telemetry?point=line2/flow&limit=100",
+        "wd-f's flow",
+        |t| t["readings"].as_array().map(Vec::len) == Some(4),
+    )
+    .await;
+    page(fx.url("/devices/wd-f"), "device-outage", |dom| {
+        shows(
+            fragment(dom, "data-point=\"line2/pressure\"><td>", "</tr>")?,
+            "<td class=\"value\">73.1</td>",
+        )?;
+        let pressure = fragment(
+            dom,
+            "class=\"chart\" data-point=\"line2/pressure\">",
+            "</figure>",
+        )?;
+        let flow = fragment(
+            dom,
+            "class=\"chart\" data-point=\"line2/flow\">",
+            "</figure>",
+        )?;
+        let lines = pressure.matches("<polyline").count();
+        if lines != 2 {
+            return Err(format!(
+                "the pressure chart draws {lines} lines, not 2 around the outage"
+            ));
+        }
+        shows(pressure, ">73.1 bar<")?;
+        let span = |chart: &str| -> Result<String, String> {
+            let from = fragment(chart, "data-from=\"", "\" ")?;
+            let to = fragment(chart, "data-to=\"", "\">")?;
+            Ok(format!("{from}\" {to}\""))
+        };
+        if span(pressure)? != span(flow)? {
+            return Err(format!(
+                "the charts cover different spans: {} and {}",
+                span(pressure)?,
+                span(flow)?
+            ));
+        }
+        shows(
+            fragment(dom, "id=\"device-reports\"", "</table>")?,
+            "<td class=\"muted\" colspan=\"6\">none</td>",
+        )
+    })
+    .await;
+    // A device the fleet does not know gets a page that says so, not an API error.
+    page(fx.url("/devices/wd-nobody"), "device-unknown", |dom| {
+        shows(dom, "id=\"not-found\">No device wd-nobody<")?;
+        if dom.contains("unreachable or failing") {
+            return Err("an unknown device is shown as a failing fleet".to_owned());
+        }
+        Ok(())
     })
     .await;
 
