@@ -41,6 +41,8 @@ use warden_os::boot::{BootConfig, BootDecision, BootError, BootMonitor};
 use warden_os::file_system::StdFileSystem;
 use warden_os::image::ProductId;
 use warden_os::launch::{self, RESTART_EXIT_CODE};
+use warden_os::monitor::PLUTON_SERVED_ENV;
+use warden_os::monitor::manifest::Manifest;
 use warden_os::monitor::trial::TRIAL_DEADLINE_ENV;
 use warden_os::reports::{FailureKind, ReportStore};
 use warden_os::root_of_trust::RootOfTrustError;
@@ -59,25 +61,41 @@ const PLUTON_START: Duration = Duration::from_secs(10);
 const REPORT_CAPACITY: usize = 256;
 
 /// Options of `warden boot`.
+///
+/// With `--manifest` (the packaged unit, the OS image), the unit's facts come from the
+/// compartment manifest's `[monitor]` and `[monitor.boot]` (product, state directory,
+/// pluton socket and capability, report ring) and pluton's state directory from the
+/// manifest's `pluton` compartment: one place for each, so the flags that would repeat
+/// them conflict with it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BootArgs {
+    /// The compartment manifest the image runs (`run --manifest` names the same file):
+    /// the boot stage takes the unit's facts from it.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
     /// The boot monitor's state directory: `slots/a.wim`, `slots/b.wim`, `boot/state`
-    /// (the provisioning station's layout of `/var/lib/warden`).
-    #[arg(long, default_value = "/var/lib/warden")]
-    pub state_dir: PathBuf,
+    /// (the provisioning station's layout of `/var/lib/warden`) [default:
+    /// /var/lib/warden].
+    #[arg(long, conflicts_with = "manifest")]
+    pub state_dir: Option<PathBuf>,
     /// Where the chosen image's payload is unpacked (`<run-dir>/<slot>/bin/warden`).
     #[arg(long, default_value = "/run/warden/image")]
     pub run_dir: PathBuf,
     /// This unit's product (images for another product never boot).
-    #[arg(long)]
-    pub product: String,
+    #[arg(
+        long,
+        required_unless_present = "manifest",
+        conflicts_with = "manifest"
+    )]
+    pub product: Option<String>,
     /// Pluton's state directory (identity, counters); pluton is started on it at every
-    /// boot.
-    #[arg(long, default_value = "/var/lib/warden/pluton")]
-    pub pluton_state_dir: PathBuf,
-    /// The socket pluton serves (the image's config names the same one).
-    #[arg(long, default_value = "/run/warden/pluton/pluton.sock")]
-    pub pluton_socket: PathBuf,
+    /// boot [default: /var/lib/warden/pluton].
+    #[arg(long, conflicts_with = "manifest")]
+    pub pluton_state_dir: Option<PathBuf>,
+    /// The socket pluton serves (the image's config names the same one) [default:
+    /// /run/warden/pluton/pluton.sock].
+    #[arg(long, conflicts_with = "manifest")]
+    pub pluton_socket: Option<PathBuf>,
     /// Where pluton keeps its keys: `software` or `tpm` (`warden pluton --backend`).
     /// Default: the backend pluton's state directory belongs to (the station's choice).
     #[arg(long, value_parser = ["software", "tpm"])]
@@ -87,11 +105,12 @@ pub struct BootArgs {
     pub pluton_tcti: String,
     /// Pluton's provisioning capability (default: `provisioning.capability` in its
     /// state directory).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "manifest")]
     pub capability_file: Option<PathBuf>,
-    /// The failure-report ring (the manifest's `report_dir`, the config's `[reports]`).
-    #[arg(long, default_value = "/var/lib/warden/reports")]
-    pub report_dir: PathBuf,
+    /// The failure-report ring (the manifest's `report_dir`, the config's `[reports]`)
+    /// [default: /var/lib/warden/reports].
+    #[arg(long, conflicts_with = "manifest")]
+    pub report_dir: Option<PathBuf>,
     /// How long a trial image has to confirm itself healthy.
     #[arg(long, default_value_t = 300)]
     pub trial_deadline_secs: u64,
@@ -106,11 +125,111 @@ pub struct BootArgs {
     pub image_args: Vec<String>,
 }
 
+/// `warden boot`'s settings once the manifest (if any) has been read.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    /// The boot monitor's state directory.
+    pub state_dir: PathBuf,
+    /// Where payloads are unpacked.
+    pub run_dir: PathBuf,
+    /// This unit's product.
+    pub product: String,
+    /// Pluton's state directory.
+    pub pluton_state_dir: PathBuf,
+    /// Pluton's socket.
+    pub pluton_socket: PathBuf,
+    /// Pluton's key backend, if chosen here.
+    pub pluton_backend: Option<String>,
+    /// The TPM's TCTI.
+    pub pluton_tcti: String,
+    /// Pluton's provisioning capability.
+    pub capability_file: PathBuf,
+    /// The failure-report ring.
+    pub report_dir: PathBuf,
+    /// The uid and gid pluton's socket is handed to (the manifest's `pluton`
+    /// compartment, whose gid the monitor gives the compartments allowed to call it);
+    /// `None` leaves it the boot stage's.
+    pub pluton_owner: Option<u32>,
+    trial_deadline_secs: u64,
+    restart_backoff_initial_ms: u64,
+    restart_backoff_max_ms: u64,
+    /// The image's arguments.
+    pub image_args: Vec<String>,
+}
+
+/// The role of the manifest's compartment that serves pluton.
+const PLUTON_ROLE: &str = "pluton";
+
 impl BootArgs {
-    fn capability_file(&self) -> PathBuf {
-        self.capability_file
-            .clone()
-            .unwrap_or_else(|| self.pluton_state_dir.join("provisioning.capability"))
+    /// The settings, from the manifest when one is named, else from the flags and their
+    /// defaults.
+    pub fn plan(self) -> anyhow::Result<BootPlan> {
+        let mut plan = BootPlan {
+            state_dir: self
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/warden")),
+            run_dir: self.run_dir,
+            product: self.product.unwrap_or_default(),
+            pluton_state_dir: self
+                .pluton_state_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/warden/pluton")),
+            pluton_socket: self
+                .pluton_socket
+                .unwrap_or_else(|| PathBuf::from("/run/warden/pluton/pluton.sock")),
+            pluton_backend: self.pluton_backend,
+            pluton_tcti: self.pluton_tcti,
+            capability_file: PathBuf::new(),
+            report_dir: self
+                .report_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/warden/reports")),
+            pluton_owner: None,
+            trial_deadline_secs: self.trial_deadline_secs,
+            restart_backoff_initial_ms: self.restart_backoff_initial_ms,
+            restart_backoff_max_ms: self.restart_backoff_max_ms,
+            image_args: self.image_args,
+        };
+        plan.capability_file = self
+            .capability_file
+            .unwrap_or_else(|| plan.pluton_state_dir.join("provisioning.capability"));
+        if let Some(path) = &self.manifest {
+            let manifest = Manifest::load(path)?;
+            plan.take_from_manifest(&manifest)
+                .with_context(|| format!("manifest {}", path.display()))?;
+        }
+        Ok(plan)
+    }
+}
+
+impl BootPlan {
+    fn take_from_manifest(&mut self, manifest: &Manifest) -> anyhow::Result<()> {
+        let boot = manifest
+            .monitor
+            .boot
+            .as_ref()
+            .context("[monitor.boot] is missing: the boot stage takes the product, state directory and pluton socket from it")?;
+        self.state_dir.clone_from(&boot.state_dir);
+        self.product.clone_from(&boot.product);
+        self.pluton_socket.clone_from(&boot.pluton_socket);
+        self.capability_file.clone_from(&boot.capability_file);
+        self.report_dir.clone_from(&manifest.monitor.report_dir);
+        let (name, pluton) = manifest
+            .unix_listener_of(&boot.pluton_socket)
+            .with_context(|| {
+                format!(
+                    "no compartment serves the pluton socket {} ([monitor.boot] pluton_socket)",
+                    boot.pluton_socket.display()
+                )
+            })?;
+        anyhow::ensure!(
+            pluton.role == PLUTON_ROLE,
+            "compartment {name:?} serves the pluton socket but its role is {:?}",
+            pluton.role
+        );
+        self.pluton_state_dir = flag_value(&pluton.args, "--state-dir")
+            .map(PathBuf::from)
+            .with_context(|| format!("compartment {name:?} names no --state-dir in its args"))?;
+        self.pluton_owner = Some(pluton.uid);
+        Ok(())
     }
 
     fn trial_deadline(&self) -> Duration {
@@ -123,6 +242,17 @@ impl BootArgs {
             Duration::from_millis(self.restart_backoff_max_ms.max(1)),
         )
     }
+}
+
+/// The value after `flag` in `args` (`--flag value` or `--flag=value`).
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter().enumerate().find_map(|(i, arg)| {
+        if arg == flag {
+            args.get(i + 1).map(String::as_str)
+        } else {
+            arg.strip_prefix(flag)?.strip_prefix('=')
+        }
+    })
 }
 
 /// How an image's process ended.
@@ -224,7 +354,7 @@ impl PlutonProcess {
     /// Starts pluton with every role's launch token (`tokens`): it accepts each in
     /// `Authenticate`, the image holds them, and a monitor in the image hands each
     /// compartment its own.
-    fn start(args: &BootArgs, tokens: &LaunchTokens) -> anyhow::Result<Self> {
+    fn start(args: &BootPlan, tokens: &LaunchTokens) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find this binary to start pluton")?;
         if let Some(parent) = args.pluton_socket.parent() {
             std::fs::create_dir_all(parent)
@@ -254,6 +384,7 @@ impl PlutonProcess {
         let deadline = Instant::now() + PLUTON_START;
         loop {
             if warden_pluton_api::PlutonClient::connect(&args.pluton_socket).is_ok() {
+                hand_socket_to_pluton_compartment(args)?;
                 return Ok(pluton);
             }
             if let Some(status) = pluton.child.try_wait()? {
@@ -272,6 +403,24 @@ impl PlutonProcess {
     }
 }
 
+/// As root with a manifest, pluton's socket (mode 0660) goes to the `pluton`
+/// compartment's uid and gid: the monitor gives that gid to exactly the compartments
+/// whose `unix_connect` names the socket, as if the compartment served it.
+fn hand_socket_to_pluton_compartment(args: &BootPlan) -> anyhow::Result<()> {
+    let Some(owner) = args.pluton_owner else {
+        return Ok(());
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(&args.pluton_socket, Some(owner), Some(owner)).with_context(|| {
+        format!(
+            "cannot hand pluton's socket {} to uid {owner}",
+            args.pluton_socket.display()
+        )
+    })
+}
+
 impl Drop for PlutonProcess {
     fn drop(&mut self) {
         let _ = launch::stop(&mut self.child, STOP_GRACE);
@@ -280,9 +429,9 @@ impl Drop for PlutonProcess {
 
 type Monitor = BootMonitor<StdFileSystem, PlutonRootOfTrust>;
 
-fn connect_monitor(args: &BootArgs, product: ProductId) -> Result<Monitor, RootOfTrustError> {
+fn connect_monitor(args: &BootPlan, product: ProductId) -> Result<Monitor, RootOfTrustError> {
     let root_of_trust =
-        PlutonRootOfTrust::connect(&args.pluton_socket, &args.capability_file(), Vec::new())?;
+        PlutonRootOfTrust::connect(&args.pluton_socket, &args.capability_file, Vec::new())?;
     Ok(BootMonitor::new(
         StdFileSystem::new(&args.state_dir),
         root_of_trust,
@@ -290,7 +439,7 @@ fn connect_monitor(args: &BootArgs, product: ProductId) -> Result<Monitor, RootO
     ))
 }
 
-fn record(args: &BootArgs, version: &str, kind: FailureKind) {
+fn record(args: &BootPlan, version: &str, kind: FailureKind) {
     let stored = ReportStore::open(&args.report_dir, REPORT_CAPACITY, version)
         .and_then(|store| store.record(IMAGE_COMPARTMENT, kind));
     if let Err(error) = stored {
@@ -322,7 +471,7 @@ enum BootEnd {
 
 /// Boots until `stop` is raised or the image stops by itself; an error only when no
 /// slot can be booted at all (or pluton cannot run).
-pub fn run_blocking(args: &BootArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
+pub fn run_blocking(args: &BootPlan, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     let product = ProductId::new(&args.product)
         .with_context(|| format!("--product {:?} is not a product id", args.product))?;
     let image_args: Vec<&str> = args.image_args.iter().map(String::as_str).collect();
@@ -440,7 +589,7 @@ pub fn run_blocking(args: &BootArgs, stop: &AtomicBool) -> anyhow::Result<ExitCo
 }
 
 fn run_image(
-    args: &BootArgs,
+    args: &BootPlan,
     decision: &BootDecision,
     image_args: &[&str],
     tokens: &LaunchTokens,
@@ -454,6 +603,9 @@ fn run_image(
             tokens.hand_to(&mut command);
             command
                 .env(TRIAL_DEADLINE_ENV, deadline.as_millis().to_string())
+                // The monitor in the image must not start a second pluton on the
+                // socket: the one the boot stage started holds this boot's measurement.
+                .env(PLUTON_SERVED_ENV, &args.pluton_socket)
                 .stdin(Stdio::null())
                 .spawn()
                 .map_err(|error| format!("cannot start the image: {error}"))
@@ -496,6 +648,7 @@ fn run_image(
 
 /// `warden boot`: boots until SIGTERM or Ctrl-C, which stop the image first.
 pub async fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
+    let args = args.plan()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let mut booting = tokio::task::spawn_blocking(move || run_blocking(&args, &flag));
@@ -519,6 +672,60 @@ mod tests {
         security_counter: 1,
         measurement: [7; 32],
     };
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        boot: BootArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BootArgs, clap::Error> {
+        use clap::Parser as _;
+        Cli::try_parse_from(std::iter::once("boot").chain(args.iter().copied())).map(|cli| cli.boot)
+    }
+
+    #[test]
+    fn the_manifest_names_the_units_facts_once() {
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/manifest.toml");
+        let plan = parse(&["--manifest", manifest, "--", "run"])
+            .expect("flags")
+            .plan()
+            .expect("the shipped manifest");
+        assert_eq!(plan.product, "press-guardian");
+        assert_eq!(plan.state_dir, PathBuf::from("/var/lib/warden"));
+        assert_eq!(
+            plan.pluton_socket,
+            PathBuf::from("/run/warden/pluton/pluton.sock")
+        );
+        assert_eq!(
+            plan.pluton_state_dir,
+            PathBuf::from("/var/lib/warden/pluton")
+        );
+        assert_eq!(
+            plan.capability_file,
+            PathBuf::from("/var/lib/warden/pluton/provisioning.capability")
+        );
+        assert_eq!(plan.report_dir, PathBuf::from("/var/lib/warden/reports"));
+        assert_eq!(plan.pluton_owner, Some(61001));
+        assert!(
+            parse(&["--manifest", manifest, "--product", "other", "--", "run"]).is_err(),
+            "a flag repeating a manifest fact is refused"
+        );
+        assert!(
+            parse(&["--", "run"]).is_err(),
+            "without a manifest the product is required"
+        );
+        let plan = parse(&["--product", "p", "--state-dir", "/s", "--", "run"])
+            .expect("flags")
+            .plan()
+            .expect("plan");
+        assert_eq!(
+            plan.capability_file,
+            PathBuf::from("/var/lib/warden/pluton/provisioning.capability")
+        );
+        assert_eq!(plan.state_dir, PathBuf::from("/s"));
+        assert_eq!(plan.pluton_owner, None);
+    }
 
     #[test]
     fn exit_statuses_are_stop_restart_or_crash() {

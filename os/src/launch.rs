@@ -87,7 +87,24 @@ pub fn unpack(
         let _ = std::fs::remove_dir_all(&dest);
         return Err(error.into());
     }
+    open_directories(&dest).map_err(io_at(&dest))?;
     Ok(dest.join(ENTRY_POINT))
+}
+
+/// Makes every directory of the unpacked payload searchable (0755) whatever the umask
+/// (the packaged unit's is 0077): the monitor starts each compartment from the
+/// unpacked executable under the compartment's own uid. The payload is the signed
+/// image, public by nature.
+fn open_directories(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            open_directories(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Exit status with which a running image asks to be booted again at once: an update

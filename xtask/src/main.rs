@@ -11,6 +11,7 @@ use std::process::{Command, ExitCode};
 
 mod fuzz;
 mod module_cycles;
+mod os_image;
 mod package;
 mod step;
 
@@ -45,6 +46,10 @@ fn main() -> ExitCode {
             all
         }
         "package" => package::steps(),
+        "os-image" => vec![
+            Step::Cargo(args(&["build", "-p", "warden"])),
+            Step::Check("Warden OS disk image", os_image::build),
+        ],
         "module-cycles" => vec![Step::Check("module circles", no_module_cycles)],
         "fuzz" => vec![fuzz_step()],
         "ci" => {
@@ -59,7 +64,7 @@ fn main() -> ExitCode {
         }
         other => {
             eprintln!(
-                "unknown job {other:?}; jobs: ci, fmt, lint, test, test-real, embedded, package, module-cycles, fuzz"
+                "unknown job {other:?}; jobs: ci, fmt, lint, test, test-real, embedded, package, os-image, module-cycles, fuzz"
             );
             return ExitCode::FAILURE;
         }

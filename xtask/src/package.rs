@@ -89,7 +89,7 @@ pub fn steps() -> Vec<Step> {
     ]
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
@@ -102,7 +102,7 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn run(command: &mut Command) -> Result<String, String> {
+pub(crate) fn run(command: &mut Command) -> Result<String, String> {
     let shown = format!("{command:?}");
     let output = command
         .output()

@@ -36,6 +36,32 @@ use warden_pluton_api::launch_tokens::{
     COMPARTMENT_ROLES, LaunchTokens, ROLE_UIDS_ENV, format_role_uids,
 };
 
+/// Set by the boot stage (`warden boot`) on the image it runs: the pluton socket it
+/// already serves, with the boot's measurement in its registers. The compartment whose
+/// `unix_listen` is that socket is then not started (a second pluton would replace the
+/// socket with fresh, unmeasured registers); the others reach the boot stage's.
+pub const PLUTON_SERVED_ENV: &str = "WARDEN_PLUTON_SERVED";
+
+/// The compartments the monitor starts: all of the manifest's but the one serving
+/// `served` (the socket the boot stage's pluton serves, [`PLUTON_SERVED_ENV`]).
+pub fn compartments_to_start(manifest: &Manifest, served: Option<&std::path::Path>) -> Vec<String> {
+    manifest
+        .compartment
+        .iter()
+        .filter(|(name, entry)| {
+            let skip = served.is_some_and(|socket| entry.unix_listen.iter().any(|s| s == socket));
+            if skip {
+                tracing::info!(
+                    compartment = name.as_str(),
+                    "not started: the boot stage serves its socket"
+                );
+            }
+            !skip
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 /// How the monitor runs compartments.
 #[derive(Debug, Clone)]
 pub struct MonitorOptions {
@@ -204,7 +230,8 @@ impl Monitor {
 
     /// Starts every compartment, then supervises until `stop` is raised.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<MonitorOutcome, MonitorError> {
-        let names: Vec<String> = self.manifest.compartment.keys().cloned().collect();
+        let served = std::env::var_os(PLUTON_SERVED_ENV).map(PathBuf::from);
+        let names = compartments_to_start(&self.manifest, served.as_deref());
         if nix::unistd::geteuid().is_root() {
             for entry in self.manifest.compartment.values() {
                 for path in &entry.read_write {
@@ -661,5 +688,20 @@ mod tests {
             61_002,
             "a private node goes to its compartment"
         );
+    }
+
+    #[test]
+    fn the_compartment_serving_the_boot_stages_pluton_socket_is_not_started() {
+        let manifest = Manifest::parse(
+            include_str!("../../../appliance/manifest.toml"),
+            "appliance/manifest.toml",
+        )
+        .expect("the shipped manifest");
+        let all = compartments_to_start(&manifest, None);
+        assert!(all.iter().any(|name| name == "pluton"));
+        let served = std::path::Path::new("/run/warden/pluton/pluton.sock");
+        let started = compartments_to_start(&manifest, Some(served));
+        assert!(!started.iter().any(|name| name == "pluton"));
+        assert_eq!(started.len(), all.len() - 1, "only pluton is left out");
     }
 }

@@ -1,0 +1,394 @@
+//! `cargo xtask os-image [SIGNED_IMAGE]`: lays out Warden OS's disk, `target/os/warden-os.img`.
+//!
+//! A GPT disk of four partitions, each built as a file and copied in at its offset (no
+//! loop devices, no root):
+//!
+//! | # | name     | content |
+//! |---|----------|---------|
+//! | 1 | `boot`   | FAT ESP: Debian's kernel (`linux-image-amd64`'s dependency, downloaded with `apt-get download` into `target/os/cache`, never installed on the host) and `initrd.img` |
+//! | 2 | `slot-a` | read-only erofs holding the signed Warden image as `warden.wim` (empty without `SIGNED_IMAGE`) |
+//! | 3 | `slot-b` | the same for slot B |
+//! | 4 | `state`  | ext4 for `/var/lib/warden` (the shipped manifest and layout directories) |
+//!
+//! The initramfs (newc cpio, written here) holds the `warden` binary as `/init`, the
+//! manifest, and the kernel modules the Debian kernel keeps as modules for a QEMU guest
+//! (virtio, erofs, ext4, dm-verity) with their dependencies from `modules.dep`.
+//!
+//! Gap (issue #20): `warden boot` has no PID-1 mode yet (mounting proc/sys/dev, loading
+//! these modules, mounting the slot and state partitions), so the image is laid out but
+//! does not boot to `warden-os: up`.
+//!
+//! Needs `strip` (binutils), Debian's `gdisk` (sgdisk), `erofs-utils`, `dosfstools`, `mtools`, `e2fsprogs`,
+//! and apt (for the kernel package).
+
+use std::io::{Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::package::{run, target_dir};
+
+/// The kernel modules the guest needs, by name; their dependencies are added.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_console",
+    "erofs",
+    "ext4",
+    "dm-verity",
+];
+/// Partition sizes, MiB: boot, each slot; the state partition takes the rest.
+const BOOT_MIB: u64 = 96;
+const SLOT_MIB: u64 = 64;
+const STATE_MIB: u64 = 64;
+const SECTOR: u64 = 512;
+
+/// The job: build the binary, then lay out the disk.
+pub fn build() -> Result<(), String> {
+    let out = target_dir().join("os");
+    let work = out.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    mkdir(&work)?;
+    let signed = std::env::args().nth(2).map(PathBuf::from);
+    let (kernel, modules_dir) = debian_kernel(&out.join("cache"))?;
+    let binary = target_dir().join("debug").join("warden");
+    if !binary.exists() {
+        return Err(format!(
+            "{} is missing: `cargo build -p warden` first",
+            binary.display()
+        ));
+    }
+    // The debug build's symbols are most of its size; the guest needs none of them.
+    let stripped = work.join("warden");
+    run(Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&binary))?;
+    let initrd = work.join("initrd.img");
+    write_initramfs(&initrd, &stripped, &modules_dir)?;
+
+    let boot = work.join("boot.vfat");
+    run(Command::new("mkfs.vfat")
+        .args(["-n", "WARDEN-BOOT", "-C"])
+        .arg(&boot)
+        .arg((BOOT_MIB * 1024).to_string()))?;
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&boot)
+        .arg(&kernel)
+        .arg("::vmlinuz"))?;
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&boot)
+        .arg(&initrd)
+        .arg("::initrd.img"))?;
+
+    let mut slots = Vec::new();
+    for name in ["a", "b"] {
+        let tree = work.join(format!("slot-{name}"));
+        mkdir(&tree)?;
+        if let Some(signed) = &signed {
+            copy(signed, &tree.join("warden.wim"))?;
+        }
+        let fs = work.join(format!("slot-{name}.erofs"));
+        run(Command::new("mkfs.erofs")
+            .arg("-T0")
+            .arg("--all-root")
+            .arg(&fs)
+            .arg(&tree))?;
+        slots.push(fs);
+    }
+
+    let state_tree = work.join("state");
+    for dir in ["slots", "boot", "pluton", "reports", "outbox", "downloads"] {
+        mkdir(&state_tree.join(dir))?;
+    }
+    let state = work.join("state.ext4");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-L", "warden-state", "-d"])
+        .arg(&state_tree)
+        .arg(&state)
+        .arg(format!("{STATE_MIB}M")))?;
+
+    let disk = out.join("warden-os.img");
+    let parts: [(&str, &Path, u64, &str); 4] = [
+        ("boot", &boot, BOOT_MIB, "ef00"),
+        ("slot-a", &slots[0], SLOT_MIB, "8300"),
+        ("slot-b", &slots[1], SLOT_MIB, "8300"),
+        ("state", &state, STATE_MIB, "8300"),
+    ];
+    // 1 MiB before the first partition, 1 MiB after the last for the backup table.
+    let total_mib = 2 + parts.iter().map(|(_, _, mib, _)| mib).sum::<u64>();
+    let _ = std::fs::remove_file(&disk);
+    let file = std::fs::File::create(&disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+    file.set_len(total_mib << 20)
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    drop(file);
+    let mut sgdisk = Command::new("sgdisk");
+    sgdisk.arg("--clear");
+    for (number, (name, _, mib, kind)) in parts.iter().enumerate() {
+        let n = number + 1;
+        sgdisk
+            .arg(format!("--new={n}:0:+{mib}M"))
+            .arg(format!("--typecode={n}:{kind}"))
+            .arg(format!("--change-name={n}:{name}"));
+    }
+    run(sgdisk.arg(&disk))?;
+    let mut image = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    for (number, (name, content, mib, _)) in parts.iter().enumerate() {
+        let first = first_sector(&disk, number + 1)?;
+        let bytes = std::fs::read(content).map_err(|e| format!("{}: {e}", content.display()))?;
+        if bytes.len() as u64 > mib << 20 {
+            return Err(format!(
+                "{name}: {} bytes do not fit {mib} MiB",
+                bytes.len()
+            ));
+        }
+        image
+            .seek(SeekFrom::Start(first * SECTOR))
+            .and_then(|_| image.write_all(&bytes))
+            .map_err(|e| format!("{}: writing {name}: {e}", disk.display()))?;
+    }
+    image
+        .sync_all()
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    run(Command::new("sgdisk").arg("--verify").arg(&disk))?;
+    eprintln!(
+        "    {}: {total_mib} MiB (boot {BOOT_MIB}, slots {SLOT_MIB} each, state {STATE_MIB}){}",
+        disk.display(),
+        if signed.is_some() {
+            ""
+        } else {
+            "; slots empty (no SIGNED_IMAGE given)"
+        }
+    );
+    Ok(())
+}
+
+/// Debian's kernel, extracted under `cache`: the `vmlinuz` and the modules directory.
+fn debian_kernel(cache: &Path) -> Result<(PathBuf, PathBuf), String> {
+    mkdir(cache)?;
+    let depends = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let package = depends
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("Depends: "))
+        .find(|name| name.starts_with("linux-image-"))
+        .ok_or_else(|| format!("linux-image-amd64 names no kernel package:\n{depends}"))?
+        .to_owned();
+    let version = package.trim_start_matches("linux-image-").to_owned();
+    let root = cache.join(&package);
+    let kernel = root.join("boot").join(format!("vmlinuz-{version}"));
+    if !kernel.exists() {
+        run(Command::new("apt-get")
+            .args(["download", &package])
+            .current_dir(cache))?;
+        let deb = std::fs::read_dir(cache)
+            .map_err(|e| format!("{}: {e}", cache.display()))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| {
+                        name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
+                    })
+            })
+            .ok_or_else(|| {
+                format!(
+                    "apt-get download {package} left no .deb in {}",
+                    cache.display()
+                )
+            })?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    }
+    Ok((kernel, root.join("lib/modules").join(version)))
+}
+
+/// The modules of [`MODULES`] and their dependencies, dependencies first, as paths
+/// relative to `modules_dir`. The package ships no `modules.dep` (its postinst runs
+/// depmod), so each module's own `depends=` (its `.modinfo` section) is read.
+fn modules_in_load_order(modules_dir: &Path) -> Result<Vec<String>, String> {
+    let mut by_name = std::collections::BTreeMap::new();
+    index_modules(modules_dir, modules_dir, &mut by_name)?;
+    let mut order = Vec::new();
+    for wanted in MODULES {
+        add_with_dependencies(&wanted.replace('-', "_"), &by_name, modules_dir, &mut order)?;
+    }
+    Ok(order)
+}
+
+/// Module name (`-` as `_`) → path relative to `root`, for every `.ko` under `dir`.
+fn index_modules(
+    root: &Path,
+    dir: &Path,
+    by_name: &mut std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+        if path.is_dir() {
+            index_modules(root, &path, by_name)?;
+        } else if let Some(name) = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".ko"))
+        {
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            by_name.insert(name.replace('-', "_"), relative.display().to_string());
+        }
+    }
+    Ok(())
+}
+
+fn add_with_dependencies(
+    name: &str,
+    by_name: &std::collections::BTreeMap<String, String>,
+    modules_dir: &Path,
+    order: &mut Vec<String>,
+) -> Result<(), String> {
+    let path = by_name
+        .get(name)
+        .ok_or_else(|| format!("module {name} is not under {}", modules_dir.display()))?;
+    if order.contains(path) {
+        return Ok(());
+    }
+    let bytes = read(&modules_dir.join(path))?;
+    let marker = b"\0depends=";
+    let depends = bytes
+        .windows(marker.len())
+        .position(|window| window == marker)
+        .map(|at| {
+            let rest = &bytes[at + marker.len()..];
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end]).into_owned()
+        })
+        .unwrap_or_default();
+    for needed in depends.split(',').filter(|d| !d.is_empty()) {
+        add_with_dependencies(&needed.replace('-', "_"), by_name, modules_dir, order)?;
+    }
+    order.push(path.clone());
+    Ok(())
+}
+
+/// A newc cpio archive: `/init` (the warden binary), the manifest, the modules and
+/// `/etc/warden/modules` (their load order).
+fn write_initramfs(path: &Path, binary: &Path, modules_dir: &Path) -> Result<(), String> {
+    let mut archive = Cpio::default();
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "etc",
+        "etc/warden",
+        "lib",
+        "lib/modules",
+        "var",
+        "var/lib",
+        "var/lib/warden",
+    ] {
+        archive.dir(dir);
+    }
+    archive.file("init", 0o755, &read(binary)?);
+    archive.file(
+        "etc/warden/manifest.toml",
+        0o644,
+        &read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/manifest.toml"))?,
+    );
+    let order = modules_in_load_order(modules_dir)?;
+    let mut list = String::new();
+    for module in &order {
+        let name = module.rsplit('/').next().unwrap_or(module);
+        archive.file(
+            &format!("lib/modules/{name}"),
+            0o644,
+            &read(&modules_dir.join(module))?,
+        );
+        list.push_str(&format!("/lib/modules/{name}\n"));
+    }
+    archive.file("etc/warden/modules", 0o644, list.as_bytes());
+    std::fs::write(path, archive.finish()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A newc ("070701") cpio archive in memory, as the kernel unpacks an initramfs.
+#[derive(Default)]
+struct Cpio {
+    bytes: Vec<u8>,
+    inode: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.inode += 1;
+        let header = format!(
+            "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
+            self.inode,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0
+        );
+        self.bytes.extend_from_slice(header.as_bytes());
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.push(0);
+        self.pad();
+        self.bytes.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040_755, &[]);
+    }
+
+    fn file(&mut self, name: &str, permissions: u32, data: &[u8]) {
+        self.entry(name, 0o100_000 | permissions, data);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[]);
+        self.bytes
+    }
+}
+
+/// The first sector of partition `number` of `disk` (`sgdisk --info`).
+fn first_sector(disk: &Path, number: usize) -> Result<u64, String> {
+    let info = run(Command::new("sgdisk")
+        .arg(format!("--info={number}"))
+        .arg(disk))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("First sector: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|sector| sector.parse().ok())
+        .ok_or_else(|| format!("sgdisk names no first sector for partition {number}:\n{info}"))
+}
+
+fn mkdir(path: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::copy(from, to)
+        .map(drop)
+        .map_err(|e| format!("{} → {}: {e}", from.display(), to.display()))
+}
