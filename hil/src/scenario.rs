@@ -404,10 +404,18 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
         "a denied write reached the equipment"
     );
 
+    // Another write moves the register on, so a re-executed `set-1200` would show.
+    let other = command(
+        &http,
+        &demo.urls,
+        write("line1", "spindle_setpoint", 1100.0, Some("set-1100".into())),
+    )
+    .await?;
+    ensure!(other.status == "written", "second write ended {other:?}");
     let repeated = command(
         &http,
         &demo.urls,
-        write("line1", "spindle_setpoint", 900.0, Some("set-1200".into())),
+        write("line1", "spindle_setpoint", 1200.0, Some("set-1200".into())),
     )
     .await?;
     ensure!(
@@ -415,8 +423,34 @@ pub async fn commands_pass_the_policy(warden_bin: &Path, state_dir: &Path) -> an
         "repeated id answered {repeated:?}"
     );
     ensure!(
-        read_register(&demo.urls.equipment, setpoint.address).await? == 1200,
+        read_register(&demo.urls.equipment, setpoint.address).await? == 1100,
         "a repeated command id was executed again"
+    );
+    // The same ID with another body is a conflict, not the old command.
+    let url = format!(
+        "{}{}/commands",
+        demo.urls.fleet,
+        device_path(&demo.urls.device_id)
+    );
+    let reused = http
+        .post(&url)
+        .bearer_auth(&demo.urls.fleet_token)
+        .json(&write(
+            "line1",
+            "spindle_setpoint",
+            900.0,
+            Some("set-1200".into()),
+        ))
+        .send()
+        .await?
+        .status();
+    ensure!(
+        reused == reqwest::StatusCode::CONFLICT,
+        "an ID reused with another body answered {reused}"
+    );
+    ensure!(
+        read_register(&demo.urls.equipment, setpoint.address).await? == 1100,
+        "a conflicting command reached the equipment"
     );
 
     let unknown = command(&http, &demo.urls, write("line9", "x", 1.0, None)).await?;
