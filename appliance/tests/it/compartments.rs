@@ -311,7 +311,7 @@ async fn the_split_appliance_runs_each_piece_sandboxed_and_the_data_still_flows(
     )
     .await
     .expect("fleet and equipment start");
-    let (page_port, metrics_port) = (free_port(), free_port());
+    let (page_port, metrics_port, facade_port) = (free_port(), free_port(), free_port());
     let config = world.appliance_config.clone();
     let text = std::fs::read_to_string(&config).expect("config");
     // The metrics line first: the page's `listen = "127.0.0.1:0"` is inside it too.
@@ -323,8 +323,14 @@ async fn the_split_appliance_runs_each_piece_sandboxed_and_the_data_still_flows(
         .replace(
             &format!("\nlisten = {:?}", world.status_listen),
             &format!("\nlisten = \"127.0.0.1:{page_port}\""),
+        )
+        // The demo's gateway facade: on a port the bridges compartment is granted.
+        .replace(
+            "\nlisten = '127.0.0.1:0'",
+            &format!("\nlisten = \"127.0.0.1:{facade_port}\""),
         );
     assert!(text.contains(&format!("127.0.0.1:{page_port}")), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{facade_port}")), "{text}");
     // The link uploads the monitor's failure reports (read-only for it).
     let text = format!(
         "{text}\n[reports]\ndir = {:?}\nscan_interval_secs = 1\n",
@@ -401,6 +407,7 @@ async fn the_split_appliance_runs_each_piece_sandboxed_and_the_data_still_flows(
             ),
             ("serial", quoted(&[&serial])),
             ("connect", format!("[{equipment:?}]")),
+            ("listen", format!("[{facade_port}]")),
             ("unix_connect", socket_list.clone()),
             ("peers", "[\"link\", \"status-page\"]".to_owned()),
         ],
