@@ -192,12 +192,13 @@ fn lint() -> Vec<String> {
     ])
 }
 
+// `--no-fail-fast`: one CI run reports every failing test binary, not only the first.
 fn test() -> Vec<String> {
-    args(&["test", "--workspace"])
+    args(&["test", "--workspace", "--no-fail-fast"])
 }
 
 fn test_real() -> Vec<String> {
-    args(&["test", "--workspace", "--", "--ignored"])
+    args(&["test", "--workspace", "--no-fail-fast", "--", "--ignored"])
 }
 
 /// Pluton's TPM 2.0 backend (cargo feature `tpm`, not in the workspace build): its
