@@ -289,26 +289,26 @@ impl ApplianceConfig {
             }
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config.policy.file = base.join(&config.policy.file);
-        config.policy.bundle_dir = config.policy.bundle_dir.as_ref().map(|dir| base.join(dir));
-        config.link.fleet_ca = base.join(&config.link.fleet_ca);
-        config.link.device_cert = base.join(&config.link.device_cert);
-        config.link.device_key = config.link.device_key.as_ref().map(|key| base.join(key));
+        config.policy.file = resolve(base, &config.policy.file);
+        config.policy.bundle_dir = config.policy.bundle_dir.as_ref().map(|dir| resolve(base, dir));
+        config.link.fleet_ca = resolve(base, &config.link.fleet_ca);
+        config.link.device_cert = resolve(base, &config.link.device_cert);
+        config.link.device_key = config.link.device_key.as_ref().map(|key| resolve(base, key));
         config.link.pluton_socket = config
             .link
             .pluton_socket
             .as_ref()
-            .map(|socket| base.join(socket));
-        config.link.outbox.dir = base.join(&config.link.outbox.dir);
-        config.status_page.password_file = base.join(&config.status_page.password_file);
-        config.status_page.state_dir = base.join(&config.status_page.state_dir);
+            .map(|socket| resolve(base, socket));
+        config.link.outbox.dir = resolve(base, &config.link.outbox.dir);
+        config.status_page.password_file = resolve(base, &config.status_page.password_file);
+        config.status_page.state_dir = resolve(base, &config.status_page.state_dir);
         if let Some(reports) = &mut config.reports {
-            reports.dir = base.join(&reports.dir);
+            reports.dir = resolve(base, &reports.dir);
         }
         if let Some(updates) = &mut config.updates {
-            updates.state_dir = base.join(&updates.state_dir);
-            updates.download_dir = base.join(&updates.download_dir);
-            updates.capability_file = base.join(&updates.capability_file);
+            updates.state_dir = resolve(base, &updates.state_dir);
+            updates.download_dir = resolve(base, &updates.download_dir);
+            updates.capability_file = resolve(base, &updates.capability_file);
         }
         Ok(config)
     }
@@ -448,9 +448,45 @@ fn address_problem(address: &str, listen: bool) -> Option<String> {
     }
 }
 
+/// `relative` against the config's directory `base`, with each `dir/..` removed
+/// (the station's templates name `../../var/lib/warden/…` from `etc/warden`): the paths
+/// the appliance logs and binds are then the plain ones, and a Unix socket's path stays
+/// within the 107 bytes `sun_path` holds also under a deep unit directory. Lexical, as
+/// the station's layout has no symbolic links between `etc/warden` and its targets.
+fn resolve(base: &Path, relative: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut resolved = PathBuf::new();
+    for component in base.join(relative).components() {
+        match component {
+            Component::ParentDir
+                if matches!(resolved.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                resolved.pop();
+            }
+            other => resolved.push(other),
+        }
+    }
+    resolved
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_lose_their_dot_dots() {
+        let base = Path::new("/srv/units/WG1/etc/warden");
+        assert_eq!(
+            resolve(base, Path::new("../../var/lib/warden/x.sock")),
+            Path::new("/srv/units/WG1/var/lib/warden/x.sock")
+        );
+        assert_eq!(resolve(base, Path::new("/abs/file")), Path::new("/abs/file"));
+        assert_eq!(
+            resolve(Path::new("etc"), Path::new("../../up")),
+            Path::new("../up")
+        );
+        assert_eq!(resolve(Path::new("/"), Path::new("../x")), Path::new("/x"));
+    }
 
     const GOOD: &str = r#"
 [device]

@@ -16,6 +16,11 @@ use crate::key_envelope::{self, EnvelopeError, KdfCost};
 pub const CA_CERT_FILE: &str = "manufacturer-ca.pem";
 /// The encrypted CA key's file name inside the CA directory.
 pub const CA_KEY_FILE: &str = "manufacturer-ca.key.enc";
+/// Years a new manufacturer CA is valid by default. Longer than the fleet CA's 10: the
+/// fleet checks every unit's chain at each connection, industrial units serve 15 to 20
+/// years, and the fleet CA can be replaced from the fleet while this one is in every
+/// unit's certificate.
+pub const CA_VALID_YEARS: i32 = 20;
 
 /// The CA could not be created, opened or used.
 #[derive(Debug, thiserror::Error)]
@@ -79,12 +84,23 @@ impl std::fmt::Debug for ManufacturerCa {
     }
 }
 
+/// What `ca init` makes: the CA's name and how long it is valid.
+#[derive(Debug, Clone)]
+pub struct CaSubject<'a> {
+    /// The common name.
+    pub common_name: &'a str,
+    /// The organization.
+    pub organization: &'a str,
+    /// Valid from the start of today (an hour's clock skew allowed) until 1 January of
+    /// the year this many years ahead ([`CA_VALID_YEARS`] by default).
+    pub valid_years: i32,
+}
+
 /// Create a new CA in `dir`: a P-256 key (encrypted with `passphrase`) and a self-signed
-/// certificate named `common_name` / `organization`. Refuses to overwrite.
+/// certificate for `subject`. Refuses to overwrite.
 pub fn init(
     dir: &Path,
-    common_name: &str,
-    organization: &str,
+    subject: &CaSubject<'_>,
     passphrase: &[u8],
     cost: KdfCost,
 ) -> Result<PathBuf, CaError> {
@@ -97,12 +113,17 @@ pub fn init(
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, common_name);
-    name.push(DnType::OrganizationName, organization);
+    name.push(DnType::CommonName, subject.common_name);
+    name.push(DnType::OrganizationName, subject.organization);
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.serial_number = Some(random_serial()?);
+    warden_wire::validity::set_validity_years(
+        &mut params,
+        std::time::SystemTime::now(),
+        subject.valid_years,
+    );
     let cert = params.self_signed(&key)?;
     let secret = Zeroizing::new(key.serialize_der());
     let sealed = key_envelope::seal(&secret, passphrase, cost).map_err(|source| CaError::Key {

@@ -10,6 +10,7 @@ pub mod layout;
 pub mod passphrase;
 pub mod pluton_process;
 pub mod record;
+pub mod release_keys;
 pub mod selftest;
 pub mod station;
 pub mod station_context;

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use warden_provision::batch::{BatchPlan, run_batch};
 use warden_provision::passphrase::{DEFAULT_PASSPHRASE_ENV, PassphraseSource};
+use warden_provision::release_keys;
 use warden_provision::{Station, StationConfig};
 
 /// The Warden factory provisioning station.
@@ -22,6 +23,12 @@ enum Command {
     /// The manufacturer CA.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The vendor's signing keys: a vendor root and release keys it certifies.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Policy bundles the station installs.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Provision one unit.
     Unit {
         #[command(flatten)]
@@ -95,8 +102,73 @@ enum CaCommand {
         /// The CA's organization.
         #[arg(long, default_value = "Warden")]
         organization: String,
+        /// Years the CA is valid (until 1 January of that year; units' certificates
+        /// chain to it for their whole service life).
+        #[arg(long, default_value_t = warden_provision::ca::CA_VALID_YEARS,
+              value_parser = clap::value_parser!(i32).range(1..=100))]
+        valid_years: i32,
         #[command(flatten)]
         passphrase: PassphraseArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a vendor root key (P-256). Keep the key offline: it certifies release keys
+    /// and units trust it for their whole life.
+    Root {
+        /// Where the private key goes (PKCS#8 PEM, mode 0600; never overwritten).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where its public key goes (SPKI PEM: station.toml's `[[vendor_root]]`).
+        #[arg(long)]
+        public: PathBuf,
+    },
+    /// Make a release key and its certificate from the vendor root.
+    Release {
+        /// The vendor root's private key.
+        #[arg(long)]
+        root_key: PathBuf,
+        /// Where the release key goes (PKCS#8 PEM, mode 0600; never overwritten).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where its certificate goes (147 bytes, WKC1).
+        #[arg(long)]
+        cert: PathBuf,
+        /// What it may sign: `image`, `policy` (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "image,policy")]
+        purposes: Vec<String>,
+        /// The certificate's serial number (to tell release keys apart, and revoke one).
+        #[arg(long, default_value_t = 1)]
+        serial: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Compile a policy and sign it with a release key certified for `policy`.
+    Sign {
+        /// The policy source (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// The product the bundle is for (station.toml's `product`).
+        #[arg(long)]
+        product: String,
+        /// The bundle's version: a unit accepts only a version at least its current one.
+        #[arg(long)]
+        version: u64,
+        /// The release key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The release key's certificate (WKC1).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write the bundle.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace an existing bundle.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -157,17 +229,74 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ca_dir,
             name,
             organization,
+            valid_years,
             passphrase,
         }) => {
             let secret = passphrase.source().read_new()?;
             let cert = warden_provision::ca::init(
                 &ca_dir,
-                &name,
-                &organization,
+                &warden_provision::ca::CaSubject {
+                    common_name: &name,
+                    organization: &organization,
+                    valid_years,
+                },
                 secret.as_bytes(),
                 warden_provision::key_envelope::KdfCost::default(),
             )?;
             println!("manufacturer CA created: {}", cert.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Root { key, public }) => {
+            let root = release_keys::create_root(&key, &public)?;
+            println!("vendor root {} created", root.key_id);
+            println!("  private key: {} (keep it offline)", key.display());
+            println!("  public key:  {}", public.display());
+            println!("  fleet images.vendor_roots: \"{}\"", root.public_hex);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Release {
+            root_key,
+            key,
+            cert,
+            purposes,
+            serial,
+        }) => {
+            let purposes = release_keys::purposes_from_names(purposes.iter().map(String::as_str))
+                .map_err(release_keys::ReleaseKeyError::from)?;
+            let release = release_keys::create_release(&root_key, &key, &cert, purposes, serial)?;
+            println!(
+                "release key {} certified by {} for {:?} (serial {serial})",
+                release.key_id, release.issuer, release.purposes
+            );
+            println!("  private key: {}", key.display());
+            println!("  certificate: {}", cert.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bundle(BundleCommand::Sign {
+            policy,
+            product,
+            version,
+            key,
+            cert,
+            output,
+            force,
+        }) => {
+            let warnings = release_keys::sign_bundle(&release_keys::BundleRequest {
+                policy: &policy,
+                product: &product,
+                version,
+                key: &key,
+                cert: &cert,
+                output: &output,
+                force,
+            })?;
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!(
+                "policy bundle {} (product {product}, version {version}) signed",
+                output.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Unit { station, serial } => {

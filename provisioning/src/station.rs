@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use warden_keychain::Purpose;
+
+use crate::release_keys::{PurposeError, purposes_from_names};
 use warden_toml_position::line_and_column;
 
 /// `station.toml`. Relative paths are resolved against the file's directory.
@@ -326,33 +328,10 @@ impl StationConfig {
     }
 }
 
-/// Why a vendor root's `purposes` list is unusable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PurposeError {
-    /// A purpose other than `image` and `policy`.
-    #[error("unknown purpose {0:?} (image, policy)")]
-    Unknown(String),
-    /// The list is empty.
-    #[error("at least one purpose is required")]
-    Empty,
-}
-
 impl VendorRootConfig {
     /// The purposes as pluton's bitmask.
     pub fn purpose_bits(&self) -> Result<u8, PurposeError> {
-        let mut bits = 0u8;
-        for purpose in &self.purposes {
-            bits |= match purpose.as_str() {
-                "image" => Purpose::IMAGE.bits(),
-                "policy" => Purpose::POLICY.bits(),
-                other => return Err(PurposeError::Unknown(other.to_string())),
-            };
-        }
-        if bits == 0 {
-            return Err(PurposeError::Empty);
-        }
-        Ok(bits)
+        purposes_from_names(self.purposes.iter().map(String::as_str)).map(Purpose::bits)
     }
 }
 

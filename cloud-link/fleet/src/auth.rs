@@ -42,6 +42,30 @@ pub enum Permission {
 }
 
 impl Role {
+    /// Every role, by its name in the config.
+    pub const ALL: [(Self, &'static str); 4] = [
+        (Self::Viewer, "viewer"),
+        (Self::Operator, "operator"),
+        (Self::Provisioner, "provisioner"),
+        (Self::Admin, "admin"),
+    ];
+
+    /// The role's name in the config (`provisioner`, …).
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(role, _)| *role == self)
+            .map_or("viewer", |(_, name)| name)
+    }
+
+    /// The role named `name` in the config.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(_, known)| *known == name)
+            .map(|(role, _)| *role)
+    }
+
     /// Whether this role grants `permission`.
     pub fn grants(self, permission: Permission) -> bool {
         matches!(

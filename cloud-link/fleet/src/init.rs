@@ -6,12 +6,13 @@
 //! hash) are mode 0600. The admin token itself is returned, never written.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
+use warden_wire::validity::{set_validity, set_validity_years};
 
 /// Years the fleet CA is valid.
 pub const CA_VALID_YEARS: i32 = 10;
@@ -70,6 +71,9 @@ pub struct InitRequest {
     pub metrics_listen: String,
     /// Where the certificates come from.
     pub pki: Pki,
+    /// Vendor roots (SPKI PEM, `warden-provision keys root`) images must chain to:
+    /// `images.vendor_roots`. None: uploads are refused until some are added.
+    pub vendor_roots: Vec<PathBuf>,
 }
 
 /// What init made.
@@ -115,6 +119,9 @@ pub enum InitError {
     /// No random source for the token.
     #[error(transparent)]
     Token(#[from] crate::auth::TokenError),
+    /// A `--vendor-root` file is not a P-256 public key (SPKI PEM); the file is named.
+    #[error("--vendor-root: {0}")]
+    VendorRoot(#[from] warden_keychain::tooling::ToolError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
@@ -194,8 +201,24 @@ pub fn init(request: &InitRequest) -> Result<Initialised, InitError> {
             server_key: std::fs::read_to_string(key).map_err(io(key))?,
         },
     };
+    let vendor_roots = request
+        .vendor_roots
+        .iter()
+        .map(|path| {
+            warden_keychain::tooling::load_public_key(path)
+                .map(|key| warden_wire::topics::to_hex(&key))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let token = crate::auth::generate_token()?;
-    let config = config_text(request, &dir, &database, &crate::auth::hash_token(&token));
+    let config = config_text(
+        request,
+        &ConfigFacts {
+            dir: &dir,
+            database: &database,
+            token_hash: &crate::auth::hash_token(&token),
+            vendor_roots: &vendor_roots,
+        },
+    );
 
     use warden_files::{write_file_atomically, write_file_atomically_with_mode};
     write_file_atomically_with_mode(&dir.join(CA_CERT_FILE), files.ca.as_bytes(), 0o644)?;
@@ -235,9 +258,7 @@ fn ca_params() -> Result<CertificateParams, InitError> {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.serial_number = Some(random_serial()?);
-    let now = SystemTime::now();
-    set_validity(&mut params, now, Duration::ZERO);
-    params.not_after = rcgen::date_time_ymd(civil_date(now).0 + CA_VALID_YEARS, 1, 1);
+    set_validity_years(&mut params, SystemTime::now(), CA_VALID_YEARS);
     Ok(params)
 }
 
@@ -284,41 +305,33 @@ fn random_serial() -> Result<SerialNumber, InitError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-/// Valid from the start of the day an hour before `now` (a peer whose clock is a
-/// little behind) for `valid` (rcgen's default is 1975 to 4096).
-fn set_validity(params: &mut CertificateParams, now: SystemTime, valid: Duration) {
-    let start = now
-        .checked_sub(Duration::from_secs(3600))
-        .unwrap_or(UNIX_EPOCH);
-    let (year, month, day) = civil_date(start);
-    params.not_before = rcgen::date_time_ymd(year, month, day);
-    let (year, month, day) = civil_date(start + valid);
-    params.not_after = rcgen::date_time_ymd(year, month, day);
-}
-
-/// `(year, month, day)` of `time` in UTC (Howard Hinnant's days-to-civil).
-fn civil_date(time: SystemTime) -> (i32, u8, u8) {
-    let days = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs() / 86_400);
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        i32::try_from(year).unwrap_or(i32::MAX),
-        u8::try_from(month).unwrap_or(1),
-        u8::try_from(day).unwrap_or(1),
-    )
+/// What the config says besides the request: where things went, what was made.
+struct ConfigFacts<'a> {
+    dir: &'a Path,
+    database: &'a Path,
+    token_hash: &'a str,
+    /// Hex of each vendor root.
+    vendor_roots: &'a [String],
 }
 
 /// The commented `fleet.toml` init writes.
-fn config_text(request: &InitRequest, dir: &Path, database: &Path, token_hash: &str) -> String {
+fn config_text(request: &InitRequest, facts: &ConfigFacts<'_>) -> String {
+    let ConfigFacts {
+        dir,
+        database,
+        token_hash,
+        ..
+    } = *facts;
+    let vendor_roots = if facts.vendor_roots.is_empty() {
+        "vendor_roots = []".to_owned()
+    } else {
+        let roots: Vec<String> = facts
+            .vendor_roots
+            .iter()
+            .map(|root| format!("  \"{root}\","))
+            .collect();
+        format!("vendor_roots = [\n{}\n]", roots.join("\n"))
+    };
     let http = &request.http_listen;
     let mqtt = &request.mqtt_listen;
     let metrics = &request.metrics_listen;
@@ -363,9 +376,10 @@ tokens = [
 
 [images]
 # Vendor root public keys images must chain to (uncompressed P-256, 130 hex digits).
-# None: every image upload is refused. From a vendor root's SPKI PEM:
+# None: every image upload is refused. `warden-fleet init --vendor-root FILE` and
+# `warden-provision keys root` print it; from a vendor root's SPKI PEM by hand:
 #   openssl pkey -pubin -in vendor-root.pub.pem -outform DER | tail -c 65 | xxd -p -c 65
-vendor_roots = []
+{vendor_roots}
 # Units download images from here; with HTTPS above, point it at a plain-HTTP mirror
 # of the image directory until the units' update agent speaks HTTPS.
 # public_url = "http://fleet.example:8080"
@@ -381,16 +395,6 @@ listen = "{metrics}"
 mod tests {
     use super::*;
 
-    #[test]
-    fn civil_dates_are_right() {
-        assert_eq!(civil_date(UNIX_EPOCH), (1970, 1, 1));
-        // 2024-02-29 (a leap day) 12:00 UTC.
-        let leap = UNIX_EPOCH + Duration::from_secs(1_709_208_000);
-        assert_eq!(civil_date(leap), (2024, 2, 29));
-        let later = UNIX_EPOCH + Duration::from_secs(1_796_083_200);
-        assert_eq!(civil_date(later), (2026, 12, 1));
-    }
-
     fn request(dir: &Path) -> InitRequest {
         InitRequest {
             dir: dir.to_owned(),
@@ -400,6 +404,7 @@ mod tests {
             mqtt_listen: "127.0.0.1:0".into(),
             metrics_listen: "127.0.0.1:0".into(),
             pki: Pki::Generate,
+            vendor_roots: Vec::new(),
         }
     }
 
@@ -441,7 +446,7 @@ mod tests {
         assert!((800..=900).contains(&days), "{days} days");
         let now = i64::try_from(
             SystemTime::now()
-                .duration_since(UNIX_EPOCH)
+                .duration_since(std::time::UNIX_EPOCH)
                 .expect("now")
                 .as_secs(),
         )
@@ -454,6 +459,31 @@ mod tests {
         let again = init(&request(&dir)).expect_err("refused");
         assert!(matches!(again, InitError::Exists(_)), "{again}");
         assert_eq!(std::fs::read(dir.join(CA_KEY_FILE)).expect("key"), before);
+    }
+
+    #[test]
+    fn init_trusts_the_vendor_roots_it_is_given() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let root = warden_keychain::tooling::SecretSigningKey::generate().expect("root");
+        let public = temp.path().join("vendor-root.pub.pem");
+        warden_keychain::tooling::save_public_key(&public, &root.public_key()).expect("save");
+        let mut asked = request(&temp.path().join("fleet"));
+        asked.vendor_roots = vec![public];
+        let made = init(&asked).expect("init");
+        let config = crate::FleetConfig::load(&made.config).expect("loads");
+        assert_eq!(
+            config.images.vendor_roots,
+            vec![warden_wire::topics::to_hex(&root.public_key())]
+        );
+
+        // Not a key: refused, naming the file, and nothing written.
+        let bad = temp.path().join("not-a-key.pem");
+        std::fs::write(&bad, "garbage").expect("write");
+        let mut asked = request(&temp.path().join("other"));
+        asked.vendor_roots = vec![bad];
+        let error = init(&asked).expect_err("refused").to_string();
+        assert!(error.contains("not-a-key.pem"), "{error}");
+        assert!(!temp.path().join("other").join(CONFIG_FILE).exists());
     }
 
     #[test]

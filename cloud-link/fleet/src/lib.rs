@@ -18,6 +18,7 @@ pub mod loadtest;
 pub mod metrics;
 pub mod store;
 pub mod tls;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -38,6 +38,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// API tokens in the config.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Replace the SQLite store with a backup. Refused while a fleet runs on it.
     Restore {
         /// The backup file.
@@ -46,6 +49,20 @@ enum Command {
         /// Replace an existing database.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Add an API token to the config (e.g. a station's `provisioner` token): printed
+    /// once, only its SHA-256 kept. A running fleet admits it once restarted.
+    Create {
+        /// What it may do: viewer, operator, provisioner or admin.
+        #[arg(long, value_parser = ["viewer", "operator", "provisioner", "admin"])]
+        role: String,
+        /// Who holds it (the audit log names it): unique in the config.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -85,6 +102,10 @@ struct InitArgs {
     /// The existing server certificate's key (PEM).
     #[arg(long, requires = "server_cert")]
     server_key: Option<PathBuf>,
+    /// A vendor root's public key (SPKI PEM, `warden-provision keys root`) that
+    /// uploaded images must chain to; repeat for several.
+    #[arg(long = "vendor-root")]
+    vendor_roots: Vec<PathBuf>,
 }
 
 #[tokio::main]
@@ -123,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
                 mqtt_listen: args.mqtt_listen,
                 metrics_listen: args.metrics_listen,
                 pki,
+                vendor_roots: args.vendor_roots,
             })?;
             println!("fleet config:   {}", made.config.display());
             println!(
@@ -143,6 +165,19 @@ async fn main() -> anyhow::Result<()> {
             let config = load(args.config.as_deref())?;
             let copied = warden_fleet::backup::backup(&config.database_url, &to, force).await?;
             println!("backed up {} bytes to {}", copied.bytes, to.display());
+            Ok(())
+        }
+        Some(Command::Token(TokenCommand::Create { role, name })) => {
+            let path = args.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
+            let role = warden_fleet::auth::Role::from_name(&role)
+                .with_context(|| format!("--role {role:?}: viewer, operator, provisioner or admin"))?;
+            let token = warden_fleet::tokens::create_token(path, &name, role)?;
+            println!(
+                "{} token: {token} (shown once; only its SHA-256 is kept in {})",
+                role.name(),
+                path.display()
+            );
+            println!("restart the fleet to admit it");
             Ok(())
         }
         Some(Command::Restore { from, force }) => {

@@ -10,4 +10,6 @@ pub mod fleet_api;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod topics;
+#[cfg(feature = "validity")]
+pub mod validity;
 pub mod value;

@@ -142,15 +142,19 @@ pub fn load_secret_key(path: &Path) -> Result<SecretSigningKey, ToolError> {
     SecretSigningKey::from_pkcs8_pem(&pem).map_err(|error| with_path(error, path))
 }
 
+/// An uncompressed SEC1 public key as SPKI PEM (`PUBLIC KEY`).
+pub fn public_key_pem(public_key: &PublicKeyBytes) -> Result<String, ToolError> {
+    let key = parse_public_key(public_key)?;
+    key.to_public_key_pem(LineEnding::LF)
+        .map_err(|error| ToolError::Pem {
+            path: PathBuf::new(),
+            reason: error.to_string(),
+        })
+}
+
 /// Write an uncompressed SEC1 public key as SPKI PEM (`PUBLIC KEY`) to `path`.
 pub fn save_public_key(path: &Path, public_key: &PublicKeyBytes) -> Result<(), ToolError> {
-    let key = parse_public_key(public_key)?;
-    let pem = key
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|error| ToolError::Pem {
-            path: path.to_owned(),
-            reason: error.to_string(),
-        })?;
+    let pem = public_key_pem(public_key).map_err(|error| with_path(error, path))?;
     fs::write(path, pem).map_err(|source| ToolError::Io {
         path: path.to_owned(),
         source,
