@@ -290,10 +290,18 @@ impl ApplianceConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.policy.file = resolve(base, &config.policy.file);
-        config.policy.bundle_dir = config.policy.bundle_dir.as_ref().map(|dir| resolve(base, dir));
+        config.policy.bundle_dir = config
+            .policy
+            .bundle_dir
+            .as_ref()
+            .map(|dir| resolve(base, dir));
         config.link.fleet_ca = resolve(base, &config.link.fleet_ca);
         config.link.device_cert = resolve(base, &config.link.device_cert);
-        config.link.device_key = config.link.device_key.as_ref().map(|key| resolve(base, key));
+        config.link.device_key = config
+            .link
+            .device_key
+            .as_ref()
+            .map(|key| resolve(base, key));
         config.link.pluton_socket = config
             .link
             .pluton_socket
@@ -459,7 +467,10 @@ fn resolve(base: &Path, relative: &Path) -> PathBuf {
     for component in base.join(relative).components() {
         match component {
             Component::ParentDir
-                if matches!(resolved.components().next_back(), Some(Component::Normal(_))) =>
+                if matches!(
+                    resolved.components().next_back(),
+                    Some(Component::Normal(_))
+                ) =>
             {
                 resolved.pop();
             }
@@ -480,7 +491,10 @@ mod tests {
             resolve(base, Path::new("../../var/lib/warden/x.sock")),
             Path::new("/srv/units/WG1/var/lib/warden/x.sock")
         );
-        assert_eq!(resolve(base, Path::new("/abs/file")), Path::new("/abs/file"));
+        assert_eq!(
+            resolve(base, Path::new("/abs/file")),
+            Path::new("/abs/file")
+        );
         assert_eq!(
             resolve(Path::new("etc"), Path::new("../../up")),
             Path::new("../up")

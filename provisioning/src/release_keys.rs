@@ -240,8 +240,14 @@ mod tests {
         ));
         // A missing root key is named.
         let missing = dir.path().join("no-root.pem");
-        let error = create_release(&missing, &dir.path().join("r2.pem"), &dir.path().join("r2.cert"), Purpose::ALL, 1)
-            .expect_err("no root");
+        let error = create_release(
+            &missing,
+            &dir.path().join("r2.pem"),
+            &dir.path().join("r2.cert"),
+            Purpose::ALL,
+            1,
+        )
+        .expect_err("no root");
         assert!(error.to_string().contains("no-root.pem"), "{error}");
     }
 
@@ -283,10 +289,9 @@ mod tests {
         })
         .expect("forced");
         let bundle = std::fs::read(path("policy.bundle")).expect("bundle");
-        let root_key = warden_keychain::RootKey::from_public_key(
-            &hex::decode(&root.public_hex).expect("hex"),
-        )
-        .expect("root");
+        let root_key =
+            warden_keychain::RootKey::from_public_key(&hex::decode(&root.public_hex).expect("hex"))
+                .expect("root");
         let verified = warden_policy::bundle::verify_bundle(
             &bundle,
             &warden_policy::bundle::BundleTrust {

@@ -169,8 +169,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Token(TokenCommand::Create { role, name })) => {
             let path = args.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
-            let role = warden_fleet::auth::Role::from_name(&role)
-                .with_context(|| format!("--role {role:?}: viewer, operator, provisioner or admin"))?;
+            let role = warden_fleet::auth::Role::from_name(&role).with_context(|| {
+                format!("--role {role:?}: viewer, operator, provisioner or admin")
+            })?;
             let token = warden_fleet::tokens::create_token(path, &name, role)?;
             println!(
                 "{} token: {token} (shown once; only its SHA-256 is kept in {})",

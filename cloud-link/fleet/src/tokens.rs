@@ -148,20 +148,34 @@ mod tests {
         let text = std::fs::read_to_string(&config).expect("config");
         assert!(!text.contains(&token), "the token itself is not stored");
         assert!(text.contains(&hash_token(&token)));
-        assert!(text.contains("# Only SHA-256 hashes of tokens are kept."), "{text}");
+        assert!(
+            text.contains("# Only SHA-256 hashes of tokens are kept."),
+            "{text}"
+        );
         let loaded = crate::FleetConfig::load(&config).expect("loads");
         let tokens = &loaded.api.tokens;
         assert_eq!(tokens.len(), 2);
         assert_eq!(tokens[1].name, "station-1");
         assert_eq!(tokens[1].role, Role::Provisioner);
-        let mode = std::fs::metadata(&config).expect("stat").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&config)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
 
         let refused = create_token(&config, "station-1", Role::Viewer).expect_err("twice");
         assert!(refused.to_string().contains("station-1"), "{refused}");
         let again = create_token(&config, "ops", Role::Operator).expect("second");
         assert_ne!(again, token);
-        assert_eq!(crate::FleetConfig::load(&config).expect("loads").api.tokens.len(), 3);
+        assert_eq!(
+            crate::FleetConfig::load(&config)
+                .expect("loads")
+                .api
+                .tokens
+                .len(),
+            3
+        );
     }
 
     #[test]

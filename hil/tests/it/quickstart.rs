@@ -75,7 +75,10 @@ fn the_readme_has_the_quick_start_blocks() {
         from += found + step.len();
     }
     // The station gets its own token, never the admin's.
-    assert!(!script.contains("WARDEN_FLEET_TOKEN=\"$(sed -n 's/^admin"), "{script}");
+    assert!(
+        !script.contains("WARDEN_FLEET_TOKEN=\"$(sed -n 's/^admin"),
+        "{script}"
+    );
 }
 
 /// `curl` with the fleet CA, and a token if given; the answer's body.
@@ -85,7 +88,9 @@ fn curl(dir: &Path, url: &str, token: Option<&str>) -> String {
         .current_dir(dir)
         .args(["-sf", "--max-time", "20", "--cacert", "fleet/fleet-ca.pem"]);
     if let Some(token) = token {
-        command.arg("-H").arg(format!("Authorization: Bearer {token}"));
+        command
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {token}"));
     }
     let output = command.arg(url).output().expect("run curl");
     assert!(output.status.success(), "curl {url}: {}", output.status);
@@ -201,7 +206,11 @@ fn the_fleet_readme_quick_start_runs_as_written() {
         expect_that(device["serial"] == "WG000001", "serial", &device)?;
         expect_that(device["product"] == "warden-gw", "product", &device)?;
         expect_that(device["group"] == "Production", "group", &device)?;
-        expect_that(device["fingerprint"] == record["fingerprint"], "fingerprint", &device)?;
+        expect_that(
+            device["fingerprint"] == record["fingerprint"],
+            "fingerprint",
+            &device,
+        )?;
         expect_that(device["attestation"] == "trusted", "attestation", &device)?;
         expect_that(
             device["attestation_detail"]
@@ -215,9 +224,9 @@ fn the_fleet_readme_quick_start_runs_as_written() {
         // the token), not with the admin's.
         let audit = json(&curl(dir, &format!("{fleet}/api/v1/audit"), Some(&admin)));
         let registered_by = audit.as_array().and_then(|lines| {
-            lines.iter().find(|line| {
-                line["method"] == "POST" && line["path"] == "/api/v1/devices"
-            })
+            lines
+                .iter()
+                .find(|line| line["method"] == "POST" && line["path"] == "/api/v1/devices")
         });
         expect_that(
             registered_by.is_some_and(|line| line["actor"] == "station-1"),
