@@ -466,14 +466,14 @@ fn resolve(base: &Path, relative: &Path) -> PathBuf {
     let mut resolved = PathBuf::new();
     for component in base.join(relative).components() {
         match component {
-            Component::ParentDir
-                if matches!(
-                    resolved.components().next_back(),
-                    Some(Component::Normal(_))
-                ) =>
-            {
-                resolved.pop();
-            }
+            Component::ParentDir => match resolved.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    resolved.pop();
+                }
+                // `/..` is `/`.
+                Some(Component::RootDir) => {}
+                _ => resolved.push(Component::ParentDir),
+            },
             other => resolved.push(other),
         }
     }
