@@ -15,7 +15,7 @@ use crate::modbus_tcp_slave::{DeviceModel, SimulatedSlave};
 /// The simulated equipment's registers.
 pub const EQUIPMENT_MODEL: &str = include_str!("../scenarios/demo/equipment.toml");
 /// The appliance config template.
-const APPLIANCE_CONFIG_TEMPLATE: &str = include_str!("../scenarios/demo/warden.toml.in");
+pub const APPLIANCE_CONFIG_TEMPLATE: &str = include_str!("../scenarios/demo/warden.toml.in");
 /// The demo policy.
 pub const DEMO_POLICY: &str = include_str!("../scenarios/demo/policy.toml");
 

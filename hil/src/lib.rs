@@ -7,4 +7,6 @@ pub mod modbus_tcp_slave;
 pub mod register_model;
 pub mod scenario;
 pub mod scenario_file;
+pub mod script_images;
 pub mod simulated_device;
+pub mod tour;

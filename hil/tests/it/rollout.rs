@@ -20,9 +20,8 @@ use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, load_secret_key};
-use warden_os::image::build::build_signed_image;
-use warden_os::image::{BuildId, ImageHeader, ProductId, SemanticVersion};
-use warden_os::payload::{ENTRY_POINT, PayloadEntry, encode_archive};
+use warden_hil::script_images::{ImageSigner, crashes, runs_warden, script_image};
+use warden_os::image::ProductId;
 use warden_os::slots::{BootState, FailureReason, Slot, SlotStatus};
 use warden_wire::fleet_api::{
     DEFAULT_GROUP, DEPLOYMENTS_PATH, DEVICES_PATH, DeploymentRequest, DeviceView, IMAGES_PATH,
@@ -54,25 +53,14 @@ fn warden_binary() -> PathBuf {
 
 /// A signed image whose payload is one script, `bin/warden`.
 fn image(vendor_root: &SecretSigningKey, version: (u32, u32, u32), script: &str) -> Vec<u8> {
-    let payload = encode_archive(vec![PayloadEntry {
-        path: ENTRY_POINT.to_owned(),
-        mode: 0o755,
-        data: script.as_bytes().to_vec(),
-    }])
-    .expect("payload");
     let release = SecretSigningKey::generate().expect("rng");
     let cert =
         issue_release_cert(vendor_root, &release.public_key(), Purpose::IMAGE, 1).expect("cert");
-    let template = ImageHeader {
-        product: ProductId::new(PRODUCT).expect("product"),
-        version: SemanticVersion::new(version.0, version.1, version.2),
-        security_counter: 1,
-        build_id: BuildId([version.0 as u8; 16]),
-        created_at: 1_790_000_000,
-        payload_len: 0,
-        payload_sha256: [0; 32],
+    let signer = ImageSigner {
+        release_key: &release,
+        release_cert: &cert,
     };
-    build_signed_image(template, &payload, &release, &cert).expect("image")
+    script_image(&signer, PRODUCT, [version.0, version.1, version.2], 1, script).expect("image")
 }
 
 /// One appliance: its directory, identity and (once started) its boot stage.
@@ -414,12 +402,12 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
     let v1 = image(
         &vendor_root,
         (1, 0, 0),
-        &format!("#!/bin/sh\nexec '{}' \"$@\"\n", warden.display()),
+        &runs_warden(&warden),
     );
     let v2 = image(
         &vendor_root,
         (2, 0, 0),
-        "#!/bin/sh\necho 'image 2.0.0: cannot start' >&2\nexit 3\n",
+        &crashes([2, 0, 0]),
     );
     api.upload(v1.clone()).await; // a known release: devices running it attest
 
