@@ -132,7 +132,9 @@ async fn the_demo_tour_reaches_every_step_and_the_dashboard_shows_it() {
 
     // The fleet's own account of it.
     let summary = get_json(&format!("{fleet}/api/v1/dashboard/summary")).await;
-    assert_eq!(summary["counts"]["registered"], 1, "{summary}");
+    assert_eq!(summary["registered"], 1, "{summary}");
+    assert_eq!(summary["by_status"]["trusted"], 1, "{summary}");
+    assert_eq!(summary["connectivity"]["online"], 1, "{summary}");
     assert_eq!(summary["deployments_by_state"]["complete"], 1, "{summary}");
     assert_eq!(summary["deployments_by_state"]["halted"], 1, "{summary}");
     let device: DeviceView = serde_json::from_value(
