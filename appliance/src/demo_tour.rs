@@ -29,8 +29,7 @@ pub async fn run(state_dir: &Path, ports: DemoPorts) -> anyhow::Result<ExitCode>
         );
     };
     let shutdown = CancellationToken::new();
-    let mut tour = match Tour::start(&tour_dir, ports, &warden, shutdown.clone(), &mut say).await
-    {
+    let mut tour = match Tour::start(&tour_dir, ports, &warden, shutdown.clone(), &mut say).await {
         Ok(tour) => tour,
         Err(error) => {
             shutdown.cancel();
@@ -79,9 +78,7 @@ pub async fn run(state_dir: &Path, ports: DemoPorts) -> anyhow::Result<ExitCode>
         "  fleet API token:  {} (admin; `Authorization: Bearer …`; reads need none on this loopback demo)",
         tour.pki.fleet_api_token.display()
     );
-    println!(
-        "Every page listens on 127.0.0.1 only; every key is throwaway. Ctrl-C stops."
-    );
+    println!("Every page listens on 127.0.0.1 only; every key is throwaway. Ctrl-C stops.");
     crate::signals::wait_for_stop().await;
     tour.stop(&shutdown).await;
     println!("Warden demo stopped.");

@@ -213,10 +213,13 @@ impl Tour {
             warden: warden.to_owned(),
             state_dir,
         };
-        tour.wait_for("the unit to boot 1.0.0 and attest as trusted", async |tour| {
-            let record = tour.api.registered(&tour.device_id).await?;
-            (record.attestation == "trusted" && record.image_version == "1.0.0").then_some(())
-        })
+        tour.wait_for(
+            "the unit to boot 1.0.0 and attest as trusted",
+            async |tour| {
+                let record = tour.api.registered(&tour.device_id).await?;
+                (record.attestation == "trusted" && record.image_version == "1.0.0").then_some(())
+            },
+        )
         .await?;
         report(TourStep {
             number: 2,

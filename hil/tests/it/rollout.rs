@@ -18,9 +18,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
+use warden_hil::script_images::{ImageSigner, crashes, runs_warden, script_image};
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, load_secret_key};
-use warden_hil::script_images::{ImageSigner, crashes, runs_warden, script_image};
 use warden_os::image::ProductId;
 use warden_os::slots::{BootState, FailureReason, Slot, SlotStatus};
 use warden_wire::fleet_api::{
@@ -60,7 +60,14 @@ fn image(vendor_root: &SecretSigningKey, version: (u32, u32, u32), script: &str)
         release_key: &release,
         release_cert: &cert,
     };
-    script_image(&signer, PRODUCT, [version.0, version.1, version.2], 1, script).expect("image")
+    script_image(
+        &signer,
+        PRODUCT,
+        [version.0, version.1, version.2],
+        1,
+        script,
+    )
+    .expect("image")
 }
 
 /// One appliance: its directory, identity and (once started) its boot stage.
@@ -399,16 +406,8 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
     assert!(status == 201 || status == 200, "product: {status} {body}");
 
     // Image 1.0.0 runs the real appliance; 2.0.0 fails as soon as it starts.
-    let v1 = image(
-        &vendor_root,
-        (1, 0, 0),
-        &runs_warden(&warden),
-    );
-    let v2 = image(
-        &vendor_root,
-        (2, 0, 0),
-        &crashes([2, 0, 0]),
-    );
+    let v1 = image(&vendor_root, (1, 0, 0), &runs_warden(&warden));
+    let v2 = image(&vendor_root, (2, 0, 0), &crashes([2, 0, 0]));
     api.upload(v1.clone()).await; // a known release: devices running it attest
 
     // The factory, then registration, then the first boot of each unit.

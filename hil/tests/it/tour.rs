@@ -125,9 +125,15 @@ async fn the_demo_tour_reaches_every_step_and_the_dashboard_shows_it() {
         );
     }
     let fleet = printed.fleet.clone();
-    assert!(!fleet.is_empty() && !printed.device_id.is_empty(), "{printed:?}");
+    assert!(
+        !fleet.is_empty() && !printed.device_id.is_empty(),
+        "{printed:?}"
+    );
     for line in printed.lines.iter().filter(|line| line.contains("see: ")) {
-        assert!(line.contains(&fleet), "a step's page is on the fleet: {line}");
+        assert!(
+            line.contains(&fleet),
+            "a step's page is on the fleet: {line}"
+        );
     }
 
     // The fleet's own account of it.
@@ -165,14 +171,24 @@ async fn the_demo_tour_reaches_every_step_and_the_dashboard_shows_it() {
     let mut shots = Vec::new();
     let photographed = async {
         let pages = [
-            ("overview", format!("{fleet}/"), "#view h2", "Devices (1 registered)"),
+            (
+                "overview",
+                format!("{fleet}/"),
+                "#view h2",
+                "Devices (1 registered)",
+            ),
             (
                 "device",
                 format!("{fleet}/devices/{}", printed.device_id),
                 "#view",
                 "1.1.0",
             ),
-            ("deployments", format!("{fleet}/deployments"), "#view h2", "Deployments (2)"),
+            (
+                "deployments",
+                format!("{fleet}/deployments"),
+                "#view h2",
+                "Deployments (2)",
+            ),
             ("reports", format!("{fleet}/reports"), "#view", "1.2.0"),
         ];
         for (name, url, css, expected) in pages {
