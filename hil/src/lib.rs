@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod demo_pki;
+pub mod fleet_operator;
 pub mod modbus_rtu_slave;
 pub mod modbus_tcp_slave;
 pub mod register_model;

@@ -14,8 +14,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{
@@ -23,14 +21,14 @@ use warden_keychain::tooling::{
 };
 use warden_provision::layout::UnitLayout;
 use warden_wire::fleet_api::{
-    DEFAULT_GROUP, DEPLOYMENTS_PATH, DeploymentRequest, DeviceView, IMAGES_PATH, ImageRecord,
-    RegisteredDevice, ReportsQuery, StoredDeployment, StoredReport, WaveSize, deployment_path,
-    device_path,
+    DEFAULT_GROUP, DEPLOYMENTS_PATH, DeploymentRequest, ReportsQuery, StoredDeployment,
+    StoredReport, WaveSize, deployment_path,
 };
 
-use crate::demo::{DemoPorts, EQUIPMENT_MODEL};
+use crate::demo::{DemoPorts, start_equipment};
 use crate::demo_pki::DemoPki;
-use crate::modbus_tcp_slave::{DeviceModel, SimulatedSlave};
+use crate::fleet_operator::FleetApi;
+use crate::modbus_tcp_slave::SimulatedSlave;
 use crate::script_images::{ImageSigner, crashes, runs_warden, script_image};
 
 /// The tour unit's product (images and the station name it).
@@ -80,7 +78,7 @@ pub struct Tour {
     pub status_password: String,
     /// `warden boot`, the unit's boot stage (its output in `boot.log`).
     boot: tokio::process::Child,
-    api: Api,
+    api: FleetApi,
     signer_key: SecretSigningKey,
     signer_cert: Vec<u8>,
     warden: PathBuf,
@@ -109,27 +107,14 @@ impl Tour {
         check_socket_paths(&state_dir)?;
         let pki = DemoPki::generate(&state_dir.join("pki"))?;
 
-        let model: DeviceModel =
-            toml::from_str(EQUIPMENT_MODEL).context("the built-in equipment model is invalid")?;
-        let equipment = SimulatedSlave::start(
-            &format!("127.0.0.1:{}", ports.equipment),
-            model,
-            shutdown.clone(),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "cannot start the simulated device on port {}",
-                ports.equipment
-            )
-        })?;
+        let equipment = start_equipment(ports.equipment, shutdown.clone()).await?;
         // Quick rollout steps and attestation at every connect: the tour is short.
         let mut fleet_config = pki.fleet_config(&state_dir, ports.fleet_http, ports.fleet_mqtt);
         fleet_config.rollouts.tick_ms = 200;
         fleet_config.rollouts.attestation_interval_secs = 0;
         let fleet = warden_fleet::start(&fleet_config, shutdown).await?;
         let base = format!("http://{}", fleet.http_address);
-        let api = Api {
+        let api = FleetApi {
             base: base.clone(),
             token: pki.fleet_token()?,
             http: reqwest::Client::new(),
@@ -740,79 +725,6 @@ fn start_boot(
         .kill_on_drop(true)
         .spawn()
         .context("cannot start `warden boot`")
-}
-
-/// The fleet API, as the operator uses it.
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Option<T> {
-        self.get_with(path, &Vec::<(String, String)>::new()).await
-    }
-
-    async fn get_with<T: DeserializeOwned>(&self, path: &str, query: &impl Serialize) -> Option<T> {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .query(query)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()
-    }
-
-    async fn registered(&self, device_id: &str) -> Option<RegisteredDevice> {
-        match self.get::<DeviceView>(&device_path(device_id)).await? {
-            DeviceView::Registered(record) => Some(*record),
-            DeviceView::Unregistered { .. } => None,
-        }
-    }
-
-    async fn post(
-        &self,
-        path: &str,
-        body: &impl Serialize,
-    ) -> anyhow::Result<(u16, serde_json::Value)> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .with_context(|| format!("POST {path}"))?;
-        let status = response.status().as_u16();
-        Ok((
-            status,
-            response.json().await.unwrap_or(serde_json::Value::Null),
-        ))
-    }
-
-    /// Uploads a signed image; its SHA-256.
-    async fn upload(&self, image: Vec<u8>) -> anyhow::Result<String> {
-        let response = self
-            .http
-            .post(format!("{}{IMAGES_PATH}", self.base))
-            .bearer_auth(&self.token)
-            .body(image)
-            .send()
-            .await
-            .context("uploading an image")?;
-        let status = response.status().as_u16();
-        let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-        if status != 201 && status != 200 {
-            bail!("the fleet refused the image: {status} {body}");
-        }
-        Ok(serde_json::from_value::<ImageRecord>(body)
-            .context("the fleet's image record")?
-            .sha256)
-    }
 }
 
 fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
