@@ -1,4 +1,6 @@
-//! `warden demo`: the whole walking skeleton on loopback, in one command.
+//! `warden demo`: the whole walking skeleton on loopback, in one command: the guided
+//! tour (provisioning, boot, a confirmed and a rolled-back rollout), or with `--quick`
+//! the appliance alone beside its fleet.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +22,10 @@ pub struct DemoArgs {
     /// Let the kernel pick free ports instead of 8080, 8081, 8883 and 5020.
     #[arg(long)]
     pub ephemeral_ports: bool,
+    /// Skip the tour: start the appliance at once beside its fleet (no provisioning
+    /// station, no boot stage, no rollouts).
+    #[arg(long)]
+    pub quick: bool,
 }
 
 impl Default for DemoArgs {
@@ -27,17 +33,33 @@ impl Default for DemoArgs {
         Self {
             state_dir: PathBuf::from("warden-demo"),
             ephemeral_ports: false,
+            quick: false,
         }
     }
 }
 
-/// Runs the demo until Ctrl-C or SIGTERM.
+/// Runs the demo (the tour, or with `--quick` the minimal demo) until Ctrl-C or SIGTERM.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let ports = if args.ephemeral_ports {
+    if args.quick {
+        run_quick(args).await
+    } else {
+        crate::demo_tour::run(&args.state_dir, ports(&args)).await
+    }
+}
+
+/// The ports `args` asks for.
+fn ports(args: &DemoArgs) -> DemoPorts {
+    if args.ephemeral_ports {
         DemoPorts::EPHEMERAL
     } else {
         DemoPorts::FIXED
-    };
+    }
+}
+
+/// The minimal demo: the appliance at once, with an identity in pluton, beside the
+/// fleet and the equipment.
+async fn run_quick(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let ports = ports(&args);
     let shutdown = CancellationToken::new();
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create {}", args.state_dir.display()))?;

@@ -10,6 +10,8 @@ pub mod config_check;
 pub mod control;
 #[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "demo")]
+pub mod demo_tour;
 pub mod failure_reports;
 pub mod listening;
 pub mod metrics;

@@ -23,6 +23,18 @@ enum Command {
     /// Run the whole demo on loopback: simulated equipment, the appliance, the fleet (default).
     #[cfg(feature = "demo")]
     Demo(warden::demo::DemoArgs),
+    /// The demo tour's provisioning station runs its unit's pluton as this (started by
+    /// `warden demo`, not by hand; `warden-provision pluton` in a factory).
+    #[cfg(feature = "demo")]
+    #[command(name = warden_hil::tour::STATION_PLUTON_COMMAND, hide = true)]
+    DemoStationPluton {
+        /// The socket to serve.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Pluton's state directory (the unit's).
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
     /// Run the appliance from a config file.
     Run {
         /// The appliance config.
@@ -156,6 +168,10 @@ fn main() -> ExitCode {
         )),
         #[cfg(feature = "demo")]
         Some(Command::Demo(args)) => run_async(warden::demo::run(args)),
+        #[cfg(feature = "demo")]
+        Some(Command::DemoStationPluton { socket, state_dir }) => {
+            warden_hil::tour::run_station_pluton(&socket, &state_dir).map(|()| ExitCode::SUCCESS)
+        }
         Some(Command::Run {
             config,
             manifest: None,

@@ -15,7 +15,7 @@ use crate::modbus_tcp_slave::{DeviceModel, SimulatedSlave};
 /// The simulated equipment's registers.
 pub const EQUIPMENT_MODEL: &str = include_str!("../scenarios/demo/equipment.toml");
 /// The appliance config template.
-const APPLIANCE_CONFIG_TEMPLATE: &str = include_str!("../scenarios/demo/warden.toml.in");
+pub const APPLIANCE_CONFIG_TEMPLATE: &str = include_str!("../scenarios/demo/warden.toml.in");
 /// The demo policy.
 pub const DEMO_POLICY: &str = include_str!("../scenarios/demo/policy.toml");
 
@@ -87,20 +87,7 @@ impl DemoWorld {
             }
             None => "device_key = \"pki/device.key\"".to_owned(),
         };
-        let model: DeviceModel =
-            toml::from_str(EQUIPMENT_MODEL).context("the built-in equipment model is invalid")?;
-        let equipment = SimulatedSlave::start(
-            &format!("127.0.0.1:{}", ports.equipment),
-            model,
-            shutdown.clone(),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "cannot start the simulated device on port {}",
-                ports.equipment
-            )
-        })?;
+        let equipment = start_equipment(ports.equipment, shutdown.clone()).await?;
         let fleet_config = pki.fleet_config(state_dir, ports.fleet_http, ports.fleet_mqtt);
         let fleet = warden_fleet::start(&fleet_config, shutdown).await?;
         let status_listen = format!("127.0.0.1:{}", ports.status_page);
@@ -122,6 +109,18 @@ impl DemoWorld {
             status_listen,
         })
     }
+}
+
+/// Starts the simulated press controller on `127.0.0.1:port` (0: a free port).
+pub async fn start_equipment(
+    port: u16,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SimulatedSlave> {
+    let model: DeviceModel =
+        toml::from_str(EQUIPMENT_MODEL).context("the built-in equipment model is invalid")?;
+    SimulatedSlave::start(&format!("127.0.0.1:{port}"), model, shutdown)
+        .await
+        .with_context(|| format!("cannot start the simulated device on port {port}"))
 }
 
 /// An identity held by pluton.

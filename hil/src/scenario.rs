@@ -49,10 +49,11 @@ pub struct DemoProcess {
 }
 
 impl DemoProcess {
-    /// Starts `warden demo --ephemeral-ports` and waits (up to 60 s) for its URLs.
+    /// Starts `warden demo --quick --ephemeral-ports` (the minimal demo, no tour) and
+    /// waits (up to 60 s) for its URLs.
     pub async fn start(warden_bin: &Path, state_dir: &Path) -> anyhow::Result<Self> {
         let mut child = Command::new(warden_bin)
-            .args(["demo", "--ephemeral-ports", "--state-dir"])
+            .args(["demo", "--quick", "--ephemeral-ports", "--state-dir"])
             .arg(state_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

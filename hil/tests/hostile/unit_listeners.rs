@@ -1,6 +1,6 @@
 //! Attacks on the unit's own listeners: status page, metrics, control socket, facade (issue #22 items 1, 2, 3, 4, 9).
 //!
-//! Each case runs `warden demo --ephemeral-ports` as a process (the whole unit on
+//! Each case runs `warden demo --quick --ephemeral-ports` as a process (the whole unit on
 //! loopback; it prints the status page's address and password) and attacks it from
 //! loopback source addresses 127.0.0.x, the operator from 127.0.0.1. The seccomp gaps
 //! of item 9 are replayed inside real compartments by `warden-os`'s
@@ -76,7 +76,7 @@ impl Demo {
             None => Command::new(warden_binary()),
         };
         command
-            .args(["demo", "--ephemeral-ports", "--state-dir"])
+            .args(["demo", "--quick", "--ephemeral-ports", "--state-dir"])
             .arg(dir.path().join("state"))
             .env("NO_COLOR", "1")
             .stdout(out.try_clone().expect("log"))

@@ -1,6 +1,6 @@
 //! Attacks on the unit's Modbus TCP facade and control socket (issue #22 items 1, 2).
 //!
-//! Each case runs `warden demo --ephemeral-ports` (its config has a facade on a port
+//! Each case runs `warden demo --quick --ephemeral-ports` (its config has a facade on a port
 //! the kernel picks, named in the log) and attacks the facade from loopback addresses
 //! 127.0.0.x, or the control socket (`status-page/control.sock`) as the unit's own
 //! user. Throughout, the unit must keep polling line 1 (its read counter in /metrics

@@ -12,6 +12,7 @@ mod control_durability;
 mod fleet_dashboard;
 mod quickstart;
 mod rollout;
+mod tour;
 
 struct Fleet {
     shutdown: CancellationToken,

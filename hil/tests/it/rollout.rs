@@ -13,21 +13,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
+use warden_hil::fleet_operator::FleetApi;
+use warden_hil::script_images::{ImageSigner, crashes, runs_warden, script_image};
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, load_secret_key};
-use warden_os::image::build::build_signed_image;
-use warden_os::image::{BuildId, ImageHeader, ProductId, SemanticVersion};
-use warden_os::payload::{ENTRY_POINT, PayloadEntry, encode_archive};
+use warden_os::image::ProductId;
 use warden_os::slots::{BootState, FailureReason, Slot, SlotStatus};
 use warden_wire::fleet_api::{
-    DEFAULT_GROUP, DEPLOYMENTS_PATH, DEVICES_PATH, DeploymentRequest, DeviceView, IMAGES_PATH,
-    ImageRecord, PRODUCTS_PATH, ProductRequest, RegisterRequest, RegisteredDevice, ReportsQuery,
-    StoredDeployment, StoredReport, WaveSize, deployment_path, device_path,
+    DEFAULT_GROUP, DEPLOYMENTS_PATH, DEVICES_PATH, DeploymentRequest, PRODUCTS_PATH,
+    ProductRequest, RegisterRequest, ReportsQuery, StoredDeployment, StoredReport, WaveSize,
+    deployment_path,
 };
 
 const PRODUCT: &str = "warden-demo";
@@ -54,25 +51,21 @@ fn warden_binary() -> PathBuf {
 
 /// A signed image whose payload is one script, `bin/warden`.
 fn image(vendor_root: &SecretSigningKey, version: (u32, u32, u32), script: &str) -> Vec<u8> {
-    let payload = encode_archive(vec![PayloadEntry {
-        path: ENTRY_POINT.to_owned(),
-        mode: 0o755,
-        data: script.as_bytes().to_vec(),
-    }])
-    .expect("payload");
     let release = SecretSigningKey::generate().expect("rng");
     let cert =
         issue_release_cert(vendor_root, &release.public_key(), Purpose::IMAGE, 1).expect("cert");
-    let template = ImageHeader {
-        product: ProductId::new(PRODUCT).expect("product"),
-        version: SemanticVersion::new(version.0, version.1, version.2),
-        security_counter: 1,
-        build_id: BuildId([version.0 as u8; 16]),
-        created_at: 1_790_000_000,
-        payload_len: 0,
-        payload_sha256: [0; 32],
+    let signer = ImageSigner {
+        release_key: &release,
+        release_cert: &cert,
     };
-    build_signed_image(template, &payload, &release, &cert).expect("image")
+    script_image(
+        &signer,
+        PRODUCT,
+        [version.0, version.1, version.2],
+        1,
+        script,
+    )
+    .expect("image")
 }
 
 /// One appliance: its directory, identity and (once started) its boot stage.
@@ -283,71 +276,6 @@ fn start_boot(warden: &Path, device: &mut Device, config: &Path) {
     device.boot = Some(child);
 }
 
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    /// The answer to `GET path` as `T`, if the fleet gave one.
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Option<T> {
-        self.get_with(path, &Vec::<(String, String)>::new()).await
-    }
-
-    /// The answer to `GET path?query` as `T`, if the fleet gave one.
-    async fn get_with<T: DeserializeOwned>(&self, path: &str, query: &impl Serialize) -> Option<T> {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .query(query)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .ok()
-    }
-
-    /// A device's registry record, if it is registered.
-    async fn registered(&self, device_id: &str) -> Option<RegisteredDevice> {
-        match self.get::<DeviceView>(&device_path(device_id)).await? {
-            DeviceView::Registered(record) => Some(*record),
-            DeviceView::Unregistered { .. } => None,
-        }
-    }
-
-    async fn post(&self, path: &str, body: &impl Serialize) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .expect("post");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn upload(&self, image: Vec<u8>) -> String {
-        let response = self
-            .http
-            .post(format!("{}{IMAGES_PATH}", self.base))
-            .bearer_auth(&self.token)
-            .body(image)
-            .send()
-            .await
-            .expect("upload");
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(status == 201 || status == 200, "upload: {status} {body}");
-        serde_json::from_value::<ImageRecord>(body)
-            .expect("an image record")
-            .sha256
-    }
-}
-
 /// Polls `check` every 200 ms until it returns `Some`, or fails with `what` and the
 /// devices' logs after `limit`.
 async fn wait_for<T>(
@@ -393,7 +321,7 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
     let fleet = warden_fleet::start(&config, shutdown.clone())
         .await
         .expect("fleet starts");
-    let api = Api {
+    let api = FleetApi {
         base: format!("http://{}", fleet.http_address),
         token: pki.fleet_token().expect("token"),
         http: reqwest::Client::new(),
@@ -407,21 +335,14 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
                 manufacturer_ca_pem: manufacturer_ca,
             },
         )
-        .await;
+        .await
+        .expect("post");
     assert!(status == 201 || status == 200, "product: {status} {body}");
 
     // Image 1.0.0 runs the real appliance; 2.0.0 fails as soon as it starts.
-    let v1 = image(
-        &vendor_root,
-        (1, 0, 0),
-        &format!("#!/bin/sh\nexec '{}' \"$@\"\n", warden.display()),
-    );
-    let v2 = image(
-        &vendor_root,
-        (2, 0, 0),
-        "#!/bin/sh\necho 'image 2.0.0: cannot start' >&2\nexit 3\n",
-    );
-    api.upload(v1.clone()).await; // a known release: devices running it attest
+    let v1 = image(&vendor_root, (1, 0, 0), &runs_warden(&warden));
+    let v2 = image(&vendor_root, (2, 0, 0), &crashes([2, 0, 0]));
+    api.upload(v1.clone()).await.expect("upload 1.0.0"); // a known release: devices running it attest
 
     // The factory, then registration, then the first boot of each unit.
     let mut devices = Vec::new();
@@ -443,7 +364,8 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
                     image_version: "1.0.0".to_owned(),
                 },
             )
-            .await;
+            .await
+            .expect("post");
         assert_eq!(status, 201, "register {id}: {body}");
         let mut device = Device {
             id,
@@ -476,7 +398,7 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
     .await;
 
     // The operator rolls 2.0.0 out: two devices first, then the rest.
-    let v2_sha = api.upload(v2).await;
+    let v2_sha = api.upload(v2).await.expect("upload 2.0.0");
     let (status, deployment) = api
         .post(
             DEPLOYMENTS_PATH,
@@ -490,7 +412,8 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
                 ..DeploymentRequest::new(v2_sha, DEFAULT_GROUP)
             },
         )
-        .await;
+        .await
+        .expect("post");
     assert_eq!(status, 201, "deployment: {deployment}");
     let deployment: StoredDeployment = serde_json::from_value(deployment).expect("a deployment");
     let deployment_id = deployment.id.clone();
