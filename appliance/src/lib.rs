@@ -13,6 +13,7 @@ pub mod demo;
 pub mod failure_reports;
 pub mod listening;
 pub mod metrics;
+pub mod os_init;
 pub mod passwd;
 pub mod pluton_host;
 pub mod ports;
