@@ -48,13 +48,18 @@ const SLOT_MIB: u64 = 64;
 const STATE_MIB: u64 = 64;
 const SECTOR: u64 = 512;
 
-/// The job: build the binary, then lay out the disk.
+/// The job (after `cargo build -p warden`): lay out the disk, with the signed image
+/// named on the command line, if any.
 pub fn build() -> Result<(), String> {
+    build_with(std::env::args().nth(2).map(PathBuf::from).as_deref())
+}
+
+/// Lays out `target/os/warden-os.img`, its slots holding `signed` (empty without).
+pub fn build_with(signed: Option<&Path>) -> Result<(), String> {
     let out = target_dir().join("os");
     let work = out.join("work");
     let _ = std::fs::remove_dir_all(&work);
     mkdir(&work)?;
-    let signed = std::env::args().nth(2).map(PathBuf::from);
     let (kernel, modules_dir) = debian_kernel(&out.join("cache"))?;
     let binary = target_dir().join("debug").join("warden");
     if !binary.exists() {
@@ -93,7 +98,7 @@ pub fn build() -> Result<(), String> {
     for name in ["a", "b"] {
         let tree = work.join(format!("slot-{name}"));
         mkdir(&tree)?;
-        if let Some(signed) = &signed {
+        if let Some(signed) = signed {
             copy(signed, &tree.join("warden.wim"))?;
         }
         let fs = work.join(format!("slot-{name}.erofs"));
