@@ -36,6 +36,9 @@ pub const STATE_PARTITION: &str = "state";
 pub const SLOT_PARTITIONS: [(&str, &str); 2] = [("a", "slot-a"), ("b", "slot-b")];
 /// Where the root slots are mounted read-only (`<SLOTS_MOUNT>/a`, `<SLOTS_MOUNT>/b`).
 pub const SLOTS_MOUNT: &str = "/run/warden/slots";
+/// Set in the boot stage's environment by PID 1: the boot stage then prints its
+/// `warden-os:` lines (the verified slot) on the console.
+pub const CONSOLE_ENV: &str = "WARDEN_OS_CONSOLE";
 /// How long the disk gets to appear after its driver is loaded.
 const DISK_WAIT: Duration = Duration::from_secs(20);
 /// The pause before a deliberate power-off or reboot, so the console shows why.
@@ -281,6 +284,7 @@ fn start_boot_stage() -> Result<std::process::Child, InitError> {
             MANIFEST,
         ])
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(CONSOLE_ENV, "1")
         .spawn()
         .map_err(InitError::Spawn)
 }

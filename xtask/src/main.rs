@@ -12,6 +12,7 @@ use std::process::{Command, ExitCode};
 
 mod fuzz;
 mod module_cycles;
+mod os_factory;
 mod os_image;
 mod os_run;
 mod package;

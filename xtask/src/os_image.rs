@@ -51,11 +51,27 @@ const SECTOR: u64 = 512;
 /// The job (after `cargo build -p warden`): lay out the disk, with the signed image
 /// named on the command line, if any.
 pub fn build() -> Result<(), String> {
-    build_with(std::env::args().nth(2).map(PathBuf::from).as_deref())
+    match std::env::args().nth(2).as_deref() {
+        None => build_with(&SlotContent::Empty),
+        Some("--dev-unit") => build_with(&SlotContent::DevUnit),
+        Some(path) => build_with(&SlotContent::Signed(PathBuf::from(path))),
+    }
 }
 
-/// Lays out `target/os/warden-os.img`, its slots holding `signed` (empty without).
-pub fn build_with(signed: Option<&Path>) -> Result<(), String> {
+/// What the root slots and the state partition start with.
+pub enum SlotContent {
+    /// Nothing: the guest's boot stage finds no image.
+    Empty,
+    /// This signed image in both root slots (the state partition knows nothing of it:
+    /// a provisioning step still has to install it).
+    Signed(PathBuf),
+    /// `os_factory`'s development unit: throw-away vendor keys, the `warden` binary
+    /// signed as 1.0.0 in slot A, the state partition provisioned for it.
+    DevUnit,
+}
+
+/// Lays out `target/os/warden-os.img` with `content` in its slots.
+pub fn build_with(content: &SlotContent) -> Result<(), String> {
     let out = target_dir().join("os");
     let work = out.join("work");
     let _ = std::fs::remove_dir_all(&work);
@@ -94,8 +110,22 @@ pub fn build_with(signed: Option<&Path>) -> Result<(), String> {
         .arg(&initrd)
         .arg("::initrd.img"))?;
 
+    let state_tree = work.join("state");
+    for dir in ["slots", "boot", "pluton", "reports", "outbox", "downloads"] {
+        mkdir(&state_tree.join(dir))?;
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/manifest.toml");
+    let (slot_a, slot_b) = match content {
+        SlotContent::Empty => (None, None),
+        SlotContent::Signed(signed) => (Some(signed.clone()), Some(signed.clone())),
+        SlotContent::DevUnit => {
+            let signed =
+                crate::os_factory::provision(&binary, &stripped, &manifest, &work, &state_tree)?;
+            (Some(signed), None)
+        }
+    };
     let mut slots = Vec::new();
-    for name in ["a", "b"] {
+    for (name, signed) in [("a", &slot_a), ("b", &slot_b)] {
         let tree = work.join(format!("slot-{name}"));
         mkdir(&tree)?;
         if let Some(signed) = signed {
@@ -110,10 +140,6 @@ pub fn build_with(signed: Option<&Path>) -> Result<(), String> {
         slots.push(fs);
     }
 
-    let state_tree = work.join("state");
-    for dir in ["slots", "boot", "pluton", "reports", "outbox", "downloads"] {
-        mkdir(&state_tree.join(dir))?;
-    }
     let state = work.join("state.ext4");
     run(Command::new("mkfs.ext4")
         .args(["-q", "-L", "warden-state", "-d"])
@@ -173,10 +199,10 @@ pub fn build_with(signed: Option<&Path>) -> Result<(), String> {
     eprintln!(
         "    {}: {total_mib} MiB (boot {BOOT_MIB}, slots {SLOT_MIB} each, state {STATE_MIB}){}",
         disk.display(),
-        if signed.is_some() {
-            ""
-        } else {
-            "; slots empty (no SIGNED_IMAGE given)"
+        match content {
+            SlotContent::Empty => "; slots empty (no SIGNED_IMAGE given)",
+            SlotContent::Signed(_) => "",
+            SlotContent::DevUnit => "; development unit: 1.0.0 in slot A",
         }
     );
     Ok(())
