@@ -318,6 +318,10 @@ async fn run_monitor(manifest: PathBuf, insecure_dev: bool) -> anyhow::Result<Ex
             tracing::error!(crashes, %reason, "the trial image crashed too often and was rolled back; reboot into the previous image");
             Ok(ExitCode::from(warden_os::launch::RESTART_EXIT_CODE))
         }
+        warden_os::monitor::MonitorOutcome::RestartForUpdate { by } => {
+            tracing::warn!(compartment = %by, "stopped for the boot stage to boot the installed update");
+            Ok(ExitCode::from(warden_os::launch::RESTART_EXIT_CODE))
+        }
     }
 }
 

@@ -33,6 +33,17 @@ const STATE_FILE: &str = "boot/state";
 const STATE_TEMP: &str = "boot/state.tmp";
 const INSTALL_TEMP: &str = "slots/install.tmp";
 
+/// The boot-state record under `state_dir`, read without the root of trust (for
+/// questions only the boot stage acts on: it verifies everything again). `None` when
+/// there is no record or it does not decode.
+pub fn read_boot_state(state_dir: &Path) -> io::Result<Option<BootState>> {
+    match std::fs::read(state_dir.join(STATE_FILE)) {
+        Ok(bytes) => Ok(BootState::decode(&bytes)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// The image file of a slot, relative to the state directory.
 pub fn slot_image_path(slot: Slot) -> PathBuf {
     Path::new(SLOTS_DIR).join(format!("{}.wim", slot.name()))

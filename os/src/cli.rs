@@ -1,17 +1,17 @@
 //! `warden image build|sign|inspect|verify`: the clap subcommands and their output.
 
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use warden_image::{BuildId, ImageTrust, KeyId, ProductId, RootKey, SemanticVersion};
 use warden_keychain::tooling::load_public_key;
 
 use crate::release::{self, BuildRequest, ReleaseError};
 use hex::encode as hex;
 
-/// Payloads at least this large get a progress bar.
+/// Payloads at least this large get a progress line.
 const PROGRESS_THRESHOLD: u64 = 16 << 20;
 
 /// Release tooling for firmware images.
@@ -96,18 +96,50 @@ fn parse_hex<const N: usize>(text: &str, what: &str) -> anyhow::Result<[u8; N]> 
     Ok(bytes)
 }
 
-fn progress_bar(total: u64, message: &'static str) -> ProgressBar {
-    if total < PROGRESS_THRESHOLD {
-        return ProgressBar::hidden();
+/// A one-line percentage on a terminal's stderr, redrawn when the percentage changes;
+/// silent when stderr is not a terminal (logs and pipes get the result line only).
+struct Progress {
+    message: &'static str,
+    total: u64,
+    shown: Option<u64>,
+    visible: bool,
+}
+
+impl Progress {
+    fn new(total: u64, message: &'static str) -> Self {
+        Self {
+            message,
+            total,
+            shown: None,
+            visible: total >= PROGRESS_THRESHOLD && std::io::stderr().is_terminal(),
+        }
     }
-    let bar = ProgressBar::new(total);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
+
+    fn set_position(&mut self, done: u64) {
+        if !self.visible {
+            return;
+        }
+        let percent = done.min(self.total) * 100 / self.total.max(1);
+        if self.shown == Some(percent) {
+            return;
+        }
+        self.shown = Some(percent);
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(
+            stderr,
+            "\r{} {percent:>3}% ({} of {} MiB)",
+            self.message,
+            done >> 20,
+            self.total >> 20
+        );
+        let _ = stderr.flush();
     }
-    bar.set_message(message);
-    bar
+
+    fn finish_and_clear(&self) {
+        if self.visible && self.shown.is_some() {
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+        }
+    }
 }
 
 fn payload_len_of(path: &Path) -> u64 {
@@ -157,7 +189,7 @@ impl ImageCommand {
                 cert,
                 output,
             } => {
-                let bar = progress_bar(payload_len_of(&input), "hashing");
+                let mut bar = Progress::new(payload_len_of(&input), "hashing");
                 let header = release::sign_file(&input, &key, &cert, &output, &mut |done| {
                     bar.set_position(done)
                 });
@@ -241,7 +273,7 @@ impl ImageCommand {
                     product,
                     min_security_counter: min_counter,
                 };
-                let bar = progress_bar(payload_len_of(&image), "verifying");
+                let mut bar = Progress::new(payload_len_of(&image), "verifying");
                 let result =
                     release::verify_file(&image, &trust, &mut |done| bar.set_position(done));
                 bar.finish_and_clear();

@@ -295,6 +295,22 @@ impl BootState {
         self.primary
     }
 
+    /// Whether booting again would run something other than `running` (the slot the
+    /// current image runs from): an installed image waits for its trial, or `running`
+    /// has been given up (its trial was rolled back). A restart asked for an update is
+    /// honoured only then.
+    pub fn restart_boots_something_else(&self, running: Option<Slot>) -> bool {
+        Slot::ALL
+            .into_iter()
+            .any(|slot| matches!(self.slot(slot), SlotStatus::Pending(_)))
+            || running.is_some_and(|slot| {
+                matches!(
+                    self.slot(slot),
+                    SlotStatus::Failed { .. } | SlotStatus::Empty
+                )
+            })
+    }
+
     /// The event log, oldest first.
     pub fn events(&self) -> &[BootEvent] {
         &self.events

@@ -92,6 +92,7 @@ pub fn link(
     );
     let (to_page_tx, to_page_rx) = mpsc::channel::<LinkToPage>(LINK_PAGE_QUEUE);
     let (from_page_tx, from_page) = mpsc::channel::<PageToLink>(LINK_PAGE_QUEUE);
+    let restart = restart_through_the_monitor(compartment, tasks, shutdown);
     tasks.spawn_unit(
         "status-page channel",
         caller_sessions(
@@ -116,13 +117,37 @@ pub fn link(
             // that installs root keys. A confirmation is persisted and the boot
             // stage's next `select_boot` raises the counter.
             pluton: crate::updates::PlutonAccess::Unprivileged,
-            // The monitor cannot yet be asked to stop for a reboot: an installed image
-            // boots on trial at the next restart of the appliance.
-            restart: None,
+            // An install (or a trial given up) asks the monitor to end the run, so the
+            // boot stage boots again; the manifest must grant `restart_for_update`.
+            restart: Some(restart),
             // The manifest grants the report ring `read` only.
             reports_writable: false,
         },
     }
+}
+
+/// A token the update agent cancels to have the unit boot again: this compartment asks
+/// the monitor, which stops every compartment and ends the run with the boot stage's
+/// restart code (if the manifest grants it and there is something new to boot).
+fn restart_through_the_monitor(
+    compartment: &Arc<Compartment>,
+    tasks: &mut Supervisor,
+    shutdown: &CancellationToken,
+) -> CancellationToken {
+    let restart = CancellationToken::new();
+    let (asked, stopping, compartment) =
+        (restart.clone(), shutdown.clone(), Arc::clone(compartment));
+    tasks.spawn_unit("restart request", async move {
+        tokio::select! {
+            () = stopping.cancelled() => {}
+            () = asked.cancelled() => {
+                if let Err(error) = compartment.request_restart_for_update() {
+                    tracing::error!(%error, "cannot ask the monitor for a restart; the update boots at the next start");
+                }
+            }
+        }
+    });
+    restart
 }
 
 /// The page's ports: it opens no channel (`peers = []`); both others open theirs.

@@ -119,6 +119,7 @@ pub fn run_monitor(
         program_prefix: vec!["compartment".into()],
         mode,
         image_version: image_version.to_owned(),
+        running_slot: super::trial::slot_from_env(),
     };
     let mut monitor = Monitor::new(manifest, options)?;
     if let Some(trial) = trial {

@@ -236,6 +236,13 @@ impl Compartment {
         )
     }
 
+    /// Asks the monitor to end the run so the boot stage boots again (after an install,
+    /// or a trial given up). The monitor honours it only if the manifest grants this
+    /// compartment `restart_for_update` and the boot state has something new to boot.
+    pub fn request_restart_for_update(&self) -> Result<(), FrameError> {
+        send(&self.control, &ToMonitor::RestartForUpdate)
+    }
+
     /// Asks the monitor for a channel to `peer`; `Ok(None)` when the manifest denies it
     /// (or the peer is not running).
     pub fn open_channel(&self, peer: &str) -> Result<Option<UnixStream>, FrameError> {

@@ -43,6 +43,10 @@ pub enum ToMonitor {
         /// Why.
         detail: String,
     },
+    /// An update was installed (or a trial given up): end the run so the boot stage
+    /// boots again. Honoured only from a compartment the manifest grants
+    /// `restart_for_update`, and only when the boot state has something new to boot.
+    RestartForUpdate,
     /// Asks for an IPC channel to a peer compartment.
     OpenChannel {
         /// The peer's compartment name.

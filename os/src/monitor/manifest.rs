@@ -87,6 +87,10 @@ pub struct CompartmentManifest {
     pub open_files: u64,
     /// The dedicated uid (and gid) it runs as when the monitor is root.
     pub uid: u32,
+    /// May ask the monitor to end the run so the boot stage boots the image it just
+    /// installed (the compartment that runs the update agent). Off unless granted.
+    #[serde(default)]
+    pub restart_for_update: bool,
 }
 
 impl CompartmentManifest {

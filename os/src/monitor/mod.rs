@@ -73,6 +73,10 @@ pub struct MonitorOptions {
     pub mode: SandboxMode,
     /// The running image's version, stamped on reports.
     pub image_version: String,
+    /// The slot the running image was booted from (`WARDEN_SLOT`), if the boot stage
+    /// started it: a restart for an update is honoured only when booting again would
+    /// run something else.
+    pub running_slot: Option<crate::slots::Slot>,
 }
 
 /// Why [`Monitor::run`] returned.
@@ -87,6 +91,13 @@ pub enum MonitorOutcome {
         crashes: u32,
         /// The boot state's reason.
         reason: String,
+    },
+    /// A granted compartment asked for a restart and the boot state has something new
+    /// to boot (an installed update, or a trial given up); every compartment was
+    /// stopped. The caller exits so the boot stage boots again.
+    RestartForUpdate {
+        /// The compartment that asked.
+        by: String,
     },
 }
 
@@ -167,6 +178,8 @@ pub struct Monitor {
     trial: Option<Box<dyn TrialCrashSink>>,
     trial_crashes: u32,
     rolled_back: Option<String>,
+    /// The compartment whose restart request was honoured.
+    restart_for_update: Option<String>,
     /// Pluton's role tokens: inherited from the boot stage, else minted here. Pluton
     /// gets all of them, each compartment named after a role only its own.
     pluton_tokens: LaunchTokens,
@@ -209,6 +222,7 @@ impl Monitor {
             trial: None,
             trial_crashes: 0,
             rolled_back: None,
+            restart_for_update: None,
         })
     }
 
@@ -271,6 +285,9 @@ impl Monitor {
                     reason,
                 };
             }
+            if let Some(by) = self.restart_for_update.take() {
+                break MonitorOutcome::RestartForUpdate { by };
+            }
             self.start_due()?;
             match self.events.1.recv_timeout(tick) {
                 Ok((name, generation, event)) => self.handle(&name, generation, event),
@@ -281,6 +298,31 @@ impl Monitor {
         };
         self.stop_all();
         Ok(outcome)
+    }
+
+    /// Why `name`'s restart request is refused, or `None` to honour it. Deny by
+    /// default: the manifest must grant it, and the boot state must have something new
+    /// to boot, so a compromised compartment cannot restart the unit at will.
+    fn restart_refusal(&self, name: &str) -> Option<String> {
+        let granted = self
+            .manifest
+            .compartment
+            .get(name)
+            .is_some_and(|compartment| compartment.restart_for_update);
+        if !granted {
+            return Some("the manifest does not grant restart_for_update".into());
+        }
+        let Some(boot) = &self.manifest.monitor.boot else {
+            return Some("no [monitor.boot]: no boot stage to boot again".into());
+        };
+        match crate::boot::read_boot_state(&boot.state_dir) {
+            Ok(Some(state)) if state.restart_boots_something_else(self.options.running_slot) => {
+                None
+            }
+            Ok(Some(_)) => Some("the boot state has nothing new to boot".into()),
+            Ok(None) => Some("no boot state record".into()),
+            Err(error) => Some(format!("cannot read the boot state: {error}")),
+        }
     }
 
     fn start_due(&mut self) -> Result<(), MonitorError> {
@@ -406,6 +448,28 @@ impl Monitor {
             }
             return;
         }
+        if let Event::Frame(ToMonitor::RestartForUpdate) = event {
+            match self.restart_refusal(name) {
+                None => {
+                    tracing::warn!(
+                        compartment = name,
+                        "restart for an update: stopping every compartment so the boot stage boots again"
+                    );
+                    self.restart_for_update = Some(name.to_owned());
+                }
+                Some(why) => {
+                    tracing::warn!(compartment = name, %why, "restart request refused");
+                    self.record(
+                        name,
+                        FailureKind::PolicyDenied {
+                            action: format!("restart for update ({why})"),
+                            errno: libc::EPERM,
+                        },
+                    );
+                }
+            }
+            return;
+        }
         let Some(state) = self.supervised.get_mut(name) else {
             return;
         };
@@ -424,7 +488,7 @@ impl Monitor {
             Event::Frame(ToMonitor::SandboxFailed { detail }) => {
                 FailureKind::SandboxFailed { detail }
             }
-            Event::Frame(ToMonitor::OpenChannel { .. }) => return,
+            Event::Frame(ToMonitor::OpenChannel { .. } | ToMonitor::RestartForUpdate) => return,
             Event::Frame(ToMonitor::PeerFrameRejected { peer, detail }) => {
                 FailureKind::MalformedFrame {
                     detail: format!("from peer `{peer}`: {detail}"),

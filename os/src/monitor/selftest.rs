@@ -25,6 +25,7 @@ pub const ROLES: &[&str] = &[
     "selftest-unix-client",
     "selftest-probe",
     "selftest-garbage-peer",
+    "selftest-restart-request",
 ];
 
 /// Runs a selftest role; `None` when `role` is not one of [`ROLES`].
@@ -51,6 +52,14 @@ pub fn run_role(role: &str, args: &[String]) -> Option<ExitCode> {
             panic!("selftest crash on purpose");
         }
         "selftest-hang" => park(),
+        "selftest-restart-request" => {
+            compartment.start_heartbeat();
+            std::thread::sleep(Duration::from_millis(50));
+            if let Err(error) = compartment.request_restart_for_update() {
+                eprintln!("selftest-restart-request: {error}");
+            }
+            park()
+        }
         "selftest-echo" => {
             compartment.start_heartbeat();
             echo(&compartment)

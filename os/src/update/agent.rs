@@ -11,6 +11,7 @@ use crate::boot::{BootError, BootMonitor};
 use crate::file_system::SlotFileSystem;
 use crate::root_of_trust::BootRootOfTrust;
 use crate::slots::Slot;
+use crate::update::http_get::HttpGetter;
 use crate::update::window::{UpdateWindowPolicy, WindowDecision};
 use hex::encode as hex;
 
@@ -137,7 +138,7 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> UpdateError + '_ {
 /// Downloads, stages and installs updates.
 #[derive(Debug, Clone)]
 pub struct UpdateAgent {
-    client: reqwest::Client,
+    http: HttpGetter,
     download_dir: PathBuf,
 }
 
@@ -150,20 +151,8 @@ impl UpdateAgent {
         download_dir: impl Into<PathBuf>,
         https: Option<rustls::ClientConfig>,
     ) -> Result<Self, UpdateError> {
-        let builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(30));
-        let builder = match https {
-            Some(tls) => builder.use_preconfigured_tls(tls),
-            // reqwest's rustls with an empty root store: every certificate is refused.
-            None => builder.tls_built_in_root_certs(false),
-        };
-        let client = builder.build().map_err(|error| UpdateError::Http {
-            url: String::new(),
-            reason: error.to_string(),
-        })?;
         Ok(Self {
-            client,
+            http: HttpGetter::new(https, Duration::from_secs(10), Duration::from_secs(30)),
             download_dir: download_dir.into(),
         })
     }
@@ -244,21 +233,14 @@ impl UpdateAgent {
             reason,
         };
         report(UpdateEvent::DownloadStarted { from });
-        let mut request = self.client.get(&offer.url);
-        if from > 0 {
-            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
-        }
-        let mut response = request
-            .send()
+        let mut response = self
+            .http
+            .get(&offer.url, from)
             .await
             .map_err(|error| http(error.to_string()))?;
-        let mut received = match response.status().as_u16() {
+        let mut received = match response.status() {
             206 => {
-                let range = response
-                    .headers()
-                    .get(reqwest::header::CONTENT_RANGE)
-                    .and_then(|value| value.to_str().ok())
-                    .unwrap_or_default();
+                let range = response.content_range().unwrap_or_default();
                 if !range.starts_with(&format!("bytes {from}-")) {
                     return Err(http(format!(
                         "unexpected Content-Range {range:?} for a resume from {from}"

@@ -1,6 +1,7 @@
 //! The update agent and the update-window policy.
 
 pub mod agent;
+mod http_get;
 pub mod window;
 
 pub use agent::{

@@ -100,6 +100,25 @@ async fn over_https_an_interrupted_download_resumes_with_a_range_request() {
         .expect_err("an unknown CA");
     assert!(matches!(refused, UpdateError::Http { .. }), "{refused}");
 
+    // Trusting another CA, the server's certificate is refused: the chain is verified.
+    let (_, _, other_ca) = serve_https(image.clone(), None).await;
+    let wrong =
+        UpdateAgent::new(dir.path().join("wrong"), Some(trusting(&other_ca))).expect("agent");
+    let refused = wrong
+        .download(&offer(url.clone(), &image), &mut |_| {})
+        .await
+        .expect_err("a server certificate from another CA");
+    assert!(
+        refused.to_string().contains("TLS") && refused.to_string().contains("certificate"),
+        "{refused}"
+    );
+    assert!(
+        !dir.path()
+            .join("wrong")
+            .join(format!("{}.wim", hex::encode(Sha256::digest(&image))))
+            .exists()
+    );
+
     let agent =
         UpdateAgent::new(dir.path().join("downloads"), Some(trusting(&ca_pem))).expect("agent");
     let mut monitor = monitor(dir.path(), &keys);

@@ -76,6 +76,7 @@ fn start(manifest: Manifest, trial: Option<Box<dyn TrialCrashSink>>) -> Running 
         program_prefix: vec!["compartment".into()],
         mode: SandboxMode::Enforce,
         image_version: "9.9.9-test".into(),
+        running_slot: None,
     };
     let mut monitor = Monitor::new(manifest, options).expect("monitor starts");
     if let Some(trial) = trial {
@@ -368,6 +369,101 @@ fn repeated_crashes_of_a_trial_image_roll_it_back_through_the_boot_monitor() {
     assert!(!next.trial);
     let status = boot.load_state().expect("state").slot(trial.slot).clone();
     assert!(matches!(status, SlotStatus::Failed { .. }), "{status:?}");
+}
+
+/// A manifest whose `[monitor.boot]` names `state_dir`, with one compartment that asks
+/// for a restart as soon as it runs, granted `restart_for_update` or not.
+fn restart_manifest(dir: &Path, state_dir: &Path, granted: bool) -> Manifest {
+    let mut asking = compartment("updater", "selftest-restart-request", &[], "");
+    if granted {
+        asking.push_str("restart_for_update = true\n");
+    }
+    let text = format!(
+        "[monitor]\nheartbeat_interval_ms = 50\nwatchdog_timeout_ms = 2000\n\
+         restart_backoff_initial_ms = 100\nrestart_backoff_max_ms = 2000\n\
+         report_dir = {:?}\nreport_capacity = 64\n\n\
+         [monitor.boot]\nstate_dir = {:?}\nproduct = \"test-product\"\n\
+         pluton_socket = \"/nonexistent/pluton.sock\"\ncapability_file = \"/nonexistent/cap\"\n\n{asking}",
+        dir.join("reports").display().to_string(),
+        state_dir.display().to_string(),
+    );
+    Manifest::parse(&text, "test-manifest.toml").expect("test manifest parses")
+}
+
+/// A boot state where 1.0.1 runs confirmed and, with `pending`, 1.0.2 is installed.
+fn boot_state(dir: &Path, pending: bool) -> std::path::PathBuf {
+    use warden_os::file_system::StdFileSystem;
+    use warden_os::{BootConfig, BootMonitor, MemoryRootOfTrust};
+    let keys = crate::support::Keys::new();
+    let state = dir.join("boot-state");
+    let mut boot = BootMonitor::new(
+        StdFileSystem::new(&state),
+        MemoryRootOfTrust::new(keys.roots()),
+        BootConfig::new(crate::support::product()),
+    );
+    let old = keys.image(1, 1, "#!/bin/sh\n", 64);
+    boot.install(&mut std::io::Cursor::new(&old), old.len() as u64)
+        .expect("install 1.0.1");
+    let first = boot.select_boot().expect("boot 1.0.1");
+    boot.confirm(first.slot).expect("confirm 1.0.1");
+    if pending {
+        let new = keys.image(2, 1, "#!/bin/sh\n", 64);
+        boot.install(&mut std::io::Cursor::new(&new), new.len() as u64)
+            .expect("install 1.0.2");
+    }
+    state
+}
+
+#[test]
+fn a_granted_restart_request_with_an_installed_update_ends_the_run() {
+    if !kernel_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = boot_state(dir.path(), true);
+    let running = start(restart_manifest(dir.path(), &state, true), None);
+    let (outcome, starts) = running.thread.join().expect("monitor thread");
+    assert_eq!(
+        outcome,
+        MonitorOutcome::RestartForUpdate {
+            by: "updater".into()
+        }
+    );
+    assert_eq!(starts.len(), 1, "ended, not restarted: {starts:?}");
+}
+
+#[test]
+fn a_restart_request_is_refused_without_the_grant_or_without_an_update() {
+    if !kernel_ready() {
+        return;
+    }
+    for (granted, pending, why) in [
+        (false, true, "does not grant restart_for_update"),
+        (true, false, "nothing new to boot"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = boot_state(dir.path(), pending);
+        let running = start(restart_manifest(dir.path(), &state, granted), None);
+        let reports = running.wait_for("the refused request's report", |reports| {
+            reports.iter().any(|r| {
+                matches!(&r.kind, FailureKind::PolicyDenied { action, .. } if action.contains("restart for update"))
+            })
+        });
+        assert!(
+            reports.iter().any(|r| r.compartment == "updater"
+                && matches!(&r.kind, FailureKind::PolicyDenied { action, .. } if action.contains(why))),
+            "{reports:#?}"
+        );
+        // The unit keeps running: the request changed nothing.
+        std::thread::sleep(Duration::from_millis(300));
+        let (outcome, starts) = running.stop();
+        assert_eq!(
+            outcome,
+            MonitorOutcome::Stopped,
+            "granted={granted} pending={pending}"
+        );
+        assert_eq!(starts.len(), 1, "{starts:?}");
+    }
 }
 
 #[test]
