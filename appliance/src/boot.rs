@@ -502,6 +502,18 @@ pub fn run_blocking(args: &BootPlan, stop: &AtomicBool) -> anyhow::Result<ExitCo
             .end_boot()
             .context("latching pluton's boot registers")?;
         let version = decision.version.to_string();
+        if std::env::var_os(crate::os_init::CONSOLE_ENV).is_some() {
+            // Warden OS's console: the verified, measured slot, before anything of it runs.
+            eprintln!(
+                "warden-os: verified slot={} version={version} measurement={}",
+                decision.slot.name(),
+                decision
+                    .measurement
+                    .iter()
+                    .map(|byte| format!("{byte:02x}"))
+                    .collect::<String>()
+            );
+        }
         for (slot, reason) in &decision.given_up {
             record(
                 args,

@@ -15,6 +15,7 @@ pub mod demo_tour;
 pub mod failure_reports;
 pub mod listening;
 pub mod metrics;
+pub mod os_init;
 pub mod passwd;
 pub mod pluton_host;
 pub mod ports;

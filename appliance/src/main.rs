@@ -157,6 +157,10 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
+    // Run by the kernel as the initramfs's /init: Warden OS's PID 1 (it never returns).
+    if std::process::id() == 1 {
+        warden::os_init::run()
+    }
     let cli = Cli::parse();
     init_logging(cli.log_json);
     let result = match cli.command {

@@ -4,14 +4,17 @@
 //! (the ignored tests that need real components: Mosquitto clients, Chromium, swtpm
 //! for pluton's TPM backend, …),
 //! `embedded` (the no_std crates for the Cortex-M4F target), `package` (the Debian
-//! package, built and checked), `module-cycles` (files of a crate that import each
+//! package, built and checked), `os-image` (Warden OS's disk), `os-run` (that disk
+//! booted in QEMU), `module-cycles` (files of a crate that import each
 //! other in a circle), `fuzz` (every cargo-fuzz target, built and run briefly).
 
 use std::process::{Command, ExitCode};
 
 mod fuzz;
 mod module_cycles;
+mod os_factory;
 mod os_image;
+mod os_run;
 mod package;
 mod step;
 
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
             Step::Cargo(args(&["build", "-p", "warden"])),
             Step::Check("Warden OS disk image", os_image::build),
         ],
+        "os-run" => vec![Step::Check("Warden OS in QEMU", os_run::run)],
         "module-cycles" => vec![Step::Check("module circles", no_module_cycles)],
         "fuzz" => vec![fuzz_step()],
         "ci" => {
@@ -64,7 +68,7 @@ fn main() -> ExitCode {
         }
         other => {
             eprintln!(
-                "unknown job {other:?}; jobs: ci, fmt, lint, test, test-real, embedded, package, os-image, module-cycles, fuzz"
+                "unknown job {other:?}; jobs: ci, fmt, lint, test, test-real, embedded, package, os-image, os-run, module-cycles, fuzz"
             );
             return ExitCode::FAILURE;
         }

@@ -14,9 +14,11 @@
 //! manifest, and the kernel modules the Debian kernel keeps as modules for a QEMU guest
 //! (virtio, erofs, ext4, dm-verity) with their dependencies from `modules.dep`.
 //!
-//! Gap (issue #20): `warden boot` has no PID-1 mode yet (mounting proc/sys/dev, loading
-//! these modules, mounting the slot and state partitions), so the image is laid out but
-//! does not boot to `warden-os: up`.
+//! The kernel runs `/init` as PID 1, which is `warden`'s PID-1 mode
+//! (`appliance/src/os_init.rs`): it loads these modules, mounts the state and slot
+//! partitions by GPT name and starts the boot stage. `vmlinuz` and `initrd.img` are also
+//! left next to the disk for `cargo xtask os-run` (`os_run.rs`), which starts them
+//! directly.
 //!
 //! Needs `strip` (binutils), Debian's `gdisk` (sgdisk), `erofs-utils`, `dosfstools`, `mtools`, `e2fsprogs`,
 //! and apt (for the kernel package).
@@ -28,7 +30,10 @@ use std::process::Command;
 use crate::package::{run, target_dir};
 
 /// The kernel modules the guest needs, by name; their dependencies are added.
+/// `crc32c_generic` comes first: ext4's and erofs's checksums (through `libcrc32c`)
+/// ask the crypto API for `crc32c` by name, not by symbol, so `depends=` misses it.
 const MODULES: &[&str] = &[
+    "crc32c_generic",
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
@@ -43,13 +48,34 @@ const SLOT_MIB: u64 = 64;
 const STATE_MIB: u64 = 64;
 const SECTOR: u64 = 512;
 
-/// The job: build the binary, then lay out the disk.
+/// The job (after `cargo build -p warden`): lay out the disk, with the signed image
+/// named on the command line, if any.
 pub fn build() -> Result<(), String> {
+    match std::env::args().nth(2).as_deref() {
+        None => build_with(&SlotContent::Empty),
+        Some("--dev-unit") => build_with(&SlotContent::DevUnit),
+        Some(path) => build_with(&SlotContent::Signed(PathBuf::from(path))),
+    }
+}
+
+/// What the root slots and the state partition start with.
+pub enum SlotContent {
+    /// Nothing: the guest's boot stage finds no image.
+    Empty,
+    /// This signed image in both root slots (the state partition knows nothing of it:
+    /// a provisioning step still has to install it).
+    Signed(PathBuf),
+    /// `os_factory`'s development unit: throw-away vendor keys, the `warden` binary
+    /// signed as 1.0.0 in slot A, the state partition provisioned for it.
+    DevUnit,
+}
+
+/// Lays out `target/os/warden-os.img` with `content` in its slots.
+pub fn build_with(content: &SlotContent) -> Result<(), String> {
     let out = target_dir().join("os");
     let work = out.join("work");
     let _ = std::fs::remove_dir_all(&work);
     mkdir(&work)?;
-    let signed = std::env::args().nth(2).map(PathBuf::from);
     let (kernel, modules_dir) = debian_kernel(&out.join("cache"))?;
     let binary = target_dir().join("debug").join("warden");
     if !binary.exists() {
@@ -84,11 +110,25 @@ pub fn build() -> Result<(), String> {
         .arg(&initrd)
         .arg("::initrd.img"))?;
 
+    let state_tree = work.join("state");
+    for dir in ["slots", "boot", "pluton", "reports", "outbox", "downloads"] {
+        mkdir(&state_tree.join(dir))?;
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/manifest.toml");
+    let (slot_a, slot_b) = match content {
+        SlotContent::Empty => (None, None),
+        SlotContent::Signed(signed) => (Some(signed.clone()), Some(signed.clone())),
+        SlotContent::DevUnit => {
+            let signed =
+                crate::os_factory::provision(&binary, &stripped, &manifest, &work, &state_tree)?;
+            (Some(signed), None)
+        }
+    };
     let mut slots = Vec::new();
-    for name in ["a", "b"] {
+    for (name, signed) in [("a", &slot_a), ("b", &slot_b)] {
         let tree = work.join(format!("slot-{name}"));
         mkdir(&tree)?;
-        if let Some(signed) = &signed {
+        if let Some(signed) = signed {
             copy(signed, &tree.join("warden.wim"))?;
         }
         let fs = work.join(format!("slot-{name}.erofs"));
@@ -100,10 +140,6 @@ pub fn build() -> Result<(), String> {
         slots.push(fs);
     }
 
-    let state_tree = work.join("state");
-    for dir in ["slots", "boot", "pluton", "reports", "outbox", "downloads"] {
-        mkdir(&state_tree.join(dir))?;
-    }
     let state = work.join("state.ext4");
     run(Command::new("mkfs.ext4")
         .args(["-q", "-L", "warden-state", "-d"])
@@ -157,13 +193,16 @@ pub fn build() -> Result<(), String> {
         .sync_all()
         .map_err(|e| format!("{}: {e}", disk.display()))?;
     run(Command::new("sgdisk").arg("--verify").arg(&disk))?;
+    // `os-run` starts these directly (the boot partition has no boot loader yet).
+    copy(&kernel, &out.join("vmlinuz"))?;
+    copy(&initrd, &out.join("initrd.img"))?;
     eprintln!(
         "    {}: {total_mib} MiB (boot {BOOT_MIB}, slots {SLOT_MIB} each, state {STATE_MIB}){}",
         disk.display(),
-        if signed.is_some() {
-            ""
-        } else {
-            "; slots empty (no SIGNED_IMAGE given)"
+        match content {
+            SlotContent::Empty => "; slots empty (no SIGNED_IMAGE given)",
+            SlotContent::Signed(_) => "",
+            SlotContent::DevUnit => "; development unit: 1.0.0 in slot A",
         }
     );
     Ok(())
@@ -292,7 +331,28 @@ fn write_initramfs(path: &Path, binary: &Path, modules_dir: &Path) -> Result<(),
     ] {
         archive.dir(dir);
     }
+    // The kernel opens /dev/console for init's standard streams before init runs (and
+    // mounts devtmpfs): without the node, PID 1 has no console to print to.
+    archive.char_device("dev/console", 0o600, 5, 1);
     archive.file("init", 0o755, &read(binary)?);
+    // The binary is dynamically linked: its loader and libraries (the host's, as
+    // `ldd` names them; Debian's libc6 on a Debian builder) go in at the same paths.
+    for library in shared_libraries(binary)? {
+        let inside = library.trim_start_matches('/');
+        let mut parent = String::new();
+        for part in Path::new(inside)
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+        {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(&part.as_os_str().to_string_lossy());
+            archive.dir_once(&parent);
+        }
+        archive.file(inside, 0o755, &read(Path::new(&library))?);
+    }
     archive.file(
         "etc/warden/manifest.toml",
         0o644,
@@ -313,15 +373,35 @@ fn write_initramfs(path: &Path, binary: &Path, modules_dir: &Path) -> Result<(),
     std::fs::write(path, archive.finish()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The absolute paths of the shared libraries and loader `binary` needs (`ldd`).
+fn shared_libraries(binary: &Path) -> Result<Vec<String>, String> {
+    let listing = run(Command::new("ldd").arg(binary))?;
+    Ok(listing
+        .lines()
+        .filter_map(|line| {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or
+            // `/lib64/ld-linux-x86-64.so.2 (0x…)`; the vDSO has no file.
+            let path = line.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect())
+}
+
 /// A newc ("070701") cpio archive in memory, as the kernel unpacks an initramfs.
 #[derive(Default)]
 struct Cpio {
     bytes: Vec<u8>,
     inode: u32,
+    dirs: std::collections::BTreeSet<String>,
 }
 
 impl Cpio {
     fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.entry_with_device(name, mode, data, (0, 0));
+    }
+
+    /// An entry; `device` is the (major, minor) of a device node.
+    fn entry_with_device(&mut self, name: &str, mode: u32, data: &[u8], device: (u32, u32)) {
         self.inode += 1;
         let header = format!(
             "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
@@ -334,8 +414,8 @@ impl Cpio {
             data.len(),
             0,
             0,
-            0,
-            0,
+            device.0,
+            device.1,
             name.len() + 1,
             0
         );
@@ -354,11 +434,23 @@ impl Cpio {
     }
 
     fn dir(&mut self, name: &str) {
+        self.dirs.insert(name.to_owned());
         self.entry(name, 0o040_755, &[]);
+    }
+
+    /// A directory, unless the archive has it already.
+    fn dir_once(&mut self, name: &str) {
+        if !self.dirs.contains(name) {
+            self.dir(name);
+        }
     }
 
     fn file(&mut self, name: &str, permissions: u32, data: &[u8]) {
         self.entry(name, 0o100_000 | permissions, data);
+    }
+
+    fn char_device(&mut self, name: &str, permissions: u32, major: u32, minor: u32) {
+        self.entry_with_device(name, 0o020_000 | permissions, &[], (major, minor));
     }
 
     fn finish(mut self) -> Vec<u8> {
