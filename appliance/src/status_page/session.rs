@@ -32,6 +32,8 @@ pub(super) struct Auth {
 pub(super) struct PageState {
     pub(super) appliance: ApplianceState,
     pub(super) auth: Arc<Auth>,
+    /// Where uploaded images go (`None`: the unit takes no updates).
+    pub(super) local_installs: Option<Arc<super::LocalInstallTarget>>,
 }
 
 /// The value of cookie `name` in the request.

@@ -55,6 +55,9 @@ const MAX_ANSWER_LINE: u64 = 64 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The partial file of the upload in progress, in the download directory.
 const PARTIAL_NAME: &str = "local-upload.part";
+/// How long a client waits for the install before its own to finish; then it is told
+/// another one is in progress.
+const BUSY_WAIT: Duration = Duration::from_secs(2);
 /// Bytes per read while receiving.
 const RECEIVE_CHUNK: usize = 64 * 1024;
 
@@ -187,14 +190,10 @@ impl LocalInstallClient {
         .map_err(|error| LocalClientError::Answer(error.to_string()))?;
         line.push(b'\n');
         let mut stream = tokio::io::BufReader::new(stream);
-        stream
-            .get_mut()
-            .write_all(&line)
-            .await
-            .map_err(|source| LocalClientError::Io {
-                what: "sending the request".to_owned(),
-                source,
-            })?;
+        if let Err(error) = stream.get_mut().write_all(&line).await {
+            // Answered before it read the request (busy): the answer explains.
+            tracing::debug!(%error, "local install: the updater closed before the request");
+        }
         Ok(Self { stream })
     }
 
@@ -307,7 +306,10 @@ pub async fn serve<F, R>(
         let (updater, busy, stop) = (updater.clone(), Arc::clone(&busy), shutdown.clone());
         tokio::spawn(async move {
             let mut stream = stream;
-            let Ok(_permit) = busy.try_acquire() else {
+            // A short wait: the last client may have its answer while its install
+            // task is still finishing.
+            let permit = tokio::time::timeout(BUSY_WAIT, busy.acquire()).await;
+            let Ok(Ok(_permit)) = permit else {
                 let answer = LocalInstallAnswer::refused(
                     RefusalKind::Busy,
                     "another local install is in progress; try again when it has finished",

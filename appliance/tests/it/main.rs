@@ -8,6 +8,7 @@ mod compartments;
 mod operations;
 mod pluton_attacks;
 mod status_page;
+mod offline_updates;
 mod updates;
 
 /// The walking skeleton end to end (scenario in `hil/src/scenario.rs`): the demo's
