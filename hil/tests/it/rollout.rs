@@ -30,14 +30,14 @@ use warden_wire::fleet_api::{
     StoredDeployment, StoredReport, WaveSize, deployment_path, device_path,
 };
 
-const PRODUCT: &str = "warden-demo";
+pub(super) const PRODUCT: &str = "warden-demo";
 const DEVICES: usize = 4;
 const FIRST_WAVE: usize = 2;
 /// Everything after the deployment is created must happen within this.
 const ROLLOUT_LIMIT: Duration = Duration::from_secs(60);
 
 /// The `warden` binary of this workspace build (beside this test's `deps/`).
-fn warden_binary() -> PathBuf {
+pub(super) fn warden_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary");
     let dir = exe
         .parent()
@@ -54,6 +54,16 @@ fn warden_binary() -> PathBuf {
 
 /// A signed image whose payload is one script, `bin/warden`.
 fn image(vendor_root: &SecretSigningKey, version: (u32, u32, u32), script: &str) -> Vec<u8> {
+    image_with_counter(vendor_root, version, script, 1)
+}
+
+/// [`image`] with its anti-rollback `security_counter`.
+pub(super) fn image_with_counter(
+    vendor_root: &SecretSigningKey,
+    version: (u32, u32, u32),
+    script: &str,
+    security_counter: u64,
+) -> Vec<u8> {
     let payload = encode_archive(vec![PayloadEntry {
         path: ENTRY_POINT.to_owned(),
         mode: 0o755,
@@ -66,7 +76,7 @@ fn image(vendor_root: &SecretSigningKey, version: (u32, u32, u32), script: &str)
     let template = ImageHeader {
         product: ProductId::new(PRODUCT).expect("product"),
         version: SemanticVersion::new(version.0, version.1, version.2),
-        security_counter: 1,
+        security_counter,
         build_id: BuildId([version.0 as u8; 16]),
         created_at: 1_790_000_000,
         payload_len: 0,
@@ -76,10 +86,10 @@ fn image(vendor_root: &SecretSigningKey, version: (u32, u32, u32), script: &str)
 }
 
 /// One appliance: its directory, identity and (once started) its boot stage.
-struct Device {
-    id: String,
-    dir: PathBuf,
-    boot: Option<Child>,
+pub(super) struct Device {
+    pub(super) id: String,
+    pub(super) dir: PathBuf,
+    pub(super) boot: Option<Child>,
 }
 
 impl Device {
@@ -87,12 +97,12 @@ impl Device {
         self.dir.join("pluton.sock")
     }
 
-    fn boot_state(&self) -> BootState {
+    pub(super) fn boot_state(&self) -> BootState {
         let bytes = std::fs::read(self.dir.join("boot/boot/state")).unwrap_or_default();
         BootState::decode(&bytes).unwrap_or_default()
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("boot.log")).unwrap_or_default();
         let start = text.len().saturating_sub(4000);
         let start = (start..text.len())
@@ -102,7 +112,7 @@ impl Device {
     }
 
     /// Stops the boot stage with SIGTERM (it stops the image and pluton first).
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         if let Some(mut boot) = self.boot.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -152,7 +162,7 @@ fn start_pluton(warden: &Path, dir: &Path) -> (Child, warden_pluton_api::PlutonC
 
 /// The factory: identity in pluton, the vendor root installed, image 1.0.0 in slot A
 /// (pending its first, trial boot). Returns the device ID and its public key.
-fn manufacture(warden: &Path, dir: &Path, vendor_root: &[u8; 65], v1: &[u8]) -> (String, [u8; 65]) {
+pub(super) fn manufacture(warden: &Path, dir: &Path, vendor_root: &[u8; 65], v1: &[u8]) -> (String, [u8; 65]) {
     std::fs::create_dir_all(dir).expect("device dir");
     let (mut pluton, mut client) = start_pluton(warden, dir);
     let capability_file = dir.join("pluton/provisioning.capability");
@@ -196,7 +206,7 @@ fn password_hash() -> String {
         .to_string()
 }
 
-fn write_config(device: &Device, pki: &DemoPki, cert: &Path, broker_port: u16) -> PathBuf {
+pub(super) fn write_config(device: &Device, pki: &DemoPki, cert: &Path, broker_port: u16) -> PathBuf {
     let dir = &device.dir;
     std::fs::create_dir_all(dir.join("status-page")).expect("dir");
     std::fs::write(dir.join("status-page/password.phc"), password_hash()).expect("password");
@@ -247,7 +257,7 @@ capability_file = "{capability}"
     path
 }
 
-fn start_boot(warden: &Path, device: &mut Device, config: &Path) {
+pub(super) fn start_boot(warden: &Path, device: &mut Device, config: &Path) {
     let dir = &device.dir;
     let log = std::fs::File::create(dir.join("boot.log")).expect("log");
     let child = Command::new(warden)
@@ -283,15 +293,15 @@ fn start_boot(warden: &Path, device: &mut Device, config: &Path) {
     device.boot = Some(child);
 }
 
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
+pub(super) struct Api {
+    pub(super) base: String,
+    pub(super) token: String,
+    pub(super) http: reqwest::Client,
 }
 
 impl Api {
     /// The answer to `GET path` as `T`, if the fleet gave one.
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Option<T> {
+    pub(super) async fn get<T: DeserializeOwned>(&self, path: &str) -> Option<T> {
         self.get_with(path, &Vec::<(String, String)>::new()).await
     }
 
@@ -310,14 +320,14 @@ impl Api {
     }
 
     /// A device's registry record, if it is registered.
-    async fn registered(&self, device_id: &str) -> Option<RegisteredDevice> {
+    pub(super) async fn registered(&self, device_id: &str) -> Option<RegisteredDevice> {
         match self.get::<DeviceView>(&device_path(device_id)).await? {
             DeviceView::Registered(record) => Some(*record),
             DeviceView::Unregistered { .. } => None,
         }
     }
 
-    async fn post(&self, path: &str, body: &impl Serialize) -> (u16, Value) {
+    pub(super) async fn post(&self, path: &str, body: &impl Serialize) -> (u16, Value) {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
@@ -330,7 +340,7 @@ impl Api {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn upload(&self, image: Vec<u8>) -> String {
+    pub(super) async fn upload(&self, image: Vec<u8>) -> String {
         let response = self
             .http
             .post(format!("{}{IMAGES_PATH}", self.base))
@@ -350,7 +360,7 @@ impl Api {
 
 /// Polls `check` every 200 ms until it returns `Some`, or fails with `what` and the
 /// devices' logs after `limit`.
-async fn wait_for<T>(
+pub(super) async fn wait_for<T>(
     what: &str,
     limit: Duration,
     devices: &[Device],
@@ -369,7 +379,7 @@ async fn wait_for<T>(
     }
 }
 
-fn confirmed_version(state: &BootState, slot: Slot) -> Option<[u32; 3]> {
+pub(super) fn confirmed_version(state: &BootState, slot: Slot) -> Option<[u32; 3]> {
     match state.slot(slot) {
         SlotStatus::Confirmed(image) => Some(image.version),
         _ => None,
