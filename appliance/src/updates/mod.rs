@@ -160,11 +160,19 @@ where
         retry_pause: Duration::from_secs(2),
         restart: booted_slot.and(restart.clone()),
     };
+    // An image installed from a file may run where the fleet is never reachable (an
+    // air-gapped cell): its trial does not wait for the link, only for the bridges.
+    let local_trial = InstalledRecord::load(&config.download_dir)
+        .is_some_and(|record| record.local && Some(record.slot) == trial_slot);
     let trial = trial_slot.map(|slot| {
+        let mut policy = trial_policy_from_env();
+        if local_trial {
+            policy.require_link = false;
+        }
         watch_trial(
             Arc::clone(&monitor),
             slot,
-            trial_policy_from_env(),
+            policy,
             health,
             restart,
             shutdown.clone(),
