@@ -322,7 +322,9 @@ where
         }
 
         let verifying = match origin {
-            Origin::Offer => "sha256 matches the offer; verifying the image signature and installing",
+            Origin::Offer => {
+                "sha256 matches the offer; verifying the image signature and installing"
+            }
             Origin::Local { .. } => "verifying the image signature and installing",
         };
         publish_from(

@@ -583,7 +583,10 @@ async fn receive(
         }
     };
     let synced = match outcome {
-        Ok(()) => file.sync_all().await.map_err(|e| failed("cannot sync the file", e)),
+        Ok(()) => file
+            .sync_all()
+            .await
+            .map_err(|e| failed("cannot sync the file", e)),
         Err(answer) => Err(answer),
     };
     drop(file);
@@ -626,7 +629,7 @@ fn verify_staged<F: SlotFileSystem, R: BootRootOfTrust>(
         .map_err(|e| format!("{}: {e}", path.display()))?
         .len();
     match verify_reader(&mut file, len, &trust, &mut |_| {}) {
-        Ok(verified) => Ok(verified.header().clone()),
+        Ok(verified) => Ok(*verified.header()),
         Err(ImageReadError::Image(error)) => {
             let header = read_header(path);
             Err(describe_refusal(error, header.as_ref(), product, counter))
@@ -639,7 +642,10 @@ fn verify_staged<F: SlotFileSystem, R: BootRootOfTrust>(
 fn read_header(path: &Path) -> Option<ImageHeader> {
     use std::io::Read as _;
     let mut bytes = [0u8; HEADER_LEN];
-    std::fs::File::open(path).ok()?.read_exact(&mut bytes).ok()?;
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut bytes)
+        .ok()?;
     ImageHeader::decode(&bytes).ok()
 }
 

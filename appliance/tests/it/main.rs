@@ -5,10 +5,10 @@ use std::path::Path;
 mod ble_and_privnet;
 mod bundle_floor;
 mod compartments;
+mod offline_updates;
 mod operations;
 mod pluton_attacks;
 mod status_page;
-mod offline_updates;
 mod updates;
 
 /// The walking skeleton end to end (scenario in `hil/src/scenario.rs`): the demo's

@@ -27,7 +27,9 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 pending.push(path);
             } else if kind.is_file() {
@@ -66,12 +68,7 @@ async fn an_image_from_a_file_installs_on_trial_and_bad_files_change_nothing() {
     let listener = local::bind(&downloads).expect("socket");
     let socket = local::socket_path(&downloads);
     let shutdown = CancellationToken::new();
-    tokio::spawn(local::serve(
-        listener,
-        updater,
-        8 << 20,
-        shutdown.clone(),
-    ));
+    tokio::spawn(local::serve(listener, updater, 8 << 20, shutdown.clone()));
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).expect("file");
@@ -88,7 +85,11 @@ async fn an_image_from_a_file_installs_on_trial_and_bad_files_change_nothing() {
     assert_eq!(version, "1.2.0");
     let statuses = update_statuses(&control);
     let states: Vec<&str> = statuses.iter().map(|s| s.state.as_str()).collect();
-    assert_eq!(states, ["verifying", "verifying", "installed"], "{statuses:?}");
+    assert_eq!(
+        states,
+        ["verifying", "verifying", "installed"],
+        "{statuses:?}"
+    );
     for status in &statuses {
         assert_eq!(status.id, *id);
         assert_eq!(status.source.as_deref(), Some(UPDATE_SOURCE_LOCAL));
@@ -139,7 +140,11 @@ async fn an_image_from_a_file_installs_on_trial_and_bad_files_change_nothing() {
     let older = vendor.image_for(&dir.path().join("r4"), "1.1.0", PRODUCT, 1);
     for (name, bytes, names) in [
         ("tampered.wim", &tampered, "altered"),
-        ("product.wim", &other_product, "wrong product: the image is for another-gw"),
+        (
+            "product.wim",
+            &other_product,
+            "wrong product: the image is for another-gw",
+        ),
         ("older.wim", &older, "anti-rollback"),
     ] {
         let answer = install(&socket, &write(name, bytes)).await;

@@ -1118,10 +1118,11 @@ async fn an_image_uploaded_on_the_page_is_verified_and_installed() {
         .expect("vendor root installed");
 
     let config = std::fs::read_to_string(&world.appliance_config).expect("config");
-    let product = warden::config::ApplianceConfig::parse_unchecked(&config, &world.appliance_config)
-        .expect("config")
-        .device
-        .product;
+    let product =
+        warden::config::ApplianceConfig::parse_unchecked(&config, &world.appliance_config)
+            .expect("config")
+            .device
+            .product;
     let config = format!(
         "{config}\n[updates]\nstate_dir = \"updates\"\ndownload_dir = \"downloads\"\n\
          capability_file = \"pluton/provisioning.capability\"\nmax_local_image_mib = 1\n"
@@ -1174,7 +1175,10 @@ async fn an_image_uploaded_on_the_page_is_verified_and_installed() {
         .upload(Some(&csrf), &tampered, tampered.len() as u64)
         .await;
     assert_eq!(refused.status, 422, "{refused:?}");
-    let detail = refused.json()["detail"].as_str().unwrap_or_default().to_owned();
+    let detail = refused.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(detail.contains("altered"), "{detail}");
     assert!(!boot_state.exists(), "a refused image touched the slots");
     // A good image: verified, installed, boots on trial next.

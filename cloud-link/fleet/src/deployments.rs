@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use warden_wire::topics::{
-    PROTOCOL_VERSION, UPDATE_SOURCE_LOCAL, UpdateOffer, UpdateState, UpdateStatus, device_of_topic, encode,
-    update_offer_topic,
+    PROTOCOL_VERSION, UPDATE_SOURCE_LOCAL, UpdateOffer, UpdateState, UpdateStatus, device_of_topic,
+    encode, update_offer_topic,
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};

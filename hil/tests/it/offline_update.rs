@@ -20,8 +20,8 @@ use warden_wire::fleet_api::{
 };
 
 use super::rollout::{
-    Api, Device, PRODUCT, confirmed_version, image_with_counter, manufacture, start_boot,
-    wait_for, warden_binary, write_config,
+    Api, Device, PRODUCT, confirmed_version, image_with_counter, manufacture, start_boot, wait_for,
+    warden_binary, write_config,
 };
 
 fn free_port() -> u16 {
@@ -164,7 +164,9 @@ async fn an_image_from_a_file_installs_without_the_fleet_and_is_reported_when_it
         "1.1.0 to boot on trial and confirm itself with the fleet down",
         Duration::from_secs(60),
         devices,
-        async || (confirmed_version(&device.boot_state(), Slot::B) == Some([1, 1, 0])).then_some(()),
+        async || {
+            (confirmed_version(&device.boot_state(), Slot::B) == Some([1, 1, 0])).then_some(())
+        },
     )
     .await;
     // The fleet returns (same ports, same database): it learns what happened.

@@ -162,7 +162,12 @@ fn start_pluton(warden: &Path, dir: &Path) -> (Child, warden_pluton_api::PlutonC
 
 /// The factory: identity in pluton, the vendor root installed, image 1.0.0 in slot A
 /// (pending its first, trial boot). Returns the device ID and its public key.
-pub(super) fn manufacture(warden: &Path, dir: &Path, vendor_root: &[u8; 65], v1: &[u8]) -> (String, [u8; 65]) {
+pub(super) fn manufacture(
+    warden: &Path,
+    dir: &Path,
+    vendor_root: &[u8; 65],
+    v1: &[u8],
+) -> (String, [u8; 65]) {
     std::fs::create_dir_all(dir).expect("device dir");
     let (mut pluton, mut client) = start_pluton(warden, dir);
     let capability_file = dir.join("pluton/provisioning.capability");
@@ -206,7 +211,12 @@ fn password_hash() -> String {
         .to_string()
 }
 
-pub(super) fn write_config(device: &Device, pki: &DemoPki, cert: &Path, broker_port: u16) -> PathBuf {
+pub(super) fn write_config(
+    device: &Device,
+    pki: &DemoPki,
+    cert: &Path,
+    broker_port: u16,
+) -> PathBuf {
     let dir = &device.dir;
     std::fs::create_dir_all(dir.join("status-page")).expect("dir");
     std::fs::write(dir.join("status-page/password.phc"), password_hash()).expect("password");

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use warden_wire::topics::{
     Ack, AttestationChallenge, AttestationQuote, AttestationVerdict, Command, CommandAction,
     CommandResult, CommandStatus, Delivery, DeviceEvent, FailureReportMessage, PROTOCOL_VERSION,
-    Reading, TelemetryBatch, TwinDesired, TwinReported, UpdateOffer, UpdateStatus, UPDATE_SOURCE_LOCAL, encode,
+    Reading, TelemetryBatch, TwinDesired, TwinReported, UPDATE_SOURCE_LOCAL, UpdateOffer,
+    UpdateStatus, encode,
 };
 
 /// Each topic suffix and the schema of its payload.
