@@ -124,7 +124,7 @@ pub async fn start(
         config
             .updates
             .as_ref()
-            .map(|updates| crate::status_page::LocalInstallTarget {
+            .map(|updates| crate::updates::local::LocalInstallTarget {
                 socket: crate::updates::local::socket_path(&updates.download_dir),
                 max_bytes: updates.max_local_image_mib.saturating_mul(1 << 20),
             });

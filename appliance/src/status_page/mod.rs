@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::StatusPageConfig;
 use crate::listening::{GuardedTcpListener, ListenerPlan, METRICS_DEADLINES};
 use crate::state::ApplianceState;
+use crate::updates::local::LocalInstallTarget;
 use auth::{LoginLimiter, PasswordVerifier, Sessions};
 use session::{Auth, PageState};
 use tls::{ClientAddress, TlsListener, WebIdentity};
@@ -43,16 +44,6 @@ pub struct PreparedPage {
     password: PasswordVerifier,
     session_idle: Duration,
     local_installs: Option<LocalInstallTarget>,
-}
-
-/// Where the page's upload form sends an image: the updater's local install socket
-/// (`crate::updates::local`), and the largest file it takes.
-#[derive(Debug, Clone)]
-pub struct LocalInstallTarget {
-    /// The updater's socket.
-    pub socket: std::path::PathBuf,
-    /// The largest upload, bytes (`[updates] max_local_image_mib`).
-    pub max_bytes: u64,
 }
 
 /// Where the started page listens.

@@ -66,6 +66,16 @@ pub fn socket_path(download_dir: &Path) -> PathBuf {
     download_dir.join(SOCKET_NAME)
 }
 
+/// Where a client (the status page's upload form) sends images: the updater's socket,
+/// and the largest file it takes.
+#[derive(Debug, Clone)]
+pub struct LocalInstallTarget {
+    /// The updater's socket.
+    pub socket: PathBuf,
+    /// The largest image, bytes (`[updates] max_local_image_mib`).
+    pub max_bytes: u64,
+}
+
 /// What a client asks: install the `size` bytes that follow this line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalInstallRequest {

@@ -685,6 +685,32 @@ fn start_pluton(
     )
 }
 
+/// Pluton on `state/pluton.sock` with the unit's identity (the role tokens minted as
+/// `warden boot` would: pluton and the appliance get them), then the demo's fleet and
+/// equipment for that identity.
+async fn world_with_pluton(
+    state: &Path,
+) -> (
+    PlutonProcess,
+    LaunchTokens,
+    warden_hil::demo::DemoWorld,
+    tokio_util::sync::CancellationToken,
+) {
+    let tokens = LaunchTokens::mint().expect("role tokens");
+    let (pluton, identity) =
+        start_pluton(&state.join("pluton.sock"), &state.join("pluton"), &tokens);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let world = warden_hil::demo::DemoWorld::start(
+        state,
+        warden_hil::demo::DemoPorts::EPHEMERAL,
+        Some(identity),
+        shutdown.clone(),
+    )
+    .await
+    .expect("fleet and equipment start");
+    (pluton, tokens, world, shutdown)
+}
+
 /// A boot monitor record as `warden boot` leaves it after an update was installed:
 /// slot A confirmed (1.4.0, primary), slot B installed and pending (1.5.0).
 fn write_boot_record(state_dir: &Path) {
@@ -713,19 +739,7 @@ async fn status_page_shows_slots_attestation_and_failure_reports_in_chromium() {
     use warden_os::reports::{FailureKind, ReportStore};
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path();
-    let socket = state.join("pluton.sock");
-    // As `warden boot` would: one token per role, pluton and the appliance get them.
-    let tokens = LaunchTokens::mint().expect("role tokens");
-    let (_pluton, identity) = start_pluton(&socket, &state.join("pluton"), &tokens);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let world = warden_hil::demo::DemoWorld::start(
-        state,
-        warden_hil::demo::DemoPorts::EPHEMERAL,
-        Some(identity),
-        shutdown.clone(),
-    )
-    .await
-    .expect("fleet and equipment start");
+    let (_pluton, tokens, world, shutdown) = world_with_pluton(state).await;
 
     let reports = state.join("reports");
     let ring = ReportStore::open(&reports, 64, "1.4.0").expect("ring");
@@ -1089,17 +1103,7 @@ async fn an_image_uploaded_on_the_page_is_verified_and_installed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path();
     let socket = state.join("pluton.sock");
-    let tokens = LaunchTokens::mint().expect("role tokens");
-    let (_pluton, identity) = start_pluton(&socket, &state.join("pluton"), &tokens);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let world = warden_hil::demo::DemoWorld::start(
-        state,
-        warden_hil::demo::DemoPorts::EPHEMERAL,
-        Some(identity),
-        shutdown.clone(),
-    )
-    .await
-    .expect("fleet and equipment start");
+    let (_pluton, tokens, world, shutdown) = world_with_pluton(state).await;
     // The factory installs the vendor root: images are verified against it.
     let capability = warden_pluton::server::read_capability_file(
         &state

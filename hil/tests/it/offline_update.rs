@@ -15,13 +15,11 @@ use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 use warden_keychain::tooling::load_secret_key;
 use warden_os::slots::Slot;
-use warden_wire::fleet_api::{
-    DEFAULT_GROUP, DEVICES_PATH, PRODUCTS_PATH, ProductRequest, RegisterRequest,
-};
+use warden_wire::fleet_api::{DEFAULT_GROUP, DEVICES_PATH, RegisterRequest};
 
 use super::rollout::{
-    Api, Device, PRODUCT, confirmed_version, image_with_counter, manufacture, start_boot, wait_for,
-    warden_binary, write_config,
+    Device, PRODUCT, confirmed_version, fleet_config, image_with_counter, manufacture, start_boot,
+    start_fleet_with_product, wait_for, warden_binary, write_config,
 };
 
 fn free_port() -> u16 {
@@ -41,29 +39,9 @@ async fn an_image_from_a_file_installs_without_the_fleet_and_is_reported_when_it
     let vendor_root_public = pki.vendor_root_public_key().expect("vendor root");
 
     // Fixed ports: the fleet comes back where the unit looks for it.
-    let mut config = pki.fleet_config(root, free_port(), free_port());
-    config.rollouts.tick_ms = 200;
-    config.rollouts.attestation_interval_secs = 0;
+    let config = fleet_config(&pki, root, free_port(), free_port());
     let mut shutdown = CancellationToken::new();
-    let fleet = warden_fleet::start(&config, shutdown.clone())
-        .await
-        .expect("fleet starts");
-    let api = Api {
-        base: format!("http://{}", fleet.http_address),
-        token: pki.fleet_token().expect("token"),
-        http: reqwest::Client::new(),
-    };
-    let manufacturer_ca = std::fs::read_to_string(&pki.manufacturer_ca).expect("ca");
-    let (status, body) = api
-        .post(
-            PRODUCTS_PATH,
-            &ProductRequest {
-                name: PRODUCT.to_owned(),
-                manufacturer_ca_pem: manufacturer_ca,
-            },
-        )
-        .await;
-    assert!(status == 201 || status == 200, "product: {status} {body}");
+    let (fleet, api) = start_fleet_with_product(&pki, &config, &shutdown).await;
     let runs_warden = format!("#!/bin/sh\nexec '{}' \"$@\"\n", warden.display());
     let v1 = image_with_counter(&vendor_root, (1, 0, 0), &runs_warden, 1);
     // 1.1.0 raises the anti-rollback counter to 2; 1.0.1 (counter 1) is then a downgrade.

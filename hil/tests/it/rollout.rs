@@ -368,6 +368,48 @@ impl Api {
     }
 }
 
+/// The fleet's config for these tests: embedded broker, SQLite under `root`, quick
+/// rollout steps, attestation on connect.
+pub(super) fn fleet_config(
+    pki: &DemoPki,
+    root: &Path,
+    http_port: u16,
+    mqtt_port: u16,
+) -> warden_fleet::FleetConfig {
+    let mut config = pki.fleet_config(root, http_port, mqtt_port);
+    config.rollouts.tick_ms = 200;
+    config.rollouts.attestation_interval_secs = 0;
+    config
+}
+
+/// Starts the fleet with `config` and registers [`PRODUCT`] with the manufacturer CA.
+pub(super) async fn start_fleet_with_product(
+    pki: &DemoPki,
+    config: &warden_fleet::FleetConfig,
+    shutdown: &CancellationToken,
+) -> (warden_fleet::RunningFleet, Api) {
+    let fleet = warden_fleet::start(config, shutdown.clone())
+        .await
+        .expect("fleet starts");
+    let api = Api {
+        base: format!("http://{}", fleet.http_address),
+        token: pki.fleet_token().expect("token"),
+        http: reqwest::Client::new(),
+    };
+    let manufacturer_ca = std::fs::read_to_string(&pki.manufacturer_ca).expect("ca");
+    let (status, body) = api
+        .post(
+            PRODUCTS_PATH,
+            &ProductRequest {
+                name: PRODUCT.to_owned(),
+                manufacturer_ca_pem: manufacturer_ca,
+            },
+        )
+        .await;
+    assert!(status == 201 || status == 200, "product: {status} {body}");
+    (fleet, api)
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, or fails with `what` and the
 /// devices' logs after `limit`.
 pub(super) async fn wait_for<T>(
@@ -405,30 +447,9 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
     let vendor_root = load_secret_key(&pki.vendor_root_key).expect("vendor root key");
     let vendor_root_public = pki.vendor_root_public_key().expect("vendor root");
 
-    // The fleet: embedded broker, SQLite, quick rollout steps, attestation on connect.
-    let mut config = pki.fleet_config(root, 0, 0);
-    config.rollouts.tick_ms = 200;
-    config.rollouts.attestation_interval_secs = 0;
+    let config = fleet_config(&pki, root, 0, 0);
     let shutdown = CancellationToken::new();
-    let fleet = warden_fleet::start(&config, shutdown.clone())
-        .await
-        .expect("fleet starts");
-    let api = Api {
-        base: format!("http://{}", fleet.http_address),
-        token: pki.fleet_token().expect("token"),
-        http: reqwest::Client::new(),
-    };
-    let manufacturer_ca = std::fs::read_to_string(&pki.manufacturer_ca).expect("ca");
-    let (status, body) = api
-        .post(
-            PRODUCTS_PATH,
-            &ProductRequest {
-                name: PRODUCT.to_owned(),
-                manufacturer_ca_pem: manufacturer_ca,
-            },
-        )
-        .await;
-    assert!(status == 201 || status == 200, "product: {status} {body}");
+    let (fleet, api) = start_fleet_with_product(&pki, &config, &shutdown).await;
 
     // Image 1.0.0 runs the real appliance; 2.0.0 fails as soon as it starts.
     let v1 = image(
