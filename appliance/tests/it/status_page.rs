@@ -173,23 +173,9 @@ impl Browserless {
     ) -> Response {
         let mut all: Vec<(&str, String)> = headers.to_vec();
         if !self.cookies.is_empty() {
-            let jar = self
-                .cookies
-                .iter()
-                .map(|(n, v)| format!("{n}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            all.push(("Cookie", jar));
+            all.push(("Cookie", self.cookie_jar()));
         }
-        let tcp = tokio::net::TcpStream::connect(&self.host)
-            .await
-            .expect("connect");
-        let name = ServerName::try_from("localhost").expect("name");
-        let mut tls = self
-            .connector
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
+        let mut tls = self.connect().await;
         tls.write_all(&request_bytes(method, path, &self.host, &all, body))
             .await
             .expect("send");
@@ -211,6 +197,27 @@ impl Browserless {
             }
         }
         response
+    }
+
+    /// The cookies as one `Cookie` header value.
+    fn cookie_jar(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// A new TLS connection to the page.
+    async fn connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(&self.host)
+            .await
+            .expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        self.connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake")
     }
 
     /// Fetches the login form, then posts `password` with its CSRF token.
@@ -1058,22 +1065,8 @@ impl Browserless {
         if let Some(csrf) = csrf {
             request.push_str(&format!("{}: {csrf}\r\n", warden::status_page::CSRF_HEADER));
         }
-        let jar = self
-            .cookies
-            .iter()
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        request.push_str(&format!("Cookie: {jar}\r\n\r\n"));
-        let tcp = tokio::net::TcpStream::connect(&self.host)
-            .await
-            .expect("connect");
-        let name = ServerName::try_from("localhost").expect("name");
-        let mut tls = self
-            .connector
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
+        request.push_str(&format!("Cookie: {}\r\n\r\n", self.cookie_jar()));
+        let mut tls = self.connect().await;
         tls.write_all(request.as_bytes()).await.expect("send");
         // The server may answer (and close) before the whole body is sent.
         let _ = tls.write_all(body).await;

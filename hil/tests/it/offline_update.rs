@@ -15,10 +15,9 @@ use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 use warden_keychain::tooling::load_secret_key;
 use warden_os::slots::Slot;
-use warden_wire::fleet_api::{DEFAULT_GROUP, DEVICES_PATH, RegisterRequest};
 
 use super::rollout::{
-    Device, PRODUCT, confirmed_version, fleet_config, image_with_counter, manufacture, start_boot,
+    Device, confirmed_version, fleet_config, image_with_counter, manufacture, start_boot,
     start_fleet_with_product, wait_for, warden_binary, write_config,
 };
 
@@ -54,23 +53,7 @@ async fn an_image_from_a_file_installs_without_the_fleet_and_is_reported_when_it
 
     let device_dir = root.join("unit0");
     let (id, public_key) = manufacture(&warden, &device_dir, &vendor_root_public, &v1);
-    let cert = pki
-        .issue_device_certificate(&id, &public_key)
-        .expect("device certificate");
-    let (status, body) = api
-        .post(
-            DEVICES_PATH,
-            &RegisterRequest {
-                device_id: id.clone(),
-                serial: "SN-offline".to_owned(),
-                product: PRODUCT.to_owned(),
-                group: DEFAULT_GROUP.to_owned(),
-                certificate_pem: std::fs::read_to_string(&cert).expect("cert"),
-                image_version: "1.0.0".to_owned(),
-            },
-        )
-        .await;
-    assert_eq!(status, 201, "register {id}: {body}");
+    let cert = api.register(&pki, &id, &public_key, "SN-offline").await;
     let mut device = Device {
         id: id.clone(),
         dir: device_dir.clone(),

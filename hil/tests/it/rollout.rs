@@ -350,6 +350,35 @@ impl Api {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Issues the device certificate of `id` and registers it (running 1.0.0 in the
+    /// default group); the certificate's path.
+    pub(super) async fn register(
+        &self,
+        pki: &DemoPki,
+        id: &str,
+        public_key: &[u8; 65],
+        serial: &str,
+    ) -> PathBuf {
+        let cert = pki
+            .issue_device_certificate(id, public_key)
+            .expect("device certificate");
+        let (status, body) = self
+            .post(
+                DEVICES_PATH,
+                &RegisterRequest {
+                    device_id: id.to_owned(),
+                    serial: serial.to_owned(),
+                    product: PRODUCT.to_owned(),
+                    group: DEFAULT_GROUP.to_owned(),
+                    certificate_pem: std::fs::read_to_string(&cert).expect("cert"),
+                    image_version: "1.0.0".to_owned(),
+                },
+            )
+            .await;
+        assert_eq!(status, 201, "register {id}: {body}");
+        cert
+    }
+
     pub(super) async fn upload(&self, image: Vec<u8>) -> String {
         let response = self
             .http
@@ -469,23 +498,9 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
     for index in 0..DEVICES {
         let device_dir = root.join(format!("unit{index}"));
         let (id, public_key) = manufacture(&warden, &device_dir, &vendor_root_public, &v1);
-        let cert = pki
-            .issue_device_certificate(&id, &public_key)
-            .expect("device certificate");
-        let (status, body) = api
-            .post(
-                DEVICES_PATH,
-                &RegisterRequest {
-                    device_id: id.clone(),
-                    serial: format!("SN-{index}"),
-                    product: PRODUCT.to_owned(),
-                    group: DEFAULT_GROUP.to_owned(),
-                    certificate_pem: std::fs::read_to_string(&cert).expect("cert"),
-                    image_version: "1.0.0".to_owned(),
-                },
-            )
+        let cert = api
+            .register(&pki, &id, &public_key, &format!("SN-{index}"))
             .await;
-        assert_eq!(status, 201, "register {id}: {body}");
         let mut device = Device {
             id,
             dir: device_dir,
