@@ -205,6 +205,30 @@ async function decide(action) {
   }
 }
 
+// The file goes as the request body (streamed by the browser, never read whole here),
+// with the session's CSRF token in the header like every other POST.
+async function uploadImage(event) {
+  event.preventDefault();
+  const file = document.getElementById("update-file").files[0];
+  if (!file) return;
+  text("update-upload-result", "Uploading " + file.name + " (" + file.size + " bytes)…");
+  try {
+    const response = await fetch("/api/updates/upload", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrfToken || "", "Content-Type": "application/octet-stream" },
+      body: file,
+    });
+    const answer = await response.json().catch(() => null);
+    const detail = answer && answer.detail ? answer.detail : "HTTP " + response.status;
+    if (answer && answer.state === "installed") text("update-upload-result", "Installed: " + detail);
+    else if (answer && answer.state === "waiting") text("update-upload-result", "Verified, waiting: " + detail);
+    else text("update-upload-result", "Refused: " + detail);
+  } catch (e) {
+    text("update-upload-result", "Upload failed: " + String(e.message || e));
+  }
+}
+
 async function start() {
   const response = await fetch("/api/session", { credentials: "same-origin" });
   if (response.status === 401) { window.location.assign("/login"); return; }
@@ -212,6 +236,7 @@ async function start() {
   document.getElementById("logout-csrf").value = csrfToken;
   document.getElementById("update-defer").addEventListener("click", () => decide("defer"));
   document.getElementById("update-allow").addEventListener("click", () => decide("allow"));
+  document.getElementById("update-upload").addEventListener("submit", uploadImage);
   document.getElementById("report-detail-close").addEventListener("click", () => {
     const pane = document.getElementById("report-detail");
     pane.hidden = true;

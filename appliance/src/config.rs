@@ -43,6 +43,18 @@ pub struct UpdatesConfig {
     /// Pluton's provisioning capability (32 bytes) that the boot monitor's root of
     /// trust needs; images are verified against pluton's vendor roots.
     pub capability_file: PathBuf,
+    /// The largest image taken from a file (`warden update install`, the status page's
+    /// upload), MiB.
+    #[serde(default = "default_max_local_image_mib")]
+    pub max_local_image_mib: u64,
+}
+
+/// The default of `[updates] max_local_image_mib`: room for the appliance's image with
+/// a large margin, far below what the download directory's partition holds.
+pub const DEFAULT_MAX_LOCAL_IMAGE_MIB: u64 = 256;
+
+fn default_max_local_image_mib() -> u64 {
+    DEFAULT_MAX_LOCAL_IMAGE_MIB
 }
 
 /// Where the monitor keeps its failure reports (its manifest's `report_dir`).

@@ -137,6 +137,25 @@ enum Command {
     /// Build, sign, inspect and verify firmware images.
     #[command(subcommand)]
     Image(warden_os::cli::ImageCommand),
+    /// Updates on this unit.
+    #[command(subcommand)]
+    Update(UpdateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UpdateCommand {
+    /// Install a signed image from a file (a USB stick, a laptop) through the running
+    /// appliance: verified, gated and installed exactly as a fleet offer; the new slot
+    /// boots on trial and the result reaches the fleet when the link returns.
+    Install {
+        /// The signed image (`.wim`).
+        file: PathBuf,
+        /// The appliance config (names `[updates] download_dir`, where the updater's
+        /// socket is). Default: the config the running appliance was started with,
+        /// else /etc/warden/warden.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +223,9 @@ fn main() -> ExitCode {
             policy_explain(&file, &request)
         }
         Some(Command::Image(command)) => command.run(),
+        Some(Command::Update(UpdateCommand::Install { file, config })) => {
+            run_async(update_install(file, config))
+        }
         Some(Command::Pluton {
             socket,
             state_dir,
@@ -395,6 +417,32 @@ fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
         print!("{}", warden::control::render(&status));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn update_install(file: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use warden::updates::local::{self, LocalInstallAnswer};
+    let config = ApplianceConfig::load(&warden::control::config_for_status(config)?)?;
+    let Some(updates) = &config.updates else {
+        anyhow::bail!("this unit takes no updates: its config has no [updates] section");
+    };
+    let socket = local::socket_path(&updates.download_dir);
+    eprintln!("sending {} to the updater", file.display());
+    let answer = local::install_file(&socket, &file, &mut |_| {}).await?;
+    match answer {
+        LocalInstallAnswer::Installed { id, detail, .. } => {
+            println!("installed ({id}): {detail}");
+            Ok(ExitCode::SUCCESS)
+        }
+        LocalInstallAnswer::Waiting { id, detail, .. } => {
+            println!("verified and waiting ({id}): {detail}");
+            Ok(ExitCode::SUCCESS)
+        }
+        LocalInstallAnswer::Refused { detail, .. } => {
+            eprintln!("refused: {detail}");
+            Ok(ExitCode::FAILURE)
+        }
+        other => anyhow::bail!("unexpected answer from the updater: {other:?}"),
+    }
 }
 
 fn passwd(

@@ -500,8 +500,11 @@ impl Factory {
 
         warden_provision::ca::init(
             &dir.join("ca"),
-            "Warden demo manufacturer CA",
-            "Warden demo",
+            &warden_provision::ca::CaSubject {
+                common_name: "Warden demo manufacturer CA",
+                organization: "Warden demo",
+                valid_years: warden_provision::ca::CA_VALID_YEARS,
+            },
             CA_PASSPHRASE.as_bytes(),
             warden_provision::key_envelope::KdfCost::default(),
         )?;

@@ -120,8 +120,17 @@ pub async fn start(
         )?;
         tasks.adopt("control socket", control_tasks);
     }
+    let local_installs =
+        config
+            .updates
+            .as_ref()
+            .map(|updates| crate::updates::local::LocalInstallTarget {
+                socket: crate::updates::local::socket_path(&updates.download_dir),
+                max_bytes: updates.max_local_image_mib.saturating_mul(1 << 20),
+            });
     let mut page_tasks = JoinSet::new();
     let started = page
+        .with_local_installs(local_installs)
         .start(state, &plan, shutdown, &mut page_tasks)
         .await
         .context("cannot start the status page")?;

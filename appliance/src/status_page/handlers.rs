@@ -1,11 +1,11 @@
-//! The page's handlers: the page and its assets, login and logout, the status API and
-//! the operator's update decisions.
+//! The page's handlers: the page and its assets, login and logout, the status API,
+//! the operator's update decisions and images uploaded from a file.
 
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
@@ -16,6 +16,7 @@ use super::session::{LOGIN_COOKIE, PageState, SESSION_COOKIE, cookie, form_field
 use super::status;
 use super::tls::ClientAddress;
 use crate::state::updates::UpdateDecision;
+use crate::updates::local::{LocalInstallAnswer, LocalInstallClient, RefusalKind};
 
 /// Passwords longer than this are refused before hashing.
 const MAX_PASSWORD_BYTES: usize = 256;
@@ -261,4 +262,122 @@ pub(super) async fn allow_updates(
         .allow(crate::clock::now_ms());
     tracing::info!("status page: operator allowed updates");
     Json(current_updates(&state)).into_response()
+}
+
+/// Length of the upload in the request's `Content-Length`.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn upload_answer(status: StatusCode, answer: &LocalInstallAnswer) -> Response {
+    (status, Json(answer)).into_response()
+}
+
+/// An image uploaded by the operator: the session's CSRF token in the header (the
+/// body is the image and is not read before the check), its length announced and
+/// within the limit, then streamed chunk by chunk to the updater's local install
+/// socket, which writes it to disk, verifies, gates and installs it as it would an
+/// offer's download. The updater's answer is the response: 200 installed, 202
+/// verified and waiting for the gate, 413 too large, 409 another install in
+/// progress, 422 refused (what was wrong: signature, product, anti-rollback, …).
+pub(super) async fn upload_update(
+    State(state): State<PageState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(refused) = state.require_csrf(&headers, &[]) {
+        return refused.into_response();
+    }
+    let Some(target) = state.local_installs.clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this unit takes no updates (its config has no [updates] section)\n",
+        )
+            .into_response();
+    };
+    let Some(size) = content_length(&headers) else {
+        return (
+            StatusCode::LENGTH_REQUIRED,
+            "send the image with its length (Content-Length)\n",
+        )
+            .into_response();
+    };
+    if size > target.max_bytes {
+        return upload_answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &LocalInstallAnswer::Refused {
+                reason: RefusalKind::TooLarge,
+                detail: format!(
+                    "the file is {size} bytes; this unit takes images of at most {} bytes; nothing was changed",
+                    target.max_bytes
+                ),
+            },
+        );
+    }
+    let mut client =
+        match LocalInstallClient::start(&target.socket, size, "status page upload").await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(%error, "status page: upload: the updater is not reachable");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the updater is not reachable: {error}\n"),
+                )
+                    .into_response();
+            }
+        };
+    tracing::info!(size, "status page: operator uploads an image");
+    let mut body = body;
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data()
+                    && client.send(&data).await.is_err()
+                {
+                    // Refused early (busy, too large): its answer explains.
+                    break;
+                }
+            }
+            Some(Err(error)) => {
+                // The updater sees the file stop short and deletes what it got.
+                tracing::warn!(%error, "status page: upload interrupted");
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("the upload was interrupted: {error}\n"),
+                )
+                    .into_response();
+            }
+        }
+    }
+    match client.finish(&mut |_| {}).await {
+        Ok(answer) => {
+            let status = match &answer {
+                LocalInstallAnswer::Installed { .. } => StatusCode::OK,
+                LocalInstallAnswer::Waiting { .. } => StatusCode::ACCEPTED,
+                LocalInstallAnswer::Refused {
+                    reason: RefusalKind::TooLarge,
+                    ..
+                } => StatusCode::PAYLOAD_TOO_LARGE,
+                LocalInstallAnswer::Refused {
+                    reason: RefusalKind::Busy,
+                    ..
+                } => StatusCode::CONFLICT,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            tracing::info!(%status, ?answer, "status page: upload answered");
+            upload_answer(status, &answer)
+        }
+        Err(error) => (
+            StatusCode::BAD_GATEWAY,
+            format!("the updater did not answer: {error}\n"),
+        )
+            .into_response(),
+    }
 }

@@ -3,7 +3,8 @@
 //! One page (`/`) with sections that `static/app.js` refreshes from `/api/status`
 //! without reloading: overview (with attestation and the A/B image slots), bridges
 //! with trend charts, policy denials, failure reports (with a detail view) and updates (defer / allow,
-//! each a POST carrying the session's CSRF token).
+//! each a POST carrying the session's CSRF token, and an image uploaded from a file:
+//! `POST /api/updates/upload`, streamed to the updater's local install socket).
 //! Every response carries the security headers; no script runs inline, so the CSP
 //! allows scripts from the page's own origin only.
 
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::StatusPageConfig;
 use crate::listening::{GuardedTcpListener, ListenerPlan, METRICS_DEADLINES};
 use crate::state::ApplianceState;
+use crate::updates::local::LocalInstallTarget;
 use auth::{LoginLimiter, PasswordVerifier, Sessions};
 use session::{Auth, PageState};
 use tls::{ClientAddress, TlsListener, WebIdentity};
@@ -41,6 +43,7 @@ pub struct PreparedPage {
     identity: WebIdentity,
     password: PasswordVerifier,
     session_idle: Duration,
+    local_installs: Option<LocalInstallTarget>,
 }
 
 /// Where the started page listens.
@@ -67,10 +70,18 @@ pub fn prepare(config: &StatusPageConfig, device_id: &str) -> anyhow::Result<Pre
         identity,
         password,
         session_idle: Duration::from_secs(config.session_idle_secs),
+        local_installs: None,
     })
 }
 
 impl PreparedPage {
+    /// Takes uploaded images to `target` (a unit with `[updates]`); without, the upload
+    /// form answers that the unit takes no updates.
+    pub fn with_local_installs(mut self, target: Option<LocalInstallTarget>) -> Self {
+        self.local_installs = target;
+        self
+    }
+
     /// Binds the page (and the metrics port) and serves them until `shutdown`, each within
     /// its caps of `plan`.
     pub async fn start(
@@ -116,6 +127,7 @@ impl PreparedPage {
                 limiter: Mutex::new(LoginLimiter::default()),
                 verifying: tokio::sync::Semaphore::new(1),
             }),
+            local_installs: self.local_installs.map(Arc::new),
         };
         let router = routes::router(page).into_make_service_with_connect_info::<ClientAddress>();
         let stop = shutdown.clone();

@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 
 use super::handlers::{
     allow_updates, api_status, app_js, defer_updates, login, login_page, logout, page,
-    session_info, style_css, updates,
+    session_info, style_css, updates, upload_update,
 };
 use super::session::PageState;
 
@@ -23,6 +23,7 @@ pub(super) fn router(state: PageState) -> Router {
         .route("/api/updates", get(updates))
         .route("/api/updates/defer", post(defer_updates))
         .route("/api/updates/allow", post(allow_updates))
+        .route("/api/updates/upload", post(upload_update))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)

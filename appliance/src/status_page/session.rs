@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::auth::{LoginLimiter, PasswordVerifier, Sessions};
 use crate::state::ApplianceState;
+use crate::updates::local::LocalInstallTarget;
 
 /// The session cookie (`__Host-`: Secure, path `/`, no domain, so no other site or
 /// subdomain can set it).
@@ -32,6 +33,8 @@ pub(super) struct Auth {
 pub(super) struct PageState {
     pub(super) appliance: ApplianceState,
     pub(super) auth: Arc<Auth>,
+    /// Where uploaded images go (`None`: the unit takes no updates).
+    pub(super) local_installs: Option<Arc<LocalInstallTarget>>,
 }
 
 /// The value of cookie `name` in the request.

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use warden_link::topics::{
-    DeviceEvent, PROTOCOL_VERSION, UpdateOffer, UpdateState, UpdateStatus, event_kind,
+    DeviceEvent, PROTOCOL_VERSION, UPDATE_SOURCE_LOCAL, UpdateOffer, UpdateState, UpdateStatus,
+    event_kind,
 };
 use warden_link::{ControlMessage, ControlSender};
 use warden_os::file_system::SlotFileSystem;
@@ -50,6 +51,23 @@ pub struct Updater<F, R> {
     pub restart: Option<CancellationToken>,
 }
 
+// Not derived: the file system and root of trust need not be `Clone` (they are shared
+// behind the monitor's lock).
+impl<F, R> Clone for Updater<F, R> {
+    fn clone(&self) -> Self {
+        Self {
+            agent: self.agent.clone(),
+            download_dir: self.download_dir.clone(),
+            monitor: Arc::clone(&self.monitor),
+            window: Arc::clone(&self.window),
+            decision: Arc::clone(&self.decision),
+            control: self.control.clone(),
+            retry_pause: self.retry_pause,
+            restart: self.restart.clone(),
+        }
+    }
+}
+
 /// Why an offer was not installed (published as its `failed` detail).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -79,6 +97,34 @@ pub struct InstalledRecord {
     pub slot: Slot,
     /// The last state published (`installed`, `trial`, …).
     pub published: UpdateState,
+    /// Installed from a file on the unit (its statuses are marked `source: local`).
+    #[serde(default)]
+    pub local: bool,
+}
+
+impl InstalledRecord {
+    /// Whose statuses these are: an offer's, or a local install's (with its version).
+    pub(super) fn origin(&self) -> Origin<'_> {
+        if self.local {
+            Origin::Local {
+                version: &self.version,
+            }
+        } else {
+            Origin::Offer
+        }
+    }
+}
+
+/// Where the image whose status is published came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin<'a> {
+    /// An offer of the fleet's.
+    Offer,
+    /// A file installed on the unit (the `local` module).
+    Local {
+        /// The image's version (the fleet has no offer to know it from).
+        version: &'a str,
+    },
 }
 
 impl InstalledRecord {
@@ -97,12 +143,34 @@ impl InstalledRecord {
 
 /// Publishes an offer's new state as an update status and an `update-state` event.
 pub(super) fn publish(control: &ControlSender, offer_id: &str, state: UpdateState, detail: String) {
+    publish_from(control, Origin::Offer, offer_id, state, detail);
+}
+
+/// Publishes the new state of an offer or a local install (marked `source: local`)
+/// as an update status and an `update-state` event, through the durable control
+/// queue: what happens while the link is down reaches the fleet when it returns.
+pub(super) fn publish_from(
+    control: &ControlSender,
+    origin: Origin<'_>,
+    offer_id: &str,
+    state: UpdateState,
+    detail: String,
+) {
     tracing::info!(offer = offer_id, state = state.as_str(), %detail, "update");
+    let (source, version) = match origin {
+        Origin::Offer => (None, None),
+        Origin::Local { version } => (
+            Some(UPDATE_SOURCE_LOCAL.to_owned()),
+            Some(version.to_owned()),
+        ),
+    };
     let status = UpdateStatus {
         v: PROTOCOL_VERSION,
         id: offer_id.to_owned(),
         state: state.as_str().to_owned(),
         detail: detail.clone(),
+        source,
+        version,
     };
     control.send_or_log(&ControlMessage::UpdateStatus(status));
     control.send_or_log(&ControlMessage::Event(DeviceEvent::now(
@@ -202,7 +270,22 @@ where
             format!("{} bytes from {}", offer.size, offer.url),
         );
         let staged = self.download(&checked).await?;
+        self.gate_and_install(offer, Origin::Offer, staged, &mut |_| {})
+            .await
+    }
 
+    /// Waits for the gate (the offer's window, vetoes, the operator's decision, the
+    /// unit's maintenance windows), then verifies and installs `staged` into the
+    /// inactive slot, records it and publishes each step; `waiting` hears each new
+    /// reason to wait. Online offers and local installs (the `local` module) both end
+    /// here, so both take the same windows, verification and anti-rollback check.
+    pub(super) async fn gate_and_install(
+        &self,
+        offer: &UpdateOffer,
+        origin: Origin<'_>,
+        staged: PathBuf,
+        waiting: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Slot, UpdateError> {
         let mut last_wait = String::new();
         loop {
             let outcome = {
@@ -223,7 +306,14 @@ where
                 Gate::Expired(why) => return Err(UpdateError::Expired(why)),
                 Gate::Wait(why) => {
                     if why != last_wait {
-                        publish(&self.control, &offer.id, UpdateState::Waiting, why.clone());
+                        publish_from(
+                            &self.control,
+                            origin,
+                            &offer.id,
+                            UpdateState::Waiting,
+                            why.clone(),
+                        );
+                        waiting(&why);
                         last_wait = why;
                     }
                     tokio::time::sleep(GATE_RECHECK).await;
@@ -231,11 +321,18 @@ where
             }
         }
 
-        publish(
+        let verifying = match origin {
+            Origin::Offer => {
+                "sha256 matches the offer; verifying the image signature and installing"
+            }
+            Origin::Local { .. } => "verifying the image signature and installing",
+        };
+        publish_from(
             &self.control,
+            origin,
             &offer.id,
             UpdateState::Verifying,
-            "sha256 matches the offer; verifying the image signature and installing".to_owned(),
+            verifying.to_owned(),
         );
         let monitor = Arc::clone(&self.monitor);
         let installed = tokio::task::spawn_blocking(move || {
@@ -250,6 +347,7 @@ where
             version: offer.version.clone(),
             slot: installed,
             published: UpdateState::Installed,
+            local: matches!(origin, Origin::Local { .. }),
         };
         if let Err(error) = record.save(&self.download_dir) {
             tracing::warn!(%error, "cannot record the installed offer; trial and confirmation will not be reported");
@@ -259,13 +357,18 @@ where
         } else {
             "it boots on trial at the next restart"
         };
-        publish(
+        let from = match origin {
+            Origin::Offer => String::new(),
+            Origin::Local { .. } => " from a file".to_owned(),
+        };
+        publish_from(
             &self.control,
+            origin,
             &offer.id,
             UpdateState::Installed,
             format!(
-                "version {} verified and installed in slot {installed}; {when}",
-                checked.wire.version
+                "version {} verified and installed in slot {installed}{from}; {when}",
+                offer.version
             ),
         );
         if let Some(restart) = &self.restart {

@@ -28,6 +28,7 @@
 
 mod gate;
 mod installer;
+pub mod local;
 mod root_of_trust;
 mod trial;
 
@@ -159,11 +160,19 @@ where
         retry_pause: Duration::from_secs(2),
         restart: booted_slot.and(restart.clone()),
     };
+    // An image installed from a file may run where the fleet is never reachable (an
+    // air-gapped cell): its trial does not wait for the link, only for the bridges.
+    let local_trial = InstalledRecord::load(&config.download_dir)
+        .is_some_and(|record| record.local && Some(record.slot) == trial_slot);
     let trial = trial_slot.map(|slot| {
+        let mut policy = trial_policy_from_env();
+        if local_trial {
+            policy.require_link = false;
+        }
         watch_trial(
             Arc::clone(&monitor),
             slot,
-            trial_policy_from_env(),
+            policy,
             health,
             restart,
             shutdown.clone(),
@@ -174,6 +183,25 @@ where
         config.download_dir.clone(),
         control.clone(),
     );
+    // Offline updates (a file from the CLI or the status page) through the same
+    // updater; a unit whose socket cannot be bound still takes the fleet's offers.
+    let local_installs = match local::bind(&config.download_dir) {
+        Ok(listener) => Some(local::serve(
+            listener,
+            updater.clone(),
+            config.max_local_image_mib.saturating_mul(1 << 20),
+            shutdown.clone(),
+        )),
+        Err(error) => {
+            tracing::warn!(%error, socket = %local::socket_path(&config.download_dir).display(), "local installs are off: cannot bind their socket");
+            None
+        }
+    };
+    let local_installs = async move {
+        if let Some(serving) = local_installs {
+            serving.await;
+        }
+    };
     let download_dir = config.download_dir.clone();
     let watch_stop = shutdown.clone();
     let watcher = async move {
@@ -208,7 +236,12 @@ where
         }
     };
     Ok(async move {
-        tokio::join!(watcher, trial, updater.run(offers, shutdown));
+        tokio::join!(
+            watcher,
+            trial,
+            local_installs,
+            updater.run(offers, shutdown)
+        );
     })
 }
 

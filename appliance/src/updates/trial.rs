@@ -15,7 +15,7 @@ use warden_os::{
     TrialHealthCheck, TrialVerdict,
 };
 
-use super::installer::{InstalledRecord, SharedMonitor, publish};
+use super::installer::{InstalledRecord, SharedMonitor, publish_from};
 
 /// Observes the running appliance's health for the trial check.
 pub type HealthProbe = Arc<dyn Fn() -> HealthReport + Send + Sync>;
@@ -69,7 +69,7 @@ pub fn report_boot_outcome<F: SlotFileSystem, R: BootRootOfTrust>(
         SlotStatus::Pending(_) | SlotStatus::Empty => return Ok(Some(record.published)),
     };
     if now != record.published {
-        publish(control, &record.offer_id, now, detail);
+        publish_from(control, record.origin(), &record.offer_id, now, detail);
         record.published = now;
         record
             .save(download_dir)

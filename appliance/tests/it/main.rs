@@ -5,6 +5,7 @@ use std::path::Path;
 mod ble_and_privnet;
 mod bundle_floor;
 mod compartments;
+mod offline_updates;
 mod operations;
 mod pluton_attacks;
 mod status_page;

@@ -173,23 +173,9 @@ impl Browserless {
     ) -> Response {
         let mut all: Vec<(&str, String)> = headers.to_vec();
         if !self.cookies.is_empty() {
-            let jar = self
-                .cookies
-                .iter()
-                .map(|(n, v)| format!("{n}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            all.push(("Cookie", jar));
+            all.push(("Cookie", self.cookie_jar()));
         }
-        let tcp = tokio::net::TcpStream::connect(&self.host)
-            .await
-            .expect("connect");
-        let name = ServerName::try_from("localhost").expect("name");
-        let mut tls = self
-            .connector
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
+        let mut tls = self.connect().await;
         tls.write_all(&request_bytes(method, path, &self.host, &all, body))
             .await
             .expect("send");
@@ -211,6 +197,27 @@ impl Browserless {
             }
         }
         response
+    }
+
+    /// The cookies as one `Cookie` header value.
+    fn cookie_jar(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// A new TLS connection to the page.
+    async fn connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(&self.host)
+            .await
+            .expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        self.connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake")
     }
 
     /// Fetches the login form, then posts `password` with its CSRF token.
@@ -685,6 +692,32 @@ fn start_pluton(
     )
 }
 
+/// Pluton on `state/pluton.sock` with the unit's identity (the role tokens minted as
+/// `warden boot` would: pluton and the appliance get them), then the demo's fleet and
+/// equipment for that identity.
+async fn world_with_pluton(
+    state: &Path,
+) -> (
+    PlutonProcess,
+    LaunchTokens,
+    warden_hil::demo::DemoWorld,
+    tokio_util::sync::CancellationToken,
+) {
+    let tokens = LaunchTokens::mint().expect("role tokens");
+    let (pluton, identity) =
+        start_pluton(&state.join("pluton.sock"), &state.join("pluton"), &tokens);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let world = warden_hil::demo::DemoWorld::start(
+        state,
+        warden_hil::demo::DemoPorts::EPHEMERAL,
+        Some(identity),
+        shutdown.clone(),
+    )
+    .await
+    .expect("fleet and equipment start");
+    (pluton, tokens, world, shutdown)
+}
+
 /// A boot monitor record as `warden boot` leaves it after an update was installed:
 /// slot A confirmed (1.4.0, primary), slot B installed and pending (1.5.0).
 fn write_boot_record(state_dir: &Path) {
@@ -713,19 +746,7 @@ async fn status_page_shows_slots_attestation_and_failure_reports_in_chromium() {
     use warden_os::reports::{FailureKind, ReportStore};
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path();
-    let socket = state.join("pluton.sock");
-    // As `warden boot` would: one token per role, pluton and the appliance get them.
-    let tokens = LaunchTokens::mint().expect("role tokens");
-    let (_pluton, identity) = start_pluton(&socket, &state.join("pluton"), &tokens);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let world = warden_hil::demo::DemoWorld::start(
-        state,
-        warden_hil::demo::DemoPorts::EPHEMERAL,
-        Some(identity),
-        shutdown.clone(),
-    )
-    .await
-    .expect("fleet and equipment start");
+    let (_pluton, tokens, world, shutdown) = world_with_pluton(state).await;
 
     let reports = state.join("reports");
     let ring = ReportStore::open(&reports, 64, "1.4.0").expect("ring");
@@ -857,8 +878,17 @@ struct RunningUnit {
 
 impl RunningUnit {
     async fn start(config: &Path) -> Self {
+        Self::start_with(config, None).await
+    }
+
+    /// `warden run --config`, with the role tokens pluton expects if given.
+    async fn start_with(config: &Path, tokens: Option<&LaunchTokens>) -> Self {
         use tokio::io::AsyncBufReadExt as _;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_warden"));
+        if let Some(tokens) = tokens {
+            tokens.hand_to(&mut command);
+        }
+        let mut child = tokio::process::Command::from(command)
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "warn")
@@ -1021,4 +1051,175 @@ async fn a_link_that_is_not_connected_is_shown_with_its_cause() {
     }
     shutdown.cancel();
     world.fleet.stopped().await;
+}
+
+impl Browserless {
+    /// `POST /api/updates/upload` with `body` as the image and `declared` as its
+    /// Content-Length (the session cookie, and `csrf` in the header if given).
+    async fn upload(&mut self, csrf: Option<&str>, body: &[u8], declared: u64) -> Response {
+        let mut request = format!(
+            "POST /api/updates/upload HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n",
+            self.host
+        );
+        if let Some(csrf) = csrf {
+            request.push_str(&format!("{}: {csrf}\r\n", warden::status_page::CSRF_HEADER));
+        }
+        request.push_str(&format!("Cookie: {}\r\n\r\n", self.cookie_jar()));
+        let mut tls = self.connect().await;
+        tls.write_all(request.as_bytes()).await.expect("send");
+        // The server may answer (and close) before the whole body is sent.
+        let _ = tls.write_all(body).await;
+        let _ = tls.flush().await;
+        let mut raw = Vec::new();
+        match tls.read_to_end(&mut raw).await {
+            Ok(_) => {}
+            Err(_) if !raw.is_empty() => {}
+            Err(e) => panic!("reading the upload's answer: {e}"),
+        }
+        parse_response(&raw)
+    }
+}
+
+/// The upload form over real HTTPS against `warden run` with the fleet, pluton (the
+/// vendor root installed) and `[updates]`: login required, a POST without the CSRF
+/// token refused, a file over `max_local_image_mib` refused before it is read, a
+/// tampered image refused by name with nothing changed, and a good one verified and
+/// installed into a slot that boots on trial; its statuses reach the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_uploaded_on_the_page_is_verified_and_installed() {
+    use warden_keychain::Purpose;
+    use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, load_secret_key};
+    use warden_os::image::build::build_signed_image;
+    use warden_os::image::{BuildId, ImageHeader, ProductId, SemanticVersion};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path();
+    let socket = state.join("pluton.sock");
+    let (_pluton, tokens, world, shutdown) = world_with_pluton(state).await;
+    // The factory installs the vendor root: images are verified against it.
+    let capability = warden_pluton::server::read_capability_file(
+        &state
+            .join("pluton")
+            .join(warden_pluton::server::DEFAULT_CAPABILITY_FILE_NAME),
+    )
+    .expect("capability");
+    let vendor_root = load_secret_key(&world.pki.vendor_root_key).expect("vendor root");
+    warden_pluton_api::PlutonClient::connect_as_boot(&socket, &capability)
+        .expect("boot role")
+        .install_root_key(
+            &capability,
+            &world.pki.vendor_root_public_key().expect("root"),
+            Purpose::ALL.bits(),
+        )
+        .expect("vendor root installed");
+
+    let config = std::fs::read_to_string(&world.appliance_config).expect("config");
+    let product =
+        warden::config::ApplianceConfig::parse_unchecked(&config, &world.appliance_config)
+            .expect("config")
+            .device
+            .product;
+    let config = format!(
+        "{config}\n[updates]\nstate_dir = \"updates\"\ndownload_dir = \"downloads\"\n\
+         capability_file = \"pluton/provisioning.capability\"\nmax_local_image_mib = 1\n"
+    );
+    std::fs::write(&world.appliance_config, config).expect("config");
+    let password = "upload-check";
+    let hash = warden::status_page::auth::hash_password(password).expect("hash");
+    warden::status_page::auth::write_password_hash(&state.join("status-page/password.phc"), &hash)
+        .expect("password");
+    let unit = RunningUnit::start_with(&world.appliance_config, Some(&tokens)).await;
+
+    let image = |version: u32, counter: u64| {
+        let release = SecretSigningKey::generate().expect("rng");
+        let cert = issue_release_cert(&vendor_root, &release.public_key(), Purpose::IMAGE, 1)
+            .expect("cert");
+        let template = ImageHeader {
+            product: ProductId::new(&product).expect("product"),
+            version: SemanticVersion::new(1, version, 0),
+            security_counter: counter,
+            build_id: BuildId([version as u8; 16]),
+            created_at: 1_790_000_000,
+            payload_len: 0,
+            payload_sha256: [0; 32],
+        };
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        build_signed_image(template, &payload, &release, &cert).expect("image")
+    };
+    let good = image(5, 1);
+    let mut tampered = image(6, 1);
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+
+    let mut client = Browserless::new(&unit.page, &unit.fingerprint);
+    // Not logged in: nothing.
+    let anonymous = client.upload(None, &good, good.len() as u64).await;
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert_eq!(client.login(password).await.status, 303);
+    let csrf = client.csrf_token().await;
+    // Logged in, but no CSRF token: refused.
+    let forged = client.upload(None, &good, good.len() as u64).await;
+    assert_eq!(forged.status, 403, "{forged:?}");
+    // Over the limit (1 MiB): refused from its length, before any byte is read.
+    let large = client.upload(Some(&csrf), &[], 2 << 20).await;
+    assert_eq!(large.status, 413, "{large:?}");
+    assert_eq!(large.json()["reason"], "too-large", "{large:?}");
+    let boot_state = state.join("updates/boot/state");
+    assert!(!boot_state.exists(), "nothing installed yet");
+    // Tampered: refused by name, nothing changed.
+    let refused = client
+        .upload(Some(&csrf), &tampered, tampered.len() as u64)
+        .await;
+    assert_eq!(refused.status, 422, "{refused:?}");
+    let detail = refused.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("altered"), "{detail}");
+    assert!(!boot_state.exists(), "a refused image touched the slots");
+    // A good image: verified, installed, boots on trial next.
+    let installed = client.upload(Some(&csrf), &good, good.len() as u64).await;
+    assert_eq!(installed.status, 200, "{installed:?}");
+    let answer = installed.json();
+    assert_eq!(answer["state"], "installed", "{answer}");
+    assert_eq!(answer["version"], "1.5.0", "{answer}");
+    let id = answer["id"].as_str().expect("id").to_owned();
+    let recorded = warden_os::slots::BootState::decode(&std::fs::read(&boot_state).expect("state"))
+        .expect("boot state");
+    let slot = warden_os::Slot::ALL
+        .into_iter()
+        .find(|slot| answer["slot"] == slot.to_string())
+        .unwrap_or_else(|| panic!("a slot: {answer}"));
+    assert!(
+        matches!(recorded.slot(slot), warden_os::SlotStatus::Pending(image) if image.version == [1, 5, 0]),
+        "{recorded:?}"
+    );
+
+    // The link is up: the statuses (marked local) reach the fleet as events.
+    let api = format!("http://{}", world.fleet.http_address);
+    let token = world.pki.fleet_token().expect("token");
+    let http = reqwest::Client::new();
+    let mut seen = String::new();
+    for _ in 0..150 {
+        seen = http
+            .get(format!("{api}/api/v1/events"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("events")
+            .text()
+            .await
+            .unwrap_or_default();
+        if seen.contains(&format!("update {id}: installed")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        seen.contains(&format!("update {id}: installed")),
+        "the fleet has no installed event for {id}: {seen}"
+    );
+    drop(unit);
+    shutdown.cancel();
 }

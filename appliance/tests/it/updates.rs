@@ -13,7 +13,7 @@ use warden::state::updates::UpdateDecision;
 use warden::updates::{Updater, report_boot_outcome};
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, save_secret_key};
-use warden_link::topics::{PROTOCOL_VERSION, UpdateOffer, UpdateState, to_hex};
+use warden_link::topics::{PROTOCOL_VERSION, UpdateOffer, UpdateState, UpdateStatus, to_hex};
 use warden_link::{ControlMessage, ControlSender};
 use warden_os::file_system::StdFileSystem;
 use warden_os::image::{ProductId, RootKey};
@@ -21,14 +21,14 @@ use warden_os::update::UpdateAgent;
 use warden_os::{BootConfig, BootMonitor, MemoryRootOfTrust};
 use warden_test_support::range_server::serve;
 
-const PRODUCT: &str = "warden-gw";
+pub(super) const PRODUCT: &str = "warden-gw";
 
-struct Vendor {
+pub(super) struct Vendor {
     root: SecretSigningKey,
 }
 
 impl Vendor {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             root: SecretSigningKey::generate().expect("rng"),
         }
@@ -40,6 +40,17 @@ impl Vendor {
 
     /// A signed image made by the release tooling of the `warden` binary.
     fn image(&self, dir: &Path, version: &str) -> Vec<u8> {
+        self.image_for(dir, version, PRODUCT, 1)
+    }
+
+    /// A signed image of `product` with `security_counter`, made by the release tooling.
+    pub(super) fn image_for(
+        &self,
+        dir: &Path,
+        version: &str,
+        product: &str,
+        security_counter: u64,
+    ) -> Vec<u8> {
         let release = SecretSigningKey::generate().expect("rng");
         let cert =
             issue_release_cert(&self.root, &release.public_key(), Purpose::IMAGE, 1).expect("cert");
@@ -70,11 +81,11 @@ impl Vendor {
             "--binary",
             &path(&binary),
             "--product",
-            PRODUCT,
+            product,
             "--version",
             version,
             "--security-counter",
-            "1",
+            &security_counter.to_string(),
             "--created-at",
             "1790000000",
             "--output",
@@ -95,9 +106,9 @@ impl Vendor {
     }
 }
 
-type Monitor = BootMonitor<StdFileSystem, MemoryRootOfTrust>;
+pub(super) type Monitor = BootMonitor<StdFileSystem, MemoryRootOfTrust>;
 
-fn updater(
+pub(super) fn updater(
     dir: &Path,
     vendor: &Vendor,
     decision: Arc<Mutex<UpdateDecision>>,
@@ -138,12 +149,20 @@ fn offer(url: String, image: &[u8], version: &str) -> UpdateOffer {
 
 /// `(state, detail)` of every update status queued so far, in order.
 fn statuses(control: &ControlSender) -> Vec<(String, String)> {
+    update_statuses(control)
+        .into_iter()
+        .map(|status| (status.state, status.detail))
+        .collect()
+}
+
+/// Every update status queued so far, in order.
+pub(super) fn update_statuses(control: &ControlSender) -> Vec<UpdateStatus> {
     let queue = control.lock();
     let mut found = Vec::new();
     let mut next = queue.outbox().next_pending(0);
     while let Some(seq) = next {
         if let Ok(ControlMessage::UpdateStatus(status)) = queue.message(seq) {
-            found.push((status.state, status.detail));
+            found.push(status);
         }
         next = queue.outbox().next_pending(seq + 1);
     }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use warden_wire::topics::{
-    PROTOCOL_VERSION, UpdateOffer, UpdateState, UpdateStatus, device_of_topic, encode,
-    update_offer_topic,
+    PROTOCOL_VERSION, UPDATE_SOURCE_LOCAL, UpdateOffer, UpdateState, UpdateStatus, device_of_topic,
+    encode, update_offer_topic,
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
@@ -159,6 +159,9 @@ impl Rollouts {
                 return Ok(true);
             }
         };
+        if status.source.as_deref() == Some(UPDATE_SOURCE_LOCAL) {
+            return self.record_local_status(device, &status).await;
+        }
         let Some((deployment_id, _wave)) = status.id.rsplit_once("-w") else {
             tracing::warn!(device, id = %status.id, "update status for an unknown offer ignored");
             return Ok(true);
@@ -182,6 +185,23 @@ impl Rollouts {
         }
         if deployment.state == "wave-started" {
             self.step(deployment_id).await?;
+        }
+        Ok(true)
+    }
+
+    /// Records the status of an image installed on the unit from a file (no deployment
+    /// of ours): its `update-state` events are the device's record of it; a confirmed
+    /// one is the version the device now runs.
+    async fn record_local_status(
+        &self,
+        device: &str,
+        status: &UpdateStatus,
+    ) -> Result<bool, StoreError> {
+        tracing::info!(device, id = %status.id, state = %status.state, version = ?status.version, "local update status");
+        if is_success(&status.state)
+            && let Some(version) = status.version.as_deref()
+        {
+            self.store.set_image_version(device, version).await?;
         }
         Ok(true)
     }

@@ -867,7 +867,19 @@ pub struct UpdateStatus {
     /// Details (bytes done, the reason for a wait or failure).
     #[serde(default)]
     pub detail: String,
+    /// Where the image came from: absent for the fleet's offers,
+    /// [`UPDATE_SOURCE_LOCAL`] for an image installed on the unit from a file (the
+    /// status page's upload or `warden update install`; `id` is then `local-…`, no
+    /// offer of the fleet's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The image version, for a local install (the fleet knows its offers' versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
+
+/// [`UpdateStatus::source`] of an image installed from a file on the unit.
+pub const UPDATE_SOURCE_LOCAL: &str = "local";
 
 /// Encodes any payload of this module as JSON.
 pub fn encode<T: Serialize>(payload: &T) -> Vec<u8> {

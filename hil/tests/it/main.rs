@@ -10,6 +10,7 @@ use warden_hil::demo_pki::DemoPki;
 
 mod control_durability;
 mod fleet_dashboard;
+mod offline_update;
 mod quickstart;
 mod rollout;
 mod tour;

@@ -27,14 +27,14 @@ use warden_wire::fleet_api::{
     deployment_path,
 };
 
-const PRODUCT: &str = "warden-demo";
+pub(super) const PRODUCT: &str = "warden-demo";
 const DEVICES: usize = 4;
 const FIRST_WAVE: usize = 2;
 /// Everything after the deployment is created must happen within this.
 const ROLLOUT_LIMIT: Duration = Duration::from_secs(60);
 
 /// The `warden` binary of this workspace build (beside this test's `deps/`).
-fn warden_binary() -> PathBuf {
+pub(super) fn warden_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary");
     let dir = exe
         .parent()
@@ -51,6 +51,16 @@ fn warden_binary() -> PathBuf {
 
 /// A signed image whose payload is one script, `bin/warden`.
 fn image(vendor_root: &SecretSigningKey, version: (u32, u32, u32), script: &str) -> Vec<u8> {
+    image_with_counter(vendor_root, version, script, 1)
+}
+
+/// [`image`] with its anti-rollback `security_counter`.
+pub(super) fn image_with_counter(
+    vendor_root: &SecretSigningKey,
+    version: (u32, u32, u32),
+    script: &str,
+    security_counter: u64,
+) -> Vec<u8> {
     let release = SecretSigningKey::generate().expect("rng");
     let cert =
         issue_release_cert(vendor_root, &release.public_key(), Purpose::IMAGE, 1).expect("cert");
@@ -62,17 +72,17 @@ fn image(vendor_root: &SecretSigningKey, version: (u32, u32, u32), script: &str)
         &signer,
         PRODUCT,
         [version.0, version.1, version.2],
-        1,
+        security_counter,
         script,
     )
     .expect("image")
 }
 
 /// One appliance: its directory, identity and (once started) its boot stage.
-struct Device {
-    id: String,
-    dir: PathBuf,
-    boot: Option<Child>,
+pub(super) struct Device {
+    pub(super) id: String,
+    pub(super) dir: PathBuf,
+    pub(super) boot: Option<Child>,
 }
 
 impl Device {
@@ -80,12 +90,12 @@ impl Device {
         self.dir.join("pluton.sock")
     }
 
-    fn boot_state(&self) -> BootState {
+    pub(super) fn boot_state(&self) -> BootState {
         let bytes = std::fs::read(self.dir.join("boot/boot/state")).unwrap_or_default();
         BootState::decode(&bytes).unwrap_or_default()
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("boot.log")).unwrap_or_default();
         let start = text.len().saturating_sub(4000);
         let start = (start..text.len())
@@ -95,7 +105,7 @@ impl Device {
     }
 
     /// Stops the boot stage with SIGTERM (it stops the image and pluton first).
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         if let Some(mut boot) = self.boot.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -145,7 +155,12 @@ fn start_pluton(warden: &Path, dir: &Path) -> (Child, warden_pluton_api::PlutonC
 
 /// The factory: identity in pluton, the vendor root installed, image 1.0.0 in slot A
 /// (pending its first, trial boot). Returns the device ID and its public key.
-fn manufacture(warden: &Path, dir: &Path, vendor_root: &[u8; 65], v1: &[u8]) -> (String, [u8; 65]) {
+pub(super) fn manufacture(
+    warden: &Path,
+    dir: &Path,
+    vendor_root: &[u8; 65],
+    v1: &[u8],
+) -> (String, [u8; 65]) {
     std::fs::create_dir_all(dir).expect("device dir");
     let (mut pluton, mut client) = start_pluton(warden, dir);
     let capability_file = dir.join("pluton/provisioning.capability");
@@ -189,7 +204,12 @@ fn password_hash() -> String {
         .to_string()
 }
 
-fn write_config(device: &Device, pki: &DemoPki, cert: &Path, broker_port: u16) -> PathBuf {
+pub(super) fn write_config(
+    device: &Device,
+    pki: &DemoPki,
+    cert: &Path,
+    broker_port: u16,
+) -> PathBuf {
     let dir = &device.dir;
     std::fs::create_dir_all(dir.join("status-page")).expect("dir");
     std::fs::write(dir.join("status-page/password.phc"), password_hash()).expect("password");
@@ -240,7 +260,7 @@ capability_file = "{capability}"
     path
 }
 
-fn start_boot(warden: &Path, device: &mut Device, config: &Path) {
+pub(super) fn start_boot(warden: &Path, device: &mut Device, config: &Path) {
     let dir = &device.dir;
     let log = std::fs::File::create(dir.join("boot.log")).expect("log");
     let child = Command::new(warden)
@@ -276,49 +296,57 @@ fn start_boot(warden: &Path, device: &mut Device, config: &Path) {
     device.boot = Some(child);
 }
 
-/// Polls `check` every 200 ms until it returns `Some`, or fails with `what` and the
-/// devices' logs after `limit`.
-async fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    devices: &[Device],
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = devices.iter().map(Device::log).collect();
-            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Issues the device certificate of `id` and registers it (running 1.0.0 in the
+/// default group); the certificate's path.
+pub(super) async fn register(
+    api: &FleetApi,
+    pki: &DemoPki,
+    id: &str,
+    public_key: &[u8; 65],
+    serial: &str,
+) -> PathBuf {
+    let cert = pki
+        .issue_device_certificate(id, public_key)
+        .expect("device certificate");
+    let (status, body) = api
+        .post(
+            DEVICES_PATH,
+            &RegisterRequest {
+                device_id: id.to_owned(),
+                serial: serial.to_owned(),
+                product: PRODUCT.to_owned(),
+                group: DEFAULT_GROUP.to_owned(),
+                certificate_pem: std::fs::read_to_string(&cert).expect("cert"),
+                image_version: "1.0.0".to_owned(),
+            },
+        )
+        .await
+        .expect("post");
+    assert_eq!(status, 201, "register {id}: {body}");
+    cert
 }
 
-fn confirmed_version(state: &BootState, slot: Slot) -> Option<[u32; 3]> {
-    match state.slot(slot) {
-        SlotStatus::Confirmed(image) => Some(image.version),
-        _ => None,
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
-    let warden = warden_binary();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path();
-    let pki = DemoPki::generate(&root.join("pki")).expect("pki");
-    let vendor_root = load_secret_key(&pki.vendor_root_key).expect("vendor root key");
-    let vendor_root_public = pki.vendor_root_public_key().expect("vendor root");
-
-    // The fleet: embedded broker, SQLite, quick rollout steps, attestation on connect.
-    let mut config = pki.fleet_config(root, 0, 0);
+/// The fleet's config for these tests: embedded broker, SQLite under `root`, quick
+/// rollout steps, attestation on connect.
+pub(super) fn fleet_config(
+    pki: &DemoPki,
+    root: &Path,
+    http_port: u16,
+    mqtt_port: u16,
+) -> warden_fleet::FleetConfig {
+    let mut config = pki.fleet_config(root, http_port, mqtt_port);
     config.rollouts.tick_ms = 200;
     config.rollouts.attestation_interval_secs = 0;
-    let shutdown = CancellationToken::new();
-    let fleet = warden_fleet::start(&config, shutdown.clone())
+    config
+}
+
+/// Starts the fleet with `config` and registers [`PRODUCT`] with the manufacturer CA.
+pub(super) async fn start_fleet_with_product(
+    pki: &DemoPki,
+    config: &warden_fleet::FleetConfig,
+    shutdown: &CancellationToken,
+) -> (warden_fleet::RunningFleet, FleetApi) {
+    let fleet = warden_fleet::start(config, shutdown.clone())
         .await
         .expect("fleet starts");
     let api = FleetApi {
@@ -338,6 +366,49 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
         .await
         .expect("post");
     assert!(status == 201 || status == 200, "product: {status} {body}");
+    (fleet, api)
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails with `what` and the
+/// devices' logs after `limit`.
+pub(super) async fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    devices: &[Device],
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = devices.iter().map(Device::log).collect();
+            panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub(super) fn confirmed_version(state: &BootState, slot: Slot) -> Option<[u32; 3]> {
+    match state.slot(slot) {
+        SlotStatus::Confirmed(image) => Some(image.version),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
+    let warden = warden_binary();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let pki = DemoPki::generate(&root.join("pki")).expect("pki");
+    let vendor_root = load_secret_key(&pki.vendor_root_key).expect("vendor root key");
+    let vendor_root_public = pki.vendor_root_public_key().expect("vendor root");
+
+    let config = fleet_config(&pki, root, 0, 0);
+    let shutdown = CancellationToken::new();
+    let (fleet, api) = start_fleet_with_product(&pki, &config, &shutdown).await;
 
     // Image 1.0.0 runs the real appliance; 2.0.0 fails as soon as it starts.
     let v1 = image(&vendor_root, (1, 0, 0), &runs_warden(&warden));
@@ -349,24 +420,7 @@ async fn a_crashing_wave_rolls_back_by_itself_and_halts_the_rollout() {
     for index in 0..DEVICES {
         let device_dir = root.join(format!("unit{index}"));
         let (id, public_key) = manufacture(&warden, &device_dir, &vendor_root_public, &v1);
-        let cert = pki
-            .issue_device_certificate(&id, &public_key)
-            .expect("device certificate");
-        let (status, body) = api
-            .post(
-                DEVICES_PATH,
-                &RegisterRequest {
-                    device_id: id.clone(),
-                    serial: format!("SN-{index}"),
-                    product: PRODUCT.to_owned(),
-                    group: DEFAULT_GROUP.to_owned(),
-                    certificate_pem: std::fs::read_to_string(&cert).expect("cert"),
-                    image_version: "1.0.0".to_owned(),
-                },
-            )
-            .await
-            .expect("post");
-        assert_eq!(status, 201, "register {id}: {body}");
+        let cert = register(&api, &pki, &id, &public_key, &format!("SN-{index}")).await;
         let mut device = Device {
             id,
             dir: device_dir,

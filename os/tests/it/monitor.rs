@@ -497,9 +497,16 @@ fn the_appliance_manifest_parses_and_writes_every_grant_out() {
     assert!(page.connect.is_empty() && !page.listen.is_empty());
     assert!(bridges.listen.is_empty() && link.listen.is_empty() && pluton.listen.is_empty());
     assert!(page.peers.is_empty(), "the exposed page opens no channel");
-    // The link reaches pluton's socket through pluton's group; the page does not.
+    // The link reaches pluton's socket through pluton's group; the page does not: its
+    // one group is the link's, for the updater's local install socket (offline
+    // updates uploaded on the page), and nothing else of the link's.
     assert_eq!(link.groups, vec![pluton.uid]);
-    assert!(page.groups.is_empty());
+    assert!(!page.groups.contains(&pluton.uid));
+    assert_eq!(page.groups, vec![link.uid]);
+    assert_eq!(
+        page.unix_connect,
+        vec![Path::new("/var/lib/warden/downloads/update.sock").to_path_buf()]
+    );
     // The update agent (the link) writes exactly the boot monitor's slots and state,
     // where the provisioning station lays them out (`/var/lib/warden/{slots,boot}`).
     let boot = manifest.monitor.boot.as_ref().expect("[monitor.boot]");

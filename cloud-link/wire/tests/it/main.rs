@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use warden_wire::topics::{
     Ack, AttestationChallenge, AttestationQuote, AttestationVerdict, Command, CommandAction,
     CommandResult, CommandStatus, Delivery, DeviceEvent, FailureReportMessage, PROTOCOL_VERSION,
-    Reading, TelemetryBatch, TwinDesired, TwinReported, UpdateOffer, UpdateStatus, encode,
+    Reading, TelemetryBatch, TwinDesired, TwinReported, UPDATE_SOURCE_LOCAL, UpdateOffer,
+    UpdateStatus, encode,
 };
 
 /// Each topic suffix and the schema of its payload.
@@ -244,6 +245,19 @@ fn payloads_the_code_makes_validate() {
             id: "wave-1".into(),
             state: "confirmed".into(),
             detail: String::new(),
+            source: None,
+            version: None,
+        }),
+    );
+    assert_valid(
+        "update-status",
+        &delivery.attach(&UpdateStatus {
+            v: PROTOCOL_VERSION,
+            id: "local-0123456789ab".into(),
+            state: "installed".into(),
+            detail: "version 1.2.0 installed in slot b from a file".into(),
+            source: Some(UPDATE_SOURCE_LOCAL.into()),
+            version: Some("1.2.0".into()),
         }),
     );
 }

@@ -1,0 +1,221 @@
+//! Offline updates on the device side: images from a file sent to the updater's local
+//! install socket (what `warden update install` and the status page's upload do),
+//! verified, gated and installed exactly as an offer's download, with statuses marked
+//! `source: local` in the durable control queue. Bad files (tampered, another
+//! product, an older anti-rollback counter, too large) are refused by name and change
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use warden::updates::local::{self, LocalInstallAnswer, LocalInstallClient, RefusalKind};
+use warden::updates::report_boot_outcome;
+use warden_link::topics::{UPDATE_SOURCE_LOCAL, UpdateState};
+
+use super::updates::{PRODUCT, Vendor, update_statuses, updater};
+
+/// Every file under `dir` with its bytes (what "nothing changed" compares).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                files.insert(path.clone(), std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    files
+}
+
+async fn install(socket: &Path, file: &Path) -> LocalInstallAnswer {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        local::install_file(socket, file, &mut |_| {}),
+    )
+    .await
+    .expect("answered in time")
+    .expect("the updater answers")
+}
+
+fn refusal(answer: &LocalInstallAnswer) -> (RefusalKind, &str) {
+    match answer {
+        LocalInstallAnswer::Refused { reason, detail } => (*reason, detail.as_str()),
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_from_a_file_installs_on_trial_and_bad_files_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vendor = Vendor::new();
+    let (updater, monitor) = updater(dir.path(), &vendor, Arc::default());
+    let control = updater.control.clone();
+    let window = Arc::clone(&updater.window);
+    let downloads = dir.path().join("downloads");
+    let listener = local::bind(&downloads).expect("socket");
+    let socket = local::socket_path(&downloads);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(local::serve(listener, updater, 8 << 20, shutdown.clone()));
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("file");
+        path
+    };
+
+    // A good file: verified, installed into a slot, statuses marked local.
+    let good = vendor.image_for(&dir.path().join("r1"), "1.2.0", PRODUCT, 2);
+    let answer = install(&socket, &write("good.wim", &good)).await;
+    let LocalInstallAnswer::Installed { id, version, .. } = &answer else {
+        panic!("not installed: {answer:?}");
+    };
+    assert!(id.starts_with(local::LOCAL_ID_PREFIX), "{id}");
+    assert_eq!(version, "1.2.0");
+    let statuses = update_statuses(&control);
+    let states: Vec<&str> = statuses.iter().map(|s| s.state.as_str()).collect();
+    assert_eq!(
+        states,
+        ["verifying", "verifying", "installed"],
+        "{statuses:?}"
+    );
+    for status in &statuses {
+        assert_eq!(status.id, *id);
+        assert_eq!(status.source.as_deref(), Some(UPDATE_SOURCE_LOCAL));
+        assert_eq!(status.version.as_deref(), Some("1.2.0"));
+    }
+    assert!(
+        statuses[2].detail.contains("from a file"),
+        "{}",
+        statuses[2].detail
+    );
+
+    // The next boot runs it on trial; trial and confirmation go out marked local too.
+    let slot = {
+        let mut monitor = monitor.lock().expect("monitor");
+        let boot = monitor.select_boot().expect("boot");
+        assert!(boot.trial, "a local install boots on trial");
+        assert_eq!(
+            report_boot_outcome(&mut monitor, &downloads, &control).expect("report"),
+            Some(UpdateState::Trial)
+        );
+        assert_eq!(monitor.confirm(boot.slot).expect("confirm"), 2);
+        assert_eq!(
+            report_boot_outcome(&mut monitor, &downloads, &control).expect("report"),
+            Some(UpdateState::Confirmed)
+        );
+        boot.slot
+    };
+    let statuses = update_statuses(&control);
+    let last: Vec<(&str, Option<&str>)> = statuses[3..]
+        .iter()
+        .map(|s| (s.state.as_str(), s.source.as_deref()))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            ("trial", Some(UPDATE_SOURCE_LOCAL)),
+            ("confirmed", Some(UPDATE_SOURCE_LOCAL))
+        ]
+    );
+
+    // Bad files: each refused by name, nothing changes on the unit.
+    let before = snapshot(dir.path().join("state").as_path());
+    let before_downloads = snapshot(&downloads);
+    let mut tampered = vendor.image_for(&dir.path().join("r2"), "1.3.0", PRODUCT, 2);
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    let other_product = vendor.image_for(&dir.path().join("r3"), "1.3.0", "another-gw", 2);
+    let older = vendor.image_for(&dir.path().join("r4"), "1.1.0", PRODUCT, 1);
+    for (name, bytes, names) in [
+        ("tampered.wim", &tampered, "altered"),
+        (
+            "product.wim",
+            &other_product,
+            "wrong product: the image is for another-gw",
+        ),
+        ("older.wim", &older, "anti-rollback"),
+    ] {
+        let answer = install(&socket, &write(name, bytes)).await;
+        let (reason, detail) = refusal(&answer);
+        assert_eq!(reason, RefusalKind::Image, "{name}: {detail}");
+        assert!(detail.contains(names), "{name}: {detail}");
+        assert!(detail.contains("nothing was changed"), "{name}: {detail}");
+    }
+    let too_large = LocalInstallClient::start(&socket, 1 << 40, "test")
+        .await
+        .expect("connect")
+        .finish(&mut |_| {})
+        .await
+        .expect("answer");
+    let (reason, detail) = refusal(&too_large);
+    assert_eq!(reason, RefusalKind::TooLarge, "{detail}");
+    assert_eq!(
+        snapshot(dir.path().join("state").as_path()),
+        before,
+        "a refused file changed the slots or the boot state"
+    );
+    assert_eq!(
+        snapshot(&downloads),
+        before_downloads,
+        "a refused file was left behind"
+    );
+    let refused: Vec<_> = update_statuses(&control)
+        .into_iter()
+        .skip(5)
+        .map(|s| (s.state, s.source))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![("failed".to_owned(), Some(UPDATE_SOURCE_LOCAL.to_owned())); 3],
+        "each refused image is reported (the fleet sees the attempt)"
+    );
+    {
+        let mut monitor = monitor.lock().expect("monitor");
+        let boot = monitor.select_boot().expect("boot");
+        assert_eq!((boot.slot, boot.trial), (slot, false), "1.2.0 still runs");
+    }
+
+    // The update windows hold a local install as they hold an offer: vetoed, it waits
+    // (staged), and installs once the veto is lifted.
+    window
+        .lock()
+        .expect("window")
+        .veto("press-1", "die closing");
+    let next = vendor.image_for(&dir.path().join("r5"), "1.3.0", PRODUCT, 2);
+    let answer = install(&socket, &write("next.wim", &next)).await;
+    let LocalInstallAnswer::Waiting { id, detail, .. } = &answer else {
+        panic!("not waiting: {answer:?}");
+    };
+    assert!(detail.contains("vetoed by press-1"), "{detail}");
+    window.lock().expect("window").lift_veto("press-1");
+    let installed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if update_statuses(&control)
+                .iter()
+                .any(|s| s.id == *id && s.state == "installed")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        installed.is_ok(),
+        "not installed after the veto: {:?}",
+        update_statuses(&control)
+    );
+    shutdown.cancel();
+}
