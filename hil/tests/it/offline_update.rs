@@ -92,10 +92,10 @@ async fn an_image_from_a_file_installs_without_the_fleet_and_is_reported_when_it
             .output()
             .expect("warden update install")
     };
-    // A tampered copy: refused by name; nothing changes.
+    // A tampered copy (the payload's first byte, so the signed header and trailer still
+    // verify): refused as altered; nothing changes.
     let mut tampered = v11.clone();
-    let middle = tampered.len() / 2;
-    tampered[middle] ^= 0x01;
+    tampered[warden_os::image::HEADER_LEN] ^= 0x01;
     let before = std::fs::read(device_dir.join("boot/boot/state")).expect("boot state");
     let refused = install(&file("tampered.wim", &tampered));
     let stderr = String::from_utf8_lossy(&refused.stderr);
