@@ -151,7 +151,7 @@ where
     let trial_slot = warden_os::monitor::trial::trial_slot_from_env();
     let monitor = Arc::new(Mutex::new(monitor));
     let updater = Updater {
-        agent: UpdateAgent::new(&config.download_dir, Some(https))?,
+        agent: UpdateAgent::new(&config.download_dir, Some(https)),
         download_dir: config.download_dir.clone(),
         monitor: Arc::clone(&monitor),
         window: Arc::default(),

@@ -122,7 +122,7 @@ pub(super) fn updater(
         BootConfig::new(ProductId::new(PRODUCT).expect("product")),
     )));
     let updater = Updater {
-        agent: UpdateAgent::new(dir.join("downloads"), None).expect("agent"),
+        agent: UpdateAgent::new(dir.join("downloads"), None),
         download_dir: dir.join("downloads"),
         monitor: Arc::clone(&monitor),
         window: Arc::default(),

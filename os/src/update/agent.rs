@@ -147,14 +147,11 @@ impl UpdateAgent {
     /// HTTPS with `https` (a rustls client config: the unit passes one trusting the
     /// fleet CA only, over the tree's one TLS stack); `None`: no CA is trusted, so
     /// only `http://` URLs can be fetched.
-    pub fn new(
-        download_dir: impl Into<PathBuf>,
-        https: Option<rustls::ClientConfig>,
-    ) -> Result<Self, UpdateError> {
-        Ok(Self {
+    pub fn new(download_dir: impl Into<PathBuf>, https: Option<rustls::ClientConfig>) -> Self {
+        Self {
             http: HttpGetter::new(https, Duration::from_secs(10), Duration::from_secs(30)),
             download_dir: download_dir.into(),
-        })
+        }
     }
 
     /// The partial download of `offer`.

@@ -54,7 +54,7 @@ async fn interrupted_download_resumes_with_a_range_request_and_installs() {
     let cut = image.len() * 2 / 5;
     let (url, seen) = serve(image.clone(), Some(cut)).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = UpdateAgent::new(dir.path().join("downloads"), None).expect("agent");
+    let agent = UpdateAgent::new(dir.path().join("downloads"), None);
     let mut monitor = monitor(dir.path(), &keys);
     let mut events = Vec::new();
     let outcome = agent
@@ -93,7 +93,7 @@ async fn over_https_an_interrupted_download_resumes_with_a_range_request() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     // Without the server's CA, nothing is fetched: no other root is trusted.
-    let untrusting = UpdateAgent::new(dir.path().join("refused"), None).expect("agent");
+    let untrusting = UpdateAgent::new(dir.path().join("refused"), None);
     let refused = untrusting
         .download(&offer(url.clone(), &image), &mut |_| {})
         .await
@@ -102,8 +102,7 @@ async fn over_https_an_interrupted_download_resumes_with_a_range_request() {
 
     // Trusting another CA, the server's certificate is refused: the chain is verified.
     let (_, _, other_ca) = serve_https(image.clone(), None).await;
-    let wrong =
-        UpdateAgent::new(dir.path().join("wrong"), Some(trusting(&other_ca))).expect("agent");
+    let wrong = UpdateAgent::new(dir.path().join("wrong"), Some(trusting(&other_ca)));
     let refused = wrong
         .download(&offer(url.clone(), &image), &mut |_| {})
         .await
@@ -119,8 +118,7 @@ async fn over_https_an_interrupted_download_resumes_with_a_range_request() {
             .exists()
     );
 
-    let agent =
-        UpdateAgent::new(dir.path().join("downloads"), Some(trusting(&ca_pem))).expect("agent");
+    let agent = UpdateAgent::new(dir.path().join("downloads"), Some(trusting(&ca_pem)));
     let mut monitor = monitor(dir.path(), &keys);
     let mut events = Vec::new();
     let outcome = agent
@@ -148,7 +146,7 @@ async fn wrong_digest_is_refused_before_any_slot_is_touched() {
     let image = keys.image(2, 1, "#!/bin/sh\n", 100_000);
     let (url, _) = serve(image.clone(), None).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = UpdateAgent::new(dir.path().join("downloads"), None).expect("agent");
+    let agent = UpdateAgent::new(dir.path().join("downloads"), None);
     let mut monitor = monitor(dir.path(), &keys);
     let mut bad = offer(url, &image);
     bad.sha256[0] ^= 1;
@@ -183,7 +181,7 @@ async fn image_from_an_unknown_root_is_refused_and_the_slot_stays_unbootable() {
     let image = stranger.image(2, 1, "#!/bin/sh\n", 1000);
     let (url, _) = serve(image.clone(), None).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = UpdateAgent::new(dir.path().join("downloads"), None).expect("agent");
+    let agent = UpdateAgent::new(dir.path().join("downloads"), None);
     let mut monitor = monitor(dir.path(), &keys);
     let error = agent
         .apply(
@@ -211,7 +209,7 @@ async fn a_veto_leaves_the_verified_download_staged() {
     let image = keys.image(2, 1, "#!/bin/sh\n", 1000);
     let (url, seen) = serve(image.clone(), None).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = UpdateAgent::new(dir.path().join("downloads"), None).expect("agent");
+    let agent = UpdateAgent::new(dir.path().join("downloads"), None);
     let mut monitor = monitor(dir.path(), &keys);
     let mut window = UpdateWindowPolicy::default();
     window.veto("press-1", "cycle running");
