@@ -33,6 +33,17 @@ function sparkline(values) {
   return svg;
 }
 
+/**
+ * A point's last value as shown: a number with the decimal places its config sets
+ * (`decimals`), else as read; a number that is not finite arrives as null.
+ */
+function shownValue(p) {
+  const value = p.last.value;
+  if (value === null) return "not a number";
+  if (typeof value === "number" && Number.isInteger(p.decimals)) return value.toFixed(p.decimals);
+  return String(value);
+}
+
 function when(ms) { return ms ? new Date(ms).toLocaleString() : ""; }
 
 function showUpdates(u) {
@@ -159,7 +170,7 @@ async function refresh() {
       row(table, ["point", "value", "unit", "read at", "trend"], "th");
       for (const p of b.points) {
         const tr = p.last
-          ? row(table, [p.name, p.last.value === null ? "not a number" : String(p.last.value), p.last.unit, new Date(p.last.ts_ms).toLocaleTimeString(), sparkline(p.recent)])
+          ? row(table, [p.name, shownValue(p), p.last.unit, new Date(p.last.ts_ms).toLocaleTimeString(), sparkline(p.recent)])
           : row(table, [p.name, "—", "", "never", ""]);
         tr.dataset.point = p.name;
       }

@@ -137,6 +137,36 @@ impl ApplianceBridges {
         }
     }
 
+    /// Decimal places of every point that sets `decimals`, by reading point name
+    /// (`bridge/point`, as readings name it): what the twin reports so the fleet's
+    /// dashboard shows each value as configured.
+    pub fn point_decimals(&self) -> std::collections::BTreeMap<String, u8> {
+        let modbus = self
+            .modbus_tcp
+            .iter()
+            .map(|bridge| (&bridge.name, &bridge.points))
+            .chain(
+                self.modbus_rtu
+                    .iter()
+                    .map(|bridge| (&bridge.name, &bridge.points)),
+            )
+            .flat_map(|(bridge, points)| {
+                points
+                    .iter()
+                    .filter_map(move |point| Some((bridge, &point.name, point.decimals?)))
+            });
+        let ble = self.ble.iter().flat_map(|bridge| {
+            bridge
+                .points
+                .iter()
+                .filter_map(move |point| Some((&bridge.name, &point.name, point.decimals?)))
+        });
+        modbus
+            .chain(ble)
+            .map(|(bridge, point, decimals)| (format!("{bridge}/{point}"), decimals))
+            .collect()
+    }
+
     /// The same bridges, with every real-time core line (`transport = "rtcore"`)
     /// given `bundle` (the stored signed policy bundle, newer than the configured
     /// file) when there is one.

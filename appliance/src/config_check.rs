@@ -718,6 +718,32 @@ metrics_listen = "127.0.0.1:0"
     }
 
     #[test]
+    fn decimals_are_for_numbers_and_bounded() {
+        let unit = Unit::new();
+        let (_, report) = unit.check(&[("type = \"u16\"", "type = \"u16\"\ndecimals = 2")]);
+        assert!(report.is_ok(), "{report}");
+        let (text, report) = unit.check(&[("type = \"u16\"", "type = \"u16\"\ndecimals = 10")]);
+        assert_reports(
+            &text,
+            &report,
+            "decimals",
+            "bridges.modbus_tcp[0].points[0].decimals",
+            "10 is more than the 9 allowed",
+        );
+        let (text, report) = unit.check(&[(
+            "type = \"u16\"",
+            "type = \"string\"\nlength = 2\ndecimals = 1",
+        )]);
+        assert_reports(
+            &text,
+            &report,
+            "decimals",
+            "bridges.modbus_tcp[0].points[0].decimals",
+            "only number points take decimals, not string",
+        );
+    }
+
+    #[test]
     fn the_key_source_must_be_exactly_one() {
         let unit = Unit::new();
         let (text, report) = unit.check(&[(

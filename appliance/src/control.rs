@@ -273,7 +273,13 @@ pub fn render(status: &serde_json::Value) -> String {
             let value = if last.is_null() {
                 "-".to_owned()
             } else {
-                format!("{} {}", text(&last["value"]), text(&last["unit"]))
+                let shown = match (last["value"].as_f64(), point["decimals"].as_u64()) {
+                    (Some(number), Some(decimals)) => {
+                        format!("{number:.*}", usize::try_from(decimals).unwrap_or(0))
+                    }
+                    _ => text(&last["value"]),
+                };
+                format!("{shown} {}", text(&last["unit"]))
             };
             let _ = writeln!(out, "    {:<22} {}", text(&point["name"]), value.trim_end());
         }
@@ -315,6 +321,8 @@ mod tests {
                          "health": {"reads_ok": 7, "errors": 1, "exceptions": 0, "denied": 2,
                                     "timeouts": 3, "wrong_unit": 1},
                          "points": [{"name": "oil", "last": {"value": 21.5, "unit": "°C"}},
+                                    {"name": "flow", "decimals": 2,
+                                     "last": {"value": 73.100_000_000_000_01, "unit": "bar"}},
                                     {"name": "batch", "last": {"value": "AB-17", "unit": ""}},
                                     {"name": "code", "last": null}]}],
         });
@@ -330,6 +338,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("oil") && text.contains("21.5 °C"), "{text}");
+        assert!(
+            text.contains("73.10 bar"),
+            "a point with decimals is shown with them: {text}"
+        );
         assert!(
             text.contains("3 timeouts, 1 answers from the wrong unit"),
             "{text}"

@@ -380,6 +380,7 @@ mod tests {
             unit: Default::default(),
             tasks: Default::default(),
             facade: Default::default(),
+            point_decimals: Default::default(),
         }
     }
 

@@ -71,7 +71,10 @@ impl StartingPolicy {
             }
             None => (Arc::new(compile_policy_file(&config.policy.file)?), None),
         };
-        let initial_report = crate::twin::reported_for(&policy, bundle_version, None);
+        let initial_report = warden_link::topics::TwinReported {
+            point_decimals: config.bridges.point_decimals(),
+            ..crate::twin::reported_for(&policy, bundle_version, None)
+        };
         let bundle_file = match (&config.policy.bundle_dir, bundle_version) {
             (Some(dir), Some(_)) => Some(dir.join(warden_policy::bundle::store::CURRENT_FILE)),
             _ => None,

@@ -228,7 +228,19 @@ impl PolicyTwin {
                         bridges.len()
                     ),
                 );
-                (reported_for(&policy, Some(version), None), event)
+                // The points' display settings come from the unit's config, not the
+                // bundle: they stay as reported.
+                let point_decimals = self
+                    .reported
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .point_decimals
+                    .clone();
+                let reported = TwinReported {
+                    point_decimals,
+                    ..reported_for(&policy, Some(version), None)
+                };
+                (reported, event)
             }
             Err(error) => {
                 tracing::warn!(%error, "policy bundle refused; the running policy stays");

@@ -334,6 +334,9 @@ fn check_points(points: &[PointConfig], bridge: &str, at: &str) -> Result<(), Co
                 format!("{} must be a finite number >= 0", point.deadband),
             ));
         }
+        if let Some(message) = crate::point::decimals_problem(point.decimals, point.data_type) {
+            return Err(problem(format!("{at}.decimals"), message));
+        }
     }
     Ok(())
 }

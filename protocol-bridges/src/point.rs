@@ -1,6 +1,7 @@
 //! Points: typed, scaled views of equipment coils and registers.
 
 use serde::Deserialize;
+pub use warden_wire::topics::MAX_POINT_DECIMALS;
 
 use crate::sample::Value;
 
@@ -165,6 +166,25 @@ pub struct PointConfig {
     /// How often to read the point, in milliseconds.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// Decimal places the value is shown with on the status page and the fleet's
+    /// dashboard (numbers only, 0..=[`MAX_POINT_DECIMALS`]); absent: as read, float
+    /// noise trimmed. Display only: readings carry the full value.
+    #[serde(default)]
+    pub decimals: Option<u8>,
+}
+
+/// Why a point's `decimals` cannot be taken, or nothing: it is for number points only,
+/// and at most [`MAX_POINT_DECIMALS`]. Shared by every kind of bridge.
+pub fn decimals_problem(decimals: Option<u8>, data_type: DataType) -> Option<String> {
+    let decimals = decimals?;
+    if matches!(data_type, DataType::Bool | DataType::String) {
+        return Some(format!(
+            "only number points take decimals, not {}",
+            data_type.name()
+        ));
+    }
+    (decimals > MAX_POINT_DECIMALS)
+        .then(|| format!("{decimals} is more than the {MAX_POINT_DECIMALS} allowed"))
 }
 
 fn one() -> f64 {
@@ -407,6 +427,7 @@ mod tests {
             unit: String::new(),
             deadband: 0.0,
             poll_interval_ms: 1000,
+            decimals: None,
         }
     }
 

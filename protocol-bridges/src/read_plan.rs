@@ -133,6 +133,7 @@ mod tests {
             unit: String::new(),
             deadband: 0.0,
             poll_interval_ms: 1000,
+            decimals: None,
         }
     }
 

@@ -88,6 +88,7 @@ pub async fn start(
         unit: from_link_state.unit,
         tasks: tasks.health(),
         facade: Arc::default(),
+        point_decimals: Arc::new(config.bridges.point_decimals()),
     };
 
     let from_bridges_state = state.clone();

@@ -70,6 +70,9 @@ pub struct ApplianceState {
     /// The gateway facade's counters (`None`: no facade configured, or not heard of
     /// yet; the bridges send them every second).
     pub facade: Arc<Mutex<Option<warden_bridges::FacadeHealth>>>,
+    /// Decimal places of the points whose config sets them, by `bridge/point`
+    /// ([`crate::config::ApplianceBridges::point_decimals`]).
+    pub point_decimals: Arc<BTreeMap<String, u8>>,
 }
 
 impl ApplianceState {
@@ -119,6 +122,7 @@ mod tests {
             unit: Default::default(),
             tasks: Default::default(),
             facade: Default::default(),
+            point_decimals: Default::default(),
         }
     }
 

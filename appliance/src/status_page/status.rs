@@ -65,6 +65,9 @@ pub struct PointStatus {
     pub last: Option<LiveValue>,
     /// Recent numeric values, oldest first (for the trend chart).
     pub recent: Vec<f64>,
+    /// Decimal places to show a number with, when the point's config sets them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decimals: Option<u8>,
 }
 
 /// The status of `state` now.
@@ -96,6 +99,10 @@ pub fn snapshot(state: &ApplianceState) -> Status {
                 .map(|point| {
                     let key = (bridge.name.clone(), point.clone());
                     PointStatus {
+                        decimals: state
+                            .point_decimals
+                            .get(&format!("{}/{point}", bridge.name))
+                            .copied(),
                         name: point.clone(),
                         last: values.get(&key).cloned(),
                         recent: history

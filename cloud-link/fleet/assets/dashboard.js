@@ -73,11 +73,13 @@ function number(field, value) {
 }
 
 /**
- * A number as a person reads it: float noise from the unit's scaling removed
- * (73.10000000000001 is shown as 73.1), at most 10 significant digits.
+ * A number as a person reads it: with `decimals` places when the point's config sets
+ * them (the unit reports them in its twin), else with float noise from the unit's
+ * scaling removed (73.10000000000001 is shown as 73.1), at most 10 significant digits.
  */
-function formatNumber(value) {
+function formatNumber(value, decimals) {
   if (typeof value !== "number" || !Number.isFinite(value)) return String(value);
+  if (Number.isInteger(decimals) && decimals >= 0) return value.toFixed(decimals);
   return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(10)));
 }
 
@@ -114,9 +116,9 @@ async function api(path) {
   return response.json();
 }
 
-/** A reading as shown: the text of a string point, else its number. */
-function shownValue(reading) {
-  return reading.text !== undefined && reading.text !== null ? reading.text : formatNumber(reading.value);
+/** A reading as shown: the text of a string point, else its number (see formatNumber). */
+function shownValue(reading, decimals) {
+  return reading.text !== undefined && reading.text !== null ? reading.text : formatNumber(reading.value, decimals);
 }
 
 // ---- Charts ----
@@ -149,7 +151,7 @@ function segments(points) {
  * A line chart of readings (any order) as an SVG element, over `span` ({from, to} in
  * ms: the same for every chart of a page, so they line up) or the readings' own span.
  */
-function lineChart(readings, unit, span) {
+function lineChart(readings, unit, span, decimals) {
   const points = readings.slice().sort((a, b) => a.ts_ms - b.ts_ms);
   const width = 380, height = 140, left = 48, right = 8, top = 8, bottom = 22;
   const chart = svg("svg", {
@@ -172,8 +174,8 @@ function lineChart(readings, unit, span) {
     node.textContent = text;
     chart.appendChild(node);
   };
-  label(`${formatNumber(v1)} ${unit}`, { x: 2, y: top + 8 });
-  label(`${formatNumber(v0)} ${unit}`, { x: 2, y: height - bottom });
+  label(`${formatNumber(v1, decimals)} ${unit}`, { x: 2, y: top + 8 });
+  label(`${formatNumber(v0, decimals)} ${unit}`, { x: 2, y: height - bottom });
   label(new Date(t0).toLocaleTimeString(), { x: left, y: height - 6 });
   label(new Date(t1).toLocaleTimeString(), { x: width - right, y: height - 6, "text-anchor": "end" });
   for (const part of segments(points)) {
@@ -351,9 +353,10 @@ async function devicePage(id) {
   const identityTable = el("table", { id: "identity" });
   const body = identityTable.createTBody();
   for (const tr of identity) body.appendChild(tr);
+  const decimals = (point) => (detail.point_decimals || {})[point];
   const view = [el("h2", {}, "Device " + detail.device_id), identityTable, el("h2", {}, "Latest values"),
     table("latest-values", ["point", "value", "unit", "read at"], detail.latest.map((v) =>
-      row({ point: v.point }, v.point, el("td", { class: "value" }, shownValue(v)), v.unit, time(v.ts_ms)))),
+      row({ point: v.point }, v.point, el("td", { class: "value" }, shownValue(v, decimals(v.point))), v.unit, time(v.ts_ms)))),
     el("h2", {}, "Telemetry")];
   const charts = el("div", { class: "charts", id: "charts" });
   // String points (text, no number) have no chart.
@@ -366,7 +369,7 @@ async function devicePage(id) {
   numeric.forEach((v, index) => {
     charts.appendChild(el("figure", { class: "chart", data: { point: v.point } },
       el("figcaption", {}, `${v.point} (${series[index].readings.length} readings)`),
-      lineChart(series[index].readings, v.unit, span)));
+      lineChart(series[index].readings, v.unit, span, decimals(v.point))));
   });
   if (detail.latest.length === 0) charts.appendChild(el("p", { class: "muted" }, "No telemetry yet."));
   view.push(charts, el("h2", {}, "Recent failure reports"),

@@ -46,6 +46,7 @@
 
 pub use crate::value::Value;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Version of the topic tree and of every payload in it.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -635,7 +636,16 @@ pub struct TwinReported {
     /// SHA-256 (hex) of the link settings that run, as [`LinkSettings::digest`].
     #[serde(default)]
     pub link_settings_sha256: Option<String>,
+    /// Decimal places each numeric point is shown with, by reading point name
+    /// (`bridge/point`), as the unit's config sets them (`decimals` of a point); points
+    /// without the setting are absent. At most [`MAX_POINT_DECIMALS`] each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub point_decimals: BTreeMap<String, u8>,
 }
+
+/// The most decimal places a point may be shown with (`decimals` of a point; more than
+/// an `f64` reading carries meaningfully for a measured value).
+pub const MAX_POINT_DECIMALS: u8 = 9;
 
 /// Link settings the fleet may change through the twin: the `link` member of a
 /// `twin/desired` object (read with [`LinkSettings::of_desired`]; a peer that does not

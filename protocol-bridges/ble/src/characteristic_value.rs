@@ -98,6 +98,7 @@ impl ValueCodec {
             unit: config.unit.clone(),
             deadband: config.deadband,
             poll_interval_ms: config.poll_interval_ms,
+            decimals: config.decimals,
         };
         Ok(Self {
             point,
@@ -289,6 +290,7 @@ mod tests {
             unit: String::new(),
             deadband: 0.0,
             poll_interval_ms: 1000,
+            decimals: None,
         }
     }
 

@@ -211,6 +211,11 @@ impl BleBridgeConfig {
                     format!("{} must be finite and not negative", point.deadband),
                 ));
             }
+            if let Some(message) =
+                warden_bridges::point::decimals_problem(point.decimals, point.data_type)
+            {
+                return Err(error(&field("decimals"), message));
+            }
             if point.access == BleAccess::Read && point.poll_interval_ms < 10 {
                 return Err(error(
                     &field("poll_interval_ms"),

@@ -65,6 +65,10 @@ pub struct BlePointConfig {
     /// Read period of `read` points, in milliseconds.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// Decimal places the value is shown with (numbers only; as Modbus points'
+    /// `decimals`, [`warden_bridges::point::PointConfig::decimals`]).
+    #[serde(default)]
+    pub decimals: Option<u8>,
 }
 
 fn little_words() -> WordOrder {

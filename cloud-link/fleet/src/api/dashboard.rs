@@ -18,7 +18,7 @@ use warden_wire::fleet_api::{
     Connectivity, DashboardDevice, DeploymentProgress, DeviceDetail, DevicePageQuery, FleetSummary,
     ReportGroupsQuery, SignatureGroup, StoredDeployment, WaveProgress,
 };
-use warden_wire::topics::UpdateState;
+use warden_wire::topics::{MAX_POINT_DECIMALS, TwinReported, UpdateState};
 
 use super::error::ApiError;
 use super::state::ApiState;
@@ -298,7 +298,9 @@ async fn device(
     if registered.is_none() && seen.is_none() {
         return Err(ApiError::NotFound(format!("device {id} is not known")));
     }
+    let point_decimals = reported_point_decimals(&state, &id).await?;
     Ok(Json(DeviceDetail {
+        point_decimals,
         online: online_ids(&state).contains(&id),
         latest: state.store.latest_values(&id).await?,
         reports: state
@@ -309,6 +311,33 @@ async fn device(
         registered,
         seen,
     }))
+}
+
+/// The decimal places the device's reported twin sets for its points. The twin is the
+/// device's word, so a setting outside `0..=MAX_POINT_DECIMALS` is left out (the page
+/// then shows the value as read) and a twin that does not parse gives none.
+async fn reported_point_decimals(
+    state: &ApiState,
+    id: &str,
+) -> Result<BTreeMap<String, u8>, ApiError> {
+    let Some((_, Some(reported))) = state.store.twin(id).await? else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(point_decimals_of(&reported))
+}
+
+fn point_decimals_of(reported: &str) -> BTreeMap<String, u8> {
+    match TwinReported::decode(reported.as_bytes()) {
+        Ok(twin) => twin
+            .point_decimals
+            .into_iter()
+            .filter(|(_, decimals)| *decimals <= MAX_POINT_DECIMALS)
+            .collect(),
+        Err(error) => {
+            tracing::debug!(%error, "stored reported twin does not parse");
+            BTreeMap::new()
+        }
+    }
 }
 
 async fn deployments(
@@ -379,6 +408,27 @@ mod tests {
             events,
             members,
         }
+    }
+
+    #[test]
+    fn point_decimals_come_from_the_reported_twin_within_bounds() {
+        let reported = r#"{"v":1,"policy_name":null,"policy_version":null,"last_error":null,
+            "point_decimals":{"line1/oil":2,"line1/rpm":0,"line1/odd":10}}"#;
+        let decimals = point_decimals_of(reported);
+        assert_eq!(decimals.get("line1/oil"), Some(&2));
+        assert_eq!(decimals.get("line1/rpm"), Some(&0));
+        assert_eq!(decimals.get("line1/odd"), None, "above MAX_POINT_DECIMALS");
+        assert!(point_decimals_of(r#"{"v":1,"point_decimals":{"a":"x"}}"#).is_empty());
+        assert!(
+            point_decimals_of(r#"{"v":2}"#).is_empty(),
+            "unknown version"
+        );
+        assert!(
+            point_decimals_of(
+                r#"{"v":1,"policy_name":null,"policy_version":null,"last_error":null}"#
+            )
+            .is_empty()
+        );
     }
 
     #[test]

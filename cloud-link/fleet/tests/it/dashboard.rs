@@ -18,7 +18,7 @@ use rustls_pki_types::pem::PemObject as _;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use warden_test_support::browser;
-use warden_wire::topics::{Reading, TelemetryBatch};
+use warden_wire::topics::{Reading, TelemetryBatch, TwinReported, twin_reported_topic};
 use warden_wire::topics::{from_hex, telemetry_topic, to_hex};
 
 use super::registry::{create_product, register};
@@ -762,6 +762,52 @@ async fn the_dashboard_shows_counts_charts_waves_and_report_groups_in_chromium()
         shows(
             fragment(dom, "id=\"device-reports\"", "</table>")?,
             "<td class=\"muted\" colspan=\"6\">none</td>",
+        )
+    })
+    .await;
+    // The unit's config gives pressure 2 decimal places: once its twin reports that,
+    // the value and the chart's axis are shown with them (73.10, not 73.1).
+    let reported = TwinReported {
+        v: 1,
+        point_decimals: [("line2/pressure".to_owned(), 2)].into(),
+        ..TwinReported::default()
+    };
+    fed.devices
+        .get_mut(4)
+        .expect("wd-f")
+        .client
+        .publish(
+            twin_reported_topic("wd-f"),
+            QoS::AtLeastOnce,
+            false,
+            reported.encode(),
+        )
+        .await
+        .expect("queue");
+    api_until(
+        &fx,
+        "/api/v1/dashboard/devices/wd-f",
+        "wd-f's reported decimals",
+        |d| d["point_decimals"]["line2/pressure"] == 2,
+    )
+    .await;
+    page(fx.url("/devices/wd-f"), "device-decimals", |dom| {
+        shows(
+            fragment(dom, "data-point=\"line2/pressure\"><td>", "</tr>")?,
+            "<td class=\"value\">73.10</td>",
+        )?;
+        shows(
+            fragment(
+                dom,
+                "class=\"chart\" data-point=\"line2/pressure\">",
+                "</figure>",
+            )?,
+            ">73.10 bar<",
+        )?;
+        // Flow sets no decimals: shown as read.
+        shows(
+            fragment(dom, "data-point=\"line2/flow\"><td>", "</tr>")?,
+            "<td class=\"value\">5</td>",
         )
     })
     .await;

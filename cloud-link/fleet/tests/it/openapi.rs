@@ -710,6 +710,7 @@ fn the_document_describes_every_wire_type_of_the_api() {
                 seen: Some(seen()),
                 latest: readings(),
                 reports: vec![report()],
+                point_decimals: [("line1/temperature".to_owned(), 1)].into(),
             },
             DeviceDetail {
                 device_id: "wd-0002".into(),
@@ -718,6 +719,7 @@ fn the_document_describes_every_wire_type_of_the_api() {
                 seen: None,
                 latest: Vec::new(),
                 reports: Vec::new(),
+                point_decimals: Default::default(),
             },
         ],
     ));

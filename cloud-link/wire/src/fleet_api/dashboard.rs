@@ -112,6 +112,11 @@ pub struct DeviceDetail {
     pub latest: Vec<StoredReading>,
     /// Its latest failure reports, newest first.
     pub reports: Vec<StoredReport>,
+    /// Decimal places to show each point with, as the unit's config sets them (from its
+    /// reported twin, [`crate::topics::TwinReported::point_decimals`]); points without
+    /// the setting are absent.
+    #[serde(default)]
+    pub point_decimals: std::collections::BTreeMap<String, u8>,
 }
 
 /// Progress of one wave of a deployment.
