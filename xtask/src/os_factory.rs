@@ -14,8 +14,16 @@
 //!    from the slot and verified there at every boot. An update replaces the symlink
 //!    with a file on the state partition (the boot monitor's install).
 //!
-//! A unit made this way is not a provisioned unit: it has no device certificate or
-//! appliance config, so the appliance it boots does not connect anywhere.
+//! 5. the factory boots it once and confirms it (as the provisioning station's self-test
+//!    does), so slot A is the confirmed primary and the anti-rollback counter is 1;
+//! 6. the unit's configuration goes to `etc/` on the state partition (PID 1 binds each
+//!    file to the same path under `/etc`): the appliance config and policy
+//!    (`os_unit/`), `hosts` and `resolv.conf` for QEMU's user network, and the status
+//!    page's password hash (`warden passwd`; the password is printed and kept in
+//!    `target/os/work/vendor/status-page-password`, never on the disk).
+//!
+//! The unit has no device certificate yet: `etc/warden/fleet-ca.pem` and
+//! `device-cert.pem` are empty, so its link retries and connects nowhere.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -99,6 +107,7 @@ pub fn provision(
     );
     pluton.stop();
     installed?;
+    write_unit_config(warden, &vendor, state)?;
     let in_state = state.join(warden_os::boot::slot_image_path(warden_os::Slot::A));
     std::fs::remove_file(&in_state).map_err(|e| format!("{}: {e}", in_state.display()))?;
     std::os::unix::fs::symlink(SLOT_A_IMAGE, &in_state)
@@ -151,7 +160,82 @@ fn install(
     if slot != warden_os::Slot::A {
         return Err(format!("a fresh unit installed into slot {slot}, not A"));
     }
+    let decision = monitor
+        .select_boot()
+        .map_err(|e| format!("the factory boot of slot A: {e}"))?;
+    monitor
+        .confirm(decision.slot)
+        .map_err(|e| format!("confirming slot A: {e}"))?;
     Ok(())
+}
+
+/// The unit's files under the state partition's `etc/`, each bound by PID 1 to the same
+/// path under the guest's `/etc`.
+const UNIT_CONFIG: &[(&str, &str)] = &[
+    (
+        "etc/warden/warden.toml",
+        include_str!("os_unit/warden.toml"),
+    ),
+    (
+        "etc/warden/policy.toml",
+        include_str!("os_unit/policy.toml"),
+    ),
+    ("etc/hosts", include_str!("os_unit/hosts")),
+    ("etc/resolv.conf", include_str!("os_unit/resolv.conf")),
+    // Not provisioned for a fleet: present (the manifest grants them to the link), empty.
+    ("etc/warden/fleet-ca.pem", ""),
+    ("etc/warden/device-cert.pem", ""),
+];
+
+/// Writes [`UNIT_CONFIG`] and the status page's password hash into `state`.
+fn write_unit_config(warden: &Path, vendor: &Path, state: &Path) -> Result<(), String> {
+    for (path, text) in UNIT_CONFIG {
+        let path = state.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let password = hex_of(&rand_bytes::<12>()?);
+    let kept = vendor.join("status-page-password");
+    std::fs::write(&kept, format!("{password}\n"))
+        .map_err(|e| format!("{}: {e}", kept.display()))?;
+    let hash_file = state.join("status-page/password.phc");
+    let mut passwd = Command::new(warden)
+        .arg("passwd")
+        .arg("--file")
+        .arg(&hash_file)
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {} passwd: {e}", warden.display()))?;
+    if let Some(mut stdin) = passwd.stdin.take() {
+        use std::io::Write as _;
+        stdin
+            .write_all(format!("{password}\n").as_bytes())
+            .map_err(|e| format!("warden passwd: {e}"))?;
+    }
+    let status = passwd.wait().map_err(|e| format!("warden passwd: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "warden passwd --file {} failed: {status}",
+            hash_file.display()
+        ));
+    }
+    eprintln!(
+        "    development unit: status page password in {}",
+        kept.display()
+    );
+    Ok(())
+}
+
+fn rand_bytes<const N: usize>() -> Result<[u8; N], String> {
+    let mut bytes = [0; N];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(bytes)
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// `warden pluton` on the host, for the factory steps.
