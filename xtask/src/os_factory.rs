@@ -6,8 +6,11 @@
 //!    `target/os/work/vendor`, never on the disk);
 //! 2. a signed image (`1.0.0`, counter 1) of the stripped `warden` binary for the
 //!    shipped manifest's product;
-//! 3. pluton, run on the host on the state partition's `pluton/` directory: identity
-//!    created, the vendor root installed (the station's job on a real line);
+//! 3. pluton, run on the host on the state partition's `pluton/` directory with the
+//!    **unit's TPM**: a fresh swtpm state in `target/os/tpm`, the one `os-run` gives the
+//!    guest (`-tpmdev emulator`), reached here over swtpm's TCP socket. Pluton's TPM
+//!    backend keeps its keys, measurement registers (PCRs 8–15) and counters there;
+//!    identity created, the vendor root installed (the station's job on a real line);
 //! 4. the boot monitor installs the image into slot A (`slots/a.wim`, the boot state
 //!    recorded), then `slots/a.wim` becomes a symlink to the root slot partition's copy
 //!    (`/run/warden/slots/a/warden.wim`, read-only erofs), so the factory image is read
@@ -56,6 +59,7 @@ pub fn provision(
     manifest: &Path,
     work: &Path,
     state: &Path,
+    tpm_state: &Path,
 ) -> Result<PathBuf, String> {
     let manifest = warden_os::monitor::manifest::Manifest::load(manifest)
         .map_err(|e| format!("{}: {e}", manifest.display()))?;
@@ -96,7 +100,10 @@ pub fn provision(
 
     let pluton_dir = state.join("pluton");
     let socket = work.join("pluton.sock");
-    let mut pluton = Pluton::start(warden, &socket, &pluton_dir)?;
+    // A new unit, a new TPM: the old state would hold another unit's keys and counters.
+    let _ = std::fs::remove_dir_all(tpm_state);
+    let tpm = FactoryTpm::start(tpm_state)?;
+    let mut pluton = Pluton::start(warden, &socket, &pluton_dir, &tpm.tcti())?;
     let installed = install(
         &socket,
         &pluton_dir.join("provisioning.capability"),
@@ -106,6 +113,7 @@ pub fn provision(
         &signed,
     );
     pluton.stop();
+    drop(tpm);
     installed?;
     write_unit_config(warden, &vendor, state)?;
     let in_state = state.join(warden_os::boot::slot_image_path(warden_os::Slot::A));
@@ -238,13 +246,79 @@ fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// The unit's TPM during the factory steps: swtpm on the state directory QEMU later
+/// gives the guest, serving TCP on loopback (`swtpm:` TCTI).
+struct FactoryTpm {
+    child: Child,
+    port: u16,
+}
+
+impl FactoryTpm {
+    fn start(state: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
+        let port = free_port_pair()?;
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--server"])
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .args(["--flags", "startup-clear,not-need-init"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start swtpm (Debian: swtpm, swtpm-tools): {e}"))?;
+        let mut tpm = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
+            if Instant::now() > deadline {
+                tpm.stop();
+                return Err(format!("swtpm did not listen on 127.0.0.1:{port}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(tpm)
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FactoryTpm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Two consecutive free loopback ports (swtpm's data and control sockets).
+fn free_port_pair() -> Result<u16, String> {
+    for _ in 0..64 {
+        let first = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .map_err(|e| format!("no free port: {e}"))?;
+        let port = first.local_addr().map_err(|e| e.to_string())?.port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no two consecutive free loopback ports".to_owned())
+}
+
 /// `warden pluton` on the host, for the factory steps.
 struct Pluton {
     child: Child,
 }
 
 impl Pluton {
-    fn start(warden: &Path, socket: &Path, state: &Path) -> Result<Self, String> {
+    fn start(warden: &Path, socket: &Path, state: &Path, tcti: &str) -> Result<Self, String> {
         let _ = std::fs::remove_file(socket);
         let child = Command::new(warden)
             .arg("pluton")
@@ -253,7 +327,9 @@ impl Pluton {
             .arg("--state-dir")
             .arg(state)
             .arg("--backend")
-            .arg("software")
+            .arg("tpm")
+            .arg("--tcti")
+            .arg(tcti)
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

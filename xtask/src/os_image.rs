@@ -47,6 +47,11 @@ const BOOT_MIB: u64 = 96;
 const SLOT_MIB: u64 = 64;
 const STATE_MIB: u64 = 64;
 const SECTOR: u64 = 512;
+/// The unit's TPM state, next to the disk (`os-run` gives it to the guest).
+pub const TPM_STATE: &str = "tpm";
+/// The TPM transport pluton's TPM backend loads at run time (`dlopen`, so `ldd` does not
+/// name it): the kernel's TPM device.
+const TPM_TCTI_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0";
 /// iproute2's `ip`, copied into the initramfs at the same path
 /// (`appliance/src/os_init.rs` runs it).
 const GUEST_IP: &str = "/usr/sbin/ip";
@@ -133,8 +138,14 @@ pub fn build_with(content: &SlotContent) -> Result<(), String> {
         SlotContent::Empty => (None, None),
         SlotContent::Signed(signed) => (Some(signed.clone()), Some(signed.clone())),
         SlotContent::DevUnit => {
-            let signed =
-                crate::os_factory::provision(&binary, &stripped, &manifest, &work, &state_tree)?;
+            let signed = crate::os_factory::provision(
+                &binary,
+                &stripped,
+                &manifest,
+                &work,
+                &state_tree,
+                &out.join(TPM_STATE),
+            )?;
             (Some(signed), None)
         }
     };
@@ -505,6 +516,13 @@ fn write_initramfs(path: &Path, binary: &Path, modules_dir: &Path) -> Result<(),
         &read(Path::new(GUEST_IP))?,
     );
     archive.libraries_of(Path::new(GUEST_IP))?;
+    archive.parents_of(TPM_TCTI_LIBRARY);
+    archive.file(
+        TPM_TCTI_LIBRARY.trim_start_matches('/'),
+        0o755,
+        &read(Path::new(TPM_TCTI_LIBRARY))?,
+    );
+    archive.libraries_of(Path::new(TPM_TCTI_LIBRARY))?;
     archive.file(
         "etc/warden/manifest.toml",
         0o644,

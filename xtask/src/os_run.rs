@@ -125,7 +125,7 @@ fn boot_with_console(
             ));
         }
     }
-    let mut tpm = Swtpm::start(&dir.join("tpm"))?;
+    let mut tpm = Swtpm::start(&dir.join(crate::os_image::TPM_STATE))?;
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-m", &GUEST_MIB.to_string(), "-smp", "1", "-nographic"])
         .args(["-no-user-config", "-nodefaults", "-serial", "stdio"])
@@ -282,7 +282,9 @@ mod tests {
     /// verifies slot A's image against the vendor root pluton holds and measures it;
     /// the image's security monitor then starts every compartment in its sandbox
     /// (landlock ABI 6) and, once all of them are up, prints the up line with the
-    /// measurement the boot stage extended: the signed image's header digest.
+    /// measurement the boot stage extended: the signed image's header digest. Pluton
+    /// runs on the guest's TPM (swtpm through `-tpmdev emulator`), where the factory
+    /// created the unit's keys and counters.
     #[test]
     #[ignore = "needs qemu, apt access to bookworm-backports and the os image"]
     fn the_os_image_boots_slot_a_up_in_qemu() {
@@ -321,6 +323,10 @@ mod tests {
         assert!(
             !console.contains("lacks"),
             "the monitor found every sandbox feature in the kernel"
+        );
+        assert!(
+            console.contains("pluton serving (tpm backend)"),
+            "the boot stage's pluton runs on the guest's TPM (swtpm), as the factory provisioned it"
         );
     }
 }
