@@ -507,11 +507,7 @@ pub fn run_blocking(args: &BootPlan, stop: &AtomicBool) -> anyhow::Result<ExitCo
             eprintln!(
                 "warden-os: verified slot={} version={version} measurement={}",
                 decision.slot.name(),
-                decision
-                    .measurement
-                    .iter()
-                    .map(|byte| format!("{byte:02x}"))
-                    .collect::<String>()
+                launch::measurement_hex(&decision.measurement)
             );
         }
         for (slot, reason) in &decision.given_up {

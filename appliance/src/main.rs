@@ -340,6 +340,7 @@ async fn run_monitor(manifest: PathBuf, insecure_dev: bool) -> anyhow::Result<Ex
             &manifest,
             insecure_dev,
             env!("CARGO_PKG_VERSION"),
+            warden::os_init::up_line_from_env(),
             &flag,
         )
     });

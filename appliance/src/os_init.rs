@@ -8,7 +8,13 @@
 //!    [`SLOT_PARTITIONS`]; the kernel's `PARTNAME` in `/sys/class/block/*/uevent`);
 //! 4. mounts the state partition (ext4, read-write) at the manifest's state directory
 //!    and each root slot (erofs, read-only) under [`SLOTS_MOUNT`];
-//! 5. starts the boot stage (`warden boot --manifest … -- run --manifest …`) as its
+//! 5. binds the unit's configuration, the files under the state partition's
+//!    [`UNIT_CONFIG_DIR`], each to the same path under `/etc` (never over a file the
+//!    initramfs has: the manifest and the module list are the verified boot's);
+//! 6. names the unit's serial lines ([`SERIAL_LINES`]) and brings the network up with
+//!    iproute2's `ip` ([`IP_COMMAND`]): the loopback, and the Ethernet interface as
+//!    QEMU's user network addresses it ([`NETWORK`]);
+//! 7. starts the boot stage (`warden boot --manifest … -- run --manifest …`) as its
 //!    child and from then on only reaps: its own child and every orphan the kernel
 //!    hands to PID 1.
 //!
@@ -39,6 +45,35 @@ pub const SLOTS_MOUNT: &str = "/run/warden/slots";
 /// Set in the boot stage's environment by PID 1: the boot stage then prints its
 /// `warden-os:` lines (the verified slot) on the console.
 pub const CONSOLE_ENV: &str = "WARDEN_OS_CONSOLE";
+/// The console line of a unit that is up: the booted slot, its image's version and
+/// the measurement the boot stage extended (`cargo xtask os-run` waits for it).
+pub fn up_line(slot: &str, version: &str, measurement: &str) -> String {
+    format!("warden-os: up slot={slot} version={version} measurement={measurement}")
+}
+
+/// The line the monitor prints when every compartment is up ([`up_line`]), when it
+/// runs on Warden OS's console ([`CONSOLE_ENV`]) as the image the boot stage started.
+pub fn up_line_from_env() -> Option<String> {
+    std::env::var_os(CONSOLE_ENV)?;
+    let (slot, version, measurement) = warden_os::monitor::trial::booted_image_from_env()?;
+    Some(up_line(slot.name(), &version, &measurement))
+}
+
+/// The unit's configuration on the state partition, relative to the state directory:
+/// `etc/warden/warden.toml` there is `/etc/warden/warden.toml` in the guest.
+pub const UNIT_CONFIG_DIR: &str = "etc";
+/// The unit's serial lines by the names the manifest grants, as (path, major, minor):
+/// the RS-485 line is the guest's second serial port (`ttyS1`; `ttyS0` is the console).
+pub const SERIAL_LINES: &[(&str, u64, u64)] = &[("/dev/ttyRS485-1", 4, 65)];
+/// iproute2's `ip` in the initramfs (`cargo xtask os-image` copies the builder's there).
+pub const IP_COMMAND: &str = "/usr/sbin/ip";
+/// The network as QEMU's user networking gives it: `ip` arguments, in order.
+pub const NETWORK: &[&[&str]] = &[
+    &["link", "set", "lo", "up"],
+    &["link", "set", "eth0", "up"],
+    &["address", "add", "10.0.2.15/24", "dev", "eth0"],
+    &["route", "add", "default", "via", "10.0.2.2"],
+];
 /// How long the disk gets to appear after its driver is loaded.
 const DISK_WAIT: Duration = Duration::from_secs(20);
 /// The pause before a deliberate power-off or reboot, so the console shows why.
@@ -106,7 +141,8 @@ pub fn run() -> ! {
     }
 }
 
-/// Steps 1–4: pseudo file systems, modules, partitions, mounts.
+/// Steps 1–6: pseudo file systems, modules, partitions, mounts, configuration,
+/// devices and network.
 pub fn bring_up() -> Result<(), InitError> {
     mount_pseudo(
         "proc",
@@ -153,7 +189,99 @@ pub fn bring_up() -> Result<(), InitError> {
             Err(error) => console(&format!("warden-os: slot {slot}: {error}")),
         }
     }
+    let bound = bind_unit_config(&state_dir.join(UNIT_CONFIG_DIR), Path::new("/etc"))?;
+    console(&format!(
+        "warden-os: {bound} unit configuration files bound"
+    ));
+    name_serial_lines();
+    bring_up_network();
     Ok(())
+}
+
+/// Binds every file under `from` to the same relative path under `to`, creating the
+/// mount point; a path that already exists under `to` is left alone (and said so).
+/// Returns how many files were bound.
+fn bind_unit_config(from: &Path, to: &Path) -> Result<usize, InitError> {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        console(&format!(
+            "warden-os: no unit configuration at {}",
+            from.display()
+        ));
+        return Ok(0);
+    };
+    let mut bound = 0;
+    for entry in entries {
+        let entry = entry.map_err(io_at(from))?;
+        let source = entry.path();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().map_err(io_at(&source))?;
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target).map_err(io_at(&target))?;
+            bound += bind_unit_config(&source, &target)?;
+        } else if kind.is_file() {
+            if target.exists() {
+                console(&format!(
+                    "warden-os: {} is the initramfs's; {} is not bound over it",
+                    target.display(),
+                    source.display()
+                ));
+                continue;
+            }
+            std::fs::write(&target, b"").map_err(io_at(&target))?;
+            nix::mount::mount(
+                Some(&source),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|errno| InitError::Mount {
+                what: "bind".to_owned(),
+                source_path: source.display().to_string(),
+                target: target.clone(),
+                errno,
+            })?;
+            bound += 1;
+        }
+    }
+    Ok(bound)
+}
+
+/// Creates [`SERIAL_LINES`]' device nodes (root's, mode 0660: the monitor hands each
+/// to the compartment granted it). A failure is printed; the compartment that needs
+/// the line then names it.
+fn name_serial_lines() {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    for (path, major, minor) in SERIAL_LINES {
+        let made = mknod(
+            Path::new(path),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o660),
+            makedev(*major, *minor),
+        );
+        if let Err(errno) = made {
+            console(&format!("warden-os: cannot create {path}: {errno}"));
+        }
+    }
+}
+
+/// Runs [`NETWORK`]'s `ip` commands; a failure is printed and the rest still run (a
+/// unit without network still comes up, and its link says it is offline).
+fn bring_up_network() {
+    for args in NETWORK {
+        let status = std::process::Command::new(IP_COMMAND)
+            .args(*args)
+            .stdin(std::process::Stdio::null())
+            .status();
+        match status {
+            Ok(status) if status.success() => {}
+            Ok(status) => console(&format!(
+                "warden-os: ip {} failed: {status}",
+                args.join(" ")
+            )),
+            Err(error) => console(&format!("warden-os: cannot run {IP_COMMAND}: {error}")),
+        }
+    }
 }
 
 /// The state directory the shipped manifest's `[monitor.boot]` names.
@@ -270,7 +398,7 @@ pub fn parse_uevent(uevent: &str) -> Option<(String, String)> {
     Some((field("PARTNAME")?, field("DEVNAME")?))
 }
 
-/// Step 5: the boot stage, this binary with the shipped manifest.
+/// Step 7: the boot stage, this binary with the shipped manifest.
 fn start_boot_stage() -> Result<std::process::Child, InitError> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
     std::process::Command::new(exe)

@@ -124,7 +124,7 @@ pub fn command(
     run_dir: &Path,
     args: &[&str],
 ) -> Result<Command, LaunchError> {
-    use crate::monitor::trial::{SLOT_ENV, TRIAL_ENV};
+    use crate::monitor::trial::{MEASUREMENT_ENV, SLOT_ENV, TRIAL_ENV, VERSION_ENV};
     let image_file = state_dir.join(&decision.image_path);
     let executable = unpack(decision, &image_file, run_dir)?;
     let workdir = run_dir.join(decision.slot.name());
@@ -133,8 +133,18 @@ pub fn command(
         .args(args)
         .current_dir(&workdir)
         .env(SLOT_ENV, decision.slot.name())
-        .env(TRIAL_ENV, if decision.trial { "1" } else { "0" });
+        .env(TRIAL_ENV, if decision.trial { "1" } else { "0" })
+        .env(VERSION_ENV, decision.version.to_string())
+        .env(MEASUREMENT_ENV, measurement_hex(&decision.measurement));
     Ok(command)
+}
+
+/// A measurement as lowercase hex, as the console and `WARDEN_MEASUREMENT` show it.
+pub fn measurement_hex(measurement: &[u8]) -> String {
+    measurement
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// Unpack and spawn the chosen image's executable with `args` (see [`command`]). The

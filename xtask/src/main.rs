@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         }
         "package" => package::steps(),
         "os-image" => vec![
-            Step::Cargo(args(&["build", "-p", "warden"])),
+            Step::Cargo(args(os_image::WARDEN_BUILD)),
             Step::Check("Warden OS disk image", os_image::build),
         ],
         "os-run" => vec![Step::Check("Warden OS in QEMU", os_run::run)],

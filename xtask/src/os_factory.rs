@@ -6,16 +6,27 @@
 //!    `target/os/work/vendor`, never on the disk);
 //! 2. a signed image (`1.0.0`, counter 1) of the stripped `warden` binary for the
 //!    shipped manifest's product;
-//! 3. pluton, run on the host on the state partition's `pluton/` directory: identity
-//!    created, the vendor root installed (the station's job on a real line);
+//! 3. pluton, run on the host on the state partition's `pluton/` directory with the
+//!    **unit's TPM**: a fresh swtpm state in `target/os/tpm`, the one `os-run` gives the
+//!    guest (`-tpmdev emulator`), reached here over swtpm's TCP socket. Pluton's TPM
+//!    backend keeps its keys, measurement registers (PCRs 8–15) and counters there;
+//!    identity created, the vendor root installed (the station's job on a real line);
 //! 4. the boot monitor installs the image into slot A (`slots/a.wim`, the boot state
 //!    recorded), then `slots/a.wim` becomes a symlink to the root slot partition's copy
 //!    (`/run/warden/slots/a/warden.wim`, read-only erofs), so the factory image is read
 //!    from the slot and verified there at every boot. An update replaces the symlink
 //!    with a file on the state partition (the boot monitor's install).
 //!
-//! A unit made this way is not a provisioned unit: it has no device certificate or
-//! appliance config, so the appliance it boots does not connect anywhere.
+//! 5. the factory boots it once and confirms it (as the provisioning station's self-test
+//!    does), so slot A is the confirmed primary and the anti-rollback counter is 1;
+//! 6. the unit's configuration goes to `etc/` on the state partition (PID 1 binds each
+//!    file to the same path under `/etc`): the appliance config and policy
+//!    (`os_unit/`), `hosts` and `resolv.conf` for QEMU's user network, and the status
+//!    page's password hash (`warden passwd`; the password is printed and kept in
+//!    `target/os/work/vendor/status-page-password`, never on the disk).
+//!
+//! The unit has no device certificate yet: `etc/warden/fleet-ca.pem` and
+//! `device-cert.pem` are empty, so its link retries and connects nowhere.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -48,6 +59,7 @@ pub fn provision(
     manifest: &Path,
     work: &Path,
     state: &Path,
+    tpm_state: &Path,
 ) -> Result<PathBuf, String> {
     let manifest = warden_os::monitor::manifest::Manifest::load(manifest)
         .map_err(|e| format!("{}: {e}", manifest.display()))?;
@@ -88,7 +100,10 @@ pub fn provision(
 
     let pluton_dir = state.join("pluton");
     let socket = work.join("pluton.sock");
-    let mut pluton = Pluton::start(warden, &socket, &pluton_dir)?;
+    // A new unit, a new TPM: the old state would hold another unit's keys and counters.
+    let _ = std::fs::remove_dir_all(tpm_state);
+    let tpm = FactoryTpm::start(tpm_state)?;
+    let mut pluton = Pluton::start(warden, &socket, &pluton_dir, &tpm.tcti())?;
     let installed = install(
         &socket,
         &pluton_dir.join("provisioning.capability"),
@@ -98,7 +113,9 @@ pub fn provision(
         &signed,
     );
     pluton.stop();
+    drop(tpm);
     installed?;
+    write_unit_config(warden, &vendor, state)?;
     let in_state = state.join(warden_os::boot::slot_image_path(warden_os::Slot::A));
     std::fs::remove_file(&in_state).map_err(|e| format!("{}: {e}", in_state.display()))?;
     std::os::unix::fs::symlink(SLOT_A_IMAGE, &in_state)
@@ -151,7 +168,148 @@ fn install(
     if slot != warden_os::Slot::A {
         return Err(format!("a fresh unit installed into slot {slot}, not A"));
     }
+    let decision = monitor
+        .select_boot()
+        .map_err(|e| format!("the factory boot of slot A: {e}"))?;
+    monitor
+        .confirm(decision.slot)
+        .map_err(|e| format!("confirming slot A: {e}"))?;
     Ok(())
+}
+
+/// The unit's files under the state partition's `etc/`, each bound by PID 1 to the same
+/// path under the guest's `/etc`.
+const UNIT_CONFIG: &[(&str, &str)] = &[
+    (
+        "etc/warden/warden.toml",
+        include_str!("os_unit/warden.toml"),
+    ),
+    (
+        "etc/warden/policy.toml",
+        include_str!("os_unit/policy.toml"),
+    ),
+    ("etc/hosts", include_str!("os_unit/hosts")),
+    ("etc/resolv.conf", include_str!("os_unit/resolv.conf")),
+    // Not provisioned for a fleet: present (the manifest grants them to the link), empty.
+    ("etc/warden/fleet-ca.pem", ""),
+    ("etc/warden/device-cert.pem", ""),
+];
+
+/// Writes [`UNIT_CONFIG`] and the status page's password hash into `state`.
+fn write_unit_config(warden: &Path, vendor: &Path, state: &Path) -> Result<(), String> {
+    for (path, text) in UNIT_CONFIG {
+        let path = state.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let password = hex_of(&rand_bytes::<12>()?);
+    let kept = vendor.join("status-page-password");
+    std::fs::write(&kept, format!("{password}\n"))
+        .map_err(|e| format!("{}: {e}", kept.display()))?;
+    let hash_file = state.join("status-page/password.phc");
+    let mut passwd = Command::new(warden)
+        .arg("passwd")
+        .arg("--file")
+        .arg(&hash_file)
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {} passwd: {e}", warden.display()))?;
+    if let Some(mut stdin) = passwd.stdin.take() {
+        use std::io::Write as _;
+        stdin
+            .write_all(format!("{password}\n").as_bytes())
+            .map_err(|e| format!("warden passwd: {e}"))?;
+    }
+    let status = passwd.wait().map_err(|e| format!("warden passwd: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "warden passwd --file {} failed: {status}",
+            hash_file.display()
+        ));
+    }
+    eprintln!(
+        "    development unit: status page password in {}",
+        kept.display()
+    );
+    Ok(())
+}
+
+fn rand_bytes<const N: usize>() -> Result<[u8; N], String> {
+    let mut bytes = [0; N];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(bytes)
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The unit's TPM during the factory steps: swtpm on the state directory QEMU later
+/// gives the guest, serving TCP on loopback (`swtpm:` TCTI).
+struct FactoryTpm {
+    child: Child,
+    port: u16,
+}
+
+impl FactoryTpm {
+    fn start(state: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
+        let port = free_port_pair()?;
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--server"])
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .args(["--flags", "startup-clear,not-need-init"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start swtpm (Debian: swtpm, swtpm-tools): {e}"))?;
+        let mut tpm = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
+            if Instant::now() > deadline {
+                tpm.stop();
+                return Err(format!("swtpm did not listen on 127.0.0.1:{port}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(tpm)
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FactoryTpm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Two consecutive free loopback ports (swtpm's data and control sockets).
+fn free_port_pair() -> Result<u16, String> {
+    for _ in 0..64 {
+        let first = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .map_err(|e| format!("no free port: {e}"))?;
+        let port = first.local_addr().map_err(|e| e.to_string())?.port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no two consecutive free loopback ports".to_owned())
 }
 
 /// `warden pluton` on the host, for the factory steps.
@@ -160,7 +318,7 @@ struct Pluton {
 }
 
 impl Pluton {
-    fn start(warden: &Path, socket: &Path, state: &Path) -> Result<Self, String> {
+    fn start(warden: &Path, socket: &Path, state: &Path, tcti: &str) -> Result<Self, String> {
         let _ = std::fs::remove_file(socket);
         let child = Command::new(warden)
             .arg("pluton")
@@ -169,7 +327,9 @@ impl Pluton {
             .arg("--state-dir")
             .arg(state)
             .arg("--backend")
-            .arg("software")
+            .arg("tpm")
+            .arg("--tcti")
+            .arg(tcti)
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -47,8 +47,27 @@ const BOOT_MIB: u64 = 96;
 const SLOT_MIB: u64 = 64;
 const STATE_MIB: u64 = 64;
 const SECTOR: u64 = 512;
+/// The unit's TPM state, next to the disk (`os-run` gives it to the guest).
+pub const TPM_STATE: &str = "tpm";
+/// The TPM transport pluton's TPM backend loads at run time (`dlopen`, so `ldd` does not
+/// name it): the kernel's TPM device.
+const TPM_TCTI_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0";
+/// iproute2's `ip`, copied into the initramfs at the same path
+/// (`appliance/src/os_init.rs` runs it).
+const GUEST_IP: &str = "/usr/sbin/ip";
 
-/// The job (after `cargo build -p warden`): lay out the disk, with the signed image
+/// How the guest's `warden` is built (`os-image` runs it first): the production
+/// binary (no demo simulators), with pluton's TPM backend.
+pub const WARDEN_BUILD: &[&str] = &[
+    "build",
+    "-p",
+    "warden",
+    "--no-default-features",
+    "--features",
+    "tpm",
+];
+
+/// The job (after [`WARDEN_BUILD`]): lay out the disk, with the signed image
 /// named on the command line, if any.
 pub fn build() -> Result<(), String> {
     match std::env::args().nth(2).as_deref() {
@@ -110,17 +129,23 @@ pub fn build_with(content: &SlotContent) -> Result<(), String> {
         .arg(&initrd)
         .arg("::initrd.img"))?;
 
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/manifest.toml");
     let state_tree = work.join("state");
-    for dir in ["slots", "boot", "pluton", "reports", "outbox", "downloads"] {
+    for dir in state_directories(&manifest)? {
         mkdir(&state_tree.join(dir))?;
     }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/manifest.toml");
     let (slot_a, slot_b) = match content {
         SlotContent::Empty => (None, None),
         SlotContent::Signed(signed) => (Some(signed.clone()), Some(signed.clone())),
         SlotContent::DevUnit => {
-            let signed =
-                crate::os_factory::provision(&binary, &stripped, &manifest, &work, &state_tree)?;
+            let signed = crate::os_factory::provision(
+                &binary,
+                &stripped,
+                &manifest,
+                &work,
+                &state_tree,
+                &out.join(TPM_STATE),
+            )?;
             (Some(signed), None)
         }
     };
@@ -208,22 +233,113 @@ pub fn build_with(content: &SlotContent) -> Result<(), String> {
     Ok(())
 }
 
-/// Debian's kernel, extracted under `cache`: the `vmlinuz` and the modules directory.
+/// The directories the state partition starts with, relative to it: the boot state's
+/// (`slots`, `boot`) and every directory the manifest grants a compartment under the
+/// state directory (`read_write`: a granted path must exist for the sandbox to
+/// grant it).
+fn state_directories(manifest: &Path) -> Result<Vec<PathBuf>, String> {
+    let manifest = warden_os::monitor::manifest::Manifest::load(manifest)
+        .map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let state_dir = manifest
+        .monitor
+        .boot
+        .as_ref()
+        .map(|boot| boot.state_dir.clone())
+        .ok_or_else(|| "the manifest has no [monitor.boot] state_dir".to_owned())?;
+    let mut dirs = vec![PathBuf::from("slots"), PathBuf::from("boot")];
+    let granted = manifest
+        .compartment
+        .values()
+        .flat_map(|compartment| compartment.read_write.iter())
+        .chain(std::iter::once(&manifest.monitor.report_dir));
+    for path in granted {
+        if let Ok(relative) = path.strip_prefix(&state_dir)
+            && !dirs.iter().any(|dir| dir == relative)
+        {
+            dirs.push(relative.to_owned());
+        }
+    }
+    Ok(dirs)
+}
+
+/// Where the kernel comes from: Debian 12's backports suite, whose `linux-image-amd64`
+/// is a 6.12 kernel. Debian 12's own 6.1 lacks landlock ABI 4 (TCP port rules) and 6
+/// (signal and abstract-socket scoping), and the security monitor refuses to run
+/// compartments without them.
+const KERNEL_MIRROR: &str = "http://deb.debian.org/debian";
+const KERNEL_SUITE: &str = "bookworm-backports";
+/// The keyring the suite's `InRelease` is checked against (Debian's
+/// `debian-archive-keyring`, on every Debian host).
+const ARCHIVE_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// apt, on a private configuration under `cache/apt`: only [`KERNEL_SUITE`] is in its
+/// sources, and its package lists and downloads stay there. The host's sources,
+/// package lists and installed packages are left as they are (nothing is installed).
+struct PrivateApt {
+    options: Vec<String>,
+}
+
+impl PrivateApt {
+    fn new(cache: &Path) -> Result<Self, String> {
+        let root = cache.join("apt");
+        for dir in ["lists/partial", "archives/partial"] {
+            mkdir(&root.join(dir))?;
+        }
+        let sources = root.join("sources.list");
+        std::fs::write(
+            &sources,
+            format!("deb [signed-by={ARCHIVE_KEYRING}] {KERNEL_MIRROR} {KERNEL_SUITE} main\n"),
+        )
+        .map_err(|e| format!("{}: {e}", sources.display()))?;
+        let options = [
+            format!("Dir::Etc::SourceList={}", sources.display()),
+            // No other sources: the host's sources.list.d is not read.
+            format!(
+                "Dir::Etc::SourceParts={}",
+                root.join("sources.list.d").display()
+            ),
+            format!("Dir::State::Lists={}", root.join("lists").display()),
+            format!("Dir::Cache={}", root.display()),
+            // The lists directory is the builder's, not the `_apt` user's.
+            "APT::Sandbox::User=root".to_owned(),
+        ]
+        .into_iter()
+        .flat_map(|option| ["-o".to_owned(), option])
+        .collect();
+        Ok(Self { options })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command.args(&self.options);
+        command
+    }
+}
+
+/// Debian's kernel from [`KERNEL_SUITE`], extracted under `cache`: the `vmlinuz` and
+/// the modules directory.
 fn debian_kernel(cache: &Path) -> Result<(PathBuf, PathBuf), String> {
     mkdir(cache)?;
-    let depends = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let apt = PrivateApt::new(cache)?;
+    run(apt.command("apt-get").arg("-q").arg("update"))?;
+    let depends = run(apt
+        .command("apt-cache")
+        .args(["depends", "linux-image-amd64"]))?;
     let package = depends
         .lines()
         .filter_map(|line| line.trim().strip_prefix("Depends: "))
         .find(|name| name.starts_with("linux-image-"))
-        .ok_or_else(|| format!("linux-image-amd64 names no kernel package:\n{depends}"))?
+        .ok_or_else(|| {
+            format!("{KERNEL_SUITE}'s linux-image-amd64 names no kernel package:\n{depends}")
+        })?
         .to_owned();
     let version = package.trim_start_matches("linux-image-").to_owned();
     let root = cache.join(&package);
     let kernel = root.join("boot").join(format!("vmlinuz-{version}"));
     if !kernel.exists() {
-        run(Command::new("apt-get")
-            .args(["download", &package])
+        run(apt
+            .command("apt-get")
+            .args(["-q", "download", &package])
             .current_dir(cache))?;
         let deb = std::fs::read_dir(cache)
             .map_err(|e| format!("{}: {e}", cache.display()))?
@@ -248,16 +364,60 @@ fn debian_kernel(cache: &Path) -> Result<(PathBuf, PathBuf), String> {
 }
 
 /// The modules of [`MODULES`] and their dependencies, dependencies first, as paths
-/// relative to `modules_dir`. The package ships no `modules.dep` (its postinst runs
-/// depmod), so each module's own `depends=` (its `.modinfo` section) is read.
+/// relative to `modules_dir`; those built into the kernel (`modules.builtin`) are left
+/// out. The package ships no `modules.dep` (its postinst runs depmod), so each
+/// module's own `depends=` (its `.modinfo` section) is read.
 fn modules_in_load_order(modules_dir: &Path) -> Result<Vec<String>, String> {
     let mut by_name = std::collections::BTreeMap::new();
     index_modules(modules_dir, modules_dir, &mut by_name)?;
+    let builtin_list = modules_dir.join("modules.builtin");
+    let builtin: std::collections::BTreeSet<String> = std::fs::read_to_string(&builtin_list)
+        .map_err(|e| format!("{}: {e}", builtin_list.display()))?
+        .lines()
+        .filter_map(module_name)
+        .collect();
     let mut order = Vec::new();
     for wanted in MODULES {
-        add_with_dependencies(&wanted.replace('-', "_"), &by_name, modules_dir, &mut order)?;
+        add_with_dependencies(
+            &wanted.replace('-', "_"),
+            &by_name,
+            &builtin,
+            modules_dir,
+            &mut order,
+        )?;
     }
     Ok(order)
+}
+
+/// A module's name (`-` as `_`) from its file name or path: `kernel/fs/ext4/ext4.ko`
+/// or, compressed as Debian ships them since 6.x, `….ko.xz`.
+fn module_name(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    let stem = file
+        .strip_suffix(".ko.xz")
+        .or_else(|| file.strip_suffix(".ko"))?;
+    Some(stem.replace('-', "_"))
+}
+
+/// A module file's contents, decompressed (`xz -dc`) when it is `.ko.xz`: the
+/// `.modinfo` section is read from it, and the guest loads it as it is.
+fn read_module(path: &Path) -> Result<Vec<u8>, String> {
+    if path.extension().is_some_and(|extension| extension == "xz") {
+        let output = Command::new("xz")
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run xz (xz-utils) on {}: {e}", path.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "xz -dc {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        return Ok(output.stdout);
+    }
+    read(path)
 }
 
 /// Module name (`-` as `_`) → path relative to `root`, for every `.ko` under `dir`.
@@ -273,10 +433,10 @@ fn index_modules(
         } else if let Some(name) = path
             .file_name()
             .and_then(|name| name.to_str())
-            .and_then(|name| name.strip_suffix(".ko"))
+            .and_then(module_name)
         {
             let relative = path.strip_prefix(root).unwrap_or(&path);
-            by_name.insert(name.replace('-', "_"), relative.display().to_string());
+            by_name.insert(name, relative.display().to_string());
         }
     }
     Ok(())
@@ -285,16 +445,20 @@ fn index_modules(
 fn add_with_dependencies(
     name: &str,
     by_name: &std::collections::BTreeMap<String, String>,
+    builtin: &std::collections::BTreeSet<String>,
     modules_dir: &Path,
     order: &mut Vec<String>,
 ) -> Result<(), String> {
+    if builtin.contains(name) {
+        return Ok(());
+    }
     let path = by_name
         .get(name)
         .ok_or_else(|| format!("module {name} is not under {}", modules_dir.display()))?;
     if order.contains(path) {
         return Ok(());
     }
-    let bytes = read(&modules_dir.join(path))?;
+    let bytes = read_module(&modules_dir.join(path))?;
     let marker = b"\0depends=";
     let depends = bytes
         .windows(marker.len())
@@ -306,7 +470,13 @@ fn add_with_dependencies(
         })
         .unwrap_or_default();
     for needed in depends.split(',').filter(|d| !d.is_empty()) {
-        add_with_dependencies(&needed.replace('-', "_"), by_name, modules_dir, order)?;
+        add_with_dependencies(
+            &needed.replace('-', "_"),
+            by_name,
+            builtin,
+            modules_dir,
+            order,
+        )?;
     }
     order.push(path.clone());
     Ok(())
@@ -335,24 +505,24 @@ fn write_initramfs(path: &Path, binary: &Path, modules_dir: &Path) -> Result<(),
     // mounts devtmpfs): without the node, PID 1 has no console to print to.
     archive.char_device("dev/console", 0o600, 5, 1);
     archive.file("init", 0o755, &read(binary)?);
-    // The binary is dynamically linked: its loader and libraries (the host's, as
-    // `ldd` names them; Debian's libc6 on a Debian builder) go in at the same paths.
-    for library in shared_libraries(binary)? {
-        let inside = library.trim_start_matches('/');
-        let mut parent = String::new();
-        for part in Path::new(inside)
-            .parent()
-            .into_iter()
-            .flat_map(Path::components)
-        {
-            if !parent.is_empty() {
-                parent.push('/');
-            }
-            parent.push_str(&part.as_os_str().to_string_lossy());
-            archive.dir_once(&parent);
-        }
-        archive.file(inside, 0o755, &read(Path::new(&library))?);
-    }
+    archive.libraries_of(binary)?;
+    // PID 1 brings the network up with iproute2's `ip` (the builder's, from Debian's
+    // iproute2): the loopback, and the first Ethernet interface as QEMU's user network
+    // addresses it.
+    archive.parents_of(GUEST_IP);
+    archive.file(
+        GUEST_IP.trim_start_matches('/'),
+        0o755,
+        &read(Path::new(GUEST_IP))?,
+    );
+    archive.libraries_of(Path::new(GUEST_IP))?;
+    archive.parents_of(TPM_TCTI_LIBRARY);
+    archive.file(
+        TPM_TCTI_LIBRARY.trim_start_matches('/'),
+        0o755,
+        &read(Path::new(TPM_TCTI_LIBRARY))?,
+    );
+    archive.libraries_of(Path::new(TPM_TCTI_LIBRARY))?;
     archive.file(
         "etc/warden/manifest.toml",
         0o644,
@@ -361,13 +531,13 @@ fn write_initramfs(path: &Path, binary: &Path, modules_dir: &Path) -> Result<(),
     let order = modules_in_load_order(modules_dir)?;
     let mut list = String::new();
     for module in &order {
-        let name = module.rsplit('/').next().unwrap_or(module);
+        let name = module_name(module).unwrap_or_else(|| module.clone());
         archive.file(
-            &format!("lib/modules/{name}"),
+            &format!("lib/modules/{name}.ko"),
             0o644,
-            &read(&modules_dir.join(module))?,
+            &read_module(&modules_dir.join(module))?,
         );
-        list.push_str(&format!("/lib/modules/{name}\n"));
+        list.push_str(&format!("/lib/modules/{name}.ko\n"));
     }
     archive.file("etc/warden/modules", 0o644, list.as_bytes());
     std::fs::write(path, archive.finish()).map_err(|e| format!("{}: {e}", path.display()))
@@ -393,6 +563,8 @@ struct Cpio {
     bytes: Vec<u8>,
     inode: u32,
     dirs: std::collections::BTreeSet<String>,
+    /// Shared libraries already in (several binaries need the same ones).
+    files: std::collections::BTreeSet<String>,
 }
 
 impl Cpio {
@@ -443,6 +615,35 @@ impl Cpio {
         if !self.dirs.contains(name) {
             self.dir(name);
         }
+    }
+
+    /// Every directory above `path` (absolute or not), each once.
+    fn parents_of(&mut self, path: &str) {
+        let mut parent = String::new();
+        for part in Path::new(path.trim_start_matches('/'))
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+        {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(&part.as_os_str().to_string_lossy());
+            self.dir_once(&parent);
+        }
+    }
+
+    /// The loader and shared libraries `binary` needs (the host's, as `ldd` names
+    /// them; Debian's on a Debian builder), at the same paths, each once.
+    fn libraries_of(&mut self, binary: &Path) -> Result<(), String> {
+        for library in shared_libraries(binary)? {
+            let inside = library.trim_start_matches('/').to_owned();
+            if self.files.insert(inside.clone()) {
+                self.parents_of(&inside);
+                self.file(&inside, 0o755, &read(Path::new(&library))?);
+            }
+        }
+        Ok(())
     }
 
     fn file(&mut self, name: &str, permissions: u32, data: &[u8]) {

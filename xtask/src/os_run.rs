@@ -60,7 +60,7 @@ pub fn run() -> Result<(), String> {
     match until_up {
         None => boot(&os_dir(), accel, None).map(drop),
         Some(bound) => {
-            let took = boot(&os_dir(), accel, Some((UP_LINE, bound)))?;
+            let (took, _) = boot_capturing(&os_dir(), accel, UP_LINE, bound)?;
             eprintln!("    up after {:.1} s ({accel:?})", took.as_secs_f64());
             Ok(())
         }
@@ -95,6 +95,25 @@ pub fn kvm_available() -> bool {
 /// console line contains `line`, and the time to it is returned (an error after
 /// `bound`).
 pub fn boot(dir: &Path, accel: Accel, until: Option<(&str, Duration)>) -> Result<Duration, String> {
+    boot_with_console(dir, accel, until).map(|(took, _)| took)
+}
+
+/// [`boot`] until a console line contains `line`, returning the time and the console
+/// up to and including it.
+pub fn boot_capturing(
+    dir: &Path,
+    accel: Accel,
+    line: &str,
+    bound: Duration,
+) -> Result<(Duration, String), String> {
+    boot_with_console(dir, accel, Some((line, bound)))
+}
+
+fn boot_with_console(
+    dir: &Path,
+    accel: Accel,
+    until: Option<(&str, Duration)>,
+) -> Result<(Duration, String), String> {
     let disk = dir.join("warden-os.img");
     let kernel = dir.join("vmlinuz");
     let initrd = dir.join("initrd.img");
@@ -106,10 +125,12 @@ pub fn boot(dir: &Path, accel: Accel, until: Option<(&str, Duration)>) -> Result
             ));
         }
     }
-    let mut tpm = Swtpm::start(&dir.join("tpm"))?;
+    let mut tpm = Swtpm::start(&dir.join(crate::os_image::TPM_STATE))?;
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-m", &GUEST_MIB.to_string(), "-smp", "1", "-nographic"])
         .args(["-no-user-config", "-nodefaults", "-serial", "stdio"])
+        // The unit's RS-485 line (`ttyS1`, `/dev/ttyRS485-1` in the guest): unplugged.
+        .args(["-serial", "null"])
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")
@@ -137,7 +158,7 @@ pub fn boot(dir: &Path, accel: Accel, until: Option<(&str, Duration)>) -> Result
             tpm.stop();
         }
         return if status.success() {
-            Ok(started.elapsed())
+            Ok((started.elapsed(), String::new()))
         } else {
             Err(format!("qemu-system-x86_64 exited with {status}"))
         };
@@ -158,11 +179,17 @@ pub fn boot(dir: &Path, accel: Accel, until: Option<(&str, Duration)>) -> Result
             }
         }
     });
+    let mut console = String::new();
     let outcome = loop {
         let left = bound.saturating_sub(started.elapsed());
         match seen.recv_timeout(left) {
-            Ok(line) if line.contains(wanted) => break Ok(started.elapsed()),
-            Ok(_) => {}
+            Ok(line) => {
+                console.push_str(&line);
+                console.push('\n');
+                if line.contains(wanted) {
+                    break Ok((started.elapsed(), std::mem::take(&mut console)));
+                }
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 break Err(format!("no `{}` line within {bound:?}", wanted.trim()));
             }
@@ -234,40 +261,72 @@ impl Swtpm {
 mod tests {
     use super::*;
 
-    /// What the guest reaches today on a development unit: PID 1 mounts the state
-    /// partition and both slots, the boot stage starts pluton in the guest, verifies slot
-    /// A's image against the vendor root pluton holds and measures it. (The image then
-    /// stops: Debian 12's kernel lacks the landlock ABI the security monitor requires,
-    /// so `warden-os: up` is issue #20's remaining work.)
-    const BOOT_STAGE_ANSWERED: &str = "warden-os: verified slot=a version=1.0.0 measurement=";
-    /// TCG on a loaded two-core builder: the guest answers in about 20 s.
-    const TCG_BOUND: Duration = Duration::from_secs(150);
+    /// The boot stage's line once it verified and measured slot A's image.
+    const VERIFIED: &str = "warden-os: verified slot=a version=1.0.0 measurement=";
+    /// The monitor's line once every compartment is up (`appliance/src/os_init.rs`).
+    const UP: &str = "warden-os: up slot=a version=1.0.0 measurement=";
+    /// TCG on a loaded two-core builder (the guest is up in about a minute).
+    const TCG_BOUND: Duration = Duration::from_secs(300);
 
+    /// The measurement a console line ends with.
+    fn measurement_of<'a>(console: &'a str, prefix: &str) -> &'a str {
+        let line = console
+            .lines()
+            .find(|line| line.contains(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line on the console"));
+        line.split(prefix).nth(1).map(str::trim).unwrap_or_default()
+    }
+
+    /// A development unit boots Debian's 6.12 kernel in QEMU: PID 1 mounts the state
+    /// partition and both slots, binds the unit's configuration, and the boot stage
+    /// verifies slot A's image against the vendor root pluton holds and measures it;
+    /// the image's security monitor then starts every compartment in its sandbox
+    /// (landlock ABI 6) and, once all of them are up, prints the up line with the
+    /// measurement the boot stage extended: the signed image's header digest. Pluton
+    /// runs on the guest's TPM (swtpm through `-tpmdev emulator`), where the factory
+    /// created the unit's keys and counters.
     #[test]
-    #[ignore = "needs qemu and the os image"]
-    fn the_os_image_boots_and_verifies_slot_a_in_qemu() {
+    #[ignore = "needs qemu, apt access to bookworm-backports and the os image"]
+    fn the_os_image_boots_slot_a_up_in_qemu() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("workspace root");
         // Cargo releases its build-directory lock while tests run, so a nested build
         // into the same target directory works.
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "warden"])
+            .args(crate::os_image::WARDEN_BUILD)
             .env("CARGO_TARGET_DIR", target_dir())
             .current_dir(root)
             .status()
             .expect("cargo build");
         assert!(status.success(), "cargo build -p warden failed");
         crate::os_image::build_with(&crate::os_image::SlotContent::DevUnit).expect("os image");
-        let took = boot(
-            &os_dir(),
-            Accel::Tcg,
-            Some((BOOT_STAGE_ANSWERED, TCG_BOUND)),
-        )
-        .expect("the guest reaches its boot stage");
-        eprintln!(
-            "boot stage answered after {:.1} s (TCG)",
-            took.as_secs_f64()
+        let (took, console) =
+            boot_capturing(&os_dir(), Accel::Tcg, UP, TCG_BOUND).expect("the guest comes up");
+        eprintln!("up after {:.1} s (TCG)", took.as_secs_f64());
+        let signed = os_dir().join("work/vendor/warden.wim");
+        let image = warden_os::release::inspect_file(&signed).expect("the signed image");
+        let expected = warden_os::launch::measurement_hex(&image.measurement);
+        assert_eq!(
+            measurement_of(&console, VERIFIED),
+            expected,
+            "the boot stage measured slot A's image"
+        );
+        assert_eq!(
+            measurement_of(&console, UP),
+            expected,
+            "the up line names the measurement the boot stage extended"
+        );
+        let verified_at = console.find(VERIFIED).expect("verified line");
+        let up_at = console.find(UP).expect("up line");
+        assert!(verified_at < up_at, "verified before up");
+        assert!(
+            !console.contains("lacks"),
+            "the monitor found every sandbox feature in the kernel"
+        );
+        assert!(
+            console.contains("pluton serving (tpm backend)"),
+            "the boot stage's pluton runs on the guest's TPM (swtpm), as the factory provisioned it"
         );
     }
 }

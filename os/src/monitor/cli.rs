@@ -91,11 +91,13 @@ fn open_existing(dir: &Path) -> anyhow::Result<ReportStore> {
 }
 
 /// Runs the monitor for `manifest` with this binary's `compartment` subcommand until
-/// `stop` is raised (or a trial image crashes too often).
+/// `stop` is raised (or a trial image crashes too often). `up_line`, if any, is printed
+/// on standard error once every compartment is up ([`Monitor::announce_when_up`]).
 pub fn run_monitor(
     manifest: &Path,
     insecure_dev: bool,
     image_version: &str,
+    up_line: Option<String>,
     stop: &AtomicBool,
 ) -> anyhow::Result<MonitorOutcome> {
     let manifest = Manifest::load(manifest)?;
@@ -122,6 +124,9 @@ pub fn run_monitor(
         running_slot: super::trial::slot_from_env(),
     };
     let mut monitor = Monitor::new(manifest, options)?;
+    if let Some(line) = up_line {
+        monitor.announce_when_up(line);
+    }
     if let Some(trial) = trial {
         tracing::warn!("this image is on trial: compartment crashes count towards rollback");
         monitor.on_trial(Box::new(trial));

@@ -62,6 +62,10 @@ pub fn compartments_to_start(manifest: &Manifest, served: Option<&std::path::Pat
         .collect()
 }
 
+/// Heartbeat intervals a compartment keeps beating after its first before it counts as
+/// up ([`Monitor::all_up`]).
+pub const UP_AFTER_HEARTBEATS: u64 = 3;
+
 /// How the monitor runs compartments.
 #[derive(Debug, Clone)]
 pub struct MonitorOptions {
@@ -159,6 +163,8 @@ struct Supervised {
     control: Option<UnixStream>,
     generation: u64,
     last_heartbeat: Instant,
+    /// The first heartbeat of this start, if one came.
+    first_heartbeat: Option<Instant>,
     started: Instant,
     next_start: Option<Instant>,
     delay_ms: u64,
@@ -180,6 +186,9 @@ pub struct Monitor {
     rolled_back: Option<String>,
     /// The compartment whose restart request was honoured.
     restart_for_update: Option<String>,
+    /// The line to print on standard error once every compartment is up
+    /// ([`Monitor::announce_when_up`]); `None` once printed.
+    up_announcement: Option<String>,
     /// Pluton's role tokens: inherited from the boot stage, else minted here. Pluton
     /// gets all of them, each compartment named after a role only its own.
     pluton_tokens: LaunchTokens,
@@ -223,6 +232,7 @@ impl Monitor {
             trial_crashes: 0,
             rolled_back: None,
             restart_for_update: None,
+            up_announcement: None,
         })
     }
 
@@ -230,6 +240,32 @@ impl Monitor {
     /// watchdog kill) is reported to `sink`, and a rollback ends [`Monitor::run`].
     pub fn on_trial(&mut self, sink: Box<dyn TrialCrashSink>) {
         self.trial = Some(sink);
+    }
+
+    /// Prints `line` on standard error (Warden OS's console) once, when every
+    /// compartment is up ([`Monitor::all_up`]).
+    pub fn announce_when_up(&mut self, line: String) {
+        self.up_announcement = Some(line);
+    }
+
+    /// Whether every compartment is up: running, and heartbeating for at least
+    /// [`UP_AFTER_HEARTBEATS`] intervals since this start's first heartbeat. A
+    /// compartment that fails at start (its config, its sandbox, a port it may not
+    /// bind) exits before that, and its restart starts the count again.
+    pub fn all_up(&self) -> bool {
+        let steady = Duration::from_millis(
+            self.manifest
+                .monitor
+                .heartbeat_interval_ms
+                .saturating_mul(UP_AFTER_HEARTBEATS),
+        );
+        !self.supervised.is_empty()
+            && self.supervised.values().all(|state| {
+                state.child.is_some()
+                    && state
+                        .first_heartbeat
+                        .is_some_and(|first| first.elapsed() >= steady)
+            })
     }
 
     /// The report store the monitor writes to.
@@ -265,6 +301,7 @@ impl Monitor {
                     control: None,
                     generation: 0,
                     last_heartbeat: now,
+                    first_heartbeat: None,
                     started: now,
                     next_start: Some(now),
                     delay_ms: 0,
@@ -295,6 +332,13 @@ impl Monitor {
             }
             self.reap();
             self.watchdog();
+            if self.up_announcement.is_some()
+                && self.all_up()
+                && let Some(line) = self.up_announcement.take()
+            {
+                tracing::info!("every compartment is up");
+                eprintln!("{line}");
+            }
         };
         self.stop_all();
         Ok(outcome)
@@ -391,6 +435,7 @@ impl Monitor {
         state.child = Some(child);
         state.control = Some(ours);
         state.last_heartbeat = now;
+        state.first_heartbeat = None;
         state.started = now;
         state.next_start = None;
         state.panicked = false;
@@ -475,7 +520,9 @@ impl Monitor {
         };
         let kind = match event {
             Event::Frame(ToMonitor::Heartbeat) => {
-                state.last_heartbeat = Instant::now();
+                let now = Instant::now();
+                state.last_heartbeat = now;
+                state.first_heartbeat.get_or_insert(now);
                 return;
             }
             Event::Frame(ToMonitor::Denied { action, errno }) => {

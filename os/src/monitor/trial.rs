@@ -17,6 +17,12 @@ use crate::{BootConfig, image::ProductId};
 pub const SLOT_ENV: &str = "WARDEN_SLOT";
 /// Environment variable (set by `launch::spawn`): `1` on a trial boot.
 pub const TRIAL_ENV: &str = "WARDEN_TRIAL";
+/// Environment variable (set by `launch::spawn`): the running image's version, as its
+/// signed header names it.
+pub const VERSION_ENV: &str = "WARDEN_IMAGE_VERSION";
+/// Environment variable (set by `launch::spawn`): the running image's measurement (the
+/// SHA-256 of its header the boot stage extended into the root of trust), lowercase hex.
+pub const MEASUREMENT_ENV: &str = "WARDEN_MEASUREMENT";
 /// Environment variable (set by `warden boot`): the trial's health-check deadline in
 /// ms; the image confirms itself healthy before it, or gives the trial up.
 pub const TRIAL_DEADLINE_ENV: &str = "WARDEN_TRIAL_DEADLINE_MS";
@@ -28,6 +34,16 @@ pub fn slot_from_env() -> Option<Slot> {
         "b" => Some(Slot::B),
         _ => None,
     }
+}
+
+/// The image the boot stage started, from the environment `launch` gave it: slot,
+/// version and measurement, if all three are there.
+pub fn booted_image_from_env() -> Option<(Slot, String, String)> {
+    Some((
+        slot_from_env()?,
+        std::env::var(VERSION_ENV).ok()?,
+        std::env::var(MEASUREMENT_ENV).ok()?,
+    ))
 }
 
 /// The slot this image runs from on trial (`WARDEN_TRIAL=1`), if it does.
