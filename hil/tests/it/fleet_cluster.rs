@@ -352,7 +352,11 @@ async fn three_instances_behind_haproxy_share_one_fleet() {
                 .expect("fleet instance starts"),
         ));
     }
-    let api = |n: usize| Api::new(&fleets[n - 1].as_ref().expect("running").http);
+    let addresses: Vec<String> = fleets
+        .iter()
+        .map(|f| f.as_ref().expect("running").http.clone())
+        .collect();
+    let api = |n: usize| Api::new(&addresses[n - 1]);
     let store = warden_fleet::store::Store::open(&database)
         .await
         .expect("store");
