@@ -648,7 +648,7 @@ async fn three_instances_behind_haproxy_share_one_fleet() {
     while tasks.join_next().await.is_some() {}
     let mut batches = 0;
     for device in &devices {
-        let seen = device.seen.lock().expect("seen");
+        let acked = device.seen.lock().expect("seen").acked.clone();
         let stored = store
             .telemetry(&device.id, Some("line1/p0"), 1_000_000)
             .await
@@ -659,7 +659,12 @@ async fn three_instances_behind_haproxy_share_one_fleet() {
                 .entry(reading.ts_ms - 1_700_000_000_000)
                 .or_default() += 1;
         }
-        for seq in &seen.acked {
+        assert!(
+            per_seq.values().all(|&copies| copies == 1),
+            "{}: a batch stored twice: {per_seq:?}",
+            device.id
+        );
+        for seq in &acked {
             assert_eq!(
                 per_seq.get(&i64::try_from(*seq).expect("seq")),
                 Some(&1),
@@ -667,7 +672,7 @@ async fn three_instances_behind_haproxy_share_one_fleet() {
                 device.id
             );
         }
-        batches += seen.acked.len();
+        batches += acked.len();
     }
     println!("{batches} acknowledged batches, each stored once");
     store.close().await;
