@@ -209,6 +209,7 @@ impl DemoPki {
             rollouts: warden_fleet::RolloutConfig::default(),
             telemetry: warden_fleet::TelemetryConfig::default(),
             metrics: warden_fleet::MetricsConfig::default(),
+            instance_id: None,
         }
     }
 

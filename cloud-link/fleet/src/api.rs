@@ -92,6 +92,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(dashboard::pages())
         .route("/api/v1/openapi.json", get(openapi))
+        .route(HEALTH_PATH, get(health))
         .route("/images/{sha256}", get(deployments::download_image))
         .merge(api)
         .with_state(state)
@@ -113,6 +114,27 @@ async fn hardening_headers(mut response: Response) -> Response {
         );
     }
     response
+}
+
+/// The load balancer's health check: unauthenticated, no fleet data.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// 200 while the store takes writes, else 503 (a balancer stops sending devices
+/// here); the body says which instance answered and whether it leads.
+async fn health(State(state): State<ApiState>) -> Response {
+    let writable = state.store.health().writable;
+    let body = serde_json::json!({
+        "status": if writable { "ok" } else { "store-unwritable" },
+        "instance": state.instance,
+        "leader": state.rollouts.leader.is_leader(),
+        "connected_devices": state.devices.connected_devices(),
+    });
+    let status = if writable {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn openapi() -> Response {

@@ -240,7 +240,8 @@ impl Attestor {
     pub async fn attest(&self, device: &str, wait: Duration) -> Result<Attestation, AttestError> {
         let public_key = self
             .devices
-            .device_key(device)
+            .live_device_key(device)
+            .await
             .ok_or(AttestError::NotConnected)?;
         let mut nonce = [0u8; MIN_NONCE_LEN];
         rustls::crypto::ring::default_provider()
@@ -437,7 +438,7 @@ impl Attestor {
     /// waited for it (the fleet restarted since it sent the challenge), and records
     /// the verdict.
     async fn verify_orphan(&self, device: &str, quote: &AttestationQuote) {
-        let Some(public_key) = self.devices.device_key(device) else {
+        let Some(public_key) = self.devices.live_device_key(device).await else {
             self.note(
                 device,
                 "a quote came for a pending challenge, but the device's key is unknown \

@@ -95,6 +95,9 @@ pub struct Rollouts {
     pub reoffer_after: Duration,
     /// Serialises steps within this process (the API and the task both step).
     pub step_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Whether this instance steps deployments (of a cluster, only the leader does;
+    /// the others record update statuses, and the leader's next tick acts on them).
+    pub leader: crate::cluster::Leadership,
 }
 
 impl Rollouts {
@@ -208,6 +211,9 @@ impl Rollouts {
 
     /// Moves one deployment forward as far as its members' states allow.
     pub async fn step(&self, id: &str) -> Result<(), StoreError> {
+        if !self.leader.is_leader() {
+            return Ok(());
+        }
         let _serial = self.step_lock.lock().await;
         // A few transitions may happen in one step (a wave succeeds, the next starts).
         for _ in 0..4 {

@@ -291,8 +291,14 @@ pub async fn twin_reports(
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Deletes readings received more than `keep_days` ago now and every
-/// [`PRUNE_EVERY`], until shutdown; `keep_days` 0 keeps everything.
-pub async fn prune_telemetry(store: Store, keep_days: u32, shutdown: CancellationToken) {
+/// [`PRUNE_EVERY`], until shutdown, while this instance leads (one instance of a
+/// cluster prunes); `keep_days` 0 keeps everything.
+pub async fn prune_telemetry(
+    store: Store,
+    keep_days: u32,
+    leadership: crate::cluster::Leadership,
+    shutdown: CancellationToken,
+) {
     if keep_days == 0 {
         return;
     }
@@ -302,6 +308,9 @@ pub async fn prune_telemetry(store: Store, keep_days: u32, shutdown: Cancellatio
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = every.tick() => {}
+        }
+        if !leadership.is_leader() {
+            continue;
         }
         match store
             .prune_telemetry(now_ms().saturating_sub(keep_ms))

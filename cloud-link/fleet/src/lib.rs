@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backup;
 pub mod broker;
 pub mod clock;
+pub mod cluster;
 pub mod deployments;
 pub mod descriptors;
 pub mod enrollment;
@@ -75,6 +76,10 @@ pub struct FleetConfig {
     /// `[metrics]`: the Prometheus listener. Default: none.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// This instance's ID among several on one PostgreSQL (shown by `/healthz` and in
+    /// logs; each instance needs its own). Default: random at each start.
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 /// The `[metrics]` section.
@@ -539,6 +544,16 @@ async fn load_trust(
                 .display()
         )
     })?;
+    refresh_trust(store, &trust).await?;
+    Ok(trust)
+}
+
+/// Brings `trust` up to the store's products, registrations and revocations (at start,
+/// and in a cluster every [`TRUST_REFRESH`], for the changes other instances made).
+async fn refresh_trust(
+    store: &store::Store,
+    trust: &enrollment::DeviceTrust,
+) -> anyhow::Result<()> {
     for product in store.products().await? {
         let bundle = enrollment::certificates_from_pem(&product.manufacturer_ca_pem)
             .map_err(|e| anyhow::anyhow!("product {}: manufacturer CA {e}", product.name))?;
@@ -553,7 +568,35 @@ async fn load_trust(
             trust.revoke(&device.fingerprint);
         }
     }
-    Ok(trust)
+    Ok(())
+}
+
+/// How often an instance of a cluster reloads the broker's trust from the store.
+pub const TRUST_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads `trust` every [`TRUST_REFRESH`] until `shutdown` (a cluster: another
+/// instance may have registered or revoked a device). Reads every registration each
+/// time: fine for thousands of devices; a change log would replace it for millions.
+async fn keep_trust_fresh(
+    store: store::Store,
+    trust: std::sync::Arc<enrollment::DeviceTrust>,
+    shutdown: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(TRUST_REFRESH) => {}
+        }
+        match refresh_trust(&store, &trust).await {
+            Ok(()) => failing = false,
+            Err(error) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::error!(%error, "cannot reload registrations from the store (logged once)");
+                }
+            }
+        }
+    }
 }
 
 /// Starts the store, the broker, telemetry ingest and the HTTP API.
@@ -609,6 +652,26 @@ pub async fn start(
     .await
     .with_context(|| format!("cannot listen for mqtt on {}", config.mqtt_listen))?;
     let mqtt_address = broker.address();
+    // Several instances may share PostgreSQL: sessions, deliveries and leadership go
+    // through it. A SQLite store has one instance, the leader.
+    let (leadership, membership) = if store.is_postgres() {
+        let membership = cluster::Cluster::join(
+            store.clone(),
+            config.instance_id.clone(),
+            broker.publisher(),
+            shutdown.clone(),
+        )
+        .await
+        .context("cannot join the fleet cluster")?;
+        tokio::spawn(keep_trust_fresh(
+            store.clone(),
+            std::sync::Arc::clone(&trust),
+            shutdown.clone(),
+        ));
+        (membership.leadership.clone(), Some(membership))
+    } else {
+        (cluster::Leadership::sole(), None)
+    };
     let telemetry = broker.subscribe_local(warden_wire::topics::ALL_TELEMETRY, 1024);
     let ingest = tokio::spawn(ingest::run(
         store.clone(),
@@ -691,10 +754,12 @@ pub async fn start(
             .to_owned(),
         reoffer_after: std::time::Duration::from_secs(config.rollouts.reoffer_after_s),
         step_lock: std::sync::Arc::default(),
+        leader: leadership.clone(),
     };
     let retention_task = tokio::spawn(ingest::prune_telemetry(
         store.clone(),
         config.telemetry.keep_days,
+        leadership.clone(),
         shutdown.clone(),
     ));
     let statuses = broker.subscribe_local(warden_wire::topics::ALL_UPDATE_STATUS, 256);
@@ -714,6 +779,9 @@ pub async fn start(
         downloads: std::sync::Arc::new(tokio::sync::Semaphore::new(
             config.http.max_downloads as usize,
         )),
+        instance: membership
+            .as_ref()
+            .map(|membership| membership.cluster.instance_id.clone()),
     });
     // `/metrics` on its own listener, with the API listener's caps and timeouts.
     let metrics = match &config.metrics.listen {
@@ -722,7 +790,11 @@ pub async fn start(
                 .await
                 .with_context(|| format!("cannot listen for metrics on {listen}"))?;
             let address = listener.local_addr()?;
-            let router = metrics::router(store.clone(), Some(broker.publisher()));
+            let router = metrics::instance_router(
+                store.clone(),
+                Some(broker.publisher()),
+                Some(leadership.clone()),
+            );
             // A scraper or two, not a crowd: a small share of the API's caps.
             let scrapers = http_listener::Limits {
                 max_connections: limits.max_connections.min(64),
@@ -759,6 +831,9 @@ pub async fn start(
         let _ = quote_task.await;
         let _ = attestation_task.await;
         let _ = retention_task.await;
+        if let Some(membership) = membership {
+            let _ = membership.task.await;
+        }
         store.close().await;
         tracing::info!("fleet stopped; store closed");
     });

@@ -193,6 +193,19 @@ impl FleetProcess {
     /// — and [`TOKEN`] as `admin`) and starts `binary` on it; returns once it printed
     /// its addresses. Started again on the same directory it reopens the same database.
     pub async fn start(binary: &Path, pki: &Pki, extra_toml: &str) -> anyhow::Result<Self> {
+        let database_url = format!("sqlite://{}/fleet.db", pki.dir.display());
+        Self::start_on(binary, pki, "fleet", &database_url, extra_toml).await
+    }
+
+    /// [`FleetProcess::start`] on `database_url` (several instances may share a
+    /// PostgreSQL), with its config in `{name}.toml`.
+    pub async fn start_on(
+        binary: &Path,
+        pki: &Pki,
+        name: &str,
+        database_url: &str,
+        extra_toml: &str,
+    ) -> anyhow::Result<Self> {
         if !binary.is_file() {
             bail!(
                 "no warden-fleet binary at {} (build it: cargo build --release -p warden-fleet)",
@@ -202,13 +215,13 @@ impl FleetProcess {
         let d = pki.dir.display();
         let config = format!(
             "http_listen = \"127.0.0.1:0\"\nmqtt_listen = \"127.0.0.1:0\"\n\
-             database_url = \"sqlite://{d}/fleet.db\"\nserver_cert = \"{d}/server.pem\"\n\
+             database_url = \"{database_url}\"\nserver_cert = \"{d}/server.pem\"\n\
              server_key = \"{d}/server.key\"\nmanufacturer_ca = \"{d}/maker-ca.pem\"\n\
              {extra_toml}\n\
              [api]\ntokens = [{{ name = \"load\", role = \"admin\", sha256 = \"{hash}\" }}]\n",
             hash = crate::auth::hash_token(TOKEN),
         );
-        let path = pki.dir.join("fleet.toml");
+        let path = pki.dir.join(format!("{name}.toml"));
         std::fs::write(&path, config)?;
         let mut child = tokio::process::Command::new(binary)
             .arg("--config")

@@ -41,6 +41,10 @@ enum Command {
     /// API tokens in the config.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Apply the store's pending schema migrations and exit (PostgreSQL: one
+    /// instance at a time under an advisory lock). Migrations only add tables and
+    /// columns, so instances of the previous version keep serving meanwhile.
+    Migrate,
     /// Replace the SQLite store with a backup. Refused while a fleet runs on it.
     Restore {
         /// The backup file.
@@ -165,6 +169,16 @@ async fn main() -> anyhow::Result<()> {
             let config = load(args.config.as_deref())?;
             let copied = warden_fleet::backup::backup(&config.database_url, &to, force).await?;
             println!("backed up {} bytes to {}", copied.bytes, to.display());
+            Ok(())
+        }
+        Some(Command::Migrate) => {
+            let config = load(args.config.as_deref())?;
+            let store = warden_fleet::store::Store::open_with(&config.database_url, 0)
+                .await
+                .with_context(|| format!("cannot migrate {}", config.database_url))?;
+            let version = store.schema_version().await?;
+            store.close().await;
+            println!("store schema at version {version}");
             Ok(())
         }
         Some(Command::Token(TokenCommand::Create { role, name })) => {

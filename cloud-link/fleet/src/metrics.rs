@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::broker::LocalPublisher;
+use crate::cluster::Leadership;
 use crate::store::{INGEST_SECONDS_BUCKETS, Store, StoreHealthSnapshot};
 
 /// Where the metrics come from: the store's counters and, with a broker, its sessions.
@@ -22,14 +23,29 @@ use crate::store::{INGEST_SECONDS_BUCKETS, Store, StoreHealthSnapshot};
 struct Sources {
     store: Store,
     devices: Option<LocalPublisher>,
+    leadership: Option<Leadership>,
 }
 
 /// The `/metrics` route. `devices`: the broker whose connected devices are counted
 /// (none: the gauge is left out).
 pub fn router(store: Store, devices: Option<LocalPublisher>) -> Router {
+    instance_router(store, devices, None)
+}
+
+/// [`router`] of one fleet instance, with whether it leads (`warden_fleet_leader`).
+/// Every instance of a cluster serves its own: its sessions, its writes, its ingest.
+pub fn instance_router(
+    store: Store,
+    devices: Option<LocalPublisher>,
+    leadership: Option<Leadership>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(Sources { store, devices })
+        .with_state(Sources {
+            store,
+            devices,
+            leadership,
+        })
 }
 
 async fn metrics(State(sources): State<Sources>) -> Response {
@@ -44,9 +60,27 @@ async fn metrics(State(sources): State<Sources>) -> Response {
                 .devices
                 .as_ref()
                 .map(LocalPublisher::connected_devices),
-        ),
+        ) + &sources
+            .leadership
+            .as_ref()
+            .map(render_leadership)
+            .unwrap_or_default(),
     )
         .into_response()
+}
+
+/// `warden_fleet_leader`: 1 on the instance that steps rollouts and prunes telemetry.
+fn render_leadership(leadership: &Leadership) -> String {
+    let mut out = String::new();
+    let name = "warden_fleet_leader";
+    family(
+        &mut out,
+        name,
+        "gauge",
+        "1 while this instance leads (steps rollouts, prunes telemetry, reaps dead instances).",
+    );
+    let _ = writeln!(out, "{name} {}", u8::from(leadership.is_leader()));
+    out
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -4,6 +4,7 @@
 //! each concern's queries in its own module, an `impl Store` block. This file only
 //! names them.
 
+mod cluster;
 mod commands;
 mod core;
 mod dashboard;
@@ -17,6 +18,7 @@ pub use self::core::{
     AttestationCounts, DEFAULT_FUTURE_SKEW, Histogram, INGEST_SECONDS_BUCKETS, READ_CONNECTIONS,
     Store, StoreError, StoreHealthSnapshot,
 };
+pub use cluster::{Delivery, Presence};
 pub use dashboard::DEVICE_STATUSES;
 pub use deployments::NewDeployment;
 pub use registry::{

@@ -20,8 +20,9 @@
 //! Prints the fleet process's CPU and RSS (`/proc`) per phase. Bounded: every phase has
 //! a deadline, traffic goes to 127.0.0.1 only.
 //!
-//! `fleet-loadgen [--devices N] [--seconds S] [--interval-ms MS] [--fleet-bin PATH]`
-//! (defaults 10000, 60, 5000, `warden-fleet` beside this binary).
+//! `fleet-loadgen [--devices N] [--seconds S] [--interval-ms MS] [--fleet-bin PATH]
+//! [--database-url postgres://…]` (defaults 10000, 60, 5000, `warden-fleet` beside this
+//! binary, SQLite in a temporary directory).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ struct Args {
     seconds: u64,
     interval_ms: u64,
     fleet_bin: PathBuf,
+    /// `postgres://…` (an empty database); default SQLite in a temporary directory.
+    database_url: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -61,6 +64,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .parent()
             .context("no directory of this binary")?
             .join("warden-fleet"),
+        database_url: None,
     };
     let mut given = std::env::args().skip(1);
     while let Some(flag) = given.next() {
@@ -72,6 +76,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seconds" => args.seconds = value.parse().context("--seconds")?,
             "--interval-ms" => args.interval_ms = value.parse().context("--interval-ms")?,
             "--fleet-bin" => args.fleet_bin = value.into(),
+            "--database-url" => args.database_url = Some(value),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -264,14 +269,21 @@ fn mib(usage: Usage) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args().context(
-        "usage: fleet-loadgen [--devices N] [--seconds S] [--interval-ms MS] [--fleet-bin PATH]",
+        "usage: fleet-loadgen [--devices N] [--seconds S] [--interval-ms MS] [--fleet-bin PATH] \
+         [--database-url postgres://…]",
     )?;
     let dir = tempfile_dir()?;
     let pki = Pki::create(&dir)?;
     let vendor_root = SecretSigningKey::generate()?;
-    let fleet = FleetProcess::start(
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}/fleet.db", pki.dir.display()));
+    let fleet = FleetProcess::start_on(
         &args.fleet_bin,
         &pki,
+        "fleet",
+        &database_url,
         &format!(
             "[images]\nvendor_roots = [\"{}\"]\n",
             to_hex(&vendor_root.public_key())

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 
 mod control_durability;
+mod fleet_cluster;
 mod fleet_dashboard;
 mod offline_update;
 mod quickstart;

@@ -223,13 +223,19 @@ async fn all_progress(state: &ApiState) -> Result<Vec<DeploymentProgress>, ApiEr
     Ok(out)
 }
 
-fn online_ids(state: &ApiState) -> BTreeSet<String> {
-    state.devices.connected_device_ids().into_iter().collect()
+/// The devices online on any fleet instance.
+async fn online_ids(state: &ApiState) -> BTreeSet<String> {
+    state
+        .devices
+        .online_device_ids()
+        .await
+        .into_iter()
+        .collect()
 }
 
 async fn summary(State(state): State<ApiState>) -> Result<Json<FleetSummary>, ApiError> {
     let counts = state.store.fleet_counts().await?;
-    let online = online_ids(&state);
+    let online = online_ids(&state).await;
     let mut connectivity = Connectivity {
         online: 0,
         offline: 0,
@@ -274,7 +280,7 @@ async fn devices(
 ) -> Result<Json<Vec<DashboardDevice>>, ApiError> {
     let limit = super::paging::limit_within(page.limit, MAX_DEVICE_PAGE, MAX_DEVICE_PAGE)?;
     let offset = super::paging::offset_of(page.offset)?;
-    let online = online_ids(&state);
+    let online = online_ids(&state).await;
     Ok(Json(
         state
             .store
@@ -301,7 +307,7 @@ async fn device(
     let point_decimals = reported_point_decimals(&state, &id).await?;
     Ok(Json(DeviceDetail {
         point_decimals,
-        online: online_ids(&state).contains(&id),
+        online: online_ids(&state).await.contains(&id),
         latest: state.store.latest_values(&id).await?,
         reports: state
             .store

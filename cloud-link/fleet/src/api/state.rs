@@ -29,4 +29,6 @@ pub struct ApiState {
     /// Image downloads in progress, at most `http.max_downloads` (a permit is held
     /// until the response body is sent or dropped).
     pub downloads: Arc<tokio::sync::Semaphore>,
+    /// This instance's ID in a cluster (PostgreSQL); `None` for a single instance.
+    pub instance: Option<String>,
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub use acl::{DeviceAcl, device_id_from_certificate};
 pub use admission::{Admission, AdmissionFuture, AdmissionRefused, AdmitAuthenticated};
 pub use limits::{BrokerConfig, BrokerLimitError, BrokerLimits, SlotRefused};
-pub use router::{LocalSubscription, Router};
+pub use router::{ClusterLink, LinkFuture, LocalSubscription, Router};
 pub use session::{
     DELIVERY_QUEUE, MAX_FILTER_LENGTH, MAX_PACKET_SIZE, MAX_SUBSCRIPTIONS_PER_SESSION,
 };
@@ -174,29 +174,83 @@ impl LocalPublisher {
         Self(router)
     }
 
-    /// The public key `device` authenticated with (since the broker started).
+    /// Makes this broker one of several fleet instances sharing sessions through
+    /// `link` (set once).
+    pub fn join_cluster(&self, link: Arc<dyn ClusterLink>) {
+        self.0.set_cluster(link);
+    }
+
+    /// The public key `device` authenticated with (since the broker started), on this
+    /// broker only.
     pub fn device_key(&self, device: &str) -> Option<Vec<u8>> {
         self.0.device_key(device)
     }
 
-    /// Ends `device`'s live session (after its certificate was revoked).
-    pub fn disconnect(&self, device: &str) {
-        self.0.disconnect_device(device);
+    /// The public key of `device`'s live session: here, or on another instance.
+    pub async fn live_device_key(&self, device: &str) -> Option<Vec<u8>> {
+        if self.0.holds_session(device) {
+            return self.0.device_key(device);
+        }
+        match self.0.cluster() {
+            Some(link) => link.device_key(device).await,
+            None => self.0.device_key(device),
+        }
     }
 
-    /// Devices with a live session.
+    /// Ends `device`'s live session (after its certificate was revoked), here or on
+    /// the instance holding it.
+    pub fn disconnect(&self, device: &str) {
+        self.0.disconnect_device(device);
+        if let Some(link) = self.0.cluster() {
+            let (link, device) = (Arc::clone(link), device.to_owned());
+            tokio::spawn(async move { link.disconnect(&device).await });
+        }
+    }
+
+    /// Devices with a live session on this broker.
     pub fn connected_devices(&self) -> usize {
         self.0.connected_devices()
     }
 
-    /// IDs of the devices with a live session.
+    /// IDs of the devices with a live session on this broker.
     pub fn connected_device_ids(&self) -> Vec<String> {
         self.0.connected_device_ids()
     }
 
-    /// Routes `payload` on `topic` to every matching subscriber (QoS 0 to devices).
+    /// Each device with a live session on this broker, with its session number.
+    pub fn live_sessions(&self) -> Vec<(String, u64)> {
+        self.0.live_sessions()
+    }
+
+    /// IDs of the devices with a live session on any fleet instance, sorted.
+    pub async fn online_device_ids(&self) -> Vec<String> {
+        match self.0.cluster() {
+            Some(link) => link.online_devices().await,
+            None => self.0.connected_device_ids(),
+        }
+    }
+
+    /// Routes `payload` on `topic` to every matching subscriber (QoS 0 to devices);
+    /// a device whose session another instance holds gets it through that instance.
     pub async fn publish(&self, topic: String, payload: Vec<u8>) {
+        if let Some(link) = self.0.cluster()
+            && let Some(device) = warden_wire::topics::device_of_topic(&topic)
+            && !self.0.holds_session(device)
+        {
+            link.forward(device, &topic, &payload).await;
+        }
+        self.deliver_here(topic, payload).await;
+    }
+
+    /// Routes `payload` on `topic` on this broker only (a message another instance
+    /// forwarded).
+    pub async fn deliver_here(&self, topic: String, payload: Vec<u8>) {
         let publish = rumqttc::Publish::new(topic, rumqttc::QoS::AtMostOnce, payload);
         self.0.route(&publish).await;
+    }
+
+    /// Ends `device`'s session on this broker only.
+    pub fn disconnect_here(&self, device: &str) {
+        self.0.disconnect_device(device);
     }
 }

@@ -66,7 +66,38 @@ pub struct Router {
     /// Told the ID of each device that can now be challenged (see
     /// [`Router::device_listens_for_challenges`]).
     challengeable: std::sync::OnceLock<mpsc::Sender<String>>,
+    /// The other fleet instances on the same database, if any (see [`ClusterLink`]).
+    cluster: std::sync::OnceLock<std::sync::Arc<dyn ClusterLink>>,
 }
+
+/// What a broker shares with other fleet instances (`crate::cluster` implements it;
+/// none for a single instance). Calls are quick: slow work is the link's own task.
+pub trait ClusterLink: Send + Sync + std::fmt::Debug {
+    /// `device`'s session `session` is live here (it authenticated with `public_key`).
+    fn session_started(&self, device: &str, session: u64, public_key: Option<&[u8]>);
+    /// `device`'s session `session` here ended.
+    fn session_ended(&self, device: &str, session: u64);
+    /// A publish from `device` that belongs to another instance: the link takes it
+    /// (`true`) or it is routed here (`false`).
+    fn divert(&self, device: &str, publish: &Publish) -> bool;
+    /// Delivers `topic`/`payload` to `device`'s session on whichever other instance
+    /// holds it (nothing if none does).
+    fn forward<'a>(
+        &'a self,
+        device: &'a str,
+        topic: &'a str,
+        payload: &'a [u8],
+    ) -> LinkFuture<'a, ()>;
+    /// The key `device` authenticated with, wherever its session is.
+    fn device_key<'a>(&'a self, device: &'a str) -> LinkFuture<'a, Option<Vec<u8>>>;
+    /// The devices with a live session on any instance, sorted.
+    fn online_devices(&self) -> LinkFuture<'_, Vec<String>>;
+    /// Ends `device`'s session on whichever other instance holds it.
+    fn disconnect<'a>(&'a self, device: &'a str) -> LinkFuture<'a, ()>;
+}
+
+/// What the asynchronous parts of [`ClusterLink`] return.
+pub type LinkFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Messages for a local (in-process) subscriber.
 pub type LocalSubscription = mpsc::Receiver<Publish>;
@@ -120,8 +151,41 @@ impl Router {
         removed
     }
 
+    /// Shares sessions with other instances through `link` (set once; later calls are
+    /// ignored).
+    pub fn set_cluster(&self, link: std::sync::Arc<dyn ClusterLink>) {
+        let _ = self.cluster.set(link);
+    }
+
+    /// The cluster link, if this broker is one of several instances.
+    pub fn cluster(&self) -> Option<&std::sync::Arc<dyn ClusterLink>> {
+        self.cluster.get()
+    }
+
+    /// Whether `device` has a live session on this broker.
+    pub fn holds_session(&self, device: &str) -> bool {
+        self.device_sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(device)
+    }
+
+    /// Routes a publish a device sent, unless another instance takes it
+    /// ([`ClusterLink::divert`]).
+    pub async fn route_from_device(&self, device: &str, publish: &Publish) {
+        if let Some(link) = self.cluster.get()
+            && link.divert(device, publish)
+        {
+            return;
+        }
+        self.route(publish).await;
+    }
+
     /// Records `device`'s live session; `stop` ends it.
     pub fn register_device_session(&self, device: &str, session: u64, stop: CancellationToken) {
+        if let Some(link) = self.cluster.get() {
+            link.session_started(device, session, self.device_key(device).as_deref());
+        }
         let previous = self
             .device_sessions
             .write()
@@ -135,13 +199,16 @@ impl Router {
 
     /// Ends `device`'s live session, if any.
     pub fn disconnect_device(&self, device: &str) {
-        if let Some((_, stop)) = self
+        let removed = self
             .device_sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(device)
-        {
+            .remove(device);
+        if let Some((session, stop)) = removed {
             stop.cancel();
+            if let Some(link) = self.cluster.get() {
+                link.session_ended(device, session);
+            }
         }
     }
 
@@ -151,6 +218,16 @@ impl Router {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+
+    /// Each device with a live session and its session number.
+    pub fn live_sessions(&self) -> Vec<(String, u64)> {
+        self.device_sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(device, (session, _))| (device.clone(), *session))
+            .collect()
     }
 
     /// The devices with a live session, by ID.
@@ -184,10 +261,22 @@ impl Router {
 
     /// Removes every subscription of a session.
     pub fn remove_session(&self, session: u64) {
+        let mut ended = Vec::new();
         self.device_sessions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, (id, _)| *id != session);
+            .retain(|device, (id, _)| {
+                let this = *id == session;
+                if this {
+                    ended.push(device.clone());
+                }
+                !this
+            });
+        if let Some(link) = self.cluster.get() {
+            for device in ended {
+                link.session_ended(&device, session);
+            }
+        }
         let not_this_session =
             |s: &Subscription| !matches!(s.target, Target::Session(id, _) if id == session);
         let mut subscriptions = self

@@ -264,10 +264,10 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     return Err(SessionError::Topic(publish.topic.clone()));
                 }
                 match publish.qos {
-                    QoS::AtMostOnce => router.route(&publish).await,
+                    QoS::AtMostOnce => router.route_from_device(acl.device_id(), &publish).await,
                     QoS::AtLeastOnce => {
                         let pkid = publish.pkid;
-                        router.route(&publish).await;
+                        router.route_from_device(acl.device_id(), &publish).await;
                         write_packet(
                             &mut stream,
                             &mut outbound,

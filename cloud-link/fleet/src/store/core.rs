@@ -13,6 +13,9 @@ use sqlx::{Any, AnyConnection, AnyPool, Row};
 
 use super::migrations::MIGRATIONS;
 
+/// The advisory lock PostgreSQL migrations run under ("WARDENMG").
+const MIGRATION_LOCK: i64 = 0x5741_5244_454E_4D47;
+
 /// SQLite connections for read-only lookups besides the one writer, by default.
 pub const READ_CONNECTIONS: u32 = 2;
 
@@ -170,6 +173,29 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
+        if self.sqlite {
+            return self.apply_migrations().await;
+        }
+        // Instances starting together on one PostgreSQL: one migrates at a time, and
+        // the others then find nothing left to apply.
+        let mut lock = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *lock)
+            .await?;
+        let applied = self.apply_migrations().await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *lock)
+            .await;
+        if unlocked.is_err() {
+            // Closing the connection releases the lock.
+            lock.close_on_drop();
+        }
+        applied
+    }
+
+    async fn apply_migrations(&self) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let created =
             sqlx::query("CREATE TABLE IF NOT EXISTS warden_schema (version BIGINT PRIMARY KEY)")
@@ -199,6 +225,15 @@ impl Store {
             tracing::info!(version, "applied store migration");
         }
         Ok(())
+    }
+
+    /// The newest schema migration applied.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT MAX(version) FROM warden_schema")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<Option<i64>, _>(0)?
+            .unwrap_or(0))
     }
 
     /// Closes the pool, waiting for in-flight queries: nothing is left half-written.

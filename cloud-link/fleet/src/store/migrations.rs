@@ -93,6 +93,42 @@ const MIGRATION_11_POSTGRES: &str = "ALTER TABLE telemetry ALTER COLUMN value DR
     ALTER TABLE latest_values ADD COLUMN flag BIGINT;
     UPDATE latest_values SET value = NULL WHERE text IS NOT NULL";
 
+/// Migration 13's tables, shared by both backends but the queue's key.
+macro_rules! migration_13 {
+    ($queue_id:literal, $payload:literal) => {
+        concat!(
+            "CREATE TABLE fleet_instances (
+        instance_id TEXT PRIMARY KEY,
+        started_ms BIGINT NOT NULL,
+        heartbeat_ms BIGINT NOT NULL
+    );
+    CREATE TABLE device_presence (
+        device_id TEXT PRIMARY KEY,
+        instance_id TEXT NOT NULL,
+        session BIGINT NOT NULL,
+        public_key TEXT NOT NULL,
+        connected_ms BIGINT NOT NULL
+    );
+    CREATE INDEX device_presence_by_instance ON device_presence (instance_id);
+    CREATE TABLE device_deliveries (
+        id ",
+            $queue_id,
+            ",
+        instance_id TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        payload ",
+            $payload,
+            " NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE INDEX device_deliveries_by_instance ON device_deliveries (instance_id, id)"
+        )
+    };
+}
+const MIGRATION_13_SQLITE: &str = migration_13!("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB");
+const MIGRATION_13_POSTGRES: &str = migration_13!("BIGSERIAL PRIMARY KEY", "BYTEA");
+
 /// Numbered schema migrations, applied in order, each exactly once.
 pub(super) const MIGRATIONS: &[(i64, Migration)] = &[
     (
@@ -312,5 +348,16 @@ pub(super) const MIGRATIONS: &[(i64, Migration)] = &[
         Migration::Both(
             "ALTER TABLE products ADD COLUMN open_enrollment BIGINT NOT NULL DEFAULT 0",
         ),
+    ),
+    (
+        13,
+        // Several fleet instances on one PostgreSQL (`crate::cluster`): the live
+        // instances and their heartbeats, which instance holds each device's session
+        // (with the key it authenticated with), and messages for a device whose session
+        // another instance holds. Unused by a single instance on SQLite.
+        Migration::PerBackend {
+            sqlite: MIGRATION_13_SQLITE,
+            postgres: MIGRATION_13_POSTGRES,
+        },
     ),
 ];

@@ -162,6 +162,7 @@ async fn fleet_with(
         },
         telemetry: warden_fleet::TelemetryConfig::default(),
         metrics: warden_fleet::MetricsConfig::default(),
+        instance_id: None,
     };
     let mut config = config;
     adjust(&mut config);

@@ -85,3 +85,108 @@ async fn a_failed_commit_on_postgresql_is_not_acknowledged() {
     )
     .await;
 }
+
+/// What instances share: a session's end removes only that session's presence, a
+/// message is queued for the holding instance only and taken once, in order, and a
+/// silent instance is reaped with its sessions and its queue.
+#[tokio::test]
+#[ignore = "needs postgresql (Debian package `postgresql`; .ci/run installs it)"]
+async fn instances_share_presence_and_deliveries_on_postgresql() {
+    let postgres = TemporaryPostgres::start();
+    let store = warden_fleet::store::Store::open(&postgres.create_database("cluster"))
+        .await
+        .expect("store");
+    for instance in ["a", "b"] {
+        store.register_instance(instance).await.expect("register");
+    }
+    store
+        .set_present("wd-1", "a", 1, "04aa")
+        .await
+        .expect("present");
+    // The device reconnects to b; a's old session ends afterwards.
+    store
+        .set_present("wd-1", "b", 7, "04bb")
+        .await
+        .expect("present");
+    store.set_absent("wd-1", "a", 1).await.expect("absent");
+    let presence = store
+        .presence("wd-1")
+        .await
+        .expect("presence")
+        .expect("online");
+    assert_eq!(presence.instance_id, "b");
+    assert_eq!(presence.public_key_hex, "04bb");
+    assert_eq!(store.online_devices().await.expect("online"), ["wd-1"]);
+
+    // Queued for b (the holder); nothing when the sender is the holder or nobody is.
+    assert!(
+        store
+            .queue_for_device("wd-1", "a", "t/1", b"one")
+            .await
+            .expect("queue")
+    );
+    assert!(
+        store
+            .queue_for_device("wd-1", "a", "t/2", b"two")
+            .await
+            .expect("queue")
+    );
+    assert!(
+        !store
+            .queue_for_device("wd-1", "b", "t/3", b"x")
+            .await
+            .expect("queue")
+    );
+    assert!(
+        !store
+            .queue_for_device("wd-9", "a", "t/4", b"x")
+            .await
+            .expect("queue")
+    );
+    assert!(
+        store
+            .take_deliveries("a", 10)
+            .await
+            .expect("take")
+            .is_empty()
+    );
+    let taken = store.take_deliveries("b", 10).await.expect("take");
+    let topics: Vec<&str> = taken.iter().map(|d| d.topic.as_str()).collect();
+    assert_eq!(topics, ["t/1", "t/2"]);
+    assert_eq!(taken[0].payload, b"one");
+    assert_eq!(taken[0].origin, "a");
+    assert!(
+        store
+            .take_deliveries("b", 10)
+            .await
+            .expect("take")
+            .is_empty(),
+        "taken once"
+    );
+
+    // b falls silent: reaped with its sessions and its queue; a beats on.
+    store
+        .queue_for_instance("b", "a", "t/5", b"x")
+        .await
+        .expect("queue");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(store.heartbeat("a").await.expect("beat"));
+    let dead = store.reap_dead_instances(200).await.expect("reap");
+    assert_eq!(dead, ["b"]);
+    assert!(store.presence("wd-1").await.expect("presence").is_none());
+    assert!(
+        store
+            .take_deliveries("b", 10)
+            .await
+            .expect("take")
+            .is_empty()
+    );
+    assert!(
+        !store.heartbeat("b").await.expect("beat"),
+        "b must register again"
+    );
+    assert!(store.heartbeat("a").await.expect("beat"));
+    store.leave_cluster("a").await.expect("leave");
+    assert!(!store.heartbeat("a").await.expect("beat"));
+    store.close().await;
+}
