@@ -43,6 +43,9 @@ pub fn validity(certificate: &[u8]) -> Option<(i64, i64)> {
 /// (`YYYYMMDDhhmmssZ`) as seconds since the epoch.
 fn asn1_time(tag: u8, text: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    if !text.is_ascii() {
+        return None;
+    }
     let (year, rest) = match (tag, text.len()) {
         (UTC_TIME, 12) => {
             let short: i64 = text[..2].parse().ok()?;
@@ -117,6 +120,8 @@ mod tests {
         let cert = params.self_signed(&key).expect("cert");
         assert_eq!(validity(cert.der()), Some((1_709_208_000, 2_561_241_605)));
         assert_eq!(validity(&cert.der()[..40]), None, "truncated");
+        // Digits only: a multi-byte character where a digit belongs is no time.
+        assert_eq!(asn1_time(UTC_TIME, "2é0101000000Z".as_bytes()), None);
     }
 
     #[test]
