@@ -85,6 +85,14 @@ function attestationText(a) {
     " (" + a.answered + " since start)";
 }
 
+// The device certificate: where it stands (renewal is due once less than a third of
+// its validity remains; the fleet refuses it once expired) and until when it is valid.
+function certificateText(c) {
+  if (!c) return "no link configured";
+  if (c.error) return "unreadable: " + c.error;
+  return c.standing + " (valid until " + c.not_after + ")";
+}
+
 let reportsById = new Map();
 
 function showReports(r) {
@@ -140,6 +148,7 @@ async function refresh() {
     text("overview-version", s.software_version);
     text("overview-slots", slotsText(s.image_slots));
     text("overview-attestation", attestationText(s.link.attestation));
+    text("overview-certificate", certificateText(s.device_certificate));
     const link = document.getElementById("link");
     // The summary names the cause whenever the link is not connected.
     link.textContent = s.link_summary;

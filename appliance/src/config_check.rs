@@ -428,7 +428,7 @@ fn subject_common_names(certificate: &[u8]) -> Option<Vec<String>> {
 
 /// One DER element at the start of `bytes`: its tag, its contents and what follows.
 /// Single-byte tags and definite lengths only (all X.509 needs); `None` if truncated.
-fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = bytes.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {

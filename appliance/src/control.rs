@@ -210,6 +210,17 @@ pub fn render(status: &serde_json::Value) -> String {
     let _ = writeln!(out, "device        {}", text(&status["device_id"]));
     let _ = writeln!(out, "software      {}", text(&status["software_version"]));
     let _ = writeln!(out, "attestation   {}", text(&status["attestation"]));
+    let certificate = &status["device_certificate"];
+    if let Some(error) = certificate["error"].as_str() {
+        let _ = writeln!(out, "certificate   unreadable: {error}");
+    } else if certificate.is_object() {
+        let _ = writeln!(
+            out,
+            "certificate   {} (valid until {})",
+            text(&certificate["standing"]),
+            text(&certificate["not_after"]),
+        );
+    }
     // The summary says the state and, when not connected, the cause; an older
     // appliance without it still shows its raw state.
     let summary = match &status["link_summary"] {
@@ -313,6 +324,10 @@ mod tests {
             "device_id": "wd-1",
             "software_version": "0.1.0",
             "attestation": null,
+            "device_certificate": {"not_before": "2026-01-01 00:00:00 UTC",
+                                   "not_after": "2027-01-01 00:00:00 UTC",
+                                   "not_after_ms": 1_798_761_600_000_i64,
+                                   "standing": "renewal-due", "error": null},
             "link": {"state": "connected", "batches_queued": 4, "batches_acknowledged": 3,
                      "last_error": null, "outbox": {"depth": 1, "bytes": 120}},
             "facade": {"clients": 1, "requests": 9, "forwarded": 5, "denied": 2, "failed": 2,
@@ -328,6 +343,10 @@ mod tests {
         });
         let text = render(&status);
         assert!(text.contains("device        wd-1"), "{text}");
+        assert!(
+            text.contains("certificate   renewal-due (valid until 2027-01-01 00:00:00 UTC)"),
+            "{text}"
+        );
         assert!(
             text.contains("connected (no ack since start; batches queued 4, acknowledged 3"),
             "{text}"

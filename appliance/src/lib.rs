@@ -12,6 +12,7 @@ pub mod control;
 pub mod demo;
 #[cfg(feature = "demo")]
 pub mod demo_tour;
+pub mod device_certificate;
 pub mod failure_reports;
 pub mod listening;
 pub mod metrics;

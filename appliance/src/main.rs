@@ -438,6 +438,10 @@ async fn update_install(file: PathBuf, config: Option<PathBuf>) -> anyhow::Resul
             println!("verified and waiting ({id}): {detail}");
             Ok(ExitCode::SUCCESS)
         }
+        LocalInstallAnswer::RevocationsInstalled { detail, .. } => {
+            println!("{detail}");
+            Ok(ExitCode::SUCCESS)
+        }
         LocalInstallAnswer::Refused { detail, .. } => {
             eprintln!("refused: {detail}");
             Ok(ExitCode::FAILURE)

@@ -118,6 +118,9 @@ pub enum BootError {
     /// The offered image does not verify; nothing was changed.
     #[error("update image refused: {0}")]
     ImageRefused(ImageError),
+    /// The held revocation list cannot be read or does not verify.
+    #[error(transparent)]
+    Revocations(#[from] crate::revocations::RevocationStoreError),
     /// The image copied into a slot does not read back as the verified image.
     #[error("slot {slot} does not read back as the installed image: {reason}")]
     ReadBack {
@@ -203,10 +206,23 @@ impl<F: SlotFileSystem, R: BootRootOfTrust> BootMonitor<F, R> {
         &self.config
     }
 
+    /// Every revoked key: the root of trust's and the held revocation list's
+    /// ([`crate::revocations`]), as every verification of an image applies them.
+    pub fn revoked_keys(&mut self, roots: &[RootKey]) -> Result<Vec<KeyId>, BootError> {
+        Ok(crate::revocations::revoked_keys(
+            &self.fs,
+            &mut self.root_of_trust,
+            roots,
+        )?)
+    }
+
     fn trust_inputs(&mut self) -> Result<TrustInputs, BootError> {
+        let roots = self.root_of_trust.vendor_roots()?;
+        // The root of trust's revocations and the held revocation list's.
+        let revoked = self.revoked_keys(&roots)?;
         Ok(TrustInputs {
-            roots: self.root_of_trust.vendor_roots()?,
-            revoked: self.root_of_trust.revoked_keys()?,
+            roots,
+            revoked,
             counter: self.root_of_trust.read_counter()?,
         })
     }

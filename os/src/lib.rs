@@ -11,6 +11,7 @@ pub mod monitor;
 pub mod payload;
 pub mod release;
 pub mod reports;
+pub mod revocations;
 pub mod root_of_trust;
 pub mod sandbox;
 pub mod slots;

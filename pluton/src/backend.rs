@@ -9,7 +9,7 @@ use crate::capability::ProvisioningCapability;
 use crate::counters::COUNTER_COUNT;
 use crate::identity::{
     DeviceId, IdentityKey, PUBLIC_KEY_LEN, PublicKeyBytes, SIGNATURE_LEN,
-    is_tls13_client_certificate_verify,
+    is_certificate_request_info_for, is_tls13_client_certificate_verify,
 };
 use crate::quote::MAX_QUOTE_LEN;
 use crate::quote::software::sign_quote;
@@ -104,6 +104,10 @@ pub trait RootOfTrust {
         &mut self,
         message: &[u8],
     ) -> Result<[u8; SIGNATURE_LEN], PlutonError>;
+    /// Sign a PKCS#10 CertificationRequestInfo for the identity key (and nothing else:
+    /// [`crate::identity::is_certificate_request_info_for`]).
+    fn sign_certificate_request(&mut self, info: &[u8])
+    -> Result<[u8; SIGNATURE_LEN], PlutonError>;
     /// Seal `plaintext` for `owner` under `label`, bound to the registers in
     /// `register_mask`; returns the blob length written to `out`.
     fn seal(
@@ -323,6 +327,17 @@ impl<S: StateStore, R: TryCryptoRng> RootOfTrust for SoftwarePluton<S, R> {
             return Err(PlutonError::NotTls13ClientCertificateVerify);
         }
         Ok(identity.sign_parts(&[message]))
+    }
+
+    fn sign_certificate_request(
+        &mut self,
+        info: &[u8],
+    ) -> Result<[u8; SIGNATURE_LEN], PlutonError> {
+        let identity = self.identity_key()?;
+        if !is_certificate_request_info_for(info, identity.public_key()) {
+            return Err(PlutonError::NotCertificateRequest);
+        }
+        Ok(identity.sign_parts(&[info]))
     }
 
     fn seal(

@@ -69,6 +69,8 @@ pub enum PlutonError {
     /// The TPM refused or failed a command (TPM 2.0 backend; the server's log names the
     /// command and the TPM's response code).
     TpmFailed,
+    /// The data is not a PKCS#10 CertificationRequestInfo for this device's identity key.
+    NotCertificateRequest,
 }
 
 impl fmt::Display for PlutonError {
@@ -107,6 +109,9 @@ impl fmt::Display for PlutonError {
             Self::Busy => "pluton is busy",
             Self::NotPermitted => "the caller's role may not perform this operation",
             Self::TpmFailed => "the tpm refused or failed a command",
+            Self::NotCertificateRequest => {
+                "data is not a certification request info for this device's identity key"
+            }
         };
         f.write_str(message)
     }

@@ -176,6 +176,56 @@ pub fn is_tls13_client_certificate_verify(message: &[u8]) -> bool {
         && message[fixed - 1] == 0
 }
 
+/// DER `SubjectPublicKeyInfo` of an uncompressed P-256 key, up to the key's 65 bytes:
+/// SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING (no unused bits) }.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// One DER element at the start of `bytes`: tag, contents, rest. Single-byte tags and
+/// definite lengths of at most two length bytes (all a certification request needs).
+fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81 => (usize::from(*rest.first()?), rest.get(1..)?),
+        0x82 => (
+            usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])),
+            rest.get(2..)?,
+        ),
+        _ => return None,
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// Whether `info` is exactly a DER PKCS#10 CertificationRequestInfo (RFC 2986) of
+/// version 0 whose subjectPublicKeyInfo is `public_key` (P-256): SEQUENCE { INTEGER 0,
+/// Name, SubjectPublicKeyInfo, [0] attributes }, nothing before or after. Pluton signs
+/// such a request and nothing else with the identity key, so the key's signatures stay
+/// TLS handshakes and requests to certify that very key.
+pub fn is_certificate_request_info_for(info: &[u8], public_key: &PublicKeyBytes) -> bool {
+    const SEQUENCE: u8 = 0x30;
+    const ATTRIBUTES: u8 = 0xa0;
+    let Some((SEQUENCE, body, [])) = der_element(info) else {
+        return false;
+    };
+    let Some(rest) = body.strip_prefix(&[0x02, 0x01, 0x00]) else {
+        return false;
+    };
+    let Some((SEQUENCE, _subject, rest)) = der_element(rest) else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(&P256_SPKI_PREFIX) else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(public_key.as_slice()) else {
+        return false;
+    };
+    matches!(der_element(rest), Some((ATTRIBUTES, _, [])))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +302,50 @@ mod tests {
             DeviceId::of_public_key(&other)
         );
         assert_eq!(DeviceId::of_public_key(&key), DeviceId::of_public_key(&key));
+    }
+
+    /// A CertificationRequestInfo as rcgen writes one: version 0, CN = `wd-1`, the key,
+    /// no attributes.
+    fn request_info(public_key: &PublicKeyBytes) -> Vec<u8> {
+        let subject = [
+            0x30, 0x0f, 0x31, 0x0d, 0x30, 0x0b, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x04, b'w',
+            b'd', b'-', b'1',
+        ];
+        let mut body = vec![0x02, 0x01, 0x00];
+        body.extend_from_slice(&subject);
+        body.extend_from_slice(&P256_SPKI_PREFIX);
+        body.extend_from_slice(public_key);
+        body.extend_from_slice(&[0xa0, 0x00]);
+        let mut info = vec![0x30, 0x81, u8::try_from(body.len()).expect("short")];
+        info.extend_from_slice(&body);
+        info
+    }
+
+    #[test]
+    fn only_a_request_for_the_identity_key_is_a_certificate_request() {
+        let key = rfc6979_public_key();
+        let info = request_info(&key);
+        assert!(is_certificate_request_info_for(&info, &key));
+        // Another key, trailing or missing bytes, another version, a TLS message: no.
+        let mut other = key;
+        other[64] ^= 1;
+        assert!(!is_certificate_request_info_for(&info, &other));
+        let mut trailing = info.clone();
+        trailing.push(0);
+        assert!(!is_certificate_request_info_for(&trailing, &key));
+        assert!(!is_certificate_request_info_for(
+            &info[..info.len() - 1],
+            &key
+        ));
+        let mut version = info.clone();
+        version[5] = 1;
+        assert!(!is_certificate_request_info_for(&version, &key));
+        let mut tls = vec![0x20; 64];
+        tls.extend_from_slice(TLS13_CLIENT_CONTEXT);
+        tls.push(0);
+        tls.extend_from_slice(&[7; 32]);
+        assert!(!is_certificate_request_info_for(&tls, &key));
+        assert!(!is_certificate_request_info_for(b"", &key));
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub const FRAME_HEADER_LEN: usize = 4;
 /// Longest message the TLS-sign request carries (TLS 1.3 content with a SHA-384 hash).
 pub const MAX_TLS_MESSAGE_LEN: usize = 64 + 33 + 1 + 48;
 
+/// Longest PKCS#10 CertificationRequestInfo the CSR-sign request carries (a device ID
+/// and serial number as subject, the P-256 key, no attributes: about 200 bytes).
+pub const MAX_CERTIFICATE_REQUEST_INFO_LEN: usize = 512;
+
 /// A request to pluton.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -134,6 +138,13 @@ pub enum Request {
         /// The new value, at least the current one.
         value: u64,
     },
+    /// Sign a PKCS#10 CertificationRequestInfo (DER) whose public key is this device's
+    /// identity key, and nothing else: the certificate renewal's CSR. Answer:
+    /// [`Response::Signature`] (ECDSA P-256 over SHA-256 of `info`).
+    SignCertificateRequest {
+        /// The DER CertificationRequestInfo.
+        info: heapless::Vec<u8, MAX_CERTIFICATE_REQUEST_INFO_LEN>,
+    },
 }
 
 /// Pluton's answer to one [`Request`].
@@ -180,7 +191,7 @@ pub enum Response {
 
 /// Number of [`Request`] variants this build knows; a higher discriminant is an
 /// [`PlutonError::UnknownRequest`] rather than a malformed frame.
-const KNOWN_REQUESTS: u32 = 18;
+const KNOWN_REQUESTS: u32 = 19;
 
 /// Who sent a request, as the transport established it (never from the request body,
 /// except through `Authenticate`, which this core checks).
@@ -229,6 +240,7 @@ fn operation_of(request: &Request) -> Option<Operation> {
         Request::ReadCounters => Operation::ReadAllCounters,
         Request::Quote { .. } => Operation::Quote,
         Request::SignTls13ClientCertificateVerify { .. } => Operation::SignTls,
+        Request::SignCertificateRequest { .. } => Operation::SignCertificateRequest,
         Request::Seal { .. } | Request::Unseal { .. } => Operation::Seal,
         Request::Authenticate { .. }
         | Request::ReadNamedCounter { .. }
@@ -400,6 +412,11 @@ pub fn handle_request<B: RootOfTrust + ?Sized, T: RoleTokens + ?Sized>(
             backend.sign_tls13_client_certificate_verify(message),
             |signature| Response::Signature(ByteArray(signature)),
         ),
+        Request::SignCertificateRequest { info } => {
+            into_response(backend.sign_certificate_request(info), |signature| {
+                Response::Signature(ByteArray(signature))
+            })
+        }
         Request::Seal {
             label,
             register_mask,

@@ -112,6 +112,9 @@ pub enum Operation {
     Quote,
     /// `SignTls13ClientCertificateVerify`: the device's TLS identity.
     SignTls,
+    /// `SignCertificateRequest`: a CSR for the device's own identity key (certificate
+    /// renewal over the link).
+    SignCertificateRequest,
     /// `Seal` and `Unseal`, in the caller's own namespace.
     Seal,
 }
@@ -133,7 +136,9 @@ pub const fn permitted_roles(operation: Operation) -> &'static [Role] {
         }
         Operation::ExtendBootRegister | Operation::EndBoot => &[Boot],
         Operation::ReadAllCounters => &[Boot, Link, Updates, Unseparated],
-        Operation::Quote | Operation::SignTls => &[Link, Unseparated],
+        Operation::Quote | Operation::SignTls | Operation::SignCertificateRequest => {
+            &[Link, Unseparated]
+        }
         Operation::Seal => &[Boot, Link, Bridges, StatusPage, Updates, Unseparated],
     }
 }
@@ -310,6 +315,7 @@ mod tests {
             Operation::ReadAllCounters,
             Operation::Quote,
             Operation::SignTls,
+            Operation::SignCertificateRequest,
             Operation::Seal,
         ] {
             assert!(!permits(None, operation), "{operation:?}");
@@ -321,6 +327,10 @@ mod tests {
         for role in ROLES {
             let link_like = matches!(role, Role::Link | Role::Unseparated);
             assert_eq!(permits(Some(role), Operation::SignTls), link_like);
+            assert_eq!(
+                permits(Some(role), Operation::SignCertificateRequest),
+                link_like
+            );
             assert_eq!(permits(Some(role), Operation::Quote), link_like);
             assert_eq!(
                 permits(Some(role), Operation::ExtendBootRegister),

@@ -182,12 +182,15 @@ impl ManufacturerCa {
     }
 
     /// Issue a client certificate for a key held in pluton: common name `device_id`,
-    /// `public_key` the uncompressed SEC1 P-256 point pluton exported.
+    /// `public_key` the uncompressed SEC1 P-256 point pluton exported, valid from an
+    /// hour ago (start of that day) for `valid_days` (the product's
+    /// `device_certificate_days`).
     pub fn issue_device_certificate(
         &self,
         device_id: &str,
         serial_number: &str,
         public_key: &[u8; 65],
+        valid_days: u32,
     ) -> Result<IssuedCertificate, CaError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut name = DistinguishedName::new();
@@ -202,6 +205,11 @@ impl ManufacturerCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial()?);
         params.use_authority_key_identifier_extension = true;
+        warden_wire::validity::set_validity(
+            &mut params,
+            std::time::SystemTime::now(),
+            std::time::Duration::from_secs(u64::from(valid_days) * 86_400),
+        );
         let cert = params.signed_by(&ForeignP256Key(public_key), &self.issuer)?;
         let der = cert.der().to_vec();
         Ok(IssuedCertificate {
@@ -222,5 +230,49 @@ impl rcgen::PublicKeyData for ForeignP256Key<'_> {
 
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
         &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key_envelope::KdfCost;
+
+    #[test]
+    fn device_certificates_are_valid_for_the_product_s_days_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cost = KdfCost {
+            memory_kib: 8 * 1024,
+            time: 1,
+            parallelism: 1,
+        };
+        let subject = CaSubject {
+            common_name: "maker",
+            organization: "maker inc",
+            valid_years: CA_VALID_YEARS,
+        };
+        init(dir.path(), &subject, b"pass", cost).expect("init");
+        let ca = ManufacturerCa::open(dir.path(), b"pass").expect("open");
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let public: [u8; 65] = rcgen::PublicKeyData::der_bytes(&key)
+            .try_into()
+            .expect("sec1 point");
+        let issued = ca
+            .issue_device_certificate("wd-1", "WG1", &public, 30)
+            .expect("issue");
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&issued.der).expect("the certificate parses");
+        let validity = cert.validity();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let now = i64::try_from(now).expect("now");
+        let not_before = validity.not_before.timestamp();
+        let not_after = validity.not_after.timestamp();
+        assert!(not_before <= now && now < not_after, "valid now");
+        // From the start of the day an hour ago, for 30 days: never rcgen's 4096.
+        assert_eq!(not_after - not_before, 30 * 86_400);
+        assert!(not_before > now - 2 * 86_400);
     }
 }

@@ -142,6 +142,30 @@ enum KeysCommand {
         #[arg(long, default_value_t = 1)]
         serial: u32,
     },
+    /// Make a revocation list signed by the vendor root: units that take it refuse
+    /// images signed by the keys it names.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// The vendor root's private key (it signs the list; units verify it against the
+    /// vendor roots they hold).
+    #[arg(long)]
+    root_key: PathBuf,
+    /// The list's sequence: above every list published before (units keep only a newer
+    /// one, so an old list cannot be replayed to un-revoke a key).
+    #[arg(long)]
+    sequence: u64,
+    /// A release key to revoke, by its certificate (WKC1); repeat for several.
+    #[arg(long = "cert")]
+    certs: Vec<PathBuf>,
+    /// A release key or root to revoke, by key ID (16 hex digits); repeat for several.
+    #[arg(long = "key-id")]
+    key_ids: Vec<String>,
+    /// Where the list goes (never overwritten).
+    #[arg(long, short)]
+    output: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +294,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             println!("  private key: {}", key.display());
             println!("  certificate: {}", cert.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Revoke(args)) => {
+            let mut revoked: Vec<release_keys::RevokedKey> = args
+                .certs
+                .iter()
+                .cloned()
+                .map(release_keys::RevokedKey::Certificate)
+                .collect();
+            for id in &args.key_ids {
+                revoked.push(release_keys::RevokedKey::KeyId(release_keys::parse_key_id(
+                    id,
+                )?));
+            }
+            let ids = release_keys::create_revocation_list(
+                &args.root_key,
+                args.sequence,
+                &revoked,
+                &args.output,
+            )?;
+            println!(
+                "revocation list {} (sequence {}) signed: {} key(s) revoked",
+                args.output.display(),
+                args.sequence,
+                ids.len()
+            );
+            for id in ids {
+                println!("  {id}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bundle(BundleCommand::Sign {

@@ -63,6 +63,17 @@ pub enum ReleaseKeyError {
     /// The policy bundle could not be compiled or signed.
     #[error(transparent)]
     Bundle(#[from] warden_policy::bundle::build::BundleBuildError),
+    /// A key ID that is not 16 hex digits.
+    #[error("key ID {0:?} is not 16 hex digits")]
+    KeyId(String),
+    /// A release-key certificate that does not decode.
+    #[error("{}: not a release-key certificate: {error}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: warden_keychain::ChainError,
+    },
     /// `--product`.
     #[error("--product {0:?}: 1 to 16 printable ASCII characters")]
     Product(String),
@@ -143,6 +154,59 @@ pub fn create_release(
         issuer: root.key_id(),
         purposes,
     })
+}
+
+/// A key to revoke, as `keys revoke` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokedKey {
+    /// A release key by its certificate file (WKC1).
+    Certificate(PathBuf),
+    /// A release key or root by its key ID (16 hex digits).
+    KeyId(KeyId),
+}
+
+/// A key ID as 16 hex digits (what `keys release` and `keys root` print).
+pub fn parse_key_id(text: &str) -> Result<KeyId, ReleaseKeyError> {
+    let bytes = hex::decode(text.trim()).map_err(|_| ReleaseKeyError::KeyId(text.to_owned()))?;
+    let id: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| ReleaseKeyError::KeyId(text.to_owned()))?;
+    Ok(KeyId(id))
+}
+
+/// Makes a revocation list (WRL1) signed by the vendor root in `root_key`: the keys in
+/// `revoked`, under `sequence` (above every list published before: units keep only a
+/// newer one), written to `output` (never overwritten). Units take it as a file
+/// (`warden update install`, the status page's upload form).
+pub fn create_revocation_list(
+    root_key: &Path,
+    sequence: u64,
+    revoked: &[RevokedKey],
+    output: &Path,
+) -> Result<Vec<KeyId>, ReleaseKeyError> {
+    refuse_existing(&[output])?;
+    let root = tooling::load_secret_key(root_key)?;
+    let mut ids = Vec::with_capacity(revoked.len());
+    for key in revoked {
+        let id = match key {
+            RevokedKey::KeyId(id) => *id,
+            RevokedKey::Certificate(path) => {
+                let bytes = crate::files::read_bytes(path)?;
+                warden_keychain::ReleaseKeyCert::decode(&bytes)
+                    .map_err(|error| ReleaseKeyError::Certificate {
+                        path: path.clone(),
+                        error,
+                    })?
+                    .release_key_id()
+            }
+        };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let list = tooling::sign_revocation_list(&root, sequence, &ids)?;
+    write_atomically(output, &list, 0o644)?;
+    Ok(ids)
 }
 
 /// What `bundle sign` is asked to do.
@@ -249,6 +313,57 @@ mod tests {
         )
         .expect_err("no root");
         assert!(error.to_string().contains("no-root.pem"), "{error}");
+    }
+
+    #[test]
+    fn a_revocation_list_names_the_keys_and_verifies_against_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |name: &str| dir.path().join(name);
+        let root = create_root(&path("root.pem"), &path("root.pub.pem")).expect("root");
+        let release = create_release(
+            &path("root.pem"),
+            &path("release.pem"),
+            &path("release.cert"),
+            Purpose::IMAGE,
+            1,
+        )
+        .expect("release");
+        let other = parse_key_id("00112233445566ff").expect("hex id");
+        let ids = create_revocation_list(
+            &path("root.pem"),
+            4,
+            &[
+                RevokedKey::Certificate(path("release.cert")),
+                RevokedKey::KeyId(other),
+                RevokedKey::KeyId(release.key_id),
+            ],
+            &path("revoked.wrl"),
+        )
+        .expect("list");
+        assert_eq!(ids, [release.key_id, other], "named once each, in order");
+        let bytes = std::fs::read(path("revoked.wrl")).expect("list");
+        let root_key =
+            warden_keychain::RootKey::from_public_key(&hex::decode(&root.public_hex).expect("hex"))
+                .expect("root");
+        let list = warden_keychain::RevocationList::verify(&bytes, &[root_key], &[])
+            .expect("verifies against the root");
+        assert_eq!(list.sequence(), 4);
+        assert_eq!(list.revoked().collect::<Vec<_>>(), ids);
+        // Never overwritten; bad key IDs and certificates are named.
+        assert!(matches!(
+            create_revocation_list(&path("root.pem"), 5, &[], &path("revoked.wrl")),
+            Err(ReleaseKeyError::Exists(_))
+        ));
+        assert!(parse_key_id("xyz").is_err());
+        assert!(parse_key_id("0011").is_err());
+        let error = create_revocation_list(
+            &path("root.pem"),
+            5,
+            &[RevokedKey::Certificate(path("root.pub.pem"))],
+            &path("other.wrl"),
+        )
+        .expect_err("not a certificate");
+        assert!(error.to_string().contains("root.pub.pem"), "{error}");
     }
 
     #[test]

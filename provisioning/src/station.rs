@@ -7,6 +7,7 @@ use warden_keychain::Purpose;
 
 use crate::release_keys::{PurposeError, purposes_from_names};
 use warden_toml_position::line_and_column;
+use warden_wire::validity::{DEFAULT_DEVICE_CERTIFICATE_DAYS, MAX_DEVICE_CERTIFICATE_DAYS};
 
 /// `station.toml`. Relative paths are resolved against the file's directory.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +48,15 @@ pub struct StationConfig {
     /// Where each unit's pluton keeps its keys.
     #[serde(default)]
     pub pluton: PlutonConfig,
+    /// Days each unit's device certificate is valid (1 to
+    /// [`MAX_DEVICE_CERTIFICATE_DAYS`]; default
+    /// [`DEFAULT_DEVICE_CERTIFICATE_DAYS`]). The fleet refuses it once it has expired.
+    #[serde(default = "default_device_certificate_days")]
+    pub device_certificate_days: u32,
+}
+
+fn default_device_certificate_days() -> u32 {
+    DEFAULT_DEVICE_CERTIFICATE_DAYS
 }
 
 /// `[pluton]`: the root of trust the station provisions each unit on.
@@ -304,6 +314,15 @@ impl StationConfig {
                 ));
             }
         }
+        if !(1..=MAX_DEVICE_CERTIFICATE_DAYS).contains(&self.device_certificate_days) {
+            return Err(invalid(
+                "device_certificate_days",
+                format!(
+                    "{} is not 1 to {MAX_DEVICE_CERTIFICATE_DAYS} days",
+                    self.device_certificate_days
+                ),
+            ));
+        }
         if self.selftest.probe_timeout_secs == 0 {
             return Err(invalid(
                 "selftest.probe_timeout_secs",
@@ -370,6 +389,39 @@ token_env = "T"
         match result {
             Err(StationError::Invalid { field, message, .. }) => (field, message),
             other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn device_certificates_default_to_a_year_and_the_product_may_choose() {
+        assert_eq!(
+            load("").expect("loads").device_certificate_days,
+            DEFAULT_DEVICE_CERTIFICATE_DAYS
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("station.toml");
+        for (days, accepted) in [
+            (90, true),
+            (0, false),
+            (MAX_DEVICE_CERTIFICATE_DAYS + 1, false),
+        ] {
+            std::fs::write(
+                &path,
+                format!("device_certificate_days = {days}\n{STATION}"),
+            )
+            .expect("write");
+            match StationConfig::load(&path) {
+                Ok(config) => {
+                    assert!(accepted, "{days} accepted");
+                    assert_eq!(config.device_certificate_days, days);
+                }
+                Err(StationError::Invalid { field, message, .. }) => {
+                    assert!(!accepted, "{days} refused: {message}");
+                    assert_eq!(field, "device_certificate_days");
+                    assert!(message.contains(&days.to_string()), "{message}");
+                }
+                Err(other) => panic!("{other}"),
+            }
         }
     }
 

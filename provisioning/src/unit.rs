@@ -264,9 +264,12 @@ pub fn provision_unit(station: &Station, serial: &str) -> Result<ProvisionedUnit
     // Certificate from pluton's public key, CN = device ID.
     let certificate = attempt.step(
         Step::Certificate,
-        station
-            .ca
-            .issue_device_certificate(&device_id, serial, &identity.public_key.0),
+        station.ca.issue_device_certificate(
+            &device_id,
+            serial,
+            &identity.public_key.0,
+            station.config.device_certificate_days,
+        ),
     )?;
     attempt.step(
         Step::Certificate,

@@ -1,4 +1,5 @@
-//! The unit's own facts as the page shows them: image slots and failure reports.
+//! The unit's own facts as the page shows them: image slots, failure reports and the
+//! device certificate's validity.
 //!
 //! Read from disk by whoever may read them (`crate::status_page::unit_facts`) and, in
 //! the split appliance, carried to the page in a frame: plain data, serialisable.
@@ -13,6 +14,24 @@ pub struct UnitFacts {
     /// Failure reports, newest first (at most `status_page::unit_facts::MAX_REPORTS`); `None` without a
     /// `[reports]` ring.
     pub failure_reports: Option<FailureReports>,
+    /// The device certificate's validity (`None`: this unit has no `[link]`).
+    pub device_certificate: Option<CertificateView>,
+}
+
+/// The device certificate as the page shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateView {
+    /// Valid from (`YYYY-MM-DD hh:mm:ss UTC`).
+    pub not_before: String,
+    /// Valid until.
+    pub not_after: String,
+    /// Valid until, ms since the epoch.
+    pub not_after_ms: i64,
+    /// `valid`, `renewal-due` (less than a third of its validity left), `expired` or
+    /// `not-valid-yet`.
+    pub standing: String,
+    /// Why the certificate could not be read (the rest is then empty).
+    pub error: Option<String>,
 }
 
 /// The boot monitor's A/B state.

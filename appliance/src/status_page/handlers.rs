@@ -359,7 +359,8 @@ pub(super) async fn upload_update(
     match client.finish(&mut |_| {}).await {
         Ok(answer) => {
             let status = match &answer {
-                LocalInstallAnswer::Installed { .. } => StatusCode::OK,
+                LocalInstallAnswer::Installed { .. }
+                | LocalInstallAnswer::RevocationsInstalled { .. } => StatusCode::OK,
                 LocalInstallAnswer::Waiting { .. } => StatusCode::ACCEPTED,
                 LocalInstallAnswer::Refused {
                     reason: RefusalKind::TooLarge,

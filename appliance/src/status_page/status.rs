@@ -6,7 +6,7 @@ use serde::Serialize;
 use warden_bridges::BridgeHealth;
 use warden_link::LinkStatus;
 
-use crate::state::unit_facts::{FailureReports, ImageSlots};
+use crate::state::unit_facts::{CertificateView, FailureReports, ImageSlots};
 use crate::state::updates::UpdateDecision;
 use crate::state::{ApplianceState, LiveValue};
 
@@ -22,6 +22,9 @@ pub struct Status {
     pub attestation: String,
     /// The A/B image slots (`null`: the config has no `[updates]`).
     pub image_slots: Option<ImageSlots>,
+    /// The device certificate's validity and standing (`renewal-due` once less than a
+    /// third of it remains; the fleet refuses it once `expired`).
+    pub device_certificate: Option<CertificateView>,
     /// The cloud link in words, true now: `connected`, `connecting`, `link down:
     /// <cause>` or `unavailable: <cause>` (see [`link_in_words`]).
     pub link_summary: String,
@@ -130,6 +133,7 @@ pub fn snapshot(state: &ApplianceState) -> Status {
         software_version: env!("CARGO_PKG_VERSION"),
         attestation: attestation_in_words(&link.attestation, now),
         image_slots: unit.image_slots,
+        device_certificate: unit.device_certificate,
         link_summary: link_in_words(&link),
         last_ack_age_secs: age_secs(link.last_ack_ms, now),
         link,

@@ -1,5 +1,6 @@
 //! What the overview and the failure-reports section show about the unit itself: the
-//! image slots from the boot monitor's state and the reports in the monitor's ring.
+//! image slots from the boot monitor's state, the reports in the monitor's ring and
+//! the device certificate's validity.
 //!
 //! Both are read from disk by whoever may read them: in one process the runtime
 //! reads them; in compartments the link (which already reads the report ring and
@@ -31,6 +32,7 @@ const FRAME_MARGIN: usize = 512;
 pub struct UnitFactsSource {
     ring: Option<ReportStore>,
     boot_state_dir: Option<PathBuf>,
+    device_cert: Option<PathBuf>,
 }
 
 impl UnitFactsSource {
@@ -53,6 +55,7 @@ impl UnitFactsSource {
         Self {
             ring,
             boot_state_dir: config.updates.as_ref().map(|u| u.state_dir.clone()),
+            device_cert: Some(config.link.device_cert.clone()),
         }
     }
 
@@ -64,6 +67,10 @@ impl UnitFactsSource {
                 .as_deref()
                 .map(|dir| image_slots(dir, warden_os::monitor::trial::slot_from_env())),
             failure_reports: self.ring.as_ref().map(failure_reports),
+            device_certificate: self.device_cert.as_deref().map(|path| {
+                let now = i64::try_from(crate::clock::now_ms() / 1000).unwrap_or(i64::MAX);
+                crate::device_certificate::certificate_view(path, now)
+            }),
         }
     }
 
@@ -285,6 +292,7 @@ mod tests {
         };
         let facts = UnitFacts {
             image_slots: None,
+            device_certificate: None,
             failure_reports: Some(FailureReports {
                 total: 100,
                 newest: vec![report; 100],

@@ -39,6 +39,7 @@ use warden_link::topics::{PROTOCOL_VERSION, UpdateOffer, UpdateState, to_hex};
 use warden_os::file_system::SlotFileSystem;
 use warden_os::image::{HEADER_LEN, ImageError, ImageHeader, ImageTrust};
 use warden_os::image_io::{ImageReadError, verify_reader};
+use warden_os::revocations::RevocationInstall;
 use warden_os::{BootMonitor, BootRootOfTrust};
 
 use super::installer::{Origin, Updater, publish_from};
@@ -126,6 +127,16 @@ pub enum LocalInstallAnswer {
         version: String,
         /// The slot it went into.
         slot: String,
+        /// For people.
+        detail: String,
+    },
+    /// The file was a revocation list (`WRL1`) signed by a vendor root: it is now held,
+    /// and images signed by a key it names are refused.
+    RevocationsInstalled {
+        /// The list's sequence.
+        sequence: u64,
+        /// How many keys it revokes.
+        revoked: usize,
         /// For people.
         detail: String,
     },
@@ -427,6 +438,9 @@ where
     };
     let id = format!("{LOCAL_ID_PREFIX}{}", &to_hex(&received.sha256)[..12]);
     tracing::info!(%id, source = %request.source, size = request.size, "local install: file received");
+    if is_revocation_list(&received.path) {
+        return install_revocations(updater, &received.path, &request.source).await;
+    }
 
     // Verified before it waits for anything: a bad file is refused now, by name.
     let monitor = Arc::clone(&updater.monitor);
@@ -612,6 +626,71 @@ async fn receive(
     Ok(Received { path, sha256 })
 }
 
+/// Whether the staged file is a revocation list (it starts with `WRL1`), not an image.
+fn is_revocation_list(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut magic))
+        .is_ok_and(|()| magic == warden_keychain::LIST_MAGIC)
+}
+
+/// Installs the staged revocation list (`warden_os::revocations`): verified against
+/// the vendor roots, newer than the held one, written atomically. The staged file is
+/// deleted either way.
+async fn install_revocations<F, R>(
+    updater: &Updater<F, R>,
+    path: &Path,
+    source: &str,
+) -> LocalInstallAnswer
+where
+    F: SlotFileSystem + Send + 'static,
+    R: BootRootOfTrust + Send + 'static,
+{
+    let bytes = std::fs::read(path);
+    let _ = std::fs::remove_file(path);
+    let bytes = match bytes {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            return LocalInstallAnswer::refused(
+                RefusalKind::Install,
+                format!("cannot read the staged revocation list: {error}; nothing was changed"),
+            );
+        }
+    };
+    let monitor = Arc::clone(&updater.monitor);
+    let installed = tokio::task::spawn_blocking(move || {
+        let mut monitor = monitor.lock().unwrap_or_else(PoisonError::into_inner);
+        monitor
+            .install_revocation_list(&bytes)
+            .map_err(|error| error.to_string())
+    })
+    .await
+    .unwrap_or_else(|error| Err(format!("revocation task: {error}")));
+    match installed {
+        Ok(RevocationInstall::Installed { sequence, revoked }) => {
+            LocalInstallAnswer::RevocationsInstalled {
+                sequence,
+                revoked,
+                detail: format!(
+                    "revocation list {sequence} from {source} installed: {revoked} key(s) revoked; images signed by them are refused"
+                ),
+            }
+        }
+        Ok(RevocationInstall::AlreadyHeld { sequence }) => {
+            LocalInstallAnswer::RevocationsInstalled {
+                sequence,
+                revoked: 0,
+                detail: format!("revocation list {sequence} was already held; nothing changed"),
+            }
+        }
+        Err(why) => LocalInstallAnswer::refused(
+            RefusalKind::Image,
+            format!("refused {source}: {why}; nothing was changed"),
+        ),
+    }
+}
+
 /// Verifies the staged image as the boot monitor's install will (vendor roots,
 /// revocations, product, anti-rollback counter, signature, payload) and returns its
 /// header, or what was wrong in words that name the unit's side too.
@@ -620,13 +699,21 @@ fn verify_staged<F: SlotFileSystem, R: BootRootOfTrust>(
     path: &Path,
 ) -> Result<ImageHeader, String> {
     let product = monitor.config().product;
-    let root_of_trust = monitor.root_of_trust();
     let trust_error = |error: warden_os::root_of_trust::RootOfTrustError| {
         format!("cannot read the unit's vendor roots and anti-rollback counter: {error}")
     };
-    let roots = root_of_trust.vendor_roots().map_err(trust_error)?;
-    let revoked = root_of_trust.revoked_keys().map_err(trust_error)?;
-    let counter = root_of_trust.read_counter().map_err(trust_error)?;
+    let roots = monitor
+        .root_of_trust()
+        .vendor_roots()
+        .map_err(trust_error)?;
+    // The root of trust's revocations and the held revocation list's.
+    let revoked = monitor
+        .revoked_keys(&roots)
+        .map_err(|error| error.to_string())?;
+    let counter = monitor
+        .root_of_trust()
+        .read_counter()
+        .map_err(trust_error)?;
     let trust = ImageTrust {
         roots: &roots,
         revoked: &revoked,
@@ -674,6 +761,9 @@ fn describe_refusal(
         (ImageError::SecurityCounterTooLow, Some(header)) => format!(
             "anti-rollback: the image's security counter {} (version {}) is below this unit's counter {counter}; a downgrade is refused",
             header.security_counter, header.version
+        ),
+        (ImageError::Certificate(warden_os::image::ChainError::Revoked), _) => format!(
+            "revoked signing key: {error}; the vendor withdrew the key this image is signed with, so this unit refuses it"
         ),
         (ImageError::SignatureInvalid | ImageError::Certificate(_), _) => {
             format!("signature: {error}")

@@ -219,3 +219,62 @@ async fn an_image_from_a_file_installs_on_trial_and_bad_files_change_nothing() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_list_from_a_file_makes_the_unit_refuse_images_of_the_revoked_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vendor = Vendor::new();
+    let (updater, _monitor) = updater(dir.path(), &vendor, Arc::default());
+    let downloads = dir.path().join("downloads");
+    let listener = local::bind(&downloads).expect("socket");
+    let socket = local::socket_path(&downloads);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(local::serve(listener, updater, 8 << 20, shutdown.clone()));
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("file");
+        path
+    };
+    let revoked_key = dir.path().join("revoked-key");
+    let image = vendor.image_for(&revoked_key, "1.2.0", PRODUCT, 2);
+
+    let list = vendor.revocation_list(1, &[&revoked_key.join("release.cert")]);
+    let answer = install(&socket, &write("revoked.wrl", &list)).await;
+    let LocalInstallAnswer::RevocationsInstalled {
+        sequence, revoked, ..
+    } = &answer
+    else {
+        panic!("the list is not installed: {answer:?}");
+    };
+    assert_eq!((*sequence, *revoked), (1, 1));
+
+    // The revoked key's image is refused by name and changes nothing.
+    let before = snapshot(dir.path().join("state").as_path());
+    let answer = install(&socket, &write("revoked.wim", &image)).await;
+    let (reason, detail) = refusal(&answer);
+    assert_eq!(reason, RefusalKind::Image, "{detail}");
+    assert!(
+        detail.contains("revoked signing key")
+            && detail.contains("revoked by the vendor's revocation list")
+            && detail.contains("nothing was changed"),
+        "{detail}"
+    );
+    assert_eq!(
+        snapshot(dir.path().join("state").as_path()),
+        before,
+        "a refused image changed the slots or the list"
+    );
+
+    // An older list cannot be replayed to un-revoke it; another key's image installs.
+    let older = vendor.revocation_list(0, &[]);
+    let answer = install(&socket, &write("older.wrl", &older)).await;
+    let (_, detail) = refusal(&answer);
+    assert!(detail.contains("is not above the sequence 1"), "{detail}");
+    let other = vendor.image_for(&dir.path().join("other-key"), "1.2.0", PRODUCT, 2);
+    let answer = install(&socket, &write("other.wim", &other)).await;
+    assert!(
+        matches!(answer, LocalInstallAnswer::Installed { .. }),
+        "{answer:?}"
+    );
+    shutdown.cancel();
+}

@@ -38,6 +38,21 @@ impl Vendor {
         vec![RootKey::from_public_key(&self.root.public_key()).expect("root")]
     }
 
+    /// A revocation list of this vendor's root: the release keys of the certificates
+    /// at `certs`, under `sequence`.
+    pub(super) fn revocation_list(&self, sequence: u64, certs: &[&Path]) -> Vec<u8> {
+        let revoked: Vec<_> = certs
+            .iter()
+            .map(|cert| {
+                warden_keychain::ReleaseKeyCert::decode(&std::fs::read(cert).expect("cert"))
+                    .expect("certificate")
+                    .release_key_id()
+            })
+            .collect();
+        warden_keychain::tooling::sign_revocation_list(&self.root, sequence, &revoked)
+            .expect("list")
+    }
+
     /// A signed image made by the release tooling of the `warden` binary.
     fn image(&self, dir: &Path, version: &str) -> Vec<u8> {
         self.image_for(dir, version, PRODUCT, 1)

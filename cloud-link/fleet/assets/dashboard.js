@@ -344,8 +344,18 @@ async function devicePage(id) {
       field("attestation", "attestation", status, "status-" + status),
       field("attestation_detail", "attestation detail", r.attestation_detail || "—"),
       field("attested", "attested", time(r.attested_ms)),
-      field("fingerprint", "certificate SHA-256", r.fingerprint),
-      field("registered", "registered", time(r.registered_ms)));
+      field("fingerprint", "certificate SHA-256", r.fingerprint));
+    const c = detail.certificate;
+    if (c) {
+      identity.push(
+        field("certificate_expires", "certificate valid until", time(c.not_after_ms)),
+        field("certificate_standing", "certificate", c.standing, "status-" + c.standing));
+      if (c.refused_reason) {
+        identity.push(field("certificate_refused", "certificate refused",
+          `${time(c.refused_ms)}: ${c.refused_reason}`, "status-expired"));
+      }
+    }
+    identity.push(field("registered", "registered", time(r.registered_ms)));
   } else {
     identity.push(field("registered", "registered", "no (sends telemetry, not in the registry)"),
       field("attestation", "attestation", "not attested: only registered devices are", "status-unknown"));

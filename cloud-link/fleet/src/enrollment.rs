@@ -132,12 +132,12 @@ pub fn verify_device_certificate(
     verifier
         .verify_client_cert(certificate, &[], UnixTime::now())
         .map_err(|error| match error {
-            rustls::Error::InvalidCertificate(TlsCertificateError::Expired) => {
-                CertificateError::Expired
-            }
-            rustls::Error::InvalidCertificate(TlsCertificateError::NotValidYet) => {
-                CertificateError::NotValidYet
-            }
+            rustls::Error::InvalidCertificate(
+                TlsCertificateError::Expired | TlsCertificateError::ExpiredContext { .. },
+            ) => CertificateError::Expired,
+            rustls::Error::InvalidCertificate(
+                TlsCertificateError::NotValidYet | TlsCertificateError::NotValidYetContext { .. },
+            ) => CertificateError::NotValidYet,
             rustls::Error::InvalidCertificate(TlsCertificateError::UnknownIssuer) => {
                 CertificateError::UnknownIssuer
             }
@@ -214,6 +214,61 @@ struct TrustState {
     products: BTreeMap<String, ProductTrust>,
     revoked: BTreeSet<String>,
     registered: BTreeMap<String, Binding>,
+    /// The last refusal of each registered device's certificate (bounded by the
+    /// registry: a device ID nobody registered is not recorded).
+    refusals: BTreeMap<String, CertificateRefusal>,
+}
+
+/// Why the broker last refused a registered device's certificate, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRefusal {
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+    /// Why, for people (an expired certificate names its end of validity).
+    pub reason: String,
+}
+
+/// Why a device certificate was refused, in words: an expired one names when it
+/// expired, so an operator can tell a unit that missed its renewal from a clone.
+pub fn refusal_reason(error: &rustls::Error) -> String {
+    use warden_wire::validity::utc_text;
+    match error {
+        rustls::Error::InvalidCertificate(TlsCertificateError::ExpiredContext {
+            time,
+            not_after,
+        }) => {
+            let (time, not_after) = (unix_seconds(*time), unix_seconds(*not_after));
+            format!(
+                "certificate expired: not valid after {} ({} s before this connection); the unit must be given a renewed certificate",
+                utc_text(not_after),
+                time.saturating_sub(not_after)
+            )
+        }
+        rustls::Error::InvalidCertificate(TlsCertificateError::Expired) => {
+            "certificate expired".to_owned()
+        }
+        rustls::Error::InvalidCertificate(TlsCertificateError::NotValidYetContext {
+            not_before,
+            ..
+        }) => format!(
+            "certificate not valid yet: valid from {} (is the unit's clock or the issuer's wrong?)",
+            utc_text(unix_seconds(*not_before))
+        ),
+        rustls::Error::InvalidCertificate(TlsCertificateError::Revoked) => {
+            "certificate revoked".to_owned()
+        }
+        rustls::Error::InvalidCertificate(
+            TlsCertificateError::ApplicationVerificationFailure,
+        ) => "not the certificate registered for this device (a clone, or one issued without registering it)".to_owned(),
+        rustls::Error::InvalidCertificate(TlsCertificateError::UnknownIssuer) => {
+            "certificate not issued by the device's product CA".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn unix_seconds(time: UnixTime) -> i64 {
+    i64::try_from(time.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// Why a certificate is admitted (see [`DeviceTrust`]).
@@ -277,6 +332,7 @@ impl DeviceTrust {
                 products,
                 revoked: BTreeSet::new(),
                 registered: BTreeMap::new(),
+                refusals: BTreeMap::new(),
             }),
         })
     }
@@ -355,6 +411,16 @@ impl DeviceTrust {
             .contains(fingerprint)
     }
 
+    /// Why the broker last refused `device_id`'s certificate (registered devices only).
+    pub fn last_refusal(&self, device_id: &str) -> Option<CertificateRefusal> {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .refusals
+            .get(device_id)
+            .cloned()
+    }
+
     /// Whether (and why) a client certificate `chain` (device certificate first) is
     /// admitted now.
     pub fn admission(&self, chain: &[CertificateDer<'_>]) -> Result<Admitted, rustls::Error> {
@@ -370,14 +436,56 @@ impl DeviceTrust {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<Admitted, rustls::Error> {
-        let print = fingerprint(end_entity);
         let device = device_id_from_certificate(end_entity)
             .ok_or(refused(TlsCertificateError::ApplicationVerificationFailure))?;
+        let admitted = self.admit_device(&device, end_entity, intermediates, now);
+        if let Err(error) = &admitted {
+            self.record_refusal(&device, error);
+        }
+        admitted
+    }
+
+    /// Logs a refused certificate with its device and reason, and keeps the reason for
+    /// the device's page if the device is registered.
+    fn record_refusal(&self, device: &str, error: &rustls::Error) {
+        let reason = refusal_reason(error);
+        let registered = self
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .registered
+            .contains_key(device);
+        if registered {
+            tracing::warn!(device, %reason, "device certificate refused");
+            self.state
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .refusals
+                .insert(
+                    device.to_owned(),
+                    CertificateRefusal {
+                        at_ms: crate::clock::now_ms(),
+                        reason,
+                    },
+                );
+        } else {
+            tracing::debug!(device, %reason, "certificate of an unregistered device refused");
+        }
+    }
+
+    fn admit_device(
+        &self,
+        device: &str,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Admitted, rustls::Error> {
+        let print = fingerprint(end_entity);
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
         if state.revoked.contains(&print) {
             return Err(refused(TlsCertificateError::Revoked));
         }
-        if let Some(binding) = state.registered.get(&device) {
+        if let Some(binding) = state.registered.get(device) {
             // Bound at registration: its product's CA only, and the registered
             // certificate only (not a clone, nor one re-issued without registering).
             let product = state

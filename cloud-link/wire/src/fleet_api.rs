@@ -18,9 +18,9 @@ mod telemetry;
 pub use attestation::Attestation;
 pub use commands::{CommandView, DesiredRequest, TwinView, WriteRequest};
 pub use dashboard::{
-    Connectivity, DashboardDevice, DeploymentProgress, DeviceDetail, DevicePageQuery, DeviceRow,
-    FleetCounts, FleetSummary, ReportGroupsQuery, SeenDevice, SignatureGroup, VersionCount,
-    VersionReports, WaveProgress,
+    Connectivity, DashboardDevice, DeploymentProgress, DeviceCertificate, DeviceDetail,
+    DevicePageQuery, DeviceRow, FleetCounts, FleetSummary, ReportGroupsQuery, SeenDevice,
+    SignatureGroup, VersionCount, VersionReports, WaveProgress,
 };
 pub use deployments::{
     DEPLOYMENTS_PATH, DeploymentEvent, DeploymentMember, DeploymentRequest, IMAGES_PATH,

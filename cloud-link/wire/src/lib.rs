@@ -10,6 +10,5 @@ pub mod fleet_api;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod topics;
-#[cfg(feature = "validity")]
 pub mod validity;
 pub mod value;

@@ -4,4 +4,5 @@ mod agent;
 mod crash;
 mod monitor;
 mod release;
+mod revocation;
 mod support;

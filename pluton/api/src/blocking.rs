@@ -286,6 +286,21 @@ impl PlutonClient {
         }
     }
 
+    /// Sign a DER PKCS#10 CertificationRequestInfo for this device's identity key (the
+    /// link's certificate renewal); returns `r || s` over its SHA-256. Pluton refuses
+    /// anything else (`NotCertificateRequest`).
+    pub fn sign_certificate_request(&mut self, info: &[u8]) -> Result<[u8; 64], ClientError> {
+        let request = Request::SignCertificateRequest {
+            info: bounded(info, "certification request info")?,
+        };
+        match self.call(&request)? {
+            Response::Signature(signature) => Ok(signature.0),
+            _ => Err(ClientError::UnexpectedResponse {
+                operation: "sign certificate request",
+            }),
+        }
+    }
+
     /// Seal `plaintext` for this process's uid under `label`, bound to the registers in
     /// `register_mask`.
     pub fn seal(

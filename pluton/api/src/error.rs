@@ -103,6 +103,7 @@ pub(crate) fn operation_name(request: &Request) -> &'static str {
         Request::EndBoot => "end boot",
         Request::ReadNamedCounter { .. } => "read named counter",
         Request::AdvanceNamedCounter { .. } => "advance named counter",
+        Request::SignCertificateRequest { .. } => "sign certificate request",
         _ => "request",
     }
 }

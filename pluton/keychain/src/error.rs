@@ -53,7 +53,9 @@ impl fmt::Display for ChainError {
             }
             Self::RootNotAllowed => "issuing root key is not allowed for this purpose",
             Self::WrongPurpose => "release key is not certified for this purpose",
-            Self::Revoked => "release key or its issuing root is revoked",
+            Self::Revoked => {
+                "release key or its issuing root is revoked by the vendor's revocation list"
+            }
             Self::BadDomain => "signature domain label is empty or too long",
             Self::SignatureInvalid => "release-key signature is invalid",
         };

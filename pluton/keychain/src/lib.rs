@@ -4,6 +4,7 @@
 mod certificate;
 mod error;
 mod keys;
+mod revocation;
 #[cfg(feature = "std")]
 pub mod tooling;
 
@@ -14,4 +15,8 @@ pub use error::ChainError;
 pub use keys::{
     KeyId, MAX_DOMAIN_LEN, PUBLIC_KEY_LEN, PublicKeyBytes, Purpose, RELEASE_SIGNING_PREFIX,
     RootKey, SIGNATURE_LEN, VerifiedReleaseKey, domain,
+};
+pub use revocation::{
+    LIST_MAGIC, LIST_SIGNING_PREFIX, LIST_VERSION, MAX_REVOKED, RevocationError, RevocationList,
+    list_len,
 };

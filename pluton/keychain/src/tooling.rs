@@ -20,6 +20,7 @@ use crate::keys::{
     KeyId, PUBLIC_KEY_LEN, PublicKeyBytes, Purpose, RELEASE_SIGNING_PREFIX, SIGNATURE_LEN,
     domain_len_byte, parse_public_key,
 };
+use crate::revocation::{LIST_MAGIC, LIST_SIGNING_PREFIX, LIST_VERSION, MAX_REVOKED, list_len};
 
 /// What went wrong in release tooling; file errors name the file.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,12 @@ pub enum ToolError {
         path: PathBuf,
         /// Why decoding or encoding failed.
         reason: String,
+    },
+    /// A revocation list would name more keys than a list may hold.
+    #[error("a revocation list names at most {max} keys, not {count}", max = MAX_REVOKED)]
+    TooManyRevoked {
+        /// How many were asked for.
+        count: usize,
     },
     /// An argument broke a rule of the signing chain.
     #[error(transparent)]
@@ -194,6 +201,36 @@ pub fn issue_release_cert(
     let signature: Signature = root.key.multipart_sign(&[CERT_SIGNING_PREFIX, &body]);
     cert.signature = signature.to_bytes().into();
     Ok(cert.encode().to_vec())
+}
+
+/// Make a version-1 revocation list: `root` withdraws the keys `revoked` (release keys
+/// or roots, by [`KeyId`]) under `sequence`, which must be above the sequence of every
+/// list the devices already hold.
+pub fn sign_revocation_list(
+    root: &SecretSigningKey,
+    sequence: u64,
+    revoked: &[KeyId],
+) -> Result<Vec<u8>, ToolError> {
+    if revoked.len() > MAX_REVOKED {
+        return Err(ToolError::TooManyRevoked {
+            count: revoked.len(),
+        });
+    }
+    let count = u16::try_from(revoked.len()).map_err(|_| ToolError::TooManyRevoked {
+        count: revoked.len(),
+    })?;
+    let mut list = Vec::with_capacity(list_len(revoked.len()));
+    list.extend_from_slice(&LIST_MAGIC);
+    list.push(LIST_VERSION);
+    list.extend_from_slice(&sequence.to_le_bytes());
+    list.extend_from_slice(&root.key_id().0);
+    list.extend_from_slice(&count.to_le_bytes());
+    for id in revoked {
+        list.extend_from_slice(&id.0);
+    }
+    let signature: Signature = root.key.multipart_sign(&[LIST_SIGNING_PREFIX, &list]);
+    list.extend_from_slice(&signature.to_bytes());
+    Ok(list)
 }
 
 /// Sign `message_digest` (SHA-256 of the signed object) in `domain` with a release key,

@@ -35,7 +35,9 @@ use crate::backend::{IdentityInfo, RootOfTrust, StatusInfo};
 use crate::byte_array::ByteArray;
 use crate::capability::ProvisioningCapability;
 use crate::counters::COUNTER_COUNT;
-use crate::identity::{SIGNATURE_LEN, is_tls13_client_certificate_verify};
+use crate::identity::{
+    SIGNATURE_LEN, is_certificate_request_info_for, is_tls13_client_certificate_verify,
+};
 use crate::quote::MAX_QUOTE_LEN;
 use crate::registers::{REGISTER_COUNT, Sha256Digest, check_extend};
 use crate::sealing::{SealContext, SealOwner};
@@ -369,6 +371,18 @@ impl<S: StateStore> RootOfTrust for TpmPluton<S> {
             return Err(PlutonError::NotTls13ClientCertificateVerify);
         }
         let digest: [u8; 32] = Sha256::digest(message).into();
+        keys::sign_digest(self.context(), &identity, &digest)
+    }
+
+    fn sign_certificate_request(
+        &mut self,
+        info: &[u8],
+    ) -> Result<[u8; SIGNATURE_LEN], PlutonError> {
+        let identity = self.identity_key()?;
+        if !is_certificate_request_info_for(info, &identity.public_key) {
+            return Err(PlutonError::NotCertificateRequest);
+        }
+        let digest: [u8; 32] = Sha256::digest(info).into();
         keys::sign_digest(self.context(), &identity, &digest)
     }
 

@@ -98,6 +98,7 @@ fn request() -> impl Strategy<Value = Request> {
             any::<u64>()
         )
             .prop_map(|(counter, value)| Request::AdvanceNamedCounter { counter, value }),
+        bytes::<512>(512).prop_map(|info| Request::SignCertificateRequest { info }),
     ]
 }
 

@@ -248,6 +248,72 @@ fn only_the_link_signs_and_quotes_and_only_certificate_verify_contents() {
     );
 }
 
+/// A DER CertificationRequestInfo (version 0, CN = `wd-1`, `public_key`, no attributes).
+fn certification_request_info(public_key: &[u8; 65]) -> Vec<u8> {
+    let mut body = vec![0x02, 0x01, 0x00];
+    body.extend_from_slice(&[
+        0x30, 0x0f, 0x31, 0x0d, 0x30, 0x0b, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x04, b'w', b'd',
+        b'-', b'1',
+    ]);
+    body.extend_from_slice(&[
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ]);
+    body.extend_from_slice(public_key);
+    body.extend_from_slice(&[0xa0, 0x00]);
+    let mut info = vec![0x30, 0x81, u8::try_from(body.len()).expect("short")];
+    info.extend_from_slice(&body);
+    info
+}
+
+#[test]
+fn only_the_link_signs_a_certificate_request_and_only_for_the_identity_key() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let unit = Unit::start(directory.path());
+    let public_key = create_identity(&unit);
+    let request = |info: &[u8]| Request::SignCertificateRequest {
+        info: heapless::Vec::from_slice(info).expect("fits"),
+    };
+    let info = certification_request_info(&public_key);
+
+    let mut link = unit.connect_as(Role::Link);
+    let Response::Signature(signature) = call(&mut link, &request(&info)) else {
+        panic!("the link's request for its own key is signed");
+    };
+    assert_eq!(
+        warden_pluton::verify_signature(&public_key, &info, &signature.0),
+        Ok(true),
+        "ECDSA P-256 over SHA-256 of the request info, by the identity key"
+    );
+    // A request for another key, and a TLS CertificateVerify content: refused.
+    let mut other_key = public_key;
+    other_key[64] ^= 1;
+    let mut certificate_verify = vec![0x20u8; 64];
+    certificate_verify.extend_from_slice(b"TLS 1.3, client CertificateVerify");
+    certificate_verify.push(0);
+    certificate_verify.extend_from_slice(&[0x11; 32]);
+    for refused in [
+        certification_request_info(&other_key),
+        certificate_verify,
+        info[..info.len() - 1].to_vec(),
+    ] {
+        assert_eq!(
+            call(&mut link, &request(&refused)),
+            Response::Error(PlutonError::NotCertificateRequest)
+        );
+    }
+    // No other caller may have the key certified, with or without a role.
+    let mut others = vec![unit.pluton.connect(), unit.connect_as(Role::Boot)];
+    others.push(unit.connect_as(Role::Bridges));
+    others.push(unit.connect_as(Role::StatusPage));
+    for stream in &mut others {
+        assert_eq!(
+            call(stream, &request(&info)),
+            Response::Error(PlutonError::NotPermitted)
+        );
+    }
+}
+
 #[test]
 fn counters_and_sealed_data_are_per_role() {
     let directory = tempfile::tempdir().expect("tempdir");

@@ -15,10 +15,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use warden_wire::fleet_api::{
-    Connectivity, DashboardDevice, DeploymentProgress, DeviceDetail, DevicePageQuery, FleetSummary,
-    ReportGroupsQuery, SignatureGroup, StoredDeployment, WaveProgress,
+    Connectivity, DashboardDevice, DeploymentProgress, DeviceCertificate, DeviceDetail,
+    DevicePageQuery, FleetSummary, ReportGroupsQuery, SignatureGroup, StoredDeployment,
+    WaveProgress,
 };
 use warden_wire::topics::{MAX_POINT_DECIMALS, TwinReported, UpdateState};
+use warden_wire::validity::CertificateStanding;
 
 use super::error::ApiError;
 use super::state::ApiState;
@@ -305,8 +307,13 @@ async fn device(
         return Err(ApiError::NotFound(format!("device {id} is not known")));
     }
     let point_decimals = reported_point_decimals(&state, &id).await?;
+    let certificate = match state.store.registered_certificate(&id).await? {
+        Some(pem) => device_certificate(&state, &id, &pem),
+        None => None,
+    };
     Ok(Json(DeviceDetail {
         point_decimals,
+        certificate,
         online: online_ids(&state).await.contains(&id),
         latest: state.store.latest_values(&id).await?,
         reports: state
@@ -344,6 +351,30 @@ fn point_decimals_of(reported: &str) -> BTreeMap<String, u8> {
             BTreeMap::new()
         }
     }
+}
+
+/// The validity of a registered device's certificate and the broker's last refusal
+/// of it; `None` if the stored PEM does not parse (registration checked it).
+fn device_certificate(state: &ApiState, device_id: &str, pem: &str) -> Option<DeviceCertificate> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let der = crate::enrollment::certificates_from_pem(pem).ok()?;
+    let (_, cert) = X509Certificate::from_der(der.first()?).ok()?;
+    let validity = cert.validity();
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    let now = now_ms() / 1000;
+    let refusal = state.trust.last_refusal(device_id);
+    Some(DeviceCertificate {
+        not_before_ms: not_before.saturating_mul(1000),
+        not_after_ms: not_after.saturating_mul(1000),
+        standing: CertificateStanding::at(not_before, not_after, now)
+            .as_str()
+            .to_owned(),
+        refused_ms: refusal.as_ref().map(|refusal| refusal.at_ms),
+        refused_reason: refusal.map(|refusal| refusal.reason),
+    })
 }
 
 async fn deployments(

@@ -278,6 +278,21 @@ impl Store {
         row.as_ref().map(device_from_row).transpose()
     }
 
+    /// The certificate (PEM) a device was registered with, if it is registered.
+    pub async fn registered_certificate(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let query = sqlx::query_scalar::<_, String>(
+            "SELECT certificate_pem FROM registry WHERE device_id = $1",
+        )
+        .bind(device_id);
+        Ok(match &self.reads {
+            Some(reads) => query.fetch_optional(&mut *reads.acquire().await).await?,
+            None => query.fetch_optional(&self.pool).await?,
+        })
+    }
+
     /// The registered devices of a product's group, by ID.
     pub async fn group_devices(
         &self,

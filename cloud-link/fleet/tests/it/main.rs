@@ -44,6 +44,22 @@ impl Ca {
         }
     }
 
+    /// Issues a device certificate valid from an hour ago until `valid_for` from now.
+    fn issue_expiring(&self, dir: &Path, file: &str, common_name: &str, valid_for: Duration) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + valid_for).into();
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).expect("write");
+    }
+
     /// Issues a device certificate that expired long ago.
     fn issue_expired(&self, dir: &Path, file: &str, common_name: &str) {
         let key = KeyPair::generate().expect("key");

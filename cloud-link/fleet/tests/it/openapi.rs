@@ -19,12 +19,12 @@ use serde_json::{Map, Value};
 use warden_wire::fleet_api::{
     Attestation, AuditLine, AuditQuery, CommandView, Connectivity, CrashRate, DashboardDevice,
     DeploymentEvent, DeploymentMember, DeploymentProgress, DeploymentRequest, DesiredRequest,
-    Device, DeviceDetail, DevicePageQuery, DeviceRow, DeviceView, DevicesQuery, EnrollmentRequest,
-    ErrorBody, EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest, ImageRecord,
-    ProductRequest, ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, ReportBucket,
-    ReportGroup, ReportGroupsQuery, ReportsQuery, SeenDevice, SignatureGroup, StoredDeployment,
-    StoredEvent, StoredReading, StoredReport, TelemetryQuery, TelemetryResponse, TwinView,
-    VersionCount, VersionReports, WaveProgress, WaveSize, WriteRequest,
+    Device, DeviceCertificate, DeviceDetail, DevicePageQuery, DeviceRow, DeviceView, DevicesQuery,
+    EnrollmentRequest, ErrorBody, EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest,
+    ImageRecord, ProductRequest, ProductView, RegisterRequest, RegisterResponse, RegisteredDevice,
+    ReportBucket, ReportGroup, ReportGroupsQuery, ReportsQuery, SeenDevice, SignatureGroup,
+    StoredDeployment, StoredEvent, StoredReading, StoredReport, TelemetryQuery, TelemetryResponse,
+    TwinView, VersionCount, VersionReports, WaveProgress, WaveSize, WriteRequest,
 };
 use warden_wire::value::Value as PointValue;
 
@@ -711,6 +711,13 @@ fn the_document_describes_every_wire_type_of_the_api() {
                 latest: readings(),
                 reports: vec![report()],
                 point_decimals: [("line1/temperature".to_owned(), 1)].into(),
+                certificate: Some(DeviceCertificate {
+                    not_before_ms: 1_000,
+                    not_after_ms: 2_000,
+                    standing: "expired".into(),
+                    refused_ms: Some(3_000),
+                    refused_reason: Some("certificate expired".into()),
+                }),
             },
             DeviceDetail {
                 device_id: "wd-0002".into(),
@@ -720,8 +727,19 @@ fn the_document_describes_every_wire_type_of_the_api() {
                 latest: Vec::new(),
                 reports: Vec::new(),
                 point_decimals: Default::default(),
+                certificate: None,
             },
         ],
+    ));
+    problems.extend(response(
+        "DeviceCertificate",
+        &[DeviceCertificate {
+            not_before_ms: 1_000,
+            not_after_ms: 2_000,
+            standing: "valid".into(),
+            refused_ms: None,
+            refused_reason: None,
+        }],
     ));
     problems.extend(response("WaveProgress", &[wave_progress()]));
     problems.extend(response(
@@ -811,6 +829,7 @@ fn the_document_names_no_schema_without_a_wire_type() {
         "Connectivity",
         "DashboardDevice",
         "DeviceDetail",
+        "DeviceCertificate",
         "WaveProgress",
         "DeploymentProgress",
         "VersionReports",

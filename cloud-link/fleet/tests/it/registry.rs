@@ -405,6 +405,50 @@ async fn a_device_of_the_configured_ca_is_enrolled_and_then_revocable() {
 }
 
 #[tokio::test]
+async fn an_expired_certificate_is_refused_at_connect_with_its_reason_on_the_device_page() {
+    let fx = fleet().await;
+    let p = fx.dir.path();
+    create_product(&fx).await;
+    // Registered while valid; it expires a few seconds later.
+    fx.maker
+        .issue_expiring(p, "wd-aging", "wd-aging", Duration::from_secs(3));
+    register(&fx, "wd-aging", "wd-aging", "Production").await;
+    let (status, page) = fx.get(VIEWER, "/api/v1/dashboard/devices/wd-aging").await;
+    assert_eq!(status, 200, "{page}");
+    // Valid for an hour and 3 s, 3 s left: renewal is due (less than a third left).
+    assert_eq!(page["certificate"]["standing"], "renewal-due", "{page}");
+    assert!(page["certificate"]["refused_reason"].is_null(), "{page}");
+    let (_c, mut eventloop) = client(&fx, "wd-aging", "wd-aging");
+    connect(&mut eventloop)
+        .await
+        .expect("connects while the certificate is valid");
+    drop(eventloop);
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_c, mut eventloop) = client(&fx, "wd-aging", "wd-aging");
+    assert!(
+        connect(&mut eventloop).await.is_err(),
+        "an expired certificate is refused"
+    );
+    let (status, page) = fx.get(VIEWER, "/api/v1/dashboard/devices/wd-aging").await;
+    assert_eq!(status, 200, "{page}");
+    let certificate = &page["certificate"];
+    assert_eq!(certificate["standing"], "expired", "{page}");
+    let reason = certificate["refused_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("certificate expired: not valid after ") && reason.contains(" UTC"),
+        "the reason names the end of validity: {reason}"
+    );
+    assert!(certificate["refused_ms"].as_i64().is_some(), "{page}");
+    let not_after = certificate["not_after_ms"].as_i64().unwrap_or_default();
+    assert!(
+        not_after < warden_fleet::clock::now_ms(),
+        "not_after {not_after} is in the past"
+    );
+    fx.stop().await;
+}
+
+#[tokio::test]
 async fn revoked_and_cloned_certificates_are_refused_at_connect() {
     let fx = fleet().await;
     let p = fx.dir.path();

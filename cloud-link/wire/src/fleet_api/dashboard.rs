@@ -117,6 +117,26 @@ pub struct DeviceDetail {
     /// the setting are absent.
     #[serde(default)]
     pub point_decimals: std::collections::BTreeMap<String, u8>,
+    /// Its registered certificate's validity, and the broker's last refusal of it
+    /// (`None` for a device never registered).
+    #[serde(default)]
+    pub certificate: Option<DeviceCertificate>,
+}
+
+/// A registered device's certificate as the device page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCertificate {
+    /// Valid from, ms since the epoch.
+    pub not_before_ms: i64,
+    /// Valid until, ms since the epoch.
+    pub not_after_ms: i64,
+    /// `valid`, `renewal-due` (less than a third of its validity left), `expired` or
+    /// `not-valid-yet` (`warden_wire::validity::CertificateStanding`).
+    pub standing: String,
+    /// When the broker last refused it (this fleet process's memory), if it did.
+    pub refused_ms: Option<i64>,
+    /// Why (an expired certificate names when it expired).
+    pub refused_reason: Option<String>,
 }
 
 /// Progress of one wave of a deployment.

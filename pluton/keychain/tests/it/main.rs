@@ -1,5 +1,7 @@
 //! Integration tests for warden-keychain: chains that verify and chains that must not.
 
+mod revocation;
+
 use proptest::prelude::*;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, sign};
 use warden_keychain::{
