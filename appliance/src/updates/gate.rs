@@ -107,6 +107,7 @@ pub(super) fn check(offer: &UpdateOffer) -> Result<CheckedOffer, OfferError> {
             sha256,
             size: offer.size,
             version,
+            delta: None,
         },
     })
 }

@@ -36,6 +36,7 @@ fn offer(url: String, image: &[u8]) -> UpdateOffer {
         sha256: Sha256::digest(image).into(),
         size: image.len() as u64,
         version: SemanticVersion::new(1, 0, 2),
+        delta: None,
     }
 }
 
