@@ -1,6 +1,8 @@
 //! Delta sizes and apply time, beside xdelta3 and `zstd --patch-from`, in one run.
 //!
-//! `delta-bench NAME OLD.wim NEW.wim [NAME OLD NEW …]` prints, per pair: the new image,
+//! `delta-bench NAME OLD NEW [NAME OLD NEW …]` wraps each pair of appliance binaries
+//! into signed images (payload `bin/warden`, as `warden image build` makes it, with
+//! versions 1.0.0 and 1.0.1) and prints, per pair: the new image,
 //! the new image compressed (`zstd -19 --long=27`), Warden's delta (`WDL1`: bsdiff-style
 //! records in raw deflate, signed), the same patch records compressed by `zstd -19`
 //! instead of deflate (what a zstd build would give), `xdelta3 -9 -S djw`, and
@@ -16,10 +18,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use warden_image::{ImageTrust, RootKey};
+use warden_image::build::build_signed_image;
+use warden_image::{BuildId, ImageHeader, ImageTrust, ProductId, RootKey, SemanticVersion};
 use warden_keychain::Purpose;
 use warden_keychain::tooling::{SecretSigningKey, issue_release_cert};
 use warden_os::delta::{apply_delta, build_delta, check_base, diff, verify_delta_reader};
+use warden_os::payload::{ENTRY_POINT, PayloadEntry, encode_archive};
 
 const DEVICES: u64 = 100;
 
@@ -44,13 +48,36 @@ fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
+/// A signed image of `binary` as `bin/warden`, version 1.0.`patch`.
+fn image_of(
+    binary: &Path,
+    patch: u32,
+    release: &SecretSigningKey,
+    cert: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let payload = encode_archive(vec![PayloadEntry {
+        path: ENTRY_POINT.to_owned(),
+        mode: 0o755,
+        data: std::fs::read(binary).with_context(|| binary.display().to_string())?,
+    }])?;
+    let template = ImageHeader {
+        product: ProductId::new("warden-gw").context("product")?,
+        version: SemanticVersion::new(1, 0, patch),
+        security_counter: u64::from(patch),
+        build_id: BuildId([patch as u8; 16]),
+        created_at: 1_790_000_000,
+        payload_len: 0,
+        payload_sha256: [0; 32],
+    };
+    Ok(build_signed_image(template, &payload, release, cert)?)
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.is_empty() || args.len() % 3 != 0 {
-        bail!("usage: delta-bench NAME OLD.wim NEW.wim [NAME OLD.wim NEW.wim …]");
+    if args.is_empty() || !args.len().is_multiple_of(3) {
+        bail!("usage: delta-bench NAME OLD-BINARY NEW-BINARY [NAME OLD NEW …]");
     }
-    // The images' own signatures do not matter here: the delta is re-signed by a
-    // throwaway release key, and the apply is timed without the image verification.
+    // Throwaway keys: the images and deltas are signed as in a release.
     let root = SecretSigningKey::generate()?;
     let release = SecretSigningKey::generate()?;
     let cert = issue_release_cert(&root, &release.public_key(), Purpose::IMAGE, 1)?;
@@ -64,9 +91,12 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for triple in args.chunks(3) {
-        let (name, old_path, new_path) = (&triple[0], Path::new(&triple[1]), Path::new(&triple[2]));
-        let old = std::fs::read(old_path).with_context(|| triple[1].clone())?;
-        let new = std::fs::read(new_path).with_context(|| triple[2].clone())?;
+        let name = &triple[0];
+        let old = image_of(Path::new(&triple[1]), 0, &release, &cert)?;
+        let new = image_of(Path::new(&triple[2]), 1, &release, &cert)?;
+        let (old_path, new_path) = (at("old.wim"), at("new.wim"));
+        std::fs::write(&old_path, &old)?;
+        std::fs::write(&new_path, &new)?;
         let old_s = old_path.to_str().context("path")?;
         let new_s = new_path.to_str().context("path")?;
 

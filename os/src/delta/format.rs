@@ -186,7 +186,7 @@ mod tests {
 
     fn header() -> DeltaHeader {
         DeltaHeader {
-            product: ProductId::new("press-guardian").unwrap(),
+            product: ProductId::new("press-guardian").expect("product"),
             base_sha256: [1; 32],
             base_len: 1000,
             result_sha256: [2; 32],
@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn header_round_trips_and_every_field_is_placed() {
         let encoded = header().encode();
-        assert_eq!(DeltaHeader::decode(&encoded).unwrap(), header());
+        assert_eq!(DeltaHeader::decode(&encoded).expect("decode"), header());
         assert_eq!(&encoded[..4], b"WDL1");
         assert_eq!(header().delta_len(), 164 + 147 + 64 + 99);
     }

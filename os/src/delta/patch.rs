@@ -125,7 +125,7 @@ mod tests {
 
     fn round_trip(base: &[u8], target: &[u8]) -> Vec<u8> {
         let mut patch = Vec::new();
-        write_patch(base, target, &mut patch).unwrap();
+        write_patch(base, target, &mut patch).expect("diff");
         let mut out = Vec::new();
         let written = apply_patch(
             &mut patch.as_slice(),
@@ -134,7 +134,7 @@ mod tests {
             target.len() as u64,
             &mut out,
         )
-        .unwrap();
+        .expect("apply");
         assert_eq!(written, target.len() as u64);
         out
     }
@@ -176,7 +176,7 @@ mod tests {
         let mut target = base.clone();
         target.splice(250_000..250_000, b"inserted".iter().copied());
         let mut patch = Vec::new();
-        write_patch(&base, &target, &mut patch).unwrap();
+        write_patch(&base, &target, &mut patch).expect("diff");
         // Records plus added bytes (mostly zeros, uncompressed here): far below the target.
         let nonzero = patch.iter().filter(|byte| **byte != 0).count();
         assert!(
@@ -190,7 +190,7 @@ mod tests {
         let base = pseudo_random(10_000, 4);
         let target = base.clone();
         let mut patch = Vec::new();
-        write_patch(&base, &target, &mut patch).unwrap();
+        write_patch(&base, &target, &mut patch).expect("diff");
         let apply = |patch: &[u8], result_len: u64| {
             apply_patch(
                 &mut &patch[..],
