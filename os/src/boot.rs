@@ -5,18 +5,20 @@
 //!
 //! ```text
 //! slots/a.wim, slots/b.wim   the signed images
-//! slots/install.tmp          an image being copied in (never booted)
+//! slots/install.tmp          an image being copied in, or a delta's result being
+//!                            written (never booted)
 //! boot/state                 the A/B state record (WBS1, atomically replaced)
 //! boot/state.tmp             the next record being written
 //! ```
 
-use std::io::{self, SeekFrom};
+use std::io::{self, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
 use warden_image::{
     ImageError, ImageTrust, KeyId, ProductId, RootKey, SemanticVersion, VerifiedImage,
 };
 
+use crate::delta::{self, DeltaError};
 use crate::file_system::{ReadSeek, SlotFileSystem};
 use crate::image_io::{ImageReadError, READ_CHUNK, verify_reader};
 use crate::root_of_trust::{BootRootOfTrust, RootOfTrustError};
@@ -121,6 +123,10 @@ pub enum BootError {
     /// The held revocation list cannot be read or does not verify.
     #[error(transparent)]
     Revocations(#[from] crate::revocations::RevocationStoreError),
+    /// The delta was refused (signature, corruption, wrong base) or its result is not
+    /// a valid image; no slot was made bootable.
+    #[error("update delta refused: {0}")]
+    DeltaRefused(DeltaError),
     /// The image copied into a slot does not read back as the verified image.
     #[error("slot {slot} does not read back as the installed image: {reason}")]
     ReadBack {
@@ -446,5 +452,115 @@ impl<F: SlotFileSystem, R: BootRootOfTrust> BootMonitor<F, R> {
         state.finish_install(slot, summary_of(&verified))?;
         self.save_state(&state)?;
         Ok(slot)
+    }
+    /// SHA-256 of the whole image file in the primary (confirmed, installed) slot: what
+    /// a delta must name as its base. `None` before any image is confirmed.
+    pub fn installed_image_sha256(&mut self) -> Result<Option<[u8; 32]>, BootError> {
+        let Some(primary) = self.load_state()?.primary() else {
+            return Ok(None);
+        };
+        let path = slot_image_path(primary);
+        let mut reader = self.fs.open_read(&path).map_err(io_at(&path))?;
+        let digest = delta::sha256_of(&mut *reader).map_err(io_at(&path))?;
+        Ok(Some(digest))
+    }
+
+    /// Install from a delta (`len` bytes) against the primary slot's image, into the
+    /// other slot. Before anything changes, the delta is verified (signature chain,
+    /// product, the result's counter, the patch's digest) and its base compared with the
+    /// installed image: a wrong base is [`DeltaError::BaseMismatch`]. Then, as
+    /// [`Self::install`]: the target slot is marked not bootable, the result streamed
+    /// into the install temp file, fsynced, checked against the signed size and SHA-256,
+    /// **verified in full as an image** (chain, product, anti-rollback counter, payload),
+    /// renamed into place, and only then is the slot marked pending. A crash at any step
+    /// leaves the target slot not bootable and the installed one untouched.
+    pub fn install_delta(
+        &mut self,
+        source: &mut dyn ReadSeek,
+        len: u64,
+    ) -> Result<Slot, BootError> {
+        let inputs = self.trust_inputs()?;
+        let trust = self.trust(&inputs);
+        let header =
+            delta::verify_delta_reader(source, len, &trust).map_err(BootError::DeltaRefused)?;
+        let mut state = self.load_state()?;
+        let base_slot = state.primary().ok_or_else(|| {
+            BootError::DeltaRefused(DeltaError::BaseMismatch {
+                expected: hex::encode(header.base_sha256),
+                actual: "none (no confirmed image installed)".to_owned(),
+            })
+        })?;
+        let base_path = slot_image_path(base_slot);
+        {
+            let mut base = self.fs.open_read(&base_path).map_err(io_at(&base_path))?;
+            delta::check_base(&header, &mut *base).map_err(BootError::DeltaRefused)?;
+        }
+        let slot = state.install_target();
+        state.begin_install(slot)?;
+        self.save_state(&state)?;
+
+        let temp = Path::new(INSTALL_TEMP);
+        self.fs
+            .create_dir_all(Path::new(SLOTS_DIR))
+            .map_err(io_at(SLOTS_DIR))?;
+        self.fs.create(temp).map_err(io_at(temp))?;
+        {
+            let mut base = self.fs.open_read(&base_path).map_err(io_at(&base_path))?;
+            let mut writer = io::BufWriter::with_capacity(
+                self.config.copy_chunk.max(1),
+                SlotFileWriter {
+                    fs: &self.fs,
+                    path: temp,
+                },
+            );
+            let applied = delta::apply_delta(&header, source, &mut *base, &mut writer);
+            let flushed = writer.flush().map_err(io_at(temp));
+            match applied {
+                Ok(()) => flushed?,
+                Err(error) => {
+                    drop(writer);
+                    let _ = self.fs.remove_file(temp);
+                    return Err(BootError::DeltaRefused(error));
+                }
+            }
+        }
+        self.fs.sync_file(temp).map_err(io_at(temp))?;
+        let verified = match self.verify_file(temp, &trust) {
+            Ok(verified) => verified,
+            Err(error) => {
+                let _ = self.fs.remove_file(temp);
+                return Err(match error {
+                    ImageReadError::Image(error) => BootError::ImageRefused(error),
+                    ImageReadError::Io(source) => BootError::Io {
+                        path: temp.to_owned(),
+                        source,
+                    },
+                });
+            }
+        };
+        let target = slot_image_path(slot);
+        self.fs.rename(temp, &target).map_err(io_at(&target))?;
+        self.fs
+            .sync_dir(Path::new(SLOTS_DIR))
+            .map_err(io_at(SLOTS_DIR))?;
+        state.finish_install(slot, summary_of(&verified))?;
+        self.save_state(&state)?;
+        Ok(slot)
+    }
+}
+
+/// Appends what is written to a file of the slot store (a delta's result).
+struct SlotFileWriter<'f, F> {
+    fs: &'f F,
+    path: &'f Path,
+}
+
+impl<F: SlotFileSystem> io::Write for SlotFileWriter<'_, F> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.fs.append(self.path, bytes)?;
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

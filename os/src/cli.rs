@@ -1,4 +1,4 @@
-//! `warden image build|sign|inspect|verify`: the clap subcommands and their output.
+//! `warden image build|sign|inspect|verify|delta`: the clap subcommands and their output.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -80,6 +80,25 @@ pub enum ImageCommand {
         /// The device's anti-rollback counter.
         #[arg(long, default_value_t = 0)]
         min_counter: u64,
+    },
+    /// Build a signed delta that turns the signed image FROM into the signed image TO
+    /// (a device applies it to its installed FROM and verifies the result as TO).
+    Delta {
+        /// The base image (what devices run now).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new image.
+        #[arg(long)]
+        to: PathBuf,
+        /// The release key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The release key's certificate (147 bytes, WKC1).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write the delta (`.wdelta`).
+        #[arg(short, long)]
+        output: PathBuf,
     },
 }
 
@@ -202,6 +221,26 @@ impl ImageCommand {
                     header.version,
                     header.security_counter,
                     hex(header.digest())
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ImageCommand::Delta {
+                from,
+                to,
+                key,
+                cert,
+                output,
+            } => {
+                let header = crate::delta::build_delta_file(&from, &to, &key, &cert, &output)?;
+                println!(
+                    "delta {}: {} bytes for {} {} ({} bytes), base sha256 {}, result sha256 {}",
+                    output.display(),
+                    header.delta_len(),
+                    header.product,
+                    header.result_version,
+                    header.result_len,
+                    hex(header.base_sha256),
+                    hex(header.result_sha256)
                 );
                 Ok(ExitCode::SUCCESS)
             }

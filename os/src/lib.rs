@@ -3,6 +3,7 @@
 pub mod boot;
 pub mod cli;
 pub mod clock;
+pub mod delta;
 pub mod file_system;
 pub mod fuzz_harness;
 pub mod image_io;

@@ -1,9 +1,11 @@
 //! Whether an offer may be installed: its fields checked, then its window, vetoes,
 //! the operator's decision and the unit's maintenance windows.
 
-use warden_link::topics::{UpdateOffer, from_hex};
+use warden_link::topics::{UpdateOffer, UpdateOfferDelta, from_hex};
 use warden_os::image::SemanticVersion;
-use warden_os::update::{UpdateOffer as ImageOffer, UpdateWindowPolicy, WindowDecision};
+use warden_os::update::{
+    DeltaOffer, UpdateOffer as ImageOffer, UpdateWindowPolicy, WindowDecision,
+};
 
 use crate::state::updates::UpdateDecision;
 
@@ -85,6 +87,27 @@ pub enum OfferError {
     Empty,
 }
 
+/// The offer's delta with its fields checked; a malformed one is dropped (the full
+/// image is then downloaded), with a warning.
+fn checked_delta(delta: &UpdateOfferDelta) -> Option<DeltaOffer> {
+    let digest = |hex: &str| from_hex(hex).and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+    let checked = (|| {
+        if !(delta.url.starts_with("http://") || delta.url.starts_with("https://")) {
+            return None;
+        }
+        Some(DeltaOffer {
+            url: delta.url.clone(),
+            sha256: digest(&delta.sha256)?,
+            size: delta.size,
+            base_sha256: digest(&delta.base_sha256)?,
+        })
+    })();
+    if checked.is_none() {
+        tracing::warn!(url = %delta.url, "the offer's delta is malformed; using the full image");
+    }
+    checked
+}
+
 /// The offer with its fields checked, or why it is refused before any download.
 pub(super) fn check(offer: &UpdateOffer) -> Result<CheckedOffer, OfferError> {
     let sha256: [u8; 32] = from_hex(&offer.sha256)
@@ -107,6 +130,7 @@ pub(super) fn check(offer: &UpdateOffer) -> Result<CheckedOffer, OfferError> {
             sha256,
             size: offer.size,
             version,
+            delta: offer.delta.as_ref().and_then(checked_delta),
         },
     })
 }
@@ -127,6 +151,7 @@ mod tests {
             version: "1.2.0".into(),
             window_start_ms: start,
             window_end_ms: end,
+            delta: None,
         }
     }
 

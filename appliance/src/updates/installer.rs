@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use warden_link::topics::{
     DeviceEvent, PROTOCOL_VERSION, UPDATE_SOURCE_LOCAL, UpdateOffer, UpdateState, UpdateStatus,
-    event_kind,
+    event_kind, to_hex,
 };
 use warden_link::{ControlMessage, ControlSender};
 use warden_os::file_system::SlotFileSystem;
@@ -269,9 +269,73 @@ where
             UpdateState::Downloading,
             format!("{} bytes from {}", offer.size, offer.url),
         );
+        if let Some(staged) = self.stage_delta(&checked).await {
+            match self
+                .gate_and_install(offer, Origin::Offer, staged, &mut |_| {})
+                .await
+            {
+                Err(UpdateError::Install(reason)) => {
+                    // The delta's result did not verify or apply: the full image.
+                    publish(
+                        &self.control,
+                        &offer.id,
+                        UpdateState::Downloading,
+                        format!("delta not used ({reason}); downloading the full image"),
+                    );
+                }
+                other => return other,
+            }
+        }
         let staged = self.download(&checked).await?;
         self.gate_and_install(offer, Origin::Offer, staged, &mut |_| {})
             .await
+    }
+
+    /// The offer's delta, downloaded, when its base is the installed image; `None` (and a
+    /// status saying why) when there is none or it cannot be used: the full image then.
+    async fn stage_delta(&self, offer: &CheckedOffer) -> Option<PathBuf> {
+        let delta = offer.image.delta.as_ref()?;
+        let monitor = Arc::clone(&self.monitor);
+        let installed = tokio::task::spawn_blocking(move || {
+            let mut monitor = monitor.lock().unwrap_or_else(PoisonError::into_inner);
+            monitor.installed_image_sha256()
+        })
+        .await;
+        let not_used = |why: String| {
+            publish(
+                &self.control,
+                &offer.wire.id,
+                UpdateState::Downloading,
+                format!("delta not used ({why}); downloading the full image"),
+            );
+            None
+        };
+        match installed {
+            Ok(Ok(Some(installed))) if installed == delta.base_sha256 => {}
+            Ok(Ok(installed)) => {
+                return not_used(format!(
+                    "it applies to image sha256 {}, the installed image is {}",
+                    to_hex(&delta.base_sha256),
+                    installed.map_or_else(|| "none".to_owned(), |sha| to_hex(&sha))
+                ));
+            }
+            Ok(Err(error)) => return not_used(format!("cannot read the installed image: {error}")),
+            Err(error) => return not_used(format!("install task: {error}")),
+        }
+        publish(
+            &self.control,
+            &offer.wire.id,
+            UpdateState::Downloading,
+            format!("delta of {} bytes from {}", delta.size, delta.url),
+        );
+        match self
+            .agent
+            .download_delta_with_retries(delta, DOWNLOAD_ATTEMPTS, self.retry_pause, &mut |_| {})
+            .await
+        {
+            Ok(staged) => Some(staged),
+            Err(error) => not_used(format!("download: {error}")),
+        }
     }
 
     /// Waits for the gate (the offer's window, vetoes, the operator's decision, the

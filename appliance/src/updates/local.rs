@@ -479,6 +479,7 @@ where
         version: version.clone(),
         window_start_ms: 0,
         window_end_ms: 0,
+        delta: None,
     };
     let origin = Origin::Local { version: &version };
     publish_from(

@@ -159,6 +159,7 @@ fn offer(url: String, image: &[u8], version: &str) -> UpdateOffer {
         version: version.into(),
         window_start_ms: 0,
         window_end_ms: 0,
+        delta: None,
     }
 }
 

@@ -299,6 +299,7 @@ impl Rollouts {
             window_end_ms: request
                 .window_end_ms
                 .map_or(i64::MAX as u64, |ms| u64::try_from(ms).unwrap_or(0)),
+            delta: None,
         };
         let mut offered = 0usize;
         let mut withheld = 0usize;
@@ -454,6 +455,7 @@ impl Rollouts {
                     window_end_ms: request
                         .window_end_ms
                         .map_or(i64::MAX as u64, |ms| u64::try_from(ms).unwrap_or(0)),
+                    delta: None,
                 };
                 self.store
                     .record_member_state(

@@ -862,6 +862,24 @@ pub struct UpdateOffer {
     pub window_start_ms: u64,
     /// Maintenance window: not after.
     pub window_end_ms: u64,
+    /// A delta to the same image from the image the fleet believes the device runs
+    /// (absent when the fleet has none for it). The device uses it only if its
+    /// installed image is the delta's base, and falls back to `url` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<UpdateOfferDelta>,
+}
+
+/// A delta (`WDL1`, `warden image delta`) offered beside the full image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateOfferDelta {
+    /// Where the delta is (content-addressed; supports HTTP range requests).
+    pub url: String,
+    /// SHA-256 of the delta file, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole image file it applies to, hex.
+    pub base_sha256: String,
 }
 
 /// Progress or outcome of an update offer.

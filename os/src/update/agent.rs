@@ -27,6 +27,53 @@ pub struct UpdateOffer {
     pub size: u64,
     /// The version the fleet says it is (the signed header is what counts).
     pub version: SemanticVersion,
+    /// A delta to the same image from the one the fleet believes is installed, if the
+    /// fleet has one: tried first when its base is the installed image; the full
+    /// image is the fallback.
+    pub delta: Option<DeltaOffer>,
+}
+
+/// A delta offered beside the full image (`WDL1`, built by `warden image delta`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaOffer {
+    /// Where to download it (as [`UpdateOffer::url`]).
+    pub url: String,
+    /// SHA-256 of the delta file.
+    pub sha256: [u8; 32],
+    /// Size of the delta file in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole image file it applies to.
+    pub base_sha256: [u8; 32],
+}
+
+/// One file to download: an image or a delta.
+#[derive(Debug, Clone, Copy)]
+struct Remote<'o> {
+    url: &'o str,
+    sha256: [u8; 32],
+    size: u64,
+    /// The staged file's extension: `wim` or `wdelta`.
+    extension: &'static str,
+}
+
+impl<'o> Remote<'o> {
+    fn image(offer: &'o UpdateOffer) -> Self {
+        Self {
+            url: &offer.url,
+            sha256: offer.sha256,
+            size: offer.size,
+            extension: "wim",
+        }
+    }
+
+    fn delta(delta: &'o DeltaOffer) -> Self {
+        Self {
+            url: &delta.url,
+            sha256: delta.sha256,
+            size: delta.size,
+            extension: "wdelta",
+        }
+    }
 }
 
 /// Progress and outcome reports.
@@ -56,6 +103,8 @@ pub enum UpdateEvent {
     },
     /// Downloaded and staged, waiting for the update window.
     Waiting(WindowDecision),
+    /// The offered delta was not used (the reason); the full image is used instead.
+    DeltaFallback(String),
     /// Failed; the message names what failed.
     Failed(String),
 }
@@ -156,13 +205,27 @@ impl UpdateAgent {
 
     /// The partial download of `offer`.
     pub fn part_path(&self, offer: &UpdateOffer) -> PathBuf {
-        self.download_dir
-            .join(format!("{}.part", hex(offer.sha256)))
+        self.part_of(Remote::image(offer))
     }
 
     /// The complete, digest-checked download of `offer`.
     pub fn staged_path(&self, offer: &UpdateOffer) -> PathBuf {
-        self.download_dir.join(format!("{}.wim", hex(offer.sha256)))
+        self.staged_of(Remote::image(offer))
+    }
+
+    /// The complete, digest-checked download of `delta`.
+    pub fn staged_delta_path(&self, delta: &DeltaOffer) -> PathBuf {
+        self.staged_of(Remote::delta(delta))
+    }
+
+    fn part_of(&self, remote: Remote<'_>) -> PathBuf {
+        self.download_dir
+            .join(format!("{}.part", hex(remote.sha256)))
+    }
+
+    fn staged_of(&self, remote: Remote<'_>) -> PathBuf {
+        self.download_dir
+            .join(format!("{}.{}", hex(remote.sha256), remote.extension))
     }
 
     /// One download attempt: resumes a partial file with an HTTP range request, checks
@@ -173,14 +236,22 @@ impl UpdateAgent {
         offer: &UpdateOffer,
         report: &mut (dyn FnMut(UpdateEvent) + Send),
     ) -> Result<PathBuf, UpdateError> {
-        let staged = self.staged_path(offer);
+        self.download_remote(Remote::image(offer), report).await
+    }
+
+    async fn download_remote(
+        &self,
+        offer: Remote<'_>,
+        report: &mut (dyn FnMut(UpdateEvent) + Send),
+    ) -> Result<PathBuf, UpdateError> {
+        let staged = self.staged_of(offer);
         if tokio::fs::metadata(&staged).await.is_ok() {
             return Ok(staged);
         }
         tokio::fs::create_dir_all(&self.download_dir)
             .await
             .map_err(io_at(&self.download_dir))?;
-        let part = self.part_path(offer);
+        let part = self.part_of(offer);
         let mut from = tokio::fs::metadata(&part)
             .await
             .map_or(0, |meta| meta.len());
@@ -193,7 +264,7 @@ impl UpdateAgent {
         }
         if from != offer.size {
             return Err(UpdateError::Interrupted {
-                url: offer.url.clone(),
+                url: offer.url.to_owned(),
                 received: from,
                 total: offer.size,
             });
@@ -220,19 +291,19 @@ impl UpdateAgent {
 
     async fn fetch(
         &self,
-        offer: &UpdateOffer,
+        offer: Remote<'_>,
         part: &Path,
         from: u64,
         report: &mut (dyn FnMut(UpdateEvent) + Send),
     ) -> Result<u64, UpdateError> {
         let http = |reason: String| UpdateError::Http {
-            url: offer.url.clone(),
+            url: offer.url.to_owned(),
             reason,
         };
         report(UpdateEvent::DownloadStarted { from });
         let mut response = self
             .http
-            .get(&offer.url, from)
+            .get(offer.url, from)
             .await
             .map_err(|error| http(error.to_string()))?;
         let mut received = match response.status() {
@@ -265,7 +336,7 @@ impl UpdateAgent {
                         drop(file);
                         tokio::fs::remove_file(part).await.map_err(io_at(part))?;
                         return Err(UpdateError::TooLong {
-                            url: offer.url.clone(),
+                            url: offer.url.to_owned(),
                             size: offer.size,
                         });
                     }
@@ -279,7 +350,7 @@ impl UpdateAgent {
                 Err(error) => {
                     tracing::info!(%error, received, "download interrupted");
                     break Err(UpdateError::Interrupted {
-                        url: offer.url.clone(),
+                        url: offer.url.to_owned(),
                         received,
                         total: offer.size,
                     });
@@ -299,9 +370,33 @@ impl UpdateAgent {
         pause: Duration,
         report: &mut (dyn FnMut(UpdateEvent) + Send),
     ) -> Result<PathBuf, UpdateError> {
+        self.remote_with_retries(Remote::image(offer), attempts, pause, report)
+            .await
+    }
+
+    /// Download `delta` as [`Self::download_with_retries`] does an image (resumable,
+    /// digest-checked), staged as `<sha256>.wdelta`.
+    pub async fn download_delta_with_retries(
+        &self,
+        delta: &DeltaOffer,
+        attempts: u32,
+        pause: Duration,
+        report: &mut (dyn FnMut(UpdateEvent) + Send),
+    ) -> Result<PathBuf, UpdateError> {
+        self.remote_with_retries(Remote::delta(delta), attempts, pause, report)
+            .await
+    }
+
+    async fn remote_with_retries(
+        &self,
+        offer: Remote<'_>,
+        attempts: u32,
+        pause: Duration,
+        report: &mut (dyn FnMut(UpdateEvent) + Send),
+    ) -> Result<PathBuf, UpdateError> {
         let mut attempt = 1;
         loop {
-            match self.download(offer, report).await {
+            match self.download_remote(offer, report).await {
                 Err(UpdateError::Interrupted { .. } | UpdateError::Http { .. })
                     if attempt < attempts =>
                 {
@@ -313,9 +408,40 @@ impl UpdateAgent {
         }
     }
 
-    /// Handle an offer: download (with retries), then install if the window allows,
-    /// else leave it staged. The monitor verifies the image fully before the slot is
-    /// marked bootable.
+    /// The staged delta of `offer`, downloaded, if it has one whose base is the image
+    /// `monitor` has installed; otherwise (or if the download fails) why not, for
+    /// [`UpdateEvent::DeltaFallback`].
+    pub async fn stage_delta<F: SlotFileSystem, R: BootRootOfTrust>(
+        &self,
+        offer: &UpdateOffer,
+        monitor: &mut BootMonitor<F, R>,
+        attempts: u32,
+        pause: Duration,
+        report: &mut (dyn FnMut(UpdateEvent) + Send),
+    ) -> Result<PathBuf, String> {
+        let Some(delta) = &offer.delta else {
+            return Err("no delta offered".to_owned());
+        };
+        let installed = monitor
+            .installed_image_sha256()
+            .map_err(|error| format!("cannot read the installed image: {error}"))?;
+        if installed != Some(delta.base_sha256) {
+            return Err(format!(
+                "the delta applies to image sha256 {}, the installed image is {}",
+                hex(delta.base_sha256),
+                installed.map_or_else(|| "none".to_owned(), hex)
+            ));
+        }
+        self.download_delta_with_retries(delta, attempts, pause, report)
+            .await
+            .map_err(|error| format!("delta download failed: {error}"))
+    }
+
+    /// Handle an offer: download the delta (if its base is the installed image) or else
+    /// the full image (with retries), then install if the window allows, else leave it
+    /// staged. The monitor verifies the image (a delta's result) fully before the slot
+    /// is marked bootable; a delta that fails to apply or verify falls back to the full
+    /// image.
     pub async fn apply<F: SlotFileSystem, R: BootRootOfTrust>(
         &self,
         offer: &UpdateOffer,
@@ -324,9 +450,24 @@ impl UpdateAgent {
         now: u64,
         report: &mut (dyn FnMut(UpdateEvent) + Send),
     ) -> Result<UpdateOutcome, UpdateError> {
-        let staged = self
-            .download_with_retries(offer, 5, Duration::from_millis(200), report)
-            .await?;
+        let (attempts, pause) = (5, Duration::from_millis(200));
+        let staged = match offer.delta {
+            Some(_) => match self
+                .stage_delta(offer, monitor, attempts, pause, report)
+                .await
+            {
+                Ok(staged) => staged,
+                Err(reason) => {
+                    report(UpdateEvent::DeltaFallback(reason));
+                    self.download_with_retries(offer, attempts, pause, report)
+                        .await?
+                }
+            },
+            None => {
+                self.download_with_retries(offer, attempts, pause, report)
+                    .await?
+            }
+        };
         match window.decide(now) {
             WindowDecision::InstallNow => {}
             decision => {
@@ -334,12 +475,24 @@ impl UpdateAgent {
                 return Ok(UpdateOutcome::Waiting { decision, staged });
             }
         }
-        let slot = install_staged(monitor, &staged, report)?;
+        let slot = match install_staged(monitor, &staged, report) {
+            Ok(slot) => slot,
+            Err(UpdateError::Install(BootError::DeltaRefused(error))) => {
+                report(UpdateEvent::DeltaFallback(error.to_string()));
+                let full = self
+                    .download_with_retries(offer, attempts, pause, report)
+                    .await?;
+                install_staged(monitor, &full, report)?
+            }
+            Err(error) => return Err(error),
+        };
         Ok(UpdateOutcome::Installed { slot })
     }
 }
 
-/// Install a staged download through the monitor; the staged file is removed after.
+/// Install a staged download through the monitor, an image or a delta (told apart by
+/// its magic: a delta is applied against the installed slot, and its result verified as
+/// an image); the staged file is removed after, or when it is refused.
 pub fn install_staged<F: SlotFileSystem, R: BootRootOfTrust>(
     monitor: &mut BootMonitor<F, R>,
     staged: &Path,
@@ -348,14 +501,23 @@ pub fn install_staged<F: SlotFileSystem, R: BootRootOfTrust>(
     report(UpdateEvent::Installing);
     let mut file = std::fs::File::open(staged).map_err(io_at(staged))?;
     let len = file.metadata().map_err(io_at(staged))?.len();
-    match monitor.install(&mut file, len) {
+    let is_delta = crate::delta::looks_like_delta(&mut file).map_err(io_at(staged))?;
+    let installed = if is_delta {
+        monitor.install_delta(&mut file, len)
+    } else {
+        monitor.install(&mut file, len)
+    };
+    match installed {
         Ok(slot) => {
             let _ = std::fs::remove_file(staged);
             report(UpdateEvent::Installed { slot });
             Ok(slot)
         }
         Err(error) => {
-            if matches!(error, BootError::ImageRefused(_)) {
+            if matches!(
+                error,
+                BootError::ImageRefused(_) | BootError::DeltaRefused(_)
+            ) {
                 let _ = std::fs::remove_file(staged);
             }
             report(UpdateEvent::Failed(error.to_string()));

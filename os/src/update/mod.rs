@@ -5,6 +5,6 @@ mod http_get;
 pub mod window;
 
 pub use agent::{
-    UpdateAgent, UpdateError, UpdateEvent, UpdateOffer, UpdateOutcome, install_staged,
+    DeltaOffer, UpdateAgent, UpdateError, UpdateEvent, UpdateOffer, UpdateOutcome, install_staged,
 };
 pub use window::{MaintenanceWindow, UpdateWindowPolicy, WindowDecision};

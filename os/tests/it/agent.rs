@@ -7,8 +7,8 @@ use warden_os::file_system::StdFileSystem;
 use warden_os::root_of_trust::MemoryRootOfTrust;
 use warden_os::slots::SlotStatus;
 use warden_os::update::{
-    UpdateAgent, UpdateError, UpdateEvent, UpdateOffer, UpdateOutcome, UpdateWindowPolicy,
-    WindowDecision,
+    DeltaOffer, UpdateAgent, UpdateError, UpdateEvent, UpdateOffer, UpdateOutcome,
+    UpdateWindowPolicy, WindowDecision,
 };
 
 use crate::support::{Keys, product};
@@ -36,6 +36,7 @@ fn offer(url: String, image: &[u8]) -> UpdateOffer {
         sha256: Sha256::digest(image).into(),
         size: image.len() as u64,
         version: SemanticVersion::new(1, 0, 2),
+        delta: None,
     }
 }
 
@@ -236,4 +237,133 @@ async fn a_veto_leaves_the_verified_download_staged() {
         1,
         "the staged download is reused"
     );
+}
+
+/// A device running `image`: installed, booted and confirmed in `dir`.
+fn running(
+    dir: &std::path::Path,
+    keys: &Keys,
+    image: &[u8],
+) -> BootMonitor<StdFileSystem, MemoryRootOfTrust> {
+    let mut monitor = monitor(dir, keys);
+    monitor
+        .install(&mut std::io::Cursor::new(image), image.len() as u64)
+        .expect("install base");
+    let decision = monitor.select_boot().expect("boot base");
+    monitor.confirm(decision.slot).expect("confirm base");
+    monitor
+}
+
+fn delta_offer(url: String, delta: &[u8], base: &[u8]) -> DeltaOffer {
+    DeltaOffer {
+        url,
+        sha256: Sha256::digest(delta).into(),
+        size: delta.len() as u64,
+        base_sha256: Sha256::digest(base).into(),
+    }
+}
+
+#[tokio::test]
+async fn a_delta_for_the_installed_image_is_used_and_the_full_image_never_fetched() {
+    let keys = Keys::new();
+    let old = keys.image(1, 1, "#!/bin/sh\n", 1 << 20);
+    let new = keys.image(2, 2, "#!/bin/sh\nexit 0\n", 1 << 20);
+    let (_, delta) =
+        warden_os::delta::build_delta(&old, &new, &keys.release, &keys.cert).expect("delta");
+    assert!(delta.len() < new.len() / 10, "{} bytes", delta.len());
+    let cut = delta.len() / 2;
+    let (delta_url, delta_seen) = serve(delta.clone(), Some(cut)).await;
+    let (image_url, image_seen) = serve(new.clone(), None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = UpdateAgent::new(dir.path().join("downloads"), None);
+    let mut monitor = running(dir.path(), &keys, &old);
+    let mut offer = offer(image_url, &new);
+    offer.delta = Some(delta_offer(delta_url, &delta, &old));
+    let mut events = Vec::new();
+    let outcome = agent
+        .apply(
+            &offer,
+            &mut monitor,
+            &UpdateWindowPolicy::default(),
+            0,
+            &mut |event| events.push(event),
+        )
+        .await
+        .expect("update");
+    assert!(
+        matches!(outcome, UpdateOutcome::Installed { .. }),
+        "{events:?}"
+    );
+    assert_eq!(
+        *delta_seen.lock().expect("log"),
+        vec![0, cut as u64],
+        "resumed"
+    );
+    assert!(
+        image_seen.lock().expect("log").is_empty(),
+        "full image fetched"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, UpdateEvent::DeltaFallback(_)))
+    );
+    let decision = monitor.select_boot().expect("boot");
+    assert!(decision.trial);
+    let booted = std::fs::read(dir.path().join("state").join(&decision.image_path)).expect("slot");
+    assert_eq!(booted, new);
+}
+
+#[tokio::test]
+async fn a_delta_for_another_base_or_a_corrupt_delta_falls_back_to_the_full_image() {
+    let keys = Keys::new();
+    let old = keys.image(1, 1, "#!/bin/sh\n", 1 << 19);
+    let other = keys.image(3, 1, "#!/bin/sh\n", 1 << 19);
+    let new = keys.image(2, 2, "#!/bin/sh\nexit 0\n", 1 << 19);
+    let (_, wrong_base) =
+        warden_os::delta::build_delta(&other, &new, &keys.release, &keys.cert).expect("delta");
+    let (_, good) =
+        warden_os::delta::build_delta(&old, &new, &keys.release, &keys.cert).expect("delta");
+    // Corrupt, with the offer's digest matching the corrupt bytes: only the delta's own
+    // signed patch digest catches it, after the download.
+    let mut corrupt = good.clone();
+    corrupt[300] ^= 0x10;
+    for (name, delta, base) in [
+        ("wrong base", &wrong_base, &other),
+        ("corrupt", &corrupt, &old),
+    ] {
+        let (delta_url, _) = serve(delta.clone(), None).await;
+        let (image_url, image_seen) = serve(new.clone(), None).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = UpdateAgent::new(dir.path().join("downloads"), None);
+        let mut monitor = running(dir.path(), &keys, &old);
+        let mut offer = offer(image_url, &new);
+        offer.delta = Some(delta_offer(delta_url, delta, base));
+        let mut events = Vec::new();
+        let outcome = agent
+            .apply(
+                &offer,
+                &mut monitor,
+                &UpdateWindowPolicy::default(),
+                0,
+                &mut |event| events.push(event),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert!(matches!(outcome, UpdateOutcome::Installed { .. }), "{name}");
+        let fallback = events
+            .iter()
+            .find_map(|e| match e {
+                UpdateEvent::DeltaFallback(reason) => Some(reason.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name}: no fallback in {events:?}"));
+        println!("{name}: {fallback}");
+        assert_eq!(*image_seen.lock().expect("log"), vec![0], "{name}");
+        let decision = monitor.select_boot().expect("boot");
+        assert!(decision.trial, "{name}");
+        let booted =
+            std::fs::read(dir.path().join("state").join(&decision.image_path)).expect("slot");
+        assert_eq!(booted, new, "{name}");
+    }
 }

@@ -1,5 +1,6 @@
-//! Crash-point injection: every file-system step of install → trial → confirm and
-//! install → trial → rollback, under process kill and power loss; and a real SIGKILL.
+//! Crash-point injection: every file-system step of install → trial → confirm,
+//! install → trial → rollback and delta install → trial → confirm, under process kill
+//! and power loss; and a real SIGKILL.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -27,6 +28,8 @@ fn config(chunk: usize) -> BootConfig {
 
 struct Images {
     all: Vec<Vec<u8>>,
+    /// The delta from `all[0]` (what the baseline runs) to `all[1]`.
+    delta_1_to_2: Vec<u8>,
 }
 
 type Monitor = BootMonitor<CrashingFileSystem<MemoryFileSystem>, MemoryRootOfTrust>;
@@ -47,6 +50,21 @@ fn confirm_sequence(monitor: &mut Monitor, images: &Images) -> Result<(), BootEr
         monitor.confirm(decision.slot)?;
         assert!(!monitor.select_boot()?.trial);
     }
+    Ok(())
+}
+
+/// delta v1 → v2 applied into the inactive slot → trial → confirm → boot; then install
+/// v3 → trial → confirm.
+fn delta_sequence(monitor: &mut Monitor, images: &Images) -> Result<(), BootError> {
+    let delta = &images.delta_1_to_2;
+    monitor.install_delta(&mut Cursor::new(delta), delta.len() as u64)?;
+    let decision = monitor.select_boot()?;
+    assert!(decision.trial);
+    monitor.confirm(decision.slot)?;
+    assert!(!monitor.select_boot()?.trial);
+    install(monitor, &images.all[2])?;
+    let decision = monitor.select_boot()?;
+    monitor.confirm(decision.slot)?;
     Ok(())
 }
 
@@ -137,14 +155,16 @@ fn check_recovery(
 fn every_crash_point_boots_a_valid_signed_image() {
     let keys = Keys::new();
     let chunk = 40;
-    let images = Images {
-        all: (1..=5)
-            .map(|patch| keys.image(patch, u64::from(patch), "#!/bin/sh\nexit 0\n", 2500))
-            .collect(),
-    };
-    let sequences: [(&str, Sequence); 2] = [
+    let all: Vec<Vec<u8>> = (1..=5)
+        .map(|patch| keys.image(patch, u64::from(patch), "#!/bin/sh\nexit 0\n", 2500))
+        .collect();
+    let (_, delta_1_to_2) =
+        warden_os::delta::build_delta(&all[0], &all[1], &keys.release, &keys.cert).expect("delta");
+    let images = Images { all, delta_1_to_2 };
+    let sequences: [(&str, Sequence); 3] = [
         ("install-trial-confirm", confirm_sequence),
         ("install-trial-rollback", rollback_sequence),
+        ("delta-trial-confirm", delta_sequence),
     ];
     let mut crash_points = 0;
     for (name, sequence) in sequences {

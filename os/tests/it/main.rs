@@ -2,6 +2,7 @@
 
 mod agent;
 mod crash;
+mod delta;
 mod monitor;
 mod release;
 mod revocation;

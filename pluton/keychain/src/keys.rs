@@ -33,6 +33,8 @@ pub mod domain {
     pub const IMAGE: &[u8] = b"warden-image-v1";
     /// Policy bundles (owned by `warden-policy`'s bundle format).
     pub const POLICY_BUNDLE: &[u8] = b"warden-policy-bundle-v1";
+    /// Delta images (owned by `warden-os`'s delta format, `os/src/delta`).
+    pub const IMAGE_DELTA: &[u8] = b"warden-image-delta-v1";
 }
 
 /// Identifier of a public key: the first 8 bytes of SHA-256 of its uncompressed SEC1 form.

@@ -10,7 +10,7 @@ use warden_wire::topics::{
     Ack, AttestationChallenge, AttestationQuote, AttestationVerdict, Command, CommandAction,
     CommandResult, CommandStatus, Delivery, DeviceEvent, FailureReportMessage, PROTOCOL_VERSION,
     Reading, TelemetryBatch, TwinDesired, TwinReported, UPDATE_SOURCE_LOCAL, UpdateOffer,
-    UpdateStatus, encode,
+    UpdateOfferDelta, UpdateStatus, encode,
 };
 
 /// Each topic suffix and the schema of its payload.
@@ -236,6 +236,26 @@ fn payloads_the_code_makes_validate() {
             version: "1.1.0".into(),
             window_start_ms: 0,
             window_end_ms: u64::MAX,
+            delta: None,
+        }),
+    );
+    assert_valid(
+        "update-offer",
+        &encode(&UpdateOffer {
+            v: PROTOCOL_VERSION,
+            id: "wave-1".into(),
+            url: "https://fleet.example/images/ab".into(),
+            sha256: "ab".repeat(32),
+            size: 1024,
+            version: "1.1.0".into(),
+            window_start_ms: 0,
+            window_end_ms: u64::MAX,
+            delta: Some(UpdateOfferDelta {
+                url: "https://fleet.example/deltas/cd".into(),
+                sha256: "cd".repeat(32),
+                size: 64,
+                base_sha256: "ef".repeat(32),
+            }),
         }),
     );
     assert_valid(

@@ -1,0 +1,156 @@
+//! The diff: Colin Percival's bsdiff search over a suffix array of the base.
+//!
+//! The patch is a sequence of records, each `add_len` (u64), `copy_len` (u64), `seek`
+//! (i64), all little-endian, then `add_len` bytes to add (wrapping, byte by byte) to the
+//! base at the base cursor, then `copy_len` bytes copied as they are; the base cursor
+//! then moves by `add_len + seek`. Code that moved keeps most of its bytes and changes
+//! a few (addresses), so the added bytes are mostly zeros and compress well: that is why
+//! bsdiff beats plain copy/insert deltas on executables.
+
+use std::io::{self, Write};
+
+/// The size of one record's control part.
+pub const CONTROL_LEN: usize = 24;
+
+/// Length of the common prefix of `a` and `b`.
+fn match_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The longest match of `target` in `base` through the suffix array, as `(position, length)`.
+fn search(suffixes: &[i32], base: &[u8], target: &[u8]) -> (usize, usize) {
+    let (mut start, mut end) = (0usize, suffixes.len() - 1);
+    while end - start >= 2 {
+        let middle = start + (end - start) / 2;
+        let suffix = &base[suffixes[middle] as usize..];
+        let common = suffix.len().min(target.len());
+        if suffix[..common] < target[..common] {
+            start = middle;
+        } else {
+            end = middle;
+        }
+    }
+    let first = suffixes[start] as usize;
+    let last = suffixes[end] as usize;
+    let first_len = match_len(&base[first..], target);
+    let last_len = match_len(&base[last..], target);
+    if first_len > last_len {
+        (first, first_len)
+    } else {
+        (last, last_len)
+    }
+}
+
+/// Write the patch turning `base` into `target` to `out` (records as in the module doc).
+pub fn write_patch(base: &[u8], target: &[u8], out: &mut dyn Write) -> io::Result<()> {
+    if base.is_empty() {
+        return write_record(out, &[], target, 0);
+    }
+    if base.len() > i32::MAX as usize {
+        return Err(io::Error::other("base image over 2 GiB"));
+    }
+    let mut suffixes = vec![0i32; base.len()];
+    divsufsort::sort_in_place(base, &mut suffixes);
+
+    let old = |at: isize| base[at as usize];
+    let new = |at: isize| target[at as usize];
+    let base_len = base.len() as isize;
+    let target_len = target.len() as isize;
+    let (mut scan, mut len, mut pos) = (0isize, 0isize, 0isize);
+    let (mut last_scan, mut last_pos, mut last_offset) = (0isize, 0isize, 0isize);
+    let mut added = Vec::new();
+    while scan < target_len {
+        let mut old_score = 0isize;
+        scan += len;
+        let mut score_scan = scan;
+        while scan < target_len {
+            let (found_pos, found_len) = search(&suffixes, base, &target[scan as usize..]);
+            pos = found_pos as isize;
+            len = found_len as isize;
+            while score_scan < scan + len {
+                if score_scan + last_offset < base_len
+                    && old(score_scan + last_offset) == new(score_scan)
+                {
+                    old_score += 1;
+                }
+                score_scan += 1;
+            }
+            if (len == old_score && len != 0) || len > old_score + 8 {
+                break;
+            }
+            if scan + last_offset < base_len && old(scan + last_offset) == new(scan) {
+                old_score -= 1;
+            }
+            scan += 1;
+        }
+        if len == old_score && scan != target_len {
+            continue;
+        }
+        // Extend the previous match forwards and this one backwards, as far as they
+        // agree on more than half of the bytes.
+        let (mut score, mut best, mut forward) = (0isize, 0isize, 0isize);
+        let mut i = 0isize;
+        while last_scan + i < scan && last_pos + i < base_len {
+            if old(last_pos + i) == new(last_scan + i) {
+                score += 1;
+            }
+            i += 1;
+            if score * 2 - i > best * 2 - forward {
+                best = score;
+                forward = i;
+            }
+        }
+        let mut backward = 0isize;
+        if scan < target_len {
+            let (mut score, mut best) = (0isize, 0isize);
+            let mut i = 1isize;
+            while scan >= last_scan + i && pos >= i {
+                if old(pos - i) == new(scan - i) {
+                    score += 1;
+                }
+                if score * 2 - i > best * 2 - backward {
+                    best = score;
+                    backward = i;
+                }
+                i += 1;
+            }
+        }
+        if last_scan + forward > scan - backward {
+            let overlap = (last_scan + forward) - (scan - backward);
+            let (mut score, mut best, mut split) = (0isize, 0isize, 0isize);
+            for i in 0..overlap {
+                if new(last_scan + forward - overlap + i) == old(last_pos + forward - overlap + i) {
+                    score += 1;
+                }
+                if new(scan - backward + i) == old(pos - backward + i) {
+                    score -= 1;
+                }
+                if score > best {
+                    best = score;
+                    split = i + 1;
+                }
+            }
+            forward += split - overlap;
+            backward -= split;
+        }
+        added.clear();
+        added.extend((0..forward).map(|i| new(last_scan + i).wrapping_sub(old(last_pos + i))));
+        let copied = &target[(last_scan + forward) as usize..(scan - backward) as usize];
+        let seek = (pos - backward) - (last_pos + forward);
+        write_record(out, &added, copied, seek as i64)?;
+        last_scan = scan - backward;
+        last_pos = pos - backward;
+        last_offset = pos - scan;
+    }
+    Ok(())
+}
+
+fn write_record(out: &mut dyn Write, added: &[u8], copied: &[u8], seek: i64) -> io::Result<()> {
+    let mut control = [0u8; CONTROL_LEN];
+    control[0..8].copy_from_slice(&(added.len() as u64).to_le_bytes());
+    control[8..16].copy_from_slice(&(copied.len() as u64).to_le_bytes());
+    control[16..24].copy_from_slice(&seek.to_le_bytes());
+    out.write_all(&control)?;
+    out.write_all(added)?;
+    out.write_all(copied)
+}
