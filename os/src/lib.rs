@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod payload;
 pub mod release;
 pub mod reports;
+mod revocation_install;
 pub mod revocations;
 pub mod root_of_trust;
 pub mod sandbox;

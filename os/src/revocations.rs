@@ -15,13 +15,12 @@ use std::path::Path;
 use warden_image::{KeyId, RootKey};
 use warden_keychain::{RevocationError, RevocationList};
 
-use crate::BootMonitor;
 use crate::file_system::SlotFileSystem;
 use crate::root_of_trust::BootRootOfTrust;
 
 /// The held list, relative to the state directory.
 pub const REVOCATION_LIST_FILE: &str = "boot/revocations.wrl";
-const REVOCATION_LIST_TEMP: &str = "boot/revocations.wrl.tmp";
+pub(crate) const REVOCATION_LIST_TEMP: &str = "boot/revocations.wrl.tmp";
 
 /// Why a revocation list was not installed, or the held one cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +84,13 @@ pub enum RevocationInstall {
     },
 }
 
-fn io_error(path: &'static str) -> impl FnOnce(std::io::Error) -> RevocationStoreError {
+pub(crate) fn io_error(path: &'static str) -> impl FnOnce(std::io::Error) -> RevocationStoreError {
     move |source| RevocationStoreError::Io { path, source }
 }
 
-fn read_held<F: SlotFileSystem>(fs: &F) -> Result<Option<Vec<u8>>, RevocationStoreError> {
+pub(crate) fn read_held<F: SlotFileSystem>(
+    fs: &F,
+) -> Result<Option<Vec<u8>>, RevocationStoreError> {
     let path = Path::new(REVOCATION_LIST_FILE);
     if !fs.exists(path) {
         return Ok(None);
@@ -127,70 +128,4 @@ pub fn revoked_keys<F: SlotFileSystem, R: BootRootOfTrust>(
     let held = held_revocations(fs, roots, &revoked)?;
     revoked.extend(held.revoked);
     Ok(revoked)
-}
-
-impl<F: SlotFileSystem, R: BootRootOfTrust> BootMonitor<F, R> {
-    /// The revocation list the unit holds (for the status page and `warden status`).
-    pub fn held_revocations(&mut self) -> Result<HeldRevocations, RevocationStoreError> {
-        let roots = self.root_of_trust().vendor_roots()?;
-        let revoked = self.root_of_trust().revoked_keys()?;
-        held_revocations(self.file_system(), &roots, &revoked)
-    }
-
-    /// Installs `bytes` as the held revocation list if a vendor root signed it and its
-    /// sequence is above the held one's: temp file, fsync, rename, fsync the directory.
-    /// From then on images signed by a key it names are refused.
-    pub fn install_revocation_list(
-        &mut self,
-        bytes: &[u8],
-    ) -> Result<RevocationInstall, RevocationStoreError> {
-        let roots = self.root_of_trust().vendor_roots()?;
-        let own = self.root_of_trust().revoked_keys()?;
-        let held_bytes = read_held(self.file_system())?;
-        // A held list that no longer verifies is replaced by any valid one: refusing
-        // that would leave the unit refusing every image for good.
-        let held = held_bytes
-            .as_deref()
-            .and_then(|held| RevocationList::verify(held, &roots, &own).ok());
-        let mut revoked = own.clone();
-        if let Some(held) = &held {
-            revoked.extend(held.revoked());
-        }
-        let offered = RevocationList::verify(bytes, &roots, &revoked)
-            .map_err(RevocationStoreError::Refused)?;
-        if held_bytes.as_deref() == Some(bytes) {
-            return Ok(RevocationInstall::AlreadyHeld {
-                sequence: offered.sequence(),
-            });
-        }
-        if let Some(held) = &held
-            && !offered.supersedes(Some(held))
-        {
-            return Err(RevocationStoreError::NotNewer {
-                offered: offered.sequence(),
-                held: held.sequence(),
-            });
-        }
-        let fs = self.file_system();
-        let temp = Path::new(REVOCATION_LIST_TEMP);
-        fs.create_dir_all(Path::new(crate::boot::BOOT_DIR))
-            .map_err(io_error(crate::boot::BOOT_DIR))?;
-        fs.create(temp).map_err(io_error(REVOCATION_LIST_TEMP))?;
-        fs.append(temp, bytes)
-            .map_err(io_error(REVOCATION_LIST_TEMP))?;
-        fs.sync_file(temp).map_err(io_error(REVOCATION_LIST_TEMP))?;
-        fs.rename(temp, Path::new(REVOCATION_LIST_FILE))
-            .map_err(io_error(REVOCATION_LIST_FILE))?;
-        fs.sync_dir(Path::new(crate::boot::BOOT_DIR))
-            .map_err(io_error(crate::boot::BOOT_DIR))?;
-        tracing::info!(
-            sequence = offered.sequence(),
-            revoked = offered.len(),
-            "revocation list installed"
-        );
-        Ok(RevocationInstall::Installed {
-            sequence: offered.sequence(),
-            revoked: offered.len(),
-        })
-    }
 }

@@ -21,8 +21,13 @@ const PROFILE: &str = "dist";
 /// ports) put it at 12.15 MiB, so the budget became 12.5 MiB. HTTPS update downloads
 /// through reqwest then took it to 12.64 MiB; the download is now a GET on the tree's
 /// hyper (os/src/update/http_get.rs), without reqwest, url, IDNA or a progress-bar
-/// crate in the unit: 11.88 MiB on 2026-12-07.
-const MAX_BINARY_BYTES: u64 = (12 << 20) + (1 << 19);
+/// crate in the unit: 11.88 MiB on 2026-12-07. The day's merges (offline updates, the
+/// demo tour's boot path, PID-1 mode) made it 12.23 MiB; delta images (the applier and,
+/// in the same binary, the vendor's `warden image delta` builder: divsufsort, deflate),
+/// revocation lists and certificate expiry then 12.58 MiB, so the budget became
+/// 12.75 MiB (stop 35). Next saving to try: the delta *builder* is vendor code the unit
+/// never runs; behind a feature off in the shipped build it would leave the unit.
+const MAX_BINARY_BYTES: u64 = (12 << 20) + (3 << 18);
 
 /// Files the package must install.
 const EXPECTED_FILES: &[&str] = &[

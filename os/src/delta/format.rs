@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use warden_image::{ProductId, SemanticVersion, TRAILER_LEN};
 use warden_keychain::{CERT_LEN, Purpose, SIGNATURE_LEN, domain};
 
-use crate::delta::DeltaError;
+use crate::delta::error::DeltaError;
 
 /// The magic at the start of every delta.
 pub const DELTA_MAGIC: [u8; 4] = *b"WDL1";

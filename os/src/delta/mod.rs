@@ -7,107 +7,27 @@
 //! Why this engine (bsdiff-style records, raw deflate): BENCHMARKS.md, *Delta images*.
 
 pub mod diff;
+mod error;
 pub mod format;
 pub mod patch;
 
 use std::io::{self, Read, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flate2::Compression;
 use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
 use sha2::{Digest, Sha256};
-use warden_image::build::{SignError, check_release_cert};
+use warden_image::build::check_release_cert;
 use warden_image::{ImageHeader, ImageTrust, TRAILER_LEN};
-use warden_keychain::tooling::{SecretSigningKey, ToolError, load_secret_key, sign};
+use warden_keychain::tooling::{SecretSigningKey, load_secret_key, sign};
 
+pub use error::DeltaError;
 pub use format::{DELTA_HEADER_LEN, DELTA_MAGIC, DeltaHeader, verify_delta_header};
 pub use patch::PatchError;
 
 use crate::file_system::ReadSeek;
 use crate::image_io::READ_CHUNK;
-
-/// A delta could not be built, verified or applied; the message names the check.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DeltaError {
-    /// The delta's framing is wrong.
-    #[error("delta is malformed: {0}")]
-    Malformed(&'static str),
-    /// The delta is for another product.
-    #[error("delta is for product {delta}, this device is {device}")]
-    WrongProduct {
-        /// The delta's product.
-        delta: String,
-        /// The device's.
-        device: String,
-    },
-    /// The result's security counter is below the device's anti-rollback counter.
-    #[error("delta's result has security counter {delta}, below this device's {device}")]
-    CounterTooLow {
-        /// The result's counter.
-        delta: u64,
-        /// The device's counter.
-        device: u64,
-    },
-    /// The release key's certificate does not chain to a trusted, unrevoked root.
-    #[error("delta's release-key certificate: {0}")]
-    Certificate(warden_keychain::ChainError),
-    /// The signature over the header does not verify.
-    #[error("delta's signature does not verify")]
-    SignatureInvalid,
-    /// The patch does not hash to the signed digest.
-    #[error("delta's patch does not match its signed SHA-256 (corrupted or altered)")]
-    PatchHashMismatch,
-    /// The installed image is not the delta's base.
-    #[error("delta applies to base image sha256 {expected}, but the installed image is {actual}")]
-    BaseMismatch {
-        /// The delta's base, hex.
-        expected: String,
-        /// The installed image, hex.
-        actual: String,
-    },
-    /// The patch is inconsistent.
-    #[error(transparent)]
-    Patch(#[from] PatchError),
-    /// The result is not the image the delta names.
-    #[error("delta's result is {actual_len} bytes with sha256 {actual}, not the signed {expected}")]
-    ResultMismatch {
-        /// The signed digest, hex.
-        expected: String,
-        /// What came out, hex.
-        actual: String,
-        /// Bytes that came out.
-        actual_len: u64,
-    },
-    /// An input image is not a signed image, or the two are for different products.
-    #[error("{path}: {reason}")]
-    Input {
-        /// The image file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Signing failed.
-    #[error("{path}: {source}")]
-    Sign {
-        /// The certificate file.
-        path: PathBuf,
-        /// Why.
-        source: SignError,
-    },
-    /// A key file could not be used.
-    #[error(transparent)]
-    Key(#[from] ToolError),
-    /// Reading or writing failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// The file or stream.
-        what: String,
-        /// Why.
-        source: io::Error,
-    },
-}
 
 fn io_on(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> DeltaError {
     let what = what.to_string();
