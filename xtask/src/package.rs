@@ -345,7 +345,7 @@ fn check_package() -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", binary.display()))?
         .len();
     eprintln!(
-        "    usr/bin/warden: {:.2} MiB (budget {:.1} MiB)",
+        "    usr/bin/warden: {:.2} MiB (budget {:.2} MiB)",
         size as f64 / f64::from(1 << 20),
         MAX_BINARY_BYTES as f64 / f64::from(1 << 20)
     );
