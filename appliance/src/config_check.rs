@@ -388,22 +388,9 @@ fn subject_common_names(certificate: &[u8]) -> Option<Vec<String>> {
     const SEQUENCE: u8 = 0x30;
     const SET: u8 = 0x31;
     const OID: u8 = 0x06;
-    const VERSION: u8 = 0xa0;
     const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
-    let (tag, certificate, _) = der_element(certificate)?;
-    (tag == SEQUENCE).then_some(())?;
-    let (tag, tbs, _) = der_element(certificate)?;
-    (tag == SEQUENCE).then_some(())?;
-    // version [0] (optional), serialNumber, signature, issuer, validity, subject.
-    let mut rest = tbs;
-    let (tag, _, after) = der_element(rest)?;
-    if tag == VERSION {
-        rest = after;
-    }
-    for _ in 0..4 {
-        rest = der_element(rest)?.2;
-    }
-    let (tag, mut subject, _) = der_element(rest)?;
+    // serialNumber, signature, issuer, validity, subject.
+    let (tag, mut subject) = tbs_field(certificate, 4)?;
     (tag == SEQUENCE).then_some(())?;
     let mut names = Vec::new();
     while !subject.is_empty() {
@@ -424,6 +411,28 @@ fn subject_common_names(certificate: &[u8]) -> Option<Vec<String>> {
         }
     }
     Some(names)
+}
+
+/// Field `index` of a DER X.509 certificate's TBSCertificate after its optional
+/// version (0 serialNumber, 1 signature, 2 issuer, 3 validity, 4 subject): its tag and
+/// contents; `None` if the certificate is not two SEQUENCEs deep or is truncated.
+pub(crate) fn tbs_field(certificate: &[u8], index: usize) -> Option<(u8, &[u8])> {
+    const SEQUENCE: u8 = 0x30;
+    const VERSION: u8 = 0xa0;
+    let (tag, certificate, _) = der_element(certificate)?;
+    (tag == SEQUENCE).then_some(())?;
+    let (tag, tbs, _) = der_element(certificate)?;
+    (tag == SEQUENCE).then_some(())?;
+    let mut rest = tbs;
+    let (tag, _, after) = der_element(rest)?;
+    if tag == VERSION {
+        rest = after;
+    }
+    for _ in 0..index {
+        rest = der_element(rest)?.2;
+    }
+    let (tag, field, _) = der_element(rest)?;
+    Some((tag, field))
 }
 
 /// One DER element at the start of `bytes`: its tag, its contents and what follows.

@@ -8,30 +8,17 @@ use std::path::Path;
 
 use warden_link::validity::{CertificateStanding, utc_text};
 
-use crate::config_check::der_element;
+use crate::config_check::{der_element, tbs_field};
 use crate::state::unit_facts::CertificateView;
 
 const SEQUENCE: u8 = 0x30;
-const VERSION: u8 = 0xa0;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
 
 /// `(not_before, not_after)` of a DER X.509 certificate, seconds since the epoch.
 pub fn validity(certificate: &[u8]) -> Option<(i64, i64)> {
-    let (tag, certificate, _) = der_element(certificate)?;
-    (tag == SEQUENCE).then_some(())?;
-    let (tag, tbs, _) = der_element(certificate)?;
-    (tag == SEQUENCE).then_some(())?;
-    // version [0] (optional), serialNumber, signature, issuer, validity.
-    let mut rest = tbs;
-    let (tag, _, after) = der_element(rest)?;
-    if tag == VERSION {
-        rest = after;
-    }
-    for _ in 0..3 {
-        rest = der_element(rest)?.2;
-    }
-    let (tag, validity, _) = der_element(rest)?;
+    // serialNumber, signature, issuer, validity.
+    let (tag, validity) = tbs_field(certificate, 3)?;
     (tag == SEQUENCE).then_some(())?;
     let (tag, not_before, rest) = der_element(validity)?;
     let not_before = asn1_time(tag, not_before)?;
