@@ -11,8 +11,7 @@
 use std::io::Cursor;
 
 use sha2::{Digest, Sha256};
-use warden_image::build::build_signed_image;
-use warden_image::{BuildId, ImageHeader, ProductId, SemanticVersion};
+use warden_image::ProductId;
 use warden_os::boot::{BootConfig, BootError, BootMonitor};
 use warden_os::delta::{DeltaError, build_delta};
 use warden_os::file_system::{MemoryFileSystem, SlotFileSystem};
@@ -67,16 +66,7 @@ fn image_of(keys: &Keys, binary: &[u8], patch: u32, counter: u64, product: Produ
         data: binary.to_vec(),
     }])
     .expect("archive");
-    let template = ImageHeader {
-        product,
-        version: SemanticVersion::new(1, 0, patch),
-        security_counter: counter,
-        build_id: BuildId([patch as u8; 16]),
-        created_at: 1_790_000_000,
-        payload_len: 0,
-        payload_sha256: [0; 32],
-    };
-    build_signed_image(template, &payload, &keys.release, &keys.cert).expect("image")
+    keys.signed(&payload, patch, counter, product)
 }
 
 type Monitor = BootMonitor<MemoryFileSystem, MemoryRootOfTrust>;

@@ -44,8 +44,13 @@ impl Keys {
             },
         ])
         .expect("archive");
+        self.signed(&payload, patch, counter, product())
+    }
+
+    /// `payload` signed as version 1.0.`patch` of `product` with `counter`.
+    pub fn signed(&self, payload: &[u8], patch: u32, counter: u64, product: ProductId) -> Vec<u8> {
         let template = ImageHeader {
-            product: product(),
+            product,
             version: SemanticVersion::new(1, 0, patch),
             security_counter: counter,
             build_id: BuildId([patch as u8; 16]),
@@ -53,7 +58,7 @@ impl Keys {
             payload_len: 0,
             payload_sha256: [0; 32],
         };
-        build_signed_image(template, &payload, &self.release, &self.cert).expect("image")
+        build_signed_image(template, payload, &self.release, &self.cert).expect("image")
     }
 }
 
