@@ -13,6 +13,8 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use warden_toml_position::locate;
 
+use warden_os::monitor::manifest::Manifest;
+
 use crate::config::{ApplianceConfig, ConfigError};
 
 /// One problem, located.
@@ -101,10 +103,45 @@ pub fn check_text(text: &str, path: &Path) -> Result<ConfigReport, ConfigError> 
     check_text_with(text, path, Stage::Provisioned)
 }
 
+/// [`check_with`], and with a `manifest`, whether it grants each compartment what the
+/// config needs of it ([`crate::config_grants`]).
+pub fn check_full(
+    path: &Path,
+    stage: Stage,
+    manifest: Option<&Manifest>,
+) -> Result<ConfigReport, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check_text_full(&text, path, stage, manifest)
+}
+
 /// [`check_with`] of config text that came from `path`.
 pub fn check_text_with(text: &str, path: &Path, stage: Stage) -> Result<ConfigReport, ConfigError> {
+    check_text_full(text, path, stage, None)
+}
+
+/// [`check_full`] of config text that came from `path`. The ports a compartment may
+/// bind are this machine's when the unit is provisioned (check-config runs on it),
+/// Linux's default before.
+pub fn check_text_full(
+    text: &str,
+    path: &Path,
+    stage: Stage,
+    manifest: Option<&Manifest>,
+) -> Result<ConfigReport, ConfigError> {
     let config = ApplianceConfig::parse_unchecked(text, path)?;
     let mut found = config.problems();
+    if let Some(manifest) = manifest {
+        let port_start = match stage {
+            Stage::Provisioned => crate::config_grants::unprivileged_port_start(),
+            Stage::BeforeProvisioning => crate::config_grants::DEFAULT_UNPRIVILEGED_PORT_START,
+        };
+        found.extend(crate::config_grants::missing_grants(
+            &config, manifest, port_start,
+        ));
+    }
     if stage == Stage::Provisioned {
         found.extend(provisioned_file_problems(&config));
     }
@@ -593,6 +630,26 @@ metrics_listen = "127.0.0.1:0"
             "expected {expected:?} in:\n{printed}"
         );
         assert!(!report.is_ok());
+    }
+
+    #[test]
+    fn a_device_port_the_manifest_does_not_grant_is_located_at_its_address() {
+        let unit = Unit::new();
+        let path = unit.path("warden.toml");
+        std::fs::write(&path, CONFIG).expect("config");
+        let manifest = Manifest::parse(include_str!("../manifest.toml"), "manifest.toml")
+            .expect("the shipped manifest parses");
+        // Without the manifest the unit is fine; with it, the device on port 5020 and
+        // the broker on 8883... are checked against the compartments' grants.
+        assert!(check(&path).expect("parses").is_ok());
+        let report = check_full(&path, Stage::Provisioned, Some(&manifest)).expect("parses");
+        assert_reports(
+            CONFIG,
+            &report,
+            "address = ",
+            "bridges.modbus_tcp[0].address",
+            "127.0.0.1:5020: port 5020 is not in compartment `bridges`'s `connect` grants",
+        );
     }
 
     #[test]

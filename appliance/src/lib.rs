@@ -7,6 +7,7 @@ pub mod commands;
 pub mod compartments;
 pub mod config;
 pub mod config_check;
+pub mod config_grants;
 pub mod control;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -98,6 +98,10 @@ enum Command {
         /// (the provisioning station writes them); everything else is.
         #[arg(long)]
         before_provisioning: bool,
+        /// Also check that this manifest grants each compartment what the config
+        /// needs of it (device ports, serial lines, listening ports, sockets).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
     },
     /// Check or query a policy file.
     #[command(subcommand)]
@@ -217,7 +221,8 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig {
             config,
             before_provisioning,
-        }) => check_config(&config, before_provisioning),
+            manifest,
+        }) => check_config(&config, before_provisioning, manifest.as_deref()),
         Some(Command::Policy(PolicyCommand::Check { file })) => policy_check(&file),
         Some(Command::Policy(PolicyCommand::Explain { file, request })) => {
             policy_explain(&file, &request)
@@ -335,6 +340,7 @@ async fn run_monitor(manifest: PathBuf, insecure_dev: bool) -> anyhow::Result<Ex
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
+    warden::config_grants::log_missing_at_start(&manifest);
     let mut monitor = tokio::task::spawn_blocking(move || {
         warden_os::monitor::cli::run_monitor(
             &manifest,
@@ -473,13 +479,20 @@ fn passwd(
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_config(path: &std::path::Path, before_provisioning: bool) -> anyhow::Result<ExitCode> {
+fn check_config(
+    path: &std::path::Path,
+    before_provisioning: bool,
+    manifest: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
     let stage = if before_provisioning {
         warden::config_check::Stage::BeforeProvisioning
     } else {
         warden::config_check::Stage::Provisioned
     };
-    let report = warden::config_check::check_with(path, stage)?;
+    let manifest = manifest
+        .map(warden_os::monitor::manifest::Manifest::load)
+        .transpose()?;
+    let report = warden::config_check::check_full(path, stage, manifest.as_ref())?;
     // Problems go to stderr, one per line, all of them; the policy's own report
     // (errors and warnings located in the policy file) to stdout.
     eprint!("{report}");

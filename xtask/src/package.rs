@@ -355,11 +355,14 @@ fn check_package() -> Result<(), String> {
         ));
     }
     // The shipped config validates with the shipped binary (all but the files the
-    // provisioning station gives each unit).
+    // provisioning station gives each unit), and the shipped manifest grants each
+    // compartment what it needs.
     let checked = run(Command::new(&binary)
         .arg("check-config")
         .arg("--before-provisioning")
-        .arg(root.join("etc/warden/warden.toml")))?;
+        .arg(root.join("etc/warden/warden.toml"))
+        .arg("--manifest")
+        .arg(root.join("etc/warden/manifest.toml")))?;
     if !checked.contains("warden.toml: ok") {
         return Err(format!(
             "check-config did not accept the shipped config:\n{checked}"
