@@ -9,8 +9,7 @@
 
 use std::io::{self, Write};
 
-/// The size of one record's control part.
-pub const CONTROL_LEN: usize = 24;
+pub use super::patch::CONTROL_LEN;
 
 /// Length of the common prefix of `a` and `b`.
 fn match_len(a: &[u8], b: &[u8]) -> usize {

@@ -6,21 +6,26 @@
 //! result in full ([`crate::boot::BootMonitor::install_delta`]) before it may boot.
 //! Why this engine (bsdiff-style records, raw deflate): BENCHMARKS.md, *Delta images*.
 
+#[cfg(feature = "delta-build")]
 pub mod diff;
 mod error;
 pub mod format;
 pub mod patch;
 
 use std::io::{self, Read, SeekFrom, Write};
-use std::path::Path;
 
-use flate2::Compression;
 use flate2::read::DeflateDecoder;
-use flate2::write::DeflateEncoder;
 use sha2::{Digest, Sha256};
-use warden_image::build::check_release_cert;
-use warden_image::{ImageHeader, ImageTrust, TRAILER_LEN};
-use warden_keychain::tooling::{SecretSigningKey, load_secret_key, sign};
+use warden_image::{ImageTrust, TRAILER_LEN};
+#[cfg(feature = "delta-build")]
+use {
+    flate2::Compression,
+    flate2::write::DeflateEncoder,
+    std::path::Path,
+    warden_image::ImageHeader,
+    warden_image::build::check_release_cert,
+    warden_keychain::tooling::{SecretSigningKey, load_secret_key, sign},
+};
 
 pub use error::DeltaError;
 pub use format::{DELTA_HEADER_LEN, DELTA_MAGIC, DeltaHeader, verify_delta_header};
@@ -34,6 +39,7 @@ fn io_on(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> DeltaError {
     move |source| DeltaError::Io { what, source }
 }
 
+#[cfg(feature = "delta-build")]
 /// Compress a patch for `base` → `target` (the delta's body).
 pub fn compressed_patch(base: &[u8], target: &[u8]) -> io::Result<Vec<u8>> {
     let mut encoder = DeflateEncoder::new(Vec::new(), Compression::best());
@@ -41,6 +47,7 @@ pub fn compressed_patch(base: &[u8], target: &[u8]) -> io::Result<Vec<u8>> {
     encoder.finish()
 }
 
+#[cfg(feature = "delta-build")]
 fn signed_image_header(path: &Path, bytes: &[u8]) -> Result<ImageHeader, DeltaError> {
     let input = |reason: String| DeltaError::Input {
         path: path.to_owned(),
@@ -55,6 +62,7 @@ fn signed_image_header(path: &Path, bytes: &[u8]) -> Result<ImageHeader, DeltaEr
     Ok(header)
 }
 
+#[cfg(feature = "delta-build")]
 /// Build the delta turning the signed image `base` into the signed image `target`, signed
 /// with `release_key` and its certificate `cert` (147 bytes, WKC1). Returns the header
 /// and the whole delta file.
@@ -98,6 +106,7 @@ pub fn build_delta(
     ))
 }
 
+#[cfg(feature = "delta-build")]
 /// [`build_delta`] on files: the signed images `from` and `to`, the release key in
 /// `key_file` (PKCS#8 PEM) and its certificate `cert_file`, as `warden image sign`
 /// takes them; the delta is written atomically to `output`.
@@ -154,7 +163,7 @@ pub fn read_delta_header(reader: &mut dyn ReadSeek) -> Result<DeltaHeader, Delta
                 source: error,
             },
         })?;
-    DeltaHeader::decode(&bytes)
+    DeltaHeader::decode(&bytes).map_err(DeltaError::from)
 }
 
 /// Whether the file starts like a delta (its magic), not an image.

@@ -6,7 +6,9 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-use crate::delta::diff::CONTROL_LEN;
+/// The size of one record's control part (`add_len`, `copy_len`, `seek`; the records
+/// are described in `diff`, which writes them).
+pub const CONTROL_LEN: usize = 24;
 
 /// Bytes moved per step.
 const CHUNK: usize = 64 << 10;
@@ -116,7 +118,7 @@ pub fn apply_patch(
 pub trait ReadSeekBase: Read + Seek {}
 impl<T: Read + Seek> ReadSeekBase for T {}
 
-#[cfg(test)]
+#[cfg(all(test, feature = "delta-build"))]
 mod tests {
     use std::io::Cursor;
 
