@@ -142,9 +142,11 @@ impl DeltaHeader {
         Sha256::digest(self.encode()).into()
     }
 
-    /// The size of the whole delta file.
+    /// The size of the whole delta file (saturating: a patch length near `u64::MAX`
+    /// names no file that exists, and must not wrap to one that does).
     pub fn delta_len(&self) -> u64 {
-        (DELTA_HEADER_LEN + TRAILER_LEN) as u64 + self.patch_len
+        self.patch_len
+            .saturating_add((DELTA_HEADER_LEN + TRAILER_LEN) as u64)
     }
 }
 
@@ -241,7 +243,7 @@ impl std::error::Error for DeltaFormatError {}
 /// streamed from disk: `warden_os::delta::verify_delta_reader`.)
 pub fn verify_delta(bytes: &[u8], trust: &crate::ImageTrust<'_>) -> Result<DeltaHeader, DeltaFormatError> {
     let header = DeltaHeader::decode(bytes)?;
-    if header.delta_len() != bytes.len() as u64 {
+    if bytes.len() < DELTA_HEADER_LEN + TRAILER_LEN || header.delta_len() != bytes.len() as u64 {
         return Err(DeltaFormatError::Malformed(
             "file length does not match the header's patch length",
         ));
@@ -279,6 +281,24 @@ mod tests {
         assert_eq!(DeltaHeader::decode(&encoded).expect("decode"), header());
         assert_eq!(&encoded[..4], b"WDL1");
         assert_eq!(header().delta_len(), 164 + 147 + 64 + 99);
+    }
+
+    #[test]
+    fn a_patch_length_near_the_limit_names_no_file() {
+        let mut near = header();
+        near.patch_len = u64::MAX - 100;
+        assert_eq!(near.delta_len(), u64::MAX);
+        let mut bytes = near.encode().to_vec();
+        bytes.resize(200, 0);
+        assert!(matches!(
+            verify_delta(&bytes, &crate::ImageTrust {
+                roots: &[],
+                revoked: &[],
+                product: near.product,
+                min_security_counter: 0,
+            }),
+            Err(DeltaFormatError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -39,8 +39,8 @@ fn io_on(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> DeltaError {
     move |source| DeltaError::Io { what, source }
 }
 
-#[cfg(feature = "delta-build")]
 /// Compress a patch for `base` → `target` (the delta's body).
+#[cfg(feature = "delta-build")]
 pub fn compressed_patch(base: &[u8], target: &[u8]) -> io::Result<Vec<u8>> {
     let mut encoder = DeflateEncoder::new(Vec::new(), Compression::best());
     diff::write_patch(base, target, &mut encoder)?;
@@ -62,10 +62,10 @@ fn signed_image_header(path: &Path, bytes: &[u8]) -> Result<ImageHeader, DeltaEr
     Ok(header)
 }
 
-#[cfg(feature = "delta-build")]
 /// Build the delta turning the signed image `base` into the signed image `target`, signed
 /// with `release_key` and its certificate `cert` (147 bytes, WKC1). Returns the header
 /// and the whole delta file.
+#[cfg(feature = "delta-build")]
 pub fn build_delta(
     base: &[u8],
     target: &[u8],
@@ -106,10 +106,10 @@ pub fn build_delta(
     ))
 }
 
-#[cfg(feature = "delta-build")]
 /// [`build_delta`] on files: the signed images `from` and `to`, the release key in
 /// `key_file` (PKCS#8 PEM) and its certificate `cert_file`, as `warden image sign`
 /// takes them; the delta is written atomically to `output`.
+#[cfg(feature = "delta-build")]
 pub fn build_delta_file(
     from: &Path,
     to: &Path,
