@@ -496,7 +496,11 @@ where
         format!(
             "{} verified ({}version {version}, security counter {}); waiting for the update gate",
             request.source,
-            if header.delta { "a delta from the installed image to " } else { "" },
+            if header.delta {
+                "a delta from the installed image to "
+            } else {
+                ""
+            },
             header.security_counter
         ),
     );
@@ -746,7 +750,9 @@ fn verify_staged<F: SlotFileSystem, R: BootRootOfTrust>(
         .metadata()
         .map_err(|e| format!("{}: {e}", path.display()))?
         .len();
-    if warden_os::delta::looks_like_delta(&mut file).map_err(|e| format!("{}: {e}", path.display()))? {
+    if warden_os::delta::looks_like_delta(&mut file)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+    {
         let header = warden_os::delta::verify_delta_reader(&mut file, len, &trust)
             .map_err(|error| format!("delta: {error}"))?;
         let installed = monitor

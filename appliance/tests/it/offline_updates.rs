@@ -317,7 +317,11 @@ async fn a_delta_from_a_file_installs_against_the_installed_image_and_only_that_
     let _other = vendor.image_for(&at("r3"), "1.2.1", PRODUCT, 2);
     let delta = delta_file(&at("r1"), &at("r2"), &at("1.2.0-1.3.0.wdelta"));
     let wrong_base = delta_file(&at("r3"), &at("r2"), &at("1.2.1-1.3.0.wdelta"));
-    assert!(delta.len() < new.len() / 4, "a delta of {} bytes", delta.len());
+    assert!(
+        delta.len() < new.len() / 4,
+        "a delta of {} bytes",
+        delta.len()
+    );
 
     // Nothing installed yet: no base to apply it to.
     let answer = install(&socket, &at("1.2.0-1.3.0.wdelta")).await;
@@ -346,7 +350,10 @@ async fn a_delta_from_a_file_installs_against_the_installed_image_and_only_that_
     std::fs::write(at("corrupted.wdelta"), &corrupted).expect("file");
     for (file, names) in [
         ("1.2.1-1.3.0.wdelta", "the delta applies to image sha256"),
-        ("corrupted.wdelta", "patch does not match its signed SHA-256"),
+        (
+            "corrupted.wdelta",
+            "patch does not match its signed SHA-256",
+        ),
     ] {
         let answer = install(&socket, &at(file)).await;
         let (reason, detail) = refusal(&answer);
@@ -374,7 +381,9 @@ async fn a_delta_from_a_file_installs_against_the_installed_image_and_only_that_
         .find(|s| s.state == "verifying")
         .expect("a verifying status");
     assert!(
-        verifying.detail.contains("a delta from the installed image"),
+        verifying
+            .detail
+            .contains("a delta from the installed image"),
         "{}",
         verifying.detail
     );

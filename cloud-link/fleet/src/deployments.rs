@@ -349,7 +349,11 @@ impl Rollouts {
 
     /// `offer` with the delta to its image from the image `device` reports it runs, if
     /// one was uploaded; as it is otherwise.
-    async fn with_delta(&self, offer: &UpdateOffer, device: &str) -> Result<UpdateOffer, StoreError> {
+    async fn with_delta(
+        &self,
+        offer: &UpdateOffer,
+        device: &str,
+    ) -> Result<UpdateOffer, StoreError> {
         let mut offer = offer.clone();
         offer.delta = None;
         let Some(installed) = self.reported_image(device).await? else {

@@ -27,11 +27,10 @@
 //! The signature covers the header, and the header covers the patch by its digest. The
 //! result is an ordinary image: the device verifies it in full before it installs it.
 
-use sha2::{Digest, Sha256};
-use crate::header::{SemanticVersion, TRAILER_LEN};
 use crate::ProductId;
+use crate::header::{SemanticVersion, TRAILER_LEN};
+use sha2::{Digest, Sha256};
 use warden_keychain::{CERT_LEN, Purpose, SIGNATURE_LEN, domain};
-
 
 /// The magic at the start of every delta.
 pub const DELTA_MAGIC: [u8; 4] = *b"WDL1";
@@ -109,13 +108,19 @@ impl DeltaHeader {
     /// Decode a header; refuses another magic, format, engine or a non-zero reserved byte.
     pub fn decode(bytes: &[u8]) -> Result<Self, DeltaFormatError> {
         if bytes.len() < DELTA_HEADER_LEN {
-            return Err(DeltaFormatError::Malformed("shorter than the 164-byte header"));
+            return Err(DeltaFormatError::Malformed(
+                "shorter than the 164-byte header",
+            ));
         }
         if bytes[0..4] != DELTA_MAGIC {
-            return Err(DeltaFormatError::Malformed("not a delta (magic is not WDL1)"));
+            return Err(DeltaFormatError::Malformed(
+                "not a delta (magic is not WDL1)",
+            ));
         }
         if u16::from_le_bytes([bytes[4], bytes[5]]) != DELTA_FORMAT {
-            return Err(DeltaFormatError::Malformed("unsupported delta format version"));
+            return Err(DeltaFormatError::Malformed(
+                "unsupported delta format version",
+            ));
         }
         if bytes[6] != ENGINE_BSDIFF_DEFLATE || bytes[7] != 0 {
             return Err(DeltaFormatError::Malformed("unknown patch engine"));
@@ -186,7 +191,6 @@ pub fn verify_delta_header(
         .map_err(|_| DeltaFormatError::SignatureInvalid)
 }
 
-
 /// Why a delta's header or trailer was refused (a flat `Copy` kind, as [`crate::ImageError`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -241,7 +245,10 @@ impl std::error::Error for DeltaFormatError {}
 /// Verify a whole delta held in memory: framing, the file's length, then as
 /// [`verify_delta_header`], then the patch's SHA-256. (The device verifies a delta
 /// streamed from disk: `warden_os::delta::verify_delta_reader`.)
-pub fn verify_delta(bytes: &[u8], trust: &crate::ImageTrust<'_>) -> Result<DeltaHeader, DeltaFormatError> {
+pub fn verify_delta(
+    bytes: &[u8],
+    trust: &crate::ImageTrust<'_>,
+) -> Result<DeltaHeader, DeltaFormatError> {
     let header = DeltaHeader::decode(bytes)?;
     if bytes.len() < DELTA_HEADER_LEN + TRAILER_LEN || header.delta_len() != bytes.len() as u64 {
         return Err(DeltaFormatError::Malformed(
@@ -291,12 +298,15 @@ mod tests {
         let mut bytes = near.encode().to_vec();
         bytes.resize(200, 0);
         assert!(matches!(
-            verify_delta(&bytes, &crate::ImageTrust {
-                roots: &[],
-                revoked: &[],
-                product: near.product,
-                min_security_counter: 0,
-            }),
+            verify_delta(
+                &bytes,
+                &crate::ImageTrust {
+                    roots: &[],
+                    revoked: &[],
+                    product: near.product,
+                    min_security_counter: 0,
+                }
+            ),
             Err(DeltaFormatError::Malformed(_))
         ));
     }

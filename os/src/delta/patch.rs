@@ -197,7 +197,13 @@ mod tests {
         let zeros = vec![0u8; 1 << 20];
         let base = [&code[..], &zeros, &code[..], &zeros[..4096]].concat();
         // The run shifted by 3 bytes and cut differently, a few bytes inside changed.
-        let mut target = [&code[..10_000], b"abc", &zeros[..(1 << 20) - 9000], &code[..]].concat();
+        let mut target = [
+            &code[..10_000],
+            b"abc",
+            &zeros[..(1 << 20) - 9000],
+            &code[..],
+        ]
+        .concat();
         for at in [15_000, 300_000, 700_000] {
             target[at] = 0x90;
         }

@@ -131,7 +131,9 @@ pub(super) async fn upload_delta(
         }
     }
     if record.base_sha256 == record.result_sha256 {
-        return Err(invalid("the delta's base and result are the same image".into()));
+        return Err(invalid(
+            "the delta's base and result are the same image".into(),
+        ));
     }
     if let Some(existing) = state.store.delta(&record.sha256).await? {
         return Ok((StatusCode::OK, Json(existing)));

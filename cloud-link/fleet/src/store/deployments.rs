@@ -149,7 +149,10 @@ impl Store {
     }
 
     /// Deltas, newest first: every one, or those producing the image `result_sha256`.
-    pub async fn deltas(&self, result_sha256: Option<&str>) -> Result<Vec<DeltaRecord>, StoreError> {
+    pub async fn deltas(
+        &self,
+        result_sha256: Option<&str>,
+    ) -> Result<Vec<DeltaRecord>, StoreError> {
         const COLUMNS: &str =
             "SELECT sha256, product, base_sha256, result_sha256, result_version, size, uploaded_ms
              FROM deltas";

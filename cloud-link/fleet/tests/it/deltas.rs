@@ -26,11 +26,7 @@ fn release_key(root: &SecretSigningKey) -> (SecretSigningKey, Vec<u8>) {
 
 /// A signed image whose payload is 64 KiB of "code" with `edit` written at 20 000 (a
 /// small change between releases).
-fn image(
-    release: &(SecretSigningKey, Vec<u8>),
-    version: (u32, u32, u32),
-    edit: &[u8],
-) -> Vec<u8> {
+fn image(release: &(SecretSigningKey, Vec<u8>), version: (u32, u32, u32), edit: &[u8]) -> Vec<u8> {
     let template = ImageHeader {
         product: ProductId::new(PRODUCT).expect("product"),
         version: SemanticVersion::new(version.0, version.1, version.2),
@@ -119,9 +115,16 @@ async fn a_device_on_the_base_is_offered_the_delta_and_one_on_another_base_the_f
 
     // A delta is refused until both its base and its result are known images.
     let (status, refused) = upload_delta(&fx, OPERATOR, delta.clone()).await;
-    assert_eq!((status, refused["field"].as_str()), (422, Some("delta")), "{refused}");
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (422, Some("delta")),
+        "{refused}"
+    );
     assert!(
-        refused["error"].as_str().unwrap_or_default().contains("was not uploaded"),
+        refused["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("was not uploaded"),
         "{refused}"
     );
     let mut shas = Vec::new();
@@ -137,9 +140,16 @@ async fn a_device_on_the_base_is_offered_the_delta_and_one_on_another_base_the_f
     let mut corrupted = delta.clone();
     corrupted[warden_image::delta::DELTA_HEADER_LEN + 10] ^= 0x01;
     let (status, refused) = upload_delta(&fx, OPERATOR, corrupted).await;
-    assert_eq!((status, refused["field"].as_str()), (422, Some("delta")), "{refused}");
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (422, Some("delta")),
+        "{refused}"
+    );
     assert!(
-        refused["error"].as_str().unwrap_or_default().contains("patch"),
+        refused["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("patch"),
         "{refused}"
     );
     let stranger = release_key(&SecretSigningKey::generate().expect("rng"));
@@ -148,10 +158,18 @@ async fn a_device_on_the_base_is_offered_the_delta_and_one_on_another_base_the_f
     let (status, refused) = upload_delta(&fx, OPERATOR, foreign).await;
     assert_eq!(status, 422, "{refused}");
     assert!(
-        refused["error"].as_str().unwrap_or_default().contains("certificate"),
+        refused["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("certificate"),
         "{refused}"
     );
-    assert_eq!(upload_delta(&fx, OPERATOR, b"WDL1 but not".to_vec()).await.0, 422);
+    assert_eq!(
+        upload_delta(&fx, OPERATOR, b"WDL1 but not".to_vec())
+            .await
+            .0,
+        422
+    );
     assert_eq!(upload_delta(&fx, VIEWER, delta.clone()).await.0, 403);
     let (_, listed) = fx.get(VIEWER, "/api/v1/deltas").await;
     assert_eq!(listed, json!([]));
@@ -170,7 +188,11 @@ async fn a_device_on_the_base_is_offered_the_delta_and_one_on_another_base_the_f
 
     let mut devices = Vec::new();
     for id in ids {
-        devices.push(SimulatedDevice::connect(&fx, id, id).await.expect("connects"));
+        devices.push(
+            SimulatedDevice::connect(&fx, id, id)
+                .await
+                .expect("connects"),
+        );
     }
     report_image(&fx, &mut devices[0], base_sha).await;
     report_image(&fx, &mut devices[1], other_sha).await;
@@ -223,8 +245,8 @@ async fn a_device_on_the_base_is_offered_the_delta_and_one_on_another_base_the_f
     assert_eq!(get(&url, None).await, (200, delta.clone()));
     let missing = format!("http://{}/deltas/{}", fx.fleet.http_address, "0".repeat(64));
     assert_eq!(get(&missing, None).await.0, 404);
-    let roots = [warden_image::RootKey::from_public_key(&fx.vendor_root.public_key())
-        .expect("root")];
+    let roots =
+        [warden_image::RootKey::from_public_key(&fx.vendor_root.public_key()).expect("root")];
     let trust = ImageTrust {
         roots: &roots,
         revoked: &[],
