@@ -150,9 +150,10 @@ enum Command {
 enum UpdateCommand {
     /// Install a signed image from a file (a USB stick, a laptop) through the running
     /// appliance: verified, gated and installed exactly as a fleet offer; the new slot
-    /// boots on trial and the result reaches the fleet when the link returns.
+    /// boots on trial and the result reaches the fleet when the link returns. A delta
+    /// (`.wdelta`) from the installed image is applied and its result verified as an image.
     Install {
-        /// The signed image (`.wim`).
+        /// The signed image (`.wim`) or delta (`.wdelta`).
         file: PathBuf,
         /// The appliance config (names `[updates] download_dir`, where the updater's
         /// socket is). Default: the config the running appliance was started with,

@@ -82,7 +82,8 @@ pub enum ImageCommand {
         min_counter: u64,
     },
     /// Build a signed delta that turns the signed image FROM into the signed image TO
-    /// (a device applies it to its installed FROM and verifies the result as TO).
+    /// (a device applies it to its installed FROM and verifies the result as TO). Needs
+    /// a build with the `delta-build` feature (the shipped binary only applies deltas).
     Delta {
         /// The base image (what devices run now).
         #[arg(long)]
@@ -231,7 +232,18 @@ impl ImageCommand {
                 cert,
                 output,
             } => {
+                #[cfg(not(feature = "delta-build"))]
+                {
+                    let _ = (from, to, key, cert, output);
+                    anyhow::bail!(
+                        "`warden image delta` needs the `delta-build` feature: this build applies \
+                         deltas but does not build them (release tooling: \
+                         `cargo build -p warden --features delta-build`)"
+                    );
+                }
+                #[cfg(feature = "delta-build")]
                 let header = crate::delta::build_delta_file(&from, &to, &key, &cert, &output)?;
+                #[cfg(feature = "delta-build")]
                 println!(
                     "delta {}: {} bytes for {} {} ({} bytes), base sha256 {}, result sha256 {}",
                     output.display(),

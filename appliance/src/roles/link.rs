@@ -120,6 +120,8 @@ pub fn start(
     // Offers: with `[updates]`, the updater takes them (download, the operator's gate,
     // install into the inactive slot) and judges this image's trial. Without, a unit
     // takes no updates and says so to the fleet at once.
+    // The image this unit runs, for the reported twin (set by the updater at start).
+    let installed_image = Arc::new(std::sync::OnceLock::<String>::new());
     match &config.updates {
         Some(updates_config) => {
             let link_status = Arc::clone(&status);
@@ -140,6 +142,7 @@ pub fn start(
                 health,
                 restart: grants.restart.clone(),
                 shutdown: shutdown.clone(),
+                installed_image: Arc::clone(&installed_image),
             };
             let agent = crate::updates::start(
                 updates_config,
@@ -203,7 +206,9 @@ pub fn start(
                     }
                 }
                 BridgesToLink::TwinReported(payload) => {
-                    if let Ok(reported) = payload.decode::<TwinReported>() {
+                    if let Ok(mut reported) = payload.decode::<TwinReported>() {
+                        // The bridges report the policy; the image is the updater's.
+                        reported.image_sha256 = installed_image.get().cloned();
                         bridges_control.send_or_log(&ControlMessage::TwinReported(reported));
                     }
                 }

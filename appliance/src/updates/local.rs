@@ -18,6 +18,12 @@
 //!    `local-` + 12 hex digits of its SHA-256) through the durable control queue: it
 //!    reaches the fleet when the link returns.
 //!
+//! The file may also be a delta (`warden image delta`, `.wdelta`) from the image the
+//! unit runs: verified likewise at step 2 (signature chain, product, the result's
+//! counter, the patch's digest) and refused at once unless its base is the installed
+//! image; the monitor then applies it into the inactive slot and verifies the result in
+//! full as an image before that slot may boot.
+//!
 //! The protocol: the client sends one JSON line [`LocalInstallRequest`] and then
 //! exactly `size` bytes; the updater answers JSON lines [`LocalInstallAnswer`] until a
 //! final one (`installed`, `refused`) or `waiting` (the image stays staged and installs
@@ -469,7 +475,7 @@ where
             return LocalInstallAnswer::refused(RefusalKind::Image, detail);
         }
     };
-    let version = header.version.to_string();
+    let version = header.version.clone();
     let offer = UpdateOffer {
         v: PROTOCOL_VERSION,
         id: id.clone(),
@@ -488,8 +494,14 @@ where
         &id,
         UpdateState::Verifying,
         format!(
-            "{} verified (version {version}, security counter {}); waiting for the update gate",
-            request.source, header.security_counter
+            "{} verified ({}version {version}, security counter {}); waiting for the update gate",
+            request.source,
+            if header.delta {
+                "a delta from the installed image to "
+            } else {
+                ""
+            },
+            header.security_counter
         ),
     );
     // Shown on the status page like an offer, so "allow" and "defer" apply to it.
@@ -692,13 +704,25 @@ where
     }
 }
 
+/// What a verified staged file installs: an image, or a delta's result.
+struct StagedRelease {
+    /// The (resulting) image's version.
+    version: String,
+    /// Its anti-rollback counter.
+    security_counter: u64,
+    /// Whether the file is a delta (`warden image delta`) to apply to the installed image.
+    delta: bool,
+}
+
 /// Verifies the staged image as the boot monitor's install will (vendor roots,
-/// revocations, product, anti-rollback counter, signature, payload) and returns its
-/// header, or what was wrong in words that name the unit's side too.
+/// revocations, product, anti-rollback counter, signature, payload) and returns what it
+/// installs, or what was wrong in words that name the unit's side too. A delta is
+/// verified likewise (its patch's digest for the payload) and its base must be the
+/// installed image; its result is verified in full as an image when it is installed.
 fn verify_staged<F: SlotFileSystem, R: BootRootOfTrust>(
     monitor: &mut BootMonitor<F, R>,
     path: &Path,
-) -> Result<ImageHeader, String> {
+) -> Result<StagedRelease, String> {
     let product = monitor.config().product;
     let trust_error = |error: warden_os::root_of_trust::RootOfTrustError| {
         format!("cannot read the unit's vendor roots and anti-rollback counter: {error}")
@@ -726,8 +750,38 @@ fn verify_staged<F: SlotFileSystem, R: BootRootOfTrust>(
         .metadata()
         .map_err(|e| format!("{}: {e}", path.display()))?
         .len();
+    if warden_os::delta::looks_like_delta(&mut file)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+    {
+        let header = warden_os::delta::verify_delta_reader(&mut file, len, &trust)
+            .map_err(|error| format!("delta: {error}"))?;
+        let installed = monitor
+            .installed_image_sha256()
+            .map_err(|error| format!("cannot read the installed image: {error}"))?;
+        return match installed {
+            Some(installed) if installed == header.base_sha256 => Ok(StagedRelease {
+                version: header.result_version.to_string(),
+                security_counter: header.result_security_counter,
+                delta: true,
+            }),
+            Some(installed) => Err(format!(
+                "the delta applies to image sha256 {}, this unit runs image {}; install the full image of version {} instead",
+                to_hex(&header.base_sha256),
+                to_hex(&installed),
+                header.result_version
+            )),
+            None => Err(format!(
+                "this unit has no installed image to apply the delta to; install the full image of version {} instead",
+                header.result_version
+            )),
+        };
+    }
     match verify_reader(&mut file, len, &trust, &mut |_| {}) {
-        Ok(verified) => Ok(*verified.header()),
+        Ok(verified) => Ok(StagedRelease {
+            version: verified.header().version.to_string(),
+            security_counter: verified.header().security_counter,
+            delta: false,
+        }),
         Err(ImageReadError::Image(error)) => {
             let header = read_header(path);
             Err(describe_refusal(error, header.as_ref(), product, counter))

@@ -72,6 +72,10 @@ pub struct UpdateContext {
     pub restart: Option<CancellationToken>,
     /// Stops everything.
     pub shutdown: CancellationToken,
+    /// Set at start to the SHA-256 (hex) of the installed image (the primary slot's
+    /// file), which the unit's reported twin carries so that the fleet can offer a delta
+    /// from it (`TwinReported::image_sha256`).
+    pub installed_image: Arc<std::sync::OnceLock<String>>,
 }
 
 /// How the updater reaches pluton.
@@ -146,7 +150,18 @@ where
         health,
         restart,
         shutdown,
+        installed_image,
     } = context;
+    let mut monitor = monitor;
+    match monitor.installed_image_sha256() {
+        Ok(Some(sha256)) => {
+            let _ = installed_image.set(warden_link::topics::to_hex(&sha256));
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the installed image; the fleet is offered no delta base");
+        }
+    }
     let booted_slot = warden_os::monitor::trial::slot_from_env();
     let trial_slot = warden_os::monitor::trial::trial_slot_from_env();
     let monitor = Arc::new(Mutex::new(monitor));

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
 use warden::updates::local::{self, LocalInstallAnswer, LocalInstallClient, RefusalKind};
 use warden::updates::report_boot_outcome;
@@ -275,6 +276,125 @@ async fn a_revocation_list_from_a_file_makes_the_unit_refuse_images_of_the_revok
     assert!(
         matches!(answer, LocalInstallAnswer::Installed { .. }),
         "{answer:?}"
+    );
+    shutdown.cancel();
+}
+
+/// `warden image delta` (the release tooling's command, in this test build) from the
+/// signed image at `from` to the one at `to`, signed with `to`'s release key.
+fn delta_file(from: &Path, to: &Path, output: &Path) -> Vec<u8> {
+    let path = |p: &Path| p.display().to_string();
+    let output_of = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["image", "delta", "--from", &path(&from.join("signed.wim"))])
+        .args(["--to", &path(&to.join("signed.wim"))])
+        .args(["--key", &path(&to.join("release.pem"))])
+        .args(["--cert", &path(&to.join("release.cert"))])
+        .args(["-o", &path(output)])
+        .output()
+        .expect("warden runs");
+    assert!(
+        output_of.status.success(),
+        "warden image delta: {}",
+        String::from_utf8_lossy(&output_of.stderr)
+    );
+    std::fs::read(output).expect("delta")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_from_a_file_installs_against_the_installed_image_and_only_that_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vendor = Vendor::new();
+    let (updater, monitor) = updater(dir.path(), &vendor, Arc::default());
+    let control = updater.control.clone();
+    let downloads = dir.path().join("downloads");
+    let listener = local::bind(&downloads).expect("socket");
+    let socket = local::socket_path(&downloads);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(local::serve(listener, updater, 8 << 20, shutdown.clone()));
+    let at = |name: &str| dir.path().join(name);
+    let base = vendor.image_for(&at("r1"), "1.2.0", PRODUCT, 2);
+    let new = vendor.image_for(&at("r2"), "1.3.0", PRODUCT, 2);
+    let _other = vendor.image_for(&at("r3"), "1.2.1", PRODUCT, 2);
+    let delta = delta_file(&at("r1"), &at("r2"), &at("1.2.0-1.3.0.wdelta"));
+    let wrong_base = delta_file(&at("r3"), &at("r2"), &at("1.2.1-1.3.0.wdelta"));
+    assert!(
+        delta.len() < new.len() / 4,
+        "a delta of {} bytes",
+        delta.len()
+    );
+
+    // Nothing installed yet: no base to apply it to.
+    let answer = install(&socket, &at("1.2.0-1.3.0.wdelta")).await;
+    let (reason, detail) = refusal(&answer);
+    assert_eq!(reason, RefusalKind::Image, "{detail}");
+    assert!(detail.contains("no installed image"), "{detail}");
+
+    // 1.2.0 from its image, booted and confirmed.
+    std::fs::write(at("base.wim"), &base).expect("file");
+    let answer = install(&socket, &at("base.wim")).await;
+    assert!(
+        matches!(answer, LocalInstallAnswer::Installed { .. }),
+        "{answer:?}"
+    );
+    let base_slot = {
+        let mut monitor = monitor.lock().expect("monitor");
+        let boot = monitor.select_boot().expect("boot");
+        monitor.confirm(boot.slot).expect("confirm");
+        boot.slot
+    };
+
+    // A delta from another base, and a corrupted one: refused by name, nothing changes.
+    let before = snapshot(dir.path().join("state").as_path());
+    let mut corrupted = delta.clone();
+    corrupted[200] ^= 0x01;
+    std::fs::write(at("corrupted.wdelta"), &corrupted).expect("file");
+    for (file, names) in [
+        ("1.2.1-1.3.0.wdelta", "the delta applies to image sha256"),
+        (
+            "corrupted.wdelta",
+            "patch does not match its signed SHA-256",
+        ),
+    ] {
+        let answer = install(&socket, &at(file)).await;
+        let (reason, detail) = refusal(&answer);
+        assert_eq!(reason, RefusalKind::Image, "{file}: {detail}");
+        assert!(detail.contains(names), "{file}: {detail}");
+        assert!(detail.contains("nothing was changed"), "{file}: {detail}");
+    }
+    assert_eq!(
+        snapshot(dir.path().join("state").as_path()),
+        before,
+        "a refused delta changed the slots or the boot state"
+    );
+    drop(wrong_base);
+
+    // The delta from 1.2.0: applied into the other slot, which boots 1.3.0 on trial.
+    let answer = install(&socket, &at("1.2.0-1.3.0.wdelta")).await;
+    let LocalInstallAnswer::Installed { version, slot, .. } = &answer else {
+        panic!("not installed: {answer:?}");
+    };
+    assert_eq!(version, "1.3.0");
+    assert_ne!(slot, &base_slot.to_string());
+    let verifying = update_statuses(&control)
+        .into_iter()
+        .rev()
+        .find(|s| s.state == "verifying")
+        .expect("a verifying status");
+    assert!(
+        verifying
+            .detail
+            .contains("a delta from the installed image"),
+        "{}",
+        verifying.detail
+    );
+    let mut monitor = monitor.lock().expect("monitor");
+    let boot = monitor.select_boot().expect("boot");
+    assert!(boot.trial && boot.slot != base_slot, "{boot:?}");
+    monitor.confirm(boot.slot).expect("confirm");
+    assert_eq!(
+        monitor.installed_image_sha256().expect("installed"),
+        Some(sha2::Sha256::digest(&new).into()),
+        "the slot holds exactly the 1.3.0 image"
     );
     shutdown.cancel();
 }

@@ -74,6 +74,12 @@ pub fn router(state: ApiState) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_IMAGE_UPLOAD)),
         )
         .route(
+            "/api/v1/deltas",
+            get(deployments::list_deltas)
+                .post(deployments::upload_delta)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_IMAGE_UPLOAD)),
+        )
+        .route(
             "/api/v1/deployments",
             get(deployments::list_deployments).post(deployments::create_deployment),
         )
@@ -94,6 +100,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route(HEALTH_PATH, get(health))
         .route("/images/{sha256}", get(deployments::download_image))
+        .route("/deltas/{sha256}", get(deployments::download_delta))
         .merge(api)
         .with_state(state)
         .layer(axum::middleware::map_response(hardening_headers))

@@ -5,14 +5,19 @@
 //! trusted devices, follows their update statuses and crash reports, and appends
 //! `wave-succeeded` (then the next `wave-started`, or `completed`) when the wave's
 //! success rate reaches the threshold, or `halted` when its failure rate does.
+//!
+//! Each offer names the full image, and beside it the uploaded delta whose base is the
+//! image the device reports it runs (its twin's `image_sha256`), if there is one: the
+//! device uses the delta when its installed image is that base and falls back to the
+//! full image otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use warden_wire::topics::{
-    PROTOCOL_VERSION, UPDATE_SOURCE_LOCAL, UpdateOffer, UpdateState, UpdateStatus, device_of_topic,
-    encode, update_offer_topic,
+    PROTOCOL_VERSION, TwinReported, UPDATE_SOURCE_LOCAL, UpdateOffer, UpdateOfferDelta,
+    UpdateState, UpdateStatus, device_of_topic, encode, update_offer_topic,
 };
 
 use crate::broker::{LocalPublisher, LocalSubscription};
@@ -309,6 +314,7 @@ impl Rollouts {
                 .await?
             {
                 Ok(()) => {
+                    let offer = self.with_delta(&offer, &member.device_id).await?;
                     self.store
                         .record_member_state(&deployment.id, &member.device_id, "offered", "", now)
                         .await?;
@@ -339,6 +345,43 @@ impl Rollouts {
         )
         .await?;
         Ok(true)
+    }
+
+    /// `offer` with the delta to its image from the image `device` reports it runs, if
+    /// one was uploaded; as it is otherwise.
+    async fn with_delta(
+        &self,
+        offer: &UpdateOffer,
+        device: &str,
+    ) -> Result<UpdateOffer, StoreError> {
+        let mut offer = offer.clone();
+        offer.delta = None;
+        let Some(installed) = self.reported_image(device).await? else {
+            return Ok(offer);
+        };
+        if installed == offer.sha256 {
+            return Ok(offer);
+        }
+        if let Some(delta) = self.store.delta_between(&installed, &offer.sha256).await? {
+            offer.delta = Some(UpdateOfferDelta {
+                url: format!("{}/deltas/{}", self.image_base_url, delta.sha256),
+                sha256: delta.sha256,
+                size: u64::try_from(delta.size).unwrap_or(0),
+                base_sha256: delta.base_sha256,
+            });
+        }
+        Ok(offer)
+    }
+
+    /// The image (whole-file SHA-256, hex) `device` last reported it runs, if it did.
+    async fn reported_image(&self, device: &str) -> Result<Option<String>, StoreError> {
+        let Some((_, Some(reported))) = self.store.twin(device).await? else {
+            return Ok(None);
+        };
+        Ok(TwinReported::decode(reported.as_bytes())
+            .ok()
+            .and_then(|reported| reported.image_sha256)
+            .filter(|sha256| crate::images::is_sha256_hex(sha256)))
     }
 
     /// Why a device may not be offered an update, if it may not.
@@ -457,6 +500,7 @@ impl Rollouts {
                         .map_or(i64::MAX as u64, |ms| u64::try_from(ms).unwrap_or(0)),
                     delta: None,
                 };
+                let offer = self.with_delta(&offer, &member.device_id).await?;
                 self.store
                     .record_member_state(
                         &deployment.id,

@@ -1,5 +1,5 @@
-//! Firmware images: verified on upload against the vendor roots, stored by SHA-256,
-//! served with HTTP range support.
+//! Firmware images and deltas between them: verified on upload against the vendor
+//! roots, stored by SHA-256, served with HTTP range support.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +7,11 @@ use sha2::{Digest, Sha256};
 use warden_image::{ChainError, ImageHeader, ImageTrust, RootKey, verify_image};
 use warden_wire::topics::{from_hex, to_hex};
 
-use warden_wire::fleet_api::ImageRecord;
+use warden_image::delta::{DeltaHeader, verify_delta};
+use warden_wire::fleet_api::{DeltaRecord, ImageRecord};
+
+/// The subdirectory of the image directory that holds deltas.
+const DELTA_DIR: &str = "deltas";
 
 /// Where images live and whom they must be signed by.
 #[derive(Debug, Clone)]
@@ -120,14 +124,64 @@ impl ImageStore {
         })
     }
 
-    /// Stores `bytes` as `sha256` (atomically: a temporary file renamed into place).
+    /// Verifies an uploaded delta (`warden image delta`'s `WDL1` file): framing, the
+    /// release-key chain to a vendor root, the header signature and the patch hash; its
+    /// product must be one of `products`. Whether its base and result are images the
+    /// fleet knows is the caller's check (the store's).
+    pub fn verify_delta(
+        &self,
+        bytes: &[u8],
+        products: &[String],
+        now_ms: i64,
+    ) -> Result<(DeltaRecord, DeltaHeader), ImageStoreError> {
+        let refused = |why: String| ImageStoreError::Refused(why);
+        if self.roots.is_empty() {
+            return Err(refused(
+                "the fleet has no vendor roots configured (images.vendor_roots); it accepts no delta"
+                    .into(),
+            ));
+        }
+        let header = DeltaHeader::decode(bytes).map_err(|e| refused(e.to_string()))?;
+        let product = header.product.to_string();
+        if !products.contains(&product) {
+            return Err(refused(format!(
+                "delta is for product {product:?}, which the fleet does not know"
+            )));
+        }
+        let trust = ImageTrust {
+            roots: &self.roots,
+            revoked: &[],
+            product: header.product,
+            min_security_counter: 0,
+        };
+        let header = verify_delta(bytes, &trust).map_err(|e| refused(e.to_string()))?;
+        Ok((
+            DeltaRecord {
+                sha256: to_hex(&Sha256::digest(bytes)),
+                product,
+                base_sha256: to_hex(&header.base_sha256),
+                result_sha256: to_hex(&header.result_sha256),
+                result_version: header.result_version.to_string(),
+                size: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+                uploaded_ms: now_ms,
+            },
+            header,
+        ))
+    }
+
+    /// Stores `bytes` as image `sha256` (atomically: a temporary file renamed into place).
     pub async fn save(&self, sha256: &str, bytes: &[u8]) -> Result<(), ImageStoreError> {
-        let io = |e| ImageStoreError::Io(self.dir.clone(), e);
-        tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
-        let path = self.path(sha256);
-        let temporary = self.dir.join(format!(".{sha256}.tmp"));
-        tokio::fs::write(&temporary, bytes).await.map_err(io)?;
-        tokio::fs::rename(&temporary, &path).await.map_err(io)
+        save_in(&self.dir, sha256, bytes).await
+    }
+
+    /// Stores `bytes` as delta `sha256`, as [`Self::save`] does an image.
+    pub async fn save_delta(&self, sha256: &str, bytes: &[u8]) -> Result<(), ImageStoreError> {
+        save_in(&self.dir.join(DELTA_DIR), sha256, bytes).await
+    }
+
+    /// The file of delta `sha256` (the caller checked it is 64 hex digits).
+    pub fn delta_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(DELTA_DIR).join(sha256)
     }
 
     /// The file of image `sha256` (the caller checked it is 64 hex digits).
@@ -139,6 +193,17 @@ impl ImageStore {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Stores `bytes` as `dir/sha256`, atomically (a temporary file renamed into place).
+async fn save_in(dir: &Path, sha256: &str, bytes: &[u8]) -> Result<(), ImageStoreError> {
+    let io = |e| ImageStoreError::Io(dir.to_owned(), e);
+    tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    let temporary = dir.join(format!(".{sha256}.tmp"));
+    tokio::fs::write(&temporary, bytes).await.map_err(io)?;
+    tokio::fs::rename(&temporary, dir.join(sha256))
+        .await
+        .map_err(io)
 }
 
 /// A byte range asked for with `Range: bytes=…`.

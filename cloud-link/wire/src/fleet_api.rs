@@ -23,8 +23,9 @@ pub use dashboard::{
     SignatureGroup, VersionCount, VersionReports, WaveProgress,
 };
 pub use deployments::{
-    DEPLOYMENTS_PATH, DeploymentEvent, DeploymentMember, DeploymentRequest, IMAGES_PATH,
-    ImageRecord, InvalidDeployment, StoredDeployment, WaveSize, deployment_path,
+    DELTAS_PATH, DEPLOYMENTS_PATH, DeltaRecord, DeploymentEvent, DeploymentMember,
+    DeploymentRequest, IMAGES_PATH, ImageRecord, InvalidDeployment, StoredDeployment, WaveSize,
+    deployment_path,
 };
 pub use error::ErrorBody;
 pub use registry::{

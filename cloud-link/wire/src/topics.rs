@@ -641,6 +641,12 @@ pub struct TwinReported {
     /// without the setting are absent. At most [`MAX_POINT_DECIMALS`] each.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub point_decimals: BTreeMap<String, u8>,
+    // Delta images (issue #27).
+    /// SHA-256 (hex) of the whole image file the unit booted (its primary slot), so the
+    /// fleet can offer a delta from it ([`UpdateOffer::delta`]); absent on a unit that
+    /// takes no updates or has no installed image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
 }
 
 /// The most decimal places a point may be shown with (`decimals` of a point; more than
@@ -862,8 +868,8 @@ pub struct UpdateOffer {
     pub window_start_ms: u64,
     /// Maintenance window: not after.
     pub window_end_ms: u64,
-    /// A delta to the same image from the image the fleet believes the device runs
-    /// (absent when the fleet has none for it). The device uses it only if its
+    /// A delta to the same image from the image the device runs (as its reported twin's
+    /// [`TwinReported::image_sha256`] says; absent when the fleet has none for it). The device uses it only if its
     /// installed image is the delta's base, and falls back to `url` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<UpdateOfferDelta>,

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "std")]
 pub mod build;
+pub mod delta;
 mod error;
 pub mod fuzz_harness;
 mod header;

@@ -10,7 +10,8 @@
 //! delta (streamed, as the device does), and the bytes over the link for a rollout to
 //! 100 devices with and without deltas (computed from the sizes: today a device
 //! downloads the `.wim` as it is). Needs `zstd` and
-//! `xdelta3` on PATH (Debian packages of the same names).
+//! `xdelta3` on PATH (Debian packages of the same names). Run with the builder:
+//! `cargo run --release -p warden-os --features delta-build --bin delta-bench -- …`.
 
 use std::io::{Cursor, Write as _};
 use std::path::Path;

@@ -9,8 +9,11 @@
 
 use std::io::{self, Write};
 
-/// The size of one record's control part.
-pub const CONTROL_LEN: usize = 24;
+pub use super::patch::CONTROL_LEN;
+
+/// Steps of the search loop that may slide one match byte by byte before it is taken
+/// (see `write_patch`): bounds the cost of runs of one byte to linear.
+const MAX_SLIDING: usize = 100;
 
 /// Length of the common prefix of `a` and `b`.
 fn match_len(a: &[u8], b: &[u8]) -> usize {
@@ -22,9 +25,10 @@ fn search(suffixes: &[i32], base: &[u8], target: &[u8]) -> (usize, usize) {
     let (mut start, mut end) = (0usize, suffixes.len() - 1);
     while end - start >= 2 {
         let middle = start + (end - start) / 2;
-        let suffix = &base[suffixes[middle] as usize..];
-        let common = suffix.len().min(target.len());
-        if suffix[..common] < target[..common] {
+        // Lexicographic, a shorter equal prefix sorting first (as the suffix array
+        // does): comparing only the common length sent a suffix that is a prefix of
+        // the target the wrong way and missed the longest match.
+        if base[suffixes[middle] as usize..] < *target {
             start = middle;
         } else {
             end = middle;
@@ -63,6 +67,8 @@ pub fn write_patch(base: &[u8], target: &[u8], out: &mut dyn Write) -> io::Resul
         let mut old_score = 0isize;
         scan += len;
         let mut score_scan = scan;
+        // Steps in a row whose best match was only a little better than the alignment.
+        let mut sliding = 0usize;
         while scan < target_len {
             let (found_pos, found_len) = search(&suffixes, base, &target[scan as usize..]);
             pos = found_pos as isize;
@@ -80,6 +86,20 @@ pub fn write_patch(base: &[u8], target: &[u8], out: &mut dyn Write) -> io::Resul
             }
             if scan + last_offset < base_len && old(scan + last_offset) == new(scan) {
                 old_score -= 1;
+            }
+            // The quadratic case (long runs of one byte, zero padding of executables):
+            // a long match at most 8 bytes better than the current alignment is found
+            // again at every step, one byte on, each search comparing it whole. After
+            // `MAX_SLIDING` such steps in a row the match is taken as it is (any match
+            // makes a correct patch; this one is nearly the best). The idea is
+            // ChromiumOS's fix of the same bsdiff hang.
+            if len > old_score && len <= old_score + 8 {
+                sliding += 1;
+                if sliding > MAX_SLIDING {
+                    break;
+                }
+            } else {
+                sliding = 0;
             }
             scan += 1;
         }

@@ -1,219 +1,39 @@
-//! The delta file `WDL1`: header, patch, release-key certificate and signature.
-//!
-//! ```text
-//! offset size field
-//!      0    4 magic "WDL1"
-//!      4    2 format version (1), little-endian
-//!      6    1 patch engine (1 = bsdiff-style records in one raw deflate stream)
-//!      7    1 reserved, 0
-//!      8   16 product ID (as in the image header)
-//!     24   32 SHA-256 of the whole base image file (the slot it applies to)
-//!     56    8 size of the base image file
-//!     64   32 SHA-256 of the whole result image file
-//!     96    8 size of the result image file
-//!    104   12 result version: major, minor, patch (u32 each)
-//!    116    8 result security counter
-//!    124    8 patch length
-//!    132   32 SHA-256 of the patch
-//!    164      patch (patch length bytes)
-//!             release-key certificate (147 bytes, WKC1), as in images
-//!             signature (64 bytes) over SHA-256 of the header, domain IMAGE_DELTA
-//! ```
-//!
-//! The signature covers the header, and the header covers the patch by its digest. The
-//! result is an ordinary image: the device verifies it in full before it installs it.
+//! The delta file `WDL1`: its format lives beside the image format
+//! ([`warden_image::delta`]), which the fleet shares; here, its errors as the device's.
 
-use sha2::{Digest, Sha256};
-use warden_image::{ProductId, SemanticVersion, TRAILER_LEN};
-use warden_keychain::{CERT_LEN, Purpose, SIGNATURE_LEN, domain};
+pub use warden_image::delta::{
+    DELTA_DOMAIN, DELTA_FORMAT, DELTA_HEADER_LEN, DELTA_MAGIC, DeltaFormatError, DeltaHeader,
+    ENGINE_BSDIFF_DEFLATE,
+};
 
 use crate::delta::error::DeltaError;
 
-/// The magic at the start of every delta.
-pub const DELTA_MAGIC: [u8; 4] = *b"WDL1";
-/// The delta format version this code reads and writes.
-pub const DELTA_FORMAT: u16 = 1;
-/// Patch engine 1: bsdiff-style records (`add`, `copy`, `seek`) in a raw deflate stream.
-pub const ENGINE_BSDIFF_DEFLATE: u8 = 1;
-/// The header's size in bytes.
-pub const DELTA_HEADER_LEN: usize = 164;
-/// The signature domain of deltas (distinct from images, so neither verifies as the other).
-pub const DELTA_DOMAIN: &[u8] = domain::IMAGE_DELTA;
-
-/// The identity and integrity fields of a delta.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeltaHeader {
-    /// Product of both images.
-    pub product: ProductId,
-    /// SHA-256 of the whole base image file.
-    pub base_sha256: [u8; 32],
-    /// Size of the base image file.
-    pub base_len: u64,
-    /// SHA-256 of the whole result image file.
-    pub result_sha256: [u8; 32],
-    /// Size of the result image file.
-    pub result_len: u64,
-    /// The result's version (its signed header is what counts).
-    pub result_version: SemanticVersion,
-    /// The result's security counter (its signed header is what counts).
-    pub result_security_counter: u64,
-    /// Size of the patch.
-    pub patch_len: u64,
-    /// SHA-256 of the patch.
-    pub patch_sha256: [u8; 32],
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(word)
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(word)
-}
-
-fn array_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
-    let mut array = [0u8; N];
-    array.copy_from_slice(&bytes[at..at + N]);
-    array
-}
-
-impl DeltaHeader {
-    /// The header's bytes (what is signed, by its SHA-256).
-    pub fn encode(&self) -> [u8; DELTA_HEADER_LEN] {
-        let mut out = [0u8; DELTA_HEADER_LEN];
-        out[0..4].copy_from_slice(&DELTA_MAGIC);
-        out[4..6].copy_from_slice(&DELTA_FORMAT.to_le_bytes());
-        out[6] = ENGINE_BSDIFF_DEFLATE;
-        out[8..24].copy_from_slice(&self.product.0);
-        out[24..56].copy_from_slice(&self.base_sha256);
-        out[56..64].copy_from_slice(&self.base_len.to_le_bytes());
-        out[64..96].copy_from_slice(&self.result_sha256);
-        out[96..104].copy_from_slice(&self.result_len.to_le_bytes());
-        out[104..108].copy_from_slice(&self.result_version.major.to_le_bytes());
-        out[108..112].copy_from_slice(&self.result_version.minor.to_le_bytes());
-        out[112..116].copy_from_slice(&self.result_version.patch.to_le_bytes());
-        out[116..124].copy_from_slice(&self.result_security_counter.to_le_bytes());
-        out[124..132].copy_from_slice(&self.patch_len.to_le_bytes());
-        out[132..164].copy_from_slice(&self.patch_sha256);
-        out
-    }
-
-    /// Decode a header; refuses another magic, format, engine or a non-zero reserved byte.
-    pub fn decode(bytes: &[u8]) -> Result<Self, DeltaError> {
-        if bytes.len() < DELTA_HEADER_LEN {
-            return Err(DeltaError::Malformed("shorter than the 164-byte header"));
+impl From<DeltaFormatError> for DeltaError {
+    fn from(error: DeltaFormatError) -> Self {
+        match error {
+            DeltaFormatError::Malformed(what) => Self::Malformed(what),
+            DeltaFormatError::WrongProduct { delta, device } => Self::WrongProduct {
+                delta: delta.to_string(),
+                device: device.to_string(),
+            },
+            DeltaFormatError::CounterTooLow { delta, device } => {
+                Self::CounterTooLow { delta, device }
+            }
+            DeltaFormatError::Certificate(error) => Self::Certificate(error),
+            DeltaFormatError::SignatureInvalid => Self::SignatureInvalid,
+            DeltaFormatError::PatchHashMismatch => Self::PatchHashMismatch,
+            // `DeltaFormatError` is non-exhaustive: a kind added there is framing here
+            // until it has its own variant.
+            _ => Self::Malformed("refused by the delta format"),
         }
-        if bytes[0..4] != DELTA_MAGIC {
-            return Err(DeltaError::Malformed("not a delta (magic is not WDL1)"));
-        }
-        if u16::from_le_bytes([bytes[4], bytes[5]]) != DELTA_FORMAT {
-            return Err(DeltaError::Malformed("unsupported delta format version"));
-        }
-        if bytes[6] != ENGINE_BSDIFF_DEFLATE || bytes[7] != 0 {
-            return Err(DeltaError::Malformed("unknown patch engine"));
-        }
-        Ok(Self {
-            product: ProductId(array_at(bytes, 8)),
-            base_sha256: array_at(bytes, 24),
-            base_len: u64_at(bytes, 56),
-            result_sha256: array_at(bytes, 64),
-            result_len: u64_at(bytes, 96),
-            result_version: SemanticVersion::new(
-                u32_at(bytes, 104),
-                u32_at(bytes, 108),
-                u32_at(bytes, 112),
-            ),
-            result_security_counter: u64_at(bytes, 116),
-            patch_len: u64_at(bytes, 124),
-            patch_sha256: array_at(bytes, 132),
-        })
-    }
-
-    /// SHA-256 of the encoded header: what the release key signs.
-    pub fn digest(&self) -> [u8; 32] {
-        Sha256::digest(self.encode()).into()
-    }
-
-    /// The size of the whole delta file.
-    pub fn delta_len(&self) -> u64 {
-        (DELTA_HEADER_LEN + TRAILER_LEN) as u64 + self.patch_len
     }
 }
 
-/// Verify a delta header's trailer (certificate then signature) against `trust`: the
-/// product, the result's counter against the anti-rollback counter, the release key's
-/// chain for images (revocation included), then the signature over the header.
+/// Verify a delta header's trailer against `trust` ([`warden_image::delta::verify_delta_header`]).
 pub fn verify_delta_header(
     header: &DeltaHeader,
     trailer: &[u8],
     trust: &warden_image::ImageTrust<'_>,
 ) -> Result<(), DeltaError> {
-    if header.product != trust.product {
-        return Err(DeltaError::WrongProduct {
-            delta: header.product.to_string(),
-            device: trust.product.to_string(),
-        });
-    }
-    if header.result_security_counter < trust.min_security_counter {
-        return Err(DeltaError::CounterTooLow {
-            delta: header.result_security_counter,
-            device: trust.min_security_counter,
-        });
-    }
-    if trailer.len() != TRAILER_LEN {
-        return Err(DeltaError::Malformed(
-            "trailer is not certificate + signature",
-        ));
-    }
-    let (cert, signature) = trailer.split_at(CERT_LEN);
-    let signature = <&[u8; SIGNATURE_LEN]>::try_from(signature)
-        .map_err(|_| DeltaError::Malformed("signature is not 64 bytes"))?;
-    let release_key =
-        warden_keychain::verify_release_key(cert, trust.roots, trust.revoked, Purpose::IMAGE)
-            .map_err(DeltaError::Certificate)?;
-    release_key
-        .verify(DELTA_DOMAIN, &header.digest(), signature)
-        .map_err(|_| DeltaError::SignatureInvalid)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn header() -> DeltaHeader {
-        DeltaHeader {
-            product: ProductId::new("press-guardian").expect("product"),
-            base_sha256: [1; 32],
-            base_len: 1000,
-            result_sha256: [2; 32],
-            result_len: 2000,
-            result_version: SemanticVersion::new(1, 2, 3),
-            result_security_counter: 7,
-            patch_len: 99,
-            patch_sha256: [3; 32],
-        }
-    }
-
-    #[test]
-    fn header_round_trips_and_every_field_is_placed() {
-        let encoded = header().encode();
-        assert_eq!(DeltaHeader::decode(&encoded).expect("decode"), header());
-        assert_eq!(&encoded[..4], b"WDL1");
-        assert_eq!(header().delta_len(), 164 + 147 + 64 + 99);
-    }
-
-    #[test]
-    fn header_refuses_other_magic_format_engine_and_short_input() {
-        let encoded = header().encode();
-        assert!(DeltaHeader::decode(&encoded[..163]).is_err());
-        for at in [0, 4, 6, 7] {
-            let mut bad = encoded;
-            bad[at] ^= 0x40;
-            assert!(DeltaHeader::decode(&bad).is_err(), "byte {at} changed");
-        }
-    }
+    warden_image::delta::verify_delta_header(header, trailer, trust).map_err(DeltaError::from)
 }

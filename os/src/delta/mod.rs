@@ -6,21 +6,26 @@
 //! result in full ([`crate::boot::BootMonitor::install_delta`]) before it may boot.
 //! Why this engine (bsdiff-style records, raw deflate): BENCHMARKS.md, *Delta images*.
 
+#[cfg(feature = "delta-build")]
 pub mod diff;
 mod error;
 pub mod format;
 pub mod patch;
 
 use std::io::{self, Read, SeekFrom, Write};
-use std::path::Path;
 
-use flate2::Compression;
 use flate2::read::DeflateDecoder;
-use flate2::write::DeflateEncoder;
 use sha2::{Digest, Sha256};
-use warden_image::build::check_release_cert;
-use warden_image::{ImageHeader, ImageTrust, TRAILER_LEN};
-use warden_keychain::tooling::{SecretSigningKey, load_secret_key, sign};
+use warden_image::{ImageTrust, TRAILER_LEN};
+#[cfg(feature = "delta-build")]
+use {
+    flate2::Compression,
+    flate2::write::DeflateEncoder,
+    std::path::Path,
+    warden_image::ImageHeader,
+    warden_image::build::check_release_cert,
+    warden_keychain::tooling::{SecretSigningKey, load_secret_key, sign},
+};
 
 pub use error::DeltaError;
 pub use format::{DELTA_HEADER_LEN, DELTA_MAGIC, DeltaHeader, verify_delta_header};
@@ -35,12 +40,14 @@ fn io_on(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> DeltaError {
 }
 
 /// Compress a patch for `base` → `target` (the delta's body).
+#[cfg(feature = "delta-build")]
 pub fn compressed_patch(base: &[u8], target: &[u8]) -> io::Result<Vec<u8>> {
     let mut encoder = DeflateEncoder::new(Vec::new(), Compression::best());
     diff::write_patch(base, target, &mut encoder)?;
     encoder.finish()
 }
 
+#[cfg(feature = "delta-build")]
 fn signed_image_header(path: &Path, bytes: &[u8]) -> Result<ImageHeader, DeltaError> {
     let input = |reason: String| DeltaError::Input {
         path: path.to_owned(),
@@ -58,6 +65,7 @@ fn signed_image_header(path: &Path, bytes: &[u8]) -> Result<ImageHeader, DeltaEr
 /// Build the delta turning the signed image `base` into the signed image `target`, signed
 /// with `release_key` and its certificate `cert` (147 bytes, WKC1). Returns the header
 /// and the whole delta file.
+#[cfg(feature = "delta-build")]
 pub fn build_delta(
     base: &[u8],
     target: &[u8],
@@ -101,6 +109,7 @@ pub fn build_delta(
 /// [`build_delta`] on files: the signed images `from` and `to`, the release key in
 /// `key_file` (PKCS#8 PEM) and its certificate `cert_file`, as `warden image sign`
 /// takes them; the delta is written atomically to `output`.
+#[cfg(feature = "delta-build")]
 pub fn build_delta_file(
     from: &Path,
     to: &Path,
@@ -154,7 +163,7 @@ pub fn read_delta_header(reader: &mut dyn ReadSeek) -> Result<DeltaHeader, Delta
                 source: error,
             },
         })?;
-    DeltaHeader::decode(&bytes)
+    DeltaHeader::decode(&bytes).map_err(DeltaError::from)
 }
 
 /// Whether the file starts like a delta (its magic), not an image.

@@ -1,4 +1,4 @@
-//! Image and deployment endpoints, and content-addressed image downloads.
+//! Image, delta and deployment endpoints, and content-addressed downloads.
 
 use axum::Extension;
 use axum::Json;
@@ -15,7 +15,7 @@ use crate::clock::now_ms;
 use crate::deployments::{NO_UPDATES_GROUP, assign_waves};
 use crate::images::{ImageStoreError, RangeRequest, is_sha256_hex, parse_range};
 use crate::store::NewDeployment;
-use warden_wire::fleet_api::{DeploymentRequest, ImageRecord, StoredDeployment};
+use warden_wire::fleet_api::{DeltaRecord, DeploymentRequest, ImageRecord, StoredDeployment};
 
 pub(super) async fn upload_image(
     State(state): State<ApiState>,
@@ -80,6 +80,86 @@ pub(super) async fn list_images(
     Ok(Json(state.store.images().await?))
 }
 
+/// `POST /api/v1/deltas`: a delta (`warden image delta`), verified (signature chain to
+/// a vendor root, the patch's digest) and refused unless its base and its result are
+/// uploaded images of its product whose sizes and version match its signed header (a
+/// device applies a delta only to its installed base and verifies the result as that
+/// image: a delta between images the fleet does not know could never be offered).
+pub(super) async fn upload_delta(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<DeltaRecord>), ApiError> {
+    let invalid = |message: String| ApiError::Invalid {
+        field: "delta",
+        message,
+    };
+    let products: Vec<String> = state
+        .store
+        .products()
+        .await?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    let (images, bytes) = (state.images.clone(), body.clone());
+    let (record, header) =
+        tokio::task::spawn_blocking(move || images.verify_delta(&bytes, &products, now_ms()))
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(|error| invalid(error.to_string()))?;
+    for (role, sha256, len) in [
+        ("base", &record.base_sha256, header.base_len),
+        ("result", &record.result_sha256, header.result_len),
+    ] {
+        let Some(image) = state.store.image(sha256).await? else {
+            return Err(invalid(format!(
+                "the delta's {role} is image {sha256}, which was not uploaded \
+                 (upload it to /api/v1/images first)"
+            )));
+        };
+        if image.product != record.product || u64::try_from(image.size).ok() != Some(len) {
+            return Err(invalid(format!(
+                "the delta's {role} names image {sha256} of {len} bytes for {}, but that \
+                 image is {} bytes for {}",
+                record.product, image.size, image.product
+            )));
+        }
+        if role == "result" && image.version != record.result_version {
+            return Err(invalid(format!(
+                "the delta says its result is version {}, image {sha256} is {}",
+                record.result_version, image.version
+            )));
+        }
+    }
+    if record.base_sha256 == record.result_sha256 {
+        return Err(invalid(
+            "the delta's base and result are the same image".into(),
+        ));
+    }
+    if let Some(existing) = state.store.delta(&record.sha256).await? {
+        return Ok((StatusCode::OK, Json(existing)));
+    }
+    state
+        .images
+        .save_delta(&record.sha256, &body)
+        .await
+        .map_err(|error| match error {
+            ImageStoreError::Io(..) => {
+                tracing::error!(%error, "cannot store a delta");
+                ApiError::Internal
+            }
+            ImageStoreError::Refused(message) => invalid(message),
+        })?;
+    state.store.insert_delta(&record).await?;
+    tracing::info!(sha256 = %record.sha256, base = %record.base_sha256, result = %record.result_sha256, size = record.size, "delta uploaded");
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+pub(super) async fn list_deltas(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<DeltaRecord>>, ApiError> {
+    Ok(Json(state.store.deltas(None).await?))
+}
+
 /// Bytes read from an image file per chunk of a download's body: what one download
 /// holds in memory besides the socket's buffers.
 pub const DOWNLOAD_CHUNK: usize = 64 * 1024;
@@ -99,6 +179,32 @@ pub(super) async fn download_image(
     if !is_sha256_hex(&sha256) {
         return Err(ApiError::NotFound(format!("no image {sha256}")));
     }
+    let path = state.images.path(&sha256);
+    download(&state, path, "image", &sha256, &headers).await
+}
+
+/// `GET /deltas/{sha256}`: a delta file, served as [`download_image`] serves images
+/// (content-addressed, ranges, public, the same download slots).
+pub(super) async fn download_delta(
+    State(state): State<ApiState>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !is_sha256_hex(&sha256) {
+        return Err(ApiError::NotFound(format!("no delta {sha256}")));
+    }
+    let path = state.images.delta_path(&sha256);
+    download(&state, path, "delta", &sha256, &headers).await
+}
+
+/// A stored file `path` (named `sha256`), whole or one byte range, streamed.
+async fn download(
+    state: &ApiState,
+    path: std::path::PathBuf,
+    what: &str,
+    sha256: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let Ok(permit) = std::sync::Arc::clone(&state.downloads).try_acquire_owned() else {
         return Ok(ApiError::Busy {
             what: "image downloads".into(),
@@ -106,10 +212,9 @@ pub(super) async fn download_image(
         }
         .into_response());
     };
-    let path = state.images.path(&sha256);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
-        Err(_) => return Err(ApiError::NotFound(format!("no image {sha256}"))),
+        Err(_) => return Err(ApiError::NotFound(format!("no {what} {sha256}"))),
     };
     let size = file.metadata().await.map_err(|_| ApiError::Internal)?.len();
     let range = parse_range(

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use sqlx::Row;
-use warden_wire::fleet_api::{DeploymentEvent, DeploymentMember, ImageRecord, StoredDeployment};
+use warden_wire::fleet_api::{
+    DeltaRecord, DeploymentEvent, DeploymentMember, ImageRecord, StoredDeployment,
+};
 
 use super::core::{Store, StoreError, WriteStatement as _};
 
@@ -125,6 +127,101 @@ impl Store {
             .await?
             .into_iter()
             .find(|i| i.sha256 == sha256))
+    }
+
+    /// Records a delta; `false` if it was there already.
+    pub async fn insert_delta(&self, delta: &DeltaRecord) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO deltas (sha256, product, base_sha256, result_sha256, result_version, size, uploaded_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(&delta.sha256)
+        .bind(&delta.product)
+        .bind(&delta.base_sha256)
+        .bind(&delta.result_sha256)
+        .bind(&delta.result_version)
+        .bind(delta.size)
+        .bind(delta.uploaded_ms)
+        .execute_write(self)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// Deltas, newest first: every one, or those producing the image `result_sha256`.
+    pub async fn deltas(
+        &self,
+        result_sha256: Option<&str>,
+    ) -> Result<Vec<DeltaRecord>, StoreError> {
+        const COLUMNS: &str =
+            "SELECT sha256, product, base_sha256, result_sha256, result_version, size, uploaded_ms
+             FROM deltas";
+        let rows = match result_sha256 {
+            Some(result) => {
+                sqlx::query(&format!(
+                    "{COLUMNS} WHERE result_sha256 = $1 ORDER BY uploaded_ms DESC, sha256"
+                ))
+                .bind(result)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("{COLUMNS} ORDER BY uploaded_ms DESC, sha256"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(DeltaRecord {
+                    sha256: row.try_get(0)?,
+                    product: row.try_get(1)?,
+                    base_sha256: row.try_get(2)?,
+                    result_sha256: row.try_get(3)?,
+                    result_version: row.try_get(4)?,
+                    size: row.try_get(5)?,
+                    uploaded_ms: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One delta.
+    pub async fn delta(&self, sha256: &str) -> Result<Option<DeltaRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT sha256, product, base_sha256, result_sha256, result_version, size, uploaded_ms
+             FROM deltas WHERE sha256 = $1",
+        )
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(DeltaRecord {
+                sha256: row.try_get(0)?,
+                product: row.try_get(1)?,
+                base_sha256: row.try_get(2)?,
+                result_sha256: row.try_get(3)?,
+                result_version: row.try_get(4)?,
+                size: row.try_get(5)?,
+                uploaded_ms: row.try_get(6)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The delta from the image `base_sha256` to the image `result_sha256`, if one was
+    /// uploaded (the smallest, should there be several).
+    pub async fn delta_between(
+        &self,
+        base_sha256: &str,
+        result_sha256: &str,
+    ) -> Result<Option<DeltaRecord>, StoreError> {
+        Ok(self
+            .deltas(Some(result_sha256))
+            .await?
+            .into_iter()
+            .filter(|d| d.base_sha256 == base_sha256)
+            .min_by_key(|d| d.size))
     }
 
     /// Creates a deployment with its members and its `created` event, atomically.

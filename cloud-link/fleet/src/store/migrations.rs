@@ -360,4 +360,21 @@ pub(super) const MIGRATIONS: &[(i64, Migration)] = &[
             postgres: MIGRATION_13_POSTGRES,
         },
     ),
+    (
+        14,
+        // Delta images (issue #27): verified deltas stored beside the images, found by
+        // the image they produce and the one they apply to.
+        Migration::Both(
+            "CREATE TABLE deltas (
+        sha256 TEXT PRIMARY KEY,
+        product TEXT NOT NULL,
+        base_sha256 TEXT NOT NULL,
+        result_sha256 TEXT NOT NULL,
+        result_version TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        uploaded_ms BIGINT NOT NULL
+    );
+    CREATE INDEX deltas_by_result ON deltas (result_sha256, base_sha256)",
+        ),
+    ),
 ];

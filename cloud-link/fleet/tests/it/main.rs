@@ -2,6 +2,7 @@
 
 mod attestation;
 mod dashboard;
+mod deltas;
 mod openapi;
 mod operations;
 mod postgres;

@@ -18,13 +18,14 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use warden_wire::fleet_api::{
     Attestation, AuditLine, AuditQuery, CommandView, Connectivity, CrashRate, DashboardDevice,
-    DeploymentEvent, DeploymentMember, DeploymentProgress, DeploymentRequest, DesiredRequest,
-    Device, DeviceCertificate, DeviceDetail, DevicePageQuery, DeviceRow, DeviceView, DevicesQuery,
-    EnrollmentRequest, ErrorBody, EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest,
-    ImageRecord, ProductRequest, ProductView, RegisterRequest, RegisterResponse, RegisteredDevice,
-    ReportBucket, ReportGroup, ReportGroupsQuery, ReportsQuery, SeenDevice, SignatureGroup,
-    StoredDeployment, StoredEvent, StoredReading, StoredReport, TelemetryQuery, TelemetryResponse,
-    TwinView, VersionCount, VersionReports, WaveProgress, WaveSize, WriteRequest,
+    DeltaRecord, DeploymentEvent, DeploymentMember, DeploymentProgress, DeploymentRequest,
+    DesiredRequest, Device, DeviceCertificate, DeviceDetail, DevicePageQuery, DeviceRow,
+    DeviceView, DevicesQuery, EnrollmentRequest, ErrorBody, EventsQuery, FleetCounts, FleetSummary,
+    Group, GroupRequest, ImageRecord, ProductRequest, ProductView, RegisterRequest,
+    RegisterResponse, RegisteredDevice, ReportBucket, ReportGroup, ReportGroupsQuery, ReportsQuery,
+    SeenDevice, SignatureGroup, StoredDeployment, StoredEvent, StoredReading, StoredReport,
+    TelemetryQuery, TelemetryResponse, TwinView, VersionCount, VersionReports, WaveProgress,
+    WaveSize, WriteRequest,
 };
 use warden_wire::value::Value as PointValue;
 
@@ -654,6 +655,18 @@ fn the_document_describes_every_wire_type_of_the_api() {
             uploaded_ms: 6,
         }],
     ));
+    problems.extend(response(
+        "Delta",
+        &[DeltaRecord {
+            sha256: "ef".repeat(32),
+            product: "gw".into(),
+            base_sha256: "01".repeat(32),
+            result_sha256: "ab".repeat(32),
+            result_version: "1.2.4".into(),
+            size: 512,
+            uploaded_ms: 7,
+        }],
+    ));
     problems.extend(request("DeploymentRequest", &deployment_request()));
     problems.extend(response("DeploymentEvent", &[deployment_event()]));
     problems.extend(response(
@@ -816,6 +829,7 @@ fn the_document_names_no_schema_without_a_wire_type() {
         "Event",
         "AuditLine",
         "Image",
+        "Delta",
         // Checked inside DeploymentRequest's sample (a `oneOf` of one-field objects).
         "WaveSize",
         "DeploymentRequest",
@@ -1040,6 +1054,26 @@ fn operations() -> Vec<Operation> {
                 ("503", "Error"),
             ],
         ),
+        operation("get", "/api/v1/deltas", None, &[("200", "[Delta]")]),
+        // The body is the signed delta's bytes (application/octet-stream).
+        operation(
+            "post",
+            "/api/v1/deltas",
+            None,
+            &[("201", "Delta"), ("200", "Delta"), ("422", "Error")],
+        ),
+        operation(
+            "get",
+            "/deltas/{sha256}",
+            None,
+            &[
+                ("200", "-"),
+                ("206", "-"),
+                ("404", "-"),
+                ("416", "-"),
+                ("503", "Error"),
+            ],
+        ),
         operation(
             "get",
             "/api/v1/deployments",
@@ -1126,7 +1160,7 @@ fn describe(schema: Option<&Value>) -> String {
 }
 
 /// `(method, path)` of every route the fleet's API source registers under `/api/` or
-/// `/images/` (the dashboard's pages and `/metrics` are not part of the API).
+/// `/images/` or `/deltas/` (the dashboard's pages and `/metrics` are not part of the API).
 fn routed() -> BTreeSet<(String, String)> {
     let sources = [
         include_str!("../../src/api.rs"),
@@ -1156,7 +1190,10 @@ fn routed() -> BTreeSet<(String, String)> {
             let Some(path) = call.split('"').nth(1) else {
                 continue;
             };
-            if !(path.starts_with("/api/") || path.starts_with("/images/")) {
+            if !(path.starts_with("/api/")
+                || path.starts_with("/images/")
+                || path.starts_with("/deltas/"))
+            {
                 continue;
             }
             for method in ["get", "post", "put", "delete", "patch"] {

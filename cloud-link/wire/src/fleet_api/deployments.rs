@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// Path of the image collection (`GET`, `POST` with the signed image's bytes).
 pub const IMAGES_PATH: &str = "/api/v1/images";
+/// Where deltas are uploaded and listed ([`DeltaRecord`]).
+pub const DELTAS_PATH: &str = "/api/v1/deltas";
 
 /// Path of the deployment collection (`GET`, `POST` with [`DeploymentRequest`]).
 pub const DEPLOYMENTS_PATH: &str = "/api/v1/deployments";
@@ -29,6 +31,27 @@ pub struct ImageRecord {
     pub security_counter: i64,
     /// The measurement a device's boot records for it, hex.
     pub measurement: String,
+    /// When it was uploaded.
+    pub uploaded_ms: i64,
+}
+
+/// An uploaded, verified delta (`GET`/`POST /api/v1/deltas`): `warden image delta`'s
+/// file, turning the image `base_sha256` into the image `result_sha256`, both uploaded
+/// images of the same product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRecord {
+    /// SHA-256 of the whole delta file, hex (its download name, `/deltas/{sha256}`).
+    pub sha256: String,
+    /// Product (from the signed header).
+    pub product: String,
+    /// SHA-256 of the image it applies to, hex.
+    pub base_sha256: String,
+    /// SHA-256 of the image it produces, hex.
+    pub result_sha256: String,
+    /// The result's semantic version.
+    pub result_version: String,
+    /// Size of the delta file in bytes.
+    pub size: i64,
     /// When it was uploaded.
     pub uploaded_ms: i64,
 }
