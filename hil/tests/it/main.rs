@@ -8,6 +8,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 
+mod certificate_renewal;
 mod control_durability;
 mod fleet_cluster;
 mod fleet_dashboard;

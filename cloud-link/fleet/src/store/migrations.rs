@@ -360,4 +360,21 @@ pub(super) const MIGRATIONS: &[(i64, Migration)] = &[
             postgres: MIGRATION_13_POSTGRES,
         },
     ),
+    (
+        14,
+        // Certificate renewal (`crate::renewal`): per device, the certificate issued
+        // and not yet used (accepted beside the registered one until the device first
+        // connects with it) and the last outcome, for the device page.
+        Migration::Both(
+            "CREATE TABLE certificate_renewals (
+        device_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        fingerprint TEXT,
+        certificate_pem TEXT,
+        not_after_ms BIGINT,
+        updated_ms BIGINT NOT NULL
+    )",
+        ),
+    ),
 ];

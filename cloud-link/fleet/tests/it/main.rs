@@ -179,6 +179,7 @@ async fn fleet_with(
         telemetry: warden_fleet::TelemetryConfig::default(),
         metrics: warden_fleet::MetricsConfig::default(),
         instance_id: None,
+        certificates: Default::default(),
     };
     let mut config = config;
     adjust(&mut config);
