@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use warden_link::agent::CertificateRenewalStatus;
 use warden_link::validity::{CertificateStanding, utc_text};
 
 use crate::state::unit_facts::CertificateView;
@@ -14,6 +15,20 @@ use crate::state::unit_facts::CertificateView;
 /// `(not_before, not_after)` of a DER X.509 certificate, seconds since the epoch (the
 /// DER walk is the link's, which reads it to know when to renew).
 pub use warden_link::certificate_fields::validity;
+
+/// The certificate the link connects with, as the link read it: after a renewal over
+/// the link that is the renewed one (in the link's own state), not `link.device_cert`.
+/// `None` until the link has read one.
+pub fn link_certificate_view(link: &CertificateRenewalStatus) -> Option<CertificateView> {
+    let (not_before_ms, not_after_ms) = (link.not_before_ms?, link.not_after_ms?);
+    Some(CertificateView {
+        not_before: utc_text(not_before_ms / 1000),
+        not_after: utc_text(not_after_ms / 1000),
+        not_after_ms,
+        standing: link.standing.clone()?,
+        error: None,
+    })
+}
 
 /// The certificate in the PEM file at `path` as the page shows it, at `now` (seconds).
 pub fn certificate_view(path: &Path, now: i64) -> CertificateView {

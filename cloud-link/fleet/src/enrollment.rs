@@ -901,6 +901,54 @@ mod tests {
     }
 
     #[test]
+    fn a_renewed_certificate_is_accepted_beside_the_old_one_until_it_is_used() {
+        let (maker, maker_der) = ca("maker");
+        let (issuing, issuing_der) = ca("fleet issuing CA");
+        let trust = DeviceTrust::new(Vec::new()).expect("trust");
+        trust
+            .set_product_ca("press", vec![maker_der])
+            .expect("press");
+        let old = device(&maker, "wd-1");
+        let renewed = device(&issuing, "wd-1");
+        trust.set_registered("wd-1", &fingerprint(&old[0]), "press");
+        // Without the issuing CA, or before the fleet issued it: refused.
+        trust.set_renewed("wd-1", &fingerprint(&renewed[0]));
+        assert!(trust.admission(&renewed).is_err());
+        trust.set_issuing_ca(&[issuing_der]).expect("issuing CA");
+        assert_eq!(
+            trust.admission(&renewed).ok(),
+            Some(Admitted::Renewed {
+                product: "press".into(),
+                fingerprint: fingerprint(&renewed[0]),
+            })
+        );
+        assert!(trust.admission(&old).is_ok(), "the old one until the switch");
+        // The issuing CA speaks for nobody else: another certificate it issued for this
+        // device, or one for a device nobody registered, is refused.
+        assert!(trust.admission(&device(&issuing, "wd-1")).is_err());
+        assert!(trust.admission(&device(&issuing, "wd-2")).is_err());
+        // A reload from the store before the switch keeps the renewed one waiting.
+        trust.set_registered("wd-1", &fingerprint(&old[0]), "press");
+        assert!(trust.admission(&renewed).is_ok());
+        // The switch: the renewed one is the registered one; the old one is refused.
+        trust.set_registered("wd-1", &fingerprint(&renewed[0]), "press");
+        assert_eq!(trust.renewed("wd-1"), None);
+        assert_eq!(
+            trust.admission(&renewed).ok(),
+            Some(Admitted::Registered {
+                product: "press".into()
+            })
+        );
+        assert!(trust.admission(&old).is_err(), "the old one is retired");
+        // A revoked device's waiting renewed certificate goes with it.
+        let next = device(&issuing, "wd-1");
+        trust.set_renewed("wd-1", &fingerprint(&next[0]));
+        assert!(trust.admission(&next).is_ok());
+        trust.revoke(&fingerprint(&renewed[0]));
+        assert!(trust.admission(&next).is_err());
+    }
+
+    #[test]
     fn an_enrolled_certificate_is_stored_as_pem_the_registry_reads_back() {
         let (maker, _) = ca("maker");
         let chain = device(&maker, "wd-1");

@@ -68,6 +68,8 @@ pub enum RenewalState {
 pub struct CertificateRenewalStatus {
     /// The certificate file the link connects with.
     pub in_use: Option<String>,
+    /// Its start of validity, ms since the epoch.
+    pub not_before_ms: Option<i64>,
     /// Its end of validity, ms since the epoch.
     pub not_after_ms: Option<i64>,
     /// Its standing (`valid`, `renewal-due`, `expired`, `not-valid-yet`).
@@ -295,11 +297,13 @@ impl Renewal {
         status.in_use = Some(current.display().to_string());
         match validity_of(&current) {
             Some((before, after)) => {
+                status.not_before_ms = Some(before.saturating_mul(1000));
                 status.not_after_ms = Some(after.saturating_mul(1000));
                 status.standing =
                     Some(CertificateStanding::at(before, after, now_unix).as_str().to_owned());
             }
             None => {
+                status.not_before_ms = None;
                 status.not_after_ms = None;
                 status.standing = None;
             }

@@ -6,6 +6,7 @@ mod openapi;
 mod operations;
 mod postgres;
 mod registry;
+mod renewal;
 mod reports;
 mod rollout;
 mod store_failure;
