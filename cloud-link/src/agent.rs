@@ -426,7 +426,7 @@ impl Link {
             ..DispatchLimits::default()
         };
         let settings_path = config.outbox.dir.join(LINK_SETTINGS_FILE);
-        let renewal = Renewal::new(&config);
+        let renewal = Renewal::new(&config.device_cert, &config.outbox.dir);
         if identity.is_none() {
             let now_unix = (unix_millis() / 1000) as i64;
             update(&status, |s| renewal.describe(&mut s.certificate, now_unix));
@@ -1286,7 +1286,11 @@ impl Link {
         let certificate = self.renewal.current();
         let device_id = self.device_id.clone();
         let built = tokio::task::spawn_blocking(move || {
-            renewal::build_request(&config, &certificate, &device_id, &reason)
+            let signer = (
+                config.pluton_socket.as_deref(),
+                config.device_key.as_deref(),
+            );
+            renewal::build_request(signer, &certificate, &device_id, &reason)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));

@@ -209,7 +209,7 @@ struct Binding {
     fingerprint: String,
     product: String,
     /// A renewed certificate issued to the device and not yet used: accepted beside
-    /// `fingerprint` until the device first connects with it (see [`crate::renewal`]).
+    /// `fingerprint` until the device first connects with it (the `renewal` module).
     renewed: Option<String>,
 }
 

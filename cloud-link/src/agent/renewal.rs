@@ -27,8 +27,6 @@ use warden_wire::renewal::{
 use warden_wire::topics::PROTOCOL_VERSION;
 use warden_wire::validity::{CertificateStanding, utc_text};
 
-use super::LinkConfig;
-
 /// How often the unit looks at its certificate's standing (and at every connection).
 pub const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
 /// How long a request waits for the fleet's answer before it may be sent again.
@@ -117,10 +115,12 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 impl Renewal {
-    pub(super) fn new(config: &LinkConfig) -> Self {
-        let renewed = renewed_certificate(&config.outbox.dir);
+    /// Renewal of `device_cert` (the factory certificate), its files under
+    /// `outbox_dir`.
+    pub(super) fn new(device_cert: &Path, outbox_dir: &Path) -> Self {
+        let renewed = renewed_certificate(outbox_dir);
         Self {
-            factory: config.device_cert.clone(),
+            factory: device_cert.to_owned(),
             next: with_suffix(&renewed, ".next"),
             previous: with_suffix(&renewed, ".previous"),
             refused: with_suffix(&renewed, ".refused"),
@@ -329,12 +329,12 @@ fn validity_of(path: &Path) -> Option<(i64, i64)> {
 /// The request for `device_id`'s own key, signed inside pluton (or, for units without
 /// pluton — tests and benches — with the key file). Blocking.
 pub(super) fn build_request(
-    config: &LinkConfig,
+    signer: (Option<&Path>, Option<&Path>),
     certificate: &Path,
     device_id: &str,
     reason: &str,
 ) -> Result<CertificateRequest, String> {
-    let der = match (&config.pluton_socket, &config.device_key) {
+    let der = match signer {
         (Some(socket), None) => {
             let mut client = warden_pluton_api::launch_tokens::connect_for(
                 socket,
@@ -379,7 +379,13 @@ pub(super) fn build_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::OutboxConfig;
+
+    /// A unit's factory certificate and key file in `dir`.
+    struct Unit {
+        cert: PathBuf,
+        key: PathBuf,
+        outbox: PathBuf,
+    }
 
     fn certificate(key: &rcgen::KeyPair, days_left: i64) -> String {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -397,21 +403,19 @@ mod tests {
         params.self_signed(key).expect("cert").pem()
     }
 
-    fn unit(dir: &Path, key: &rcgen::KeyPair, days_left: i64) -> LinkConfig {
-        let factory = dir.join("device.pem");
-        std::fs::write(&factory, certificate(key, days_left)).expect("write");
+    fn unit(dir: &Path, key: &rcgen::KeyPair, days_left: i64) -> Unit {
+        let cert = dir.join("device.pem");
+        std::fs::write(&cert, certificate(key, days_left)).expect("write");
         std::fs::write(dir.join("device.key"), key.serialize_pem()).expect("key");
-        LinkConfig {
-            broker_host: "localhost".into(),
-            broker_port: 1,
-            fleet_ca: dir.join("ca.pem"),
-            device_cert: factory,
-            device_key: Some(dir.join("device.key")),
-            pluton_socket: None,
-            batch_interval_ms: 500,
-            max_send_per_second: 100,
-            outbox: OutboxConfig::in_dir(dir.join("outbox")),
+        Unit {
+            cert,
+            key: dir.join("device.key"),
+            outbox: dir.join("outbox"),
         }
+    }
+
+    fn renewal(unit: &Unit) -> Renewal {
+        Renewal::new(&unit.cert, &unit.outbox)
     }
 
     fn now_unix() -> i64 {
@@ -422,27 +426,23 @@ mod tests {
     fn renewal_is_asked_for_once_due_and_once_per_answer() {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = rcgen::KeyPair::generate().expect("key");
-        let mut renewal = Renewal::new(&unit(dir.path(), &key, 400));
+        let mut not_due = renewal(&unit(dir.path(), &key, 400));
         let now = Instant::now();
-        assert_eq!(renewal.due(now, now_unix(), false), None, "more than a third left");
-        let mut renewal = Renewal::new(&unit(dir.path(), &key, 10));
-        assert!(renewal.due(now, now_unix(), false).is_some());
-        renewal.requested(now);
-        assert_eq!(renewal.due(now, now_unix(), true), None, "an answer is awaited");
-        assert!(
-            renewal
-                .due(now + ANSWER_WAIT, now_unix(), true)
-                .is_some()
-        );
+        assert_eq!(not_due.due(now, now_unix(), false), None, "more than a third left");
+        let mut due = renewal(&unit(dir.path(), &key, 10));
+        assert!(due.due(now, now_unix(), false).is_some());
+        due.requested(now);
+        assert_eq!(due.due(now, now_unix(), true), None, "an answer is awaited");
+        assert!(due.due(now + ANSWER_WAIT, now_unix(), true).is_some());
     }
 
     #[test]
     fn the_request_is_a_csr_for_the_units_own_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = rcgen::KeyPair::generate().expect("key");
-        let config = unit(dir.path(), &key, 10);
-        let request =
-            build_request(&config, &config.device_cert, "wd-1", "renewal-due").expect("request");
+        let unit = unit(dir.path(), &key, 10);
+        let request = build_request((None, Some(&unit.key)), &unit.cert, "wd-1", "renewal-due")
+            .expect("request");
         let der = {
             use rustls::pki_types::pem::PemObject as _;
             rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(request.csr.as_bytes())
@@ -459,7 +459,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = rcgen::KeyPair::generate().expect("key");
         let config = unit(dir.path(), &key, 10);
-        let mut renewal = Renewal::new(&config);
+        let mut renewal = renewal(&config);
         // Another key's certificate is refused.
         let other = rcgen::KeyPair::generate().expect("other");
         assert!(renewal.install(&certificate(&other, 300), now_unix()).is_err());
@@ -470,10 +470,10 @@ mod tests {
         let fresh = certificate(&key, 300);
         renewal.install(&fresh, now_unix()).expect("install");
         assert_eq!(renewal.for_session(), renewal.next);
-        assert_eq!(renewal.current(), config.device_cert, "not yet in use");
+        assert_eq!(renewal.current(), config.cert, "not yet in use");
         // It does not connect: the old one is tried; the old one connects: set aside.
         assert_eq!(renewal.on_connect_failed("bad certificate", false), Switch::Reconnect);
-        assert_eq!(renewal.for_session(), config.device_cert);
+        assert_eq!(renewal.for_session(), config.cert);
         let outcome = renewal.on_connected().expect("files");
         assert!(matches!(outcome, Some(Outcome::Failed(_))), "{outcome:?}");
         assert!(renewal.refused.exists() && !renewal.next.exists());
@@ -486,7 +486,7 @@ mod tests {
         assert_eq!(renewal.current(), renewal.renewed);
         assert_eq!(
             std::fs::read(&renewal.previous).expect("previous"),
-            std::fs::read(&config.device_cert).expect("factory")
+            std::fs::read(&config.cert).expect("factory")
         );
         let mut status = CertificateRenewalStatus::default();
         renewal.describe(&mut status, now_unix());

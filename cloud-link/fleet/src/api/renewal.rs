@@ -5,7 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use warden_wire::fleet_api::CertificateRenewal;
 
-use super::{ApiError, ApiState};
+use super::error::ApiError;
+use super::state::ApiState;
 use crate::clock::now_ms;
 use crate::store::Store;
 
