@@ -428,7 +428,7 @@ impl Link {
         let settings_path = config.outbox.dir.join(LINK_SETTINGS_FILE);
         let renewal = Renewal::new(&config.device_cert, &config.outbox.dir);
         if identity.is_none() {
-            let now_unix = (unix_millis() / 1000) as i64;
+            let now_unix = unix_seconds();
             update(&status, |s| renewal.describe(&mut s.certificate, now_unix));
         }
         let running_settings = load_link_settings(&settings_path);
@@ -1219,7 +1219,7 @@ impl Link {
         if self.identity.is_some() {
             return;
         }
-        let now_unix = (unix_millis() / 1000) as i64;
+        let now_unix = unix_seconds();
         let outcome = self.renewal.on_connected();
         let (state, detail, event) = match outcome {
             Ok(None) => {
@@ -1266,7 +1266,7 @@ impl Link {
         if self.identity.is_some() {
             return;
         }
-        let now_unix = (unix_millis() / 1000) as i64;
+        let now_unix = unix_seconds();
         let reason = if ordered {
             // Once per answer: an order while a request waits is not a second request.
             self.renewal
@@ -1327,7 +1327,7 @@ impl Link {
         if self.identity.is_some() {
             return;
         }
-        let now_unix = (unix_millis() / 1000) as i64;
+        let now_unix = unix_seconds();
         let installed = match (response.issued, &response.certificate) {
             (true, Some(pem)) => self.renewal.install(pem, now_unix),
             (true, None) => Err("the fleet said issued but sent no certificate".to_owned()),
@@ -1462,6 +1462,11 @@ fn client_identity(config: &LinkConfig, certificate: &Path) -> Result<ClientIden
         (None, Some(key)) => Ok(ClientIdentity::from_pem_files(certificate, key)?),
         _ => Err(LinkError::Identity),
     }
+}
+
+/// Seconds since the Unix epoch, now (certificate validity is in seconds).
+fn unix_seconds() -> i64 {
+    i64::try_from(unix_millis() / 1000).unwrap_or(i64::MAX)
 }
 
 fn lock(outbox: &SharedOutbox) -> std::sync::MutexGuard<'_, Outbox> {

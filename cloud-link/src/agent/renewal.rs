@@ -395,7 +395,7 @@ mod tests {
         let now = std::time::SystemTime::now();
         params.not_before = (now - Duration::from_secs(300 * 86_400)).into();
         params.not_after = if days_left >= 0 {
-            now + Duration::from_secs(days_left as u64 * 86_400 + 600)
+            now + Duration::from_secs(days_left.unsigned_abs() * 86_400 + 600)
         } else {
             now - Duration::from_secs(86_400)
         }
@@ -419,7 +419,7 @@ mod tests {
     }
 
     fn now_unix() -> i64 {
-        crate::clock::unix_millis() as i64 / 1000
+        i64::try_from(crate::clock::unix_millis() / 1000).expect("seconds")
     }
 
     #[test]

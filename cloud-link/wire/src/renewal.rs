@@ -114,14 +114,15 @@ const ECDSA_SHA256: [u8; 12] = [
 
 fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
-    let len = contents.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len <= 0xff {
-        out.extend([0x81, len as u8]);
-    } else {
-        // Nothing here comes near 64 KiB: a subject is at most 64 characters.
-        out.extend([0x82, (len >> 8) as u8, len as u8]);
+    // Nothing here comes near 64 KiB: a subject is at most 64 characters.
+    let len = u16::try_from(contents.len()).unwrap_or(u16::MAX);
+    match u8::try_from(len) {
+        Ok(short) if short < 0x80 => out.push(short),
+        Ok(one) => out.extend([0x81, one]),
+        Err(_) => {
+            out.push(0x82);
+            out.extend(len.to_be_bytes());
+        }
     }
     out.extend_from_slice(contents);
     out
@@ -206,7 +207,7 @@ mod tests {
         raw[31] = 1; // r = 1
         raw[32] = 0x80; // s has its top bit set: a leading zero keeps it positive
         let der = ecdsa_signature_der(&raw);
-        assert_eq!(&der[..5], &[0x30, 2 + 3 + 2 + 33, 0x02, 0x01, 0x01]);
+        assert_eq!(&der[..5], &[0x30, 3 + 35, 0x02, 0x01, 0x01]);
         assert_eq!(&der[5..8], &[0x02, 33, 0x00]);
         assert_eq!(der.len(), 2 + 3 + 35);
     }
