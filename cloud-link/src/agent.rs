@@ -48,11 +48,11 @@ mod status;
 use link_settings::{LINK_SETTINGS_FILE, change_link_settings, load_link_settings};
 use network::{Backoff, NetworkEvent, Topics, network_loop, sleep_until};
 pub use network::{RECONNECT_FIRST, RECONNECT_MAX};
-use renewal::{Outcome, Renewal, Switch};
 pub use renewal::{
     ANSWER_WAIT, CertificateRenewalStatus, RENEWAL_CHECK, RenewalState, renewal_directory,
     renewed_certificate,
 };
+use renewal::{Outcome, Renewal, Switch};
 use status::update;
 pub use status::{AttestationAnswers, FleetVerdict, LinkState, LinkStatus};
 
@@ -625,8 +625,9 @@ impl Link {
         self.setup = Some(tokio::task::spawn_blocking(move || {
             let identity = match identity {
                 Some(identity) => identity,
-                None => client_identity(&config, &certificate)
-                    .map_err(SessionSetupError::Identity)?,
+                None => {
+                    client_identity(&config, &certificate).map_err(SessionSetupError::Identity)?
+                }
             };
             client_config(&config.fleet_ca, identity).map_err(SessionSetupError::Tls)
         }));
@@ -1032,7 +1033,9 @@ impl Link {
             }
             NetworkEvent::Disconnected(error) => {
                 if self.identity.is_none()
-                    && self.renewal.on_connect_failed(&error, self.session_connected)
+                    && self
+                        .renewal
+                        .on_connect_failed(&error, self.session_connected)
                         == Switch::Reconnect
                 {
                     tracing::warn!(%error, "link: connecting with the other certificate next");
@@ -1224,12 +1227,18 @@ impl Link {
         let (state, detail, event) = match outcome {
             Ok(None) => {
                 let renewal = &self.renewal;
-                update(&self.status, |s| renewal.describe(&mut s.certificate, now_unix));
+                update(&self.status, |s| {
+                    renewal.describe(&mut s.certificate, now_unix)
+                });
                 return;
             }
             Ok(Some(Outcome::Renewed(detail))) => {
                 tracing::info!(%detail, "device certificate renewed");
-                (RenewalState::Renewed, detail, event_kind::CERTIFICATE_RENEWED)
+                (
+                    RenewalState::Renewed,
+                    detail,
+                    event_kind::CERTIFICATE_RENEWED,
+                )
             }
             Ok(Some(Outcome::Failed(detail))) => {
                 tracing::warn!(%detail, "renewed certificate set aside");

@@ -414,7 +414,10 @@ impl DeviceTrust {
     /// Trusts the fleet's issuing CA (`[certificates] issuing_ca_cert`) for the
     /// renewed certificates of registered devices. It admits nobody by itself: a
     /// registered device must still present its registered (or renewed) certificate.
-    pub fn set_issuing_ca(&self, bundle: &[CertificateDer<'static>]) -> Result<(), CertificateError> {
+    pub fn set_issuing_ca(
+        &self,
+        bundle: &[CertificateDer<'static>],
+    ) -> Result<(), CertificateError> {
         let verifier = verifier(bundle, Arc::clone(&self.provider))?;
         self.state
             .write()
@@ -643,7 +646,11 @@ impl Enroller {
             Admitted::Renewed {
                 product,
                 fingerprint,
-            } => return self.retire_old_certificate(device, &product, &fingerprint).await,
+            } => {
+                return self
+                    .retire_old_certificate(device, &product, &fingerprint)
+                    .await;
+            }
             Admitted::Enrollable { product } => (product, true),
             Admitted::Configured => (CONFIGURED_PRODUCT.to_owned(), false),
         };
@@ -922,7 +929,10 @@ mod tests {
                 fingerprint: fingerprint(&renewed[0]),
             })
         );
-        assert!(trust.admission(&old).is_ok(), "the old one until the switch");
+        assert!(
+            trust.admission(&old).is_ok(),
+            "the old one until the switch"
+        );
         // The issuing CA speaks for nobody else: another certificate it issued for this
         // device, or one for a device nobody registered, is refused.
         assert!(trust.admission(&device(&issuing, "wd-1")).is_err());

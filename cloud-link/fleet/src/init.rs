@@ -460,7 +460,12 @@ mod tests {
         assert!(config.manufacturer_ca.is_none());
         assert_eq!(
             config.certificates.issuing_ca_cert.as_deref(),
-            Some(dir.join(ISSUING_CA_CERT_FILE).canonicalize().expect("issuing CA").as_path())
+            Some(
+                dir.join(ISSUING_CA_CERT_FILE)
+                    .canonicalize()
+                    .expect("issuing CA")
+                    .as_path()
+            )
         );
         assert!(
             crate::renewal::IssuingCa::load(&config.certificates)

@@ -169,7 +169,11 @@ impl IssuingCa {
             .signed_by(&self.issuer)
             .map_err(|e| format!("cannot issue: {e}"))?;
         let not_after_ms = not_after_ms(certificate.der()).unwrap_or(0);
-        Ok((certificate.pem(), fingerprint(certificate.der()), not_after_ms))
+        Ok((
+            certificate.pem(),
+            fingerprint(certificate.der()),
+            not_after_ms,
+        ))
     }
 }
 
@@ -213,9 +217,7 @@ pub enum RenewalRefused {
     #[error("the request does not decode: {0}")]
     Malformed(String),
     /// No issuing CA.
-    #[error(
-        "this fleet has no issuing CA ([certificates] issuing_ca_cert and issuing_ca_key)"
-    )]
+    #[error("this fleet has no issuing CA ([certificates] issuing_ca_cert and issuing_ca_key)")]
     NoIssuer,
     /// Not registered.
     #[error("the device is not registered")]
@@ -344,9 +346,8 @@ impl Renewer {
                 "the device reconnected with another key during its attestation".to_owned(),
             ));
         }
-        let (pem, print, not_after_ms) = issuer
-            .issue(device, csr)
-            .map_err(RenewalRefused::Issue)?;
+        let (pem, print, not_after_ms) =
+            issuer.issue(device, csr).map_err(RenewalRefused::Issue)?;
         let detail = format!("issued for request reason {:?}", request.reason);
         self.store
             .record_renewal_issued(device, &pem, &print, not_after_ms, &detail, now_ms())

@@ -21,8 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use warden_wire::certificate_fields;
 use warden_wire::renewal::{
-    CertificateRequest, certification_request, certification_request_info, ecdsa_signature_der,
-    pem,
+    CertificateRequest, certification_request, certification_request_info, ecdsa_signature_der, pem,
 };
 use warden_wire::topics::PROTOCOL_VERSION;
 use warden_wire::validity::{CertificateStanding, utc_text};
@@ -299,8 +298,11 @@ impl Renewal {
             Some((before, after)) => {
                 status.not_before_ms = Some(before.saturating_mul(1000));
                 status.not_after_ms = Some(after.saturating_mul(1000));
-                status.standing =
-                    Some(CertificateStanding::at(before, after, now_unix).as_str().to_owned());
+                status.standing = Some(
+                    CertificateStanding::at(before, after, now_unix)
+                        .as_str()
+                        .to_owned(),
+                );
             }
             None => {
                 status.not_before_ms = None;
@@ -351,7 +353,8 @@ pub(super) fn build_request(
             certification_request(&info, &ecdsa_signature_der(&signature))
         }
         (None, Some(key_file)) => {
-            let chain = warden_wire::tls::load_certificates(certificate).map_err(|e| e.to_string())?;
+            let chain =
+                warden_wire::tls::load_certificates(certificate).map_err(|e| e.to_string())?;
             let public_key: [u8; 65] = chain
                 .first()
                 .and_then(|der| certificate_fields::subject_public_key(der))
@@ -428,7 +431,11 @@ mod tests {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut not_due = renewal(&unit(dir.path(), &key, 400));
         let now = Instant::now();
-        assert_eq!(not_due.due(now, now_unix(), false), None, "more than a third left");
+        assert_eq!(
+            not_due.due(now, now_unix(), false),
+            None,
+            "more than a third left"
+        );
         let mut due = renewal(&unit(dir.path(), &key, 10));
         assert!(due.due(now, now_unix(), false).is_some());
         due.requested(now);
@@ -462,7 +469,11 @@ mod tests {
         let mut renewal = renewal(&config);
         // Another key's certificate is refused.
         let other = rcgen::KeyPair::generate().expect("other");
-        assert!(renewal.install(&certificate(&other, 300), now_unix()).is_err());
+        assert!(
+            renewal
+                .install(&certificate(&other, 300), now_unix())
+                .is_err()
+        );
         assert!(!renewal.next.exists());
         // An expired one too.
         assert!(renewal.install(&certificate(&key, -1), now_unix()).is_err());
@@ -472,7 +483,10 @@ mod tests {
         assert_eq!(renewal.for_session(), renewal.next);
         assert_eq!(renewal.current(), config.cert, "not yet in use");
         // It does not connect: the old one is tried; the old one connects: set aside.
-        assert_eq!(renewal.on_connect_failed("bad certificate", false), Switch::Reconnect);
+        assert_eq!(
+            renewal.on_connect_failed("bad certificate", false),
+            Switch::Reconnect
+        );
         assert_eq!(renewal.for_session(), config.cert);
         let outcome = renewal.on_connected().expect("files");
         assert!(matches!(outcome, Some(Outcome::Failed(_))), "{outcome:?}");
@@ -494,9 +508,15 @@ mod tests {
         // Both fail (the fleet is down): the two are tried in turn.
         renewal.install(&fresh, now_unix()).expect("install");
         assert_eq!(renewal.for_session(), renewal.next);
-        assert_eq!(renewal.on_connect_failed("refused", false), Switch::Reconnect);
+        assert_eq!(
+            renewal.on_connect_failed("refused", false),
+            Switch::Reconnect
+        );
         assert_eq!(renewal.for_session(), renewal.renewed);
-        assert_eq!(renewal.on_connect_failed("refused", false), Switch::Reconnect);
+        assert_eq!(
+            renewal.on_connect_failed("refused", false),
+            Switch::Reconnect
+        );
         assert_eq!(renewal.for_session(), renewal.next);
     }
 }

@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn digits_only_make_a_time() {
         assert_eq!(asn1_time(UTC_TIME, b"240229120000Z"), Some(1_709_208_000));
-        assert_eq!(asn1_time(GENERALIZED_TIME, b"20510301000005Z"), Some(2_561_241_605));
+        assert_eq!(
+            asn1_time(GENERALIZED_TIME, b"20510301000005Z"),
+            Some(2_561_241_605)
+        );
         assert_eq!(asn1_time(UTC_TIME, "2é0101000000Z".as_bytes()), None);
         assert_eq!(asn1_time(UTC_TIME, b"241301000000Z"), None, "month 13");
     }

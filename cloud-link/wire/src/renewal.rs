@@ -98,12 +98,16 @@ macro_rules! json_payload {
     )*};
 }
 
-json_payload!(CertificateRequest, CertificateResponse, CertificateRenewOrder);
+json_payload!(
+    CertificateRequest,
+    CertificateResponse,
+    CertificateRenewOrder
+);
 
 /// DER of a P-256 `SubjectPublicKeyInfo` up to the key's bit string contents.
 const P256_SPKI_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-    0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 /// `id-at-commonName` (2.5.4.3).
 const COMMON_NAME_OID: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
@@ -131,7 +135,11 @@ fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
 /// The DER `CertificationRequestInfo` for `CN=common_name` and the uncompressed P-256
 /// key `public_key` (SEC1, 65 bytes): version 0, no attributes. What is signed.
 pub fn certification_request_info(common_name: &str, public_key: &[u8; 65]) -> Vec<u8> {
-    let attribute = [COMMON_NAME_OID.as_slice(), &der(0x0c, common_name.as_bytes())].concat();
+    let attribute = [
+        COMMON_NAME_OID.as_slice(),
+        &der(0x0c, common_name.as_bytes()),
+    ]
+    .concat();
     let name = der(0x30, &der(0x31, &der(0x30, &attribute)));
     let spki = [P256_SPKI_PREFIX.as_slice(), public_key].concat();
     let body = [[0x02, 0x01, 0x00].as_slice(), &name, &spki, &[0xa0, 0x00]].concat();
@@ -175,7 +183,11 @@ fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {

@@ -118,7 +118,10 @@ fn run_agent(
     id: &str,
     config: LinkConfig,
     shutdown: &CancellationToken,
-) -> (Arc<Mutex<LinkStatus>>, mpsc::Sender<Vec<warden_link::Reading>>) {
+) -> (
+    Arc<Mutex<LinkStatus>>,
+    mpsc::Sender<Vec<warden_link::Reading>>,
+) {
     let agent = LinkAgent::new(id.to_owned(), config);
     let status = agent.status();
     let (readings, rx) = mpsc::channel(16);
@@ -128,7 +131,10 @@ fn run_agent(
 }
 
 fn snapshot(status: &Mutex<LinkStatus>) -> LinkStatus {
-    status.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    status
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 async fn until(what: &str, status: &Mutex<LinkStatus>, check: impl Fn(&LinkStatus) -> bool) {
@@ -159,7 +165,12 @@ async fn device_detail(base: &str, token: &str, id: &str) -> DeviceDetail {
 }
 
 /// Whether a fresh MQTT connection with `identity` gets in.
-async fn connects(pki: &DemoPki, id: &str, identity: ClientIdentity, port: u16) -> Result<(), String> {
+async fn connects(
+    pki: &DemoPki,
+    id: &str,
+    identity: ClientIdentity,
+    port: u16,
+) -> Result<(), String> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, TlsConfiguration, Transport};
     let tls = client_config(&pki.fleet_ca, identity).expect("tls");
     // Another client ID than the agent's, so its session is not taken over.
@@ -272,12 +283,14 @@ async fn a_certificate_ten_minutes_from_expiry_renews_itself_and_an_unattested_u
     let renewal = certificate.renewal.expect("renewal shown");
     assert_eq!(renewal.state, "completed", "{renewal:?}");
     assert_eq!(renewal.fingerprint.as_deref(), Some(new_print.as_str()));
-    let pluton_key = || {
-        Arc::new(warden_pluton_api::PlutonSigningKey::connect(&socket).expect("pluton key"))
-    };
+    let pluton_key =
+        || Arc::new(warden_pluton_api::PlutonSigningKey::connect(&socket).expect("pluton key"));
     let old = ClientIdentity::from_signer(load_certificates(&old_cert).expect("old"), pluton_key());
     let refused = connects(&pki, id, old, port).await;
-    assert!(refused.is_err(), "the old certificate must be refused after the switch");
+    assert!(
+        refused.is_err(),
+        "the old certificate must be refused after the switch"
+    );
     let new = ClientIdentity::from_signer(chain.clone(), pluton_key());
     connects(&pki, id, new, port)
         .await
@@ -316,7 +329,9 @@ async fn a_certificate_ten_minutes_from_expiry_renews_itself_and_an_unattested_u
     assert!(renewal.detail.contains("not attested"), "{renewal:?}");
     assert!(
         !renewed_certificate(&plain_dir.join("outbox")).exists()
-            && !plain_dir.join("outbox/certificate/device-cert.pem.next").exists(),
+            && !plain_dir
+                .join("outbox/certificate/device-cert.pem.next")
+                .exists(),
         "nothing was issued"
     );
 

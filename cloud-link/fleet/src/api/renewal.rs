@@ -51,11 +51,14 @@ pub(super) async fn certificate_renewal(
     store: &Store,
     device: &str,
 ) -> Result<Option<CertificateRenewal>, ApiError> {
-    Ok(store.renewal(device).await?.map(|renewal| CertificateRenewal {
-        state: renewal.state,
-        detail: renewal.detail,
-        fingerprint: renewal.fingerprint,
-        not_after_ms: renewal.not_after_ms,
-        updated_ms: renewal.updated_ms,
-    }))
+    Ok(store
+        .renewal(device)
+        .await?
+        .map(|renewal| CertificateRenewal {
+            state: renewal.state,
+            detail: renewal.detail,
+            fingerprint: renewal.fingerprint,
+            not_after_ms: renewal.not_after_ms,
+            updated_ms: renewal.updated_ms,
+        }))
 }

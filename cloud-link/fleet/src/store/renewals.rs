@@ -29,8 +29,7 @@ pub struct Renewal {
     pub updated_ms: i64,
 }
 
-const RENEWAL_COLUMNS: &str =
-    "device_id, state, detail, fingerprint, not_after_ms, updated_ms";
+const RENEWAL_COLUMNS: &str = "device_id, state, detail, fingerprint, not_after_ms, updated_ms";
 
 fn renewal_from_row(row: &sqlx::any::AnyRow) -> Result<Renewal, StoreError> {
     Ok(Renewal {

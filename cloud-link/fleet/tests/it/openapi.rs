@@ -17,14 +17,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use warden_wire::fleet_api::{
-    Attestation, AuditLine, AuditQuery, CommandView, Connectivity, CrashRate, DashboardDevice,
-    DeploymentEvent, DeploymentMember, DeploymentProgress, DeploymentRequest, DesiredRequest,
-    CertificateRenewal, Device, DeviceCertificate, DeviceDetail, DevicePageQuery, DeviceRow, DeviceView, DevicesQuery,
-    EnrollmentRequest, ErrorBody, EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest,
-    ImageRecord, ProductRequest, ProductView, RegisterRequest, RegisterResponse, RegisteredDevice,
-    ReportBucket, ReportGroup, ReportGroupsQuery, ReportsQuery, SeenDevice, SignatureGroup,
-    StoredDeployment, StoredEvent, StoredReading, StoredReport, TelemetryQuery, TelemetryResponse,
-    TwinView, VersionCount, VersionReports, WaveProgress, WaveSize, WriteRequest,
+    Attestation, AuditLine, AuditQuery, CertificateRenewal, CommandView, Connectivity, CrashRate,
+    DashboardDevice, DeploymentEvent, DeploymentMember, DeploymentProgress, DeploymentRequest,
+    DesiredRequest, Device, DeviceCertificate, DeviceDetail, DevicePageQuery, DeviceRow,
+    DeviceView, DevicesQuery, EnrollmentRequest, ErrorBody, EventsQuery, FleetCounts, FleetSummary,
+    Group, GroupRequest, ImageRecord, ProductRequest, ProductView, RegisterRequest,
+    RegisterResponse, RegisteredDevice, ReportBucket, ReportGroup, ReportGroupsQuery, ReportsQuery,
+    SeenDevice, SignatureGroup, StoredDeployment, StoredEvent, StoredReading, StoredReport,
+    TelemetryQuery, TelemetryResponse, TwinView, VersionCount, VersionReports, WaveProgress,
+    WaveSize, WriteRequest,
 };
 use warden_wire::value::Value as PointValue;
 

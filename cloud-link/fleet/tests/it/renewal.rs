@@ -42,7 +42,11 @@ fn csr(key: &KeyPair, common_name: &str) -> String {
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
-    params.serialize_request(key).expect("csr").pem().expect("pem")
+    params
+        .serialize_request(key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
 }
 
 fn device_key(fx: &Fixture, file: &str) -> KeyPair {
@@ -135,7 +139,10 @@ async fn renewal_is_refused_for_another_key_and_without_attestation_then_issued(
     let (_, record) = fx.get(VIEWER, "/api/v1/devices/wd-good").await;
     assert_eq!(record["fingerprint"], new_print.as_str(), "{record}");
     let (_, page) = fx.get(VIEWER, "/api/v1/dashboard/devices/wd-good").await;
-    assert_eq!(page["certificate"]["renewal"]["state"], "completed", "{page}");
+    assert_eq!(
+        page["certificate"]["renewal"]["state"], "completed",
+        "{page}"
+    );
     let (_c2, mut old) = super::client(&fx, "wd-good", "wd-good");
     assert!(
         connect(&mut old).await.is_err(),
@@ -146,6 +153,8 @@ async fn renewal_is_refused_for_another_key_and_without_attestation_then_issued(
     let (_c3, mut old) = super::client(&fx, "wd-good", "wd-good");
     assert!(connect(&mut old).await.is_err());
     let (_c4, mut new) = super::client(&fx, "wd-good", "wd-good-new");
-    connect(&mut new).await.expect("the renewed certificate after a restart");
+    connect(&mut new)
+        .await
+        .expect("the renewed certificate after a restart");
     fx.stop().await;
 }

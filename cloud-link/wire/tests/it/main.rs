@@ -322,7 +322,10 @@ fn renewal_payloads_the_code_makes_validate() {
     assert_valid("certificate-response", &refused.encode());
     assert_valid(
         "certificate-renew",
-        &CertificateRenewOrder { v: PROTOCOL_VERSION }.encode(),
+        &CertificateRenewOrder {
+            v: PROTOCOL_VERSION,
+        }
+        .encode(),
     );
     assert_invalid(
         "certificate-request",
