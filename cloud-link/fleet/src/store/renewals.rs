@@ -59,8 +59,10 @@ impl Store {
             "INSERT INTO certificate_renewals (device_id, state, detail, fingerprint,
                  certificate_pem, not_after_ms, updated_ms)
              VALUES ($1, 'issued', $2, $3, $4, $5, $6)
-             ON CONFLICT (device_id) DO UPDATE SET state = 'issued', detail = $2,
-                 fingerprint = $3, certificate_pem = $4, not_after_ms = $5, updated_ms = $6",
+             ON CONFLICT (device_id) DO UPDATE SET state = 'issued',
+                 detail = EXCLUDED.detail, fingerprint = EXCLUDED.fingerprint,
+                 certificate_pem = EXCLUDED.certificate_pem,
+                 not_after_ms = EXCLUDED.not_after_ms, updated_ms = EXCLUDED.updated_ms",
         )
         .bind(device_id)
         .bind(detail)
@@ -87,7 +89,7 @@ impl Store {
              ON CONFLICT (device_id) DO UPDATE SET
                  state = CASE WHEN certificate_renewals.state = 'issued' THEN 'issued'
                               ELSE 'refused' END,
-                 detail = $2, updated_ms = $3",
+                 detail = EXCLUDED.detail, updated_ms = EXCLUDED.updated_ms",
         )
         .bind(device_id)
         .bind(detail)
