@@ -450,47 +450,8 @@ fn subject_common_names(certificate: &[u8]) -> Option<Vec<String>> {
     Some(names)
 }
 
-/// Field `index` of a DER X.509 certificate's TBSCertificate after its optional
-/// version (0 serialNumber, 1 signature, 2 issuer, 3 validity, 4 subject): its tag and
-/// contents; `None` if the certificate is not two SEQUENCEs deep or is truncated.
-pub(crate) fn tbs_field(certificate: &[u8], index: usize) -> Option<(u8, &[u8])> {
-    const SEQUENCE: u8 = 0x30;
-    const VERSION: u8 = 0xa0;
-    let (tag, certificate, _) = der_element(certificate)?;
-    (tag == SEQUENCE).then_some(())?;
-    let (tag, tbs, _) = der_element(certificate)?;
-    (tag == SEQUENCE).then_some(())?;
-    let mut rest = tbs;
-    let (tag, _, after) = der_element(rest)?;
-    if tag == VERSION {
-        rest = after;
-    }
-    for _ in 0..index {
-        rest = der_element(rest)?.2;
-    }
-    let (tag, field, _) = der_element(rest)?;
-    Some((tag, field))
-}
-
-/// One DER element at the start of `bytes`: its tag, its contents and what follows.
-/// Single-byte tags and definite lengths only (all X.509 needs); `None` if truncated.
-pub(crate) fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = bytes.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let len = rest[..count]
-            .iter()
-            .fold(0usize, |len, &byte| (len << 8) | usize::from(byte));
-        (len, &rest[count..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
+/// The DER walk is the link's (one reader of certificate fields on the unit).
+pub(crate) use warden_link::certificate_fields::{der_element, tbs_field};
 
 #[cfg(test)]
 mod tests {

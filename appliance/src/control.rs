@@ -221,6 +221,17 @@ pub fn render(status: &serde_json::Value) -> String {
             text(&certificate["not_after"]),
         );
     }
+    // Renewal over the link, once something happened (an older appliance has none).
+    let renewal = &link["certificate"];
+    if let Some(state) = renewal["state"].as_str()
+        && state != "idle"
+    {
+        let _ = writeln!(
+            out,
+            "renewal       {state}: {}",
+            renewal["detail"].as_str().unwrap_or("")
+        );
+    }
     // The summary says the state and, when not connected, the cause; an older
     // appliance without it still shows its raw state.
     let summary = match &status["link_summary"] {

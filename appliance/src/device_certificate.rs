@@ -1,70 +1,33 @@
 //! The device certificate's validity, for the status page and `warden status`.
 //!
-//! A few lines of DER walking (as `config_check` reads the common name) rather than an
-//! X.509 crate, which would cost the shipped binary its size budget. The link's TLS
-//! stack is what verifies certificates; this only reads when it expires.
+//! A few lines of DER walking (`warden_link::certificate_fields`, which `config_check`
+//! reads the common name with too) rather than an X.509 crate, which would cost the
+//! shipped binary its size budget. The link's TLS stack is what verifies certificates;
+//! this only reads when it expires.
 
 use std::path::Path;
 
+use warden_link::agent::CertificateRenewalStatus;
 use warden_link::validity::{CertificateStanding, utc_text};
 
-use crate::config_check::{der_element, tbs_field};
 use crate::state::unit_facts::CertificateView;
 
-const SEQUENCE: u8 = 0x30;
-const UTC_TIME: u8 = 0x17;
-const GENERALIZED_TIME: u8 = 0x18;
+/// `(not_before, not_after)` of a DER X.509 certificate, seconds since the epoch (the
+/// DER walk is the link's, which reads it to know when to renew).
+pub use warden_link::certificate_fields::validity;
 
-/// `(not_before, not_after)` of a DER X.509 certificate, seconds since the epoch.
-pub fn validity(certificate: &[u8]) -> Option<(i64, i64)> {
-    // serialNumber, signature, issuer, validity.
-    let (tag, validity) = tbs_field(certificate, 3)?;
-    (tag == SEQUENCE).then_some(())?;
-    let (tag, not_before, rest) = der_element(validity)?;
-    let not_before = asn1_time(tag, not_before)?;
-    let (tag, not_after, _) = der_element(rest)?;
-    Some((not_before, asn1_time(tag, not_after)?))
-}
-
-/// A UTCTime (`YYMMDDhhmmssZ`, years 1950–2049) or GeneralizedTime
-/// (`YYYYMMDDhhmmssZ`) as seconds since the epoch.
-fn asn1_time(tag: u8, text: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
-    if !text.is_ascii() {
-        return None;
-    }
-    let (year, rest) = match (tag, text.len()) {
-        (UTC_TIME, 12) => {
-            let short: i64 = text[..2].parse().ok()?;
-            (
-                if short < 50 {
-                    2000 + short
-                } else {
-                    1900 + short
-                },
-                &text[2..],
-            )
-        }
-        (GENERALIZED_TIME, 14) => (text[..4].parse().ok()?, &text[4..]),
-        _ => return None,
-    };
-    let field = |at: usize| -> Option<i64> { rest.get(at..at + 2)?.parse().ok() };
-    let (month, day) = (field(0)?, field(2)?);
-    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+/// The certificate the link connects with, as the link read it: after a renewal over
+/// the link that is the renewed one (in the link's own state), not `link.device_cert`.
+/// `None` until the link has read one.
+pub fn link_certificate_view(link: &CertificateRenewalStatus) -> Option<CertificateView> {
+    let (not_before_ms, not_after_ms) = (link.not_before_ms?, link.not_after_ms?);
+    Some(CertificateView {
+        not_before: utc_text(not_before_ms / 1000),
+        not_after: utc_text(not_after_ms / 1000),
+        not_after_ms,
+        standing: link.standing.clone()?,
+        error: None,
+    })
 }
 
 /// The certificate in the PEM file at `path` as the page shows it, at `now` (seconds).
@@ -107,8 +70,6 @@ mod tests {
         let cert = params.self_signed(&key).expect("cert");
         assert_eq!(validity(cert.der()), Some((1_709_208_000, 2_561_241_605)));
         assert_eq!(validity(&cert.der()[..40]), None, "truncated");
-        // Digits only: a multi-byte character where a digit belongs is no time.
-        assert_eq!(asn1_time(UTC_TIME, "2é0101000000Z".as_bytes()), None);
     }
 
     #[test]

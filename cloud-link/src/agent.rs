@@ -8,7 +8,7 @@
 //! the bridges never block on the link. Only a configuration that can never work
 //! ([`LinkError::Identity`]) ends [`LinkAgent::run`] with an error.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,6 +24,10 @@ use crate::control::{ControlMessage, ControlSender};
 use crate::dispatch::{DispatchLimits, Dispatcher};
 use crate::journal::{PendingLimits, PendingReadings, Pushed};
 use crate::outbox::{Outbox, OutboxConfig, OutboxError};
+use warden_wire::renewal::{
+    CertificateResponse, certificate_renew_topic, certificate_request_topic,
+    certificate_response_topic, renewal_reason,
+};
 use warden_wire::tls::{ClientIdentity, TlsError, client_config};
 use warden_wire::topics::{
     AttestationChallenge, AttestationQuote, DeviceEvent, MIN_NONCE_LEN,
@@ -38,11 +42,17 @@ use warden_wire::topics::{
 
 mod link_settings;
 mod network;
+mod renewal;
 mod status;
 
 use link_settings::{LINK_SETTINGS_FILE, change_link_settings, load_link_settings};
 use network::{Backoff, NetworkEvent, Topics, network_loop, sleep_until};
 pub use network::{RECONNECT_FIRST, RECONNECT_MAX};
+pub use renewal::{
+    ANSWER_WAIT, CertificateRenewalStatus, RENEWAL_CHECK, RenewalState, renewal_directory,
+    renewed_certificate,
+};
+use renewal::{Outcome, Renewal, Switch};
 use status::update;
 pub use status::{AttestationAnswers, FleetVerdict, LinkState, LinkStatus};
 
@@ -275,6 +285,8 @@ impl LinkAgent {
         link.start_session_setup();
         let mut batch_tick =
             tokio::time::interval(Duration::from_millis(link.batch_interval_ms.max(10)));
+        let mut renewal_tick = tokio::time::interval(ANSWER_WAIT);
+        renewal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut pump = tokio::time::interval(PUMP_INTERVAL);
         pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -305,6 +317,11 @@ impl LinkAgent {
                     None => link.on_session_ended(),
                 },
                 _ = pump.tick() => link.pump(),
+                _ = renewal_tick.tick() => {
+                    if link.link_state == LinkState::Connected {
+                        link.check_renewal(false).await;
+                    }
+                }
             }
         }
         link.finish(&mut readings).await;
@@ -368,6 +385,10 @@ struct Link {
     appliance: Option<ApplianceEnd>,
     telemetry_topic: String,
     quote_topic: String,
+    /// Certificate renewal: its files and timing.
+    renewal: Renewal,
+    /// The session running connected at least once.
+    session_connected: bool,
 
     /// Refused appends in the current refusal episode, if one is going on.
     refusing: Option<u64>,
@@ -405,6 +426,11 @@ impl Link {
             ..DispatchLimits::default()
         };
         let settings_path = config.outbox.dir.join(LINK_SETTINGS_FILE);
+        let renewal = Renewal::new(&config.device_cert, &config.outbox.dir);
+        if identity.is_none() {
+            let now_unix = unix_seconds();
+            update(&status, |s| renewal.describe(&mut s.certificate, now_unix));
+        }
         let running_settings = load_link_settings(&settings_path);
         let (mut batch_interval_ms, mut limits) = (config.batch_interval_ms, limits);
         if let Some(settings) = &running_settings {
@@ -415,6 +441,8 @@ impl Link {
         Self {
             telemetry_topic: telemetry_topic(&device_id),
             quote_topic: attestation_quote_topic(&device_id),
+            renewal,
+            session_connected: false,
             device_id,
             config,
             status,
@@ -588,10 +616,18 @@ impl Link {
         self.session_retry_at = None;
         let config = self.config.clone();
         let identity = self.identity.clone();
+        // An identity given in code cannot take a renewed certificate.
+        let certificate = if identity.is_none() {
+            self.renewal.for_session()
+        } else {
+            config.device_cert.clone()
+        };
         self.setup = Some(tokio::task::spawn_blocking(move || {
             let identity = match identity {
                 Some(identity) => identity,
-                None => client_identity(&config).map_err(SessionSetupError::Identity)?,
+                None => {
+                    client_identity(&config, &certificate).map_err(SessionSetupError::Identity)?
+                }
             };
             client_config(&config.fleet_ca, identity).map_err(SessionSetupError::Tls)
         }));
@@ -631,6 +667,8 @@ impl Link {
                 challenge: attestation_challenge_topic(&self.device_id),
                 verdict: attestation_verdict_topic(&self.device_id),
                 offers: update_offer_topic(&self.device_id),
+                certificate_response: certificate_response_topic(&self.device_id),
+                certificate_renew: certificate_renew_topic(&self.device_id),
             },
             events_tx,
             Arc::clone(&self.status),
@@ -642,6 +680,7 @@ impl Link {
             network,
             events,
         });
+        self.session_connected = false;
         if self.session_error.take().is_some() {
             tracing::info!("link identity and TLS ready again");
         }
@@ -988,8 +1027,20 @@ impl Link {
                 self.link_error = None;
                 update(&self.status, |s| s.last_connected_ms = Some(unix_millis()));
                 self.show_state();
+                self.session_connected = true;
+                self.certificate_connected();
+                self.check_renewal(false).await;
             }
             NetworkEvent::Disconnected(error) => {
+                if self.identity.is_none()
+                    && self
+                        .renewal
+                        .on_connect_failed(&error, self.session_connected)
+                        == Switch::Reconnect
+                {
+                    tracing::warn!(%error, "link: connecting with the other certificate next");
+                    self.restart_session();
+                }
                 self.dispatcher.on_disconnected();
                 self.control_dispatcher.on_disconnected();
                 self.down_since.get_or_insert_with(unix_millis);
@@ -1133,6 +1184,8 @@ impl Link {
                 }
                 return interval;
             }
+            NetworkEvent::CertificateResponse(response) => self.on_certificate_response(response),
+            NetworkEvent::RenewOrder => self.check_renewal(true).await,
             NetworkEvent::Offer(offer) => match &self.appliance {
                 Some(end) => {
                     if end.offers.try_send(offer).is_err() {
@@ -1147,6 +1200,179 @@ impl Link {
             },
         }
         None
+    }
+
+    /// Ends the session and sets up a new one at once (another certificate).
+    fn restart_session(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = session.client.try_disconnect();
+            session.network.abort();
+        }
+        self.dispatcher.on_disconnected();
+        self.control_dispatcher.on_disconnected();
+        self.session_connected = false;
+        if self.setup.is_none() {
+            self.start_session_setup();
+        }
+    }
+
+    /// The session connected: a new certificate that did becomes the one in use; an
+    /// old one that did while the new one did not sets the new one aside.
+    fn certificate_connected(&mut self) {
+        if self.identity.is_some() {
+            return;
+        }
+        let now_unix = unix_seconds();
+        let outcome = self.renewal.on_connected();
+        let (state, detail, event) = match outcome {
+            Ok(None) => {
+                let renewal = &self.renewal;
+                update(&self.status, |s| {
+                    renewal.describe(&mut s.certificate, now_unix)
+                });
+                return;
+            }
+            Ok(Some(Outcome::Renewed(detail))) => {
+                tracing::info!(%detail, "device certificate renewed");
+                (
+                    RenewalState::Renewed,
+                    detail,
+                    event_kind::CERTIFICATE_RENEWED,
+                )
+            }
+            Ok(Some(Outcome::Failed(detail))) => {
+                tracing::warn!(%detail, "renewed certificate set aside");
+                (
+                    RenewalState::Failed,
+                    detail,
+                    event_kind::CERTIFICATE_RENEWAL_FAILED,
+                )
+            }
+            Err(error) => {
+                let detail = format!("cannot switch certificates: {error}");
+                tracing::error!(%detail, "certificate renewal");
+                (
+                    RenewalState::Failed,
+                    detail,
+                    event_kind::CERTIFICATE_RENEWAL_FAILED,
+                )
+            }
+        };
+        let renewal = &self.renewal;
+        update(&self.status, |s| {
+            renewal.describe(&mut s.certificate, now_unix);
+            s.certificate.state = state;
+            if state == RenewalState::Renewed {
+                s.certificate.renewed_ms = Some(unix_millis());
+            }
+            s.certificate.detail = Some(detail.clone());
+        });
+        self.event(DeviceEvent::now(event, detail));
+    }
+
+    /// Asks the fleet for a renewed certificate if it is due (or `ordered`).
+    async fn check_renewal(&mut self, ordered: bool) {
+        if self.identity.is_some() {
+            return;
+        }
+        let now_unix = unix_seconds();
+        let reason = if ordered {
+            // Once per answer: an order while a request waits is not a second request.
+            self.renewal
+                .may_request(Instant::now())
+                .then(|| renewal_reason::FLEET_REQUEST.to_owned())
+        } else {
+            self.renewal.due(Instant::now(), now_unix, false)
+        };
+        let Some(reason) = reason else {
+            return;
+        };
+        let Some(client) = self.session.as_ref().map(|s| s.client.clone()) else {
+            return;
+        };
+        self.renewal.requested(Instant::now());
+        let config = self.config.clone();
+        let certificate = self.renewal.current();
+        let device_id = self.device_id.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let signer = (
+                config.pluton_socket.as_deref(),
+                config.device_key.as_deref(),
+            );
+            renewal::build_request(signer, &certificate, &device_id, &reason)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let outcome = built.and_then(|request| {
+            client
+                .try_publish(
+                    certificate_request_topic(&self.device_id),
+                    QoS::AtLeastOnce,
+                    false,
+                    request.encode(),
+                )
+                .map_err(|e| format!("the request was not published: {e}"))
+        });
+        update(&self.status, |s| match &outcome {
+            Ok(()) => {
+                s.certificate.state = RenewalState::Requested;
+                s.certificate.requested_ms = Some(unix_millis());
+                s.certificate.detail = Some("a renewal request went to the fleet".to_owned());
+            }
+            Err(error) => {
+                s.certificate.state = RenewalState::Failed;
+                s.certificate.detail = Some(format!("cannot ask for renewal: {error}"));
+            }
+        });
+        match outcome {
+            Ok(()) => tracing::info!("certificate renewal requested"),
+            Err(error) => tracing::warn!(%error, "cannot ask for certificate renewal"),
+        }
+    }
+
+    /// The fleet's answer: install the new certificate and connect with it, or show
+    /// and report the refusal.
+    fn on_certificate_response(&mut self, response: CertificateResponse) {
+        if self.identity.is_some() {
+            return;
+        }
+        let now_unix = unix_seconds();
+        let installed = match (response.issued, &response.certificate) {
+            (true, Some(pem)) => self.renewal.install(pem, now_unix),
+            (true, None) => Err("the fleet said issued but sent no certificate".to_owned()),
+            (false, _) => Err(response.detail.clone()),
+        };
+        match installed {
+            Ok(()) => {
+                tracing::info!(detail = %response.detail, "renewed certificate received; reconnecting with it");
+                update(&self.status, |s| {
+                    s.certificate.state = RenewalState::Connecting;
+                    s.certificate.detail = Some(response.detail.clone());
+                });
+                self.restart_session();
+            }
+            Err(error) => {
+                let state = if response.issued {
+                    RenewalState::Failed
+                } else {
+                    RenewalState::Refused
+                };
+                let detail = if response.issued {
+                    format!("the renewed certificate is not usable: {error}")
+                } else {
+                    format!("the fleet refused the renewal: {error}")
+                };
+                tracing::warn!(%detail, "certificate renewal");
+                update(&self.status, |s| {
+                    s.certificate.state = state;
+                    s.certificate.detail = Some(detail.clone());
+                });
+                self.event(DeviceEvent::now(
+                    event_kind::CERTIFICATE_RENEWAL_FAILED,
+                    detail,
+                ));
+            }
+        }
     }
 
     /// At shutdown: takes what is still in the channel, appends everything pending
@@ -1234,17 +1460,22 @@ async fn answer_challenge(
 }
 
 /// The identity the config names: pluton's key, or a key file.
-fn client_identity(config: &LinkConfig) -> Result<ClientIdentity, LinkError> {
+fn client_identity(config: &LinkConfig, certificate: &Path) -> Result<ClientIdentity, LinkError> {
     match (&config.pluton_socket, &config.device_key) {
         (Some(socket), None) => {
             let key = warden_pluton_api::PlutonSigningKey::connect(socket)
                 .map_err(|e| LinkError::Pluton(format!("{}: {e}", socket.display())))?;
-            let chain = warden_wire::tls::load_certificates(&config.device_cert)?;
+            let chain = warden_wire::tls::load_certificates(certificate)?;
             Ok(ClientIdentity::from_signer(chain, Arc::new(key)))
         }
-        (None, Some(key)) => Ok(ClientIdentity::from_pem_files(&config.device_cert, key)?),
+        (None, Some(key)) => Ok(ClientIdentity::from_pem_files(certificate, key)?),
         _ => Err(LinkError::Identity),
     }
+}
+
+/// Seconds since the Unix epoch, now (certificate validity is in seconds).
+fn unix_seconds() -> i64 {
+    i64::try_from(unix_millis() / 1000).unwrap_or(i64::MAX)
 }
 
 fn lock(outbox: &SharedOutbox) -> std::sync::MutexGuard<'_, Outbox> {

@@ -11,9 +11,10 @@ pub use agent::{
     AttestationAnswers, CommandChannel, FleetVerdict, LinkAgent, LinkConfig, LinkState, LinkStatus,
     SharedOutbox,
 };
-/// The MQTT topics and payloads, the TLS profile and the device certificates' validity
-/// rules live in the wire crate; the link's API speaks them.
-pub use warden_wire::{tls, topics, validity};
+/// The MQTT topics and payloads, the TLS profile, the device certificates' validity
+/// rules and fields, and certificate renewal live in the wire crate; the link's API
+/// speaks them.
+pub use warden_wire::{certificate_fields, renewal, tls, topics, validity};
 
 pub use control::{ControlMessage, ControlQueue, ControlSender};
 pub use topics::{Reading, TelemetryBatch};

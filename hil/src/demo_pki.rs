@@ -210,6 +210,7 @@ impl DemoPki {
             telemetry: warden_fleet::TelemetryConfig::default(),
             metrics: warden_fleet::MetricsConfig::default(),
             instance_id: None,
+            certificates: Default::default(),
         }
     }
 
@@ -239,6 +240,18 @@ impl DemoPki {
         device_id: &str,
         public_key: &[u8; 65],
     ) -> Result<PathBuf, PkiError> {
+        self.issue_device_certificate_valid(device_id, public_key, None)
+    }
+
+    /// [`Self::issue_device_certificate`] valid over `validity` (`not_before`,
+    /// `not_after`) instead of rcgen's default: a certificate near its end, for the
+    /// renewal scenarios.
+    pub fn issue_device_certificate_valid(
+        &self,
+        device_id: &str,
+        public_key: &[u8; 65],
+        validity: Option<(std::time::SystemTime, std::time::SystemTime)>,
+    ) -> Result<PathBuf, PkiError> {
         let key_pem = std::fs::read_to_string(&self.manufacturer_ca_key)
             .map_err(|e| PkiError::Io(self.manufacturer_ca_key.clone(), e))?;
         let issuer = Issuer::new(
@@ -248,6 +261,10 @@ impl DemoPki {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = name(device_id);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if let Some((not_before, not_after)) = validity {
+            params.not_before = not_before.into();
+            params.not_after = not_after.into();
+        }
         let cert = params.signed_by(&ForeignP256Key(public_key), &issuer)?;
         let path = self
             .device_cert

@@ -133,7 +133,9 @@ pub fn snapshot(state: &ApplianceState) -> Status {
         software_version: env!("CARGO_PKG_VERSION"),
         attestation: attestation_in_words(&link.attestation, now),
         image_slots: unit.image_slots,
-        device_certificate: unit.device_certificate,
+        // The link's reading wins: it is the certificate in use (renewed or not).
+        device_certificate: crate::device_certificate::link_certificate_view(&link.certificate)
+            .or(unit.device_certificate),
         link_summary: link_in_words(&link),
         last_ack_age_secs: age_secs(link.last_ack_ms, now),
         link,

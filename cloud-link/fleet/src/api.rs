@@ -5,6 +5,7 @@ mod deployments;
 mod error;
 mod paging;
 mod registry;
+mod renewal;
 mod reports;
 mod state;
 
@@ -51,6 +52,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/devices/{id}", get(registry::get_device))
         .route("/api/v1/devices/{id}/revoke", post(registry::revoke_device))
+        .route(
+            "/api/v1/devices/{id}/certificate/renew",
+            post(renewal::renew_certificate),
+        )
         .route(
             "/api/v1/products",
             get(registry::list_products).post(registry::create_product),

@@ -208,12 +208,17 @@ struct ProductTrust {
 struct Binding {
     fingerprint: String,
     product: String,
+    /// A renewed certificate issued to the device and not yet used: accepted beside
+    /// `fingerprint` until the device first connects with it (the `renewal` module).
+    renewed: Option<String>,
 }
 
 struct TrustState {
     products: BTreeMap<String, ProductTrust>,
     revoked: BTreeSet<String>,
     registered: BTreeMap<String, Binding>,
+    /// The fleet's issuing CA (renewed certificates), for registered devices only.
+    issuing: Option<Arc<dyn ClientCertVerifier>>,
     /// The last refusal of each registered device's certificate (bounded by the
     /// registry: a device ID nobody registered is not recorded).
     refusals: BTreeMap<String, CertificateRefusal>,
@@ -280,6 +285,14 @@ pub enum Admitted {
         /// Its product.
         product: String,
     },
+    /// A registered device presenting the renewed certificate the fleet issued to it
+    /// (first use: from now on it is the registered one, and the old one is retired).
+    Renewed {
+        /// Its product.
+        product: String,
+        /// The renewed certificate's fingerprint.
+        fingerprint: String,
+    },
     /// A device ID nobody registered, whose certificate chains to the configured CA:
     /// enrolled in [`CONFIGURED_PRODUCT`] at its first CONNECT.
     Configured,
@@ -332,6 +345,7 @@ impl DeviceTrust {
                 products,
                 revoked: BTreeSet::new(),
                 registered: BTreeMap::new(),
+                issuing: None,
                 refusals: BTreeMap::new(),
             }),
         })
@@ -378,19 +392,63 @@ impl DeviceTrust {
     }
 
     /// Records that `device_id` belongs to `product` and must present the certificate
-    /// with `fingerprint`.
+    /// with `fingerprint`. A renewed certificate waiting for its first use stays
+    /// accepted, unless it is this one.
     pub fn set_registered(&self, device_id: &str, fingerprint: &str, product: &str) {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let renewed = state
+            .registered
+            .get(device_id)
+            .and_then(|binding| binding.renewed.clone())
+            .filter(|renewed| renewed != fingerprint);
+        state.registered.insert(
+            device_id.to_owned(),
+            Binding {
+                fingerprint: fingerprint.to_owned(),
+                product: product.to_owned(),
+                renewed,
+            },
+        );
+    }
+
+    /// Trusts the fleet's issuing CA (`[certificates] issuing_ca_cert`) for the
+    /// renewed certificates of registered devices. It admits nobody by itself: a
+    /// registered device must still present its registered (or renewed) certificate.
+    pub fn set_issuing_ca(
+        &self,
+        bundle: &[CertificateDer<'static>],
+    ) -> Result<(), CertificateError> {
+        let verifier = verifier(bundle, Arc::clone(&self.provider))?;
         self.state
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+            .issuing = Some(verifier);
+        Ok(())
+    }
+
+    /// Accepts the renewed certificate with `fingerprint` for the registered
+    /// `device_id`, beside its registered one, until the device connects with it.
+    /// False if the device is not registered.
+    pub fn set_renewed(&self, device_id: &str, fingerprint: &str) -> bool {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        match state.registered.get_mut(device_id) {
+            Some(binding) if binding.fingerprint != fingerprint => {
+                binding.renewed = Some(fingerprint.to_owned());
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// The renewed certificate `device_id` may use besides its registered one.
+    pub fn renewed(&self, device_id: &str) -> Option<String> {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
             .registered
-            .insert(
-                device_id.to_owned(),
-                Binding {
-                    fingerprint: fingerprint.to_owned(),
-                    product: product.to_owned(),
-                },
-            );
+            .get(device_id)
+            .and_then(|binding| binding.renewed.clone())
     }
 
     /// Refuses the certificate with `fingerprint` from now on.
@@ -488,19 +546,49 @@ impl DeviceTrust {
         if let Some(binding) = state.registered.get(device) {
             // Bound at registration: its product's CA only, and the registered
             // certificate only (not a clone, nor one re-issued without registering).
+            // A revoked device's renewed certificate is refused with the old one.
+            if state.revoked.contains(&binding.fingerprint) {
+                return Err(refused(TlsCertificateError::Revoked));
+            }
+            // A renewed certificate comes from the fleet's issuing CA instead.
             let product = state
                 .products
                 .get(&binding.product)
                 .ok_or(refused(TlsCertificateError::UnknownIssuer))?;
-            product
+            let by_product = product
                 .verifier
-                .verify_client_cert(end_entity, intermediates, now)?;
-            if binding.fingerprint != print {
-                return Err(refused(TlsCertificateError::ApplicationVerificationFailure));
+                .verify_client_cert(end_entity, intermediates, now);
+            if let Err(error) = by_product {
+                let by_issuing = state
+                    .issuing
+                    .as_ref()
+                    .map(|issuing| issuing.verify_client_cert(end_entity, intermediates, now));
+                match by_issuing {
+                    Some(Ok(_)) => {}
+                    // The issuing CA's reason when it is the issuer (expired…).
+                    Some(Err(issuing_error))
+                        if !matches!(
+                            issuing_error,
+                            rustls::Error::InvalidCertificate(TlsCertificateError::UnknownIssuer)
+                        ) =>
+                    {
+                        return Err(issuing_error);
+                    }
+                    _ => return Err(error),
+                }
             }
-            return Ok(Admitted::Registered {
-                product: binding.product.clone(),
-            });
+            if binding.fingerprint == print {
+                return Ok(Admitted::Registered {
+                    product: binding.product.clone(),
+                });
+            }
+            if binding.renewed.as_deref() == Some(print.as_str()) {
+                return Ok(Admitted::Renewed {
+                    product: binding.product.clone(),
+                    fingerprint: print,
+                });
+            }
+            return Err(refused(TlsCertificateError::ApplicationVerificationFailure));
         }
         let configured = self.configured.as_ref().map_or(
             Err(refused(TlsCertificateError::UnknownIssuer)),
@@ -555,6 +643,14 @@ impl Enroller {
             .map_err(|error| AdmissionRefused::Certificate(error.to_string()))?;
         let (product, open_enrollment) = match admitted {
             Admitted::Registered { .. } => return Ok(()),
+            Admitted::Renewed {
+                product,
+                fingerprint,
+            } => {
+                return self
+                    .retire_old_certificate(device, &product, &fingerprint)
+                    .await;
+            }
             Admitted::Enrollable { product } => (product, true),
             Admitted::Configured => (CONFIGURED_PRODUCT.to_owned(), false),
         };
@@ -603,6 +699,45 @@ impl Enroller {
             }
         }
         self.trust.set_registered(device, &print, &product);
+        Ok(())
+    }
+}
+
+impl Enroller {
+    /// `device` connected with its renewed certificate `fingerprint`: it becomes the
+    /// registered one, in the store first (so another instance or a restart agrees),
+    /// then in the broker's trust, which from now on refuses the old one.
+    async fn retire_old_certificate(
+        &self,
+        device: &str,
+        product: &str,
+        fingerprint: &str,
+    ) -> Result<(), AdmissionRefused> {
+        let completed = self
+            .store
+            .complete_renewal(device, fingerprint, crate::clock::now_ms())
+            .await
+            .map_err(AdmissionRefused::Store)?;
+        if !completed {
+            // Another instance completed it (the store already pins this one), or the
+            // renewal was withdrawn: the store's registration decides.
+            let registered = self
+                .store
+                .registered_device(device)
+                .await
+                .map_err(AdmissionRefused::Store)?;
+            if registered.is_none_or(|registered| registered.fingerprint != fingerprint) {
+                return Err(AdmissionRefused::Certificate(
+                    "the renewed certificate is no longer on record".to_owned(),
+                ));
+            }
+        }
+        self.trust.set_registered(device, fingerprint, product);
+        tracing::info!(
+            device,
+            fingerprint,
+            "device connected with its renewed certificate; the old one is retired"
+        );
         Ok(())
     }
 }
@@ -770,6 +905,57 @@ mod tests {
         assert!(trust.admission(&registered).is_err());
         trust.revoke(&fingerprint(&fresh[0]));
         assert!(trust.admission(&fresh).is_err());
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_accepted_beside_the_old_one_until_it_is_used() {
+        let (maker, maker_der) = ca("maker");
+        let (issuing, issuing_der) = ca("fleet issuing CA");
+        let trust = DeviceTrust::new(Vec::new()).expect("trust");
+        trust
+            .set_product_ca("press", vec![maker_der])
+            .expect("press");
+        let old = device(&maker, "wd-1");
+        let renewed = device(&issuing, "wd-1");
+        trust.set_registered("wd-1", &fingerprint(&old[0]), "press");
+        // Without the issuing CA, or before the fleet issued it: refused.
+        trust.set_renewed("wd-1", &fingerprint(&renewed[0]));
+        assert!(trust.admission(&renewed).is_err());
+        trust.set_issuing_ca(&[issuing_der]).expect("issuing CA");
+        assert_eq!(
+            trust.admission(&renewed).ok(),
+            Some(Admitted::Renewed {
+                product: "press".into(),
+                fingerprint: fingerprint(&renewed[0]),
+            })
+        );
+        assert!(
+            trust.admission(&old).is_ok(),
+            "the old one until the switch"
+        );
+        // The issuing CA speaks for nobody else: another certificate it issued for this
+        // device, or one for a device nobody registered, is refused.
+        assert!(trust.admission(&device(&issuing, "wd-1")).is_err());
+        assert!(trust.admission(&device(&issuing, "wd-2")).is_err());
+        // A reload from the store before the switch keeps the renewed one waiting.
+        trust.set_registered("wd-1", &fingerprint(&old[0]), "press");
+        assert!(trust.admission(&renewed).is_ok());
+        // The switch: the renewed one is the registered one; the old one is refused.
+        trust.set_registered("wd-1", &fingerprint(&renewed[0]), "press");
+        assert_eq!(trust.renewed("wd-1"), None);
+        assert_eq!(
+            trust.admission(&renewed).ok(),
+            Some(Admitted::Registered {
+                product: "press".into()
+            })
+        );
+        assert!(trust.admission(&old).is_err(), "the old one is retired");
+        // A revoked device's waiting renewed certificate goes with it.
+        let next = device(&issuing, "wd-1");
+        trust.set_renewed("wd-1", &fingerprint(&next[0]));
+        assert!(trust.admission(&next).is_ok());
+        trust.revoke(&fingerprint(&renewed[0]));
+        assert!(trust.admission(&next).is_err());
     }
 
     #[test]

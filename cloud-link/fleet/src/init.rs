@@ -29,6 +29,10 @@ pub const CA_KEY_FILE: &str = "fleet-ca.key";
 pub const SERVER_CERT_FILE: &str = "fleet-server.pem";
 /// Its key.
 pub const SERVER_KEY_FILE: &str = "fleet-server.key";
+/// The issuing CA renewed device certificates come from (`[certificates]`).
+pub const ISSUING_CA_CERT_FILE: &str = "fleet-issuing-ca.pem";
+/// Its key.
+pub const ISSUING_CA_KEY_FILE: &str = "fleet-issuing-ca.key";
 
 /// Where the fleet CA and server certificate come from.
 #[derive(Debug, Clone)]
@@ -155,6 +159,8 @@ pub fn init(request: &InitRequest) -> Result<Initialised, InitError> {
         dir.join(CA_CERT_FILE),
         dir.join(SERVER_CERT_FILE),
         dir.join(SERVER_KEY_FILE),
+        dir.join(ISSUING_CA_CERT_FILE),
+        dir.join(ISSUING_CA_KEY_FILE),
         database.clone(),
     ];
     if !matches!(request.pki, Pki::Existing { .. }) {
@@ -201,6 +207,14 @@ pub fn init(request: &InitRequest) -> Result<Initialised, InitError> {
             server_key: std::fs::read_to_string(key).map_err(io(key))?,
         },
     };
+    // Its own, whatever the PKI: the manufacturer CA (pathLen 0) stays at the factory,
+    // so renewed device certificates come from the fleet.
+    let issuing_key = KeyPair::generate().map_err(cert_error("issuing CA key"))?;
+    let mut issuing_params = ca_params()?;
+    issuing_params.distinguished_name = name("Warden fleet issuing CA");
+    let issuing = issuing_params
+        .self_signed(&issuing_key)
+        .map_err(cert_error("issuing CA certificate"))?;
     let vendor_roots = request
         .vendor_roots
         .iter()
@@ -227,6 +241,15 @@ pub fn init(request: &InitRequest) -> Result<Initialised, InitError> {
     }
     write_file_atomically_with_mode(&dir.join(SERVER_CERT_FILE), files.server.as_bytes(), 0o644)?;
     write_file_atomically(&dir.join(SERVER_KEY_FILE), files.server_key.as_bytes())?;
+    write_file_atomically_with_mode(
+        &dir.join(ISSUING_CA_CERT_FILE),
+        issuing.pem().as_bytes(),
+        0o644,
+    )?;
+    write_file_atomically(
+        &dir.join(ISSUING_CA_KEY_FILE),
+        issuing_key.serialize_pem().as_bytes(),
+    )?;
     // Last: a config exists only once everything it names does.
     write_file_atomically(&dir.join(CONFIG_FILE), config.as_bytes())?;
     Ok(Initialised {
@@ -341,6 +364,10 @@ fn config_text(request: &InitRequest, facts: &ConfigFacts<'_>) -> String {
     let (cert, key) = (cert.display(), key.display());
     let ca = dir.join(CA_CERT_FILE);
     let ca = ca.display();
+    let issuing = dir.join(ISSUING_CA_CERT_FILE);
+    let issuing_key = dir.join(ISSUING_CA_KEY_FILE);
+    let (issuing, issuing_key) = (issuing.display(), issuing_key.display());
+    let days = warden_wire::validity::DEFAULT_DEVICE_CERTIFICATE_DAYS;
     format!(
         r#"# The fleet service's config, written by `warden-fleet init`.
 # Every key is described in the fleet's README ("Config"). Paths are absolute.
@@ -387,6 +414,15 @@ tokens = [
 [metrics]
 # Prometheus /metrics, unauthenticated: keep it on loopback or a private network.
 listen = "{metrics}"
+
+[certificates]
+# Units renew their certificates over the link before they expire (the last third of
+# their validity): the fleet attests the unit, then issues from this CA, which the
+# broker trusts for registered devices only. Keep its key as safe as the fleet CA's.
+issuing_ca_cert = "{issuing}"
+issuing_ca_key = "{issuing_key}"
+# Days a renewed certificate is valid (1 to 3650).
+device_certificate_days = {days}
 "#
     )
 }
@@ -422,6 +458,20 @@ mod tests {
         );
         assert!(config.images.vendor_roots.is_empty());
         assert!(config.manufacturer_ca.is_none());
+        assert_eq!(
+            config.certificates.issuing_ca_cert.as_deref(),
+            Some(
+                dir.join(ISSUING_CA_CERT_FILE)
+                    .canonicalize()
+                    .expect("issuing CA")
+                    .as_path()
+            )
+        );
+        assert!(
+            crate::renewal::IssuingCa::load(&config.certificates)
+                .expect("the issuing CA loads")
+                .is_some()
+        );
         let text = std::fs::read_to_string(&made.config).expect("config");
         assert!(
             !text.contains(&made.admin_token),
@@ -431,6 +481,8 @@ mod tests {
             (CONFIG_FILE, 0o600),
             (CA_KEY_FILE, 0o600),
             (SERVER_KEY_FILE, 0o600),
+            (ISSUING_CA_KEY_FILE, 0o600),
+            (ISSUING_CA_CERT_FILE, 0o644),
             (CA_CERT_FILE, 0o644),
             (SERVER_CERT_FILE, 0o644),
         ] {

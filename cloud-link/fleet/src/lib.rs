@@ -17,6 +17,7 @@ pub mod init;
 #[cfg(feature = "loadtest")]
 pub mod loadtest;
 pub mod metrics;
+pub mod renewal;
 pub mod store;
 pub mod tls;
 pub mod tokens;
@@ -76,6 +77,10 @@ pub struct FleetConfig {
     /// `[metrics]`: the Prometheus listener. Default: none.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[certificates]`: the issuing CA renewed device certificates come from, and
+    /// their validity. Default: none, renewal requests are refused.
+    #[serde(default)]
+    pub certificates: renewal::CertificatesConfig,
     /// This instance's ID among several on one PostgreSQL (shown by `/healthz` and in
     /// logs; each instance needs its own). Default: random at each start.
     #[serde(default)]
@@ -175,6 +180,7 @@ impl FleetConfig {
         }
         auth::Authorizer::new(&self.api)?;
         images::vendor_root_keys(&self.images.vendor_roots)?;
+        self.certificates.check()?;
         self.rollouts.check()
     }
 
@@ -184,6 +190,14 @@ impl FleetConfig {
             ("server_cert", Some(&self.server_cert)),
             ("server_key", Some(&self.server_key)),
             ("manufacturer_ca", self.manufacturer_ca.as_ref()),
+            (
+                "certificates.issuing_ca_cert",
+                self.certificates.issuing_ca_cert.as_ref(),
+            ),
+            (
+                "certificates.issuing_ca_key",
+                self.certificates.issuing_ca_key.as_ref(),
+            ),
         ]
         .into_iter()
         .filter_map(|(field, path)| Some((field, path?)))
@@ -275,6 +289,9 @@ pub enum ConfigValueError {
     /// A vendor root is not a key.
     #[error(transparent)]
     VendorRoot(#[from] images::VendorRootError),
+    /// A `[certificates]` value that cannot be used.
+    #[error(transparent)]
+    Certificates(#[from] renewal::CertificatesConfigError),
     /// Trust would lapse between two scheduled challenges.
     #[error(
         "rollouts.attestation_valid_secs ({valid}) must exceed \
@@ -334,6 +351,7 @@ impl ConfigValueError {
             Self::BrokerLimit(error) => error.field(),
             Self::TokenHash(error) => error.field(),
             Self::VendorRoot(error) => error.field(),
+            Self::Certificates(error) => renewal::CertificatesConfig::field(error),
             Self::TrustLapses { .. } => "rollouts.attestation_valid_secs".to_owned(),
             Self::Listen { field, .. } | Self::File { field, .. } => (*field).to_owned(),
             Self::SameListen(_) => "mqtt_listen".to_owned(),
@@ -568,6 +586,10 @@ async fn refresh_trust(
             trust.revoke(&device.fingerprint);
         }
     }
+    // Renewed certificates not yet used stay accepted across restarts and instances.
+    for (device, fingerprint) in store.issued_renewals().await? {
+        trust.set_renewed(&device, &fingerprint);
+    }
     Ok(())
 }
 
@@ -622,6 +644,12 @@ pub async fn start(
         config.telemetry.max_future_skew_secs,
     ));
     let trust = std::sync::Arc::new(load_trust(config, &store).await?);
+    let issuer = renewal::IssuingCa::load(&config.certificates)?.map(std::sync::Arc::new);
+    if let Some(issuer) = &issuer {
+        trust
+            .set_issuing_ca(&issuer.certificate)
+            .map_err(|e| anyhow::anyhow!("certificates.issuing_ca_cert: {e}"))?;
+    }
     let tls = tls::broker_tls_config(
         &config.server_cert,
         &config.server_key,
@@ -732,6 +760,20 @@ pub async fn start(
         config.rollouts.trust_valid_for(),
         shutdown.clone(),
     ));
+    let renewer = renewal::Renewer {
+        store: store.clone(),
+        devices: broker.publisher(),
+        trust: std::sync::Arc::clone(&trust),
+        attestor: attestor.clone(),
+        issuer,
+    };
+    let renewal_requests =
+        broker.subscribe_local(warden_wire::renewal::ALL_CERTIFICATE_REQUESTS, 64);
+    let renewal_task = tokio::spawn(renewal::run(
+        renewer.clone(),
+        renewal_requests,
+        shutdown.clone(),
+    ));
     let reports = broker.subscribe_local(warden_wire::topics::ALL_REPORTS, 256);
     let events = broker.subscribe_local(warden_wire::topics::ALL_EVENTS, 256);
     let failure_reports = tokio::spawn(ingest::reports_and_events(
@@ -772,6 +814,7 @@ pub async fn start(
         store: store.clone(),
         devices: broker.publisher(),
         attestor,
+        renewer,
         authorizer,
         trust,
         images,
@@ -830,6 +873,7 @@ pub async fn start(
         let _ = rollout_task.await;
         let _ = quote_task.await;
         let _ = attestation_task.await;
+        let _ = renewal_task.await;
         let _ = retention_task.await;
         if let Some(membership) = membership {
             let _ = membership.task.await;

@@ -11,6 +11,7 @@ mod dashboard;
 mod deployments;
 mod migrations;
 mod registry;
+mod renewals;
 mod reports;
 mod telemetry;
 
@@ -25,4 +26,5 @@ pub use registry::{
     ChallengeUse, ENROLLED_GROUP, ENROLLED_IMAGE_VERSION, NewDevice, Product, ProductOutcome,
     RegisteredIdentity, Registration,
 };
+pub use renewals::{RENEWAL_COMPLETED, RENEWAL_ISSUED, RENEWAL_REFUSED, Renewal};
 pub use telemetry::{Ingested, PRUNE_WINDOW_MS};

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::status::{LinkStatus, update};
 use crate::clock::unix_millis;
+use warden_wire::renewal::{CertificateRenewOrder, CertificateResponse};
 use warden_wire::topics::{
     Ack, AttestationChallenge, AttestationVerdict, Command, LinkSettings, LinkSettingsError,
     PROTOCOL_VERSION, TwinDesired, UpdateOffer,
@@ -32,6 +33,8 @@ pub(super) enum NetworkEvent {
     Challenge(AttestationChallenge),
     Verdict(AttestationVerdict),
     Offer(UpdateOffer),
+    CertificateResponse(CertificateResponse),
+    RenewOrder,
 }
 
 /// Capped exponential backoff.
@@ -114,6 +117,8 @@ pub(super) struct Topics {
     pub(super) challenge: String,
     pub(super) verdict: String,
     pub(super) offers: String,
+    pub(super) certificate_response: String,
+    pub(super) certificate_renew: String,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -176,6 +181,8 @@ pub(super) async fn network_loop(
                     &topics.challenge,
                     &topics.verdict,
                     &topics.offers,
+                    &topics.certificate_response,
+                    &topics.certificate_renew,
                 ] {
                     if let Err(error) = client.try_subscribe(topic, QoS::AtLeastOnce) {
                         tracing::warn!(%error, topic, "cannot subscribe");
@@ -267,6 +274,22 @@ pub(super) fn decode_publish(topics: &Topics, publish: &rumqttc::Publish) -> Opt
             Ok(offer) => Some(NetworkEvent::Offer(offer)),
             Err(error) => {
                 tracing::warn!(%error, "malformed update offer ignored");
+                None
+            }
+        }
+    } else if topic == topics.certificate_response {
+        match CertificateResponse::decode(&publish.payload) {
+            Ok(response) => Some(NetworkEvent::CertificateResponse(response)),
+            Err(error) => {
+                tracing::warn!(%error, "malformed certificate response ignored");
+                None
+            }
+        }
+    } else if topic == topics.certificate_renew {
+        match CertificateRenewOrder::decode(&publish.payload) {
+            Ok(_) => Some(NetworkEvent::RenewOrder),
+            Err(error) => {
+                tracing::warn!(%error, "malformed certificate renewal order ignored");
                 None
             }
         }

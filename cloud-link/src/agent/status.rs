@@ -61,6 +61,9 @@ pub struct LinkStatus {
     pub journal_damaged: u64,
     /// The fleet's attestation challenges as this unit answered them.
     pub attestation: AttestationAnswers,
+    /// The device certificate the link connects with, and its renewal.
+    #[serde(default)]
+    pub certificate: super::renewal::CertificateRenewalStatus,
 }
 
 /// The fleet's attestation challenges, this unit's answers, and the fleet's last

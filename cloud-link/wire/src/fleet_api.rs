@@ -12,6 +12,7 @@ mod dashboard;
 mod deployments;
 mod error;
 mod registry;
+mod renewal;
 mod reports;
 mod telemetry;
 
@@ -33,6 +34,7 @@ pub use registry::{
     ProductRequest, ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, device_path,
     product_enrollment_path,
 };
+pub use renewal::{CertificateRenewal, certificate_renew_path};
 pub use reports::{
     AuditLine, AuditQuery, CrashRate, EventsQuery, ReportBucket, ReportGroup, ReportsQuery,
     StoredEvent, StoredReport,

@@ -6,7 +6,9 @@
 //! behind the `tls` feature: the link's TLS profile (TLS 1.3, ring, the fleet CA
 //! pinned), which both ends of the link must agree on and so lives here once.
 
+pub mod certificate_fields;
 pub mod fleet_api;
+pub mod renewal;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod topics;

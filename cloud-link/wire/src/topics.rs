@@ -19,6 +19,9 @@
 //! | `reports` | device → fleet | [`FailureReportMessage`]: a failure report from the monitor |
 //! | `updates/offer` | fleet → device | [`UpdateOffer`]: an image to install, with its window |
 //! | `updates/status` | device → fleet | [`UpdateStatus`]: progress and outcome of an offer |
+//! | `certificate/request` | device → fleet | [`crate::renewal::CertificateRequest`]: a CSR for the device's own key |
+//! | `certificate/response` | fleet → device | [`crate::renewal::CertificateResponse`]: the renewed certificate, or why not |
+//! | `certificate/renew` | fleet → device | [`crate::renewal::CertificateRenewOrder`]: renew the certificate now |
 //!
 //! A message leaves the device's outbox only when its [`Ack`] arrives; until then it
 //! is sent again after reconnects and timeouts, and the fleet stores each
@@ -199,6 +202,12 @@ pub mod event_kind {
     pub const CONTROL_OVERFLOW: &str = "control-overflow";
     /// An update offer changed state (`detail`: offer, version, state).
     pub const UPDATE_STATE: &str = "update-state";
+    /// The unit connected with its renewed certificate and made it its own (`detail`:
+    /// the new certificate's end of validity).
+    pub const CERTIFICATE_RENEWED: &str = "certificate-renewed";
+    /// Renewal failed: the fleet refused the request, or the new certificate did not
+    /// connect and the unit went back to the old one (`detail` says which and why).
+    pub const CERTIFICATE_RENEWAL_FAILED: &str = "certificate-renewal-failed";
 }
 
 /// The states of [`UpdateStatus::state`].

@@ -308,7 +308,14 @@ async fn device(
     }
     let point_decimals = reported_point_decimals(&state, &id).await?;
     let certificate = match state.store.registered_certificate(&id).await? {
-        Some(pem) => device_certificate(&state, &id, &pem),
+        Some(pem) => match device_certificate(&state, &id, &pem) {
+            Some(mut certificate) => {
+                certificate.renewal =
+                    super::renewal::certificate_renewal(&state.store, &id).await?;
+                Some(certificate)
+            }
+            None => None,
+        },
         None => None,
     };
     Ok(Json(DeviceDetail {
@@ -374,6 +381,7 @@ fn device_certificate(state: &ApiState, device_id: &str, pem: &str) -> Option<De
             .to_owned(),
         refused_ms: refusal.as_ref().map(|refusal| refusal.at_ms),
         refused_reason: refusal.map(|refusal| refusal.reason),
+        renewal: None,
     })
 }
 

@@ -18,6 +18,8 @@ pub struct ApiState {
     pub devices: LocalPublisher,
     /// Challenges devices and records the verdicts.
     pub attestor: crate::attestation::Attestor,
+    /// Answers certificate renewal requests; asks devices to renew.
+    pub renewer: crate::renewal::Renewer,
     /// Who may call what.
     pub authorizer: Authorizer,
     /// What the broker trusts (products' CAs, registrations, revocations).

@@ -377,4 +377,21 @@ pub(super) const MIGRATIONS: &[(i64, Migration)] = &[
     CREATE INDEX deltas_by_result ON deltas (result_sha256, base_sha256)",
         ),
     ),
+    (
+        15,
+        // Certificate renewal (`crate::renewal`): per device, the certificate issued
+        // and not yet used (accepted beside the registered one until the device first
+        // connects with it) and the last outcome, for the device page.
+        Migration::Both(
+            "CREATE TABLE certificate_renewals (
+        device_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        fingerprint TEXT,
+        certificate_pem TEXT,
+        not_after_ms BIGINT,
+        updated_ms BIGINT NOT NULL
+    )",
+        ),
+    ),
 ];

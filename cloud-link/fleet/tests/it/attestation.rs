@@ -22,13 +22,13 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// The device side of pluton's quote, built with the device's TLS key (the key pluton
 /// would hold): the layout of `warden_pluton::quote`, verified below by its verifier.
-struct QuoteSigner {
+pub(super) struct QuoteSigner {
     public_key: [u8; 65],
     key: std::sync::Arc<dyn rustls::sign::SigningKey>,
 }
 
 impl QuoteSigner {
-    fn of(fx: &Fixture, cert_file: &str) -> Self {
+    pub(super) fn of(fx: &Fixture, cert_file: &str) -> Self {
         let pem = std::fs::read_to_string(fx.dir.path().join(format!("{cert_file}.key")))
             .expect("device key");
         let pair = rcgen::KeyPair::from_pem(&pem).expect("key pair");
@@ -39,7 +39,7 @@ impl QuoteSigner {
     }
 
     /// A quote over `nonce` whose image register is `image_register`.
-    fn quote(&self, nonce: &[u8], image_register: [u8; 32]) -> Vec<u8> {
+    pub(super) fn quote(&self, nonce: &[u8], image_register: [u8; 32]) -> Vec<u8> {
         let device_id = warden_pluton::DeviceId::of_public_key(&self.public_key);
         let mut body = b"WPQ1".to_vec();
         body.extend([1, 8, 8, u8::try_from(nonce.len()).expect("nonce length")]);
@@ -90,7 +90,7 @@ fn booted(measurement_hex: &str) -> [u8; 32] {
 }
 
 /// The next challenge's nonce (the device did not ask for it).
-async fn challenge(device: &mut SimulatedDevice) -> Vec<u8> {
+pub(super) async fn challenge(device: &mut SimulatedDevice) -> Vec<u8> {
     let challenge = device
         .next_on("attestation/challenge", WAIT)
         .await
@@ -103,7 +103,7 @@ async fn challenge(device: &mut SimulatedDevice) -> Vec<u8> {
     nonce
 }
 
-async fn answer(device: &SimulatedDevice, nonce: &[u8], quote: &[u8]) {
+pub(super) async fn answer(device: &SimulatedDevice, nonce: &[u8], quote: &[u8]) {
     device
         .publish(
             "attestation/quote",

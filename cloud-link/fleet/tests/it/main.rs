@@ -7,6 +7,7 @@ mod openapi;
 mod operations;
 mod postgres;
 mod registry;
+mod renewal;
 mod reports;
 mod rollout;
 mod store_failure;
@@ -180,6 +181,7 @@ async fn fleet_with(
         telemetry: warden_fleet::TelemetryConfig::default(),
         metrics: warden_fleet::MetricsConfig::default(),
         instance_id: None,
+        certificates: Default::default(),
     };
     let mut config = config;
     adjust(&mut config);

@@ -17,8 +17,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use warden_wire::fleet_api::{
-    Attestation, AuditLine, AuditQuery, CommandView, Connectivity, CrashRate, DashboardDevice,
-    DeltaRecord, DeploymentEvent, DeploymentMember, DeploymentProgress, DeploymentRequest,
+    Attestation, AuditLine, AuditQuery, CertificateRenewal, CommandView, Connectivity, CrashRate,
+    DashboardDevice, DeltaRecord, DeploymentEvent, DeploymentMember, DeploymentProgress,
+    DeploymentRequest,
     DesiredRequest, Device, DeviceCertificate, DeviceDetail, DevicePageQuery, DeviceRow,
     DeviceView, DevicesQuery, EnrollmentRequest, ErrorBody, EventsQuery, FleetCounts, FleetSummary,
     Group, GroupRequest, ImageRecord, ProductRequest, ProductView, RegisterRequest,
@@ -730,6 +731,7 @@ fn the_document_describes_every_wire_type_of_the_api() {
                     standing: "expired".into(),
                     refused_ms: Some(3_000),
                     refused_reason: Some("certificate expired".into()),
+                    renewal: Some(certificate_renewal()),
                 }),
             },
             DeviceDetail {
@@ -752,7 +754,21 @@ fn the_document_describes_every_wire_type_of_the_api() {
             standing: "valid".into(),
             refused_ms: None,
             refused_reason: None,
+            renewal: None,
         }],
+    ));
+    problems.extend(response(
+        "CertificateRenewal",
+        &[
+            certificate_renewal(),
+            CertificateRenewal {
+                state: "refused".into(),
+                detail: "refused: the device is not attested".into(),
+                fingerprint: None,
+                not_after_ms: None,
+                updated_ms: 5_000,
+            },
+        ],
     ));
     problems.extend(response("WaveProgress", &[wave_progress()]));
     problems.extend(response(
@@ -953,6 +969,16 @@ fn operations() -> Vec<Operation> {
             "/api/v1/devices/{id}/revoke",
             None,
             &[("200", "RegisteredDevice"), ("404", "Error")],
+        ),
+        operation(
+            "post",
+            "/api/v1/devices/{id}/certificate/renew",
+            None,
+            &[
+                ("202", "CertificateRenewal"),
+                ("404", "Error"),
+                ("409", "Error"),
+            ],
         ),
         Operation {
             query: query(&TelemetryQuery {
@@ -1323,4 +1349,14 @@ fn the_checker_catches_a_field_the_document_lacks() {
         problems.iter().any(|p| p.contains("colour")),
         "{problems:#?}"
     );
+}
+
+fn certificate_renewal() -> CertificateRenewal {
+    CertificateRenewal {
+        state: "issued".into(),
+        detail: "issued for request reason \"renewal-due\"".into(),
+        fingerprint: Some("ab".repeat(32)),
+        not_after_ms: Some(4_000),
+        updated_ms: 3_500,
+    }
 }

@@ -137,6 +137,9 @@ pub struct DeviceCertificate {
     pub refused_ms: Option<i64>,
     /// Why (an expired certificate names when it expired).
     pub refused_reason: Option<String>,
+    /// Its last renewal over the link, if it had one.
+    #[serde(default)]
+    pub renewal: Option<super::CertificateRenewal>,
 }
 
 /// Progress of one wave of a deployment.

@@ -14,7 +14,7 @@ use warden_wire::topics::{
 };
 
 /// Each topic suffix and the schema of its payload.
-const TOPIC_SCHEMAS: [(&str, &str); 13] = [
+const TOPIC_SCHEMAS: [(&str, &str); 16] = [
     ("telemetry", "telemetry-batch"),
     ("ack", "ack"),
     ("commands", "command"),
@@ -28,6 +28,9 @@ const TOPIC_SCHEMAS: [(&str, &str); 13] = [
     ("reports", "report"),
     ("updates/offer", "update-offer"),
     ("updates/status", "update-status"),
+    ("certificate/request", "certificate-request"),
+    ("certificate/response", "certificate-response"),
+    ("certificate/renew", "certificate-renew"),
 ];
 
 fn cloud_link() -> PathBuf {
@@ -280,6 +283,55 @@ fn payloads_the_code_makes_validate() {
             version: Some("1.2.0".into()),
         }),
     );
+}
+
+#[test]
+fn renewal_payloads_the_code_makes_validate() {
+    use warden_wire::renewal::{
+        CertificateRenewOrder, CertificateRequest, CertificateResponse, certification_request,
+        certification_request_info, ecdsa_signature_der, pem, renewal_reason,
+    };
+    let info = certification_request_info("wd-0042", &[4u8; 65]);
+    let csr = pem(
+        "CERTIFICATE REQUEST",
+        &certification_request(&info, &ecdsa_signature_der(&[7u8; 64])),
+    );
+    let request = CertificateRequest {
+        v: PROTOCOL_VERSION,
+        csr,
+        reason: renewal_reason::RENEWAL_DUE.into(),
+    };
+    assert_valid("certificate-request", &request.encode());
+    assert_eq!(
+        CertificateRequest::decode(&request.encode()).expect("decodes"),
+        request
+    );
+    let issued = CertificateResponse {
+        v: PROTOCOL_VERSION,
+        issued: true,
+        certificate: Some("-----BEGIN CERTIFICATE-----\n...".into()),
+        detail: "issued; valid until 2027-12-07 00:00:00 UTC".into(),
+    };
+    assert_valid("certificate-response", &issued.encode());
+    let refused = CertificateResponse {
+        v: PROTOCOL_VERSION,
+        issued: false,
+        certificate: None,
+        detail: "refused: the device is not attested".into(),
+    };
+    assert_valid("certificate-response", &refused.encode());
+    assert_valid(
+        "certificate-renew",
+        &CertificateRenewOrder {
+            v: PROTOCOL_VERSION,
+        }
+        .encode(),
+    );
+    assert_invalid(
+        "certificate-request",
+        &json!({"v": 1, "csr": "not a csr", "reason": "renewal-due"}),
+    );
+    assert!(CertificateRenewOrder::decode(br#"{"v": 2}"#).is_err());
 }
 
 #[test]
