@@ -298,7 +298,8 @@ impl ArrayLiteral {
         if value.is_nan() {
             self.0.push_str("NaN");
         } else if value.is_infinite() {
-            self.0.push_str(if value > 0.0 { "Infinity" } else { "-Infinity" });
+            self.0
+                .push_str(if value > 0.0 { "Infinity" } else { "-Infinity" });
         } else {
             let _ = write!(self.0, "{value:?}");
         }

@@ -205,7 +205,12 @@ async fn dashboard_reads_come_from_the_replica_on_postgresql() {
         stream: "telemetry".into(),
         epoch: 1,
         seq: 0,
-        readings: vec![Reading::number("line1/p".into(), value, "bar".into(), 1_000)],
+        readings: vec![Reading::number(
+            "line1/p".into(),
+            value,
+            "bar".into(),
+            1_000,
+        )],
     };
     let postgres = TemporaryPostgres::start();
     let primary_url = postgres.create_database("primary");
@@ -235,7 +240,9 @@ async fn dashboard_reads_come_from_the_replica_on_postgresql() {
     );
     let rows = store.device_page("", 0, 10).await.expect("dashboard rows");
     assert_eq!(
-        rows.iter().map(|r| r.device_id.as_str()).collect::<Vec<_>>(),
+        rows.iter()
+            .map(|r| r.device_id.as_str())
+            .collect::<Vec<_>>(),
         ["wd-on-replica"]
     );
     assert_eq!(
@@ -251,12 +258,22 @@ async fn dashboard_reads_come_from_the_replica_on_postgresql() {
         "the replica has not seen the primary's write (a real standby lags like this)"
     );
     assert_eq!(
-        store.fleet_counts().await.expect("counts").unregistered_seen,
+        store
+            .fleet_counts()
+            .await
+            .expect("counts")
+            .unregistered_seen,
         1
     );
     // Writes went to the primary only; reads that decide something read it.
     assert!(store.device_exists("wd-on-primary").await.expect("exists"));
-    assert!(store.seen_device("wd-on-primary").await.expect("seen").is_some());
+    assert!(
+        store
+            .seen_device("wd-on-primary")
+            .await
+            .expect("seen")
+            .is_some()
+    );
     assert!(
         !replica_side
             .device_exists("wd-on-primary")
@@ -287,5 +304,8 @@ async fn dashboard_reads_come_from_the_replica_on_postgresql() {
     let refused = sqlite
         .with_replica(&replica_url)
         .expect_err("a replica beside SQLite");
-    assert!(refused.to_string().contains("needs PostgreSQL"), "{refused}");
+    assert!(
+        refused.to_string().contains("needs PostgreSQL"),
+        "{refused}"
+    );
 }
