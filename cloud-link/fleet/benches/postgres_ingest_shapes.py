@@ -1,8 +1,16 @@
-# Compares the two PostgreSQL ingest shapes for groups of G batches x 10 readings,
-# over one connection (psycopg is not installed: psql in a pipe, \timing).
-import sys, subprocess, time, random
+# Compares the two shapes of the fleet's PostgreSQL ingest for groups of G batches x 10
+# readings over one psql connection, on a database with the fleet's schema:
+#   unnest: the statement INGEST_POSTGRES of src/store/telemetry.rs (prepared), in
+#           BEGIN/COMMIT: 3 round trips per group;
+#   values: the multi-row VALUES statements of 32 rows (SQLite's path, PostgreSQL's
+#           before), as literal SQL: 2 + 3 x ceil(G/32) + 2 x ceil(10G/32) statements.
+# usage: python3 cloud-link/fleet/benches/postgres_ingest_shapes.py G ROUNDS unnest|values URL
+# (run from the repository root; the values rows are literals, not bound parameters,
+# so the server also parses them: an upper bound of that shape's cost.)
+import re, sys, subprocess, time, random
 G=int(sys.argv[1]); ROUNDS=int(sys.argv[2]); mode=sys.argv[3]; url=sys.argv[4]
-sql=open('/tmp/ingest-sql.sql').read()
+source=open('cloud-link/fleet/src/store/telemetry.rs').read()
+sql=re.search(r'const INGEST_POSTGRES: &str = "(.*?)";\n', source, re.S).group(1)
 out=["\\set QUIET on", "SET synchronous_commit = on;"]
 if mode=="unnest":
     out.append("PREPARE ing(text,text,text,text,bigint,text,text,text,text,text,text,text,bigint) AS " + sql + ";")
