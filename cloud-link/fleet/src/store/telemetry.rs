@@ -3,8 +3,9 @@
 //! Ingest takes a group of batches in a few multi-row statements. Every statement is a
 //! round trip to sqlx's SQLite worker thread (or to PostgreSQL); one statement per
 //! reading (about 22 per batch) made those thread hand-offs most of the fleet's CPU at
-//! 10,000 devices (`perf`: 60 % in scheduler wake-ups, 1.4 % in SQLite itself). A group
-//! now costs four statements per [`ROWS_PER_STATEMENT`] rows.
+//! 10,000 devices (`perf`: 60 % in scheduler wake-ups, 1.4 % in SQLite itself). On
+//! SQLite a group costs four statements per [`ROWS_PER_STATEMENT`] rows; on PostgreSQL,
+//! where each statement is a network round trip, one statement ([`INGEST_POSTGRES`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -190,7 +191,7 @@ async fn ingest_group(
 /// array literal (sqlx's `Any` driver binds no arrays) and cast on the server; data-
 /// modifying `WITH` clauses then record the new batches, the devices seen, the time
 /// series and the latest values. With multi-row `VALUES` statements a group of 256
-/// batches was 176 statements, each a round trip (BENCHMARKS.md, "Fleet ingest on
+/// batches was 186 statements, each a round trip (BENCHMARKS.md, "Fleet ingest on
 /// PostgreSQL").
 const INGEST_POSTGRES: &str = "WITH batch_in AS (
         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
