@@ -181,6 +181,7 @@ impl DemoPki {
             mqtt_listen: format!("127.0.0.1:{mqtt_port}"),
             database_url: format!("sqlite://{}", state_dir.join("fleet.db").display()),
             database_read_connections: None,
+            database_replica_url: None,
             server_cert: self.server_cert.clone(),
             server_key: self.server_key.clone(),
             manufacturer_ca: Some(self.manufacturer_ca.clone()),

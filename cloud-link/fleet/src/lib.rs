@@ -45,6 +45,11 @@ pub struct FleetConfig {
     /// PostgreSQL.
     #[serde(default)]
     pub database_read_connections: Option<u32>,
+    /// `postgres://…` of a read replica (a hot standby of `database_url`) for the
+    /// read-only dashboard and API listings; unset: they read the primary. PostgreSQL
+    /// only. See [`store::Store::with_replica`].
+    #[serde(default)]
+    pub database_replica_url: Option<String>,
     /// PEM: the broker's server certificate.
     pub server_cert: PathBuf,
     /// PEM: the broker's server key.
@@ -170,6 +175,14 @@ impl FleetConfig {
             .any(|scheme| self.database_url.starts_with(scheme))
         {
             return Err(ConfigValueError::DatabaseUrl(self.database_url.clone()));
+        }
+        if let Some(replica) = &self.database_replica_url
+            && (self.database_url.starts_with("sqlite:")
+                || !["postgres:", "postgresql:"]
+                    .iter()
+                    .any(|scheme| replica.starts_with(scheme)))
+        {
+            return Err(ConfigValueError::ReplicaUrl);
         }
         self.http.check()?;
         self.broker.check()?;
@@ -330,6 +343,13 @@ pub enum ConfigValueError {
     /// A database the store cannot open.
     #[error("database_url {0:?} is neither sqlite://… nor postgres://…")]
     DatabaseUrl(String),
+    /// A read replica that is not PostgreSQL, or beside a SQLite database. (The URL
+    /// is not shown: it may hold a password.)
+    #[error(
+        "database_replica_url needs database_url and the replica both on PostgreSQL \
+         (postgres://…): SQLite has no replicas"
+    )]
+    ReplicaUrl,
     /// A certificate or key file that cannot be opened.
     #[error("{field} {}: {source}", path.display())]
     File {
@@ -358,6 +378,7 @@ impl ConfigValueError {
             Self::MetricsListen(_) => "metrics.listen".to_owned(),
             Self::AnonymousNotLoopback(_) => "api.anonymous_role".to_owned(),
             Self::DatabaseUrl(_) => "database_url".to_owned(),
+            Self::ReplicaUrl => "database_replica_url".to_owned(),
         }
     }
 }
@@ -640,6 +661,12 @@ pub async fn start(
     )
     .await
     .with_context(|| format!("cannot open fleet store {}", config.database_url))?;
+    let store = match &config.database_replica_url {
+        Some(replica) => store
+            .with_replica(replica)
+            .context("database_replica_url")?,
+        None => store,
+    };
     store.set_future_skew(std::time::Duration::from_secs(
         config.telemetry.max_future_skew_secs,
     ));
@@ -987,6 +1014,34 @@ mod tests {
         assert!(
             shown.contains("database_url \"mysql://db/fleet\""),
             "{shown}"
+        );
+
+        // A replica beside SQLite, and a replica that is not PostgreSQL: refused
+        // naming the key, without the URL (it may hold a password).
+        for (database, replica) in [
+            ("sqlite://x", "postgres://reader:secret@replica/fleet"),
+            ("postgres://db/fleet", "sqlite://secret"),
+        ] {
+            let (shown, line, _) = refused(&BASE.replace(
+                "database_url = \"sqlite://x\"",
+                &format!("database_url = \"{database}\"\ndatabase_replica_url = \"{replica}\""),
+            ));
+            assert_eq!(line, 4, "{shown}");
+            assert!(shown.contains("database_replica_url needs"), "{shown}");
+            assert!(!shown.contains("secret"), "{shown}");
+        }
+        let config = FleetConfig::from_toml(
+            &BASE.replace(
+                "database_url = \"sqlite://x\"",
+                "database_url = \"postgres://db/fleet\"\n\
+                 database_replica_url = \"postgres://replica/fleet\"",
+            ),
+            Path::new("fleet.toml"),
+        )
+        .expect("a PostgreSQL replica of a PostgreSQL database");
+        assert_eq!(
+            config.database_replica_url.as_deref(),
+            Some("postgres://replica/fleet")
         );
     }
 

@@ -17,7 +17,7 @@ mod telemetry;
 
 pub use self::core::{
     AttestationCounts, DEFAULT_FUTURE_SKEW, Histogram, INGEST_SECONDS_BUCKETS, READ_CONNECTIONS,
-    Store, StoreError, StoreHealthSnapshot,
+    REPLICA_ACQUIRE_TIMEOUT, REPLICA_CONNECTIONS, Store, StoreError, StoreHealthSnapshot,
 };
 pub use cluster::{Delivery, Presence};
 pub use dashboard::DEVICE_STATUSES;

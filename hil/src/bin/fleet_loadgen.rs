@@ -21,8 +21,11 @@
 //! a deadline, traffic goes to 127.0.0.1 only.
 //!
 //! `fleet-loadgen [--devices N] [--seconds S] [--interval-ms MS] [--fleet-bin PATH]
-//! [--database-url postgres://…]` (defaults 10000, 60, 5000, `warden-fleet` beside this
-//! binary, SQLite in a temporary directory).
+//! [--database-url postgres://…] [--instances K]` (defaults 10000, 60, 5000,
+//! `warden-fleet` beside this binary, SQLite in a temporary directory, 1). With
+//! `--instances K` (PostgreSQL only) K `warden-fleet` processes share the database and
+//! the devices connect to them in turn; CPU is the sum of theirs, RSS each one's. On
+//! PostgreSQL the CPU of the machine's `postgres` processes is printed too.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +56,8 @@ struct Args {
     fleet_bin: PathBuf,
     /// `postgres://…` (an empty database); default SQLite in a temporary directory.
     database_url: Option<String>,
+    /// `warden-fleet` processes sharing the database (more than one: PostgreSQL).
+    instances: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -65,6 +70,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .context("no directory of this binary")?
             .join("warden-fleet"),
         database_url: None,
+        instances: 1,
     };
     let mut given = std::env::args().skip(1);
     while let Some(flag) = given.next() {
@@ -77,11 +83,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--interval-ms" => args.interval_ms = value.parse().context("--interval-ms")?,
             "--fleet-bin" => args.fleet_bin = value.into(),
             "--database-url" => args.database_url = Some(value),
+            "--instances" => args.instances = value.parse().context("--instances")?,
             other => bail!("unknown argument {other}"),
         }
     }
-    if args.devices == 0 || args.seconds == 0 || args.interval_ms == 0 {
-        bail!("--devices, --seconds and --interval-ms must be positive");
+    if args.devices == 0 || args.seconds == 0 || args.interval_ms == 0 || args.instances == 0 {
+        bail!("--devices, --seconds, --interval-ms and --instances must be positive");
+    }
+    if args.instances > 1 && args.database_url.is_none() {
+        bail!("--instances above 1 needs --database-url postgres://… (SQLite is one instance)");
     }
     Ok(args)
 }
@@ -270,7 +280,7 @@ fn mib(usage: Usage) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args().context(
         "usage: fleet-loadgen [--devices N] [--seconds S] [--interval-ms MS] [--fleet-bin PATH] \
-         [--database-url postgres://…]",
+         [--database-url postgres://…] [--instances K]",
     )?;
     let dir = tempfile_dir()?;
     let pki = Pki::create(&dir)?;
@@ -279,20 +289,27 @@ async fn main() -> anyhow::Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}/fleet.db", pki.dir.display()));
-    let fleet = FleetProcess::start_on(
-        &args.fleet_bin,
-        &pki,
-        "fleet",
-        &database_url,
-        &format!(
-            "[images]\nvendor_roots = [\"{}\"]\n",
-            to_hex(&vendor_root.public_key())
-        ),
-    )
-    .await?;
+    let mut fleets = Vec::with_capacity(args.instances);
+    for instance in 0..args.instances {
+        fleets.push(
+            FleetProcess::start_on(
+                &args.fleet_bin,
+                &pki,
+                &format!("fleet-{instance}"),
+                &database_url,
+                &format!(
+                    "[images]\nvendor_roots = [\"{}\"]\n",
+                    to_hex(&vendor_root.public_key())
+                ),
+            )
+            .await?,
+        );
+    }
+    let fleet = Fleets(fleets);
+    let postgres = args.database_url.is_some();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = fleet.usage();
-    let api = Api::new(&fleet.http);
+    let api = Api::new(&fleet.0[0].http);
     api.create_product(PRODUCT, &pki).await?;
     let ids: Vec<String> = (0..args.devices).map(|i| format!("wd-{i:05}")).collect();
     let started = Instant::now();
@@ -315,8 +332,9 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut clients = Vec::with_capacity(ids.len());
     let started = Instant::now();
-    for id in &ids {
-        let options = pki.mqtt_options(id, fleet.mqtt_port)?;
+    for (index, id) in ids.iter().enumerate() {
+        let instance = &fleet.0[index % fleet.0.len()];
+        let options = pki.mqtt_options(id, instance.mqtt_port)?;
         let (client, eventloop) = AsyncClient::new(options, 64);
         let signer = QuoteSigner::from_pem(&pki.device_key_pem(id)?)?;
         clients.push(client.clone());
@@ -354,9 +372,11 @@ async fn main() -> anyhow::Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let connected = fleet.usage();
+    let connected_each = fleet.each();
 
     // Telemetry for the set duration.
     let before = fleet.usage();
+    let postgres_before = postgres_cpu_seconds();
     let (sent0, acked0) = (
         counters.sent.load(Ordering::Relaxed),
         counters.acked.load(Ordering::Relaxed),
@@ -367,6 +387,7 @@ async fn main() -> anyhow::Result<()> {
     let acked_in_window = counters.acked.load(Ordering::Relaxed) - acked0;
     let window_s = window.elapsed().as_secs_f64();
     let during = fleet.usage();
+    let postgres_during = postgres_cpu_seconds();
     stop_sending.cancel();
     let sent = counters.sent.load(Ordering::Relaxed) - sent0;
     let drained = until(Duration::from_secs(120), || {
@@ -416,6 +437,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     drop(clients);
+    let per_instance_connected = fleet.0.len();
     fleet.stop().await;
     all.commit_ack.sort_unstable();
     all.puback.sort_unstable();
@@ -426,18 +448,31 @@ async fn main() -> anyhow::Result<()> {
     let offer_cpu = (offers_after.cpu_seconds - offers_before.cpu_seconds).max(0.01);
     println!();
     println!(
-        "fleet-loadgen: {n} devices, one warden-fleet process (SQLite, embedded broker), \
+        "fleet-loadgen: {n} devices, {} warden-fleet process(es) ({}, embedded broker), \
          one batch of 10 readings per device every {} ms for {} s",
-        args.interval_ms, args.seconds
+        args.instances,
+        if postgres { "PostgreSQL" } else { "SQLite" },
+        args.interval_ms,
+        args.seconds
     );
     println!("| figure | value |");
     println!("|---|---|");
     println!(
-        "| fleet RSS idle / {n} registered / {n} connected | {:.1} / {:.1} / {:.1} MiB |",
+        "| fleet RSS idle / {n} registered / {n} connected (all instances) | {:.1} / {:.1} / {:.1} MiB |",
         mib(idle),
         mib(registered),
         mib(connected)
     );
+    if per_instance_connected > 1 {
+        println!(
+            "| fleet RSS with {n} connected, per instance | {} MiB |",
+            connected_each
+                .iter()
+                .map(|u| format!("{:.1}", mib(*u)))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+    }
     println!(
         "| telemetry batches acknowledged after commit | {acked_in_window} in {window_s:.1} s = {:.0} msg/s (offered {:.0} msg/s){} |",
         per_s(acked_in_window, window_s),
@@ -466,6 +501,14 @@ async fn main() -> anyhow::Result<()> {
         100.0 * telemetry_cpu / window_s,
         per_s(acked_in_window, telemetry_cpu)
     );
+    if let (Some(before), Some(during)) = (postgres_before, postgres_during) {
+        let postgres_cpu = during - before;
+        println!(
+            "| PostgreSQL CPU during telemetry (every `postgres` process) | {:.0} % of one core ({:.0} msg/s per PostgreSQL core) |",
+            100.0 * postgres_cpu / window_s,
+            per_s(acked_in_window, postgres_cpu)
+        );
+    }
     println!(
         "| fleet RSS during / after telemetry | {:.1} / {:.1} MiB |",
         mib(during),
@@ -480,6 +523,53 @@ async fn main() -> anyhow::Result<()> {
     println!("| fleet RSS at the end | {:.1} MiB |", mib(offers_after));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The `warden-fleet` processes under load.
+struct Fleets(Vec<FleetProcess>);
+
+impl Fleets {
+    /// Their RSS and CPU time added up.
+    fn usage(&self) -> Usage {
+        self.each()
+            .into_iter()
+            .fold(Usage::default(), |sum, usage| Usage {
+                rss_kib: sum.rss_kib + usage.rss_kib,
+                cpu_seconds: sum.cpu_seconds + usage.cpu_seconds,
+            })
+    }
+
+    /// Each one's RSS and CPU time.
+    fn each(&self) -> Vec<Usage> {
+        self.0.iter().map(FleetProcess::usage).collect()
+    }
+
+    async fn stop(self) {
+        for fleet in self.0 {
+            fleet.stop().await;
+        }
+    }
+}
+
+/// CPU seconds of every process named `postgres` on this machine (the server and its
+/// backends), or `None` if there is none. A backend that exits takes its CPU time with
+/// it: the fleet's pool keeps its connections, so over a window this is the server's.
+fn postgres_cpu_seconds() -> Option<f64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == "postgres" {
+            *total.get_or_insert(0.0) += warden_fleet::loadtest::process_usage(pid).cpu_seconds;
+        }
+    }
+    total
 }
 
 /// A fresh directory under the system's temporary directory.

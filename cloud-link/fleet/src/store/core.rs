@@ -46,7 +46,26 @@ pub struct Store {
     /// How far past its receive time a reading may be dated and still become a latest
     /// value (milliseconds; see [`Store::set_future_skew`]).
     pub(super) future_skew_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// A PostgreSQL read replica for the read-only dashboard queries (see
+    /// [`Store::with_replica`]); `None`: they run on [`Store::pool`].
+    pub(super) replica: Option<Arc<Replica>>,
 }
+
+/// A read replica's pool, and whether it failed to answer last time.
+#[derive(Debug)]
+pub(super) struct Replica {
+    pool: AnyPool,
+    /// Set while the replica cannot be reached (reads go to the primary); logged once
+    /// at each end of such an episode.
+    down: std::sync::atomic::AtomicBool,
+}
+
+/// Connections to a read replica (the dashboard's read-only queries share them).
+pub const REPLICA_CONNECTIONS: u32 = 4;
+
+/// How long a dashboard read waits for a replica connection before it goes to the
+/// primary instead.
+pub const REPLICA_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Read-only SQLite connections held open and used in turn, outside sqlx's pool: the
 /// pool pings every connection it gets back (`return_to_pool`), a second round trip to
@@ -159,6 +178,7 @@ impl Store {
             pool,
             health: Arc::default(),
             writer_pragma,
+            replica: None,
             future_skew_ms: Arc::new(std::sync::atomic::AtomicI64::new(
                 i64::try_from(DEFAULT_FUTURE_SKEW.as_millis()).unwrap_or(i64::MAX),
             )),
@@ -170,6 +190,68 @@ impl Store {
             ));
         }
         Ok(store)
+    }
+
+    /// Sends the dashboard's read-only queries (fleet counts, device pages, latest
+    /// values, time series, report groups) to the PostgreSQL read replica at `url`: a
+    /// hot standby streaming from this store's database, so they may lag it by the
+    /// replication delay. Everything else (writes, and reads that decide something:
+    /// registry lookups for authentication and attestation, presence, queues) stays on
+    /// the primary. Connects lazily: a replica that cannot be reached (within
+    /// [`REPLICA_ACQUIRE_TIMEOUT`]) sends those reads to the primary until it answers
+    /// again. Its sessions are read-only (`default_transaction_read_only`), so a write
+    /// routed to it by mistake fails instead of splitting the data.
+    pub fn with_replica(mut self, url: &str) -> Result<Self, StoreError> {
+        if self.sqlite || !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+            // The URL is not repeated: it may hold a password.
+            return Err(StoreError(sqlx::Error::Configuration(
+                "a read replica needs PostgreSQL (postgres://…) for both the database and the replica"
+                    .into(),
+            )));
+        }
+        install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(REPLICA_CONNECTIONS)
+            .acquire_timeout(REPLICA_ACQUIRE_TIMEOUT)
+            .after_connect(|connection, _meta| {
+                Box::pin(async move {
+                    sqlx::query("SET default_transaction_read_only = on")
+                        .execute(&mut *connection)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy(url)?;
+        self.replica = Some(Arc::new(Replica {
+            pool,
+            down: std::sync::atomic::AtomicBool::new(false),
+        }));
+        Ok(self)
+    }
+
+    /// A connection for a read-only dashboard query: the replica's if there is one
+    /// and it answers, else the primary's.
+    pub(super) async fn dashboard_reader(&self) -> Result<PoolConnection<Any>, StoreError> {
+        use std::sync::atomic::Ordering;
+        if let Some(replica) = &self.replica {
+            match replica.pool.acquire().await {
+                Ok(connection) => {
+                    if replica.down.swap(false, Ordering::Relaxed) {
+                        tracing::info!("read replica answers again; dashboard reads use it");
+                    }
+                    return Ok(connection);
+                }
+                Err(error) => {
+                    if !replica.down.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            %error,
+                            "read replica unreachable; dashboard reads use the primary"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(self.pool.acquire().await?)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -242,6 +324,9 @@ impl Store {
             reads.quiesce().await;
         }
         self.pool.close().await;
+        if let Some(replica) = &self.replica {
+            replica.pool.close().await;
+        }
     }
 }
 

@@ -35,11 +35,12 @@ impl Store {
             .map(|status| ((*status).to_owned(), 0))
             .collect();
         let mut registered = 0;
+        let mut reader = self.dashboard_reader().await?;
         for row in sqlx::query(
             "SELECT CASE WHEN revoked_ms IS NOT NULL THEN 'revoked' ELSE attestation END AS status,
                     COUNT(*) FROM registry GROUP BY status",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *reader)
         .await?
         {
             let count: i64 = row.try_get(1)?;
@@ -50,7 +51,7 @@ impl Store {
             "SELECT product, image_version, COUNT(*) FROM registry WHERE revoked_ms IS NULL
              GROUP BY product, image_version ORDER BY product, image_version",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *reader)
         .await?
         .iter()
         .map(|row| {
@@ -65,7 +66,7 @@ impl Store {
             "SELECT COUNT(*) FROM devices d WHERE NOT EXISTS
                  (SELECT 1 FROM registry r WHERE r.device_id = d.id)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *reader)
         .await?
         .try_get(0)?;
         Ok(FleetCounts {
@@ -111,7 +112,7 @@ impl Store {
         .bind(pattern)
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.dashboard_reader().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -156,7 +157,7 @@ impl Store {
              FROM failure_reports WHERE ts_ms >= $1 ORDER BY ts_ms, device_id, id",
         )
         .bind(since_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.dashboard_reader().await?)
         .await?;
         let mut groups: BTreeMap<(String, String, String), GroupAccumulator> = BTreeMap::new();
         for row in &rows {

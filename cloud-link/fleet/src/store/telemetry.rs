@@ -3,8 +3,9 @@
 //! Ingest takes a group of batches in a few multi-row statements. Every statement is a
 //! round trip to sqlx's SQLite worker thread (or to PostgreSQL); one statement per
 //! reading (about 22 per batch) made those thread hand-offs most of the fleet's CPU at
-//! 10,000 devices (`perf`: 60 % in scheduler wake-ups, 1.4 % in SQLite itself). A group
-//! now costs four statements per [`ROWS_PER_STATEMENT`] rows.
+//! 10,000 devices (`perf`: 60 % in scheduler wake-ups, 1.4 % in SQLite itself). On
+//! SQLite a group costs four statements per [`ROWS_PER_STATEMENT`] rows; on PostgreSQL,
+//! where each statement is a network round trip, one statement ([`INGEST_POSTGRES`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -185,6 +186,217 @@ async fn ingest_group(
     Ok(outcomes)
 }
 
+/// PostgreSQL's ingest of a group: one statement, whatever the group's size. The group
+/// travels as one array per column (`unnest`), each bound as the text of a PostgreSQL
+/// array literal (sqlx's `Any` driver binds no arrays) and cast on the server; data-
+/// modifying `WITH` clauses then record the new batches, the devices seen, the time
+/// series and the latest values. With multi-row `VALUES` statements a group of 256
+/// batches was 186 statements, each a round trip (BENCHMARKS.md, "Fleet ingest on
+/// PostgreSQL").
+const INGEST_POSTGRES: &str = "WITH batch_in AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+            WITH ORDINALITY AS b(device_id, stream, epoch, seq, n)
+    ),
+    new AS (
+        INSERT INTO telemetry_batches (device_id, stream, epoch, seq, received_ms)
+        SELECT device_id, stream, epoch, seq, $5 FROM batch_in ORDER BY n
+        ON CONFLICT DO NOTHING
+        RETURNING device_id, stream, epoch, seq
+    ),
+    new_in AS (
+        SELECT batch_in.n, batch_in.device_id
+        FROM batch_in JOIN new USING (device_id, stream, epoch, seq)
+    ),
+    reading_in AS (
+        SELECT * FROM unnest($6::bigint[], $7::text[], $8::bigint[], $9::float8[],
+                             $10::text[], $11::text[], $12::bigint[])
+            WITH ORDINALITY AS r(batch, point, ts_ms, value, unit, text, flag, n)
+    ),
+    stored AS (
+        SELECT new_in.device_id, reading_in.*
+        FROM reading_in JOIN new_in ON new_in.n = reading_in.batch
+    ),
+    seen AS (
+        INSERT INTO devices (id, first_seen_ms, last_seen_ms)
+        SELECT DISTINCT device_id, $5::bigint, $5::bigint FROM new_in ORDER BY 1
+        ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms
+    ),
+    series AS (
+        INSERT INTO telemetry (device_id, point, ts_ms, value, unit, text, flag, received_ms)
+        SELECT device_id, point, ts_ms, value, unit, text, flag, $5 FROM stored ORDER BY n
+    ),
+    latest AS (
+        INSERT INTO latest_values (device_id, point, ts_ms, value, unit, text, flag)
+        SELECT DISTINCT ON (device_id, point) device_id, point, ts_ms, value, unit, text, flag
+        FROM stored WHERE ts_ms <= $13
+        ORDER BY device_id, point, ts_ms DESC, n DESC
+        ON CONFLICT (device_id, point) DO UPDATE
+        SET ts_ms = excluded.ts_ms, value = excluded.value, unit = excluded.unit,
+            text = excluded.text, flag = excluded.flag
+        WHERE excluded.ts_ms >= latest_values.ts_ms
+    )
+    SELECT n FROM new_in";
+
+/// The text of a one-dimensional PostgreSQL array literal (`{"a",NULL,"b\\"c"}`),
+/// built element by element.
+#[derive(Debug)]
+struct ArrayLiteral(String);
+
+impl ArrayLiteral {
+    fn with_capacity(bytes: usize) -> Self {
+        let mut text = String::with_capacity(bytes + 2);
+        text.push('{');
+        Self(text)
+    }
+
+    fn separate(&mut self) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+    }
+
+    /// A text element, always quoted: inside quotes only `"` and `\` are escaped.
+    fn text(&mut self, value: &str) {
+        self.separate();
+        self.0.push('"');
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                self.0.push('\\');
+            }
+            self.0.push(c);
+        }
+        self.0.push('"');
+    }
+
+    fn optional_text(&mut self, value: Option<&str>) {
+        match value {
+            Some(value) => self.text(value),
+            None => self.null(),
+        }
+    }
+
+    fn integer(&mut self, value: i64) {
+        use std::fmt::Write as _;
+        self.separate();
+        let _ = write!(self.0, "{value}");
+    }
+
+    fn optional_integer(&mut self, value: Option<i64>) {
+        match value {
+            Some(value) => self.integer(value),
+            None => self.null(),
+        }
+    }
+
+    /// A `float8` element: Rust's shortest text that reads back to the same bits, and
+    /// PostgreSQL's spelling of the values that are not finite.
+    fn float(&mut self, value: Option<f64>) {
+        use std::fmt::Write as _;
+        let Some(value) = value else {
+            return self.null();
+        };
+        self.separate();
+        if value.is_nan() {
+            self.0.push_str("NaN");
+        } else if value.is_infinite() {
+            self.0
+                .push_str(if value > 0.0 { "Infinity" } else { "-Infinity" });
+        } else {
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
+
+    fn null(&mut self) {
+        self.separate();
+        self.0.push_str("NULL");
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// [`ingest_group`] on PostgreSQL: the group in one statement ([`INGEST_POSTGRES`]).
+async fn ingest_group_postgres(
+    tx: &mut WriteTransaction<'_>,
+    batches: &[(&str, &TelemetryBatch)],
+    received_ms: i64,
+    future_skew_ms: i64,
+) -> Result<Vec<Ingested>, StoreError> {
+    // A batch twice in the group: the first occurrence goes to the database, the
+    // repeats are duplicates whatever it finds.
+    let mut first_seen: HashSet<(&str, &str, u64, u64)> = HashSet::with_capacity(batches.len());
+    let mut sent: Vec<usize> = Vec::with_capacity(batches.len());
+    let readings: usize = batches.iter().map(|(_, b)| b.readings.len()).sum();
+    let (mut devices, mut streams, mut epochs, mut seqs) = (
+        ArrayLiteral::with_capacity(batches.len() * 12),
+        ArrayLiteral::with_capacity(batches.len() * 12),
+        ArrayLiteral::with_capacity(batches.len() * 4),
+        ArrayLiteral::with_capacity(batches.len() * 6),
+    );
+    let (mut owners, mut points, mut times, mut values, mut units, mut texts, mut flags) = (
+        ArrayLiteral::with_capacity(readings * 4),
+        ArrayLiteral::with_capacity(readings * 16),
+        ArrayLiteral::with_capacity(readings * 14),
+        ArrayLiteral::with_capacity(readings * 8),
+        ArrayLiteral::with_capacity(readings * 6),
+        ArrayLiteral::with_capacity(readings * 5),
+        ArrayLiteral::with_capacity(readings * 5),
+    );
+    for (index, &(device_id, batch)) in batches.iter().enumerate() {
+        if !first_seen.insert((device_id, batch.stream.as_str(), batch.epoch, batch.seq)) {
+            continue;
+        }
+        sent.push(index);
+        // The batch's position among those sent, as `WITH ORDINALITY` counts (from 1).
+        let ordinal = to_i64(to_u64(sent.len()));
+        devices.text(device_id);
+        streams.text(&batch.stream);
+        epochs.integer(to_i64(batch.epoch));
+        seqs.integer(to_i64(batch.seq));
+        for reading in &batch.readings {
+            let (number, text, flag) = columns(reading_value(reading));
+            owners.integer(ordinal);
+            points.text(&reading.point);
+            times.integer(to_i64(reading.ts_ms));
+            values.float(number);
+            units.text(&reading.unit);
+            texts.optional_text(text.as_deref());
+            flags.optional_integer(flag);
+        }
+    }
+    let mut outcomes = vec![Ingested::Duplicate; batches.len()];
+    if sent.is_empty() {
+        return Ok(outcomes);
+    }
+    let stored: Vec<i64> = sqlx::query_scalar(INGEST_POSTGRES)
+        .bind(devices.finish())
+        .bind(streams.finish())
+        .bind(epochs.finish())
+        .bind(seqs.finish())
+        .bind(received_ms)
+        .bind(owners.finish())
+        .bind(points.finish())
+        .bind(times.finish())
+        .bind(values.finish())
+        .bind(units.finish())
+        .bind(texts.finish())
+        .bind(flags.finish())
+        .bind(received_ms.saturating_add(future_skew_ms))
+        .fetch_all(&mut **tx)
+        .await?;
+    for ordinal in stored {
+        let index = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|position| sent.get(position));
+        if let Some(&index) = index {
+            outcomes[index] = Ingested::Stored;
+        }
+    }
+    Ok(outcomes)
+}
+
 /// The one place a wire reading becomes the store's value: the reading's own [`Value`]
 /// (decode refused any reading that has neither a number nor text).
 fn reading_value(reading: &Reading) -> Value {
@@ -249,7 +461,11 @@ impl Store {
         let skew = self
             .future_skew_ms
             .load(std::sync::atomic::Ordering::Relaxed);
-        let outcomes = ingest_group(&mut tx, batches, received_ms, skew).await;
+        let outcomes = if self.sqlite {
+            ingest_group(&mut tx, batches, received_ms, skew).await
+        } else {
+            ingest_group_postgres(&mut tx, batches, received_ms, skew).await
+        };
         match tx.commit(outcomes).await {
             Ok(outcomes) => {
                 let stored = outcomes.iter().filter(|o| **o == Ingested::Stored).count();
@@ -275,12 +491,13 @@ impl Store {
     /// One page of [`Self::devices`]: skipping `offset` devices, at most `limit`.
     pub async fn devices_page(&self, offset: i64, limit: i64) -> Result<Vec<Device>, StoreError> {
         // Two queries whatever the page's size (not one per device).
+        let mut reader = self.dashboard_reader().await?;
         let rows = sqlx::query(
             "SELECT id, first_seen_ms, last_seen_ms FROM devices ORDER BY id LIMIT $1 OFFSET $2",
         )
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *reader)
         .await?;
         let mut latest: std::collections::HashMap<String, Vec<StoredReading>> =
             std::collections::HashMap::new();
@@ -291,7 +508,7 @@ impl Store {
         )
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *reader)
         .await?
         {
             latest
@@ -323,11 +540,12 @@ impl Store {
 
     /// The latest value of each point of a device, ordered by point.
     pub async fn latest_values(&self, device_id: &str) -> Result<Vec<StoredReading>, StoreError> {
+        let mut reader = self.dashboard_reader().await?;
         let rows = sqlx::query(
             "SELECT point, value, unit, ts_ms, text, flag FROM latest_values WHERE device_id = $1 ORDER BY point",
         )
         .bind(device_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *reader)
         .await?;
         rows.iter().map(reading_from_row).collect()
     }
@@ -352,6 +570,7 @@ impl Store {
         read: std::ops::Range<i64>,
         limit: i64,
     ) -> Result<Vec<StoredReading>, StoreError> {
+        let mut reader = self.dashboard_reader().await?;
         let rows = match point {
             Some(point) => {
                 sqlx::query(
@@ -364,7 +583,7 @@ impl Store {
                 .bind(read.start)
                 .bind(read.end)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *reader)
                 .await?
             }
             None => {
@@ -377,7 +596,7 @@ impl Store {
                 .bind(read.start)
                 .bind(read.end)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *reader)
                 .await?
             }
         };

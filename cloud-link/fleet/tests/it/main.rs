@@ -153,6 +153,7 @@ async fn fleet_with(
         mqtt_listen: "127.0.0.1:0".into(),
         database_url: database_url.clone(),
         database_read_connections: None,
+        database_replica_url: None,
         server_cert: p.join("server.pem"),
         server_key: p.join("server.key"),
         manufacturer_ca: Some(p.join("maker-ca.pem")),

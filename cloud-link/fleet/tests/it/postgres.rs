@@ -190,3 +190,122 @@ async fn instances_share_presence_and_deliveries_on_postgresql() {
     assert!(!store.heartbeat("a").await.expect("beat"));
     store.close().await;
 }
+
+/// `database_replica_url`: the dashboard's read-only queries come from the replica
+/// (here a second database with the same schema and its own rows, so where an answer
+/// came from shows), writes and the reads that decide something stay on the primary,
+/// and an unreachable replica sends those reads to the primary.
+#[tokio::test]
+#[ignore = "needs postgresql (Debian package `postgresql`; .ci/run installs it)"]
+async fn dashboard_reads_come_from_the_replica_on_postgresql() {
+    use warden_fleet::store::Store;
+    use warden_wire::topics::{Reading, TelemetryBatch};
+    let batch = |value: f64| TelemetryBatch {
+        v: 1,
+        stream: "telemetry".into(),
+        epoch: 1,
+        seq: 0,
+        readings: vec![Reading::number(
+            "line1/p".into(),
+            value,
+            "bar".into(),
+            1_000,
+        )],
+    };
+    let postgres = TemporaryPostgres::start();
+    let primary_url = postgres.create_database("primary");
+    let replica_url = postgres.create_database("replica");
+    let replica_side = Store::open(&replica_url).await.expect("replica schema");
+    replica_side
+        .ingest("wd-on-replica", &batch(1.0), 1)
+        .await
+        .expect("replica row");
+
+    let store = Store::open(&primary_url)
+        .await
+        .expect("primary")
+        .with_replica(&replica_url)
+        .expect("replica");
+    store
+        .ingest("wd-on-primary", &batch(2.0), 2)
+        .await
+        .expect("ingest");
+    let ids = |devices: Vec<warden_wire::fleet_api::Device>| {
+        devices.into_iter().map(|d| d.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store.devices_page(0, 10).await.expect("page")),
+        ["wd-on-replica"],
+        "listings read the replica"
+    );
+    let rows = store.device_page("", 0, 10).await.expect("dashboard rows");
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.device_id.as_str())
+            .collect::<Vec<_>>(),
+        ["wd-on-replica"]
+    );
+    assert_eq!(
+        store.latest_values("wd-on-replica").await.expect("latest")[0].number(),
+        Some(1.0)
+    );
+    assert!(
+        store
+            .telemetry("wd-on-primary", None, 10)
+            .await
+            .expect("series")
+            .is_empty(),
+        "the replica has not seen the primary's write (a real standby lags like this)"
+    );
+    assert_eq!(
+        store
+            .fleet_counts()
+            .await
+            .expect("counts")
+            .unregistered_seen,
+        1
+    );
+    // Writes went to the primary only; reads that decide something read it.
+    assert!(store.device_exists("wd-on-primary").await.expect("exists"));
+    assert!(
+        store
+            .seen_device("wd-on-primary")
+            .await
+            .expect("seen")
+            .is_some()
+    );
+    assert!(
+        !replica_side
+            .device_exists("wd-on-primary")
+            .await
+            .expect("exists")
+    );
+    store.close().await;
+
+    // A replica nobody answers on: the same reads come from the primary.
+    let closed = warden_test_support::ports::free_port();
+    let store = Store::open(&primary_url)
+        .await
+        .expect("primary")
+        .with_replica(&format!("postgres://warden@127.0.0.1:{closed}/replica"))
+        .expect("replica (lazy)");
+    assert_eq!(
+        ids(store.devices_page(0, 10).await.expect("page")),
+        ["wd-on-primary"]
+    );
+    store.close().await;
+    replica_side.close().await;
+
+    // SQLite has no replicas.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = Store::open(&format!("sqlite://{}", dir.path().join("f.db").display()))
+        .await
+        .expect("sqlite");
+    let refused = sqlite
+        .with_replica(&replica_url)
+        .expect_err("a replica beside SQLite");
+    assert!(
+        refused.to_string().contains("needs PostgreSQL"),
+        "{refused}"
+    );
+}

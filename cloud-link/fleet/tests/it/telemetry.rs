@@ -113,6 +113,82 @@ pub async fn telemetry_store_contract(url: &str) {
     assert_eq!(between.len(), 3, "{between:?}");
     assert!(between.iter().all(|r| (1_000..3_000).contains(&r.ts_ms)));
 
+    // Values that must survive however the store carries them (PostgreSQL takes a
+    // group as array literals): quotes, backslashes, braces, commas, the word NULL, an
+    // empty text, non-ASCII, flags, extreme numbers; and a tie in read time, which the
+    // reading that came last wins.
+    let awkward = [
+        "say \"hi\"",
+        "C:\\path\\",
+        "{a,b}",
+        "NULL",
+        "",
+        "Grüße, 温度",
+    ];
+    let mut readings: Vec<Reading> = awkward
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            Reading::text(
+                format!("odd/{i}"),
+                (*text).to_owned(),
+                "\"u\"".into(),
+                1_000,
+            )
+        })
+        .collect();
+    for (point, value) in [
+        ("odd/huge", 1e300),
+        ("odd/tiny", 5e-324),
+        ("odd/negative", -0.1),
+    ] {
+        readings.push(reading(point, value, 1_000));
+    }
+    readings.push(Reading::new(
+        "odd/flag".into(),
+        warden_wire::value::Value::Bool(true),
+        String::new(),
+        1_000,
+    ));
+    readings.push(reading("odd/tie", 1.0, 1_000));
+    readings.push(reading("odd/tie", 2.0, 1_000));
+    let odd = batch(0, readings);
+    assert_eq!(
+        store
+            .ingest_many(&[("wd-\"c\"", &odd)], 20 * DAY_MS)
+            .await
+            .expect("ingest awkward values"),
+        [Ingested::Stored]
+    );
+    let latest = store.latest_values("wd-\"c\"").await.expect("latest");
+    let value = |point: &str| {
+        latest
+            .iter()
+            .find(|r| r.point == point)
+            .unwrap_or_else(|| panic!("{point} in {latest:?}"))
+    };
+    for (i, text) in awkward.iter().enumerate() {
+        let stored = value(&format!("odd/{i}"));
+        assert_eq!(stored.text(), Some(*text));
+        assert_eq!(stored.unit, "\"u\"");
+    }
+    assert_eq!(value("odd/huge").number(), Some(1e300));
+    assert_eq!(value("odd/tiny").number(), Some(5e-324));
+    assert_eq!(value("odd/negative").number(), Some(-0.1));
+    assert_eq!(
+        value("odd/flag").value,
+        warden_wire::value::Value::Bool(true)
+    );
+    assert_eq!(value("odd/tie").number(), Some(2.0), "the later of a tie");
+    assert_eq!(
+        store
+            .telemetry("wd-\"c\"", None, 100)
+            .await
+            .expect("series")
+            .len(),
+        12
+    );
+
     // A later batch whose device clock reads 1970 but which arrived recently.
     store
         .ingest_many(
