@@ -98,7 +98,11 @@ pub fn missing_grants(
             grants: page,
             unprivileged_port_start,
         };
-        need.listen("status_page.listen", &config.status_page.listen, &mut missing);
+        need.listen(
+            "status_page.listen",
+            &config.status_page.listen,
+            &mut missing,
+        );
         if let Some(metrics) = &config.status_page.metrics_listen {
             need.listen("status_page.metrics_listen", metrics, &mut missing);
         }
@@ -225,7 +229,12 @@ impl Needs<'_> {
     }
 
     fn serial(&self, field: &str, device: &str, missing: &mut Vec<(String, String)>) {
-        if !self.grants.serial.iter().any(|grant| grant == Path::new(device)) {
+        if !self
+            .grants
+            .serial
+            .iter()
+            .any(|grant| grant == Path::new(device))
+        {
             missing.push((
                 field.to_owned(),
                 format!(
@@ -316,18 +325,21 @@ mod tests {
         let text = include_str!("../config/warden.toml")
             .replace("192.168.50.10:502", "192.168.50.10:503")
             .replace("/dev/ttyRS485-1", "/dev/ttyUSB7")
-            .replace(
-                "broker_port = 8883",
-                "broker_port = 1883",
-            );
+            .replace("broker_port = 8883", "broker_port = 1883");
         let missing = missing_grants(
             &config(&text),
             &manifest(SHIPPED_MANIFEST),
             DEFAULT_UNPRIVILEGED_PORT_START,
         );
         let fields: Vec<&str> = missing.iter().map(|(field, _)| field.as_str()).collect();
-        assert!(fields.contains(&"bridges.modbus_tcp[0].address"), "{missing:#?}");
-        assert!(fields.contains(&"bridges.modbus_rtu[0].port"), "{missing:#?}");
+        assert!(
+            fields.contains(&"bridges.modbus_tcp[0].address"),
+            "{missing:#?}"
+        );
+        assert!(
+            fields.contains(&"bridges.modbus_rtu[0].port"),
+            "{missing:#?}"
+        );
         assert!(fields.contains(&"link.broker_port"), "{missing:#?}");
         let tcp = &missing
             .iter()
@@ -335,7 +347,9 @@ mod tests {
             .expect("named")
             .1;
         assert!(
-            tcp.contains("port 503") && tcp.contains("`bridges`") && tcp.contains("192.168.50.10:502"),
+            tcp.contains("port 503")
+                && tcp.contains("`bridges`")
+                && tcp.contains("192.168.50.10:502"),
             "{tcp}"
         );
     }
@@ -360,14 +374,20 @@ mod tests {
             "serial = [\"/dev/ttyRS485-1\"]\nconnect = [\"192.168.50.10:502\"]\nlisten = [502]",
             1,
         );
-        assert_ne!(granted, SHIPPED_MANIFEST, "the bridges' grants are where the test expects");
+        assert_ne!(
+            granted, SHIPPED_MANIFEST,
+            "the bridges' grants are where the test expects"
+        );
         let missing = missing_grants(&config, &manifest(&granted), 1024);
         let facade = &missing
             .iter()
             .find(|(field, _)| field == "bridges.facade.listen")
             .expect("still named")
             .1;
-        assert!(facade.contains("below 1024") && facade.contains("uid 61002"), "{facade}");
+        assert!(
+            facade.contains("below 1024") && facade.contains("uid 61002"),
+            "{facade}"
+        );
         // With the unit's sysctl lowered to 502, it binds.
         assert!(missing_grants(&config, &manifest(&granted), 502).is_empty());
     }
@@ -376,7 +396,11 @@ mod tests {
     fn roles_the_manifest_does_not_run_are_not_checked() {
         let only_pluton: String = SHIPPED_MANIFEST
             .split("\n[compartment.")
-            .filter(|section| !section.starts_with("bridges]") && !section.starts_with("link]") && !section.starts_with("status-page]"))
+            .filter(|section| {
+                !section.starts_with("bridges]")
+                    && !section.starts_with("link]")
+                    && !section.starts_with("status-page]")
+            })
             .collect::<Vec<_>>()
             .join("\n[compartment.");
         let text = include_str!("../config/warden.toml").replace("192.168.50.10:502", "10.0.0.1:1");

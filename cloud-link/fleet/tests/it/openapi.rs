@@ -19,10 +19,9 @@ use serde_json::{Map, Value};
 use warden_wire::fleet_api::{
     Attestation, AuditLine, AuditQuery, CertificateRenewal, CommandView, Connectivity, CrashRate,
     DashboardDevice, DeltaRecord, DeploymentEvent, DeploymentMember, DeploymentProgress,
-    DeploymentRequest,
-    DesiredRequest, Device, DeviceCertificate, DeviceDetail, DevicePageQuery, DeviceRow,
-    DeviceView, DevicesQuery, EnrollmentRequest, ErrorBody, EventsQuery, FleetCounts, FleetSummary,
-    Group, GroupRequest, ImageRecord, ProductRequest, ProductView, RegisterRequest,
+    DeploymentRequest, DesiredRequest, Device, DeviceCertificate, DeviceDetail, DevicePageQuery,
+    DeviceRow, DeviceView, DevicesQuery, EnrollmentRequest, ErrorBody, EventsQuery, FleetCounts,
+    FleetSummary, Group, GroupRequest, ImageRecord, ProductRequest, ProductView, RegisterRequest,
     RegisterResponse, RegisteredDevice, ReportBucket, ReportGroup, ReportGroupsQuery, ReportsQuery,
     SeenDevice, SignatureGroup, StoredDeployment, StoredEvent, StoredReading, StoredReport,
     TelemetryQuery, TelemetryResponse, TwinView, VersionCount, VersionReports, WaveProgress,
