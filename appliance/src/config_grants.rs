@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn a_facade_port_must_be_granted_and_bindable_without_root() {
         let with_facade = format!(
-            "{}\n[bridges.facade]\nlisten = \"0.0.0.0:502\"\nmax_clients = 4\n",
+            "{}\n[bridges.facade]\nlisten = \"0.0.0.0:502\"\nmax_clients = 4\nunits = []\n",
             include_str!("../config/warden.toml")
         );
         let config = config(&with_facade);

@@ -8,9 +8,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use warden_hil::demo_pki::DemoPki;
 
-// Not compiled yet (the machine was too loaded to build hil before the deadline):
-// register it (`mod certificate_renewal;`) once `cargo test -p warden-hil --test it
-// certificate_renewal` builds and passes.
+mod certificate_renewal;
 mod control_durability;
 mod fleet_cluster;
 mod fleet_dashboard;

@@ -57,6 +57,15 @@ async fn upload_delta(fx: &Fixture, token: &str, delta: Vec<u8>) -> (u16, serde_
 
 /// Reports the image the device runs in its twin and waits until it is stored.
 async fn report_image(fx: &Fixture, device: &mut SimulatedDevice, sha256: &str) {
+    // The twin endpoint knows a device once it sent telemetry.
+    let reading: serde_json::Value = serde_json::from_slice(&super::batch(0, 1.0)).expect("json");
+    device.publish("telemetry", &reading).await;
+    let twin_path = format!("/api/v1/devices/{}/twin", device.id);
+    super::eventually(Duration::from_secs(30), || async {
+        (fx.get(VIEWER, &twin_path).await.0 == 200).then_some(())
+    })
+    .await
+    .expect("the device is known");
     device
         .publish(
             "twin/reported",
@@ -67,13 +76,16 @@ async fn report_image(fx: &Fixture, device: &mut SimulatedDevice, sha256: &str) 
             }),
         )
         .await;
-    device
-        .next_on("ack", Duration::from_secs(30))
-        .await
-        .expect("the reported state is acknowledged");
-    let (_, twin) = fx
-        .get(VIEWER, &format!("/api/v1/devices/{}/twin", device.id))
-        .await;
+    loop {
+        let ack = device
+            .next_on("ack", Duration::from_secs(30))
+            .await
+            .expect("the reported state is acknowledged");
+        if ack["epoch"] == 1 && ack["seq"] == 1 {
+            break;
+        }
+    }
+    let (_, twin) = fx.get(VIEWER, &twin_path).await;
     assert_eq!(twin["reported"]["image_sha256"], sha256, "{twin}");
 }
 

@@ -845,6 +845,7 @@ fn the_document_names_no_schema_without_a_wire_type() {
         "AuditLine",
         "Image",
         "Delta",
+        "CertificateRenewal",
         // Checked inside DeploymentRequest's sample (a `oneOf` of one-field objects).
         "WaveSize",
         "DeploymentRequest",
