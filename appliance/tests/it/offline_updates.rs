@@ -379,9 +379,9 @@ async fn a_delta_from_a_file_installs_against_the_installed_image_and_only_that_
     // follows it).
     let statuses = update_statuses(&control);
     assert!(
-        statuses
-            .iter()
-            .any(|s| s.state == "verifying" && s.detail.contains("a delta from the installed image")),
+        statuses.iter().any(
+            |s| s.state == "verifying" && s.detail.contains("a delta from the installed image")
+        ),
         "{statuses:?}"
     );
     let mut monitor = monitor.lock().expect("monitor");
