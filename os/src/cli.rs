@@ -242,19 +242,20 @@ impl ImageCommand {
                     );
                 }
                 #[cfg(feature = "delta-build")]
-                let header = crate::delta::build_delta_file(&from, &to, &key, &cert, &output)?;
-                #[cfg(feature = "delta-build")]
-                println!(
-                    "delta {}: {} bytes for {} {} ({} bytes), base sha256 {}, result sha256 {}",
-                    output.display(),
-                    header.delta_len(),
-                    header.product,
-                    header.result_version,
-                    header.result_len,
-                    hex(header.base_sha256),
-                    hex(header.result_sha256)
-                );
-                Ok(ExitCode::SUCCESS)
+                {
+                    let header = crate::delta::build_delta_file(&from, &to, &key, &cert, &output)?;
+                    println!(
+                        "delta {}: {} bytes for {} {} ({} bytes), base sha256 {}, result sha256 {}",
+                        output.display(),
+                        header.delta_len(),
+                        header.product,
+                        header.result_version,
+                        header.result_len,
+                        hex(header.base_sha256),
+                        hex(header.result_sha256)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
             }
             ImageCommand::Inspect { image } => {
                 let inspection = release::inspect_file(&image)?;

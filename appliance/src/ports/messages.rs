@@ -129,8 +129,9 @@ pub enum PageToBridges {}
 /// Link → status page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum LinkToPage {
-    /// The link's state and counters.
-    Status(LinkStatus),
+    /// The link's state and counters (boxed: the largest frame by far, sent once a
+    /// second, while the others are small).
+    Status(Box<LinkStatus>),
     /// The pending update offer and the operator's decision as the update path holds it.
     Updates(UpdateDecision),
     /// The image slots and the failure reports (the link reads the report ring and

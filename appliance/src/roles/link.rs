@@ -293,7 +293,7 @@ async fn publish_status(
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         // Best effort: the page shows the next one if this one finds it behind.
-        to_page.send_or_drop(LinkToPage::Status(frame));
+        to_page.send_or_drop(LinkToPage::Status(Box::new(frame)));
         to_page.send_or_drop(LinkToPage::Updates(decision));
     }
 }

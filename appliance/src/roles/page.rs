@@ -188,7 +188,7 @@ impl FromLink {
     pub fn apply(&self, message: LinkToPage) {
         match message {
             LinkToPage::Status(status) => {
-                *self.link.lock().unwrap_or_else(PoisonError::into_inner) = status;
+                *self.link.lock().unwrap_or_else(PoisonError::into_inner) = *status;
             }
             LinkToPage::Updates(from_link) => {
                 let mut ours = self.updates.lock().unwrap_or_else(PoisonError::into_inner);

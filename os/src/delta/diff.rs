@@ -182,7 +182,7 @@ mod tests {
     use std::io::Cursor;
 
     use super::*;
-    use crate::delta::patch::apply_patch;
+    use crate::delta::patch::{PatchError, apply_patch};
 
     fn round_trip(base: &[u8], target: &[u8]) -> Vec<u8> {
         let mut patch = Vec::new();
