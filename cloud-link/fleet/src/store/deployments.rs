@@ -10,6 +10,24 @@ use warden_wire::fleet_api::{
 
 use super::core::{Store, StoreError, WriteStatement as _};
 
+/// Every column of `deltas`, in the order [`delta_from_row`] reads them.
+const SELECT_DELTAS: &str =
+    "SELECT sha256, product, base_sha256, result_sha256, result_version, size, uploaded_ms
+     FROM deltas";
+
+/// A `deltas` row selected by [`SELECT_DELTAS`].
+fn delta_from_row(row: &sqlx::any::AnyRow) -> Result<DeltaRecord, StoreError> {
+    Ok(DeltaRecord {
+        sha256: row.try_get(0)?,
+        product: row.try_get(1)?,
+        base_sha256: row.try_get(2)?,
+        result_sha256: row.try_get(3)?,
+        result_version: row.try_get(4)?,
+        size: row.try_get(5)?,
+        uploaded_ms: row.try_get(6)?,
+    })
+}
+
 /// A deployment to create.
 #[derive(Debug, Clone)]
 pub struct NewDeployment {
@@ -153,60 +171,33 @@ impl Store {
         &self,
         result_sha256: Option<&str>,
     ) -> Result<Vec<DeltaRecord>, StoreError> {
-        const COLUMNS: &str =
-            "SELECT sha256, product, base_sha256, result_sha256, result_version, size, uploaded_ms
-             FROM deltas";
         let rows = match result_sha256 {
             Some(result) => {
                 sqlx::query(&format!(
-                    "{COLUMNS} WHERE result_sha256 = $1 ORDER BY uploaded_ms DESC, sha256"
+                    "{SELECT_DELTAS} WHERE result_sha256 = $1 ORDER BY uploaded_ms DESC, sha256"
                 ))
                 .bind(result)
                 .fetch_all(&self.pool)
                 .await?
             }
             None => {
-                sqlx::query(&format!("{COLUMNS} ORDER BY uploaded_ms DESC, sha256"))
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(&format!(
+                    "{SELECT_DELTAS} ORDER BY uploaded_ms DESC, sha256"
+                ))
+                .fetch_all(&self.pool)
+                .await?
             }
         };
-        rows.iter()
-            .map(|row| {
-                Ok(DeltaRecord {
-                    sha256: row.try_get(0)?,
-                    product: row.try_get(1)?,
-                    base_sha256: row.try_get(2)?,
-                    result_sha256: row.try_get(3)?,
-                    result_version: row.try_get(4)?,
-                    size: row.try_get(5)?,
-                    uploaded_ms: row.try_get(6)?,
-                })
-            })
-            .collect()
+        rows.iter().map(delta_from_row).collect()
     }
 
     /// One delta.
     pub async fn delta(&self, sha256: &str) -> Result<Option<DeltaRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT sha256, product, base_sha256, result_sha256, result_version, size, uploaded_ms
-             FROM deltas WHERE sha256 = $1",
-        )
-        .bind(sha256)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(DeltaRecord {
-                sha256: row.try_get(0)?,
-                product: row.try_get(1)?,
-                base_sha256: row.try_get(2)?,
-                result_sha256: row.try_get(3)?,
-                result_version: row.try_get(4)?,
-                size: row.try_get(5)?,
-                uploaded_ms: row.try_get(6)?,
-            })
-        })
-        .transpose()
+        let row = sqlx::query(&format!("{SELECT_DELTAS} WHERE sha256 = $1"))
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(delta_from_row).transpose()
     }
 
     /// The delta from the image `base_sha256` to the image `result_sha256`, if one was
