@@ -217,8 +217,10 @@ struct TrustState {
     products: BTreeMap<String, ProductTrust>,
     revoked: BTreeSet<String>,
     registered: BTreeMap<String, Binding>,
-    /// The fleet's issuing CA (renewed certificates), for registered devices only.
+    /// The issuing CAs (renewed certificates), for registered devices only: the
+    /// fleet's, for every product, and each product's own, for that product only.
     issuing: Option<Arc<dyn ClientCertVerifier>>,
+    issuing_by_product: BTreeMap<String, Arc<dyn ClientCertVerifier>>,
     /// The last refusal of each registered device's certificate (bounded by the
     /// registry: a device ID nobody registered is not recorded).
     refusals: BTreeMap<String, CertificateRefusal>,
@@ -346,6 +348,7 @@ impl DeviceTrust {
                 revoked: BTreeSet::new(),
                 registered: BTreeMap::new(),
                 issuing: None,
+                issuing_by_product: BTreeMap::new(),
                 refusals: BTreeMap::new(),
             }),
         })
@@ -411,18 +414,29 @@ impl DeviceTrust {
         );
     }
 
-    /// Trusts the fleet's issuing CA (`[certificates] issuing_ca_cert`) for the
-    /// renewed certificates of registered devices. It admits nobody by itself: a
-    /// registered device must still present its registered (or renewed) certificate.
-    pub fn set_issuing_ca(
+    /// Trusts the issuing CAs (`[certificates]`, `crate::issuing`) for the renewed
+    /// certificates of registered devices: `fleet` for every product's, and each of
+    /// `products` (name, CA) for that product's devices only. They admit nobody by
+    /// themselves: a registered device must still present its registered (or renewed)
+    /// certificate.
+    pub fn set_issuing_cas(
         &self,
-        bundle: &[CertificateDer<'static>],
+        fleet: Option<&[CertificateDer<'static>]>,
+        products: &[(&str, &[CertificateDer<'static>])],
     ) -> Result<(), CertificateError> {
-        let verifier = verifier(bundle, Arc::clone(&self.provider))?;
-        self.state
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .issuing = Some(verifier);
+        let fleet = fleet
+            .map(|bundle| verifier(bundle, Arc::clone(&self.provider)))
+            .transpose()?;
+        let mut by_product = BTreeMap::new();
+        for (product, bundle) in products {
+            by_product.insert(
+                (*product).to_owned(),
+                verifier(bundle, Arc::clone(&self.provider))?,
+            );
+        }
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        state.issuing = fleet;
+        state.issuing_by_product = by_product;
         Ok(())
     }
 
@@ -559,23 +573,35 @@ impl DeviceTrust {
                 .verifier
                 .verify_client_cert(end_entity, intermediates, now);
             if let Err(error) = by_product {
-                let by_issuing = state
-                    .issuing
-                    .as_ref()
-                    .map(|issuing| issuing.verify_client_cert(end_entity, intermediates, now));
-                match by_issuing {
-                    Some(Ok(_)) => {}
-                    // The issuing CA's reason when it is the issuer (expired…).
-                    Some(Err(issuing_error))
-                        if !matches!(
-                            issuing_error,
-                            rustls::Error::InvalidCertificate(TlsCertificateError::UnknownIssuer)
-                        ) =>
-                    {
-                        return Err(issuing_error);
+                // The product's own issuing CA, then the fleet's (which renewed the
+                // product's devices before it had its own); never another product's.
+                let issuers = state
+                    .issuing_by_product
+                    .get(&binding.product)
+                    .into_iter()
+                    .chain(state.issuing.as_ref());
+                let mut outcome = Err(error);
+                for issuing in issuers {
+                    match issuing.verify_client_cert(end_entity, intermediates, now) {
+                        Ok(_) => {
+                            outcome = Ok(());
+                            break;
+                        }
+                        // The issuing CA's reason when it is the issuer (expired…).
+                        Err(issuing_error)
+                            if !matches!(
+                                issuing_error,
+                                rustls::Error::InvalidCertificate(
+                                    TlsCertificateError::UnknownIssuer
+                                )
+                            ) =>
+                        {
+                            return Err(issuing_error);
+                        }
+                        Err(_) => {}
                     }
-                    _ => return Err(error),
                 }
+                outcome?;
             }
             if binding.fingerprint == print {
                 return Ok(Admitted::Registered {
@@ -921,7 +947,9 @@ mod tests {
         // Without the issuing CA, or before the fleet issued it: refused.
         trust.set_renewed("wd-1", &fingerprint(&renewed[0]));
         assert!(trust.admission(&renewed).is_err());
-        trust.set_issuing_ca(&[issuing_der]).expect("issuing CA");
+        trust
+            .set_issuing_cas(Some(&[issuing_der]), &[])
+            .expect("issuing CA");
         assert_eq!(
             trust.admission(&renewed).ok(),
             Some(Admitted::Renewed {
@@ -956,6 +984,52 @@ mod tests {
         assert!(trust.admission(&next).is_ok());
         trust.revoke(&fingerprint(&renewed[0]));
         assert!(trust.admission(&next).is_err());
+    }
+
+    #[test]
+    fn a_products_issuing_ca_speaks_for_that_products_devices_only() {
+        let (maker, maker_der) = ca("maker");
+        let (press_ca, press_der) = ca("press issuing CA");
+        let (pump_ca, pump_der) = ca("pump issuing CA");
+        let (fleet_ca, fleet_der) = ca("fleet issuing CA");
+        let trust = DeviceTrust::new(Vec::new()).expect("trust");
+        for product in ["press", "pump"] {
+            trust
+                .set_product_ca(product, vec![maker_der.clone()])
+                .expect("product");
+        }
+        trust
+            .set_issuing_cas(
+                Some(&[fleet_der]),
+                &[
+                    ("press", std::slice::from_ref(&press_der)),
+                    ("pump", std::slice::from_ref(&pump_der)),
+                ],
+            )
+            .expect("issuing CAs");
+        let press_old = device(&maker, "wd-press");
+        trust.set_registered("wd-press", &fingerprint(&press_old[0]), "press");
+        // Renewed by its own product's CA: admitted.
+        let by_press = device(&press_ca, "wd-press");
+        trust.set_renewed("wd-press", &fingerprint(&by_press[0]));
+        assert!(trust.admission(&by_press).is_ok());
+        // Renewed (say, by a stolen key) from another product's CA: refused, even with
+        // the fleet expecting exactly that fingerprint.
+        let by_pump = device(&pump_ca, "wd-press");
+        trust.set_renewed("wd-press", &fingerprint(&by_pump[0]));
+        assert!(trust.admission(&by_pump).is_err());
+        // The fleet's CA, which renewed devices before their product had its own, stays
+        // accepted for them.
+        let by_fleet = device(&fleet_ca, "wd-press");
+        trust.set_renewed("wd-press", &fingerprint(&by_fleet[0]));
+        assert!(trust.admission(&by_fleet).is_ok());
+        // Without a fleet CA, only the product's own.
+        trust
+            .set_issuing_cas(None, &[("press", std::slice::from_ref(&press_der))])
+            .expect("issuing CAs");
+        assert!(trust.admission(&by_fleet).is_err());
+        trust.set_renewed("wd-press", &fingerprint(&by_press[0]));
+        assert!(trust.admission(&by_press).is_ok());
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub enum InitError {
     /// No random source for the token.
     #[error(transparent)]
     Token(#[from] crate::auth::TokenError),
+    /// A `--product` no product can be named.
+    #[error("--product {0:?}: a product name is 1–16 of [A-Za-z0-9._-]")]
+    ProductName(String),
     /// A `--vendor-root` file is not a P-256 public key (SPKI PEM); the file is named.
     #[error("--vendor-root: {0}")]
     VendorRoot(#[from] warden_keychain::tooling::ToolError),
@@ -209,12 +212,7 @@ pub fn init(request: &InitRequest) -> Result<Initialised, InitError> {
     };
     // Its own, whatever the PKI: the manufacturer CA (pathLen 0) stays at the factory,
     // so renewed device certificates come from the fleet.
-    let issuing_key = KeyPair::generate().map_err(cert_error("issuing CA key"))?;
-    let mut issuing_params = ca_params()?;
-    issuing_params.distinguished_name = name("Warden fleet issuing CA");
-    let issuing = issuing_params
-        .self_signed(&issuing_key)
-        .map_err(cert_error("issuing CA certificate"))?;
+    let issuing = new_issuing_ca("Warden fleet issuing CA")?;
     let vendor_roots = request
         .vendor_roots
         .iter()
@@ -241,14 +239,9 @@ pub fn init(request: &InitRequest) -> Result<Initialised, InitError> {
     }
     write_file_atomically_with_mode(&dir.join(SERVER_CERT_FILE), files.server.as_bytes(), 0o644)?;
     write_file_atomically(&dir.join(SERVER_KEY_FILE), files.server_key.as_bytes())?;
-    write_file_atomically_with_mode(
+    issuing.write(
         &dir.join(ISSUING_CA_CERT_FILE),
-        issuing.pem().as_bytes(),
-        0o644,
-    )?;
-    write_file_atomically(
         &dir.join(ISSUING_CA_KEY_FILE),
-        issuing_key.serialize_pem().as_bytes(),
     )?;
     // Last: a config exists only once everything it names does.
     write_file_atomically(&dir.join(CONFIG_FILE), config.as_bytes())?;
@@ -257,6 +250,69 @@ pub fn init(request: &InitRequest) -> Result<Initialised, InitError> {
         fleet_ca: dir.join(CA_CERT_FILE),
         admin_token: token,
     })
+}
+
+/// An issuing CA made here: P-256, `pathLen 0`, valid [`CA_VALID_YEARS`].
+struct NewIssuingCa {
+    certificate: String,
+    key: zeroize::Zeroizing<String>,
+}
+
+impl NewIssuingCa {
+    /// Writes the certificate (0644) and the key (0600), each atomically.
+    fn write(&self, cert: &Path, key: &Path) -> Result<(), InitError> {
+        warden_files::write_file_atomically_with_mode(cert, self.certificate.as_bytes(), 0o644)?;
+        warden_files::write_file_atomically(key, self.key.as_bytes())?;
+        Ok(())
+    }
+}
+
+fn new_issuing_ca(common_name: &str) -> Result<NewIssuingCa, InitError> {
+    let key = KeyPair::generate().map_err(cert_error("issuing CA key"))?;
+    let mut params = ca_params()?;
+    params.distinguished_name = name(common_name);
+    let certificate = params
+        .self_signed(&key)
+        .map_err(cert_error("issuing CA certificate"))?;
+    Ok(NewIssuingCa {
+        certificate: certificate.pem(),
+        key: zeroize::Zeroizing::new(key.serialize_pem()),
+    })
+}
+
+/// What `warden-fleet issuing-ca` made.
+#[derive(Debug)]
+pub struct ProductIssuingCa {
+    /// The certificate.
+    pub cert: PathBuf,
+    /// Its key (mode 0600).
+    pub key: PathBuf,
+    /// The config section that uses them, to add to fleet.toml.
+    pub section: String,
+}
+
+/// A product's own issuing CA (`warden-fleet issuing-ca --product NAME`), written to
+/// `dir` as `NAME-issuing-ca.pem` and `NAME-issuing-ca.key`; refuses to overwrite. The
+/// fleet uses it once `section` is in its config and it restarts.
+pub fn product_issuing_ca(dir: &Path, product: &str) -> Result<ProductIssuingCa, InitError> {
+    if !crate::store::is_product_name(product) {
+        return Err(InitError::ProductName(product.to_owned()));
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let dir = dir.canonicalize().map_err(io(dir))?;
+    let cert = dir.join(format!("{product}-issuing-ca.pem"));
+    let key = dir.join(format!("{product}-issuing-ca.key"));
+    if let Some(existing) = [&cert, &key].into_iter().find(|path| path.exists()) {
+        return Err(InitError::Exists(existing.clone()));
+    }
+    new_issuing_ca(&format!("Warden {product} issuing CA"))?.write(&cert, &key)?;
+    let section = format!(
+        "[certificates.products.{product}]\nissuing_ca_cert = \"{}\"\nissuing_ca_key = \"{}\"\n\
+         # device_certificate_days = 365\n",
+        cert.display(),
+        key.display()
+    );
+    Ok(ProductIssuingCa { cert, key, section })
 }
 
 /// The PEM texts init writes.
@@ -445,6 +501,45 @@ mod tests {
     }
 
     #[test]
+    fn a_products_issuing_ca_is_made_once_and_its_section_loads() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let made = init(&request(dir.path())).expect("init");
+        let product = product_issuing_ca(dir.path(), "press-1").expect("made");
+        assert_eq!(
+            std::fs::metadata(&product.key)
+                .expect("key")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        // The printed section, appended to init's config, is a config the fleet loads.
+        let mut text = std::fs::read_to_string(&made.config).expect("config");
+        text.push('\n');
+        text.push_str(&product.section);
+        std::fs::write(&made.config, text).expect("write");
+        let config = crate::FleetConfig::load(&made.config).expect("the config loads");
+        let cas = crate::issuing::IssuingCas::load(&config.certificates).expect("loads");
+        let ca = cas.for_product("press-1").expect("the product's CA");
+        assert_eq!(ca.name, "product press-1's issuing CA");
+        assert!(
+            cas.for_product("other")
+                .is_some_and(|ca| ca.name == "the fleet's issuing CA"),
+            "other products keep the fleet's"
+        );
+        // Never overwritten; a name no product can have is refused before anything.
+        assert!(matches!(
+            product_issuing_ca(dir.path(), "press-1"),
+            Err(InitError::Exists(_))
+        ));
+        assert!(matches!(
+            product_issuing_ca(dir.path(), "no/such"),
+            Err(InitError::ProductName(_))
+        ));
+    }
+
+    #[test]
     fn init_writes_a_loadable_config_private_keys_and_refuses_to_overwrite() {
         use std::os::unix::fs::PermissionsExt as _;
         let temp = tempfile::tempdir().expect("tempdir");
@@ -468,8 +563,9 @@ mod tests {
             )
         );
         assert!(
-            crate::renewal::IssuingCa::load(&config.certificates)
+            crate::issuing::IssuingCas::load(&config.certificates)
                 .expect("the issuing CA loads")
+                .fleet()
                 .is_some()
         );
         let text = std::fs::read_to_string(&made.config).expect("config");

@@ -14,6 +14,7 @@ pub mod http_listener;
 pub mod images;
 pub mod ingest;
 pub mod init;
+pub mod issuing;
 #[cfg(feature = "loadtest")]
 pub mod loadtest;
 pub mod metrics;
@@ -82,10 +83,11 @@ pub struct FleetConfig {
     /// `[metrics]`: the Prometheus listener. Default: none.
     #[serde(default)]
     pub metrics: MetricsConfig,
-    /// `[certificates]`: the issuing CA renewed device certificates come from, and
-    /// their validity. Default: none, renewal requests are refused.
+    /// `[certificates]`: the issuing CAs renewed device certificates come from (the
+    /// fleet's, each product's), and their validity. Default: none, renewal requests
+    /// are refused.
     #[serde(default)]
-    pub certificates: renewal::CertificatesConfig,
+    pub certificates: issuing::CertificatesConfig,
     /// This instance's ID among several on one PostgreSQL (shown by `/healthz` and in
     /// logs; each instance needs its own). Default: random at each start.
     #[serde(default)]
@@ -199,32 +201,26 @@ impl FleetConfig {
 
     /// Checks that the certificate and key files the config names can be opened.
     fn check_files(&self) -> Result<(), ConfigValueError> {
+        let certificates = self.certificates.files();
         for (field, path) in [
-            ("server_cert", Some(&self.server_cert)),
-            ("server_key", Some(&self.server_key)),
-            ("manufacturer_ca", self.manufacturer_ca.as_ref()),
-            (
-                "certificates.issuing_ca_cert",
-                self.certificates.issuing_ca_cert.as_ref(),
-            ),
-            (
-                "certificates.issuing_ca_key",
-                self.certificates.issuing_ca_key.as_ref(),
-            ),
+            ("server_cert", Some(self.server_cert.as_path())),
+            ("server_key", Some(self.server_key.as_path())),
+            ("manufacturer_ca", self.manufacturer_ca.as_deref()),
         ]
         .into_iter()
-        .filter_map(|(field, path)| Some((field, path?)))
+        .filter_map(|(field, path)| Some((field.to_owned(), path?)))
+        .chain(certificates)
         {
             std::fs::File::open(path).map_err(|source| ConfigValueError::File {
                 field,
-                path: path.clone(),
+                path: path.to_owned(),
                 source,
             })?;
         }
         if let Some(tls) = &self.http.tls {
             for (field, path) in [("http.tls.cert", &tls.cert), ("http.tls.key", &tls.key)] {
                 std::fs::File::open(path).map_err(|source| ConfigValueError::File {
-                    field,
+                    field: field.to_owned(),
                     path: path.clone(),
                     source,
                 })?;
@@ -304,7 +300,7 @@ pub enum ConfigValueError {
     VendorRoot(#[from] images::VendorRootError),
     /// A `[certificates]` value that cannot be used.
     #[error(transparent)]
-    Certificates(#[from] renewal::CertificatesConfigError),
+    Certificates(#[from] issuing::CertificatesConfigError),
     /// Trust would lapse between two scheduled challenges.
     #[error(
         "rollouts.attestation_valid_secs ({valid}) must exceed \
@@ -353,9 +349,9 @@ pub enum ConfigValueError {
     /// A certificate or key file that cannot be opened.
     #[error("{field} {}: {source}", path.display())]
     File {
-        /// `server_cert`, `server_key`, `manufacturer_ca`, `http.tls.cert` or
-        /// `http.tls.key`.
-        field: &'static str,
+        /// `server_cert`, `server_key`, `manufacturer_ca`, `http.tls.cert`,
+        /// `http.tls.key`, or an issuing CA's file (`certificates.….issuing_ca_cert`).
+        field: String,
         /// The file.
         path: PathBuf,
         /// Why it cannot be opened.
@@ -371,9 +367,10 @@ impl ConfigValueError {
             Self::BrokerLimit(error) => error.field(),
             Self::TokenHash(error) => error.field(),
             Self::VendorRoot(error) => error.field(),
-            Self::Certificates(error) => renewal::CertificatesConfig::field(error),
+            Self::Certificates(error) => issuing::CertificatesConfig::field(error),
             Self::TrustLapses { .. } => "rollouts.attestation_valid_secs".to_owned(),
-            Self::Listen { field, .. } | Self::File { field, .. } => (*field).to_owned(),
+            Self::Listen { field, .. } => (*field).to_owned(),
+            Self::File { field, .. } => field.clone(),
             Self::SameListen(_) => "mqtt_listen".to_owned(),
             Self::MetricsListen(_) => "metrics.listen".to_owned(),
             Self::AnonymousNotLoopback(_) => "api.anonymous_role".to_owned(),
@@ -537,6 +534,27 @@ impl RunningFleet {
     }
 }
 
+/// Logs each `[certificates.products.NAME]` no product of the store has yet (a typo,
+/// or a product created later: its settings apply once it exists).
+async fn warn_of_unknown_products(store: &store::Store, issuers: &issuing::IssuingCas) {
+    let known = match store.products().await {
+        Ok(products) => products,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list products to check [certificates.products]");
+            return;
+        }
+    };
+    for name in issuers.configured_products() {
+        if !known.iter().any(|product| product.name == name) {
+            tracing::warn!(
+                product = name,
+                "[certificates.products.{name}] names no product of this fleet (yet): its \
+                 settings apply once a product of that name is created"
+            );
+        }
+    }
+}
+
 /// The broker's trust: the configured CA, every product's CA, registrations and
 /// revocations from the store.
 async fn load_trust(
@@ -671,12 +689,20 @@ pub async fn start(
         config.telemetry.max_future_skew_secs,
     ));
     let trust = std::sync::Arc::new(load_trust(config, &store).await?);
-    let issuer = renewal::IssuingCa::load(&config.certificates)?.map(std::sync::Arc::new);
-    if let Some(issuer) = &issuer {
+    let issuers = std::sync::Arc::new(issuing::IssuingCas::load(&config.certificates)?);
+    {
+        let products: Vec<(&str, &[rustls::pki_types::CertificateDer<'static>])> = issuers
+            .own_cas()
+            .map(|(product, ca)| (product, ca.certificate.as_slice()))
+            .collect();
         trust
-            .set_issuing_ca(&issuer.certificate)
-            .map_err(|e| anyhow::anyhow!("certificates.issuing_ca_cert: {e}"))?;
+            .set_issuing_cas(
+                issuers.fleet().map(|ca| ca.certificate.as_slice()),
+                &products,
+            )
+            .map_err(|e| anyhow::anyhow!("certificates: an issuing CA: {e}"))?;
     }
+    warn_of_unknown_products(&store, &issuers).await;
     let tls = tls::broker_tls_config(
         &config.server_cert,
         &config.server_key,
@@ -792,7 +818,7 @@ pub async fn start(
         devices: broker.publisher(),
         trust: std::sync::Arc::clone(&trust),
         attestor: attestor.clone(),
-        issuer,
+        issuers,
     };
     let renewal_requests =
         broker.subscribe_local(warden_wire::renewal::ALL_CERTIFICATE_REQUESTS, 64);

@@ -41,6 +41,17 @@ enum Command {
     /// API tokens in the config.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Make a product's own issuing CA (its devices' renewed certificates chain to it,
+    /// not to the fleet's) and print the config section that uses it. Refuses to
+    /// overwrite.
+    IssuingCa {
+        /// The product (as created with `POST /api/v1/products`).
+        #[arg(long)]
+        product: String,
+        /// Where the certificate and key go (default: the config's folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Apply the store's pending schema migrations and exit (PostgreSQL: one
     /// instance at a time under an advisory lock). Migrations only add tables and
     /// columns, so instances of the previous version keep serving meanwhile.
@@ -193,6 +204,28 @@ async fn main() -> anyhow::Result<()> {
                 path.display()
             );
             println!("restart the fleet to admit it");
+            Ok(())
+        }
+        Some(Command::IssuingCa { product, dir }) => {
+            let config = args.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
+            let dir = dir.unwrap_or_else(|| {
+                config
+                    .parent()
+                    .filter(|parent| !parent.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_owned()
+            });
+            let made = warden_fleet::init::product_issuing_ca(&dir, &product)?;
+            println!(
+                "wrote {} and {} (key mode 0600)",
+                made.cert.display(),
+                made.key.display()
+            );
+            println!(
+                "add this to {} and restart the fleet:\n\n{}",
+                config.display(),
+                made.section
+            );
             Ok(())
         }
         Some(Command::Restore { from, force }) => {

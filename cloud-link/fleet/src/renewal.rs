@@ -2,10 +2,11 @@
 //! fleet's issuing CA, both certificates accepted until the device uses the new one.
 //!
 //! The manufacturer CA is `pathLen 0` and stays at the factory, so the fleet issues
-//! renewed certificates from its own issuing CA (`[certificates]`; `warden-fleet init`
-//! makes one). The broker trusts that CA for registered devices only, and a registered
-//! device must still present its registered certificate or the one renewed for it, so
-//! the issuing CA can speak for no device the fleet did not re-certify itself.
+//! renewed certificates from its own issuing CAs (`crate::issuing`: the product's, else
+//! the fleet's; `warden-fleet init` makes the fleet's). The broker trusts an issuing CA
+//! for the registered devices of its products only, and a registered device must still
+//! present its registered certificate or the one renewed for it, so an issuing CA can
+//! speak for no device the fleet did not re-certify itself.
 //!
 //! Deny by default: a request is answered with a certificate only when the device is
 //! registered and not revoked, the CSR's signature verifies, its key is the key of the
@@ -13,186 +14,24 @@
 //! this request, verified with that key) trusts the device. Every other request is
 //! refused with its reason, recorded for the device page, and sent back to the device.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, Issuer,
-    KeyPair, KeyUsagePurpose, PublicKeyData as _, SerialNumber,
-};
+use rcgen::{CertificateSigningRequestParams, PublicKeyData as _};
 use rustls::pki_types::CertificateSigningRequestDer;
 use rustls::pki_types::pem::PemObject as _;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use warden_wire::renewal::{
     CertificateRenewOrder, CertificateRequest, CertificateResponse, MAX_CSR_PEM_LEN,
     certificate_renew_topic, certificate_response_topic,
 };
 use warden_wire::topics::{PROTOCOL_VERSION, device_of_topic};
-use warden_wire::validity::{DEFAULT_DEVICE_CERTIFICATE_DAYS, MAX_DEVICE_CERTIFICATE_DAYS};
 
 use crate::attestation::{AttestError, Attestor, QUOTE_TIMEOUT};
 use crate::broker::{LocalPublisher, LocalSubscription};
 use crate::clock::now_ms;
-use crate::enrollment::{DeviceTrust, fingerprint};
+use crate::enrollment::DeviceTrust;
+use crate::issuing::{Issued, IssuingCas};
 use crate::store::Store;
-
-/// The `[certificates]` section: the fleet's issuing CA and the validity it gives.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertificatesConfig {
-    /// PEM: the issuing CA's certificate (trusted by the broker for the renewed
-    /// certificates of registered devices). None: renewal requests are refused.
-    #[serde(default)]
-    pub issuing_ca_cert: Option<PathBuf>,
-    /// PEM (PKCS#8): its key.
-    #[serde(default)]
-    pub issuing_ca_key: Option<PathBuf>,
-    /// Days a renewed device certificate is valid (1 to 3650; default 365).
-    #[serde(default = "default_days")]
-    pub device_certificate_days: u32,
-}
-
-fn default_days() -> u32 {
-    DEFAULT_DEVICE_CERTIFICATE_DAYS
-}
-
-impl Default for CertificatesConfig {
-    fn default() -> Self {
-        Self {
-            issuing_ca_cert: None,
-            issuing_ca_key: None,
-            device_certificate_days: default_days(),
-        }
-    }
-}
-
-/// A `[certificates]` value that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CertificatesConfigError {
-    /// One of the issuing CA's certificate and key without the other.
-    #[error(
-        "certificates.issuing_ca_cert and certificates.issuing_ca_key go together: \
-         give both, or neither (renewal refused)"
-    )]
-    HalfIssuer,
-    /// A validity outside 1..=3650 days.
-    #[error(
-        "certificates.device_certificate_days {0} is outside 1..={MAX_DEVICE_CERTIFICATE_DAYS}"
-    )]
-    Days(u32),
-}
-
-impl CertificatesConfig {
-    /// Checks the values (not the files).
-    pub fn check(&self) -> Result<(), CertificatesConfigError> {
-        if self.issuing_ca_cert.is_some() != self.issuing_ca_key.is_some() {
-            return Err(CertificatesConfigError::HalfIssuer);
-        }
-        if !(1..=MAX_DEVICE_CERTIFICATE_DAYS).contains(&self.device_certificate_days) {
-            return Err(CertificatesConfigError::Days(self.device_certificate_days));
-        }
-        Ok(())
-    }
-
-    /// The TOML path of the field an error is about.
-    pub fn field(error: &CertificatesConfigError) -> String {
-        match error {
-            CertificatesConfigError::HalfIssuer => "certificates.issuing_ca_key",
-            CertificatesConfigError::Days(_) => "certificates.device_certificate_days",
-        }
-        .to_owned()
-    }
-}
-
-/// The fleet's issuing CA, loaded.
-pub struct IssuingCa {
-    issuer: Issuer<'static, KeyPair>,
-    /// Its certificate (the broker trusts it).
-    pub certificate: Vec<rustls::pki_types::CertificateDer<'static>>,
-    valid: Duration,
-}
-
-impl std::fmt::Debug for IssuingCa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuingCa")
-            .field("valid", &self.valid)
-            .finish_non_exhaustive()
-    }
-}
-
-impl IssuingCa {
-    /// Loads the configured issuing CA, if there is one.
-    pub fn load(config: &CertificatesConfig) -> anyhow::Result<Option<Self>> {
-        use anyhow::Context as _;
-        let (Some(cert), Some(key)) = (&config.issuing_ca_cert, &config.issuing_ca_key) else {
-            return Ok(None);
-        };
-        let cert_pem = std::fs::read_to_string(cert)
-            .with_context(|| format!("certificates.issuing_ca_cert {}", cert.display()))?;
-        let key_pem = zeroize::Zeroizing::new(
-            std::fs::read_to_string(key)
-                .with_context(|| format!("certificates.issuing_ca_key {}", key.display()))?,
-        );
-        let signing = KeyPair::from_pem(&key_pem)
-            .with_context(|| format!("certificates.issuing_ca_key {}", key.display()))?;
-        let certificate = crate::enrollment::check_ca_bundle(&cert_pem)
-            .map_err(|e| anyhow::anyhow!("certificates.issuing_ca_cert {}: {e}", cert.display()))?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, signing)
-            .with_context(|| format!("certificates.issuing_ca_cert {}", cert.display()))?;
-        Ok(Some(Self {
-            issuer,
-            certificate,
-            valid: Duration::from_secs(u64::from(config.device_certificate_days) * 86_400),
-        }))
-    }
-
-    /// A client certificate for `device_id` and `csr`'s key: `CN=device_id`,
-    /// client-auth usage, the configured validity (nothing else of the CSR is copied).
-    fn issue(
-        &self,
-        device_id: &str,
-        mut csr: CertificateSigningRequestParams,
-    ) -> Result<(String, String, i64), String> {
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, device_id);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.serial_number = Some(random_serial()?);
-        warden_wire::validity::set_validity(&mut params, SystemTime::now(), self.valid);
-        csr.params = params;
-        let certificate = csr
-            .signed_by(&self.issuer)
-            .map_err(|e| format!("cannot issue: {e}"))?;
-        let not_after_ms = not_after_ms(certificate.der()).unwrap_or(0);
-        Ok((
-            certificate.pem(),
-            fingerprint(certificate.der()),
-            not_after_ms,
-        ))
-    }
-}
-
-fn random_serial() -> Result<SerialNumber, String> {
-    let mut bytes = [0u8; 16];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut bytes)
-        .map_err(|_| "no random source for the serial number".to_owned())?;
-    // Positive and non-zero: the top bit clear, one bit set.
-    bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    Ok(SerialNumber::from_slice(&bytes))
-}
-
-fn not_after_ms(der: &[u8]) -> Option<i64> {
-    use x509_parser::prelude::{FromDer as _, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    Some(cert.validity().not_after.timestamp().saturating_mul(1000))
-}
 
 /// Answers renewal requests (see the module docs).
 #[derive(Clone)]
@@ -205,8 +44,8 @@ pub struct Renewer {
     pub trust: Arc<DeviceTrust>,
     /// Attests the device for each request.
     pub attestor: Attestor,
-    /// The issuing CA, if configured.
-    pub issuer: Option<Arc<IssuingCa>>,
+    /// The issuing CAs (the fleet's, each product's).
+    pub issuers: Arc<IssuingCas>,
 }
 
 /// Why a renewal request was refused (the device and the device page see the text).
@@ -216,9 +55,12 @@ pub enum RenewalRefused {
     /// The payload does not decode.
     #[error("the request does not decode: {0}")]
     Malformed(String),
-    /// No issuing CA.
-    #[error("this fleet has no issuing CA ([certificates] issuing_ca_cert and issuing_ca_key)")]
-    NoIssuer,
+    /// No issuing CA for the device's product.
+    #[error(
+        "neither product {0} nor the fleet has an issuing CA ([certificates.products.{0}] or \
+         [certificates] issuing_ca_cert and issuing_ca_key)"
+    )]
+    NoIssuer(String),
     /// Not registered.
     #[error("the device is not registered")]
     NotRegistered,
@@ -253,18 +95,18 @@ impl Renewer {
     /// answers the device.
     pub async fn handle(&self, device: &str, payload: &[u8]) {
         let response = match self.renew(device, payload).await {
-            Ok((pem, print, not_after_ms)) => {
+            Ok((issued, issuer)) => {
                 let detail = format!(
-                    "issued by the fleet's issuing CA, valid until {}, fingerprint {print}; \
-                     the current certificate stays accepted until the device connects with \
-                     the new one",
-                    warden_wire::validity::utc_text(not_after_ms / 1000)
+                    "issued by {issuer}, valid until {}, fingerprint {}; the current \
+                     certificate stays accepted until the device connects with the new one",
+                    warden_wire::validity::utc_text(issued.not_after_ms / 1000),
+                    issued.fingerprint,
                 );
-                tracing::info!(device, fingerprint = %print, "renewed certificate issued");
+                tracing::info!(device, fingerprint = %issued.fingerprint, %issuer, "renewed certificate issued");
                 CertificateResponse {
                     v: PROTOCOL_VERSION,
                     issued: true,
-                    certificate: Some(pem),
+                    certificate: Some(issued.pem),
                     detail,
                 }
             }
@@ -295,15 +137,18 @@ impl Renewer {
         &self,
         device: &str,
         payload: &[u8],
-    ) -> Result<(String, String, i64), RenewalRefused> {
+    ) -> Result<(Issued, String), RenewalRefused> {
         let request = CertificateRequest::decode(payload)
             .map_err(|e| RenewalRefused::Malformed(e.to_string()))?;
-        let issuer = self.issuer.as_ref().ok_or(RenewalRefused::NoIssuer)?;
         let registered = self
             .store
             .registered_device(device)
             .await?
             .ok_or(RenewalRefused::NotRegistered)?;
+        let issuer = self
+            .issuers
+            .for_product(&registered.product)
+            .ok_or_else(|| RenewalRefused::NoIssuer(registered.product.clone()))?;
         if registered.revoked || self.trust.is_revoked(&registered.fingerprint) {
             return Err(RenewalRefused::Revoked);
         }
@@ -346,14 +191,23 @@ impl Renewer {
                 "the device reconnected with another key during its attestation".to_owned(),
             ));
         }
-        let (pem, print, not_after_ms) =
-            issuer.issue(device, csr).map_err(RenewalRefused::Issue)?;
-        let detail = format!("issued for request reason {:?}", request.reason);
+        let issued = issuer.issue(device, csr).map_err(RenewalRefused::Issue)?;
+        let detail = format!(
+            "issued by {} for request reason {:?}",
+            issuer.name, request.reason
+        );
         self.store
-            .record_renewal_issued(device, &pem, &print, not_after_ms, &detail, now_ms())
+            .record_renewal_issued(
+                device,
+                &issued.pem,
+                &issued.fingerprint,
+                issued.not_after_ms,
+                &detail,
+                now_ms(),
+            )
             .await?;
-        self.trust.set_renewed(device, &print);
-        Ok((pem, print, not_after_ms))
+        self.trust.set_renewed(device, &issued.fingerprint);
+        Ok((issued, issuer.name.clone()))
     }
 
     /// Asks `device` to renew its certificate now (an operator's request).

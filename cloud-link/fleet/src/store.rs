@@ -24,7 +24,7 @@ pub use dashboard::DEVICE_STATUSES;
 pub use deployments::NewDeployment;
 pub use registry::{
     ChallengeUse, ENROLLED_GROUP, ENROLLED_IMAGE_VERSION, NewDevice, Product, ProductOutcome,
-    RegisteredIdentity, Registration,
+    RegisteredIdentity, Registration, is_product_name,
 };
 pub use renewals::{RENEWAL_COMPLETED, RENEWAL_ISSUED, RENEWAL_REFUSED, Renewal};
 pub use telemetry::{Ingested, PRUNE_WINDOW_MS};

@@ -212,10 +212,11 @@ async fn a_certificate_ten_minutes_from_expiry_renews_itself_and_an_unattested_u
     let (issuing_cert, issuing_key) = issuing_ca(dir.path());
     let mut config = pki.fleet_config(dir.path(), 0, 0);
     config.rollouts.attestation_interval_secs = 0;
-    config.certificates = warden_fleet::renewal::CertificatesConfig {
+    config.certificates = warden_fleet::issuing::CertificatesConfig {
         issuing_ca_cert: Some(issuing_cert.clone()),
         issuing_ca_key: Some(issuing_key),
         device_certificate_days: 30,
+        ..Default::default()
     };
     let shutdown = CancellationToken::new();
     let fleet = warden_fleet::start(&config, shutdown.clone())

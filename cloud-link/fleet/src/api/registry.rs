@@ -10,7 +10,7 @@ use crate::clock::now_ms;
 use crate::enrollment::{
     certificates_from_pem, check_ca_bundle, fingerprint, verify_device_certificate,
 };
-use crate::store::{NewDevice, Product, ProductOutcome, Registration};
+use crate::store::{NewDevice, Product, ProductOutcome, Registration, is_product_name};
 use warden_wire::fleet_api::{
     DeviceView, EnrollmentRequest, Group, GroupRequest, ProductRequest, ProductView,
     RegisterRequest, RegisterResponse, RegisteredDevice,
@@ -29,15 +29,6 @@ fn product_view(product: Product) -> ProductView {
     }
 }
 
-/// Whether `name` can be a product (the image format's product ID: ≤ 16 ASCII).
-fn valid_product_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 16
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 /// Whether `name` can be a group name.
 fn valid_group_name(name: &str) -> bool {
     !name.trim().is_empty()
@@ -51,7 +42,7 @@ pub(super) async fn create_product(
     State(state): State<ApiState>,
     Json(request): Json<ProductRequest>,
 ) -> Result<(StatusCode, Json<ProductView>), ApiError> {
-    if !valid_product_name(&request.name) {
+    if !is_product_name(&request.name) {
         return Err(ApiError::Invalid {
             field: "name",
             message: format!(

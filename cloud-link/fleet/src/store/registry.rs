@@ -29,6 +29,16 @@ pub struct Product {
     pub open_enrollment: bool,
 }
 
+/// Whether `name` can be a product: the image format's product ID, 1–16 of
+/// `[A-Za-z0-9._-]`.
+pub fn is_product_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 16
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// The group a device enrolled at its first connection joins: it receives no updates
 /// until an operator moves it.
 pub const ENROLLED_GROUP: &str = "No Updates";

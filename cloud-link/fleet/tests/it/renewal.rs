@@ -17,23 +17,38 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn renewing_fleet() -> Fixture {
     fleet_with(None, |config| {
         let dir = config.server_cert.parent().expect("dir").to_owned();
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "fleet issuing CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).expect("issuing CA");
-        std::fs::write(dir.join("issuing-ca.pem"), cert.pem()).expect("write");
-        std::fs::write(dir.join("issuing-ca.key"), key.serialize_pem()).expect("write");
-        config.certificates = warden_fleet::renewal::CertificatesConfig {
-            issuing_ca_cert: Some(dir.join("issuing-ca.pem")),
-            issuing_ca_key: Some(dir.join("issuing-ca.key")),
+        let (cert, key) = issuing_ca(&dir, "issuing-ca", "fleet issuing CA");
+        config.certificates = warden_fleet::issuing::CertificatesConfig {
+            issuing_ca_cert: Some(cert),
+            issuing_ca_key: Some(key),
             device_certificate_days: 90,
+            ..Default::default()
         };
     })
     .await
+}
+
+/// A new issuing CA written to `dir` as `{file}.pem` and `{file}.key`.
+fn issuing_ca(
+    dir: &std::path::Path,
+    file: &str,
+    common_name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key).expect("issuing CA");
+    let (cert_path, key_path) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    (cert_path, key_path)
 }
 
 /// A CSR for `common_name` signed by `key`, PEM.
@@ -156,5 +171,74 @@ async fn renewal_is_refused_for_another_key_and_without_attestation_then_issued(
     connect(&mut new)
         .await
         .expect("the renewed certificate after a restart");
+    fx.stop().await;
+}
+
+/// A product with its own issuing CA and validity: its device's renewed certificate
+/// chains to that CA (not the fleet's), carries the product's validity, and connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_with_its_own_issuing_ca_renews_its_devices_from_it() {
+    let product = warden_fleet::enrollment::CONFIGURED_PRODUCT;
+    let fx = fleet_with(None, |config| {
+        let dir = config.server_cert.parent().expect("dir").to_owned();
+        let (fleet_cert, fleet_key) = issuing_ca(&dir, "issuing-ca", "fleet issuing CA");
+        let (own_cert, own_key) = issuing_ca(&dir, "product-ca", "product issuing CA");
+        let mut certificates = warden_fleet::issuing::CertificatesConfig {
+            issuing_ca_cert: Some(fleet_cert),
+            issuing_ca_key: Some(fleet_key),
+            device_certificate_days: 90,
+            ..Default::default()
+        };
+        certificates.products.insert(
+            product.to_owned(),
+            warden_fleet::issuing::ProductCertificates {
+                issuing_ca_cert: Some(own_cert),
+                issuing_ca_key: Some(own_key),
+                device_certificate_days: Some(7),
+            },
+        );
+        config.certificates = certificates;
+    })
+    .await;
+    let mut device = SimulatedDevice::connect(&fx, "wd-other", "wd-other")
+        .await
+        .expect("enrolled at its first connection");
+    let signer = QuoteSigner::of(&fx, "wd-other");
+    let nonce = challenge(&mut device).await;
+    answer(&device, &nonce, &signer.quote(&nonce, [0; 32])).await;
+
+    let own = device_key(&fx, "wd-other");
+    request(&mut device, &csr(&own, "wd-other")).await;
+    let nonce = challenge(&mut device).await;
+    answer(&device, &nonce, &signer.quote(&nonce, [0; 32])).await;
+    let issued = response(&mut device, WAIT).await;
+    assert_eq!(issued["issued"], true, "{issued}");
+    let detail = issued["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("product {product}'s issuing CA")),
+        "{detail}"
+    );
+    let pem = issued["certificate"].as_str().expect("certificate");
+    let der = warden_fleet::enrollment::certificates_from_pem(pem).expect("pem");
+    let (not_before, not_after) =
+        warden_wire::certificate_fields::validity(&der[0]).expect("validity");
+    assert_eq!(not_after - not_before, 7 * 86_400, "the product's validity");
+    // Signed by the product's CA: it verifies under that CA and not under the fleet's.
+    let dir = fx.dir.path();
+    let chains_to = |ca_file: &str| {
+        let ca = warden_wire::tls::load_certificates(&dir.join(ca_file)).expect("ca");
+        let verifier = warden_fleet::enrollment::DeviceTrust::new(ca).expect("trust");
+        verifier.admission(&der).is_ok()
+    };
+    assert!(chains_to("product-ca.pem"), "issued by the product's CA");
+    assert!(!chains_to("issuing-ca.pem"), "not by the fleet's");
+    drop(device);
+
+    std::fs::write(dir.join("wd-other-new.pem"), pem).expect("write");
+    std::fs::copy(dir.join("wd-other.key"), dir.join("wd-other-new.key")).expect("key");
+    let (_c, mut new) = super::client(&fx, "wd-other", "wd-other-new");
+    connect(&mut new)
+        .await
+        .expect("the broker trusts the product's CA for its device");
     fx.stop().await;
 }
