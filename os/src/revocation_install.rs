@@ -10,7 +10,7 @@ use crate::boot::BOOT_DIR;
 use crate::file_system::SlotFileSystem;
 use crate::revocations::{
     HeldRevocations, REVOCATION_LIST_FILE, REVOCATION_LIST_TEMP, RevocationInstall,
-    RevocationStoreError, held_revocations, io_error, read_held,
+    RevocationStoreError, anchor, held_revocations, io_error, read_held,
 };
 use crate::root_of_trust::BootRootOfTrust;
 
@@ -19,7 +19,8 @@ impl<F: SlotFileSystem, R: BootRootOfTrust> BootMonitor<F, R> {
     pub fn held_revocations(&mut self) -> Result<HeldRevocations, RevocationStoreError> {
         let roots = self.root_of_trust().vendor_roots()?;
         let revoked = self.root_of_trust().revoked_keys()?;
-        held_revocations(self.file_system(), &roots, &revoked)
+        let floor = self.root_of_trust().read_revocation_floor()?;
+        held_revocations(self.file_system(), &roots, &revoked, floor)
     }
 
     /// Installs `bytes` as the held revocation list if a vendor root signed it and its
@@ -43,6 +44,15 @@ impl<F: SlotFileSystem, R: BootRootOfTrust> BootMonitor<F, R> {
         }
         let offered = RevocationList::verify(bytes, &roots, &revoked)
             .map_err(RevocationStoreError::Refused)?;
+        // Below the floor: an older list than this unit already held (the held file
+        // may have been deleted); at the floor: the same list put back.
+        let floor = self.root_of_trust().read_revocation_floor()?;
+        if offered.sequence() < floor {
+            return Err(RevocationStoreError::NotNewer {
+                offered: offered.sequence(),
+                held: floor,
+            });
+        }
         if held_bytes.as_deref() == Some(bytes) {
             return Ok(RevocationInstall::AlreadyHeld {
                 sequence: offered.sequence(),
@@ -73,6 +83,9 @@ impl<F: SlotFileSystem, R: BootRootOfTrust> BootMonitor<F, R> {
             revoked = offered.len(),
             "revocation list installed"
         );
+        // File first, floor second: a crash in between leaves the floor below the held
+        // list (raised at the next verification), never above it.
+        anchor(self.root_of_trust(), offered.sequence(), floor);
         Ok(RevocationInstall::Installed {
             sequence: offered.sequence(),
             revoked: offered.len(),

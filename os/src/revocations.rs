@@ -9,6 +9,13 @@
 //! The file is verified again against the vendor roots each time it is read, so an
 //! altered list is never applied; one that does not verify any more refuses every image
 //! (deny by default) with an error naming the file, until a valid list is installed.
+//!
+//! The file lives on a disk anyone with the unit in hand can write, so deleting it, or
+//! putting back an older list, must not un-revoke a key. The root of trust keeps a
+//! floor (pluton's `RevocationListFloor`): whoever may raise it (the boot stage, the
+//! single-process appliance) raises it to the held list's sequence each time that list
+//! verifies, and a held list below the floor, or none when the floor is above 0, refuses
+//! every image until a list at or above the floor is installed again.
 
 use std::path::Path;
 
@@ -43,6 +50,19 @@ pub enum RevocationStoreError {
     /// The offered list does not verify.
     #[error("revocation list refused: {0}")]
     Refused(RevocationError),
+    /// The held list is missing or older than the root of trust's floor: it was deleted
+    /// or rolled back on disk.
+    #[error(
+        "the revocation list held in {file} ({held}) is below the root of trust's revocation list floor {floor}: it was deleted or replaced by an older one; every image is refused until a list with sequence {floor} or above is installed",
+        file = REVOCATION_LIST_FILE,
+        held = match .held { Some(sequence) => format!("sequence {sequence}"), None => "none".to_owned() }
+    )]
+    BelowFloor {
+        /// The held list's sequence, if there is one.
+        held: Option<u64>,
+        /// The floor.
+        floor: u64,
+    },
     /// The offered list is not newer than the one held.
     #[error(
         "revocation list refused: its sequence {offered} is not above the sequence {held} of the list this unit holds"
@@ -101,31 +121,65 @@ pub(crate) fn read_held<F: SlotFileSystem>(
 }
 
 /// The list held on `fs`, verified against `roots` (its signer must not be revoked by
-/// `revoked`, the root of trust's own list).
+/// `revoked`, the root of trust's own list) and at or above `floor` (the root of trust's
+/// revocation list floor).
 pub fn held_revocations<F: SlotFileSystem>(
     fs: &F,
     roots: &[RootKey],
     revoked: &[KeyId],
+    floor: u64,
 ) -> Result<HeldRevocations, RevocationStoreError> {
     let Some(bytes) = read_held(fs)? else {
+        if floor > 0 {
+            return Err(RevocationStoreError::BelowFloor { held: None, floor });
+        }
         return Ok(HeldRevocations::default());
     };
     let list = RevocationList::verify(&bytes, roots, revoked)
         .map_err(RevocationStoreError::HeldListInvalid)?;
+    if list.sequence() < floor {
+        return Err(RevocationStoreError::BelowFloor {
+            held: Some(list.sequence()),
+            floor,
+        });
+    }
     Ok(HeldRevocations {
         sequence: Some(list.sequence()),
         revoked: list.revoked().collect(),
     })
 }
 
-/// Every revoked key: the root of trust's and the held list's.
+/// Every revoked key: the root of trust's and the held list's. The held list's sequence
+/// is anchored in the root of trust's floor on the way, where the root of trust may
+/// raise it (see the module docs).
 pub fn revoked_keys<F: SlotFileSystem, R: BootRootOfTrust>(
     fs: &F,
     root_of_trust: &mut R,
     roots: &[RootKey],
 ) -> Result<Vec<KeyId>, RevocationStoreError> {
     let mut revoked = root_of_trust.revoked_keys()?;
-    let held = held_revocations(fs, roots, &revoked)?;
+    let floor = root_of_trust.read_revocation_floor()?;
+    let held = held_revocations(fs, roots, &revoked, floor)?;
+    if let Some(sequence) = held.sequence {
+        anchor(root_of_trust, sequence, floor);
+    }
     revoked.extend(held.revoked);
     Ok(revoked)
+}
+
+/// Raises the root of trust's floor to a held list's `sequence` that verified, if it
+/// is above `floor` and this root of trust may (a compartment may not: the boot stage
+/// does it at the next boot).
+pub(crate) fn anchor<R: BootRootOfTrust>(root_of_trust: &mut R, sequence: u64, floor: u64) {
+    if sequence <= floor {
+        return;
+    }
+    match root_of_trust.raise_revocation_floor(sequence) {
+        Ok(raised) => tracing::info!(floor = raised, "revocation list floor raised"),
+        Err(error) => tracing::debug!(
+            %error,
+            sequence,
+            "revocation list floor not raised here; the boot stage raises it"
+        ),
+    }
 }

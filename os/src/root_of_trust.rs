@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use warden_keychain::{KeyId, RootKey};
-use warden_pluton::ProvisioningCapability;
 use warden_pluton::capability::CAPABILITY_LEN;
+use warden_pluton::{CounterName, ProvisioningCapability};
 use warden_pluton_api::{ClientError, PlutonClient};
 
 /// The measurement register boot extends with each image it runs (the image's header
@@ -58,6 +58,12 @@ pub trait BootRootOfTrust {
     fn read_counter(&mut self) -> Result<u64, RootOfTrustError>;
     /// Raise the anti-rollback counter to `value` (equal is a no-op); durable on return.
     fn raise_counter(&mut self, value: u64) -> Result<u64, RootOfTrustError>;
+    /// The revocation list floor: the sequence of the newest revocation list this unit
+    /// held and verified (pluton's `RevocationListFloor`; 0: none yet).
+    fn read_revocation_floor(&mut self) -> Result<u64, RootOfTrustError>;
+    /// Raise the revocation list floor to `sequence` (equal or lower is a no-op, never
+    /// an error); durable on return. A root of trust without the right refuses.
+    fn raise_revocation_floor(&mut self, sequence: u64) -> Result<u64, RootOfTrustError>;
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +72,7 @@ struct MemoryInner {
     revoked: Vec<KeyId>,
     measurements: Vec<[u8; 32]>,
     counter: u64,
+    revocation_floor: u64,
 }
 
 /// An in-memory root of trust. Clones share state; [`Self::snapshot`] copies it.
@@ -100,6 +107,7 @@ impl MemoryRootOfTrust {
                 revoked: inner.revoked.clone(),
                 measurements: inner.measurements.clone(),
                 counter: inner.counter,
+                revocation_floor: inner.revocation_floor,
             })),
         }
     }
@@ -117,6 +125,11 @@ impl MemoryRootOfTrust {
     /// The counter's value.
     pub fn counter(&self) -> u64 {
         self.lock().counter
+    }
+
+    /// The revocation list floor's value.
+    pub fn revocation_floor(&self) -> u64 {
+        self.lock().revocation_floor
     }
 }
 
@@ -144,6 +157,14 @@ impl BootRootOfTrust for MemoryRootOfTrust {
         }
         inner.counter = value;
         Ok(value)
+    }
+    fn read_revocation_floor(&mut self) -> Result<u64, RootOfTrustError> {
+        Ok(self.lock().revocation_floor)
+    }
+    fn raise_revocation_floor(&mut self, sequence: u64) -> Result<u64, RootOfTrustError> {
+        let mut inner = self.lock();
+        inner.revocation_floor = inner.revocation_floor.max(sequence);
+        Ok(inner.revocation_floor)
     }
 }
 
@@ -235,6 +256,22 @@ impl BootRootOfTrust for PlutonRootOfTrust {
         Ok(self
             .client
             .advance_counter(&self.capability, IMAGE_SECURITY_COUNTER, value)?)
+    }
+    fn read_revocation_floor(&mut self) -> Result<u64, RootOfTrustError> {
+        Ok(self
+            .client
+            .named_counter(CounterName::RevocationListFloor)?)
+    }
+    fn raise_revocation_floor(&mut self, sequence: u64) -> Result<u64, RootOfTrustError> {
+        let floor = self.read_revocation_floor()?;
+        if sequence <= floor {
+            return Ok(floor);
+        }
+        // The floor is the boot role's to raise: the capability makes this connection it.
+        self.client.authenticate_boot(&self.capability)?;
+        Ok(self
+            .client
+            .advance_named_counter(CounterName::RevocationListFloor, sequence)?)
     }
 }
 

@@ -158,6 +158,11 @@ pub enum CounterName {
     /// The policy bundles' anti-rollback floor (counter 1; raised when a bundle is
     /// applied, checked against `current.bundle` at start).
     PolicyBundleFloor,
+    /// The held release-key revocation list's floor (counter 2; raised by the boot
+    /// stage to the sequence of the held list once it verified): a list deleted or
+    /// replaced by an older one on disk cannot un-revoke a key
+    /// (`warden_os::revocations`).
+    RevocationListFloor,
 }
 
 /// Who may do what with one named counter.
@@ -174,7 +179,7 @@ pub struct CounterRights {
 }
 
 /// The named counters and their rights. Each role sees only the counters listed for it.
-pub const NAMED_COUNTERS: [CounterRights; 2] = [
+pub const NAMED_COUNTERS: [CounterRights; 3] = [
     CounterRights {
         name: CounterName::ImageFloor,
         index: 0,
@@ -187,6 +192,15 @@ pub const NAMED_COUNTERS: [CounterRights; 2] = [
         advance: &[Bridges, Unseparated],
         read: &[Bridges, Unseparated],
     },
+    CounterRights {
+        name: CounterName::RevocationListFloor,
+        index: 2,
+        // Raised only by the boot stage (and the single-process appliance) to the
+        // sequence of a held list that verified: a compartment that could raise it to
+        // u64::MAX would make every future image refused for good.
+        advance: &[Boot, Unseparated],
+        read: &[Boot, Link, Updates, Unseparated],
+    },
 ];
 
 impl CounterName {
@@ -195,6 +209,7 @@ impl CounterName {
         match self {
             Self::ImageFloor => &NAMED_COUNTERS[0],
             Self::PolicyBundleFloor => &NAMED_COUNTERS[1],
+            Self::RevocationListFloor => &NAMED_COUNTERS[2],
         }
     }
 }

@@ -55,4 +55,12 @@ impl BootRootOfTrust for UnprivilegedRootOfTrust {
     fn raise_counter(&mut self, _: u64) -> Result<u64, RootOfTrustError> {
         Err(Self::refused("raising the anti-rollback counter"))
     }
+    fn read_revocation_floor(&mut self) -> Result<u64, RootOfTrustError> {
+        Ok(self
+            .client
+            .named_counter(warden_pluton_api::CounterName::RevocationListFloor)?)
+    }
+    fn raise_revocation_floor(&mut self, _: u64) -> Result<u64, RootOfTrustError> {
+        Err(Self::refused("raising the revocation list floor"))
+    }
 }

@@ -170,3 +170,84 @@ fn lists_are_never_replayed_back_nor_taken_from_another_root_nor_tampered() {
         .expect("a valid list replaces a tampered one");
     install(&mut monitor, &keys.image(1, 1, "#!/bin/sh\n", 64)).expect("nothing revoked now");
 }
+
+/// The held list is on a disk anyone with the unit in hand can write: deleting it, or
+/// putting back an older list, must not un-revoke the key (the root of trust's floor).
+#[test]
+fn a_deleted_or_rolled_back_list_does_not_unrevoke_a_key() {
+    let keys = Keys::new();
+    let fs = MemoryFileSystem::new();
+    let root_of_trust = MemoryRootOfTrust::new(keys.roots());
+    let mut monitor = BootMonitor::new(
+        fs.clone(),
+        root_of_trust.clone(),
+        BootConfig::new(product()),
+    );
+    let first = sign_revocation_list(&keys.root, 1, &[]).expect("list");
+    monitor.install_revocation_list(&first).expect("installed");
+    let revoking = sign_revocation_list(&keys.root, 2, &[keys.release.key_id()]).expect("list");
+    monitor
+        .install_revocation_list(&revoking)
+        .expect("installed");
+    assert_eq!(root_of_trust.revocation_floor(), 2, "anchored at install");
+    let image = keys.image(1, 1, "#!/bin/sh\n", 64);
+    assert!(install(&mut monitor, &image).is_err(), "revoked");
+
+    // Deleted: every image refused, naming the floor, rather than the key un-revoked.
+    fs.remove_file(Path::new(REVOCATION_LIST_FILE))
+        .expect("delete");
+    let error = install(&mut monitor, &image).expect_err("deleted list");
+    assert!(
+        error.to_string().contains("revocation list floor 2"),
+        "{error}"
+    );
+    // The older list put back: the same.
+    fs.create(Path::new(REVOCATION_LIST_FILE)).expect("create");
+    fs.append(Path::new(REVOCATION_LIST_FILE), &first)
+        .expect("write");
+    let error = install(&mut monitor, &image).expect_err("rolled-back list");
+    assert!(error.to_string().contains("sequence 1"), "{error}");
+    // Nor can the older list be installed again through the front door.
+    fs.remove_file(Path::new(REVOCATION_LIST_FILE))
+        .expect("delete");
+    assert!(matches!(
+        monitor.install_revocation_list(&first),
+        Err(RevocationStoreError::NotNewer {
+            offered: 1,
+            held: 2
+        })
+    ));
+    // The list at the floor, put back, restores the unit: the key stays revoked.
+    monitor
+        .install_revocation_list(&revoking)
+        .expect("the same list again");
+    assert!(matches!(
+        install(&mut monitor, &image),
+        Err(BootError::ImageRefused(ImageError::Certificate(
+            ChainError::Revoked
+        )))
+    ));
+}
+
+/// A list written by a root of trust that may not raise the floor (a compartment) is
+/// anchored by the next verification of one that may (the boot stage).
+#[test]
+fn a_list_installed_without_the_right_is_anchored_at_the_next_privileged_check() {
+    let keys = Keys::new();
+    let fs = MemoryFileSystem::new();
+    let root_of_trust = MemoryRootOfTrust::new(keys.roots());
+    let list = sign_revocation_list(&keys.root, 5, &[]).expect("list");
+    // As a compartment would leave it: the file written, the floor not raised.
+    fs.create_dir_all(Path::new("boot")).expect("dir");
+    fs.create(Path::new(REVOCATION_LIST_FILE)).expect("create");
+    fs.append(Path::new(REVOCATION_LIST_FILE), &list)
+        .expect("write");
+    assert_eq!(root_of_trust.revocation_floor(), 0);
+    let mut boot = BootMonitor::new(
+        fs.clone(),
+        root_of_trust.clone(),
+        BootConfig::new(product()),
+    );
+    install(&mut boot, &keys.image(1, 1, "#!/bin/sh\n", 64)).expect("nothing revoked");
+    assert_eq!(root_of_trust.revocation_floor(), 5, "anchored by the check");
+}

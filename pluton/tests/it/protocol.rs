@@ -87,13 +87,15 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::EndBoot),
         prop_oneof![
             Just(CounterName::ImageFloor),
-            Just(CounterName::PolicyBundleFloor)
+            Just(CounterName::PolicyBundleFloor),
+            Just(CounterName::RevocationListFloor)
         ]
         .prop_map(|counter| Request::ReadNamedCounter { counter }),
         (
             prop_oneof![
                 Just(CounterName::ImageFloor),
-                Just(CounterName::PolicyBundleFloor)
+                Just(CounterName::PolicyBundleFloor),
+                Just(CounterName::RevocationListFloor)
             ],
             any::<u64>()
         )
