@@ -194,7 +194,12 @@ pub fn start(
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    changed = held.changed() => if changed.is_err() { return },
+                    changed = held.changed() => if changed.is_err() {
+                        // No updater (no `[updates]`), or it ended to restart the
+                        // unit: nothing changes the held list any more.
+                        stop.cancelled().await;
+                        return;
+                    },
                 }
                 let sequence = *held.borrow_and_update();
                 let reported = {
