@@ -118,10 +118,13 @@ mod tests {
             error: Some("/var/lib/warden/device.pem: permission denied".into()),
             ..CertificateView::default()
         };
-        let view = page_certificate_view(&link, Some(unreadable.clone()), now_ms as u64)
-            .expect("a view");
+        let view =
+            page_certificate_view(&link, Some(unreadable.clone()), now_ms as u64).expect("a view");
         assert_eq!(view.error, None, "the link's reading wins over the page's");
-        assert_eq!(view.not_after, utc_text((now_ms + 65 * day_ms + 1000) / 1000));
+        assert_eq!(
+            view.not_after,
+            utc_text((now_ms + 65 * day_ms + 1000) / 1000)
+        );
         assert_eq!(view.standing, "valid");
         assert_eq!(view.days_left, Some(65));
         assert_eq!(

@@ -24,11 +24,11 @@ use crate::control::{ControlMessage, ControlSender};
 use crate::dispatch::{DispatchLimits, Dispatcher};
 use crate::journal::{PendingLimits, PendingReadings, Pushed};
 use crate::outbox::{Outbox, OutboxConfig, OutboxError};
-use warden_wire::revocation::revocation_list_topic;
 use warden_wire::renewal::{
     CertificateResponse, certificate_renew_topic, certificate_request_topic,
     certificate_response_topic, renewal_reason,
 };
+use warden_wire::revocation::revocation_list_topic;
 use warden_wire::tls::{ClientIdentity, TlsError, client_config};
 use warden_wire::topics::{
     AttestationChallenge, AttestationQuote, DeviceEvent, MIN_NONCE_LEN,

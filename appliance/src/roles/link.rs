@@ -175,10 +175,7 @@ pub fn start(
             );
             tasks.spawn_unit(
                 "revocation list refusal",
-                crate::updates::revocations::ignore_all(
-                    channel.revocation_lists,
-                    shutdown.clone(),
-                ),
+                crate::updates::revocations::ignore_all(channel.revocation_lists, shutdown.clone()),
             );
         }
     }
@@ -187,8 +184,11 @@ pub fn start(
     // held revocation list are the updater's), sent again when the held list changes.
     let last_reported = Arc::new(Mutex::new(None::<TwinReported>));
     {
-        let (last_reported, control, stop) =
-            (Arc::clone(&last_reported), control.clone(), shutdown.clone());
+        let (last_reported, control, stop) = (
+            Arc::clone(&last_reported),
+            control.clone(),
+            shutdown.clone(),
+        );
         let mut held = held_revocations.clone();
         tasks.spawn_unit("revocations in the twin", async move {
             loop {

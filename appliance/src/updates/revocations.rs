@@ -18,7 +18,7 @@ use warden_link::ControlMessage;
 use warden_link::topics::{DeviceEvent, event_kind};
 use warden_os::file_system::SlotFileSystem;
 use warden_os::revocations::RevocationInstall;
-use warden_os::{BootRootOfTrust, BootMonitor};
+use warden_os::{BootMonitor, BootRootOfTrust};
 
 use super::installer::{SharedMonitor, Updater};
 

@@ -330,9 +330,11 @@ async fn a_revocation_list_from_the_fleet_is_verified_by_the_unit_and_a_tampered
     assert_eq!(*sequence.borrow(), None, "no list is held");
     let reported = events(&control);
     assert!(
-        reported.iter().any(|(kind, detail)| kind == event_kind::REVOCATION_LIST_REFUSED
-            && detail.contains("signature")
-            && detail.contains("nothing was changed")),
+        reported
+            .iter()
+            .any(|(kind, detail)| kind == event_kind::REVOCATION_LIST_REFUSED
+                && detail.contains("signature")
+                && detail.contains("nothing was changed")),
         "{reported:?}"
     );
 
@@ -372,7 +374,10 @@ async fn a_revocation_list_from_the_fleet_is_verified_by_the_unit_and_a_tampered
     let answer = install(&socket, &path).await;
     let (reason, detail) = refusal(&answer);
     assert_eq!(reason, RefusalKind::Image, "{detail}");
-    assert!(detail.contains("revoked by the vendor's revocation list"), "{detail}");
+    assert!(
+        detail.contains("revoked by the vendor's revocation list"),
+        "{detail}"
+    );
     shutdown.cancel();
 }
 

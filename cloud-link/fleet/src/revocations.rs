@@ -41,9 +41,7 @@ pub enum UploadError {
     )]
     NoRoots,
     /// Larger than a list may be.
-    #[error(
-        "the revocation list is {0} bytes; a list is at most {MAX_REVOCATION_LIST_LEN} bytes"
-    )]
+    #[error("the revocation list is {0} bytes; a list is at most {MAX_REVOCATION_LIST_LEN} bytes")]
     TooLarge(usize),
     /// It does not verify (framing, unknown root, signature).
     #[error("the revocation list does not verify against the fleet's vendor roots: {0}")]
@@ -158,7 +156,9 @@ impl RevocationLists {
             return false;
         };
         match self.store.newest_revocation_sequence().await {
-            Ok(Some(newest)) => twin.revocation_list_sequence.is_none_or(|held| held < newest),
+            Ok(Some(newest)) => twin
+                .revocation_list_sequence
+                .is_none_or(|held| held < newest),
             Ok(None) => false,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the newest release-key revocation list");
@@ -217,14 +217,19 @@ mod tests {
 
         let by_foreign = sign_revocation_list(&foreign, 4, &[revoked]).expect("list");
         let error = verify_upload(&roots, &by_foreign, 7).expect_err("foreign root");
-        assert!(error.to_string().contains("not signed by an installed root"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("not signed by an installed root"),
+            "{error}"
+        );
         let mut tampered = list.clone();
         let last = tampered.len() - 70;
         tampered[last] ^= 1;
         let error = verify_upload(&roots, &tampered, 7).expect_err("tampered");
         assert!(error.to_string().contains("signature"), "{error}");
-        let error = verify_upload(&roots, &[0u8; MAX_REVOCATION_LIST_LEN + 1], 7)
-            .expect_err("oversized");
+        let error =
+            verify_upload(&roots, &[0u8; MAX_REVOCATION_LIST_LEN + 1], 7).expect_err("oversized");
         assert!(error.to_string().contains("at most 4096 bytes"), "{error}");
         assert!(matches!(
             verify_upload(&[], &list, 7),

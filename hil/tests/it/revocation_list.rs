@@ -125,7 +125,9 @@ async fn a_device_on_a_revoked_release_key_refuses_an_image_signed_by_it() {
         },
     )
     .await;
-    let held_file = device_dir.join("boot").join(warden_os::revocations::REVOCATION_LIST_FILE);
+    let held_file = device_dir
+        .join("boot")
+        .join(warden_os::revocations::REVOCATION_LIST_FILE);
     assert!(!held_file.exists(), "the factory installed no list");
 
     // A list the fleet accepts (its root is in `images.vendor_roots`) but the unit's
@@ -173,11 +175,16 @@ async fn a_device_on_a_revoked_release_key_refuses_an_image_signed_by_it() {
         "the unit holds the vendor's list, byte for byte"
     );
     assert!(
-        events(&api, &id).await.contains("revocation-list-installed"),
+        events(&api, &id)
+            .await
+            .contains("revocation-list-installed"),
         "the install is on record"
     );
     // Still trusted and running 1.0.0 (signed by A, not revoked).
-    assert_eq!(confirmed_version(&device.boot_state(), Slot::A), Some([1, 0, 0]));
+    assert_eq!(
+        confirmed_version(&device.boot_state(), Slot::A),
+        Some([1, 0, 0])
+    );
 
     // The operator rolls out 1.1.0, signed by the revoked key B: the unit refuses it.
     let (status, deployment) = api
@@ -215,8 +222,13 @@ async fn a_device_on_a_revoked_release_key_refuses_an_image_signed_by_it() {
     );
     let state = device.boot_state();
     assert!(
-        !matches!(state.slot(Slot::B), SlotStatus::Pending(_) | SlotStatus::Trial { .. })
-            && state.slot(Slot::B).image().is_none_or(|image| image.version != [1, 1, 0]),
+        !matches!(
+            state.slot(Slot::B),
+            SlotStatus::Pending(_) | SlotStatus::Trial { .. }
+        ) && state
+            .slot(Slot::B)
+            .image()
+            .is_none_or(|image| image.version != [1, 1, 0]),
         "1.1.0 was installed: {state:?}"
     );
     assert_eq!(state.primary(), Some(Slot::A));

@@ -16,9 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use warden_wire::fleet_api::{
     Connectivity, DashboardDevice, DeploymentProgress, DeviceCertificate, DeviceDetail,
-    DeviceRevocationList,
-    DevicePageQuery, FleetSummary, ReportGroupsQuery, SignatureGroup, StoredDeployment,
-    WaveProgress,
+    DevicePageQuery, DeviceRevocationList, FleetSummary, ReportGroupsQuery, SignatureGroup,
+    StoredDeployment, WaveProgress,
 };
 use warden_wire::topics::{MAX_POINT_DECIMALS, TwinReported, UpdateState};
 use warden_wire::validity::CertificateStanding;
@@ -311,7 +310,10 @@ async fn device(
         Some((_, Some(reported))) => Some(reported),
         _ => None,
     };
-    let point_decimals = reported.as_deref().map(point_decimals_of).unwrap_or_default();
+    let point_decimals = reported
+        .as_deref()
+        .map(point_decimals_of)
+        .unwrap_or_default();
     let revocation_list = DeviceRevocationList::of(
         reported
             .as_deref()

@@ -27,9 +27,8 @@ pub(super) async fn upload_revocation_list(
         field: "revocation_list",
         message,
     };
-    let record =
-        crate::revocations::verify_upload(state.images.vendor_roots(), &body, now_ms())
-            .map_err(|error| invalid(error.to_string()))?;
+    let record = crate::revocations::verify_upload(state.images.vendor_roots(), &body, now_ms())
+        .map_err(|error| invalid(error.to_string()))?;
     state
         .revocation_lists
         .publish(&record, &body)

@@ -18,14 +18,14 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use warden_wire::fleet_api::{
     Attestation, AuditLine, AuditQuery, CertificateRenewal, CommandView, Connectivity, CrashRate,
-    DashboardDevice, DeltaRecord, DeviceRevocationList, RevocationListRecord, DeploymentEvent, DeploymentMember, DeploymentProgress,
+    DashboardDevice, DeltaRecord, DeploymentEvent, DeploymentMember, DeploymentProgress,
     DeploymentRequest, DesiredRequest, Device, DeviceCertificate, DeviceDetail, DevicePageQuery,
-    DeviceRow, DeviceView, DevicesQuery, EnrollmentRequest, ErrorBody, EventsQuery, FleetCounts,
-    FleetSummary, Group, GroupRequest, ImageRecord, ProductRequest, ProductView, RegisterRequest,
-    RegisterResponse, RegisteredDevice, ReportBucket, ReportGroup, ReportGroupsQuery, ReportsQuery,
-    SeenDevice, SignatureGroup, StoredDeployment, StoredEvent, StoredReading, StoredReport,
-    TelemetryQuery, TelemetryResponse, TwinView, VersionCount, VersionReports, WaveProgress,
-    WaveSize, WriteRequest,
+    DeviceRevocationList, DeviceRow, DeviceView, DevicesQuery, EnrollmentRequest, ErrorBody,
+    EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest, ImageRecord, ProductRequest,
+    ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, ReportBucket, ReportGroup,
+    ReportGroupsQuery, ReportsQuery, RevocationListRecord, SeenDevice, SignatureGroup,
+    StoredDeployment, StoredEvent, StoredReading, StoredReport, TelemetryQuery, TelemetryResponse,
+    TwinView, VersionCount, VersionReports, WaveProgress, WaveSize, WriteRequest,
 };
 use warden_wire::value::Value as PointValue;
 

@@ -59,7 +59,10 @@ pub(super) async fn revocation_list_contract(fx: &Fixture) {
         .await
         .expect("connects");
     assert!(
-        device.next_on(TOPIC, Duration::from_millis(500)).await.is_none(),
+        device
+            .next_on(TOPIC, Duration::from_millis(500))
+            .await
+            .is_none(),
         "a list was sent before any was uploaded"
     );
 
@@ -73,7 +76,10 @@ pub(super) async fn revocation_list_contract(fx: &Fixture) {
         )
         .await,
     );
-    assert!(message.contains("not signed by an installed root"), "{message}");
+    assert!(
+        message.contains("not signed by an installed root"),
+        "{message}"
+    );
     let mut unsigned = sign_revocation_list(&fx.vendor_root, 5, &[release]).expect("list");
     let signature_at = unsigned.len() - 64;
     unsigned[signature_at..].fill(0);
