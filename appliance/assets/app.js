@@ -90,7 +90,9 @@ function attestationText(a) {
 function certificateText(c) {
   if (!c) return "no link configured";
   if (c.error) return "unreadable: " + c.error;
-  return c.standing + " (valid until " + c.not_after + ")";
+  const days = c.days_left == null ? "" : ", " + c.days_left + " day" + (c.days_left === 1 ? "" : "s") + " left";
+  return c.standing + " (valid until " + c.not_after + days + ")" +
+    (c.renewal ? "; renewal " + c.renewal : "");
 }
 
 let reportsById = new Map();

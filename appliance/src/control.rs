@@ -214,9 +214,13 @@ pub fn render(status: &serde_json::Value) -> String {
     if let Some(error) = certificate["error"].as_str() {
         let _ = writeln!(out, "certificate   unreadable: {error}");
     } else if certificate.is_object() {
+        let days = match certificate["days_left"].as_i64() {
+            Some(days) => format!(", {days} days left"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "certificate   {} (valid until {})",
+            "certificate   {} (valid until {}{days})",
             text(&certificate["standing"]),
             text(&certificate["not_after"]),
         );

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use warden_link::agent::CertificateRenewalStatus;
+use warden_link::agent::{CertificateRenewalStatus, RenewalState};
 use warden_link::validity::{CertificateStanding, utc_text};
 
 use crate::state::unit_facts::CertificateView;
@@ -26,8 +26,35 @@ pub fn link_certificate_view(link: &CertificateRenewalStatus) -> Option<Certific
         not_after: utc_text(not_after_ms / 1000),
         not_after_ms,
         standing: link.standing.clone()?,
-        error: None,
+        ..CertificateView::default()
     })
+}
+
+/// The certificate as the status page shows it at `now_ms`: the link role's reading
+/// (the certificate in use, renewed or not, which the link can read where the page's
+/// compartment cannot), else `unit`'s (read from `link.device_cert` by whoever may);
+/// with the days left and the renewal's state from the link.
+pub fn page_certificate_view(
+    link: &CertificateRenewalStatus,
+    unit: Option<CertificateView>,
+    now_ms: u64,
+) -> Option<CertificateView> {
+    let mut view = link_certificate_view(link).or(unit)?;
+    if view.error.is_none() {
+        let now_ms = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        view.days_left = Some((view.not_after_ms.saturating_sub(now_ms) / 86_400_000).max(0));
+    }
+    if link.state != RenewalState::Idle {
+        let state = serde_json::to_value(link.state)
+            .ok()
+            .and_then(|state| state.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        view.renewal = Some(match &link.detail {
+            Some(detail) => format!("{state}: {detail}"),
+            None => state,
+        });
+    }
+    Some(view)
 }
 
 /// The certificate in the PEM file at `path` as the page shows it, at `now` (seconds).
@@ -50,7 +77,7 @@ pub fn certificate_view(path: &Path, now: i64) -> CertificateView {
         standing: CertificateStanding::at(not_before, not_after, now)
             .as_str()
             .to_owned(),
-        error: None,
+        ..CertificateView::default()
     }
 }
 
@@ -70,6 +97,61 @@ mod tests {
         let cert = params.self_signed(&key).expect("cert");
         assert_eq!(validity(cert.der()), Some((1_709_208_000, 2_561_241_605)));
         assert_eq!(validity(&cert.der()[..40]), None, "truncated");
+    }
+
+    /// A compartmented unit: the page cannot read the certificate file (its facts
+    /// name the error), the link role's status frame carries the certificate in use.
+    #[test]
+    fn the_page_shows_the_link_roles_certificate_with_days_left_and_renewal() {
+        let day_ms: i64 = 86_400_000;
+        let now_ms: i64 = 1_780_272_000_000;
+        let link = CertificateRenewalStatus {
+            in_use: Some("/var/lib/warden/device.pem".into()),
+            not_before_ms: Some(now_ms - 300 * day_ms),
+            not_after_ms: Some(now_ms + 65 * day_ms + 1000),
+            standing: Some("valid".into()),
+            state: RenewalState::Requested,
+            detail: Some("a renewal request went to the fleet".into()),
+            ..CertificateRenewalStatus::default()
+        };
+        let unreadable = CertificateView {
+            error: Some("/var/lib/warden/device.pem: permission denied".into()),
+            ..CertificateView::default()
+        };
+        let view =
+            page_certificate_view(&link, Some(unreadable.clone()), now_ms as u64).expect("a view");
+        assert_eq!(view.error, None, "the link's reading wins over the page's");
+        assert_eq!(
+            view.not_after,
+            utc_text((now_ms + 65 * day_ms + 1000) / 1000)
+        );
+        assert_eq!(view.standing, "valid");
+        assert_eq!(view.days_left, Some(65));
+        assert_eq!(
+            view.renewal.as_deref(),
+            Some("requested: a renewal request went to the fleet")
+        );
+        // Expired: no negative days; idle renewal says nothing.
+        let expired = CertificateRenewalStatus {
+            not_before_ms: Some(now_ms - 400 * day_ms),
+            not_after_ms: Some(now_ms - day_ms),
+            standing: Some("expired".into()),
+            ..CertificateRenewalStatus::default()
+        };
+        let view = page_certificate_view(&expired, None, now_ms as u64).expect("a view");
+        assert_eq!((view.days_left, view.renewal), (Some(0), None));
+        // Before the link read one, the unit's facts stand (an error stays an error).
+        let view = page_certificate_view(
+            &CertificateRenewalStatus::default(),
+            Some(unreadable),
+            now_ms as u64,
+        )
+        .expect("the facts' view");
+        assert!(view.error.is_some() && view.days_left.is_none(), "{view:?}");
+        assert_eq!(
+            page_certificate_view(&CertificateRenewalStatus::default(), None, 0),
+            None
+        );
     }
 
     #[test]

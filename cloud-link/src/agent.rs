@@ -28,6 +28,7 @@ use warden_wire::renewal::{
     CertificateResponse, certificate_renew_topic, certificate_request_topic,
     certificate_response_topic, renewal_reason,
 };
+use warden_wire::revocation::revocation_list_topic;
 use warden_wire::tls::{ClientIdentity, TlsError, client_config};
 use warden_wire::topics::{
     AttestationChallenge, AttestationQuote, DeviceEvent, MIN_NONCE_LEN,
@@ -153,6 +154,9 @@ pub struct CommandChannel {
     pub desired: mpsc::Receiver<TwinDesired>,
     /// Update offers from the fleet.
     pub offers: mpsc::Receiver<UpdateOffer>,
+    /// Release-key revocation lists from the fleet (the `WRL1` bytes, bounded but not
+    /// verified: whoever installs them verifies them against its own vendor roots).
+    pub revocation_lists: mpsc::Receiver<Vec<u8>>,
     /// The durable control queue: what is pushed here is published until acknowledged,
     /// across outages and restarts.
     pub control: ControlSender,
@@ -162,6 +166,7 @@ struct ApplianceEnd {
     commands: mpsc::Sender<Command>,
     desired: mpsc::Sender<TwinDesired>,
     offers: mpsc::Sender<UpdateOffer>,
+    revocation_lists: mpsc::Sender<Vec<u8>>,
 }
 
 /// Publishes readings for one device.
@@ -242,15 +247,18 @@ impl LinkAgent {
         let (command_tx, commands) = mpsc::channel(64);
         let (desired_tx, desired) = mpsc::channel(8);
         let (offers_tx, offers) = mpsc::channel(8);
+        let (revocation_lists_tx, revocation_lists) = mpsc::channel(4);
         self.commands = Some(ApplianceEnd {
             commands: command_tx,
             desired: desired_tx,
             offers: offers_tx,
+            revocation_lists: revocation_lists_tx,
         });
         Ok(CommandChannel {
             commands,
             desired,
             offers,
+            revocation_lists,
             control,
         })
     }
@@ -669,6 +677,7 @@ impl Link {
                 offers: update_offer_topic(&self.device_id),
                 certificate_response: certificate_response_topic(&self.device_id),
                 certificate_renew: certificate_renew_topic(&self.device_id),
+                revocation_list: revocation_list_topic(&self.device_id),
             },
             events_tx,
             Arc::clone(&self.status),
@@ -1186,6 +1195,18 @@ impl Link {
             }
             NetworkEvent::CertificateResponse(response) => self.on_certificate_response(response),
             NetworkEvent::RenewOrder => self.check_renewal(true).await,
+            NetworkEvent::RevocationList(list) => match &self.appliance {
+                Some(end) => {
+                    if end.revocation_lists.try_send(list).is_err() {
+                        tracing::warn!(
+                            "release-key revocation list dropped: the appliance is busy with the previous one (the fleet sends it again at the next connect)"
+                        );
+                    }
+                }
+                None => tracing::warn!(
+                    "release-key revocation list ignored: this link has no appliance behind it"
+                ),
+            },
             NetworkEvent::Offer(offer) => match &self.appliance {
                 Some(end) => {
                     if end.offers.try_send(offer).is_err() {

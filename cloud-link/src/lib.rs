@@ -14,7 +14,7 @@ pub use agent::{
 /// The MQTT topics and payloads, the TLS profile, the device certificates' validity
 /// rules and fields, and certificate renewal live in the wire crate; the link's API
 /// speaks them.
-pub use warden_wire::{certificate_fields, renewal, tls, topics, validity};
+pub use warden_wire::{certificate_fields, renewal, revocation, tls, topics, validity};
 
 pub use control::{ControlMessage, ControlQueue, ControlSender};
 pub use topics::{Reading, TelemetryBatch};

@@ -122,6 +122,9 @@ pub fn start(
     // takes no updates and says so to the fleet at once.
     // The image this unit runs, for the reported twin (set by the updater at start).
     let installed_image = Arc::new(std::sync::OnceLock::<String>::new());
+    // The release-key revocation list the unit holds, for the reported twin (set by
+    // the updater at start and after each install of a list).
+    let (revocation_sequence, held_revocations) = tokio::sync::watch::channel(None::<u64>);
     match &config.updates {
         Some(updates_config) => {
             let link_status = Arc::clone(&status);
@@ -143,6 +146,8 @@ pub fn start(
                 restart: grants.restart.clone(),
                 shutdown: shutdown.clone(),
                 installed_image: Arc::clone(&installed_image),
+                revocation_lists: channel.revocation_lists,
+                revocation_sequence,
             };
             let agent = crate::updates::start(
                 updates_config,
@@ -163,10 +168,53 @@ pub fn start(
                 Ok(())
             });
         }
-        None => tasks.spawn_unit(
-            "update refusal",
-            crate::updates::refuse_all(channel.offers, control.clone(), shutdown.clone()),
-        ),
+        None => {
+            tasks.spawn_unit(
+                "update refusal",
+                crate::updates::refuse_all(channel.offers, control.clone(), shutdown.clone()),
+            );
+            tasks.spawn_unit(
+                "revocation list refusal",
+                crate::updates::revocations::ignore_all(channel.revocation_lists, shutdown.clone()),
+            );
+        }
+    }
+
+    // The last state the bridges reported, completed by this role (the image and the
+    // held revocation list are the updater's), sent again when the held list changes.
+    let last_reported = Arc::new(Mutex::new(None::<TwinReported>));
+    {
+        let (last_reported, control, stop) = (
+            Arc::clone(&last_reported),
+            control.clone(),
+            shutdown.clone(),
+        );
+        let mut held = held_revocations.clone();
+        tasks.spawn_unit("revocations in the twin", async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = held.changed() => if changed.is_err() {
+                        // No updater (no `[updates]`), or it ended to restart the
+                        // unit: nothing changes the held list any more.
+                        stop.cancelled().await;
+                        return;
+                    },
+                }
+                let sequence = *held.borrow_and_update();
+                let reported = {
+                    let mut last = last_reported.lock().unwrap_or_else(PoisonError::into_inner);
+                    last.as_mut().map(|reported| {
+                        reported.revocation_list_sequence = sequence;
+                        reported.clone()
+                    })
+                };
+                // Before the bridges' first report the next one carries it.
+                if let Some(reported) = reported {
+                    control.send_or_log(&ControlMessage::TwinReported(reported));
+                }
+            }
+        });
     }
 
     // Bridges → fleet: readings to the agent, everything else to the control queue.
@@ -207,8 +255,12 @@ pub fn start(
                 }
                 BridgesToLink::TwinReported(payload) => {
                     if let Ok(mut reported) = payload.decode::<TwinReported>() {
-                        // The bridges report the policy; the image is the updater's.
+                        // The bridges report the policy; the image and the held
+                        // revocation list are the updater's.
                         reported.image_sha256 = installed_image.get().cloned();
+                        reported.revocation_list_sequence = *held_revocations.borrow();
+                        *last_reported.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(reported.clone());
                         bridges_control.send_or_log(&ControlMessage::TwinReported(reported));
                     }
                 }

@@ -32,6 +32,13 @@ pub struct CertificateView {
     pub standing: String,
     /// Why the certificate could not be read (the rest is then empty).
     pub error: Option<String>,
+    /// Whole days until `not_after` (0 once expired), as the page shows it.
+    #[serde(default)]
+    pub days_left: Option<i64>,
+    /// Where renewal over the link stands, in words (`requested: …`), when something
+    /// happened since the link started; from the link role, which renews.
+    #[serde(default)]
+    pub renewal: Option<String>,
 }
 
 /// The boot monitor's A/B state.

@@ -134,8 +134,11 @@ pub fn snapshot(state: &ApplianceState) -> Status {
         attestation: attestation_in_words(&link.attestation, now),
         image_slots: unit.image_slots,
         // The link's reading wins: it is the certificate in use (renewed or not).
-        device_certificate: crate::device_certificate::link_certificate_view(&link.certificate)
-            .or(unit.device_certificate),
+        device_certificate: crate::device_certificate::page_certificate_view(
+            &link.certificate,
+            unit.device_certificate,
+            now,
+        ),
         link_summary: link_in_words(&link),
         last_ack_age_secs: age_secs(link.last_ack_ms, now),
         link,

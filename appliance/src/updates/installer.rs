@@ -49,6 +49,9 @@ pub struct Updater<F, R> {
     /// Cancelled after an install to have the boot stage boot the new slot (`None`
     /// when no boot stage started this image: the new slot boots at the next restart).
     pub restart: Option<CancellationToken>,
+    /// Told the sequence of the release-key revocation list held after each install
+    /// of one (from the fleet or a file), for the reported twin (`None`: nobody asks).
+    pub revocation_sequence: Option<tokio::sync::watch::Sender<Option<u64>>>,
 }
 
 // Not derived: the file system and root of trust need not be `Clone` (they are shared
@@ -64,6 +67,7 @@ impl<F, R> Clone for Updater<F, R> {
             control: self.control.clone(),
             retry_pause: self.retry_pause,
             restart: self.restart.clone(),
+            revocation_sequence: self.revocation_sequence.clone(),
         }
     }
 }
@@ -177,6 +181,19 @@ pub(super) fn publish_from(
         event_kind::UPDATE_STATE,
         format!("update {offer_id}: {}: {detail}", state.as_str()),
     )));
+}
+
+impl<F, R> Updater<F, R> {
+    /// The unit now holds the revocation list of `sequence`: the reported twin says so.
+    pub(super) fn revocations_changed(&self, sequence: Option<u64>) {
+        if let Some(watch) = &self.revocation_sequence {
+            watch.send_if_modified(|held| {
+                let changed = *held != sequence;
+                *held = sequence;
+                changed
+            });
+        }
+    }
 }
 
 impl<F, R> Updater<F, R>

@@ -671,17 +671,11 @@ where
             );
         }
     };
-    let monitor = Arc::clone(&updater.monitor);
-    let installed = tokio::task::spawn_blocking(move || {
-        let mut monitor = monitor.lock().unwrap_or_else(PoisonError::into_inner);
-        monitor
-            .install_revocation_list(&bytes)
-            .map_err(|error| error.to_string())
-    })
-    .await
-    .unwrap_or_else(|error| Err(format!("revocation task: {error}")));
+    // The one install path, the fleet's lists' too (`super::revocations`).
+    let installed = super::revocations::install_list(&updater.monitor, bytes).await;
     match installed {
         Ok(RevocationInstall::Installed { sequence, revoked }) => {
+            updater.revocations_changed(Some(sequence));
             LocalInstallAnswer::RevocationsInstalled {
                 sequence,
                 revoked,

@@ -29,6 +29,7 @@
 mod gate;
 mod installer;
 pub mod local;
+pub mod revocations;
 mod root_of_trust;
 mod trial;
 
@@ -76,6 +77,12 @@ pub struct UpdateContext {
     /// file), which the unit's reported twin carries so that the fleet can offer a delta
     /// from it (`TwinReported::image_sha256`).
     pub installed_image: Arc<std::sync::OnceLock<String>>,
+    /// Release-key revocation lists from the link (installed as a file's would be:
+    /// [`revocations`]).
+    pub revocation_lists: mpsc::Receiver<Vec<u8>>,
+    /// Set at start, and after each install of a revocation list, to the sequence of
+    /// the list the unit holds (`TwinReported::revocation_list_sequence`).
+    pub revocation_sequence: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 /// How the updater reaches pluton.
@@ -151,8 +158,11 @@ where
         restart,
         shutdown,
         installed_image,
+        revocation_lists,
+        revocation_sequence,
     } = context;
     let mut monitor = monitor;
+    revocation_sequence.send_replace(revocations::held_sequence(&mut monitor));
     match monitor.installed_image_sha256() {
         Ok(Some(sha256)) => {
             let _ = installed_image.set(warden_link::topics::to_hex(&sha256));
@@ -174,6 +184,7 @@ where
         control: control.clone(),
         retry_pause: Duration::from_secs(2),
         restart: booted_slot.and(restart.clone()),
+        revocation_sequence: Some(revocation_sequence),
     };
     // An image installed from a file may run where the fleet is never reachable (an
     // air-gapped cell): its trial does not wait for the link, only for the bridges.
@@ -217,6 +228,8 @@ where
             serving.await;
         }
     };
+    let fleet_lists =
+        revocations::take_from_fleet(updater.clone(), revocation_lists, shutdown.clone());
     let download_dir = config.download_dir.clone();
     let watch_stop = shutdown.clone();
     let watcher = async move {
@@ -255,6 +268,7 @@ where
             watcher,
             trial,
             local_installs,
+            fleet_lists,
             updater.run(offers, shutdown)
         );
     })

@@ -280,6 +280,107 @@ async fn a_revocation_list_from_a_file_makes_the_unit_refuse_images_of_the_revok
     shutdown.cancel();
 }
 
+/// The events in the control queue, as `(kind, detail)`.
+fn events(control: &warden_link::ControlSender) -> Vec<(String, String)> {
+    let queue = control.lock();
+    let mut found = Vec::new();
+    let mut next = queue.outbox().next_pending(0);
+    while let Some(seq) = next {
+        if let Ok(warden_link::ControlMessage::Event(event)) = queue.message(seq) {
+            found.push((event.kind, event.detail));
+        }
+        next = queue.outbox().next_pending(seq + 1);
+    }
+    found
+}
+
+/// A release-key revocation list from the fleet (what the link agent hands over) goes
+/// through the same install as a file's: a tampered one is refused by name, reported,
+/// and changes nothing; the vendor's list is installed, reported with its sequence
+/// (for the twin), and the revoked key's image is then refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_list_from_the_fleet_is_verified_by_the_unit_and_a_tampered_one_changes_nothing()
+ {
+    use warden::updates::revocations::install_from_fleet;
+    use warden_link::topics::event_kind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vendor = Vendor::new();
+    let (mut updater, _monitor) = updater(dir.path(), &vendor, Arc::default());
+    let (sequence_tx, sequence) = tokio::sync::watch::channel(None::<u64>);
+    updater.revocation_sequence = Some(sequence_tx);
+    let control = updater.control.clone();
+    let revoked_key = dir.path().join("revoked-key");
+    let image = vendor.image_for(&revoked_key, "1.2.0", PRODUCT, 2);
+    let list = vendor.revocation_list(1, &[&revoked_key.join("release.cert")]);
+
+    // Tampered on the way (one revoked key ID bit): refused, reported, nothing written.
+    let mut tampered = list.clone();
+    let id_at = tampered.len() - 64 - 8;
+    tampered[id_at] ^= 0x01;
+    let before = snapshot(dir.path().join("state").as_path());
+    let refused = install_from_fleet(&updater, tampered)
+        .await
+        .expect_err("a tampered list is refused");
+    assert!(refused.contains("signature"), "{refused}");
+    assert_eq!(
+        snapshot(dir.path().join("state").as_path()),
+        before,
+        "a refused list changed the unit's state"
+    );
+    assert_eq!(*sequence.borrow(), None, "no list is held");
+    let reported = events(&control);
+    assert!(
+        reported
+            .iter()
+            .any(|(kind, detail)| kind == event_kind::REVOCATION_LIST_REFUSED
+                && detail.contains("signature")
+                && detail.contains("nothing was changed")),
+        "{reported:?}"
+    );
+
+    // The vendor's list: installed, its sequence for the twin, the install reported.
+    let installed = install_from_fleet(&updater, list.clone())
+        .await
+        .expect("installed");
+    assert_eq!(
+        installed,
+        warden_os::revocations::RevocationInstall::Installed {
+            sequence: 1,
+            revoked: 1
+        }
+    );
+    assert_eq!(*sequence.borrow(), Some(1));
+    assert!(
+        events(&control)
+            .iter()
+            .any(|(kind, _)| kind == event_kind::REVOCATION_LIST_INSTALLED),
+        "{:?}",
+        events(&control)
+    );
+    // The same list again changes nothing and is not an error.
+    assert!(matches!(
+        install_from_fleet(&updater, list).await,
+        Ok(warden_os::revocations::RevocationInstall::AlreadyHeld { sequence: 1 })
+    ));
+
+    // The revoked key's image is now refused, as after a list from a file.
+    let downloads = dir.path().join("downloads");
+    let listener = local::bind(&downloads).expect("socket");
+    let socket = local::socket_path(&downloads);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(local::serve(listener, updater, 8 << 20, shutdown.clone()));
+    let path = dir.path().join("revoked.wim");
+    std::fs::write(&path, &image).expect("file");
+    let answer = install(&socket, &path).await;
+    let (reason, detail) = refusal(&answer);
+    assert_eq!(reason, RefusalKind::Image, "{detail}");
+    assert!(
+        detail.contains("revoked by the vendor's revocation list"),
+        "{detail}"
+    );
+    shutdown.cancel();
+}
+
 /// `warden image delta` (the release tooling's command, in this test build) from the
 /// signed image at `from` to the one at `to`, signed with `to`'s release key.
 fn delta_file(from: &Path, to: &Path, output: &Path) -> Vec<u8> {

@@ -145,6 +145,7 @@ pub(super) fn updater(
         control: ControlSender::open(&dir.join("control")).expect("control queue"),
         retry_pause: Duration::from_millis(50),
         restart: None,
+        revocation_sequence: None,
     };
     (updater, monitor)
 }

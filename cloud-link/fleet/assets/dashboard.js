@@ -355,6 +355,14 @@ async function devicePage(id) {
           `${time(c.refused_ms)}: ${c.refused_reason}`, "status-expired"));
       }
     }
+    // The release-key revocation list the device holds against the fleet's newest.
+    const l = detail.revocation_list;
+    if (l && (l.fleet_sequence !== null || l.held_sequence !== null)) {
+      const held = l.held_sequence === null ? "none reported" : "sequence " + l.held_sequence;
+      const newest = l.fleet_sequence === null ? "" : ` (fleet's newest: ${l.fleet_sequence})`;
+      identity.push(field("revocation_list", "release-key revocation list", held + newest,
+        l.current ? "status-trusted" : "status-unverified"));
+    }
     identity.push(field("registered", "registered", time(r.registered_ms)));
   } else {
     identity.push(field("registered", "registered", "no (sends telemetry, not in the registry)"),

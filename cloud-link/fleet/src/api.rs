@@ -7,6 +7,7 @@ mod paging;
 mod registry;
 mod renewal;
 mod reports;
+mod revocations;
 mod state;
 
 pub use error::ApiError;
@@ -83,6 +84,14 @@ pub fn router(state: ApiState) -> Router {
             get(deployments::list_deltas)
                 .post(deployments::upload_delta)
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_IMAGE_UPLOAD)),
+        )
+        .route(
+            "/api/v1/revocation-lists",
+            get(revocations::list_revocation_lists)
+                .post(revocations::upload_revocation_list)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    revocations::MAX_REVOCATION_LIST_UPLOAD,
+                )),
         )
         .route(
             "/api/v1/deployments",

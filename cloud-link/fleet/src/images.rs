@@ -83,6 +83,12 @@ impl ImageStore {
         })
     }
 
+    /// The vendor roots uploads must be signed under (`images.vendor_roots`); release-key
+    /// revocation lists are verified against them too (`crate::revocations`).
+    pub fn vendor_roots(&self) -> &[RootKey] {
+        &self.roots
+    }
+
     /// Verifies an uploaded image: framing, the release-key chain to a vendor root,
     /// the header signature and the payload hash; its product must be one of
     /// `products`.

@@ -19,6 +19,7 @@ pub mod issuing;
 pub mod loadtest;
 pub mod metrics;
 pub mod renewal;
+pub mod revocations;
 pub mod store;
 pub mod tls;
 pub mod tokens;
@@ -827,6 +828,18 @@ pub async fn start(
         renewal_requests,
         shutdown.clone(),
     ));
+    // Release-key revocation lists: the newest to each device that subscribes to it
+    // (every connect) and to each whose reported twin shows an older one.
+    let revocation_lists = revocations::RevocationLists {
+        store: store.clone(),
+        devices: broker.publisher(),
+    };
+    let revocation_task = tokio::spawn(revocations::run(
+        revocation_lists.clone(),
+        broker.revocation_list_listeners(4096),
+        broker.subscribe_local(warden_wire::topics::ALL_TWIN_REPORTED, 64),
+        shutdown.clone(),
+    ));
     let reports = broker.subscribe_local(warden_wire::topics::ALL_REPORTS, 256);
     let events = broker.subscribe_local(warden_wire::topics::ALL_EVENTS, 256);
     let failure_reports = tokio::spawn(ingest::reports_and_events(
@@ -872,6 +885,7 @@ pub async fn start(
         trust,
         images,
         rollouts,
+        revocation_lists,
         downloads: std::sync::Arc::new(tokio::sync::Semaphore::new(
             config.http.max_downloads as usize,
         )),
@@ -922,6 +936,7 @@ pub async fn start(
         let _ = ingest.await;
         let _ = command_results.await;
         let _ = twin_reports.await;
+        let _ = revocation_task.await;
         let _ = failure_reports.await;
         let _ = rollout_task.await;
         let _ = quote_task.await;

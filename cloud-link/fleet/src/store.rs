@@ -13,6 +13,7 @@ mod migrations;
 mod registry;
 mod renewals;
 mod reports;
+mod revocations;
 mod telemetry;
 
 pub use self::core::{

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::status::{LinkStatus, update};
 use crate::clock::unix_millis;
 use warden_wire::renewal::{CertificateRenewOrder, CertificateResponse};
+use warden_wire::revocation::RevocationListMessage;
 use warden_wire::topics::{
     Ack, AttestationChallenge, AttestationVerdict, Command, LinkSettings, LinkSettingsError,
     PROTOCOL_VERSION, TwinDesired, UpdateOffer,
@@ -35,6 +36,8 @@ pub(super) enum NetworkEvent {
     Offer(UpdateOffer),
     CertificateResponse(CertificateResponse),
     RenewOrder,
+    /// A release-key revocation list (its bytes, not yet verified: the updater does).
+    RevocationList(Vec<u8>),
 }
 
 /// Capped exponential backoff.
@@ -119,6 +122,7 @@ pub(super) struct Topics {
     pub(super) offers: String,
     pub(super) certificate_response: String,
     pub(super) certificate_renew: String,
+    pub(super) revocation_list: String,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -183,6 +187,7 @@ pub(super) async fn network_loop(
                     &topics.offers,
                     &topics.certificate_response,
                     &topics.certificate_renew,
+                    &topics.revocation_list,
                 ] {
                     if let Err(error) = client.try_subscribe(topic, QoS::AtLeastOnce) {
                         tracing::warn!(%error, topic, "cannot subscribe");
@@ -290,6 +295,20 @@ pub(super) fn decode_publish(topics: &Topics, publish: &rumqttc::Publish) -> Opt
             Ok(_) => Some(NetworkEvent::RenewOrder),
             Err(error) => {
                 tracing::warn!(%error, "malformed certificate renewal order ignored");
+                None
+            }
+        }
+    } else if topic == topics.revocation_list {
+        match RevocationListMessage::decode(&publish.payload) {
+            Ok((message, list)) => {
+                tracing::info!(
+                    sequence = message.sequence,
+                    "release-key revocation list from the fleet"
+                );
+                Some(NetworkEvent::RevocationList(list))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "malformed release-key revocation list ignored; nothing changed");
                 None
             }
         }

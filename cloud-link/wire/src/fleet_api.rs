@@ -14,6 +14,7 @@ mod error;
 mod registry;
 mod renewal;
 mod reports;
+mod revocation;
 mod telemetry;
 
 pub use attestation::Attestation;
@@ -39,6 +40,7 @@ pub use reports::{
     AuditLine, AuditQuery, CrashRate, EventsQuery, ReportBucket, ReportGroup, ReportsQuery,
     StoredEvent, StoredReport,
 };
+pub use revocation::{DeviceRevocationList, REVOCATION_LISTS_PATH, RevocationListRecord};
 pub use telemetry::{
     Device, DevicesQuery, StoredReading, TelemetryQuery, TelemetryResponse, telemetry_path,
 };

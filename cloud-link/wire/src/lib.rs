@@ -9,6 +9,7 @@
 pub mod certificate_fields;
 pub mod fleet_api;
 pub mod renewal;
+pub mod revocation;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod topics;

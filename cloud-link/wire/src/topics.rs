@@ -22,6 +22,7 @@
 //! | `certificate/request` | device → fleet | [`crate::renewal::CertificateRequest`]: a CSR for the device's own key |
 //! | `certificate/response` | fleet → device | [`crate::renewal::CertificateResponse`]: the renewed certificate, or why not |
 //! | `certificate/renew` | fleet → device | [`crate::renewal::CertificateRenewOrder`]: renew the certificate now |
+//! | `updates/revocation-list` | fleet → device | [`crate::revocation::RevocationListMessage`]: the newest vendor-signed release-key revocation list |
 //!
 //! A message leaves the device's outbox only when its [`Ack`] arrives; until then it
 //! is sent again after reconnects and timeouts, and the fleet stores each
@@ -208,6 +209,12 @@ pub mod event_kind {
     /// Renewal failed: the fleet refused the request, or the new certificate did not
     /// connect and the unit went back to the old one (`detail` says which and why).
     pub const CERTIFICATE_RENEWAL_FAILED: &str = "certificate-renewal-failed";
+    /// A release-key revocation list from the fleet verified against the unit's own
+    /// vendor roots and is now held (`detail`: its sequence and how many keys it revokes).
+    pub const REVOCATION_LIST_INSTALLED: &str = "revocation-list-installed";
+    /// A release-key revocation list from the fleet was refused and nothing changed
+    /// (`detail` says why: signature, unknown root, not newer than the held one…).
+    pub const REVOCATION_LIST_REFUSED: &str = "revocation-list-refused";
 }
 
 /// The states of [`UpdateStatus::state`].
@@ -656,6 +663,11 @@ pub struct TwinReported {
     /// takes no updates or has no installed image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_sha256: Option<String>,
+    /// Sequence of the release-key revocation list the unit holds (verified against
+    /// its own vendor roots; `crate::revocation`), so the fleet can send it a newer one
+    /// and show where it stands; absent on a unit that takes no updates or holds none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_list_sequence: Option<u64>,
 }
 
 /// The most decimal places a point may be shown with (`decimals` of a point; more than

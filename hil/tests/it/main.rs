@@ -14,6 +14,7 @@ mod fleet_cluster;
 mod fleet_dashboard;
 mod offline_update;
 mod quickstart;
+mod revocation_list;
 mod rollout;
 mod tour;
 

@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use warden_wire::fleet_api::{
     Connectivity, DashboardDevice, DeploymentProgress, DeviceCertificate, DeviceDetail,
-    DevicePageQuery, FleetSummary, ReportGroupsQuery, SignatureGroup, StoredDeployment,
-    WaveProgress,
+    DevicePageQuery, DeviceRevocationList, FleetSummary, ReportGroupsQuery, SignatureGroup,
+    StoredDeployment, WaveProgress,
 };
 use warden_wire::topics::{MAX_POINT_DECIMALS, TwinReported, UpdateState};
 use warden_wire::validity::CertificateStanding;
@@ -306,7 +306,21 @@ async fn device(
     if registered.is_none() && seen.is_none() {
         return Err(ApiError::NotFound(format!("device {id} is not known")));
     }
-    let point_decimals = reported_point_decimals(&state, &id).await?;
+    let reported = match state.store.twin(&id).await? {
+        Some((_, Some(reported))) => Some(reported),
+        _ => None,
+    };
+    let point_decimals = reported
+        .as_deref()
+        .map(point_decimals_of)
+        .unwrap_or_default();
+    let revocation_list = DeviceRevocationList::of(
+        reported
+            .as_deref()
+            .and_then(|reported| TwinReported::decode(reported.as_bytes()).ok())
+            .and_then(|twin| twin.revocation_list_sequence),
+        state.store.newest_revocation_sequence().await?,
+    );
     let certificate = match state.store.registered_certificate(&id).await? {
         Some(pem) => match device_certificate(&state, &id, &pem) {
             Some(mut certificate) => {
@@ -321,6 +335,7 @@ async fn device(
     Ok(Json(DeviceDetail {
         point_decimals,
         certificate,
+        revocation_list: Some(revocation_list),
         online: online_ids(&state).await.contains(&id),
         latest: state.store.latest_values(&id).await?,
         reports: state
@@ -336,16 +351,6 @@ async fn device(
 /// The decimal places the device's reported twin sets for its points. The twin is the
 /// device's word, so a setting outside `0..=MAX_POINT_DECIMALS` is left out (the page
 /// then shows the value as read) and a twin that does not parse gives none.
-async fn reported_point_decimals(
-    state: &ApiState,
-    id: &str,
-) -> Result<BTreeMap<String, u8>, ApiError> {
-    let Some((_, Some(reported))) = state.store.twin(id).await? else {
-        return Ok(BTreeMap::new());
-    };
-    Ok(point_decimals_of(&reported))
-}
-
 fn point_decimals_of(reported: &str) -> BTreeMap<String, u8> {
     match TwinReported::decode(reported.as_bytes()) {
         Ok(twin) => twin

@@ -28,6 +28,8 @@ pub struct ApiState {
     pub images: ImageStore,
     /// The rollout engine (stepped right after a deployment is created).
     pub rollouts: Rollouts,
+    /// Stores release-key revocation lists and carries the newest to the devices.
+    pub revocation_lists: crate::revocations::RevocationLists,
     /// Image downloads in progress, at most `http.max_downloads` (a permit is held
     /// until the response body is sent or dropped).
     pub downloads: Arc<tokio::sync::Semaphore>,

@@ -97,6 +97,18 @@ impl Broker {
         rx
     }
 
+    /// IDs of devices whose session subscribed to their release-key revocation list
+    /// topic, as it happens (a full queue drops the notice; the device's next twin
+    /// report or connect catches up).
+    pub fn revocation_list_listeners(
+        &self,
+        capacity: usize,
+    ) -> tokio::sync::mpsc::Receiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        self.router.notify_revocation_listeners(tx);
+        rx
+    }
+
     /// Subscribes the fleet itself to `filter`.
     pub fn subscribe_local(&self, filter: &str, capacity: usize) -> LocalSubscription {
         self.router.subscribe_local(filter, capacity)

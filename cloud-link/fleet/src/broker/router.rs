@@ -66,6 +66,9 @@ pub struct Router {
     /// Told the ID of each device that can now be challenged (see
     /// [`Router::device_listens_for_challenges`]).
     challengeable: std::sync::OnceLock<mpsc::Sender<String>>,
+    /// Told the ID of each device whose session subscribed to its release-key
+    /// revocation list topic (see [`Router::device_listens_for_revocation_lists`]).
+    revocation_listeners: std::sync::OnceLock<mpsc::Sender<String>>,
     /// The other fleet instances on the same database, if any (see [`ClusterLink`]).
     cluster: std::sync::OnceLock<std::sync::Arc<dyn ClusterLink>>,
 }
@@ -255,6 +258,25 @@ impl Router {
             tracing::warn!(
                 device,
                 "attestation queue full: the schedule will challenge it"
+            );
+        }
+    }
+
+    /// Sends the IDs of devices that subscribe to their release-key revocation list
+    /// topic to `tx` (set once; later calls are ignored).
+    pub fn notify_revocation_listeners(&self, tx: mpsc::Sender<String>) {
+        let _ = self.revocation_listeners.set(tx);
+    }
+
+    /// `device`'s session subscribed to its release-key revocation list topic: the
+    /// earliest moment the list reaches it (QoS 0, nothing retained).
+    pub fn device_listens_for_revocation_lists(&self, device: &str) {
+        if let Some(tx) = self.revocation_listeners.get()
+            && tx.try_send(device.to_owned()).is_err()
+        {
+            tracing::warn!(
+                device,
+                "revocation list queue full: the device gets the list with its next twin report or connect"
             );
         }
     }

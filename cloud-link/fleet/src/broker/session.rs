@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use warden_wire::revocation::revocation_list_topic;
 use warden_wire::topics::attestation_challenge_topic;
 
 use rustls::pki_types::CertificateDer;
@@ -26,8 +27,9 @@ use super::router::Router;
 /// Largest MQTT packet the broker accepts.
 pub const MAX_PACKET_SIZE: usize = 256 * 1024;
 
-/// Filters one session may hold (the agent uses six: acks, commands, desired twin,
-/// attestation challenge and verdict, update offers); a SUBSCRIBE beyond it gets the
+/// Filters one session may hold (the agent uses nine: acks, commands, desired twin,
+/// attestation challenge and verdict, update offers, certificate response and renewal
+/// order, the release-key revocation list); a SUBSCRIBE beyond it gets the
 /// failure code for the extra ones.
 pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 32;
 
@@ -280,7 +282,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Packet::Subscribe(subscribe) => {
                 let challenges = attestation_challenge_topic(acl.device_id());
+                let revocations = revocation_list_topic(acl.device_id());
                 let mut listens_for_challenges = false;
+                let mut listens_for_revocations = false;
                 let codes = subscribe
                     .filters
                     .iter()
@@ -298,6 +302,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         filters.insert(path.clone());
                         router.subscribe_session(session, path, deliver_tx.clone());
                         listens_for_challenges |= matches(&challenges, path);
+                        listens_for_revocations |= matches(&revocations, path);
                         SubscribeReasonCode::Success(QoS::AtMostOnce)
                     })
                     .collect();
@@ -309,6 +314,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 .await?;
                 if listens_for_challenges {
                     router.device_listens_for_challenges(acl.device_id());
+                }
+                if listens_for_revocations {
+                    router.device_listens_for_revocation_lists(acl.device_id());
                 }
             }
             Packet::Unsubscribe(unsubscribe) => {

@@ -394,4 +394,21 @@ pub(super) const MIGRATIONS: &[(i64, Migration)] = &[
     )",
         ),
     ),
+    (
+        16,
+        // Release-key revocation lists (`crate::revocations`; not device certificates):
+        // each vendor-signed `WRL1` file the operator uploaded, by sequence, kept as hex
+        // (one column type on both backends); the newest goes to every device.
+        Migration::Both(
+            "CREATE TABLE revocation_lists (
+        sequence BIGINT PRIMARY KEY,
+        issuer TEXT NOT NULL,
+        revoked TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        list_hex TEXT NOT NULL,
+        uploaded_ms BIGINT NOT NULL
+    )",
+        ),
+    ),
 ];

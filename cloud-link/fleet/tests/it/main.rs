@@ -9,6 +9,7 @@ mod postgres;
 mod registry;
 mod renewal;
 mod reports;
+mod revocations;
 mod rollout;
 mod store_failure;
 mod telemetry;

@@ -20,12 +20,12 @@ use warden_wire::fleet_api::{
     Attestation, AuditLine, AuditQuery, CertificateRenewal, CommandView, Connectivity, CrashRate,
     DashboardDevice, DeltaRecord, DeploymentEvent, DeploymentMember, DeploymentProgress,
     DeploymentRequest, DesiredRequest, Device, DeviceCertificate, DeviceDetail, DevicePageQuery,
-    DeviceRow, DeviceView, DevicesQuery, EnrollmentRequest, ErrorBody, EventsQuery, FleetCounts,
-    FleetSummary, Group, GroupRequest, ImageRecord, ProductRequest, ProductView, RegisterRequest,
-    RegisterResponse, RegisteredDevice, ReportBucket, ReportGroup, ReportGroupsQuery, ReportsQuery,
-    SeenDevice, SignatureGroup, StoredDeployment, StoredEvent, StoredReading, StoredReport,
-    TelemetryQuery, TelemetryResponse, TwinView, VersionCount, VersionReports, WaveProgress,
-    WaveSize, WriteRequest,
+    DeviceRevocationList, DeviceRow, DeviceView, DevicesQuery, EnrollmentRequest, ErrorBody,
+    EventsQuery, FleetCounts, FleetSummary, Group, GroupRequest, ImageRecord, ProductRequest,
+    ProductView, RegisterRequest, RegisterResponse, RegisteredDevice, ReportBucket, ReportGroup,
+    ReportGroupsQuery, ReportsQuery, RevocationListRecord, SeenDevice, SignatureGroup,
+    StoredDeployment, StoredEvent, StoredReading, StoredReport, TelemetryQuery, TelemetryResponse,
+    TwinView, VersionCount, VersionReports, WaveProgress, WaveSize, WriteRequest,
 };
 use warden_wire::value::Value as PointValue;
 
@@ -667,6 +667,24 @@ fn the_document_describes_every_wire_type_of_the_api() {
             uploaded_ms: 7,
         }],
     ));
+    problems.extend(response(
+        "RevocationList",
+        &[RevocationListRecord {
+            sequence: 3,
+            issuer: "0a".repeat(8),
+            revoked: vec!["0b".repeat(8)],
+            sha256: "cd".repeat(32),
+            size: 95,
+            uploaded_ms: 8,
+        }],
+    ));
+    problems.extend(response(
+        "DeviceRevocationList",
+        &[
+            DeviceRevocationList::of(Some(2), Some(3)),
+            DeviceRevocationList::of(None, None),
+        ],
+    ));
     problems.extend(request("DeploymentRequest", &deployment_request()));
     problems.extend(response("DeploymentEvent", &[deployment_event()]));
     problems.extend(response(
@@ -732,6 +750,7 @@ fn the_document_describes_every_wire_type_of_the_api() {
                     refused_reason: Some("certificate expired".into()),
                     renewal: Some(certificate_renewal()),
                 }),
+                revocation_list: Some(DeviceRevocationList::of(Some(3), Some(3))),
             },
             DeviceDetail {
                 device_id: "wd-0002".into(),
@@ -742,6 +761,7 @@ fn the_document_describes_every_wire_type_of_the_api() {
                 reports: Vec::new(),
                 point_decimals: Default::default(),
                 certificate: None,
+                revocation_list: None,
             },
         ],
     ));
@@ -845,6 +865,8 @@ fn the_document_names_no_schema_without_a_wire_type() {
         "AuditLine",
         "Image",
         "Delta",
+        "RevocationList",
+        "DeviceRevocationList",
         "CertificateRenewal",
         // Checked inside DeploymentRequest's sample (a `oneOf` of one-field objects).
         "WaveSize",
@@ -1087,6 +1109,19 @@ fn operations() -> Vec<Operation> {
             "/api/v1/deltas",
             None,
             &[("201", "Delta"), ("200", "Delta"), ("422", "Error")],
+        ),
+        operation(
+            "get",
+            "/api/v1/revocation-lists",
+            None,
+            &[("200", "[RevocationList]")],
+        ),
+        // The body is the signed list's bytes (application/octet-stream).
+        operation(
+            "post",
+            "/api/v1/revocation-lists",
+            None,
+            &[("201", "RevocationList"), ("422", "Error")],
         ),
         operation(
             "get",

@@ -40,6 +40,9 @@ async fn every_contract_holds_on_postgresql() {
     let fx = super::fleet_on(Some(database("dashboard"))).await;
     let _fed = super::dashboard::dashboard_contract(&fx).await;
     fx.stop().await;
+    let fx = super::fleet_on(Some(database("revocations"))).await;
+    super::revocations::revocation_list_contract(&fx).await;
+    fx.stop().await;
 }
 
 /// A failed `COMMIT` on PostgreSQL: a deferred constraint trigger on

@@ -121,6 +121,10 @@ pub struct DeviceDetail {
     /// (`None` for a device never registered).
     #[serde(default)]
     pub certificate: Option<DeviceCertificate>,
+    /// The release-key revocation list it holds (its reported twin) against the
+    /// fleet's newest.
+    #[serde(default)]
+    pub revocation_list: Option<super::DeviceRevocationList>,
 }
 
 /// A registered device's certificate as the device page shows it.

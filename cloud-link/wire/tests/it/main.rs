@@ -14,7 +14,7 @@ use warden_wire::topics::{
 };
 
 /// Each topic suffix and the schema of its payload.
-const TOPIC_SCHEMAS: [(&str, &str); 16] = [
+const TOPIC_SCHEMAS: [(&str, &str); 17] = [
     ("telemetry", "telemetry-batch"),
     ("ack", "ack"),
     ("commands", "command"),
@@ -31,6 +31,7 @@ const TOPIC_SCHEMAS: [(&str, &str); 16] = [
     ("certificate/request", "certificate-request"),
     ("certificate/response", "certificate-response"),
     ("certificate/renew", "certificate-renew"),
+    ("updates/revocation-list", "revocation-list"),
 ];
 
 fn cloud_link() -> PathBuf {
@@ -332,6 +333,36 @@ fn renewal_payloads_the_code_makes_validate() {
         &json!({"v": 1, "csr": "not a csr", "reason": "renewal-due"}),
     );
     assert!(CertificateRenewOrder::decode(br#"{"v": 2}"#).is_err());
+}
+
+#[test]
+fn revocation_list_payloads_validate_and_twins_carry_the_held_sequence() {
+    use warden_wire::revocation::{MAX_REVOCATION_LIST_LEN, RevocationListMessage};
+    let message = RevocationListMessage::new(7, b"WRL1\x01 a list");
+    assert_valid("revocation-list", &message.encode());
+    let largest = RevocationListMessage::new(7, &[0xab; MAX_REVOCATION_LIST_LEN]);
+    assert_valid("revocation-list", &largest.encode());
+    let larger = RevocationListMessage::new(7, &[0xab; MAX_REVOCATION_LIST_LEN + 1]);
+    assert!(RevocationListMessage::decode(&larger.encode()).is_err());
+    assert_invalid(
+        "revocation-list",
+        &serde_json::to_value(&larger).expect("json"),
+    );
+    assert_invalid(
+        "revocation-list",
+        &json!({"v": 1, "sequence": 1, "list": "not hex"}),
+    );
+    let reported = TwinReported {
+        v: PROTOCOL_VERSION,
+        revocation_list_sequence: Some(7),
+        ..TwinReported::default()
+    };
+    assert_valid("twin-reported", &reported.encode());
+    assert_invalid(
+        "twin-reported",
+        &json!({"v": 1, "policy_name": null, "policy_version": null, "last_error": null,
+                "revocation_list_sequence": -1}),
+    );
 }
 
 #[test]
