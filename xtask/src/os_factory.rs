@@ -95,7 +95,7 @@ pub fn provision(
     save_secret_key(&key_file, &release).map_err(|e| format!("{}: {e}", key_file.display()))?;
     std::fs::write(&cert_file, cert).map_err(|e| format!("{}: {e}", cert_file.display()))?;
     let signed = vendor.join("warden.wim");
-    release(binary, &vendor, &product, VERSION, COUNTER, &signed)?;
+    sign_release(binary, &vendor, &product, VERSION, COUNTER, &signed)?;
 
     let pluton_dir = state.join("pluton");
     let socket = work.join("pluton.sock");
@@ -131,7 +131,7 @@ pub fn provision(
 /// The vendor's release step: `binary` built into an image of `product` at `version`
 /// with anti-rollback `counter`, signed with the release key and certificate in
 /// `vendor` (`release.pem`, `release.cert`), written to `out`.
-pub fn release(
+pub fn sign_release(
     binary: &Path,
     vendor: &Path,
     product: &str,

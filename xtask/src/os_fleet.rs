@@ -357,7 +357,11 @@ impl FleetApi {
     pub fn post_file(&self, path: &str, file: &Path) -> Result<serde_json::Value, String> {
         let mut command = self.curl("POST", path);
         command
-            .args(["-H", "Content-Type: application/octet-stream", "--data-binary"])
+            .args([
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+            ])
             .arg(format!("@{}", file.display()));
         self.send(command, &format!("POST {path} ({})", file.display()))
     }

@@ -253,7 +253,8 @@ impl Guest {
     /// Waits until a console line contains `wanted`; the time since QEMU started. An
     /// error after `bound`, or when QEMU exits first.
     pub fn wait_for(&mut self, wanted: &str, bound: Duration) -> Result<Duration, String> {
-        self.wait_for_line(wanted, bound).map(|_| self.started.elapsed())
+        self.wait_for_line(wanted, bound)
+            .map(|_| self.started.elapsed())
     }
 
     /// [`Guest::wait_for`], returning the line.
@@ -376,7 +377,11 @@ mod tests {
         // into the same target directory works.
         // xtask itself: the forwards' relay (`os-relay`).
         let xtask: &[&str] = &["build", "-p", "xtask"];
-        for build in [crate::os_image::WARDEN_BUILD, crate::os_fleet::FLEET_BUILD, xtask] {
+        for build in [
+            crate::os_image::WARDEN_BUILD,
+            crate::os_fleet::FLEET_BUILD,
+            xtask,
+        ] {
             let status = Command::new(env!("CARGO"))
                 .args(build)
                 .env("CARGO_TARGET_DIR", target_dir())
@@ -434,7 +439,9 @@ mod tests {
     #[test]
     #[ignore = "needs qemu-system-x86 and swtpm (and apt access to bookworm-backports)"]
     fn the_os_image_boots_slot_a_up_in_qemu_and_the_fleet_attests_it() {
-        let _one = OS_DIR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = OS_DIR
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         build_dev_unit();
         let dir = os_dir();
         let fleet = DevFleet::load(&fleet_dir(&dir))
@@ -565,7 +572,7 @@ mod tests {
             None => work.join("warden"),
         };
         let image = work.join(format!("vendor/warden-{major}.{minor}.{patch}.wim"));
-        crate::os_factory::release(
+        crate::os_factory::sign_release(
             &binary,
             &work.join("vendor"),
             "press-guardian",
@@ -626,14 +633,18 @@ mod tests {
     /// slot B, and the fleet has the failure reports and halts the rollout.
     #[test]
     #[ignore = "needs qemu-system-x86 and swtpm (and apt access to bookworm-backports)"]
-    fn a_staged_rollout_updates_the_guest_across_real_reboots_and_rolls_a_crashing_image_back()
-    {
-        let _one = OS_DIR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn a_staged_rollout_updates_the_guest_across_real_reboots_and_rolls_a_crashing_image_back() {
+        let _one = OS_DIR
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut unit = up_and_attested();
         let started = Instant::now();
         let deployment = roll_out(&unit, [1, 1, 0], 2, None);
         unit.guest
-            .wait_for("warden-os: reboot: the image asked to boot again", UPDATE_BOUND)
+            .wait_for(
+                "warden-os: reboot: the image asked to boot again",
+                UPDATE_BOUND,
+            )
             .expect("the guest reboots after installing 1.1.0");
         unit.guest
             .wait_for("warden-os: init", TCG_BOUND)
@@ -657,9 +668,9 @@ mod tests {
             |record| {
                 record["image_version"] == "1.1.0"
                     && record["attestation"] == "trusted"
-                    && record["attestation_detail"]
-                        .as_str()
-                        .is_some_and(|detail| detail.starts_with("runs release press-guardian 1.1.0"))
+                    && record["attestation_detail"].as_str().is_some_and(|detail| {
+                        detail.starts_with("runs release press-guardian 1.1.0")
+                    })
             },
         );
         eprintln!("after the update: {record}");
@@ -679,7 +690,10 @@ mod tests {
             .console
             .matches("warden-os: verified slot=a version=1.2.0 ")
             .count();
-        assert_eq!(trial_boots, 3, "three trial boots of 1.2.0, each after a reboot");
+        assert_eq!(
+            trial_boots, 3,
+            "three trial boots of 1.2.0, each after a reboot"
+        );
         let halted = wait_for_deployment(&unit, &deployment, "halted");
         assert_eq!(halted["members"][0]["state"], "rolled-back", "{halted}");
         let deadline = Instant::now() + TCG_BOUND;
