@@ -459,9 +459,13 @@ mod tests {
             .get(&format!("/api/v1/devices/{device}"))
             .expect("the factory registered the unit");
         assert_eq!(registered["serial"], crate::os_factory::SERIAL);
+        // `last_seen_ms` is the unit's last telemetry, which this unit (no bridges, no
+        // equipment) never sends: its connection shows as an attestation, which the
+        // fleet runs only over the broker connection it admitted with the device
+        // certificate.
         assert!(
-            registered["last_seen_ms"].is_null(),
-            "not seen before it boots: {registered}"
+            registered["attested_ms"].is_null() && registered["attestation"] == "unknown",
+            "not attested before it boots: {registered}"
         );
 
         let mut guest = Guest::start(
@@ -498,14 +502,15 @@ mod tests {
             "the boot stage's pluton runs on the guest's TPM (swtpm), as the factory provisioned it"
         );
 
-        // The broker admitted it only with its certificate (mutual TLS): it was seen,
-        // then attested from a quote its TPM signed over the measurement register.
+        // The broker admitted it only with its certificate (mutual TLS), and over that
+        // connection the fleet attested it from a quote its TPM signed over the
+        // measurement register.
         let record = wait_for_record(
             &running.api,
             device,
             "the unit connected and attested",
             TCG_BOUND,
-            |record| !record["last_seen_ms"].is_null() && record["attestation"] == "trusted",
+            |record| !record["attested_ms"].is_null() && record["attestation"] == "trusted",
         );
         let detail = record["attestation_detail"].as_str().unwrap_or_default();
         assert!(
