@@ -382,7 +382,20 @@ mod tests {
             crate::os_fleet::FLEET_BUILD,
             xtask,
         ] {
-            let status = Command::new(env!("CARGO"))
+            let mut cargo = Command::new(env!("CARGO"));
+            // Without the variables cargo sets for this test process (CARGO_PKG_NAME,
+            // CARGO_MANIFEST_DIR, …): build scripts watch some of them
+            // (`rerun-if-env-changed`, ring's among them), so a nested build that saw
+            // them would rebuild those crates and everything above them, and the next
+            // `cargo test` outside would rebuild them back.
+            for (name, _) in std::env::vars_os() {
+                if name.to_str().is_some_and(|name| {
+                    name.starts_with("CARGO_") && !KEPT_CARGO_ENV.contains(&name)
+                }) {
+                    cargo.env_remove(name);
+                }
+            }
+            let status = cargo
                 .args(build)
                 .env("CARGO_TARGET_DIR", target_dir())
                 .current_dir(root)
@@ -392,6 +405,17 @@ mod tests {
         }
         crate::os_image::build_with(&crate::os_image::SlotContent::DevUnit).expect("os image");
     }
+
+    /// The `CARGO_*` variables a nested build keeps: the caller's own settings (see
+    /// [`build_dev_unit`]); the rest are what cargo sets for a test process.
+    const KEPT_CARGO_ENV: &[&str] = &[
+        "CARGO_HOME",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_JOBS",
+        "CARGO_INCREMENTAL",
+        "CARGO_TERM_COLOR",
+        "CARGO_NET_OFFLINE",
+    ];
 
     /// The xtask binary [`build_dev_unit`] built (the test harness is not it).
     fn relay() -> PathBuf {
