@@ -23,6 +23,11 @@
 //!      K-th crash gives the slot up, and the next boot runs the other image; a
 //!      confirmed image is restarted after a backoff that doubles up to a maximum.
 //!
+//!    Under Warden OS (PID 1 started the boot stage, [`BootPlan::machine_reboots`])
+//!    each of these "boot again" ends the boot stage instead, after the same
+//!    bookkeeping, and PID 1 reboots the machine (`reboot(2)`): a TPM's registers
+//!    cannot be reset by a process, only by a reboot.
+//!
 //! Confirmation has one mechanism: the image itself judges its trial with
 //! [`warden_os::TrialHealthCheck`] (link up, bridges healthy) and calls
 //! [`BootMonitor::confirm`] (see `crate::updates`). The boot stage only enforces the
@@ -155,6 +160,12 @@ pub struct BootPlan {
     restart_backoff_max_ms: u64,
     /// The image's arguments.
     pub image_args: Vec<String>,
+    /// Under Warden OS (PID 1 set [`crate::os_init::CONSOLE_ENV`]): every "boot again"
+    /// ends the boot stage instead, and PID 1 reboots the machine (`reboot(2)`), so
+    /// the TPM's measurement registers start afresh and the next slot is measured
+    /// alone, as on a power cycle. Otherwise the boot stage plays the power cycle
+    /// itself and boots again in its loop.
+    pub machine_reboots: bool,
 }
 
 /// The role of the manifest's compartment that serves pluton.
@@ -187,6 +198,7 @@ impl BootArgs {
             restart_backoff_initial_ms: self.restart_backoff_initial_ms,
             restart_backoff_max_ms: self.restart_backoff_max_ms,
             image_args: self.image_args,
+            machine_reboots: std::env::var_os(crate::os_init::CONSOLE_ENV).is_some(),
         };
         plan.capability_file = self
             .capability_file
@@ -536,6 +548,9 @@ pub fn run_blocking(args: &BootPlan, stop: &AtomicBool) -> anyhow::Result<ExitCo
                     ),
                     Err(error) => tracing::warn!(%error, "cannot give the trial up"),
                 }
+                if args.machine_reboots {
+                    return Ok(reboot_the_machine("the trial passed its deadline"));
+                }
                 continue;
             }
             BootEnd::Exited(exit) => exit,
@@ -592,8 +607,22 @@ pub fn run_blocking(args: &BootPlan, stop: &AtomicBool) -> anyhow::Result<ExitCo
                 }
             }
         }
+        if args.machine_reboots {
+            return Ok(reboot_the_machine(match exit {
+                ImageExit::RestartRequested => "the image asked to boot again",
+                _ => "the image crashed",
+            }));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Under Warden OS, the boot stage ends where it would boot again: it says why on the
+/// console and PID 1 reboots the machine (`crate::os_init`).
+fn reboot_the_machine(why: &str) -> ExitCode {
+    tracing::info!(why, "ending the boot stage: the machine reboots");
+    eprintln!("warden-os: reboot: {why}");
+    ExitCode::SUCCESS
 }
 
 fn run_image(

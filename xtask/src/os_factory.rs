@@ -19,21 +19,31 @@
 //!
 //! 5. the factory boots it once and confirms it (as the provisioning station's self-test
 //!    does), so slot A is the confirmed primary and the anti-rollback counter is 1;
-//! 6. the unit's configuration goes to `etc/` on the state partition (PID 1 binds each
-//!    file to the same path under `/etc`): the appliance config and policy
-//!    (`os_unit/`), `hosts` and `resolv.conf` for QEMU's user network, and the status
-//!    page's password hash (`warden passwd`; the password is printed and kept in
+//! 6. the provisioning station: a manufacturer CA (`warden_provision::ca`, the
+//!    station's own code; in `target/os/work/factory/ca`, its passphrase beside it)
+//!    certifies the identity key pluton created **in the unit's TPM** (device ID = the
+//!    certificate's common name, serial `WOS-DEV-0001`);
+//! 7. the fleet: a development `warden-fleet` made for this unit (`os_fleet`, in
+//!    `target/os/work/fleet`, trusting the vendor root for images) is started once to
+//!    take the product with its manufacturer CA, the unit's registration (the station's
+//!    `POST /api/v1/devices`) and the factory release 1.0.0 (so the unit attests as
+//!    running a known release), then stopped; `os-run` starts it again;
+//! 8. the unit's configuration goes to `etc/` on the state partition (PID 1 binds each
+//!    file to the same path under `/etc`): the appliance config (`os_unit/`, with the
+//!    device ID; the broker is `fleet.example.com:8883`) and policy, the device
+//!    certificate and the fleet CA it pins, `hosts` (`fleet.example.com` is QEMU's
+//!    forward to the host's fleet) and `resolv.conf` for QEMU's user network, and the
+//!    status page's password hash (`warden passwd`; the password is printed and kept in
 //!    `target/os/work/vendor/status-page-password`, never on the disk).
-//!
-//! The unit has no device certificate yet: `etc/warden/fleet-ca.pem` and
-//! `device-cert.pem` are empty, so its link retries and connects nowhere.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use warden_keychain::Purpose;
-use warden_keychain::tooling::{SecretSigningKey, issue_release_cert, save_secret_key};
+use warden_keychain::tooling::{
+    SecretSigningKey, issue_release_cert, save_public_key, save_secret_key,
+};
 use warden_os::image::{ProductId, SemanticVersion};
 use warden_os::release::{BuildRequest, build_unsigned, sign_file};
 
@@ -49,6 +59,12 @@ const VERSION: SemanticVersion = SemanticVersion {
 const COUNTER: u64 = 1;
 /// A fixed creation time, so two builds of one binary give one image.
 const CREATED_AT: u64 = 1_790_000_000;
+/// The development unit's serial number (its certificate's `serialNumber`).
+pub const SERIAL: &str = "WOS-DEV-0001";
+/// The file under `work/factory` holding the unit's device ID.
+pub const DEVICE_ID_FILE: &str = "device-id";
+/// The device certificate's validity (the station's default).
+const CERTIFICATE_DAYS: u32 = 365;
 
 /// Makes the vendor, signs `binary` into `work/vendor/warden.wim` and provisions
 /// `state` (the state partition's tree) with it in slot A. `warden` runs pluton on the
@@ -78,25 +94,8 @@ pub fn provision(
     let cert_file = vendor.join("release.cert");
     save_secret_key(&key_file, &release).map_err(|e| format!("{}: {e}", key_file.display()))?;
     std::fs::write(&cert_file, cert).map_err(|e| format!("{}: {e}", cert_file.display()))?;
-    let unsigned = vendor.join("warden.unsigned");
     let signed = vendor.join("warden.wim");
-    build_unsigned(
-        &BuildRequest {
-            binary: binary.to_owned(),
-            defaults: None,
-            product: ProductId::new(&product)
-                .ok_or_else(|| format!("product {product:?} is not a product id"))?,
-            version: VERSION,
-            security_counter: COUNTER,
-            build_id: None,
-            created_at: Some(CREATED_AT),
-        },
-        &unsigned,
-    )
-    .map_err(|e| format!("building the image: {e}"))?;
-    sign_file(&unsigned, &key_file, &cert_file, &signed, &mut |_| {})
-        .map_err(|e| format!("signing the image: {e}"))?;
-    let _ = std::fs::remove_file(&unsigned);
+    sign_release(binary, &vendor, &product, VERSION, COUNTER, &signed)?;
 
     let pluton_dir = state.join("pluton");
     let socket = work.join("pluton.sock");
@@ -104,7 +103,7 @@ pub fn provision(
     let _ = std::fs::remove_dir_all(tpm_state);
     let tpm = FactoryTpm::start(tpm_state)?;
     let mut pluton = Pluton::start(warden, &socket, &pluton_dir, &tpm.tcti())?;
-    let installed = install(
+    let identity = install(
         &socket,
         &pluton_dir.join("provisioning.capability"),
         &root.public_key(),
@@ -114,8 +113,14 @@ pub fn provision(
     );
     pluton.stop();
     drop(tpm);
-    installed?;
-    write_unit_config(warden, &vendor, state)?;
+    let (device_id, device_key) = identity?;
+    let vendor_root_file = vendor.join("vendor-root.pub.pem");
+    save_public_key(&vendor_root_file, &root.public_key())
+        .map_err(|e| format!("{}: {e}", vendor_root_file.display()))?;
+    let unit = station(work, &device_id, &device_key)?;
+    let fleet = crate::os_fleet::DevFleet::init(&work.join("fleet"), &vendor_root_file)?;
+    register(&fleet, &product, &unit, &signed)?;
+    write_unit_config(warden, &vendor, state, &unit, &fleet.ca())?;
     let in_state = state.join(warden_os::boot::slot_image_path(warden_os::Slot::A));
     std::fs::remove_file(&in_state).map_err(|e| format!("{}: {e}", in_state.display()))?;
     std::os::unix::fs::symlink(SLOT_A_IMAGE, &in_state)
@@ -123,7 +128,46 @@ pub fn provision(
     Ok(signed)
 }
 
+/// The vendor's release step: `binary` built into an image of `product` at `version`
+/// with anti-rollback `counter`, signed with the release key and certificate in
+/// `vendor` (`release.pem`, `release.cert`), written to `out`.
+pub fn sign_release(
+    binary: &Path,
+    vendor: &Path,
+    product: &str,
+    version: SemanticVersion,
+    counter: u64,
+    out: &Path,
+) -> Result<(), String> {
+    let unsigned = out.with_extension("unsigned");
+    build_unsigned(
+        &BuildRequest {
+            binary: binary.to_owned(),
+            defaults: None,
+            product: ProductId::new(product)
+                .ok_or_else(|| format!("product {product:?} is not a product id"))?,
+            version,
+            security_counter: counter,
+            build_id: None,
+            created_at: Some(CREATED_AT),
+        },
+        &unsigned,
+    )
+    .map_err(|e| format!("building the image: {e}"))?;
+    let signed = sign_file(
+        &unsigned,
+        &vendor.join("release.pem"),
+        &vendor.join("release.cert"),
+        out,
+        &mut |_| {},
+    )
+    .map_err(|e| format!("signing the image: {e}"));
+    let _ = std::fs::remove_file(&unsigned);
+    signed.map(drop)
+}
+
 /// Pluton's factory steps (identity, vendor root), then the boot monitor's install.
+/// Returns the identity pluton created: the device ID and its public key.
 fn install(
     socket: &Path,
     capability_file: &Path,
@@ -131,7 +175,7 @@ fn install(
     product: &str,
     state: &Path,
     signed: &Path,
-) -> Result<(), String> {
+) -> Result<(String, [u8; 65]), String> {
     let capability = warden_pluton::server::read_capability_file(capability_file)
         .map_err(|e| format!("{}: {e}", capability_file.display()))?;
     let mut client = warden_pluton_api::PlutonClient::connect(socket)
@@ -139,7 +183,7 @@ fn install(
     client
         .authenticate_boot(&capability)
         .map_err(|e| format!("pluton boot role: {e}"))?;
-    client
+    let identity = client
         .create_identity(None)
         .map_err(|e| format!("pluton identity: {e}"))?;
     client
@@ -174,6 +218,82 @@ fn install(
     monitor
         .confirm(decision.slot)
         .map_err(|e| format!("confirming slot A: {e}"))?;
+    Ok((identity.device_id.to_string(), identity.public_key.0))
+}
+
+/// What the provisioning station made for the unit.
+struct ProvisionedUnit {
+    device_id: String,
+    certificate_pem: String,
+    manufacturer_ca_pem: String,
+}
+
+/// The station's steps: a manufacturer CA (`work/factory/ca`, its random passphrase in
+/// `work/factory/ca-passphrase`, mode 0600) certifies the key pluton holds in the TPM.
+fn station(work: &Path, device_id: &str, device_key: &[u8; 65]) -> Result<ProvisionedUnit, String> {
+    use warden_provision::ca;
+    let factory = work.join("factory");
+    std::fs::create_dir_all(&factory).map_err(|e| format!("{}: {e}", factory.display()))?;
+    let passphrase = zeroize::Zeroizing::new(hex_of(&rand_bytes::<24>()?));
+    crate::os_fleet::write_private(&factory.join("ca-passphrase"), &passphrase)?;
+    let ca_dir = factory.join("ca");
+    ca::init(
+        &ca_dir,
+        &ca::CaSubject {
+            common_name: "Warden OS development manufacturer CA",
+            organization: "Warden development factory",
+            valid_years: ca::CA_VALID_YEARS,
+        },
+        passphrase.as_bytes(),
+        warden_provision::key_envelope::KdfCost::default(),
+    )
+    .map_err(|e| format!("manufacturer CA in {}: {e}", ca_dir.display()))?;
+    let ca = ca::ManufacturerCa::open(&ca_dir, passphrase.as_bytes())
+        .map_err(|e| format!("manufacturer CA in {}: {e}", ca_dir.display()))?;
+    let issued = ca
+        .issue_device_certificate(device_id, SERIAL, device_key, CERTIFICATE_DAYS)
+        .map_err(|e| format!("device certificate for {device_id}: {e}"))?;
+    let id_file = factory.join(DEVICE_ID_FILE);
+    std::fs::write(&id_file, format!("{device_id}\n"))
+        .map_err(|e| format!("{}: {e}", id_file.display()))?;
+    Ok(ProvisionedUnit {
+        device_id: device_id.to_owned(),
+        certificate_pem: issued.pem,
+        manufacturer_ca_pem: ca.cert_pem().to_owned(),
+    })
+}
+
+/// The fleet's side of the factory: the product with its manufacturer CA, the unit's
+/// registration, and the factory release (so the unit attests as running it).
+fn register(
+    fleet: &crate::os_fleet::DevFleet,
+    product: &str,
+    unit: &ProvisionedUnit,
+    signed: &Path,
+) -> Result<(), String> {
+    let running = fleet.start()?;
+    let api = &running.api;
+    api.post_json(
+        "/api/v1/products",
+        &serde_json::json!({ "name": product, "manufacturer_ca_pem": unit.manufacturer_ca_pem }),
+    )?;
+    api.post_json(
+        "/api/v1/devices",
+        &serde_json::json!({
+            "device_id": unit.device_id,
+            "serial": SERIAL,
+            "product": product,
+            "group": "Production",
+            "certificate_pem": unit.certificate_pem,
+            "image_version": format!("{}.{}.{}", VERSION.major, VERSION.minor, VERSION.patch),
+        }),
+    )?;
+    api.post_file("/api/v1/images", signed)?;
+    eprintln!(
+        "    development unit {} registered at the fleet in {}",
+        unit.device_id,
+        fleet.dir.display()
+    );
     Ok(())
 }
 
@@ -190,14 +310,30 @@ const UNIT_CONFIG: &[(&str, &str)] = &[
     ),
     ("etc/hosts", include_str!("os_unit/hosts")),
     ("etc/resolv.conf", include_str!("os_unit/resolv.conf")),
-    // Not provisioned for a fleet: present (the manifest grants them to the link), empty.
-    ("etc/warden/fleet-ca.pem", ""),
-    ("etc/warden/device-cert.pem", ""),
 ];
 
-/// Writes [`UNIT_CONFIG`] and the status page's password hash into `state`.
-fn write_unit_config(warden: &Path, vendor: &Path, state: &Path) -> Result<(), String> {
-    for (path, text) in UNIT_CONFIG {
+/// The placeholder in `os_unit/warden.toml` the unit's device ID replaces.
+const DEVICE_ID_PLACEHOLDER: &str = "set-by-the-factory";
+
+/// Writes [`UNIT_CONFIG`] (the config naming `unit`'s device ID), the device
+/// certificate, the fleet CA and the status page's password hash into `state`.
+fn write_unit_config(
+    warden: &Path,
+    vendor: &Path,
+    state: &Path,
+    unit: &ProvisionedUnit,
+    fleet_ca: &Path,
+) -> Result<(), String> {
+    let fleet_ca =
+        std::fs::read_to_string(fleet_ca).map_err(|e| format!("{}: {e}", fleet_ca.display()))?;
+    let config = UNIT_CONFIG
+        .iter()
+        .map(|(path, text)| (*path, text.replace(DEVICE_ID_PLACEHOLDER, &unit.device_id)))
+        .chain([
+            ("etc/warden/device-cert.pem", unit.certificate_pem.clone()),
+            ("etc/warden/fleet-ca.pem", fleet_ca),
+        ]);
+    for (path, text) in config {
         let path = state.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;

@@ -45,7 +45,10 @@ const MODULES: &[&str] = &[
 /// Partition sizes, MiB: boot, each slot; the state partition takes the rest.
 const BOOT_MIB: u64 = 96;
 const SLOT_MIB: u64 = 64;
-const STATE_MIB: u64 = 64;
+/// The state partition holds an update twice while it is installed (the verified
+/// download, then `slots/install.tmp` before its rename into the slot) beside the
+/// running image and the outbox, reports and pluton state.
+const STATE_MIB: u64 = 256;
 const SECTOR: u64 = 512;
 /// The unit's TPM state, next to the disk (`os-run` gives it to the guest).
 pub const TPM_STATE: &str = "tpm";
