@@ -134,9 +134,10 @@ pub enum LinkToPage {
     Status(Box<LinkStatus>),
     /// The pending update offer and the operator's decision as the update path holds it.
     Updates(UpdateDecision),
-    /// The image slots and the failure reports (the link reads the report ring and
-    /// knows which it uploaded), so the page needs no file grant for them.
-    Unit(UnitFacts),
+    /// The image slots, the failure reports (the link reads the report ring and knows
+    /// which it uploaded) and the device certificate, so the page needs no file grant
+    /// for them (boxed: large, sent rarely).
+    Unit(Box<UnitFacts>),
 }
 
 /// Status page → link.

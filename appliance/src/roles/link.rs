@@ -367,6 +367,6 @@ async fn publish_unit_facts(
             .await
             .context("reading the unit's facts")?;
         // Best effort, like the link status: the next one follows.
-        to_page.send_or_drop(LinkToPage::Unit(fit_into_frame(facts)));
+        to_page.send_or_drop(LinkToPage::Unit(Box::new(fit_into_frame(facts))));
     }
 }

@@ -199,7 +199,7 @@ impl FromLink {
                 }
             }
             LinkToPage::Unit(facts) => {
-                *self.unit.lock().unwrap_or_else(PoisonError::into_inner) = facts;
+                *self.unit.lock().unwrap_or_else(PoisonError::into_inner) = *facts;
             }
         }
     }
