@@ -374,14 +374,7 @@ fn server_certificate(
 }
 
 fn random_serial() -> Result<SerialNumber, InitError> {
-    let mut bytes = [0u8; 16];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut bytes)
-        .map_err(|_| crate::auth::TokenError)?;
-    // Positive and non-zero: the top bit clear, one bit set.
-    bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    Ok(SerialNumber::from_slice(&bytes))
+    Ok(crate::issuing::random_serial().ok_or(crate::auth::TokenError)?)
 }
 
 /// What the config says besides the request: where things went, what was made.

@@ -288,7 +288,8 @@ impl IssuingCa {
             .push(DnType::CommonName, device_id);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.serial_number = Some(random_serial()?);
+        params.serial_number =
+            Some(random_serial().ok_or("no random source for the serial number")?);
         warden_wire::validity::set_validity(&mut params, SystemTime::now(), self.valid);
         csr.params = params;
         let certificate = csr
@@ -385,15 +386,17 @@ impl IssuingCas {
     }
 }
 
-fn random_serial() -> Result<SerialNumber, String> {
+/// A random 128-bit certificate serial number, positive and non-zero; `None` without
+/// a random source. Every certificate the fleet makes (init's, renewals) takes one.
+pub(crate) fn random_serial() -> Option<SerialNumber> {
     let mut bytes = [0u8; 16];
     rustls::crypto::ring::default_provider()
         .secure_random
         .fill(&mut bytes)
-        .map_err(|_| "no random source for the serial number".to_owned())?;
+        .ok()?;
     // Positive and non-zero: the top bit clear, one bit set.
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    Ok(SerialNumber::from_slice(&bytes))
+    Some(SerialNumber::from_slice(&bytes))
 }
 
 fn not_after_ms(der: &[u8]) -> Option<i64> {
